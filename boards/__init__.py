@@ -1,0 +1,1 @@
+"""Board descriptions, one YAML file per board (loaded by ``hbmforge.boards``)."""

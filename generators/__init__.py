@@ -1,0 +1,1 @@
+"""Amaranth generators: the kernel shell and the engines (imported as ``hbmforge.generators``)."""

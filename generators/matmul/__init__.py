@@ -1,0 +1,1 @@
+"""Low-bit matmul engine generator (int8/int4 weights x int8 activations)."""

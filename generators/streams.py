@@ -1,0 +1,44 @@
+"""Payload layouts shared between the shell and the engines.
+
+The command processor hands an engine a :func:`matmul_job_layout` record; an
+engine asks the shell's DMA blocks for memory with :data:`DmaCommand` records
+and reports completion with :data:`JobDone`.
+"""
+from __future__ import annotations
+
+from amaranth.lib import data, stream
+
+__all__ = ["DmaCommand", "JobDone", "matmul_job_layout", "word_stream", "dma_command_stream"]
+
+
+class DmaCommand(data.Struct):
+    """Move ``bytes`` bytes starting at ``addr``; both multiples of the port word."""
+
+    addr: 64
+    bytes: 32
+
+
+class JobDone(data.Struct):
+    """An engine finished its job (all outputs written and acknowledged)."""
+
+    error: 1        # an AXI error response was seen on one of the engine's transfers
+
+
+def matmul_job_layout(weight_ports: int) -> data.StructLayout:
+    """The fields of a validated MATMUL descriptor, as the engine receives them."""
+    return data.StructLayout({
+        "m": 32, "k": 32, "n": 32,
+        "wbits": 4,                 # 4 or 8
+        "out_mode": 1,              # hbmforge.layout.OutMode
+        "out_shift": 6,             # int32 mode
+        "x_addr": 64, "s_addr": 64, "q_addr": 64, "y_addr": 64,
+        "w_addr": data.ArrayLayout(64, weight_ports),
+    })
+
+
+def word_stream(width: int) -> stream.Signature:
+    return stream.Signature(width)
+
+
+def dma_command_stream() -> stream.Signature:
+    return stream.Signature(DmaCommand)

@@ -1,0 +1,83 @@
+"""Analytic resource model: is a config plausible on its board before any synthesis?
+
+This is a first-order count (one DSP per 8x8 multiplier, adder-tree LUTs,
+block RAM by width and depth) meant to reject configs that cannot fit, with a
+message that names the budget and by how much. ``hbmforge estimate`` gives
+Yosys synthesis figures; neither is a Vivado result.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from .config import AcceleratorConfig, ConfigError
+
+BRAM36_BITS = 36 * 1024
+BRAM36_MAX_WIDTH = 72
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    lut: int
+    ff: int
+    dsp: int
+    bram36: int
+    ports: int
+
+    def as_dict(self) -> dict:
+        return {"lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram36": self.bram36, "ports": self.ports}
+
+
+def _bram_for(width: int, depth: int) -> int:
+    """BRAM36 blocks for a width x depth memory (width-limited or capacity-limited)."""
+    return max(math.ceil(width / BRAM36_MAX_WIDTH), math.ceil(width * depth / BRAM36_BITS))
+
+
+def estimate_resources(cfg: AcceleratorConfig) -> ResourceEstimate:
+    from .layout import derive_layout
+
+    lay = derive_layout(cfg)
+    mm = cfg.matmul
+    w = lay.widths
+    macs = mm.rows * mm.lanes
+    groups_per_fire = max(1, mm.lanes // mm.group_size)
+    # DSPs: one per 8x8 MAC lane, group-scale and requant multipliers per row.
+    dsp_scale = mm.rows * groups_per_fire * math.ceil(w.group_bits / 27) * math.ceil(mm.scale_bits / 18)
+    dsp_requant = mm.rows * math.ceil(w.acc_bits / 27) * math.ceil(w.mult_bits / 18)
+    dsp = macs + dsp_scale + dsp_requant
+    # LUTs: adder tree per row (about one LUT per sum bit per input), accumulators,
+    # unpacker muxes, and a fixed cost per AXI port and for control.
+    lut_tree = mm.rows * mm.lanes * (w.chunk_bits + 2)
+    lut_acc = mm.rows * (w.acc_bits + w.group_bits) * 2
+    lut_ports = len(lay.ports) * 1500 + 4000
+    lut = lut_tree + lut_acc + lut_ports + mm.lanes * max(mm.weight_bits) * 2
+    ff = 2 * lut
+    # BRAM: double-buffered activations (rows x max_k bytes), reader FIFOs per port.
+    act = 2 * mm.rows * _bram_for(mm.lanes * 8, mm.max_k // mm.lanes)
+    fifo_depth = cfg.axi.max_burst_beats * cfg.axi.max_outstanding
+    fifos = len(lay.ports) * 2 * _bram_for(cfg.data_width, fifo_depth)
+    return ResourceEstimate(lut=lut, ff=ff, dsp=dsp, bram36=act + fifos, ports=len(lay.ports))
+
+
+def check_budget(cfg: AcceleratorConfig) -> ResourceEstimate:
+    """Raise :class:`ConfigError` naming every budget the config exceeds."""
+    est = estimate_resources(cfg)
+    board = cfg.board_info
+    frac = cfg.max_utilization
+    limits = {
+        "LUT": (est.lut, board.resources.lut),
+        "FF": (est.ff, board.resources.ff),
+        "DSP": (est.dsp, board.resources.dsp),
+        "BRAM": (est.bram36, board.resources.bram36 + 8 * board.resources.uram),
+    }
+    problems = []
+    for name, (need, have) in limits.items():
+        allowed = int(have * frac)
+        if need > allowed:
+            problems.append(f"{name} budget exceeded: needs {need}, {board.name} allows {allowed} "
+                            f"({frac:.0%} of {have}), over by {need - allowed}")
+    if problems:
+        raise ConfigError(f"config {cfg.name!r} does not fit board {board.name}:\n  "
+                          + "\n  ".join(problems)
+                          + "\n  (analytic estimate; reduce engines.0.rows, lanes or max_k)")
+    return est

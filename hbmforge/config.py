@@ -1,0 +1,310 @@
+"""The accelerator config: the single source of truth every other artefact derives from.
+
+A YAML file validated by these pydantic models (``extra="forbid"``) names the
+board, the clock, the engines and the memory port map. :func:`load_config`
+returns a validated :class:`AcceleratorConfig` or raises :class:`ConfigError`
+whose message names each bad field and what it allows.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .boards import Board, board_names, load_board
+
+__all__ = [
+    "CONFIG_VERSION",
+    "AxiParams",
+    "MatmulEngine",
+    "AcceleratorConfig",
+    "ConfigError",
+    "load_config",
+    "parse_config",
+    "starter_config",
+    "config_hash",
+]
+
+CONFIG_VERSION = 1
+_IDENT = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot be built; the message names the field and the allowed values."""
+
+
+def _power_of_two(value: int, field: str, lo: int, hi: int) -> int:
+    if value < lo or value > hi or value & (value - 1):
+        allowed = ", ".join(str(1 << i) for i in range(lo.bit_length() - 1, hi.bit_length()))
+        raise ValueError(f"{field} must be a power of two in [{lo}, {hi}] ({allowed}), got {value}")
+    return value
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class AxiParams(_Strict):
+    """AXI4 master parameters shared by every memory port."""
+
+    data_width: Literal[64, 128, 256, 512] | None = Field(
+        None, description="bits per beat; default: the board's memory AXI width")
+    id_width: int = Field(4, ge=1, le=8, description="AXI ID bits (ARID/AWID/RID/BID)")
+    max_burst_beats: Literal[2, 4, 8, 16, 32, 64, 128, 256] = Field(
+        32, description="longest INCR burst issued (bursts never cross 4 KiB)")
+    max_outstanding: int = Field(8, ge=1, le=32, description="read bursts in flight per reader")
+
+
+class MatmulEngine(_Strict):
+    """Low-bit matmul: int8 activations x int4/int8 weights with per-group scales.
+
+    An array of ``rows`` x ``lanes`` multipliers: each cycle it takes ``lanes``
+    weights of one output column and applies them to ``rows`` activation rows
+    (GEMM weight reuse); weights stream from ``weight_ports`` memory ports.
+    """
+
+    kind: Literal["matmul"] = "matmul"
+    name: str = Field("mm0", description="engine instance name (identifier)")
+    rows: int = Field(4, ge=1, le=64, description="activation rows computed in parallel (weight reuse)")
+    lanes: int = Field(64, description="K elements multiplied per cycle per row (power of two)")
+    weight_ports: int = Field(1, description="memory ports that stream weights (power of two)")
+    weight_bits: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8],
+                                             description="weight widths this engine accepts at run time")
+    group_size: int = Field(128, description="K elements sharing one weight scale (power of two)")
+    scale_bits: int = Field(16, ge=4, le=16, description="bits of each unsigned group-scale mantissa (stored as u16)")
+    max_k: int = Field(4096, description="largest K (on-chip activation buffer depth)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _IDENT.match(v):
+            raise ValueError(f"name must match {_IDENT.pattern}, got {v!r}")
+        return v
+
+    @field_validator("lanes")
+    @classmethod
+    def _lanes(cls, v: int) -> int:
+        return _power_of_two(v, "lanes", 8, 1024)
+
+    @field_validator("weight_ports")
+    @classmethod
+    def _ports(cls, v: int) -> int:
+        return _power_of_two(v, "weight_ports", 1, 16)
+
+    @field_validator("group_size")
+    @classmethod
+    def _group(cls, v: int) -> int:
+        return _power_of_two(v, "group_size", 16, 8192)
+
+    @field_validator("weight_bits")
+    @classmethod
+    def _wbits(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("weight_bits must list at least one of 4, 8")
+        if len(set(v)) != len(v):
+            raise ValueError(f"weight_bits has duplicates: {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _k(self) -> "MatmulEngine":
+        align = max(self.lanes, self.group_size)
+        if self.max_k < align or self.max_k % align or self.max_k > 1 << 20:
+            raise ValueError(
+                f"max_k must be a multiple of max(lanes, group_size) = {align} and at most 1048576, "
+                f"got {self.max_k}")
+        return self
+
+
+Engine = Annotated[Union[MatmulEngine], Field(discriminator="kind")]
+
+
+class AcceleratorConfig(_Strict):
+    """One accelerator: a board, a clock, its engines and its memory port map."""
+
+    version: Literal[1] = Field(description="config format version; this release reads 1")
+    name: str = Field(description="kernel name: the Verilog top module and XRT kernel (identifier)")
+    board: str = Field(description="board name, one of `hbmforge boards`")
+    clock_mhz: float | None = Field(None, gt=0, le=1000, description="kernel clock; default: the board's")
+    axi: AxiParams = Field(default_factory=AxiParams)
+    engines: list[Engine] = Field(min_length=1, max_length=1,
+                                  description="engines in the kernel (this release: exactly one matmul)")
+    ports: dict[str, int] | None = Field(
+        None, description="memory channel of each AXI master port (data, w0, w1, ...); default: 0, 1, 2, ...")
+    max_utilization: float = Field(0.8, gt=0, le=1.0,
+                                   description="fraction of each board resource the kernel may use "
+                                               "(the rest is left to the platform shell and routing)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _IDENT.match(v):
+            raise ValueError(f"name must match {_IDENT.pattern} (a Verilog identifier), got {v!r}")
+        return v
+
+    @field_validator("board")
+    @classmethod
+    def _board(cls, v: str) -> str:
+        names = board_names()
+        if v not in names:
+            raise ValueError(f"board must be one of {', '.join(names)}, got {v!r}")
+        return v
+
+    # -- derived views -----------------------------------------------------------------
+    @property
+    def board_info(self) -> Board:
+        return load_board(self.board)
+
+    @property
+    def clock(self) -> float:
+        return self.clock_mhz if self.clock_mhz is not None else self.board_info.default_clock_mhz
+
+    @property
+    def data_width(self) -> int:
+        return self.axi.data_width or self.board_info.memory.axi_data_width
+
+    @property
+    def matmul(self) -> MatmulEngine:
+        return self.engines[0]
+
+    def port_names(self) -> list[str]:
+        """AXI master ports, in order: ``data`` then one ``w<i>`` per weight port."""
+        return ["data"] + [f"w{i}" for i in range(self.matmul.weight_ports)]
+
+    def port_channels(self) -> dict[str, int]:
+        names = self.port_names()
+        if self.ports is None:
+            return {n: i for i, n in enumerate(names)}
+        return dict(self.ports)
+
+    @model_validator(mode="after")
+    def _ports(self) -> "AcceleratorConfig":
+        names = self.port_names()
+        board = self.board_info
+        if self.ports is not None:
+            missing = [n for n in names if n not in self.ports]
+            extra = [n for n in self.ports if n not in names]
+            if missing or extra:
+                raise ValueError(
+                    f"ports must map exactly {names} to memory channels; "
+                    f"missing {missing}, unexpected {extra}")
+        if len(names) > board.memory.channels:
+            raise ValueError(f"port budget exceeded on {board.name}: the engines need {len(names)} "
+                             f"memory ports, the board has {board.memory.channels} "
+                             f"(over by {len(names) - board.memory.channels})")
+        channels = self.port_channels()
+        for port, ch in channels.items():
+            if not 0 <= ch < board.memory.channels:
+                raise ValueError(f"ports.{port}: channel must be in [0, {board.memory.channels - 1}] "
+                                 f"on {board.name}, got {ch}")
+        if board.memory.kind == "hbm":
+            used: dict[int, str] = {}
+            for port, ch in channels.items():
+                if ch in used:
+                    raise ValueError(f"ports.{port}: HBM channel {ch} is already bound to port "
+                                     f"{used[ch]!r}; each port needs its own pseudo-channel")
+                used[ch] = port
+        mm = self.matmul
+        for bits in mm.weight_bits:
+            chunk = mm.lanes * bits
+            port_bits = mm.weight_ports * self.data_width
+            if max(chunk, port_bits) % min(chunk, port_bits):
+                raise ValueError(
+                    f"engines.0: lanes x weight bits ({mm.lanes} x {bits}) and weight_ports x data "
+                    f"width ({mm.weight_ports} x {self.data_width}) must divide one another")
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        # drop the union tag pydantic inserts after a list index (engines.0.matmul.lanes)
+        parts = [str(p) for i, p in enumerate(e["loc"])
+                 if not (i > 0 and e["loc"][i - 1] == 0 and p == "matmul") or e["loc"][0] != "engines"]
+        loc = ".".join(parts) or "(top level)"
+        msg = e["msg"]
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if e["type"] == "literal_error":
+            msg = f"{msg}, got {e.get('input')!r}"
+        elif e["type"] == "extra_forbidden":
+            msg = "unknown field (not allowed here)"
+        elif e["type"] == "missing":
+            msg = "field required"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict, *, source: str = "<dict>", check_budget: bool = True) -> AcceleratorConfig:
+    """Validate a config mapping; raise :class:`ConfigError` naming each bad field."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid config {source}: expected a mapping at the top level, "
+                          f"got {type(data).__name__}")
+    try:
+        cfg = AcceleratorConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+    if check_budget:
+        from .budget import check_budget as _check
+
+        _check(cfg)
+    return cfg
+
+
+def load_config(path: str | Path, *, check_budget: bool = True) -> AcceleratorConfig:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    return parse_config(data, source=str(path), check_budget=check_budget)
+
+
+def starter_config(board: str, name: str = "starter") -> dict:
+    """A small config that simulates in seconds; what ``hbmforge init`` writes."""
+    b = load_board(board)
+    width = b.memory.axi_data_width
+    lanes = max(16, width // 4)           # int4 weights fill one port word per cycle
+    return {
+        "version": CONFIG_VERSION,
+        "name": name,
+        "board": board,
+        "clock_mhz": b.default_clock_mhz,
+        "axi": {"max_burst_beats": 32, "max_outstanding": 8, "id_width": 4},
+        "engines": [{
+            "kind": "matmul",
+            "name": "mm0",
+            "rows": 4,
+            "lanes": lanes,
+            "weight_ports": 1,
+            "weight_bits": [4, 8],
+            "group_size": 128,
+            "scale_bits": 16,
+            "max_k": 4096,
+        }],
+    }
+
+
+def config_hash(cfg: AcceleratorConfig) -> str:
+    """SHA-256 of the canonical JSON of the config (defaults filled in); the design's identity."""
+    canon = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canon.encode()).hexdigest()
+
+
+def json_schema() -> dict:
+    schema = AcceleratorConfig.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "hbmforge accelerator config"
+    return schema
+
+
+def dump_yaml(data: dict) -> str:
+    return yaml.safe_dump(data, sort_keys=False)

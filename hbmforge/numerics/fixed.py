@@ -16,7 +16,7 @@ def rshift_round(value, shift):
     if np.any(shift < 0):
         raise ValueError("shift must be >= 0")
     v = np.asarray(value).astype(object)
-    out = (v + _half(shift)) >> shift.astype(object)
+    out = np.asarray((v + _half(shift)) >> shift.astype(object))
     return out if out.shape else int(out)
 
 
@@ -24,5 +24,5 @@ def saturate(value, bits: int):
     """Clamp to the signed range of ``bits`` bits."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     v = np.asarray(value).astype(object)
-    out = np.minimum(np.maximum(v, lo), hi)
+    out = np.asarray(np.minimum(np.maximum(v, lo), hi))
     return out if out.shape else int(out)

@@ -1,0 +1,131 @@
+"""Config validation: good configs load, bad ones name the field and the allowed values."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hbmforge.config import (ConfigError, config_hash, json_schema, load_config, parse_config,
+                             starter_config)
+from hbmforge.boards import board_names
+
+
+@pytest.mark.parametrize("board", board_names())
+def test_starter_config_is_valid_on_every_board(board):
+    cfg = parse_config(starter_config(board))
+    assert cfg.board == board
+    assert cfg.matmul.lanes * 4 == cfg.data_width * cfg.matmul.weight_ports
+
+
+def test_unknown_field_is_named():
+    data = starter_config("u280")
+    data["engines"][0]["lane"] = 3
+    with pytest.raises(ConfigError, match=r"engines\.0\.lane: unknown field"):
+        parse_config(data)
+
+
+def test_bad_lanes_lists_allowed_values():
+    data = starter_config("u280")
+    data["engines"][0]["lanes"] = 48
+    with pytest.raises(ConfigError, match=r"engines\.0\.lanes: .*power of two.*got 48"):
+        parse_config(data)
+
+
+def test_bad_weight_bits_names_allowed_values():
+    data = starter_config("u280")
+    data["engines"][0]["weight_bits"] = [3]
+    with pytest.raises(ConfigError, match=r"engines\.0\.weight_bits\.0: Input should be 4 or 8, got 3"):
+        parse_config(data)
+
+
+def test_unknown_board_lists_known_boards():
+    data = starter_config("u280")
+    data["board"] = "vu9p"
+    with pytest.raises(ConfigError, match=r"board: .*u280.*got 'vu9p'"):
+        parse_config(data)
+
+
+def test_wrong_version_is_rejected():
+    data = starter_config("u280")
+    data["version"] = 2
+    with pytest.raises(ConfigError, match=r"version: Input should be 1"):
+        parse_config(data)
+
+
+def test_config_too_large_names_budget_and_excess():
+    data = starter_config("kv260")
+    data["engines"][0].update(rows=32, lanes=256, weight_ports=2, max_k=16384)
+    with pytest.raises(ConfigError) as err:
+        parse_config(data)
+    text = str(err.value)
+    assert "does not fit board kv260" in text
+    assert "DSP budget exceeded: needs" in text and "over by" in text
+
+
+def test_port_budget_is_checked():
+    data = starter_config("kv260")
+    data["engines"][0].update(weight_ports=4, lanes=128)
+    with pytest.raises(ConfigError, match=r"port budget exceeded on kv260: .*need 5.*has 4 \(over by 1\)"):
+        parse_config(data)
+
+
+def test_hbm_channels_must_be_distinct():
+    data = starter_config("u280")
+    data["ports"] = {"data": 3, "w0": 3}
+    with pytest.raises(ConfigError, match=r"ports.w0: HBM channel 3 is already bound"):
+        parse_config(data)
+
+
+def test_channel_out_of_range():
+    data = starter_config("u280")
+    data["ports"] = {"data": 0, "w0": 32}
+    with pytest.raises(ConfigError, match=r"ports.w0: channel must be in \[0, 31\]"):
+        parse_config(data)
+
+
+def test_lanes_and_port_width_must_divide():
+    data = starter_config("u280")
+    data["engines"][0].update(lanes=8, weight_ports=1, weight_bits=[4])
+    data["axi"] = {"data_width": 512}
+    cfg = parse_config(data)          # 32 bits per fire, 512-bit port: divides
+    assert cfg.data_width == 512
+
+
+def test_max_k_must_be_aligned():
+    data = starter_config("u280")
+    data["engines"][0]["max_k"] = 1000
+    with pytest.raises(ConfigError, match=r"max_k must be a multiple of"):
+        parse_config(data)
+
+
+def test_load_config_reports_yaml_errors(tmp_path):
+    p = tmp_path / "bad.yaml"
+    p.write_text("version: [1\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(p)
+
+
+def test_load_config_reports_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_top_level_must_be_mapping():
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        parse_config([1, 2])
+
+
+def test_hash_changes_with_any_parameter():
+    a = parse_config(starter_config("u280"))
+    data = starter_config("u280")
+    data["engines"][0]["rows"] = 8
+    b = parse_config(data)
+    assert config_hash(a) != config_hash(b)
+    assert config_hash(a) == config_hash(parse_config(starter_config("u280")))
+
+
+def test_json_schema_describes_engines():
+    schema = json_schema()
+    text = json.dumps(schema)
+    assert schema["title"] == "hbmforge accelerator config"
+    assert "lanes" in text and "weight_ports" in text and schema["additionalProperties"] is False

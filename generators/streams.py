@@ -4,7 +4,8 @@ The command processor hands an engine a :func:`matmul_job_layout` record; an
 engine asks the shell's DMA blocks for memory with :data:`DmaCommand` records
 and reports completion with :data:`JobDone`.
 """
-from __future__ import annotations
+# No `from __future__ import annotations` here: data.Struct reads its field shapes from
+# real annotations, and string annotations would silently give empty structs.
 
 from amaranth.lib import data, stream
 

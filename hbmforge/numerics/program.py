@@ -1,0 +1,261 @@
+"""Golden model of the whole kernel at descriptor level: memory in, memory out.
+
+:func:`execute` interprets a descriptor program the way the command processor
+and the matmul engine do (docs/architecture.md §3-§5): fetch each descriptor,
+validate it with the hardware's error codes, read the operands from memory in
+the device layouts, run :mod:`hbmforge.numerics.matmul`, write Y in the
+blocked layout. It is the bit-exact oracle for the co-simulation and the RTL
+tests, and a cross-check of the host packers: it decodes memory with its own
+code written from the layout text (bit streams, explicit index formulas),
+never by calling the packers in reverse.
+
+Validation order when a descriptor has several faults (lowest check first):
+opcode, weight bits, K, M/N, output mode/shift, address alignment; AXI errors
+(an operand range outside the memory) are detected before anything is
+written, so a failing descriptor leaves Y untouched here (the RTL may have
+written part of it).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..layout import DesignLayout, ErrorCode, Opcode, OutMode
+from .matmul import matmul_int8, matmul_int32
+
+__all__ = ["execute", "ProgramResult", "SparseMemory", "MemoryAccessError"]
+
+
+class MemoryAccessError(Exception):
+    """An access outside the memory: the hardware sees SLVERR/DECERR (ErrorCode.AXI_RESP)."""
+
+
+class SparseMemory:
+    """A 64-bit byte-addressed memory of 4 KiB pages made on first write; other bytes read 0.
+
+    ``pages`` maps page number -> ``bytearray(PAGE)``; pass a dict to share it.
+    """
+
+    PAGE = 4096
+
+    def __init__(self, pages: dict | None = None):
+        self.pages = {} if pages is None else pages
+
+    def write(self, addr: int, data) -> None:
+        data = memoryview(bytes(data) if not isinstance(data, (bytes, bytearray, memoryview)) else data).cast("B")
+        pos = 0
+        while pos < len(data):
+            page, off = divmod(addr + pos, self.PAGE)
+            take = min(self.PAGE - off, len(data) - pos)
+            buf = self.pages.get(page)
+            if buf is None:
+                buf = self.pages[page] = bytearray(self.PAGE)
+            buf[off:off + take] = data[pos:pos + take]
+            pos += take
+
+    def read(self, addr: int, n: int) -> bytes:
+        out = bytearray(n)
+        pos = 0
+        while pos < n:
+            page, off = divmod(addr + pos, self.PAGE)
+            take = min(self.PAGE - off, n - pos)
+            buf = self.pages.get(page)
+            if buf is not None:
+                out[pos:pos + take] = buf[off:off + take]
+            pos += take
+        return bytes(out)
+
+    def check(self, addr: int, n: int) -> None:
+        if addr < 0 or addr + n > 1 << 64:
+            raise MemoryAccessError(f"[{addr:#x}, {addr + n:#x}) is outside the 64-bit address space")
+
+
+class _FlatMemory:
+    """A bytearray-like object (bytearray, writable memoryview, uint8 array) mapped at address 0."""
+
+    def __init__(self, data):
+        self.mem = memoryview(data).cast("B")
+
+    def check(self, addr: int, n: int) -> None:
+        if addr < 0 or addr + n > len(self.mem):
+            raise MemoryAccessError(f"[{addr:#x}, {addr + n:#x}) is outside the {len(self.mem)}-byte memory")
+
+    def read(self, addr: int, n: int) -> bytes:
+        self.check(addr, n)
+        return bytes(self.mem[addr:addr + n])
+
+    def write(self, addr: int, data) -> None:
+        data = bytes(data)
+        self.check(addr, len(data))
+        self.mem[addr:addr + len(data)] = data
+
+
+def _as_memory(memory):
+    if isinstance(memory, dict):
+        return SparseMemory(memory)
+    if hasattr(memory, "read") and hasattr(memory, "write"):
+        return memory
+    if isinstance(memory, np.ndarray):
+        if memory.dtype != np.uint8 or memory.ndim != 1:
+            raise TypeError(f"an array memory must be 1-D uint8, got {memory.dtype} {memory.shape}")
+        return _FlatMemory(memory)
+    if isinstance(memory, (bytearray, memoryview)):
+        return _FlatMemory(memory)
+    raise TypeError(f"memory must be a dict of pages, a bytearray-like object or have read/write "
+                    f"methods, got {type(memory).__name__}")
+
+
+def _check_range(mem, addr: int, n: int) -> None:
+    check = getattr(mem, "check", None)
+    if check is not None:
+        check(addr, n)
+
+
+@dataclass
+class ProgramResult:
+    """What a run leaves in the status registers, plus the traffic it implies."""
+
+    descriptors_done: int = 0
+    error: int = ErrorCode.NONE
+    error_index: int = 0
+    mac_ops: int = 0                                                  # MAC_OPS (valid rows x K x N)
+    weight_bytes_read: list[int] = field(default_factory=list)        # per weight port
+    output_bytes_written: int = 0
+    detail: str = ""                                                  # why a descriptor failed
+
+    @property
+    def status(self) -> int:
+        """The STATUS register value: bit0 error, bits 15:8 code, bits 31:16 descriptor index."""
+        if self.error == ErrorCode.NONE:
+            return 0
+        return 1 | (self.error << 8) | ((self.error_index & 0xFFFF) << 16)
+
+    @property
+    def ok(self) -> bool:
+        return self.error == ErrorCode.NONE
+
+
+def _fields(raw: bytes, layout: DesignLayout) -> dict[str, int]:
+    return {name: int.from_bytes(raw[layout.field_offset(name):layout.field_offset(name) + 8], "little")
+            for name in layout.descriptor_fields}
+
+
+def _validate(d: dict[str, int], layout: DesignLayout) -> tuple[int, str]:
+    mm = layout.mm
+    if d["op"] != Opcode.MATMUL:
+        return ErrorCode.BAD_OPCODE, f"op {d['op']}"
+    if d["wbits"] not in mm.weight_bits:
+        return ErrorCode.BAD_WBITS, f"wbits {d['wbits']}, engine accepts {list(mm.weight_bits)}"
+    k = d["k"]
+    if k == 0 or k > mm.max_k or k % layout.k_align:
+        return ErrorCode.BAD_K, f"k {k}, must be a multiple of {layout.k_align} in [1, {mm.max_k}]"
+    if d["m"] == 0 or d["n"] == 0:
+        return ErrorCode.BAD_SHAPE, f"m {d['m']}, n {d['n']}"
+    if d["out_mode"] not in (OutMode.INT32, OutMode.INT8):
+        return ErrorCode.BAD_OUT_MODE, f"out_mode {d['out_mode']}"
+    if d["out_mode"] == OutMode.INT32 and d["out_shift"] > layout.widths.max_out_shift:
+        return ErrorCode.BAD_OUT_MODE, f"out_shift {d['out_shift']} > {layout.widths.max_out_shift}"
+    addrs = ["x_addr", "s_addr", "y_addr"] + [f"w_addr{i}" for i in range(mm.weight_ports)]
+    if d["out_mode"] == OutMode.INT8:
+        addrs.append("q_addr")
+    for name in addrs:
+        if d[name] % layout.addr_align:
+            return ErrorCode.MISALIGNED, f"{name} {d[name]:#x} not a multiple of {layout.addr_align}"
+    return ErrorCode.NONE, ""
+
+
+def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
+    """Decode W from its stripes, literally: words -> bits (byte 0 = least significant),
+    stripe words concatenated with stripe 0 in the low bits, element i = stream bits
+    [i*wbits, (i+1)*wbits) in two's complement."""
+    n, k, wbits = d["n"], d["k"], d["wbits"]
+    ports, wb = layout.mm.weight_ports, layout.word_bytes
+    port_bytes = layout.weight_port_bytes(n, k, wbits)
+    words = port_bytes // wb
+    stripe_bits = []
+    for p in range(ports):
+        raw = np.frombuffer(mem.read(d[f"w_addr{p}"], port_bytes), dtype=np.uint8).reshape(words, wb)
+        stripe_bits.append(np.unpackbits(raw, axis=1, bitorder="little"))     # [words, W], LSB first
+    stream = np.concatenate(stripe_bits, axis=1).reshape(-1)                  # combined words, in order
+    elems = stream[: n * k * wbits].reshape(n * k, wbits).astype(np.int64)
+    unsigned = elems @ (np.int64(1) << np.arange(wbits, dtype=np.int64))
+    signed = unsigned - (unsigned >= (1 << (wbits - 1))) * (1 << wbits)
+    return signed.reshape(n, k)
+
+
+def _write_output(mem, y: np.ndarray, d: dict[str, int], layout: DesignLayout) -> int:
+    """Blocked Y: result (m, n) goes to element ((m // R) * N + n) * R + m % R; pads are zero."""
+    m, n = y.shape
+    rows = layout.mm.rows
+    ebytes = 4 if d["out_mode"] == OutMode.INT32 else 1
+    total = layout.out_bytes(m, n, d["out_mode"])
+    out = np.zeros(total // ebytes, dtype="<i4" if ebytes == 4 else "i1")
+    mi, ni = np.meshgrid(np.arange(m), np.arange(n), indexing="ij")
+    out[((mi // rows) * n + ni) * rows + mi % rows] = y
+    mem.write(d["y_addr"], out.view(np.uint8).tobytes())
+    return total
+
+
+def _run_matmul(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
+    mm = layout.mm
+    m, k, n, wbits, mode = d["m"], d["k"], d["n"], d["wbits"], d["out_mode"]
+    g = mm.group_size
+    ranges = [(d["x_addr"], m * k), (d["s_addr"], layout.scale_bytes(n, k)),
+              (d["y_addr"], layout.out_bytes(m, n, mode))]
+    ranges += [(d[f"w_addr{p}"], layout.weight_port_bytes(n, k, wbits)) for p in range(mm.weight_ports)]
+    if mode == OutMode.INT8:
+        ranges.append((d["q_addr"], layout.requant_bytes(n)))
+    for addr, nbytes in ranges:
+        _check_range(mem, addr, nbytes)
+
+    x = np.frombuffer(mem.read(d["x_addr"], m * k), dtype=np.int8).reshape(m, k)
+    w = _read_weights(mem, d, layout)
+    s_raw = np.frombuffer(mem.read(d["s_addr"], n * (k // g) * 2), dtype="<u2")
+    s = (s_raw.astype(np.int64) & ((1 << mm.scale_bits) - 1)).reshape(n, k // g)
+    if mode == OutMode.INT32:
+        y = matmul_int32(x, w, s, g, d["out_shift"])
+    else:
+        q = np.frombuffer(mem.read(d["q_addr"], n * 8), dtype="<u8")
+        mult = np.array([int(v) & 0xFFFF_FFFF for v in q], dtype=np.int64)
+        mult = np.where(mult >= 1 << 31, mult - (1 << 32), mult)
+        shift = np.array([(int(v) >> 32) & 0x7F for v in q], dtype=np.int64)
+        y = matmul_int8(x, w, s, g, mult, shift)
+    result.output_bytes_written += _write_output(mem, y, d, layout)
+    result.mac_ops += m * k * n
+    for p in range(mm.weight_ports):
+        result.weight_bytes_read[p] += layout.row_blocks(m) * layout.weight_port_bytes(n, k, wbits)
+
+
+def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> ProgramResult:
+    """Run ``count`` descriptors at ``program_addr`` against ``memory`` like the kernel does.
+
+    ``memory``: a dict of 4 KiB pages (page number -> bytearray), a bytearray-like
+    object mapped at address 0, or any object with ``read(addr, n)`` and
+    ``write(addr, data)`` (raising :class:`MemoryAccessError` for unmapped bytes).
+    Returns the STATUS/DESC_DONE the kernel would report; never raises for a
+    bad descriptor (that is an error code, as on hardware).
+    """
+    mem = _as_memory(memory)
+    result = ProgramResult(weight_bytes_read=[0] * layout.mm.weight_ports)
+    dbytes = layout.descriptor_bytes
+    for i in range(count):
+        try:
+            _check_range(mem, program_addr + i * dbytes, dbytes)
+            d = _fields(mem.read(program_addr + i * dbytes, dbytes), layout)
+        except MemoryAccessError as err:
+            result.error, result.error_index, result.detail = ErrorCode.AXI_RESP, i, str(err)
+            return result
+        if d["op"] == Opcode.END:
+            return result
+        code, why = _validate(d, layout)
+        if code != ErrorCode.NONE:
+            result.error, result.error_index, result.detail = code, i, why
+            return result
+        try:
+            _run_matmul(mem, d, layout, result)
+        except MemoryAccessError as err:
+            result.error, result.error_index, result.detail = ErrorCode.AXI_RESP, i, str(err)
+            return result
+        result.descriptors_done += 1
+    return result

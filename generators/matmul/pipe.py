@@ -1,0 +1,40 @@
+"""Small pipeline helpers shared by the engine's stages (registered, never stalled)."""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal
+
+__all__ = ["adder_tree", "delay"]
+
+
+def delay(m: Module, value, cycles: int, *, name: str):
+    """``value`` registered ``cycles`` times (a shift register; 0 returns ``value``)."""
+    for i in range(cycles):
+        shape = value.shape()
+        r = Signal(shape, name=f"{name}_d{i + 1}")
+        m.d.sync += r.eq(value)
+        value = r
+    return value
+
+
+def adder_tree(m: Module, values: list, *, levels_per_stage: int, name: str) -> tuple:
+    """Sum ``values`` pairwise, registering every ``levels_per_stage`` levels and the root.
+
+    Returns ``(root, register_stages)``; each level widens by one bit so the sum
+    is exact. ``len(values)`` must be a power of two; one value is returned as is.
+    """
+    n = len(values)
+    if n == 0 or n & (n - 1):
+        raise ValueError(f"adder_tree needs a power-of-two number of inputs, got {n}")
+    stages = level = 0
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] for i in range(0, len(values), 2)]
+        level += 1
+        if level % levels_per_stage == 0 or len(values) == 1:
+            regs = []
+            for i, v in enumerate(values):
+                r = Signal(v.shape(), name=f"{name}_l{level}_{i}")
+                m.d.sync += r.eq(v)
+                regs.append(r)
+            values = regs
+            stages += 1
+    return values[0], stages

@@ -1,0 +1,275 @@
+"""Test support for the matmul engine: §4 buffer packing and an amaranth.sim testbench.
+
+The packers here are written from docs/architecture.md §4 independently of the
+host's production packer (``hbmforge.host.packing``), so tests comparing the
+two cross-check the layout. :class:`EngineBench` serves the engine's DMA
+commands from a Python byte memory with random stalls and back-pressure.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...layout import DesignLayout, OutMode
+
+__all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_requant", "unpack_outputs",
+           "MatmulCase", "EngineBench"]
+
+
+async def _until(ctx, cond, *samples):
+    """``await ctx.tick().sample(*samples).until(cond)`` without an async generator
+    (background testbenches are dropped mid-wait when the simulation ends)."""
+    while True:
+        _, _, *values, flag = await ctx.tick().sample(*samples, cond)
+        if flag:
+            return values
+
+
+def _pad(buf: bytes, word_bytes: int) -> bytes:
+    return buf + bytes(-len(buf) % word_bytes)
+
+
+def pack_activations(x, word_bytes: int) -> bytes:
+    """int8 ``[M, K]`` row-major, padded to a whole word."""
+    return _pad(np.asarray(x, dtype=np.int8).tobytes(), word_bytes)
+
+
+def pack_weights(w, wbits: int, weight_ports: int, data_width: int) -> list[bytes]:
+    """Signed ``[N, K]`` weights -> one byte string per stripe (§4: one bit stream, combined words)."""
+    w = np.asarray(w, dtype=np.int64).reshape(-1)
+    if wbits == 8:
+        stream = (w & 0xFF).astype(np.uint8).tobytes()
+    elif wbits == 4:
+        nib = (w & 0xF).astype(np.uint8)
+        if len(nib) % 2:
+            nib = np.append(nib, np.uint8(0))
+        stream = (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8).tobytes()
+    else:
+        raise ValueError(f"wbits must be 4 or 8, got {wbits}")
+    wb = data_width // 8
+    stream = _pad(stream, wb * weight_ports)
+    words = len(stream) // (wb * weight_ports)
+    return [b"".join(stream[(c * weight_ports + p) * wb:(c * weight_ports + p + 1) * wb] for c in range(words))
+            for p in range(weight_ports)]
+
+
+def pack_scales(s, word_bytes: int) -> bytes:
+    """u16 little-endian mantissas ``[N, K/G]`` row-major."""
+    return _pad(np.asarray(s, dtype="<u2").tobytes(), word_bytes)
+
+
+def pack_requant(mult, shift, word_bytes: int) -> bytes:
+    """u64 per column: bits 31:0 ``mult`` (int32), bits 38:32 ``shift``."""
+    mult = np.asarray(mult, dtype=np.int64) & 0xFFFFFFFF
+    shift = np.asarray(shift, dtype=np.int64) & 0x7F
+    return _pad((mult | (shift << 32)).astype("<u8").tobytes(), word_bytes)
+
+
+def unpack_outputs(buf: bytes, m: int, n: int, rows: int, out_mode: int) -> np.ndarray:
+    """Blocked Y (§4) -> ``[M, N]``; also checks that padded rows are 0."""
+    dt = np.dtype("<i4") if out_mode == OutMode.INT32 else np.dtype("i1")
+    blocks = -(-m // rows)
+    y = np.frombuffer(bytes(buf[:blocks * n * rows * dt.itemsize]), dtype=dt).reshape(blocks, n, rows)
+    full = y.transpose(0, 2, 1).reshape(blocks * rows, n)
+    if np.any(full[m:] != 0):
+        raise AssertionError("rows past M are not zero")
+    return full[:m]
+
+
+@dataclass
+class MatmulCase:
+    """One MATMUL job: operands, output mode and (after the run) the engine's result."""
+
+    x: np.ndarray
+    w: np.ndarray
+    s: np.ndarray
+    wbits: int
+    out_mode: int = OutMode.INT32
+    out_shift: int = 0
+    mult: np.ndarray | None = None
+    shift: np.ndarray | None = None
+    addrs: dict = field(default_factory=dict)
+    result: np.ndarray | None = None
+    pad_bytes: bytes | None = None
+
+    def expected(self, group_size: int) -> np.ndarray:
+        from ...numerics.matmul import matmul_int32, matmul_int8
+        if self.out_mode == OutMode.INT32:
+            return matmul_int32(self.x, self.w, self.s, group_size, self.out_shift)
+        return matmul_int8(self.x, self.w, self.s, group_size, self.mult, self.shift)
+
+
+class EngineBench:
+    """Runs :class:`MatmulCase` jobs on a ``MatmulEngine`` in amaranth.sim.
+
+    ``stall`` is the chance that a reader holds back a word (and a command
+    port its ready) in any cycle; ``backpressure`` the chance that the writer
+    is not ready for ``out_data``. ``fires``/``cycles`` per job are recorded.
+    """
+
+    def __init__(self, layout: DesignLayout, *, seed: int = 0, stall: float = 0.0,
+                 backpressure: float = 0.0, engine=None):
+        from .engine import MatmulEngine
+
+        self.layout = layout
+        self.dut = engine if engine is not None else MatmulEngine(layout)
+        self.rng = random.Random(seed)
+        self.stall, self.backpressure = stall, backpressure
+        self.mem = bytearray()
+        self.cases: list[MatmulCase] = []
+        self.stats: list[dict] = []
+        self.commands: dict[str, list] = {}
+
+    # -- memory --------------------------------------------------------------------------
+    def alloc(self, data: bytes) -> int:
+        wb = self.layout.word_bytes
+        addr = len(self.mem) + 4096        # never 0; leave a gap between buffers
+        addr = -(-addr // wb) * wb
+        self.mem.extend(bytes(addr - len(self.mem)))
+        self.mem.extend(_pad(bytes(data), wb))
+        return addr
+
+    def add(self, case: MatmulCase) -> MatmulCase:
+        lay = self.layout
+        wb, P, W = lay.word_bytes, lay.mm.weight_ports, lay.config.data_width
+        case.addrs["x"] = self.alloc(pack_activations(case.x, wb))
+        case.addrs["w"] = [self.alloc(b) for b in pack_weights(case.w, case.wbits, P, W)]
+        case.addrs["s"] = self.alloc(pack_scales(case.s, wb))
+        if case.out_mode == OutMode.INT8:
+            case.addrs["q"] = self.alloc(pack_requant(case.mult, case.shift, wb))
+        else:
+            case.addrs["q"] = 0
+        m, n = case.x.shape[0], case.w.shape[0]
+        out_bytes = lay.out_bytes(m, n, case.out_mode)
+        case.addrs["y"] = self.alloc(bytes([0xA5]) * out_bytes)     # garbage: the engine must overwrite
+        self.cases.append(case)
+        return case
+
+    # -- testbench processes ---------------------------------------------------------------
+    def _reader(self, name, cmd, data):
+        queue: deque = deque()
+        wb = self.layout.word_bytes
+        self.commands[name] = []
+
+        async def take_commands(ctx):
+            while True:
+                while self.rng.random() < self.stall:
+                    await ctx.tick()
+                ctx.set(cmd.ready, 1)
+                addr, nbytes = await _until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
+                ctx.set(cmd.ready, 0)
+                self.commands[name].append((addr, nbytes))
+                queue.append((addr, nbytes))
+
+        async def deliver(ctx):
+            while True:
+                if not queue:
+                    await ctx.tick()
+                    continue
+                addr, nbytes = queue.popleft()
+                assert addr % wb == 0 and nbytes % wb == 0, (name, addr, nbytes)
+                for a in range(addr, addr + nbytes, wb):
+                    while self.rng.random() < self.stall:
+                        ctx.set(data.valid, 0)
+                        await ctx.tick()
+                    ctx.set(data.payload, int.from_bytes(self.mem[a:a + wb], "little"))
+                    ctx.set(data.valid, 1)
+                    await _until(ctx, data.ready)
+                    ctx.set(data.valid, 0)
+
+        return take_commands, deliver
+
+    def _writer(self):
+        dut, wb = self.dut, self.layout.word_bytes
+        self.commands["out"] = []
+
+        async def write(ctx):
+            while True:
+                ctx.set(dut.out_cmd.ready, 1)
+                addr, nbytes = await _until(ctx, dut.out_cmd.valid, dut.out_cmd.payload.addr,
+                                            dut.out_cmd.payload.bytes)
+                ctx.set(dut.out_cmd.ready, 0)
+                self.commands["out"].append((addr, nbytes))
+                for a in range(addr, addr + nbytes, wb):
+                    while self.rng.random() < self.backpressure:
+                        ctx.set(dut.out_data.ready, 0)
+                        await ctx.tick()
+                    ctx.set(dut.out_data.ready, 1)
+                    word, = await _until(ctx, dut.out_data.valid, dut.out_data.payload)
+                    ctx.set(dut.out_data.ready, 0)
+                    self.mem[a:a + wb] = int(word).to_bytes(wb, "little")
+                for _ in range(self.rng.randrange(1, 8)):       # write responses take a while
+                    await ctx.tick()
+                ctx.set(dut.out_done.valid, 1)
+                ctx.set(dut.out_done.payload.error, 0)
+                await _until(ctx, dut.out_done.ready)
+                ctx.set(dut.out_done.valid, 0)
+
+        return write
+
+    def run(self, max_cycles: int = 200_000, vcd: str | None = None):
+        from amaranth.sim import Simulator
+
+        dut, lay = self.dut, self.layout
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        readers = [("act", dut.act_cmd, dut.act_data), ("scale", dut.scale_cmd, dut.scale_data),
+                   ("rq", dut.rq_cmd, dut.rq_data)]
+        readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(lay.mm.weight_ports)]
+        for name, cmd, data in readers:
+            for proc in self._reader(name, cmd, data):
+                sim.add_testbench(proc, background=True)
+        sim.add_testbench(self._writer(), background=True)
+        counters = {"cycles": 0, "fires": 0, "busy": 0}
+
+        async def monitor(ctx):
+            while True:
+                _, _, fire, busy = await ctx.tick().sample(dut.fire, dut.busy)
+                counters["cycles"] += 1
+                counters["fires"] += fire
+                counters["busy"] += busy
+
+        sim.add_testbench(monitor, background=True)
+
+        async def driver(ctx):
+            for case in self.cases:
+                m, k = case.x.shape
+                n = case.w.shape[0]
+                before = dict(counters)
+                fields = dict(m=m, k=k, n=n, wbits=case.wbits, out_mode=case.out_mode,
+                              out_shift=case.out_shift, x_addr=case.addrs["x"], s_addr=case.addrs["s"],
+                              q_addr=case.addrs["q"], y_addr=case.addrs["y"])
+                for f, v in fields.items():
+                    ctx.set(getattr(dut.job.payload, f), v)
+                for i, a in enumerate(case.addrs["w"]):
+                    ctx.set(dut.job.payload.w_addr[i], a)
+                ctx.set(dut.job.valid, 1)
+                await ctx.tick().until(dut.job.ready)
+                ctx.set(dut.job.valid, 0)
+                ctx.set(dut.done.ready, 1)
+                waited = 0
+                async for _, _, valid in ctx.tick().sample(dut.done.valid):
+                    waited += 1
+                    if valid:
+                        break
+                    if waited > max_cycles:
+                        raise TimeoutError(f"job {case.x.shape}x{case.w.shape} not done after {max_cycles} "
+                                           f"cycles (fires so far {counters['fires'] - before['fires']})")
+                ctx.set(dut.done.ready, 0)
+                self.stats.append({k: counters[k] - before[k] for k in counters})
+                out = lay.out_bytes(m, n, case.out_mode)
+                raw = self.mem[case.addrs["y"]:case.addrs["y"] + out]
+                case.result = unpack_outputs(raw, m, n, lay.mm.rows, case.out_mode)
+                used = lay.row_blocks(m) * n * lay.mm.rows * (4 if case.out_mode == OutMode.INT32 else 1)
+                case.pad_bytes = bytes(raw[used:])
+
+        sim.add_testbench(driver)
+        if vcd:
+            with sim.write_vcd(vcd):
+                sim.run()
+        else:
+            sim.run()
+        return self.cases

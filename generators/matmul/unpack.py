@@ -1,0 +1,88 @@
+"""Weight unpacker: P striped port words -> chunks of L signed weights.
+
+The weight stream (docs/architecture.md §4) is one bit stream cut into
+combined words of ``P * W`` bits, stripe 0 in the low bits; a chunk is the
+next ``L * wbits`` bits, lane ``l`` at bits ``[l * wbits, (l + 1) * wbits)``.
+One :class:`WidthAdapter` per supported weight width keeps each path a
+fixed-ratio split or gather; the job's ``wbits`` picks the path.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from .gearbox import WidthAdapter
+
+__all__ = ["WeightUnpacker"]
+
+
+class WeightUnpacker(wiring.Component):
+    """Zip the ``P`` weight streams and emit one ``L``-lane chunk per cycle.
+
+    Lanes are signed ``max(weight_bits)``-bit values (narrower weights are sign
+    extended). ``o_last`` marks the chunk that ends a row block's stream: the
+    padding in the rest of that combined word is dropped.
+    """
+
+    def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8)):
+        for name, v in (("lanes", lanes), ("weight_ports", weight_ports), ("data_width", data_width)):
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise TypeError(f"{name} must be an int, got {v!r}")
+            if v <= 0 or v & (v - 1):
+                raise ValueError(f"{name} must be a power of two, got {v}")
+        weight_bits = tuple(sorted(weight_bits))
+        if not weight_bits or any(b not in (4, 8) for b in weight_bits) or len(set(weight_bits)) != len(weight_bits):
+            raise ValueError(f"weight_bits must be a non-empty subset of (4, 8), got {weight_bits!r}")
+        self._lanes, self._ports, self._width, self._wbits = lanes, weight_ports, data_width, weight_bits
+        self._lane_shape = signed(max(weight_bits))
+        super().__init__({
+            "w_data": In(stream.Signature(data_width)).array(weight_ports),
+            "wbits": In(4),
+            "o": Out(stream.Signature(data.ArrayLayout(self._lane_shape, lanes))),
+            "o_last": In(1),
+        })
+
+    @property
+    def lanes(self) -> int:
+        return self._lanes
+
+    @property
+    def weight_bits(self) -> tuple:
+        return self._wbits
+
+    @property
+    def lane_shape(self):
+        return self._lane_shape
+
+    def elaborate(self, platform):
+        m = Module()
+        L, P = self._lanes, self._ports
+        combined = Cat(*(s.payload for s in self.w_data))
+        all_valid = Signal()
+        m.d.comb += all_valid.eq(Cat(*(s.valid for s in self.w_data)).all())
+        in_ready = Signal()
+        for s in self.w_data:
+            m.d.comb += s.ready.eq(in_ready & all_valid)
+
+        paths = []
+        for bits in self._wbits:
+            m.submodules[f"adapt{bits}"] = adapt = WidthAdapter(P * self._width, L * bits)
+            sel = Signal(name=f"sel{bits}")
+            m.d.comb += sel.eq(self.wbits == bits if len(self._wbits) > 1 else 1)
+            m.d.comb += [adapt.i.payload.eq(combined), adapt.i.valid.eq(all_valid & sel),
+                         adapt.o.ready.eq(self.o.ready & sel), adapt.o_last.eq(self.o_last)]
+            lw = self._lane_shape.width
+            vec = Cat(*(Cat(adapt.o.payload[i * bits:(i + 1) * bits],
+                            adapt.o.payload[(i + 1) * bits - 1].replicate(lw - bits))
+                        for i in range(L)))          # lanes sign-extended to the lane width
+            paths.append((sel, adapt, vec))
+
+        sel0, adapt0, vec0 = paths[0]
+        valid, ready, vec = adapt0.o.valid, adapt0.i.ready, vec0
+        for sel, adapt, v in paths[1:]:
+            valid = Mux(sel, adapt.o.valid, valid)
+            ready = Mux(sel, adapt.i.ready, ready)
+            vec = Mux(sel, v, vec)
+        m.d.comb += [self.o.valid.eq(valid), in_ready.eq(ready), self.o.payload.eq(vec)]
+        return m

@@ -17,6 +17,7 @@ __all__ = [
     "KernelArg",
     "kernel_args",
     "pointer_arg_of_port",
+    "compute_unit",
     "register_fields",
     "pynq_access",
     "pynq_registers",
@@ -86,6 +87,11 @@ def pointer_arg_of_port(manifest: Mapping[str, Any], port: str) -> KernelArg:
             return a
     names = [p["name"] for p in manifest["ports"]]
     raise ValueError(f"no port {port!r} on {manifest['kernel']}; ports: {', '.join(names)}")
+
+
+def compute_unit(manifest: Mapping[str, Any]) -> str:
+    """The one compute unit v++ instantiates (link.cfg ``nk=``) and XRT opens."""
+    return f"{manifest['kernel']}_1"
 
 
 # Bit fields of the fixed ap_ctrl_hs registers (docs/architecture.md §2):

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 import jinja2
 
 from .boards import Board, load_board
-from .kernel_interface import CONTROL_RANGE, kernel_args, pynq_registers
+from .kernel_interface import CONTROL_RANGE, compute_unit, kernel_args, pynq_registers
 
 __all__ = ["IP_VENDOR", "IP_LIBRARY", "CONTROL_BASE", "render_package", "package_context",
            "render_template", "ps_port_info"]
@@ -101,7 +101,7 @@ def package_context(manifest: Mapping[str, Any], board: Board | str | None = Non
         "clock_hz": int(round(float(manifest["clock_mhz"]) * 1e6)),
         "vendor": IP_VENDOR, "library": IP_LIBRARY, "version": IP_VERSION,
         "vlnv": f"{IP_VENDOR}:{IP_LIBRARY}:{top}:{IP_VERSION}",
-        "cu": f"{kernel}_1",
+        "cu": compute_unit(manifest),
         "instance": f"{kernel}_0",
         "bd_name": f"{kernel}_bd",
         "control": {"prefix": "s_axi_control", "range": CONTROL_RANGE, "base": CONTROL_BASE,

@@ -1,0 +1,206 @@
+"""Build the co-simulation shared library of a design (cached).
+
+Verilator turns the kernel into C++; the Verilator makefile then compiles it,
+``libverilated`` and the harness (``sim/harness``) with ``-fPIC`` and links
+everything into ``lib<kernel>.so`` (``--exe`` with ``-shared``: one make run,
+one set of flags). Only the ``hbf_*`` ABI is exported and symbols bind
+inside the library, so several designs can be loaded into one process.
+The result is cached by the hash of everything that goes into it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .bindings import HARNESS_SOURCES, harness_dir, load_manifest, render_ports_header
+from .cache import BuildCache, content_key
+from .progress import StageProgress
+from .verilator import VerilatorInstall, find_verilator
+
+__all__ = ["BuildOptions", "BuildResult", "BuildError", "build_cosim", "cosim_key"]
+
+_KEY_VERSION = "cosim-build-1"     # bump when the build recipe changes in a way the inputs don't show
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What affects the built library besides the RTL and the harness."""
+
+    trace: bool = False                     # FST tracing (hbf_trace_open); slows the model down
+    opt: str = "-O2"                        # C++ optimisation of the model (Verilator's default is -Os)
+    x_fast: bool = True                     # --x-assign fast --x-initial fast
+    warnings_fatal: bool = False            # generated RTL trips style warnings; don't fail on them
+    verilator_args: tuple[str, ...] = ()
+    jobs: int = 2                           # make -j (the machines have few cores)
+
+    def verilator_flags(self) -> list[str]:
+        flags = ["-O3", "--no-timing", "-Wno-SYMRSVDWORD"]
+        if self.x_fast:
+            flags += ["--x-assign", "fast", "--x-initial", "fast"]
+        if not self.warnings_fatal:
+            flags += ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
+        if self.trace:
+            flags += ["--trace-fst", "--trace-structs"]
+        return flags + list(self.verilator_args)
+
+    def to_json(self) -> dict:
+        return {"trace": self.trace, "opt": self.opt, "x_fast": self.x_fast,
+                "warnings_fatal": self.warnings_fatal, "verilator_args": list(self.verilator_args)}
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    library: Path               # lib<kernel>.so
+    manifest: dict = field(repr=False)
+    cache_hit: bool
+    seconds: float              # wall time of this call (build or lookup)
+    key: str
+    stage_seconds: dict = field(default_factory=dict)
+    trace: bool = False
+
+    @property
+    def directory(self) -> Path:
+        return self.library.parent
+
+
+class BuildError(RuntimeError):
+    """Verilator or the C++ build failed; the message holds the tail of the log and its path."""
+
+
+def _rtl_paths(rtl: str | Path | Sequence[str | Path]) -> list[Path]:
+    items = [rtl] if isinstance(rtl, (str, Path)) else list(rtl)
+    paths = [Path(p).resolve() for p in items]
+    for p in paths:
+        if not p.is_file():
+            raise FileNotFoundError(f"RTL source {p} does not exist")
+    return paths
+
+
+def _compiler_id() -> str:
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        return subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30).stdout.splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return cxx
+
+
+def cosim_key(rtl_paths: list[Path], header: str, install: VerilatorInstall, options: BuildOptions) -> str:
+    hdir = harness_dir()
+    return content_key([
+        _KEY_VERSION,
+        *rtl_paths,
+        *(hdir / name for name in HARNESS_SOURCES),
+        header,
+        install.version_str,
+        _compiler_id(),
+        json.dumps(options.to_json(), sort_keys=True),
+    ])
+
+
+def build_cosim(rtl: str | Path | Sequence[str | Path], manifest: dict | str | Path, *,
+                options: BuildOptions | None = None, progress: bool = True,
+                cache: BuildCache | None = None, lock_timeout: float | None = 3600) -> BuildResult:
+    """The co-simulation library of ``rtl`` (Verilog files) described by ``manifest``; built if not cached."""
+    t0 = time.monotonic()
+    options = options or BuildOptions()
+    manifest = load_manifest(manifest)
+    rtl_paths = _rtl_paths(rtl)
+    install = find_verilator()
+    header = render_ports_header(manifest, trace=options.trace)
+    key = cosim_key(rtl_paths, header, install, options)
+    name = manifest["kernel"]
+    cache = cache or BuildCache("cosim")
+    prog = StageProgress(f"co-sim {name}", enabled=progress)
+
+    def build(out: Path) -> None:
+        _build_into(out, rtl_paths, manifest, header, install, options, prog, cache)
+
+    entry = cache.get_or_build(
+        name, key, build, lock_timeout=lock_timeout,
+        on_wait=lambda: prog.note("waiting for another process building the same design"),
+        metadata={"kernel": name, "verilator": install.describe(), "options": options.to_json(),
+                  "rtl": [str(p) for p in rtl_paths]})
+    lib = entry.path / f"lib{name}.so"
+    stages = {}
+    info = entry.path / "build_info.json"
+    if info.exists():
+        stages = json.loads(info.read_text()).get("stage_seconds", {})
+    return BuildResult(lib, manifest, entry.hit, time.monotonic() - t0, key, stages, options.trace)
+
+
+def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, install: VerilatorInstall,
+                options: BuildOptions, prog: StageProgress, cache: BuildCache) -> None:
+    name = manifest["kernel"]
+    gen = out / "gen"
+    obj = out / "obj"
+    gen.mkdir()
+    (gen / "hbf_ports.h").write_text(header)
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    log_path = out / "build.log"
+    env = install.env()
+    env["PYTHON3"] = sys.executable            # the wheel's verilated.mk calls plain `python`
+    hdir = harness_dir()
+    cflags = ["-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", f"-I{hdir}", f"-I{gen}",
+              f"-DHBF_TRACE={int(options.trace)}"]
+    lib_name = f"lib{name}.so"
+    vcmd = [str(install.executable), "--cc", "--exe", "--top-module", name, "--prefix", "Vtop",
+            "-Mdir", str(obj), "-o", str(out / lib_name),
+            *options.verilator_flags(),
+            "-CFLAGS", " ".join(cflags),
+            "-LDFLAGS", "-shared -Wl,-Bsymbolic -Wl,--exclude-libs,ALL -pthread",
+            *map(str, rtl_paths), str(hdir / "hbf_harness.cpp")]
+    with open(log_path, "w") as log:
+        with prog.stage("verilate"):
+            _run(vcmd, env, log, log_path, cache, name)
+        total = len(list(obj.glob("*.cpp"))) + 3 + 1     # model files + verilated*.cpp + harness
+        mcmd = ["make", f"-j{options.jobs}", "-C", str(obj), "-f", "Vtop.mk",
+                f"OPT_FAST={options.opt}", f"OPT_SLOW={options.opt if options.opt != '-O3' else '-O2'}",
+                f"OPT_GLOBAL={options.opt}", f"PYTHON3={sys.executable}",
+                f"VM_TRACE={int(options.trace)}", "CFG_LDLIBS_THREADS=-pthread"]
+        with prog.stage("compile and link"):
+            done = 0
+
+            def on_line(line: str) -> None:
+                nonlocal done
+                if re.search(r"\s-c\s|\s-c$", line) and ".cpp" in line:
+                    done += 1
+                    prog.detail(f"{min(done, total)}/{total}")
+            _run(mcmd, env, log, log_path, cache, name, on_line=on_line)
+    if not (out / lib_name).exists():
+        raise BuildError(f"build of {name} produced no {lib_name}; see {log_path}")
+    shutil.rmtree(obj, ignore_errors=True)        # objects are large; the library is all we load
+    (out / "build_info.json").write_text(json.dumps({
+        "kernel": name, "verilator": install.describe(), "options": options.to_json(),
+        "verilator_command": vcmd, "stage_seconds": prog.times}, indent=1))
+
+
+def _run(cmd: list[str], env: dict, log, log_path: Path, cache: BuildCache, name: str,
+         on_line=None) -> None:
+    log.write("$ " + " ".join(cmd) + "\n")
+    log.flush()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+    tail: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        log.write(line)
+        tail.append(line.rstrip("\n"))
+        del tail[:-60]
+        if on_line:
+            on_line(line)
+    rc = proc.wait()
+    log.flush()
+    if rc != 0:
+        keep = cache.dir / ".logs" / f"{name}-failed-{int(time.time())}.log"
+        keep.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(log_path, keep)
+        raise BuildError(f"`{Path(cmd[0]).name}` failed (exit {rc}) building {name}; full log: {keep}\n"
+                         + "\n".join(tail[-40:]))

@@ -1,0 +1,293 @@
+"""``CoSim``: a Python handle on a co-simulation library (ctypes over the §7 C ABI).
+
+The simulation itself runs in C++; this wrapper converts types, names ports
+and registers from the manifest, and turns every way a run can go wrong into
+a return value or an exception instead of a hang: long runs are cut into
+chunks so a wall-clock timeout and Ctrl-C are honoured between chunks.
+"""
+from __future__ import annotations
+
+import ctypes
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .bindings import load_manifest, port_timings
+from .timing import PortTiming
+
+__all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "ProtocolReport"]
+
+_RUN_CHUNK = 1 << 20            # cycles per C call when a wall-clock limit or Ctrl-C must be honoured
+_ERROR_TEXT_BYTES = 1 << 16
+
+
+class CoSimError(RuntimeError):
+    """The library could not be loaded or used (closed handle, bad port, failed create)."""
+
+
+class AxiProtocolError(CoSimError):
+    """The kernel broke an AXI rule (raised by :meth:`CoSim.check_protocol`)."""
+
+
+@dataclass(frozen=True)
+class PortStats:
+    bytes_read: int
+    bytes_written: int
+    read_bursts: int
+    write_bursts: int
+    r_beats: int
+    violations_4k: int
+
+
+@dataclass(frozen=True)
+class ProtocolReport:
+    count: int
+    messages: list[str]
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+
+_LIBS: dict[str, ctypes.CDLL] = {}
+
+
+def _load(path: Path) -> ctypes.CDLL:
+    key = str(path.resolve())
+    lib = _LIBS.get(key)
+    if lib is not None:
+        return lib
+    try:
+        lib = ctypes.CDLL(key, mode=ctypes.RTLD_LOCAL)
+    except OSError as e:
+        raise CoSimError(f"cannot load co-simulation library {key}: {e}") from e
+    vp, u32, u64, i32 = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int
+    sigs = {
+        "hbf_create": ([], vp),
+        "hbf_destroy": ([vp], None),
+        "hbf_num_ports": ([vp], i32),
+        "hbf_set_port_timing": ([vp, i32, u32, u32, ctypes.c_double, u32], None),
+        "hbf_reg_read": ([vp, u32], u32),
+        "hbf_reg_write": ([vp, u32, u32], None),
+        "hbf_mem_write": ([vp, u64, vp, u64], None),
+        "hbf_mem_read": ([vp, u64, vp, u64], None),
+        "hbf_step": ([vp, u64], None),
+        "hbf_run_until_interrupt": ([vp, u64], i32),
+        "hbf_cycles": ([vp], u64),
+        "hbf_port_stats": ([vp, i32, ctypes.POINTER(u64)], None),
+        "hbf_protocol_errors": ([vp, ctypes.c_char_p, i32], i32),
+        "hbf_trace_open": ([vp, ctypes.c_char_p], None),
+    }
+    for name, (args, res) in sigs.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            raise CoSimError(f"{key} does not export {name}: not an hbmforge co-simulation library "
+                             "or built from an older harness") from None
+        fn.argtypes, fn.restype = args, res
+    _LIBS[key] = lib
+    return lib
+
+
+class CoSim:
+    """One simulated device: the kernel out of reset, empty memory, board-default port timing.
+
+    ``CoSim.open(rtl, manifest)`` builds (or takes from the cache) and opens;
+    ``CoSim(library, manifest)`` opens an existing library.
+    """
+
+    def __init__(self, library: str | Path, manifest: dict | str | Path | None = None, *,
+                 trace_supported: bool | None = None):
+        library = Path(library)
+        if manifest is None:
+            manifest = library.parent / "manifest.json"
+        self.manifest = load_manifest(manifest)
+        self.library = library
+        self.trace_supported = trace_supported
+        self._lib = _load(library)
+        self._h = self._lib.hbf_create()
+        if not self._h:
+            raise CoSimError(f"hbf_create failed for {library}")
+        n = self._lib.hbf_num_ports(self._h)
+        names = [p["name"] for p in self.manifest["ports"]]
+        if n != len(names):
+            self.close()
+            raise CoSimError(f"{library} has {n} m_axi ports but the manifest lists {len(names)} ({names})")
+        self.port_names = names
+        self._timing = list(port_timings(self.manifest))
+        self._regs = {r["name"]: r for r in self.manifest.get("registers", [])}
+        self.last_stop: str | None = None
+
+    @classmethod
+    def open(cls, rtl, manifest, *, options=None, progress: bool = True) -> "CoSim":
+        from .build import build_cosim
+        result = build_cosim(rtl, manifest, options=options, progress=progress)
+        return cls(result.library, result.manifest, trace_supported=result.trace)
+
+    # -- lifetime ----------------------------------------------------------------------
+    def close(self) -> None:
+        if getattr(self, "_h", None):
+            self._lib.hbf_destroy(self._h)
+            self._h = None
+
+    def __enter__(self) -> "CoSim":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    @property
+    def handle(self) -> int:
+        if not self._h:
+            raise CoSimError("the co-simulation was closed")
+        return self._h
+
+    # -- registers ---------------------------------------------------------------------
+    def _reg(self, reg: int | str) -> tuple[int, int]:
+        if isinstance(reg, str):
+            try:
+                r = self._regs[reg]
+            except KeyError:
+                raise KeyError(f"no register {reg!r}; the manifest has {', '.join(self._regs)}") from None
+            return r["offset"], r["width"]
+        return int(reg), 32
+
+    def reg_read(self, reg: int | str) -> int:
+        """A register by offset (32 bits) or manifest name (64-bit ones read low word first)."""
+        addr, width = self._reg(reg)
+        value = self._lib.hbf_reg_read(self.handle, addr)
+        if width == 64:
+            value |= self._lib.hbf_reg_read(self.handle, addr + 4) << 32
+        return value
+
+    def reg_write(self, reg: int | str, value: int) -> None:
+        addr, width = self._reg(reg)
+        self._lib.hbf_reg_write(self.handle, addr, value & 0xFFFFFFFF)
+        if width == 64:
+            self._lib.hbf_reg_write(self.handle, addr + 4, (value >> 32) & 0xFFFFFFFF)
+
+    def start(self, *, interrupt: bool = True) -> None:
+        """ap_start, with the done interrupt enabled (GIE, IER bit 0) unless told otherwise."""
+        if interrupt:
+            self.reg_write(0x04, 1)
+            self.reg_write(0x08, 1)
+        self.reg_write(0x00, 1)
+
+    def ack_interrupt(self) -> int:
+        """Clear the pending ISR bits (toggle-on-write); returns the bits that were set."""
+        isr = self._lib.hbf_reg_read(self.handle, 0x0C)
+        if isr:
+            self._lib.hbf_reg_write(self.handle, 0x0C, isr)
+        return isr
+
+    # -- memory ------------------------------------------------------------------------
+    def mem_write(self, addr: int, data) -> None:
+        """Write bytes, a bytearray/memoryview or any numpy array (its raw bytes) at ``addr``."""
+        if addr < 0:
+            raise ValueError(f"address must be >= 0, got {addr}")
+        arr = np.ascontiguousarray(data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8))
+        if arr.nbytes:
+            self._lib.hbf_mem_write(self.handle, addr, arr.ctypes.data, arr.nbytes)
+
+    def mem_read(self, addr: int, n: int | None = None, dtype=None, *, count: int | None = None):
+        """``n`` bytes at ``addr`` as ``bytes``; with ``dtype``, a numpy array (``count`` items or ``n`` bytes)."""
+        if dtype is None:
+            out = np.empty(int(n), np.uint8)
+        else:
+            dt = np.dtype(dtype)
+            items = count if count is not None else int(n) // dt.itemsize
+            out = np.empty(items, dt)
+        if out.nbytes:
+            self._lib.hbf_mem_read(self.handle, addr, out.ctypes.data, out.nbytes)
+        return out.tobytes() if dtype is None else out
+
+    # -- time --------------------------------------------------------------------------
+    @property
+    def cycles(self) -> int:
+        """Cycles since creation (the 16 reset cycles included)."""
+        return self._lib.hbf_cycles(self.handle)
+
+    def step(self, cycles: int) -> None:
+        self._lib.hbf_step(self.handle, int(cycles))
+
+    def run_until_interrupt(self, max_cycles: int, *, timeout: float | None = None) -> bool:
+        """Clock until ``interrupt`` is high: True if seen, False after ``max_cycles`` or ``timeout`` seconds.
+
+        ``last_stop`` tells which: "interrupt", "max_cycles" or "timeout".
+        """
+        handle = self.handle
+        deadline = None if timeout is None else time.monotonic() + timeout
+        left = int(max_cycles)
+        chunk = left if deadline is None and left <= _RUN_CHUNK else _RUN_CHUNK
+        while True:
+            n = min(left, chunk)
+            if self._lib.hbf_run_until_interrupt(handle, n):
+                self.last_stop = "interrupt"
+                return True
+            left -= n
+            if left <= 0:
+                self.last_stop = "max_cycles"
+                return False
+            if deadline is not None and time.monotonic() >= deadline:
+                self.last_stop = "timeout"
+                return False
+
+    # -- memory timing and statistics --------------------------------------------------
+    @property
+    def num_ports(self) -> int:
+        return len(self.port_names)
+
+    def port_index(self, port: int | str) -> int:
+        if isinstance(port, str):
+            if port not in self.port_names:
+                raise KeyError(f"no port {port!r}; ports: {', '.join(self.port_names)}")
+            return self.port_names.index(port)
+        if not 0 <= port < self.num_ports:
+            raise IndexError(f"port index {port} out of range 0..{self.num_ports - 1}")
+        return port
+
+    def port_timing(self, port: int | str) -> PortTiming:
+        return self._timing[self.port_index(port)]
+
+    def set_port_timing(self, port: int | str, timing: PortTiming | None = None, **changes) -> PortTiming:
+        """Set a port's timing: a whole ``PortTiming`` or fields to change (``read_latency=50``)."""
+        i = self.port_index(port)
+        if timing is None:
+            from dataclasses import replace
+            timing = replace(self._timing[i], **changes)
+        self._lib.hbf_set_port_timing(self.handle, i, timing.read_latency, timing.write_latency,
+                                      float(timing.bytes_per_cycle), timing.max_outstanding)
+        self._timing[i] = timing
+        return timing
+
+    def port_stats(self, port: int | str) -> PortStats:
+        out = (ctypes.c_uint64 * 6)()
+        self._lib.hbf_port_stats(self.handle, self.port_index(port), out)
+        return PortStats(*out)
+
+    def protocol_errors(self) -> ProtocolReport:
+        buf = ctypes.create_string_buffer(_ERROR_TEXT_BYTES)
+        count = self._lib.hbf_protocol_errors(self.handle, buf, len(buf))
+        text = buf.value.decode(errors="replace")
+        return ProtocolReport(count, [line for line in text.splitlines() if line])
+
+    def check_protocol(self) -> None:
+        """Raise :class:`AxiProtocolError` listing the violations, if any were seen."""
+        report = self.protocol_errors()
+        if report:
+            shown = "\n  ".join(report.messages[:20])
+            raise AxiProtocolError(f"{report.count} AXI protocol violation(s):\n  {shown}")
+
+    def trace_open(self, path: str | Path) -> None:
+        """Start an FST trace (the library must be built with ``BuildOptions(trace=True)``)."""
+        if self.trace_supported is False:
+            raise CoSimError("this co-simulation was built without trace support; "
+                             "build with BuildOptions(trace=True)")
+        self._lib.hbf_trace_open(self.handle, str(path).encode())

@@ -1,0 +1,237 @@
+// Timing model of one memory channel behind one AXI4 master port of the kernel,
+// plus the protocol checks of that port.
+//
+// Model (per port, reads and writes independent):
+//   * an AR/AW is accepted while fewer than `max_outstanding` bursts of that
+//     direction are in flight;
+//   * read data of a burst becomes available `read_latency` cycles after its
+//     AR handshake; beats leave in order (bursts in AR order, whatever their
+//     IDs) at no more than `bytes_per_cycle` (a credit counter, capped at one
+//     beat per cycle by the port width);
+//   * W beats are accepted once their AW is accepted, at the same byte rate;
+//     the B response follows `write_latency` cycles after the last beat.
+// Memory is read when a beat is presented and written at the W handshake.
+//
+// Each cycle the harness calls present() after the rising edge (outputs are
+// a function of the model state only, so no combinational loop with the
+// kernel can form) and update() with the kernel's outputs sampled just before
+// the next rising edge.
+#pragma once
+#include <cstdint>
+
+#include "protocol_log.h"
+#include "sparse_memory.h"
+
+namespace hbf {
+
+struct PortTiming {
+    uint32_t read_latency;      // cycles from AR handshake to the first R beat
+    uint32_t write_latency;     // cycles from the last W beat to the B response
+    double bytes_per_cycle;     // channel bandwidth per direction
+    uint32_t max_outstanding;   // bursts in flight per direction
+};
+
+// What the kernel drives on the port (sampled before a rising edge).
+struct MasterSignals {
+    bool arvalid = false, rready = false, awvalid = false, wvalid = false, wlast = false, bready = false;
+    uint32_t arid = 0, arlen = 0, arsize = 0, arburst = 0;
+    uint32_t awid = 0, awlen = 0, awsize = 0, awburst = 0;
+    uint64_t araddr = 0, awaddr = 0;
+};
+
+// What the memory drives back (rdata is written straight into the model's storage).
+struct SlaveSignals {
+    bool arready = false, rvalid = false, rlast = false, awready = false, wready = false, bvalid = false;
+    uint32_t rid = 0, rresp = 0, bid = 0, bresp = 0;
+};
+
+// Byte views of the wide signals inside the Verilated model (little-endian).
+struct DataPins {
+    uint8_t* rdata = nullptr;
+    const uint8_t* wdata = nullptr;
+    const uint8_t* wstrb = nullptr;
+};
+
+struct PortStats {
+    uint64_t bytes_read = 0, bytes_written = 0, read_bursts = 0, write_bursts = 0, r_beats = 0,
+             violations_4k = 0;
+};
+
+// Fixed-capacity FIFO: no allocation in the cycle loop.
+template <typename T, uint32_t N>
+class Ring {
+    static_assert((N & (N - 1)) == 0, "capacity must be a power of two");
+
+  public:
+    bool empty() const { return head_ == tail_; }
+    uint32_t size() const { return tail_ - head_; }
+    T& front() { return items_[head_ & (N - 1)]; }
+    void push(const T& v) { items_[tail_++ & (N - 1)] = v; }
+    void pop() { ++head_; }
+
+  private:
+    T items_[N];
+    uint32_t head_ = 0, tail_ = 0;
+};
+
+class AxiPortModel {
+  public:
+    static constexpr uint32_t kMaxOutstanding = 256;
+
+    AxiPortModel(const char* name, uint32_t data_bytes, uint32_t max_burst_beats, DataPins pins,
+                 SparseMemory& mem, ProtocolLog& log)
+        : name_(name), data_bytes_(data_bytes), max_burst_beats_(max_burst_beats), pins_(pins),
+          mem_(mem), log_(log) {
+        size_log2_ = 0;
+        while ((1u << size_log2_) < data_bytes_) ++size_log2_;
+    }
+
+    void set_timing(const PortTiming& t) {
+        timing_ = t;
+        if (timing_.max_outstanding < 1) timing_.max_outstanding = 1;
+        if (timing_.max_outstanding > kMaxOutstanding) timing_.max_outstanding = kMaxOutstanding;
+        bpc_ = t.bytes_per_cycle > data_bytes_ ? data_bytes_ : t.bytes_per_cycle;
+        if (!(bpc_ > 0)) bpc_ = data_bytes_;                  // 0 or NaN: full width
+        credit_cap_ = data_bytes_ + bpc_;
+        r_credit_ = w_credit_ = credit_cap_;
+    }
+    const PortTiming& timing() const { return timing_; }
+    const PortStats& stats() const { return stats_; }
+    const SlaveSignals& out() const { return out_; }
+
+    // After a rising edge: compute this cycle's outputs from the model state.
+    void present(uint64_t now) {
+        out_.arready = reads_.size() < timing_.max_outstanding;
+        if (!out_.rvalid && !reads_.empty()) {
+            ReadBurst& b = reads_.front();
+            if (now >= b.ready && r_credit_ >= data_bytes_) {
+                mem_.read(b.addr + uint64_t(b.beat) * data_bytes_, pins_.rdata, data_bytes_);
+                out_.rvalid = true;
+                out_.rid = b.id;
+                out_.rlast = b.beat + 1 == b.beats;
+                r_credit_ -= data_bytes_;
+            }
+        }
+        out_.awready = aw_.size() + b_.size() < timing_.max_outstanding;
+        out_.wready = !aw_.empty() && w_credit_ >= data_bytes_;
+        if (!out_.bvalid && !b_.empty() && now >= b_.front().ready) {
+            out_.bvalid = true;
+            out_.bid = b_.front().id;
+        }
+    }
+
+    // Before the next rising edge: apply the handshakes the kernel's outputs complete.
+    void update(const MasterSignals& in, uint64_t now) {
+        check_stable(in, now);
+        if (in.arvalid && out_.arready) accept_read(in, now);
+        if (out_.rvalid && in.rready) {
+            ReadBurst& b = reads_.front();
+            stats_.r_beats++;
+            stats_.bytes_read += data_bytes_;
+            if (++b.beat == b.beats) reads_.pop();
+            out_.rvalid = false;
+        }
+        if (in.awvalid && out_.awready) accept_write(in, now);
+        if (in.wvalid && out_.wready) take_write_beat(in, now);
+        if (out_.bvalid && in.bready) {
+            b_.pop();
+            out_.bvalid = false;
+        }
+        r_credit_ = r_credit_ + bpc_ > credit_cap_ ? credit_cap_ : r_credit_ + bpc_;
+        w_credit_ = w_credit_ + bpc_ > credit_cap_ ? credit_cap_ : w_credit_ + bpc_;
+        prev_ = in;
+        prev_arready_ = out_.arready;
+        prev_awready_ = out_.awready;
+        prev_wready_ = out_.wready;
+    }
+
+  private:
+    struct ReadBurst { uint64_t addr, ready; uint32_t id, beats, beat; };
+    struct WriteBurst { uint64_t addr; uint32_t id, beats, beat; };
+    struct WriteResp { uint64_t ready; uint32_t id; };
+
+    uint64_t word_base(uint64_t addr) const { return addr & ~uint64_t(data_bytes_ - 1); }
+
+    void check_burst(const char* ch, uint64_t addr, uint32_t len, uint32_t size, uint32_t burst,
+                     uint64_t now) {
+        uint32_t beats = len + 1;
+        if (burst != 1)
+            log_.report("%s %s: burst type %u is not INCR (addr 0x%llx, cycle %llu)", name_, ch, burst,
+                        (unsigned long long)addr, (unsigned long long)now);
+        if (size != size_log2_)
+            log_.report("%s %s: size %u (%u B) is not the port width (%u B) (addr 0x%llx, cycle %llu)",
+                        name_, ch, size, 1u << size, data_bytes_, (unsigned long long)addr,
+                        (unsigned long long)now);
+        if (addr & (data_bytes_ - 1))
+            log_.report("%s %s: address 0x%llx is not aligned to the %u-byte word (cycle %llu)", name_, ch,
+                        (unsigned long long)addr, data_bytes_, (unsigned long long)now);
+        if (beats > max_burst_beats_)
+            log_.report("%s %s: %u beats exceed the limit of %u (addr 0x%llx, cycle %llu)", name_, ch, beats,
+                        max_burst_beats_, (unsigned long long)addr, (unsigned long long)now);
+        uint64_t last = word_base(addr) + uint64_t(beats) * data_bytes_ - 1;
+        if ((addr >> 12) != (last >> 12)) {
+            stats_.violations_4k++;
+            log_.report("%s %s: burst 0x%llx..0x%llx (%u beats) crosses a 4 KiB boundary (cycle %llu)", name_,
+                        ch, (unsigned long long)addr, (unsigned long long)last, beats, (unsigned long long)now);
+        }
+    }
+
+    void accept_read(const MasterSignals& in, uint64_t now) {
+        check_burst("AR", in.araddr, in.arlen, in.arsize, in.arburst, now);
+        reads_.push({word_base(in.araddr), now + timing_.read_latency, in.arid, in.arlen + 1, 0});
+        stats_.read_bursts++;
+    }
+
+    void accept_write(const MasterSignals& in, uint64_t now) {
+        check_burst("AW", in.awaddr, in.awlen, in.awsize, in.awburst, now);
+        aw_.push({word_base(in.awaddr), in.awid, in.awlen + 1, 0});
+        stats_.write_bursts++;
+    }
+
+    void take_write_beat(const MasterSignals& in, uint64_t now) {
+        WriteBurst& b = aw_.front();
+        mem_.write_strobed(b.addr + uint64_t(b.beat) * data_bytes_, pins_.wdata, pins_.wstrb, data_bytes_);
+        stats_.bytes_written += data_bytes_;
+        w_credit_ -= data_bytes_;
+        bool last = b.beat + 1 == b.beats;
+        if (in.wlast != last)
+            log_.report("%s W: WLAST=%d on beat %u of a %u-beat burst at 0x%llx (cycle %llu)", name_,
+                        int(in.wlast), b.beat + 1, b.beats, (unsigned long long)b.addr, (unsigned long long)now);
+        if (++b.beat == b.beats) {
+            b_.push({now + timing_.write_latency, b.id});
+            aw_.pop();
+        }
+    }
+
+    // A valid, once raised, stays up with the same payload until its handshake.
+    void check_stable(const MasterSignals& in, uint64_t now) {
+        if (prev_.arvalid && !prev_arready_ &&
+            (!in.arvalid || in.araddr != prev_.araddr || in.arlen != prev_.arlen || in.arid != prev_.arid))
+            log_.report("%s AR: ARVALID dropped or payload changed before ARREADY (cycle %llu)", name_,
+                        (unsigned long long)now);
+        if (prev_.awvalid && !prev_awready_ &&
+            (!in.awvalid || in.awaddr != prev_.awaddr || in.awlen != prev_.awlen || in.awid != prev_.awid))
+            log_.report("%s AW: AWVALID dropped or payload changed before AWREADY (cycle %llu)", name_,
+                        (unsigned long long)now);
+        if (prev_.wvalid && !prev_wready_ && (!in.wvalid || in.wlast != prev_.wlast))
+            log_.report("%s W: WVALID dropped or WLAST changed before WREADY (cycle %llu)", name_,
+                        (unsigned long long)now);
+    }
+
+    const char* name_;
+    uint32_t data_bytes_, max_burst_beats_, size_log2_;
+    DataPins pins_;
+    SparseMemory& mem_;
+    ProtocolLog& log_;
+    PortTiming timing_{1, 1, 0.0, 1};
+    double bpc_ = 0, credit_cap_ = 0, r_credit_ = 0, w_credit_ = 0;
+    SlaveSignals out_;
+    MasterSignals prev_;
+    bool prev_arready_ = false, prev_awready_ = false, prev_wready_ = false;
+    PortStats stats_;
+    Ring<ReadBurst, kMaxOutstanding> reads_;
+    Ring<WriteBurst, kMaxOutstanding> aw_;
+    Ring<WriteResp, kMaxOutstanding> b_;
+};
+
+}  // namespace hbf

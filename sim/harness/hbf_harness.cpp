@@ -1,0 +1,223 @@
+// Co-simulation harness: the Verilated kernel, one timing model per m_axi
+// port over one shared sparse memory, and an AXI-Lite driver, behind the C
+// ABI of hbf_abi.h. The per-cycle loop runs entirely in C++.
+//
+// One cycle:  present model outputs -> clk=0, eval   (combinational settle)
+//             sample kernel outputs -> update models -> clk=1, eval (rising edge)
+// Model outputs are Moore (state only), so two evaluations per cycle suffice.
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+
+#include "hbf_abi.h"
+#include "hbf_ports.h"  // generated from the manifest: port table and signal bindings
+
+#if HBF_TRACE
+#include "verilated_fst_c.h"
+#endif
+
+namespace hbf {
+
+class Harness {
+  public:
+    static constexpr uint64_t kResetCycles = 16;
+    static constexpr uint64_t kRegTimeoutCycles = 100000;
+
+    Harness() : ctx_(new VerilatedContext), top_(nullptr) {
+#if HBF_TRACE
+        ctx_->traceEverOn(true);
+#endif
+        top_.reset(new Vtop{ctx_.get(), "TOP"});
+        for (int p = 0; p < design::kNumPorts; ++p) {
+            const design::PortDesc& d = design::kPorts[p];
+            owned_[p].reset(new AxiPortModel(d.prefix, d.data_bytes, d.max_burst_beats,
+                                             design::data_pins(top_.get(), p), mem_, log_));
+            ports_[p] = owned_[p].get();
+            ports_[p]->set_timing(d.timing);
+        }
+        irq_ = design::interrupt_pin(top_.get());
+        top_->ap_rst_n = 0;
+        step(kResetCycles);
+        top_->ap_rst_n = 1;
+    }
+
+    ~Harness() {
+#if HBF_TRACE
+        if (trace_) trace_->close();
+#endif
+        top_->final();
+    }
+
+    AxiPortModel* port(int p) { return p >= 0 && p < design::kNumPorts ? ports_[p] : nullptr; }
+    SparseMemory& memory() { return mem_; }
+    ProtocolLog& log() { return log_; }
+    uint64_t cycles() const { return now_; }
+
+    void step(uint64_t n) {
+        for (uint64_t i = 0; i < n && !ctx_->gotFinish(); ++i) cycle();
+    }
+
+    bool run_until_interrupt(uint64_t max_cycles) {
+        for (uint64_t i = 0; i < max_cycles; ++i) {
+            if (*irq_) return true;
+            if (ctx_->gotFinish()) return false;
+            cycle();
+        }
+        return *irq_ != 0;
+    }
+
+    uint32_t reg_read(uint32_t addr) {
+        lite_.start_read(addr);
+        if (!finish_lite("read", addr)) return 0xFFFFFFFFu;
+        return lite_.read_data();
+    }
+
+    void reg_write(uint32_t addr, uint32_t data) {
+        lite_.start_write(addr, data);
+        finish_lite("write", addr);
+    }
+
+    void trace_open(const char* path) {
+#if HBF_TRACE
+        if (trace_) trace_->close();
+        trace_.reset(new VerilatedFstC);
+        top_->trace(trace_.get(), 99);
+        trace_->open(path);
+#else
+        log_.report("trace_open(%s): this library was built without trace support", path ? path : "");
+#endif
+    }
+
+  private:
+    inline void cycle() {
+        for (int p = 0; p < design::kNumPorts; ++p) ports_[p]->present(now_);
+        design::drive_ports(top_.get(), ports_);
+        design::drive_control(top_.get(), lite_.out());
+        top_->ap_clk = 0;
+        top_->eval();
+        dump(2 * now_);
+
+        design::sample_ports(top_.get(), in_);
+        design::sample_control(top_.get(), lite_in_);
+        for (int p = 0; p < design::kNumPorts; ++p) ports_[p]->update(in_[p], now_);
+        if (lite_.busy()) lite_.update(lite_in_);
+        top_->ap_clk = 1;
+        top_->eval();
+        dump(2 * now_ + 1);
+        ++now_;
+    }
+
+    inline void dump(uint64_t t) {
+#if HBF_TRACE
+        if (trace_) trace_->dump(t);
+#else
+        (void)t;
+#endif
+    }
+
+    bool finish_lite(const char* what, uint32_t addr) {
+        for (uint64_t i = 0; i < kRegTimeoutCycles && lite_.busy(); ++i) {
+            if (ctx_->gotFinish()) break;
+            cycle();
+        }
+        if (lite_.busy()) {
+            lite_.abort();
+            design::drive_control(top_.get(), lite_.out());
+            log_.report("s_axi_control: %s at 0x%03x got no response within %llu cycles", what, addr,
+                        (unsigned long long)kRegTimeoutCycles);
+            return false;
+        }
+        if (lite_.response() != 0)
+            log_.report("s_axi_control: %s at 0x%03x answered with response %u (not OKAY)", what, addr,
+                        lite_.response());
+        return true;
+    }
+
+    std::unique_ptr<VerilatedContext> ctx_;
+    std::unique_ptr<Vtop> top_;
+    const CData* irq_ = nullptr;
+    SparseMemory mem_;
+    ProtocolLog log_;
+    std::unique_ptr<AxiPortModel> owned_[design::kNumPorts];
+    AxiPortModel* ports_[design::kNumPorts];
+    MasterSignals in_[design::kNumPorts];
+    AxiLiteMaster lite_;
+    LiteSlaveIn lite_in_;
+    uint64_t now_ = 0;
+#if HBF_TRACE
+    std::unique_ptr<VerilatedFstC> trace_;
+#endif
+};
+
+}  // namespace hbf
+
+using hbf::Harness;
+
+static Harness* H(void* h) { return static_cast<Harness*>(h); }
+
+extern "C" {
+
+void* hbf_create(void) {
+    try {
+        return new Harness;
+    } catch (...) {
+        return nullptr;
+    }
+}
+
+void hbf_destroy(void* h) { delete H(h); }
+
+int hbf_num_ports(void*) { return hbf::design::kNumPorts; }
+
+void hbf_set_port_timing(void* h, int port, uint32_t read_latency, uint32_t write_latency,
+                         double bytes_per_cycle, uint32_t max_outstanding) {
+    if (auto* p = H(h)->port(port)) p->set_timing({read_latency, write_latency, bytes_per_cycle, max_outstanding});
+}
+
+uint32_t hbf_reg_read(void* h, uint32_t addr) { return H(h)->reg_read(addr); }
+
+void hbf_reg_write(void* h, uint32_t addr, uint32_t data) { H(h)->reg_write(addr, data); }
+
+void hbf_mem_write(void* h, uint64_t addr, const void* src, uint64_t n) {
+    H(h)->memory().write(addr, static_cast<const uint8_t*>(src), n);
+}
+
+void hbf_mem_read(void* h, uint64_t addr, void* dst, uint64_t n) {
+    H(h)->memory().read(addr, static_cast<uint8_t*>(dst), n);
+}
+
+void hbf_step(void* h, uint64_t cycles) { H(h)->step(cycles); }
+
+int hbf_run_until_interrupt(void* h, uint64_t max_cycles) { return H(h)->run_until_interrupt(max_cycles) ? 1 : 0; }
+
+uint64_t hbf_cycles(void* h) { return H(h)->cycles(); }
+
+void hbf_port_stats(void* h, int port, uint64_t out[6]) {
+    std::memset(out, 0, 6 * sizeof(uint64_t));
+    auto* p = H(h)->port(port);
+    if (!p) return;
+    const hbf::PortStats& s = p->stats();
+    out[0] = s.bytes_read;
+    out[1] = s.bytes_written;
+    out[2] = s.read_bursts;
+    out[3] = s.write_bursts;
+    out[4] = s.r_beats;
+    out[5] = s.violations_4k;
+}
+
+int hbf_protocol_errors(void* h, char* buf, int buflen) {
+    const hbf::ProtocolLog& log = H(h)->log();
+    if (buf && buflen > 0) {
+        std::string text = log.text();
+        size_t n = text.size() < size_t(buflen - 1) ? text.size() : size_t(buflen - 1);
+        std::memcpy(buf, text.data(), n);
+        buf[n] = '\0';
+    }
+    uint64_t count = log.count();
+    return count > 0x7FFFFFFF ? 0x7FFFFFFF : int(count);
+}
+
+void hbf_trace_open(void* h, const char* path) { H(h)->trace_open(path); }
+
+}  // extern "C"

@@ -1,0 +1,223 @@
+"""A ``pynq.Device`` whose programmable logic is the hbmforge co-simulation.
+
+Ordinary PYNQ code then runs against the simulated kernel, unchanged::
+
+    sim = hbmforge.host.open_device(config)                 # the sim backend
+    dev = SimPynqDevice(sim)
+    bit = dev.write_overlay("overlay/")                     # <kernel>.bit + <kernel>.hwh
+    ol = pynq.Overlay(str(bit), device=dev)
+    ip = getattr(ol, f"{kernel}_0")                         # the name bd.tcl gives it on a board
+    buf = pynq.allocate((n,), np.uint8, target=dev)
+    buf[:] = data; buf.sync_to_device()
+    ip.register_map.program = buf.device_address
+    ip.register_map.CTRL.AP_START = 1
+    while not ip.register_map.CTRL.AP_DONE: pass
+
+PYNQ is not patched. The device supplies what PYNQ asks a device for: the
+metadata of a bitstream (the .hwh beside it, parsed by PYNQ's own parser;
+``write_overlay`` renders one from the manifest, describing the system
+bd.tcl builds on a Zynq UltraScale+), register access (the ``REGISTER_RW``
+capability, as PYNQ's XRT devices have), and memory (``pynq.allocate``
+buffers whose ``device_address`` is an address in the simulated memory;
+``sync_to_device``/``sync_from_device`` copy into and out of it).
+
+Time: the simulation advances only when asked. Each read of CTRL (what a
+polling loop does) first lets the kernel run ``poll_cycles`` cycles, as wall
+time passes between two polls on a board.
+"""
+from __future__ import annotations
+
+import ctypes
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from hbmforge.kernel_interface import CONTROL_RANGE
+from hbmforge.package import CONTROL_BASE, package_context, render_template
+
+from .backends.pynq import import_pynq
+from .errors import DesignMismatchError
+from .manifest import Manifest
+
+__all__ = ["SimPynqDevice", "write_sim_overlay", "SIM_BIT_MAGIC"]
+
+SIM_BIT_MAGIC = b"hbmforge co-simulation overlay"
+
+
+def write_sim_overlay(manifest, directory) -> Path:
+    """Write ``<kernel>.bit`` (a stand-in naming the design) and ``<kernel>.hwh``; return the .bit.
+
+    The pair is what ``pynq.Overlay`` needs to find; the .hwh is rendered
+    from rtl/templates/pynq/overlay.hwh.j2 and places the kernel where
+    bd.tcl places it on a board (instance ``<kernel>_0``, s_axi_control at
+    0xA0000000).
+    """
+    m = Manifest.load(manifest)
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    bit = out / f"{m.kernel}.bit"
+    bit.write_bytes(SIM_BIT_MAGIC + f"\nkernel {m.kernel}\ndesign_hash {m.design_hash}\n".encode())
+    bit.with_suffix(".hwh").write_text(render_template("pynq/overlay.hwh.j2", package_context(m.data)))
+    return bit
+
+
+def _sim_bit_hash(path: Path) -> str | None:
+    data = Path(path).read_bytes()
+    if not data.startswith(SIM_BIT_MAGIC):
+        return None
+    for line in data.decode(errors="replace").splitlines():
+        if line.startswith("design_hash "):
+            return line.split(" ", 1)[1].strip()
+    return None
+
+
+class _SimMemory:
+    """The memory ``pynq.allocate`` draws from: the bank of one kernel port in the simulation."""
+
+    def __init__(self, device: "SimPynqDevice", port: str = "data"):
+        self.device = device
+        self.port = port
+
+    def allocate(self, shape, dtype, port: str | None = None, **kwargs):
+        pynq = import_pynq()
+        dtype = np.dtype(dtype)
+        count = int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
+        nbytes = max(1, count * dtype.itemsize)
+        sim_buf = self.device.sim_device.alloc(nbytes, port or self.port)
+        host = bytearray(nbytes)
+        arr = pynq.buffer.PynqBuffer(shape, dtype, buffer=host, device=self.device,
+                                     device_address=sim_buf.address, bo=sim_buf, coherent=False)
+        # PYNQ frees through these: PynqBuffer.freebuffer() -> return_to.return_pointer(pointer)
+        arr.memory = self
+        arr.pointer = sim_buf
+        arr.return_to = self
+        arr.freed = True            # nothing for PYNQ to munmap: the host side is a Python bytearray
+        return arr
+
+    def return_pointer(self, sim_buf):
+        if not sim_buf.freed and not self.device.sim_device.closed:
+            self.device.sim_device.free(sim_buf)
+
+
+def _device_base():
+    pynq = import_pynq()
+    return pynq.Device
+
+
+class SimPynqDevice(_device_base()):
+    """``pynq.Device`` over an hbmforge sim-backend device (``hbmforge.host.backends.sim.SimDevice``).
+
+    ``sim_device`` is any open hbmforge Device that can ``step(cycles)``;
+    ``poll_cycles`` is how far the kernel runs on each read of CTRL.
+    """
+
+    def __init__(self, sim_device, *, poll_cycles: int = 1000, tag: str = "hbmforge_sim"):
+        super().__init__(tag)
+        if not hasattr(sim_device, "step"):
+            raise TypeError(f"sim_device must be a simulated hbmforge device (with step()), got "
+                            f"{type(sim_device).__name__}")
+        if isinstance(poll_cycles, bool) or not isinstance(poll_cycles, int) or poll_cycles < 0:
+            raise ValueError(f"poll_cycles must be an integer >= 0, got {poll_cycles!r}")
+        self.sim_device = sim_device
+        self.poll_cycles = poll_cycles
+        self.name = f"hbmforge co-simulation of {sim_device.manifest.kernel}"
+        self.capabilities = {"REGISTER_RW": True, "MEMORY_MAPPED": False, "CALLABLE": False}
+        self.timestamp = ""
+        self.bitfile_name = None
+        self.control_base = CONTROL_BASE
+        self.clear_dict()
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.sim_device.manifest
+
+    def write_overlay(self, directory) -> Path:
+        """The .bit/.hwh pair of this design for ``pynq.Overlay`` (see :func:`write_sim_overlay`)."""
+        return write_sim_overlay(self.manifest, directory)
+
+    # -- what pynq.Overlay asks of a device ----------------------------------------------
+    def get_bitfile_metadata(self, bitfile_name, partial: bool = False):
+        from pynqmetadata.frontends import Metadata
+        from pynqmetadata.views.runtime import RuntimeMetadataParser
+
+        hwh = Path(bitfile_name).with_suffix(".hwh")
+        if not hwh.is_file():
+            raise RuntimeError(f"no {hwh.name} beside {bitfile_name}; write the pair with "
+                               "SimPynqDevice.write_overlay(directory)")
+        parser = RuntimeMetadataParser(Metadata(input=str(hwh)))
+        for name, ip in parser.ip_dict.items():
+            theirs = ip.get("parameters", {}).get("HBMFORGE_DESIGN_HASH")
+            if theirs is not None and theirs != self.manifest.design_hash:
+                raise DesignMismatchError(
+                    f"{hwh} describes design {theirs[:16]}..., the simulated kernel is "
+                    f"{self.manifest.design_hash[:16]}... ({self.manifest.kernel}); write the overlay "
+                    "from this design")
+        parser.clock_dict = {}          # no PS clock generator to program in a simulation
+        parser.bin_data = None
+        parser.xclbin_data = None
+        parser.dtbo_data = None
+        return parser
+
+    def download(self, bitstream, parser=None):
+        theirs = _sim_bit_hash(bitstream.bitfile_name)
+        if theirs is None:
+            raise DesignMismatchError(f"{bitstream.bitfile_name} is not a co-simulation overlay; a "
+                                      "simulated device loads the .bit written by write_overlay()")
+        if theirs != self.manifest.design_hash:
+            raise DesignMismatchError(
+                f"{bitstream.bitfile_name} is the overlay of design {theirs[:16]}..., the simulated "
+                f"kernel is {self.manifest.design_hash[:16]}... ({self.manifest.kernel})")
+        if parser is None:
+            parser = self.get_bitfile_metadata(bitstream.bitfile_name)
+        self.post_download(bitstream, parser, self.name)
+
+    def gen_cache(self, bitstream, parser=None):
+        """Nothing to cache: the metadata comes from the .hwh every time."""
+
+    # -- registers (MMIO with the REGISTER_RW capability) --------------------------------
+    def _control_offset(self, address: int, length: int) -> int:
+        offset = address - self.control_base
+        if offset < 0 or offset + length > CONTROL_RANGE or offset % 4:
+            raise ValueError(f"address {address:#x} (+{length} bytes) is outside the kernel's "
+                             f"s_axi_control window [{self.control_base:#x}, "
+                             f"{self.control_base + CONTROL_RANGE:#x}) or not word aligned")
+        return offset
+
+    def read_registers(self, address, length):
+        offset = self._control_offset(address, length)
+        words = []
+        for word in range(offset, offset + length, 4):
+            if word == 0 and self.poll_cycles:
+                self.sim_device.step(self.poll_cycles)
+            words.append(self.sim_device._read32(word))
+        return struct.pack(f"<{len(words)}I", *words)[:length]
+
+    def write_registers(self, address, data):
+        data = bytes(data)
+        if len(data) % 4:
+            raise ValueError(f"s_axi_control takes 32-bit writes; got {len(data)} bytes")
+        offset = self._control_offset(address, len(data))
+        for i, value in enumerate(struct.unpack(f"<{len(data) // 4}I", data)):
+            self.sim_device._write32(offset + 4 * i, value)
+
+    # -- memory --------------------------------------------------------------------------
+    @property
+    def default_memory(self):
+        return _SimMemory(self, "data")
+
+    def get_memory(self, description):
+        return _SimMemory(self, description.get("port", "data") if isinstance(description, dict) else "data")
+
+    def flush(self, bo, offset, ptr, size):
+        """sync_to_device: host bytes -> simulated memory."""
+        if size:
+            self.sim_device.write(bo, ctypes.string_at(ptr, size), offset)
+
+    def invalidate(self, bo, offset, ptr, size):
+        """sync_from_device: simulated memory -> host bytes."""
+        if size:
+            ctypes.memmove(ptr, self.sim_device.read(bo, size, offset), size)
+
+    def __repr__(self) -> str:
+        return f"<SimPynqDevice {self.manifest.kernel!r} over {self.sim_device!r}>"

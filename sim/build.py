@@ -18,6 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from .bindings import HARNESS_SOURCES, harness_dir, load_manifest, render_ports_header
@@ -25,7 +26,7 @@ from .cache import BuildCache, content_key
 from .progress import StageProgress
 from .verilator import VerilatorInstall, find_verilator
 
-__all__ = ["BuildOptions", "BuildResult", "BuildError", "build_cosim", "cosim_key"]
+__all__ = ["BuildOptions", "BuildResult", "BuildError", "build_library", "cosim_key", "design_sources"]
 
 _KEY_VERSION = "cosim-build-1"     # bump when the build recipe changes in a way the inputs don't show
 
@@ -34,7 +35,8 @@ _KEY_VERSION = "cosim-build-1"     # bump when the build recipe changes in a way
 class BuildOptions:
     """What affects the built library besides the RTL and the harness."""
 
-    trace: bool = False                     # FST tracing (hbf_trace_open); slows the model down
+    trace: bool = False                     # waveform tracing (hbf_trace_open); slows the model down
+    trace_format: str = "auto"              # "fst", "vcd" or "auto": FST when liblz4 headers exist
     opt: str = "-O2"                        # C++ optimisation of the model (Verilator's default is -Os)
     x_fast: bool = True                     # --x-assign fast --x-initial fast
     warnings_fatal: bool = False            # generated RTL trips style warnings; don't fail on them
@@ -48,12 +50,33 @@ class BuildOptions:
         if not self.warnings_fatal:
             flags += ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
         if self.trace:
-            flags += ["--trace-fst", "--trace-structs"]
+            flags += ["--trace-fst" if self.resolved_trace_format() == "fst" else "--trace"]
         return flags + list(self.verilator_args)
 
+    def resolved_trace_format(self) -> str | None:
+        if not self.trace:
+            return None
+        if self.trace_format not in ("auto", "fst", "vcd"):
+            raise ValueError(f"trace_format must be 'auto', 'fst' or 'vcd', got {self.trace_format!r}")
+        if self.trace_format == "auto":
+            return "fst" if _have_header("lz4.h") else "vcd"
+        return self.trace_format
+
     def to_json(self) -> dict:
-        return {"trace": self.trace, "opt": self.opt, "x_fast": self.x_fast,
+        return {"trace": self.resolved_trace_format(), "opt": self.opt, "x_fast": self.x_fast,
                 "warnings_fatal": self.warnings_fatal, "verilator_args": list(self.verilator_args)}
+
+
+@lru_cache(maxsize=None)
+def _have_header(name: str) -> bool:
+    """Whether the C++ compiler finds ``name`` (Verilator's FST writer needs lz4.h and zlib.h)."""
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        r = subprocess.run([cxx, "-E", "-x", "c++", "-"], input=f"#include <{name}>\n", text=True,
+                           capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return r.returncode == 0
 
 
 @dataclass(frozen=True)
@@ -64,7 +87,7 @@ class BuildResult:
     seconds: float              # wall time of this call (build or lookup)
     key: str
     stage_seconds: dict = field(default_factory=dict)
-    trace: bool = False
+    trace: str | None = None        # "fst", "vcd" or None (built without tracing)
 
     @property
     def directory(self) -> Path:
@@ -75,13 +98,32 @@ class BuildError(RuntimeError):
     """Verilator or the C++ build failed; the message holds the tail of the log and its path."""
 
 
-def _rtl_paths(rtl: str | Path | Sequence[str | Path]) -> list[Path]:
-    items = [rtl] if isinstance(rtl, (str, Path)) else list(rtl)
+def design_sources(design: str | Path | Sequence[str | Path],
+                   manifest: dict | str | Path | None = None) -> tuple[list[Path], dict]:
+    """RTL files and manifest of a design given as a generated design dir or as Verilog file(s).
+
+    A directory holds ``manifest.json`` and ``<kernel>.v`` (what ``hbmforge.emit.generate`` writes);
+    without ``<kernel>.v`` every ``*.v``/``*.sv`` in it is used. For files, the manifest
+    defaults to ``manifest.json`` beside the first one.
+    """
+    items = [design] if isinstance(design, (str, Path)) else list(design)
+    if len(items) == 1 and Path(items[0]).is_dir():
+        d = Path(items[0])
+        m = load_manifest(manifest if manifest is not None else d / "manifest.json")
+        top = d / f"{m['kernel']}.v"
+        paths = [top] if top.is_file() else sorted([*d.glob("*.v"), *d.glob("*.sv")])
+        if not paths:
+            raise FileNotFoundError(f"{d} holds no Verilog ({m['kernel']}.v or *.v)")
+        return [p.resolve() for p in paths], m
     paths = [Path(p).resolve() for p in items]
     for p in paths:
         if not p.is_file():
             raise FileNotFoundError(f"RTL source {p} does not exist")
-    return paths
+    if manifest is None:
+        manifest = paths[0].parent / "manifest.json"
+        if not manifest.is_file():
+            raise FileNotFoundError(f"no manifest given and no {manifest}")
+    return paths, load_manifest(manifest)
 
 
 def _compiler_id() -> str:
@@ -105,14 +147,13 @@ def cosim_key(rtl_paths: list[Path], header: str, install: VerilatorInstall, opt
     ])
 
 
-def build_cosim(rtl: str | Path | Sequence[str | Path], manifest: dict | str | Path, *,
-                options: BuildOptions | None = None, progress: bool = True,
-                cache: BuildCache | None = None, lock_timeout: float | None = 3600) -> BuildResult:
-    """The co-simulation library of ``rtl`` (Verilog files) described by ``manifest``; built if not cached."""
+def build_library(design: str | Path | Sequence[str | Path], manifest: dict | str | Path | None = None, *,
+                  options: BuildOptions | None = None, progress: bool = True,
+                  cache: BuildCache | None = None, lock_timeout: float | None = 3600) -> BuildResult:
+    """The co-simulation library of a design (see :func:`design_sources`); built if not cached."""
     t0 = time.monotonic()
     options = options or BuildOptions()
-    manifest = load_manifest(manifest)
-    rtl_paths = _rtl_paths(rtl)
+    rtl_paths, manifest = design_sources(design, manifest)
     install = find_verilator()
     header = render_ports_header(manifest, trace=options.trace)
     key = cosim_key(rtl_paths, header, install, options)
@@ -133,7 +174,8 @@ def build_cosim(rtl: str | Path | Sequence[str | Path], manifest: dict | str | P
     info = entry.path / "build_info.json"
     if info.exists():
         stages = json.loads(info.read_text()).get("stage_seconds", {})
-    return BuildResult(lib, manifest, entry.hit, time.monotonic() - t0, key, stages, options.trace)
+    return BuildResult(lib, manifest, entry.hit, time.monotonic() - t0, key, stages,
+                       options.resolved_trace_format())
 
 
 def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, install: VerilatorInstall,
@@ -148,8 +190,9 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
     env = install.env()
     env["PYTHON3"] = sys.executable            # the wheel's verilated.mk calls plain `python`
     hdir = harness_dir()
+    fmt = options.resolved_trace_format()
     cflags = ["-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", f"-I{hdir}", f"-I{gen}",
-              f"-DHBF_TRACE={int(options.trace)}"]
+              f"-DHBF_TRACE={int(options.trace)}", f"-DHBF_TRACE_FST={int(fmt == 'fst')}"]
     lib_name = f"lib{name}.so"
     vcmd = [str(install.executable), "--cc", "--exe", "--top-module", name, "--prefix", "Vtop",
             "-Mdir", str(obj), "-o", str(out / lib_name),

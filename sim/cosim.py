@@ -1,23 +1,26 @@
 """``CoSim``: a Python handle on a co-simulation library (ctypes over the §7 C ABI).
 
-The simulation itself runs in C++; this wrapper converts types, names ports
-and registers from the manifest, and turns every way a run can go wrong into
-a return value or an exception instead of a hang: long runs are cut into
-chunks so a wall-clock timeout and Ctrl-C are honoured between chunks.
+Its methods are the C functions without the ``hbf_`` prefix, with the same
+arguments (the host's sim backend and its test double rely on that), plus a
+few conveniences: register names from the manifest, numpy arrays for memory,
+a wall-clock ``timeout`` so a hung kernel returns instead of hanging (long runs
+are cut into chunks; Ctrl-C is honoured between them).
 """
 from __future__ import annotations
 
 import ctypes
+import json
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .bindings import load_manifest, port_timings
 from .timing import PortTiming
 
-__all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "ProtocolReport"]
+__all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "ProtocolReport", "build_cosim"]
 
 _RUN_CHUNK = 1 << 20            # cycles per C call when a wall-clock limit or Ctrl-C must be honoured
 _ERROR_TEXT_BYTES = 1 << 16
@@ -31,8 +34,9 @@ class AxiProtocolError(CoSimError):
     """The kernel broke an AXI rule (raised by :meth:`CoSim.check_protocol`)."""
 
 
-@dataclass(frozen=True)
-class PortStats:
+class PortStats(NamedTuple):
+    """``hbf_port_stats`` in ABI order (a tuple, so ``stats[0]`` works too)."""
+
     bytes_read: int
     bytes_written: int
     read_bursts: int
@@ -41,13 +45,24 @@ class PortStats:
     violations_4k: int
 
 
-@dataclass(frozen=True)
-class ProtocolReport:
-    count: int
-    messages: list[str]
+class ProtocolReport(NamedTuple):
+    """``hbf_protocol_errors``: the violation count and their text (``count, text = ...``)."""
 
-    def __bool__(self) -> bool:
-        return self.count > 0
+    count: int
+    text: str
+
+    @property
+    def messages(self) -> list[str]:
+        return [line for line in self.text.splitlines() if line]
+
+
+def build_cosim(design, manifest=None, **kwargs) -> Path:
+    """Path of the co-simulation library of ``design`` (a generated design dir or RTL), built if not cached.
+
+    ``kwargs`` go to :func:`hbmforge.sim.build.build_library` (``options``, ``progress``).
+    """
+    from .build import build_library
+    return build_library(design, manifest, **kwargs).library
 
 
 _LIBS: dict[str, ctypes.CDLL] = {}
@@ -98,13 +113,17 @@ class CoSim:
     """
 
     def __init__(self, library: str | Path, manifest: dict | str | Path | None = None, *,
-                 trace_supported: bool | None = None):
+                 trace_format: str | None = None):
         library = Path(library)
         if manifest is None:
             manifest = library.parent / "manifest.json"
         self.manifest = load_manifest(manifest)
         self.library = library
-        self.trace_supported = trace_supported
+        if trace_format is None:                 # ask the build record next to the library
+            info = library.parent / "build_info.json"
+            if info.exists():
+                trace_format = json.loads(info.read_text()).get("options", {}).get("trace") or ""
+        self.trace_format = trace_format        # "fst", "vcd", "" (no tracing) or None (unknown)
         self._lib = _load(library)
         self._h = self._lib.hbf_create()
         if not self._h:
@@ -120,10 +139,11 @@ class CoSim:
         self.last_stop: str | None = None
 
     @classmethod
-    def open(cls, rtl, manifest, *, options=None, progress: bool = True) -> "CoSim":
-        from .build import build_cosim
-        result = build_cosim(rtl, manifest, options=options, progress=progress)
-        return cls(result.library, result.manifest, trace_supported=result.trace)
+    def open(cls, design, manifest=None, *, options=None, progress: bool = True) -> "CoSim":
+        """Build (or take from the cache) and open; ``design`` is a design dir or Verilog file(s)."""
+        from .build import build_library
+        result = build_library(design, manifest, options=options, progress=progress)
+        return cls(result.library, result.manifest, trace_format=result.trace or "")
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self) -> None:
@@ -209,7 +229,6 @@ class CoSim:
         return out.tobytes() if dtype is None else out
 
     # -- time --------------------------------------------------------------------------
-    @property
     def cycles(self) -> int:
         """Cycles since creation (the 16 reset cycles included)."""
         return self._lib.hbf_cycles(self.handle)
@@ -240,27 +259,30 @@ class CoSim:
                 return False
 
     # -- memory timing and statistics --------------------------------------------------
-    @property
     def num_ports(self) -> int:
-        return len(self.port_names)
+        return self._lib.hbf_num_ports(self.handle)
 
     def port_index(self, port: int | str) -> int:
         if isinstance(port, str):
             if port not in self.port_names:
                 raise KeyError(f"no port {port!r}; ports: {', '.join(self.port_names)}")
             return self.port_names.index(port)
-        if not 0 <= port < self.num_ports:
-            raise IndexError(f"port index {port} out of range 0..{self.num_ports - 1}")
+        if not 0 <= port < len(self.port_names):
+            raise IndexError(f"port index {port} out of range 0..{len(self.port_names) - 1}")
         return port
 
     def port_timing(self, port: int | str) -> PortTiming:
         return self._timing[self.port_index(port)]
 
-    def set_port_timing(self, port: int | str, timing: PortTiming | None = None, **changes) -> PortTiming:
-        """Set a port's timing: a whole ``PortTiming`` or fields to change (``read_latency=50``)."""
+    def set_port_timing(self, port: int | str, read_latency: int | None = None, write_latency: int | None = None,
+                        bytes_per_cycle: float | None = None, max_outstanding: int | None = None, *,
+                        timing: PortTiming | None = None) -> PortTiming:
+        """Set a port's timing (ABI argument order); arguments left ``None`` keep their value."""
         i = self.port_index(port)
         if timing is None:
-            from dataclasses import replace
+            changes = {k: v for k, v in (("read_latency", read_latency), ("write_latency", write_latency),
+                                         ("bytes_per_cycle", bytes_per_cycle),
+                                         ("max_outstanding", max_outstanding)) if v is not None}
             timing = replace(self._timing[i], **changes)
         self._lib.hbf_set_port_timing(self.handle, i, timing.read_latency, timing.write_latency,
                                       float(timing.bytes_per_cycle), timing.max_outstanding)
@@ -275,19 +297,18 @@ class CoSim:
     def protocol_errors(self) -> ProtocolReport:
         buf = ctypes.create_string_buffer(_ERROR_TEXT_BYTES)
         count = self._lib.hbf_protocol_errors(self.handle, buf, len(buf))
-        text = buf.value.decode(errors="replace")
-        return ProtocolReport(count, [line for line in text.splitlines() if line])
+        return ProtocolReport(count, buf.value.decode(errors="replace"))
 
     def check_protocol(self) -> None:
         """Raise :class:`AxiProtocolError` listing the violations, if any were seen."""
         report = self.protocol_errors()
-        if report:
+        if report.count:
             shown = "\n  ".join(report.messages[:20])
             raise AxiProtocolError(f"{report.count} AXI protocol violation(s):\n  {shown}")
 
     def trace_open(self, path: str | Path) -> None:
-        """Start an FST trace (the library must be built with ``BuildOptions(trace=True)``)."""
-        if self.trace_supported is False:
+        """Start a waveform trace (FST or VCD, see ``trace_format``); needs ``BuildOptions(trace=True)``."""
+        if self.trace_format == "":
             raise CoSimError("this co-simulation was built without trace support; "
                              "build with BuildOptions(trace=True)")
         self._lib.hbf_trace_open(self.handle, str(path).encode())

@@ -13,8 +13,12 @@
 #include "hbf_abi.h"
 #include "hbf_ports.h"  // generated from the manifest: port table and signal bindings
 
-#if HBF_TRACE
+#if HBF_TRACE && HBF_TRACE_FST
 #include "verilated_fst_c.h"
+using TraceFile = VerilatedFstC;
+#elif HBF_TRACE
+#include "verilated_vcd_c.h"
+using TraceFile = VerilatedVcdC;
 #endif
 
 namespace hbf {
@@ -81,7 +85,7 @@ class Harness {
     void trace_open(const char* path) {
 #if HBF_TRACE
         if (trace_) trace_->close();
-        trace_.reset(new VerilatedFstC);
+        trace_.reset(new TraceFile);
         top_->trace(trace_.get(), 99);
         trace_->open(path);
 #else
@@ -146,7 +150,7 @@ class Harness {
     LiteSlaveIn lite_in_;
     uint64_t now_ = 0;
 #if HBF_TRACE
-    std::unique_ptr<VerilatedFstC> trace_;
+    std::unique_ptr<TraceFile> trace_;
 #endif
 };
 

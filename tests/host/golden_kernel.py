@@ -9,6 +9,8 @@ so the sim backend's handshake can be tested without Verilator.
 """
 from __future__ import annotations
 
+import time
+
 from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, DesignLayout
 from hbmforge.numerics.program import SparseMemory, execute
 from hbmforge.host.device import Device
@@ -26,6 +28,8 @@ class GoldenKernel:
         self.hang = hang
         self.min_cycles = min_cycles
         self.cycle = 0
+        self.clock_hz = layout.config.clock * 1e6
+        self._last_access = time.monotonic()
         self.args: dict[int, int] = {}                  # stored rw words by offset
         self.gie = self.ier = self.isr = 0
         self.done = self.ready = False
@@ -40,8 +44,14 @@ class GoldenKernel:
                 self._by_offset[r.offset + 4] = (r, 1)
 
     # -- AXI4-Lite ---------------------------------------------------------------------
+    def _tick(self) -> None:
+        """A register access costs a few cycles; the kernel also ran while the host slept."""
+        now = time.monotonic()
+        self.step(max(AXI_LITE_CYCLES, int((now - self._last_access) * self.clock_hz)))
+        self._last_access = now
+
     def reg_read(self, addr: int) -> int:
-        self.step(AXI_LITE_CYCLES)
+        self._tick()
         hit = self._by_offset.get(addr)
         if hit is None:
             return 0
@@ -65,7 +75,7 @@ class GoldenKernel:
         return (value >> (32 * half)) & 0xFFFF_FFFF
 
     def reg_write(self, addr: int, data: int) -> None:
-        self.step(AXI_LITE_CYCLES)
+        self._tick()
         hit = self._by_offset.get(addr)
         if hit is None:
             return

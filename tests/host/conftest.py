@@ -1,0 +1,19 @@
+"""Fixtures for host runtime tests: a tiny design and an in-process golden device."""
+from __future__ import annotations
+
+import pytest
+
+from hbmforge.layout import DesignLayout
+
+from golden_kernel import GoldenDevice
+
+
+@pytest.fixture
+def tiny_layout(tiny_config) -> DesignLayout:
+    return DesignLayout(tiny_config)
+
+
+@pytest.fixture
+def golden_dev(tiny_layout):
+    with GoldenDevice(tiny_layout) as dev:
+        yield dev

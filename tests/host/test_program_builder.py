@@ -1,0 +1,82 @@
+"""ProgramBuilder: descriptors laid out per the manifest, bad layers refused on the host."""
+from __future__ import annotations
+
+import pytest
+
+from hbmforge.host import ProgramBuilder
+from hbmforge.host.program import decode_program
+from hbmforge.layout import Opcode, OutMode
+
+
+def matmul_args(dev_or_addrs, **overrides):
+    args = dict(m=3, k=32, n=4, wbits=4, x=0x1000, s=0x2000, y=0x3000, w=[0x10_000, 0x20_000])
+    args.update(overrides)
+    return args
+
+
+def test_fields_land_at_the_manifest_offsets(tiny_layout):
+    prog = ProgramBuilder(tiny_layout)
+    prog.matmul(**matmul_args(None, out_shift=5))
+    prog.end()
+    raw = prog.to_bytes()
+    assert len(raw) == 2 * tiny_layout.descriptor_bytes == prog.nbytes
+    d0, d1 = decode_program(raw, tiny_layout)
+    assert d0["op"] == Opcode.MATMUL and d1["op"] == Opcode.END
+    assert (d0["m"], d0["k"], d0["n"], d0["wbits"], d0["out_shift"]) == (3, 32, 4, 4, 5)
+    assert (d0["x_addr"], d0["w_addr1"], d0["q_addr"]) == (0x1000, 0x20_000, 0)
+    off = tiny_layout.field_offset("y_addr")
+    assert int.from_bytes(raw[off:off + 8], "little") == 0x3000
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"k": 24}, "multiple of k_align = 16"),
+    ({"k": 512}, r"k must be in \[1, 256\]"),
+    ({"m": 0}, r"m must be in \[1, "),
+    ({"wbits": 2}, r"weight_bits \[4, 8\], got 2"),
+    ({"x": 0x1004}, "x address 0x1004 must be a multiple of addr_align = 8"),
+    ({"w": [0x10_000, 0x20_001]}, r"w\[1\] address"),
+    ({"w": [0x10_000]}, "one weight stripe per weight port"),
+    ({"out_mode": "int4"}, "out_mode must be one of"),
+    ({"out_shift": 64}, r"out_shift must be in \[0, 63\]"),
+    ({"out_mode": "int8"}, "needs q"),
+    ({"s": None}, "s is required"),
+    ({"m": 2.0}, "m must be an integer"),
+])
+def test_invalid_matmuls_are_refused_with_the_reason(tiny_layout, overrides, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ProgramBuilder(tiny_layout).matmul(**matmul_args(None, **overrides))
+
+
+def test_int8_mode_takes_q_and_ignores_out_shift(tiny_layout):
+    prog = ProgramBuilder(tiny_layout)
+    prog.matmul(**matmul_args(None, out_mode="int8", q=0x4000, out_shift=99))
+    d = prog.descriptors[0]
+    assert (d["out_mode"], d["q_addr"], d["out_shift"]) == (OutMode.INT8, 0x4000, 0)
+
+
+def test_buffers_are_checked_for_port_and_size(golden_dev):
+    lay = golden_dev.layout
+    x = golden_dev.alloc(lay.act_bytes(3, 32))
+    s = golden_dev.alloc(lay.scale_bytes(4, 32))
+    y = golden_dev.alloc(lay.out_bytes(3, 4, 0))
+    w = [golden_dev.alloc(lay.weight_port_bytes(4, 32, 4), f"w{i}") for i in range(2)]
+    prog = ProgramBuilder(golden_dev)
+    prog.matmul(m=3, k=32, n=4, wbits=4, x=x, s=s, y=y, w=w)
+    assert prog.descriptors[0]["w_addr1"] == w[1].address
+    with pytest.raises(ValueError, match="buffer too small"):
+        prog.matmul(m=3, k=32, n=4, wbits=8, x=x, s=s, y=y, w=w)
+    with pytest.raises(ValueError, match="x must be a buffer on port 'data', got one on port 'w0'"):
+        prog.matmul(m=3, k=32, n=4, wbits=4, x=w[0], s=s, y=y, w=w)
+    with pytest.raises(ValueError, match=r"w\[0\] must be a buffer on port 'w0'"):
+        prog.matmul(m=3, k=32, n=4, wbits=4, x=x, s=s, y=y, w=[w[1], w[0]])
+    golden_dev.free(x)
+    with pytest.raises(ValueError, match="was freed"):
+        prog.matmul(m=3, k=32, n=4, wbits=4, x=x, s=s, y=y, w=w)
+
+
+def test_unchecked_descriptors_only_need_known_fields(tiny_layout):
+    prog = ProgramBuilder(tiny_layout)
+    prog.unchecked(op=7, k=3)
+    assert decode_program(prog.to_bytes(), tiny_layout)[0]["op"] == 7
+    with pytest.raises(ValueError, match="no descriptor field 'bogus'"):
+        prog.unchecked(bogus=1)

@@ -4,12 +4,14 @@
 // Model (per port, reads and writes independent):
 //   * an AR/AW is accepted while fewer than `max_outstanding` bursts of that
 //     direction are in flight;
-//   * read data of a burst becomes available `read_latency` cycles after its
-//     AR handshake; beats leave in order (bursts in AR order, whatever their
-//     IDs) at no more than `bytes_per_cycle` (a credit counter, capped at one
-//     beat per cycle by the port width);
-//   * W beats are accepted once their AW is accepted, at the same byte rate;
-//     the B response follows `write_latency` cycles after the last beat.
+//   * beats leave in order (bursts in AR order, whatever their IDs), each
+//     taking d = port bytes / `bytes_per_cycle` cycles of the channel (d >= 1:
+//     at most one beat per cycle); the first beat of a burst that finds the
+//     channel idle appears `read_latency` + d - 1 cycles after its AR
+//     handshake, so B bytes arrive after about read_latency + B / bytes_per_cycle;
+//   * W beats are accepted once their AW is, one per d cycles; the B response
+//     follows `write_latency` cycles after the last beat has been transferred.
+//   A stalled channel (the kernel not ready) does not bank bandwidth.
 // Memory is read when a beat is presented and written at the W handshake.
 //
 // Each cycle the harness calls present() after the rising edge (outputs are
@@ -17,6 +19,7 @@
 // kernel can form) and update() with the kernel's outputs sampled just before
 // the next rising edge.
 #pragma once
+#include <algorithm>
 #include <cstdint>
 
 #include "protocol_log.h"
@@ -90,10 +93,8 @@ class AxiPortModel {
         timing_ = t;
         if (timing_.max_outstanding < 1) timing_.max_outstanding = 1;
         if (timing_.max_outstanding > kMaxOutstanding) timing_.max_outstanding = kMaxOutstanding;
-        bpc_ = t.bytes_per_cycle > data_bytes_ ? data_bytes_ : t.bytes_per_cycle;
-        if (!(bpc_ > 0)) bpc_ = data_bytes_;                  // 0 or NaN: full width
-        credit_cap_ = data_bytes_ + bpc_;
-        r_credit_ = w_credit_ = credit_cap_;
+        double bpc = t.bytes_per_cycle;
+        beat_cycles_ = bpc > 0 && bpc < data_bytes_ ? data_bytes_ / bpc : 1.0;   // 0 or NaN: full width
     }
     const PortTiming& timing() const { return timing_; }
     const PortStats& stats() const { return stats_; }
@@ -104,16 +105,18 @@ class AxiPortModel {
         out_.arready = reads_.size() < timing_.max_outstanding;
         if (!out_.rvalid && !reads_.empty()) {
             ReadBurst& b = reads_.front();
-            if (now >= b.ready && r_credit_ >= data_bytes_) {
+            double due = std::max(double(b.ready) + beat_cycles_ - 1.0, r_last_ + beat_cycles_);
+            if (double(now) >= due) {
                 mem_.read(b.addr + uint64_t(b.beat) * data_bytes_, pins_.rdata, data_bytes_);
                 out_.rvalid = true;
                 out_.rid = b.id;
                 out_.rlast = b.beat + 1 == b.beats;
-                r_credit_ -= data_bytes_;
+                r_last_ = double(now) - due < 1.0 ? due : double(now);   // keep fractions, drop stalls
             }
         }
         out_.awready = aw_.size() + b_.size() < timing_.max_outstanding;
-        out_.wready = !aw_.empty() && w_credit_ >= data_bytes_;
+        w_due_ = w_last_ + beat_cycles_;
+        out_.wready = !aw_.empty() && double(now) >= w_due_;
         if (!out_.bvalid && !b_.empty() && now >= b_.front().ready) {
             out_.bvalid = true;
             out_.bid = b_.front().id;
@@ -137,8 +140,6 @@ class AxiPortModel {
             b_.pop();
             out_.bvalid = false;
         }
-        r_credit_ = r_credit_ + bpc_ > credit_cap_ ? credit_cap_ : r_credit_ + bpc_;
-        w_credit_ = w_credit_ + bpc_ > credit_cap_ ? credit_cap_ : w_credit_ + bpc_;
         prev_ = in;
         prev_arready_ = out_.arready;
         prev_awready_ = out_.awready;
@@ -192,13 +193,14 @@ class AxiPortModel {
         WriteBurst& b = aw_.front();
         mem_.write_strobed(b.addr + uint64_t(b.beat) * data_bytes_, pins_.wdata, pins_.wstrb, data_bytes_);
         stats_.bytes_written += data_bytes_;
-        w_credit_ -= data_bytes_;
+        w_last_ = double(now) - w_due_ < 1.0 ? w_due_ : double(now);
         bool last = b.beat + 1 == b.beats;
         if (in.wlast != last)
             log_.report("%s W: WLAST=%d on beat %u of a %u-beat burst at 0x%llx (cycle %llu)", name_,
                         int(in.wlast), b.beat + 1, b.beats, (unsigned long long)b.addr, (unsigned long long)now);
         if (++b.beat == b.beats) {
-            b_.push({now + timing_.write_latency, b.id});
+            // the beat accepted now still occupies the channel for beat_cycles_ - 1 cycles
+            b_.push({now + uint64_t(beat_cycles_ - 1.0 + 0.5) + timing_.write_latency, b.id});
             aw_.pop();
         }
     }
@@ -224,7 +226,9 @@ class AxiPortModel {
     SparseMemory& mem_;
     ProtocolLog& log_;
     PortTiming timing_{1, 1, 0.0, 1};
-    double bpc_ = 0, credit_cap_ = 0, r_credit_ = 0, w_credit_ = 0;
+    double beat_cycles_ = 1.0;                  // channel cycles per beat
+    double r_last_ = -1e18, w_last_ = -1e18;     // when the last R beat was presented / W beat accepted
+    double w_due_ = 0;
     SlaveSignals out_;
     MasterSignals prev_;
     bool prev_arready_ = false, prev_awready_ = false, prev_wready_ = false;

@@ -1,0 +1,89 @@
+"""Run a random layer on the sim backend and measure it: what ``hbmforge run`` reports.
+
+The layer runs once on the device (integer path), and the result is compared
+bit for bit with the golden model on the same quantized inputs and, after
+dequantization, with float math.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .config import AcceleratorConfig
+from .numerics import quantize_activations_per_token
+
+__all__ = ["LayerRunError", "run_linear"]
+
+
+class LayerRunError(RuntimeError):
+    """The layer could not be run (bad shape for the design, device error, timeout)."""
+
+
+def _check_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
+    mm = cfg.matmul
+    for name, v in (("m", m), ("k", k), ("n", n)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise LayerRunError(f"--{name} must be a positive integer, got {v!r}")
+    if wbits not in mm.weight_bits:
+        raise LayerRunError(f"--wbits must be one of this design's weight_bits {list(mm.weight_bits)}, "
+                            f"got {wbits!r}")
+    if k % mm.group_size:
+        raise LayerRunError(f"--k must be a multiple of the engine's group_size {mm.group_size}, got {k}")
+    if k > mm.max_k:
+        raise LayerRunError(f"--k must be at most the engine's max_k {mm.max_k}, got {k}")
+
+
+def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits: int, seed: int = 0,
+               timeout: float = 600.0, console=None, backend_options: dict | None = None) -> dict:
+    """Run a random ``[m, k] x [n, k]^T`` Linear on the co-simulation; return the report dict."""
+    from .host import DeviceError, Linear, open_device
+
+    _check_shape(cfg, m, k, n, wbits)
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    try:
+        if console is not None:
+            console.print("  building (or reusing) the Verilator model ...")
+        dev = open_device(cfg, backend="sim", **(backend_options or {}))
+    except DeviceError as err:
+        raise LayerRunError(f"could not open the sim device: {err}") from None
+    try:
+        lin = Linear.from_float(w, bits=wbits, device=dev)
+        aq = quantize_activations_per_token(x)
+        from .host.linear import choose_out_shift
+
+        shift = choose_out_shift(lin.acc_bound(aq.q), dev.manifest.layout.widths.max_out_shift)
+        t0 = time.perf_counter()
+        yi = lin.forward_int(aq.q, out_shift=shift, timeout=timeout)
+        wall = time.perf_counter() - t0
+        golden = lin.golden_int(aq.q, out_shift=shift)
+        run = lin.last_run
+    except DeviceError as err:
+        raise LayerRunError(f"device error: {err}") from None
+    finally:
+        dev.close()
+    y = yi.astype(np.float64) * 2.0 ** shift * aq.scale[:, None] * lin.row_scale[None, :]
+    ref = x.astype(np.float64) @ w.astype(np.float64).T
+    c = run.counters
+    mm = cfg.matmul
+    word_bytes = cfg.data_width // 8
+    weight_bytes = sum(v["bytes_read"] for p, v in c["ports"].items() if p.startswith("w"))
+    cycles = c["cycles"]
+    return {
+        "layer": "linear", "m": m, "k": k, "n": n, "wbits": wbits, "board": cfg.board,
+        "clock_mhz": cfg.clock, "rows": mm.rows, "lanes": mm.lanes, "weight_ports": mm.weight_ports,
+        "cycles": cycles, "runs": run.runs,
+        "seconds_at_clock": cycles / (cfg.clock * 1e6),
+        "mac_utilization": (m * k * n) / (mm.rows * mm.lanes * cycles) if cycles else 0.0,
+        "weight_port_efficiency": weight_bytes / (mm.weight_ports * word_bytes * cycles) if cycles else 0.0,
+        "bytes_read": c["bytes_read"], "bytes_written": c["bytes_written"],
+        "weight_bytes_read": weight_bytes,
+        "stall_cycles": c["stall_cycles"], "mac_ops": c["mac_ops"],
+        "golden_mismatches": int(np.count_nonzero(yi != golden)),
+        "rel_err_vs_float": float(np.linalg.norm(y - ref) / np.linalg.norm(ref)),
+        "max_abs_err_vs_float": float(np.max(np.abs(y - ref))),
+        "sim_wall_seconds": wall,
+        "sim_cycles_per_second": cycles / wall if wall > 0 else 0.0,
+    }

@@ -23,7 +23,10 @@ buffers whose ``device_address`` is an address in the simulated memory;
 
 Time: the simulation advances only when asked. Each read of CTRL (what a
 polling loop does) first lets the kernel run ``poll_cycles`` cycles, as wall
-time passes between two polls on a board.
+time passes between two polls on a board. A CTRL read that shows ap_done
+also checks the co-simulation's AXI protocol monitors, so a kernel that broke
+an AXI rule fails the PYNQ code that ran it (``check_protocol=False`` to
+only count violations).
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from hbmforge.kernel_interface import CONTROL_RANGE
 from hbmforge.package import CONTROL_BASE, package_context, render_template
 
 from .backends.pynq import import_pynq
-from .errors import DesignMismatchError
+from .errors import DesignMismatchError, ProtocolViolationError
 from .manifest import Manifest
 
 __all__ = ["SimPynqDevice", "write_sim_overlay", "SIM_BIT_MAGIC"]
@@ -112,7 +115,10 @@ class SimPynqDevice(_device_base()):
     ``poll_cycles`` is how far the kernel runs on each read of CTRL.
     """
 
-    def __init__(self, sim_device, *, poll_cycles: int = 1000, tag: str = "hbmforge_sim"):
+    AP_DONE = 0x2
+
+    def __init__(self, sim_device, *, poll_cycles: int = 1000, check_protocol: bool = True,
+                 tag: str = "hbmforge_sim"):
         super().__init__(tag)
         if not hasattr(sim_device, "step"):
             raise TypeError(f"sim_device must be a simulated hbmforge device (with step()), got "
@@ -126,6 +132,8 @@ class SimPynqDevice(_device_base()):
         self.timestamp = ""
         self.bitfile_name = None
         self.control_base = CONTROL_BASE
+        self.check_protocol = check_protocol
+        self._violations_seen = 0
         self.clear_dict()
 
     @property
@@ -190,8 +198,27 @@ class SimPynqDevice(_device_base()):
         for word in range(offset, offset + length, 4):
             if word == 0 and self.poll_cycles:
                 self.sim_device.step(self.poll_cycles)
-            words.append(self.sim_device._read32(word))
+            value = self.sim_device._read32(word)
+            if word == 0 and value & self.AP_DONE and self.check_protocol:
+                self._raise_on_new_violations()
+            words.append(value)
         return struct.pack(f"<{len(words)}I", *words)[:length]
+
+    def protocol_errors(self) -> tuple[int, str]:
+        """(count, text) of the AXI rule violations the co-simulation has seen so far."""
+        cosim = getattr(self.sim_device, "sim", None)
+        if cosim is None or not hasattr(cosim, "protocol_errors"):
+            return 0, ""
+        count, text = cosim.protocol_errors()
+        return int(count), str(text)
+
+    def _raise_on_new_violations(self) -> None:
+        count, text = self.protocol_errors()
+        if count > self._violations_seen:
+            self._violations_seen = count
+            raise ProtocolViolationError(
+                f"{self.manifest.kernel}: the co-simulation saw {count} AXI rule violation(s) during "
+                f"the run: {text}")
 
     def write_registers(self, address, data):
         data = bytes(data)

@@ -16,7 +16,7 @@ import pytest
 pynq = pytest.importorskip("pynq", reason="needs PYNQ (pip install 'hbmforge[pynq]')")
 
 from hbmforge.config import parse_config, starter_config  # noqa: E402
-from hbmforge.host import DesignMismatchError, ProgramBuilder  # noqa: E402
+from hbmforge.host import DesignMismatchError, ProgramBuilder, ProtocolViolationError  # noqa: E402
 from hbmforge.host.backends.sim import SimDevice  # noqa: E402
 from hbmforge.host.manifest import Manifest  # noqa: E402
 from hbmforge.host.packing import pack_activations, pack_scales, pack_weights, unpack_output  # noqa: E402
@@ -175,6 +175,13 @@ def test_active_device_lets_pynq_code_omit_the_device(pynq_dev, tmp_path, monkey
     ol = pynq.Overlay(str(pynq_dev.write_overlay(tmp_path)))
     got, want = pynq_user_matmul(ol, None, pynq_dev.manifest, m=1, n=2, seed=3)
     assert np.array_equal(got, want)
+
+
+def test_axi_violations_fail_the_pynq_code_that_ran_the_kernel(overlay, pynq_dev):
+    pynq_dev.sim_device.sim.protocol = (1, "m_axi_data: burst crosses a 4 KiB boundary")
+    with pytest.raises(ProtocolViolationError, match="1 AXI rule violation.*4 KiB"):
+        pynq_user_matmul(overlay, pynq_dev, pynq_dev.manifest)
+    assert pynq_dev.protocol_errors()[0] == 1
 
 
 # -- refusing the wrong design -------------------------------------------------------------

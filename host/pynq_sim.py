@@ -47,6 +47,8 @@ __all__ = ["SimPynqDevice", "write_sim_overlay", "SIM_BIT_MAGIC"]
 
 SIM_BIT_MAGIC = b"hbmforge co-simulation overlay"
 
+_pynq = import_pynq()            # this module is PYNQ-specific: fail here, with the install hint
+
 
 def write_sim_overlay(manifest, directory) -> Path:
     """Write ``<kernel>.bit`` (a stand-in naming the design) and ``<kernel>.hwh``; return the .bit.
@@ -83,13 +85,12 @@ class _SimMemory:
         self.port = port
 
     def allocate(self, shape, dtype, port: str | None = None, **kwargs):
-        pynq = import_pynq()
         dtype = np.dtype(dtype)
         count = int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
         nbytes = max(1, count * dtype.itemsize)
         sim_buf = self.device.sim_device.alloc(nbytes, port or self.port)
         host = bytearray(nbytes)
-        arr = pynq.buffer.PynqBuffer(shape, dtype, buffer=host, device=self.device,
+        arr = _pynq.buffer.PynqBuffer(shape, dtype, buffer=host, device=self.device,
                                      device_address=sim_buf.address, bo=sim_buf, coherent=False)
         # PYNQ frees through these: PynqBuffer.freebuffer() -> return_to.return_pointer(pointer)
         arr.memory = self
@@ -103,12 +104,7 @@ class _SimMemory:
             self.device.sim_device.free(sim_buf)
 
 
-def _device_base():
-    pynq = import_pynq()
-    return pynq.Device
-
-
-class SimPynqDevice(_device_base()):
+class SimPynqDevice(_pynq.Device):
     """``pynq.Device`` over an hbmforge sim-backend device (``hbmforge.host.backends.sim.SimDevice``).
 
     ``sim_device`` is any open hbmforge Device that can ``step(cycles)``;

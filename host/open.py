@@ -25,7 +25,8 @@ def open_device(config_or_path, backend: str = "sim", *, build_dir=None, **optio
     ``build_dir``: where to generate the RTL (default: a temporary directory;
     the co-sim library itself is cached by RTL hash).
     ``options`` go to the backend (sim: read_latency, write_latency,
-    bytes_per_cycle, max_outstanding, chunk_cycles, check_protocol, trace).
+    bytes_per_cycle, max_outstanding, chunk_cycles, check_protocol, trace=path,
+    progress=bool for the Verilator build, build_options=hbmforge.sim.BuildOptions).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -68,25 +69,34 @@ def _load_config(target):
     raise TypeError(f"config_or_path must be an AcceleratorConfig, a dict, or a path, got {type(target).__name__}")
 
 
-def _open_sim(target, build_dir, options) -> Device:
-    from hbmforge.sim.cosim import build_cosim
+def _cosim(design: Path, options: dict):
+    """Build (or take from the cache, keyed by RTL hash) the co-sim library and open it."""
+    from hbmforge.sim.build import BuildOptions, build_library
+    from hbmforge.sim.cosim import CoSim
 
+    build_options = options.pop("build_options", None) or BuildOptions(trace=options.get("trace") is not None)
+    result = build_library(design, options=build_options, progress=options.pop("progress", True))
+    return CoSim(result.library, result.manifest, trace_format=result.trace or "")
+
+
+def _open_sim(target, build_dir, options) -> Device:
     from .backends.sim import SimDevice
     from .manifest import Manifest
 
+    options = dict(options)
     design = _prebuilt_design(target)
-    if design is not None:
-        return SimDevice(Manifest.load(design), build_cosim(design), **options)
-    cfg = _load_config(target)
-    from hbmforge.emit import generate
+    if design is None:
+        cfg = _load_config(target)
+        from hbmforge.emit import generate
 
-    if build_dir is not None:
-        out = Path(build_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        generate(cfg, out)
-        return SimDevice(Manifest.load(out), build_cosim(out), **options)
-    with tempfile.TemporaryDirectory(prefix=f"hbmforge-{cfg.name}-") as tmp:
-        generate(cfg, Path(tmp))
-        manifest = Manifest.load(Path(tmp))
-        library = build_cosim(Path(tmp))
-    return SimDevice(manifest, library, **options)
+        if build_dir is None:
+            with tempfile.TemporaryDirectory(prefix=f"hbmforge-{cfg.name}-") as tmp:
+                generate(cfg, Path(tmp))
+                manifest = Manifest.load(Path(tmp))
+                sim = _cosim(Path(tmp), options)
+            return SimDevice(manifest, sim, **options)
+        design = Path(build_dir)
+        design.mkdir(parents=True, exist_ok=True)
+        generate(cfg, design)
+    manifest = Manifest.load(design)
+    return SimDevice(manifest, _cosim(design, options), **options)

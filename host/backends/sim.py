@@ -71,7 +71,7 @@ class SimDevice(Device):
         if isinstance(cosim, (str, Path)):
             from hbmforge.sim.cosim import CoSim
 
-            cosim = CoSim(cosim)
+            cosim = CoSim(cosim, self.manifest.data)
         self._sim = cosim
         self._chunk = int(chunk_cycles)
         self._check_protocol = check_protocol

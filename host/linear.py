@@ -97,9 +97,10 @@ class Linear:
         self._workspace_bytes = workspace_bytes
         self.last_run: LinearRun | None = None
         # |acc[m, n]| <= max|x_m| * sum_k |w[n,k]| * s[n, g(k)]: the per-column factor, exact
-        expanded = np.repeat(mantissas.astype(np.int64), lay.mm.group_size, axis=1)
-        self._col_l1 = [int(v) for v in (np.abs(weight_q.astype(np.int64)) * expanded).sum(axis=1)]
-        self._max_col_l1 = max(self._col_l1)
+        g = lay.mm.group_size
+        group_l1 = np.abs(weight_q.reshape(self._n, self._kp // g, g).astype(np.int32)).sum(axis=2)
+        col_l1 = (group_l1.astype(np.int64) * mantissas.astype(np.int64)).sum(axis=1)   # < 2**63
+        self._max_col_l1 = int(col_l1.max())
 
         self._w_bufs: list[Buffer] = []
         self._s_buf: Buffer | None = None
@@ -148,10 +149,11 @@ class Linear:
         gq = quantize_weights_groupwise(wp, bits, g)
         zero_group = ~np.any(gq.q.reshape(n, kp // g, g) != 0, axis=2)
         mant, row_scale = encode_group_scales(np.where(zero_group, 0.0, gq.scales), mm.scale_bits)
-        eff = np.repeat(mant.astype(np.float64) * row_scale[:, None], g, axis=1)
+        eff = mant.astype(np.float64) * row_scale[:, None]                      # [N, K/G] encoded scales
+        inv = np.divide(1.0, eff, out=np.zeros_like(eff), where=eff > 0)        # 0 where the scale is 0
         qmax = (1 << (bits - 1)) - 1
-        with np.errstate(divide="ignore", invalid="ignore"):
-            q = np.where(eff > 0, np.clip(np.rint(wp / eff), -qmax, qmax), 0).astype(np.int8)
+        scaled = wp.reshape(n, kp // g, g) * inv[:, :, None]
+        q = np.clip(np.rint(scaled, out=scaled), -qmax, qmax, out=scaled).astype(np.int8).reshape(n, kp)
         return cls(device, q, mant, row_scale, bits=bits, in_features=k, workspace_bytes=workspace_bytes)
 
     @classmethod

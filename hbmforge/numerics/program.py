@@ -178,10 +178,12 @@ def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
         raw = np.frombuffer(mem.read(d[f"w_addr{p}"], port_bytes), dtype=np.uint8).reshape(words, wb)
         stripe_bits.append(np.unpackbits(raw, axis=1, bitorder="little"))     # [words, W], LSB first
     stream = np.concatenate(stripe_bits, axis=1).reshape(-1)                  # combined words, in order
-    elems = stream[: n * k * wbits].reshape(n * k, wbits).astype(np.int64)
-    unsigned = elems @ (np.int64(1) << np.arange(wbits, dtype=np.int64))
-    signed = unsigned - (unsigned >= (1 << (wbits - 1))) * (1 << wbits)
-    return signed.reshape(n, k)
+    elems = stream[: n * k * wbits].reshape(n * k, wbits)                    # bit j of element i
+    value = np.zeros(n * k, dtype=np.int16)
+    for j in range(wbits):
+        value |= elems[:, j].astype(np.int16) << j
+    value -= (value >= (1 << (wbits - 1))).astype(np.int16) << wbits         # two's complement
+    return value.reshape(n, k)
 
 
 def _write_output(mem, y: np.ndarray, d: dict[str, int], layout: DesignLayout) -> int:

@@ -10,6 +10,7 @@ integers so that tests compare them bit for bit with the golden model.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -76,6 +77,13 @@ def _float_input(name: str, x, ndim: tuple[int, ...]) -> np.ndarray:
         bad = int(x.size - np.count_nonzero(np.isfinite(x)))
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s)")
     return x.astype(np.float64)
+
+
+def _positive_scale(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
+            math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite float > 0, got {value!r}")
+    return float(value)
 
 
 class Linear:
@@ -303,11 +311,9 @@ class Linear:
                      timeout: float = 60.0) -> np.ndarray:
         """int8 device output ``round(x @ w.T / out_scale)`` (saturating), [M, N]."""
         x2, squeeze = self._as_rows(x)
-        if isinstance(out_scale, bool) or not isinstance(out_scale, (int, float)) or not (
-                math.isfinite(out_scale) and out_scale > 0):
-            raise ValueError(f"out_scale must be a finite float > 0, got {out_scale!r}")
-        if act_scale is not None and not (math.isfinite(act_scale) and act_scale > 0):
-            raise ValueError(f"act_scale must be a finite float > 0, got {act_scale!r}")
+        out_scale = _positive_scale("out_scale", out_scale)
+        if act_scale is not None:
+            act_scale = _positive_scale("act_scale", act_scale)
         aq = quantize_activations_per_tensor(x2, act_scale)
         real = aq.scale[0] * self._row_scale / out_scale
         mult, shift = dyadic_multiplier(real, self._lay.widths.mult_bits, self._lay.widths.max_requant_shift)

@@ -24,11 +24,12 @@ from pathlib import Path
 from .bindings import HARNESS_SOURCES, harness_dir, load_manifest, render_ports_header
 from .cache import BuildCache, content_key
 from .progress import StageProgress
+from .runtime_cache import runtime_key, save_runtime, seed_runtime
 from .verilator import VerilatorInstall, find_verilator
 
 __all__ = ["BuildOptions", "BuildResult", "BuildError", "build_library", "cosim_key", "design_sources"]
 
-_KEY_VERSION = "cosim-build-1"     # bump when the build recipe changes in a way the inputs don't show
+_KEY_VERSION = "cosim-build-2"     # bump when the build recipe changes in a way the inputs don't show
 
 
 @dataclass(frozen=True)
@@ -37,7 +38,9 @@ class BuildOptions:
 
     trace: bool = False                     # waveform tracing (hbf_trace_open); slows the model down
     trace_format: str = "auto"              # "fst", "vcd" or "auto": FST when liblz4 headers exist
-    opt: str = "-O2"                        # C++ optimisation of the model (Verilator's default is -Os)
+    opt: str = "-O2"                        # model eval code and harness (Verilator's default -Os runs ~3x slower)
+    opt_slow: str = "-O1"                   # model init code, run once
+    opt_runtime: str = "-O1"                # libverilated: not on the per-cycle path; -O2 compiles 2x slower
     x_fast: bool = True                     # --x-assign fast --x-initial fast
     warnings_fatal: bool = False            # generated RTL trips style warnings; don't fail on them
     verilator_args: tuple[str, ...] = ()
@@ -63,7 +66,8 @@ class BuildOptions:
         return self.trace_format
 
     def to_json(self) -> dict:
-        return {"trace": self.resolved_trace_format(), "opt": self.opt, "x_fast": self.x_fast,
+        return {"trace": self.resolved_trace_format(), "opt": self.opt, "opt_slow": self.opt_slow,
+                "opt_runtime": self.opt_runtime, "x_fast": self.x_fast,
                 "warnings_fatal": self.warnings_fatal, "verilator_args": list(self.verilator_args)}
 
 
@@ -200,14 +204,16 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
             "-CFLAGS", " ".join(cflags),
             "-LDFLAGS", "-shared -Wl,-Bsymbolic -Wl,--exclude-libs,ALL -pthread",
             *map(str, rtl_paths), str(hdir / "hbf_harness.cpp")]
+    rt_key = runtime_key(install.describe(), _compiler_id(), options.opt_runtime, str(fmt),
+                         " ".join(c for c in cflags if not c.startswith("-I")))
     with open(log_path, "w") as log:
         with prog.stage("verilate"):
             _run(vcmd, env, log, log_path, cache, name)
-        total = len(list(obj.glob("*.cpp"))) + 3 + 1     # model files + verilated*.cpp + harness
+        seeded = seed_runtime(obj, rt_key, cache.dir.parent)
+        total = len(list(obj.glob("*.cpp"))) + 1 + (0 if seeded else 2 + int(options.trace))
         mcmd = ["make", f"-j{options.jobs}", "-C", str(obj), "-f", "Vtop.mk",
-                f"OPT_FAST={options.opt}", f"OPT_SLOW={options.opt if options.opt != '-O3' else '-O2'}",
-                f"OPT_GLOBAL={options.opt}", f"PYTHON3={sys.executable}",
-                f"VM_TRACE={int(options.trace)}", "CFG_LDLIBS_THREADS=-pthread"]
+                f"OPT_FAST={options.opt}", f"OPT_SLOW={options.opt_slow}", f"OPT_GLOBAL={options.opt_runtime}",
+                f"PYTHON3={sys.executable}", f"VM_TRACE={int(options.trace)}", "CFG_LDLIBS_THREADS=-pthread"]
         with prog.stage("compile and link"):
             done = 0
 
@@ -219,6 +225,8 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
             _run(mcmd, env, log, log_path, cache, name, on_line=on_line)
     if not (out / lib_name).exists():
         raise BuildError(f"build of {name} produced no {lib_name}; see {log_path}")
+    if not seeded:
+        save_runtime(obj, rt_key, cache.dir.parent)
     shutil.rmtree(obj, ignore_errors=True)        # objects are large; the library is all we load
     (out / "build_info.json").write_text(json.dumps({
         "kernel": name, "verilator": install.describe(), "options": options.to_json(),

@@ -29,6 +29,7 @@ class Harness {
     static constexpr uint64_t kRegTimeoutCycles = 100000;
 
     Harness() : ctx_(new VerilatedContext), top_(nullptr) {
+        ctx_->fatalOnError(false);  // $stop/$fatal/assertions end the run, not the host process
 #if HBF_TRACE
         ctx_->traceEverOn(true);
 #endif
@@ -59,16 +60,27 @@ class Harness {
     uint64_t cycles() const { return now_; }
 
     void step(uint64_t n) {
-        for (uint64_t i = 0; i < n && !ctx_->gotFinish(); ++i) cycle();
+        for (uint64_t i = 0; i < n && !finished(); ++i) cycle();
     }
 
     bool run_until_interrupt(uint64_t max_cycles) {
         for (uint64_t i = 0; i < max_cycles; ++i) {
             if (*irq_) return true;
-            if (ctx_->gotFinish()) return false;
+            if (finished()) return false;
             cycle();
         }
         return *irq_ != 0;
+    }
+
+    // The RTL ran $finish, $stop, $fatal or failed an assertion: the model cannot go on.
+    bool finished() {
+        if (!ctx_->gotFinish()) return false;
+        if (!finish_reported_) {
+            finish_reported_ = true;
+            log_.report("kernel: the model stopped at cycle %llu (%s); the simulation cannot continue",
+                        (unsigned long long)now_, ctx_->gotError() ? "$stop, $fatal or a failed assertion" : "$finish");
+        }
+        return true;
     }
 
     uint32_t reg_read(uint32_t addr) {
@@ -122,7 +134,7 @@ class Harness {
 
     bool finish_lite(const char* what, uint32_t addr) {
         for (uint64_t i = 0; i < kRegTimeoutCycles && lite_.busy(); ++i) {
-            if (ctx_->gotFinish()) break;
+            if (finished()) break;
             cycle();
         }
         if (lite_.busy()) {
@@ -149,6 +161,7 @@ class Harness {
     AxiLiteMaster lite_;
     LiteSlaveIn lite_in_;
     uint64_t now_ = 0;
+    bool finish_reported_ = false;
 #if HBF_TRACE
     std::unique_ptr<TraceFile> trace_;
 #endif

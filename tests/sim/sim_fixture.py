@@ -11,6 +11,7 @@ WORD = 32                       # fixture port width in bytes
 OPT_IGNORE_4K = 1 << 8          # fixture OPTIONS bits (see tests/fixtures/fixture.v)
 OPT_WRONG_SIZE = 1 << 9
 OPT_NO_WLAST = 1 << 10
+OPT_FATAL = 1 << 11
 
 
 def run_job(sim, *, src=0, dst=0, words=0, w0=0, w0_words=0, options=None, max_cycles=1_000_000) -> int:

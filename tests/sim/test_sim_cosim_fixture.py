@@ -8,7 +8,7 @@ import pytest
 
 from hbmforge.sim.cosim import CoSim, CoSimError
 
-from sim_fixture import WORD, run_job
+from sim_fixture import OPT_FATAL, WORD, run_job
 
 pytestmark = pytest.mark.rtl
 
@@ -130,3 +130,15 @@ def test_two_instances_are_independent(fixture_build):
 def test_trace_needs_a_trace_build(sim):
     with pytest.raises(CoSimError, match="without trace support"):
         sim.trace_open("/tmp/never.fst")
+
+
+def test_fatal_in_the_rtl_stops_the_model_not_the_process(sim):
+    sim.reg_write("OPTIONS", 15 | OPT_FATAL)
+    sim.start()
+    c0 = sim.cycles()
+    assert sim.run_until_interrupt(1_000_000) is False
+    assert sim.cycles() - c0 < 100                          # stopped at once, did not burn the budget
+    count, text = sim.protocol_errors()
+    assert count >= 1 and "the model stopped" in text and "$fatal" in text
+    sim.step(10)                                            # later calls return instead of hanging
+    assert sim.reg_read("ID") == 0xFFFFFFFF

@@ -67,6 +67,7 @@ def render_ports_header(manifest: dict, *, trace: bool = False) -> str:
         kernel=manifest["kernel"],
         ports=ports,
         control=manifest["control"].get("prefix", "s_axi_control"),
+        control_addr_mask=hex((1 << int(manifest["control"].get("addr_width", 12))) - 1),
         clock_mhz=float(manifest.get("clock_mhz") or 300.0),
         max_burst_beats=int(manifest.get("axi", {}).get("max_burst_beats", 256)),
         trace=trace,

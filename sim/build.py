@@ -208,7 +208,9 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
                          " ".join(c for c in cflags if not c.startswith("-I")))
     with open(log_path, "w") as log:
         with prog.stage("verilate"):
-            _run(vcmd, env, log, log_path, cache, name)
+            warnings = _run(vcmd, env, log, log_path, cache, name)
+        if warnings:
+            prog.note(f"Verilator reported {len(warnings)} warning(s), e.g. {warnings[0]} (full list in {log_path})")
         seeded = seed_runtime(obj, rt_key, cache.dir.parent)
         total = len(list(obj.glob("*.cpp"))) + 1 + (0 if seeded else 2 + int(options.trace))
         mcmd = ["make", f"-j{options.jobs}", "-C", str(obj), "-f", "Vtop.mk",
@@ -234,15 +236,19 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
 
 
 def _run(cmd: list[str], env: dict, log, log_path: Path, cache: BuildCache, name: str,
-         on_line=None) -> None:
+         on_line=None) -> list[str]:
+    """Run one build command into the log; its ``%Warning`` lines; BuildError with the log tail on failure."""
     log.write("$ " + " ".join(cmd) + "\n")
     log.flush()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")
     tail: list[str] = []
+    warnings: list[str] = []
     assert proc.stdout is not None
     for line in proc.stdout:
         log.write(line)
+        if line.startswith("%Warning"):
+            warnings.append(line.strip())
         tail.append(line.rstrip("\n"))
         del tail[:-60]
         if on_line:
@@ -255,3 +261,4 @@ def _run(cmd: list[str], env: dict, log, log_path: Path, cache: BuildCache, name
         shutil.copy(log_path, keep)
         raise BuildError(f"`{Path(cmd[0]).name}` failed (exit {rc}) building {name}; full log: {keep}\n"
                          + "\n".join(tail[-40:]))
+    return warnings

@@ -136,6 +136,7 @@ class CoSim:
         self.port_names = names
         self._timing = list(port_timings(self.manifest))
         self._regs = {r["name"]: r for r in self.manifest.get("registers", [])}
+        self._ctrl_span = 1 << int(self.manifest["control"].get("addr_width", 12))
         self.last_stop: str | None = None
 
     @classmethod
@@ -177,7 +178,10 @@ class CoSim:
             except KeyError:
                 raise KeyError(f"no register {reg!r}; the manifest has {', '.join(self._regs)}") from None
             return r["offset"], r["width"]
-        return int(reg), 32
+        addr = int(reg)
+        if not 0 <= addr < self._ctrl_span or addr % 4:
+            raise ValueError(f"register offset {addr:#x} is not a word offset below {self._ctrl_span:#x}")
+        return addr, 32
 
     def reg_read(self, reg: int | str) -> int:
         """A register by offset (32 bits) or manifest name (64-bit ones read low word first)."""

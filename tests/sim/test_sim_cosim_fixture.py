@@ -40,6 +40,9 @@ def test_registers_identify_the_kernel_and_hold_values(sim, fixture_manifest):
     assert sim.reg_read("CTRL") & 0b100                     # ap_idle
     with pytest.raises(KeyError, match="no register 'NOPE'"):
         sim.reg_read("NOPE")
+    for bad in (0x1000, 0x102, -4):
+        with pytest.raises(ValueError, match="not a word offset below 0x1000"):
+            sim.reg_read(bad)
 
 
 def test_register_access_takes_a_few_cycles(sim):

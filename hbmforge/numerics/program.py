@@ -10,7 +10,8 @@ code written from the layout text (bit streams, explicit index formulas),
 never by calling the packers in reverse.
 
 Validation order when a descriptor has several faults (lowest check first):
-opcode, weight bits, K, M/N, output mode/shift, address alignment; AXI errors
+opcode, weight bits, K, M/N (zero or above 32 bits), output mode/shift, address
+alignment (a misaligned program address fails descriptor 0); AXI errors
 (an operand range outside the memory) are detected before anything is
 written, so a failing descriptor leaves Y untouched here (the RTL may have
 written part of it).
@@ -150,8 +151,8 @@ def _validate(d: dict[str, int], layout: DesignLayout) -> tuple[int, str]:
     k = d["k"]
     if k == 0 or k > mm.max_k or k % layout.k_align:
         return ErrorCode.BAD_K, f"k {k}, must be a multiple of {layout.k_align} in [1, {mm.max_k}]"
-    if d["m"] == 0 or d["n"] == 0:
-        return ErrorCode.BAD_SHAPE, f"m {d['m']}, n {d['n']}"
+    if not 0 < d["m"] < 1 << 32 or not 0 < d["n"] < 1 << 32:                 # the engine's job fields are 32-bit
+        return ErrorCode.BAD_SHAPE, f"m {d['m']}, n {d['n']}, each must be in [1, 2**32 - 1]"
     if d["out_mode"] not in (OutMode.INT32, OutMode.INT8):
         return ErrorCode.BAD_OUT_MODE, f"out_mode {d['out_mode']}"
     if d["out_mode"] == OutMode.INT32 and d["out_shift"] > layout.widths.max_out_shift:
@@ -241,6 +242,9 @@ def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> Prog
     mem = _as_memory(memory)
     result = ProgramResult(weight_bytes_read=[0] * layout.mm.weight_ports)
     dbytes = layout.descriptor_bytes
+    if count and program_addr % layout.addr_align:
+        result.error, result.detail = ErrorCode.MISALIGNED, f"program address {program_addr:#x} not word aligned"
+        return result
     for i in range(count):
         try:
             _check_range(mem, program_addr + i * dbytes, dbytes)

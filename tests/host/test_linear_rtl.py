@@ -153,8 +153,8 @@ def test_linear_on_the_simulation_equals_the_golden_model(dev, bits):
 
 def test_a_short_timeout_raises_and_the_run_can_still_finish(dev):
     rng = np.random.default_rng(5)
-    with Linear.from_float(rng.standard_normal((64, 256)), bits=8, device=dev) as lin:
-        xq = rng.integers(-128, 128, (32, 256))
+    with Linear.from_float(rng.standard_normal((256, 256)), bits=8, device=dev) as lin:
+        xq = rng.integers(-128, 128, (128, 256))          # ~500k cycles: several wait() chunks
         with pytest.raises(DeviceTimeoutError, match="within 0.001 s"):
             lin.forward_int(xq, timeout=0.001)
         dev.wait(timeout=300)

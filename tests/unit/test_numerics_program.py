@@ -147,6 +147,7 @@ def _bad(lay, **changes):
     ({"k": 272}, ErrorCode.BAD_K),
     ({"m": 0}, ErrorCode.BAD_SHAPE),
     ({"n": 0}, ErrorCode.BAD_SHAPE),
+    ({"m": 1 << 32}, ErrorCode.BAD_SHAPE),
     ({"out_mode": 2}, ErrorCode.BAD_OUT_MODE),
     ({"out_shift": 64}, ErrorCode.BAD_OUT_MODE),
     ({"x_addr": X + 4}, ErrorCode.MISALIGNED),
@@ -184,6 +185,12 @@ def test_checks_opcode_first_when_everything_is_wrong():
     prog = ProgramBuilder(lay)
     prog.unchecked(op=1, wbits=3, k=5, m=0, out_mode=9, x_addr=1)
     assert run(lay, SparseMemory(), prog).error == ErrorCode.BAD_WBITS
+
+
+def test_a_misaligned_program_fails_descriptor_zero():
+    res = execute({}, PROGRAM + 4, 1, layout())
+    assert (res.error, res.error_index, res.status) == (ErrorCode.MISALIGNED, 0, 1 | ErrorCode.MISALIGNED << 8)
+    assert execute({}, PROGRAM + 4, 0, layout()).ok
 
 
 def test_zero_memory_is_an_end_descriptor():

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -192,7 +191,6 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     log_path = out / "build.log"
     env = install.env()
-    env["PYTHON3"] = sys.executable            # the wheel's verilated.mk calls plain `python`
     hdir = harness_dir()
     fmt = options.resolved_trace_format()
     cflags = ["-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", f"-I{hdir}", f"-I{gen}",
@@ -215,7 +213,7 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
         total = len(list(obj.glob("*.cpp"))) + 1 + (0 if seeded else 2 + int(options.trace))
         mcmd = ["make", f"-j{options.jobs}", "-C", str(obj), "-f", "Vtop.mk",
                 f"OPT_FAST={options.opt}", f"OPT_SLOW={options.opt_slow}", f"OPT_GLOBAL={options.opt_runtime}",
-                f"PYTHON3={sys.executable}", f"VM_TRACE={int(options.trace)}", "CFG_LDLIBS_THREADS=-pthread"]
+                f"VM_TRACE={int(options.trace)}", *install.make_overrides()]
         with prog.stage("compile and link"):
             done = 0
 

@@ -110,7 +110,7 @@ def build_cocotb(sources: Sequence[str | Path], toplevel: str, *, build_args: Se
 
     def build(out: Path) -> None:
         runner = get_runner("verilator")
-        makeflags = " ".join([*COCOTB_MAKEFLAGS, f"PYTHON3={sys.executable}"])
+        makeflags = " ".join([*COCOTB_MAKEFLAGS, *install.make_overrides()])
         with prog.stage("verilate, compile and link"), _environ({"MAKEFLAGS": makeflags}):
             runner.build(sources=srcs, hdl_toplevel=toplevel, build_dir=out, build_args=args,
                          parameters=dict(parameters or {}), defines=dict(defines or {}),

@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -55,6 +56,24 @@ class VerilatorInstall:
 
     def describe(self) -> str:
         return f"Verilator {self.version_str} ({self.source}: {self.executable})"
+
+    def make_overrides(self) -> list[str]:
+        """``VAR=value`` make arguments for configure results left blank in this install's verilated.mk.
+
+        The PyPI wheel ships a verilated.mk without ``CFG_CXXFLAGS_PCH_I`` (so any design big
+        enough for precompiled headers fails to compile), without the thread libraries, and
+        calling a plain ``python``; a configured install has them and gets nothing here.
+        """
+        try:
+            text = (self.include_dir / "verilated.mk").read_text()
+        except OSError:
+            return []
+        blank = set(re.findall(r"^(\w+)\s*=\s*$", text, re.M))
+        fixes = {"CFG_CXXFLAGS_PCH_I": "-include", "CFG_LDLIBS_THREADS": "-pthread"}
+        out = [f"{k}={v}" for k, v in fixes.items() if k in blank]
+        if re.search(r"^PYTHON3\s*=\s*python\s*$", text, re.M) or "PYTHON3" in blank:
+            out.append(f"PYTHON3={sys.executable}")
+        return out
 
 
 def _wheel_install() -> VerilatorInstall | None:

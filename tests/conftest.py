@@ -5,15 +5,7 @@ import pytest
 
 from hbmforge.config import parse_config, starter_config
 
-
-def tiny_config_dict(**engine) -> dict:
-    """A small kernel for RTL tests: 64-bit ports, 2 rows x 16 lanes, two weight ports."""
-    eng = {"kind": "matmul", "name": "mm0", "rows": 2, "lanes": 16, "weight_ports": 2,
-           "weight_bits": [4, 8], "group_size": 16, "scale_bits": 16, "max_k": 256}
-    eng.update(engine)
-    return {"version": 1, "name": "tiny", "board": "u280", "clock_mhz": 300,
-            "axi": {"data_width": 64, "id_width": 4, "max_burst_beats": 16, "max_outstanding": 4},
-            "engines": [eng]}
+from designs import tiny_config_dict
 
 
 @pytest.fixture

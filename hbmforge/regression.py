@@ -1,0 +1,57 @@
+"""The cocotb regression for one config: generate, build with Verilator, run the kernel bench.
+
+``hbmforge sim CONFIG`` and the RTL tests call :func:`run_regression`; the bench
+itself is :mod:`hbmforge.sim.tb_kernel` (cocotbext-axi bus models with random
+back-pressure and latency, results compared with :mod:`hbmforge.numerics`).
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .config import AcceleratorConfig
+
+__all__ = ["RegressionResult", "run_regression"]
+
+
+@dataclass(frozen=True)
+class RegressionResult:
+    passed: int
+    failed: int
+    skipped: int
+    seconds: float
+    summary: str
+    design_dir: Path
+
+
+def run_regression(cfg: AcceleratorConfig, *, seed: int = 1, test_filter: str | None = None,
+                   build_dir: Path | None = None, console=None, cases: int = 4,
+                   busy: float = 0.3) -> RegressionResult:
+    """Run every cocotb test of the kernel bench (or those whose name contains ``test_filter``)."""
+    from .emit import generate
+    from .sim.cocotb_runner import run_cocotb
+
+    t0 = time.monotonic()
+    out = Path(build_dir) if build_dir is not None else Path(tempfile.mkdtemp(prefix=f"hbmforge-{cfg.name}-"))
+    design = generate(cfg, out / "rtl")
+    if console is not None:
+        console.print(f"generated {design.verilog_path}; building the cocotb model with Verilator")
+    testcase = None
+    if test_filter:
+        from .sim import tb_kernel
+
+        testcase = [name for name in dir(tb_kernel) if name.startswith("test_") and test_filter in name]
+        if not testcase:
+            raise ValueError(f"no cocotb test name contains {test_filter!r}")
+    res = run_cocotb([design.verilog_path], cfg.name, "hbmforge.sim.tb_kernel", testcase=testcase,
+                     test_dir=out / "cocotb", seed=seed, progress=console is not None,
+                     extra_env={"HBMFORGE_MANIFEST": str(Path(design.manifest_path).resolve()),
+                                "HBMFORGE_SEED": str(seed), "HBMFORGE_TB_CASES": str(cases),
+                                "HBMFORGE_TB_BUSY": str(busy)})
+    if console is not None:
+        console.print(res.summary())
+    return RegressionResult(passed=res.passed, failed=res.failed + (1 if res.exit_code else 0),
+                            skipped=res.skipped, seconds=time.monotonic() - t0, summary=res.summary(),
+                            design_dir=out)

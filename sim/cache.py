@@ -25,6 +25,14 @@ from pathlib import Path
 __all__ = ["cache_root", "content_key", "BuildCache", "CacheEntry", "CacheLockTimeout"]
 
 _COMPLETE = ".complete"     # written last inside the temporary dir, so a published entry always has it
+DEFAULT_MAX_AGE_DAYS = 30   # entries unused this long are removed after a build
+
+
+def _touch(path: Path) -> None:
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 class CacheLockTimeout(TimeoutError):
@@ -86,6 +94,7 @@ class BuildCache:
         """
         found = self.lookup(name, key)
         if found:
+            _touch(found / _COMPLETE)
             return CacheEntry(found, True, 0.0)
         t0 = time.monotonic()
         with self._lock(name, key, lock_timeout, on_wait):
@@ -107,7 +116,26 @@ class BuildCache:
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
                 raise
-            return CacheEntry(final, False, waited)
+        self.prune()
+        return CacheEntry(final, False, waited)
+
+    def prune(self, max_age_days: float = DEFAULT_MAX_AGE_DAYS) -> list[Path]:
+        """Remove entries not used for ``max_age_days`` (a hit refreshes an entry); the removed paths.
+
+        Runs after every build, so the cache does not grow without bound.
+        """
+        removed = []
+        if not self.dir.is_dir():
+            return removed
+        cutoff = time.time() - max_age_days * 86400
+        for marker in self.dir.glob(f"*/{_COMPLETE}"):
+            try:
+                if marker.stat().st_mtime < cutoff:
+                    shutil.rmtree(marker.parent, ignore_errors=True)
+                    removed.append(marker.parent)
+            except OSError:
+                pass
+        return removed
 
     def remove(self, name: str, key: str) -> None:
         shutil.rmtree(self.entry_path(name, key), ignore_errors=True)

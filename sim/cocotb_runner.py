@@ -10,6 +10,7 @@ workers through the cache lock), every run gets its own test dir for
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -103,7 +104,8 @@ def build_cocotb(sources: Sequence[str | Path], toplevel: str, *, build_args: Se
     args = [*COCOTB_BUILD_ARGS, *build_args]
     key = content_key(["cocotb-build-1", *srcs, toplevel, repr(args), repr(sorted((parameters or {}).items())),
                        repr(sorted((defines or {}).items())), repr([str(i) for i in includes]), str(waves),
-                       repr(timescale), install.describe(), _cocotb_version(), " ".join(COCOTB_MAKEFLAGS),
+                       repr(timescale), install.describe(), _cocotb_version(),
+                       " ".join([*COCOTB_MAKEFLAGS, *install.make_overrides()]),
                        sys.version])
     prog = StageProgress(f"cocotb {toplevel}", enabled=progress)
     t0 = time.monotonic()
@@ -116,11 +118,19 @@ def build_cocotb(sources: Sequence[str | Path], toplevel: str, *, build_args: Se
                          parameters=dict(parameters or {}), defines=dict(defines or {}),
                          includes=list(includes), waves=waves, timescale=timescale, always=True,
                          log_file=out / "build.log")
+        _keep_only(out, {toplevel, "build.log"})
 
     entry = BuildCache("cocotb").get_or_build(
         toplevel, key, build, lock_timeout=3600,
         on_wait=lambda: prog.note("waiting for another process building the same design"))
     return entry.path, entry.hit, time.monotonic() - t0
+
+
+def _keep_only(build_dir: Path, names: set[str]) -> None:
+    """Drop sources and objects (100+ MB for a real kernel); a test run needs only the executable."""
+    for p in build_dir.iterdir():
+        if p.name not in names:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
 
 
 def run_cocotb(sources: Sequence[str | Path], toplevel: str, test_module: str | Sequence[str], *,

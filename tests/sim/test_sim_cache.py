@@ -88,3 +88,16 @@ def test_lock_timeout_names_the_wait(tmp_path):
         # flock locks are per open file description: a second open() in this process conflicts too
         with pytest.raises(CacheLockTimeout, match="waited"):
             other.get_or_build("d", "12" * 32, lambda out: None, lock_timeout=0.3)
+
+
+def test_unused_entries_are_pruned_and_hits_keep_entries_alive(tmp_path):
+    import os
+    cache = BuildCache("t", tmp_path)
+    old = cache.get_or_build("d", "aa" * 32, lambda out: None).path
+    kept = cache.get_or_build("d", "bb" * 32, lambda out: None).path
+    month_ago = time.time() - 40 * 86400
+    for p in (old, kept):
+        os.utime(p / ".complete", (month_ago, month_ago))
+    assert cache.get_or_build("d", "bb" * 32, lambda out: None).hit      # a hit refreshes it
+    assert cache.prune() == [old]
+    assert not old.exists() and kept.exists()

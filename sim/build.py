@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +30,11 @@ from .verilator import VerilatorInstall, find_verilator
 __all__ = ["BuildOptions", "BuildResult", "BuildError", "build_library", "cosim_key", "design_sources"]
 
 _KEY_VERSION = "cosim-build-2"     # bump when the build recipe changes in a way the inputs don't show
+# GNU ld: bind the library's own symbols inside it and keep libverilated's out of the dynamic table,
+# so two designs loaded into one process cannot resolve into each other. (macOS ld: two-level
+# namespaces already do that.)
+_LDFLAGS = ("-shared -pthread" if sys.platform == "darwin"
+            else "-shared -Wl,-Bsymbolic -Wl,--exclude-libs,ALL -pthread")
 
 
 @dataclass(frozen=True)
@@ -129,6 +135,7 @@ def design_sources(design: str | Path | Sequence[str | Path],
     return paths, load_manifest(manifest)
 
 
+@lru_cache(maxsize=None)
 def _compiler_id() -> str:
     cxx = os.environ.get("CXX", "c++")
     try:
@@ -200,7 +207,7 @@ def _build_into(out: Path, rtl_paths: list[Path], manifest: dict, header: str, i
             "-Mdir", str(obj), "-o", str(out / lib_name),
             *options.verilator_flags(),
             "-CFLAGS", " ".join(cflags),
-            "-LDFLAGS", "-shared -Wl,-Bsymbolic -Wl,--exclude-libs,ALL -pthread",
+            "-LDFLAGS", _LDFLAGS,
             *map(str, rtl_paths), str(hdir / "hbf_harness.cpp")]
     rt_key = runtime_key(install.describe(), _compiler_id(), options.opt_runtime, str(fmt),
                          " ".join(c for c in cflags if not c.startswith("-I")))

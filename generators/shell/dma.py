@@ -10,7 +10,7 @@ at most ``max_burst_beats`` beats, never crossing a 4 KiB boundary.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -146,8 +146,10 @@ class BurstReader(wiring.Component):
             words = self.cmd.payload.bytes[sp.shift:]
             m.d.sync += [sp.addr.eq(self.cmd.payload.addr), sp.left.eq(words), active.eq(words != 0)]
 
-        # data FIFO: word + "came with an error response" bit
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=W + 1, depth=self._fifo_depth)
+        # data FIFO: word + "came with an error response" bit. One entry more than the
+        # credits: the inner memory then has a power-of-two depth (a whole BRAM, and no
+        # address wrap compare, which Verilator evaluates markedly faster).
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=W + 1, depth=self._fifo_depth + 1)
         free = Signal(range(self._fifo_depth + 1), init=self._fifo_depth)
         outstanding = Signal(range(self._max_outstanding + 1))
 
@@ -177,7 +179,7 @@ class BurstReader(wiring.Component):
             bus.rready.eq(1),
             beat.eq(bus.rvalid),
             fifo.w_en.eq(beat),
-            fifo.w_data.eq(Mux(bus.rresp != RESP_OKAY, 1 << W, 0) | bus.rdata),
+            fifo.w_data.eq(Cat(bus.rdata, bus.rresp != RESP_OKAY)),
         ]
         burst_done = Signal()
         m.d.comb += burst_done.eq(beat & bus.rlast)
@@ -258,7 +260,7 @@ class BurstWriter(wiring.Component):
         m.submodules.track = track = SyncFIFO(width=2, depth=self._max_outstanding)
         # per issued burst: awlen, consumed by the W sequencer
         m.submodules.wlen = wlen = SyncFIFO(width=8, depth=self._max_outstanding)
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=W, depth=self._fifo_depth)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=W, depth=self._fifo_depth + 1)
 
         # command intake
         words = self.cmd.payload.bytes[sp.shift:]
@@ -268,8 +270,9 @@ class BurstWriter(wiring.Component):
         with m.If(self.cmd.valid & ~active & track.w_rdy):
             m.d.sync += [sp.addr.eq(self.cmd.payload.addr), sp.left.eq(words), active.eq(words != 0)]
 
-        # words in the FIFO not yet promised to an issued burst
-        avail = Signal(range(self._fifo_depth + 1))
+        # words in the FIFO not yet promised to an issued burst (the FIFO has one entry
+        # more than ``fifo_depth``, for a power-of-two memory as in BurstReader)
+        avail = Signal(range(self._fifo_depth + 2))
         push = Signal()
         m.d.comb += [
             fifo.w_data.eq(self.data.payload),

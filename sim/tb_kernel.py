@@ -103,7 +103,8 @@ class Layer:
 
 async def _bench(dut, *, seed_offset: int = 0, busy: float = BUSY) -> tuple[KernelBench, Manifest]:
     manifest = load_bench_manifest()
-    bench = KernelBench(dut, manifest, seed=SEED * 1000 + seed_offset, busy=busy)
+    bench = KernelBench(dut, manifest, seed=SEED * 1000 + seed_offset, busy=busy,
+                        extra_latency=(4, 40) if busy > 0 else (0, 0))
     await bench.reset()
     return bench, Manifest.load(manifest)
 
@@ -236,3 +237,36 @@ async def test_ap_ctrl_hs_handshake_and_interrupt(dut):
     await ClockCycles(dut.ap_clk, 2)
     assert int(dut.interrupt.value) == 0
     layer.check(bench, "interrupt run")
+
+
+BENCH_LAYER = os.environ.get("HBMFORGE_TB_BENCH")       # "m,k,n,wbits": time one layer (benchmarks)
+
+
+@cocotb.test(skip=not BENCH_LAYER)
+async def test_benchmark_one_layer(dut):
+    """Run one layer with no injected stalls and record cycles and wall time (for the speed-up)."""
+    import json
+    import time
+
+    bench, man = await _bench(dut, seed_offset=7, busy=0.0)
+    m, k, n, wbits = (int(v) for v in BENCH_LAYER.split(","))
+    layer = Layer(bench, man, np.random.default_rng(SEED), m=m, k=k, n=n, wbits=wbits,
+                  out_mode="int32")
+    prog = ProgramBuilder(man)
+    layer.add_to(prog)
+    addr = await _program(bench, prog)
+    await bench.reg_write("program", addr)
+    await bench.reg_write("count", 1)
+    t0 = time.perf_counter()
+    await bench.reg_write("CTRL", 1)
+    while True:
+        await ClockCycles(dut.ap_clk, 64)
+        if (await bench.reg_read("CTRL")) & 0b10:
+            break
+    wall = time.perf_counter() - t0
+    cycles = await bench.reg_read("CYCLES")
+    layer.check(bench, "benchmark layer")
+    report = os.environ.get("HBMFORGE_TB_REPORT")
+    if report:
+        with open(report, "w") as f:
+            json.dump({"cycles": cycles, "wall_seconds": wall, "m": m, "k": k, "n": n, "wbits": wbits}, f)

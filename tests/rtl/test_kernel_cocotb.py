@@ -11,7 +11,7 @@ from designs import tiny_config_dict
 
 pytestmark = pytest.mark.rtl
 
-N_TESTS = 6     # cocotb tests in hbmforge.sim.tb_kernel
+N_TESTS = 6     # cocotb tests in hbmforge.sim.tb_kernel that run without HBMFORGE_TB_BENCH
 
 
 def _run(tmp_path, cfg, **kw):

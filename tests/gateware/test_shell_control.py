@@ -88,6 +88,42 @@ def test_ap_done_and_ap_ready_clear_on_read(layout):
     assert seen["second"] == AP_IDLE
 
 
+def test_ap_start_written_while_busy_starts_the_next_run_after_done(layout):
+    dut = ControlSlave(layout)
+    seen = {"pulses": 0}
+
+    async def count_starts(ctx):
+        async for _, _, start in ctx.tick().sample(dut.start):
+            seen["pulses"] += start
+
+    async def bench(ctx, host):
+        await host.write(ctx, 0x00, 1)
+        await ctx.tick().repeat(2)
+        await host.write(ctx, 0x00, 1)             # while busy: held, not accepted
+        seen["held"] = await host.read(ctx, 0x00)
+        seen["pulses_before_done"] = seen["pulses"]
+        ctx.set(dut.done, 1)
+        await ctx.tick()
+        ctx.set(dut.done, 0)
+        await ctx.tick().repeat(2)
+        seen["after"] = await host.read(ctx, 0x00)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(count_starts, background=True)
+    host = AxiLiteHost(dut.bus, rng=random.Random(7))
+
+    async def main(ctx):
+        await bench(ctx, host)
+
+    sim.add_testbench(main)
+    sim.run()
+    assert seen["held"] & (AP_START | AP_IDLE) == AP_START
+    assert seen["pulses_before_done"] == 1
+    assert seen["pulses"] == 2
+    assert seen["after"] & (AP_START | AP_IDLE | AP_DONE) == AP_DONE   # second run going, first done
+
+
 def test_interrupt_follows_gie_ier_and_isr_toggles_on_write(layout):
     dut = ControlSlave(layout)
     seen = {}

@@ -14,7 +14,7 @@ W = 64
 B = W // 8
 
 
-def _words(mem, addr, nbytes):
+def _words(mem, addr, nbytes, B=B):
     raw = mem.read(addr, nbytes)
     return [int.from_bytes(raw[i:i + B], "little") for i in range(0, nbytes, B)]
 
@@ -35,17 +35,18 @@ def _run(dut, *benches, background=(), deadline=50_000):
 
 
 def _read_scenario(*, commands, max_burst=8, outstanding=4, fifo_depth=None, stall=0.25,
-                   consumer_stall=0.2, latency=(2, 12), seed=0, error_ranges=(), interleave=True):
+                   consumer_stall=0.2, latency=(2, 12), seed=0, error_ranges=(), interleave=True, width=W):
     rng = random.Random(seed)
+    B = width // 8
     mem = SparseMemory()
     for addr, nbytes in commands:
         _fill(mem, rng, addr, nbytes)
-    dut = BurstReader(data_width=W, id_width=2, arid=1, max_burst_beats=max_burst,
+    dut = BurstReader(data_width=width, id_width=2, arid=1, max_burst_beats=max_burst,
                       max_outstanding=outstanding, fifo_depth=fifo_depth)
-    model = AxiMemoryPort(dut.bus, mem, data_width=W, max_burst_beats=max_burst, rng=rng,
+    model = AxiMemoryPort(dut.bus, mem, data_width=width, max_burst_beats=max_burst, rng=rng,
                           read_latency=latency, stall=stall, arids={1}, error_ranges=error_ranges,
                           interleave=interleave, name="rd")
-    expected = [w for a, n in commands for w in _words(mem, a, n)]
+    expected = [w for a, n in commands for w in _words(mem, a, n, B)]
     got, stamps, errors = [], [], []
     finished = []
 
@@ -74,15 +75,28 @@ def test_reader_delivers_every_word_in_order():
     assert err == 0
 
 
-def test_reader_bursts_never_cross_4k():
+@pytest.mark.parametrize("width, max_burst", [(64, 32), (256, 256)])
+def test_reader_bursts_never_cross_4k(width, max_burst):
     # start 3 words before a page boundary, and a long run across several pages
-    commands = [(0x0FE8, 0x40), (0x3FF8, 0x2010), (0x8000 - 8 * 5, 8 * 9)]
-    _, model, expected, got, _, _ = _read_scenario(commands=commands, max_burst=32, seed=2)
+    b = width // 8
+    commands = [(0x1000 - 3 * b, 8 * b), (0x4000 - b, 0x2000 + 2 * b), (0x8000 - 5 * b, 9 * b)]
+    _, model, expected, got, _, _ = _read_scenario(commands=commands, max_burst=max_burst, seed=2,
+                                                    width=width)
     assert model.violations == []
     assert got == expected
     for _, _, addr, beats in model.stats.ar_log:
-        assert addr // 4096 == (addr + beats * B - 1) // 4096
-        assert beats <= 32
+        assert addr // 4096 == (addr + beats * b - 1) // 4096
+        assert beats <= max_burst
+    # bursts are as long as the rules allow: cut only at 4 KiB, at max_burst or at the end
+    assert len(model.stats.ar_log) == sum(_min_bursts(a, n, b, max_burst) for a, n in commands)
+
+
+def _min_bursts(addr, nbytes, b, max_burst):
+    count = 0
+    while nbytes:
+        take = min(nbytes, max_burst * b, 4096 - addr % 4096)
+        addr, nbytes, count = addr + take, nbytes - take, count + 1
+    return count
 
 
 def test_reader_limits_bursts_and_beats_in_flight():
@@ -118,15 +132,15 @@ def test_reader_flags_error_response():
 
 
 def _write_scenario(*, commands, max_burst=8, outstanding=4, stall=0.25, producer_stall=0.2,
-                    latency=(2, 12), seed=0, error_ranges=()):
+                    latency=(2, 12), seed=0, error_ranges=(), width=W):
     rng = random.Random(seed)
     mem = SparseMemory()
-    dut = BurstWriter(data_width=W, id_width=2, awid=0, max_burst_beats=max_burst,
+    dut = BurstWriter(data_width=width, id_width=2, awid=0, max_burst_beats=max_burst,
                       max_outstanding=outstanding)
-    model = AxiMemoryPort(dut.bus, mem, data_width=W, max_burst_beats=max_burst, rng=rng,
+    model = AxiMemoryPort(dut.bus, mem, data_width=width, max_burst_beats=max_burst, rng=rng,
                           write_latency=latency, stall=stall, awids={0}, error_ranges=error_ranges,
                           name="wr")
-    payload = [[rng.getrandbits(W) for _ in range(n // B)] for _, n in commands]
+    payload = [[rng.getrandbits(width) for _ in range(n // (width // 8))] for _, n in commands]
     dones, done_cycles, errors = [], [], []
     cycle = [0]
 
@@ -171,12 +185,30 @@ def test_writer_writes_every_word_with_correct_wlast():
     assert err == 0
 
 
-def test_writer_bursts_never_cross_4k():
-    commands = [(0x0FE8, 0x40), (0x3FF8, 0x2010)]
-    model, mem, payload, _, _, _ = _write_scenario(commands=commands, max_burst=32, seed=11)
+@pytest.mark.parametrize("width, max_burst", [(64, 32), (256, 256)])
+def test_writer_bursts_never_cross_4k(width, max_burst):
+    b = width // 8
+    commands = [(0x1000 - 3 * b, 8 * b), (0x4000 - b, 0x2000 + 2 * b)]
+    model, mem, payload, _, _, _ = _write_scenario(commands=commands, max_burst=max_burst, seed=11,
+                                                   width=width)
     assert model.violations == []
     for _, _, addr, beats in model.stats.aw_log:
-        assert addr // 4096 == (addr + beats * B - 1) // 4096
+        assert addr // 4096 == (addr + beats * b - 1) // 4096
+    assert len(model.stats.aw_log) == sum(_min_bursts(a, n, b, max_burst) for a, n in commands)
+    for (addr, n), words in zip(commands, payload):
+        assert _words(mem, addr, n, b) == words
+
+
+def test_backpressure_keeps_order_with_one_outstanding_burst():
+    """The smallest legal configuration: single-beat bursts, one burst in flight."""
+    commands = [(0x1000, 0x40), (0x2FF8, 0x18)]
+    _, rmodel, expected, got, _, _ = _read_scenario(commands=commands, max_burst=1, outstanding=1,
+                                                    stall=0.5, consumer_stall=0.5, seed=15)
+    assert rmodel.violations == [] and got == expected
+    assert max(rmodel.stats.max_reads_in_flight.values()) == 1
+    wmodel, mem, payload, dones, _, _ = _write_scenario(commands=commands, max_burst=1, outstanding=1,
+                                                        stall=0.5, producer_stall=0.5, seed=16)
+    assert wmodel.violations == [] and dones == [0, 0]
     for (addr, n), words in zip(commands, payload):
         assert _words(mem, addr, n) == words
 

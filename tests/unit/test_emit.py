@@ -96,6 +96,20 @@ def test_generated_verilog_passes_verilator_lint(design):
 
 
 @pytest.mark.rtl
+@pytest.mark.parametrize("board, axi, engine", [
+    ("kv260", {"id_width": 8, "max_burst_beats": 256, "max_outstanding": 2},
+     {"rows": 1, "lanes": 32, "weight_ports": 2, "weight_bits": [4], "group_size": 32, "max_k": 128}),
+    ("u280", {"data_width": 512, "id_width": 2, "max_burst_beats": 4, "max_outstanding": 32},
+     {"rows": 3, "lanes": 128, "weight_ports": 4, "weight_bits": [8], "group_size": 128, "max_k": 256}),
+])
+def test_other_shell_configurations_pass_lint(tmp_path, board, axi, engine):
+    cfg = parse_config({"version": 1, "name": f"lint_{board}", "board": board, "axi": axi,
+                        "engines": [{"kind": "matmul", **engine}]}, check_budget=False)
+    d = generate(cfg, tmp_path, engine=CopyEngine(derive_layout(cfg)))
+    lint(d.verilog_path)
+
+
+@pytest.mark.rtl
 def test_lint_reports_problems(tmp_path):
     bad = tmp_path / "bad.v"
     bad.write_text("module bad(input a, output b);\n  wire unused_but_driven = a;\nendmodule\n")

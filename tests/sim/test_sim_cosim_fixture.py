@@ -145,3 +145,19 @@ def test_fatal_in_the_rtl_stops_the_model_not_the_process(sim):
     assert count >= 1 and "the model stopped" in text and "$fatal" in text
     sim.step(10)                                            # later calls return instead of hanging
     assert sim.reg_read("ID") == 0xFFFFFFFF
+
+
+def test_trace_build_writes_a_waveform(tmp_path):
+    from hbmforge.sim.build import BuildOptions
+
+    from sim_fixture import FIXTURE_MANIFEST, FIXTURE_RTL
+
+    with CoSim.open(FIXTURE_RTL, FIXTURE_MANIFEST, options=BuildOptions(trace=True), progress=False) as s:
+        assert s.trace_format in ("fst", "vcd")
+        path = tmp_path / f"wave.{s.trace_format}"
+        s.trace_open(path)
+        run_job(s, src=0x1000, dst=0x2000, words=4)
+    assert path.stat().st_size > 1000
+    if s.trace_format == "vcd":
+        text = path.read_text()
+        assert "m_axi_data_arvalid" in text and "ap_clk" in text

@@ -49,3 +49,22 @@ def test_missing_wlast_is_caught(sim):
     report = sim.protocol_errors()
     assert report.count == 2                             # one per write burst (16 + 4 beats)
     assert "m_axi_data W: WLAST=0 on beat 16 of a 16-beat burst at 0x8000" in report.text
+
+
+def test_bursts_longer_than_the_configured_limit_are_caught(tmp_path, fixture_manifest):
+    """The limit is the manifest's ``axi.max_burst_beats`` (AXI4's own 256 cannot be exceeded in 8 bits)."""
+    import json
+
+    from hbmforge.sim.build import build_library
+    from hbmforge.sim.cosim import CoSim
+
+    from sim_fixture import FIXTURE_RTL
+
+    manifest = json.loads(json.dumps(fixture_manifest))
+    manifest["axi"]["max_burst_beats"] = 8
+    res = build_library(FIXTURE_RTL, manifest, progress=False)
+    with CoSim(res.library, res.manifest) as sim:
+        run_job(sim, src=0x1000, dst=0x8000, words=16, options=BURST16)
+        report = sim.protocol_errors()
+    assert report.count == 2                             # the 16-beat read and the 16-beat write
+    assert "m_axi_data AR: 16 beats exceed the limit of 8" in report.text

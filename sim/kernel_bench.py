@@ -156,7 +156,8 @@ class KernelBench:
         size = beat.bit_length() - 1
         max_beats = self.manifest["axi"]["max_burst_beats"]
         sig = lambda name: getattr(dut, f"{p}_{name}")  # noqa: E731
-        w_left: list[int] = []          # beats still expected per accepted AW
+        aw_beats: list[int] = []        # burst lengths of accepted AWs not yet matched
+        w_bursts: list[int] = []        # beat counts of finished W bursts not yet matched
         w_seen = 0
         while True:
             await RisingEdge(dut.ap_clk)
@@ -179,16 +180,17 @@ class KernelBench:
                     if (addr & 0xFFF) + beats * beat > 0x1000:
                         self.violations.append(f"{where}: burst crosses a 4 KiB boundary")
                     if ch == "aw":
-                        w_left.append(beats)
+                        aw_beats.append(beats)
             if int(sig("wvalid").value) and int(sig("wready").value):
                 w_seen += 1
-                last = int(sig("wlast").value)
-                expect = w_left[0] if w_left else None
-                if expect is None:
-                    pass        # W may lead AW; checked when the AW arrives
-                elif (w_seen == expect) != bool(last):
-                    self.violations.append(f"{p} W: wlast={last} on beat {w_seen} of {expect}")
-                if last:
-                    if w_left:
-                        w_left.pop(0)
+                if int(sig("wlast").value):
+                    w_bursts.append(w_seen)
                     w_seen = 0
+            # W bursts and AWs pair up in order, whichever of the two came first
+            while aw_beats and w_bursts:
+                want, got = aw_beats.pop(0), w_bursts.pop(0)
+                if want != got:
+                    self.violations.append(f"{p} W: wlast after {got} beats, the AW asked for {want}")
+            if aw_beats and w_seen > aw_beats[0]:
+                self.violations.append(f"{p} W: {w_seen} beats without wlast, the AW asked for {aw_beats[0]}")
+                w_seen = 0

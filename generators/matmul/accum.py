@@ -76,33 +76,36 @@ class GroupAccumulator(wiring.Component):
         # A: group partials (accumulated over fires when a group spans several).
         a_valid = Signal()
         m.d.sync += a_valid.eq(self.valid & self.grp_last)
-        a_scales = delay(m, self.scales, 1, name="a_scales")
+        a_scales = delay(m, self.scales, 1, name="a_scales", reset_less=True)
         a_first = delay(m, self.col_first, 1, name="a_col_first")
         a_last = delay(m, self.col_last, 1, name="a_col_last")
-        a_tag = delay(m, self.tag, 1, name="a_tag")
-        parts = [[Signal(signed(gb), name=f"part{r}_{j}") for j in range(NG)] for r in range(R)]
+        a_tag = delay(m, self.tag, 1, name="a_tag", reset_less=True)
+        parts = [[Signal(signed(gb), name=f"part{r}_{j}", reset_less=True) for j in range(NG)]
+                 for r in range(R)]
         for r in range(R):
             for j in range(NG):
                 if self._fires_per_group == 1:
                     nxt = self.sums[r][j]
                 else:
-                    g = Signal(signed(gb), name=f"grp{r}_{j}")
+                    g = Signal(signed(gb), name=f"grp{r}_{j}", reset_less=True)
                     nxt = Mux(self.grp_first, 0, g) + self.sums[r][j]
                     with m.If(self.valid):
                         m.d.sync += g.eq(nxt)
-                m.d.sync += parts[r][j].eq(nxt)
+                with m.If(self.valid & self.grp_last):
+                    m.d.sync += parts[r][j].eq(nxt)
 
         # B: scale.
         b_valid = delay(m, a_valid, 1, name="b_valid")
         b_first = delay(m, a_first, 1, name="b_col_first")
         b_last = delay(m, a_last, 1, name="b_col_last")
-        b_tag = delay(m, a_tag, 1, name="b_tag")
+        b_tag = delay(m, a_tag, 1, name="b_tag", reset_less=True)
         scaled = []
         for r in range(R):
             row = []
             for j in range(NG):
-                s = Signal(signed(gb + sb), name=f"scaled{r}_{j}")
-                m.d.sync += s.eq(parts[r][j] * a_scales[j])
+                s = Signal(signed(gb + sb), name=f"scaled{r}_{j}", reset_less=True)
+                with m.If(a_valid):
+                    m.d.sync += s.eq(parts[r][j] * a_scales[j])
                 row.append(s)
             scaled.append(row)
 
@@ -113,14 +116,15 @@ class GroupAccumulator(wiring.Component):
         c_valid = delay(m, b_valid, t, name="c_valid")
         c_first = delay(m, b_first, t, name="c_col_first")
         c_last = delay(m, b_last, t, name="c_col_last")
-        c_tag = delay(m, b_tag, t, name="c_tag")
+        c_tag = delay(m, b_tag, t, name="c_tag", reset_less=True)
 
         # D: column accumulators.
         for r in range(R):
-            acc = Signal(signed(ab), name=f"acc{r}")
+            acc = Signal(signed(ab), name=f"acc{r}", reset_less=True)
             nxt = Mux(c_first, 0, acc) + ssum[r]
             with m.If(c_valid):
                 m.d.sync += acc.eq(nxt)
-            m.d.sync += self.acc[r].eq(nxt)
+            with m.If(c_valid & c_last):
+                m.d.sync += self.acc[r].eq(nxt)
         m.d.sync += [self.o_valid.eq(c_valid & c_last), self.o_tag.eq(c_tag)]
         return m

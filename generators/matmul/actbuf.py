@@ -8,12 +8,13 @@ with fewer valid rows leaves the other rows stale: the output stage zeroes them.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from .gearbox import WidthAdapter
+from .pipe import opaque_const
 
 __all__ = ["ActivationBuffer"]
 
@@ -24,7 +25,8 @@ class ActivationBuffer(wiring.Component):
     * ``start`` (one cycle, with ``m`` rows and ``kc = K / L`` lines per row)
       resets both banks for a new job.
     * ``ready``: the compute bank holds a whole row block.
-    * ``rd_line`` -> ``rd_data`` one cycle later: line ``rd_line`` of every row.
+    * ``rd_line`` -> ``rd_data`` one cycle later: line ``rd_line`` of every row,
+      each activation as ``x + 128`` (unsigned; the array expects that offset).
     * ``release`` (one cycle): the compute side is done with its bank.
     """
 
@@ -45,7 +47,7 @@ class ActivationBuffer(wiring.Component):
             "kc": In(range(self._lines + 1)),
             "ready": Out(1),
             "rd_line": In(range(self._lines)),
-            "rd_data": Out(data.ArrayLayout(data.ArrayLayout(signed(8), lanes), rows)),
+            "rd_data": Out(data.ArrayLayout(data.ArrayLayout(unsigned(8), lanes), rows)),
             "release": In(1),
         })
 
@@ -91,12 +93,15 @@ class ActivationBuffer(wiring.Component):
         block_end = row_end & (row == block_rows - 1)
 
         wr_addr = Cat(line, fb)
+        # Stored as x + 128 (each sign bit flipped), see MacArray.
+        wdata = Signal(8 * L)
+        m.d.comb += wdata.eq(adapt.o.payload ^ opaque_const(m, int("80" * L, 16), 8 * L, name="flip"))
         for r in range(R):
             mem = Memory(shape=unsigned(8 * L), depth=depth, init=[])
             m.submodules[f"row{r}"] = mem
             wp = mem.write_port()
             rp = mem.read_port()
-            m.d.comb += [wp.addr.eq(wr_addr), wp.data.eq(adapt.o.payload), wp.en.eq(take & (row == r))]
+            m.d.comb += [wp.addr.eq(wr_addr), wp.data.eq(wdata), wp.en.eq(take & (row == r))]
             m.d.comb += [rp.addr.eq(Cat(self.rd_line, cb)), self.rd_data[r].as_value().eq(rp.data)]
 
         with m.If(self.start):

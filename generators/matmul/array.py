@@ -2,27 +2,57 @@
 
 One fire multiplies ``L`` weights of one output column with the matching ``L``
 activations of each of ``R`` rows and sums the products of each weight group
-(``min(L, G)`` lanes): ``max(1, L / G)`` exact partial sums per row. The tree
-is a plain registered pipeline (no stalls): a tag travels alongside so that
-downstream stages know what each result is.
+(``min(L, G)`` lanes): ``max(1, L / G)`` exact partial sums per row.
+
+Arithmetic is modulo ``2^sum_bits`` (two's complement wrap-around), which is
+exact because every final group sum fits in ``sum_bits`` signed bits. The
+activations arrive offset by +128 (unsigned ``x + 128``, the sign bit flipped
+when they were stored), so each product is unsigned x signed and only the
+weights need sign extension, once per lane rather than once per row:
+
+    sum_l x[l] * w[l] = sum_l (x[l] + 128) * w[l] - 128 * sum_l w[l]
+
+The weight sum is one more adder tree shared by all rows. This keeps every
+operation a plain add or multiply of at most 32 bits, which synthesizes to the
+same multipliers and simulates several times faster than sign-extending
+adder trees.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pipe import adder_tree, delay
+from .pipe import delay
 
 __all__ = ["MacArray"]
+
+
+def _wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
+    """Sum ``values`` modulo ``2^bits``, registering every ``levels_per_stage`` levels and the root."""
+    stages = level = 0
+    while len(values) > 1:
+        values = [(values[i] + values[i + 1])[:bits] for i in range(0, len(values), 2)]
+        level += 1
+        if level % levels_per_stage == 0 or len(values) == 1:
+            regs = []
+            for i, v in enumerate(values):
+                r = Signal(bits, name=f"{name}_l{level}_{i}", reset_less=True)
+                m.d.sync += r.eq(v)
+                regs.append(r)
+            values = regs
+            stages += 1
+    return values[0], stages
 
 
 class MacArray(wiring.Component):
     """``R`` rows x ``L`` lanes of int8 x int``wbits`` products, summed per weight group.
 
-    ``sums[r][j]`` is the sum over lanes ``j*G' .. (j+1)*G' - 1`` of row ``r``
-    (``G' = min(L, G)``), ``latency`` cycles after the inputs; ``tag`` and
-    ``valid`` come out with it.
+    Inputs: ``valid``, ``w`` (signed weight lanes) and ``tag`` in the fire
+    cycle; ``x`` (activation lanes stored as ``x + 128``) one cycle later, as a
+    synchronous memory delivers them. ``sums[r][j]`` is the exact sum over lanes
+    ``j*G' .. (j+1)*G' - 1`` of row ``r`` (``G' = min(L, G)``), ``latency``
+    cycles after the fire, with ``o_valid`` and ``o_tag``.
     """
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, weight_shape, tag_layout,
@@ -41,17 +71,16 @@ class MacArray(wiring.Component):
         self._groups = max(1, lanes // group_size)       # group sums per fire
         self._levels_per_stage = levels_per_stage
         self._weight_shape = weight_shape
-        product = signed(8 + weight_shape.width)
-        self._sum_shape = signed(product.width + (self._span.bit_length() - 1))
+        self._sum_bits = 8 + weight_shape.width + (self._span.bit_length() - 1)
         tree_levels = self._span.bit_length() - 1
-        self._latency = 1 + (-(-tree_levels // levels_per_stage) if tree_levels else 0)
+        self._latency = 2 + (-(-tree_levels // levels_per_stage) if tree_levels else 0)
         super().__init__({
             "valid": In(1),
             "w": In(data.ArrayLayout(weight_shape, lanes)),
-            "x": In(data.ArrayLayout(data.ArrayLayout(signed(8), lanes), rows)),
+            "x": In(data.ArrayLayout(data.ArrayLayout(unsigned(8), lanes), rows)),
             "tag": In(tag_layout),
             "o_valid": Out(1),
-            "sums": Out(data.ArrayLayout(data.ArrayLayout(self._sum_shape, self._groups), rows)),
+            "sums": Out(data.ArrayLayout(data.ArrayLayout(signed(self._sum_bits), self._groups), rows)),
             "o_tag": Out(tag_layout),
         })
 
@@ -61,29 +90,47 @@ class MacArray(wiring.Component):
 
     @property
     def sum_shape(self):
-        return self._sum_shape
+        return signed(self._sum_bits)
 
     @property
     def latency(self) -> int:
-        """Cycles from inputs to ``o_valid``/``sums``."""
+        """Cycles from the fire (``valid``/``w``) to ``o_valid``/``sums``."""
         return self._latency
 
     def elaborate(self, platform):
         m = Module()
-        R, L, span = self._rows, self._lanes, self._span
-        for r in range(R):
-            prods = []
-            for l in range(L):
-                p = Signal(signed(8 + self._weight_shape.width), name=f"p{r}_{l}")
-                m.d.sync += p.eq(self.x[r][l] * self.w[l])
-                prods.append(p)
-            for j in range(self._groups):
-                root, stages = adder_tree(m, prods[j * span:(j + 1) * span],
-                                          levels_per_stage=self._levels_per_stage, name=f"t{r}_{j}")
-                assert 1 + stages == self._latency
-                m.d.comb += self.sums[r][j].eq(root)
+        R, L, span, sb = self._rows, self._lanes, self._span, self._sum_bits
+        ww = self._weight_shape.width
+        lps = self._levels_per_stage
+
+        # Fire register: weights sign-extended to sum_bits by arithmetic, w = (w + s mod 2s) - s
+        # with s = 2^(ww-1), as unsigned adds: two adds per lane instead of one operation per
+        # replicated sign bit.
+        we = [Signal(sb, name=f"we{l}", reset_less=True) for l in range(L)]
+        flip = 1 << (ww - 1)
+        for l in range(L):
+            m.d.sync += we[l].eq(((self.w[l].as_unsigned() + flip)[:ww] + ((1 << sb) - flip))[:sb])
+
+        # Products (x + 128) * w mod 2^sb, and the weights again as the weight-sum leaves.
+        for j in range(self._groups):
+            lanes = range(j * span, (j + 1) * span)
+            wleaf = []
+            for l in lanes:
+                r_ = Signal(sb, name=f"wl{l}", reset_less=True)
+                m.d.sync += r_.eq(we[l])
+                wleaf.append(r_)
+            wsum, _ = _wrap_tree(m, wleaf, bits=sb, levels_per_stage=lps, name=f"ws{j}")
+            for r in range(R):
+                prods = []
+                for l in lanes:
+                    p = Signal(sb, name=f"p{r}_{l}", reset_less=True)
+                    m.d.sync += p.eq((self.x[r][l] * we[l])[:sb])
+                    prods.append(p)
+                root, stages = _wrap_tree(m, prods, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
+                assert 2 + stages == self._latency
+                m.d.comb += self.sums[r][j].eq((root - (wsum << 7))[:sb])
 
         valid = delay(m, self.valid, self._latency, name="valid")
-        tag = delay(m, self.tag, self._latency, name="tag")
+        tag = delay(m, self.tag, self._latency, name="tag", reset_less=True)
         m.d.comb += [self.o_valid.eq(valid), self.o_tag.eq(tag)]
         return m

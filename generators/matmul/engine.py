@@ -4,12 +4,12 @@ Dataflow (docs/architecture.md §6)::
 
     job -> JobSequencer -> act/w/scale/rq/out DMA commands
     w_data[P] -> WeightUnpacker --\\
-    act_data -> ActivationBuffer ---> fire regs -> MacArray -> GroupAccumulator
+    act_data -> ActivationBuffer ---> MacArray -> GroupAccumulator
     scale_data, rq_data -> WidthAdapter --/                            |
                                                                  OutputStage
     out_data <- OutputPacker <- column FIFO <--------------------------/
 
-Everything behind the fire registers is a fixed-latency pipeline without
+Everything from the array's fire register on is a fixed-latency pipeline without
 stalls; :class:`FireScheduler` only lets a column's last fire through when the
 column FIFO has a free slot for every column in flight, so back-pressure on
 ``out_data`` stalls the array instead of losing or reordering results.
@@ -54,10 +54,10 @@ class MatmulEngine(wiring.Component):
         self._fires_per_group = max(1, mm.group_size // mm.lanes)
         lane_w = max(mm.weight_bits)
         # latency of the pipeline behind the fire registers, and the column FIFO that absorbs it
-        arr_lat = 1 + -(-(min(mm.lanes, mm.group_size).bit_length() - 1) // levels_per_stage)
+        arr_lat = 2 + -(-(min(mm.lanes, mm.group_size).bit_length() - 1) // levels_per_stage)
         tree = self._groups.bit_length() - 1
         acc_lat = 3 + (-(-tree // levels_per_stage) if tree else 0)
-        self._latency = 1 + arr_lat + acc_lat + OutputStage.LATENCY
+        self._latency = arr_lat + acc_lat + OutputStage.LATENCY
         self._fifo_depth = self._latency + 4
         self._lane_w = lane_w
         super().__init__(MatmulEngineSignature(rows=mm.rows, weight_ports=mm.weight_ports,
@@ -126,24 +126,21 @@ class MatmulEngine(wiring.Component):
                                      "rows": range(R + 1), "last": 1})
         acc_tag = data.StructLayout({"grp_first": 1, "grp_last": 1, "col_first": 1, "col_last": 1,
                                      "scales": data.ArrayLayout(unsigned(sb), NG), "out": out_tag})
-        f_valid = Signal()
-        f_w = Signal(unpack.o.payload.shape())
         f_tag = Signal(acc_tag)
-        m.d.sync += [f_valid.eq(sched.fire), f_w.eq(unpack.o.payload)]
-        m.d.sync += [
+        m.d.comb += [
             f_tag.grp_first.eq(sched.grp_first), f_tag.grp_last.eq(sched.grp_last),
             f_tag.col_first.eq(sched.col_first), f_tag.col_last.eq(sched.col_last),
             f_tag.out.mult.eq(rqparams.o.payload[:32]), f_tag.out.shift.eq(rqparams.o.payload[32:39]),
             f_tag.out.rows.eq(sched.rows_valid), f_tag.out.last.eq(sched.job_last),
         ]
-        m.d.sync += [f_tag.scales[j].eq(scales.o.payload[16 * j:16 * j + sb]) for j in range(NG)]
+        m.d.comb += [f_tag.scales[j].eq(scales.o.payload[16 * j:16 * j + sb]) for j in range(NG)]
         m.d.comb += [self.fire.eq(sched.fire), self.fire_rows.eq(sched.rows_valid & sched.fire.replicate(
             len(self.fire_rows))), self.busy.eq(seq.busy)]
 
         # -- datapath -----------------------------------------------------------------
         m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G, weight_shape=signed(self._lane_w),
                                               tag_layout=acc_tag, levels_per_stage=self._levels_per_stage)
-        m.d.comb += [array.valid.eq(f_valid), array.w.eq(f_w), array.x.eq(actbuf.rd_data),
+        m.d.comb += [array.valid.eq(sched.fire), array.w.eq(unpack.o.payload), array.x.eq(actbuf.rd_data),
                      array.tag.eq(f_tag)]
         m.submodules.accum = accum = GroupAccumulator(
             rows=R, groups=NG, sum_shape=array.sum_shape, group_bits=wd.group_bits, scale_bits=sb,
@@ -160,7 +157,7 @@ class MatmulEngine(wiring.Component):
                      rq.out_shift.eq(seq.out_shift), rq.mult.eq(accum.o_tag.mult),
                      rq.shift.eq(accum.o_tag.shift), rq.rows_valid.eq(accum.o_tag.rows),
                      rq.tag.eq(accum.o_tag.last)]
-        assert array.latency + accum.latency + rq.latency + 1 == self._latency
+        assert array.latency + accum.latency + rq.latency == self._latency
 
         # -- output -------------------------------------------------------------------
         col = column_layout(R)

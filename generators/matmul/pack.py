@@ -1,11 +1,11 @@
 """Output packer: one column's R results at a time -> the blocked Y byte stream (§4).
 
-A column is ``R * 4`` (INT32) or ``R`` (INT8) bytes; ``R`` need not be a power
-of two, so the packer is a byte gearbox: columns are appended at the fill
-level, whole words leave from the bottom, and the job's last column flushes a
-zero-padded partial word. Its input never depends on ``o.ready`` in the same
-cycle, and its buffer holds two words plus a column, so with a column every
-cycle it drains as fast as the port allows.
+A column is ``R * 4`` (INT32) or ``R`` (INT8) bytes. When that size and the
+port word divide one another (``R`` a power of two) a column is a fixed slot
+of a word, or a fixed number of words, and packing is a constant shift: cheap
+in logic and in simulation. Other ``R`` use a byte gearbox (columns appended
+at the fill level). Either way the job's last column flushes a zero-padded
+partial word, and ``finished`` rises when the job's last word has left.
 """
 from __future__ import annotations
 
@@ -21,10 +21,129 @@ def column_layout(rows: int) -> data.StructLayout:
     return data.StructLayout({"y": data.ArrayLayout(signed(32), rows), "last": 1})
 
 
+def _pow2_ratio(a: int, b: int) -> bool:
+    hi, lo = max(a, b), min(a, b)
+    return hi % lo == 0 and not (hi // lo) & (hi // lo - 1)
+
+
+class _SlotPacker(wiring.Component):
+    """Columns of exactly ``col_bytes`` bytes -> words, when one divides the other."""
+
+    def __init__(self, col_bytes: int, data_width: int):
+        self._cb, self._width = col_bytes, data_width
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"col": 8 * col_bytes, "last": 1}))),
+            "start": In(1),
+            "o": Out(stream.Signature(data_width)),
+            "finished": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cb, W = self._cb, self._width
+        B = W // 8
+        emit = self.o.valid & self.o.ready
+        if cb <= B:                                   # k columns fill one word
+            k = B // cb
+            sbuf = Signal(W, reset_less=True)
+            cnt = Signal(range(k))
+            flushing = Signal()
+            oreg = Signal(W, reset_less=True)
+            ovalid = Signal()
+            ofinal = Signal()
+            room = ~ovalid | self.o.ready
+            m.d.comb += [self.o.payload.eq(oreg), self.o.valid.eq(ovalid),
+                         self.i.ready.eq(~flushing & room)]
+            take = self.i.valid & self.i.ready
+            push = take | (flushing & room)           # a column (or a zero pad column) goes in
+            col = Mux(flushing, 0, self.i.payload.col)
+            shifted = Cat(sbuf[8 * cb:], col) if k > 1 else col
+            full = cnt == k - 1
+            last = Mux(flushing, 1, self.i.payload.last)
+            with m.If(emit):
+                m.d.sync += ovalid.eq(0)
+                with m.If(ofinal):
+                    m.d.sync += self.finished.eq(1)
+            with m.If(push):
+                m.d.sync += [sbuf.eq(shifted), cnt.eq(Mux(full, 0, cnt + 1))]
+                with m.If(full):
+                    m.d.sync += [oreg.eq(shifted), ovalid.eq(1), ofinal.eq(last), flushing.eq(0)]
+                with m.Elif(last):
+                    m.d.sync += flushing.eq(1)
+            with m.If(self.start):
+                m.d.sync += [cnt.eq(0), flushing.eq(0), ovalid.eq(0), self.finished.eq(0)]
+        else:                                         # one column is q words
+            q = cb // B
+            creg = Signal(8 * cb, reset_less=True)
+            left = Signal(range(q + 1))
+            cfinal = Signal()
+            m.d.comb += [self.o.payload.eq(creg[:W]), self.o.valid.eq(left != 0),
+                         self.i.ready.eq((left == 0) | ((left == 1) & self.o.ready))]
+            take = self.i.valid & self.i.ready
+            with m.If(take):
+                m.d.sync += [creg.eq(self.i.payload.col), left.eq(q), cfinal.eq(self.i.payload.last)]
+            with m.Elif(emit):
+                m.d.sync += [creg.eq(creg[W:]), left.eq(left - 1)]
+            with m.If(emit & (left == 1) & cfinal):
+                m.d.sync += self.finished.eq(1)
+            with m.If(self.start):
+                m.d.sync += [left.eq(0), self.finished.eq(0)]
+        return m
+
+
+class _GearboxPacker(wiring.Component):
+    """Columns of ``col_bytes`` bytes -> words for any size: a byte gearbox.
+
+    The buffer holds two words plus a column; a column is placed at the fill
+    level with one right shift from the top (fixed width), and the wide logic
+    only updates when a column goes in or a word comes out.
+    """
+
+    def __init__(self, col_bytes: int, data_width: int):
+        self._cb, self._width = col_bytes, data_width
+        self._cap = 2 * (data_width // 8) + col_bytes
+        super().__init__({
+            "i": In(stream.Signature(data.StructLayout({"col": 8 * col_bytes, "last": 1}))),
+            "start": In(1),
+            "o": Out(stream.Signature(data_width)),
+            "finished": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cb, W, cap = self._cb, self._width, self._cap
+        B = W // 8
+        buf = Signal(8 * cap, reset_less=True)
+        fill = Signal(range(cap + 1))
+        flush = Signal()
+        m.d.comb += [self.o.payload.eq(buf[:W]),
+                     self.o.valid.eq((fill >= B) | (flush & (fill != 0)))]
+        emit = self.o.valid & self.o.ready
+        fill_after = Signal(range(cap + 1))
+        m.d.comb += fill_after.eq(Mux(emit, Mux(fill >= B, fill - B, 0), fill))
+        m.d.comb += self.i.ready.eq(~flush & (fill + cb <= cap))
+        take = self.i.valid & self.i.ready
+        with m.If(take):
+            gap = Signal(range(cap + 1))
+            m.d.comb += gap.eq(cap - fill_after)
+            placed = Cat(Const(0, 8 * cap), self.i.payload.col) >> Cat(Const(0, 3), gap)
+            m.d.sync += [buf.eq(Mux(emit, buf[8 * B:], buf) | placed[:8 * cap]), fill.eq(fill_after + cb)]
+            with m.If(self.i.payload.last):
+                m.d.sync += flush.eq(1)
+        with m.Elif(emit):
+            m.d.sync += [buf.eq(buf[8 * B:]), fill.eq(fill_after)]
+        with m.If(flush & emit & (fill_after == 0)):
+            m.d.sync += [flush.eq(0), self.finished.eq(1)]
+        with m.If(self.start):
+            m.d.sync += [buf.eq(0), fill.eq(0), flush.eq(0), self.finished.eq(0)]
+        return m
+
+
 class OutputPacker(wiring.Component):
     """Columns in, ``data_width``-bit words out; ``finished`` once a job's last word left.
 
-    ``start`` clears ``finished`` for a new job; ``int8`` picks the element size.
+    ``start`` clears ``finished`` for a new job; ``int8`` picks the element size
+    (one packing path per size; the job's mode selects it).
     """
 
     def __init__(self, *, rows: int, data_width: int):
@@ -36,7 +155,6 @@ class OutputPacker(wiring.Component):
         if data_width % 8:
             raise ValueError(f"data_width must be a multiple of 8, got {data_width}")
         self._rows, self._width = rows, data_width
-        self._cap = 2 * (data_width // 8) + 4 * rows       # bytes in the buffer
         super().__init__({
             "i": In(stream.Signature(column_layout(rows))),
             "int8": In(1),
@@ -45,50 +163,27 @@ class OutputPacker(wiring.Component):
             "finished": Out(1),
         })
 
-    @property
-    def capacity(self) -> int:
-        """Buffer size in bytes."""
-        return self._cap
-
     def elaborate(self, platform):
         m = Module()
         R, W = self._rows, self._width
-        B, cap = W // 8, self._cap
-
-        buf = Signal(8 * cap)
-        fill = Signal(range(cap + 1))
-        flush = Signal()
-        cb = Signal(range(4 * R + 1))
-        m.d.comb += cb.eq(Mux(self.int8, R, 4 * R))
-        col8 = Cat(*(self.i.payload.y[r][:8] for r in range(R)))
-        col32 = Cat(*(self.i.payload.y[r].as_unsigned() for r in range(R)))
-        col = Signal(32 * R)
-        m.d.comb += col.eq(Mux(self.int8, col8, col32))
-
-        m.d.comb += [self.o.payload.eq(buf[:W]),
-                     self.o.valid.eq((fill >= B) | (flush & (fill != 0)))]
-        emit = self.o.valid & self.o.ready
-        fill_after = Signal(range(cap + 1))
-        m.d.comb += fill_after.eq(Mux(emit, Mux(fill >= B, fill - B, 0), fill))
-        shifted = Mux(emit, buf[8 * B:], buf)
-        m.d.comb += self.i.ready.eq(~flush & (fill + cb <= cap))
-        take = self.i.valid & self.i.ready
-        # col placed at byte `fill_after`: a right shift from the top keeps the width fixed
-        # (a variable left shift would widen the netlist by 2**amount_bits).
-        gap = Signal(range(cap + 1))
-        m.d.comb += gap.eq(cap - fill_after)
-        placed = Cat(Const(0, 8 * cap), col) >> Cat(Const(0, 3), gap)
-
-        with m.If(self.start):
-            m.d.sync += [buf.eq(0), fill.eq(0), flush.eq(0), self.finished.eq(0)]
-        with m.Else():
-            with m.If(take):
-                m.d.sync += [buf.eq(shifted | placed[:8 * cap]),
-                             fill.eq(fill_after + cb)]
-                with m.If(self.i.payload.last):
-                    m.d.sync += flush.eq(1)
-            with m.Else():
-                m.d.sync += [buf.eq(shifted), fill.eq(fill_after)]
-            with m.If(flush & emit & (fill_after == 0)):
-                m.d.sync += [flush.eq(0), self.finished.eq(1)]
+        B = W // 8
+        y = self.i.payload.y
+        paths = []
+        for name, ebytes in (("int32", 4), ("int8", 1)):
+            cb = R * ebytes
+            cls = _SlotPacker if _pow2_ratio(cb, B) else _GearboxPacker
+            m.submodules[name] = p = cls(cb, W)
+            sel = self.int8 if ebytes == 1 else ~self.int8
+            col = Cat(*(y[r][:8 * ebytes] for r in range(R)))
+            m.d.comb += [p.i.payload.col.eq(col), p.i.payload.last.eq(self.i.payload.last),
+                         p.i.valid.eq(self.i.valid & sel), p.o.ready.eq(self.o.ready & sel),
+                         p.start.eq(self.start)]
+            paths.append((sel, p))
+        (s32, p32), (s8, p8) = paths
+        m.d.comb += [
+            self.i.ready.eq(Mux(s8, p8.i.ready, p32.i.ready)),
+            self.o.valid.eq(Mux(s8, p8.o.valid, p32.o.valid)),
+            self.o.payload.eq(Mux(s8, p8.o.payload, p32.o.payload)),
+            self.finished.eq(Mux(s8, p8.finished, p32.finished)),
+        ]
         return m

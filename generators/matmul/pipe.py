@@ -6,11 +6,11 @@ from amaranth.hdl import Module, Signal
 __all__ = ["adder_tree", "delay"]
 
 
-def delay(m: Module, value, cycles: int, *, name: str):
+def delay(m: Module, value, cycles: int, *, name: str, reset_less: bool = False):
     """``value`` registered ``cycles`` times (a shift register; 0 returns ``value``)."""
     for i in range(cycles):
         shape = value.shape()
-        r = Signal(shape, name=f"{name}_d{i + 1}")
+        r = Signal(shape, name=f"{name}_d{i + 1}", reset_less=reset_less)
         m.d.sync += r.eq(value)
         value = r
     return value
@@ -32,9 +32,22 @@ def adder_tree(m: Module, values: list, *, levels_per_stage: int, name: str) -> 
         if level % levels_per_stage == 0 or len(values) == 1:
             regs = []
             for i, v in enumerate(values):
-                r = Signal(v.shape(), name=f"{name}_l{level}_{i}")
+                r = Signal(v.shape(), name=f"{name}_l{level}_{i}", reset_less=True)
                 m.d.sync += r.eq(v)
                 regs.append(r)
             values = regs
             stages += 1
     return values[0], stages
+
+
+def opaque_const(m: Module, value: int, width: int, *, name: str) -> Signal:
+    """A constant the netlist cannot see through: a register that holds its init value.
+
+    Amaranth lowers ``x & K`` and ``x ^ K`` with a constant ``K`` to per-bit
+    slices and inverters, which a simulator such as Verilator then evaluates
+    bit by bit; against this register they stay word-wide operations.
+    Synthesis removes the hold register (its input is its own output).
+    """
+    k = Signal(width, init=value, reset_less=True, name=name)
+    m.d.sync += k.eq(k)
+    return k

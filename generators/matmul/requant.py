@@ -2,27 +2,41 @@
 
 INT32: ``sat32(rshift_round(acc, out_shift))``;
 INT8:  ``sat8(rshift_round(acc * mult[n], shift[n]))``. Rows past the end of the
-matrix (a short last row block) come out as 0. The rounding shift is done as
-``((v >> (s - 1)) + 1) >> 1``, which equals ``(v + 2^(s-1)) >> s`` without a
-``2^s``-wide rounding constant.
+matrix (a short last row block) come out as 0.
+
+Rounding uses ``rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1`` (``s >= 1``),
+which needs no ``2^(s-1)`` constant. The INT8 product ``acc * mult`` is up to
+``acc_bits + 32`` bits; it is never formed. With ``acc = ah * 2^31 + al``::
+
+    P = acc * mult = hi * 2^31 + lo,   hi = ah*mult + (al*mult >> 31),  lo = al*mult mod 2^31
+
+and ``P >> k`` is ``hi >> (k - 31)`` for ``k >= 31``, else
+``hi * 2^(31-k) + (lo >> k)``, where ``hi`` may be clamped to ``±2^10`` first
+because anything that large saturates int8 anyway. Every operation is at most
+64 bits wide: smaller logic, and fast in a simulator.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Mux, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from .pipe import delay
-
 __all__ = ["OutputStage"]
+
+_SPLIT = 31           # acc = ah * 2^31 + al
+_HI_CLAMP = 1 << 10   # |hi| beyond this saturates int8 for every shift < 31
+
+
+def _clamp(v, lo: int, hi: int):
+    return Mux(v > hi, hi, Mux(v < lo, lo, v))
 
 
 class OutputStage(wiring.Component):
     """``R`` parallel requantizers, a 3-stage registered pipeline.
 
     ``int8`` picks the mode; ``out_shift`` (INT32) and ``mult``/``shift`` (INT8,
-    per column) are sampled with ``valid``; ``rows`` rows are valid, the rest
-    read 0. ``y[r]`` is the int32 result (INT8 results are sign-extended).
+    per column) are sampled with ``valid``; ``rows_valid`` rows are valid, the
+    rest read 0. ``y[r]`` is the int32 result (INT8 results are sign-extended).
     """
 
     LATENCY = 3
@@ -35,6 +49,13 @@ class OutputStage(wiring.Component):
                 raise TypeError(f"{name} must be an int, got {v!r}")
             if v <= 0:
                 raise ValueError(f"{name} must be positive, got {v}")
+        if acc_bits > 62:
+            raise ValueError(f"acc_bits must be at most 62, got {acc_bits}")
+        if mult_bits != 32:
+            raise ValueError(f"mult_bits must be 32, got {mult_bits}")
+        if max_out_shift > 63 or max_requant_shift > 127:
+            raise ValueError(f"shifts are limited to 63 (INT32) and 127 (INT8), got {max_out_shift}, "
+                             f"{max_requant_shift}")
         self._rows, self._acc_bits, self._mult_bits = rows, acc_bits, mult_bits
         self._max_out_shift, self._max_requant_shift = max_out_shift, max_requant_shift
         tag_layout = tag_layout if tag_layout is not None else unsigned(1)
@@ -58,37 +79,61 @@ class OutputStage(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        R = self._rows
-        vbits = self._acc_bits + self._mult_bits
-        smax = max(self._max_out_shift, self._max_requant_shift)
+        R, ab = self._rows, self._acc_bits
+        split = min(_SPLIT, ab - 1)
 
-        # 1: multiply (INT8) and pick the shift.
-        v1 = [Signal(signed(vbits), name=f"v{r}") for r in range(R)]
-        s = Signal(range(smax + 1))
+        # Registers only load when their stage holds a column (clock enables).
+        valid1, valid2 = Signal(), Signal()
+        m.d.sync += [valid1.eq(self.valid), valid2.eq(valid1), self.o_valid.eq(valid2)]
+
+        def regs(name, shape, n=R):
+            return [Signal(shape, name=f"{name}{r}", reset_less=True) for r in range(n)]
+
+        # 1: the two partial products (INT8) or the accumulator (INT32); k = s - 1.
+        s = Signal(range(128))
         m.d.comb += s.eq(Mux(self.int8, self.shift, self.out_shift))
-        sm1 = Signal(range(smax + 1))             # s - 1, or 0 when s == 0
-        zero1 = Signal()
-        m.d.sync += [sm1.eq(Mux(s == 0, 0, s - 1)), zero1.eq(s == 0)]
-        for r in range(R):
-            m.d.sync += v1[r].eq(Mux(self.int8, self.acc[r] * self.mult, self.acc[r]))
-        int8_1 = delay(m, self.int8, 1, name="int8")
-        rows_1 = delay(m, self.rows_valid, 1, name="rows")
+        k1 = Signal(range(128), reset_less=True)
+        zero1, int8_1, tag_1 = Signal(reset_less=True), Signal(reset_less=True), Signal.like(self.tag)
+        rows_1 = Signal.like(self.rows_valid)
+        ph = regs("ph", signed(ab - split + 32))          # ah * mult
+        pl = regs("pl", signed(split + 1 + 32))           # al * mult
+        acc1 = regs("acc", signed(ab))
+        with m.If(self.valid):
+            m.d.sync += [k1.eq(Mux(s == 0, 0, s - 1)), zero1.eq(s == 0), int8_1.eq(self.int8),
+                         tag_1.eq(self.tag), rows_1.eq(self.rows_valid)]
+            for r in range(R):
+                a = self.acc[r]
+                m.d.sync += [ph[r].eq(a[split:].as_signed() * self.mult),
+                             pl[r].eq(a[:split] * self.mult), acc1[r].eq(a)]
 
-        # 2: rshift_round.
-        v2 = [Signal(signed(vbits), name=f"rounded{r}") for r in range(R)]
-        for r in range(R):
-            half = Signal(signed(vbits), name=f"half{r}")
-            m.d.comb += half.eq(v1[r] >> sm1)
-            m.d.sync += v2[r].eq(Mux(zero1, v1[r], (half + 1) >> 1))
-        int8_2 = delay(m, int8_1, 1, name="int8")
-        rows_2 = delay(m, rows_1, 1, name="rows")
+        # 2: INT8 -> P = hi * 2^split + lo; INT32 -> acc >> k.
+        k2 = Signal(range(128), reset_less=True)
+        zero2, int8_2, tag_2 = Signal(reset_less=True), Signal(reset_less=True), Signal.like(self.tag)
+        rows_2 = Signal.like(self.rows_valid)
+        hi2 = regs("hi", signed(ab - split + 33))
+        lo2 = regs("lo", unsigned(split))
+        acc2 = regs("acc_k", signed(ab))
+        with m.If(valid1):
+            m.d.sync += [k2.eq(k1), zero2.eq(zero1), int8_2.eq(int8_1), tag_2.eq(tag_1), rows_2.eq(rows_1)]
+            for r in range(R):
+                m.d.sync += [hi2[r].eq(ph[r] + (pl[r] >> split)), lo2[r].eq(pl[r][:split]),
+                             acc2[r].eq(Mux(zero1, acc1[r], acc1[r] >> k1))]
 
-        # 3: saturate and blank the rows past the end of the matrix.
-        hi = Mux(int8_2, (1 << 7) - 1, (1 << 31) - 1)
-        lo = Mux(int8_2, -(1 << 7), -(1 << 31))
-        for r in range(R):
-            sat = Mux(v2[r] > hi, hi, Mux(v2[r] < lo, lo, v2[r]))
-            m.d.sync += self.y[r].eq(Mux(rows_2 > r, sat, 0))
-        m.d.sync += self.o_valid.eq(delay(m, self.valid, 2, name="valid"))
-        m.d.comb += self.o_tag.eq(delay(m, self.tag, 3, name="tag"))
+        # 3: shift the INT8 product, round, saturate; blank rows past the end of the matrix.
+        big = k2 >= split
+        k_hi = Signal(range(128))
+        k_lo = Signal(range(split + 1))
+        m.d.comb += [k_hi.eq(Mux(big, k2 - split, 0)), k_lo.eq(Mux(big, 0, k2))]
+        with m.If(valid2):
+            m.d.sync += self.o_tag.eq(tag_2)
+            for r in range(R):
+                hic = Signal(signed(12), name=f"hic{r}")
+                m.d.comb += hic.eq(_clamp(hi2[r], -_HI_CLAMP, _HI_CLAMP))
+                t_small = ((hic << split) >> k_lo) + (lo2[r] >> k_lo)   # exact: low bits of hic<<split are 0
+                t = Signal(signed(64), name=f"t{r}")
+                m.d.comb += t.eq(Mux(big, hi2[r] >> k_hi, t_small))
+                tc = _clamp(t, -257, 255)
+                y8 = Mux(zero2, _clamp(t, -128, 127), _clamp((tc + 1) >> 1, -128, 127))
+                y32 = _clamp(Mux(zero2, acc2[r], (acc2[r] + 1) >> 1), -(1 << 31), (1 << 31) - 1)
+                m.d.sync += self.y[r].eq(Mux(rows_2 > r, Mux(int8_2, y8, y32), 0))
         return m

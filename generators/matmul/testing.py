@@ -223,13 +223,17 @@ class EngineBench:
             for proc in self._reader(name, cmd, data):
                 sim.add_testbench(proc, background=True)
         sim.add_testbench(self._writer(), background=True)
-        counters = {"cycles": 0, "fires": 0, "busy": 0}
+        counters = {"cycles": 0, "fires": 0, "busy": 0, "first_fire": None, "last_fire": None}
 
         async def monitor(ctx):
             while True:
                 _, _, fire, busy = await ctx.tick().sample(dut.fire, dut.busy)
                 counters["cycles"] += 1
                 counters["fires"] += fire
+                if fire:
+                    if counters["first_fire"] is None:
+                        counters["first_fire"] = counters["cycles"]
+                    counters["last_fire"] = counters["cycles"]
                 counters["busy"] += busy
 
         sim.add_testbench(monitor, background=True)
@@ -239,6 +243,7 @@ class EngineBench:
                 m, k = case.x.shape
                 n = case.w.shape[0]
                 before = dict(counters)
+                counters["first_fire"] = None
                 fields = dict(m=m, k=k, n=n, wbits=case.wbits, out_mode=case.out_mode,
                               out_shift=case.out_shift, x_addr=case.addrs["x"], s_addr=case.addrs["s"],
                               q_addr=case.addrs["q"], y_addr=case.addrs["y"])
@@ -259,7 +264,11 @@ class EngineBench:
                         raise TimeoutError(f"job {case.x.shape}x{case.w.shape} not done after {max_cycles} "
                                            f"cycles (fires so far {counters['fires'] - before['fires']})")
                 ctx.set(dut.done.ready, 0)
-                self.stats.append({k: counters[k] - before[k] for k in counters})
+                st = {k: counters[k] - before[k] for k in ("cycles", "fires", "busy")}
+                if counters["first_fire"] is not None:
+                    st["fire_span"] = counters["last_fire"] - counters["first_fire"] + 1
+                    st["first_fire"] = counters["first_fire"] - before["cycles"]
+                self.stats.append(st)
                 out = lay.out_bytes(m, n, case.out_mode)
                 raw = self.mem[case.addrs["y"]:case.addrs["y"] + out]
                 case.result = unpack_outputs(raw, m, n, lay.mm.rows, case.out_mode)

@@ -13,8 +13,36 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from .gearbox import WidthAdapter
+from .pipe import opaque_const
 
 __all__ = ["WeightUnpacker"]
+
+
+def _widen_nibbles(m: Module, chunk, lanes: int):
+    """``lanes`` signed 4-bit lanes -> signed 8-bit lanes, as whole-word operations.
+
+    Each 64-bit output word takes 8 nibbles: spread them to bytes with three
+    shift/mask steps, then copy each nibble's sign bit into its byte's high
+    half (disjoint ORs: plain wiring in hardware, a handful of 64-bit ops in a
+    simulator instead of one operation per bit).
+    """
+    masks = [(sh, opaque_const(m, mask, 64, name=f"spread_mask{sh}"))
+             for sh, mask in ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F))]
+    sign_mask = opaque_const(m, 0x0808080808080808, 64, name="sign_mask")
+    out = []
+    for j in range(-(-lanes // 8)):
+        n = min(8, lanes - 8 * j)
+        x = chunk[32 * j:32 * j + 4 * n].as_unsigned()
+        for step, (sh, mask) in enumerate(masks):
+            nxt = Signal(64, name=f"spread{j}_{step}")
+            m.d.comb += nxt.eq((x | (x << sh)) & mask)
+            x = nxt
+        sign = Signal(64, name=f"sign{j}")
+        m.d.comb += sign.eq(x & sign_mask)
+        wide = Signal(64, name=f"wide{j}")
+        m.d.comb += wide.eq(x | (sign << 1) | (sign << 2) | (sign << 3) | (sign << 4))
+        out.append(wide[:8 * n])
+    return Cat(*out)
 
 
 class WeightUnpacker(wiring.Component):
@@ -65,6 +93,7 @@ class WeightUnpacker(wiring.Component):
         for s in self.w_data:
             m.d.comb += s.ready.eq(in_ready & all_valid)
 
+        lw = self._lane_shape.width
         paths = []
         for bits in self._wbits:
             m.submodules[f"adapt{bits}"] = adapt = WidthAdapter(P * self._width, L * bits)
@@ -72,14 +101,11 @@ class WeightUnpacker(wiring.Component):
             m.d.comb += sel.eq(self.wbits == bits if len(self._wbits) > 1 else 1)
             m.d.comb += [adapt.i.payload.eq(combined), adapt.i.valid.eq(all_valid & sel),
                          adapt.o.ready.eq(self.o.ready & sel), adapt.o_last.eq(self.o_last)]
-            lw = self._lane_shape.width
-            vec = Cat(*(Cat(adapt.o.payload[i * bits:(i + 1) * bits],
-                            adapt.o.payload[(i + 1) * bits - 1].replicate(lw - bits))
-                        for i in range(L)))          # lanes sign-extended to the lane width
+            vec = adapt.o.payload if bits == lw else _widen_nibbles(m, adapt.o.payload, L)
             paths.append((sel, adapt, vec))
 
-        sel0, adapt0, vec0 = paths[0]
-        valid, ready, vec = adapt0.o.valid, adapt0.i.ready, vec0
+        sel0, adapt0, vec = paths[0]
+        valid, ready = adapt0.o.valid, adapt0.i.ready
         for sel, adapt, v in paths[1:]:
             valid = Mux(sel, adapt.o.valid, valid)
             ready = Mux(sel, adapt.i.ready, ready)

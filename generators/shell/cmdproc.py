@@ -8,8 +8,9 @@ engine as one ``job`` record and waits for the engine's ``done``. The run
 ends at an END opcode, after ``count`` descriptors, or at the first error,
 with ``status = 1 | code << 8 | index << 16`` (codes: :class:`hbmforge.layout.ErrorCode`).
 
-The next descriptor is fetched while the engine runs the current one, so the
-per-descriptor overhead is a few cycles (unload the words, check, dispatch).
+The next descriptor is fetched and unloaded into the descriptor register while
+the engine runs the current one, so between the engine's ``done`` and the next
+``job`` there are two cycles (check, dispatch).
 """
 from __future__ import annotations
 
@@ -159,13 +160,33 @@ class CommandProcessor(wiring.Component):
                 error_code = Const(error_code, 8)
             return Cat(Const(1, 1), Const(0, 7), error_code, idx[:16])
 
+        # Loader: shifts descriptor words into ``desc`` while the FSM allows it (LOAD, and
+        # WAIT: the engine took its job record at the handshake, so the next descriptor may
+        # replace it while the engine runs). ``loaded``: ``desc`` holds an unchecked descriptor.
+        loaded = Signal()
+        load_en = Signal()
+        drain = Signal()
+        take = Signal()
+        last_word = Signal()
+        m.d.comb += [
+            take.eq(load_en & ~loaded & self.fetch.data.valid),
+            last_word.eq(take & (word_cnt == nwords - 1)),
+            self.fetch.data.ready.eq((load_en & ~loaded) | drain),
+        ]
+        with m.If(take):
+            m.d.sync += desc.eq(Cat(desc[W:], self.fetch.data.payload))
+            with m.If(word_cnt == nwords - 1):
+                m.d.sync += [word_cnt.eq(0), loaded.eq(1)]
+            with m.Else():
+                m.d.sync += word_cnt.eq(word_cnt + 1)
+
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
                         running.eq(1), stopping.eq(0), program.eq(self.program), count.eq(self.count),
                         idx.eq(0), fetch_idx.eq(0), fetch_addr.eq(self.program), word_cnt.eq(0),
-                        self.status.eq(0), self.desc_done.eq(0),
+                        loaded.eq(0), self.status.eq(0), self.desc_done.eq(0),
                     ]
                     with m.If(self.count == 0):
                         m.d.sync += stopping.eq(1)
@@ -177,15 +198,13 @@ class CommandProcessor(wiring.Component):
                     with m.Else():
                         m.next = "LOAD"
             with m.State("LOAD"):
-                m.d.comb += self.fetch.data.ready.eq(1)
-                with m.If(self.fetch.data.valid):
-                    m.d.sync += desc.eq(Cat(desc[W:], self.fetch.data.payload))
-                    with m.If(word_cnt == nwords - 1):
-                        m.d.sync += word_cnt.eq(0)
-                        m.next = "CHECK"
-                    with m.Else():
-                        m.d.sync += word_cnt.eq(word_cnt + 1)
+                m.d.comb += load_en.eq(1)
+                with m.If(loaded | last_word):
+                    m.next = "CHECK"
             with m.State("CHECK"):
+                # the reader's error flag covers every word delivered so far, this
+                # descriptor's last word included (it rose, if at all, when that word left)
+                m.d.sync += loaded.eq(0)
                 with m.If(self.fetch.error):
                     m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
                     m.next = "DRAIN"
@@ -202,7 +221,7 @@ class CommandProcessor(wiring.Component):
                 with m.If(self.job.ready):
                     m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += self.job_done.ready.eq(1)
+                m.d.comb += [load_en.eq(1), self.job_done.ready.eq(1)]
                 with m.If(self.job_done.valid):
                     with m.If(self.job_done.payload.error | self.data_error):
                         m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
@@ -212,11 +231,13 @@ class CommandProcessor(wiring.Component):
                         with m.If(idx + 1 == count):
                             m.d.sync += stopping.eq(1)
                             m.next = "DRAIN"
+                        with m.Elif(loaded | last_word):
+                            m.next = "CHECK"
                         with m.Else():
                             m.next = "LOAD"
             with m.State("DRAIN"):
                 # discard prefetched words so that the next run starts clean
-                m.d.comb += self.fetch.data.ready.eq(1)
+                m.d.comb += drain.eq(1)
                 with m.If(~cmd_valid & (words_pending == 0)):
                     m.d.comb += self.done.eq(1)
                     m.d.sync += running.eq(0)

@@ -297,3 +297,32 @@ def test_kernel_rejects_engine_with_wrong_signature(layout):
 def test_kernel_rejects_one_bit_ids():
     assert_rejects(Kernel, dict(layout=derive_layout(small_config(id_width=1)), engine=None),
                    ValueError, "id_width")
+
+
+def test_next_job_follows_done_within_two_cycles(layout):
+    """Descriptors are fetched and unloaded while the engine runs (13 words each here)."""
+    tb = KernelBench(layout, seed=7, stall=0.0)
+    descs = [matmul(layout, i, m=3, k=64, n=4) for i in range(4)]
+    tb.mem.write(PROGRAM, encode(layout, descs))
+    tb.fill_inputs(descs)
+    events = []
+
+    async def bench(ctx):
+        await tb.run(ctx, count=4)
+
+    async def watch(ctx):
+        e = tb.dut.engine
+        cycle = 0
+        async for _, _, jv, jr, dv, dr in ctx.tick().sample(e.job.valid, e.job.ready,
+                                                             e.done.valid, e.done.ready):
+            cycle += 1
+            if jv and jr:
+                events.append(("job", cycle))
+            if dv and dr:
+                events.append(("done", cycle))
+
+    tb.simulate(bench, extra=[watch])
+    assert [kind for kind, _ in events] == ["job", "done"] * 4
+    gaps = [events[i + 1][1] - events[i][1] for i in range(1, len(events) - 1, 2)]
+    assert layout.descriptor_bytes // layout.word_bytes > 2
+    assert max(gaps) <= 2, gaps

@@ -1,7 +1,7 @@
 """One AXI4 memory port shared by several burst readers and an optional writer.
 
-Read requests from the readers are merged round-robin onto AR through one
-register stage; read data is registered once and routed to its reader by RID
+Read requests from several readers are merged round-robin onto AR through one
+register stage (a single reader's AR, already registered, passes straight through); read data is registered once and routed to its reader by RID
 (every reader has its own ARID, so responses for different readers may
 interleave). The readers' credits guarantee FIFO room for every beat in
 flight, so RREADY is tied high and R never sees a bubble caused by the port.
@@ -153,19 +153,17 @@ class AxiPort(wiring.Component):
         if not rds:
             drive_idle_read(m, bus, W)
         else:
-            # AR: one output register, refilled round-robin whenever it is empty or taken
-            ar_valid = Signal()
-            load = Signal()
-            m.d.comb += [bus.arvalid.eq(ar_valid), load.eq(~ar_valid | bus.arready)]
             n = len(rds)
             if n == 1:
+                # a single reader's AR is already registered and AXI-stable: pass it through
                 rd = rds[0]
-                m.d.comb += rd.bus.arready.eq(load)
-                with m.If(load):
-                    m.d.sync += ar_valid.eq(rd.bus.arvalid)
-                    with m.If(rd.bus.arvalid):
-                        m.d.sync += [getattr(bus, f).eq(getattr(rd.bus, f)) for f in _AR_FIELDS]
+                m.d.comb += [getattr(bus, f).eq(getattr(rd.bus, f)) for f in _AR_FIELDS + ("arvalid",)]
+                m.d.comb += rd.bus.arready.eq(bus.arready)
             else:
+                # AR: one output register, refilled round-robin whenever it is empty or taken
+                ar_valid = Signal()
+                load = Signal()
+                m.d.comb += [bus.arvalid.eq(ar_valid), load.eq(~ar_valid | bus.arready)]
                 last = Signal(range(n), init=n - 1)     # reader granted last
                 grant = Signal(range(n))
                 any_valid = Signal()

@@ -16,7 +16,7 @@ import numpy as np
 from ...layout import DesignLayout, OutMode
 
 __all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_requant", "unpack_outputs",
-           "MatmulCase", "EngineBench"]
+           "MatmulCase", "random_case", "EngineBench"]
 
 
 async def _until(ctx, cond, *samples):
@@ -100,6 +100,47 @@ class MatmulCase:
         if self.out_mode == OutMode.INT32:
             return matmul_int32(self.x, self.w, self.s, group_size, self.out_shift)
         return matmul_int8(self.x, self.w, self.s, group_size, self.mult, self.shift)
+
+
+def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: int, n: int, wbits: int,
+                out_mode: int = OutMode.INT32, extremes: bool = True) -> MatmulCase:
+    """Random operands for one job, K padded to ``k_align``, with shifts that give a spread of
+    results (some saturated, some exact) and, with ``extremes``, rows/columns of -128 and of
+    the most negative weight, and full-scale scale mantissas."""
+    from ...numerics.matmul import matmul_accumulate
+
+    k = layout.pad_k(k)
+    g = layout.mm.group_size
+    wmin, wmax = -(1 << (wbits - 1)), (1 << (wbits - 1)) - 1
+    x = rng.integers(-128, 128, (m, k))
+    w = rng.integers(wmin, wmax + 1, (n, k))
+    s = rng.integers(0, 1 << layout.mm.scale_bits, (n, k // g))
+    if extremes:
+        x[0, :] = -128
+        w[0, :] = wmin
+        s[0, :] = (1 << layout.mm.scale_bits) - 1
+        if m > 1:
+            x[-1, : k // 2] = 127
+        if n > 1:
+            w[-1, ::2] = wmax
+            s[-1, 0] = 0
+    acc = matmul_accumulate(x, w, s, g)
+    case = MatmulCase(x, w, s, wbits, out_mode)
+    if out_mode == OutMode.INT32:
+        top = max(int(abs(v)).bit_length() for v in acc.flat)
+        case.out_shift = int(np.clip(top - 31 + rng.integers(-1, 4), 0, 63))
+    else:
+        mult = rng.integers(-(1 << 31), 1 << 31, n)
+        if extremes:
+            mult[0] = -(1 << 31)
+        shift = np.zeros(n, dtype=np.int64)
+        for j in range(n):
+            top = max(int(abs(v * int(mult[j]))).bit_length() for v in acc[:, j])
+            shift[j] = int(np.clip(top - 7 + rng.integers(-2, 3), 0, 127))
+        if extremes and n > 2:
+            shift[1], shift[2] = 0, 127
+        case.mult, case.shift = mult, shift
+    return case
 
 
 class EngineBench:

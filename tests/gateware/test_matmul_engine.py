@@ -1,0 +1,201 @@
+"""MatmulEngine end to end in amaranth.sim: bit-exact with hbmforge.numerics, DMA commands per §4/§6.
+
+Each scenario serves the engine's DMA commands from a Python byte memory
+(buffers packed per docs/architecture.md §4 by generators/matmul/testing.py)
+with random stalls on every input stream and random back-pressure on
+``out_data``, and compares Y with the golden model bit for bit.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from hbmforge.config import parse_config, starter_config
+from hbmforge.generators.matmul.engine import MatmulEngine
+from hbmforge.generators.matmul.testing import EngineBench, random_case
+from hbmforge.layout import OutMode, derive_layout
+
+from conftest import tiny_config_dict
+
+
+def _layout(data_width=64, **engine):
+    cfg = tiny_config_dict(**engine)
+    cfg["axi"]["data_width"] = data_width
+    return derive_layout(parse_config(cfg))
+
+
+def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, extremes=True, max_cycles=20_000):
+    """Run jobs ``(m, k, n, wbits, out_mode)`` back to back; assert every result bit-exact."""
+    rng = np.random.default_rng(seed)
+    bench = EngineBench(layout, seed=seed, stall=stall, backpressure=backpressure)
+    for m, k, n, wbits, mode in shapes:
+        bench.add(random_case(layout, rng, m=m, k=k, n=n, wbits=wbits, out_mode=mode, extremes=extremes))
+    bench.run(max_cycles=max_cycles)
+    g = layout.mm.group_size
+    for case in bench.cases:
+        expected = case.expected(g)
+        assert case.result is not None
+        np.testing.assert_array_equal(case.result, expected,
+                                      err_msg=f"job {case.x.shape}x{case.w.shape} wbits={case.wbits} "
+                                              f"mode={case.out_mode}")
+        assert not any(case.pad_bytes), "output pad bytes must be 0"
+    return bench
+
+
+# -- numerics -------------------------------------------------------------------------------
+
+def test_int4_int32_matches_golden_with_stalls_and_backpressure():
+    lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16)
+    _run(lay, [(5, 48, 3, 4, OutMode.INT32), (2, 16, 4, 4, OutMode.INT32)], seed=1)
+
+
+def test_int8_weights_int8_output_matches_golden_with_stalls_and_backpressure():
+    lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16)
+    _run(lay, [(3, 64, 5, 8, OutMode.INT8), (4, 32, 3, 8, OutMode.INT8)], seed=2)
+
+
+def test_mixed_modes_back_to_back_jobs_share_no_state():
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=32)
+    _run(lay, [(3, 64, 3, 8, OutMode.INT32), (1, 32, 2, 4, OutMode.INT8),
+               (4, 96, 1, 4, OutMode.INT32), (2, 32, 3, 8, OutMode.INT8)], seed=3)
+
+
+def test_rows_not_multiple_of_r_odd_n_and_three_rows_use_byte_gearbox():
+    # R = 3: a column is 12 (INT32) or 3 (INT8) bytes, not a divisor of the word.
+    lay = _layout(rows=3, lanes=16, weight_ports=1, group_size=64)
+    _run(lay, [(7, 64, 3, 4, OutMode.INT32), (4, 128, 5, 8, OutMode.INT8), (1, 64, 1, 4, OutMode.INT8)],
+         seed=4)
+
+
+def test_lanes_greater_than_group_size_carries_several_scales_per_fire():
+    lay = _layout(data_width=128, rows=3, lanes=32, weight_ports=1, group_size=16)
+    _run(lay, [(4, 64, 3, 4, OutMode.INT32), (2, 96, 4, 8, OutMode.INT8)], seed=5)
+
+
+def test_lanes_smaller_than_group_size_accumulates_groups_over_fires():
+    lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=64)
+    _run(lay, [(3, 128, 3, 4, OutMode.INT32), (2, 64, 2, 8, OutMode.INT8)], seed=6)
+
+
+def test_column_wider_than_word_and_single_weight_width():
+    # R = 4 INT32 columns are 16 bytes: two 64-bit words per column; int4-only engine.
+    lay = _layout(rows=4, lanes=32, weight_ports=2, group_size=16, weight_bits=[4])
+    _run(lay, [(6, 64, 3, 4, OutMode.INT32), (5, 32, 2, 4, OutMode.INT8)], seed=7)
+
+
+def test_one_row_engine_with_int8_only_weights():
+    lay = _layout(data_width=128, rows=1, lanes=16, weight_ports=1, group_size=32, weight_bits=[8])
+    _run(lay, [(3, 64, 3, 8, OutMode.INT32), (2, 32, 2, 8, OutMode.INT8)], seed=8)
+
+
+def test_all_extreme_operands_saturate_like_golden():
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16)
+    rng = np.random.default_rng(9)
+    bench = EngineBench(lay, seed=9, stall=0.2, backpressure=0.2)
+    k, n = 256, 3
+    for wbits in (4, 8):
+        wmin = -(1 << (wbits - 1))
+        for mode in (OutMode.INT32, OutMode.INT8):
+            case = random_case(lay, rng, m=3, k=k, n=n, wbits=wbits, out_mode=mode)
+            case.x[:] = -128
+            case.w[:] = wmin
+            case.w[1, ::3] = -wmin - 1
+            case.s[:] = (1 << 16) - 1
+            case.out_shift = 0
+            if mode == OutMode.INT8:
+                case.mult[:] = [-(1 << 31), (1 << 31) - 1, 1]
+                case.shift[:] = [127, 0, 40]
+            bench.add(case)
+    bench.run(max_cycles=20_000)
+    for case in bench.cases:
+        np.testing.assert_array_equal(case.result, case.expected(16))
+
+
+def test_continuous_backpressure_never_corrupts_or_reorders():
+    # K = L: every fire ends a column, so the output path is the bottleneck throughout.
+    lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16)
+    _run(lay, [(4, 16, 24, 4, OutMode.INT32), (6, 16, 20, 8, OutMode.INT8)], seed=10, stall=0.0,
+         backpressure=0.8)
+
+
+# -- DMA commands -------------------------------------------------------------------------
+
+def test_dma_commands_follow_the_layout_contract():
+    lay = _layout(rows=3, lanes=16, weight_ports=2, group_size=16)
+    shapes = [(7, 48, 5, 4, OutMode.INT8), (2, 16, 3, 8, OutMode.INT32)]
+    bench = _run(lay, shapes, seed=11, stall=0.1, backpressure=0.1)
+    cmds = bench.commands
+    exp = {name: [] for name in ("act", "scale", "rq", "w0", "w1", "out")}
+    for case in bench.cases:
+        m, k = case.x.shape
+        n = case.w.shape[0]
+        blocks = lay.row_blocks(m)
+        exp["out"].append((case.addrs["y"], lay.out_bytes(m, n, case.out_mode)))
+        for b in range(blocks):
+            rows = min(lay.mm.rows, m - b * lay.mm.rows)
+            exp["act"].append((case.addrs["x"] + b * lay.mm.rows * k, rows * k))
+            exp["scale"].append((case.addrs["s"], lay.scale_bytes(n, k)))
+            if case.out_mode == OutMode.INT8:
+                exp["rq"].append((case.addrs["q"], lay.requant_bytes(n)))
+            for i in range(2):
+                exp[f"w{i}"].append((case.addrs["w"][i], lay.weight_port_bytes(n, k, case.wbits)))
+    assert {name: cmds[name] for name in exp} == exp
+
+
+# -- performance ----------------------------------------------------------------------------
+
+def test_array_fires_every_cycle_across_columns_and_row_blocks():
+    lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16)
+    bench = _run(lay, [(8, 128, 16, 4, OutMode.INT32)], stall=0.0, backpressure=0.0)
+    st = bench.stats[0]
+    assert st["fires"] == 4 * 16 * 128 // 16
+    assert st["fire_span"] == st["fires"], st          # no bubble from the first fire to the last
+
+
+def test_gemv_consumes_one_weight_word_per_cycle():
+    # int4, one port: a 64-bit word holds one 16-lane chunk; int8 chunks take two words.
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16)
+    bench = _run(lay, [(1, 256, 16, 4, OutMode.INT32), (1, 128, 16, 8, OutMode.INT32)],
+                 stall=0.0, backpressure=0.0)
+    int4, int8 = bench.stats
+    assert int4["fire_span"] == int4["fires"]
+    assert int8["fire_span"] <= 2 * int8["fires"]
+
+
+def test_fire_counts_match_the_loop_nest():
+    lay = _layout(rows=3, lanes=16, weight_ports=1, group_size=16)
+    bench = _run(lay, [(5, 32, 3, 4, OutMode.INT32)], stall=0.2, backpressure=0.2)
+    assert bench.stats[0]["fires"] == lay.row_blocks(5) * 3 * 32 // 16
+
+
+# -- generation -----------------------------------------------------------------------------
+
+def test_starter_config_converts_to_verilog():
+    from amaranth.back import verilog
+
+    lay = derive_layout(parse_config(starter_config("u280")))
+    t0 = time.monotonic()
+    text = verilog.convert(MatmulEngine(lay), name="mm_engine")
+    elapsed = time.monotonic() - t0
+    assert "module mm_engine" in text
+    assert elapsed < 60, f"conversion took {elapsed:.1f}s"
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_engine_rejects_a_non_layout():
+    with pytest.raises(TypeError, match="DesignLayout"):
+        MatmulEngine({"rows": 4})
+    with pytest.raises(ValueError, match="levels_per_stage"):
+        MatmulEngine(_layout(), levels_per_stage=0)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_engine_signature_matches_the_contract():
+    from hbmforge.generators.matmul.signature import MatmulEngineSignature
+
+    lay = _layout(rows=3, weight_ports=2)
+    eng = MatmulEngine(lay)
+    assert eng.signature == MatmulEngineSignature(rows=3, weight_ports=2, data_width=64)
+    assert eng.fifo_depth > eng.latency

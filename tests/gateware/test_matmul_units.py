@@ -1,0 +1,493 @@
+"""Matmul engine building blocks in amaranth.sim: adapters, unpacker, array, accumulators, output stage,
+packer, activation buffer; plus the §4 packers against the host's independent implementation."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.sim import Simulator
+
+from hbmforge.generators.matmul.accum import GroupAccumulator
+from hbmforge.generators.matmul.actbuf import ActivationBuffer
+from hbmforge.generators.matmul.array import MacArray
+from hbmforge.generators.matmul.gearbox import WidthAdapter
+from hbmforge.generators.matmul.pack import OutputPacker
+from hbmforge.generators.matmul.requant import OutputStage
+from hbmforge.generators.matmul.sequencer import ceil_div_const
+from hbmforge.generators.matmul.unpack import WeightUnpacker, _widen_nibbles
+from hbmforge.numerics.fixed import rshift_round, saturate
+
+
+def _sim(dut, *benches, background=()):
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    for b in background:
+        sim.add_testbench(b, background=True)
+    for b in benches:
+        sim.add_testbench(b)
+    sim.run()
+
+
+async def _wait(ctx, cond, *samples):
+    """``ctx.tick().sample(*samples).until(cond)`` as a plain loop (safe in background testbenches)."""
+    while True:
+        _, _, *values, flag = await ctx.tick().sample(*samples, cond)
+        if flag:
+            return values
+
+
+def _sender(stream, items, rng, stall=0.0):
+    """A background testbench that sends ``items`` on ``stream`` with random gaps."""
+    async def send(ctx):
+        await _send(ctx, stream, items, rng, stall)
+    return send
+
+
+async def _send(ctx, stream, items, rng, stall=0.0, set_payload=None):
+    for item in items:
+        while rng.random() < stall:
+            ctx.set(stream.valid, 0)
+            await ctx.tick()
+        if set_payload:
+            set_payload(ctx, item)
+        else:
+            ctx.set(stream.payload, item)
+        ctx.set(stream.valid, 1)
+        await _wait(ctx, stream.ready)
+    ctx.set(stream.valid, 0)
+
+
+# -- WidthAdapter ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("in_w,out_w", [(64, 16), (64, 64), (32, 128)])
+def test_width_adapter_splits_and_gathers_low_bits_first_with_stalls(in_w, out_w):
+    rng = random.Random(in_w * out_w)
+    dut = WidthAdapter(in_w, out_w)
+    words = [rng.getrandbits(in_w) for _ in range(24)]
+    stream_bits = sum(w << (i * in_w) for i, w in enumerate(words))
+    n_items = len(words) * in_w // out_w
+    expected = [(stream_bits >> (i * out_w)) & ((1 << out_w) - 1) for i in range(n_items)]
+    got = []
+
+    async def consumer(ctx):
+        while len(got) < n_items:
+            ctx.set(dut.o.ready, rng.random() > 0.3)
+            _, _, valid, ready, payload = await ctx.tick().sample(dut.o.valid, dut.o.ready, dut.o.payload)
+            if valid and ready:
+                got.append(payload)
+
+    _sim(dut, consumer, background=[_sender(dut.i, words, rng, stall=0.3)])
+    assert got == expected
+
+
+def test_width_adapter_drops_the_rest_of_the_word_after_a_packets_last_item():
+    rng = random.Random(1)
+    dut = WidthAdapter(64, 16)                   # 4 items per word
+    words = [0x4444_3333_2222_1111, 0x8888_7777_6666_5555, 0xCCCC_BBBB_AAAA_9999]
+    # packet 1: 3 items (rest of word 0 dropped); packet 2: 5 items spanning words 1..2
+    plan = [(0x1111, 0), (0x2222, 0), (0x3333, 1), (0x5555, 0), (0x6666, 0), (0x7777, 0), (0x8888, 0),
+            (0x9999, 1)]
+    got = []
+
+    async def consumer(ctx):
+        for expect, last in plan:
+            ctx.set(dut.o_last, last)
+            ctx.set(dut.o.ready, 1)
+            payload, = await _wait(ctx, dut.o.valid, dut.o.payload)
+            got.append(payload)
+        ctx.set(dut.o.ready, 0)
+
+    _sim(dut, consumer, background=[_sender(dut.i, words, rng)])
+    assert got == [p for p, _ in plan]
+
+
+def test_width_adapter_streams_one_item_per_cycle():
+    dut = WidthAdapter(32, 8)
+    words = list(range(1, 17))
+    cycles = []
+
+    async def consumer(ctx):
+        ctx.set(dut.o.ready, 1)
+        n = 0
+        first = None
+        c = 0
+        while n < 64:
+            _, _, valid = await ctx.tick().sample(dut.o.valid)
+            c += 1
+            if valid:
+                first = c if first is None else first
+                n += 1
+        cycles.append(c - first + 1)
+
+    _sim(dut, consumer, background=[_sender(dut.i, words, random.Random(0))])
+    assert cycles == [64]
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_width_adapter_validates_widths():
+    with pytest.raises(ValueError, match="power-of-two"):
+        WidthAdapter(64, 24)
+    with pytest.raises(TypeError, match="in_width"):
+        WidthAdapter("64", 16)
+
+
+# -- weight unpacker --------------------------------------------------------------------------
+
+def test_nibble_widening_sign_extends_every_lane():
+    rng = random.Random(2)
+    for lanes in (16, 12):
+        m = Module()
+        c, o = Signal(4 * lanes), Signal(8 * lanes)
+        m.d.comb += o.eq(_widen_nibbles(m, c, lanes))
+        cases = [[-8] * lanes, [7] * lanes] + [[rng.randrange(-8, 8) for _ in range(lanes)] for _ in range(20)]
+
+        async def bench(ctx):
+            for lanes_v in cases:
+                ctx.set(c, sum((v & 15) << (4 * i) for i, v in enumerate(lanes_v)))
+                await ctx.delay(1e-9)
+                assert ctx.get(o) == sum((v & 255) << (8 * i) for i, v in enumerate(lanes_v))
+
+        sim = Simulator(m)
+        sim.add_testbench(bench)
+        sim.run()
+
+
+@pytest.mark.parametrize("wbits", [4, 8])
+def test_weight_unpacker_zips_stripes_into_signed_lanes(wbits):
+    from hbmforge.generators.matmul.testing import pack_weights
+
+    rng = np.random.default_rng(wbits)
+    L, P, W = 16, 2, 64
+    dut = WeightUnpacker(lanes=L, weight_ports=P, data_width=W, weight_bits=(4, 8))
+    lo, hi = -(1 << (wbits - 1)), 1 << (wbits - 1)
+    w = rng.integers(lo, hi, (3, 32))                 # 6 chunks
+    w[0, :] = lo
+    stripes = pack_weights(w, wbits, P, W)
+    flat = w.reshape(-1)
+    chunks = [list(flat[i * L:(i + 1) * L]) for i in range(len(flat) // L)]
+    got = []
+    prng = random.Random(wbits)
+
+    async def consumer(ctx):
+        ctx.set(dut.wbits, wbits)
+        for i in range(len(chunks)):
+            ctx.set(dut.o_last, i == len(chunks) - 1)
+            ctx.set(dut.o.ready, 1)
+            lanes, = await _wait(ctx, dut.o.valid, dut.o.payload)
+            got.append([int(v) for v in lanes])
+            ctx.set(dut.o.ready, 0)
+            for _ in range(prng.randrange(2)):
+                await ctx.tick()
+
+    def stripe_sender(p):
+        words = [int.from_bytes(stripes[p][i:i + 8], "little") for i in range(0, len(stripes[p]), 8)]
+        return _sender(dut.w_data[p], words, prng, stall=0.3)
+
+    _sim(dut, consumer, background=[stripe_sender(p) for p in range(P)])
+    assert got == [[int(v) for v in c] for c in chunks]
+
+
+# -- MAC array and accumulation ---------------------------------------------------------------
+
+@pytest.mark.parametrize("lanes,group", [(16, 16), (32, 8 * 2), (16, 64)])
+def test_mac_array_group_sums_are_exact_for_extreme_operands(lanes, group):
+    rng = np.random.default_rng(lanes + group)
+    R = 3
+    dut = MacArray(rows=R, lanes=lanes, group_size=group, weight_shape=signed(8), tag_layout=unsigned(8))
+    span, ng = min(lanes, group), max(1, lanes // group)
+    xs = [np.full((R, lanes), -128), np.full((R, lanes), 127)] + [rng.integers(-128, 128, (R, lanes))
+                                                                  for _ in range(6)]
+    ws = [np.full(lanes, -128), np.full(lanes, -128)] + [rng.integers(-128, 128, lanes) for _ in range(6)]
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(xs) + dut.latency + 1):
+            if i < len(xs):
+                ctx.set(dut.valid, 1)
+                ctx.set(dut.tag, i)
+                for l in range(lanes):
+                    ctx.set(dut.w[l], int(ws[i][l]))
+            else:
+                ctx.set(dut.valid, 0)
+            if 0 < i <= len(xs):                    # activations one cycle after the fire
+                for r in range(R):
+                    for l in range(lanes):
+                        ctx.set(dut.x[r][l], (int(xs[i - 1][r, l]) + 128) & 0xFF)
+            await ctx.tick()
+            if ctx.get(dut.o_valid):
+                got.append((ctx.get(dut.o_tag), [[ctx.get(dut.sums[r][j]) for j in range(ng)]
+                                                 for r in range(R)]))
+
+    _sim(dut, bench)
+    assert [t for t, _ in got] == list(range(len(xs)))
+    for (_, sums), x, w in zip(got, xs, ws):
+        exp = [[int(np.dot(x[r, j * span:(j + 1) * span], w[j * span:(j + 1) * span])) for j in range(ng)]
+               for r in range(R)]
+        assert sums == exp
+
+
+def test_group_accumulator_scales_groups_spanning_several_fires():
+    rng = np.random.default_rng(3)
+    R, fpg, groups_per_col = 2, 4, 3                  # 4 fires per group, 3 groups per column
+    dut = GroupAccumulator(rows=R, groups=1, sum_shape=signed(20), group_bits=22, scale_bits=16,
+                           acc_bits=40, tag_layout=unsigned(4), fires_per_group=fpg)
+    cols = 3
+    fires = []
+    expected = []
+    for col in range(cols):
+        acc = [0] * R
+        for g in range(groups_per_col):
+            scale = int(rng.integers(0, 1 << 16)) if g else (1 << 16) - 1
+            part = [0] * R
+            for f in range(fpg):
+                sums = [int(v) for v in rng.integers(-(1 << 19), 1 << 19, R)]
+                part = [p + s for p, s in zip(part, sums)]
+                fires.append(dict(sums=sums, grp_first=f == 0, grp_last=f == fpg - 1, col_first=g == 0,
+                                  col_last=(g == groups_per_col - 1 and f == fpg - 1), scale=scale, tag=col))
+            acc = [a + p * scale for a, p in zip(acc, part)]
+        expected.append((col, acc))
+    got = []
+
+    async def bench(ctx):
+        pending = list(fires)
+        idle = 0
+        while pending or idle < dut.latency + 2:
+            if pending and rng.random() < 0.8:          # gaps between fires
+                f = pending.pop(0)
+                ctx.set(dut.valid, 1)
+                for r in range(R):
+                    ctx.set(dut.sums[r][0], f["sums"][r])
+                for k in ("grp_first", "grp_last", "col_first", "col_last"):
+                    ctx.set(getattr(dut, k), f[k])
+                ctx.set(dut.scales[0], f["scale"])
+                ctx.set(dut.tag, f["tag"])
+            else:
+                ctx.set(dut.valid, 0)
+                idle += not pending
+            await ctx.tick()
+            if ctx.get(dut.o_valid):
+                got.append((ctx.get(dut.o_tag), [ctx.get(dut.acc[r]) for r in range(R)]))
+
+    _sim(dut, bench)
+    assert got == expected
+
+
+# -- output stage -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("acc_bits", [20, 44, 61])
+def test_output_stage_rounds_and_saturates_like_golden(acc_bits):
+    rng = random.Random(acc_bits)
+    R = 2
+    dut = OutputStage(rows=R, acc_bits=acc_bits)
+    top, bot = (1 << (acc_bits - 1)) - 1, -(1 << (acc_bits - 1))
+
+    def acc_value():
+        if rng.random() < 0.25:
+            return rng.choice([bot, top, 0, -1, 1, bot + 1])
+        b = rng.randrange(1, acc_bits)
+        return rng.randrange(-(1 << (b - 1)), 1 << (b - 1))
+
+    cases = []
+    for _ in range(400):
+        int8 = rng.random() < 0.6
+        acc = [acc_value() for _ in range(R)]
+        mult = rng.choice([-(1 << 31), (1 << 31) - 1, 0, 1, -1, rng.randrange(-(1 << 31), 1 << 31)])
+        mag = max(1, max(abs(a * (mult if int8 else 1)) for a in acc).bit_length())
+        if int8:
+            shift = rng.choice([0, 1, 30, 31, 32, 126, 127, max(0, min(127, mag - rng.randrange(0, 10)))])
+        else:
+            shift = rng.choice([0, 1, 62, 63, max(0, min(63, mag - rng.randrange(-2, 34)))])
+        cases.append((int8, acc, mult, shift, rng.randrange(0, R + 1)))
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(cases) + dut.latency + 1):
+            if i < len(cases):
+                int8, acc, mult, shift, rows = cases[i]
+                ctx.set(dut.valid, 1)
+                ctx.set(dut.int8, int8)
+                for r in range(R):
+                    ctx.set(dut.acc[r], acc[r])
+                ctx.set(dut.mult, mult)
+                ctx.set(dut.shift, shift if int8 else 0)
+                ctx.set(dut.out_shift, 0 if int8 else shift)
+                ctx.set(dut.rows_valid, rows)
+            else:
+                ctx.set(dut.valid, 0)
+            await ctx.tick()
+            if ctx.get(dut.o_valid):
+                got.append([ctx.get(dut.y[r]) for r in range(R)])
+
+    _sim(dut, bench)
+    assert len(got) == len(cases)
+    for (int8, acc, mult, shift, rows), y in zip(cases, got):
+        exp = [int(saturate(rshift_round(a * mult if int8 else a, shift), 8 if int8 else 32)) if r < rows else 0
+               for r, a in enumerate(acc)]
+        assert y == exp, (int8, acc, mult, shift, rows)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_output_stage_rejects_accumulators_wider_than_62_bits():
+    with pytest.raises(ValueError, match="acc_bits"):
+        OutputStage(rows=2, acc_bits=63)
+
+
+# -- output packer ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("rows,int8", [(4, False), (4, True), (3, False), (3, True), (16, False), (1, True)])
+def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, int8):
+    rng = random.Random(rows * 2 + int8)
+    W = 64
+    dut = OutputPacker(rows=rows, data_width=W)
+    eb = 1 if int8 else 4
+    jobs = [[[rng.randrange(-(1 << 31), 1 << 31) if not int8 else rng.randrange(-128, 128)
+              for _ in range(rows)] for _ in range(ncols)] for ncols in (5, 1, 8)]
+    got = []
+    finished = []
+
+    def expected_words(cols):
+        raw = b"".join(int(v).to_bytes(eb, "little", signed=True) for col in cols for v in col)
+        raw += bytes(-len(raw) % (W // 8))
+        return [int.from_bytes(raw[i:i + W // 8], "little") for i in range(0, len(raw), W // 8)]
+
+    async def bench(ctx):
+        ctx.set(dut.int8, int8)
+        for cols in jobs:
+            ctx.set(dut.start, 1)
+            await ctx.tick()
+            ctx.set(dut.start, 0)
+            words = []
+            pending = list(cols)
+            while not ctx.get(dut.finished):
+                if pending:
+                    col = pending[0]
+                    for r in range(rows):
+                        ctx.set(dut.i.payload.y[r], col[r])
+                    ctx.set(dut.i.payload.last, len(pending) == 1)
+                    ctx.set(dut.i.valid, rng.random() < 0.7)
+                else:
+                    ctx.set(dut.i.valid, 0)
+                ctx.set(dut.o.ready, rng.random() < 0.5)
+                _, _, iv, ir, ov, orr, word = await ctx.tick().sample(dut.i.valid, dut.i.ready, dut.o.valid,
+                                                                      dut.o.ready, dut.o.payload)
+                if iv and ir:
+                    pending.pop(0)
+                if ov and orr:
+                    words.append(word)
+            got.append(words)
+            finished.append(True)
+
+    _sim(dut, bench)
+    assert got == [expected_words(cols) for cols in jobs]
+
+
+# -- activation buffer ------------------------------------------------------------------------
+
+def test_activation_buffer_double_buffers_row_blocks_with_offset_bytes():
+    rng = random.Random(4)
+    R, L, W, K = 2, 16, 64, 32
+    dut = ActivationBuffer(rows=R, lanes=L, data_width=W, max_k=64)
+    M = 5                                            # blocks of 2, 2, 1 rows
+    x = [[rng.randrange(256) for _ in range(K)] for _ in range(M)]
+    raw = bytes(v for row in x for v in row)
+    words = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+    seen = []
+
+    async def compute(ctx):
+        ctx.set(dut.m, M)
+        ctx.set(dut.kc, K // L)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        for b in range(3):
+            await _wait(ctx, dut.ready)
+            for _ in range(rng.randrange(4)):        # the other bank keeps filling meanwhile
+                await ctx.tick()
+            rows = min(R, M - b * R)
+            block = []
+            for line in range(K // L):
+                ctx.set(dut.rd_line, line)
+                await ctx.tick()
+                block.append([[ctx.get(dut.rd_data[r][l]) for l in range(L)] for r in range(rows)])
+            seen.append(block)
+            ctx.set(dut.release, 1)
+            await ctx.tick()
+            ctx.set(dut.release, 0)
+
+    _sim(dut, compute, background=[_sender(dut.data, words, rng, stall=0.3)])
+    for b, block in enumerate(seen):
+        for line, rows in enumerate(block):
+            for r, lanes in enumerate(rows):
+                assert lanes == [v ^ 0x80 for v in x[b * R + r][line * L:(line + 1) * L]]
+
+
+# -- sequencer arithmetic and parameter checks ------------------------------------------------------
+
+@pytest.mark.parametrize("divisor", [1, 2, 3, 4, 5, 7, 12, 63, 64])
+def test_ceil_div_const_is_exact_for_32_bit_values(divisor):
+    m = Module()
+    v, q = Signal(32), Signal(34)
+    m.d.comb += q.eq(ceil_div_const(v, divisor, 32))
+    rng = random.Random(divisor)
+    values = [0, 1, divisor - 1, divisor, divisor + 1, (1 << 32) - 1, (1 << 32) - divisor] + \
+             [rng.getrandbits(32) for _ in range(200)]
+
+    async def bench(ctx):
+        for value in values:
+            ctx.set(v, value)
+            await ctx.delay(1e-9)
+            assert ctx.get(q) == -(-value // divisor), value
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_components_name_bad_parameters():
+    with pytest.raises(ValueError, match="weight_bits"):
+        WeightUnpacker(lanes=16, weight_ports=1, data_width=64, weight_bits=(2,))
+    with pytest.raises(ValueError, match="lanes"):
+        WeightUnpacker(lanes=12, weight_ports=1, data_width=64)
+    with pytest.raises(ValueError, match="max_k"):
+        ActivationBuffer(rows=2, lanes=16, data_width=64, max_k=40)
+    with pytest.raises(ValueError, match="group_size"):
+        MacArray(rows=2, lanes=16, group_size=24, weight_shape=signed(8), tag_layout=unsigned(1))
+    with pytest.raises(TypeError, match="rows"):
+        OutputPacker(rows=2.0, data_width=64)
+    with pytest.raises(ValueError, match="not both"):
+        GroupAccumulator(rows=2, groups=2, sum_shape=signed(20), group_bits=22, scale_bits=16, acc_bits=40,
+                         tag_layout=unsigned(1), fires_per_group=2)
+
+
+# -- §4 packers: ours vs the host's ----------------------------------------------------------------
+
+def test_testing_packers_agree_with_host_packing():
+    host = pytest.importorskip("hbmforge.host.packing")
+    from hbmforge.config import parse_config
+    from hbmforge.generators.matmul import testing
+    from hbmforge.layout import derive_layout
+
+    from conftest import tiny_config_dict
+
+    lay = derive_layout(parse_config(tiny_config_dict()))
+    rng = np.random.default_rng(5)
+    m, k, n = 3, 48, 5
+    x = rng.integers(-128, 128, (m, k))
+    s = rng.integers(0, 1 << 16, (n, k // lay.mm.group_size))
+    mult, shift = rng.integers(-(1 << 31), 1 << 31, n), rng.integers(0, 128, n)
+    wb = lay.word_bytes
+    assert bytes(host.pack_activations(x, lay)) == testing.pack_activations(x, wb)
+    assert bytes(host.pack_scales(s, lay)) == testing.pack_scales(s, wb)
+    assert bytes(host.pack_requant(mult, shift, lay)) == testing.pack_requant(mult, shift, wb)
+    for wbits in (4, 8):
+        w = rng.integers(-(1 << (wbits - 1)), 1 << (wbits - 1), (n, k))
+        ours = testing.pack_weights(w, wbits, lay.mm.weight_ports, lay.config.data_width)
+        theirs = host.pack_weights(w, wbits, lay)
+        assert [bytes(t) for t in theirs] == ours
+    for mode in (0, 1):
+        y = rng.integers(-128, 128, (m, n)) if mode else rng.integers(-(1 << 31), 1 << 31, (m, n))
+        raw = bytes(host.pack_output(y, mode, lay))
+        np.testing.assert_array_equal(testing.unpack_outputs(raw, m, n, lay.mm.rows, mode), y)

@@ -43,6 +43,8 @@ class CommandProcessor(wiring.Component):
         if layout.descriptor_bytes % layout.word_bytes:
             raise ValueError(f"descriptor_bytes {layout.descriptor_bytes} is not a whole number of "
                              f"{layout.word_bytes}-byte words")
+        if layout.k_align & (layout.k_align - 1):
+            raise ValueError(f"k_align {layout.k_align} is not a power of two")
         self._layout = layout
         W = layout.config.data_width
         super().__init__({
@@ -78,7 +80,6 @@ class CommandProcessor(wiring.Component):
 
         running = Signal()
         stopping = Signal()
-        program = Signal(64)
         count = Signal(32)
         idx = Signal(32)           # descriptor being loaded / checked / run
         m.d.comb += self.busy.eq(running)
@@ -152,7 +153,6 @@ class CommandProcessor(wiring.Component):
         for cond, value in reversed(checks):     # the first failing check wins
             with m.If(cond):
                 m.d.comb += code.eq(value)
-        assert lay.k_align & (lay.k_align - 1) == 0, "k_align is a power of two"
 
         def status(error_code):
             """STATUS value for an error at the current descriptor."""
@@ -184,7 +184,7 @@ class CommandProcessor(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
-                        running.eq(1), stopping.eq(0), program.eq(self.program), count.eq(self.count),
+                        running.eq(1), stopping.eq(0), count.eq(self.count),
                         idx.eq(0), fetch_idx.eq(0), fetch_addr.eq(self.program), word_cnt.eq(0),
                         loaded.eq(0), self.status.eq(0), self.desc_done.eq(0),
                     ]

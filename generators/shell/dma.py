@@ -155,7 +155,10 @@ class BurstReader(wiring.Component):
 
         ar_valid = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(active & (~ar_valid | bus.arready) & (free >= sp.beats)
+        # issue only into an empty AR register: ARREADY (a module input) then reaches
+        # nothing but ARVALID's clear, keeping the burst arithmetic off the port's input
+        # path. At most one AR per two cycles, which full-rate R allows down to 2-beat bursts.
+        m.d.comb += issue.eq(active & ~ar_valid & (free >= sp.beats)
                              & (outstanding != self._max_outstanding))
         m.d.comb += [
             bus.arvalid.eq(ar_valid), bus.arid.eq(self._arid), bus.arsize.eq(sp.shift),
@@ -170,7 +173,7 @@ class BurstReader(wiring.Component):
             ]
             with m.If(sp.left == sp.beats):
                 m.d.sync += active.eq(0)
-        with m.Elif(bus.arready):
+        with m.Elif(ar_valid & bus.arready):
             m.d.sync += ar_valid.eq(0)
 
         # R: never back-pressured (credits guarantee FIFO room)
@@ -283,7 +286,7 @@ class BurstWriter(wiring.Component):
 
         aw_valid = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(active & (~aw_valid | bus.awready) & (avail >= sp.beats) & track.w_rdy)
+        m.d.comb += issue.eq(active & ~aw_valid & (avail >= sp.beats) & track.w_rdy)   # see BurstReader
         m.d.sync += avail.eq(avail + push - Mux(issue, sp.beats, 0))
         m.d.comb += [
             bus.awvalid.eq(aw_valid), bus.awid.eq(self._awid), bus.awsize.eq(sp.shift),
@@ -300,7 +303,7 @@ class BurstWriter(wiring.Component):
             ]
             with m.If(last_burst):
                 m.d.sync += active.eq(0)
-        with m.Elif(bus.awready):
+        with m.Elif(aw_valid & bus.awready):
             m.d.sync += aw_valid.eq(0)
         m.d.comb += [
             track.w_en.eq(issue | empty_cmd),

@@ -20,6 +20,21 @@ from hbmforge.generators.matmul.unpack import WeightUnpacker, _widen_nibbles
 from hbmforge.numerics.fixed import rshift_round, saturate
 
 
+def _rejects(make, exc, match):
+    """``make()`` raises ``exc`` matching ``match``; the half-built component warns about nothing."""
+    import gc
+    import warnings
+
+    from amaranth.hdl import UnusedElaboratable
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UnusedElaboratable)
+        with pytest.raises(exc, match=match) as info:
+            make()
+        del info
+        gc.collect()
+
+
 def _sim(dut, *benches, background=()):
     sim = Simulator(dut)
     sim.add_clock(1e-8)
@@ -125,12 +140,9 @@ def test_width_adapter_streams_one_item_per_cycle():
     assert cycles == [64]
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_width_adapter_validates_widths():
-    with pytest.raises(ValueError, match="power-of-two"):
-        WidthAdapter(64, 24)
-    with pytest.raises(TypeError, match="in_width"):
-        WidthAdapter("64", 16)
+    _rejects(lambda: WidthAdapter(64, 24), ValueError, "power-of-two")
+    _rejects(lambda: WidthAdapter("64", 16), TypeError, "in_width")
 
 
 # -- weight unpacker --------------------------------------------------------------------------
@@ -328,10 +340,8 @@ def test_output_stage_rounds_and_saturates_like_golden(acc_bits):
         assert y == exp, (int8, acc, mult, shift, rows)
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_output_stage_rejects_accumulators_wider_than_62_bits():
-    with pytest.raises(ValueError, match="acc_bits"):
-        OutputStage(rows=2, acc_bits=63)
+    _rejects(lambda: OutputStage(rows=2, acc_bits=63), ValueError, "acc_bits")
 
 
 # -- output packer ----------------------------------------------------------------------------
@@ -445,21 +455,17 @@ def test_ceil_div_const_is_exact_for_32_bit_values(divisor):
     sim.run()
 
 
-@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_components_name_bad_parameters():
-    with pytest.raises(ValueError, match="weight_bits"):
-        WeightUnpacker(lanes=16, weight_ports=1, data_width=64, weight_bits=(2,))
-    with pytest.raises(ValueError, match="lanes"):
-        WeightUnpacker(lanes=12, weight_ports=1, data_width=64)
-    with pytest.raises(ValueError, match="max_k"):
-        ActivationBuffer(rows=2, lanes=16, data_width=64, max_k=40)
-    with pytest.raises(ValueError, match="group_size"):
-        MacArray(rows=2, lanes=16, group_size=24, weight_shape=signed(8), tag_layout=unsigned(1))
-    with pytest.raises(TypeError, match="rows"):
-        OutputPacker(rows=2.0, data_width=64)
-    with pytest.raises(ValueError, match="not both"):
-        GroupAccumulator(rows=2, groups=2, sum_shape=signed(20), group_bits=22, scale_bits=16, acc_bits=40,
-                         tag_layout=unsigned(1), fires_per_group=2)
+    _rejects(lambda: WeightUnpacker(lanes=16, weight_ports=1, data_width=64, weight_bits=(2,)), ValueError,
+             "weight_bits")
+    _rejects(lambda: WeightUnpacker(lanes=12, weight_ports=1, data_width=64), ValueError, "lanes")
+    _rejects(lambda: ActivationBuffer(rows=2, lanes=16, data_width=64, max_k=40), ValueError, "max_k")
+    _rejects(lambda: MacArray(rows=2, lanes=16, group_size=24, weight_shape=signed(8), tag_layout=unsigned(1)),
+             ValueError, "group_size")
+    _rejects(lambda: OutputPacker(rows=2.0, data_width=64), TypeError, "rows")
+    _rejects(lambda: GroupAccumulator(rows=2, groups=2, sum_shape=signed(20), group_bits=22, scale_bits=16,
+                                      acc_bits=40, tag_layout=unsigned(1), fires_per_group=2),
+             ValueError, "not both")
 
 
 # -- §4 packers: ours vs the host's ----------------------------------------------------------------

@@ -111,15 +111,12 @@ class MacArray(wiring.Component):
         for l in range(L):
             m.d.sync += we[l].eq(((self.w[l].as_unsigned() + flip)[:ww] + ((1 << sb) - flip))[:sb])
 
-        # Products (x + 128) * w mod 2^sb, and the weights again as the weight-sum leaves.
+        # Products (x + 128) * w mod 2^sb; the weight sum starts one stage earlier (from the
+        # fire register) and its root is delayed to line up with the product trees.
         for j in range(self._groups):
             lanes = range(j * span, (j + 1) * span)
-            wleaf = []
-            for l in lanes:
-                r_ = Signal(sb, name=f"wl{l}", reset_less=True)
-                m.d.sync += r_.eq(we[l])
-                wleaf.append(r_)
-            wsum, _ = _wrap_tree(m, wleaf, bits=sb, levels_per_stage=lps, name=f"ws{j}")
+            wsum, _ = _wrap_tree(m, [we[l] for l in lanes], bits=sb, levels_per_stage=lps, name=f"ws{j}")
+            wsum = delay(m, wsum, 1, name=f"ws{j}_root", reset_less=True)
             for r in range(R):
                 prods = []
                 for l in lanes:

@@ -37,6 +37,24 @@ def _log2(v: int) -> int:
     return v.bit_length() - 1
 
 
+class _JobRegs:
+    """One register per descriptor field (see :func:`matmul_job_layout`)."""
+
+    def __init__(self, weight_ports: int):
+        layout = matmul_job_layout(weight_ports)
+        self._names = []
+        for name, field in layout:
+            if name == "w_addr":
+                continue
+            setattr(self, name, Signal(field.shape, name=f"job_{name}"))
+            self._names.append(name)
+        self.w_addr = [Signal(64, name=f"job_w_addr{i}") for i in range(weight_ports)]
+
+    def load(self, payload):
+        return ([getattr(self, n).eq(getattr(payload, n)) for n in self._names]
+                + [w.eq(payload.w_addr[i]) for i, w in enumerate(self.w_addr)])
+
+
 class JobSequencer(wiring.Component):
     """One job at a time: IDLE -> SETUP -> RUN (commands, then wait) -> DONE.
 
@@ -88,7 +106,9 @@ class JobSequencer(wiring.Component):
         B = self._width // 8
         cw = P * self._width                       # combined weight word, bits
 
-        job = Signal(matmul_job_layout(P))
+        # The job's fields as separate registers (one wide struct register would be copied as a
+        # whole every cycle by a simulator).
+        job = _JobRegs(P)
         m.d.comb += [self.m.eq(job.m), self.n.eq(job.n), self.kc.eq(job.k >> _log2(self._lanes)),
                      self.wbits.eq(job.wbits), self.int8.eq(job.out_mode), self.out_shift.eq(job.out_shift)]
 
@@ -97,43 +117,45 @@ class JobSequencer(wiring.Component):
 
         # -- setup: byte counts (registered; settled after SETUP_CYCLES) ---------------------
         nk = Signal(64)
+        mk = Signal(64)
         nblocks = Signal(34)
         rk = Signal(32)
         w_bytes = Signal(32)
         s_bytes = Signal(32)
         q_bytes = Signal(32)
         o_bytes = Signal(32)
-        out_elems = Signal(72)
+        out_elems = Signal(64)
         setup = Signal()
         with m.If(setup):
             m.d.sync += [
                 nk.eq(job.n * job.k),
+                mk.eq(job.m * job.k),
                 nblocks.eq(ceil_div_const(job.m, R, 32)),
                 rk.eq(job.k * R),
                 w_bytes.eq(((Mux(job.wbits == 8, nk << 3, nk << 2) + cw - 1) >> _log2(cw)) << _log2(B)),
                 s_bytes.eq(round_words(nk >> (_log2(self._group) - 1))),
                 q_bytes.eq(round_words(job.n << 3)),
-                out_elems.eq(nblocks * R * job.n),
+                out_elems.eq((nblocks * R)[:32] * job.n),
                 o_bytes.eq(round_words(Mux(job.out_mode, out_elems, out_elems << 2))),
             ]
 
         # -- command streams --------------------------------------------------------------
         out_pending = Signal()
-        act_rows = Signal(32)
+        act_left = Signal(64)                      # activation bytes not yet requested
         act_addr = Signal(64)
         w_left = [Signal(34, name=f"w{i}_left") for i in range(P)]
         s_left = Signal(34)
         q_left = Signal(34)
         running = Signal()
-        act_block_rows = Mux(act_rows < R, act_rows, R)
+        act_bytes = Mux(act_left < rk, act_left, rk)
 
         m.d.comb += [
             self.out_cmd.valid.eq(running & out_pending),
             self.out_cmd.payload.addr.eq(job.y_addr),
             self.out_cmd.payload.bytes.eq(o_bytes),
-            self.act_cmd.valid.eq(running & (act_rows != 0)),
+            self.act_cmd.valid.eq(running & (act_left != 0)),
             self.act_cmd.payload.addr.eq(act_addr),
-            self.act_cmd.payload.bytes.eq(act_block_rows * job.k),
+            self.act_cmd.payload.bytes.eq(act_bytes),
             self.scale_cmd.valid.eq(running & (s_left != 0)),
             self.scale_cmd.payload.addr.eq(job.s_addr),
             self.scale_cmd.payload.bytes.eq(s_bytes),
@@ -146,14 +168,14 @@ class JobSequencer(wiring.Component):
                          self.w_cmd[i].payload.addr.eq(job.w_addr[i]),
                          self.w_cmd[i].payload.bytes.eq(w_bytes)]
         with m.If(self.start):
-            m.d.sync += [out_pending.eq(1), act_rows.eq(job.m), act_addr.eq(job.x_addr),
+            m.d.sync += [out_pending.eq(1), act_left.eq(mk), act_addr.eq(job.x_addr),
                          s_left.eq(nblocks), q_left.eq(Mux(job.out_mode, nblocks, 0))]
             m.d.sync += [w.eq(nblocks) for w in w_left]
         with m.Else():
             with m.If(self.out_cmd.ready & self.out_cmd.valid):
                 m.d.sync += out_pending.eq(0)
             with m.If(self.act_cmd.ready & self.act_cmd.valid):
-                m.d.sync += [act_rows.eq(act_rows - act_block_rows), act_addr.eq(act_addr + rk)]
+                m.d.sync += [act_left.eq(act_left - act_bytes), act_addr.eq(act_addr + rk)]
             with m.If(self.scale_cmd.ready & self.scale_cmd.valid):
                 m.d.sync += s_left.eq(s_left - 1)
             with m.If(self.rq_cmd.ready & self.rq_cmd.valid):
@@ -169,7 +191,7 @@ class JobSequencer(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
-                    m.d.sync += [job.eq(self.job.payload), count.eq(0)]
+                    m.d.sync += [job.load(self.job.payload), count.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.comb += [setup.eq(1), self.busy.eq(1)]

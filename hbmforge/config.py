@@ -54,7 +54,7 @@ class AxiParams(_Strict):
 
     data_width: Literal[64, 128, 256, 512] | None = Field(
         None, description="bits per beat; default: the board's memory AXI width")
-    id_width: int = Field(4, ge=1, le=8, description="AXI ID bits (ARID/AWID/RID/BID)")
+    id_width: int = Field(4, ge=2, le=8, description="AXI ID bits (ARID/AWID/RID/BID); the data port uses 4 read IDs")
     max_burst_beats: Literal[2, 4, 8, 16, 32, 64, 128, 256] = Field(
         32, description="longest INCR burst issued (bursts never cross 4 KiB)")
     max_outstanding: int = Field(8, ge=1, le=32, description="read bursts in flight per reader")

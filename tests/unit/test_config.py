@@ -129,3 +129,10 @@ def test_json_schema_describes_engines():
     text = json.dumps(schema)
     assert schema["title"] == "hbmforge accelerator config"
     assert "lanes" in text and "weight_ports" in text and schema["additionalProperties"] is False
+
+
+def test_id_width_must_leave_room_for_the_data_port_readers():
+    data = starter_config("u280")
+    data["axi"]["id_width"] = 1
+    with pytest.raises(ConfigError, match=r"axi.id_width: Input should be greater than or equal to 2"):
+        parse_config(data)

@@ -264,12 +264,15 @@ class EngineBench:
             for proc in self._reader(name, cmd, data):
                 sim.add_testbench(proc, background=True)
         sim.add_testbench(self._writer(), background=True)
-        counters = {"cycles": 0, "fires": 0, "busy": 0, "first_fire": None, "last_fire": None}
+        counters = {"cycles": 0, "fires": 0, "busy": 0, "first_fire": None, "last_fire": None,
+                    "first_out": None}
 
         async def monitor(ctx):
             while True:
-                _, _, fire, busy = await ctx.tick().sample(dut.fire, dut.busy)
+                _, _, fire, busy, ov = await ctx.tick().sample(dut.fire, dut.busy, dut.out_data.valid)
                 counters["cycles"] += 1
+                if ov and counters["first_out"] is None:
+                    counters["first_out"] = counters["cycles"]
                 counters["fires"] += fire
                 if fire:
                     if counters["first_fire"] is None:
@@ -284,7 +287,7 @@ class EngineBench:
                 m, k = case.x.shape
                 n = case.w.shape[0]
                 before = dict(counters)
-                counters["first_fire"] = None
+                counters["first_fire"] = counters["first_out"] = None
                 fields = dict(m=m, k=k, n=n, wbits=case.wbits, out_mode=case.out_mode,
                               out_shift=case.out_shift, x_addr=case.addrs["x"], s_addr=case.addrs["s"],
                               q_addr=case.addrs["q"], y_addr=case.addrs["y"])
@@ -309,6 +312,8 @@ class EngineBench:
                 if counters["first_fire"] is not None:
                     st["fire_span"] = counters["last_fire"] - counters["first_fire"] + 1
                     st["first_fire"] = counters["first_fire"] - before["cycles"]
+                    if counters["first_out"] is not None:
+                        st["fire_to_first_out"] = counters["first_out"] - counters["first_fire"]
                 self.stats.append(st)
                 out = lay.out_bytes(m, n, case.out_mode)
                 raw = self.mem[case.addrs["y"]:case.addrs["y"] + out]

@@ -86,7 +86,7 @@ def test_rows_not_multiple_of_r_odd_n_and_three_rows_use_byte_gearbox():
 
 def test_lanes_greater_than_group_size_carries_several_scales_per_fire():
     lay = _layout(data_width=128, rows=3, lanes=32, weight_ports=1, group_size=16)
-    _run(lay, [(4, 64, 3, 4, OutMode.INT32), (2, 96, 4, 8, OutMode.INT8)], seed=5)
+    _run(lay, [(4, 64, 3, 4, OutMode.INT32), (2, 96, 3, 8, OutMode.INT8)], seed=5)  # 3 rq entries: half a word left
 
 
 def test_lanes_smaller_than_group_size_accumulates_groups_over_fires():
@@ -133,6 +133,23 @@ def test_continuous_backpressure_never_corrupts_or_reorders():
     lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16)
     _run(lay, [(4, 16, 24, 4, OutMode.INT32), (6, 16, 20, 8, OutMode.INT8)], seed=10, stall=0.0,
          backpressure=0.8)
+
+
+_CONFIGS = [
+    dict(data_width=64, rows=2, lanes=16, weight_ports=2, group_size=16),
+    dict(data_width=64, rows=3, lanes=16, weight_ports=1, group_size=32),
+    dict(data_width=128, rows=2, lanes=32, weight_ports=1, group_size=16),
+    dict(data_width=64, rows=4, lanes=16, weight_ports=2, group_size=64),
+]
+
+
+@pytest.mark.parametrize("seed", [21, 22, 23, 24])
+def test_random_shapes_on_random_configs_match_golden(seed):
+    rng = np.random.default_rng(seed)
+    lay = _layout(**_CONFIGS[seed % len(_CONFIGS)])
+    shapes = [(int(rng.integers(1, 3 * lay.mm.rows + 1)), int(rng.integers(1, 5)) * lay.k_align,
+               int(rng.integers(1, 6)), int(rng.choice([4, 8])), int(rng.integers(0, 2))) for _ in range(3)]
+    _run(lay, shapes, seed=seed, stall=float(rng.uniform(0, 0.5)), backpressure=float(rng.uniform(0, 0.7)))
 
 
 # -- DMA commands -------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from hbmforge.generators.matmul.engine import MatmulEngine
 from hbmforge.generators.matmul.testing import EngineBench, random_case
 from hbmforge.layout import OutMode, derive_layout
 
-from conftest import tiny_config_dict
+from designs import tiny_config_dict
 
 
 def _rejects(make, exc, match):

@@ -476,7 +476,7 @@ def test_testing_packers_agree_with_host_packing():
     from hbmforge.generators.matmul import testing
     from hbmforge.layout import derive_layout
 
-    from conftest import tiny_config_dict
+    from designs import tiny_config_dict
 
     lay = derive_layout(parse_config(tiny_config_dict()))
     rng = np.random.default_rng(5)

@@ -89,13 +89,17 @@ def test_buffers_sit_in_the_hbm_bank_of_their_port(dev):
     assert dev.sim.mem_read(w0.address, 64) == b"\x5a" * 64
 
 
-def test_a_long_run_times_out_and_can_be_waited_for_again(dev):
-    copy(dev, 1 << 16)
-    t0 = time.monotonic()
-    with pytest.raises(DeviceTimeoutError, match="did not finish within 0.05 s"):
-        dev.wait(timeout=0.05)
-    assert time.monotonic() - t0 < 5
-    dev.wait(timeout=300)
+def test_a_long_run_times_out_and_can_be_waited_for_again(library):
+    # a memory throttled to half a byte per cycle makes the copy take millions of cycles,
+    # far longer than 0.05 s on any machine, whatever the simulation speed
+    with SimDevice(fixture_manifest(), library, bytes_per_cycle=0.5) as dev:
+        data, dst = copy(dev, 1 << 16)
+        t0 = time.monotonic()
+        with pytest.raises(DeviceTimeoutError, match="did not finish within 0.05 s"):
+            dev.wait(timeout=0.05)
+        assert time.monotonic() - t0 < 5
+        dev.wait(timeout=300)
+        assert dev.read(dst) == data.tobytes()
 
 
 def test_a_4k_crossing_is_reported_as_a_protocol_violation(dev):

@@ -3,6 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
+def _as_objects(value) -> np.ndarray:
+    """An object array of Python ints (NumPy cannot hold integers wider than 64 bits)."""
+    if isinstance(value, np.ndarray):
+        return value.astype(object)
+    return np.asarray(value, dtype=object)
+
+
 _half = np.vectorize(lambda s: (1 << (int(s) - 1)) if s > 0 else 0, otypes=[object])
 
 
@@ -15,7 +22,7 @@ def rshift_round(value, shift):
     shift = np.asarray(shift, dtype=np.int64)
     if np.any(shift < 0):
         raise ValueError("shift must be >= 0")
-    v = np.asarray(value).astype(object)
+    v = _as_objects(value)
     out = np.asarray((v + _half(shift)) >> shift.astype(object))
     return out if out.shape else int(out)
 
@@ -23,6 +30,6 @@ def rshift_round(value, shift):
 def saturate(value, bits: int):
     """Clamp to the signed range of ``bits`` bits."""
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    v = np.asarray(value).astype(object)
+    v = _as_objects(value)
     out = np.asarray(np.minimum(np.maximum(v, lo), hi))
     return out if out.shape else int(out)

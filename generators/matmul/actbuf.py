@@ -80,7 +80,7 @@ class ActivationBuffer(wiring.Component):
         cb = Signal()                           # bank being computed
         rows_left = Signal(32)
         kc = Signal.like(self.kc)
-        row = Signal(range(R))
+        row = Signal(range(max(R, 2)))                # never zero-width (R == 1)
         line = Signal(range(self._lines))
         block_rows = Signal(range(R + 1))
         m.d.comb += block_rows.eq(Mux(rows_left < R, rows_left, R))

@@ -46,7 +46,7 @@ class _SlotPacker(wiring.Component):
         if cb <= B:                                   # k columns fill one word
             k = B // cb
             sbuf = Signal(W, reset_less=True)
-            cnt = Signal(range(k))
+            cnt = Signal(range(max(k, 2)))          # k == 1: a constant 0 (never zero-width)
             flushing = Signal()
             oreg = Signal(W, reset_less=True)
             ovalid = Signal()

@@ -61,10 +61,10 @@ class FireScheduler(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, fpg = self._rows, self._fires_per_group
-        c = Signal(range(self._lines))            # chunk within the column
+        c = Signal(range(max(self._lines, 2)))    # chunk within the column (never zero-width)
         n = Signal(32)                            # column
         rows_left = Signal(32)                    # rows of this and later blocks
-        kc_m1 = Signal(range(self._lines))
+        kc_m1 = Signal(range(max(self._lines, 2)))
         n_m1 = Signal(32)
         active = self.active
 

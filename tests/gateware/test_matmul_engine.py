@@ -228,3 +228,10 @@ def test_engine_signature_matches_the_contract():
     eng._MustUse__silence = True                     # inspected, never elaborated
     assert eng.signature == MatmulEngineSignature(rows=3, weight_ports=2, data_width=64)
     assert eng.fifo_depth > eng.latency
+
+
+def test_single_row_single_line_engine_matches_golden():
+    """Degenerate sizes: one row (R = 1) and one activation line (max_k == lanes)."""
+    lay = _layout(rows=1, lanes=16, weight_ports=1, weight_bits=[4, 8], group_size=16, max_k=16)
+    _run(lay, [(3, 16, 4, 4, OutMode.INT32), (2, 16, 3, 8, OutMode.INT8), (1, 16, 1, 4, OutMode.INT32)],
+         seed=41)

@@ -101,6 +101,11 @@ def test_generated_verilog_passes_verilator_lint(design):
      {"rows": 1, "lanes": 32, "weight_ports": 2, "weight_bits": [4], "group_size": 32, "max_k": 128}),
     ("u280", {"data_width": 512, "id_width": 2, "max_burst_beats": 4, "max_outstanding": 32},
      {"rows": 3, "lanes": 128, "weight_ports": 4, "weight_bits": [8], "group_size": 128, "max_k": 256}),
+    # one row, one activation line (max_k == lanes), one column per output word
+    ("u280", {"data_width": 64},
+     {"rows": 1, "lanes": 16, "weight_ports": 1, "weight_bits": [4], "group_size": 16, "max_k": 16}),
+    ("u280", {"data_width": 64},
+     {"rows": 2, "lanes": 16, "weight_ports": 2, "weight_bits": [4, 8], "group_size": 16, "max_k": 256}),
 ])
 def test_other_shell_configurations_pass_lint(tmp_path, board, axi, engine):
     cfg = parse_config({"version": 1, "name": f"lint_{board}", "board": board, "axi": axi,

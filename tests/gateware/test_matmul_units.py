@@ -471,7 +471,7 @@ def test_components_name_bad_parameters():
 # -- §4 packers: ours vs the host's ----------------------------------------------------------------
 
 def test_testing_packers_agree_with_host_packing():
-    host = pytest.importorskip("hbmforge.host.packing")
+    from hbmforge.host import packing as host
     from hbmforge.config import parse_config
     from hbmforge.generators.matmul import testing
     from hbmforge.layout import derive_layout

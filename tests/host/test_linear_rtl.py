@@ -12,12 +12,11 @@ import pytest
 
 from hbmforge.config import parse_config
 from hbmforge.host import DeviceRunError, DeviceTimeoutError, Linear, ProgramBuilder, open_device
-from hbmforge.host.packing import pack_activations, pack_requant, pack_scales, pack_weights, unpack_output
+from hbmforge.host.packing import pack_activations, pack_requant, pack_scales, pack_weights
 from hbmforge.layout import ErrorCode, OutMode
 from hbmforge.numerics.program import SparseMemory, execute
 
 pytestmark = pytest.mark.rtl
-pytest.importorskip("hbmforge.emit", reason="needs the RTL emitter (hbmforge.emit)")
 
 TINY = {"version": 1, "name": "tiny_host", "board": "u280", "clock_mhz": 300,
         "axi": {"data_width": 64, "id_width": 4, "max_burst_beats": 16, "max_outstanding": 4},

@@ -7,7 +7,6 @@ the generated kernel.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -217,12 +216,7 @@ def test_hwh_places_each_master_on_its_ps_port_for_zynq_boards(tmp_path):
 
 
 # -- the same user code on the Verilator co-simulation ------------------------------------------
-def _cosim_available() -> bool:
-    return all(importlib.util.find_spec(m) is not None for m in ("hbmforge.emit", "hbmforge.sim.cosim"))
-
-
 @pytest.mark.rtl
-@pytest.mark.skipif(not _cosim_available(), reason="RTL emission / co-simulation not available yet")
 def test_pynq_user_runs_a_matmul_on_the_verilator_cosim(tiny_config, tmp_path):
     from hbmforge.host import open_device
 

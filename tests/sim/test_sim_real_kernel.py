@@ -8,7 +8,7 @@ import pytest
 from hbmforge.config import parse_config, starter_config
 from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, derive_layout
 
-emit = pytest.importorskip("hbmforge.emit", reason="hbmforge.emit (RTL generation) has not landed yet")
+from hbmforge import emit
 
 pytestmark = pytest.mark.rtl
 

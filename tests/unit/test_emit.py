@@ -1,7 +1,6 @@
 """hbmforge.emit: flat top-level ports, manifest, determinism, Verilator lint."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -189,8 +188,6 @@ def test_top_ports_reject_name_collisions():
 
 
 @pytest.mark.rtl
-@pytest.mark.skipif(importlib.util.find_spec("hbmforge.generators.matmul.engine") is None,
-                    reason="the matmul engine (generators/matmul/engine.py) is not there yet")
 def test_starter_design_with_the_matmul_engine_passes_lint(tmp_path):
     cfg = parse_config(starter_config("u280", name="starter"))
     d = generate(cfg, tmp_path)

@@ -12,6 +12,7 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints
 from .pipe import adder_tree, delay
 
 __all__ = ["GroupAccumulator"]
@@ -30,12 +31,7 @@ class GroupAccumulator(wiring.Component):
 
     def __init__(self, *, rows: int, groups: int, sum_shape, group_bits: int, scale_bits: int,
                  acc_bits: int, tag_layout, fires_per_group: int = 1, levels_per_stage: int = 2):
-        for name, v in (("rows", rows), ("groups", groups), ("fires_per_group", fires_per_group), ("group_bits", group_bits),
-                        ("scale_bits", scale_bits), ("acc_bits", acc_bits)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
+        require_positive_ints(rows=rows, groups=groups, fires_per_group=fires_per_group, group_bits=group_bits, scale_bits=scale_bits, acc_bits=acc_bits)
         if groups > 1 and fires_per_group > 1:
             raise ValueError(f"a fire holds several groups ({groups}) or a group spans several fires "
                              f"({fires_per_group}), not both")

@@ -13,6 +13,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints
 from .gearbox import WidthAdapter
 from .pipe import opaque_const
 
@@ -31,11 +32,7 @@ class ActivationBuffer(wiring.Component):
     """
 
     def __init__(self, *, rows: int, lanes: int, data_width: int, max_k: int):
-        for name, v in (("rows", rows), ("lanes", lanes), ("data_width", data_width), ("max_k", max_k)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
+        require_positive_ints(rows=rows, lanes=lanes, data_width=data_width, max_k=max_k)
         if max_k % lanes:
             raise ValueError(f"max_k {max_k} must be a multiple of lanes {lanes}")
         self._rows, self._lanes, self._width, self._max_k = rows, lanes, data_width, max_k

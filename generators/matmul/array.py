@@ -23,6 +23,7 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints, require_powers_of_two
 from .pipe import delay
 
 __all__ = ["MacArray"]
@@ -57,15 +58,8 @@ class MacArray(wiring.Component):
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, weight_shape, tag_layout,
                  levels_per_stage: int = 2):
-        for name, v in (("rows", rows), ("lanes", lanes), ("group_size", group_size),
-                        ("levels_per_stage", levels_per_stage)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
-        for name, v in (("lanes", lanes), ("group_size", group_size)):
-            if v & (v - 1):
-                raise ValueError(f"{name} must be a power of two, got {v}")
+        require_positive_ints(rows=rows, lanes=lanes, group_size=group_size, levels_per_stage=levels_per_stage)
+        require_powers_of_two(lanes=lanes, group_size=group_size)
         self._rows, self._lanes, self._group = rows, lanes, group_size
         self._span = min(lanes, group_size)              # lanes per group sum
         self._groups = max(1, lanes // group_size)       # group sums per fire

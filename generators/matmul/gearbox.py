@@ -14,6 +14,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints
+
 __all__ = ["WidthAdapter"]
 
 
@@ -30,11 +32,7 @@ class WidthAdapter(wiring.Component):
     """
 
     def __init__(self, in_width: int, out_width: int):
-        for name, v in (("in_width", in_width), ("out_width", out_width)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
+        require_positive_ints(in_width=in_width, out_width=out_width)
         if max(in_width, out_width) % min(in_width, out_width) or not _is_pow2(
                 max(in_width, out_width) // min(in_width, out_width)):
             raise ValueError(f"in_width {in_width} and out_width {out_width} must differ by a "

@@ -13,6 +13,8 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints
+
 __all__ = ["OutputPacker", "column_layout"]
 
 
@@ -147,11 +149,7 @@ class OutputPacker(wiring.Component):
     """
 
     def __init__(self, *, rows: int, data_width: int):
-        for name, v in (("rows", rows), ("data_width", data_width)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
+        require_positive_ints(rows=rows, data_width=data_width)
         if data_width % 8:
             raise ValueError(f"data_width must be a multiple of 8, got {data_width}")
         self._rows, self._width = rows, data_width

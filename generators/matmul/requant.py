@@ -21,6 +21,8 @@ from amaranth.hdl import Mux, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints
+
 __all__ = ["OutputStage"]
 
 _SPLIT = 31           # acc = ah * 2^31 + al
@@ -43,12 +45,7 @@ class OutputStage(wiring.Component):
 
     def __init__(self, *, rows: int, acc_bits: int, mult_bits: int = 32, max_out_shift: int = 63,
                  max_requant_shift: int = 127, tag_layout=None):
-        for name, v in (("rows", rows), ("acc_bits", acc_bits), ("mult_bits", mult_bits),
-                        ("max_out_shift", max_out_shift), ("max_requant_shift", max_requant_shift)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
+        require_positive_ints(rows=rows, acc_bits=acc_bits, mult_bits=mult_bits, max_out_shift=max_out_shift, max_requant_shift=max_requant_shift)
         if acc_bits > 62:
             raise ValueError(f"acc_bits must be at most 62, got {acc_bits}")
         if mult_bits != 32:

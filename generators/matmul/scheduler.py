@@ -14,6 +14,8 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints, require_powers_of_two
+
 __all__ = ["FireScheduler"]
 
 
@@ -21,14 +23,8 @@ class FireScheduler(wiring.Component):
     """Loop counters and the fire condition; ``*_take`` pop a stream, ``*_last`` end its packet."""
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, max_k: int):
-        for name, v in (("rows", rows), ("lanes", lanes), ("group_size", group_size), ("max_k", max_k)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
-        for name, v in (("lanes", lanes), ("group_size", group_size)):
-            if v & (v - 1):
-                raise ValueError(f"{name} must be a power of two, got {v}")
+        require_positive_ints(rows=rows, lanes=lanes, group_size=group_size, max_k=max_k)
+        require_powers_of_two(lanes=lanes, group_size=group_size)
         if max_k % max(lanes, group_size):
             raise ValueError(f"max_k {max_k} must be a multiple of max(lanes, group_size)")
         self._rows, self._lanes, self._group, self._max_k = rows, lanes, group_size, max_k

@@ -14,6 +14,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..streams import JobDone, dma_command_stream, matmul_job_layout
+from ..params import require_positive_ints, require_powers_of_two
 
 __all__ = ["JobSequencer", "ceil_div_const"]
 
@@ -65,16 +66,8 @@ class JobSequencer(wiring.Component):
 
     def __init__(self, *, rows: int, lanes: int, weight_ports: int, data_width: int, group_size: int,
                  max_k: int):
-        for name, v in (("rows", rows), ("lanes", lanes), ("weight_ports", weight_ports),
-                        ("data_width", data_width), ("group_size", group_size), ("max_k", max_k)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0:
-                raise ValueError(f"{name} must be positive, got {v}")
-        for name, v in (("lanes", lanes), ("weight_ports", weight_ports), ("data_width", data_width),
-                        ("group_size", group_size)):
-            if v & (v - 1):
-                raise ValueError(f"{name} must be a power of two, got {v}")
+        require_positive_ints(rows=rows, lanes=lanes, weight_ports=weight_ports, data_width=data_width, group_size=group_size, max_k=max_k)
+        require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width, group_size=group_size)
         if group_size < 16 or data_width < 64:
             raise ValueError(f"group_size must be >= 16 and data_width >= 64, got {group_size}, {data_width}")
         self._rows, self._lanes, self._ports = rows, lanes, weight_ports

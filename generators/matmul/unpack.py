@@ -12,6 +12,7 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..params import require_positive_ints, require_powers_of_two
 from .gearbox import WidthAdapter
 from .pipe import opaque_const
 
@@ -54,11 +55,8 @@ class WeightUnpacker(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8)):
-        for name, v in (("lanes", lanes), ("weight_ports", weight_ports), ("data_width", data_width)):
-            if not isinstance(v, int) or isinstance(v, bool):
-                raise TypeError(f"{name} must be an int, got {v!r}")
-            if v <= 0 or v & (v - 1):
-                raise ValueError(f"{name} must be a power of two, got {v}")
+        require_positive_ints(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
+        require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         weight_bits = tuple(sorted(weight_bits))
         if not weight_bits or any(b not in (4, 8) for b in weight_bits) or len(set(weight_bits)) != len(weight_bits):
             raise ValueError(f"weight_bits must be a non-empty subset of (4, 8), got {weight_bits!r}")

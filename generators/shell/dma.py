@@ -85,7 +85,37 @@ class _BurstSplitter:
         m.d.comb += self.beats.eq(Mux(to_page < bounded, to_page, bounded))
 
 
-class BurstReader(wiring.Component):
+class _BurstMover(wiring.Component):
+    """What a reader and a writer share: validated AXI parameters, a command stream, a bus."""
+
+    def __init__(self, members: dict, *, id_name: str, id_value: int, data_width: int, addr_width: int,
+                 id_width: int, max_burst_beats: int, max_outstanding: int, fifo_depth: int):
+        _check_common(data_width, addr_width, id_width, max_burst_beats, max_outstanding)
+        if not isinstance(id_value, int) or not 0 <= id_value < 1 << id_width:
+            raise ValueError(f"{id_name} must be an int in [0, {(1 << id_width) - 1}], got {id_value!r}")
+        if not isinstance(fifo_depth, int) or fifo_depth < max_burst_beats:
+            raise ValueError(f"fifo_depth must be an int >= max_burst_beats ({max_burst_beats}), "
+                             f"got {fifo_depth!r}")
+        self._data_width, self._addr_width, self._id_width = data_width, addr_width, id_width
+        self._id_value, self._max_burst_beats = id_value, max_burst_beats
+        self._max_outstanding, self._fifo_depth = max_outstanding, fifo_depth
+        super().__init__({
+            "cmd": In(dma_command_stream()),
+            **members,
+            "error": Out(1),
+            "clear": In(1),
+            "bus": Out(AXI4Signature(addr_width=addr_width, data_width=data_width, id_width=id_width)),
+        })
+
+    data_width = property(lambda self: self._data_width)
+    addr_width = property(lambda self: self._addr_width)
+    id_width = property(lambda self: self._id_width)
+    max_burst_beats = property(lambda self: self._max_burst_beats)
+    max_outstanding = property(lambda self: self._max_outstanding)
+    fifo_depth = property(lambda self: self._fifo_depth)
+
+
+class BurstReader(_BurstMover):
     """Reads memory for a stream of DmaCommands and delivers the words in order.
 
     Credits make R back-pressure-free: a burst is issued only when the data
@@ -103,32 +133,12 @@ class BurstReader(wiring.Component):
 
     def __init__(self, *, data_width: int, addr_width: int = 64, id_width: int = 4, arid: int = 0,
                  max_burst_beats: int = 32, max_outstanding: int = 8, fifo_depth: int | None = None):
-        _check_common(data_width, addr_width, id_width, max_burst_beats, max_outstanding)
-        if not isinstance(arid, int) or not 0 <= arid < 1 << id_width:
-            raise ValueError(f"arid must be an int in [0, {(1 << id_width) - 1}], got {arid!r}")
-        if fifo_depth is None:
-            fifo_depth = max_burst_beats * max_outstanding
-        if not isinstance(fifo_depth, int) or fifo_depth < max_burst_beats:
-            raise ValueError(f"fifo_depth must be an int >= max_burst_beats ({max_burst_beats}), "
-                             f"got {fifo_depth!r}")
-        self._data_width, self._addr_width, self._id_width = data_width, addr_width, id_width
-        self._arid, self._max_burst_beats = arid, max_burst_beats
-        self._max_outstanding, self._fifo_depth = max_outstanding, fifo_depth
-        super().__init__({
-            "cmd": In(dma_command_stream()),
-            "data": Out(word_stream(data_width)),
-            "error": Out(1),
-            "clear": In(1),
-            "bus": Out(AXI4Signature(addr_width=addr_width, data_width=data_width, id_width=id_width)),
-        })
+        super().__init__({"data": Out(word_stream(data_width))}, id_name="arid", id_value=arid,
+                         data_width=data_width, addr_width=addr_width, id_width=id_width,
+                         max_burst_beats=max_burst_beats, max_outstanding=max_outstanding,
+                         fifo_depth=max_burst_beats * max_outstanding if fifo_depth is None else fifo_depth)
 
-    data_width = property(lambda self: self._data_width)
-    addr_width = property(lambda self: self._addr_width)
-    id_width = property(lambda self: self._id_width)
-    arid = property(lambda self: self._arid)
-    max_burst_beats = property(lambda self: self._max_burst_beats)
-    max_outstanding = property(lambda self: self._max_outstanding)
-    fifo_depth = property(lambda self: self._fifo_depth)
+    arid = property(lambda self: self._id_value)
 
     def elaborate(self, platform):
         m = Module()
@@ -161,7 +171,7 @@ class BurstReader(wiring.Component):
         m.d.comb += issue.eq(active & ~ar_valid & (free >= sp.beats)
                              & (outstanding != self._max_outstanding))
         m.d.comb += [
-            bus.arvalid.eq(ar_valid), bus.arid.eq(self._arid), bus.arsize.eq(sp.shift),
+            bus.arvalid.eq(ar_valid), bus.arid.eq(self._id_value), bus.arsize.eq(sp.shift),
             bus.arburst.eq(BURST_INCR), bus.arlock.eq(0), bus.arcache.eq(AXCACHE),
             bus.arprot.eq(0), bus.arqos.eq(0), bus.arregion.eq(0),
         ]
@@ -207,7 +217,7 @@ class BurstReader(wiring.Component):
         return m
 
 
-class BurstWriter(wiring.Component):
+class BurstWriter(_BurstMover):
     """Writes a word stream to memory, one DmaCommand at a time, and reports each one done.
 
     Store-and-forward per burst: AW is issued only when the data FIFO already
@@ -221,33 +231,12 @@ class BurstWriter(wiring.Component):
 
     def __init__(self, *, data_width: int, addr_width: int = 64, id_width: int = 4, awid: int = 0,
                  max_burst_beats: int = 32, max_outstanding: int = 8, fifo_depth: int | None = None):
-        _check_common(data_width, addr_width, id_width, max_burst_beats, max_outstanding)
-        if not isinstance(awid, int) or not 0 <= awid < 1 << id_width:
-            raise ValueError(f"awid must be an int in [0, {(1 << id_width) - 1}], got {awid!r}")
-        if fifo_depth is None:
-            fifo_depth = 2 * max_burst_beats
-        if not isinstance(fifo_depth, int) or fifo_depth < max_burst_beats:
-            raise ValueError(f"fifo_depth must be an int >= max_burst_beats ({max_burst_beats}), "
-                             f"got {fifo_depth!r}")
-        self._data_width, self._addr_width, self._id_width = data_width, addr_width, id_width
-        self._awid, self._max_burst_beats = awid, max_burst_beats
-        self._max_outstanding, self._fifo_depth = max_outstanding, fifo_depth
-        super().__init__({
-            "cmd": In(dma_command_stream()),
-            "data": In(word_stream(data_width)),
-            "done": Out(stream.Signature(JobDone)),
-            "error": Out(1),
-            "clear": In(1),
-            "bus": Out(AXI4Signature(addr_width=addr_width, data_width=data_width, id_width=id_width)),
-        })
+        super().__init__({"data": In(word_stream(data_width)), "done": Out(stream.Signature(JobDone))},
+                         id_name="awid", id_value=awid, data_width=data_width, addr_width=addr_width,
+                         id_width=id_width, max_burst_beats=max_burst_beats, max_outstanding=max_outstanding,
+                         fifo_depth=2 * max_burst_beats if fifo_depth is None else fifo_depth)
 
-    data_width = property(lambda self: self._data_width)
-    addr_width = property(lambda self: self._addr_width)
-    id_width = property(lambda self: self._id_width)
-    awid = property(lambda self: self._awid)
-    max_burst_beats = property(lambda self: self._max_burst_beats)
-    max_outstanding = property(lambda self: self._max_outstanding)
-    fifo_depth = property(lambda self: self._fifo_depth)
+    awid = property(lambda self: self._id_value)
 
     def elaborate(self, platform):
         m = Module()
@@ -289,7 +278,7 @@ class BurstWriter(wiring.Component):
         m.d.comb += issue.eq(active & ~aw_valid & (avail >= sp.beats) & track.w_rdy)   # see BurstReader
         m.d.sync += avail.eq(avail + push - Mux(issue, sp.beats, 0))
         m.d.comb += [
-            bus.awvalid.eq(aw_valid), bus.awid.eq(self._awid), bus.awsize.eq(sp.shift),
+            bus.awvalid.eq(aw_valid), bus.awid.eq(self._id_value), bus.awsize.eq(sp.shift),
             bus.awburst.eq(BURST_INCR), bus.awlock.eq(0), bus.awcache.eq(AXCACHE),
             bus.awprot.eq(0), bus.awqos.eq(0), bus.awregion.eq(0),
         ]

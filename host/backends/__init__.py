@@ -7,3 +7,31 @@ backends opened by name (``pynq``, ``xrt``); ``target`` is what the user passed
 to ``hbmforge.host.open_device`` (a config, a config path or a build directory
 holding manifest.json and the bitstream/xclbin).
 """
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def built_design(target, *, backend: str, build_dir, artifact: str, artifact_path=None):
+    """``(manifest, artifact path)`` of a generated design that a board backend runs.
+
+    ``target`` is the design directory or its manifest.json; the bitstream or
+    xclbin (``artifact``: "bit" or "xclbin") defaults to ``<kernel>.<artifact>``
+    in that directory or its ``package/`` subdirectory.
+    """
+    from ..manifest import Manifest
+
+    if build_dir is not None:
+        raise ValueError(f"the {backend} backend runs a built {artifact} file; build_dir applies to the "
+                         "sim backend only")
+    design = Path(target)
+    if design.is_file() and design.name == "manifest.json":
+        design = design.parent
+    if not (design / "manifest.json").is_file():
+        raise ValueError(f"the {backend} backend needs the directory of a generated design (with "
+                         f"manifest.json and the .{artifact} built from it), got {target!r}")
+    manifest = Manifest.load(design)
+    if artifact_path is None:
+        candidates = [design / f"{manifest.kernel}.{artifact}", design / "package" / f"{manifest.kernel}.{artifact}"]
+        artifact_path = next((c for c in candidates if c.is_file()), candidates[0])
+    return manifest, artifact_path

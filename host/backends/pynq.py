@@ -20,6 +20,7 @@ import numpy as np
 
 from hbmforge.kernel_interface import CONTROL_RANGE, pynq_registers
 
+from . import built_design
 from ..device import Buffer, Device
 from ..errors import DesignMismatchError
 from ..manifest import Manifest, PortSpec
@@ -44,18 +45,8 @@ def open_device(target, *, build_dir=None, bitfile=None, **options) -> "PynqDevi
     ``bitfile`` defaults to ``<kernel>.bit`` in that directory or its
     ``package/`` subdirectory (where bd.tcl leaves it, next to the .hwh).
     """
-    if build_dir is not None:
-        raise ValueError("the pynq backend loads a built overlay; build_dir applies to the sim backend only")
-    design = Path(target)
-    if design.is_file() and design.name == "manifest.json":
-        design = design.parent
-    if not (design / "manifest.json").is_file():
-        raise ValueError(f"the pynq backend needs the directory of a generated design (with manifest.json "
-                         f"and the overlay built from it), got {target!r}")
-    manifest = Manifest.load(design)
-    if bitfile is None:
-        candidates = [design / f"{manifest.kernel}.bit", design / "package" / f"{manifest.kernel}.bit"]
-        bitfile = next((c for c in candidates if c.is_file()), candidates[0])
+    manifest, bitfile = built_design(target, backend="pynq", build_dir=build_dir, artifact="bit",
+                                     artifact_path=bitfile)
     return PynqDevice(manifest, bitfile, **options)
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from hbmforge.kernel_interface import compute_unit, pointer_arg_of_port
 
+from . import built_design
 from ..device import Buffer, Device
 from ..errors import DesignMismatchError, DeviceError
 from ..manifest import PortSpec
@@ -53,20 +54,8 @@ def open_device(target, *, build_dir=None, xclbin=None, device=0, **options) -> 
     ``xclbin`` defaults to ``<kernel>.xclbin`` in that directory or its
     ``package/`` subdirectory (where the Vitis flow leaves it).
     """
-    from ..manifest import Manifest
-
-    if build_dir is not None:
-        raise ValueError("the xrt backend runs a built xclbin; build_dir applies to the sim backend only")
-    design = Path(target)
-    if design.is_file() and design.name == "manifest.json":
-        design = design.parent
-    if not (design / "manifest.json").is_file():
-        raise ValueError(f"the xrt backend needs the directory of a generated design (with manifest.json "
-                         f"and the xclbin built from it), got {target!r}")
-    manifest = Manifest.load(design)
-    if xclbin is None:
-        candidates = [design / f"{manifest.kernel}.xclbin", design / "package" / f"{manifest.kernel}.xclbin"]
-        xclbin = next((c for c in candidates if c.is_file()), candidates[0])
+    manifest, xclbin = built_design(target, backend="xrt", build_dir=build_dir, artifact="xclbin",
+                                    artifact_path=xclbin)
     return XrtDevice(manifest, xclbin, device=device, **options)
 
 

@@ -12,6 +12,8 @@ import random
 from collections import deque
 from dataclasses import dataclass, field
 
+from sim_helpers import rejects
+
 RESP_OKAY, RESP_SLVERR = 0, 2
 
 
@@ -384,29 +386,6 @@ def set_dma_command(ctx, payload, item):
     ctx.set(payload.bytes, nbytes)
 
 
-class SimTimeout(AssertionError):
-    pass
-
-
-def watchdog(cycles: int, period: float = 1e-8):
-    """A background testbench that fails the simulation after ``cycles`` clock periods."""
-    async def bench(ctx):
-        await ctx.delay(cycles * period)
-        raise SimTimeout(f"simulation did not finish within {cycles} cycles")
-    return bench
-
-
 def assert_rejects(cls, kwargs, exc, match):
     """``cls(**kwargs)`` raises ``exc`` matching ``match`` (without an UnusedElaboratable warning)."""
-    import gc
-    import warnings
-
-    import pytest
-    from amaranth.hdl import UnusedElaboratable
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(exc, match=match) as info:
-            cls(**kwargs)
-        del info
-        gc.collect()
+    rejects(lambda: cls(**kwargs), exc, match)

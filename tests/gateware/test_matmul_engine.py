@@ -18,21 +18,10 @@ from hbmforge.generators.matmul.testing import EngineBench, random_case
 from hbmforge.layout import OutMode, derive_layout
 
 from designs import tiny_config_dict
+from sim_helpers import rejects
 
 
-def _rejects(make, exc, match):
-    """``make()`` raises ``exc`` matching ``match``; the half-built component warns about nothing."""
-    import gc
-    import warnings
-
-    from amaranth.hdl import UnusedElaboratable
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(exc, match=match) as info:
-            make()
-        del info
-        gc.collect()
+_rejects = rejects
 
 
 def _layout(data_width=64, **engine):

@@ -18,31 +18,14 @@ from hbmforge.generators.matmul.requant import OutputStage
 from hbmforge.generators.matmul.sequencer import ceil_div_const
 from hbmforge.generators.matmul.unpack import WeightUnpacker, _widen_nibbles
 from hbmforge.numerics.fixed import rshift_round, saturate
+from sim_helpers import rejects, simulate
 
 
-def _rejects(make, exc, match):
-    """``make()`` raises ``exc`` matching ``match``; the half-built component warns about nothing."""
-    import gc
-    import warnings
-
-    from amaranth.hdl import UnusedElaboratable
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UnusedElaboratable)
-        with pytest.raises(exc, match=match) as info:
-            make()
-        del info
-        gc.collect()
+_rejects = rejects
 
 
 def _sim(dut, *benches, background=()):
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    for b in background:
-        sim.add_testbench(b, background=True)
-    for b in benches:
-        sim.add_testbench(b)
-    sim.run()
+    simulate(dut, *benches, background=background)
 
 
 async def _wait(ctx, cond, *samples):

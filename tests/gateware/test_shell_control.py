@@ -9,7 +9,8 @@ from amaranth.sim import Simulator
 from hbmforge.config import parse_config, starter_config
 from hbmforge.generators.shell.control import CTRL_BITS, ControlSlave
 from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, DesignLayout, derive_layout
-from shell_axi_model import AxiLiteHost, assert_rejects, watchdog
+from shell_axi_model import AxiLiteHost, assert_rejects
+from sim_helpers import watchdog
 
 AP_START, AP_DONE, AP_IDLE, AP_READY = (1 << CTRL_BITS[k] for k in ("ap_start", "ap_done", "ap_idle", "ap_ready"))
 

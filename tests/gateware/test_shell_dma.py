@@ -4,11 +4,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth.sim import Simulator
 
 from hbmforge.generators.shell.dma import BurstReader, BurstWriter
+from sim_helpers import simulate
 from shell_axi_model import (AxiMemoryPort, SparseMemory, set_dma_command, stream_recv,
-                             stream_send, watchdog, assert_rejects)
+                             stream_send, assert_rejects)
 
 W = 64
 B = W // 8
@@ -24,14 +24,7 @@ def _fill(mem, rng, addr, nbytes):
 
 
 def _run(dut, *benches, background=(), deadline=50_000):
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    for b in background:
-        sim.add_testbench(b, background=True)
-    for b in benches:
-        sim.add_testbench(b)
-    sim.add_testbench(watchdog(deadline), background=True)
-    sim.run()
+    simulate(dut, *benches, background=background, deadline=deadline)
 
 
 def _read_scenario(*, commands, max_burst=8, outstanding=4, fifo_depth=None, stall=0.25,

@@ -14,7 +14,8 @@ from amaranth.sim import Simulator
 from hbmforge.config import parse_config
 from hbmforge.generators.shell.kernel import Kernel
 from hbmforge.layout import DesignLayout, ErrorCode, Opcode, OutMode, derive_layout
-from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory, assert_rejects, watchdog
+from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory, assert_rejects
+from sim_helpers import watchdog
 from shell_fixture_engine import CopyEngine, expected_bytes
 
 AP_DONE, AP_IDLE = 0b0010, 0b0100

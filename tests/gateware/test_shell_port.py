@@ -7,7 +7,8 @@ from amaranth.sim import Simulator
 
 from hbmforge.generators.shell.port import AxiPort
 from shell_axi_model import (AxiMemoryPort, SparseMemory, assert_rejects, set_dma_command,
-                             stream_recv, stream_send, watchdog)
+                             stream_recv, stream_send)
+from sim_helpers import watchdog
 
 W = 64
 B = W // 8

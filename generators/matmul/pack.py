@@ -28,8 +28,8 @@ def _pow2_ratio(a: int, b: int) -> bool:
     return hi % lo == 0 and not (hi // lo) & (hi // lo - 1)
 
 
-class _SlotPacker(wiring.Component):
-    """Columns of exactly ``col_bytes`` bytes -> words, when one divides the other."""
+class _ColumnPacker(wiring.Component):
+    """Ports shared by the packers: columns of ``col_bytes`` bytes in, ``data_width``-bit words out."""
 
     def __init__(self, col_bytes: int, data_width: int):
         self._cb, self._width = col_bytes, data_width
@@ -39,6 +39,10 @@ class _SlotPacker(wiring.Component):
             "o": Out(stream.Signature(data_width)),
             "finished": Out(1),
         })
+
+
+class _SlotPacker(_ColumnPacker):
+    """Columns of exactly ``col_bytes`` bytes -> words, when one divides the other."""
 
     def elaborate(self, platform):
         m = Module()
@@ -93,7 +97,7 @@ class _SlotPacker(wiring.Component):
         return m
 
 
-class _GearboxPacker(wiring.Component):
+class _GearboxPacker(_ColumnPacker):
     """Columns of ``col_bytes`` bytes -> words for any size: a byte gearbox.
 
     The buffer holds two words plus a column; a column is placed at the fill
@@ -102,14 +106,8 @@ class _GearboxPacker(wiring.Component):
     """
 
     def __init__(self, col_bytes: int, data_width: int):
-        self._cb, self._width = col_bytes, data_width
         self._cap = 2 * (data_width // 8) + col_bytes
-        super().__init__({
-            "i": In(stream.Signature(data.StructLayout({"col": 8 * col_bytes, "last": 1}))),
-            "start": In(1),
-            "o": Out(stream.Signature(data_width)),
-            "finished": Out(1),
-        })
+        super().__init__(col_bytes, data_width)
 
     def elaborate(self, platform):
         m = Module()

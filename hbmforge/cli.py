@@ -28,6 +28,22 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+def _write_text(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as err:
+        _fail(f"cannot write {path}: {err.strerror or err}")
+
+
+def _generate(cfg, out_dir: Path):
+    from .emit import generate
+
+    try:
+        return generate(cfg, out_dir)
+    except OSError as err:
+        _fail(f"cannot write the design into {out_dir}: {err.strerror or err}")
+
+
 def _load(config: Path):
     try:
         return load_config(config)
@@ -87,7 +103,7 @@ def init(board: str = typer.Option(..., "--board", "-b", help="Board name (see `
         _fail(f"{output} exists; pass --force to overwrite it")
     header = (f"# hbmforge accelerator config (written by `hbmforge init --board {board}`)\n"
               f"# Schema: `hbmforge schema`; check with `hbmforge validate {output}`.\n")
-    output.write_text(header + dump_yaml(data))
+    _write_text(output, header + dump_yaml(data))
     console.print(f"wrote {output} for board {board}")
 
 
@@ -126,7 +142,7 @@ def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="W
     """Print the JSON Schema of accelerator configs."""
     text = json.dumps(json_schema(), indent=2)
     if output:
-        output.write_text(text + "\n")
+        _write_text(output, text + "\n")
         console.print(f"wrote {output}")
     else:
         sys.stdout.write(text + "\n")
@@ -139,11 +155,11 @@ def gen(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         package: bool = typer.Option(True, "--package/--no-package",
                                      help="Render Vitis/Vivado packaging scripts.")):
     """Generate the Verilog top, manifest.json and packaging scripts."""
-    from .emit import generate, lint as run_lint
+    from .emit import lint as run_lint
 
     cfg = _load(config)
     with console.status("generating RTL with Amaranth..."):
-        design = generate(cfg, output)
+        design = _generate(cfg, output)
     console.print(f"wrote {design.verilog_path} and {design.manifest_path}")
     if lint:
         with console.status("verilator --lint-only -Wall ..."):
@@ -170,7 +186,10 @@ def sim(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
     from .regression import run_regression
 
     cfg = _load(config)
-    result = run_regression(cfg, seed=seed, test_filter=tests, build_dir=build_dir, console=console)
+    try:
+        result = run_regression(cfg, seed=seed, test_filter=tests, build_dir=build_dir, console=console)
+    except ValueError as err:
+        _fail(str(err))
     console.print(f"cocotb: {result.passed} passed, {result.failed} failed, {result.skipped} skipped "
                   f"({result.seconds:.1f} s)")
     if result.failed or result.passed == 0:
@@ -234,20 +253,22 @@ def quickstart(board: str = typer.Option("u280", "--board", "-b", help="Board to
                n: int = typer.Option(512, "--n")):
     """The main job: starter config -> RTL -> Verilator model -> int4 Linear layer, with a report."""
     from .boards import UnknownBoardError
-    from .emit import generate, lint as run_lint
+    from .emit import lint as run_lint
     from .runner import LayerRunError, run_linear
 
-    directory.mkdir(parents=True, exist_ok=True)
-    cfg_path = directory / f"{board}.yaml"
     try:
         data = starter_config(board)
+        directory.mkdir(parents=True, exist_ok=True)
     except UnknownBoardError as err:
         _fail(str(err))
-    cfg_path.write_text(dump_yaml(data))
+    except OSError as err:
+        _fail(f"cannot create {directory}: {err.strerror or err}")
+    cfg_path = directory / f"{board}.yaml"
+    _write_text(cfg_path, dump_yaml(data))
     console.print(f"[bold]1/4[/] wrote starter config {cfg_path}")
     cfg = _load(cfg_path)
     with console.status("generating RTL..."):
-        design = generate(cfg, directory / "rtl")
+        design = _generate(cfg, directory / "rtl")
         run_lint(design.verilog_path)
     console.print(f"[bold]2/4[/] generated {design.verilog_path} (lint clean) and {design.manifest_path}")
     console.print("[bold]3/4[/] building the Verilator co-simulation and running an int4 Linear layer")

@@ -34,17 +34,17 @@ def run_regression(cfg: AcceleratorConfig, *, seed: int = 1, test_filter: str | 
     from .sim.cocotb_runner import run_cocotb
 
     t0 = time.monotonic()
-    out = Path(build_dir) if build_dir is not None else Path(tempfile.mkdtemp(prefix=f"hbmforge-{cfg.name}-"))
-    design = generate(cfg, out / "rtl")
-    if console is not None:
-        console.print(f"generated {design.verilog_path}; building the cocotb model with Verilator")
     testcase = None
-    if test_filter:
+    if test_filter:                     # checked before the (slow) generation and build
         from .sim import tb_kernel
 
         testcase = [name for name in dir(tb_kernel) if name.startswith("test_") and test_filter in name]
         if not testcase:
             raise ValueError(f"no cocotb test name contains {test_filter!r}")
+    out = Path(build_dir) if build_dir is not None else Path(tempfile.mkdtemp(prefix=f"hbmforge-{cfg.name}-"))
+    design = generate(cfg, out / "rtl")
+    if console is not None:
+        console.print(f"generated {design.verilog_path}; building the cocotb model with Verilator")
     res = run_cocotb([design.verilog_path], cfg.name, "hbmforge.sim.tb_kernel", testcase=testcase,
                      test_dir=out / "cocotb", seed=seed, progress=console is not None,
                      extra_env={"HBMFORGE_MANIFEST": str(Path(design.manifest_path).resolve()),

@@ -120,3 +120,18 @@ def test_sim_runs_the_cocotb_regression(tiny_yaml, tmp_path):
     res = invoke("sim", tiny_yaml, "-k", "identity", "--build-dir", tmp_path / "b")
     assert res.exit_code == 0, res.output
     assert "1 passed, 0 failed" in res.output
+
+
+def test_unwritable_outputs_are_one_line_errors(tmp_path, tiny_yaml):
+    missing = tmp_path / "no" / "such" / "dir"
+    for args in (("init", "--board", "u280", "-o", missing / "x.yaml"),
+                 ("schema", "-o", missing / "s.json"),
+                 ("gen", tiny_yaml, "-o", tiny_yaml, "--no-lint")):
+        res = invoke(*args)
+        assert res.exit_code == 2, args
+        assert "error: cannot write" in res.output and "Traceback" not in res.output
+
+
+def test_sim_filter_that_matches_nothing_fails_before_building(tiny_yaml):
+    res = invoke("sim", tiny_yaml, "-k", "no_such_test")
+    assert res.exit_code == 2 and "no cocotb test name contains 'no_such_test'" in res.output

@@ -52,9 +52,7 @@ def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits: int, se
     try:
         lin = Linear.from_float(w, bits=wbits, device=dev)
         aq = quantize_activations_per_token(x)
-        from .host.linear import choose_out_shift
-
-        shift = choose_out_shift(lin.acc_bound(aq.q), dev.manifest.layout.widths.max_out_shift)
+        shift = lin.out_shift_for(aq.q)
         t0 = time.perf_counter()
         yi = lin.forward_int(aq.q, out_shift=shift, timeout=timeout)
         wall = time.perf_counter() - t0
@@ -64,7 +62,7 @@ def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits: int, se
         raise LayerRunError(f"device error: {err}") from None
     finally:
         dev.close()
-    y = yi.astype(np.float64) * 2.0 ** shift * aq.scale[:, None] * lin.row_scale[None, :]
+    y = lin.dequantize_int32(yi, shift, aq.scale)
     ref = x.astype(np.float64) @ w.astype(np.float64).T
     c = run.counters
     mm = cfg.matmul

@@ -261,6 +261,15 @@ class Linear:
         out[:, :xq.shape[1]] = xq
         return out
 
+    def out_shift_for(self, xq) -> int:
+        """The smallest INT32-mode shift that cannot saturate for these int8 inputs."""
+        return choose_out_shift(self.acc_bound(xq), self._lay.widths.max_out_shift)
+
+    def dequantize_int32(self, yi, out_shift: int, act_scale) -> np.ndarray:
+        """float64 ``x @ w.T`` from INT32 device output: ``y * 2^out_shift * x_scale[m] * row_scale[n]``."""
+        act_scale = np.asarray(act_scale, dtype=np.float64)
+        return np.asarray(yi).astype(np.float64) * (2.0 ** out_shift) * act_scale[:, None] * self._row_scale[None, :]
+
     def forward_int(self, xq, *, out_shift: int | None = None, requant=None, timeout: float = 60.0) -> np.ndarray:
         """Raw device output for int8 ``xq`` [M, K]: int32 (``out_shift``, default: the
         smallest that cannot saturate) or, with ``requant=(mult, shift)`` per column, int8."""
@@ -271,7 +280,7 @@ class Linear:
                 raise ValueError(f"requant mult and shift must each have {self._n} entries (one per column)")
             return self._run(xq, OutMode.INT8, 0, pack_requant(mult, shift, self._lay), timeout)
         if out_shift is None:
-            out_shift = choose_out_shift(self.acc_bound(xq), self._lay.widths.max_out_shift)
+            out_shift = self.out_shift_for(xq)
         return self._run(xq, OutMode.INT32, out_shift, None, timeout)
 
     def golden_int(self, xq, *, out_shift: int | None = None, requant=None) -> np.ndarray:
@@ -282,7 +291,7 @@ class Linear:
             mult, shift = (np.asarray(a, dtype=np.int64).reshape(-1) for a in requant)
             return matmul_int8(xq, self._q, self._mant, g, mult, shift)
         if out_shift is None:
-            out_shift = choose_out_shift(self.acc_bound(xq), self._lay.widths.max_out_shift)
+            out_shift = self.out_shift_for(xq)
         return matmul_int32(xq, self._q, self._mant, g, out_shift)
 
     # -- float interface ---------------------------------------------------------------
@@ -301,9 +310,9 @@ class Linear:
                 .astype(np.float64) * out_scale
         else:
             aq = quantize_activations_per_token(x2)
-            shift = choose_out_shift(self.acc_bound(aq.q), self._lay.widths.max_out_shift)
+            shift = self.out_shift_for(aq.q)
             yi = self.forward_int(aq.q, out_shift=shift, timeout=timeout)
-            y = yi.astype(np.float64) * (2.0 ** shift) * aq.scale[:, None] * self._row_scale[None, :]
+            y = self.dequantize_int32(yi, shift, aq.scale)
         y = y.astype(np.float32)
         return y[0] if squeeze else y
 

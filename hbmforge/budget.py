@@ -44,13 +44,16 @@ def estimate_resources(cfg: AcceleratorConfig) -> ResourceEstimate:
     # DSPs: one per 8x8 MAC lane, group-scale and requant multipliers per row.
     dsp_scale = mm.rows * groups_per_fire * math.ceil(w.group_bits / 27) * math.ceil(mm.scale_bits / 18)
     dsp_requant = mm.rows * math.ceil(w.acc_bits / 27) * math.ceil(w.mult_bits / 18)
-    dsp = macs + dsp_scale + dsp_requant
+    # 2-bit and ternary products are a few LUTs each (sign-select/small multiply), not DSPs
+    small = w.max_wbits <= 2
+    dsp = (0 if small else macs) + dsp_scale + dsp_requant
     # LUTs: adder tree per row (about one LUT per sum bit per input), accumulators,
     # unpacker muxes, and a fixed cost per AXI port and for control.
     lut_tree = mm.rows * mm.lanes * (w.chunk_bits + 2)
     lut_acc = mm.rows * (w.acc_bits + w.group_bits) * 2
     lut_ports = len(lay.ports) * 1500 + 4000
-    lut = lut_tree + lut_acc + lut_ports + mm.lanes * max(mm.weight_bits) * 2
+    lut_small = macs * 9 if small else 0
+    lut = lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2
     ff = 2 * lut
     # BRAM: double-buffered activations (rows x max_k bytes), reader FIFOs per port.
     act = 2 * mm.rows * _bram_for(mm.lanes * 8, mm.max_k // mm.lanes)

@@ -22,6 +22,7 @@ __all__ = [
     "CONFIG_VERSION",
     "AxiParams",
     "MatmulEngine",
+    "AttentionEngine",
     "AcceleratorConfig",
     "ConfigError",
     "load_config",
@@ -73,8 +74,17 @@ class MatmulEngine(_Strict):
     rows: int = Field(4, ge=1, le=64, description="activation rows computed in parallel (weight reuse)")
     lanes: int = Field(64, description="K elements multiplied per cycle per row (power of two)")
     weight_ports: int = Field(1, description="memory ports that stream weights (power of two)")
-    weight_bits: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8],
-                                             description="weight widths this engine accepts at run time")
+    weight_bits: list[Literal[2, 4, 8, "ternary"]] = Field(
+        default_factory=lambda: [4, 8],
+        description="weight formats this engine accepts at run time: 2, 4, 8 (two's complement) "
+                    "and 'ternary' ({-1, 0, +1}, packed as `ternary_packing` says)")
+    ternary_packing: Literal["2bit", "5trit"] = Field(
+        "2bit", description="ternary weights in memory: '2bit' (one 2-bit code per weight) or "
+                            "'5trit' (five base-3 digits per byte, 1.6 bits per weight)")
+    arch: Literal["mac", "tlmm"] = Field(
+        "mac", description="'mac': multiplier array (sign-select for ternary); 'tlmm': ternary "
+                           "table-lookup matmul (weight_bits must be ['ternary'])")
+    tlmm_group: int = Field(4, ge=2, le=5, description="tlmm: activations per lookup-table group (g)")
     group_size: int = Field(128, description="K elements sharing one weight scale (power of two)")
     scale_bits: int = Field(16, ge=4, le=16, description="bits of each unsigned group-scale mantissa (stored as u16)")
     max_k: int = Field(4096, description="largest K (on-chip activation buffer depth)")
@@ -105,13 +115,16 @@ class MatmulEngine(_Strict):
     @classmethod
     def _wbits(cls, v: list[int]) -> list[int]:
         if not v:
-            raise ValueError("weight_bits must list at least one of 4, 8")
+            raise ValueError("weight_bits must list at least one of 2, 4, 8, 'ternary'")
         if len(set(v)) != len(v):
             raise ValueError(f"weight_bits has duplicates: {v}")
-        return sorted(v)
+        return sorted(v, key=lambda b: 0 if b == "ternary" else b)
 
     @model_validator(mode="after")
     def _k(self) -> "MatmulEngine":
+        if self.arch == "tlmm" and list(self.weight_bits) != ["ternary"]:
+            raise ValueError(f"arch 'tlmm' computes ternary weights only: weight_bits must be "
+                             f"['ternary'], got {list(self.weight_bits)}")
         align = max(self.lanes, self.group_size)
         if self.max_k < align or self.max_k % align or self.max_k > 1 << 20:
             raise ValueError(
@@ -120,7 +133,73 @@ class MatmulEngine(_Strict):
         return self
 
 
-Engine = Annotated[Union[MatmulEngine], Field(discriminator="kind")]
+class AttentionEngine(_Strict):
+    """Attention over a paged int8/int4 KV cache: decode (GQA) and tiled causal prefill.
+
+    Each tile holds ``rows`` query rows that share one KV head (the query heads of a
+    GQA group in decode, consecutive positions in prefill); every K/V word read from
+    memory serves all rows. K pages stream on port ``w0``, V pages on ``w<kv_ports-1>``.
+    """
+
+    kind: Literal["attention"] = "attention"
+    name: str = Field("attn0", description="engine instance name (identifier)")
+    head_dim: int = Field(128, description="elements per head (power of two)")
+    rows: int = Field(8, description="query rows per tile sharing each K/V read (power of two)")
+    kv_bits: list[Literal[4, 8]] = Field(default_factory=lambda: [4, 8],
+                                         description="KV cache widths this engine accepts at run time")
+    kv_group_size: int = Field(32, description="head_dim elements sharing one K/V scale (power of two)")
+    page_tokens: int = Field(16, description="tokens per KV cache page (power of two)")
+    max_context: int = Field(8192, description="longest context a sequence may reach, in tokens")
+    kv_ports: Literal[1, 2] = Field(1, description="1: K and V share port w0; 2: K on w0, V on w1")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _IDENT.match(v):
+            raise ValueError(f"name must match {_IDENT.pattern}, got {v!r}")
+        return v
+
+    @field_validator("head_dim")
+    @classmethod
+    def _head_dim(cls, v: int) -> int:
+        return _power_of_two(v, "head_dim", 16, 256)
+
+    @field_validator("rows")
+    @classmethod
+    def _rows(cls, v: int) -> int:
+        return _power_of_two(v, "rows", 1, 32)
+
+    @field_validator("kv_group_size")
+    @classmethod
+    def _kv_group(cls, v: int) -> int:
+        return _power_of_two(v, "kv_group_size", 8, 256)
+
+    @field_validator("page_tokens")
+    @classmethod
+    def _page(cls, v: int) -> int:
+        return _power_of_two(v, "page_tokens", 4, 1024)
+
+    @field_validator("kv_bits")
+    @classmethod
+    def _kv_bits(cls, v: list[int]) -> list[int]:
+        if not v:
+            raise ValueError("kv_bits must list at least one of 4, 8")
+        if len(set(v)) != len(v):
+            raise ValueError(f"kv_bits has duplicates: {v}")
+        return sorted(v)
+
+    @model_validator(mode="after")
+    def _shape(self) -> "AttentionEngine":
+        if self.kv_group_size > self.head_dim:
+            raise ValueError(f"kv_group_size {self.kv_group_size} must divide head_dim {self.head_dim}")
+        if self.max_context < self.page_tokens or self.max_context % self.page_tokens \
+                or self.max_context > 1 << 20:
+            raise ValueError(f"max_context must be a multiple of page_tokens = {self.page_tokens} "
+                             f"and at most 1048576, got {self.max_context}")
+        return self
+
+
+Engine = Annotated[Union[MatmulEngine, AttentionEngine], Field(discriminator="kind")]
 
 
 class AcceleratorConfig(_Strict):
@@ -131,8 +210,8 @@ class AcceleratorConfig(_Strict):
     board: str = Field(description="board name, one of `hbmforge boards`")
     clock_mhz: float | None = Field(None, gt=0, le=1000, description="kernel clock; default: the board's")
     axi: AxiParams = Field(default_factory=AxiParams)
-    engines: list[Engine] = Field(min_length=1, max_length=1,
-                                  description="engines in the kernel (this release: exactly one matmul)")
+    engines: list[Engine] = Field(min_length=1, max_length=2,
+                                  description="engines in the kernel: one matmul, optionally one attention")
     ports: dict[str, int] | None = Field(
         None, description="memory channel of each AXI master port (data, w0, w1, ...); default: 0, 1, 2, ...")
     max_utilization: float = Field(0.8, gt=0, le=1.0,
@@ -169,11 +248,34 @@ class AcceleratorConfig(_Strict):
 
     @property
     def matmul(self) -> MatmulEngine:
-        return self.engines[0]
+        return next(e for e in self.engines if e.kind == "matmul")
+
+    @property
+    def attention(self) -> AttentionEngine | None:
+        return next((e for e in self.engines if e.kind == "attention"), None)
+
+    @property
+    def stream_ports(self) -> int:
+        """``w<i>`` ports: the matmul's weight ports, or the attention's KV ports if more."""
+        att = self.attention
+        return max(self.matmul.weight_ports, att.kv_ports if att else 0)
 
     def port_names(self) -> list[str]:
-        """AXI master ports, in order: ``data`` then one ``w<i>`` per weight port."""
-        return ["data"] + [f"w{i}" for i in range(self.matmul.weight_ports)]
+        """AXI master ports, in order: ``data`` then ``w0``, ``w1``, ... (weights and KV pages)."""
+        return ["data"] + [f"w{i}" for i in range(self.stream_ports)]
+
+    @field_validator("engines")
+    @classmethod
+    def _engine_kinds(cls, v: list) -> list:
+        kinds = [e.kind for e in v]
+        if kinds.count("matmul") != 1:
+            raise ValueError(f"engines must hold exactly one matmul engine, got kinds {kinds}")
+        if kinds.count("attention") > 1:
+            raise ValueError(f"engines may hold at most one attention engine, got kinds {kinds}")
+        names = [e.name for e in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"engine names must be unique, got {names}")
+        return v
 
     def port_channels(self) -> dict[str, int]:
         names = self.port_names()
@@ -209,12 +311,15 @@ class AcceleratorConfig(_Strict):
                                      f"{used[ch]!r}; each port needs its own pseudo-channel")
                 used[ch] = port
         mm = self.matmul
-        for bits in mm.weight_bits:
+        for fmt in mm.weight_bits:
+            if fmt == "ternary" and mm.ternary_packing == "5trit":
+                continue                    # a trit gearbox adapts any lane count
+            bits = 2 if fmt == "ternary" else fmt
             chunk = mm.lanes * bits
             port_bits = mm.weight_ports * self.data_width
             if max(chunk, port_bits) % min(chunk, port_bits):
                 raise ValueError(
-                    f"engines.0: lanes x weight bits ({mm.lanes} x {bits}) and weight_ports x data "
+                    f"engines.0: lanes x weight bits ({mm.lanes} x {bits}, format {fmt!r}) and weight_ports x data "
                     f"width ({mm.weight_ports} x {self.data_width}) must divide one another")
         return self
 
@@ -223,8 +328,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         # drop the union tag pydantic inserts after a list index (engines.0.matmul.lanes)
-        parts = [str(p) for i, p in enumerate(e["loc"])
-                 if not (i > 0 and e["loc"][i - 1] == 0 and p == "matmul") or e["loc"][0] != "engines"]
+        loc_ = e["loc"]
+        parts = [str(p) for i, p in enumerate(loc_)
+                 if not (loc_[0] == "engines" and i == 2 and p in ("matmul", "attention"))]
         loc = ".".join(parts) or "(top level)"
         msg = e["msg"]
         if msg.startswith("Value error, "):

@@ -20,6 +20,7 @@ __all__ = [
     "KERNEL_ID",
     "LAYOUT_VERSION",
     "Opcode",
+    "WeightFormat",
     "ErrorCode",
     "OutMode",
     "Register",
@@ -38,6 +39,29 @@ CTRL_ADDR_WIDTH = 12            # s_axi_control address bits (4 KiB window)
 class Opcode:
     END = 0       # stop the program cleanly
     MATMUL = 1    # one matmul layer (see DESCRIPTOR_FIELDS)
+
+
+class WeightFormat:
+    """Descriptor ``wbits`` codes: the integer width, or 3 for ternary (log2(3) ~ 1.58 bits)."""
+
+    INT2 = 2
+    TERNARY = 3
+    INT4 = 4
+    INT8 = 8
+
+    @staticmethod
+    def code(fmt) -> int:
+        """Config/host format (2, 4, 8 or 'ternary') -> descriptor code."""
+        if fmt == "ternary":
+            return WeightFormat.TERNARY
+        if fmt in (2, 4, 8) and not isinstance(fmt, bool):
+            return int(fmt)
+        raise ValueError(f"weight format must be one of 2, 4, 8, 'ternary', got {fmt!r}")
+
+    @staticmethod
+    def name(code: int):
+        """Descriptor code -> config/host format."""
+        return "ternary" if code == WeightFormat.TERNARY else code
 
 
 class OutMode:
@@ -170,7 +194,7 @@ class DesignLayout:
         addr_width = 64
         ports = [PortInfo("data", "data", chans["data"], cfg.data_width, cfg.axi.id_width,
                           addr_width, True, True)]
-        for i in range(cfg.matmul.weight_ports):
+        for i in range(cfg.stream_ports):
             ports.append(PortInfo(f"w{i}", "weights", chans[f"w{i}"], cfg.data_width,
                                   cfg.axi.id_width, addr_width, True, False))
         object.__setattr__(self, "ports", tuple(ports))
@@ -211,7 +235,8 @@ class DesignLayout:
 
     @cached_property
     def widths(self) -> MatmulWidths:
-        return MatmulWidths(act_bits=8, max_wbits=max(self.mm.weight_bits), lanes=self.mm.lanes,
+        return MatmulWidths(act_bits=8, max_wbits=max(self.lane_bits(f) for f in self.mm.weight_bits),
+                            lanes=self.mm.lanes,
                             group_size=self.mm.group_size, scale_bits=self.mm.scale_bits,
                             max_k=self.mm.max_k)
 
@@ -227,7 +252,7 @@ class DesignLayout:
             Register("program", 0x10, 64, "rw", "address of the descriptor program (data port)"),
             Register("count", 0x18, 32, "rw", "descriptors to run (an END opcode stops earlier)"),
         ]
-        for i in range(self.mm.weight_ports):
+        for i in range(self.config.stream_ports):
             regs.append(Register(f"w{i}", 0x20 + 8 * i, 64, "rw",
                                  f"base of the buffer bound to port w{i} (binds the port to its bank; "
                                  "descriptors carry the addresses used)"))
@@ -276,10 +301,26 @@ class DesignLayout:
     def round_words(self, nbytes: int) -> int:
         return -(-nbytes // self.word_bytes) * self.word_bytes
 
-    def weight_port_bytes(self, n: int, k: int, wbits: int) -> int:
+    @staticmethod
+    def lane_bits(fmt) -> int:
+        """Signed width of one decoded weight (ternary decodes to a 2-bit -1/0/+1)."""
+        return 2 if fmt in ("ternary", WeightFormat.TERNARY) else int(fmt)
+
+    def weight_stream_bytes(self, n: int, k: int, wbits) -> int:
+        """Bytes of the packed [n, k] weight stream before striping (``wbits``: code or format).
+
+        Ternary with ``ternary_packing: 5trit`` holds five weights per byte; every other
+        format packs ``lane_bits`` per weight.
+        """
+        if WeightFormat.code(WeightFormat.name(wbits)) == WeightFormat.TERNARY \
+                and self.mm.ternary_packing == "5trit":
+            return -(-(n * k) // 5)
+        return -(-(n * k * self.lane_bits(wbits)) // 8)
+
+    def weight_port_bytes(self, n: int, k: int, wbits) -> int:
         """Bytes each weight port reads for an [n, k] weight matrix (k padded)."""
-        combined_bits = self.mm.weight_ports * self.config.data_width
-        words = -(-(n * k * wbits) // combined_bits)
+        combined_bytes = self.mm.weight_ports * self.word_bytes
+        words = -(-self.weight_stream_bytes(n, k, wbits) // combined_bytes)
         return words * self.word_bytes
 
     def scale_bytes(self, n: int, k: int) -> int:

@@ -34,7 +34,7 @@ def test_bad_lanes_lists_allowed_values():
 def test_bad_weight_bits_names_allowed_values():
     data = starter_config("u280")
     data["engines"][0]["weight_bits"] = [3]
-    with pytest.raises(ConfigError, match=r"engines\.0\.weight_bits\.0: Input should be 4 or 8, got 3"):
+    with pytest.raises(ConfigError, match=r"engines\.0\.weight_bits\.0: Input should be 2, 4, 8 or 'ternary', got 3"):
         parse_config(data)
 
 

@@ -18,7 +18,7 @@ from amaranth.hdl import Cat, Const, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hbmforge.layout import DesignLayout, ErrorCode, Opcode, OutMode
+from hbmforge.layout import DesignLayout, ErrorCode, Opcode, OutMode, WeightFormat
 
 from ..streams import JobDone, matmul_job_layout
 from .port import ReadChannelSignature
@@ -140,7 +140,7 @@ class CommandProcessor(wiring.Component):
         k_align_bits = lay.k_align.bit_length() - 1
         checks = [
             (fields["op"] != Opcode.MATMUL, ErrorCode.BAD_OPCODE),
-            (~Cat(*(fields["wbits"] == b for b in mm.weight_bits)).any(), ErrorCode.BAD_WBITS),
+            (~Cat(*(fields["wbits"] == WeightFormat.code(b) for b in mm.weight_bits)).any(), ErrorCode.BAD_WBITS),
             ((k == 0) | (k > mm.max_k) | k[:k_align_bits].any(), ErrorCode.BAD_K),
             ((fields["m"] == 0) | (fields["n"] == 0)
              | fields["m"][32:].any() | fields["n"][32:].any(), ErrorCode.BAD_SHAPE),

@@ -39,6 +39,9 @@ CTRL_ADDR_WIDTH = 12            # s_axi_control address bits (4 KiB window)
 class Opcode:
     END = 0       # stop the program cleanly
     MATMUL = 1    # one matmul layer (see DESCRIPTOR_FIELDS)
+    ATTENTION = 2  # one attention tile set (hbmforge.attention_layout.ATTENTION_FIELDS)
+
+    NAMES = {0: "END", 1: "MATMUL", 2: "ATTENTION"}
 
 
 class WeightFormat:
@@ -287,12 +290,39 @@ class DesignLayout:
         return DESCRIPTOR_FIELDS + tuple(f"w_addr{i}" for i in range(self.mm.weight_ports))
 
     @property
+    def attention(self):
+        """The attention engine's config, or None."""
+        return self.config.attention
+
+    @cached_property
+    def attention_fields(self) -> tuple[str, ...]:
+        """u64 slots of an ATTENTION descriptor (``op`` first); empty without an attention engine."""
+        if self.attention is None:
+            return ()
+        from .attention_layout import ATTENTION_FIELDS
+
+        return ("op",) + tuple(ATTENTION_FIELDS)
+
+    @property
+    def opcodes(self) -> dict[str, int]:
+        ops = {"END": Opcode.END, "MATMUL": Opcode.MATMUL}
+        if self.attention is not None:
+            ops["ATTENTION"] = Opcode.ATTENTION
+        return ops
+
+    def fields_for(self, opcode: int) -> tuple[str, ...]:
+        """Descriptor field names of ``opcode`` in slot order."""
+        if opcode == Opcode.ATTENTION and self.attention is not None:
+            return self.attention_fields
+        return self.descriptor_fields
+
+    @property
     def descriptor_bytes(self) -> int:
-        raw = 8 * len(self.descriptor_fields)
+        raw = 8 * max(len(self.descriptor_fields), len(self.attention_fields))
         return -(-raw // self.word_bytes) * self.word_bytes
 
-    def field_offset(self, name: str) -> int:
-        return 8 * self.descriptor_fields.index(name)
+    def field_offset(self, name: str, opcode: int = Opcode.MATMUL) -> int:
+        return 8 * self.fields_for(opcode).index(name)
 
     # -- memory layouts (bytes) --------------------------------------------------------
     def pad_k(self, k: int) -> int:
@@ -357,11 +387,14 @@ class DesignLayout:
             "ports": [p.to_json() for p in self.ports],
             "axi": {"max_burst_beats": self.config.axi.max_burst_beats,
                     "max_outstanding": self.config.axi.max_outstanding},
+            "config": self.config.model_dump(mode="json"),
             "descriptor": {
                 "bytes": self.descriptor_bytes,
                 "fields": [{"name": f, "offset": self.field_offset(f), "bytes": 8}
                            for f in self.descriptor_fields],
-                "opcodes": {"END": Opcode.END, "MATMUL": Opcode.MATMUL},
+                "attention_fields": [{"name": f, "offset": self.field_offset(f, Opcode.ATTENTION),
+                                      "bytes": 8} for f in self.attention_fields],
+                "opcodes": self.opcodes,
                 "out_modes": {"INT32": OutMode.INT32, "INT8": OutMode.INT8},
                 "error_codes": {str(k): v for k, v in ErrorCode.NAMES.items()},
             },
@@ -372,6 +405,10 @@ class DesignLayout:
                 "lanes": mm.lanes,
                 "weight_ports": mm.weight_ports,
                 "weight_bits": list(mm.weight_bits),
+                "weight_codes": [WeightFormat.code(f) for f in mm.weight_bits],
+                "ternary_packing": mm.ternary_packing,
+                "arch": mm.arch,
+                "tlmm_group": mm.tlmm_group,
                 "group_size": mm.group_size,
                 "scale_bits": mm.scale_bits,
                 "max_k": mm.max_k,
@@ -379,8 +416,16 @@ class DesignLayout:
                 "addr_align": self.addr_align,
                 "macs_per_cycle": mm.rows * mm.lanes,
                 "widths": self.widths.to_json(),
-            }],
+            }] + ([self.attention_manifest()] if self.attention is not None else []),
         }
+
+    def attention_manifest(self) -> dict:
+        att = self.attention
+        entry = {"kind": "attention", **att.model_dump(mode="json")}
+        from .attention_layout import attention_manifest_extra
+
+        entry.update(attention_manifest_extra(self))
+        return entry
 
     def manifest_json(self) -> str:
         return json.dumps(self.to_json(), indent=2)

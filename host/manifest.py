@@ -136,7 +136,7 @@ class Manifest:
         e = engines[0]
         self.engine = MatmulParams(
             name=e["name"], rows=int(e["rows"]), lanes=int(e["lanes"]),
-            weight_ports=int(e["weight_ports"]), weight_bits=tuple(int(b) for b in e["weight_bits"]),
+            weight_ports=int(e["weight_ports"]), weight_bits=tuple(b if b == "ternary" else int(b) for b in e["weight_bits"]),
             group_size=int(e["group_size"]), scale_bits=int(e["scale_bits"]), max_k=int(e["max_k"]),
             k_align=int(e["k_align"]), addr_align=int(e["addr_align"]),
             macs_per_cycle=int(e.get("macs_per_cycle", int(e["rows"]) * int(e["lanes"]))),
@@ -228,7 +228,7 @@ class Manifest:
         if self._given_layout is not None:
             return self._given_layout
         e, p0 = self.engine, self.ports[0]
-        cfg = {
+        cfg = self._data.get("config") or {
             "version": 1, "name": self.kernel, "board": self.board, "clock_mhz": self.clock_mhz,
             "axi": {"data_width": p0.data_width,
                     "id_width": int(self._data["ports"][0].get("id_width", 4)),

@@ -4,7 +4,9 @@ On ``start`` it fetches ``count`` descriptors of ``layout.descriptor_bytes``
 from ``program`` through the data port's command reader, validates each one
 (docs/architecture.md §3, same checks and order as
 :func:`hbmforge.numerics.program.execute`), hands MATMUL descriptors to the
-engine as one ``job`` record and waits for the engine's ``done``. The run
+matmul engine as one ``job`` record (ATTENTION descriptors to the attention
+engine as ``job_attn``, when the design has one; ``active`` says which engine
+runs) and waits for that engine's ``done``. The run
 ends at an END opcode, after ``count`` descriptors, or at the first error,
 with ``status = 1 | code << 8 | index << 16`` (codes: :class:`hbmforge.layout.ErrorCode`).
 
@@ -47,7 +49,12 @@ class CommandProcessor(wiring.Component):
             raise ValueError(f"k_align {layout.k_align} is not a power of two")
         self._layout = layout
         W = layout.config.data_width
-        super().__init__({
+        members = {}
+        if layout.attention is not None:
+            from ..attention.signature import attention_job_layout_for
+
+            members["job_attn"] = Out(stream.Signature(attention_job_layout_for(layout)))
+        super().__init__(members | {
             "start": In(1),
             "done": Out(1),
             "program": In(64),
@@ -57,6 +64,8 @@ class CommandProcessor(wiring.Component):
             "fetch": In(ReadChannelSignature(W)),
             "job": Out(stream.Signature(matmul_job_layout(layout.mm.weight_ports))),
             "job_done": In(stream.Signature(JobDone)),
+            # which engine the last dispatched job went to: 0 matmul, 1 attention
+            "active": Out(1),
             "data_error": In(1),
             "busy": Out(1),
         })
@@ -115,6 +124,16 @@ class CommandProcessor(wiring.Component):
                   for name in lay.descriptor_fields}
         word_cnt = Signal(range(nwords))
 
+        att = lay.attention
+        att_fields = {}
+        if att is not None:
+            att_fields = {name: desc[8 * lay.field_offset(name, Opcode.ATTENTION):
+                                     8 * lay.field_offset(name, Opcode.ATTENTION) + 64]
+                          for name in lay.attention_fields}
+            ajob = self.job_attn.payload
+            for name in ajob.shape().members:
+                m.d.comb += getattr(ajob, name).eq(att_fields[name])
+
         job = self.job.payload
         m.d.comb += [
             job.m.eq(fields["m"]), job.k.eq(fields["k"]), job.n.eq(fields["n"]),
@@ -138,8 +157,11 @@ class CommandProcessor(wiring.Component):
         for i in range(mm.weight_ports):
             addr_bad = addr_bad | misaligned(fields[f"w_addr{i}"])
         k_align_bits = lay.k_align.bit_length() - 1
+        is_attn = Signal()
+        if att is not None:
+            m.d.comb += is_attn.eq(fields["op"] == Opcode.ATTENTION)
         checks = [
-            (fields["op"] != Opcode.MATMUL, ErrorCode.BAD_OPCODE),
+            ((fields["op"] != Opcode.MATMUL) & ~is_attn, ErrorCode.BAD_OPCODE),
             (~Cat(*(fields["wbits"] == WeightFormat.code(b) for b in mm.weight_bits)).any(), ErrorCode.BAD_WBITS),
             ((k == 0) | (k > mm.max_k) | k[:k_align_bits].any(), ErrorCode.BAD_K),
             ((fields["m"] == 0) | (fields["n"] == 0)
@@ -149,10 +171,21 @@ class CommandProcessor(wiring.Component):
              ErrorCode.BAD_OUT_MODE),
             (addr_bad, ErrorCode.MISALIGNED),
         ]
-        code = Signal(8)
+        mm_code = Signal(8)
         for cond, value in reversed(checks):     # the first failing check wins
             with m.If(cond):
-                m.d.comb += code.eq(value)
+                m.d.comb += mm_code.eq(value)
+        code = Signal(8)
+        m.d.comb += code.eq(mm_code)
+        if att is not None:
+            from ..attention.checks import attention_checks
+
+            att_code = Signal(8)
+            for cond, value in reversed(attention_checks(att_fields, lay)):
+                with m.If(cond):
+                    m.d.comb += att_code.eq(value)
+            with m.If(is_attn):
+                m.d.comb += code.eq(att_code)
 
         def status(error_code):
             """STATUS value for an error at the current descriptor."""
@@ -217,9 +250,20 @@ class CommandProcessor(wiring.Component):
                 with m.Else():
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                m.d.comb += self.job.valid.eq(1)
-                with m.If(self.job.ready):
-                    m.next = "WAIT"
+                if att is not None:
+                    m.d.sync += self.active.eq(is_attn)
+                    with m.If(is_attn):
+                        m.d.comb += self.job_attn.valid.eq(1)
+                        with m.If(self.job_attn.ready):
+                            m.next = "WAIT"
+                    with m.Else():
+                        m.d.comb += self.job.valid.eq(1)
+                        with m.If(self.job.ready):
+                            m.next = "WAIT"
+                else:
+                    m.d.comb += self.job.valid.eq(1)
+                    with m.If(self.job.ready):
+                        m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += [load_en.eq(1), self.job_done.ready.eq(1)]
                 with m.If(self.job_done.valid):

@@ -8,7 +8,7 @@ output writer AWID 0; every weight port has one reader with ARID 0.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -43,7 +43,7 @@ class Kernel(wiring.Component):
     ``fire_rows * lanes`` per fire; per port, the bytes of every R and W beat.
     """
 
-    def __init__(self, layout: DesignLayout, engine=None):
+    def __init__(self, layout: DesignLayout, engine=None, attention=None):
         if not isinstance(layout, DesignLayout):
             raise TypeError(f"layout must be a DesignLayout, got {layout!r}")
         cfg = layout.config
@@ -60,8 +60,14 @@ class Kernel(wiring.Component):
             raise TypeError(f"engine must be a wiring.Component with {expected!r} "
                             f"(rows={mm.rows}, weight_ports={mm.weight_ports}, "
                             f"data_width={cfg.data_width}), got {engine!r}")
+        if layout.attention is not None and attention is None:
+            from ..attention.engine import AttentionEngine
+            attention = AttentionEngine(layout)
+        if layout.attention is None and attention is not None:
+            raise TypeError("attention engine given, but the config has no attention engine")
         self._layout = layout
         self._engine = engine
+        self._attention = attention
         members = {
             "s_axi_control": In(AXI4LiteSignature(addr_width=CTRL_ADDR_WIDTH)),
             "interrupt": Out(1),
@@ -78,6 +84,10 @@ class Kernel(wiring.Component):
     @property
     def engine(self):
         return self._engine
+
+    @property
+    def attention(self):
+        return self._attention
 
     def elaborate(self, platform):
         m = Module()
@@ -115,19 +125,28 @@ class Kernel(wiring.Component):
         ]
         wiring.connect(m, data.rd_cmd, cmdproc.fetch)
 
-        # command processor <-> engine <-> DMA
+        # command processor <-> engines <-> DMA. Engines run one at a time: the channels
+        # follow ``cmdproc.active``, which changes only when a job is dispatched (the
+        # previous engine has received every word it asked for by then).
+        engines = [engine] + ([self._attention] if self._attention is not None else [])
+        if self._attention is not None:
+            m.submodules.attention = self._attention
+            wiring.connect(m, cmdproc.job_attn, self._attention.job)
         wiring.connect(m, cmdproc.job, engine.job)
-        wiring.connect(m, engine.done, cmdproc.job_done)
+        sel = cmdproc.active
+        _select_into(m, sel, [e.done for e in engines], cmdproc.job_done)
         for name in ("act", "scale", "rq"):
             chan = getattr(data, f"rd_{name}")
-            wiring.connect(m, getattr(engine, f"{name}_cmd"), chan.cmd)
-            wiring.connect(m, chan.data, getattr(engine, f"{name}_data"))
+            _select_into(m, sel, [getattr(e, f"{name}_cmd") for e in engines], chan.cmd)
+            _select_from(m, sel, chan.data, [getattr(e, f"{name}_data") for e in engines])
         for i, port in enumerate(wports):
-            wiring.connect(m, engine.w_cmd[i], port.rd_w.cmd)
-            wiring.connect(m, port.rd_w.data, engine.w_data[i])
-        wiring.connect(m, engine.out_cmd, data.wr_out.cmd)
-        wiring.connect(m, engine.out_data, data.wr_out.data)
-        wiring.connect(m, data.wr_out.done, engine.out_done)
+            _select_into(m, sel, [e.w_cmd[i] if i < len(e.w_cmd) else None for e in engines],
+                         port.rd_w.cmd)
+            _select_from(m, sel, port.rd_w.data,
+                         [e.w_data[i] if i < len(e.w_data) else None for e in engines])
+        _select_into(m, sel, [e.out_cmd for e in engines], data.wr_out.cmd)
+        _select_into(m, sel, [e.out_data for e in engines], data.wr_out.data)
+        _select_from(m, sel, data.wr_out.done, [e.out_done for e in engines])
         errors = [data.rd_act.error, data.rd_scale.error, data.rd_rq.error, data.wr_out.error]
         errors += [port.rd_w.error for port in wports]
         m.d.comb += cmdproc.data_error.eq(Cat(*errors).any())
@@ -141,10 +160,14 @@ class Kernel(wiring.Component):
             m.d.sync += [cycles.eq(0), stalls.eq(0), macs.eq(0)]
         with m.Elif(control.busy):
             m.d.sync += cycles.eq(cycles + 1)
-            with m.If(engine.busy & ~engine.fire):
+            stall = engine.busy & ~engine.fire
+            mac_inc = Mux(engine.fire, engine.fire_rows << lanes_shift, 0)
+            if self._attention is not None:
+                stall = stall | self._attention.stall
+                mac_inc = mac_inc + self._attention.mac_inc
+            with m.If(stall):
                 m.d.sync += stalls.eq(stalls + 1)
-            with m.If(engine.fire):
-                m.d.sync += macs.eq(macs + (engine.fire_rows << lanes_shift))
+            m.d.sync += macs.eq(macs + mac_inc)
 
         sources = {"status": cmdproc.status, "desc_done": cmdproc.desc_done, "cycles": cycles,
                    "stall_cycles": stalls, "mac_ops": macs}
@@ -157,3 +180,24 @@ class Kernel(wiring.Component):
                 raise ValueError(f"register {reg.name} has no source in the kernel")
             m.d.comb += getattr(control, key).eq(sources[key])
         return m
+
+
+def _select_into(m, sel, sources, sink):
+    """Drive stream ``sink`` from ``sources[sel]`` (``None``: that engine has no such stream)."""
+    for i, src in enumerate(sources):
+        if src is None:
+            continue
+        with m.If(sel == i):
+            m.d.comb += [sink.valid.eq(src.valid), sink.payload.eq(src.payload), src.ready.eq(sink.ready)]
+
+
+def _select_from(m, sel, source, sinks):
+    """Deliver stream ``source`` to ``sinks[sel]``; the other sinks see no valid."""
+    for i, dst in enumerate(sinks):
+        if dst is None:
+            continue
+        picked = sel == i
+        m.d.comb += [dst.payload.eq(source.payload), dst.valid.eq(source.valid & picked)]
+        with m.If(picked):
+            m.d.comb += source.ready.eq(dst.ready)
+

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..layout import DesignLayout, ErrorCode, Opcode, OutMode
+from ..layout import DesignLayout, ErrorCode, Opcode, OutMode, WeightFormat
 from .matmul import matmul_int8, matmul_int32
 
 __all__ = ["execute", "ProgramResult", "SparseMemory", "MemoryAccessError"]
@@ -146,8 +146,9 @@ def _validate(d: dict[str, int], layout: DesignLayout) -> tuple[int, str]:
     mm = layout.mm
     if d["op"] != Opcode.MATMUL:
         return ErrorCode.BAD_OPCODE, f"op {d['op']}"
-    if d["wbits"] not in mm.weight_bits:
-        return ErrorCode.BAD_WBITS, f"wbits {d['wbits']}, engine accepts {list(mm.weight_bits)}"
+    if d["wbits"] not in [WeightFormat.code(b) for b in mm.weight_bits]:
+        return ErrorCode.BAD_WBITS, (f"wbits {d['wbits']}, engine accepts codes "
+                                     f"{[WeightFormat.code(b) for b in mm.weight_bits]} ({list(mm.weight_bits)})")
     k = d["k"]
     if k == 0 or k > mm.max_k or k % layout.k_align:
         return ErrorCode.BAD_K, f"k {k}, must be a multiple of {layout.k_align} in [1, {mm.max_k}]"
@@ -167,23 +168,37 @@ def _validate(d: dict[str, int], layout: DesignLayout) -> tuple[int, str]:
 
 
 def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
-    """Decode W from its stripes, literally: words -> bits (byte 0 = least significant),
-    stripe words concatenated with stripe 0 in the low bits, element i = stream bits
-    [i*wbits, (i+1)*wbits) in two's complement."""
-    n, k, wbits = d["n"], d["k"], d["wbits"]
+    """Decode W from its stripes, literally: words -> bytes/bits (byte 0 = least significant),
+    stripe words concatenated with stripe 0 in the low bits, then by format:
+
+    * int2/int4/int8 (codes 2, 4, 8): element i = stream bits [i*b, (i+1)*b), two's complement;
+    * ternary, '2bit' packing (code 3): 2-bit code i: 00 -> 0, 01 -> +1, 11 -> -1, 10 -> 0;
+    * ternary, '5trit' packing: byte j holds elements 5j .. 5j+4; element 5j+t is
+      (byte // 3**t) % 3 - 1 for a byte < 243, and 0 for a byte >= 243.
+    """
+    n, k, code = d["n"], d["k"], d["wbits"]
     ports, wb = layout.mm.weight_ports, layout.word_bytes
-    port_bytes = layout.weight_port_bytes(n, k, wbits)
+    port_bytes = layout.weight_port_bytes(n, k, code)
     words = port_bytes // wb
-    stripe_bits = []
-    for p in range(ports):
-        raw = np.frombuffer(mem.read(d[f"w_addr{p}"], port_bytes), dtype=np.uint8).reshape(words, wb)
-        stripe_bits.append(np.unpackbits(raw, axis=1, bitorder="little"))     # [words, W], LSB first
-    stream = np.concatenate(stripe_bits, axis=1).reshape(-1)                  # combined words, in order
-    elems = stream[: n * k * wbits].reshape(n * k, wbits)                    # bit j of element i
-    value = np.zeros(n * k, dtype=np.int16)
-    for j in range(wbits):
+    stripes = [np.frombuffer(mem.read(d[f"w_addr{p}"], port_bytes), dtype=np.uint8).reshape(words, wb)
+               for p in range(ports)]
+    stream_bytes = np.concatenate(stripes, axis=1).reshape(-1)                # combined words, in order
+    count = n * k
+    if code == WeightFormat.TERNARY and layout.mm.ternary_packing == "5trit":
+        b = stream_bytes[: -(-count // 5)].astype(np.int16)
+        trits = np.stack([(b // 3 ** t) % 3 - 1 for t in range(5)], axis=1)  # [bytes, 5], t = 0 first
+        trits[b >= 243, :] = 0
+        return trits.reshape(-1)[:count].reshape(n, k)
+    bits = 2 if code == WeightFormat.TERNARY else code
+    stream = np.unpackbits(stream_bytes, bitorder="little")                   # LSB of byte 0 first
+    elems = stream[: count * bits].reshape(count, bits)                      # bit j of element i
+    value = np.zeros(count, dtype=np.int16)
+    for j in range(bits):
         value |= elems[:, j].astype(np.int16) << j
-    value -= (value >= (1 << (wbits - 1))).astype(np.int16) << wbits         # two's complement
+    if code == WeightFormat.TERNARY:
+        value = np.array([0, 1, 0, -1], dtype=np.int16)[value]               # 10 is reserved: 0
+    else:
+        value -= (value >= (1 << (bits - 1))).astype(np.int16) << bits       # two's complement
     return value.reshape(n, k)
 
 
@@ -230,6 +245,30 @@ def _run_matmul(mem, d: dict[str, int], layout: DesignLayout, result: ProgramRes
         result.weight_bytes_read[p] += layout.row_blocks(m) * layout.weight_port_bytes(n, k, wbits)
 
 
+def _run_attention(mem, addr: int, layout: DesignLayout, result: ProgramResult, index: int) -> bool:
+    """Validate and run one ATTENTION descriptor; False (with the error recorded) stops the run."""
+    from ..attention_layout import validate_attention
+    from .attention import run_attention
+
+    raw = mem.read(addr, layout.descriptor_bytes)
+    d = {name: int.from_bytes(raw[8 * i:8 * i + 8], "little") for i, name in enumerate(layout.attention_fields)}
+    code, why = validate_attention(d, layout)
+    if code != ErrorCode.NONE:
+        result.error, result.error_index, result.detail = code, index, why
+        return False
+    try:
+        stats = run_attention(mem, d, layout)
+    except MemoryAccessError as err:
+        result.error, result.error_index, result.detail = ErrorCode.AXI_RESP, index, str(err)
+        return False
+    result.output_bytes_written += stats["bytes_written"]
+    result.mac_ops += stats["mac_ops"]
+    for p, nbytes in enumerate(stats.get("kv_bytes_read", ())):
+        if p < len(result.weight_bytes_read):
+            result.weight_bytes_read[p] += nbytes
+    return True
+
+
 def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> ProgramResult:
     """Run ``count`` descriptors at ``program_addr`` against ``memory`` like the kernel does.
 
@@ -240,7 +279,7 @@ def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> Prog
     bad descriptor (that is an error code, as on hardware).
     """
     mem = _as_memory(memory)
-    result = ProgramResult(weight_bytes_read=[0] * layout.mm.weight_ports)
+    result = ProgramResult(weight_bytes_read=[0] * layout.config.stream_ports)
     dbytes = layout.descriptor_bytes
     if count and program_addr % layout.addr_align:
         result.error, result.detail = ErrorCode.MISALIGNED, f"program address {program_addr:#x} not word aligned"
@@ -254,6 +293,11 @@ def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> Prog
             return result
         if d["op"] == Opcode.END:
             return result
+        if d["op"] == Opcode.ATTENTION and layout.attention is not None:
+            if not _run_attention(mem, program_addr + i * dbytes, layout, result, i):
+                return result
+            result.descriptors_done += 1
+            continue
         code, why = _validate(d, layout)
         if code != ErrorCode.NONE:
             result.error, result.error_index, result.detail = code, i, why

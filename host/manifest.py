@@ -53,6 +53,12 @@ class DescriptorSpec:
     opcodes: Mapping[str, int]
     out_modes: Mapping[str, int]
     error_codes: Mapping[int, str]
+    attention_fields: Mapping[str, int] = None     # ATTENTION slots (None: no attention engine)
+
+    def fields_for(self, op: int) -> Mapping[str, int]:
+        if self.attention_fields and op == self.opcodes.get("ATTENTION"):
+            return self.attention_fields
+        return self.fields
 
     def error_text(self, code: int) -> str:
         return self.error_codes.get(code, f"unknown error code {code}")
@@ -128,6 +134,7 @@ class Manifest:
             opcodes=dict(_need(d, "opcodes", "descriptor")),
             out_modes=dict(_need(d, "out_modes", "descriptor")),
             error_codes={int(k): v for k, v in _need(d, "error_codes", "descriptor").items()},
+            attention_fields={f["name"]: int(f["offset"]) for f in d.get("attention_fields", ())} or None,
         )
 
         engines = [e for e in _need(data, "engines", where) if e.get("kind") == "matmul"]

@@ -114,6 +114,35 @@ class ProgramBuilder:
         self._records.append(rec)
         return len(self._records) - 1
 
+    def attention(self, **fields: int) -> int:
+        """Append one ATTENTION descriptor from its named slots (docs/engines/attention.md).
+
+        Every slot of ``manifest.descriptor.attention_fields`` except ``op`` must be
+        given; the descriptor is checked with the kernel's own rules first, so a bad
+        one fails here with the reason instead of as an error code on the device.
+        """
+        spec = self._m.descriptor
+        if not spec.attention_fields:
+            raise ValueError(f"design {self._m.kernel} has no attention engine")
+        names = [n for n in spec.attention_fields if n != "op"]
+        missing = [n for n in names if n not in fields]
+        unknown = [n for n in fields if n not in names]
+        if missing or unknown:
+            raise ValueError(f"attention descriptor needs fields {names}; missing {missing}, unknown {unknown}")
+        rec = {"op": spec.opcodes["ATTENTION"]}
+        for name in names:
+            value = fields[name]
+            if isinstance(value, Buffer):
+                value = value.address
+            rec[name] = _count(name, value, 0, (1 << 64) - 1)
+        from hbmforge.attention_layout import validate_attention
+
+        code, why = validate_attention(rec, self._m.layout)
+        if code:
+            raise ValueError(f"attention descriptor rejected ({spec.error_text(code)}): {why}")
+        self._records.append(rec)
+        return len(self._records) - 1
+
     def end(self) -> int:
         """Append END: the kernel stops cleanly here even if ``count`` asks for more."""
         self._records.append({"op": self._m.descriptor.opcodes["END"]})
@@ -132,8 +161,9 @@ class ProgramBuilder:
         size = self._m.descriptor.bytes
         out = bytearray(size * len(self._records))
         for i, rec in enumerate(self._records):
+            fields = self._m.descriptor.fields_for(rec.get("op", 0))
             for name, value in rec.items():
-                off = i * size + self._m.field_offset(name)
+                off = i * size + fields[name]
                 out[off:off + 8] = value.to_bytes(8, "little")
         return bytes(out)
 
@@ -167,5 +197,9 @@ def decode_program(raw: bytes, manifest) -> list[dict[str, int]]:
     size = m.descriptor.bytes
     if len(raw) % size:
         raise ValueError(f"a program is a whole number of {size}-byte descriptors, got {len(raw)} bytes")
-    return [{name: int.from_bytes(raw[i + off:i + off + 8], "little") for name, off in m.descriptor.fields.items()}
-            for i in range(0, len(raw), size)]
+    out = []
+    for i in range(0, len(raw), size):
+        op = int.from_bytes(raw[i:i + 8], "little")
+        out.append({name: int.from_bytes(raw[i + off:i + off + 8], "little")
+                    for name, off in m.descriptor.fields_for(op).items()})
+    return out

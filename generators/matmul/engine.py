@@ -9,6 +9,10 @@ Dataflow (docs/architecture.md §6)::
                                                                  OutputStage
     out_data <- OutputPacker <- column FIFO <--------------------------/
 
+With ``arch: tlmm`` the array is a :class:`~.tlmm.TlmmArray` (ternary table lookup):
+the scheduler first builds the row block's tables from the activation buffer, then
+fires exactly as for the MAC array (same sums, same accumulators and output path).
+
 Everything from the array's fire register on is a fixed-latency pipeline without
 stalls; :class:`FireScheduler` only lets a column's last fire through when the
 column FIFO has a free slot for every column in flight, so back-pressure on
@@ -30,6 +34,8 @@ from .requant import OutputStage
 from .scheduler import FireScheduler
 from .sequencer import JobSequencer
 from .signature import MatmulEngineSignature
+from ...numerics.tlmm import table_entries as tlmm_table_entries
+from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
 
 __all__ = ["MatmulEngine"]
@@ -52,9 +58,14 @@ class MatmulEngine(wiring.Component):
         self._levels_per_stage = levels_per_stage
         self._groups = max(1, mm.lanes // mm.group_size)
         self._fires_per_group = max(1, mm.group_size // mm.lanes)
-        lane_w = max(mm.weight_bits)
+        lane_w = max(layout.lane_bits(f) for f in mm.weight_bits)
+        self._tlmm = mm.arch == "tlmm"
         # latency of the pipeline behind the fire registers, and the column FIFO that absorbs it
-        arr_lat = 2 + -(-(min(mm.lanes, mm.group_size).bit_length() - 1) // levels_per_stage)
+        if self._tlmm:
+            arr_lat = tlmm_array_latency(lanes=mm.lanes, group_size=mm.group_size, g=mm.tlmm_group,
+                                         levels_per_stage=levels_per_stage)
+        else:
+            arr_lat = 2 + -(-(min(mm.lanes, mm.group_size).bit_length() - 1) // levels_per_stage)
         tree = self._groups.bit_length() - 1
         acc_lat = 3 + (-(-tree // levels_per_stage) if tree else 0)
         self._latency = arr_lat + acc_lat + OutputStage.LATENCY
@@ -92,7 +103,11 @@ class MatmulEngine(wiring.Component):
         m.submodules.actbuf = actbuf = ActivationBuffer(rows=R, lanes=L, data_width=W, max_k=mm.max_k)
         m.submodules.scales = scales = WidthAdapter(W, 16 * NG)
         m.submodules.rqparams = rqparams = WidthAdapter(W, 64)
-        m.submodules.sched = sched = FireScheduler(rows=R, lanes=L, group_size=G, max_k=mm.max_k)
+        tlmm = self._tlmm
+        m.submodules.sched = sched = FireScheduler(
+            rows=R, lanes=L, group_size=G, max_k=mm.max_k,
+            table_entries=tlmm_table_entries(mm.tlmm_group) if tlmm else None,
+            build_gap=TlmmArray.BUILD_GAP)
 
         # -- job and DMA commands --------------------------------------------------------
         wiring.connect(m, wiring.flipped(self.job), seq.job)
@@ -138,8 +153,16 @@ class MatmulEngine(wiring.Component):
             len(self.fire_rows))), self.busy.eq(seq.busy)]
 
         # -- datapath -----------------------------------------------------------------
-        m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G, weight_shape=signed(self._lane_w),
-                                              tag_layout=acc_tag, levels_per_stage=self._levels_per_stage)
+        lane_shape = getattr(unpack, "lane_shape", signed(self._lane_w))
+        if tlmm:
+            m.submodules.array = array = TlmmArray(
+                rows=R, lanes=L, group_size=G, g=mm.tlmm_group, max_k=mm.max_k, weight_shape=lane_shape,
+                tag_layout=acc_tag, levels_per_stage=self._levels_per_stage)
+            m.d.comb += [array.build.eq(sched.build), array.build_line.eq(sched.build_line),
+                         array.build_entry.eq(sched.build_entry), array.line.eq(sched.line)]
+        else:
+            m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G, weight_shape=lane_shape,
+                                                  tag_layout=acc_tag, levels_per_stage=self._levels_per_stage)
         m.d.comb += [array.valid.eq(sched.fire), array.w.eq(unpack.o.payload), array.x.eq(actbuf.rd_data),
                      array.tag.eq(f_tag)]
         m.submodules.accum = accum = GroupAccumulator(

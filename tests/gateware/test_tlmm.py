@@ -106,3 +106,87 @@ def test_tlmm_array_rejects_bad_parameters():
     rejects(lambda: TlmmArray(g=6, **kw), ValueError, "tlmm_group")
     rejects(lambda: TlmmArray(g=4, **{**kw, "weight_shape": signed(1)}), ValueError, "weight_shape")
     rejects(lambda: TlmmArray(g=4, **{**kw, "max_k": 24}), ValueError, "max_k")
+
+
+# -- MatmulEngine with arch: tlmm -------------------------------------------------------------
+
+from hbmforge.config import parse_config                                   # noqa: E402
+from hbmforge.generators.matmul.engine import MatmulEngine                  # noqa: E402
+from hbmforge.generators.matmul.requant import OutputStage                  # noqa: E402
+from hbmforge.generators.matmul.testing import EngineBench, random_case    # noqa: E402
+from hbmforge.layout import OutMode, derive_layout                          # noqa: E402
+
+from designs import tiny_config_dict                                        # noqa: E402
+
+T = "ternary"
+
+
+def _layout(data_width=64, **engine):
+    engine = {"weight_bits": [T], "arch": "tlmm", **engine}
+    cfg = tiny_config_dict(**engine)
+    cfg["axi"]["data_width"] = data_width
+    return derive_layout(parse_config(cfg))
+
+
+def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, max_cycles=30_000):
+    """Run ternary jobs ``(m, k, n, out_mode)`` back to back; every result bit-exact with the golden."""
+    rng = np.random.default_rng(seed)
+    bench = EngineBench(layout, seed=seed, stall=stall, backpressure=backpressure)
+    for m, k, n, mode in shapes:
+        bench.add(random_case(layout, rng, m=m, k=k, n=n, wbits=T, out_mode=mode))
+    bench.run(max_cycles=max_cycles)
+    for case in bench.cases:
+        assert case.result is not None
+        np.testing.assert_array_equal(case.result, case.expected(layout.mm.group_size),
+                                      err_msg=f"job {case.x.shape}x{case.w.shape} mode={case.out_mode}")
+        assert not any(case.pad_bytes), "output pad bytes must be 0"
+    return bench
+
+
+@pytest.mark.parametrize("g", [2, 3, 4, 5])
+def test_tlmm_engine_matches_golden_with_stalls_and_backpressure(g):
+    # L = 16: g = 3 and g = 5 leave a partial bank; M > R gives several row blocks (tables rebuilt)
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=32, tlmm_group=g, max_k=128)
+    _run(lay, [(5, 64, 3, OutMode.INT32), (2, 32, 4, OutMode.INT8)], seed=g)
+
+
+def test_tlmm_engine_several_scale_groups_per_fire_and_two_ports():
+    lay = _layout(data_width=64, rows=3, lanes=32, weight_ports=2, group_size=16, tlmm_group=3, max_k=128)
+    _run(lay, [(4, 64, 3, OutMode.INT8), (3, 96, 2, OutMode.INT32)], seed=31)
+
+
+def test_tlmm_engine_five_trit_packing():
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16, tlmm_group=5, max_k=64,
+                  ternary_packing="5trit")
+    _run(lay, [(3, 48, 3, OutMode.INT32), (1, 16, 5, OutMode.INT8)], seed=32)
+
+
+def test_tlmm_engine_continuous_backpressure_and_one_line_blocks():
+    # K = L: one line per row block, every fire ends a column
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16, tlmm_group=4, max_k=64)
+    _run(lay, [(5, 16, 12, OutMode.INT32), (3, 16, 9, OutMode.INT8)], seed=33, stall=0.0, backpressure=0.8)
+
+
+def test_tlmm_gemv_timing_build_then_one_fire_per_cycle():
+    """GEMV: the build takes K/L * E cycles, then the array fires every cycle without a bubble."""
+    g, L, k, n = 4, 16, 128, 24
+    lay = _layout(rows=2, lanes=L, weight_ports=1, group_size=16, tlmm_group=g, max_k=128)
+    bench = _run(lay, [(1, k, n, OutMode.INT32), (3, k, n, OutMode.INT32)], stall=0.0, backpressure=0.0)
+    gemv, gemm = bench.stats
+    kc, e = k // L, golden.table_entries(g)
+    assert gemv["fires"] == golden.fire_cycles(n, k, L)
+    assert gemv["fire_span"] == gemv["fires"]                     # no bubble once the tables exist
+    # two row blocks: the second block's build sits between the two fire runs
+    assert gemm["fires"] == 2 * golden.fire_cycles(n, k, L)
+    assert gemm["fire_span"] - gemm["fires"] >= golden.build_cycles(k, L, g)
+    assert gemm["fire_span"] - gemm["fires"] <= golden.build_cycles(k, L, g) + 2 * TlmmArray.BUILD_GAP + 2
+    assert gemv["first_fire"] >= kc * e
+
+
+def test_tlmm_engine_latency_and_fifo():
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16, tlmm_group=5, max_k=64)
+    eng = MatmulEngine(lay)
+    eng._MustUse__silence = True
+    assert eng.fifo_depth > eng.latency
+    # array + group accumulator (one group per fire: 3) + output stage
+    assert eng.latency == tlmm_array_latency(lanes=16, group_size=16, g=5) + 3 + OutputStage.LATENCY

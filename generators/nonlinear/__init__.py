@@ -11,6 +11,10 @@ algorithms, latency and measured errors are in docs/engines/nonlinear.md.
   (shared datapath in :mod:`.norm`).
 """
 from .gelu import GELU
+from .layernorm import LayerNorm
+from .norm import NormUnit
+from .rmsnorm import RMSNorm
+from .rsqrt import Rsqrt
 from .silu import SiLU
 
-__all__ = ["GELU", "SiLU"]
+__all__ = ["GELU", "SiLU", "Rsqrt", "RMSNorm", "LayerNorm", "NormUnit"]

@@ -1,0 +1,118 @@
+"""Integer reciprocal square root: ``1/sqrt(v) ~= M * 2**-(frac_bits + e)`` for unsigned ``v >= 1``.
+
+Golden model: :func:`hbmforge.numerics.nonlinear.rsqrt_int` (:class:`~hbmforge.numerics.nonlinear.RsqrtSpec`).
+A small sequential unit (the norms need one result per vector):
+
+* ``e = (bitlen(v) - 1) // 2`` (priority encoder), ``u = (v << UF) >> 2e`` in ``[1, 4)`` with
+  ``UF = frac_bits + 2`` fraction bits (truncated);
+* seed ``y = seeds[top seed_bits fraction bits of u]`` (``3 * 2**seed_bits`` entries,
+  ``round(2**MF / sqrt(midpoint))``);
+* ``iterations`` Newton steps, three cycles each (one multiplier per cycle)::
+
+      y2 = rshift_round(y*y, MF);  uy2 = rshift_round(u*y2, UF)
+      y  = rshift_round(y * (3*2**MF - uy2), MF + 1)
+
+Latency ``2 + 3 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
+(``i.ready`` only while idle). ``v = 0`` gives an unspecified result.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ...numerics.nonlinear import RsqrtSpec
+
+__all__ = ["Rsqrt", "rsqrt_result_layout"]
+
+
+def rsqrt_result_layout(spec: RsqrtSpec) -> data.StructLayout:
+    return data.StructLayout({"mant": unsigned(spec.mant_bits), "exp": range(spec.exp_max + 1)})
+
+
+class Rsqrt(wiring.Component):
+    """``i``: ``stream.Signature(unsigned(in_bits))``; ``o``: ``stream.Signature({mant, exp})`` with
+    ``1/sqrt(v) ~= mant * 2**-(frac_bits + exp)``."""
+
+    def __init__(self, *, in_bits: int, frac_bits: int = 18, iterations: int = 2, seed_bits: int = 5):
+        self._spec = RsqrtSpec(in_bits, frac_bits, iterations, seed_bits)      # validates
+        super().__init__({"i": In(stream.Signature(unsigned(in_bits))),
+                          "o": Out(stream.Signature(rsqrt_result_layout(self._spec)))})
+
+    @property
+    def spec(self) -> RsqrtSpec:
+        return self._spec
+
+    @property
+    def in_bits(self) -> int:
+        return self._spec.in_bits
+
+    @property
+    def frac_bits(self) -> int:
+        return self._spec.frac_bits
+
+    @property
+    def iterations(self) -> int:
+        return self._spec.iterations
+
+    @property
+    def seed_bits(self) -> int:
+        return self._spec.seed_bits
+
+    @property
+    def latency(self) -> int:
+        """Cycles from accepting ``v`` to ``o.valid``."""
+        return 2 + 3 * self._spec.iterations
+
+    def elaborate(self, platform):
+        m = Module()
+        sp = self._spec
+        VB, MF, UF, SB = sp.in_bits, sp.frac_bits, sp.u_frac_bits, sp.seed_bits
+        seeds = list(sp.seeds) + [sp.seeds[-1]] * (1 << SB)       # 4 * 2**SB entries: no bad address
+        m.submodules.seeds = rom = Memory(shape=unsigned(MF + 1), depth=len(seeds), init=seeds)
+        rp = rom.read_port(domain="comb")
+
+        v = self.i.payload
+        top = Signal(range(max(VB, 2)))
+        for b in range(VB):
+            with m.If(v[b]):
+                m.d.comb += top.eq(b)                # the last true assignment wins: highest set bit
+        e = Signal(range(sp.exp_max + 1))
+        u = Signal(unsigned(UF + 2))
+        y = Signal(unsigned(MF + 2))
+        y2 = Signal(unsigned(MF + 2))
+        uy2 = Signal(unsigned(MF + 3))
+        it = Signal(range(max(sp.iterations, 1) + 1))
+        m.d.comb += [rp.addr.eq((u >> (UF - SB)) - (1 << SB)),
+                     self.o.payload.mant.eq(y), self.o.payload.exp.eq(e)]
+
+        diff = Signal(signed(MF + 4))
+        m.d.comb += diff.eq((3 << MF) - uy2)
+
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.i.ready.eq(1)
+                with m.If(self.i.valid):
+                    m.d.sync += [e.eq(top >> 1), u.eq((v << UF) >> ((top >> 1) << 1))]
+                    m.next = "SEED"
+            with m.State("SEED"):
+                m.d.sync += [y.eq(rp.data), it.eq(0)]
+                m.next = "SQUARE" if sp.iterations else "DONE"
+            with m.State("SQUARE"):
+                m.d.sync += y2.eq((y * y + (1 << (MF - 1))) >> MF)
+                m.next = "SCALE"
+            with m.State("SCALE"):
+                m.d.sync += uy2.eq((u * y2 + (1 << (UF - 1))) >> UF)
+                m.next = "UPDATE"
+            with m.State("UPDATE"):
+                m.d.sync += [y.eq((y * diff + (1 << MF)) >> (MF + 1)), it.eq(it + 1)]
+                with m.If(it == sp.iterations - 1):
+                    m.next = "DONE"
+                with m.Else():
+                    m.next = "SQUARE"
+            with m.State("DONE"):
+                m.d.comb += self.o.valid.eq(1)
+                with m.If(self.o.ready):
+                    m.next = "IDLE"
+        return m

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from hbmforge.layout import OutMode
+from hbmforge.layout import OutMode, WeightFormat
+from hbmforge.numerics.quant import storage_range, weight_format
 
 __all__ = [
     "pad_k",
@@ -79,51 +80,102 @@ def unpack_activations(raw, m: int, k: int, layout) -> np.ndarray:
     return raw[: m * k].reshape(m, k).copy()
 
 
-# -- W: signed wbits [N, K], one bit stream cut into P stripes --------------------------
-def pack_weights(wq, wbits: int, layout) -> list[np.ndarray]:
-    """Signed ``[N, K]`` weights -> one ``uint8`` array per weight port.
+# -- W: [N, K] in one of the weight formats, one stream cut into P stripes ----------------
+_POW3 = np.array([1, 3, 9, 27, 81], dtype=np.int16)
 
-    Element ``n*K + k`` sits at stream bits ``[i*wbits, (i+1)*wbits)`` (int4: the
-    even element in the low nibble); combined word ``c`` of ``P*W`` bits is word
-    ``c`` of stripe 0, then stripe 1, ... (stripe 0 least significant).
+
+def _engine_format(wbits, lay):
+    """``wbits`` (2, 4, 8, 'ternary' or descriptor code 3) -> format, checked against the engine."""
+    try:
+        fmt = weight_format(wbits)
+    except ValueError:
+        fmt = None
+    if fmt is None or fmt not in lay.mm.weight_bits:
+        raise ValueError(f"wbits must be one of the engine's weight_bits {list(lay.mm.weight_bits)}, got {wbits!r}")
+    return fmt
+
+
+def _five_trit(lay, fmt) -> bool:
+    return fmt == "ternary" and lay.mm.ternary_packing == "5trit"
+
+
+def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
+    """``[N, K]`` integer weights -> one ``uint8`` array per weight port.
+
+    ``wbits``: 2, 4, 8, ``"ternary"`` (or its descriptor code 3). The stream is
+    element ``i = n*K + k`` in order (K padded with zeros):
+
+    * int2/int4/int8: stream bits ``[i*b, (i+1)*b)``, two's complement (int4: the even
+      element in the low nibble; int2: element ``4j+t`` at bits ``2t`` of byte ``j``);
+    * ternary, ``ternary_packing: 2bit``: a 2-bit code per element, 00 = 0, 01 = +1,
+      11 = -1 (10 is reserved, decodes to 0, never written);
+    * ternary, ``5trit``: byte ``j`` = ``sum_t (w[5j+t] + 1) * 3**t`` (``t = 0`` the
+      earliest element); missing elements of the last byte are zero weights.
+
+    The stream is zero-padded to whole combined words of ``P*W`` bits; combined word
+    ``c`` is word ``c`` of stripe 0, then stripe 1, ... (stripe 0 least significant).
     """
     lay = _layout(layout)
-    if wbits not in lay.mm.weight_bits:
-        raise ValueError(f"wbits must be one of the engine's weight_bits {list(lay.mm.weight_bits)}, got {wbits}")
-    lo, hi = -(1 << (wbits - 1)), (1 << (wbits - 1)) - 1
-    wq = pad_k(_int_matrix("weights", wq, lo, hi), lay)
+    fmt = _engine_format(wbits, lay)
+    lo, hi = storage_range(fmt)
+    wq = pad_k(_int_matrix(f"{fmt if fmt == 'ternary' else f'int{fmt}'} weights", wq, lo, hi), lay)
     n, k = wq.shape
     if n == 0:
         raise ValueError("weights have no rows (N = 0)")
     flat = np.ascontiguousarray(wq).reshape(-1).astype(np.int8).view(np.uint8)
-    if wbits == 8:
+    if _five_trit(lay, fmt):
+        digits = np.ones(-(-flat.size // 5) * 5, dtype=np.int16)           # pad: zero weights
+        digits[:flat.size] = flat.view(np.int8).astype(np.int16) + 1
+        stream = (digits.reshape(-1, 5) @ _POW3).astype(np.uint8)
+    elif fmt == 8:
         stream = flat
-    else:                                   # wbits == 4: two elements per byte, low nibble first
+    elif fmt == 4:                          # two elements per byte, low nibble first
         nib = flat & 0x0F
+        if nib.size % 2:
+            nib = np.append(nib, np.uint8(0))
         stream = nib[0::2] | (nib[1::2] << 4)
+    else:                                   # int2 / ternary 2bit: four 2-bit codes per byte
+        codes = np.zeros(-(-flat.size // 4) * 4, dtype=np.uint8)
+        codes[:flat.size] = flat & 0x03
+        c = codes.reshape(-1, 4)
+        stream = c[:, 0] | (c[:, 1] << 2) | (c[:, 2] << 4) | (c[:, 3] << 6)
     ports, word = lay.mm.weight_ports, lay.word_bytes
-    stripe_bytes = lay.weight_port_bytes(n, k, wbits)
+    stripe_bytes = lay.weight_port_bytes(n, k, WeightFormat.code(fmt))
     combined = _pad_bytes(stream, stripe_bytes * ports).reshape(-1, ports, word)
     return [np.ascontiguousarray(combined[:, p, :]).reshape(-1) for p in range(ports)]
 
 
-def unpack_weights(stripes, n: int, k: int, wbits: int, layout) -> np.ndarray:
-    """Inverse of :func:`pack_weights` (``k`` padded): int8 ``[N, K]``."""
+def unpack_weights(stripes, n: int, k: int, wbits, layout) -> np.ndarray:
+    """Inverse of :func:`pack_weights` (``k`` padded): int8 ``[N, K]``.
+
+    Reserved encodings decode as the hardware does: ternary code 10 and 5-trit
+    bytes >= 243 give zeros.
+    """
     lay = _layout(layout)
+    fmt = _engine_format(wbits, lay)
     ports, word = lay.mm.weight_ports, lay.word_bytes
     if len(stripes) != ports:
         raise ValueError(f"need {ports} weight stripes, got {len(stripes)}")
     arrays = [np.frombuffer(bytes(s), dtype=np.uint8).reshape(-1, word) for s in stripes]
     stream = np.stack(arrays, axis=1).reshape(-1)
     count = n * k
-    if wbits == 8:
+    if _five_trit(lay, fmt):
+        b = stream[: -(-count // 5)].astype(np.int16)
+        vals = ((b[:, None] // _POW3[None, :]) % 3 - 1).astype(np.int8)
+        vals[b >= 243] = 0
+        return vals.reshape(-1)[:count].reshape(n, k)
+    if fmt == 8:
         return stream[:count].view(np.int8).reshape(n, k).copy()
-    lo = (stream & 0x0F).astype(np.int8)
-    hi = (stream >> 4).astype(np.int8)
-    vals = np.empty(stream.size * 2, dtype=np.int8)
-    vals[0::2], vals[1::2] = lo, hi
-    vals = np.where(vals >= 8, vals - 16, vals).astype(np.int8)
-    return vals[:count].reshape(n, k)
+    if fmt == 4:
+        lo = (stream & 0x0F).astype(np.int8)
+        hi = (stream >> 4).astype(np.int8)
+        vals = np.empty(stream.size * 2, dtype=np.int8)
+        vals[0::2], vals[1::2] = lo, hi
+        vals = np.where(vals >= 8, vals - 16, vals).astype(np.int8)
+        return vals[:count].reshape(n, k)
+    codes = np.stack([(stream >> s) & 3 for s in (0, 2, 4, 6)], axis=1).reshape(-1)[:count]
+    table = np.array([0, 1, 0, -1] if fmt == "ternary" else [0, 1, -2, -1], dtype=np.int8)
+    return table[codes].reshape(n, k)
 
 
 # -- S: u16 [N, K/G] --------------------------------------------------------------------

@@ -19,14 +19,34 @@ adder trees.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import require_positive_ints, require_powers_of_two
 from .pipe import delay
 
-__all__ = ["MacArray"]
+__all__ = ["MacArray", "product", "LANE_FORMATS"]
+
+LANE_FORMATS = ("int", "int2", "ternary")
+
+
+def product(x, w, fmt: str, bits: int):
+    """``x * w`` modulo ``2^bits`` for unsigned ``x`` and a lane ``w`` of format ``fmt``.
+
+    ``w`` is the weight sign-extended to at least 2 bits (its bits 0 and 1 are the 2-bit
+    code for int2/ternary lanes). ``"int"``: a multiplier; ``"int2"``: select among
+    0, x, -x, -2x (two muxes and a subtract); ``"ternary"``: select among 0, x, -x.
+    """
+    if fmt == "int":
+        v = x * w
+    elif fmt == "int2":
+        v = Mux(w[0], x, 0) - Mux(w[1], x << 1, 0)
+    elif fmt == "ternary":
+        v = Mux(w[0], Mux(w[1], -x, x), 0)
+    else:
+        raise ValueError(f"lane format must be one of {LANE_FORMATS}, got {fmt!r}")
+    return v[:bits] if len(v) > bits else v         # a narrower signed value sign-extends on assignment
 
 
 def _wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
@@ -54,12 +74,24 @@ class MacArray(wiring.Component):
     synchronous memory delivers them. ``sums[r][j]`` is the exact sum over lanes
     ``j*G' .. (j+1)*G' - 1`` of row ``r`` (``G' = min(L, G)``), ``latency``
     cycles after the fire, with ``o_valid`` and ``o_tag``.
+
+    ``lane_format`` picks the product (:func:`product`): ``"int"`` (a multiplier),
+    ``"int2"`` (2-bit lanes in [-2, 1]) or ``"ternary"`` (2-bit lanes in [-1, 1]
+    only, e.g. an engine whose only format is ternary). Default: ``"int2"`` for
+    2-bit lanes, ``"int"`` otherwise.
     """
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, weight_shape, tag_layout,
-                 levels_per_stage: int = 2):
+                 levels_per_stage: int = 2, lane_format: str | None = None):
         require_positive_ints(rows=rows, lanes=lanes, group_size=group_size, levels_per_stage=levels_per_stage)
         require_powers_of_two(lanes=lanes, group_size=group_size)
+        if lane_format is None:
+            lane_format = "int2" if weight_shape.width == 2 else "int"
+        if lane_format not in LANE_FORMATS:
+            raise ValueError(f"lane_format must be one of {LANE_FORMATS}, got {lane_format!r}")
+        if lane_format != "int" and weight_shape.width != 2:
+            raise ValueError(f"lane_format {lane_format!r} needs 2-bit weight lanes, got {weight_shape!r}")
+        self._lane_format = lane_format
         self._rows, self._lanes, self._group = rows, lanes, group_size
         self._span = min(lanes, group_size)              # lanes per group sum
         self._groups = max(1, lanes // group_size)       # group sums per fire
@@ -77,6 +109,10 @@ class MacArray(wiring.Component):
             "sums": Out(data.ArrayLayout(data.ArrayLayout(signed(self._sum_bits), self._groups), rows)),
             "o_tag": Out(tag_layout),
         })
+
+    @property
+    def lane_format(self) -> str:
+        return self._lane_format
 
     @property
     def groups_per_fire(self) -> int:
@@ -115,7 +151,7 @@ class MacArray(wiring.Component):
                 prods = []
                 for l in lanes:
                     p = Signal(sb, name=f"p{r}_{l}", reset_less=True)
-                    m.d.sync += p.eq((self.x[r][l] * we[l])[:sb])
+                    m.d.sync += p.eq(product(self.x[r][l], we[l], self._lane_format, sb))
                     prods.append(p)
                 root, stages = _wrap_tree(m, prods, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
                 assert 2 + stages == self._latency

@@ -97,9 +97,9 @@ class MatmulEngine(wiring.Component):
         NG, sb = self._groups, mm.scale_bits
 
         m.submodules.seq = seq = JobSequencer(rows=R, lanes=L, weight_ports=P, data_width=W,
-                                              group_size=G, max_k=mm.max_k)
+                                              group_size=G, max_k=mm.max_k, ternary_packing=mm.ternary_packing)
         m.submodules.unpack = unpack = WeightUnpacker(lanes=L, weight_ports=P, data_width=W,
-                                                      weight_bits=tuple(mm.weight_bits))
+                                                      weight_bits=tuple(mm.weight_bits), ternary_packing=mm.ternary_packing)
         m.submodules.actbuf = actbuf = ActivationBuffer(rows=R, lanes=L, data_width=W, max_k=mm.max_k)
         m.submodules.scales = scales = WidthAdapter(W, 16 * NG)
         m.submodules.rqparams = rqparams = WidthAdapter(W, 64)

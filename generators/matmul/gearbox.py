@@ -7,16 +7,22 @@ gathers words into an item (first word in the low bits). Packets (one per row
 block) end mid-word when the buffer is padded to whole words; the consumer
 raises ``o_last`` with the packet's last item and the rest of that word is
 dropped, so the next packet starts on a fresh word.
+
+:class:`TritGearbox` does the same for 5-trit-packed ternary weights, whose
+``5 * in_width / 8`` trits per word need not be a power-of-two multiple or
+fraction of the item.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+import math
+
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import require_positive_ints
 
-__all__ = ["WidthAdapter"]
+__all__ = ["WidthAdapter", "TritGearbox", "decode_five_trits"]
 
 
 def _is_pow2(v: int) -> bool:
@@ -81,4 +87,96 @@ class WidthAdapter(wiring.Component):
                 m.d.sync += got.eq(Mux(take, 1, got + 1))
             with m.Elif(take):
                 m.d.sync += got.eq(0)
+        return m
+
+
+# b // 3**t for a byte b, as (b * mult) >> shift (exact for 0 <= b <= 255)
+_DIV3 = {1: (171, 9), 2: (57, 9), 3: (19, 9), 4: (203, 14)}
+
+
+def decode_five_trits(m: Module, byte, *, name: str):
+    """One 5-trit byte -> five 2-bit ternary codes (element 0 in the low bits).
+
+    Digit ``t`` of ``byte`` in base 3 is ``q_t - 3 q_{t+1}`` with ``q_t = byte // 3**t``
+    (constant divisions as multiply-and-shift); weight ``= digit - 1`` is emitted as the
+    2-bit code 11 (-1), 00 (0), 01 (+1). Bytes >= 243 are reserved and decode to zeros.
+    """
+    q = [byte]
+    for t in range(1, 5):
+        mult, shift = _DIV3[t]
+        qt = Signal(2 if t == 4 else 8, name=f"{name}_q{t}")
+        m.d.comb += qt.eq((byte * mult) >> shift)
+        q.append(qt)
+    codes = []
+    for t in range(5):
+        d = Signal(2, name=f"{name}_d{t}")
+        m.d.comb += d.eq(q[t] - 3 * q[t + 1] if t < 4 else q[4])
+        codes.append(Cat(~d[0], ~d[0] & ~d[1]))
+    out = Signal(10, name=f"{name}_codes")
+    m.d.comb += out.eq(Mux(byte >= 243, 0, Cat(*codes)))
+    return out
+
+
+class TritGearbox(wiring.Component):
+    """5-trit bytes in (``in_width``-bit words), ``lanes`` ternary 2-bit codes out per item.
+
+    A word holds ``T = 5 * in_width / 8`` trits, which need not divide (or be divided by)
+    ``lanes``: the decoded trits go into a buffer of ``C = lanes - g + T`` codes
+    (``g = gcd(T, lanes)``, every fill level is a multiple of ``g``) at the current fill
+    level, the output is the buffer's first ``lanes`` codes, and a word is accepted
+    whenever fewer than ``lanes`` codes would remain after this cycle's take. So a
+    word is only fetched when the next item needs it (never one of the next packet),
+    one item leaves per cycle while words arrive at ``T / lanes`` per item, and
+    ``o_last`` (the item ends its packet) drops whatever the buffer still holds.
+    """
+
+    def __init__(self, in_width: int, lanes: int):
+        require_positive_ints(in_width=in_width, lanes=lanes)
+        if in_width % 8 or not _is_pow2(in_width // 8) or not _is_pow2(lanes):
+            raise ValueError(f"in_width {in_width} must be a power-of-two number of bytes and lanes "
+                             f"{lanes} a power of two")
+        self._in_width, self._lanes = in_width, lanes
+        self._trits = 5 * in_width // 8
+        self._g = math.gcd(self._trits, lanes)
+        self._cap = lanes - self._g + self._trits
+        super().__init__({
+            "i": In(stream.Signature(in_width)),
+            "o": Out(stream.Signature(2 * lanes)),
+            "o_last": In(1),
+        })
+
+    @property
+    def trits_per_word(self) -> int:
+        return self._trits
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    def elaborate(self, platform):
+        m = Module()
+        L, T, g, C = self._lanes, self._trits, self._g, self._cap
+        nbytes = self._in_width // 8
+        decoded = Cat(*(decode_five_trits(m, self.i.payload[8 * j:8 * j + 8], name=f"byte{j}")
+                        for j in range(nbytes)))
+        buf = Signal(2 * C)
+        have = Signal(range(C + 1))                   # codes in buf (a multiple of g)
+        take = self.o.valid & self.o.ready
+        m.d.comb += [self.o.payload.eq(buf[:2 * L]), self.o.valid.eq(have >= L)]
+        left = Signal(range(C + 1))                   # codes kept after this cycle's take
+        m.d.comb += left.eq(Mux(take, Mux(self.o_last, 0, have - L), have))
+        m.d.comb += self.i.ready.eq(left < L)
+        load = self.i.valid & self.i.ready
+        shifted = Signal(2 * C)
+        m.d.comb += shifted.eq(Mux(take, buf >> (2 * L), buf))
+        m.d.sync += have.eq(left + Mux(load, T, 0))
+        with m.If(load):
+            seg = left >> (g.bit_length() - 1)        # fill level in units of g codes (< L / g)
+            with m.Switch(seg):
+                for j in range(L // g):
+                    lo, hi = 2 * j * g, 2 * (j * g + T)
+                    with m.Case(j):
+                        m.d.sync += buf.eq(Cat(shifted[:lo], decoded, shifted[hi:]))
+        with m.Else():
+            m.d.sync += buf.eq(shifted)
         return m

@@ -65,11 +65,14 @@ class JobSequencer(wiring.Component):
     """
 
     def __init__(self, *, rows: int, lanes: int, weight_ports: int, data_width: int, group_size: int,
-                 max_k: int):
+                 max_k: int, ternary_packing: str = "2bit"):
         require_positive_ints(rows=rows, lanes=lanes, weight_ports=weight_ports, data_width=data_width, group_size=group_size, max_k=max_k)
         require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width, group_size=group_size)
         if group_size < 16 or data_width < 64:
             raise ValueError(f"group_size must be >= 16 and data_width >= 64, got {group_size}, {data_width}")
+        if ternary_packing not in ("2bit", "5trit"):
+            raise ValueError(f"ternary_packing must be '2bit' or '5trit', got {ternary_packing!r}")
+        self._packing = ternary_packing
         self._rows, self._lanes, self._ports = rows, lanes, weight_ports
         self._width, self._group, self._max_k = data_width, group_size, max_k
         self._lines = max_k // lanes
@@ -92,6 +95,17 @@ class JobSequencer(wiring.Component):
             "finished": In(1),
             "busy": Out(1),
         })
+
+    def _weight_bytes(self, code, nk, cw: int, B: int):
+        """Bytes per weight stripe (``DesignLayout.weight_port_bytes``): the stream of ``nk``
+        weights (b bits each by descriptor code 2/3/4/8, or ceil(nk/5) bytes for 5-trit
+        ternary) in whole combined words of ``cw`` bits, one ``B``-byte word per stripe."""
+        bits = Mux(code == 8, nk << 3, Mux(code == 4, nk << 2, nk << 1))
+        words = (bits + cw - 1) >> _log2(cw)
+        if self._packing == "5trit":       # ceil(ceil(nk / 5) / (cw / 8)) = ceil(nk / (5 cw / 8))
+            nk_bits = 33 + self._max_k.bit_length()
+            words = Mux(code == 3, ceil_div_const(nk[:nk_bits], 5 * cw // 8, nk_bits), words)
+        return words << _log2(B)
 
     def elaborate(self, platform):
         m = Module()
@@ -125,7 +139,7 @@ class JobSequencer(wiring.Component):
                 mk.eq(job.m * job.k),
                 nblocks.eq(ceil_div_const(job.m, R, 32)),
                 rk.eq(job.k * R),
-                w_bytes.eq(((Mux(job.wbits == 8, nk << 3, nk << 2) + cw - 1) >> _log2(cw)) << _log2(B)),
+                w_bytes.eq(self._weight_bytes(job.wbits, nk, cw, B)),
                 s_bytes.eq(round_words(nk >> (_log2(self._group) - 1))),
                 q_bytes.eq(round_words(job.n << 3)),
                 out_elems.eq((nblocks * R)[:32] * job.n),

@@ -37,18 +37,33 @@ def pack_activations(x, word_bytes: int) -> bytes:
     return _pad(np.asarray(x, dtype=np.int8).tobytes(), word_bytes)
 
 
-def pack_weights(w, wbits: int, weight_ports: int, data_width: int) -> list[bytes]:
-    """Signed ``[N, K]`` weights -> one byte string per stripe (§4: one bit stream, combined words)."""
-    w = np.asarray(w, dtype=np.int64).reshape(-1)
-    if wbits == 8:
-        stream = (w & 0xFF).astype(np.uint8).tobytes()
-    elif wbits == 4:
-        nib = (w & 0xF).astype(np.uint8)
-        if len(nib) % 2:
-            nib = np.append(nib, np.uint8(0))
-        stream = (nib[0::2] | (nib[1::2] << 4)).astype(np.uint8).tobytes()
+def _format_code(wbits) -> int:
+    """2, 4, 8, 'ternary' or a descriptor code -> descriptor code (ternary = 3)."""
+    if wbits == "ternary" or wbits == 3:
+        return 3
+    if wbits in (2, 4, 8):
+        return int(wbits)
+    raise ValueError(f"wbits must be 2, 4, 8 or 'ternary' (code 3), got {wbits!r}")
+
+
+def pack_weights(w, wbits, weight_ports: int, data_width: int, *, ternary_packing: str = "2bit") -> list[bytes]:
+    """``[N, K]`` weights -> one byte string per stripe (§4: one stream, combined words).
+
+    Written element by element from the format rules (not vectorized like the host packer):
+    int-b: element i at stream bits [i*b, (i+1)*b) two's complement; ternary 2bit: code
+    0 -> 00, +1 -> 01, -1 -> 11; ternary 5trit: byte j = sum_t (w[5j+t] + 1) * 3**t.
+    """
+    code = _format_code(wbits)
+    vals = [int(v) for v in np.asarray(w, dtype=np.int64).reshape(-1)]
+    if code == 3 and ternary_packing == "5trit":
+        vals += [0] * (-len(vals) % 5)
+        stream = bytes(sum((vals[j + t] + 1) * 3 ** t for t in range(5)) for j in range(0, len(vals), 5))
     else:
-        raise ValueError(f"wbits must be 4 or 8, got {wbits}")
+        bits = 2 if code == 3 else code
+        acc = 0
+        for i, v in enumerate(vals):
+            acc |= (v & ((1 << bits) - 1)) << (i * bits)
+        stream = acc.to_bytes(-(-len(vals) * bits // 8), "little")
     wb = data_width // 8
     stream = _pad(stream, wb * weight_ports)
     words = len(stream) // (wb * weight_ports)
@@ -86,7 +101,7 @@ class MatmulCase:
     x: np.ndarray
     w: np.ndarray
     s: np.ndarray
-    wbits: int
+    wbits: int                       # descriptor code: 2, 4, 8, or 3 (ternary)
     out_mode: int = OutMode.INT32
     out_shift: int = 0
     mult: np.ndarray | None = None
@@ -102,16 +117,18 @@ class MatmulCase:
         return matmul_int8(self.x, self.w, self.s, group_size, self.mult, self.shift)
 
 
-def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: int, n: int, wbits: int,
+def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: int, n: int, wbits,
                 out_mode: int = OutMode.INT32, extremes: bool = True) -> MatmulCase:
     """Random operands for one job, K padded to ``k_align``, with shifts that give a spread of
     results (some saturated, some exact) and, with ``extremes``, rows/columns of -128 and of
-    the most negative weight, and full-scale scale mantissas."""
+    the most negative weight, and full-scale scale mantissas. ``wbits``: 2, 4, 8, 'ternary'
+    or code 3; the case holds the descriptor code."""
     from ...numerics.matmul import matmul_accumulate
 
+    wbits = _format_code(wbits)
     k = layout.pad_k(k)
     g = layout.mm.group_size
-    wmin, wmax = -(1 << (wbits - 1)), (1 << (wbits - 1)) - 1
+    wmin, wmax = (-1, 1) if wbits == 3 else (-(1 << (wbits - 1)), (1 << (wbits - 1)) - 1)
     x = rng.integers(-128, 128, (m, k))
     w = rng.integers(wmin, wmax + 1, (n, k))
     s = rng.integers(0, 1 << layout.mm.scale_bits, (n, k // g))
@@ -177,7 +194,8 @@ class EngineBench:
         lay = self.layout
         wb, P, W = lay.word_bytes, lay.mm.weight_ports, lay.config.data_width
         case.addrs["x"] = self.alloc(pack_activations(case.x, wb))
-        case.addrs["w"] = [self.alloc(b) for b in pack_weights(case.w, case.wbits, P, W)]
+        case.addrs["w"] = [self.alloc(b) for b in pack_weights(case.w, case.wbits, P, W,
+                                                                ternary_packing=lay.mm.ternary_packing)]
         case.addrs["s"] = self.alloc(pack_scales(case.s, wb))
         if case.out_mode == OutMode.INT8:
             case.addrs["q"] = self.alloc(pack_requant(case.mult, case.shift, wb))

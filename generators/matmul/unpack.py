@@ -1,10 +1,12 @@
 """Weight unpacker: P striped port words -> chunks of L signed weights.
 
-The weight stream (docs/architecture.md §4) is one bit stream cut into
-combined words of ``P * W`` bits, stripe 0 in the low bits; a chunk is the
-next ``L * wbits`` bits, lane ``l`` at bits ``[l * wbits, (l + 1) * wbits)``.
-One :class:`WidthAdapter` per supported weight width keeps each path a
-fixed-ratio split or gather; the job's ``wbits`` picks the path.
+The weight stream (docs/architecture.md §4) is one stream cut into combined
+words of ``P * W`` bits, stripe 0 in the low bits. For int2/int4/int8 and
+'2bit' ternary a chunk is the next ``L * b`` bits, lane ``l`` at bits
+``[l * b, (l + 1) * b)``; for '5trit' ternary each byte holds five weights.
+One :class:`WidthAdapter` per stored width (int2 and '2bit' ternary share one)
+keeps each path a fixed-ratio split or gather, a :class:`TritGearbox` serves
+'5trit' ternary; the job's ``wbits`` code picks the path.
 """
 from __future__ import annotations
 
@@ -13,55 +15,103 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import require_positive_ints, require_powers_of_two
-from .gearbox import WidthAdapter
+from .gearbox import TritGearbox, WidthAdapter
 from .pipe import opaque_const
 
-__all__ = ["WeightUnpacker"]
+__all__ = ["WeightUnpacker", "FORMAT_CODES"]
+
+# descriptor ``wbits`` codes (hbmforge.layout.WeightFormat)
+FORMAT_CODES = {2: 2, "ternary": 3, 4: 4, 8: 8}
+
+
+def _lane_bits(fmt) -> int:
+    return 2 if fmt == "ternary" else fmt
+
+
+def _field_mask(n: int, pitch: int, width: int) -> int:
+    """``n`` fields of ``width`` ones every ``pitch`` bits."""
+    return sum(((1 << width) - 1) << (i * pitch) for i in range(n))
+
+
+def widen_lanes(m: Module, chunk, lanes: int, src: int, dst: int, *, name: str):
+    """``lanes`` signed ``src``-bit lanes -> signed ``dst``-bit lanes, as whole-word operations.
+
+    Each 64-bit output word takes ``64 / dst`` fields: spread them apart with
+    log2(fields) shift/mask steps (each step moves the upper half of every block
+    up), then copy each field's sign bit into its high bits (disjoint ORs: plain
+    wiring in hardware, a handful of 64-bit ops in a simulator instead of one
+    operation per bit).
+    """
+    if src == dst:
+        return chunk
+    per = 64 // dst
+    steps = []
+    block = per
+    while block > 1:
+        half = block // 2
+        mask = sum(((1 << (half * src)) - 1) << (j * half * dst) for j in range(per // half))
+        steps.append((half * (dst - src), opaque_const(m, mask & ((1 << 64) - 1), 64,
+                                                       name=f"{name}_spread{half}")))
+        block = half
+    sign_mask = opaque_const(m, _field_mask(per, dst, 1) << (src - 1), 64, name=f"{name}_sign")
+    out = []
+    for j in range(-(-lanes // per)):
+        n = min(per, lanes - per * j)
+        x = chunk[per * src * j:per * src * j + src * n].as_unsigned()
+        for step, (sh, mask) in enumerate(steps):
+            nxt = Signal(64, name=f"{name}_w{j}_s{step}")
+            m.d.comb += nxt.eq((x | (x << sh)) & mask)
+            x = nxt
+        sign = Signal(64, name=f"{name}_w{j}_sign")
+        m.d.comb += sign.eq(x & sign_mask)
+        fill = sign
+        for b in range(1, dst - src + 1):
+            fill = fill | (sign << b)
+        wide = Signal(64, name=f"{name}_w{j}_wide")
+        m.d.comb += wide.eq(x | fill)
+        out.append(wide[:dst * n])
+    return Cat(*out)
 
 
 def _widen_nibbles(m: Module, chunk, lanes: int):
-    """``lanes`` signed 4-bit lanes -> signed 8-bit lanes, as whole-word operations.
+    """``lanes`` signed 4-bit lanes -> signed 8-bit lanes (kept for the unit tests)."""
+    return widen_lanes(m, chunk, lanes, 4, 8, name="nib")
 
-    Each 64-bit output word takes 8 nibbles: spread them to bytes with three
-    shift/mask steps, then copy each nibble's sign bit into its byte's high
-    half (disjoint ORs: plain wiring in hardware, a handful of 64-bit ops in a
-    simulator instead of one operation per bit).
-    """
-    masks = [(sh, opaque_const(m, mask, 64, name=f"spread_mask{sh}"))
-             for sh, mask in ((16, 0x0000FFFF0000FFFF), (8, 0x00FF00FF00FF00FF), (4, 0x0F0F0F0F0F0F0F0F))]
-    sign_mask = opaque_const(m, 0x0808080808080808, 64, name="sign_mask")
-    out = []
-    for j in range(-(-lanes // 8)):
-        n = min(8, lanes - 8 * j)
-        x = chunk[32 * j:32 * j + 4 * n].as_unsigned()
-        for step, (sh, mask) in enumerate(masks):
-            nxt = Signal(64, name=f"spread{j}_{step}")
-            m.d.comb += nxt.eq((x | (x << sh)) & mask)
-            x = nxt
-        sign = Signal(64, name=f"sign{j}")
-        m.d.comb += sign.eq(x & sign_mask)
-        wide = Signal(64, name=f"wide{j}")
-        m.d.comb += wide.eq(x | (sign << 1) | (sign << 2) | (sign << 3) | (sign << 4))
-        out.append(wide[:8 * n])
-    return Cat(*out)
+
+def ternary_codes(m: Module, chunk, lanes: int, *, name: str):
+    """2-bit ternary codes -> 2-bit two's complement lanes: 00 0, 01 +1, 11 -1, and the
+    reserved 10 -> 00 (keep the high bit only where the low bit is set)."""
+    low = opaque_const(m, _field_mask(lanes, 2, 1), 2 * lanes, name=f"{name}_low")
+    fixed = Signal(2 * lanes, name=f"{name}_fixed")
+    m.d.comb += fixed.eq(chunk & (low | ((chunk & low) << 1)))
+    return fixed
 
 
 class WeightUnpacker(wiring.Component):
     """Zip the ``P`` weight streams and emit one ``L``-lane chunk per cycle.
 
-    Lanes are signed ``max(weight_bits)``-bit values (narrower weights are sign
-    extended). ``o_last`` marks the chunk that ends a row block's stream: the
-    padding in the rest of that combined word is dropped.
+    ``weight_bits``: the formats the engine accepts (2, 4, 8, ``"ternary"``);
+    ``ternary_packing``: ``"2bit"`` or ``"5trit"``. Lanes are signed
+    ``max(lane_bits)``-bit values (ternary decodes to a 2-bit -1/0/+1; narrower
+    weights are sign extended). ``wbits`` is the job's descriptor code (ternary = 3).
+    ``o_last`` marks the chunk that ends a row block's stream: the padding (or the
+    leftover trits) in the rest of that combined word is dropped.
     """
 
-    def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8)):
+    def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8),
+                 ternary_packing: str = "2bit"):
         require_positive_ints(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
-        weight_bits = tuple(sorted(weight_bits))
-        if not weight_bits or any(b not in (4, 8) for b in weight_bits) or len(set(weight_bits)) != len(weight_bits):
-            raise ValueError(f"weight_bits must be a non-empty subset of (4, 8), got {weight_bits!r}")
-        self._lanes, self._ports, self._width, self._wbits = lanes, weight_ports, data_width, weight_bits
-        self._lane_shape = signed(max(weight_bits))
+        fmts = tuple(weight_bits)
+        if (not fmts or any(isinstance(b, bool) or b not in FORMAT_CODES for b in fmts)
+                or len(set(fmts)) != len(fmts)):
+            raise ValueError(f"weight_bits must be a non-empty subset of (2, 4, 8, 'ternary'), got {weight_bits!r}")
+        if ternary_packing not in ("2bit", "5trit"):
+            raise ValueError(f"ternary_packing must be '2bit' or '5trit', got {ternary_packing!r}")
+        self._fmts = tuple(sorted(fmts, key=lambda b: FORMAT_CODES[b]))
+        self._lanes, self._ports, self._width = lanes, weight_ports, data_width
+        self._packing = ternary_packing
+        self._lane_shape = signed(max(_lane_bits(b) for b in self._fmts))
         super().__init__({
             "w_data": In(stream.Signature(data_width)).array(weight_ports),
             "wbits": In(4),
@@ -75,11 +125,21 @@ class WeightUnpacker(wiring.Component):
 
     @property
     def weight_bits(self) -> tuple:
-        return self._wbits
+        return self._fmts
+
+    @property
+    def ternary_packing(self) -> str:
+        return self._packing
 
     @property
     def lane_shape(self):
         return self._lane_shape
+
+    def _stored(self, fmt):
+        """How a format sits in memory: its bit width, or '5trit'."""
+        if fmt == "ternary" and self._packing == "5trit":
+            return "5trit"
+        return _lane_bits(fmt)
 
     def elaborate(self, platform):
         m = Module()
@@ -92,17 +152,38 @@ class WeightUnpacker(wiring.Component):
             m.d.comb += s.ready.eq(in_ready & all_valid)
 
         lw = self._lane_shape.width
-        paths = []
-        for bits in self._wbits:
-            m.submodules[f"adapt{bits}"] = adapt = WidthAdapter(P * self._width, L * bits)
-            sel = Signal(name=f"sel{bits}")
-            m.d.comb += sel.eq(self.wbits == bits if len(self._wbits) > 1 else 1)
+        single = len(self._fmts) == 1
+        fsel = {}
+        for fmt in self._fmts:
+            sel = Signal(name=f"sel_{fmt}")
+            m.d.comb += sel.eq(1 if single else self.wbits == FORMAT_CODES[fmt])
+            fsel[fmt] = sel
+
+        # one adapter per stored width; int2 and '2bit' ternary share theirs
+        paths = []        # (select, adapter, lanes vector)
+        stores = {}
+        for fmt in self._fmts:
+            stores.setdefault(self._stored(fmt), []).append(fmt)
+        for key, fmts in stores.items():
+            if key == "5trit":
+                adapt = TritGearbox(P * self._width, L)
+            else:
+                adapt = WidthAdapter(P * self._width, L * key)
+            m.submodules[f"adapt{key}"] = adapt
+            sel = Signal(name=f"sel_store{key}")
+            m.d.comb += sel.eq(Cat(*(fsel[f] for f in fmts)).any())
             m.d.comb += [adapt.i.payload.eq(combined), adapt.i.valid.eq(all_valid & sel),
                          adapt.o.ready.eq(self.o.ready & sel), adapt.o_last.eq(self.o_last)]
-            vec = adapt.o.payload if bits == lw else _widen_nibbles(m, adapt.o.payload, L)
+            vec = None
+            for fmt in fmts:
+                raw = adapt.o.payload
+                if fmt == "ternary" and key == 2:
+                    raw = ternary_codes(m, raw, L, name="tern")
+                v = widen_lanes(m, raw, L, _lane_bits(fmt), lw, name=f"widen_{fmt}")
+                vec = v if vec is None else Mux(fsel[fmt], v, vec)
             paths.append((sel, adapt, vec))
 
-        sel0, adapt0, vec = paths[0]
+        _, adapt0, vec = paths[0]
         valid, ready = adapt0.o.valid, adapt0.i.ready
         for sel, adapt, v in paths[1:]:
             valid = Mux(sel, adapt.o.valid, valid)

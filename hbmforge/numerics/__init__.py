@@ -7,17 +7,24 @@ from .fixed import rshift_round, saturate
 from .quant import (
     ActQuant,
     GroupQuant,
+    RequantErrorBound,
+    WEIGHT_FORMATS,
     dyadic_multiplier,
     encode_group_scales,
     quantize_activations_per_token,
     quantize_activations_per_tensor,
     quantize_weights_groupwise,
+    requant_error_bound,
+    storage_range,
+    weight_format,
+    weight_range,
 )
 from .matmul import matmul_accumulate, matmul_int32, matmul_int8, matmul_reference_float
 
 __all__ = [
     "rshift_round", "saturate",
-    "ActQuant", "GroupQuant", "dyadic_multiplier", "encode_group_scales",
+    "ActQuant", "GroupQuant", "RequantErrorBound", "WEIGHT_FORMATS", "dyadic_multiplier",
+    "encode_group_scales", "requant_error_bound", "storage_range", "weight_format", "weight_range",
     "quantize_activations_per_token", "quantize_activations_per_tensor", "quantize_weights_groupwise",
     "matmul_accumulate", "matmul_int32", "matmul_int8", "matmul_reference_float",
 ]

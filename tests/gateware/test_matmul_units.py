@@ -439,7 +439,7 @@ def test_ceil_div_const_is_exact_for_32_bit_values(divisor):
 
 
 def test_components_name_bad_parameters():
-    _rejects(lambda: WeightUnpacker(lanes=16, weight_ports=1, data_width=64, weight_bits=(2,)), ValueError,
+    _rejects(lambda: WeightUnpacker(lanes=16, weight_ports=1, data_width=64, weight_bits=(3,)), ValueError,
              "weight_bits")
     _rejects(lambda: WeightUnpacker(lanes=12, weight_ports=1, data_width=64), ValueError, "lanes")
     _rejects(lambda: ActivationBuffer(rows=2, lanes=16, data_width=64, max_k=40), ValueError, "max_k")

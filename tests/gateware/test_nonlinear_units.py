@@ -297,3 +297,20 @@ def test_norm_parameters_and_validation():
 def test_norm_and_rsqrt_verilog_pass_lint(make, tmp_path):
     dut = make()
     _lint(dut, tmp_path, type(dut).__name__.lower())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [RMSNorm, LayerNorm])
+def test_norm_matches_golden_at_a_realistic_dim(cls):
+    dut, x, gamma, beta = _norm_case(cls, dict(dim=768, lanes=8), 8, seed=768)
+    got = _norm_run(dut, x, gamma, beta, seed=2, stall=0.2, backpressure=0.3)
+    assert np.array_equal(got, norm_int(x, gamma, beta, dut.spec))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cls", [GELU, SiLU])
+def test_activation_matches_golden_on_every_int16_input(cls):
+    dut = cls(lanes=8)
+    x = np.arange(-32768, 32768).reshape(-1, 8)
+    got = _run_stream(dut, [list(map(int, row)) for row in x], len(x), seed=4, stall=0.1, backpressure=0.1)
+    assert np.array_equal(np.array(got), activation_int(x, dut.spec))

@@ -304,6 +304,16 @@ class DesignLayout:
         return ("op",) + tuple(ATTENTION_FIELDS)
 
     @property
+    def error_names(self) -> dict[int, str]:
+        """STATUS error code -> meaning, for every opcode the design runs."""
+        names = dict(ErrorCode.NAMES)
+        if self.attention is not None:
+            from .attention_layout import AttnError
+
+            names.update(AttnError.NAMES)
+        return names
+
+    @property
     def opcodes(self) -> dict[str, int]:
         ops = {"END": Opcode.END, "MATMUL": Opcode.MATMUL}
         if self.attention is not None:
@@ -396,7 +406,7 @@ class DesignLayout:
                                       "bytes": 8} for f in self.attention_fields],
                 "opcodes": self.opcodes,
                 "out_modes": {"INT32": OutMode.INT32, "INT8": OutMode.INT8},
-                "error_codes": {str(k): v for k, v in ErrorCode.NAMES.items()},
+                "error_codes": {str(k): v for k, v in self.error_names.items()},
             },
             "engines": [{
                 "kind": "matmul",
@@ -422,9 +432,9 @@ class DesignLayout:
     def attention_manifest(self) -> dict:
         att = self.attention
         entry = {"kind": "attention", **att.model_dump(mode="json")}
-        from .attention_layout import attention_manifest_extra
+        from .attention_layout import attention_geometry
 
-        entry.update(attention_manifest_extra(self))
+        entry["geometry"] = attention_geometry(self).to_json()
         return entry
 
     def manifest_json(self) -> str:

@@ -1,0 +1,207 @@
+"""The attention engine: decode and prefill attention over a paged int8/int4 KV cache.
+
+Dataflow (docs/engines/attention.md)::
+
+    job -> Sequencer -> act_cmd (Q records) ........... act_data -> QLoader --\\
+                     -> scale_cmd (block table words) . scale_data -> Sequencer (page join)
+                     -> K/V commands (w_cmd[0], w_cmd[kv_ports-1]) and segment records
+    w_data[0] -> KVFeed(K) -> ScoreUnit (QK, z, bank, max; exp2 probabilities) --p--\\
+    w_data[.] -> KVFeed(V) ------------------------------------------------> ValueUnit -> out_cmd/out_data
+
+With one KV port, K and V commands share ``w_cmd[0]`` in the order K(0) K(1) V(0) K(2) V(1) ...
+(K leads by one segment, so the softmax of segment s overlaps the K reads of s+1); a route FIFO
+steers the words. With two ports K and V stream in parallel.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import wiring
+
+from ...attention_layout import attention_geometry
+from ...layout import DesignLayout
+from .feed import KVFeed
+from .fifo import StreamFIFO
+from .params import EngineParams
+from .qload import QLoader, q_tile_layout
+from .score import ScoreUnit
+from .sequencer import Sequencer, kv_cmd_layout
+from .signature import AttentionEngineSignature
+from .value import ValueUnit, out_tile_layout
+
+__all__ = ["AttentionEngine"]
+
+
+class AttentionEngine(wiring.Component):
+    """The attention engine for one :class:`~hbmforge.layout.DesignLayout` with an attention engine."""
+
+    def __init__(self, layout: DesignLayout):
+        if not isinstance(layout, DesignLayout):
+            raise TypeError(f"layout must be a DesignLayout, got {type(layout).__name__}")
+        if layout.config.attention is None:
+            raise ValueError(f"config {layout.config.name!r} has no attention engine")
+        self._layout = layout
+        self._params = EngineParams(attention_geometry(layout), layout.config.data_width)
+        p = self._params
+        super().__init__(AttentionEngineSignature(stream_ports=layout.config.stream_ports,
+                                                  data_width=layout.config.data_width,
+                                                  max_mac_inc=2 * p.R * p.L))
+
+    @property
+    def layout(self) -> DesignLayout:
+        return self._layout
+
+    @property
+    def params(self) -> EngineParams:
+        return self._params
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._params
+        R = p.R
+        kvp = p.geom.kv_ports
+
+        m.submodules.seq = seq = Sequencer(p)
+        m.submodules.qload = ql = QLoader(p)
+        m.submodules.kfeed = kf = KVFeed(p)
+        m.submodules.vfeed = vf = KVFeed(p)
+        m.submodules.score = sc = ScoreUnit(p)
+        m.submodules.value = vu = ValueUnit(p)
+        m.submodules.qtile_q = qtq = StreamFIFO(q_tile_layout(R), 2)
+        m.submodules.otile_q = otq = StreamFIFO(out_tile_layout(R), 4)
+        m.submodules.kcmd_q = kcq = StreamFIFO(kv_cmd_layout(), 2)
+        m.submodules.vcmd_q = vcq = StreamFIFO(kv_cmd_layout(), 4)
+        m.submodules.kseg_q = ksq = StreamFIFO(p.seg_layout(), 8)
+        m.submodules.vseg_q = vsq = StreamFIFO(p.seg_layout(), 8)
+
+        wiring.connect(m, wiring.flipped(self.job), seq.job)
+        wiring.connect(m, seq.act_cmd, wiring.flipped(self.act_cmd))
+        wiring.connect(m, seq.scale_cmd, wiring.flipped(self.scale_cmd))
+        wiring.connect(m, wiring.flipped(self.scale_data), seq.bt_data)
+        wiring.connect(m, wiring.flipped(self.act_data), ql.data)
+        wiring.connect(m, seq.qtile, qtq.i)
+        wiring.connect(m, qtq.o, ql.tile)
+        wiring.connect(m, seq.otile, otq.i)
+        wiring.connect(m, otq.o, vu.tile)
+        wiring.connect(m, seq.kcmd, kcq.i)
+        wiring.connect(m, seq.vcmd, vcq.i)
+        wiring.connect(m, seq.kseg, ksq.i)
+        wiring.connect(m, seq.vseg, vsq.i)
+        wiring.connect(m, ksq.o, kf.seg)
+        wiring.connect(m, vsq.o, vf.seg)
+        m.d.comb += [self.rq_cmd.valid.eq(0), self.rq_data.ready.eq(0)]
+
+        # -- K/V command issue and data routing -----------------------------------------------
+        def issue(port, q, phase):
+            rec = q.o.payload
+            m.d.comb += [port.payload.addr.eq(Mux(phase, rec.v_addr, rec.s_addr)),
+                         port.payload.bytes.eq(Mux(phase, rec.v_bytes, rec.s_bytes))]
+
+        if kvp == 2:
+            for port, q, name in ((self.w_cmd[0], kcq, "k"), (self.w_cmd[1], vcq, "v")):
+                phase = Signal(name=f"{name}_phase")
+                issue(port, q, phase)
+                m.d.comb += port.valid.eq(q.o.valid)
+                with m.If(port.valid & port.ready):
+                    m.d.sync += phase.eq(~phase)
+                    with m.If(phase):
+                        m.d.comb += q.o.ready.eq(1)
+            wiring.connect(m, wiring.flipped(self.w_data[0]), kf.data)
+            wiring.connect(m, wiring.flipped(self.w_data[1]), vf.data)
+        else:
+            m.submodules.route = route = StreamFIFO(1, 16)
+            port = self.w_cmd[0]
+            phase = Signal()
+            sel_v = Signal()                # segment being issued is a V segment
+            lead = Signal(range(4))         # K segments issued minus V segments issued
+            pick_k = kcq.o.valid & (lead < 2)
+            cur_v = Signal()
+            m.d.comb += cur_v.eq(Mux(phase, sel_v, ~pick_k))
+            rec_k, rec_v = kcq.o.payload, vcq.o.payload
+            m.d.comb += [port.payload.addr.eq(Mux(cur_v, Mux(phase, rec_v.v_addr, rec_v.s_addr),
+                                                  Mux(phase, rec_k.v_addr, rec_k.s_addr))),
+                         port.payload.bytes.eq(Mux(cur_v, Mux(phase, rec_v.v_bytes, rec_v.s_bytes),
+                                                   Mux(phase, rec_k.v_bytes, rec_k.s_bytes)))]
+            have = Mux(cur_v, vcq.o.valid, kcq.o.valid)
+            m.d.comb += [port.valid.eq(have & (phase | route.i.ready)), route.i.payload.eq(cur_v)]
+            with m.If(port.valid & port.ready):
+                m.d.sync += phase.eq(~phase)
+                with m.If(~phase):
+                    m.d.comb += route.i.valid.eq(1)
+                    m.d.sync += sel_v.eq(cur_v)
+                with m.Else():
+                    with m.If(cur_v):
+                        m.d.comb += vcq.o.ready.eq(1)
+                        m.d.sync += lead.eq(lead - 1)
+                    with m.Else():
+                        m.d.comb += kcq.o.ready.eq(1)
+                        m.d.sync += lead.eq(lead + 1)
+            wd = self.w_data[0]
+            to_v = route.o.payload[0]
+            m.d.comb += [kf.data.payload.eq(wd.payload), vf.data.payload.eq(wd.payload),
+                         kf.data.valid.eq(wd.valid & route.o.valid & ~to_v),
+                         vf.data.valid.eq(wd.valid & route.o.valid & to_v),
+                         wd.ready.eq(route.o.valid & Mux(to_v, vf.data.ready, kf.data.ready)),
+                         route.o.ready.eq(Mux(to_v, vf.seg.ready & vf.seg.valid, kf.seg.ready & kf.seg.valid))]
+            for i in range(1, len(self.w_cmd)):
+                m.d.comb += [self.w_cmd[i].valid.eq(0), self.w_data[i].ready.eq(0)]
+        if kvp == 2:
+            for i in range(2, len(self.w_cmd)):
+                m.d.comb += [self.w_cmd[i].valid.eq(0), self.w_data[i].ready.eq(0)]
+
+        # -- datapath -------------------------------------------------------------------------
+        m.d.comb += [kf.bits4.eq(seq.bits4), vf.bits4.eq(seq.bits4), sc.bits4.eq(seq.bits4),
+                     vu.bits4.eq(seq.bits4), sc.window.eq(seq.window), sc.sink.eq(seq.sink),
+                     vu.o_addr.eq(seq.o_addr)]
+        wiring.connect(m, kf.item, sc.item)
+        m.d.comb += sc.seg.eq(kf.seg_out)
+        wiring.connect(m, vf.item, vu.item)
+        m.d.comb += vu.seg.eq(vf.seg_out)
+        m.d.comb += [sc.tq_valid.eq(ql.tq_valid), ql.tq_take.eq(sc.tq_take), sc.tq_q.eq(ql.tq_q),
+                     sc.tq_mult.eq(ql.tq_mult), sc.tq_shift.eq(ql.tq_shift), sc.tq_pos.eq(ql.tq_pos),
+                     sc.tq_nv.eq(ql.tq_nv)]
+        wiring.connect(m, sc.p, vu.p)
+        wiring.connect(m, vu.out_cmd, wiring.flipped(self.out_cmd))
+        wiring.connect(m, vu.out_data, wiring.flipped(self.out_data))
+
+        # -- completion -------------------------------------------------------------------------
+        tiles_out = Signal(32)
+        cmds = Signal(32)
+        acks = Signal(32)
+        err = Signal()
+        with m.If(seq.start):
+            m.d.sync += [tiles_out.eq(0), cmds.eq(0), acks.eq(0), err.eq(0)]
+        with m.Else():
+            with m.If(vu.tile_done):
+                m.d.sync += tiles_out.eq(tiles_out + 1)
+            with m.If(self.out_cmd.valid & self.out_cmd.ready):
+                m.d.sync += cmds.eq(cmds + 1)
+            with m.If(self.out_done.valid):
+                m.d.sync += [acks.eq(acks + 1), err.eq(err | self.out_done.payload.error)]
+        m.d.comb += self.out_done.ready.eq(1)
+        finished = seq.gen_done & (tiles_out == seq.tiles) & (acks == cmds)
+        fin_r = Signal()
+        with m.If(finished & ~fin_r):
+            m.d.comb += self.done.valid.eq(1)
+            m.d.comb += self.done.payload.error.eq(err)
+            with m.If(self.done.ready):
+                m.d.sync += fin_r.eq(1)
+        m.d.comb += seq.idle.eq(fin_r)
+        with m.If(seq.start):
+            m.d.sync += fin_r.eq(0)
+
+        busy = Signal()
+        with m.If(self.job.valid & self.job.ready):
+            m.d.sync += busy.eq(1)
+        with m.If(self.done.valid & self.done.ready):
+            m.d.sync += busy.eq(0)
+        m.d.comb += self.busy.eq(busy)
+        m.d.comb += self.stall.eq(busy & ~sc.fire & ~vu.fire)
+        e = Signal(range(p.L + 1))
+        if p.has4 and p.has8:
+            m.d.comb += e.eq(Mux(seq.bits4, p.E4, p.Es))
+        else:
+            m.d.comb += e.eq(p.E4 if p.has4 else p.Es)
+        inc_k = Mux(sc.fire, sc.rows * e, 0)
+        inc_v = Mux(vu.fire & otq.o.valid, otq.o.payload.nv * e, 0)
+        m.d.comb += self.mac_inc.eq(inc_k + inc_v)
+        return m

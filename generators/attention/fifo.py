@@ -1,0 +1,22 @@
+"""A stream FIFO over amaranth's SyncFIFOBuffered for struct payloads."""
+from __future__ import annotations
+
+from amaranth.hdl import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+__all__ = ["StreamFIFO"]
+
+
+class StreamFIFO(wiring.Component):
+    def __init__(self, shape, depth: int):
+        self._shape, self._depth = shape, depth
+        super().__init__({"i": In(stream.Signature(shape)), "o": Out(stream.Signature(shape))})
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.fifo = f = SyncFIFOBuffered(width=len(self.i.payload.as_value() if hasattr(self.i.payload, "as_value") else self.i.payload), depth=self._depth)
+        m.d.comb += [f.w_data.eq(self.i.payload), f.w_en.eq(self.i.valid), self.i.ready.eq(f.w_rdy),
+                     self.o.payload.eq(f.r_data), self.o.valid.eq(f.r_rdy), f.r_en.eq(self.o.ready)]
+        return m

@@ -1,0 +1,255 @@
+"""Score unit: Q.K for all rows per K word, log2-domain scores into a double-buffered page
+bank with the block max, and the probability stage that turns a finished bank into
+``exp2`` probabilities (after one rescale entry per segment) for the PV unit.
+
+Pipeline per K value word (no stalls inside): A products, block sums, x mantissa, accumulate S;
+B ``z = sat24(rshift_round(S * mult, shift))`` and the row masks; C bank write, block max, and at
+the segment's last token the online-softmax bookkeeping (previous and new running max per row).
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ...attention_layout import CTX_BITS, MAX_SHIFT, MULT_BITS, P_FRAC, Z_BITS
+from .exp2 import Exp2
+from .params import EngineParams
+
+__all__ = ["ScoreUnit", "p_entry_layout"]
+
+ZMIN, ZMAX = -(1 << (Z_BITS - 1)), (1 << (Z_BITS - 1)) - 1
+
+
+def _log2(v: int) -> int:
+    return v.bit_length() - 1
+
+
+def p_entry_layout(rows: int) -> data.StructLayout:
+    """A rescale factor (``alpha``, first entry of a segment) or one token's probabilities."""
+    return data.StructLayout({"vals": data.ArrayLayout(unsigned(P_FRAC + 1), rows), "alpha": 1})
+
+
+def rshift_round_var(v, s, max_shift: int):
+    """``rshift_round(v, s)`` for a signed ``v`` and a variable ``s`` in 0..max_shift."""
+    sm1 = (s - 1)[:max(1, max_shift.bit_length())]
+    return Mux(s == 0, v, ((v >> sm1) + 1) >> 1)
+
+
+class ScoreUnit(wiring.Component):
+    def __init__(self, params: EngineParams):
+        self._p = params
+        R, hd = params.R, params.hd
+        super().__init__({
+            "item": In(stream.Signature(params.item_layout())),
+            "seg": In(params.seg_layout()),
+            "bits4": In(1),
+            "window": In(CTX_BITS),
+            "sink": In(CTX_BITS),
+            # next tile's rows (from the Q loader)
+            "tq_valid": In(1),
+            "tq_take": Out(1),
+            "tq_q": In(data.ArrayLayout(signed(8), R * hd)),
+            "tq_mult": In(data.ArrayLayout(unsigned(MULT_BITS), R)),
+            "tq_shift": In(data.ArrayLayout(unsigned(6), R)),
+            "tq_pos": In(data.ArrayLayout(unsigned(CTX_BITS), R)),
+            "tq_nv": In(range(R + 1)),
+            "p": Out(stream.Signature(p_entry_layout(R))),
+            "fire": Out(1),
+            "rows": Out(range(R + 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        R, D, Es, L, nb, c, P = p.R, p.D, p.Es, p.L, p.nb, p.c, p.P
+        sbits = p.geom.score_bits
+        it = self.item.payload
+        seg = self.seg
+
+        # -- tile state ---------------------------------------------------------------------
+        ring = [[Signal(Es * 8, name=f"q{r}_{s}") for s in range(D)] for r in range(R)]
+        mult = [Signal(MULT_BITS, name=f"mult{r}") for r in range(R)]
+        shift = [Signal(6, name=f"shift{r}") for r in range(R)]
+        pos = [Signal(CTX_BITS, name=f"pos{r}") for r in range(R)]
+        lo = [Signal(signed(CTX_BITS + 1), name=f"lo{r}") for r in range(R)]
+        nv = Signal(range(R + 1))
+        tile_ok = Signal()
+        vB, vC = Signal(), Signal()
+
+        with m.If(~tile_ok & self.tq_valid & ~vB & ~vC):
+            m.d.comb += self.tq_take.eq(1)
+            m.d.sync += [tile_ok.eq(1), nv.eq(self.tq_nv)]
+            for r in range(R):
+                m.d.sync += [mult[r].eq(self.tq_mult[r]), shift[r].eq(self.tq_shift[r]),
+                             pos[r].eq(self.tq_pos[r]),
+                             lo[r].eq(self.tq_pos[r] - self.window + 1)]
+                for s in range(D):
+                    m.d.sync += ring[r][s].eq(Cat(*(self.tq_q[r * p.hd + s * Es + i] for i in range(Es))))
+        m.d.comb += self.rows.eq(nv)
+
+        # -- banks --------------------------------------------------------------------------
+        ew = Z_BITS + 1
+        m.submodules.bank = bank = Memory(shape=R * ew, depth=2 * P, init=[])
+        bw = bank.write_port()
+        br = bank.read_port(transparent_for=())
+        full = [Signal(name=f"full{b}") for b in range(2)]
+        bank_a = Signal()
+        in_seg = Signal()
+        fullA = Mux(bank_a, full[1], full[0])
+        m.d.comb += self.item.ready.eq(tile_ok & ~(~in_seg & fullA))
+        take = self.item.valid & self.item.ready
+        m.d.comb += self.fire.eq(take)
+
+        # -- stage A: products and the score accumulator --------------------------------------
+        S = [Signal(signed(sbits), name=f"S{r}") for r in range(R)]
+        Sf = [Signal(signed(sbits), name=f"Sf{r}") for r in range(R)]
+        tB = Signal(range(max(2, P)))
+        jB = Signal(CTX_BITS)
+        lastB, firstB, bankB = Signal(), Signal(), Signal()
+        m.d.sync += vB.eq(take & it.last)
+        for r in range(R):
+            wsum = 0
+            for b in range(nb):
+                bs = 0
+                for i in range(b * c, (b + 1) * c):
+                    slot, li = divmod(i, Es)
+                    if slot >= D:
+                        continue
+                    qv = ring[r][slot][8 * li:8 * li + 8].as_signed()
+                    bs = bs + qv * it.lanes[i]
+                bsig = Signal(signed(16 + _log2(c) + 1), name=f"bs{r}_{b}")
+                m.d.comb += bsig.eq(bs)
+                wsum = wsum + bsig * it.mants[b]
+            acc = Mux(it.first, 0, S[r]) + wsum
+            with m.If(take):
+                m.d.sync += S[r].eq(acc)
+                with m.If(it.last):
+                    m.d.sync += Sf[r].eq(acc)
+        with m.If(take):
+            m.d.sync += [tB.eq(it.t), jB.eq(seg.j0 + it.t), lastB.eq(it.seg_last),
+                         firstB.eq(seg.tile_first), bankB.eq(bank_a), in_seg.eq(~it.seg_last)]
+            with m.If(it.seg_last):
+                m.d.sync += bank_a.eq(~bank_a)
+                with m.If(seg.tile_last):
+                    m.d.sync += tile_ok.eq(0)
+            # rotate Q by the slots this word covered
+            k4 = p.k4 if p.has4 else 1
+            for r in range(R):
+                for s in range(D):
+                    rot1 = ring[r][(s + 1) % D]
+                    rotk = ring[r][(s + k4) % D]
+                    if p.has4 and p.has8:
+                        m.d.sync += ring[r][s].eq(Mux(self.bits4, rotk, rot1))
+                    else:
+                        m.d.sync += ring[r][s].eq(rotk if p.has4 else rot1)
+
+        # -- stage B: log2-domain score and masks -------------------------------------------
+        zC = [Signal(signed(Z_BITS), name=f"z{r}") for r in range(R)]
+        visC = [Signal(name=f"vis{r}") for r in range(R)]
+        tC = Signal(range(max(2, P)))
+        lastC, firstC, bankC = Signal(), Signal(), Signal()
+        m.d.sync += vC.eq(vB)
+        with m.If(vB):
+            m.d.sync += [tC.eq(tB), lastC.eq(lastB), firstC.eq(firstB), bankC.eq(bankB)]
+            for r in range(R):
+                prod = Signal(signed(sbits + MULT_BITS + 1), name=f"sm{r}")
+                m.d.comb += prod.eq(Sf[r] * mult[r])
+                zr = Signal(signed(sbits + MULT_BITS + 1), name=f"zr{r}")
+                m.d.comb += zr.eq(rshift_round_var(prod, shift[r], MAX_SHIFT))
+                m.d.sync += zC[r].eq(Mux(zr > ZMAX, ZMAX, Mux(zr < ZMIN, ZMIN, zr)))
+                in_win = (self.window == 0) | (Cat(jB, Const(0, 1)).as_signed() >= lo[r]) | (jB < self.sink)
+                m.d.sync += visC[r].eq((r < nv) & (jB <= pos[r]) & in_win)
+
+        # -- stage C: bank write, block max, segment bookkeeping -----------------------------
+        bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(R)]
+        bany = [Signal(name=f"bany{r}") for r in range(R)]
+        run_m = [Signal(signed(Z_BITS), name=f"run_m{r}") for r in range(R)]
+        run_e = [Signal(name=f"run_e{r}") for r in range(R)]
+        # per bank: previous / new running max, emptiness, token count, first segment of a tile
+        meta_prev = [[Signal(signed(Z_BITS), name=f"prev{b}_{r}") for r in range(R)] for b in range(2)]
+        meta_new = [[Signal(signed(Z_BITS), name=f"new{b}_{r}") for r in range(R)] for b in range(2)]
+        meta_pe = [[Signal(name=f"pe{b}_{r}") for r in range(R)] for b in range(2)]
+        meta_ne = [[Signal(name=f"ne{b}_{r}") for r in range(R)] for b in range(2)]
+        meta_n = [Signal(range(P + 1), name=f"n{b}") for b in range(2)]
+        meta_tf = [Signal(name=f"tf{b}") for b in range(2)]
+
+        m.d.comb += [bw.addr.eq(Cat(tC, bankC) if P > 1 else Cat(Const(0, 0), bankC)),
+                     bw.data.eq(Cat(*(Cat(zC[r], visC[r]) for r in range(R)))), bw.en.eq(vC)]
+        for r in range(R):
+            fresh = tC == 0
+            cur_any = Mux(fresh, 0, bany[r])
+            nany = cur_any | visC[r]
+            nmax = Mux(cur_any, Mux(visC[r] & (zC[r] > bmax[r]), zC[r], bmax[r]), zC[r])
+            with m.If(vC):
+                m.d.sync += [bany[r].eq(nany), bmax[r].eq(nmax)]
+                with m.If(lastC):
+                    re = firstC | run_e[r]
+                    new_e = re & ~nany
+                    new_m = Mux(nany, Mux(re, nmax, Mux(nmax > run_m[r], nmax, run_m[r])), run_m[r])
+                    m.d.sync += [run_m[r].eq(new_m), run_e[r].eq(new_e)]
+                    for b in range(2):
+                        with m.If(bankC == b):
+                            m.d.sync += [meta_prev[b][r].eq(run_m[r]), meta_pe[b][r].eq(re),
+                                         meta_new[b][r].eq(new_m), meta_ne[b][r].eq(new_e)]
+        with m.If(vC & lastC):
+            for b in range(2):
+                with m.If(bankC == b):
+                    m.d.sync += [full[b].eq(1), meta_n[b].eq(tC + 1), meta_tf[b].eq(firstC)]
+
+        # -- probability stage ---------------------------------------------------------------
+        DEPTH = 4
+        m.submodules.pfifo = pf = SyncFIFOBuffered(width=p_entry_layout(R).size, depth=DEPTH)
+        m.d.comb += [self.p.payload.eq(pf.r_data), self.p.valid.eq(pf.r_rdy), pf.r_en.eq(self.p.ready)]
+        pb = Signal()
+        k = Signal(range(P + 1))
+        alpha_done = Signal()
+        inflight = Signal()
+        fullP = Mux(pb, full[1], full[0])
+        nP = Mux(pb, meta_n[1], meta_n[0])
+        tfP = Mux(pb, meta_tf[1], meta_tf[0])
+        room = (pf.w_level + inflight) < DEPTH
+        entry = Signal(p_entry_layout(R))
+        exps = []
+        for r in range(R):
+            e = Exp2(Z_BITS + 1)
+            m.submodules[f"exp{r}"] = e
+            exps.append(e)
+        issue = Signal()
+        m.d.comb += issue.eq(fullP & alpha_done & (k < nP) & room)
+        m.d.comb += br.addr.eq(Cat(k[:max(1, _log2(P))] if P > 1 else Const(0, 0), pb))
+        m.d.sync += inflight.eq(issue)
+        do_alpha = fullP & ~alpha_done & ~inflight & room
+        with m.If(do_alpha):
+            m.d.sync += alpha_done.eq(1)
+        with m.If(issue):
+            m.d.sync += k.eq(k + 1)
+            with m.If(k == nP - 1):
+                m.d.sync += [alpha_done.eq(0), k.eq(0), pb.eq(~pb)]
+                for b in range(2):
+                    with m.If(pb == b):
+                        m.d.sync += full[b].eq(0)
+        # the probability of a read token uses the bank it was read from: pb before the toggle
+        pbr = Signal()
+        m.d.sync += pbr.eq(pb)
+        for r in range(R):
+            newP = Mux(pbr, meta_new[1][r], meta_new[0][r])
+            newA = Mux(pb, meta_new[1][r], meta_new[0][r])
+            prevA = Mux(pb, meta_prev[1][r], meta_prev[0][r])
+            emptyA = Mux(pb, meta_pe[1][r] | meta_ne[1][r], meta_pe[0][r] | meta_ne[0][r])
+            zr = br.data[r * ew:r * ew + Z_BITS].as_signed()
+            vr = br.data[r * ew + Z_BITS]
+            dd = Signal(signed(Z_BITS + 2), name=f"dd{r}")
+            with m.If(inflight):
+                m.d.comb += dd.eq(newP - zr)
+            with m.Else():
+                m.d.comb += dd.eq(newA - prevA)
+            m.d.comb += exps[r].d.eq(Mux(dd < 0, 0, dd[:Z_BITS + 1]))
+            with m.If(inflight):
+                m.d.comb += entry.vals[r].eq(Mux(vr, exps[r].p, 0))
+            with m.Else():
+                m.d.comb += entry.vals[r].eq(Mux(tfP, 0, Mux(emptyA, 1 << P_FRAC, exps[r].p)))
+        m.d.comb += [entry.alpha.eq(~inflight), pf.w_data.eq(entry), pf.w_en.eq(inflight | do_alpha)]
+        return m

@@ -1,0 +1,263 @@
+"""Tile and segment sequencer: walks the tiles of a job (per KV head, ``rows`` query rows at a
+time), issues each tile's Q record reads, cuts its token ranges (mask union) into per-page
+segments, reads one block-table word per segment, and emits the K/V commands and the
+consumers' segment records."""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ...attention_layout import CTX_BITS
+from ..streams import dma_command_stream
+from .params import EngineParams
+from .qload import q_tile_layout
+from .signature import attention_job_layout
+from .value import out_tile_layout
+
+__all__ = ["Sequencer", "kv_cmd_layout"]
+
+
+def _log2(v: int) -> int:
+    return v.bit_length() - 1
+
+
+def kv_cmd_layout() -> data.StructLayout:
+    """The two reads of one segment on one port: scale words, then value records."""
+    return data.StructLayout({"s_addr": 64, "s_bytes": 32, "v_addr": 64, "v_bytes": 32})
+
+
+class Sequencer(wiring.Component):
+    def __init__(self, params: EngineParams):
+        self._p = params
+        R = params.R
+        seg = params.seg_layout()
+        super().__init__({
+            "job": In(stream.Signature(attention_job_layout())),
+            "start": Out(1),
+            "bits4": Out(1),
+            "window": Out(CTX_BITS),
+            "sink": Out(CTX_BITS),
+            "o_addr": Out(64),
+            "act_cmd": Out(dma_command_stream()),
+            "scale_cmd": Out(dma_command_stream()),
+            "bt_data": In(stream.Signature(params.data_width)),
+            "qtile": Out(stream.Signature(q_tile_layout(R))),
+            "otile": Out(stream.Signature(out_tile_layout(R))),
+            "kcmd": Out(stream.Signature(kv_cmd_layout())),
+            "vcmd": Out(stream.Signature(kv_cmd_layout())),
+            "kseg": Out(stream.Signature(seg)),
+            "vseg": Out(stream.Signature(seg)),
+            "gen_done": Out(1),
+            "tiles": Out(32),
+            "idle": In(1),          # the rest of the engine finished the job
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self._p
+        geom = p.geom
+        R, P, B, ng, mpw = p.R, p.P, p.B, p.ng, p.mpw
+        lgP, lgB = _log2(P), _log2(B)
+
+        job = {name: Signal(shape, name=f"job_{name}") for name, shape in
+               ((n, f.shape) for n, f in attention_job_layout())}
+        bits4 = Signal()
+        m.d.comb += [self.bits4.eq(bits4), self.window.eq(job["window"]), self.sink.eq(job["sink"]),
+                     self.o_addr.eq(job["o_addr"])]
+
+        def by_bits(f):
+            v4 = f(4) if p.has4 else f(8)
+            v8 = f(8) if p.has8 else f(4)
+            return Mux(bits4, v4, v8)
+
+        # -- setup constants -------------------------------------------------------------
+        q_heads = Signal(22)
+        total = Signal(33)
+        base = Signal(CTX_BITS)
+        head_area = Signal(40)
+        vrec = Signal(16)
+        stride = Signal(64)
+        m.d.sync += [q_heads.eq(job["kv_heads"] * job["q_per_kv"]), total.eq(job["n_q"] * job["q_per_kv"]),
+                     base.eq(job["ctx_len"] - job["n_q"]), head_area.eq(by_bits(geom.head_area)),
+                     vrec.eq(by_bits(geom.value_bytes)), stride.eq(job["kv_heads"] * head_area)]
+
+        # -- tile walk ---------------------------------------------------------------------
+        h = Signal(11)
+        i = Signal(33)
+        hi = Signal(11)
+        pos_idx = Signal(CTX_BITS)
+        ri = Signal(32)
+        hbase = Signal(32)
+        h_off = Signal(64)
+        rr = Signal(range(R + 1))
+        nv = Signal(range(R + 1))
+        rpos = [Signal(CTX_BITS, name=f"rpos{r}") for r in range(R)]
+        rri = [Signal(32, name=f"rri{r}") for r in range(R)]
+        p_min = Signal(CTX_BITS)
+        p_max = Signal(CTX_BITS)
+        tiles = Signal(32)
+        m.d.comb += self.tiles.eq(tiles)
+
+        qt = self.qtile.payload
+        ot = self.otile.payload
+        m.d.comb += [qt.nv.eq(nv), ot.nv.eq(nv)]
+        for r in range(R):
+            m.d.comb += [qt.pos[r].eq(rpos[r]), ot.ri[r].eq(rri[r])]
+        qrec = geom.q_record_bytes
+        rsel = rr[:max(1, _log2(R))] if R > 1 else 0
+        m.d.comb += [self.act_cmd.payload.addr.eq(job["q_addr"] + Cat(*rri).word_select(rsel, 32) * qrec),
+                     self.act_cmd.payload.bytes.eq(qrec)]
+
+        # ranges
+        rlo = [Signal(CTX_BITS + 1, name=f"rlo{k}") for k in range(2)]
+        rhi = [Signal(CTX_BITS + 1, name=f"rhi{k}") for k in range(2)]
+        nr = Signal(2)
+        ridx = Signal()
+        j = Signal(CTX_BITS + 1)
+        first_seg = Signal()
+
+        # segment being emitted
+        lp = j >> lgP
+        page_end = (lp + 1) << lgP
+        cur_hi = Mux(ridx, rhi[1], rhi[0])
+        seg_end = Mux(page_end < cur_hi, page_end, cur_hi)
+        seg_last_of_range = seg_end == cur_hi
+        seg_tile_last = seg_last_of_range & ((ridx == 1) | (nr == 1))
+
+        seg1 = data.StructLayout({"lpo": max(1, lgB - 2), "a": max(1, lgP), "n": range(P + 1), "j0": CTX_BITS,
+                                  "tile_first": 1, "tile_last": 1, "h_off": 64})
+        m.submodules.segq = segq = SyncFIFOBuffered(width=seg1.size, depth=8)
+        s1 = Signal(seg1)
+        m.d.comb += [s1.lpo.eq(lp[:max(1, lgB - 2)] if lgB > 2 else 0), s1.a.eq(j[:max(1, lgP)]),
+                     s1.n.eq(seg_end - j), s1.j0.eq(j), s1.tile_first.eq(first_seg),
+                     s1.tile_last.eq(seg_tile_last), s1.h_off.eq(h_off), segq.w_data.eq(s1)]
+        m.d.comb += [self.scale_cmd.payload.addr.eq(job["bt_addr"] + ((lp >> (lgB - 2)) << lgB)),
+                     self.scale_cmd.payload.bytes.eq(B)]
+
+        count = Signal(2)
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.job.ready.eq(1)
+                with m.If(self.job.valid):
+                    m.d.sync += [v.eq(getattr(self.job.payload, n)) for n, v in job.items()]
+                    m.d.sync += [bits4.eq(self.job.payload.kv_bits == 4), count.eq(0), tiles.eq(0),
+                                 h.eq(0), i.eq(0), hi.eq(0), pos_idx.eq(0), ri.eq(0), hbase.eq(0), h_off.eq(0)]
+                    m.next = "SETUP"
+            with m.State("SETUP"):
+                m.d.sync += count.eq(count + 1)
+                with m.If(count == 2):
+                    m.d.comb += self.start.eq(1)
+                    m.d.sync += [rr.eq(0), nv.eq(0)]
+                    m.next = "ROWS"
+            with m.State("ROWS"):
+                valid = i < total
+                for r in range(R):
+                    with m.If(rr == r):
+                        m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri)]
+                with m.If(valid):
+                    m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
+                    with m.If(rr == 0):
+                        m.d.sync += p_min.eq(base + pos_idx)
+                    with m.If(hi + 1 == job["q_per_kv"]):
+                        m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + q_heads - job["q_per_kv"] + 1)]
+                    with m.Else():
+                        m.d.sync += [hi.eq(hi + 1), ri.eq(ri + 1)]
+                m.d.sync += rr.eq(rr + 1)
+                with m.If(rr == R - 1):
+                    m.d.sync += rr.eq(0)
+                    m.next = "QCMD"
+            with m.State("QCMD"):
+                m.d.comb += self.act_cmd.valid.eq(1)
+                with m.If(self.act_cmd.ready):
+                    m.d.sync += rr.eq(rr + 1)
+                    with m.If(rr == nv - 1):
+                        m.next = "TILE"
+            with m.State("TILE"):
+                # both records go out together: offered only when both FIFOs have room
+                both = self.qtile.ready & self.otile.ready
+                m.d.comb += [self.qtile.valid.eq(both), self.otile.valid.eq(both)]
+                with m.If(both):
+                    m.d.sync += tiles.eq(tiles + 1)
+                    m.next = "RANGES"
+            with m.State("RANGES"):
+                win, sink = job["window"], job["sink"]
+                top = p_max + 1
+                lo_raw = Cat(p_min, Const(0, 1)).as_signed() - win + 1
+                lo = Mux(lo_raw < 0, 0, lo_raw)
+                m.d.sync += [first_seg.eq(1), ridx.eq(0)]
+                with m.If((win == 0) | (lo <= sink)):
+                    m.d.sync += [rlo[0].eq(0), rhi[0].eq(top), nr.eq(1), j.eq(0)]
+                with m.Elif(sink == 0):
+                    m.d.sync += [rlo[0].eq(lo), rhi[0].eq(top), nr.eq(1), j.eq(lo)]
+                with m.Else():
+                    m.d.sync += [rlo[0].eq(0), rhi[0].eq(sink), rlo[1].eq(lo), rhi[1].eq(top), nr.eq(2), j.eq(0)]
+                m.next = "SEGS"
+            with m.State("SEGS"):
+                m.d.comb += self.scale_cmd.valid.eq(segq.w_rdy)
+                with m.If(self.scale_cmd.valid & self.scale_cmd.ready):
+                    m.d.comb += segq.w_en.eq(1)
+                    m.d.sync += [first_seg.eq(0), j.eq(seg_end)]
+                    with m.If(seg_last_of_range):
+                        m.d.sync += [ridx.eq(1), j.eq(rlo[1])]
+                    with m.If(seg_tile_last):
+                        m.next = "NEXT"
+            with m.State("NEXT"):
+                m.d.sync += [rr.eq(0), nv.eq(0)]
+                with m.If(i == total):
+                    m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + job["q_per_kv"]),
+                                 ri.eq(hbase + job["q_per_kv"]), h_off.eq(h_off + head_area)]
+                    with m.If(h + 1 == job["kv_heads"]):
+                        m.next = "WAIT"
+                    with m.Else():
+                        m.next = "ROWS"
+                with m.Else():
+                    m.next = "ROWS"
+            with m.State("WAIT"):
+                m.d.comb += self.gen_done.eq(1)
+                with m.If(self.idle):
+                    m.next = "IDLE"
+
+        # -- join with the block table; page addresses; K/V commands and segment records -------
+        r1 = Signal(seg1)
+        m.d.comb += r1.eq(segq.r_data)
+        page = Signal(32)
+        js = Signal(seg1)
+        prod = Signal(96)
+        cons = Signal(p.seg_layout())
+        kc = Signal(kv_cmd_layout())
+        vc = Signal(kv_cmd_layout())
+        m.d.comb += [self.kseg.payload.eq(cons), self.vseg.payload.eq(cons),
+                     self.kcmd.payload.eq(kc), self.vcmd.payload.eq(vc)]
+        with m.FSM():
+            with m.State("WAIT"):
+                with m.If(segq.r_rdy & self.bt_data.valid):
+                    m.d.comb += [segq.r_en.eq(1), self.bt_data.ready.eq(1)]
+                    word = self.bt_data.payload
+                    m.d.sync += [js.eq(r1), page.eq(word.word_select(r1.lpo, 32) if B > 4 else word[:32])]
+                    m.next = "MUL"
+            with m.State("MUL"):
+                m.d.sync += prod.eq(page * stride)
+                m.next = "ADDR"
+            with m.State("ADDR"):
+                a_ng = js.a * ng
+                first = a_ng >> _log2(mpw)
+                off = a_ng & (mpw - 1)
+                sw = (off + js.n * ng + mpw - 1) >> _log2(mpw)
+                m.d.sync += [cons.n.eq(js.n), cons.sw.eq(sw), cons.off.eq(off), cons.j0.eq(js.j0),
+                             cons.tile_first.eq(js.tile_first), cons.tile_last.eq(js.tile_last)]
+                for rec, pool in ((kc, job["k_pool"]), (vc, job["v_pool"])):
+                    hb = (pool + prod[:64] + js.h_off)[:64]
+                    m.d.sync += [rec.s_addr.eq(hb + (first << lgB)), rec.s_bytes.eq(sw << lgB),
+                                 rec.v_addr.eq(hb + geom.scale_area + js.a * vrec),
+                                 rec.v_bytes.eq(js.n * vrec)]
+                m.next = "PUSH"
+            with m.State("PUSH"):
+                # the four go to FIFOs together: offered only when all have room
+                allr = self.kcmd.ready & self.vcmd.ready & self.kseg.ready & self.vseg.ready
+                m.d.comb += [self.kcmd.valid.eq(allr), self.vcmd.valid.eq(allr), self.kseg.valid.eq(allr),
+                             self.vseg.valid.eq(allr)]
+                with m.If(allr):
+                    m.next = "WAIT"
+        return m

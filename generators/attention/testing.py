@@ -1,0 +1,285 @@
+"""Test support for the attention engine: random paged-cache scenarios and an amaranth.sim bench.
+
+:class:`AttentionBench` serves the engine's DMA commands from a Python byte memory with random
+stalls on every reader (command and data) and random back-pressure on the writer, records every
+command per port, and can *poison* address ranges: reading any poisoned byte fails the run.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ...attention_layout import attention_geometry, validate_attention
+from ...layout import DesignLayout
+from ...numerics.attention import pack_block_table, run_attention
+
+__all__ = ["AttentionBench", "AttnJob", "ByteMemory"]
+
+
+async def _until(ctx, cond, *samples):
+    while True:
+        _, _, *values, flag = await ctx.tick().sample(*samples, cond)
+        if flag:
+            return values
+
+
+class ByteMemory:
+    """``read``/``write`` over a bytearray (the golden model's memory interface)."""
+
+    def __init__(self, buf: bytearray):
+        self.mem = buf
+
+    def read(self, addr: int, n: int) -> bytes:
+        if addr < 0 or addr + n > len(self.mem):
+            raise IndexError(f"read [{addr:#x}, {addr + n:#x}) outside the bench memory")
+        return bytes(self.mem[addr:addr + n])
+
+    def write(self, addr: int, data) -> None:
+        self.mem[addr:addr + len(data)] = bytes(data)
+
+
+@dataclass
+class AttnJob:
+    d: dict                                   # descriptor fields (ATTENTION_FIELDS)
+    out_bytes: int
+    expected: bytes | None = None
+    result: bytes | None = None
+    golden: dict = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+
+class AttentionBench:
+    def __init__(self, layout: DesignLayout, *, seed: int = 0, stall: float = 0.0, backpressure: float = 0.0,
+                 engine=None):
+        from .engine import AttentionEngine
+
+        self.layout = layout
+        self.geom = attention_geometry(layout)
+        self.dut = engine if engine is not None else AttentionEngine(layout)
+        self.rng = random.Random(seed)
+        self.stall, self.backpressure = stall, backpressure
+        self.mem = bytearray(4096)
+        self.jobs: list[AttnJob] = []
+        self.commands: dict[str, list] = {}
+        self.poison: list[tuple[int, int]] = []
+        self.poison_hits: list = []
+
+    # -- memory ----------------------------------------------------------------------------
+    def alloc(self, nbytes: int, fill=None) -> int:
+        addr = -(-(len(self.mem) + 64) // 4096) * 4096
+        self.mem.extend(bytes(addr - len(self.mem)))
+        data = bytes(fill) if fill is not None else bytes(nbytes)
+        data = data + bytes(-len(data) % self.layout.word_bytes)
+        self.mem.extend(data)
+        return addr
+
+    def add(self, d: dict) -> AttnJob:
+        code, why = validate_attention(d, self.layout)
+        if code:
+            raise ValueError(f"bad descriptor ({code}): {why}")
+        q_heads = d["kv_heads"] * d["q_per_kv"]
+        out_bytes = d["n_q"] * q_heads * self.geom.out_row_bytes
+        d["o_addr"] = self.alloc(out_bytes, bytes([0xA5]) * out_bytes)
+        job = AttnJob(dict(d), out_bytes)
+        self.jobs.append(job)
+        return job
+
+    def expect(self):
+        """Run the golden model on a copy of the memory, job after job."""
+        shadow = ByteMemory(bytearray(self.mem))
+        for job in self.jobs:
+            job.golden = run_attention(shadow, job.d, self.layout)
+            job.expected = shadow.read(job.d["o_addr"], job.out_bytes)
+
+    def _check_poison(self, addr: int, n: int, name: str):
+        for lo, hi in self.poison:
+            if addr < hi and lo < addr + n:
+                self.poison_hits.append((name, addr, n))
+                raise AssertionError(f"{name} read [{addr:#x}, {addr + n:#x}) touches poisoned [{lo:#x}, {hi:#x})")
+
+    # -- testbench processes ---------------------------------------------------------------
+    def _reader(self, name, cmd, data):
+        queue: deque = deque()
+        wb = self.layout.word_bytes
+        self.commands[name] = []
+
+        async def take_commands(ctx):
+            while True:
+                while self.rng.random() < self.stall:
+                    await ctx.tick()
+                ctx.set(cmd.ready, 1)
+                addr, nbytes = await _until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
+                ctx.set(cmd.ready, 0)
+                self.commands[name].append((addr, nbytes))
+                assert addr % wb == 0 and nbytes % wb == 0 and nbytes > 0, (name, addr, nbytes)
+                self._check_poison(addr, nbytes, name)
+                queue.append((addr, nbytes))
+
+        async def deliver(ctx):
+            while True:
+                if not queue:
+                    await ctx.tick()
+                    continue
+                addr, nbytes = queue.popleft()
+                for a in range(addr, addr + nbytes, wb):
+                    while self.rng.random() < self.stall:
+                        ctx.set(data.valid, 0)
+                        await ctx.tick()
+                    ctx.set(data.payload, int.from_bytes(self.mem[a:a + wb], "little"))
+                    ctx.set(data.valid, 1)
+                    await _until(ctx, data.ready)
+                    ctx.set(data.valid, 0)
+
+        return take_commands, deliver
+
+    def _writer(self):
+        dut, wb = self.dut, self.layout.word_bytes
+        self.commands["out"] = []
+
+        async def write(ctx):
+            while True:
+                ctx.set(dut.out_cmd.ready, 1)
+                addr, nbytes = await _until(ctx, dut.out_cmd.valid, dut.out_cmd.payload.addr,
+                                            dut.out_cmd.payload.bytes)
+                ctx.set(dut.out_cmd.ready, 0)
+                self.commands["out"].append((addr, nbytes))
+                for a in range(addr, addr + nbytes, wb):
+                    while self.rng.random() < self.backpressure:
+                        ctx.set(dut.out_data.ready, 0)
+                        await ctx.tick()
+                    ctx.set(dut.out_data.ready, 1)
+                    word, = await _until(ctx, dut.out_data.valid, dut.out_data.payload)
+                    ctx.set(dut.out_data.ready, 0)
+                    self.mem[a:a + wb] = int(word).to_bytes(wb, "little")
+                for _ in range(self.rng.randrange(1, 6)):
+                    await ctx.tick()
+                ctx.set(dut.out_done.valid, 1)
+                ctx.set(dut.out_done.payload.error, 0)
+                await _until(ctx, dut.out_done.ready)
+                ctx.set(dut.out_done.valid, 0)
+
+        return write
+
+    def run(self, max_cycles: int = 100_000, vcd: str | None = None):
+        from amaranth.sim import Simulator
+
+        self.expect()
+        dut, lay = self.dut, self.layout
+        sim = Simulator(dut)
+        sim.add_clock(1e-8)
+        readers = [("act", dut.act_cmd, dut.act_data), ("scale", dut.scale_cmd, dut.scale_data),
+                   ("rq", dut.rq_cmd, dut.rq_data)]
+        readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(lay.config.stream_ports)]
+        for name, cmd, data in readers:
+            for proc in self._reader(name, cmd, data):
+                sim.add_testbench(proc, background=True)
+        sim.add_testbench(self._writer(), background=True)
+        counters = {"cycles": 0, "macs": 0, "busy": 0, "stall": 0, "kv_words": 0}
+        kv_data = [dut.w_data[i] for i in range(self.geom.kv_ports)]
+
+        async def monitor(ctx):
+            while True:
+                _, _, macs, busy, stall, *hs = await ctx.tick().sample(
+                    dut.mac_inc, dut.busy, dut.stall, *[x for w in kv_data for x in (w.valid, w.ready)])
+                counters["cycles"] += 1
+                counters["macs"] += macs
+                counters["busy"] += busy
+                counters["stall"] += stall
+                counters["kv_words"] += sum(hs[k] and hs[k + 1] for k in range(0, len(hs), 2))
+
+        sim.add_testbench(monitor, background=True)
+
+        async def driver(ctx):
+            for job in self.jobs:
+                before = dict(counters)
+                for f, v in job.d.items():
+                    ctx.set(getattr(dut.job.payload, f), v)
+                ctx.set(dut.job.valid, 1)
+                await ctx.tick().until(dut.job.ready)
+                ctx.set(dut.job.valid, 0)
+                ctx.set(dut.done.ready, 1)
+                waited = 0
+                async for _, _, valid in ctx.tick().sample(dut.done.valid):
+                    waited += 1
+                    if valid:
+                        break
+                    if waited > max_cycles:
+                        raise TimeoutError(f"attention job {job.d} not done after {max_cycles} cycles")
+                ctx.set(dut.done.ready, 0)
+                job.stats = {k: counters[k] - before[k] for k in counters}
+                job.result = bytes(self.mem[job.d["o_addr"]:job.d["o_addr"] + job.out_bytes])
+
+        sim.add_testbench(driver)
+        if vcd:
+            with sim.write_vcd(vcd):
+                sim.run()
+        else:
+            sim.run()
+        return self.jobs
+
+
+def _round_up(v, a):
+    return -(-v // a) * a
+
+
+def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_heads: int, q_per_kv: int,
+                  kv_bits: int, spare_pages: int = 3, poison: bool = True) -> list[AttnJob]:
+    """Sequences ``specs`` (dicts with ``n_q``, ``ctx_len``, ``window``, ``sink``) sharing one K and
+    one V page pool with shuffled block tables; random cache contents, Q records and multipliers.
+    With ``poison``, every byte the job must not read (pages nobody uses, pages or value records of
+    tokens no query of the sequence sees) is poisoned."""
+    geom = bench.geom
+    P, B = geom.page_tokens, geom.word_bytes
+    pages_per = [-(-s["ctx_len"] // P) for s in specs]
+    total = sum(pages_per) + spare_pages
+    perm = [int(x) for x in rng.permutation(total)]
+    pbytes = geom.page_bytes(kv_bits, kv_heads)
+    k_pool = bench.alloc(total * pbytes, rng.integers(0, 256, total * pbytes, dtype=np.uint8).tobytes())
+    v_pool = bench.alloc(total * pbytes, rng.integers(0, 256, total * pbytes, dtype=np.uint8).tobytes())
+    q_heads = kv_heads * q_per_kv
+    used = set()
+    jobs = []
+    nxt = 0
+    for s, npg in zip(specs, pages_per):
+        table = perm[nxt:nxt + npg]
+        nxt += npg
+        bt = bench.alloc(len(table) * 4, pack_block_table(table, B))
+        n_q = s["n_q"]
+        recs = bytearray()
+        base_shift = 33 if kv_bits == 8 else 26
+        for _ in range(n_q * q_heads):
+            q = rng.integers(-128, 128, geom.head_dim).astype(np.int8).tobytes()
+            mult = int(rng.integers(1 << 14, 1 << 16))
+            shift = int(np.clip(base_shift + rng.integers(-4, 6), 0, 63))
+            rec = q + mult.to_bytes(2, "little") + bytes([shift])
+            recs += rec + bytes(geom.q_record_bytes - len(rec))
+        q_addr = bench.alloc(len(recs), recs)
+        d = {"head_dim": geom.head_dim, "kv_heads": kv_heads, "q_per_kv": q_per_kv, "n_q": n_q,
+             "ctx_len": s["ctx_len"], "window": s.get("window", 0), "sink": s.get("sink", 0),
+             "kv_bits": kv_bits, "q_addr": q_addr, "bt_addr": bt, "k_pool": k_pool, "v_pool": v_pool,
+             "o_addr": 0}
+        jobs.append(bench.add(d))
+        if poison:
+            from ...attention_layout import visible
+            ctx = s["ctx_len"]
+            need = [any(visible(p, j, d["window"], d["sink"]) for p in range(ctx - n_q, ctx)) for j in range(npg * P)]
+            vb = geom.value_bytes(kv_bits)
+            for lp, page in enumerate(table):
+                toks = need[lp * P:(lp + 1) * P]
+                if any(toks):
+                    used.add(page)
+                    for pool in (k_pool, v_pool):
+                        for h in range(kv_heads):
+                            hb = pool + page * pbytes + h * geom.head_area(kv_bits) + geom.scale_area
+                            for t, ok in enumerate(toks):
+                                if not ok:
+                                    bench.poison.append((hb + t * vb, hb + (t + 1) * vb))
+    if poison:
+        for page in range(total):
+            if page not in used:
+                for pool in (k_pool, v_pool):
+                    bench.poison.append((pool + page * pbytes, pool + (page + 1) * pbytes))
+    return jobs

@@ -5,10 +5,12 @@
         lin = Linear.from_float(w, bits=4, device=dev)
         y = lin(x)
 """
+from .attention import Attention, AttentionRun
 from .device import Buffer, Device, RunStatus
 from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, DeviceClosedError, DeviceError,
                      DeviceRunError, DeviceTimeoutError, ManifestError, OutOfDeviceMemoryError,
                      ProtocolViolationError)
+from .kvcache import KVCache, KVCacheError, KVCacheFullError, KVSequence
 from .linear import Linear, LinearRun
 from .manifest import Manifest
 from .open import BACKENDS, open_device
@@ -17,6 +19,7 @@ from .program import ProgramBuilder
 __all__ = [
     "open_device", "BACKENDS",
     "Device", "Buffer", "RunStatus", "Manifest", "ProgramBuilder", "Linear", "LinearRun",
+    "Attention", "AttentionRun", "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError",
     "DeviceError", "ManifestError", "DesignMismatchError", "DeviceTimeoutError", "DeviceRunError",
     "DeviceBusyError", "DeviceClosedError", "OutOfDeviceMemoryError", "BufferStateError",
     "ProtocolViolationError",

@@ -202,7 +202,7 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         m: int = typer.Option(1, "--m", help="Rows of activations (tokens)."),
         k: int = typer.Option(512, "--k", help="Input features."),
         n: int = typer.Option(512, "--n", help="Output features."),
-        wbits: int = typer.Option(4, "--wbits", help="Weight bits: 4 or 8."),
+        wbits: str = typer.Option("4", "--wbits", help="Weight format: 2, 4, 8 or ternary (one the config accepts)."),
         seed: int = typer.Option(0, "--seed", help="Random seed for weights and inputs."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the device.")):
@@ -224,7 +224,8 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
 
 
 def _print_run_report(r: dict) -> None:
-    t = Table(title=f"linear M={r['m']} K={r['k']} N={r['n']} int{r['wbits']} on {r['board']} (sim)")
+    fmt = "ternary" if r["wbits"] == "ternary" else f"int{r['wbits']}"
+    t = Table(title=f"linear M={r['m']} K={r['k']} N={r['n']} {fmt} on {r['board']} (sim)")
     t.add_column("metric")
     t.add_column("value", justify="right")
     rows = [

@@ -13,11 +13,21 @@ import numpy as np
 from .config import AcceleratorConfig
 from .numerics import quantize_activations_per_token
 
-__all__ = ["LayerRunError", "run_linear"]
+__all__ = ["LayerRunError", "parse_wbits", "run_linear"]
 
 
 class LayerRunError(RuntimeError):
     """The layer could not be run (bad shape for the design, device error, timeout)."""
+
+
+def parse_wbits(value):
+    """``--wbits`` text (or value) -> 2, 4, 8 or "ternary"; LayerRunError otherwise."""
+    text = str(value).strip().lower()
+    if text in ("2", "4", "8"):
+        return int(text)
+    if text in ("ternary", "t", "1.58"):
+        return "ternary"
+    raise LayerRunError(f"--wbits must be one of 2, 4, 8, ternary, got {value!r}")
 
 
 def _check_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
@@ -25,7 +35,7 @@ def _check_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
     for name, v in (("m", m), ("k", k), ("n", n)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise LayerRunError(f"--{name} must be a positive integer, got {v!r}")
-    if wbits not in mm.weight_bits:
+    if isinstance(wbits, bool) or wbits not in mm.weight_bits:
         raise LayerRunError(f"--wbits must be one of this design's weight_bits {list(mm.weight_bits)}, "
                             f"got {wbits!r}")
     if k % mm.group_size:
@@ -34,11 +44,15 @@ def _check_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
         raise LayerRunError(f"--k must be at most the engine's max_k {mm.max_k}, got {k}")
 
 
-def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits: int, seed: int = 0,
+def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits=4, seed: int = 0,
                timeout: float = 600.0, console=None, backend_options: dict | None = None) -> dict:
-    """Run a random ``[m, k] x [n, k]^T`` Linear on the co-simulation; return the report dict."""
+    """Run a random ``[m, k] x [n, k]^T`` Linear on the co-simulation; return the report dict.
+
+    ``wbits``: 2, 4, 8 or "ternary" (text such as "2" or "ternary" is parsed too).
+    """
     from .host import DeviceError, Linear, open_device
 
+    wbits = parse_wbits(wbits)
     _check_shape(cfg, m, k, n, wbits)
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)

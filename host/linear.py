@@ -1,6 +1,7 @@
 """A quantized linear layer that runs on the device: ``y = x @ w.T``.
 
-Weights are quantized once (symmetric per group of K, ``bits`` = 4 or 8),
+Weights are quantized once (per group of K; ``bits`` = 2, 4, 8 or "ternary", see
+:func:`hbmforge.numerics.quantize_weights_groupwise`),
 their group scales encoded as ``row_scale[n] * mantissa[n, g]`` (docs §5),
 packed and uploaded once. Each call quantizes the activations (int8 per
 token), picks the output shift so the int32 result can never saturate, runs a
@@ -19,7 +20,7 @@ import numpy as np
 from hbmforge.layout import OutMode
 from hbmforge.numerics import (dyadic_multiplier, encode_group_scales, matmul_int8, matmul_int32,
                                quantize_activations_per_tensor, quantize_activations_per_token,
-                               quantize_weights_groupwise)
+                               quantize_weights_groupwise, storage_range, weight_format, weight_range)
 
 from .device import Buffer, Device
 from .packing import pack_activations, pack_requant, pack_scales, pack_weights, unpack_output
@@ -79,6 +80,18 @@ def _float_input(name: str, x, ndim: tuple[int, ...]) -> np.ndarray:
     return x.astype(np.float64)
 
 
+def _engine_format(bits, mm):
+    """``bits`` (2, 4, 8 or 'ternary') checked against the engine's ``weight_bits``."""
+    try:
+        fmt = weight_format(bits)
+    except ValueError:
+        fmt = None
+    if fmt is None or fmt not in mm.weight_bits:
+        raise ValueError(f"bits must be one of the engine's weight_bits {list(mm.weight_bits)}, got {bits!r} "
+                         f"(this device's engine accepts weight_bits {list(mm.weight_bits)})")
+    return fmt
+
+
 def _positive_scale(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (
             math.isfinite(value) and value > 0):
@@ -128,9 +141,16 @@ class Linear:
 
     # -- construction ------------------------------------------------------------------
     @classmethod
-    def from_float(cls, w, *, bits: int = 4, group_size: int | None = None, device: Device,
+    def from_float(cls, w, *, bits=4, group_size: int | None = None, device: Device,
+                   ternary_scale: str = "group",
                    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> "Linear":
         """Quantize ``w`` [out_features, in_features] (float) and upload it to ``device``.
+
+        ``bits``: 2, 4, 8 or ``"ternary"`` (one of the engine's ``weight_bits``).
+        ``group_size`` (optional) must be the engine's and divide ``in_features``;
+        without it K is zero-padded to the engine's ``k_align``. Ternary weights use
+        BitNet b1.58 absmean scaling per group (``ternary_scale="group"``) or one
+        absmean for the whole matrix (``"tensor"``).
 
         Group scales are encoded first and the weights then rounded against the
         encoded scales, so the mantissa rounding does not add to the weight error.
@@ -139,8 +159,9 @@ class Linear:
             raise TypeError(f"device must be an open hbmforge Device, got {type(device).__name__}")
         lay = device.layout
         mm = lay.mm
-        if isinstance(bits, bool) or bits not in mm.weight_bits:
-            raise ValueError(f"bits must be one of the engine's weight_bits {list(mm.weight_bits)}, got {bits!r}")
+        fmt = _engine_format(bits, mm)
+        if ternary_scale not in ("group", "tensor"):
+            raise ValueError(f"ternary_scale must be 'group' or 'tensor', got {ternary_scale!r}")
         if group_size is not None and group_size != mm.group_size:
             raise ValueError(f"group_size must equal the engine's group_size ({mm.group_size}), which applies "
                              f"one scale per {mm.group_size} K elements; got {group_size}")
@@ -148,37 +169,47 @@ class Linear:
         n, k = w.shape
         if n == 0 or k == 0:
             raise ValueError(f"weights must be [out_features, in_features] with both >= 1, got shape {w.shape}")
+        if group_size is not None and k % group_size:
+            raise ValueError(f"group_size {group_size} must divide in_features K = {k} (omit group_size to "
+                             f"zero-pad K to a multiple of {lay.k_align})")
         kp = lay.pad_k(k)
         if kp > mm.max_k:
             raise ValueError(f"in_features {k} (padded to {kp}) exceeds the engine's max_k {mm.max_k}")
         wp = np.zeros((n, kp))
         wp[:, :k] = w
         g = mm.group_size
-        gq = quantize_weights_groupwise(wp, bits, g)
+        gq = quantize_weights_groupwise(wp, fmt, g)
+        scales = gq.scales
+        if fmt == "ternary" and ternary_scale == "tensor":         # absmean of the real (unpadded) weights
+            mean = float(np.abs(w).mean())
+            scales = np.full_like(scales, mean if mean > 0 else 1.0)
+            gq = type(gq)(q=np.clip(np.rint(wp / scales[0, 0]), -1, 1).astype(np.int8), scales=scales,
+                          bits=fmt, group_size=g)
         zero_group = ~np.any(gq.q.reshape(n, kp // g, g) != 0, axis=2)
-        mant, row_scale = encode_group_scales(np.where(zero_group, 0.0, gq.scales), mm.scale_bits)
+        mant, row_scale = encode_group_scales(np.where(zero_group, 0.0, scales), mm.scale_bits)
         eff = mant.astype(np.float64) * row_scale[:, None]                      # [N, K/G] encoded scales
         inv = np.divide(1.0, eff, out=np.zeros_like(eff), where=eff > 0)        # 0 where the scale is 0
-        qmax = (1 << (bits - 1)) - 1
+        lo, hi = weight_range(fmt)
         scaled = wp.reshape(n, kp // g, g) * inv[:, :, None]
-        q = np.clip(np.rint(scaled, out=scaled), -qmax, qmax, out=scaled).astype(np.int8).reshape(n, kp)
-        return cls(device, q, mant, row_scale, bits=bits, in_features=k, workspace_bytes=workspace_bytes)
+        q = np.clip(np.rint(scaled, out=scaled), lo, hi, out=scaled).astype(np.int8).reshape(n, kp)
+        return cls(device, q, mant, row_scale, bits=fmt, in_features=k, workspace_bytes=workspace_bytes)
 
     @classmethod
-    def from_quantized(cls, weight_q, mantissas, row_scale=None, *, bits: int, device: Device,
+    def from_quantized(cls, weight_q, mantissas, row_scale=None, *, bits, device: Device,
                        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> "Linear":
-        """Upload given integers: weights [N, K] (signed ``bits``), mantissas [N, K/G] (u16)."""
+        """Upload given integers: weights [N, K] (``bits`` 2, 4, 8: signed; "ternary": -1/0/+1),
+        mantissas [N, K/G] (u16)."""
         if not isinstance(device, Device):
             raise TypeError(f"device must be an open hbmforge Device, got {type(device).__name__}")
         lay = device.layout
-        if isinstance(bits, bool) or bits not in lay.mm.weight_bits:
-            raise ValueError(f"bits must be one of the engine's weight_bits {list(lay.mm.weight_bits)}, got {bits!r}")
+        bits = _engine_format(bits, lay.mm)
         wq = np.asarray(weight_q)
         if wq.dtype.kind not in "iu" or wq.ndim != 2 or 0 in wq.shape:
             raise ValueError(f"weight_q must be a non-empty 2-D integer array, got {wq.dtype} {wq.shape}")
-        lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+        lo, hi = storage_range(bits)
         if wq.min() < lo or wq.max() > hi:
-            raise ValueError(f"weight_q values must be in [{lo}, {hi}] for {bits}-bit weights, "
+            what = "ternary" if bits == "ternary" else f"{bits}-bit"
+            raise ValueError(f"weight_q values must be in [{lo}, {hi}] for {what} weights, "
                              f"got [{int(wq.min())}, {int(wq.max())}]")
         n, k = wq.shape
         kp = lay.pad_k(k)
@@ -217,7 +248,8 @@ class Linear:
         return self._kp
 
     @property
-    def bits(self) -> int:
+    def bits(self):
+        """The weight format: 2, 4, 8 or "ternary"."""
         return self._bits
 
     @property

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hbmforge.layout import OutMode
+from hbmforge.layout import OutMode, WeightFormat
 
 from .device import Buffer
 from .manifest import Manifest
@@ -85,8 +85,10 @@ class ProgramBuilder:
         k = _count("k", k, 1, eng.max_k)
         if k % eng.k_align:
             raise ValueError(f"k must be a multiple of k_align = {eng.k_align} (pad K with zeros), got {k}")
-        if wbits not in eng.weight_bits:
+        fmt = "ternary" if wbits == 3 and not isinstance(wbits, bool) else wbits     # code 3 = ternary
+        if isinstance(wbits, bool) or fmt not in eng.weight_bits:
             raise ValueError(f"wbits must be one of the engine's weight_bits {list(eng.weight_bits)}, got {wbits!r}")
+        wbits = WeightFormat.code(fmt)
         mode = _out_mode(out_mode)
         shift = 0
         if mode == OutMode.INT32:

@@ -8,7 +8,6 @@ Frobenius error vs float64 attention on the unquantized tensors): KV8 ~0.5-1 %, 
 from __future__ import annotations
 
 import importlib.util
-import warnings
 
 import numpy as np
 import pytest
@@ -93,7 +92,7 @@ def two_sequences_interleaved(dev, *, kv_bits=8, seed=1):
         for step, (na, nb) in enumerate([(3, 5), (1, 1), (6, 2), (1, 1), (1, 4)]):
             xa, ya, xb, yb = (tokens(rng, n, 2) for n in (na, na, nb, nb))
             qa, qb = tokens(rng, na, 4), tokens(rng, nb, 4)
-            oa = att.prefill(qa, xa, ya, a)
+            att.prefill(qa, xa, ya, a)
             ra = att.last_run
             ob = att.prefill(qb, xb, yb, b)
             rb = att.last_run

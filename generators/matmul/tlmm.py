@@ -52,6 +52,12 @@ def tlmm_array_latency(*, lanes: int, group_size: int, g: int, levels_per_stage:
     return 3 + (-(-levels // levels_per_stage) if levels else 0)
 
 
+def _times(value, k: int):
+    """``value * k`` for a constant ``k`` as shifted adds (synthesis would spend a DSP on ``*``)."""
+    terms = [value << i for i in range(k.bit_length()) if k >> i & 1]
+    return sum(terms[1:], terms[0])
+
+
 def _wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
     """Sum ``values`` (any count) modulo ``2^bits``; register every ``levels_per_stage`` levels and the root."""
     stages = level = 0
@@ -192,7 +198,7 @@ class TlmmArray(wiring.Component):
                 total = Signal(signed(eb), name=f"be{r}_{b}")
                 m.d.comb += total.eq(sum(terms[1:], terms[0]))
                 terms_rows.append(total)
-            m.d.sync += [w_addr.eq(b_line * ent + b_entry), w_data.eq(Cat(*terms_rows)),
+            m.d.sync += [w_addr.eq(_times(b_line, ent) + b_entry), w_data.eq(Cat(*terms_rows)),
                          w_en.eq(b_valid & (b_entry < ent))]
             m.d.comb += [wp.addr.eq(w_addr), wp.data.eq(w_data), wp.en.eq(w_en)]
 
@@ -204,7 +210,7 @@ class TlmmArray(wiring.Component):
             flip = Signal(name=f"neg{b}")
             idx = Signal(range(ent), name=f"idx{b}")
             m.d.comb += [flip.eq(psum < nsum), idx.eq(Mux(flip, nsum - psum, psum - nsum))]
-            m.d.comb += rp.addr.eq(f_line * ent + idx)
+            m.d.comb += rp.addr.eq(_times(f_line, ent) + idx)
             r_flip = delay(m, flip, 1, name=f"r_neg{b}", reset_less=True)
             for r in range(R):
                 e = rp.data[r * eb:(r + 1) * eb].as_signed()

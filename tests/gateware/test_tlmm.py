@@ -3,6 +3,7 @@ whole MatmulEngine bit-exact with hbmforge.numerics.matmul under stalls and back
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
@@ -190,3 +191,23 @@ def test_tlmm_engine_latency_and_fifo():
     assert eng.fifo_depth > eng.latency
     # array + group accumulator (one group per fire: 3) + output stage
     assert eng.latency == tlmm_array_latency(lanes=16, group_size=16, g=5) + 3 + OutputStage.LATENCY
+
+
+# -- generation -----------------------------------------------------------------------------
+
+@pytest.mark.rtl
+def test_tlmm_kernel_verilog_passes_lint(tmp_path):
+    # g = 3 on 16 lanes: five 3-lane banks and a 1-lane one; 5trit weights
+    g, engine = 3, {"rows": 2, "lanes": 16, "weight_ports": 1, "group_size": 16, "max_k": 64,
+                    "ternary_packing": "5trit"}
+    from hbmforge.emit import generate, lint
+
+    cfg = parse_config({"version": 1, "name": f"lint_tlmm{g}", "board": "u280", "axi": {"data_width": 64},
+                        "engines": [{"kind": "matmul", "weight_bits": [T], "arch": "tlmm", "tlmm_group": g,
+                                     **engine}]}, check_budget=False)
+    d = generate(cfg, tmp_path)
+    text = d.verilog_path.read_text()
+    # the tables are memories (BRAM/LUTRAM), not flip-flops
+    assert len(re.findall(r"reg \[\d+:0\] table\d+ \[\d+:0\];", text)) == len(
+        golden.bank_layout(engine["lanes"], engine["group_size"], g))
+    lint(d.verilog_path)

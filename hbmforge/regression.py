@@ -35,17 +35,19 @@ def run_regression(cfg: AcceleratorConfig, *, seed: int = 1, test_filter: str | 
 
     t0 = time.monotonic()
     testcase = None
+    modules = ["hbmforge.sim.tb_kernel"] + (["hbmforge.sim.tb_attention"] if cfg.attention else [])
     if test_filter:                     # checked before the (slow) generation and build
-        from .sim import tb_kernel
+        import importlib
 
-        testcase = [name for name in dir(tb_kernel) if name.startswith("test_") and test_filter in name]
+        names = [name for mod in modules for name in dir(importlib.import_module(mod))]
+        testcase = [name for name in names if name.startswith("test_") and test_filter in name]
         if not testcase:
             raise ValueError(f"no cocotb test name contains {test_filter!r}")
     out = Path(build_dir) if build_dir is not None else Path(tempfile.mkdtemp(prefix=f"hbmforge-{cfg.name}-"))
     design = generate(cfg, out / "rtl")
     if console is not None:
         console.print(f"generated {design.verilog_path}; building the cocotb model with Verilator")
-    res = run_cocotb([design.verilog_path], cfg.name, "hbmforge.sim.tb_kernel", testcase=testcase,
+    res = run_cocotb([design.verilog_path], cfg.name, modules, testcase=testcase,
                      test_dir=out / "cocotb", seed=seed, progress=console is not None,
                      extra_env={"HBMFORGE_MANIFEST": str(Path(design.manifest_path).resolve()),
                                 "HBMFORGE_SEED": str(seed), "HBMFORGE_TB_CASES": str(cases),

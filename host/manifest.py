@@ -148,9 +148,11 @@ class Manifest:
             k_align=int(e["k_align"]), addr_align=int(e["addr_align"]),
             macs_per_cycle=int(e.get("macs_per_cycle", int(e["rows"]) * int(e["lanes"]))),
             widths=dict(e.get("widths", {})))
-        if len(self.ports) != 1 + self.engine.weight_ports:
+        att = next((e for e in data["engines"] if e.get("kind") == "attention"), None)
+        stream_ports = max(self.engine.weight_ports, int(att["kv_ports"]) if att else 0)
+        if len(self.ports) != 1 + stream_ports:
             raise ManifestError(f"manifest lists {len(self.ports)} ports; expected data + "
-                                f"{self.engine.weight_ports} weight ports")
+                                f"{stream_ports} weight/KV ports")
 
     # -- construction ------------------------------------------------------------------
     @classmethod

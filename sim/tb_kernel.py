@@ -21,7 +21,7 @@ from hbmforge.host.packing import (pack_activations, pack_requant, pack_scales, 
                                    unpack_output)
 from hbmforge.host.program import ProgramBuilder
 from hbmforge.layout import ErrorCode, OutMode
-from hbmforge.numerics import matmul_int8, matmul_int32
+from hbmforge.numerics import matmul_int8, matmul_int32, storage_range
 
 from .kernel_bench import KernelBench, load_bench_manifest
 
@@ -42,14 +42,15 @@ class Layer:
         kmax_steps = max(1, min(3, eng.max_k // eng.k_align))
         self.k = k or eng.k_align * int(rng.integers(1, kmax_steps + 1))
         self.n = n or int(rng.integers(1, 8))
-        self.wbits = wbits or int(rng.choice(eng.weight_bits))
+        # weight format: 2, 4, 8 or "ternary" (any the engine accepts)
+        self.wbits = wbits or eng.weight_bits[int(rng.integers(len(eng.weight_bits)))]
         self.out_mode = OutMode.INT8 if (out_mode or rng.choice(["int32", "int8"])) == "int8" else OutMode.INT32
-        qmax = 1 << (self.wbits - 1)
+        wlo, whi = storage_range(self.wbits)
         self.x = rng.integers(-128, 128, (self.m, self.k)).astype(np.int8)
-        self.w = rng.integers(-qmax, qmax, (self.n, self.k)).astype(np.int8)
+        self.w = rng.integers(wlo, whi + 1, (self.n, self.k)).astype(np.int8)
         if rng.random() < 0.3:                      # extremes: the most negative operands everywhere
             self.x[0, :] = -128
-            self.w[0, :] = -qmax
+            self.w[0, :] = wlo
         groups = self.k // eng.group_size
         self.s = rng.integers(0, 1 << eng.scale_bits, (self.n, groups)).astype(np.uint16)
         self.out_shift = int(rng.integers(0, 24))
@@ -71,6 +72,10 @@ class Layer:
             bench.write(addr, stripe.tobytes())
             self.w_addrs.append(addr)
 
+    @property
+    def fmt_name(self) -> str:
+        return "ternary" if self.wbits == "ternary" else f"int{self.wbits}"
+
     def add_to(self, prog: ProgramBuilder):
         prog.matmul(m=self.m, k=self.k, n=self.n, wbits=self.wbits, x=self.x_addr, s=self.s_addr,
                     y=self.y_addr, w=self.w_addrs, out_mode=self.out_mode, out_shift=self.out_shift,
@@ -89,7 +94,7 @@ class Layer:
         bad = np.argwhere(got != exp)
         assert bad.size == 0, (
             f"{label}: {len(bad)} of {got.size} outputs differ for M={self.m} K={self.k} N={self.n} "
-            f"int{self.wbits} {'int8' if self.out_mode else 'int32'} out; first at {tuple(bad[0])}: "
+            f"{self.fmt_name} {'int8' if self.out_mode else 'int32'} out; first at {tuple(bad[0])}: "
             f"got {got[tuple(bad[0])]} expected {exp[tuple(bad[0])]}")
         # rows beyond M in the last block and the word padding must be written as zeros
         ebytes = 4 if self.out_mode == OutMode.INT32 else 1
@@ -129,8 +134,9 @@ async def test_identity_registers_match_manifest(dut):
 async def test_random_layers_match_golden_under_backpressure(dut):
     bench, man = await _bench(dut, seed_offset=2)
     rng = np.random.default_rng(SEED)
-    for case in range(CASES):
-        layer = Layer(bench, man, rng)
+    formats = list(man.engine.weight_bits)
+    for case in range(max(CASES, len(formats))):        # every format the engine accepts, then random
+        layer = Layer(bench, man, rng, wbits=formats[case] if case < len(formats) else None)
         prog = ProgramBuilder(man)
         layer.add_to(prog)
         status = await bench.run(await _program(bench, prog), len(prog))
@@ -249,7 +255,9 @@ async def test_benchmark_one_layer(dut):
     import time
 
     bench, man = await _bench(dut, seed_offset=7, busy=0.0)
-    m, k, n, wbits = (int(v) for v in BENCH_LAYER.split(","))
+    m, k, n, wbits = BENCH_LAYER.split(",")
+    m, k, n = int(m), int(k), int(n)
+    wbits = "ternary" if wbits == "ternary" else int(wbits)
     layer = Layer(bench, man, np.random.default_rng(SEED), m=m, k=k, n=n, wbits=wbits,
                   out_mode="int32")
     prog = ProgramBuilder(man)

@@ -31,6 +31,20 @@ def test_kernel_with_groups_smaller_than_lanes_passes_regression(tmp_path):
 
 
 @pytest.mark.slow
+def test_low_bit_kernel_passes_regression(tmp_path):
+    # int2, '2bit' ternary and int8 on one engine (8-bit lanes), two weight ports (the same
+    # design runs bit-exact on the co-simulation in tests/host/test_linear_lowbit.py)
+    cfg = parse_config(tiny_config_dict(weight_bits=[2, "ternary", 8]))
+    _run(tmp_path, cfg, seed=9, cases=3)
+
+
+def test_five_trit_ternary_kernel_passes_regression(tmp_path):
+    # 40 trits per 64-bit word for 16 lanes (a non-dividing ratio), int4 beside it
+    cfg = parse_config(tiny_config_dict(weight_bits=["ternary", 4], weight_ports=1, ternary_packing="5trit"))
+    _run(tmp_path, cfg, seed=11, cases=2)
+
+
+@pytest.mark.slow
 def test_starter_kernel_passes_regression(tmp_path):
     from hbmforge.config import starter_config
 

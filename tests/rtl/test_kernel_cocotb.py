@@ -44,6 +44,13 @@ def test_five_trit_ternary_kernel_passes_regression(tmp_path):
     _run(tmp_path, cfg, seed=11, cases=2)
 
 
+def test_tlmm_kernel_passes_regression(tmp_path):
+    # ternary table-lookup array, g = 3 on 16 lanes (a 1-lane partial bank), one weight port
+    cfg = parse_config(tiny_config_dict(weight_bits=["ternary"], arch="tlmm", tlmm_group=3, weight_ports=1,
+                                        max_k=64))
+    _run(tmp_path, cfg, seed=13, cases=3)
+
+
 @pytest.mark.slow
 def test_starter_kernel_passes_regression(tmp_path):
     from hbmforge.config import starter_config

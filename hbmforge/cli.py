@@ -273,29 +273,66 @@ def sim(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
 
 @app.command()
 def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
-        layer: str = typer.Option("linear", "--layer", help="Layer to run: linear."),
-        m: int = typer.Option(1, "--m", help="Rows of activations (tokens)."),
-        k: int = typer.Option(512, "--k", help="Input features."),
-        n: int = typer.Option(512, "--n", help="Output features."),
-        wbits: str = typer.Option("4", "--wbits", help="Weight format: 2, 4, 8 or ternary (one the config accepts)."),
+        layer: str = typer.Option("linear", "--layer", help="Layer to run: linear or attention."),
+        m: int = typer.Option(1, "--m", help="linear: rows of activations (tokens)."),
+        k: int = typer.Option(512, "--k", help="linear: input features."),
+        n: int = typer.Option(512, "--n", help="linear: output features."),
+        wbits: str = typer.Option("4", "--wbits", help="linear: weight format 2, 4, 8 or ternary (one the config accepts)."),
+        ctx: int = typer.Option(1024, "--ctx", help="attention: tokens in the KV cache, the new queries included."),
+        n_q: int = typer.Option(1, "--n-q", help="attention: query positions (1 = decode, more = a prefill chunk)."),
+        q_heads: int = typer.Option(8, "--q-heads", help="attention: query heads."),
+        kv_heads: int = typer.Option(2, "--kv-heads", help="attention: KV heads (GQA when fewer than q-heads)."),
+        kv_bits: int = typer.Option(8, "--kv-bits", help="attention: KV cache width, 4 or 8."),
+        window: int = typer.Option(0, "--window", help="attention: sliding window in tokens (0 = causal only)."),
+        sink: int = typer.Option(0, "--sink", help="attention: sink tokens kept besides the window."),
         seed: int = typer.Option(0, "--seed", help="Random seed for weights and inputs."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the device.")):
     """Run a random layer on the sim backend and report cycles, utilization, bytes and error."""
     from .runner import LayerRunError, run_linear
 
-    if layer != "linear":
-        _fail(f"--layer must be one of: linear (got {layer!r})")
+    if layer not in ("linear", "attention"):
+        _fail(f"--layer must be one of: linear, attention (got {layer!r})")
     cfg = _load(config)
+    shown = None if as_json else console
     try:
-        report = run_linear(cfg, m=m, k=k, n=n, wbits=wbits, seed=seed, timeout=timeout,
-                            console=None if as_json else console)
+        if layer == "attention":
+            from .attention_runner import run_attention
+
+            report = run_attention(cfg, ctx=ctx, n_q=n_q, q_heads=q_heads, kv_heads=kv_heads, kv_bits=kv_bits,
+                                   window=window, sink=sink, seed=seed, timeout=timeout, console=shown)
+        else:
+            report = run_linear(cfg, m=m, k=k, n=n, wbits=wbits, seed=seed, timeout=timeout, console=shown)
     except (LayerRunError, ValueError) as err:
         _fail(str(err))
     if as_json:
-        sys.stdout.write(json.dumps(report) + "\n")
+        sys.stdout.write(json.dumps(report, default=str) + "\n")
         return
-    _print_run_report(report)
+    if layer == "attention":
+        _print_attention_report(report)
+    else:
+        _print_run_report(report)
+
+
+def _print_attention_report(r: dict) -> None:
+    t = Table(title=f"attention n_q={r['n_q']} ctx={r['ctx']} heads={r['q_heads']}/{r['kv_heads']} "
+                    f"KV{r['kv_bits']} on {r['board']} (sim)")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    util = r.get("mac_utilization")
+    rows = [
+        ("cycles", f"{r['cycles']:,}"),
+        ("time at clock", f"{r['seconds_at_clock'] * 1e6:,.1f} us @ {r['clock_mhz']:g} MHz"),
+        ("KV bytes read", f"{r['kv_bytes_read']:,}"),
+        ("KV-port efficiency", f"{r['kv_efficiency']:.3f}"),
+        ("MAC utilization", "n/a" if util is None else f"{util:.3f}"),
+        ("mismatches vs golden model", f"{r['golden_mismatches']}"),
+        ("rel. error vs float", f"{r['rel_err_vs_float']:.4f}"),
+        ("sim speed", f"{r['sim_cycles_per_second']:,.0f} cycles/s"),
+    ]
+    for name, value in rows:
+        t.add_row(name, value)
+    console.print(t)
 
 
 def _print_run_report(r: dict) -> None:

@@ -10,3 +10,14 @@ def tiny_config_dict(**engine) -> dict:
     return {"version": 1, "name": "tiny", "board": "u280", "clock_mhz": 300,
             "axi": {"data_width": 64, "id_width": 4, "max_burst_beats": 16, "max_outstanding": 4},
             "engines": [eng]}
+
+
+def tiny_attention_config_dict(name: str = "tiny_attn", **attention) -> dict:
+    """tiny (64-bit ports) + an attention engine: head_dim 16, rows 4, page_tokens 4, both KV widths."""
+    cfg = tiny_config_dict()
+    cfg["name"] = name
+    eng = {"kind": "attention", "head_dim": 16, "rows": 4, "kv_bits": [4, 8], "kv_group_size": 8,
+           "page_tokens": 4, "max_context": 64, "kv_ports": 2}
+    eng.update(attention)
+    cfg["engines"].append(eng)
+    return cfg

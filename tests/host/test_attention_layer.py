@@ -21,21 +21,13 @@ from hbmforge.layout import DesignLayout
 from hbmforge.numerics.attention import kv_token_addresses, pack_q_records, run_attention, write_kv_token
 from hbmforge.numerics.program import SparseMemory
 
-from designs import tiny_config_dict
+from designs import tiny_attention_config_dict, tiny_config_dict
 from golden_kernel import GoldenDevice
 
 HD = 16
 
 
-def attn_config(name="tiny_attn", **attn) -> dict:
-    """tiny (64-bit ports) + an attention engine: head_dim 16, rows 4, page_tokens 4, both KV widths."""
-    cfg = tiny_config_dict()
-    cfg["name"] = name
-    eng = {"kind": "attention", "head_dim": HD, "rows": 4, "kv_bits": [4, 8], "kv_group_size": 8,
-           "page_tokens": 4, "max_context": 64, "kv_ports": 2}
-    eng.update(attn)
-    cfg["engines"].append(eng)
-    return cfg
+attn_config = tiny_attention_config_dict
 
 
 @pytest.fixture(scope="module")

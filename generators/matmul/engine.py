@@ -161,8 +161,11 @@ class MatmulEngine(wiring.Component):
             m.d.comb += [array.build.eq(sched.build), array.build_line.eq(sched.build_line),
                          array.build_entry.eq(sched.build_entry), array.line.eq(sched.line)]
         else:
+            # a ternary-only engine gets the plain baseline: a sign select per lane, no multiplier
+            lane_format = "ternary" if list(mm.weight_bits) == ["ternary"] else None
             m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G, weight_shape=lane_shape,
-                                                  tag_layout=acc_tag, levels_per_stage=self._levels_per_stage)
+                                                  tag_layout=acc_tag, levels_per_stage=self._levels_per_stage,
+                                                  lane_format=lane_format)
         m.d.comb += [array.valid.eq(sched.fire), array.w.eq(unpack.o.payload), array.x.eq(actbuf.rd_data),
                      array.tag.eq(f_tag)]
         m.submodules.accum = accum = GroupAccumulator(

@@ -80,7 +80,7 @@ def performance(board: str, ctx: int, heads: int, prefill: int) -> None:
              kv_bits=bits, cycles=r["cycles"], kv_bytes=r["kv_bytes_read"],
              **({"target": 0.85} if bits == 8 else {}), **common)
         emit("decode_attention_cycles", r["cycles"], "cycles", ctx=ctx, heads=heads, kv_bits=bits, **common)
-        emit("decode_attention_rel_err_device", r["rel_err"], "ratio", ctx=ctx, heads=heads, kv_bits=bits,
+        emit("decode_attention_rel_err_device", r["rel_err_vs_float"], "ratio", ctx=ctx, heads=heads, kv_bits=bits,
              **common)
     r = run_attention(cfg, ctx=prefill, n_q=prefill, q_heads=1, kv_heads=1, kv_bits=8, window=0, sink=0,
                       seed=1, timeout=7200)

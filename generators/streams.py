@@ -9,7 +9,8 @@ and reports completion with :data:`JobDone`.
 
 from amaranth.lib import data, stream
 
-__all__ = ["DmaCommand", "JobDone", "matmul_job_layout", "word_stream", "dma_command_stream"]
+__all__ = ["DmaCommand", "JobDone", "matmul_job_layout", "word_stream", "dma_command_stream",
+           "engine_dma_members"]
 
 
 class DmaCommand(data.Struct):
@@ -43,3 +44,27 @@ def word_stream(width: int) -> stream.Signature:
 
 def dma_command_stream() -> stream.Signature:
     return stream.Signature(DmaCommand)
+
+
+def engine_dma_members(stream_ports: int, data_width: int) -> dict:
+    """The DMA side every engine shares (docs/architecture.md §6), as wiring members.
+
+    ``done`` <- one record per job; the data port's three readers (``act``, ``scale``,
+    ``rq``) and its writer (``out``, with ``out_done``); one reader per ``w<i>`` port.
+    """
+    from amaranth.lib.wiring import In, Out
+
+    return {
+        "done": Out(stream.Signature(JobDone)),
+        "act_cmd": Out(dma_command_stream()),
+        "act_data": In(word_stream(data_width)),
+        "scale_cmd": Out(dma_command_stream()),
+        "scale_data": In(word_stream(data_width)),
+        "rq_cmd": Out(dma_command_stream()),
+        "rq_data": In(word_stream(data_width)),
+        "w_cmd": Out(dma_command_stream()).array(stream_ports),
+        "w_data": In(word_stream(data_width)).array(stream_ports),
+        "out_cmd": Out(dma_command_stream()),
+        "out_data": Out(word_stream(data_width)),
+        "out_done": In(stream.Signature(JobDone)),
+    }

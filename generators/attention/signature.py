@@ -4,7 +4,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...attention_layout import ATTENTION_FIELDS, JOB_WIDTHS
-from ..streams import JobDone, dma_command_stream, word_stream
+from ..streams import engine_dma_members
 
 __all__ = ["attention_job_layout", "attention_job_layout_for", "AttentionEngineSignature"]
 
@@ -33,18 +33,7 @@ class AttentionEngineSignature(wiring.Signature):
         self._ports, self._width, self._max_mac = stream_ports, data_width, max_mac_inc
         super().__init__({
             "job": In(stream.Signature(attention_job_layout())),
-            "done": Out(stream.Signature(JobDone)),
-            "act_cmd": Out(dma_command_stream()),
-            "act_data": In(word_stream(data_width)),
-            "scale_cmd": Out(dma_command_stream()),
-            "scale_data": In(word_stream(data_width)),
-            "rq_cmd": Out(dma_command_stream()),
-            "rq_data": In(word_stream(data_width)),
-            "w_cmd": Out(dma_command_stream()).array(stream_ports),
-            "w_data": In(word_stream(data_width)).array(stream_ports),
-            "out_cmd": Out(dma_command_stream()),
-            "out_data": Out(word_stream(data_width)),
-            "out_done": In(stream.Signature(JobDone)),
+            **engine_dma_members(stream_ports, data_width),
             "busy": Out(1),
             "stall": Out(1),
             "mac_inc": Out(range(max_mac_inc + 1)),

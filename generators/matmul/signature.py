@@ -4,7 +4,7 @@ from __future__ import annotations
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..streams import JobDone, dma_command_stream, matmul_job_layout, word_stream
+from ..streams import engine_dma_members, matmul_job_layout
 
 __all__ = ["MatmulEngineSignature"]
 
@@ -24,18 +24,7 @@ class MatmulEngineSignature(wiring.Signature):
         self._rows, self._weight_ports, self._data_width = rows, weight_ports, data_width
         super().__init__({
             "job": In(stream.Signature(matmul_job_layout(weight_ports))),
-            "done": Out(stream.Signature(JobDone)),
-            "act_cmd": Out(dma_command_stream()),
-            "act_data": In(word_stream(data_width)),
-            "scale_cmd": Out(dma_command_stream()),
-            "scale_data": In(word_stream(data_width)),
-            "rq_cmd": Out(dma_command_stream()),
-            "rq_data": In(word_stream(data_width)),
-            "w_cmd": Out(dma_command_stream()).array(weight_ports),
-            "w_data": In(word_stream(data_width)).array(weight_ports),
-            "out_cmd": Out(dma_command_stream()),
-            "out_data": Out(word_stream(data_width)),
-            "out_done": In(stream.Signature(JobDone)),
+            **engine_dma_members(weight_ports, data_width),
             "busy": Out(1),
             "fire": Out(1),
             "fire_rows": Out(range(rows + 1)),

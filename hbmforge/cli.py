@@ -146,19 +146,18 @@ def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
                                                    help="Also write the JSON report to this file."),
              timeout: float = typer.Option(7200.0, "--timeout", help="Seconds to allow Yosys.")):
     """Resource and logic-depth estimate with Yosys synth_xilinx (an estimate, not Vivado)."""
-    import os
-
     from .estimate import EstimateError, estimate as run_estimate
 
     cfg = _load(config)
     if output is not None:                  # checked before a run that can take minutes
-        parent = output.parent if str(output.parent) else Path(".")
-        if output.is_dir():
-            _fail(f"cannot write {output}: it is a directory")
-        if not parent.is_dir():
-            _fail(f"cannot write {output}: directory {parent} does not exist")
-        if not os.access(parent, os.W_OK) or (output.exists() and not os.access(output, os.W_OK)):
-            _fail(f"cannot write {output}: permission denied")
+        existed = output.exists()
+        try:
+            with open(output, "a"):
+                pass
+        except OSError as err:
+            _fail(f"cannot write {output}: {err.strerror or err}")
+        if not existed:
+            output.unlink(missing_ok=True)
     try:
         with err_console.status("Yosys estimate...") as status:
             report = run_estimate(cfg, use_cache=not no_cache, timeout=timeout,

@@ -58,9 +58,10 @@ def test_invalid_config_names_the_field(tmp_path, no_yosys):
 
 def test_unwritable_output_is_rejected_before_synthesis(tmp_path, tiny_yaml, no_yosys):
     out = _one_line_error(invoke("estimate", tiny_yaml, "-o", tmp_path / "no" / "such" / "r.json"))
-    assert "cannot write" in out and "does not exist" in out
+    assert "cannot write" in out and "No such file or directory" in out
     out = _one_line_error(invoke("estimate", tiny_yaml, "-o", tmp_path))
-    assert "cannot write" in out and "is a directory" in out
+    assert "cannot write" in out and "Is a directory" in out
+    assert not (tmp_path / "no").exists()
 
 
 def test_yosys_failure_exits_1_with_the_log_tail(monkeypatch, tiny_yaml):

@@ -6,24 +6,16 @@ command per port, and can *poison* address ranges: reading any poisoned byte fai
 """
 from __future__ import annotations
 
-import random
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...attention_layout import attention_geometry, validate_attention
 from ...layout import DesignLayout
+from ..dma_bench import DmaBench
 from ...numerics.attention import pack_block_table, run_attention
 
 __all__ = ["AttentionBench", "AttnJob", "ByteMemory"]
-
-
-async def _until(ctx, cond, *samples):
-    while True:
-        _, _, *values, flag = await ctx.tick().sample(*samples, cond)
-        if flag:
-            return values
 
 
 class ByteMemory:
@@ -51,19 +43,16 @@ class AttnJob:
     stats: dict = field(default_factory=dict)
 
 
-class AttentionBench:
+class AttentionBench(DmaBench):
     def __init__(self, layout: DesignLayout, *, seed: int = 0, stall: float = 0.0, backpressure: float = 0.0,
                  engine=None):
         from .engine import AttentionEngine
 
-        self.layout = layout
+        super().__init__(layout, engine if engine is not None else AttentionEngine(layout), seed=seed,
+                         stall=stall, backpressure=backpressure, response_delay=(1, 6))
         self.geom = attention_geometry(layout)
-        self.dut = engine if engine is not None else AttentionEngine(layout)
-        self.rng = random.Random(seed)
-        self.stall, self.backpressure = stall, backpressure
         self.mem = bytearray(4096)
         self.jobs: list[AttnJob] = []
-        self.commands: dict[str, list] = {}
         self.poison: list[tuple[int, int]] = []
         self.poison_hits: list = []
 
@@ -94,74 +83,11 @@ class AttentionBench:
             job.golden = run_attention(shadow, job.d, self.layout)
             job.expected = shadow.read(job.d["o_addr"], job.out_bytes)
 
-    def _check_poison(self, addr: int, n: int, name: str):
+    def check_read(self, name: str, addr: int, n: int):
         for lo, hi in self.poison:
             if addr < hi and lo < addr + n:
                 self.poison_hits.append((name, addr, n))
                 raise AssertionError(f"{name} read [{addr:#x}, {addr + n:#x}) touches poisoned [{lo:#x}, {hi:#x})")
-
-    # -- testbench processes ---------------------------------------------------------------
-    def _reader(self, name, cmd, data):
-        queue: deque = deque()
-        wb = self.layout.word_bytes
-        self.commands[name] = []
-
-        async def take_commands(ctx):
-            while True:
-                while self.rng.random() < self.stall:
-                    await ctx.tick()
-                ctx.set(cmd.ready, 1)
-                addr, nbytes = await _until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
-                ctx.set(cmd.ready, 0)
-                self.commands[name].append((addr, nbytes))
-                assert addr % wb == 0 and nbytes % wb == 0 and nbytes > 0, (name, addr, nbytes)
-                self._check_poison(addr, nbytes, name)
-                queue.append((addr, nbytes))
-
-        async def deliver(ctx):
-            while True:
-                if not queue:
-                    await ctx.tick()
-                    continue
-                addr, nbytes = queue.popleft()
-                for a in range(addr, addr + nbytes, wb):
-                    while self.rng.random() < self.stall:
-                        ctx.set(data.valid, 0)
-                        await ctx.tick()
-                    ctx.set(data.payload, int.from_bytes(self.mem[a:a + wb], "little"))
-                    ctx.set(data.valid, 1)
-                    await _until(ctx, data.ready)
-                    ctx.set(data.valid, 0)
-
-        return take_commands, deliver
-
-    def _writer(self):
-        dut, wb = self.dut, self.layout.word_bytes
-        self.commands["out"] = []
-
-        async def write(ctx):
-            while True:
-                ctx.set(dut.out_cmd.ready, 1)
-                addr, nbytes = await _until(ctx, dut.out_cmd.valid, dut.out_cmd.payload.addr,
-                                            dut.out_cmd.payload.bytes)
-                ctx.set(dut.out_cmd.ready, 0)
-                self.commands["out"].append((addr, nbytes))
-                for a in range(addr, addr + nbytes, wb):
-                    while self.rng.random() < self.backpressure:
-                        ctx.set(dut.out_data.ready, 0)
-                        await ctx.tick()
-                    ctx.set(dut.out_data.ready, 1)
-                    word, = await _until(ctx, dut.out_data.valid, dut.out_data.payload)
-                    ctx.set(dut.out_data.ready, 0)
-                    self.mem[a:a + wb] = int(word).to_bytes(wb, "little")
-                for _ in range(self.rng.randrange(1, 6)):
-                    await ctx.tick()
-                ctx.set(dut.out_done.valid, 1)
-                ctx.set(dut.out_done.payload.error, 0)
-                await _until(ctx, dut.out_done.ready)
-                ctx.set(dut.out_done.valid, 0)
-
-        return write
 
     def run(self, max_cycles: int = 100_000, vcd: str | None = None):
         from amaranth.sim import Simulator
@@ -170,13 +96,7 @@ class AttentionBench:
         dut, lay = self.dut, self.layout
         sim = Simulator(dut)
         sim.add_clock(1e-8)
-        readers = [("act", dut.act_cmd, dut.act_data), ("scale", dut.scale_cmd, dut.scale_data),
-                   ("rq", dut.rq_cmd, dut.rq_data)]
-        readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(lay.config.stream_ports)]
-        for name, cmd, data in readers:
-            for proc in self._reader(name, cmd, data):
-                sim.add_testbench(proc, background=True)
-        sim.add_testbench(self._writer(), background=True)
+        self.add_dma(sim, lay.config.stream_ports)
         counters = {"cycles": 0, "macs": 0, "busy": 0, "stall": 0, "kv_words": 0}
         kv_data = [dut.w_data[i] for i in range(self.geom.kv_ports)]
 

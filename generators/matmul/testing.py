@@ -7,25 +7,15 @@ commands from a Python byte memory with random stalls and back-pressure.
 """
 from __future__ import annotations
 
-import random
-from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ...layout import DesignLayout, OutMode
+from ..dma_bench import DmaBench
 
 __all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_requant", "unpack_outputs",
            "MatmulCase", "random_case", "EngineBench"]
-
-
-async def _until(ctx, cond, *samples):
-    """``await ctx.tick().sample(*samples).until(cond)`` without an async generator
-    (background testbenches are dropped mid-wait when the simulation ends)."""
-    while True:
-        _, _, *values, flag = await ctx.tick().sample(*samples, cond)
-        if flag:
-            return values
 
 
 def _pad(buf: bytes, word_bytes: int) -> bytes:
@@ -160,7 +150,7 @@ def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: in
     return case
 
 
-class EngineBench:
+class EngineBench(DmaBench):
     """Runs :class:`MatmulCase` jobs on a ``MatmulEngine`` in amaranth.sim.
 
     ``stall`` is the chance that a reader holds back a word (and a command
@@ -172,14 +162,10 @@ class EngineBench:
                  backpressure: float = 0.0, engine=None):
         from .engine import MatmulEngine
 
-        self.layout = layout
-        self.dut = engine if engine is not None else MatmulEngine(layout)
-        self.rng = random.Random(seed)
-        self.stall, self.backpressure = stall, backpressure
-        self.mem = bytearray()
+        super().__init__(layout, engine if engine is not None else MatmulEngine(layout), seed=seed,
+                         stall=stall, backpressure=backpressure)
         self.cases: list[MatmulCase] = []
         self.stats: list[dict] = []
-        self.commands: dict[str, list] = {}
 
     # -- memory --------------------------------------------------------------------------
     def alloc(self, data: bytes) -> int:
@@ -207,81 +193,13 @@ class EngineBench:
         self.cases.append(case)
         return case
 
-    # -- testbench processes ---------------------------------------------------------------
-    def _reader(self, name, cmd, data):
-        queue: deque = deque()
-        wb = self.layout.word_bytes
-        self.commands[name] = []
-
-        async def take_commands(ctx):
-            while True:
-                while self.rng.random() < self.stall:
-                    await ctx.tick()
-                ctx.set(cmd.ready, 1)
-                addr, nbytes = await _until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
-                ctx.set(cmd.ready, 0)
-                self.commands[name].append((addr, nbytes))
-                queue.append((addr, nbytes))
-
-        async def deliver(ctx):
-            while True:
-                if not queue:
-                    await ctx.tick()
-                    continue
-                addr, nbytes = queue.popleft()
-                assert addr % wb == 0 and nbytes % wb == 0, (name, addr, nbytes)
-                for a in range(addr, addr + nbytes, wb):
-                    while self.rng.random() < self.stall:
-                        ctx.set(data.valid, 0)
-                        await ctx.tick()
-                    ctx.set(data.payload, int.from_bytes(self.mem[a:a + wb], "little"))
-                    ctx.set(data.valid, 1)
-                    await _until(ctx, data.ready)
-                    ctx.set(data.valid, 0)
-
-        return take_commands, deliver
-
-    def _writer(self):
-        dut, wb = self.dut, self.layout.word_bytes
-        self.commands["out"] = []
-
-        async def write(ctx):
-            while True:
-                ctx.set(dut.out_cmd.ready, 1)
-                addr, nbytes = await _until(ctx, dut.out_cmd.valid, dut.out_cmd.payload.addr,
-                                            dut.out_cmd.payload.bytes)
-                ctx.set(dut.out_cmd.ready, 0)
-                self.commands["out"].append((addr, nbytes))
-                for a in range(addr, addr + nbytes, wb):
-                    while self.rng.random() < self.backpressure:
-                        ctx.set(dut.out_data.ready, 0)
-                        await ctx.tick()
-                    ctx.set(dut.out_data.ready, 1)
-                    word, = await _until(ctx, dut.out_data.valid, dut.out_data.payload)
-                    ctx.set(dut.out_data.ready, 0)
-                    self.mem[a:a + wb] = int(word).to_bytes(wb, "little")
-                for _ in range(self.rng.randrange(1, 8)):       # write responses take a while
-                    await ctx.tick()
-                ctx.set(dut.out_done.valid, 1)
-                ctx.set(dut.out_done.payload.error, 0)
-                await _until(ctx, dut.out_done.ready)
-                ctx.set(dut.out_done.valid, 0)
-
-        return write
-
     def run(self, max_cycles: int = 200_000, vcd: str | None = None):
         from amaranth.sim import Simulator
 
         dut, lay = self.dut, self.layout
         sim = Simulator(dut)
         sim.add_clock(1e-8)
-        readers = [("act", dut.act_cmd, dut.act_data), ("scale", dut.scale_cmd, dut.scale_data),
-                   ("rq", dut.rq_cmd, dut.rq_data)]
-        readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(lay.mm.weight_ports)]
-        for name, cmd, data in readers:
-            for proc in self._reader(name, cmd, data):
-                sim.add_testbench(proc, background=True)
-        sim.add_testbench(self._writer(), background=True)
+        self.add_dma(sim, lay.mm.weight_ports)
         counters = {"cycles": 0, "fires": 0, "busy": 0, "first_fire": None, "last_fire": None,
                     "first_out": None}
 

@@ -1,0 +1,116 @@
+"""amaranth.sim test support shared by every engine bench: serve DMA from a Python byte memory.
+
+An engine (docs/architecture.md §6) asks its readers and its writer for memory with
+``DmaCommand`` records. :class:`DmaBench` answers them from ``self.mem`` (a bytearray
+mapped at address 0) with random stalls on every reader's command and data streams
+and random back-pressure on the writer, and records each command per channel.
+Engine benches (``generators/matmul/testing.py``, ``generators/attention/testing.py``)
+add the jobs, the driver and the checks.
+"""
+from __future__ import annotations
+
+import random
+from collections import deque
+
+__all__ = ["DmaBench", "until"]
+
+
+async def until(ctx, cond, *samples):
+    """``await ctx.tick().sample(*samples).until(cond)`` without an async generator
+    (background testbenches are dropped mid-wait when the simulation ends)."""
+    while True:
+        _, _, *values, flag = await ctx.tick().sample(*samples, cond)
+        if flag:
+            return values
+
+
+class DmaBench:
+    """``stall``: chance per cycle that a reader holds back a word (or a command port its
+    ready); ``backpressure``: chance that the writer is not ready for ``out_data``;
+    ``response_delay``: cycles (range) before ``out_done`` follows a command's last word."""
+
+    def __init__(self, layout, dut, *, seed: int, stall: float, backpressure: float,
+                 response_delay: tuple[int, int] = (1, 8)):
+        self.layout = layout
+        self.dut = dut
+        self.rng = random.Random(seed)
+        self.stall, self.backpressure = stall, backpressure
+        self.response_delay = response_delay
+        self.mem = bytearray()
+        self.commands: dict[str, list] = {}
+
+    def check_read(self, name: str, addr: int, nbytes: int) -> None:
+        """Called for every read command as it is accepted; benches override it to police reads."""
+
+    def add_dma(self, sim, stream_ports: int) -> None:
+        """Serve the data port's readers, ``stream_ports`` ``w<i>`` readers and the writer."""
+        dut = self.dut
+        readers = [("act", dut.act_cmd, dut.act_data), ("scale", dut.scale_cmd, dut.scale_data),
+                   ("rq", dut.rq_cmd, dut.rq_data)]
+        readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(stream_ports)]
+        for name, cmd, data in readers:
+            for proc in self._reader(name, cmd, data):
+                sim.add_testbench(proc, background=True)
+        sim.add_testbench(self._writer(), background=True)
+
+    def _reader(self, name, cmd, data):
+        queue: deque = deque()
+        wb = self.layout.word_bytes
+        self.commands[name] = []
+
+        async def take_commands(ctx):
+            while True:
+                while self.rng.random() < self.stall:
+                    await ctx.tick()
+                ctx.set(cmd.ready, 1)
+                addr, nbytes = await until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
+                ctx.set(cmd.ready, 0)
+                self.commands[name].append((addr, nbytes))
+                assert addr % wb == 0 and nbytes % wb == 0 and nbytes > 0, (name, addr, nbytes)
+                self.check_read(name, addr, nbytes)
+                queue.append((addr, nbytes))
+
+        async def deliver(ctx):
+            while True:
+                if not queue:
+                    await ctx.tick()
+                    continue
+                addr, nbytes = queue.popleft()
+                for a in range(addr, addr + nbytes, wb):
+                    while self.rng.random() < self.stall:
+                        ctx.set(data.valid, 0)
+                        await ctx.tick()
+                    ctx.set(data.payload, int.from_bytes(self.mem[a:a + wb], "little"))
+                    ctx.set(data.valid, 1)
+                    await until(ctx, data.ready)
+                    ctx.set(data.valid, 0)
+
+        return take_commands, deliver
+
+    def _writer(self):
+        dut, wb = self.dut, self.layout.word_bytes
+        self.commands["out"] = []
+
+        async def write(ctx):
+            while True:
+                ctx.set(dut.out_cmd.ready, 1)
+                addr, nbytes = await until(ctx, dut.out_cmd.valid, dut.out_cmd.payload.addr,
+                                           dut.out_cmd.payload.bytes)
+                ctx.set(dut.out_cmd.ready, 0)
+                self.commands["out"].append((addr, nbytes))
+                for a in range(addr, addr + nbytes, wb):
+                    while self.rng.random() < self.backpressure:
+                        ctx.set(dut.out_data.ready, 0)
+                        await ctx.tick()
+                    ctx.set(dut.out_data.ready, 1)
+                    word, = await until(ctx, dut.out_data.valid, dut.out_data.payload)
+                    ctx.set(dut.out_data.ready, 0)
+                    self.mem[a:a + wb] = int(word).to_bytes(wb, "little")
+                for _ in range(self.rng.randrange(*self.response_delay)):   # write responses take a while
+                    await ctx.tick()
+                ctx.set(dut.out_done.valid, 1)
+                ctx.set(dut.out_done.payload.error, 0)
+                await until(ctx, dut.out_done.ready)
+                ctx.set(dut.out_done.valid, 0)
+
+        return write

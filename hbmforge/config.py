@@ -61,7 +61,18 @@ class AxiParams(_Strict):
     max_outstanding: int = Field(8, ge=1, le=32, description="read bursts in flight per reader")
 
 
-class MatmulEngine(_Strict):
+class _EngineBase(_Strict):
+    """What every engine entry has: a ``kind`` tag (set by the subclass) and an instance name."""
+
+    @field_validator("name", check_fields=False)
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _IDENT.match(v):
+            raise ValueError(f"name must match {_IDENT.pattern}, got {v!r}")
+        return v
+
+
+class MatmulEngine(_EngineBase):
     """Low-bit matmul: int8 activations x int4/int8 weights with per-group scales.
 
     An array of ``rows`` x ``lanes`` multipliers: each cycle it takes ``lanes``
@@ -88,13 +99,6 @@ class MatmulEngine(_Strict):
     group_size: int = Field(128, description="K elements sharing one weight scale (power of two)")
     scale_bits: int = Field(16, ge=4, le=16, description="bits of each unsigned group-scale mantissa (stored as u16)")
     max_k: int = Field(4096, description="largest K (on-chip activation buffer depth)")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _IDENT.match(v):
-            raise ValueError(f"name must match {_IDENT.pattern}, got {v!r}")
-        return v
 
     @field_validator("lanes")
     @classmethod
@@ -133,7 +137,7 @@ class MatmulEngine(_Strict):
         return self
 
 
-class AttentionEngine(_Strict):
+class AttentionEngine(_EngineBase):
     """Attention over a paged int8/int4 KV cache: decode (GQA) and tiled causal prefill.
 
     Each tile holds ``rows`` query rows that share one KV head (the query heads of a
@@ -151,13 +155,6 @@ class AttentionEngine(_Strict):
     page_tokens: int = Field(16, description="tokens per KV cache page (power of two)")
     max_context: int = Field(8192, description="longest context a sequence may reach, in tokens")
     kv_ports: Literal[1, 2] = Field(1, description="1: K and V share port w0; 2: K on w0, V on w1")
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        if not _IDENT.match(v):
-            raise ValueError(f"name must match {_IDENT.pattern}, got {v!r}")
-        return v
 
     @field_validator("head_dim")
     @classmethod

@@ -136,3 +136,41 @@ def test_id_width_must_leave_room_for_the_data_port_readers():
     data["axi"]["id_width"] = 1
     with pytest.raises(ConfigError, match=r"axi.id_width: Input should be greater than or equal to 2"):
         parse_config(data)
+
+
+def _with_attention(**attention):
+    data = starter_config("u280")
+    data["engines"].append({"kind": "attention", **attention})
+    return data
+
+
+@pytest.mark.parametrize("attention, message", [
+    ({"head_dim": 96}, r"engines\.1\.head_dim: head_dim must be a power of two in \[16, 256\]"),
+    ({"kv_bits": [2]}, r"engines\.1\.kv_bits\.0: Input should be 4 or 8, got 2"),
+    ({"head_dim": 32, "kv_group_size": 64}, r"kv_group_size 64 must divide head_dim 32"),
+    ({"page_tokens": 16, "max_context": 100}, r"max_context must be a multiple of page_tokens = 16"),
+    ({"kv_ports": 3}, r"engines\.1\.kv_ports: Input should be 1 or 2, got 3"),
+])
+def test_bad_attention_parameters_name_field_and_allowed_values(attention, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(_with_attention(**attention))
+
+
+def test_engines_need_one_matmul_and_at_most_one_attention():
+    data = _with_attention()
+    data["engines"].append({"kind": "attention", "name": "attn1"})
+    with pytest.raises(ConfigError, match="engines"):
+        parse_config(data)
+    data = starter_config("u280")
+    data["engines"] = [{"kind": "attention"}]
+    with pytest.raises(ConfigError, match="exactly one matmul engine"):
+        parse_config(data)
+
+
+def test_attention_kv_ports_add_stream_ports_and_tlmm_needs_ternary():
+    cfg = parse_config(_with_attention(kv_ports=2))
+    assert cfg.port_names() == ["data", "w0", "w1"] and cfg.attention.kv_ports == 2
+    data = starter_config("u280")
+    data["engines"][0].update(arch="tlmm")
+    with pytest.raises(ConfigError, match=r"arch 'tlmm' computes ternary weights only"):
+        parse_config(data)

@@ -26,7 +26,7 @@ from amaranth.lib.wiring import In, Out
 from ..params import require_positive_ints, require_powers_of_two
 from .pipe import delay
 
-__all__ = ["MacArray", "product", "LANE_FORMATS"]
+__all__ = ["MacArray", "product", "wrap_tree", "LANE_FORMATS"]
 
 LANE_FORMATS = ("int", "int2", "ternary")
 
@@ -49,11 +49,14 @@ def product(x, w, fmt: str, bits: int):
     return v[:bits] if len(v) > bits else v         # a narrower signed value sign-extends on assignment
 
 
-def _wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
-    """Sum ``values`` modulo ``2^bits``, registering every ``levels_per_stage`` levels and the root."""
+def wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
+    """Sum ``values`` (any count) modulo ``2^bits``; register every ``levels_per_stage`` levels and the root."""
     stages = level = 0
     while len(values) > 1:
-        values = [(values[i] + values[i + 1])[:bits] for i in range(0, len(values), 2)]
+        nxt = [(values[i] + values[i + 1])[:bits] for i in range(0, len(values) - 1, 2)]
+        if len(values) % 2:
+            nxt.append(values[-1])
+        values = nxt
         level += 1
         if level % levels_per_stage == 0 or len(values) == 1:
             regs = []
@@ -145,7 +148,7 @@ class MacArray(wiring.Component):
         # fire register) and its root is delayed to line up with the product trees.
         for j in range(self._groups):
             lanes = range(j * span, (j + 1) * span)
-            wsum, _ = _wrap_tree(m, [we[l] for l in lanes], bits=sb, levels_per_stage=lps, name=f"ws{j}")
+            wsum, _ = wrap_tree(m, [we[l] for l in lanes], bits=sb, levels_per_stage=lps, name=f"ws{j}")
             wsum = delay(m, wsum, 1, name=f"ws{j}_root", reset_less=True)
             for r in range(R):
                 prods = []
@@ -153,7 +156,7 @@ class MacArray(wiring.Component):
                     p = Signal(sb, name=f"p{r}_{l}", reset_less=True)
                     m.d.sync += p.eq(product(self.x[r][l], we[l], self._lane_format, sb))
                     prods.append(p)
-                root, stages = _wrap_tree(m, prods, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
+                root, stages = wrap_tree(m, prods, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
                 assert 2 + stages == self._latency
                 m.d.comb += self.sums[r][j].eq((root - (wsum << 7))[:sb])
 

@@ -36,6 +36,7 @@ from amaranth.lib.wiring import In, Out
 
 from ...numerics.tlmm import TlmmShape, entry_bits, table_entries, trits_of
 from ..params import require_positive_ints, require_powers_of_two
+from .array import wrap_tree
 from .pipe import delay
 
 __all__ = ["TlmmArray", "tlmm_array_latency"]
@@ -56,26 +57,6 @@ def _times(value, k: int):
     """``value * k`` for a constant ``k`` as shifted adds (synthesis would spend a DSP on ``*``)."""
     terms = [value << i for i in range(k.bit_length()) if k >> i & 1]
     return sum(terms[1:], terms[0])
-
-
-def _wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
-    """Sum ``values`` (any count) modulo ``2^bits``; register every ``levels_per_stage`` levels and the root."""
-    stages = level = 0
-    while len(values) > 1:
-        nxt = [(values[i] + values[i + 1])[:bits] for i in range(0, len(values) - 1, 2)]
-        if len(values) % 2:
-            nxt.append(values[-1])
-        values = nxt
-        level += 1
-        if level % levels_per_stage == 0 or len(values) == 1:
-            regs = []
-            for i, v in enumerate(values):
-                r = Signal(bits, name=f"{name}_l{level}_{i}", reset_less=True)
-                m.d.sync += r.eq(v)
-                regs.append(r)
-            values = regs
-            stages += 1
-    return values[0], stages
 
 
 class TlmmArray(wiring.Component):
@@ -221,7 +202,7 @@ class TlmmArray(wiring.Component):
         for r in range(R):
             for j in range(self._groups):
                 vals = [v for span, v in signed_entries[r] if span == j]
-                root, stages = _wrap_tree(m, vals, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
+                root, stages = wrap_tree(m, vals, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
                 assert 3 + stages == self._latency
                 m.d.comb += self.sums[r][j].eq(root)
 

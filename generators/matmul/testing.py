@@ -247,9 +247,5 @@ class EngineBench(DmaBench):
                 case.pad_bytes = bytes(raw[used:])
 
         sim.add_testbench(driver)
-        if vcd:
-            with sim.write_vcd(vcd):
-                sim.run()
-        else:
-            sim.run()
+        self.run_sim(sim, vcd)
         return self.cases

@@ -42,6 +42,9 @@ class DmaBench:
     def check_read(self, name: str, addr: int, nbytes: int) -> None:
         """Called for every read command as it is accepted; benches override it to police reads."""
 
+    def check_write(self, name: str, addr: int, nbytes: int) -> None:
+        """Called for every written word before it lands; benches override it to police writes."""
+
     async def submit(self, ctx, max_cycles: int, describe) -> None:
         """Hand over the job whose payload the caller set on ``dut.job`` and wait for ``done``;
         a job not done within ``max_cycles`` raises TimeoutError naming ``describe()``."""
@@ -68,16 +71,20 @@ class DmaBench:
         else:
             sim.run()
 
-    def add_dma(self, sim, stream_ports: int) -> None:
-        """Serve the data port's readers, ``stream_ports`` ``w<i>`` readers and the writer."""
+    def add_dma(self, sim) -> None:
+        """Serve every channel the engine's signature declares: its data-port readers (by
+        name), its ``w<i>`` readers, the data writer (``out``) and its ``w<i>`` writers (``sw<i>``)."""
         dut = self.dut
-        readers = [("act", dut.act_cmd, dut.act_data), ("scale", dut.scale_cmd, dut.scale_data),
-                   ("rq", dut.rq_cmd, dut.rq_data)]
-        readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(stream_ports)]
+        ch = dut.signature.channels
+        readers = [(n, getattr(dut, f"{n}_cmd"), getattr(dut, f"{n}_data")) for n in ch.data_readers]
+        readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(ch.stream_readers)]
         for name, cmd, data in readers:
             for proc in self._reader(name, cmd, data):
                 sim.add_testbench(proc, background=True)
-        sim.add_testbench(self._writer(), background=True)
+        writers = [("out", dut.out_cmd, dut.out_data, dut.out_done)] if ch.data_writer else []
+        writers += [(f"sw{i}", dut.sw_cmd[i], dut.sw_data[i], dut.sw_done[i]) for i in range(ch.stream_writers)]
+        for name, cmd, data, done in writers:
+            sim.add_testbench(self._writer(name, cmd, data, done), background=True)
 
     def _reader(self, name, cmd, data):
         queue: deque = deque()
@@ -113,30 +120,31 @@ class DmaBench:
 
         return take_commands, deliver
 
-    def _writer(self):
-        dut, wb = self.dut, self.layout.word_bytes
-        self.commands["out"] = []
+    def _writer(self, name, cmd, data, done):
+        wb = self.layout.word_bytes
+        self.commands[name] = []
 
         async def write(ctx):
             while True:
-                ctx.set(dut.out_cmd.ready, 1)
-                addr, nbytes = await until(ctx, dut.out_cmd.valid, dut.out_cmd.payload.addr,
-                                           dut.out_cmd.payload.bytes)
-                ctx.set(dut.out_cmd.ready, 0)
-                self.commands["out"].append((addr, nbytes))
+                ctx.set(cmd.ready, 1)
+                addr, nbytes = await until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
+                ctx.set(cmd.ready, 0)
+                self.commands[name].append((addr, nbytes))
+                assert addr % wb == 0 and nbytes % wb == 0 and nbytes > 0, (name, addr, nbytes)
                 for a in range(addr, addr + nbytes, wb):
                     while self.rng.random() < self.backpressure:
-                        ctx.set(dut.out_data.ready, 0)
+                        ctx.set(data.ready, 0)
                         await ctx.tick()
-                    ctx.set(dut.out_data.ready, 1)
-                    word, = await until(ctx, dut.out_data.valid, dut.out_data.payload)
-                    ctx.set(dut.out_data.ready, 0)
+                    ctx.set(data.ready, 1)
+                    word, = await until(ctx, data.valid, data.payload)
+                    ctx.set(data.ready, 0)
+                    self.check_write(name, a, wb)
                     self.mem[a:a + wb] = int(word).to_bytes(wb, "little")
                 for _ in range(self.rng.randrange(*self.response_delay)):   # write responses take a while
                     await ctx.tick()
-                ctx.set(dut.out_done.valid, 1)
-                ctx.set(dut.out_done.payload.error, 0)
-                await until(ctx, dut.out_done.ready)
-                ctx.set(dut.out_done.valid, 0)
+                ctx.set(done.valid, 1)
+                ctx.set(done.payload.error, 0)
+                await until(ctx, done.ready)
+                ctx.set(done.valid, 0)
 
         return write

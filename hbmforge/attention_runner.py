@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from .attention_layout import attention_geometry, segments, tile_rows, token_ranges
+from .engines.attention import attention_geometry, segments, tile_rows, token_ranges
 from .config import AcceleratorConfig
 from .runner import LayerRunError
 

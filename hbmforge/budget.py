@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .config import AcceleratorConfig, ConfigError
+from .config import ConfigError
+from .layout import DesignLayout
 
 BRAM36_BITS = 36 * 1024
 BRAM36_MAX_WIDTH = 72
@@ -33,7 +34,7 @@ def _bram_for(width: int, depth: int) -> int:
     return max(math.ceil(width / BRAM36_MAX_WIDTH), math.ceil(width * depth / BRAM36_BITS))
 
 
-def _trit_unpack_luts(cfg: AcceleratorConfig) -> int:
+def _trit_unpack_luts(cfg) -> int:
     """'5trit' ternary: a trit decoder per port byte (8 -> 10 bits, ~20 LUT) and the trit
     gearbox's buffer of ``L - g + T`` 2-bit codes, each a mux over ``L/g + 1`` sources."""
     mm = cfg.matmul
@@ -46,12 +47,11 @@ def _trit_unpack_luts(cfg: AcceleratorConfig) -> int:
     return 20 * nbytes + 2 * codes * math.ceil((mm.lanes // g + 1) / 4)
 
 
-def estimate_resources(cfg: AcceleratorConfig) -> ResourceEstimate:
-    from .layout import derive_layout
-
-    lay = derive_layout(cfg)
+def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
+    """First-order LUT/FF/DSP/BRAM count of a design (the matmul datapath and the ports)."""
+    cfg = lay.config
     mm = cfg.matmul
-    w = lay.widths
+    w = lay.matmul.widths
     macs = mm.rows * mm.lanes
     groups_per_fire = max(1, mm.lanes // mm.group_size)
     # DSPs: one per 8x8 MAC lane, group-scale and requant multipliers per row.
@@ -75,9 +75,10 @@ def estimate_resources(cfg: AcceleratorConfig) -> ResourceEstimate:
     return ResourceEstimate(lut=lut, ff=ff, dsp=dsp, bram36=act + fifos, ports=len(lay.ports))
 
 
-def check_budget(cfg: AcceleratorConfig) -> ResourceEstimate:
-    """Raise :class:`ConfigError` naming every budget the config exceeds."""
-    est = estimate_resources(cfg)
+def check_budget(lay: DesignLayout) -> ResourceEstimate:
+    """Raise :class:`ConfigError` naming every budget the design exceeds."""
+    cfg = lay.config
+    est = estimate_resources(lay)
     board = cfg.board_info
     frac = cfg.max_utilization
     limits = {

@@ -112,11 +112,11 @@ def validate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Check a config against the schema and the board's budgets."""
     from .budget import estimate_resources
-    from .layout import derive_layout
+    from .layout import DesignLayout
 
     cfg = _load(config)
     est = estimate_resources(cfg)
-    lay = derive_layout(cfg)
+    lay = DesignLayout(cfg)
     res = cfg.board_info.resources
     summary = {
         "config": str(config), "valid": True, "name": cfg.name, "board": cfg.board,

@@ -23,6 +23,8 @@ __all__ = [
     "AxiParams",
     "MatmulEngine",
     "AttentionEngine",
+    "CopyEngine",
+    "ENGINE_KINDS",
     "AcceleratorConfig",
     "ConfigError",
     "load_config",
@@ -47,7 +49,8 @@ def _power_of_two(value: int, field: str, lo: int, hi: int) -> int:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: a YAML ``true`` is not a number, ``4.0`` is not an int (no silent coercion)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class AxiParams(_Strict):
@@ -124,6 +127,11 @@ class MatmulEngine(_EngineBase):
             raise ValueError(f"weight_bits has duplicates: {v}")
         return sorted(v, key=lambda b: 0 if b == "ternary" else b)
 
+    @property
+    def stream_ports(self) -> int:
+        """``w<i>`` ports this engine streams from."""
+        return self.weight_ports
+
     @model_validator(mode="after")
     def _k(self) -> "MatmulEngine":
         if self.arch == "tlmm" and list(self.weight_bits) != ["ternary"]:
@@ -185,6 +193,10 @@ class AttentionEngine(_EngineBase):
             raise ValueError(f"kv_bits has duplicates: {v}")
         return sorted(v)
 
+    @property
+    def stream_ports(self) -> int:
+        return self.kv_ports
+
     @model_validator(mode="after")
     def _shape(self) -> "AttentionEngine":
         if self.kv_group_size > self.head_dim:
@@ -196,7 +208,30 @@ class AttentionEngine(_EngineBase):
         return self
 
 
-Engine = Annotated[Union[MatmulEngine, AttentionEngine], Field(discriminator="kind")]
+class CopyEngine(_EngineBase):
+    """COPY/FILL: copy a buffer between any two memory ports, or fill one with a 64-bit pattern.
+
+    Whole-model programs use it for residual copies and KV-cache moves without a host round
+    trip. Words stream from the source port's reader through a FIFO of ``buffer_words`` to
+    the destination port's writer; with it, every ``w<i>`` port of the design can be written.
+    """
+
+    kind: Literal["copy"] = "copy"
+    name: str = Field("copy0", description="engine instance name (identifier)")
+    buffer_words: int = Field(32, description="port words buffered between reader and writer (power of two)")
+
+    @field_validator("buffer_words")
+    @classmethod
+    def _buffer(cls, v: int) -> int:
+        return _power_of_two(v, "buffer_words", 2, 1024)
+
+    @property
+    def stream_ports(self) -> int:
+        return 0                # it uses whatever ports the other engines bring
+
+
+Engine = Annotated[Union[MatmulEngine, AttentionEngine, CopyEngine], Field(discriminator="kind")]
+ENGINE_KINDS = ("matmul", "attention", "copy")
 
 
 class AcceleratorConfig(_Strict):
@@ -207,13 +242,21 @@ class AcceleratorConfig(_Strict):
     board: str = Field(description="board name, one of `hbmforge boards`")
     clock_mhz: float | None = Field(None, gt=0, le=1000, description="kernel clock; default: the board's")
     axi: AxiParams = Field(default_factory=AxiParams)
-    engines: list[Engine] = Field(min_length=1, max_length=2,
-                                  description="engines in the kernel: one matmul, optionally one attention")
+    engines: list[Engine] = Field(min_length=1, max_length=len(ENGINE_KINDS),
+                                  description="engines in the kernel: one matmul, optionally one "
+                                              "attention and one copy engine")
     ports: dict[str, int] | None = Field(
         None, description="memory channel of each AXI master port (data, w0, w1, ...); default: 0, 1, 2, ...")
     max_utilization: float = Field(0.8, gt=0, le=1.0,
                                    description="fraction of each board resource the kernel may use "
                                                "(the rest is left to the platform shell and routing)")
+
+    @field_validator("version", mode="before")
+    @classmethod
+    def _version(cls, v):
+        if isinstance(v, bool):
+            raise ValueError(f"version must be the integer 1, got {v!r}")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -249,13 +292,16 @@ class AcceleratorConfig(_Strict):
 
     @property
     def attention(self) -> AttentionEngine | None:
-        return next((e for e in self.engines if e.kind == "attention"), None)
+        return self.engine("attention")
+
+    def engine(self, kind: str):
+        """The engine of ``kind`` in this config, or None."""
+        return next((e for e in self.engines if e.kind == kind), None)
 
     @property
     def stream_ports(self) -> int:
-        """``w<i>`` ports: the matmul's weight ports, or the attention's KV ports if more."""
-        att = self.attention
-        return max(self.matmul.weight_ports, att.kv_ports if att else 0)
+        """``w<i>`` ports: as many as the engine that streams from most of them uses."""
+        return max(e.stream_ports for e in self.engines)
 
     def port_names(self) -> list[str]:
         """AXI master ports, in order: ``data`` then ``w0``, ``w1``, ... (weights and KV pages)."""
@@ -267,8 +313,10 @@ class AcceleratorConfig(_Strict):
         kinds = [e.kind for e in v]
         if kinds.count("matmul") != 1:
             raise ValueError(f"engines must hold exactly one matmul engine, got kinds {kinds}")
-        if kinds.count("attention") > 1:
-            raise ValueError(f"engines may hold at most one attention engine, got kinds {kinds}")
+        doubled = sorted({k for k in kinds if kinds.count(k) > 1})
+        if doubled:
+            raise ValueError(f"engines may hold at most one engine of each kind; more than one "
+                             f"{', '.join(doubled)} in {kinds}")
         names = [e.name for e in v]
         if len(set(names)) != len(names):
             raise ValueError(f"engine names must be unique, got {names}")
@@ -327,7 +375,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         # drop the union tag pydantic inserts after a list index (engines.0.matmul.lanes)
         loc_ = e["loc"]
         parts = [str(p) for i, p in enumerate(loc_)
-                 if not (loc_[0] == "engines" and i == 2 and p in ("matmul", "attention"))]
+                 if not (loc_[0] == "engines" and i == 2 and p in ENGINE_KINDS)]
         loc = ".".join(parts) or "(top level)"
         msg = e["msg"]
         if msg.startswith("Value error, "):
@@ -342,8 +390,11 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: dict, *, source: str = "<dict>", check_budget: bool = True) -> AcceleratorConfig:
-    """Validate a config mapping; raise :class:`ConfigError` naming each bad field."""
+def parse_config(data: dict, *, source: str = "<dict>") -> AcceleratorConfig:
+    """Validate a config mapping against the schema; raise :class:`ConfigError` naming each bad field.
+
+    The board budget is checked by :func:`hbmforge.design.load_design`, which builds the layout.
+    """
     if not isinstance(data, dict):
         raise ConfigError(f"invalid config {source}: expected a mapping at the top level, "
                           f"got {type(data).__name__}")
@@ -351,24 +402,37 @@ def parse_config(data: dict, *, source: str = "<dict>", check_budget: bool = Tru
         cfg = AcceleratorConfig.model_validate(data)
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
-    if check_budget:
-        from .budget import check_budget as _check
-
-        _check(cfg)
     return cfg
 
 
-def load_config(path: str | Path, *, check_budget: bool = True) -> AcceleratorConfig:
+#: configs are small; a larger file is a mistake (and YAML of that size is slow to parse)
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def load_config(path: str | Path) -> AcceleratorConfig:
+    """Read and validate a YAML config file (schema only; see :func:`hbmforge.design.load_design`)."""
+    if not isinstance(path, (str, Path)):
+        raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
     try:
-        text = path.read_text()
+        if path.is_dir():
+            raise ConfigError(f"cannot read config {path}: it is a directory")
+        raw = path.read_bytes()
     except OSError as err:
         raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config {path} is {len(raw)} bytes; a config is at most {MAX_CONFIG_BYTES}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    return parse_config(data, source=str(path), check_budget=check_budget)
+    except (ValueError, RecursionError) as err:     # e.g. an integer too long to convert
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    return parse_config(data, source=str(path))
 
 
 def starter_config(board: str, name: str = "starter") -> dict:

@@ -23,8 +23,9 @@ from amaranth.hdl._ir import PortDirection
 from amaranth.lib import wiring
 
 from . import __version__
-from .config import AcceleratorConfig, load_config, parse_config
-from .layout import DesignLayout, derive_layout
+from .config import AcceleratorConfig
+from .design import load_design
+from .layout import DesignLayout
 
 __all__ = ["GeneratedDesign", "LintError", "KernelTop", "top_ports", "convert", "generate", "lint",
            "waiver_file"]
@@ -76,36 +77,27 @@ def top_ports(top: KernelTop) -> dict:
     return ports
 
 
-def _as_config(config) -> AcceleratorConfig:
-    if isinstance(config, AcceleratorConfig):
-        return config
-    if isinstance(config, dict):
-        return parse_config(config)
-    if isinstance(config, (str, Path)):
-        return load_config(config)
-    raise TypeError(f"config must be an AcceleratorConfig, a dict or a YAML path, got {config!r}")
-
-
-def convert(layout: DesignLayout, engine=None) -> str:
-    """The Verilog text of the kernel for ``layout`` (``engine``: see :class:`Kernel`)."""
+def convert(layout: DesignLayout, engines=None) -> str:
+    """The Verilog text of the kernel for ``layout`` (``engines``: opcode -> engine, see :class:`Kernel`)."""
     from .generators.shell.kernel import Kernel
 
-    top = KernelTop(Kernel(layout, engine=engine))
+    top = KernelTop(Kernel(layout, engines=engines))
     return verilog.convert(top, name=layout.config.name, ports=top_ports(top), emit_src=False)
 
 
-def generate(config, out_dir, *, engine=None) -> GeneratedDesign:
+def generate(config, out_dir, *, engines=None) -> GeneratedDesign:
     """Write ``<name>.v`` and ``manifest.json`` for ``config`` into ``out_dir``.
 
     ``config``: an :class:`AcceleratorConfig`, a config dict or a YAML path.
-    ``engine``: an engine component to use instead of the default
-    :class:`~hbmforge.generators.matmul.engine.MatmulEngine` (tests).
+    ``engines``: opcode -> engine components to use instead of the defaults (tests).
     """
-    cfg = _as_config(config)
-    layout = derive_layout(cfg)
+    # a config object was built by the caller (tests build over-budget ones on purpose);
+    # a mapping or a file is checked against the board budget like every user input
+    layout = load_design(config, check_budget=not isinstance(config, (AcceleratorConfig, DesignLayout)))
+    cfg = layout.config
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    text = convert(layout, engine=engine)
+    text = convert(layout, engines=engines)
     vname = f"{cfg.name}.v"
     manifest = layout.to_json()
     manifest.update({

@@ -1,102 +1,51 @@
 """Everything derived from a config that hardware and host must agree on.
 
 The RTL generators, the manifest, the host driver, the co-simulation harness
-and the tests all read widths, register offsets, the descriptor format and the
+and the tests all read widths, register offsets, the descriptor formats and the
 memory layouts from a :class:`DesignLayout`; nothing is hard-coded twice.
-See docs/architecture.md for the prose version of this contract.
+The layout is generic over the engine families of :mod:`hbmforge.engines`:
+each family states its opcodes, descriptor slots, checks and DMA channels once.
+
+The host reads a generated design the same way, one way only:
+:meth:`DesignLayout.from_manifest` rebuilds the layout from the config embedded in
+``manifest.json`` and refuses the manifest if any number it states differs from
+what that config derives. See docs/architecture.md for the prose version.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import Any, Mapping
 
 from . import __version__
-from .config import AcceleratorConfig, config_hash
+from .config import AcceleratorConfig, ConfigError, config_hash, parse_config
+from .encodings import ErrorCode, Opcode, describe_error
+from .engines import FAMILIES, Channels, EngineFamily, first_error
+from .engines.matmul import MatmulGeometry
 
 __all__ = [
     "KERNEL_ID",
     "LAYOUT_VERSION",
-    "Opcode",
-    "WeightFormat",
-    "ErrorCode",
-    "OutMode",
+    "CTRL_ADDR_WIDTH",
+    "MANIFEST_EXTRAS",
+    "ManifestError",
     "Register",
     "PortInfo",
-    "MatmulWidths",
     "DesignLayout",
-    "derive_layout",
-    "rshift_round",
 ]
 
 KERNEL_ID = 0x48424D46          # "HBMF"
-LAYOUT_VERSION = 0x0001_0000    # major.minor of this register/descriptor contract
+LAYOUT_VERSION = 0x0002_0000    # major.minor of this register/descriptor contract
 CTRL_ADDR_WIDTH = 12            # s_axi_control address bits (4 KiB window)
 
-
-class Opcode:
-    END = 0       # stop the program cleanly
-    MATMUL = 1    # one matmul layer (see DESCRIPTOR_FIELDS)
-    ATTENTION = 2  # one attention tile set (hbmforge.attention_layout.ATTENTION_FIELDS)
-
-    NAMES = {0: "END", 1: "MATMUL", 2: "ATTENTION"}
+#: top-level manifest keys that the emitter adds beside ``DesignLayout.to_json()``
+MANIFEST_EXTRAS = ("top", "verilog", "generator", "generator_version")
 
 
-class WeightFormat:
-    """Descriptor ``wbits`` codes: the integer width, or 3 for ternary (log2(3) ~ 1.58 bits)."""
-
-    INT2 = 2
-    TERNARY = 3
-    INT4 = 4
-    INT8 = 8
-
-    @staticmethod
-    def code(fmt) -> int:
-        """Config/host format (2, 4, 8 or 'ternary') -> descriptor code."""
-        if fmt == "ternary":
-            return WeightFormat.TERNARY
-        if fmt in (2, 4, 8) and not isinstance(fmt, bool):
-            return int(fmt)
-        raise ValueError(f"weight format must be one of 2, 4, 8, 'ternary', got {fmt!r}")
-
-    @staticmethod
-    def name(code: int):
-        """Descriptor code -> config/host format."""
-        return "ternary" if code == WeightFormat.TERNARY else code
-
-
-class OutMode:
-    INT32 = 0     # sat32(rshift_round(acc, out_shift))
-    INT8 = 1      # sat8(rshift_round(acc * mult[n], shift[n]))
-
-
-class ErrorCode:
-    NONE = 0
-    BAD_OPCODE = 1
-    BAD_WBITS = 2
-    BAD_K = 3          # K == 0, K > max_k or K % k_align != 0
-    BAD_SHAPE = 4      # M == 0 or N == 0
-    AXI_RESP = 5       # SLVERR/DECERR on any port
-    BAD_OUT_MODE = 6   # unknown out_mode, or a shift out of range
-    MISALIGNED = 7     # an address not aligned to a data-port word
-
-    NAMES = {0: "none", 1: "unknown opcode", 2: "unsupported weight bits",
-             3: "K out of range or not aligned", 4: "M or N is zero", 5: "AXI error response",
-             6: "bad output mode or shift", 7: "address not aligned to the port word"}
-
-
-# u64 descriptor fields, in order; then one ``w_addr`` per weight port.
-DESCRIPTOR_FIELDS = ("op", "m", "k", "n", "wbits", "out_mode", "out_shift",
-                     "x_addr", "s_addr", "q_addr", "y_addr")
-
-
-def rshift_round(value: int, shift: int) -> int:
-    """Arithmetic right shift with round-half-up; the rounding every engine uses."""
-    if shift <= 0:
-        return value
-    return (value + (1 << (shift - 1))) >> shift
+class ManifestError(ValueError):
+    """A manifest that is malformed or disagrees with the config it embeds; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +56,10 @@ class Register:
     access: str         # "rw", "ro", "rw1s" (ap_start), "cor" (clear on read), "tow" (toggle on write)
     description: str
 
+    @property
+    def writable(self) -> bool:
+        return self.access != "ro"
+
     def to_json(self) -> dict:
         return {"name": self.name, "offset": self.offset, "width": self.width,
                 "access": self.access, "description": self.description}
@@ -115,7 +68,8 @@ class Register:
 @dataclass(frozen=True)
 class PortInfo:
     name: str           # data, w0, w1, ...
-    role: str           # "data" (program, activations, scales, requant, outputs) or "weights"
+    index: int          # position in manifest order (descriptor port index, co-sim port number)
+    role: str           # "data" (program, activations, outputs) or "stream" (weights, KV pages)
     channel: int        # memory channel (HBM pseudo-channel or PS HP port)
     data_width: int
     id_width: int
@@ -127,63 +81,14 @@ class PortInfo:
     def verilog_prefix(self) -> str:
         return f"m_axi_{self.name}"
 
+    @property
+    def word_bytes(self) -> int:
+        return self.data_width // 8
+
     def to_json(self) -> dict:
         return {"name": self.name, "prefix": self.verilog_prefix, "role": self.role,
                 "channel": self.channel, "data_width": self.data_width, "id_width": self.id_width,
                 "addr_width": self.addr_width, "reads": self.reads, "writes": self.writes}
-
-
-@dataclass(frozen=True)
-class MatmulWidths:
-    """Integer widths of the matmul datapath, derived so that no input can overflow."""
-
-    act_bits: int
-    max_wbits: int
-    lanes: int
-    group_size: int
-    scale_bits: int
-    max_k: int
-
-    @property
-    def product_bits(self) -> int:        # signed a x signed w
-        return self.act_bits + self.max_wbits
-
-    @property
-    def chunk_bits(self) -> int:          # sum of `lanes` products (one array fire)
-        return self.product_bits + math.ceil(math.log2(self.lanes))
-
-    @property
-    def group_bits(self) -> int:          # sum of `group_size` products: the int32 partial
-        return self.product_bits + math.ceil(math.log2(self.group_size))
-
-    @property
-    def scaled_bits(self) -> int:         # group partial x unsigned scale mantissa
-        return self.group_bits + self.scale_bits
-
-    @property
-    def acc_bits(self) -> int:            # sum over max_k / group_size scaled partials
-        return self.scaled_bits + max(0, math.ceil(math.log2(self.max_k // self.group_size)))
-
-    @property
-    def mult_bits(self) -> int:           # int8-output requant multiplier (signed)
-        return 32
-
-    @property
-    def requant_bits(self) -> int:        # acc x mult
-        return self.acc_bits + self.mult_bits
-
-    @property
-    def max_out_shift(self) -> int:       # int32 mode
-        return 63
-
-    @property
-    def max_requant_shift(self) -> int:   # int8 mode
-        return 127
-
-    def to_json(self) -> dict:
-        return {k: getattr(self, k) for k in (
-            "act_bits", "max_wbits", "product_bits", "chunk_bits", "group_bits", "scaled_bits",
-            "acc_bits", "mult_bits", "requant_bits", "max_out_shift", "max_requant_shift")}
 
 
 @dataclass(frozen=True)
@@ -192,14 +97,21 @@ class DesignLayout:
     ports: tuple[PortInfo, ...] = field(init=False)
 
     def __post_init__(self):
+        if not isinstance(self.config, AcceleratorConfig):
+            raise TypeError(f"config must be an AcceleratorConfig, got {type(self.config).__name__}")
         cfg = self.config
+        readers = max(len(self.channels(f.kind).data_readers) for f in self.families)
+        if 1 + readers > 1 << cfg.axi.id_width:
+            raise ConfigError(f"axi.id_width {cfg.axi.id_width} is too narrow: the data port needs "
+                              f"{1 + readers} read IDs (descriptor fetch + {readers} engine readers)")
         chans = cfg.port_channels()
-        addr_width = 64
-        ports = [PortInfo("data", "data", chans["data"], cfg.data_width, cfg.axi.id_width,
-                          addr_width, True, True)]
+        ports = [PortInfo("data", 0, "data", chans["data"], cfg.data_width, cfg.axi.id_width, 64,
+                          True, any(self.channels(f.kind).data_writer for f in self.families))]
         for i in range(cfg.stream_ports):
-            ports.append(PortInfo(f"w{i}", "weights", chans[f"w{i}"], cfg.data_width,
-                                  cfg.axi.id_width, addr_width, True, False))
+            reads = any(self.channels(f.kind).stream_readers > i for f in self.families)
+            writes = any(self.channels(f.kind).stream_writers > i for f in self.families)
+            ports.append(PortInfo(f"w{i}", i + 1, "stream", chans[f"w{i}"], cfg.data_width,
+                                  cfg.axi.id_width, 64, reads, writes))
         object.__setattr__(self, "ports", tuple(ports))
 
     # -- identity ----------------------------------------------------------------------
@@ -209,7 +121,7 @@ class DesignLayout:
 
     @cached_property
     def design_hash(self) -> str:
-        """Hash of config + generator version: what the kernel's HASH register holds."""
+        """Hash of config + hbmforge version + layout version: what the kernel's HASH register holds."""
         return hashlib.sha256(f"{self.config_hash}:hbmforge-{__version__}:{LAYOUT_VERSION:#x}"
                               .encode()).hexdigest()
 
@@ -217,31 +129,70 @@ class DesignLayout:
     def hash64(self) -> int:
         return int(self.design_hash[:16], 16)
 
+    @property
+    def kernel(self) -> str:
+        return self.config.name
+
+    @property
+    def kernel_id(self) -> int:
+        return KERNEL_ID
+
+    @property
+    def layout_version(self) -> int:
+        return LAYOUT_VERSION
+
+    # -- engines -----------------------------------------------------------------------
+    @cached_property
+    def families(self) -> tuple[EngineFamily, ...]:
+        """The families of the config's engines, in config order (the shell's engine numbering)."""
+        return tuple(FAMILIES[e.kind] for e in self.config.engines)
+
+    def has(self, kind: str) -> bool:
+        return self.config.engine(kind) is not None
+
+    def channels(self, kind: str) -> Channels:
+        return FAMILIES[kind].channels(self)
+
+    @property
+    def mm(self):
+        """The config's matmul engine (every design has one)."""
+        return self.config.matmul
+
+    @cached_property
+    def matmul(self) -> MatmulGeometry:
+        """Matmul byte counts, alignment and widths."""
+        return MatmulGeometry(self.config.matmul, self.word_bytes)
+
+    @property
+    def attention(self):
+        """The attention engine's config, or None."""
+        return self.config.attention
+
+    @property
+    def macs_per_cycle(self) -> int:
+        """Peak MACs per cycle of the design: engines run one at a time, so the largest."""
+        return max(f.macs_per_cycle(self) for f in self.families)
+
     # -- words and alignment -----------------------------------------------------------
     @property
     def word_bytes(self) -> int:
         return self.config.data_width // 8
 
     @property
-    def mm(self):
-        return self.config.matmul
-
-    @property
-    def k_align(self) -> int:
-        """K (in elements) must be a multiple of this; the host zero-pads."""
-        return max(self.mm.lanes, self.mm.group_size, self.word_bytes)
-
-    @property
     def addr_align(self) -> int:
-        """Every buffer address in a descriptor must be a multiple of this."""
+        """Every address in a descriptor (and the program's) must be a multiple of this."""
         return self.word_bytes
 
-    @cached_property
-    def widths(self) -> MatmulWidths:
-        return MatmulWidths(act_bits=8, max_wbits=max(self.lane_bits(f) for f in self.mm.weight_bits),
-                            lanes=self.mm.lanes,
-                            group_size=self.mm.group_size, scale_bits=self.mm.scale_bits,
-                            max_k=self.mm.max_k)
+    # -- ports -------------------------------------------------------------------------
+    @property
+    def port_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.ports)
+
+    def port(self, name: str) -> PortInfo:
+        for p in self.ports:
+            if p.name == name:
+                return p
+        raise ValueError(f"no port {name!r} on {self.kernel}; ports: {', '.join(self.port_names)}")
 
     # -- control registers -------------------------------------------------------------
     @cached_property
@@ -259,17 +210,16 @@ class DesignLayout:
             regs.append(Register(f"w{i}", 0x20 + 8 * i, 64, "rw",
                                  f"base of the buffer bound to port w{i} (binds the port to its bank; "
                                  "descriptors carry the addresses used)"))
-        status = [
+        regs += [
             Register("ID", 0x100, 32, "ro", f"kernel identifier {KERNEL_ID:#010x} ('HBMF')"),
             Register("VERSION", 0x104, 32, "ro", "register/descriptor layout version (major << 16 | minor)"),
             Register("HASH", 0x108, 64, "ro", "first 64 bits of the design hash (manifest 'design_hash')"),
             Register("STATUS", 0x110, 32, "ro", "bit0 error; bits 15:8 error code; bits 31:16 failing descriptor"),
             Register("DESC_DONE", 0x114, 32, "ro", "descriptors completed by the last run"),
             Register("CYCLES", 0x120, 64, "ro", "cycles from ap_start to ap_done of the last run"),
-            Register("STALL_CYCLES", 0x128, 64, "ro", "cycles a matmul was running but its array did not fire"),
+            Register("STALL_CYCLES", 0x128, 64, "ro", "cycles an engine was running but waiting for data or credit"),
             Register("MAC_OPS", 0x130, 64, "ro", "multiply-accumulates done on valid rows (K padding included)"),
         ]
-        regs += status
         for i, p in enumerate(self.ports):
             base = 0x140 + 0x10 * i
             regs.append(Register(f"{p.name.upper()}_BYTES_READ", base, 64, "ro",
@@ -278,168 +228,200 @@ class DesignLayout:
                                  f"bytes written on m_axi_{p.name} in the last run"))
         return tuple(regs)
 
+    @cached_property
+    def _registers_by_name(self) -> dict[str, Register]:
+        return {r.name: r for r in self.registers}
+
     def reg(self, name: str) -> Register:
-        for r in self.registers:
-            if r.name == name:
-                return r
-        raise KeyError(f"no register {name!r}")
+        try:
+            return self._registers_by_name[name]
+        except (KeyError, TypeError):
+            raise ValueError(f"no register {name!r} on {self.kernel}; registers: "
+                             f"{', '.join(self._registers_by_name)}") from None
 
     # -- descriptors -------------------------------------------------------------------
-    @property
-    def descriptor_fields(self) -> tuple[str, ...]:
-        return DESCRIPTOR_FIELDS + tuple(f"w_addr{i}" for i in range(self.mm.weight_ports))
-
-    @property
-    def attention(self):
-        """The attention engine's config, or None."""
-        return self.config.attention
-
     @cached_property
-    def attention_fields(self) -> tuple[str, ...]:
-        """u64 slots of an ATTENTION descriptor (``op`` first); empty without an attention engine."""
-        if self.attention is None:
-            return ()
-        from .attention_layout import ATTENTION_FIELDS
-
-        return ("op",) + tuple(ATTENTION_FIELDS)
-
-    @property
-    def error_names(self) -> dict[int, str]:
-        """STATUS error code -> meaning, for every opcode the design runs."""
-        names = dict(ErrorCode.NAMES)
-        if self.attention is not None:
-            from .attention_layout import AttnError
-
-            names.update(AttnError.NAMES)
-        return names
-
-    @property
-    def opcodes(self) -> dict[str, int]:
-        ops = {"END": Opcode.END, "MATMUL": Opcode.MATMUL}
-        if self.attention is not None:
-            ops["ATTENTION"] = Opcode.ATTENTION
+    def opcodes(self) -> dict[str, Opcode]:
+        """Opcode name -> value for every opcode this design runs (END first)."""
+        ops = {"END": Opcode.END}
+        for fam in self.families:
+            ops.update({op.name: op for op in fam.opcodes})
         return ops
 
+    def family_of(self, opcode: int) -> EngineFamily | None:
+        """The family that runs ``opcode`` in this design, or None (END or an unknown opcode)."""
+        for fam in self.families:
+            if opcode in fam.opcodes:
+                return fam
+        return None
+
     def fields_for(self, opcode: int) -> tuple[str, ...]:
-        """Descriptor field names of ``opcode`` in slot order."""
-        if opcode == Opcode.ATTENTION and self.attention is not None:
-            return self.attention_fields
-        return self.descriptor_fields
+        """u64 slot names of an ``opcode`` descriptor, ``op`` first."""
+        fam = self.family_of(opcode)
+        if fam is None:
+            if opcode == Opcode.END:
+                return ("op",)
+            raise ValueError(f"opcode {opcode!r} is not run by {self.kernel}; opcodes: {dict(self.opcodes)}")
+        return ("op",) + tuple(fam.fields(self, Opcode(opcode)))
 
-    @property
+    @cached_property
     def descriptor_bytes(self) -> int:
-        raw = 8 * max(len(self.descriptor_fields), len(self.attention_fields))
-        return -(-raw // self.word_bytes) * self.word_bytes
+        slots = max(len(self.fields_for(op)) for op in self.opcodes.values())
+        return -(-8 * slots // self.word_bytes) * self.word_bytes
 
-    def field_offset(self, name: str, opcode: int = Opcode.MATMUL) -> int:
-        return 8 * self.fields_for(opcode).index(name)
+    def field_offset(self, name: str, opcode: int) -> int:
+        fields = self.fields_for(opcode)
+        if name not in fields:
+            raise ValueError(f"{Opcode(opcode).name} descriptors have no field {name!r}; fields: {fields}")
+        return 8 * fields.index(name)
 
-    # -- memory layouts (bytes) --------------------------------------------------------
-    def pad_k(self, k: int) -> int:
-        return -(-k // self.k_align) * self.k_align
+    def checks(self, opcode: int):
+        """The descriptor rules of ``opcode`` (see :class:`hbmforge.engines.Check`)."""
+        fam = self.family_of(opcode)
+        if fam is None:
+            raise ValueError(f"opcode {opcode!r} is not run by {self.kernel}")
+        return fam.checks(self, Opcode(opcode))
 
-    def round_words(self, nbytes: int) -> int:
-        return -(-nbytes // self.word_bytes) * self.word_bytes
+    def validate_descriptor(self, fields: Mapping[str, int]) -> tuple[ErrorCode, str]:
+        """``(code, why)`` for a non-END descriptor, the command processor's verdict."""
+        op = fields["op"]
+        if self.family_of(op) is None:
+            return ErrorCode.BAD_OPCODE, f"op {op}, this design runs {dict((k, int(v)) for k, v in self.opcodes.items())}"
+        return first_error(self.checks(op), fields)
 
-    @staticmethod
-    def lane_bits(fmt) -> int:
-        """Signed width of one decoded weight (ternary decodes to a 2-bit -1/0/+1)."""
-        return 2 if fmt in ("ternary", WeightFormat.TERNARY) else int(fmt)
+    def decode_descriptor(self, raw: bytes) -> dict[str, int]:
+        """Slot values of one descriptor's bytes (``op`` decides the format; unknown: ``op`` only)."""
+        op = int.from_bytes(raw[:8], "little")
+        names = self.fields_for(op) if op == Opcode.END or self.family_of(op) else ("op",)
+        return {n: int.from_bytes(raw[8 * i:8 * i + 8], "little") for i, n in enumerate(names)}
 
-    def weight_stream_bytes(self, n: int, k: int, wbits) -> int:
-        """Bytes of the packed [n, k] weight stream before striping (``wbits``: code or format).
+    def encode_descriptor(self, fields: Mapping[str, int]) -> bytes:
+        """One descriptor's bytes; slots not given are zero."""
+        names = self.fields_for(fields["op"])
+        unknown = [n for n in fields if n not in names]
+        if unknown:
+            raise ValueError(f"{Opcode(fields['op']).name} descriptors have no field(s) {unknown}; fields: {names}")
+        out = bytearray(self.descriptor_bytes)
+        for name, value in fields.items():
+            off = 8 * names.index(name)
+            out[off:off + 8] = int(value).to_bytes(8, "little")
+        return bytes(out)
 
-        Ternary with ``ternary_packing: 5trit`` holds five weights per byte; every other
-        format packs ``lane_bits`` per weight.
-        """
-        if WeightFormat.code(WeightFormat.name(wbits)) == WeightFormat.TERNARY \
-                and self.mm.ternary_packing == "5trit":
-            return -(-(n * k) // 5)
-        return -(-(n * k * self.lane_bits(wbits)) // 8)
+    @cached_property
+    def error_names(self) -> dict[int, str]:
+        """STATUS error code -> meaning, for every code this design can report."""
+        codes = {ErrorCode.NONE, ErrorCode.BAD_OPCODE, ErrorCode.AXI_RESP, ErrorCode.MISALIGNED}
+        for fam in self.families:
+            codes.update(fam.errors)
+        return {int(c): describe_error(c) for c in sorted(codes)}
 
-    def weight_port_bytes(self, n: int, k: int, wbits) -> int:
-        """Bytes each weight port reads for an [n, k] weight matrix (k padded)."""
-        combined_bytes = self.mm.weight_ports * self.word_bytes
-        words = -(-self.weight_stream_bytes(n, k, wbits) // combined_bytes)
-        return words * self.word_bytes
-
-    def scale_bytes(self, n: int, k: int) -> int:
-        return self.round_words(n * (k // self.mm.group_size) * 2)
-
-    def requant_bytes(self, n: int) -> int:
-        return self.round_words(n * 8)
-
-    def act_bytes(self, m: int, k: int) -> int:
-        return self.round_words(m * k)
-
-    def row_blocks(self, m: int) -> int:
-        return -(-m // self.mm.rows)
-
-    def out_bytes(self, m: int, n: int, out_mode: int) -> int:
-        ebytes = 4 if out_mode == OutMode.INT32 else 1
-        return self.round_words(self.row_blocks(m) * n * self.mm.rows * ebytes)
+    def error_text(self, code: int) -> str:
+        return self.error_names.get(code, f"unknown error code {code}")
 
     # -- manifest ----------------------------------------------------------------------
     def to_json(self) -> dict:
-        mm = self.mm
+        cfg = self.config
         return {
-            "kernel": self.config.name,
+            "kernel": cfg.name,
             "kernel_id": KERNEL_ID,
             "layout_version": LAYOUT_VERSION,
             "config_hash": self.config_hash,
             "design_hash": self.design_hash,
             "hash64": f"{self.hash64:#018x}",
-            "board": self.config.board,
-            "part": self.config.board_info.part,
-            "clock_mhz": self.config.clock,
+            "board": cfg.board,
+            "part": cfg.board_info.part,
+            "clock_mhz": cfg.clock,
             "control": {"prefix": "s_axi_control", "addr_width": CTRL_ADDR_WIDTH, "data_width": 32},
             "registers": [r.to_json() for r in self.registers],
             "ports": [p.to_json() for p in self.ports],
-            "axi": {"max_burst_beats": self.config.axi.max_burst_beats,
-                    "max_outstanding": self.config.axi.max_outstanding},
-            "config": self.config.model_dump(mode="json"),
+            "axi": {"max_burst_beats": cfg.axi.max_burst_beats, "max_outstanding": cfg.axi.max_outstanding},
+            "config": cfg.model_dump(mode="json"),
             "descriptor": {
                 "bytes": self.descriptor_bytes,
-                "fields": [{"name": f, "offset": self.field_offset(f), "bytes": 8}
-                           for f in self.descriptor_fields],
-                "attention_fields": [{"name": f, "offset": self.field_offset(f, Opcode.ATTENTION),
-                                      "bytes": 8} for f in self.attention_fields],
-                "opcodes": self.opcodes,
-                "out_modes": {"INT32": OutMode.INT32, "INT8": OutMode.INT8},
+                "opcodes": {name: int(op) for name, op in self.opcodes.items()},
+                "formats": {name: [{"name": f, "offset": 8 * i, "bytes": 8}
+                                   for i, f in enumerate(self.fields_for(op))]
+                            for name, op in self.opcodes.items()},
                 "error_codes": {str(k): v for k, v in self.error_names.items()},
             },
-            "engines": [{
-                "kind": "matmul",
-                "name": mm.name,
-                "rows": mm.rows,
-                "lanes": mm.lanes,
-                "weight_ports": mm.weight_ports,
-                "weight_bits": list(mm.weight_bits),
-                "weight_codes": [WeightFormat.code(f) for f in mm.weight_bits],
-                "ternary_packing": mm.ternary_packing,
-                "arch": mm.arch,
-                "tlmm_group": mm.tlmm_group,
-                "group_size": mm.group_size,
-                "scale_bits": mm.scale_bits,
-                "max_k": mm.max_k,
-                "k_align": self.k_align,
-                "addr_align": self.addr_align,
-                "macs_per_cycle": mm.rows * mm.lanes,
-                "widths": self.widths.to_json(),
-            }] + ([self.attention_manifest()] if self.attention is not None else []),
+            "engines": [self._engine_entry(e) for e in cfg.engines],
         }
 
-    def attention_manifest(self) -> dict:
-        att = self.attention
-        entry = {"kind": "attention", **att.model_dump(mode="json")}
-        from .attention_layout import attention_geometry
-
-        entry["geometry"] = attention_geometry(self).to_json()
-        return entry
+    def _engine_entry(self, engine) -> dict:
+        fam = FAMILIES[engine.kind]
+        ch = fam.channels(self)
+        return {"kind": engine.kind, "name": engine.name,
+                "opcodes": [op.name for op in fam.opcodes],
+                "channels": {"data_readers": list(ch.data_readers), "data_writer": ch.data_writer,
+                             "stream_readers": ch.stream_readers, "stream_writers": ch.stream_writers},
+                "macs_per_cycle": fam.macs_per_cycle(self),
+                **fam.manifest(self)}
 
     def manifest_json(self) -> str:
         return json.dumps(self.to_json(), indent=2)
 
+    @classmethod
+    def from_manifest(cls, data: Any, *, source: str = "manifest") -> "DesignLayout":
+        """The layout a manifest describes, after checking every number it states.
 
-def derive_layout(cfg: AcceleratorConfig) -> DesignLayout:
-    return DesignLayout(cfg)
+        Checks ``layout_version``, rebuilds the layout from the embedded ``config``, and
+        compares everything :meth:`to_json` derives (registers, ports, descriptor formats,
+        error codes, engine parameters, both hash fields) with the manifest; any difference,
+        a missing field or an unknown top-level field is a :class:`ManifestError` naming it.
+        """
+        if not isinstance(data, Mapping):
+            raise ManifestError(f"{source}: a manifest is a JSON object, got {type(data).__name__}")
+        version = data.get("layout_version")
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise ManifestError(f"{source}: layout_version is missing or not an integer ({version!r})")
+        if version != LAYOUT_VERSION:
+            raise ManifestError(
+                f"{source}: layout_version {version >> 16}.{version & 0xFFFF} is not this hbmforge's "
+                f"{LAYOUT_VERSION >> 16}.{LAYOUT_VERSION & 0xFFFF}; regenerate the design with this hbmforge")
+        if "config" not in data:
+            raise ManifestError(f"{source}: field 'config' is missing (the design's accelerator config)")
+        try:
+            cfg = parse_config(data["config"], source=f"{source} field 'config'")
+            layout = cls(cfg)
+        except ConfigError as err:
+            raise ManifestError(str(err)) from None
+        expected = layout.to_json()
+        unknown = sorted(k for k in data if k not in expected and k not in MANIFEST_EXTRAS)
+        if unknown:
+            raise ManifestError(f"{source}: unknown field(s) {unknown}")
+        for key, want in expected.items():
+            if key not in data:
+                raise ManifestError(f"{source}: field {key!r} is missing")
+            where = _first_difference(data[key], want, key)
+            if where is not None:
+                path, got, derived = where
+                raise ManifestError(f"{source}: {path} is {got!r} but its config derives {derived!r}; "
+                                    "the manifest was edited or belongs to another design")
+        return layout
+
+
+def _first_difference(got, want, path: str):
+    """``(path, got, want)`` of the first place two JSON values differ, or None."""
+    if isinstance(want, dict):
+        if not isinstance(got, Mapping):
+            return path, got, want
+        for k in sorted(set(want) | set(got), key=str):
+            if k not in want:
+                return f"{path}.{k}", got[k], "(no such field)"
+            if k not in got:
+                return f"{path}.{k}", "(missing)", want[k]
+            diff = _first_difference(got[k], want[k], f"{path}.{k}")
+            if diff is not None:
+                return diff
+        return None
+    if isinstance(want, list):
+        if not isinstance(got, list) or len(got) != len(want):
+            return path, got, want
+        for i, (g, w) in enumerate(zip(got, want)):
+            diff = _first_difference(g, w, f"{path}[{i}]")
+            if diff is not None:
+                return diff
+        return None
+    if type(got) is bool or type(want) is bool:
+        return None if got is want else (path, got, want)
+    return None if got == want and type(got) in (type(want), int, float) else (path, got, want)

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hbmforge.attention_layout import MAX_HEADS, attention_geometry
+from hbmforge.engines.attention import MAX_HEADS, attention_geometry
 from hbmforge.numerics.attention import (attention_float, attention_int, dequantize_output, pack_q_records,
                                          quantize_q, score_multiplier)
 

@@ -1,6 +1,6 @@
 """A paged int8/int4 KV cache in device memory, owned and allocated by the host.
 
-Layout (docs/engines/attention.md, :class:`hbmforge.attention_layout.AttentionGeometry`): the
+Layout (docs/engines/attention.md, :class:`hbmforge.engines.attention.AttentionGeometry`): the
 K pool is one buffer on port ``w0``, the V pool one buffer on port ``w<kv_ports-1>`` (both on
 ``w0`` when ``kv_ports`` is 1); each holds ``pages`` physical pages of
 ``page_bytes(kv_bits, kv_heads)`` bytes. A sequence owns a list of physical pages (its block
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hbmforge.attention_layout import MANT_BITS, MAX_HEADS, attention_geometry
+from hbmforge.engines.attention import MANT_BITS, MAX_HEADS, attention_geometry
 from hbmforge.numerics.attention import dequantize_kv, kv_head_scale, pack_block_table, quantize_kv
 
 from .device import Buffer, Device

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hbmforge.layout import OutMode
+from hbmforge.encodings import OutMode
 from hbmforge.numerics import (dyadic_multiplier, encode_group_scales, matmul_int8, matmul_int32,
                                quantize_activations_per_tensor, quantize_activations_per_token,
                                quantize_weights_groupwise, storage_range, weight_format, weight_range)
@@ -171,8 +171,8 @@ class Linear:
             raise ValueError(f"weights must be [out_features, in_features] with both >= 1, got shape {w.shape}")
         if group_size is not None and k % group_size:
             raise ValueError(f"group_size {group_size} must divide in_features K = {k} (omit group_size to "
-                             f"zero-pad K to a multiple of {lay.k_align})")
-        kp = lay.pad_k(k)
+                             f"zero-pad K to a multiple of {lay.matmul.k_align})")
+        kp = lay.matmul.pad_k(k)
         if kp > mm.max_k:
             raise ValueError(f"in_features {k} (padded to {kp}) exceeds the engine's max_k {mm.max_k}")
         wp = np.zeros((n, kp))
@@ -212,7 +212,7 @@ class Linear:
             raise ValueError(f"weight_q values must be in [{lo}, {hi}] for {what} weights, "
                              f"got [{int(wq.min())}, {int(wq.max())}]")
         n, k = wq.shape
-        kp = lay.pad_k(k)
+        kp = lay.matmul.pad_k(k)
         if kp > lay.mm.max_k:
             raise ValueError(f"in_features {k} (padded to {kp}) exceeds the engine's max_k {lay.mm.max_k}")
         g = lay.mm.group_size
@@ -295,7 +295,7 @@ class Linear:
 
     def out_shift_for(self, xq) -> int:
         """The smallest INT32-mode shift that cannot saturate for these int8 inputs."""
-        return choose_out_shift(self.acc_bound(xq), self._lay.widths.max_out_shift)
+        return choose_out_shift(self.acc_bound(xq), self._lay.matmul.widths.max_out_shift)
 
     def dequantize_int32(self, yi, out_shift: int, act_scale) -> np.ndarray:
         """float64 ``x @ w.T`` from INT32 device output: ``y * 2^out_shift * x_scale[m] * row_scale[n]``."""
@@ -357,7 +357,7 @@ class Linear:
             act_scale = _positive_scale("act_scale", act_scale)
         aq = quantize_activations_per_tensor(x2, act_scale)
         real = aq.scale[0] * self._row_scale / out_scale
-        mult, shift = dyadic_multiplier(real, self._lay.widths.mult_bits, self._lay.widths.max_requant_shift)
+        mult, shift = dyadic_multiplier(real, self._lay.matmul.widths.mult_bits, self._lay.matmul.widths.max_requant_shift)
         y8 = self.forward_int(aq.q, requant=(mult, shift), timeout=timeout)
         return y8[0] if squeeze else y8
 
@@ -373,8 +373,8 @@ class Linear:
     def rows_per_run(self, out_mode: int = OutMode.INT32) -> int:
         """Rows of X one run handles: X and Y together fit ``workspace_bytes`` (whole row blocks)."""
         lay, rows = self._lay, self._lay.mm.rows
-        per_block = lay.act_bytes(rows, self._kp) + lay.out_bytes(rows, self._n, out_mode)
-        by_dma = ((1 << 32) - 1) // max(1, lay.out_bytes(rows, self._n, out_mode))
+        per_block = lay.matmul.act_bytes(rows, self._kp) + lay.matmul.out_bytes(rows, self._n, out_mode)
+        by_dma = ((1 << 32) - 1) // max(1, lay.matmul.out_bytes(rows, self._n, out_mode))
         return rows * max(1, min(self._workspace_bytes // per_block, by_dma))
 
     def _workspace(self, name: str, nbytes: int) -> Buffer:
@@ -404,8 +404,8 @@ class Linear:
         started = time.monotonic()
         for r0 in range(0, m_total, chunk):
             m = min(chunk, m_total - r0)
-            x_buf = self._workspace("x", lay.act_bytes(min(chunk, m_total), self._kp))
-            y_buf = self._workspace("y", lay.out_bytes(min(chunk, m_total), self._n, out_mode))
+            x_buf = self._workspace("x", lay.matmul.act_bytes(min(chunk, m_total), self._kp))
+            y_buf = self._workspace("y", lay.matmul.out_bytes(min(chunk, m_total), self._n, out_mode))
             dev.write(x_buf, pack_activations(xq[r0:r0 + m], lay))
             prog = ProgramBuilder(dev.manifest)
             prog.matmul(m=m, k=self._kp, n=self._n, wbits=self._bits, x=x_buf, s=self._s_buf, y=y_buf,
@@ -413,7 +413,7 @@ class Linear:
             p_buf = self._workspace("program", prog.nbytes)
             dev.write(p_buf, prog.to_bytes())
             status = dev.run(p_buf, 1, timeout=timeout)
-            raw = np.frombuffer(dev.read(y_buf, lay.out_bytes(m, self._n, out_mode)), dtype=np.uint8)
+            raw = np.frombuffer(dev.read(y_buf, lay.matmul.out_bytes(m, self._n, out_mode)), dtype=np.uint8)
             out[r0:r0 + m] = unpack_output(raw, m, self._n, out_mode, lay)
             info.runs += 1
             info.rows += m

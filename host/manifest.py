@@ -254,7 +254,7 @@ class Manifest:
         mismatches = [
             (what, mine, theirs) for what, mine, theirs in (
                 ("descriptor bytes", layout.descriptor_bytes, self.descriptor.bytes),
-                ("k_align", layout.k_align, e.k_align),
+                ("k_align", layout.matmul.k_align, e.k_align),
                 ("addr_align", layout.addr_align, e.addr_align),
                 ("descriptor fields", {f: layout.field_offset(f) for f in layout.descriptor_fields},
                  dict(self.descriptor.fields)),

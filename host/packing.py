@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hbmforge.layout import OutMode, WeightFormat
+from hbmforge.encodings import OutMode, WeightFormat
 from hbmforge.numerics.quant import storage_range, weight_format
 
 __all__ = [
@@ -55,7 +55,7 @@ def pad_k(a: np.ndarray, layout) -> np.ndarray:
     """Zero-pad the last axis of ``a`` to a multiple of ``k_align`` (exact: zeros add nothing)."""
     lay = _layout(layout)
     k = a.shape[-1]
-    kp = lay.pad_k(k)
+    kp = lay.matmul.pad_k(k)
     if kp == k:
         return a
     out = np.zeros(a.shape[:-1] + (kp,), dtype=a.dtype)
@@ -72,7 +72,7 @@ def pack_activations(xq, layout) -> np.ndarray:
     m, k = xq.shape
     if m == 0:
         raise ValueError("activations have no rows (M = 0)")
-    return _pad_bytes(np.ascontiguousarray(xq).reshape(-1).view(np.uint8), lay.act_bytes(m, k))
+    return _pad_bytes(np.ascontiguousarray(xq).reshape(-1).view(np.uint8), lay.matmul.act_bytes(m, k))
 
 
 def unpack_activations(raw, m: int, k: int, layout) -> np.ndarray:
@@ -140,7 +140,7 @@ def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
         c = codes.reshape(-1, 4)
         stream = c[:, 0] | (c[:, 1] << 2) | (c[:, 2] << 4) | (c[:, 3] << 6)
     ports, word = lay.mm.weight_ports, lay.word_bytes
-    stripe_bytes = lay.weight_port_bytes(n, k, WeightFormat.code(fmt))
+    stripe_bytes = lay.matmul.weight_port_bytes(n, k, WeightFormat.code(fmt))
     combined = _pad_bytes(stream, stripe_bytes * ports).reshape(-1, ports, word)
     return [np.ascontiguousarray(combined[:, p, :]).reshape(-1) for p in range(ports)]
 
@@ -188,10 +188,10 @@ def pack_scales(mant, layout) -> np.ndarray:
     if n == 0 or groups == 0:
         raise ValueError(f"scale mantissas must be [N, K/G] with N, K/G >= 1, got shape {mant.shape}")
     g = lay.mm.group_size
-    kp = lay.pad_k(groups * g)
+    kp = lay.matmul.pad_k(groups * g)
     padded = np.zeros((n, kp // g), dtype="<u2")
     padded[:, :groups] = mant
-    return _pad_bytes(padded.reshape(-1).view(np.uint8), lay.scale_bytes(n, kp))
+    return _pad_bytes(padded.reshape(-1).view(np.uint8), lay.matmul.scale_bytes(n, kp))
 
 
 def unpack_scales(raw, n: int, k: int, layout) -> np.ndarray:
@@ -205,11 +205,11 @@ def pack_requant(mult, shift, layout) -> np.ndarray:
     """Per-column int8-mode requantization ``(mult, shift)`` -> u64 little-endian."""
     lay = _layout(layout)
     mult = _int_matrix("requant mult", mult, -(1 << 31), (1 << 31) - 1, ndim=1)
-    shift = _int_matrix("requant shift", shift, 0, lay.widths.max_requant_shift, ndim=1)
+    shift = _int_matrix("requant shift", shift, 0, lay.matmul.widths.max_requant_shift, ndim=1)
     if mult.shape != shift.shape or mult.size == 0:
         raise ValueError(f"mult and shift must be non-empty and of equal length, got {mult.shape} and {shift.shape}")
     words = (mult.astype(np.int64) & 0xFFFF_FFFF).astype("<u8") | (shift.astype("<u8") << np.uint64(32))
-    return _pad_bytes(words.view(np.uint8), lay.requant_bytes(mult.size))
+    return _pad_bytes(words.view(np.uint8), lay.matmul.requant_bytes(mult.size))
 
 
 def unpack_requant(raw, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -232,7 +232,7 @@ def unpack_output(raw, m: int, n: int, out_mode: int, layout) -> np.ndarray:
     """Blocked Y bytes -> ``[M, N]`` int32 or int8 (rows of the last block beyond M dropped)."""
     lay = _layout(layout)
     dtype = _out_dtype(out_mode)
-    rows, blocks = lay.mm.rows, lay.row_blocks(m)
+    rows, blocks = lay.mm.rows, lay.matmul.row_blocks(m)
     need = blocks * n * rows * dtype.itemsize
     buf = raw if isinstance(raw, np.ndarray) else np.frombuffer(raw, dtype=np.uint8)
     if buf.nbytes < need:
@@ -247,8 +247,8 @@ def pack_output(y, out_mode: int, layout) -> np.ndarray:
     dtype = _out_dtype(out_mode)
     y = np.asarray(y)
     m, n = y.shape
-    rows, blocks = lay.mm.rows, lay.row_blocks(m)
+    rows, blocks = lay.mm.rows, lay.matmul.row_blocks(m)
     full = np.zeros((blocks * rows, n), dtype=dtype)
     full[:m] = y
     blocked = full.reshape(blocks, rows, n).transpose(0, 2, 1).reshape(-1)
-    return _pad_bytes(np.ascontiguousarray(blocked).view(np.uint8), lay.out_bytes(m, n, out_mode))
+    return _pad_bytes(np.ascontiguousarray(blocked).view(np.uint8), lay.matmul.out_bytes(m, n, out_mode))

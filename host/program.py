@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from hbmforge.layout import OutMode, WeightFormat
+from hbmforge.encodings import OutMode, WeightFormat
 
 from .device import Buffer
 from .manifest import Manifest
@@ -92,25 +92,25 @@ class ProgramBuilder:
         mode = _out_mode(out_mode)
         shift = 0
         if mode == OutMode.INT32:
-            shift = _count("out_shift", out_shift, 0, lay.widths.max_out_shift)
+            shift = _count("out_shift", out_shift, 0, lay.matmul.widths.max_out_shift)
         if mode == OutMode.INT8 and q is None:
             raise ValueError("out_mode int8 needs q (the per-column requant parameters buffer)")
         if isinstance(w, (Buffer, int)) or len(w) != eng.weight_ports:
             got = 1 if isinstance(w, (Buffer, int)) else len(w)
             raise ValueError(f"w must list one weight stripe per weight port ({eng.weight_ports}), got {got}")
-        for what, nbytes in (("output", lay.out_bytes(m, n, mode)),
-                             ("weight stripe", lay.weight_port_bytes(n, k, wbits)),
-                             ("scales", lay.scale_bytes(n, k))):
+        for what, nbytes in (("output", lay.matmul.out_bytes(m, n, mode)),
+                             ("weight stripe", lay.matmul.weight_port_bytes(n, k, wbits)),
+                             ("scales", lay.matmul.scale_bytes(n, k))):
             if nbytes > _U32:
                 raise ValueError(f"{what} of this matmul needs {nbytes} bytes; one DMA transfer moves "
                                  f"at most {_U32} (split M or N)")
         rec = {"op": self._m.descriptor.opcodes["MATMUL"], "m": m, "k": k, "n": n, "wbits": wbits,
                "out_mode": mode, "out_shift": shift,
-               "x_addr": self._addr("x", x, "data", lay.act_bytes(m, k)),
-               "s_addr": self._addr("s", s, "data", lay.scale_bytes(n, k)),
-               "q_addr": self._addr("q", q, "data", lay.requant_bytes(n)) if mode == OutMode.INT8 else 0,
-               "y_addr": self._addr("y", y, "data", lay.out_bytes(m, n, mode))}
-        wbytes = lay.weight_port_bytes(n, k, wbits)
+               "x_addr": self._addr("x", x, "data", lay.matmul.act_bytes(m, k)),
+               "s_addr": self._addr("s", s, "data", lay.matmul.scale_bytes(n, k)),
+               "q_addr": self._addr("q", q, "data", lay.matmul.requant_bytes(n)) if mode == OutMode.INT8 else 0,
+               "y_addr": self._addr("y", y, "data", lay.matmul.out_bytes(m, n, mode))}
+        wbytes = lay.matmul.weight_port_bytes(n, k, wbits)
         for i, wi in enumerate(w):
             rec[f"w_addr{i}"] = self._addr(f"w[{i}]", wi, f"w{i}", wbytes)
         self._records.append(rec)
@@ -137,7 +137,7 @@ class ProgramBuilder:
             if isinstance(value, Buffer):
                 value = value.address
             rec[name] = _count(name, value, 0, (1 << 64) - 1)
-        from hbmforge.attention_layout import validate_attention
+        from hbmforge.engines.attention import validate_attention
 
         code, why = validate_attention(rec, self._m.layout)
         if code:

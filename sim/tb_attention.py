@@ -15,7 +15,8 @@ import os
 import cocotb
 import numpy as np
 
-from hbmforge.attention_layout import AttnError, attention_geometry
+from hbmforge.encodings import ErrorCode
+from hbmforge.engines.attention import attention_geometry
 from hbmforge.host.program import ProgramBuilder
 from hbmforge.numerics.attention import (AttentionCase, pack_block_table, pack_q_records,
                                          run_attention, write_kv_token)
@@ -137,7 +138,7 @@ async def test_attention_and_matmul_program_matches_golden_under_backpressure(du
     assert await bench.reg_read("MAC_OPS") == expected_macs
     if not layers or all(layer.m <= man.engine.rows for layer in layers):
         # weight bytes are read once per row block; with one block they add to the KV bytes
-        wbytes = [sum(man.layout.weight_port_bytes(layer.n, layer.k, layer.wbits) for layer in layers)
+        wbytes = [sum(man.layout.matmul.weight_port_bytes(layer.n, layer.k, layer.wbits) for layer in layers)
                   if p < man.engine.weight_ports else 0 for p in range(len(kv_read))]
         for p, nbytes in enumerate(kv_read):
             got = await bench.reg_read(f"W{p}_BYTES_READ")
@@ -162,6 +163,6 @@ async def test_bad_attention_descriptor_stops_with_code_and_index(dut):
     bench.write(addr, program)
     job.expect(mirror)
     status = await bench.run(addr, 3)
-    assert status & 1 and (status >> 8) & 0xFF == AttnError.BAD_CONTEXT and status >> 16 == 1, f"{status:#x}"
+    assert status & 1 and (status >> 8) & 0xFF == ErrorCode.BAD_CONTEXT and status >> 16 == 1, f"{status:#x}"
     assert await bench.reg_read("DESC_DONE") == 1
     job.check(bench, "the descriptor before the bad one")

@@ -20,7 +20,7 @@ from hbmforge.host.manifest import Manifest
 from hbmforge.host.packing import (pack_activations, pack_requant, pack_scales, pack_weights,
                                    unpack_output)
 from hbmforge.host.program import ProgramBuilder
-from hbmforge.layout import ErrorCode, OutMode
+from hbmforge.encodings import ErrorCode, OutMode
 from hbmforge.numerics import matmul_int8, matmul_int32, storage_range
 
 from .kernel_bench import KernelBench, load_bench_manifest
@@ -57,13 +57,13 @@ class Layer:
         self.mult = rng.integers(-(1 << 31), 1 << 31, self.n).astype(np.int64)
         self.shift = rng.integers(30, 72, self.n).astype(np.int64)
         # buffers
-        self.x_addr = bench.alloc(lay.act_bytes(self.m, self.k))
+        self.x_addr = bench.alloc(lay.matmul.act_bytes(self.m, self.k))
         bench.write(self.x_addr, pack_activations(self.x, lay).tobytes())
-        self.s_addr = bench.alloc(lay.scale_bytes(self.n, self.k))
+        self.s_addr = bench.alloc(lay.matmul.scale_bytes(self.n, self.k))
         bench.write(self.s_addr, pack_scales(self.s, lay).tobytes())
-        self.q_addr = bench.alloc(lay.requant_bytes(self.n))
+        self.q_addr = bench.alloc(lay.matmul.requant_bytes(self.n))
         bench.write(self.q_addr, pack_requant(self.mult, self.shift, lay).tobytes())
-        self.y_bytes = lay.out_bytes(self.m, self.n, self.out_mode)
+        self.y_bytes = lay.matmul.out_bytes(self.m, self.n, self.out_mode)
         self.y_addr = bench.alloc(self.y_bytes)
         bench.write(self.y_addr, bytes([0xA5]) * self.y_bytes)      # poison: every byte must be written
         self.w_addrs = []
@@ -99,8 +99,8 @@ class Layer:
         # rows beyond M in the last block and the word padding must be written as zeros
         ebytes = 4 if self.out_mode == OutMode.INT32 else 1
         rows = self.lay.mm.rows
-        blocked = raw[: self.lay.row_blocks(self.m) * self.n * rows * ebytes].reshape(-1, self.n, rows, ebytes)
-        pad_rows = self.lay.row_blocks(self.m) * rows - self.m
+        blocked = raw[: self.lay.matmul.row_blocks(self.m) * self.n * rows * ebytes].reshape(-1, self.n, rows, ebytes)
+        pad_rows = self.lay.matmul.row_blocks(self.m) * rows - self.m
         if pad_rows:
             assert not blocked[-1, :, rows - pad_rows:, :].any(), f"{label}: rows >= M are not zero"
         assert not raw[blocked.size:].any(), f"{label}: word padding after Y is not zero"
@@ -197,14 +197,14 @@ async def test_counters_account_for_every_byte_and_mac(dut):
     prog = ProgramBuilder(man)
     layer.add_to(prog)
     assert await bench.run(await _program(bench, prog), 1) == 0
-    blocks = lay.row_blocks(layer.m)
+    blocks = lay.matmul.row_blocks(layer.m)
     for i in range(eng.weight_ports):
         got = await bench.reg_read(f"W{i}_BYTES_READ")
-        assert got == blocks * lay.weight_port_bytes(layer.n, layer.k, layer.wbits), f"w{i} bytes read"
+        assert got == blocks * lay.matmul.weight_port_bytes(layer.n, layer.k, layer.wbits), f"w{i} bytes read"
     data_read = await bench.reg_read("DATA_BYTES_READ")
     # activations are read per block (valid rows only), rounded up to words per block
-    act = sum(lay.round_words(min(eng.rows, layer.m - b * eng.rows) * layer.k) for b in range(blocks))
-    expect_read = lay.descriptor_bytes + act + blocks * lay.scale_bytes(layer.n, layer.k)
+    act = sum(lay.matmul.round_words(min(eng.rows, layer.m - b * eng.rows) * layer.k) for b in range(blocks))
+    expect_read = lay.descriptor_bytes + act + blocks * lay.matmul.scale_bytes(layer.n, layer.k)
     assert data_read == expect_read, f"data bytes read {data_read} != {expect_read}"
     assert await bench.reg_read("DATA_BYTES_WRITTEN") == layer.y_bytes
     assert await bench.reg_read("MAC_OPS") == layer.m * layer.n * layer.k

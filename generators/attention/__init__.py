@@ -1,6 +1,6 @@
 """Attention engine generator: decode/prefill attention over a paged int8/int4 KV cache.
 
-:class:`~.engine.AttentionEngine` runs ATTENTION descriptors (hbmforge.attention_layout) bit-exactly
+:class:`~.engine.AttentionEngine` runs ATTENTION descriptors (hbmforge.engines.attention) bit-exactly
 with :func:`hbmforge.numerics.attention.run_attention`. Modules, in dataflow order:
 
 * ``sequencer`` - tiles (``rows`` query rows of one KV head), Q record reads, the mask's token

@@ -17,7 +17,7 @@ from __future__ import annotations
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 
-from ...attention_layout import attention_geometry
+from ...engines.attention import attention_geometry
 from ...layout import DesignLayout
 from .feed import KVFeed
 from .fifo import StreamFIFO
@@ -25,7 +25,7 @@ from .params import EngineParams
 from .qload import QLoader, q_tile_layout
 from .score import ScoreUnit
 from .sequencer import Sequencer, kv_cmd_layout
-from .signature import AttentionEngineSignature
+from .signature import attention_signature
 from .value import ValueUnit, out_tile_layout
 
 __all__ = ["AttentionEngine"]
@@ -42,9 +42,8 @@ class AttentionEngine(wiring.Component):
         self._layout = layout
         self._params = EngineParams(attention_geometry(layout), layout.config.data_width)
         p = self._params
-        super().__init__(AttentionEngineSignature(stream_ports=layout.config.stream_ports,
-                                                  data_width=layout.config.data_width,
-                                                  max_mac_inc=2 * p.R * p.L))
+        assert attention_signature(layout).max_mac_inc == 2 * p.R * p.L
+        super().__init__(attention_signature(layout))
 
     @property
     def layout(self) -> DesignLayout:
@@ -88,7 +87,6 @@ class AttentionEngine(wiring.Component):
         wiring.connect(m, seq.vseg, vsq.i)
         wiring.connect(m, ksq.o, kf.seg)
         wiring.connect(m, vsq.o, vf.seg)
-        m.d.comb += [self.rq_cmd.valid.eq(0), self.rq_data.ready.eq(0)]
 
         # -- K/V command issue and data routing -----------------------------------------------
         def issue(port, q, phase):

@@ -12,7 +12,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ...attention_layout import P_FRAC, SCORE_FRAC
+from ...engines.attention import P_FRAC, SCORE_FRAC
 from ...numerics.softmax import EXP2_TABLE, EXP2_ZERO_SHIFT
 
 __all__ = ["Exp2"]

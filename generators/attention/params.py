@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from amaranth.lib import data
 from amaranth.hdl import signed, unsigned
 
-from ...attention_layout import CTX_BITS, AttentionGeometry
+from ...engines.attention import CTX_BITS, AttentionGeometry
 
 __all__ = ["EngineParams"]
 

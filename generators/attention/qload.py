@@ -6,7 +6,7 @@ from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ...attention_layout import CTX_BITS, MULT_BITS
+from ...engines.attention import CTX_BITS, MULT_BITS
 from .params import EngineParams
 
 __all__ = ["QLoader", "q_tile_layout"]

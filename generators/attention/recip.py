@@ -12,7 +12,7 @@ from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ...attention_layout import RECIP_TABLE_BITS, RECIP_X_BITS
+from ...engines.attention import RECIP_TABLE_BITS, RECIP_X_BITS
 from ...numerics.softmax import RECIP_TABLE
 
 __all__ = ["Reciprocal"]

@@ -14,7 +14,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ...attention_layout import CTX_BITS, MAX_SHIFT, MULT_BITS, P_FRAC, Z_BITS
+from ...engines.attention import CTX_BITS, MAX_SHIFT, MULT_BITS, P_FRAC, Z_BITS
 from .exp2 import Exp2
 from .params import EngineParams
 

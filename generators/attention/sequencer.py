@@ -9,7 +9,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
-from ...attention_layout import CTX_BITS
+from ...engines.attention import CTX_BITS
 from ..streams import dma_command_stream
 from .params import EngineParams
 from .qload import q_tile_layout

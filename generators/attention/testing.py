@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...attention_layout import attention_geometry, validate_attention
+from ...engines.attention import attention_geometry, validate_attention
 from ...layout import DesignLayout
 from ..dma_bench import DmaBench
 from ...numerics.attention import pack_block_table, run_attention
@@ -96,7 +96,7 @@ class AttentionBench(DmaBench):
         dut, lay = self.dut, self.layout
         sim = Simulator(dut)
         sim.add_clock(1e-8)
-        self.add_dma(sim, lay.config.stream_ports)
+        self.add_dma(sim)
         counters = {"cycles": 0, "macs": 0, "busy": 0, "stall": 0, "kv_words": 0}
         kv_data = [dut.w_data[i] for i in range(self.geom.kv_ports)]
 
@@ -168,7 +168,7 @@ def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_
              "o_addr": 0}
         jobs.append(bench.add(d))
         if poison:
-            from ...attention_layout import visible
+            from ...engines.attention import visible
             ctx = s["ctx_len"]
             need = [any(visible(p, j, d["window"], d["sink"]) for p in range(ctx - n_q, ctx)) for j in range(npg * P)]
             vb = geom.value_bytes(kv_bits)

@@ -13,7 +13,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ...attention_layout import OUT_FRAC, P_FRAC, RECIP_X_BITS
+from ...engines.attention import OUT_FRAC, P_FRAC, RECIP_X_BITS
 from ..streams import dma_command_stream
 from .params import EngineParams
 from .recip import Reciprocal

@@ -20,7 +20,7 @@ column FIFO has a free slot for every column in flight, so back-pressure on
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 
@@ -33,7 +33,7 @@ from .pack import OutputPacker, column_layout
 from .requant import OutputStage
 from .scheduler import FireScheduler
 from .sequencer import JobSequencer
-from .signature import MatmulEngineSignature
+from .signature import matmul_signature
 from ...numerics.tlmm import table_entries as tlmm_table_entries
 from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
@@ -44,7 +44,7 @@ __all__ = ["MatmulEngine"]
 class MatmulEngine(wiring.Component):
     """The matmul engine for one :class:`~hbmforge.layout.DesignLayout`.
 
-    All widths come from ``layout.widths``; ``rows``, ``lanes``, ``weight_ports``,
+    All widths come from ``layout.matmul.widths``; ``rows``, ``lanes``, ``weight_ports``,
     ``group_size``, ``scale_bits`` and ``max_k`` from ``layout.config.matmul``.
     """
 
@@ -58,7 +58,7 @@ class MatmulEngine(wiring.Component):
         self._levels_per_stage = levels_per_stage
         self._groups = max(1, mm.lanes // mm.group_size)
         self._fires_per_group = max(1, mm.group_size // mm.lanes)
-        lane_w = max(layout.lane_bits(f) for f in mm.weight_bits)
+        lane_w = max(layout.matmul.lane_bits(f) for f in mm.weight_bits)
         self._tlmm = mm.arch == "tlmm"
         # latency of the pipeline behind the fire registers, and the column FIFO that absorbs it
         if self._tlmm:
@@ -71,8 +71,7 @@ class MatmulEngine(wiring.Component):
         self._latency = arr_lat + acc_lat + OutputStage.LATENCY
         self._fifo_depth = self._latency + 4
         self._lane_w = lane_w
-        super().__init__(MatmulEngineSignature(rows=mm.rows, weight_ports=mm.weight_ports,
-                                               data_width=layout.config.data_width))
+        super().__init__(matmul_signature(layout))
 
     @property
     def layout(self) -> DesignLayout:
@@ -91,7 +90,7 @@ class MatmulEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lay = self._layout
-        mm, wd = lay.mm, lay.widths
+        mm, wd = lay.mm, lay.matmul.widths
         R, L, P, G = mm.rows, mm.lanes, mm.weight_ports, mm.group_size
         W = lay.config.data_width
         NG, sb = self._groups, mm.scale_bits
@@ -149,8 +148,10 @@ class MatmulEngine(wiring.Component):
             f_tag.out.rows.eq(sched.rows_valid), f_tag.out.last.eq(sched.job_last),
         ]
         m.d.comb += [f_tag.scales[j].eq(scales.o.payload[16 * j:16 * j + sb]) for j in range(NG)]
-        m.d.comb += [self.fire.eq(sched.fire), self.fire_rows.eq(sched.rows_valid & sched.fire.replicate(
-            len(self.fire_rows))), self.busy.eq(seq.busy)]
+        # counters: a fire multiplies ``rows_valid`` rows by ``lanes`` weights; a busy cycle
+        # without a fire is a stall (waiting for weights, activations, scales or credit)
+        m.d.comb += [self.busy.eq(seq.busy), self.stall.eq(seq.busy & ~sched.fire),
+                     self.mac_inc.eq(Mux(sched.fire, sched.rows_valid * L, 0))]
 
         # -- datapath -----------------------------------------------------------------
         lane_shape = getattr(unpack, "lane_shape", signed(self._lane_w))

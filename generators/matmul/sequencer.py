@@ -9,11 +9,12 @@ blocks. ``done`` follows the writer's ``out_done`` for the job's output.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Shape, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..streams import JobDone, dma_command_stream, matmul_job_layout
+from ..streams import JobDone, dma_command_stream
+from .signature import matmul_job_layout
 from ..params import require_positive_ints, require_powers_of_two
 
 __all__ = ["JobSequencer", "ceil_div_const"]
@@ -47,7 +48,7 @@ class _JobRegs:
         for name, field in layout:
             if name == "w_addr":
                 continue
-            setattr(self, name, Signal(field.shape, name=f"job_{name}"))
+            setattr(self, name, Signal(Shape.cast(field.shape), name=f"job_{name}"))
             self._names.append(name)
         self.w_addr = [Signal(64, name=f"job_w_addr{i}") for i in range(weight_ports)]
 

@@ -1,47 +1,31 @@
-"""The matmul engine's ports: how the shell feeds it jobs, memory streams and back-pressure."""
-from __future__ import annotations
+"""The matmul engine's job record and signature (the engine contract, docs/architecture.md §6)."""
+# No `from __future__ import annotations`: data layouts are built from real values.
+from amaranth.lib import data
 
-from amaranth.lib import stream, wiring
-from amaranth.lib.wiring import In, Out
+from hbmforge.encodings import OutMode, WeightFormat
+from hbmforge.engines import FAMILIES
 
-from ..streams import engine_dma_members, matmul_job_layout
+from ..engine import EngineSignature
 
-__all__ = ["MatmulEngineSignature"]
+__all__ = ["matmul_job_layout", "matmul_signature"]
 
 
-class MatmulEngineSignature(wiring.Signature):
-    """Engine side of the shell/engine contract (see docs/architecture.md, "Engine contract").
+def matmul_job_layout(weight_ports: int) -> data.StructLayout:
+    """The fields of a validated MATMUL descriptor, as the engine receives them."""
+    return data.StructLayout({
+        "m": 32, "k": 32, "n": 32,
+        "wbits": WeightFormat,
+        "out_mode": OutMode,
+        "out_shift": 6,             # int32 mode
+        "x_addr": 64, "s_addr": 64, "q_addr": 64, "y_addr": 64,
+        "w_addr": data.ArrayLayout(64, weight_ports),
+    })
 
-    * ``job`` -> one validated MATMUL descriptor; ``done`` <- one record when its
-      outputs are written and acknowledged.
-    * ``*_cmd`` -> DMA commands to the shell's readers/writer; ``*_data`` the words.
-      Readers deliver exactly ``bytes / word_bytes`` words per command, in order.
-    * ``out_done`` <- the writer finished one ``out_cmd`` (all B responses seen).
-    * ``fire``/``fire_rows``/``busy`` feed the performance counters.
-    """
 
-    def __init__(self, *, rows: int, weight_ports: int, data_width: int):
-        self._rows, self._weight_ports, self._data_width = rows, weight_ports, data_width
-        super().__init__({
-            "job": In(stream.Signature(matmul_job_layout(weight_ports))),
-            **engine_dma_members(weight_ports, data_width),
-            "busy": Out(1),
-            "fire": Out(1),
-            "fire_rows": Out(range(rows + 1)),
-        })
-
-    @property
-    def rows(self):
-        return self._rows
-
-    @property
-    def weight_ports(self):
-        return self._weight_ports
-
-    @property
-    def data_width(self):
-        return self._data_width
-
-    def __eq__(self, other):
-        return (isinstance(other, MatmulEngineSignature) and other.rows == self.rows
-                and other.weight_ports == self.weight_ports and other.data_width == self.data_width)
+def matmul_signature(layout) -> EngineSignature:
+    """``job`` as above; readers ``act``/``scale``/``rq`` and writer ``out`` on the data port,
+    one weight reader per ``w<i>``; ``mac_inc`` is ``rows x lanes`` per full fire."""
+    fam = FAMILIES["matmul"]
+    return EngineSignature(job_layout=matmul_job_layout(layout.mm.weight_ports),
+                           data_width=layout.config.data_width, channels=fam.channels(layout),
+                           max_mac_inc=fam.max_mac_inc(layout))

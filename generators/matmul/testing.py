@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...layout import DesignLayout, OutMode
+from ...encodings import OutMode
+from ...layout import DesignLayout
 from ..dma_bench import DmaBench
 
 __all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_requant", "unpack_outputs",
@@ -116,7 +117,7 @@ def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: in
     from ...numerics.matmul import matmul_accumulate
 
     wbits = _format_code(wbits)
-    k = layout.pad_k(k)
+    k = layout.matmul.pad_k(k)
     g = layout.mm.group_size
     wmin, wmax = (-1, 1) if wbits == 3 else (-(1 << (wbits - 1)), (1 << (wbits - 1)) - 1)
     x = rng.integers(-128, 128, (m, k))
@@ -188,7 +189,7 @@ class EngineBench(DmaBench):
         else:
             case.addrs["q"] = 0
         m, n = case.x.shape[0], case.w.shape[0]
-        out_bytes = lay.out_bytes(m, n, case.out_mode)
+        out_bytes = lay.matmul.out_bytes(m, n, case.out_mode)
         case.addrs["y"] = self.alloc(bytes([0xA5]) * out_bytes)     # garbage: the engine must overwrite
         self.cases.append(case)
         return case
@@ -199,7 +200,7 @@ class EngineBench(DmaBench):
         dut, lay = self.dut, self.layout
         sim = Simulator(dut)
         sim.add_clock(1e-8)
-        self.add_dma(sim, lay.mm.weight_ports)
+        self.add_dma(sim)
         counters = {"cycles": 0, "fires": 0, "busy": 0, "first_fire": None, "last_fire": None,
                     "first_out": None}
 
@@ -240,10 +241,10 @@ class EngineBench(DmaBench):
                     if counters["first_out"] is not None:
                         st["fire_to_first_out"] = counters["first_out"] - counters["first_fire"]
                 self.stats.append(st)
-                out = lay.out_bytes(m, n, case.out_mode)
+                out = lay.matmul.out_bytes(m, n, case.out_mode)
                 raw = self.mem[case.addrs["y"]:case.addrs["y"] + out]
                 case.result = unpack_outputs(raw, m, n, lay.mm.rows, case.out_mode)
-                used = lay.row_blocks(m) * n * lay.mm.rows * (4 if case.out_mode == OutMode.INT32 else 1)
+                used = lay.matmul.row_blocks(m) * n * lay.mm.rows * (4 if case.out_mode == OutMode.INT32 else 1)
                 case.pad_bytes = bytes(raw[used:])
 
         sim.add_testbench(driver)

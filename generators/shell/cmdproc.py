@@ -1,14 +1,13 @@
-"""Command processor: runs a program of layer descriptors with one ap_start.
+"""Command processor: runs a program of descriptors with one ap_start.
 
 On ``start`` it fetches ``count`` descriptors of ``layout.descriptor_bytes``
 from ``program`` through the data port's command reader, validates each one
-(docs/architecture.md §3, same checks and order as
-:func:`hbmforge.numerics.program.execute`), hands MATMUL descriptors to the
-matmul engine as one ``job`` record (ATTENTION descriptors to the attention
-engine as ``job_attn``, when the design has one; ``active`` says which engine
-runs) and waits for that engine's ``done``. The run
-ends at an END opcode, after ``count`` descriptors, or at the first error,
-with ``status = 1 | code << 8 | index << 16`` (codes: :class:`hbmforge.layout.ErrorCode`).
+with its family's checks (``layout.checks(opcode)``, the same rules and order as
+:func:`hbmforge.numerics.program.execute` and the host's ProgramBuilder), hands
+it to the engine of its opcode as one ``job<e>`` record (``active`` = ``e``) and
+waits for ``job_done``. The run ends at an END opcode, after ``count``
+descriptors, or at the first error, with ``status = 1 | code << 8 | index << 16``
+(codes: :class:`hbmforge.encodings.ErrorCode`).
 
 The next descriptor is fetched and unloaded into the descriptor register while
 the engine runs the current one, so between the engine's ``done`` and the next
@@ -16,44 +15,60 @@ the engine runs the current one, so between the engine's ``done`` and the next
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Signal
-from amaranth.lib import stream, wiring
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hbmforge.layout import DesignLayout, ErrorCode, Opcode, OutMode, WeightFormat
+from hbmforge.encodings import ErrorCode, Opcode
+from hbmforge.layout import DesignLayout
 
-from ..streams import JobDone, matmul_job_layout
+from ..engine import RtlOps, rtl_error_code
+from ..streams import JobDone
 from .port import ReadChannelSignature
 
 __all__ = ["CommandProcessor"]
 
 
 class CommandProcessor(wiring.Component):
-    """Descriptor fetch, validation and dispatch for one matmul engine.
+    """Descriptor fetch, validation and dispatch for the engines of a design.
+
+    ``jobs``: one job layout per engine, in ``layout.families`` order (engine ``e`` runs
+    the opcodes of ``layout.families[e]``); the member ``job<e>`` carries its records.
 
     * ``start`` (pulse) begins a run with the current ``program``/``count``;
       ``done`` pulses once when the run is over; ``status``/``desc_done``
       are cleared by ``start`` and hold their value afterwards.
     * ``fetch`` is the consumer side of the data port's command reader.
+    * ``active`` is the engine of the last dispatched job (the kernel routes DMA by it).
     * ``data_error`` is the OR of the engine-facing DMA error flags; it is
       checked (with ``job_done.error``) when the engine reports a job done.
     """
 
-    def __init__(self, layout: DesignLayout):
+    def __init__(self, layout: DesignLayout, jobs):
         if not isinstance(layout, DesignLayout):
             raise TypeError(f"layout must be a DesignLayout, got {layout!r}")
         if layout.descriptor_bytes % layout.word_bytes:
             raise ValueError(f"descriptor_bytes {layout.descriptor_bytes} is not a whole number of "
                              f"{layout.word_bytes}-byte words")
-        if layout.k_align & (layout.k_align - 1):
-            raise ValueError(f"k_align {layout.k_align} is not a power of two")
+        jobs = [data.Layout.cast(j) for j in jobs]
+        if len(jobs) != len(layout.families):
+            raise ValueError(f"jobs must give one job layout per engine of the design "
+                             f"({[f.kind for f in layout.families]}), got {len(jobs)}")
+        for fam, job in zip(layout.families, jobs):
+            slots = set()
+            for op in fam.opcodes:
+                slots.update(layout.fields_for(op))
+            for name, member in job:
+                wanted = ([f"{name}{i}" for i in range(member.shape.length)]
+                          if isinstance(member.shape, data.ArrayLayout) else [name])
+                missing = [w for w in wanted if w not in slots]
+                if missing:
+                    raise ValueError(f"{fam.kind} job member {name!r} has no descriptor slot {missing[0]!r}; "
+                                     f"slots: {sorted(slots)}")
         self._layout = layout
+        self._jobs = tuple(jobs)
         W = layout.config.data_width
-        members = {}
-        if layout.attention is not None:
-            from ..attention.signature import attention_job_layout_for
-
-            members["job_attn"] = Out(stream.Signature(attention_job_layout_for(layout)))
+        members = {f"job{e}": Out(stream.Signature(job)) for e, job in enumerate(jobs)}
         super().__init__(members | {
             "start": In(1),
             "done": Out(1),
@@ -62,10 +77,8 @@ class CommandProcessor(wiring.Component):
             "status": Out(32),
             "desc_done": Out(32),
             "fetch": In(ReadChannelSignature(W)),
-            "job": Out(stream.Signature(matmul_job_layout(layout.mm.weight_ports))),
             "job_done": In(stream.Signature(JobDone)),
-            # which engine the last dispatched job went to: 0 matmul, 1 attention
-            "active": Out(1),
+            "active": Out(range(max(2, len(jobs)))),
             "data_error": In(1),
             "busy": Out(1),
         })
@@ -78,14 +91,15 @@ class CommandProcessor(wiring.Component):
     def descriptor_words(self) -> int:
         return self._layout.descriptor_bytes // self._layout.word_bytes
 
+    def job(self, engine: int):
+        return getattr(self, f"job{engine}")
+
     def elaborate(self, platform):
         m = Module()
         lay = self._layout
-        mm = lay.mm
         W = lay.config.data_width
         nwords = self.descriptor_words
         dbytes = lay.descriptor_bytes
-        align_bits = (lay.addr_align).bit_length() - 1
 
         running = Signal()
         stopping = Signal()
@@ -118,74 +132,43 @@ class CommandProcessor(wiring.Component):
         m.d.comb += pop.eq(self.fetch.data.valid & self.fetch.data.ready)
         m.d.sync += words_pending.eq(words_pending + (want * nwords) - pop)
 
-        # -- the descriptor, one field per u64 -------------------------------------------
+        # -- the descriptor: u64 slots, read by each opcode's format ---------------------
         desc = Signal(nwords * W)
-        fields = {name: desc[8 * lay.field_offset(name):8 * lay.field_offset(name) + 64]
-                  for name in lay.descriptor_fields}
         word_cnt = Signal(range(nwords))
+        op = desc[:64]
 
-        att = lay.attention
-        att_fields = {}
-        if att is not None:
-            att_fields = {name: desc[8 * lay.field_offset(name, Opcode.ATTENTION):
-                                     8 * lay.field_offset(name, Opcode.ATTENTION) + 64]
-                          for name in lay.attention_fields}
-            ajob = self.job_attn.payload
-            for name in ajob.shape().members:
-                m.d.comb += getattr(ajob, name).eq(att_fields[name])
+        def slots(opcode):
+            return {name: desc[64 * i:64 * i + 64] for i, name in enumerate(lay.fields_for(opcode))}
 
-        job = self.job.payload
-        m.d.comb += [
-            job.m.eq(fields["m"]), job.k.eq(fields["k"]), job.n.eq(fields["n"]),
-            job.wbits.eq(fields["wbits"]), job.out_mode.eq(fields["out_mode"]),
-            job.out_shift.eq(fields["out_shift"]),
-            job.x_addr.eq(fields["x_addr"]), job.s_addr.eq(fields["s_addr"]),
-            job.q_addr.eq(fields["q_addr"]), job.y_addr.eq(fields["y_addr"]),
-        ]
-        for i in range(mm.weight_ports):
-            m.d.comb += job.w_addr[i].eq(fields[f"w_addr{i}"])
+        # -- validation and routing: one check set per opcode ----------------------------
+        code = Signal(ErrorCode)
+        target = Signal(range(max(2, len(self._jobs))))
+        m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
+        for e, fam in enumerate(lay.families):
+            for opcode in fam.opcodes:
+                op_code = rtl_error_code(m, lay.checks(opcode), slots(opcode),
+                                         name=f"{opcode.name.lower()}_code")
+                with m.If(op == opcode):
+                    m.d.comb += [code.eq(op_code), target.eq(e)]
 
-        # -- validation (same order as hbmforge.numerics.program) -------------------------
-        def misaligned(v):
-            return v[:align_bits].any() if align_bits else 0
-
-        k = fields["k"]
-        out_mode = fields["out_mode"]
-        int8 = out_mode == OutMode.INT8
-        addr_bad = misaligned(fields["x_addr"]) | misaligned(fields["s_addr"]) \
-            | misaligned(fields["y_addr"]) | (int8 & misaligned(fields["q_addr"]))
-        for i in range(mm.weight_ports):
-            addr_bad = addr_bad | misaligned(fields[f"w_addr{i}"])
-        k_align_bits = lay.k_align.bit_length() - 1
-        is_attn = Signal()
-        if att is not None:
-            m.d.comb += is_attn.eq(fields["op"] == Opcode.ATTENTION)
-        checks = [
-            ((fields["op"] != Opcode.MATMUL) & ~is_attn, ErrorCode.BAD_OPCODE),
-            (~Cat(*(fields["wbits"] == WeightFormat.code(b) for b in mm.weight_bits)).any(), ErrorCode.BAD_WBITS),
-            ((k == 0) | (k > mm.max_k) | k[:k_align_bits].any(), ErrorCode.BAD_K),
-            ((fields["m"] == 0) | (fields["n"] == 0)
-             | fields["m"][32:].any() | fields["n"][32:].any(), ErrorCode.BAD_SHAPE),
-            ((out_mode != OutMode.INT32) & ~int8, ErrorCode.BAD_OUT_MODE),
-            ((out_mode == OutMode.INT32) & (fields["out_shift"] > lay.widths.max_out_shift),
-             ErrorCode.BAD_OUT_MODE),
-            (addr_bad, ErrorCode.MISALIGNED),
-        ]
-        mm_code = Signal(8)
-        for cond, value in reversed(checks):     # the first failing check wins
-            with m.If(cond):
-                m.d.comb += mm_code.eq(value)
-        code = Signal(8)
-        m.d.comb += code.eq(mm_code)
-        if att is not None:
-            from ..attention.checks import attention_checks
-
-            att_code = Signal(8)
-            for cond, value in reversed(attention_checks(att_fields, lay)):
-                with m.If(cond):
-                    m.d.comb += att_code.eq(value)
-            with m.If(is_attn):
-                m.d.comb += code.eq(att_code)
+        # job records: each member from its slot (an array member x from x0, x1, ...)
+        for e, (fam, job_layout) in enumerate(zip(lay.families, self._jobs)):
+            job = self.job(e).payload
+            for name, member in job_layout:
+                sources = []
+                for opcode in fam.opcodes:
+                    s = slots(opcode)
+                    if name == "op":
+                        sources.append((opcode, op))
+                    elif isinstance(member.shape, data.ArrayLayout):
+                        sources.append((opcode, Cat(*(s[f"{name}{i}"][:Shape.cast(member.shape.elem_shape).width]
+                                                      for i in range(member.shape.length)))))
+                    else:
+                        sources.append((opcode, s[name]))
+                value = sources[0][1]
+                for opcode, src in sources[1:]:
+                    value = Mux(op == opcode, src, value)
+                m.d.comb += Value.cast(job[name]).eq(value)
 
         def status(error_code):
             """STATUS value for an error at the current descriptor."""
@@ -213,6 +196,7 @@ class CommandProcessor(wiring.Component):
             with m.Else():
                 m.d.sync += word_cnt.eq(word_cnt + 1)
 
+        misaligned = RtlOps.misaligned
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(self.start):
@@ -224,7 +208,7 @@ class CommandProcessor(wiring.Component):
                     with m.If(self.count == 0):
                         m.d.sync += stopping.eq(1)
                         m.next = "DRAIN"
-                    with m.Elif(misaligned(self.program)):
+                    with m.Elif(misaligned(self.program, lay.addr_align)):
                         # descriptor 0 cannot be fetched from a misaligned program address
                         m.d.sync += [stopping.eq(1), self.status.eq(1 | ErrorCode.MISALIGNED << 8)]
                         m.next = "DRAIN"
@@ -241,29 +225,21 @@ class CommandProcessor(wiring.Component):
                 with m.If(self.fetch.error):
                     m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
                     m.next = "DRAIN"
-                with m.Elif(fields["op"] == Opcode.END):
+                with m.Elif(op == Opcode.END):
                     m.d.sync += stopping.eq(1)
                     m.next = "DRAIN"
-                with m.Elif(code != 0):
+                with m.Elif(code != ErrorCode.NONE):
                     m.d.sync += [self.status.eq(status(code)), stopping.eq(1)]
                     m.next = "DRAIN"
                 with m.Else():
+                    m.d.sync += self.active.eq(target)
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                if att is not None:
-                    m.d.sync += self.active.eq(is_attn)
-                    with m.If(is_attn):
-                        m.d.comb += self.job_attn.valid.eq(1)
-                        with m.If(self.job_attn.ready):
+                for e in range(len(self._jobs)):
+                    with m.If(self.active == e):
+                        m.d.comb += self.job(e).valid.eq(1)
+                        with m.If(self.job(e).ready):
                             m.next = "WAIT"
-                    with m.Else():
-                        m.d.comb += self.job.valid.eq(1)
-                        with m.If(self.job.ready):
-                            m.next = "WAIT"
-                else:
-                    m.d.comb += self.job.valid.eq(1)
-                    with m.If(self.job.ready):
-                        m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += [load_en.eq(1), self.job_done.ready.eq(1)]
                 with m.If(self.job_done.valid):

@@ -1,73 +1,64 @@
-"""The kernel: control slave, command processor, memory ports, counters and one engine.
+"""The kernel: control slave, command processor, memory ports, counters and its engines.
 
 Port names and IDs follow docs/architecture.md §1: ``s_axi_control``,
 ``interrupt`` and one ``m_axi_<port>`` AXI4 manager per
 :attr:`~hbmforge.layout.DesignLayout.ports` entry. On ``m_axi_data`` the
-command fetch, activation, scale and requant readers use ARID 0..3 and the
-output writer AWID 0; every weight port has one reader with ARID 0.
+descriptor fetch uses ARID 0 and engine data reader ``i`` ARID ``i + 1``; the
+data writer uses AWID 0. Every ``w<i>`` port has one reader (ARID 0) when an
+engine reads it and one writer (AWID 0) when an engine writes it.
+
+The kernel knows no engine by name: it takes a map opcode -> engine, checks each
+engine's :class:`~hbmforge.generators.engine.EngineSignature` against the channels its
+family declares (``layout.channels(kind)``), and routes the DMA channels to the engine
+of the job in flight (engines run one at a time).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from hbmforge.layout import CTRL_ADDR_WIDTH, DesignLayout
 
 from ..axi import AXI4LiteSignature, AXI4Signature
-from ..matmul.signature import MatmulEngineSignature
+from ..engine import EngineSignature
 from .cmdproc import CommandProcessor
 from .control import ControlSlave
 from .port import COUNTER_WIDTH, AxiPort
 
-__all__ = ["Kernel", "DATA_READ_IDS", "DATA_WRITE_ID", "WEIGHT_READ_ID"]
+__all__ = ["Kernel", "data_read_ids"]
 
-#: ARIDs of the readers on ``m_axi_data`` (docs/architecture.md §1).
-DATA_READ_IDS = {"cmd": 0, "act": 1, "scale": 2, "rq": 3}
-#: AWID of the output writer on ``m_axi_data``.
-DATA_WRITE_ID = 0
-#: ARID of the reader on each weight port.
-WEIGHT_READ_ID = 0
+#: AWID of the writer on every port, ARID of the reader on a ``w<i>`` port.
+WRITE_ID = 0
+STREAM_READ_ID = 0
+
+
+def data_read_ids(layout: DesignLayout) -> dict[str, int]:
+    """ARIDs on ``m_axi_data``: ``cmd`` (descriptor fetch) 0, engine reader ``r<i>`` ``i + 1``."""
+    readers = max(len(layout.channels(f.kind).data_readers) for f in layout.families)
+    return {"cmd": 0, **{f"r{i}": i + 1 for i in range(readers)}}
 
 
 class Kernel(wiring.Component):
     """One XRT-style RTL kernel for a :class:`~hbmforge.layout.DesignLayout`.
 
-    ``engine`` must have :class:`MatmulEngineSignature` for the layout's
-    rows, weight ports and data width; by default it is
-    :class:`hbmforge.generators.matmul.engine.MatmulEngine`.
+    ``engines`` maps every opcode the layout runs (besides END) to an engine component;
+    by default one engine per config entry from :mod:`hbmforge.generators.registry`.
 
-    Counters (cleared when a run is accepted, held after it): CYCLES counts
-    the cycles the kernel is busy; STALL_CYCLES the busy cycles in which the
-    engine is busy and its array does not fire; MAC_OPS adds
-    ``fire_rows * lanes`` per fire; per port, the bytes of every R and W beat.
+    Counters (cleared when a run is accepted, held after it): CYCLES counts the cycles
+    the kernel is busy; STALL_CYCLES the busy cycles in which an engine reports ``stall``;
+    MAC_OPS adds every engine's ``mac_inc``; per port, the bytes of every R and W beat.
     """
 
-    def __init__(self, layout: DesignLayout, engine=None, attention=None):
+    def __init__(self, layout: DesignLayout, engines=None):
         if not isinstance(layout, DesignLayout):
             raise TypeError(f"layout must be a DesignLayout, got {layout!r}")
-        cfg = layout.config
-        if (1 << cfg.axi.id_width) < len(DATA_READ_IDS):
-            raise ValueError(f"axi.id_width {cfg.axi.id_width} is too narrow: m_axi_data needs "
-                             f"{len(DATA_READ_IDS)} distinct ARIDs ({DATA_READ_IDS}); use id_width >= 2")
-        mm = layout.mm
-        expected = MatmulEngineSignature(rows=mm.rows, weight_ports=mm.weight_ports,
-                                         data_width=cfg.data_width)
-        if engine is None:
-            from ..matmul.engine import MatmulEngine
-            engine = MatmulEngine(layout)
-        if not isinstance(engine, wiring.Component) or engine.signature != expected:
-            raise TypeError(f"engine must be a wiring.Component with {expected!r} "
-                            f"(rows={mm.rows}, weight_ports={mm.weight_ports}, "
-                            f"data_width={cfg.data_width}), got {engine!r}")
-        if layout.attention is not None and attention is None:
-            from ..attention.engine import AttentionEngine
-            attention = AttentionEngine(layout)
-        if layout.attention is None and attention is not None:
-            raise TypeError("attention engine given, but the config has no attention engine")
+        if engines is None:
+            from ..registry import default_engines
+
+            engines = default_engines(layout)
         self._layout = layout
-        self._engine = engine
-        self._attention = attention
+        self._engines = self._check_engines(layout, engines)
         members = {
             "s_axi_control": In(AXI4LiteSignature(addr_width=CTRL_ADDR_WIDTH)),
             "interrupt": Out(1),
@@ -77,44 +68,78 @@ class Kernel(wiring.Component):
                                                           data_width=p.data_width, id_width=p.id_width))
         super().__init__(members)
 
+    @staticmethod
+    def _check_engines(layout: DesignLayout, engines) -> tuple:
+        """One engine per family of the layout, in family order, each with a fitting signature."""
+        if not hasattr(engines, "items"):
+            raise TypeError(f"engines must map opcodes to engine components, got {type(engines).__name__}")
+        wanted = [op for name, op in layout.opcodes.items() if name != "END"]
+        given = set(engines)
+        if given != set(wanted):
+            raise ValueError(f"engines must map exactly the opcodes {[op.name for op in wanted]} of "
+                             f"{layout.kernel}; got {sorted(getattr(o, 'name', o) for o in given)}")
+        order = []
+        for fam in layout.families:
+            engine = engines[fam.opcodes[0]]
+            if any(engines[op] is not engine for op in fam.opcodes):
+                raise ValueError(f"the opcodes of the {fam.kind} family must map to one engine")
+            sig = getattr(engine, "signature", None)
+            if not isinstance(engine, wiring.Component) or not isinstance(sig, EngineSignature):
+                raise TypeError(f"the {fam.kind} engine must be a wiring.Component with an EngineSignature, "
+                                f"got {engine!r}")
+            want = layout.channels(fam.kind)
+            if sig.channels != want or sig.data_width != layout.config.data_width:
+                raise TypeError(f"the {fam.kind} engine's EngineSignature must have channels {want!r} and "
+                                f"data_width {layout.config.data_width}, got {sig!r}")
+            if any(e is engine for e in order):
+                raise ValueError(f"one engine component serves two families ({fam.kind}); give each its own")
+            order.append(engine)
+        return tuple(order)
+
     @property
     def layout(self) -> DesignLayout:
         return self._layout
 
     @property
-    def engine(self):
-        return self._engine
+    def engines(self) -> tuple:
+        """The engines, in ``layout.families`` order."""
+        return self._engines
 
-    @property
-    def attention(self):
-        return self._attention
+    def engine(self, kind: str):
+        for fam, engine in zip(self._layout.families, self._engines):
+            if fam.kind == kind:
+                return engine
+        raise ValueError(f"{self._layout.kernel} has no {kind} engine")
 
     def elaborate(self, platform):
         m = Module()
         lay = self._layout
         cfg = lay.config
-        mm = lay.mm
-        engine = self._engine
+        engines = self._engines
         axi = dict(max_burst_beats=cfg.axi.max_burst_beats, max_outstanding=cfg.axi.max_outstanding)
 
         m.submodules.control = control = ControlSlave(lay)
-        m.submodules.cmdproc = cmdproc = CommandProcessor(lay)
-        m.submodules.engine = engine
+        m.submodules.cmdproc = cmdproc = CommandProcessor(lay, [e.signature.job_layout for e in engines])
+        for fam, engine in zip(lay.families, engines):
+            m.submodules[f"engine_{fam.kind}"] = engine
 
+        # -- memory ports: the channels some engine uses --------------------------------------
+        read_ids = data_read_ids(lay)
         ports = {}
         for p in lay.ports:
             common = dict(data_width=p.data_width, addr_width=p.addr_width, id_width=p.id_width, **axi)
             if p.role == "data":
-                port = AxiPort(readers=DATA_READ_IDS, writer="out", awid=DATA_WRITE_ID, **common)
+                port = AxiPort(readers=read_ids, writer="out" if p.writes else None, awid=WRITE_ID, **common)
             else:
-                port = AxiPort(readers={"w": WEIGHT_READ_ID}, **common)
+                port = AxiPort(readers={"w": STREAM_READ_ID} if p.reads else {},
+                               writer="w" if p.writes else None, awid=WRITE_ID, **common)
             m.submodules[f"port_{p.name}"] = ports[p.name] = port
             wiring.connect(m, wiring.flipped(getattr(self, p.verilog_prefix)), port.bus)
             m.d.comb += port.clear.eq(control.start)
         data = ports["data"]
-        wports = [ports[p.name] for p in lay.ports if p.role == "weights"]
+        streams = [ports[p.name] for p in lay.ports if p.role == "stream"]
 
-        # host <-> control <-> command processor
+        # -- host <-> control <-> command processor ------------------------------------------
         wiring.connect(m, wiring.flipped(self.s_axi_control), control.bus)
         m.d.comb += [
             self.interrupt.eq(control.interrupt),
@@ -125,49 +150,55 @@ class Kernel(wiring.Component):
         ]
         wiring.connect(m, data.rd_cmd, cmdproc.fetch)
 
-        # command processor <-> engines <-> DMA. Engines run one at a time: the channels
-        # follow ``cmdproc.active``, which changes only when a job is dispatched (the
-        # previous engine has received every word it asked for by then).
-        engines = [engine] + ([self._attention] if self._attention is not None else [])
-        if self._attention is not None:
-            m.submodules.attention = self._attention
-            wiring.connect(m, cmdproc.job_attn, self._attention.job)
-        wiring.connect(m, cmdproc.job, engine.job)
+        # -- command processor <-> engines <-> DMA ------------------------------------------
+        # The channels follow ``cmdproc.active``, which changes only when a job is
+        # dispatched (the previous engine has received every word it asked for by then).
         sel = cmdproc.active
+        for e, engine in enumerate(engines):
+            wiring.connect(m, cmdproc.job(e), engine.job)
         _select_into(m, sel, [e.done for e in engines], cmdproc.job_done)
-        for name in ("act", "scale", "rq"):
-            chan = getattr(data, f"rd_{name}")
-            _select_into(m, sel, [getattr(e, f"{name}_cmd") for e in engines], chan.cmd)
-            _select_from(m, sel, chan.data, [getattr(e, f"{name}_data") for e in engines])
-        for i, port in enumerate(wports):
-            _select_into(m, sel, [e.w_cmd[i] if i < len(e.w_cmd) else None for e in engines],
-                         port.rd_w.cmd)
-            _select_from(m, sel, port.rd_w.data,
-                         [e.w_data[i] if i < len(e.w_data) else None for e in engines])
-        _select_into(m, sel, [e.out_cmd for e in engines], data.wr_out.cmd)
-        _select_into(m, sel, [e.out_data for e in engines], data.wr_out.data)
-        _select_from(m, sel, data.wr_out.done, [e.out_done for e in engines])
-        errors = [data.rd_act.error, data.rd_scale.error, data.rd_rq.error, data.wr_out.error]
-        errors += [port.rd_w.error for port in wports]
+        errors = []
+        for i in range(len(read_ids) - 1):
+            chan = getattr(data, f"rd_r{i}")
+            names = [e.signature.channels.data_readers for e in engines]
+            _select_into(m, sel, [getattr(e, f"{n[i]}_cmd") if i < len(n) else None
+                                  for e, n in zip(engines, names)], chan.cmd)
+            _select_from(m, sel, chan.data, [getattr(e, f"{n[i]}_data") if i < len(n) else None
+                                             for e, n in zip(engines, names)])
+            errors.append(chan.error)
+        if data.writer is not None:
+            writers = [e if e.signature.channels.data_writer else None for e in engines]
+            _select_into(m, sel, _members(writers, "out_cmd"), data.wr_out.cmd)
+            _select_into(m, sel, _members(writers, "out_data"), data.wr_out.data)
+            _select_from(m, sel, data.wr_out.done, _members(writers, "out_done"))
+            errors.append(data.wr_out.error)
+        for i, port in enumerate(streams):
+            if port.readers:
+                readers = [e if e.signature.channels.stream_readers > i else None for e in engines]
+                _select_into(m, sel, _members(readers, "w_cmd", i), port.rd_w.cmd)
+                _select_from(m, sel, port.rd_w.data, _members(readers, "w_data", i))
+                errors.append(port.rd_w.error)
+            if port.writer is not None:
+                writers = [e if e.signature.channels.stream_writers > i else None for e in engines]
+                _select_into(m, sel, _members(writers, "sw_cmd", i), port.wr_w.cmd)
+                _select_into(m, sel, _members(writers, "sw_data", i), port.wr_w.data)
+                _select_from(m, sel, port.wr_w.done, _members(writers, "sw_done", i))
+                errors.append(port.wr_w.error)
         m.d.comb += cmdproc.data_error.eq(Cat(*errors).any())
 
-        # performance counters
+        # -- performance counters ----------------------------------------------------------
         cycles = Signal(COUNTER_WIDTH)
         stalls = Signal(COUNTER_WIDTH)
         macs = Signal(COUNTER_WIDTH)
-        lanes_shift = mm.lanes.bit_length() - 1
         with m.If(control.start):
             m.d.sync += [cycles.eq(0), stalls.eq(0), macs.eq(0)]
         with m.Elif(control.busy):
             m.d.sync += cycles.eq(cycles + 1)
-            stall = engine.busy & ~engine.fire
-            mac_inc = Mux(engine.fire, engine.fire_rows << lanes_shift, 0)
-            if self._attention is not None:
-                stall = stall | self._attention.stall
-                mac_inc = mac_inc + self._attention.mac_inc
-            with m.If(stall):
+            with m.If(Cat(*(e.stall for e in engines)).any()):
                 m.d.sync += stalls.eq(stalls + 1)
-            m.d.sync += macs.eq(macs + mac_inc)
+            incs = [e.mac_inc for e in engines if e.signature.max_mac_inc]
+            if incs:
+                m.d.sync += macs.eq(macs + sum(incs))
 
         sources = {"status": cmdproc.status, "desc_done": cmdproc.desc_done, "cycles": cycles,
                    "stall_cycles": stalls, "mac_ops": macs}
@@ -180,6 +211,15 @@ class Kernel(wiring.Component):
                 raise ValueError(f"register {reg.name} has no source in the kernel")
             m.d.comb += getattr(control, key).eq(sources[key])
         return m
+
+
+def _members(engines, name, index=None):
+    """Member ``name`` (entry ``index`` of an array member) of each engine; None for None."""
+    out = []
+    for e in engines:
+        member = None if e is None else getattr(e, name)
+        out.append(member if member is None or index is None else member[index])
+    return out
 
 
 def _select_into(m, sel, sources, sink):
@@ -200,4 +240,3 @@ def _select_from(m, sel, source, sinks):
         m.d.comb += [dst.payload.eq(source.payload), dst.valid.eq(source.valid & picked)]
         with m.If(picked):
             m.d.comb += source.ready.eq(dst.ready)
-

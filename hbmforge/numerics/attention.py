@@ -2,7 +2,7 @@
 for the paged int8/int4 KV cache, and float64 references for error measurements.
 
 Integer pipeline for one tile (``R`` query rows sharing one KV head), per segment (the tokens
-of one page the tile needs), tokens ``j``, rows ``r`` (widths: hbmforge.attention_layout)::
+of one page the tile needs), tokens ``j``, rows ``r`` (widths: hbmforge.engines.attention)::
 
     S[r,j] = sum_g km[j,g] * sum_{d in g} q[r,d] * k[j,d]               exact, score_bits signed
     z[r,j] = sat24(rshift_round(S[r,j] * mult[r], shift[r]))             log2 domain, 8 fraction bits
@@ -22,7 +22,7 @@ import math
 
 import numpy as np
 
-from ..attention_layout import (OUT_FRAC, P_FRAC, SCORE_FRAC, Z_BITS, MULT_BITS, MAX_SHIFT, MANT_BITS,
+from ..engines.attention import (OUT_FRAC, P_FRAC, SCORE_FRAC, Z_BITS, MULT_BITS, MAX_SHIFT, MANT_BITS,
                                 AttentionGeometry, attention_geometry, segments, tile_rows, token_ranges,
                                 visible)
 from .softmax import _rescale, exp2_neg, reciprocal

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..layout import DesignLayout, ErrorCode, Opcode, OutMode, WeightFormat
+from ..encodings import ErrorCode, Opcode, OutMode, WeightFormat
+from ..layout import DesignLayout
 from .matmul import matmul_int8, matmul_int32
 
 __all__ = ["execute", "ProgramResult", "SparseMemory", "MemoryAccessError"]
@@ -121,9 +122,14 @@ class ProgramResult:
     error: int = ErrorCode.NONE
     error_index: int = 0
     mac_ops: int = 0                                                  # MAC_OPS (valid rows x K x N)
-    weight_bytes_read: list[int] = field(default_factory=list)        # per weight port
-    output_bytes_written: int = 0
+    weight_bytes_read: list[int] = field(default_factory=list)        # per stream port w<i>
+    bytes_written: list[int] = field(default_factory=list)            # per port, manifest order
     detail: str = ""                                                  # why a descriptor failed
+
+    @property
+    def output_bytes_written(self) -> int:
+        """Bytes the engines wrote on the data port."""
+        return self.bytes_written[0] if self.bytes_written else 0
 
     @property
     def status(self) -> int:
@@ -137,36 +143,6 @@ class ProgramResult:
         return self.error == ErrorCode.NONE
 
 
-def _fields(raw: bytes, layout: DesignLayout) -> dict[str, int]:
-    return {name: int.from_bytes(raw[layout.field_offset(name):layout.field_offset(name) + 8], "little")
-            for name in layout.descriptor_fields}
-
-
-def _validate(d: dict[str, int], layout: DesignLayout) -> tuple[int, str]:
-    mm = layout.mm
-    if d["op"] != Opcode.MATMUL:
-        return ErrorCode.BAD_OPCODE, f"op {d['op']}"
-    if d["wbits"] not in [WeightFormat.code(b) for b in mm.weight_bits]:
-        return ErrorCode.BAD_WBITS, (f"wbits {d['wbits']}, engine accepts codes "
-                                     f"{[WeightFormat.code(b) for b in mm.weight_bits]} ({list(mm.weight_bits)})")
-    k = d["k"]
-    if k == 0 or k > mm.max_k or k % layout.k_align:
-        return ErrorCode.BAD_K, f"k {k}, must be a multiple of {layout.k_align} in [1, {mm.max_k}]"
-    if not 0 < d["m"] < 1 << 32 or not 0 < d["n"] < 1 << 32:                 # the engine's job fields are 32-bit
-        return ErrorCode.BAD_SHAPE, f"m {d['m']}, n {d['n']}, each must be in [1, 2**32 - 1]"
-    if d["out_mode"] not in (OutMode.INT32, OutMode.INT8):
-        return ErrorCode.BAD_OUT_MODE, f"out_mode {d['out_mode']}"
-    if d["out_mode"] == OutMode.INT32 and d["out_shift"] > layout.widths.max_out_shift:
-        return ErrorCode.BAD_OUT_MODE, f"out_shift {d['out_shift']} > {layout.widths.max_out_shift}"
-    addrs = ["x_addr", "s_addr", "y_addr"] + [f"w_addr{i}" for i in range(mm.weight_ports)]
-    if d["out_mode"] == OutMode.INT8:
-        addrs.append("q_addr")
-    for name in addrs:
-        if d[name] % layout.addr_align:
-            return ErrorCode.MISALIGNED, f"{name} {d[name]:#x} not a multiple of {layout.addr_align}"
-    return ErrorCode.NONE, ""
-
-
 def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
     """Decode W from its stripes, literally: words -> bytes/bits (byte 0 = least significant),
     stripe words concatenated with stripe 0 in the low bits, then by format:
@@ -178,7 +154,7 @@ def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
     """
     n, k, code = d["n"], d["k"], d["wbits"]
     ports, wb = layout.mm.weight_ports, layout.word_bytes
-    port_bytes = layout.weight_port_bytes(n, k, code)
+    port_bytes = layout.matmul.weight_port_bytes(n, k, code)
     words = port_bytes // wb
     stripes = [np.frombuffer(mem.read(d[f"w_addr{p}"], port_bytes), dtype=np.uint8).reshape(words, wb)
                for p in range(ports)]
@@ -207,7 +183,7 @@ def _write_output(mem, y: np.ndarray, d: dict[str, int], layout: DesignLayout) -
     m, n = y.shape
     rows = layout.mm.rows
     ebytes = 4 if d["out_mode"] == OutMode.INT32 else 1
-    total = layout.out_bytes(m, n, d["out_mode"])
+    total = layout.matmul.out_bytes(m, n, d["out_mode"])
     out = np.zeros(total // ebytes, dtype="<i4" if ebytes == 4 else "i1")
     mi, ni = np.meshgrid(np.arange(m), np.arange(n), indexing="ij")
     out[((mi // rows) * n + ni) * rows + mi % rows] = y
@@ -216,14 +192,14 @@ def _write_output(mem, y: np.ndarray, d: dict[str, int], layout: DesignLayout) -
 
 
 def _run_matmul(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
-    mm = layout.mm
+    mm, geom = layout.mm, layout.matmul
     m, k, n, wbits, mode = d["m"], d["k"], d["n"], d["wbits"], d["out_mode"]
     g = mm.group_size
-    ranges = [(d["x_addr"], m * k), (d["s_addr"], layout.scale_bytes(n, k)),
-              (d["y_addr"], layout.out_bytes(m, n, mode))]
-    ranges += [(d[f"w_addr{p}"], layout.weight_port_bytes(n, k, wbits)) for p in range(mm.weight_ports)]
+    ranges = [(d["x_addr"], m * k), (d["s_addr"], geom.scale_bytes(n, k)),
+              (d["y_addr"], geom.out_bytes(m, n, mode))]
+    ranges += [(d[f"w_addr{p}"], geom.weight_port_bytes(n, k, wbits)) for p in range(mm.weight_ports)]
     if mode == OutMode.INT8:
-        ranges.append((d["q_addr"], layout.requant_bytes(n)))
+        ranges.append((d["q_addr"], geom.requant_bytes(n)))
     for addr, nbytes in ranges:
         _check_range(mem, addr, nbytes)
 
@@ -239,34 +215,34 @@ def _run_matmul(mem, d: dict[str, int], layout: DesignLayout, result: ProgramRes
         mult = np.where(mult >= 1 << 31, mult - (1 << 32), mult)
         shift = np.array([(int(v) >> 32) & 0x7F for v in q], dtype=np.int64)
         y = matmul_int8(x, w, s, g, mult, shift)
-    result.output_bytes_written += _write_output(mem, y, d, layout)
+    result.bytes_written[0] += _write_output(mem, y, d, layout)
     result.mac_ops += m * k * n
     for p in range(mm.weight_ports):
-        result.weight_bytes_read[p] += layout.row_blocks(m) * layout.weight_port_bytes(n, k, wbits)
+        result.weight_bytes_read[p] += geom.row_blocks(m) * geom.weight_port_bytes(n, k, wbits)
 
 
-def _run_attention(mem, addr: int, layout: DesignLayout, result: ProgramResult, index: int) -> bool:
-    """Validate and run one ATTENTION descriptor; False (with the error recorded) stops the run."""
-    from ..attention_layout import validate_attention
+def _run_attention(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
     from .attention import run_attention
 
-    raw = mem.read(addr, layout.descriptor_bytes)
-    d = {name: int.from_bytes(raw[8 * i:8 * i + 8], "little") for i, name in enumerate(layout.attention_fields)}
-    code, why = validate_attention(d, layout)
-    if code != ErrorCode.NONE:
-        result.error, result.error_index, result.detail = code, index, why
-        return False
-    try:
-        stats = run_attention(mem, d, layout)
-    except MemoryAccessError as err:
-        result.error, result.error_index, result.detail = ErrorCode.AXI_RESP, index, str(err)
-        return False
-    result.output_bytes_written += stats["bytes_written"]
+    stats = run_attention(mem, d, layout)
+    result.bytes_written[0] += stats["bytes_written"]
     result.mac_ops += stats["mac_ops"]
     for p, nbytes in enumerate(stats.get("kv_bytes_read", ())):
         if p < len(result.weight_bytes_read):
             result.weight_bytes_read[p] += nbytes
-    return True
+
+
+def _run_copy(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
+    from .copy import run_copy
+
+    run_copy(mem, d)
+    result.bytes_written[d["dst_port"]] += d["bytes"]
+    if d["mode"] == 0 and d["src_port"] > 0:
+        result.weight_bytes_read[d["src_port"] - 1] += d["bytes"]
+
+
+#: family kind -> golden runner of one validated descriptor
+_RUNNERS = {"matmul": _run_matmul, "attention": _run_attention, "copy": _run_copy}
 
 
 def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> ProgramResult:
@@ -279,7 +255,8 @@ def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> Prog
     bad descriptor (that is an error code, as on hardware).
     """
     mem = _as_memory(memory)
-    result = ProgramResult(weight_bytes_read=[0] * layout.config.stream_ports)
+    result = ProgramResult(weight_bytes_read=[0] * layout.config.stream_ports,
+                           bytes_written=[0] * len(layout.ports))
     dbytes = layout.descriptor_bytes
     if count and program_addr % layout.addr_align:
         result.error, result.detail = ErrorCode.MISALIGNED, f"program address {program_addr:#x} not word aligned"
@@ -287,23 +264,18 @@ def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> Prog
     for i in range(count):
         try:
             _check_range(mem, program_addr + i * dbytes, dbytes)
-            d = _fields(mem.read(program_addr + i * dbytes, dbytes), layout)
+            d = layout.decode_descriptor(mem.read(program_addr + i * dbytes, dbytes))
         except MemoryAccessError as err:
             result.error, result.error_index, result.detail = ErrorCode.AXI_RESP, i, str(err)
             return result
         if d["op"] == Opcode.END:
             return result
-        if d["op"] == Opcode.ATTENTION and layout.attention is not None:
-            if not _run_attention(mem, program_addr + i * dbytes, layout, result, i):
-                return result
-            result.descriptors_done += 1
-            continue
-        code, why = _validate(d, layout)
+        code, why = layout.validate_descriptor(d)
         if code != ErrorCode.NONE:
             result.error, result.error_index, result.detail = code, i, why
             return result
         try:
-            _run_matmul(mem, d, layout, result)
+            _RUNNERS[layout.family_of(d["op"]).kind](mem, d, layout, result)
         except MemoryAccessError as err:
             result.error, result.error_index, result.detail = ErrorCode.AXI_RESP, i, str(err)
             return result

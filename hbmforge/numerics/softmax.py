@@ -18,7 +18,7 @@ import math
 
 import numpy as np
 
-from ..attention_layout import P_FRAC, RECIP_TABLE_BITS, RECIP_X_BITS, SCORE_FRAC, Z_BITS
+from ..engines.attention import P_FRAC, RECIP_TABLE_BITS, RECIP_X_BITS, SCORE_FRAC, Z_BITS
 
 __all__ = ["EXP2_TABLE", "RECIP_TABLE", "exp2_neg", "reciprocal", "online_softmax_int",
            "exp2_max_rel_err", "reciprocal_max_rel_err", "softmax_max_abs_err"]

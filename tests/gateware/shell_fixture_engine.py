@@ -13,18 +13,19 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 
 from hbmforge.generators.matmul.signature import MatmulEngineSignature
-from hbmforge.layout import DesignLayout, OutMode
+from hbmforge.encodings import OutMode
+from hbmforge.layout import DesignLayout
 
 
 def expected_bytes(layout: DesignLayout, m, k, n, wbits, out_mode):
     """What the fixture reads and writes for one job: dict of byte counts."""
     return {
-        "act": layout.act_bytes(m, k),
-        "out": layout.act_bytes(m, k),
-        "scale": layout.scale_bytes(n, k),
-        "rq": layout.requant_bytes(n) if out_mode == OutMode.INT8 else 0,
-        "w": layout.weight_port_bytes(n, k, wbits),
-        "fires": layout.act_bytes(m, k) // layout.word_bytes,
+        "act": layout.matmul.act_bytes(m, k),
+        "out": layout.matmul.act_bytes(m, k),
+        "scale": layout.matmul.scale_bytes(n, k),
+        "rq": layout.matmul.requant_bytes(n) if out_mode == OutMode.INT8 else 0,
+        "w": layout.matmul.weight_port_bytes(n, k, wbits),
+        "fires": layout.matmul.act_bytes(m, k) // layout.word_bytes,
         "fire_rows": min(m, layout.mm.rows),
     }
 

@@ -13,7 +13,7 @@ import pytest
 from hbmforge.config import parse_config
 from hbmforge.generators.attention.engine import AttentionEngine
 from hbmforge.generators.attention.testing import AttentionBench, add_sequences
-from hbmforge.layout import derive_layout
+from hbmforge.layout import DesignLayout
 
 from designs import tiny_config_dict
 from sim_helpers import rejects
@@ -26,7 +26,7 @@ def _layout(data_width=64, **att):
          "page_tokens": 4, "max_context": 256, "kv_ports": 1}
     a.update(att)
     cfg["engines"].append(a)
-    return derive_layout(parse_config(cfg))
+    return DesignLayout(parse_config(cfg))
 
 
 def _run(lay, specs, *, seed=0, stall=0.3, backpressure=0.3, poison=True, **kw):
@@ -116,7 +116,7 @@ def test_engine_converts_to_verilog_and_rejects_configs_without_attention():
     text = verilog.convert(AttentionEngine(_layout(kv_ports=2)), name="attn_engine")
     assert "module attn_engine" in text
     cfg = tiny_config_dict()
-    rejects(lambda: AttentionEngine(derive_layout(parse_config(cfg))), ValueError, "no attention engine")
+    rejects(lambda: AttentionEngine(DesignLayout(parse_config(cfg))), ValueError, "no attention engine")
     rejects(lambda: AttentionEngine({"rows": 2}), TypeError, "DesignLayout")
 
 

@@ -5,12 +5,13 @@ import numpy as np
 from amaranth.hdl import Const, Module, Signal
 from amaranth.sim import Simulator
 
-from hbmforge.attention_layout import ATTENTION_FIELDS, AttnError, validate_attention
+from hbmforge.encodings import ErrorCode
+from hbmforge.engines.attention import ATTENTION_FIELDS, validate_attention
 from hbmforge.config import parse_config
 from hbmforge.generators.attention.checks import attention_checks
 from hbmforge.generators.attention.exp2 import Exp2
 from hbmforge.generators.attention.recip import Reciprocal
-from hbmforge.layout import derive_layout
+from hbmforge.layout import DesignLayout
 from hbmforge.numerics.softmax import exp2_neg, reciprocal
 
 from designs import tiny_config_dict
@@ -50,7 +51,7 @@ def _layout():
     cfg = tiny_config_dict()
     cfg["engines"].append({"kind": "attention", "head_dim": 32, "rows": 2, "kv_bits": [8], "kv_group_size": 16,
                            "page_tokens": 4, "max_context": 128})
-    return derive_layout(parse_config(cfg))
+    return DesignLayout(parse_config(cfg))
 
 
 def test_descriptor_checks_mirror_validate_attention():
@@ -89,5 +90,5 @@ def test_descriptor_checks_mirror_validate_attention():
     sim.run()
     expected = [validate_attention(d, lay)[0] for d in variants]
     assert got == expected
-    assert set(expected) >= {0, AttnError.BAD_HEAD_DIM, AttnError.BAD_HEADS, AttnError.BAD_KV_BITS,
-                             AttnError.BAD_CONTEXT, AttnError.BAD_MASK, AttnError.MISALIGNED}
+    assert set(expected) >= {0, ErrorCode.BAD_HEAD_DIM, ErrorCode.BAD_HEADS, ErrorCode.BAD_KV_BITS,
+                             ErrorCode.BAD_CONTEXT, ErrorCode.BAD_MASK, ErrorCode.MISALIGNED}

@@ -15,7 +15,8 @@ import pytest
 from hbmforge.config import parse_config, starter_config
 from hbmforge.generators.matmul.engine import MatmulEngine
 from hbmforge.generators.matmul.testing import EngineBench, random_case
-from hbmforge.layout import OutMode, derive_layout
+from hbmforge.encodings import OutMode
+from hbmforge.layout import DesignLayout
 
 from designs import tiny_config_dict
 from sim_helpers import rejects
@@ -27,7 +28,7 @@ _rejects = rejects
 def _layout(data_width=64, **engine):
     cfg = tiny_config_dict(**engine)
     cfg["axi"]["data_width"] = data_width
-    return derive_layout(parse_config(cfg))
+    return DesignLayout(parse_config(cfg))
 
 
 def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, extremes=True, max_cycles=20_000):
@@ -136,7 +137,7 @@ _CONFIGS = [
 def test_random_shapes_on_random_configs_match_golden(seed):
     rng = np.random.default_rng(seed)
     lay = _layout(**_CONFIGS[seed % len(_CONFIGS)])
-    shapes = [(int(rng.integers(1, 3 * lay.mm.rows + 1)), int(rng.integers(1, 5)) * lay.k_align,
+    shapes = [(int(rng.integers(1, 3 * lay.mm.rows + 1)), int(rng.integers(1, 5)) * lay.matmul.k_align,
                int(rng.integers(1, 6)), int(rng.choice([4, 8])), int(rng.integers(0, 2))) for _ in range(3)]
     _run(lay, shapes, seed=seed, stall=float(rng.uniform(0, 0.5)), backpressure=float(rng.uniform(0, 0.7)))
 
@@ -152,16 +153,16 @@ def test_dma_commands_follow_the_layout_contract():
     for case in bench.cases:
         m, k = case.x.shape
         n = case.w.shape[0]
-        blocks = lay.row_blocks(m)
-        exp["out"].append((case.addrs["y"], lay.out_bytes(m, n, case.out_mode)))
+        blocks = lay.matmul.row_blocks(m)
+        exp["out"].append((case.addrs["y"], lay.matmul.out_bytes(m, n, case.out_mode)))
         for b in range(blocks):
             rows = min(lay.mm.rows, m - b * lay.mm.rows)
             exp["act"].append((case.addrs["x"] + b * lay.mm.rows * k, rows * k))
-            exp["scale"].append((case.addrs["s"], lay.scale_bytes(n, k)))
+            exp["scale"].append((case.addrs["s"], lay.matmul.scale_bytes(n, k)))
             if case.out_mode == OutMode.INT8:
-                exp["rq"].append((case.addrs["q"], lay.requant_bytes(n)))
+                exp["rq"].append((case.addrs["q"], lay.matmul.requant_bytes(n)))
             for i in range(2):
-                exp[f"w{i}"].append((case.addrs["w"][i], lay.weight_port_bytes(n, k, case.wbits)))
+                exp[f"w{i}"].append((case.addrs["w"][i], lay.matmul.weight_port_bytes(n, k, case.wbits)))
     assert {name: cmds[name] for name in exp} == exp
 
 
@@ -188,7 +189,7 @@ def test_gemv_consumes_one_weight_word_per_cycle():
 def test_fire_counts_match_the_loop_nest():
     lay = _layout(rows=3, lanes=16, weight_ports=1, group_size=16)
     bench = _run(lay, [(5, 32, 3, 4, OutMode.INT32)], stall=0.2, backpressure=0.2)
-    assert bench.stats[0]["fires"] == lay.row_blocks(5) * 3 * 32 // 16
+    assert bench.stats[0]["fires"] == lay.matmul.row_blocks(5) * 3 * 32 // 16
 
 
 # -- generation -----------------------------------------------------------------------------
@@ -196,7 +197,7 @@ def test_fire_counts_match_the_loop_nest():
 def test_starter_config_converts_to_verilog():
     from amaranth.back import verilog
 
-    lay = derive_layout(parse_config(starter_config("u280")))
+    lay = DesignLayout(parse_config(starter_config("u280")))
     t0 = time.monotonic()
     text = verilog.convert(MatmulEngine(lay), name="mm_engine")
     elapsed = time.monotonic() - t0

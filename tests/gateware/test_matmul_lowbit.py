@@ -20,7 +20,8 @@ from hbmforge.generators.matmul.array import MacArray
 from hbmforge.generators.matmul.gearbox import TritGearbox, decode_five_trits
 from hbmforge.generators.matmul.testing import EngineBench, random_case
 from hbmforge.generators.matmul.unpack import WeightUnpacker, widen_lanes
-from hbmforge.layout import OutMode, derive_layout
+from hbmforge.encodings import OutMode
+from hbmforge.layout import DesignLayout
 
 from designs import tiny_config_dict
 from sim_helpers import rejects, simulate
@@ -32,7 +33,7 @@ CODE = {-1: 0b11, 0: 0b00, 1: 0b01}
 def _layout(data_width=64, **engine):
     cfg = tiny_config_dict(**engine)
     cfg["axi"]["data_width"] = data_width
-    return derive_layout(parse_config(cfg))
+    return DesignLayout(parse_config(cfg))
 
 
 def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, max_cycles=20_000):
@@ -217,7 +218,7 @@ def test_unpacker_lane_width_and_bad_parameters():
 @pytest.mark.parametrize("ports", [1, 2])
 def test_int2_only_engine_both_output_modes(ports):
     lay = _layout(rows=2, lanes=32, weight_ports=ports, group_size=16, weight_bits=[2])
-    assert lay.widths.max_wbits == 2
+    assert lay.matmul.widths.max_wbits == 2
     _run(lay, [(5, 64, 3, 2, INT32), (3, 32, 4, 2, INT8), (1, 96, 2, 2, INT32)], seed=ports)
 
 
@@ -245,7 +246,7 @@ def test_mixed_format_engine_switches_formats_between_jobs():
 def test_mixed_5trit_and_int4_engine():
     lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16, weight_bits=["ternary", 4],
                   ternary_packing="5trit")
-    assert lay.widths.max_wbits == 4
+    assert lay.matmul.widths.max_wbits == 4
     _run(lay, [(3, 48, 3, "ternary", INT8), (2, 32, 3, 4, INT32), (2, 32, 2, "ternary", INT32)], seed=31)
 
 

@@ -457,11 +457,11 @@ def test_testing_packers_agree_with_host_packing():
     from hbmforge.host import packing as host
     from hbmforge.config import parse_config
     from hbmforge.generators.matmul import testing
-    from hbmforge.layout import derive_layout
+    from hbmforge.layout import DesignLayout
 
     from designs import tiny_config_dict
 
-    lay = derive_layout(parse_config(tiny_config_dict()))
+    lay = DesignLayout(parse_config(tiny_config_dict()))
     rng = np.random.default_rng(5)
     m, k, n = 3, 48, 5
     x = rng.integers(-128, 128, (m, k))

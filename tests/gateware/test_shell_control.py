@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 
 from hbmforge.config import parse_config, starter_config
 from hbmforge.generators.shell.control import CTRL_BITS, ControlSlave
-from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, DesignLayout, derive_layout
+from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, DesignLayout
 from shell_axi_model import AxiLiteHost, assert_rejects
 from sim_helpers import watchdog
 
@@ -18,7 +18,7 @@ AP_START, AP_DONE, AP_IDLE, AP_READY = (1 << CTRL_BITS[k] for k in ("ap_start", 
 def _layout(weight_ports=2) -> DesignLayout:
     cfg = starter_config("u280", name="ctl")
     cfg["engines"][0]["weight_ports"] = weight_ports
-    return derive_layout(parse_config(cfg, check_budget=False))
+    return DesignLayout(parse_config(cfg, check_budget=False))
 
 
 def _sim(dut, bench, seed=0):

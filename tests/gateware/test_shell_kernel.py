@@ -13,7 +13,8 @@ from amaranth.sim import Simulator
 
 from hbmforge.config import parse_config
 from hbmforge.generators.shell.kernel import Kernel
-from hbmforge.layout import DesignLayout, ErrorCode, Opcode, OutMode, derive_layout
+from hbmforge.encodings import ErrorCode, Opcode, OutMode
+from hbmforge.layout import DesignLayout
 from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory, assert_rejects
 from sim_helpers import watchdog
 from shell_fixture_engine import CopyEngine, expected_bytes
@@ -33,7 +34,7 @@ def small_config(**axi):
 
 @pytest.fixture(scope="module")
 def layout() -> DesignLayout:
-    return derive_layout(small_config())
+    return DesignLayout(small_config())
 
 
 def matmul(layout, i, *, m=3, k=32, n=4, wbits=4, out_mode=OutMode.INT32, out_shift=0, **over):
@@ -291,7 +292,7 @@ def test_empty_and_misaligned_programs_finish_at_once(layout):
 
 
 def test_kernel_rejects_engine_with_wrong_signature(layout):
-    other = derive_layout(small_config(data_width=128))
+    other = DesignLayout(small_config(data_width=128))
     assert_rejects(Kernel, dict(layout=layout, engine=CopyEngine(other)), TypeError, "MatmulEngineSignature")
 
 

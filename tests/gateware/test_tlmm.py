@@ -115,7 +115,8 @@ from hbmforge.config import parse_config                                   # noq
 from hbmforge.generators.matmul.engine import MatmulEngine                  # noqa: E402
 from hbmforge.generators.matmul.requant import OutputStage                  # noqa: E402
 from hbmforge.generators.matmul.testing import EngineBench, random_case    # noqa: E402
-from hbmforge.layout import OutMode, derive_layout                          # noqa: E402
+from hbmforge.encodings import OutMode
+from hbmforge.layout import DesignLayout  # noqa: E402
 
 from designs import tiny_config_dict                                        # noqa: E402
 
@@ -126,7 +127,7 @@ def _layout(data_width=64, **engine):
     engine = {"weight_bits": [T], "arch": "tlmm", **engine}
     cfg = tiny_config_dict(**engine)
     cfg["axi"]["data_width"] = data_width
-    return derive_layout(parse_config(cfg))
+    return DesignLayout(parse_config(cfg))
 
 
 def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, max_cycles=30_000):

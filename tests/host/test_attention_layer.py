@@ -12,7 +12,7 @@ import importlib.util
 import numpy as np
 import pytest
 
-from hbmforge.attention_layout import attention_geometry
+from hbmforge.engines.attention import attention_geometry
 from hbmforge.config import parse_config
 from hbmforge.host import Attention, KVCache, KVCacheError, KVCacheFullError, open_device
 from hbmforge.host.attention import attention_peak_macs

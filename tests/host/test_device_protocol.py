@@ -10,7 +10,7 @@ from hbmforge.host import (BufferStateError, DesignMismatchError, DeviceBusyErro
                            DeviceError, DeviceRunError, DeviceTimeoutError, OutOfDeviceMemoryError,
                            ProgramBuilder)
 from hbmforge.host.allocator import BankAllocator
-from hbmforge.layout import ErrorCode
+from hbmforge.encodings import ErrorCode
 
 from golden_kernel import GoldenDevice
 
@@ -158,9 +158,9 @@ def _program(dev, prog: ProgramBuilder):
 
 def _matmul_program(dev, **changes):
     lay = dev.layout
-    bufs = dict(x=dev.alloc(lay.act_bytes(2, 16)), s=dev.alloc(lay.scale_bytes(2, 16)),
-                y=dev.alloc(lay.out_bytes(2, 2, 0)),
-                w=[dev.alloc(lay.weight_port_bytes(2, 16, 4), f"w{i}") for i in range(2)])
+    bufs = dict(x=dev.alloc(lay.matmul.act_bytes(2, 16)), s=dev.alloc(lay.matmul.scale_bytes(2, 16)),
+                y=dev.alloc(lay.matmul.out_bytes(2, 2, 0)),
+                w=[dev.alloc(lay.matmul.weight_port_bytes(2, 16, 4), f"w{i}") for i in range(2)])
     prog = ProgramBuilder(dev)
     prog.matmul(m=2, k=16, n=2, wbits=4, **bufs)
     fields = dict(prog.descriptors[0], **changes)

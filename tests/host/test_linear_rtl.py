@@ -13,7 +13,7 @@ import pytest
 from hbmforge.config import parse_config
 from hbmforge.host import DeviceRunError, DeviceTimeoutError, Linear, ProgramBuilder, open_device
 from hbmforge.host.packing import pack_activations, pack_requant, pack_scales, pack_weights
-from hbmforge.layout import ErrorCode, OutMode
+from hbmforge.encodings import ErrorCode, OutMode
 from hbmforge.numerics.program import SparseMemory, execute
 
 pytestmark = pytest.mark.rtl
@@ -54,7 +54,7 @@ def matmul_operands(mirror, lay, rng, m, k, n, wbits, mode):
     w = rng.integers(-(1 << (wbits - 1)), 1 << (wbits - 1), (n, k))
     s = rng.integers(0, 1 << 16, (n, k // lay.mm.group_size))
     bufs = dict(x=mirror.put(pack_activations(x, lay)), s=mirror.put(pack_scales(s, lay)),
-                y=mirror.put(np.zeros(0, np.uint8), nbytes=lay.out_bytes(m, n, mode)),
+                y=mirror.put(np.zeros(0, np.uint8), nbytes=lay.matmul.out_bytes(m, n, mode)),
                 w=[mirror.put(stripe, f"w{i}") for i, stripe in enumerate(pack_weights(w, wbits, lay))])
     if mode == OutMode.INT8:
         bufs["q"] = mirror.put(pack_requant(rng.integers(1, 1 << 24, n), rng.integers(24, 48, n), lay))
@@ -85,7 +85,7 @@ def test_random_matmuls_match_the_golden_program_bit_for_bit(dev, wbits, mode):
         prog.matmul(m=m, k=k, n=n, wbits=wbits, out_mode=mode, out_shift=int(rng.integers(0, 30)), **bufs)
         golden, error = run_both(dev, mirror, prog)
         assert error is None and golden.ok
-        nbytes = lay.out_bytes(m, n, mode)
+        nbytes = lay.matmul.out_bytes(m, n, mode)
         assert dev.read(bufs["y"], nbytes) == mirror.mem.read(bufs["y"].address, nbytes), (m, k, n)
         c = dev.counters()
         assert c["mac_ops"] == golden.mac_ops
@@ -103,7 +103,7 @@ def test_a_program_of_several_layers_runs_with_one_start(dev):
     for m, k, n, wbits, mode in [(2, 32, 3, 4, OutMode.INT32), (3, 64, 4, 8, OutMode.INT8)]:
         bufs = matmul_operands(mirror, lay, rng, m, k, n, wbits, mode)
         prog.matmul(m=m, k=k, n=n, wbits=wbits, out_mode=mode, **bufs)
-        outs.append((bufs["y"], lay.out_bytes(m, n, mode)))
+        outs.append((bufs["y"], lay.matmul.out_bytes(m, n, mode)))
     prog.end()
     prog.matmul(m=1, k=16, n=1, wbits=4, **matmul_operands(mirror, lay, rng, 1, 16, 1, 4, OutMode.INT32))
     golden, error = run_both(dev, mirror, prog)

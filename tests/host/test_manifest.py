@@ -18,7 +18,7 @@ def test_round_trip_through_a_file_keeps_offsets(tmp_path, tiny_layout):
     assert m.field_offset("w_addr1") == 8 * 12
     assert m.port_names == ("data", "w0", "w1")
     assert m.hash64 == tiny_layout.hash64
-    assert m.engine.k_align == tiny_layout.k_align == 16
+    assert m.engine.k_align == tiny_layout.matmul.k_align == 16
     assert m.verilog == ["tiny.v"] and m.top == "tiny"
     assert m.descriptor.error_text(7) == "address not aligned to the port word"
 
@@ -28,8 +28,8 @@ def test_layout_rebuilt_from_the_manifest_matches_the_original(tiny_layout):
     lay = m.layout
     assert lay is not tiny_layout
     for args in [(3, 64, 4), (17, 256, 8)]:
-        assert lay.weight_port_bytes(args[0], args[1], args[2]) == tiny_layout.weight_port_bytes(*args)
-    assert lay.out_bytes(5, 7, 0) == tiny_layout.out_bytes(5, 7, 0)
+        assert lay.matmul.weight_port_bytes(args[0], args[1], args[2]) == tiny_layout.matmul.weight_port_bytes(*args)
+    assert lay.matmul.out_bytes(5, 7, 0) == tiny_layout.matmul.out_bytes(5, 7, 0)
     assert lay.descriptor_bytes == tiny_layout.descriptor_bytes
 
 

@@ -5,7 +5,7 @@ import pytest
 
 from hbmforge.host import ProgramBuilder
 from hbmforge.host.program import decode_program
-from hbmforge.layout import Opcode, OutMode
+from hbmforge.encodings import Opcode, OutMode
 
 
 def matmul_args(dev_or_addrs, **overrides):
@@ -56,10 +56,10 @@ def test_int8_mode_takes_q_and_ignores_out_shift(tiny_layout):
 
 def test_buffers_are_checked_for_port_and_size(golden_dev):
     lay = golden_dev.layout
-    x = golden_dev.alloc(lay.act_bytes(3, 32))
-    s = golden_dev.alloc(lay.scale_bytes(4, 32))
-    y = golden_dev.alloc(lay.out_bytes(3, 4, 0))
-    w = [golden_dev.alloc(lay.weight_port_bytes(4, 32, 4), f"w{i}") for i in range(2)]
+    x = golden_dev.alloc(lay.matmul.act_bytes(3, 32))
+    s = golden_dev.alloc(lay.matmul.scale_bytes(4, 32))
+    y = golden_dev.alloc(lay.matmul.out_bytes(3, 4, 0))
+    w = [golden_dev.alloc(lay.matmul.weight_port_bytes(4, 32, 4), f"w{i}") for i in range(2)]
     prog = ProgramBuilder(golden_dev)
     prog.matmul(m=3, k=32, n=4, wbits=4, x=x, s=s, y=y, w=w)
     assert prog.descriptors[0]["w_addr1"] == w[1].address

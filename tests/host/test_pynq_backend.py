@@ -20,7 +20,8 @@ from hbmforge.host.backends.sim import SimDevice  # noqa: E402
 from hbmforge.host.manifest import Manifest  # noqa: E402
 from hbmforge.host.packing import pack_activations, pack_scales, pack_weights, unpack_output  # noqa: E402
 from hbmforge.host.pynq_sim import SimPynqDevice  # noqa: E402
-from hbmforge.layout import DesignLayout, OutMode  # noqa: E402
+from hbmforge.encodings import OutMode
+from hbmforge.layout import DesignLayout  # noqa: E402
 from hbmforge.numerics.matmul import matmul_int32  # noqa: E402
 
 from golden_kernel import FakeCoSim  # noqa: E402
@@ -86,7 +87,7 @@ def test_a_matmul_runs_through_the_device_protocol(dev, tiny_layout):
 
     x, s = upload(pack_activations(xq, tiny_layout)), upload(pack_scales(mant, tiny_layout))
     w = [upload(st, f"w{i}") for i, st in enumerate(pack_weights(wq, 8, tiny_layout))]
-    y = dev.alloc(tiny_layout.out_bytes(m, n, OutMode.INT32))
+    y = dev.alloc(tiny_layout.matmul.out_bytes(m, n, OutMode.INT32))
     prog = ProgramBuilder(dev)
     prog.matmul(m=m, k=k, n=n, wbits=8, x=x, s=s, y=y, w=w)
     status = dev.run(upload(np.frombuffer(prog.to_bytes(), np.uint8)), len(prog), timeout=5)

@@ -21,7 +21,8 @@ from hbmforge.host.manifest import Manifest  # noqa: E402
 from hbmforge.host.packing import pack_activations, pack_scales, pack_weights, unpack_output  # noqa: E402
 from hbmforge.host.pynq_sim import SimPynqDevice, write_sim_overlay  # noqa: E402
 from hbmforge.kernel_interface import CONTROL_RANGE  # noqa: E402
-from hbmforge.layout import KERNEL_ID, DesignLayout, OutMode  # noqa: E402
+from hbmforge.encodings import OutMode
+from hbmforge.layout import KERNEL_ID, DesignLayout  # noqa: E402
 from hbmforge.numerics.matmul import matmul_int32  # noqa: E402
 
 from golden_kernel import FakeCoSim  # noqa: E402
@@ -67,7 +68,7 @@ def pynq_user_matmul(ol, target, manifest: Manifest, *, m=3, k=64, n=5, wbits=4,
     x = upload(pack_activations(xq, layout))
     s = upload(pack_scales(mant, layout))
     w = [upload(stripe) for stripe in pack_weights(wq, wbits, layout)]
-    y = pynq.allocate((layout.out_bytes(m, n, OutMode.INT32),), np.uint8, target=target)
+    y = pynq.allocate((layout.matmul.out_bytes(m, n, OutMode.INT32),), np.uint8, target=target)
     prog = ProgramBuilder(manifest)
     prog.matmul(m=m, k=k, n=n, wbits=wbits, x=x.device_address, s=s.device_address,
                 y=y.device_address, w=[b.device_address for b in w])

@@ -12,7 +12,7 @@ import pytest
 from hbmforge.config import parse_config, starter_config
 from hbmforge.host.manifest import Manifest
 from hbmforge.kernel_interface import compute_unit, kernel_args, pointer_arg_of_port
-from hbmforge.layout import derive_layout
+from hbmforge.layout import DesignLayout
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def manifest():
     cfg = starter_config("u280", name="mm")
     cfg["engines"][0]["weight_ports"] = 2
     cfg["ports"] = {"data": 3, "w0": 8, "w1": 9}
-    return Manifest.load(derive_layout(parse_config(cfg)).to_json())
+    return Manifest.load(DesignLayout(parse_config(cfg)).to_json())
 
 
 @pytest.fixture

@@ -6,7 +6,7 @@ import time
 import pytest
 
 from hbmforge.config import parse_config, starter_config
-from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, derive_layout
+from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, DesignLayout
 
 from hbmforge import emit
 
@@ -19,7 +19,7 @@ def starter(tmp_path_factory):
     cfg = parse_config(starter_config("u280"))
     out = tmp_path_factory.mktemp("starter")
     emit.generate(cfg, out)
-    return build_library(out, progress=False), derive_layout(cfg)
+    return build_library(out, progress=False), DesignLayout(cfg)
 
 
 @pytest.fixture

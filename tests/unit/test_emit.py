@@ -13,7 +13,7 @@ import pytest
 from hbmforge import __version__
 from hbmforge.config import parse_config, starter_config
 from hbmforge.emit import KernelTop, LintError, generate, lint, top_ports, waiver_file
-from hbmforge.layout import derive_layout
+from hbmforge.layout import DesignLayout
 
 GATEWARE = Path(__file__).resolve().parents[1] / "gateware"
 sys.path.insert(0, str(GATEWARE))
@@ -42,7 +42,7 @@ def small_config(name="emittest"):
 @pytest.fixture(scope="module")
 def design(tmp_path_factory):
     cfg = small_config()
-    return generate(cfg, tmp_path_factory.mktemp("emit"), engine=CopyEngine(derive_layout(cfg)))
+    return generate(cfg, tmp_path_factory.mktemp("emit"), engine=CopyEngine(DesignLayout(cfg)))
 
 
 def _top_ports(text, top):
@@ -109,7 +109,7 @@ def test_generated_verilog_passes_verilator_lint(design):
 def test_other_shell_configurations_pass_lint(tmp_path, board, axi, engine):
     cfg = parse_config({"version": 1, "name": f"lint_{board}", "board": board, "axi": axi,
                         "engines": [{"kind": "matmul", **engine}]}, check_budget=False)
-    d = generate(cfg, tmp_path, engine=CopyEngine(derive_layout(cfg)))
+    d = generate(cfg, tmp_path, engine=CopyEngine(DesignLayout(cfg)))
     lint(d.verilog_path)
 
 
@@ -138,9 +138,9 @@ sys.path.insert(0, {gateware!r})
 from test_emit_config import small_config
 from shell_fixture_engine import CopyEngine
 from hbmforge.emit import generate
-from hbmforge.layout import derive_layout
+from hbmforge.layout import DesignLayout
 cfg = small_config()
-generate(cfg, sys.argv[1], engine=CopyEngine(derive_layout(cfg)))
+generate(cfg, sys.argv[1], engine=CopyEngine(DesignLayout(cfg)))
 """
 
 

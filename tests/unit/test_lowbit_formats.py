@@ -7,7 +7,8 @@ import pytest
 from hbmforge.config import parse_config
 from hbmforge.generators.matmul import testing as tpack
 from hbmforge.host.packing import pack_weights, unpack_weights
-from hbmforge.layout import DesignLayout, WeightFormat
+from hbmforge.encodings import WeightFormat
+from hbmforge.layout import DesignLayout
 from hbmforge.numerics import (quantize_weights_groupwise, storage_range, weight_format, weight_range)
 from hbmforge.numerics.program import _read_weights
 
@@ -92,11 +93,11 @@ def test_host_packer_round_trips_and_matches_golden_and_test_packer(fmt, packing
     w[0] = lo
     w[-1] = hi
     stripes = pack_weights(w, fmt, lay)
-    kp = lay.pad_k(k)
+    kp = lay.matmul.pad_k(k)
     wp = np.zeros((n, kp), dtype=np.int64)
     wp[:, :k] = w
     code = WeightFormat.code(fmt)
-    assert [s.nbytes for s in stripes] == [lay.weight_port_bytes(n, kp, code)] * ports
+    assert [s.nbytes for s in stripes] == [lay.matmul.weight_port_bytes(n, kp, code)] * ports
     np.testing.assert_array_equal(unpack_weights(stripes, n, kp, fmt, lay), wp)
     np.testing.assert_array_equal(unpack_weights(stripes, n, kp, code, lay), wp)
     np.testing.assert_array_equal(_golden_decode(stripes, n, kp, code, lay), wp)
@@ -115,18 +116,18 @@ def test_ternary_codes_and_five_trit_bytes_by_hand():
     assert raw[0] == 0 * 1 + 1 * 3 + 2 * 9 + 1 * 27 + 1 * 81
     assert raw[1] == 242                                    # all +1
     assert raw[2] == 121 and raw[3] == 121 and raw[4] == 0   # zero weights; then the zero-padded word
-    assert lay5.weight_port_bytes(1, 16, 3) == 8            # ceil(16/5) = 4 bytes -> one 64-bit word
+    assert lay5.matmul.weight_port_bytes(1, 16, 3) == 8            # ceil(16/5) = 4 bytes -> one 64-bit word
 
 
 def test_reserved_encodings_decode_to_zero():
     lay2 = _lay("2bit", ports=1)
-    raw = np.zeros(lay2.weight_port_bytes(1, 16, 3), dtype=np.uint8)
+    raw = np.zeros(lay2.matmul.weight_port_bytes(1, 16, 3), dtype=np.uint8)
     raw[0] = 0b10_10_01_10                                  # reserved, reserved, +1, reserved
     got = unpack_weights([raw], 1, 16, "ternary", lay2)
     assert list(got[0, :4]) == [0, 1, 0, 0]
     np.testing.assert_array_equal(_golden_decode([raw], 1, 16, 3, lay2), got)
     lay5 = _lay("5trit", ports=1)
-    raw = np.zeros(lay5.weight_port_bytes(1, 16, 3), dtype=np.uint8)
+    raw = np.zeros(lay5.matmul.weight_port_bytes(1, 16, 3), dtype=np.uint8)
     raw[:4] = [243, 255, 242, 0]
     got = unpack_weights([raw], 1, 16, "ternary", lay5)
     assert list(got[0]) == [0] * 10 + [1] * 5 + [-1]

@@ -6,10 +6,10 @@ import math
 import numpy as np
 import pytest
 
-from hbmforge.attention_layout import (AttnError, attention_geometry, segments, token_ranges, validate_attention,
-                                       visible)
+from hbmforge.encodings import ErrorCode
+from hbmforge.engines.attention import attention_geometry, segments, token_ranges, validate_attention, visible
 from hbmforge.config import parse_config
-from hbmforge.layout import derive_layout
+from hbmforge.layout import DesignLayout
 from hbmforge.numerics.attention import (AttentionCase, _read_segment, dequantize_kv, decode_attention_rel_err,
                                          kv_head_scale, mask_matrix, pack_block_table, quantize_kv, score_multiplier,
                                          write_kv_token)
@@ -26,7 +26,7 @@ def _layout(**att):
          "page_tokens": 4, "max_context": 256}
     a.update(att)
     cfg["engines"].append(a)
-    return derive_layout(parse_config(cfg))
+    return DesignLayout(parse_config(cfg))
 
 
 # -- units ------------------------------------------------------------------------------------
@@ -137,14 +137,14 @@ def test_validate_attention_error_codes():
     good = {"head_dim": 32, "kv_heads": 2, "q_per_kv": 2, "n_q": 1, "ctx_len": 10, "window": 0, "sink": 0,
             "kv_bits": 8, "q_addr": 64, "bt_addr": 128, "k_pool": 4096, "v_pool": 8192, "o_addr": 256}
     assert validate_attention(good, lay) == (0, "")
-    bad = [({"head_dim": 64}, AttnError.BAD_HEAD_DIM), ({"kv_heads": 0}, AttnError.BAD_HEADS),
-           ({"q_per_kv": 1025}, AttnError.BAD_HEADS), ({"kv_heads": 64, "q_per_kv": 32}, AttnError.BAD_HEADS),
-           ({"kv_bits": 2}, AttnError.BAD_KV_BITS), ({"ctx_len": 65}, AttnError.BAD_CONTEXT),
-           ({"n_q": 11}, AttnError.BAD_CONTEXT), ({"n_q": 0}, AttnError.BAD_CONTEXT),
-           ({"window": 65}, AttnError.BAD_MASK), ({"sink": 4}, AttnError.BAD_MASK),
-           ({"bt_addr": 130}, AttnError.MISALIGNED), ({"head_dim": 0, "bt_addr": 3}, AttnError.BAD_HEAD_DIM)]
+    bad = [({"head_dim": 64}, ErrorCode.BAD_HEAD_DIM), ({"kv_heads": 0}, ErrorCode.BAD_HEADS),
+           ({"q_per_kv": 1025}, ErrorCode.BAD_HEADS), ({"kv_heads": 64, "q_per_kv": 32}, ErrorCode.BAD_HEADS),
+           ({"kv_bits": 2}, ErrorCode.BAD_KV_BITS), ({"ctx_len": 65}, ErrorCode.BAD_CONTEXT),
+           ({"n_q": 11}, ErrorCode.BAD_CONTEXT), ({"n_q": 0}, ErrorCode.BAD_CONTEXT),
+           ({"window": 65}, ErrorCode.BAD_MASK), ({"sink": 4}, ErrorCode.BAD_MASK),
+           ({"bt_addr": 130}, ErrorCode.MISALIGNED), ({"head_dim": 0, "bt_addr": 3}, ErrorCode.BAD_HEAD_DIM)]
     for change, code in bad:
         got, why = validate_attention({**good, **change}, lay)
         assert got == code, (change, got, why)
         assert why
-    assert set(AttnError.NAMES) == {8, 9, 10, 11, 12}
+    assert set(ErrorCode.NAMES) == {8, 9, 10, 11, 12}

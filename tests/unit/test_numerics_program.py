@@ -7,7 +7,8 @@ import pytest
 from hbmforge.config import parse_config
 from hbmforge.host.packing import pack_activations, pack_requant, pack_scales, pack_weights, unpack_output
 from hbmforge.host.program import ProgramBuilder
-from hbmforge.layout import DesignLayout, ErrorCode, OutMode
+from hbmforge.encodings import ErrorCode, OutMode
+from hbmforge.layout import DesignLayout
 from hbmforge.numerics import matmul_int8, matmul_int32
 from hbmforge.numerics.program import ProgramResult, SparseMemory, execute
 
@@ -57,7 +58,7 @@ class Case:
         return matmul_int8(self.x, self.w, self.s, g, self.mult, self.shift)
 
     def result(self):
-        nbytes = self.lay.out_bytes(self.m, self.n, self.mode)
+        nbytes = self.lay.matmul.out_bytes(self.m, self.n, self.mode)
         return unpack_output(self.mem.read(self.base + Y, nbytes), self.m, self.n, self.mode, self.lay)
 
 
@@ -81,7 +82,7 @@ def test_random_matmuls_match_the_matmul_golden_model(seed):
             assert res.ok and res.descriptors_done == 1, res.detail
             assert np.array_equal(case.result(), case.expected())
             assert res.mac_ops == m * k * n
-            assert res.weight_bytes_read == [lay.row_blocks(m) * lay.weight_port_bytes(n, k, wbits)] * lay.mm.weight_ports
+            assert res.weight_bytes_read == [lay.matmul.row_blocks(m) * lay.matmul.weight_port_bytes(n, k, wbits)] * lay.mm.weight_ports
 
 
 def test_decodes_hand_packed_int4_weights():
@@ -95,7 +96,7 @@ def test_decodes_hand_packed_int4_weights():
     prog = ProgramBuilder(lay)
     prog.matmul(m=16, k=16, n=1, wbits=4, x=X, s=S, y=Y, w=W[:2])
     assert run(lay, mem, prog).ok
-    y = unpack_output(mem.read(Y, lay.out_bytes(16, 1, OutMode.INT32)), 16, 1, OutMode.INT32, lay)
+    y = unpack_output(mem.read(Y, lay.matmul.out_bytes(16, 1, OutMode.INT32)), 16, 1, OutMode.INT32, lay)
     assert list(y[:, 0]) == [3 * v for v in [1, -2, 3, -4, 5, -6, 7, -8, 0, 1, 2, 3, 4, 5, 6, 7]]
 
 
@@ -231,7 +232,7 @@ def test_flat_and_paged_memories_give_the_same_result():
         else:
             target[:prog.nbytes] = np.frombuffer(prog.to_bytes(), np.uint8)
         assert execute(target, PROGRAM, 1, lay).ok
-    nbytes = lay.out_bytes(3, 4, OutMode.INT32)
+    nbytes = lay.matmul.out_bytes(3, 4, OutMode.INT32)
     assert bytes(flat[Y:Y + nbytes]) == SparseMemory(pages).read(Y, nbytes) == sparse.mem.read(Y, nbytes)
 
 

@@ -14,14 +14,14 @@ import pytest
 
 from hbmforge.config import parse_config, starter_config
 from hbmforge.kernel_interface import kernel_args
-from hbmforge.layout import derive_layout
+from hbmforge.layout import DesignLayout
 from hbmforge.package import render_package
 
 from tcl_stub import calls_named, run_tcl
 
 
 def manifest_for(cfg: dict) -> dict:
-    return derive_layout(parse_config(cfg)).to_json()
+    return DesignLayout(parse_config(cfg)).to_json()
 
 
 def hbm_config(weight_ports=2, ports=None) -> dict:

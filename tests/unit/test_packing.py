@@ -10,7 +10,8 @@ from hbmforge.config import parse_config, starter_config
 from hbmforge.host.packing import (pack_activations, pack_output, pack_requant, pack_scales, pack_weights,
                                    unpack_activations, unpack_output, unpack_requant, unpack_scales,
                                    unpack_weights)
-from hbmforge.layout import DesignLayout, OutMode
+from hbmforge.encodings import OutMode
+from hbmforge.layout import DesignLayout
 
 
 def small_layout(**engine) -> DesignLayout:
@@ -32,7 +33,7 @@ def test_int4_weights_put_the_even_element_in_the_low_nibble(lay):
     s0, s1 = pack_weights(w, 4, lay)
     assert bytes(s0) == bytes([0xE1, 0xC3, 0xA5, 0x87, 0x10, 0x32, 0x54, 0x76])
     assert bytes(s1) == bytes(8)          # the second half of the combined word is padding
-    assert len(s0) == lay.weight_port_bytes(1, 16, 4)
+    assert len(s0) == lay.matmul.weight_port_bytes(1, 16, 4)
 
 
 def test_combined_words_alternate_between_stripes(lay):
@@ -52,7 +53,7 @@ def test_weights_are_padded_along_k_with_zeros(lay):
 def test_activations_are_row_major_with_k_padded(lay):
     x = np.arange(-10, 10, dtype=np.int8).reshape(1, 20)
     raw = pack_activations(x, lay)
-    assert raw.nbytes == lay.act_bytes(1, 32) == 32
+    assert raw.nbytes == lay.matmul.act_bytes(1, 32) == 32
     assert list(raw[:20].view(np.int8)) == list(range(-10, 10))
     assert not raw[20:].any()
 
@@ -76,7 +77,7 @@ def test_requant_word_is_mult_low_shift_high(lay):
 
 def test_scale_mantissas_are_u16_little_endian(lay):
     raw = pack_scales(np.array([[1, 0x1234]]), lay)
-    assert raw.nbytes == lay.scale_bytes(1, 32) == 8
+    assert raw.nbytes == lay.matmul.scale_bytes(1, 32) == 8
     assert bytes(raw) == bytes([1, 0, 0x34, 0x12, 0, 0, 0, 0])
     assert unpack_scales(raw, 1, 32, lay).tolist() == [[1, 0x1234]]
 
@@ -91,7 +92,7 @@ def test_weight_round_trip(wbits, ports):
         w = rng.integers(lo, hi, (n, k))
         stripes = pack_weights(w, wbits, lay)
         assert len(stripes) == ports
-        assert all(s.nbytes == lay.weight_port_bytes(n, k, wbits) for s in stripes)
+        assert all(s.nbytes == lay.matmul.weight_port_bytes(n, k, wbits) for s in stripes)
         assert np.array_equal(unpack_weights(stripes, n, k, wbits, lay), w)
 
 
@@ -110,7 +111,7 @@ def test_output_round_trip_with_partial_last_block(mode):
     info = np.iinfo(np.int32 if mode == OutMode.INT32 else np.int8)
     y = rng.integers(info.min, info.max, (9, 5), endpoint=True)
     raw = pack_output(y, mode, lay)
-    assert raw.nbytes == lay.out_bytes(9, 5, mode)
+    assert raw.nbytes == lay.matmul.out_bytes(9, 5, mode)
     assert np.array_equal(unpack_output(raw, 9, 5, mode, lay), y)
     assert unpack_output(bytes(raw), 9, 5, mode, lay).dtype == (np.int32 if mode == OutMode.INT32 else np.int8)
 

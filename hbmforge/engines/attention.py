@@ -27,10 +27,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import cached_property
+
+from ..encodings import ErrorCode, Opcode
+from ..mathutil import exact_log2, round_up
+from .base import Channels, Check, EngineFamily, first_error
 
 __all__ = [
-    "ATTENTION_FIELDS", "JOB_WIDTHS", "AttnError", "MAX_HEADS",
+    "ATTENTION_FIELDS", "JOB_WIDTHS", "MAX_HEADS", "AttentionFamily", "attention_checks",
     "SCORE_FRAC", "Z_BITS", "P_FRAC", "MULT_BITS", "MAX_SHIFT", "MANT_BITS", "OUT_FRAC",
     "RECIP_X_BITS", "RECIP_TABLE_BITS", "AttentionGeometry", "attention_geometry", "validate_attention",
     "tile_rows", "token_ranges", "segments",
@@ -59,31 +62,6 @@ RECIP_X_BITS = 17          # reciprocal: l normalized to 17 bits
 RECIP_TABLE_BITS = 7       # reciprocal seed table index bits (then one Newton step)
 
 
-class AttnError:
-    """Error codes of ATTENTION descriptors (``hbmforge.layout.ErrorCode`` continues here)."""
-
-    MISALIGNED = 7          # shared with MATMUL: an address not aligned to the port word
-    BAD_HEAD_DIM = 8
-    BAD_HEADS = 9
-    BAD_KV_BITS = 10
-    BAD_CONTEXT = 11
-    BAD_MASK = 12
-
-    NAMES = {8: "head_dim differs from the attention engine's",
-             9: "kv_heads or q_per_kv zero, or more than 1024 query heads",
-             10: "unsupported kv_bits",
-             11: "n_q or ctx_len zero, n_q > ctx_len, or ctx_len above max_context",
-             12: "window or sink above max_context, or sink without a window"}
-
-
-def _round_up(v: int, a: int) -> int:
-    return -(-v // a) * a
-
-
-def _log2(v: int) -> int:
-    return v.bit_length() - 1
-
-
 @dataclass(frozen=True)
 class AttentionGeometry:
     """Sizes of one config's attention buffers (``B`` = port word bytes)."""
@@ -105,7 +83,7 @@ class AttentionGeometry:
 
     def value_bytes(self, bits: int) -> int:
         """Bytes of one token's values (one KV head), padded to whole words."""
-        return _round_up(self.head_dim * bits // 8, self.word_bytes)
+        return round_up(self.head_dim * bits // 8, self.word_bytes)
 
     def value_words(self, bits: int) -> int:
         return self.value_bytes(bits) // self.word_bytes
@@ -113,7 +91,7 @@ class AttentionGeometry:
     @property
     def scale_area(self) -> int:
         """Bytes of a page's scale mantissas for one KV head: ``page_tokens * groups`` u16, padded."""
-        return _round_up(self.page_tokens * self.groups * 2, self.word_bytes)
+        return round_up(self.page_tokens * self.groups * 2, self.word_bytes)
 
     def head_area(self, bits: int) -> int:
         """Bytes of one KV head in one page: scale area, then ``page_tokens`` value records."""
@@ -138,7 +116,7 @@ class AttentionGeometry:
     @property
     def q_record_bytes(self) -> int:
         """One query row: ``head_dim`` int8, u16 mult, u8 shift, zero pad to a word."""
-        return _round_up(self.head_dim + 8, self.word_bytes)
+        return round_up(self.head_dim + 8, self.word_bytes)
 
     @property
     def out_row_bytes(self) -> int:
@@ -153,7 +131,7 @@ class AttentionGeometry:
     @property
     def score_bits(self) -> int:
         """Signed integer score S = sum_g km * sum_d q*k: |S| < 2**14 * 2**16 * head_dim."""
-        return 31 + _log2(self.head_dim)
+        return 31 + exact_log2(self.head_dim)
 
     @property
     def l_bits(self) -> int:
@@ -169,6 +147,11 @@ class AttentionGeometry:
     def slot(self) -> int:
         """Head dims per int8 word (the unit the accumulator ring rotates by)."""
         return min(self.word_bytes, self.head_dim)
+
+    @property
+    def lanes(self) -> int:
+        """Head dims one value word carries in the widest format (int4 packs two per byte)."""
+        return min(2 * self.word_bytes, self.head_dim) if 4 in self.kv_bits else self.slot
 
     @property
     def slots(self) -> int:
@@ -193,29 +176,76 @@ def attention_geometry(layout) -> AttentionGeometry:
                              kv_bits=tuple(att.kv_bits), word_bytes=layout.word_bytes)
 
 
-def validate_attention(d: dict, layout) -> tuple[int, str]:
-    """``(code, why)`` for an ATTENTION descriptor's fields; code 0 when it may run.
-
-    Checks in order (the first failing one wins; generators/attention/checks.py mirrors it).
-    """
+def attention_checks(layout) -> tuple[Check, ...]:
+    """ATTENTION descriptor rules in hardware order (the first failing one wins)."""
     att = layout.config.attention
-    if d["head_dim"] != att.head_dim:
-        return AttnError.BAD_HEAD_DIM, f"head_dim {d['head_dim']}, engine has {att.head_dim}"
-    kvh, grp = d["kv_heads"], d["q_per_kv"]
-    if kvh == 0 or grp == 0 or kvh > MAX_HEADS or grp > MAX_HEADS or kvh * grp > MAX_HEADS:
-        return AttnError.BAD_HEADS, f"kv_heads {kvh}, q_per_kv {grp}: need >= 1 and q heads <= {MAX_HEADS}"
-    if d["kv_bits"] not in att.kv_bits:
-        return AttnError.BAD_KV_BITS, f"kv_bits {d['kv_bits']}, engine accepts {list(att.kv_bits)}"
-    n_q, ctx = d["n_q"], d["ctx_len"]
-    if n_q == 0 or ctx == 0 or ctx > att.max_context or n_q > ctx:
-        return AttnError.BAD_CONTEXT, f"n_q {n_q}, ctx_len {ctx}: need 1 <= n_q <= ctx_len <= {att.max_context}"
-    win, sink = d["window"], d["sink"]
-    if win > att.max_context or sink > att.max_context or (sink and not win):
-        return AttnError.BAD_MASK, f"window {win}, sink {sink}: at most {att.max_context}, sink needs a window"
-    for name in ("q_addr", "bt_addr", "k_pool", "v_pool", "o_addr"):
-        if d[name] % layout.word_bytes:
-            return AttnError.MISALIGNED, f"{name} {d[name]:#x} not a multiple of {layout.word_bytes}"
-    return 0, ""
+    align = layout.word_bytes
+    ctx_max = att.max_context
+    addrs = ("q_addr", "bt_addr", "k_pool", "v_pool", "o_addr")
+
+    def bad_heads(f, ops):
+        kvh, grp = f["kv_heads"], f["q_per_kv"]
+        # the product is only looked at when both factors are <= MAX_HEADS (11 bits)
+        return ops.any_(kvh == 0, grp == 0, kvh > MAX_HEADS, grp > MAX_HEADS,
+                        ops.low(kvh, 11) * ops.low(grp, 11) > MAX_HEADS)
+
+    def why_addr(f):
+        bad = next(a for a in addrs if f[a] % align)
+        return f"{bad} {f[bad]:#x} not a multiple of {align}"
+
+    return (
+        Check(ErrorCode.BAD_HEAD_DIM, lambda f, ops: f["head_dim"] != att.head_dim,
+              lambda f: f"head_dim {f['head_dim']}, engine has {att.head_dim}"),
+        Check(ErrorCode.BAD_HEADS, bad_heads,
+              lambda f: f"kv_heads {f['kv_heads']}, q_per_kv {f['q_per_kv']}: need >= 1 and "
+                        f"q heads <= {MAX_HEADS}"),
+        Check(ErrorCode.BAD_KV_BITS, lambda f, ops: ops.not_(ops.one_of(f["kv_bits"], att.kv_bits)),
+              lambda f: f"kv_bits {f['kv_bits']}, engine accepts {list(att.kv_bits)}"),
+        Check(ErrorCode.BAD_CONTEXT,
+              lambda f, ops: ops.any_(f["n_q"] == 0, f["ctx_len"] == 0, f["ctx_len"] > ctx_max,
+                                      f["n_q"] > f["ctx_len"]),
+              lambda f: f"n_q {f['n_q']}, ctx_len {f['ctx_len']}: need 1 <= n_q <= ctx_len <= {ctx_max}"),
+        Check(ErrorCode.BAD_MASK,
+              lambda f, ops: ops.any_(f["window"] > ctx_max, f["sink"] > ctx_max,
+                                      (f["sink"] != 0) & (f["window"] == 0)),
+              lambda f: f"window {f['window']}, sink {f['sink']}: at most {ctx_max}, sink needs a window"),
+        Check(ErrorCode.MISALIGNED, lambda f, ops: ops.any_(*(ops.misaligned(f[a], align) for a in addrs)),
+              why_addr),
+    )
+
+
+def validate_attention(d: dict, layout) -> tuple[int, str]:
+    """``(code, why)`` for an ATTENTION descriptor's fields; code 0 when it may run."""
+    return first_error(attention_checks(layout), d)
+
+
+class AttentionFamily(EngineFamily):
+    kind = "attention"
+    opcodes = (Opcode.ATTENTION,)
+    errors = (ErrorCode.BAD_HEAD_DIM, ErrorCode.BAD_HEADS, ErrorCode.BAD_KV_BITS, ErrorCode.BAD_CONTEXT,
+              ErrorCode.BAD_MASK, ErrorCode.MISALIGNED)
+
+    def fields(self, layout, opcode):
+        return ATTENTION_FIELDS
+
+    def checks(self, layout, opcode):
+        return attention_checks(layout)
+
+    def channels(self, layout):
+        # Q records and block-table words on the data port; K on w0, V on w<kv_ports-1>
+        return Channels(data_readers=("act", "scale"), data_writer=True,
+                        stream_readers=layout.config.attention.kv_ports)
+
+    def max_mac_inc(self, layout):
+        geom = attention_geometry(layout)
+        return 2 * geom.rows * geom.lanes
+
+    def manifest(self, layout):
+        att = layout.config.attention
+        entry = att.model_dump(mode="json")
+        for key in ("kind", "name"):
+            entry.pop(key)
+        return {**entry, "geometry": attention_geometry(layout).to_json()}
 
 
 # -- the engine's loop nest (shared by the golden model and the tests) --------------------

@@ -1,0 +1,117 @@
+"""What every engine family states once, for the RTL, the golden model and the host alike.
+
+An :class:`EngineFamily` names its config ``kind``, its opcode(s), the u64 descriptor slots of
+each opcode, the DMA channels its engine uses (:class:`Channels`), and its descriptor
+:class:`Check` rules. A check is written once as a function of the descriptor fields and a
+small operator set (:class:`IntOps` here, an Amaranth one in ``hbmforge.generators``), so the
+command processor's RTL, ``hbmforge.numerics.program`` and ``host.ProgramBuilder`` reject the
+same descriptors with the same code, in the same order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from ..encodings import ErrorCode, Opcode
+
+__all__ = ["Check", "IntOps", "Channels", "EngineFamily", "first_error"]
+
+
+@dataclass(frozen=True)
+class Check:
+    """One descriptor rule: ``fails(fields, ops)`` is true when the descriptor breaks it.
+
+    ``fields`` maps slot names to values (ints on the host, Amaranth values in RTL);
+    ``ops`` supplies what plain operators cannot express for both (see :class:`IntOps`).
+    ``why(fields)`` explains a failure on the host.
+    """
+
+    code: ErrorCode
+    fails: Callable[[Mapping[str, Any], Any], Any]
+    why: Callable[[Mapping[str, int]], str]
+
+
+class IntOps:
+    """The check operators on Python integers (the RTL twin lives in ``hbmforge.generators``)."""
+
+    @staticmethod
+    def not_(x) -> bool:
+        return not x
+
+    @staticmethod
+    def any_(*xs) -> bool:
+        return any(xs)
+
+    @staticmethod
+    def one_of(value: int, choices) -> bool:
+        return value in [int(c) for c in choices]
+
+    @staticmethod
+    def misaligned(value: int, align: int) -> bool:
+        return value % align != 0
+
+    @staticmethod
+    def low(value: int, bits: int) -> int:
+        return value & ((1 << bits) - 1)
+
+
+def first_error(checks, fields: Mapping[str, int]) -> tuple[ErrorCode, str]:
+    """``(code, why)`` of the first failing check, ``(ErrorCode.NONE, "")`` if all pass."""
+    for check in checks:
+        if check.fails(fields, IntOps):
+            return check.code, check.why(fields)
+    return ErrorCode.NONE, ""
+
+
+@dataclass(frozen=True)
+class Channels:
+    """The DMA channels an engine drives (docs/architecture.md §6).
+
+    * ``data_readers``: names of its readers on the ``data`` port, in order; reader ``i``
+      of every engine shares the port's reader ``i`` (ARID ``i + 1``; ARID 0 fetches
+      descriptors);
+    * ``data_writer``: it writes on the ``data`` port (``out_*`` members);
+    * ``stream_readers``/``stream_writers``: it reads/writes ports ``w0 .. w<n-1>``.
+    """
+
+    data_readers: tuple[str, ...] = ()
+    data_writer: bool = False
+    stream_readers: int = 0
+    stream_writers: int = 0
+
+
+class EngineFamily:
+    """The contract of one engine family; subclasses fill in the class attributes and methods."""
+
+    #: the config ``kind`` of this family's engines
+    kind: str = ""
+    #: the opcodes its engine runs
+    opcodes: tuple[Opcode, ...] = ()
+    #: the error codes its checks can give (besides the shell's)
+    errors: tuple[ErrorCode, ...] = ()
+
+    def fields(self, layout, opcode: Opcode) -> tuple[str, ...]:
+        """u64 descriptor slots after ``op``, in order."""
+        raise NotImplementedError
+
+    def checks(self, layout, opcode: Opcode) -> tuple[Check, ...]:
+        """The descriptor rules, first failing one wins."""
+        raise NotImplementedError
+
+    def channels(self, layout) -> Channels:
+        raise NotImplementedError
+
+    def max_mac_inc(self, layout) -> int:
+        """The largest MAC_OPS increment of one cycle (0: the engine does no MACs)."""
+        return 0
+
+    def macs_per_cycle(self, layout) -> int:
+        """Peak MACs per cycle, the denominator of MAC utilization (0: no MACs)."""
+        return 0
+
+    def manifest(self, layout) -> dict:
+        """The family's entry in the manifest's ``engines`` list (after ``kind`` and ``name``)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<engine family {self.kind!r} ({', '.join(o.name for o in self.opcodes)})>"

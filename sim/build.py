@@ -111,7 +111,7 @@ def design_sources(design: str | Path | Sequence[str | Path],
                    manifest: dict | str | Path | None = None) -> tuple[list[Path], dict]:
     """RTL files and manifest of a design given as a generated design dir or as Verilog file(s).
 
-    A directory holds ``manifest.json`` and ``<kernel>.v`` (what ``hbmforge.emit.generate`` writes);
+    A directory holds ``manifest.json`` and ``<kernel>.v`` (what ``hbmforge.flows.emit.generate`` writes);
     without ``<kernel>.v`` every ``*.v``/``*.sv`` in it is used. For files, the manifest
     defaults to ``manifest.json`` beside the first one.
     """

@@ -17,13 +17,35 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .bindings import load_manifest, port_timings
+from hbmforge.layout import CTRL_ADDR_WIDTH
+
+from .bindings import port_timings, read_design
 from .timing import PortTiming
 
 __all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "ProtocolReport", "build_cosim"]
 
 _RUN_CHUNK = 1 << 20            # cycles per C call when a wall-clock limit or Ctrl-C must be honoured
 _ERROR_TEXT_BYTES = 1 << 16
+_ADDRESS_SPACE = 1 << 64
+_MAX_STEP = (1 << 63) - 1
+
+
+def _count(name: str, value, lo: int = 0, hi: int = _MAX_STEP) -> int:
+    """An integer argument in [lo, hi]; TypeError/ValueError naming it otherwise."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _span(addr, nbytes: int) -> int:
+    """``addr`` checked so that ``[addr, addr + nbytes)`` lies in the 64-bit address space."""
+    addr = _count("address", addr, 0, _ADDRESS_SPACE - 1)
+    if addr + nbytes > _ADDRESS_SPACE:
+        raise ValueError(f"[{addr:#x}, +{nbytes}) runs past the end of the 64-bit address space")
+    return addr
 
 
 class CoSimError(RuntimeError):
@@ -117,7 +139,9 @@ class CoSim:
         library = Path(library)
         if manifest is None:
             manifest = library.parent / "manifest.json"
-        self.manifest = load_manifest(manifest)
+        design = read_design(manifest)
+        self.layout = design.layout
+        self.manifest = dict(design.data)
         self.library = library
         if trace_format is None:                 # ask the build record next to the library
             info = library.parent / "build_info.json"
@@ -129,14 +153,13 @@ class CoSim:
         if not self._h:
             raise CoSimError(f"hbf_create failed for {library}")
         n = self._lib.hbf_num_ports(self._h)
-        names = [p["name"] for p in self.manifest["ports"]]
+        names = list(self.layout.port_names)
         if n != len(names):
             self.close()
             raise CoSimError(f"{library} has {n} m_axi ports but the manifest lists {len(names)} ({names})")
         self.port_names = names
-        self._timing = list(port_timings(self.manifest))
-        self._regs = {r["name"]: r for r in self.manifest.get("registers", [])}
-        self._ctrl_span = 1 << int(self.manifest["control"].get("addr_width", 12))
+        self._timing = list(port_timings(self.layout))
+        self._ctrl_span = 1 << CTRL_ADDR_WIDTH
         self.last_stop: str | None = None
 
     @classmethod
@@ -173,13 +196,10 @@ class CoSim:
     # -- registers ---------------------------------------------------------------------
     def _reg(self, reg: int | str) -> tuple[int, int]:
         if isinstance(reg, str):
-            try:
-                r = self._regs[reg]
-            except KeyError:
-                raise KeyError(f"no register {reg!r}; the manifest has {', '.join(self._regs)}") from None
-            return r["offset"], r["width"]
-        addr = int(reg)
-        if not 0 <= addr < self._ctrl_span or addr % 4:
+            r = self.layout.reg(reg)          # ValueError naming the registers
+            return r.offset, r.width
+        addr = _count("register offset", reg, 0, self._ctrl_span - 4)
+        if addr % 4:
             raise ValueError(f"register offset {addr:#x} is not a word offset below {self._ctrl_span:#x}")
         return addr, 32
 
@@ -193,6 +213,7 @@ class CoSim:
 
     def reg_write(self, reg: int | str, value: int) -> None:
         addr, width = self._reg(reg)
+        value = _count("register value", value, 0, (1 << width) - 1)
         self._lib.hbf_reg_write(self.handle, addr, value & 0xFFFFFFFF)
         if width == 64:
             self._lib.hbf_reg_write(self.handle, addr + 4, (value >> 32) & 0xFFFFFFFF)
@@ -214,20 +235,27 @@ class CoSim:
     # -- memory ------------------------------------------------------------------------
     def mem_write(self, addr: int, data) -> None:
         """Write bytes, a bytearray/memoryview or any numpy array (its raw bytes) at ``addr``."""
-        if addr < 0:
-            raise ValueError(f"address must be >= 0, got {addr}")
-        arr = np.ascontiguousarray(data if isinstance(data, np.ndarray) else np.frombuffer(data, np.uint8))
+        if isinstance(data, np.ndarray):
+            arr = np.ascontiguousarray(data)
+        elif isinstance(data, (bytes, bytearray, memoryview)):
+            arr = np.frombuffer(data, np.uint8)
+        else:
+            raise TypeError(f"data must be bytes, a bytearray, a memoryview or a numpy array, "
+                            f"got {type(data).__name__}")
+        addr = _span(addr, arr.nbytes)
         if arr.nbytes:
             self._lib.hbf_mem_write(self.handle, addr, arr.ctypes.data, arr.nbytes)
 
     def mem_read(self, addr: int, n: int | None = None, dtype=None, *, count: int | None = None):
         """``n`` bytes at ``addr`` as ``bytes``; with ``dtype``, a numpy array (``count`` items or ``n`` bytes)."""
         if dtype is None:
-            out = np.empty(int(n), np.uint8)
+            out = np.empty(_count("n", n, 0, 1 << 40), np.uint8)
         else:
             dt = np.dtype(dtype)
-            items = count if count is not None else int(n) // dt.itemsize
+            items = (_count("count", count, 0, 1 << 40) if count is not None
+                     else _count("n", n, 0, 1 << 40) // dt.itemsize)
             out = np.empty(items, dt)
+        addr = _span(addr, out.nbytes)
         if out.nbytes:
             self._lib.hbf_mem_read(self.handle, addr, out.ctypes.data, out.nbytes)
         return out.tobytes() if dtype is None else out
@@ -238,7 +266,8 @@ class CoSim:
         return self._lib.hbf_cycles(self.handle)
 
     def step(self, cycles: int) -> None:
-        self._lib.hbf_step(self.handle, int(cycles))
+        """Clock the model ``cycles`` times (0 <= cycles < 2**63)."""
+        self._lib.hbf_step(self.handle, _count("cycles", cycles))
 
     def run_until_interrupt(self, max_cycles: int, *, timeout: float | None = None) -> bool:
         """Clock until ``interrupt`` is high: True if seen, False after ``max_cycles`` or ``timeout`` seconds.
@@ -246,8 +275,11 @@ class CoSim:
         ``last_stop`` tells which: "interrupt", "max_cycles" or "timeout".
         """
         handle = self.handle
+        left = _count("max_cycles", max_cycles)
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or not timeout > 0 or timeout != timeout):
+            raise ValueError(f"timeout must be a number of seconds > 0 or None, got {timeout!r}")
         deadline = None if timeout is None else time.monotonic() + timeout
-        left = int(max_cycles)
         chunk = left if deadline is None and left <= _RUN_CHUNK else _RUN_CHUNK
         while True:
             n = min(left, chunk)
@@ -268,12 +300,8 @@ class CoSim:
 
     def port_index(self, port: int | str) -> int:
         if isinstance(port, str):
-            if port not in self.port_names:
-                raise KeyError(f"no port {port!r}; ports: {', '.join(self.port_names)}")
-            return self.port_names.index(port)
-        if not 0 <= port < len(self.port_names):
-            raise IndexError(f"port index {port} out of range 0..{len(self.port_names) - 1}")
-        return port
+            return self.layout.port(port).index       # ValueError naming the ports
+        return _count("port index", port, 0, len(self.port_names) - 1)
 
     def port_timing(self, port: int | str) -> PortTiming:
         return self._timing[self.port_index(port)]

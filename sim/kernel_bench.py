@@ -1,6 +1,6 @@
 """cocotb bench for a generated kernel: bus models, random timing and an AXI rule monitor.
 
-Used by the cocotb regression (:mod:`hbmforge.sim.tb_kernel`). Every AXI master
+Used by the cocotb regression (:mod:`hbmforge.flows.tb_kernel`). Every AXI master
 port gets a cocotbext-axi ``AxiRam`` over one shared sparse memory (the bank of
 channel ``c`` starts at ``c * channel_size``, as in the co-simulation), with
 random back-pressure on all five channels and random extra read latency; the
@@ -29,7 +29,7 @@ __all__ = ["KernelBench", "load_bench_manifest"]
 def load_bench_manifest() -> dict:
     path = os.environ.get("HBMFORGE_MANIFEST")
     if not path:
-        raise RuntimeError("HBMFORGE_MANIFEST is not set: run this bench through hbmforge.regression")
+        raise RuntimeError("HBMFORGE_MANIFEST is not set: run this bench through hbmforge.flows.regression")
     return json.loads(Path(path).read_text())
 
 

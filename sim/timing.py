@@ -6,14 +6,24 @@ generated harness header and the Python wrapper agree.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
-__all__ = ["PortTiming", "DEFAULT_MAX_OUTSTANDING", "board_port_timing"]
+__all__ = ["PortTiming", "DEFAULT_MAX_OUTSTANDING", "MAX_LATENCY_CYCLES", "board_port_timing"]
 
 #: Bursts in flight per port and direction that the memory controller accepts.
 #: The board files state no figure; 32 is in the range of HBM/DDR AXI ports and
 #: above every kernel reader's own limit (config ``axi.max_outstanding`` <= 32).
 DEFAULT_MAX_OUTSTANDING = 32
+#: Latencies beyond this (about 56 ms at 300 MHz) are not a memory model but a mistake.
+MAX_LATENCY_CYCLES = 1 << 24
+
+
+def _int_in(name: str, value, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int number of cycles, got {type(value).__name__} {value!r}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
 
 
 @dataclass(frozen=True)
@@ -24,13 +34,14 @@ class PortTiming:
     max_outstanding: int = DEFAULT_MAX_OUTSTANDING
 
     def __post_init__(self):
-        if self.read_latency < 1 or self.write_latency < 1:
-            raise ValueError(f"latencies must be >= 1 cycle, got read {self.read_latency}, "
-                             f"write {self.write_latency}")
-        if not self.bytes_per_cycle > 0:
-            raise ValueError(f"bytes_per_cycle must be > 0, got {self.bytes_per_cycle}")
-        if not 1 <= self.max_outstanding <= 256:
-            raise ValueError(f"max_outstanding must be in [1, 256], got {self.max_outstanding}")
+        _int_in("read_latency", self.read_latency, 1, MAX_LATENCY_CYCLES)
+        _int_in("write_latency", self.write_latency, 1, MAX_LATENCY_CYCLES)
+        _int_in("max_outstanding", self.max_outstanding, 1, 256)
+        bpc = self.bytes_per_cycle
+        if isinstance(bpc, bool) or not isinstance(bpc, (int, float)):
+            raise TypeError(f"bytes_per_cycle must be a number, got {type(bpc).__name__} {bpc!r}")
+        if not (math.isfinite(bpc) and 0 < bpc <= 1024):
+            raise ValueError(f"bytes_per_cycle must be a finite number in (0, 1024], got {bpc!r}")
 
 
 def board_port_timing(board: str | None, clock_mhz: float, data_width: int) -> PortTiming:

@@ -20,8 +20,8 @@ from typing import Any, Mapping
 
 import jinja2
 
-from .boards import Board, load_board
-from .kernel_interface import CONTROL_RANGE, compute_unit, kernel_args, pynq_registers
+from hbmforge.boards import Board, load_board
+from hbmforge.kernel_interface import CONTROL_RANGE, compute_unit, kernel_args, pynq_registers
 
 __all__ = ["IP_VENDOR", "IP_LIBRARY", "CONTROL_BASE", "render_package", "package_context",
            "render_template", "ps_port_info"]

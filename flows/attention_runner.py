@@ -22,9 +22,9 @@ import time
 
 import numpy as np
 
-from .engines.attention import attention_geometry, segments, tile_rows, token_ranges
-from .config import AcceleratorConfig
-from .runner import LayerRunError
+from hbmforge.engines.attention import attention_geometry, segments, tile_rows, token_ranges
+from hbmforge.config import AcceleratorConfig
+from .runner import LayerRunError, check_elements, check_size
 
 __all__ = ["run_attention", "expected_kv_bytes", "LayerRunError"]
 
@@ -43,35 +43,29 @@ def expected_kv_bytes(geom, d: dict) -> tuple[int, int]:
     return per_side, per_side
 
 
-def _positive(name: str, v, lo: int = 1) -> int:
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < lo:
-        raise LayerRunError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
-    return int(v)
-
-
 def _check(cfg: AcceleratorConfig, ctx, n_q, q_heads, kv_heads, kv_bits, window, sink) -> None:
     att = cfg.attention
     if att is None:
-        raise LayerRunError(f"config {cfg.name!r} has no attention engine; add an engine with "
-                            "`kind: attention` (see examples/u280_attention.yaml)")
-    _positive("ctx", ctx)
-    _positive("n_q", n_q)
-    _positive("q_heads", q_heads)
-    _positive("kv_heads", kv_heads)
-    _positive("window", window, 0)
-    _positive("sink", sink, 0)
+        raise ValueError(f"config {cfg.name!r} has no attention engine; add an engine with "
+                         "`kind: attention` (see examples/u280_attention.yaml)")
+    check_size(ctx=ctx, n_q=n_q, q_heads=q_heads, kv_heads=kv_heads)
+    for name, v in (("window", window), ("sink", sink)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
     if ctx > att.max_context:
-        raise LayerRunError(f"--ctx {ctx} exceeds the engine's max_context {att.max_context}")
+        raise ValueError(f"ctx {ctx} exceeds the engine's max_context {att.max_context}")
     if n_q > ctx:
-        raise LayerRunError(f"--n-q {n_q} must be at most --ctx {ctx} (the queries are the last n_q tokens)")
+        raise ValueError(f"n_q {n_q} must be at most ctx {ctx} (the queries are the last n_q tokens)")
     if q_heads % kv_heads or q_heads > 1024:
-        raise LayerRunError(f"--q-heads {q_heads} must be a multiple of --kv-heads {kv_heads} and at most 1024")
+        raise ValueError(f"q_heads {q_heads} must be a multiple of kv_heads {kv_heads} and at most 1024")
     if kv_bits not in att.kv_bits:
-        raise LayerRunError(f"--kv-bits must be one of this engine's kv_bits {list(att.kv_bits)}, got {kv_bits!r}")
+        raise ValueError(f"kv_bits must be one of this engine's kv_bits {list(att.kv_bits)}, got {kv_bits!r}")
     if window > att.max_context or sink > att.max_context:
-        raise LayerRunError(f"--window {window} / --sink {sink} must be at most max_context {att.max_context}")
+        raise ValueError(f"window {window} / sink {sink} must be at most max_context {att.max_context}")
     if sink and not window:
-        raise LayerRunError("--sink needs a sliding --window > 0")
+        raise ValueError("sink needs a sliding window > 0")
+    check_elements(**{"ctx x kv_heads x head_dim": ctx * kv_heads * att.head_dim,
+                      "n_q x q_heads x head_dim": n_q * q_heads * att.head_dim})
 
 
 def run_attention(cfg: AcceleratorConfig, *, ctx: int, n_q: int = 1, q_heads: int = 8, kv_heads: int = 2,
@@ -85,9 +79,9 @@ def run_attention(cfg: AcceleratorConfig, *, ctx: int, n_q: int = 1, q_heads: in
     ``device`` instead to use it (it is left open). Data: Gaussian Q/K/V with two outlier
     channels in K (x4) and Q (x2), KV head scales calibrated on the whole K/V (no clipping).
     """
-    from .host import Attention, DeviceError, KVCache, KVCacheError, open_device
-    from .host.attention import attention_peak_macs
-    from .numerics.attention import attention_float
+    from hbmforge.host import Attention, DeviceError, KVCache, KVCacheError, open_device
+    from hbmforge.host.attention import attention_peak_macs
+    from hbmforge.numerics.attention import attention_float
 
     if isinstance(kv_bits, str) and kv_bits.strip().isdigit():
         kv_bits = int(kv_bits)

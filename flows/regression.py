@@ -1,7 +1,7 @@
 """The cocotb regression for one config: generate, build with Verilator, run the kernel bench.
 
 ``hbmforge sim CONFIG`` and the RTL tests call :func:`run_regression`; the bench
-itself is :mod:`hbmforge.sim.tb_kernel` (cocotbext-axi bus models with random
+itself is :mod:`hbmforge.flows.tb_kernel` (cocotbext-axi bus models with random
 back-pressure and latency, results compared with :mod:`hbmforge.numerics`).
 """
 from __future__ import annotations
@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import AcceleratorConfig
+from hbmforge.config import AcceleratorConfig
 
 __all__ = ["RegressionResult", "run_regression"]
 
@@ -31,11 +31,11 @@ def run_regression(cfg: AcceleratorConfig, *, seed: int = 1, test_filter: str | 
                    busy: float = 0.3) -> RegressionResult:
     """Run every cocotb test of the kernel bench (or those whose name contains ``test_filter``)."""
     from .emit import generate
-    from .sim.cocotb_runner import run_cocotb
+    from hbmforge.sim.cocotb_runner import run_cocotb
 
     t0 = time.monotonic()
     testcase = None
-    modules = ["hbmforge.sim.tb_kernel"] + (["hbmforge.sim.tb_attention"] if cfg.attention else [])
+    modules = ["hbmforge.flows.tb_kernel"] + (["hbmforge.flows.tb_attention"] if cfg.attention else [])
     if test_filter:                     # checked before the (slow) generation and build
         import importlib
 

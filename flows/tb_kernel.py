@@ -1,6 +1,6 @@
 """cocotb regression for a generated kernel, compared bit for bit with hbmforge.numerics.
 
-Run through :func:`hbmforge.regression.run_regression` (``hbmforge sim CONFIG``),
+Run through :func:`hbmforge.flows.regression.run_regression` (``hbmforge sim CONFIG``),
 which generates the RTL, builds it with Verilator and sets:
 
 * ``HBMFORGE_MANIFEST``: the design's manifest.json
@@ -23,7 +23,7 @@ from hbmforge.host.program import ProgramBuilder
 from hbmforge.encodings import ErrorCode, OutMode
 from hbmforge.numerics import matmul_int8, matmul_int32, storage_range
 
-from .kernel_bench import KernelBench, load_bench_manifest
+from hbmforge.sim.kernel_bench import KernelBench, load_bench_manifest
 
 SEED = int(os.environ.get("HBMFORGE_SEED", "1"))
 CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))

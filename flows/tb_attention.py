@@ -1,6 +1,6 @@
 """cocotb regression of the attention engine inside a generated kernel.
 
-Runs with :mod:`hbmforge.sim.tb_kernel` (same bench: cocotbext-axi RAM models with
+Runs with :mod:`hbmforge.flows.tb_kernel` (same bench: cocotbext-axi RAM models with
 random back-pressure and latency on every port, the AXI rule monitor) when the
 design has an attention engine; every test is skipped otherwise. Each job's
 output is compared bit for bit with :func:`hbmforge.numerics.attention.run_attention`
@@ -22,7 +22,7 @@ from hbmforge.numerics.attention import (AttentionCase, pack_block_table, pack_q
                                          run_attention, write_kv_token)
 from hbmforge.numerics.program import SparseMemory
 
-from .kernel_bench import load_bench_manifest
+from hbmforge.sim.kernel_bench import load_bench_manifest
 from .tb_kernel import SEED, Layer, _bench, _program
 
 CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))

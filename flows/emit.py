@@ -22,10 +22,10 @@ from amaranth.hdl import ClockDomain, Elaboratable, Module, Signal
 from amaranth.hdl._ir import PortDirection
 from amaranth.lib import wiring
 
-from . import __version__
-from .config import AcceleratorConfig
-from .design import load_design
-from .layout import DesignLayout
+from hbmforge import __version__
+from hbmforge.config import AcceleratorConfig
+from hbmforge.design import load_design
+from hbmforge.layout import DesignLayout
 
 __all__ = ["GeneratedDesign", "LintError", "KernelTop", "top_ports", "convert", "generate", "lint",
            "waiver_file"]
@@ -79,7 +79,7 @@ def top_ports(top: KernelTop) -> dict:
 
 def convert(layout: DesignLayout, engines=None) -> str:
     """The Verilog text of the kernel for ``layout`` (``engines``: opcode -> engine, see :class:`Kernel`)."""
-    from .generators.shell.kernel import Kernel
+    from hbmforge.generators.shell.kernel import Kernel
 
     top = KernelTop(Kernel(layout, engines=engines))
     return verilog.convert(top, name=layout.config.name, ports=top_ports(top), emit_src=False)
@@ -121,7 +121,7 @@ def waiver_file() -> Path:
 
 def lint(verilog_path, *, top: str | None = None, timeout: float = 300.0) -> None:
     """Run ``verilator --lint-only -Wall`` (with the waivers); raise :class:`LintError` on any message."""
-    from .sim.verilator import find_verilator
+    from hbmforge.sim.verilator import find_verilator
 
     path = Path(verilog_path)
     if not path.is_file():

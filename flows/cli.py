@@ -5,7 +5,9 @@ never a traceback.
 """
 from __future__ import annotations
 
+import functools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -14,18 +16,66 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__
-from .config import ConfigError, dump_yaml, json_schema, load_config, parse_config, starter_config
+from hbmforge import __version__
+from hbmforge.config import ConfigError, dump_yaml, json_schema, parse_config, starter_config
+from hbmforge.layout import ManifestError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  pretty_exceptions_enable=False,
                   help="Generate, verify and run quantized-NN accelerators for HBM FPGA boards.")
+#: data (tables, reports, configs, JSON) goes to stdout; talk (progress, "wrote ...") to stderr
 console = Console()
 err_console = Console(stderr=True)
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _say(message: str) -> None:
+    err_console.print(message, highlight=False, soft_wrap=True)
+
+
+def _guard(command):
+    """Every command: bad input -> one-paragraph error and exit 2; device trouble -> exit 1;
+    never a traceback (``HBMFORGE_DEBUG=1`` re-raises for debugging)."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        from hbmforge.host.errors import DeviceError
+
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as err:
+            if os.environ.get("HBMFORGE_DEBUG"):
+                raise
+            if isinstance(err, (ConfigError, ManifestError, ValueError, TypeError)):
+                _fail(str(err))
+            if isinstance(err, MemoryError):
+                _fail("not enough host memory for this request; use smaller dimensions")
+            if isinstance(err, OSError):
+                where = f" ({err.filename})" if getattr(err, "filename", None) else ""
+                _fail(f"{err.strerror or err}{where}")
+            if isinstance(err, DeviceError):
+                _fail(str(err), code=1)
+            _fail(f"internal error (a bug in hbmforge, please report it): {type(err).__name__}: {err}; "
+                  "set HBMFORGE_DEBUG=1 to see the traceback", code=1)
+        except KeyboardInterrupt:
+            _fail("interrupted", code=130)
+
+    return run
+
+
+def _command(*args, **kwargs):
+    """``app.command`` with the error guard."""
+    def register(fn):
+        return app.command(*args, **kwargs)(_guard(fn))
+    return register
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -38,6 +88,8 @@ def _write_text(path: Path, text: str) -> None:
 def _generate(cfg, out_dir: Path):
     from .emit import generate
 
+    if out_dir.exists() and not out_dir.is_dir():
+        _fail(f"cannot write the design into {out_dir}: it exists and is not a directory")
     try:
         return generate(cfg, out_dir)
     except OSError as err:
@@ -45,8 +97,11 @@ def _generate(cfg, out_dir: Path):
 
 
 def _load(config: Path):
+    """The checked layout of a config file (schema and board budget)."""
+    from hbmforge.design import load_design
+
     try:
-        return load_config(config)
+        return load_design(config)
     except ConfigError as err:
         _fail(str(err))
 
@@ -63,14 +118,14 @@ def main(version: bool = typer.Option(False, "--version", callback=_version, is_
     pass
 
 
-@app.command()
+@_command()
 def boards(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """List the boards hbmforge knows, with resources and memory."""
-    from .boards import board_names, load_board
+    from hbmforge.boards import board_names, load_board
 
     infos = [load_board(n) for n in board_names()]
     if as_json:
-        console.print_json(json.dumps([b.model_dump(mode="json") for b in infos]))
+        sys.stdout.write(json.dumps([b.model_dump(mode="json") for b in infos]) + "\n")
         return
     t = Table(title="boards")
     for col in ("name", "part", "host", "clock MHz", "LUT", "DSP", "BRAM36", "URAM", "memory"):
@@ -86,58 +141,65 @@ def boards(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     console.print(t)
 
 
-@app.command()
+@_command()
 def init(board: str = typer.Option(..., "--board", "-b", help="Board name (see `hbmforge boards`)."),
-         output: Path = typer.Option(Path("my.yaml"), "--output", "-o", help="Config file to write."),
+         output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                               help="Config file to write (default: print it on stdout)."),
          name: str = typer.Option("starter", "--name", help="Kernel name."),
          force: bool = typer.Option(False, "--force", help="Overwrite an existing file.")):
-    """Write a small starter config that simulates in seconds."""
-    from .boards import UnknownBoardError
+    """Print (or write with -o) a small starter config that simulates in seconds."""
+    from hbmforge.boards import UnknownBoardError
 
     try:
         data = starter_config(board, name=name)
         parse_config(data, source="starter config")
     except (UnknownBoardError, ConfigError) as err:
         _fail(str(err))
+    shown = output if output is not None else "my.yaml"
+    header = (f"# hbmforge accelerator config (written by `hbmforge init --board {board}`)\n"
+              f"# Schema: `hbmforge schema`; check with `hbmforge validate {shown}`.\n")
+    text = header + dump_yaml(data)
+    if output is None:
+        sys.stdout.write(text)
+        return
     if output.exists() and not force:
         _fail(f"{output} exists; pass --force to overwrite it")
-    header = (f"# hbmforge accelerator config (written by `hbmforge init --board {board}`)\n"
-              f"# Schema: `hbmforge schema`; check with `hbmforge validate {output}`.\n")
-    _write_text(output, header + dump_yaml(data))
-    console.print(f"wrote {output} for board {board}")
+    _write_text(output, text)
+    _say(f"wrote {output} for board {board}")
 
 
-@app.command()
+@_command()
 def validate(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")):
     """Check a config against the schema and the board's budgets."""
-    from .budget import estimate_resources
-    from .layout import DesignLayout
+    from hbmforge.budget import estimate_resources
 
-    cfg = _load(config)
-    est = estimate_resources(cfg)
-    lay = DesignLayout(cfg)
+    lay = _load(config)
+    cfg = lay.config
+    est = estimate_resources(lay)
     res = cfg.board_info.resources
     summary = {
         "config": str(config), "valid": True, "name": cfg.name, "board": cfg.board,
         "clock_mhz": cfg.clock, "config_hash": lay.config_hash,
-        "macs_per_cycle": cfg.matmul.rows * cfg.matmul.lanes,
+        "engines": [e.kind for e in cfg.engines],
+        "macs_per_cycle": lay.macs_per_cycle,
         "ports": {p.name: p.channel for p in lay.ports},
         "estimate": est.as_dict(),
         "utilization": {"lut": est.lut / res.lut, "dsp": est.dsp / res.dsp,
                         "bram36": est.bram36 / max(1, res.bram36 + 8 * res.uram)},
     }
     if as_json:
-        console.print_json(json.dumps(summary))
+        sys.stdout.write(json.dumps(summary) + "\n")
         return
     console.print(f"[green]valid[/]: {config} -> kernel {cfg.name!r} on {cfg.board} at {cfg.clock:g} MHz")
-    console.print(f"  {summary['macs_per_cycle']} MACs/cycle; ports {summary['ports']}")
+    console.print(f"  engines {', '.join(summary['engines'])}; {summary['macs_per_cycle']} MACs/cycle; "
+                  f"ports {summary['ports']}")
     console.print(f"  analytic estimate: {est.lut:,} LUT ({summary['utilization']['lut']:.1%}), "
                   f"{est.dsp:,} DSP ({summary['utilization']['dsp']:.1%}), {est.bram36} BRAM36 "
                   f"({summary['utilization']['bram36']:.1%})")
 
 
-@app.command()
+@_command()
 def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
              as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
              no_cache: bool = typer.Option(False, "--no-cache",
@@ -148,7 +210,7 @@ def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
     """Resource and logic-depth estimate with Yosys synth_xilinx (an estimate, not Vivado)."""
     from .estimate import EstimateError, estimate as run_estimate
 
-    cfg = _load(config)
+    cfg = _load(config).config
     if output is not None:                  # checked before a run that can take minutes
         existed = output.exists()
         try:
@@ -175,7 +237,7 @@ def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
         return
     _print_estimate(report)
     if output is not None:
-        console.print(f"wrote {output}")
+        _say(f"wrote {output}")
 
 
 def _print_estimate(r) -> None:
@@ -221,18 +283,18 @@ def _print_estimate(r) -> None:
                   "Yosys estimates, not Vivado results: see docs/estimate.md.", highlight=False)
 
 
-@app.command()
+@_command()
 def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to a file.")):
     """Print the JSON Schema of accelerator configs."""
     text = json.dumps(json_schema(), indent=2)
     if output:
         _write_text(output, text + "\n")
-        console.print(f"wrote {output}")
+        _say(f"wrote {output}")
     else:
         sys.stdout.write(text + "\n")
 
 
-@app.command()
+@_command()
 def gen(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         output: Path = typer.Option(..., "--output", "-o", help="Output directory."),
         lint: bool = typer.Option(True, "--lint/--no-lint", help="Run verilator --lint-only -Wall."),
@@ -241,26 +303,28 @@ def gen(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
     """Generate the Verilog top, manifest.json and packaging scripts."""
     from .emit import lint as run_lint
 
-    cfg = _load(config)
-    with console.status("generating RTL with Amaranth..."):
+    cfg = _load(config).config
+    if package and (output / "package").exists() and not (output / "package").is_dir():
+        _fail(f"cannot write the packaging scripts into {output / 'package'}: it exists and is not a directory")
+    with err_console.status("generating RTL with Amaranth..."):
         design = _generate(cfg, output)
-    console.print(f"wrote {design.verilog_path} and {design.manifest_path}")
+    _say(f"wrote {design.verilog_path} and {design.manifest_path}")
     if lint:
-        with console.status("verilator --lint-only -Wall ..."):
+        with err_console.status("verilator --lint-only -Wall ..."):
             try:
                 run_lint(design.verilog_path)
             except RuntimeError as err:
                 _fail(f"lint failed:\n{err}", code=1)
-        console.print("lint: clean (verilator --lint-only -Wall)")
+        _say("lint: clean (verilator --lint-only -Wall)")
     if package:
         from .package import render_package
 
         files = render_package(json.loads(Path(design.manifest_path).read_text()), output / "package",
                                cfg.board_info)
-        console.print(f"packaging scripts: {', '.join(str(f) for f in files)}")
+        _say(f"packaging scripts: {', '.join(str(f) for f in files)}")
 
 
-@app.command()
+@_command()
 def sim(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         seed: int = typer.Option(1, "--seed", help="Random seed for the regression."),
         tests: Optional[str] = typer.Option(None, "--tests", "-k",
@@ -269,18 +333,15 @@ def sim(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
     """Run the cocotb + Verilator regression for one config."""
     from .regression import run_regression
 
-    cfg = _load(config)
-    try:
-        result = run_regression(cfg, seed=seed, test_filter=tests, build_dir=build_dir, console=console)
-    except ValueError as err:
-        _fail(str(err))
+    cfg = _load(config).config
+    result = run_regression(cfg, seed=seed, test_filter=tests, build_dir=build_dir, console=err_console)
     console.print(f"cocotb: {result.passed} passed, {result.failed} failed, {result.skipped} skipped "
                   f"({result.seconds:.1f} s)")
     if result.failed or result.passed == 0:
         raise typer.Exit(1)
 
 
-@app.command()
+@_command()
 def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         layer: str = typer.Option("linear", "--layer", help="Layer to run: linear or attention."),
         m: int = typer.Option(1, "--m", help="linear: rows of activations (tokens)."),
@@ -302,8 +363,10 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
 
     if layer not in ("linear", "attention"):
         _fail(f"--layer must be one of: linear, attention (got {layer!r})")
-    cfg = _load(config)
-    shown = None if as_json else console
+    if not timeout > 0 or timeout == float("inf"):
+        _fail(f"--timeout must be a finite number of seconds > 0, got {timeout}")
+    cfg = _load(config).config
+    shown = None if as_json else err_console
     try:
         if layer == "attention":
             from .attention_runner import run_attention
@@ -312,8 +375,11 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
                                    window=window, sink=sink, seed=seed, timeout=timeout, console=shown)
         else:
             report = run_linear(cfg, m=m, k=k, n=n, wbits=wbits, seed=seed, timeout=timeout, console=shown)
-    except (LayerRunError, ValueError) as err:
-        _fail(str(err))
+    except LayerRunError as err:
+        _fail(str(err), code=1)
+    except ValueError as err:
+        _fail(_as_flags(str(err), ("m", "k", "n", "wbits", "ctx", "n_q", "q_heads", "kv_heads", "kv_bits",
+                                   "window", "sink", "seed", "timeout")))
     if as_json:
         sys.stdout.write(json.dumps(report, default=str) + "\n")
         return
@@ -321,6 +387,14 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         _print_attention_report(report)
     else:
         _print_run_report(report)
+
+
+def _as_flags(message: str, params) -> str:
+    """A runner's message about parameter ``n_q`` phrased with its flag ``--n-q``."""
+    import re
+
+    return re.sub(r"^(" + "|".join(sorted(params, key=len, reverse=True)) + r")\b(?= (must|\d|/|exceeds|needs))",
+                  lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
 def _print_attention_report(r: dict) -> None:
@@ -367,14 +441,14 @@ def _print_run_report(r: dict) -> None:
     console.print(t)
 
 
-@app.command()
+@_command()
 def quickstart(board: str = typer.Option("u280", "--board", "-b", help="Board to target."),
                directory: Path = typer.Option(Path("hbmforge-quickstart"), "--dir",
                                               help="Where to write the config and the design."),
                m: int = typer.Option(4, "--m"), k: int = typer.Option(512, "--k"),
                n: int = typer.Option(512, "--n")):
     """The main job: starter config -> RTL -> Verilator model -> int4 Linear layer, with a report."""
-    from .boards import UnknownBoardError
+    from hbmforge.boards import UnknownBoardError
     from .emit import lint as run_lint
     from .runner import LayerRunError, run_linear
 
@@ -387,18 +461,20 @@ def quickstart(board: str = typer.Option("u280", "--board", "-b", help="Board to
         _fail(f"cannot create {directory}: {err.strerror or err}")
     cfg_path = directory / f"{board}.yaml"
     _write_text(cfg_path, dump_yaml(data))
-    console.print(f"[bold]1/4[/] wrote starter config {cfg_path}")
-    cfg = _load(cfg_path)
-    with console.status("generating RTL..."):
+    _say(f"[bold]1/4[/] wrote starter config {cfg_path}")
+    cfg = _load(cfg_path).config
+    with err_console.status("generating RTL..."):
         design = _generate(cfg, directory / "rtl")
         run_lint(design.verilog_path)
-    console.print(f"[bold]2/4[/] generated {design.verilog_path} (lint clean) and {design.manifest_path}")
-    console.print("[bold]3/4[/] building the Verilator co-simulation and running an int4 Linear layer")
+    _say(f"[bold]2/4[/] generated {design.verilog_path} (lint clean) and {design.manifest_path}")
+    _say("[bold]3/4[/] building the Verilator co-simulation and running an int4 Linear layer")
     try:
-        report = run_linear(cfg, m=m, k=k, n=n, wbits=4, seed=0, timeout=600.0, console=console)
-    except (LayerRunError, ValueError) as err:
-        _fail(str(err))
-    console.print("[bold]4/4[/] result")
+        report = run_linear(cfg, m=m, k=k, n=n, wbits=4, seed=0, timeout=600.0, console=err_console)
+    except LayerRunError as err:
+        _fail(str(err), code=1)
+    except ValueError as err:
+        _fail(_as_flags(str(err), ("m", "k", "n")))
+    _say("[bold]4/4[/] result")
     _print_run_report(report)
 
 

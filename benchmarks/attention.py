@@ -65,7 +65,7 @@ def attention_config(board: str, *, rows: int = 8, kv_ports: int = 2, max_contex
 
 
 def performance(board: str, ctx: int, heads: int, prefill: int) -> None:
-    from hbmforge.attention_runner import run_attention
+    from hbmforge.flows.attention_runner import run_attention
 
     cfg = parse_config(attention_config(board, max_context=max(8192, ctx)))
     att = cfg.attention

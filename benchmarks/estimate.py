@@ -5,7 +5,7 @@
 Metrics (``{"bench": "estimate", "metric", "value", "unit", ...context}``):
 
 * ``wasm_compile_seconds``: only when yowasp had not compiled yosys.wasm yet (a one-off).
-* ``estimate_seconds``: wall time of ``hbmforge.estimate.estimate`` on the u280 starter
+* ``estimate_seconds``: wall time of ``hbmforge.flows.estimate.estimate`` on the u280 starter
   config with the compiled-WebAssembly cache warm and the result cache bypassed
   (``use_cache=False``): RTL generation + a full Yosys ``synth_xilinx`` run.
   ``estimate_cpu_seconds``: CPU time of that Yosys run (less sensitive to machine load).
@@ -25,7 +25,7 @@ import subprocess
 import time
 
 from hbmforge.config import parse_config, starter_config
-from hbmforge.estimate import SOURCE, _wasm_compiled, _yosys_command, estimate
+from hbmforge.flows.estimate import SOURCE, _wasm_compiled, _yosys_command, estimate
 
 
 def emit(metric: str, value, unit: str, **context) -> None:

@@ -14,7 +14,7 @@ Metrics (``{"bench": "lowbit", "metric", "value", "unit", ...context}``):
   both estimated in this run. The context also gives the whole-kernel ratio and the
   BRAM the tables take (LUTs are not the only cost).
 * ``tlmm_array_macs_per_lut_vs_baseline``: the same ratio for the two arrays alone
-  (``hbmforge.estimate.estimate_component``), which shows where the engine's LUTs go.
+  (``hbmforge.flows.estimate.estimate_component``), which shows where the engine's LUTs go.
 * ``estimate_seconds``: wall time of ``hbmforge estimate`` on the starter config with a
   warm WebAssembly cache and the result cache bypassed (and the cached-result time).
 """
@@ -51,7 +51,7 @@ def _with_engine(data: dict, name: str, **engine) -> dict:
 
 
 def gemv(board: str, only: str | None = None) -> None:
-    from hbmforge.runner import run_linear
+    from hbmforge.flows.runner import run_linear
 
     cases = [
         ("w2a8_gemv_hbm_efficiency", _example("u280_w2a8", board), 2, {}),
@@ -83,7 +83,7 @@ def engine_part(report) -> dict:
 
 
 def tlmm_vs_baseline(board: str, groups: list[int]) -> None:
-    from hbmforge.estimate import estimate
+    from hbmforge.flows.estimate import estimate
 
     base_data = _example("u280_ternary", board)
     base = estimate(parse_config(base_data))
@@ -111,7 +111,7 @@ def array_luts(groups: list[int], *, rows: int = 4, lanes: int = 128, group_size
     from amaranth.hdl import signed
     from amaranth.lib import data
 
-    from hbmforge.estimate import SOURCE, estimate_component
+    from hbmforge.flows.estimate import SOURCE, estimate_component
     from hbmforge.generators.matmul.array import MacArray
     from hbmforge.generators.matmul.tlmm import TlmmArray
 
@@ -131,7 +131,7 @@ def array_luts(groups: list[int], *, rows: int = 4, lanes: int = 128, group_size
 
 
 def estimate_seconds(board: str) -> None:
-    from hbmforge.estimate import estimate
+    from hbmforge.flows.estimate import estimate
 
     cfg = parse_config(starter_config(board))
     estimate(cfg)                                   # warms the WebAssembly cache (and the result cache)

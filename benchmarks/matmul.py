@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from hbmforge.config import parse_config, starter_config
-from hbmforge.runner import run_linear
+from hbmforge.flows.runner import run_linear
 
 
 def emit(metric: str, value, unit: str, **context) -> None:
@@ -40,13 +40,13 @@ def _layer(cfg, m, k, n, wbits):
 
 def cocotb_cycles_per_second(cfg, m, k, n, wbits) -> tuple[float, int, float]:
     """Run the same layer through the cocotb bench; return (cycles/s, cycles, wall seconds)."""
-    from hbmforge.emit import generate
+    from hbmforge.flows.emit import generate
     from hbmforge.sim.cocotb_runner import run_cocotb
 
     with tempfile.TemporaryDirectory(prefix="hbmforge-bench-") as tmp:
         design = generate(cfg, Path(tmp) / "rtl")
         report = Path(tmp) / "bench.json"
-        res = run_cocotb([design.verilog_path], cfg.name, "hbmforge.sim.tb_kernel",
+        res = run_cocotb([design.verilog_path], cfg.name, "hbmforge.flows.tb_kernel",
                          testcase="test_benchmark_one_layer", test_dir=Path(tmp) / "cocotb",
                          progress=sys.stderr.isatty(),
                          extra_env={"HBMFORGE_MANIFEST": str(design.manifest_path),

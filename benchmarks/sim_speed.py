@@ -1,7 +1,7 @@
 """Co-simulation build time and speed; prints one JSON object per line.
 
     python benchmarks/sim_speed.py                 # the fixture kernel (tests/fixtures)
-    python benchmarks/sim_speed.py --starter u280  # the generated starter kernel (needs hbmforge.emit)
+    python benchmarks/sim_speed.py --starter u280  # the generated starter kernel (needs hbmforge.flows.emit)
     python benchmarks/sim_speed.py --design DIR    # any generated design dir (<kernel>.v + manifest.json)
 
 Reports the build (or cache lookup) time and cycles per second: idle (clock
@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.starter:
         from hbmforge.config import parse_config, starter_config
-        from hbmforge.emit import generate
+        from hbmforge.flows.emit import generate
         with tempfile.TemporaryDirectory() as tmp:
             generate(parse_config(starter_config(args.starter)), Path(tmp))
             print(json.dumps(measure(Path(tmp), fixture=False, opt=args.opt, label=f"starter-{args.starter}")))

@@ -68,7 +68,7 @@ def _run_stream(dut, items, n_out, *, seed, stall, backpressure, convert=_lanes,
 
 
 def _lint(dut, tmp_path, name):
-    from hbmforge.emit import lint
+    from hbmforge.flows.emit import lint
     text = verilog.convert(dut, name=name, emit_src=False)
     path = tmp_path / f"{name}.v"
     path.write_text(text)

@@ -201,7 +201,7 @@ def test_tlmm_kernel_verilog_passes_lint(tmp_path):
     # g = 3 on 16 lanes: five 3-lane banks and a 1-lane one; 5trit weights
     g, engine = 3, {"rows": 2, "lanes": 16, "weight_ports": 1, "group_size": 16, "max_k": 64,
                     "ternary_packing": "5trit"}
-    from hbmforge.emit import generate, lint
+    from hbmforge.flows.emit import generate, lint
 
     cfg = parse_config({"version": 1, "name": f"lint_tlmm{g}", "board": "u280", "axi": {"data_width": 64},
                         "engines": [{"kind": "matmul", "weight_bits": [T], "arch": "tlmm", "tlmm_group": g,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from hbmforge.cli import app
+from hbmforge.flows.cli import app
 
 runner = CliRunner()
 

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-import hbmforge.estimate as est
+import hbmforge.flows.estimate as est
 from cli_helpers import invoke
 from designs import tiny_config_dict
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from hbmforge.cli import app
+from hbmforge.flows.cli import app
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CI_RUN = Path(__file__).resolve().parents[2] / ".ci" / "run"

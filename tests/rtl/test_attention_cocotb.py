@@ -6,14 +6,14 @@ from __future__ import annotations
 import pytest
 
 from hbmforge.config import parse_config
-from hbmforge.regression import run_regression
+from hbmforge.flows.regression import run_regression
 
 from designs import tiny_config_dict
 
 pytestmark = pytest.mark.rtl
 
-KERNEL_TESTS = 6        # hbmforge.sim.tb_kernel
-ATTENTION_TESTS = 2     # hbmforge.sim.tb_attention
+KERNEL_TESTS = 6        # hbmforge.flows.tb_kernel
+ATTENTION_TESTS = 2     # hbmforge.flows.tb_attention
 
 
 def _config(**attention):

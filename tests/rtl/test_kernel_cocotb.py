@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 
 from hbmforge.config import parse_config
-from hbmforge.regression import run_regression
+from hbmforge.flows.regression import run_regression
 
 from designs import tiny_config_dict
 
 pytestmark = pytest.mark.rtl
 
-N_TESTS = 6     # cocotb tests in hbmforge.sim.tb_kernel that run without HBMFORGE_TB_BENCH
+N_TESTS = 6     # cocotb tests in hbmforge.flows.tb_kernel that run without HBMFORGE_TB_BENCH
 
 
 def _run(tmp_path, cfg, **kw):

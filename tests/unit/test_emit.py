@@ -1,4 +1,4 @@
-"""hbmforge.emit: flat top-level ports, manifest, determinism, Verilator lint."""
+"""hbmforge.flows.emit: flat top-level ports, manifest, determinism, Verilator lint."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,7 @@ import pytest
 
 from hbmforge import __version__
 from hbmforge.config import parse_config, starter_config
-from hbmforge.emit import KernelTop, LintError, generate, lint, top_ports, waiver_file
+from hbmforge.flows.emit import KernelTop, LintError, generate, lint, top_ports, waiver_file
 from hbmforge.layout import DesignLayout
 
 GATEWARE = Path(__file__).resolve().parents[1] / "gateware"
@@ -137,7 +137,7 @@ import sys
 sys.path.insert(0, {gateware!r})
 from test_emit_config import small_config
 from shell_fixture_engine import CopyEngine
-from hbmforge.emit import generate
+from hbmforge.flows.emit import generate
 from hbmforge.layout import DesignLayout
 cfg = small_config()
 generate(cfg, sys.argv[1], engine=CopyEngine(DesignLayout(cfg)))

@@ -1,4 +1,4 @@
-"""`hbmforge.estimate`: parsing Yosys output (fast, fixed text) and one real Yosys run on a tiny design."""
+"""`hbmforge.flows.estimate`: parsing Yosys output (fast, fixed text) and one real Yosys run on a tiny design."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,7 +8,7 @@ import math
 import pytest
 
 from hbmforge.config import parse_config, starter_config
-from hbmforge.estimate import (GLUE, KERNEL, RESOURCES, SOURCE, EstimateError, cache_key, estimate,
+from hbmforge.flows.estimate import (GLUE, KERNEL, RESOURCES, SOURCE, EstimateError, cache_key, estimate,
                                hierarchy_totals, parse_ltp, parse_stat, raw_from_outputs, resources_of,
                                verilog_hierarchy, yosys_script, yowasp_cache_dir)
 
@@ -187,7 +187,7 @@ def test_yowasp_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 
 
 def test_missing_yowasp_is_a_clear_error(monkeypatch, tiny_config):
-    import hbmforge.estimate as est
+    import hbmforge.flows.estimate as est
 
     monkeypatch.setattr(est.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(EstimateError, match=r"pip install 'hbmforge\[estimate\]'"):
@@ -196,7 +196,7 @@ def test_missing_yowasp_is_a_clear_error(monkeypatch, tiny_config):
 
 @needs_yosys
 def test_yosys_failure_shows_the_end_of_its_log(monkeypatch, tiny_config, tmp_path):
-    import hbmforge.estimate as est
+    import hbmforge.flows.estimate as est
 
     broken = "read_verilog design.v\nno_such_command\n"
     monkeypatch.setattr(est, "yosys_script", lambda *a, **k: broken)
@@ -279,7 +279,7 @@ def test_one_component_alone_sign_select_needs_no_dsp_and_an_int8_multiplier_doe
     from amaranth.hdl import signed
     from amaranth.lib import data
 
-    from hbmforge.estimate import estimate_component
+    from hbmforge.flows.estimate import estimate_component
     from hbmforge.generators.matmul.array import MacArray
 
     tag = data.StructLayout({"t": 1})

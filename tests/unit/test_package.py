@@ -15,7 +15,7 @@ import pytest
 from hbmforge.config import parse_config, starter_config
 from hbmforge.kernel_interface import kernel_args
 from hbmforge.layout import DesignLayout
-from hbmforge.package import render_package
+from hbmforge.flows.package import render_package
 
 from tcl_stub import calls_named, run_tcl
 

@@ -15,15 +15,14 @@ import os
 import cocotb
 import numpy as np
 
-from hbmforge.encodings import ErrorCode
+from hbmforge.encodings import ErrorCode, Opcode
 from hbmforge.engines.attention import attention_geometry
-from hbmforge.host.program import ProgramBuilder
 from hbmforge.numerics.attention import (AttentionCase, pack_block_table, pack_q_records,
                                          run_attention, write_kv_token)
 from hbmforge.numerics.program import SparseMemory
 
 from hbmforge.sim.kernel_bench import load_bench_manifest
-from .tb_kernel import SEED, Layer, _bench, _program
+from .tb_kernel import SEED, Layer, Program, _bench, _program
 
 CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))
 HAS_ATTENTION = any(e.get("kind") == "attention" for e in load_bench_manifest().get("engines", ())) \
@@ -44,8 +43,7 @@ class _Mirrored:
 class AttnJob:
     """One random attention call: a sequence in its own shuffled pages, Q records, an output buffer."""
 
-    def __init__(self, bench, mem: _Mirrored, man, rng: np.random.Generator, *, prefill: bool):
-        lay = man.layout
+    def __init__(self, bench, mem: _Mirrored, lay, rng: np.random.Generator, *, prefill: bool):
         att = lay.attention
         geom = attention_geometry(lay)
         self.lay, self.geom = lay, geom
@@ -86,8 +84,8 @@ class AttnJob:
                   "ctx_len": ctx, "window": window, "sink": sink, "kv_bits": bits, "q_addr": q_addr,
                   "bt_addr": bt_addr, "k_pool": k_pool, "v_pool": v_pool, "o_addr": o_addr}
 
-    def add_to(self, prog: ProgramBuilder):
-        prog.attention(**self.d)
+    def add_to(self, prog: Program) -> int:
+        return prog.add({"op": Opcode.ATTENTION, **self.d})
 
     def expect(self, mirror: SparseMemory) -> dict:
         stats = run_attention(mirror, self.d, self.lay)
@@ -106,22 +104,22 @@ class AttnJob:
 
 @cocotb.test(skip=not HAS_ATTENTION)
 async def test_attention_and_matmul_program_matches_golden_under_backpressure(dut):
-    bench, man = await _bench(dut, seed_offset=101)
+    bench, lay = await _bench(dut, seed_offset=101)
     rng = np.random.default_rng(SEED + 101)
     mirror = SparseMemory()
     mem = _Mirrored(bench, mirror)
-    prog = ProgramBuilder(man)
+    prog = Program(lay)
     jobs, layers = [], []
     for i in range(max(2, CASES)):
-        job = AttnJob(bench, mem, man, rng, prefill=bool(i % 2))
+        job = AttnJob(bench, mem, lay, rng, prefill=bool(i % 2))
         job.add_to(prog)
         jobs.append(job)
         if i == 0:                                   # an engine switch in both directions
-            layer = Layer(bench, man, rng)
+            layer = Layer(bench, lay, rng)
             layer.add_to(prog)
             layers.append(layer)
     expected_macs = sum(layer.m * layer.k * layer.n for layer in layers)
-    kv_read = [0] * len([p for p in man.ports if p.name != "data"])
+    kv_read = [0] * len([p for p in lay.ports if p.name != "data"])
     for job in jobs:
         stats = job.expect(mirror)
         expected_macs += stats["mac_ops"]
@@ -136,10 +134,10 @@ async def test_attention_and_matmul_program_matches_golden_under_backpressure(du
     for i, layer in enumerate(layers):
         layer.check(bench, f"matmul layer {i}")
     assert await bench.reg_read("MAC_OPS") == expected_macs
-    if not layers or all(layer.m <= man.engine.rows for layer in layers):
+    if not layers or all(layer.m <= lay.mm.rows for layer in layers):
         # weight bytes are read once per row block; with one block they add to the KV bytes
-        wbytes = [sum(man.layout.matmul.weight_port_bytes(layer.n, layer.k, layer.wbits) for layer in layers)
-                  if p < man.engine.weight_ports else 0 for p in range(len(kv_read))]
+        wbytes = [sum(lay.matmul.weight_port_bytes(layer.n, layer.k, layer.wbits) for layer in layers)
+                  if p < lay.mm.weight_ports else 0 for p in range(len(kv_read))]
         for p, nbytes in enumerate(kv_read):
             got = await bench.reg_read(f"W{p}_BYTES_READ")
             assert got == nbytes + wbytes[p], f"W{p}_BYTES_READ {got}, expected {nbytes} KV + {wbytes[p]} weights"
@@ -147,17 +145,17 @@ async def test_attention_and_matmul_program_matches_golden_under_backpressure(du
 
 @cocotb.test(skip=not HAS_ATTENTION)
 async def test_bad_attention_descriptor_stops_with_code_and_index(dut):
-    bench, man = await _bench(dut, seed_offset=202, busy=0.1)
+    bench, lay = await _bench(dut, seed_offset=202, busy=0.1)
     rng = np.random.default_rng(SEED + 202)
     mirror = SparseMemory()
-    job = AttnJob(bench, _Mirrored(bench, mirror), man, rng, prefill=False)
-    prog = ProgramBuilder(man)
+    job = AttnJob(bench, _Mirrored(bench, mirror), lay, rng, prefill=False)
+    prog = Program(lay)
     job.add_to(prog)
     raw = bytearray(prog.to_bytes())
-    size = man.descriptor.bytes
+    size = lay.descriptor_bytes
     bad = bytearray(raw)                          # descriptor 1: a context longer than the cache
-    off = man.descriptor.attention_fields["ctx_len"]
-    bad[off:off + 8] = (man.layout.attention.max_context + 1).to_bytes(8, "little")
+    off = lay.field_offset("ctx_len", Opcode.ATTENTION)
+    bad[off:off + 8] = (lay.attention.max_context + 1).to_bytes(8, "little")
     program = bytes(raw) + bytes(bad[:size]) + bytes(raw)
     addr = bench.alloc(len(program))
     bench.write(addr, program)

@@ -16,11 +16,11 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
-from hbmforge.host.manifest import Manifest
 from hbmforge.host.packing import (pack_activations, pack_requant, pack_scales, pack_weights,
                                    unpack_output)
-from hbmforge.host.program import ProgramBuilder
-from hbmforge.encodings import ErrorCode, OutMode
+from hbmforge.encodings import ErrorCode, Opcode, OutMode, WeightFormat
+from hbmforge.layout import DesignLayout
+from hbmforge.manifest import read_manifest
 from hbmforge.numerics import matmul_int8, matmul_int32, storage_range
 
 from hbmforge.sim.kernel_bench import KernelBench, load_bench_manifest
@@ -30,17 +30,45 @@ CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))
 BUSY = float(os.environ.get("HBMFORGE_TB_BUSY", "0.3"))
 
 
+class Program:
+    """Descriptors encoded with the layout's formats; checked with the shared rules unless told not to."""
+
+    def __init__(self, layout: DesignLayout):
+        self.layout = layout
+        self.descriptors: list[dict] = []
+
+    def add(self, fields: dict, *, check: bool = True) -> int:
+        if check and fields["op"] != Opcode.END:
+            code, why = self.layout.validate_descriptor(fields)
+            assert code == ErrorCode.NONE, f"bench built a bad descriptor ({code!r}): {why}"
+        self.descriptors.append(dict(fields))
+        return len(self.descriptors) - 1
+
+    def end(self) -> int:
+        return self.add({"op": Opcode.END})
+
+    def __len__(self) -> int:
+        return len(self.descriptors)
+
+    @property
+    def nbytes(self) -> int:
+        return len(self.descriptors) * self.layout.descriptor_bytes
+
+    def to_bytes(self) -> bytes:
+        return b"".join(self.layout.encode_descriptor(d) for d in self.descriptors)
+
+
 class Layer:
     """One random matmul: operands, buffers in the bench memory, and its expected output."""
 
-    def __init__(self, bench: KernelBench, man: Manifest, rng: np.random.Generator, *,
+    def __init__(self, bench: KernelBench, lay: DesignLayout, rng: np.random.Generator, *,
                  m=None, k=None, n=None, wbits=None, out_mode=None):
-        eng, lay = man.engine, man.layout
+        eng = lay.mm
         self.lay = lay
         rows = eng.rows
         self.m = m or int(rng.integers(1, 2 * rows + 2))
-        kmax_steps = max(1, min(3, eng.max_k // eng.k_align))
-        self.k = k or eng.k_align * int(rng.integers(1, kmax_steps + 1))
+        kmax_steps = max(1, min(3, eng.max_k // lay.matmul.k_align))
+        self.k = k or lay.matmul.k_align * int(rng.integers(1, kmax_steps + 1))
         self.n = n or int(rng.integers(1, 8))
         # weight format: 2, 4, 8 or "ternary" (any the engine accepts)
         self.wbits = wbits or eng.weight_bits[int(rng.integers(len(eng.weight_bits)))]
@@ -76,10 +104,17 @@ class Layer:
     def fmt_name(self) -> str:
         return "ternary" if self.wbits == "ternary" else f"int{self.wbits}"
 
-    def add_to(self, prog: ProgramBuilder):
-        prog.matmul(m=self.m, k=self.k, n=self.n, wbits=self.wbits, x=self.x_addr, s=self.s_addr,
-                    y=self.y_addr, w=self.w_addrs, out_mode=self.out_mode, out_shift=self.out_shift,
-                    q=self.q_addr if self.out_mode == OutMode.INT8 else None)
+    def descriptor(self) -> dict:
+        d = {"op": Opcode.MATMUL, "m": self.m, "k": self.k, "n": self.n,
+             "wbits": WeightFormat.code(self.wbits), "out_mode": self.out_mode,
+             "out_shift": self.out_shift if self.out_mode == OutMode.INT32 else 0,
+             "x_addr": self.x_addr, "s_addr": self.s_addr, "y_addr": self.y_addr,
+             "q_addr": self.q_addr if self.out_mode == OutMode.INT8 else 0}
+        d.update({f"w_addr{i}": a for i, a in enumerate(self.w_addrs)})
+        return d
+
+    def add_to(self, prog: Program) -> int:
+        return prog.add(self.descriptor())
 
     def expected(self) -> np.ndarray:
         g = self.k // self.s.shape[1]
@@ -106,15 +141,15 @@ class Layer:
         assert not raw[blocked.size:].any(), f"{label}: word padding after Y is not zero"
 
 
-async def _bench(dut, *, seed_offset: int = 0, busy: float = BUSY) -> tuple[KernelBench, Manifest]:
+async def _bench(dut, *, seed_offset: int = 0, busy: float = BUSY) -> tuple[KernelBench, DesignLayout]:
     manifest = load_bench_manifest()
     bench = KernelBench(dut, manifest, seed=SEED * 1000 + seed_offset, busy=busy,
                         extra_latency=(4, 40) if busy > 0 else (0, 0))
     await bench.reset()
-    return bench, Manifest.load(manifest)
+    return bench, read_manifest(manifest).layout
 
 
-async def _program(bench: KernelBench, prog: ProgramBuilder) -> int:
+async def _program(bench: KernelBench, prog: Program) -> int:
     addr = bench.alloc(prog.nbytes)
     bench.write(addr, prog.to_bytes())
     return addr
@@ -122,22 +157,22 @@ async def _program(bench: KernelBench, prog: ProgramBuilder) -> int:
 
 @cocotb.test()
 async def test_identity_registers_match_manifest(dut):
-    bench, man = await _bench(dut, seed_offset=1)
-    assert await bench.reg_read("ID") == man.kernel_id
-    assert await bench.reg_read("VERSION") == man.layout_version
-    assert await bench.reg_read("HASH") == man.hash64
+    bench, lay = await _bench(dut, seed_offset=1)
+    assert await bench.reg_read("ID") == lay.kernel_id
+    assert await bench.reg_read("VERSION") == lay.layout_version
+    assert await bench.reg_read("HASH") == lay.hash64
     assert (await bench.reg_read("CTRL")) & 0b100, "ap_idle must be set after reset"
     assert await bench.reg_read("STATUS") == 0
 
 
 @cocotb.test()
 async def test_random_layers_match_golden_under_backpressure(dut):
-    bench, man = await _bench(dut, seed_offset=2)
+    bench, lay = await _bench(dut, seed_offset=2)
     rng = np.random.default_rng(SEED)
-    formats = list(man.engine.weight_bits)
+    formats = list(lay.mm.weight_bits)
     for case in range(max(CASES, len(formats))):        # every format the engine accepts, then random
-        layer = Layer(bench, man, rng, wbits=formats[case] if case < len(formats) else None)
-        prog = ProgramBuilder(man)
+        layer = Layer(bench, lay, rng, wbits=formats[case] if case < len(formats) else None)
+        prog = Program(lay)
         layer.add_to(prog)
         status = await bench.run(await _program(bench, prog), len(prog))
         assert status == 0, f"case {case}: STATUS={status:#x}"
@@ -147,12 +182,12 @@ async def test_random_layers_match_golden_under_backpressure(dut):
 
 @cocotb.test()
 async def test_program_runs_descriptors_in_order_and_stops_at_end(dut):
-    bench, man = await _bench(dut, seed_offset=3)
+    bench, lay = await _bench(dut, seed_offset=3)
     rng = np.random.default_rng(SEED + 7)
-    layers = [Layer(bench, man, rng, wbits=b, out_mode=o)
-              for b, o in zip(man.engine.weight_bits * 2, ["int32", "int8", "int8", "int32"])][:3]
-    skipped = Layer(bench, man, rng, out_mode="int32")
-    prog = ProgramBuilder(man)
+    layers = [Layer(bench, lay, rng, wbits=b, out_mode=o)
+              for b, o in zip(lay.mm.weight_bits * 2, ["int32", "int8", "int8", "int32"])][:3]
+    skipped = Layer(bench, lay, rng, out_mode="int32")
+    prog = Program(lay)
     for layer in layers:
         layer.add_to(prog)
     prog.end()
@@ -168,14 +203,14 @@ async def test_program_runs_descriptors_in_order_and_stops_at_end(dut):
 
 @cocotb.test()
 async def test_bad_descriptor_stops_with_error_code_and_index(dut):
-    bench, man = await _bench(dut, seed_offset=4)
+    bench, lay = await _bench(dut, seed_offset=4)
     rng = np.random.default_rng(SEED + 11)
-    good = Layer(bench, man, rng)
-    prog = ProgramBuilder(man)
+    good = Layer(bench, lay, rng)
+    prog = Program(lay)
     good.add_to(prog)
-    bad = prog.descriptors[0]
-    bad["k"] = man.engine.k_align + 1                     # not a multiple of k_align
-    prog.unchecked(**bad)
+    bad = dict(prog.descriptors[0])
+    bad["k"] = lay.matmul.k_align + 1                     # not a multiple of k_align
+    prog.add(bad, check=False)
     status = await bench.run(await _program(bench, prog), len(prog))
     assert status & 1, "STATUS.error must be set"
     assert (status >> 8) & 0xFF == ErrorCode.BAD_K
@@ -183,18 +218,18 @@ async def test_bad_descriptor_stops_with_error_code_and_index(dut):
     assert await bench.reg_read("DESC_DONE") == 1
     good.check(bench, "descriptor before the bad one")
     # the next run starts clean
-    prog2 = ProgramBuilder(man)
+    prog2 = Program(lay)
     good.add_to(prog2)
     assert await bench.run(await _program(bench, prog2), 1) == 0
 
 
 @cocotb.test()
 async def test_counters_account_for_every_byte_and_mac(dut):
-    bench, man = await _bench(dut, seed_offset=5)
+    bench, lay = await _bench(dut, seed_offset=5)
     rng = np.random.default_rng(SEED + 13)
-    eng, lay = man.engine, man.layout
-    layer = Layer(bench, man, rng, m=eng.rows + 1, n=3, out_mode="int32")
-    prog = ProgramBuilder(man)
+    eng = lay.mm
+    layer = Layer(bench, lay, rng, m=eng.rows + 1, n=3, out_mode="int32")
+    prog = Program(lay)
     layer.add_to(prog)
     assert await bench.run(await _program(bench, prog), 1) == 0
     blocks = lay.matmul.row_blocks(layer.m)
@@ -214,10 +249,10 @@ async def test_counters_account_for_every_byte_and_mac(dut):
 
 @cocotb.test()
 async def test_ap_ctrl_hs_handshake_and_interrupt(dut):
-    bench, man = await _bench(dut, seed_offset=6, busy=0.0)
+    bench, lay = await _bench(dut, seed_offset=6, busy=0.0)
     rng = np.random.default_rng(SEED + 17)
-    layer = Layer(bench, man, rng, m=1, n=2)
-    prog = ProgramBuilder(man)
+    layer = Layer(bench, lay, rng, m=1, n=2)
+    prog = Program(lay)
     layer.add_to(prog)
     addr = await _program(bench, prog)
     await bench.reg_write("GIE", 1)
@@ -254,13 +289,13 @@ async def test_benchmark_one_layer(dut):
     import json
     import time
 
-    bench, man = await _bench(dut, seed_offset=7, busy=0.0)
+    bench, lay = await _bench(dut, seed_offset=7, busy=0.0)
     m, k, n, wbits = BENCH_LAYER.split(",")
     m, k, n = int(m), int(k), int(n)
     wbits = "ternary" if wbits == "ternary" else int(wbits)
-    layer = Layer(bench, man, np.random.default_rng(SEED), m=m, k=k, n=n, wbits=wbits,
+    layer = Layer(bench, lay, np.random.default_rng(SEED), m=m, k=k, n=n, wbits=wbits,
                   out_mode="int32")
-    prog = ProgramBuilder(man)
+    prog = Program(lay)
     layer.add_to(prog)
     addr = await _program(bench, prog)
     await bench.reg_write("program", addr)

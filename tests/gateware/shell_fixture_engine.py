@@ -1,18 +1,18 @@
-"""A test-only engine with MatmulEngineSignature: exercises the whole shell without the real matmul.
+"""A test-only engine with the matmul signature: exercises the whole shell without the real matmul.
 
 For each job it writes X (``round_words(M*K)`` bytes from ``x_addr``) to
 ``y_addr`` unchanged, and reads and discards the weights (every stripe), the
 group scales and, in INT8 mode, the requant parameters, with the byte counts
 of docs/architecture.md §4. It reports ``done`` after the writer's
 ``out_done`` and after every word it asked for has arrived. Each copied word
-is one "fire" of ``min(M, rows)`` rows, so the MAC/stall counters move.
+is one "fire" of ``min(M, rows)`` rows x ``lanes``, so the MAC/stall counters move.
 """
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 
-from hbmforge.generators.matmul.signature import MatmulEngineSignature
+from hbmforge.generators.matmul.signature import matmul_signature
 from hbmforge.encodings import OutMode
 from hbmforge.layout import DesignLayout
 
@@ -30,12 +30,11 @@ def expected_bytes(layout: DesignLayout, m, k, n, wbits, out_mode):
     }
 
 
-class CopyEngine(wiring.Component):
+class PassThroughEngine(wiring.Component):
     def __init__(self, layout: DesignLayout):
         self._layout = layout
         mm = layout.mm
-        super().__init__(MatmulEngineSignature(rows=mm.rows, weight_ports=mm.weight_ports,
-                                               data_width=layout.config.data_width))
+        super().__init__(matmul_signature(layout))
 
     def elaborate(self, platform):
         m = Module()
@@ -73,7 +72,7 @@ class CopyEngine(wiring.Component):
         out_seen = Signal()
         out_error = Signal()
         rows = Signal(range(mm.rows + 1))
-        m.d.comb += [self.busy.eq(busy), self.fire_rows.eq(Mux(busy, rows, 0))]
+        m.d.comb += self.busy.eq(busy)
 
         for s in streams:
             cmd = cmd_streams[s]
@@ -103,7 +102,8 @@ class CopyEngine(wiring.Component):
             self.out_data.payload.eq(self.act_data.payload),
             self.act_data.ready.eq(self.out_data.ready & (left["act"] != 0)),
             fire.eq(self.act_data.valid & self.act_data.ready),
-            self.fire.eq(fire),
+            self.stall.eq(busy & ~fire),
+            self.mac_inc.eq(Mux(fire, rows * mm.lanes, 0)),
         ]
         with m.If(fire):
             m.d.sync += left["act"].eq(left["act"] - 1)
@@ -130,3 +130,10 @@ class CopyEngine(wiring.Component):
         with m.If(done_valid & self.done.ready):
             m.d.sync += [done_valid.eq(0), busy.eq(0), out_seen.eq(0)]
         return m
+
+
+def passthrough_engines(layout: DesignLayout) -> dict:
+    """The kernel's engine map with the pass-through engine as the matmul engine."""
+    from hbmforge.encodings import Opcode
+
+    return {Opcode.MATMUL: PassThroughEngine(layout)}

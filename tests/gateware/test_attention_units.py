@@ -6,9 +6,9 @@ from amaranth.hdl import Const, Module, Signal
 from amaranth.sim import Simulator
 
 from hbmforge.encodings import ErrorCode
-from hbmforge.engines.attention import ATTENTION_FIELDS, validate_attention
+from hbmforge.engines.attention import ATTENTION_FIELDS, attention_checks, validate_attention
 from hbmforge.config import parse_config
-from hbmforge.generators.attention.checks import attention_checks
+from hbmforge.generators.engine import rtl_error_code
 from hbmforge.generators.attention.exp2 import Exp2
 from hbmforge.generators.attention.recip import Reciprocal
 from hbmforge.layout import DesignLayout
@@ -73,10 +73,7 @@ def test_descriptor_checks_mirror_validate_attention():
         variants.append(d)
     fields = {name: Signal(64, name=name) for name in ATTENTION_FIELDS}
     m = Module()
-    code = Signal(8)
-    for cond, value in reversed(attention_checks(fields, lay)):
-        with m.If(cond):
-            m.d.comb += code.eq(value)
+    code = rtl_error_code(m, attention_checks(lay), fields)
     got = []
 
     async def bench(ctx):

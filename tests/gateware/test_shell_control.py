@@ -18,7 +18,7 @@ AP_START, AP_DONE, AP_IDLE, AP_READY = (1 << CTRL_BITS[k] for k in ("ap_start", 
 def _layout(weight_ports=2) -> DesignLayout:
     cfg = starter_config("u280", name="ctl")
     cfg["engines"][0]["weight_ports"] = weight_ports
-    return DesignLayout(parse_config(cfg, check_budget=False))
+    return DesignLayout(parse_config(cfg))
 
 
 def _sim(dut, bench, seed=0):

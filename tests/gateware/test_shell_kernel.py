@@ -1,6 +1,6 @@
 """The whole shell end to end (control, command processor, ports, counters) with a copy engine.
 
-The engine is the test fixture :class:`shell_fixture_engine.CopyEngine`, so
+The engine is the test fixture :class:`shell_fixture_engine.PassThroughEngine`, so
 these tests check the shell alone: descriptors fetched and validated, the
 job record, DMA traffic, STATUS/DESC_DONE, counters and ap_ctrl_hs.
 """
@@ -17,7 +17,7 @@ from hbmforge.encodings import ErrorCode, Opcode, OutMode
 from hbmforge.layout import DesignLayout
 from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory, assert_rejects
 from sim_helpers import watchdog
-from shell_fixture_engine import CopyEngine, expected_bytes
+from shell_fixture_engine import PassThroughEngine, passthrough_engines, expected_bytes
 
 AP_DONE, AP_IDLE = 0b0010, 0b0100
 PROGRAM = 0x1000
@@ -29,7 +29,7 @@ def small_config(**axi):
         "axi": {"data_width": 64, "id_width": 2, "max_burst_beats": 8, "max_outstanding": 4, **axi},
         "engines": [{"kind": "matmul", "rows": 2, "lanes": 16, "weight_ports": 2,
                      "weight_bits": [4, 8], "group_size": 16, "max_k": 256}],
-    }, check_budget=False)
+    }, )
 
 
 @pytest.fixture(scope="module")
@@ -53,19 +53,19 @@ def encode(layout, descs):
     out = bytearray()
     for d in descs:
         raw = bytearray(layout.descriptor_bytes)
-        for name in layout.descriptor_fields:
-            off = layout.field_offset(name)
+        for name in layout.fields_for(Opcode.MATMUL):      # bad opcodes too: the matmul slots
+            off = layout.field_offset(name, Opcode.MATMUL)
             raw[off:off + 8] = (d.get(name, 0) & (2**64 - 1)).to_bytes(8, "little")
         out += raw
     return bytes(out)
 
 
 class KernelBench:
-    """A Kernel with a CopyEngine, one AXI memory model per port over one memory, and a host."""
+    """A Kernel with a PassThroughEngine, one AXI memory model per port over one memory, and a host."""
 
     def __init__(self, layout, *, seed=0, stall=0.2, error_ranges=()):
         self.layout = layout
-        self.dut = Kernel(layout, engine=CopyEngine(layout))
+        self.dut = Kernel(layout, engines=passthrough_engines(layout))
         self.mem = SparseMemory()
         self.rng = random.Random(seed)
         self.models = {}
@@ -155,7 +155,7 @@ def test_kernel_runs_a_program_and_counts(layout):
         assert abs(again["CYCLES"] - res["CYCLES"]) < res["CYCLES"] // 2
 
     async def watch_jobs(ctx):
-        job = tb.dut.engine.job
+        job = tb.dut.engine("matmul").job
         async for _, _, valid, ready, payload in ctx.tick().sample(job.valid, job.ready, job.payload):
             if valid and ready:
                 jobs.append(payload)
@@ -293,7 +293,7 @@ def test_empty_and_misaligned_programs_finish_at_once(layout):
 
 def test_kernel_rejects_engine_with_wrong_signature(layout):
     other = DesignLayout(small_config(data_width=128))
-    assert_rejects(Kernel, dict(layout=layout, engine=CopyEngine(other)), TypeError, "MatmulEngineSignature")
+    assert_rejects(Kernel, dict(layout=layout, engines={Opcode.MATMUL: PassThroughEngine(other)}), TypeError, "EngineSignature")
 
 
 def test_config_rejects_one_bit_ids():
@@ -316,7 +316,7 @@ def test_next_job_follows_done_within_two_cycles(layout):
         await tb.run(ctx, count=4)
 
     async def watch(ctx):
-        e = tb.dut.engine
+        e = tb.dut.engine("matmul")
         cycle = 0
         async for _, _, jv, jr, dv, dr in ctx.tick().sample(e.job.valid, e.job.ready,
                                                              e.done.valid, e.done.ready):

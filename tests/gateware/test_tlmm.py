@@ -205,7 +205,7 @@ def test_tlmm_kernel_verilog_passes_lint(tmp_path):
 
     cfg = parse_config({"version": 1, "name": f"lint_tlmm{g}", "board": "u280", "axi": {"data_width": 64},
                         "engines": [{"kind": "matmul", "weight_bits": [T], "arch": "tlmm", "tlmm_group": g,
-                                     **engine}]}, check_budget=False)
+                                     **engine}]}, )
     d = generate(cfg, tmp_path)
     text = d.verilog_path.read_text()
     # the tables are memories (BRAM/LUTRAM), not flip-flops

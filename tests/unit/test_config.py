@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from hbmforge.design import load_design
 from hbmforge.config import (ConfigError, config_hash, json_schema, load_config, parse_config,
                              starter_config)
 from hbmforge.boards import board_names
@@ -55,8 +56,9 @@ def test_wrong_version_is_rejected():
 def test_config_too_large_names_budget_and_excess():
     data = starter_config("kv260")
     data["engines"][0].update(rows=32, lanes=256, weight_ports=2, max_k=16384)
+    parse_config(data)                      # the schema is fine; the design does not fit
     with pytest.raises(ConfigError) as err:
-        parse_config(data)
+        load_design(data)
     text = str(err.value)
     assert "does not fit board kv260" in text
     assert "DSP budget exceeded: needs" in text and "over by" in text

@@ -17,7 +17,7 @@ from hbmforge.layout import DesignLayout
 
 GATEWARE = Path(__file__).resolve().parents[1] / "gateware"
 sys.path.insert(0, str(GATEWARE))
-from shell_fixture_engine import CopyEngine  # noqa: E402  (test-only engine, lives with the gateware tests)
+from shell_fixture_engine import passthrough_engines  # noqa: E402  (test-only engine, lives with the gateware tests)
 
 AXI4_MEMBERS = ("awid awaddr awlen awsize awburst awlock awcache awprot awqos awregion awvalid awready "
                 "wdata wstrb wlast wvalid wready bid bresp bvalid bready arid araddr arlen arsize arburst "
@@ -36,13 +36,13 @@ def small_config(name="emittest"):
         "axi": {"data_width": 64, "id_width": 2, "max_burst_beats": 8, "max_outstanding": 4},
         "engines": [{"kind": "matmul", "rows": 2, "lanes": 16, "weight_ports": 2,
                      "weight_bits": [4, 8], "group_size": 16, "max_k": 256}],
-    }, check_budget=False)
+    })
 
 
 @pytest.fixture(scope="module")
 def design(tmp_path_factory):
     cfg = small_config()
-    return generate(cfg, tmp_path_factory.mktemp("emit"), engine=CopyEngine(DesignLayout(cfg)))
+    return generate(cfg, tmp_path_factory.mktemp("emit"), engines=passthrough_engines(DesignLayout(cfg)))
 
 
 def _top_ports(text, top):
@@ -108,8 +108,8 @@ def test_generated_verilog_passes_verilator_lint(design):
 ])
 def test_other_shell_configurations_pass_lint(tmp_path, board, axi, engine):
     cfg = parse_config({"version": 1, "name": f"lint_{board}", "board": board, "axi": axi,
-                        "engines": [{"kind": "matmul", **engine}]}, check_budget=False)
-    d = generate(cfg, tmp_path, engine=CopyEngine(DesignLayout(cfg)))
+                        "engines": [{"kind": "matmul", **engine}]})
+    d = generate(cfg, tmp_path, engines=passthrough_engines(DesignLayout(cfg)))
     lint(d.verilog_path)
 
 
@@ -136,11 +136,11 @@ _EMIT_SCRIPT = """
 import sys
 sys.path.insert(0, {gateware!r})
 from test_emit_config import small_config
-from shell_fixture_engine import CopyEngine
+from shell_fixture_engine import passthrough_engines
 from hbmforge.flows.emit import generate
 from hbmforge.layout import DesignLayout
 cfg = small_config()
-generate(cfg, sys.argv[1], engine=CopyEngine(DesignLayout(cfg)))
+generate(cfg, sys.argv[1], engines=passthrough_engines(DesignLayout(cfg)))
 """
 
 
@@ -150,7 +150,7 @@ def test_emission_is_deterministic_across_processes(tmp_path):
     helper.write_text(
         "from hbmforge.config import parse_config\n"
         "def small_config():\n"
-        f"    return parse_config({small_config().model_dump(mode='json')!r}, check_budget=False)\n")
+        f"    return parse_config({small_config().model_dump(mode='json')!r}, )\n")
     script = _EMIT_SCRIPT.format(gateware=str(GATEWARE))
     outs = []
     for seed in ("1", "2"):

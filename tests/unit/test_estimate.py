@@ -224,14 +224,14 @@ def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report)
     cfg, rep = tiny_report
     # a concurrent run of the same design (another xdist worker) may have produced it
     assert rep.synth_seconds > 0
-    assert set(rep.parts) >= {"control", "cmdproc", "engine", "port_data", "port_w0", "port_w1", GLUE}
+    assert set(rep.parts) >= {"control", "cmdproc", "engine_matmul", "port_data", "port_w0", "port_w1", GLUE}
     for r in RESOURCES:
         assert math.isclose(sum(p[r] for p in rep.parts.values()), rep.total[r]), r
     res = cfg.board_info.resources
     assert rep.budget["lut"] == res.lut and rep.budget["bram"] == res.bram36
     for r in ("lut", "ff", "dsp", "bram", "uram"):
         assert math.isclose(rep.fractions["total"][r], rep.total[r] / rep.budget[r])
-        assert math.isclose(rep.fractions["engine"][r], rep.parts["engine"][r] / rep.budget[r])
+        assert math.isclose(rep.fractions["engine_matmul"][r], rep.parts["engine_matmul"][r] / rep.budget[r])
     assert rep.total["lut"] > 1000 and rep.total["ff"] > 1000 and rep.unclassified == {}
 
 
@@ -239,14 +239,14 @@ def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report)
 def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
     cfg, rep = tiny_report
     macs = cfg.matmul.rows * cfg.matmul.lanes
-    assert rep.parts["engine"]["dsp"] >= macs / 2          # int8 x int8 products land in DSP48E2s
+    assert rep.parts["engine_matmul"]["dsp"] >= macs / 2          # int8 x int8 products land in DSP48E2s
     assert all(rep.parts[p]["dsp"] == 0 for p in ("control", "port_w0"))
 
 
 @needs_yosys
 def test_tiny_design_reports_logic_depth(tiny_report):
     _, rep = tiny_report
-    assert set(rep.depth) >= {"engine", "control", GLUE, KERNEL}
+    assert set(rep.depth) >= {"engine_matmul", "control", GLUE, KERNEL}
     kernel = rep.depth[KERNEL]
     assert kernel.length > 0 and kernel.lut + kernel.carry4 + kernel.muxf + kernel.inv == kernel.length
     assert kernel.length >= max(d.length for name, d in rep.depth.items() if name != KERNEL)

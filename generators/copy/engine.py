@@ -11,13 +11,14 @@ Dataflow::
 Port ``0`` is the data port (reader ``src``, writer ``out``); port ``1 + i`` is ``w<i>``
 (``w_cmd[i]``/``w_data[i]``, ``sw_cmd[i]``/``sw_data[i]``/``sw_done[i]``). Source and
 destination may be the same port: its reader and writer are separate channels. Every stream
-tolerates back-pressure on any cycle; the FIFO decouples the reader from the writer.
+tolerates back-pressure on any cycle; the FIFO decouples the reader from the writer and
+passes one word per cycle when neither side stalls, at every ``buffer_words``.
 """
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 
 from hbmforge.encodings import CopyMode
 from hbmforge.layout import DesignLayout
@@ -95,7 +96,12 @@ class CopyEngine(wiring.Component):
                 m.d.sync += wr_pending.eq(0)
 
         # -- words: source -> FIFO -> destination -------------------------------------------
-        m.submodules.buffer = fifo = SyncFIFOBuffered(width=W, depth=self._buffer_words)
+        # SyncFIFOBuffered(depth=2) is one memory word plus its output register and takes a word
+        # only every other cycle; an unbuffered 2-entry FIFO (registers) keeps one word per cycle.
+        if self._buffer_words > 2:
+            m.submodules.buffer = fifo = SyncFIFOBuffered(width=W, depth=self._buffer_words)
+        else:
+            m.submodules.buffer = fifo = SyncFIFO(width=W, depth=self._buffer_words)
         pattern = Cat(*([value] * (W // 64)))
         with m.If(fill):
             m.d.comb += [fifo.w_data.eq(pattern), fifo.w_en.eq(to_make != 0)]

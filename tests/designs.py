@@ -21,3 +21,11 @@ def tiny_attention_config_dict(name: str = "tiny_attn", **attention) -> dict:
     eng.update(attention)
     cfg["engines"].append(eng)
     return cfg
+
+
+def tiny_copy_config_dict(name: str = "tiny_copy", **copy) -> dict:
+    """tiny + a COPY/FILL engine (every port writable)."""
+    cfg = tiny_config_dict()
+    cfg["name"] = name
+    cfg["engines"].append({"kind": "copy", "buffer_words": 8, **copy})
+    return cfg

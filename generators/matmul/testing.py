@@ -206,10 +206,11 @@ class EngineBench(DmaBench):
 
         async def monitor(ctx):
             while True:
-                _, _, fire, busy, ov = await ctx.tick().sample(dut.fire, dut.busy, dut.out_data.valid)
+                _, _, fire, busy, ov = await ctx.tick().sample(dut.mac_inc, dut.busy, dut.out_data.valid)
                 counters["cycles"] += 1
                 if ov and counters["first_out"] is None:
                     counters["first_out"] = counters["cycles"]
+                fire = int(fire != 0)            # a fire adds rows x lanes MACs (rows >= 1)
                 counters["fires"] += fire
                 if fire:
                     if counters["first_fire"] is None:

@@ -120,9 +120,14 @@ def test_engine_converts_to_verilog_and_rejects_configs_without_attention():
     rejects(lambda: AttentionEngine({"rows": 2}), TypeError, "DesignLayout")
 
 
-def test_members_match_the_matmul_engine_contract():
-    eng = AttentionEngine(_layout(kv_ports=2))
+def test_members_match_the_engine_contract():
+    """The engine contract's members for the attention family's channels: Q and block-table
+    readers on the data port, K/V readers on the stream ports, the data writer."""
+    lay = _layout(kv_ports=2)
+    eng = AttentionEngine(lay)
     eng._MustUse__silence = True
     names = {n for n, _ in eng.signature.members.items()}
-    assert names == {"job", "done", "act_cmd", "act_data", "scale_cmd", "scale_data", "rq_cmd", "rq_data",
+    assert names == {"job", "done", "act_cmd", "act_data", "scale_cmd", "scale_data",
                      "w_cmd", "w_data", "out_cmd", "out_data", "out_done", "busy", "stall", "mac_inc"}
+    assert eng.signature.channels == lay.channels("attention")
+    assert len(eng.w_cmd) == 2

@@ -211,12 +211,20 @@ def test_engine_rejects_a_non_layout():
 
 
 def test_engine_signature_matches_the_contract():
-    from hbmforge.generators.matmul.signature import MatmulEngineSignature
+    from hbmforge.engines import Channels
+    from hbmforge.generators.engine import EngineSignature
+    from hbmforge.generators.matmul.signature import matmul_job_layout
 
     lay = _layout(rows=3, weight_ports=2)
     eng = MatmulEngine(lay)
     eng._MustUse__silence = True                     # inspected, never elaborated
-    assert eng.signature == MatmulEngineSignature(rows=3, weight_ports=2, data_width=64)
+    want = EngineSignature(job_layout=matmul_job_layout(2), data_width=64,
+                           channels=Channels(("act", "scale", "rq"), True, 2, 0),
+                           max_mac_inc=3 * lay.mm.lanes)
+    assert eng.signature == want
+    assert eng.signature != EngineSignature(job_layout=matmul_job_layout(1), data_width=64,
+                                            channels=want.channels, max_mac_inc=want.max_mac_inc)
+    assert "EngineSignature(" in repr(eng.signature)
     assert eng.fifo_depth > eng.latency
 
 

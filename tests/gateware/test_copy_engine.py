@@ -344,7 +344,7 @@ def test_random_copy_and_fill_jobs_with_a_two_word_fifo():
     rng = random.Random(14)
     bench = CopyBench(lay, seed=14, stall=0.25, backpressure=0.5)
     nports = len(lay.ports)
-    for _ in range(12):
+    for _ in range(30):
         if rng.random() < 0.3:
             words = random_words(rng, lay)
             bench.add(fill_job(rng.randrange(nports), random_range(rng, lay, words), words * lay.word_bytes,

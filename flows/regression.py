@@ -13,7 +13,10 @@ from pathlib import Path
 
 from hbmforge.config import AcceleratorConfig
 
-__all__ = ["RegressionResult", "run_regression"]
+__all__ = ["RegressionResult", "run_regression", "FAMILY_BENCHES"]
+
+#: engine kind -> the cocotb module that tests it inside a whole kernel (besides tb_kernel)
+FAMILY_BENCHES = {"attention": "hbmforge.flows.tb_attention", "copy": "hbmforge.flows.tb_copy"}
 
 
 @dataclass(frozen=True)
@@ -35,7 +38,8 @@ def run_regression(cfg: AcceleratorConfig, *, seed: int = 1, test_filter: str | 
 
     t0 = time.monotonic()
     testcase = None
-    modules = ["hbmforge.flows.tb_kernel"] + (["hbmforge.flows.tb_attention"] if cfg.attention else [])
+    modules = ["hbmforge.flows.tb_kernel"] + [FAMILY_BENCHES[e.kind] for e in cfg.engines
+                                               if e.kind in FAMILY_BENCHES]
     if test_filter:                     # checked before the (slow) generation and build
         import importlib
 

@@ -4,7 +4,13 @@
     with open_device("examples/u280_small.yaml") as dev:          # Verilator co-simulation
         lin = Linear.from_float(w, bits=4, device=dev)
         y = lin(x)
+        copy_buffer(dev, dst, src)                # one COPY run (designs with a `kind: copy` engine)
+
+Every host object reads the design one way: ``device.layout`` (a checked
+:class:`hbmforge.layout.DesignLayout`, from :func:`read_manifest`).
 """
+from hbmforge.manifest import DesignManifest, read_manifest
+
 from .attention import Attention, AttentionRun
 from .device import Buffer, Device, RunStatus
 from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, DeviceClosedError, DeviceError,
@@ -12,13 +18,12 @@ from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, Dev
                      ProtocolViolationError)
 from .kvcache import KVCache, KVCacheError, KVCacheFullError, KVSequence
 from .linear import Linear, LinearRun
-from .manifest import Manifest
 from .open import BACKENDS, open_device
-from .program import ProgramBuilder
+from .program import ProgramBuilder, copy_buffer, fill_buffer
 
 __all__ = [
-    "open_device", "BACKENDS",
-    "Device", "Buffer", "RunStatus", "Manifest", "ProgramBuilder", "Linear", "LinearRun",
+    "open_device", "BACKENDS", "DesignManifest", "read_manifest",
+    "Device", "Buffer", "RunStatus", "ProgramBuilder", "copy_buffer", "fill_buffer", "Linear", "LinearRun",
     "Attention", "AttentionRun", "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError",
     "DeviceError", "ManifestError", "DesignMismatchError", "DeviceTimeoutError", "DeviceRunError",
     "DeviceBusyError", "DeviceClosedError", "OutOfDeviceMemoryError", "BufferStateError",

@@ -20,8 +20,8 @@ cache).
 from __future__ import annotations
 
 import math
-import numbers
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -29,10 +29,13 @@ import numpy as np
 from hbmforge.engines.attention import MAX_HEADS, attention_geometry
 from hbmforge.numerics.attention import (attention_float, attention_int, dequantize_output, pack_q_records,
                                          quantize_q, score_multiplier)
+from hbmforge.numerics.encoded import scale_product
 
-from .device import Buffer, Device
+from .checks import check_int, check_positive, check_timeout, int_array, real_array
+from .device import Device
 from .kvcache import KVCache, KVCacheError, KVSequence, attention_engine
 from .program import ProgramBuilder
+from .workspace import Workspace
 
 __all__ = ["Attention", "AttentionRun", "attention_peak_macs"]
 
@@ -70,16 +73,6 @@ class AttentionRun:
     output_int: np.ndarray | None = None         # int32 [n_q, q_heads, hd] as read back
 
 
-def _int_arg(name: str, value, lo: int, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}" if hi is not None
-                         else f"{name} must be >= {lo}, got {value}")
-    return value
-
-
 class Attention:
     """Multi-head / grouped-query attention with an optional sliding window and sinks.
 
@@ -88,29 +81,33 @@ class Attention:
     unlimited) and ``sink`` (tokens ``j < sink`` always visible; needs a window) at most the
     engine's ``max_context``. ``softmax_scale`` default ``1/sqrt(head_dim)``.
     ``cache``: a :class:`KVCache` for ``kv_heads`` on the same device, or None to make one
-    (``kv_bits``, ``pages`` and ``cache_options`` go to it).
+    (``kv_bits``, ``pages`` and ``cache_options`` go to it). ``timeout``: seconds a call
+    waits for the device (each call may override it).
+
+    Every call checks all its arguments, the K/V append included (context length, free pages,
+    clipping with ``on_clip="raise"``, the query multipliers), before it appends, allocates or
+    writes anything; if the device run then fails, the append is undone.
     """
 
     def __init__(self, device: Device, *, q_heads: int, kv_heads: int, head_dim: int, window: int = 0,
                  sink: int = 0, softmax_scale: float | None = None, cache: KVCache | None = None,
                  kv_bits: int = 8, pages: int | None = None, timeout: float = 60.0, **cache_options):
         att = attention_engine(device)
-        hd = _int_arg("head_dim", head_dim, 1)
+        hd = check_int("head_dim", head_dim, 1)
         if hd != att.head_dim:
             raise ValueError(f"head_dim must equal the attention engine's head_dim {att.head_dim}, got {hd}")
-        kvh = _int_arg("kv_heads", kv_heads, 1, MAX_HEADS)
-        qh = _int_arg("q_heads", q_heads, 1, MAX_HEADS)
+        kvh = check_int("kv_heads", kv_heads, 1, MAX_HEADS)
+        qh = check_int("q_heads", q_heads, 1, MAX_HEADS)
         if qh % kvh:
             raise ValueError(f"q_heads ({qh}) must be a multiple of kv_heads ({kvh}): each KV head serves "
                              "a group of q_heads / kv_heads query heads")
-        self._window = _int_arg("window", window, 0, att.max_context)
-        self._sink = _int_arg("sink", sink, 0, att.max_context)
-        if self._sink and not self._window:
-            raise ValueError(f"sink={self._sink} needs a sliding window (window > 0): without one every "
+        window = check_int("window", window, 0, att.max_context)
+        sink = check_int("sink", sink, 0, att.max_context)
+        if sink and not window:
+            raise ValueError(f"sink={sink} needs a sliding window (window > 0): without one every "
                              "token is visible anyway")
-        if softmax_scale is not None and (isinstance(softmax_scale, bool) or not isinstance(softmax_scale, numbers.Real)
-                                          or not math.isfinite(softmax_scale) or softmax_scale <= 0):
-            raise ValueError(f"softmax_scale must be a finite float > 0, got {softmax_scale!r}")
+        softmax_scale = None if softmax_scale is None else check_positive("softmax_scale", softmax_scale)
+        self.timeout = check_timeout(timeout)
         if cache is None:
             cache = KVCache(device, kv_heads=kvh, kv_bits=kv_bits, pages=pages, **cache_options)
             self._owns_cache = True
@@ -123,17 +120,18 @@ class Attention:
                 raise ValueError(f"cache has kv_heads={cache.kv_heads}, this layer kv_heads={kvh}")
             if cache_options or pages is not None:
                 raise ValueError("pages and cache options apply only when the layer makes its own cache")
+            cache._check_open()
             self._owns_cache = False
         self._dev = device
         self._att = att
+        self._window, self._sink = window, sink
         self.geometry = attention_geometry(device.layout)
         self.q_heads, self.kv_heads, self.head_dim = qh, kvh, hd
         self.q_per_kv = qh // kvh
-        self.softmax_scale = 1.0 / math.sqrt(hd) if softmax_scale is None else float(softmax_scale)
+        self.softmax_scale = 1.0 / math.sqrt(hd) if softmax_scale is None else softmax_scale
         self.cache = cache
-        self.timeout = timeout
         self._default: KVSequence | None = None
-        self._work: dict[str, Buffer] = {}
+        self._work = Workspace(device)
         self.last_run: AttentionRun | None = None
 
     # -- properties --------------------------------------------------------------------
@@ -163,50 +161,58 @@ class Attention:
     def _seq(self, seq) -> KVSequence:
         return self.sequence if seq is None else self.cache.check_sequence(seq)
 
+    @contextmanager
+    def _call_seq(self, seq):
+        """The call's sequence; a default sequence made for a call that then fails is freed again."""
+        made = seq is None and (self._default is None or self._default.freed)
+        s = self._seq(seq)
+        try:
+            yield s
+        except BaseException:
+            if made and s.length == 0:
+                s.free()
+                self._default = None
+            raise
+
+    def _timeout(self, timeout) -> float:
+        return self.timeout if timeout is None else check_timeout(timeout)
+
     # -- inputs ------------------------------------------------------------------------
     def _queries(self, q, *, one: bool = False) -> np.ndarray:
         qh, hd = self.q_heads, self.head_dim
-        if isinstance(q, (list, tuple)):
-            q = np.asarray(q)
-        if not isinstance(q, np.ndarray):
-            raise TypeError(f"q must be a NumPy array [n_q, {qh}, {hd}], got {type(q).__name__}")
-        if q.dtype == np.bool_ or q.dtype.kind not in "fiu":
-            raise TypeError(f"q must be a real float array, got dtype {q.dtype}")
-        if q.ndim == 2 and one:
+        want = f"[{qh}, {hd}] (or [1, {qh}, {hd}])" if one else f"[n_q >= 1, q_heads={qh}, head_dim={hd}]"
+        q = real_array("q", q, ndim=(2, 3) if one else (3,), what=want)
+        if q.ndim == 2:
             q = q[None]
-        if q.ndim != 3 or q.shape[1:] != (qh, hd) or q.shape[0] == 0 or (one and q.shape[0] != 1):
-            want = f"[{qh}, {hd}] (or [1, {qh}, {hd}])" if one else f"[n_q >= 1, q_heads={qh}, head_dim={hd}]"
-            raise ValueError(f"q must be {want}, got shape {q.shape}")
-        finite = np.isfinite(q)
-        if not finite.all():
-            raise ValueError(f"q contains {int(q.size - np.count_nonzero(finite))} NaN/Inf value(s)")
-        return q.astype(np.float64)
+        if q.shape[1:] != (qh, hd) or q.shape[0] == 0 or (one and q.shape[0] != 1):
+            raise ValueError(f"q must be {want}, got shape {q.shape if not one or q.shape[0] != 1 else q.shape[1:]}")
+        return q
 
-    def quantize_queries(self, q):
-        """float [n_q, q_heads, hd] -> (int8 q, u16 mult, shift, float q scale) as the device gets them."""
-        q = self._queries(q)
+    def _quantize(self, q: np.ndarray, k_head_scale: np.ndarray):
         qi, qs = quantize_q(q)
-        k_hs = np.repeat(self.cache.k_head_scale, self.q_per_kv)          # per query head
+        k_hs = np.repeat(k_head_scale, self.q_per_kv)                  # per query head
         try:
-            mult, shift = score_multiplier(qs * k_hs[None, :], 1.0, self.head_dim, self.softmax_scale)
-        except ValueError as err:
+            mult, shift = score_multiplier(scale_product(qs, k_hs[None, :]), 1.0, self.head_dim,
+                                           self.softmax_scale)
+        except (ValueError, OverflowError) as err:
             raise ValueError(f"queries too large for the 16-bit score multiplier ({err}); scale Q down or "
                              "use a smaller softmax_scale") from None
         return qi, mult.reshape(qs.shape), shift.reshape(qs.shape), qs
 
+    def quantize_queries(self, q):
+        """float [n_q, q_heads, hd] -> (int8 q, u16 mult, shift, float q scale) as the device gets them."""
+        return self._quantize(self._queries(q), self.cache.k_head_scale)
+
     def _q_records(self, qi, mult, shift):
-        qi = np.asarray(qi)
-        if qi.dtype.kind not in "iu" or qi.ndim != 3 or qi.shape[1:] != (self.q_heads, self.head_dim) \
-                or qi.shape[0] == 0:
-            raise ValueError(f"q_int must be an integer array [n_q, {self.q_heads}, {self.head_dim}], "
-                             f"got {qi.dtype} {qi.shape}")
-        if qi.min() < -128 or qi.max() > 127:
-            raise ValueError("q_int values must be in [-128, 127]")
-        mult = np.asarray(mult, dtype=np.int64).reshape(qi.shape[:2])
-        shift = np.asarray(shift, dtype=np.int64).reshape(qi.shape[:2])
-        if mult.min() < 0 or mult.max() >= 1 << 16 or shift.min() < 0 or shift.max() > 63:
-            raise ValueError("mult must be in [0, 65535] and shift in [0, 63]")
-        return qi.astype(np.int64), mult, shift
+        qi = int_array("q_int", qi, -128, 127, shape=(None, self.q_heads, self.head_dim),
+                       what=f"an integer array [n_q, {self.q_heads}, {self.head_dim}]")
+        if qi.shape[0] == 0:
+            raise ValueError(f"q_int must be an integer array [n_q >= 1, {self.q_heads}, {self.head_dim}], "
+                             f"got shape {qi.shape}")
+        rows = qi.shape[:2]
+        mult = int_array("mult", mult, 0, (1 << 16) - 1, shape=rows)
+        shift = int_array("shift", shift, 0, 63, shape=rows)
+        return qi, mult, shift
 
     # -- the float interface -----------------------------------------------------------
     def prefill(self, q, k, v, seq: KVSequence | None = None, *, timeout: float | None = None) -> np.ndarray:
@@ -215,80 +221,115 @@ class Attention:
 
         On a sequence that already holds tokens this is a chunked prefill. Inputs are checked
         before anything is appended."""
-        seq = self._seq(seq)
+        timeout = self._timeout(timeout)
         q = self._queries(q)
-        n = q.shape[0]
-        kk = np.asarray(k) if isinstance(k, np.ndarray) else k
-        if isinstance(kk, np.ndarray) and kk.ndim == 3 and kk.shape[0] != n:
-            raise ValueError(f"k/v must hold one token per query: q has {n} positions, k has {kk.shape[0]}")
-        self.cache.append(seq, k, v)
-        return self.attend(q, seq, timeout=timeout)
+        with self._call_seq(seq) as s:
+            return self._append_and_attend(q, s, k, v, timeout)
 
     def decode_step(self, q, k_new, v_new, seq: KVSequence | None = None, *,
                     timeout: float | None = None) -> np.ndarray:
         """One token: ``q`` [q_heads, hd], ``k_new``/``v_new`` [kv_heads, hd] (a leading 1 is also
         accepted); returns float32 in the shape of ``q``."""
+        timeout = self._timeout(timeout)
         squeeze = np.ndim(q) == 2
-        seq = self._seq(seq)
         q3 = self._queries(q, one=True)
         for name, x in (("k_new", k_new), ("v_new", v_new)):
             if np.ndim(x) == 3 and np.shape(x)[0] != 1:
                 raise ValueError(f"{name} must be one token [{self.kv_heads}, {self.head_dim}], got shape {np.shape(x)}")
-        self.cache.append(seq, k_new, v_new)
-        out = self.attend(q3, seq, timeout=timeout)
+        with self._call_seq(seq) as s:
+            out = self._append_and_attend(q3, s, k_new, v_new, timeout)
         return out[0] if squeeze else out
+
+    def _append_and_attend(self, q: np.ndarray, seq: KVSequence, k, v, timeout: float) -> np.ndarray:
+        """Plan the append, quantize Q against the K scales it fixes, check the descriptor and
+        reserve the workspace; only then append, run (undoing the append if the run fails)."""
+        n_q = q.shape[0]
+        plan = self.cache._plan(seq, k, v, tokens=n_q)
+        qi, mult, shift, _ = self._quantize(q, plan.k_head_scale)
+        bufs = self._prepare(seq, n_q, plan.end)
+        self.cache._commit(plan)
+        try:
+            out = self._execute(seq, bufs, qi, mult, shift, timeout)
+        except BaseException:
+            self.cache._undo(plan)
+            raise
+        return self.dequantize(out)
 
     def attend(self, q, seq: KVSequence | None = None, *, timeout: float | None = None) -> np.ndarray:
         """Queries ``q`` [n_q, q_heads, hd] at the last n_q positions of ``seq`` (nothing is appended);
         float32 [n_q, q_heads, hd]."""
-        seq = self._seq(seq)
-        qi, mult, shift, _ = self.quantize_queries(q)
-        o = self.forward_int(qi, mult, shift, seq, timeout=timeout)
-        return self.dequantize(o)
+        timeout = self._timeout(timeout)
+        q = self._queries(q)
+        with self._call_seq(seq) as s:
+            qi, mult, shift, _ = self._quantize(q, self.cache.k_head_scale)
+            return self.dequantize(self._forward(qi, mult, shift, s, timeout))
 
     def dequantize(self, o) -> np.ndarray:
         """int32 device output -> float32 ``o / 2**8 * v_head_scale``."""
         return dequantize_output(o, self.cache.v_head_scale, self.q_per_kv).astype(np.float32)
 
     # -- the integer interface ---------------------------------------------------------
-    def descriptor(self, seq: KVSequence, n_q: int, q_addr: int = 0, o_addr: int = 0) -> dict:
-        """The ATTENTION descriptor fields for ``n_q`` queries at the end of ``seq``."""
+    def descriptor(self, seq: KVSequence, n_q: int, q_addr: int = 0, o_addr: int = 0, *,
+                   ctx_len: int | None = None) -> dict:
+        """The ATTENTION descriptor fields for ``n_q`` queries at the end of ``seq`` (of ``ctx_len``
+        tokens; default its length)."""
         return {"head_dim": self.head_dim, "kv_heads": self.kv_heads, "q_per_kv": self.q_per_kv,
-                "n_q": n_q, "ctx_len": seq.length, "window": self._window, "sink": self._sink,
-                "kv_bits": self.cache.kv_bits, "q_addr": q_addr, "bt_addr": seq.block_table.address,
-                "k_pool": self.cache.k_pool.address, "v_pool": self.cache.v_pool.address, "o_addr": o_addr}
+                "n_q": n_q, "ctx_len": seq.length if ctx_len is None else ctx_len, "window": self._window,
+                "sink": self._sink, "kv_bits": self.cache.kv_bits, "q_addr": q_addr,
+                "bt_addr": seq.block_table.address, "k_pool": self.cache.k_pool.address,
+                "v_pool": self.cache.v_pool.address, "o_addr": o_addr}
 
     def forward_int(self, q_int, mult, shift, seq: KVSequence | None = None, *,
                     timeout: float | None = None) -> np.ndarray:
         """Raw device output int32 [n_q, q_heads, hd] for given Q records (int8 q, u16 mult,
         6-bit shift per row) at the last n_q positions of ``seq``."""
-        seq = self._seq(seq)
+        timeout = self._timeout(timeout)
         qi, mult, shift = self._q_records(q_int, mult, shift)
+        with self._call_seq(seq) as s:
+            return self._forward(qi, mult, shift, s, timeout)
+
+    def _forward(self, qi, mult, shift, seq: KVSequence, timeout: float) -> np.ndarray:
         n_q = qi.shape[0]
         if n_q > seq.length:
             raise KVCacheError(f"{n_q} queries need at least {n_q} tokens in the cache; sequence {seq.id} "
                                f"holds {seq.length} (append K/V first)")
-        dev, geom = self._dev, self.geometry
+        bufs = self._prepare(seq, n_q, seq.length)
+        return self._execute(seq, bufs, qi, mult, shift, timeout)
+
+    def _prepare(self, seq: KVSequence, n_q: int, ctx_len: int) -> dict:
+        """Check the descriptor (with the kernel's rules), then reserve the workspace and build the
+        program: everything a run needs before anything is written."""
+        ProgramBuilder(self._dev).attention(**self.descriptor(seq, n_q, ctx_len=ctx_len))
+        geom = self.geometry
         rows = n_q * self.q_heads
-        q_buf = self._workspace("q", rows * geom.q_record_bytes)
-        o_buf = self._workspace("o", rows * geom.out_row_bytes)
-        prog = ProgramBuilder(dev.manifest)
-        prog.attention(**self.descriptor(seq, n_q, q_buf.address, o_buf.address))
-        dev.write(q_buf, pack_q_records(geom, qi, mult, shift))
-        p_buf = self._workspace("program", prog.nbytes)
-        dev.write(p_buf, prog.to_bytes())
+        bufs = self._work.reserve({"q": rows * geom.q_record_bytes, "o": rows * geom.out_row_bytes,
+                                   "program": self._dev.layout.descriptor_bytes})
+        prog = ProgramBuilder(self._dev)
+        prog.attention(**self.descriptor(seq, n_q, bufs["q"], bufs["o"], ctx_len=ctx_len))
+        return dict(bufs, n_q=n_q, ctx_len=ctx_len, program_bytes=prog.to_bytes())
+
+    def _execute(self, seq: KVSequence, bufs: dict, qi, mult, shift, timeout: float) -> np.ndarray:
+        dev, geom = self._dev, self.geometry
+        n_q = bufs["n_q"]
+        rows = n_q * self.q_heads
+        dev.write(bufs["q"], pack_q_records(geom, qi, mult, shift))
+        dev.write(bufs["program"], bufs["program_bytes"])
         started = time.monotonic()
-        status = dev.run(p_buf, 1, timeout=self.timeout if timeout is None else timeout)
+        status = dev.run(bufs["program"], 1, timeout=timeout)
         elapsed = time.monotonic() - started
-        raw = dev.read(o_buf, rows * geom.out_row_bytes)
+        raw = dev.read(bufs["o"], rows * geom.out_row_bytes)
         out = np.frombuffer(raw, dtype="<i4").reshape(n_q, self.q_heads, self.head_dim).astype(np.int32)
         self.last_run = self._run_info(status, elapsed, n_q, seq.length, qi, mult, shift, out)
         return out
 
     def golden_int(self, q_int, mult, shift, seq: KVSequence | None = None) -> np.ndarray:
         """What :meth:`forward_int` must return, from the golden model on the cache's host mirror."""
-        seq = self._seq(seq)
         qi, mult, shift = self._q_records(q_int, mult, shift)
+        with self._call_seq(seq) as s:
+            if qi.shape[0] > s.length:
+                raise KVCacheError(f"{qi.shape[0]} queries need at least {qi.shape[0]} tokens in the cache; "
+                                   f"sequence {s.id} holds {s.length}")
+            seq = s
         k, km, v, vm = seq.quantized()
         g = self.geometry
         return attention_int(qi, mult, shift, k, km, v, vm, ctx_len=seq.length, window=self._window,
@@ -310,24 +351,19 @@ class Attention:
             raise ValueError("give both k and v, or neither (then the dequantized cache of seq is used)")
         if k is None:
             k, v = self._seq(seq).dequantized()
-        k = np.asarray(k, dtype=np.float64)
-        v = np.asarray(v, dtype=np.float64)
-        if k.shape != v.shape or k.ndim != 3 or k.shape[1:] != (self.kv_heads, self.head_dim) \
-                or k.shape[0] < q.shape[0]:
-            raise ValueError(f"k and v must be [ctx >= n_q, {self.kv_heads}, {self.head_dim}], got "
-                             f"{k.shape} and {v.shape}")
-        return attention_float(q, k, v, ctx_len=k.shape[0], window=self._window, sink=self._sink,
-                               q_per_kv=self.q_per_kv, scale=self.softmax_scale)
+        want = f"[ctx >= n_q, {self.kv_heads}, {self.head_dim}]"
+        k = real_array("k", k, ndim=(3,), what=want)
+        v = real_array("v", v, ndim=(3,), what=want)
+        if k.shape != v.shape or k.shape[1:] != (self.kv_heads, self.head_dim) or k.shape[0] < q.shape[0]:
+            raise ValueError(f"k and v must be {want}, got {k.shape} and {v.shape}")
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = attention_float(q, k, v, ctx_len=k.shape[0], window=self._window, sink=self._sink,
+                                  q_per_kv=self.q_per_kv, scale=self.softmax_scale)
+        if not np.all(np.isfinite(out)):
+            raise ValueError("q and k are too large for float64 scores (q @ k.T overflows); scale them down")
+        return out
 
     # -- running -----------------------------------------------------------------------
-    def _workspace(self, name: str, nbytes: int) -> Buffer:
-        buf = self._work.get(name)
-        if buf is None or buf.nbytes < nbytes or buf.freed:
-            if buf is not None and not buf.freed:
-                self._dev.free(buf)
-            self._work[name] = buf = self._dev.alloc(nbytes, "data")
-        return buf
-
     def _run_info(self, status, elapsed, n_q, ctx, qi, mult, shift, out) -> AttentionRun:
         c = self._dev.counters()
         geom = self.geometry
@@ -348,11 +384,7 @@ class Attention:
     # -- lifetime ----------------------------------------------------------------------
     def close(self) -> None:
         """Free the workspace (and the cache, if the layer made it)."""
-        if not self._dev.closed:
-            for buf in self._work.values():
-                if not buf.freed:
-                    self._dev.free(buf)
-        self._work = {}
+        self._work.close()
         if self._owns_cache:
             self.cache.close()
         elif self._default is not None and not self._default.freed:

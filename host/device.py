@@ -5,23 +5,31 @@ manifest name, start a descriptor program, wait for it with a timeout, read
 the performance counters. A backend supplies four primitives (32-bit register
 read/write, memory read/write) and may override allocation and waiting; the
 checks, the error messages and the ap_ctrl_hs handshake live here once.
+
+A device reads the RTL/host contract one way only: ``Device(design)`` takes anything
+:func:`hbmforge.manifest.read_manifest` takes (a manifest.json path, a design directory,
+a manifest mapping, a :class:`~hbmforge.layout.DesignLayout`, a ``DesignManifest``);
+``device.layout`` is the checked layout every register offset, port, descriptor format
+and byte count comes from, ``device.design`` the manifest it was read from.
 """
 from __future__ import annotations
 
 import abc
-import math
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
-from .allocator import PAGE_BYTES, BankAllocator
-from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, DeviceClosedError,
-                     DeviceError, DeviceRunError, DeviceTimeoutError)
-from .manifest import Manifest, PortSpec
+from hbmforge.layout import DesignLayout, PortInfo, Register
+from hbmforge.manifest import DesignManifest, read_manifest
 
-__all__ = ["Device", "Buffer", "RunStatus", "BankRegion", "CTRL_BITS"]
+from .allocator import PAGE_BYTES, BankAllocator
+from .checks import check_int, check_str, check_timeout
+from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, DeviceClosedError,
+                     DeviceError, DeviceRunError, DeviceTimeoutError, OutOfDeviceMemoryError)
+
+__all__ = ["Device", "Buffer", "RunStatus", "BankRegion", "CTRL_BITS", "merge_counters", "check_device"]
 
 AP_START, AP_DONE, AP_IDLE, AP_READY = 0x1, 0x2, 0x4, 0x8
 CTRL_BITS = {"ap_start": AP_START, "ap_done": AP_DONE, "ap_idle": AP_IDLE, "ap_ready": AP_READY}
@@ -105,14 +113,33 @@ def _payload(data) -> memoryview:
                     f"got {type(data).__name__}")
 
 
-def _check_int(name: str, value, lo: int = 0, hi: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
-    value = int(value)
-    if value < lo or (hi is not None and value > hi):
-        allowed = f">= {lo}" if hi is None else f"in [{lo}, {hi}]"
-        raise ValueError(f"{name} must be {allowed}, got {value}")
-    return value
+#: counters that are ratios: recomputed after a sum, never added
+_RATIOS = ("mac_utilization",)
+
+
+def merge_counters(total: Mapping, new: Mapping) -> dict:
+    """The counters of two runs added key by key, nested dicts (per port, per backend) included.
+
+    Ratios (``mac_utilization``) keep the newest value; the caller recomputes them from the sums.
+    """
+    out = {k: (merge_counters({}, v) if isinstance(v, Mapping) else v) for k, v in total.items()}
+    for key, value in new.items():
+        if isinstance(value, Mapping):
+            out[key] = merge_counters(out.get(key) or {}, value)
+        elif key in _RATIOS or key not in out or isinstance(value, bool) \
+                or not isinstance(value, (int, float, np.number)):
+            out[key] = value
+        else:
+            out[key] = out[key] + value
+    return out
+
+
+def check_device(device, name: str = "device") -> "Device":
+    """``device`` if it is an open hbmforge Device (what every layer is built on)."""
+    if not isinstance(device, Device):
+        raise TypeError(f"{name} must be an open hbmforge Device, got {type(device).__name__}")
+    device._check_open()
+    return device
 
 
 def _ctrl_text(ctrl: int) -> str:
@@ -128,8 +155,9 @@ class Device(abc.ABC):
     #: polling interval bounds for the default wait (seconds)
     poll_min_s, poll_max_s = 20e-6, 2e-3
 
-    def __init__(self, manifest):
-        self._manifest = Manifest.load(manifest)
+    def __init__(self, design):
+        self._design: DesignManifest = read_manifest(design)
+        self._layout: DesignLayout = self._design.layout
         self._allocators: dict[str, BankAllocator] = {}
         self._buffers: set[Buffer] = set()
         self._closed = False
@@ -155,17 +183,15 @@ class Device(abc.ABC):
     def _close(self) -> None:
         """Release backend resources (after every buffer was freed)."""
 
-    def _bank_region(self, port: PortSpec) -> BankRegion:
+    def _bank_region(self, port: PortInfo) -> BankRegion:
         """The bank a port is bound to: HBM pseudo-channel ``c`` at ``c * channel_size_mib`` MiB."""
-        from hbmforge.boards import load_board
-
-        mem = load_board(self._manifest.board).memory
+        mem = self._layout.config.board_info.memory
         size = mem.channel_size_mib * MIB
         if mem.kind == "hbm":
             return BankRegion(f"{mem.sp_tag or 'HBM'}[{port.channel}]", port.channel * size, size)
         return BankRegion("DDR", 0, size)           # all ports of a DDR board share one memory
 
-    def _allocate(self, port: PortSpec, nbytes: int) -> tuple[str, int, Any]:
+    def _allocate(self, port: PortInfo, nbytes: int) -> tuple[str, int, Any]:
         """(bank name, address, handle) of fresh memory; backends with their own allocator override."""
         region = self._bank_region(port)
         alloc = self._allocators.get(region.name)
@@ -195,13 +221,15 @@ class Device(abc.ABC):
 
     # -- properties --------------------------------------------------------------------
     @property
-    def manifest(self) -> Manifest:
-        return self._manifest
+    def design(self) -> DesignManifest:
+        """The checked manifest of the design (its file path, top module, Verilog file)."""
+        return self._design
 
     @property
-    def layout(self):
-        """The DesignLayout (byte counts, alignment) of the design on this device."""
-        return self._manifest.layout
+    def layout(self) -> DesignLayout:
+        """The DesignLayout of the design on this device: registers, ports, descriptor formats,
+        engine parameters and byte counts."""
+        return self._layout
 
     @property
     def closed(self) -> bool:
@@ -218,11 +246,15 @@ class Device(abc.ABC):
     def alloc(self, nbytes: int, port: str = "data") -> Buffer:
         """A buffer of ``nbytes`` in the bank bound to ``port``, starting on a 4 KiB page."""
         self._check_open()
-        nbytes = _check_int("nbytes", nbytes, lo=1)
+        nbytes = check_int("nbytes", nbytes, lo=1)
         if not isinstance(port, str):
-            raise TypeError(f"port must be a port name ({', '.join(self._manifest.port_names)}), "
+            raise TypeError(f"port must be a port name ({', '.join(self._layout.port_names)}), "
                             f"got {type(port).__name__}")
-        spec = self._manifest.port(port)
+        spec = self._layout.port(port)
+        region = self._bank_region(spec)
+        if nbytes > region.size:
+            raise OutOfDeviceMemoryError(f"bank {region.name}: cannot allocate {nbytes} bytes for port {port}; "
+                                         f"the bank holds {region.size} bytes")
         bank, address, handle = self._allocate(spec, nbytes)
         if address % PAGE_BYTES:
             raise DeviceError(f"{self.backend} backend returned address {address:#x} for port {port}, "
@@ -241,7 +273,7 @@ class Device(abc.ABC):
         """Copy bytes or a NumPy array (its little-endian bytes, C order) into ``buf`` at ``offset``."""
         self._check_open()
         self._check_buffer(buf, "buf")
-        offset = _check_int("offset", offset)
+        offset = check_int("offset", offset, lo=0)
         payload = _payload(data)
         if offset + payload.nbytes > buf.nbytes:
             raise ValueError(f"buffer too small: writing {payload.nbytes} bytes at offset {offset} "
@@ -253,8 +285,8 @@ class Device(abc.ABC):
         """``nbytes`` (default: the rest of the buffer) from ``buf`` at ``offset``."""
         self._check_open()
         self._check_buffer(buf, "buf")
-        offset = _check_int("offset", offset, hi=buf.nbytes)
-        nbytes = buf.nbytes - offset if nbytes is None else _check_int("nbytes", nbytes)
+        offset = check_int("offset", offset, lo=0, hi=buf.nbytes)
+        nbytes = buf.nbytes - offset if nbytes is None else check_int("nbytes", nbytes, lo=0)
         if offset + nbytes > buf.nbytes:
             raise ValueError(f"read past the end of the buffer: {nbytes} bytes at offset {offset} "
                              f"needs {offset + nbytes} bytes, {buf!r} has {buf.nbytes}")
@@ -262,7 +294,10 @@ class Device(abc.ABC):
 
     # -- registers ---------------------------------------------------------------------
     def _off(self, name: str) -> int:
-        return self._manifest.register(name).offset
+        return self._layout.reg(name).offset
+
+    def _reg(self, name) -> Register:
+        return self._layout.reg(check_str("register name", name))
 
     def read_reg(self, name: str) -> int:
         """Value of a manifest register (64-bit ones read low word first).
@@ -270,7 +305,7 @@ class Device(abc.ABC):
         Reading CTRL clears ap_done and ap_ready (clear on read), as on hardware.
         """
         self._check_open()
-        spec = self._manifest.register(name)
+        spec = self._reg(name)
         value = self._read32(spec.offset)
         if spec.width == 64:
             value |= self._read32(spec.offset + 4) << 32
@@ -278,10 +313,10 @@ class Device(abc.ABC):
 
     def write_reg(self, name: str, value: int) -> None:
         self._check_open()
-        spec = self._manifest.register(name)
+        spec = self._reg(name)
         if not spec.writable:
             raise ValueError(f"register {name} is read-only ({spec.description})")
-        value = _check_int(f"value for {name}", value, hi=(1 << spec.width) - 1)
+        value = check_int(f"value for {name}", value, lo=0, hi=(1 << spec.width) - 1)
         self._write32(spec.offset, value & 0xFFFF_FFFF)
         if spec.width == 64:
             self._write32(spec.offset + 4, value >> 32)
@@ -293,11 +328,12 @@ class Device(abc.ABC):
         self._check_buffer(program, "program")
         if program.port != "data":
             raise ValueError(f"the descriptor program must be in a 'data' port buffer, got port {program.port!r}")
-        count = _check_int("count", count, lo=1, hi=0xFFFF_FFFF)
-        need = count * self._manifest.descriptor.bytes
+        count = check_int("count", count, lo=1, hi=0xFFFF_FFFF)
+        size = self._layout.descriptor_bytes
+        need = count * size
         if need > program.nbytes:
             raise ValueError(f"count={count} descriptors need {need} bytes; the program buffer holds "
-                             f"{program.nbytes} ({program.nbytes // self._manifest.descriptor.bytes} descriptors)")
+                             f"{program.nbytes} ({program.nbytes // size} descriptors)")
         if self._run is not None:
             raise DeviceBusyError("a run is still in flight; call wait() before starting another")
         ctrl = self._read32(self._off("CTRL"))
@@ -307,27 +343,40 @@ class Device(abc.ABC):
         self.write_reg("program", program.address)
         self.write_reg("count", count)
         self._run = (time.monotonic(), count)
-        self._write32(self._off("CTRL"), AP_START)
+        try:
+            self._write32(self._off("CTRL"), AP_START)
+        except BaseException:
+            self._run = None                # ap_start never reached the kernel
+            raise
 
     def wait(self, timeout: float = 10.0) -> RunStatus:
         """Block until ap_done; raise DeviceTimeoutError after ``timeout`` seconds, DeviceRunError
-        if the kernel stopped on a bad descriptor."""
+        if the kernel stopped on a bad descriptor.
+
+        After a timeout (or Ctrl-C) the run is still in flight: ``wait()`` again. Any other
+        failure while waiting ends the run on the host side, so the device stays usable.
+        """
         self._check_open()
-        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0 \
-                or math.isinf(timeout):
-            raise ValueError(f"timeout must be a finite number of seconds > 0, got {timeout!r}")
+        timeout = check_timeout(timeout)
         if self._run is None:
             raise DeviceError("wait() with no run in flight; call start() first")
         started, count = self._run
-        if not self._wait_until_done(time.monotonic() + timeout):
-            ctrl = self._read32(self._off("CTRL"))
-            if not ctrl & AP_DONE:
-                status = self.read_reg("STATUS")
-                done = self.read_reg("DESC_DONE")
-                raise DeviceTimeoutError(
-                    f"{self._manifest.kernel}: run of {count} descriptor(s) did not finish within "
-                    f"{timeout} s; last CTRL={_ctrl_text(ctrl)}, STATUS={status:#x}, "
-                    f"DESC_DONE={done}; the run may still be in flight (wait() again or reset the device)")
+        try:
+            finished = self._wait_until_done(time.monotonic() + timeout)
+            if not finished:
+                ctrl = self._read32(self._off("CTRL"))
+                if not ctrl & AP_DONE:
+                    status = self.read_reg("STATUS")
+                    done = self.read_reg("DESC_DONE")
+                    raise DeviceTimeoutError(
+                        f"{self._layout.kernel}: run of {count} descriptor(s) did not finish within "
+                        f"{timeout} s; last CTRL={_ctrl_text(ctrl)}, STATUS={status:#x}, "
+                        f"DESC_DONE={done}; the run may still be in flight (wait() again or reset the device)")
+        except (DeviceTimeoutError, KeyboardInterrupt):
+            raise                           # still in flight: wait() again
+        except BaseException:
+            self._run = None
+            raise
         self._run = None
         self._after_done()
         elapsed = time.monotonic() - started
@@ -336,14 +385,15 @@ class Device(abc.ABC):
         if status & 1:
             code, index = (status >> 8) & 0xFF, status >> 16
             raise DeviceRunError(
-                f"{self._manifest.kernel}: descriptor {index} failed: "
-                f"{self._manifest.descriptor.error_text(code)} (error code {code}); "
+                f"{self._layout.kernel}: descriptor {index} failed: "
+                f"{self._layout.error_text(code)} (error code {code}); "
                 f"{done} of {count} descriptor(s) completed",
                 code=code, index=index, descriptors_done=done)
         return RunStatus(count=count, descriptors_done=done, cycles=self.read_reg("CYCLES"), elapsed_s=elapsed)
 
     def run(self, program: Buffer, count: int, timeout: float = 10.0) -> RunStatus:
-        """start() then wait()."""
+        """start() then wait(); ``timeout`` is checked before the run starts."""
+        timeout = check_timeout(timeout)
         self.start(program, count)
         return self.wait(timeout)
 
@@ -352,10 +402,10 @@ class Device(abc.ABC):
         self._check_open()
         ports = {p.name: {"bytes_read": self.read_reg(f"{p.name.upper()}_BYTES_READ"),
                           "bytes_written": self.read_reg(f"{p.name.upper()}_BYTES_WRITTEN")}
-                 for p in self._manifest.ports}
+                 for p in self._layout.ports}
         cycles = self.read_reg("CYCLES")
         mac_ops = self.read_reg("MAC_OPS")
-        peak = self._manifest.engine.macs_per_cycle
+        peak = self._layout.macs_per_cycle
         return {
             "cycles": cycles,
             "stall_cycles": self.read_reg("STALL_CYCLES"),
@@ -370,7 +420,7 @@ class Device(abc.ABC):
     # -- identity ----------------------------------------------------------------------
     def check_identity(self) -> None:
         """Refuse a kernel that is not the design of this manifest (ID, VERSION, HASH)."""
-        m = self._manifest
+        m = self._layout
         kid = self.read_reg("ID")
         if kid != m.kernel_id:
             raise DesignMismatchError(
@@ -411,7 +461,7 @@ class Device(abc.ABC):
     # -- checks ------------------------------------------------------------------------
     def _check_open(self) -> None:
         if self._closed:
-            raise DeviceClosedError(f"{self.backend} device for {self._manifest.kernel!r} is closed")
+            raise DeviceClosedError(f"{self.backend} device for {self._layout.kernel!r} is closed")
 
     def _check_buffer(self, buf, what: str) -> None:
         if not isinstance(buf, Buffer):
@@ -423,4 +473,4 @@ class Device(abc.ABC):
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._buffers)} buffers"
-        return f"<{type(self).__name__} {self._manifest.kernel!r} ({self.backend}), {state}>"
+        return f"<{type(self).__name__} {self._layout.kernel!r} ({self.backend}), {state}>"

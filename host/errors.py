@@ -3,8 +3,11 @@
 Bad arguments raise the usual ``TypeError``/``ValueError`` naming the bad
 value; these classes are for conditions a caller may want to catch: a design
 that does not match its manifest, a run that failed or did not finish.
+:class:`ManifestError` is the contract's own (:mod:`hbmforge.layout`), re-exported.
 """
 from __future__ import annotations
+
+from hbmforge.layout import ManifestError
 
 __all__ = [
     "DeviceError",
@@ -22,10 +25,6 @@ __all__ = [
 
 class DeviceError(RuntimeError):
     """Base class of every device-side failure."""
-
-
-class ManifestError(ValueError):
-    """A manifest that is missing fields or contradicts the layout it claims."""
 
 
 class DesignMismatchError(DeviceError):

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import heapq
 import itertools
-import numbers
 import warnings
 from dataclasses import dataclass, field
 
@@ -44,12 +43,14 @@ import numpy as np
 from hbmforge.engines.attention import MANT_BITS, MAX_HEADS, attention_geometry
 from hbmforge.numerics.attention import dequantize_kv, kv_head_scale, pack_block_table, quantize_kv
 
-from .device import Buffer, Device
+from .checks import check_bool, check_choice, check_int, check_real, real_array
+from .device import Buffer, Device, check_device
 
 __all__ = ["KVCache", "KVSequence", "KVAppend", "KVCacheError", "KVCacheFullError", "KVClipError",
            "KVClipWarning", "SequenceStateError", "attention_engine"]
 
 _MANT_MAX = (1 << MANT_BITS) - 1
+_TINY = np.finfo(np.float64).tiny
 
 
 class KVCacheError(ValueError):
@@ -74,49 +75,71 @@ class KVClipWarning(RuntimeWarning):
 
 def attention_engine(device: Device):
     """The attention engine config of ``device``'s design; a clear error when it has none."""
-    if not isinstance(device, Device):
-        raise TypeError(f"device must be an open hbmforge Device, got {type(device).__name__}")
-    att = device.layout.config.attention
+    device = check_device(device)
+    att = device.layout.attention
     if att is None:
-        raise ValueError(f"design {device.manifest.kernel!r} has no attention engine; add an engine "
+        raise ValueError(f"design {device.layout.kernel!r} has no attention engine; add an engine "
                          "with `kind: attention` to its config")
     return att
 
 
-def _head_values(name: str, value, kv_heads: int, *, positive: bool = True) -> np.ndarray:
+def _head_values(name: str, value, kv_heads: int) -> np.ndarray:
     """A float or one float per KV head -> float64 [kv_heads] (finite, > 0)."""
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be a float or {kv_heads} floats, got {value!r}")
-    arr = np.asarray(value, dtype=np.float64) if not isinstance(value, numbers.Real) \
-        else np.full(kv_heads, float(value))
+    if isinstance(value, (int, float, np.number)) and not isinstance(value, (bool, np.bool_)):
+        value = np.full(kv_heads, check_real(name, value))
+    arr = real_array(name, value, ndim=(0, 1), what=f"a float or one float per KV head ({kv_heads})")
     if arr.ndim == 0:
         arr = np.full(kv_heads, float(arr))
     if arr.shape != (kv_heads,):
         raise ValueError(f"{name} must be a float or one value per KV head ({kv_heads}), got shape {arr.shape}")
-    if not np.all(np.isfinite(arr)) or (positive and np.any(arr <= 0)):
+    if np.any(arr <= 0):
         raise ValueError(f"{name} must be finite and > 0, got {arr.tolist()}")
     return arr
 
 
+def _normal_scale(name: str, hs: np.ndarray) -> np.ndarray:
+    """Head scales must be normal float64 numbers (a subnormal scale has lost its precision)."""
+    if not np.all(np.isfinite(hs)) or np.any(hs < _TINY):
+        raise ValueError(f"{name} gives head scale(s) {hs.tolist()} outside float64's normal range; "
+                         "the values are too small (or the headroom too large) to quantize")
+    return hs
+
+
 def _float_tokens(name: str, x, kv_heads: int, head_dim: int) -> np.ndarray:
     """[n, kv_heads, head_dim] (or [kv_heads, head_dim] for one token) real -> float64 [n, kvh, hd]."""
-    if isinstance(x, (list, tuple)):
-        x = np.asarray(x)
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a NumPy array [n_tokens, {kv_heads}, {head_dim}], got {type(x).__name__}")
-    if x.dtype == np.bool_ or x.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real float array, got dtype {x.dtype}")
+    want = (f"[n_tokens >= 1, kv_heads={kv_heads}, head_dim={head_dim}] "
+            f"(or [{kv_heads}, {head_dim}] for one token)")
+    x = real_array(name, x, ndim=(2, 3), what=want,
+                   axes=("token", "kv head", "dim") if np.ndim(x) == 3 else ("kv head", "dim"))
     if x.ndim == 2:
         x = x[None]
-    if x.ndim != 3 or x.shape[1:] != (kv_heads, head_dim) or x.shape[0] == 0:
-        raise ValueError(f"{name} must be [n_tokens >= 1, kv_heads={kv_heads}, head_dim={head_dim}] "
-                         f"(or [{kv_heads}, {head_dim}] for one token), got shape {x.shape}")
-    finite = np.isfinite(x)
-    if not finite.all():
-        bad = np.argwhere(~finite)[0]
-        raise ValueError(f"{name} contains {int(x.size - np.count_nonzero(finite))} NaN/Inf value(s) "
-                         f"(first at token {bad[0]}, kv head {bad[1]}, dim {bad[2]})")
-    return x.astype(np.float64)
+    if x.shape[1:] != (kv_heads, head_dim) or x.shape[0] == 0:
+        raise ValueError(f"{name} must be {want}, got shape {x.shape}")
+    return x
+
+
+class _PagePool:
+    """The free physical pages of a pool, lowest first, in memory independent of the pool size:
+    pages never used yet are a counter, returned pages a heap (always below the counter)."""
+
+    def __init__(self, pages: int):
+        self.size = pages
+        self._fresh = 0
+        self._returned: list[int] = []
+
+    def __len__(self) -> int:
+        return self.size - self._fresh + len(self._returned)
+
+    def take(self) -> int:
+        if self._returned:
+            return heapq.heappop(self._returned)
+        if self._fresh >= self.size:
+            raise KVCacheFullError("KV pool has no free page")
+        self._fresh += 1
+        return self._fresh - 1
+
+    def give(self, page: int) -> None:
+        heapq.heappush(self._returned, page)
 
 
 @dataclass
@@ -130,6 +153,30 @@ class KVAppend:
     clipped_values: dict = field(default_factory=lambda: {"k": 0, "v": 0})
     max_overrange: dict = field(default_factory=lambda: {"k": 0.0, "v": 0.0})   # worst absmax / range
     calibrated_heads: dict = field(default_factory=lambda: {"k": [], "v": []})
+
+
+@dataclass
+class _Pending:
+    """An append checked and quantized but not yet applied (see :meth:`KVCache.append`)."""
+
+    seq: "KVSequence"
+    start: int                      # the sequence length it was planned for
+    report: KVAppend
+    kq: np.ndarray
+    km: np.ndarray
+    vq: np.ndarray
+    vm: np.ndarray
+    head_scales: dict               # "k"/"v" -> float64 [kv_heads] after the append
+    clip_message: str = ""
+    undo: dict | None = None        # what commit changed, to put it back
+
+    @property
+    def k_head_scale(self) -> np.ndarray:
+        return self.head_scales["k"]
+
+    @property
+    def end(self) -> int:
+        return self.start + self.report.tokens
 
 
 class _Growing:
@@ -248,45 +295,37 @@ class KVCache:
                  on_clip: str = "warn", mirror: bool = True):
         att = attention_engine(device)
         geom = attention_geometry(device.layout)
-        if isinstance(kv_heads, bool) or not isinstance(kv_heads, (int, np.integer)) \
-                or not 1 <= kv_heads <= MAX_HEADS:
-            raise ValueError(f"kv_heads must be an integer in [1, {MAX_HEADS}], got {kv_heads!r}")
-        if isinstance(kv_bits, bool) or kv_bits not in att.kv_bits:
-            raise ValueError(f"kv_bits must be one of the engine's kv_bits {list(att.kv_bits)}, got {kv_bits!r}")
+        kv_heads = check_int("kv_heads", kv_heads, 1, MAX_HEADS)
+        kv_bits = check_choice("kv_bits", kv_bits, tuple(att.kv_bits), "the engine's kv_bits")
         max_pages = att.max_context // att.page_tokens
-        if pages is None:
-            pages = max_pages
-        if isinstance(pages, bool) or not isinstance(pages, (int, np.integer)) or not 1 <= pages < 1 << 32:
-            raise ValueError(f"pages must be an integer >= 1 (physical pages in the pool), got {pages!r}")
-        if on_clip not in ("warn", "raise", "count"):
-            raise ValueError(f"on_clip must be 'warn', 'raise' or 'count', got {on_clip!r}")
-        if not isinstance(calibration_headroom, numbers.Real) or not calibration_headroom >= 1 \
-                or not np.isfinite(calibration_headroom):
-            raise ValueError(f"calibration_headroom must be a finite float >= 1, got {calibration_headroom!r}")
-        self._dev = device
-        self._att = att
-        self.geometry = geom
-        self.kv_heads = int(kv_heads)
-        self.kv_bits = int(kv_bits)
-        self.num_pages = int(pages)
-        self.mirror = bool(mirror)
-        self.on_clip = on_clip
-        self.calibration_headroom = float(calibration_headroom)
-        self._qmax = (1 << (self.kv_bits - 1)) - 1
-        self._hs = {}
+        pages = max_pages if pages is None else check_int("pages", pages, 1, (1 << 32) - 1)
+        on_clip = check_choice("on_clip", on_clip, ("warn", "raise", "count"))
+        headroom = check_real("calibration_headroom", calibration_headroom, 1.0)
+        mirror = check_bool("mirror", mirror)
+        head_scales = {}
         for which, scale, rng in (("k", k_scale, k_range), ("v", v_scale, v_range)):
             if scale is not None and rng is not None:
                 raise ValueError(f"give {which}_scale or {which}_range, not both")
             if scale is not None:
-                self._hs[which] = _head_values(f"{which}_scale", scale, self.kv_heads)
+                head_scales[which] = _normal_scale(f"{which}_scale", _head_values(f"{which}_scale", scale, kv_heads))
             elif rng is not None:
-                self._hs[which] = kv_head_scale(_head_values(f"{which}_range", rng, self.kv_heads), self.kv_bits)
+                head_scales[which] = _normal_scale(
+                    f"{which}_range", kv_head_scale(_head_values(f"{which}_range", rng, kv_heads), kv_bits))
             else:
-                self._hs[which] = np.zeros(self.kv_heads)          # 0: calibrate on first non-zero append
-        self.page_bytes = geom.page_bytes(self.kv_bits, self.kv_heads)
+                head_scales[which] = np.zeros(kv_heads)           # 0: calibrate on first non-zero append
+        page_bytes = geom.page_bytes(kv_bits, kv_heads)
+        self._dev = device
+        self._att = att
+        self.geometry = geom
+        self.kv_heads, self.kv_bits, self.num_pages = kv_heads, kv_bits, pages
+        self.mirror = mirror
+        self.on_clip = on_clip
+        self.calibration_headroom = headroom
+        self._qmax = (1 << (kv_bits - 1)) - 1
+        self._hs = head_scales
+        self.page_bytes = page_bytes
         self.max_pages_per_sequence = max_pages
         self._bt_bytes = len(pack_block_table(np.zeros(max_pages, np.uint32), geom.word_bytes))
-        self._free = list(range(self.num_pages))                   # a heap: lowest page first
         self._owner: dict[int, int] = {}                           # physical page -> sequence id
         self._seqs: dict[int, KVSequence] = {}
         self._ids = itertools.count()
@@ -294,13 +333,14 @@ class KVCache:
         self.stats = {"tokens": 0, "appends": 0, "bytes_written": 0,
                       "clipped_groups": {"k": 0, "v": 0}, "clipped_values": {"k": 0, "v": 0}}
         self.k_pool = self.v_pool = None
-        pool_bytes = self.num_pages * self.page_bytes
+        pool_bytes = pages * page_bytes                 # the device refuses a pool beyond its bank
         try:
             self.k_pool = device.alloc(pool_bytes, "w0")
             self.v_pool = device.alloc(pool_bytes, f"w{att.kv_ports - 1}")
         except BaseException:
             self.close()
             raise
+        self._free = _PagePool(pages)                   # lowest page first, O(1) memory
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -346,7 +386,11 @@ class KVCache:
         """A new empty sequence (its block table buffer is allocated now; pages come on append)."""
         self._check_open()
         bt = self._dev.alloc(self._bt_bytes, "data")
-        self._dev.write(bt, bytes(self._bt_bytes))
+        try:
+            self._dev.write(bt, bytes(self._bt_bytes))
+        except BaseException:
+            self._dev.free(bt)
+            raise
         seq = KVSequence(self, next(self._ids), bt)
         self._seqs[seq.id] = seq
         return seq
@@ -368,7 +412,7 @@ class KVCache:
             return
         for p in seq._pages:
             del self._owner[p]
-            heapq.heappush(self._free, p)
+            self._free.give(p)
         seq._pages = []
         seq._freed = True
         self._seqs.pop(seq.id, None)
@@ -378,7 +422,8 @@ class KVCache:
 
     # -- appending ---------------------------------------------------------------------
     def _quantize(self, which: str, x: np.ndarray, report: KVAppend):
-        """float [n, kvh, hd] -> (int8 values, u16 mantissas) with this cache's head scales."""
+        """float [n, kvh, hd] -> (int8 values, u16 mantissas, head scales) with this cache's head
+        scales (calibrating uncalibrated heads on ``x``); changes nothing."""
         n, kvh, hd = x.shape
         g = self.geometry.group_size
         qmax = self._qmax
@@ -388,16 +433,20 @@ class KVCache:
         new = [h for h in range(kvh) if hs[h] == 0 and head_max[h] > 0]
         if new:
             hs = hs.copy()
-            hs[new] = kv_head_scale(head_max[new] * self.calibration_headroom, self.kv_bits)
+            # headroom applied to the scale (not to absmax) so that no finite value overflows
+            hs[new] = _normal_scale(f"{which} values of KV head(s) {new}",
+                                    kv_head_scale(head_max[new], self.kv_bits) * self.calibration_headroom)
         eff = np.where(hs > 0, hs, 1.0)                                     # uncalibrated heads are all zero
-        need = absmax / qmax / eff[None, :, None]
-        clipped = np.rint(need) > _MANT_MAX
-        q, mant = quantize_kv(x.reshape(n * kvh, hd), self.kv_bits, g, np.tile(eff, n))
+        with np.errstate(over="ignore"):               # values far beyond the range clip (and are counted)
+            need = absmax / qmax / eff[None, :, None]
+            clipped = np.rint(need) > _MANT_MAX
+            q, mant = quantize_kv(x.reshape(n * kvh, hd), self.kv_bits, g, np.tile(eff, n))
         q = q.reshape(n, kvh, hd).astype(np.int8)
         mant = mant.reshape(n, kvh, hd // g)
         if clipped.any():
             scale = mant.astype(np.float64) * eff[None, :, None]
-            ideal = np.abs(np.rint(x.reshape(n, kvh, hd // g, g) / scale[..., None]))
+            with np.errstate(over="ignore"):
+                ideal = np.abs(np.rint(x.reshape(n, kvh, hd // g, g) / scale[..., None]))
             report.clipped_values[which] = int(np.count_nonzero(ideal > qmax))
             report.clipped_groups[which] = int(np.count_nonzero(clipped))
             report.max_overrange[which] = float((need / _MANT_MAX).max())
@@ -424,6 +473,11 @@ class KVCache:
         before a page is taken or a byte written; only the new tokens' value records and
         mantissas are written (plus the block table words of new pages).
         """
+        return self._commit(self._plan(seq, k, v))
+
+    def _plan(self, seq: KVSequence, k, v, *, tokens: int | None = None) -> _Pending:
+        """Check and quantize an append without changing anything (``tokens``: the count the
+        caller expects, e.g. one per query)."""
         seq = self.check_sequence(seq)
         hd = self.geometry.head_dim
         k = _float_tokens("k", k, self.kv_heads, hd)
@@ -431,6 +485,8 @@ class KVCache:
         if k.shape != v.shape:
             raise ValueError(f"k and v must have the same shape, got {k.shape} and {v.shape}")
         n = k.shape[0]
+        if tokens is not None and n != tokens:
+            raise ValueError(f"k/v must hold one token per query: q has {tokens} positions, k has {n}")
         end = seq._length + n
         if end > self.max_context:
             raise KVCacheError(f"sequence {seq.id} would hold {end} tokens ({seq._length} + {n}); the "
@@ -444,36 +500,52 @@ class KVCache:
         report = KVAppend(tokens=n, new_pages=new_pages)
         kq, km, k_hs = self._quantize("k", k, report)
         vq, vm, v_hs = self._quantize("v", v, report)
-        clipped = report.clipped_groups["k"] + report.clipped_groups["v"]
-        if clipped:
+        plan = _Pending(seq, seq._length, report, kq, km, vq, vm, {"k": k_hs, "v": v_hs})
+        if report.clipped_groups["k"] + report.clipped_groups["v"]:
             what = ", ".join(f"{w.upper()}: {report.clipped_groups[w]} group(s), {report.clipped_values[w]} "
                              f"value(s), up to {report.max_overrange[w]:.2f}x the range"
                              for w in ("k", "v") if report.clipped_groups[w])
-            msg = (f"KV cache append to sequence {seq.id} clips groups beyond the calibrated range ({what}); "
-                   "give k_range/v_range (or a larger calibration_headroom) when creating the cache")
+            plan.clip_message = (f"KV cache append to sequence {seq.id} clips groups beyond the calibrated range "
+                                 f"({what}); give k_range/v_range (or a larger calibration_headroom) when "
+                                 "creating the cache")
             if self.on_clip == "raise":
-                raise KVClipError(msg)
-            if self.on_clip == "warn":
-                warnings.warn(msg, KVClipWarning, stacklevel=3)
-        # -- commit: scales, pages, bytes -------------------------------------------------
-        self._hs["k"], self._hs["v"] = k_hs, v_hs
-        first_new = len(seq._pages)
-        for _ in range(new_pages):
-            p = heapq.heappop(self._free)
-            self._owner[p] = seq.id
-            seq._pages.append(p)
-        written = 0
-        if new_pages:
-            written += self._write_block_table(seq, first_new)
-        written += self._write_tokens(seq, self.k_pool, kq, km)
-        written += self._write_tokens(seq, self.v_pool, vq, vm)
-        if seq._k is not None:
-            seq._k.extend(kq, km)
-            seq._v.extend(vq, vm)
-        seq._length = end
+                raise KVClipError(plan.clip_message)
+        return plan
+
+    def _commit(self, plan: _Pending) -> KVAppend:
+        """Apply a planned append: scales, pages, device bytes, mirror and statistics. If a write
+        fails, everything it changed is put back."""
+        seq, report = plan.seq, plan.report
+        self.check_sequence(seq)
+        if seq._length != plan.start:
+            raise KVCacheError(f"sequence {seq.id} changed since this append was planned")
+        if plan.clip_message and self.on_clip == "warn":
+            warnings.warn(plan.clip_message, KVClipWarning, stacklevel=4)
+        plan.undo = {"hs": dict(self._hs), "pages": len(seq._pages), "last_append": self.last_append,
+                     "stats": {k: (dict(v) if isinstance(v, dict) else v) for k, v in self.stats.items()},
+                     "mirror": None if seq._k is None else (seq._k.n, seq._v.n)}
+        try:
+            self._hs = dict(plan.head_scales)
+            first_new = len(seq._pages)
+            for _ in range(report.new_pages):
+                p = self._free.take()
+                self._owner[p] = seq.id
+                seq._pages.append(p)
+            written = 0
+            if report.new_pages:
+                written += self._write_block_table(seq, first_new)
+            written += self._write_tokens(seq, self.k_pool, plan.kq, plan.km)
+            written += self._write_tokens(seq, self.v_pool, plan.vq, plan.vm)
+            if seq._k is not None:
+                seq._k.extend(plan.kq, plan.km)
+                seq._v.extend(plan.vq, plan.vm)
+            seq._length = plan.end
+        except BaseException:
+            self._undo(plan)
+            raise
         report.bytes_written = written
         st = self.stats
-        st["tokens"] += n
+        st["tokens"] += report.tokens
         st["appends"] += 1
         st["bytes_written"] += written
         for w in ("k", "v"):
@@ -481,6 +553,24 @@ class KVCache:
             st["clipped_values"][w] += report.clipped_values[w]
         self.last_append = report
         return report
+
+    def _undo(self, plan: _Pending) -> None:
+        """Put back what :meth:`_commit` of ``plan`` changed (the bytes it wrote stay in slots and
+        pages no sequence uses any more, which nothing reads)."""
+        undo, seq = plan.undo, plan.seq
+        if undo is None:
+            return
+        self._hs = undo["hs"]
+        while len(seq._pages) > undo["pages"]:
+            p = seq._pages.pop()
+            del self._owner[p]
+            self._free.give(p)
+        seq._length = plan.start
+        if undo["mirror"] is not None and seq._k is not None:
+            seq._k.n, seq._v.n = undo["mirror"]
+        self.stats = undo["stats"]
+        self.last_append = undo["last_append"]
+        plan.undo = None
 
     def _write_block_table(self, seq: KVSequence, first: int) -> int:
         """Write the block table words holding entries ``first ..`` (whole words)."""
@@ -519,6 +609,7 @@ class KVCache:
     def _check_open(self) -> None:
         if self.k_pool is None:
             raise KVCacheError("this KV cache was closed; its pool is no longer on the device")
+        self._dev._check_open()
 
     def close(self) -> None:
         """Free every sequence and the pools."""

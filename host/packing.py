@@ -1,7 +1,7 @@
 """Host-side packing of matmul operands into the engine's memory layouts (docs §4).
 
 Every function takes the design's :class:`~hbmforge.layout.DesignLayout` (or
-a Manifest, whose ``.layout`` is used) so that word width, rows, weight ports,
+a Device or DesignManifest, whose ``.layout`` is used) so that word width, rows, weight ports,
 group size and ``k_align`` come from the design, and returns ``uint8`` arrays
 of exactly the byte counts ``DesignLayout.*_bytes`` gives. All of it is
 vectorized NumPy: a 4096 x 4096 int4 matrix packs in well under a second.
@@ -15,10 +15,13 @@ from __future__ import annotations
 import numpy as np
 
 from hbmforge.encodings import OutMode, WeightFormat
+from hbmforge.layout import DesignLayout
 from hbmforge.numerics.quant import storage_range, weight_format
 
+from .checks import check_int, int_array
+
 __all__ = [
-    "pad_k",
+    "pad_k", "engine_format",
     "pack_activations", "unpack_activations",
     "pack_weights", "unpack_weights",
     "pack_scales", "unpack_scales",
@@ -27,22 +30,29 @@ __all__ = [
 ]
 
 
-def _layout(layout):
-    """Accept a DesignLayout or anything with a ``.layout`` (a Manifest, a Device)."""
-    return getattr(layout, "layout", layout)
+def _layout(layout) -> DesignLayout:
+    """A DesignLayout, or the ``.layout`` of a Device or a DesignManifest."""
+    lay = getattr(layout, "layout", layout)
+    if not isinstance(lay, DesignLayout):
+        raise TypeError(f"layout must be a DesignLayout (or a Device/DesignManifest), got {type(layout).__name__}")
+    return lay
 
 
 def _int_matrix(name: str, a, lo: int, hi: int, ndim: int = 2) -> np.ndarray:
-    a = np.asarray(a)
-    if a.dtype.kind not in "iu":
-        raise TypeError(f"{name} must be an integer array (values in [{lo}, {hi}]), got dtype {a.dtype}")
-    if a.ndim != ndim:
-        raise ValueError(f"{name} must be {ndim}-D, got shape {a.shape}")
-    if a.size and (a.min() < lo or a.max() > hi):
-        bad = int(np.count_nonzero((a < lo) | (a > hi)))
-        raise ValueError(f"{name} has {bad} value(s) outside [{lo}, {hi}] "
-                         f"(min {int(a.min())}, max {int(a.max())})")
-    return a
+    return int_array(name, a, lo, hi, ndim=(ndim,), what=f"a {ndim}-D integer array (values in [{lo}, {hi}])")
+
+
+def _raw_bytes(raw, nbytes: int, what: str) -> np.ndarray:
+    """The first ``nbytes`` of device bytes ``raw`` (bytes-like or a NumPy array) as uint8."""
+    if isinstance(raw, np.ndarray):
+        buf = np.ascontiguousarray(raw).reshape(-1).view(np.uint8)
+    elif isinstance(raw, (bytes, bytearray, memoryview)):
+        buf = np.frombuffer(bytes(raw), dtype=np.uint8)
+    else:
+        raise TypeError(f"raw must be bytes or a NumPy array, got {type(raw).__name__}")
+    if buf.size < nbytes:
+        raise ValueError(f"{what} holds {buf.size} bytes; it needs {nbytes}")
+    return buf[:nbytes]
 
 
 def _pad_bytes(data: np.ndarray, nbytes: int) -> np.ndarray:
@@ -76,22 +86,26 @@ def pack_activations(xq, layout) -> np.ndarray:
 
 
 def unpack_activations(raw, m: int, k: int, layout) -> np.ndarray:
-    raw = np.frombuffer(bytes(raw), dtype=np.int8) if not isinstance(raw, np.ndarray) else raw.view(np.int8)
-    return raw[: m * k].reshape(m, k).copy()
+    m, k = check_int("m", m, 1), check_int("k", k, 1)
+    return _raw_bytes(raw, m * k, "raw").view(np.int8).reshape(m, k).copy()
 
 
 # -- W: [N, K] in one of the weight formats, one stream cut into P stripes ----------------
 _POW3 = np.array([1, 3, 9, 27, 81], dtype=np.int16)
 
 
-def _engine_format(wbits, lay):
-    """``wbits`` (2, 4, 8, 'ternary' or descriptor code 3) -> format, checked against the engine."""
-    try:
-        fmt = weight_format(wbits)
-    except ValueError:
-        fmt = None
+def engine_format(wbits, layout, name: str = "wbits"):
+    """``wbits`` (2, 4, 8, 'ternary' or descriptor code 3) -> format, checked against the engine's
+    ``weight_bits``."""
+    lay = _layout(layout)
+    fmt = None
+    if isinstance(wbits, (str, int, np.integer)):
+        try:
+            fmt = weight_format(wbits)
+        except ValueError:
+            pass
     if fmt is None or fmt not in lay.mm.weight_bits:
-        raise ValueError(f"wbits must be one of the engine's weight_bits {list(lay.mm.weight_bits)}, got {wbits!r}")
+        raise ValueError(f"{name} must be one of the engine's weight_bits {list(lay.mm.weight_bits)}, got {wbits!r}")
     return fmt
 
 
@@ -116,7 +130,7 @@ def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
     ``c`` is word ``c`` of stripe 0, then stripe 1, ... (stripe 0 least significant).
     """
     lay = _layout(layout)
-    fmt = _engine_format(wbits, lay)
+    fmt = engine_format(wbits, lay)
     lo, hi = storage_range(fmt)
     wq = pad_k(_int_matrix(f"{fmt if fmt == 'ternary' else f'int{fmt}'} weights", wq, lo, hi), lay)
     n, k = wq.shape
@@ -152,11 +166,14 @@ def unpack_weights(stripes, n: int, k: int, wbits, layout) -> np.ndarray:
     bytes >= 243 give zeros.
     """
     lay = _layout(layout)
-    fmt = _engine_format(wbits, lay)
+    fmt = engine_format(wbits, lay)
+    n, k = check_int("n", n, 1), check_int("k", k, 1)
     ports, word = lay.mm.weight_ports, lay.word_bytes
-    if len(stripes) != ports:
-        raise ValueError(f"need {ports} weight stripes, got {len(stripes)}")
-    arrays = [np.frombuffer(bytes(s), dtype=np.uint8).reshape(-1, word) for s in stripes]
+    if not isinstance(stripes, (list, tuple)) or len(stripes) != ports:
+        got = len(stripes) if isinstance(stripes, (list, tuple)) else type(stripes).__name__
+        raise ValueError(f"need {ports} weight stripes, got {got}")
+    need = lay.matmul.weight_port_bytes(n, k, WeightFormat.code(fmt))
+    arrays = [_raw_bytes(s, need, f"weight stripe {i}").reshape(-1, word) for i, s in enumerate(stripes)]
     stream = np.stack(arrays, axis=1).reshape(-1)
     count = n * k
     if _five_trit(lay, fmt):
@@ -196,8 +213,9 @@ def pack_scales(mant, layout) -> np.ndarray:
 
 def unpack_scales(raw, n: int, k: int, layout) -> np.ndarray:
     lay = _layout(layout)
+    n, k = check_int("n", n, 1), check_int("k", k, 1)
     groups = k // lay.mm.group_size
-    return np.frombuffer(bytes(raw), dtype="<u2")[: n * groups].reshape(n, groups).astype(np.uint16)
+    return _raw_bytes(raw, n * groups * 2, "raw").view("<u2").reshape(n, groups).astype(np.uint16)
 
 
 # -- Q: u64 per column: mult (int32) | shift << 32 ----------------------------------------
@@ -213,7 +231,7 @@ def pack_requant(mult, shift, layout) -> np.ndarray:
 
 
 def unpack_requant(raw, n: int) -> tuple[np.ndarray, np.ndarray]:
-    words = np.frombuffer(bytes(raw), dtype="<u8")[:n]
+    words = _raw_bytes(raw, check_int("n", n, 1) * 8, "raw").view("<u8")
     mult = (words & np.uint64(0xFFFF_FFFF)).astype(np.uint32).view(np.int32).astype(np.int64)
     shift = ((words >> np.uint64(32)) & np.uint64(0x7F)).astype(np.int64)
     return mult, shift
@@ -221,10 +239,11 @@ def unpack_requant(raw, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 # -- Y: blocked [row block][column][row in block] ------------------------------------------
 def _out_dtype(out_mode: int):
-    if out_mode == OutMode.INT32:
-        return np.dtype("<i4")
-    if out_mode == OutMode.INT8:
-        return np.dtype("i1")
+    if isinstance(out_mode, (int, np.integer)) and not isinstance(out_mode, bool):
+        if out_mode == OutMode.INT32:
+            return np.dtype("<i4")
+        if out_mode == OutMode.INT8:
+            return np.dtype("i1")
     raise ValueError(f"out_mode must be {OutMode.INT32} (INT32) or {OutMode.INT8} (INT8), got {out_mode!r}")
 
 
@@ -232,12 +251,10 @@ def unpack_output(raw, m: int, n: int, out_mode: int, layout) -> np.ndarray:
     """Blocked Y bytes -> ``[M, N]`` int32 or int8 (rows of the last block beyond M dropped)."""
     lay = _layout(layout)
     dtype = _out_dtype(out_mode)
+    m, n = check_int("m", m, 1), check_int("n", n, 1)
     rows, blocks = lay.mm.rows, lay.matmul.row_blocks(m)
     need = blocks * n * rows * dtype.itemsize
-    buf = raw if isinstance(raw, np.ndarray) else np.frombuffer(raw, dtype=np.uint8)
-    if buf.nbytes < need:
-        raise ValueError(f"output holds {buf.nbytes} bytes; [M={m}, N={n}] in this layout needs {need}")
-    y = buf.reshape(-1)[:need].view(dtype).reshape(blocks, n, rows)
+    y = _raw_bytes(raw, need, f"output for [M={m}, N={n}]").view(dtype).reshape(blocks, n, rows)
     return np.ascontiguousarray(y.transpose(0, 2, 1).reshape(blocks * rows, n)[:m]).astype(dtype.newbyteorder("="))
 
 
@@ -245,8 +262,11 @@ def pack_output(y, out_mode: int, layout) -> np.ndarray:
     """``[M, N]`` results -> blocked Y bytes (rows >= M zero); what the device writes."""
     lay = _layout(layout)
     dtype = _out_dtype(out_mode)
-    y = np.asarray(y)
+    info = np.iinfo(dtype)
+    y = _int_matrix("y", y, int(info.min), int(info.max))
     m, n = y.shape
+    if m == 0 or n == 0:
+        raise ValueError(f"y must be [M >= 1, N >= 1], got shape {y.shape}")
     rows, blocks = lay.mm.rows, lay.matmul.row_blocks(m)
     full = np.zeros((blocks * rows, n), dtype=dtype)
     full[:m] = y

@@ -31,17 +31,21 @@ only count violations).
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
 from hbmforge.kernel_interface import CONTROL_RANGE
-from hbmforge.package import CONTROL_BASE, package_context, render_template
+from hbmforge.package_templates import CONTROL_BASE, package_context, render_template
+
+from hbmforge.manifest import DesignManifest, read_manifest
 
 from .backends.pynq import import_pynq
+from .checks import check_bool, check_int, check_str
+from .device import Device
 from .errors import DesignMismatchError, ProtocolViolationError
-from .manifest import Manifest
 
 __all__ = ["SimPynqDevice", "write_sim_overlay", "SIM_BIT_MAGIC"]
 
@@ -50,7 +54,7 @@ SIM_BIT_MAGIC = b"hbmforge co-simulation overlay"
 _pynq = import_pynq()            # this module is PYNQ-specific: fail here, with the install hint
 
 
-def write_sim_overlay(manifest, directory) -> Path:
+def write_sim_overlay(design, directory) -> Path:
     """Write ``<kernel>.bit`` (a stand-in naming the design) and ``<kernel>.hwh``; return the .bit.
 
     The pair is what ``pynq.Overlay`` needs to find; the .hwh is rendered
@@ -58,11 +62,14 @@ def write_sim_overlay(manifest, directory) -> Path:
     bd.tcl places it on a board (instance ``<kernel>_0``, s_axi_control at
     0xA0000000).
     """
-    m = Manifest.load(manifest)
+    m = read_manifest(design)
+    kernel, design_hash = m.layout.kernel, m.layout.design_hash
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory must be a str or Path, got {type(directory).__name__}")
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
-    bit = out / f"{m.kernel}.bit"
-    bit.write_bytes(SIM_BIT_MAGIC + f"\nkernel {m.kernel}\ndesign_hash {m.design_hash}\n".encode())
+    bit = out / f"{kernel}.bit"
+    bit.write_bytes(SIM_BIT_MAGIC + f"\nkernel {kernel}\ndesign_hash {design_hash}\n".encode())
     bit.with_suffix(".hwh").write_text(render_template("pynq/overlay.hwh.j2", package_context(m.data)))
     return bit
 
@@ -85,9 +92,17 @@ class _SimMemory:
         self.port = port
 
     def allocate(self, shape, dtype, port: str | None = None, **kwargs):
-        dtype = np.dtype(dtype)
-        count = int(np.prod(shape, dtype=np.int64)) if np.ndim(shape) else int(shape)
+        try:
+            dtype = np.dtype(dtype)
+        except TypeError as err:
+            raise TypeError(f"dtype must be a NumPy dtype, got {dtype!r} ({err})") from None
+        dims = (shape,) if not isinstance(shape, (tuple, list)) else tuple(shape)
+        dims = tuple(check_int(f"shape[{i}]", d, 0) for i, d in enumerate(dims))
+        count = 1
+        for d in dims:
+            count *= d
         nbytes = max(1, count * dtype.itemsize)
+        shape = dims
         sim_buf = self.device.sim_device.alloc(nbytes, port or self.port)
         host = bytearray(nbytes)
         arr = _pynq.buffer.PynqBuffer(shape, dtype, buffer=host, device=self.device,
@@ -115,15 +130,16 @@ class SimPynqDevice(_pynq.Device):
 
     def __init__(self, sim_device, *, poll_cycles: int = 1000, check_protocol: bool = True,
                  tag: str = "hbmforge_sim"):
-        super().__init__(tag)
-        if not hasattr(sim_device, "step"):
+        if not isinstance(sim_device, Device) or not hasattr(sim_device, "step"):
             raise TypeError(f"sim_device must be a simulated hbmforge device (with step()), got "
                             f"{type(sim_device).__name__}")
-        if isinstance(poll_cycles, bool) or not isinstance(poll_cycles, int) or poll_cycles < 0:
-            raise ValueError(f"poll_cycles must be an integer >= 0, got {poll_cycles!r}")
+        sim_device._check_open()
+        poll_cycles = check_int("poll_cycles", poll_cycles, 0, (1 << 32) - 1)
+        check_protocol = check_bool("check_protocol", check_protocol)
+        super().__init__(check_str("tag", tag))
         self.sim_device = sim_device
         self.poll_cycles = poll_cycles
-        self.name = f"hbmforge co-simulation of {sim_device.manifest.kernel}"
+        self.name = f"hbmforge co-simulation of {sim_device.layout.kernel}"
         self.capabilities = {"REGISTER_RW": True, "MEMORY_MAPPED": False, "CALLABLE": False}
         self.timestamp = ""
         self.bitfile_name = None
@@ -133,12 +149,13 @@ class SimPynqDevice(_pynq.Device):
         self.clear_dict()
 
     @property
-    def manifest(self) -> Manifest:
-        return self.sim_device.manifest
+    def design(self) -> DesignManifest:
+        """The design of the simulated kernel (``sim_device.design``)."""
+        return self.sim_device.design
 
     def write_overlay(self, directory) -> Path:
         """The .bit/.hwh pair of this design for ``pynq.Overlay`` (see :func:`write_sim_overlay`)."""
-        return write_sim_overlay(self.manifest, directory)
+        return write_sim_overlay(self.design, directory)
 
     # -- what pynq.Overlay asks of a device ----------------------------------------------
     def get_bitfile_metadata(self, bitfile_name, partial: bool = False):
@@ -152,10 +169,11 @@ class SimPynqDevice(_pynq.Device):
         parser = RuntimeMetadataParser(Metadata(input=str(hwh)))
         for name, ip in parser.ip_dict.items():
             theirs = ip.get("parameters", {}).get("HBMFORGE_DESIGN_HASH")
-            if theirs is not None and theirs != self.manifest.design_hash:
+            lay = self.sim_device.layout
+            if theirs is not None and theirs != lay.design_hash:
                 raise DesignMismatchError(
                     f"{hwh} describes design {theirs[:16]}..., the simulated kernel is "
-                    f"{self.manifest.design_hash[:16]}... ({self.manifest.kernel}); write the overlay "
+                    f"{lay.design_hash[:16]}... ({lay.kernel}); write the overlay "
                     "from this design")
         parser.clock_dict = {}          # no PS clock generator to program in a simulation
         parser.bin_data = None
@@ -168,10 +186,11 @@ class SimPynqDevice(_pynq.Device):
         if theirs is None:
             raise DesignMismatchError(f"{bitstream.bitfile_name} is not a co-simulation overlay; a "
                                       "simulated device loads the .bit written by write_overlay()")
-        if theirs != self.manifest.design_hash:
+        lay = self.sim_device.layout
+        if theirs != lay.design_hash:
             raise DesignMismatchError(
                 f"{bitstream.bitfile_name} is the overlay of design {theirs[:16]}..., the simulated "
-                f"kernel is {self.manifest.design_hash[:16]}... ({self.manifest.kernel})")
+                f"kernel is {lay.design_hash[:16]}... ({lay.kernel})")
         if parser is None:
             parser = self.get_bitfile_metadata(bitstream.bitfile_name)
         self.post_download(bitstream, parser, self.name)
@@ -181,6 +200,8 @@ class SimPynqDevice(_pynq.Device):
 
     # -- registers (MMIO with the REGISTER_RW capability) --------------------------------
     def _control_offset(self, address: int, length: int) -> int:
+        address = check_int("address", address, 0)
+        length = check_int("length", length, 0)
         offset = address - self.control_base
         if offset < 0 or offset + length > CONTROL_RANGE or offset % 4:
             raise ValueError(f"address {address:#x} (+{length} bytes) is outside the kernel's "
@@ -213,10 +234,12 @@ class SimPynqDevice(_pynq.Device):
         if count > self._violations_seen:
             self._violations_seen = count
             raise ProtocolViolationError(
-                f"{self.manifest.kernel}: the co-simulation saw {count} AXI rule violation(s) during "
+                f"{self.sim_device.layout.kernel}: the co-simulation saw {count} AXI rule violation(s) during "
                 f"the run: {text}")
 
     def write_registers(self, address, data):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"register data must be bytes, got {type(data).__name__}")
         data = bytes(data)
         if len(data) % 4:
             raise ValueError(f"s_axi_control takes 32-bit writes; got {len(data)} bytes")
@@ -243,4 +266,4 @@ class SimPynqDevice(_pynq.Device):
             ctypes.memmove(ptr, self.sim_device.read(bo, size, offset), size)
 
     def __repr__(self) -> str:
-        return f"<SimPynqDevice {self.manifest.kernel!r} over {self.sim_device!r}>"
+        return f"<SimPynqDevice {self.sim_device.layout.kernel!r} over {self.sim_device!r}>"

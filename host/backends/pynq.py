@@ -14,16 +14,19 @@ against the co-simulation.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
 from hbmforge.kernel_interface import CONTROL_RANGE, pynq_registers
+from hbmforge.layout import PortInfo
+from hbmforge.manifest import read_manifest
 
 from . import built_design
+from ..checks import check_bool, check_str
 from ..device import Buffer, Device
-from ..errors import DesignMismatchError
-from ..manifest import Manifest, PortSpec
+from ..errors import DesignMismatchError, DeviceError
 
 __all__ = ["PynqDevice", "open_device", "find_kernel_ip", "import_pynq"]
 
@@ -45,23 +48,26 @@ def open_device(target, *, build_dir=None, bitfile=None, **options) -> "PynqDevi
     ``bitfile`` defaults to ``<kernel>.bit`` in that directory or its
     ``package/`` subdirectory (where bd.tcl leaves it, next to the .hwh).
     """
-    manifest, bitfile = built_design(target, backend="pynq", build_dir=build_dir, artifact="bit",
-                                     artifact_path=bitfile)
-    return PynqDevice(manifest, bitfile, **options)
+    design, bitfile = built_design(target, backend="pynq", build_dir=build_dir, artifact="bit",
+                                   artifact_path=bitfile)
+    return PynqDevice(design, bitfile, **options)
 
 
-def find_kernel_ip(ip_dict, manifest: Manifest) -> str:
-    """The overlay name of the kernel: the IP whose type is the generated top module."""
+def find_kernel_ip(ip_dict, design) -> str:
+    """The overlay name of the kernel: the IP whose type is the generated top module
+    (``design``: anything :func:`hbmforge.manifest.read_manifest` takes)."""
+    design = read_manifest(design)
+    top, kernel = design.top, design.layout.kernel
     matches = [name for name, ip in ip_dict.items()
-               if (ip.get("type") or "").split(":")[2:3] == [manifest.top]]
+               if str((ip or {}).get("type") or "").split(":")[2:3] == [top]]
     if len(matches) == 1:
         return matches[0]
-    if f"{manifest.kernel}_0" in ip_dict:
-        return f"{manifest.kernel}_0"
-    found = {name: ip.get("type") for name, ip in ip_dict.items()}
+    if f"{kernel}_0" in ip_dict:
+        return f"{kernel}_0"
+    found = {name: (ip or {}).get("type") for name, ip in ip_dict.items()}
     if not matches:
-        raise DesignMismatchError(f"the overlay has no {manifest.top!r} kernel; its IP: {found}")
-    raise DesignMismatchError(f"the overlay has {len(matches)} {manifest.top!r} kernels ({matches}); "
+        raise DesignMismatchError(f"the overlay has no {top!r} kernel; its IP: {found}")
+    raise DesignMismatchError(f"the overlay has {len(matches)} {top!r} kernels ({matches}); "
                               "pass ip_name= to choose one")
 
 
@@ -70,9 +76,14 @@ class PynqDevice(Device):
 
     backend = "pynq"
 
-    def __init__(self, manifest, bitfile, *, pynq_device=None, download: bool = True,
+    def __init__(self, design, bitfile, *, pynq_device=None, download: bool = True,
                  ip_name: str | None = None):
-        super().__init__(manifest)
+        super().__init__(design)
+        if not isinstance(bitfile, (str, os.PathLike)):
+            raise TypeError(f"bitfile must be the path of the overlay's .bit file, got {type(bitfile).__name__}")
+        download = check_bool("download", download)
+        if ip_name is not None:
+            check_str("ip_name", ip_name)
         bitfile = Path(bitfile)
         if not bitfile.is_file():
             raise FileNotFoundError(f"overlay {bitfile} not found; build it with the block design "
@@ -81,13 +92,33 @@ class PynqDevice(Device):
             raise FileNotFoundError(f"{bitfile.with_suffix('.hwh').name} is missing beside {bitfile.name}; "
                                     "pynq.Overlay needs both (bd.tcl writes them together)")
         self._pynq = import_pynq()
-        self._overlay = self._pynq.Overlay(str(bitfile), download=download, device=pynq_device)
-        self._ip_name = ip_name or find_kernel_ip(self._overlay.ip_dict, self.manifest)
-        self._ip = getattr(self._overlay, self._ip_name)
-        if self._ip.mmio.length < CONTROL_RANGE:
-            raise DesignMismatchError(f"{self._ip_name} maps {self._ip.mmio.length} bytes of registers; "
+        if pynq_device is not None and not isinstance(pynq_device, self._pynq.Device):
+            raise TypeError(f"pynq_device must be a pynq.Device (or None for the board's default), "
+                            f"got {type(pynq_device).__name__}")
+        try:
+            self._overlay = self._pynq.Overlay(str(bitfile), download=download, device=pynq_device)
+        except RuntimeError as err:
+            if pynq_device is not None:
+                raise
+            raise DeviceError(f"PYNQ found no device to load {bitfile.name} on ({err}); run on the board, "
+                              "or pass pynq_device= (e.g. a hbmforge.host.pynq_sim.SimPynqDevice)") from None
+        ips = self._overlay.ip_dict
+        mapped = sorted(name for name, ip in ips.items() if isinstance(ip, dict) and "phys_addr" in ip)
+        if ip_name is not None and ip_name not in mapped:
+            raise ValueError(f"ip_name {ip_name!r} is not a memory-mapped IP of the overlay; its memory-mapped "
+                             f"IP: {mapped}")
+        self._ip_name = ip_name or find_kernel_ip(ips, self.design)
+        try:
+            self._ip = getattr(self._overlay, self._ip_name)
+        except (AttributeError, KeyError) as err:
+            raise DesignMismatchError(f"the overlay cannot give a driver for {self._ip_name!r} ({err!r})") from None
+        mmio = getattr(self._ip, "mmio", None)
+        if mmio is None:
+            raise DesignMismatchError(f"{self._ip_name} has no register interface (MMIO); it is not the kernel")
+        if mmio.length < CONTROL_RANGE:
+            raise DesignMismatchError(f"{self._ip_name} maps {mmio.length} bytes of registers; "
                                       f"the kernel needs {CONTROL_RANGE:#x}")
-        self._mmio = self._ip.mmio
+        self._mmio = mmio
         self._register_map = None
         self.check_identity()
 
@@ -110,7 +141,7 @@ class PynqDevice(Device):
         if self._register_map is None:
             from pynq.registers import RegisterMap
 
-            cls = RegisterMap.create_subclass(self.manifest.kernel, pynq_registers(self.manifest.data))
+            cls = RegisterMap.create_subclass(self.layout.kernel, pynq_registers(self.design.data))
             self._register_map = cls(self._mmio.array)
         return self._register_map
 
@@ -121,7 +152,7 @@ class PynqDevice(Device):
     def _write32(self, offset: int, value: int) -> None:
         self._mmio.write(offset, int(value) & 0xFFFF_FFFF)
 
-    def _allocate(self, port: PortSpec, nbytes: int):
+    def _allocate(self, port: PortInfo, nbytes: int):
         arr = self._pynq.allocate((nbytes,), np.uint8, target=self._overlay.device)
         return self._bank_region(port).name, int(arr.device_address), arr
 

@@ -26,11 +26,11 @@ import uuid as uuidlib
 from pathlib import Path
 
 from hbmforge.kernel_interface import compute_unit, pointer_arg_of_port
+from hbmforge.layout import PortInfo
 
 from . import built_design
 from ..device import Buffer, Device
 from ..errors import DesignMismatchError, DeviceError
-from ..manifest import PortSpec
 
 __all__ = ["XrtDevice", "open_device", "import_pyxrt", "PYXRT_HINT"]
 
@@ -54,9 +54,9 @@ def open_device(target, *, build_dir=None, xclbin=None, device=0, **options) -> 
     ``xclbin`` defaults to ``<kernel>.xclbin`` in that directory or its
     ``package/`` subdirectory (where the Vitis flow leaves it).
     """
-    manifest, xclbin = built_design(target, backend="xrt", build_dir=build_dir, artifact="xclbin",
-                                    artifact_path=xclbin)
-    return XrtDevice(manifest, xclbin, device=device, **options)
+    design, xclbin = built_design(target, backend="xrt", build_dir=build_dir, artifact="xclbin",
+                                  artifact_path=xclbin)
+    return XrtDevice(design, xclbin, device=device, **options)
 
 
 class XrtDevice(Device):
@@ -64,9 +64,11 @@ class XrtDevice(Device):
 
     backend = "xrt"
 
-    def __init__(self, manifest, xclbin, *, device: int | str = 0):
-        super().__init__(manifest)
+    def __init__(self, design, xclbin, *, device: int | str = 0):
+        super().__init__(design)
         self._device_spec = _check_device_spec(device)
+        if not isinstance(xclbin, (str, os.PathLike)):
+            raise TypeError(f"xclbin must be the path of the .xclbin file, got {type(xclbin).__name__}")
         self._xclbin_path = Path(xclbin)
         if not self._xclbin_path.is_file():
             raise FileNotFoundError(
@@ -79,15 +81,16 @@ class XrtDevice(Device):
             self._device = pyxrt.device(self._device_spec)
             xclbin_obj = pyxrt.xclbin(str(self._xclbin_path))
             kernels = [k.get_name() for k in xclbin_obj.get_kernels()]
-            if self.manifest.top not in kernels:
+            top = self.design.top
+            if top not in kernels:
                 raise DesignMismatchError(
-                    f"{self._xclbin_path} holds kernel(s) {kernels}, not {self.manifest.top!r} of this "
+                    f"{self._xclbin_path} holds kernel(s) {kernels}, not {top!r} of this "
                     "manifest; link the xclbin from this design")
             self._uuid = self._device.load_xclbin(xclbin_obj)
-            cu_name = f"{self.manifest.top}:{{{compute_unit(self.manifest.data)}}}"
+            cu_name = f"{top}:{{{compute_unit(self.design.data)}}}"
             self._control = open_control(pyxrt, self._device, self._uuid, cu_name, self._device_spec)
-            self._groups = {p.name: self._control.group_id(pointer_arg_of_port(self.manifest.data, p.name).index)
-                            for p in self.manifest.ports}
+            self._groups = {p.name: self._control.group_id(pointer_arg_of_port(self.design.data, p.name).index)
+                            for p in self.layout.ports}
             self.check_identity()
         except BaseException:
             self._close()
@@ -105,7 +108,7 @@ class XrtDevice(Device):
     def _write32(self, offset: int, value: int) -> None:
         self._control.write32(offset, value)
 
-    def _allocate(self, port: PortSpec, nbytes: int):
+    def _allocate(self, port: PortInfo, nbytes: int):
         bo = self._xrt.bo(self._device, nbytes, self._xrt.bo.flags.normal, self._groups[port.name])
         return self._bank_region(port).name, int(bo.address()), bo
 

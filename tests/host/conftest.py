@@ -5,7 +5,7 @@ import pytest
 
 from hbmforge.layout import DesignLayout
 
-from golden_kernel import GoldenDevice
+from golden_kernel import GoldenDevice, tiny_copy_layout
 
 
 @pytest.fixture
@@ -16,4 +16,10 @@ def tiny_layout(tiny_config) -> DesignLayout:
 @pytest.fixture
 def golden_dev(tiny_layout):
     with GoldenDevice(tiny_layout) as dev:
+        yield dev
+
+
+@pytest.fixture
+def copy_dev():
+    with GoldenDevice(tiny_copy_layout()) as dev:
         yield dev

@@ -11,11 +11,22 @@ from __future__ import annotations
 
 import time
 
+from hbmforge.config import parse_config
 from hbmforge.layout import KERNEL_ID, LAYOUT_VERSION, DesignLayout
 from hbmforge.numerics.program import SparseMemory, execute
 from hbmforge.host.device import Device
 
+from designs import tiny_config_dict
+
 AXI_LITE_CYCLES = 4          # what one register access costs in the model
+
+
+def tiny_copy_layout(**copy) -> DesignLayout:
+    """The tiny design plus a COPY/FILL engine (with it every port is writable)."""
+    cfg = tiny_config_dict()
+    cfg["name"] = "tiny_copy"
+    cfg["engines"].append({"kind": "copy", **copy})
+    return DesignLayout(parse_config(cfg))
 
 
 class GoldenKernel:
@@ -103,11 +114,12 @@ class GoldenKernel:
         self.runs += 1
         self.ro = {}
         result = execute(self.memory, self._arg("program"), self._arg("count"), self.layout)
-        macs_per_cycle = self.layout.mm.rows * self.layout.mm.lanes
-        cycles = max(self.min_cycles, result.mac_ops // macs_per_cycle)
+        cycles = max(self.min_cycles, result.mac_ops // self.layout.macs_per_cycle)
         self.last_result = result
         self.ro = {"STATUS": result.status, "DESC_DONE": result.descriptors_done, "CYCLES": cycles,
-                   "MAC_OPS": result.mac_ops, "DATA_BYTES_WRITTEN": result.output_bytes_written}
+                   "MAC_OPS": result.mac_ops}
+        for port, nbytes in zip(self.layout.ports, result.bytes_written):
+            self.ro[f"{port.name.upper()}_BYTES_WRITTEN"] = nbytes
         for i, nbytes in enumerate(result.weight_bytes_read):
             self.ro[f"W{i}_BYTES_READ"] = nbytes
         self.finish_at = (1 << 62) if self.hang else self.cycle + cycles
@@ -135,13 +147,14 @@ class GoldenKernel:
 
 
 class GoldenDevice(Device):
-    """The host protocol over an in-process GoldenKernel (tests only)."""
+    """The host protocol over an in-process GoldenKernel (tests only); ``design``: anything
+    :func:`hbmforge.manifest.read_manifest` takes."""
 
     backend = "golden"
 
-    def __init__(self, layout: DesignLayout, **kernel_options):
-        super().__init__(layout)
-        self.kernel = GoldenKernel(layout, **kernel_options)
+    def __init__(self, design, **kernel_options):
+        super().__init__(design)
+        self.kernel = GoldenKernel(self.layout, **kernel_options)
         self.check_identity()
 
     def _read32(self, offset):

@@ -244,7 +244,7 @@ def test_counters_report_kv_bytes_and_macs(adev):
 
 
 def test_runner_report_on_a_given_device(adev):
-    from hbmforge.attention_runner import run_attention as run_layer
+    from hbmforge.flows.attention_runner import run_attention as run_layer
 
     rep = run_layer(adev.layout.config, ctx=24, n_q=3, q_heads=4, kv_heads=2, kv_bits=4, window=8, sink=2,
                     seed=0, device=adev)
@@ -310,7 +310,7 @@ def test_bad_inputs_raise_clear_errors_and_change_nothing(adev):
         with pytest.raises(KVCacheError, match=r"would hold 65 tokens \(60 \+ 5\); the attention engine's max_context is 64"):
             att.prefill(tokens(rng, 5, 2), tokens(rng, 5, 2), tokens(rng, 5, 2))
         with pytest.raises(KVCacheError, match="3 queries need at least 3 tokens"):
-            att.forward_int(np.zeros((3, 2, HD), np.int8), np.ones((3, 2)), np.zeros((3, 2)),
+            att.forward_int(np.zeros((3, 2, HD), np.int8), np.ones((3, 2), int), np.zeros((3, 2), int),
                             att.cache.sequence())
     with KVCache(adev, kv_heads=2, pages=2) as c1, KVCache(adev, kv_heads=2, pages=2) as c2:
         att = Attention(adev, q_heads=2, kv_heads=2, head_dim=HD, cache=c1)
@@ -350,7 +350,7 @@ def test_rtl_two_sequences_share_the_pool(sim_dev):
 
 @pytest.mark.rtl
 def test_rtl_counters_and_runner(sim_dev):
-    from hbmforge.attention_runner import run_attention as run_layer
+    from hbmforge.flows.attention_runner import run_attention as run_layer
 
     rep = run_layer(sim_dev.layout.config, ctx=40, n_q=1, q_heads=4, kv_heads=2, kv_bits=8, window=0, sink=0,
                     seed=1, device=sim_dev)

@@ -24,7 +24,7 @@ def test_buffers_are_page_aligned_in_the_bank_of_their_port(golden_dev):
     w1 = golden_dev.alloc(10, "w1")
     assert a.address % 4096 == 0 and b.address % 4096 == 0
     assert b.address >= a.address + 4096                        # no overlap
-    channel = golden_dev.manifest.port("w1").channel
+    channel = golden_dev.layout.port("w1").channel
     assert channel * 256 * MIB <= w1.address < (channel + 1) * 256 * MIB
     assert "HBM[" in w1.bank and len(b) == 5000
 
@@ -145,8 +145,8 @@ def test_a_foreign_hash_is_refused_naming_both_hashes(tiny_layout):
 def test_a_kernel_without_the_id_or_of_another_version_is_refused(tiny_layout):
     with pytest.raises(DesignMismatchError, match="ID reads 0x00000000"):
         GoldenDevice(tiny_layout, kernel_id=0)
-    with pytest.raises(DesignMismatchError, match="layout version 2.0"):
-        GoldenDevice(tiny_layout, version=0x2_0000)
+    with pytest.raises(DesignMismatchError, match="layout version 1.0"):
+        GoldenDevice(tiny_layout, version=0x1_0000)
 
 
 # -- runs ------------------------------------------------------------------------------

@@ -162,7 +162,7 @@ def test_a_short_timeout_raises_and_the_run_can_still_finish(dev):
 
 def test_open_device_without_build_dir_reuses_the_cached_library(dev):
     with open_device(TINY, progress=False, read_latency=50) as other:
-        assert other.manifest.design_hash == dev.manifest.design_hash
+        assert other.layout.design_hash == dev.layout.design_hash
         assert other.timings["w0"].read_latency == 50
         with Linear.from_float(np.eye(16), bits=8, device=other) as lin:
             assert np.allclose(lin(np.arange(16.0)), np.arange(16.0), atol=0.1)

@@ -24,20 +24,20 @@ def test_fields_land_at_the_manifest_offsets(tiny_layout):
     assert d0["op"] == Opcode.MATMUL and d1["op"] == Opcode.END
     assert (d0["m"], d0["k"], d0["n"], d0["wbits"], d0["out_shift"]) == (3, 32, 4, 4, 5)
     assert (d0["x_addr"], d0["w_addr1"], d0["q_addr"]) == (0x1000, 0x20_000, 0)
-    off = tiny_layout.field_offset("y_addr")
+    off = tiny_layout.field_offset("y_addr", Opcode.MATMUL)
     assert int.from_bytes(raw[off:off + 8], "little") == 0x3000
 
 
 @pytest.mark.parametrize("overrides, match", [
-    ({"k": 24}, "multiple of k_align = 16"),
-    ({"k": 512}, r"k must be in \[1, 256\]"),
-    ({"m": 0}, r"m must be in \[1, "),
-    ({"wbits": 2}, r"weight_bits \[4, 8\], got 2"),
-    ({"x": 0x1004}, "x address 0x1004 must be a multiple of addr_align = 8"),
-    ({"w": [0x10_000, 0x20_001]}, r"w\[1\] address"),
+    ({"k": 24}, "k 24, must be a multiple of 16"),
+    ({"k": 512}, r"k 512, must be a multiple of 16 in \[1, 256\]"),
+    ({"m": 0}, r"m 0, n 4, each must be in \[1, "),
+    ({"wbits": 2}, r"wbits 2, engine accepts codes \[4, 8\]"),
+    ({"x": 0x1004}, "x_addr 0x1004 not a multiple of 8"),
+    ({"w": [0x10_000, 0x20_001]}, r"w_addr1 0x20001 not a multiple of 8"),
     ({"w": [0x10_000]}, "one weight stripe per weight port"),
     ({"out_mode": "int4"}, "out_mode must be one of"),
-    ({"out_shift": 64}, r"out_shift must be in \[0, 63\]"),
+    ({"out_shift": 64}, r"out_shift 64 > 63"),
     ({"out_mode": "int8"}, "needs q"),
     ({"s": None}, "s is required"),
     ({"m": 2.0}, "m must be an integer"),
@@ -72,6 +72,7 @@ def test_buffers_are_checked_for_port_and_size(golden_dev):
     golden_dev.free(x)
     with pytest.raises(ValueError, match="was freed"):
         prog.matmul(m=3, k=32, n=4, wbits=4, x=x, s=s, y=y, w=w)
+    assert len(prog) == 1                                # refused descriptors are not appended
 
 
 def test_unchecked_descriptors_only_need_known_fields(tiny_layout):

@@ -17,7 +17,6 @@ from hbmforge.config import parse_config  # noqa: E402
 from hbmforge.host import DesignMismatchError, ProgramBuilder, open_device  # noqa: E402
 from hbmforge.host.backends.pynq import PynqDevice, find_kernel_ip  # noqa: E402
 from hbmforge.host.backends.sim import SimDevice  # noqa: E402
-from hbmforge.host.manifest import Manifest  # noqa: E402
 from hbmforge.host.packing import pack_activations, pack_scales, pack_weights, unpack_output  # noqa: E402
 from hbmforge.host.pynq_sim import SimPynqDevice  # noqa: E402
 from hbmforge.encodings import OutMode
@@ -34,7 +33,7 @@ def tiny_layout(tiny_config) -> DesignLayout:
 
 @pytest.fixture
 def sim_pynq(tiny_layout):
-    sim = SimDevice(Manifest.from_layout(tiny_layout), FakeCoSim(tiny_layout))
+    sim = SimDevice(tiny_layout.to_json(), FakeCoSim(tiny_layout))
     yield SimPynqDevice(sim)
     sim.close()
 
@@ -42,7 +41,7 @@ def sim_pynq(tiny_layout):
 @pytest.fixture
 def design_dir(tmp_path, sim_pynq):
     """A generated design as the board sees it: manifest.json and the overlay pair."""
-    (tmp_path / "manifest.json").write_text(json.dumps(sim_pynq.manifest.data))
+    (tmp_path / "manifest.json").write_text(json.dumps(sim_pynq.design.data))
     sim_pynq.write_overlay(tmp_path)
     return tmp_path
 
@@ -56,7 +55,7 @@ def dev(design_dir, sim_pynq):
 def test_open_device_finds_the_overlay_and_checks_identity(dev):
     assert isinstance(dev, PynqDevice)
     assert dev.backend == "pynq"
-    assert dev.read_reg("HASH") == dev.manifest.hash64
+    assert dev.read_reg("HASH") == dev.layout.hash64
     assert isinstance(dev.ip, pynq.DefaultIP)
 
 
@@ -108,7 +107,7 @@ def test_register_map_from_the_manifest(dev, tiny_layout):
 def test_a_kernel_built_from_another_config_is_refused(tmp_path, sim_pynq, tiny_config):
     other = tiny_config.model_dump()
     other["engines"][0]["rows"] = 4                    # same kernel name, other design hash
-    manifest = Manifest.from_layout(DesignLayout(parse_config(other)))
+    manifest = DesignLayout(parse_config(other)).to_json()
     bit = sim_pynq.write_overlay(tmp_path)
     with pytest.raises(DesignMismatchError, match="design hash mismatch"):
         PynqDevice(manifest, bit, pynq_device=sim_pynq)
@@ -116,15 +115,34 @@ def test_a_kernel_built_from_another_config_is_refused(tmp_path, sim_pynq, tiny_
 
 def test_missing_overlay_names_the_block_design(tmp_path, sim_pynq):
     with pytest.raises(FileNotFoundError, match=r"tiny.bit not found.*bd.tcl"):
-        PynqDevice(sim_pynq.manifest, tmp_path / "tiny.bit", pynq_device=sim_pynq)
+        PynqDevice(sim_pynq.design, tmp_path / "tiny.bit", pynq_device=sim_pynq)
     (tmp_path / "tiny.bit").write_bytes(b"x")
     with pytest.raises(FileNotFoundError, match="tiny.hwh is missing"):
-        PynqDevice(sim_pynq.manifest, tmp_path / "tiny.bit", pynq_device=sim_pynq)
+        PynqDevice(sim_pynq.design, tmp_path / "tiny.bit", pynq_device=sim_pynq)
 
 
 def test_kernel_ip_is_found_by_its_type(sim_pynq):
     ip_dict = {"zynq_ultra_ps_e_0": {"type": "xilinx.com:ip:zynq_ultra_ps_e:3.5"},
                "accel/k": {"type": "xilinx.com:module_ref:tiny:1.0"}}
-    assert find_kernel_ip(ip_dict, sim_pynq.manifest) == "accel/k"
+    assert find_kernel_ip(ip_dict, sim_pynq.design) == "accel/k"
     with pytest.raises(DesignMismatchError, match="has no 'tiny' kernel"):
-        find_kernel_ip({"x": {"type": "xilinx.com:ip:axi_dma:7.1"}}, sim_pynq.manifest)
+        find_kernel_ip({"x": {"type": "xilinx.com:ip:axi_dma:7.1"}}, sim_pynq.design)
+
+
+@pytest.mark.parametrize("kwargs, error, match", [
+    (dict(pynq_device="sim"), TypeError, "pynq_device must be a pynq.Device"),
+    (dict(pynq_device=object()), TypeError, "pynq_device must be a pynq.Device"),
+    (dict(ip_name="nope_0"), ValueError, r"ip_name 'nope_0' is not a memory-mapped IP of the overlay.*tiny_0"),
+    (dict(ip_name="zynq_ultra_ps_e_0"), ValueError, "not a memory-mapped IP"),
+    (dict(ip_name=3), TypeError, "ip_name must be a string"),
+    (dict(download="yes"), TypeError, "download must be True or False"),
+])
+def test_bad_backend_arguments_are_named(design_dir, sim_pynq, kwargs, error, match):
+    args = dict(pynq_device=sim_pynq)
+    args.update(kwargs)
+    with pytest.raises(error, match=match):
+        PynqDevice(design_dir, design_dir / "tiny.bit", **args)
+    with pytest.raises(TypeError, match="bitfile must be the path"):
+        PynqDevice(design_dir, None, pynq_device=sim_pynq)
+    with pytest.raises(TypeError, match="opens a generated design directory"):
+        open_device(None, backend="pynq", pynq_device=sim_pynq)

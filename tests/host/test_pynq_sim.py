@@ -7,8 +7,6 @@ the generated kernel.
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -17,7 +15,6 @@ pynq = pytest.importorskip("pynq", reason="needs PYNQ (pip install 'hbmforge[pyn
 from hbmforge.config import parse_config, starter_config  # noqa: E402
 from hbmforge.host import DesignMismatchError, ProgramBuilder, ProtocolViolationError  # noqa: E402
 from hbmforge.host.backends.sim import SimDevice  # noqa: E402
-from hbmforge.host.manifest import Manifest  # noqa: E402
 from hbmforge.host.packing import pack_activations, pack_scales, pack_weights, unpack_output  # noqa: E402
 from hbmforge.host.pynq_sim import SimPynqDevice, write_sim_overlay  # noqa: E402
 from hbmforge.kernel_interface import CONTROL_RANGE  # noqa: E402
@@ -34,7 +31,7 @@ def tiny_layout(tiny_config) -> DesignLayout:
 
 
 def sim_device(layout: DesignLayout) -> SimDevice:
-    return SimDevice(Manifest.from_layout(layout), FakeCoSim(layout))
+    return SimDevice(layout, FakeCoSim(layout))
 
 
 @pytest.fixture
@@ -50,9 +47,8 @@ def overlay(pynq_dev, tmp_path):
     return pynq.Overlay(str(bit), device=pynq_dev)
 
 
-def pynq_user_matmul(ol, target, manifest: Manifest, *, m=3, k=64, n=5, wbits=4, seed=0, poll_limit=10_000):
+def pynq_user_matmul(ol, target, layout: DesignLayout, *, m=3, k=64, n=5, wbits=4, seed=0, poll_limit=10_000):
     """One int32 matmul the way a PYNQ user drives the kernel; returns (device result, golden)."""
-    layout = manifest.layout
     rng = np.random.default_rng(seed)
     xq = rng.integers(-128, 128, size=(m, k), dtype=np.int64)
     lo, hi = -(1 << (wbits - 1)), (1 << (wbits - 1)) - 1
@@ -69,12 +65,12 @@ def pynq_user_matmul(ol, target, manifest: Manifest, *, m=3, k=64, n=5, wbits=4,
     s = upload(pack_scales(mant, layout))
     w = [upload(stripe) for stripe in pack_weights(wq, wbits, layout)]
     y = pynq.allocate((layout.matmul.out_bytes(m, n, OutMode.INT32),), np.uint8, target=target)
-    prog = ProgramBuilder(manifest)
+    prog = ProgramBuilder(layout)
     prog.matmul(m=m, k=k, n=n, wbits=wbits, x=x.device_address, s=s.device_address,
                 y=y.device_address, w=[b.device_address for b in w])
     program = upload(np.frombuffer(prog.to_bytes(), dtype=np.uint8))
 
-    ip = getattr(ol, f"{manifest.kernel}_0")
+    ip = getattr(ol, f"{layout.kernel}_0")
     ip.register_map.program = program.device_address
     ip.register_map.count = len(prog)
     ip.register_map.CTRL.AP_START = 1
@@ -166,21 +162,21 @@ def test_allocate_in_the_bank_of_a_weight_port(pynq_dev, tiny_layout):
 
 # -- the run -----------------------------------------------------------------------------
 def test_pynq_user_runs_a_matmul_on_the_simulated_kernel(overlay, pynq_dev):
-    got, want = pynq_user_matmul(overlay, pynq_dev, pynq_dev.manifest)
+    got, want = pynq_user_matmul(overlay, pynq_dev, pynq_dev.design.layout)
     assert np.array_equal(got, want)
 
 
 def test_active_device_lets_pynq_code_omit_the_device(pynq_dev, tmp_path, monkeypatch):
     monkeypatch.setattr(pynq.Device, "_active_device", pynq_dev, raising=False)
     ol = pynq.Overlay(str(pynq_dev.write_overlay(tmp_path)))
-    got, want = pynq_user_matmul(ol, None, pynq_dev.manifest, m=1, n=2, seed=3)
+    got, want = pynq_user_matmul(ol, None, pynq_dev.design.layout, m=1, n=2, seed=3)
     assert np.array_equal(got, want)
 
 
 def test_axi_violations_fail_the_pynq_code_that_ran_the_kernel(overlay, pynq_dev):
     pynq_dev.sim_device.sim.protocol = (1, "m_axi_data: burst crosses a 4 KiB boundary")
     with pytest.raises(ProtocolViolationError, match="1 AXI rule violation.*4 KiB"):
-        pynq_user_matmul(overlay, pynq_dev, pynq_dev.manifest)
+        pynq_user_matmul(overlay, pynq_dev, pynq_dev.design.layout)
     assert pynq_dev.protocol_errors()[0] == 1
 
 
@@ -224,46 +220,29 @@ def test_pynq_user_runs_a_matmul_on_the_verilator_cosim(tiny_config, tmp_path):
     with open_device(tiny_config, build_dir=tmp_path / "design") as sim:
         dev = SimPynqDevice(sim)
         ol = pynq.Overlay(str(dev.write_overlay(tmp_path / "overlay")), device=dev)
-        assert int(ol.tiny_0.register_map.HASH) == sim.manifest.hash64
-        got, want = pynq_user_matmul(ol, dev, sim.manifest, poll_limit=100_000)
+        assert int(ol.tiny_0.register_map.HASH) == sim.layout.hash64
+        got, want = pynq_user_matmul(ol, dev, sim.layout, poll_limit=100_000)
         assert np.array_equal(got, want)
-        got, want = pynq_user_matmul(ol, dev, sim.manifest, m=5, k=128, n=3, wbits=8, seed=1,
+        got, want = pynq_user_matmul(ol, dev, sim.layout, m=5, k=128, n=3, wbits=8, seed=1,
                                      poll_limit=100_000)
         assert np.array_equal(got, want)
 
 
 # -- PYNQ code on the Verilator co-simulation of the hand-written fixture kernel ------------------
-def _fixture_manifest() -> Manifest:
-    """tests/fixtures/fixture_manifest.json, completed with the fields the host Manifest requires.
-
-    The fixture is not a matmul kernel (it copies words and checksums a stream),
-    so its descriptor/engine entries are placeholders that nothing here reads.
-    """
-    import json
-
-    data = json.loads((Path(__file__).parent.parent / "fixtures" / "fixture_manifest.json").read_text())
-    data.setdefault("descriptor", {"bytes": 32, "fields": [], "opcodes": {}, "out_modes": {},
-                                   "error_codes": {}})
-    data.setdefault("engines", [{"kind": "matmul", "name": "copy", "rows": 1, "lanes": 8, "weight_ports": 1,
-                                 "weight_bits": [8], "group_size": 16, "scale_bits": 16, "max_k": 256,
-                                 "k_align": 32, "addr_align": 32}])
-    return Manifest(data)
-
-
 @pytest.mark.rtl
 def test_pynq_user_drives_the_fixture_kernel_on_verilator(tmp_path):
     from hbmforge.sim.build import build_library
     from hbmforge.sim.cosim import CoSim
 
-    manifest = _fixture_manifest()
-    fixture_rtl = Path(__file__).parent.parent / "fixtures" / "fixture.v"
-    built = build_library(fixture_rtl, manifest.data, progress=False)
-    with SimDevice(manifest, CoSim(built.library, manifest.data)) as sim:
+    from fixture_design import FIXTURE_MANIFEST, FIXTURE_REGS, FIXTURE_RTL
+
+    built = build_library(FIXTURE_RTL, FIXTURE_MANIFEST, progress=False)
+    with SimDevice(FIXTURE_MANIFEST, CoSim(built.library, FIXTURE_MANIFEST)) as sim:
         dev = SimPynqDevice(sim, poll_cycles=200)
         ol = pynq.Overlay(str(dev.write_overlay(tmp_path)), device=dev)
         ip = ol.fixture_0
         rm = ip.register_map
-        assert int(rm.ID) == KERNEL_ID and int(rm.HASH) == manifest.hash64
+        assert int(rm.ID) == KERNEL_ID and int(rm.HASH) == sim.layout.hash64
 
         words = 40                                           # 256-bit words to copy
         src = pynq.allocate((words * 8,), np.uint32, target=dev)
@@ -275,10 +254,11 @@ def test_pynq_user_drives_the_fixture_kernel_on_verilator(tmp_path):
         w0.sync_to_device()
 
         rm.program = src.device_address
-        rm.dst = dst.device_address
         rm.count = words
         rm.w0 = w0.device_address
-        rm.w0_words = 13
+        ip.mmio.write(FIXTURE_REGS["dst"][0], dst.device_address & 0xFFFF_FFFF)     # fixture job registers
+        ip.mmio.write(FIXTURE_REGS["dst"][0] + 4, dst.device_address >> 32)
+        ip.mmio.write(FIXTURE_REGS["w0_words"][0], 13)
         rm.CTRL.AP_START = 1
         for _ in range(10_000):
             if rm.CTRL.AP_DONE:

@@ -12,7 +12,6 @@ import pytest
 
 from hbmforge.host import DesignMismatchError, DeviceError, DeviceTimeoutError, Linear, ProtocolViolationError
 from hbmforge.host.backends.sim import SimDevice
-from hbmforge.host.manifest import Manifest
 
 from golden_kernel import FakeCoSim
 
@@ -23,7 +22,7 @@ def fake(tiny_layout):
 
 
 def test_port_timing_comes_from_the_board_at_the_kernel_clock(tiny_layout, fake):
-    with SimDevice(Manifest.from_layout(tiny_layout), fake) as dev:
+    with SimDevice(tiny_layout.to_json(), fake) as dev:
         latency = math.ceil(107 * 300 / 1e3)                    # U280 HBM 107 ns at 300 MHz
         width = 64 // 8                                         # below 14.375 GB/s / 300 MHz = 47.9 B/cycle
         assert fake.timings == {i: (latency, latency, float(width), 32) for i in range(3)}

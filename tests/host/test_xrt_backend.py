@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from hbmforge.config import parse_config, starter_config
-from hbmforge.host.manifest import Manifest
+from hbmforge.host import read_manifest
 from hbmforge.kernel_interface import compute_unit, kernel_args, pointer_arg_of_port
 from hbmforge.layout import DesignLayout
 
@@ -26,7 +26,7 @@ def manifest():
     cfg = starter_config("u280", name="mm")
     cfg["engines"][0]["weight_ports"] = 2
     cfg["ports"] = {"data": 3, "w0": 8, "w1": 9}
-    return Manifest.load(DesignLayout(parse_config(cfg)).to_json())
+    return read_manifest(DesignLayout(parse_config(cfg)).to_json())
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ def test_open_device_needs_a_generated_design(no_pyxrt, tmp_path):
 
 def test_bank_of_each_port_comes_from_the_kernel_xml_argument_index(manifest):
     """group_id(arg) must use the argument numbering of kernel.xml; both come from kernel_args."""
-    ids = {p.name: pointer_arg_of_port(manifest.data, p.name).index for p in manifest.ports}
+    ids = {p.name: pointer_arg_of_port(manifest.data, p.name).index for p in manifest.layout.ports}
     assert ids == {"data": 0, "w0": 2, "w1": 3}
     assert [a.name for a in kernel_args(manifest.data)] == ["program", "count", "w0", "w1"]
     assert compute_unit(manifest.data) == "mm_1"

@@ -176,3 +176,37 @@ def test_attention_kv_ports_add_stream_ports_and_tlmm_needs_ternary():
     data["engines"][0].update(arch="tlmm")
     with pytest.raises(ConfigError, match=r"arch 'tlmm' computes ternary weights only"):
         parse_config(data)
+
+
+@pytest.mark.parametrize("where, value, message", [
+    (("clock_mhz",), True, "clock_mhz: Input should be a valid number"),
+    (("engines", 0, "rows"), True, r"engines\.0\.rows: Input should be a valid integer"),
+    (("engines", 0, "rows"), 4.0, r"engines\.0\.rows: Input should be a valid integer"),
+    (("engines", 0, "max_k"), "4096", r"engines\.0\.max_k: Input should be a valid integer"),
+    (("axi", "id_width"), False, r"axi\.id_width: Input should be a valid integer"),
+    (("max_utilization",), True, "max_utilization: Input should be a valid number"),
+    (("version",), True, "version must be the integer 1"),
+    (("engines", 0, "weight_bits"), [True], r"engines\.0\.weight_bits\.0: Input should be 2, 4, 8 or 'ternary'"),
+])
+def test_numeric_fields_are_strict_no_bool_or_string_coercion(where, value, message):
+    """`clock_mhz: true` used to be 1 MHz and `rows: true` one row."""
+    data = starter_config("u280")
+    node = data
+    for key in where[:-1]:
+        node = node[key]
+    node[where[-1]] = value
+    with pytest.raises(ConfigError, match=message):
+        parse_config(data)
+
+
+def test_copy_engine_config_and_one_engine_per_kind():
+    data = starter_config("u280")
+    data["engines"].append({"kind": "copy", "buffer_words": 16})
+    cfg = parse_config(data)
+    assert cfg.engine("copy").buffer_words == 16 and cfg.stream_ports == 1
+    data["engines"].append({"kind": "copy", "name": "copy1"})
+    with pytest.raises(ConfigError, match="at most one engine of each kind; more than one copy"):
+        parse_config(data)
+    data["engines"][1:] = [{"kind": "copy", "buffer_words": 3}]
+    with pytest.raises(ConfigError, match=r"engines\.1\.buffer_words: buffer_words must be a power of two"):
+        parse_config(data)

@@ -165,36 +165,29 @@ class ProgramBuilder:
         """Append a COPY of ``nbytes`` from ``src`` to ``dst``: each a Buffer or a ``(port, address)``
         pair (port: a name such as ``"w0"`` or its index). ``nbytes`` defaults to the size of the
         ``src`` Buffer; it must be a whole number of port words."""
-        self._need(Opcode.COPY, "a copy engine")
-        src_port, src_addr = self._endpoint("src", src, write=False)
-        dst_port, dst_addr = self._endpoint("dst", dst, write=True)
-        if nbytes is None:
-            if not isinstance(src, Buffer):
-                raise ValueError("nbytes is required when src is a (port, address) pair")
-            nbytes = src.nbytes
-        nbytes = check_int("nbytes", nbytes, 1, U64_MAX)
-        rec = {"op": Opcode.COPY, "mode": CopyMode.COPY, "src_port": src_port, "src_addr": src_addr,
-               "dst_port": dst_port, "dst_addr": dst_addr, "bytes": nbytes, "value": 0}
-        self._validate(rec)
-        self._check_buffer("src", src, None, nbytes)
-        self._check_buffer("dst", dst, None, nbytes)
-        return self._append(rec)
+        return self._copy(CopyMode.COPY, src, dst, nbytes, 0)
 
     def fill(self, dst, value: int, nbytes: int | None = None) -> int:
         """Append a FILL of ``nbytes`` at ``dst`` (a Buffer or a ``(port, address)`` pair) with the
         64-bit ``value`` repeated little-endian (negative values: two's complement). ``nbytes``
         defaults to the size of the ``dst`` Buffer; it must be a whole number of port words."""
+        return self._copy(CopyMode.FILL, None, dst, nbytes, value)
+
+    def _copy(self, mode: CopyMode, src, dst, nbytes, value) -> int:
         self._need(Opcode.COPY, "a copy engine")
         value = check_int("value", value, -(1 << 63), U64_MAX) & U64_MAX
+        src_port, src_addr = self._endpoint("src", src, write=False) if mode == CopyMode.COPY else (0, 0)
         dst_port, dst_addr = self._endpoint("dst", dst, write=True)
+        sized = ("src", src) if mode == CopyMode.COPY else ("dst", dst)
         if nbytes is None:
-            if not isinstance(dst, Buffer):
-                raise ValueError("nbytes is required when dst is a (port, address) pair")
-            nbytes = dst.nbytes
+            if not isinstance(sized[1], Buffer):
+                raise ValueError(f"nbytes is required when {sized[0]} is a (port, address) pair")
+            nbytes = sized[1].nbytes
         nbytes = check_int("nbytes", nbytes, 1, U64_MAX)
-        rec = {"op": Opcode.COPY, "mode": CopyMode.FILL, "src_port": 0, "src_addr": 0,
+        rec = {"op": Opcode.COPY, "mode": mode, "src_port": src_port, "src_addr": src_addr,
                "dst_port": dst_port, "dst_addr": dst_addr, "bytes": nbytes, "value": value}
         self._validate(rec)
+        self._check_buffer("src", src, None, nbytes)
         self._check_buffer("dst", dst, None, nbytes)
         return self._append(rec)
 

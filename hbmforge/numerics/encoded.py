@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..mathutil import exact_log2
-from .quant import encode_group_scales, quantize_weights_groupwise, weight_format, weight_range
+from .quant import encode_group_scales, quantize_weights_groupwise, weight_quant_format, weight_range
 
 __all__ = ["EncodedWeights", "quantize_weights_encoded", "scale_product"]
 
@@ -72,12 +72,7 @@ def quantize_weights_encoded(w, bits, group_size: int, scale_bits: int, *, k_pad
     weights all round to zero gets mantissa 0. ``ValueError`` for NaN/Inf weights or rows too
     small to carry a normal float64 row scale (``max |w| below ~1e-302``).
     """
-    try:
-        fmt = weight_format(bits)
-    except ValueError:
-        raise ValueError(f"bits must be one of 2, 4, 8, 'ternary', got {bits!r}") from None
-    if ternary_scale not in ("group", "tensor"):
-        raise ValueError(f"ternary_scale must be 'group' or 'tensor', got {ternary_scale!r}")
+    fmt = weight_quant_format(bits, ternary_scale)
     g = 1 << exact_log2(group_size, "group_size")
     if isinstance(scale_bits, bool) or not isinstance(scale_bits, (int, np.integer)) or not 1 <= scale_bits <= 16:
         raise ValueError(f"scale_bits must be an integer in [1, 16], got {scale_bits!r}")

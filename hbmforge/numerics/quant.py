@@ -99,6 +99,18 @@ def _int2_scales(g: np.ndarray) -> np.ndarray:
     return best_s
 
 
+def weight_quant_format(bits, ternary_scale: str = "group"):
+    """The weight quantizers' ``bits`` (2, 4, 8, "ternary") as a format, with ``ternary_scale``
+    ("group" or "tensor") checked; ``ValueError`` naming the bad one."""
+    try:
+        fmt = weight_format(bits)
+    except ValueError:
+        raise ValueError(f"bits must be one of 2, 4, 8, 'ternary', got {bits!r}") from None
+    if ternary_scale not in ("group", "tensor"):
+        raise ValueError(f"ternary_scale must be 'group' or 'tensor', got {ternary_scale!r}")
+    return fmt
+
+
 def quantize_weights_groupwise(w: np.ndarray, bits, group_size: int, *,
                                ternary_scale: str = "group") -> GroupQuant:
     """Round-to-nearest quantization of ``w`` [N, K] with one scale per group of K.
@@ -114,12 +126,7 @@ def quantize_weights_groupwise(w: np.ndarray, bits, group_size: int, *,
     w = np.asarray(w, dtype=np.float64)
     if w.ndim != 2:
         raise ValueError(f"weights must be 2-D [N, K], got shape {w.shape}")
-    try:
-        fmt = weight_format(bits)
-    except ValueError:
-        raise ValueError(f"bits must be one of 2, 4, 8, 'ternary', got {bits!r}") from None
-    if ternary_scale not in ("group", "tensor"):
-        raise ValueError(f"ternary_scale must be 'group' or 'tensor', got {ternary_scale!r}")
+    fmt = weight_quant_format(bits, ternary_scale)
     n, k = w.shape
     if isinstance(group_size, bool) or not isinstance(group_size, (int, np.integer)) \
             or group_size <= 0 or k % group_size:

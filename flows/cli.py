@@ -397,13 +397,19 @@ def _as_flags(message: str, params) -> str:
                   lambda m: "--" + m.group(1).replace("_", "-"), message)
 
 
-def _print_attention_report(r: dict) -> None:
-    t = Table(title=f"attention n_q={r['n_q']} ctx={r['ctx']} heads={r['q_heads']}/{r['kv_heads']} "
-                    f"KV{r['kv_bits']} on {r['board']} (sim)")
+def _print_report(title: str, rows) -> None:
+    t = Table(title=title)
     t.add_column("metric")
     t.add_column("value", justify="right")
+    for name, value in rows:
+        t.add_row(name, value)
+    console.print(t)
+
+
+def _print_attention_report(r: dict) -> None:
     util = r.get("mac_utilization")
-    rows = [
+    _print_report(f"attention n_q={r['n_q']} ctx={r['ctx']} heads={r['q_heads']}/{r['kv_heads']} "
+                  f"KV{r['kv_bits']} on {r['board']} (sim)", [
         ("cycles", f"{r['cycles']:,}"),
         ("time at clock", f"{r['seconds_at_clock'] * 1e6:,.1f} us @ {r['clock_mhz']:g} MHz"),
         ("KV bytes read", f"{r['kv_bytes_read']:,}"),
@@ -412,18 +418,12 @@ def _print_attention_report(r: dict) -> None:
         ("mismatches vs golden model", f"{r['golden_mismatches']}"),
         ("rel. error vs float", f"{r['rel_err_vs_float']:.4f}"),
         ("sim speed", f"{r['sim_cycles_per_second']:,.0f} cycles/s"),
-    ]
-    for name, value in rows:
-        t.add_row(name, value)
-    console.print(t)
+    ])
 
 
 def _print_run_report(r: dict) -> None:
     fmt = "ternary" if r["wbits"] == "ternary" else f"int{r['wbits']}"
-    t = Table(title=f"linear M={r['m']} K={r['k']} N={r['n']} {fmt} on {r['board']} (sim)")
-    t.add_column("metric")
-    t.add_column("value", justify="right")
-    rows = [
+    _print_report(f"linear M={r['m']} K={r['k']} N={r['n']} {fmt} on {r['board']} (sim)", [
         ("cycles", f"{r['cycles']:,}"),
         ("time at clock", f"{r['seconds_at_clock'] * 1e6:,.1f} us @ {r['clock_mhz']:g} MHz"),
         ("MAC utilization", f"{r['mac_utilization']:.3f}"),
@@ -435,10 +435,7 @@ def _print_run_report(r: dict) -> None:
         ("rel. error vs float", f"{r['rel_err_vs_float']:.4f}"),
         ("max abs error vs float", f"{r['max_abs_err_vs_float']:.4g}"),
         ("sim speed", f"{r['sim_cycles_per_second']:,.0f} cycles/s"),
-    ]
-    for name, value in rows:
-        t.add_row(name, value)
-    console.print(t)
+    ])
 
 
 @_command()

@@ -21,29 +21,16 @@ from hbmforge.numerics.attention import (AttentionCase, pack_block_table, pack_q
                                          run_attention, write_kv_token)
 from hbmforge.numerics.program import SparseMemory
 
-from hbmforge.sim.kernel_bench import load_bench_manifest
-from .tb_kernel import SEED, Layer, Program, _bench, _program
+from .tb_kernel import SEED, Layer, Mirrored, Program, _bench, design_has, _program
 
 CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))
-HAS_ATTENTION = any(e.get("kind") == "attention" for e in load_bench_manifest().get("engines", ())) \
-    if os.environ.get("HBMFORGE_MANIFEST") else False
-
-
-class _Mirrored:
-    """Writes go to the bench memory and to a Python mirror the golden model runs on."""
-
-    def __init__(self, bench, mirror: SparseMemory):
-        self.bench, self.mirror = bench, mirror
-
-    def write(self, addr: int, data) -> None:
-        self.bench.write(addr, bytes(data))
-        self.mirror.write(addr, bytes(data))
+HAS_ATTENTION = design_has("attention")
 
 
 class AttnJob:
     """One random attention call: a sequence in its own shuffled pages, Q records, an output buffer."""
 
-    def __init__(self, bench, mem: _Mirrored, lay, rng: np.random.Generator, *, prefill: bool):
+    def __init__(self, bench, mem: Mirrored, lay, rng: np.random.Generator, *, prefill: bool):
         att = lay.attention
         geom = attention_geometry(lay)
         self.lay, self.geom = lay, geom
@@ -107,7 +94,7 @@ async def test_attention_and_matmul_program_matches_golden_under_backpressure(du
     bench, lay = await _bench(dut, seed_offset=101)
     rng = np.random.default_rng(SEED + 101)
     mirror = SparseMemory()
-    mem = _Mirrored(bench, mirror)
+    mem = Mirrored(bench, mirror)
     prog = Program(lay)
     jobs, layers = [], []
     for i in range(max(2, CASES)):
@@ -148,7 +135,7 @@ async def test_bad_attention_descriptor_stops_with_code_and_index(dut):
     bench, lay = await _bench(dut, seed_offset=202, busy=0.1)
     rng = np.random.default_rng(SEED + 202)
     mirror = SparseMemory()
-    job = AttnJob(bench, _Mirrored(bench, mirror), lay, rng, prefill=False)
+    job = AttnJob(bench, Mirrored(bench, mirror), lay, rng, prefill=False)
     prog = Program(lay)
     job.add_to(prog)
     raw = bytearray(prog.to_bytes())

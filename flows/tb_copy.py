@@ -15,27 +15,14 @@ import numpy as np
 from hbmforge.encodings import CopyMode, ErrorCode, Opcode
 from hbmforge.engines.copy import max_copy_bytes
 from hbmforge.numerics.program import SparseMemory, execute
-from hbmforge.sim.kernel_bench import load_bench_manifest
 
-from .tb_kernel import SEED, Layer, Program, _bench
+from .tb_kernel import SEED, Layer, Mirrored, Program, _bench, design_has
 
 CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))
-HAS_COPY = any(e.get("kind") == "copy" for e in load_bench_manifest().get("engines", ())) \
-    if os.environ.get("HBMFORGE_MANIFEST") else False
+HAS_COPY = design_has("copy")
 
 
-class _Mirrored:
-    """Writes go to the bench memory and to a Python mirror the golden model runs on."""
-
-    def __init__(self, bench, mirror: SparseMemory):
-        self.bench, self.mirror = bench, mirror
-
-    def write(self, addr: int, data) -> None:
-        self.bench.write(addr, bytes(data))
-        self.mirror.write(addr, bytes(data))
-
-
-def _copy_job(bench, mem: _Mirrored, lay, rng: np.random.Generator, regions: list) -> dict:
+def _copy_job(bench, mem: Mirrored, lay, rng: np.random.Generator, regions: list) -> dict:
     """One random COPY or FILL between random ports; its buffers (with guard words) in ``regions``."""
     word = lay.word_bytes
     ports = lay.port_names
@@ -63,7 +50,7 @@ def _copy_job(bench, mem: _Mirrored, lay, rng: np.random.Generator, regions: lis
     return d
 
 
-async def _program_mirrored(bench, mem: _Mirrored, prog: Program) -> int:
+async def _program_mirrored(bench, mem: Mirrored, prog: Program) -> int:
     addr = bench.alloc(prog.nbytes)
     mem.write(addr, prog.to_bytes())
     return addr
@@ -74,7 +61,7 @@ async def test_copy_fill_and_matmul_program_matches_golden_under_backpressure(du
     bench, lay = await _bench(dut, seed_offset=301)
     rng = np.random.default_rng(SEED + 301)
     mirror = SparseMemory()
-    mem = _Mirrored(bench, mirror)
+    mem = Mirrored(bench, mirror)
     prog = Program(lay)
     regions: list = []
     layer = None
@@ -119,7 +106,7 @@ async def test_bad_copy_descriptor_stops_with_code_and_index(dut):
     bench, lay = await _bench(dut, seed_offset=302, busy=0.1)
     rng = np.random.default_rng(SEED + 302)
     mirror = SparseMemory()
-    mem = _Mirrored(bench, mirror)
+    mem = Mirrored(bench, mirror)
     prog = Program(lay)
     regions: list = []
     good = _copy_job(bench, mem, lay, rng, regions)

@@ -30,6 +30,24 @@ CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))
 BUSY = float(os.environ.get("HBMFORGE_TB_BUSY", "0.3"))
 
 
+def design_has(kind: str) -> bool:
+    """Whether the bench's design (HBMFORGE_MANIFEST) has an engine of ``kind`` (False outside a run)."""
+    if not os.environ.get("HBMFORGE_MANIFEST"):
+        return False
+    return any(e.get("kind") == kind for e in load_bench_manifest().get("engines", ()))
+
+
+class Mirrored:
+    """Writes go to the bench memory and to a Python mirror the golden model runs on."""
+
+    def __init__(self, bench: KernelBench, mirror):
+        self.bench, self.mirror = bench, mirror
+
+    def write(self, addr: int, data) -> None:
+        self.bench.write(addr, bytes(data))
+        self.mirror.write(addr, bytes(data))
+
+
 class Program:
     """Descriptors encoded with the layout's formats; checked with the shared rules unless told not to."""
 

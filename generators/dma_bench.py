@@ -45,6 +45,11 @@ class DmaBench:
     def check_write(self, name: str, addr: int, nbytes: int) -> None:
         """Called for every written word before it lands; benches override it to police writes."""
 
+    def write_error(self, name: str, addr: int, nbytes: int) -> bool:
+        """The error flag of the ``done`` answering a write command; benches override it to
+        inject write errors (SLVERR/DECERR seen by the shell's writer)."""
+        return False
+
     async def submit(self, ctx, max_cycles: int, describe) -> None:
         """Hand over the job whose payload the caller set on ``dut.job`` and wait for ``done``;
         a job not done within ``max_cycles`` raises TimeoutError naming ``describe()``."""
@@ -143,8 +148,9 @@ class DmaBench:
                 for _ in range(self.rng.randrange(*self.response_delay)):   # write responses take a while
                     await ctx.tick()
                 ctx.set(done.valid, 1)
-                ctx.set(done.payload.error, 0)
+                ctx.set(done.payload.error, int(self.write_error(name, addr, nbytes)))
                 await until(ctx, done.ready)
                 ctx.set(done.valid, 0)
+                ctx.set(done.payload.error, 0)
 
         return write

@@ -22,7 +22,7 @@ from hbmforge.encodings import CopyMode
 from hbmforge.engines import first_error
 from hbmforge.engines.copy import copy_checks
 from hbmforge.generators.copy.engine import CopyEngine
-from hbmforge.generators.dma_bench import DmaBench, until
+from hbmforge.generators.dma_bench import DmaBench
 from hbmforge.layout import DesignLayout
 from hbmforge.numerics.copy import fill_pattern, run_copy
 
@@ -135,35 +135,8 @@ class CopyBench(DmaBench):
             self.violations.append(f"word {addr:#x} written twice")
         job.written.append(addr)
 
-    # -- the writer, with an error response when the job asks for one ---------------------
-    def _writer(self, name, cmd, data, done):
-        wb = self.layout.word_bytes
-        self.commands[name] = []
-
-        async def write(ctx):
-            while True:
-                ctx.set(cmd.ready, 1)
-                addr, nbytes = await until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
-                ctx.set(cmd.ready, 0)
-                self.commands[name].append((addr, nbytes))
-                for a in range(addr, addr + nbytes, wb):
-                    while self.rng.random() < self.backpressure:
-                        ctx.set(data.ready, 0)
-                        await ctx.tick()
-                    ctx.set(data.ready, 1)
-                    word, = await until(ctx, data.valid, data.payload)
-                    ctx.set(data.ready, 0)
-                    self.check_write(name, a, wb)
-                    self.mem[a:a + wb] = int(word).to_bytes(wb, "little")
-                for _ in range(self.rng.randrange(*self.response_delay)):
-                    await ctx.tick()
-                ctx.set(done.payload.error, int(self.current is not None and self.current.write_error))
-                ctx.set(done.valid, 1)
-                await until(ctx, done.ready)
-                ctx.set(done.valid, 0)
-                ctx.set(done.payload.error, 0)
-
-        return write
+    def write_error(self, name, addr, nbytes):
+        return self.current is not None and self.current.write_error
 
     # -- running ------------------------------------------------------------------------
     def run(self, max_cycles: int = 20_000) -> list[Job]:

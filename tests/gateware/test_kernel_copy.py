@@ -13,18 +13,15 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hbmforge.config import parse_config
 from hbmforge.encodings import CopyMode, ErrorCode, Opcode, OutMode
 from hbmforge.generators.matmul.testing import (pack_activations, pack_requant, pack_scales,
                                                 pack_weights, random_case, unpack_outputs)
-from hbmforge.generators.shell.kernel import Kernel
 from hbmforge.layout import DesignLayout
 from hbmforge.numerics import program as golden
 from hbmforge.numerics.copy import fill_pattern
-from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory
-from sim_helpers import watchdog
+from kernel_testbench import KernelBench
 
 from designs import tiny_config_dict
 
@@ -44,79 +41,9 @@ def layout() -> DesignLayout:
     return kernel_layout()
 
 
-class KernelBench:
-    """A Kernel with its default engines, an AXI memory model per port over one memory, a host."""
-
-    def __init__(self, layout: DesignLayout, *, seed: int = 0, stall: float = 0.25):
-        self.layout = layout
-        self.dut = Kernel(layout)
-        self.mem = SparseMemory()
-        self.rng = random.Random(seed)
-        self.models = {}
-        readers = 1 + max(len(layout.channels(f.kind).data_readers) for f in layout.families)
-        for p in layout.ports:
-            self.models[p.name] = AxiMemoryPort(
-                getattr(self.dut, p.verilog_prefix), self.mem, data_width=p.data_width,
-                max_burst_beats=layout.config.axi.max_burst_beats, rng=random.Random(seed + 7 * p.index),
-                read_latency=(2, 12), write_latency=(2, 12), stall=stall,
-                arids=set(range(readers)) if p.role == "data" else {0}, awids={0}, name=p.name)
-        self.host = AxiLiteHost(self.dut.s_axi_control, rng=random.Random(seed + 99), stall=0.2)
-
-    # -- memory ---------------------------------------------------------------------------
-    def snapshot(self) -> golden.SparseMemory:
-        """A copy of the memory for the golden model."""
-        return golden.SparseMemory({k: bytearray(v) for k, v in self.mem._pages.items()})
-
-    def differences(self, expected: golden.SparseMemory) -> list[int]:
-        """Addresses of the 8-byte words where the kernel's memory and ``expected`` differ."""
-        diff = []
-        for page in sorted(set(self.mem._pages) | set(expected.pages)):
-            base = page * 4096
-            got, want = self.mem.read(base, 4096), expected.read(base, 4096)
-            if got != want:
-                diff += [base + i for i in range(0, 4096, 8) if got[i:i + 8] != want[i:i + 8]]
-        return diff
-
-    def write_program(self, addr: int, descs) -> None:
-        self.mem.write(addr, b"".join(self.layout.encode_descriptor(d) for d in descs))
-
-    # -- host -----------------------------------------------------------------------------
-    async def read_reg(self, ctx, name):
-        r = self.layout.reg(name)
-        return await (self.host.read64(ctx, r.offset) if r.width == 64 else self.host.read(ctx, r.offset))
-
-    async def run(self, ctx, program: int, count: int, max_cycles: int = 40_000) -> dict:
-        """Start a run, wait for the interrupt, acknowledge it; the registers of interest."""
-        reg = self.layout.reg
-        await self.host.write64(ctx, reg("program").offset, program)
-        await self.host.write(ctx, reg("count").offset, count)
-        await self.host.write(ctx, reg("GIE").offset, 1)
-        await self.host.write(ctx, reg("IER").offset, 1)
-        await self.host.write(ctx, reg("CTRL").offset, 1)
-        for _ in range(max_cycles):
-            await ctx.tick()
-            if ctx.get(self.dut.interrupt):
-                break
-        else:
-            raise AssertionError(f"no interrupt within {max_cycles} cycles")
-        regs = {"CTRL": await self.read_reg(ctx, "CTRL")}
-        await self.host.write(ctx, reg("ISR").offset, 1)
-        names = ["STATUS", "DESC_DONE", "CYCLES", "STALL_CYCLES", "MAC_OPS"]
-        names += [f"{p.name.upper()}_BYTES_{kind}" for p in self.layout.ports for kind in ("READ", "WRITTEN")]
-        for name in names:
-            regs[name] = await self.read_reg(ctx, name)
-        return regs
-
-    def simulate(self, bench, cycles: int = 200_000) -> None:
-        sim = Simulator(self.dut)
-        sim.add_clock(1e-8)
-        for model in self.models.values():
-            sim.add_testbench(model.run, background=True)
-        sim.add_testbench(watchdog(cycles), background=True)
-        sim.add_testbench(bench)
-        sim.run()
-        violations = [v for model in self.models.values() for v in model.violations]
-        assert violations == []
+def kernel_bench(layout: DesignLayout, *, seed: int = 0, stall: float = 0.25) -> KernelBench:
+    """The kernel with its default engines (matmul + copy)."""
+    return KernelBench(layout, seed=seed, stall=stall, latency=(2, 12))
 
 
 # -- scenarios ---------------------------------------------------------------------------------
@@ -172,7 +99,7 @@ def assert_matches_golden(bench: KernelBench, regs: dict, want: golden.ProgramRe
 # -- tests ------------------------------------------------------------------------------------
 
 def test_program_of_copies_fills_and_matmuls_matches_the_golden_program(layout):
-    bench = KernelBench(layout, seed=21, stall=0.25)
+    bench = kernel_bench(layout, seed=21, stall=0.25)
     wb = layout.word_bytes
     np_rng = np.random.default_rng(21)
     rng = random.Random(21)
@@ -250,7 +177,7 @@ def _bad_copies(layout):
 
 def test_bad_copy_descriptors_stop_with_the_golden_code_and_index(layout):
     """One simulation, one run per bad descriptor, each at index 1 between two good fills."""
-    bench = KernelBench(layout, seed=22, stall=0.15)
+    bench = kernel_bench(layout, seed=22, stall=0.15)
     wb = layout.word_bytes
     runs = []
     for j, (bad, code) in enumerate(_bad_copies(layout)):
@@ -325,7 +252,7 @@ def random_program(bench: KernelBench, rng: random.Random, np_rng, jobs: int) ->
 @pytest.mark.parametrize("seed,stall", [(31, 0.1), (32, 0.45), (33, 0.3), (34, 0.6)])
 def test_random_programs_match_the_golden_program_under_backpressure(layout, seed, stall):
     rng = random.Random(seed)
-    bench = KernelBench(layout, seed=seed, stall=stall)
+    bench = kernel_bench(layout, seed=seed, stall=stall)
     jobs = 20
     descs = random_program(bench, rng, np.random.default_rng(seed), jobs=jobs)
     if seed % 2:                                                 # and a bad COPY at the end
@@ -361,7 +288,7 @@ class FaultyMemory(golden.SparseMemory):
 @pytest.mark.parametrize("where", ["source_on_w1", "destination_on_data", "fill_destination_on_w0"])
 def test_axi_error_on_a_copy_stops_the_run_at_its_descriptor(layout, where):
     wb = layout.word_bytes
-    bench = KernelBench(layout, seed=41, stall=0.2)
+    bench = kernel_bench(layout, seed=41, stall=0.2)
     bench.mem.write(0xE0_0000, random.Random(41).randbytes(0x1000))
     bad_range = (0xE0_0800 + 5 * wb, 0xE0_0800 + 6 * wb)          # one word in the middle
     port, bad = {
@@ -398,7 +325,7 @@ def test_kernel_copies_one_word_per_cycle_when_memory_keeps_up(buffer_words):
     cfg["engines"].append({"kind": "copy", "buffer_words": buffer_words})
     lay = DesignLayout(parse_config(cfg))
     wb = lay.word_bytes
-    bench = KernelBench(lay, seed=51, stall=0.0)
+    bench = kernel_bench(lay, seed=51, stall=0.0)
     for model in bench.models.values():
         model.read_latency = model.write_latency = (30, 30)
     programs = []

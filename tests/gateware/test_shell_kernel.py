@@ -6,17 +6,14 @@ job record, DMA traffic, STATUS/DESC_DONE, counters and ap_ctrl_hs.
 """
 from __future__ import annotations
 
-import random
-
 import pytest
-from amaranth.sim import Simulator
 
 from hbmforge.config import parse_config
 from hbmforge.generators.shell.kernel import Kernel
 from hbmforge.encodings import ErrorCode, Opcode, OutMode
 from hbmforge.layout import DesignLayout
-from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory, assert_rejects
-from sim_helpers import watchdog
+from kernel_testbench import KernelBench
+from shell_axi_model import assert_rejects
 from shell_fixture_engine import PassThroughEngine, passthrough_engines, expected_bytes
 
 AP_DONE, AP_IDLE = 0b0010, 0b0100
@@ -60,23 +57,12 @@ def encode(layout, descs):
     return bytes(out)
 
 
-class KernelBench:
-    """A Kernel with a PassThroughEngine, one AXI memory model per port over one memory, and a host."""
+class PassThroughBench(KernelBench):
+    """The kernel with the pass-through engine as its matmul engine (the shell alone)."""
 
     def __init__(self, layout, *, seed=0, stall=0.2, error_ranges=()):
-        self.layout = layout
-        self.dut = Kernel(layout, engines=passthrough_engines(layout))
-        self.mem = SparseMemory()
-        self.rng = random.Random(seed)
-        self.models = {}
-        for p in layout.ports:
-            arids = {0, 1, 2, 3} if p.role == "data" else {0}
-            self.models[p.name] = AxiMemoryPort(
-                getattr(self.dut, p.verilog_prefix), self.mem, data_width=p.data_width,
-                max_burst_beats=layout.config.axi.max_burst_beats, rng=random.Random(seed + len(p.name)),
-                read_latency=(2, 15), write_latency=(2, 15), stall=stall, arids=arids, awids={0},
-                error_ranges=error_ranges, name=p.name)
-        self.host = AxiLiteHost(self.dut.s_axi_control, rng=random.Random(seed + 99), stall=0.2)
+        super().__init__(layout, engines=passthrough_engines(layout), seed=seed, stall=stall,
+                         error_ranges=error_ranges)
 
     def fill_inputs(self, descs):
         for d in descs:
@@ -85,51 +71,11 @@ class KernelBench:
             e = expected_bytes(self.layout, d["m"], d["k"], d["n"], d["wbits"], d["out_mode"])
             self.mem.write(d["x_addr"], bytes(self.rng.getrandbits(8) for _ in range(e["act"])))
 
-    def reg(self, name):
-        return self.layout.reg(name)
-
-    async def read_reg(self, ctx, name):
-        r = self.reg(name)
-        if r.width == 64:
-            return await self.host.read64(ctx, r.offset)
-        return await self.host.read(ctx, r.offset)
-
     async def run(self, ctx, count, program=PROGRAM, max_cycles=20_000):
-        """Start a run and wait for the interrupt; return the registers of interest."""
-        await self.host.write64(ctx, self.reg("program").offset, program)
-        await self.host.write(ctx, self.reg("count").offset, count)
-        await self.host.write(ctx, self.reg("GIE").offset, 1)
-        await self.host.write(ctx, self.reg("IER").offset, 1)
-        await self.host.write(ctx, self.reg("CTRL").offset, 1)
-        for _ in range(max_cycles):
-            await ctx.tick()
-            if ctx.get(self.dut.interrupt):
-                break
-        else:
-            raise AssertionError("no interrupt")
-        regs = {"CTRL": await self.read_reg(ctx, "CTRL")}
-        await self.host.write(ctx, self.reg("ISR").offset, 1)     # acknowledge
-        regs["interrupt_after_ack"] = ctx.get(self.dut.interrupt)
-        for name in ("STATUS", "DESC_DONE", "CYCLES", "STALL_CYCLES", "MAC_OPS"):
-            regs[name] = await self.read_reg(ctx, name)
-        for p in self.layout.ports:
-            for kind in ("READ", "WRITTEN"):
-                name = f"{p.name.upper()}_BYTES_{kind}"
-                regs[name] = await self.read_reg(ctx, name)
-        return regs
+        return await super().run(ctx, program, count, max_cycles)
 
     def simulate(self, bench, cycles=60_000, extra=()):
-        sim = Simulator(self.dut)
-        sim.add_clock(1e-8)
-        for process in extra:
-            sim.add_testbench(process, background=True)
-        for model in self.models.values():
-            sim.add_testbench(model.run, background=True)
-        sim.add_testbench(watchdog(cycles), background=True)
-        sim.add_testbench(bench)
-        sim.run()
-        violations = [v for model in self.models.values() for v in model.violations]
-        assert violations == []
+        super().simulate(bench, cycles, extra)
 
 
 def status(code, index):
@@ -137,7 +83,7 @@ def status(code, index):
 
 
 def test_kernel_runs_a_program_and_counts(layout):
-    tb = KernelBench(layout, seed=1)
+    tb = PassThroughBench(layout, seed=1)
     descs = [matmul(layout, 0, m=3, k=32, n=4, wbits=4),
              matmul(layout, 1, m=1, k=64, n=8, wbits=8, out_mode=OutMode.INT8),
              matmul(layout, 2, m=5, k=16, n=2, wbits=4, out_shift=63)]
@@ -186,7 +132,7 @@ def test_kernel_runs_a_program_and_counts(layout):
 
 
 def test_end_opcode_stops_cleanly_and_skips_the_rest(layout):
-    tb = KernelBench(layout, seed=2)
+    tb = PassThroughBench(layout, seed=2)
     descs = [matmul(layout, 0), {"op": Opcode.END}, matmul(layout, 2)]
     tb.mem.write(PROGRAM, encode(layout, descs))
     tb.fill_inputs(descs)
@@ -218,7 +164,7 @@ BAD = [
 
 def test_bad_descriptors_stop_with_code_and_index_and_runs_restart(layout):
     """One simulation, one run per bad descriptor (each at index 1 after a good one)."""
-    tb = KernelBench(layout, seed=3, stall=0.1)
+    tb = PassThroughBench(layout, seed=3, stall=0.1)
     progs = []
     for j, (over, code) in enumerate(BAD):
         addr = PROGRAM + j * 0x400
@@ -245,7 +191,7 @@ def test_bad_descriptors_stop_with_code_and_index_and_runs_restart(layout):
 
 
 def test_axi_error_responses_stop_the_run_at_their_descriptor(layout):
-    tb = KernelBench(layout, seed=4, error_ranges=[(0x11_0000, 0x11_0008),       # X of descriptor 1
+    tb = PassThroughBench(layout, seed=4, error_ranges=[(0x11_0000, 0x11_0008),       # X of descriptor 1
                                                    (0x2000 + 2 * layout.descriptor_bytes,
                                                     0x2000 + 2 * layout.descriptor_bytes + 8)])
     descs = [matmul(layout, 0), matmul(layout, 1), matmul(layout, 2)]
@@ -264,7 +210,7 @@ def test_axi_error_responses_stop_the_run_at_their_descriptor(layout):
 
 
 def test_write_error_response_is_reported(layout):
-    tb = KernelBench(layout, seed=5, error_ranges=[(0x10_4000, 0x10_4008)])   # Y of descriptor 0
+    tb = PassThroughBench(layout, seed=5, error_ranges=[(0x10_4000, 0x10_4008)])   # Y of descriptor 0
     descs = [matmul(layout, 0), matmul(layout, 1)]
     tb.mem.write(PROGRAM, encode(layout, descs))
     tb.fill_inputs(descs)
@@ -278,7 +224,7 @@ def test_write_error_response_is_reported(layout):
 
 
 def test_empty_and_misaligned_programs_finish_at_once(layout):
-    tb = KernelBench(layout, seed=6)
+    tb = PassThroughBench(layout, seed=6)
     results = []
 
     async def bench(ctx):
@@ -306,7 +252,7 @@ def test_config_rejects_one_bit_ids():
 
 def test_next_job_follows_done_within_two_cycles(layout):
     """Descriptors are fetched and unloaded while the engine runs (13 words each here)."""
-    tb = KernelBench(layout, seed=7, stall=0.0)
+    tb = PassThroughBench(layout, seed=7, stall=0.0)
     descs = [matmul(layout, i, m=3, k=64, n=4) for i in range(4)]
     tb.mem.write(PROGRAM, encode(layout, descs))
     tb.fill_inputs(descs)

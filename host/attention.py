@@ -265,7 +265,8 @@ class Attention:
             return self.dequantize(self._forward(qi, mult, shift, s, timeout))
 
     def dequantize(self, o) -> np.ndarray:
-        """int32 device output -> float32 ``o / 2**8 * v_head_scale``."""
+        """int32 device output [n_q, q_heads, hd] -> float32 ``o / 2**8 * v_head_scale``."""
+        o = int_array("o", o, -(1 << 31), (1 << 31) - 1, shape=(None, self.q_heads, self.head_dim))
         return dequantize_output(o, self.cache.v_head_scale, self.q_per_kv).astype(np.float32)
 
     # -- the integer interface ---------------------------------------------------------
@@ -273,6 +274,8 @@ class Attention:
                    ctx_len: int | None = None) -> dict:
         """The ATTENTION descriptor fields for ``n_q`` queries at the end of ``seq`` (of ``ctx_len``
         tokens; default its length)."""
+        seq = self.cache.check_sequence(seq)
+        n_q = check_int("n_q", n_q, 1)
         return {"head_dim": self.head_dim, "kv_heads": self.kv_heads, "q_per_kv": self.q_per_kv,
                 "n_q": n_q, "ctx_len": seq.length if ctx_len is None else ctx_len, "window": self._window,
                 "sink": self._sink, "kv_bits": self.cache.kv_bits, "q_addr": q_addr,

@@ -379,7 +379,7 @@ class KVCache:
 
     def page_owner(self, page: int) -> int | None:
         """Id of the sequence holding physical ``page``, or None if it is free."""
-        return self._owner.get(page)
+        return self._owner.get(check_int("page", page, 0, self.num_pages - 1))
 
     # -- sequences ---------------------------------------------------------------------
     def sequence(self) -> KVSequence:

@@ -64,6 +64,8 @@ def _pad_bytes(data: np.ndarray, nbytes: int) -> np.ndarray:
 def pad_k(a: np.ndarray, layout) -> np.ndarray:
     """Zero-pad the last axis of ``a`` to a multiple of ``k_align`` (exact: zeros add nothing)."""
     lay = _layout(layout)
+    if not isinstance(a, np.ndarray) or a.ndim == 0:
+        raise TypeError(f"a must be a NumPy array with at least one axis, got {type(a).__name__}")
     k = a.shape[-1]
     kp = lay.matmul.pad_k(k)
     if kp == k:

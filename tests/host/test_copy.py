@@ -111,3 +111,33 @@ def test_copies_and_fills_match_numpy(copy_dev, src_word, dst_word, words, dst_p
     assert copy_dev.read(dst) == want.tobytes() and copy_dev.read(src) == data.tobytes()
     copy_dev.free(src)
     copy_dev.free(dst)
+
+
+# -- the COPY/FILL engine's RTL on the Verilator co-simulation ----------------------------------
+@pytest.fixture(scope="module")
+def sim_copy_dev(tmp_path_factory):
+    from hbmforge.host import open_device
+
+    with open_device(tiny_copy_layout().config, build_dir=tmp_path_factory.mktemp("tiny_copy"),
+                     progress=False) as dev:
+        yield dev
+
+
+@pytest.mark.rtl
+def test_copy_and_fill_run_on_the_cosimulation(sim_copy_dev):
+    dev = sim_copy_dev
+    rng = np.random.default_rng(7)
+    for src_port, dst_port, nbytes in (("data", "w0", 4096), ("w1", "data", 200 * 8), ("w0", "w1", 8)):
+        src, dst = dev.alloc(nbytes, src_port), dev.alloc(nbytes + 64, dst_port)
+        data = rng.integers(0, 256, nbytes, dtype=np.uint8)
+        dev.write(src, data)
+        dev.write(dst, bytes(nbytes + 64))
+        status = copy_buffer(dev, dst, src)
+        assert status.descriptors_done == 1 and status.cycles > 0
+        assert dev.read(dst) == data.tobytes() + bytes(64)
+        fill_buffer(dev, dst, 0x5A5A_0102_0304_0506, nbytes=64)
+        assert dev.read(dst, 64) == bytes([6, 5, 4, 3, 2, 1, 0x5A, 0x5A]) * 8
+        assert dev.counters()["ports"][dst_port]["bytes_written"] == 64
+    with pytest.raises(ValueError, match="overlap"):
+        copy_buffer(dev, src, src)
+    assert not dev.running

@@ -52,16 +52,20 @@ def test_missing_wlast_is_caught(sim):
 
 
 def test_bursts_longer_than_the_configured_limit_are_caught(tmp_path, fixture_manifest):
-    """The limit is the manifest's ``axi.max_burst_beats`` (AXI4's own 256 cannot be exceeded in 8 bits)."""
-    import json
+    """The limit is the design's ``axi.max_burst_beats`` (AXI4's own 256 cannot be exceeded in 8 bits):
+    the fixture RTL run against the manifest of the same design with an 8-beat limit."""
+    import copy
 
+    from hbmforge.config import parse_config
+    from hbmforge.layout import DesignLayout
     from hbmforge.sim.build import build_library
     from hbmforge.sim.cosim import CoSim
 
-    from sim_fixture import FIXTURE_RTL
+    from sim_fixture import FIXTURE_CONFIG, FIXTURE_RTL
 
-    manifest = json.loads(json.dumps(fixture_manifest))
-    manifest["axi"]["max_burst_beats"] = 8
+    cfg = copy.deepcopy(FIXTURE_CONFIG)
+    cfg["axi"]["max_burst_beats"] = 8
+    manifest = DesignLayout(parse_config(cfg)).to_json()
     res = build_library(FIXTURE_RTL, manifest, progress=False)
     with CoSim(res.library, res.manifest) as sim:
         run_job(sim, src=0x1000, dst=0x8000, words=16, options=BURST16)

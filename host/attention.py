@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hbmforge.engines.attention import MAX_HEADS, attention_geometry
+from hbmforge.engines.attention import MAX_HEADS, MAX_SHIFT, MULT_BITS, attention_geometry
 from hbmforge.numerics.attention import (attention_float, attention_int, dequantize_output, pack_q_records,
                                          quantize_q, score_multiplier)
 from hbmforge.numerics.encoded import scale_product
@@ -210,8 +210,8 @@ class Attention:
             raise ValueError(f"q_int must be an integer array [n_q >= 1, {self.q_heads}, {self.head_dim}], "
                              f"got shape {qi.shape}")
         rows = qi.shape[:2]
-        mult = int_array("mult", mult, 0, (1 << 16) - 1, shape=rows)
-        shift = int_array("shift", shift, 0, 63, shape=rows)
+        mult = int_array("mult", mult, 0, (1 << MULT_BITS) - 1, shape=rows)
+        shift = int_array("shift", shift, 0, MAX_SHIFT, shape=rows)
         return qi, mult, shift
 
     # -- the float interface -----------------------------------------------------------

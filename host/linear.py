@@ -253,7 +253,8 @@ class Linear:
         return int(np.abs(xq.astype(np.int64)).max()) * self._max_col_l1
 
     def _int_input(self, xq) -> np.ndarray:
-        xq = int_array("xq", xq, -128, 127, ndim=(2,), what="an int8-valued integer array")
+        top = 1 << (self._lay.matmul.widths.act_bits - 1)
+        xq = int_array("xq", xq, -top, top - 1, ndim=(2,), what="an int8-valued integer array")
         if xq.shape[0] == 0 or xq.shape[1] not in (self._k, self._kp):
             raise ValueError(f"xq must be [M >= 1, {self._k}] (or [M, {self._kp}] padded), got shape {xq.shape}")
         out = np.zeros((xq.shape[0], self._kp), dtype=np.int8)

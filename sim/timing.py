@@ -40,6 +40,8 @@ class PortTiming:
         bpc = self.bytes_per_cycle
         if isinstance(bpc, bool) or not isinstance(bpc, (int, float)):
             raise TypeError(f"bytes_per_cycle must be a number, got {type(bpc).__name__} {bpc!r}")
+        if isinstance(bpc, int) and bpc > 1024:              # math.isfinite overflows on huge ints
+            raise ValueError(f"bytes_per_cycle must be a finite number in (0, 1024], got {bpc}")
         if not (math.isfinite(bpc) and 0 < bpc <= 1024):
             raise ValueError(f"bytes_per_cycle must be a finite number in (0, 1024], got {bpc!r}")
 

@@ -1,7 +1,9 @@
 """Attention engine generator: decode/prefill attention over a paged int8/int4 KV cache.
 
 :class:`~.engine.AttentionEngine` runs ATTENTION descriptors (hbmforge.engines.attention) bit-exactly
-with :func:`hbmforge.numerics.attention.run_attention`. Modules, in dataflow order:
+with :func:`hbmforge.numerics.attention.run_attention`. Every sub-block takes one
+:class:`~.geometry.DatapathGeometry` (the contract's ``AttentionGeometry`` plus lanes, ring slots and
+scale blocks). Modules, in dataflow order:
 
 * ``sequencer`` - tiles (``rows`` query rows of one KV head), Q record reads, the mask's token
   ranges cut into per-page segments, one block-table word per segment, K/V commands;
@@ -11,6 +13,7 @@ with :func:`hbmforge.numerics.attention.run_attention`. Modules, in dataflow ord
   block max, and the exp2 probability stage (online-softmax rescale entries per segment);
 * ``value`` - PV into a rotating accumulator ring (one V word per cycle), the denominator, and the
   output stage (``acc * reciprocal(l)``) that writes int32 rows;
-* ``exp2`` / ``recip`` - the fixed-point units; ``checks`` - descriptor validation for the
-  command processor; ``testing`` - the amaranth.sim bench with poisoned-memory checks.
+* ``exp2`` / ``recip`` - the fixed-point units; ``signature`` - the job record and engine
+  signature (the descriptor checks live in :mod:`hbmforge.engines.attention`); ``testing`` - the
+  amaranth.sim bench with poisoned-memory checks.
 """

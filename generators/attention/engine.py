@@ -21,7 +21,7 @@ from ...engines.attention import attention_geometry
 from ...layout import DesignLayout
 from .feed import KVFeed
 from .fifo import StreamFIFO
-from .params import EngineParams
+from .geometry import DatapathGeometry
 from .qload import QLoader, q_tile_layout
 from .score import ScoreUnit
 from .sequencer import Sequencer, kv_cmd_layout
@@ -40,37 +40,38 @@ class AttentionEngine(wiring.Component):
         if layout.config.attention is None:
             raise ValueError(f"config {layout.config.name!r} has no attention engine")
         self._layout = layout
-        self._params = EngineParams(attention_geometry(layout), layout.config.data_width)
-        p = self._params
-        assert attention_signature(layout).max_mac_inc == 2 * p.R * p.L
-        super().__init__(attention_signature(layout))
+        self._geometry = geom = DatapathGeometry.of(attention_geometry(layout))
+        signature = attention_signature(layout)
+        # mac_inc below: K and V words of the widest format for all rows in one cycle
+        assert signature.max_mac_inc == 2 * geom.rows * geom.lanes
+        super().__init__(signature)
 
     @property
     def layout(self) -> DesignLayout:
         return self._layout
 
     @property
-    def params(self) -> EngineParams:
-        return self._params
+    def geometry(self) -> DatapathGeometry:
+        """The datapath geometry every sub-block is built from."""
+        return self._geometry
 
     def elaborate(self, platform):
         m = Module()
-        p = self._params
-        R = p.R
-        kvp = p.geom.kv_ports
+        geom = self._geometry
+        kvp = geom.kv_ports
 
-        m.submodules.seq = seq = Sequencer(p)
-        m.submodules.qload = ql = QLoader(p)
-        m.submodules.kfeed = kf = KVFeed(p)
-        m.submodules.vfeed = vf = KVFeed(p)
-        m.submodules.score = sc = ScoreUnit(p)
-        m.submodules.value = vu = ValueUnit(p)
-        m.submodules.qtile_q = qtq = StreamFIFO(q_tile_layout(R), 2)
-        m.submodules.otile_q = otq = StreamFIFO(out_tile_layout(R), 4)
+        m.submodules.seq = seq = Sequencer(geom)
+        m.submodules.qload = ql = QLoader(geom)
+        m.submodules.kfeed = kf = KVFeed(geom)
+        m.submodules.vfeed = vf = KVFeed(geom)
+        m.submodules.score = sc = ScoreUnit(geom)
+        m.submodules.value = vu = ValueUnit(geom)
+        m.submodules.qtile_q = qtq = StreamFIFO(q_tile_layout(geom.rows), 2)
+        m.submodules.otile_q = otq = StreamFIFO(out_tile_layout(geom.rows), 4)
         m.submodules.kcmd_q = kcq = StreamFIFO(kv_cmd_layout(), 2)
         m.submodules.vcmd_q = vcq = StreamFIFO(kv_cmd_layout(), 4)
-        m.submodules.kseg_q = ksq = StreamFIFO(p.seg_layout(), 8)
-        m.submodules.vseg_q = vsq = StreamFIFO(p.seg_layout(), 8)
+        m.submodules.kseg_q = ksq = StreamFIFO(geom.seg_layout(), 8)
+        m.submodules.vseg_q = vsq = StreamFIFO(geom.seg_layout(), 8)
 
         wiring.connect(m, wiring.flipped(self.job), seq.job)
         wiring.connect(m, seq.act_cmd, wiring.flipped(self.act_cmd))
@@ -194,11 +195,8 @@ class AttentionEngine(wiring.Component):
             m.d.sync += busy.eq(0)
         m.d.comb += self.busy.eq(busy)
         m.d.comb += self.stall.eq(busy & ~sc.fire & ~vu.fire)
-        e = Signal(range(p.L + 1))
-        if p.has4 and p.has8:
-            m.d.comb += e.eq(Mux(seq.bits4, p.E4, p.Es))
-        else:
-            m.d.comb += e.eq(p.E4 if p.has4 else p.Es)
+        e = Signal(range(geom.lanes + 1))       # head dims one value word of the job's format carries
+        m.d.comb += e.eq(geom.select_format(seq.bits4, int4=geom.int4_lanes, int8=geom.int8_lanes))
         inc_k = Mux(sc.fire, sc.rows * e, 0)
         inc_v = Mux(vu.fire & otq.o.valid, otq.o.payload.nv * e, 0)
         m.d.comb += self.mac_inc.eq(inc_k + inc_v)

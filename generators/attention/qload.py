@@ -7,7 +7,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import CTX_BITS, MULT_BITS
-from .params import EngineParams
+from .geometry import DatapathGeometry
 
 __all__ = ["QLoader", "q_tile_layout"]
 
@@ -17,34 +17,34 @@ def q_tile_layout(rows: int) -> data.StructLayout:
 
 
 class QLoader(wiring.Component):
-    def __init__(self, params: EngineParams):
-        self._p = params
-        R, hd = params.R, params.hd
+    def __init__(self, geometry: DatapathGeometry):
+        self._geom = geometry
+        rows, head_dim = geometry.rows, geometry.head_dim
         super().__init__({
-            "tile": In(stream.Signature(q_tile_layout(R))),
-            "data": In(stream.Signature(params.data_width)),
+            "tile": In(stream.Signature(q_tile_layout(rows))),
+            "data": In(stream.Signature(geometry.data_width)),
             "tq_valid": Out(1),
             "tq_take": In(1),
-            "tq_q": Out(data.ArrayLayout(8, R * hd)),
-            "tq_mult": Out(data.ArrayLayout(MULT_BITS, R)),
-            "tq_shift": Out(data.ArrayLayout(6, R)),
-            "tq_pos": Out(data.ArrayLayout(CTX_BITS, R)),
-            "tq_nv": Out(range(R + 1)),
+            "tq_q": Out(data.ArrayLayout(8, rows * head_dim)),
+            "tq_mult": Out(data.ArrayLayout(MULT_BITS, rows)),
+            "tq_shift": Out(data.ArrayLayout(6, rows)),
+            "tq_pos": Out(data.ArrayLayout(CTX_BITS, rows)),
+            "tq_nv": Out(range(rows + 1)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        p = self._p
-        R, hd, W = p.R, p.hd, p.data_width
-        qw = p.geom.q_record_bytes // p.B
-        recs = [[Signal(W, name=f"qrec{r}_{w}") for w in range(qw)] for r in range(R)]
-        row = Signal(range(R + 1))
+        geom = self._geom
+        rows, head_dim, W = geom.rows, geom.head_dim, geom.data_width
+        qw = geom.q_record_bytes // geom.word_bytes      # words per Q record
+        recs = [[Signal(W, name=f"qrec{r}_{w}") for w in range(qw)] for r in range(rows)]
+        row = Signal(range(rows + 1))
         word = Signal(range(max(2, qw)))
         loaded = Signal()
         tile = self.tile.payload
         m.d.comb += self.data.ready.eq(self.tile.valid & ~loaded)
         with m.If(self.data.valid & self.data.ready):
-            for r in range(R):
+            for r in range(rows):
                 for w in range(qw):
                     with m.If((row == r) & (word == w)):
                         m.d.sync += recs[r][w].eq(self.data.payload)
@@ -58,9 +58,10 @@ class QLoader(wiring.Component):
         with m.If(self.tq_take):
             m.d.comb += self.tile.ready.eq(1)
             m.d.sync += [loaded.eq(0), row.eq(0), word.eq(0)]
-        for r in range(R):
+        for r in range(rows):
             rec = Cat(*recs[r])
-            m.d.comb += [self.tq_q[r * hd + d].eq(rec[8 * d:8 * d + 8]) for d in range(hd)]
-            m.d.comb += [self.tq_mult[r].eq(rec[8 * hd:8 * hd + 16]), self.tq_shift[r].eq(rec[8 * hd + 16:8 * hd + 22]),
+            m.d.comb += [self.tq_q[r * head_dim + d].eq(rec[8 * d:8 * d + 8]) for d in range(head_dim)]
+            tail = 8 * head_dim                  # u16 mult, then u8 shift (6 bits used)
+            m.d.comb += [self.tq_mult[r].eq(rec[tail:tail + 16]), self.tq_shift[r].eq(rec[tail + 16:tail + 22]),
                          self.tq_pos[r].eq(tile.pos[r])]
         return m

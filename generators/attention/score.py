@@ -15,16 +15,13 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import CTX_BITS, MAX_SHIFT, MULT_BITS, P_FRAC, Z_BITS
+from ...mathutil import exact_log2
 from .exp2 import Exp2
-from .params import EngineParams
+from .geometry import DatapathGeometry
 
 __all__ = ["ScoreUnit", "p_entry_layout"]
 
 ZMIN, ZMAX = -(1 << (Z_BITS - 1)), (1 << (Z_BITS - 1)) - 1
-
-
-def _log2(v: int) -> int:
-    return v.bit_length() - 1
 
 
 def p_entry_layout(rows: int) -> data.StructLayout:
@@ -39,60 +36,62 @@ def rshift_round_var(v, s, max_shift: int):
 
 
 class ScoreUnit(wiring.Component):
-    def __init__(self, params: EngineParams):
-        self._p = params
-        R, hd = params.R, params.hd
+    def __init__(self, geometry: DatapathGeometry):
+        self._geom = geometry
+        rows, head_dim = geometry.rows, geometry.head_dim
         super().__init__({
-            "item": In(stream.Signature(params.item_layout())),
-            "seg": In(params.seg_layout()),
+            "item": In(stream.Signature(geometry.item_layout())),
+            "seg": In(geometry.seg_layout()),
             "bits4": In(1),
             "window": In(CTX_BITS),
             "sink": In(CTX_BITS),
             # next tile's rows (from the Q loader)
             "tq_valid": In(1),
             "tq_take": Out(1),
-            "tq_q": In(data.ArrayLayout(signed(8), R * hd)),
-            "tq_mult": In(data.ArrayLayout(unsigned(MULT_BITS), R)),
-            "tq_shift": In(data.ArrayLayout(unsigned(6), R)),
-            "tq_pos": In(data.ArrayLayout(unsigned(CTX_BITS), R)),
-            "tq_nv": In(range(R + 1)),
-            "p": Out(stream.Signature(p_entry_layout(R))),
+            "tq_q": In(data.ArrayLayout(signed(8), rows * head_dim)),
+            "tq_mult": In(data.ArrayLayout(unsigned(MULT_BITS), rows)),
+            "tq_shift": In(data.ArrayLayout(unsigned(6), rows)),
+            "tq_pos": In(data.ArrayLayout(unsigned(CTX_BITS), rows)),
+            "tq_nv": In(range(rows + 1)),
+            "p": Out(stream.Signature(p_entry_layout(rows))),
             "fire": Out(1),
-            "rows": Out(range(R + 1)),
+            "rows": Out(range(rows + 1)),
         })
 
     def elaborate(self, platform):
         m = Module()
-        p = self._p
-        R, D, Es, L, nb, c, P = p.R, p.D, p.Es, p.L, p.nb, p.c, p.P
-        sbits = p.geom.score_bits
+        geom = self._geom
+        rows, slots, int8_lanes, page_tokens = geom.rows, geom.slots, geom.int8_lanes, geom.page_tokens
+        blocks, block_lanes = geom.blocks, geom.block_lanes
+        sbits = geom.score_bits
         it = self.item.payload
         seg = self.seg
 
         # -- tile state ---------------------------------------------------------------------
-        ring = [[Signal(Es * 8, name=f"q{r}_{s}") for s in range(D)] for r in range(R)]
-        mult = [Signal(MULT_BITS, name=f"mult{r}") for r in range(R)]
-        shift = [Signal(6, name=f"shift{r}") for r in range(R)]
-        pos = [Signal(CTX_BITS, name=f"pos{r}") for r in range(R)]
-        lo = [Signal(signed(CTX_BITS + 1), name=f"lo{r}") for r in range(R)]
-        nv = Signal(range(R + 1))
+        ring = [[Signal(int8_lanes * 8, name=f"q{r}_{s}") for s in range(slots)] for r in range(rows)]
+        mult = [Signal(MULT_BITS, name=f"mult{r}") for r in range(rows)]
+        shift = [Signal(6, name=f"shift{r}") for r in range(rows)]
+        pos = [Signal(CTX_BITS, name=f"pos{r}") for r in range(rows)]
+        lo = [Signal(signed(CTX_BITS + 1), name=f"lo{r}") for r in range(rows)]
+        nv = Signal(range(rows + 1))
         tile_ok = Signal()
         vB, vC = Signal(), Signal()
 
         with m.If(~tile_ok & self.tq_valid & ~vB & ~vC):
             m.d.comb += self.tq_take.eq(1)
             m.d.sync += [tile_ok.eq(1), nv.eq(self.tq_nv)]
-            for r in range(R):
+            for r in range(rows):
                 m.d.sync += [mult[r].eq(self.tq_mult[r]), shift[r].eq(self.tq_shift[r]),
                              pos[r].eq(self.tq_pos[r]),
                              lo[r].eq(self.tq_pos[r] - self.window + 1)]
-                for s in range(D):
-                    m.d.sync += ring[r][s].eq(Cat(*(self.tq_q[r * p.hd + s * Es + i] for i in range(Es))))
+                for s in range(slots):
+                    first = r * geom.head_dim + s * int8_lanes
+                    m.d.sync += ring[r][s].eq(Cat(*(self.tq_q[first + i] for i in range(int8_lanes))))
         m.d.comb += self.rows.eq(nv)
 
         # -- banks --------------------------------------------------------------------------
         ew = Z_BITS + 1
-        m.submodules.bank = bank = Memory(shape=R * ew, depth=2 * P, init=[])
+        m.submodules.bank = bank = Memory(shape=rows * ew, depth=2 * page_tokens, init=[])
         bw = bank.write_port()
         br = bank.read_port(transparent_for=())
         full = [Signal(name=f"full{b}") for b in range(2)]
@@ -104,23 +103,23 @@ class ScoreUnit(wiring.Component):
         m.d.comb += self.fire.eq(take)
 
         # -- stage A: products and the score accumulator --------------------------------------
-        S = [Signal(signed(sbits), name=f"S{r}") for r in range(R)]
-        Sf = [Signal(signed(sbits), name=f"Sf{r}") for r in range(R)]
-        tB = Signal(range(max(2, P)))
+        S = [Signal(signed(sbits), name=f"S{r}") for r in range(rows)]
+        Sf = [Signal(signed(sbits), name=f"Sf{r}") for r in range(rows)]
+        tB = Signal(range(max(2, page_tokens)))
         jB = Signal(CTX_BITS)
         lastB, firstB, bankB = Signal(), Signal(), Signal()
         m.d.sync += vB.eq(take & it.last)
-        for r in range(R):
+        for r in range(rows):
             wsum = 0
-            for b in range(nb):
+            for b in range(blocks):
                 bs = 0
-                for i in range(b * c, (b + 1) * c):
-                    slot, li = divmod(i, Es)
-                    if slot >= D:
+                for i in range(b * block_lanes, (b + 1) * block_lanes):
+                    slot, li = divmod(i, int8_lanes)
+                    if slot >= slots:
                         continue
                     qv = ring[r][slot][8 * li:8 * li + 8].as_signed()
                     bs = bs + qv * it.lanes[i]
-                bsig = Signal(signed(16 + _log2(c) + 1), name=f"bs{r}_{b}")
+                bsig = Signal(signed(16 + exact_log2(block_lanes) + 1), name=f"bs{r}_{b}")
                 m.d.comb += bsig.eq(bs)
                 wsum = wsum + bsig * it.mants[b]
             acc = Mux(it.first, 0, S[r]) + wsum
@@ -136,25 +135,21 @@ class ScoreUnit(wiring.Component):
                 with m.If(seg.tile_last):
                     m.d.sync += tile_ok.eq(0)
             # rotate Q by the slots this word covered
-            k4 = p.k4 if p.has4 else 1
-            for r in range(R):
-                for s in range(D):
-                    rot1 = ring[r][(s + 1) % D]
-                    rotk = ring[r][(s + k4) % D]
-                    if p.has4 and p.has8:
-                        m.d.sync += ring[r][s].eq(Mux(self.bits4, rotk, rot1))
-                    else:
-                        m.d.sync += ring[r][s].eq(rotk if p.has4 else rot1)
+            for r in range(rows):
+                for s in range(slots):
+                    rot1 = ring[r][(s + 1) % slots]
+                    rotk = ring[r][(s + geom.slots_per_word) % slots]
+                    m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=rotk, int8=rot1))
 
         # -- stage B: log2-domain score and masks -------------------------------------------
-        zC = [Signal(signed(Z_BITS), name=f"z{r}") for r in range(R)]
-        visC = [Signal(name=f"vis{r}") for r in range(R)]
-        tC = Signal(range(max(2, P)))
+        zC = [Signal(signed(Z_BITS), name=f"z{r}") for r in range(rows)]
+        visC = [Signal(name=f"vis{r}") for r in range(rows)]
+        tC = Signal(range(max(2, page_tokens)))
         lastC, firstC, bankC = Signal(), Signal(), Signal()
         m.d.sync += vC.eq(vB)
         with m.If(vB):
             m.d.sync += [tC.eq(tB), lastC.eq(lastB), firstC.eq(firstB), bankC.eq(bankB)]
-            for r in range(R):
+            for r in range(rows):
                 prod = Signal(signed(sbits + MULT_BITS + 1), name=f"sm{r}")
                 m.d.comb += prod.eq(Sf[r] * mult[r])
                 zr = Signal(signed(sbits + MULT_BITS + 1), name=f"zr{r}")
@@ -164,21 +159,21 @@ class ScoreUnit(wiring.Component):
                 m.d.sync += visC[r].eq((r < nv) & (jB <= pos[r]) & in_win)
 
         # -- stage C: bank write, block max, segment bookkeeping -----------------------------
-        bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(R)]
-        bany = [Signal(name=f"bany{r}") for r in range(R)]
-        run_m = [Signal(signed(Z_BITS), name=f"run_m{r}") for r in range(R)]
-        run_e = [Signal(name=f"run_e{r}") for r in range(R)]
+        bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(rows)]
+        bany = [Signal(name=f"bany{r}") for r in range(rows)]
+        run_m = [Signal(signed(Z_BITS), name=f"run_m{r}") for r in range(rows)]
+        run_e = [Signal(name=f"run_e{r}") for r in range(rows)]
         # per bank: previous / new running max, emptiness, token count, first segment of a tile
-        meta_prev = [[Signal(signed(Z_BITS), name=f"prev{b}_{r}") for r in range(R)] for b in range(2)]
-        meta_new = [[Signal(signed(Z_BITS), name=f"new{b}_{r}") for r in range(R)] for b in range(2)]
-        meta_pe = [[Signal(name=f"pe{b}_{r}") for r in range(R)] for b in range(2)]
-        meta_ne = [[Signal(name=f"ne{b}_{r}") for r in range(R)] for b in range(2)]
-        meta_n = [Signal(range(P + 1), name=f"n{b}") for b in range(2)]
+        meta_prev = [[Signal(signed(Z_BITS), name=f"prev{b}_{r}") for r in range(rows)] for b in range(2)]
+        meta_new = [[Signal(signed(Z_BITS), name=f"new{b}_{r}") for r in range(rows)] for b in range(2)]
+        meta_pe = [[Signal(name=f"pe{b}_{r}") for r in range(rows)] for b in range(2)]
+        meta_ne = [[Signal(name=f"ne{b}_{r}") for r in range(rows)] for b in range(2)]
+        meta_n = [Signal(range(page_tokens + 1), name=f"n{b}") for b in range(2)]
         meta_tf = [Signal(name=f"tf{b}") for b in range(2)]
 
-        m.d.comb += [bw.addr.eq(Cat(tC, bankC) if P > 1 else Cat(Const(0, 0), bankC)),
-                     bw.data.eq(Cat(*(Cat(zC[r], visC[r]) for r in range(R)))), bw.en.eq(vC)]
-        for r in range(R):
+        m.d.comb += [bw.addr.eq(Cat(tC, bankC) if page_tokens > 1 else Cat(Const(0, 0), bankC)),
+                     bw.data.eq(Cat(*(Cat(zC[r], visC[r]) for r in range(rows)))), bw.en.eq(vC)]
+        for r in range(rows):
             fresh = tC == 0
             cur_any = Mux(fresh, 0, bany[r])
             nany = cur_any | visC[r]
@@ -201,25 +196,25 @@ class ScoreUnit(wiring.Component):
 
         # -- probability stage ---------------------------------------------------------------
         DEPTH = 4
-        m.submodules.pfifo = pf = SyncFIFOBuffered(width=p_entry_layout(R).size, depth=DEPTH)
+        m.submodules.pfifo = pf = SyncFIFOBuffered(width=p_entry_layout(rows).size, depth=DEPTH)
         m.d.comb += [self.p.payload.eq(pf.r_data), self.p.valid.eq(pf.r_rdy), pf.r_en.eq(self.p.ready)]
         pb = Signal()
-        k = Signal(range(P + 1))
+        k = Signal(range(page_tokens + 1))
         alpha_done = Signal()
         inflight = Signal()
         fullP = Mux(pb, full[1], full[0])
         nP = Mux(pb, meta_n[1], meta_n[0])
         tfP = Mux(pb, meta_tf[1], meta_tf[0])
         room = (pf.w_level + inflight) < DEPTH
-        entry = Signal(p_entry_layout(R))
+        entry = Signal(p_entry_layout(rows))
         exps = []
-        for r in range(R):
+        for r in range(rows):
             e = Exp2(Z_BITS + 1)
             m.submodules[f"exp{r}"] = e
             exps.append(e)
         issue = Signal()
         m.d.comb += issue.eq(fullP & alpha_done & (k < nP) & room)
-        m.d.comb += br.addr.eq(Cat(k[:max(1, _log2(P))] if P > 1 else Const(0, 0), pb))
+        m.d.comb += br.addr.eq(Cat(k[:exact_log2(page_tokens)] if page_tokens > 1 else Const(0, 0), pb))
         m.d.sync += inflight.eq(issue)
         do_alpha = fullP & ~alpha_done & ~inflight & room
         with m.If(do_alpha):
@@ -234,7 +229,7 @@ class ScoreUnit(wiring.Component):
         # the probability of a read token uses the bank it was read from: pb before the toggle
         pbr = Signal()
         m.d.sync += pbr.eq(pb)
-        for r in range(R):
+        for r in range(rows):
             newP = Mux(pbr, meta_new[1][r], meta_new[0][r])
             newA = Mux(pb, meta_new[1][r], meta_new[0][r])
             prevA = Mux(pb, meta_prev[1][r], meta_prev[0][r])

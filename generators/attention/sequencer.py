@@ -10,17 +10,14 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import CTX_BITS
+from ...mathutil import exact_log2
 from ..streams import dma_command_stream
-from .params import EngineParams
+from .geometry import DatapathGeometry
 from .qload import q_tile_layout
 from .signature import attention_job_layout
 from .value import out_tile_layout
 
 __all__ = ["Sequencer", "kv_cmd_layout"]
-
-
-def _log2(v: int) -> int:
-    return v.bit_length() - 1
 
 
 def kv_cmd_layout() -> data.StructLayout:
@@ -29,10 +26,10 @@ def kv_cmd_layout() -> data.StructLayout:
 
 
 class Sequencer(wiring.Component):
-    def __init__(self, params: EngineParams):
-        self._p = params
-        R = params.R
-        seg = params.seg_layout()
+    def __init__(self, geometry: DatapathGeometry):
+        self._geom = geometry
+        rows = geometry.rows
+        seg = geometry.seg_layout()
         super().__init__({
             "job": In(stream.Signature(attention_job_layout())),
             "start": Out(1),
@@ -42,9 +39,9 @@ class Sequencer(wiring.Component):
             "o_addr": Out(64),
             "act_cmd": Out(dma_command_stream()),
             "scale_cmd": Out(dma_command_stream()),
-            "bt_data": In(stream.Signature(params.data_width)),
-            "qtile": Out(stream.Signature(q_tile_layout(R))),
-            "otile": Out(stream.Signature(out_tile_layout(R))),
+            "bt_data": In(stream.Signature(geometry.data_width)),
+            "qtile": Out(stream.Signature(q_tile_layout(rows))),
+            "otile": Out(stream.Signature(out_tile_layout(rows))),
             "kcmd": Out(stream.Signature(kv_cmd_layout())),
             "vcmd": Out(stream.Signature(kv_cmd_layout())),
             "kseg": Out(stream.Signature(seg)),
@@ -56,10 +53,11 @@ class Sequencer(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = self._p
-        geom = p.geom
-        R, P, B, ng, mpw = p.R, p.P, p.B, p.ng, p.mpw
-        lgP, lgB = _log2(P), _log2(B)
+        geom = self._geom
+        rows, page_tokens, word_bytes = geom.rows, geom.page_tokens, geom.word_bytes
+        groups, mants_per_word = geom.groups, geom.mants_per_word
+        page_shift, word_shift = exact_log2(page_tokens), exact_log2(word_bytes)
+        entry_shift = word_shift - 2          # log2 of the u32 block-table entries per word
 
         job = {name: Signal(shape, name=f"job_{name}") for name, shape in
                ((n, f.shape) for n, f in attention_job_layout())}
@@ -68,9 +66,7 @@ class Sequencer(wiring.Component):
                      self.o_addr.eq(job["o_addr"])]
 
         def by_bits(f):
-            v4 = f(4) if p.has4 else f(8)
-            v8 = f(8) if p.has8 else f(4)
-            return Mux(bits4, v4, v8)
+            return geom.select_format(bits4, int4=f(4), int8=f(8))
 
         # -- setup constants -------------------------------------------------------------
         q_heads = Signal(22)
@@ -91,10 +87,10 @@ class Sequencer(wiring.Component):
         ri = Signal(32)
         hbase = Signal(32)
         h_off = Signal(64)
-        rr = Signal(range(R + 1))
-        nv = Signal(range(R + 1))
-        rpos = [Signal(CTX_BITS, name=f"rpos{r}") for r in range(R)]
-        rri = [Signal(32, name=f"rri{r}") for r in range(R)]
+        rr = Signal(range(rows + 1))
+        nv = Signal(range(rows + 1))
+        rpos = [Signal(CTX_BITS, name=f"rpos{r}") for r in range(rows)]
+        rri = [Signal(32, name=f"rri{r}") for r in range(rows)]
         p_min = Signal(CTX_BITS)
         p_max = Signal(CTX_BITS)
         tiles = Signal(32)
@@ -103,10 +99,10 @@ class Sequencer(wiring.Component):
         qt = self.qtile.payload
         ot = self.otile.payload
         m.d.comb += [qt.nv.eq(nv), ot.nv.eq(nv)]
-        for r in range(R):
+        for r in range(rows):
             m.d.comb += [qt.pos[r].eq(rpos[r]), ot.ri[r].eq(rri[r])]
         qrec = geom.q_record_bytes
-        rsel = rr[:max(1, _log2(R))] if R > 1 else 0
+        rsel = rr[:exact_log2(rows)] if rows > 1 else 0
         m.d.comb += [self.act_cmd.payload.addr.eq(job["q_addr"] + Cat(*rri).word_select(rsel, 32) * qrec),
                      self.act_cmd.payload.bytes.eq(qrec)]
 
@@ -119,22 +115,22 @@ class Sequencer(wiring.Component):
         first_seg = Signal()
 
         # segment being emitted
-        lp = j >> lgP
-        page_end = (lp + 1) << lgP
+        lp = j >> page_shift
+        page_end = (lp + 1) << page_shift
         cur_hi = Mux(ridx, rhi[1], rhi[0])
         seg_end = Mux(page_end < cur_hi, page_end, cur_hi)
         seg_last_of_range = seg_end == cur_hi
         seg_tile_last = seg_last_of_range & ((ridx == 1) | (nr == 1))
 
-        seg1 = data.StructLayout({"lpo": max(1, lgB - 2), "a": max(1, lgP), "n": range(P + 1), "j0": CTX_BITS,
-                                  "tile_first": 1, "tile_last": 1, "h_off": 64})
+        seg1 = data.StructLayout({"lpo": max(1, entry_shift), "a": max(1, page_shift), "n": range(page_tokens + 1),
+                                  "j0": CTX_BITS, "tile_first": 1, "tile_last": 1, "h_off": 64})
         m.submodules.segq = segq = SyncFIFOBuffered(width=seg1.size, depth=8)
         s1 = Signal(seg1)
-        m.d.comb += [s1.lpo.eq(lp[:max(1, lgB - 2)] if lgB > 2 else 0), s1.a.eq(j[:max(1, lgP)]),
+        m.d.comb += [s1.lpo.eq(lp[:max(1, entry_shift)] if entry_shift > 0 else 0), s1.a.eq(j[:max(1, page_shift)]),
                      s1.n.eq(seg_end - j), s1.j0.eq(j), s1.tile_first.eq(first_seg),
                      s1.tile_last.eq(seg_tile_last), s1.h_off.eq(h_off), segq.w_data.eq(s1)]
-        m.d.comb += [self.scale_cmd.payload.addr.eq(job["bt_addr"] + ((lp >> (lgB - 2)) << lgB)),
-                     self.scale_cmd.payload.bytes.eq(B)]
+        m.d.comb += [self.scale_cmd.payload.addr.eq(job["bt_addr"] + ((lp >> entry_shift) << word_shift)),
+                     self.scale_cmd.payload.bytes.eq(word_bytes)]
 
         count = Signal(2)
         with m.FSM():
@@ -153,7 +149,7 @@ class Sequencer(wiring.Component):
                     m.next = "ROWS"
             with m.State("ROWS"):
                 valid = i < total
-                for r in range(R):
+                for r in range(rows):
                     with m.If(rr == r):
                         m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri)]
                 with m.If(valid):
@@ -165,7 +161,7 @@ class Sequencer(wiring.Component):
                     with m.Else():
                         m.d.sync += [hi.eq(hi + 1), ri.eq(ri + 1)]
                 m.d.sync += rr.eq(rr + 1)
-                with m.If(rr == R - 1):
+                with m.If(rr == rows - 1):
                     m.d.sync += rr.eq(0)
                     m.next = "QCMD"
             with m.State("QCMD"):
@@ -225,7 +221,7 @@ class Sequencer(wiring.Component):
         page = Signal(32)
         js = Signal(seg1)
         prod = Signal(96)
-        cons = Signal(p.seg_layout())
+        cons = Signal(geom.seg_layout())
         kc = Signal(kv_cmd_layout())
         vc = Signal(kv_cmd_layout())
         m.d.comb += [self.kseg.payload.eq(cons), self.vseg.payload.eq(cons),
@@ -235,21 +231,22 @@ class Sequencer(wiring.Component):
                 with m.If(segq.r_rdy & self.bt_data.valid):
                     m.d.comb += [segq.r_en.eq(1), self.bt_data.ready.eq(1)]
                     word = self.bt_data.payload
-                    m.d.sync += [js.eq(r1), page.eq(word.word_select(r1.lpo, 32) if B > 4 else word[:32])]
+                    m.d.sync += [js.eq(r1), page.eq(word.word_select(r1.lpo, 32) if word_bytes > 4 else word[:32])]
                     m.next = "MUL"
             with m.State("MUL"):
                 m.d.sync += prod.eq(page * stride)
                 m.next = "ADDR"
             with m.State("ADDR"):
-                a_ng = js.a * ng
-                first = a_ng >> _log2(mpw)
-                off = a_ng & (mpw - 1)
-                sw = (off + js.n * ng + mpw - 1) >> _log2(mpw)
+                a_ng = js.a * groups
+                mant_shift = exact_log2(mants_per_word)
+                first = a_ng >> mant_shift
+                off = a_ng & (mants_per_word - 1)
+                sw = (off + js.n * groups + mants_per_word - 1) >> mant_shift
                 m.d.sync += [cons.n.eq(js.n), cons.sw.eq(sw), cons.off.eq(off), cons.j0.eq(js.j0),
                              cons.tile_first.eq(js.tile_first), cons.tile_last.eq(js.tile_last)]
                 for rec, pool in ((kc, job["k_pool"]), (vc, job["v_pool"])):
                     hb = (pool + prod[:64] + js.h_off)[:64]
-                    m.d.sync += [rec.s_addr.eq(hb + (first << lgB)), rec.s_bytes.eq(sw << lgB),
+                    m.d.sync += [rec.s_addr.eq(hb + (first << word_shift)), rec.s_bytes.eq(sw << word_shift),
                                  rec.v_addr.eq(hb + geom.scale_area + js.a * vrec),
                                  rec.v_bytes.eq(js.n * vrec)]
                 m.next = "PUSH"

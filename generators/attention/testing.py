@@ -12,6 +12,7 @@ import numpy as np
 
 from ...engines.attention import attention_geometry, validate_attention
 from ...layout import DesignLayout
+from ...mathutil import ceil_div, round_up
 from ..dma_bench import DmaBench
 from ...numerics.attention import pack_block_table, run_attention
 
@@ -58,7 +59,7 @@ class AttentionBench(DmaBench):
 
     # -- memory ----------------------------------------------------------------------------
     def alloc(self, nbytes: int, fill=None) -> int:
-        addr = -(-(len(self.mem) + 64) // 4096) * 4096
+        addr = round_up(len(self.mem) + 64, 4096)
         self.mem.extend(bytes(addr - len(self.mem)))
         data = bytes(fill) if fill is not None else bytes(nbytes)
         data = data + bytes(-len(data) % self.layout.word_bytes)
@@ -93,7 +94,7 @@ class AttentionBench(DmaBench):
         from amaranth.sim import Simulator
 
         self.expect()
-        dut, lay = self.dut, self.layout
+        dut = self.dut
         sim = Simulator(dut)
         sim.add_clock(1e-8)
         self.add_dma(sim)
@@ -126,10 +127,6 @@ class AttentionBench(DmaBench):
         return self.jobs
 
 
-def _round_up(v, a):
-    return -(-v // a) * a
-
-
 def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_heads: int, q_per_kv: int,
                   kv_bits: int, spare_pages: int = 3, poison: bool = True) -> list[AttnJob]:
     """Sequences ``specs`` (dicts with ``n_q``, ``ctx_len``, ``window``, ``sink``) sharing one K and
@@ -138,7 +135,7 @@ def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_
     tokens no query of the sequence sees) is poisoned."""
     geom = bench.geom
     P, B = geom.page_tokens, geom.word_bytes
-    pages_per = [-(-s["ctx_len"] // P) for s in specs]
+    pages_per = [ceil_div(s["ctx_len"], P) for s in specs]
     total = sum(pages_per) + spare_pages
     perm = [int(x) for x in rng.permutation(total)]
     pbytes = geom.page_bytes(kv_bits, kv_heads)

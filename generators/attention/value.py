@@ -1,29 +1,27 @@
-"""Value unit: P.V accumulation into a rotating accumulator ring (one slot of ``Es`` head dims
-per int8 word), the softmax denominator, and the output stage (``acc * reciprocal(l)``, int32
-rows to the writer).
+"""Value unit: P.V accumulation into a rotating accumulator ring (one slot of ``int8_lanes`` head
+dims per int8 word), the softmax denominator, and the output stage (``acc * reciprocal(l)``,
+int32 rows to the writer).
 
-The ring holds ``D = head_dim / Es`` slots per row; every V value word updates the slot(s) it
-covers at the head of the ring and rotates, so no address decoding is needed. The first token
-of a segment applies the segment's rescale factor ``alpha`` to each slot as it passes
-(``alpha = 0`` on a tile's first segment clears the ring without a separate pass).
+The ring holds ``slots = head_dim / int8_lanes`` slots per row; every V value word updates the
+slot(s) it covers at the head of the ring (``slots_per_word`` for int4) and rotates, so no
+address decoding is needed. The first token of a segment applies the segment's rescale factor
+``alpha`` to each slot as it passes (``alpha = 0`` on a tile's first segment clears the ring
+without a separate pass).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import OUT_FRAC, P_FRAC, RECIP_X_BITS
+from ...mathutil import exact_log2
 from ..streams import dma_command_stream
-from .params import EngineParams
+from .geometry import DatapathGeometry
 from .recip import Reciprocal
 from .score import p_entry_layout
 
 __all__ = ["ValueUnit", "out_tile_layout"]
-
-
-def _log2(v: int) -> int:
-    return v.bit_length() - 1
 
 
 def out_tile_layout(rows: int) -> data.StructLayout:
@@ -39,15 +37,15 @@ def _rescale(v, alpha, bits: int):
 
 
 class ValueUnit(wiring.Component):
-    def __init__(self, params: EngineParams):
-        self._p = params
-        R, W = params.R, params.data_width
+    def __init__(self, geometry: DatapathGeometry):
+        self._geom = geometry
+        rows, W = geometry.rows, geometry.data_width
         super().__init__({
-            "item": In(stream.Signature(params.item_layout())),
-            "seg": In(params.seg_layout()),
+            "item": In(stream.Signature(geometry.item_layout())),
+            "seg": In(geometry.seg_layout()),
             "bits4": In(1),
-            "p": In(stream.Signature(p_entry_layout(R))),
-            "tile": In(stream.Signature(out_tile_layout(R))),
+            "p": In(stream.Signature(p_entry_layout(rows))),
+            "tile": In(stream.Signature(out_tile_layout(rows))),
             "o_addr": In(64),
             "out_cmd": Out(dma_command_stream()),
             "out_data": Out(stream.Signature(W)),
@@ -57,28 +55,28 @@ class ValueUnit(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        p = self._p
-        R, D, Es, L, nb, c, W = p.R, p.D, p.Es, p.L, p.nb, p.c, p.data_width
-        ab, lb = p.geom.acc_bits, p.geom.l_bits
+        geom = self._geom
+        rows, slots, int8_lanes, W = geom.rows, geom.slots, geom.int8_lanes, geom.data_width
+        acc_bits, l_bits = geom.acc_bits, geom.l_bits
         it = self.item.payload
-        k4 = p.k4 if p.has4 else 1
+        step4 = geom.slots_per_word            # ring slots an int4 word updates
 
-        ring = [[Signal(signed(ab) if False else Es * ab, name=f"acc{r}_{s}") for s in range(D)] for r in range(R)]
-        lreg = [Signal(lb, name=f"l{r}") for r in range(R)]
-        alpha = [Signal(P_FRAC + 1, name=f"alpha{r}") for r in range(R)]
+        ring = [[Signal(int8_lanes * acc_bits, name=f"acc{r}_{s}") for s in range(slots)] for r in range(rows)]
+        lreg = [Signal(l_bits, name=f"l{r}") for r in range(rows)]
+        alpha = [Signal(P_FRAC + 1, name=f"alpha{r}") for r in range(rows)]
         have_alpha = Signal()
         resc = Signal()
         hold = Signal()
 
         def lane(r, s, i):
-            return ring[r][s][i * ab:(i + 1) * ab].as_signed()
+            return ring[r][s][i * acc_bits:(i + 1) * acc_bits].as_signed()
 
         # -- P.V -----------------------------------------------------------------------------
         with m.If(~have_alpha & ~hold):
             m.d.comb += self.p.ready.eq(self.p.valid & self.p.payload.alpha)
             with m.If(self.p.valid & self.p.payload.alpha):
                 m.d.sync += [have_alpha.eq(1), resc.eq(1)]
-                m.d.sync += [alpha[r].eq(self.p.payload.vals[r]) for r in range(R)]
+                m.d.sync += [alpha[r].eq(self.p.payload.vals[r]) for r in range(rows)]
         m.d.comb += self.item.ready.eq(have_alpha & ~hold & self.p.valid & ~self.p.payload.alpha)
         take = self.item.valid & self.item.ready
         m.d.comb += self.fire.eq(take)
@@ -91,65 +89,61 @@ class ValueUnit(wiring.Component):
                     m.d.sync += hold.eq(1)
         # the scale-block mantissa times each value lane
         vv = []
-        for i in range(L):
+        for i in range(geom.lanes):
             s = Signal(signed(26), name=f"vv{i}")
-            m.d.comb += s.eq(it.mants[i // c] * it.lanes[i])
+            m.d.comb += s.eq(it.mants[i // geom.block_lanes] * it.lanes[i])
             vv.append(s)
         rotate = Signal()          # output stage: rotate every ring by one slot
-        for r in range(R):
+        for r in range(rows):
             pr = self.p.payload.vals[r]
             upd = []
-            for s in range(min(D, k4)):
+            for s in range(step4):
                 lanes = []
-                for li in range(Es):
-                    i = s * Es + li
+                for li in range(int8_lanes):
+                    i = s * int8_lanes + li
                     a = lane(r, s, li)
-                    base = Mux(resc, _rescale(a, alpha[r], ab), a)
-                    lanes.append((base + pr * vv[i])[:ab])
+                    base = Mux(resc, _rescale(a, alpha[r], acc_bits), a)
+                    lanes.append((base + pr * vv[i])[:acc_bits])
                 upd.append(Cat(*lanes))
             with m.If(take):
                 with m.If(it.first):
-                    lb_ = Mux(resc, _rescale(lreg[r], alpha[r], lb), lreg[r])
-                    m.d.sync += lreg[r].eq(lb_ + pr)
-                for s in range(D):
+                    l_prev = Mux(resc, _rescale(lreg[r], alpha[r], l_bits), lreg[r])
+                    m.d.sync += lreg[r].eq(l_prev + pr)
+                for s in range(slots):
                     def after(kk):
-                        src = (s + kk) % D
+                        src = (s + kk) % slots
                         return upd[src] if src < kk else ring[r][src]
-                    if p.has4 and p.has8:
-                        m.d.sync += ring[r][s].eq(Mux(self.bits4, after(min(D, k4)), after(1)))
-                    else:
-                        m.d.sync += ring[r][s].eq(after(min(D, k4)) if p.has4 else after(1))
+                    m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=after(step4), int8=after(1)))
             with m.Elif(rotate):
-                for s in range(D):
-                    m.d.sync += ring[r][s].eq(ring[r][(s + 1) % D])
+                for s in range(slots):
+                    m.d.sync += ring[r][s].eq(ring[r][(s + 1) % slots])
 
         # -- output stage ----------------------------------------------------------------------
         tile = self.tile.payload
-        row = Signal(range(R + 1))
-        slot = Signal(range(max(2, D)))
-        m.submodules.recip = recip = Reciprocal(lb)
-        lsel = Signal(lb)
-        m.d.comb += lsel.eq(Cat(*lreg).word_select(row[:max(1, _log2(R))] if R > 1 else 0, lb))
+        row = Signal(range(rows + 1))
+        row_sel = row[:exact_log2(rows)] if rows > 1 else 0      # picks the row's registers
+        slot = Signal(range(max(2, slots)))
+        m.submodules.recip = recip = Reciprocal(l_bits)
+        lsel = Signal(l_bits)
+        m.d.comb += lsel.eq(Cat(*lreg).word_select(row_sel, l_bits))
         m.d.comb += recip.l.eq(lsel)
         y = Signal(RECIP_X_BITS + 1)
-        n = Signal(range(lb + 1))
-        head = Signal(Es * ab)
-        m.d.comb += head.eq(Cat(*(ring[r][0] for r in range(R))).word_select(
-            row[:max(1, _log2(R))] if R > 1 else 0, Es * ab))
-        words = Es * 32 // W
-        obuf = Signal(Es * 32)
+        n = Signal(range(l_bits + 1))
+        head = Signal(int8_lanes * acc_bits)
+        m.d.comb += head.eq(Cat(*(ring[r][0] for r in range(rows))).word_select(row_sel, int8_lanes * acc_bits))
+        words = int8_lanes * 32 // W
+        obuf = Signal(int8_lanes * 32)
         left = Signal(range(words + 1))
-        row_bytes = p.hd * 4
-        m.d.comb += [self.out_cmd.payload.addr.eq(self.o_addr + (tile.ri[row[:max(1, _log2(R))] if R > 1 else 0]
-                                                                  << _log2(row_bytes))),
+        row_bytes = geom.out_row_bytes
+        m.d.comb += [self.out_cmd.payload.addr.eq(self.o_addr + (tile.ri[row_sel] << exact_log2(row_bytes))),
                      self.out_cmd.payload.bytes.eq(row_bytes),
                      self.out_data.payload.eq(obuf[:W])]
-        shm1 = Signal(range(lb + 16))
+        shm1 = Signal(range(l_bits + 16))
         m.d.comb += shm1.eq(n + 15 - OUT_FRAC)
         outs = []
-        for li in range(Es):
-            a = head[li * ab:(li + 1) * ab].as_signed()
-            prod = Signal(signed(ab + RECIP_X_BITS + 2), name=f"oprod{li}")
+        for li in range(int8_lanes):
+            a = head[li * acc_bits:(li + 1) * acc_bits].as_signed()
+            prod = Signal(signed(acc_bits + RECIP_X_BITS + 2), name=f"oprod{li}")
             m.d.comb += prod.eq(a * y)
             v = ((prod >> shm1) + 1) >> 1
             o = Mux(v > (1 << 31) - 1, (1 << 31) - 1, Mux(v < -(1 << 31), -(1 << 31), v))
@@ -180,7 +174,7 @@ class ValueUnit(wiring.Component):
                 with m.If(self.out_data.ready):
                     m.d.sync += [obuf.eq(obuf >> W), left.eq(left - 1)]
                     with m.If(left == 1):
-                        with m.If(slot == D - 1):
+                        with m.If(slot == slots - 1):
                             m.d.sync += row.eq(row + 1)
                             m.next = "ROW"
                         with m.Else():

@@ -13,6 +13,7 @@ from amaranth.hdl import Module, Mux, Shape, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ...mathutil import ceil_div, exact_log2
 from ..streams import JobDone, dma_command_stream
 from .signature import matmul_job_layout
 from ..params import require_positive_ints, require_powers_of_two
@@ -29,14 +30,10 @@ def ceil_div_const(value, divisor: int, value_bits: int):
     ``s = value_bits + 1 + ceil(log2 d)``, exact for every input of that width.
     """
     if divisor & (divisor - 1) == 0:
-        return (value + divisor - 1) >> (divisor.bit_length() - 1)
-    s = value_bits + 1 + (divisor - 1).bit_length()
-    recip = -(-(1 << s) // divisor)
+        return (value + divisor - 1) >> exact_log2(divisor)
+    s = value_bits + 1 + (divisor - 1).bit_length()      # (d - 1).bit_length() = ceil(log2 d), any d
+    recip = ceil_div(1 << s, divisor)
     return ((value + divisor - 1) * recip) >> s
-
-
-def _log2(v: int) -> int:
-    return v.bit_length() - 1
 
 
 class _JobRegs:
@@ -102,11 +99,11 @@ class JobSequencer(wiring.Component):
         weights (b bits each by descriptor code 2/3/4/8, or ceil(nk/5) bytes for 5-trit
         ternary) in whole combined words of ``cw`` bits, one ``B``-byte word per stripe."""
         bits = Mux(code == 8, nk << 3, Mux(code == 4, nk << 2, nk << 1))
-        words = (bits + cw - 1) >> _log2(cw)
+        words = (bits + cw - 1) >> exact_log2(cw)
         if self._packing == "5trit":       # ceil(ceil(nk / 5) / (cw / 8)) = ceil(nk / (5 cw / 8))
             nk_bits = 33 + self._max_k.bit_length()
             words = Mux(code == 3, ceil_div_const(nk[:nk_bits], 5 * cw // 8, nk_bits), words)
-        return words << _log2(B)
+        return words << exact_log2(B)
 
     def elaborate(self, platform):
         m = Module()
@@ -117,11 +114,11 @@ class JobSequencer(wiring.Component):
         # The job's fields as separate registers (one wide struct register would be copied as a
         # whole every cycle by a simulator).
         job = _JobRegs(P)
-        m.d.comb += [self.m.eq(job.m), self.n.eq(job.n), self.kc.eq(job.k >> _log2(self._lanes)),
+        m.d.comb += [self.m.eq(job.m), self.n.eq(job.n), self.kc.eq(job.k >> exact_log2(self._lanes)),
                      self.wbits.eq(job.wbits), self.int8.eq(job.out_mode), self.out_shift.eq(job.out_shift)]
 
         def round_words(v):
-            return ((v + B - 1) >> _log2(B)) << _log2(B)
+            return ((v + B - 1) >> exact_log2(B)) << exact_log2(B)
 
         # -- setup: byte counts (registered; settled after SETUP_CYCLES) ---------------------
         nk = Signal(64)
@@ -141,7 +138,7 @@ class JobSequencer(wiring.Component):
                 nblocks.eq(ceil_div_const(job.m, R, 32)),
                 rk.eq(job.k * R),
                 w_bytes.eq(self._weight_bytes(job.wbits, nk, cw, B)),
-                s_bytes.eq(round_words(nk >> (_log2(self._group) - 1))),
+                s_bytes.eq(round_words(nk >> (exact_log2(self._group) - 1))),
                 q_bytes.eq(round_words(job.n << 3)),
                 out_elems.eq((nblocks * R)[:32] * job.n),
                 o_bytes.eq(round_words(Mux(job.out_mode, out_elems, out_elems << 2))),

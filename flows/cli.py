@@ -390,11 +390,13 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
 
 
 def _as_flags(message: str, params) -> str:
-    """A runner's message about parameter ``n_q`` phrased with its flag ``--n-q``."""
+    """A runner's message about parameter ``n_q`` phrased with its flag ``--n-q``: the name at the
+    start of the message, or anywhere it is followed by its value."""
     import re
 
-    return re.sub(r"^(" + "|".join(sorted(params, key=len, reverse=True)) + r")\b(?= (must|\d|/|exceeds|needs))",
-                  lambda m: "--" + m.group(1).replace("_", "-"), message)
+    names = "|".join(sorted(params, key=len, reverse=True))
+    return re.sub(rf"(^|(?<=[\s(]))({names})\b(?=( must| -?\d| exceeds| needs))",
+                  lambda m: "--" + m.group(2).replace("_", "-"), message)
 
 
 def _print_report(title: str, rows) -> None:

@@ -4,7 +4,7 @@
 * :class:`~.dma.BurstReader` / :class:`~.dma.BurstWriter` - DmaCommand streams to AXI4 bursts
 * :class:`~.port.AxiPort` - several readers and a writer sharing one AXI4 manager
 * :class:`~.cmdproc.CommandProcessor` - descriptor fetch, validation and dispatch
-* :class:`~.kernel.Kernel` - all of the above around one matmul engine
+* :class:`~.kernel.Kernel` - all of the above around a map opcode -> engine (no engine named here)
 """
 from .cmdproc import CommandProcessor
 from .control import ControlSlave

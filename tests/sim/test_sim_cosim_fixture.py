@@ -163,3 +163,31 @@ def test_trace_build_writes_a_waveform(tmp_path):
     if s.trace_format == "vcd":
         text = path.read_text()
         assert "m_axi_data_arvalid" in text and "ap_clk" in text
+
+
+def test_arguments_are_checked_before_they_reach_the_c_abi(sim):
+    """Class 5 of issue 8: no silent truncation or wrap-around at the C boundary."""
+    c0 = sim.cycles()
+    for bad, kind in ((-1, ValueError), (1.5, TypeError), ("10", TypeError), (True, TypeError), (1 << 63, ValueError)):
+        with pytest.raises(kind, match="cycles"):
+            sim.step(bad)
+    assert sim.cycles() == c0                              # nothing ran
+    with pytest.raises(ValueError, match=r"address must be in \[0, 18446744073709551615\]"):
+        sim.mem_write(1 << 64, b"x")
+    with pytest.raises(ValueError, match="runs past the end of the 64-bit address space"):
+        sim.mem_write((1 << 64) - 1, b"xy")
+    with pytest.raises(ValueError, match="runs past the end"):
+        sim.mem_read((1 << 64) - 4, 8)
+    with pytest.raises(TypeError, match="data must be"):
+        sim.mem_write(0x1000, "text")
+    with pytest.raises(ValueError, match="register value must be in"):
+        sim.reg_write("count", 1 << 32)
+    with pytest.raises(TypeError, match="read_latency must be an int"):
+        sim.set_port_timing("data", read_latency=3.5)
+    with pytest.raises(ValueError, match="read_latency must be in"):
+        sim.set_port_timing("data", read_latency=1 << 40)
+    with pytest.raises(ValueError, match="bytes_per_cycle must be a finite number"):
+        sim.set_port_timing("data", bytes_per_cycle=float("nan"))
+    with pytest.raises(ValueError, match="max_cycles"):
+        sim.run_until_interrupt(-5)
+    assert sim.mem_read((1 << 64) - 8, 8) == bytes(8)      # the last word of the space is fine

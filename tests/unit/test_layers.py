@@ -51,3 +51,15 @@ def test_a_contract_module_importing_the_host_breaks_the_contract(tmp_path):
     layout.write_text(layout.read_text() + "\nfrom hbmforge.host import device  # noqa\n")
     res = _lint(tmp_path)
     assert res.returncode != 0 and "BROKEN" in res.stdout
+
+
+def test_the_shell_names_no_engine_family():
+    """A new family plugs in through the engine contract: the shell's code never names one."""
+    from hbmforge.engines import FAMILIES
+
+    shell = ROOT / "generators" / "shell"
+    for f in shell.glob("*.py"):
+        text = f.read_text().lower()
+        for kind in FAMILIES:
+            assert f"{kind} engine" not in text and f'"{kind}"' not in text and f"{kind}_" not in text, \
+                (f.name, kind)

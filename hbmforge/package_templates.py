@@ -1,18 +1,8 @@
 """What the packaging templates read: the kernel's IP-XACT/Vitis/Vivado view, derived from its manifest.
 
-``hbmforge.flows.package`` renders the scripts with it; the PYNQ co-simulation overlay
-(``hbmforge.host.pynq_sim``) renders the same ``.hwh`` from it, so both agree.
-
-Alveo boards (host stack XRT) get the Vitis RTL-kernel flow: ``kernel.xml``,
-``package_xo.tcl`` (Vivado IP packaging + ``package_xo``) and ``link.cfg``
-(``v++ --link`` with one ``sp=`` line per port, from the manifest's HBM map).
-Zynq/Kria boards (host stack PYNQ) get ``bd.tcl``: a Vivado block design
-around the PS whose outputs are the ``.bit``/``.hwh`` pair ``pynq.Overlay``
-loads.
-
-Everything comes from the manifest. The scripts need Vivado/Vitis, which are
-not part of hbmforge's dependencies; they are checked here only for
-well-formedness and completeness (see docs/packaging.md).
+``hbmforge.flows.package`` renders the scripts with it (what each board gets is said there);
+the PYNQ co-simulation overlay (``hbmforge.host.pynq_sim``) renders the same ``.hwh`` from it,
+so both agree. Everything comes from the manifest and the board file.
 """
 from __future__ import annotations
 

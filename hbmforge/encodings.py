@@ -19,6 +19,9 @@ class Opcode(enum.IntEnum, shape=8):
     MATMUL = 1       # one matmul layer (hbmforge.engines.matmul)
     ATTENTION = 2    # one attention call (hbmforge.engines.attention)
     COPY = 3         # copy or fill a buffer on any port (hbmforge.engines.copy)
+    # reserved for the families being added (keep the numbers when you add the member):
+    # 4 VECTOR (hbmforge.engines.vector), 5 ALLREDUCE (hbmforge.engines.network),
+    # 6 and 7 for the memory family (tile cache, oblivious map: hbmforge.engines.memory)
 
 
 class ErrorCode(enum.IntEnum, shape=8):
@@ -41,6 +44,9 @@ class ErrorCode(enum.IntEnum, shape=8):
     BAD_LENGTH = 14      # copy: zero bytes, not whole words, or more than one DMA transfer
     BAD_COPY_MODE = 15   # copy: unknown mode
     OVERLAP = 16         # copy: source and destination ranges overlap
+    # reserved ranges for the families being added (add members in your range only):
+    # 20-29 vector, 30-39 memory (tile cache, oblivious map), 40-49 network (all-reduce),
+    # 50-54 matmul extensions (bias, split K, sparsity), 55-59 attention extensions
 
 
 _ERROR_TEXT = {

@@ -1,0 +1,140 @@
+"""Reading a Hugging Face checkpoint directory: config.json, safetensors (one file or shards
+with ``model.safetensors.index.json``), tokenizer.json and sentence-transformers' module files.
+
+Tensors come through ``safetensors``' NumPy API; bfloat16 tensors, which NumPy cannot hold,
+are read from the file's own offsets and widened to float32 exactly. Every tensor is read as
+float32 on first use (:meth:`Checkpoint.tensor`); nothing else of the file is loaded.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["Checkpoint", "CheckpointError"]
+
+_ST_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
+
+
+class CheckpointError(ValueError):
+    """A checkpoint directory that cannot be loaded: the message names the file, field or tensor."""
+
+
+def _read_json(path: Path, what: str) -> dict | list:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{what}: cannot read {path}: {err}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{what}: {path} is not valid JSON ({err})") from None
+
+
+class Checkpoint:
+    """A checkpoint directory; ``config`` is config.json as a dict."""
+
+    def __init__(self, path):
+        if not isinstance(path, (str, Path)):
+            raise TypeError(f"path must be a checkpoint directory (str or Path), got {type(path).__name__}")
+        d = Path(path)
+        if not d.is_dir():
+            raise CheckpointError(f"checkpoint directory {str(d)!r} does not exist or is not a directory")
+        self.path = d
+        cfg_path = d / "config.json"
+        if not cfg_path.is_file():
+            raise CheckpointError(f"{d} has no config.json (a Hugging Face checkpoint directory has config.json "
+                                  "and *.safetensors)")
+        config = _read_json(cfg_path, "config.json")
+        if not isinstance(config, dict):
+            raise CheckpointError(f"config.json must hold a JSON object, got {type(config).__name__}")
+        self.config: dict = config
+        self._where: dict[str, Path] = {}          # tensor name -> file
+        self._index_tensors()
+
+    # -- tensors -------------------------------------------------------------------------
+    def _index_tensors(self) -> None:
+        from safetensors import SafetensorError, safe_open
+
+        d = self.path
+        index = d / "model.safetensors.index.json"
+        if index.is_file():
+            data = _read_json(index, "model.safetensors.index.json")
+            wmap = data.get("weight_map") if isinstance(data, dict) else None
+            if not isinstance(wmap, dict) or not wmap:
+                raise CheckpointError(f"{index.name}: needs a non-empty 'weight_map' object (tensor -> shard file)")
+            files = sorted({str(f) for f in wmap.values()})
+            for f in files:
+                if Path(f).name != f or not (d / f).is_file():
+                    raise CheckpointError(f"{index.name}: weight_map names shard {f!r}, which is not a file in {d}")
+        else:
+            files = sorted(p.name for p in d.glob("*.safetensors"))
+            if not files:
+                raise CheckpointError(f"{d} has no *.safetensors weights (only safetensors checkpoints are "
+                                      "read: convert pytorch_model.bin with transformers' save_pretrained)")
+        self._headers: dict[Path, dict] = {}
+        for f in files:
+            path = d / f
+            try:
+                with safe_open(str(path), framework="numpy") as st:
+                    names = list(st.keys())
+            except (SafetensorError, OSError, ValueError) as err:
+                raise CheckpointError(f"{f}: not a readable safetensors file ({err})") from None
+            for name in names:
+                if name in self._where:
+                    raise CheckpointError(f"tensor {name!r} is in both {self._where[name].name} and {f}")
+                self._where[name] = path
+        if index.is_file():
+            missing = [n for n, f in wmap.items() if self._where.get(n, d / "?").name != f]
+            if missing:
+                raise CheckpointError(f"{index.name}: tensor {missing[0]!r} is mapped to {wmap[missing[0]]!r} "
+                                      "but that shard does not hold it")
+
+    @property
+    def tensor_names(self) -> list[str]:
+        return sorted(self._where)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._where
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._header(name)["shape"])
+
+    def _header(self, name: str) -> dict:
+        path = self._where.get(name)
+        if path is None:
+            raise CheckpointError(f"the checkpoint has no tensor {name!r}")
+        if path not in self._headers:
+            with open(path, "rb") as f:
+                size = int.from_bytes(f.read(8), "little")
+                self._headers[path] = json.loads(f.read(size))
+                self._headers[path]["__data_start__"] = 8 + size
+        return self._headers[path][name]
+
+    def tensor(self, name: str) -> np.ndarray:
+        """The tensor ``name`` as float32 (bfloat16/float16 widened exactly)."""
+        info = self._header(name)
+        dtype = info["dtype"]
+        if dtype not in _ST_ITEMSIZE:
+            raise CheckpointError(f"tensor {name!r} has dtype {dtype}; weights must be F32, F16, BF16 or F64")
+        path = self._where[name]
+        if dtype == "BF16":
+            start = self._headers[path]["__data_start__"] + info["data_offsets"][0]
+            n = int(np.prod(info["shape"], dtype=np.int64))
+            raw = np.fromfile(path, dtype="<u2", count=n, offset=start)
+            return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
+        from safetensors import safe_open
+        with safe_open(str(path), framework="numpy") as st:
+            return np.asarray(st.get_tensor(name), dtype=np.float32)
+
+    # -- side files ----------------------------------------------------------------------
+    @property
+    def tokenizer_path(self) -> Path | None:
+        p = self.path / "tokenizer.json"
+        return p if p.is_file() else None
+
+    def json_file(self, relative: str) -> dict | list | None:
+        """A JSON side file (``generation_config.json``, ``modules.json``, ...) or None."""
+        p = self.path / relative
+        return _read_json(p, relative) if p.is_file() else None

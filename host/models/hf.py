@@ -1,0 +1,226 @@
+"""config.json of Hugging Face checkpoints -> the architecture specs of :mod:`hbmforge.numerics.reference`.
+
+Supported: ``LlamaForCausalLM`` (and ``MistralForCausalLM`` without a sliding window),
+``Qwen2ForCausalLM`` (QKV bias), and BERT encoders (``BertModel``, ``BertForMaskedLM``, ... with
+or without the ``bert.`` tensor prefix, plus sentence-transformers' pooling files). Anything
+the float models here do not compute exactly as transformers does (RoPE scaling, sliding
+windows, relative positions, other activations) is refused naming the config field.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hbmforge.numerics.reference import DecoderSpec, EncoderSpec, decoder_weight_shapes, encoder_weight_shapes
+
+from .checkpoint import Checkpoint, CheckpointError
+
+__all__ = ["DECODER_ARCHITECTURES", "ENCODER_ARCHITECTURES", "parse_architecture", "decoder_spec", "encoder_spec",
+           "check_tensors", "encoder_prefix", "sentence_pooling", "stop_token_ids"]
+
+DECODER_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
+_MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
+                "bert": "BertModel"}
+
+_Pos = Field(gt=0)
+
+
+class _HFConfig(BaseModel):
+    model_config = ConfigDict(extra="ignore", strict=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bools_for_numbers(cls, data):
+        if isinstance(data, dict):
+            for name, f in cls.model_fields.items():
+                if isinstance(data.get(name), bool) and f.annotation in (int, float):
+                    raise ValueError(f"{name} must be a number, got {data[name]!r}")
+        return data
+
+
+class LlamaConfigModel(_HFConfig):
+    vocab_size: int = _Pos
+    hidden_size: int = _Pos
+    intermediate_size: int = _Pos
+    num_hidden_layers: int = _Pos
+    num_attention_heads: int = _Pos
+    num_key_value_heads: int | None = Field(default=None, gt=0)
+    head_dim: int | None = Field(default=None, gt=0)
+    hidden_act: Literal["silu"] = "silu"
+    rms_norm_eps: float = Field(default=1e-6, gt=0)
+    rope_theta: float | None = Field(default=None, gt=0)
+    rope_scaling: dict | None = None
+    rope_parameters: dict | None = None
+    max_position_embeddings: int = Field(default=2048, gt=0)
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    use_sliding_window: bool = False
+    sliding_window: int | None = None
+
+
+class BertConfigModel(_HFConfig):
+    vocab_size: int = _Pos
+    hidden_size: int = _Pos
+    intermediate_size: int = _Pos
+    num_hidden_layers: int = _Pos
+    num_attention_heads: int = _Pos
+    hidden_act: Literal["gelu", "gelu_new", "gelu_pytorch_tanh"] = "gelu"
+    layer_norm_eps: float = Field(default=1e-12, gt=0)
+    max_position_embeddings: int = Field(default=512, gt=0)
+    type_vocab_size: int = Field(default=2, gt=0)
+    position_embedding_type: Literal["absolute"] = "absolute"
+    is_decoder: Literal[False] = False
+    add_cross_attention: Literal[False] = False
+    pad_token_id: int | None = 0
+
+
+def _validated(model: type[BaseModel], config: dict, arch: str):
+    try:
+        return model.model_validate(config)
+    except ValidationError as err:
+        e = err.errors()[0]
+        where = ".".join(str(p) for p in e["loc"]) or "config"
+        raise CheckpointError(f"config.json field {where!r} ({arch}): {e['msg']} (got {e.get('input')!r})") from None
+
+
+def parse_architecture(config: dict) -> str:
+    """The supported architecture a config.json names (``architectures[0]``, else ``model_type``)."""
+    archs = config.get("architectures")
+    if archs is not None:
+        if not isinstance(archs, list) or not archs or not all(isinstance(a, str) for a in archs):
+            raise CheckpointError(f"config.json field 'architectures' must be a list of names, got {archs!r}")
+        arch = archs[0]
+    else:
+        mt = config.get("model_type")
+        if mt not in _MODEL_TYPES:
+            raise CheckpointError(f"config.json names no 'architectures' and its 'model_type' {mt!r} is not one of "
+                                  f"{sorted(_MODEL_TYPES)}")
+        arch = _MODEL_TYPES[mt]
+    if arch not in DECODER_ARCHITECTURES + ENCODER_ARCHITECTURES:
+        raise CheckpointError(f"config.json field 'architectures': {arch!r} is not supported; supported: "
+                              f"{', '.join(DECODER_ARCHITECTURES + ENCODER_ARCHITECTURES)}")
+    return arch
+
+
+def _rope_theta(c: LlamaConfigModel) -> float:
+    """rope_theta from transformers 4 (``rope_theta`` + ``rope_scaling``) or 5 (``rope_parameters``)."""
+    theta = c.rope_theta
+    for field in ("rope_scaling", "rope_parameters"):
+        params = getattr(c, field)
+        if params is None:
+            continue
+        kind = params.get("rope_type", params.get("type", "default"))
+        if kind != "default":
+            raise CheckpointError(f"config.json field '{field}': rope type {kind!r} is not supported "
+                                  "(only the default rotary embedding, rope_type 'default')")
+        if "rope_theta" in params:
+            theta = params["rope_theta"]
+    if theta is None:
+        theta = 10000.0
+    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
+        raise CheckpointError(f"config.json field 'rope_theta' must be a number > 0, got {theta!r}")
+    return float(theta)
+
+
+def decoder_spec(config: dict) -> DecoderSpec:
+    arch = parse_architecture(config)
+    if arch not in DECODER_ARCHITECTURES:
+        raise CheckpointError(f"{arch} is an encoder, not a decoder")
+    c = _validated(LlamaConfigModel, config, arch)
+    kvh = c.num_key_value_heads or c.num_attention_heads
+    if c.num_attention_heads % kvh:
+        raise CheckpointError(f"config.json field 'num_attention_heads' ({c.num_attention_heads}) must be a "
+                              f"multiple of 'num_key_value_heads' ({kvh})")
+    if c.head_dim is None and c.hidden_size % c.num_attention_heads:
+        raise CheckpointError(f"config.json field 'hidden_size' ({c.hidden_size}) must be a multiple of "
+                              f"'num_attention_heads' ({c.num_attention_heads}) when 'head_dim' is not given")
+    hd = c.head_dim or c.hidden_size // c.num_attention_heads
+    if hd % 2:
+        raise CheckpointError(f"config.json field 'head_dim' ({hd}) must be even for the rotary embedding")
+    qwen = arch == "Qwen2ForCausalLM"
+    if c.use_sliding_window or (arch == "MistralForCausalLM" and c.sliding_window is not None):
+        field = "use_sliding_window" if c.use_sliding_window else "sliding_window"
+        raise CheckpointError(f"config.json field '{field}': sliding-window attention of {arch} is not supported")
+    return DecoderSpec(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                       num_layers=c.num_hidden_layers, q_heads=c.num_attention_heads, kv_heads=kvh, head_dim=hd,
+                       rms_norm_eps=c.rms_norm_eps, rope_theta=_rope_theta(c), qkv_bias=qwen or c.attention_bias,
+                       o_bias=(not qwen) and c.attention_bias, mlp_bias=c.mlp_bias,
+                       tie_word_embeddings=c.tie_word_embeddings, max_positions=c.max_position_embeddings,
+                       architecture=arch)
+
+
+def encoder_spec(config: dict, pooling: str = "mean", normalize: bool = False) -> EncoderSpec:
+    arch = parse_architecture(config)
+    if arch not in ENCODER_ARCHITECTURES:
+        raise CheckpointError(f"{arch} is a decoder, not an encoder")
+    c = _validated(BertConfigModel, config, arch)
+    if c.hidden_size % c.num_attention_heads:
+        raise CheckpointError(f"config.json field 'hidden_size' ({c.hidden_size}) must be a multiple of "
+                              f"'num_attention_heads' ({c.num_attention_heads})")
+    return EncoderSpec(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                       num_layers=c.num_hidden_layers, heads=c.num_attention_heads, layer_norm_eps=c.layer_norm_eps,
+                       max_positions=c.max_position_embeddings, type_vocab_size=c.type_vocab_size,
+                       hidden_act="gelu" if c.hidden_act == "gelu" else "gelu_tanh", pooling=pooling,
+                       normalize=normalize, pad_token_id=c.pad_token_id or 0, architecture=arch)
+
+
+def sentence_pooling(ckpt: Checkpoint) -> tuple[str, bool]:
+    """(pooling mode, normalize) from sentence-transformers' modules.json and pooling config;
+    ``("mean", False)`` for a plain BertModel directory."""
+    modules = ckpt.json_file("modules.json")
+    if modules is None:
+        return "mean", False
+    if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
+        raise CheckpointError("modules.json must be a list of module objects")
+    pooling, normalize = "mean", False
+    for m in modules:
+        kind = str(m.get("type", "")).rsplit(".", 1)[-1]
+        if kind == "Pooling":
+            cfg = ckpt.json_file(f"{m.get('path', '1_Pooling')}/config.json") or {}
+            modes = [mode for mode, key in (("cls", "pooling_mode_cls_token"), ("mean", "pooling_mode_mean_tokens"),
+                                            ("max", "pooling_mode_max_tokens")) if cfg.get(key)]
+            if cfg.get("pooling_mode_mean_sqrt_len_tokens") or len(modes) != 1:
+                raise CheckpointError(f"{m.get('path')}/config.json: exactly one of pooling_mode_cls_token, "
+                                      "pooling_mode_mean_tokens, pooling_mode_max_tokens must be true (others are "
+                                      f"not supported), got {cfg}")
+            pooling = modes[0]
+        elif kind == "Normalize":
+            normalize = True
+        elif kind != "Transformer":
+            raise CheckpointError(f"modules.json: module type {m.get('type')!r} is not supported (Transformer, "
+                                  "Pooling and Normalize are)")
+    return pooling, normalize
+
+
+def encoder_prefix(ckpt: Checkpoint) -> str:
+    """``"bert."`` when the tensors carry BertForMaskedLM's prefix, else ``""``."""
+    return "bert." if "bert.embeddings.word_embeddings.weight" in ckpt else ""
+
+
+def check_tensors(ckpt: Checkpoint, spec, prefix: str = "") -> dict[str, tuple[int, ...]]:
+    """Every tensor the architecture needs is present with its shape; returns the shapes."""
+    shapes = decoder_weight_shapes(spec) if isinstance(spec, DecoderSpec) else encoder_weight_shapes(spec)
+    missing = [n for n in shapes if prefix + n not in ckpt]
+    if missing:
+        raise CheckpointError(f"the checkpoint has no tensor {prefix + missing[0]!r} (missing {len(missing)} of the "
+                              f"{len(shapes)} tensors {spec.architecture} needs)")
+    for name, shape in shapes.items():
+        got = ckpt.shape(prefix + name)
+        if got != shape:
+            raise CheckpointError(f"tensor {prefix + name!r} has shape {list(got)}, config.json implies {list(shape)}")
+    return shapes
+
+
+def stop_token_ids(ckpt: Checkpoint) -> tuple[int, ...]:
+    """eos_token_id(s) from generation_config.json, else config.json."""
+    for source in (ckpt.json_file("generation_config.json") or {}, ckpt.config):
+        eos = source.get("eos_token_id") if isinstance(source, dict) else None
+        if eos is None:
+            continue
+        ids = eos if isinstance(eos, list) else [eos]
+        if all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in ids):
+            return tuple(ids)
+    return ()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from amaranth.lib import enum
 
-__all__ = ["Opcode", "ErrorCode", "OutMode", "WeightFormat", "CopyMode", "describe_error"]
+__all__ = ["Opcode", "ErrorCode", "OutMode", "WeightFormat", "CopyMode", "NetMode", "describe_error"]
 
 
 class Opcode(enum.IntEnum, shape=8):
@@ -19,8 +19,9 @@ class Opcode(enum.IntEnum, shape=8):
     MATMUL = 1       # one matmul layer (hbmforge.engines.matmul)
     ATTENTION = 2    # one attention call (hbmforge.engines.attention)
     COPY = 3         # copy or fill a buffer on any port (hbmforge.engines.copy)
+    ALLREDUCE = 5    # all-reduce a buffer through the aggregation switch (hbmforge.engines.network)
     # reserved for the families being added (keep the numbers when you add the member):
-    # 4 VECTOR (hbmforge.engines.vector), 5 ALLREDUCE (hbmforge.engines.network),
+    # 4 VECTOR (hbmforge.engines.vector),
     # 6 and 7 for the memory family (tile cache, oblivious map: hbmforge.engines.memory)
 
 
@@ -44,8 +45,18 @@ class ErrorCode(enum.IntEnum, shape=8):
     BAD_LENGTH = 14      # copy: zero bytes, not whole words, or more than one DMA transfer
     BAD_COPY_MODE = 15   # copy: unknown mode
     OVERLAP = 16         # copy: source and destination ranges overlap
+    BAD_NET_MODE = 40    # network: unknown all-reduce mode
+    BAD_NET_JOB = 41     # network: job id or epoch out of range
+    BAD_NET_WORKER = 42  # network: worker id or member set out of range, or the worker not a member
+    BAD_NET_LENGTH = 43  # network: zero bytes, not whole words, or too many packets
+    BAD_NET_WINDOW = 44  # network: window zero or above the engine's
+    BAD_NET_TIMEOUT = 45 # network: timeout or retries zero or out of range
+    NET_TIMEOUT = 46     # network (run time): a packet got no answer after every retransmission
+    NET_COLLISION = 47   # network (run time): the switch holds this job for another member set or op
+    NET_STALE = 48       # network (run time): the switch has another epoch for this job (reset it)
+    NET_MISMATCH = 49    # network (run time): the members disagree on a block's offset or length
     # reserved ranges for the families being added (add members in your range only):
-    # 20-29 vector, 30-39 memory (tile cache, oblivious map), 40-49 network (all-reduce),
+    # 20-29 vector, 30-39 memory (tile cache, oblivious map),
     # 50-54 matmul extensions (bias, split K, sparsity), 55-59 attention extensions
 
 
@@ -67,6 +78,16 @@ _ERROR_TEXT = {
     ErrorCode.BAD_LENGTH: "length zero, not whole words, or above one DMA transfer",
     ErrorCode.BAD_COPY_MODE: "unknown copy mode",
     ErrorCode.OVERLAP: "source and destination overlap",
+    ErrorCode.BAD_NET_MODE: "unknown all-reduce mode",
+    ErrorCode.BAD_NET_JOB: "job id or epoch out of range",
+    ErrorCode.BAD_NET_WORKER: "worker id or member set out of range, or the worker is not a member",
+    ErrorCode.BAD_NET_LENGTH: "all-reduce length zero, not whole words, or too many packets",
+    ErrorCode.BAD_NET_WINDOW: "window zero or above the engine's",
+    ErrorCode.BAD_NET_TIMEOUT: "timeout or retries out of range",
+    ErrorCode.NET_TIMEOUT: "a packet got no answer after every retransmission (a member never joined)",
+    ErrorCode.NET_COLLISION: "the switch holds this job id for another member set or op",
+    ErrorCode.NET_STALE: "the switch has another epoch for this job (reset the job)",
+    ErrorCode.NET_MISMATCH: "the members disagree on a block's offset or length",
 }
 
 
@@ -128,3 +149,11 @@ class CopyMode(enum.IntEnum, shape=1):
 
     COPY = 0      # read ``bytes`` at src, write them at dst
     FILL = 1      # write ``bytes`` of the repeated 64-bit ``value`` at dst
+
+
+class NetMode(enum.IntEnum, shape=2):
+    """ALLREDUCE ``mode`` (and, SUM or MAX, the ``op`` of every data packet)."""
+
+    SUM = 0       # int32 lanes added modulo 2**32 (associative: any arrival order, one result)
+    MAX = 1       # signed int32 lane maximum (the hosts agree on per-block exponents with it)
+    RESET = 2     # forget the job's slots: endpoint versions and the switch's state, new ``epoch``

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from amaranth.lib import enum
 
-__all__ = ["Opcode", "ErrorCode", "OutMode", "WeightFormat", "CopyMode", "NetMode", "describe_error"]
+__all__ = ["Opcode", "ErrorCode", "OutMode", "WeightFormat", "CopyMode", "NetMode", "VectorIn", "VectorOut",
+           "VectorAct", "VectorCombine", "VectorNorm", "describe_error"]
 
 
 class Opcode(enum.IntEnum, shape=8):
@@ -19,9 +20,9 @@ class Opcode(enum.IntEnum, shape=8):
     MATMUL = 1       # one matmul layer (hbmforge.engines.matmul)
     ATTENTION = 2    # one attention call (hbmforge.engines.attention)
     COPY = 3         # copy or fill a buffer on any port (hbmforge.engines.copy)
+    VECTOR = 4       # row-wise/element-wise ops between layers (hbmforge.engines.vector)
     ALLREDUCE = 5    # all-reduce a buffer through the aggregation switch (hbmforge.engines.network)
     # reserved for the families being added (keep the numbers when you add the member):
-    # 4 VECTOR (hbmforge.engines.vector),
     # 6 and 7 for the memory family (tile cache, oblivious map: hbmforge.engines.memory)
 
 
@@ -45,6 +46,10 @@ class ErrorCode(enum.IntEnum, shape=8):
     BAD_LENGTH = 14      # copy: zero bytes, not whole words, or more than one DMA transfer
     BAD_COPY_MODE = 15   # copy: unknown mode
     OVERLAP = 16         # copy: source and destination ranges overlap
+    VEC_SHAPE = 20       # vector: m or dim zero, dim above max_dim or not whole int8 words
+    VEC_FORMAT = 21      # vector: unknown or unsupported input/output format, activation, combine, norm, rope
+    VEC_NORM = 22        # vector: eps or norm shift out of range
+    VEC_KV = 23          # vector: KV width, pool port or positions out of range
     BAD_NET_MODE = 40    # network: unknown all-reduce mode
     BAD_NET_JOB = 41     # network: job id or epoch out of range
     BAD_NET_WORKER = 42  # network: worker id or member set out of range, or the worker not a member
@@ -56,7 +61,7 @@ class ErrorCode(enum.IntEnum, shape=8):
     NET_STALE = 48       # network (run time): the switch has another epoch for this job (reset it)
     NET_MISMATCH = 49    # network (run time): the members disagree on a block's offset or length
     # reserved ranges for the families being added (add members in your range only):
-    # 20-29 vector, 30-39 memory (tile cache, oblivious map),
+    # 24-29 vector, 30-39 memory (tile cache, oblivious map),
     # 50-54 matmul extensions (bias, split K, sparsity), 55-59 attention extensions
 
 
@@ -78,6 +83,10 @@ _ERROR_TEXT = {
     ErrorCode.BAD_LENGTH: "length zero, not whole words, or above one DMA transfer",
     ErrorCode.BAD_COPY_MODE: "unknown copy mode",
     ErrorCode.OVERLAP: "source and destination overlap",
+    ErrorCode.VEC_SHAPE: "m or dim zero, dim above max_dim or not whole int8 words",
+    ErrorCode.VEC_FORMAT: "unknown or unsupported vector format, activation, combine, norm or rope",
+    ErrorCode.VEC_NORM: "eps or norm shift out of range",
+    ErrorCode.VEC_KV: "KV width, pool port or positions out of range",
     ErrorCode.BAD_NET_MODE: "unknown all-reduce mode",
     ErrorCode.BAD_NET_JOB: "job id or epoch out of range",
     ErrorCode.BAD_NET_WORKER: "worker id or member set out of range, or the worker is not a member",
@@ -157,3 +166,45 @@ class NetMode(enum.IntEnum, shape=2):
     SUM = 0       # int32 lanes added modulo 2**32 (associative: any arrival order, one result)
     MAX = 1       # signed int32 lane maximum (the hosts agree on per-block exponents with it)
     RESET = 2     # forget the job's slots: endpoint versions and the switch's state, new ``epoch``
+
+
+class VectorIn(enum.IntEnum, shape=2):
+    """VECTOR ``a_fmt`` / ``b_fmt``: how an input operand sits in memory (docs/architecture.md §9)."""
+
+    NONE = 0      # no operand (``b_fmt`` only)
+    RES32 = 1     # int32 fixed point in the matmul's blocked layout, used as it is
+    ACC32 = 2     # a matmul's INT32 output (blocked), times the row's scale and the column's multiplier
+    ROWS32 = 3    # int32 rows (attention outputs), times the column's multiplier
+
+
+class VectorOut(enum.IntEnum, shape=2):
+    """VECTOR ``out_fmt``."""
+
+    RES32 = 0     # int32 fixed point, blocked (the residual stream)
+    ACT8 = 1      # int8 rows + one scale record per row (the next matmul's input)
+    QREC = 2      # attention Q records: per (token, head) int8 values, score multiplier and shift
+    KV = 3        # appended to the paged KV cache: values and group mantissas of each (token, KV head)
+
+
+class VectorAct(enum.IntEnum, shape=2):
+    """VECTOR ``act``: the activation applied to operand A (after its bias)."""
+
+    NONE = 0
+    GELU = 1      # exact-erf GELU (hbmforge.numerics.nonlinear, tail table)
+    SILU = 2      # x * sigmoid(x)
+
+
+class VectorCombine(enum.IntEnum, shape=2):
+    """VECTOR ``combine``: how operand B joins A."""
+
+    NONE = 0
+    ADD = 1       # a + b (residual add)
+    MUL = 2       # a * b (the SwiGLU gate with act SILU)
+
+
+class VectorNorm(enum.IntEnum, shape=2):
+    """VECTOR ``norm``: the row normalization after the element-wise stage."""
+
+    NONE = 0
+    RMS = 1       # RMSNorm (gamma)
+    LAYER = 2     # LayerNorm (gamma, beta)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from amaranth.lib import enum
 
-__all__ = ["Opcode", "ErrorCode", "OutMode", "WeightFormat", "CopyMode", "NetMode", "VectorIn", "VectorOut",
+__all__ = ["Opcode", "ErrorCode", "OutMode", "WeightFormat", "BiasMode", "AttentionMode", "CopyMode", "NetMode", "VectorIn", "VectorOut",
            "VectorAct", "VectorCombine", "VectorNorm", "describe_error"]
 
 
@@ -60,6 +60,8 @@ class ErrorCode(enum.IntEnum, shape=8):
     NET_COLLISION = 47   # network (run time): the switch holds this job for another member set or op
     NET_STALE = 48       # network (run time): the switch has another epoch for this job (reset it)
     NET_MISMATCH = 49    # network (run time): the members disagree on a block's offset or length
+    BAD_BIAS = 50        # matmul: unknown bias mode, or bias_shift out of range
+    BAD_ATTN_MODE = 55   # attention: unknown mode, valid_len out of range, or a mask the mode forbids
     # reserved ranges for the families being added (add members in your range only):
     # 24-29 vector, 30-39 memory (tile cache, oblivious map),
     # 50-54 matmul extensions (bias, split K, sparsity), 55-59 attention extensions
@@ -97,6 +99,9 @@ _ERROR_TEXT = {
     ErrorCode.NET_COLLISION: "the switch holds this job id for another member set or op",
     ErrorCode.NET_STALE: "the switch has another epoch for this job (reset the job)",
     ErrorCode.NET_MISMATCH: "the members disagree on a block's offset or length",
+    ErrorCode.BAD_BIAS: "unknown bias mode, or bias_shift out of range",
+    ErrorCode.BAD_ATTN_MODE: "unknown attention mode, valid_len above ctx_len (or set in causal mode), "
+                             "or a window/sink with bidirectional attention",
 }
 
 
@@ -151,6 +156,20 @@ class WeightFormat(enum.IntEnum, shape=4):
     def lane_bits(self) -> int:
         """Signed width of one decoded weight (ternary decodes to a 2-bit -1/0/+1)."""
         return 2 if self is WeightFormat.TERNARY else int(self)
+
+
+class BiasMode(enum.IntEnum, shape=1):
+    """MATMUL ``bias``."""
+
+    NONE = 0      # no bias
+    INT32 = 1     # acc += bias[n] << bias_shift (int32 per column, before the output stage)
+
+
+class AttentionMode(enum.IntEnum, shape=1):
+    """ATTENTION ``mode``."""
+
+    CAUSAL = 0          # query at position p sees keys j <= p (and the window/sink mask)
+    BIDIRECTIONAL = 1   # every query sees keys j < valid_len (encoders; no window, no sink)
 
 
 class CopyMode(enum.IntEnum, shape=1):

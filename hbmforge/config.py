@@ -24,6 +24,7 @@ __all__ = [
     "MatmulEngine",
     "AttentionEngine",
     "CopyEngine",
+    "VectorEngine",
     "ENGINE_KINDS",
     "AcceleratorConfig",
     "ConfigError",
@@ -230,8 +231,41 @@ class CopyEngine(_EngineBase):
         return 0                # it uses whatever ports the other engines bring
 
 
-Engine = Annotated[Union[MatmulEngine, AttentionEngine, CopyEngine], Field(discriminator="kind")]
-ENGINE_KINDS = ("matmul", "attention", "copy")
+class VectorEngine(_EngineBase):
+    """Row-wise and element-wise ops between layers: norms, GELU/SiLU, SwiGLU, residual and bias
+    adds, RoPE, requantization to int8 rows, Q records and KV-cache appends.
+
+    It holds ``rows`` (the matmul's) rows of up to ``max_dim`` int32 elements on chip, so a whole
+    block of activations is read once, computed and written in the next layer's format. Q records
+    and KV appends need an attention engine in the same design (they use its geometry).
+    """
+
+    kind: Literal["vector"] = "vector"
+    name: str = Field("vec0", description="engine instance name (identifier)")
+    max_dim: int = Field(4096, description="longest row (hidden or MLP size) the engine holds (power of two)")
+    activations: list[Literal["gelu", "silu"]] = Field(
+        default_factory=lambda: ["gelu", "silu"],
+        description="activation tables built into the engine: 'gelu' (exact erf) and/or 'silu'")
+
+    @field_validator("max_dim")
+    @classmethod
+    def _max_dim(cls, v: int) -> int:
+        return _power_of_two(v, "max_dim", 16, 65536)
+
+    @field_validator("activations")
+    @classmethod
+    def _activations(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"activations has duplicates: {v}")
+        return sorted(v)
+
+    @property
+    def stream_ports(self) -> int:
+        return 0                # it writes the KV pools on the attention engine's ports
+
+
+Engine = Annotated[Union[MatmulEngine, AttentionEngine, CopyEngine, VectorEngine], Field(discriminator="kind")]
+ENGINE_KINDS = ("matmul", "attention", "copy", "vector")
 
 
 class AcceleratorConfig(_Strict):

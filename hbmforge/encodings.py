@@ -10,7 +10,8 @@ from __future__ import annotations
 from amaranth.lib import enum
 
 __all__ = ["Opcode", "ErrorCode", "OutMode", "WeightFormat", "BiasMode", "AttentionMode", "CopyMode", "NetMode", "VectorIn", "VectorOut",
-           "VectorAct", "VectorCombine", "VectorNorm", "describe_error"]
+           "VectorAct", "VectorCombine", "VectorNorm", "CacheAction", "OmapAction", "OmapOp", "OmapStatus",
+           "describe_error"]
 
 
 class Opcode(enum.IntEnum, shape=8):
@@ -22,8 +23,8 @@ class Opcode(enum.IntEnum, shape=8):
     COPY = 3         # copy or fill a buffer on any port (hbmforge.engines.copy)
     VECTOR = 4       # row-wise/element-wise ops between layers (hbmforge.engines.vector)
     ALLREDUCE = 5    # all-reduce a buffer through the aggregation switch (hbmforge.engines.network)
-    # reserved for the families being added (keep the numbers when you add the member):
-    # 6 and 7 for the memory family (tile cache, oblivious map: hbmforge.engines.memory)
+    CACHE = 6        # tile cache: configure, prefetch, flush, invalidate, stats (hbmforge.engines.memory)
+    OMAP = 7         # oblivious map: a batch of queries, a bulk load, the format sweep (hbmforge.engines.memory)
 
 
 class ErrorCode(enum.IntEnum, shape=8):
@@ -61,9 +62,17 @@ class ErrorCode(enum.IntEnum, shape=8):
     NET_STALE = 48       # network (run time): the switch has another epoch for this job (reset it)
     NET_MISMATCH = 49    # network (run time): the members disagree on a block's offset or length
     BAD_BIAS = 50        # matmul: unknown bias mode, or bias_shift out of range
+    BAD_CACHE_ACTION = 30  # memory: unknown cache action, or the design has no tile cache
+    BAD_CACHE_RANGE = 31   # memory: a cache range or store not line-aligned, empty or too large
+    BAD_OMAP_ACTION = 32   # memory: unknown oblivious-map action, or the design has no oblivious map
+    BAD_OMAP_COUNT = 33    # memory: oblivious-map record count zero or above the engine's limit
+    OMAP_TAMPERED = 34     # memory (run time): a host page failed authentication (tampered or replayed)
+    OMAP_STASH_FULL = 35   # memory (run time): the stash has no free node (an overflow event)
+    OMAP_CORRUPT = 36      # memory (run time): the trusted state does not hold an entry where it says
+    OMAP_BAD_STATE = 37    # memory (run time): the control block's geometry is not one this engine runs
     BAD_ATTN_MODE = 55   # attention: unknown mode, valid_len out of range, or a mask the mode forbids
     # reserved ranges for the families being added (add members in your range only):
-    # 24-29 vector, 30-39 memory (tile cache, oblivious map),
+    # 24-29 vector, 38-39 memory,
     # 50-54 matmul extensions (bias, split K, sparsity), 55-59 attention extensions
 
 
@@ -100,6 +109,15 @@ _ERROR_TEXT = {
     ErrorCode.NET_STALE: "the switch has another epoch for this job (reset the job)",
     ErrorCode.NET_MISMATCH: "the members disagree on a block's offset or length",
     ErrorCode.BAD_BIAS: "unknown bias mode, or bias_shift out of range",
+    ErrorCode.BAD_CACHE_ACTION: "unknown cache action, or the design has no tile cache",
+    ErrorCode.BAD_CACHE_RANGE: "cache range or store not line-aligned, empty or too large",
+    ErrorCode.BAD_OMAP_ACTION: "unknown oblivious-map action, or the design has no oblivious map",
+    ErrorCode.BAD_OMAP_COUNT: "oblivious-map record count zero or above the engine's limit",
+    ErrorCode.OMAP_TAMPERED: "a host page of the oblivious map failed authentication (tampered or replayed); "
+                             "the query returned nothing",
+    ErrorCode.OMAP_STASH_FULL: "the oblivious map's stash has no free node (an overflow event)",
+    ErrorCode.OMAP_CORRUPT: "the oblivious map's trusted state does not hold an entry where it says",
+    ErrorCode.OMAP_BAD_STATE: "the oblivious map's control block describes a geometry this engine does not run",
     ErrorCode.BAD_ATTN_MODE: "unknown attention mode, valid_len above ctx_len (or set in causal mode), "
                              "or a window/sink with bidirectional attention",
 }
@@ -227,3 +245,42 @@ class VectorNorm(enum.IntEnum, shape=2):
     NONE = 0
     RMS = 1       # RMSNorm (gamma)
     LAYER = 2     # LayerNorm (gamma, beta)
+
+
+class CacheAction(enum.IntEnum, shape=3):
+    """CACHE ``action`` (hbmforge.engines.memory)."""
+
+    CONFIGURE = 0     # set the HBM store and the cacheable window; every line invalid, counters kept
+    PREFETCH = 1      # fill the lines of [addr, addr + bytes) in the background (no data returned)
+    FLUSH = 2         # write the dirty lines of [addr, addr + bytes) back (they stay valid)
+    INVALIDATE = 3    # drop the lines of [addr, addr + bytes) without writing them back
+    STATS = 4         # write the counters and the tag array to [addr, ...) on the data port
+
+
+class OmapAction(enum.IntEnum, shape=2):
+    """OMAP ``action`` (hbmforge.engines.memory)."""
+
+    QUERY = 0         # run ``count`` query records, one constant-time slot each
+    BULK = 1          # insert ``count`` records into the stash (no host traffic)
+    FORMAT = 2        # write every host bin once (evicting the stash into it), in bin order
+
+
+class OmapOp(enum.IntEnum, shape=2):
+    """The operation of one oblivious-map query record."""
+
+    NOP = 0           # a dummy query: a random bin is read and written, nothing changes
+    GET = 1
+    PUT = 2
+    DELETE = 3
+
+
+class OmapStatus(enum.IntEnum, shape=4):
+    """The status word of one oblivious-map result record."""
+
+    NOP = 0           # a dummy query
+    FOUND = 1         # GET: the value follows
+    NOT_FOUND = 2     # GET or DELETE of an absent key
+    INSERTED = 3      # PUT of a new key
+    UPDATED = 4       # PUT of a present key
+    DELETED = 5       # DELETE of a present key
+    FULL = 6          # PUT of a new key into a full map (or a full directory bucket): nothing changed

@@ -18,12 +18,13 @@ from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, Dev
                      ProtocolViolationError)
 from .kvcache import KVCache, KVCacheError, KVCacheFullError, KVSequence
 from .linear import Linear, LinearRun
+from .models import Model
 from .open import BACKENDS, open_device
 from .program import ProgramBuilder, copy_buffer, fill_buffer
 
 __all__ = [
     "open_device", "BACKENDS", "DesignManifest", "read_manifest",
-    "Device", "Buffer", "RunStatus", "ProgramBuilder", "copy_buffer", "fill_buffer", "Linear", "LinearRun",
+    "Device", "Buffer", "RunStatus", "ProgramBuilder", "copy_buffer", "fill_buffer", "Linear", "LinearRun", "Model",
     "Attention", "AttentionRun", "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError",
     "DeviceError", "ManifestError", "DesignMismatchError", "DeviceTimeoutError", "DeviceRunError",
     "DeviceBusyError", "DeviceClosedError", "OutOfDeviceMemoryError", "BufferStateError",

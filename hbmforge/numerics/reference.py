@@ -40,7 +40,7 @@ import numpy as np
 from .nonlinear import gelu_ref, layernorm_ref, rmsnorm_ref, silu_ref
 
 __all__ = ["DecoderSpec", "EncoderSpec", "DecoderReference", "DecoderCache", "decoder_weight_shapes",
-           "encoder_weight_shapes", "encoder_forward", "pool", "rope_inv_freq", "rope_cos_sin",
+           "encoder_weight_shapes", "encoder_forward", "encoder_embeddings", "encoder_blocks", "pool", "rope_inv_freq", "rope_cos_sin",
            "apply_rope", "gelu_tanh_ref", "cosine"]
 
 GELU_KINDS = ("gelu", "gelu_tanh")
@@ -230,13 +230,18 @@ class DecoderReference:
     def forward(self, ids, cache: DecoderCache | None = None) -> tuple[np.ndarray, DecoderCache]:
         """Logits float64 [T, vocab] for the token ids ``ids`` [T] appended after ``cache``
         (positions ``cache.length ..``); returns them and the grown cache (a new object)."""
+        return self.forward_embeddings(self.embed(np.asarray(ids, dtype=np.int64).reshape(-1)), cache)
+
+    def forward_embeddings(self, x, cache: DecoderCache | None = None, *,
+                           lm_head: bool = True) -> tuple[np.ndarray, DecoderCache]:
+        """:meth:`forward` from input embeddings ``x`` [T, hidden]; ``lm_head=False`` returns the
+        final-normed hidden states instead of logits."""
         s, w = self.spec, self.w
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+        h = np.asarray(x, dtype=np.float64).reshape(-1, s.hidden_size)
         cache = DecoderCache() if cache is None else cache
         start = cache.length
-        t = ids.shape[0]
+        t = h.shape[0]
         cos, sin = rope_cos_sin(np.arange(start, start + t), s.head_dim, s.rope_theta)
-        h = self.embed(ids)
         new = DecoderCache()
         ctx = start + t
         causal = np.arange(ctx)[None, :] <= np.arange(start, ctx)[:, None]        # [T, ctx]
@@ -263,7 +268,7 @@ class DecoderReference:
             h = h + _linear(gate * _linear(a, w, p + "mlp.up_proj", s.mlp_bias), w, p + "mlp.down_proj",
                             s.mlp_bias)
         h = rmsnorm_ref(h, _vec(w, "model.norm.weight"), s.rms_norm_eps)
-        return h @ self.lm_head().T, new
+        return (h @ self.lm_head().T if lm_head else h), new
 
     def generate_greedy(self, ids, max_new_tokens: int) -> list[int]:
         """Greedy continuation of ``ids`` (for agreement measurements)."""
@@ -278,22 +283,30 @@ class DecoderReference:
 
 # -- encoder ------------------------------------------------------------------------------
 
-def encoder_forward(spec: EncoderSpec, weights: Mapping[str, np.ndarray], input_ids, attention_mask=None,
-                    token_type_ids=None) -> np.ndarray:
-    """Last hidden states float64 [B, T, hidden] of a BERT encoder for ``input_ids`` [B, T]
-    (``attention_mask`` [B, T] of 0/1, default all ones; padded keys are never attended)."""
-    s, w = spec, weights
+def encoder_embeddings(spec: EncoderSpec, weights: Mapping[str, np.ndarray], input_ids,
+                       token_type_ids=None) -> np.ndarray:
+    """float64 [B, T, hidden]: ``LayerNorm(word + position + token type embeddings)``."""
+    w = weights
     ids = np.atleast_2d(np.asarray(input_ids, dtype=np.int64))
-    b, t = ids.shape
-    mask = np.ones((b, t), dtype=bool) if attention_mask is None else \
-        np.atleast_2d(np.asarray(attention_mask)).astype(bool)
-    types = np.zeros((b, t), dtype=np.int64) if token_type_ids is None else \
-        np.atleast_2d(np.asarray(token_type_ids, dtype=np.int64))
-    act = gelu_ref if s.hidden_act == "gelu" else gelu_tanh_ref
+    t = ids.shape[1]
+    types = np.zeros_like(ids) if token_type_ids is None else np.atleast_2d(np.asarray(token_type_ids, dtype=np.int64))
     h = (_vec(w, "embeddings.word_embeddings.weight")[ids] + _vec(w, "embeddings.position_embeddings.weight")[:t][None]
          + _vec(w, "embeddings.token_type_embeddings.weight")[types])
-    h = layernorm_ref(h, _vec(w, "embeddings.LayerNorm.weight"), _vec(w, "embeddings.LayerNorm.bias"),
-                      s.layer_norm_eps)
+    return layernorm_ref(h, _vec(w, "embeddings.LayerNorm.weight"), _vec(w, "embeddings.LayerNorm.bias"),
+                         spec.layer_norm_eps)
+
+
+def encoder_blocks(spec: EncoderSpec, weights: Mapping[str, np.ndarray], x, attention_mask=None) -> np.ndarray:
+    """Every encoder layer over embedded inputs ``x`` [B, T, hidden] (padded keys, mask 0, are
+    never attended); float64 [B, T, hidden]."""
+    s, w = spec, weights
+    h = np.asarray(x, dtype=np.float64)
+    if h.ndim == 2:
+        h = h[None]
+    b, t, _ = h.shape
+    mask = np.ones((b, t), dtype=bool) if attention_mask is None else \
+        np.atleast_2d(np.asarray(attention_mask)).astype(bool)
+    act = gelu_ref if s.hidden_act == "gelu" else gelu_tanh_ref
     hd = s.head_dim
     for i in range(s.num_layers):
         p = f"encoder.layer.{i}."
@@ -309,6 +322,13 @@ def encoder_forward(spec: EncoderSpec, weights: Mapping[str, np.ndarray], input_
         h = layernorm_ref(h + _linear(inter, w, p + "output.dense", True), _vec(w, p + "output.LayerNorm.weight"),
                           _vec(w, p + "output.LayerNorm.bias"), s.layer_norm_eps)
     return h
+
+
+def encoder_forward(spec: EncoderSpec, weights: Mapping[str, np.ndarray], input_ids, attention_mask=None,
+                    token_type_ids=None) -> np.ndarray:
+    """Last hidden states float64 [B, T, hidden] of a BERT encoder for ``input_ids`` [B, T]
+    (``attention_mask`` [B, T] of 0/1, default all ones; padded keys are never attended)."""
+    return encoder_blocks(spec, weights, encoder_embeddings(spec, weights, input_ids, token_type_ids), attention_mask)
 
 
 def pool(hidden, attention_mask=None, *, mode: str = "mean", normalize: bool = False) -> np.ndarray:

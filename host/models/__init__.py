@@ -10,6 +10,11 @@ Reading (:mod:`.checkpoint`, :mod:`.hf`), quantization recipes (:mod:`.recipe`),
 (:mod:`.tokenizer`), sampling (:mod:`.sampling`) and random test checkpoints (:mod:`.synthetic`).
 """
 from .checkpoint import Checkpoint, CheckpointError
+from .fit import ModelFitError
+from .model import DecoderModel, EncoderModel, Generation, Model, Session, SessionError, TokenEvent
 from .recipe import QuantRecipe, RecipeError, load_recipe
+from .tokenizer import TextTokenizer
 
-__all__ = ["Checkpoint", "CheckpointError", "QuantRecipe", "RecipeError", "load_recipe"]
+__all__ = ["Model", "DecoderModel", "EncoderModel", "Session", "Generation", "TokenEvent", "Checkpoint",
+           "CheckpointError", "ModelFitError", "SessionError", "QuantRecipe", "RecipeError", "load_recipe",
+           "TextTokenizer"]

@@ -49,6 +49,7 @@ def _valid(layout, opcode) -> dict:
     else:
         d = {"mode": 0, "src_port": 0, "src_addr": 64 * w, "dst_port": 1, "dst_addr": 4096 * w,
              "bytes": 4 * w, "value": 0x1234}
+    d = {**{n: 0 for n in layout.fields_for(opcode)[1:]}, **d}      # slots not named are 0
     d["op"] = int(opcode)
     assert layout.validate_descriptor(d) == (ErrorCode.NONE, "")
     return d

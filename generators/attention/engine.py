@@ -149,7 +149,7 @@ class AttentionEngine(wiring.Component):
 
         # -- datapath -------------------------------------------------------------------------
         m.d.comb += [kf.bits4.eq(seq.bits4), vf.bits4.eq(seq.bits4), sc.bits4.eq(seq.bits4),
-                     vu.bits4.eq(seq.bits4), sc.window.eq(seq.window), sc.sink.eq(seq.sink),
+                     vu.bits4.eq(seq.bits4), sc.window.eq(seq.window), sc.sink.eq(seq.sink), sc.bidir.eq(seq.bidir),
                      vu.o_addr.eq(seq.o_addr)]
         wiring.connect(m, kf.item, sc.item)
         m.d.comb += sc.seg.eq(kf.seg_out)

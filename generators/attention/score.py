@@ -3,7 +3,8 @@ bank with the block max, and the probability stage that turns a finished bank in
 ``exp2`` probabilities (after one rescale entry per segment) for the PV unit.
 
 Pipeline per K value word (no stalls inside): A products, block sums, x mantissa, accumulate S;
-B ``z = sat24(rshift_round(S * mult, shift))`` and the row masks; C bank write, block max, and at
+B ``z = sat24(rshift_round(S * mult, shift))`` and the row masks (causal: ``j <= pos`` and the
+window/sink; bidirectional: every token the sequencer read); C bank write, block max, and at
 the segment's last token the online-softmax bookkeeping (previous and new running max per row).
 """
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ScoreUnit(wiring.Component):
             "bits4": In(1),
             "window": In(CTX_BITS),
             "sink": In(CTX_BITS),
+            "bidir": In(1),                   # every token read is visible to every valid row
             # next tile's rows (from the Q loader)
             "tq_valid": In(1),
             "tq_take": Out(1),
@@ -156,7 +158,7 @@ class ScoreUnit(wiring.Component):
                 m.d.comb += zr.eq(rshift_round_var(prod, shift[r], MAX_SHIFT))
                 m.d.sync += zC[r].eq(Mux(zr > ZMAX, ZMAX, Mux(zr < ZMIN, ZMIN, zr)))
                 in_win = (self.window == 0) | (Cat(jB, Const(0, 1)).as_signed() >= lo[r]) | (jB < self.sink)
-                m.d.sync += visC[r].eq((r < nv) & (jB <= pos[r]) & in_win)
+                m.d.sync += visC[r].eq((r < nv) & (self.bidir | ((jB <= pos[r]) & in_win)))
 
         # -- stage C: bank write, block max, segment bookkeeping -----------------------------
         bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(rows)]

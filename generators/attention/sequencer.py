@@ -1,7 +1,11 @@
 """Tile and segment sequencer: walks the tiles of a job (per KV head, ``rows`` query rows at a
 time), issues each tile's Q record reads, cuts its token ranges (mask union) into per-page
 segments, reads one block-table word per segment, and emits the K/V commands and the
-consumers' segment records."""
+consumers' segment records.
+
+Token ranges per tile (``hbmforge.engines.attention.token_ranges``): causal, the rows' window
+and sink ranges (at most two); bidirectional, ``[0, keys)`` for every tile (``keys`` =
+``valid_len`` or ``ctx_len``), so padded keys are never read."""
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
@@ -9,6 +13,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from ...encodings import AttentionMode
 from ...engines.attention import CTX_BITS
 from ...mathutil import exact_log2
 from ..streams import dma_command_stream
@@ -36,6 +41,7 @@ class Sequencer(wiring.Component):
             "bits4": Out(1),
             "window": Out(CTX_BITS),
             "sink": Out(CTX_BITS),
+            "bidir": Out(1),
             "o_addr": Out(64),
             "act_cmd": Out(dma_command_stream()),
             "scale_cmd": Out(dma_command_stream()),
@@ -62,8 +68,9 @@ class Sequencer(wiring.Component):
         job = {name: Signal(shape, name=f"job_{name}") for name, shape in
                ((n, f.shape) for n, f in attention_job_layout())}
         bits4 = Signal()
+        bidir = Signal()
         m.d.comb += [self.bits4.eq(bits4), self.window.eq(job["window"]), self.sink.eq(job["sink"]),
-                     self.o_addr.eq(job["o_addr"])]
+                     self.bidir.eq(bidir), self.o_addr.eq(job["o_addr"])]
 
         def by_bits(f):
             return geom.select_format(bits4, int4=f(4), int8=f(8))
@@ -72,11 +79,13 @@ class Sequencer(wiring.Component):
         q_heads = Signal(22)
         total = Signal(33)
         base = Signal(CTX_BITS)
+        keys = Signal(CTX_BITS)             # bidirectional: keys [0, keys) (valid_len, 0 = ctx_len)
         head_area = Signal(40)
         vrec = Signal(16)
         stride = Signal(64)
         m.d.sync += [q_heads.eq(job["kv_heads"] * job["q_per_kv"]), total.eq(job["n_q"] * job["q_per_kv"]),
                      base.eq(job["ctx_len"] - job["n_q"]), head_area.eq(by_bits(geom.head_area)),
+                     keys.eq(Mux(job["valid_len"] == 0, job["ctx_len"], job["valid_len"])),
                      vrec.eq(by_bits(geom.value_bytes)), stride.eq(job["kv_heads"] * head_area)]
 
         # -- tile walk ---------------------------------------------------------------------
@@ -138,7 +147,9 @@ class Sequencer(wiring.Component):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
                     m.d.sync += [v.eq(getattr(self.job.payload, n)) for n, v in job.items()]
-                    m.d.sync += [bits4.eq(self.job.payload.kv_bits == 4), count.eq(0), tiles.eq(0),
+                    m.d.sync += [bits4.eq(self.job.payload.kv_bits == 4),
+                                 bidir.eq(self.job.payload.mode == AttentionMode.BIDIRECTIONAL),
+                                 count.eq(0), tiles.eq(0),
                                  h.eq(0), i.eq(0), hi.eq(0), pos_idx.eq(0), ri.eq(0), hbase.eq(0), h_off.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
@@ -183,7 +194,9 @@ class Sequencer(wiring.Component):
                 lo_raw = Cat(p_min, Const(0, 1)).as_signed() - win + 1
                 lo = Mux(lo_raw < 0, 0, lo_raw)
                 m.d.sync += [first_seg.eq(1), ridx.eq(0)]
-                with m.If((win == 0) | (lo <= sink)):
+                with m.If(bidir):
+                    m.d.sync += [rlo[0].eq(0), rhi[0].eq(keys), nr.eq(1), j.eq(0)]
+                with m.Elif((win == 0) | (lo <= sink)):
                     m.d.sync += [rlo[0].eq(0), rhi[0].eq(top), nr.eq(1), j.eq(0)]
                 with m.Elif(sink == 0):
                     m.d.sync += [rlo[0].eq(lo), rhi[0].eq(top), nr.eq(1), j.eq(lo)]

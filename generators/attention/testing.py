@@ -129,8 +129,9 @@ class AttentionBench(DmaBench):
 
 def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_heads: int, q_per_kv: int,
                   kv_bits: int, spare_pages: int = 3, poison: bool = True) -> list[AttnJob]:
-    """Sequences ``specs`` (dicts with ``n_q``, ``ctx_len``, ``window``, ``sink``) sharing one K and
-    one V page pool with shuffled block tables; random cache contents, Q records and multipliers.
+    """Sequences ``specs`` (dicts with ``n_q``, ``ctx_len``, ``window``, ``sink``, optionally ``mode``
+    and ``valid_len``) sharing one K and one V page pool with shuffled block tables; random cache
+    contents, Q records and multipliers.
     With ``poison``, every byte the job must not read (pages nobody uses, pages or value records of
     tokens no query of the sequence sees) is poisoned."""
     geom = bench.geom
@@ -161,13 +162,15 @@ def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_
         q_addr = bench.alloc(len(recs), recs)
         d = {"head_dim": geom.head_dim, "kv_heads": kv_heads, "q_per_kv": q_per_kv, "n_q": n_q,
              "ctx_len": s["ctx_len"], "window": s.get("window", 0), "sink": s.get("sink", 0),
-             "kv_bits": kv_bits, "q_addr": q_addr, "bt_addr": bt, "k_pool": k_pool, "v_pool": v_pool,
+             "kv_bits": kv_bits, "mode": s.get("mode", 0), "valid_len": s.get("valid_len", 0), "q_addr": q_addr, "bt_addr": bt, "k_pool": k_pool, "v_pool": v_pool,
              "o_addr": 0}
         jobs.append(bench.add(d))
         if poison:
-            from ...engines.attention import visible
+            from ...engines.attention import key_limit, visible
             ctx = s["ctx_len"]
-            need = [any(visible(p, j, d["window"], d["sink"]) for p in range(ctx - n_q, ctx)) for j in range(npg * P)]
+            keys = key_limit(d)
+            need = [any(visible(p, j, d["window"], d["sink"], keys=keys) for p in range(ctx - n_q, ctx))
+                    for j in range(npg * P)]
             vb = geom.value_bytes(kv_bits)
             for lp, page in enumerate(table):
                 toks = need[lp * P:(lp + 1) * P]

@@ -16,6 +16,10 @@ ctx_len    tokens in the cache, including the n_q new ones; query i sits at
 window     sliding window: a query at p sees tokens p - window < j <= p (0: unlimited)
 sink       attention sinks: tokens j < sink are also visible (needs window > 0)
 kv_bits    4 or 8 (one of the engine's ``kv_bits``)
+mode       ``AttentionMode``: 0 causal (the mask above), 1 bidirectional (encoders: every query
+           sees every key j < valid_len; window and sink must be 0)
+valid_len  bidirectional: keys j >= valid_len are padding, masked and never read (0: ctx_len);
+           causal: must be 0
 q_addr     Q records (data port)
 bt_addr    block table: u32 physical page per logical page (data port)
 k_pool     base of the K page pool (port w0)
@@ -28,7 +32,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..encodings import ErrorCode, Opcode
+from ..encodings import AttentionMode, ErrorCode, Opcode
 from ..mathutil import exact_log2, round_up
 from .base import Channels, Check, EngineFamily, first_error
 
@@ -36,18 +40,18 @@ __all__ = [
     "ATTENTION_FIELDS", "JOB_WIDTHS", "MAX_HEADS", "AttentionFamily", "attention_checks",
     "SCORE_FRAC", "Z_BITS", "P_FRAC", "MULT_BITS", "MAX_SHIFT", "MANT_BITS", "OUT_FRAC",
     "RECIP_X_BITS", "RECIP_TABLE_BITS", "AttentionGeometry", "attention_geometry", "validate_attention",
-    "tile_rows", "token_ranges", "segments",
+    "tile_rows", "token_ranges", "segments", "key_limit", "job_ranges", "visible",
 ]
 
 ATTENTION_FIELDS = ("head_dim", "kv_heads", "q_per_kv", "n_q", "ctx_len", "window", "sink", "kv_bits",
-                    "q_addr", "bt_addr", "k_pool", "v_pool", "o_addr")
+                    "mode", "valid_len", "q_addr", "bt_addr", "k_pool", "v_pool", "o_addr")
 
 MAX_HEADS = 1024           # q_heads = kv_heads * q_per_kv at most this
 CTX_BITS = 21              # positions/lengths up to 2**20 (config max_context <= 2**20)
 
 # Job record widths (the command processor copies the low bits of each validated u64 slot).
 JOB_WIDTHS = {"head_dim": 9, "kv_heads": 11, "q_per_kv": 11, "n_q": CTX_BITS, "ctx_len": CTX_BITS,
-              "window": CTX_BITS, "sink": CTX_BITS, "kv_bits": 4,
+              "window": CTX_BITS, "sink": CTX_BITS, "kv_bits": 4, "mode": AttentionMode, "valid_len": CTX_BITS,
               "q_addr": 64, "bt_addr": 64, "k_pool": 64, "v_pool": 64, "o_addr": 64}
 
 # -- numerics ----------------------------------------------------------------------------
@@ -193,6 +197,24 @@ def attention_checks(layout) -> tuple[Check, ...]:
         bad = next(a for a in addrs if f[a] % align)
         return f"{bad} {f[bad]:#x} not a multiple of {align}"
 
+    # slots added after the first release (mode, valid_len) read 0 when a caller leaves them out
+    def bad_mode(f, ops):
+        mode, valid = f.get("mode", 0), f.get("valid_len", 0)
+        bidir = mode == AttentionMode.BIDIRECTIONAL
+        return ops.any_(ops.not_(ops.one_of(mode, list(AttentionMode))), valid > f["ctx_len"],
+                        (mode == AttentionMode.CAUSAL) & (valid != 0),
+                        bidir & ((f["window"] != 0) | (f["sink"] != 0)))
+
+    def why_mode(f):
+        mode, valid = f.get("mode", 0), f.get("valid_len", 0)
+        if mode not in [int(m) for m in AttentionMode]:
+            return f"mode {mode}, allowed {[int(m) for m in AttentionMode]} (0 causal, 1 bidirectional)"
+        if valid > f["ctx_len"]:
+            return f"valid_len {valid} above ctx_len {f['ctx_len']}"
+        if mode == AttentionMode.CAUSAL:
+            return f"valid_len {valid} in causal mode (must be 0; padding applies to bidirectional jobs)"
+        return f"window {f['window']}, sink {f['sink']}: bidirectional attention takes no window or sink"
+
     return (
         Check(ErrorCode.BAD_HEAD_DIM, lambda f, ops: f["head_dim"] != att.head_dim,
               lambda f: f"head_dim {f['head_dim']}, engine has {att.head_dim}"),
@@ -209,6 +231,7 @@ def attention_checks(layout) -> tuple[Check, ...]:
               lambda f, ops: ops.any_(f["window"] > ctx_max, f["sink"] > ctx_max,
                                       (f["sink"] != 0) & (f["window"] == 0)),
               lambda f: f"window {f['window']}, sink {f['sink']}: at most {ctx_max}, sink needs a window"),
+        Check(ErrorCode.BAD_ATTN_MODE, bad_mode, why_mode),
         Check(ErrorCode.MISALIGNED, lambda f, ops: ops.any_(*(ops.misaligned(f[a], align) for a in addrs)),
               why_addr),
     )
@@ -223,7 +246,7 @@ class AttentionFamily(EngineFamily):
     kind = "attention"
     opcodes = (Opcode.ATTENTION,)
     errors = (ErrorCode.BAD_HEAD_DIM, ErrorCode.BAD_HEADS, ErrorCode.BAD_KV_BITS, ErrorCode.BAD_CONTEXT,
-              ErrorCode.BAD_MASK, ErrorCode.MISALIGNED)
+              ErrorCode.BAD_MASK, ErrorCode.BAD_ATTN_MODE, ErrorCode.MISALIGNED)
 
     def fields(self, layout, opcode):
         return ATTENTION_FIELDS
@@ -260,8 +283,25 @@ def tile_rows(d: dict, rows: int):
             yield h, [(i // grp, h * grp + i % grp) for i in range(start, min(start + rows, total))]
 
 
-def token_ranges(p_min: int, p_max: int, window: int, sink: int) -> list[tuple[int, int]]:
-    """Token ranges ``[lo, hi)`` a tile whose rows sit at positions p_min..p_max must read."""
+def key_limit(d) -> int | None:
+    """Keys a bidirectional job reads, ``[0, key_limit)`` (``valid_len``, 0 = ``ctx_len``); None when
+    the job is causal (each row's position bounds its keys)."""
+    if d.get("mode", 0) != AttentionMode.BIDIRECTIONAL:
+        return None
+    return d.get("valid_len", 0) or d["ctx_len"]
+
+
+def job_ranges(d, p_min: int, p_max: int) -> list[tuple[int, int]]:
+    """:func:`token_ranges` of a tile of job ``d`` (descriptor fields) whose rows sit at p_min..p_max."""
+    return token_ranges(p_min, p_max, d["window"], d["sink"], keys=key_limit(d))
+
+
+def token_ranges(p_min: int, p_max: int, window: int, sink: int, *,
+                 keys: int | None = None) -> list[tuple[int, int]]:
+    """Token ranges ``[lo, hi)`` a tile whose rows sit at positions p_min..p_max must read
+    (``keys``: a bidirectional job's key limit, then every row reads ``[0, keys)``)."""
+    if keys is not None:
+        return [(0, keys)]
     hi = p_max + 1
     if window == 0:
         return [(0, hi)]
@@ -283,6 +323,9 @@ def segments(ranges, page_tokens: int) -> list[tuple[int, int]]:
     return out
 
 
-def visible(p: int, j: int, window: int, sink: int) -> bool:
-    """Does the query at position ``p`` attend to token ``j``?"""
+def visible(p: int, j: int, window: int, sink: int, *, keys: int | None = None) -> bool:
+    """Does the query at position ``p`` attend to token ``j``? (``keys``: bidirectional, see
+    :func:`key_limit`: every row sees exactly the keys ``j < keys``)."""
+    if keys is not None:
+        return j < keys
     return j <= p and (window == 0 or j > p - window or j < sink)

@@ -15,6 +15,12 @@ of one page the tile needs), tokens ``j``, rows ``r`` (widths: hbmforge.engines.
     end:  (Y, n) = reciprocal(l[r]);  o[r,d] = sat32(rshift_round(acc[r,d] * Y, n + 16 - 8))
 
 ``o`` is the attention output in units of the V head scale with 8 fraction bits.
+
+Masks: causal (``j <= p``, with the sliding window ``j > p - window`` or sink ``j < sink``), or
+bidirectional (an encoder: every row sees exactly the keys ``j < keys``, ``keys = valid_len`` or
+``ctx_len``; padded keys are never read). A row that sees no key at all (only possible with a
+window) outputs 0. Rows of padded query positions are ordinary rows: they attend to the valid keys
+like every other row (as Hugging Face encoders compute them).
 """
 from __future__ import annotations
 
@@ -23,14 +29,15 @@ import math
 import numpy as np
 
 from ..engines.attention import (OUT_FRAC, P_FRAC, SCORE_FRAC, Z_BITS, MULT_BITS, MAX_SHIFT, MANT_BITS,
-                                AttentionGeometry, attention_geometry, segments, tile_rows, token_ranges,
-                                visible)
+                                AttentionGeometry, attention_geometry, job_ranges, key_limit, segments, tile_rows,
+                                token_ranges, visible)
 from .softmax import _rescale, exp2_neg, reciprocal
 
 __all__ = ["attend_tile", "output_rows", "attention_int", "run_attention", "attention_float",
            "mask_matrix", "quantize_kv", "dequantize_kv", "kv_head_scale", "pack_kv_token",
            "kv_token_addresses", "write_kv_token", "pack_block_table", "quantize_q", "score_multiplier",
-           "pack_q_records", "dequantize_output", "decode_attention_rel_err", "AttentionCase"]
+           "pack_q_records", "dequantize_output", "decode_attention_rel_err", "encoder_attention_rel_err",
+           "AttentionCase"]
 
 _ZMIN, _ZMAX = -(1 << (Z_BITS - 1)), (1 << (Z_BITS - 1)) - 1
 ONE = 1 << P_FRAC
@@ -44,9 +51,11 @@ def _rshift_round64(v: np.ndarray, s: np.ndarray) -> np.ndarray:
 
 # -- tile core ---------------------------------------------------------------------------
 
-def attend_tile(q, mult, shift, pos, segs, *, window: int, sink: int, group_size: int):
+def attend_tile(q, mult, shift, pos, segs, *, window: int, sink: int, group_size: int,
+                keys: int | None = None):
     """One tile: ``q`` int [R, hd], ``mult``/``shift``/``pos`` [R]; ``segs`` a list of
-    ``(j0, k [n, hd], km [n, ng], v [n, hd], vm [n, ng])`` in engine order.
+    ``(j0, k [n, hd], km [n, ng], v [n, hd], vm [n, ng])`` in engine order; ``keys``: a
+    bidirectional job's key limit (every row sees every token read), None for causal.
     Returns ``(acc [R, hd] int64, l [R] int64)``."""
     q = np.asarray(q, dtype=np.int64)
     R, hd = q.shape
@@ -66,9 +75,12 @@ def attend_tile(q, mult, shift, pos, segs, *, window: int, sink: int, group_size
         S = (part * np.asarray(km, dtype=np.int64)[None]).sum(-1)                     # [R, n]
         z = np.clip(_rshift_round64(S * mult[:, None], shift[:, None]), _ZMIN, _ZMAX)
         j = j0 + np.arange(n)
-        vis = (j[None, :] <= pos[:, None])
-        if window:
-            vis &= (j[None, :] > pos[:, None] - window) | (j[None, :] < sink)
+        if keys is not None:
+            vis = np.broadcast_to(j[None, :] < keys, (R, n))
+        else:
+            vis = (j[None, :] <= pos[:, None])
+            if window:
+                vis &= (j[None, :] > pos[:, None] - window) | (j[None, :] < sink)
         any_vis = vis.any(axis=1)
         bmax = np.where(vis, z, _ZMIN - 1).max(axis=1)
         new_m = np.where(any_vis, np.where(empty, bmax, np.maximum(m, bmax)), m)
@@ -99,34 +111,40 @@ def output_rows(acc, l) -> np.ndarray:
     return out.astype(np.int32)
 
 
-def mask_matrix(positions, ctx_len: int, window: int, sink: int) -> np.ndarray:
-    """``[len(positions), ctx_len]`` booleans: which tokens each query position attends to."""
-    return np.array([[visible(p, j, window, sink) for j in range(ctx_len)] for p in positions], dtype=bool)
+def mask_matrix(positions, ctx_len: int, window: int, sink: int, *, keys: int | None = None) -> np.ndarray:
+    """``[len(positions), ctx_len]`` booleans: which tokens each query position attends to
+    (``keys``: bidirectional key limit, see :func:`hbmforge.engines.attention.key_limit`)."""
+    return np.array([[visible(p, j, window, sink, keys=keys) for j in range(ctx_len)] for p in positions],
+                    dtype=bool).reshape(len(positions), ctx_len)
 
 
 # -- tensor level --------------------------------------------------------------------------
 
 def attention_int(q, mult, shift, k, km, v, vm, *, ctx_len: int, window: int = 0, sink: int = 0,
-                  q_per_kv: int = 1, rows: int, page_tokens: int, group_size: int) -> np.ndarray:
+                  q_per_kv: int = 1, rows: int, page_tokens: int, group_size: int,
+                  bidirectional: bool = False, valid_len: int = 0) -> np.ndarray:
     """Integer attention of ``n_q`` new positions against a dense cache, tiled as the engine does.
 
     ``q`` int8 [n_q, q_heads, hd]; ``mult``/``shift`` [n_q, q_heads]; ``k``/``v`` int [ctx, kv_heads, hd];
-    ``km``/``vm`` u16 [ctx, kv_heads, hd / group_size]. Returns int32 [n_q, q_heads, hd].
+    ``km``/``vm`` u16 [ctx, kv_heads, hd / group_size]. ``bidirectional``: every query sees the keys
+    ``j < valid_len`` (0: ``ctx_len``). Returns int32 [n_q, q_heads, hd].
     """
     q = np.asarray(q)
     n_q, q_heads, hd = q.shape
     kv_heads = q_heads // q_per_kv
-    d = {"q_per_kv": q_per_kv, "n_q": n_q, "kv_heads": kv_heads}
+    d = {"q_per_kv": q_per_kv, "n_q": n_q, "kv_heads": kv_heads, "ctx_len": ctx_len, "window": window,
+         "sink": sink, "mode": int(bool(bidirectional)), "valid_len": valid_len}
+    keys = key_limit(d)
     base = ctx_len - n_q
     out = np.zeros((n_q, q_heads, hd), dtype=np.int32)
     for h, trows in tile_rows(d, rows):
         pos = [base + pi for pi, _ in trows]
         segs = [(j0, k[j0:j0 + n, h], km[j0:j0 + n, h], v[j0:j0 + n, h], vm[j0:j0 + n, h])
-                for j0, n in segments(token_ranges(min(pos), max(pos), window, sink), page_tokens)]
+                for j0, n in segments(job_ranges(d, min(pos), max(pos)), page_tokens)]
         qi = np.array([q[pi, hq] for pi, hq in trows])
         mi = np.array([mult[pi, hq] for pi, hq in trows])
         si = np.array([shift[pi, hq] for pi, hq in trows])
-        acc, l = attend_tile(qi, mi, si, pos, segs, window=window, sink=sink, group_size=group_size)
+        acc, l = attend_tile(qi, mi, si, pos, segs, window=window, sink=sink, group_size=group_size, keys=keys)
         o = output_rows(acc, l)
         for r, (pi, hq) in enumerate(trows):
             out[pi, hq] = o[r]
@@ -176,6 +194,7 @@ def run_attention(mem, d: dict, layout) -> dict:
     vport = geom.kv_ports - 1
     written = macs = 0
     qrec = geom.q_record_bytes
+    keys = key_limit(d)
     for h, trows in tile_rows(d, geom.rows):
         pos = [base + pi for pi, _ in trows]
         ri = [pi * q_heads + hq for pi, hq in trows]
@@ -185,7 +204,7 @@ def run_attention(mem, d: dict, layout) -> dict:
         shift = np.array([rec[hd + 2] & 63 for rec in recs], dtype=np.int64)
         segs = []
         tokens = 0
-        for j0, n in segments(token_ranges(min(pos), max(pos), d["window"], d["sink"]), geom.page_tokens):
+        for j0, n in segments(job_ranges(d, min(pos), max(pos)), geom.page_tokens):
             lp = j0 // geom.page_tokens
             a = j0 - lp * geom.page_tokens
             word = mem.read(d["bt_addr"] + (lp * 4 // B) * B, B)
@@ -198,7 +217,7 @@ def run_attention(mem, d: dict, layout) -> dict:
             segs.append((j0, k, km, v, vm))
             tokens += n
         acc, l = attend_tile(q, mult, shift, pos, segs, window=d["window"], sink=d["sink"],
-                             group_size=geom.group_size)
+                             group_size=geom.group_size, keys=keys)
         o = output_rows(acc, l)
         for r, row in enumerate(ri):
             mem.write(d["o_addr"] + row * geom.out_row_bytes, o[r].astype("<i4").tobytes())
@@ -210,15 +229,16 @@ def run_attention(mem, d: dict, layout) -> dict:
 # -- float reference --------------------------------------------------------------------------
 
 def attention_float(q, k, v, *, ctx_len: int, window: int = 0, sink: int = 0, q_per_kv: int = 1,
-                    scale: float | None = None) -> np.ndarray:
-    """float64 softmax attention: ``q`` [n_q, q_heads, hd], ``k``/``v`` [ctx, kv_heads, hd]."""
+                    scale: float | None = None, bidirectional: bool = False, valid_len: int = 0) -> np.ndarray:
+    """float64 softmax attention: ``q`` [n_q, q_heads, hd], ``k``/``v`` [ctx, kv_heads, hd];
+    ``bidirectional``: every query sees the keys ``j < valid_len`` (0: ``ctx_len``)."""
     q = np.asarray(q, dtype=np.float64)
     k = np.asarray(k, dtype=np.float64)
     v = np.asarray(v, dtype=np.float64)
     n_q, q_heads, hd = q.shape
     scale = 1.0 / math.sqrt(hd) if scale is None else scale
     pos = np.arange(ctx_len - n_q, ctx_len)
-    mask = mask_matrix(pos, ctx_len, window, sink)
+    mask = mask_matrix(pos, ctx_len, window, sink, keys=(valid_len or ctx_len) if bidirectional else None)
     out = np.zeros_like(q)
     for hq in range(q_heads):
         h = hq // q_per_kv
@@ -383,15 +403,16 @@ class AttentionCase:
         self.mult = self.mult.reshape(n_q, qh)
         self.shift = self.shift.reshape(n_q, qh)
 
-    def golden(self, *, rows, page_tokens, window=0, sink=0):
+    def golden(self, *, rows, page_tokens, window=0, sink=0, bidirectional=False, valid_len=0):
         o = attention_int(self.q, self.mult, self.shift, self.k, self.km, self.v, self.vm,
                           ctx_len=self.ctx_len, window=window, sink=sink, q_per_kv=self.q_per_kv,
-                          rows=rows, page_tokens=page_tokens, group_size=self.group_size)
+                          rows=rows, page_tokens=page_tokens, group_size=self.group_size,
+                          bidirectional=bidirectional, valid_len=valid_len)
         return dequantize_output(o, self.v_hs, self.q_per_kv)
 
-    def reference(self, window=0, sink=0):
+    def reference(self, window=0, sink=0, bidirectional=False, valid_len=0):
         return attention_float(self.qf, self.kf, self.vf, ctx_len=self.ctx_len, window=window, sink=sink,
-                               q_per_kv=self.q_per_kv)
+                               q_per_kv=self.q_per_kv, bidirectional=bidirectional, valid_len=valid_len)
 
 
 def decode_attention_rel_err(kv_bits: int, *, ctx_len: int = 1024, kv_heads: int = 2, q_per_kv: int = 4,
@@ -404,4 +425,18 @@ def decode_attention_rel_err(kv_bits: int, *, ctx_len: int = 1024, kv_heads: int
                          head_dim=head_dim, group_size=group_size, kv_bits=kv_bits)
     got = case.golden(rows=rows, page_tokens=page_tokens, window=window, sink=sink)
     ref = case.reference(window=window, sink=sink)
+    return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+
+
+def encoder_attention_rel_err(kv_bits: int = 8, *, tokens: int = 128, valid_len: int = 111, heads: int = 4,
+                              head_dim: int = 128, group_size: int = 32, page_tokens: int = 16, rows: int = 8,
+                              seed: int = 0) -> float:
+    """Relative error of bidirectional (encoder) attention, golden integer model against float64 on the
+    unquantized tensors: ``tokens`` positions of which the first ``valid_len`` are real (the rest is
+    padding, masked as keys), every query row compared (padded rows attend to the real keys too)."""
+    rng = np.random.default_rng(seed)
+    case = AttentionCase(rng, n_q=tokens, ctx_len=tokens, kv_heads=heads, q_per_kv=1, head_dim=head_dim,
+                         group_size=group_size, kv_bits=kv_bits)
+    got = case.golden(rows=rows, page_tokens=page_tokens, bidirectional=True, valid_len=valid_len)
+    ref = case.reference(bidirectional=True, valid_len=valid_len)
     return float(np.linalg.norm(got - ref) / np.linalg.norm(ref))

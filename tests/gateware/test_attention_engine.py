@@ -88,6 +88,19 @@ def test_int8_only_engine_with_page_of_8_and_continuous_backpressure():
          kv_heads=1, q_per_kv=2, kv_bits=8, seed=10, stall=0.0, backpressure=0.8)
 
 
+def test_bidirectional_encoder_rows_see_every_valid_key_and_padding_is_never_read():
+    # padded keys (positions >= valid_len) are poisoned: reading one fails the run; padded query
+    # rows (positions >= valid_len) attend to the valid keys like every other row
+    _run(_layout(rows=4), [dict(n_q=7, ctx_len=10, mode=1, valid_len=6), dict(n_q=3, ctx_len=9, mode=1)],
+         kv_heads=2, q_per_kv=2, kv_bits=8, seed=21)
+
+
+def test_bidirectional_kv4_two_ports_with_one_valid_key():
+    _run(_layout(kv_ports=2), [dict(n_q=5, ctx_len=5, mode=1, valid_len=1), dict(n_q=4, ctx_len=6, mode=1,
+                                                                               valid_len=5)],
+         kv_heads=1, q_per_kv=1, kv_bits=4, seed=22)
+
+
 def test_dma_commands_are_word_aligned_and_only_for_needed_pages():
     lay = _layout()
     bench = _run(lay, [dict(n_q=1, ctx_len=30, window=6)], kv_heads=1, q_per_kv=2, kv_bits=8, seed=11,

@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from hbmforge.encodings import ErrorCode
-from hbmforge.engines.attention import attention_geometry, segments, token_ranges, validate_attention, visible
+from hbmforge.engines.attention import (attention_geometry, job_ranges, key_limit, segments, token_ranges,
+                                       validate_attention, visible)
 from hbmforge.config import parse_config
 from hbmforge.layout import DesignLayout
-from hbmforge.numerics.attention import (AttentionCase, _read_segment, dequantize_kv, decode_attention_rel_err,
-                                         kv_head_scale, mask_matrix, pack_block_table, quantize_kv, score_multiplier,
+from hbmforge.numerics.attention import (AttentionCase, _read_segment, attention_float, dequantize_kv,
+                                         decode_attention_rel_err, encoder_attention_rel_err, kv_head_scale,
+                                         mask_matrix, pack_block_table, quantize_kv, score_multiplier,
                                          write_kv_token)
 from hbmforge.numerics.program import SparseMemory
 from hbmforge.numerics.softmax import (exp2_max_abs_err, exp2_max_rel_err, exp2_neg, reciprocal,
@@ -94,6 +96,31 @@ def test_visible_rules():
     assert visible(10, 1, 5, 2) and not visible(10, 2, 5, 2)
 
 
+def test_bidirectional_rows_see_exactly_the_valid_keys():
+    d = {"ctx_len": 12, "window": 0, "sink": 0, "mode": 1, "valid_len": 9}
+    assert key_limit(d) == 9 and key_limit({**d, "valid_len": 0}) == 12
+    assert key_limit({**d, "mode": 0, "valid_len": 0}) is None
+    assert job_ranges(d, 0, 3) == job_ranges(d, 10, 11) == [(0, 9)]
+    mask = mask_matrix(range(12), 12, 0, 0, keys=9)
+    assert mask[:, :9].all() and not mask[:, 9:].any()        # padded query rows too see the valid keys
+    assert visible(0, 8, 0, 0, keys=9) and not visible(11, 9, 0, 0, keys=9)
+
+
+def test_bidirectional_golden_matches_float_and_differs_from_causal():
+    rng = np.random.default_rng(4)
+    case = AttentionCase(rng, n_q=20, ctx_len=20, kv_heads=2, q_per_kv=2, head_dim=32, group_size=8, kv_bits=8)
+    got = case.golden(rows=4, page_tokens=4, bidirectional=True, valid_len=13)
+    ref = case.reference(bidirectional=True, valid_len=13)
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.02
+    # padded keys change nothing: the float reference over the 13 valid tokens only
+    short = attention_float(case.qf, case.kf[:13], case.vf[:13], ctx_len=13, q_per_kv=2, bidirectional=True)
+    np.testing.assert_allclose(ref, short, rtol=1e-12, atol=1e-12)
+    causal = case.golden(rows=4, page_tokens=4)
+    assert np.abs(causal[:12] - got[:12]).max() > 0.05       # the mask really differs
+    assert encoder_attention_rel_err(8, tokens=32, valid_len=27, heads=1, head_dim=32, group_size=8,
+                                     page_tokens=4, rows=4) < 0.02
+
+
 # -- cache packing ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("bits", [4, 8])
@@ -137,15 +164,21 @@ def test_validate_attention_error_codes():
     good = {"head_dim": 32, "kv_heads": 2, "q_per_kv": 2, "n_q": 1, "ctx_len": 10, "window": 0, "sink": 0,
             "kv_bits": 8, "q_addr": 64, "bt_addr": 128, "k_pool": 4096, "v_pool": 8192, "o_addr": 256}
     assert validate_attention(good, lay) == (0, "")
+    assert validate_attention({**good, "mode": 1, "valid_len": 10}, lay) == (0, "")
+    assert validate_attention({**good, "mode": 1}, lay) == (0, "")
     bad = [({"head_dim": 64}, ErrorCode.BAD_HEAD_DIM), ({"kv_heads": 0}, ErrorCode.BAD_HEADS),
            ({"q_per_kv": 1025}, ErrorCode.BAD_HEADS), ({"kv_heads": 64, "q_per_kv": 32}, ErrorCode.BAD_HEADS),
            ({"kv_bits": 2}, ErrorCode.BAD_KV_BITS), ({"ctx_len": 65}, ErrorCode.BAD_CONTEXT),
            ({"n_q": 11}, ErrorCode.BAD_CONTEXT), ({"n_q": 0}, ErrorCode.BAD_CONTEXT),
            ({"window": 65}, ErrorCode.BAD_MASK), ({"sink": 4}, ErrorCode.BAD_MASK),
-           ({"bt_addr": 130}, ErrorCode.MISALIGNED), ({"head_dim": 0, "bt_addr": 3}, ErrorCode.BAD_HEAD_DIM)]
+           ({"bt_addr": 130}, ErrorCode.MISALIGNED), ({"head_dim": 0, "bt_addr": 3}, ErrorCode.BAD_HEAD_DIM),
+           ({"mode": 2}, ErrorCode.BAD_ATTN_MODE), ({"mode": 1, "valid_len": 11}, ErrorCode.BAD_ATTN_MODE),
+           ({"valid_len": 3}, ErrorCode.BAD_ATTN_MODE), ({"mode": 1, "window": 4}, ErrorCode.BAD_ATTN_MODE),
+           ({"mode": 1, "window": 4, "sink": 2}, ErrorCode.BAD_ATTN_MODE),
+           ({"mode": 1, "valid_len": 11, "q_addr": 3}, ErrorCode.BAD_ATTN_MODE)]
     for change, code in bad:
         got, why = validate_attention({**good, **change}, lay)
         assert got == code, (change, got, why)
         assert why
-    assert {int(c) for c in lay.error_names} >= {8, 9, 10, 11, 12}
-    assert {8, 9, 10, 11, 12} <= {int(c) for c in lay.family_of(2).errors}
+    assert {int(c) for c in lay.error_names} >= {8, 9, 10, 11, 12, 55}
+    assert {8, 9, 10, 11, 12, 55} <= {int(c) for c in lay.family_of(2).errors}

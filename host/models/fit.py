@@ -112,6 +112,16 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> di
             raise ModelFitError(f"design {lay.kernel!r} has no {family} engine; a {kind} needs matmul, attention "
                                 f"and vector engines (add `kind: {family}` to its config)")
     att, mm, geom = lay.attention, lay.mm, lay.matmul
+    vec = lay.config.engine("vector")
+    act = "silu" if isinstance(spec, DecoderSpec) else "gelu"
+    if act not in vec.activations:
+        raise ModelFitError(f"the vector engine has no {act} table (activations: {list(vec.activations)}); a {kind} "
+                            f"of this family needs {act}")
+    widest = max(spec.hidden_size, spec.intermediate_size)
+    if widest > vec.max_dim:
+        what = "hidden_size" if spec.hidden_size == widest else "intermediate_size"
+        raise ModelFitError(f"the model's {what} {widest} exceeds the vector engine's max_dim {vec.max_dim} (the "
+                            "longest row it holds)")
     heads = spec.q_heads if isinstance(spec, DecoderSpec) else spec.heads
     kv_heads = spec.kv_heads if isinstance(spec, DecoderSpec) else spec.heads
     if spec.head_dim != att.head_dim:

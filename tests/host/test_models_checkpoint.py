@@ -1,0 +1,268 @@
+"""Reading Hugging Face checkpoint directories, and refusing what cannot be loaded or run.
+
+Checkpoints are written by the tests (hbmforge.host.models.synthetic): both architectures,
+sharded, bfloat16, Qwen2 with QKV bias and tied embeddings, BERT with BertForMaskedLM's prefix,
+and broken ones. Design-fit refusals run against a GoldenDevice of a tiny matmul + attention +
+vector design; each is raised before anything is quantized or uploaded.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hbmforge.config import parse_config
+from hbmforge.host import Model
+from hbmforge.host.models import CheckpointError, ModelFitError, RecipeError
+from hbmforge.host.models import hf
+from hbmforge.host.models.checkpoint import Checkpoint
+from hbmforge.host.models.recipe import load_recipe
+from hbmforge.host.models.synthetic import write_bert, write_llama
+from hbmforge.layout import DesignLayout
+
+from designs import tiny_attention_config_dict
+from golden_kernel import GoldenDevice
+
+
+def model_design(name="tiny_model", *, matmul=None, attention=None, vector=None) -> DesignLayout:
+    cfg = tiny_attention_config_dict(name, **(attention or {}))
+    cfg["engines"][0].update(matmul or {})
+    cfg["engines"].append({"kind": "vector", "max_dim": 256, **(vector or {})})
+    return DesignLayout(parse_config(cfg))
+
+
+@pytest.fixture
+def dev():
+    with GoldenDevice(model_design()) as d:
+        yield d
+
+
+SMALL = dict(hidden_size=64, intermediate_size=128, q_heads=4, kv_heads=2, num_layers=2)   # head_dim 16
+
+
+# -- reading --------------------------------------------------------------------------------------
+
+def test_a_sharded_checkpoint_reads_the_same_tensors_as_one_file(tmp_path):
+    one = Checkpoint(write_llama(tmp_path / "one", **SMALL))
+    three = Checkpoint(write_llama(tmp_path / "three", shards=3, **SMALL))
+    assert (tmp_path / "three" / "model.safetensors.index.json").is_file()
+    assert len({p.name for p in three._where.values()}) == 3
+    assert one.tensor_names == three.tensor_names
+    for name in one.tensor_names:
+        np.testing.assert_array_equal(one.tensor(name), three.tensor(name))
+
+
+def test_bfloat16_and_float16_tensors_widen_exactly(tmp_path):
+    f32 = Checkpoint(write_llama(tmp_path / "f32", **SMALL))
+    for dtype, mantissa in (("bfloat16", 8), ("float16", 11)):
+        ck = Checkpoint(write_llama(tmp_path / dtype, dtype=dtype, **SMALL))
+        for name in ("model.layers.0.mlp.up_proj.weight", "model.norm.weight"):
+            a, b = f32.tensor(name), ck.tensor(name)
+            assert b.dtype == np.float32
+            np.testing.assert_allclose(b, a, rtol=2.0 ** -mantissa)
+            assert not np.array_equal(a, b)                   # really rounded to the narrow type
+    bf = Checkpoint(tmp_path / "bfloat16").tensor("model.norm.weight")
+    assert np.all(bf.view(np.uint32) & 0xFFFF == 0)           # bf16 values: low 16 bits zero
+
+
+def test_qwen2_has_qkv_bias_and_ties_its_embeddings(tmp_path):
+    ck = Checkpoint(write_llama(tmp_path / "q", architecture="Qwen2ForCausalLM", tie_word_embeddings=True, **SMALL))
+    spec = hf.decoder_spec(ck.config)
+    assert spec.qkv_bias and not spec.o_bias and spec.tie_word_embeddings
+    shapes = hf.check_tensors(ck, spec)
+    assert "model.layers.1.self_attn.k_proj.bias" in shapes and "lm_head.weight" not in shapes
+
+
+def test_transformers_5_rope_parameters_are_read(tmp_path):
+    d = write_llama(tmp_path / "m", config_overrides={"rope_theta": None, "rope_scaling": None,
+                                                       "rope_parameters": {"rope_type": "default",
+                                                                           "rope_theta": 500000.0}}, **SMALL)
+    assert hf.decoder_spec(Checkpoint(d).config).rope_theta == 500000.0
+
+
+def test_bert_with_the_masked_lm_prefix_and_sentence_transformers_pooling(tmp_path):
+    ck = Checkpoint(write_bert(tmp_path / "b", prefix="bert.", pooling="cls", normalize=False))
+    assert hf.encoder_prefix(ck) == "bert."
+    assert hf.sentence_pooling(ck) == ("cls", False)
+    spec = hf.encoder_spec(ck.config, *hf.sentence_pooling(ck))
+    hf.check_tensors(ck, spec, "bert.")
+    plain = Checkpoint(write_bert(tmp_path / "plain", pooling=None))
+    assert hf.sentence_pooling(plain) == ("mean", False)
+
+
+# -- bad checkpoints ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("make, match", [
+    (lambda d: write_llama(d, drop=("model.layers.1.mlp.down_proj.weight",), **SMALL),
+     "no tensor 'model.layers.1.mlp.down_proj.weight'"),
+    (lambda d: write_llama(d, reshape={"model.layers.0.self_attn.k_proj.weight": (48, 64)}, **SMALL),
+     r"'model.layers.0.self_attn.k_proj.weight' has shape \[48, 64\], config.json implies \[32, 64\]"),
+    (lambda d: write_llama(d, tie_word_embeddings=False, drop=("lm_head.weight",), **SMALL), "no tensor 'lm_head.weight'"),
+    (lambda d: write_llama(d, config_overrides={"architectures": ["GPT2LMHeadModel"]}, **SMALL),
+     "field 'architectures': 'GPT2LMHeadModel' is not supported"),
+    (lambda d: write_llama(d, config_overrides={"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, **SMALL),
+     "field 'rope_scaling': rope type 'llama3' is not supported"),
+    (lambda d: write_llama(d, config_overrides={"hidden_act": "gelu"}, **SMALL), "field 'hidden_act'"),
+    (lambda d: write_llama(d, config_overrides={"num_key_value_heads": 3}, **SMALL), "num_key_value_heads"),
+    (lambda d: write_llama(d, config_overrides={"num_hidden_layers": "two"}, **SMALL), "field 'num_hidden_layers'"),
+    (lambda d: write_llama(d, config_overrides={"hidden_size": True}, **SMALL), "hidden_size"),
+    (lambda d: write_llama(d, architecture="Qwen2ForCausalLM", config_overrides={"use_sliding_window": True}, **SMALL),
+     "field 'use_sliding_window'"),
+    (lambda d: write_bert(d, config_overrides={"position_embedding_type": "relative_key"}),
+     "field 'position_embedding_type'"),
+    (lambda d: write_bert(d, config_overrides={"is_decoder": True}), "field 'is_decoder'"),
+    (lambda d: write_bert(d, drop=("encoder.layer.0.attention.self.query.bias",)),
+     "no tensor 'encoder.layer.0.attention.self.query.bias'"),
+])
+def test_bad_checkpoints_are_refused_naming_the_tensor_or_field(tmp_path, dev, make, match):
+    d = make(tmp_path / "m")
+    with pytest.raises(CheckpointError, match=match):
+        Model.from_pretrained(d, device=dev)
+    assert dev.live_buffers() == []
+
+
+def test_broken_directories_are_refused_naming_the_file(tmp_path, dev):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        Model.from_pretrained(tmp_path / "nope", device=dev)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CheckpointError, match="no config.json"):
+        Model.from_pretrained(tmp_path / "empty", device=dev)
+    d = write_llama(tmp_path / "m", **SMALL)
+    (d / "model.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"no \*.safetensors"):
+        Model.from_pretrained(d, device=dev)
+    d = write_llama(tmp_path / "sh", shards=2, **SMALL)
+    (d / "model-00002-of-00002.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="weight_map names shard 'model-00002-of-00002.safetensors'"):
+        Model.from_pretrained(d, device=dev)
+    d = write_llama(tmp_path / "bad", **SMALL)
+    (d / "config.json").write_text("{not json")
+    with pytest.raises(CheckpointError, match="not valid JSON"):
+        Model.from_pretrained(d, device=dev)
+    (d / "config.json").write_text("[1, 2]")
+    with pytest.raises(CheckpointError, match="JSON object"):
+        Model.from_pretrained(d, device=dev)
+    d = write_llama(tmp_path / "garbage", **SMALL)
+    (d / "model.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    with pytest.raises(CheckpointError, match="not a readable safetensors file"):
+        Model.from_pretrained(d, device=dev)
+    with pytest.raises(TypeError, match="path"):
+        Model.from_pretrained(5, device=dev)
+
+
+# -- recipes ------------------------------------------------------------------------------------------
+
+def test_recipes_from_dicts_names_and_yaml_files(tmp_path):
+    r = load_recipe({"weights": "int4", "kv_bits": 4, "lm_head": 8,
+                     "rules": [{"match": "model.layers.*.mlp.*", "weights": "ternary"},
+                               {"match": "layers.0.*", "weights": 2}]})
+    assert r.weight_format("model.layers.1.mlp.up_proj", "layers.1.up_proj") == "ternary"
+    assert r.weight_format("model.layers.0.self_attn.q_proj", "layers.0.q_proj") == "int2"
+    assert r.weight_format("model.layers.1.self_attn.q_proj", "layers.1.q_proj") == "int4"
+    assert r.head_format() == "int8" and r.kv_bits == 4
+    assert load_recipe("int4").weights == "int4" and load_recipe(None).weights == "int8"
+    f = tmp_path / "r.yaml"
+    f.write_text("weights: int8\nkv_bits: 8\nrules:\n  - match: '*.down_proj'\n    weights: int4\n")
+    assert load_recipe(str(f)).rules[0].weights == "int4"
+
+
+@pytest.mark.parametrize("quant, match", [
+    ({"weights": "int3"}, "field 'weights'"),
+    ({"kv_bits": 6}, "field 'kv_bits'"),
+    ({"rules": [{"match": "x", "weights": "int4", "bits": 2}]}, "field 'rules.0.bits'"),
+    ({"rules": [{"match": "x"}]}, "field 'rules.0.weights'"),
+    ({"ternary_scale": "row"}, "field 'ternary_scale'"),
+    ({"wieghts": "int4"}, "field 'wieghts'"),
+    ("int5", "weight format"),
+    ([1, 2], "must be a mapping"),
+])
+def test_bad_recipes_name_the_field(quant, match):
+    with pytest.raises(RecipeError, match=match):
+        load_recipe(quant)
+
+
+def test_a_yaml_recipe_that_is_not_yaml_is_refused(tmp_path):
+    f = tmp_path / "r.yaml"
+    f.write_text("weights: [int4\n")
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(f)
+
+
+def test_a_rule_that_matches_no_projection_is_refused(tmp_path, dev):
+    d = write_llama(tmp_path / "m", **SMALL)
+    with pytest.raises(RecipeError, match=r"'rules.0.match': 'model.layer.\*' matches no projection"):
+        Model.from_pretrained(d, device=dev, quant={"rules": [{"match": "model.layer.*", "weights": "int4"}]})
+
+
+# -- what the design cannot hold -----------------------------------------------------------------------
+
+def test_formats_the_engines_lack_are_refused_naming_the_projection(tmp_path, dev):
+    d = write_llama(tmp_path / "m", **SMALL)
+    with pytest.raises(ModelFitError, match=r"model.layers.0.mlp.gate_proj is quantized to int2.*\[4, 8\]"):
+        Model.from_pretrained(d, device=dev, quant={"rules": [{"match": "*.mlp.*", "weights": "int2"}]})
+    with pytest.raises(ModelFitError, match="lm_head is quantized to ternary"):
+        Model.from_pretrained(d, device=dev, quant={"lm_head": "ternary"})
+    with GoldenDevice(model_design("kv8", attention={"kv_bits": [8]})) as d8:
+        with pytest.raises(ModelFitError, match=r"kv_bits 4: the attention engine stores KV at \[8\] bits"):
+            Model.from_pretrained(d, device=d8, quant={"kv_bits": 4})
+
+
+def test_head_dim_k_and_row_widths_are_checked_against_the_engines(tmp_path, dev):
+    d = write_llama(tmp_path / "hd", hidden_size=64, q_heads=2, kv_heads=1)          # head_dim 32
+    with pytest.raises(ModelFitError, match="head_dim 32 differs from the attention engine's head_dim 16"):
+        Model.from_pretrained(d, device=dev)
+    d = write_llama(tmp_path / "k", hidden_size=64, intermediate_size=320, q_heads=4, kv_heads=2)
+    with GoldenDevice(model_design("wide", vector={"max_dim": 512})) as wide:
+        with pytest.raises(ModelFitError, match=r"down_proj has K = 320 inputs .* max_k 256"):
+            Model.from_pretrained(d, device=wide)
+    with pytest.raises(ModelFitError, match="intermediate_size 320 exceeds the vector engine's max_dim 256"):
+        Model.from_pretrained(d, device=dev)
+    with GoldenDevice(model_design("nosilu", vector={"activations": ["gelu"]})) as nosilu:
+        with pytest.raises(ModelFitError, match="no silu table"):
+            Model.from_pretrained(write_llama(tmp_path / "ok", **SMALL), device=nosilu)
+
+
+def test_a_design_without_the_engines_a_model_needs_is_refused(tmp_path, golden_dev):
+    with pytest.raises(ModelFitError, match="has no attention engine"):
+        Model.from_pretrained(write_llama(tmp_path / "m", **SMALL), device=golden_dev)
+
+
+def test_a_model_larger_than_a_ports_memory_is_refused_naming_the_port(tmp_path, dev):
+    d = write_llama(tmp_path / "m", **SMALL)
+    region = dev._bank_region(dev.layout.port("w1"))
+    hog = dev.alloc(region.size - 8192, "w1")                      # leave two pages on w1's bank
+    with pytest.raises(ModelFitError, match=r"port\(s\) w1 .* MiB free"):
+        Model.from_pretrained(d, device=dev)
+    assert dev.live_buffers() == [hog]
+
+
+def test_max_context_beyond_the_engine_or_the_model_is_refused(tmp_path, dev):
+    d = write_llama(tmp_path / "m", max_positions=32, **SMALL)
+    with pytest.raises(ModelFitError, match="max_context 100 exceeds the attention engine's max_context 64"):
+        Model.from_pretrained(d, device=dev, max_context=100)
+    with pytest.raises(ModelFitError, match="max_position_embeddings 32"):
+        Model.from_pretrained(d, device=dev, max_context=48)
+    with pytest.raises(ValueError, match="max_context"):
+        Model.from_pretrained(d, device=dev, max_context=0)
+
+
+def test_bad_loader_arguments_are_named(tmp_path, dev):
+    d = write_llama(tmp_path / "m", **SMALL)
+    with pytest.raises(TypeError, match="device"):
+        Model.from_pretrained(d, device="sim")
+    with pytest.raises(TypeError, match="tokenizer"):
+        Model.from_pretrained(d, device=dev, tokenizer="yes")
+    with pytest.raises(TypeError, match="progress"):
+        Model.from_pretrained(d, device=dev, progress=3)
+    with pytest.raises(ValueError, match="timeout"):
+        Model.from_pretrained(d, device=dev, timeout=-1)
+
+
+def test_the_tokenizer_must_fit_the_vocabulary(tmp_path, dev):
+    d = write_llama(tmp_path / "m", **SMALL)
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["vocab_size"] == 259
+    small = write_llama(tmp_path / "small", vocab_size=200, **SMALL)
+    with pytest.raises(CheckpointError, match="tokenizer.json has 259 tokens, more than the model's vocab_size 200"):
+        Model.from_pretrained(small, device=dev)

@@ -15,12 +15,37 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hbmforge.encodings import ErrorCode
-from hbmforge.engines import Channels
+from hbmforge.engines import Channels, FamilyRegister
 from hbmforge.mathutil import exact_log2
 
 from .streams import JobDone, dma_command_stream, word_stream
 
-__all__ = ["EngineSignature", "RtlOps", "rtl_error_code"]
+__all__ = ["EngineSignature", "AxiStreamSignature", "RtlOps", "rtl_error_code"]
+
+
+class AxiStreamSignature(wiring.Signature):
+    """AXI4-Stream, source side: ``tdata``, ``tlast``, ``tvalid`` out, ``tready`` in.
+
+    Packets are whole ``tdata`` words (no ``tkeep``); ``tlast`` marks a packet's last word.
+    A top-level member ``s_axis_net`` of this signature (flipped) gives the Verilog ports
+    ``s_axis_net_tdata`` ... that Vivado infers as an AXI4-Stream interface.
+    """
+
+    def __init__(self, data_width: int):
+        if isinstance(data_width, bool) or not isinstance(data_width, int) or data_width < 8 or data_width % 8:
+            raise ValueError(f"data_width must be a multiple of 8 bits, got {data_width!r}")
+        self._data_width = data_width
+        super().__init__({"tdata": Out(data_width), "tlast": Out(1), "tvalid": Out(1), "tready": In(1)})
+
+    @property
+    def data_width(self) -> int:
+        return self._data_width
+
+    def __eq__(self, other):
+        return isinstance(other, AxiStreamSignature) and other.data_width == self.data_width
+
+    def __repr__(self):
+        return f"AxiStreamSignature({self._data_width})"
 
 
 class EngineSignature(wiring.Signature):
@@ -37,17 +62,31 @@ class EngineSignature(wiring.Signature):
       ``stream_writers`` ``n``: ``sw_cmd[n]``/``sw_data[n]``/``sw_done[n]``.
     * ``busy`` (a job is running), ``stall`` (busy but waiting for data or credit) and
       ``mac_inc`` (MACs done this cycle, at most ``max_mac_inc``) feed the counters.
+    * Per :class:`~hbmforge.engines.StreamPort` of ``channels.streams``: a member named after its
+      prefix, ``s_axis_<name>`` (``In``) or ``m_axis_<name>`` (``Out``), wired to the kernel's
+      top-level port of that name at all times.
+    * ``faults``: an ``Out`` member ``fault`` (an ``ErrorCode``) that the engine holds with
+      ``done``: non-zero ends the run with that code (a run-time error of its family).
+    * Per :class:`~hbmforge.engines.FamilyRegister` of ``registers``: an ``Out`` member
+      ``<name in lower case>`` driving that register, and one ``clear`` input that pulses when
+      a run starts (so per-run counters restart, like the shell's).
     """
 
-    def __init__(self, *, job_layout, data_width: int, channels: Channels, max_mac_inc: int = 0):
+    def __init__(self, *, job_layout, data_width: int, channels: Channels, max_mac_inc: int = 0,
+                 registers=(), faults: bool = False):
         if not isinstance(channels, Channels):
             raise TypeError(f"channels must be a hbmforge.engines.Channels, got {channels!r}")
         if isinstance(data_width, bool) or not isinstance(data_width, int) or data_width < 8:
             raise ValueError(f"data_width must be an int >= 8, got {data_width!r}")
         if isinstance(max_mac_inc, bool) or not isinstance(max_mac_inc, int) or max_mac_inc < 0:
             raise ValueError(f"max_mac_inc must be an int >= 0, got {max_mac_inc!r}")
+        registers = tuple(registers)
+        if not all(isinstance(r, FamilyRegister) for r in registers):
+            raise TypeError(f"registers must be hbmforge.engines.FamilyRegister records, got {registers!r}")
         self._job_layout = data.Layout.cast(job_layout)
         self._data_width, self._channels, self._max_mac_inc = data_width, channels, max_mac_inc
+        self._registers = registers
+        self._faults = bool(faults)
         members = {"job": In(stream.Signature(self._job_layout)), "done": Out(stream.Signature(JobDone))}
         for name in channels.data_readers:
             members[f"{name}_cmd"] = Out(dma_command_stream())
@@ -65,6 +104,18 @@ class EngineSignature(wiring.Signature):
                            sw_data=Out(word_stream(data_width)).array(n),
                            sw_done=In(stream.Signature(JobDone)).array(n))
         members.update(busy=Out(1), stall=Out(1), mac_inc=Out(range(max_mac_inc + 1)))
+        for port in channels.streams:
+            sig = AxiStreamSignature(port.data_width)
+            members[port.prefix] = In(sig) if port.direction == "in" else Out(sig)
+        for reg in registers:
+            name = reg.name.lower()
+            if name in members or name == "clear":
+                raise ValueError(f"register {reg.name} clashes with the engine member {name!r}")
+            members[name] = Out(reg.width)
+        if registers:
+            members["clear"] = In(1)
+        if faults:
+            members["fault"] = Out(ErrorCode)
         super().__init__(members)
 
     @property
@@ -83,14 +134,25 @@ class EngineSignature(wiring.Signature):
     def max_mac_inc(self) -> int:
         return self._max_mac_inc
 
+    @property
+    def registers(self) -> tuple:
+        return self._registers
+
+    @property
+    def faults(self) -> bool:
+        return self._faults
+
     def __eq__(self, other):
         return (isinstance(other, EngineSignature) and other.job_layout == self.job_layout
                 and other.data_width == self.data_width and other.channels == self.channels
-                and other.max_mac_inc == self.max_mac_inc)
+                and other.max_mac_inc == self.max_mac_inc and other.registers == self.registers
+                and other.faults == self.faults)
 
     def __repr__(self):
+        regs = f", registers={[r.name for r in self._registers]}" if self._registers else ""
+        regs += ", faults=True" if self._faults else ""
         return (f"EngineSignature(job_layout={self._job_layout!r}, data_width={self._data_width}, "
-                f"channels={self._channels!r}, max_mac_inc={self._max_mac_inc})")
+                f"channels={self._channels!r}, max_mac_inc={self._max_mac_inc}{regs})")
 
 
 class RtlOps:

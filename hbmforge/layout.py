@@ -22,7 +22,7 @@ from typing import Any, Mapping
 from . import __version__
 from .config import AcceleratorConfig, ConfigError, config_hash, parse_config
 from .encodings import ErrorCode, Opcode, describe_error
-from .engines import FAMILIES, Channels, EngineFamily, first_error
+from .engines import FAMILIES, Channels, EngineFamily, StreamPort, first_error
 from .engines.matmul import MatmulGeometry
 
 __all__ = [
@@ -33,12 +33,17 @@ __all__ = [
     "ManifestError",
     "Register",
     "PortInfo",
+    "StreamInfo",
     "DesignLayout",
+    "FAMILY_REGISTERS_BASE",
 ]
 
 KERNEL_ID = 0x48424D46          # "HBMF"
 LAYOUT_VERSION = 0x0002_0000    # major.minor of this register/descriptor contract
 CTRL_ADDR_WIDTH = 12            # s_axi_control address bits (4 KiB window)
+
+#: offset of the first register a family adds (after the shell's per-port counters)
+FAMILY_REGISTERS_BASE = 0x300
 
 #: top-level manifest keys that the emitter adds beside ``DesignLayout.to_json()``
 MANIFEST_EXTRAS = ("top", "verilog", "generator", "generator_version")
@@ -92,6 +97,27 @@ class PortInfo:
 
 
 @dataclass(frozen=True)
+class StreamInfo:
+    """A top-level AXI4-Stream port of the kernel and the engine that owns it."""
+
+    port: StreamPort
+    engine: str         # the owning engine's config name
+    kind: str           # its family
+
+    @property
+    def name(self) -> str:
+        return self.port.name
+
+    @property
+    def prefix(self) -> str:
+        return self.port.prefix
+
+    def to_json(self) -> dict:
+        return {"name": self.port.name, "prefix": self.port.prefix, "direction": self.port.direction,
+                "data_width": self.port.data_width, "engine": self.engine, "kind": self.kind}
+
+
+@dataclass(frozen=True)
 class DesignLayout:
     config: AcceleratorConfig
     ports: tuple[PortInfo, ...] = field(init=False)
@@ -113,6 +139,12 @@ class DesignLayout:
             ports.append(PortInfo(f"w{i}", i + 1, "stream", chans[f"w{i}"], cfg.data_width,
                                   cfg.axi.id_width, 64, reads, writes))
         object.__setattr__(self, "ports", tuple(ports))
+        prefixes: dict[str, str] = {}
+        for s in self.streams:
+            if s.prefix in prefixes:
+                raise ConfigError(f"engines {prefixes[s.prefix]!r} and {s.engine!r} both declare the stream "
+                                  f"port {s.prefix}; a kernel has one port of each name")
+            prefixes[s.prefix] = s.engine
 
     # -- identity ----------------------------------------------------------------------
     @cached_property
@@ -152,6 +184,19 @@ class DesignLayout:
 
     def channels(self, kind: str) -> Channels:
         return FAMILIES[kind].channels(self)
+
+    @cached_property
+    def streams(self) -> tuple[StreamInfo, ...]:
+        """Top-level AXI4-Stream ports the engines declare (``Channels.streams``), in engine order."""
+        return tuple(StreamInfo(p, e.name, e.kind) for e in self.config.engines
+                     for p in FAMILIES[e.kind].channels(self).streams)
+
+    def stream(self, prefix: str) -> StreamInfo:
+        for s in self.streams:
+            if s.prefix == prefix or s.name == prefix:
+                return s
+        raise ValueError(f"no stream port {prefix!r} on {self.kernel}; streams: "
+                         f"{', '.join(s.prefix for s in self.streams) or 'none'}")
 
     @property
     def mm(self):
@@ -226,6 +271,20 @@ class DesignLayout:
                                  f"bytes read on m_axi_{p.name} in the last run"))
             regs.append(Register(f"{p.name.upper()}_BYTES_WRITTEN", base + 8, 64, "ro",
                                  f"bytes written on m_axi_{p.name} in the last run"))
+        offset = FAMILY_REGISTERS_BASE
+        for fam in self.families:
+            for r in fam.registers(self):
+                step = r.width // 8
+                offset = -(-offset // step) * step
+                regs.append(Register(r.name, offset, r.width, "ro", r.description))
+                offset += step
+        if offset > 1 << CTRL_ADDR_WIDTH:
+            raise ConfigError(f"the engines' registers end at {offset:#x}, past the "
+                              f"{1 << CTRL_ADDR_WIDTH}-byte control window")
+        names = [r.name for r in regs]
+        doubled = sorted({n for n in names if names.count(n) > 1})
+        if doubled:
+            raise ConfigError(f"register name(s) {doubled} declared twice")
         return tuple(regs)
 
     @cached_property
@@ -334,6 +393,7 @@ class DesignLayout:
             "control": {"prefix": "s_axi_control", "addr_width": CTRL_ADDR_WIDTH, "data_width": 32},
             "registers": [r.to_json() for r in self.registers],
             "ports": [p.to_json() for p in self.ports],
+            "streams": [s.to_json() for s in self.streams],
             "axi": {"max_burst_beats": cfg.axi.max_burst_beats, "max_outstanding": cfg.axi.max_outstanding},
             "config": cfg.model_dump(mode="json"),
             "descriptor": {
@@ -353,7 +413,8 @@ class DesignLayout:
         return {"kind": engine.kind, "name": engine.name,
                 "opcodes": [op.name for op in fam.opcodes],
                 "channels": {"data_readers": list(ch.data_readers), "data_writer": ch.data_writer,
-                             "stream_readers": ch.stream_readers, "stream_writers": ch.stream_writers},
+                             "stream_readers": ch.stream_readers, "stream_writers": ch.stream_writers,
+                             "streams": [p.prefix for p in ch.streams]},
                 "macs_per_cycle": fam.macs_per_cycle(self),
                 **fam.manifest(self)}
 

@@ -7,7 +7,8 @@ with its family's checks (``layout.checks(opcode)``, the same rules and order as
 it to the engine of its opcode as one ``job<e>`` record (``active`` = ``e``) and
 waits for ``job_done``. The run ends at an END opcode, after ``count``
 descriptors, or at the first error, with ``status = 1 | code << 8 | index << 16``
-(codes: :class:`hbmforge.encodings.ErrorCode`).
+(codes: :class:`hbmforge.encodings.ErrorCode`; an engine may end a job with a run-time code of
+its family on ``job_code``, read with ``job_done``, which stops the run like a bad descriptor).
 
 The next descriptor is fetched and unloaded into the descriptor register while
 the engine runs the current one, so between the engine's ``done`` and the next
@@ -42,6 +43,8 @@ class CommandProcessor(wiring.Component):
     * ``active`` is the engine of the last dispatched job (the kernel routes DMA by it).
     * ``data_error`` is the OR of the engine-facing DMA error flags; it is
       checked (with ``job_done.error``) when the engine reports a job done.
+    * ``job_code``: the running engine's run-time error code (``EngineSignature.fault``),
+      sampled with ``job_done``; non-zero stops the run with that code.
     """
 
     def __init__(self, layout: DesignLayout, jobs):
@@ -78,6 +81,7 @@ class CommandProcessor(wiring.Component):
             "desc_done": Out(32),
             "fetch": In(ReadChannelSignature(W)),
             "job_done": In(stream.Signature(JobDone)),
+            "job_code": In(ErrorCode),
             "active": Out(range(max(2, len(jobs)))),
             "data_error": In(1),
             "busy": Out(1),
@@ -243,7 +247,10 @@ class CommandProcessor(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += [load_en.eq(1), self.job_done.ready.eq(1)]
                 with m.If(self.job_done.valid):
-                    with m.If(self.job_done.payload.error | self.data_error):
+                    with m.If(self.job_code != 0):      # the engine's own run-time error
+                        m.d.sync += [self.status.eq(status(self.job_code)), stopping.eq(1)]
+                        m.next = "DRAIN"
+                    with m.Elif(self.job_done.payload.error | self.data_error):
                         m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
                         m.next = "DRAIN"
                     with m.Else():

@@ -10,7 +10,10 @@ engine reads it and one writer (AWID 0) when an engine writes it.
 The kernel knows no engine by name: it takes a map opcode -> engine, checks each
 engine's :class:`~hbmforge.generators.engine.EngineSignature` against the channels its
 family declares (``layout.channels(kind)``), and routes the DMA channels to the engine
-of the job in flight (engines run one at a time).
+of the job in flight (engines run one at a time). Top-level AXI4-Stream ports that a
+family declares (``Channels.streams``, ``layout.streams``: ``s_axis_<name>``/``m_axis_<name>``)
+are wired to their engine permanently; registers a family declares (``layout.registers``
+after the shell's) are driven by the engine member of that name.
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from amaranth.lib.wiring import In, Out
 from hbmforge.layout import CTRL_ADDR_WIDTH, DesignLayout
 
 from ..axi import AXI4LiteSignature, AXI4Signature
-from ..engine import EngineSignature
+from ..engine import AxiStreamSignature, EngineSignature
 from .cmdproc import CommandProcessor
 from .control import ControlSlave
 from .port import COUNTER_WIDTH, AxiPort
@@ -66,6 +69,9 @@ class Kernel(wiring.Component):
         for p in layout.ports:
             members[p.verilog_prefix] = Out(AXI4Signature(addr_width=p.addr_width,
                                                           data_width=p.data_width, id_width=p.id_width))
+        for s in layout.streams:
+            sig = AxiStreamSignature(s.port.data_width)
+            members[s.prefix] = In(sig) if s.port.direction == "in" else Out(sig)
         super().__init__(members)
 
     @staticmethod
@@ -88,9 +94,13 @@ class Kernel(wiring.Component):
                 raise TypeError(f"the {fam.kind} engine must be a wiring.Component with an EngineSignature, "
                                 f"got {engine!r}")
             want = layout.channels(fam.kind)
-            if sig.channels != want or sig.data_width != layout.config.data_width:
-                raise TypeError(f"the {fam.kind} engine's EngineSignature must have channels {want!r} and "
-                                f"data_width {layout.config.data_width}, got {sig!r}")
+            regs = fam.registers(layout)
+            faults = bool(fam.runtime_errors)
+            if sig.channels != want or sig.data_width != layout.config.data_width or sig.registers != regs \
+                    or sig.faults != faults:
+                raise TypeError(f"the {fam.kind} engine's EngineSignature must have channels {want!r}, "
+                                f"data_width {layout.config.data_width}, registers "
+                                f"{[r.name for r in regs]} and faults={faults}, got {sig!r}")
             if any(e is engine for e in order):
                 raise ValueError(f"one engine component serves two families ({fam.kind}); give each its own")
             order.append(engine)
@@ -157,6 +167,10 @@ class Kernel(wiring.Component):
         for e, engine in enumerate(engines):
             wiring.connect(m, cmdproc.job(e), engine.job)
         _select_into(m, sel, [e.done for e in engines], cmdproc.job_done)
+        for e, engine in enumerate(engines):
+            if engine.signature.faults:
+                with m.If(sel == e):
+                    m.d.comb += cmdproc.job_code.eq(engine.fault)
         errors = []
         for i in range(len(read_ids) - 1):
             chan = getattr(data, f"rd_r{i}")
@@ -186,6 +200,16 @@ class Kernel(wiring.Component):
                 errors.append(port.wr_w.error)
         m.d.comb += cmdproc.data_error.eq(Cat(*errors).any())
 
+        # -- engine-owned stream ports and registers ----------------------------------------
+        for fam, engine in zip(lay.families, engines):
+            for port in engine.signature.channels.streams:
+                if port.direction == "in":
+                    wiring.connect(m, wiring.flipped(getattr(self, port.prefix)), getattr(engine, port.prefix))
+                else:
+                    wiring.connect(m, getattr(engine, port.prefix), wiring.flipped(getattr(self, port.prefix)))
+            if engine.signature.registers:
+                m.d.comb += engine.clear.eq(control.start)
+
         # -- performance counters ----------------------------------------------------------
         cycles = Signal(COUNTER_WIDTH)
         stalls = Signal(COUNTER_WIDTH)
@@ -205,6 +229,9 @@ class Kernel(wiring.Component):
         for name, port in ports.items():
             sources[f"{name}_bytes_read"] = port.bytes_read
             sources[f"{name}_bytes_written"] = port.bytes_written
+        for engine in engines:
+            for reg in engine.signature.registers:
+                sources[reg.name.lower()] = getattr(engine, reg.name.lower())
         for reg in control.input_registers:
             key = reg.name.lower()
             if key not in sources:

@@ -6,14 +6,17 @@ program interpreter and the host's ProgramBuilder loop over the families of a de
 from __future__ import annotations
 
 from .attention import AttentionFamily
-from .base import Channels, Check, EngineFamily, IntOps, first_error
+from .base import Channels, Check, EngineFamily, FamilyRegister, IntOps, StreamPort, first_error
 from .copy import CopyFamily
 from .matmul import MatmulFamily
+from .vector import VectorFamily
 
-__all__ = ["FAMILIES", "family", "Channels", "Check", "EngineFamily", "IntOps", "first_error"]
+__all__ = ["FAMILIES", "family", "Channels", "Check", "EngineFamily", "FamilyRegister", "IntOps", "StreamPort",
+           "first_error"]
 
 #: config ``kind`` -> family, in the order the shell numbers engines
-FAMILIES: dict[str, EngineFamily] = {f.kind: f for f in (MatmulFamily(), AttentionFamily(), CopyFamily())}
+FAMILIES: dict[str, EngineFamily] = {f.kind: f for f in (MatmulFamily(), AttentionFamily(), CopyFamily(),
+                                                         VectorFamily())}
 
 
 def family(kind: str) -> EngineFamily:

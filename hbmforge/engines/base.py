@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 
 from ..encodings import ErrorCode, Opcode
 
-__all__ = ["Check", "IntOps", "Channels", "EngineFamily", "first_error"]
+__all__ = ["Check", "IntOps", "Channels", "StreamPort", "FamilyRegister", "EngineFamily", "first_error"]
 
 
 @dataclass(frozen=True)
@@ -64,6 +64,54 @@ def first_error(checks, fields: Mapping[str, int]) -> tuple[ErrorCode, str]:
 
 
 @dataclass(frozen=True)
+class StreamPort:
+    """A top-level AXI4-Stream port the engine owns (docs/architecture.md §6).
+
+    Direction ``"in"``: the kernel gets ``s_axis_<name>`` (``tdata``, ``tlast``, ``tvalid``,
+    ``tready``) and the engine member of that name is an ``In`` stream; ``"out"``:
+    ``m_axis_<name>``. Unlike the DMA channels, a stream port is wired to its engine at all
+    times (not only while it runs a job): packets may arrive whenever the peer sends them.
+    """
+
+    name: str
+    direction: str          # "in" or "out"
+    data_width: int
+
+    def __post_init__(self):
+        if not (isinstance(self.name, str) and self.name.isidentifier() and self.name.islower()):
+            raise ValueError(f"stream port name must be a lower-case identifier, got {self.name!r}")
+        if self.direction not in ("in", "out"):
+            raise ValueError(f"stream port direction must be 'in' or 'out', got {self.direction!r}")
+        if isinstance(self.data_width, bool) or not isinstance(self.data_width, int) or self.data_width < 8 \
+                or self.data_width % 8:
+            raise ValueError(f"stream port data_width must be a multiple of 8 bits, got {self.data_width!r}")
+
+    @property
+    def prefix(self) -> str:
+        """The Verilog prefix of its signals: ``s_axis_<name>`` or ``m_axis_<name>``."""
+        return f"{'s' if self.direction == 'in' else 'm'}_axis_{self.name}"
+
+
+@dataclass(frozen=True)
+class FamilyRegister:
+    """A read-only control register a family adds (its engine drives the value).
+
+    The layout places family registers after the shell's, in family order; the engine's
+    signature has an ``Out`` member named ``name.lower()`` that drives it.
+    """
+
+    name: str
+    width: int              # 32 or 64
+    description: str
+
+    def __post_init__(self):
+        if not (isinstance(self.name, str) and self.name.isidentifier() and self.name.isupper()):
+            raise ValueError(f"register name must be an upper-case identifier, got {self.name!r}")
+        if self.width not in (32, 64):
+            raise ValueError(f"register width must be 32 or 64, got {self.width!r}")
+
+
+@dataclass(frozen=True)
 class Channels:
     """The DMA channels an engine drives (docs/architecture.md §6).
 
@@ -71,13 +119,16 @@ class Channels:
       of every engine shares the port's reader ``i`` (ARID ``i + 1``; ARID 0 fetches
       descriptors);
     * ``data_writer``: it writes on the ``data`` port (``out_*`` members);
-    * ``stream_readers``/``stream_writers``: it reads/writes ports ``w0 .. w<n-1>``.
+    * ``stream_readers``/``stream_writers``: it reads/writes ports ``w0 .. w<n-1>``;
+    * ``streams``: top-level AXI4-Stream ports it owns (:class:`StreamPort`), for example a
+      network link; the kernel exposes each one under its own prefix.
     """
 
     data_readers: tuple[str, ...] = ()
     data_writer: bool = False
     stream_readers: int = 0
     stream_writers: int = 0
+    streams: tuple[StreamPort, ...] = ()
 
 
 class EngineFamily:
@@ -87,8 +138,10 @@ class EngineFamily:
     kind: str = ""
     #: the opcodes its engine runs
     opcodes: tuple[Opcode, ...] = ()
-    #: the error codes its checks can give (besides the shell's)
+    #: the error codes its checks can give (besides the shell's), run-time ones included
     errors: tuple[ErrorCode, ...] = ()
+    #: the codes its engine may end a job with at run time (``EngineSignature.fault``)
+    runtime_errors: tuple[ErrorCode, ...] = ()
 
     def fields(self, layout, opcode: Opcode) -> tuple[str, ...]:
         """u64 descriptor slots after ``op``, in order."""
@@ -100,6 +153,10 @@ class EngineFamily:
 
     def channels(self, layout) -> Channels:
         raise NotImplementedError
+
+    def registers(self, layout) -> tuple[FamilyRegister, ...]:
+        """Read-only registers the family adds to the control map (counters, status)."""
+        return ()
 
     def max_mac_inc(self, layout) -> int:
         """The largest MAC_OPS increment of one cycle (0: the engine does no MACs)."""

@@ -24,6 +24,7 @@ __all__ = [
     "MatmulEngine",
     "AttentionEngine",
     "CopyEngine",
+    "NetworkEngine",
     "VectorEngine",
     "ENGINE_KINDS",
     "AcceleratorConfig",
@@ -264,8 +265,47 @@ class VectorEngine(_EngineBase):
         return 0                # it writes the KV pools on the attention engine's ports
 
 
-Engine = Annotated[Union[MatmulEngine, AttentionEngine, CopyEngine, VectorEngine], Field(discriminator="kind")]
-ENGINE_KINDS = ("matmul", "attention", "copy", "vector")
+class NetworkEngine(_EngineBase):
+    """The all-reduce endpoint: the ALLREDUCE opcode over the aggregation switch.
+
+    It cuts a buffer into packets of ``packet_words`` port words, keeps up to ``window``
+    switch slots in flight, retransmits on timeout and writes the reduced blocks back in
+    place (docs/engines/network.md). The kernel gets an AXI4-Stream pair ``s_axis_net`` /
+    ``m_axis_net`` of the port width; the switch (``hbmforge.generators.network``) must be
+    generated with the same width and ``packet_words``, at least ``window`` slots and ``jobs`` jobs.
+    """
+
+    kind: Literal["network"] = "network"
+    name: str = Field("net0", description="engine instance name (identifier)")
+    packet_words: int = Field(32, description="payload port words per packet (power of two)")
+    window: int = Field(16, description="switch slots a job keeps in flight (power of two)")
+    jobs: int = Field(4, description="job ids whose slot versions the endpoint keeps (power of two)")
+    read_ahead: int = Field(4, ge=1, le=16,
+                            description="packets whose payload reads are in flight ahead of the link")
+
+    @field_validator("packet_words")
+    @classmethod
+    def _packet(cls, v: int) -> int:
+        return _power_of_two(v, "packet_words", 1, 256)
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: int) -> int:
+        return _power_of_two(v, "window", 1, 256)
+
+    @field_validator("jobs")
+    @classmethod
+    def _jobs(cls, v: int) -> int:
+        return _power_of_two(v, "jobs", 1, 16)
+
+    @property
+    def stream_ports(self) -> int:
+        return 0
+
+
+Engine = Annotated[Union[MatmulEngine, AttentionEngine, CopyEngine, VectorEngine, NetworkEngine],
+                   Field(discriminator="kind")]
+ENGINE_KINDS = ("matmul", "attention", "copy", "vector", "network")
 
 
 class AcceleratorConfig(_Strict):

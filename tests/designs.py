@@ -29,3 +29,11 @@ def tiny_copy_config_dict(name: str = "tiny_copy", **copy) -> dict:
     cfg["name"] = name
     cfg["engines"].append({"kind": "copy", "buffer_words": 8, **copy})
     return cfg
+
+
+def tiny_vector_config_dict(name: str = "tiny_vec", *, attention: bool = True, **vector) -> dict:
+    """tiny (+ the tiny attention engine) + a vector engine holding rows of up to 256 elements."""
+    cfg = tiny_attention_config_dict(name) if attention else tiny_config_dict()
+    cfg["name"] = name
+    cfg["engines"].append({"kind": "vector", "max_dim": 256, **vector})
+    return cfg

@@ -241,8 +241,18 @@ def _run_copy(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResul
         result.weight_bytes_read[d["src_port"] - 1] += d["bytes"]
 
 
+def _run_vector(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
+    from .vector import run_vector
+
+    stats = run_vector(mem, d, layout)
+    for p, nbytes in enumerate(stats["bytes_written"]):
+        result.bytes_written[p] += nbytes
+    for p, nbytes in enumerate(stats["stream_bytes_read"]):
+        result.weight_bytes_read[p] += nbytes
+
+
 #: family kind -> golden runner of one validated descriptor
-_RUNNERS = {"matmul": _run_matmul, "attention": _run_attention, "copy": _run_copy}
+_RUNNERS = {"matmul": _run_matmul, "attention": _run_attention, "copy": _run_copy, "vector": _run_vector}
 
 
 def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> ProgramResult:

@@ -357,10 +357,45 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         sink: int = typer.Option(0, "--sink", help="attention: sink tokens kept besides the window."),
         seed: int = typer.Option(0, "--seed", help="Random seed for weights and inputs."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-        timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the device.")):
-    """Run a random layer on the sim backend and report cycles, utilization, bytes and error."""
+        timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the device."),
+        model: Optional[Path] = typer.Option(None, "--model", help="Run a Hugging Face checkpoint directory "
+                                             "(config.json + *.safetensors) instead of a random layer."),
+        prompt: Optional[str] = typer.Option(None, "--prompt", help="model: text to continue (decoders)."),
+        max_new_tokens: int = typer.Option(32, "--max-new-tokens", help="model: tokens to generate."),
+        encode: bool = typer.Option(False, "--encode", help="model: embed the TEXT arguments (encoders)."),
+        texts: Optional[list[str]] = typer.Argument(None, help="model: texts to embed with --encode.",
+                                                    show_default=False),
+        quant: str = typer.Option("int8", "--quant", help="model: weight format for every layer (int8, int4, "
+                                  "int2, ternary) or a YAML quantization recipe."),
+        kv: Optional[int] = typer.Option(None, "--kv-cache-bits", help="model: KV cache width 8 or 4 (default: "
+                                         "the recipe's, 8)."),
+        sample: bool = typer.Option(False, "--sample", help="model: sample instead of greedy decoding."),
+        temperature: float = typer.Option(1.0, "--temperature", help="model: sampling temperature."),
+        top_k: int = typer.Option(0, "--top-k", help="model: sample among the k most likely tokens (0: all)."),
+        top_p: float = typer.Option(1.0, "--top-p", help="model: nucleus sampling threshold."),
+        max_context: Optional[int] = typer.Option(None, "--max-context", help="model: KV cache tokens per "
+                                                  "sequence (default: the attention engine's)."),
+        verify: bool = typer.Option(False, "--verify", help="model: also run every step on the golden model "
+                                    "and count bit mismatches."),
+        reference: bool = typer.Option(False, "--reference", help="model: compare with the float model of the "
+                                       "checkpoint (logits cosine, greedy agreement / embedding cosine)."),
+        normalize: Optional[bool] = typer.Option(None, "--normalize/--no-normalize", help="model: L2-normalize "
+                                                 "embeddings (default: the checkpoint's setting).")):
+    """Run a random layer, or a model from a checkpoint (--model), on the sim backend and report
+    cycles, utilization, bytes and error."""
     from .runner import LayerRunError, run_linear
 
+    if model is not None or encode or prompt is not None or texts:
+        if not timeout > 0 or timeout == float("inf"):
+            _fail(f"--timeout must be a finite number of seconds > 0, got {timeout}")
+        from .model_runner import run_model_command
+
+        run_model_command(_load(config).config, model, prompt=prompt, max_new_tokens=max_new_tokens,
+                          encode=encode, texts=texts or [], quant=quant, kv_bits=kv, sample=sample,
+                          temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_context=max_context,
+                          verify=verify, reference=reference, normalize=normalize, as_json=as_json,
+                          timeout=timeout, console=console, err_console=err_console, fail=_fail)
+        return
     if layer not in ("linear", "attention"):
         _fail(f"--layer must be one of: linear, attention (got {layer!r})")
     if not timeout > 0 or timeout == float("inf"):

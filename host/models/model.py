@@ -75,6 +75,7 @@ class Generation:
     host_round_trips: int = 0
     golden_checked: int = 0                      # runs compared with the golden program (verify=True)
     golden_mismatches: int = 0
+    logits: list = field(default_factory=list)   # output_logits=True: float32 [vocab] each token came from
 
     @property
     def cycles_per_token(self) -> float:
@@ -398,7 +399,7 @@ class DecoderModel(Model):
     def generate(self, input_ids=None, max_new_tokens: int = 32, *, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
                  stop_tokens=None, session: Session | None = None, on_token: Callable[[TokenEvent], None] | None = None,
-                 verify: bool = False) -> Generation:
+                 verify: bool = False, output_logits: bool = False) -> Generation:
         """Generate up to ``max_new_tokens`` tokens after ``input_ids`` (token ids [T] or [1, T], or
         a str when the checkpoint has a tokenizer).
 
@@ -408,13 +409,15 @@ class DecoderModel(Model):
         :meth:`session` whose cache is reused (its history comes first); without one the call
         uses a fresh sequence and frees it. ``on_token`` is called with a :class:`TokenEvent`
         per token as it comes. ``verify=True`` also runs every step's program on the golden
-        model and counts bit mismatches (``Generation.golden_mismatches``).
+        model and counts bit mismatches (``Generation.golden_mismatches``); ``output_logits=True``
+        keeps the logits each token was chosen from (``Generation.logits``).
         """
         self._check_open()
         max_new_tokens = check_int("max_new_tokens", max_new_tokens, 0)
         samp = sampling(do_sample=do_sample, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
         stops = self._stops(stop_tokens)
         verify = check_bool("verify", verify)
+        keep_logits = check_bool("output_logits", output_logits)
         if on_token is not None and not callable(on_token):
             raise TypeError(f"on_token must be a callable taking a TokenEvent, got {type(on_token).__name__}")
         if session is not None:
@@ -427,7 +430,7 @@ class DecoderModel(Model):
         out = Generation(prompt_tokens=list(prompt))
         t0 = time.monotonic()
         try:
-            self._run(sess, prompt, feed, max_new_tokens, samp, stops, on_token, verify, out)
+            self._run(sess, prompt, feed, max_new_tokens, samp, stops, on_token, verify, keep_logits, out)
         except BaseException:
             if not own:
                 self._rollback(sess, *saved)
@@ -442,7 +445,7 @@ class DecoderModel(Model):
         return out
 
     def _run(self, sess: Session, prompt, feed, max_new_tokens, samp: Sampling, stops, on_token, verify,
-             out: Generation) -> None:
+             keep_logits: bool, out: Generation) -> None:
         rng = np.random.default_rng(samp.seed) if samp.do_sample else None
         sess.tokens.extend(prompt)
         logits = None
@@ -463,6 +466,8 @@ class DecoderModel(Model):
                 sess.cached += 1
                 cycles = self._cycles()
             tok = choose_token(last, samp, rng)
+            if keep_logits:
+                out.logits.append(np.array(last, dtype=np.float32))
             out.tokens.append(tok)
             sess.tokens.append(tok)
             out.token_cycles.append(cycles)

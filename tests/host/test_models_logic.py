@@ -334,3 +334,17 @@ def test_bad_encode_inputs_are_refused_before_any_run(bert_dir, args, err, match
     with pytest.raises(err, match=match):
         m.encode(*args)
     assert m.program.calls == 0
+
+
+def test_output_logits_and_the_float_comparison_of_a_generation(llama_dir):
+    from hbmforge.flows.model_runner import decoder_accuracy
+
+    m = decoder(llama_dir)
+    out = m.generate(PROMPT, 6, stop_tokens=(), output_logits=True)
+    assert len(out.logits) == 6 and out.logits[0].shape == (259,)
+    acc = decoder_accuracy(m, PROMPT, out)
+    # the stand-in computes the float model itself (in float32): agreement is total
+    assert acc["logits_cosine_min"] > 1 - 1e-9 and acc["greedy_agreement"] == 1.0
+    assert acc["free_running_common_prefix"] == 6 and acc["reference_tokens"] == out.tokens
+    out.logits[3] = -out.logits[3]                         # a wrong step is seen
+    assert decoder_accuracy(m, PROMPT, out)["logits_cosine_min"] < 0

@@ -13,7 +13,11 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["Board", "BoardResources", "BoardMemory", "board_names", "load_board", "UnknownBoardError"]
+__all__ = ["Board", "BoardResources", "BoardMemory", "OtherMemory", "MEMORY_KINDS", "board_names", "load_board",
+           "UnknownBoardError"]
+
+#: the memories a buffer can live in (``Device.alloc(..., memory=...)``)
+MEMORY_KINDS = ("hbm", "ddr", "host")
 
 
 class _Strict(BaseModel):
@@ -41,6 +45,24 @@ class BoardMemory(_Strict):
     ps_ports: list[str] | None = None
 
 
+class OtherMemory(_Strict):
+    """A memory beside the board's main one: host memory over PCIe, or DDR4 next to the HBM.
+
+    Each has its own timing model (latency, bandwidth per channel and direction); every figure
+    is cited in the board file. ``shared_with_board``: the same physical memory as ``memory``
+    (the PS DDR of a Zynq board is both the PL's memory and the CPU's).
+    """
+
+    kind: Literal["host", "ddr"]
+    channels: int = Field(gt=0)
+    channel_size_mib: int = Field(gt=0)
+    channel_peak_gbps: float = Field(gt=0)      # per channel and direction
+    read_latency_ns: float = Field(ge=0)
+    write_latency_ns: float = Field(ge=0)
+    sp_tag: str | None = None                   # v++ --connectivity.sp bank tag (HOST, DDR)
+    shared_with_board: bool = False
+
+
 class Board(_Strict):
     name: str
     description: str
@@ -51,6 +73,15 @@ class Board(_Strict):
     default_clock_mhz: float = Field(gt=0)
     resources: BoardResources
     memory: BoardMemory
+    memories: list[OtherMemory] = Field(default_factory=list)
+
+    def other_memory(self, kind: str) -> OtherMemory | None:
+        """The ``host`` or ``ddr`` memory beside the main one, or None if the board has none."""
+        return next((m for m in self.memories if m.kind == kind), None)
+
+    def has_memory(self, kind: str) -> bool:
+        """Whether a buffer can live in ``kind`` (one of :data:`MEMORY_KINDS`) on this board."""
+        return kind == self.memory.kind or self.other_memory(kind) is not None
 
     def channel_bytes_per_cycle(self, clock_mhz: float) -> float:
         """Peak bytes one memory channel can deliver per kernel clock cycle."""

@@ -23,6 +23,7 @@ import numpy as np
 
 from hbmforge.layout import DesignLayout, PortInfo, Register
 from hbmforge.manifest import DesignManifest, read_manifest
+from hbmforge.memory_map import check_memory_kind, region_for
 
 from .allocator import PAGE_BYTES, BankAllocator
 from .checks import check_int, check_str, check_timeout
@@ -58,9 +59,10 @@ class RunStatus:
 class Buffer:
     """A range of device memory in the bank of one port; free it with ``device.free``."""
 
-    __slots__ = ("_device", "port", "bank", "_address", "nbytes", "handle", "_freed")
+    __slots__ = ("_device", "port", "bank", "_address", "nbytes", "handle", "_freed", "memory")
 
-    def __init__(self, device: "Device", port: str, bank: str, address: int, nbytes: int, handle: Any = None):
+    def __init__(self, device: "Device", port: str, bank: str, address: int, nbytes: int, handle: Any = None,
+                 memory: str | None = None):
         self._device = device
         self.port = port
         self.bank = bank
@@ -68,6 +70,7 @@ class Buffer:
         self.nbytes = nbytes
         self.handle = handle          # backend object (pynq buffer, xrt bo), if any
         self._freed = False
+        self.memory = memory or device.layout.config.board_info.memory.kind    # "hbm", "ddr" or "host"
 
     @property
     def device(self) -> "Device":
@@ -183,17 +186,22 @@ class Device(abc.ABC):
     def _close(self) -> None:
         """Release backend resources (after every buffer was freed)."""
 
-    def _bank_region(self, port: PortInfo) -> BankRegion:
-        """The bank a port is bound to: HBM pseudo-channel ``c`` at ``c * channel_size_mib`` MiB."""
-        mem = self._layout.config.board_info.memory
+    def _bank_region(self, port: PortInfo, memory: str | None = None) -> BankRegion:
+        """The bank a port is bound to: HBM pseudo-channel ``c`` at ``c * channel_size_mib`` MiB;
+        with ``memory`` ("host", "ddr") the region of that memory (:mod:`hbmforge.memory_map`)."""
+        board = self._layout.config.board_info
+        region = None if memory is None else region_for(board, memory)
+        if region is not None:
+            return BankRegion(region.name, region.base, region.size)
+        mem = board.memory
         size = mem.channel_size_mib * MIB
         if mem.kind == "hbm":
             return BankRegion(f"{mem.sp_tag or 'HBM'}[{port.channel}]", port.channel * size, size)
         return BankRegion("DDR", 0, size)           # all ports of a DDR board share one memory
 
-    def _allocate(self, port: PortInfo, nbytes: int) -> tuple[str, int, Any]:
+    def _allocate(self, port: PortInfo, nbytes: int, memory: str | None = None) -> tuple[str, int, Any]:
         """(bank name, address, handle) of fresh memory; backends with their own allocator override."""
-        region = self._bank_region(port)
+        region = self._bank_region(port, memory)
         alloc = self._allocators.get(region.name)
         if alloc is None:
             alloc = self._allocators[region.name] = BankAllocator(region.name, region.base, region.size)
@@ -243,23 +251,32 @@ class Device(abc.ABC):
         return sorted(self._buffers, key=lambda b: b._address)
 
     # -- memory ------------------------------------------------------------------------
-    def alloc(self, nbytes: int, port: str = "data") -> Buffer:
-        """A buffer of ``nbytes`` in the bank bound to ``port``, starting on a 4 KiB page."""
+    def alloc(self, nbytes: int, port: str = "data", memory: str | None = None) -> Buffer:
+        """A buffer of ``nbytes`` in the bank bound to ``port``, starting on a 4 KiB page.
+
+        ``memory`` places it elsewhere in the board's hierarchy: ``"hbm"`` (or the board's main
+        memory), ``"ddr"`` (the DDR4 beside the HBM, channel 0) or ``"host"`` (host memory the
+        card reaches over PCIe: an XRT host-only buffer; the PS DDR on a Zynq board). The port's
+        engines reach it there; on hardware the port must be linked to that memory.
+        """
         self._check_open()
         nbytes = check_int("nbytes", nbytes, lo=1)
         if not isinstance(port, str):
             raise TypeError(f"port must be a port name ({', '.join(self._layout.port_names)}), "
                             f"got {type(port).__name__}")
         spec = self._layout.port(port)
-        region = self._bank_region(spec)
+        if memory is not None:
+            memory = check_memory_kind(self._layout.config.board_info, memory)
+        region = self._bank_region(spec, memory)
         if nbytes > region.size:
             raise OutOfDeviceMemoryError(f"bank {region.name}: cannot allocate {nbytes} bytes for port {port}; "
                                          f"the bank holds {region.size} bytes")
-        bank, address, handle = self._allocate(spec, nbytes)
+        bank, address, handle = self._allocate(spec, nbytes) if memory is None else \
+            self._allocate(spec, nbytes, memory)
         if address % PAGE_BYTES:
             raise DeviceError(f"{self.backend} backend returned address {address:#x} for port {port}, "
                               f"not {PAGE_BYTES}-byte aligned")
-        buf = Buffer(self, port, bank, address, nbytes, handle)
+        buf = Buffer(self, port, bank, address, nbytes, handle, memory)
         self._buffers.add(buf)
         return buf
 

@@ -22,7 +22,8 @@ from hbmforge.layout import CTRL_ADDR_WIDTH
 from .bindings import port_timings, read_design
 from .timing import PortTiming
 
-__all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "ProtocolReport", "build_cosim"]
+__all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "RegionStats", "ProtocolReport", "build_cosim",
+           "MAX_REGIONS", "TRACE_DTYPE"]
 
 _RUN_CHUNK = 1 << 20            # cycles per C call when a wall-clock limit or Ctrl-C must be honoured
 _ERROR_TEXT_BYTES = 1 << 16
@@ -65,6 +66,24 @@ class PortStats(NamedTuple):
     write_bursts: int
     r_beats: int
     violations_4k: int
+
+
+class RegionStats(NamedTuple):
+    """``hbf_region_stats``: traffic into one memory region and its trace buffer."""
+
+    bytes_read: int
+    bytes_written: int
+    read_bursts: int
+    write_bursts: int
+    trace_pending: int
+    trace_dropped: int
+
+
+#: regions the harness holds (memory_regions.h)
+MAX_REGIONS = 8
+#: one traced burst: what an observer of the region sees
+TRACE_DTYPE = np.dtype([("cycle", "<u8"), ("addr", "<u8"), ("bytes", "<u4"), ("port", "u1"), ("write", "u1"),
+                        ("region", "u1")])
 
 
 class ProtocolReport(NamedTuple):
@@ -115,6 +134,9 @@ def _load(path: Path) -> ctypes.CDLL:
         "hbf_port_stats": ([vp, i32, ctypes.POINTER(u64)], None),
         "hbf_protocol_errors": ([vp, ctypes.c_char_p, i32], i32),
         "hbf_trace_open": ([vp, ctypes.c_char_p], None),
+        "hbf_set_region": ([vp, i32, u64, u64, u32, u32, ctypes.c_double, i32], i32),
+        "hbf_region_stats": ([vp, i32, ctypes.POINTER(u64)], None),
+        "hbf_region_trace": ([vp, ctypes.POINTER(u64), u64], u64),
     }
     for name, (args, res) in sigs.items():
         try:
@@ -337,6 +359,43 @@ class CoSim:
         if report.count:
             shown = "\n  ".join(report.messages[:20])
             raise AxiProtocolError(f"{report.count} AXI protocol violation(s):\n  {shown}")
+
+    # -- memory regions beside the ports' channels (host memory, DDR) ----------------------
+    def set_region(self, index: int, base: int, size: int, read_latency: int, write_latency: int,
+                   bytes_per_cycle: float, *, traced: bool = False) -> None:
+        """Region ``index`` (0..7) = ``[base, base + size)`` with its own latency (cycles) and a
+        bandwidth shared by every port (``size`` 0 removes it); ``traced`` records its bursts."""
+        index = _count("region index", index, 0, MAX_REGIONS - 1)
+        base = _span(base, _count("region size", size, 0, _ADDRESS_SPACE - 1))
+        timing = PortTiming(read_latency, write_latency, bytes_per_cycle)     # checks the ranges
+        self._lib.hbf_set_region(self.handle, index, base, size, timing.read_latency, timing.write_latency,
+                                 float(timing.bytes_per_cycle), int(bool(traced)))
+
+    def region_stats(self, index: int) -> RegionStats:
+        out = (ctypes.c_uint64 * 6)()
+        self._lib.hbf_region_stats(self.handle, _count("region index", index, 0, MAX_REGIONS - 1), out)
+        return RegionStats(*out)
+
+    def region_trace(self) -> np.ndarray:
+        """The traced bursts recorded since the last call (and forgets them), as a structured array
+        with fields ``cycle``, ``addr``, ``bytes``, ``port``, ``write``, ``region``, oldest first."""
+        chunks = []
+        while True:
+            buf = np.empty((1 << 16, 3), np.uint64)
+            n = self._lib.hbf_region_trace(self.handle, buf.ctypes.data_as(ctypes.POINTER(ctypes.c_uint64)),
+                                           buf.shape[0])
+            chunks.append(buf[:n])
+            if n < buf.shape[0]:
+                break
+        raw = np.concatenate(chunks)
+        out = np.empty(len(raw), TRACE_DTYPE)
+        out["cycle"], out["addr"] = raw[:, 0], raw[:, 1]
+        info = raw[:, 2]
+        out["bytes"] = info & 0xFFFF_FFFF
+        out["port"] = (info >> 32) & 0xFF
+        out["write"] = (info >> 40) & 0xFF
+        out["region"] = (info >> 48) & 0xFF
+        return out
 
     def trace_open(self, path: str | Path) -> None:
         """Start a waveform trace (FST or VCD, see ``trace_format``); needs ``BuildOptions(trace=True)``."""

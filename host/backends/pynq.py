@@ -152,7 +152,8 @@ class PynqDevice(Device):
     def _write32(self, offset: int, value: int) -> None:
         self._mmio.write(offset, int(value) & 0xFFFF_FFFF)
 
-    def _allocate(self, port: PortInfo, nbytes: int):
+    def _allocate(self, port: PortInfo, nbytes: int, memory: str | None = None):
+        # every memory of a Zynq board ("ddr", "host") is the PS DDR pynq.allocate places buffers in
         arr = self._pynq.allocate((nbytes,), np.uint8, target=self._overlay.device)
         return self._bank_region(port).name, int(arr.device_address), arr
 

@@ -156,6 +156,7 @@ class SimDevice(Device):
                 t = self._timings[p.name]
                 self._sim.set_port_timing(p.index, t.read_latency, t.write_latency, t.bytes_per_cycle,
                                           t.max_outstanding)
+            self._regions = self._set_regions()
             if opts["trace"] is not None:
                 self._sim.trace_open(str(opts["trace"]))
             self.check_identity()
@@ -219,6 +220,48 @@ class SimDevice(Device):
                 raise ProtocolViolationError(
                     f"{self.layout.kernel}: the co-simulation saw {count} AXI rule violation(s): {text}")
 
+    # -- memories beside the ports' channels (host memory, DDR) ----------------------------
+    def _set_regions(self, traced=()) -> tuple:
+        """Give the co-simulation the board's host and DDR regions (hbmforge.memory_map)."""
+        from hbmforge.memory_map import memory_regions
+
+        regions = memory_regions(self.layout.config.board_info)
+        if not hasattr(self._sim, "set_region"):           # a test double without the memory hierarchy
+            return ()
+        clock = self.layout.config.clock
+        for i, r in enumerate(regions):
+            self._sim.set_region(i, r.base, r.size, r.latency_cycles(clock), r.latency_cycles(clock, write=True),
+                                 r.bytes_per_cycle(clock), traced=r.kind in traced)
+        return regions
+
+    @property
+    def memory_regions(self) -> tuple:
+        """The host and DDR regions of the simulated address map (:class:`hbmforge.memory_map.MemoryRegion`)."""
+        return self._regions
+
+    def trace_memory(self, memory: str = "host", enable: bool = True) -> None:
+        """Record every burst the kernel makes into ``memory`` ("host" or "ddr") from now on
+        (what an observer of that memory sees); :meth:`memory_trace` hands the records out."""
+        self._check_open()
+        if memory not in ("host", "ddr"):
+            raise ValueError(f"memory must be 'host' or 'ddr' (the regions beside the main memory), got {memory!r}")
+        if not any(r.kind == memory for r in self._regions):
+            raise ValueError(f"{self.layout.config.board} has no separate {memory} region to trace")
+        traced = {r.kind for i, r in enumerate(self._regions) if self._traced(i)} | {memory}
+        if not check_bool("enable", enable):
+            traced.discard(memory)
+        self._traced_kinds = traced
+        self._set_regions(traced)
+
+    def _traced(self, index: int) -> bool:
+        return self._regions[index].kind in getattr(self, "_traced_kinds", ())
+
+    def memory_trace(self):
+        """The traced bursts since the last call, oldest first: a NumPy structured array with
+        ``cycle`` (AR/AW handshake), ``addr``, ``bytes``, ``port`` (index), ``write`` (0/1), ``region``."""
+        self._check_open()
+        return self._sim.region_trace()
+
     # -- extras ------------------------------------------------------------------------
     def counters(self) -> dict:
         out = super().counters()
@@ -228,6 +271,11 @@ class SimDevice(Device):
             stats[p.name] = {"bytes_read": s[0], "bytes_written": s[1], "read_bursts": s[2],
                              "write_bursts": s[3], "r_beats": s[4], "crossings_4k": s[5]}
         out["sim"] = {"total_cycles": self._sim.cycles(), "ports": stats}
+        if self._regions:
+            out["sim"]["regions"] = {
+                r.name: dict(zip(("bytes_read", "bytes_written", "read_bursts", "write_bursts"),
+                                 self._sim.region_stats(i)[:4]))
+                for i, r in enumerate(self._regions)}
         return out
 
     def step(self, cycles: int) -> None:

@@ -77,6 +77,7 @@ class XrtDevice(Device):
         pyxrt = import_pyxrt()
         self._xrt = pyxrt
         self._control = None
+        self._xclbin_obj = None
         try:
             self._device = pyxrt.device(self._device_spec)
             xclbin_obj = pyxrt.xclbin(str(self._xclbin_path))
@@ -87,6 +88,7 @@ class XrtDevice(Device):
                     f"{self._xclbin_path} holds kernel(s) {kernels}, not {top!r} of this "
                     "manifest; link the xclbin from this design")
             self._uuid = self._device.load_xclbin(xclbin_obj)
+            self._xclbin_obj = xclbin_obj
             cu_name = f"{top}:{{{compute_unit(self.design.data)}}}"
             self._control = open_control(pyxrt, self._device, self._uuid, cu_name, self._device_spec)
             self._groups = {p.name: self._control.group_id(pointer_arg_of_port(self.design.data, p.name).index)
@@ -108,9 +110,24 @@ class XrtDevice(Device):
     def _write32(self, offset: int, value: int) -> None:
         self._control.write32(offset, value)
 
-    def _allocate(self, port: PortInfo, nbytes: int):
-        bo = self._xrt.bo(self._device, nbytes, self._xrt.bo.flags.normal, self._groups[port.name])
-        return self._bank_region(port).name, int(bo.address()), bo
+    def _allocate(self, port: PortInfo, nbytes: int, memory: str | None = None):
+        flags, group = self._xrt.bo.flags.normal, self._groups[port.name]
+        if memory == "host":                    # an XRT host-only buffer, reached over the slave bridge
+            flags = self._xrt.bo.flags.host_only
+        elif memory == "ddr":                   # a buffer in the card's DDR bank DDR[0]
+            group = self._memory_index("DDR[0]")
+        bo = self._xrt.bo(self._device, nbytes, flags, group)
+        return self._bank_region(port, memory).name, int(bo.address()), bo
+
+    def _memory_index(self, tag: str) -> int:
+        """The memory-topology index of bank ``tag`` in the loaded xclbin."""
+        mems = self._xclbin_obj.get_mems() if self._xclbin_obj is not None else []
+        for mem in mems:
+            if mem.get_tag() == tag and hasattr(mem, "get_index"):
+                return int(mem.get_index())
+        tags = [m.get_tag() for m in mems]
+        raise DeviceError(f"{self._xclbin_path} has no memory bank {tag} (banks: {tags}); link a port of the "
+                          f"kernel to {tag} in link.cfg")
 
     def _release(self, buf: Buffer) -> None:
         buf.handle = None                     # the last reference: XRT frees the buffer object

@@ -18,10 +18,14 @@
 // a function of the model state only, so no combinational loop with the
 // kernel can form) and update() with the kernel's outputs sampled just before
 // the next rising edge.
+//
+// A burst into one of the address regions of memory_regions.h (host memory, DDR) takes the
+// region's latency and shares the region's bandwidth instead of using this channel.
 #pragma once
 #include <algorithm>
 #include <cstdint>
 
+#include "memory_regions.h"
 #include "protocol_log.h"
 #include "sparse_memory.h"
 
@@ -97,6 +101,10 @@ class AxiPortModel {
         beat_cycles_ = bpc > 0 && bpc < data_bytes_ ? data_bytes_ / bpc : 1.0;   // 0 or NaN: full width
     }
     const PortTiming& timing() const { return timing_; }
+    void attach(MemoryRegions* regions, int index) {
+        regions_ = regions;
+        index_ = index;
+    }
     const PortStats& stats() const { return stats_; }
     const SlaveSignals& out() const { return out_; }
 
@@ -106,16 +114,20 @@ class AxiPortModel {
         if (!out_.rvalid && !reads_.empty()) {
             ReadBurst& b = reads_.front();
             double due = std::max(double(b.ready) + beat_cycles_ - 1.0, r_last_ + beat_cycles_);
+            if (b.region >= 0) due = region_read_due(b);
             if (double(now) >= due) {
                 mem_.read(b.addr + uint64_t(b.beat) * data_bytes_, pins_.rdata, data_bytes_);
                 out_.rvalid = true;
                 out_.rid = b.id;
                 out_.rlast = b.beat + 1 == b.beats;
                 r_last_ = double(now) - due < 1.0 ? due : double(now);   // keep fractions, drop stalls
+                if (b.region >= 0) regions_->read_beat(b.region, r_last_, data_bytes_);
             }
         }
         out_.awready = aw_.size() + b_.size() < timing_.max_outstanding;
         w_due_ = w_last_ + beat_cycles_;
+        if (!aw_.empty() && aw_.front().region >= 0)
+            w_due_ = std::max(w_last_ + 1.0, regions_->write_due(aw_.front().region));
         out_.wready = !aw_.empty() && double(now) >= w_due_;
         if (!out_.bvalid && !b_.empty() && now >= b_.front().ready) {
             out_.bvalid = true;
@@ -147,8 +159,8 @@ class AxiPortModel {
     }
 
   private:
-    struct ReadBurst { uint64_t addr, ready; uint32_t id, beats, beat; };
-    struct WriteBurst { uint64_t addr; uint32_t id, beats, beat; };
+    struct ReadBurst { uint64_t addr, ready; uint32_t id, beats, beat; int region; };
+    struct WriteBurst { uint64_t addr; uint32_t id, beats, beat; int region; };
     struct WriteResp { uint64_t ready; uint32_t id; };
 
     uint64_t word_base(uint64_t addr) const { return addr & ~uint64_t(data_bytes_ - 1); }
@@ -179,13 +191,22 @@ class AxiPortModel {
 
     void accept_read(const MasterSignals& in, uint64_t now) {
         check_burst("AR", in.araddr, in.arlen, in.arsize, in.arburst, now);
-        reads_.push({word_base(in.araddr), now + timing_.read_latency, in.arid, in.arlen + 1, 0});
+        int region = regions_ ? regions_->find(in.araddr) : -1;
+        uint32_t latency = timing_.read_latency;
+        if (region >= 0) {
+            latency = regions_->at(region).read_latency;
+            regions_->burst(region, now, index_, false, word_base(in.araddr), (in.arlen + 1) * data_bytes_);
+        }
+        reads_.push({word_base(in.araddr), now + latency, in.arid, in.arlen + 1, 0, region});
         stats_.read_bursts++;
     }
 
     void accept_write(const MasterSignals& in, uint64_t now) {
         check_burst("AW", in.awaddr, in.awlen, in.awsize, in.awburst, now);
-        aw_.push({word_base(in.awaddr), in.awid, in.awlen + 1, 0});
+        int region = regions_ ? regions_->find(in.awaddr) : -1;
+        if (region >= 0)
+            regions_->burst(region, now, index_, true, word_base(in.awaddr), (in.awlen + 1) * data_bytes_);
+        aw_.push({word_base(in.awaddr), in.awid, in.awlen + 1, 0, region});
         stats_.write_bursts++;
     }
 
@@ -194,15 +215,32 @@ class AxiPortModel {
         mem_.write_strobed(b.addr + uint64_t(b.beat) * data_bytes_, pins_.wdata, pins_.wstrb, data_bytes_);
         stats_.bytes_written += data_bytes_;
         w_last_ = double(now) - w_due_ < 1.0 ? w_due_ : double(now);
+        if (b.region >= 0) regions_->write_beat(b.region, w_last_, data_bytes_);
         bool last = b.beat + 1 == b.beats;
         if (in.wlast != last)
             log_.report("%s W: WLAST=%d on beat %u of a %u-beat burst at 0x%llx (cycle %llu)", name_,
                         int(in.wlast), b.beat + 1, b.beats, (unsigned long long)b.addr, (unsigned long long)now);
         if (++b.beat == b.beats) {
             // the beat accepted now still occupies the channel for beat_cycles_ - 1 cycles
-            b_.push({now + uint64_t(beat_cycles_ - 1.0 + 0.5) + timing_.write_latency, b.id});
+            if (b.region >= 0)
+                b_.push({now + uint64_t(region_beat_cycles(b.region) - 1.0 + 0.5) +
+                             regions_->at(b.region).write_latency, b.id});
+            else
+                b_.push({now + uint64_t(beat_cycles_ - 1.0 + 0.5) + timing_.write_latency, b.id});
             aw_.pop();
         }
+    }
+
+    // Cycles one beat of this port occupies a region's link (at least one: a beat per cycle).
+    double region_beat_cycles(int region) const {
+        return std::max(1.0, data_bytes_ * regions_->at(region).beat_cycles_per_byte);
+    }
+
+    // The first beat of a region burst appears the region's latency plus one beat time after
+    // its AR; later beats one per beat time of the shared link, at most one per cycle here.
+    double region_read_due(const ReadBurst& b) const {
+        double d = region_beat_cycles(b.region);
+        return std::max({double(b.ready) + d - 1.0, r_last_ + 1.0, regions_->read_due(b.region)});
     }
 
     // A valid, once raised, stays up with the same payload until its handshake.
@@ -233,6 +271,8 @@ class AxiPortModel {
     MasterSignals prev_;
     bool prev_arready_ = false, prev_awready_ = false, prev_wready_ = false;
     PortStats stats_;
+    MemoryRegions* regions_ = nullptr;
+    int index_ = 0;
     Ring<ReadBurst, kMaxOutstanding> reads_;
     Ring<WriteBurst, kMaxOutstanding> aw_;
     Ring<WriteResp, kMaxOutstanding> b_;

@@ -29,6 +29,16 @@ HBF_API uint64_t hbf_cycles(void* h);
 HBF_API void     hbf_port_stats(void* h, int port, uint64_t out[6]);
 HBF_API int      hbf_protocol_errors(void* h, char* buf, int buflen);
 HBF_API void     hbf_trace_open(void* h, const char* path);
+// Memory regions beside the ports' own channels (host memory, DDR; memory_regions.h):
+// region `index` (< 8) covers [base, base + size) with its own latency and a bandwidth shared
+// by every port (size 0 removes it); `traced`: record every burst into it. 1 if accepted.
+HBF_API int      hbf_set_region(void* h, int index, uint64_t base, uint64_t size, uint32_t read_latency,
+                                uint32_t write_latency, double bytes_per_cycle, int traced);
+// bytes_read, bytes_written, read_bursts, write_bursts, trace records pending, trace records dropped
+HBF_API void     hbf_region_stats(void* h, int index, uint64_t out[6]);
+// Move up to max_records traced bursts (oldest first) into out, 3 words each: cycle of the
+// AR/AW handshake, address, bytes | port << 32 | is_write << 40 | region << 48. Returns the count.
+HBF_API uint64_t hbf_region_trace(void* h, uint64_t* out, uint64_t max_records);
 
 #ifdef __cplusplus
 }

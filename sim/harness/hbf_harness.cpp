@@ -40,6 +40,7 @@ class Harness {
                                              design::data_pins(top_.get(), p), mem_, log_));
             ports_[p] = owned_[p].get();
             ports_[p]->set_timing(d.timing);
+            ports_[p]->attach(&regions_, p);
         }
         irq_ = design::interrupt_pin(top_.get());
         top_->ap_rst_n = 0;
@@ -56,6 +57,7 @@ class Harness {
 
     AxiPortModel* port(int p) { return p >= 0 && p < design::kNumPorts ? ports_[p] : nullptr; }
     SparseMemory& memory() { return mem_; }
+    MemoryRegions& regions() { return regions_; }
     ProtocolLog& log() { return log_; }
     uint64_t cycles() const { return now_; }
 
@@ -154,6 +156,7 @@ class Harness {
     std::unique_ptr<Vtop> top_;
     const CData* irq_ = nullptr;
     SparseMemory mem_;
+    MemoryRegions regions_;  // host memory, DDR: address regions with their own timing (memory_regions.h)
     ProtocolLog log_;
     std::unique_ptr<AxiPortModel> owned_[design::kNumPorts];
     AxiPortModel* ports_[design::kNumPorts];
@@ -236,5 +239,27 @@ int hbf_protocol_errors(void* h, char* buf, int buflen) {
 }
 
 void hbf_trace_open(void* h, const char* path) { H(h)->trace_open(path); }
+
+int hbf_set_region(void* h, int index, uint64_t base, uint64_t size, uint32_t read_latency,
+                   uint32_t write_latency, double bytes_per_cycle, int traced) {
+    return H(h)->regions().set(index, base, size, read_latency, write_latency, bytes_per_cycle, traced != 0)
+               ? 1 : 0;
+}
+
+void hbf_region_stats(void* h, int index, uint64_t out[6]) {
+    std::memset(out, 0, 6 * sizeof(uint64_t));
+    const hbf::Region* r = H(h)->regions().get(index);
+    if (!r) return;
+    out[0] = r->bytes_read;
+    out[1] = r->bytes_written;
+    out[2] = r->read_bursts;
+    out[3] = r->write_bursts;
+    out[4] = H(h)->regions().trace_pending();
+    out[5] = H(h)->regions().trace_dropped();
+}
+
+uint64_t hbf_region_trace(void* h, uint64_t* out, uint64_t max_records) {
+    return H(h)->regions().take_trace(out, max_records);
+}
 
 }  // extern "C"

@@ -1,6 +1,7 @@
 """Attention unit accuracy and performance; prints one JSON object per line.
 
-    python benchmarks/attention.py [--board u280] [--ctx 4096] [--heads 32] [--prefill 1024] [--quick]
+    python benchmarks/attention.py [--board u280] [--ctx 4096] [--heads 32] [--prefill 1024]
+                                   [--encoder 128] [--valid 111] [--accuracy-only]
 
 Metrics (``{"bench": "attention", "metric", "value", "unit", ...context}``):
 
@@ -16,6 +17,12 @@ Metrics (``{"bench": "attention", "metric", "value", "unit", ...context}``):
   of dim 128 (target >= 0.85).
 * ``prefill_mac_utilization``: MACs needed under the causal mask / (peak MACs per cycle x
   cycles) for a ``prefill``-token prompt (target >= 0.80).
+* ``encoder_attention_rel_err``: bidirectional (encoder) attention, golden integer model against
+  float64, 128 positions of which 111 are real tokens (the rest padded keys), KV8 and KV4.
+* ``bidirectional_attention_mac_utilization`` / ``_kv_efficiency`` / ``_rel_err_device``: one
+  encoder call on the co-simulated kernel (``encoder`` positions, ``valid`` real tokens, 8 heads):
+  MACs needed (every row x every valid key) / (peak x cycles), KV bytes / port peak, and the
+  device output's error against float64.
 
 Cycle counts are deterministic; errors are measured, not asserted.
 """
@@ -34,7 +41,7 @@ def emit(metric: str, value, unit: str, **context) -> None:
 
 def accuracy() -> None:
     from hbmforge.numerics import nonlinear, softmax
-    from hbmforge.numerics.attention import decode_attention_rel_err
+    from hbmforge.numerics.attention import decode_attention_rel_err, encoder_attention_rel_err
 
     emit("softmax_max_abs_err", softmax.softmax_max_abs_err(), "probability", target=1 / 256)
     emit("exp2_max_rel_err", softmax.exp2_max_rel_err(), "ratio")
@@ -52,6 +59,9 @@ def accuracy() -> None:
         err = decode_attention_rel_err(bits)
         extra = {"target": target} if target else {}
         emit("decode_attention_rel_err", err, "ratio", kv_bits=bits, **extra)
+    for bits in (8, 4):
+        emit("encoder_attention_rel_err", encoder_attention_rel_err(bits), "ratio", kv_bits=bits, tokens=128,
+             valid_len=111, heads=4, head_dim=128)
 
 
 def attention_config(board: str, *, rows: int = 8, kv_ports: int = 2, max_context: int = 8192) -> dict:
@@ -64,7 +74,7 @@ def attention_config(board: str, *, rows: int = 8, kv_ports: int = 2, max_contex
     return cfg
 
 
-def performance(board: str, ctx: int, heads: int, prefill: int) -> None:
+def performance(board: str, ctx: int, heads: int, prefill: int, encoder: int, valid: int) -> None:
     from hbmforge.flows.attention_runner import run_attention
 
     cfg = parse_config(attention_config(board, max_context=max(8192, ctx)))
@@ -90,6 +100,24 @@ def performance(board: str, ctx: int, heads: int, prefill: int) -> None:
          "ratio", tokens=prefill, heads=1, kv_bits=8, cycles=r["cycles"], mac_ops=r["mac_ops"], target=0.80,
          **common)
     emit("prefill_cycles", r["cycles"], "cycles", tokens=prefill, heads=1, **common)
+    bidirectional(cfg, encoder, valid, common)
+
+
+def bidirectional(cfg, tokens: int, valid: int, common: dict, heads: int = 8) -> None:
+    """One encoder call: ``tokens`` positions (queries and keys), the first ``valid`` real."""
+    from hbmforge.flows.attention_runner import run_attention
+
+    for bits in (8, 4):
+        r = run_attention(cfg, ctx=tokens, n_q=tokens, q_heads=heads, kv_heads=heads, kv_bits=bits,
+                          mode="bidirectional", valid_len=valid, seed=2, timeout=7200)
+        if r["golden_mismatches"]:
+            raise SystemExit(f"bidirectional attention mismatches the golden model: {r['golden_mismatches']}")
+        ctx = dict(tokens=tokens, valid_len=valid, heads=heads, kv_bits=bits, cycles=r["cycles"], **common)
+        emit("bidirectional_attention_mac_utilization", round(r["mac_utilization"], 4), "ratio",
+             mac_ops=r["mac_ops"], **ctx)
+        emit("bidirectional_attention_kv_efficiency", round(r["kv_efficiency"], 4), "ratio",
+             kv_bytes=r["kv_bytes_read"], **ctx)
+        emit("bidirectional_attention_rel_err_device", r["rel_err_vs_float"], "ratio", **ctx)
 
 
 def main(argv=None) -> None:
@@ -98,11 +126,19 @@ def main(argv=None) -> None:
     ap.add_argument("--ctx", type=int, default=4096)
     ap.add_argument("--heads", type=int, default=32)
     ap.add_argument("--prefill", type=int, default=1024)
+    ap.add_argument("--encoder", type=int, default=128, help="positions of the bidirectional (encoder) call")
+    ap.add_argument("--valid", type=int, default=111, help="real tokens among them (the rest is padding)")
     ap.add_argument("--accuracy-only", action="store_true")
+    ap.add_argument("--bidirectional-only", action="store_true", help="accuracy, then only the encoder call")
     args = ap.parse_args(argv)
     accuracy()
-    if not args.accuracy_only:
-        performance(args.board, args.ctx, args.heads, args.prefill)
+    if args.bidirectional_only:
+        cfg = parse_config(attention_config(args.board))
+        att = cfg.attention
+        bidirectional(cfg, args.encoder, args.valid, {"board": args.board, "head_dim": att.head_dim, "rows": att.rows,
+                                                      "kv_ports": att.kv_ports, "page_tokens": att.page_tokens})
+    elif not args.accuracy_only:
+        performance(args.board, args.ctx, args.heads, args.prefill, args.encoder, args.valid)
 
 
 if __name__ == "__main__":

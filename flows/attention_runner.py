@@ -22,7 +22,7 @@ import time
 
 import numpy as np
 
-from hbmforge.engines.attention import attention_geometry, segments, tile_rows, token_ranges
+from hbmforge.engines.attention import attention_geometry, job_ranges, segments, tile_rows
 from hbmforge.config import AcceleratorConfig
 from .runner import LayerRunError, check_elements, check_size
 
@@ -37,13 +37,14 @@ def expected_kv_bytes(geom, d: dict) -> tuple[int, int]:
     per_side = 0
     for _, trows in tile_rows(d, geom.rows):
         pos = [base + pi for pi, _ in trows]
-        for j0, n in segments(token_ranges(min(pos), max(pos), d["window"], d["sink"]), geom.page_tokens):
+        for j0, n in segments(job_ranges(d, min(pos), max(pos)), geom.page_tokens):
             _, words, _ = geom.scale_span(j0 % geom.page_tokens, n)
             per_side += words * B + n * geom.value_bytes(bits)
     return per_side, per_side
 
 
-def _check(cfg: AcceleratorConfig, ctx, n_q, q_heads, kv_heads, kv_bits, window, sink) -> None:
+def _check(cfg: AcceleratorConfig, ctx, n_q, q_heads, kv_heads, kv_bits, window, sink, mode="causal",
+           valid_len=None) -> None:
     att = cfg.attention
     if att is None:
         raise ValueError(f"config {cfg.name!r} has no attention engine; add an engine with "
@@ -64,6 +65,15 @@ def _check(cfg: AcceleratorConfig, ctx, n_q, q_heads, kv_heads, kv_bits, window,
         raise ValueError(f"window {window} / sink {sink} must be at most max_context {att.max_context}")
     if sink and not window:
         raise ValueError("sink needs a sliding window > 0")
+    if mode not in ("causal", "bidirectional"):
+        raise ValueError(f"mode must be 'causal' or 'bidirectional', got {mode!r}")
+    if mode == "bidirectional" and (window or sink):
+        raise ValueError("bidirectional attention takes no window or sink")
+    if valid_len is not None:
+        if mode != "bidirectional":
+            raise ValueError("valid_len applies to bidirectional attention (mode='bidirectional')")
+        if isinstance(valid_len, bool) or not isinstance(valid_len, int) or not 1 <= valid_len <= ctx:
+            raise ValueError(f"valid_len must be an integer in [1, ctx={ctx}], got {valid_len!r}")
     check_elements(**{"ctx x kv_heads x head_dim": ctx * kv_heads * att.head_dim,
                       "n_q x q_heads x head_dim": n_q * q_heads * att.head_dim})
 
@@ -71,9 +81,10 @@ def _check(cfg: AcceleratorConfig, ctx, n_q, q_heads, kv_heads, kv_bits, window,
 def run_attention(cfg: AcceleratorConfig, *, ctx: int, n_q: int = 1, q_heads: int = 8, kv_heads: int = 2,
                   kv_bits: int = 8, window: int = 0, sink: int = 0, seed: int = 0, timeout: float = 600.0,
                   backend: str = "sim", console=None, backend_options: dict | None = None,
-                  device=None) -> dict:
+                  device=None, mode: str = "causal", valid_len: int | None = None) -> dict:
     """Run one random attention call (``n_q`` queries over a context of ``ctx`` tokens) on the
-    device and return the report dict.
+    device and return the report dict. ``mode="bidirectional"``: an encoder call (every query sees
+    the first ``valid_len`` tokens, default all; the rest is padding).
 
     ``backend``/``backend_options`` open a device for ``cfg`` (``open_device``); pass an open
     ``device`` instead to use it (it is left open). Data: Gaussian Q/K/V with two outlier
@@ -85,7 +96,7 @@ def run_attention(cfg: AcceleratorConfig, *, ctx: int, n_q: int = 1, q_heads: in
 
     if isinstance(kv_bits, str) and kv_bits.strip().isdigit():
         kv_bits = int(kv_bits)
-    _check(cfg, ctx, n_q, q_heads, kv_heads, kv_bits, window, sink)
+    _check(cfg, ctx, n_q, q_heads, kv_heads, kv_bits, window, sink, mode, valid_len)
     att_cfg = cfg.attention
     hd = att_cfg.head_dim
     rng = np.random.default_rng(seed)
@@ -110,19 +121,19 @@ def run_attention(cfg: AcceleratorConfig, *, ctx: int, n_q: int = 1, q_heads: in
                         k_range=np.abs(k).max(axis=(0, 2)), v_range=np.abs(v).max(axis=(0, 2)))
         try:
             layer = Attention(device, q_heads=q_heads, kv_heads=kv_heads, head_dim=hd, window=window, sink=sink,
-                              cache=cache, timeout=timeout)
+                              cache=cache, timeout=timeout, mode=mode)
             seq = cache.sequence()
             t0 = time.perf_counter()
             if ctx > n_q:
                 cache.append(seq, k[:ctx - n_q], v[:ctx - n_q])
             append_wall = time.perf_counter() - t0
             t0 = time.perf_counter()
-            out = layer.prefill(q, k[ctx - n_q:], v[ctx - n_q:], seq)
+            out = layer.prefill(q, k[ctx - n_q:], v[ctx - n_q:], seq, valid_len=valid_len)
             wall = time.perf_counter() - t0
             run = layer.last_run
-            golden = layer.golden_int(run.q_int, run.mult, run.shift, seq)
-            ref_cache = layer.reference(q, seq=seq)
-            d = layer.descriptor(seq, n_q)
+            golden = layer.golden_int(run.q_int, run.mult, run.shift, seq, valid_len=valid_len)
+            ref_cache = layer.reference(q, seq=seq, valid_len=valid_len)
+            d = layer.descriptor(seq, n_q, valid_len=valid_len or 0)
             clipped = dict(cache.stats["clipped_groups"])
             layer.close()
         finally:
@@ -133,7 +144,8 @@ def run_attention(cfg: AcceleratorConfig, *, ctx: int, n_q: int = 1, q_heads: in
         if owns:
             device.close()
     geom = attention_geometry(device.layout)
-    ref = attention_float(q, k, v, ctx_len=ctx, window=window, sink=sink, q_per_kv=q_heads // kv_heads)
+    ref = attention_float(q, k, v, ctx_len=ctx, window=window, sink=sink, q_per_kv=q_heads // kv_heads,
+                          bidirectional=mode == "bidirectional", valid_len=valid_len or 0)
     cycles = run.cycles
     peak = attention_peak_macs(geom, kv_bits)
     kb, vb = expected_kv_bytes(geom, d)
@@ -142,7 +154,8 @@ def run_attention(cfg: AcceleratorConfig, *, ctx: int, n_q: int = 1, q_heads: in
     c = run.counters
     return {
         "layer": "attention", "ctx": ctx, "n_q": n_q, "q_heads": q_heads, "kv_heads": kv_heads,
-        "kv_bits": kv_bits, "window": window, "sink": sink, "head_dim": hd, "board": cfg.board,
+        "kv_bits": kv_bits, "window": window, "sink": sink, "mode": mode, "valid_len": valid_len or ctx,
+        "head_dim": hd, "board": cfg.board,
         "clock_mhz": cfg.clock, "rows": geom.rows, "page_tokens": geom.page_tokens, "kv_ports": geom.kv_ports,
         "data_width": cfg.data_width, "backend": device.backend,
         "cycles": cycles, "seconds_at_clock": seconds,

@@ -6,7 +6,8 @@ design has an attention engine; every test is skipped otherwise. Each job's
 output is compared bit for bit with :func:`hbmforge.numerics.attention.run_attention`
 run on a mirror of the memory, and the counters with the golden's MAC and KV
 byte counts. Programs mix ATTENTION and MATMUL descriptors, so the command
-processor's dispatch and the channel switching between engines are exercised.
+processor's dispatch and the channel switching between engines are exercised; causal
+(window, sink+window) and bidirectional (encoder, with padded keys) jobs alike.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ HAS_ATTENTION = design_has("attention")
 class AttnJob:
     """One random attention call: a sequence in its own shuffled pages, Q records, an output buffer."""
 
-    def __init__(self, bench, mem: Mirrored, lay, rng: np.random.Generator, *, prefill: bool):
+    def __init__(self, bench, mem: Mirrored, lay, rng: np.random.Generator, *, prefill: bool,
+                 bidirectional: bool = False):
         att = lay.attention
         geom = attention_geometry(lay)
         self.lay, self.geom = lay, geom
@@ -40,6 +42,10 @@ class AttnJob:
         ctx = int(rng.integers(n_q, min(att.max_context, 5 * att.page_tokens + n_q) + 1))
         window = int(rng.choice([0, 0, int(rng.integers(2, 3 * att.page_tokens))]))
         sink = int(rng.integers(1, 4)) if window and rng.random() < 0.6 else 0
+        valid_len = 0
+        if bidirectional:                   # an encoder: every query sees the first valid_len keys
+            window = sink = 0
+            valid_len = int(rng.integers(1, ctx + 1)) if rng.random() < 0.8 else 0
         bits = int(rng.choice(att.kv_bits))
         case = AttentionCase(rng, n_q=n_q, ctx_len=ctx, kv_heads=kv_heads, q_per_kv=q_per_kv,
                              head_dim=att.head_dim, group_size=att.kv_group_size, kv_bits=bits)
@@ -68,7 +74,8 @@ class AttnJob:
         o_addr = bench.alloc(self.out_bytes)
         mem.write(o_addr, bytes([0xA5]) * self.out_bytes)       # poison: every byte must be written
         self.d = {"head_dim": att.head_dim, "kv_heads": kv_heads, "q_per_kv": q_per_kv, "n_q": n_q,
-                  "ctx_len": ctx, "window": window, "sink": sink, "kv_bits": bits, "q_addr": q_addr,
+                  "ctx_len": ctx, "window": window, "sink": sink, "kv_bits": bits,
+                  "mode": int(bidirectional), "valid_len": valid_len, "q_addr": q_addr,
                   "bt_addr": bt_addr, "k_pool": k_pool, "v_pool": v_pool, "o_addr": o_addr}
 
     def add_to(self, prog: Program) -> int:
@@ -97,8 +104,9 @@ async def test_attention_and_matmul_program_matches_golden_under_backpressure(du
     mem = Mirrored(bench, mirror)
     prog = Program(lay)
     jobs, layers = [], []
-    for i in range(max(2, CASES)):
-        job = AttnJob(bench, mem, lay, rng, prefill=bool(i % 2))
+    for i in range(max(2, CASES) + 1):          # the last job: a bidirectional (encoder) one
+        job = AttnJob(bench, mem, lay, rng, prefill=bool(i % 2) or i == max(2, CASES),
+                      bidirectional=i == max(2, CASES) or i % 4 == 3)
         job.add_to(prog)
         jobs.append(job)
         if i == 0:                                   # an engine switch in both directions

@@ -6,6 +6,9 @@
     o = att.prefill(q, k, v, seq)              # q [T, 8, 128], k/v [T, 2, 128] -> [T, 8, 128]
     o1 = att.decode_step(q1, k1, v1, seq)      # one token: q1 [8, 128], k1/v1 [2, 128] -> [8, 128]
 
+    enc = Attention(dev, q_heads=8, kv_heads=8, head_dim=128, mode="bidirectional")
+    o = enc.prefill(q, k, v, valid_len=111)    # an encoder over 128 positions, 111 real tokens
+
 Each call appends the new K/V to the cache (quantize-on-append, :mod:`hbmforge.host.kvcache`),
 quantizes Q per (position, head) to int8 with a dyadic score multiplier
 (:func:`~hbmforge.numerics.attention.score_multiplier`: q scale x K head scale x softmax scale
@@ -26,18 +29,22 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from hbmforge.encodings import AttentionMode
 from hbmforge.engines.attention import MAX_HEADS, MAX_SHIFT, MULT_BITS, attention_geometry
 from hbmforge.numerics.attention import (attention_float, attention_int, dequantize_output, pack_q_records,
                                          quantize_q, score_multiplier)
 from hbmforge.numerics.encoded import scale_product
 
-from .checks import check_int, check_positive, check_timeout, int_array, real_array
+from .checks import check_choice, check_int, check_positive, check_timeout, int_array, real_array
 from .device import Device
 from .kvcache import KVCache, KVCacheError, KVSequence, attention_engine
 from .program import ProgramBuilder
 from .workspace import Workspace
 
-__all__ = ["Attention", "AttentionRun", "attention_peak_macs"]
+__all__ = ["Attention", "AttentionRun", "attention_peak_macs", "ATTENTION_MODES"]
+
+#: ``Attention(mode=...)`` -> descriptor ``mode``
+ATTENTION_MODES = {"causal": AttentionMode.CAUSAL, "bidirectional": AttentionMode.BIDIRECTIONAL}
 
 
 def attention_peak_macs(geom, kv_bits: int) -> int:
@@ -80,6 +87,11 @@ class Attention:
     query heads share a KV head); ``head_dim`` must be the engine's. ``window`` (0: causal,
     unlimited) and ``sink`` (tokens ``j < sink`` always visible; needs a window) at most the
     engine's ``max_context``. ``softmax_scale`` default ``1/sqrt(head_dim)``.
+    ``mode``: ``"causal"`` (decoders: a query at position p sees the tokens j <= p) or
+    ``"bidirectional"`` (encoders: every query sees every token of the sequence, or the first
+    ``valid_len`` a call gives: the rest is padding, masked and never read; padded query rows
+    attend to the valid tokens like the others). Bidirectional layers take no window, no sink
+    and no decode step.
     ``cache``: a :class:`KVCache` for ``kv_heads`` on the same device, or None to make one
     (``kv_bits``, ``pages`` and ``cache_options`` go to it). ``timeout``: seconds a call
     waits for the device (each call may override it).
@@ -91,7 +103,8 @@ class Attention:
 
     def __init__(self, device: Device, *, q_heads: int, kv_heads: int, head_dim: int, window: int = 0,
                  sink: int = 0, softmax_scale: float | None = None, cache: KVCache | None = None,
-                 kv_bits: int = 8, pages: int | None = None, timeout: float = 60.0, **cache_options):
+                 kv_bits: int = 8, pages: int | None = None, timeout: float = 60.0, mode: str = "causal",
+                 **cache_options):
         att = attention_engine(device)
         hd = check_int("head_dim", head_dim, 1)
         if hd != att.head_dim:
@@ -106,6 +119,10 @@ class Attention:
         if sink and not window:
             raise ValueError(f"sink={sink} needs a sliding window (window > 0): without one every "
                              "token is visible anyway")
+        mode = check_choice("mode", mode, tuple(ATTENTION_MODES))
+        if mode == "bidirectional" and (window or sink):
+            raise ValueError(f"a bidirectional layer takes no window or sink (got window={window}, "
+                             f"sink={sink}): every query sees every valid token")
         softmax_scale = None if softmax_scale is None else check_positive("softmax_scale", softmax_scale)
         self.timeout = check_timeout(timeout)
         if cache is None:
@@ -125,6 +142,7 @@ class Attention:
         self._dev = device
         self._att = att
         self._window, self._sink = window, sink
+        self._mode = mode
         self.geometry = attention_geometry(device.layout)
         self.q_heads, self.kv_heads, self.head_dim = qh, kvh, hd
         self.q_per_kv = qh // kvh
@@ -146,6 +164,24 @@ class Attention:
     @property
     def sink(self) -> int:
         return self._sink
+
+    @property
+    def mode(self) -> str:
+        """``"causal"`` or ``"bidirectional"``."""
+        return self._mode
+
+    @property
+    def bidirectional(self) -> bool:
+        return self._mode == "bidirectional"
+
+    def _valid_len(self, valid_len, ctx_len: int) -> int:
+        """The descriptor's ``valid_len`` for a call over ``ctx_len`` tokens (0: all valid)."""
+        if valid_len is None:
+            return 0
+        if not self.bidirectional:
+            raise ValueError("valid_len applies to bidirectional layers (mode='bidirectional'); a causal "
+                             "layer masks by position")
+        return check_int("valid_len", valid_len, 1, ctx_len)
 
     @property
     def kv_bits(self) -> int:
@@ -215,38 +251,43 @@ class Attention:
         return qi, mult, shift
 
     # -- the float interface -----------------------------------------------------------
-    def prefill(self, q, k, v, seq: KVSequence | None = None, *, timeout: float | None = None) -> np.ndarray:
+    def prefill(self, q, k, v, seq: KVSequence | None = None, *, valid_len: int | None = None,
+                timeout: float | None = None) -> np.ndarray:
         """Append ``k``/``v`` [T, kv_heads, hd] to ``seq`` and attend with ``q`` [T, q_heads, hd]
-        (the T new positions, causal + this layer's window/sink); returns float32 [T, q_heads, hd].
+        (the T new positions, causal + this layer's window/sink; bidirectional: every token of the
+        sequence, or its first ``valid_len``); returns float32 [T, q_heads, hd].
 
-        On a sequence that already holds tokens this is a chunked prefill. Inputs are checked
-        before anything is appended."""
+        On a sequence that already holds tokens this is a chunked prefill (bidirectional: the new
+        queries see every token appended so far). Inputs are checked before anything is appended."""
         timeout = self._timeout(timeout)
         q = self._queries(q)
         with self._call_seq(seq) as s:
-            return self._append_and_attend(q, s, k, v, timeout)
+            return self._append_and_attend(q, s, k, v, timeout, valid_len)
 
     def decode_step(self, q, k_new, v_new, seq: KVSequence | None = None, *,
                     timeout: float | None = None) -> np.ndarray:
         """One token: ``q`` [q_heads, hd], ``k_new``/``v_new`` [kv_heads, hd] (a leading 1 is also
         accepted); returns float32 in the shape of ``q``."""
         timeout = self._timeout(timeout)
+        if self.bidirectional:
+            raise ValueError("a bidirectional (encoder) layer has no decode step; use prefill() or attend()")
         squeeze = np.ndim(q) == 2
         q3 = self._queries(q, one=True)
         for name, x in (("k_new", k_new), ("v_new", v_new)):
             if np.ndim(x) == 3 and np.shape(x)[0] != 1:
                 raise ValueError(f"{name} must be one token [{self.kv_heads}, {self.head_dim}], got shape {np.shape(x)}")
         with self._call_seq(seq) as s:
-            out = self._append_and_attend(q3, s, k_new, v_new, timeout)
+            out = self._append_and_attend(q3, s, k_new, v_new, timeout, None)
         return out[0] if squeeze else out
 
-    def _append_and_attend(self, q: np.ndarray, seq: KVSequence, k, v, timeout: float) -> np.ndarray:
+    def _append_and_attend(self, q: np.ndarray, seq: KVSequence, k, v, timeout: float, valid_len) -> np.ndarray:
         """Plan the append, quantize Q against the K scales it fixes, check the descriptor and
         reserve the workspace; only then append, run (undoing the append if the run fails)."""
         n_q = q.shape[0]
         plan = self.cache._plan(seq, k, v, tokens=n_q)
+        valid = self._valid_len(valid_len, plan.end)
         qi, mult, shift, _ = self._quantize(q, plan.k_head_scale)
-        bufs = self._prepare(seq, n_q, plan.end)
+        bufs = self._prepare(seq, n_q, plan.end, valid)
         self.cache._commit(plan)
         try:
             out = self._execute(seq, bufs, qi, mult, shift, timeout)
@@ -255,14 +296,16 @@ class Attention:
             raise
         return self.dequantize(out)
 
-    def attend(self, q, seq: KVSequence | None = None, *, timeout: float | None = None) -> np.ndarray:
-        """Queries ``q`` [n_q, q_heads, hd] at the last n_q positions of ``seq`` (nothing is appended);
-        float32 [n_q, q_heads, hd]."""
+    def attend(self, q, seq: KVSequence | None = None, *, valid_len: int | None = None,
+               timeout: float | None = None) -> np.ndarray:
+        """Queries ``q`` [n_q, q_heads, hd] at the last n_q positions of ``seq`` (nothing is appended;
+        bidirectional: over the sequence's first ``valid_len`` tokens, default all); float32
+        [n_q, q_heads, hd]."""
         timeout = self._timeout(timeout)
         q = self._queries(q)
         with self._call_seq(seq) as s:
             qi, mult, shift, _ = self._quantize(q, self.cache.k_head_scale)
-            return self.dequantize(self._forward(qi, mult, shift, s, timeout))
+            return self.dequantize(self._forward(qi, mult, shift, s, timeout, valid_len))
 
     def dequantize(self, o) -> np.ndarray:
         """int32 device output [n_q, q_heads, hd] -> float32 ``o / 2**8 * v_head_scale``."""
@@ -271,44 +314,45 @@ class Attention:
 
     # -- the integer interface ---------------------------------------------------------
     def descriptor(self, seq: KVSequence, n_q: int, q_addr: int = 0, o_addr: int = 0, *,
-                   ctx_len: int | None = None) -> dict:
+                   ctx_len: int | None = None, valid_len: int = 0) -> dict:
         """The ATTENTION descriptor fields for ``n_q`` queries at the end of ``seq`` (of ``ctx_len``
-        tokens; default its length)."""
+        tokens; default its length); ``valid_len`` (bidirectional): the descriptor slot, 0 = all."""
         seq = self.cache.check_sequence(seq)
         n_q = check_int("n_q", n_q, 1)
         return {"head_dim": self.head_dim, "kv_heads": self.kv_heads, "q_per_kv": self.q_per_kv,
                 "n_q": n_q, "ctx_len": seq.length if ctx_len is None else ctx_len, "window": self._window,
-                "sink": self._sink, "kv_bits": self.cache.kv_bits, "q_addr": q_addr,
+                "sink": self._sink, "kv_bits": self.cache.kv_bits, "mode": ATTENTION_MODES[self._mode],
+                "valid_len": valid_len, "q_addr": q_addr,
                 "bt_addr": seq.block_table.address, "k_pool": self.cache.k_pool.address,
                 "v_pool": self.cache.v_pool.address, "o_addr": o_addr}
 
-    def forward_int(self, q_int, mult, shift, seq: KVSequence | None = None, *,
+    def forward_int(self, q_int, mult, shift, seq: KVSequence | None = None, *, valid_len: int | None = None,
                     timeout: float | None = None) -> np.ndarray:
         """Raw device output int32 [n_q, q_heads, hd] for given Q records (int8 q, u16 mult,
         6-bit shift per row) at the last n_q positions of ``seq``."""
         timeout = self._timeout(timeout)
         qi, mult, shift = self._q_records(q_int, mult, shift)
         with self._call_seq(seq) as s:
-            return self._forward(qi, mult, shift, s, timeout)
+            return self._forward(qi, mult, shift, s, timeout, valid_len)
 
-    def _forward(self, qi, mult, shift, seq: KVSequence, timeout: float) -> np.ndarray:
+    def _forward(self, qi, mult, shift, seq: KVSequence, timeout: float, valid_len=None) -> np.ndarray:
         n_q = qi.shape[0]
         if n_q > seq.length:
             raise KVCacheError(f"{n_q} queries need at least {n_q} tokens in the cache; sequence {seq.id} "
                                f"holds {seq.length} (append K/V first)")
-        bufs = self._prepare(seq, n_q, seq.length)
+        bufs = self._prepare(seq, n_q, seq.length, self._valid_len(valid_len, seq.length))
         return self._execute(seq, bufs, qi, mult, shift, timeout)
 
-    def _prepare(self, seq: KVSequence, n_q: int, ctx_len: int) -> dict:
+    def _prepare(self, seq: KVSequence, n_q: int, ctx_len: int, valid_len: int = 0) -> dict:
         """Check the descriptor (with the kernel's rules), then reserve the workspace and build the
         program: everything a run needs before anything is written."""
-        ProgramBuilder(self._dev).attention(**self.descriptor(seq, n_q, ctx_len=ctx_len))
+        ProgramBuilder(self._dev).attention(**self.descriptor(seq, n_q, ctx_len=ctx_len, valid_len=valid_len))
         geom = self.geometry
         rows = n_q * self.q_heads
         bufs = self._work.reserve({"q": rows * geom.q_record_bytes, "o": rows * geom.out_row_bytes,
                                    "program": self._dev.layout.descriptor_bytes})
         prog = ProgramBuilder(self._dev)
-        prog.attention(**self.descriptor(seq, n_q, bufs["q"], bufs["o"], ctx_len=ctx_len))
+        prog.attention(**self.descriptor(seq, n_q, bufs["q"], bufs["o"], ctx_len=ctx_len, valid_len=valid_len))
         return dict(bufs, n_q=n_q, ctx_len=ctx_len, program_bytes=prog.to_bytes())
 
     def _execute(self, seq: KVSequence, bufs: dict, qi, mult, shift, timeout: float) -> np.ndarray:
@@ -325,7 +369,8 @@ class Attention:
         self.last_run = self._run_info(status, elapsed, n_q, seq.length, qi, mult, shift, out)
         return out
 
-    def golden_int(self, q_int, mult, shift, seq: KVSequence | None = None) -> np.ndarray:
+    def golden_int(self, q_int, mult, shift, seq: KVSequence | None = None, *,
+                   valid_len: int | None = None) -> np.ndarray:
         """What :meth:`forward_int` must return, from the golden model on the cache's host mirror."""
         qi, mult, shift = self._q_records(q_int, mult, shift)
         with self._call_seq(seq) as s:
@@ -333,22 +378,25 @@ class Attention:
                 raise KVCacheError(f"{qi.shape[0]} queries need at least {qi.shape[0]} tokens in the cache; "
                                    f"sequence {s.id} holds {s.length}")
             seq = s
+        valid = self._valid_len(valid_len, seq.length)
         k, km, v, vm = seq.quantized()
         g = self.geometry
         return attention_int(qi, mult, shift, k, km, v, vm, ctx_len=seq.length, window=self._window,
                              sink=self._sink, q_per_kv=self.q_per_kv, rows=g.rows, page_tokens=g.page_tokens,
-                             group_size=g.group_size)
+                             group_size=g.group_size, bidirectional=self.bidirectional, valid_len=valid)
 
-    def golden(self, q, seq: KVSequence | None = None) -> np.ndarray:
+    def golden(self, q, seq: KVSequence | None = None, *, valid_len: int | None = None) -> np.ndarray:
         """float32 output of the golden int model for queries ``q`` at the last n_q positions of
         ``seq`` (quantized exactly as :meth:`attend` does): equal to the device's output."""
         qi, mult, shift, _ = self.quantize_queries(q)
-        return self.dequantize(self.golden_int(qi, mult, shift, seq))
+        return self.dequantize(self.golden_int(qi, mult, shift, seq, valid_len=valid_len))
 
-    def reference(self, q, k=None, v=None, seq: KVSequence | None = None) -> np.ndarray:
+    def reference(self, q, k=None, v=None, seq: KVSequence | None = None, *,
+                  valid_len: int | None = None) -> np.ndarray:
         """float64 softmax attention with this layer's heads, mask and scale: ``q`` [n_q, q_heads, hd]
         at the last n_q positions of ``k``/``v`` [ctx, kv_heads, hd] (float, unquantized), or of the
-        dequantized cache of ``seq`` when k and v are omitted."""
+        dequantized cache of ``seq`` when k and v are omitted (bidirectional: over the first
+        ``valid_len`` tokens)."""
         q = self._queries(q)
         if (k is None) != (v is None):
             raise ValueError("give both k and v, or neither (then the dequantized cache of seq is used)")
@@ -359,9 +407,11 @@ class Attention:
         v = real_array("v", v, ndim=(3,), what=want)
         if k.shape != v.shape or k.shape[1:] != (self.kv_heads, self.head_dim) or k.shape[0] < q.shape[0]:
             raise ValueError(f"k and v must be {want}, got {k.shape} and {v.shape}")
+        valid = self._valid_len(valid_len, k.shape[0])
         with np.errstate(over="ignore", invalid="ignore"):
             out = attention_float(q, k, v, ctx_len=k.shape[0], window=self._window, sink=self._sink,
-                                  q_per_kv=self.q_per_kv, scale=self.softmax_scale)
+                                  q_per_kv=self.q_per_kv, scale=self.softmax_scale,
+                                  bidirectional=self.bidirectional, valid_len=valid)
         if not np.all(np.isfinite(out)):
             raise ValueError("q and k are too large for float64 scores (q @ k.T overflows); scale them down")
         return out
@@ -401,5 +451,5 @@ class Attention:
 
     def __repr__(self) -> str:
         return (f"Attention(q_heads={self.q_heads}, kv_heads={self.kv_heads}, head_dim={self.head_dim}, "
-                f"window={self._window}, sink={self._sink}, kv_bits={self.cache.kv_bits}, "
+                f"window={self._window}, sink={self._sink}, mode={self._mode!r}, kv_bits={self.cache.kv_bits}, "
                 f"device={self._dev.backend})")

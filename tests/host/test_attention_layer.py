@@ -109,7 +109,64 @@ def two_sequences_interleaved(dev, *, kv_bits=8, seed=1):
         att2.close()
 
 
+def encoder_pass(dev, *, kv_bits=8, heads=2, tokens_=11, valid=7, seed=7):
+    """A bidirectional (encoder) layer over ``tokens_`` positions of which ``valid`` are real: device
+    integers equal the golden model's; the padded keys change nothing (the valid rows equal a run
+    over the valid tokens alone, bit for bit); padded query rows attend to the valid keys."""
+    rng = np.random.default_rng(seed)
+    q, k, v = tokens(rng, tokens_, heads), tokens(rng, tokens_, heads), tokens(rng, tokens_, heads)
+    k[valid:] *= 50.0                                    # padding that would dominate if it were read
+    with KVCache(dev, kv_heads=heads, kv_bits=kv_bits, pages=8, k_range=4.0, v_range=4.0,
+                 on_clip="count") as cache:
+        att = Attention(dev, q_heads=heads, kv_heads=heads, head_dim=HD, cache=cache, mode="bidirectional")
+        o = att.prefill(q, k, v, valid_len=valid)
+        r = att.last_run
+        assert np.array_equal(r.output_int, att.golden_int(r.q_int, r.mult, r.shift, valid_len=valid))
+        assert np.array_equal(o, att.golden(q, valid_len=valid))
+        ref = att.reference(q, k, v, valid_len=valid)
+        err = rel_err(o, ref)
+        alone = cache.sequence()
+        cache.append(alone, k[:valid], v[:valid])
+        o2 = att.attend(q[:valid], alone)
+        assert np.array_equal(o2, o[:valid])
+        causal = Attention(dev, q_heads=heads, kv_heads=heads, head_dim=HD, cache=cache)
+        assert not np.allclose(causal.attend(q[:valid], alone), o2)        # the mask really differs
+        att.close()
+        causal.close()
+    return err
+
+
 # -- golden device -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kv_bits, bound", [(8, 0.03), (4, 0.2)])
+def test_bidirectional_encoder_pass_matches_the_golden_model(adev, kv_bits, bound):
+    assert encoder_pass(adev, kv_bits=kv_bits) < bound
+    assert adev.live_buffers() == []
+
+
+def test_bidirectional_bad_inputs_fail_before_touching_the_device(adev):
+    rng = np.random.default_rng(8)
+    with pytest.raises(ValueError, match="takes no window or sink"):
+        Attention(adev, q_heads=2, kv_heads=2, head_dim=HD, mode="bidirectional", window=4)
+    with pytest.raises(ValueError, match=r"mode must be one of \['causal', 'bidirectional'\]"):
+        Attention(adev, q_heads=2, kv_heads=2, head_dim=HD, mode="encoder")
+    with Attention(adev, q_heads=2, kv_heads=2, head_dim=HD, pages=4, mode="bidirectional") as enc, \
+            Attention(adev, q_heads=2, kv_heads=2, head_dim=HD, pages=4) as dec:
+        q, k, v = tokens(rng, 5, 2), tokens(rng, 5, 2), tokens(rng, 5, 2)
+        with pytest.raises(ValueError, match=r"valid_len must be in \[1, 5\], got 6"):
+            enc.prefill(q, k, v, valid_len=6)
+        with pytest.raises(ValueError, match=r"valid_len must be in \[1, 5\], got 0"):
+            enc.prefill(q, k, v, valid_len=0)
+        with pytest.raises(ValueError, match="valid_len applies to bidirectional layers"):
+            dec.prefill(q, k, v, valid_len=3)
+        with pytest.raises(ValueError, match="has no decode step"):
+            enc.decode_step(q[0], k[0], v[0])
+        assert enc.sequence.length == 0 and dec.sequence.length == 0
+        assert enc.cache.free_pages == 4 and dec.cache.free_pages == 4
+        enc.prefill(q, k, v, valid_len=3)
+        assert enc.last_run.n_q == 5 and enc.descriptor(enc.sequence, 5, valid_len=3)["mode"] == 1
+    assert adev.live_buffers() == []
+
 
 @pytest.mark.parametrize("kv_bits, q_heads, kv_heads, window, sink, bound", [
     (8, 4, 2, 0, 0, 0.03),          # GQA, causal
@@ -341,6 +398,11 @@ def sim_dev(tmp_path_factory):
 def test_rtl_prefill_and_decode_match_the_golden_model(sim_dev, kv_bits, q_heads, kv_heads, window, sink):
     prefill_then_decode(sim_dev, kv_bits=kv_bits, q_heads=q_heads, kv_heads=kv_heads, window=window, sink=sink,
                         prefill=7, steps=3, seed=kv_bits + window)
+
+
+@pytest.mark.rtl
+def test_rtl_bidirectional_encoder_pass_matches_the_golden_model(sim_dev):
+    assert encoder_pass(sim_dev, kv_bits=4, heads=3, tokens_=9, valid=6, seed=9) < 0.2
 
 
 @pytest.mark.rtl

@@ -476,6 +476,66 @@ def _print_run_report(r: dict) -> None:
 
 
 @_command()
+def sweep(spec: Optional[Path] = typer.Argument(None, help="Sweep spec (sweep.yaml; see docs/sweep.md)."),
+          scheduler: Optional[str] = typer.Option(None, "--scheduler",
+                                                  help="Address of an existing Dask scheduler (tcp://HOST:PORT)."),
+          workers: Optional[int] = typer.Option(None, "--workers", "-w",
+                                                help="Local worker processes (default: one per core; 0 = run "
+                                                     "the points in this process)."),
+          resume: bool = typer.Option(False, "--resume", help="Continue the sweep stored in the output directory."),
+          output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                help="Output directory (default: the spec's output, or ./sweep-NAME)."),
+          as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object."),
+          schema: bool = typer.Option(False, "--schema", help="Print the JSON Schema of sweep specs and exit.")):
+    """Design-space sweep on Dask: generate, estimate and co-simulate design points; table, Pareto plot, best configs."""
+    from .sweep import ClusterError, run_sweep, sweep_schema
+
+    if schema:
+        sys.stdout.write(json.dumps(sweep_schema(), indent=2) + "\n")
+        return
+    if spec is None:
+        _fail("give a sweep spec (SPEC), or --schema for its JSON Schema")
+    try:
+        result = run_sweep(spec, output=output, scheduler=scheduler, workers=workers, resume=resume,
+                           progress=err_console)
+    except ClusterError as err:
+        _fail(str(err), code=1)
+    except ValueError as err:
+        _fail(_as_flags(str(err), ("workers", "scheduler")))
+    summary = result.summary()
+    if as_json:
+        sys.stdout.write(json.dumps(summary, default=str) + "\n")
+        return
+    _print_sweep(result)
+
+
+def _print_sweep(result) -> None:
+    from rich.markup import escape
+
+    from .sweep import METRICS
+
+    s = result.summary()
+    t = Table(title=f"Pareto front: {len(result.front)} of {s['ok']} feasible points "
+                    f"({s['infeasible']} infeasible, {s['failed']} failed)")
+    t.add_column("#", justify="right")
+    t.add_column("parameters")
+    for m in result.objectives:
+        t.add_column(escape(f"{m} [{METRICS[m].unit}]"), justify="right")
+    for r in result.front:
+        t.add_row(str(r.index), ", ".join(f"{k}={v}" for k, v in r.params.items()),
+                  *(f"{r.metrics[m]:,.4g}" for m in result.objectives))
+    console.print(t)
+    files = s["files"]
+    _say(f"{s['evaluated_now']} points evaluated in {s['seconds']:.0f} s on {s['cluster']}; "
+         f"cache hits {s['cache_hits']}/{s['cache_lookups']}")
+    for key in ("csv", "parquet", "pareto_png", "pareto_html"):
+        if key in files:
+            _say(f"wrote {files[key]}")
+    for metric, path in files.get("best", {}).items():
+        _say(f"best {metric}: {path}")
+
+
+@_command()
 def quickstart(board: str = typer.Option("u280", "--board", "-b", help="Board to target."),
                directory: Path = typer.Option(Path("hbmforge-quickstart"), "--dir",
                                               help="Where to write the config and the design."),

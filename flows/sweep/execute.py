@@ -65,6 +65,7 @@ class SweepResult:
     seconds: float
     workers: int
     cluster: str
+    objectives: list[str] = field(default_factory=list)
     interrupted: bool = False
 
     def count(self, status: str) -> int:
@@ -85,7 +86,7 @@ class SweepResult:
             "output": str(self.output), "points": len(self.rows), "ok": self.count("ok"),
             "infeasible": self.count("infeasible"), "failed": self.count("failed"),
             "evaluated_now": self.evaluated, "seconds": round(self.seconds, 2), "workers": self.workers,
-            "cluster": self.cluster, "interrupted": self.interrupted,
+            "cluster": self.cluster, "interrupted": self.interrupted, "objectives": self.objectives,
             "points_per_hour": self.evaluated * 3600 / self.seconds if self.seconds > 0 else None,
             "cache_hits": c["hits"], "cache_lookups": c["lookups"],
             "pareto": [{"index": r.index, "params": r.params, "config_hash": r.config_hash,
@@ -608,7 +609,7 @@ def run_sweep(spec, *, output: str | Path | None = None, scheduler: str | None =
     result = SweepResult(output=out, rows=rows, front=pareto_front(rows, spec.objective_list), files=files,
                          evaluated=evaluated, seconds=time.monotonic() - t0,
                          workers=getattr(runner, "threads", 1), cluster=getattr(runner, "name", ""),
-                         interrupted=interrupted)
+                         objectives=[o.metric for o in spec.objective_list], interrupted=interrupted)
     result._run_id = run_id
     (out / "summary.json").write_text(json.dumps(result.summary(), indent=1, default=str) + "\n")
     if interrupted:

@@ -8,7 +8,7 @@ Descriptor (u64 slots after ``op`` = ``Opcode.ALLREDUCE``), :data:`NETWORK_FIELD
 
 =========  ============================================================================
 mode       ``NetMode``: SUM (int32 lanes, modulo 2**32), MAX (signed int32), RESET (job)
-job        job id, ``< jobs``: the slot versions of each job are kept apart
+job        job id, ``< jobs``: the slot rounds of each job are kept apart
 worker     this device's worker id (its switch port), ``< MAX_WORKERS``
 members    bitmap of the job's workers (bit ``worker`` set)
 epoch      the job's epoch (0..255): data packets carry it; RESET sets it on the switch
@@ -22,7 +22,9 @@ retries    retransmissions of one packet before the run stops with NET_TIMEOUT (
 
 Packet (AXI4-Stream words of the port width; ``tlast`` on the last word): a 128-bit header
 (:class:`Header`, the low 128 bits of the first ``header_beats`` words, little-endian),
-then ``count`` payload words. Each payload word is ``width / 32`` int32 lanes.
+then ``count`` payload words. Each payload word is ``width / 32`` int32 lanes. A worker
+counts the rounds of each slot (``round``, modulo 256): round ``r`` uses the slot's copy
+``r % 2`` (the shadow copy keeps the previous round's result for late retransmissions).
 """
 from __future__ import annotations
 
@@ -36,9 +38,9 @@ from ..mathutil import ceil_div, exact_log2
 from .base import Channels, Check, EngineFamily, FamilyRegister, StreamPort
 
 __all__ = [
-    "NETWORK_FIELDS", "HEADER_BITS", "HEADER_FIELDS", "HEADER_CHECK_SEED", "MAX_WORKERS", "MAX_TIMEOUT",
+    "NETWORK_FIELDS", "HEADER_BITS", "HEADER_FIELDS", "ROUND_MODULO", "HEADER_CHECK_SEED", "MAX_WORKERS", "MAX_TIMEOUT",
     "MAX_RETRIES", "PacketType", "NackReason", "DropReason", "Header", "header_check",
-    "TO_SWITCH", "FROM_SWITCH", "PAYLOAD_TYPES", "SwitchGeometry", "EndpointGeometry",
+    "TO_SWITCH", "FROM_SWITCH", "PAYLOAD_TYPES", "REQUEST_TYPES", "SwitchGeometry", "EndpointGeometry",
     "switch_header_rules", "endpoint_header_rules", "first_drop", "NetworkFamily", "network_checks",
     "max_allreduce_bytes",
 ]
@@ -57,10 +59,10 @@ HEADER_CHECK_SEED = 0xA5C3
 HEADER_FIELDS = {
     "type": (0, 4),
     "op": (4, 2),
-    "version": (6, 1),
-    "reserved": (7, 1),
-    "job": (8, 8),
-    "worker": (16, 8),
+    "reserved": (6, 2),
+    "job": (8, 4),
+    "worker": (12, 4),
+    "round": (16, 8),
     "epoch": (24, 8),
     "slot": (32, 16),
     "count": (48, 16),
@@ -68,6 +70,8 @@ HEADER_FIELDS = {
     "members": (96, 16),
     "check": (112, 16),
 }
+#: rounds are counted modulo this; a packet delayed by more than half of it (rounds of its slot) aliases
+ROUND_MODULO = 1 << HEADER_FIELDS["round"][1]
 
 
 class PacketType(enum.IntEnum, shape=4):
@@ -93,9 +97,11 @@ TO_SWITCH = (PacketType.DATA, PacketType.RESET, PacketType.LD_REQ, PacketType.LD
              PacketType.ST_ACK)
 FROM_SWITCH = (PacketType.RESULT, PacketType.STATUS, PacketType.NACK, PacketType.RESET_ACK, PacketType.LD_READ,
                PacketType.LD_RESULT, PacketType.ST_DATA, PacketType.ST_DONE)
-#: types that carry ``count >= 1`` payload words (every other type has ``count == 0``)
+#: types that carry ``count >= 1`` payload words
 PAYLOAD_TYPES = (PacketType.DATA, PacketType.RESULT, PacketType.LD_DATA, PacketType.LD_RESULT, PacketType.ST,
                  PacketType.ST_DATA)
+#: types that ask for ``count >= 1`` words but carry none (every other type has ``count == 0``)
+REQUEST_TYPES = (PacketType.LD_REQ, PacketType.LD_READ)
 
 
 class NackReason(enum.IntEnum, shape=4):
@@ -114,7 +120,7 @@ class DropReason(enum.IntEnum, shape=4):
     BAD_WORKER = 3   # switch: ``worker`` is not the arrival port
     BAD_JOB = 4      # ``job`` out of range
     BAD_SLOT = 5     # ``slot`` out of range
-    BAD_COUNT = 6    # ``count`` above ``packet_words``, 0 for a payload type, or not 0 for another
+    BAD_COUNT = 6    # ``count`` above ``packet_words``, 0 for a payload or request type, or not 0 for another
     BAD_MEMBERS = 7  # ``members`` empty, beyond the ports, or without the sender
     BAD_FIELD = 8    # reserved bit set, or ``op`` not SUM/MAX
     BAD_LENGTH = 9   # the words up to ``tlast`` are not ``header_beats + count``
@@ -137,7 +143,7 @@ class Header:
     worker: int = 0
     epoch: int = 0
     slot: int = 0
-    version: int = 0
+    round: int = 0
     count: int = 0
     offset: int = 0
     members: int = 0
@@ -168,9 +174,9 @@ class Header:
 
     def fields(self, **extra) -> dict:
         """The header as the ``fields`` mapping of the header rules (plus ``extra``)."""
-        out = {f.name: (int(getattr(self, f.name)) if getattr(self, f.name) is not None else 0)
-               for f in dc_fields(self)}
+        out = {f.name: int(getattr(self, f.name)) for f in dc_fields(self) if f.name != "check"}
         out["calc"] = header_check(self.to_int(keep_check=True))
+        out["check"] = out["calc"] if self.check is None else int(self.check)
         out.update(extra)
         return out
 
@@ -191,14 +197,14 @@ def _rules(port_mask: int, geometry_limits: dict, accepted: tuple, *, check_work
     limit_jobs = geometry_limits["jobs"]
     limit_slots = geometry_limits["slots"]
     words = geometry_limits["packet_words"]
-    payload = [int(t) for t in PAYLOAD_TYPES if t in accepted]
+    counted = [int(t) for t in PAYLOAD_TYPES + REQUEST_TYPES if t in accepted]
 
-    def has_payload(f, ops):
-        return ops.one_of(f["type"], payload) if payload else 0
+    def has_count(f, ops):
+        return ops.one_of(f["type"], counted) if counted else 0
 
     def bad_count(f, ops):
-        return ops.any_(f["count"] > words, has_payload(f, ops) & (f["count"] == 0),
-                        ops.not_(has_payload(f, ops)) & (f["count"] != 0))
+        return ops.any_(f["count"] > words, has_count(f, ops) & (f["count"] == 0),
+                        ops.not_(has_count(f, ops)) & (f["count"] != 0))
 
     rules = [
         (DropReason.BAD_CHECK, lambda f, ops: f["check"] != f["calc"]),
@@ -237,7 +243,7 @@ class SwitchGeometry:
     * ``ports``: devices it joins (2..16, the ``members`` bitmap width bounds it);
     * ``data_width``: stream word bits (64..1024, a power of two; the endpoints' port width);
     * ``packet_words``: payload words a packet may carry (the endpoints' ``packet_words`` or more);
-    * ``slots``: aggregation slots per job (each with two versions: the shadow copy);
+    * ``slots``: aggregation slots per job (each with two copies, for even and odd rounds);
     * ``jobs``: concurrent job ids;
     * ``units``: aggregation units (slot ``s`` is reduced by unit ``s % units``; each unit
       takes one payload word per cycle, so ``units > ports`` keeps up with every port at line rate);
@@ -265,7 +271,7 @@ class SwitchGeometry:
         whole("data_width", 64, 1024, pow2=True)
         whole("packet_words", 1, 256, pow2=True)
         whole("slots", 1, 1 << 16, pow2=True)
-        whole("jobs", 1, 16, pow2=True)
+        whole("jobs", 1, 1 << HEADER_FIELDS["job"][1], pow2=True)
         whole("rx_packets", 2, 64, pow2=True)
         whole("tx_packets", 2, 64, pow2=True)
         if self.units is None:
@@ -298,7 +304,7 @@ class SwitchGeometry:
 
     @property
     def pool_bits(self) -> int:
-        """Aggregation memory: every slot of every job, two versions, ``packet_words`` words each."""
+        """Aggregation memory: every slot of every job, two copies, ``packet_words`` words each."""
         return self.jobs * self.slots * 2 * self.packet_words * self.data_width
 
     def to_json(self) -> dict:
@@ -424,7 +430,7 @@ NETWORK_REGISTERS = (
     FamilyRegister("NET_RETRANSMITS", 32, "packets sent again after a timeout"),
     FamilyRegister("NET_RESULTS", 32, "reduced blocks received and written (each block once)"),
     FamilyRegister("NET_DUPLICATES", 32, "packets from the switch for blocks already done, other slots or "
-                                         "versions (dropped)"),
+                                         "rounds (dropped)"),
     FamilyRegister("NET_BAD_PACKETS", 32, "packets dropped for a bad header, length, job or epoch"),
     FamilyRegister("NET_HEARD", 32, "workers the switch had heard for the block that waited longest "
                                     "(its last STATUS; 0 if none came)"),

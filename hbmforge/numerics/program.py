@@ -4,13 +4,14 @@
 and the matmul engine do (docs/architecture.md §3-§5): fetch each descriptor,
 validate it with the hardware's error codes, read the operands from memory in
 the device layouts, run :mod:`hbmforge.numerics.matmul`, write Y in the
-blocked layout. It is the bit-exact oracle for the co-simulation and the RTL
+blocked layout (and, for K split into slices, the int64 partial sums the engine leaves in its
+``p_addr`` scratch). It is the bit-exact oracle for the co-simulation and the RTL
 tests, and a cross-check of the host packers: it decodes memory with its own
 code written from the layout text (bit streams, explicit index formulas),
 never by calling the packers in reverse.
 
 Validation order when a descriptor has several faults (lowest check first):
-opcode, weight bits, K, M/N (zero or above 32 bits), output mode/shift, address
+opcode, weight bits, K, M/N (zero or above 32 bits), output mode/shift, bias, address
 alignment (a misaligned program address fails descriptor 0); AXI errors
 (an operand range outside the memory) are detected before anything is
 written, so a failing descriptor leaves Y untouched here (the RTL may have
@@ -22,15 +23,23 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..encodings import ErrorCode, Opcode, OutMode, WeightFormat
+from ..encodings import BiasMode, ErrorCode, Opcode, OutMode, WeightFormat
 from ..layout import DesignLayout
-from .matmul import matmul_int8, matmul_int32
+from .matmul import add_bias, matmul_accumulate, matmul_int8, matmul_int32
 
-__all__ = ["execute", "ProgramResult", "SparseMemory", "MemoryAccessError"]
+__all__ = ["execute", "ProgramResult", "SparseMemory", "MemoryAccessError", "EngineFault"]
 
 
 class MemoryAccessError(Exception):
     """An access outside the memory: the hardware sees SLVERR/DECERR (ErrorCode.AXI_RESP)."""
+
+
+class EngineFault(Exception):
+    """An engine ended its job with a run-time error of its family (``JobDone``-time code)."""
+
+    def __init__(self, code: ErrorCode, detail: str = ""):
+        super().__init__(detail or str(code))
+        self.code, self.detail = code, detail
 
 
 class SparseMemory:
@@ -143,28 +152,29 @@ class ProgramResult:
         return self.error == ErrorCode.NONE
 
 
-def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
-    """Decode W from its stripes, literally: words -> bytes/bits (byte 0 = least significant),
-    stripe words concatenated with stripe 0 in the low bits, then by format:
+def _read_slice_weights(mem, d: dict[str, int], layout: DesignLayout, offset: int, ks: int) -> np.ndarray:
+    """Decode one K slice's [n, ks] weights from its stripes (at ``w_addr<p> + offset``), literally:
+    words -> bytes/bits (byte 0 = least significant), stripe words concatenated with stripe 0 in
+    the low bits, then by format:
 
     * int2/int4/int8 (codes 2, 4, 8): element i = stream bits [i*b, (i+1)*b), two's complement;
     * ternary, '2bit' packing (code 3): 2-bit code i: 00 -> 0, 01 -> +1, 11 -> -1, 10 -> 0;
     * ternary, '5trit' packing: byte j holds elements 5j .. 5j+4; element 5j+t is
       (byte // 3**t) % 3 - 1 for a byte < 243, and 0 for a byte >= 243.
     """
-    n, k, code = d["n"], d["k"], d["wbits"]
+    n, code = d["n"], d["wbits"]
     ports, wb = layout.mm.weight_ports, layout.word_bytes
-    port_bytes = layout.matmul.weight_port_bytes(n, k, code)
+    port_bytes = layout.matmul.slice_weight_port_bytes(n, ks, code)
     words = port_bytes // wb
-    stripes = [np.frombuffer(mem.read(d[f"w_addr{p}"], port_bytes), dtype=np.uint8).reshape(words, wb)
+    stripes = [np.frombuffer(mem.read(d[f"w_addr{p}"] + offset, port_bytes), dtype=np.uint8).reshape(words, wb)
                for p in range(ports)]
     stream_bytes = np.concatenate(stripes, axis=1).reshape(-1)                # combined words, in order
-    count = n * k
+    count = n * ks
     if code == WeightFormat.TERNARY and layout.mm.ternary_packing == "5trit":
         b = stream_bytes[: -(-count // 5)].astype(np.int16)
         trits = np.stack([(b // 3 ** t) % 3 - 1 for t in range(5)], axis=1)  # [bytes, 5], t = 0 first
         trits[b >= 243, :] = 0
-        return trits.reshape(-1)[:count].reshape(n, k)
+        return trits.reshape(-1)[:count].reshape(n, ks)
     bits = 2 if code == WeightFormat.TERNARY else code
     stream = np.unpackbits(stream_bytes, bitorder="little")                   # LSB of byte 0 first
     elems = stream[: count * bits].reshape(count, bits)                      # bit j of element i
@@ -175,7 +185,31 @@ def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
         value = np.array([0, 1, 0, -1], dtype=np.int16)[value]               # 10 is reserved: 0
     else:
         value -= (value >= (1 << (bits - 1))).astype(np.int16) << bits       # two's complement
-    return value.reshape(n, k)
+    return value.reshape(n, ks)
+
+
+def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
+    """W [n, k]: its K slices (each a whole-word stream of [n, k_slice] weights, the last one
+    shorter) one after the other in every stripe."""
+    geom, k = layout.matmul, d["k"]
+    parts, offset = [], 0
+    for sl in range(geom.slices(k)):
+        ks = geom.slice_k(k, sl)
+        parts.append(_read_slice_weights(mem, d, layout, offset, ks))
+        offset += geom.slice_weight_port_bytes(d["n"], ks, d["wbits"])
+    return np.concatenate(parts, axis=1)
+
+
+def _read_scales(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
+    """S [n, k/G]: per K slice ``[n, ks/G]`` u16 little-endian mantissas, each slice whole words."""
+    geom, mm, k, n = layout.matmul, layout.mm, d["k"], d["n"]
+    parts, addr = [], d["s_addr"]
+    for sl in range(geom.slices(k)):
+        groups = geom.slice_k(k, sl) // mm.group_size
+        raw = np.frombuffer(mem.read(addr, n * groups * 2), dtype="<u2")
+        parts.append((raw.astype(np.int64) & ((1 << mm.scale_bits) - 1)).reshape(n, groups))
+        addr += geom.slice_scale_bytes(n, geom.slice_k(k, sl))
+    return np.concatenate(parts, axis=1)
 
 
 def _write_output(mem, y: np.ndarray, d: dict[str, int], layout: DesignLayout) -> int:
@@ -191,34 +225,73 @@ def _write_output(mem, y: np.ndarray, d: dict[str, int], layout: DesignLayout) -
     return total
 
 
+def _write_partials(mem, acc: np.ndarray, d: dict[str, int], layout: DesignLayout) -> int:
+    """The split-K scratch as the engine leaves it: per chunk q (region ``p_addr + q * stride``), the
+    int64 partial sums in fire order: tile, row block of the chunk, column of the tile, row of the
+    block (rows past M are 0; each region zero-padded to a word). Returns bytes written per slice."""
+    geom, rows = layout.matmul, layout.mm.rows
+    m, n = acc.shape
+    cb = geom.chunk_blocks(n, d["k"], d["out_mode"])
+    stride, tile = geom.partial_stride(n, d["k"], d["out_mode"]), geom.tile_n
+    blocks = geom.row_blocks(m)
+    full = np.zeros((blocks * rows, n), dtype=object)
+    full[:m] = acc
+    written = 0
+    for q in range(geom.chunks(m, n, d["k"], d["out_mode"])):
+        region = []
+        for t0 in range(0, n, tile):
+            for b in range(q * cb, min(blocks, (q + 1) * cb)):
+                region.append(full[b * rows:(b + 1) * rows, t0:t0 + tile].T.reshape(-1))
+        vals = np.concatenate(region)
+        raw = b"".join(int(v).to_bytes(8, "little", signed=True) for v in vals)
+        raw += bytes(geom.round_words(len(raw)) - len(raw))
+        mem.write(d["p_addr"] + q * stride, raw)
+        written += len(raw)
+    return written
+
+
 def _run_matmul(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
     mm, geom = layout.mm, layout.matmul
     m, k, n, wbits, mode = d["m"], d["k"], d["n"], d["wbits"], d["out_mode"]
+    bias_on = d.get("bias", 0) == BiasMode.INT32
     g = mm.group_size
     ranges = [(d["x_addr"], m * k), (d["s_addr"], geom.scale_bytes(n, k)),
               (d["y_addr"], geom.out_bytes(m, n, mode))]
     ranges += [(d[f"w_addr{p}"], geom.weight_port_bytes(n, k, wbits)) for p in range(mm.weight_ports)]
     if mode == OutMode.INT8:
         ranges.append((d["q_addr"], geom.requant_bytes(n)))
+    if bias_on:
+        ranges.append((d["b_addr"], geom.bias_bytes(n)))
+    slices = geom.slices(k)
+    if slices > 1:
+        ranges.append((d["p_addr"], geom.partial_bytes(m, n, k, mode)))
     for addr, nbytes in ranges:
         _check_range(mem, addr, nbytes)
 
     x = np.frombuffer(mem.read(d["x_addr"], m * k), dtype=np.int8).reshape(m, k)
     w = _read_weights(mem, d, layout)
-    s_raw = np.frombuffer(mem.read(d["s_addr"], n * (k // g) * 2), dtype="<u2")
-    s = (s_raw.astype(np.int64) & ((1 << mm.scale_bits) - 1)).reshape(n, k // g)
+    s = _read_scales(mem, d, layout)
+    bias = None
+    if bias_on:
+        bias = np.frombuffer(mem.read(d["b_addr"], n * 4), dtype="<i4").astype(np.int64)
+    bshift = d.get("bias_shift", 0)
+    if slices > 1:              # the scratch holds the sum of every slice but the last (and the bias)
+        kp = (slices - 1) * geom.k_slice
+        partial = add_bias(matmul_accumulate(x[:, :kp], w[:, :kp], s[:, :kp // g], g), bias, bias_shift=bshift)
+        result.bytes_written[0] += (slices - 1) * _write_partials(mem, partial, d, layout)
     if mode == OutMode.INT32:
-        y = matmul_int32(x, w, s, g, d["out_shift"])
+        y = matmul_int32(x, w, s, g, d["out_shift"], bias=bias, bias_shift=bshift)
     else:
         q = np.frombuffer(mem.read(d["q_addr"], n * 8), dtype="<u8")
         mult = np.array([int(v) & 0xFFFF_FFFF for v in q], dtype=np.int64)
         mult = np.where(mult >= 1 << 31, mult - (1 << 32), mult)
         shift = np.array([(int(v) >> 32) & 0x7F for v in q], dtype=np.int64)
-        y = matmul_int8(x, w, s, g, mult, shift)
+        y = matmul_int8(x, w, s, g, mult, shift, bias=bias, bias_shift=bshift)
     result.bytes_written[0] += _write_output(mem, y, d, layout)
     result.mac_ops += m * k * n
+    chunks = geom.chunks(m, n, k, mode)
     for p in range(mm.weight_ports):
-        result.weight_bytes_read[p] += geom.row_blocks(m) * geom.weight_port_bytes(n, k, wbits)
+        result.weight_bytes_read[p] += chunks * geom.weight_port_bytes(n, k, wbits)
 
 
 def _run_attention(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
@@ -251,11 +324,20 @@ def _run_vector(mem, d: dict[str, int], layout: DesignLayout, result: ProgramRes
         result.weight_bytes_read[p] += nbytes
 
 
+def _run_allreduce(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult, network=None) -> None:
+    from .network import run_allreduce_descriptor
+
+    run_allreduce_descriptor(mem, d, layout, network)
+    if d["mode"] != 2:                                # SUM/MAX write the buffer back; RESET writes nothing
+        result.bytes_written[0] += d["bytes"]
+
+
 #: family kind -> golden runner of one validated descriptor
-_RUNNERS = {"matmul": _run_matmul, "attention": _run_attention, "copy": _run_copy, "vector": _run_vector}
+_RUNNERS = {"matmul": _run_matmul, "attention": _run_attention, "copy": _run_copy, "vector": _run_vector,
+            "network": _run_allreduce}
 
 
-def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> ProgramResult:
+def execute(memory, program_addr: int, count: int, layout: DesignLayout, *, network=None) -> ProgramResult:
     """Run ``count`` descriptors at ``program_addr`` against ``memory`` like the kernel does.
 
     ``memory``: a dict of 4 KiB pages (page number -> bytearray), a bytearray-like
@@ -263,8 +345,13 @@ def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> Prog
     ``write(addr, data)`` (raising :class:`MemoryAccessError` for unmapped bytes).
     Returns the STATUS/DESC_DONE the kernel would report; never raises for a
     bad descriptor (that is an error code, as on hardware).
+
+    ``network``: what ALLREDUCE descriptors reduce with (``hbmforge.numerics.network``:
+    an object with ``allreduce(mem, d, layout)``); without one a device is alone and an
+    all-reduce waits for a switch that never answers (NET_TIMEOUT), as on hardware.
     """
     mem = _as_memory(memory)
+    runners = dict(_RUNNERS, network=lambda *a: _run_allreduce(*a, network=network))
     result = ProgramResult(weight_bytes_read=[0] * layout.config.stream_ports,
                            bytes_written=[0] * len(layout.ports))
     dbytes = layout.descriptor_bytes
@@ -285,9 +372,12 @@ def execute(memory, program_addr: int, count: int, layout: DesignLayout) -> Prog
             result.error, result.error_index, result.detail = code, i, why
             return result
         try:
-            _RUNNERS[layout.family_of(d["op"]).kind](mem, d, layout, result)
+            runners[layout.family_of(d["op"]).kind](mem, d, layout, result)
         except MemoryAccessError as err:
             result.error, result.error_index, result.detail = ErrorCode.AXI_RESP, i, str(err)
+            return result
+        except EngineFault as err:
+            result.error, result.error_index, result.detail = err.code, i, err.detail
             return result
         result.descriptors_done += 1
     return result

@@ -1,0 +1,287 @@
+"""Golden models of the in-switch reduction: the packet format, the switch's state machine, the
+endpoint protocol over a lossy network, the memory-semantic mode and the ring for comparison."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hbmforge.config import parse_config
+from hbmforge.encodings import ErrorCode, NetMode, Opcode
+from hbmforge.engines.network import (DropReason, EndpointGeometry, Header, NackReason, PacketType, SwitchGeometry,
+                                      switch_header_rules, first_drop)
+from hbmforge.layout import DesignLayout
+from hbmforge.numerics.network import (AllreduceJob, GoldenSwitch, LinkParams, NetworkSim, Packet, _Channel,
+                                       block_exponents, float_allreduce_reference, reduce_reference, ring_allreduce)
+from hbmforge.numerics.program import SparseMemory, execute
+
+from designs import tiny_config_dict
+
+GEOM = SwitchGeometry(ports=4, data_width=64, packet_words=4, slots=8, jobs=2)
+
+
+def data(h: Header, words: int, seed: int = 0) -> Packet:
+    rng = np.random.default_rng(seed)
+    return Packet(h.with_(count=words), rng.integers(-2**31, 2**31, words * GEOM.lanes).astype(np.int32))
+
+
+def hdr(worker, *, slot=0, round_=0, offset=0, members=0b1111, type_=PacketType.DATA, **kw) -> Header:
+    return Header(type=int(type_), worker=worker, slot=slot, round=round_, offset=offset, members=members, **kw)
+
+
+def only(out, type_):
+    assert len(out) == 1, out
+    assert out[0].packet.header.type == type_, out[0].packet
+    return out[0]
+
+
+# -- the packet format ------------------------------------------------------------------------
+def test_header_round_trips_and_its_check_catches_every_single_bit_flip():
+    h = Header(type=PacketType.DATA, job=3, worker=9, epoch=200, slot=1234, round=77, count=31, offset=123456,
+               members=0xBEEF & 0xFFFF, op=NetMode.MAX)
+    raw = h.to_int()
+    back = Header.from_int(raw)
+    assert back.check_ok and back.with_(check=None) == h
+    for bit in range(128):
+        assert not Header.from_int(raw ^ (1 << bit)).check_ok, f"bit {bit} flip not caught"
+    assert not Header.from_int(0).check_ok, "an all-zero word must not be a valid header"
+    words = Packet(h, np.arange(8, dtype=np.int32)).words(64)
+    assert len(words) == 2 + 4 and Packet.from_words(words, 64).header == back
+
+
+def test_switch_header_rules_name_each_bad_field():
+    rules = switch_header_rules(GEOM)
+    good = hdr(2, count=4)
+    assert first_drop(rules, good.fields(port=2)) is None
+    cases = {
+        DropReason.BAD_CHECK: (Header.from_int(good.to_int() ^ 1 << 40), 2),
+        DropReason.BAD_TYPE: (good.with_(type=int(PacketType.RESULT)), 2),
+        DropReason.BAD_FIELD: (good.with_(reserved=1), 2),
+        DropReason.BAD_WORKER: (good, 1),
+        DropReason.BAD_JOB: (good.with_(job=2), 2),
+        DropReason.BAD_SLOT: (good.with_(slot=8), 2),
+        DropReason.BAD_COUNT: (good.with_(count=5), 2),
+        DropReason.BAD_MEMBERS: (good.with_(members=0b10011), 2),
+    }
+    for reason, (h, port) in cases.items():
+        assert first_drop(rules, h.fields(port=port)) == reason, reason
+    assert first_drop(rules, good.with_(count=0).fields(port=2)) == DropReason.BAD_COUNT
+    assert first_drop(rules, good.with_(members=0b0011).fields(port=2)) == DropReason.BAD_MEMBERS
+
+
+def test_a_bad_header_or_length_is_dropped_and_counted_never_summed():
+    sw = GoldenSwitch(GEOM)
+    bad = data(hdr(0), 2)
+    bad.raw ^= 1 << 70                                   # offset bit flipped, check no longer matches
+    assert sw.receive(0, bad) == []
+    short = data(hdr(1), 2)
+    short.payload = short.payload[:2]                    # one word fewer than count says
+    assert sw.receive(1, short) == []
+    assert sw.counters.dropped[:2] == [1, 1] and sw.counters.reduced == 0
+    assert sw.counters.reasons == {DropReason.BAD_CHECK: 1, DropReason.BAD_LENGTH: 1}
+
+
+# -- the switch state machine ----------------------------------------------------------------
+def test_duplicate_contribution_is_never_added_twice():
+    sw = GoldenSwitch(GEOM)
+    pk = [data(hdr(w), 3, seed=w) for w in range(4)]
+    assert sw.receive(0, pk[0]) == []
+    only(sw.receive(0, pk[0]), PacketType.STATUS)        # the slot waits: who was heard
+    assert sw.receive(1, pk[1]) == [] and sw.receive(2, pk[2]) == []
+    st = only(sw.receive(0, pk[0]), PacketType.STATUS)
+    assert st.packet.header.members == 0b0111
+    res = only(sw.receive(3, pk[3]), PacketType.RESULT)
+    assert res.ports == (0, 1, 2, 3)
+    assert np.array_equal(res.packet.payload, reduce_reference([p.payload for p in pk]))
+    assert sw.counters.reduced == 4
+
+
+def test_late_retransmission_gets_the_stored_result_while_the_slot_moves_on():
+    sw = GoldenSwitch(GEOM)
+    r0 = [data(hdr(w, offset=0), 2, seed=w) for w in range(4)]
+    for w in range(4):
+        out = sw.receive(w, r0[w])
+    want0 = only(out, PacketType.RESULT).packet.payload
+    # workers 0-2 got the result and start round 1 (copy 1); worker 3 lost it
+    for w in range(3):
+        assert sw.receive(w, data(hdr(w, round_=1, offset=8), 2, seed=10 + w)) == []
+    again = only(sw.receive(3, r0[3]), PacketType.RESULT)    # its retransmission: the stored round 0
+    assert again.ports == (3,) and np.array_equal(again.packet.payload, want0)
+    only(sw.receive(3, data(hdr(3, round_=1, offset=8), 2, seed=13)), PacketType.RESULT)
+    # round 2 reuses copy 0; a round-0 packet arriving now is stale and dropped
+    for w in range(4):
+        sw.receive(w, data(hdr(w, round_=2, offset=16), 2, seed=20 + w))
+    before = sw.counters.duplicates
+    assert sw.receive(1, r0[1]) == [] and sw.counters.duplicates == before + 1
+
+
+def test_second_member_set_on_the_same_job_gets_a_collision_nack():
+    sw = GoldenSwitch(GEOM)
+    assert sw.receive(0, data(hdr(0, members=0b0011), 1)) == []
+    nack = only(sw.receive(2, data(hdr(2, members=0b1100), 1)), PacketType.NACK)
+    assert nack.packet.header.offset == NackReason.COLLISION and nack.packet.header.members == 0b0011
+    other_job = sw.receive(2, data(hdr(2, members=0b1100, job=1), 1))     # another job id is fine
+    assert other_job == []
+
+
+def test_stale_epoch_gets_nack_and_reset_forgets_the_job():
+    sw = GoldenSwitch(GEOM)
+    assert sw.receive(0, data(hdr(0), 2)) == []
+    ack = only(sw.receive(1, Packet(hdr(1, type_=PacketType.RESET, epoch=5))), PacketType.RESET_ACK)
+    assert ack.ports == (1,)
+    nack = only(sw.receive(0, data(hdr(0), 2)), PacketType.NACK)
+    assert nack.packet.header.offset == NackReason.STALE
+    # in epoch 5 the slot is empty again: worker 0's contribution counts afresh
+    for w in range(3):
+        assert sw.receive(w, data(hdr(w, epoch=5), 2)) == []
+    only(sw.receive(3, data(hdr(3, epoch=5), 2)), PacketType.RESULT)
+    # a retransmitted RESET with the same epoch forgets nothing
+    only(sw.receive(2, Packet(hdr(2, type_=PacketType.RESET, epoch=5))), PacketType.RESET_ACK)
+    only(sw.receive(0, data(hdr(0, epoch=5), 2)), PacketType.RESULT)
+
+
+def test_members_disagreeing_on_a_block_get_a_mismatch_nack():
+    sw = GoldenSwitch(GEOM)
+    sw.receive(0, data(hdr(0, offset=0), 2))
+    nack = only(sw.receive(1, data(hdr(1, offset=1), 2)), PacketType.NACK)
+    assert nack.packet.header.offset == NackReason.MISMATCH
+    nack = only(sw.receive(1, data(hdr(1, offset=0), 3)), PacketType.NACK)
+    assert nack.packet.header.offset == NackReason.MISMATCH
+
+
+def test_reduce_on_read_and_multicast_store():
+    sw = GoldenSwitch(GEOM)
+    req = hdr(1, type_=PacketType.LD_REQ, slot=2, offset=5, count=2)
+    reads = only(sw.receive(1, Packet(req)), PacketType.LD_READ)
+    assert reads.ports == (0, 1, 2, 3) and reads.packet.header.worker == 1
+    parts = [data(hdr(w, type_=PacketType.LD_DATA, slot=2, offset=5), 2, seed=w) for w in range(4)]
+    for w in (0, 2, 1):
+        assert sw.receive(w, parts[w]) == []
+    assert sw.receive(0, parts[0]) == []                              # a duplicate read answer
+    again = only(sw.receive(1, Packet(req)), PacketType.LD_READ)      # requester retries: ask who is missing
+    assert again.ports == (3,)
+    res = only(sw.receive(3, parts[3]), PacketType.LD_RESULT)
+    assert res.ports == (1,) and np.array_equal(res.packet.payload, reduce_reference([p.payload for p in parts]))
+    # the multicast store of that result, round 1 of the slot
+    st = Packet(hdr(1, type_=PacketType.ST, slot=2, round_=1, offset=5, count=2), res.packet.payload)
+    fwd = only(sw.receive(1, st), PacketType.ST_DATA)
+    assert fwd.ports == (0, 2, 3) and np.array_equal(fwd.packet.payload, res.packet.payload)
+    acks = [Packet(hdr(w, type_=PacketType.ST_ACK, slot=2, round_=1, offset=5)) for w in (0, 2, 3)]
+    assert sw.receive(0, acks[0]) == [] and sw.receive(2, acks[1]) == []
+    assert only(sw.receive(1, st), PacketType.ST_DATA).ports == (3,)
+    done = only(sw.receive(3, acks[2]), PacketType.ST_DONE)
+    assert done.ports == (1,)
+    assert only(sw.receive(1, st), PacketType.ST_DONE).ports == (1,)  # a late retry: already done
+
+
+# -- the protocol over a lossy network ---------------------------------------------------------
+FAULTY = LinkParams(bytes_per_cycle=8, latency=40, loss=0.1, duplicate=0.05, reorder=0.1, reorder_cycles=400)
+BURSTY = LinkParams(bytes_per_cycle=8, latency=40, burst=(0.05, 0.4, 0.02, 0.5), duplicate=0.05, reorder=0.1,
+                    reorder_cycles=400)
+
+
+@pytest.mark.parametrize("link", [FAULTY, BURSTY], ids=["bernoulli", "gilbert-elliott"])
+def test_allreduce_is_bit_exact_under_loss_duplicates_and_reordering(link):
+    rng = np.random.default_rng(11)
+    sim = NetworkSim(4, GEOM, link, seed=2)
+    for r in range(60):
+        size = int(rng.integers(1, 30)) * GEOM.lanes
+        bufs = [rng.integers(-2**31, 2**31, size).astype(np.int32) for _ in range(4)]
+        mode = NetMode.MAX if r % 5 == 4 else NetMode.SUM
+        want = reduce_reference(bufs, mode)
+        res = sim.allreduce([b.copy() for b in bufs], mode=mode, job=r % 2, window=int(rng.integers(1, 9)),
+                            timeout=300, retries=80)
+        assert res.ok, (r, res.errors)
+        for i, got in enumerate(res.results):
+            assert np.array_equal(got, want), f"round {r}: worker {i} differs"
+    assert sim.switch.counters.resent and sim.switch.counters.status      # the faults did hit
+
+
+def test_multimem_allreduce_is_bit_exact_and_interleaves_with_the_push_protocol():
+    rng = np.random.default_rng(3)
+    sim = NetworkSim(4, SwitchGeometry(ports=4, data_width=64, packet_words=4, slots=16, jobs=2), FAULTY, seed=4)
+    for r in range(30):
+        sim.use_multimem(r % 2 == 0)
+        size = int(rng.integers(1, 30)) * 2
+        bufs = [rng.integers(-2**31, 2**31, size).astype(np.int32) for _ in range(4)]
+        want = reduce_reference(bufs)
+        res = sim.allreduce([b.copy() for b in bufs], window=16, timeout=300, retries=80)
+        assert res.ok and all(np.array_equal(g, want) for g in res.results), r
+
+
+def test_a_member_that_never_joins_makes_the_others_time_out_naming_it():
+    sim = NetworkSim(4, GEOM, LinkParams(latency=20), seed=0)
+    bufs = [np.arange(8, dtype=np.int32) * (i + 1) for i in range(4)]
+    js = [AllreduceJob(NetMode.SUM, 0, i, 0b1111, window=2, timeout=200, retries=3) if i != 2 else None
+          for i in range(4)]
+    before = [b.copy() for b in bufs]
+    res = sim.run(bufs, js)
+    assert [res.errors[i] for i in (0, 1, 3)] == [ErrorCode.NET_TIMEOUT] * 3
+    for i in (0, 1, 3):
+        heard = sim.endpoints[i].counters.heard
+        assert heard == 0b1011, f"worker {i} heard {heard:#06b}: the missing member is not named"
+        assert np.array_equal(bufs[i], before[i]), "a failed all-reduce changed the buffer"
+
+
+def test_simulation_is_deterministic_for_a_seed():
+    def run(seed):
+        rng = np.random.default_rng(0)
+        sim = NetworkSim(4, GEOM, FAULTY, seed=seed)
+        out = []
+        for _ in range(5):
+            bufs = [rng.integers(-9, 9, 40).astype(np.int32) for _ in range(4)]
+            r = sim.allreduce(bufs, window=4, timeout=300, retries=80)
+            out.append((r.cycles, r.packets, r.retransmits, r.lost))
+        return out
+
+    assert run(5) == run(5)
+    assert run(5) != run(6)
+
+
+def test_gilbert_elliott_loss_comes_in_bursts_at_its_mean_rate():
+    ch = _Channel(BURSTY, seed=1)
+    lost = np.array([ch.fate()[0] for _ in range(100_000)])
+    assert abs(lost.mean() - BURSTY.mean_loss) < 0.01
+    after_loss = lost[1:][lost[:-1]].mean()              # P(loss | the previous packet was lost)
+    assert after_loss > 2 * lost.mean(), "Gilbert-Elliott losses should cluster"
+    bern = _Channel(LinkParams(loss=BURSTY.mean_loss), seed=1)
+    blost = np.array([bern.fate()[0] for _ in range(100_000)])
+    assert abs(blost[1:][blost[:-1]].mean() - blost.mean()) < 0.01, "Bernoulli losses are independent"
+
+
+def test_ring_allreduce_gives_the_same_bits_and_is_slower_on_small_messages():
+    rng = np.random.default_rng(1)
+    geom = SwitchGeometry(ports=4, data_width=64, packet_words=16, slots=16, jobs=1)
+    link = LinkParams(bytes_per_cycle=8, latency=100)
+    bufs = [rng.integers(-2**31, 2**31, 1024).astype(np.int32) for _ in range(4)]
+    ring = ring_allreduce(bufs, geom, link)
+    want = reduce_reference(bufs)
+    assert all(np.array_equal(r, want) for r in ring.results)
+    sw = NetworkSim(4, geom, link).allreduce([b.copy() for b in bufs], window=16, timeout=5000)
+    assert sw.ok and sw.cycles < ring.cycles
+
+
+def test_float_allreduce_through_per_block_exponents_is_order_free_and_close():
+    rng = np.random.default_rng(2)
+    xs = [(rng.standard_normal(1000) * 10.0 ** rng.integers(-3, 4)).astype(np.float32) for _ in range(4)]
+    got = float_allreduce_reference(xs, 64)
+    assert np.array_equal(got, float_allreduce_reference(xs[::-1], 64))
+    exact = np.sum(np.stack(xs).astype(np.float64), axis=0)
+    peak = np.repeat(np.ldexp(1.0, block_exponents(np.max(np.abs(np.stack(xs)), axis=0), 64)), 64)[:1000]
+    assert np.all(np.abs(got - exact) <= peak * 2.0 ** -26 + np.abs(exact) * 2.0 ** -23)
+
+
+def test_program_execute_alone_reports_net_timeout_and_leaves_the_buffer():
+    cfg = tiny_config_dict()
+    cfg["name"] = "tiny_net"
+    cfg["engines"].append({"kind": "network", "packet_words": 4, "window": 4, "jobs": 2})
+    lay = DesignLayout(parse_config(cfg))
+    mem = SparseMemory()
+    mem.write(0x1000, bytes(range(64)))
+    prog = lay.encode_descriptor({"op": Opcode.ALLREDUCE, "mode": 0, "job": 0, "worker": 0, "members": 3,
+                                  "epoch": 0, "addr": 0x1000, "bytes": 64, "window": 4, "timeout": 100,
+                                  "retries": 2})
+    mem.write(0, prog)
+    res = execute(mem, 0, 1, lay)
+    assert res.error == ErrorCode.NET_TIMEOUT and res.error_index == 0
+    assert mem.read(0x1000, 64) == bytes(range(64))
+    assert EndpointGeometry.of(lay).packet_bytes == 32

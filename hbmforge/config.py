@@ -103,7 +103,19 @@ class MatmulEngine(_EngineBase):
     tlmm_group: int = Field(4, ge=2, le=5, description="tlmm: activations per lookup-table group (g)")
     group_size: int = Field(128, description="K elements sharing one weight scale (power of two)")
     scale_bits: int = Field(16, ge=4, le=16, description="bits of each unsigned group-scale mantissa (stored as u16)")
-    max_k: int = Field(4096, description="largest K (on-chip activation buffer depth)")
+    max_k: int = Field(4096, description="largest K one pass accumulates on chip (activation buffer depth)")
+    split_k: int = Field(16, ge=1, le=64, description="K slices of max_k one descriptor accumulates exactly "
+                                                      "(int64 partial sums in memory): K up to split_k x max_k")
+    tile_n: int | None = Field(None, description="output columns per on-chip weight tile (power of two; the "
+                                                 "buffer holds two tiles); default 16")
+    tile_m: int | None = Field(None, description="activation rows held on chip at K = max_k (rows x a power of "
+                                                 "two >= 2; more at smaller K); GEMM reads each weight once per "
+                                                 "chunk of these rows; default 8 x rows")
+
+    @field_validator("tile_n")
+    @classmethod
+    def _tile_n(cls, v):
+        return v if v is None else _power_of_two(v, "tile_n", 1, 1024)
 
     @field_validator("lanes")
     @classmethod
@@ -144,6 +156,11 @@ class MatmulEngine(_EngineBase):
             raise ValueError(
                 f"max_k must be a multiple of max(lanes, group_size) = {align} and at most 1048576, "
                 f"got {self.max_k}")
+        if self.tile_m is not None:
+            per = self.tile_m // self.rows if self.tile_m % self.rows == 0 else 0
+            if per < 2 or per & (per - 1) or self.tile_m > 1 << 16:
+                raise ValueError(f"tile_m must be rows ({self.rows}) x a power of two >= 2 and at most 65536, "
+                                 f"got {self.tile_m}")
         return self
 
 
@@ -430,6 +447,15 @@ class AcceleratorConfig(_Strict):
                                      f"{used[ch]!r}; each port needs its own pseudo-channel")
                 used[ch] = port
         mm = self.matmul
+        word = self.data_width // 8
+        if mm.tile_n is not None and (mm.tile_n * 4) % word:
+            raise ValueError(f"engines.0.tile_n: {mm.tile_n} columns of int32 bias must fill whole {word}-byte "
+                             f"words: use a multiple of {word // 4}")
+        from .engines.matmul import MatmulGeometry          # widths: the contract derives them
+        acc_bits = MatmulGeometry(mm, word).widths.acc_bits
+        if acc_bits > 62:
+            raise ValueError(f"engines.0.split_k: accumulators of {acc_bits} bits (split_k {mm.split_k} x max_k "
+                             f"{mm.max_k}) exceed the 62 the output stage computes; lower split_k or max_k")
         for fmt in mm.weight_bits:
             if fmt == "ternary" and mm.ternary_packing == "5trit":
                 continue                    # a trit gearbox adapts any lane count

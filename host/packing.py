@@ -26,6 +26,7 @@ __all__ = [
     "pack_weights", "unpack_weights",
     "pack_scales", "unpack_scales",
     "pack_requant", "unpack_requant",
+    "pack_bias", "unpack_bias",
     "pack_output", "unpack_output",
 ]
 
@@ -118,8 +119,10 @@ def _five_trit(lay, fmt) -> bool:
 def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
     """``[N, K]`` integer weights -> one ``uint8`` array per weight port.
 
-    ``wbits``: 2, 4, 8, ``"ternary"`` (or its descriptor code 3). The stream is
-    element ``i = n*K + k`` in order (K padded with zeros):
+    ``wbits``: 2, 4, 8, ``"ternary"`` (or its descriptor code 3). K is padded with zeros and cut
+    into the engine's K slices (``k_slice`` elements, the last one shorter; one slice when K
+    fits); each slice is packed as below and the slices follow one another in every stripe.
+    Within a slice of ``ks`` elements the stream is element ``i = n*ks + k`` in order:
 
     * int2/int4/int8: stream bits ``[i*b, (i+1)*b)``, two's complement (int4: the even
       element in the low nibble; int2: element ``4j+t`` at bits ``2t`` of byte ``j``);
@@ -138,6 +141,18 @@ def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
     n, k = wq.shape
     if n == 0:
         raise ValueError("weights have no rows (N = 0)")
+    geom = lay.matmul
+    if k > geom.max_k_total:
+        raise ValueError(f"weights have K = {k}; the engine takes at most {geom.max_k_total} "
+                         f"({lay.mm.split_k} slices of {geom.k_slice})")
+    parts = [_pack_weight_slice(wq[:, s * geom.k_slice:s * geom.k_slice + geom.slice_k(k, s)], fmt, lay)
+             for s in range(geom.slices(k))]
+    return [np.concatenate([part[p] for part in parts]) for p in range(lay.mm.weight_ports)]
+
+
+def _pack_weight_slice(wq: np.ndarray, fmt, lay) -> list[np.ndarray]:
+    """One K slice [N, ks] -> its stripes (whole combined words)."""
+    n, k = wq.shape
     flat = np.ascontiguousarray(wq).reshape(-1).astype(np.int8).view(np.uint8)
     if _five_trit(lay, fmt):
         digits = np.ones(-(-flat.size // 5) * 5, dtype=np.int16)           # pad: zero weights
@@ -156,7 +171,7 @@ def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
         c = codes.reshape(-1, 4)
         stream = c[:, 0] | (c[:, 1] << 2) | (c[:, 2] << 4) | (c[:, 3] << 6)
     ports, word = lay.mm.weight_ports, lay.word_bytes
-    stripe_bytes = lay.matmul.weight_port_bytes(n, k, WeightFormat.code(fmt))
+    stripe_bytes = lay.matmul.slice_weight_port_bytes(n, k, WeightFormat.code(fmt))
     combined = _pad_bytes(stream, stripe_bytes * ports).reshape(-1, ports, word)
     return [np.ascontiguousarray(combined[:, p, :]).reshape(-1) for p in range(ports)]
 
@@ -174,8 +189,20 @@ def unpack_weights(stripes, n: int, k: int, wbits, layout) -> np.ndarray:
     if not isinstance(stripes, (list, tuple)) or len(stripes) != ports:
         got = len(stripes) if isinstance(stripes, (list, tuple)) else type(stripes).__name__
         raise ValueError(f"need {ports} weight stripes, got {got}")
-    need = lay.matmul.weight_port_bytes(n, k, WeightFormat.code(fmt))
-    arrays = [_raw_bytes(s, need, f"weight stripe {i}").reshape(-1, word) for i, s in enumerate(stripes)]
+    geom, code = lay.matmul, WeightFormat.code(fmt)
+    need = geom.weight_port_bytes(n, k, code)
+    arrays = [_raw_bytes(s, need, f"weight stripe {i}") for i, s in enumerate(stripes)]
+    parts, offset = [], 0
+    for sl in range(geom.slices(k)):
+        ks = geom.slice_k(k, sl)
+        nbytes = geom.slice_weight_port_bytes(n, ks, code)
+        parts.append(_unpack_weight_slice([a[offset:offset + nbytes].reshape(-1, word) for a in arrays],
+                                          n, ks, fmt, lay))
+        offset += nbytes
+    return np.concatenate(parts, axis=1)
+
+
+def _unpack_weight_slice(arrays, n: int, k: int, fmt, lay) -> np.ndarray:
     stream = np.stack(arrays, axis=1).reshape(-1)
     count = n * k
     if _five_trit(lay, fmt):
@@ -197,27 +224,41 @@ def unpack_weights(stripes, n: int, k: int, wbits, layout) -> np.ndarray:
     return table[codes].reshape(n, k)
 
 
-# -- S: u16 [N, K/G] --------------------------------------------------------------------
+# -- S: u16 [N, K/G] per K slice --------------------------------------------------------
 def pack_scales(mant, layout) -> np.ndarray:
-    """Unsigned ``[N, K/G]`` group-scale mantissas -> u16 little-endian, groups padded to ``k_align``."""
+    """Unsigned ``[N, K/G]`` group-scale mantissas -> u16 little-endian, groups padded to ``k_align``;
+    per K slice ``[N, ks/G]``, each slice zero-padded to whole words (one slice when K fits)."""
     lay = _layout(layout)
     top = (1 << lay.mm.scale_bits) - 1
     mant = _int_matrix("scale mantissas", mant, 0, top)
     n, groups = mant.shape
     if n == 0 or groups == 0:
         raise ValueError(f"scale mantissas must be [N, K/G] with N, K/G >= 1, got shape {mant.shape}")
-    g = lay.mm.group_size
-    kp = lay.matmul.pad_k(groups * g)
+    g, geom = lay.mm.group_size, lay.matmul
+    kp = geom.pad_k(groups * g)
+    if kp > geom.max_k_total:
+        raise ValueError(f"scale mantissas cover K = {kp}; the engine takes at most {geom.max_k_total}")
     padded = np.zeros((n, kp // g), dtype="<u2")
     padded[:, :groups] = mant
-    return _pad_bytes(padded.reshape(-1).view(np.uint8), lay.matmul.scale_bytes(n, kp))
+    parts = []
+    for s in range(geom.slices(kp)):
+        g0, ks = s * geom.k_slice // g, geom.slice_k(kp, s)
+        part = np.ascontiguousarray(padded[:, g0:g0 + ks // g]).reshape(-1).view(np.uint8)
+        parts.append(_pad_bytes(part, geom.slice_scale_bytes(n, ks)))
+    return np.concatenate(parts)
 
 
 def unpack_scales(raw, n: int, k: int, layout) -> np.ndarray:
     lay = _layout(layout)
     n, k = check_int("n", n, 1), check_int("k", k, 1)
-    groups = k // lay.mm.group_size
-    return _raw_bytes(raw, n * groups * 2, "raw").view("<u2").reshape(n, groups).astype(np.uint16)
+    g, geom = lay.mm.group_size, lay.matmul
+    buf = _raw_bytes(raw, geom.scale_bytes(n, k), "raw")
+    parts, offset = [], 0
+    for s in range(geom.slices(k)):
+        ks = geom.slice_k(k, s)
+        parts.append(buf[offset:offset + n * (ks // g) * 2].view("<u2").reshape(n, ks // g))
+        offset += geom.slice_scale_bytes(n, ks)
+    return np.concatenate(parts, axis=1).astype(np.uint16)
 
 
 # -- Q: u64 per column: mult (int32) | shift << 32 ----------------------------------------
@@ -237,6 +278,20 @@ def unpack_requant(raw, n: int) -> tuple[np.ndarray, np.ndarray]:
     mult = (words & np.uint64(0xFFFF_FFFF)).astype(np.uint32).view(np.int32).astype(np.int64)
     shift = ((words >> np.uint64(32)) & np.uint64(0x7F)).astype(np.int64)
     return mult, shift
+
+
+# -- B: int32 per column -------------------------------------------------------------------
+def pack_bias(bias, layout) -> np.ndarray:
+    """Per-column int32 bias (added as ``bias << bias_shift`` before the output stage) -> little-endian."""
+    lay = _layout(layout)
+    bias = _int_matrix("bias", bias, -(1 << 31), (1 << 31) - 1, ndim=1)
+    if bias.size == 0:
+        raise ValueError("bias is empty (one int32 per output column)")
+    return _pad_bytes(bias.astype("<i4").view(np.uint8), lay.matmul.bias_bytes(bias.size))
+
+
+def unpack_bias(raw, n: int) -> np.ndarray:
+    return _raw_bytes(raw, check_int("n", n, 1) * 4, "raw").view("<i4").astype(np.int64)
 
 
 # -- Y: blocked [row block][column][row in block] ------------------------------------------

@@ -92,10 +92,13 @@ class ProgramBuilder:
 
     # -- records -----------------------------------------------------------------------
     def matmul(self, *, m: int, k: int, n: int, wbits, x, s, y, w: Sequence,
-               out_mode="int32", out_shift: int = 0, q=None) -> int:
-        """Append one MATMUL; ``x``, ``s``, ``y``, ``q``, ``w[i]`` are Buffers or device addresses.
+               out_mode="int32", out_shift: int = 0, q=None, bias=None, bias_shift: int = 0, p=None) -> int:
+        """Append one MATMUL; ``x``, ``s``, ``y``, ``q``, ``bias``, ``p``, ``w[i]`` are Buffers or device
+        addresses.
 
         ``k`` is the padded reduction length; ``wbits`` 2, 4, 8, ``"ternary"`` (or its code 3).
+        ``bias``: int32 per column, added as ``bias << bias_shift`` before the output stage.
+        ``p``: the split-K scratch (``geom.partial_bytes``), needed when ``k`` exceeds ``k_slice``.
         Returns the descriptor's index.
         """
         lay = self._lay
@@ -116,14 +119,25 @@ class ProgramBuilder:
         elif q is not None:
             self._address("q", q)                     # checked; int32 outputs do not read it
         targets.update({f"w_addr{i}": (f"w[{i}]", wi, f"w{i}") for i, wi in enumerate(w)})
+        if bias is not None:
+            targets["b_addr"] = ("bias", bias, "data")
+        if k > lay.matmul.k_slice:
+            if p is None:
+                raise ValueError(f"k {k} is above one pass ({lay.matmul.k_slice}): the engine splits it and needs "
+                                 f"p, a scratch buffer of {lay.matmul.partial_bytes(m, n, k, mode)} bytes for "
+                                 "the partial sums")
+            targets["p_addr"] = ("p", p, "data")
         rec = {"op": Opcode.MATMUL, "m": m, "k": k, "n": n, "wbits": code, "out_mode": mode, "out_shift": shift,
-               "q_addr": 0}
+               "q_addr": 0, "bias": int(bias is not None),
+               "bias_shift": check_int("bias_shift", bias_shift, 0, U64_MAX) if bias is not None else 0,
+               "b_addr": 0, "p_addr": 0}
         rec.update({slot: self._address(what, target) for slot, (what, target, _) in targets.items()})
         self._validate(rec)
         geom = lay.matmul
         sizes = {"x_addr": geom.act_bytes(m, k), "s_addr": geom.scale_bytes(n, k), "y_addr": geom.out_bytes(m, n, mode),
-                 "q_addr": geom.requant_bytes(n), **{f"w_addr{i}": geom.weight_port_bytes(n, k, code)
-                                                     for i in range(ports)}}
+                 "q_addr": geom.requant_bytes(n), "b_addr": geom.bias_bytes(n),
+                 "p_addr": geom.partial_bytes(m, n, k, mode),
+                 **{f"w_addr{i}": geom.weight_port_bytes(n, k, code) for i in range(ports)}}
         for what, nbytes in (("output", sizes["y_addr"]), ("weight stripe", sizes["w_addr0"]),
                              ("scales", sizes["s_addr"]), ("activations", sizes["x_addr"])):
             if nbytes > _U32:

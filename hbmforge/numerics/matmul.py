@@ -4,15 +4,17 @@ The engine computes, for int8 activations ``x`` [M, K], signed weights ``w``
 [N, K] and unsigned group-scale mantissas ``s`` [N, K / G]::
 
     part[m, n, g] = sum_{k in group g} x[m, k] * w[n, k]      (exact, group_bits wide)
-    acc[m, n]     = sum_g part[m, n, g] * s[n, g]              (exact, acc_bits wide)
+    acc[m, n]     = sum_g part[m, n, g] * s[n, g]              (exact, sum_bits wide)
+                    + (bias[n] << bias_shift)                  (optional int32 bias; acc_bits wide)
 
 and then one of the two output stages:
 
 * int32: ``sat32(rshift_round(acc, out_shift))``
 * int8:  ``sat8(rshift_round(acc * mult[n], shift[n]))``
 
-Widths are in :class:`hbmforge.layout.MatmulWidths`; integer sums are exact,
-so the order of accumulation does not matter.
+Widths are in :class:`hbmforge.engines.matmul.MatmulWidths`; integer sums are exact, so the
+order of accumulation does not matter: K split into slices (partial sums kept in int64 between
+them, the bias added in the first) gives the same ``acc`` as one pass.
 """
 from __future__ import annotations
 
@@ -50,17 +52,31 @@ def matmul_accumulate(x, w, s, group_size: int) -> np.ndarray:
     return acc
 
 
-def matmul_int32(x, w, s, group_size: int, out_shift: int = 0) -> np.ndarray:
-    """int32 output mode: ``sat32(rshift_round(acc, out_shift))``."""
+def add_bias(acc: np.ndarray, bias, bias_shift: int = 0) -> np.ndarray:
+    """``acc[m, n] + (bias[n] << bias_shift)`` (Python ints; ``bias`` int32 per column or None)."""
+    if bias is None:
+        return acc
+    bias = np.asarray(bias, dtype=np.int64).reshape(-1)
+    if bias.shape != (acc.shape[1],):
+        raise ValueError(f"bias must have {acc.shape[1]} entries (one per column), got {bias.size}")
+    if np.any(bias < -(1 << 31)) or np.any(bias >= 1 << 31):
+        raise ValueError("bias must fit in int32")
+    if not isinstance(bias_shift, (int, np.integer)) or bias_shift < 0:
+        raise ValueError(f"bias_shift must be an integer >= 0, got {bias_shift!r}")
+    return acc + np.array([int(b) << int(bias_shift) for b in bias], dtype=object)[None, :]
+
+
+def matmul_int32(x, w, s, group_size: int, out_shift: int = 0, *, bias=None, bias_shift: int = 0) -> np.ndarray:
+    """int32 output mode: ``sat32(rshift_round(acc, out_shift))`` (``acc`` with the bias, if any)."""
     if not 0 <= out_shift <= 63:
         raise ValueError(f"out_shift must be in [0, 63], got {out_shift}")
-    acc = matmul_accumulate(x, w, s, group_size)
+    acc = add_bias(matmul_accumulate(x, w, s, group_size), bias, bias_shift)
     return saturate(rshift_round(acc, out_shift), 32).astype(np.int32)
 
 
-def matmul_int8(x, w, s, group_size: int, mult, shift) -> np.ndarray:
-    """int8 output mode: ``sat8(rshift_round(acc * mult[n], shift[n]))``."""
-    acc = matmul_accumulate(x, w, s, group_size)
+def matmul_int8(x, w, s, group_size: int, mult, shift, *, bias=None, bias_shift: int = 0) -> np.ndarray:
+    """int8 output mode: ``sat8(rshift_round(acc * mult[n], shift[n]))`` (``acc`` with the bias, if any)."""
+    acc = add_bias(matmul_accumulate(x, w, s, group_size), bias, bias_shift)
     mult = np.asarray(mult, dtype=np.int64)
     shift = np.asarray(shift, dtype=np.int64)
     n = acc.shape[1]

@@ -5,14 +5,15 @@ import numpy as np
 import pytest
 
 from hbmforge.config import parse_config
-from hbmforge.host.packing import pack_activations, pack_requant, pack_scales, pack_weights, unpack_output
+from hbmforge.host.packing import (pack_activations, pack_bias, pack_requant, pack_scales, pack_weights,
+                                   unpack_output)
 from hbmforge.host.program import ProgramBuilder
 from hbmforge.encodings import ErrorCode, OutMode
 from hbmforge.layout import DesignLayout
 from hbmforge.numerics import matmul_int8, matmul_int32
 from hbmforge.numerics.program import ProgramResult, SparseMemory, execute
 
-PROGRAM, X, S, Q, Y = 0x0, 0x10_000, 0x20_000, 0x30_000, 0x40_000
+PROGRAM, X, S, Q, Y, B, P = 0x0, 0x10_000, 0x20_000, 0x30_000, 0x40_000, 0x50_000, 0x800_000
 W = [0x100_000 * (i + 1) for i in range(4)]
 
 
@@ -27,7 +28,8 @@ def layout(**engine) -> DesignLayout:
 class Case:
     """Random operands of one matmul placed in memory with the host packers."""
 
-    def __init__(self, lay, m, k, n, wbits, mode=OutMode.INT32, out_shift=0, seed=0, mem=None, base=0):
+    def __init__(self, lay, m, k, n, wbits, mode=OutMode.INT32, out_shift=0, seed=0, mem=None, base=0,
+                 bias=False, bias_shift=0):
         rng = np.random.default_rng(seed)
         g = lay.mm.group_size
         self.lay, self.m, self.k, self.n, self.wbits, self.mode = lay, m, k, n, wbits, mode
@@ -37,25 +39,36 @@ class Case:
         self.mult = rng.integers(1, 1 << 20, n)
         self.shift = rng.integers(20, 40, n)
         self.out_shift = out_shift
+        self.bias = rng.integers(-(1 << 31), 1 << 31, n) if bias else None
+        self.bias_shift = bias_shift
         self.mem = SparseMemory() if mem is None else mem
         self.base = base
+        self.store()
+
+    def store(self):
+        """Write the operands into memory (again, after a test changed them)."""
+        lay, base = self.lay, self.base
         self.mem.write(base + X, pack_activations(self.x, lay).tobytes())
         self.mem.write(base + S, pack_scales(self.s, lay).tobytes())
         self.mem.write(base + Q, pack_requant(self.mult, self.shift, lay).tobytes())
-        for i, stripe in enumerate(pack_weights(self.w, wbits, lay)):
+        if self.bias is not None:
+            self.mem.write(base + B, pack_bias(self.bias, lay).tobytes())
+        for i, stripe in enumerate(pack_weights(self.w, self.wbits, lay)):
             self.mem.write(base + W[i], stripe.tobytes())
 
     def add_to(self, prog: ProgramBuilder):
         b = self.base
         prog.matmul(m=self.m, k=self.k, n=self.n, wbits=self.wbits, x=b + X, s=b + S, y=b + Y,
                     w=[b + W[i] for i in range(self.lay.mm.weight_ports)], out_mode=self.mode,
-                    out_shift=self.out_shift, q=b + Q)
+                    out_shift=self.out_shift, q=b + Q, bias=None if self.bias is None else b + B,
+                    bias_shift=self.bias_shift, p=b + P if self.k > self.lay.matmul.k_slice else None)
 
     def expected(self):
         g = self.lay.mm.group_size
+        bias = dict(bias=self.bias, bias_shift=self.bias_shift)
         if self.mode == OutMode.INT32:
-            return matmul_int32(self.x, self.w, self.s, g, self.out_shift)
-        return matmul_int8(self.x, self.w, self.s, g, self.mult, self.shift)
+            return matmul_int32(self.x, self.w, self.s, g, self.out_shift, **bias)
+        return matmul_int8(self.x, self.w, self.s, g, self.mult, self.shift, **bias)
 
     def result(self):
         nbytes = self.lay.matmul.out_bytes(self.m, self.n, self.mode)
@@ -82,7 +95,66 @@ def test_random_matmuls_match_the_matmul_golden_model(seed):
             assert res.ok and res.descriptors_done == 1, res.detail
             assert np.array_equal(case.result(), case.expected())
             assert res.mac_ops == m * k * n
-            assert res.weight_bytes_read == [lay.matmul.row_blocks(m) * lay.matmul.weight_port_bytes(n, k, wbits)] * lay.mm.weight_ports
+            # the weights are read once per chunk of rows the activation buffer holds
+            chunks = lay.matmul.chunks(m, n, k, mode)
+            assert chunks == -(-lay.matmul.row_blocks(m) // lay.matmul.chunk_blocks(n, k, mode))
+            assert res.weight_bytes_read == [chunks * lay.matmul.weight_port_bytes(n, k, wbits)] * lay.mm.weight_ports
+
+
+@pytest.mark.parametrize("mode", [OutMode.INT32, OutMode.INT8])
+def test_bias_is_added_before_the_output_stage(mode):
+    lay = layout(rows=2)
+    shift = lay.matmul.widths.max_bias_shift
+    for bias_shift in (0, shift):
+        case = Case(lay, 5, 48, 7, 4, mode, out_shift=12, seed=3, bias=True, bias_shift=bias_shift)
+        prog = ProgramBuilder(lay)
+        case.add_to(prog)
+        assert prog.descriptors[0]["bias"] == 1 and prog.descriptors[0]["bias_shift"] == bias_shift
+        assert run(lay, case.mem, prog).ok
+        assert np.array_equal(case.result(), case.expected())
+        plain = Case(lay, 5, 48, 7, 4, mode, out_shift=12, seed=3)
+        assert not np.array_equal(case.expected(), plain.expected())        # the bias matters
+
+
+@pytest.mark.parametrize("rows, mode", [(2, OutMode.INT32), (3, OutMode.INT8)])
+def test_k_above_one_pass_is_split_exactly_with_partials_in_the_scratch(rows, mode):
+    lay = layout(rows=rows, tile_n=2)
+    geom = lay.matmul
+    k = 3 * geom.k_slice + 48                             # four slices, the last one 48 long
+    m, n = 7, 5
+    case = Case(lay, m, k, n, 8, mode, out_shift=20, seed=5, bias=True, bias_shift=4)
+    case.s[:] = (1 << 16) - 1
+    case.x[0, :] = -128
+    case.w[0, :] = -128
+    case.store()
+    case.mem.write(P, b"\xA5" * geom.partial_bytes(m, n, k, mode))
+    prog = ProgramBuilder(lay)
+    case.add_to(prog)
+    res = run(lay, case.mem, prog)
+    assert res.ok, res.detail
+    assert np.array_equal(case.result(), case.expected())
+    # the scratch holds slices 0..2 and the bias, per chunk in fire order (tile, block, column, row)
+    from hbmforge.numerics.matmul import add_bias, matmul_accumulate
+    kp = 3 * geom.k_slice
+    part = add_bias(matmul_accumulate(case.x[:, :kp], case.w[:, :kp], case.s[:, :kp // 16], 16), case.bias, 4)
+    cb = geom.chunk_blocks(n, k, mode)
+    stride = geom.partial_stride(n, k, mode)
+    blocks = geom.row_blocks(m)
+    for q in range(geom.chunks(m, n, k, mode)):
+        raw = case.mem.read(P + q * stride, stride)
+        got = [int.from_bytes(raw[8 * i:8 * i + 8], "little", signed=True) for i in range(stride // 8)]
+        want = []
+        for t0 in range(0, n, geom.tile_n):
+            for b in range(q * cb, min(blocks, (q + 1) * cb)):
+                for j in range(t0, min(n, t0 + geom.tile_n)):
+                    want += [int(part[r, j]) if r < m else 0 for r in range(b * rows, (b + 1) * rows)]
+        pad = geom.round_words(8 * len(want)) // 8
+        assert got[:len(want)] == want and not any(got[len(want):pad])     # zero pad to a word, no further
+    assert abs(int(part[0, 0])) >= 1 << 36                # far beyond int32: the scratch keeps it exact
+    written = lay.matmul.out_bytes(m, n, mode) + 3 * sum(
+        geom.round_words(min(cb, blocks - q * cb) * rows * n * 8) for q in range(geom.chunks(m, n, k, mode)))
+    assert res.bytes_written[0] == written
+    assert res.weight_bytes_read == [geom.chunks(m, n, k, mode) * geom.weight_port_bytes(n, k, 8)] * 2
 
 
 def test_decodes_hand_packed_int4_weights():
@@ -145,7 +217,11 @@ def _bad(lay, **changes):
     ({"wbits": 2}, ErrorCode.BAD_WBITS),
     ({"k": 0}, ErrorCode.BAD_K),
     ({"k": 24}, ErrorCode.BAD_K),
-    ({"k": 272}, ErrorCode.BAD_K),
+    ({"k": 4096 + 16}, ErrorCode.BAD_K),
+    ({"bias": 2}, ErrorCode.BAD_BIAS),
+    ({"bias": 1, "b_addr": B, "bias_shift": 64}, ErrorCode.BAD_BIAS),
+    ({"bias": 1, "b_addr": B + 4}, ErrorCode.MISALIGNED),
+    ({"k": 512, "p_addr": P + 8 + 4}, ErrorCode.MISALIGNED),
     ({"m": 0}, ErrorCode.BAD_SHAPE),
     ({"n": 0}, ErrorCode.BAD_SHAPE),
     ({"m": 1 << 32}, ErrorCode.BAD_SHAPE),
@@ -166,6 +242,12 @@ def test_bad_descriptors_stop_with_the_hardware_error_code(changes, code):
     res = run(lay, case.mem, prog)
     assert (res.error, res.error_index, res.descriptors_done) == (code, 1, 1), res.detail
     assert res.status == 1 | code << 8 | 1 << 16
+
+
+def test_unused_addresses_are_not_checked():
+    lay = layout()
+    case = Case(lay, 2, 16, 2, 4)
+    assert run(lay, case.mem, _bad(lay, b_addr=3, bias_shift=99, p_addr=5)).ok     # no bias, one slice
 
 
 def test_int32_mode_ignores_q_addr_alignment_and_int8_mode_ignores_out_shift():

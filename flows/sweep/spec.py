@@ -388,34 +388,34 @@ def apply_params(base: dict, params: dict[str, Any]) -> dict:
         keys = path.split(".")
         node = out
         for i, key in enumerate(keys[:-1]):
-            node = _child(node, key, ".".join(keys[:i + 1]), create=True)
+            node = _child(node, key, path, ".".join(keys[:i + 1]))
         last = keys[-1]
         if isinstance(node, list):
-            idx = _index(node, last, path)
-            node[idx] = copy.deepcopy(value)
+            node[_index(node, last, path, path)] = copy.deepcopy(value)
         else:
             node[last] = copy.deepcopy(value)
     return out
 
 
-def _index(node: list, key: str, path: str) -> int:
+def _index(node: list, key: str, path: str, where: str) -> int:
     if not key.isdigit():
-        raise SweepSpecError(f"parameters.{path}: {key!r} is not a list index")
+        raise SweepSpecError(f"invalid sweep spec: parameters.{path}: {where} is a list; {key!r} is not an index")
     idx = int(key)
     if idx >= len(node):
-        raise SweepSpecError(f"parameters.{path}: index {idx} is out of range (the base config has "
-                             f"{len(node)} entries there)")
+        raise SweepSpecError(f"invalid sweep spec: parameters.{path}: {where} is out of range (the base "
+                             f"config has {len(node)} entries there)")
     return idx
 
 
-def _child(node, key: str, where: str, *, create: bool):
+def _child(node, key: str, path: str, where: str):
     if isinstance(node, list):
-        return node[_index(node, key, where)]
+        return node[_index(node, key, path, where)]
     if not isinstance(node, dict):
-        raise SweepSpecError(f"parameters: {where} is not a mapping or a list in the base config")
+        raise SweepSpecError(f"invalid sweep spec: parameters.{path}: {where} is not a mapping or a list "
+                             "in the base config")
     if key not in node or node[key] is None:
         if key.isdigit():
-            raise SweepSpecError(f"parameters: {where} does not exist in the base config")
+            raise SweepSpecError(f"invalid sweep spec: parameters.{path}: {where} does not exist in the base config")
         node[key] = {}
     return node[key]
 

@@ -65,6 +65,10 @@ class EngineSignature(wiring.Signature):
     * Per :class:`~hbmforge.engines.StreamPort` of ``channels.streams``: a member named after its
       prefix, ``s_axis_<name>`` (``In``) or ``m_axis_<name>`` (``Out``), wired to the kernel's
       top-level port of that name at all times.
+    * ``channels.interposes`` ``(i, ...)``: arrays ``via_cmd``/``via_data`` (a read channel) and
+      ``via_wcmd``/``via_wdata``/``via_wdone`` (a write channel) that serve the other engines'
+      ``w_cmd[i]`` ... of each interposed port, entry ``j`` for ``interposes[j]``; the engine's
+      own ``w_cmd[i]`` ... of its ``resident`` ports reach the port at all times.
     * ``faults``: an ``Out`` member ``fault`` (an ``ErrorCode``) that the engine holds with
       ``done``: non-zero ends the run with that code (a run-time error of its family).
     * Per :class:`~hbmforge.engines.FamilyRegister` of ``registers``: an ``Out`` member
@@ -103,6 +107,11 @@ class EngineSignature(wiring.Signature):
             members.update(sw_cmd=Out(dma_command_stream()).array(n),
                            sw_data=Out(word_stream(data_width)).array(n),
                            sw_done=In(stream.Signature(JobDone)).array(n))
+        n = len(channels.interposes)
+        if n:                   # the other engines' channels of the ports it serves (a cache in front)
+            members.update(via_cmd=In(dma_command_stream()).array(n), via_data=Out(word_stream(data_width)).array(n),
+                           via_wcmd=In(dma_command_stream()).array(n), via_wdata=In(word_stream(data_width)).array(n),
+                           via_wdone=Out(stream.Signature(JobDone)).array(n))
         members.update(busy=Out(1), stall=Out(1), mac_inc=Out(range(max_mac_inc + 1)))
         for port in channels.streams:
             sig = AxiStreamSignature(port.data_width)

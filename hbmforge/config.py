@@ -25,6 +25,9 @@ __all__ = [
     "AttentionEngine",
     "CopyEngine",
     "NetworkEngine",
+    "MemoryEngine",
+    "TileCacheParams",
+    "OmapParams",
     "VectorEngine",
     "ENGINE_KINDS",
     "AcceleratorConfig",
@@ -75,6 +78,11 @@ class _EngineBase(_Strict):
         if not _IDENT.match(v):
             raise ValueError(f"name must match {_IDENT.pattern}, got {v!r}")
         return v
+
+    def exclusive_ports(self, config) -> tuple[int, ...]:
+        """Stream ports (``i`` of ``w<i>``) only this engine reaches in ``config`` (the other
+        engines stream from fewer)."""
+        return ()
 
 
 class MatmulEngine(_EngineBase):
@@ -320,9 +328,114 @@ class NetworkEngine(_EngineBase):
         return 0
 
 
-Engine = Annotated[Union[MatmulEngine, AttentionEngine, CopyEngine, VectorEngine, NetworkEngine],
+class TileCacheParams(_Strict):
+    """A set-associative tile cache in front of the memory engine's backing port.
+
+    Lines (a weight tile, a KV page) live in an HBM store on port ``w<store_port>``, tags on
+    chip. Engines reading or writing the backing port go through it; misses fill in the
+    background (up to ``mshrs`` at once) while hits keep flowing.
+    """
+
+    line_bytes: int = Field(4096, description="bytes per line, a power of two in [1024, 65536]")
+    ways: int = Field(4, description="lines per set (power of two, 1-16)")
+    sets: int = Field(64, description="sets (power of two, 1-4096)")
+    replacement: Literal["lru", "random", "lfu"] = Field(
+        "lru", description="victim choice: least recently used, random (LFSR), or frequency-aware "
+                           "(least frequently used, halved when a count saturates; LRU breaks ties)")
+    write_policy: Literal["write_back", "write_through"] = Field(
+        "write_back", description="write_back: a write hit stays in HBM (dirty) until evicted or flushed; "
+                                  "write_through: every write also goes to the backing memory")
+    mshrs: int = Field(4, ge=1, le=16, description="line fills in flight at once (misses in flight)")
+    store_port: int | None = Field(None, ge=1, le=31,
+                                   description="stream port index of the HBM store, kept by the cache "
+                                               "(default: the one after every port the engines stream from)")
+
+    @field_validator("line_bytes")
+    @classmethod
+    def _line(cls, v: int) -> int:
+        return _power_of_two(v, "line_bytes", 1024, 65536)
+
+    @field_validator("ways")
+    @classmethod
+    def _ways(cls, v: int) -> int:
+        return _power_of_two(v, "ways", 1, 16)
+
+    @field_validator("sets")
+    @classmethod
+    def _sets(cls, v: int) -> int:
+        return _power_of_two(v, "sets", 1, 4096)
+
+    @property
+    def store_bytes(self) -> int:
+        return self.line_bytes * self.ways * self.sets
+
+
+class OmapParams(_Strict):
+    """The oblivious map: encrypted bins in host memory, its trusted state in HBM."""
+
+    bin_slots: int = Field(4, ge=2, le=16, description="entries per host bin (Z)")
+    value_bytes: int = Field(8, description="largest value in bytes (a multiple of 8, at most 224)")
+    dir_ways: int = Field(8, description="ways of each directory bucket in HBM (power of two, 4-16)")
+    max_records: int = Field(1 << 20, description="records one descriptor may carry (power of two)")
+
+    @field_validator("value_bytes")
+    @classmethod
+    def _value(cls, v: int) -> int:
+        if v < 8 or v > 224 or v % 8:
+            raise ValueError(f"value_bytes must be a multiple of 8 in [8, 224], got {v}")
+        return v
+
+    @field_validator("dir_ways")
+    @classmethod
+    def _dir_ways(cls, v: int) -> int:
+        return _power_of_two(v, "dir_ways", 4, 16)
+
+    @field_validator("max_records")
+    @classmethod
+    def _max_records(cls, v: int) -> int:
+        return _power_of_two(v, "max_records", 1, 1 << 24)
+
+
+class MemoryEngine(_EngineBase):
+    """HBM-backed caches: a tile cache in front of host/DDR memory and an oblivious map.
+
+    Port ``w<port>`` reaches the backing memory (host memory over PCIe, or the board's DDR):
+    with a ``cache`` every other engine's reads and writes of that port go through the cache,
+    whose lines live in HBM on the last stream port; the ``omap`` keeps its encrypted bins
+    there and its trusted state (position map, stash, bin versions) in HBM on the data port.
+    """
+
+    kind: Literal["memory"] = "memory"
+    name: str = Field("mem0", description="engine instance name (identifier)")
+    port: int = Field(0, ge=0, le=30, description="stream port w<port> that reaches the backing memory")
+    backing: Literal["host", "ddr"] = Field("host", description="the memory port w<port> is linked to")
+    cache: TileCacheParams | None = Field(None, description="the tile cache (omit for none)")
+    omap: OmapParams | None = Field(None, description="the oblivious map (omit for none)")
+
+    @model_validator(mode="after")
+    def _units(self) -> "MemoryEngine":
+        if self.cache is None and self.omap is None:
+            raise ValueError("a memory engine needs a cache, an omap or both")
+        if self.cache is not None and self.cache.store_port is not None and self.cache.store_port <= self.port:
+            raise ValueError(f"cache.store_port {self.cache.store_port} must be above port {self.port}")
+        return self
+
+    @property
+    def stream_ports(self) -> int:
+        return self.port + 1            # the store port comes from the config (exclusive_ports)
+
+    def exclusive_ports(self, config) -> tuple[int, ...]:
+        """The cache's HBM store port: given, or the one after every port the engines stream from."""
+        if self.cache is None:
+            return ()
+        if self.cache.store_port is not None:
+            return (self.cache.store_port,)
+        return (max(e.stream_ports for e in config.engines),)
+
+
+Engine = Annotated[Union[MatmulEngine, AttentionEngine, CopyEngine, VectorEngine, NetworkEngine, MemoryEngine],
                    Field(discriminator="kind")]
-ENGINE_KINDS = ("matmul", "attention", "copy", "vector", "network")
+ENGINE_KINDS = ("matmul", "attention", "copy", "vector", "network", "memory")
 
 
 class AcceleratorConfig(_Strict):
@@ -391,8 +504,21 @@ class AcceleratorConfig(_Strict):
 
     @property
     def stream_ports(self) -> int:
-        """``w<i>`` ports: as many as the engine that streams from most of them uses."""
-        return max(e.stream_ports for e in self.engines)
+        """``w<i>`` ports: as many as the engine that streams from most of them uses (and the
+        ports an engine keeps to itself)."""
+        excl = self.exclusive_ports
+        return max(max(e.stream_ports for e in self.engines), excl[-1] + 1 if excl else 0)
+
+    @property
+    def exclusive_ports(self) -> tuple[int, ...]:
+        """Stream ports one engine keeps to itself (a tile cache's HBM store), ascending."""
+        return tuple(sorted({i for e in self.engines for i in e.exclusive_ports(self)}))
+
+    @property
+    def shared_stream_ports(self) -> int:
+        """Stream ports every engine may use: those below the first one an engine keeps to itself."""
+        excl = self.exclusive_ports
+        return excl[0] if excl else self.stream_ports
 
     def port_names(self) -> list[str]:
         """AXI master ports, in order: ``data`` then ``w0``, ``w1``, ... (weights and KV pages)."""
@@ -418,6 +544,31 @@ class AcceleratorConfig(_Strict):
         if self.ports is None:
             return {n: i for i, n in enumerate(names)}
         return dict(self.ports)
+
+    @model_validator(mode="after")
+    def _exclusive_ports(self) -> "AcceleratorConfig":
+        """A port an engine keeps to itself (a tile cache's store) is above every port the other
+        engines stream from; a memory engine's store fits one bank of the board's memory."""
+        shared = self.shared_stream_ports
+        if list(self.exclusive_ports) != list(range(shared, self.stream_ports)):
+            raise ValueError(f"the stream ports an engine keeps to itself ({self.exclusive_ports}) must be the last "
+                             f"ones, w{shared}..w{self.stream_ports - 1}")
+        for i, e in enumerate(self.engines):
+            if e.stream_ports > shared:
+                raise ValueError(f"engines.{i}: the {e.kind} engine streams from {e.stream_ports} ports, but w{shared} "
+                                 f"is kept by another engine (a tile cache's store); move the store_port up")
+            if e.kind == "memory":
+                board = self.board_info
+                if not board.has_memory(e.backing):
+                    raise ValueError(f"engines.{i}.backing: {board.name} has no {e.backing} memory")
+                if e.cache is not None:
+                    bank = board.memory.channel_size_mib << 20
+                    if e.cache.store_bytes > bank:
+                        raise ValueError(
+                            f"engines.{i}.cache: ways x sets x line_bytes = {e.cache.ways} x {e.cache.sets} x "
+                            f"{e.cache.line_bytes} = {e.cache.store_bytes} bytes does not fit the "
+                            f"{bank}-byte {board.memory.kind} bank of its store port")
+        return self
 
     @model_validator(mode="after")
     def _ports(self) -> "AcceleratorConfig":

@@ -54,7 +54,7 @@ class CopyEngine(wiring.Component):
         lay = self._layout
         W = lay.config.data_width
         shift = lay.word_bytes.bit_length() - 1
-        nports = len(lay.ports)
+        nports = 1 + lay.config.shared_stream_ports     # a tile cache's store is not copied to or from
         readers = [(self.src_cmd, self.src_data)] + [(self.w_cmd[i], self.w_data[i])
                                                      for i in range(nports - 1)]
         writers = [(self.out_cmd, self.out_data, self.out_done)] + [

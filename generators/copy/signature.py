@@ -24,5 +24,5 @@ def copy_job_layout(ports: int) -> data.StructLayout:
 def copy_signature(layout) -> EngineSignature:
     """Reader ``src`` and writer ``out`` on the data port; a reader and a writer on every ``w<i>``."""
     fam = FAMILIES["copy"]
-    return EngineSignature(job_layout=copy_job_layout(len(layout.ports)), data_width=layout.config.data_width,
+    return EngineSignature(job_layout=copy_job_layout(1 + layout.config.shared_stream_ports), data_width=layout.config.data_width,
                            channels=fam.channels(layout), max_mac_inc=fam.max_mac_inc(layout))

@@ -187,6 +187,10 @@ class Kernel(wiring.Component):
             _select_from(m, sel, data.wr_out.done, _members(writers, "out_done"))
             errors.append(data.wr_out.error)
         for i, port in enumerate(streams):
+            owner = next((e for e in engines if i in e.signature.channels.resident), None)
+            if owner is not None:
+                errors += _connect_resident(m, sel, engines, owner, i, port)
+                continue
             if port.readers:
                 readers = [e if e.signature.channels.stream_readers > i else None for e in engines]
                 _select_into(m, sel, _members(readers, "w_cmd", i), port.rd_w.cmd)
@@ -238,6 +242,31 @@ class Kernel(wiring.Component):
                 raise ValueError(f"register {reg.name} has no source in the kernel")
             m.d.comb += getattr(control, key).eq(sources[key])
         return m
+
+
+def _connect_resident(m, sel, engines, owner, i, port) -> list:
+    """Port ``w<i>`` belongs to a resident engine (``Channels.resident``): its reader and writer
+    follow that engine at all times; if it interposes the port, the other engines' channels of
+    the port reach its ``via_*`` members, still following ``sel``. The port's error flags."""
+    if port.readers:
+        wiring.connect(m, owner.w_cmd[i], port.rd_w.cmd)
+        wiring.connect(m, port.rd_w.data, owner.w_data[i])
+    if port.writer is not None:
+        wiring.connect(m, owner.sw_cmd[i], port.wr_w.cmd)
+        wiring.connect(m, owner.sw_data[i], port.wr_w.data)
+        wiring.connect(m, port.wr_w.done, owner.sw_done[i])
+    chans = owner.signature.channels
+    if i in chans.interposes:
+        j = chans.interposes.index(i)
+        readers = [e if e is not owner and e.signature.channels.stream_readers > i else None for e in engines]
+        _select_into(m, sel, _members(readers, "w_cmd", i), owner.via_cmd[j])
+        _select_from(m, sel, owner.via_data[j], _members(readers, "w_data", i))
+        writers = [e if e is not owner and e.signature.channels.stream_writers > i else None for e in engines]
+        _select_into(m, sel, _members(writers, "sw_cmd", i), owner.via_wcmd[j])
+        _select_into(m, sel, _members(writers, "sw_data", i), owner.via_wdata[j])
+        _select_from(m, sel, owner.via_wdone[j], _members(writers, "sw_done", i))
+    return [c.error for c in (getattr(port, "rd_w", None) if port.readers else None,
+                              port.wr_w if port.writer is not None else None) if c is not None]
 
 
 def _members(engines, name, index=None):

@@ -9,6 +9,7 @@ from .attention import AttentionFamily
 from .base import Channels, Check, EngineFamily, FamilyRegister, IntOps, StreamPort, first_error
 from .copy import CopyFamily
 from .matmul import MatmulFamily
+from .memory import MemoryFamily
 from .network import NetworkFamily
 from .vector import VectorFamily
 
@@ -17,7 +18,7 @@ __all__ = ["FAMILIES", "family", "Channels", "Check", "EngineFamily", "FamilyReg
 
 #: config ``kind`` -> family, in the order the shell numbers engines
 FAMILIES: dict[str, EngineFamily] = {f.kind: f for f in (MatmulFamily(), AttentionFamily(), CopyFamily(),
-                                                         VectorFamily(), NetworkFamily())}
+                                                         VectorFamily(), NetworkFamily(), MemoryFamily())}
 
 
 def family(kind: str) -> EngineFamily:

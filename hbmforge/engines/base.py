@@ -121,7 +121,13 @@ class Channels:
     * ``data_writer``: it writes on the ``data`` port (``out_*`` members);
     * ``stream_readers``/``stream_writers``: it reads/writes ports ``w0 .. w<n-1>``;
     * ``streams``: top-level AXI4-Stream ports it owns (:class:`StreamPort`), for example a
-      network link; the kernel exposes each one under its own prefix.
+      network link; the kernel exposes each one under its own prefix;
+    * ``resident``: stream ports (``i`` of ``w<i>``) whose reader and writer it drives at all
+      times, not only while it runs a job (a cache filling lines while another engine runs);
+      no other engine reaches them, except
+    * ``interposes``: resident ports whose channels it serves to the other engines: their
+      ``w_cmd[i]``/``w_data[i]``/``sw_*[i]`` reach its ``via_*[j]`` members (``j`` = position in
+      ``interposes``) and it decides where the words go (a tile cache in front of the port).
     """
 
     data_readers: tuple[str, ...] = ()
@@ -129,6 +135,15 @@ class Channels:
     stream_readers: int = 0
     stream_writers: int = 0
     streams: tuple[StreamPort, ...] = ()
+    resident: tuple[int, ...] = ()
+    interposes: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        for i in self.resident:
+            if not (i < self.stream_readers and i < self.stream_writers):
+                raise ValueError(f"resident stream port w{i} must be one the engine reads and writes")
+        if not set(self.interposes) <= set(self.resident):
+            raise ValueError(f"interposed ports {self.interposes} must be resident ({self.resident})")
 
 
 class EngineFamily:

@@ -33,7 +33,7 @@ def max_copy_bytes(word_bytes: int) -> int:
 
 def copy_checks(layout) -> tuple[Check, ...]:
     """COPY descriptor rules in hardware order: mode, ports, length, alignment, overlap."""
-    ports = len(layout.ports)
+    ports = 1 + layout.config.shared_stream_ports      # not a port an engine keeps to itself (a cache's store)
     word = layout.word_bytes
     top = max_copy_bytes(word)
 
@@ -42,8 +42,8 @@ def copy_checks(layout) -> tuple[Check, ...]:
 
     def why_port(f):
         if f["dst_port"] >= ports:
-            return f"dst_port {f['dst_port']}, the design has ports 0..{ports - 1} ({layout.port_names})"
-        return f"src_port {f['src_port']}, the design has ports 0..{ports - 1} ({layout.port_names})"
+            return f"dst_port {f['dst_port']}, the design has ports 0..{ports - 1} ({layout.port_names[:ports]})"
+        return f"src_port {f['src_port']}, the design has ports 0..{ports - 1} ({layout.port_names[:ports]})"
 
     def why_align(f):
         names = ["dst_addr"] + (["src_addr"] if f["mode"] == CopyMode.COPY else [])
@@ -83,7 +83,7 @@ class CopyFamily(EngineFamily):
         return copy_checks(layout)
 
     def channels(self, layout):
-        n = layout.config.stream_ports
+        n = layout.config.shared_stream_ports
         return Channels(data_readers=("src",), data_writer=True, stream_readers=n, stream_writers=n)
 
     def manifest(self, layout):

@@ -332,9 +332,50 @@ def _run_allreduce(mem, d: dict[str, int], layout: DesignLayout, result: Program
         result.bytes_written[0] += d["bytes"]
 
 
+def _run_memory(mem, d: dict[str, int], layout: DesignLayout, result: ProgramResult) -> None:
+    from ..encodings import CacheAction, Opcode
+    from ..engines.memory import cache_geometry, omap_geometry
+    from .memory import TileCacheModel
+    from .omap import OmapFault, run_omap
+
+    port = layout.config.engine("memory").port
+    if d["op"] == Opcode.OMAP:
+        try:
+            run = run_omap(mem, d, omap_geometry(layout))
+        except OmapFault as err:
+            raise EngineFault(err.code, err.detail) from None
+        result.bytes_written[0] += run.bytes_written - run.host_bytes_written
+        result.bytes_written[1 + port] += run.host_bytes_written
+        result.weight_bytes_read[port] += run.host_bytes_read
+        return
+    # CACHE: the cache is transparent to what the engines read, so the program model keeps the
+    # coherent memory; a TileCacheModel attached to the memory (``memory.tile_cache``) is run
+    # for the actions (the benches feed it the commands the other engines' traffic gave the cache)
+    model = getattr(mem, "tile_cache", None)
+    if model is None:
+        model = TileCacheModel(cache_geometry(layout), memory=mem)
+        try:
+            mem.tile_cache = model
+        except AttributeError:
+            pass
+    action, addr, nbytes = d["action"], d["addr"], d["bytes"]
+    if action == CacheAction.CONFIGURE:
+        model.configure(addr, nbytes, d["store_addr"])
+    elif action == CacheAction.PREFETCH:
+        model.prefetch(addr, nbytes)
+    elif action == CacheAction.FLUSH:
+        model.flush(addr, nbytes)
+    elif action == CacheAction.INVALIDATE:
+        model.invalidate(addr, nbytes)
+    else:
+        _check_range(mem, addr, model.geometry.stats_bytes)
+        mem.write(addr, model.stats_bytes())
+        result.bytes_written[0] += model.geometry.stats_bytes
+
+
 #: family kind -> golden runner of one validated descriptor
 _RUNNERS = {"matmul": _run_matmul, "attention": _run_attention, "copy": _run_copy, "vector": _run_vector,
-            "network": _run_allreduce}
+            "network": _run_allreduce, "memory": _run_memory}
 
 
 def execute(memory, program_addr: int, count: int, layout: DesignLayout, *, network=None) -> ProgramResult:

@@ -2,7 +2,7 @@
 
 Each refusal is a :class:`ModelFitError` naming what does not fit: a missing engine, the head
 size against the attention engine's ``head_dim``, a projection's K against the matmul's
-``max_k``, a weight format or KV width the engines lack, the context, or the memory of a port
+``max_k x split_k``, a weight format or KV width the engines lack, the context, or the memory of a port
 (weights, group scales, biases and the KV cache of one sequence at ``max_context`` tokens,
 page-rounded as the allocator hands them out, against the free bytes of the port's bank).
 """
@@ -136,6 +136,8 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> di
         raise ModelFitError("the design's attention engine holds no context")
     need: dict[str, int] = defaultdict(int)
     ports = [f"w{i}" for i in range(mm.weight_ports)]
+    split = getattr(mm, "split_k", 1)                # K slices one descriptor accumulates exactly
+    k_limit = mm.max_k * split
     for proj in projections(spec):
         fmt = projection_format(recipe, proj)
         try:
@@ -144,9 +146,9 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> di
             raise ModelFitError(f"{proj.module} is quantized to {fmt} by the recipe, but the matmul engine takes "
                                 f"weight formats {list(mm.weight_bits)} only") from None
         kp = geom.pad_k(proj.in_features)
-        if kp > mm.max_k:
+        if kp > k_limit:
             raise ModelFitError(f"{proj.module} has K = {proj.in_features} inputs (padded {kp}), more than the matmul "
-                                f"engine's max_k {mm.max_k}")
+                                f"engine takes: max_k {mm.max_k} x split_k {split} = {k_limit}")
         code = 3 if bits == "ternary" else bits
         for port in ports:
             need[port] += _pages(geom.weight_port_bytes(proj.out_features, kp, code))

@@ -355,8 +355,8 @@ def _store_qrec(mem, d, layout, v, r0, consts) -> int:
     vh = v.reshape(nv, heads, hd)
     a, e = row_scale(np.abs(vh).max(axis=2))
     q = quantize_group(vh, a, e)
-    kc = np.array([int(c) & 0xFFFF for c in consts], dtype=np.int64)
-    ks = np.array([(int(c) >> 16) & 0xFF for c in consts], dtype=np.int64)
+    kc = np.array([int(c) & 0xFFFF for c in consts[:heads]], dtype=np.int64)
+    ks = np.array([(int(c) >> 16) & 0xFF for c in consts[:heads]], dtype=np.int64)
     mult, shift = qrec_multiplier(a, e, kc[None, :], ks[None, :])
     out = bytearray()
     for r in range(nv):

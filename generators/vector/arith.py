@@ -1,0 +1,77 @@
+"""Combinational helpers shared by the vector engine's pipelines (each mirrors a function of
+:mod:`hbmforge.numerics.vector` bit for bit)."""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
+
+__all__ = ["I32_MIN", "I32_MAX", "sat32", "clamp", "rsr", "rsr_var", "shift_sat", "bit_length", "lanes_of",
+           "word_of", "as_signed_field"]
+
+I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def clamp(v, lo: int, hi: int) -> Value:
+    return Mux(v > hi, hi, Mux(v < lo, lo, v))
+
+
+def sat32(v) -> Value:
+    return clamp(v, I32_MIN, I32_MAX)
+
+
+def rsr(v, s: int) -> Value:
+    """Round-half-up arithmetic right shift by a constant ``s`` (``v`` unchanged for ``s == 0``)."""
+    return (v + (1 << (s - 1))) >> s if s > 0 else v
+
+
+def rsr_var(m: Module, v, s, *, name: str) -> Signal:
+    """Round-half-up arithmetic right shift by a variable ``s >= 0`` (as ``((v >> (s-1)) + 1) >> 1``)."""
+    v, s = Value.cast(v), Value.cast(s)
+    s_m1 = Signal(len(s), name=f"{name}_s1")
+    m.d.comb += s_m1.eq(s - 1)               # wraps for s == 0 (then unused)
+    out = Signal(signed(len(v) + 1) if v.shape().signed else unsigned(len(v) + 1), name=name)
+    m.d.comb += out.eq(Mux(s == 0, v, ((v >> s_m1) + 1) >> 1))
+    return out
+
+
+def shift_sat(m: Module, p, s, *, neg_max: int, name: str) -> Signal:
+    """``sat32(rsr(p, s))`` for ``s >= 0`` and ``sat32(p << -s)`` for ``-neg_max <= s < 0``.
+
+    ``p`` signed, ``s`` signed: computed as ``rsr(p << neg_max, s + neg_max)`` on a wide value,
+    which is exact for left shifts (the appended zeros round to nothing)."""
+    p = Value.cast(p)
+    wide = Signal(signed(len(p) + neg_max + 1), name=f"{name}_wide")
+    m.d.comb += wide.eq(p << neg_max)
+    t = Signal(range(neg_max + 64 + 1), name=f"{name}_t")
+    m.d.comb += t.eq(s + neg_max)
+    r = rsr_var(m, wide, t, name=f"{name}_rsr")
+    out = Signal(signed(32), name=name)
+    m.d.comb += out.eq(sat32(r))
+    return out
+
+
+def bit_length(m: Module, v, *, name: str) -> Signal:
+    """Position of the highest set bit + 1 (0 for 0): a priority encoder."""
+    v = Value.cast(v)
+    out = Signal(range(len(v) + 1), name=name)
+    for b in range(len(v)):
+        with m.If(v[b]):
+            m.d.comb += out.eq(b + 1)
+    return out
+
+
+def as_signed_field(v) -> Value:
+    """An unsigned bit field as a non-negative signed value (one sign bit added)."""
+    return Cat(Value.cast(v), Const(0, 1)).as_signed()
+
+
+def lanes_of(word, lanes: int, width: int = 32, *, signed_: bool = True) -> list[Value]:
+    """The ``lanes`` elements of a word (lane 0 in the least significant bits)."""
+    word = Value.cast(word)
+    out = [word[width * i:width * (i + 1)] for i in range(lanes)]
+    return [v.as_signed() for v in out] if signed_ else out
+
+
+def word_of(values, width: int = 32) -> Value:
+    """Concatenate lane values (lane 0 lowest), each truncated to ``width`` bits."""
+    return Cat(*(Value.cast(v)[:width] for v in values))
+

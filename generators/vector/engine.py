@@ -1,0 +1,927 @@
+"""The vector engine: element-wise and row-wise ops between layers, one block of rows at a time.
+
+Dataflow (docs/engines/vector.md)::
+
+    job -> issuer:   src_cmd  column tables (once per job), then per row block: row scales, A, B,
+                              RoPE rows, block-table words
+    src_data -> receiver -> param memories | row-scale registers | tile A / tile B (R row memories:
+                            blocked words scatter over the rows, row-major words fill one row) |
+                            RoPE rows | page registers
+    per block:  SWEEP1  tile A, B -> ElementPipe (dequantize, bias, GELU/SiLU, add/mul, RoPE) -> tile A
+                        + row sums (norm) or group absmax (quantized outputs)
+                SCALAR  V -> Rsqrt (per row)          SWEEP2  tile A -> NormApply -> tile A + group absmax
+                QPARAM  group absmax -> QuantParams -> qp memory (multiplier, shift, scale/mantissa record)
+                STORE   micro-ops (tile words, trailers, records, mantissa words) -> ChunkQuantizer ->
+                        chunk FIFO -> packer -> out_* (RES32, ACT8, QREC) or sw_*[port] (KV values and
+                        mantissa words; the mantissa word is read first through w_*[port] and merged)
+
+The issuer runs ahead of the receiver (the shell's reader buffers what it fetched), so the reads of
+block ``b+1`` overlap the sweeps and the store of block ``b``; the receiver writes block ``b+1``
+into the tiles only after block ``b`` is stored. Every DMA stream tolerates back-pressure at any
+cycle; the sweeps and the quantizer have fixed latencies and are issued only with room downstream.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+
+from hbmforge.encodings import VectorIn, VectorNorm, VectorOut
+from hbmforge.engines.attention import attention_geometry
+from hbmforge.engines.vector import RSQRT_FRAC, vector_geometry
+from hbmforge.layout import DesignLayout
+from hbmforge.mathutil import exact_log2
+from hbmforge.numerics.vector import rsqrt_in_bits
+
+from ..nonlinear.rsqrt import Rsqrt
+from .arith import lanes_of, word_of
+from .elementwise import ElementPipe
+from .normapply import NormApply
+from .qparams import QuantParams
+from .quantize import ChunkQuantizer
+from .signature import vector_signature
+
+__all__ = ["VectorEngine"]
+
+# load items, in the order the issuer and the receiver walk them (per job, then per row block)
+_ACOL, _BCOL, _BIAS, _GAMMA, _BETA, _CONSTS, _SCALE, _A, _B, _ROPE, _BT = range(11)
+_FIRST_BLOCK_ITEM, _LAST_ITEM = _SCALE, _BT
+_PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
+
+# store micro-ops
+_VAL, _BLK, _TRL, _ZERO, _SCL, _MNT = range(6)
+_STORE_LATENCY = 1 + ChunkQuantizer.LATENCY     # tile read + quantizer
+_CHUNK_FIFO = 8
+
+
+class VectorEngine(wiring.Component):
+    """The vector engine of a :class:`~hbmforge.layout.DesignLayout` with a ``vector`` engine."""
+
+    def __init__(self, layout: DesignLayout):
+        if not isinstance(layout, DesignLayout):
+            raise TypeError(f"layout must be a DesignLayout, got {type(layout).__name__}")
+        if layout.config.engine("vector") is None:
+            raise ValueError(f"config {layout.config.name!r} has no vector engine")
+        g = vector_geometry(layout)
+        if g.lanes < 2:
+            raise ValueError(f"the vector engine needs ports of at least 64 bits, got {layout.config.data_width}")
+        if g.max_dim < 4 * g.lanes:
+            raise ValueError(f"max_dim {g.max_dim} must hold at least one int8 port word ({4 * g.lanes} elements)")
+        if g.has_attention and g.kv_group_size < g.lanes:
+            raise ValueError(f"kv_group_size {g.kv_group_size} is below the vector engine's {g.lanes} lanes "
+                             f"({layout.config.data_width}-bit ports): a KV group must fill a port word of int32")
+        self._layout = layout
+        self._geom = g
+        super().__init__(vector_signature(layout))
+
+    @property
+    def layout(self) -> DesignLayout:
+        return self._layout
+
+    @property
+    def geometry(self):
+        return self._geom
+
+    # ------------------------------------------------------------------------------------------
+    def elaborate(self, platform):  # noqa: C901 - one sequencer, its parts in order
+        m = Module()
+        lay, g = self._layout, self._geom
+        W, W8, L, R = lay.config.data_width, lay.word_bytes, g.lanes, g.rows
+        LOGL, LOGR, LOGW8 = exact_log2(L), exact_log2(R), exact_log2(W8)
+        DW = g.max_dim // L                         # tile words per row
+        SB = g.scale_block_bytes
+        SBW = SB // W8
+        att = attention_geometry(lay) if g.has_attention else None
+        if att is not None:
+            hd, G, P = att.head_dim, att.group_size, att.page_tokens
+            ng = hd // G
+            RB = g.rope_row_bytes
+            RW = RB // W8
+            QRB = att.q_record_bytes
+            GPR = g.max_dim // min(G, hd)           # groups per row (KV groups are the smallest)
+            max_heads = g.max_dim // hd
+            CW = -(-max_heads * 8 // W8)
+            span_words = max(1, ng * 2 // W8)
+        else:
+            hd = G = P = ng = RB = RW = QRB = 0
+            GPR, max_heads, CW, span_words = 1, 1, 1, 1
+
+        j = Signal(self.job.payload.shape())      # the job being run
+        busy = Signal()
+        kv_mode = j.out_fmt == VectorOut.KV
+        quant_out = j.out_fmt != VectorOut.RES32
+        dw = Signal(range(DW + 1))
+        m.d.comb += dw.eq(j.dim >> LOGL)
+        nblk = Signal(33)
+        m.d.comb += nblk.eq((j.m + (R - 1)) >> LOGR)
+        heads = Signal(range(max_heads + 1))
+        m.d.comb += heads.eq(j.dim >> exact_log2(hd) if hd else 0)
+        int4 = Signal()
+        m.d.comb += int4.eq(kv_mode & (j.kv_bits == 4))
+
+        # -- memories ------------------------------------------------------------------------
+        def mem(name, depth, shape=W, granular=False):
+            mm = Memory(shape=shape, depth=max(depth, 2), init=[])
+            m.submodules[name] = mm
+            wp = mm.write_port(granularity=32) if granular else mm.write_port()
+            return mm, wp, mm.read_port(domain="sync")
+
+        tile_a = [mem(f"tile_a{r}", DW, granular=True) for r in range(R)]
+        tile_b = [mem(f"tile_b{r}", DW, granular=True) for r in range(R)]
+        pms = {item: mem(f"pm{item}", DW) for item in _PARAMS}
+        rope_mem = mem("rope", R * RW) if att else None
+        consts_mem = mem("consts", CW) if att else None
+        gmax_mem = mem("gmax", R * GPR, shape=32)
+        qp_mem = mem("qp", R * GPR, shape=64)
+
+        row_a = Array(Signal(16, name=f"row_a{r}") for r in range(R))
+        row_e = Array(Signal(5, name=f"row_e{r}") for r in range(R))
+        pages = Array(Signal(32, name=f"page{r}") for r in range(R))
+        row_rec = Array(Signal(32, name=f"row_rec{r}") for r in range(R))   # ACT8 scale records out
+
+        # -- the job ---------------------------------------------------------------------------
+        all_done = Signal()
+        err = Signal()
+        m.d.comb += [self.job.ready.eq(~busy), self.busy.eq(busy)]
+        start = Signal()
+        m.d.comb += start.eq(self.job.valid & ~busy)
+        with m.If(start):
+            m.d.sync += [j.eq(self.job.payload), busy.eq(1), err.eq(0)]
+        m.d.comb += [self.done.valid.eq(busy & all_done), self.done.payload.error.eq(err)]
+        with m.If(self.done.valid & self.done.ready):
+            m.d.sync += busy.eq(0)
+
+        # -- load walkers ----------------------------------------------------------------------
+        def enabled(item):
+            return Array([
+                j.a_fmt != VectorIn.RES32,
+                (j.b_fmt == VectorIn.ACC32) | (j.b_fmt == VectorIn.ROWS32),
+                j.bias,
+                j.norm != VectorNorm.NONE,
+                j.norm == VectorNorm.LAYER,
+                (j.out_fmt == VectorOut.QREC) | kv_mode,
+                j.a_fmt == VectorIn.ACC32,
+                Const(1),
+                j.b_fmt != VectorIn.NONE,
+                j.rope,
+                kv_mode,
+            ])[item]
+
+        def per_row(item):
+            return Array([Const(0)] * 7 + [j.a_fmt == VectorIn.ROWS32, j.b_fmt == VectorIn.ROWS32,
+                                           Const(1), Const(1)])[item]
+
+        def walker(name, advance):
+            item = Signal(range(_LAST_ITEM + 1), name=f"{name}_item")
+            blk = Signal(32, name=f"{name}_blk")
+            r = Signal(range(R), name=f"{name}_r")
+            done = Signal(name=f"{name}_done")
+            nv = Signal(range(R + 1), name=f"{name}_nv")
+            left = Signal(33, name=f"{name}_left")
+            m.d.comb += [left.eq(j.m - (blk << LOGR)), nv.eq(Mux(left > R, R, left))]
+            with m.If(start):
+                m.d.sync += [item.eq(_ACOL), blk.eq(0), r.eq(0), done.eq(0)]
+            with m.Elif(advance & ~done):
+                with m.If(per_row(item) & (r + 1 < nv)):
+                    m.d.sync += r.eq(r + 1)
+                with m.Elif(item == _LAST_ITEM):
+                    m.d.sync += [r.eq(0), item.eq(_FIRST_BLOCK_ITEM), blk.eq(blk + 1)]
+                    with m.If(blk + 1 == nblk):
+                        m.d.sync += done.eq(1)
+                with m.Else():
+                    m.d.sync += [r.eq(0), item.eq(item + 1)]
+            return item, blk, r, done
+
+        # issuer
+        iss_adv = Signal()
+        i_item, i_blk, i_r, i_done = walker("iss", iss_adv)
+        i_row = Signal(33)
+        m.d.comb += i_row.eq((i_blk << LOGR) + i_r)
+        i_pos = Signal(34)
+        m.d.comb += i_pos.eq(j.pos0 + i_row)
+        addr = Signal(64)
+        nbytes = Signal(32)
+        with m.Switch(i_item):
+            for item, base in ((_ACOL, j.a_cols), (_BCOL, j.b_cols), (_BIAS, j.bias_addr), (_GAMMA, j.gamma_addr),
+                               (_BETA, j.beta_addr)):
+                with m.Case(item):
+                    m.d.comb += [addr.eq(base), nbytes.eq(j.dim << 2)]
+            with m.Case(_CONSTS):
+                m.d.comb += [addr.eq(j.consts_addr),
+                             nbytes.eq(((heads * 8 + (W8 - 1)) >> LOGW8) << LOGW8)]
+            with m.Case(_SCALE):
+                m.d.comb += [addr.eq(j.a_scale + i_blk * SB), nbytes.eq(SB)]
+            for item, fmt, base, stride in ((_A, j.a_fmt, j.a_addr, j.a_stride), (_B, j.b_fmt, j.b_addr, j.b_stride)):
+                with m.Case(item):
+                    with m.If(fmt == VectorIn.ROWS32):
+                        m.d.comb += [addr.eq(base + i_row * stride), nbytes.eq(j.dim << 2)]
+                    with m.Else():
+                        m.d.comb += [addr.eq(base + i_blk * stride), nbytes.eq((j.dim << 2) * R)]
+            if att is not None:
+                with m.Case(_ROPE):
+                    m.d.comb += [addr.eq(j.rope_addr + i_pos * RB), nbytes.eq(RB)]
+                with m.Case(_BT):
+                    lp = i_pos >> exact_log2(P)
+                    m.d.comb += [addr.eq(j.bt_addr + (((lp << 2) >> LOGW8) << LOGW8)), nbytes.eq(W8)]
+        m.d.comb += [self.src_cmd.payload.addr.eq(addr), self.src_cmd.payload.bytes.eq(nbytes)]
+        i_en = Signal()
+        m.d.comb += i_en.eq(busy & ~i_done & enabled(i_item))
+        m.d.comb += self.src_cmd.valid.eq(i_en)
+        m.d.comb += iss_adv.eq(busy & ~i_done & (~enabled(i_item) | self.src_cmd.ready))
+
+        # receiver
+        rx_go = Signal()                     # the tiles may take the current block's words
+        rx_adv = Signal()
+        r_item, r_blk, r_r, r_done = walker("rx", rx_adv)
+        r_block_item = r_item >= _FIRST_BLOCK_ITEM
+        r_allowed = Signal()
+        m.d.comb += r_allowed.eq(busy & ~r_done & (~r_block_item | rx_go))
+        rw = Signal(32)                      # word within the item
+        r_words = Signal(32)
+        with m.Switch(r_item):
+            with m.Case(*_PARAMS):
+                m.d.comb += r_words.eq(dw)
+            with m.Case(_CONSTS):
+                m.d.comb += r_words.eq((heads * 8 + (W8 - 1)) >> LOGW8)
+            with m.Case(_SCALE):
+                m.d.comb += r_words.eq(SBW)
+            with m.Case(_A):
+                m.d.comb += r_words.eq(Mux(j.a_fmt == VectorIn.ROWS32, dw, dw * R))
+            with m.Case(_B):
+                m.d.comb += r_words.eq(Mux(j.b_fmt == VectorIn.ROWS32, dw, dw * R))
+            with m.Case(_ROPE):
+                m.d.comb += r_words.eq(RW)
+            with m.Case(_BT):
+                m.d.comb += r_words.eq(1)
+        take = Signal()
+        m.d.comb += [self.src_data.ready.eq(r_allowed & enabled(r_item)),
+                     take.eq(self.src_data.valid & self.src_data.ready)]
+        last_word = take & (rw + 1 == r_words)
+        m.d.comb += rx_adv.eq(r_allowed & (~enabled(r_item) | last_word))
+        with m.If(start | rx_adv):
+            m.d.sync += rw.eq(0)
+        with m.Elif(take):
+            m.d.sync += rw.eq(rw + 1)
+        block_loaded = Signal()              # pulse: the receiver finished the current block
+        m.d.comb += block_loaded.eq(rx_adv & (r_item == _LAST_ITEM) & (~per_row(r_item) | (r_r + 1 >= Mux(
+            j.m - (r_blk << LOGR) > R, R, j.m - (r_blk << LOGR)))))
+        word = self.src_data.payload
+
+        # -- state of the block pipeline -------------------------------------------------------
+        blk = Signal(32)                     # the block being computed / stored
+        nv = Signal(range(R + 1))
+        left = Signal(33)
+        m.d.comb += [left.eq(j.m - (blk << LOGR)), nv.eq(Mux(left > R, R, left))]
+        r0 = Signal(33)
+        m.d.comb += r0.eq(blk << LOGR)
+
+        # tile write ports: receiver (LOAD) or sweep write-back
+        sweep_we = Signal()
+        sweep_wr = Signal(range(R))
+        sweep_wa = Signal(range(DW))
+        sweep_wd = Signal(W)
+        full = (1 << L) - 1
+        for r, (_, wp, _) in enumerate(tile_a):
+            with m.If(sweep_we):
+                m.d.comb += [wp.addr.eq(sweep_wa), wp.data.eq(sweep_wd), wp.en.eq(Mux(sweep_wr == r, full, 0))]
+        lanes = lanes_of(word, L, signed_=False)
+        for item, tile in ((_A, tile_a), (_B, tile_b)):
+            fmt = j.a_fmt if item == _A else j.b_fmt
+            hit = take & (r_item == item)
+            with m.If(hit & (fmt == VectorIn.ROWS32)):
+                for r, (_, wp, _) in enumerate(tile):
+                    m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(Mux(r_r == r, full, 0))]
+            with m.Elif(hit):
+                # blocked: element i = k*L + l of word k is row i % R, column i // R
+                k = rw
+                for r, (_, wp, _) in enumerate(tile):
+                    if R <= L:                     # L/R columns of every row: lanes [q*L/R, (q+1)*L/R) of row r
+                        per = L // R
+                        q = k[:LOGR] if LOGR else Const(0, 1)
+                        m.d.comb += [wp.addr.eq(k >> LOGR),
+                                     wp.data.eq(word_of([lanes[(p % per) * R + r] for p in range(L)])),
+                                     wp.en.eq(Const((1 << per) - 1, L) << (q * per))]
+                    else:                          # one column of L rows
+                        rl = R // L
+                        col = k >> exact_log2(rl)
+                        m.d.comb += [wp.addr.eq(col >> LOGL), wp.data.eq(Cat(*([lanes[r % L]] * L))),
+                                     wp.en.eq(Mux(k[:exact_log2(rl)] == r // L, Const(1, L) << col[:LOGL], 0))]
+        for item, (_, wp, _) in pms.items():
+            m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(take & (r_item == item))]
+        if att is not None:
+            _, cwp, _ = consts_mem
+            m.d.comb += [cwp.addr.eq(rw), cwp.data.eq(word), cwp.en.eq(take & (r_item == _CONSTS))]
+            _, rwp, _ = rope_mem
+            m.d.comb += [rwp.addr.eq(r_r * RW + rw), rwp.data.eq(word), rwp.en.eq(take & (r_item == _ROPE))]
+            rx_pos = Signal(34)
+            m.d.comb += rx_pos.eq(j.pos0 + (r_blk << LOGR) + r_r)
+            lp = rx_pos >> exact_log2(P)
+            entry = Signal(32)
+            m.d.comb += entry.eq(Array(lanes_of(word, L, signed_=False))[lp[:LOGL] if LOGL else 0])
+            with m.If(take & (r_item == _BT)):
+                m.d.sync += pages[r_r].eq(entry)
+        recs = lanes_of(word, L, signed_=False)
+        with m.If(take & (r_item == _SCALE)):
+            for r in range(R):
+                with m.If(rw == r // L):
+                    m.d.sync += [row_a[r].eq(recs[r % L][:16]), row_e[r].eq(recs[r % L][16:21])]
+
+        # -- phases of the block pipeline (main FSM below) --------------------------------------
+        in_store = Signal()                  # STORE phase: the store FSM owns the tile read address
+        store_start = Signal()
+        store_done = Signal()
+
+        # -- sweeps ------------------------------------------------------------------------------
+        m.submodules.elem = elem = ElementPipe(lanes=L, activations=g.activations)
+        mant_bits = RSQRT_FRAC + 1
+        m.submodules.napply = napply = NormApply(lanes=L, max_dim=g.max_dim, mant_bits=mant_bits, shift_bits=8)
+        for name in ("a_fmt", "b_fmt", "bias", "act", "combine", "rope"):
+            m.d.comb += getattr(elem.cfg, name).eq(getattr(j, name))
+
+        sw_r = Signal(range(R))
+        sw_j = Signal(range(DW))
+        sw_active = Signal()                 # issuing (row sw_r, word sw_j) this cycle
+        sw_second = Signal()                 # SWEEP2 (norm apply) rather than SWEEP1
+        with m.If(sw_active):
+            with m.If(sw_j + 1 == dw):
+                m.d.sync += sw_j.eq(0)
+                with m.If(sw_r + 1 == nv):
+                    m.d.sync += [sw_r.eq(0), sw_active.eq(0)]
+                with m.Else():
+                    m.d.sync += sw_r.eq(sw_r + 1)
+            with m.Else():
+                m.d.sync += sw_j.eq(sw_j + 1)
+        rd_r, rd_j, rd_v = Signal(range(R)), Signal(range(DW)), Signal()
+        m.d.sync += [rd_r.eq(sw_r), rd_j.eq(sw_j), rd_v.eq(sw_active)]
+        tile_addr = Signal(range(DW))
+        store_addr = Signal(range(DW))
+        m.d.comb += tile_addr.eq(Mux(in_store, store_addr, sw_j))
+        for _, _, rp in tile_a:
+            m.d.comb += rp.addr.eq(tile_addr)
+        for _, _, rp in tile_b:
+            m.d.comb += rp.addr.eq(sw_j)
+        for _, _, rp in pms.values():
+            m.d.comb += rp.addr.eq(sw_j)
+        a_data = Array(rp.data for _, _, rp in tile_a)
+        b_data = Array(rp.data for _, _, rp in tile_b)
+        if att is not None:
+            _, _, rrp = rope_mem
+            col0 = Signal(range(hd))
+            m.d.comb += col0.eq((sw_j << LOGL) & (hd - 1))         # first column of the word in its head
+            m.d.comb += rrp.addr.eq(sw_r * RW + (col0 >> (LOGL + 1)))
+            rope_sel = Signal()
+            m.d.sync += rope_sel.eq((col0 >> LOGL)[0])              # which half of the RoPE word
+            rope_word = Mux(rope_sel, rrp.data[W // 2:], rrp.data[:W // 2])
+        else:
+            rope_word = Const(0, W // 2)
+        m.d.comb += [elem.i_valid.eq(rd_v & ~sw_second), elem.xa.eq(a_data[rd_r]), elem.xb.eq(b_data[rd_r]),
+                     elem.acol.eq(pms[_ACOL][2].data), elem.bcol.eq(pms[_BCOL][2].data),
+                     elem.bias.eq(pms[_BIAS][2].data), elem.row_a.eq(row_a[rd_r]), elem.row_e.eq(row_e[rd_r]),
+                     elem.rope.eq(rope_word)]
+
+        sb = napply.sum_bits
+        s2_bits = 63 + g.max_dim.bit_length()
+        S1 = Array(Signal(signed(sb), name=f"S1_{r}") for r in range(R))
+        S2 = Array(Signal(s2_bits, name=f"S2_{r}") for r in range(R))
+        MM = Array(Signal(mant_bits, name=f"M_{r}") for r in range(R))
+        EE = Array(Signal(range(64), name=f"E_{r}") for r in range(R))
+        m.d.comb += [napply.i_valid.eq(rd_v & sw_second), napply.x.eq(a_data[rd_r]),
+                     napply.gamma.eq(pms[_GAMMA][2].data),
+                     napply.beta.eq(Mux(j.norm == VectorNorm.LAYER, pms[_BETA][2].data, 0)),
+                     napply.dim.eq(j.dim), napply.s1.eq(S1[rd_r]), napply.mant.eq(MM[rd_r]),
+                     napply.shift.eq(j.norm_shift + EE[rd_r])]
+
+        def delayed(sig, n, name):
+            out = sig
+            for t in range(n):
+                reg = Signal.like(sig, name=f"{name}_{t}")
+                m.d.sync += reg.eq(out)
+                out = reg
+            return out
+
+        # write-back and statistics: (row, word) travel with the data
+        e_r, e_j = delayed(rd_r, ElementPipe.LATENCY, "e_r"), delayed(rd_j, ElementPipe.LATENCY, "e_j")
+        n_r, n_j = delayed(rd_r, NormApply.LATENCY, "n_r"), delayed(rd_j, NormApply.LATENCY, "n_j")
+        out_v = Signal()
+        out_r = Signal(range(R))
+        out_j = Signal(range(DW))
+        out_w = Signal(W)
+        with m.If(elem.o_valid):
+            m.d.comb += [out_v.eq(1), out_r.eq(e_r), out_j.eq(e_j), out_w.eq(elem.o)]
+        with m.Elif(napply.o_valid):
+            m.d.comb += [out_v.eq(1), out_r.eq(n_r), out_j.eq(n_j), out_w.eq(napply.o)]
+        m.d.comb += [sweep_we.eq(out_v), sweep_wr.eq(out_r), sweep_wa.eq(out_j), sweep_wd.eq(out_w)]
+        inflight = Signal(range(32))
+        m.d.sync += inflight.eq(inflight + sw_active - out_v)
+        sweeping = Signal()
+        m.d.comb += sweeping.eq(sw_active | (inflight != 0))
+
+        vals = lanes_of(out_w, L)
+        wsum = Signal(signed(32 + LOGL + 1))
+        wsq = Signal(64 + LOGL)
+        m.d.comb += [wsum.eq(sum(vals)), wsq.eq(sum(v * v for v in vals))]
+        acc1 = Signal(signed(sb))
+        acc2 = Signal(s2_bits)
+        row_end = out_j + 1 == dw
+        with m.If(elem.o_valid & (j.norm != VectorNorm.NONE)):
+            with m.If(row_end):
+                m.d.sync += [S1[out_r].eq(Mux(j.norm == VectorNorm.LAYER, acc1 + wsum, 0)),
+                             S2[out_r].eq(acc2 + wsq), acc1.eq(0), acc2.eq(0)]
+            with m.Else():
+                m.d.sync += [acc1.eq(acc1 + wsum), acc2.eq(acc2 + wsq)]
+        # group absmax of the values the store quantizes
+        absv = [Signal(32, name=f"abs{i}") for i in range(L)]
+        for i, v in enumerate(vals):
+            m.d.comb += absv[i].eq(Mux(v < 0, -v, v))
+        wmax = absv[0]
+        for i in range(1, L):
+            nxt = Signal(32, name=f"wmax{i}")
+            m.d.comb += nxt.eq(Mux(absv[i] > wmax, absv[i], wmax))
+            wmax = nxt
+        run = Signal(32)
+        gw_log = Signal(range(32))           # log2 of a group's words (KV: G/L; QREC: hd/L)
+        if att is not None:
+            m.d.comb += gw_log.eq(Mux(kv_mode, exact_log2(G // L), exact_log2(hd // L)))
+        group_end = Signal()
+        gidx = Signal(range(GPR))
+        with m.If(j.out_fmt == VectorOut.ACT8):
+            m.d.comb += [group_end.eq(row_end), gidx.eq(0)]
+        with m.Else():
+            m.d.comb += [group_end.eq(((out_j + 1) & ((Const(1, 16) << gw_log) - 1)) == 0),
+                         gidx.eq(out_j >> gw_log)]
+        final = Signal()
+        m.d.comb += final.eq(quant_out & Mux(j.norm == VectorNorm.NONE, elem.o_valid, napply.o_valid))
+        gm = Signal(32)
+        m.d.comb += gm.eq(Mux(wmax > run, wmax, run))
+        _, gwp, grp = gmax_mem
+        m.d.comb += [gwp.addr.eq(out_r * GPR + gidx), gwp.data.eq(gm), gwp.en.eq(final & group_end)]
+        with m.If(final):
+            m.d.sync += run.eq(Mux(group_end, 0, gm))
+
+        # -- scalar: V -> rsqrt per row (norm) ---------------------------------------------------
+        m.submodules.rsqrt = rsqrt = Rsqrt(in_bits=rsqrt_in_bits(g.max_dim), frac_bits=RSQRT_FRAC)
+        sc_r = Signal(range(R + 1))
+        sc_active = Signal()                 # var of row sc_r is being formed / offered
+        sc_sent = Signal()
+        sc_wait = Signal()
+        var = Signal(rsqrt.in_bits)
+        vnum = Signal(s2_bits + 17)
+        sc_idx = Signal(range(R))
+        m.d.comb += sc_idx.eq(sc_r)
+        m.d.comb += vnum.eq(j.dim * S2[sc_idx] - S1[sc_idx] * S1[sc_idx])
+        m.d.sync += var.eq((vnum << j.eps_shift) + j.eps_q)
+        m.d.comb += [rsqrt.i.payload.eq(var), rsqrt.i.valid.eq(sc_active & sc_sent), rsqrt.o.ready.eq(1)]
+        with m.If(sc_active & ~sc_sent):
+            m.d.sync += sc_sent.eq(1)        # var is registered: offer it one cycle later
+        with m.If(rsqrt.i.valid & rsqrt.i.ready):
+            m.d.sync += [sc_sent.eq(0), sc_active.eq(0), sc_wait.eq(1)]
+        with m.If(rsqrt.o.valid & sc_wait):
+            m.d.sync += [MM[sc_idx].eq(rsqrt.o.payload.mant), EE[sc_idx].eq(rsqrt.o.payload.exp),
+                         sc_wait.eq(0), sc_r.eq(sc_r + 1)]
+            with m.If(sc_r + 1 < nv):
+                m.d.sync += sc_active.eq(1)
+
+        # -- QPARAM: group absmax -> quantization parameters -------------------------------------
+        m.submodules.qpar = qpar = QuantParams()
+        groups = Signal(range(GPR + 1))
+        with m.Switch(j.out_fmt):
+            with m.Case(VectorOut.QREC):
+                m.d.comb += groups.eq(heads)
+            with m.Case(VectorOut.KV):
+                m.d.comb += groups.eq(j.dim >> exact_log2(G) if att else 1)
+            with m.Default():
+                m.d.comb += groups.eq(1)
+        qp_r = Signal(range(R))
+        qp_g = Signal(range(GPR))
+        qp_active = Signal()
+        with m.If(qp_active):
+            with m.If(qp_g + 1 == groups):
+                m.d.sync += qp_g.eq(0)
+                with m.If(qp_r + 1 == nv):
+                    m.d.sync += [qp_r.eq(0), qp_active.eq(0)]
+                with m.Else():
+                    m.d.sync += qp_r.eq(qp_r + 1)
+            with m.Else():
+                m.d.sync += qp_g.eq(qp_g + 1)
+        m.d.comb += grp.addr.eq(qp_r * GPR + qp_g)
+        qv1 = Signal()
+        qr1, qg1 = Signal.like(qp_r), Signal.like(qp_g)
+        m.d.sync += [qv1.eq(qp_active), qr1.eq(qp_r), qg1.eq(qp_g)]
+        const_word = Const(0, 64)
+        if att is not None:
+            _, _, crp = consts_mem
+            head_of = Signal(range(max_heads + 1))
+            m.d.comb += head_of.eq(Mux(kv_mode, qp_g >> exact_log2(ng), qp_g))
+            per_word = W8 // 8
+            if per_word > 1:
+                m.d.comb += crp.addr.eq(head_of >> exact_log2(per_word))
+                hsel1 = Signal(range(per_word))
+                m.d.sync += hsel1.eq(head_of[:exact_log2(per_word)])
+                const_word = Array(crp.data[64 * i:64 * i + 64] for i in range(per_word))[hsel1]
+            else:
+                m.d.comb += crp.addr.eq(head_of)
+                const_word = crp.data[:64]
+        m.d.comb += [qpar.i_valid.eq(qv1), qpar.mode.eq(j.out_fmt), qpar.absmax.eq(grp.data),
+                     qpar.const.eq(const_word)]
+        q_r, q_g = delayed(qr1, QuantParams.LATENCY, "q_r"), delayed(qg1, QuantParams.LATENCY, "q_g")
+        _, qwp, qrp = qp_mem
+        m.d.comb += [qwp.addr.eq(q_r * GPR + q_g), qwp.data.eq(Cat(qpar.mult, qpar.shift, qpar.meta)),
+                     qwp.en.eq(qpar.o_valid)]
+        with m.If(qpar.o_valid):
+            m.d.sync += row_rec[q_r].eq(qpar.meta)
+        qp_pipe = Signal(range(8))
+        m.d.sync += qp_pipe.eq(qp_pipe + qv1 - qpar.o_valid)
+        qp_busy = Signal()
+        m.d.comb += qp_busy.eq(qp_active | qv1 | (qp_pipe != 0))
+
+        # -- STORE: micro-ops -> quantizer -> chunk FIFO -> packer -> writer ----------------------
+        m.submodules.cq = cq = ChunkQuantizer(lanes=L)
+        m.submodules.chunks = chunks = SyncFIFOBuffered(width=W, depth=_CHUNK_FIFO)
+        ppw = Signal(range(9))               # chunks per output word
+        with m.If(j.out_fmt == VectorOut.RES32):
+            m.d.comb += ppw.eq(1)
+        with m.Elif(int4):
+            m.d.comb += ppw.eq(8)
+        with m.Else():
+            m.d.comb += ppw.eq(4)
+
+        op_valid = Signal()
+        op_kind = Signal(range(6))
+        op_r = Signal(range(R))
+        op_j = Signal(range(DW))
+        op_k = Signal(32)                    # BLK word / chunk index
+        op_g = Signal(range(GPR))
+        st_inflight = Signal(range(_CHUNK_FIFO + 8))
+        room = Signal()
+        m.d.comb += room.eq(chunks.level + st_inflight + 1 < _CHUNK_FIFO)
+        m.d.sync += st_inflight.eq(st_inflight + op_valid - cq.o_valid)
+
+        # t0: reads
+        with m.If(op_kind == _BLK):
+            if R <= L:
+                m.d.comb += store_addr.eq(op_k >> LOGR)
+            else:
+                m.d.comb += store_addr.eq((op_k >> exact_log2(R // L)) >> LOGL)
+        with m.Else():
+            m.d.comb += store_addr.eq(op_j)
+        m.d.comb += qrp.addr.eq(op_r * GPR + op_g)
+        t1_v, t1_kind = Signal(), Signal.like(op_kind)
+        t1_r, t1_k = Signal.like(op_r), Signal.like(op_k)
+        m.d.sync += [t1_v.eq(op_valid), t1_kind.eq(op_kind), t1_r.eq(op_r), t1_k.eq(op_k)]
+        qrec = qrp.data
+        m.d.comb += [cq.i_valid.eq(t1_v), cq.x.eq(a_data[t1_r]), cq.mult.eq(qrec[:25]), cq.shift.eq(qrec[25:32]),
+                     cq.int4.eq(int4)]
+        # the other micro-ops' chunks, formed at t1 and delayed to the quantizer's output
+        blk_word = Signal(W)
+        if R <= L:
+            per = L // R
+            kq = Signal(range(max(R, 2)))
+            m.d.comb += kq.eq(t1_k[:LOGR] if LOGR else 0)
+            lanes_out = []
+            for lane in range(L):
+                r, p = lane % R, lane // R
+                src = Array(lanes_of(tile_a[r][2].data, L, signed_=False))[kq * per + p]
+                lanes_out.append(Mux(r < nv, src, 0))
+            m.d.comb += blk_word.eq(word_of(lanes_out))
+        else:
+            rl = R // L
+            col = t1_k >> exact_log2(rl)
+            grp_sel = t1_k[:exact_log2(rl)]
+            lanes_out = []
+            for lane in range(L):
+                rowsel = Array(Array(lanes_of(tile_a[q * L + lane][2].data, L, signed_=False))[col[:LOGL]]
+                               for q in range(rl))[grp_sel]
+                lanes_out.append(Mux(grp_sel * L + lane < nv, rowsel, 0))
+            m.d.comb += blk_word.eq(word_of(lanes_out))
+        scale_vec = Cat(*[Mux(r < nv, row_rec[r], 0) for r in range(R)], Const(0, max(SB * 8 - 32 * R, 1)))
+        span = Signal(span_words * W)        # the merged mantissa word(s) of the current (token, head)
+        trailer = Cat(qrec[32:48], qrec[48:56], Const(0, max(W - 24, 1)))
+        other = Signal(W)
+        with m.Switch(t1_kind):
+            with m.Case(_BLK):
+                m.d.comb += other.eq(blk_word)
+            with m.Case(_TRL):
+                m.d.comb += other.eq((trailer >> (t1_k * (W // 4)))[:W // 4])
+            with m.Case(_SCL):
+                m.d.comb += other.eq((scale_vec >> (t1_k * (W // 4)))[:W // 4])
+            with m.Case(_MNT):
+                m.d.comb += other.eq(Mux(ppw == 8, (span >> (t1_k * (W // 8)))[:W // 8],
+                                         (span >> (t1_k * (W // 4)))[:W // 4]))
+            with m.Default():
+                m.d.comb += other.eq(0)
+        other_d = delayed(other, ChunkQuantizer.LATENCY, "other")
+        kind_d = delayed(t1_kind, ChunkQuantizer.LATENCY, "kind")
+        m.d.comb += [chunks.w_en.eq(cq.o_valid), chunks.w_data.eq(Mux(kind_d == _VAL, cq.o, other_d))]
+
+        # packer: ppw chunks -> one word
+        pk_word = Signal(W)
+        pk_n = Signal(range(9))
+        pk_full = Signal()
+        m.d.comb += chunks.r_en.eq(~pk_full)
+        with m.If(chunks.r_en & chunks.r_rdy):
+            piece = chunks.r_data
+            for n in range(8):
+                with m.If(pk_n == n):
+                    if n == 0:
+                        m.d.sync += pk_word.eq(Mux(ppw == 1, piece, Mux(ppw == 4, piece[:W // 4], piece[:W // 8])))
+                    else:
+                        add = Mux(ppw == 8, piece[:W // 8] << (n * (W // 8)), piece[:W // 4] << (n * (W // 4)))
+                        m.d.sync += pk_word.eq(pk_word | add)
+            with m.If(pk_n + 1 == ppw):
+                m.d.sync += [pk_n.eq(0), pk_full.eq(1)]
+            with m.Else():
+                m.d.sync += pk_n.eq(pk_n + 1)
+        port_sel = Signal(range(len(lay.ports)))
+        m.d.comb += port_sel.eq(Mux(kv_mode, j.port, 0))
+        m.d.comb += [self.out_data.payload.eq(pk_word), self.out_data.valid.eq(pk_full & (port_sel == 0))]
+        emit = self.out_data.valid & self.out_data.ready
+        for i in range(g.kv_ports):
+            m.d.comb += [self.sw_data[i].payload.eq(pk_word), self.sw_data[i].valid.eq(pk_full & (port_sel == i + 1))]
+            emit = emit | (self.sw_data[i].valid & self.sw_data[i].ready)
+        with m.If(emit):
+            m.d.sync += pk_full.eq(0)
+        store_empty = Signal()
+        m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0))
+
+        # write commands and their answers
+        wc_valid = Signal()
+        wc_addr = Signal(64)
+        wc_bytes = Signal(32)
+        m.d.comb += [self.out_cmd.payload.addr.eq(wc_addr), self.out_cmd.payload.bytes.eq(wc_bytes),
+                     self.out_cmd.valid.eq(wc_valid & (port_sel == 0))]
+        wc_take = self.out_cmd.valid & self.out_cmd.ready
+        for i in range(g.kv_ports):
+            m.d.comb += [self.sw_cmd[i].payload.addr.eq(wc_addr), self.sw_cmd[i].payload.bytes.eq(wc_bytes),
+                         self.sw_cmd[i].valid.eq(wc_valid & (port_sel == i + 1))]
+            wc_take = wc_take | (self.sw_cmd[i].valid & self.sw_cmd[i].ready)
+        pending = Signal(16)
+        m.d.comb += self.out_done.ready.eq(1)
+        done_any = self.out_done.valid
+        done_err = self.out_done.valid & self.out_done.payload.error
+        for i in range(g.kv_ports):
+            m.d.comb += self.sw_done[i].ready.eq(1)
+            done_any = done_any | self.sw_done[i].valid
+            done_err = done_err | (self.sw_done[i].valid & self.sw_done[i].payload.error)
+        m.d.sync += pending.eq(pending + wc_take - done_any)
+        with m.If(done_err):
+            m.d.sync += err.eq(1)
+        # the mantissa word read (KV read-modify-write)
+        rc_valid = Signal()
+        rc_addr = Signal(64)
+        rd_take = Signal()
+        w_valid, w_payload = Const(0), Const(0, W)
+        rc_take = Const(0)
+        for i in range(g.kv_ports):
+            sel = port_sel == i + 1
+            m.d.comb += [self.w_cmd[i].payload.addr.eq(rc_addr), self.w_cmd[i].payload.bytes.eq(span_words * W8),
+                         self.w_cmd[i].valid.eq(rc_valid & sel), self.w_data[i].ready.eq(rd_take & sel)]
+            rc_take = rc_take | (self.w_cmd[i].valid & self.w_cmd[i].ready)
+            w_valid = Mux(sel, self.w_data[i].valid, w_valid)
+            w_payload = Mux(sel, self.w_data[i].payload, w_payload)
+        with m.If(rc_take):
+            m.d.sync += rc_valid.eq(0)
+
+        # KV addresses of (row st_r, head st_h)
+        st_r = Signal(range(R))
+        st_h = Signal(range(max_heads + 1))
+        st_j = Signal(32)
+        st_c = Signal(32)
+        rd_words = Signal(range(span_words + 1))
+        mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
+        ml_v = Signal()
+        ml_i = Signal(range(max(ng, 1) + 1))
+        with m.If(ml_v):
+            m.d.sync += mants[ml_i].eq(qrec[32:48])
+        if att is not None:
+            ha8 = att.head_area(8)
+            ha4 = att.head_area(4) if 4 in att.kv_bits else ha8
+            vb8, vb4 = att.value_bytes(8), att.value_bytes(4)
+            ha = Signal(32)
+            vbytes = Signal(32)
+            m.d.comb += [ha.eq(Mux(int4, ha4, ha8)), vbytes.eq(Mux(int4, vb4, vb8))]
+            st_pos = Signal(34)
+            m.d.comb += st_pos.eq(j.pos0 + r0 + st_r)
+            slot = Signal(range(P))
+            m.d.comb += slot.eq(st_pos[:exact_log2(P)])
+            kv_base = Signal(64)
+            m.d.comb += kv_base.eq(j.pool + pages[st_r] * (heads * ha) + st_h * ha)
+            vaddr = kv_base + att.scale_area + slot * vbytes
+            maddr = kv_base + (((slot * (ng * 2)) >> LOGW8) << LOGW8)
+            tok_per_word = max(W8 // (ng * 2), 1)
+            tok_in_word = slot[:exact_log2(tok_per_word)] if tok_per_word > 1 else Const(0, 1)
+            val_chunks = hd // L
+            zero_chunks = Signal(8)
+            m.d.comb += zero_chunks.eq(Mux(int4, (vb4 // W8) * 8 - val_chunks, (vb8 // W8) * 4 - val_chunks))
+            g_of_j = Signal(range(GPR))
+            m.d.comb += g_of_j.eq(((st_h << exact_log2(hd)) + (st_j << LOGL)) >> exact_log2(G))
+            # u16 position p of the span takes the head's mantissa p % ng when p // ng is the token's slot
+            merged = []
+            for p in range(span_words * W8 // 2):
+                old = span[16 * p:16 * p + 16]
+                if tok_per_word > 1:
+                    merged.append(Mux((p // ng) == tok_in_word, mants[p % ng], old))
+                else:
+                    merged.append(mants[p % ng] if p < ng else old)
+            merged_word = Cat(*merged)
+            head_words = exact_log2(max(hd // L, 1))
+            trl_chunks = (QRB - hd) // L
+        else:
+            vaddr = maddr = Const(0, 64)
+            zero_chunks = Const(0, 8)
+            g_of_j = Const(0, 1)
+            val_chunks = 1
+            merged_word = Const(0, W)
+            vbytes = Const(0, 32)
+            head_words = 0
+            trl_chunks = 1
+        m.d.comb += rc_addr.eq(maddr)
+        st_last_row = st_r + 1 == nv
+
+        with m.FSM(name="store"):
+            with m.State("IDLE"):
+                with m.If(store_start):
+                    m.d.sync += [st_r.eq(0), st_h.eq(0), st_j.eq(0), st_c.eq(0)]
+                    m.next = "CMD"
+            with m.State("CMD"):
+                m.d.comb += wc_valid.eq(1)
+                with m.Switch(j.out_fmt):
+                    with m.Case(VectorOut.RES32):
+                        m.d.comb += [wc_addr.eq(j.y_addr + blk * j.y_stride), wc_bytes.eq((j.dim << 2) * R)]
+                    with m.Case(VectorOut.ACT8):
+                        m.d.comb += [wc_addr.eq(j.y_addr + r0 * j.dim), wc_bytes.eq(nv * j.dim)]
+                    with m.Case(VectorOut.QREC):
+                        m.d.comb += [wc_addr.eq(j.y_addr + r0 * (heads * QRB)), wc_bytes.eq(nv * heads * QRB)]
+                    with m.Case(VectorOut.KV):
+                        m.d.comb += [wc_addr.eq(vaddr), wc_bytes.eq(vbytes)]
+                with m.If(wc_take):
+                    m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                    with m.If(j.out_fmt == VectorOut.RES32):
+                        m.next = "BLK"
+                    with m.Else():
+                        m.next = "VAL"
+            with m.State("BLK"):
+                with m.If(room):
+                    m.d.comb += [op_valid.eq(1), op_kind.eq(_BLK), op_k.eq(st_c)]
+                    m.d.sync += st_c.eq(st_c + 1)
+                    with m.If(st_c + 1 == dw * R):
+                        m.next = "FLUSH"
+            with m.State("VAL"):
+                with m.If(room):
+                    m.d.comb += [op_valid.eq(1), op_kind.eq(_VAL), op_r.eq(st_r)]
+                    m.d.sync += st_j.eq(st_j + 1)
+                    with m.Switch(j.out_fmt):
+                        with m.Case(VectorOut.ACT8):   # every word of every row, then the scale records
+                            m.d.comb += [op_j.eq(st_j), op_g.eq(0)]
+                            with m.If(st_j + 1 == dw):
+                                m.d.sync += [st_j.eq(0), st_r.eq(st_r + 1)]
+                                with m.If(st_last_row):
+                                    m.d.sync += st_r.eq(0)
+                                    m.next = "SCMD"
+                        with m.Case(VectorOut.QREC):   # the head's words, then its trailer
+                            m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h)]
+                            with m.If(st_j + 1 == val_chunks):
+                                m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                                m.next = "TRL"
+                        with m.Default():              # KV: the head's words, padding, mantissas
+                            m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j)]
+                            with m.If(st_j + 1 == val_chunks):
+                                m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                                with m.If(zero_chunks != 0):
+                                    m.next = "ZERO"
+                                with m.Else():
+                                    m.next = "WAITW"
+            with m.State("TRL"):
+                with m.If(room):
+                    m.d.comb += [op_valid.eq(1), op_kind.eq(_TRL), op_r.eq(st_r), op_g.eq(st_h), op_k.eq(st_c)]
+                    m.d.sync += st_c.eq(st_c + 1)
+                    with m.If(st_c + 1 == trl_chunks):
+                        m.d.sync += [st_c.eq(0), st_h.eq(st_h + 1)]
+                        m.next = "VAL"
+                        with m.If(st_h + 1 == heads):
+                            m.d.sync += [st_h.eq(0), st_r.eq(st_r + 1)]
+                            with m.If(st_last_row):
+                                m.d.sync += st_r.eq(0)
+                                m.next = "FLUSH"
+            with m.State("SCMD"):
+                m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + blk * SB), wc_bytes.eq(SB)]
+                with m.If(wc_take):
+                    m.d.sync += st_c.eq(0)
+                    m.next = "SCL"
+            with m.State("SCL"):
+                with m.If(room):
+                    m.d.comb += [op_valid.eq(1), op_kind.eq(_SCL), op_k.eq(st_c)]
+                    m.d.sync += st_c.eq(st_c + 1)
+                    with m.If(st_c + 1 == SBW * 4):
+                        m.next = "FLUSH"
+            with m.State("ZERO"):
+                with m.If(room):
+                    m.d.comb += [op_valid.eq(1), op_kind.eq(_ZERO)]
+                    m.d.sync += st_c.eq(st_c + 1)
+                    with m.If(st_c + 1 == zero_chunks):
+                        m.next = "WAITW"
+            with m.State("WAITW"):
+                # every earlier KV write acknowledged: the mantissa word holds what they wrote
+                with m.If((pending == 0) & store_empty):
+                    m.d.sync += [rc_valid.eq(1), rd_words.eq(0)]
+                    m.next = "RDATA"
+            with m.State("RDATA"):
+                m.d.comb += rd_take.eq(~rc_valid)
+                with m.If(rd_take & w_valid):
+                    for w in range(span_words):
+                        with m.If(rd_words == w):
+                            m.d.sync += span[w * W:(w + 1) * W].eq(w_payload)
+                    m.d.sync += rd_words.eq(rd_words + 1)
+                    with m.If(rd_words + 1 == span_words):
+                        m.d.sync += st_c.eq(0)
+                        m.next = "MLOAD"
+            with m.State("MLOAD"):
+                # the head's group mantissas (qp meta) into registers: read in cycle c, kept in c + 1
+                m.d.comb += [op_r.eq(st_r), op_g.eq((st_h << exact_log2(max(ng, 1))) + st_c)]
+                m.d.sync += [st_c.eq(st_c + 1), ml_v.eq(st_c < ng), ml_i.eq(st_c)]
+                with m.If(st_c == ng):
+                    m.next = "MERGE"
+            with m.State("MERGE"):
+                m.d.sync += [span.eq(merged_word), ml_v.eq(0)]
+                m.next = "MCMD"
+            with m.State("MCMD"):
+                m.d.comb += [wc_valid.eq(1), wc_addr.eq(maddr), wc_bytes.eq(span_words * W8)]
+                with m.If(wc_take):
+                    m.d.sync += st_c.eq(0)
+                    m.next = "MNT"
+            with m.State("MNT"):
+                with m.If(room):
+                    m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
+                    m.d.sync += st_c.eq(st_c + 1)
+                    with m.If(st_c + 1 == span_words * ppw):
+                        m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1)]
+                        m.next = "CMD"
+                        with m.If(st_h + 1 == heads):
+                            m.d.sync += [st_h.eq(0), st_r.eq(st_r + 1)]
+                            with m.If(st_last_row):
+                                m.d.sync += st_r.eq(0)
+                                m.next = "FLUSH"
+            with m.State("FLUSH"):
+                # no micro-op reads the tiles any more: the next block may be loaded
+                with m.If((st_inflight == 0) & ~t1_v):
+                    m.d.comb += store_done.eq(1)
+                    m.next = "IDLE"
+
+        # -- the block sequence ------------------------------------------------------------------
+        with m.FSM(name="main"):
+            with m.State("IDLE"):
+                with m.If(start):
+                    m.d.sync += [blk.eq(0), rx_go.eq(1)]
+                    m.next = "LOAD"
+            with m.State("LOAD"):
+                with m.If(block_loaded):
+                    m.d.sync += [rx_go.eq(0), sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
+                    m.next = "SWEEP1"
+            with m.State("SWEEP1"):
+                with m.If(~sweeping & ~rd_v):
+                    with m.If(j.norm != VectorNorm.NONE):
+                        m.d.sync += [sc_r.eq(0), sc_active.eq(1), sc_sent.eq(0)]
+                        m.next = "SCALAR"
+                    with m.Elif(quant_out):
+                        m.d.sync += [qp_active.eq(1), qp_r.eq(0), qp_g.eq(0)]
+                        m.next = "QPARAM"
+                    with m.Else():
+                        m.next = "STORE"
+            with m.State("SCALAR"):
+                with m.If(~sc_active & ~sc_wait & (sc_r == nv)):
+                    m.d.sync += [sw_active.eq(1), sw_second.eq(1), sw_r.eq(0), sw_j.eq(0)]
+                    m.next = "SWEEP2"
+            with m.State("SWEEP2"):
+                with m.If(~sweeping & ~rd_v):
+                    m.d.sync += sw_second.eq(0)
+                    with m.If(quant_out):
+                        m.d.sync += [qp_active.eq(1), qp_r.eq(0), qp_g.eq(0)]
+                        m.next = "QPARAM"
+                    with m.Else():
+                        m.next = "STORE"
+            with m.State("QPARAM"):
+                with m.If(~qp_busy):
+                    m.next = "STORE"
+            with m.State("STORE"):
+                m.d.comb += [in_store.eq(1), store_start.eq(1)]
+                m.next = "STORING"
+            with m.State("STORING"):
+                m.d.comb += in_store.eq(1)
+                with m.If(store_done):
+                    m.d.sync += blk.eq(blk + 1)
+                    with m.If(blk + 1 == nblk):
+                        m.next = "FINISH"
+                    with m.Else():
+                        m.d.sync += rx_go.eq(1)
+                        m.next = "LOAD"
+            with m.State("FINISH"):
+                # every word written and acknowledged
+                with m.If(store_empty & (pending == 0) & ~wc_valid):
+                    m.d.comb += all_done.eq(1)
+                    with m.If(self.done.ready):
+                        m.next = "IDLE"
+
+        # -- counters: busy but moving nothing ---------------------------------------------------
+        progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_active | op_valid | emit | qp_active
+        m.d.comb += [self.stall.eq(busy & ~progress), self.mac_inc.eq(0)]
+        return m

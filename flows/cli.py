@@ -505,8 +505,12 @@ def sweep(spec: Optional[Path] = typer.Argument(None, help="Sweep spec (sweep.ya
     summary = result.summary()
     if as_json:
         sys.stdout.write(json.dumps(summary, default=str) + "\n")
-        return
-    _print_sweep(result)
+    else:
+        _print_sweep(result)
+    if summary["failed"] and not summary["ok"]:
+        first = next(r for r in result.rows if r.status == "failed")
+        _fail(f"no point could be evaluated: {summary['failed']} failed (point #{first.index}: {first.reason}); "
+              f"the table is in {result.output}", code=1)
 
 
 def _print_sweep(result) -> None:

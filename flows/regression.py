@@ -16,7 +16,8 @@ from hbmforge.config import AcceleratorConfig
 __all__ = ["RegressionResult", "run_regression", "FAMILY_BENCHES"]
 
 #: engine kind -> the cocotb module that tests it inside a whole kernel (besides tb_kernel)
-FAMILY_BENCHES = {"attention": "hbmforge.flows.tb_attention", "copy": "hbmforge.flows.tb_copy"}
+FAMILY_BENCHES = {"attention": "hbmforge.flows.tb_attention", "copy": "hbmforge.flows.tb_copy",
+                  "vector": "hbmforge.flows.tb_vector"}
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from ...mathutil import round_up
 from ...numerics import vector as V
 from ..dma_bench import DmaBench
 
-__all__ = ["VectorBench", "random_case", "CASE_KINDS"]
+__all__ = ["VectorBench", "random_case", "CASE_KINDS", "blocked_int32"]
 
 
 class _Bytes:
@@ -107,7 +107,8 @@ CASE_KINDS = ("add_res32", "norm_act8", "layernorm_res32", "swiglu_act8", "gelu_
               "rope_qrec", "kv8_rope", "kv4", "silu_res32_acc")
 
 
-def _blocked(x: np.ndarray, R: int) -> bytes:
+def blocked_int32(x: np.ndarray, R: int) -> bytes:
+    """int32 rows ``[m, dim]`` in the matmul's blocked layout (rows beyond ``m`` zero)."""
     m, dim = x.shape
     nb = -(-m // R)
     full = np.zeros((nb * R, dim), dtype=np.int64)
@@ -132,7 +133,7 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
         return rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), shape)
 
     def blocked_buf(x):
-        return bench.alloc(nb * R * dim * 4, _blocked(x, R))
+        return bench.alloc(nb * R * dim * 4, blocked_int32(x, R))
 
     def col_table(values):
         return bench.alloc(dim * 4, V.pack_u32(np.asarray(values) & 0xFFFFFFFF, W8))
@@ -170,7 +171,7 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
             d.update(out_fmt=VectorOut.ACT8, y_addr=bench.alloc(m * dim), y_scale=bench.alloc(g.scale_bytes(m)))
     elif kind in ("swiglu_act8", "silu_res32_acc"):
         n_total = 2 * dim
-        y = bench.alloc(nb * R * n_total * 4, _blocked(ints((m, n_total), 32), R))
+        y = bench.alloc(nb * R * n_total * 4, blocked_int32(ints((m, n_total), 32), R))
         d.update(a_fmt=VectorIn.ACC32, a_addr=y, a_stride=R * n_total * 4, a_scale=scales(),
                  a_cols=cols(1e-9, 1e-5), act=VectorAct.SILU)
         if kind == "swiglu_act8":

@@ -1,0 +1,152 @@
+"""The aggregation switch: N AXI4-Stream ports around a pool of aggregation slots.
+
+Dataflow::
+
+    s_axis_p<i> -> PortRx i (whole packets checked: bad ones dropped and counted)
+        -> the oldest packet of each port, offered to the unit of its slot (slot % units)
+    AggregationUnit u (slots s with s % units == u, every job; one payload word per cycle)
+        -> output bus (one packet at a time; granted only when every destination has room)
+    -> PortTx i -> m_axis_p<i>   (multicast: the same packet into every destination port)
+
+The rules are the golden switch's (:class:`hbmforge.numerics.network.GoldenSwitch`): rounds
+and two copies per slot, per-copy worker bitmaps, int32 sum modulo 2**32 or signed max,
+claims per unit and job, epochs per job, reduce-on-read and multicast store. With
+``units > ports`` the units keep up with every port at line rate.
+
+Counters (32 bits, free running): per port ``stat_rx_p<i>`` (packets received),
+``stat_drop_p<i>`` (bad packets dropped), ``stat_tx_p<i>`` (packets sent); switch-wide
+``stat_reduced``, ``stat_completed``, ``stat_resent``, ``stat_status``, ``stat_nacks``,
+``stat_duplicates`` (see ``hbmforge.numerics.network.SwitchCounters``).
+"""
+# No `from __future__ import annotations`: data layouts are built from real values.
+from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hbmforge.engines.network import SwitchGeometry
+
+from ..engine import AxiStreamSignature
+from .rx import PortRx
+from .tx import PortTx
+from .unit import AggregationUnit
+
+__all__ = ["AggregationSwitch", "SWITCH_COUNTERS"]
+
+#: switch-wide counters, after the per-port ones
+SWITCH_COUNTERS = ("reduced", "completed", "resent", "status", "nacks", "duplicates")
+
+
+class AggregationSwitch(wiring.Component):
+    """An aggregation switch of a :class:`~hbmforge.engines.network.SwitchGeometry`."""
+
+    def __init__(self, geom: SwitchGeometry):
+        if not isinstance(geom, SwitchGeometry):
+            raise TypeError(f"geom must be a SwitchGeometry, got {type(geom).__name__}")
+        self._geom = geom
+        members = {}
+        for p in range(geom.ports):
+            members[f"s_axis_p{p}"] = In(AxiStreamSignature(geom.data_width))
+            members[f"m_axis_p{p}"] = Out(AxiStreamSignature(geom.data_width))
+        for p in range(geom.ports):
+            for c in ("rx", "drop", "tx"):
+                members[f"stat_{c}_p{p}"] = Out(32)
+        for c in SWITCH_COUNTERS:
+            members[f"stat_{c}"] = Out(32)
+        super().__init__(members)
+
+    @property
+    def geom(self) -> SwitchGeometry:
+        return self._geom
+
+    @staticmethod
+    def counter_names(geom: SwitchGeometry) -> list[str]:
+        """Every ``stat_*`` output, in port order then switch-wide."""
+        return [f"stat_{c}_p{p}" for p in range(geom.ports) for c in ("rx", "drop", "tx")] + \
+            [f"stat_{c}" for c in SWITCH_COUNTERS]
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._geom
+        n, U = g.ports, g.units
+        rxs = [PortRx(g, p) for p in range(n)]
+        txs = [PortTx(g) for _ in range(n)]
+        units = [AggregationUnit(g, u) for u in range(U)]
+        for p in range(n):
+            m.submodules[f"rx{p}"] = rxs[p]
+            m.submodules[f"tx{p}"] = txs[p]
+            wiring.connect(m, wiring.flipped(getattr(self, f"s_axis_p{p}")), rxs[p].s_axis)
+            wiring.connect(m, txs[p].m_axis, wiring.flipped(getattr(self, f"m_axis_p{p}")))
+        for u, unit in enumerate(units):
+            m.submodules[f"unit{u}"] = unit
+
+        # -- ports -> units: every unit sees every head; the unit that holds a port reads and pops it
+        epochs = [Signal(8, name=f"epoch{j}") for j in range(g.jobs)]
+        rx_data = Array(rx.rd_data for rx in rxs)
+        for unit in units:
+            m.d.comb += [unit.head_valid.eq(Cat(*(rx.head_valid for rx in rxs))),
+                         unit.rx_data.eq(rx_data[unit.rx_port])]
+            for p in range(n):
+                m.d.comb += unit.head[p].eq(rxs[p].head)
+            for j in range(g.jobs):
+                m.d.comb += unit.epochs[j].eq(epochs[j])
+        for p, rx in enumerate(rxs):
+            for unit in units:
+                with m.If(unit.rx_busy & (unit.rx_port == p)):
+                    m.d.comb += [rx.rd_addr.eq(unit.rx_addr), rx.pop.eq(unit.pop)]
+        with m.If(units[0].epoch_we):
+            for j in range(g.jobs):
+                with m.If(units[0].epoch_job == j):
+                    m.d.sync += epochs[j].eq(units[0].epoch_value)
+
+        # -- units -> output bus -> ports ------------------------------------------------------
+        owned = Signal()
+        owner = Signal(range(U))
+        owner_dest = Signal(n)
+        rr = Signal(range(U))
+        room = []
+        for unit in units:
+            ok = Cat(*(~unit.bus_dest[p] | (txs[p].hdr_room & (txs[p].data_free >= unit.bus_words))
+                       for p in range(n))).all()
+            room.append(unit.bus_req & ok)
+        want = Signal(U)
+        m.d.comb += want.eq(Cat(*room))
+        pick = Signal(range(U))
+        any_ = Signal()
+        for k in reversed(range(U)):
+            cand = Signal(range(U), name=f"bus_rr_{k}")
+            m.d.comb += cand.eq((rr + k)[:max(1, (U - 1).bit_length())] if U > 1 else 0)
+            with m.If(want.bit_select(cand, 1)):
+                m.d.comb += [pick.eq(cand), any_.eq(1)]
+        bus_hdr = Array(Value.cast(u.bus_hdr) for u in units)
+        bus_dest = Array(u.bus_dest for u in units)
+        bus_words = Array(u.bus_words for u in units)
+        grant = Signal()
+        m.d.comb += grant.eq(~owned & any_)
+        for u, unit in enumerate(units):
+            m.d.comb += unit.bus_grant.eq(grant & (pick == u))
+        for p, tx in enumerate(txs):
+            m.d.comb += [tx.hdr_in.eq(bus_hdr[pick]), tx.hdr_push.eq(grant & bus_dest[pick][p])]
+        with m.If(grant & (bus_words[pick] != 0)):
+            m.d.sync += [owned.eq(1), owner.eq(pick), owner_dest.eq(bus_dest[pick])]
+        with m.If(grant):
+            m.d.sync += rr.eq(Mux(pick == U - 1, 0, pick + 1))
+        valid = Array(u.bus_valid for u in units)[owner]
+        last = Array(u.bus_last for u in units)[owner]
+        word = Array(u.bus_data for u in units)[owner]
+        for p, tx in enumerate(txs):
+            m.d.comb += [tx.data_in.eq(word), tx.data_push.eq(owned & valid & owner_dest[p])]
+        with m.If(owned & valid & last):
+            m.d.sync += owned.eq(0)
+
+        # -- counters ------------------------------------------------------------------------
+        for p in range(n):
+            for name, pulse in (("rx", rxs[p].received), ("drop", rxs[p].dropped), ("tx", txs[p].sent)):
+                ctr = getattr(self, f"stat_{name}_p{p}")
+                reg = Signal(32, name=f"ctr_{name}_p{p}")
+                m.d.sync += reg.eq(reg + pulse)
+                m.d.comb += ctr.eq(reg)
+        for name in SWITCH_COUNTERS:
+            reg = Signal(32, name=f"ctr_{name}")
+            m.d.sync += reg.eq(reg + sum(getattr(u, f"c_{name}") for u in units))
+            m.d.comb += getattr(self, f"stat_{name}").eq(reg)
+        return m

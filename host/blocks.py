@@ -1,6 +1,6 @@
 """Whole transformer blocks and models as ONE descriptor program per step (issue 9, parts 4 and 6).
 
-API contract (engineer C builds ``Model.from_pretrained`` on it; keep it stable)::
+API (engineer C builds ``Model.from_pretrained`` on it)::
 
     from hbmforge.host.blocks import BlockConfig, BlockWeights, TransformerBlock, ModelProgram
 
@@ -12,7 +12,7 @@ API contract (engineer C builds ``Model.from_pretrained`` on it; keep it stable)
     model = ModelProgram(dev, cfg, [layer0, layer1, ...], final_norm=(gamma, None),
                          lm_head=EncodedWeights | None, kv_bits=8, max_context=2048)
     seq = model.sequence()                         # KV pages of every layer for one sequence
-    logits = model.prefill(x, seq)                 # x float [T, hidden] (embeddings) -> float [T, vocab]
+    logits = model.prefill(x, seq)                 # x float [T, hidden] (embeddings) -> float [1, vocab]
     logits = model.decode_step(x1, seq)            # x1 float [hidden] -> float [vocab]
     model.last_step                                # StepStats: cycles, host_round_trips (= 1), bytes, ...
     model.golden_prefill(x, seq) / golden_decode_step(...)   # the same integer program on the CPU
@@ -38,31 +38,60 @@ attn_norm              input_layernorm (gamma)                      attention.ou
 mlp_norm               post_attention_layernorm (gamma)             output.LayerNorm (gamma, beta)
 =====================  ===========================================  =======================================
 
-Biases are float arrays ``<name>_bias`` (``q_proj_bias`` ...) or None. LLaMA blocks are pre-norm
+Biases are float arrays ``<name>`` in ``BlockWeights.biases`` or absent. LLaMA blocks are pre-norm
 (``h += attn(norm(h)); h += mlp(norm(h))``), BERT blocks post-norm
 (``h = norm(h + attn(h)); h = norm(h + mlp(h))``) with GELU (exact erf) and bidirectional attention.
 
 Device dataflow (docs/architecture.md §9): the residual stream stays in device memory as int32
-fixed point in the matmul's blocked layout; every matmul input is int8 rows with a per-token
-scale written by the vector engine; attention reads Q records the vector engine writes and a paged
-KV cache the vector engine appends to. A step writes the input and the program, starts once, waits
-once and reads the output: ``StepStats.host_round_trips == 1``.
+fixed point (``residual_frac_bits``) in the matmul's blocked layout; every matmul input is int8
+rows with a per-token scale record written by the vector engine; attention reads Q records the
+vector engine writes and a paged KV cache the vector engine appends to. A step writes the input,
+the block table and the program, starts once, waits once and reads the output:
+``StepStats.host_round_trips == 1``.
+
+Decoder prefill returns the logits of the chunk's last token (``[1, vocab]``; ``all_logits=True``
+for every row); the LM head then runs on that row only.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+import time
+from dataclasses import dataclass, field, replace
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from hbmforge.numerics.encoded import EncodedWeights
+from hbmforge.encodings import (AttentionMode, OutMode, VectorAct, VectorCombine, VectorIn, VectorNorm,
+                                VectorOut)
+from hbmforge.engines.attention import attention_geometry
+from hbmforge.engines.vector import ACT_FRAC, vector_geometry
+from hbmforge.numerics import vector as V
+from hbmforge.numerics.attention import kv_head_scale, pack_block_table
+from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded, scale_product
+from hbmforge.numerics.program import SparseMemory, execute
 
-__all__ = ["BlockConfig", "BlockWeights", "StepStats", "TransformerBlock", "ModelProgram",
-           "LLAMA_PROJECTIONS", "BERT_PROJECTIONS"]
+from .checks import check_bool, check_choice, check_int, check_real, check_timeout, real_array
+from .device import Buffer, Device, check_device
+from .errors import DeviceRunError
+from .linear import choose_out_shift
+from .packing import engine_format, pack_scales, pack_weights
+from .program import ProgramBuilder
+from .workspace import Workspace
+
+__all__ = ["BlockConfig", "BlockWeights", "StepStats", "TransformerBlock", "ModelProgram", "ModelSequence",
+           "BlockProgramError", "LLAMA_PROJECTIONS", "BERT_PROJECTIONS"]
 
 LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BERT_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "fc_in", "fc_out")
 
+F_ACT = ACT_FRAC            # fraction bits of every int32 value that is not the residual stream
+
+
+class BlockProgramError(ValueError):
+    """A model the design cannot run as block programs (the message names what does not fit)."""
+
+
+# -- configuration and weights ------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class BlockConfig:
@@ -70,7 +99,8 @@ class BlockConfig:
 
     ``arch``: "llama" (pre-RMSNorm, RoPE, GQA, SwiGLU; Qwen2 with ``qkv_bias``) or "bert"
     (post-LayerNorm, GELU MLP, bidirectional attention, learned positions added by the caller).
-    ``head_dim`` must equal the attention engine's. ``rope_theta``: RoPE base (llama).
+    ``head_dim`` must equal the attention engine's. ``rope_theta``: RoPE base (llama);
+    ``rope_inv_freq``: ``head_dim / 2`` inverse frequencies for scaled RoPE variants (overrides theta).
     ``residual_frac_bits``: fraction bits of the int32 fixed-point residual stream on the device
     (default 16: range +-32768, resolution 1.5e-5).
     """
@@ -85,6 +115,44 @@ class BlockConfig:
     rope_theta: float = 10000.0
     qkv_bias: bool = False
     residual_frac_bits: int = 16
+    rope_inv_freq: tuple | None = None
+
+    def checked(self) -> "BlockConfig":
+        """This config with every field checked (ValueError/TypeError naming the field)."""
+        arch = check_choice("arch", self.arch, ("llama", "bert"))
+        hidden = check_int("hidden", self.hidden, 1)
+        heads = check_int("heads", self.heads, 1)
+        kv = check_int("kv_heads", self.kv_heads, 1)
+        if heads % kv:
+            raise ValueError(f"heads ({heads}) must be a multiple of kv_heads ({kv})")
+        hd = check_int("head_dim", self.head_dim, 2)
+        if hd % 2:
+            raise ValueError(f"head_dim must be even (RoPE rotates pairs), got {hd}")
+        inter = check_int("intermediate", self.intermediate, 1)
+        eps = check_real("norm_eps", self.norm_eps, 0.0, 1.0, lo_open=True)
+        theta = check_real("rope_theta", self.rope_theta, 1.0, lo_open=True)
+        frac = check_int("residual_frac_bits", self.residual_frac_bits, 0, 24)
+        inv = self.rope_inv_freq
+        if inv is not None:
+            inv = real_array("rope_inv_freq", inv, ndim=(1,), what=f"[{hd // 2}] floats")
+            if inv.shape != (hd // 2,):
+                raise ValueError(f"rope_inv_freq must hold head_dim / 2 = {hd // 2} values, got {inv.shape}")
+            inv = tuple(float(v) for v in inv)
+        return replace(self, arch=arch, hidden=hidden, heads=heads, kv_heads=kv, head_dim=hd, intermediate=inter,
+                       norm_eps=eps, rope_theta=theta, qkv_bias=check_bool("qkv_bias", self.qkv_bias),
+                       residual_frac_bits=frac, rope_inv_freq=inv)
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        return LLAMA_PROJECTIONS if self.arch == "llama" else BERT_PROJECTIONS
+
+    def projection_shape(self, name: str) -> tuple[int, int]:
+        """``(out_features, in_features)`` of a projection."""
+        q, kv = self.heads * self.head_dim, self.kv_heads * self.head_dim
+        return {"q_proj": (q, self.hidden), "k_proj": (kv, self.hidden), "v_proj": (kv, self.hidden),
+                "o_proj": (self.hidden, q), "gate_proj": (self.intermediate, self.hidden),
+                "up_proj": (self.intermediate, self.hidden), "down_proj": (self.hidden, self.intermediate),
+                "fc_in": (self.intermediate, self.hidden), "fc_out": (self.hidden, self.intermediate)}[name]
 
 
 @dataclass
@@ -102,11 +170,34 @@ class BlockWeights:
 
     @classmethod
     def from_float(cls, config: BlockConfig, tensors: Mapping[str, np.ndarray], *, bits=8,
-                   group_size: int | None = None) -> "BlockWeights":
-        """Quantize float tensors named as in the module table (``<proj>``, ``<proj>_bias``,
-        ``attn_norm``/``mlp_norm`` gamma and ``attn_norm_bias``/``mlp_norm_bias`` beta); ``bits``
-        one format for all projections or a dict projection -> format (2, 4, 8, "ternary")."""
-        raise NotImplementedError("landing with the block programs (issue 9 part 4)")
+                   group_size: int = 128, scale_bits: int = 16, k_align: int | None = None) -> "BlockWeights":
+        """Quantize float tensors: ``<proj>`` weights and optional ``<proj>_bias``, ``attn_norm``/
+        ``mlp_norm`` gammas and ``attn_norm_bias``/``mlp_norm_bias`` betas (BERT). ``bits``: one
+        format for all projections or a dict projection -> format (2, 4, 8, "ternary");
+        ``group_size``/``scale_bits`` the matmul engine's; ``k_align`` pads K (default: none)."""
+        cfg = config.checked()
+        if not isinstance(tensors, Mapping):
+            raise TypeError(f"tensors must be a mapping of names to arrays, got {type(tensors).__name__}")
+        enc, biases = {}, {}
+        for name in cfg.projections:
+            if name not in tensors:
+                raise ValueError(f"tensors has no {name!r} (a {cfg.arch} block needs {list(cfg.projections)})")
+            w = real_array(name, tensors[name], ndim=(2,), what=f"{cfg.projection_shape(name)}")
+            if w.shape != cfg.projection_shape(name):
+                raise ValueError(f"{name} must have shape {cfg.projection_shape(name)}, got {w.shape}")
+            fmt = bits.get(name, 8) if isinstance(bits, Mapping) else bits
+            kp = w.shape[1] if k_align is None else -(-w.shape[1] // k_align) * k_align
+            enc[name] = quantize_weights_encoded(w, fmt, group_size, scale_bits, k_padded=kp)
+            if f"{name}_bias" in tensors:
+                biases[name] = real_array(f"{name}_bias", tensors[f"{name}_bias"], ndim=(1,))
+        norms = []
+        for name in ("attn_norm", "mlp_norm"):
+            if name not in tensors:
+                raise ValueError(f"tensors has no {name!r} (the norm's gamma)")
+            beta = tensors.get(f"{name}_bias")
+            norms.append((real_array(name, tensors[name], ndim=(1,)),
+                          None if beta is None else real_array(f"{name}_bias", beta, ndim=(1,))))
+        return cls(projections=enc, attn_norm=norms[0], mlp_norm=norms[1], biases=biases)
 
 
 @dataclass
@@ -124,46 +215,731 @@ class StepStats:
     counters: dict = field(default_factory=dict)
 
 
+# -- what lives on the device ---------------------------------------------------------------------
+
+@dataclass
+class _Matmul:
+    """One matmul's weights on the device and the constants its consumers need."""
+
+    n: int
+    k: int
+    bits: object
+    w: list
+    s: Buffer
+    out_shift: int
+    row_scale: np.ndarray
+
+    def columns(self, src_frac: int, out_frac: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """Column records that turn this matmul's INT32 output (for int8 inputs whose scale record
+        is in units of ``2**-src_frac``) into fixed point with ``out_frac`` fraction bits."""
+        rs = self.row_scale[lo:hi]
+        real = scale_product(rs, exp=self.out_shift - src_frac + out_frac) / 127.0
+        try:
+            return V.column_multipliers(real)
+        except ValueError as err:
+            raise BlockProgramError(f"{err}: the weights' scales are too large for {out_frac} output "
+                                    "fraction bits") from None
+
+
+@dataclass
+class _Layer:
+    qkv: _Matmul
+    o: _Matmul
+    up: _Matmul                 # gate|up (llama) or fc_in (bert)
+    down: _Matmul               # down_proj or fc_out
+    tables: dict                # name -> Buffer (column tables, biases, norms, constants)
+    consts: dict                # name -> descriptor constants (norms)
+    k_pool: Buffer
+    v_pool: Buffer
+    k_scale: np.ndarray         # float head scales [kv_heads]
+    v_scale: np.ndarray
+
+
+class ModelSequence:
+    """One sequence's KV pages (the same page numbers in every layer's pools) and block table."""
+
+    def __init__(self, program: "ModelProgram", ident: int, block_table: Buffer):
+        self._prog = program
+        self.id = ident
+        self._bt = block_table
+        self._pages: list[int] = []
+        self._length = 0
+        self._freed = False
+
+    @property
+    def length(self) -> int:
+        """Tokens in the cache (the next token's position)."""
+        return self._length
+
+    def __len__(self) -> int:
+        return self._length
+
+    @property
+    def pages(self) -> tuple[int, ...]:
+        return tuple(self._pages)
+
+    @property
+    def freed(self) -> bool:
+        return self._freed
+
+    def free(self) -> None:
+        """Give the pages back (a second free is a no-op)."""
+        self._prog._free_sequence(self)
+
+    def truncate(self, length: int) -> None:
+        """Forget tokens from ``length`` on (their pages go back to the pool)."""
+        self._prog._truncate(self, length)
+
+    def __repr__(self) -> str:
+        return f"ModelSequence({self.id}, {'freed' if self._freed else f'{self._length} tokens'})"
+
+
+def _int32(name: str, values: np.ndarray, frac: int) -> np.ndarray:
+    q = np.rint(np.asarray(values, dtype=np.float64) * 2.0 ** frac)
+    if q.size and np.abs(q).max() > V.I32_MAX:
+        raise BlockProgramError(f"{name} reaches {float(np.abs(values).max()):.4g}, beyond int32 with {frac} "
+                                "fraction bits")
+    return q.astype(np.int64)
+
+
+def _interleave_rows(n_heads: int, head_dim: int) -> np.ndarray:
+    """Row order that turns HF rotate-half pairs (i, i + hd/2) into adjacent pairs (2i, 2i + 1)."""
+    half = head_dim // 2
+    one = np.stack([np.arange(half), np.arange(half) + half], axis=1).reshape(-1)
+    return (np.arange(n_heads)[:, None] * head_dim + one[None, :]).reshape(-1)
+
+
+def _take_rows(enc: EncodedWeights, order: np.ndarray) -> EncodedWeights:
+    return EncodedWeights(q=enc.q[order], mantissas=enc.mantissas[order], row_scale=enc.row_scale[order],
+                          bits=enc.bits, group_size=enc.group_size)
+
+
+def _stack(*encs: EncodedWeights) -> EncodedWeights:
+    return EncodedWeights(q=np.concatenate([e.q for e in encs]), mantissas=np.concatenate([e.mantissas for e in encs]),
+                          row_scale=np.concatenate([e.row_scale for e in encs]), bits=encs[0].bits,
+                          group_size=encs[0].group_size)
+
+
+# -- the program ------------------------------------------------------------------------------------
+
 class ModelProgram:
     """N blocks (+ optional final norm and LM head) compiled to one descriptor program per step.
 
     ``blocks``: one :class:`BlockWeights` per layer; ``final_norm``: ``(gamma, beta|None)`` or None;
     ``lm_head``: :class:`EncodedWeights` ``[vocab, hidden]`` or None (then steps return the final
     hidden states). ``kv_bits``: 8 or 4; ``max_context``: tokens per sequence (default: the
-    attention engine's); ``kv_ranges``: per layer the largest |K| and |V| expected (float or one
-    per KV head) to fix the cache's head scales (default: a bound from the weights).
+    attention engine's); ``kv_pages``: pages in each layer's pools (default: one full sequence);
+    ``kv_ranges``: per layer ``(k_range, v_range)`` (a float or one per KV head: the largest |K|
+    and |V| expected) to fix the cache's head scales; default a bound from the weights and norms
+    (no group can clip; BERT layer 0 takes its own attention LayerNorm as the proxy of the
+    embedding LayerNorm).
     """
 
     def __init__(self, device, config: BlockConfig, blocks: Sequence[BlockWeights], *, final_norm=None,
                  lm_head: EncodedWeights | None = None, kv_bits: int = 8, max_context: int | None = None,
-                 kv_ranges=None, timeout: float = 600.0):
-        raise NotImplementedError("landing with the block programs (issue 9 part 4)")
+                 kv_pages: int | None = None, kv_ranges=None, timeout: float = 600.0):
+        dev = check_device(device)
+        lay = dev.layout
+        cfg = config.checked() if isinstance(config, BlockConfig) else None
+        if cfg is None:
+            raise TypeError(f"config must be a BlockConfig, got {type(config).__name__}")
+        self.timeout = check_timeout(timeout)
+        for kind, what in (("vector", "a vector engine"), ("attention", "an attention engine")):
+            if not lay.has(kind):
+                raise BlockProgramError(f"design {lay.kernel!r} has no {kind} engine: block programs need {what}")
+        att, vg = attention_geometry(lay), vector_geometry(lay)
+        if cfg.head_dim != att.head_dim:
+            raise BlockProgramError(f"head_dim {cfg.head_dim} differs from the attention engine's {att.head_dim}")
+        need_act = "silu" if cfg.arch == "llama" else "gelu"
+        if need_act not in vg.activations:
+            raise BlockProgramError(f"a {cfg.arch} block needs the vector engine's {need_act!r} table; the design "
+                                    f"has {list(vg.activations)}")
+        kv_bits = check_choice("kv_bits", kv_bits, tuple(att.kv_bits), "the attention engine's kv_bits")
+        ctx = att.max_context if max_context is None else check_int("max_context", max_context, 1, att.max_context)
+        P = att.page_tokens
+        max_pages = -(-ctx // P)
+        pages = max_pages if kv_pages is None else check_int("kv_pages", kv_pages, 1, 1 << 24)
+        blocks = list(blocks) if isinstance(blocks, Sequence) and not isinstance(blocks, (str, bytes)) else None
+        if not blocks:
+            raise ValueError("blocks must be a non-empty sequence of BlockWeights (one per layer)")
+        for i, b in enumerate(blocks):
+            if not isinstance(b, BlockWeights):
+                raise TypeError(f"blocks[{i}] must be a BlockWeights, got {type(b).__name__}")
+        W8, k_align = lay.word_bytes, lay.matmul.k_align
+        dims = {"hidden": cfg.hidden, "intermediate": cfg.intermediate, "heads * head_dim": cfg.heads * cfg.head_dim,
+                "kv_heads * head_dim": cfg.kv_heads * cfg.head_dim}
+        for name, d in dims.items():
+            if d % k_align or d % W8:
+                raise BlockProgramError(f"{name} = {d} must be a multiple of the matmul's k_align {k_align} "
+                                        f"(and of the {W8}-byte port word)")
+            if d > vg.max_dim:
+                raise BlockProgramError(f"{name} = {d} exceeds the vector engine's max_dim {vg.max_dim}")
+        gu = 2 * cfg.intermediate if cfg.arch == "llama" else cfg.intermediate
+        for name, k in (("hidden", cfg.hidden), ("intermediate", cfg.intermediate), ("heads * head_dim", dims["heads * head_dim"])):
+            if k > lay.mm.max_k:
+                raise BlockProgramError(f"{name} = {k} exceeds the matmul engine's max_k {lay.mm.max_k} (a matmul "
+                                        "input row must fit the engine)")
+        layers_in = [self._check_layer(i, b, cfg, lay) for i, b in enumerate(blocks)]
+        if final_norm is not None:
+            final_norm = self._check_norm("final_norm", final_norm, cfg)
+        if lm_head is not None:
+            if not isinstance(lm_head, EncodedWeights):
+                raise TypeError(f"lm_head must be an EncodedWeights, got {type(lm_head).__name__}")
+            if lm_head.q.shape[1] != cfg.hidden:
+                raise ValueError(f"lm_head must have {cfg.hidden} input columns, got {lm_head.q.shape[1]}")
+            engine_format(lm_head.bits, lay, "lm_head bits")
+        ranges = self._kv_ranges(kv_ranges, cfg, layers_in, len(blocks))
+        self._dev, self._lay, self._cfg = dev, lay, cfg
+        self._att, self._vg = att, vg
+        self.kv_bits, self.max_context, self.num_pages = kv_bits, ctx, pages
+        self._max_pages = max_pages
+        self._final_norm, self._gu = final_norm, gu
+        self.last_step: StepStats | None = None
+        self._static: list[tuple[int, bytes]] = []          # (address, bytes) of every upload, for the golden
+        self._owned: list[Buffer] = []
+        self._seqs: dict[int, ModelSequence] = {}
+        self._next_id = 0
+        self._free_pages = list(range(pages))
+        self._work = Workspace(dev)
+        self.layers: list[_Layer] = []
+        self._head = None
+        try:
+            self._rope = self._upload(V.pack_rope_table(V.rope_table(ctx, cfg.head_dim, cfg.rope_theta,
+                                                                      inv_freq=cfg.rope_inv_freq), W8))
+            for i, (enc, norms, biases) in enumerate(layers_in):
+                self.layers.append(self._build_layer(i, enc, norms, biases, ranges[i]))
+            if final_norm is not None:
+                self._final = self._norm_tables(final_norm, VectorNorm.RMS if cfg.arch == "llama" else VectorNorm.LAYER,
+                                                out_frac=F_ACT)
+            if lm_head is not None:
+                self._head = self._matmul(lm_head)
+                self._head_cols = lm_head.row_scale
+        except BaseException:
+            self.close()
+            raise
 
-    def sequence(self):
-        """A new sequence: KV pages of every layer, positions from 0."""
-        raise NotImplementedError
+    # -- checks (before anything is allocated) ---------------------------------------------------
+    @staticmethod
+    def _check_norm(name, norm, cfg):
+        if not isinstance(norm, (tuple, list)) or len(norm) != 2:
+            raise TypeError(f"{name} must be a pair (gamma, beta or None)")
+        gamma = real_array(f"{name} gamma", norm[0], ndim=(1,))
+        if gamma.shape != (cfg.hidden,):
+            raise ValueError(f"{name} gamma must have {cfg.hidden} values, got {gamma.shape}")
+        beta = None
+        if norm[1] is not None:
+            beta = real_array(f"{name} beta", norm[1], ndim=(1,))
+            if beta.shape != (cfg.hidden,):
+                raise ValueError(f"{name} beta must have {cfg.hidden} values, got {beta.shape}")
+        if (beta is None) != (cfg.arch == "llama"):
+            raise ValueError(f"{name}: a {cfg.arch} block's norm is {'RMSNorm (beta None)' if cfg.arch == 'llama' else 'LayerNorm (gamma and beta)'}")
+        return gamma, beta
 
-    def prefill(self, x, seq, *, valid_len: int | None = None) -> np.ndarray:
-        """Run a chunk of ``T`` tokens (float embeddings ``[T, hidden]``) through every block in one
-        device run; float ``[T, vocab]`` logits (or ``[T, hidden]`` hidden states). Encoders:
-        ``valid_len`` real tokens (the rest is padding no key attends to)."""
-        raise NotImplementedError
+    def _check_layer(self, i, b: BlockWeights, cfg: BlockConfig, lay):
+        enc = {}
+        for name in cfg.projections:
+            e = b.projections.get(name) if isinstance(b.projections, Mapping) else None
+            if not isinstance(e, EncodedWeights):
+                raise ValueError(f"blocks[{i}].projections[{name!r}] must be an EncodedWeights, got {type(e).__name__}")
+            n, k = cfg.projection_shape(name)
+            if e.q.shape != (n, lay.matmul.pad_k(k)):
+                raise ValueError(f"blocks[{i}].{name} must be [{n}, {lay.matmul.pad_k(k)}] (K padded to k_align), "
+                                 f"got {e.q.shape}")
+            if e.group_size != lay.mm.group_size:
+                raise ValueError(f"blocks[{i}].{name} was quantized with group_size {e.group_size}; the engine "
+                                 f"uses {lay.mm.group_size}")
+            engine_format(e.bits, lay, f"blocks[{i}].{name} bits")
+            enc[name] = e
+        extra = [n for n in b.projections if n not in cfg.projections]
+        if extra:
+            raise ValueError(f"blocks[{i}] has projections {extra} a {cfg.arch} block does not use")
+        biases = {}
+        for name, v in dict(b.biases or {}).items():
+            if name not in cfg.projections:
+                raise ValueError(f"blocks[{i}] has a bias for unknown projection {name!r}")
+            arr = real_array(f"blocks[{i}] {name} bias", v, ndim=(1,))
+            if arr.shape != (cfg.projection_shape(name)[0],):
+                raise ValueError(f"blocks[{i}] {name} bias must have {cfg.projection_shape(name)[0]} values, "
+                                 f"got {arr.shape}")
+            if cfg.arch == "llama" and name in ("q_proj", "k_proj", "v_proj") and not cfg.qkv_bias:
+                raise ValueError(f"blocks[{i}] has a {name} bias but the config says qkv_bias=False")
+            biases[name] = arr
+        norms = (self._check_norm(f"blocks[{i}].attn_norm", b.attn_norm, cfg),
+                 self._check_norm(f"blocks[{i}].mlp_norm", b.mlp_norm, cfg))
+        return enc, norms, biases
 
-    def decode_step(self, x, seq) -> np.ndarray:
-        """One token (float ``[hidden]``) through every block in one device run; float ``[vocab]``."""
-        raise NotImplementedError
+    def _kv_ranges(self, kv_ranges, cfg, layers_in, n):
+        if kv_ranges is not None:
+            if not isinstance(kv_ranges, Sequence) or len(kv_ranges) != n:
+                raise ValueError(f"kv_ranges must give (k_range, v_range) for each of the {n} layers")
+            out = []
+            for i, pair in enumerate(kv_ranges):
+                if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                    raise TypeError(f"kv_ranges[{i}] must be a pair (k_range, v_range)")
+                rng = []
+                for which, r in zip("kv", pair):
+                    arr = np.broadcast_to(real_array(f"kv_ranges[{i}] {which}", r, ndim=(0, 1)), (cfg.kv_heads,))
+                    if np.any(arr <= 0):
+                        raise ValueError(f"kv_ranges[{i}] {which} must be > 0, got {arr.tolist()}")
+                    rng.append(np.array(arr, dtype=np.float64))
+                out.append(tuple(rng))
+            return out
+        out = []
+        for i, (enc, norms, biases) in enumerate(layers_in):
+            if cfg.arch == "llama":
+                g, b = norms[0]
+            else:
+                g, b = layers_in[i - 1][1][1] if i else norms[0]
+            xb = math.sqrt(cfg.hidden) * float(np.abs(g).max()) + (float(np.linalg.norm(b)) if b is not None else 0.0)
+            pair = []
+            for name in ("k_proj", "v_proj"):
+                w = enc[name].dequantize()
+                rows = np.linalg.norm(w, axis=1) * xb + np.abs(biases.get(name, np.zeros(w.shape[0])))
+                per_head = rows.reshape(cfg.kv_heads, cfg.head_dim)
+                if name == "k_proj":                 # a rotated pair reaches the norm of both entries
+                    half = cfg.head_dim // 2
+                    per_head = np.hypot(per_head[:, :half], per_head[:, half:])
+                pair.append(np.maximum(per_head.max(axis=1), 1e-6))
+            out.append(tuple(pair))
+        return out
 
-    def golden_prefill(self, x, seq, *, valid_len: int | None = None) -> np.ndarray:
-        """:meth:`prefill` computed by :func:`hbmforge.numerics.program.execute` on a copy of the
-        device memory: equal to the device result bit for bit (nothing on the device changes)."""
-        raise NotImplementedError
+    # -- uploads -------------------------------------------------------------------------------------
+    def _upload(self, data, port: str = "data") -> Buffer:
+        raw = bytes(data) if not isinstance(data, np.ndarray) else data.tobytes()
+        buf = self._dev.alloc(max(len(raw), 1), port)
+        self._owned.append(buf)
+        self._dev.write(buf, raw)
+        self._static.append((buf.address, raw))
+        return buf
 
-    def golden_decode_step(self, x, seq) -> np.ndarray:
-        raise NotImplementedError
+    def _matmul(self, enc: EncodedWeights) -> _Matmul:
+        lay = self._lay
+        bits = engine_format(enc.bits, lay, "bits")
+        q = enc.q.astype(np.int8)
+        n, kp = q.shape
+        g = lay.mm.group_size
+        group_l1 = np.abs(q.reshape(n, kp // g, g).astype(np.int64)).sum(axis=2)
+        col_l1 = int((group_l1 * enc.mantissas.astype(np.int64)).sum(axis=1).max())
+        shift = choose_out_shift(127 * col_l1, lay.matmul.widths.max_out_shift)
+        w = [self._upload(stripe, f"w{i}") for i, stripe in enumerate(pack_weights(q, bits, lay))]
+        s = self._upload(pack_scales(enc.mantissas.astype(np.uint16), lay))
+        return _Matmul(n=n, k=kp, bits=bits, w=w, s=s, out_shift=shift, row_scale=np.asarray(enc.row_scale, float))
+
+    def _table(self, values) -> Buffer:
+        return self._upload(V.pack_u32(np.asarray(values, dtype=np.int64) & 0xFFFFFFFF, self._lay.word_bytes))
+
+    def _norm_tables(self, norm, kind, *, out_frac: int) -> dict:
+        gamma, beta = norm
+        cfg = self._cfg
+        top = float(np.abs(gamma).max()) or 1.0
+        gf = min(30, 30 - max(0, math.ceil(math.log2(top + 1e-300))))
+        c = V.norm_constants(cfg.hidden, cfg.norm_eps, in_frac=cfg.residual_frac_bits, gamma_frac=gf,
+                             out_frac=out_frac, center=kind == VectorNorm.LAYER)
+        t = {"norm": kind, "gamma_addr": self._table(_int32("gamma", gamma, gf)), "eps_q": c["eps_q"],
+             "eps_shift": c["eps_shift"], "norm_shift": c["norm_shift"]}
+        if beta is not None:
+            t["beta_addr"] = self._table(_int32("beta", beta, out_frac))
+        return t
+
+    def _build_layer(self, i, enc, norms, biases, ranges) -> _Layer:
+        cfg, att, lay = self._cfg, self._att, self._lay
+        hd, qh, kvh = cfg.head_dim, cfg.heads, cfg.kv_heads
+        Fh = cfg.residual_frac_bits
+        llama = cfg.arch == "llama"
+        q_enc, k_enc = enc["q_proj"], enc["k_proj"]
+        qb, kb = biases.get("q_proj"), biases.get("k_proj")
+        if llama:
+            oq, ok = _interleave_rows(qh, hd), _interleave_rows(kvh, hd)
+            q_enc, k_enc = _take_rows(q_enc, oq), _take_rows(k_enc, ok)
+            qb = None if qb is None else qb[oq]
+            kb = None if kb is None else kb[ok]
+        qkv = self._matmul(_stack(q_enc, k_enc, enc["v_proj"]))
+        o = self._matmul(enc["o_proj"])
+        if llama:
+            up = self._matmul(_stack(enc["gate_proj"], enc["up_proj"]))
+            down = self._matmul(enc["down_proj"])
+        else:
+            up, down = self._matmul(enc["fc_in"]), self._matmul(enc["fc_out"])
+        k_scale = kv_head_scale(ranges[0], self.kv_bits)
+        v_scale = kv_head_scale(ranges[1], self.kv_bits)
+        src = F_ACT if llama else Fh                       # units of the scale records of X1 / X3
+        nq, nk = qh * hd, kvh * hd
+        t = {}
+        t["q_cols"] = self._table(qkv.columns(src, F_ACT, 0, nq))
+        t["k_cols"] = self._table(qkv.columns(src, F_ACT, nq, nq + nk))
+        t["v_cols"] = self._table(qkv.columns(src, F_ACT, nq + nk, nq + 2 * nk))
+        for name, b in (("q_bias", qb), ("k_bias", kb), ("v_bias", biases.get("v_proj"))):
+            if b is not None:
+                t[name] = self._table(_int32(name, b, F_ACT))
+        t["q_consts"] = self._upload(np.asarray(V.qrec_constants(k_scale, qh // kvh, head_dim=hd, frac_bits=F_ACT),
+                                                "<u8").tobytes() + bytes(-qh * 8 % lay.word_bytes))
+        for name, hs in (("k_consts", k_scale), ("v_consts", v_scale)):
+            consts = [int(c) for c in V.kv_constants(hs, self.kv_bits, frac_bits=F_ACT)]
+            t[name] = self._upload(np.asarray(consts, "<u8").tobytes() + bytes(-kvh * 8 % lay.word_bytes))
+        t["att_cols"] = self._table(V.column_multipliers(np.repeat(v_scale, qh // kvh * hd) * 2.0 ** (F_ACT - 8)))
+        t["o_cols"] = self._table(o.columns(F_ACT, Fh))
+        if "o_proj" in biases:
+            t["o_bias"] = self._table(_int32("o_proj bias", biases["o_proj"], Fh))
+        if llama:
+            I = cfg.intermediate
+            t["gate_cols"] = self._table(up.columns(src, F_ACT, 0, I))
+            t["up_cols"] = self._table(up.columns(src, F_ACT, I, 2 * I))
+        else:
+            t["in_cols"] = self._table(up.columns(src, F_ACT))
+            if "fc_in" in biases:
+                t["in_bias"] = self._table(_int32("fc_in bias", biases["fc_in"], F_ACT))
+        t["down_cols"] = self._table(down.columns(F_ACT, Fh))
+        name = "down_proj" if llama else "fc_out"
+        if name in biases:
+            t["down_bias"] = self._table(_int32(f"{name} bias", biases[name], Fh))
+        kind = VectorNorm.RMS if llama else VectorNorm.LAYER
+        consts = {"norm1": self._norm_tables(norms[0], kind, out_frac=F_ACT if llama else Fh),
+                  "norm2": self._norm_tables(norms[1], kind, out_frac=F_ACT if llama else Fh)}
+        pool = self.num_pages * att.page_bytes(self.kv_bits, kvh)
+        k_pool = self._dev.alloc(pool, "w0")
+        self._owned.append(k_pool)
+        v_pool = self._dev.alloc(pool, f"w{att.kv_ports - 1}")
+        self._owned.append(v_pool)
+        return _Layer(qkv=qkv, o=o, up=up, down=down, tables=t, consts=consts, k_pool=k_pool, v_pool=v_pool,
+                      k_scale=k_scale, v_scale=v_scale)
+
+    # -- properties ------------------------------------------------------------------------------
+    @property
+    def device(self) -> Device:
+        return self._dev
 
     @property
-    def last_step(self) -> StepStats | None:
-        raise NotImplementedError
+    def config(self) -> BlockConfig:
+        return self._cfg
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def vocab(self) -> int | None:
+        return None if self._head is None else self._head.n
+
+    @property
+    def free_pages(self) -> int:
+        return len(self._free_pages)
+
+    # -- sequences ---------------------------------------------------------------------------------
+    def sequence(self) -> ModelSequence:
+        """A new sequence: KV pages of every layer, positions from 0."""
+        self._check_open()
+        nbytes = len(pack_block_table(np.zeros(self._max_pages, np.uint32), self._lay.word_bytes))
+        bt = self._dev.alloc(nbytes, "data")
+        try:
+            self._dev.write(bt, bytes(nbytes))
+        except BaseException:
+            self._dev.free(bt)
+            raise
+        seq = ModelSequence(self, self._next_id, bt)
+        self._next_id += 1
+        self._seqs[seq.id] = seq
+        return seq
+
+    def _check_seq(self, seq) -> ModelSequence:
+        if not isinstance(seq, ModelSequence):
+            raise TypeError(f"seq must be a ModelSequence from program.sequence(), got {type(seq).__name__}")
+        if seq._prog is not self:
+            raise ValueError(f"sequence {seq.id} belongs to another program")
+        if seq._freed:
+            raise ValueError(f"sequence {seq.id} was freed; make a new one with program.sequence()")
+        self._check_open()
+        return seq
+
+    def _free_sequence(self, seq: ModelSequence) -> None:
+        if seq._freed:
+            return
+        self._free_pages.extend(seq._pages)
+        self._free_pages.sort()
+        seq._pages, seq._length, seq._freed = [], 0, True
+        self._seqs.pop(seq.id, None)
+        if not self._dev.closed and not seq._bt.freed:
+            self._dev.free(seq._bt)
+
+    def _truncate(self, seq: ModelSequence, length: int) -> None:
+        seq = self._check_seq(seq)
+        length = check_int("length", length, 0, seq._length)
+        keep = -(-length // self._att.page_tokens)
+        self._free_pages.extend(seq._pages[keep:])
+        self._free_pages.sort()
+        seq._pages = seq._pages[:keep]
+        seq._length = length
+
+    # -- steps -------------------------------------------------------------------------------------
+    def prefill(self, x, seq, *, valid_len: int | None = None, all_logits: bool = False) -> np.ndarray:
+        """Run a chunk of ``T`` tokens (float embeddings ``[T, hidden]``) through every block in one
+        device run. With an LM head: float logits of the last token ``[1, vocab]`` (``all_logits``:
+        ``[T, vocab]``); without one: the hidden states ``[T, hidden]``. Encoders: ``valid_len`` real
+        tokens (the rest is padding no key attends to)."""
+        return self._step(x, seq, valid_len, all_logits, golden=False, one=False)
+
+    def decode_step(self, x, seq) -> np.ndarray:
+        """One token (float ``[hidden]``) through every block in one device run; float ``[vocab]``
+        (or ``[hidden]`` without an LM head)."""
+        return self._step(x, seq, None, False, golden=False, one=True)
+
+    def golden_prefill(self, x, seq, *, valid_len: int | None = None, all_logits: bool = False) -> np.ndarray:
+        """:meth:`prefill` computed by :func:`hbmforge.numerics.program.execute` on a copy of the
+        device memory: equal to the device result bit for bit (nothing on the device changes)."""
+        return self._step(x, seq, valid_len, all_logits, golden=True, one=False)
+
+    def golden_decode_step(self, x, seq) -> np.ndarray:
+        return self._step(x, seq, None, False, golden=True, one=True)
+
+    def _inputs(self, x, one: bool) -> np.ndarray:
+        H = self._cfg.hidden
+        want = f"[{H}]" if one else f"[T >= 1, {H}]"
+        x = real_array("x", x, ndim=(1,) if one else (2,), what=want)
+        x2 = x[None] if one else x
+        if x2.shape[1] != H or x2.shape[0] == 0:
+            raise ValueError(f"x must be {want}, got shape {x.shape}")
+        return x2
+
+    def _step(self, x, seq, valid_len, all_logits, *, golden: bool, one: bool) -> np.ndarray:
+        x = self._inputs(x, one)
+        seq = self._check_seq(seq)
+        all_logits = check_bool("all_logits", all_logits)
+        T = x.shape[0]
+        pos0 = seq._length
+        if pos0 + T > self.max_context:
+            raise BlockProgramError(f"sequence {seq.id} would hold {pos0 + T} tokens ({pos0} + {T}); this program's "
+                                    f"max_context is {self.max_context}")
+        bert = self._cfg.arch == "bert"
+        if valid_len is not None:
+            if not bert:
+                raise ValueError("valid_len applies to encoders (arch 'bert') only")
+            valid_len = check_int("valid_len", valid_len, 1, T)
+        h = _int32("x", x, self._cfg.residual_frac_bits)
+        P = self._att.page_tokens
+        new_pages = -(-(pos0 + T) // P) - len(seq._pages)
+        if new_pages > len(self._free_pages):
+            raise BlockProgramError(f"the KV pools have {len(self._free_pages)} free pages, sequence {seq.id} needs "
+                                    f"{new_pages} more ({pos0} + {T} tokens, {P} tokens per page)")
+        pages = list(seq._pages) + self._free_pages[:new_pages]
+        sizes = self._sizes(T)
+        if golden:
+            mem = self._snapshot(seq, pages)
+            addrs = {name: 0x10_0000_0000 + i * 0x1_0000_0000 for i, name in enumerate(sizes)}
+        else:
+            bufs = self._work.reserve(sizes)
+            addrs = {name: b.address for name, b in bufs.items()}
+        prog = self._program(T, pos0, valid_len if bert else None, seq, addrs, all_logits)
+        raw_prog = prog.to_bytes()
+        x_raw = V.pack_blocked(h, self._vg.rows)
+        bt_raw = pack_block_table(np.asarray(pages, np.uint32), self._lay.word_bytes)
+        if golden:
+            mem.write(seq._bt.address, bt_raw)
+            mem.write(addrs["h"], x_raw)
+            mem.write(addrs["program"], raw_prog)
+            res = execute(mem, addrs["program"], len(prog), self._lay)
+            if not res.ok:
+                raise DeviceRunError(f"golden program failed at descriptor {res.error_index}: {res.detail}")
+            return self._outputs(lambda name, off, n: mem.read(addrs[name] + off, n), T, all_logits, one)
+        dev = self._dev
+        taken = self._free_pages[:new_pages]
+        del self._free_pages[:new_pages]
+        old_pages, old_len = list(seq._pages), seq._length
+        seq._pages = pages
+        started = time.monotonic()
+        try:
+            dev.write(seq._bt, bt_raw)
+            dev.write(bufs["h"], x_raw)
+            dev.write(bufs["program"], raw_prog)
+            status = dev.run(bufs["program"], len(prog), timeout=self.timeout)
+            out = self._outputs(lambda name, off, n: dev.read(bufs[name], n, off), T, all_logits, one)
+        except BaseException:
+            seq._pages, seq._length = old_pages, old_len
+            self._free_pages = sorted(self._free_pages + taken)
+            if not dev.closed:
+                try:
+                    dev.write(seq._bt, pack_block_table(np.asarray(old_pages, np.uint32), self._lay.word_bytes)
+                              if old_pages else bytes(self._lay.word_bytes))
+                except Exception:
+                    pass
+            raise
+        seq._length = pos0 + T
+        c = dev.counters()
+        self.last_step = StepStats(tokens=T, descriptors=len(prog), host_round_trips=1, cycles=status.cycles,
+                                   bytes_read=c.get("bytes_read", 0), bytes_written=c.get("bytes_written", 0),
+                                   mac_ops=c.get("mac_ops", 0), elapsed_s=time.monotonic() - started, counters=c)
+        return out
+
+    def _outputs(self, read, T, all_logits, one) -> np.ndarray:
+        cfg, R, W8 = self._cfg, self._vg.rows, self._lay.word_bytes
+        if self._head is None:
+            h = V.unpack_blocked(read("h", 0, self._vg.blocked_bytes(T, cfg.hidden)), T, cfg.hidden, R)
+            out = (h * 2.0 ** -cfg.residual_frac_bits).astype(np.float32)
+            return out[0] if one else out
+        rows = T if all_logits else 1
+        head = self._head
+        a, e = V.unpack_scale_records(read("xs_a", 0, self._vg.scale_bytes(T)), T, R, W8)
+        y = V.unpack_blocked(read("logits", 0, self._vg.blocked_bytes(rows, head.n)), rows, head.n, R)
+        sel = np.arange(T)[-rows:]
+        scale = (a[sel] * 2.0 ** e[sel]) / 127.0
+        logits = scale_product(y, scale[:, None], self._head_cols[None, :], exp=head.out_shift - F_ACT)
+        logits = logits.astype(np.float32)
+        return logits[0] if one else logits
+
+    # -- the program of one step -----------------------------------------------------------------
+    def _sizes(self, T: int) -> dict:
+        cfg, vg, att, lay = self._cfg, self._vg, self._att, self._lay
+        R = vg.rows
+        blocked = lambda n: vg.blocks(T) * R * n * 4          # noqa: E731
+        nqkv = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
+        widest = max(cfg.hidden, cfg.intermediate, cfg.heads * cfg.head_dim)
+        sizes = {"h": blocked(cfg.hidden), "xa": T * widest, "xs_a": vg.scale_bytes(T), "xb": T * widest,
+                 "xs_b": vg.scale_bytes(T), "yqkv": blocked(nqkv), "qrec": T * cfg.heads * att.q_record_bytes,
+                 "o": T * cfg.heads * cfg.head_dim * 4, "y": blocked(max(cfg.hidden, self._gu)),
+                 "program": lay.descriptor_bytes * (14 * len(self.layers) + 2)}
+        if self._head is not None:
+            sizes["logits"] = R * self._head.n * 4 * -(-T // R)
+        return sizes
+
+    def _program(self, T, pos0, valid_len, seq, a, all_logits) -> ProgramBuilder:
+        cfg, vg, att = self._cfg, self._vg, self._att
+        R = vg.rows
+        Fh = cfg.residual_frac_bits
+        hd, qh, kvh, H = cfg.head_dim, cfg.heads, cfg.kv_heads, cfg.hidden
+        nq, nk = qh * hd, kvh * hd
+        nqkv = nq + 2 * nk
+        llama = cfg.arch == "llama"
+        p = ProgramBuilder(self._lay)
+        blk = lambda n: R * n * 4                               # noqa: E731  (row block stride)
+        res = dict(a_fmt=VectorIn.RES32, a_addr=a["h"], a_stride=blk(H))
+
+        def matmul(mm: _Matmul, x, y):
+            p.matmul(m=T, k=mm.k, n=mm.n, wbits=mm.bits, x=x, s=mm.s, y=y, w=mm.w, out_shift=mm.out_shift)
+
+        def t(layer, name):
+            return layer.tables[name].address
+
+        for L in self.layers:
+            tb = L.tables
+            # attention input: int8 rows of norm(h) (llama) or h (bert)
+            if llama:
+                p.vector(m=T, dim=H, **res, **self._norm_fields(L.consts["norm1"]), out_fmt=VectorOut.ACT8,
+                         y_addr=a["xa"], y_scale=a["xs_a"])
+            else:
+                p.vector(m=T, dim=H, **res, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
+            matmul(L.qkv, a["xa"], a["yqkv"])
+            acc = dict(a_fmt=VectorIn.ACC32, a_stride=blk(nqkv), a_scale=a["xs_a"])
+            rope = dict(rope=1, rope_addr=self._rope.address) if llama else {}
+            p.vector(m=T, dim=nq, **acc, a_addr=a["yqkv"], a_cols=t(L, "q_cols"), **self._bias(L, "q_bias"),
+                     **rope, pos0=pos0, out_fmt=VectorOut.QREC, y_addr=a["qrec"], consts_addr=t(L, "q_consts"))
+            for col0, which, pool, port in ((nq, "k", L.k_pool, 1), (nq + nk, "v", L.v_pool, att.kv_ports)):
+                p.vector(m=T, dim=nk, **acc, a_addr=a["yqkv"] + blk(col0), a_cols=t(L, f"{which}_cols"),
+                         **self._bias(L, f"{which}_bias"), **(rope if which == "k" else {}), pos0=pos0,
+                         out_fmt=VectorOut.KV, consts_addr=t(L, f"{which}_consts"), kv_bits=self.kv_bits,
+                         bt_addr=seq._bt.address, pool=pool.address, port=port)
+            mode = {"mode": AttentionMode.CAUSAL, "valid_len": 0}
+            if not llama:
+                mode = {"mode": AttentionMode.BIDIRECTIONAL, "valid_len": pos0 + (valid_len or T)}
+            p.attention(head_dim=hd, kv_heads=kvh, q_per_kv=qh // kvh, n_q=T, ctx_len=pos0 + T, window=0, sink=0,
+                        kv_bits=self.kv_bits, q_addr=a["qrec"], bt_addr=seq._bt.address, k_pool=L.k_pool.address,
+                        v_pool=L.v_pool.address, o_addr=a["o"], **mode)
+            p.vector(m=T, dim=nq, a_fmt=VectorIn.ROWS32, a_addr=a["o"], a_stride=nq * 4, a_cols=t(L, "att_cols"),
+                     out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
+            matmul(L.o, a["xb"], a["y"])
+            self._residual(p, T, L, "o_cols", "o_bias", a, a["xs_b"], H, None if llama else L.consts["norm1"])
+            # MLP
+            if llama:
+                p.vector(m=T, dim=H, **res, **self._norm_fields(L.consts["norm2"]), out_fmt=VectorOut.ACT8,
+                         y_addr=a["xa"], y_scale=a["xs_a"])
+            else:
+                p.vector(m=T, dim=H, **res, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
+            matmul(L.up, a["xa"], a["y"])
+            I = cfg.intermediate
+            if llama:
+                p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(2 * I), a_scale=a["xs_a"],
+                         a_cols=t(L, "gate_cols"), act=VectorAct.SILU, b_fmt=VectorIn.ACC32, b_addr=a["y"] + blk(I),
+                         b_stride=blk(2 * I), b_cols=t(L, "up_cols"), combine=VectorCombine.MUL,
+                         out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
+            else:
+                p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(I), a_scale=a["xs_a"],
+                         a_cols=t(L, "in_cols"), **self._bias(L, "in_bias"), act=VectorAct.GELU,
+                         out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
+            matmul(L.down, a["xb"], a["y"])
+            self._residual(p, T, L, "down_cols", "down_bias", a, a["xs_b"], H, None if llama else L.consts["norm2"])
+        if self._head is not None:
+            if self._final_norm is not None:
+                p.vector(m=T, dim=H, **res, **self._norm_fields(self._final), out_fmt=VectorOut.ACT8,
+                         y_addr=a["xa"], y_scale=a["xs_a"])
+            else:
+                p.vector(m=T, dim=H, **res, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
+            rows = T if all_logits else 1
+            first = T - rows
+            head = self._head
+            p.matmul(m=rows, k=head.k, n=head.n, wbits=head.bits, x=a["xa"] + first * H, s=head.s, y=a["logits"],
+                     w=head.w, out_shift=head.out_shift)
+        return p
+
+    def _residual(self, p, T, L, cols, bias, a, scales, H, norm):
+        """h = h + deq(y) (+ bias) [LayerNorm'ed for BERT], in place."""
+        R = self._vg.rows
+        fields = dict(m=T, dim=H, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=R * H * 4, a_scale=scales,
+                      a_cols=L.tables[cols].address, **self._bias(L, bias), b_fmt=VectorIn.RES32, b_addr=a["h"],
+                      b_stride=R * H * 4, combine=VectorCombine.ADD, out_fmt=VectorOut.RES32, y_addr=a["h"],
+                      y_stride=R * H * 4)
+        if norm is not None:
+            fields.update(self._norm_fields(norm))
+        p.vector(**fields)
+
+    @staticmethod
+    def _bias(L, name) -> dict:
+        b = L.tables.get(name)
+        return {"bias": 1, "bias_addr": b.address} if b is not None else {}
+
+    @staticmethod
+    def _norm_fields(c: dict) -> dict:
+        out = {k: (v.address if isinstance(v, Buffer) else v) for k, v in c.items()}
+        return out
+
+    # -- the golden model's memory ------------------------------------------------------------------
+    def _snapshot(self, seq: ModelSequence, pages) -> SparseMemory:
+        """A copy of the device memory the step reads: uploads, KV pools (read back), block table."""
+        mem = SparseMemory()
+        for addr, raw in self._static:
+            mem.write(addr, raw)
+        dev = self._dev
+        page_bytes = self._att.page_bytes(self.kv_bits, self._cfg.kv_heads)
+        for L in self.layers:
+            for pool in (L.k_pool, L.v_pool):
+                for pg in pages:                            # the pages of the sequence (and the new ones)
+                    mem.write(pool.address + pg * page_bytes, dev.read(pool, page_bytes, pg * page_bytes))
+        return mem
+
+    # -- lifetime ----------------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if getattr(self, "_closed", False):
+            raise ValueError("this program was closed; its weights are no longer on the device")
+        self._dev._check_open()
+
+    def close(self) -> None:
+        """Free the weights, tables, KV pools, workspace and every sequence."""
+        for seq in list(getattr(self, "_seqs", {}).values()):
+            self._free_sequence(seq)
+        if not self._dev.closed:
+            for buf in getattr(self, "_owned", []):
+                if not buf.freed:
+                    self._dev.free(buf)
+        if hasattr(self, "_work"):
+            self._work.close()
+        self._owned = []
+        self._closed = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"ModelProgram({self._cfg.arch}, {len(self.layers)} layers, hidden {self._cfg.hidden}, "
+                f"kv_bits {self.kv_bits}, device={self._dev.backend})")
 
 
 class TransformerBlock(ModelProgram):

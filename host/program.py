@@ -175,6 +175,69 @@ class ProgramBuilder:
             self._check_buffer(name, fields[name], port, need)
         return self._append(rec)
 
+    def vector(self, **fields) -> int:
+        """Append one VECTOR descriptor from its named slots (docs/engines/vector.md); slots not
+        given are 0. Address slots may be Buffers (on the data port; ``pool`` on its KV port);
+        the descriptor is checked with the kernel's own rules and each Buffer against the bytes
+        the descriptor reads or writes there."""
+        from hbmforge.encodings import VectorIn, VectorNorm, VectorOut
+        from hbmforge.engines.vector import ADDRESS_FIELDS, vector_geometry
+
+        lay = self._lay
+        self._need(Opcode.VECTOR, "a vector engine")
+        names = lay.fields_for(Opcode.VECTOR)[1:]
+        unknown = [n for n in fields if n not in names]
+        if unknown:
+            raise ValueError(f"vector descriptor has no field(s) {unknown}; fields: {list(names)}")
+        rec = {"op": Opcode.VECTOR, **{n: 0 for n in names}}
+        for name, value in fields.items():
+            if isinstance(value, Buffer):
+                if name not in ADDRESS_FIELDS:
+                    raise TypeError(f"{name} is not an address slot; give an integer")
+                rec[name] = self._address(name, value)
+            else:
+                rec[name] = check_int(name, value, 0, U64_MAX)
+        self._validate(rec)
+        g = vector_geometry(lay)
+        m, dim, R = rec["m"], rec["dim"], g.rows
+        blocks = g.blocks(m)
+
+        def operand(fmt, stride):
+            return (m - 1) * stride + dim * 4 if fmt == VectorIn.ROWS32 else (blocks - 1) * stride + R * dim * 4
+
+        need = {"a_addr": operand(rec["a_fmt"], rec["a_stride"])}
+        if rec["a_fmt"] != VectorIn.RES32:
+            need["a_cols"] = 4 * dim
+        if rec["a_fmt"] == VectorIn.ACC32:
+            need["a_scale"] = g.scale_bytes(m)
+        if rec["b_fmt"] != VectorIn.NONE:
+            need["b_addr"] = operand(rec["b_fmt"], rec["b_stride"])
+            if rec["b_fmt"] != VectorIn.RES32:
+                need["b_cols"] = 4 * dim
+        if rec["bias"]:
+            need["bias_addr"] = 4 * dim
+        if rec["norm"] != VectorNorm.NONE:
+            need["gamma_addr"] = 4 * dim
+            if rec["norm"] == VectorNorm.LAYER:
+                need["beta_addr"] = 4 * dim
+        if rec["rope"]:
+            need["rope_addr"] = (rec["pos0"] + m) * g.rope_row_bytes
+        out = rec["out_fmt"]
+        if out == VectorOut.RES32:
+            need["y_addr"] = (blocks - 1) * rec["y_stride"] + R * dim * 4
+        elif out == VectorOut.ACT8:
+            need.update(y_addr=m * dim, y_scale=g.scale_bytes(m))
+        elif out == VectorOut.QREC:
+            need.update(y_addr=m * dim // g.head_dim * attention_geometry(lay).q_record_bytes,
+                        consts_addr=g.consts_bytes(dim))
+        else:
+            need.update(consts_addr=g.consts_bytes(dim),
+                        bt_addr=-(-(rec["pos0"] + m) // attention_geometry(lay).page_tokens) * 4, pool=0)
+        for name, nbytes in need.items():
+            port = lay.ports[rec["port"]].name if name == "pool" else "data"
+            self._check_buffer(name, fields.get(name), port, nbytes)
+        return self._append(rec)
+
     def copy(self, src, dst, nbytes: int | None = None) -> int:
         """Append a COPY of ``nbytes`` from ``src`` to ``dst``: each a Buffer or a ``(port, address)``
         pair (port: a name such as ``"w0"`` or its index). ``nbytes`` defaults to the size of the

@@ -109,11 +109,7 @@ CASE_KINDS = ("add_res32", "norm_act8", "layernorm_res32", "swiglu_act8", "gelu_
 
 def blocked_int32(x: np.ndarray, R: int) -> bytes:
     """int32 rows ``[m, dim]`` in the matmul's blocked layout (rows beyond ``m`` zero)."""
-    m, dim = x.shape
-    nb = -(-m // R)
-    full = np.zeros((nb * R, dim), dtype=np.int64)
-    full[:m] = x
-    return full.reshape(nb, R, dim).transpose(0, 2, 1).reshape(-1).astype("<i4").tobytes()
+    return V.pack_blocked(x, R)
 
 
 def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: int | None = None,

@@ -60,7 +60,7 @@ __all__ = [
     "I32_MIN", "I32_MAX", "sat32", "shift_sat", "dequant", "act_spec", "activate", "combine", "rope",
     "norm_rows", "norm_constants", "row_scale", "quantize_group", "qrec_multiplier", "kv_quantize",
     "run_vector", "rope_table", "pack_rope_table", "column_multipliers", "pack_u32", "head_dyadic",
-    "qrec_constants", "kv_constants", "KV_MAX_KS", "KV_MAX_HS", "pack_scale_records", "unpack_scale_records", "rsqrt_in_bits",
+    "qrec_constants", "kv_constants", "KV_MAX_KS", "KV_MAX_HS", "pack_scale_records", "unpack_scale_records", "pack_blocked", "unpack_blocked", "rsqrt_in_bits",
 ]
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -477,6 +477,23 @@ def pack_rope_table(table: np.ndarray, word_bytes: int) -> bytes:
     out = np.zeros((rows, rb // 4), dtype="<u4")
     out[:, :half] = table
     return out.tobytes()
+
+
+def pack_blocked(x, rows: int) -> bytes:
+    """int32 rows ``[m, dim]`` in the matmul's blocked layout (rows beyond ``m`` zero)."""
+    x = np.asarray(x, dtype=np.int64)
+    m, dim = x.shape
+    nb = -(-m // rows)
+    full = np.zeros((nb * rows, dim), dtype=np.int64)
+    full[:m] = x
+    return full.reshape(nb, rows, dim).transpose(0, 2, 1).reshape(-1).astype("<i4").tobytes()
+
+
+def unpack_blocked(raw, m: int, dim: int, rows: int) -> np.ndarray:
+    """int64 ``[m, dim]`` from a blocked int32 buffer."""
+    nb = -(-m // rows)
+    a = np.frombuffer(bytes(raw)[:nb * rows * dim * 4], "<i4").astype(np.int64)
+    return a.reshape(nb, dim, rows).transpose(0, 2, 1).reshape(nb * rows, dim)[:m]
 
 
 def pack_scale_records(a, e, rows: int, word_bytes: int) -> bytes:

@@ -16,6 +16,7 @@ ENGINE_GENERATORS = {
     "matmul": "hbmforge.generators.matmul.engine:MatmulEngine",
     "attention": "hbmforge.generators.attention.engine:AttentionEngine",
     "copy": "hbmforge.generators.copy.engine:CopyEngine",
+    "network": "hbmforge.generators.network.endpoint:NetworkEngine",
     "vector": "hbmforge.generators.vector.engine:VectorEngine",
 }
 

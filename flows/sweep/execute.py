@@ -137,6 +137,7 @@ class InlineRunner:
 
     name = "this process"
     threads = 1
+    window = 1          # each point is stored before the next one starts
 
     def __init__(self):
         self._done: dict[str, tuple[bool, Any]] = {}
@@ -174,6 +175,19 @@ class DaskRunner:
         self.use_resources = use_resources
         self._closers = list(closers)
         self._futures: dict[str, dict[str, Any]] = {}
+        self._counted = time.monotonic()
+
+    @property
+    def window(self) -> int:
+        """Points in flight: two per worker thread, recounted as workers come and go."""
+        if time.monotonic() - self._counted > 5.0:
+            self._counted = time.monotonic()
+            try:
+                workers = self.client.scheduler_info()["workers"].values()
+                self.threads = max(1, sum(w.get("nthreads", 1) for w in workers))
+            except Exception:       # noqa: BLE001 - keep the last count
+                pass
+        return max(2, 2 * self.threads)
 
     def submit(self, key: str, tasks: list[Task]) -> None:
         futs: dict[str, Any] = {}
@@ -289,7 +303,7 @@ def _dask_runner(spec: ResolvedSpec, scheduler: str | None, workers: int | None,
 
     n = workers if workers is not None else (cl.workers or local_worker_count())
     cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, resources=dict(RESOURCES),
-                           dashboard_address=None, silence_logs=logging.ERROR)
+                           dashboard_address=":0", silence_logs=logging.ERROR)   # any free port
     client = Client(cluster, timeout=timeout)
     return DaskRunner(client, name=f"local cluster ({n} workers)", threads=n, use_resources=True,
                       closers=[client.close, cluster.close])
@@ -482,10 +496,9 @@ class _Sweep:
             self._finish(row, info["cands"])
 
     def run(self) -> None:
-        window = max(2, 2 * self.runner.threads)
         exhausted = False
         while True:
-            while not exhausted and len(self.inflight) < window:
+            while not exhausted and len(self.inflight) < self.runner.window:
                 cand = self.search.ask()
                 if cand is None:
                     exhausted = True

@@ -166,15 +166,16 @@ def test_same_sweep_runs_on_a_dask_scheduler_and_two_workers_by_address(warm_tin
             procs.append(subprocess.Popen(
                 [BIN / "dask", "worker", address, "--nthreads", "1", "--name", f"w{i}", "--no-dashboard",
                  "--resources", "verilator=1 yosys=1"], stdout=log, stderr=log, start_new_session=True))
+        from distributed import Client
+
+        with Client(address, timeout=30) as client:
+            client.wait_for_workers(2, timeout=60)
+            addresses = set(client.scheduler_info()["workers"])
         res = invoke("sweep", _spec_file(tmp_path), "--scheduler", address, "-o", tmp_path / "out", "--json")
         assert res.exit_code == 0, res.output + (tmp_path / "dask.log").read_text()[-3000:]
         summary = json.loads(res.stdout)
         assert summary["cluster"].startswith(f"scheduler {address} (2 workers")
         assert (summary["ok"], summary["infeasible"], summary["failed"]) == (2, 2, 0)
-        from distributed import Client
-
-        with Client(address, timeout=30) as client:
-            addresses = set(client.scheduler_info()["workers"])
         result = run_sweep(_spec_file(tmp_path), output=tmp_path / "out", scheduler=address, resume=True,
                            progress=False)
         assert result.evaluated == 0                      # all stored: nothing re-run

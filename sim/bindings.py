@@ -25,7 +25,7 @@ __all__ = ["ManifestError", "load_manifest", "read_design", "render_ports_header
 
 #: Files of sim/harness compiled or included into every co-simulation library.
 HARNESS_SOURCES = ("hbf_abi.h", "sparse_memory.h", "protocol_log.h", "memory_regions.h", "axi_port_model.h",
-                   "axi_lite_master.h", "hbf_harness.cpp", "hbf_ports.h.j2")
+                   "axi_lite_master.h", "hbf_harness.cpp", "hbf_ports.h.j2", "hbf_stream.h", "hbf_streams.h.j2")
 
 
 def harness_dir() -> Path:
@@ -66,4 +66,5 @@ def render_ports_header(manifest, *, trace: bool = False) -> str:
         clock_mhz=float(layout.config.clock),
         max_burst_beats=layout.config.axi.max_burst_beats,
         trace=trace,
-    )
+    ) + env.get_template("hbf_streams.h.j2").render(            # the engines' AXI4-Stream ports
+        kernel=layout.kernel, streams=[s.to_json() for s in layout.streams])

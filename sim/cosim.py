@@ -137,6 +137,12 @@ def _load(path: Path) -> ctypes.CDLL:
         "hbf_set_region": ([vp, i32, u64, u64, u32, u32, ctypes.c_double, i32], i32),
         "hbf_region_stats": ([vp, i32, ctypes.POINTER(u64)], None),
         "hbf_region_trace": ([vp, ctypes.POINTER(u64), u64], u64),
+        "hbf_num_streams": ([vp], i32),
+        "hbf_stream_config": ([vp, i32, ctypes.c_double, u32], None),
+        "hbf_stream_take": ([vp, i32, vp, vp, vp, u64], u64),
+        "hbf_stream_give": ([vp, i32, vp, vp, vp, u64], u64),
+        "hbf_stream_stats": ([vp, i32, ctypes.POINTER(u64)], None),
+        "hbf_interrupt": ([vp], i32),
     }
     for name, (args, res) in sigs.items():
         try:
@@ -403,3 +409,60 @@ class CoSim:
             raise CoSimError("this co-simulation was built without trace support; "
                              "build with BuildOptions(trace=True)")
         self._lib.hbf_trace_open(self.handle, str(path).encode())
+
+    # -- AXI4-Stream ports (the network links; hbmforge.sim.network joins several designs) -------
+    def stream_index(self, stream: int | str) -> int:
+        """A stream port by manifest order or by name/prefix (``"m_axis_net"``)."""
+        if isinstance(stream, str):
+            return [s.prefix for s in self.layout.streams].index(self.layout.stream(stream).prefix)
+        return _count("stream index", stream, 0, max(0, len(self.layout.streams) - 1))
+
+    def num_streams(self) -> int:
+        return self._lib.hbf_num_streams(self.handle)
+
+    def stream_config(self, stream: int | str, bytes_per_cycle: float, buffer_beats: int = 4) -> None:
+        """Pace an out stream at ``bytes_per_cycle`` through a buffer of ``buffer_beats`` beats."""
+        if isinstance(bytes_per_cycle, bool) or not isinstance(bytes_per_cycle, (int, float)) \
+                or not bytes_per_cycle > 0:
+            raise ValueError(f"bytes_per_cycle must be a number > 0, got {bytes_per_cycle!r}")
+        self._lib.hbf_stream_config(self.handle, self.stream_index(stream), float(bytes_per_cycle),
+                                    _count("buffer_beats", buffer_beats, 1, 1 << 20))
+
+    def stream_take(self, stream: int | str, max_beats: int = 1 << 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Beats that left an out stream since the last call: (data [n, bytes] uint8, stamps, lasts)."""
+        i = self.stream_index(stream)
+        width = self.layout.streams[i].port.data_width // 8
+        n = _count("max_beats", max_beats, 1, 1 << 24)
+        data, stamps, lasts = np.empty((n, width), np.uint8), np.empty(n, np.uint64), np.empty(n, np.uint8)
+        got = self._lib.hbf_stream_take(self.handle, i, data.ctypes.data, stamps.ctypes.data, lasts.ctypes.data, n)
+        return data[:got], stamps[:got], lasts[:got]
+
+    def stream_give(self, stream: int | str, data: np.ndarray, stamps, lasts) -> None:
+        """Queue beats (``data`` [n, bytes] uint8) into an in stream, beat ``k`` seen from cycle ``stamps[k]``."""
+        i = self.stream_index(stream)
+        width = self.layout.streams[i].port.data_width // 8
+        data = np.ascontiguousarray(data, np.uint8).reshape(-1, width)
+        stamps = np.ascontiguousarray(stamps, np.uint64).reshape(-1)
+        lasts = np.ascontiguousarray(lasts, np.uint8).reshape(-1)
+        if not len(data) == len(stamps) == len(lasts):
+            raise ValueError(f"data, stamps and lasts must have one entry per beat, got {len(data)}, "
+                             f"{len(stamps)}, {len(lasts)}")
+        self._lib.hbf_stream_give(self.handle, i, data.ctypes.data, stamps.ctypes.data, lasts.ctypes.data, len(data))
+
+    def stream_stats(self, stream: int | str) -> tuple[int, int]:
+        """(beats through, beats waiting) of a stream port."""
+        out = (ctypes.c_uint64 * 2)()
+        self._lib.hbf_stream_stats(self.handle, self.stream_index(stream), out)
+        return int(out[0]), int(out[1])
+
+    def interrupt(self) -> bool:
+        return bool(self._lib.hbf_interrupt(self.handle))
+
+    def c_functions(self) -> dict[str, int]:
+        """Addresses of the C functions a network model drives this device with (step, cycles,
+        stream take/give, interrupt), and the handle."""
+        lib = self._lib
+        names = ("hbf_step", "hbf_cycles", "hbf_stream_take", "hbf_stream_give", "hbf_interrupt")
+        out = {n: ctypes.cast(getattr(lib, n), ctypes.c_void_p).value for n in names}
+        out["handle"] = self.handle
+        return out

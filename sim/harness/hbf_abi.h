@@ -40,6 +40,19 @@ HBF_API void     hbf_region_stats(void* h, int index, uint64_t out[6]);
 // AR/AW handshake, address, bytes | port << 32 | is_write << 40 | region << 48. Returns the count.
 HBF_API uint64_t hbf_region_trace(void* h, uint64_t* out, uint64_t max_records);
 
+// AXI4-Stream ports the engines declare (manifest "streams", in order; hbf_stream.h): an out
+// stream's beats leave at `bytes_per_cycle` through a buffer of `buffer_beats` (tready low when
+// full); take moves the beats that left (data: width/8 bytes each, stamps: the cycle each left,
+// lasts: tlast) and returns the count; give queues beats into an in stream, each seen by the
+// design from its stamp (cycle) on; stats: beats through, beats waiting.
+HBF_API int      hbf_num_streams(void* h);
+HBF_API void     hbf_stream_config(void* h, int stream, double bytes_per_cycle, uint32_t buffer_beats);
+HBF_API uint64_t hbf_stream_take(void* h, int stream, uint8_t* data, uint64_t* stamps, uint8_t* lasts, uint64_t max);
+HBF_API uint64_t hbf_stream_give(void* h, int stream, const uint8_t* data, const uint64_t* stamps,
+                                 const uint8_t* lasts, uint64_t n);
+HBF_API void     hbf_stream_stats(void* h, int stream, uint64_t out[2]);
+HBF_API int      hbf_interrupt(void* h);   // the interrupt pin now
+
 #ifdef __cplusplus
 }
 #endif

@@ -43,6 +43,7 @@ class Harness {
             ports_[p]->attach(&regions_, p);
         }
         irq_ = design::interrupt_pin(top_.get());
+        design::init_streams(streams_);
         top_->ap_rst_n = 0;
         step(kResetCycles);
         top_->ap_rst_n = 1;
@@ -59,6 +60,8 @@ class Harness {
     SparseMemory& memory() { return mem_; }
     MemoryRegions& regions() { return regions_; }
     ProtocolLog& log() { return log_; }
+    StreamSet& streams() { return streams_; }
+    bool interrupt() const { return *irq_ != 0; }
     uint64_t cycles() const { return now_; }
 
     void step(uint64_t n) {
@@ -112,10 +115,12 @@ class Harness {
         for (int p = 0; p < design::kNumPorts; ++p) ports_[p]->present(now_);
         design::drive_ports(top_.get(), ports_);
         design::drive_control(top_.get(), lite_.out());
+        design::drive_streams(top_.get(), streams_, now_);
         top_->ap_clk = 0;
         top_->eval();
         dump(2 * now_);
 
+        design::sample_streams(top_.get(), streams_, now_);
         design::sample_ports(top_.get(), in_);
         design::sample_control(top_.get(), lite_in_);
         for (int p = 0; p < design::kNumPorts; ++p) ports_[p]->update(in_[p], now_);
@@ -157,6 +162,7 @@ class Harness {
     const CData* irq_ = nullptr;
     SparseMemory mem_;
     MemoryRegions regions_;  // host memory, DDR: address regions with their own timing (memory_regions.h)
+    StreamSet streams_;      // the engines' AXI4-Stream ports (hbf_stream.h)
     ProtocolLog log_;
     std::unique_ptr<AxiPortModel> owned_[design::kNumPorts];
     AxiPortModel* ports_[design::kNumPorts];
@@ -261,5 +267,32 @@ void hbf_region_stats(void* h, int index, uint64_t out[6]) {
 uint64_t hbf_region_trace(void* h, uint64_t* out, uint64_t max_records) {
     return H(h)->regions().take_trace(out, max_records);
 }
+
+int hbf_num_streams(void* h) { return H(h)->streams().size(); }
+
+void hbf_stream_config(void* h, int stream, double bytes_per_cycle, uint32_t buffer_beats) {
+    if (auto* o = H(h)->streams().out(stream)) o->configure(bytes_per_cycle, buffer_beats);
+}
+
+uint64_t hbf_stream_take(void* h, int stream, uint8_t* data, uint64_t* stamps, uint8_t* lasts, uint64_t max) {
+    auto* o = H(h)->streams().out(stream);
+    return o ? o->take(data, stamps, lasts, max) : 0;
+}
+
+uint64_t hbf_stream_give(void* h, int stream, const uint8_t* data, const uint64_t* stamps, const uint8_t* lasts,
+                         uint64_t n) {
+    auto* i = H(h)->streams().in(stream);
+    if (!i) return 0;
+    i->give(data, stamps, lasts, n);
+    return n;
+}
+
+void hbf_stream_stats(void* h, int stream, uint64_t out[2]) {
+    out[0] = out[1] = 0;
+    if (auto* i = H(h)->streams().in(stream)) { out[0] = i->beats_out(); out[1] = i->pending(); }
+    if (auto* o = H(h)->streams().out(stream)) { out[0] = o->beats_in(); out[1] = o->pending(); }
+}
+
+int hbf_interrupt(void* h) { return H(h)->interrupt() ? 1 : 0; }
 
 }  // extern "C"

@@ -12,6 +12,7 @@ Every host object reads the design one way: ``device.layout`` (a checked
 from hbmforge.manifest import DesignManifest, read_manifest
 
 from .attention import Attention, AttentionRun
+from .blocks import BlockConfig, BlockWeights, ModelProgram, TransformerBlock
 from .device import Buffer, Device, RunStatus
 from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, DeviceClosedError, DeviceError,
                      DeviceRunError, DeviceTimeoutError, ManifestError, OutOfDeviceMemoryError,
@@ -21,11 +22,13 @@ from .linear import Linear, LinearRun
 from .models import Model
 from .open import BACKENDS, open_device
 from .program import ProgramBuilder, copy_buffer, fill_buffer
+from .vector import Vector
 
 __all__ = [
     "open_device", "BACKENDS", "DesignManifest", "read_manifest",
     "Device", "Buffer", "RunStatus", "ProgramBuilder", "copy_buffer", "fill_buffer", "Linear", "LinearRun", "Model",
-    "Attention", "AttentionRun", "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError",
+    "Attention", "AttentionRun", "Vector", "BlockConfig", "BlockWeights", "ModelProgram", "TransformerBlock",
+    "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError",
     "DeviceError", "ManifestError", "DesignMismatchError", "DeviceTimeoutError", "DeviceRunError",
     "DeviceBusyError", "DeviceClosedError", "OutOfDeviceMemoryError", "BufferStateError",
     "ProtocolViolationError",

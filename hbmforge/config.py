@@ -33,6 +33,7 @@ __all__ = [
     "AcceleratorConfig",
     "ConfigError",
     "load_config",
+    "read_yaml",
     "parse_config",
     "starter_config",
     "config_hash",
@@ -660,30 +661,35 @@ def parse_config(data: dict, *, source: str = "<dict>") -> AcceleratorConfig:
 MAX_CONFIG_BYTES = 1 << 20
 
 
-def load_config(path: str | Path) -> AcceleratorConfig:
-    """Read and validate a YAML config file (schema only; see :func:`hbmforge.design.load_design`)."""
+def read_yaml(path: str | Path, what: str = "config"):
+    """The YAML document of a file (UTF-8, at most :data:`MAX_CONFIG_BYTES`); :class:`ConfigError`
+    naming ``what`` and the path when it cannot be read or parsed."""
     if not isinstance(path, (str, Path)):
         raise TypeError(f"path must be a str or Path, got {type(path).__name__}")
     path = Path(path)
     try:
         if path.is_dir():
-            raise ConfigError(f"cannot read config {path}: it is a directory")
+            raise ConfigError(f"cannot read {what} {path}: it is a directory")
         raw = path.read_bytes()
     except OSError as err:
-        raise ConfigError(f"cannot read config {path}: {err.strerror or err}") from None
+        raise ConfigError(f"cannot read {what} {path}: {err.strerror or err}") from None
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"config {path} is {len(raw)} bytes; a config is at most {MAX_CONFIG_BYTES}")
+        raise ConfigError(f"{what} {path} is {len(raw)} bytes; a {what} is at most {MAX_CONFIG_BYTES}")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise ConfigError(f"config {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {err.start}: {err.reason})") from None
     try:
-        data = yaml.safe_load(text)
+        return yaml.safe_load(text)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
     except (ValueError, RecursionError) as err:     # e.g. an integer too long to convert
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    return parse_config(data, source=str(path))
+        raise ConfigError(f"{what} {path} is not valid YAML: {err}") from None
+
+
+def load_config(path: str | Path) -> AcceleratorConfig:
+    """Read and validate a YAML config file (schema only; see :func:`hbmforge.design.load_design`)."""
+    return parse_config(read_yaml(path), source=str(path))
 
 
 def starter_config(board: str, name: str = "starter") -> dict:

@@ -21,14 +21,13 @@ from typing import Any, Literal, Union
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from hbmforge.config import ENGINE_KINDS, AcceleratorConfig, ConfigError, parse_config
+from hbmforge.config import ENGINE_KINDS, AcceleratorConfig, ConfigError, parse_config, read_yaml
 
 __all__ = ["SPEC_VERSION", "METRICS", "Metric", "SweepSpecError", "Range", "ModelDims", "Workload",
            "Objective", "Constraints", "Search", "Cluster", "SweepSpec", "load_spec", "parse_spec",
            "sweep_schema", "apply_params", "domain_values", "LAYER_NAMES"]
 
 SPEC_VERSION = 1
-MAX_SPEC_BYTES = 1 << 20
 _IDENT = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 _PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|\d+))*$")
 
@@ -470,19 +469,9 @@ def _format(err: ValidationError, source: str) -> str:
 
 def _read_yaml(path: Path, what: str) -> Any:
     try:
-        if path.is_dir():
-            raise SweepSpecError(f"cannot read {what} {path}: it is a directory")
-        raw = path.read_bytes()
-    except OSError as err:
-        raise SweepSpecError(f"cannot read {what} {path}: {err.strerror or err}") from None
-    if len(raw) > MAX_SPEC_BYTES:
-        raise SweepSpecError(f"{what} {path} is {len(raw)} bytes; at most {MAX_SPEC_BYTES}")
-    try:
-        return yaml.safe_load(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise SweepSpecError(f"{what} {path} is not UTF-8 text (byte {err.start})") from None
-    except (yaml.YAMLError, ValueError, RecursionError) as err:
-        raise SweepSpecError(f"{what} {path} is not valid YAML: {err}") from None
+        return read_yaml(path, what)
+    except ConfigError as err:
+        raise SweepSpecError(str(err)) from None
 
 
 class ResolvedSpec:

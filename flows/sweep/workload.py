@@ -128,20 +128,15 @@ class LayerEvaluator(Evaluator):
         return plans
 
     def _linear(self, cfg, wl: Workload, name: str, k: int, n: int, repeat: int) -> LayerPlan:
-        mm, at = cfg.matmul, f"engines.{_engine_index(cfg, 'matmul')}"
-        if wl.weight_bits not in mm.weight_bits:
-            raise Infeasible(f"workload weight_bits {wl.weight_bits!r} is not one of {at}.weight_bits "
-                             f"{list(mm.weight_bits)}")
-        if k % mm.group_size:
-            raise Infeasible(f"{name}: k={k} is not a multiple of {at}.group_size {mm.group_size}")
-        if k > mm.max_k:
-            raise Infeasible(f"{name}: k={k} exceeds {at}.max_k {mm.max_k}")
         dims = {"m": wl.batch, "k": k, "n": n, "wbits": wl.weight_bits}
         if n <= wl.max_columns:
-            return LayerPlan(name, "linear", dims, repeat, (self._lin_run(dims, n),))
-        xs = (wl.max_columns // 2, wl.max_columns)
-        return LayerPlan(name, "linear", dims, repeat, tuple(self._lin_run(dims, x) for x in xs),
-                         axis="n", axis_values=xs, full=n)
+            plan = LayerPlan(name, "linear", dims, repeat, (self._lin_run(dims, n),))
+        else:
+            xs = (wl.max_columns // 2, wl.max_columns)
+            plan = LayerPlan(name, "linear", dims, repeat, tuple(self._lin_run(dims, x) for x in xs),
+                             axis="n", axis_values=xs, full=n)
+        _runnable(cfg, name, plan, _check_linear)
+        return plan
 
     @staticmethod
     def _lin_run(dims: dict, n: int) -> SimRun:
@@ -149,19 +144,10 @@ class LayerEvaluator(Evaluator):
 
     def _attention(self, cfg, wl: Workload, model: ModelDims) -> LayerPlan:
         att = cfg.attention
-        if att is None:
-            raise Infeasible("the workload has attention and the design has no attention engine "
-                             "(add one, or leave attention out of workload.layers)")
-        at = f"engines.{_engine_index(cfg, 'attention')}"
         hd, qh, kvh = model.head_size, model.num_attention_heads, model.kv_heads
-        if hd != att.head_dim:
-            raise Infeasible(f"the model's head_dim {hd} differs from {at}.head_dim {att.head_dim}")
-        if wl.context > att.max_context:
-            raise Infeasible(f"context {wl.context} exceeds {at}.max_context {att.max_context}")
-        if max(wl.window, wl.sink) > att.max_context:
-            raise Infeasible(f"window/sink exceed {at}.max_context {att.max_context}")
-        if wl.kv_bits not in att.kv_bits:
-            raise Infeasible(f"workload kv_bits {wl.kv_bits} is not one of {at}.kv_bits {list(att.kv_bits)}")
+        if att is not None and hd != att.head_dim:
+            raise Infeasible(f"the model's head_dim {hd} differs from engines.{_engine_index(cfg, 'attention')}"
+                             f".head_dim {att.head_dim}")
         group = qh // kvh
         dims = {"ctx": wl.context, "n_q": 1, "q_heads": qh, "kv_heads": kvh, "kv_bits": wl.kv_bits,
                 "window": wl.window, "sink": wl.sink}
@@ -172,10 +158,13 @@ class LayerEvaluator(Evaluator):
 
         repeat = model.num_hidden_layers * wl.batch
         if kvh <= wl.max_kv_heads:
-            return LayerPlan("attention", "attention", dims, repeat, (run(kvh),))
-        xs = (wl.max_kv_heads // 2, wl.max_kv_heads)
-        return LayerPlan("attention", "attention", dims, repeat, tuple(run(x) for x in xs),
-                         axis="kv_heads", axis_values=xs, full=kvh)
+            plan = LayerPlan("attention", "attention", dims, repeat, (run(kvh),))
+        else:
+            xs = (wl.max_kv_heads // 2, wl.max_kv_heads)
+            plan = LayerPlan("attention", "attention", dims, repeat, tuple(run(x) for x in xs),
+                             axis="kv_heads", axis_values=xs, full=kvh)
+        _runnable(cfg, "attention", plan, _check_attention)
+        return plan
 
     # -- run (worker) ---------------------------------------------------------------------------
     def run(self, run, config, *, timeout, seed, build_jobs):
@@ -238,6 +227,28 @@ class LayerEvaluator(Evaluator):
             "step_cycles": cycles,
         }
         return metrics, {"layers": layers, "kind": self.kind}
+
+
+def _check_linear(cfg, **kw) -> None:
+    from hbmforge.flows.runner import _check_shape
+
+    _check_shape(cfg, kw["m"], kw["k"], kw["n"], kw["wbits"])
+
+
+def _check_attention(cfg, **kw) -> None:
+    from hbmforge.flows.attention_runner import _check
+
+    _check(cfg, kw["ctx"], kw["n_q"], kw["q_heads"], kw["kv_heads"], kw["kv_bits"], kw["window"], kw["sink"])
+
+
+def _runnable(cfg, name: str, plan: LayerPlan, check) -> None:
+    """The runner's own argument checks on every run of ``plan``: a design the runner would refuse
+    is infeasible, with the runner's reason."""
+    for run in plan.runs:
+        try:
+            check(cfg, **run.kwargs)
+        except ValueError as err:
+            raise Infeasible(f"{name}: {err}") from None
 
 
 EVALUATORS: dict[str, Evaluator] = {"layers": LayerEvaluator()}

@@ -145,10 +145,10 @@ def _layout(**engine):
 def test_plan_says_why_a_design_cannot_run_the_workload():
     r = parse_spec(tiny_sweep_spec_dict())
     ev = LayerEvaluator()
-    with pytest.raises(Infeasible, match=r"down_proj: k=256 exceeds engines.0.max_k 128"):
+    with pytest.raises(Infeasible, match=r"down_proj: k must be at most the engine's max_k 128, got 256"):
         ev.plan(_layout(max_k=128), r.workload, r.model)
     wl = r.workload.model_copy(update={"weight_bits": 2})
-    with pytest.raises(Infeasible, match=r"weight_bits 2 is not one of engines.0.weight_bits \[4, 8\]"):
+    with pytest.raises(Infeasible, match=r"q_proj: wbits must be one of this design's weight_bits \[4, 8\], got 2"):
         ev.plan(_layout(), wl, r.model)
     wl = r.workload.model_copy(update={"layers": ["attention"]})
     with pytest.raises(Infeasible, match="no attention engine"):

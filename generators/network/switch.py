@@ -23,17 +23,14 @@ from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from hbmforge.engines.network import SwitchGeometry
+from hbmforge.engines.network import SWITCH_COUNTERS, SwitchGeometry
 
 from ..engine import AxiStreamSignature
 from .rx import PortRx
 from .tx import PortTx
 from .unit import AggregationUnit
 
-__all__ = ["AggregationSwitch", "SWITCH_COUNTERS"]
-
-#: switch-wide counters, after the per-port ones
-SWITCH_COUNTERS = ("reduced", "completed", "resent", "status", "nacks", "duplicates")
+__all__ = ["AggregationSwitch"]
 
 
 class AggregationSwitch(wiring.Component):
@@ -59,10 +56,9 @@ class AggregationSwitch(wiring.Component):
         return self._geom
 
     @staticmethod
-    def counter_names(geom: SwitchGeometry) -> list[str]:
+    def counter_names(geom: SwitchGeometry) -> tuple[str, ...]:
         """Every ``stat_*`` output, in port order then switch-wide."""
-        return [f"stat_{c}_p{p}" for p in range(geom.ports) for c in ("rx", "drop", "tx")] + \
-            [f"stat_{c}" for c in SWITCH_COUNTERS]
+        return geom.counter_names
 
     def elaborate(self, platform):
         m = Module()

@@ -39,7 +39,7 @@ from .base import Channels, Check, EngineFamily, FamilyRegister, StreamPort
 
 __all__ = [
     "NETWORK_FIELDS", "HEADER_BITS", "HEADER_FIELDS", "ROUND_MODULO", "HEADER_CHECK_SEED", "MAX_WORKERS", "MAX_TIMEOUT",
-    "MAX_RETRIES", "PacketType", "NackReason", "DropReason", "Header", "header_check",
+    "MAX_RETRIES", "SWITCH_COUNTERS", "PacketType", "NackReason", "DropReason", "Header", "header_check",
     "TO_SWITCH", "FROM_SWITCH", "PAYLOAD_TYPES", "REQUEST_TYPES", "SwitchGeometry", "EndpointGeometry",
     "switch_header_rules", "endpoint_header_rules", "first_drop", "NetworkFamily", "network_checks",
     "max_allreduce_bytes",
@@ -236,6 +236,10 @@ def first_drop(rules, fields) -> DropReason | None:
 
 
 # -- the switch ----------------------------------------------------------------------------
+#: the switch-wide counters (hbmforge.numerics.network.SwitchCounters has the same names)
+SWITCH_COUNTERS = ("reduced", "completed", "resent", "status", "nacks", "duplicates")
+
+
 @dataclass(frozen=True)
 class SwitchGeometry:
     """The aggregation switch's parameters (a named geometry, as the engines use).
@@ -306,6 +310,12 @@ class SwitchGeometry:
     def pool_bits(self) -> int:
         """Aggregation memory: every slot of every job, two copies, ``packet_words`` words each."""
         return self.jobs * self.slots * 2 * self.packet_words * self.data_width
+
+    @property
+    def counter_names(self) -> tuple[str, ...]:
+        """The switch's ``stat_*`` outputs: per port (received, dropped, sent), then switch-wide."""
+        return tuple(f"stat_{c}_p{p}" for p in range(self.ports) for c in ("rx", "drop", "tx")) + \
+            tuple(f"stat_{c}" for c in SWITCH_COUNTERS)
 
     def to_json(self) -> dict:
         return {"ports": self.ports, "data_width": self.data_width, "packet_words": self.packet_words,

@@ -21,7 +21,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import time
 import uuid
@@ -29,13 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from hbmforge.config import ConfigError, config_hash
+from hbmforge.config import ConfigError
 
 from . import steps as S
 from .results import plot_pareto_html, plot_pareto_png, pareto_front, write_best_configs, write_table
 from .search import Candidate, Outcome, make_search
-from .spec import METRICS, ResolvedSpec, SweepSpecError, load_spec, parse_spec
-from .store import PointRow, StoreError, SweepStore
+from .spec import METRICS, ResolvedSpec, load_spec, parse_spec
+from .store import PointRow, SweepStore
 from .workload import Infeasible, get_evaluator
 
 __all__ = ["run_sweep", "SweepResult", "ClusterError", "RESOURCES", "local_worker_count", "point_tasks"]
@@ -402,7 +401,8 @@ class _Sweep:
             res = S.analytic_resources(layout)
             metrics.update({k: v for k, v in res.items() if k != "fractions"})
         row = self._row(cand, config, layout, phash, status, reason, metrics=metrics,
-                        steps={"run": self.run_id, "violation": violation})
+                        steps={"run": self.run_id, "violation": violation},
+                        detail={"resource_source": "analytic model"} if metrics else {})
         self._finish(row, [cand])
 
     def _finish(self, row: PointRow, cands: list[Candidate]) -> None:
@@ -579,10 +579,7 @@ def run_sweep(spec, *, output: str | Path | None = None, scheduler: str | None =
     out = spec.output_dir(output)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output {out} exists and is not a directory")
-    existing = SweepStore.existing_points(out)
-    if existing and not resume:
-        raise StoreError(f"{out} already holds a sweep ({existing} points); pass --resume (resume=True) to "
-                         "continue it, or choose another output directory")
+    SweepStore.check(out, spec.identity(), resume=resume)
     console = progress if isinstance(progress, Console) else Console(stderr=True) if progress else None
 
     def say(msg: str) -> None:
@@ -590,7 +587,6 @@ def run_sweep(spec, *, output: str | Path | None = None, scheduler: str | None =
             console.print(msg, highlight=False, soft_wrap=True)
 
     store = SweepStore(out)
-    store.open(spec.identity(), spec.to_json(), resume=resume)
     runner = None
     bar = None
     interrupted = False
@@ -598,6 +594,7 @@ def run_sweep(spec, *, output: str | Path | None = None, scheduler: str | None =
         local = scheduler is None and spec.cluster.kind == "local"
         n_local = workers if workers is not None else spec.cluster.workers
         runner = InlineRunner() if local and n_local == 0 else _dask_runner(spec, scheduler, workers, say)
+        store.open(spec.identity(), spec.to_json(), resume=resume)
         (out / "spec.json").write_text(json.dumps(spec.to_json(), indent=1) + "\n")
         sweep = _Sweep(spec, out, runner, store, say, None)
         total = sweep.search.total
@@ -616,7 +613,7 @@ def run_sweep(spec, *, output: str | Path | None = None, scheduler: str | None =
             bar.stop()
         if runner is not None:
             runner.close()
-    rows = store.rows()
+    rows = store.rows() if store.is_open else []
     store.close()
     files = write_outputs(spec, rows, out)
     result = SweepResult(output=out, rows=rows, front=pareto_front(rows, spec.objective_list), files=files,

@@ -18,7 +18,6 @@ import re
 from pathlib import Path
 from typing import Any, Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from hbmforge.config import ENGINE_KINDS, AcceleratorConfig, ConfigError, parse_config, read_yaml
@@ -361,10 +360,11 @@ class SweepSpec(_Strict):
         return self.search.trials or 0
 
     def identity(self) -> str:
-        """sha256 of what a point's results depend on (everything but the search budget and the
-        cluster): a resumed sweep must match it."""
-        data = self.model_dump(mode="json", exclude={"cluster", "output"})
+        """sha256 of what a point's results depend on (everything but the search budget, the timeouts,
+        the cluster and the output): a resumed sweep must match it."""
+        data = self.model_dump(mode="json", exclude={"cluster", "output", "estimate_timeout"})
         data["search"].pop("trials", None)
+        data["workload"].pop("timeout", None)
         return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()
 
 

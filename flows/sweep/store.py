@@ -71,27 +71,40 @@ class SweepStore:
         self._db: sqlite3.Connection | None = None
 
     @staticmethod
-    def existing_points(out_dir: Path) -> int | None:
-        """Rows in the store under ``out_dir`` (None when there is no store); reads only."""
+    def existing(out_dir: Path) -> tuple[int, str | None] | None:
+        """(rows, spec identity) of the store under ``out_dir``, None when there is none; reads only."""
         path = Path(out_dir) / "sweep.db"
         if not path.is_file():
             return None
         try:
             with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-                return db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
-        except sqlite3.Error:
-            return 0
+                rows = db.execute("SELECT COUNT(*) FROM points").fetchone()[0]
+                ident = db.execute("SELECT value FROM meta WHERE key = 'identity'").fetchone()
+        except sqlite3.Error as err:
+            raise StoreError(f"{path} is not a readable sweep store ({err}); use another output directory") from None
+        return rows, ident[0] if ident else None
+
+    @staticmethod
+    def check(out_dir: Path, identity: str, *, resume: bool) -> None:
+        """Refuse, before anything starts, an output directory that holds another sweep, or this one
+        without ``resume``."""
+        found = SweepStore.existing(out_dir)
+        if found is None:
+            return
+        rows, ident = found
+        if ident is not None and ident != identity:
+            raise StoreError(f"{Path(out_dir) / 'sweep.db'} holds a sweep whose spec differs from this one (base "
+                             "config, parameters, workload, objectives, constraints, estimate or search method); "
+                             "use another output directory")
+        if rows and not resume:
+            raise StoreError(f"{out_dir} already holds a sweep ({rows} points); pass --resume (resume=True) to "
+                             "continue it, or choose another output directory")
 
     def open(self, identity: str, spec_json: dict, *, resume: bool) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=30)
         self._db.executescript(_SCHEMA)
         old = self.meta("identity")
-        if old is not None and old != identity:
-            self.close()
-            raise StoreError(f"{self.path} holds a sweep whose spec differs from this one (base config, "
-                             "parameters, workload, objectives, constraints, estimate or search method); "
-                             "use another output directory")
         if old is None:
             with self._db:
                 self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", [
@@ -100,6 +113,10 @@ class SweepStore:
         with self._db:
             self._db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", ("resumed" if resume else "started",
                                                                            str(time.time())))
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     def meta(self, key: str) -> str | None:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()

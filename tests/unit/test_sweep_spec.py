@@ -223,3 +223,17 @@ def test_cli_prints_the_schema_and_refuses_bad_input_without_traceback(tmp_path)
         assert res.exit_code == 2 and "Traceback" not in res.output, res.output
         assert words in res.stderr, res.stderr
         assert not (tmp_path / "out").exists()               # checked before anything is written
+
+
+def test_an_output_directory_holding_another_sweep_is_refused_before_anything_starts(tmp_path):
+    from hbmforge.flows.sweep.store import SweepStore
+
+    store = SweepStore(tmp_path / "out")
+    store.open("another sweep", {}, resume=False)
+    store.close()
+    spec = tmp_path / "s.yaml"
+    spec.write_text(yaml.safe_dump(tiny_sweep_spec_dict()))
+    for extra in ((), ("--resume",)):
+        res = invoke("sweep", spec, "-o", tmp_path / "out", "--workers", "2", *extra)
+        assert res.exit_code == 2 and "spec differs from this one" in res.stderr, res.output
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sweep.db"]

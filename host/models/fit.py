@@ -1,10 +1,12 @@
 """Can this design hold and run this model? Checked before anything is quantized or uploaded.
 
-Each refusal is a :class:`ModelFitError` naming what does not fit: a missing engine, the head
-size against the attention engine's ``head_dim``, a projection's K against the matmul's
-``max_k x split_k``, a weight format or KV width the engines lack, the context, or the memory of a port
-(weights, group scales, biases and the KV cache of one sequence at ``max_context`` tokens,
-page-rounded as the allocator hands them out, against the free bytes of the port's bank).
+Each refusal is a :class:`ModelFitError` naming what does not fit: a missing engine or
+activation table, the head size against the attention engine's ``head_dim``, every activation
+row (hidden, MLP, heads x head_dim) against the matmul's ``max_k``, the vector engine's
+``max_dim`` and the ``k_align`` (block programs hold whole rows on chip), a weight format or KV
+width the engines lack, the context, or the memory of a port (weights, group scales and the KV
+pools of ``sequences`` full sequences, page-rounded as the allocator hands them out, against
+the free bytes of the port's bank).
 """
 from __future__ import annotations
 
@@ -103,8 +105,9 @@ def _pages(nbytes: int) -> int:
     return round_up(max(nbytes, 1), PAGE_BYTES)
 
 
-def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> dict[str, int]:
-    """Refuse (ModelFitError) what this design cannot run; returns the bytes needed per port."""
+def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int, sequences: int = 1) -> dict[str, int]:
+    """Refuse (ModelFitError) what this design cannot run with KV pools for ``sequences`` full
+    sequences; returns the bytes needed per port."""
     lay = device.layout
     kind = "decoder" if isinstance(spec, DecoderSpec) else "encoder"
     for family in ("matmul", "attention", "vector"):
@@ -117,13 +120,22 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> di
     if act not in vec.activations:
         raise ModelFitError(f"the vector engine has no {act} table (activations: {list(vec.activations)}); a {kind} "
                             f"of this family needs {act}")
-    widest = max(spec.hidden_size, spec.intermediate_size)
-    if widest > vec.max_dim:
-        what = "hidden_size" if spec.hidden_size == widest else "intermediate_size"
-        raise ModelFitError(f"the model's {what} {widest} exceeds the vector engine's max_dim {vec.max_dim} (the "
-                            "longest row it holds)")
     heads = spec.q_heads if isinstance(spec, DecoderSpec) else spec.heads
     kv_heads = spec.kv_heads if isinstance(spec, DecoderSpec) else spec.heads
+    rows = {"hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
+            "heads x head_dim": heads * spec.head_dim, "kv_heads x head_dim": kv_heads * spec.head_dim}
+    align, word = geom.k_align, lay.word_bytes
+    for what, width in rows.items():
+        # the block programs hold every activation row on chip: within max_dim and max_k, whole words
+        if width > vec.max_dim:
+            raise ModelFitError(f"the model's {what} {width} exceeds the vector engine's max_dim {vec.max_dim} "
+                                "(the longest row it holds)")
+        if width > mm.max_k:
+            raise ModelFitError(f"the model's {what} {width} exceeds the matmul engine's max_k {mm.max_k} (a "
+                                "matmul input row of a block program must fit the engine)")
+        if width % align or width % word:
+            raise ModelFitError(f"the model's {what} {width} is not a multiple of the matmul's k_align {align} "
+                                f"(and of the {word}-byte port word) that block programs need")
     if spec.head_dim != att.head_dim:
         raise ModelFitError(f"the model's head_dim {spec.head_dim} differs from the attention engine's head_dim "
                             f"{att.head_dim}: the design cannot run this model's attention")
@@ -136,8 +148,6 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> di
         raise ModelFitError("the design's attention engine holds no context")
     need: dict[str, int] = defaultdict(int)
     ports = [f"w{i}" for i in range(mm.weight_ports)]
-    split = getattr(mm, "split_k", 1)                # K slices one descriptor accumulates exactly
-    k_limit = mm.max_k * split
     for proj in projections(spec):
         fmt = projection_format(recipe, proj)
         try:
@@ -146,15 +156,12 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> di
             raise ModelFitError(f"{proj.module} is quantized to {fmt} by the recipe, but the matmul engine takes "
                                 f"weight formats {list(mm.weight_bits)} only") from None
         kp = geom.pad_k(proj.in_features)
-        if kp > k_limit:
-            raise ModelFitError(f"{proj.module} has K = {proj.in_features} inputs (padded {kp}), more than the matmul "
-                                f"engine takes: max_k {mm.max_k} x split_k {split} = {k_limit}")
         code = 3 if bits == "ternary" else bits
         for port in ports:
             need[port] += _pages(geom.weight_port_bytes(proj.out_features, kp, code))
         need["data"] += _pages(geom.scale_bytes(proj.out_features, kp))
     ageom = attention_geometry(lay)
-    pages = ceil_div(max_context, ageom.page_tokens)
+    pages = sequences * ceil_div(max_context, ageom.page_tokens)
     pool = _pages(pages * ageom.page_bytes(recipe.kv_bits, kv_heads))
     k_port, v_port = "w0", f"w{ageom.kv_ports - 1}"
     for _ in range(spec.num_layers):
@@ -169,7 +176,7 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int) -> di
     for bank, (free, nbytes, on) in banks.items():
         if nbytes > free:
             raise ModelFitError(f"the model needs {nbytes / 2**20:.1f} MiB on port(s) {', '.join(on)} (bank {bank}: "
-                                f"weights, scales and a {max_context}-token KV cache at {recipe.kv_bits} bits), the "
+                                f"weights, scales and KV pools for {sequences} x {max_context} tokens at {recipe.kv_bits} bits), the "
                                 f"bank has {free / 2**20:.1f} MiB free; use fewer weight bits, a shorter max_context "
                                 "or a design with more weight ports")
     return dict(need)

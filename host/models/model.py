@@ -213,19 +213,21 @@ class Model:
     # -- loading -------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, path, *, device: Device, quant=None, max_context: int | None = None,
-                        tokenizer: bool = True, prefill_chunk: int = DEFAULT_PREFILL_CHUNK, timeout: float = 600.0,
-                        progress: Callable[[str], None] | None = None) -> "Model":
+                        max_sequences: int = 1, tokenizer: bool = True, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                        timeout: float = 600.0, progress: Callable[[str], None] | None = None) -> "Model":
         """Load the checkpoint directory ``path`` onto ``device``.
 
         ``quant``: a recipe (:func:`hbmforge.host.models.recipe.load_recipe`: None = int8 weights
         and KV8, a format name, a dict or a YAML file). ``max_context``: tokens one sequence may
-        hold (default: the attention engine's, at most the model's max_position_embeddings).
+        hold (default: the attention engine's, at most the model's max_position_embeddings);
+        ``max_sequences``: sequences (sessions) whose KV caches can be full at the same time.
         Everything is checked (config fields, tensor names and shapes, the recipe, what the
         design can hold) before the first weight is quantized or uploaded.
         """
         device = check_device(device)
         tokenizer = check_bool("tokenizer", tokenizer)
         prefill_chunk = check_int("prefill_chunk", prefill_chunk, 1)
+        max_sequences = check_int("max_sequences", max_sequences, 1, 1 << 16)
         timeout = check_timeout(timeout)
         if max_context is not None:
             max_context = check_int("max_context", max_context, 1)
@@ -243,7 +245,7 @@ class Model:
         hf.check_tensors(ckpt, spec, prefix)
         recipe.check_rules([p.aliases for p in projections(spec)])
         ctx = context_limit(device, spec, max_context)
-        check_fit(device, spec, recipe, ctx)
+        check_fit(device, spec, recipe, ctx, max_sequences)
         tok = None
         if tokenizer and ckpt.tokenizer_path is not None:
             tok = TextTokenizer(ckpt.tokenizer_path,
@@ -253,17 +255,19 @@ class Model:
                                       f"{spec.vocab_size}")
         say(f"{arch}: {spec.num_layers} layers, hidden {spec.hidden_size}, recipe {recipe.describe()}, "
             f"context {ctx}")
-        return model_cls._build(device, ckpt, spec, prefix, recipe, tok, ctx, prefill_chunk, timeout, say)
+        return model_cls._build(device, ckpt, spec, prefix, recipe, tok, ctx, max_sequences, prefill_chunk,
+                                timeout, say)
 
     @classmethod
-    def _build(cls, device, ckpt, spec, prefix, recipe, tok, ctx, prefill_chunk, timeout, say):
+    def _build(cls, device, ckpt, spec, prefix, recipe, tok, ctx, sequences, prefill_chunk, timeout, say):
         from ..blocks import ModelProgram
 
         blocks, head = quantize_blocks(device, spec, recipe, lambda n: ckpt.tensor(prefix + n), say)
         final_norm = (ckpt.tensor("model.norm.weight"), None) if isinstance(spec, DecoderSpec) else None
         say("uploading weights and compiling the step program")
+        pages = sequences * -(-ctx // device.layout.attention.page_tokens)
         program = ModelProgram(device, block_config(spec), blocks, final_norm=final_norm, lm_head=head,
-                               kv_bits=recipe.kv_bits, max_context=ctx, timeout=timeout)
+                               kv_bits=recipe.kv_bits, max_context=ctx, kv_pages=pages, timeout=timeout)
         return cls.from_program(spec, program, ckpt=ckpt, prefix=prefix, recipe=recipe, tokenizer=tok,
                                 max_context=ctx, prefill_chunk=prefill_chunk, timeout=timeout)
 

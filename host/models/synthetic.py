@@ -21,7 +21,7 @@ import numpy as np
 from hbmforge.numerics.reference import DecoderSpec, EncoderSpec, decoder_weight_shapes, encoder_weight_shapes
 
 __all__ = ["write_llama", "write_bert", "random_weights", "byte_tokenizer", "wordpiece_tokenizer",
-           "BYTE_TOKENIZER_VOCAB", "DTYPES"]
+           "BYTE_TOKENIZER_VOCAB", "DTYPES", "design_sized"]
 
 #: bos, eos, unk + the 256 byte symbols of the byte-level pre-tokenizer
 BYTE_TOKENIZER_VOCAB = 259
@@ -231,3 +231,23 @@ def _finish(d: Path, config: dict, tensors: dict, drop, reshape, shards: int, dt
         tensors[name] = rng.standard_normal(shape).astype(np.float32)
     (d / "config.json").write_text(json.dumps(config, indent=2))
     _save_weights(d, tensors, shards, dtype)
+
+
+def design_sized(layout, arch: str = "llama", *, heads: int = 4, kv_heads: int = 2, mlp_ratio: int = 2) -> dict:
+    """Shape keyword arguments for :func:`write_llama` (``arch="llama"``) or :func:`write_bert`
+    (``"bert"``) that a design holds: head_dim the attention engine's, ``heads`` heads (fewer if
+    the vector engine's ``max_dim`` or the matmul's K limit asks), an MLP of ``mlp_ratio`` x hidden."""
+    hd = layout.attention.head_dim
+    vec = layout.config.engine("vector")
+    mm = layout.mm
+    row_limit = min(vec.max_dim if vec is not None else 1 << 16, mm.max_k * getattr(mm, "split_k", 1))
+    while heads > 1 and heads * hd * mlp_ratio > row_limit:
+        heads //= 2
+    hidden = heads * hd
+    shape = {"hidden_size": hidden, "intermediate_size": min(mlp_ratio * hidden, row_limit)}
+    if arch == "bert":
+        return {**shape, "heads": heads}
+    kv_heads = max(1, min(kv_heads, heads))
+    while heads % kv_heads:
+        kv_heads -= 1
+    return {**shape, "q_heads": heads, "kv_heads": kv_heads}

@@ -1,0 +1,163 @@
+"""Models from checkpoint directories on devices: the golden device (the CPU golden program
+behind the kernel's register interface) for breadth, the Verilator co-simulation for the real
+path. Every step is compared with the golden program bit for bit (``verify=True``) and with the
+float model of the same checkpoint."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from designs import tiny_vector_config_dict
+from golden_kernel import GoldenDevice
+from hbmforge.config import parse_config
+from hbmforge.flows.model_runner import decoder_accuracy
+from hbmforge.host import Model, open_device
+from hbmforge.host.errors import DeviceTimeoutError
+from hbmforge.host.models import DecoderModel, EncoderModel
+from hbmforge.host.models.synthetic import design_sized, write_bert, write_llama
+from hbmforge.layout import DesignLayout
+from hbmforge.numerics.reference import cosine
+
+#: the co-sim design of these tests and of tests/integration/test_cli_model.py (one build, shared
+#: through the default design and Verilator caches)
+MODEL_DESIGN = "tiny_vec_model"
+
+
+@pytest.fixture(scope="module")
+def layout():
+    return DesignLayout(parse_config(tiny_vector_config_dict(MODEL_DESIGN)))
+
+
+@pytest.fixture
+def gdev(layout):
+    with GoldenDevice(layout) as d:
+        yield d
+
+
+@pytest.fixture(scope="module")
+def ckpts(tmp_path_factory, layout):
+    root = tmp_path_factory.mktemp("ckpt")
+    shape = design_sized(layout)
+    return {
+        "llama": write_llama(root / "llama", num_layers=2, **shape),
+        "qwen2": write_llama(root / "qwen2", num_layers=2, architecture="Qwen2ForCausalLM", tie_word_embeddings=True,
+                             shards=2, dtype="bfloat16", seed=3, **shape),
+        "bert": write_bert(root / "bert", num_layers=2, **design_sized(layout, "bert")),
+        "bert_cls": write_bert(root / "bert_cls", num_layers=1, prefix="bert.", pooling="cls", normalize=False,
+                               seed=5, **design_sized(layout, "bert")),
+    }
+
+
+def _generate_and_check(model: DecoderModel, prompt, n: int, *, min_cos: float):
+    out = model.generate(prompt, n, stop_tokens=(), verify=True, output_logits=True)
+    assert out.golden_checked == 1 + (n - 1) and out.golden_mismatches == 0
+    acc = decoder_accuracy(model, out.prompt_tokens, out)
+    assert acc["logits_cosine_min"] >= min_cos, acc
+    return out, acc
+
+
+@pytest.mark.parametrize("name", ["llama", "qwen2"])
+def test_decoders_generate_bit_exact_with_the_golden_program_and_close_to_float(gdev, ckpts, name):
+    with Model.from_pretrained(ckpts[name], device=gdev) as model:
+        assert isinstance(model, DecoderModel)
+        out, acc = _generate_and_check(model, "Hello there", 8, min_cos=0.99)
+        assert acc["greedy_agreement"] >= 0.75
+        assert out.host_round_trips == out.prefill_runs + 7          # one start per decode step
+        assert out.text == model.tokenizer.decode(out.tokens)
+    assert gdev.live_buffers() == []                                    # closing frees every buffer
+
+
+def test_low_bit_recipes_and_kv4_run_and_stay_near_float(gdev, ckpts):
+    recipe = {"weights": "int4", "kv_bits": 4, "lm_head": "int8",
+              "rules": [{"match": "layers.0.*", "weights": "int8"}]}
+    with Model.from_pretrained(ckpts["llama"], device=gdev, quant=recipe) as model:
+        assert model.program.kv_bits == 4
+        layer0 = model.program.layers[0].qkv.bits, model.program.layers[1].qkv.bits
+        assert layer0 == (8, 4)
+        _generate_and_check(model, [0, 70, 80, 90], 6, min_cos=0.95)
+
+
+def test_a_session_continues_on_the_device_as_one_long_prompt_would(gdev, ckpts):
+    with Model.from_pretrained(ckpts["llama"], device=gdev, max_context=48) as model:
+        s = model.session()
+        a = model.generate([0, 72, 105], 4, session=s, stop_tokens=())
+        b = model.generate([33, 33], 4, session=s, stop_tokens=())
+        whole = model.generate([0, 72, 105] + a.tokens + [33, 33], 4, stop_tokens=())
+        assert b.tokens == whole.tokens and s.cached == 3 + 4 + 2 + 3
+        assert b.prefill_runs == 1 and b.token_cycles[0] > 0
+
+
+def test_a_device_failure_mid_generation_leaves_the_session_and_device_as_before(gdev, ckpts, monkeypatch):
+    with Model.from_pretrained(ckpts["llama"], device=gdev, max_context=32) as model:
+        s = model.session()
+        model.generate([0, 50, 60], 3, session=s, stop_tokens=())
+        before = (list(s.tokens), s.cached, s._seq.length, s._seq.pages, model.program.free_pages)
+        real_run, calls = gdev.run, []
+
+        def flaky(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 3:
+                raise DeviceTimeoutError("injected: the kernel did not finish")
+            return real_run(*args, **kwargs)
+
+        monkeypatch.setattr(gdev, "run", flaky)
+        with pytest.raises(DeviceTimeoutError, match="injected"):
+            model.generate([70], 6, session=s, stop_tokens=())
+        assert (list(s.tokens), s.cached, s._seq.length, s._seq.pages, model.program.free_pages) == before
+        monkeypatch.setattr(gdev, "run", real_run)
+        again = model.generate([70], 6, session=s, stop_tokens=(), verify=True)
+        assert again.golden_mismatches == 0
+
+
+def test_the_cache_limit_holds_on_the_device(gdev, ckpts):
+    with Model.from_pretrained(ckpts["llama"], device=gdev, max_context=16) as model:
+        with pytest.raises(ValueError, match="prompt of 17 token"):
+            model.generate(list(range(17)), 1)
+        s = model.session()
+        model.generate(list(range(10)), 7, session=s, stop_tokens=())
+        assert s.cached == 16
+        with pytest.raises(ValueError, match="KV cache is full"):
+            model.generate([], 1, session=s)
+        assert s._seq.length == 16
+
+
+@pytest.mark.parametrize("name", ["bert", "bert_cls"])
+def test_encoders_embed_bit_exact_with_the_golden_program_and_close_to_float(gdev, ckpts, name):
+    texts = ["the quick brown fox", "hello world", "a small model on a device", "the cat sat"]
+    with Model.from_pretrained(ckpts[name], device=gdev) as model:
+        assert isinstance(model, EncoderModel)
+        emb = model.encode(texts, verify=True)
+        assert model.golden_mismatches == 0 and len(model.last_encode) == 4
+        assert np.all(cosine(emb, model.reference(texts)) > 0.99)
+        if model.spec.normalize:
+            np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
+
+
+# -- the Verilator co-simulation --------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def cosim():
+    with open_device(parse_config(tiny_vector_config_dict(MODEL_DESIGN)), progress=False) as d:
+        yield d
+
+
+@pytest.mark.rtl
+def test_a_decoder_checkpoint_generates_on_the_cosim(cosim, ckpts):
+    with Model.from_pretrained(ckpts["qwen2"], device=cosim) as model:
+        s = model.session()
+        out, acc = _generate_and_check(model, "Hi", 6, min_cos=0.99)
+        assert all(c > 0 for c in out.token_cycles)
+        a = model.generate("Hi", 3, session=s, stop_tokens=(), verify=True)
+        b = model.generate("!", 3, session=s, stop_tokens=(), verify=True)
+        assert a.golden_mismatches == b.golden_mismatches == 0
+        assert [st for st in (model.program.last_step,)][0].host_round_trips == 1
+
+
+@pytest.mark.rtl
+def test_an_encoder_checkpoint_embeds_on_the_cosim(cosim, ckpts):
+    texts = ["the quick brown fox jumps", "hello world"]
+    with Model.from_pretrained(ckpts["bert"], device=cosim) as model:
+        emb = model.encode(texts, verify=True)
+        assert model.golden_mismatches == 0
+        assert np.all(cosine(emb, model.reference(texts)) > 0.99)
+        assert all(st.host_round_trips == 1 and st.cycles > 0 for st in model.last_encode)

@@ -17,6 +17,7 @@ from .device import Buffer, Device, RunStatus
 from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, DeviceClosedError, DeviceError,
                      DeviceRunError, DeviceTimeoutError, ManifestError, OutOfDeviceMemoryError,
                      ProtocolViolationError)
+from .cluster import Cluster, ClusterError, open_cluster
 from .kvcache import KVCache, KVCacheError, KVCacheFullError, KVSequence
 from .linear import Linear, LinearRun
 from .models import Model
@@ -25,7 +26,7 @@ from .program import ProgramBuilder, copy_buffer, fill_buffer
 from .vector import Vector
 
 __all__ = [
-    "open_device", "BACKENDS", "DesignManifest", "read_manifest",
+    "open_device", "BACKENDS", "DesignManifest", "read_manifest", "open_cluster", "Cluster", "ClusterError",
     "Device", "Buffer", "RunStatus", "ProgramBuilder", "copy_buffer", "fill_buffer", "Linear", "LinearRun", "Model",
     "Attention", "AttentionRun", "Vector", "BlockConfig", "BlockWeights", "ModelProgram", "TransformerBlock",
     "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError",

@@ -314,3 +314,23 @@ def test_slurm_example_submits_workers_that_declare_the_sweep_resources():
     finally:
         cluster.close()
     assert "#SBATCH" in script and "--resources" in script and "verilator=1 yosys=1" in script
+
+
+@pytest.mark.slow
+def test_yosys_backed_point_reports_the_estimate_and_its_depth(warm_tiny, tmp_path):
+    from hbmforge.flows.estimate import estimate
+    from hbmforge.flows.sweep.steps import fmax_estimate_mhz
+
+    spec = tiny_sweep_spec_dict(parameters={"engines.0.rows": [2]}, estimate="yosys",
+                                objectives=["tokens_per_s", "lut", "logic_depth", "fmax_estimate_mhz"])
+    result = run_sweep(spec, output=tmp_path / "out", workers=0, progress=False)
+    (row,) = result.rows
+    assert row.status == "ok", row.reason
+    rep = estimate(load_design(row.config).config)              # cached by RTL hash: no second Yosys run
+    assert rep.cached and row.detail["resource_source"] == rep.source
+    assert {k: row.metrics[k] for k in ("lut", "ff", "dsp", "bram", "uram")} == \
+        {k: rep.total[k] for k in ("lut", "ff", "dsp", "bram", "uram")}
+    depth = rep.depth["kernel"]
+    assert row.metrics["logic_depth"] == depth.lut
+    assert row.metrics["fmax_estimate_mhz"] == fmax_estimate_mhz(depth.lut, depth.carry8, depth.muxf)
+    assert row.steps["hits"]["estimate"] in (True, False)

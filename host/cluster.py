@@ -204,7 +204,7 @@ class Cluster:
         blocks = max(self._geom.blocks(p["nbytes"]) for p in plans)
         budget = (self.retries + 2) * self.timeout_cycles * (blocks + 2)
         try:
-            run = self._run_programs(programs, max_cycles=budget, timeout=timeout)
+            run = self.run_programs(programs, max_cycles=budget, timeout=timeout)
         except ClusterError as err:
             for p in plans:
                 self._recover(p["job"], timeout)
@@ -227,7 +227,7 @@ class Cluster:
             prog.allreduce(0, mode=NetMode.RESET, job=job, worker=i, members=mask, epoch=epoch, window=1,
                            timeout=self.timeout_cycles, retries=self.retries, nbytes=0)
             programs[i] = prog
-        self._run_programs(programs, max_cycles=(self.retries + 2) * self.timeout_cycles + 100_000, timeout=timeout)
+        self.run_programs(programs, max_cycles=(self.retries + 2) * self.timeout_cycles + 100_000, timeout=timeout)
         self._epochs[job] = epoch
         return epoch
 
@@ -337,10 +337,13 @@ class Cluster:
         total = self._int_allreduce(q, op="sum", job=job, window=window, timeout=timeout)
         return [(t.astype(np.float64) / scale).astype(np.float32).reshape(a.shape) for t, a in zip(total, arrays)]
 
-    def _run_programs(self, programs: Mapping[int, ProgramBuilder], *, max_cycles: int, timeout: float) -> AllreduceRun:
-        """Upload and start every device's program, run the network until each is done, check them."""
-        from hbmforge.sim.network import NetworkSimError  # noqa: F401  (the sim backend is what runs clusters)
-
+    def run_programs(self, programs: Mapping[int, ProgramBuilder], *, max_cycles: int = 1 << 40,
+                     timeout: float = 120.0) -> AllreduceRun:
+        """Upload every device's program (device index -> ProgramBuilder), start them all, run the
+        devices and the network until each is done (or ``max_cycles`` network cycles, or ``timeout``
+        seconds), and check every device's status (a failed all-reduce raises ClusterError)."""
+        self._check_open()
+        timeout = check_timeout(timeout)
         t0 = time.monotonic()
         for i in programs:
             if self._devs[i].running:

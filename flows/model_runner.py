@@ -34,8 +34,10 @@ def open_model(config, model_dir, *, quant=None, max_context: int | None = None,
     """(device, model): open the sim device of ``config`` and load the checkpoint onto it."""
     from hbmforge.host import DeviceError, Model, open_device
     from hbmforge.host.models import load_recipe
+    from hbmforge.host.models.model import inspect_checkpoint
 
-    recipe = load_recipe(quant)                     # a bad recipe is refused before the build
+    recipe = load_recipe(quant)                     # a bad recipe or checkpoint is refused before the build
+    inspect_checkpoint(model_dir)
     _say(console, "opening the device (building or reusing the Verilator model) ...")
     try:
         dev = open_device(config, backend="sim", **(backend_options or {}))

@@ -40,7 +40,7 @@ from .sampling import Sampling, choose_token, sampling
 from .tokenizer import StreamDecoder, TextTokenizer
 
 __all__ = ["Model", "DecoderModel", "EncoderModel", "Session", "Generation", "TokenEvent", "SessionError",
-           "block_config", "quantize_blocks"]
+           "block_config", "quantize_blocks", "inspect_checkpoint"]
 
 DEFAULT_PREFILL_CHUNK = 64
 
@@ -185,6 +185,20 @@ def quantize_blocks(device: Device, spec, recipe: QuantRecipe, tensor: Callable[
     return blocks, head
 
 
+def inspect_checkpoint(path) -> tuple[Checkpoint, DecoderSpec | EncoderSpec, str]:
+    """(checkpoint, architecture spec, tensor prefix) of a checkpoint directory, with every check
+    that needs no device (config fields, tensor names and shapes); CheckpointError otherwise."""
+    ckpt = Checkpoint(path)
+    arch = hf.parse_architecture(ckpt.config)
+    if arch in hf.DECODER_ARCHITECTURES:
+        spec, prefix = hf.decoder_spec(ckpt.config), ""
+    else:
+        pooling, normalize = hf.sentence_pooling(ckpt)
+        spec, prefix = hf.encoder_spec(ckpt.config, pooling, normalize), hf.encoder_prefix(ckpt)
+    hf.check_tensors(ckpt, spec, prefix)
+    return ckpt, spec, prefix
+
+
 # -- the model ---------------------------------------------------------------------------------
 
 class Model:
@@ -235,14 +249,9 @@ class Model:
             raise TypeError(f"progress must be a callable taking a message, got {type(progress).__name__}")
         say = progress or (lambda msg: None)
         recipe = load_recipe(quant)
-        ckpt = Checkpoint(path)
-        arch = hf.parse_architecture(ckpt.config)
-        if arch in hf.DECODER_ARCHITECTURES:
-            spec, prefix, model_cls = hf.decoder_spec(ckpt.config), "", DecoderModel
-        else:
-            pooling, normalize = hf.sentence_pooling(ckpt)
-            spec, prefix, model_cls = hf.encoder_spec(ckpt.config, pooling, normalize), hf.encoder_prefix(ckpt), EncoderModel
-        hf.check_tensors(ckpt, spec, prefix)
+        ckpt, spec, prefix = inspect_checkpoint(path)
+        model_cls = DecoderModel if isinstance(spec, DecoderSpec) else EncoderModel
+        arch = spec.architecture
         recipe.check_rules([p.aliases for p in projections(spec)])
         ctx = context_limit(device, spec, max_context)
         check_fit(device, spec, recipe, ctx, max_sequences)

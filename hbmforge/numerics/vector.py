@@ -512,3 +512,83 @@ def unpack_scale_records(raw: bytes, m: int, rows: int, word_bytes: int) -> tupl
     sb = -(-4 * rows // word_bytes) * word_bytes
     recs = np.frombuffer(raw, dtype="<u4").astype(np.int64).reshape(-1, sb // 4)[:, :rows].reshape(-1)[:m]
     return recs & 0xFFFF, (recs >> 16) & 0x1F
+
+
+# -- measured error bounds (docs/engines/vector.md) --------------------------------------------------
+
+def measure_vector_errors(seed: int = 0) -> dict:
+    """Each stage of the golden model against float64 on the same (dequantized) inputs.
+
+    Returns ``{stage: {metric: value}}``; the datasheet quotes these numbers."""
+    from .attention import quantize_kv
+    from .nonlinear import measure_gelu_error, measure_layernorm_error, measure_rmsnorm_error, measure_silu_error
+
+    rng = np.random.default_rng(seed)
+    out = {}
+    # ACC32 -> fixed point: x * a * 2**e * c * 2**-s, rounded once
+    x = rng.integers(-(1 << 31), 1 << 31, (64, 256))
+    a, e = row_scale(rng.integers(1, 1 << 31, 64))
+    real = np.exp(rng.uniform(np.log(1e-9), np.log(1e-4), 256))
+    cols = column_multipliers(real)
+    v = dequant(x, VectorIn.ACC32, cols=cols, a=a, e=e)
+    exact = x * (a * 2.0 ** e)[:, None] * real[None, :]
+    ok = np.abs(exact) < I32_MAX
+    out["dequant"] = {"max_rel_err_beyond_half_lsb": float(np.max((np.abs(v - exact) - 0.5)[ok] / np.maximum(np.abs(exact[ok]), 1))),
+                      "bound": 2.0 ** -14}
+    # ACT8: q against round(127 v / (a 2**e)), in steps
+    worst = 0.0
+    for scale in (1e2, 1e5, 1e9):
+        v = np.clip(np.rint(rng.normal(0, scale, (256, 512))), I32_MIN, I32_MAX).astype(np.int64)
+        a, e = row_scale(np.abs(v).max(axis=1))
+        q = quantize_group(v, a, e)
+        worst = max(worst, float(np.max(np.abs(q - v / ((a * 2.0 ** e) / 127)[:, None]))))
+    out["act8"] = {"max_abs_err_steps": worst, "bound": 0.5 + 127 * 2.0 ** -15}
+    for name, fn in (("gelu", measure_gelu_error), ("silu", measure_silu_error)):
+        r = fn(width=32, frac_bits=16, seg_bits=ACT_SEG_BITS, lo=-16.0, hi=16.0)
+        out[name] = {"max_abs_err": r["max_abs_err"], "mean_abs_err": r["mean_abs_err"], "range": [-16, 16]}
+    # SwiGLU: silu(a) * b, |a|, |b| <= 16
+    A = rng.integers(-(16 << 16), 16 << 16, 200_000)
+    B = rng.integers(-(16 << 16), 16 << 16, 200_000)
+    got = combine(activate(A, VectorAct.SILU), B, VectorCombine.MUL) * 2.0 ** -16
+    ref = A * 2.0 ** -16 / (1 + np.exp(-A * 2.0 ** -16)) * (B * 2.0 ** -16)
+    out["swiglu"] = {"max_abs_err": float(np.max(np.abs(got - ref))), "range": [-16, 16]}
+    # RoPE: positions up to 8191, head_dim 128
+    hd = 128
+    pos = rng.integers(0, 8192, 64)
+    tab = rope_table(8192, hd, 10000.0)[pos]
+    xr = rng.integers(-(1 << 24), 1 << 24, (64, hd))
+    got = rope(xr, tab, hd)
+    inv = 10000.0 ** (-np.arange(0, hd, 2) / hd)
+    ang = pos[:, None] * inv[None, :]
+    h = xr.reshape(64, hd // 2, 2).astype(np.float64)
+    refr = np.stack([h[..., 0] * np.cos(ang) - h[..., 1] * np.sin(ang),
+                     h[..., 0] * np.sin(ang) + h[..., 1] * np.cos(ang)], -1).reshape(64, hd)
+    norm = np.repeat(np.hypot(h[..., 0], h[..., 1]), 2, axis=-1).reshape(64, hd)
+    out["rope"] = {"max_rel_err": float(np.max((np.abs(got - refr) - 0.5) / norm)), "bound": 2.0 ** -14}
+    fmt = dict(width=32, frac_bits=16, gamma_width=32, gamma_frac_bits=20, out_width=32, out_frac_bits=16)
+    for name, fn in (("rmsnorm", measure_rmsnorm_error), ("layernorm", measure_layernorm_error)):
+        r = fn(dim=1024, n_vectors=32, seed=seed, **fmt)
+        out[name] = {"max_abs_err": r["max_abs_err"], "max_abs_err_lsb": r["max_abs_err_lsb"],
+                     "max_abs_err_beyond_relative_lsb": r["max_abs_err_beyond_relative_lsb"], "dim": 1024}
+    # Q records: score multiplier mult * 2**-shift against a * 2**e * (kc * 2**-ks)
+    amax = rng.integers(1, 1 << 31, 5000)
+    a, e = row_scale(amax)
+    real = np.exp(rng.uniform(np.log(1e-12), np.log(1e-8), 5000))
+    kc, ks = head_dyadic(real)
+    mult, shift = qrec_multiplier(a, e, kc, ks)
+    inside = (shift > 0) & (shift < 63)
+    rel = np.abs(mult * 2.0 ** -shift.astype(np.float64) / (a * 2.0 ** e * real) - 1)[inside]
+    out["qrec_multiplier"] = {"max_rel_err": float(rel.max()), "bound": 2.0 ** -14}
+    # KV append against the host's float quantize_kv
+    for bits in (8, 4):
+        xk = rng.normal(0, 1.5, (2000, 32))
+        hs = np.abs(xk).max() * 2 / ((1 << (bits - 1)) - 1) / (1 << 15)
+        c = int(kv_constants(np.array([hs]), bits, frac_bits=16)[0])
+        vk = np.rint(xk * 2 ** 16).astype(np.int64)
+        q, mant = kv_quantize(vk, c & 0xFFFF, (c >> 16) & 0x3F, (c >> 32) & 0xFFFF, (c >> 48) & 0x3F, bits)
+        rq, rm = quantize_kv(vk * 2.0 ** -16, bits, 32, np.full(2000, hs))
+        deq = q * (mant[:, None] * hs)
+        out[f"kv{bits}"] = {"mantissa_max_diff": int(np.max(np.abs(mant - rm.reshape(-1)))),
+                            "value_mismatch_rate": float(np.mean(q != rq)),
+                            "max_abs_err_in_steps": float(np.max(np.abs(deq - xk) / (mant[:, None] * hs)))}
+    return out

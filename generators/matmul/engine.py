@@ -1,51 +1,68 @@
-"""The low-bit matmul engine: int8 activations x int4/int8 weights, group scales, requant.
+"""The low-bit matmul engine: int8 activations x int2/int4/int8/ternary weights, group scales,
+bias, exact split-K, requant; weights and activations held on chip in tiles.
 
-Dataflow (docs/architecture.md §6)::
+Dataflow (docs/architecture.md §6, docs/engines/matmul.md)::
 
-    job -> JobSequencer -> act/w/scale/rq/out DMA commands
+    job -> JobSequencer -> DMA commands (act, w[P], scale, rq, out) and one record per pass
     w_data[P] -> WeightUnpacker --\\
-    act_data -> ActivationBuffer ---> MacArray -> GroupAccumulator
-    scale_data, rq_data -> WidthAdapter --/                            |
-                                                                 OutputStage
-    out_data <- OutputPacker <- column FIFO <--------------------------/
+    scale_data -> WidthAdapter ----> WeightTileBuffer (ring of 2 x tile_n columns) --\\
+    act_data -> PartialCollector --fill--> ActivationBuffer (ring of row blocks) -------> MacArray
+                                 \\--partial sums ----------------------------\\            |
+    rq_data -> ColumnParams (mult, shift, bias per tile column) ---------------+--> GroupAccumulator
+                                                                                \\          |
+    out_data <- OutputPacker <- column FIFO <-------------------------- OutputStage (init, requant)
 
-With ``arch: tlmm`` the array is a :class:`~.tlmm.TlmmArray` (ternary table lookup):
-the scheduler first builds the row block's tables from the activation buffer, then
-fires exactly as for the MAC array (same sums, same accumulators and output path).
+The FireScheduler walks each pass (a K slice over a chunk of row blocks) tile by tile, every row
+block of the chunk against the tile's columns, so GEMM reads each weight once per chunk and the
+array fires at its full rate even when the weight ports deliver less than a fire per cycle.
 
-Everything from the array's fire register on is a fixed-latency pipeline without
-stalls; :class:`FireScheduler` only lets a column's last fire through when the
-column FIFO has a free slot for every column in flight, so back-pressure on
-``out_data`` stalls the array instead of losing or reordering results.
+With ``arch: tlmm`` the array is a :class:`~.tlmm.TlmmArray` (ternary table lookup): the
+scheduler first builds the row block's tables from the activation ring (a chunk is one block),
+then fires exactly as for the MAC array (same sums, same accumulators and output path).
+
+Timing: the scheduler decides a fire in the *issue* cycle, when the rings' synchronous reads
+start; one register stage later the array gets the fire, the weight line and its tag (scales
+from the weight line, column parameters from ColumnParams), the activations one cycle after that.
+Everything from there on is a fixed-latency pipeline without stalls; a column's last fire needs a
+free slot in the column FIFO for every column in flight, so back-pressure on ``out_data`` stalls
+the array instead of losing or reordering results.
 """
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 
 from ...layout import DesignLayout
+from ...numerics.tlmm import table_entries as tlmm_table_entries
 from .accum import GroupAccumulator
 from .actbuf import ActivationBuffer
 from .array import MacArray
+from .colparams import ColumnParams
 from .gearbox import WidthAdapter
+from .geometry import EngineGeometry, pass_layout
 from .pack import OutputPacker, column_layout
+from .partials import PartialCollector
+from .pipe import delay
 from .requant import OutputStage
-from .scheduler import FireScheduler
+from .scheduler import INIT_PARTIAL, OUT_RAW, FireScheduler
 from .sequencer import JobSequencer
 from .signature import matmul_signature
-from ...numerics.tlmm import table_entries as tlmm_table_entries
 from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
+from .wtile import WeightTileBuffer
 
 __all__ = ["MatmulEngine"]
+
+#: cycles from the issue decision to the array's fire input (the rings' read register)
+ISSUE_LATENCY = 1
 
 
 class MatmulEngine(wiring.Component):
     """The matmul engine for one :class:`~hbmforge.layout.DesignLayout`.
 
-    All widths come from ``layout.matmul.widths``; ``rows``, ``lanes``, ``weight_ports``,
-    ``group_size``, ``scale_bits`` and ``max_k`` from ``layout.config.matmul``.
+    All widths come from ``layout.matmul.widths``; sizes from ``layout.matmul`` and the config's
+    matmul engine (``rows``, ``lanes``, ``weight_ports``, ``group_size``, ``tile_n``, ``tile_m``, ...).
     """
 
     def __init__(self, layout: DesignLayout, *, levels_per_stage: int = 2):
@@ -55,12 +72,12 @@ class MatmulEngine(wiring.Component):
             raise ValueError(f"levels_per_stage must be a positive int, got {levels_per_stage!r}")
         mm = layout.mm
         self._layout = layout
+        self._geom = EngineGeometry.of(layout)
         self._levels_per_stage = levels_per_stage
         self._groups = max(1, mm.lanes // mm.group_size)
         self._fires_per_group = max(1, mm.group_size // mm.lanes)
-        lane_w = max(layout.matmul.lane_bits(f) for f in mm.weight_bits)
         self._tlmm = mm.arch == "tlmm"
-        # latency of the pipeline behind the fire registers, and the column FIFO that absorbs it
+        # latency of the pipeline behind the issue decision, and the column FIFO that absorbs it
         if self._tlmm:
             arr_lat = tlmm_array_latency(lanes=mm.lanes, group_size=mm.group_size, g=mm.tlmm_group,
                                          levels_per_stage=levels_per_stage)
@@ -68,9 +85,8 @@ class MatmulEngine(wiring.Component):
             arr_lat = 2 + -(-(min(mm.lanes, mm.group_size).bit_length() - 1) // levels_per_stage)
         tree = self._groups.bit_length() - 1
         acc_lat = 3 + (-(-tree // levels_per_stage) if tree else 0)
-        self._latency = arr_lat + acc_lat + OutputStage.LATENCY
+        self._latency = ISSUE_LATENCY + arr_lat + acc_lat + OutputStage.LATENCY
         self._fifo_depth = self._latency + 4
-        self._lane_w = lane_w
         super().__init__(matmul_signature(layout))
 
     @property
@@ -78,8 +94,12 @@ class MatmulEngine(wiring.Component):
         return self._layout
 
     @property
+    def geometry(self) -> EngineGeometry:
+        return self._geom
+
+    @property
     def latency(self) -> int:
-        """Cycles from a column's last fire to its results entering the column FIFO."""
+        """Cycles from a column's last issued fire to its results entering the column FIFO."""
         return self._latency
 
     @property
@@ -89,26 +109,24 @@ class MatmulEngine(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        lay = self._layout
+        lay, G = self._layout, self._geom
         mm, wd = lay.mm, lay.matmul.widths
-        R, L, P, G = mm.rows, mm.lanes, mm.weight_ports, mm.group_size
-        W = lay.config.data_width
-        NG, sb = self._groups, mm.scale_bits
+        R, L, P = G.rows, G.lanes, G.weight_ports
+        W = G.data_width
+        NG, sb = self._groups, G.scale_bits
 
-        m.submodules.seq = seq = JobSequencer(rows=R, lanes=L, weight_ports=P, data_width=W,
-                                              group_size=G, max_k=mm.max_k, ternary_packing=mm.ternary_packing)
+        m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing)
         m.submodules.unpack = unpack = WeightUnpacker(lanes=L, weight_ports=P, data_width=W,
-                                                      weight_bits=tuple(mm.weight_bits), ternary_packing=mm.ternary_packing)
-        m.submodules.actbuf = actbuf = ActivationBuffer(rows=R, lanes=L, data_width=W, max_k=mm.max_k)
+                                                      weight_bits=tuple(mm.weight_bits),
+                                                      ternary_packing=mm.ternary_packing)
         m.submodules.scales = scales = WidthAdapter(W, 16 * NG)
-        m.submodules.rqparams = rqparams = WidthAdapter(W, 64)
-        tlmm = self._tlmm
-        m.submodules.sched = sched = FireScheduler(
-            rows=R, lanes=L, group_size=G, max_k=mm.max_k,
-            table_entries=tlmm_table_entries(mm.tlmm_group) if tlmm else None,
-            build_gap=TlmmArray.BUILD_GAP)
+        m.submodules.wtile = wtile = WeightTileBuffer(G)
+        m.submodules.actbuf = actbuf = ActivationBuffer(G)
+        m.submodules.partials = partials = PartialCollector(rows=R, data_width=W, depth=self._fifo_depth + 4)
+        m.submodules.params = params = ColumnParams(G)
+        m.submodules.sched = sched = FireScheduler(G, build_gap=TlmmArray.BUILD_GAP)
 
-        # -- job and DMA commands --------------------------------------------------------
+        # -- job, DMA commands, pass records --------------------------------------------------
         wiring.connect(m, wiring.flipped(self.job), seq.job)
         wiring.connect(m, wiring.flipped(self.done), seq.done)
         wiring.connect(m, wiring.flipped(self.out_done), seq.out_done)
@@ -117,57 +135,93 @@ class MatmulEngine(wiring.Component):
         for i in range(P):
             wiring.connect(m, wiring.flipped(self.w_cmd[i]), seq.w_cmd[i])
             wiring.connect(m, wiring.flipped(self.w_data[i]), unpack.w_data[i])
-        wiring.connect(m, wiring.flipped(self.act_data), actbuf.data)
+        rec = pass_layout(G)
+        for src, dst, name in ((seq.pass_fill, actbuf.passes, "fill"), (seq.pass_load, wtile.passes, "load"),
+                               (seq.pass_param, params.passes, "param"), (seq.pass_fire, sched.passes, "fire")):
+            f = SyncFIFOBuffered(width=rec.size, depth=4)
+            m.submodules[f"pass_{name}"] = f
+            out = Signal(rec, name=f"pass_{name}_head")
+            m.d.comb += [f.w_data.eq(src.payload), f.w_en.eq(src.valid), src.ready.eq(f.w_rdy),
+                         out.eq(f.r_data), dst.payload.eq(out), dst.valid.eq(f.r_rdy), f.r_en.eq(dst.ready)]
+        m.submodules.route_q = route_q = SyncFIFOBuffered(width=seq.act_route.payload.shape().size, depth=16)
+        m.d.comb += [route_q.w_data.eq(seq.act_route.payload), route_q.w_en.eq(seq.act_route.valid),
+                     seq.act_route.ready.eq(route_q.w_rdy),
+                     partials.route.payload.eq(route_q.r_data), partials.route.valid.eq(route_q.r_rdy),
+                     route_q.r_en.eq(partials.route.ready)]
+        m.submodules.entries_q = entries_q = SyncFIFOBuffered(width=32, depth=4)
+        m.d.comb += [entries_q.w_data.eq(seq.partial_entries.payload), entries_q.w_en.eq(seq.partial_entries.valid),
+                     seq.partial_entries.ready.eq(entries_q.w_rdy),
+                     partials.entries.payload.eq(entries_q.r_data), partials.entries.valid.eq(entries_q.r_rdy),
+                     entries_q.r_en.eq(partials.entries.ready)]
+
+        # -- streams into the buffers --------------------------------------------------------------
+        wiring.connect(m, wiring.flipped(self.act_data), partials.data)
+        wiring.connect(m, partials.fill, actbuf.data)
         wiring.connect(m, wiring.flipped(self.scale_data), scales.i)
-        wiring.connect(m, wiring.flipped(self.rq_data), rqparams.i)
+        wiring.connect(m, wiring.flipped(self.rq_data), params.data)
+        wiring.connect(m, unpack.o, wtile.w)
+        wiring.connect(m, scales.o, wtile.scales)
+        start = seq.start
         m.d.comb += [
-            unpack.wbits.eq(seq.wbits),
-            actbuf.start.eq(seq.start), actbuf.m.eq(seq.m), actbuf.kc.eq(seq.kc),
-            sched.start.eq(seq.start), sched.m.eq(seq.m), sched.n.eq(seq.n), sched.kc.eq(seq.kc),
-            sched.int8.eq(seq.int8),
+            unpack.wbits.eq(seq.wbits), unpack.o_last.eq(wtile.w_last), scales.o_last.eq(wtile.s_last),
+            wtile.start.eq(start), wtile.n.eq(seq.n),
+            actbuf.start.eq(start), actbuf.stride_log.eq(seq.stride_log), actbuf.slots_log.eq(seq.slots_log),
+            partials.start.eq(start),
+            params.start.eq(start), params.int8.eq(seq.int8), params.bias.eq(seq.bias),
+            params.tiles.eq(seq.tiles), params.last_cols.eq(seq.last_cols),
+            sched.start.eq(start), sched.tiles.eq(seq.tiles), sched.last_cols.eq(seq.last_cols),
+            sched.stride_log.eq(seq.stride_log), sched.int8.eq(seq.int8), sched.bias.eq(seq.bias),
+            sched.cols_ahead.eq(wtile.cols_ahead), sched.cur_lines.eq(wtile.cur_lines),
+            sched.act_ahead.eq(actbuf.ahead), sched.param_tiles.eq(params.tiles_ahead),
+            wtile.free.eq(sched.free_col), actbuf.release.eq(sched.release), params.free.eq(sched.free_params),
+            wtile.rd_addr.eq(sched.w_addr), actbuf.rd_addr.eq(sched.a_addr), params.rd_addr.eq(sched.p_addr),
         ]
 
-        # -- fire ---------------------------------------------------------------------
-        m.d.comb += [
-            sched.w_valid.eq(unpack.o.valid), unpack.o.ready.eq(sched.w_take), unpack.o_last.eq(sched.w_last),
-            sched.s_valid.eq(scales.o.valid), scales.o.ready.eq(sched.s_take), scales.o_last.eq(sched.s_last),
-            sched.q_valid.eq(rqparams.o.valid), rqparams.o.ready.eq(sched.q_take),
-            rqparams.o_last.eq(sched.q_last),
-            sched.a_ready.eq(actbuf.ready), actbuf.release.eq(sched.a_release),
-            actbuf.rd_line.eq(sched.rd_line),
-        ]
+        # -- the issue register: fire and tag meet the rings' read data ---------------------------
         out_tag = data.StructLayout({"mult": signed(wd.mult_bits), "shift": range(wd.max_requant_shift + 1),
-                                     "rows": range(R + 1), "last": 1})
+                                     "bias": signed(32), "rows": range(R + 1), "mode": 2, "init": 2, "last": 1})
         acc_tag = data.StructLayout({"grp_first": 1, "grp_last": 1, "col_first": 1, "col_last": 1,
                                      "scales": data.ArrayLayout(unsigned(sb), NG), "out": out_tag})
+        issue = Signal(data.StructLayout({"grp_first": 1, "grp_last": 1, "col_first": 1, "col_last": 1,
+                                          "rows": range(R + 1), "mode": 2, "init": 2, "last": 1}))
+        m.d.comb += [issue.grp_first.eq(sched.grp_first), issue.grp_last.eq(sched.grp_last),
+                     issue.col_first.eq(sched.col_first), issue.col_last.eq(sched.col_last),
+                     issue.rows.eq(sched.rows_valid), issue.mode.eq(sched.mode), issue.init.eq(sched.init),
+                     issue.last.eq(sched.flush)]
+        fire = delay(m, sched.fire, ISSUE_LATENCY, name="fire")
+        itag = delay(m, issue, ISSUE_LATENCY, name="itag", reset_less=True)
         f_tag = Signal(acc_tag)
         m.d.comb += [
-            f_tag.grp_first.eq(sched.grp_first), f_tag.grp_last.eq(sched.grp_last),
-            f_tag.col_first.eq(sched.col_first), f_tag.col_last.eq(sched.col_last),
-            f_tag.out.mult.eq(rqparams.o.payload[:32]), f_tag.out.shift.eq(rqparams.o.payload[32:39]),
-            f_tag.out.rows.eq(sched.rows_valid), f_tag.out.last.eq(sched.job_last),
+            f_tag.grp_first.eq(itag.grp_first), f_tag.grp_last.eq(itag.grp_last),
+            f_tag.col_first.eq(itag.col_first), f_tag.col_last.eq(itag.col_last),
+            f_tag.scales.eq(wtile.rd_scales),
+            f_tag.out.mult.eq(params.rd_mult), f_tag.out.shift.eq(params.rd_shift), f_tag.out.bias.eq(params.rd_bias),
+            f_tag.out.rows.eq(itag.rows), f_tag.out.mode.eq(itag.mode), f_tag.out.init.eq(itag.init),
+            f_tag.out.last.eq(itag.last),
         ]
-        m.d.comb += [f_tag.scales[j].eq(scales.o.payload[16 * j:16 * j + sb]) for j in range(NG)]
         # counters: a fire multiplies ``rows_valid`` rows by ``lanes`` weights; a busy cycle
-        # without a fire is a stall (waiting for weights, activations, scales or credit)
+        # without a fire is a stall (waiting for weights, activations, parameters or credit)
         m.d.comb += [self.busy.eq(seq.busy), self.stall.eq(seq.busy & ~sched.fire),
                      self.mac_inc.eq(Mux(sched.fire, sched.rows_valid * L, 0))]
 
-        # -- datapath -----------------------------------------------------------------
-        lane_shape = getattr(unpack, "lane_shape", signed(self._lane_w))
-        if tlmm:
+        # -- datapath -----------------------------------------------------------------------
+        lane_shape = unpack.lane_shape
+        if self._tlmm:
             m.submodules.array = array = TlmmArray(
-                rows=R, lanes=L, group_size=G, g=mm.tlmm_group, max_k=mm.max_k, weight_shape=lane_shape,
+                rows=R, lanes=L, group_size=G.group_size, g=mm.tlmm_group, max_k=G.k_slice, weight_shape=lane_shape,
                 tag_layout=acc_tag, levels_per_stage=self._levels_per_stage)
-            m.d.comb += [array.build.eq(sched.build), array.build_line.eq(sched.build_line),
-                         array.build_entry.eq(sched.build_entry), array.line.eq(sched.line)]
+            m.d.comb += [array.build.eq(delay(m, sched.build, ISSUE_LATENCY, name="build")),
+                         array.build_line.eq(delay(m, sched.build_line, ISSUE_LATENCY, name="build_line")),
+                         array.build_entry.eq(delay(m, sched.build_entry, ISSUE_LATENCY, name="build_entry")),
+                         array.line.eq(delay(m, sched.line, ISSUE_LATENCY, name="line"))]
         else:
             # a ternary-only engine gets the plain baseline: a sign select per lane, no multiplier
             lane_format = "ternary" if list(mm.weight_bits) == ["ternary"] else None
-            m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G, weight_shape=lane_shape,
+            m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G.group_size, weight_shape=lane_shape,
                                                   tag_layout=acc_tag, levels_per_stage=self._levels_per_stage,
                                                   lane_format=lane_format)
-        m.d.comb += [array.valid.eq(sched.fire), array.w.eq(unpack.o.payload), array.x.eq(actbuf.rd_data),
+        assert ActivationBuffer.READ_LATENCY == ISSUE_LATENCY + 1     # x arrives one cycle after the fire
+        m.d.comb += [array.valid.eq(fire), array.w.eq(wtile.rd_lanes), array.x.eq(actbuf.rd_data),
                      array.tag.eq(f_tag)]
         m.submodules.accum = accum = GroupAccumulator(
             rows=R, groups=NG, sum_shape=array.sum_shape, group_bits=wd.group_bits, scale_bits=sb,
@@ -177,27 +231,35 @@ class MatmulEngine(wiring.Component):
                      accum.grp_first.eq(array.o_tag.grp_first), accum.grp_last.eq(array.o_tag.grp_last),
                      accum.col_first.eq(array.o_tag.col_first), accum.col_last.eq(array.o_tag.col_last),
                      accum.scales.eq(array.o_tag.scales), accum.tag.eq(array.o_tag.out)]
+        col_tag = data.StructLayout({"mode": 2, "last": 1})
         m.submodules.requant = rq = OutputStage(rows=R, acc_bits=wd.acc_bits, mult_bits=wd.mult_bits,
                                                 max_out_shift=wd.max_out_shift,
-                                                max_requant_shift=wd.max_requant_shift)
-        m.d.comb += [rq.valid.eq(accum.o_valid), rq.acc.eq(accum.acc), rq.int8.eq(seq.int8),
-                     rq.out_shift.eq(seq.out_shift), rq.mult.eq(accum.o_tag.mult),
-                     rq.shift.eq(accum.o_tag.shift), rq.rows_valid.eq(accum.o_tag.rows),
-                     rq.tag.eq(accum.o_tag.last)]
-        assert array.latency + accum.latency + rq.latency == self._latency
+                                                max_requant_shift=wd.max_requant_shift, tag_layout=col_tag)
+        t = accum.o_tag
+        m.d.comb += [rq.valid.eq(accum.o_valid), rq.acc.eq(accum.acc), rq.int8.eq(t.mode == 1),
+                     rq.raw.eq(t.mode == OUT_RAW), rq.out_shift.eq(seq.out_shift), rq.mult.eq(t.mult),
+                     rq.shift.eq(t.shift), rq.rows_valid.eq(t.rows), rq.init.eq(t.init), rq.bias.eq(t.bias),
+                     rq.bias_shift.eq(seq.bias_shift), rq.partial.eq(partials.head),
+                     rq.tag.mode.eq(t.mode), rq.tag.last.eq(t.last), partials.pop.eq(rq.pop)]
+        assert ISSUE_LATENCY + array.latency + accum.latency + rq.latency == self._latency
 
-        # -- output -------------------------------------------------------------------
+        # partial sums: queued, claimed by a column's last fire, popped by the output stage
+        claimed = Signal(range(partials.depth + 1))
+        m.d.sync += claimed.eq(claimed + sched.claim - rq.pop)
+        m.d.comb += sched.partials.eq(partials.level - claimed)
+
+        # -- output -------------------------------------------------------------------------
         col = column_layout(R)
         m.submodules.colfifo = fifo = SyncFIFOBuffered(width=col.size, depth=self._fifo_depth)
         wcol = Signal(col)
-        m.d.comb += [wcol.y.eq(rq.y), wcol.last.eq(rq.o_tag), fifo.w_data.eq(wcol), fifo.w_en.eq(rq.o_valid)]
+        m.d.comb += [wcol.y.eq(rq.y), wcol.mode.eq(rq.o_tag.mode), wcol.last.eq(rq.o_tag.last),
+                     fifo.w_data.eq(wcol), fifo.w_en.eq(rq.o_valid)]
         m.submodules.packer = packer = OutputPacker(rows=R, data_width=W)
         m.d.comb += [packer.i.payload.eq(fifo.r_data), packer.i.valid.eq(fifo.r_rdy),
-                     fifo.r_en.eq(packer.i.ready), packer.int8.eq(seq.int8), packer.start.eq(seq.start),
-                     seq.finished.eq(packer.finished)]
+                     fifo.r_en.eq(packer.i.ready), packer.start.eq(start)]
         wiring.connect(m, packer.o, wiring.flipped(self.out_data))
 
-        # Output credit: columns fired and not yet taken out of the FIFO.
+        # Output credit: columns issued and not yet taken out of the FIFO.
         inflight = Signal(range(self._fifo_depth + 1))
         col_fire = sched.fire & sched.col_last
         col_read = fifo.r_rdy & fifo.r_en

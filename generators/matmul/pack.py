@@ -1,11 +1,12 @@
-"""Output packer: one column's R results at a time -> the blocked Y byte stream (§4).
+"""Output packer: one column's R results at a time -> the blocked Y word stream (§4).
 
-A column is ``R * 4`` (INT32) or ``R`` (INT8) bytes. When that size and the
-port word divide one another (``R`` a power of two) a column is a fixed slot
-of a word, or a fixed number of words, and packing is a constant shift: cheap
-in logic and in simulation. Other ``R`` use a byte gearbox (columns appended
-at the fill level). Either way the job's last column flushes a zero-padded
-partial word, and ``finished`` rises when the job's last word has left.
+A column is ``R * 4`` (INT32), ``R`` (INT8) or ``R * 8`` (raw int64 partial sums of a
+split-K pass) bytes; each column says which. When that size and the port word divide one
+another (``R`` a power of two) a column is a fixed slot of a word, or a fixed number of words,
+and packing is a constant shift: cheap in logic and in simulation. Other ``R`` use a byte
+gearbox (columns appended at the fill level). A column marked ``last`` ends its output command:
+the packer pads the partial word with zeros. Columns of another size wait until the previous
+size's path has emptied, so words leave in column order.
 """
 from __future__ import annotations
 
@@ -18,9 +19,14 @@ from ..params import require_positive_ints
 __all__ = ["OutputPacker", "column_layout"]
 
 
+#: column ``mode``: the element size in memory
+COLUMN_MODES = {"int32": 0, "int8": 1, "raw": 2}
+
+
 def column_layout(rows: int) -> data.StructLayout:
-    """One column of results as the packer takes it."""
-    return data.StructLayout({"y": data.ArrayLayout(signed(32), rows), "last": 1})
+    """One column of results as the packer takes it: ``mode`` (:data:`COLUMN_MODES`), ``last``
+    (the column ends an output command: flush)."""
+    return data.StructLayout({"y": data.ArrayLayout(signed(64), rows), "mode": 2, "last": 1})
 
 
 def _pow2_ratio(a: int, b: int) -> bool:
@@ -38,6 +44,7 @@ class _ColumnPacker(wiring.Component):
             "start": In(1),
             "o": Out(stream.Signature(data_width)),
             "finished": Out(1),
+            "empty": Out(1),            # no column, byte or word held
         })
 
 
@@ -78,6 +85,7 @@ class _SlotPacker(_ColumnPacker):
                     m.d.sync += flushing.eq(1)
             with m.If(self.start):
                 m.d.sync += [cnt.eq(0), flushing.eq(0), ovalid.eq(0), self.finished.eq(0)]
+            m.d.comb += self.empty.eq((cnt == 0) & ~ovalid & ~flushing)
         else:                                         # one column is q words
             q = cb // B
             creg = Signal(8 * cb, reset_less=True)
@@ -94,6 +102,7 @@ class _SlotPacker(_ColumnPacker):
                 m.d.sync += self.finished.eq(1)
             with m.If(self.start):
                 m.d.sync += [left.eq(0), self.finished.eq(0)]
+            m.d.comb += self.empty.eq(left == 0)
         return m
 
 
@@ -136,14 +145,15 @@ class _GearboxPacker(_ColumnPacker):
             m.d.sync += [flush.eq(0), self.finished.eq(1)]
         with m.If(self.start):
             m.d.sync += [buf.eq(0), fill.eq(0), flush.eq(0), self.finished.eq(0)]
+        m.d.comb += self.empty.eq((fill == 0) & ~flush)
         return m
 
 
 class OutputPacker(wiring.Component):
-    """Columns in, ``data_width``-bit words out; ``finished`` once a job's last word left.
+    """Columns in, ``data_width``-bit words out (see the module docstring).
 
-    ``start`` clears ``finished`` for a new job; ``int8`` picks the element size
-    (one packing path per size; the job's mode selects it).
+    ``start`` clears the paths for a new job; ``finished`` rises once a column marked ``last``
+    has left as words.
     """
 
     def __init__(self, *, rows: int, data_width: int):
@@ -153,7 +163,6 @@ class OutputPacker(wiring.Component):
         self._rows, self._width = rows, data_width
         super().__init__({
             "i": In(stream.Signature(column_layout(rows))),
-            "int8": In(1),
             "start": In(1),
             "o": Out(stream.Signature(data_width)),
             "finished": Out(1),
@@ -165,21 +174,24 @@ class OutputPacker(wiring.Component):
         B = W // 8
         y = self.i.payload.y
         paths = []
-        for name, ebytes in (("int32", 4), ("int8", 1)):
+        for name, ebytes in (("int32", 4), ("int8", 1), ("raw", 8)):
             cb = R * ebytes
             cls = _SlotPacker if _pow2_ratio(cb, B) else _GearboxPacker
             m.submodules[name] = p = cls(cb, W)
-            sel = self.int8 if ebytes == 1 else ~self.int8
+            paths.append((COLUMN_MODES[name], p))
             col = Cat(*(y[r][:8 * ebytes] for r in range(R)))
-            m.d.comb += [p.i.payload.col.eq(col), p.i.payload.last.eq(self.i.payload.last),
-                         p.i.valid.eq(self.i.valid & sel), p.o.ready.eq(self.o.ready & sel),
-                         p.start.eq(self.start)]
-            paths.append((sel, p))
-        (s32, p32), (s8, p8) = paths
-        m.d.comb += [
-            self.i.ready.eq(Mux(s8, p8.i.ready, p32.i.ready)),
-            self.o.valid.eq(Mux(s8, p8.o.valid, p32.o.valid)),
-            self.o.payload.eq(Mux(s8, p8.o.payload, p32.o.payload)),
-            self.finished.eq(Mux(s8, p8.finished, p32.finished)),
-        ]
+            m.d.comb += [p.i.payload.col.eq(col), p.i.payload.last.eq(self.i.payload.last), p.start.eq(self.start),
+                         p.o.ready.eq(self.o.ready)]
+        # a path takes columns only while the others are empty; the one holding data owns the output
+        ready, ovalid, opayload, fin = 0, 0, 0, 0
+        for code, p in paths:
+            others_empty = Cat(*(q.empty for c2, q in paths if c2 != code)).all()
+            sel = self.i.payload.mode == code
+            m.d.comb += p.i.valid.eq(self.i.valid & sel & others_empty)
+            ready = Mux(sel, p.i.ready & others_empty, ready)
+            ovalid = ovalid | p.o.valid
+            opayload = Mux(p.o.valid, p.o.payload, opayload)
+            fin = fin | p.finished
+        m.d.comb += [self.i.ready.eq(ready), self.o.valid.eq(ovalid), self.o.payload.eq(opayload),
+                     self.finished.eq(fin)]
         return m

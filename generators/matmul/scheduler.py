@@ -1,154 +1,214 @@
-"""Fire scheduler: walks row blocks x columns x K chunks and decides when the array fires.
+"""Fire scheduler: walks each pass's tiles x row blocks x columns x K chunks, decides each fire.
 
-Loop order is the order of the weight stream (§4): for each row block, for
-each output column ``n``, for each chunk of ``L`` weights along K. The array
-fires when everything this fire needs is there: a weight chunk, the row
-block's activations, the group's scale(s) when the fire ends a group, the
-column's requant parameters when it ends a column in INT8 mode, and output
-credit when it ends a column (so back-pressure on the output can never
-overflow the fixed-latency pipeline behind the array).
+Loop nest per pass (a K slice over a chunk of row blocks; docs/engines/matmul.md)::
 
-TLMM mode (``table_entries`` given, see :mod:`.tlmm`): before a row block's first
-fire the scheduler walks the *build* loop, line ``0 .. K/L - 1`` x entry
-``0 .. E - 1``, one step per cycle while the block's activations are there
-(``build``, ``build_line``/``rd_line``, ``build_entry``). The last build step
-releases the activation bank (the tables now hold the block) and fires may start
-``build_gap`` cycles after it; fires no longer wait for the activation buffer.
-The tables are single-buffered: the next block's build starts after this block's
-last fire.
+    for tile t (tile_n columns): for row block b of the chunk: for column j of t: for chunk c of K
+
+so every column of a weight tile is fired ``nblk`` times (once per row block) from the weight
+ring and each row block ``tiles`` times from the activation ring. A fire needs: its weight line
+in the ring (the loader may still be writing that column: line-granular, so a GEMV streams at the
+port rate); its row block in the activation ring; at a column's last fire, output credit, the
+tile's column parameters when the pass uses them (INT8 requant in the last slice, bias in the
+first) and, from the second K slice on, the column's partial sums.
+
+Ring bookkeeping: a weight column is freed after its fire in the chunk's last row block, a row
+block after its last column of the last tile; so at those points the thing fired is always the
+oldest in its ring and its offset is 0, otherwise the offset is ``j`` (weights) or ``b``
+(activations).
+
+TLMM (``geometry.tlmm``, one row block per chunk): before a pass's first fire the scheduler walks
+the *build* loop, line ``0 .. kc - 1`` x entry ``0 .. E - 1``, one step per cycle, from the
+block's activations; the last step releases the block and fires may start ``build_gap`` cycles
+later without the activation ring. Tables are single-buffered.
+
+Every output is for the *issue* cycle: the engine registers fire and tag once while the rings'
+synchronous reads deliver the weight line, column parameters and (one cycle later) activations.
 """
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..params import require_positive_ints, require_powers_of_two
+from ...encodings import OutMode
+from ...mathutil import exact_log2
+from .geometry import EngineGeometry, pass_layout
 
-__all__ = ["FireScheduler"]
+__all__ = ["FireScheduler", "OUT_RAW", "INIT_NONE", "INIT_BIAS", "INIT_PARTIAL"]
+
+#: the output mode of a column of a non-last K slice: the raw accumulator (a partial sum, int64)
+OUT_RAW = 2
+INIT_NONE, INIT_BIAS, INIT_PARTIAL = 0, 1, 2
 
 
 class FireScheduler(wiring.Component):
-    """Loop counters and the fire condition; ``*_take`` pop a stream, ``*_last`` end its packet."""
+    """Loop counters, ring pointers and the fire condition (see the module docstring)."""
 
-    def __init__(self, *, rows: int, lanes: int, group_size: int, max_k: int,
-                 table_entries: int | None = None, build_gap: int = 2):
-        require_positive_ints(rows=rows, lanes=lanes, group_size=group_size, max_k=max_k)
-        if table_entries is not None:
-            require_positive_ints(table_entries=table_entries, build_gap=build_gap)
-        require_powers_of_two(lanes=lanes, group_size=group_size)
-        if max_k % max(lanes, group_size):
-            raise ValueError(f"max_k {max_k} must be a multiple of max(lanes, group_size)")
-        self._rows, self._lanes, self._group, self._max_k = rows, lanes, group_size, max_k
-        self._lines = max_k // lanes
-        self._fires_per_group = max(1, group_size // lanes)
-        self._entries, self._build_gap = table_entries, build_gap
+    def __init__(self, geometry: EngineGeometry, *, build_gap: int = 2):
+        if not isinstance(geometry, EngineGeometry):
+            raise TypeError(f"geometry must be an EngineGeometry, got {type(geometry).__name__}")
+        self._geom = G = geometry
+        self._build_gap = build_gap
+        T = G.tile_n
         super().__init__({
+            "passes": In(stream.Signature(pass_layout(G))),
             "start": In(1),
-            "m": In(32),
-            "n": In(32),
-            "kc": In(range(self._lines + 1)),      # K / L, >= fires_per_group
+            "tiles": In(32),
+            "last_cols": In(range(T + 1)),
+            "stride_log": In(range(G.line_bits + 1)),
             "int8": In(1),
-            "w_valid": In(1), "w_take": Out(1), "w_last": Out(1),
-            "s_valid": In(1), "s_take": Out(1), "s_last": Out(1),
-            "q_valid": In(1), "q_take": Out(1), "q_last": Out(1),
-            "a_ready": In(1), "a_release": Out(1),
-            "rd_line": Out(range(self._lines)),
-            "line": Out(range(self._lines)),                    # K chunk of the fire
-            "build": Out(1),                                    # TLMM: a table build step
-            "build_line": Out(range(self._lines)),
-            "build_entry": Out(range(max(table_entries or 1, 1))),
+            "bias": In(1),
+            # ring states
+            "cols_ahead": In(range(G.weight_slots + 1)),
+            "cur_lines": In(range(G.kc_max + 1)),
+            "act_ahead": In(range(G.max_blocks + 1)),
+            "param_tiles": In(range(3)),
+            "partials": In(range(1 << 16)),          # partial-sum entries queued and not yet claimed
             "credit": In(1),
+            # the fire and its addresses
             "fire": Out(1),
+            "w_addr": Out(range(G.weight_depth)),
+            "a_addr": Out(range(G.act_depth)),
+            "p_addr": Out(range(2 * T)),
+            "line": Out(range(max(G.line_stride, 2))),
+            "build": Out(1),
+            "build_line": Out(range(max(G.line_stride, 2))),
+            "build_entry": Out(range(max(G.tlmm_entries, 2))),
+            # ring releases
+            "free_col": Out(1),
+            "release": Out(1),
+            "free_params": Out(1),
+            "claim": Out(1),
+            # the fire's tag
             "grp_first": Out(1), "grp_last": Out(1),
             "col_first": Out(1), "col_last": Out(1),
-            "job_last": Out(1),
-            "rows_valid": Out(range(rows + 1)),
+            "rows_valid": Out(range(G.rows + 1)),
+            "mode": Out(2),                          # OutMode value, or OUT_RAW
+            "init": Out(2),                          # INIT_*
+            "flush": Out(1),
             "active": Out(1),
         })
 
-    @property
-    def fires_per_group(self) -> int:
-        return self._fires_per_group
-
-    @property
-    def tlmm(self) -> bool:
-        return self._entries is not None
-
     def elaborate(self, platform):
         m = Module()
-        R, fpg = self._rows, self._fires_per_group
-        c = Signal(range(max(self._lines, 2)))    # chunk within the column (never zero-width)
-        n = Signal(32)                            # column
-        rows_left = Signal(32)                    # rows of this and later blocks
-        kc_m1 = Signal(range(max(self._lines, 2)))
-        n_m1 = Signal(32)
-        active = self.active
+        G = self._geom
+        R, T, fpg = G.rows, G.tile_n, G.fires_per_group
+        abits = exact_log2(G.act_depth)
 
-        with m.If(self.start):
-            m.d.sync += [c.eq(0), n.eq(0), rows_left.eq(self.m), kc_m1.eq(self.kc - 1),
-                         n_m1.eq(self.n - 1), active.eq(1)]
+        have = Signal()
+        rec = self.passes.payload
+        kc = Signal.like(rec.kc)
+        nblk = Signal.like(rec.nblk)
+        rows = Signal(32)
+        first, last, final = Signal(), Signal(), Signal()
+        t = Signal(32)
+        b = Signal.like(rec.nblk)
+        j = Signal(range(T + 1))
+        c = Signal(range(max(G.kc_max, 2)))
+        brows = Signal(32)                       # rows of this and the later blocks of the chunk
+        w_old = Signal(exact_log2(G.weight_slots))
+        a_old = Signal(abits)
+        p_old = Signal()
+        m.d.comb += self.active.eq(have)
 
-        m.d.comb += self.rows_valid.eq(Mux(rows_left < R, rows_left, R))
+        with m.If(~have):
+            m.d.comb += self.passes.ready.eq(1)
+            with m.If(self.passes.valid):
+                m.d.sync += [have.eq(1), kc.eq(rec.kc), nblk.eq(rec.nblk), rows.eq(rec.rows), brows.eq(rec.rows),
+                             first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
+                             t.eq(0), b.eq(0), j.eq(0), c.eq(0)]
+
+        final_tile = t == self.tiles - 1
+        final_blk = b == nblk - 1
+        cols_t = Mux(final_tile, self.last_cols, T)
+        col_last = c == kc - 1
+        last_col = j == cols_t - 1
+        pass_end = final_tile & final_blk & last_col & col_last
+        m.d.comb += self.rows_valid.eq(Mux(brows < R, brows, R))
         if fpg > 1:
-            pos = c[:fpg.bit_length() - 1]
-            m.d.comb += [self.grp_first.eq(pos == 0), self.grp_last.eq(pos == fpg - 1),
-                         self.col_first.eq(c < fpg)]
+            pos = c[:exact_log2(fpg)]
+            m.d.comb += [self.grp_first.eq(pos == 0), self.grp_last.eq(pos == fpg - 1), self.col_first.eq(c < fpg)]
         else:
             m.d.comb += [self.grp_first.eq(1), self.grp_last.eq(1), self.col_first.eq(c == 0)]
-        m.d.comb += self.col_last.eq(c == kc_m1)
-        blk_last = self.col_last & (n == n_m1)
-        m.d.comb += self.job_last.eq(blk_last & (rows_left <= R))
+        m.d.comb += self.col_last.eq(col_last)
+        need_q = self.int8 & last
+        need_b = self.bias & first
+        need_p = ~first
+        m.d.comb += [self.mode.eq(Mux(last, Mux(self.int8, OutMode.INT8, OutMode.INT32), OUT_RAW)),
+                     self.init.eq(Mux(need_p, INIT_PARTIAL, Mux(need_b, INIT_BIAS, INIT_NONE))),
+                     self.flush.eq(pass_end & (~last | final)), self.line.eq(c)]
 
-        # TLMM: the tables of this row block are built (and readable), else the build loop runs.
-        if self.tlmm:
-            E, gap = self._entries, self._build_gap
+        # -- the weight line: ring slot of the column (offset j unless this is its last block) ----
+        w_off = Mux(final_blk, 0, j)
+        w_slot = Signal.like(w_old)
+        m.d.comb += w_slot.eq(w_old + w_off)
+        if G.line_bits:
+            m.d.comb += self.w_addr.eq((w_slot << G.line_bits) | c[:G.line_bits])
+        else:
+            m.d.comb += self.w_addr.eq(w_slot)
+        w_ok = (self.cols_ahead > w_off) | ((self.cols_ahead == w_off) & (self.cur_lines > c))
+        m.d.comb += self.p_addr.eq((p_old << exact_log2(T)) | (j if T > 1 else 0))
+
+        # -- the row block: ring slot (offset b unless this is its last tile) ---------------------
+        a_off = Mux(final_tile, 0, b)
+        m.d.comb += self.a_addr.eq((a_old + (a_off << self.stride_log) + c)[:abits])
+
+        params_ok = ~((need_q | need_b) & col_last) | (self.param_tiles != 0)
+        partial_ok = ~(need_p & col_last) | (self.partials != 0)
+        credit_ok = ~col_last | self.credit
+
+        if G.tlmm:
+            E, gap = G.tlmm_entries, self._build_gap
             tables = Signal()
             hold = Signal(range(gap + 1))
-            bl = Signal(range(max(self._lines, 2)))
+            bl = Signal(range(max(G.kc_max, 2)))
             be = Signal(range(max(E, 2)))
             last_entry = be == E - 1
-            last_step = last_entry & (bl == kc_m1)
-            m.d.comb += [self.build.eq(active & ~tables & self.a_ready & ~self.start),
-                         self.build_line.eq(bl), self.build_entry.eq(be), self.rd_line.eq(bl)]
-            with m.If(self.start):
-                m.d.sync += [tables.eq(0), hold.eq(0), bl.eq(0), be.eq(0)]
-            with m.Elif(self.build):
+            last_step = last_entry & (bl == kc - 1)
+            m.d.comb += [self.build.eq(have & ~tables & (self.act_ahead != 0)),
+                         self.build_line.eq(bl), self.build_entry.eq(be)]
+            with m.If(self.build):
+                m.d.comb += self.a_addr.eq((a_old + bl)[:abits])
                 m.d.sync += be.eq(Mux(last_entry, 0, be + 1))
                 with m.If(last_entry):
                     m.d.sync += bl.eq(Mux(last_step, 0, bl + 1))
                 with m.If(last_step):
                     m.d.sync += [tables.eq(1), hold.eq(gap - 1)]
+                    m.d.comb += self.release.eq(1)
             with m.Elif(hold != 0):
                 m.d.sync += hold.eq(hold - 1)
-            inputs_ready = tables & (hold == 0)
+            inputs_ok = tables & (hold == 0)
         else:
-            inputs_ready = self.a_ready
-            m.d.comb += self.rd_line.eq(c)
+            inputs_ok = self.act_ahead > a_off
 
         fire = self.fire
-        m.d.comb += fire.eq(active & self.w_valid & inputs_ready
-                            & (~self.grp_last | self.s_valid)
-                            & (~(self.int8 & self.col_last) | self.q_valid)
-                            & (~self.col_last | self.credit))
-        m.d.comb += [
-            self.w_take.eq(fire), self.w_last.eq(blk_last),
-            self.s_take.eq(fire & self.grp_last), self.s_last.eq(blk_last),
-            self.q_take.eq(fire & self.col_last & self.int8), self.q_last.eq(blk_last),
-            self.line.eq(c),
-        ]
-        if self.tlmm:
-            m.d.comb += self.a_release.eq(self.build & last_step)
-            with m.If(fire & blk_last & ~self.start):
-                m.d.sync += tables.eq(0)
-        else:
-            m.d.comb += self.a_release.eq(fire & blk_last)
-        with m.If(fire & ~self.start):
-            m.d.sync += c.eq(Mux(self.col_last, 0, c + 1))
-            with m.If(self.col_last):
-                m.d.sync += n.eq(Mux(blk_last, 0, n + 1))
-            with m.If(blk_last):
-                m.d.sync += rows_left.eq(rows_left - self.rows_valid)
-                with m.If(self.job_last):
-                    m.d.sync += active.eq(0)
+        m.d.comb += fire.eq(have & w_ok & inputs_ok & params_ok & partial_ok & credit_ok)
+        m.d.comb += [self.free_col.eq(fire & col_last & final_blk),
+                     self.free_params.eq(fire & col_last & last_col & final_blk & (need_q | need_b)),
+                     self.claim.eq(fire & col_last & need_p)]
+        if not G.tlmm:
+            m.d.comb += self.release.eq(fire & col_last & last_col & final_tile)
+
+        with m.If(fire):
+            m.d.sync += c.eq(Mux(col_last, 0, c + 1))
+            with m.If(col_last):
+                m.d.sync += j.eq(Mux(last_col, 0, j + 1))
+                with m.If(last_col):
+                    m.d.sync += [b.eq(Mux(final_blk, 0, b + 1)), brows.eq(Mux(final_blk, rows, brows - R))]
+                    with m.If(final_blk):
+                        m.d.sync += t.eq(t + 1)
+                        with m.If(final_tile):
+                            m.d.sync += have.eq(0)
+                            if G.tlmm:
+                                m.d.sync += tables.eq(0)
+        with m.If(self.free_col):
+            m.d.sync += w_old.eq(w_old + 1)
+        with m.If(self.release):
+            m.d.sync += a_old.eq(a_old + (1 << self.stride_log))
+        with m.If(self.free_params):
+            m.d.sync += p_old.eq(~p_old)
+        with m.If(self.start):
+            m.d.sync += [have.eq(0), w_old.eq(0), a_old.eq(0), p_old.eq(0)]
+            if G.tlmm:
+                m.d.sync += [tables.eq(0), hold.eq(0), bl.eq(0), be.eq(0)]
         return m

@@ -1,26 +1,40 @@
-"""Job sequencer: takes a MATMUL job, sizes its buffers and issues the DMA commands.
+"""Job sequencer: takes a MATMUL job, sizes its passes and buffers, issues every DMA command.
 
-Byte counts follow ``DesignLayout.{act,weight_port,scale,requant,out}_bytes``
-(§4) and are computed once per job in a few registered setup cycles. Each
-command stream has its own per-block counter, so every reader gets its next
-row block's command as soon as it takes the previous one: the shell can
-prefetch across block boundaries and the weight stream never pauses between
-blocks. ``done`` follows the writer's ``out_done`` for the job's output.
+A job is a sequence of *passes* (K slice outer, chunk of row blocks inner; see
+:mod:`hbmforge.engines.matmul`). The sequencer computes the job's sizes once in a few
+registered setup cycles (``DesignLayout.matmul`` is the integer twin of each formula), then
+runs independent command generators, so every reader gets its next command as soon as it
+took the previous one and the shell can prefetch across passes:
+
+* ``pass_*``: one record per pass for each consumer (activation fill, weight loader, column
+  parameter loader, fire scheduler), offered to all four at once;
+* ``act``: per pass the chunk's activation rows (one command per row block when K is one
+  slice, one per row of the slice otherwise), then, from the second slice on, the pass's
+  partial sums, once the writer acknowledged the previous slice's (they are rewritten in
+  place); ``act_route`` tells the demultiplexer whose words each command brings;
+* ``w[i]`` / ``scale``: the slice's weight stripe / scale mantissas, once per pass;
+* ``rq``: per tile of the passes that need them, the tile's requant parameters (INT8, last
+  slice) and bias (first slice);
+* ``out``: per pass of a non-last slice its partial-sum region; in the last slice Y, as one
+  command, or in (chunk, tile, row block) segments when row blocks share weight tiles.
+
+``done`` follows the writer's last acknowledgement.
 """
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Shape, Signal
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ...encodings import BiasMode, OutMode
 from ...mathutil import ceil_div, exact_log2
 from ..streams import JobDone, dma_command_stream
+from .geometry import EngineGeometry, pass_layout
 from .signature import matmul_job_layout
-from ..params import require_positive_ints, require_powers_of_two
 
-__all__ = ["JobSequencer", "ceil_div_const"]
+__all__ = ["JobSequencer", "ceil_div_const", "act_route_layout", "SETUP_CYCLES"]
 
-SETUP_CYCLES = 3
+SETUP_CYCLES = 12
 
 
 def ceil_div_const(value, divisor: int, value_bits: int):
@@ -34,6 +48,11 @@ def ceil_div_const(value, divisor: int, value_bits: int):
     s = value_bits + 1 + (divisor - 1).bit_length()      # (d - 1).bit_length() = ceil(log2 d), any d
     recip = ceil_div(1 << s, divisor)
     return ((value + divisor - 1) * recip) >> s
+
+
+def act_route_layout() -> data.StructLayout:
+    """Where the words of one ``act`` command go: the activation fill or the partial-sum collector."""
+    return data.StructLayout({"partial": 1, "words": 32})
 
 
 class _JobRegs:
@@ -57,158 +76,362 @@ class _JobRegs:
 class JobSequencer(wiring.Component):
     """One job at a time: IDLE -> SETUP -> RUN (commands, then wait) -> DONE.
 
-    ``start`` pulses once the job's parameters (``m``, ``n``, ``kc``, ``wbits``,
-    ``int8``, ``out_shift``) are valid; ``finished`` from the output packer and
-    ``out_done`` from the writer end the job.
+    ``start`` pulses once the job's sizes (the outputs below) are valid; they hold until the
+    next job. ``out_done`` is always taken; the job ends when every output command has been
+    acknowledged.
     """
 
-    def __init__(self, *, rows: int, lanes: int, weight_ports: int, data_width: int, group_size: int,
-                 max_k: int, ternary_packing: str = "2bit"):
-        require_positive_ints(rows=rows, lanes=lanes, weight_ports=weight_ports, data_width=data_width, group_size=group_size, max_k=max_k)
-        require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width, group_size=group_size)
-        if group_size < 16 or data_width < 64:
-            raise ValueError(f"group_size must be >= 16 and data_width >= 64, got {group_size}, {data_width}")
+    def __init__(self, geometry: EngineGeometry, *, ternary_packing: str = "2bit"):
+        if not isinstance(geometry, EngineGeometry):
+            raise TypeError(f"geometry must be an EngineGeometry, got {type(geometry).__name__}")
+        if geometry.group_size < 16 or geometry.data_width < 64:
+            raise ValueError(f"group_size must be >= 16 and data_width >= 64, got {geometry.group_size}, "
+                             f"{geometry.data_width}")
         if ternary_packing not in ("2bit", "5trit"):
             raise ValueError(f"ternary_packing must be '2bit' or '5trit', got {ternary_packing!r}")
+        self._geom = geometry
         self._packing = ternary_packing
-        self._rows, self._lanes, self._ports = rows, lanes, weight_ports
-        self._width, self._group, self._max_k = data_width, group_size, max_k
-        self._lines = max_k // lanes
+        P = geometry.weight_ports
+        rec = pass_layout(geometry)
         super().__init__({
-            "job": In(stream.Signature(matmul_job_layout(weight_ports))),
+            "job": In(stream.Signature(matmul_job_layout(P))),
             "done": Out(stream.Signature(JobDone)),
             "act_cmd": Out(dma_command_stream()),
+            "act_route": Out(stream.Signature(act_route_layout())),
+            "partial_entries": Out(stream.Signature(32)),      # columns x blocks of each partial command
             "scale_cmd": Out(dma_command_stream()),
             "rq_cmd": Out(dma_command_stream()),
-            "w_cmd": Out(dma_command_stream()).array(weight_ports),
+            "w_cmd": Out(dma_command_stream()).array(P),
             "out_cmd": Out(dma_command_stream()),
             "out_done": In(stream.Signature(JobDone)),
+            "pass_fill": Out(stream.Signature(rec)),
+            "pass_load": Out(stream.Signature(rec)),
+            "pass_param": Out(stream.Signature(rec)),
+            "pass_fire": Out(stream.Signature(rec)),
+            # job constants, valid from ``start``
             "start": Out(1),
             "m": Out(32),
             "n": Out(32),
-            "kc": Out(range(self._lines + 1)),
+            "tiles": Out(32),
+            "last_cols": Out(range(geometry.tile_n + 1)),
+            "stride_log": Out(range(geometry.line_bits + 1)),
+            "slots_log": Out(range(exact_log2(geometry.act_depth) + 1)),
             "wbits": Out(4),
             "int8": Out(1),
+            "bias": Out(1),
+            "bias_shift": Out(6),
             "out_shift": Out(6),
-            "finished": In(1),
             "busy": Out(1),
         })
 
     def _weight_bytes(self, code, nk, cw: int, B: int):
-        """Bytes per weight stripe (``DesignLayout.weight_port_bytes``): the stream of ``nk``
-        weights (b bits each by descriptor code 2/3/4/8, or ceil(nk/5) bytes for 5-trit
-        ternary) in whole combined words of ``cw`` bits, one ``B``-byte word per stripe."""
+        """Bytes per weight stripe of one slice (``MatmulGeometry.slice_weight_port_bytes``): the
+        stream of ``nk`` weights (b bits each by descriptor code 2/3/4/8, or ceil(nk/5) bytes for
+        5-trit ternary) in whole combined words of ``cw`` bits, one ``B``-byte word per stripe."""
         bits = Mux(code == 8, nk << 3, Mux(code == 4, nk << 2, nk << 1))
         words = (bits + cw - 1) >> exact_log2(cw)
         if self._packing == "5trit":       # ceil(ceil(nk / 5) / (cw / 8)) = ceil(nk / (5 cw / 8))
-            nk_bits = 33 + self._max_k.bit_length()
+            nk_bits = 33 + self._geom.k_slice.bit_length()
             words = Mux(code == 3, ceil_div_const(nk[:nk_bits], 5 * cw // 8, nk_bits), words)
         return words << exact_log2(B)
 
     def elaborate(self, platform):
         m = Module()
-        R, P = self._rows, self._ports
-        B = self._width // 8
-        cw = P * self._width                       # combined weight word, bits
+        geom = self._geom
+        R, L, P, T = geom.rows, geom.lanes, geom.weight_ports, geom.tile_n
+        B = geom.word_bytes
+        cw = P * geom.data_width
+        ks_full = geom.k_slice
+        word_shift, t_shift = exact_log2(B), exact_log2(T)
+        depth_log = exact_log2(geom.act_depth)
 
-        # The job's fields as separate registers (one wide struct register would be copied as a
-        # whole every cycle by a simulator).
         job = _JobRegs(P)
-        m.d.comb += [self.m.eq(job.m), self.n.eq(job.n), self.kc.eq(job.k >> exact_log2(self._lanes)),
-                     self.wbits.eq(job.wbits), self.int8.eq(job.out_mode), self.out_shift.eq(job.out_shift)]
+        int8 = Signal()
+        bias_on = Signal()
+        m.d.comb += [self.m.eq(job.m), self.n.eq(job.n), self.wbits.eq(job.wbits), self.int8.eq(int8),
+                     self.bias.eq(bias_on), self.bias_shift.eq(job.bias_shift), self.out_shift.eq(job.out_shift)]
 
         def round_words(v):
-            return ((v + B - 1) >> exact_log2(B)) << exact_log2(B)
+            return ((v + B - 1) >> word_shift) << word_shift
 
-        # -- setup: byte counts (registered; settled after SETUP_CYCLES) ---------------------
-        nk = Signal(64)
-        mk = Signal(64)
-        nblocks = Signal(34)
-        rk = Signal(32)
-        w_bytes = Signal(32)
-        s_bytes = Signal(32)
-        q_bytes = Signal(32)
-        o_bytes = Signal(32)
-        out_elems = Signal(64)
+        # -- setup: sizes (registered; settled after SETUP_CYCLES) ------------------------------
+        slices = Signal(8)
+        k_last = Signal(32)
+        kc_full = ks_full // L
+        kc_last = Signal(range(geom.kc_max + 1))
+        kc0 = Signal(range(geom.kc_max + 1))
+        stride_log = Signal(range(geom.line_bits + 1))
+        slots_log = Signal(range(depth_log + 1))
+        blocks = Signal(33)
+        tiles = Signal(32)
+        last_cols = Signal(range(T + 1))
+        nR = Signal(40)
+        nReb = Signal(42)
+        seg_ok = Signal()
+        c_log = Signal(range(depth_log + 1))
+        chunks = Signal(33)
+        c_last = Signal(range(geom.act_depth + 1))
+        c_rows = Signal(32)
+        pstride = Signal(48)
+        plast = Signal(48)
+        nk_full = Signal(64)
+        nk_last = Signal(64)
+        wb_full = Signal(40)
+        wb_last = Signal(40)
+        sb_full = Signal(40)
+        sb_last = Signal(40)
+        o_total = Signal(64)
+        seg = Signal()
+        last_seg_bytes = Signal(32)
         setup = Signal()
+        m.d.comb += [self.tiles.eq(tiles), self.last_cols.eq(last_cols), self.stride_log.eq(stride_log),
+                     self.slots_log.eq(slots_log)]
         with m.If(setup):
+            sl = geom.line_bits
+            for e in reversed(range(geom.line_bits)):
+                sl = Mux(kc0 <= (1 << e), e, sl)
+            ok_tile = Mux(int8, (T * R) % B == 0, (T * R * 4) % B == 0)
             m.d.sync += [
-                nk.eq(job.n * job.k),
-                mk.eq(job.m * job.k),
-                nblocks.eq(ceil_div_const(job.m, R, 32)),
-                rk.eq(job.k * R),
-                w_bytes.eq(self._weight_bytes(job.wbits, nk, cw, B)),
-                s_bytes.eq(round_words(nk >> (exact_log2(self._group) - 1))),
-                q_bytes.eq(round_words(job.n << 3)),
-                out_elems.eq((nblocks * R)[:32] * job.n),
-                o_bytes.eq(round_words(Mux(job.out_mode, out_elems, out_elems << 2))),
+                slices.eq(ceil_div_const(job.k, ks_full, 32)),
+                k_last.eq(job.k - (slices - 1) * ks_full),
+                kc_last.eq(k_last >> exact_log2(L)),
+                kc0.eq(Mux(slices == 1, kc_last, kc_full)),
+                stride_log.eq(sl),
+                slots_log.eq(depth_log - stride_log),
+                blocks.eq(ceil_div_const(job.m, R, 32)),
+                tiles.eq((job.n + T - 1) >> t_shift),
+                last_cols.eq(job.n - ((tiles - 1) << t_shift)),
+                nR.eq(job.n * R),
+                nReb.eq(Mux(int8, nR, nR << 2)),
+                seg_ok.eq(((nReb & (B - 1)) == 0) & ok_tile),
+                c_log.eq(Mux((tiles > 1) & ~seg_ok if not geom.tlmm else 1, 0, slots_log)),
+                chunks.eq((blocks + (1 << c_log) - 1) >> c_log),
+                c_last.eq(blocks - ((chunks - 1) << c_log)),
+                c_rows.eq(R << c_log),
+                pstride.eq(round_words((nR << 3) << c_log)),
+                plast.eq(round_words((nR << 3) * c_last)),
+                nk_full.eq(job.n * ks_full),
+                nk_last.eq(job.n * k_last),
+                wb_full.eq(self._weight_bytes(job.wbits, nk_full, cw, B)),
+                wb_last.eq(self._weight_bytes(job.wbits, nk_last, cw, B)),
+                sb_full.eq(round_words(nk_full >> (exact_log2(geom.group_size) - 1))),
+                sb_last.eq(round_words(nk_last >> (exact_log2(geom.group_size) - 1))),
+                o_total.eq(round_words(Mux(int8, (blocks * nR)[:64], (blocks * nR)[:64] << 2))),
+                seg.eq((c_log != 0) & (tiles > 1)),
+                last_seg_bytes.eq(Mux(int8, last_cols * R, (last_cols * R) << 2)),
             ]
+        seg_full = Mux(int8, T * R, T * R * 4)
 
-        # -- command streams --------------------------------------------------------------
-        out_pending = Signal()
-        act_left = Signal(64)                      # activation bytes not yet requested
-        act_addr = Signal(64)
-        w_left = [Signal(34, name=f"w{i}_left") for i in range(P)]
-        s_left = Signal(34)
-        q_left = Signal(34)
         running = Signal()
-        act_bytes = Mux(act_left < rk, act_left, rk)
 
-        m.d.comb += [
-            self.out_cmd.valid.eq(running & out_pending),
-            self.out_cmd.payload.addr.eq(job.y_addr),
-            self.out_cmd.payload.bytes.eq(o_bytes),
-            self.act_cmd.valid.eq(running & (act_left != 0)),
-            self.act_cmd.payload.addr.eq(act_addr),
-            self.act_cmd.payload.bytes.eq(act_bytes),
-            self.scale_cmd.valid.eq(running & (s_left != 0)),
-            self.scale_cmd.payload.addr.eq(job.s_addr),
-            self.scale_cmd.payload.bytes.eq(s_bytes),
-            self.rq_cmd.valid.eq(running & (q_left != 0)),
-            self.rq_cmd.payload.addr.eq(job.q_addr),
-            self.rq_cmd.payload.bytes.eq(q_bytes),
-        ]
+        # -- pass records ---------------------------------------------------------------------
+        ps = Signal(8)
+        pq = Signal(33)
+        p_rows_left = Signal(33)
+        p_active = Signal()
+        p_last_slice = ps == slices - 1
+        p_last_chunk = pq == chunks - 1
+        outs = (self.pass_fill, self.pass_load, self.pass_param, self.pass_fire)
+        all_ready = Signal()
+        m.d.comb += all_ready.eq(self.pass_fill.ready & self.pass_load.ready & self.pass_param.ready
+                                 & self.pass_fire.ready)
+        for o in outs:
+            rec = o.payload
+            m.d.comb += [o.valid.eq(running & p_active & all_ready),
+                         rec.kc.eq(Mux(p_last_slice, kc_last, kc_full)),
+                         rec.nblk.eq(Mux(p_last_chunk, c_last, 1 << c_log)),
+                         rec.rows.eq(Mux(p_rows_left < c_rows, p_rows_left, c_rows)),
+                         rec.first.eq(ps == 0), rec.last.eq(p_last_slice), rec.final.eq(p_last_slice & p_last_chunk)]
+        with m.If(self.pass_fire.valid & all_ready):
+            with m.If(p_last_chunk):
+                m.d.sync += [pq.eq(0), ps.eq(ps + 1), p_rows_left.eq(job.m)]
+                with m.If(p_last_slice):
+                    m.d.sync += p_active.eq(0)
+            with m.Else():
+                m.d.sync += [pq.eq(pq + 1), p_rows_left.eq(p_rows_left - c_rows)]
+
+        # -- activations and partial sums ----------------------------------------------------
+        a_s = Signal(8)
+        a_q = Signal(33)
+        a_active = Signal()
+        a_partial = Signal()                 # phase: the pass's partial sums
+        a_rows_done = Signal(33)             # rows of this pass issued
+        a_pass_rows = Signal(33)
+        a_chunk_row = Signal(64)             # x_addr + first row of the chunk x k
+        a_addr = Signal(64)
+        a_koff = Signal(32)                  # slice offset within a row
+        pidx = Signal(16)                    # partial-sum commands issued (== P writes they follow)
+        dones = Signal(32)
+        one_slice = slices == 1
+        rows_here = a_pass_rows - a_rows_done
+        unit_rows = Mux(one_slice, Mux(rows_here < R, rows_here, R), 1)
+        a_bytes = Mux(one_slice, unit_rows * job.k, Mux(a_s == slices - 1, k_last, ks_full))
+        p_bytes = Mux(a_q == chunks - 1, plast, pstride)
+        route = self.act_route.payload
+        m.d.comb += [route.partial.eq(a_partial),
+                     route.words.eq(Mux(a_partial, p_bytes, a_bytes) >> word_shift),
+                     self.partial_entries.payload.eq((Mux(a_q == chunks - 1, c_last, 1 << c_log) * job.n)[:32]),
+                     self.act_cmd.payload.addr.eq(Mux(a_partial, job.p_addr + (a_q * pstride)[:64], a_addr)),
+                     self.act_cmd.payload.bytes.eq(Mux(a_partial, p_bytes, a_bytes))]
+        a_go = running & a_active & self.act_route.ready & (~a_partial | ((dones > pidx) & self.partial_entries.ready))
+        m.d.comb += [self.act_cmd.valid.eq(a_go), self.act_route.valid.eq(a_go & self.act_cmd.ready),
+                     self.partial_entries.valid.eq(a_go & a_partial & self.act_cmd.ready)]
+        a_next_pass = Signal()
+        with m.If(self.act_cmd.valid & self.act_cmd.ready):
+            with m.If(a_partial):
+                m.d.sync += [pidx.eq(pidx + 1), a_partial.eq(0)]
+                m.d.comb += a_next_pass.eq(1)
+            with m.Else():
+                m.d.sync += [a_rows_done.eq(a_rows_done + unit_rows),
+                             a_addr.eq(a_addr + Mux(one_slice, (job.k * R)[:64], job.k))]
+                with m.If(a_rows_done + unit_rows == a_pass_rows):
+                    with m.If(a_s != 0):
+                        m.d.sync += a_partial.eq(1)
+                    with m.Else():
+                        m.d.comb += a_next_pass.eq(1)
+        with m.If(a_next_pass):
+            # next pass: the next chunk of this slice, or the first chunk of the next slice
+            last_q = a_q == chunks - 1
+            nxt_row = Mux(last_q, job.x_addr, a_chunk_row + (c_rows * job.k)[:64])
+            nxt_koff = Mux(last_q, a_koff + ks_full, a_koff)
+            left = Mux(last_q, job.m, job.m - (a_q + 1) * c_rows)
+            m.d.sync += [a_q.eq(Mux(last_q, 0, a_q + 1)), a_s.eq(Mux(last_q, a_s + 1, a_s)),
+                         a_chunk_row.eq(nxt_row), a_koff.eq(nxt_koff), a_addr.eq(nxt_row + nxt_koff),
+                         a_rows_done.eq(0), a_pass_rows.eq(Mux(left < c_rows, left, c_rows))]
+            with m.If(last_q & (a_s == slices - 1)):
+                m.d.sync += a_active.eq(0)
+
+        # -- weights and scales: the slice's stream once per pass --------------------------------
+        def slice_stream(port, base, full_bytes, last_bytes, name):
+            s_ = Signal(8, name=f"{name}_s")
+            q_ = Signal(33, name=f"{name}_q")
+            off = Signal(64, name=f"{name}_off")
+            act = Signal(name=f"{name}_active")
+            m.d.comb += [port.valid.eq(running & act), port.payload.addr.eq(base + off),
+                         port.payload.bytes.eq(Mux(s_ == slices - 1, last_bytes, full_bytes))]
+            with m.If(port.valid & port.ready):
+                with m.If(q_ == chunks - 1):
+                    m.d.sync += [q_.eq(0), s_.eq(s_ + 1), off.eq(off + full_bytes)]
+                    with m.If(s_ == slices - 1):
+                        m.d.sync += act.eq(0)
+                with m.Else():
+                    m.d.sync += q_.eq(q_ + 1)
+            return [s_.eq(0), q_.eq(0), off.eq(0), act.eq(1)]
+
+        resets = []
         for i in range(P):
-            m.d.comb += [self.w_cmd[i].valid.eq(running & (w_left[i] != 0)),
-                         self.w_cmd[i].payload.addr.eq(job.w_addr[i]),
-                         self.w_cmd[i].payload.bytes.eq(w_bytes)]
-        with m.If(self.start):
-            m.d.sync += [out_pending.eq(1), act_left.eq(mk), act_addr.eq(job.x_addr),
-                         s_left.eq(nblocks), q_left.eq(Mux(job.out_mode, nblocks, 0))]
-            m.d.sync += [w.eq(nblocks) for w in w_left]
-        with m.Else():
-            with m.If(self.out_cmd.ready & self.out_cmd.valid):
-                m.d.sync += out_pending.eq(0)
-            with m.If(self.act_cmd.ready & self.act_cmd.valid):
-                m.d.sync += [act_left.eq(act_left - act_bytes), act_addr.eq(act_addr + rk)]
-            with m.If(self.scale_cmd.ready & self.scale_cmd.valid):
-                m.d.sync += s_left.eq(s_left - 1)
-            with m.If(self.rq_cmd.ready & self.rq_cmd.valid):
-                m.d.sync += q_left.eq(q_left - 1)
-            for i in range(P):
-                with m.If(self.w_cmd[i].ready & self.w_cmd[i].valid):
-                    m.d.sync += w_left[i].eq(w_left[i] - 1)
+            resets += slice_stream(self.w_cmd[i], job.w_addr[i], wb_full, wb_last, f"w{i}")
+        resets += slice_stream(self.scale_cmd, job.s_addr, sb_full, sb_last, "scale")
 
-        # -- job state ----------------------------------------------------------------------
+        # -- requant parameters (INT8, last slice) and bias (first slice), per tile ----------------
+        r_s = Signal(8)
+        r_q = Signal(33)
+        r_t = Signal(32)
+        r_bias = Signal()                    # phase: the tile's bias (after its requant parameters)
+        r_active = Signal()
+        need_q = int8 & (r_s == slices - 1)
+        need_b = bias_on & (r_s == 0)
+        cols = Mux(r_t == tiles - 1, last_cols, T)
+        m.d.comb += [self.rq_cmd.payload.addr.eq(Mux(r_bias, job.b_addr + (r_t << (t_shift + 2)),
+                                                     job.q_addr + (r_t << (t_shift + 3)))),
+                     self.rq_cmd.payload.bytes.eq(round_words(Mux(r_bias, cols << 2, cols << 3)))]
+        r_here = Mux(r_bias, need_b, need_q)       # this command is needed
+        m.d.comb += self.rq_cmd.valid.eq(running & r_active & r_here)
+        r_step = (self.rq_cmd.valid & self.rq_cmd.ready) | (running & r_active & ~r_here)
+        with m.If(r_step):
+            with m.If(~r_bias):
+                m.d.sync += r_bias.eq(1)
+            with m.Else():
+                m.d.sync += r_bias.eq(0)
+                # next tile; a pass without parameters is skipped in one step per tile
+                with m.If((r_t == tiles - 1) | ~(need_q | need_b)):
+                    m.d.sync += r_t.eq(0)
+                    with m.If(r_q == chunks - 1):
+                        m.d.sync += [r_q.eq(0), r_s.eq(r_s + 1)]
+                        with m.If(r_s == slices - 1):
+                            m.d.sync += r_active.eq(0)
+                    with m.Else():
+                        m.d.sync += r_q.eq(r_q + 1)
+                with m.Else():
+                    m.d.sync += r_t.eq(r_t + 1)
+
+        # -- outputs: partial-sum regions, then Y -------------------------------------------------
+        o_s = Signal(8)
+        o_q = Signal(33)
+        o_t = Signal(32)
+        o_b = Signal(range(geom.act_depth + 1))
+        o_active = Signal()
+        o_chunk = Signal(64)                 # y + first block of the chunk x nReb
+        o_toff = Signal(64)
+        o_boff = Signal(64)
+        issued = Signal(32)
+        o_last_slice = o_s == slices - 1
+        o_nblk = Mux(o_q == chunks - 1, c_last, 1 << c_log)
+        m.d.comb += self.out_cmd.valid.eq(running & o_active)
+        with m.If(~o_last_slice):
+            m.d.comb += [self.out_cmd.payload.addr.eq(job.p_addr + (o_q * pstride)[:64]),
+                         self.out_cmd.payload.bytes.eq(Mux(o_q == chunks - 1, plast, pstride))]
+        with m.Elif(seg):
+            m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr + o_chunk + o_toff + o_boff),
+                         self.out_cmd.payload.bytes.eq(Mux(o_t == tiles - 1, last_seg_bytes, seg_full))]
+        with m.Else():
+            m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr), self.out_cmd.payload.bytes.eq(o_total)]
+        with m.If(self.out_cmd.valid & self.out_cmd.ready):
+            m.d.sync += issued.eq(issued + 1)
+
+            def next_pass():
+                with m.If(o_q == chunks - 1):
+                    m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1)]
+                    with m.If(o_last_slice):
+                        m.d.sync += o_active.eq(0)
+                with m.Else():
+                    m.d.sync += o_q.eq(o_q + 1)
+
+            with m.If(~o_last_slice):
+                next_pass()
+            with m.Elif(seg):
+                m.d.sync += o_boff.eq(o_boff + nReb)
+                with m.If(o_b == o_nblk - 1):
+                    m.d.sync += [o_b.eq(0), o_boff.eq(0), o_t.eq(o_t + 1), o_toff.eq(o_toff + seg_full)]
+                    with m.If(o_t == tiles - 1):
+                        m.d.sync += [o_t.eq(0), o_toff.eq(0), o_chunk.eq(o_chunk + (nReb << c_log))]
+                        next_pass()
+                with m.Else():
+                    m.d.sync += o_b.eq(o_b + 1)
+            with m.Else():
+                m.d.sync += o_active.eq(0)        # Y in one command: the job's last
+
+        # -- job state -----------------------------------------------------------------------
         count = Signal(range(SETUP_CYCLES + 1))
         error = Signal()
+        m.d.comb += self.out_done.ready.eq(1)
+        with m.If(self.out_done.valid):
+            m.d.sync += [dones.eq(dones + 1), error.eq(error | self.out_done.payload.error)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
-                    m.d.sync += [job.load(self.job.payload), count.eq(0)]
+                    m.d.sync += [job.load(self.job.payload), count.eq(0),
+                                 int8.eq(self.job.payload.out_mode == OutMode.INT8),
+                                 bias_on.eq(self.job.payload.bias == BiasMode.INT32)]
                     m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.comb += [setup.eq(1), self.busy.eq(1)]
                 m.d.sync += count.eq(count + 1)
                 with m.If(count == SETUP_CYCLES - 1):
                     m.d.comb += self.start.eq(1)
+                    m.d.sync += [ps.eq(0), pq.eq(0), p_rows_left.eq(job.m), p_active.eq(1),
+                                 a_s.eq(0), a_q.eq(0), a_active.eq(1), a_partial.eq(0), a_rows_done.eq(0),
+                                 a_pass_rows.eq(Mux(job.m < c_rows, job.m, c_rows)), a_chunk_row.eq(job.x_addr),
+                                 a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0),
+                                 r_s.eq(0), r_q.eq(0), r_t.eq(0), r_bias.eq(0), r_active.eq(1),
+                                 o_s.eq(0), o_q.eq(0), o_t.eq(0), o_b.eq(0), o_active.eq(1), o_chunk.eq(0),
+                                 o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0)]
+                    m.d.sync += resets
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += [running.eq(1), self.busy.eq(1)]
-                m.d.comb += self.out_done.ready.eq(self.finished)
-                with m.If(self.finished & self.out_done.valid):
-                    m.d.sync += error.eq(self.out_done.payload.error)
+                with m.If(~o_active & (dones == issued)):
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += [self.done.valid.eq(1), self.done.payload.error.eq(error), self.busy.eq(1)]

@@ -2,7 +2,7 @@
 # No `from __future__ import annotations`: data layouts are built from real values.
 from amaranth.lib import data
 
-from hbmforge.encodings import OutMode, WeightFormat
+from hbmforge.encodings import BiasMode, OutMode, WeightFormat
 from hbmforge.engines import FAMILIES
 
 from ..engine import EngineSignature
@@ -18,13 +18,17 @@ def matmul_job_layout(weight_ports: int) -> data.StructLayout:
         "out_mode": OutMode,
         "out_shift": 6,             # int32 mode
         "x_addr": 64, "s_addr": 64, "q_addr": 64, "y_addr": 64,
+        "bias": BiasMode,
+        "bias_shift": 6,            # at most MatmulWidths.max_bias_shift (< 62 - 32)
+        "b_addr": 64, "p_addr": 64,
         "w_addr": data.ArrayLayout(64, weight_ports),
     })
 
 
 def matmul_signature(layout) -> EngineSignature:
-    """``job`` as above; readers ``act``/``scale``/``rq`` and writer ``out`` on the data port,
-    one weight reader per ``w<i>``; ``mac_inc`` is ``rows x lanes`` per full fire."""
+    """``job`` as above; readers ``act`` (activations, split-K partials), ``scale`` (group scales)
+    and ``rq`` (requant parameters, bias) and the writer ``out`` on the data port, one weight
+    reader per ``w<i>``; ``mac_inc`` is ``rows x lanes`` per full fire."""
     fam = FAMILIES["matmul"]
     return EngineSignature(job_layout=matmul_job_layout(layout.mm.weight_ports),
                            data_width=layout.config.data_width, channels=fam.channels(layout),

@@ -16,7 +16,7 @@ from ...layout import DesignLayout
 from ..dma_bench import DmaBench
 
 __all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_requant", "unpack_outputs",
-           "MatmulCase", "random_case", "EngineBench"]
+           "pack_bias", "MatmulCase", "random_case", "EngineBench"]
 
 
 def _pad(buf: bytes, word_bytes: int) -> bytes:
@@ -37,15 +37,22 @@ def _format_code(wbits) -> int:
     raise ValueError(f"wbits must be 2, 4, 8 or 'ternary' (code 3), got {wbits!r}")
 
 
-def pack_weights(w, wbits, weight_ports: int, data_width: int, *, ternary_packing: str = "2bit") -> list[bytes]:
-    """``[N, K]`` weights -> one byte string per stripe (§4: one stream, combined words).
+def pack_weights(w, wbits, weight_ports: int, data_width: int, *, ternary_packing: str = "2bit",
+                 k_slice: int | None = None) -> list[bytes]:
+    """``[N, K]`` weights -> one byte string per stripe (§4: one stream per K slice of ``k_slice``
+    elements, combined words, the slices one after the other; one slice without ``k_slice``).
 
     Written element by element from the format rules (not vectorized like the host packer):
     int-b: element i at stream bits [i*b, (i+1)*b) two's complement; ternary 2bit: code
     0 -> 00, +1 -> 01, -1 -> 11; ternary 5trit: byte j = sum_t (w[5j+t] + 1) * 3**t.
     """
+    w = np.asarray(w, dtype=np.int64)
+    if k_slice is not None and w.shape[1] > k_slice:
+        parts = [pack_weights(w[:, k0:k0 + k_slice], wbits, weight_ports, data_width,
+                              ternary_packing=ternary_packing) for k0 in range(0, w.shape[1], k_slice)]
+        return [b"".join(part[p] for part in parts) for p in range(weight_ports)]
     code = _format_code(wbits)
-    vals = [int(v) for v in np.asarray(w, dtype=np.int64).reshape(-1)]
+    vals = [int(v) for v in w.reshape(-1)]
     if code == 3 and ternary_packing == "5trit":
         vals += [0] * (-len(vals) % 5)
         stream = bytes(sum((vals[j + t] + 1) * 3 ** t for t in range(5)) for j in range(0, len(vals), 5))
@@ -62,9 +69,19 @@ def pack_weights(w, wbits, weight_ports: int, data_width: int, *, ternary_packin
             for p in range(weight_ports)]
 
 
-def pack_scales(s, word_bytes: int) -> bytes:
-    """u16 little-endian mantissas ``[N, K/G]`` row-major."""
-    return _pad(np.asarray(s, dtype="<u2").tobytes(), word_bytes)
+def pack_scales(s, word_bytes: int, *, groups_per_slice: int | None = None) -> bytes:
+    """u16 little-endian mantissas ``[N, K/G]`` row-major, per K slice of ``groups_per_slice``
+    groups (each slice whole words)."""
+    s = np.asarray(s, dtype="<u2")
+    if groups_per_slice is not None and s.shape[1] > groups_per_slice:
+        return b"".join(pack_scales(s[:, g0:g0 + groups_per_slice], word_bytes)
+                        for g0 in range(0, s.shape[1], groups_per_slice))
+    return _pad(s.tobytes(), word_bytes)
+
+
+def pack_bias(bias, word_bytes: int) -> bytes:
+    """int32 little-endian per column."""
+    return _pad(np.asarray(bias, dtype="<i4").tobytes(), word_bytes)
 
 
 def pack_requant(mult, shift, word_bytes: int) -> bytes:
@@ -97,24 +114,28 @@ class MatmulCase:
     out_shift: int = 0
     mult: np.ndarray | None = None
     shift: np.ndarray | None = None
+    bias: np.ndarray | None = None
+    bias_shift: int = 0
     addrs: dict = field(default_factory=dict)
     result: np.ndarray | None = None
     pad_bytes: bytes | None = None
 
     def expected(self, group_size: int) -> np.ndarray:
         from ...numerics.matmul import matmul_int32, matmul_int8
+        bias = dict(bias=self.bias, bias_shift=self.bias_shift)
         if self.out_mode == OutMode.INT32:
-            return matmul_int32(self.x, self.w, self.s, group_size, self.out_shift)
-        return matmul_int8(self.x, self.w, self.s, group_size, self.mult, self.shift)
+            return matmul_int32(self.x, self.w, self.s, group_size, self.out_shift, **bias)
+        return matmul_int8(self.x, self.w, self.s, group_size, self.mult, self.shift, **bias)
 
 
 def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: int, n: int, wbits,
-                out_mode: int = OutMode.INT32, extremes: bool = True) -> MatmulCase:
+                out_mode: int = OutMode.INT32, extremes: bool = True, bias: bool = False) -> MatmulCase:
     """Random operands for one job, K padded to ``k_align``, with shifts that give a spread of
     results (some saturated, some exact) and, with ``extremes``, rows/columns of -128 and of
     the most negative weight, and full-scale scale mantissas. ``wbits``: 2, 4, 8, 'ternary'
-    or code 3; the case holds the descriptor code."""
-    from ...numerics.matmul import matmul_accumulate
+    or code 3; the case holds the descriptor code. ``bias``: a random int32 bias per column with
+    a random shift (extremes: the most negative bias at the largest shift in column 0)."""
+    from ...numerics.matmul import add_bias, matmul_accumulate
 
     wbits = _format_code(wbits)
     k = layout.matmul.pad_k(k)
@@ -132,8 +153,14 @@ def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: in
         if n > 1:
             w[-1, ::2] = wmax
             s[-1, 0] = 0
-    acc = matmul_accumulate(x, w, s, g)
     case = MatmulCase(x, w, s, wbits, out_mode)
+    if bias:
+        top = layout.matmul.widths.max_bias_shift
+        case.bias = rng.integers(-(1 << 31), 1 << 31, n)
+        case.bias_shift = int(rng.integers(0, top + 1))
+        if extremes:
+            case.bias[0], case.bias_shift = -(1 << 31), top
+    acc = add_bias(matmul_accumulate(x, w, s, g), case.bias, case.bias_shift)
     if out_mode == OutMode.INT32:
         top = max(int(abs(v)).bit_length() for v in acc.flat)
         case.out_shift = int(np.clip(top - 31 + rng.integers(-1, 4), 0, 63))
@@ -180,17 +207,22 @@ class EngineBench(DmaBench):
     def add(self, case: MatmulCase) -> MatmulCase:
         lay = self.layout
         wb, P, W = lay.word_bytes, lay.mm.weight_ports, lay.config.data_width
+        geom = lay.matmul
         case.addrs["x"] = self.alloc(pack_activations(case.x, wb))
         case.addrs["w"] = [self.alloc(b) for b in pack_weights(case.w, case.wbits, P, W,
-                                                                ternary_packing=lay.mm.ternary_packing)]
-        case.addrs["s"] = self.alloc(pack_scales(case.s, wb))
+                                                                ternary_packing=lay.mm.ternary_packing,
+                                                                k_slice=geom.k_slice)]
+        case.addrs["s"] = self.alloc(pack_scales(case.s, wb, groups_per_slice=geom.k_slice // lay.mm.group_size))
+        case.addrs["b"] = self.alloc(pack_bias(case.bias, wb)) if case.bias is not None else 0
         if case.out_mode == OutMode.INT8:
             case.addrs["q"] = self.alloc(pack_requant(case.mult, case.shift, wb))
         else:
             case.addrs["q"] = 0
-        m, n = case.x.shape[0], case.w.shape[0]
+        m, k, n = case.x.shape[0], case.x.shape[1], case.w.shape[0]
         out_bytes = lay.matmul.out_bytes(m, n, case.out_mode)
         case.addrs["y"] = self.alloc(bytes([0xA5]) * out_bytes)     # garbage: the engine must overwrite
+        pbytes = geom.partial_bytes(m, n, k, case.out_mode)
+        case.addrs["p"] = self.alloc(bytes([0x5A]) * pbytes) if pbytes else 0
         self.cases.append(case)
         return case
 
@@ -228,7 +260,8 @@ class EngineBench(DmaBench):
                 counters["first_fire"] = counters["first_out"] = None
                 fields = dict(m=m, k=k, n=n, wbits=case.wbits, out_mode=case.out_mode,
                               out_shift=case.out_shift, x_addr=case.addrs["x"], s_addr=case.addrs["s"],
-                              q_addr=case.addrs["q"], y_addr=case.addrs["y"])
+                              q_addr=case.addrs["q"], y_addr=case.addrs["y"], bias=int(case.bias is not None),
+                              bias_shift=case.bias_shift, b_addr=case.addrs["b"], p_addr=case.addrs["p"])
                 for f, v in fields.items():
                     ctx.set(getattr(dut.job.payload, f), v)
                 for i, a in enumerate(case.addrs["w"]):

@@ -144,6 +144,60 @@ def test_random_shapes_on_random_configs_match_golden(seed):
 
 # -- DMA commands -------------------------------------------------------------------------
 
+def expected_commands(lay, case) -> dict:
+    """The DMA commands of one job, from the loop nest of hbmforge.engines.matmul: per pass
+    (K slice outer, chunk of row blocks inner) its activation rows, weights and scales (and from
+    the second slice its partial sums); per tile of the passes that use them, requant records and
+    bias; the outputs: partial-sum regions, then Y (one command, or one per chunk x tile x block)."""
+    geom, R = lay.matmul, lay.mm.rows
+    m, k = case.x.shape
+    n = case.w.shape[0]
+    mode = case.out_mode
+    B, T = lay.word_bytes, geom.tile_n
+    slices, cb = geom.slices(k), geom.chunk_blocks(n, k, mode)
+    blocks = geom.row_blocks(m)
+    chunks = -(-blocks // cb)
+    eb = 4 if mode == OutMode.INT32 else 1
+    exp = {name: [] for name in ("act", "scale", "rq", "out")}
+    exp.update({f"w{i}": [] for i in range(lay.mm.weight_ports)})
+    stride = geom.partial_stride(n, k, mode)
+    woff = soff = 0
+    for s in range(slices):
+        ks = geom.slice_k(k, s)
+        for q in range(chunks):
+            nblk = min(cb, blocks - q * cb)
+            rows0, rows = q * cb * R, min(cb * R, m - q * cb * R)
+            if slices == 1:
+                for b in range(nblk):
+                    exp["act"].append((case.addrs["x"] + (rows0 + b * R) * k, min(R, rows - b * R) * k))
+            else:
+                for r in range(rows):
+                    exp["act"].append((case.addrs["x"] + (rows0 + r) * k + s * geom.k_slice, ks))
+            region = geom.round_words(nblk * R * n * 8)
+            if s > 0:
+                exp["act"].append((case.addrs["p"] + q * stride, region))
+            for i in range(lay.mm.weight_ports):
+                exp[f"w{i}"].append((case.addrs["w"][i] + woff, geom.slice_weight_port_bytes(n, ks, case.wbits)))
+            exp["scale"].append((case.addrs["s"] + soff, geom.slice_scale_bytes(n, ks)))
+            for t in range(geom.tiles(n)):
+                cols = min(T, n - t * T)
+                if mode == OutMode.INT8 and s == slices - 1:
+                    exp["rq"].append((case.addrs["q"] + t * T * 8, geom.round_words(cols * 8)))
+                if case.bias is not None and s == 0:
+                    exp["rq"].append((case.addrs["b"] + t * T * 4, geom.round_words(cols * 4)))
+            if s < slices - 1:
+                exp["out"].append((case.addrs["p"] + q * stride, region))
+            elif geom.segmented(m, n, k, mode):
+                for t in range(geom.tiles(n)):
+                    for b in range(q * cb, q * cb + nblk):
+                        exp["out"].append((case.addrs["y"] + (b * n + t * T) * R * eb, min(T, n - t * T) * R * eb))
+            elif q == 0:
+                exp["out"].append((case.addrs["y"], geom.out_bytes(m, n, mode)))
+        woff += geom.slice_weight_port_bytes(n, ks, case.wbits)
+        soff += geom.slice_scale_bytes(n, ks)
+    return exp
+
+
 def test_dma_commands_follow_the_layout_contract():
     lay = _layout(rows=3, lanes=16, weight_ports=2, group_size=16)
     shapes = [(7, 48, 5, 4, OutMode.INT8), (2, 16, 3, 8, OutMode.INT32)]
@@ -151,19 +205,35 @@ def test_dma_commands_follow_the_layout_contract():
     cmds = bench.commands
     exp = {name: [] for name in ("act", "scale", "rq", "w0", "w1", "out")}
     for case in bench.cases:
-        m, k = case.x.shape
-        n = case.w.shape[0]
-        blocks = lay.matmul.row_blocks(m)
-        exp["out"].append((case.addrs["y"], lay.matmul.out_bytes(m, n, case.out_mode)))
-        for b in range(blocks):
-            rows = min(lay.mm.rows, m - b * lay.mm.rows)
-            exp["act"].append((case.addrs["x"] + b * lay.mm.rows * k, rows * k))
-            exp["scale"].append((case.addrs["s"], lay.matmul.scale_bytes(n, k)))
-            if case.out_mode == OutMode.INT8:
-                exp["rq"].append((case.addrs["q"], lay.matmul.requant_bytes(n)))
-            for i in range(2):
-                exp[f"w{i}"].append((case.addrs["w"][i], lay.matmul.weight_port_bytes(n, k, case.wbits)))
+        for name, got in expected_commands(lay, case).items():
+            exp[name] += got
     assert {name: cmds[name] for name in exp} == exp
+    # one chunk: every weight is read once although the rows span three row blocks
+    assert len(exp["w0"]) == 2
+
+
+def test_dma_commands_of_tiles_chunks_split_k_and_bias():
+    """Several weight tiles (Y in segments), a chunk smaller than M (weights read once per
+    chunk), K in three slices (partial sums through the scratch), a bias."""
+    lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16, tile_n=4, tile_m=4, max_k=64)
+    geom = lay.matmul
+    rng = np.random.default_rng(12)
+    bench = EngineBench(lay, seed=12, stall=0.2, backpressure=0.2)
+    shapes = [(7, 160, 8, 8, OutMode.INT8), (3, 48, 5, 4, OutMode.INT32), (5, 80, 5, 4, OutMode.INT8)]
+    for m, k, n, wbits, mode in shapes:
+        bench.add(random_case(lay, rng, m=m, k=k, n=n, wbits=wbits, out_mode=mode, bias=True))
+    bench.run(max_cycles=40_000)
+    exp = {name: [] for name in ("act", "scale", "rq", "w0", "w1", "out")}
+    for case in bench.cases:
+        np.testing.assert_array_equal(case.result, case.expected(16))
+        for name, got in expected_commands(lay, case).items():
+            exp[name] += got
+    assert {name: bench.commands[name] for name in exp} == exp
+    # what the shapes cover: 3 slices in 2 chunks of 2 blocks, 2 tiles, Y in segments ...
+    assert (geom.slices(160), geom.chunks(7, 8, 160, OutMode.INT8), geom.tiles(8)) == (3, 2, 2)
+    assert geom.segmented(7, 8, 160, OutMode.INT8) and geom.segmented(3, 5, 48, OutMode.INT32)
+    # ... and 5 int8 columns of 2 rows (10 bytes, not whole words): one block per chunk, Y at once
+    assert geom.chunk_blocks(5, 80, OutMode.INT8) == 1 and not geom.segmented(5, 5, 80, OutMode.INT8)
 
 
 # -- performance ----------------------------------------------------------------------------

@@ -329,16 +329,17 @@ def test_output_stage_rejects_accumulators_wider_than_62_bits():
 
 # -- output packer ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("rows,int8", [(4, False), (4, True), (3, False), (3, True), (16, False), (1, True)])
-def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, int8):
-    rng = random.Random(rows * 2 + int8)
+@pytest.mark.parametrize("rows,mode", [(4, 0), (4, 1), (3, 0), (3, 1), (16, 0), (1, 1), (2, 2), (3, 2)])
+def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, mode):
+    """Columns of one element size (mode 0 int32, 1 int8, 2 raw int64); a column marked last
+    flushes a zero-padded word."""
+    rng = random.Random(rows * 3 + mode)
     W = 64
     dut = OutputPacker(rows=rows, data_width=W)
-    eb = 1 if int8 else 4
-    jobs = [[[rng.randrange(-(1 << 31), 1 << 31) if not int8 else rng.randrange(-128, 128)
-              for _ in range(rows)] for _ in range(ncols)] for ncols in (5, 1, 8)]
+    eb = {0: 4, 1: 1, 2: 8}[mode]
+    jobs = [[[rng.randrange(-(1 << (8 * eb - 1)), 1 << (8 * eb - 1)) for _ in range(rows)] for _ in range(ncols)]
+            for ncols in (5, 1, 8)]
     got = []
-    finished = []
 
     def expected_words(cols):
         raw = b"".join(int(v).to_bytes(eb, "little", signed=True) for col in cols for v in col)
@@ -346,7 +347,6 @@ def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, i
         return [int.from_bytes(raw[i:i + W // 8], "little") for i in range(0, len(raw), W // 8)]
 
     async def bench(ctx):
-        ctx.set(dut.int8, int8)
         for cols in jobs:
             ctx.set(dut.start, 1)
             await ctx.tick()
@@ -358,6 +358,7 @@ def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, i
                     col = pending[0]
                     for r in range(rows):
                         ctx.set(dut.i.payload.y[r], col[r])
+                    ctx.set(dut.i.payload.mode, mode)
                     ctx.set(dut.i.payload.last, len(pending) == 1)
                     ctx.set(dut.i.valid, rng.random() < 0.7)
                 else:
@@ -370,50 +371,127 @@ def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, i
                 if ov and orr:
                     words.append(word)
             got.append(words)
-            finished.append(True)
 
     _sim(dut, bench)
     assert got == [expected_words(cols) for cols in jobs]
 
 
+def test_packer_switches_element_size_only_after_the_previous_flush_left():
+    """A split-K job: raw int64 partial sums (flushed at the pass end), then int8 columns of Y:
+    every word leaves in column order, none lost while the other path still holds one."""
+    rng = random.Random(7)
+    rows, W = 3, 64
+    dut = OutputPacker(rows=rows, data_width=W)
+    seq = [(2, [rng.randrange(-(1 << 40), 1 << 40) for _ in range(rows)], i == 2) for i in range(3)] + \
+          [(1, [rng.randrange(-128, 128) for _ in range(rows)], i == 4) for i in range(5)]
+    raw = b""
+    for mode, col, last in seq:
+        eb = {1: 1, 2: 8}[mode]
+        raw += b"".join(int(v).to_bytes(eb, "little", signed=True) for v in col)
+        if last:
+            raw += bytes(-len(raw) % 8)
+    want = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
+    words = []
+
+    async def bench(ctx):
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        pending = list(seq)
+        for _ in range(400):
+            if pending:
+                mode, col, last = pending[0]
+                for r in range(rows):
+                    ctx.set(dut.i.payload.y[r], col[r])
+                ctx.set(dut.i.payload.mode, mode)
+                ctx.set(dut.i.payload.last, last)
+                ctx.set(dut.i.valid, 1)
+            else:
+                ctx.set(dut.i.valid, 0)
+            ctx.set(dut.o.ready, rng.random() < 0.3)
+            _, _, iv, ir, ov, orr, word = await ctx.tick().sample(dut.i.valid, dut.i.ready, dut.o.valid,
+                                                                  dut.o.ready, dut.o.payload)
+            if iv and ir:
+                pending.pop(0)
+            if ov and orr:
+                words.append(word)
+
+    _sim(dut, bench)
+    assert words == want
+
+
 # -- activation buffer ------------------------------------------------------------------------
 
-def test_activation_buffer_double_buffers_row_blocks_with_offset_bytes():
+def _engine_geometry(**engine):
+    from hbmforge.config import parse_config
+    from hbmforge.generators.matmul.geometry import EngineGeometry
+    from hbmforge.layout import DesignLayout
+
+    from designs import tiny_config_dict
+    return EngineGeometry.of(DesignLayout(parse_config(tiny_config_dict(**engine))))
+
+
+def test_activation_ring_holds_row_blocks_until_released_and_reuses_their_slots():
+    """Two passes of row blocks through a ring of two slots: a block is readable once filled, the
+    third block waits for a release, every line reads back as x + 128 two cycles after its address."""
+    from hbmforge.generators.matmul.actbuf import ActivationBuffer
+
     rng = random.Random(4)
-    R, L, W, K = 2, 16, 64, 32
-    dut = ActivationBuffer(rows=R, lanes=L, data_width=W, max_k=64)
-    M = 5                                            # blocks of 2, 2, 1 rows
+    geom = _engine_geometry(rows=2, lanes=16, max_k=64, tile_m=4)     # 2 slots of 4 lines per bank
+    R, L, K = geom.rows, geom.lanes, 64
+    dut = ActivationBuffer(geom)
+    assert geom.act_depth == 8 and dut.READ_LATENCY == 2
+    passes = [(3, 2), (2, 1)]                       # (rows, blocks) of two passes: blocks of 2, 1, 2 rows
+    M = sum(r for r, _ in passes)
     x = [[rng.randrange(256) for _ in range(K)] for _ in range(M)]
     raw = bytes(v for row in x for v in row)
     words = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
     seen = []
 
     async def compute(ctx):
-        ctx.set(dut.m, M)
-        ctx.set(dut.kc, K // L)
+        ctx.set(dut.stride_log, 2)
+        ctx.set(dut.slots_log, 1)
         ctx.set(dut.start, 1)
         await ctx.tick()
         ctx.set(dut.start, 0)
+        oldest = 0
+        row0 = 0
         for b in range(3):
-            await _wait(ctx, dut.ready)
-            for _ in range(rng.randrange(4)):        # the other bank keeps filling meanwhile
-                await ctx.tick()
-            rows = min(R, M - b * R)
+            await _wait(ctx, dut.ahead)
+            if b == 1:                                  # block 2 cannot load before block 0 is released
+                for _ in range(30):
+                    await ctx.tick()
+                assert ctx.get(dut.ahead) == 2
+            rows = min(R, [2, 1, 2][b])
             block = []
             for line in range(K // L):
-                ctx.set(dut.rd_line, line)
+                ctx.set(dut.rd_addr, oldest + line)
+                await ctx.tick()
                 await ctx.tick()
                 block.append([[ctx.get(dut.rd_data[r][l]) for l in range(L)] for r in range(rows)])
-            seen.append(block)
+            seen.append((row0, block))
+            row0 += rows
             ctx.set(dut.release, 1)
             await ctx.tick()
             ctx.set(dut.release, 0)
+            oldest = (oldest + 4) % 8
 
-    _sim(dut, compute, background=[_sender(dut.data, words, rng, stall=0.3)])
-    for b, block in enumerate(seen):
+    async def feed(ctx):
+        await ctx.tick().repeat(2)                      # after start
+        for rows, nblk in passes:
+            ctx.set(dut.passes.payload.kc, K // L)
+            ctx.set(dut.passes.payload.rows, rows)
+            ctx.set(dut.passes.payload.nblk, nblk)
+            ctx.set(dut.passes.valid, 1)
+            await _wait(ctx, dut.passes.ready)
+        ctx.set(dut.passes.valid, 0)
+
+    _sim(dut, compute, background=[_sender(dut.data, words, rng, stall=0.3), feed])
+    assert len(seen) == 3
+    for row0, block in seen:
         for line, rows in enumerate(block):
             for r, lanes in enumerate(rows):
-                assert lanes == [v ^ 0x80 for v in x[b * R + r][line * L:(line + 1) * L]]
+                assert lanes == [v ^ 0x80 for v in x[row0 + r][line * L:(line + 1) * L]]
 
 
 # -- sequencer arithmetic and parameter checks ------------------------------------------------------
@@ -442,7 +520,7 @@ def test_components_name_bad_parameters():
     _rejects(lambda: WeightUnpacker(lanes=16, weight_ports=1, data_width=64, weight_bits=(3,)), ValueError,
              "weight_bits")
     _rejects(lambda: WeightUnpacker(lanes=12, weight_ports=1, data_width=64), ValueError, "lanes")
-    _rejects(lambda: ActivationBuffer(rows=2, lanes=16, data_width=64, max_k=40), ValueError, "max_k")
+    _rejects(lambda: ActivationBuffer({"rows": 2}), TypeError, "EngineGeometry")
     _rejects(lambda: MacArray(rows=2, lanes=16, group_size=24, weight_shape=signed(8), tag_layout=unsigned(1)),
              ValueError, "group_size")
     _rejects(lambda: OutputPacker(rows=2.0, data_width=64), TypeError, "rows")

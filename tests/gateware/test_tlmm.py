@@ -112,7 +112,7 @@ def test_tlmm_array_rejects_bad_parameters():
 # -- MatmulEngine with arch: tlmm -------------------------------------------------------------
 
 from hbmforge.config import parse_config                                   # noqa: E402
-from hbmforge.generators.matmul.engine import MatmulEngine                  # noqa: E402
+from hbmforge.generators.matmul.engine import ISSUE_LATENCY, MatmulEngine   # noqa: E402
 from hbmforge.generators.matmul.requant import OutputStage                  # noqa: E402
 from hbmforge.generators.matmul.testing import EngineBench, random_case    # noqa: E402
 from hbmforge.encodings import OutMode
@@ -190,8 +190,8 @@ def test_tlmm_engine_latency_and_fifo():
     eng = MatmulEngine(lay)
     eng._MustUse__silence = True
     assert eng.fifo_depth > eng.latency
-    # array + group accumulator (one group per fire: 3) + output stage
-    assert eng.latency == tlmm_array_latency(lanes=16, group_size=16, g=5) + 3 + OutputStage.LATENCY
+    # issue register + array + group accumulator (one group per fire: 3) + output stage
+    assert eng.latency == ISSUE_LATENCY + tlmm_array_latency(lanes=16, group_size=16, g=5) + 3 + OutputStage.LATENCY
 
 
 # -- generation -----------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""Per-column parameters of a weight tile: INT8 requant ``(mult, shift)`` and the int32 bias.
+
+The ``rq`` reader brings, per tile of each pass that needs them, the tile's requant records
+(INT8 output, last K slice; u64 each) and then its bias entries (first K slice; int32 each).
+The loader writes them into two tile slots (the current tile and the next), read by the
+scheduler at each column's last fire, once per row block::
+
+    rq words -> WidthAdapter(64) --mult, shift--> qmem[slot][column]
+             -> WidthAdapter(32) --bias---------> bmem[slot][column]     (read one cycle later)
+
+A tile counts as loaded when both parts (those its pass needs) are written; ``tiles_ahead``
+loaded tiles, at most two, ``free`` (one cycle) releases the oldest.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from ...mathutil import exact_log2
+from .gearbox import WidthAdapter
+from .geometry import EngineGeometry, pass_layout
+
+__all__ = ["ColumnParams"]
+
+
+class ColumnParams(wiring.Component):
+    def __init__(self, geometry: EngineGeometry):
+        if not isinstance(geometry, EngineGeometry):
+            raise TypeError(f"geometry must be an EngineGeometry, got {type(geometry).__name__}")
+        self._geom = geometry
+        T = geometry.tile_n
+        super().__init__({
+            "passes": In(stream.Signature(pass_layout(geometry))),
+            "data": In(stream.Signature(geometry.data_width)),
+            "start": In(1),
+            "int8": In(1),
+            "bias": In(1),
+            "tiles": In(32),
+            "last_cols": In(range(T + 1)),
+            "tiles_ahead": Out(range(3)),
+            "free": In(1),
+            "rd_addr": In(range(2 * T)),
+            "rd_mult": Out(signed(32)),
+            "rd_shift": Out(range(128)),
+            "rd_bias": Out(signed(32)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        G = self._geom
+        T = G.tile_n
+        abits = exact_log2(2 * T)
+        m.submodules.qa = qa = WidthAdapter(G.data_width, 64)
+        m.submodules.ba = ba = WidthAdapter(G.data_width, 32)
+        m.submodules.qmem = qmem = Memory(shape=unsigned(39), depth=2 * T, init=[])
+        m.submodules.bmem = bmem = Memory(shape=unsigned(32), depth=2 * T, init=[])
+        qw, qr = qmem.write_port(), qmem.read_port()
+        bw, br = bmem.write_port(), bmem.read_port()
+        m.d.comb += [qr.addr.eq(self.rd_addr), br.addr.eq(self.rd_addr),
+                     self.rd_mult.eq(qr.data[:32]), self.rd_shift.eq(qr.data[32:39]),
+                     self.rd_bias.eq(br.data)]
+
+        have = Signal()
+        first, last = Signal(), Signal()
+        tile = Signal(32)
+        idx = Signal(range(T + 1))
+        phase_b = Signal()                       # writing the tile's bias (after its requant records)
+        slot = Signal()
+        with m.If(~have):
+            m.d.comb += self.passes.ready.eq(1)
+            with m.If(self.passes.valid):
+                m.d.sync += [have.eq(1), first.eq(self.passes.payload.first), last.eq(self.passes.payload.last),
+                             tile.eq(0), idx.eq(0), phase_b.eq(0)]
+        need_q = self.int8 & last
+        need_b = self.bias & first
+        cols = Mux(tile == self.tiles - 1, self.last_cols, T)
+        room = self.tiles_ahead < 2
+        busy = have & (need_q | need_b) & room
+        part_q = busy & ~phase_b & need_q
+        part_b = busy & (phase_b | ~need_q) & need_b
+        last_item = idx == cols - 1
+        # the words of one command go to one adapter: hold the next word back in the cycle the
+        # current part's last item is taken (the adapter would load it with the dropped rest)
+        take_q = part_q & qa.o.valid
+        take_b = part_b & ba.o.valid
+        m.d.comb += [qa.o.ready.eq(part_q), qa.o_last.eq(last_item), ba.o.ready.eq(part_b), ba.o_last.eq(last_item),
+                     qa.i.payload.eq(self.data.payload), ba.i.payload.eq(self.data.payload),
+                     qa.i.valid.eq(self.data.valid & part_q & ~(take_q & last_item)),
+                     ba.i.valid.eq(self.data.valid & part_b & ~(take_b & last_item)),
+                     self.data.ready.eq(Mux(part_q, qa.i.ready & ~(take_q & last_item),
+                                            part_b & ba.i.ready & ~(take_b & last_item)))]
+        addr = Cat(idx[:exact_log2(T)] if T > 1 else [], slot)
+        m.d.comb += [qw.addr.eq(addr), qw.data.eq(qa.o.payload[:39]), qw.en.eq(take_q),
+                     bw.addr.eq(addr), bw.data.eq(ba.o.payload), bw.en.eq(take_b)]
+        loaded = Signal()
+        with m.If(take_q | take_b):
+            m.d.sync += idx.eq(Mux(last_item, 0, idx + 1))
+            with m.If(last_item):
+                with m.If(take_q & need_b):
+                    m.d.sync += phase_b.eq(1)
+                with m.Else():
+                    m.d.comb += loaded.eq(1)
+        skip = have & ~(need_q | need_b)         # a pass without parameters: nothing to load
+        with m.If(loaded | skip):
+            m.d.sync += phase_b.eq(0)
+            with m.If(loaded):
+                m.d.sync += slot.eq(~slot)
+            with m.If((tile == self.tiles - 1) | skip):
+                m.d.sync += [have.eq(0), tile.eq(0)]
+            with m.Else():
+                m.d.sync += tile.eq(tile + 1)
+        m.d.sync += self.tiles_ahead.eq(self.tiles_ahead + loaded - self.free)
+        with m.If(self.start):
+            m.d.sync += [have.eq(0), slot.eq(0), self.tiles_ahead.eq(0)]
+        return m

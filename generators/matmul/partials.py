@@ -1,0 +1,93 @@
+"""Split-K partial sums in: the ``act`` reader's words go to the activation fill or here.
+
+From its second K slice on, a pass reads back the int64 partial sums the previous slice wrote,
+in fire order (tile, row block, column, row). The demultiplexer routes each ``act`` command's
+words by its route record (from the sequencer); the collector gathers the ``R`` sums of one
+column of one row block into an entry and queues it for the output stage, which adds it to the
+column's accumulators::
+
+    act words --route--> fill (activation ring)
+                     \\--> WidthAdapter(64) -> R sums -> FIFO (depth) -> head / pop
+
+``entries`` gives each partial command's entry count so the padding of its last word is dropped.
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ..params import require_positive_ints
+from .gearbox import WidthAdapter
+from .sequencer import act_route_layout
+
+__all__ = ["PartialCollector"]
+
+
+class PartialCollector(wiring.Component):
+    def __init__(self, *, rows: int, data_width: int, depth: int):
+        require_positive_ints(rows=rows, data_width=data_width, depth=depth)
+        self._rows, self._width, self._depth = rows, data_width, depth
+        super().__init__({
+            "data": In(stream.Signature(data_width)),
+            "route": In(stream.Signature(act_route_layout())),
+            "entries": In(stream.Signature(32)),
+            "fill": Out(stream.Signature(data_width)),
+            "start": In(1),
+            "head": Out(data.ArrayLayout(signed(64), rows)),
+            "level": Out(range(depth + 1)),
+            "pop": In(1),
+        })
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    def elaborate(self, platform):
+        m = Module()
+        R, W = self._rows, self._width
+
+        # -- demultiplexer: whole commands to one consumer ------------------------------------
+        words = Signal(32)                       # words of the current command already routed
+        rt = self.route.payload
+        to_p = rt.partial
+        m.submodules.adapt = adapt = WidthAdapter(W, 64)
+        m.d.comb += [self.fill.payload.eq(self.data.payload), adapt.i.payload.eq(self.data.payload),
+                     self.fill.valid.eq(self.data.valid & self.route.valid & ~to_p),
+                     adapt.i.valid.eq(self.data.valid & self.route.valid & to_p),
+                     self.data.ready.eq(self.route.valid & Mux(to_p, adapt.i.ready, self.fill.ready))]
+        with m.If(self.data.valid & self.data.ready):
+            with m.If(words == rt.words - 1):
+                m.d.comb += self.route.ready.eq(1)
+                m.d.sync += words.eq(0)
+            with m.Else():
+                m.d.sync += words.eq(words + 1)
+
+        # -- collector: R sums per entry ---------------------------------------------------------
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=64 * R, depth=self._depth)
+        m.d.comb += [self.head.as_value().eq(fifo.r_data), self.level.eq(fifo.level), fifo.r_en.eq(self.pop)]
+        acc = [Signal(64, name=f"sum{r}") for r in range(R - 1)]
+        r = Signal(range(max(R, 2)))
+        left = Signal(32)                        # entries of the current command still to come
+        have = Signal()
+        with m.If(~have):
+            m.d.comb += self.entries.ready.eq(1)
+            with m.If(self.entries.valid):
+                m.d.sync += [have.eq(1), left.eq(self.entries.payload), r.eq(0)]
+        last_item = (r == R - 1) & (left == 1)
+        m.d.comb += [adapt.o.ready.eq(have & fifo.w_rdy), adapt.o_last.eq(last_item),
+                     fifo.w_data.eq(Cat(*acc, adapt.o.payload)), fifo.w_en.eq(have & adapt.o.valid & (r == R - 1))]
+        with m.If(adapt.o.valid & adapt.o.ready):
+            for i in range(R - 1):
+                with m.If(r == i):
+                    m.d.sync += acc[i].eq(adapt.o.payload)
+            with m.If(r == R - 1):
+                m.d.sync += [r.eq(0), left.eq(left - 1)]
+                with m.If(left == 1):
+                    m.d.sync += have.eq(0)
+            with m.Else():
+                m.d.sync += r.eq(r + 1)
+        with m.If(self.start):
+            m.d.sync += [have.eq(0), words.eq(0)]
+        return m

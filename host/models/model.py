@@ -406,7 +406,23 @@ class DecoderModel(Model):
             room = ctx - cached - len(feed) + 1
             raise ValueError(f"max_new_tokens {max_new_tokens} does not fit the KV cache: after the prompt "
                              f"({cached + len(feed)} of {ctx} positions) at most {room} new token(s) fit")
+        self._check_pages(session, cached + len(feed) + steps)
         return feed
+
+    def _check_pages(self, session: Session | None, tokens: int) -> None:
+        """The shared KV pools can give the sequence the pages ``tokens`` tokens need (other
+        sessions may hold the rest)."""
+        free = getattr(self.program, "free_pages", None)
+        device = getattr(self.program, "device", None)
+        if free is None or device is None:
+            return
+        per_page = device.layout.attention.page_tokens
+        held = 0 if session is None else len(getattr(session._seq, "pages", ()))
+        need = -(-tokens // per_page) - held
+        if need > free:
+            raise SessionError(f"the KV pools have {free} free page(s) of {per_page} tokens, this call needs {need} "
+                               f"more ({tokens} tokens in the sequence); other sessions hold the rest: close them, "
+                               "or load the model with a larger max_sequences")
 
     # -- generation -------------------------------------------------------------------------
     def generate(self, input_ids=None, max_new_tokens: int = 32, *, do_sample: bool = False,

@@ -161,3 +161,17 @@ def test_an_encoder_checkpoint_embeds_on_the_cosim(cosim, ckpts):
         assert model.golden_mismatches == 0
         assert np.all(cosine(emb, model.reference(texts)) > 0.99)
         assert all(st.host_round_trips == 1 and st.cycles > 0 for st in model.last_encode)
+
+
+def test_sessions_share_the_kv_pools_that_max_sequences_sizes(gdev, ckpts):
+    with Model.from_pretrained(ckpts["llama"], device=gdev, max_context=32, max_sequences=2) as model:
+        a, b, c = model.session(), model.session(), model.session()
+        model.generate(list(range(5, 20)), 10, session=a, stop_tokens=())
+        model.generate(list(range(5, 20)), 10, session=b, stop_tokens=())
+        free = model.program.free_pages
+        with pytest.raises(ValueError, match=r"KV pools have 4 free page\(s\) of 4 tokens, this call needs 8 more"):
+            model.generate(list(range(5, 30)), 8, session=c, stop_tokens=())
+        assert model.program.free_pages == free and c.cached == 0
+        a.close()
+        out = model.generate(list(range(5, 30)), 8, session=c, stop_tokens=(), verify=True)
+        assert out.golden_mismatches == 0

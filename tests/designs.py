@@ -50,3 +50,27 @@ def tiny_sweep_spec_dict(name: str = "tiny_sweep", **top) -> dict:
             "objectives": ["tokens_per_s", "lut"]}
     spec.update(top)
     return spec
+
+
+def tiny_network_config_dict(name: str = "tiny_net", **network) -> dict:
+    """tiny + the ALLREDUCE endpoint: 4-word packets, a window of 4 slots, 2 jobs."""
+    cfg = tiny_config_dict()
+    cfg["name"] = name
+    cfg["engines"].append({"kind": "network", "packet_words": 4, "window": 4, "jobs": 2, **network})
+    return cfg
+
+
+def tiny_memory_config_dict(name: str = "tiny_mem", *, cache: dict | None = None, omap: dict | None = None,
+                            **memory) -> dict:
+    """tiny + a memory engine: a 4-set x 2-way cache of 1 KiB lines (w0 backing, w2 store) and an
+    oblivious map of 4-slot bins with 8-byte values; ``cache=False``/``omap=False`` leave one out."""
+    cfg = tiny_config_dict()
+    cfg["name"] = name
+    eng = {"kind": "memory", **memory}
+    if cache is not False:
+        eng["cache"] = {"line_bytes": 1024, "ways": 2, "sets": 4, "mshrs": 2, **(cache or {})}
+    if omap is not False:
+        eng["omap"] = {"bin_slots": 4, "value_bytes": 8, "dir_ways": 8, **(omap or {})}
+    cfg["engines"].append(eng)
+    return cfg
+

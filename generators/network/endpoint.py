@@ -15,7 +15,8 @@ Dataflow::
 
 The slots' rounds are kept per job across jobs (memory ``rounds``): the switch pairs a
 worker's packets by round, so they must continue where the last job of that job id stopped;
-a RESET (mode 2) sets the switch's epoch for the job and clears the rounds here. A result is
+a RESET (mode 2) sets the switch's epoch for the job and clears the rounds here, and so does a
+reset of the kernel (the memory is wiped before the first job is taken). A result is
 written only after its whole packet arrived with the right length (store and forward), so
 a bad packet never reaches memory.
 """
@@ -107,8 +108,15 @@ class NetworkEngine(wiring.Component):
         fill = Signal(range(WM + 1))
         clearing = Signal(range(WM + 1))
         reset_acked = Signal()
-        m.d.comb += self.job.ready.eq(~busy)
-        with m.If(self.job.valid & ~busy):
+        # after reset every round is cleared (one entry per cycle) before the first job is taken:
+        # a reset endpoint starts like a new one, at round 0 of every slot
+        wiping = Signal(range(J * WM + 1))
+        wiped = Signal()
+        m.d.comb += wiped.eq(wiping == J * WM)
+        with m.If(~wiped):
+            m.d.sync += wiping.eq(wiping + 1)
+        m.d.comb += self.job.ready.eq(~busy & wiped)
+        with m.If(self.job.valid & ~busy & wiped):
             nbytes = j.bytes
             nblocks = (nbytes + (P * WB - 1)) >> pbb
             words = nbytes >> wbb
@@ -356,7 +364,9 @@ class NetworkEngine(wiring.Component):
             with m.Else():
                 m.d.sync += [pend[c_slot].eq(0), queued[c_slot].eq(0)]
         # RESET acknowledged: this job's rounds start again at 0
-        with m.If(reset_acked & (clearing < WM)):
+        with m.If(~wiped):
+            m.d.comb += [rnd_wr.en.eq(1), rnd_wr.addr.eq(wiping), rnd_wr.data.eq(0)]
+        with m.Elif(reset_acked & (clearing < WM)):
             m.d.comb += [rnd_wr.en.eq(1), rnd_wr.addr.eq(rkey(clearing)), rnd_wr.data.eq(0)]
             m.d.sync += clearing.eq(clearing + 1)
 
@@ -395,7 +405,7 @@ class NetworkEngine(wiring.Component):
             m.d.sync += writes_done.eq(writes_done + 1)
             with m.If(self.out_done.payload.error):
                 m.d.sync += axi_error.eq(1)
-        with m.If(self.job.valid & ~busy):
+        with m.If(self.job.valid & self.job.ready):
             m.d.sync += [writes_out.eq(0), writes_done.eq(0)]
 
         # -- the end of a job ----------------------------------------------------------------------

@@ -208,6 +208,10 @@ class AggregationUnit(wiring.Component):
             m.d.comb += [act.eq(_Act.REPLY), rtype.eq(PacketType.NACK), roffset.eq(reason), rmembers.eq(who),
                          pulses["nacks"].eq(1)]
 
+        def refuse():
+            """Not this copy's round: COLLISION if the round is another member set's, else MISMATCH."""
+            nack(Mux(st.members != members, NackReason.COLLISION, NackReason.MISMATCH), st.members)
+
         def drop():
             m.d.comb += [act.eq(_Act.DROP), pulses["duplicates"].eq(1)]
 
@@ -230,7 +234,7 @@ class AggregationUnit(wiring.Component):
             with m.If(rel_stale):
                 drop()
             with m.Elif(rel_conf | (rel_same & (st.kind != Kind.REDUCE))):
-                nack(NackReason.MISMATCH, st.members)
+                refuse()
             with m.Elif(rel_same & seen_has):                   # a duplicate: never added twice
                 with m.If(st.done):
                     m.d.comb += [act.eq(_Act.STORED), rtype.eq(PacketType.RESULT), rmembers.eq(st.members),
@@ -248,7 +252,7 @@ class AggregationUnit(wiring.Component):
                     close()
                     m.d.comb += out.eq(1)
             with m.Elif(st.done | (st.offset != h.offset) | (st.count != h.count)):
-                nack(NackReason.MISMATCH, st.members)
+                refuse()
             with m.Else():
                 m.d.comb += [act.eq(_Act.ADD), meta_we.eq(1), new.seen.eq(st.seen | bit), pulses["reduced"].eq(1),
                              rtype.eq(PacketType.RESULT), rmembers.eq(st.members), rcount.eq(st.count),
@@ -260,7 +264,7 @@ class AggregationUnit(wiring.Component):
             with m.If(~(rel_same & st.open & (st.kind == Kind.LOAD) & (st.offset == h.offset)) | seen_has):
                 drop()
             with m.Elif((st.count != h.count) | (st.members != members) | (st.op != h.op)):
-                nack(NackReason.MISMATCH, st.members)
+                refuse()
             with m.Else():
                 m.d.comb += [act.eq(_Act.ADD), meta_we.eq(1), first.eq(st.seen == 0), new.seen.eq(st.seen | bit),
                              pulses["reduced"].eq(1), rtype.eq(PacketType.LD_RESULT), rworker.eq(st.requester),
@@ -276,7 +280,7 @@ class AggregationUnit(wiring.Component):
                 drop()
             with m.Elif(rel_same):
                 with m.If((st.kind != kind) | (st.requester != h.worker) | (st.offset != h.offset)):
-                    nack(NackReason.MISMATCH, st.members)
+                    refuse()
                 with m.Elif(st.done):
                     m.d.comb += [pulses["resent"].eq(1), rmembers.eq(st.members)]
                     with m.If(load):
@@ -291,7 +295,7 @@ class AggregationUnit(wiring.Component):
                     with m.Else():
                         m.d.comb += [act.eq(_Act.FWD), rtype.eq(PacketType.ST_DATA), rcount.eq(h.count)]
             with m.Elif(rel_conf):
-                nack(NackReason.MISMATCH, st.members)
+                refuse()
             with m.Elif(collide):
                 nack(NackReason.COLLISION, cl.members)
             with m.Else():

@@ -312,6 +312,12 @@ class GoldenSwitch:
         self.counters.nacks += 1
         return self._reply(h, PacketType.NACK, h.worker, members=members & 0xFFFF, offset=int(reason))
 
+    def _refuse(self, h: Header, st: _Copy) -> Delivery:
+        """A packet that does not fit the slot copy's round: COLLISION when the round belongs to
+        another member set (another group uses this job id), MISMATCH otherwise."""
+        reason = NackReason.COLLISION if st.members != h.members else NackReason.MISMATCH
+        return self._nack(h, reason, st.members)
+
     def _drop(self) -> list[Delivery]:
         self.counters.duplicates += 1
         return []
@@ -362,7 +368,7 @@ class GoldenSwitch:
         if rel == _Rel.STALE:
             return self._drop()
         if rel == _Rel.CONFLICT or (rel == _Rel.SAME and st.kind != _Kind.REDUCE):
-            return [self._nack(h, NackReason.MISMATCH, st.members)]
+            return [self._refuse(h, st)]
         if rel == _Rel.SAME and st.seen & bit:            # a duplicate: never added twice
             if st.done:
                 c.resent += 1
@@ -377,7 +383,7 @@ class GoldenSwitch:
             self._open(h, st, _Kind.REDUCE, bit, payload)
         else:
             if st.done or st.offset != h.offset or st.count != h.count:
-                return [self._nack(h, NackReason.MISMATCH, st.members)]
+                return [self._refuse(h, st)]
             st.data = combine(st.op, st.data, payload)
             st.seen |= bit
         c.reduced += 1
@@ -397,7 +403,7 @@ class GoldenSwitch:
             return self._drop()
         if rel == _Rel.SAME:
             if st.kind != kind or st.requester != h.worker or st.offset != h.offset:
-                return [self._nack(h, NackReason.MISMATCH, st.members)]
+                return [self._refuse(h, st)]
             if st.done:
                 self.counters.resent += 1
                 if load:
@@ -405,7 +411,7 @@ class GoldenSwitch:
                 return [self._reply(h, PacketType.ST_DONE, h.worker, members=st.members)]
             missing = st.members & ~st.seen                # ask the members not heard yet again
         elif rel == _Rel.CONFLICT:
-            return [self._nack(h, NackReason.MISMATCH, st.members)]
+            return [self._refuse(h, st)]
         else:
             cl = self._collides(h)
             if cl is not None:
@@ -428,7 +434,7 @@ class GoldenSwitch:
                 or st.offset != h.offset or st.seen & bit:
             return self._drop()                    # no request open for it, or already counted
         if st.count != h.count or st.members != h.members or st.op != h.op:
-            return [self._nack(h, NackReason.MISMATCH, st.members)]
+            return [self._refuse(h, st)]
         st.data = payload.copy() if st.data is None else combine(st.op, st.data, payload)
         st.seen |= bit
         self.counters.reduced += 1

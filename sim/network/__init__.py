@@ -18,7 +18,7 @@ import ctypes
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,7 @@ from hbmforge.engines.network import SwitchGeometry
 from ..build import _LDFLAGS, BuildError, BuildOptions, _compiler_id, _run
 from ..cache import BuildCache, content_key
 from ..progress import StageProgress
+from ..runtime_cache import runtime_key, save_runtime, seed_runtime
 from ..verilator import find_verilator
 
 __all__ = ["Link", "ClusterSim", "build_switch_library", "network_dir", "NetworkSimError"]
@@ -107,15 +108,19 @@ def build_switch_library(verilog: str | Path, top: str, geom: SwitchGeometry, *,
         (gen / "switch_ports.h").write_text(header)
         (out / "geometry.json").write_text(json.dumps(geom.to_json(), indent=1))
         cflags = ["-fPIC", "-fvisibility=hidden", "-fvisibility-inlines-hidden", f"-I{_harness_dir()}",
-                  f"-I{network_dir()}", f"-I{gen}"]
+                  f"-I{network_dir()}", f"-I{gen}", "-DHBF_TRACE=0", "-DHBF_TRACE_FST=0"]
         vcmd = [str(install.executable), "--cc", "--exe", "--top-module", top, "--prefix", "Vswitch",
                 "-Mdir", str(obj), "-o", str(out / name), *options.verilator_flags(),
                 "-CFLAGS", " ".join(cflags), "-LDFLAGS", _LDFLAGS, str(verilog), str(network_dir() / "net_model.cpp")]
         env = install.env()
         log_path = out / "build.log"
+        # Verilator's runtime objects, shared with the device builds (same compiler, flags, options)
+        rt_key = runtime_key(install.describe(), _compiler_id(), options.opt_runtime, "None",
+                             " ".join(c for c in cflags if not c.startswith("-I")))
         with open(log_path, "w") as log:
             with prog.stage("verilate"):
                 _run(vcmd, env, log, log_path, cache, top)
+            seeded = seed_runtime(obj, rt_key, cache.dir.parent)
             mcmd = ["make", f"-j{options.jobs}", "-C", str(obj), "-f", "Vswitch.mk", f"OPT_FAST={options.opt}",
                     f"OPT_SLOW={options.opt_slow}", f"OPT_GLOBAL={options.opt_runtime}", "VM_TRACE=0",
                     *install.make_overrides()]
@@ -123,6 +128,8 @@ def build_switch_library(verilog: str | Path, top: str, geom: SwitchGeometry, *,
                 _run(mcmd, env, log, log_path, cache, top)
         if not (out / name).exists():
             raise BuildError(f"build of switch {top} produced no {name}; see {log_path}")
+        if not seeded:
+            save_runtime(obj, rt_key, cache.dir.parent)
         shutil.rmtree(obj, ignore_errors=True)
 
     entry = cache.get_or_build(top, key, build, lock_timeout=lock_timeout,
@@ -152,6 +159,7 @@ def _load(path: Path) -> ctypes.CDLL:
         "hbn_run": ([vp, u64, u64], u64), "hbn_now": ([vp], u64),
         "hbn_link_stats": ([vp, i32, i32, ctypes.POINTER(u64)], None),
         "hbn_switch_counters": ([vp, ctypes.POINTER(u64)], None),
+        "hbn_switch_give": ([vp, i32, vp, vp, u64], i32),
     }
     for fname, (args, res) in sigs.items():
         fn = getattr(lib, fname, None)
@@ -258,6 +266,21 @@ class ClusterSim:
                 entry[name] = dict(zip(("packets", "lost", "duplicated", "reordered", "beats"), map(int, buf)))
             out.append(entry)
         return out
+
+    def inject(self, port: int, words: Sequence[int]) -> None:
+        """Raw stream words into switch port ``port`` as one packet (``tlast`` on the last word):
+        what a forged or corrupted packet from that device looks like to the switch."""
+        import numpy as np
+
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port < len(self.devices):
+            raise ValueError(f"port must be a device index in [0, {len(self.devices)}), got {port!r}")
+        if not words:
+            raise ValueError("words must hold at least one stream word")
+        wb = self._lib.hbn_word_bytes()
+        data = np.frombuffer(b"".join(int(w).to_bytes(wb, "little") for w in words), np.uint8)
+        lasts = np.zeros(len(words), np.uint8)
+        lasts[-1] = 1
+        self._lib.hbn_switch_give(self.handle, port, data.ctypes.data, lasts.ctypes.data, len(words))
 
     def switch_counters(self) -> dict[str, int]:
         n = self._lib.hbn_num_counters()

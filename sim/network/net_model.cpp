@@ -369,4 +369,13 @@ HBN_API void hbn_link_stats(void* h, int index, int dir, uint64_t out[5]) {
 
 HBN_API void hbn_switch_counters(void* h, uint64_t* out) { N(h)->sw().counters(out); }
 
+// raw beats into switch port `port` (from the next cycle on): a forged or malformed packet
+HBN_API int hbn_switch_give(void* h, int port, const uint8_t* data, const uint8_t* lasts, uint64_t n) {
+    auto* in = N(h)->sw().streams().in(2 * port);
+    if (!in || port < 0 || port >= hbn::design::kPorts) return 0;
+    std::vector<uint64_t> stamps(n, N(h)->sw().cycles());
+    in->give(data, stamps.data(), lasts, n);
+    return 1;
+}
+
 }  // extern "C"

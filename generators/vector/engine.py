@@ -127,17 +127,34 @@ class VectorEngine(wiring.Component):
             wp = mm.write_port(granularity=32) if granular else mm.write_port()
             return mm, wp, mm.read_port(domain="sync")
 
-        tile_a = [mem(f"tile_a{r}", DW, granular=True) for r in range(R)]
-        tile_b = [mem(f"tile_b{r}", DW, granular=True) for r in range(R)]
+        # two banks per row, each its own memory: the receiver fills block b+1 into one while
+        # block b is computed (read and written back) and stored from the other
+        class _Port:
+            def __init__(self, name):
+                self.addr = Signal(range(DW), name=f"{name}_addr")
+                self.data = Signal(W, name=f"{name}_data")
+                self.en = Signal(L, name=f"{name}_en")
+
+        def tile(name):
+            rows = []
+            for r in range(R):
+                banks = [mem(f"{name}{r}_bank{k}", DW, granular=True) for k in range(2)]
+                rows.append((banks, _Port(f"{name}{r}_rx"), _Port(f"{name}{r}_sw")))
+            return rows
+
+        tile_a, tile_b = tile("tile_a"), tile("tile_b")
         pms = {item: mem(f"pm{item}", DW) for item in _PARAMS}
-        rope_mem = mem("rope", R * RW) if att else None
+        rope_mem = mem("rope", 2 * R * RW) if att else None
         consts_mem = mem("consts", CW) if att else None
         gmax_mem = mem("gmax", R * GPR, shape=32)
         qp_mem = mem("qp", R * GPR, shape=64)
 
-        row_a = Array(Signal(16, name=f"row_a{r}") for r in range(R))
-        row_e = Array(Signal(5, name=f"row_e{r}") for r in range(R))
-        pages = Array(Signal(32, name=f"page{r}") for r in range(R))
+        row_a = Array(Signal(16, name=f"row_a{r}") for r in range(2 * R))       # [bank * R + row]
+        row_e = Array(Signal(5, name=f"row_e{r}") for r in range(2 * R))
+        pages = Array(Signal(32, name=f"page{r}") for r in range(2 * R))
+        blk = Signal(32)                     # the block being computed / stored
+        cbank = Signal()                     # its bank
+        m.d.comb += cbank.eq(blk[0])
         row_rec = Array(Signal(32, name=f"row_rec{r}") for r in range(R))   # ACT8 scale records out
 
         # -- the job ---------------------------------------------------------------------------
@@ -231,12 +248,13 @@ class VectorEngine(wiring.Component):
         m.d.comb += iss_adv.eq(busy & ~i_done & (~enabled(i_item) | self.src_cmd.ready))
 
         # receiver
-        rx_go = Signal()                     # the tiles may take the current block's words
         rx_adv = Signal()
         r_item, r_blk, r_r, r_done = walker("rx", rx_adv)
         r_block_item = r_item >= _FIRST_BLOCK_ITEM
-        r_allowed = Signal()
-        m.d.comb += r_allowed.eq(busy & ~r_done & (~r_block_item | rx_go))
+        rbank = Signal()
+        m.d.comb += rbank.eq(r_blk[0])
+        r_allowed = Signal()                 # a block's bank is free once the block two before is stored
+        m.d.comb += r_allowed.eq(busy & ~r_done & (~r_block_item | (r_blk == blk) | (r_blk == blk + 1)))
         rw = Signal(32)                      # word within the item
         r_words = Signal(32)
         with m.Switch(r_item):
@@ -269,7 +287,11 @@ class VectorEngine(wiring.Component):
         word = self.src_data.payload
 
         # -- state of the block pipeline -------------------------------------------------------
-        blk = Signal(32)                     # the block being computed / stored
+        loaded = Signal(33)                  # blocks the receiver has completed
+        with m.If(start):
+            m.d.sync += loaded.eq(0)
+        with m.Elif(block_loaded):
+            m.d.sync += loaded.eq(loaded + 1)
         nv = Signal(range(R + 1))
         left = Signal(33)
         m.d.comb += [left.eq(j.m - (blk << LOGR)), nv.eq(Mux(left > R, R, left))]
@@ -282,9 +304,8 @@ class VectorEngine(wiring.Component):
         sweep_wa = Signal(range(DW))
         sweep_wd = Signal(W)
         full = (1 << L) - 1
-        for r, (_, wp, _) in enumerate(tile_a):
-            with m.If(sweep_we):
-                m.d.comb += [wp.addr.eq(sweep_wa), wp.data.eq(sweep_wd), wp.en.eq(Mux(sweep_wr == r, full, 0))]
+        for r, (_, _, wp) in enumerate(tile_a):
+            m.d.comb += [wp.addr.eq(sweep_wa), wp.data.eq(sweep_wd), wp.en.eq(Mux(sweep_we & (sweep_wr == r), full, 0))]
         lanes = lanes_of(word, L, signed_=False)
         for item, tile in ((_A, tile_a), (_B, tile_b)):
             fmt = j.a_fmt if item == _A else j.b_fmt
@@ -307,25 +328,37 @@ class VectorEngine(wiring.Component):
                         col = k >> exact_log2(rl)
                         m.d.comb += [wp.addr.eq(col >> LOGL), wp.data.eq(Cat(*([lanes[r % L]] * L))),
                                      wp.en.eq(Mux(k[:exact_log2(rl)] == r // L, Const(1, L) << col[:LOGL], 0))]
+        # route the receiver (bank rbank) and the write-back (bank cbank) to the bank memories
+        for rows in (tile_a, tile_b):
+            for banks, rx, sw in rows:
+                for k, (_, wp, _) in enumerate(banks):
+                    with m.If((rx.en != 0) & (rbank == k)):
+                        m.d.comb += [wp.addr.eq(rx.addr), wp.data.eq(rx.data), wp.en.eq(rx.en)]
+                    with m.Elif(cbank == k):
+                        m.d.comb += [wp.addr.eq(sw.addr), wp.data.eq(sw.data), wp.en.eq(sw.en)]
         for item, (_, wp, _) in pms.items():
             m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(take & (r_item == item))]
         if att is not None:
             _, cwp, _ = consts_mem
             m.d.comb += [cwp.addr.eq(rw), cwp.data.eq(word), cwp.en.eq(take & (r_item == _CONSTS))]
             _, rwp, _ = rope_mem
-            m.d.comb += [rwp.addr.eq(r_r * RW + rw), rwp.data.eq(word), rwp.en.eq(take & (r_item == _ROPE))]
+            m.d.comb += [rwp.addr.eq(((rbank << LOGR) + r_r) * RW + rw), rwp.data.eq(word),
+                         rwp.en.eq(take & (r_item == _ROPE))]
             rx_pos = Signal(34)
             m.d.comb += rx_pos.eq(j.pos0 + (r_blk << LOGR) + r_r)
             lp = rx_pos >> exact_log2(P)
             entry = Signal(32)
             m.d.comb += entry.eq(Array(lanes_of(word, L, signed_=False))[lp[:LOGL] if LOGL else 0])
             with m.If(take & (r_item == _BT)):
-                m.d.sync += pages[r_r].eq(entry)
+                m.d.sync += pages[(rbank << LOGR) + r_r].eq(entry)
         recs = lanes_of(word, L, signed_=False)
         with m.If(take & (r_item == _SCALE)):
             for r in range(R):
                 with m.If(rw == r // L):
-                    m.d.sync += [row_a[r].eq(recs[r % L][:16]), row_e[r].eq(recs[r % L][16:21])]
+                    with m.If(rbank):
+                        m.d.sync += [row_a[R + r].eq(recs[r % L][:16]), row_e[R + r].eq(recs[r % L][16:21])]
+                    with m.Else():
+                        m.d.sync += [row_a[r].eq(recs[r % L][:16]), row_e[r].eq(recs[r % L][16:21])]
 
         # -- phases of the block pipeline (main FSM below) --------------------------------------
         in_store = Signal()                  # STORE phase: the store FSM owns the tile read address
@@ -357,19 +390,23 @@ class VectorEngine(wiring.Component):
         tile_addr = Signal(range(DW))
         store_addr = Signal(range(DW))
         m.d.comb += tile_addr.eq(Mux(in_store, store_addr, sw_j))
-        for _, _, rp in tile_a:
-            m.d.comb += rp.addr.eq(tile_addr)
-        for _, _, rp in tile_b:
-            m.d.comb += rp.addr.eq(sw_j)
+        for rows, addr in ((tile_a, tile_addr), (tile_b, sw_j)):
+            for banks, _, _ in rows:
+                for _, _, rp in banks:
+                    m.d.comb += rp.addr.eq(addr)
+
+        def bank_data(banks):
+            return Mux(cbank, banks[1][2].data, banks[0][2].data)
         for _, _, rp in pms.values():
             m.d.comb += rp.addr.eq(sw_j)
-        a_data = Array(rp.data for _, _, rp in tile_a)
-        b_data = Array(rp.data for _, _, rp in tile_b)
+        a_rows = [bank_data(banks) for banks, _, _ in tile_a]
+        a_data = Array(a_rows)
+        b_data = Array(bank_data(banks) for banks, _, _ in tile_b)
         if att is not None:
             _, _, rrp = rope_mem
             col0 = Signal(range(hd))
             m.d.comb += col0.eq((sw_j << LOGL) & (hd - 1))         # first column of the word in its head
-            m.d.comb += rrp.addr.eq(sw_r * RW + (col0 >> (LOGL + 1)))
+            m.d.comb += rrp.addr.eq(((cbank << LOGR) + sw_r) * RW + (col0 >> (LOGL + 1)))
             rope_sel = Signal()
             m.d.sync += rope_sel.eq((col0 >> LOGL)[0])              # which half of the RoPE word
             rope_word = Mux(rope_sel, rrp.data[W // 2:], rrp.data[:W // 2])
@@ -377,7 +414,8 @@ class VectorEngine(wiring.Component):
             rope_word = Const(0, W // 2)
         m.d.comb += [elem.i_valid.eq(rd_v & ~sw_second), elem.xa.eq(a_data[rd_r]), elem.xb.eq(b_data[rd_r]),
                      elem.acol.eq(pms[_ACOL][2].data), elem.bcol.eq(pms[_BCOL][2].data),
-                     elem.bias.eq(pms[_BIAS][2].data), elem.row_a.eq(row_a[rd_r]), elem.row_e.eq(row_e[rd_r]),
+                     elem.bias.eq(pms[_BIAS][2].data), elem.row_a.eq(row_a[(cbank << LOGR) + rd_r]),
+                     elem.row_e.eq(row_e[(cbank << LOGR) + rd_r]),
                      elem.rope.eq(rope_word)]
 
         sb = napply.sum_bits
@@ -581,7 +619,7 @@ class VectorEngine(wiring.Component):
             lanes_out = []
             for lane in range(L):
                 r, p = lane % R, lane // R
-                src = Array(lanes_of(tile_a[r][2].data, L, signed_=False))[kq * per + p]
+                src = Array(lanes_of(a_rows[r], L, signed_=False))[kq * per + p]
                 lanes_out.append(Mux(r < nv, src, 0))
             m.d.comb += blk_word.eq(word_of(lanes_out))
         else:
@@ -590,7 +628,7 @@ class VectorEngine(wiring.Component):
             grp_sel = t1_k[:exact_log2(rl)]
             lanes_out = []
             for lane in range(L):
-                rowsel = Array(Array(lanes_of(tile_a[q * L + lane][2].data, L, signed_=False))[col[:LOGL]]
+                rowsel = Array(Array(lanes_of(a_rows[q * L + lane], L, signed_=False))[col[:LOGL]]
                                for q in range(rl))[grp_sel]
                 lanes_out.append(Mux(grp_sel * L + lane < nv, rowsel, 0))
             m.d.comb += blk_word.eq(word_of(lanes_out))
@@ -705,7 +743,7 @@ class VectorEngine(wiring.Component):
             slot = Signal(range(P))
             m.d.comb += slot.eq(st_pos[:exact_log2(P)])
             kv_base = Signal(64)
-            m.d.comb += kv_base.eq(j.pool + pages[st_r] * (heads * ha) + st_h * ha)
+            m.d.comb += kv_base.eq(j.pool + pages[(cbank << LOGR) + st_r] * (heads * ha) + st_h * ha)
             vaddr = kv_base + att.scale_area + slot * vbytes
             maddr = kv_base + (((slot * (ng * 2)) >> LOGW8) << LOGW8)
             tok_per_word = max(W8 // (ng * 2), 1)
@@ -871,11 +909,11 @@ class VectorEngine(wiring.Component):
         with m.FSM(name="main"):
             with m.State("IDLE"):
                 with m.If(start):
-                    m.d.sync += [blk.eq(0), rx_go.eq(1)]
+                    m.d.sync += blk.eq(0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                with m.If(block_loaded):
-                    m.d.sync += [rx_go.eq(0), sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
+                with m.If(loaded > blk):
+                    m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
                     m.next = "SWEEP1"
             with m.State("SWEEP1"):
                 with m.If(~sweeping & ~rd_v):
@@ -912,7 +950,6 @@ class VectorEngine(wiring.Component):
                     with m.If(blk + 1 == nblk):
                         m.next = "FINISH"
                     with m.Else():
-                        m.d.sync += rx_go.eq(1)
                         m.next = "LOAD"
             with m.State("FINISH"):
                 # every word written and acknowledged

@@ -64,7 +64,7 @@ def test_residual_add_streams_close_to_one_word_per_cycle_per_pass():
     assert bench.mem == expected
     words = 8 * 64 * 4 // layout.word_bytes        # A, B and Y each
     # load A + B, one sweep and the store, each a word per cycle, plus per-block pipeline fills
-    assert bench.cycles[0] <= 1.4 * 4 * words, bench.cycles
+    assert bench.cycles[0] <= 4 * words, bench.cycles        # measured 961: the loads overlap the passes
 
 
 def test_constructor_refuses_what_it_cannot_build():

@@ -1,4 +1,4 @@
-"""A quantized linear layer that runs on the device: ``y = x @ w.T``.
+"""A quantized linear layer that runs on the device: ``y = x @ w.T (+ b)``.
 
 Weights are quantized once against their encoded group scales
 (:func:`hbmforge.numerics.encoded.quantize_weights_encoded`: ``bits`` = 2, 4, 8 or "ternary",
@@ -8,6 +8,16 @@ never saturate, runs one descriptor per block of rows and dequantizes with one r
 (:func:`~hbmforge.numerics.encoded.scale_product`), so finite inputs of any magnitude give
 the right float32 result or a ValueError when it is beyond float32. ``forward_int`` exposes
 the raw device integers so that tests compare them bit for bit with the golden model.
+
+K (``in_features``) may exceed the engine's ``max_k``: the engine splits it into slices and keeps
+exact int64 partial sums in a scratch buffer of the workspace, up to ``split_k`` slices.
+
+A bias ``b`` [N] is added on the device where the accumulator has one scale per column: with
+per-tensor activations (``out_scale``, INT8 output) it becomes an int32 per column in accumulator
+units, ``round(b / (x_scale * row_scale) / 2^bias_shift)``, added as ``<< bias_shift`` before the
+requantization (one rounding of at most half a ``2^bias_shift`` step). With the default per-token
+activations every row has its own scale, so the bias is added to the dequantized float64 result
+(exact, then one rounding to float32).
 
 Every argument is checked before the first allocation or device write.
 """
@@ -25,7 +35,8 @@ from hbmforge.numerics.encoded import quantize_weights_encoded, scale_product
 
 from .checks import check_choice, check_int, check_positive, check_timeout, int_array, real_array
 from .device import Buffer, Device, check_device, merge_counters
-from .packing import engine_format, pack_activations, pack_requant, pack_scales, pack_weights, unpack_output
+from .packing import (engine_format, pack_activations, pack_bias, pack_requant, pack_scales, pack_weights,
+                      unpack_output)
 from .program import ProgramBuilder
 from .workspace import Workspace
 
@@ -59,6 +70,23 @@ def choose_out_shift(acc_bound: int, max_shift: int = 63) -> int:
     raise ValueError(f"|acc| bound {acc_bound} does not fit int32 with any shift <= {max_shift}")
 
 
+def _check_k(k: int, lay) -> int:
+    """``in_features`` padded to ``k_align``, checked against the largest K the engine takes."""
+    geom = lay.matmul
+    kp = geom.pad_k(k)
+    if kp > geom.max_k_total:
+        raise ValueError(f"in_features {k} (padded to {kp}) exceeds the engine's largest K {geom.max_k_total} "
+                         f"(split_k {lay.mm.split_k} slices of max_k {geom.k_slice})")
+    return kp
+
+
+def _check_bias(bias, n: int) -> np.ndarray:
+    b = real_array("bias", bias, ndim=(1,), what=f"[{n}] finite floats (one per output)")
+    if b.shape != (n,):
+        raise ValueError(f"bias must be {n} finite floats (one per output), got shape {b.shape}")
+    return b.astype(np.float64)
+
+
 def _to_float32(y: np.ndarray) -> np.ndarray:
     """float64 results -> float32, or a ValueError if any is beyond float32's range."""
     big = np.abs(y) > _FLOAT32_MAX
@@ -78,15 +106,13 @@ class Linear:
     """
 
     def __init__(self, device: Device, weight_q: np.ndarray, mantissas: np.ndarray, row_scale: np.ndarray,
-                 *, bits, in_features: int, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
+                 *, bits, in_features: int, bias=None, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
         device = check_device(device)
         lay = device.layout
         mm = lay.mm
         bits = engine_format(bits, lay, "bits")
-        k = check_int("in_features", in_features, 1, mm.max_k)
-        kp = lay.matmul.pad_k(k)
-        if kp > mm.max_k:
-            raise ValueError(f"in_features {k} (padded to {kp}) exceeds the engine's max_k {mm.max_k}")
+        k = check_int("in_features", in_features, 1)
+        kp = _check_k(k, lay)
         q = int_array("weight_q", weight_q, *storage_range(bits), shape=(None, kp))
         n = q.shape[0]
         if n == 0:
@@ -97,6 +123,7 @@ class Linear:
         if rs.shape != (n,) or not np.all(rs > 0):
             raise ValueError(f"row_scale must be {n} finite floats > 0 (one per output), got "
                              f"shape {rs.shape}, min {float(rs.min()) if rs.size else None}")
+        self._bias = None if bias is None else _check_bias(bias, n)
         self._workspace_bytes = check_int("workspace_bytes", workspace_bytes, 1)
         self._dev = device
         self._lay = lay
@@ -128,9 +155,10 @@ class Linear:
     # -- construction ------------------------------------------------------------------
     @classmethod
     def from_float(cls, w, *, bits=4, group_size: int | None = None, device: Device,
-                   ternary_scale: str = "group",
+                   ternary_scale: str = "group", bias=None,
                    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> "Linear":
-        """Quantize ``w`` [out_features, in_features] (float) and upload it to ``device``.
+        """Quantize ``w`` [out_features, in_features] (float) and upload it to ``device``;
+        ``bias``: optional float [out_features].
 
         ``bits``: 2, 4, 8 or ``"ternary"`` (one of the engine's ``weight_bits``).
         ``group_size`` (optional) must be the engine's and divide ``in_features``;
@@ -158,20 +186,20 @@ class Linear:
         if group_size is not None and k % group_size:
             raise ValueError(f"group_size {group_size} must divide in_features K = {k} (omit group_size to "
                              f"zero-pad K to a multiple of {lay.matmul.k_align})")
-        kp = lay.matmul.pad_k(k)
-        if kp > mm.max_k:
-            raise ValueError(f"in_features {k} (padded to {kp}) exceeds the engine's max_k {mm.max_k}")
+        kp = _check_k(k, lay)
+        if bias is not None:
+            _check_bias(bias, n)
         enc = quantize_weights_encoded(w, fmt, mm.group_size, mm.scale_bits, k_padded=kp,
                                        ternary_scale=ternary_scale)
-        return cls(device, enc.q, enc.mantissas, enc.row_scale, bits=fmt, in_features=k,
+        return cls(device, enc.q, enc.mantissas, enc.row_scale, bits=fmt, in_features=k, bias=bias,
                    workspace_bytes=workspace_bytes)
 
     @classmethod
-    def from_quantized(cls, weight_q, mantissas, row_scale=None, *, bits, device: Device,
+    def from_quantized(cls, weight_q, mantissas, row_scale=None, *, bits, device: Device, bias=None,
                        workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> "Linear":
         """Upload given integers: weights [N, K] (``bits`` 2, 4, 8: signed; "ternary": -1/0/+1),
         mantissas [N, ceil(K/G)] (unsigned ``scale_bits``), ``row_scale`` [N] finite floats > 0
-        (default 1)."""
+        (default 1); ``bias``: optional float [N] (output units)."""
         device = check_device(device)
         lay = device.layout
         fmt = engine_format(bits, lay, "bits")
@@ -180,9 +208,7 @@ class Linear:
         if 0 in wq.shape:
             raise ValueError(f"weight_q must be a non-empty 2-D integer array [N, K], got shape {wq.shape}")
         n, k = wq.shape
-        kp = lay.matmul.pad_k(k)
-        if kp > lay.mm.max_k:
-            raise ValueError(f"in_features {k} (padded to {kp}) exceeds the engine's max_k {lay.mm.max_k}")
+        kp = _check_k(k, lay)
         g = lay.mm.group_size
         groups = -(-k // g)
         mant = int_array("mantissas", mantissas, 0, (1 << lay.mm.scale_bits) - 1,
@@ -195,7 +221,7 @@ class Linear:
         m_full = np.zeros((n, kp // g), dtype=np.uint16)
         m_full[:, :groups] = mant
         rs = np.ones(n) if row_scale is None else row_scale
-        return cls(device, q, m_full, rs, bits=fmt, in_features=k, workspace_bytes=workspace_bytes)
+        return cls(device, q, m_full, rs, bits=fmt, in_features=k, bias=bias, workspace_bytes=workspace_bytes)
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -238,6 +264,11 @@ class Linear:
         return self._row_scale
 
     @property
+    def bias(self) -> np.ndarray | None:
+        """float64 [N] or None."""
+        return None if self._bias is None else self._bias.copy()
+
+    @property
     def closed(self) -> bool:
         return self._s_buf is None
 
@@ -247,10 +278,15 @@ class Linear:
         return scale_product(self._q * s, self._row_scale[:, None])[:, :self._k]
 
     # -- integer interface -------------------------------------------------------------
-    def acc_bound(self, xq) -> int:
-        """An upper bound of |acc| over all outputs for these int8 activations."""
+    def acc_bound(self, xq, bias=None) -> int:
+        """An upper bound of |acc| over all outputs for these int8 activations (and an integer
+        ``bias=(values, shift)``)."""
         xq = self._int_input(xq)
-        return int(np.abs(xq.astype(np.int64)).max()) * self._max_col_l1
+        bound = int(np.abs(xq.astype(np.int64)).max()) * self._max_col_l1
+        if bias is not None:
+            values, shift = bias
+            bound += int(np.abs(np.asarray(values, dtype=np.int64)).max()) << int(shift)
+        return bound
 
     def _int_input(self, xq) -> np.ndarray:
         top = 1 << (self._lay.matmul.widths.act_bits - 1)
@@ -275,14 +311,33 @@ class Linear:
                              f"got {mult.size} and {shift.size}")
         return mult, shift
 
-    def _out_shift(self, xq: np.ndarray, out_shift) -> int:
+    def _out_shift(self, xq: np.ndarray, out_shift, bias=None) -> int:
         if out_shift is None:
-            return self.out_shift_for(xq)
+            return self.out_shift_for(xq, bias)
         return check_int("out_shift", out_shift, 0, self._lay.matmul.widths.max_out_shift)
 
-    def out_shift_for(self, xq) -> int:
-        """The smallest INT32-mode shift that cannot saturate for these int8 inputs."""
-        return choose_out_shift(self.acc_bound(xq), self._lay.matmul.widths.max_out_shift)
+    def out_shift_for(self, xq, bias=None) -> int:
+        """The smallest INT32-mode shift that cannot saturate for these int8 inputs (and bias)."""
+        return choose_out_shift(self.acc_bound(xq, bias), self._lay.matmul.widths.max_out_shift)
+
+    def int_bias(self, act_scale: float):
+        """The layer's float bias as the device adds it for per-tensor activations of scale
+        ``act_scale``: ``(values, shift)``, values int32 in accumulator units ``2^shift``."""
+        if self._bias is None:
+            return None
+        act_scale = check_positive("act_scale", act_scale)
+        with np.errstate(over="ignore", divide="ignore"):
+            units = self._bias / (act_scale * self._row_scale)
+        top = float(np.abs(units).max())
+        widths = self._lay.matmul.widths
+        shift = 0
+        while shift <= widths.max_bias_shift and top / 2.0 ** shift >= (1 << 31) - 0.5:
+            shift += 1
+        if shift > widths.max_bias_shift or not np.all(np.isfinite(units)):
+            raise ValueError(f"the bias (up to {float(np.abs(self._bias).max()):.3g}) is too large for these "
+                             f"activations and weights: {top:.3g} accumulator units needs more than "
+                             f"int32 << {widths.max_bias_shift}")
+        return np.rint(units / 2.0 ** shift).astype(np.int64), shift
 
     def dequantize_int32(self, yi, out_shift: int, act_scale) -> np.ndarray:
         """float64 ``x @ w.T`` from INT32 device output: ``y * 2^out_shift * x_scale[m] * row_scale[n]``,
@@ -294,27 +349,45 @@ class Linear:
             raise ValueError(f"act_scale must be {yi.shape[0]} finite floats > 0 (one per row), got shape {act.shape}")
         return scale_product(yi, act[:, None], self._row_scale[None, :], exp=out_shift)
 
-    def forward_int(self, xq, *, out_shift: int | None = None, requant=None, timeout: float = 60.0) -> np.ndarray:
+    def _int_bias(self, bias):
+        """``bias=(values, shift)``: int32 per column, 0 <= shift <= max_bias_shift (or None)."""
+        if bias is None:
+            return None
+        if not isinstance(bias, (tuple, list)) or len(bias) != 2:
+            raise TypeError(f"bias must be a pair (values, shift): {self._n} int32 values and a shift, "
+                            f"got {type(bias).__name__}")
+        values = int_array("bias values", bias[0], -(1 << 31), (1 << 31) - 1).reshape(-1)
+        if values.shape != (self._n,):
+            raise ValueError(f"bias values must have {self._n} entries (one per column), got {values.size}")
+        shift = check_int("bias shift", bias[1], 0, self._lay.matmul.widths.max_bias_shift)
+        return values, shift
+
+    def forward_int(self, xq, *, out_shift: int | None = None, requant=None, bias=None,
+                    timeout: float = 60.0) -> np.ndarray:
         """Raw device output for int8 ``xq`` [M, K]: int32 (``out_shift``, default: the
-        smallest that cannot saturate) or, with ``requant=(mult, shift)`` per column, int8."""
+        smallest that cannot saturate) or, with ``requant=(mult, shift)`` per column, int8;
+        ``bias=(values, shift)`` adds ``values[n] << shift`` (int32 per column) on the device."""
         timeout = check_timeout(timeout)
         self._check_open()
         xq = self._int_input(xq)
+        ib = self._int_bias(bias)
         if requant is not None:
             if out_shift is not None:
                 raise ValueError("give out_shift (int32 outputs) or requant (int8 outputs), not both")
             mult, shift = self._requant(requant)
-            return self._run(xq, OutMode.INT8, 0, pack_requant(mult, shift, self._lay), timeout)
-        return self._run(xq, OutMode.INT32, self._out_shift(xq, out_shift), None, timeout)
+            return self._run(xq, OutMode.INT8, 0, pack_requant(mult, shift, self._lay), timeout, ib)
+        return self._run(xq, OutMode.INT32, self._out_shift(xq, out_shift, ib), None, timeout, ib)
 
-    def golden_int(self, xq, *, out_shift: int | None = None, requant=None) -> np.ndarray:
+    def golden_int(self, xq, *, out_shift: int | None = None, requant=None, bias=None) -> np.ndarray:
         """What :meth:`forward_int` must return, from the numerics golden model."""
         xq = self._int_input(xq)
         g = self.group_size
+        ib = self._int_bias(bias)
+        kw = {} if ib is None else {"bias": ib[0], "bias_shift": ib[1]}
         if requant is not None:
             mult, shift = self._requant(requant)
-            return matmul_int8(xq, self._q, self._mant, g, mult, shift)
-        return matmul_int32(xq, self._q, self._mant, g, self._out_shift(xq, out_shift))
+            return matmul_int8(xq, self._q, self._mant, g, mult, shift, **kw)
+        return matmul_int32(xq, self._q, self._mant, g, self._out_shift(xq, out_shift, ib), **kw)
 
     # -- float interface ---------------------------------------------------------------
     def __call__(self, x, *, out_scale: float | None = None, act_scale: float | None = None,
@@ -339,7 +412,10 @@ class Linear:
         aq = quantize_activations_per_token(x2)
         shift = self.out_shift_for(aq.q)
         yi = self._run(self._int_input(aq.q), OutMode.INT32, shift, None, timeout)
-        y = _to_float32(self.dequantize_int32(yi, shift, aq.scale))
+        y = self.dequantize_int32(yi, shift, aq.scale)
+        if self._bias is not None:                  # per-token scales: the bias joins in float64
+            y = y + self._bias[None, :]
+        y = _to_float32(y)
         return y[0] if squeeze else y
 
     def forward_int8(self, x, *, out_scale: float, act_scale: float | None = None,
@@ -360,7 +436,8 @@ class Linear:
         except ValueError as err:
             raise ValueError(f"out_scale {out_scale!r} is too small for these activations and weights "
                              f"({err}); give a larger out_scale") from None
-        y8 = self._run(self._int_input(aq.q), OutMode.INT8, 0, pack_requant(mult, shift, self._lay), timeout)
+        ib = self.int_bias(float(aq.scale[0]))
+        y8 = self._run(self._int_input(aq.q), OutMode.INT8, 0, pack_requant(mult, shift, self._lay), timeout, ib)
         return y8[0] if squeeze else y8
 
     def _as_rows(self, x) -> tuple[np.ndarray, bool]:
@@ -373,12 +450,13 @@ class Linear:
 
     # -- running -----------------------------------------------------------------------
     def rows_per_run(self, out_mode: int = OutMode.INT32) -> int:
-        """Rows of X one run handles: X and Y together fit ``workspace_bytes`` (whole row blocks),
-        and each fits one DMA transfer."""
+        """Rows of X one run handles: X, Y (and, for K above one pass, the partial-sum scratch)
+        together fit ``workspace_bytes`` (whole row blocks), and each fits one DMA transfer."""
         geom, rows = self._lay.matmul, self._lay.mm.rows
         x_block, y_block = geom.act_bytes(rows, self._kp), geom.out_bytes(rows, self._n, out_mode)
+        p_block = geom.round_words(rows * self._n * 8) if geom.slices(self._kp) > 1 else 0
         by_dma = min(_U32 // x_block, _U32 // y_block)
-        return rows * max(1, min(self._workspace_bytes // (x_block + y_block), by_dma))
+        return rows * max(1, min(self._workspace_bytes // (x_block + y_block + p_block), by_dma))
 
     def _check_open(self) -> None:
         if self._s_buf is None:
@@ -386,9 +464,9 @@ class Linear:
         self._dev._check_open()
 
     def _run(self, xq: np.ndarray, out_mode: int, out_shift: int, requant: np.ndarray | None,
-             timeout: float) -> np.ndarray:
+             timeout: float, bias=None) -> np.ndarray:
         """Run ``xq`` (int8, K padded) in blocks of rows. Every descriptor is built and every
-        buffer reserved before the first write."""
+        buffer reserved before the first write. ``bias``: ``(int32 values, shift)`` or None."""
         self._check_open()
         dev, lay, geom = self._dev, self._lay, self._lay.matmul
         m_total = xq.shape[0]
@@ -397,14 +475,22 @@ class Linear:
                  "program": lay.descriptor_bytes}
         if requant is not None:
             sizes["q"] = requant.nbytes
+        if bias is not None:
+            packed_bias = pack_bias(bias[0], lay)
+            sizes["b"] = packed_bias.nbytes
+        if geom.slices(self._kp) > 1:
+            sizes["p"] = geom.partial_bytes(chunk, self._n, self._kp, out_mode)
         # validate one descriptor of each shape before any allocation or write
         starts = range(0, m_total, chunk)
         shapes = sorted({min(chunk, m_total - r0) for r0 in starts})
+        bshift = 0 if bias is None else bias[1]
         for m in shapes:
-            self._program(m, out_mode, out_shift, sizes)
+            self._program(m, out_mode, out_shift, sizes, bshift)
         bufs = self._work.reserve(sizes)
         if requant is not None:
             dev.write(bufs["q"], requant)
+        if bias is not None:
+            dev.write(bufs["b"], packed_bias)
         dtype = np.int32 if out_mode == OutMode.INT32 else np.int8
         out = np.empty((m_total, self._n), dtype=dtype)
         info = LinearRun(out_mode="int32" if out_mode == OutMode.INT32 else "int8",
@@ -412,7 +498,7 @@ class Linear:
         started = time.monotonic()
         for r0 in starts:
             m = min(chunk, m_total - r0)
-            prog = self._program(m, out_mode, out_shift, bufs)
+            prog = self._program(m, out_mode, out_shift, bufs, bshift)
             dev.write(bufs["x"], pack_activations(xq[r0:r0 + m], lay))
             dev.write(bufs["program"], prog.to_bytes())
             status = dev.run(bufs["program"], 1, timeout=timeout)
@@ -428,12 +514,13 @@ class Linear:
         self.last_run = info
         return out
 
-    def _program(self, m: int, out_mode: int, out_shift: int, targets: dict) -> ProgramBuilder:
+    def _program(self, m: int, out_mode: int, out_shift: int, targets: dict, bias_shift: int = 0) -> ProgramBuilder:
         """The one-descriptor program of ``m`` rows; ``targets`` holds Buffers or byte sizes."""
         addr = {name: (t if isinstance(t, Buffer) else 0) for name, t in targets.items()}
         prog = ProgramBuilder(self._dev)
         prog.matmul(m=m, k=self._kp, n=self._n, wbits=self._bits, x=addr["x"], s=self._s_buf, y=addr["y"],
-                    w=self._w_bufs, out_mode=out_mode, out_shift=out_shift, q=addr.get("q"))
+                    w=self._w_bufs, out_mode=out_mode, out_shift=out_shift, q=addr.get("q"), bias=addr.get("b"),
+                    bias_shift=bias_shift, p=addr.get("p"))
         return prog
 
     # -- lifetime ----------------------------------------------------------------------
@@ -454,4 +541,4 @@ class Linear:
 
     def __repr__(self) -> str:
         return (f"Linear(in_features={self._k}, out_features={self._n}, bits={self._bits}, "
-                f"group_size={self.group_size}, device={self._dev.backend})")
+                f"group_size={self.group_size}, bias={self._bias is not None}, device={self._dev.backend})")

@@ -121,7 +121,7 @@ class ProgramBuilder:
         targets.update({f"w_addr{i}": (f"w[{i}]", wi, f"w{i}") for i, wi in enumerate(w)})
         if bias is not None:
             targets["b_addr"] = ("bias", bias, "data")
-        if k > lay.matmul.k_slice:
+        if lay.matmul.k_slice < k <= lay.matmul.max_k_total:
             if p is None:
                 raise ValueError(f"k {k} is above one pass ({lay.matmul.k_slice}): the engine splits it and needs "
                                  f"p, a scratch buffer of {lay.matmul.partial_bytes(m, n, k, mode)} bytes for "

@@ -139,7 +139,10 @@ def test_close_frees_device_memory(golden_dev):
     (dict(group_size=64), ValueError, r"group_size must equal the engine's group_size \(16\).*got 64"),
     (dict(w=np.ones((2, 3, 4))), ValueError, "weights must be 2-D"),
     (dict(w=np.array([[1.0, np.nan]])), ValueError, "1 NaN/Inf"),
-    (dict(w=np.ones((2, 300))), ValueError, "in_features 300 .* exceeds the engine's max_k 256"),
+    (dict(w=np.ones((2, 4100))), ValueError,
+     r"in_features 4100 \(padded to 4112\) exceeds the engine's largest K 4096 \(split_k 16 slices of max_k 256\)"),
+    (dict(bias=np.ones(3)), ValueError, r"bias must be 2 finite floats \(one per output\), got shape \(3,\)"),
+    (dict(bias=np.array([1.0, np.inf])), ValueError, "bias contains 1 NaN/Inf"),
     (dict(w=np.ones((0, 16))), ValueError, "both >= 1"),
     (dict(w=np.array([["a"]])), TypeError, "weights must be a real float"),
     (dict(device="sim"), TypeError, "device must be an open hbmforge Device"),
@@ -176,3 +179,59 @@ def test_from_quantized_checks_ranges(golden_dev):
         Linear.from_quantized(np.ones((1, 16), int), np.ones((1, 2), int), bits=4, device=golden_dev)
     lin = Linear.from_quantized(np.ones((1, 16), int), np.full((1, 1), 2), bits=4, device=golden_dev)
     assert lin.forward_int(np.ones((1, 16), np.int8)).tolist() == [[32]]
+
+
+# -- bias and K above one pass ---------------------------------------------------------------
+
+def test_k_above_max_k_is_split_on_the_device_bit_exactly(golden_dev):
+    rng = np.random.default_rng(11)
+    lay = golden_dev.layout
+    k = 2 * lay.matmul.k_slice + 40                           # three slices, the last one short
+    w = rng.standard_normal((7, k))
+    before = len(golden_dev.live_buffers())
+    with Linear.from_float(w, bits=8, device=golden_dev) as lin:
+        assert lin.k_padded == lay.matmul.pad_k(k) and lay.matmul.slices(lin.k_padded) == 3
+        xq = rng.integers(-128, 128, (9, k))
+        xq[0] = -128
+        assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
+        mult, shift = rng.integers(1, 1 << 20, 7), rng.integers(20, 40, 7)
+        assert np.array_equal(lin.forward_int(xq, requant=(mult, shift)), lin.golden_int(xq, requant=(mult, shift)))
+        x = rng.standard_normal((4, k))
+        ref = x @ w.T
+        assert rel_err(lin(x), ref) < 0.02
+        # the partial-sum scratch is part of the workspace, nothing else stays allocated
+        assert lin.last_run.runs == 1
+    assert len(golden_dev.live_buffers()) == before
+
+
+def test_bias_is_added_on_the_device_with_per_tensor_activations(wide_dev):
+    rng = np.random.default_rng(12)
+    w = rng.standard_normal((64, 512)) / np.sqrt(512)
+    b = rng.standard_normal(64) * 3.0
+    x = rng.standard_normal((6, 512))
+    ref = x @ w.T + b
+    with Linear.from_float(w, bits=8, bias=b, device=wide_dev) as lin:
+        assert np.array_equal(lin.bias, b)
+        y = lin(x)                                             # per-token activations: bias in float64
+        assert rel_err(y, ref) < 0.02
+        np.testing.assert_allclose(y - lin(x * 1.0), 0.0)
+        out_scale = float(np.abs(ref).max()) / 100
+        y8 = lin(x, out_scale=out_scale)                       # int8 output: the device adds the bias
+        assert np.abs(y8 - ref).max() <= 1.5 * out_scale
+        act_scale = float(np.abs(x).max()) / 127
+        values, shift = lin.int_bias(act_scale)
+        assert values.dtype == np.int64 and np.abs(values).max() < 1 << 31
+        np.testing.assert_allclose(values * 2.0 ** shift * act_scale * lin.row_scale, b,
+                                   atol=2.0 ** shift * act_scale * float(lin.row_scale.max()))
+        xq = rng.integers(-128, 128, (6, 512))
+        for bias in ((values, shift), (np.full(64, -(1 << 31)), wide_dev.layout.matmul.widths.max_bias_shift)):
+            assert np.array_equal(lin.forward_int(xq, bias=bias), lin.golden_int(xq, bias=bias))
+            mult, rshift = rng.integers(1, 1 << 20, 64), rng.integers(30, 60, 64)
+            assert np.array_equal(lin.forward_int(xq, requant=(mult, rshift), bias=bias),
+                                  lin.golden_int(xq, requant=(mult, rshift), bias=bias))
+        with pytest.raises(ValueError, match=r"bias shift must be in \[0, \d+\], got 99"):
+            lin.forward_int(xq, bias=(values, 99))
+        with pytest.raises(ValueError, match="bias values must have 64 entries"):
+            lin.forward_int(xq, bias=(values[:3], 0))
+        with pytest.raises(TypeError, match=r"bias must be a pair \(values, shift\)"):
+            lin.forward_int(xq, bias=values)

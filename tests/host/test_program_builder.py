@@ -30,7 +30,8 @@ def test_fields_land_at_the_manifest_offsets(tiny_layout):
 
 @pytest.mark.parametrize("overrides, match", [
     ({"k": 24}, "k 24, must be a multiple of 16"),
-    ({"k": 512}, r"k 512, must be a multiple of 16 in \[1, 256\]"),
+    ({"k": 4112}, r"k 4112, must be a multiple of 16 in \[1, 4096\] \(16 slices of 256\)"),
+    ({"k": 512}, r"k 512 is above one pass \(256\): the engine splits it and needs p, a scratch buffer of 512 bytes"),
     ({"m": 0}, r"m 0, n 4, each must be in \[1, "),
     ({"wbits": 2}, r"wbits 2, engine accepts codes \[4, 8\]"),
     ({"x": 0x1004}, "x_addr 0x1004 not a multiple of 8"),

@@ -18,6 +18,7 @@ ENGINE_GENERATORS = {
     "copy": "hbmforge.generators.copy.engine:CopyEngine",
     "network": "hbmforge.generators.network.endpoint:NetworkEngine",
     "vector": "hbmforge.generators.vector.engine:VectorEngine",
+    "memory": "hbmforge.generators.memory.engine:MemoryEngine",
 }
 
 

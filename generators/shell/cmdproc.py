@@ -167,8 +167,8 @@ class CommandProcessor(wiring.Component):
                     elif isinstance(member.shape, data.ArrayLayout):
                         sources.append((opcode, Cat(*(s[f"{name}{i}"][:Shape.cast(member.shape.elem_shape).width]
                                                       for i in range(member.shape.length)))))
-                    else:
-                        sources.append((opcode, s[name]))
+                    else:               # a member of another opcode of the family: 0 here
+                        sources.append((opcode, s[name] if name in s else Const(0, 1)))
                 value = sources[0][1]
                 for opcode, src in sources[1:]:
                     value = Mux(op == opcode, src, value)

@@ -39,6 +39,7 @@ __all__ = [
     "CACHE_COUNTERS", "TAG_BITS", "WINDOW_BITS", "STASH_BIT", "NODE_FREE", "NODE_LIVE", "NODE_DEAD",
     "OMAP_MAGIC", "MAX_BINS_LOG2", "MAX_DIR_LOG2", "MAX_NODES", "KEY_BYTES",
     "MemoryFamily", "cache_checks", "omap_checks", "cache_geometry", "omap_geometry", "OmapPlan", "plan_omap",
+    "SlotTiming", "omap_slot_timing",
 ]
 
 CACHE_FIELDS = ("action", "addr", "bytes", "store_addr")
@@ -291,6 +292,51 @@ def plan_omap(geometry: OmapGeometry, capacity: int) -> OmapPlan:
     return OmapPlan(capacity, bins_log2, dir_log2, nodes, geometry)
 
 
+@dataclass(frozen=True)
+class SlotTiming:
+    """Cycle offsets of one constant-time query slot: the bin read is issued at ``t_read``, the
+    bin write at ``t_write``, the next query starts at ``t_slot`` (all from the slot's start)."""
+
+    t_read: int
+    t_write: int
+    t_slot: int
+
+
+def omap_slot_timing(geometry: OmapGeometry, *, hbm_read: int, hbm_write: int, host_read: int,
+                     host_write: int, margin: float = 1.25) -> SlotTiming:
+    """Slot offsets that cover the most work a query can do, with ``margin``.
+
+    A query makes at most ``13 + 3 Z`` HBM operations one after another (record, two buckets,
+    meta; node read and dead mark; per evicted node a read, a directory write and a link write;
+    the meta write; the push: link read, meta read, node write, meta write, directory write;
+    the result), each costing its latency plus its words plus a few cycles of handshakes; two
+    AEAD passes (ChaCha20 21 cycles per 64 bytes, Poly1305 6 per 16); slot scans of ``Z``
+    slots. The engine counts the slots whose work ran past an offset (control block
+    ``overruns``); with these offsets none does on the co-simulation (tests check it).
+    """
+    g = geometry
+    wb = g.word_bytes
+    hs = 12                                              # handshakes and state changes per operation
+
+    def op(latency, nbytes):
+        return latency + -(-nbytes // wb) + hs
+
+    aead = 2 * 21 + 21 * -(-g.plain_bytes // 64) + 7 * (g.plain_bytes // 16 + 1) + 2 * (g.bin_bytes // wb) + 16
+    scan = 2 * g.bin_slots + 2 * (g.slot_bytes // wb)
+    pre = op(hbm_read, g.record_bytes) + 2 * 24 + 2 * op(hbm_read, g.bucket_bytes) + 2 * g.dir_ways \
+        + op(hbm_read, wb) + 8
+    work = (pre + op(host_read, g.bin_bytes) + 2 * (g.bin_bytes // wb) + aead + scan
+            + op(hbm_read, g.node_bytes) + op(hbm_write, g.unit)
+            + g.bin_slots * (op(hbm_read, g.node_bytes) + scan + 2 * op(hbm_write, g.unit))
+            + op(hbm_write, wb) + op(hbm_read, g.unit) + op(hbm_read, wb) + op(hbm_write, g.node_bytes)
+            + 2 * op(hbm_write, wb) + op(hbm_write, g.unit) + aead)
+    t_read = int(pre * margin)
+    t_write = int(work * margin)
+    t_slot = int(t_write + op(host_write, g.bin_bytes) + 2 * (g.bin_bytes // wb) + op(hbm_write, g.record_bytes)
+                 + 16)
+    return SlotTiming(t_read, t_write, t_slot)
+
+
 def omap_geometry(layout) -> OmapGeometry | None:
     eng = layout.config.engine("memory")
     if eng is None or eng.omap is None:
@@ -457,6 +503,8 @@ class MemoryFamily(EngineFamily):
     errors = (ErrorCode.BAD_CACHE_ACTION, ErrorCode.BAD_CACHE_RANGE, ErrorCode.BAD_OMAP_ACTION,
               ErrorCode.BAD_OMAP_COUNT, ErrorCode.MISALIGNED, ErrorCode.OMAP_TAMPERED, ErrorCode.OMAP_STASH_FULL,
               ErrorCode.OMAP_CORRUPT, ErrorCode.OMAP_BAD_STATE)
+    runtime_errors = (ErrorCode.OMAP_TAMPERED, ErrorCode.OMAP_STASH_FULL, ErrorCode.OMAP_CORRUPT,
+                      ErrorCode.OMAP_BAD_STATE)
 
     def fields(self, layout, opcode):
         return CACHE_FIELDS if opcode == Opcode.CACHE else OMAP_FIELDS

@@ -1,0 +1,708 @@
+"""The tile cache: a set-associative cache of large lines in front of host/DDR memory.
+
+Dataflow (docs/engines/memory.md; golden model :class:`hbmforge.numerics.memory.TileCacheModel`)::
+
+    up_cmd (reads) / up_wcmd (writes) / PREFETCH -> segmenters: one line segment at a time
+        -> lookup: tags of the set (on chip) -> hit, miss (victim by policy) or bypass
+           read hit   -> store read (st) ------------------------------.
+           read miss  -> [dirty victim: store read -> backing write]    |
+                         MSHR -> fill: backing read of the line         |
+                               -> every word to the store writer        |
+                               -> the segment's words ------------------+-> rd_order -> up_data
+           bypass     -> backing read ----------------------------------'
+           write      -> store and/or backing writer jobs; the engine's words routed by uw_route
+    FLUSH / INVALIDATE / CONFIGURE: a walk over every set (nothing else in flight)
+
+Lookups are made in request order, so hits, misses and victims are those of the golden
+model; fills overlap: up to ``mshrs`` lines fill while later hits read the store. The words
+an engine gets come back in its request order (``rd_order``). Each memory writer is shared by
+two sources through a :class:`~.queues.ChunkedWriter`, which issues a command only for words
+already staged, so neither source can block the other (an engine copying from the cached port
+to itself cannot deadlock the cache).
+
+Hazards, checked before a lookup acts: a hit waits for a fill or store write of its line; a
+victim waits until no store read or write of its slot is pending; a fill waits until no
+backing write of its line is pending; a write around the cache waits for a fill of its line.
+"""
+# No `from __future__ import annotations`: data layouts are built from real values.
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hbmforge.encodings import CacheAction
+from hbmforge.engines.memory import CACHE_COUNTERS, WINDOW_BITS, CacheGeometry
+from hbmforge.numerics.memory import FREQ_MAX, LFSR_SEED, LFSR_TAPS
+
+from ..streams import JobDone, dma_command_stream, word_stream
+from .queues import ChunkedWriter, RegQueue
+
+__all__ = ["CacheCtl", "TileCache", "EVENT_KINDS"]
+
+#: ``event_kind`` values (gateware tests compare them with the golden model's events)
+EVENT_KINDS = {"hit": 1, "miss": 2, "bypass": 3, "prefetch": 4, "skip": 5}
+_STORE, _BACK, _BOTH = 0, 1, 2
+_FILL, _BYPASS = 0, 1
+
+
+class CacheCtl(data.Struct):
+    action: CacheAction
+    addr: 64
+    bytes: 64
+    store: 64
+
+
+class TileCache(wiring.Component):
+    """The cache for one :class:`~hbmforge.engines.memory.CacheGeometry` on ``data_width``-bit ports."""
+
+    def __init__(self, geometry: CacheGeometry, *, data_width: int):
+        if not isinstance(geometry, CacheGeometry):
+            raise TypeError(f"geometry must be a CacheGeometry, got {geometry!r}")
+        self._g = geometry
+        W = data_width
+        members = {
+            "up_cmd": In(dma_command_stream()), "up_data": Out(word_stream(W)),
+            "up_wcmd": In(dma_command_stream()), "up_wdata": In(word_stream(W)),
+            "up_wdone": Out(stream.Signature(JobDone)),
+            "ctl": In(stream.Signature(CacheCtl)), "ctl_done": Out(1),
+            "bk_cmd": Out(dma_command_stream()), "bk_data": In(word_stream(W)),
+            "bk_wcmd": Out(dma_command_stream()), "bk_wdata": Out(word_stream(W)),
+            "bk_wdone": In(stream.Signature(JobDone)),
+            "st_cmd": Out(dma_command_stream()), "st_data": In(word_stream(W)),
+            "st_wcmd": Out(dma_command_stream()), "st_wdata": Out(word_stream(W)),
+            "st_wdone": In(stream.Signature(JobDone)),
+            "idle": Out(1),
+            "tag_addr": In(range(geometry.lines)), "tag_word": Out(64),
+            "event_valid": Out(1), "event_kind": Out(3), "event_write": Out(1),
+            "event_set": Out(range(geometry.sets)), "event_way": Out(range(geometry.ways)),
+        }
+        for c in CACHE_COUNTERS:
+            members[c] = Out(64)
+        super().__init__(members)
+        self._W = W
+
+    @property
+    def geometry(self) -> CacheGeometry:
+        return self._g
+
+    def elaborate(self, platform):
+        m = Module()
+        g = self._g
+        W = self._W
+        WB = W // 8
+        wshift = WB.bit_length() - 1
+        LB = g.line_bytes
+        LW = LB // WB
+        lbits, sbits, ways, sets = g.line_bits, g.set_bits, g.ways, g.sets
+        TB = g.tag_bits
+        E = TB + 14
+        abits = max(1, g.way_bits)
+
+        # -- configuration -----------------------------------------------------------------
+        wbase = Signal(64)
+        wbytes = Signal(WINDOW_BITS + 1)
+        store = Signal(64)
+
+        # -- tags ----------------------------------------------------------------------------
+        m.submodules.tags = tags = Memory(shape=ways * E, depth=sets, init=[])
+        trd = tags.read_port(domain="sync")
+        twr = tags.write_port()
+        m.d.comb += trd.en.eq(1)
+
+        def fields(row, w):
+            e = row[w * E:(w + 1) * E]
+            return {"tag": e[:TB], "valid": e[TB], "dirty": e[TB + 1], "age": e[TB + 2:TB + 6],
+                    "freq": e[TB + 6:TB + 14]}
+
+        def pack(tag, valid, dirty, age, freq):
+            return Cat(tag[:TB], valid, dirty, age[:4], freq[:8])
+
+        lfsr = Signal(16, init=LFSR_SEED)
+        lfsr_next = Mux(lfsr[0], (lfsr >> 1) ^ LFSR_TAPS, lfsr >> 1)
+
+        # -- counters ------------------------------------------------------------------------
+        cnt = {c: getattr(self, c) for c in CACHE_COUNTERS}
+
+        # -- queues and tables ---------------------------------------------------------------
+        M = g.mshrs
+        mshr_valid = [Signal(name=f"mshr_v{i}") for i in range(M)]
+        mshr_slot = [Signal(range(g.lines), name=f"mshr_slot{i}") for i in range(M)]
+        mshr_line = [Signal(64, name=f"mshr_line{i}") for i in range(M)]
+        mshr_free = Signal(range(M))
+        mshr_any_free = Signal()
+        for i in reversed(range(M)):
+            with m.If(~mshr_valid[i]):
+                m.d.comb += [mshr_free.eq(i), mshr_any_free.eq(1)]
+
+        FillLayout = data.StructLayout({"kind": 1, "addr": 64, "words": 24, "mshr": range(M), "slot_addr": 64,
+                                        "off": 24, "take": 24})
+        fillq = RegQueue(m, "fillq", FillLayout, M + 2)
+        BkLayout = data.StructLayout({"kind": 1, "words": 24, "off": 24, "take": 24})
+        m.submodules.bk_order = bk_order = SyncFIFOBuffered(width=BkLayout.size, depth=M + 4)
+        OrdLayout = data.StructLayout({"src": 1, "words": 24})
+        m.submodules.rd_order = rd_order = SyncFIFOBuffered(width=OrdLayout.size, depth=8)
+        StRdLayout = data.StructLayout({"dest": 1, "words": 24, "slot": range(g.lines)})
+        st_rd_q = RegQueue(m, "strd", StRdLayout, 8)
+        m.submodules.st_cmdq = st_cmdq = SyncFIFOBuffered(width=64 + 24, depth=8)
+        wb_pend = RegQueue(m, "wbp", data.StructLayout({"line": 64}), 4)
+        uwb_pend = RegQueue(m, "uwbp", data.StructLayout({"line": 64}), 4)
+        uws_pend = RegQueue(m, "uwsp", data.StructLayout({"slot": range(g.lines)}), 4)
+        RouteLayout = data.StructLayout({"dest": 2, "words": 24})
+        m.submodules.uw_route = uw_route = SyncFIFOBuffered(width=RouteLayout.size, depth=4)
+
+        m.submodules.st_writer = st_writer = ChunkedWriter(data_width=W, sources=2, job_depth=M + 4)
+        m.submodules.bk_writer = bk_writer = ChunkedWriter(data_width=W, sources=2, job_depth=8)
+        for w_, (cmd, dat, done) in ((st_writer, (self.st_wcmd, self.st_wdata, self.st_wdone)),
+                                     (bk_writer, (self.bk_wcmd, self.bk_wdata, self.bk_wdone))):
+            wiring.connect(m, w_.cmd, wiring.flipped(cmd))
+            wiring.connect(m, w_.data, wiring.flipped(dat))
+            wiring.connect(m, wiring.flipped(done), w_.done)
+
+        # upstream write commands: outstanding jobs per command, done in order
+        CT = 4
+        ct_count = [Signal(8, name=f"ct_count{i}") for i in range(CT)]
+        ct_seg = [Signal(name=f"ct_seg{i}") for i in range(CT)]
+        ct_head = Signal(range(CT))
+        ct_tail = Signal(range(CT))
+        ct_level = Signal(range(CT + 1))
+        job_inc = [Signal(2, name=f"ct_inc{i}") for i in range(CT)]
+        job_dec = [Signal(2, name=f"ct_dec{i}") for i in range(CT)]
+        for i in range(CT):
+            m.d.sync += ct_count[i].eq(ct_count[i] + job_inc[i][0] + job_inc[i][1] - job_dec[i][0] - job_dec[i][1])
+            m.d.comb += [job_dec[i][0].eq(st_writer.fin1 & (st_writer.fin_tag1 == i)),
+                         job_dec[i][1].eq(bk_writer.fin1 & (bk_writer.fin_tag1 == i))]
+        head_done = Signal()
+        with m.Switch(ct_head):
+            for i in range(CT):
+                with m.Case(i):
+                    m.d.comb += head_done.eq((ct_level != 0) & ct_seg[i] & (ct_count[i] == 0))
+        m.d.comb += self.up_wdone.valid.eq(head_done)
+        ct_pop = Signal()
+        ct_push = Signal()
+        with m.If(self.up_wdone.valid & self.up_wdone.ready):
+            m.d.comb += ct_pop.eq(1)
+            m.d.sync += ct_head.eq(Mux(ct_head == CT - 1, 0, ct_head + 1))
+        m.d.sync += ct_level.eq(ct_level + ct_push - ct_pop)
+
+        # -- segmenters ----------------------------------------------------------------------
+        r_active, r_addr, r_left, r_pref = Signal(), Signal(64), Signal(33), Signal()
+        w_active, w_addr, w_left, w_id = Signal(), Signal(64), Signal(33), Signal(range(CT))
+        r_seg = Signal(33)
+        w_seg = Signal(33)
+        r_to_end = LB - r_addr[:lbits]
+        w_to_end = LB - w_addr[:lbits]
+        m.d.comb += [r_seg.eq(Mux(r_left < r_to_end, r_left, r_to_end)),
+                     w_seg.eq(Mux(w_left < w_to_end, w_left, w_to_end))]
+        ctl_busy = Signal()
+        m.d.comb += self.up_cmd.ready.eq(~r_active & ~ctl_busy)
+        with m.If(self.up_cmd.valid & self.up_cmd.ready):
+            m.d.sync += [r_active.eq(self.up_cmd.payload.bytes != 0), r_addr.eq(self.up_cmd.payload.addr),
+                         r_left.eq(self.up_cmd.payload.bytes), r_pref.eq(0)]
+        # a prefetch's lookups finish before a write is taken (the golden model's order)
+        m.d.comb += self.up_wcmd.ready.eq(~w_active & ~ctl_busy & (ct_level != CT) & ~(r_active & r_pref))
+        with m.If(self.up_wcmd.valid & self.up_wcmd.ready):
+            m.d.comb += ct_push.eq(1)
+            m.d.sync += [w_active.eq(self.up_wcmd.payload.bytes != 0), w_addr.eq(self.up_wcmd.payload.addr),
+                         w_left.eq(self.up_wcmd.payload.bytes), w_id.eq(ct_tail),
+                         ct_tail.eq(Mux(ct_tail == CT - 1, 0, ct_tail + 1))]
+            with m.Switch(ct_tail):
+                for i in range(CT):
+                    with m.Case(i):
+                        m.d.sync += ct_seg[i].eq(self.up_wcmd.payload.bytes == 0)
+
+        # -- the lookup --------------------------------------------------------------------------
+        seg_write = Signal()
+        seg_pref = Signal()
+        seg_addr = Signal(64)
+        seg_bytes = Signal(33)
+        seg_words = Signal(24)
+        seg_off = Signal(24)                # words into the line
+        seg_set = Signal(range(sets))
+        seg_tag = Signal(TB)
+        seg_line = Signal(64)
+        rr = Signal()
+        rel = Signal(64)
+
+        # resources
+        rd_order_w = data.View(OrdLayout, rd_order.w_data)
+        st_rd_push = st_rd_q.push_data
+        fill_push = fillq.push_data
+
+        def push_rd_order(src, words):
+            m.d.comb += [rd_order.w_en.eq(1), rd_order_w.src.eq(src), rd_order_w.words.eq(words)]
+
+        def push_st_read(addr, words, dest, slot):
+            m.d.comb += [st_rd_q.push.eq(1), st_rd_push.dest.eq(dest), st_rd_push.words.eq(words),
+                         st_rd_push.slot.eq(slot), st_cmdq.w_en.eq(1), st_cmdq.w_data.eq(Cat(addr[:64], Const(words, 24) if isinstance(words, int) else words[:24]))]
+
+        def push_fill(kind, addr, words, mshr, slot_addr, off, take):
+            m.d.comb += [fillq.push.eq(1), fill_push.kind.eq(kind), fill_push.addr.eq(addr),
+                         fill_push.words.eq(words), fill_push.mshr.eq(mshr), fill_push.slot_addr.eq(slot_addr),
+                         fill_push.off.eq(off), fill_push.take.eq(take)]
+
+        def add(name, value):
+            m.d.sync += cnt[name].eq(cnt[name] + value)
+
+        def event(kind, write, s=0, w=0):
+            m.d.comb += [self.event_valid.eq(1), self.event_kind.eq(EVENT_KINDS[kind]), self.event_write.eq(write),
+                         self.event_set.eq(s), self.event_way.eq(w)]
+
+        uw_route_w = data.View(RouteLayout, uw_route.w_data)
+
+        def route(dest, words):
+            m.d.comb += [uw_route.w_en.eq(1), uw_route_w.dest.eq(dest), uw_route_w.words.eq(words)]
+
+        def job(writer, src, addr, words, tag):
+            jb = getattr(writer, f"job{src}")
+            m.d.comb += [jb.valid.eq(1), jb.payload.addr.eq(addr), jb.payload.words.eq(words), jb.payload.tag.eq(tag)]
+
+        def ct_inc(i, k):
+            with m.Switch(i):
+                for j in range(CT):
+                    with m.Case(j):
+                        m.d.comb += job_inc[j][k].eq(1)
+
+        def advance(write):
+            if write:
+                m.d.sync += [w_addr.eq(w_addr + w_seg), w_left.eq(w_left - w_seg)]
+                with m.If(w_left == w_seg):
+                    m.d.sync += w_active.eq(0)
+                    with m.Switch(w_id):
+                        for i in range(CT):
+                            with m.Case(i):
+                                m.d.sync += ct_seg[i].eq(1)
+            else:
+                m.d.sync += [r_addr.eq(r_addr + r_seg), r_left.eq(r_left - r_seg)]
+                with m.If(r_left == r_seg):
+                    m.d.sync += r_active.eq(0)
+
+        row = Signal(ways * E)
+        m.d.comb += row.eq(trd.data)
+        slot_addr = lambda s, w: store + ((s * ways + w) << lbits)                     # noqa: E731
+        cur_slot = lambda w: seg_set * ways + w                                          # noqa: E731
+
+        walk_set = Signal(range(sets + 1))
+        walk_way = Signal(range(ways + 1))
+        walk_row = Signal(ways * E)
+        ctl_q = Signal(CacheCtl)
+
+        with m.FSM(name="lookup"):
+            with m.State("IDLE"):
+                pick_w = Signal()
+                m.d.comb += pick_w.eq(w_active & (~r_active | rr))
+                addr = Mux(pick_w, w_addr, r_addr)
+                nbytes = Mux(pick_w, w_seg, r_seg)
+                m.d.comb += rel.eq(addr - wbase)
+                inside = rel < wbytes
+                with m.If(self.ctl.valid & ~r_active & ~w_active & ~ctl_busy):
+                    m.d.sync += [ctl_q.eq(self.ctl.payload), ctl_busy.eq(1)]
+                    m.d.comb += self.ctl.ready.eq(1)
+                    m.next = "CTL"
+                with m.Elif(r_active | w_active):
+                    m.d.sync += [seg_write.eq(pick_w), seg_pref.eq(~pick_w & r_pref), seg_addr.eq(addr),
+                                 seg_bytes.eq(nbytes), seg_words.eq(nbytes >> wshift),
+                                 seg_off.eq(rel[wshift:lbits]), seg_set.eq(rel[lbits:lbits + sbits] if sbits else 0),
+                                 seg_tag.eq(rel[lbits + sbits:lbits + sbits + TB]),
+                                 seg_line.eq(Cat(Const(0, lbits), addr[lbits:]))]
+                    m.d.sync += rr.eq(~rr)
+                    with m.If(inside):
+                        m.next = "TAGRD"
+                    with m.Else():
+                        m.next = "BYPASS"
+            with m.State("BYPASS"):
+                with m.If(seg_pref):                         # prefetch outside the window: nothing
+                    advance(False)
+                    m.next = "IDLE"
+                with m.Elif(~seg_write):
+                    with m.If(~fillq.full & rd_order.w_rdy):
+                        push_fill(_BYPASS, seg_addr, seg_words, 0, 0, 0, seg_words)
+                        push_rd_order(_BACK, seg_words)
+                        add("bypasses", 1)
+                        add("backing_bytes_read", seg_bytes)
+                        event("bypass", 0)
+                        advance(False)
+                        m.next = "IDLE"
+                with m.Else():
+                    with m.If(bk_writer.job1.ready & uw_route.w_rdy & ~uwb_pend.full):
+                        job(bk_writer, 1, seg_addr, seg_words, w_id)
+                        ct_inc(w_id, 1)
+                        m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
+                        route(_BACK, seg_words)
+                        add("bypasses", 1)
+                        add("backing_bytes_written", seg_bytes)
+                        event("bypass", 1)
+                        advance(True)
+                        m.next = "IDLE"
+            with m.State("TAGRD"):
+                m.d.comb += trd.addr.eq(seg_set)
+                m.next = "DECIDE"
+            with m.State("DECIDE"):
+                m.d.comb += trd.addr.eq(seg_set)
+                f_ = [fields(row, w) for w in range(ways)]
+                hitv = [Signal(name=f"hitv{w}") for w in range(ways)]
+                for w in range(ways):
+                    m.d.comb += hitv[w].eq(f_[w]["valid"] & (f_[w]["tag"] == seg_tag))
+                hit = Cat(*hitv).any()
+                hway = Signal(range(ways))
+                for w in reversed(range(ways)):
+                    with m.If(hitv[w]):
+                        m.d.comb += hway.eq(w)
+                # victim: the first invalid way, else by policy
+                inv = Signal()
+                vway = Signal(range(ways))
+                pol = Signal(range(ways))
+                if g.replacement == "lru":
+                    for w in range(ways):
+                        with m.If(f_[w]["age"] == ways - 1):
+                            m.d.comb += pol.eq(w)
+                elif g.replacement == "random":
+                    m.d.comb += pol.eq(lfsr_next[:max(g.way_bits, 1)] if ways > 1 else 0)
+                else:
+                    best_f = Signal(8)
+                    best_a = Signal(4)
+                    m.d.comb += [best_f.eq(f_[0]["freq"]), best_a.eq(f_[0]["age"]), pol.eq(0)]
+                    for w in range(1, ways):
+                        bf, ba = Signal(8, name=f"bf{w}"), Signal(4, name=f"ba{w}")
+                        better = (f_[w]["freq"] < best_f) | ((f_[w]["freq"] == best_f) & (f_[w]["age"] > best_a))
+                        pf, pa, pp = best_f, best_a, pol
+                        best_f, best_a = Signal(8, name=f"bf_{w}"), Signal(4, name=f"ba_{w}")
+                        npol = Signal(range(ways), name=f"pol{w}")
+                        m.d.comb += [best_f.eq(Mux(better, f_[w]["freq"], pf)), best_a.eq(Mux(better, f_[w]["age"], pa)),
+                                     npol.eq(Mux(better, w, pp))]
+                        pol = npol
+                m.d.comb += vway.eq(pol)
+                for w in reversed(range(ways)):
+                    with m.If(~f_[w]["valid"]):
+                        m.d.comb += [inv.eq(1), vway.eq(w)]
+                # the row after touching way ``w`` (hit) or filling it
+                def touched(w_sig, *, fill, tag=None, dirty=None, valid=1):
+                    out = Signal(ways * E, name="row_new")
+                    age_w = Signal(4)
+                    freq_w = Signal(9)
+                    for w in range(ways):
+                        with m.If(w_sig == w):
+                            m.d.comb += [age_w.eq(f_[w]["age"]), freq_w.eq(f_[w]["freq"] + 1)]
+                    sat = ~Const(fill, 1) & (freq_w >= FREQ_MAX)
+                    for w in range(ways):
+                        fw = f_[w]
+                        me = w_sig == w
+                        age = Mux(me, 0, Mux(fw["age"] < age_w, fw["age"] + 1, fw["age"]))
+                        if fill:
+                            freq = Mux(me, 1, fw["freq"])
+                        else:
+                            freq = Mux(me, Mux(sat, FREQ_MAX >> 1, freq_w[:8]), Mux(sat, fw["freq"] >> 1, fw["freq"]))
+                        t = Mux(me, tag if tag is not None else fw["tag"], fw["tag"])
+                        d = Mux(me, dirty if dirty is not None else fw["dirty"], fw["dirty"])
+                        v = Mux(me, valid, fw["valid"])
+                        m.d.comb += out[w * E:(w + 1) * E].eq(pack(t, v, d, age, freq))
+                    return out
+
+                hslot = cur_slot(hway)
+                vslot = cur_slot(vway)
+                v_f = {k: Signal(len(v) if hasattr(v, "__len__") else 1, name=f"v_{k}") for k, v in f_[0].items()}
+                for w in range(ways):
+                    with m.If(vway == w):
+                        m.d.comb += [v_f[k].eq(f_[w][k]) for k in v_f]
+                victim_line = wbase + (Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), v_f["tag"]))
+                filling = lambda s: Cat(*(mv & (ms == s) for mv, ms in zip(mshr_valid, mshr_slot))).any()  # noqa
+                st_w_pending = lambda s: uws_pend.any(lambda e: e.slot == s)                               # noqa
+                st_r_pending = lambda s: st_rd_q.any(lambda e: e.slot == s)                                 # noqa
+                line_filling = Cat(*(mv & (ml == seg_line) for mv, ml in zip(mshr_valid, mshr_line))).any()
+                wb_needed = v_f["valid"] & v_f["dirty"]
+                # a victim is taken only once nothing of its slot is pending (its dirty line was
+                # written back first, in a step of its own: the policy then picks it again)
+                victim_ok = ~filling(vslot) & ~st_w_pending(vslot) & ~st_r_pending(vslot)
+                full_line = (seg_off == 0) & (seg_words == LW)
+                allocating = ~hit & (~seg_write | full_line) if g.write_policy == "write_back" else ~hit & ~seg_write
+
+                def allocate():
+                    with m.If(v_f["valid"]):
+                        add("evictions", 1)
+                    if g.replacement == "random":
+                        with m.If(~inv):
+                            m.d.sync += lfsr.eq(lfsr_next)
+
+                with m.If(allocating & wb_needed):
+                    with m.If(~filling(vslot) & ~st_w_pending(vslot) & ~st_rd_q.full & st_cmdq.w_rdy
+                              & bk_writer.job0.ready & ~wb_pend.full):
+                        push_st_read(slot_addr(seg_set, vway), LW, 1, vslot)
+                        job(bk_writer, 0, victim_line, LW, 0)
+                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(victim_line)]
+                        add("writebacks", 1)
+                        add("store_bytes_read", LB)
+                        add("backing_bytes_written", LB)
+                        clean = Signal(ways * E)
+                        m.d.comb += clean.eq(row)
+                        for w in range(ways):
+                            with m.If(vway == w):
+                                m.d.comb += clean[w * E + TB + 1].eq(0)
+                        m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(clean)]
+                        m.next = "TAGRD"
+                with m.Elif(~seg_write):
+                    with m.If(hit & seg_pref):
+                        event("skip", 0, seg_set)
+                        advance(False)
+                        m.next = "IDLE"
+                    with m.Elif(hit):
+                        with m.If(~filling(hslot) & ~st_w_pending(hslot) & ~st_rd_q.full & st_cmdq.w_rdy
+                                  & rd_order.w_rdy):
+                            push_st_read(slot_addr(seg_set, hway) + (seg_off << wshift), seg_words, 0, hslot)
+                            push_rd_order(_STORE, seg_words)
+                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(touched(hway, fill=False))]
+                            add("hits", 1)
+                            add("store_bytes_read", seg_bytes)
+                            event("hit", 0, seg_set, hway)
+                            advance(False)
+                            m.next = "IDLE"
+                    with m.Else():
+                        with m.If(mshr_any_free & victim_ok & ~fillq.full & (rd_order.w_rdy | seg_pref)):
+                            allocate()
+                            for i in range(M):
+                                with m.If(mshr_free == i):
+                                    m.d.sync += [mshr_valid[i].eq(1), mshr_slot[i].eq(vslot), mshr_line[i].eq(seg_line)]
+                            push_fill(_FILL, seg_line, LW, mshr_free, slot_addr(seg_set, vway), seg_off,
+                                      Mux(seg_pref, 0, seg_words))
+                            with m.If(~seg_pref):
+                                push_rd_order(_BACK, seg_words)
+                                add("misses", 1)
+                                event("miss", 0, seg_set, vway)
+                            with m.Else():
+                                add("prefetches", 1)
+                                event("prefetch", 0, seg_set, vway)
+                            add("backing_bytes_read", LB)
+                            add("store_bytes_written", LB)
+                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set),
+                                         twr.data.eq(touched(vway, fill=True, tag=seg_tag, dirty=0))]
+                            advance(False)
+                            m.next = "IDLE"
+                with m.Else():                                # an upstream write segment
+                    with m.If(hit):
+                        wt = g.write_policy == "write_through"
+                        ok = ~filling(hslot) & ~st_w_pending(hslot) & ~st_r_pending(hslot) & st_writer.job1.ready \
+                            & ~uws_pend.full & uw_route.w_rdy
+                        if wt:
+                            ok = ok & bk_writer.job1.ready & ~uwb_pend.full
+                        with m.If(ok):
+                            job(st_writer, 1, slot_addr(seg_set, hway) + (seg_off << wshift), seg_words, w_id)
+                            ct_inc(w_id, 0)
+                            m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(hslot)]
+                            add("hits", 1)
+                            add("store_bytes_written", seg_bytes)
+                            if wt:
+                                job(bk_writer, 1, seg_addr, seg_words, w_id)
+                                ct_inc(w_id, 1)
+                                m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
+                                route(_BOTH, seg_words)
+                                add("backing_bytes_written", seg_bytes)
+                            else:
+                                route(_STORE, seg_words)
+                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set),
+                                         twr.data.eq(touched(hway, fill=False, dirty=1 if not wt else None))]
+                            event("hit", 1, seg_set, hway)
+                            advance(True)
+                            m.next = "IDLE"
+                    if g.write_policy == "write_back":
+                        with m.Elif(full_line):
+                            with m.If(victim_ok & st_writer.job1.ready & ~uws_pend.full & uw_route.w_rdy):
+                                allocate()
+                                job(st_writer, 1, slot_addr(seg_set, vway), LW, w_id)
+                                ct_inc(w_id, 0)
+                                m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(vslot)]
+                                route(_STORE, LW)
+                                add("misses", 1)
+                                add("store_bytes_written", LB)
+                                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set),
+                                             twr.data.eq(touched(vway, fill=True, tag=seg_tag, dirty=1))]
+                                event("miss", 1, seg_set, vway)
+                                advance(True)
+                                m.next = "IDLE"
+                    with m.Else():                            # around the cache
+                        with m.If(~line_filling & bk_writer.job1.ready & ~uwb_pend.full & uw_route.w_rdy):
+                            job(bk_writer, 1, seg_addr, seg_words, w_id)
+                            ct_inc(w_id, 1)
+                            m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
+                            route(_BACK, seg_words)
+                            add("misses", 1)
+                            add("backing_bytes_written", seg_bytes)
+                            event("miss", 1, seg_set)
+                            advance(True)
+                            m.next = "IDLE"
+
+            # ---- control actions ------------------------------------------------------------
+            quiet = Signal()
+            with m.State("CTL"):
+                with m.Switch(ctl_q.action):
+                    with m.Case(CacheAction.PREFETCH):
+                        m.d.sync += [r_active.eq(ctl_q.bytes != 0), r_addr.eq(ctl_q.addr), r_left.eq(ctl_q.bytes),
+                                     r_pref.eq(1), ctl_busy.eq(0)]
+                        m.d.comb += self.ctl_done.eq(1)
+                        m.next = "IDLE"
+                    with m.Default():
+                        with m.If(quiet):
+                            m.d.sync += [walk_set.eq(0), walk_way.eq(0)]
+                            with m.Switch(ctl_q.action):
+                                with m.Case(CacheAction.CONFIGURE):
+                                    m.d.sync += [wbase.eq(ctl_q.addr), wbytes.eq(ctl_q.bytes), store.eq(ctl_q.store)]
+                                    m.next = "CLEAR"
+                                with m.Case(CacheAction.FLUSH, CacheAction.INVALIDATE):
+                                    m.next = "W_RD"
+                                with m.Default():            # STATS: the engine reads the tags now
+                                    m.next = "CTL_DONE"
+            with m.State("CLEAR"):
+                m.d.comb += [twr.en.eq(1), twr.addr.eq(walk_set),
+                             twr.data.eq(Cat(*(pack(Const(0, TB), 0, 0, Const(w, 4), Const(0, 8)) for w in range(ways))))]
+                m.d.sync += walk_set.eq(walk_set + 1)
+                with m.If(walk_set == sets - 1):
+                    m.next = "CTL_DONE"
+            with m.State("W_RD"):
+                m.d.comb += trd.addr.eq(walk_set)
+                m.next = "W_ROW"
+            with m.State("W_ROW"):
+                m.d.sync += [walk_row.eq(row), walk_way.eq(0)]
+                m.next = "W_WAY"
+            with m.State("W_WAY"):
+                wf = {k: Signal(len(v), name=f"wf_{k}") for k, v in fields(walk_row, 0).items()}
+                for w in range(ways):
+                    with m.If(walk_way == w):
+                        m.d.comb += [wf[k].eq(v) for k, v in fields(walk_row, w).items()]
+                line_addr = wbase + Cat(Const(0, lbits), walk_set[:sbits] if sbits else Const(0, 0), wf["tag"])
+                in_range = (line_addr >= ctl_q.addr) & (line_addr + LB <= ctl_q.addr + ctl_q.bytes)
+                wslot = walk_set * ways + walk_way
+                nxt_way = walk_way + 1
+                with m.If(walk_way == ways):
+                    m.d.comb += [twr.en.eq(1), twr.addr.eq(walk_set), twr.data.eq(walk_row)]
+                    m.d.sync += walk_set.eq(walk_set + 1)
+                    with m.If(walk_set == sets - 1):
+                        m.next = "W_DRAIN"
+                    with m.Else():
+                        m.next = "W_RD"
+                with m.Elif(wf["valid"] & in_range & (ctl_q.action == CacheAction.INVALIDATE)):
+                    for w in range(ways):
+                        with m.If(walk_way == w):
+                            m.d.sync += [walk_row[w * E + TB].eq(0), walk_row[w * E + TB + 1].eq(0)]
+                    m.d.sync += walk_way.eq(nxt_way)
+                with m.Elif(wf["valid"] & wf["dirty"] & in_range):
+                    with m.If(~st_rd_q.full & st_cmdq.w_rdy & bk_writer.job0.ready & ~wb_pend.full):
+                        push_st_read(store + (wslot << lbits), LW, 1, wslot)
+                        job(bk_writer, 0, line_addr, LW, 0)
+                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(line_addr)]
+                        add("writebacks", 1)
+                        add("store_bytes_read", LB)
+                        add("backing_bytes_written", LB)
+                        for w in range(ways):
+                            with m.If(walk_way == w):
+                                m.d.sync += walk_row[w * E + TB + 1].eq(0)
+                        m.d.sync += walk_way.eq(nxt_way)
+                with m.Else():
+                    m.d.sync += walk_way.eq(nxt_way)
+            with m.State("W_DRAIN"):
+                with m.If(quiet):
+                    m.next = "CTL_DONE"
+            with m.State("CTL_DONE"):
+                m.d.comb += self.ctl_done.eq(1)
+                m.d.sync += ctl_busy.eq(0)
+                m.next = "IDLE"
+
+        # -- fill issue: backing reads in lookup order, each once its line has no pending write ----
+        fh = fillq.head
+        bk_w = data.View(BkLayout, bk_order.w_data)
+        conflict = wb_pend.any(lambda e: e.line == fh.addr) | uwb_pend.any(lambda e: e.line == fh.addr)
+        fill_ok = ~fillq.empty & bk_order.w_rdy & ((fh.kind == _BYPASS) | (~conflict & st_writer.job0.ready))
+        m.d.comb += [self.bk_cmd.valid.eq(fill_ok), self.bk_cmd.payload.addr.eq(fh.addr),
+                     self.bk_cmd.payload.bytes.eq(fh.words << wshift)]
+        with m.If(self.bk_cmd.valid & self.bk_cmd.ready):
+            m.d.comb += [fillq.pop.eq(1), bk_order.w_en.eq(1), bk_w.kind.eq(fh.kind), bk_w.words.eq(fh.words),
+                         bk_w.off.eq(fh.off), bk_w.take.eq(fh.take)]
+            with m.If(fh.kind == _FILL):
+                job(st_writer, 0, fh.slot_addr, LW, fh.mshr)
+        for i in range(M):                                   # a fill is done when its line is in the store
+            with m.If(st_writer.fin0 & (st_writer.fin_tag0 == i)):
+                m.d.sync += mshr_valid[i].eq(0)
+
+        # -- backing read data: fills to the store writer (and their segment up), bypasses up ----
+        bh = data.View(BkLayout, bk_order.r_data)
+        bk_i = Signal(24)
+        in_take = (bk_i >= bh.off) & (bk_i < bh.off + bh.take)
+        bk_up_valid = Signal()
+        bk_up_ready = Signal()
+        is_fill = bh.kind == _FILL
+        to_store_ok = ~is_fill | st_writer.words0.ready
+        m.d.comb += bk_up_valid.eq(bk_order.r_rdy & self.bk_data.valid & (~is_fill | in_take) & to_store_ok)
+        to_up_ok = ~(~is_fill | in_take) | bk_up_ready
+        m.d.comb += [st_writer.words0.payload.eq(self.bk_data.payload),
+                     st_writer.words0.valid.eq(bk_order.r_rdy & self.bk_data.valid & is_fill & to_up_ok)]
+        m.d.comb += self.bk_data.ready.eq(bk_order.r_rdy & to_store_ok & to_up_ok)
+        with m.If(self.bk_data.valid & self.bk_data.ready):
+            m.d.sync += bk_i.eq(bk_i + 1)
+            with m.If(bk_i == bh.words - 1):
+                m.d.sync += bk_i.eq(0)
+                m.d.comb += bk_order.r_en.eq(1)
+
+        # -- store reads: commands in order; data to the engine (hits) or the backing writer -----
+        m.d.comb += [self.st_cmd.valid.eq(st_cmdq.r_rdy), self.st_cmd.payload.addr.eq(st_cmdq.r_data[:64]),
+                     self.st_cmd.payload.bytes.eq(st_cmdq.r_data[64:] << wshift), st_cmdq.r_en.eq(self.st_cmd.ready)]
+        sh = st_rd_q.head
+        st_i = Signal(24)
+        st_up_valid = Signal()
+        st_up_ready = Signal()
+        m.d.comb += st_up_valid.eq(~st_rd_q.empty & (sh.dest == 0) & self.st_data.valid)
+        m.d.comb += [bk_writer.words0.payload.eq(self.st_data.payload),
+                     bk_writer.words0.valid.eq(~st_rd_q.empty & (sh.dest == 1) & self.st_data.valid)]
+        m.d.comb += self.st_data.ready.eq(~st_rd_q.empty & Mux(sh.dest == 1, bk_writer.words0.ready, st_up_ready))
+        with m.If(self.st_data.valid & self.st_data.ready):
+            m.d.sync += st_i.eq(st_i + 1)
+            with m.If(st_i == sh.words - 1):
+                m.d.sync += st_i.eq(0)
+                m.d.comb += st_rd_q.pop.eq(1)
+
+        # -- the engine's read data, in its request order -----------------------------------------
+        oh = data.View(OrdLayout, rd_order.r_data)
+        up_i = Signal(24)
+        from_store = oh.src == _STORE
+        m.d.comb += [self.up_data.valid.eq(rd_order.r_rdy & Mux(from_store, st_up_valid, bk_up_valid)),
+                     self.up_data.payload.eq(Mux(from_store, self.st_data.payload, self.bk_data.payload)),
+                     st_up_ready.eq(rd_order.r_rdy & from_store & self.up_data.ready),
+                     bk_up_ready.eq(rd_order.r_rdy & ~from_store & self.up_data.ready)]
+        with m.If(self.up_data.valid & self.up_data.ready):
+            m.d.sync += up_i.eq(up_i + 1)
+            with m.If(up_i == oh.words - 1):
+                m.d.sync += up_i.eq(0)
+                m.d.comb += rd_order.r_en.eq(1)
+
+        # -- the engine's write data, routed to the store and/or the backing writer ----------------
+        rh = data.View(RouteLayout, uw_route.r_data)
+        uw_i = Signal(24)
+        want_st = rh.dest != _BACK
+        want_bk = rh.dest != _STORE
+        ok = uw_route.r_rdy & (~want_st | st_writer.words1.ready) & (~want_bk | bk_writer.words1.ready)
+        m.d.comb += [st_writer.words1.payload.eq(self.up_wdata.payload), bk_writer.words1.payload.eq(self.up_wdata.payload),
+                     st_writer.words1.valid.eq(self.up_wdata.valid & ok & want_st),
+                     bk_writer.words1.valid.eq(self.up_wdata.valid & ok & want_bk),
+                     self.up_wdata.ready.eq(ok)]
+        with m.If(self.up_wdata.valid & self.up_wdata.ready):
+            m.d.sync += uw_i.eq(uw_i + 1)
+            with m.If(uw_i == rh.words - 1):
+                m.d.sync += uw_i.eq(0)
+                m.d.comb += uw_route.r_en.eq(1)
+
+        # -- pending writes retire as their writers acknowledge them -------------------------------
+        m.d.comb += [wb_pend.pop.eq(bk_writer.fin0), uwb_pend.pop.eq(bk_writer.fin1), uws_pend.pop.eq(st_writer.fin1)]
+
+        # -- idle, and the tags for STATS -----------------------------------------------------------
+        m.d.comb += quiet.eq(fillq.empty & ~bk_order.r_rdy & ~rd_order.r_rdy & st_rd_q.empty & ~uw_route.r_rdy
+                             & ~Cat(*mshr_valid).any() & ~st_writer.pending0 & ~st_writer.pending1
+                             & ~bk_writer.pending0 & ~bk_writer.pending1 & (ct_level == 0) & ~st_cmdq.r_rdy)
+        m.d.comb += self.idle.eq(quiet & ~r_active & ~w_active & ~ctl_busy)
+        tword = Signal(64)
+        t_way = Signal(range(ways))
+        m.d.sync += t_way.eq(self.tag_addr[:abits] if ways > 1 else 0)
+        with m.If(self.idle):
+            m.d.comb += trd.addr.eq(self.tag_addr >> (g.way_bits))
+        for w in range(ways):
+            fw = fields(row, w)
+            with m.If(t_way == w):
+                m.d.comb += tword.eq(Cat(fw["tag"], Const(0, 40 - TB), fw["valid"], fw["dirty"], Const(0, 2),
+                                         fw["age"], fw["freq"]))
+        m.d.comb += self.tag_word.eq(tword)
+        return m

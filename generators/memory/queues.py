@@ -1,0 +1,188 @@
+"""Small queues for the tile cache: register FIFOs whose entries can be searched, and the
+chunking writer front that keeps one memory writer shared by several sources deadlock-free.
+
+A :class:`RegQueue` is a FIFO of a few records kept in registers, so the cache can ask
+"is any pending entry about this line?" in one cycle (its hazard checks).
+
+:class:`ChunkedWriter` puts several sources in front of one BurstWriter channel
+(``cmd``/``data``/``done``). Each source hands it jobs (address, words) and the words of
+those jobs; a writer command is issued only for a chunk whose words are all staged already,
+so the writer never waits on one source while another could go on: no source can block the
+others, whatever order their words arrive in. ``done`` pulses per source when the last chunk
+of its oldest job is acknowledged (with the job's tag).
+"""
+# No `from __future__ import annotations`: data layouts are built from real values.
+from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from ..streams import JobDone, dma_command_stream, word_stream
+
+__all__ = ["RegQueue", "WriteJob", "ChunkedWriter"]
+
+
+class RegQueue:
+    """A FIFO of ``depth`` records of ``layout`` in registers, built into module ``m``.
+
+    Drive ``push``/``push_data`` and ``pop`` combinationally; ``head`` is the oldest record,
+    ``full``/``empty``/``level`` its state; :meth:`any` searches the valid entries.
+    """
+
+    def __init__(self, m: Module, name: str, layout, depth: int):
+        self.depth = depth
+        self.layout = data.Layout.cast(layout)
+        self.entries = [Signal(self.layout, name=f"{name}_e{i}") for i in range(depth)]
+        self.valid = [Signal(name=f"{name}_v{i}") for i in range(depth)]
+        self.push = Signal(name=f"{name}_push")
+        self.push_data = Signal(self.layout, name=f"{name}_pushd")
+        self.pop = Signal(name=f"{name}_pop")
+        self.head_i = Signal(range(depth), name=f"{name}_hi")
+        self.tail_i = Signal(range(depth), name=f"{name}_ti")
+        self.level = Signal(range(depth + 1), name=f"{name}_level")
+        self.head = Signal(self.layout, name=f"{name}_head")
+        self.full = Signal(name=f"{name}_full")
+        self.empty = Signal(name=f"{name}_empty")
+        m.d.comb += [self.full.eq(self.level == depth), self.empty.eq(self.level == 0)]
+        with m.Switch(self.head_i):
+            for i in range(depth):
+                with m.Case(i):
+                    m.d.comb += self.head.eq(self.entries[i])
+        with m.If(self.push):
+            with m.Switch(self.tail_i):
+                for i in range(depth):
+                    with m.Case(i):
+                        m.d.sync += [self.entries[i].eq(self.push_data), self.valid[i].eq(1)]
+            m.d.sync += self.tail_i.eq(Mux(self.tail_i == depth - 1, 0, self.tail_i + 1))
+        with m.If(self.pop):
+            with m.Switch(self.head_i):
+                for i in range(depth):
+                    with m.Case(i):
+                        m.d.sync += self.valid[i].eq(0)
+            m.d.sync += self.head_i.eq(Mux(self.head_i == depth - 1, 0, self.head_i + 1))
+        m.d.sync += self.level.eq(self.level + self.push - self.pop)
+
+    def any(self, pred):
+        """A 1-bit value: some valid entry satisfies ``pred(entry)``."""
+        return Cat(*(v & pred(e) for v, e in zip(self.valid, self.entries))).any()
+
+
+class WriteJob(data.Struct):
+    addr: 64
+    words: 24
+    tag: 8
+
+
+class ChunkedWriter(wiring.Component):
+    """``sources`` job/word inputs in front of one writer channel; a done pulse per source."""
+
+    def __init__(self, *, data_width: int, sources: int, chunk_words: int = 16, job_depth: int = 8):
+        self._W, self._n, self._chunk, self._jobs = data_width, sources, chunk_words, job_depth
+        members = {
+            "cmd": Out(dma_command_stream()), "data": Out(word_stream(data_width)),
+            "done": In(stream.Signature(JobDone)),
+            "error": Out(1),
+        }
+        for i in range(sources):
+            members[f"job{i}"] = In(stream.Signature(WriteJob))
+            members[f"words{i}"] = In(word_stream(data_width))
+            members[f"fin{i}"] = Out(1)             # a job of this source was acknowledged
+            members[f"fin_tag{i}"] = Out(8)
+            members[f"pending{i}"] = Out(1)         # jobs of this source not yet acknowledged
+        super().__init__(members)
+
+    def elaborate(self, platform):
+        m = Module()
+        W, n, chunk = self._W, self._n, self._chunk
+        WB = W // 8
+        shift = WB.bit_length() - 1
+        fifos, jobq = [], []
+        for i in range(n):
+            m.submodules[f"stage{i}"] = stage = SyncFIFOBuffered(width=W, depth=2 * chunk)
+            m.submodules[f"jobs{i}"] = jq = SyncFIFOBuffered(width=data.Layout.cast(WriteJob).size, depth=self._jobs)
+            words_in = getattr(self, f"words{i}")
+            m.d.comb += [stage.w_data.eq(words_in.payload), stage.w_en.eq(words_in.valid),
+                         words_in.ready.eq(stage.w_rdy)]
+            job_in = getattr(self, f"job{i}")
+            m.d.comb += [jq.w_data.eq(job_in.payload), jq.w_en.eq(job_in.valid), job_in.ready.eq(jq.w_rdy)]
+            fifos.append(stage)
+            jobq.append(jq)
+
+        # per source: words of its head job already chunked, and words staged not yet chunked
+        done_words = [Signal(24, name=f"chunked{i}") for i in range(n)]
+        staged = [Signal(range(2 * chunk + 2), name=f"staged{i}") for i in range(n)]
+        heads = [data.View(WriteJob, jobq[i].r_data) for i in range(n)]
+        want = [Signal(24, name=f"want{i}") for i in range(n)]
+        ready = [Signal(name=f"ready{i}") for i in range(n)]
+        for i in range(n):
+            left = heads[i].words - done_words[i]
+            m.d.comb += want[i].eq(Mux(left < chunk, left, chunk))
+            m.d.comb += ready[i].eq(jobq[i].r_rdy & (staged[i] >= want[i]) & (want[i] != 0))
+
+        # done order: (source, last chunk of its job, tag)
+        m.submodules.order = order = SyncFIFO(width=n.bit_length() + 1 + 8, depth=16)
+        active = Signal()
+        src = Signal(range(max(n, 2)))
+        count = Signal(range(chunk + 1))
+        last_chunk = Signal()
+        pick = Signal(range(max(n, 2)))
+        any_ready = Signal()
+        rr = Signal(range(max(n, 2)))
+        with m.Switch(rr):                          # round robin from ``rr``: the last match wins
+            for i in range(n):
+                with m.Case(i):
+                    for k in reversed(range(n)):
+                        with m.If(ready[(i + k) % n]):
+                            m.d.comb += pick.eq((i + k) % n)
+        m.d.comb += any_ready.eq(Cat(*ready).any())
+        cmd_valid = Signal()
+        cmd_addr = Signal(64)
+        cmd_words = Signal(range(chunk + 1))
+        m.d.comb += [self.cmd.valid.eq(cmd_valid), self.cmd.payload.addr.eq(cmd_addr),
+                     self.cmd.payload.bytes.eq(cmd_words << shift)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += cmd_valid.eq(0)
+        pulls = [Signal(name=f"pull{i}") for i in range(n)]
+        with m.If(~active & ~cmd_valid & any_ready & order.w_rdy):
+            for i in range(n):
+                with m.If(pick == i):
+                    lc = heads[i].words - done_words[i] == want[i]
+                    m.d.sync += [cmd_valid.eq(1), cmd_addr.eq(heads[i].addr + (done_words[i] << shift)),
+                                 cmd_words.eq(want[i]), active.eq(1), src.eq(i), count.eq(want[i]),
+                                 last_chunk.eq(lc)]
+                    m.d.comb += [order.w_en.eq(1), order.w_data.eq(Cat(Const(i, n.bit_length()), lc, heads[i].tag))]
+                    with m.If(lc):
+                        m.d.comb += jobq[i].r_en.eq(1)
+                        m.d.sync += done_words[i].eq(0)
+                    with m.Else():
+                        m.d.sync += done_words[i].eq(done_words[i] + want[i])
+                    m.d.sync += rr.eq(Mux(pick == n - 1, 0, pick + 1) if n > 1 else 0)
+        with m.If(active):
+            for i in range(n):
+                with m.If(src == i):
+                    m.d.comb += [self.data.valid.eq(fifos[i].r_rdy), self.data.payload.eq(fifos[i].r_data),
+                                 fifos[i].r_en.eq(self.data.ready), pulls[i].eq(fifos[i].r_rdy & self.data.ready)]
+            with m.If(self.data.valid & self.data.ready):
+                m.d.sync += count.eq(count - 1)
+                with m.If(count == 1):
+                    m.d.sync += active.eq(0)
+        for i in range(n):
+            took = Mux(~active & ~cmd_valid & any_ready & order.w_rdy & (pick == i), want[i], 0)
+            m.d.sync += staged[i].eq(staged[i] + (fifos[i].w_en & fifos[i].w_rdy) - took)
+        # acknowledgements, in command order
+        m.d.comb += [self.done.ready.eq(order.r_rdy), order.r_en.eq(self.done.valid & order.r_rdy)]
+        o_src = order.r_data[:n.bit_length()]
+        o_last = order.r_data[n.bit_length()]
+        o_tag = order.r_data[n.bit_length() + 1:]
+        for i in range(n):
+            m.d.comb += [getattr(self, f"fin{i}").eq(self.done.valid & order.r_rdy & (o_src == i) & o_last),
+                         getattr(self, f"fin_tag{i}").eq(o_tag)]
+        with m.If(self.done.valid & self.done.ready & self.done.payload.error):
+            m.d.sync += self.error.eq(1)
+        # pending: a job queued, or an acknowledgement outstanding
+        outstanding = [Signal(range(64), name=f"out{i}") for i in range(n)]
+        for i in range(n):
+            job_in = getattr(self, f"job{i}")
+            m.d.sync += outstanding[i].eq(outstanding[i] + (job_in.valid & job_in.ready) - getattr(self, f"fin{i}"))
+            m.d.comb += getattr(self, f"pending{i}").eq(outstanding[i] != 0)
+        return m

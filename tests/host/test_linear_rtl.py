@@ -12,7 +12,7 @@ import pytest
 
 from hbmforge.config import parse_config
 from hbmforge.host import DeviceRunError, DeviceTimeoutError, Linear, ProgramBuilder, open_device
-from hbmforge.host.packing import pack_activations, pack_requant, pack_scales, pack_weights
+from hbmforge.host.packing import pack_activations, pack_bias, pack_requant, pack_scales, pack_weights
 from hbmforge.encodings import ErrorCode, OutMode
 from hbmforge.numerics.program import SparseMemory, execute
 
@@ -49,7 +49,7 @@ class Mirror:
             self.dev.free(b)
 
 
-def matmul_operands(mirror, lay, rng, m, k, n, wbits, mode):
+def matmul_operands(mirror, lay, rng, m, k, n, wbits, mode, bias=False):
     x = rng.integers(-128, 128, (m, k))
     w = rng.integers(-(1 << (wbits - 1)), 1 << (wbits - 1), (n, k))
     s = rng.integers(0, 1 << 16, (n, k // lay.mm.group_size))
@@ -58,6 +58,11 @@ def matmul_operands(mirror, lay, rng, m, k, n, wbits, mode):
                 w=[mirror.put(stripe, f"w{i}") for i, stripe in enumerate(pack_weights(w, wbits, lay))])
     if mode == OutMode.INT8:
         bufs["q"] = mirror.put(pack_requant(rng.integers(1, 1 << 24, n), rng.integers(24, 48, n), lay))
+    if bias:
+        bufs["bias"] = mirror.put(pack_bias(rng.integers(-(1 << 31), 1 << 31, n), lay))
+    pbytes = lay.matmul.partial_bytes(m, n, k, mode)
+    if pbytes:
+        bufs["p"] = mirror.put(np.full(pbytes, 0xA5, np.uint8))
     return bufs
 
 
@@ -114,8 +119,54 @@ def test_a_program_of_several_layers_runs_with_one_start(dev):
     mirror.free()
 
 
-@pytest.mark.parametrize("changes", [{"op": 9}, {"wbits": 2}, {"k": 24}, {"k": 512}, {"m": 0}, {"n": 0},
-                                     {"out_mode": 3}, {"out_shift": 64}, {"x_addr": 4}])
+def test_chunks_tiles_split_k_and_bias_match_the_golden_program(dev):
+    """Rows in several chunks of the activation ring, columns in several weight tiles (Y in
+    segments), K in two slices through the partial-sum scratch, a bias; counters included."""
+    lay = dev.layout
+    geom = lay.matmul
+    rng = np.random.default_rng(8)
+    for m, k, n, wbits, mode, bias_shift in [(40, 336, 20, 8, OutMode.INT8, 3), (37, 96, 18, 4, OutMode.INT32, 0)]:
+        mirror = Mirror(dev)
+        bufs = matmul_operands(mirror, lay, rng, m, k, n, wbits, mode, bias=True)
+        prog = ProgramBuilder(dev)
+        prog.matmul(m=m, k=k, n=n, wbits=wbits, out_mode=mode, out_shift=20, bias_shift=bias_shift, **bufs)
+        golden, error = run_both(dev, mirror, prog)
+        assert error is None and golden.ok, golden.detail
+        nbytes = geom.out_bytes(m, n, mode)
+        assert dev.read(bufs["y"], nbytes) == mirror.mem.read(bufs["y"].address, nbytes), (m, k, n)
+        if "p" in bufs:
+            pbytes = geom.partial_bytes(m, n, k, mode)
+            assert dev.read(bufs["p"], pbytes) == mirror.mem.read(bufs["p"].address, pbytes)
+        c = dev.counters()
+        assert c["mac_ops"] == golden.mac_ops
+        assert [c["ports"][f"w{i}"]["bytes_read"] for i in range(2)] == golden.weight_bytes_read
+        assert c["ports"]["data"]["bytes_written"] == golden.output_bytes_written
+        assert geom.chunks(m, n, k, mode) > 1 and geom.tiles(n) > 1
+        mirror.free()
+
+
+def test_linear_with_bias_and_k_above_max_k_on_the_simulation(dev):
+    rng = np.random.default_rng(9)
+    k = 300
+    w = rng.standard_normal((24, k))
+    b = rng.standard_normal(24)
+    x = rng.standard_normal((6, k))
+    with Linear.from_float(w, bits=8, bias=b, device=dev) as lin:
+        xq = rng.integers(-128, 128, (6, k))
+        assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
+        bias = lin.int_bias(float(np.abs(x).max()) / 127)
+        mult, shift = rng.integers(1, 1 << 20, 24), rng.integers(20, 40, 24)
+        assert np.array_equal(lin.forward_int(xq, requant=(mult, shift), bias=bias),
+                              lin.golden_int(xq, requant=(mult, shift), bias=bias))
+        ref = x @ w.T + b
+        assert np.linalg.norm(lin(x) - ref) / np.linalg.norm(ref) < 0.03
+        out_scale = float(np.abs(ref).max()) / 100
+        assert np.abs(lin(x, out_scale=out_scale) - ref).max() <= 2 * out_scale
+
+
+@pytest.mark.parametrize("changes", [{"op": 9}, {"wbits": 2}, {"k": 24}, {"k": 4112}, {"m": 0}, {"n": 0},
+                                     {"out_mode": 3}, {"out_shift": 64}, {"x_addr": 4}, {"bias": 2},
+                                     {"bias": 1, "bias_shift": 63}])
 def test_bad_descriptors_fail_like_the_golden_program(dev, changes):
     lay = dev.layout
     mirror = Mirror(dev)

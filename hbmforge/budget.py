@@ -66,13 +66,36 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     lut_acc = mm.rows * (w.acc_bits + w.group_bits) * 2
     lut_ports = len(lay.ports) * 1500 + 4000
     lut_small = macs * 9 if small else 0
-    lut = lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2 + _trit_unpack_luts(cfg)
+    # on-chip tiles (docs/engines/matmul.md): the column parameters of two weight tiles (mult,
+    # shift, bias: LUT RAM), the init adder of the output stage, 64-bit result columns in the FIFO
+    geom = lay.matmul
+    lut_tiles = 2 * geom.tile_n * 71 // 32 + mm.rows * w.acc_bits + mm.rows * 64 * 16 // 32
+    lut = (lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2 + _trit_unpack_luts(cfg)
+           + lut_tiles)
     ff = 2 * lut
-    # BRAM: double-buffered activations (rows x max_k bytes), reader FIFOs per port.
-    act = 2 * mm.rows * _bram_for(mm.lanes * 8, mm.max_k // mm.lanes)
+    # BRAM: the activation ring (one bank of act_depth lines per row), the weight ring (2 x tile_n
+    # columns of line_stride lines, weights and group scales per line), the split-K partial-sum
+    # queue, reader FIFOs per port.
+    act = mm.rows * _bram_for(mm.lanes * 8, geom.act_depth)
+    weights = _bram_for(geom.weight_line_bits, geom.weight_depth)
+    partials = _bram_for(64 * mm.rows, 32)
     fifo_depth = cfg.axi.max_burst_beats * cfg.axi.max_outstanding
     fifos = len(lay.ports) * 2 * _bram_for(cfg.data_width, fifo_depth)
-    return ResourceEstimate(lut=lut, ff=ff, dsp=dsp, bram36=act + fifos, ports=len(lay.ports))
+    return ResourceEstimate(lut=lut, ff=ff, dsp=dsp, bram36=act + weights + partials + fifos, ports=len(lay.ports))
+
+
+def tile_buffers(lay: DesignLayout) -> dict:
+    """Bits and BRAM36 blocks of the matmul engine's on-chip tiles (the budget's terms)."""
+    geom, mm = lay.matmul, lay.mm
+    return {
+        "activation_ring": {"banks": mm.rows, "lines": geom.act_depth, "line_bits": 8 * mm.lanes,
+                            "bits": mm.rows * geom.act_depth * 8 * mm.lanes,
+                            "bram36": mm.rows * _bram_for(8 * mm.lanes, geom.act_depth)},
+        "weight_ring": {"lines": geom.weight_depth, "line_bits": geom.weight_line_bits,
+                        "bits": geom.weight_depth * geom.weight_line_bits,
+                        "bram36": _bram_for(geom.weight_line_bits, geom.weight_depth)},
+        "partial_queue": {"entries": 32, "bits": 32 * 64 * mm.rows, "bram36": _bram_for(64 * mm.rows, 32)},
+    }
 
 
 def check_budget(lay: DesignLayout) -> ResourceEstimate:
@@ -96,5 +119,5 @@ def check_budget(lay: DesignLayout) -> ResourceEstimate:
     if problems:
         raise ConfigError(f"config {cfg.name!r} does not fit board {board.name}:\n  "
                           + "\n  ".join(problems)
-                          + "\n  (analytic estimate; reduce engines.0.rows, lanes or max_k)")
+                          + "\n  (analytic estimate; reduce engines.0.rows, lanes, max_k, tile_m or tile_n)")
     return est

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +35,6 @@ class Outcome:
     values: list[float] | None = None # objective values (ok)
     violation: float = 1.0            # infeasible: how far outside the constraints (> 0)
     reason: str = ""
-    extra: dict = field(default_factory=dict)
 
 
 class GridSearch:

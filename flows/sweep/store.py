@@ -143,12 +143,6 @@ class SweepStore:
                          steps=json.loads(r[9]), detail=json.loads(r[10]), config=json.loads(r[11]),
                          seconds=r[12], finished=r[13]) for r in cur.fetchall()]
 
-    def get(self, point_hash: str) -> PointRow | None:
-        return next((r for r in self.rows() if r.point_hash == point_hash), None)
-
-    def hashes(self) -> set[str]:
-        return {r[0] for r in self._db.execute("SELECT point_hash FROM points")}
-
     def close(self) -> None:
         if self._db is not None:
             self._db.close()

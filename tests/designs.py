@@ -41,8 +41,9 @@ def tiny_vector_config_dict(name: str = "tiny_vec", *, attention: bool = True, *
 
 def tiny_sweep_spec_dict(name: str = "tiny_sweep", **top) -> dict:
     """A sweep over tiny: rows {2, 4} x max_k {128, 256} (max_k 128 cannot hold down_proj's k = 256:
-    infeasible), four Linear layers of a small model co-simulated per point."""
-    spec = {"version": 1, "name": name, "base": tiny_config_dict(),
+    infeasible, as the engine does not split K here: split_k 1), four Linear layers of a small model
+    co-simulated per point."""
+    spec = {"version": 1, "name": name, "base": tiny_config_dict(split_k=1),
             "parameters": {"engines.0.rows": [2, 4], "engines.0.max_k": [128, 256]},
             "workload": {"model": {"hidden_size": 128, "intermediate_size": 256, "num_attention_heads": 4,
                                    "num_key_value_heads": 2, "num_hidden_layers": 2},

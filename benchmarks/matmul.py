@@ -6,6 +6,14 @@ Metrics (``{"bench": "matmul", "metric", "value", "unit", ...context}``):
 
 * ``gemm_mac_utilization``: useful MACs / (array MACs x busy cycles), M = N = K = 512,
   int4 weights (target >= 0.90); ``gemm_mac_utilization_int8`` for int8 weights.
+* ``gemm_weight_reads_per_weight``: weight bytes read / packed weight bytes for an M = 128
+  prefill (K = N = 512; target 1.0: each weight once per chunk of rows the activation ring
+  holds); ``gemm_mac_utilization_m128`` for the same layer, int8 and int4.
+* ``encoder_gemm_mac_utilization`` / ``encoder_gemm_weight_reads_per_weight``: a 111-token
+  encoder projection (M = 111, K = N = 768), int8 and int4; 111 of the 112 rows of the last
+  row block are valid, so 0.991 is the array's ceiling.
+* ``gemv_split_k_hbm_efficiency``: a GEMV whose K (8192) is twice max_k (exact split-K with
+  int64 partial sums in memory), int4.
 * ``gemv_hbm_efficiency``: weight bytes delivered / (weight ports x port bytes per
   cycle x cycles), M = 1, K = N = 4096, int4, HBM model at the board's nominal
   latency (target >= 0.85).
@@ -38,6 +46,27 @@ def _layer(cfg, m, k, n, wbits):
     return r
 
 
+def _reads_per_weight(cfg, r, k, n, wbits) -> float:
+    """Weight bytes read over the packed weight bytes (every stripe): how often each weight was fetched."""
+    from hbmforge.layout import DesignLayout
+
+    geom = DesignLayout(cfg).matmul
+    return r["weight_bytes_read"] / (cfg.matmul.weight_ports * geom.weight_port_bytes(n, geom.pad_k(k), wbits))
+
+
+def prefill(cfg, ctx) -> None:
+    """GEMM with the weights held on chip: an M = 128 prefill and a 111-token encoder projection."""
+    for (m, k, n), prefix in (((128, 512, 512), "gemm"), ((111, 768, 768), "encoder_gemm")):
+        for wbits in (8, 4):
+            r = _layer(cfg, m, k, n, wbits)
+            shape = dict(m=m, k=k, n=n, wbits=wbits, cycles=r["cycles"], **ctx)
+            reads = _reads_per_weight(cfg, r, k, n, wbits)
+            emit(f"{prefix}_weight_reads_per_weight", round(reads, 4), "reads", target=1.0,
+                 rows_on_chip=m, **shape)
+            emit("gemm_mac_utilization_m128" if prefix == "gemm" else f"{prefix}_mac_utilization",
+                 round(r["mac_utilization"], 4), "ratio", **shape)
+
+
 def cocotb_cycles_per_second(cfg, m, k, n, wbits) -> tuple[float, int, float]:
     """Run the same layer through the cocotb bench; return (cycles/s, cycles, wall seconds)."""
     from hbmforge.flows.emit import generate
@@ -62,10 +91,16 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--board", default="u280")
     ap.add_argument("--skip-cocotb", action="store_true", help="skip the (slow) cocotb comparison")
+    ap.add_argument("--prefill-only", action="store_true", help="only the M = 128 / encoder GEMM metrics")
     args = ap.parse_args(argv)
     cfg = parse_config(starter_config(args.board))
+    from hbmforge.layout import DesignLayout
+    geom = DesignLayout(cfg).matmul
     ctx = {"board": args.board, "config": "starter", "rows": cfg.matmul.rows, "lanes": cfg.matmul.lanes,
-           "weight_ports": cfg.matmul.weight_ports}
+           "weight_ports": cfg.matmul.weight_ports, "tile_n": geom.tile_n, "tile_m": geom.tile_m}
+    prefill(cfg, ctx)
+    if args.prefill_only:
+        return
 
     r = _layer(cfg, 512, 512, 512, 4)
     emit("gemm_mac_utilization", round(r["mac_utilization"], 4), "ratio", m=512, k=512, n=512, wbits=4,
@@ -80,6 +115,10 @@ def main(argv=None) -> None:
     emit("gemv_cycles", g["cycles"], "cycles", m=1, k=4096, n=4096, wbits=4, **ctx)
     emit("cosim_cycles_per_second", round(g["sim_cycles_per_second"]), "cycles/s",
          layer="gemv 1x4096x4096 int4", **ctx)
+    ks = 2 * cfg.matmul.max_k
+    gs = _layer(cfg, 1, ks, 4096, 4)
+    emit("gemv_split_k_hbm_efficiency", round(gs["weight_port_efficiency"], 4), "ratio", m=1, k=ks, n=4096,
+         wbits=4, slices=geom.slices(ks), cycles=gs["cycles"], weight_bytes=gs["weight_bytes_read"], **ctx)
 
     # the same mid-size layer through both simulators
     m, k, n = 8, 1024, 512

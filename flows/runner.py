@@ -58,8 +58,12 @@ def _check_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
                          f"got {wbits!r}")
     if k % mm.group_size:
         raise ValueError(f"k must be a multiple of the engine's group_size {mm.group_size}, got {k}")
-    if k > mm.max_k:
-        raise ValueError(f"k must be at most the engine's max_k {mm.max_k}, got {k}")
+    max_k = mm.split_k * (mm.max_k - mm.max_k % max(mm.lanes, mm.group_size, cfg.data_width // 8))
+    if k > max_k:
+        if mm.split_k == 1:
+            raise ValueError(f"k must be at most the engine's max_k {mm.max_k}, got {k}")
+        raise ValueError(f"k must be at most the engine's largest K {max_k} (split_k {mm.split_k} slices of "
+                         f"max_k {mm.max_k}), got {k}")
     check_elements(**{"m x k": m * k, "n x k": n * k, "m x n": m * n})
 
 

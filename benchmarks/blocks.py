@@ -12,6 +12,7 @@ Metrics (``{"bench": "blocks", "metric", "value", "unit", ...context}``):
 * ``decode_port_efficiency``: bytes the decode step moves over the design's weight/KV ports
   (``w0 ..``) / (those ports x port word x the step's cycles): target >= 0.85 for a decoder with
   hidden >= 1024; ``decode_data_port_bytes`` is what the step moved on the data port besides.
+* ``decode_all_ports_efficiency``: the same over every port, the data port included.
 * ``prefill_mac_utilization``: MAC_OPS of one ``--prefill``-token chunk through whole blocks
   (matmul and attention MACs) / (the matmul array's MACs per cycle x the chunk's cycles):
   target >= 0.80.
@@ -86,7 +87,7 @@ def performance(config: str, *, hidden: int, layers: int, steps: int, prefill: i
         stream = [p for p in lay.ports if p.role == "stream"]
         seq = prog.sequence()
         prog.prefill(rng.normal(0, 1, (16, hidden)), seq)
-        cycles, trips, eff, data_bytes = [], [], [], []
+        cycles, trips, eff, overall, data_bytes = [], [], [], [], []
         for _ in range(steps):
             prog.decode_step(rng.normal(0, 1, hidden), seq)
             st = prog.last_step
@@ -95,6 +96,8 @@ def performance(config: str, *, hidden: int, layers: int, steps: int, prefill: i
             cycles.append(st.cycles)
             trips.append(st.host_round_trips)
             eff.append(moved / (len(stream) * lay.word_bytes * st.cycles))
+            every = sum(ports[p.name]["bytes_read"] + ports[p.name]["bytes_written"] for p in lay.ports)
+            overall.append(every / (len(lay.ports) * lay.word_bytes * st.cycles))
             data_bytes.append(ports["data"]["bytes_read"] + ports["data"]["bytes_written"])
         clock = lay.config.clock * 1e6
         emit("host_round_trips_per_token", float(np.mean(trips)), "starts", target=1, **ctx)
@@ -103,6 +106,7 @@ def performance(config: str, *, hidden: int, layers: int, steps: int, prefill: i
         emit("decode_port_efficiency", float(np.mean(eff)), "ratio", target=0.85, ports=[p.name for p in stream],
              **ctx)
         emit("decode_data_port_bytes", float(np.mean(data_bytes)), "bytes", **ctx)
+        emit("decode_all_ports_efficiency", float(np.mean(overall)), "ratio", ports=list(lay.port_names), **ctx)
         if prefill:
             seq2 = prog.sequence()
             prog.prefill(rng.normal(0, 1, (prefill, hidden)), seq2)

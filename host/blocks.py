@@ -817,14 +817,13 @@ class ModelProgram:
         def t(layer, name):
             return layer.tables[name].address
 
+        def rows_of_h(norm):
+            """int8 rows (and scale records) of norm(h), or of h itself, into xa."""
+            fields = self._norm_fields(norm) if norm is not None else {}
+            p.vector(m=T, dim=H, **res, **fields, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
+
         for L in self.layers:
-            tb = L.tables
-            # attention input: int8 rows of norm(h) (llama) or h (bert)
-            if llama:
-                p.vector(m=T, dim=H, **res, **self._norm_fields(L.consts["norm1"]), out_fmt=VectorOut.ACT8,
-                         y_addr=a["xa"], y_scale=a["xs_a"])
-            else:
-                p.vector(m=T, dim=H, **res, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
+            rows_of_h(L.consts["norm1"] if llama else None)          # the attention's input
             matmul(L.qkv, a["xa"], a["yqkv"])
             acc = dict(a_fmt=VectorIn.ACC32, a_stride=blk(nqkv), a_scale=a["xs_a"])
             rope = dict(rope=1, rope_addr=self._rope.address) if llama else {}
@@ -845,12 +844,7 @@ class ModelProgram:
                      out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
             matmul(L.o, a["xb"], a["y"])
             self._residual(p, T, L, "o_cols", "o_bias", a, a["xs_b"], H, None if llama else L.consts["norm1"])
-            # MLP
-            if llama:
-                p.vector(m=T, dim=H, **res, **self._norm_fields(L.consts["norm2"]), out_fmt=VectorOut.ACT8,
-                         y_addr=a["xa"], y_scale=a["xs_a"])
-            else:
-                p.vector(m=T, dim=H, **res, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
+            rows_of_h(L.consts["norm2"] if llama else None)          # the MLP's input
             matmul(L.up, a["xa"], a["y"])
             I = cfg.intermediate
             if llama:
@@ -865,11 +859,7 @@ class ModelProgram:
             matmul(L.down, a["xb"], a["y"])
             self._residual(p, T, L, "down_cols", "down_bias", a, a["xs_b"], H, None if llama else L.consts["norm2"])
         if self._head is not None:
-            if self._final_norm is not None:
-                p.vector(m=T, dim=H, **res, **self._norm_fields(self._final), out_fmt=VectorOut.ACT8,
-                         y_addr=a["xa"], y_scale=a["xs_a"])
-            else:
-                p.vector(m=T, dim=H, **res, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
+            rows_of_h(self._final if self._final_norm is not None else None)
             rows = T if all_logits else 1
             first = T - rows
             head = self._head

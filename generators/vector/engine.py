@@ -55,6 +55,20 @@ _STORE_LATENCY = 1 + ChunkQuantizer.LATENCY     # tile read + quantizer
 _CHUNK_FIFO = 8
 
 
+def _walk_rows(m: Module, active, row, rows, item, items) -> None:
+    """While ``active``: step ``item`` through ``items``, then ``row`` through ``rows``; clear
+    ``active`` after the last (both counters back at 0)."""
+    with m.If(active):
+        with m.If(item + 1 == items):
+            m.d.sync += item.eq(0)
+            with m.If(row + 1 == rows):
+                m.d.sync += [row.eq(0), active.eq(0)]
+            with m.Else():
+                m.d.sync += row.eq(row + 1)
+        with m.Else():
+            m.d.sync += item.eq(item + 1)
+
+
 class VectorEngine(wiring.Component):
     """The vector engine of a :class:`~hbmforge.layout.DesignLayout` with a ``vector`` engine."""
 
@@ -376,15 +390,7 @@ class VectorEngine(wiring.Component):
         sw_j = Signal(range(DW))
         sw_active = Signal()                 # issuing (row sw_r, word sw_j) this cycle
         sw_second = Signal()                 # SWEEP2 (norm apply) rather than SWEEP1
-        with m.If(sw_active):
-            with m.If(sw_j + 1 == dw):
-                m.d.sync += sw_j.eq(0)
-                with m.If(sw_r + 1 == nv):
-                    m.d.sync += [sw_r.eq(0), sw_active.eq(0)]
-                with m.Else():
-                    m.d.sync += sw_r.eq(sw_r + 1)
-            with m.Else():
-                m.d.sync += sw_j.eq(sw_j + 1)
+        _walk_rows(m, sw_active, sw_r, nv, sw_j, dw)
         rd_r, rd_j, rd_v = Signal(range(R)), Signal(range(DW)), Signal()
         m.d.sync += [rd_r.eq(sw_r), rd_j.eq(sw_j), rd_v.eq(sw_active)]
         tile_addr = Signal(range(DW))
@@ -533,15 +539,7 @@ class VectorEngine(wiring.Component):
         qp_r = Signal(range(R))
         qp_g = Signal(range(GPR))
         qp_active = Signal()
-        with m.If(qp_active):
-            with m.If(qp_g + 1 == groups):
-                m.d.sync += qp_g.eq(0)
-                with m.If(qp_r + 1 == nv):
-                    m.d.sync += [qp_r.eq(0), qp_active.eq(0)]
-                with m.Else():
-                    m.d.sync += qp_r.eq(qp_r + 1)
-            with m.Else():
-                m.d.sync += qp_g.eq(qp_g + 1)
+        _walk_rows(m, qp_active, qp_r, nv, qp_g, groups)
         m.d.comb += grp.addr.eq(qp_r * GPR + qp_g)
         qv1 = Signal()
         qr1, qg1 = Signal.like(qp_r), Signal.like(qp_g)

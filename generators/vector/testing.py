@@ -16,24 +16,10 @@ from ...engines.vector import VECTOR_FIELDS, vector_geometry
 from ...layout import DesignLayout
 from ...mathutil import round_up
 from ...numerics import vector as V
+from ..attention.testing import ByteMemory
 from ..dma_bench import DmaBench
 
 __all__ = ["VectorBench", "random_case", "CASE_KINDS", "blocked_int32"]
-
-
-class _Bytes:
-    def __init__(self, buf: bytearray):
-        self.mem = buf
-
-    def read(self, addr: int, n: int) -> bytes:
-        if addr < 0 or addr + n > len(self.mem):
-            raise IndexError(f"read [{addr:#x}, {addr + n:#x}) outside the bench memory")
-        return bytes(self.mem[addr:addr + n])
-
-    def write(self, addr: int, data) -> None:
-        if addr < 0 or addr + len(data) > len(self.mem):
-            raise IndexError(f"write [{addr:#x}, {addr + len(data):#x}) outside the bench memory")
-        self.mem[addr:addr + len(data)] = bytes(data)
 
 
 class VectorBench(DmaBench):
@@ -67,7 +53,7 @@ class VectorBench(DmaBench):
         return full
 
     def expected_memory(self) -> bytearray:
-        shadow = _Bytes(bytearray(self.mem))
+        shadow = ByteMemory(bytearray(self.mem))
         for d in self.jobs:
             V.run_vector(shadow, d, self.layout)
         return shadow.mem

@@ -86,3 +86,33 @@ def test_quantizers_refuse_nan():
 def test_group_size_must_divide_k():
     with pytest.raises(ValueError, match="group_size 32 must divide K = 48"):
         quantize_weights_groupwise(np.ones((2, 48)), 4, 32)
+
+
+def test_bias_joins_the_accumulator_before_the_output_stage():
+    from hbmforge.numerics.matmul import add_bias
+
+    rng = np.random.default_rng(5)
+    x, w = rng.integers(-128, 128, (3, 32)), rng.integers(-8, 8, (4, 32))
+    s = rng.integers(0, 1 << 16, (4, 2))
+    bias = np.array([-(1 << 31), (1 << 31) - 1, 0, 12345])
+    acc = matmul_accumulate(x, w, s, 16)
+    got = add_bias(acc, bias, 7)
+    assert all(got[m, n] == acc[m, n] + (int(bias[n]) << 7) for m in range(3) for n in range(4))
+    want = np.clip([[(int(v) + (1 << 8)) >> 9 for v in row] for row in got], -(1 << 31), (1 << 31) - 1)
+    np.testing.assert_array_equal(matmul_int32(x, w, s, 16, 9, bias=bias, bias_shift=7), want)
+    assert add_bias(acc, None) is acc
+    with pytest.raises(ValueError, match="bias must have 4 entries"):
+        add_bias(acc, bias[:2])
+    with pytest.raises(ValueError, match="int32"):
+        add_bias(acc, bias + (1 << 40))
+
+
+def test_split_k_slices_add_up_exactly():
+    """The engine's K slices: partial sums (any order, int64) give the one-pass accumulator."""
+    rng = np.random.default_rng(6)
+    x, w = rng.integers(-128, 128, (5, 96)), rng.integers(-128, 128, (3, 96))
+    s = np.full((3, 6), (1 << 16) - 1)
+    whole = matmul_accumulate(x, w, s, 16)
+    parts = sum(matmul_accumulate(x[:, k0:k0 + 32], w[:, k0:k0 + 32], s[:, k0 // 16:k0 // 16 + 2], 16)
+                for k0 in range(0, 96, 32))
+    assert np.array_equal(whole, parts)

@@ -22,8 +22,11 @@ import hashlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -495,9 +498,12 @@ class _Sweep:
             self.evaluated += 1
             self._finish(row, info["cands"])
 
-    def run(self) -> None:
+    def run(self, stop: threading.Event) -> bool:
+        """Evaluate points until the search is exhausted (True) or ``stop`` is set (False)."""
         exhausted = False
         while True:
+            if stop.is_set():
+                return False
             while not exhausted and len(self.inflight) < self.runner.window:
                 cand = self.search.ask()
                 if cand is None:
@@ -506,7 +512,7 @@ class _Sweep:
                 self.propose(cand)
             if not self.inflight:
                 if exhausted:
-                    return
+                    return True
                 continue
             for phash in self.runner.wait(1.0):
                 self.complete(phash)
@@ -540,6 +546,29 @@ class _Progress:
     def stop(self) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+
+@contextmanager
+def _stop_on_interrupt(say):
+    """Ctrl-C (SIGINT) asks the sweep to stop: points in flight are cancelled, the finished ones
+    are written; a second Ctrl-C interrupts at once. (Outside the main thread: no handler.)"""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def handler(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+        say("[yellow]interrupted[/]: stopping the sweep and writing the points done so far "
+            "(Ctrl-C again to abort at once; --resume continues)")
+
+    old = signal.signal(signal.SIGINT, handler)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, old)
 
 
 def _resolve(spec) -> ResolvedSpec:
@@ -602,10 +631,11 @@ def run_sweep(spec, *, output: str | Path | None = None, scheduler: str | None =
             + (f" (resuming: {len(sweep.known)} points stored)" if resume and sweep.known else ""))
         bar = _Progress(console, total, 0, spec.name)
         sweep.progress = bar
-        try:
-            sweep.run()
-        except KeyboardInterrupt:
-            interrupted = True
+        with _stop_on_interrupt(say) as stop:
+            try:
+                interrupted = not sweep.run(stop)
+            except KeyboardInterrupt:
+                interrupted = True
         evaluated = sweep.evaluated
         run_id = sweep.run_id
     finally:

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from hbmforge.layout import DesignLayout, PortInfo, Register
+from hbmforge.layout import FAMILY_REGISTERS_BASE, DesignLayout, PortInfo, Register
 from hbmforge.manifest import DesignManifest, read_manifest
 from hbmforge.memory_map import check_memory_kind, region_for
 
@@ -432,6 +432,9 @@ class Device(abc.ABC):
             "descriptors_done": self.read_reg("DESC_DONE"),
             "mac_utilization": mac_ops / (cycles * peak) if cycles else 0.0,
             "ports": ports,
+            # the registers engine families add (FamilyRegister): CACHE_HITS -> "cache_hits", ...
+            **{r.name.lower(): self.read_reg(r.name) for r in self._layout.registers
+               if r.offset >= FAMILY_REGISTERS_BASE},
         }
 
     # -- identity ----------------------------------------------------------------------

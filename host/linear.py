@@ -32,6 +32,7 @@ from hbmforge.encodings import OutMode
 from hbmforge.numerics import (dyadic_multiplier, matmul_int8, matmul_int32, quantize_activations_per_tensor,
                                quantize_activations_per_token, storage_range)
 from hbmforge.numerics.encoded import quantize_weights_encoded, scale_product
+from hbmforge.memory_map import check_memory_kind
 
 from .checks import check_choice, check_int, check_positive, check_timeout, int_array, real_array
 from .device import Buffer, Device, check_device, merge_counters
@@ -106,9 +107,12 @@ class Linear:
     """
 
     def __init__(self, device: Device, weight_q: np.ndarray, mantissas: np.ndarray, row_scale: np.ndarray,
-                 *, bits, in_features: int, bias=None, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES):
+                 *, bits, in_features: int, bias=None, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
+                 weight_memory: str | None = None):
         device = check_device(device)
         lay = device.layout
+        if weight_memory is not None:       # "host"/"ddr": behind the design's tile cache, if it has one
+            check_memory_kind(lay.config.board_info, weight_memory)
         mm = lay.mm
         bits = engine_format(bits, lay, "bits")
         k = check_int("in_features", in_features, 1)
@@ -142,7 +146,7 @@ class Linear:
         self._work = Workspace(device)
         try:
             for port, stripe in zip((f"w{i}" for i in range(mm.weight_ports)), pack_weights(self._q, bits, lay)):
-                buf = device.alloc(stripe.nbytes, port)
+                buf = device.alloc(stripe.nbytes, port, memory=weight_memory)
                 self._w_bufs.append(buf)
                 device.write(buf, stripe)
             scales = pack_scales(self._mant, lay)
@@ -156,7 +160,7 @@ class Linear:
     @classmethod
     def from_float(cls, w, *, bits=4, group_size: int | None = None, device: Device,
                    ternary_scale: str = "group", bias=None,
-                   workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> "Linear":
+                   workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, weight_memory: str | None = None) -> "Linear":
         """Quantize ``w`` [out_features, in_features] (float) and upload it to ``device``;
         ``bias``: optional float [out_features].
 
@@ -192,11 +196,11 @@ class Linear:
         enc = quantize_weights_encoded(w, fmt, mm.group_size, mm.scale_bits, k_padded=kp,
                                        ternary_scale=ternary_scale)
         return cls(device, enc.q, enc.mantissas, enc.row_scale, bits=fmt, in_features=k, bias=bias,
-                   workspace_bytes=workspace_bytes)
+                   workspace_bytes=workspace_bytes, weight_memory=weight_memory)
 
     @classmethod
     def from_quantized(cls, weight_q, mantissas, row_scale=None, *, bits, device: Device, bias=None,
-                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES) -> "Linear":
+                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, weight_memory: str | None = None) -> "Linear":
         """Upload given integers: weights [N, K] (``bits`` 2, 4, 8: signed; "ternary": -1/0/+1),
         mantissas [N, ceil(K/G)] (unsigned ``scale_bits``), ``row_scale`` [N] finite floats > 0
         (default 1); ``bias``: optional float [N] (output units)."""
@@ -221,12 +225,18 @@ class Linear:
         m_full = np.zeros((n, kp // g), dtype=np.uint16)
         m_full[:, :groups] = mant
         rs = np.ones(n) if row_scale is None else row_scale
-        return cls(device, q, m_full, rs, bits=fmt, in_features=k, bias=bias, workspace_bytes=workspace_bytes)
+        return cls(device, q, m_full, rs, bits=fmt, in_features=k, bias=bias, workspace_bytes=workspace_bytes,
+                   weight_memory=weight_memory)
 
     # -- properties --------------------------------------------------------------------
     @property
     def device(self) -> Device:
         return self._dev
+
+    @property
+    def weight_buffers(self) -> tuple:
+        """The weight stripes' buffers (one per weight port; ``weight_memory`` says where)."""
+        return tuple(self._w_bufs)
 
     @property
     def in_features(self) -> int:

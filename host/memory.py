@@ -187,12 +187,17 @@ class TileCache:
             self._dev.free(self._store)
 
 
-def expected_matmul_reads(layout, m: int, n: int, k: int, wbits, w_addrs) -> list[tuple[int, int]]:
-    """The (address, bytes) reads the matmul engine makes of its weight stripes for one MATMUL:
-    every stripe in full, once per row block, stripe 0 first (what the cache sees of a Linear)."""
+def expected_matmul_reads(layout, m: int, n: int, k: int, wbits, w_addr: int, *, out_mode=0) -> list[tuple[int, int]]:
+    """The (address, bytes) reads the matmul engine makes of one weight stripe for one MATMUL of
+    [m, k] x [n, k] (``k`` padded): per K slice, the slice's part of the stripe once per chunk of
+    row blocks (the engine's passes, hbmforge.engines.matmul). What the cache sees of a Linear."""
     from hbmforge.encodings import WeightFormat
 
     geom = layout.matmul
-    code = WeightFormat.code(wbits) if not isinstance(wbits, int) or wbits in (2, 4, 8) else wbits
-    nbytes = geom.weight_port_bytes(n, k, code)
-    return [(a, nbytes) for _ in range(geom.row_blocks(m)) for a in w_addrs]
+    code = WeightFormat.code(wbits)
+    out, off = [], 0
+    for s in range(geom.slices(k)):
+        nbytes = geom.slice_weight_port_bytes(n, geom.slice_k(k, s), code)
+        out += [(w_addr + off, nbytes)] * geom.chunks(m, n, k, out_mode)
+        off += nbytes
+    return out

@@ -243,6 +243,19 @@ class ObliviousMap:
         cb = self.control_block()
         return cb.bins_base, self._plan.host_bytes
 
+    @property
+    def buffers(self) -> dict:
+        """The map's buffers: ``state`` (HBM: control block, directory, bin meta, stash), ``bins``
+        (host memory), and ``src``/``dst`` of the last batch (HBM), for audits and tests."""
+        out = {"state": self._state, "bins": self._bins}
+        if self._batch is not None:
+            out.update(src=self._batch[0], dst=self._batch[1])
+        return out
+
+    @property
+    def control_address(self) -> int:
+        return self._ctrl
+
     def control_block(self) -> ControlBlock:
         self._check()
         return ControlBlock.unpack(self._dev.read(self._state, CB_BYTES))

@@ -61,7 +61,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hbmforge.encodings import (AttentionMode, OutMode, VectorAct, VectorCombine, VectorIn, VectorNorm,
+from hbmforge.encodings import (AttentionMode, VectorAct, VectorCombine, VectorIn, VectorNorm,
                                 VectorOut)
 from hbmforge.engines.attention import attention_geometry
 from hbmforge.engines.vector import ACT_FRAC, vector_geometry
@@ -802,7 +802,6 @@ class ModelProgram:
     def _program(self, T, pos0, valid_len, seq, a, all_logits) -> ProgramBuilder:
         cfg, vg, att = self._cfg, self._vg, self._att
         R = vg.rows
-        Fh = cfg.residual_frac_bits
         hd, qh, kvh, H = cfg.head_dim, cfg.heads, cfg.kv_heads, cfg.hidden
         nq, nk = qh * hd, kvh * hd
         nqkv = nq + 2 * nk

@@ -14,7 +14,7 @@ no back-pressure (the caller issues only when the result has a place to go)::
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -154,5 +154,4 @@ class ElementPipe(wiring.Component):
         for i in range(L):
             m.d.sync += o9[i].eq(sat32(rsr(r8[i], ROPE_FRAC)))
         m.d.comb += self.o.eq(word_of(o9))
-        _ = unsigned
         return m

@@ -48,7 +48,7 @@ class NormApply(wiring.Component):
         m.d.comb += self.o_valid.eq(v[self.LATENCY])
 
         nb = 33 + self._max_dim.bit_length() + 1
-        x, g, b = lanes_of(self.x, L), lanes_of(self.gamma, L), lanes_of(self.beta, L)
+        x = lanes_of(self.x, L)
         g1, b1, b2, b3 = (Signal(self.gamma.shape(), name="g1"), Signal(self.beta.shape(), name="b1"),
                           Signal(self.beta.shape(), name="b2"), Signal(self.beta.shape(), name="b3"))
         g2 = Signal(self.gamma.shape(), name="g2")
@@ -67,6 +67,5 @@ class NormApply(wiring.Component):
             r = rsr_var(m, p2, sh_3, name=f"r{i}")
             m.d.sync += y.eq(sat32(r + lanes_of(b3, L)[i]))
             out.append(y)
-        _ = (g, b)
         m.d.comb += self.o.eq(word_of(out))
         return m

@@ -12,7 +12,7 @@ Fixed latency :attr:`LATENCY` (register, reciprocal, finish), one group per cycl
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -108,5 +108,4 @@ class QuantParams(wiring.Component):
                     m.d.sync += self.meta.eq(Cat(mult[:16], sh[:16]))
             with m.Else():
                 m.d.sync += self.meta.eq(Cat(a2, e2[:16]))
-        _ = unsigned
         return m

@@ -275,7 +275,7 @@ def run_vector(mem, d: dict, layout) -> dict:
     Returns ``bytes_written`` per port (manifest order) and ``stream_bytes_read`` per ``w<i>``.
     """
     g = vector_geometry(layout)
-    R, W8 = g.rows, layout.word_bytes
+    R = g.rows
     m, D = d["m"], d["dim"]
     written = [0] * len(layout.ports)
     sread = [0] * layout.config.stream_ports

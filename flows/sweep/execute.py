@@ -514,6 +514,7 @@ class _Sweep:
                 if exhausted:
                     return True
                 continue
+            self.progress.running(len(self.inflight))
             for phash in self.runner.wait(1.0):
                 self.complete(phash)
             self.expire()
@@ -532,11 +533,15 @@ class _Progress:
 
         self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                              TextColumn("ok {task.fields[ok]} · infeasible {task.fields[infeasible]} · "
-                                        "[red]failed {task.fields[failed]}[/]"),
+                                        "[red]failed {task.fields[failed]}[/] · running {task.fields[running]}"),
                              TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                              console=console, transient=False)
-        self._task = self._bar.add_task(title, total=total or None, completed=0, **self.counts)
+        self._task = self._bar.add_task(title, total=total or None, completed=0, running=0, **self.counts)
         self._bar.start()
+
+    def running(self, n: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, running=n)
 
     def advance(self, row: PointRow, reused: bool = False) -> None:
         self.counts[row.status] = self.counts.get(row.status, 0) + 1

@@ -150,7 +150,7 @@ BAD = [
     ({"op": 7}, ErrorCode.BAD_OPCODE),
     ({"wbits": 2}, ErrorCode.BAD_WBITS),
     ({"k": 24}, ErrorCode.BAD_K),             # not a multiple of k_align (16)
-    ({"k": 512}, ErrorCode.BAD_K),            # > max_k
+    ({"k": 4096 + 16}, ErrorCode.BAD_K),      # > split_k x max_k (16 x 256)
     ({"k": 0}, ErrorCode.BAD_K),
     ({"m": 0}, ErrorCode.BAD_SHAPE),
     ({"n": 1 << 32}, ErrorCode.BAD_SHAPE),

@@ -16,7 +16,7 @@ import cocotb
 import numpy as np
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
-from hbmforge.host.packing import (pack_activations, pack_requant, pack_scales, pack_weights,
+from hbmforge.host.packing import (pack_activations, pack_bias, pack_requant, pack_scales, pack_weights,
                                    unpack_output)
 from hbmforge.encodings import ErrorCode, Opcode, OutMode, WeightFormat
 from hbmforge.layout import DesignLayout
@@ -80,7 +80,7 @@ class Layer:
     """One random matmul: operands, buffers in the bench memory, and its expected output."""
 
     def __init__(self, bench: KernelBench, lay: DesignLayout, rng: np.random.Generator, *,
-                 m=None, k=None, n=None, wbits=None, out_mode=None):
+                 m=None, k=None, n=None, wbits=None, out_mode=None, bias=None):
         eng = lay.mm
         self.lay = lay
         rows = eng.rows
@@ -102,6 +102,10 @@ class Layer:
         self.out_shift = int(rng.integers(0, 24))
         self.mult = rng.integers(-(1 << 31), 1 << 31, self.n).astype(np.int64)
         self.shift = rng.integers(30, 72, self.n).astype(np.int64)
+        # a bias (added as int32 << bias_shift before the output stage) on some layers
+        self.bias = rng.integers(-(1 << 31), 1 << 31, self.n) if (rng.random() < 0.3 if bias is None else bias) \
+            else None
+        self.bias_shift = int(rng.integers(0, lay.matmul.widths.max_bias_shift + 1)) if self.bias is not None else 0
         # buffers
         self.x_addr = bench.alloc(lay.matmul.act_bytes(self.m, self.k))
         bench.write(self.x_addr, pack_activations(self.x, lay).tobytes())
@@ -117,6 +121,12 @@ class Layer:
             addr = bench.alloc(stripe.size, f"w{i}")
             bench.write(addr, stripe.tobytes())
             self.w_addrs.append(addr)
+        self.b_addr = 0
+        if self.bias is not None:
+            self.b_addr = bench.alloc(lay.matmul.bias_bytes(self.n))
+            bench.write(self.b_addr, pack_bias(self.bias, lay).tobytes())
+        pbytes = lay.matmul.partial_bytes(self.m, self.n, self.k, self.out_mode)       # K split in slices
+        self.p_addr = bench.alloc(pbytes) if pbytes else 0
 
     @property
     def fmt_name(self) -> str:
@@ -127,7 +137,9 @@ class Layer:
              "wbits": WeightFormat.code(self.wbits), "out_mode": self.out_mode,
              "out_shift": self.out_shift if self.out_mode == OutMode.INT32 else 0,
              "x_addr": self.x_addr, "s_addr": self.s_addr, "y_addr": self.y_addr,
-             "q_addr": self.q_addr if self.out_mode == OutMode.INT8 else 0}
+             "q_addr": self.q_addr if self.out_mode == OutMode.INT8 else 0,
+             "bias": int(self.bias is not None), "bias_shift": self.bias_shift, "b_addr": self.b_addr,
+             "p_addr": self.p_addr}
         d.update({f"w_addr{i}": a for i, a in enumerate(self.w_addrs)})
         return d
 
@@ -136,9 +148,10 @@ class Layer:
 
     def expected(self) -> np.ndarray:
         g = self.k // self.s.shape[1]
+        bias = dict(bias=self.bias, bias_shift=self.bias_shift)
         if self.out_mode == OutMode.INT8:
-            return matmul_int8(self.x, self.w, self.s, g, self.mult, self.shift)
-        return matmul_int32(self.x, self.w, self.s, g, self.out_shift)
+            return matmul_int8(self.x, self.w, self.s, g, self.mult, self.shift, **bias)
+        return matmul_int32(self.x, self.w, self.s, g, self.out_shift, **bias)
 
     def check(self, bench: KernelBench, label: str):
         raw = np.frombuffer(bench.read(self.y_addr, self.y_bytes), dtype=np.uint8)
@@ -183,13 +196,28 @@ async def test_identity_registers_match_manifest(dut):
     assert await bench.reg_read("STATUS") == 0
 
 
+def big_layer_shape(lay: DesignLayout) -> tuple[int, int, int]:
+    """(m, k, n) that spans two chunks of the activation ring, two weight tiles (Y in segments
+    for both output modes where the words allow) and two K slices (partial sums in the scratch)."""
+    geom = lay.matmul
+    k = geom.k_slice + geom.k_align
+    m = geom.act_slots(k) * lay.mm.rows + 1
+    n = geom.tile_n + 1
+    while (n * lay.mm.rows) % lay.word_bytes:
+        n += 1
+    return m, k, n
+
+
 @cocotb.test()
 async def test_random_layers_match_golden_under_backpressure(dut):
     bench, lay = await _bench(dut, seed_offset=2)
     rng = np.random.default_rng(SEED)
     formats = list(lay.mm.weight_bits)
-    for case in range(max(CASES, len(formats))):        # every format the engine accepts, then random
-        layer = Layer(bench, lay, rng, wbits=formats[case] if case < len(formats) else None)
+    m, k, n = big_layer_shape(lay)
+    shapes = [dict(wbits=f) for f in formats] + [dict() for _ in range(CASES - len(formats))] \
+        + [dict(m=m, k=k, n=n, bias=True, out_mode="int8")]
+    for case, shape in enumerate(shapes):       # every format the engine accepts, random, then tiled ones
+        layer = Layer(bench, lay, rng, **shape)
         prog = Program(lay)
         layer.add_to(prog)
         status = await bench.run(await _program(bench, prog), len(prog))
@@ -246,18 +274,21 @@ async def test_counters_account_for_every_byte_and_mac(dut):
     bench, lay = await _bench(dut, seed_offset=5)
     rng = np.random.default_rng(SEED + 13)
     eng = lay.mm
-    layer = Layer(bench, lay, rng, m=eng.rows + 1, n=3, out_mode="int32")
+    layer = Layer(bench, lay, rng, m=eng.rows + 1, n=3, out_mode="int32", bias=True)
     prog = Program(lay)
     layer.add_to(prog)
     assert await bench.run(await _program(bench, prog), 1) == 0
     blocks = lay.matmul.row_blocks(layer.m)
+    chunks = lay.matmul.chunks(layer.m, layer.n, layer.k, layer.out_mode)      # the weights: once per chunk
     for i in range(eng.weight_ports):
         got = await bench.reg_read(f"W{i}_BYTES_READ")
-        assert got == blocks * lay.matmul.weight_port_bytes(layer.n, layer.k, layer.wbits), f"w{i} bytes read"
+        assert got == chunks * lay.matmul.weight_port_bytes(layer.n, layer.k, layer.wbits), f"w{i} bytes read"
     data_read = await bench.reg_read("DATA_BYTES_READ")
     # activations are read per block (valid rows only), rounded up to words per block
     act = sum(lay.matmul.round_words(min(eng.rows, layer.m - b * eng.rows) * layer.k) for b in range(blocks))
-    expect_read = lay.descriptor_bytes + act + blocks * lay.matmul.scale_bytes(layer.n, layer.k)
+    bias = sum(lay.matmul.round_words(min(lay.matmul.tile_n, layer.n - t) * 4)
+               for t in range(0, layer.n, lay.matmul.tile_n)) if layer.bias is not None else 0
+    expect_read = lay.descriptor_bytes + act + chunks * (lay.matmul.scale_bytes(layer.n, layer.k) + bias)
     assert data_read == expect_read, f"data bytes read {data_read} != {expect_read}"
     assert await bench.reg_read("DATA_BYTES_WRITTEN") == layer.y_bytes
     assert await bench.reg_read("MAC_OPS") == layer.m * layer.n * layer.k
@@ -269,7 +300,7 @@ async def test_counters_account_for_every_byte_and_mac(dut):
 async def test_ap_ctrl_hs_handshake_and_interrupt(dut):
     bench, lay = await _bench(dut, seed_offset=6, busy=0.0)
     rng = np.random.default_rng(SEED + 17)
-    layer = Layer(bench, lay, rng, m=1, n=2)
+    layer = Layer(bench, lay, rng, m=1, n=2, bias=False)
     prog = Program(lay)
     layer.add_to(prog)
     addr = await _program(bench, prog)
@@ -312,7 +343,7 @@ async def test_benchmark_one_layer(dut):
     m, k, n = int(m), int(k), int(n)
     wbits = "ternary" if wbits == "ternary" else int(wbits)
     layer = Layer(bench, lay, np.random.default_rng(SEED), m=m, k=k, n=n, wbits=wbits,
-                  out_mode="int32")
+                  out_mode="int32", bias=False)
     prog = Program(lay)
     layer.add_to(prog)
     addr = await _program(bench, prog)

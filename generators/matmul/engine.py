@@ -30,11 +30,10 @@ the array instead of losing or reordering results.
 from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
-from amaranth.lib import data, stream, wiring
+from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 
 from ...layout import DesignLayout
-from ...numerics.tlmm import table_entries as tlmm_table_entries
 from .accum import GroupAccumulator
 from .actbuf import ActivationBuffer
 from .array import MacArray
@@ -45,7 +44,7 @@ from .pack import OutputPacker, column_layout
 from .partials import PartialCollector
 from .pipe import delay
 from .requant import OutputStage
-from .scheduler import INIT_PARTIAL, OUT_RAW, FireScheduler
+from .scheduler import OUT_RAW, FireScheduler
 from .sequencer import JobSequencer
 from .signature import matmul_signature
 from .tlmm import TlmmArray, tlmm_array_latency

@@ -30,7 +30,7 @@ import numpy as np
 
 from ..engines.attention import (OUT_FRAC, P_FRAC, SCORE_FRAC, Z_BITS, MULT_BITS, MAX_SHIFT, MANT_BITS,
                                 AttentionGeometry, attention_geometry, job_ranges, key_limit, segments, tile_rows,
-                                token_ranges, visible)
+                                visible)
 from .softmax import _rescale, exp2_neg, reciprocal
 
 __all__ = ["attend_tile", "output_rows", "attention_int", "run_attention", "attention_float",

@@ -395,7 +395,8 @@ class ModelProgram:
         self._max_pages = max_pages
         self._final_norm, self._gu = final_norm, gu
         self.last_step: StepStats | None = None
-        self._static: list[tuple[int, bytes]] = []          # (address, bytes) of every upload, for the golden
+        self._static: list[Buffer] = []                     # every upload (weights, tables): never rewritten
+        self._static_pages: dict | None = None                # their bytes, read back on the first golden step
         self._owned: list[Buffer] = []
         self._seqs: dict[int, ModelSequence] = {}
         self._next_id = 0
@@ -509,7 +510,7 @@ class ModelProgram:
         buf = self._dev.alloc(max(len(raw), 1), port)
         self._owned.append(buf)
         self._dev.write(buf, raw)
-        self._static.append((buf.address, raw))
+        self._static.append(buf)
         return buf
 
     def _matmul(self, enc: EncodedWeights) -> _Matmul:
@@ -890,10 +891,13 @@ class ModelProgram:
     # -- the golden model's memory ------------------------------------------------------------------
     def _snapshot(self, seq: ModelSequence, pages) -> SparseMemory:
         """A copy of the device memory the step reads: uploads, KV pools (read back), block table."""
-        mem = SparseMemory()
-        for addr, raw in self._static:
-            mem.write(addr, raw)
         dev = self._dev
+        if self._static_pages is None:                      # uploads never change: read them back once
+            base = SparseMemory()
+            for buf in self._static:
+                base.write(buf.address, dev.read(buf))
+            self._static_pages = base.pages
+        mem = SparseMemory({k: bytearray(v) for k, v in self._static_pages.items()})
         page_bytes = self._att.page_bytes(self.kv_bits, self._cfg.kv_heads)
         for L in self.layers:
             for pool in (L.k_pool, L.v_pool):

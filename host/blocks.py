@@ -897,7 +897,8 @@ class ModelProgram:
             for buf in self._static:
                 base.write(buf.address, dev.read(buf))
             self._static_pages = base.pages
-        mem = SparseMemory({k: bytearray(v) for k, v in self._static_pages.items()})
+        # the program never writes an upload's pages (buffers start on 4 KiB pages): share them
+        mem = SparseMemory(dict(self._static_pages))
         page_bytes = self._att.page_bytes(self.kv_bits, self._cfg.kv_heads)
         for L in self.layers:
             for pool in (L.k_pool, L.v_pool):

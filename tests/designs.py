@@ -63,10 +63,12 @@ def tiny_network_config_dict(name: str = "tiny_net", **network) -> dict:
 
 def tiny_memory_config_dict(name: str = "tiny_mem", *, cache: dict | None = None, omap: dict | None = None,
                             **memory) -> dict:
-    """tiny + a memory engine: a 4-set x 2-way cache of 1 KiB lines (w0 backing, w2 store) and an
-    oblivious map of 4-slot bins with 8-byte values; ``cache=False``/``omap=False`` leave one out."""
+    """tiny + a COPY engine + a memory engine: a 4-set x 2-way cache of 1 KiB lines (w0 backing,
+    w2 store) and an oblivious map of 4-slot bins with 8-byte values; ``cache=False``/``omap=False``
+    leave one out."""
     cfg = tiny_config_dict()
     cfg["name"] = name
+    cfg["engines"].append({"kind": "copy", "buffer_words": 8})
     eng = {"kind": "memory", **memory}
     if cache is not False:
         eng["cache"] = {"line_bytes": 1024, "ways": 2, "sets": 4, "mshrs": 2, **(cache or {})}

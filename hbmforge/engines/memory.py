@@ -440,15 +440,16 @@ def cache_checks(layout) -> tuple[Check, ...]:
             f["bytes"] == 0, f["bytes"] > (1 << WINDOW_BITS), ops.misaligned(f["addr"], line),
             ops.misaligned(f["bytes"], line), ops.misaligned(f["store_addr"], 4096))
         ranged_bad = _any_eq(f["action"], ranged) & ops.any_(
-            f["bytes"] == 0, f["bytes"] > (1 << 32) - line, ops.misaligned(f["addr"], line),
-            ops.misaligned(f["bytes"], line))
+            f["bytes"] == 0, ops.misaligned(f["addr"], line), ops.misaligned(f["bytes"], line),
+            is_(f, CacheAction.PREFETCH) & (f["bytes"] > (1 << 32) - line), f["bytes"] > (1 << WINDOW_BITS))
         return ops.any_(window, ranged_bad)
 
     def why_range(f):
         if f["action"] == CacheAction.CONFIGURE:
             return (f"window [{f['addr']:#x}, +{f['bytes']}) must be whole {line}-byte lines, at most "
                     f"2**{WINDOW_BITS} bytes, and store_addr {f['store_addr']:#x} 4096-aligned")
-        return f"range [{f['addr']:#x}, +{f['bytes']}) must be whole {line}-byte lines, non-empty, below 4 GiB"
+        top = "4 GiB" if f["action"] == CacheAction.PREFETCH else f"2**{WINDOW_BITS} bytes"
+        return f"range [{f['addr']:#x}, +{f['bytes']}) must be whole {line}-byte lines, non-empty, below {top}"
 
     return (
         Check(ErrorCode.BAD_CACHE_ACTION, lambda f, ops: ops.not_(ops.one_of(f["action"], actions)), why_action),

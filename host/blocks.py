@@ -61,7 +61,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from hbmforge.encodings import (AttentionMode, VectorAct, VectorCombine, VectorIn, VectorNorm,
+from hbmforge.encodings import (AttentionMode, OutMode, VectorAct, VectorCombine, VectorIn, VectorNorm,
                                 VectorOut)
 from hbmforge.engines.attention import attention_geometry
 from hbmforge.engines.vector import ACT_FRAC, vector_geometry
@@ -375,10 +375,11 @@ class ModelProgram:
             if d > vg.max_dim:
                 raise BlockProgramError(f"{name} = {d} exceeds the vector engine's max_dim {vg.max_dim}")
         gu = 2 * cfg.intermediate if cfg.arch == "llama" else cfg.intermediate
+        k_top = getattr(lay.matmul, "max_k_total", lay.mm.max_k)
         for name, k in (("hidden", cfg.hidden), ("intermediate", cfg.intermediate), ("heads * head_dim", dims["heads * head_dim"])):
-            if k > lay.mm.max_k:
-                raise BlockProgramError(f"{name} = {k} exceeds the matmul engine's max_k {lay.mm.max_k} (a matmul "
-                                        "input row must fit the engine)")
+            if k > k_top:
+                raise BlockProgramError(f"{name} = {k} exceeds the largest K of one matmul descriptor ({k_top}: "
+                                        f"split_k x max_k)")
         layers_in = [self._check_layer(i, b, cfg, lay) for i, b in enumerate(blocks)]
         if final_norm is not None:
             final_norm = self._check_norm("final_norm", final_norm, cfg)
@@ -798,7 +799,16 @@ class ModelProgram:
                  "program": lay.descriptor_bytes * (14 * len(self.layers) + 2)}
         if self._head is not None:
             sizes["logits"] = R * self._head.n * 4 * -(-T // R)
+        mms = [mm for L in self.layers for mm in (L.qkv, L.o, L.up, L.down)] + \
+            ([self._head] if self._head is not None else [])
+        scratch = max(self._partial_bytes(T, mm) for mm in mms)
+        if scratch:
+            sizes["partial"] = scratch                      # split-K scratch of the matmuls with K > k_slice
         return sizes
+
+    def _partial_bytes(self, m: int, mm: _Matmul) -> int:
+        geom = self._lay.matmul
+        return geom.partial_bytes(m, mm.n, mm.k, OutMode.INT32) if hasattr(geom, "partial_bytes") else 0
 
     def _program(self, T, pos0, valid_len, seq, a, all_logits) -> ProgramBuilder:
         cfg, vg, att = self._cfg, self._vg, self._att
@@ -811,8 +821,9 @@ class ModelProgram:
         blk = lambda n: R * n * 4                               # noqa: E731  (row block stride)
         res = dict(a_fmt=VectorIn.RES32, a_addr=a["h"], a_stride=blk(H))
 
-        def matmul(mm: _Matmul, x, y):
-            p.matmul(m=T, k=mm.k, n=mm.n, wbits=mm.bits, x=x, s=mm.s, y=y, w=mm.w, out_shift=mm.out_shift)
+        def matmul(mm: _Matmul, x, y, m=T):
+            split = {"p": a["partial"]} if self._partial_bytes(m, mm) else {}
+            p.matmul(m=m, k=mm.k, n=mm.n, wbits=mm.bits, x=x, s=mm.s, y=y, w=mm.w, out_shift=mm.out_shift, **split)
 
         def t(layer, name):
             return layer.tables[name].address
@@ -863,8 +874,7 @@ class ModelProgram:
             rows = T if all_logits else 1
             first = T - rows
             head = self._head
-            p.matmul(m=rows, k=head.k, n=head.n, wbits=head.bits, x=a["xa"] + first * H, s=head.s, y=a["logits"],
-                     w=head.w, out_shift=head.out_shift)
+            matmul(head, a["xa"] + first * H, a["logits"], m=rows)
         return p
 
     def _residual(self, p, T, L, cols, bias, a, scales, H, norm):

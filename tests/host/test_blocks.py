@@ -229,3 +229,18 @@ def test_models_the_design_cannot_run_are_refused_before_any_upload(dev, layout)
     with pytest.raises(ValueError, match="kv_bits"):
         ModelProgram(dev, LLAMA, [w], kv_bits=2)
     assert len(dev.live_buffers()) == before
+
+
+def test_an_mlp_wider_than_max_k_splits_k_in_the_program():
+    cfg_dict = tiny_vector_config_dict("tiny_vec_split")
+    cfg_dict["engines"][0]["max_k"] = 64                    # intermediate 96 = two K slices
+    with GoldenDevice(DesignLayout(parse_config(cfg_dict))) as dev:
+        cfg = BlockConfig(**{**LLAMA.__dict__, "intermediate": 96})
+        rng = np.random.default_rng(6)
+        t = float_layer(cfg, rng)
+        blk = TransformerBlock(dev, cfg, BlockWeights.from_float(cfg, t, bits=8, group_size=dev.layout.mm.group_size))
+        x = rng.normal(0, 1, (3, cfg.hidden))
+        seq = blk.sequence()
+        h = blk.prefill(x, seq)
+        ref = float_forward(cfg, [t], x)
+        assert min(_cos(h[i], ref[i]) for i in range(3)) > 0.99

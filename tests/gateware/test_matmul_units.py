@@ -329,95 +329,83 @@ def test_output_stage_rejects_accumulators_wider_than_62_bits():
 
 # -- output packer ----------------------------------------------------------------------------
 
+_EBYTES = {0: 4, 1: 1, 2: 8}          # column mode -> element bytes (int32, int8, raw int64)
+
+
+def _packed_words(columns, W: int = 64) -> list[int]:
+    """What the packer must emit for ``columns`` of ``(mode, values, last)``: the elements little-endian
+    one after another, a zero-padded word after each column marked last."""
+    raw = b""
+    for mode, col, last in columns:
+        raw += b"".join(int(v).to_bytes(_EBYTES[mode], "little", signed=True) for v in col)
+        if last:
+            raw += bytes(-len(raw) % (W // 8))
+    return [int.from_bytes(raw[i:i + W // 8], "little") for i in range(0, len(raw), W // 8)]
+
+
+async def _pack(ctx, dut, columns, rng, *, valid_p: float, ready_p: float, until_finished: bool,
+                max_cycles: int = 2000) -> list[int]:
+    """Offer ``columns`` (mode, values, last) with random gaps and back-pressure; the words out."""
+    ctx.set(dut.start, 1)
+    await ctx.tick()
+    ctx.set(dut.start, 0)
+    words, pending = [], list(columns)
+    for _ in range(max_cycles):
+        if until_finished and ctx.get(dut.finished):
+            break
+        if pending:
+            mode, col, last = pending[0]
+            for r, v in enumerate(col):
+                ctx.set(dut.i.payload.y[r], v)
+            ctx.set(dut.i.payload.mode, mode)
+            ctx.set(dut.i.payload.last, last)
+            ctx.set(dut.i.valid, rng.random() < valid_p)
+        else:
+            ctx.set(dut.i.valid, 0)
+        ctx.set(dut.o.ready, rng.random() < ready_p)
+        _, _, iv, ir, ov, orr, word = await ctx.tick().sample(dut.i.valid, dut.i.ready, dut.o.valid,
+                                                              dut.o.ready, dut.o.payload)
+        if iv and ir:
+            pending.pop(0)
+        if ov and orr:
+            words.append(word)
+    return words
+
+
 @pytest.mark.parametrize("rows,mode", [(4, 0), (4, 1), (3, 0), (3, 1), (16, 0), (1, 1), (2, 2), (3, 2)])
 def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, mode):
     """Columns of one element size (mode 0 int32, 1 int8, 2 raw int64); a column marked last
     flushes a zero-padded word."""
     rng = random.Random(rows * 3 + mode)
-    W = 64
-    dut = OutputPacker(rows=rows, data_width=W)
-    eb = {0: 4, 1: 1, 2: 8}[mode]
-    jobs = [[[rng.randrange(-(1 << (8 * eb - 1)), 1 << (8 * eb - 1)) for _ in range(rows)] for _ in range(ncols)]
+    dut = OutputPacker(rows=rows, data_width=64)
+    top = 1 << (8 * _EBYTES[mode] - 1)
+    jobs = [[(mode, [rng.randrange(-top, top) for _ in range(rows)], c == ncols - 1) for c in range(ncols)]
             for ncols in (5, 1, 8)]
     got = []
 
-    def expected_words(cols):
-        raw = b"".join(int(v).to_bytes(eb, "little", signed=True) for col in cols for v in col)
-        raw += bytes(-len(raw) % (W // 8))
-        return [int.from_bytes(raw[i:i + W // 8], "little") for i in range(0, len(raw), W // 8)]
-
     async def bench(ctx):
         for cols in jobs:
-            ctx.set(dut.start, 1)
-            await ctx.tick()
-            ctx.set(dut.start, 0)
-            words = []
-            pending = list(cols)
-            while not ctx.get(dut.finished):
-                if pending:
-                    col = pending[0]
-                    for r in range(rows):
-                        ctx.set(dut.i.payload.y[r], col[r])
-                    ctx.set(dut.i.payload.mode, mode)
-                    ctx.set(dut.i.payload.last, len(pending) == 1)
-                    ctx.set(dut.i.valid, rng.random() < 0.7)
-                else:
-                    ctx.set(dut.i.valid, 0)
-                ctx.set(dut.o.ready, rng.random() < 0.5)
-                _, _, iv, ir, ov, orr, word = await ctx.tick().sample(dut.i.valid, dut.i.ready, dut.o.valid,
-                                                                      dut.o.ready, dut.o.payload)
-                if iv and ir:
-                    pending.pop(0)
-                if ov and orr:
-                    words.append(word)
-            got.append(words)
+            got.append(await _pack(ctx, dut, cols, rng, valid_p=0.7, ready_p=0.5, until_finished=True))
 
     _sim(dut, bench)
-    assert got == [expected_words(cols) for cols in jobs]
+    assert got == [_packed_words(cols) for cols in jobs]
 
 
 def test_packer_switches_element_size_only_after_the_previous_flush_left():
     """A split-K job: raw int64 partial sums (flushed at the pass end), then int8 columns of Y:
     every word leaves in column order, none lost while the other path still holds one."""
     rng = random.Random(7)
-    rows, W = 3, 64
-    dut = OutputPacker(rows=rows, data_width=W)
+    rows = 3
+    dut = OutputPacker(rows=rows, data_width=64)
     seq = [(2, [rng.randrange(-(1 << 40), 1 << 40) for _ in range(rows)], i == 2) for i in range(3)] + \
           [(1, [rng.randrange(-128, 128) for _ in range(rows)], i == 4) for i in range(5)]
-    raw = b""
-    for mode, col, last in seq:
-        eb = {1: 1, 2: 8}[mode]
-        raw += b"".join(int(v).to_bytes(eb, "little", signed=True) for v in col)
-        if last:
-            raw += bytes(-len(raw) % 8)
-    want = [int.from_bytes(raw[i:i + 8], "little") for i in range(0, len(raw), 8)]
-    words = []
+    got = []
 
     async def bench(ctx):
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        pending = list(seq)
-        for _ in range(400):
-            if pending:
-                mode, col, last = pending[0]
-                for r in range(rows):
-                    ctx.set(dut.i.payload.y[r], col[r])
-                ctx.set(dut.i.payload.mode, mode)
-                ctx.set(dut.i.payload.last, last)
-                ctx.set(dut.i.valid, 1)
-            else:
-                ctx.set(dut.i.valid, 0)
-            ctx.set(dut.o.ready, rng.random() < 0.3)
-            _, _, iv, ir, ov, orr, word = await ctx.tick().sample(dut.i.valid, dut.i.ready, dut.o.valid,
-                                                                  dut.o.ready, dut.o.payload)
-            if iv and ir:
-                pending.pop(0)
-            if ov and orr:
-                words.append(word)
+        got.extend(await _pack(ctx, dut, seq, rng, valid_p=1.0, ready_p=0.3, until_finished=False, max_cycles=400))
 
     _sim(dut, bench)
-    assert words == want
+    assert got == _packed_words(seq)
 
 
 # -- activation buffer ------------------------------------------------------------------------

@@ -20,7 +20,7 @@ prompt = sys.argv[3] if len(sys.argv) > 3 else "The quick brown fox"
 
 with open_device(config, backend="sim") as dev, tempfile.TemporaryDirectory() as tmp:
     if checkpoint is None:
-        checkpoint = write_llama(tmp, num_layers=2, **design_sized(dev.layout))
+        checkpoint = write_llama(tmp, num_layers=2, **design_sized(dev.layout, heads=8))
         print(f"random LLaMA checkpoint: {checkpoint}")
     model = Model.from_pretrained(checkpoint, device=dev, quant={"weights": "int8", "kv_bits": 8},
                                   max_context=128, progress=print)

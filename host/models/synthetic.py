@@ -14,6 +14,7 @@ the same checkpoint.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -235,19 +236,21 @@ def _finish(d: Path, config: dict, tensors: dict, drop, reshape, shards: int, dt
 
 def design_sized(layout, arch: str = "llama", *, heads: int = 4, kv_heads: int = 2, mlp_ratio: int = 2) -> dict:
     """Shape keyword arguments for :func:`write_llama` (``arch="llama"``) or :func:`write_bert`
-    (``"bert"``) that a design holds: head_dim the attention engine's, ``heads`` heads (fewer if
-    the vector engine's ``max_dim`` or the matmul's K limit asks), an MLP of ``mlp_ratio`` x hidden."""
+    (``"bert"``) that a design's block programs hold: head_dim the attention engine's, every row
+    (hidden, KV heads x head_dim, MLP) a multiple of the matmul's ``k_align`` and within its
+    ``max_k`` and the vector engine's ``max_dim``; at least ``heads``/``kv_heads`` heads where
+    that allows, an MLP of ``mlp_ratio`` x hidden."""
     hd = layout.attention.head_dim
     vec = layout.config.engine("vector")
-    mm = layout.mm
-    row_limit = min(vec.max_dim if vec is not None else 1 << 16, mm.max_k * getattr(mm, "split_k", 1))
-    while heads > 1 and heads * hd * mlp_ratio > row_limit:
-        heads //= 2
+    align = math.lcm(layout.matmul.k_align, layout.word_bytes)
+    row_limit = min(vec.max_dim if vec is not None else 1 << 16, layout.mm.max_k)
+    unit = max(1, -(-align // hd))                   # heads per aligned row
+    kv = -(-max(kv_heads, 1) // unit) * unit if arch == "llama" else unit
+    heads = -(-max(heads, kv) // kv) * kv
+    while heads > kv and heads * hd * mlp_ratio > row_limit:
+        heads -= kv
     hidden = heads * hd
-    shape = {"hidden_size": hidden, "intermediate_size": min(mlp_ratio * hidden, row_limit)}
+    shape = {"hidden_size": hidden, "intermediate_size": min(mlp_ratio * hidden, row_limit // align * align)}
     if arch == "bert":
         return {**shape, "heads": heads}
-    kv_heads = max(1, min(kv_heads, heads))
-    while heads % kv_heads:
-        kv_heads -= 1
-    return {**shape, "q_heads": heads, "kv_heads": kv_heads}
+    return {**shape, "q_heads": heads, "kv_heads": kv}

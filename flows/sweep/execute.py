@@ -345,7 +345,8 @@ class _Sweep:
         self.search = make_search(spec, out)
         self.evaluator = get_evaluator(spec.workload.evaluator)
         self.identity = spec.identity()
-        self.known = {r.point_hash: r for r in store.rows()}
+        # stored results are reused; stored failures are tried again (a tool fixed, a worker back)
+        self.known = {r.point_hash: r for r in store.rows() if r.status != "failed"}
         self.inflight: dict[str, dict] = {}       # point hash -> {"cands", "config", "layout", "plans", ...}
         self.evaluated = 0
         self.run_id = uuid.uuid4().hex
@@ -363,7 +364,7 @@ class _Sweep:
         config = self.spec.config_for(cand.params)
         try:
             layout = load_design(config, check_budget=False)
-        except ConfigError as err:
+        except (ConfigError, TypeError) as err:
             text = str(err).split("\n", 1)[-1].strip()
             return self._record_now(cand, config, None, self._hash(config, None), "infeasible",
                                     f"invalid config: {text}", violation=1.0)
@@ -385,6 +386,9 @@ class _Sweep:
         except Infeasible as err:
             viol = _violation(layout) if "budget exceeded" in str(err) else 1.0
             return self._record_now(cand, config, layout, phash, "infeasible", str(err), violation=viol)
+        except Exception as err:     # noqa: BLE001 - an evaluator's bug fails the point, not the sweep
+            return self._record_now(cand, config, layout, phash, "failed",
+                                    f"plan failed: {type(err).__name__}: {err}")
         runs = list({r.key: r for p in plans for r in p.runs}.values())
         self.inflight[phash] = {"cands": [cand], "config": config, "layout": layout, "plans": plans,
                                 "t0": time.monotonic(), "deadline": time.monotonic() + self.spec.cluster.point_timeout}

@@ -277,6 +277,10 @@ def test_failing_points_are_recorded_and_the_sweep_goes_on(warm_tiny, tmp_path, 
     assert sorted(t["status"] for t in table) == ["failed", "failed", "infeasible", "infeasible"]
     assert all("build failed" in t["reason"] and "HBMFORGE_VERILATOR" in t["reason"]
                for t in table if t["status"] == "failed")
+    # the tool fixed, --resume tries the failed points again and keeps the infeasible ones
+    monkeypatch.delenv("HBMFORGE_VERILATOR")
+    again = run_sweep(_spec_file(tmp_path), output=tmp_path / "two", workers=0, resume=True, progress=False)
+    assert again.evaluated == 2 and (again.count("ok"), again.count("infeasible"), again.count("failed")) == (2, 2, 0)
 
 
 def test_optuna_sweep_resumes_with_a_bigger_budget(warm_tiny, tmp_path):

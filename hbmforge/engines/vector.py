@@ -217,11 +217,11 @@ def vector_checks(layout) -> tuple[Check, ...]:
             f["eps_q"] == 0, f["eps_shift"] > MAX_EPS_SHIFT, f["norm_shift"] > MAX_NORM_SHIFT)
 
     def bad_kv(f, ops):
+        if not attn:                     # RoPE and KV are format errors there
+            return False
         positions = (f["rope"] == 1) | (f["out_fmt"] == VectorOut.KV)
         beyond = ops.any_(f["pos0"] > ctx, f["m"] > ctx,
                           ops.low(f["pos0"], POS_BITS) + ops.low(f["m"], POS_BITS) > ctx)
-        if not attn:
-            return positions & beyond
         kv = (f["out_fmt"] == VectorOut.KV) & ops.any_(
             ops.not_(ops.one_of(f["kv_bits"], g.kv_bits)), f["port"] == 0, f["port"] > g.kv_ports)
         return ops.any_(kv, positions & beyond)

@@ -36,12 +36,12 @@ def _layout(data_width=64, **engine):
     return DesignLayout(parse_config(cfg))
 
 
-def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, max_cycles=20_000):
+def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, max_cycles=20_000, bias=False):
     """Jobs ``(m, k, n, wbits, out_mode)`` back to back on one engine; every result bit-exact."""
     rng = np.random.default_rng(seed)
     bench = EngineBench(layout, seed=seed, stall=stall, backpressure=backpressure)
     for m, k, n, wbits, mode in shapes:
-        bench.add(random_case(layout, rng, m=m, k=k, n=n, wbits=wbits, out_mode=mode))
+        bench.add(random_case(layout, rng, m=m, k=k, n=n, wbits=wbits, out_mode=mode, bias=bias))
     bench.run(max_cycles=max_cycles)
     for case in bench.cases:
         np.testing.assert_array_equal(case.result, case.expected(layout.mm.group_size),
@@ -241,6 +241,14 @@ def test_mixed_format_engine_switches_formats_between_jobs():
     lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16, weight_bits=[2, "ternary", 4, 8])
     _run(lay, [(3, 32, 3, "ternary", INT32), (2, 48, 2, 2, INT8), (2, 32, 2, 8, INT32),
                (3, 16, 3, 4, INT8), (1, 32, 2, "ternary", INT8)], seed=30)
+
+
+def test_5trit_and_int2_weights_with_k_split_in_slices_and_a_bias():
+    # each K slice is a 5-trit stream of its own (padded to whole words): the trit gearbox drops
+    # the leftover trits at every slice's end
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16, weight_bits=[2, "ternary"],
+                  ternary_packing="5trit", max_k=48, tile_n=2)
+    _run(lay, [(3, 112, 5, "ternary", INT8), (5, 80, 3, 2, INT32)], seed=32, bias=True)
 
 
 def test_mixed_5trit_and_int4_engine():

@@ -130,12 +130,12 @@ def _layout(data_width=64, **engine):
     return DesignLayout(parse_config(cfg))
 
 
-def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, max_cycles=30_000):
+def _run(layout, shapes, *, seed=0, stall=0.3, backpressure=0.3, max_cycles=30_000, bias=False):
     """Run ternary jobs ``(m, k, n, out_mode)`` back to back; every result bit-exact with the golden."""
     rng = np.random.default_rng(seed)
     bench = EngineBench(layout, seed=seed, stall=stall, backpressure=backpressure)
     for m, k, n, mode in shapes:
-        bench.add(random_case(layout, rng, m=m, k=k, n=n, wbits=T, out_mode=mode))
+        bench.add(random_case(layout, rng, m=m, k=k, n=n, wbits=T, out_mode=mode, bias=bias))
     bench.run(max_cycles=max_cycles)
     for case in bench.cases:
         assert case.result is not None
@@ -161,6 +161,12 @@ def test_tlmm_engine_five_trit_packing():
     lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16, tlmm_group=5, max_k=64,
                   ternary_packing="5trit")
     _run(lay, [(3, 48, 3, OutMode.INT32), (1, 16, 5, OutMode.INT8)], seed=32)
+
+
+def test_tlmm_engine_builds_tables_per_k_slice_with_a_bias():
+    # K = 112 in slices of 48: every pass builds its tables from its slice; two weight tiles
+    lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16, tlmm_group=3, max_k=48, tile_n=2)
+    _run(lay, [(3, 112, 5, OutMode.INT8), (4, 64, 3, OutMode.INT32)], seed=34, bias=True)
 
 
 def test_tlmm_engine_continuous_backpressure_and_one_line_blocks():

@@ -355,6 +355,10 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         kv_bits: int = typer.Option(8, "--kv-bits", help="attention: KV cache width, 4 or 8."),
         window: int = typer.Option(0, "--window", help="attention: sliding window in tokens (0 = causal only)."),
         sink: int = typer.Option(0, "--sink", help="attention: sink tokens kept besides the window."),
+        attn_mode: str = typer.Option("causal", "--mode", help="attention: causal, or bidirectional (an encoder: "
+                                      "every query sees every valid token)."),
+        valid_len: Optional[int] = typer.Option(None, "--valid-len", help="attention, bidirectional: real tokens "
+                                                "among the ctx (the rest is padding, never read)."),
         seed: int = typer.Option(0, "--seed", help="Random seed for weights and inputs."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the device."),
@@ -407,14 +411,15 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
             from .attention_runner import run_attention
 
             report = run_attention(cfg, ctx=ctx, n_q=n_q, q_heads=q_heads, kv_heads=kv_heads, kv_bits=kv_bits,
-                                   window=window, sink=sink, seed=seed, timeout=timeout, console=shown)
+                                   window=window, sink=sink, seed=seed, timeout=timeout, console=shown,
+                                   mode=attn_mode, valid_len=valid_len)
         else:
             report = run_linear(cfg, m=m, k=k, n=n, wbits=wbits, seed=seed, timeout=timeout, console=shown)
     except LayerRunError as err:
         _fail(str(err), code=1)
     except ValueError as err:
         _fail(_as_flags(str(err), ("m", "k", "n", "wbits", "ctx", "n_q", "q_heads", "kv_heads", "kv_bits",
-                                   "window", "sink", "seed", "timeout")))
+                                   "window", "sink", "mode", "valid_len", "seed", "timeout")))
     if as_json:
         sys.stdout.write(json.dumps(report, default=str) + "\n")
         return
@@ -445,8 +450,9 @@ def _print_report(title: str, rows) -> None:
 
 def _print_attention_report(r: dict) -> None:
     util = r.get("mac_utilization")
+    mode = f" bidirectional valid_len={r['valid_len']}" if r.get("mode") == "bidirectional" else ""
     _print_report(f"attention n_q={r['n_q']} ctx={r['ctx']} heads={r['q_heads']}/{r['kv_heads']} "
-                  f"KV{r['kv_bits']} on {r['board']} (sim)", [
+                  f"KV{r['kv_bits']}{mode} on {r['board']} (sim)", [
         ("cycles", f"{r['cycles']:,}"),
         ("time at clock", f"{r['seconds_at_clock'] * 1e6:,.1f} us @ {r['clock_mhz']:g} MHz"),
         ("KV bytes read", f"{r['kv_bytes_read']:,}"),

@@ -34,6 +34,10 @@ def test_run_attention_reports_bit_exact_result_and_figures(attn_yaml):
     (("--kv-bits", 3), "kv_bits"),
     (("--q-heads", 3, "--kv-heads", 2), "multiple of --kv-heads"),
     (("--sink", 2), "sink"),
+    (("--mode", "encoder"), "--mode must be 'causal' or 'bidirectional'"),
+    (("--valid-len", 5), "valid_len applies to bidirectional attention"),
+    (("--mode", "bidirectional", "--window", 4), "bidirectional attention takes no window or sink"),
+    (("--mode", "bidirectional", "--n-q", 30, "--valid-len", 31), "--valid-len must be an integer in [1, ctx=30]"),
 ])
 def test_run_attention_rejects_bad_shapes_in_one_line(attn_yaml, args, message):
     res = invoke("run", attn_yaml, "--layer", "attention", "--ctx", 30, *args)

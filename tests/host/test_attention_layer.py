@@ -311,6 +311,17 @@ def test_runner_report_on_a_given_device(adev):
     assert adev.live_buffers() == []
 
 
+def test_runner_report_of_an_encoder_call(adev):
+    from hbmforge.flows.attention_runner import run_attention as run_layer
+
+    rep = run_layer(adev.layout.config, ctx=20, n_q=20, q_heads=2, kv_heads=2, kv_bits=8, mode="bidirectional",
+                    valid_len=13, seed=3, device=adev)
+    assert rep["golden_mismatches"] == 0 and rep["rel_err_vs_float"] < 0.03
+    assert rep["mode"] == "bidirectional" and rep["valid_len"] == 13
+    assert rep["kv_bytes_read"] == rep["kv_bytes_expected"] > 0
+    assert adev.live_buffers() == []
+
+
 # -- errors ----------------------------------------------------------------------------------------
 
 def test_bad_layer_parameters_fail_before_touching_the_device(adev, golden_dev):

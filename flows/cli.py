@@ -535,6 +535,10 @@ def _print_sweep(result) -> None:
         t.add_row(str(r.index), ", ".join(f"{k}={v}" for k, v in r.params.items()),
                   *(f"{r.metrics[m]:,.4g}" for m in result.objectives))
     console.print(t)
+    done = next((r for r in result.rows if r.status == "ok"), None)
+    if done is not None:
+        _say(f"workload figures: {done.detail.get('kind', 'measured')}; resources: "
+             f"{done.detail.get('resource_source', 'n/a')}")
     files = s["files"]
     _say(f"{s['evaluated_now']} points evaluated in {s['seconds']:.0f} s on {s['cluster']}; "
          f"cache hits {s['cache_hits']}/{s['cache_lookups']}")

@@ -241,6 +241,38 @@ class DaskRunner:
                 pass
 
 
+class _LazyRunner:
+    """A Dask runner whose cluster starts when the first point is submitted."""
+
+    def __init__(self, start, name: str, threads: int):
+        self._start, self.name, self.threads = start, name, threads
+        self._runner = None
+
+    @property
+    def window(self) -> int:
+        return self._runner.window if self._runner is not None else max(2, 2 * self.threads)
+
+    def submit(self, key: str, tasks: list[Task]) -> None:
+        if self._runner is None:
+            self._runner = self._start()
+            self.name, self.threads = self._runner.name, self._runner.threads
+        self._runner.submit(key, tasks)
+
+    def wait(self, timeout: float) -> list[str]:
+        return self._runner.wait(timeout) if self._runner is not None else []
+
+    def result(self, key: str):
+        return self._runner.result(key)
+
+    def cancel(self, key: str) -> None:
+        if self._runner is not None:
+            self._runner.cancel(key)
+
+    def close(self) -> None:
+        if self._runner is not None:
+            self._runner.close()
+
+
 def _check_address(address: str) -> str:
     if not isinstance(address, str) or not address.strip():
         raise ValueError(f"scheduler must be an address such as tcp://HOST:PORT, got {address!r}")
@@ -631,7 +663,17 @@ def run_sweep(spec, *, output: str | Path | None = None, scheduler: str | None =
     try:
         local = scheduler is None and spec.cluster.kind == "local"
         n_local = workers if workers is not None else spec.cluster.workers
-        runner = InlineRunner() if local and n_local == 0 else _dask_runner(spec, scheduler, workers, say)
+        if local and n_local == 0:
+            runner = InlineRunner()
+        elif local or spec.cluster.kind in ("slurm", "pbs"):
+            # started with the first point to evaluate: a resumed or all-infeasible sweep needs none
+            n = n_local if local and n_local is not None else local_worker_count()
+            jobs = workers if workers is not None else (spec.cluster.workers or 1)
+            runner = _LazyRunner(lambda: _dask_runner(spec, scheduler, workers, say),
+                                 f"local cluster ({n} workers)" if local else f"{spec.cluster.kind} ({jobs} jobs)",
+                                 n if local else jobs * int(spec.cluster.jobqueue.get("cores", 1)))
+        else:                                   # an existing scheduler: reached (and checked) now
+            runner = _dask_runner(spec, scheduler, workers, say)
         store.open(spec.identity(), spec.to_json(), resume=resume)
         (out / "spec.json").write_text(json.dumps(spec.to_json(), indent=1) + "\n")
         sweep = _Sweep(spec, out, runner, store, say, None)

@@ -260,14 +260,14 @@ def test_int8_gemm_fires_every_cycle_when_the_port_delivers_half_a_fire_per_cycl
     """One 64-bit port holds half an int8 line (16 lanes): a GEMV fires every other cycle, but a
     chunk of four row blocks reuses each weight line four times from the weight ring."""
     lay = _layout(rows=2, lanes=16, weight_ports=1, group_size=16)
-    bench = _run(lay, [(1, 128, 16, 8, OutMode.INT32), (8, 128, 48, 8, OutMode.INT32)], stall=0.0, backpressure=0.0)
+    bench = _run(lay, [(1, 128, 16, 8, OutMode.INT32), (8, 128, 32, 8, OutMode.INT32)], stall=0.0, backpressure=0.0)
     gemv, gemm = bench.stats
     assert gemv["fire_span"] >= 1.8 * gemv["fires"]                   # port-bound
-    assert gemm["fires"] == 4 * 48 * 128 // 16
+    assert gemm["fires"] == 4 * 32 * 128 // 16
     # array-bound: one fire per cycle, except while the first tile loads (16 columns x 8 lines at
     # half a line per cycle against the first row block's fires)
     assert gemm["fire_span"] - gemm["fires"] <= 16 * 8 + 16, gemm
-    assert lay.matmul.chunks(8, 48, 128, OutMode.INT32) == 1
+    assert lay.matmul.chunks(8, 32, 128, OutMode.INT32) == 1
 
 
 def test_fire_counts_match_the_loop_nest():

@@ -21,7 +21,7 @@ from cocotbext.axi import AxiStreamBus, AxiStreamFrame, AxiStreamSink, AxiStream
 
 from hbmforge.encodings import ErrorCode, NetMode, Opcode
 from hbmforge.engines.network import EndpointGeometry, Header, PacketType, SwitchGeometry
-from hbmforge.numerics.network import AllreduceJob, GoldenEndpoint, GoldenSwitch, Packet, reduce_reference
+from hbmforge.numerics.network import GoldenEndpoint, GoldenSwitch, Packet, job_of, reduce_reference
 
 from .tb_kernel import SEED, Layer, Program, _bench, design_has
 
@@ -101,8 +101,7 @@ class Network:
 
     def start_peers(self, d: dict, buffers: dict) -> None:
         for i, buf in buffers.items():
-            self.peers[i].start(AllreduceJob(d["mode"], d["job"], i, d["members"], d["epoch"], d["window"],
-                                             d["timeout"], d["retries"]), buf, self.cycle)
+            self.peers[i].start(job_of(dict(d, worker=i)), buf, self.cycle)
 
     async def settle(self, buffers: dict, limit: int = 400_000) -> None:
         """Wait until every started peer is done (their last results may still be on the way)."""
@@ -114,8 +113,9 @@ class Network:
 
 
 def _descriptor(lay, rng: np.random.Generator, addr: int, nbytes: int, job: int, mode) -> dict:
+    window = int(rng.integers(1, lay.config.engine("network").window + 1))
     return {"op": Opcode.ALLREDUCE, "mode": mode, "job": job, "worker": ME, "members": (1 << WORKERS) - 1,
-            "epoch": 0, "addr": addr, "bytes": nbytes, "window": int(rng.integers(1, lay.config.engine("network").window + 1)),
+            "epoch": 0, "addr": addr, "bytes": nbytes, "window": window, "inflight": int(rng.integers(1, window + 1)),
             "timeout": 300, "retries": 60}
 
 

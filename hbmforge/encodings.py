@@ -55,7 +55,7 @@ class ErrorCode(enum.IntEnum, shape=8):
     BAD_NET_JOB = 41     # network: job id or epoch out of range
     BAD_NET_WORKER = 42  # network: worker id or member set out of range, or the worker not a member
     BAD_NET_LENGTH = 43  # network: zero bytes, not whole words, or too many packets
-    BAD_NET_WINDOW = 44  # network: window zero or above the engine's
+    BAD_NET_WINDOW = 44  # network: window zero or above the engine's, or inflight zero or above window
     BAD_NET_TIMEOUT = 45 # network: timeout or retries zero or out of range
     NET_TIMEOUT = 46     # network (run time): a packet got no answer after every retransmission
     NET_COLLISION = 47   # network (run time): the switch holds this job for another member set or op
@@ -102,7 +102,7 @@ _ERROR_TEXT = {
     ErrorCode.BAD_NET_JOB: "job id or epoch out of range",
     ErrorCode.BAD_NET_WORKER: "worker id or member set out of range, or the worker is not a member",
     ErrorCode.BAD_NET_LENGTH: "all-reduce length zero, not whole words, or too many packets",
-    ErrorCode.BAD_NET_WINDOW: "window zero or above the engine's",
+    ErrorCode.BAD_NET_WINDOW: "window zero or above the engine's, or inflight zero or above the window",
     ErrorCode.BAD_NET_TIMEOUT: "timeout or retries out of range",
     ErrorCode.NET_TIMEOUT: "a packet got no answer after every retransmission (a member never joined)",
     ErrorCode.NET_COLLISION: "the switch holds this job id for another member set or op",

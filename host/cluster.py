@@ -69,7 +69,7 @@ class ClusterProgram(ProgramBuilder):
     """A ProgramBuilder that also writes ALLREDUCE descriptors (checked with the kernel's rules)."""
 
     def allreduce(self, target, *, mode: int, job: int, worker: int, members: int, epoch: int, window: int,
-                  timeout: int, retries: int, nbytes: int | None = None) -> int:
+                  timeout: int, retries: int, inflight: int | None = None, nbytes: int | None = None) -> int:
         """Append one ALLREDUCE of ``target`` (a data-port Buffer or an address; ``nbytes`` defaults
         to the Buffer's size)."""
         self._need(Opcode.ALLREDUCE, "a network engine")
@@ -79,8 +79,8 @@ class ClusterProgram(ProgramBuilder):
             nbytes = target.nbytes
         rec = {"op": Opcode.ALLREDUCE, "mode": int(mode), "job": job, "worker": worker, "members": members,
                "epoch": epoch, "addr": self._address("buffer", target) if mode != NetMode.RESET else 0,
-               "bytes": nbytes if mode != NetMode.RESET else 0, "window": window, "timeout": timeout,
-               "retries": retries}
+               "bytes": nbytes if mode != NetMode.RESET else 0, "window": window,
+               "inflight": window if inflight is None else inflight, "timeout": timeout, "retries": retries}
         self._validate(rec)
         self._check_buffer("buffer", target, "data", nbytes)
         return self._append(rec)
@@ -94,11 +94,12 @@ class Cluster:
     """N devices of one design joined by the switch (build one with :func:`open_cluster`).
 
     ``devices[i]`` is worker ``i`` (switch port ``i``). ``timeout_cycles`` and ``retries`` are
-    the endpoint's retransmission timer and limit for every all-reduce.
+    the endpoint's retransmission timer and limit for every all-reduce, ``inflight`` the blocks
+    each device keeps in flight (about the links' bandwidth-delay product).
     """
 
     def __init__(self, devices: Sequence[Device], sim, switch: SwitchGeometry, *, timeout_cycles: int,
-                 retries: int):
+                 retries: int, inflight: int | None = None):
         self._devs = list(devices)
         self._sim = sim
         self._switch = switch
@@ -106,6 +107,8 @@ class Cluster:
         self._geom = EndpointGeometry.of(self._layout)
         self.timeout_cycles = check_int("timeout_cycles", timeout_cycles, 1, MAX_TIMEOUT)
         self.retries = check_int("retries", retries, 1, MAX_RETRIES)
+        self.inflight = self._geom.window if inflight is None else check_int("inflight", inflight, 1,
+                                                                              self._geom.window)
         self._epochs = [0] * self._geom.jobs
         self._work = [Workspace(d) for d in self._devs]
         self._closed = False
@@ -199,7 +202,7 @@ class Cluster:
                 prog = ClusterProgram(self._devs[dev])
                 prog.allreduce(buf, mode=p["mode"], job=p["job"], worker=dev, members=p["mask"],
                                epoch=self._epochs[p["job"]], window=p["window"], timeout=self.timeout_cycles,
-                               retries=self.retries)
+                               retries=self.retries, inflight=min(self.inflight, p["window"]))
                 programs[dev] = prog
         blocks = max(self._geom.blocks(p["nbytes"]) for p in plans)
         budget = (self.retries + 2) * self.timeout_cycles * (blocks + 2)
@@ -459,15 +462,17 @@ class _View(Buffer):
 
 def open_cluster(config_or_path, devices: int = 2, *, backend: str = "sim", link=None, up=None, down=None,
                  seed: int = 0, switch: Mapping | None = None, timeout_cycles: int | None = None,
-                 retries: int = 20, progress: bool = True, **device_options) -> Cluster:
+                 retries: int = 20, inflight: int | None = None, progress: bool = True,
+                 **device_options) -> Cluster:
     """``devices`` co-simulated devices of one design (it needs a ``kind: network`` engine) joined by
     an aggregation switch with one port per device.
 
     ``link`` / ``up`` / ``down``: :class:`hbmforge.sim.network.Link` (rate, latency, faults) for
     every direction, or per device lists; ``seed``: the faults' seed; ``switch``: SwitchGeometry
-    fields to override (``rx_packets``, ``units`` ...); ``timeout_cycles``: the endpoints'
-    retransmission timer (default: from the links' round trip). ``device_options`` go to every
-    device (sim backend options).
+    fields to override (``rx_packets``, ``units`` ...); ``inflight``: blocks each device keeps in
+    flight (default: about 1.5 round trips of the links, at most the window); ``timeout_cycles``:
+    the endpoints' retransmission timer (default: twice a loaded round trip). ``device_options``
+    go to every device (sim backend options).
     """
     from hbmforge.sim.network import Link
 
@@ -505,8 +510,12 @@ def open_cluster(config_or_path, devices: int = 2, *, backend: str = "sim", link
         [l.latency for l in (downs if isinstance(downs, (list, tuple)) else [downs])]
     rates = [l.bytes_per_cycle for l in (ups if isinstance(ups, (list, tuple)) else [ups])]
     packet_cycles = (geom.header_beats + geom.packet_words) * geom.word_bytes / min(rates)
+    window = layout.config.engine("network").window
+    if inflight is None:
+        inflight = min(window, max(2, math.ceil(1.5 * 2 * max(lats) / packet_cycles) + 4))
+    inflight = check_int("inflight", inflight, 1, window)
     if timeout_cycles is None:
-        timeout_cycles = int(4 * (2 * max(lats) + 4 * packet_cycles) + 1000)
+        timeout_cycles = int(2 * (inflight * packet_cycles + 2 * max(lats)) + 500)
     timeout_cycles = check_int("timeout_cycles", timeout_cycles, 1, MAX_TIMEOUT)
 
     from hbmforge.flows.network import switch_library
@@ -535,4 +544,4 @@ def open_cluster(config_or_path, devices: int = 2, *, backend: str = "sim", link
         for d in devs:
             d.close()
         raise
-    return Cluster(devs, sim, geom, timeout_cycles=timeout_cycles, retries=retries)
+    return Cluster(devs, sim, geom, timeout_cycles=timeout_cycles, retries=retries, inflight=inflight)

@@ -228,7 +228,7 @@ class _TensorParallel:
         cl = self._cluster
         prog.allreduce(y, mode=NetMode.SUM, job=self._job, worker=d, members=(1 << cl.size) - 1,
                        epoch=cl.epoch(self._job), window=cl.layout.config.engine("network").window,
-                       timeout=cl.timeout_cycles, retries=cl.retries, nbytes=nbytes)
+                       timeout=cl.timeout_cycles, retries=cl.retries, inflight=cl.inflight, nbytes=nbytes)
 
     def _check_open(self) -> None:
         if not self._s:

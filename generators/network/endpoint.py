@@ -2,15 +2,18 @@
 
 Dataflow::
 
-    job -> fill: slots 0 .. min(window, blocks) - 1 get blocks 0, 1, ... -> send queue
+    job -> feeder: blocks in order, block b into slot b % w once that slot is free and fewer than
+           ``inflight`` slots wait (w = min(window, blocks)) -> send queue
     send queue -> header (job, epoch, slot, the slot's round, block, words) -> header FIFO
                -> ``src_cmd`` (the block's words) -> ``src_data`` -> m_axis_net (header, words)
     timer scan (one slot per cycle): a slot waiting longer than ``timeout`` -> send queue again
-               (``retries`` times at most, then NET_TIMEOUT)
+               (``retries`` times at most, then NET_TIMEOUT); a slot sent FAST_RETRANSMIT_AFTER
+               packets before one answered -> a PROBE (header only) for it
     s_axis_net -> header rules, then: RESULT for a waiting slot, its round and block
                -> payload FIFO -> ``out_cmd``/``out_data`` (in place) ; the slot's round + 1 ;
                   its next block (block + window) -> send queue
-               STATUS -> NET_HEARD ; NACK -> the run ends with its code ; anything else dropped
+               STATUS -> NET_HEARD, and when it lacks this worker: its block again, at once
+               NACK -> the run ends with its code ; anything else dropped
     done: every block written back (every ``out_done`` seen), nothing left in flight
 
 The slots' rounds are kept per job across jobs (memory ``rounds``): the switch pairs a
@@ -27,7 +30,7 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 
 from hbmforge.encodings import ErrorCode, NetMode
-from hbmforge.engines.network import (HEADER_BITS, PAYLOAD_TYPES, NackReason, PacketType,
+from hbmforge.engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, PAYLOAD_TYPES, NackReason, PacketType,
                                       endpoint_header_rules)
 from hbmforge.layout import DesignLayout
 from hbmforge.mathutil import ceil_div, exact_log2
@@ -105,7 +108,14 @@ class NetworkEngine(wiring.Component):
             return Cat(slot[:sw] if WM > 1 else Const(0, 0), job) if jw else (slot[:sw] if WM > 1 else Const(0, 1))
 
         j = self.job.payload
-        fill = Signal(range(WM + 1))
+        next_block = Signal(33)                      # the next block to feed
+        feed_slot = Signal(range(WM))                # its slot: next_block % win, kept by counting
+        inflight = Signal(range(WM + 1))
+        nbusy = Signal(range(WM + 1))                # slots waiting for a result
+        seq = Signal(32)                             # packets sent (the send order)
+        answered = Signal(32)                        # the latest send order answered (first sends only)
+        sent_at = Array(Signal(32, name=f"sent_at{i}") for i in range(WM))
+        clean = Array(Signal(name=f"clean{i}") for i in range(WM))
         clearing = Signal(range(WM + 1))
         reset_acked = Signal()
         # after reset every round is cleared (one entry per cycle) before the first job is taken:
@@ -122,8 +132,10 @@ class NetworkEngine(wiring.Component):
             words = nbytes >> wbb
             is_reset = j.mode == NetMode.RESET
             m.d.sync += [busy.eq(1), mode.eq(j.mode), job.eq(j.job), me.eq(j.worker), members.eq(j.members),
-                         epoch.eq(j.epoch), addr.eq(j.addr), blocks.eq(nblocks), timeout.eq(j.timeout),
-                         retries.eq(j.retries), fault.eq(0), received.eq(0), fill.eq(0), reset_acked.eq(0),
+                         epoch.eq(j.epoch), addr.eq(j.addr), blocks.eq(Mux(is_reset, 1, nblocks)), timeout.eq(j.timeout),
+                         retries.eq(j.retries), fault.eq(0), received.eq(0), reset_acked.eq(0),
+                         next_block.eq(0), feed_slot.eq(0), nbusy.eq(0), answered.eq(seq - 1),
+                         inflight.eq(Mux(is_reset, 1, Mux(j.inflight < nblocks, j.inflight, nblocks))),
                          clearing.eq(0), axi_error.eq(0),
                          last_words.eq(Mux(words[:pbits] == 0, P, words[:pbits]) if pbits else 1),
                          win.eq(Mux(is_reset, 1, Mux(j.window < nblocks, j.window, nblocks)))]
@@ -149,36 +161,51 @@ class NetworkEngine(wiring.Component):
             m.d.sync += ctr["net_heard"].eq(heard_val)
 
         # -- the send queue: one entry per slot at most (``queued``) -----------------------------
-        m.submodules.sendq = sendq = SyncFIFO(width=sw + 1, depth=max(2, WM))
-        rx_enq = Signal()
+        # entries: (slot, kind) with kind 0 a block's first send, 1 a retransmission, 2 a PROBE
+        K_FIRST, K_AGAIN, K_PROBE = 0, 1, 2
+        m.submodules.sendq = sendq = SyncFIFO(width=sw + 2, depth=max(2, WM))
+        rx_enq = Signal()                            # the switch misses this worker's block (a STATUS)
         rx_enq_slot = Signal(range(WM))
-        fill_go = Signal()
+        feed_go = Signal()
         scan_go = Signal()
+        scan_kind = Signal(2)
         scan = Signal(range(WM))
         with m.If(rx_enq):
-            m.d.comb += [sendq.w_en.eq(1), sendq.w_data.eq(Cat(rx_enq_slot, Const(0, 1)))]
-        with m.Elif(fill_go):
-            m.d.comb += [sendq.w_en.eq(1), sendq.w_data.eq(Cat(fill[:sw], Const(0, 1)))]
+            m.d.comb += [sendq.w_en.eq(1), sendq.w_data.eq(Cat(rx_enq_slot, Const(K_AGAIN, 2)))]
+        with m.Elif(feed_go):
+            m.d.comb += [sendq.w_en.eq(1), sendq.w_data.eq(Cat(feed_slot, Const(K_FIRST, 2)))]
         with m.Elif(scan_go):
-            m.d.comb += [sendq.w_en.eq(1), sendq.w_data.eq(Cat(scan, Const(1, 1)))]
+            m.d.comb += [sendq.w_en.eq(1), sendq.w_data.eq(Cat(scan, scan_kind))]
 
         running = busy & ~failing & ~reset_acked
-        m.d.comb += fill_go.eq(running & (fill < win) & ~rx_enq)
-        with m.If(fill_go):
-            m.d.sync += [fill.eq(fill + 1), pend[fill[:sw]].eq(1), queued[fill[:sw]].eq(1),
-                         blk[fill[:sw]].eq(fill), tries[fill[:sw]].eq(0)]
+        freed = Signal()                             # a result freed a slot this cycle (receive side)
+        m.d.comb += feed_go.eq(running & (nbusy < inflight) & (next_block < blocks) & ~pend[feed_slot] & ~rx_enq)
+        with m.If(feed_go):
+            m.d.sync += [next_block.eq(next_block + 1), feed_slot.eq(Mux(feed_slot + 1 == win, 0, feed_slot + 1)),
+                         pend[feed_slot].eq(1), queued[feed_slot].eq(1), blk[feed_slot].eq(next_block),
+                         tries[feed_slot].eq(0)]
+        with m.If(~(self.job.valid & self.job.ready)):     # a new job starts at 0 (set above)
+            m.d.sync += nbusy.eq(nbusy + feed_go - freed)
 
-        # the timer scan: a waiting slot past its deadline is sent again
+        # the timer scan, one slot per cycle: past its deadline -> sent again; sent well before a
+        # packet that got its answer -> probed
         since = Signal(32)
-        m.d.comb += since.eq(now - dl[scan])
-        expired = pend[scan] & ~queued[scan] & ~since[31]
+        ahead = Signal(32)
+        m.d.comb += [since.eq(now - dl[scan]), ahead.eq(answered - sent_at[scan])]
+        idle_slot = pend[scan] & ~queued[scan]
+        expired = idle_slot & ~since[31]
+        overtaken = idle_slot & ~ahead[31] & (ahead >= FAST_RETRANSMIT_AFTER) & (mode != NetMode.RESET)
         m.d.sync += scan.eq(Mux((scan == WM - 1) | (scan + 1 >= win), 0, scan + 1))
-        with m.If(running & expired & ~rx_enq & ~fill_go):
-            with m.If(tries[scan] >= retries):
-                m.d.sync += fault.eq(ErrorCode.NET_TIMEOUT)
-            with m.Else():
-                m.d.comb += scan_go.eq(1)
-                m.d.sync += [tries[scan].eq(tries[scan] + 1), queued[scan].eq(1)]
+        with m.If(running & ~rx_enq & ~feed_go):
+            with m.If(expired):
+                with m.If(tries[scan] >= retries):
+                    m.d.sync += fault.eq(ErrorCode.NET_TIMEOUT)
+                with m.Else():
+                    m.d.comb += [scan_go.eq(1), scan_kind.eq(K_AGAIN)]
+                    m.d.sync += [tries[scan].eq(tries[scan] + 1), queued[scan].eq(1)]
+            with m.Elif(overtaken):
+                m.d.comb += [scan_go.eq(1), scan_kind.eq(K_PROBE)]
+                m.d.sync += queued[scan].eq(1)
 
         # -- sending: pop a slot, read its block, send header then words -------------------------
         tx_entry = data.StructLayout({"hdr": HEADER_LAYOUT, "words": range(P + 1)})
@@ -187,31 +214,42 @@ class NetworkEngine(wiring.Component):
         cmd_hdr = Signal(tx_entry)
         popped = Signal(range(WM))
         m.d.comb += popped.eq(sendq.r_data[:sw] if WM > 1 else 0)
-        retx = sendq.r_data[sw]
+        kind = sendq.r_data[sw:sw + 2]
+        retx = kind != K_FIRST
+        probe = (kind == K_PROBE) | (mode == NetMode.RESET)
         body = Signal(HEADER_LAYOUT)
         hdr = Signal(HEADER_LAYOUT)
         m.d.comb += [Value.cast(hdr).eq(Value.cast(body)), hdr.check.eq(header_check(Value.cast(body)))]
         pop_block = blk[popped]
         pop_words = Signal(range(P + 1))
         m.d.comb += [rnd_tx.addr.eq(rkey(popped)), pop_words.eq(block_words(pop_block)),
-                     body.type.eq(Mux(mode == NetMode.RESET, PacketType.RESET, PacketType.DATA)),
+                     body.type.eq(Mux(mode == NetMode.RESET, PacketType.RESET,
+                                      Mux(kind == K_PROBE, PacketType.PROBE, PacketType.DATA))),
                      body.op.eq(Mux(mode == NetMode.RESET, 0, mode)), body.job.eq(job), body.worker.eq(me),
                      body.round.eq(Mux(mode == NetMode.RESET, 0, rnd_tx.data)), body.epoch.eq(epoch),
                      body.slot.eq(Mux(mode == NetMode.RESET, 0, popped)),
-                     body.count.eq(Mux(mode == NetMode.RESET, 0, pop_words)),
+                     body.count.eq(Mux(probe, 0, pop_words)),
                      body.offset.eq(Mux(mode == NetMode.RESET, 0, pop_block)), body.members.eq(members)]
         can_pop = sendq.r_rdy & ~cmd_pending & hdrq.w_rdy
         with m.If(can_pop & (failing | ~busy)):
             m.d.comb += sendq.r_en.eq(1)                  # a failed job sends nothing more
         with m.Elif(can_pop):
             m.d.comb += sendq.r_en.eq(1)
-            m.d.sync += [queued[popped].eq(0), dl[popped].eq(now + timeout)]
+            m.d.sync += queued[popped].eq(0)
+            header_only = hdrq.w_data.eq(Cat(Value.cast(hdr), Const(0, Shape.cast(range(P + 1)).width)))
             with m.If(mode == NetMode.RESET):
-                m.d.comb += [hdrq.w_en.eq(1), inc["net_packets"].eq(1), inc["net_retransmits"].eq(retx)]
-                m.d.comb += hdrq.w_data.eq(Cat(Value.cast(hdr), Const(0, Shape.cast(range(P + 1)).width)))
+                m.d.sync += dl[popped].eq(now + timeout)
+                m.d.comb += [hdrq.w_en.eq(1), header_only, inc["net_packets"].eq(1),
+                             inc["net_retransmits"].eq(retx)]
             with m.Elif(pend[popped]):
-                m.d.sync += [cmd_pending.eq(1), Value.cast(cmd_hdr).eq(Cat(Value.cast(hdr), pop_words))]
-                m.d.comb += [inc["net_packets"].eq(1), inc["net_retransmits"].eq(retx)]
+                m.d.sync += [sent_at[popped].eq(seq), seq.eq(seq + 1), clean[popped].eq(kind == K_FIRST)]
+                m.d.comb += inc["net_packets"].eq(1)
+                with m.If(kind == K_PROBE):                       # the timer keeps running
+                    m.d.comb += [hdrq.w_en.eq(1), header_only]
+                with m.Else():
+                    m.d.sync += [dl[popped].eq(now + timeout), cmd_pending.eq(1),
+                                 Value.cast(cmd_hdr).eq(Cat(Value.cast(hdr), pop_words))]
+                    m.d.comb += inc["net_retransmits"].eq(retx)
         cmd_view = cmd_hdr
         m.d.comb += [self.src_cmd.valid.eq(cmd_pending),
                      self.src_cmd.payload.addr.eq(addr + (cmd_view.hdr.offset << pbb)),
@@ -340,6 +378,12 @@ class NetworkEngine(wiring.Component):
                                                        rwords + (~in_header & (rbeat < H + P))))]
                 with m.Elif(a == A_STATUS):
                     m.d.comb += [heard_set.eq(1), heard_val.eq(hv.members)]
+                    s_slot = hv.slot[:sw] if WM > 1 else 0
+                    gap = Signal(32)
+                    m.d.comb += gap.eq(seq - sent_at[s_slot])
+                    with m.If(~hv.members.bit_select(me, 1) & (gap >= FAST_RETRANSMIT_AFTER) & ~queued[s_slot]):
+                        m.d.comb += [rx_enq.eq(1), rx_enq_slot.eq(s_slot)]   # the switch misses my block
+                        m.d.sync += queued[s_slot].eq(1)
                 with m.Elif(a == A_NACK):
                     m.d.sync += fault.eq(Mux(hv.offset == NackReason.COLLISION, ErrorCode.NET_COLLISION,
                                              Mux(hv.offset == NackReason.STALE, ErrorCode.NET_STALE,
@@ -349,20 +393,17 @@ class NetworkEngine(wiring.Component):
                 with m.Else():
                     m.d.comb += inc["net_duplicates"].eq(1)
 
-        # a committed result: the slot's round moves on, its next block is queued
+        # a committed result: the slot's round moves on and the slot is free for the feeder
         c_slot = Signal(range(WM))
         m.d.comb += c_slot.eq(rhdr.slot[:sw] if WM > 1 else 0)
-        nxt = Signal(33)
-        m.d.comb += nxt.eq(rhdr.offset + win)
+        newer = Signal(32)
+        m.d.comb += newer.eq(sent_at[c_slot] - answered)
         with m.If(commit):
             m.d.comb += [rnd_wr.en.eq(1), rnd_wr.addr.eq(rkey(c_slot)), rnd_wr.data.eq(rhdr.round + 1),
-                         inc["net_results"].eq(1)]
-            m.d.sync += [received.eq(received + 1), tries[c_slot].eq(0)]
-            with m.If(nxt < blocks):
-                m.d.comb += [rx_enq.eq(1), rx_enq_slot.eq(c_slot)]
-                m.d.sync += [blk[c_slot].eq(nxt), queued[c_slot].eq(1)]
-            with m.Else():
-                m.d.sync += [pend[c_slot].eq(0), queued[c_slot].eq(0)]
+                         inc["net_results"].eq(1), freed.eq(1)]
+            m.d.sync += [received.eq(received + 1), tries[c_slot].eq(0), pend[c_slot].eq(0), queued[c_slot].eq(0)]
+            with m.If(clean[c_slot] & ~newer[31]):         # Karn: only a block sent once dates the answer
+                m.d.sync += answered.eq(sent_at[c_slot])
         # RESET acknowledged: this job's rounds start again at 0
         with m.If(~wiped):
             m.d.comb += [rnd_wr.en.eq(1), rnd_wr.addr.eq(wiping), rnd_wr.data.eq(0)]
@@ -412,7 +453,7 @@ class NetworkEngine(wiring.Component):
         rx_idle = (rbeat == 0) & ~commits.r_rdy & (wr_left == 0)
         settled = tx_idle & rx_idle & (writes_done == writes_out) & ~sendq.r_rdy
         finished = busy & settled & Mux(failing, 1, Mux(mode == NetMode.RESET, reset_acked & (clearing == WM),
-                                                           (received == blocks) & (fill == win)))
+                                                           (received == blocks) & (next_block == blocks)))
         m.d.comb += [self.done.valid.eq(finished), self.done.payload.error.eq(axi_error),
                      self.fault.eq(Mux(finished, fault, 0))]
         with m.If(self.done.valid & self.done.ready):

@@ -23,6 +23,7 @@ def network_job_layout(layout) -> data.StructLayout:
         "addr": 64,
         "bytes": 32,
         "window": range(eng.window + 1),
+        "inflight": range(eng.window + 1),
         "timeout": range(MAX_TIMEOUT + 1),
         "retries": 8,
     })

@@ -16,7 +16,7 @@ import numpy as np
 from amaranth.sim import Simulator
 
 from hbmforge.engines.network import EndpointGeometry, SwitchGeometry
-from hbmforge.numerics.network import AllreduceJob, GoldenEndpoint, GoldenSwitch, Packet
+from hbmforge.numerics.network import GoldenEndpoint, GoldenSwitch, Packet, job_of
 
 from ..dma_bench import DmaBench, until
 from .switch import AggregationSwitch
@@ -221,8 +221,7 @@ class EndpointBench(DmaBench):
         dut = self.dut
         for i, ep in self.peers.items():
             if i in peer_buffers:
-                ep.start(AllreduceJob(d["mode"], d["job"], i, d["members"], d["epoch"], d["window"], d["timeout"],
-                                      d["retries"]), peer_buffers[i], self.cycle)
+                ep.start(job_of(dict(d, worker=i)), peer_buffers[i], self.cycle)
         for name, value in d.items():
             if name != "op":
                 ctx.set(getattr(dut.job.payload, name), value)

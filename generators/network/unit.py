@@ -310,6 +310,19 @@ class AggregationUnit(wiring.Component):
                 with m.Else():
                     m.d.comb += [act.eq(_Act.FWD), rtype.eq(PacketType.ST_DATA), rcount.eq(h.count),
                                  dest.eq(members & ~bit)]
+        with m.Elif(is_type[PacketType.PROBE]):
+            with m.If(rel_stale):
+                drop()
+            with m.Elif(rel_same & (st.kind == Kind.REDUCE) & (st.offset == h.offset)):
+                with m.If(st.done):
+                    m.d.comb += [act.eq(_Act.STORED), rtype.eq(PacketType.RESULT), rmembers.eq(st.members),
+                                 roffset.eq(st.offset), rcount.eq(st.count), rop.eq(st.op), pulses["resent"].eq(1)]
+                with m.Else():                               # to the prober and to every member not heard
+                    m.d.comb += [act.eq(_Act.REPLY), rtype.eq(PacketType.STATUS), rmembers.eq(st.seen),
+                                 dest.eq(bit | (members & ~st.seen)), pulses["status"].eq(1)]
+            with m.Else():                                   # nobody's block of that round is here yet
+                m.d.comb += [act.eq(_Act.REPLY), rtype.eq(PacketType.STATUS), rmembers.eq(0), dest.eq(members),
+                             pulses["status"].eq(1)]
         with m.Elif(is_type[PacketType.ST_ACK]):
             with m.If(~(rel_same & st.open & (st.kind == Kind.STORE) & (st.offset == h.offset)) | seen_has):
                 drop()

@@ -14,8 +14,10 @@ members    bitmap of the job's workers (bit ``worker`` set)
 epoch      the job's epoch (0..255): data packets carry it; RESET sets it on the switch
 addr       buffer (data port); the result replaces it in place
 bytes      buffer length: whole port words; cut into blocks of ``packet_words`` words
-window     switch slots kept in flight, ``1 .. config window``; slot ``s`` carries blocks
-           ``s, s + window, s + 2 window, ...``
+window     switch slots the job uses, ``1 .. config window``; with ``w = min(window, blocks)``
+           slot ``s`` carries blocks ``s, s + w, s + 2 w, ...``
+inflight   blocks in flight at most, ``1 .. window`` (about the bandwidth-delay product: more
+           only fills queues); blocks are sent in order, block ``b`` once slot ``b % w`` is free
 timeout    cycles without an answer before a packet is sent again (``1 .. 2**24 - 1``)
 retries    retransmissions of one packet before the run stops with NET_TIMEOUT (1..255)
 =========  ============================================================================
@@ -39,18 +41,25 @@ from .base import Channels, Check, EngineFamily, FamilyRegister, StreamPort
 
 __all__ = [
     "NETWORK_FIELDS", "HEADER_BITS", "HEADER_FIELDS", "ROUND_MODULO", "HEADER_CHECK_SEED", "MAX_WORKERS", "MAX_TIMEOUT",
-    "MAX_RETRIES", "SWITCH_COUNTERS", "PacketType", "NackReason", "DropReason", "Header", "header_check",
+    "MAX_RETRIES", "FAST_RETRANSMIT_AFTER", "SWITCH_COUNTERS", "PacketType", "NackReason", "DropReason", "Header", "header_check",
     "TO_SWITCH", "FROM_SWITCH", "PAYLOAD_TYPES", "REQUEST_TYPES", "SwitchGeometry", "EndpointGeometry",
     "switch_header_rules", "endpoint_header_rules", "first_drop", "NetworkFamily", "network_checks",
     "max_allreduce_bytes",
 ]
 
-NETWORK_FIELDS = ("mode", "job", "worker", "members", "epoch", "addr", "bytes", "window", "timeout", "retries")
+NETWORK_FIELDS = ("mode", "job", "worker", "members", "epoch", "addr", "bytes", "window", "inflight", "timeout",
+                  "retries")
 
 HEADER_BITS = 128
 #: workers a job may have: the width of the header's ``members`` bitmap
 MAX_WORKERS = 16
 MAX_TIMEOUT = (1 << 24) - 1
+#: fast recovery: a slot is probed (PROBE, header only), without waiting for its timer, once a slot
+#: sent this many packets after it has got its result (its packet, another member's or its result
+#: was most likely lost; the network may reorder by a few packets, so not 1). The switch answers
+#: with the stored result, or a STATUS to the prober and to the members it misses, who then send
+#: their block again at once. Probes do not count in ``retries``.
+FAST_RETRANSMIT_AFTER = 8
 MAX_RETRIES = 255
 #: the check of an all-zero header is not zero, so an idle or cleared word never passes
 HEADER_CHECK_SEED = 0xA5C3
@@ -91,10 +100,11 @@ class PacketType(enum.IntEnum, shape=4):
     ST_DATA = 12     # switch -> members: store this block (payload; ``worker`` = the storer)
     ST_ACK = 13      # member -> switch: stored
     ST_DONE = 14     # switch -> storer: every member stored it
+    PROBE = 15       # worker -> switch: where is this slot's round? (a header-only fast retransmit)
 
 
 TO_SWITCH = (PacketType.DATA, PacketType.RESET, PacketType.LD_REQ, PacketType.LD_DATA, PacketType.ST,
-             PacketType.ST_ACK)
+             PacketType.ST_ACK, PacketType.PROBE)
 FROM_SWITCH = (PacketType.RESULT, PacketType.STATUS, PacketType.NACK, PacketType.RESET_ACK, PacketType.LD_READ,
                PacketType.LD_RESULT, PacketType.ST_DATA, PacketType.ST_DONE)
 #: types that carry ``count >= 1`` payload words
@@ -421,8 +431,11 @@ def network_checks(layout) -> tuple[Check, ...]:
                                                    ops.misaligned(f["bytes"], word)),
               lambda f: f"bytes {f['bytes']}, must be a multiple of {word} in [{word}, {top}]"),
         Check(ErrorCode.BAD_NET_WINDOW,
-              lambda f, ops: reduces(f) & ops.any_(f["window"] == 0, f["window"] > geom.window),
-              lambda f: f"window {f['window']}, must be in [1, {geom.window}]"),
+              lambda f, ops: reduces(f) & ops.any_(f["window"] == 0, f["window"] > geom.window,
+                                                   f["inflight"] == 0, f["inflight"] > f["window"]),
+              lambda f: (f"window {f['window']}, must be in [1, {geom.window}]"
+                         if not 1 <= f["window"] <= geom.window
+                         else f"inflight {f['inflight']}, must be in [1, window = {f['window']}]")),
         Check(ErrorCode.BAD_NET_TIMEOUT,
               lambda f, ops: ops.any_(f["timeout"] == 0, f["timeout"] > MAX_TIMEOUT,
                                       f["retries"] == 0, f["retries"] > MAX_RETRIES),

@@ -36,7 +36,7 @@ from typing import Sequence
 import numpy as np
 
 from ..encodings import ErrorCode, NetMode
-from ..engines.network import (HEADER_BITS, MAX_WORKERS, PAYLOAD_TYPES, REQUEST_TYPES, ROUND_MODULO, DropReason,
+from ..engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, MAX_WORKERS, PAYLOAD_TYPES, REQUEST_TYPES, ROUND_MODULO, DropReason,
                                EndpointGeometry, Header, NackReason, PacketType, SwitchGeometry,
                                endpoint_header_rules, first_drop, switch_header_rules)
 from ..mathutil import ceil_div
@@ -292,6 +292,8 @@ class GoldenSwitch:
             out = self._load_data(h, pkt.payload)
         elif t == PacketType.ST_ACK:
             out = self._store_ack(h)
+        elif t == PacketType.PROBE:
+            out = self._probe(h)
         else:                                   # LD_REQ, ST
             out = self._request(h, pkt.payload)
         for d in out:
@@ -392,6 +394,25 @@ class GoldenSwitch:
         self._close(h, st)
         return [self._result(h, st)]
 
+    def _probe(self, h: Header) -> list[Delivery]:
+        """A worker asks where its slot's round is: the stored RESULT if done (to it alone), else a
+        STATUS (the workers heard) to it and to every member not heard, who send their block again."""
+        st = self.copy_of(h.job, h.slot, h.round)
+        rel = self._relation(st, h.round)
+        if rel == _Rel.STALE:
+            return self._drop()
+        if rel == _Rel.SAME and st.kind == _Kind.REDUCE and st.offset == h.offset:
+            if st.done:
+                self.counters.resent += 1
+                return [self._reply(h, PacketType.RESULT, h.worker, members=st.members, offset=st.offset,
+                                    count=st.count, payload=st.data, op=st.op)]
+            self.counters.status += 1
+            missing = h.members & ~st.seen
+            return [self._reply(h, PacketType.STATUS, h.worker, members=st.seen,
+                                ports=self._ports((1 << h.worker) | missing))]
+        self.counters.status += 1                 # nobody's block of that round is here yet
+        return [self._reply(h, PacketType.STATUS, h.worker, members=0, ports=self._ports(h.members))]
+
     # -- memory semantics: reduce-on-read (LD_REQ, LD_DATA) and multicast store (ST, ST_ACK) ---
     def _request(self, h: Header, payload) -> list[Delivery]:
         """LD_REQ (a reduce-on-read) or ST (a multicast store) from the requester ``h.worker``."""
@@ -469,6 +490,7 @@ class AllreduceJob:
     window: int = 1
     timeout: int = 1000
     retries: int = 8
+    inflight: int | None = None       # slots with a packet in flight at most (None: the window)
 
 
 @dataclass
@@ -528,8 +550,24 @@ class GoldenEndpoint:
         self.pending: list[int | None] = [None] * self.window   # block in flight per slot
         self.deadline_of = [math.inf] * self.window
         self.tries_of = [0] * self.window
-        for s in range(self.window):
-            self._send_block(s, s, now)
+        self.seq = 0                                # packets sent so far (the send order)
+        self.sent_at = [0] * self.window            # the send order of each slot's last packet
+        self.clean = [True] * self.window           # the slot's block was sent once (Karn: only such
+        self.answered = -1                          # answers move ``answered``, the latest send answered)
+        self.inflight = self.window if job.inflight is None else max(1, min(job.inflight, self.window))
+        self.next_block = 0
+        self.busy = 0
+        self._feed(now)
+
+    def _feed(self, now: float) -> None:
+        """Send blocks in order while fewer than ``inflight`` slots wait: block ``b`` goes in slot
+        ``b % window`` once that slot's previous block is done (a stalled slot holds up only the
+        blocks of its own slot, ``window`` blocks later)."""
+        while self.busy < self.inflight and self.next_block < self.blocks \
+                and self.pending[self.next_block % self.window] is None:
+            self._send_block(self.next_block % self.window, self.next_block, now)
+            self.busy += 1
+            self.next_block += 1
 
     def _fail(self, code: ErrorCode) -> None:
         self.error, self.done = code, True
@@ -554,6 +592,9 @@ class GoldenEndpoint:
         self.outbox.append(Packet(hdr, payload))
         self.pending[slot] = block
         self.deadline_of[slot] = now + j.timeout
+        self.sent_at[slot] = self.seq
+        self.clean[slot] = not again
+        self.seq += 1
         self.counters.packets += 1
         if again:
             self.counters.retransmits += 1
@@ -590,6 +631,19 @@ class GoldenEndpoint:
                     return
                 self._send_block(s, self.pending[s], now, again=True)
 
+    def _fast_retransmit(self, now: float) -> None:
+        """Slots sent FAST_RETRANSMIT_AFTER packets before one that got its result: probe them."""
+        j = self.job
+        for s in range(self.window):
+            if self.pending[s] is not None and self.answered - self.sent_at[s] >= FAST_RETRANSMIT_AFTER:
+                self.outbox.append(Packet(Header(type=PacketType.PROBE, job=j.job, worker=self.worker,
+                                                 epoch=j.epoch, slot=s, round=self.round_of(s),
+                                                 offset=self.pending[s], members=j.members, op=j.mode)))
+                self.sent_at[s] = self.seq
+                self.clean[s] = False
+                self.seq += 1
+                self.counters.packets += 1
+
     def _bad(self, pkt: Packet) -> bool:
         if pkt.extra_words < 0:
             return True
@@ -625,6 +679,8 @@ class GoldenEndpoint:
             return
         if h.type == PacketType.STATUS:
             c.heard = h.members
+            if not h.members >> self.worker & 1 and self.seq - self.sent_at[s] >= FAST_RETRANSMIT_AFTER:
+                self._send_block(s, self.pending[s], now, again=True)   # the switch misses my block
             return
         if h.type == PacketType.NACK:
             reason = {NackReason.COLLISION: ErrorCode.NET_COLLISION, NackReason.STALE: ErrorCode.NET_STALE,
@@ -638,15 +694,18 @@ class GoldenEndpoint:
         lo = h.offset * self.geom.packet_words * self.lanes
         self.data[lo:lo + words * self.lanes] = pkt.payload
         c.results += 1
+        if self.clean[s]:
+            self.answered = max(self.answered, self.sent_at[s])
         self.rounds[(j.job, s)] = (self.round_of(s) + 1) % ROUND_MODULO
         self.received += 1
-        nxt = self.pending[s] + self.window
         self.pending[s] = None
         self.deadline_of[s] = math.inf
-        if nxt < self.blocks:
-            self._send_block(s, nxt, now)
+        self.busy -= 1
+        self._feed(now)
         if self.received == self.blocks:
             self.done = True
+        else:
+            self._fast_retransmit(now)
 
     def take_outbox(self) -> list[Packet]:
         out, self.outbox = self.outbox, []
@@ -854,7 +913,7 @@ class MultimemEndpoint:
 def job_of(d: dict) -> AllreduceJob:
     """The run-time fields of a validated ALLREDUCE descriptor."""
     return AllreduceJob(d["mode"], d["job"], d["worker"], d["members"], d["epoch"], d["window"], d["timeout"],
-                        d["retries"])
+                        d["retries"], d["inflight"])
 
 
 def run_allreduce_descriptor(mem, d: dict, layout, network=None) -> None:
@@ -1138,14 +1197,14 @@ class NetworkSim:
 
     def allreduce(self, buffers: Sequence[np.ndarray], *, mode: int = NetMode.SUM, job: int = 0, epoch: int = 0,
                   window: int | None = None, timeout: int = 2000, retries: int = 20,
-                  members: int | None = None) -> RoundResult:
+                  members: int | None = None, inflight: int | None = None) -> RoundResult:
         """All-reduce one int32 buffer per device (in place) with every device a member."""
         if len(buffers) != self.n:
             raise ValueError(f"give one buffer per device ({self.n}), got {len(buffers)}")
         members = (1 << self.n) - 1 if members is None else members
         window = self.geom.slots if window is None else window
-        jobs = [AllreduceJob(mode, job, i, members, epoch, window, timeout, retries) if members >> i & 1 else None
-                for i in range(self.n)]
+        jobs = [AllreduceJob(mode, job, i, members, epoch, window, timeout, retries, inflight)
+                if members >> i & 1 else None for i in range(self.n)]
         return self.run(buffers, jobs)
 
 

@@ -223,7 +223,7 @@ class Net {
         now_ = std::max(now_, sw_.cycles());
         uint64_t end = now_ + max_cycles;
         uint64_t done = irqs();
-        while ((done & wait) != wait && now_ < end) {
+        while (now_ < end && (wait == 0 || (done & wait) != wait)) {   // wait 0: run max_cycles
             uint64_t target = std::min(now_ + q, end);
             for (auto& d : devs_) {
                 if (!d.attached) continue;

@@ -33,7 +33,7 @@ def net_layout(*, data_width=64, packet_words=4, window=4, jobs=2, **extra) -> D
 
 def descriptor(**fields) -> dict:
     d = dict(op=Opcode.ALLREDUCE, mode=NetMode.SUM, job=0, worker=1, members=0b111, epoch=0, addr=0x400, bytes=64,
-             window=4, timeout=300, retries=40)
+             window=4, inflight=4, timeout=300, retries=40)
     d.update(fields)
     return d
 
@@ -64,8 +64,9 @@ def test_allreduce_results_are_bit_exact_under_backpressure_and_faults(data_widt
             mode = NetMode.MAX if r == 2 else NetMode.SUM
             want = reduce_reference([peers[0], peers[1], mine, peers[3]], mode)
             before = counters(ctx, b.dut)
+            window = int(rng.integers(1, 5))
             d = descriptor(mode=mode, job=r % 2, worker=2, members=0b1111, addr=addr, bytes=nbytes,
-                           window=int(rng.integers(1, 5)), timeout=250)
+                           window=window, inflight=int(rng.integers(1, window + 1)), timeout=250)
             assert first_error(network_checks(lay), d)[0] == ErrorCode.NONE
             fault = await b.allreduce(ctx, d, peers)
             assert fault == ErrorCode.NONE, f"round {r}: fault {fault}"

@@ -161,7 +161,7 @@ def test_a_second_member_set_on_a_held_job_is_refused_by_the_switch(cluster):
             members = 0b011 if i < 2 else 0b100
             prog = ClusterProgram(dev)
             prog.allreduce(bufs[i], mode=NetMode.SUM, job=0, worker=i, members=members, epoch=cluster.epoch(0),
-                           window=4, timeout=cluster.timeout_cycles, retries=cluster.retries)
+                           window=4, inflight=4, timeout=cluster.timeout_cycles, retries=cluster.retries)
             programs[i] = prog
         with pytest.raises(ClusterError) as err:
             cluster.run_programs(programs, timeout=120)

@@ -278,7 +278,7 @@ def test_program_execute_alone_reports_net_timeout_and_leaves_the_buffer():
     mem = SparseMemory()
     mem.write(0x1000, bytes(range(64)))
     prog = lay.encode_descriptor({"op": Opcode.ALLREDUCE, "mode": 0, "job": 0, "worker": 0, "members": 3,
-                                  "epoch": 0, "addr": 0x1000, "bytes": 64, "window": 4, "timeout": 100,
+                                  "epoch": 0, "addr": 0x1000, "bytes": 64, "window": 4, "inflight": 4, "timeout": 100,
                                   "retries": 2})
     mem.write(0, prog)
     res = execute(mem, 0, 1, lay)

@@ -18,7 +18,7 @@ __all__ = ["RegressionResult", "run_regression", "FAMILY_BENCHES"]
 #: engine kind -> the cocotb module that tests it inside a whole kernel (besides tb_kernel)
 FAMILY_BENCHES = {"attention": "hbmforge.flows.tb_attention", "copy": "hbmforge.flows.tb_copy",
                   "network": "hbmforge.flows.tb_network",
-                  "vector": "hbmforge.flows.tb_vector"}
+                  "vector": "hbmforge.flows.tb_vector", "memory": "hbmforge.flows.tb_memory"}
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ HAS_COPY = design_has("copy")
 def _copy_job(bench, mem: Mirrored, lay, rng: np.random.Generator, regions: list) -> dict:
     """One random COPY or FILL between random ports; its buffers (with guard words) in ``regions``."""
     word = lay.word_bytes
-    ports = lay.port_names
+    ports = lay.port_names[:1 + lay.config.shared_stream_ports]     # not a port an engine keeps (a cache's store)
     buffer_words = lay.config.engine("copy").buffer_words
     words = int(rng.integers(1, 3 * buffer_words + 2))
     if rng.random() < 0.25:                                   # long enough to cross 4 KiB pages

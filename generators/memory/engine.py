@@ -56,7 +56,9 @@ class MemoryEngine(wiring.Component):
         WB = W // 8
         P, S = self._port, self._store
         ch = self.signature.channels
-        job = self.job.payload
+        # the job record is taken at the handshake: the command processor loads the next
+        # descriptor into its register while this one runs
+        job = Signal(self.signature.job_layout)
 
         cache = omap = None
         if self._cache_geom is not None:
@@ -138,8 +140,8 @@ class MemoryEngine(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
-                    m.d.sync += fault.eq(ErrorCode.NONE)
-                    with m.If(job.op == Opcode.OMAP):
+                    m.d.sync += [fault.eq(ErrorCode.NONE), job.eq(self.job.payload)]
+                    with m.If(self.job.payload.op == Opcode.OMAP):
                         m.next = "OMAP_WAIT" if cache is not None else "OMAP"
                     with m.Else():
                         m.next = "CTL" if cache is not None else "DONE"

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from ..engines.memory import CACHE_COUNTERS, CacheGeometry
 
 __all__ = ["TileCacheModel", "CacheEvent", "LineState", "LFSR_SEED", "LFSR_TAPS", "lfsr_next", "belady_hits",
-           "policy_hits"]
+           "policy_hits", "moe_expert_trace", "trace_statistics", "MIXTRAL_REPEAT_FIRST", "MIXTRAL_REPEAT_ANY"]
 
 LFSR_SEED = 0xACE1
 LFSR_TAPS = 0xB400            # 16-bit Galois LFSR x^16 + x^14 + x^13 + x^11 + 1
@@ -329,3 +329,62 @@ class _NullMemory:
 
     def write(self, addr, data):
         pass
+
+
+# -- expert-access traces for the MoE benchmarks ------------------------------------------------
+#: Mixtral 8x7B routing statistics the trace generator is calibrated to (Jiang et al., "Mixtral of
+#: Experts", arXiv:2401.04088, Table 5, middle layer 15, read approximately): the first-choice
+#: expert repeats between consecutive tokens about 28% of the time (12.5% at random), and the two
+#: tokens' top-2 sets share an expert ("first or second choice") about 62% of the time (46% at random).
+MIXTRAL_REPEAT_FIRST = 0.28
+MIXTRAL_REPEAT_ANY = 0.62
+
+
+def moe_expert_trace(tokens: int, layers: int, experts: int = 8, top_k: int = 2, *, zipf: float = 0.5,
+                     keep_first: float = 0.17, swap: float = 0.04, keep_second: float = 0.02, seed: int = 0):
+    """Expert choices ``[tokens, layers, top_k]`` of a decode: per layer a Zipf(``zipf``) popularity
+    over the experts (an assumption for the load skew; a random ranking per layer) and a Markov
+    repetition: a token's first expert is the previous token's first with ``keep_first``, its
+    second with ``swap``, else drawn by popularity; its second expert is the previous second with
+    ``keep_second`` (if free), else drawn. The defaults land near :data:`MIXTRAL_REPEAT_FIRST` and
+    :data:`MIXTRAL_REPEAT_ANY` (measured by :func:`trace_statistics`)."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, experts + 1) ** zipf
+    out = np.zeros((tokens, layers, top_k), dtype=np.int64)
+    for layer in range(layers):
+        p = rng.permutation(pop / pop.sum())
+        prev = None
+        for t in range(tokens):
+            chosen: list[int] = []
+            u = rng.random()
+            if prev is not None and u < keep_first:
+                chosen.append(int(prev[0]))
+            elif prev is not None and top_k > 1 and u < keep_first + swap:
+                chosen.append(int(prev[1]))
+            while len(chosen) < top_k:
+                slot = len(chosen)
+                if prev is not None and slot == 1 and rng.random() < keep_second and prev[1] not in chosen:
+                    chosen.append(int(prev[1]))
+                    continue
+                q = p.copy()
+                q[chosen] = 0
+                chosen.append(int(rng.choice(experts, p=q / q.sum())))
+            out[t, layer] = chosen
+            prev = chosen
+    return out
+
+
+def trace_statistics(trace) -> dict:
+    """Repetition rates of a trace (as Mixtral's Table 5 counts them: the first choice repeats; the
+    consecutive top-k sets share an expert) and its load skew (busiest expert over the mean)."""
+    import numpy as np
+
+    first_same = (trace[1:, :, 0] == trace[:-1, :, 0]).mean()
+    now, before = trace[1:, :, :, None], trace[:-1, :, None, :]
+    any_same = (now == before).any(axis=(2, 3)).mean()
+    load = np.stack([np.bincount(trace[:, layer].ravel(), minlength=trace.max() + 1)
+                     for layer in range(trace.shape[1])])
+    return {"repeat_first": float(first_same), "repeat_any": float(any_same),
+            "max_over_mean_load": float((load.max(axis=1) / load.mean(axis=1)).mean())}

@@ -50,6 +50,7 @@ class BuildOptions:
     warnings_fatal: bool = False            # generated RTL trips style warnings; don't fail on them
     verilator_args: tuple[str, ...] = ()
     jobs: int = 2                           # make -j (the machines have few cores)
+    coverage: bool = False                  # line + toggle coverage (hbf_coverage_write; hbmforge.sim.coverage)
 
     def verilator_flags(self) -> list[str]:
         flags = ["-O3", "--no-timing", "-Wno-SYMRSVDWORD"]
@@ -59,6 +60,8 @@ class BuildOptions:
             flags += ["-Wno-fatal", "-Wno-lint", "-Wno-style"]
         if self.trace:
             flags += ["--trace-fst" if self.resolved_trace_format() == "fst" else "--trace"]
+        if self.coverage:
+            flags += ["--coverage-line", "--coverage-toggle"]
         return flags + list(self.verilator_args)
 
     def resolved_trace_format(self) -> str | None:
@@ -73,7 +76,8 @@ class BuildOptions:
     def to_json(self) -> dict:
         return {"trace": self.resolved_trace_format(), "opt": self.opt, "opt_slow": self.opt_slow,
                 "opt_runtime": self.opt_runtime, "x_fast": self.x_fast,
-                "warnings_fatal": self.warnings_fatal, "verilator_args": list(self.verilator_args)}
+                "warnings_fatal": self.warnings_fatal, "verilator_args": list(self.verilator_args),
+                **({"coverage": True} if self.coverage else {})}     # absent when off: existing keys stay
 
 
 @lru_cache(maxsize=None)

@@ -25,7 +25,7 @@ from .progress import StageProgress
 from .verilator import activate
 
 __all__ = ["CocotbResults", "TestCaseResult", "run_cocotb", "build_cocotb", "COCOTB_BUILD_ARGS",
-           "COCOTB_MAKEFLAGS"]
+           "COCOTB_MAKEFLAGS", "COVERAGE_BUILD_ARGS"]
 
 #: Verilator flags for cocotb builds: generated RTL trips lint/style warnings; X handling made cheap.
 COCOTB_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-SYMRSVDWORD",
@@ -33,6 +33,10 @@ COCOTB_BUILD_ARGS = ("-Wno-fatal", "-Wno-lint", "-Wno-style", "-Wno-SYMRSVDWORD"
 #: Make variables for cocotb builds. A cocotb run spends its time in Python coroutines, not in the
 #: model, so the C++ is compiled for build speed (Verilator's default -Os is slower to compile).
 COCOTB_MAKEFLAGS = ("OPT_FAST=-O1", "OPT_SLOW=-O0", "OPT_GLOBAL=-O1")
+#: Verilator flags of a coverage build (``coverage=True``): the model counts every statement block
+#: and every signal bit's toggles, and cocotb's main writes ``coverage.dat`` into the test dir at the
+#: end (read it with :mod:`hbmforge.sim.coverage`).
+COVERAGE_BUILD_ARGS = ("--coverage-line", "--coverage-toggle")
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class CocotbResults:
     run_seconds: float
     exit_code: int = 0          # the simulator's, when it ended abnormally
     notes: list[str] = field(default_factory=list)
+    coverage_file: Path | None = None   # coverage.dat of a coverage build's run
 
     @property
     def ok(self) -> bool:
@@ -95,13 +100,15 @@ def _cocotb_version() -> str:
 def build_cocotb(sources: Sequence[str | Path], toplevel: str, *, build_args: Sequence[str] = (),
                  parameters: Mapping[str, object] | None = None, defines: Mapping[str, object] | None = None,
                  includes: Sequence[str | Path] = (), waves: bool = False,
-                 timescale: tuple[str, str] = ("1ns", "1ps"), progress: bool = True):
-    """The cached Verilator build dir for cocotb; returns ``(path, was_cached, seconds)``."""
+                 timescale: tuple[str, str] = ("1ns", "1ps"), progress: bool = True, coverage: bool = False):
+    """The cached Verilator build dir for cocotb; returns ``(path, was_cached, seconds)``.
+
+    ``coverage``: build with :data:`COVERAGE_BUILD_ARGS` (a separate cache entry)."""
     from cocotb_tools.runner import get_runner
 
     install = activate()
     srcs = [Path(s).resolve() for s in sources]
-    args = [*COCOTB_BUILD_ARGS, *build_args]
+    args = [*COCOTB_BUILD_ARGS, *build_args, *(COVERAGE_BUILD_ARGS if coverage else ())]
     key = content_key(["cocotb-build-1", *srcs, toplevel, repr(args), repr(sorted((parameters or {}).items())),
                        repr(sorted((defines or {}).items())), repr([str(i) for i in includes]), str(waves),
                        repr(timescale), install.describe(), _cocotb_version(),
@@ -139,20 +146,23 @@ def run_cocotb(sources: Sequence[str | Path], toplevel: str, test_module: str | 
                seed: int | None = None, waves: bool = False, build_args: Sequence[str] = (),
                parameters: Mapping[str, object] | None = None, defines: Mapping[str, object] | None = None,
                includes: Sequence[str | Path] = (), timescale: tuple[str, str] = ("1ns", "1ps"),
-               progress: bool = True) -> CocotbResults:
+               progress: bool = True, coverage: bool = False) -> CocotbResults:
     """Build ``sources`` (cached) and run the cocotb ``test_module`` against ``toplevel``.
 
     ``module_dirs`` are put on the simulator's PYTHONPATH so the test module is found.
     Test output (results.xml, waves, log) goes to ``test_dir``, a fresh temporary dir by default.
+    ``coverage``: a coverage build; its counts land in ``CocotbResults.coverage_file``.
     """
     from cocotb_tools.runner import get_runner
 
     build_dir, cached, build_s = build_cocotb(sources, toplevel, build_args=build_args, parameters=parameters,
                                               defines=defines, includes=includes, waves=waves,
-                                              timescale=timescale, progress=progress)
+                                              timescale=timescale, progress=progress, coverage=coverage)
     tdir = Path(test_dir) if test_dir is not None else Path(tempfile.mkdtemp(prefix=f"hbmforge-cocotb-{toplevel}-"))
     tdir.mkdir(parents=True, exist_ok=True)
     results_xml = (tdir / "results.xml").resolve()
+    if coverage:
+        (tdir / "coverage.dat").unlink(missing_ok=True)        # only this run's counts
     runner = get_runner("verilator")
     exit_code = 0
     notes: list[str] = []
@@ -178,9 +188,10 @@ def run_cocotb(sources: Sequence[str | Path], toplevel: str, test_module: str | 
         notes.append("no results.xml was written (the simulator did not get to run the tests)")
         exit_code = exit_code or 1
     count = {s: sum(t.status == s for t in tests) for s in ("passed", "failed", "skipped")}
+    cov = tdir / "coverage.dat"
     return CocotbResults(count["passed"], count["failed"], count["skipped"], tests,
                          results_xml if results_xml.exists() else None, build_dir, tdir, cached, build_s,
-                         run_s, exit_code, notes)
+                         run_s, exit_code, notes, cov if coverage and cov.exists() else None)
 
 
 def _parse_results(path: Path) -> list[TestCaseResult]:

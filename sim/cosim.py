@@ -143,6 +143,7 @@ def _load(path: Path) -> ctypes.CDLL:
         "hbf_stream_give": ([vp, i32, vp, vp, vp, u64], u64),
         "hbf_stream_stats": ([vp, i32, ctypes.POINTER(u64)], None),
         "hbf_interrupt": ([vp], i32),
+        "hbf_coverage_write": ([vp, ctypes.c_char_p], i32),
     }
     for name, (args, res) in sigs.items():
         try:
@@ -409,6 +410,13 @@ class CoSim:
             raise CoSimError("this co-simulation was built without trace support; "
                              "build with BuildOptions(trace=True)")
         self._lib.hbf_trace_open(self.handle, str(path).encode())
+
+    def coverage_write(self, path: str | Path) -> Path:
+        """Write the code coverage counted so far to ``path`` (``coverage.dat``; read it with
+        :mod:`hbmforge.sim.coverage`); needs ``BuildOptions(coverage=True)``."""
+        if not self._lib.hbf_coverage_write(self.handle, str(path).encode()):
+            raise CoSimError("this co-simulation was built without coverage; build with BuildOptions(coverage=True)")
+        return Path(path)
 
     # -- AXI4-Stream ports (the network links; hbmforge.sim.network joins several designs) -------
     def stream_index(self, stream: int | str) -> int:

@@ -52,6 +52,9 @@ HBF_API uint64_t hbf_stream_give(void* h, int stream, const uint8_t* data, const
                                  const uint8_t* lasts, uint64_t n);
 HBF_API void     hbf_stream_stats(void* h, int stream, uint64_t out[2]);
 HBF_API int      hbf_interrupt(void* h);   // the interrupt pin now
+// Write the code coverage counted so far (Verilator's coverage.dat format) to `path`; 1 if
+// written, 0 if the library was built without coverage (BuildOptions(coverage=True)).
+HBF_API int      hbf_coverage_write(void* h, const char* path);
 
 #ifdef __cplusplus
 }

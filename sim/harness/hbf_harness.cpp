@@ -20,6 +20,9 @@ using TraceFile = VerilatedFstC;
 #include "verilated_vcd_c.h"
 using TraceFile = VerilatedVcdC;
 #endif
+#if VM_COVERAGE
+#include "verilated_cov.h"
+#endif
 
 namespace hbf {
 
@@ -107,6 +110,16 @@ class Harness {
         trace_->open(path);
 #else
         log_.report("trace_open(%s): this library was built without trace support", path ? path : "");
+#endif
+    }
+
+    bool coverage_write(const char* path) {
+#if VM_COVERAGE
+        ctx_->coveragep()->write(path);
+        return true;
+#else
+        (void)path;
+        return false;
 #endif
     }
 
@@ -294,5 +307,7 @@ void hbf_stream_stats(void* h, int stream, uint64_t out[2]) {
 }
 
 int hbf_interrupt(void* h) { return H(h)->interrupt() ? 1 : 0; }
+
+int hbf_coverage_write(void* h, const char* path) { return H(h)->coverage_write(path) ? 1 : 0; }
 
 }  // extern "C"

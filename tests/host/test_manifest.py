@@ -31,7 +31,7 @@ def test_round_trip_through_a_file_keeps_offsets(tmp_path, tiny_layout):
     assert design.path == tmp_path / "manifest.json"
     assert lay.reg("STATUS").offset == 0x110
     assert lay.reg("W1_BYTES_READ").offset == 0x160
-    assert lay.field_offset("w_addr1", Opcode.MATMUL) == 8 * 12
+    assert lay.field_offset("w_addr1", Opcode.MATMUL) == 8 * 16         # op, 14 fixed slots, w_addr0
     assert lay.port_names == ("data", "w0", "w1")
     assert lay.hash64 == tiny_layout.hash64
     assert lay.matmul.k_align == tiny_layout.matmul.k_align == 16

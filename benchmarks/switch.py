@@ -49,7 +49,7 @@ def emit(metric: str, value, unit: str, **context) -> None:
 
 def bench_config(name: str = "bench_net", **network) -> dict:
     """A small kernel (tiny matmul) with 256-bit ports and the ALLREDUCE engine."""
-    net = {"kind": "network", "packet_words": 32, "window": 64, "jobs": 2, "read_ahead": 8}
+    net = {"kind": "network", "packet_words": 32, "window": 128, "jobs": 2, "read_ahead": 8}
     net.update(network)
     return {"version": 1, "name": name, "board": "u280", "clock_mhz": 300,
             "axi": {"data_width": BENCH_WIDTH, "id_width": 4, "max_burst_beats": 32, "max_outstanding": 8},

@@ -238,8 +238,12 @@ class OmapPlan:
       entries per bin on average (about one in its host bin and one in transit in the stash);
     * ``buckets = 2**dir_log2``: a full directory fills a quarter of its ways (two-choice
       hashing keeps the fullest bucket near ``ways / 4 + log2 log N``);
-    * ``nodes``: the stash pool, ``capacity + bins + 1024`` (a bulk load parks every entry in
-      the stash before the format sweep; in steady state about ``bins`` are in use).
+    * ``nodes``: the stash pool, ``capacity + bins + 1024``: a bulk load parks every entry in
+      the stash before the format sweep, and the pool can always hold every live entry. Under
+      uniform queries about 40% of the entries wait in the stash for their bin (a bin is read
+      about once per ``bins`` queries, an entry is queried once per ``capacity``) and about as
+      many dead nodes wait to be popped: ~0.8 ``capacity`` nodes in use (measured by
+      :class:`hbmforge.numerics.omap_scale.OmapScaleModel`; docs/engines/memory.md).
     """
 
     capacity: int

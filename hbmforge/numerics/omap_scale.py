@@ -65,13 +65,16 @@ class OmapScaleModel:
         self.load = np.minimum(counts, self.z).astype(np.int16)
         self.where[order[placed]] = sorted_labels[placed]
         left = order[~placed]                                        # stay in the stash, head last
-        left_labels = sorted_labels[~placed]
-        for label in np.unique(left_labels).tolist():
-            keys = left[left_labels == label][::-1]                  # bottom (pushed first) ... head
+        left_labels = sorted_labels[~placed]                         # sorted: one run per label
+        labels_left, firsts = np.unique(left_labels, return_index=True)
+        bounds = np.r_[firsts, len(left)].tolist()
+        keys_left = left.tolist()
+        for i, label in enumerate(labels_left.tolist()):
+            keys = keys_left[bounds[i]:bounds[i + 1]][::-1]          # bottom (pushed first) ... head
             nodes = list(range(self.next_node, self.next_node + len(keys)))
             self.next_node += len(keys)
             self.lists[label] = nodes
-            for node, key in zip(nodes, keys.tolist()):
+            for node, key in zip(nodes, keys):
                 self.alive[node] = key
                 self.where[key] = -(node + 2)
         used = int((~placed).sum())

@@ -1,6 +1,6 @@
 """Vector engine accuracy and whole-block programs on the co-simulation; one JSON object per line.
 
-    python benchmarks/blocks.py [--config examples/u280_blocks.yaml] [--layers 2] [--hidden 1024]
+    python benchmarks/blocks.py [--config examples/u280_blocks.yaml] [--layers 1] [--hidden 1024]
                                 [--decode-steps 4] [--prefill 512] [--accuracy-only] [--skip-prefill]
 
 Metrics (``{"bench": "blocks", "metric", "value", "unit", ...context}``):
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "examples" / "u280_blocks.yaml"))
     ap.add_argument("--hidden", type=int, default=1024)
-    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--layers", type=int, default=1)
     ap.add_argument("--decode-steps", type=int, default=4)
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--accuracy-only", action="store_true")

@@ -159,12 +159,11 @@ class ValueUnit(wiring.Component):
                     m.d.sync += hold.eq(0)
                     m.next = "IDLE"
                 with m.Else():
-                    m.d.sync += [y.eq(recip.y), n.eq(recip.n), slot.eq(0)]
-                    m.next = "CMD"
-            with m.State("CMD"):
-                m.d.comb += self.out_cmd.valid.eq(1)
-                with m.If(self.out_cmd.ready):
-                    m.next = "SLOT"
+                    # the row's command goes out while its reciprocal settles into y, n
+                    m.d.comb += self.out_cmd.valid.eq(1)
+                    with m.If(self.out_cmd.ready):
+                        m.d.sync += [y.eq(recip.y), n.eq(recip.n), slot.eq(0)]
+                        m.next = "SLOT"
             with m.State("SLOT"):
                 m.d.sync += [obuf.eq(Cat(*outs)), left.eq(words)]
                 m.d.comb += rotate.eq(1)
@@ -178,6 +177,7 @@ class ValueUnit(wiring.Component):
                             m.d.sync += row.eq(row + 1)
                             m.next = "ROW"
                         with m.Else():
-                            m.d.sync += slot.eq(slot + 1)
-                            m.next = "SLOT"
+                            # the next slot is at the ring's head already: load it now (no SLOT cycle)
+                            m.d.sync += [slot.eq(slot + 1), obuf.eq(Cat(*outs)), left.eq(words)]
+                            m.d.comb += rotate.eq(1)
         return m

@@ -364,7 +364,8 @@ class NetworkEngine(wiring.Component):
                 a = Mux(in_header, act, ract)
                 h_ = Mux(in_header, Value.cast(rh), Value.cast(rhdr))
                 hv = data.View(HEADER_LAYOUT, h_)
-                with m.If((a == A_BAD) | (rbeat < H - 1)):
+                short = (rbeat < H - 1) if H > 1 else Const(0, 1)     # tlast inside the header
+                with m.If((a == A_BAD) | short):
                     m.d.comb += inc["net_bad_packets"].eq(1)
                 with m.Elif(~length_ok):
                     m.d.comb += inc["net_bad_packets"].eq(1)

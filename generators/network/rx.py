@@ -97,7 +97,9 @@ class PortRx(wiring.Component):
             with m.If(axis.tlast):
                 m.d.sync += [beat.eq(0), bad.eq(0)]
                 length_ok = (beat + 1 == want) & (hdr.count <= P)
-                ok = ~bad & length_ok & ~rules_fail & (beat >= H - 1)
+                ok = ~bad & length_ok & ~rules_fail
+                if H > 1:
+                    ok = ok & (beat >= H - 1)           # a whole header arrived
                 m.d.comb += [self.received.eq(1), commit.eq(ok), self.dropped.eq(~ok)]
                 with m.If(ok):
                     m.d.sync += [headers[wp].eq(Value.cast(hdr)), wp.eq(Mux(wp == N - 1, 0, wp + 1))]

@@ -450,6 +450,7 @@ class _Sweep:
         for c in cands:
             self._tell(c, row)
         self.progress.advance(row)
+        self.progress.running(len(self.inflight))
 
     def _tell(self, cand: Candidate, row: PointRow) -> None:
         values = None
@@ -567,7 +568,7 @@ class _Progress:
         from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
                                    TimeRemainingColumn)
 
-        self._bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self._bar = Progress(BarColumn(bar_width=12), MofNCompleteColumn(),
                              TextColumn("ok {task.fields[ok]} · infeasible {task.fields[infeasible]} · "
                                         "[red]failed {task.fields[failed]}[/] · running {task.fields[running]}"),
                              TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),

@@ -52,6 +52,14 @@ def _matmul_reads(lay, layer) -> list[tuple[int, int]]:
     return out
 
 
+async def _run_both(bench, mem, mirror, lay, prog, timeout_cycles: int = 4_000_000):
+    """Load ``prog``, run it on the golden model (``mirror``) and on the RTL: (golden, STATUS)."""
+    addr = bench.alloc(prog.nbytes)
+    mem.write(addr, prog.to_bytes())
+    golden = execute(mirror, addr, len(prog), lay)
+    return golden, await bench.run(addr, len(prog), timeout_cycles=timeout_cycles)
+
+
 @cocotb.test(skip=not (HAS_CACHE and HAS_COPY))
 async def test_memory_cache_carries_matmuls_and_copies_bit_exactly_under_backpressure(dut):
     bench, lay = await _bench(dut, seed_offset=501)
@@ -112,11 +120,8 @@ async def test_memory_cache_carries_matmuls_and_copies_bit_exactly_under_backpre
     stats = bench.alloc(geom.stats_bytes)
     mem.write(stats, bytes(geom.stats_bytes))
     prog.add({"op": Opcode.CACHE, "action": CacheAction.STATS, "addr": stats, "bytes": 0, "store_addr": 0})
-    addr = bench.alloc(prog.nbytes)
-    mem.write(addr, prog.to_bytes())
-    golden = execute(mirror, addr, len(prog), lay)
+    golden, status = await _run_both(bench, mem, mirror, lay, prog, 8_000_000)
     assert golden.ok, golden.detail
-    status = await bench.run(addr, len(prog), timeout_cycles=8_000_000)
     assert status == 0, f"STATUS {status:#x}"
     assert await bench.reg_read("DESC_DONE") == len(prog)
     for i, layer in enumerate(layers):
@@ -198,11 +203,8 @@ async def test_memory_oblivious_map_bulk_format_and_queries_match_golden_under_b
               "count": 0})
     prog.add({"op": Opcode.OMAP, "action": OmapAction.QUERY, "ctrl_addr": state, "src_addr": q_src,
               "dst_addr": q_dst, "count": len(ops)})
-    addr = bench.alloc(prog.nbytes)
-    mem.write(addr, prog.to_bytes())
-    golden = execute(mirror, addr, len(prog), lay)
+    golden, status = await _run_both(bench, mem, mirror, lay, prog, 20_000_000)
     assert golden.ok, golden.detail
-    status = await bench.run(addr, len(prog), timeout_cycles=20_000_000)
     assert status == 0, f"STATUS {status:#x}"
     _same_state(bench, mirror, state, CB_BYTES + plan.dir_bytes + plan.meta_bytes + plan.node_region_bytes,
                 "after the queries")
@@ -220,10 +222,8 @@ async def test_memory_tampered_bin_and_bad_descriptors_stop_with_their_codes(dut
     prog = Program(lay)
     prog.add({"op": Opcode.OMAP, "action": OmapAction.FORMAT, "ctrl_addr": state, "src_addr": 0, "dst_addr": 0,
               "count": 0})
-    addr = bench.alloc(prog.nbytes)
-    mem.write(addr, prog.to_bytes())
-    assert execute(mirror, addr, 1, lay).ok
-    assert await bench.run(addr, 1, timeout_cycles=4_000_000) == 0
+    golden, status = await _run_both(bench, mem, mirror, lay, prog)
+    assert golden.ok and status == 0, (golden.detail, status)
     for b in range(plan.bins):                                # flip one bit of every bin's ciphertext
         raw = bytearray(bench.read(bins + b * geom.bin_stride, 8))
         raw[3] ^= 0x10
@@ -234,11 +234,8 @@ async def test_memory_tampered_bin_and_bad_descriptors_stop_with_their_codes(dut
               "count": 1})
     prog.add({"op": Opcode.OMAP, "action": OmapAction.QUERY, "ctrl_addr": state, "src_addr": src, "dst_addr": dst,
               "count": 0}, check=False)                       # never reached
-    addr = bench.alloc(prog.nbytes)
-    mem.write(addr, prog.to_bytes())
-    golden = execute(mirror, addr, len(prog), lay)
+    golden, status = await _run_both(bench, mem, mirror, lay, prog)
     assert (golden.error, golden.error_index) == (ErrorCode.OMAP_TAMPERED, 0)
-    status = await bench.run(addr, len(prog), timeout_cycles=4_000_000)
     assert status == golden.status, f"STATUS {status:#x}, golden {golden.status:#x}"
     assert bench.read(dst, geom.record_bytes) == bytes(geom.record_bytes), "a tampered query returned something"
     _same_state(bench, mirror, state, CB_BYTES, "after the tampered query")
@@ -249,8 +246,6 @@ async def test_memory_tampered_bin_and_bad_descriptors_stop_with_their_codes(dut
                         "dst_addr": dst, "count": 0}, ErrorCode.BAD_OMAP_COUNT)):
         prog = Program(lay)
         prog.add(bad, check=False)
-        addr = bench.alloc(prog.nbytes)
-        mem.write(addr, prog.to_bytes())
-        golden = execute(mirror, addr, 1, lay)
+        golden, status = await _run_both(bench, mem, mirror, lay, prog)
         assert golden.error == code
-        assert await bench.run(addr, 1) == golden.status
+        assert status == golden.status

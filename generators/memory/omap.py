@@ -406,6 +406,18 @@ class ObliviousMapUnit(wiring.Component):
             mask = (Const((1 << 64) - 1, W) << shift)[:W]
             return ((word & ~mask) | (Cat(hd, ver) << shift)[:W])[:W]
 
+        def host_transfer_at(offset, start, nxt):
+            """At slot cycle ``offset`` start the target bin's host read or write (later: an overrun)."""
+            with m.If(slot_t >= f(offset)):
+                with m.If(slot_t > f(offset)):
+                    m.d.sync += f("overruns").eq(f("overruns") + 1)
+                m.d.comb += start.eq(1)
+                m.d.sync += h_addr.eq(f("bins_base") + (target << stride_bits))
+                m.next = nxt
+
+        def bin_nonce(ver):
+            return Cat(target, Const(0, 32 - MAX_BINS_LOG2), ver, f("epoch"))
+
         def way_record(key, loc, valid):
             return Cat(key, loc, valid, Const(0, 31))
 
@@ -551,18 +563,12 @@ class ObliviousMapUnit(wiring.Component):
                     m.d.sync += zw.eq(0)
                     m.next = "F_ZERO"
             with m.State("T_READ"):
-                with m.If(slot_t >= f("t_read")):
-                    with m.If(slot_t > f("t_read")):
-                        m.d.sync += f("overruns").eq(f("overruns") + 1)
-                    m.d.comb += h_start_rd.eq(1)
-                    m.d.sync += h_addr.eq(f("bins_base") + (target << stride_bits))
-                    m.next = "T_READ_W"
+                host_transfer_at("t_read", h_start_rd, "T_READ_W")
             with m.State("T_READ_W"):
                 m.d.comb += self.stall.eq(1)
                 with m.If(h_done):
                     m.d.comb += a_start.eq(1)
-                    m.d.sync += [a_encrypt.eq(0), a_nonce.eq(Cat(target, Const(0, 32 - MAX_BINS_LOG2),
-                                                                    version, f("epoch")))]
+                    m.d.sync += [a_encrypt.eq(0), a_nonce.eq(bin_nonce(version))]
                     m.next = "DEC_W"
             with m.State("DEC_W"):
                 with m.If(a_done):
@@ -733,8 +739,7 @@ class ObliviousMapUnit(wiring.Component):
             # ---- seal and write the bin at its slot offset ------------------------------------
             with m.State("ENC"):
                 m.d.comb += a_start.eq(1)
-                m.d.sync += [a_encrypt.eq(1), a_nonce.eq(Cat(target, Const(0, 32 - MAX_BINS_LOG2),
-                                                              (version + 1)[:32], f("epoch")))]
+                m.d.sync += [a_encrypt.eq(1), a_nonce.eq(bin_nonce((version + 1)[:32]))]
                 m.next = "ENC_W"
             with m.State("ENC_W"):
                 with m.If(a_done):
@@ -742,12 +747,7 @@ class ObliviousMapUnit(wiring.Component):
                         m.d.sync += f("max_work").eq(slot_t)
                     m.next = "T_WRITE"
             with m.State("T_WRITE"):
-                with m.If(slot_t >= f("t_write")):
-                    with m.If(slot_t > f("t_write")):
-                        m.d.sync += f("overruns").eq(f("overruns") + 1)
-                    m.d.comb += h_start_wr.eq(1)
-                    m.d.sync += h_addr.eq(f("bins_base") + (target << stride_bits))
-                    m.next = "T_WRITE_W"
+                host_transfer_at("t_write", h_start_wr, "T_WRITE_W")
             with m.State("T_WRITE_W"):
                 m.d.comb += self.stall.eq(1)
                 with m.If(h_done):

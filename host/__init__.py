@@ -20,7 +20,10 @@ from .errors import (BufferStateError, DesignMismatchError, DeviceBusyError, Dev
 from .cluster import Cluster, ClusterError, open_cluster
 from .kvcache import KVCache, KVCacheError, KVCacheFullError, KVSequence
 from .linear import Linear, LinearRun
+from .memory import TileCache
+from .moe import MoE, MoERun
 from .models import Model
+from .omap import ObliviousMap, ObliviousMapFullError, TamperError
 from .open import BACKENDS, open_device
 from .program import ProgramBuilder, copy_buffer, fill_buffer
 from .vector import Vector
@@ -29,7 +32,8 @@ __all__ = [
     "open_device", "BACKENDS", "DesignManifest", "read_manifest", "open_cluster", "Cluster", "ClusterError",
     "Device", "Buffer", "RunStatus", "ProgramBuilder", "copy_buffer", "fill_buffer", "Linear", "LinearRun", "Model",
     "Attention", "AttentionRun", "Vector", "BlockConfig", "BlockWeights", "ModelProgram", "TransformerBlock",
-    "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError",
+    "KVCache", "KVSequence", "KVCacheError", "KVCacheFullError", "TileCache", "MoE", "MoERun", "ObliviousMap",
+    "ObliviousMapFullError", "TamperError",
     "DeviceError", "ManifestError", "DesignMismatchError", "DeviceTimeoutError", "DeviceRunError",
     "DeviceBusyError", "DeviceClosedError", "OutOfDeviceMemoryError", "BufferStateError",
     "ProtocolViolationError",

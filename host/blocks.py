@@ -369,9 +369,10 @@ class ModelProgram:
         dims = {"hidden": cfg.hidden, "intermediate": cfg.intermediate, "heads * head_dim": cfg.heads * cfg.head_dim,
                 "kv_heads * head_dim": cfg.kv_heads * cfg.head_dim}
         for name, d in dims.items():
-            if d % k_align or d % W8:
-                raise BlockProgramError(f"{name} = {d} must be a multiple of the matmul's k_align {k_align} "
-                                        f"(and of the {W8}-byte port word)")
+            if name != "kv_heads * head_dim" and d % k_align:            # a matmul's K
+                raise BlockProgramError(f"{name} = {d} must be a multiple of the matmul's k_align {k_align}")
+            if d % W8:
+                raise BlockProgramError(f"{name} = {d} must be a multiple of the {W8}-byte port word")
             if d > vg.max_dim:
                 raise BlockProgramError(f"{name} = {d} exceeds the vector engine's max_dim {vg.max_dim}")
         gu = 2 * cfg.intermediate if cfg.arch == "llama" else cfg.intermediate

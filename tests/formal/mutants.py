@@ -1,0 +1,214 @@
+"""Deliberately broken shell components: one mutation per property, each one its own test-only subclass.
+
+A mutation overrides signals after the production ``elaborate`` (a later ``m.d.comb``
+statement wins in Amaranth) or builds a block with a wrong internal parameter. The property
+it breaks is named with it; tests/formal/test_formal_mutations.py checks that SymbiYosys finds
+a counterexample for exactly that property's name (others may fail too).
+"""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Callable
+
+from amaranth.hdl import Signal
+
+from hbmforge.generators.formal.shell import (CheckedAxiPort, CheckedBurstReader, CheckedBurstWriter,
+                                              ControlHarness, PortHarness)
+from hbmforge.generators.shell import dma
+from hbmforge.generators.shell.control import ControlSlave
+
+#: the port every port mutant is built on: one reader, one writer (AxiPort passes both straight through)
+PORT = dict(data_width=32, addr_width=16, id_width=2, readers={"a": 0}, writer="o", max_burst_beats=4,
+            max_outstanding=2)
+SHIFT = 2
+
+
+def _flip(m) -> Signal:
+    flip = Signal(name="mutant_flip")
+    m.d.sync += flip.eq(~flip)
+    return flip
+
+
+@contextmanager
+def _patched(name: str, factory):
+    orig = getattr(dma, name)
+    setattr(dma, name, factory(orig))
+    try:
+        yield
+    finally:
+        setattr(dma, name, orig)
+
+
+class _Port(CheckedAxiPort):
+    """A port whose elaborate ends with ``self.mutate(m, reader_bus, writer_bus, flip)``."""
+
+    mutate: Callable = None
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        rd = self._reader_blocks["a"].bus
+        wr = self._writer_block.bus
+        type(self).mutate(self, m, rd, wr, _flip(m))
+        return m
+
+
+def _port(mutate=None, *, reader_class=CheckedBurstReader, writer_class=CheckedBurstWriter):
+    cls = type("MutantPort", (_Port,), {"mutate": mutate or (lambda self, m, rd, wr, flip: None)})
+    return PortHarness(cls(reader_class=reader_class, writer_class=writer_class, **PORT),
+                       max_outstanding=PORT["max_outstanding"])
+
+
+# -- readers/writers with a broken inside ------------------------------------------------------
+class OverIssuingReader(CheckedBurstReader):
+    """Issues one burst more than the outstanding limit it was built for."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self._max_outstanding += 1
+
+
+class OverIssuingWriter(CheckedBurstWriter):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self._max_outstanding += 1
+
+
+class ShortFifoReader(CheckedBurstReader):
+    """Its data FIFO holds fewer words than the credits it hands out."""
+
+    def elaborate(self, platform):
+        with _patched("SyncFIFOBuffered", lambda orig: lambda *, width, depth: orig(width=width, depth=depth - 3)):
+            return super().elaborate(platform)
+
+
+class ShortLengthQueueWriter(CheckedBurstWriter):
+    """Its W-length queue is shorter than its burst tracker."""
+
+    def elaborate(self, platform):
+        def factory(orig):
+            return lambda *, width, depth: orig(width=width, depth=max(1, depth - 1) if width == 8 else depth)
+        with _patched("SyncFIFO", factory):
+            return super().elaborate(platform)
+
+
+def _writer_override(target: str, value_of):
+    class W(CheckedBurstWriter):
+        def elaborate(self, platform):
+            m = super().elaborate(platform)
+            fifo_name, member = target.split(".")
+            sig = getattr(m.submodules[fifo_name], member) if fifo_name != "self" else getattr(self, member).valid
+            m.d.comb += sig.eq(value_of(m))
+            return m
+    return W
+
+
+class DroppingReader(CheckedBurstReader):
+    """Withdraws a data word while the consumer stalls."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.data.valid.eq(m.submodules.fifo.r_rdy & _flip(m))
+        return m
+
+
+# -- control slaves ------------------------------------------------------------------------------
+def _control(layout, mutate):
+    class C(ControlSlave):
+        def elaborate(self, platform):
+            m = super().elaborate(platform)
+            mutate(self, m, _flip(m))
+            return m
+    return ControlHarness(control=C(layout))
+
+
+@dataclass(frozen=True)
+class Mutant:
+    prop: str                 # the property it must break
+    what: str
+    build: Callable           # (layout) -> harness
+    depth: int = 10           # BMC steps that reach the failure
+
+
+def _p(prop, what, mutate=None, depth=10, **classes):
+    return Mutant(prop, what, lambda layout: _port(mutate, **classes), depth)
+
+
+def _c(prop, what, mutate):
+    return Mutant(prop, what, lambda layout: _control(layout, mutate))
+
+
+PORT_MUTANTS = [
+    _p("ar.valid_held", "ARVALID withdrawn every other cycle",
+       lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.arvalid.eq(rd.arvalid & f))),
+    _p("ar.stable", "ARADDR moves while stalled", lambda s, m, rd, wr, f: m.d.comb.__iadd__(
+        s.bus.araddr.eq(rd.araddr + (f << (SHIFT + 4))))),
+    _p("ar.incr", "FIXED bursts", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.arburst.eq(0))),
+    _p("ar.size", "half-width beats", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.arsize.eq(SHIFT - 1))),
+    _p("ar.max_len", "one beat too many", lambda s, m, rd, wr, f: m.d.comb.__iadd__(
+        s.bus.arlen.eq(rd.arlen + PORT["max_burst_beats"]))),
+    _p("ar.aligned", "byte address", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.araddr.eq(rd.araddr | 1))),
+    _p("ar.no_4k_cross", "bursts start 4 bytes before a page end",
+       lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.araddr.eq(rd.araddr | 0xFFC))),
+    _p("ar.known_id", "a foreign ARID", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.arid.eq(3))),
+    _p("r.ready", "R back-pressured", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.rready.eq(f))),
+    _p("ar.outstanding", "reader issues one burst past its limit", depth=14, reader_class=OverIssuingReader),
+    _p("rd.fifo_room", "reader FIFO smaller than its credits", depth=14, reader_class=ShortFifoReader),
+    _p("rd.data.held", "reader withdraws a word", reader_class=DroppingReader),
+    _p("aw.valid_held", "AWVALID withdrawn every other cycle",
+       lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.awvalid.eq(wr.awvalid & f))),
+    _p("aw.stable", "AWADDR moves while stalled", lambda s, m, rd, wr, f: m.d.comb.__iadd__(
+        s.bus.awaddr.eq(wr.awaddr + (f << (SHIFT + 4))))),
+    _p("aw.incr", "WRAP bursts", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.awburst.eq(2))),
+    _p("aw.size", "half-width beats", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.awsize.eq(SHIFT - 1))),
+    _p("aw.max_len", "one beat too many", lambda s, m, rd, wr, f: m.d.comb.__iadd__(
+        s.bus.awlen.eq(wr.awlen + PORT["max_burst_beats"]))),
+    _p("aw.aligned", "byte address", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.awaddr.eq(wr.awaddr | 2))),
+    _p("aw.no_4k_cross", "bursts start 4 bytes before a page end",
+       lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.awaddr.eq(wr.awaddr | 0xFFC))),
+    _p("aw.outstanding", "writer issues one burst past its limit", depth=14, writer_class=OverIssuingWriter),
+    _p("w.valid_held", "WVALID withdrawn every other cycle",
+       lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.wvalid.eq(wr.wvalid & f))),
+    _p("w.stable", "WDATA moves while stalled", lambda s, m, rd, wr, f: m.d.comb.__iadd__(
+        s.bus.wdata.eq(wr.wdata ^ f))),
+    _p("w.full_strobes", "a byte left out", lambda s, m, rd, wr, f: m.d.comb.__iadd__(
+        s.bus.wstrb.eq(wr.wstrb & 0b1110))),
+    _p("w.last_count", "WLAST on every beat", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.wlast.eq(1))),
+    _p("w.has_address", "no AW at all", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.awvalid.eq(0))),
+    _p("wr.wlen_room", "W-length queue shorter than the tracker", depth=14, writer_class=ShortLengthQueueWriter),
+    _p("wr.track_room", "tracker pushed every cycle",
+       writer_class=_writer_override("track.w_en", lambda m: 1)),
+    _p("wr.track_no_underflow", "tracker popped every cycle",
+       writer_class=_writer_override("track.r_en", lambda m: 1)),
+    _p("wr.wlen_no_underflow", "W lengths popped every cycle",
+       writer_class=_writer_override("wlen.r_en", lambda m: 1)),
+    _p("wr.fifo_no_underflow", "data popped every cycle",
+       writer_class=_writer_override("fifo.r_en", lambda m: 1)),
+    _p("wr.done.held", "done withdrawn while stalled",
+       writer_class=_writer_override("self.done", _flip)),
+]
+
+CONTROL_MUTANTS = [
+    _c("b.valid_held", "BVALID toggles", lambda s, m, f: m.d.comb.__iadd__(s.bus.bvalid.eq(f))),
+    _c("r.valid_held", "RVALID toggles", lambda s, m, f: m.d.comb.__iadd__(s.bus.rvalid.eq(f))),
+    _c("r.stable", "RDATA moves while waiting", lambda s, m, f: m.d.comb.__iadd__(s.bus.rdata.eq(f))),
+    _c("b.okay", "SLVERR on writes", lambda s, m, f: m.d.comb.__iadd__(s.bus.bresp.eq(2))),
+    _c("r.okay", "SLVERR on reads", lambda s, m, f: m.d.comb.__iadd__(s.bus.rresp.eq(2))),
+    _c("b.after_write", "B without a write", lambda s, m, f: m.d.comb.__iadd__(s.bus.bvalid.eq(1))),
+    _c("r.after_read", "R without a read", lambda s, m, f: m.d.comb.__iadd__(s.bus.rvalid.eq(1))),
+    _c("aw.in_flight", "AW always ready", lambda s, m, f: m.d.comb.__iadd__(s.bus.awready.eq(1))),
+    _c("w.in_flight", "W always ready", lambda s, m, f: m.d.comb.__iadd__(s.bus.wready.eq(1))),
+    _c("ar.one_in_flight", "AR always ready", lambda s, m, f: m.d.comb.__iadd__(s.bus.arready.eq(1))),
+    _c("aw.accounted", "AW ready while a write is held", lambda s, m, f: m.d.comb.__iadd__(s.bus.awready.eq(f))),
+    _c("w.accounted", "W ready while a write is held", lambda s, m, f: m.d.comb.__iadd__(s.bus.wready.eq(f))),
+    _c("ar.accounted", "AR ready while a read waits", lambda s, m, f: m.d.comb.__iadd__(s.bus.arready.eq(f))),
+    _c("ap.start_idle", "start every cycle", lambda s, m, f: m.d.comb.__iadd__(s.start.eq(1))),
+    _c("ap.start_pulse", "start held two cycles", lambda s, m, f: m.d.comb.__iadd__(
+        s.start.eq(~s.busy | f))),
+    _c("ap.busy_after_start", "never busy", lambda s, m, f: m.d.comb.__iadd__(s.busy.eq(0))),
+    _c("ap.busy_until_done", "busy drops early", lambda s, m, f: m.d.comb.__iadd__(s.busy.eq(f))),
+    _c("ap.idle_after_done", "busy forever", lambda s, m, f: m.d.comb.__iadd__(s.busy.eq(1))),
+]
+
+#: one per property group, run in CI (the whole list under -m slow)
+CI_MUTANTS = ("ar.no_4k_cross", "ar.stable", "w.last_count", "wr.track_room", "b.valid_held", "ap.start_idle")

@@ -265,13 +265,19 @@ class NetworkEngine(wiring.Component):
         tx_busy = Signal()
         axis_o = self.m_axis_net
         tx_fire = Signal()
+        def load():
+            """The next queued header, at IDLE or on a packet's last word (back to back)."""
+            m.d.comb += hdrq.r_en.eq(1)
+            with m.If(hdrq.r_rdy):
+                view = data.View(tx_entry, hdrq.r_data)
+                m.d.sync += [Value.cast(tx_cur).eq(hdrq.r_data), tx_beat.eq(0), tx_left.eq(view.words)]
+                m.next = "HEADER"
+            with m.Else():
+                m.next = "IDLE"
+
         with m.FSM(name="tx"):
             with m.State("IDLE"):
-                m.d.comb += hdrq.r_en.eq(1)
-                with m.If(hdrq.r_rdy):
-                    view = data.View(tx_entry, hdrq.r_data)
-                    m.d.sync += [Value.cast(tx_cur).eq(hdrq.r_data), tx_beat.eq(0), tx_left.eq(view.words)]
-                    m.next = "HEADER"
+                load()
             with m.State("HEADER"):
                 m.d.comb += [tx_busy.eq(1), axis_o.tvalid.eq(1),
                              axis_o.tdata.eq(Value.cast(tx_cur.hdr).word_select(tx_beat, W) if H > 1
@@ -284,7 +290,7 @@ class NetworkEngine(wiring.Component):
                     with m.Elif(tx_left != 0):
                         m.next = "DATA"
                     with m.Else():
-                        m.next = "IDLE"
+                        load()
             with m.State("DATA"):
                 m.d.comb += [tx_busy.eq(1), axis_o.tvalid.eq(self.src_data.valid),
                              axis_o.tdata.eq(self.src_data.payload), axis_o.tlast.eq(tx_left == 1),
@@ -293,7 +299,7 @@ class NetworkEngine(wiring.Component):
                     m.d.comb += tx_fire.eq(1)
                     m.d.sync += tx_left.eq(tx_left - 1)
                     with m.If(tx_left == 1):
-                        m.next = "IDLE"
+                        load()
         tx_idle = ~cmd_pending & ~hdrq.r_rdy & ~tx_busy
 
         # -- receiving ---------------------------------------------------------------------------

@@ -100,8 +100,8 @@ class AggregationSwitch(wiring.Component):
         owner_dest = Signal(n)
         rr = Signal(range(U))
         room = []
-        for unit in units:
-            ok = Cat(*(~unit.bus_dest[p] | (txs[p].hdr_room & (txs[p].data_free >= unit.bus_words))
+        for unit in units:           # one word more than needed: the last owner may push its last word now
+            ok = Cat(*(~unit.bus_dest[p] | (txs[p].hdr_room & (txs[p].data_free > unit.bus_words))
                        for p in range(n))).all()
             room.append(unit.bus_req & ok)
         want = Signal(U)
@@ -117,22 +117,23 @@ class AggregationSwitch(wiring.Component):
         bus_dest = Array(u.bus_dest for u in units)
         bus_words = Array(u.bus_words for u in units)
         grant = Signal()
-        m.d.comb += grant.eq(~owned & any_)
+        valid = Array(u.bus_valid for u in units)[owner]
+        last = Array(u.bus_last for u in units)[owner]
+        word = Array(u.bus_data for u in units)[owner]
+        releasing = owned & valid & last             # the owner pushes its last word: the bus is free now
+        m.d.comb += grant.eq((~owned | releasing) & any_)
         for u, unit in enumerate(units):
             m.d.comb += unit.bus_grant.eq(grant & (pick == u))
         for p, tx in enumerate(txs):
             m.d.comb += [tx.hdr_in.eq(bus_hdr[pick]), tx.hdr_push.eq(grant & bus_dest[pick][p])]
+        with m.If(releasing):
+            m.d.sync += owned.eq(0)
         with m.If(grant & (bus_words[pick] != 0)):
             m.d.sync += [owned.eq(1), owner.eq(pick), owner_dest.eq(bus_dest[pick])]
         with m.If(grant):
             m.d.sync += rr.eq(Mux(pick == U - 1, 0, pick + 1))
-        valid = Array(u.bus_valid for u in units)[owner]
-        last = Array(u.bus_last for u in units)[owner]
-        word = Array(u.bus_data for u in units)[owner]
         for p, tx in enumerate(txs):
             m.d.comb += [tx.data_in.eq(word), tx.data_push.eq(owned & valid & owner_dest[p])]
-        with m.If(owned & valid & last):
-            m.d.sync += owned.eq(0)
 
         # -- counters ------------------------------------------------------------------------
         for p in range(n):

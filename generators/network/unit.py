@@ -354,6 +354,8 @@ class AggregationUnit(wiring.Component):
         reply = Signal(HEADER_LAYOUT)
         m.d.comb += [Value.cast(reply).eq(Value.cast(body)), reply.check.eq(header_check(Value.cast(body)))]
 
+        n_words = Signal(range(P + 1))       # words this packet moves
+        m.d.comb += n_words.eq(Mux(l_act == _Act.ADD, h.count, l_words))
         i_issue = Signal(range(P + 1))       # next word to read
         s2_valid = Signal()                  # the word read last cycle is here
         s2_word = Signal(range(P))
@@ -386,15 +388,16 @@ class AggregationUnit(wiring.Component):
                 with m.Else():
                     m.next = "END"
             with m.State("BUS"):
+                # word 0 is being read (i_issue = 0): at the grant it is there the next cycle, so
+                # the packet's words follow its header on the bus without a gap
                 m.d.comb += self.bus_req.eq(1)
                 with m.If(self.bus_grant):
                     with m.If(l_words == 0):
                         m.next = "END"
                     with m.Else():
+                        m.d.sync += [i_issue.eq(1), s2_valid.eq(1), s2_word.eq(0), s2_last.eq(n_words == 1)]
                         m.next = "STREAM"
             with m.State("STREAM"):
-                n_words = Signal(range(P + 1))
-                m.d.comb += n_words.eq(Mux(l_act == _Act.ADD, h.count, l_words))
                 with m.If(i_issue < n_words):
                     m.d.sync += [i_issue.eq(i_issue + 1), s2_valid.eq(1), s2_word.eq(i_issue[:pbits] if pbits else 0),
                                  s2_last.eq(i_issue + 1 == n_words)]

@@ -25,6 +25,8 @@ from hbmforge.numerics import matmul_int8, matmul_int32, storage_range
 
 from hbmforge.sim.kernel_bench import KernelBench, load_bench_manifest
 
+from .coverage_points import attach as attach_coverage
+
 SEED = int(os.environ.get("HBMFORGE_SEED", "1"))
 CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))
 BUSY = float(os.environ.get("HBMFORGE_TB_BUSY", "0.3"))
@@ -177,7 +179,9 @@ async def _bench(dut, *, seed_offset: int = 0, busy: float = BUSY) -> tuple[Kern
     bench = KernelBench(dut, manifest, seed=SEED * 1000 + seed_offset, busy=busy,
                         extra_latency=(4, 40) if busy > 0 else (0, 0))
     await bench.reset()
-    return bench, read_manifest(manifest).layout
+    layout = read_manifest(manifest).layout
+    attach_coverage(bench, layout)      # functional coverage when HBMFORGE_FCOV is set (coverage_points.py)
+    return bench, layout
 
 
 async def _program(bench: KernelBench, prog: Program) -> int:

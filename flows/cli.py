@@ -342,6 +342,49 @@ def sim(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
 
 
 @_command()
+def verify(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
+           output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                 help="Report directory (default: verify-<name>)."),
+           as_json: bool = typer.Option(False, "--json", help="Print the report as one JSON object."),
+           formal: bool = typer.Option(True, "--formal/--no-formal", help="Run the SymbiYosys proofs."),
+           coverage: bool = typer.Option(True, "--coverage/--no-coverage",
+                                         help="Run the regression on a coverage build."),
+           scale: str = typer.Option("small", "--scale", help="Formal port parameters: small or full."),
+           depth: Optional[int] = typer.Option(None, "--depth", help="Proof depth (k-induction/BMC steps)."),
+           seed: int = typer.Option(1, "--seed", help="Random seed for the regression."),
+           cases: int = typer.Option(4, "--cases", help="Random layers per regression test."),
+           min_line: float = typer.Option(0.0, "--min-line",
+                                          help="Fail (exit 1) below this line coverage, e.g. 0.95.")):
+    """Formal proofs, code and functional coverage and the regression: one table, reports in -o."""
+    from .verify import verify as run_verify
+
+    if scale not in ("small", "full"):
+        _fail(f"--scale must be 'small' or 'full', got {scale!r}")
+    if not 0.0 <= min_line <= 1.0:
+        _fail(f"--min-line must be in [0, 1], got {min_line}")
+    cfg = _load(config).config
+    out = output if output is not None else Path(f"verify-{cfg.name}")
+    if out.exists() and not out.is_dir():
+        _fail(f"cannot write the reports into {out}: it exists and is not a directory")
+    rep = run_verify(cfg, out_dir=out, formal=formal, coverage=coverage, scale=scale, depth=depth, seed=seed,
+                     cases=cases, target_line=min_line or 0.95,
+                     console=None if as_json else err_console)
+    if as_json:
+        console.print_json(json.dumps(rep.to_json()))
+    else:
+        table = Table(title=f"hbmforge verify {cfg.name}: {'OK' if rep.ok else 'FAILED'} ({rep.seconds:.0f} s)")
+        for col in ("part", "what", "result"):
+            table.add_column(col)
+        for row in rep.rows():
+            table.add_row(*row)
+        console.print(table)
+        _say(f"wrote {out}/report.json, {out}/summary.txt, {out}/coverage/ (lcov, html, uncovered lines)")
+    line = rep.to_json()["rtl_line_coverage"]
+    if not rep.ok or (min_line and line is not None and line < min_line):
+        raise typer.Exit(1)
+
+
+@_command()
 def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         layer: str = typer.Option("linear", "--layer", help="Layer to run: linear or attention."),
         m: int = typer.Option(1, "--m", help="linear: rows of activations (tokens)."),

@@ -120,12 +120,24 @@ class MoE:
             raise ValueError(f"x must be [T >= 1, {self._d}], got shape {x.shape}")
         return route(x.astype(np.float32) @ self._router.T, self._top_k)
 
-    def __call__(self, x, *, timeout: float = 60.0) -> np.ndarray:
-        """``x`` float [T, d] -> float [T, d]: each token's top-k experts, gate-weighted."""
+    def __call__(self, x, *, routing=None, timeout: float = 60.0) -> np.ndarray:
+        """``x`` float [T, d] -> float [T, d]: each token's top-k experts, gate-weighted.
+        ``routing``: ``(experts [T, k] int, gates [T, k] float)`` to use instead of the router
+        (replaying a recorded expert trace)."""
         x = real_array("x", x, ndim=(2,), what=f"a float [T, {self._d}] array")
         if x.shape[1] != self._d or x.shape[0] == 0:
             raise ValueError(f"x must be [T >= 1, {self._d}], got shape {x.shape}")
-        experts, gates = self.route(x)
+        if routing is None:
+            experts, gates = self.route(x)
+        else:
+            if not isinstance(routing, (tuple, list)) or len(routing) != 2:
+                raise TypeError(f"routing must be a pair (experts, gates), got {type(routing).__name__}")
+            experts = np.asarray(routing[0])
+            gates = np.asarray(routing[1], dtype=np.float32)
+            if experts.shape != (x.shape[0], self._top_k) or gates.shape != experts.shape \
+                    or experts.dtype.kind not in "iu" or not ((experts >= 0) & (experts < len(self._experts))).all():
+                raise ValueError(f"routing must be (experts [T={x.shape[0]}, {self._top_k}] ints in "
+                                 f"[0, {len(self._experts)}), gates of the same shape)")
         run = MoERun(tokens=x.shape[0])
         t0 = time.monotonic()
         out = np.zeros((x.shape[0], self._d), dtype=np.float64)

@@ -124,6 +124,12 @@ def test_moe_on_the_device_matches_the_golden_device_and_counts_its_cache_traffi
     assert sorted(set(moe.last_run.expert_calls)) == sorted(set(chosen.ravel().tolist()))
     assert moe.last_run.cache["misses"] > 0
     assert np.abs(y - moe.reference(x)).max() < 0.2 * np.abs(moe.reference(x)).max()
+    # a recorded routing replays exactly: the router's own choice gives the same output
+    assert np.array_equal(moe(x, routing=(chosen, gates)), y)
+    with pytest.raises(ValueError, match="routing must be"):
+        moe(x, routing=(chosen + experts, gates))
+    with pytest.raises(TypeError, match="routing must be a pair"):
+        moe(x, routing=chosen)
     with pytest.raises(ValueError, match="experts must list one expert per router row"):
         MoE(dev, router, mats[:2])
     with pytest.raises(ValueError, match=r"x must be \[T >= 1, 64\]"):

@@ -149,6 +149,7 @@ class _Model:
     burst: object                  # function(channel, beats, to_page_end)
     stall: object                  # function(channel, run)
     names: list = field(default_factory=list)
+    design: int = 0                # the layout's hash64: one model per process (one simulated design)
 
 
 _MODEL: _Model | None = None
@@ -158,6 +159,9 @@ def coverage_model(lay) -> _Model:
     """The cover points of ``lay`` registered in cocotb-coverage's database (once per process)."""
     global _MODEL
     if _MODEL is not None:
+        if _MODEL.design != lay.hash64:
+            raise RuntimeError("cocotb-coverage keeps one database per process: this process already "
+                               f"samples the design {_MODEL.design:#x}")
         return _MODEL
     from cocotb_coverage.coverage import CoverCross, CoverPoint
 
@@ -205,7 +209,7 @@ def coverage_model(lay) -> _Model:
         stall_points[ch] = stall_one
         names.append(f"backpressure.{ch}")
     names += ["status.error", "axi.ar_len", "axi.aw_len", "axi.ar_4k", "axi.aw_4k"]
-    _MODEL = _Model(samplers, status, burst, lambda ch, run: stall_points[ch](run), names)
+    _MODEL = _Model(samplers, status, burst, lambda ch, run: stall_points[ch](run), names, lay.hash64)
     return _MODEL
 
 

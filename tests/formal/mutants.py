@@ -83,11 +83,12 @@ class ShortFifoReader(CheckedBurstReader):
 
 
 class ShortLengthQueueWriter(CheckedBurstWriter):
-    """Its W-length queue is shorter than its burst tracker."""
+    """Its W-length queue is two entries shorter than its burst tracker (one less still fits: a
+    length leaves the queue when its W burst starts, before the tracker's entry retires at B)."""
 
     def elaborate(self, platform):
         def factory(orig):
-            return lambda *, width, depth: orig(width=width, depth=max(1, depth - 1) if width == 8 else depth)
+            return lambda *, width, depth: orig(width=width, depth=max(0, depth - 2) if width == 8 else depth)
         with _patched("SyncFIFO", factory):
             return super().elaborate(platform)
 

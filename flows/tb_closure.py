@@ -152,3 +152,17 @@ async def test_unmapped_registers_read_zero(dut):
     assert (await bench.ctrl.read_dword(ctrl)) & (1 << 7)
     await bench.ctrl.write_dword(ctrl, 0)
     assert not (await bench.ctrl.read_dword(ctrl)) & (1 << 7)
+
+
+@cocotb.test()
+async def test_empty_and_misaligned_programs_and_the_ready_interrupt(dut):
+    bench, lay = await _bench(dut, seed_offset=905, busy=0.0)
+    addr = bench.alloc(lay.descriptor_bytes)
+    await bench.reg_write("IER", 0b11)                               # ap_done and ap_ready events
+    assert await bench.run(addr, 0) == 0                            # count 0: done at once, nothing run
+    assert await bench.reg_read("DESC_DONE") == 0
+    assert await bench.reg_read("ISR") == 0b11
+    await bench.reg_write("ISR", 0b11)                               # toggle both back
+    assert await bench.reg_read("ISR") == 0
+    status = await bench.run(addr + 4, 1)                            # program not word-aligned
+    assert status & 1 and (status >> 8) & 0xFF == ErrorCode.MISALIGNED, f"STATUS={status:#x}"

@@ -229,17 +229,21 @@ class ObliviousMapUnit(wiring.Component):
         tag_calc = Signal(128)
         counter = Signal(32)
         m.d.comb += [chacha.req.payload.key.eq(0), chacha.req.payload.words.eq(0)]
+
+        def keystream_request(nxt):
+            """Ask for ChaCha20 block ``counter`` of the bin's nonce under k_enc."""
+            m.d.comb += [a_owner.eq(1), chacha.req.valid.eq(1), chacha.req.payload.key.eq(f("k_enc")),
+                         chacha.req.payload.words.eq(Cat(counter, a_nonce))]
+            with m.If(chacha.req.ready):
+                m.next = nxt
+
         with m.FSM(name="aead"):
             with m.State("IDLE"):
                 with m.If(a_start):
                     m.d.sync += [a_word.eq(0), half.eq(0), counter.eq(0)]
                     m.next = "KEYREQ"
-            with m.State("KEYREQ"):
-                m.d.comb += a_owner.eq(1)
-                m.d.comb += [chacha.req.valid.eq(1), chacha.req.payload.key.eq(f("k_enc")),
-                             chacha.req.payload.words.eq(Cat(counter, a_nonce))]
-                with m.If(chacha.req.ready):
-                    m.next = "KEYBLK"
+            with m.State("KEYREQ"):             # block 0: the Poly1305 key
+                keystream_request("KEYBLK")
             with m.State("KEYBLK"):
                 m.d.comb += a_owner.eq(1)
                 with m.If(chacha.block.valid):
@@ -258,11 +262,7 @@ class ObliviousMapUnit(wiring.Component):
                     m.d.comb += bin_raddr.eq(a_word)
                     m.next = "READ"
             with m.State("KSREQ"):
-                m.d.comb += a_owner.eq(1)
-                m.d.comb += [chacha.req.valid.eq(1), chacha.req.payload.key.eq(f("k_enc")),
-                             chacha.req.payload.words.eq(Cat(counter, a_nonce))]
-                with m.If(chacha.req.ready):
-                    m.next = "KSBLK"
+                keystream_request("KSBLK")
             with m.State("KSBLK"):
                 m.d.comb += a_owner.eq(1)
                 m.d.comb += chacha.block.ready.eq(1)

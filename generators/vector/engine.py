@@ -774,6 +774,16 @@ class VectorEngine(wiring.Component):
         m.d.comb += rc_addr.eq(maddr)
         st_last_row = st_r + 1 == nv
 
+        def next_head(again: str) -> None:
+            """After head st_h of row st_r: the next head (state ``again``), the next row, or FLUSH."""
+            m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1)]
+            m.next = again
+            with m.If(st_h + 1 == heads):
+                m.d.sync += [st_h.eq(0), st_r.eq(st_r + 1)]
+                with m.If(st_last_row):
+                    m.d.sync += st_r.eq(0)
+                    m.next = "FLUSH"
+
         with m.FSM(name="store"):
             with m.State("IDLE"):
                 with m.If(store_start):
@@ -832,13 +842,7 @@ class VectorEngine(wiring.Component):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_TRL), op_r.eq(st_r), op_g.eq(st_h), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
                     with m.If(st_c + 1 == trl_chunks):
-                        m.d.sync += [st_c.eq(0), st_h.eq(st_h + 1)]
-                        m.next = "VAL"
-                        with m.If(st_h + 1 == heads):
-                            m.d.sync += [st_h.eq(0), st_r.eq(st_r + 1)]
-                            with m.If(st_last_row):
-                                m.d.sync += st_r.eq(0)
-                                m.next = "FLUSH"
+                        next_head("VAL")
             with m.State("SCMD"):
                 m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + blk * SB), wc_bytes.eq(SB)]
                 with m.If(wc_take):
@@ -890,13 +894,7 @@ class VectorEngine(wiring.Component):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
                     with m.If(st_c + 1 == span_words * ppw):
-                        m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1)]
-                        m.next = "CMD"
-                        with m.If(st_h + 1 == heads):
-                            m.d.sync += [st_h.eq(0), st_r.eq(st_r + 1)]
-                            with m.If(st_last_row):
-                                m.d.sync += st_r.eq(0)
-                                m.next = "FLUSH"
+                        next_head("CMD")
             with m.State("FLUSH"):
                 # no micro-op reads the tiles any more: the next block may be loaded
                 with m.If((st_inflight == 0) & ~t1_v):

@@ -1,3 +1,4 @@
+# amaranth: UnusedElaboratable=no
 """The vector engine alone (amaranth.sim on the DMA bench): every kind of descriptor, bit for bit
 against hbmforge.numerics.vector.run_vector, under random stalls and back-pressure, on port widths
 where a blocked word holds several rows' columns (R <= lanes) and where a column spans words."""

@@ -361,6 +361,7 @@ class ObliviousMapUnit(wiring.Component):
         hit = Signal()
         hit_ref = Signal(32)
         hit_loc = Signal(32)
+        hit_label = Signal(MAX_BINS_LOG2)   # the bin a query of the key reads (its entry's label)
         free_ok = Signal(2)
         free_ref = Signal(64)
         vcount = Signal(2 * 5)
@@ -418,8 +419,8 @@ class ObliviousMapUnit(wiring.Component):
         def bin_nonce(ver):
             return Cat(target, Const(0, 32 - MAX_BINS_LOG2), ver, f("epoch"))
 
-        def way_record(key, loc, valid):
-            return Cat(key, loc, valid, Const(0, 31))
+        def way_record(key, loc, valid, label):
+            return Cat(key, loc, valid, Const(0, 31), label, Const(0, 32 - MAX_BINS_LOG2))
 
         def slot_record(ref, valid, key, val):
             return Cat(ref, valid, Const(0, 31), key, val)
@@ -526,7 +527,8 @@ class ObliviousMapUnit(wiring.Component):
                 ref = cur_bucket * WAYS + way_i
                 cnt = vcount.word_select(bucket_i, 5)
                 with m.If(w_valid & (way[:128] == qkey) & ~hit):
-                    m.d.sync += [hit.eq(1), hit_ref.eq(ref), hit_loc.eq(way[128:160])]
+                    m.d.sync += [hit.eq(1), hit_ref.eq(ref), hit_loc.eq(way[128:160]),
+                                 hit_label.eq(way[192:192 + MAX_BINS_LOG2])]
                 with m.If(w_valid):
                     m.d.sync += cnt.eq(cnt + 1)
                 with m.Elif(~free_ok.bit_select(bucket_i, 1)):
@@ -544,8 +546,8 @@ class ObliviousMapUnit(wiring.Component):
                 second = vcount[5:10] < vcount[:5]
                 m.d.sync += [free_ok[0].eq(Mux(second, free_ok[1], free_ok[0])),
                              free_ref[:32].eq(Mux(second, free_ref[32:64], free_ref[:32]))]
-                in_bin = hit & ~hit_loc[31]
-                m.d.sync += target.eq(Mux(in_bin, hit_loc[:MAX_BINS_LOG2], dummy))
+                # a key in the map reads its label (in a bin or not), any other a fresh dummy
+                m.d.sync += target.eq(Mux(hit, hit_label, dummy))
                 with m.If(job.action == OmapAction.BULK):
                     m.next = "B_DECIDE"
                 with m.Elif(f("free_head") == 0):
@@ -691,7 +693,8 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(word_i == slot_words - 1):
                     m.next = "EV_WAY"
             hbm_write("EV_WAY", f("dir_base") + rreg[:32] * g.way_bytes, g.unit,
-                      way_record(rreg[64:192], Cat(target, Const(0, 32 - MAX_BINS_LOG2)), Const(1, 1)), "EV_FREE")
+                      way_record(rreg[64:192], Cat(target, Const(0, 32 - MAX_BINS_LOG2)), Const(1, 1), target),
+                      "EV_FREE")
             hbm_write("EV_FREE", node_addr(node) + g.slot_bytes, g.unit,
                       link_record(f("free_head"), Const(0, 32), Const(NODE_FREE, 32)), "EV_NEXT")
             with m.State("EV_NEXT"):
@@ -728,7 +731,7 @@ class ObliviousMapUnit(wiring.Component):
                     m.d.sync += f("nodes_peak").eq(used)
                 m.next = "P_WAY"
             hbm_write("P_WAY", f("dir_base") + ent_ref * g.way_bytes, g.unit,
-                      way_record(qkey, Cat(node[:31], Const(1, 1)), Const(1, 1)), "P_RET")
+                      way_record(qkey, Cat(node[:31], Const(1, 1)), Const(1, 1), label), "P_RET")
             with m.State("P_RET"):
                 with m.If(job.action == OmapAction.BULK):
                     m.d.sync += f("count").eq(f("count") + 1)

@@ -139,8 +139,9 @@ class OmapGeometry:
       ``OmapStatus``.
     * host bin: ``bin_slots`` encrypted slots and the 16-byte Poly1305 tag, ``bin_bytes``
       (whole words) at ``bins_base + bin * bin_stride``.
-    * directory way, ``unit`` bytes: key[16] | loc u32 | flags u32 (bit 0 valid); ``dir_ways``
-      ways per bucket; entry ``ref = bucket * dir_ways + way``.
+    * directory way, ``unit`` bytes: key[16] | loc u32 | flags u32 (bit 0 valid) | label u32
+      (the entry's bin: where it is, or where its stash node waits to go; a query of the key
+      reads this bin); ``dir_ways`` ways per bucket; entry ``ref = bucket * dir_ways + way``.
     * stash node: a slot then a link record of ``unit`` bytes: next u32 (node + 1, 0: none) |
       label u32 (its bin) | state u32 (free, live, dead).
     * bin meta: 8 bytes per bin, head u32 (the first stash node labelled with it, + 1) |
@@ -211,15 +212,15 @@ class OmapGeometry:
         ref, flags = struct.unpack_from("<II", raw, 0)
         return ref, bool(flags & 1), bytes(raw[8:24]), bytes(raw[24:24 + self.value_bytes])
 
-    def pack_way(self, key: bytes, loc: int, valid: bool) -> bytes:
+    def pack_way(self, key: bytes, loc: int, valid: bool, label: int) -> bytes:
         out = bytearray(self.unit)
         out[:KEY_BYTES] = key.ljust(KEY_BYTES, b"\0")
-        struct.pack_into("<II", out, 16, loc, 1 if valid else 0)
+        struct.pack_into("<III", out, 16, loc, 1 if valid else 0, label)
         return bytes(out)
 
-    def unpack_way(self, raw: bytes) -> tuple[bytes, int, bool]:
-        loc, flags = struct.unpack_from("<II", raw, 16)
-        return bytes(raw[:16]), loc, bool(flags & 1)
+    def unpack_way(self, raw: bytes) -> tuple[bytes, int, bool, int]:
+        loc, flags, label = struct.unpack_from("<III", raw, 16)
+        return bytes(raw[:16]), loc, bool(flags & 1), label
 
     def pack_link(self, next_node: int, label: int, state: int) -> bytes:
         out = bytearray(self.unit)
@@ -240,10 +241,11 @@ class OmapPlan:
       hashing keeps the fullest bucket near ``ways / 4 + log2 log N``);
     * ``nodes``: the stash pool, ``capacity + bins + 1024``: a bulk load parks every entry in
       the stash before the format sweep, and the pool can always hold every live entry. Under
-      uniform queries about 40% of the entries wait in the stash for their bin (a bin is read
-      about once per ``bins`` queries, an entry is queried once per ``capacity``) and about as
-      many dead nodes wait to be popped: ~0.8 ``capacity`` nodes in use (measured by
-      :class:`hbmforge.numerics.omap_scale.OmapScaleModel`; docs/engines/memory.md).
+      uniform queries about 35% of the entries wait in the stash for their bin (a bin is read
+      about once per ``bins`` queries, an entry is queried once per ``capacity``); a dead node
+      is freed when its label's bin is read, which the next query of its key does: ~0.35
+      ``capacity`` nodes in use (measured by :class:`hbmforge.numerics.omap_scale.OmapScaleModel`;
+      docs/engines/memory.md).
     """
 
     capacity: int

@@ -10,16 +10,19 @@ One query, always the same host traffic (docs/engines/memory.md, "oblivious map"
 1. draw two labels from the PRF (ChaCha20 under ``k_prf`` of the query counter): a dummy bin
    ``r`` and the entry's next bin ``b'``; hash the key (ChaCha20 under ``k_hash``) to its
    directory bucket and look it up;
-2. read one bin from host memory: the entry's bin if it is in a bin, else ``r``; check its tag
-   (a mismatch stops the job: OMAP_TAMPERED, nothing returned, nothing written);
+2. read one bin from host memory: the entry's label (the directory keeps it: the bin the entry
+   is in, or the bin its stash node waits for), or ``r`` for a key not in the map; check its
+   tag (a mismatch stops the job: OMAP_TAMPERED, nothing returned, nothing written);
 3. take the entry out (of the bin, or of its stash node, which dies), apply GET/PUT/DELETE;
 4. evict: up to ``Z`` nodes of the bin's stash list move into the bin's free slots (dead
    nodes are freed on the way);
 5. the entry, if it still exists, goes to a fresh stash node labelled ``b'``;
 6. write the bin back, sealed under its next version.
 
-Every label is fresh and uniform, read once, so the sequence of bins read is uniform and
-independent of the queries; every query reads and writes one bin of the same size at the same
+Every label is fresh and uniform and read once (whether or not its entry has left the stash
+by then), so the sequence of bins read is i.i.d. uniform and independent of the queries (reading
+a fresh dummy for an entry still in the stash would not be: whether it left the stash depends on
+which bins were read since, so the bins read would correlate with the trace so far); every query reads and writes one bin of the same size at the same
 cycle offsets. The functions here perform the same memory operations in the same order as
 the RTL, so memory, results and control block agree bit for bit (the RTL's timing statistics
 aside: :attr:`ControlBlock.TIMING_FIELDS`).
@@ -201,29 +204,30 @@ class _Map:
         return words[0] & (self.buckets - 1), words[1] & (self.buckets - 1)
 
     def lookup(self, key16: bytes):
-        """(entry ref of the key or None, its loc, ref of the free way to insert at or None).
+        """(entry ref of the key or None, its loc, its label, ref of the free way to insert at or None).
 
         Both buckets are read; the key is searched in the first, then the second; a new key
         goes to the first free way of the bucket with fewer valid ways (the first on a tie).
         """
         g = self.g
-        hit, loc = None, 0
+        hit, loc, label = None, 0, 0
         free, valid_count = [None, None], [0, 0]
         for i, h in enumerate(self.buckets_of(key16)):
             raw = self.mem.read(self.way_addr(h * g.dir_ways), g.bucket_bytes)
             for w in range(g.dir_ways):
-                k, l, valid = g.unpack_way(raw[w * g.way_bytes:(w + 1) * g.way_bytes])
+                k, l, valid, lab = g.unpack_way(raw[w * g.way_bytes:(w + 1) * g.way_bytes])
                 if valid and k == key16 and hit is None:
-                    hit, loc = h * g.dir_ways + w, l
+                    hit, loc, label = h * g.dir_ways + w, l, lab
                 if valid:
                     valid_count[i] += 1
                 elif free[i] is None:
                     free[i] = h * g.dir_ways + w
         pick = 1 if valid_count[1] < valid_count[0] else 0
-        return hit, loc, free[pick]
+        return hit, loc, label, free[pick]
 
-    def write_way(self, ref: int, key16: bytes, loc: int, valid: bool) -> None:
-        self.mem.write(self.way_addr(ref), self.g.pack_way(key16, loc, valid) if valid else bytes(self.g.way_bytes))
+    def write_way(self, ref: int, key16: bytes, loc: int, valid: bool, label: int = 0) -> None:
+        self.mem.write(self.way_addr(ref),
+                       self.g.pack_way(key16, loc, valid, label) if valid else bytes(self.g.way_bytes))
 
     # -- bins ----------------------------------------------------------------------------
     def open_bin(self, b: int, version: int, run: OmapRun) -> list[bytes] | None:
@@ -255,7 +259,7 @@ class _Map:
                     break
                 slots[empty] = slot
                 ref, _, key, _ = g.unpack_slot(slot)
-                self.write_way(ref, key, b, True)
+                self.write_way(ref, key, b, True, b)
             self.free_node(node)
             head = nxt
         return head
@@ -308,9 +312,9 @@ def _queries(m: _Map, d: dict, run: OmapRun) -> None:
         cb.query_counter = (t + 1) & ((1 << 64) - 1)
         words = prf_words(cb.k_prf, label_input(t))
         dummy, label = words[0] & (m.bins - 1), words[1] & (m.bins - 1)
-        hit, loc, free = m.lookup(key16)
+        hit, loc, entry_label, free = m.lookup(key16)
         in_bin = hit is not None and not loc & STASH_BIT
-        target = loc if in_bin else dummy
+        target = entry_label if hit is not None else dummy
         if cb.free_head == 0:
             cb.stash_full += 1
             raise OmapFault(ErrorCode.OMAP_STASH_FULL, f"query {i}: the stash has no free node", run.done)
@@ -363,7 +367,7 @@ def _queries(m: _Map, d: dict, run: OmapRun) -> None:
         m.write_meta(target, head, version + 1)
         if entry is not None:
             node = m.push(g.pack_slot(entry[0], True, key16, entry[1]), label)
-            m.write_way(entry[0], key16, STASH_BIT | node, True)
+            m.write_way(entry[0], key16, STASH_BIT | node, True, label)
         m.seal_bin(target, version + 1, slots, run)
         _result(m.mem, d["dst_addr"] + i * g.record_bytes, g, status, key16, out)
         cb.queries += 1
@@ -378,7 +382,7 @@ def _bulk(m: _Map, d: dict, run: OmapRun) -> None:
         t = cb.query_counter
         cb.query_counter = (t + 1) & ((1 << 64) - 1)
         label = prf_words(cb.k_prf, label_input(t))[1] & (m.bins - 1)
-        hit, loc, free = m.lookup(key16)
+        hit, loc, _, free = m.lookup(key16)
         if hit is not None:
             if loc & STASH_BIT:
                 node = loc & ~STASH_BIT
@@ -397,7 +401,7 @@ def _bulk(m: _Map, d: dict, run: OmapRun) -> None:
         else:
             ref = free
             node = m.push(g.pack_slot(ref, True, key16, value), label)
-            m.write_way(ref, key16, STASH_BIT | node, True)
+            m.write_way(ref, key16, STASH_BIT | node, True, label)
             cb.count += 1
             status = OmapStatus.INSERTED
         _result(m.mem, d["dst_addr"] + i * g.record_bytes, g, status, key16, bytes(g.value_bytes))

@@ -1,8 +1,9 @@
 """The oblivious map's algorithm at scale, without bytes: loads, stash lists, overflow events.
 
-:class:`OmapScaleModel` runs the rules of :mod:`hbmforge.numerics.omap` (uniform labels, one
-bin read and written per query, up to ``Z`` stash nodes evicted into the bin read, the entry
-pushed onto its next bin's list, dead nodes freed when met, two-choice directory) on integers,
+:class:`OmapScaleModel` runs the rules of :mod:`hbmforge.numerics.omap` (uniform labels; a
+key's label is read whether the key is in its bin or still in the stash; one bin read and
+written per query; up to ``Z`` stash nodes evicted into the bin read; the entry pushed onto
+its next bin's list; dead nodes freed when met; two-choice directory) on integers,
 so maps of 2**24 entries and long runs fit in seconds: it counts what the device counts
 (nodes in use and their peak, directory-full and stash-full events, entries a full bin had to
 leave in the stash) and records the bins read, one per query. Host bytes per query follow from
@@ -46,6 +47,7 @@ class OmapScaleModel:
         self.lists: dict[int, list] = {}                           # label -> node ids, head last
         self.alive: dict[int, int] = {}                            # node -> key (absent: dead)
         self.where = np.full(entries, -1, dtype=np.int64)          # key -> bin (>= 0) or -(node + 2)
+        self.label = np.zeros(entries, dtype=np.int64)             # key -> its label (the bin a query reads)
         self.free = self.plan.nodes
         self.next_node = 0
         self._directory(entries)
@@ -56,6 +58,7 @@ class OmapScaleModel:
         """BULK pushes key k onto its label's list in key order; FORMAT then pops up to Z nodes of
         every list into its bin (the last pushed first): the same result, computed per label."""
         labels = self.rng.integers(0, self.bins, entries)
+        self.label[:] = labels
         order = np.lexsort((-np.arange(entries), labels))           # by label, the last pushed first
         sorted_labels = labels[order]
         starts = np.searchsorted(sorted_labels, np.arange(self.bins))
@@ -122,6 +125,7 @@ class OmapScaleModel:
         self.lists.setdefault(label, []).append(node)
         self.alive[node] = key
         self.where[key] = -(node + 2)
+        self.label[key] = label
         self.stats.nodes_used += 1
         self.stats.nodes_peak = max(self.stats.nodes_peak, self.stats.nodes_used)
 
@@ -152,7 +156,7 @@ class OmapScaleModel:
         dummy, label = (int(v) for v in self._draws[-1])
         self._draws = self._draws[:-1]
         loc = -1 if key is None else int(self.where[key])
-        target = loc if loc >= 0 else dummy
+        target = dummy if key is None else int(self.label[key])
         self.stats.bins_read.append(target)
         self.stats.queries += 1
         if key is not None:

@@ -241,7 +241,10 @@ class MatmulOperands:
         return self.lay.matmul.out_bytes(self.m, self.n, self.mode)
 
     def weight_port_bytes(self):
-        return self.lay.matmul.row_blocks(self.m) * self.lay.matmul.weight_port_bytes(self.n, self.k, self.wbits)
+        """Weights are streamed once per chunk of row blocks that share one pass over W."""
+        geom = self.lay.matmul
+        chunks = geom.chunks(self.m, self.n, self.k, self.mode)
+        return chunks * geom.weight_port_bytes(self.n, self.k, self.wbits)
 
 
 def write_program(lay, mem, descs, addr=PROGRAM):

@@ -419,27 +419,38 @@ class NetworkEngine(wiring.Component):
             m.d.sync += clearing.eq(clearing + 1)
 
         # -- writing results back: a whole checked packet at a time ------------------------------
+        # The write commands go through their own small queue, so a packet's words move into the
+        # writer while the writer still finishes the last command (it takes words before their
+        # command): one word per cycle, packet after packet.
         rec = data.View(commit_l, commits.r_data)
         wr_left = Signal(range(P + 1))
         wr_keep = Signal()
         writes_out = Signal(33)
         writes_done = Signal(33)
+        wcmd_l = data.StructLayout({"addr": 64, "bytes": 32})
+        m.submodules.wcmds = wcmds = SyncFIFO(width=wcmd_l.size, depth=4)
+        wc = data.View(wcmd_l, wcmds.r_data)
+        m.d.comb += [self.out_cmd.valid.eq(wcmds.r_rdy), self.out_cmd.payload.addr.eq(wc.addr),
+                     self.out_cmd.payload.bytes.eq(wc.bytes), wcmds.r_en.eq(self.out_cmd.ready)]
+        wnew = Signal(wcmd_l)
+        m.d.comb += [wnew.addr.eq(addr + (rec.block << pbb)), wnew.bytes.eq(rec.words << wbb),
+                     wcmds.w_data.eq(Value.cast(wnew))]
+
+        def next_record():
+            """Take the next commit record (at IDLE, or on the last word of a packet)."""
+            with m.If(commits.r_rdy & (~rec.accept | wcmds.w_rdy)):
+                m.d.comb += [commits.r_en.eq(1), wcmds.w_en.eq(rec.accept)]
+                m.d.sync += [wr_left.eq(rec.words), wr_keep.eq(rec.accept), writes_out.eq(writes_out + rec.accept)]
+                with m.If(rec.words != 0):
+                    m.next = "MOVE"
+                with m.Else():
+                    m.next = "IDLE"
+            with m.Else():
+                m.next = "IDLE"
+
         with m.FSM(name="write"):
             with m.State("IDLE"):
-                with m.If(commits.r_rdy):
-                    with m.If(rec.accept):
-                        m.d.comb += [self.out_cmd.valid.eq(1),
-                                     self.out_cmd.payload.addr.eq(addr + (rec.block << pbb)),
-                                     self.out_cmd.payload.bytes.eq(rec.words << wbb)]
-                        with m.If(self.out_cmd.ready):
-                            m.d.comb += commits.r_en.eq(1)
-                            m.d.sync += [wr_left.eq(rec.words), wr_keep.eq(1), writes_out.eq(writes_out + 1)]
-                            m.next = "MOVE"
-                    with m.Else():
-                        m.d.comb += commits.r_en.eq(1)
-                        m.d.sync += [wr_left.eq(rec.words), wr_keep.eq(0)]
-                        with m.If(rec.words != 0):
-                            m.next = "MOVE"
+                next_record()
             with m.State("MOVE"):
                 m.d.comb += [self.out_data.payload.eq(rxq.r_data),
                              self.out_data.valid.eq(wr_keep & rxq.r_rdy),
@@ -447,7 +458,7 @@ class NetworkEngine(wiring.Component):
                 with m.If(rxq.r_rdy & rxq.r_en):
                     m.d.sync += wr_left.eq(wr_left - 1)
                     with m.If(wr_left == 1):
-                        m.next = "IDLE"
+                        next_record()
         m.d.comb += self.out_done.ready.eq(1)
         with m.If(self.out_done.valid):
             m.d.sync += writes_done.eq(writes_done + 1)
@@ -457,7 +468,7 @@ class NetworkEngine(wiring.Component):
             m.d.sync += [writes_out.eq(0), writes_done.eq(0)]
 
         # -- the end of a job ----------------------------------------------------------------------
-        rx_idle = (rbeat == 0) & ~commits.r_rdy & (wr_left == 0)
+        rx_idle = (rbeat == 0) & ~commits.r_rdy & (wr_left == 0) & ~wcmds.r_rdy
         settled = tx_idle & rx_idle & (writes_done == writes_out) & ~sendq.r_rdy
         finished = busy & settled & Mux(failing, 1, Mux(mode == NetMode.RESET, reset_acked & (clearing == WM),
                                                            (received == blocks) & (next_block == blocks)))

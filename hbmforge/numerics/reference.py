@@ -40,7 +40,8 @@ import numpy as np
 from .nonlinear import gelu_ref, layernorm_ref, rmsnorm_ref, silu_ref
 
 __all__ = ["DecoderSpec", "EncoderSpec", "DecoderReference", "DecoderCache", "decoder_weight_shapes",
-           "encoder_weight_shapes", "encoder_forward", "encoder_embeddings", "encoder_blocks", "pool", "rope_inv_freq", "rope_cos_sin",
+           "encoder_weight_shapes", "encoder_forward", "encoder_embeddings", "encoder_blocks", "pool", "rope_inv_freq",
+           "rope_llama3_inv_freq", "rope_cos_sin",
            "apply_rope", "gelu_tanh_ref", "cosine"]
 
 GELU_KINDS = ("gelu", "gelu_tanh")
@@ -66,10 +67,22 @@ class DecoderSpec:
     tie_word_embeddings: bool = False
     max_positions: int = 2048
     architecture: str = "LlamaForCausalLM"
+    #: scaled RoPE (LLaMA 3, linear): the ``head_dim / 2`` inverse frequencies, overriding ``rope_theta``
+    rope_inv_freq: tuple[float, ...] | None = None
+    #: positions below which the model computes as here (a sliding window or dynamic RoPE scaling
+    #: beyond them is not modelled), and the config field that sets it
+    exact_positions: int | None = None
+    exact_positions_field: str = ""
 
     @property
     def q_per_kv(self) -> int:
         return self.q_heads // self.kv_heads
+
+    def inv_freq(self) -> np.ndarray:
+        """The RoPE inverse frequencies ``[head_dim / 2]`` (scaled ones when given)."""
+        if self.rope_inv_freq is not None:
+            return np.asarray(self.rope_inv_freq, dtype=np.float64)
+        return rope_inv_freq(self.head_dim, self.rope_theta)
 
 
 @dataclass(frozen=True)
@@ -150,9 +163,25 @@ def rope_inv_freq(head_dim: int, theta: float) -> np.ndarray:
     return 1.0 / (theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim))
 
 
-def rope_cos_sin(positions, head_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin [T, head_dim] of ``cat(freqs, freqs)``, ``freqs = pos * inv_freq``."""
-    freqs = np.asarray(positions, dtype=np.float64)[:, None] * rope_inv_freq(head_dim, theta)[None, :]
+def rope_llama3_inv_freq(inv_freq, factor: float, low_freq_factor: float, high_freq_factor: float,
+                         original_max_positions: int) -> np.ndarray:
+    """LLaMA 3's scaled frequencies (transformers' ``rope_type="llama3"``): long wavelengths
+    divided by ``factor``, short ones kept, a smooth blend in between."""
+    inv = np.asarray(inv_freq, dtype=np.float64)
+    wavelen = 2 * math.pi / inv
+    low_wavelen, high_wavelen = original_max_positions / low_freq_factor, original_max_positions / high_freq_factor
+    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (original_max_positions / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+    blended = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, blended, scaled)
+
+
+def rope_cos_sin(positions, head_dim: int, theta: float, inv_freq=None) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin [T, head_dim] of ``cat(freqs, freqs)``, ``freqs = pos * inv_freq``
+    (``inv_freq`` default: :func:`rope_inv_freq` of ``theta``)."""
+    inv = rope_inv_freq(head_dim, theta) if inv_freq is None else np.asarray(inv_freq, dtype=np.float64)
+    freqs = np.asarray(positions, dtype=np.float64)[:, None] * inv[None, :]
     emb = np.concatenate([freqs, freqs], axis=-1)
     return np.cos(emb), np.sin(emb)
 
@@ -241,7 +270,7 @@ class DecoderReference:
         cache = DecoderCache() if cache is None else cache
         start = cache.length
         t = h.shape[0]
-        cos, sin = rope_cos_sin(np.arange(start, start + t), s.head_dim, s.rope_theta)
+        cos, sin = rope_cos_sin(np.arange(start, start + t), s.head_dim, s.rope_theta, s.inv_freq())
         new = DecoderCache()
         ctx = start + t
         causal = np.arange(ctx)[None, :] <= np.arange(start, ctx)[:, None]        # [T, ctx]

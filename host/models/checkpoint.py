@@ -93,6 +93,15 @@ class Checkpoint:
             if missing:
                 raise CheckpointError(f"{index.name}: tensor {missing[0]!r} is mapped to {wmap[missing[0]]!r} "
                                       "but that shard does not hold it")
+        # TensorFlow-era names (bert-base-uncased: "LayerNorm.gamma"/".beta"), renamed on load as
+        # transformers does
+        self._stored: dict[str, str] = {}
+        for name in list(self._where):
+            for old, new in ((".gamma", ".weight"), (".beta", ".bias")):
+                if name.endswith(old) and name[:-len(old)] + new not in self._where:
+                    canonical = name[:-len(old)] + new
+                    self._where[canonical] = self._where.pop(name)
+                    self._stored[canonical] = name
 
     @property
     def tensor_names(self) -> list[str]:
@@ -113,7 +122,7 @@ class Checkpoint:
                 size = int.from_bytes(f.read(8), "little")
                 self._headers[path] = json.loads(f.read(size))
                 self._headers[path]["__data_start__"] = 8 + size
-        return self._headers[path][name]
+        return self._headers[path][self._stored.get(name, name)]
 
     def tensor(self, name: str) -> np.ndarray:
         """The tensor ``name`` as float32 (bfloat16/float16 widened exactly)."""
@@ -129,7 +138,7 @@ class Checkpoint:
             return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info["shape"])
         from safetensors import safe_open
         with safe_open(str(path), framework="numpy") as st:
-            return np.asarray(st.get_tensor(name), dtype=np.float32)
+            return np.asarray(st.get_tensor(self._stored.get(name, name)), dtype=np.float32)
 
     # -- side files ----------------------------------------------------------------------
     @property

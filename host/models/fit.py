@@ -81,17 +81,22 @@ def projection_format(recipe: QuantRecipe, proj: Projection) -> str:
 
 
 def context_limit(device: Device, spec, max_context: int | None) -> int:
-    """Tokens one sequence may hold: ``max_context`` if given (checked), else the smaller of the
-    attention engine's ``max_context`` and the model's ``max_position_embeddings``."""
+    """Tokens one sequence may hold: ``max_context`` if given (checked), else the smallest of the
+    attention engine's ``max_context``, the model's ``max_position_embeddings`` and the positions
+    from which a sliding window or dynamic RoPE scaling would change its attention."""
     att = device.layout.attention
     engine = att.max_context if att is not None else 0
     model_max = spec.max_positions
+    exact = getattr(spec, "exact_positions", None)
     if max_context is None:
-        return min(engine, model_max)
+        return min(engine, model_max, exact or model_max)
     if max_context > engine:
         raise ModelFitError(f"max_context {max_context} exceeds the attention engine's max_context {engine}")
     if max_context > model_max:
         raise ModelFitError(f"max_context {max_context} exceeds the model's max_position_embeddings {model_max}")
+    if exact is not None and max_context > exact:
+        raise ModelFitError(f"max_context {max_context} exceeds {exact}, where the model's config.json field "
+                            f"{spec.exact_positions_field!r} changes its attention (not modelled)")
     return max_context
 
 

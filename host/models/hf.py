@@ -1,10 +1,11 @@
 """config.json of Hugging Face checkpoints -> the architecture specs of :mod:`hbmforge.numerics.reference`.
 
-Supported: ``LlamaForCausalLM`` (and ``MistralForCausalLM`` without a sliding window),
-``Qwen2ForCausalLM`` (QKV bias), and BERT encoders (``BertModel``, ``BertForMaskedLM``, ... with
+Supported: ``LlamaForCausalLM`` (default, linear, dynamic and LLaMA 3 RoPE scaling), ``MistralForCausalLM``
+and ``Qwen2ForCausalLM`` (QKV bias; a sliding window caps the context at its length, where it
+drops no key), and BERT encoders (``BertModel``, ``BertForMaskedLM``, ... with
 or without the ``bert.`` tensor prefix, plus sentence-transformers' pooling files). Anything
-the float models here do not compute exactly as transformers does (RoPE scaling, sliding
-windows, relative positions, other activations) is refused naming the config field.
+the float models here do not compute exactly as transformers does (YaRN and other RoPE scalings,
+relative positions, other activations, other architectures) is refused naming the config field.
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from hbmforge.numerics.reference import DecoderSpec, EncoderSpec, decoder_weight_shapes, encoder_weight_shapes
+from hbmforge.numerics.reference import (DecoderSpec, EncoderSpec, decoder_weight_shapes, encoder_weight_shapes,
+                                         rope_inv_freq, rope_llama3_inv_freq)
 
 from .checkpoint import Checkpoint, CheckpointError
 
@@ -83,6 +85,8 @@ def _validated(model: type[BaseModel], config: dict, arch: str):
     except ValidationError as err:
         e = err.errors()[0]
         where = ".".join(str(p) for p in e["loc"]) or "config"
+        if e["type"] == "missing":
+            raise CheckpointError(f"config.json has no field {where!r}, which {arch} needs") from None
         raise CheckpointError(f"config.json field {where!r} ({arch}): {e['msg']} (got {e.get('input')!r})") from None
 
 
@@ -105,24 +109,48 @@ def parse_architecture(config: dict) -> str:
     return arch
 
 
-def _rope_theta(c: LlamaConfigModel) -> float:
-    """rope_theta from transformers 4 (``rope_theta`` + ``rope_scaling``) or 5 (``rope_parameters``)."""
-    theta = c.rope_theta
+ROPE_TYPES = ("default", "linear", "dynamic", "llama3")
+
+
+def _number(field: str, value, *, minimum: float = 0.0) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > minimum:
+        raise CheckpointError(f"config.json field {field!r} must be a number > {minimum:g}, got {value!r}")
+    return float(value)
+
+
+def _rope(c: LlamaConfigModel, head_dim: int) -> tuple[float, tuple[float, ...] | None, int | None, str]:
+    """(theta, scaled inverse frequencies or None, exact positions, their field) from transformers
+    4 (``rope_theta`` + ``rope_scaling``) or 5 (``rope_parameters``). Scaled RoPE as transformers
+    computes it: ``linear`` (frequencies / factor), ``llama3`` (LLaMA 3.x), ``dynamic`` (NTK, the
+    default frequencies up to ``original_max_position_embeddings``: the context is capped there)."""
+    theta, inv, exact, exact_field = c.rope_theta, None, None, ""
     for field in ("rope_scaling", "rope_parameters"):
         params = getattr(c, field)
         if params is None:
             continue
         kind = params.get("rope_type", params.get("type", "default"))
-        if kind != "default":
-            raise CheckpointError(f"config.json field '{field}': rope type {kind!r} is not supported "
-                                  "(only the default rotary embedding, rope_type 'default')")
+        if kind not in ROPE_TYPES:
+            raise CheckpointError(f"config.json field '{field}': rope type {kind!r} is not supported (supported: "
+                                  f"{', '.join(ROPE_TYPES)})")
         if "rope_theta" in params:
             theta = params["rope_theta"]
-    if theta is None:
-        theta = 10000.0
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 0:
-        raise CheckpointError(f"config.json field 'rope_theta' must be a number > 0, got {theta!r}")
-    return float(theta)
+        theta = 10000.0 if theta is None else _number("rope_theta", theta)
+        default = rope_inv_freq(head_dim, theta)
+        if kind == "linear":
+            inv = default / _number(f"{field}.factor", params.get("factor"))
+        elif kind == "llama3":
+            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+            vals = [_number(f"{field}.{k}", params.get(k)) for k in keys]
+            if vals[2] <= vals[1]:
+                raise CheckpointError(f"config.json field '{field}': high_freq_factor ({vals[2]:g}) must be greater "
+                                      f"than low_freq_factor ({vals[1]:g})")
+            inv = rope_llama3_inv_freq(default, vals[0], vals[1], vals[2], int(vals[3]))
+        elif kind == "dynamic":
+            _number(f"{field}.factor", params.get("factor"))
+            original = params.get("original_max_position_embeddings", c.max_position_embeddings)
+            exact, exact_field = int(_number(f"{field}.original_max_position_embeddings", original)), field
+    theta = 10000.0 if theta is None else _number("rope_theta", theta)
+    return theta, None if inv is None else tuple(float(f) for f in inv), exact, exact_field
 
 
 def decoder_spec(config: dict) -> DecoderSpec:
@@ -141,15 +169,22 @@ def decoder_spec(config: dict) -> DecoderSpec:
     if hd % 2:
         raise CheckpointError(f"config.json field 'head_dim' ({hd}) must be even for the rotary embedding")
     qwen = arch == "Qwen2ForCausalLM"
+    theta, inv_freq, exact, exact_field = _rope(c, hd)
     if c.use_sliding_window or (arch == "MistralForCausalLM" and c.sliding_window is not None):
-        field = "use_sliding_window" if c.use_sliding_window else "sliding_window"
-        raise CheckpointError(f"config.json field '{field}': sliding-window attention of {arch} is not supported")
+        # a window no shorter than the context never drops a key: cap the context at the window
+        field = "use_sliding_window" if c.sliding_window is None else "sliding_window"
+        if c.sliding_window is None or isinstance(c.sliding_window, bool) or c.sliding_window <= 0:
+            raise CheckpointError(f"config.json field '{field}': sliding-window attention needs a positive "
+                                  f"'sliding_window', got {c.sliding_window!r}")
+        if exact is None or c.sliding_window < exact:
+            exact, exact_field = c.sliding_window, "sliding_window"
     return DecoderSpec(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
                        num_layers=c.num_hidden_layers, q_heads=c.num_attention_heads, kv_heads=kvh, head_dim=hd,
-                       rms_norm_eps=c.rms_norm_eps, rope_theta=_rope_theta(c), qkv_bias=qwen or c.attention_bias,
+                       rms_norm_eps=c.rms_norm_eps, rope_theta=theta, qkv_bias=qwen or c.attention_bias,
                        o_bias=(not qwen) and c.attention_bias, mlp_bias=c.mlp_bias,
                        tie_word_embeddings=c.tie_word_embeddings, max_positions=c.max_position_embeddings,
-                       architecture=arch)
+                       architecture=arch, rope_inv_freq=inv_freq, exact_positions=exact,
+                       exact_positions_field=exact_field)
 
 
 def encoder_spec(config: dict, pooling: str = "mean", normalize: bool = False) -> EncoderSpec:

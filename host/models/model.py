@@ -137,7 +137,7 @@ def block_config(spec):
     if isinstance(spec, DecoderSpec):
         return BlockConfig(arch="llama", hidden=spec.hidden_size, heads=spec.q_heads, kv_heads=spec.kv_heads,
                            head_dim=spec.head_dim, intermediate=spec.intermediate_size, norm_eps=spec.rms_norm_eps,
-                           rope_theta=spec.rope_theta, qkv_bias=spec.qkv_bias)
+                           rope_theta=spec.rope_theta, rope_inv_freq=spec.rope_inv_freq, qkv_bias=spec.qkv_bias)
     return BlockConfig(arch="bert", hidden=spec.hidden_size, heads=spec.heads, kv_heads=spec.heads,
                        head_dim=spec.head_dim, intermediate=spec.intermediate_size, norm_eps=spec.layer_norm_eps,
                        qkv_bias=True)

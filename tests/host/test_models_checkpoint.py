@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from hbmforge.config import parse_config
+from hbmforge.flows.model_runner import decoder_accuracy
 from hbmforge.host import Model
 from hbmforge.host.models import CheckpointError, ModelFitError, RecipeError
 from hbmforge.host.models import hf
@@ -20,6 +21,7 @@ from hbmforge.host.models.checkpoint import Checkpoint
 from hbmforge.host.models.recipe import load_recipe
 from hbmforge.host.models.synthetic import write_bert, write_llama
 from hbmforge.layout import DesignLayout
+from hbmforge.numerics import vector as V
 
 from designs import tiny_attention_config_dict
 from golden_kernel import GoldenDevice
@@ -81,6 +83,98 @@ def test_transformers_5_rope_parameters_are_read(tmp_path):
     assert hf.decoder_spec(Checkpoint(d).config).rope_theta == 500000.0
 
 
+def _rewrite(d, tensors=None, **config):
+    """Patch a written checkpoint: rename/add tensors (``tensors(dict) -> dict``), set or drop
+    (value None) config.json fields, as published checkpoints have them."""
+    from safetensors.numpy import load_file, save_file
+
+    if tensors is not None:
+        save_file(tensors(load_file(str(d / "model.safetensors"))), str(d / "model.safetensors"))
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in config.items():
+        if v is None:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 64}
+
+
+def test_llama3_and_linear_rope_scaling_give_transformers_frequencies(tmp_path):
+    d = write_llama(tmp_path / "l3", config_overrides={"rope_scaling": LLAMA3_ROPE, "rope_theta": 10000.0}, **SMALL)
+    spec = hf.decoder_spec(Checkpoint(d).config)
+    base = 10000.0 ** (-np.arange(0, 16, 2) / 16)                 # head_dim 16
+    wavelen = 2 * np.pi / base                                   # 6.3, 19.9, 62.8, 199, ...
+    got = np.asarray(spec.rope_inv_freq)
+    assert got[0] == base[0]                                     # shorter than 64 / 4: kept
+    np.testing.assert_allclose(got[3:], base[3:] / 8)            # longer than 64 / 1: divided by the factor
+    smooth = (64 / wavelen[1:3] - 1) / (4 - 1)                   # in between: blended
+    np.testing.assert_allclose(got[1:3], (1 - smooth) * base[1:3] / 8 + smooth * base[1:3])
+    lin = write_llama(tmp_path / "lin", config_overrides={"rope_scaling": {"type": "linear", "factor": 2.0}}, **SMALL)
+    np.testing.assert_allclose(hf.decoder_spec(Checkpoint(lin).config).rope_inv_freq, base / 2)
+    dyn = write_llama(tmp_path / "dyn", max_positions=256,
+                      config_overrides={"rope_scaling": {"type": "dynamic", "factor": 2.0}}, **SMALL)
+    dspec = hf.decoder_spec(Checkpoint(dyn).config)
+    assert dspec.rope_inv_freq is None and (dspec.exact_positions, dspec.exact_positions_field) == (256, "rope_scaling")
+
+
+def test_a_sliding_window_caps_the_context_where_it_would_drop_keys(tmp_path, dev):
+    d = write_llama(tmp_path / "mistral", architecture="MistralForCausalLM",
+                    config_overrides={"model_type": "mistral", "sliding_window": 24}, **SMALL)
+    with Model.from_pretrained(d, device=dev) as model:
+        assert model.max_context == 24
+    with pytest.raises(ModelFitError, match="max_context 32 exceeds 24, where the model's config.json field "
+                                            "'sliding_window' changes its attention"):
+        Model.from_pretrained(d, device=dev, max_context=32)
+    assert dev.live_buffers() == []
+
+
+def test_tensorflow_era_layernorm_names_read_as_weight_and_bias(tmp_path):
+    """bert-base-uncased ships ``LayerNorm.gamma``/``.beta`` and an MLM head; transformers renames them."""
+    def legacy(t):
+        t = {k.replace("LayerNorm.weight", "LayerNorm.gamma").replace("LayerNorm.bias", "LayerNorm.beta"): v
+             for k, v in t.items()}
+        return {**t, "cls.predictions.bias": np.zeros(160, np.float32)}
+    plain = Checkpoint(write_bert(tmp_path / "new", prefix="bert.", pooling=None))
+    old = Checkpoint(_rewrite(write_bert(tmp_path / "old", prefix="bert.", pooling=None), legacy,
+                              architectures=["BertForMaskedLM"]))
+    spec = hf.encoder_spec(old.config)
+    hf.check_tensors(old, spec, "bert.")
+    for name in ("bert.embeddings.LayerNorm.weight", "bert.encoder.layer.1.output.LayerNorm.bias"):
+        assert name in old and old.shape(name) == plain.shape(name)
+        np.testing.assert_array_equal(old.tensor(name), plain.tensor(name))
+
+
+def test_published_config_quirks_load(tmp_path, dev):
+    """Fields as published configs have them: LLaMA 3.2 (llama3 RoPE, tied, eos list, bf16),
+    no ``architectures`` (model_type only), an lm_head.weight kept beside tied embeddings,
+    numbers as strings, no hidden_act / head_dim, fields we do not use."""
+    cases = {
+        "llama32": write_llama(tmp_path / "llama32", tie_word_embeddings=True, dtype="bfloat16", config_overrides={
+            "rope_scaling": {**LLAMA3_ROPE, "factor": 32.0}, "rope_theta": 500000.0, "eos_token_id": [1, 2],
+            "transformers_version": "4.45.0.dev0"}, **SMALL),
+        "no_arch": _rewrite(write_llama(tmp_path / "no_arch", **SMALL), architectures=None, hidden_act=None,
+                            head_dim=None, rms_norm_eps="1e-5", pretraining_tp=1, use_cache=True),
+        "tied_head_kept": _rewrite(write_llama(tmp_path / "tied", tie_word_embeddings=True, **SMALL),
+                                   lambda t: {**t, "lm_head.weight": t["model.embed_tokens.weight"]}),
+    }
+    for name, d in cases.items():
+        with Model.from_pretrained(d, device=dev) as model:
+            out = model.generate([0, 5, 6, 7, 8, 9], 6, stop_tokens=(), verify=True, output_logits=True)
+            assert out.golden_mismatches == 0 and len(out.tokens) == 6, name
+            # the float model with the scaled frequencies is what the device computes ...
+            assert decoder_accuracy(model, out.prompt_tokens, out)["logits_cosine_min"] >= 0.99, name
+            # ... and its RoPE table holds them
+            ctx, hd = model.max_context, model.spec.head_dim
+            want = V.pack_rope_table(V.rope_table(ctx, hd, inv_freq=model.spec.inv_freq()), dev.layout.word_bytes)
+            assert dev.read(model.program._rope, len(want)) == want, name
+    assert dev.live_buffers() == []
+
+
 def test_bert_with_the_masked_lm_prefix_and_sentence_transformers_pooling(tmp_path):
     ck = Checkpoint(write_bert(tmp_path / "b", prefix="bert.", pooling="cls", normalize=False))
     assert hf.encoder_prefix(ck) == "bert."
@@ -101,8 +195,18 @@ def test_bert_with_the_masked_lm_prefix_and_sentence_transformers_pooling(tmp_pa
     (lambda d: write_llama(d, tie_word_embeddings=False, drop=("lm_head.weight",), **SMALL), "no tensor 'lm_head.weight'"),
     (lambda d: write_llama(d, config_overrides={"architectures": ["GPT2LMHeadModel"]}, **SMALL),
      "field 'architectures': 'GPT2LMHeadModel' is not supported"),
+    (lambda d: write_llama(d, config_overrides={"rope_scaling": {"rope_type": "yarn", "factor": 8.0}}, **SMALL),
+     r"field 'rope_scaling': rope type 'yarn' is not supported \(supported: default, linear, dynamic, llama3\)"),
     (lambda d: write_llama(d, config_overrides={"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, **SMALL),
-     "field 'rope_scaling': rope type 'llama3' is not supported"),
+     r"field 'rope_scaling.low_freq_factor' must be a number > 0, got None"),
+    (lambda d: write_llama(d, config_overrides={"architectures": None, "model_type": "gpt2"}, **SMALL),
+     r"'model_type' 'gpt2' is not one of"),
+    (lambda d: write_llama(d, config_overrides={"architectures": ["Qwen3ForCausalLM"]}, **SMALL),
+     r"'Qwen3ForCausalLM' is not supported; supported: LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, Bert"),
+    (lambda d: write_bert(d, config_overrides={"architectures": ["RobertaModel"]}), r"'RobertaModel' is not supported"),
+    (lambda d: write_llama(d, config_overrides={"vocab_size": None}, **SMALL), "field 'vocab_size'"),
+    (lambda d: write_llama(d, architecture="MistralForCausalLM", config_overrides={"sliding_window": 0}, **SMALL),
+     "field 'sliding_window': sliding-window attention needs a positive 'sliding_window'"),
     (lambda d: write_llama(d, config_overrides={"hidden_act": "gelu"}, **SMALL), "field 'hidden_act'"),
     (lambda d: write_llama(d, config_overrides={"num_key_value_heads": 3}, **SMALL), "num_key_value_heads"),
     (lambda d: write_llama(d, config_overrides={"num_hidden_layers": "two"}, **SMALL), "field 'num_hidden_layers'"),

@@ -106,6 +106,8 @@ class MatmulEngine(_EngineBase):
     ternary_packing: Literal["2bit", "5trit"] = Field(
         "2bit", description="ternary weights in memory: '2bit' (one 2-bit code per weight) or "
                             "'5trit' (five base-3 digits per byte, 1.6 bits per weight)")
+    sparse24: bool = Field(False, description="also accept 2:4 structured-sparse weights of every weight format "
+                                              "(2 values + two 2-bit indexes per 4 weights; wbits | 0x10)")
     arch: Literal["mac", "tlmm"] = Field(
         "mac", description="'mac': multiplier array (sign-select for ternary); 'tlmm': ternary "
                            "table-lookup matmul (weight_bits must be ['ternary'])")

@@ -43,7 +43,11 @@ class Checkpoint:
             raise TypeError(f"path must be a checkpoint directory (str or Path), got {type(path).__name__}")
         d = Path(path)
         if not d.is_dir():
-            raise CheckpointError(f"checkpoint directory {str(d)!r} does not exist or is not a directory")
+            hint = ""
+            if not d.exists() and not d.is_absolute() and len(d.parts) == 2:
+                hint = (" (a model hub name? this reads local directories only: download it first, e.g. "
+                        f"`huggingface-cli download {d.as_posix()} --local-dir DIR`, and give DIR)")
+            raise CheckpointError(f"checkpoint directory {str(d)!r} does not exist or is not a directory{hint}")
         self.path = d
         cfg_path = d / "config.json"
         if not cfg_path.is_file():

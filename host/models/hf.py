@@ -106,6 +106,12 @@ def parse_architecture(config: dict) -> str:
     if arch not in DECODER_ARCHITECTURES + ENCODER_ARCHITECTURES:
         raise CheckpointError(f"config.json field 'architectures': {arch!r} is not supported; supported: "
                               f"{', '.join(DECODER_ARCHITECTURES + ENCODER_ARCHITECTURES)}")
+    qc = config.get("quantization_config")
+    if qc is not None:
+        method = qc.get("quant_method", "?") if isinstance(qc, dict) else qc
+        raise CheckpointError(f"config.json field 'quantization_config': a pre-quantized checkpoint (quant_method "
+                              f"{method!r}) is not read; give the float (F32/F16/BF16) checkpoint, which "
+                              "from_pretrained quantizes with its own recipe (quant=...)")
     return arch
 
 

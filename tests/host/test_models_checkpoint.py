@@ -205,6 +205,8 @@ def test_bert_with_the_masked_lm_prefix_and_sentence_transformers_pooling(tmp_pa
      r"'Qwen3ForCausalLM' is not supported; supported: LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, Bert"),
     (lambda d: write_bert(d, config_overrides={"architectures": ["RobertaModel"]}), r"'RobertaModel' is not supported"),
     (lambda d: write_llama(d, config_overrides={"vocab_size": None}, **SMALL), "field 'vocab_size'"),
+    (lambda d: write_llama(d, config_overrides={"quantization_config": {"quant_method": "gptq", "bits": 4}}, **SMALL),
+     "field 'quantization_config': a pre-quantized checkpoint \\(quant_method 'gptq'\\) is not read"),
     (lambda d: write_llama(d, architecture="MistralForCausalLM", config_overrides={"sliding_window": 0}, **SMALL),
      "field 'sliding_window': sliding-window attention needs a positive 'sliding_window'"),
     (lambda d: write_llama(d, config_overrides={"hidden_act": "gelu"}, **SMALL), "field 'hidden_act'"),
@@ -229,6 +231,8 @@ def test_bad_checkpoints_are_refused_naming_the_tensor_or_field(tmp_path, dev, m
 def test_broken_directories_are_refused_naming_the_file(tmp_path, dev):
     with pytest.raises(CheckpointError, match="does not exist"):
         Model.from_pretrained(tmp_path / "nope", device=dev)
+    with pytest.raises(CheckpointError, match="a model hub name.*download it first"):
+        Model.from_pretrained("TinyLlama/TinyLlama-1.1B-Chat-v1.0", device=dev)
     (tmp_path / "empty").mkdir()
     with pytest.raises(CheckpointError, match="no config.json"):
         Model.from_pretrained(tmp_path / "empty", device=dev)

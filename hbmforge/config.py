@@ -40,6 +40,8 @@ __all__ = [
 ]
 
 CONFIG_VERSION = 1
+#: ``w<i>`` ports one engine may stream from: every pseudo-channel of a 32-channel HBM board
+MAX_STREAM_PORTS = 32
 _IDENT = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 
 
@@ -98,7 +100,8 @@ class MatmulEngine(_EngineBase):
     name: str = Field("mm0", description="engine instance name (identifier)")
     rows: int = Field(4, ge=1, le=64, description="activation rows computed in parallel (weight reuse)")
     lanes: int = Field(64, description="K elements multiplied per cycle per row (power of two)")
-    weight_ports: int = Field(1, description="memory ports that stream weights (power of two)")
+    weight_ports: int = Field(1, description="memory ports that stream weights (power of two, at most 32: "
+                                             "one per HBM pseudo-channel of a U280/U55C)")
     weight_bits: list[Literal[2, 4, 8, "ternary"]] = Field(
         default_factory=lambda: [4, 8],
         description="weight formats this engine accepts at run time: 2, 4, 8 (two's complement) "
@@ -136,7 +139,7 @@ class MatmulEngine(_EngineBase):
     @field_validator("weight_ports")
     @classmethod
     def _ports(cls, v: int) -> int:
-        return _power_of_two(v, "weight_ports", 1, 16)
+        return _power_of_two(v, "weight_ports", 1, MAX_STREAM_PORTS)
 
     @field_validator("group_size")
     @classmethod
@@ -453,7 +456,9 @@ class AcceleratorConfig(_Strict):
                                   description="engines in the kernel: one matmul, optionally one "
                                               "attention and one copy engine")
     ports: dict[str, int] | None = Field(
-        None, description="memory channel of each AXI master port (data, w0, w1, ...); default: 0, 1, 2, ...")
+        None, description="memory channel of each AXI master port (data, w0, w1, ...); default: the board's "
+                          "port map (data 0, w<i> i + 1; with as many stream ports as channels, w<i> i "
+                          "and data shares channel 0)")
     max_utilization: float = Field(0.8, gt=0, le=1.0,
                                    description="fraction of each board resource the kernel may use "
                                                "(the rest is left to the platform shell and routing)")
@@ -543,9 +548,8 @@ class AcceleratorConfig(_Strict):
         return v
 
     def port_channels(self) -> dict[str, int]:
-        names = self.port_names()
         if self.ports is None:
-            return {n: i for i, n in enumerate(names)}
+            return self.board_info.port_map(self.stream_ports)
         return dict(self.ports)
 
     @model_validator(mode="after")
@@ -584,21 +588,25 @@ class AcceleratorConfig(_Strict):
                 raise ValueError(
                     f"ports must map exactly {names} to memory channels; "
                     f"missing {missing}, unexpected {extra}")
-        if len(names) > board.memory.channels:
-            raise ValueError(f"port budget exceeded on {board.name}: the engines need {len(names)} "
-                             f"memory ports, the board has {board.memory.channels} "
-                             f"(over by {len(names) - board.memory.channels})")
+        if self.stream_ports > board.memory.channels:
+            raise ValueError(f"port budget exceeded on {board.name}: the engines stream from {self.stream_ports} "
+                             f"memory ports, the board has {board.memory.channels} channels "
+                             f"(over by {self.stream_ports - board.memory.channels})")
         channels = self.port_channels()
         for port, ch in channels.items():
             if not 0 <= ch < board.memory.channels:
                 raise ValueError(f"ports.{port}: channel must be in [0, {board.memory.channels - 1}] "
                                  f"on {board.name}, got {ch}")
         if board.memory.kind == "hbm":
+            # each stream port has a pseudo-channel of its own; the data port (descriptors,
+            # activations, outputs) may share one through the HBM switch (they split its bandwidth)
             used: dict[int, str] = {}
             for port, ch in channels.items():
+                if port == "data":
+                    continue
                 if ch in used:
                     raise ValueError(f"ports.{port}: HBM channel {ch} is already bound to port "
-                                     f"{used[ch]!r}; each port needs its own pseudo-channel")
+                                     f"{used[ch]!r}; each stream port needs its own pseudo-channel")
                 used[ch] = port
         mm = self.matmul
         word = self.data_width // 8

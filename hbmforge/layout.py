@@ -44,6 +44,12 @@ CTRL_ADDR_WIDTH = 12            # s_axi_control address bits (4 KiB window)
 
 #: offset of the first register a family adds (after the shell's per-port counters)
 FAMILY_REGISTERS_BASE = 0x300
+#: AXI ports the classic map holds (w<i> pointers end below ID at 0x100, port counters below
+#: the family registers at 0x300); a design with more (up to 32 stream ports) places its w<i>
+#: pointers at WIDE_ARGS_BASE + 8i and its port counters at WIDE_COUNTERS_BASE + 16p instead
+CLASSIC_MAX_PORTS = 28
+WIDE_ARGS_BASE = 0x800
+WIDE_COUNTERS_BASE = 0x900
 
 #: top-level manifest keys that the emitter adds beside ``DesignLayout.to_json()``
 MANIFEST_EXTRAS = ("top", "verilog", "generator", "generator_version")
@@ -251,8 +257,10 @@ class DesignLayout:
             Register("program", 0x10, 64, "rw", "address of the descriptor program (data port)"),
             Register("count", 0x18, 32, "rw", "descriptors to run (an END opcode stops earlier)"),
         ]
+        wide = len(self.ports) > CLASSIC_MAX_PORTS
+        args_base, counters_base = (WIDE_ARGS_BASE, WIDE_COUNTERS_BASE) if wide else (0x20, 0x140)
         for i in range(self.config.stream_ports):
-            regs.append(Register(f"w{i}", 0x20 + 8 * i, 64, "rw",
+            regs.append(Register(f"w{i}", args_base + 8 * i, 64, "rw",
                                  f"base of the buffer bound to port w{i} (binds the port to its bank; "
                                  "descriptors carry the addresses used)"))
         regs += [
@@ -266,7 +274,7 @@ class DesignLayout:
             Register("MAC_OPS", 0x130, 64, "ro", "multiply-accumulates done on valid rows (K padding included)"),
         ]
         for i, p in enumerate(self.ports):
-            base = 0x140 + 0x10 * i
+            base = counters_base + 0x10 * i
             regs.append(Register(f"{p.name.upper()}_BYTES_READ", base, 64, "ro",
                                  f"bytes read on m_axi_{p.name} in the last run"))
             regs.append(Register(f"{p.name.upper()}_BYTES_WRITTEN", base + 8, 64, "ro",

@@ -66,16 +66,27 @@ def test_config_too_large_names_budget_and_excess():
 
 def test_port_budget_is_checked():
     data = starter_config("kv260")
+    data["engines"][0].update(weight_ports=8, lanes=256)
+    with pytest.raises(ConfigError, match=r"port budget exceeded on kv260: .*stream from 8.*has 4 channels "
+                                          r"\(over by 4\)"):
+        parse_config(data)
+
+
+def test_as_many_stream_ports_as_channels_share_channel_0_with_the_data_port():
+    data = starter_config("kv260")
     data["engines"][0].update(weight_ports=4, lanes=128)
-    with pytest.raises(ConfigError, match=r"port budget exceeded on kv260: .*need 5.*has 4 \(over by 1\)"):
-        parse_config(data)
+    cfg = parse_config(data)
+    assert cfg.port_channels() == {"data": 0, "w0": 0, "w1": 1, "w2": 2, "w3": 3}
 
 
-def test_hbm_channels_must_be_distinct():
+def test_hbm_stream_channels_must_be_distinct_but_the_data_port_may_share():
     data = starter_config("u280")
-    data["ports"] = {"data": 3, "w0": 3}
-    with pytest.raises(ConfigError, match=r"ports.w0: HBM channel 3 is already bound"):
+    data["engines"][0].update(weight_ports=2)
+    data["ports"] = {"data": 3, "w0": 3, "w1": 3}
+    with pytest.raises(ConfigError, match=r"ports.w1: HBM channel 3 is already bound to port 'w0'"):
         parse_config(data)
+    data["ports"] = {"data": 3, "w0": 3, "w1": 4}
+    assert parse_config(data).port_channels()["data"] == 3
 
 
 def test_channel_out_of_range():

@@ -31,13 +31,15 @@ import numpy as np
 from hbmforge.encodings import OutMode
 from hbmforge.numerics import (dyadic_multiplier, matmul_int8, matmul_int32, quantize_activations_per_tensor,
                                quantize_activations_per_token, storage_range)
+from hbmforge.engines.matmul import SPARSE24
 from hbmforge.numerics.encoded import quantize_weights_encoded, scale_product
+from hbmforge.numerics.sparse import is_2_4, prune_2_4
 from hbmforge.memory_map import check_memory_kind
 
 from .checks import check_choice, check_int, check_positive, check_timeout, int_array, real_array
 from .device import Buffer, Device, check_device, merge_counters
 from .packing import (engine_format, pack_activations, pack_bias, pack_requant, pack_scales, pack_weights,
-                      unpack_output)
+                      unpack_output, weight_code)
 from .program import ProgramBuilder
 from .workspace import Workspace
 
@@ -108,19 +110,23 @@ class Linear:
 
     def __init__(self, device: Device, weight_q: np.ndarray, mantissas: np.ndarray, row_scale: np.ndarray,
                  *, bits, in_features: int, bias=None, workspace_bytes: int = DEFAULT_WORKSPACE_BYTES,
-                 weight_memory: str | None = None):
+                 weight_memory: str | None = None, sparse24: bool = False):
         device = check_device(device)
         lay = device.layout
         if weight_memory is not None:       # "host"/"ddr": behind the design's tile cache, if it has one
             check_memory_kind(lay.config.board_info, weight_memory)
         mm = lay.mm
         bits = engine_format(bits, lay, "bits")
+        code = weight_code(bits, lay, sparse24=sparse24, name="bits")
         k = check_int("in_features", in_features, 1)
         kp = _check_k(k, lay)
         q = int_array("weight_q", weight_q, *storage_range(bits), shape=(None, kp))
         n = q.shape[0]
         if n == 0:
             raise ValueError("weight_q has no rows (out_features must be >= 1)")
+        if sparse24 and not is_2_4(q):
+            raise ValueError("weight_q is not 2:4 sparse (a group of 4 K elements holds more than 2 non-zeros); "
+                             "prune it (hbmforge.numerics.sparse.prune_2_4) or use from_float(..., sparse24=True)")
         g = mm.group_size
         mant = int_array("mantissas", mantissas, 0, (1 << mm.scale_bits) - 1, shape=(n, kp // g))
         rs = real_array("row_scale", row_scale, ndim=(1,), what=f"[{n}] finite floats > 0")
@@ -132,6 +138,7 @@ class Linear:
         self._dev = device
         self._lay = lay
         self._bits = bits
+        self._code = code
         self._n, self._kp, self._k = n, kp, k
         self._q = q.astype(np.int8)
         self._mant = mant.astype(np.uint16)
@@ -145,7 +152,7 @@ class Linear:
         self._s_buf: Buffer | None = None
         self._work = Workspace(device)
         try:
-            for port, stripe in zip((f"w{i}" for i in range(mm.weight_ports)), pack_weights(self._q, bits, lay)):
+            for port, stripe in zip((f"w{i}" for i in range(mm.weight_ports)), pack_weights(self._q, bits, lay, sparse24=sparse24)):
                 buf = device.alloc(stripe.nbytes, port, memory=weight_memory)
                 self._w_bufs.append(buf)
                 device.write(buf, stripe)
@@ -160,7 +167,8 @@ class Linear:
     @classmethod
     def from_float(cls, w, *, bits=4, group_size: int | None = None, device: Device,
                    ternary_scale: str = "group", bias=None,
-                   workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, weight_memory: str | None = None) -> "Linear":
+                   workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, weight_memory: str | None = None,
+                   sparse24: bool = False) -> "Linear":
         """Quantize ``w`` [out_features, in_features] (float) and upload it to ``device``;
         ``bias``: optional float [out_features].
 
@@ -173,6 +181,10 @@ class Linear:
         Group scales are encoded first and the weights then rounded against the
         encoded scales, so the mantissa rounding does not add to the weight error
         (:func:`hbmforge.numerics.encoded.quantize_weights_encoded`).
+
+        ``sparse24=True`` (an engine with ``sparse24: true``) prunes ``w`` to 2:4 by magnitude
+        (:func:`hbmforge.numerics.sparse.prune_2_4`: the 2 largest ``|w|`` of every 4 in K) before
+        quantizing, and stores the weights 2:4 packed (2 values + two 2-bit indexes per 4).
         """
         device = check_device(device)
         lay = device.layout
@@ -193,17 +205,24 @@ class Linear:
         kp = _check_k(k, lay)
         if bias is not None:
             _check_bias(bias, n)
+        weight_code(fmt, lay, sparse24=sparse24, name="bits")
+        if sparse24:                          # groups of 4 from element 0; K padded with zeros to a multiple of 4
+            w4 = np.zeros((n, -(-k // 4) * 4))
+            w4[:, :k] = w
+            w = prune_2_4(w4)[:, :k]
         enc = quantize_weights_encoded(w, fmt, mm.group_size, mm.scale_bits, k_padded=kp,
                                        ternary_scale=ternary_scale)
         return cls(device, enc.q, enc.mantissas, enc.row_scale, bits=fmt, in_features=k, bias=bias,
-                   workspace_bytes=workspace_bytes, weight_memory=weight_memory)
+                   workspace_bytes=workspace_bytes, weight_memory=weight_memory, sparse24=sparse24)
 
     @classmethod
     def from_quantized(cls, weight_q, mantissas, row_scale=None, *, bits, device: Device, bias=None,
-                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, weight_memory: str | None = None) -> "Linear":
+                       workspace_bytes: int = DEFAULT_WORKSPACE_BYTES, weight_memory: str | None = None,
+                       sparse24: bool = False) -> "Linear":
         """Upload given integers: weights [N, K] (``bits`` 2, 4, 8: signed; "ternary": -1/0/+1),
         mantissas [N, ceil(K/G)] (unsigned ``scale_bits``), ``row_scale`` [N] finite floats > 0
-        (default 1); ``bias``: optional float [N] (output units)."""
+        (default 1); ``bias``: optional float [N] (output units). ``sparse24``: the weights are
+        2:4 sparse (checked) and are stored 2:4 packed."""
         device = check_device(device)
         lay = device.layout
         fmt = engine_format(bits, lay, "bits")
@@ -226,7 +245,7 @@ class Linear:
         m_full[:, :groups] = mant
         rs = np.ones(n) if row_scale is None else row_scale
         return cls(device, q, m_full, rs, bits=fmt, in_features=k, bias=bias, workspace_bytes=workspace_bytes,
-                   weight_memory=weight_memory)
+                   weight_memory=weight_memory, sparse24=sparse24)
 
     # -- properties --------------------------------------------------------------------
     @property
@@ -249,6 +268,11 @@ class Linear:
     @property
     def k_padded(self) -> int:
         return self._kp
+
+    @property
+    def sparse24(self) -> bool:
+        """True if the weights are stored 2:4 sparse (descriptor ``wbits | SPARSE24``)."""
+        return bool(self._code & SPARSE24)
 
     @property
     def bits(self):
@@ -528,7 +552,7 @@ class Linear:
         """The one-descriptor program of ``m`` rows; ``targets`` holds Buffers or byte sizes."""
         addr = {name: (t if isinstance(t, Buffer) else 0) for name, t in targets.items()}
         prog = ProgramBuilder(self._dev)
-        prog.matmul(m=m, k=self._kp, n=self._n, wbits=self._bits, x=addr["x"], s=self._s_buf, y=addr["y"],
+        prog.matmul(m=m, k=self._kp, n=self._n, wbits=self._code, x=addr["x"], s=self._s_buf, y=addr["y"],
                     w=self._w_bufs, out_mode=out_mode, out_shift=out_shift, q=addr.get("q"), bias=addr.get("b"),
                     bias_shift=bias_shift, p=addr.get("p"))
         return prog

@@ -15,13 +15,15 @@ from __future__ import annotations
 import numpy as np
 
 from hbmforge.encodings import OutMode, WeightFormat
+from hbmforge.engines.matmul import SPARSE24
 from hbmforge.layout import DesignLayout
 from hbmforge.numerics.quant import storage_range, weight_format
+from hbmforge.numerics.sparse import GROUP, KEEP, decode_sparse24_stream
 
 from .checks import check_int, int_array
 
 __all__ = [
-    "pad_k", "engine_format",
+    "pad_k", "engine_format", "weight_code",
     "pack_activations", "unpack_activations",
     "pack_weights", "unpack_weights",
     "pack_scales", "unpack_scales",
@@ -116,7 +118,20 @@ def _five_trit(lay, fmt) -> bool:
     return fmt == "ternary" and lay.mm.ternary_packing == "5trit"
 
 
-def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
+def weight_code(wbits, layout, *, sparse24: bool = False, name: str = "wbits") -> int:
+    """The descriptor ``wbits`` of a format, with the 2:4 flag (``| SPARSE24``) when ``sparse24``;
+    checked against the engine (``sparse24`` needs an engine with ``sparse24: true``)."""
+    lay = _layout(layout)
+    fmt = engine_format(wbits, lay, name)
+    if not isinstance(sparse24, bool):
+        raise TypeError(f"sparse24 must be True or False, got {sparse24!r}")
+    if sparse24 and not lay.mm.sparse24:
+        raise ValueError("sparse24: this design's matmul engine has sparse24 false (no 2:4 sparse weights); "
+                         "set sparse24: true in its config")
+    return WeightFormat.code(fmt) | (SPARSE24 if sparse24 else 0)
+
+
+def pack_weights(wq, wbits, layout, *, sparse24: bool = False) -> list[np.ndarray]:
     """``[N, K]`` integer weights -> one ``uint8`` array per weight port.
 
     ``wbits``: 2, 4, 8, ``"ternary"`` (or its descriptor code 3). K is padded with zeros and cut
@@ -131,30 +146,58 @@ def pack_weights(wq, wbits, layout) -> list[np.ndarray]:
     * ternary, ``5trit``: byte ``j`` = ``sum_t (w[5j+t] + 1) * 3**t`` (``t = 0`` the
       earliest element); missing elements of the last byte are zero weights.
 
+    With ``sparse24`` (an engine with ``sparse24: true``) every group of 4 elements
+    ``4j .. 4j+3`` must hold at most 2 non-zeros (:func:`hbmforge.numerics.sparse.prune_2_4`
+    makes it so) and is stored in ``2b + 4`` bits (``b``: 2 for ternary, whatever the
+    packing): value ``v0``, value ``v1`` (two's complement or ternary code), index ``i0``,
+    index ``i1`` (2 bits each, the non-zeros' positions in the group, ascending; unused
+    slots hold value 0 at the lowest free positions). Group ``j`` is at stream bits
+    ``[j (2b+4), (j+1)(2b+4))``.
+
     The stream is zero-padded to whole combined words of ``P*W`` bits; combined word
     ``c`` is word ``c`` of stripe 0, then stripe 1, ... (stripe 0 least significant).
     """
     lay = _layout(layout)
     fmt = engine_format(wbits, lay)
+    code = weight_code(fmt, lay, sparse24=sparse24)
     lo, hi = storage_range(fmt)
     wq = pad_k(_int_matrix(f"{fmt if fmt == 'ternary' else f'int{fmt}'} weights", wq, lo, hi), lay)
     n, k = wq.shape
     if n == 0:
         raise ValueError("weights have no rows (N = 0)")
+    if sparse24:
+        dense = (wq.reshape(n, k // GROUP, GROUP) != 0).sum(axis=2)
+        if (dense > KEEP).any():
+            r, j = (int(v[0]) for v in np.nonzero(dense > KEEP))
+            raise ValueError(f"weights are not 2:4 sparse: row {r}, elements {GROUP * j}..{GROUP * j + 3} hold "
+                             f"{int(dense[r, j])} non-zeros (at most {KEEP}); prune them first "
+                             "(hbmforge.numerics.sparse.prune_2_4)")
     geom = lay.matmul
     if k > geom.max_k_total:
         raise ValueError(f"weights have K = {k}; the engine takes at most {geom.max_k_total} "
                          f"({lay.mm.split_k} slices of {geom.k_slice})")
-    parts = [_pack_weight_slice(wq[:, s * geom.k_slice:s * geom.k_slice + geom.slice_k(k, s)], fmt, lay)
+    parts = [_pack_weight_slice(wq[:, s * geom.k_slice:s * geom.k_slice + geom.slice_k(k, s)], fmt, lay, code)
              for s in range(geom.slices(k))]
     return [np.concatenate([part[p] for part in parts]) for p in range(lay.mm.weight_ports)]
 
 
-def _pack_weight_slice(wq: np.ndarray, fmt, lay) -> list[np.ndarray]:
+def _pack_sparse24(flat: np.ndarray, bits: int) -> np.ndarray:
+    """int8 elements (at most 2 non-zeros per 4) -> the 2:4 stream bytes (see :func:`pack_weights`)."""
+    g = flat.reshape(-1, GROUP)
+    order = np.argsort(g == 0, axis=1, kind="stable")[:, :KEEP]        # non-zeros first, ascending
+    vals = np.take_along_axis(g, order, axis=1).astype(np.int64) & ((1 << bits) - 1)
+    fields = [(vals[:, 0], bits), (vals[:, 1], bits), (order[:, 0], 2), (order[:, 1], 2)]
+    out = np.concatenate([((v[:, None].astype(np.int64) >> np.arange(w)) & 1) for v, w in fields], axis=1)
+    return np.packbits(out.astype(np.uint8).reshape(-1), bitorder="little")
+
+
+def _pack_weight_slice(wq: np.ndarray, fmt, lay, code: int) -> list[np.ndarray]:
     """One K slice [N, ks] -> its stripes (whole combined words)."""
     n, k = wq.shape
     flat = np.ascontiguousarray(wq).reshape(-1).astype(np.int8).view(np.uint8)
-    if _five_trit(lay, fmt):
+    if code & SPARSE24:
+        stream = _pack_sparse24(flat.view(np.int8), lay.matmul.lane_bits(fmt))
+    elif _five_trit(lay, fmt):
         digits = np.ones(-(-flat.size // 5) * 5, dtype=np.int16)           # pad: zero weights
         digits[:flat.size] = flat.view(np.int8).astype(np.int16) + 1
         stream = (digits.reshape(-1, 5) @ _POW3).astype(np.uint8)
@@ -171,12 +214,12 @@ def _pack_weight_slice(wq: np.ndarray, fmt, lay) -> list[np.ndarray]:
         c = codes.reshape(-1, 4)
         stream = c[:, 0] | (c[:, 1] << 2) | (c[:, 2] << 4) | (c[:, 3] << 6)
     ports, word = lay.mm.weight_ports, lay.word_bytes
-    stripe_bytes = lay.matmul.slice_weight_port_bytes(n, k, WeightFormat.code(fmt))
+    stripe_bytes = lay.matmul.slice_weight_port_bytes(n, k, code)
     combined = _pad_bytes(stream, stripe_bytes * ports).reshape(-1, ports, word)
     return [np.ascontiguousarray(combined[:, p, :]).reshape(-1) for p in range(ports)]
 
 
-def unpack_weights(stripes, n: int, k: int, wbits, layout) -> np.ndarray:
+def unpack_weights(stripes, n: int, k: int, wbits, layout, *, sparse24: bool = False) -> np.ndarray:
     """Inverse of :func:`pack_weights` (``k`` padded): int8 ``[N, K]``.
 
     Reserved encodings decode as the hardware does: ternary code 10 and 5-trit
@@ -184,12 +227,13 @@ def unpack_weights(stripes, n: int, k: int, wbits, layout) -> np.ndarray:
     """
     lay = _layout(layout)
     fmt = engine_format(wbits, lay)
+    code = weight_code(fmt, lay, sparse24=sparse24)
     n, k = check_int("n", n, 1), check_int("k", k, 1)
     ports, word = lay.mm.weight_ports, lay.word_bytes
     if not isinstance(stripes, (list, tuple)) or len(stripes) != ports:
         got = len(stripes) if isinstance(stripes, (list, tuple)) else type(stripes).__name__
         raise ValueError(f"need {ports} weight stripes, got {got}")
-    geom, code = lay.matmul, WeightFormat.code(fmt)
+    geom = lay.matmul
     need = geom.weight_port_bytes(n, k, code)
     arrays = [_raw_bytes(s, need, f"weight stripe {i}") for i, s in enumerate(stripes)]
     parts, offset = [], 0
@@ -197,14 +241,18 @@ def unpack_weights(stripes, n: int, k: int, wbits, layout) -> np.ndarray:
         ks = geom.slice_k(k, sl)
         nbytes = geom.slice_weight_port_bytes(n, ks, code)
         parts.append(_unpack_weight_slice([a[offset:offset + nbytes].reshape(-1, word) for a in arrays],
-                                          n, ks, fmt, lay))
+                                          n, ks, fmt, lay, code))
         offset += nbytes
     return np.concatenate(parts, axis=1)
 
 
-def _unpack_weight_slice(arrays, n: int, k: int, fmt, lay) -> np.ndarray:
+def _unpack_weight_slice(arrays, n: int, k: int, fmt, lay, code: int) -> np.ndarray:
     stream = np.stack(arrays, axis=1).reshape(-1)
     count = n * k
+    if code & SPARSE24:
+        bits = np.unpackbits(stream, bitorder="little")
+        return decode_sparse24_stream(bits, count, lay.matmul.lane_bits(fmt), fmt == "ternary") \
+            .astype(np.int8).reshape(n, k)
     if _five_trit(lay, fmt):
         b = stream[: -(-count // 5)].astype(np.int16)
         vals = ((b[:, None] // _POW3[None, :]) % 3 - 1).astype(np.int8)

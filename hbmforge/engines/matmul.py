@@ -29,7 +29,7 @@ from ..mathutil import ceil_div, round_up
 from .base import Channels, Check, EngineFamily
 
 __all__ = ["MATMUL_FIELDS", "MatmulWidths", "MatmulGeometry", "MatmulFamily", "matmul_checks",
-           "PARTIAL_BYTES", "next_pow2"]
+           "PARTIAL_BYTES", "next_pow2", "SPARSE24", "is_sparse24", "dense_code", "sparse24_group_bits"]
 
 #: u64 slots of a MATMUL descriptor after ``op``; then one ``w_addr<i>`` per weight port.
 MATMUL_FIELDS = ("m", "k", "n", "wbits", "out_mode", "out_shift", "x_addr", "s_addr", "q_addr", "y_addr",
@@ -37,6 +37,28 @@ MATMUL_FIELDS = ("m", "k", "n", "wbits", "out_mode", "out_shift", "x_addr", "s_a
 #: bytes of one partial sum in the split-K scratch (int64)
 PARTIAL_BYTES = 8
 _U32 = (1 << 32) - 1
+#: ``wbits`` flag of 2:4 structured-sparse weights (``wbits = code | SPARSE24``): every group of 4
+#: consecutive elements of a column (in K) holds at most 2 non-zeros, stored as 2 values and two 2-bit
+#: indexes (docs/engines/matmul.md, "2:4 sparsity"); engines with ``sparse24: true`` accept it
+SPARSE24 = 0x10
+
+
+def is_sparse24(wbits) -> bool:
+    """True for a descriptor code with the :data:`SPARSE24` flag."""
+    return isinstance(wbits, int) and not isinstance(wbits, bool) and bool(wbits & SPARSE24)
+
+
+def dense_code(wbits):
+    """The weight format of a (possibly sparse) ``wbits``: the code without :data:`SPARSE24`, or the
+    config spelling unchanged."""
+    if is_sparse24(wbits):
+        return WeightFormat(wbits & ~SPARSE24)
+    return wbits
+
+
+def sparse24_group_bits(lane_bits: int) -> int:
+    """Bits of one packed group of 4 elements: two values of ``lane_bits`` and two 2-bit indexes."""
+    return 2 * lane_bits + 4
 
 
 def next_pow2(v: int) -> int:
@@ -147,8 +169,13 @@ class MatmulGeometry:
         return self.engine.rows * self.engine.lanes
 
     @property
-    def weight_codes(self) -> tuple[WeightFormat, ...]:
-        return tuple(WeightFormat.from_config(f) for f in self.engine.weight_bits)
+    def weight_codes(self) -> tuple[int, ...]:
+        """Every ``wbits`` code the engine accepts: its formats, and with ``sparse24`` each one's 2:4
+        sparse code (``code | SPARSE24``) too."""
+        dense = tuple(WeightFormat.from_config(f) for f in self.engine.weight_bits)
+        if getattr(self.engine, "sparse24", False):
+            return dense + tuple(int(c) | SPARSE24 for c in dense)
+        return dense
 
     @property
     def tlmm(self) -> bool:
@@ -244,7 +271,8 @@ class MatmulGeometry:
 
     @staticmethod
     def lane_bits(fmt) -> int:
-        """Signed width of one decoded weight (``fmt``: config format or descriptor code)."""
+        """Signed width of one decoded weight (``fmt``: config format or descriptor code, sparse or not)."""
+        fmt = dense_code(fmt)
         return 2 if fmt in ("ternary", WeightFormat.TERNARY) else int(fmt)
 
     def pad_k(self, k: int) -> int:
@@ -257,7 +285,10 @@ class MatmulGeometry:
     def weight_stream_bytes(self, n: int, k: int, wbits) -> int:
         """Bytes of the packed [n, k] weight stream of one K slice before striping (``wbits``: code or
         format). Ternary with ``ternary_packing: 5trit`` holds five weights per byte; every other
-        format packs ``lane_bits`` per weight."""
+        format packs ``lane_bits`` per weight. 2:4 sparse codes hold a group of 4 weights in
+        ``2 * lane_bits + 4`` bits (ternary as 2-bit codes whatever the packing)."""
+        if is_sparse24(wbits):
+            return ceil_div(n * k // 4 * sparse24_group_bits(self.lane_bits(wbits)), 8)
         if wbits in ("ternary", WeightFormat.TERNARY) and self.engine.ternary_packing == "5trit":
             return ceil_div(n * k, 5)
         return ceil_div(n * k * self.lane_bits(wbits), 8)
@@ -346,7 +377,9 @@ def matmul_checks(geom: MatmulGeometry) -> tuple[Check, ...]:
     return (
         Check(ErrorCode.BAD_WBITS, lambda f, ops: ops.not_(ops.one_of(f["wbits"], codes)),
               lambda f: f"wbits {f['wbits']}, engine accepts codes {[int(c) for c in codes]} "
-                        f"({list(mm.weight_bits)})"),
+                        f"({list(mm.weight_bits)}"
+                        + (f"; {SPARSE24:#x} marks 2:4 sparse)" if getattr(mm, "sparse24", False)
+                           else "; no 2:4 sparse codes: the engine has sparse24 false)")),
         Check(ErrorCode.BAD_K,
               lambda f, ops: ops.any_(f["k"] == 0, f["k"] > k_max, ops.misaligned(f["k"], k_align)),
               lambda f: f"k {f['k']}, must be a multiple of {k_align} in [1, {k_max}] "
@@ -396,6 +429,7 @@ class MatmulFamily(EngineFamily):
             "rows": mm.rows, "lanes": mm.lanes, "weight_ports": mm.weight_ports,
             "weight_bits": list(mm.weight_bits),
             "weight_codes": [int(c) for c in geom.weight_codes],
+            "sparse24": bool(getattr(mm, "sparse24", False)), "sparse24_flag": SPARSE24,
             "ternary_packing": mm.ternary_packing, "arch": mm.arch, "tlmm_group": mm.tlmm_group,
             "group_size": mm.group_size, "scale_bits": mm.scale_bits, "max_k": mm.max_k,
             "k_align": geom.k_align, "addr_align": geom.addr_align,

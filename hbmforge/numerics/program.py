@@ -25,7 +25,9 @@ import numpy as np
 
 from ..encodings import BiasMode, ErrorCode, Opcode, OutMode, WeightFormat
 from ..layout import DesignLayout
+from ..engines.matmul import SPARSE24
 from .matmul import add_bias, matmul_accumulate, matmul_int8, matmul_int32
+from .sparse import decode_sparse24_stream
 
 __all__ = ["execute", "ProgramResult", "SparseMemory", "MemoryAccessError", "EngineFault"]
 
@@ -160,7 +162,8 @@ def _read_slice_weights(mem, d: dict[str, int], layout: DesignLayout, offset: in
     * int2/int4/int8 (codes 2, 4, 8): element i = stream bits [i*b, (i+1)*b), two's complement;
     * ternary, '2bit' packing (code 3): 2-bit code i: 00 -> 0, 01 -> +1, 11 -> -1, 10 -> 0;
     * ternary, '5trit' packing: byte j holds elements 5j .. 5j+4; element 5j+t is
-      (byte // 3**t) % 3 - 1 for a byte < 243, and 0 for a byte >= 243.
+      (byte // 3**t) % 3 - 1 for a byte < 243, and 0 for a byte >= 243;
+    * 2:4 sparse (code | SPARSE24): :func:`hbmforge.numerics.sparse.decode_sparse24_stream`.
     """
     n, code = d["n"], d["wbits"]
     ports, wb = layout.mm.weight_ports, layout.word_bytes
@@ -170,6 +173,11 @@ def _read_slice_weights(mem, d: dict[str, int], layout: DesignLayout, offset: in
                for p in range(ports)]
     stream_bytes = np.concatenate(stripes, axis=1).reshape(-1)                # combined words, in order
     count = n * ks
+    if code & SPARSE24:                     # 2:4 sparse: 2 values + two 2-bit indexes per 4 elements
+        base = code & ~SPARSE24
+        bits = 2 if base == WeightFormat.TERNARY else base
+        stream = np.unpackbits(stream_bytes, bitorder="little")
+        return decode_sparse24_stream(stream, count, bits, base == WeightFormat.TERNARY).reshape(n, ks)
     if code == WeightFormat.TERNARY and layout.mm.ternary_packing == "5trit":
         b = stream_bytes[: -(-count // 5)].astype(np.int16)
         trits = np.stack([(b // 3 ** t) % 3 - 1 for t in range(5)], axis=1)  # [bytes, 5], t = 0 first

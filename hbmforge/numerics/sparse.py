@@ -1,0 +1,86 @@
+"""2:4 structured sparsity (AccLLM, FlightLLM; NVIDIA's 2:4): at most 2 non-zeros in every 4 weights.
+
+A weight matrix ``[N, K]`` is 2:4 sparse when every group of 4 consecutive elements of a row
+(K ``4j .. 4j+3``) holds at most 2 non-zeros. Such a matrix computes exactly like the dense
+one (the golden matmul is unchanged); what changes is the memory layout (2 values and two 2-bit
+indexes per group, :func:`decode_sparse24_stream`) and so the weight bytes per token.
+
+:func:`prune_2_4` is the usual one-shot magnitude pruning: keep the 2 largest ``|w|`` of each
+group (the earlier element on a tie).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["GROUP", "KEEP", "prune_2_4", "is_2_4", "sparse24_mask", "decode_sparse24_stream"]
+
+GROUP, KEEP = 4, 2
+
+
+def _groups(w: np.ndarray, name: str) -> np.ndarray:
+    if not isinstance(w, np.ndarray) or w.ndim < 1:
+        raise TypeError(f"{name} must be a NumPy array with at least one axis, got {type(w).__name__}")
+    if w.shape[-1] % GROUP:
+        raise ValueError(f"{name}: the last axis ({w.shape[-1]}) must be a multiple of {GROUP} for 2:4 sparsity")
+    return w.reshape(w.shape[:-1] + (w.shape[-1] // GROUP, GROUP))
+
+
+def sparse24_mask(w) -> np.ndarray:
+    """Boolean mask of the elements magnitude 2:4 pruning keeps: the 2 largest ``|w|`` of every 4
+    along the last axis (the lower index wins a tie; NaN is not allowed)."""
+    w = np.asarray(w)
+    if w.dtype.kind == "f" and not np.all(np.isfinite(w)):
+        raise ValueError("weights must be finite to prune them")
+    g = _groups(np.abs(w.astype(np.float64) if w.dtype.kind in "iuf" else w), "weights")
+    # stable sort of -|w|: equal magnitudes keep their order, so the earlier element ranks first
+    order = np.argsort(-g, axis=-1, kind="stable")
+    keep = np.zeros(g.shape, dtype=bool)
+    np.put_along_axis(keep, order[..., :KEEP], True, axis=-1)
+    return keep.reshape(w.shape)
+
+
+def prune_2_4(w) -> np.ndarray:
+    """``w`` with all but the 2 largest-magnitude elements of every group of 4 (last axis) zeroed;
+    same dtype and shape."""
+    w = np.asarray(w)
+    return np.where(sparse24_mask(w), w, np.zeros((), dtype=w.dtype))
+
+
+def is_2_4(w) -> bool:
+    """True if every group of 4 along the last axis has at most 2 non-zeros."""
+    g = _groups(np.asarray(w), "weights")
+    return bool(((g != 0).sum(axis=-1) <= KEEP).all())
+
+
+def decode_sparse24_stream(stream_bits: np.ndarray, count: int, bits: int, ternary: bool) -> np.ndarray:
+    """The dense elements of a packed 2:4 stream, decoded as the engine does.
+
+    ``stream_bits``: the stream as bits, least significant first (``np.unpackbits(...,
+    bitorder="little")``); ``count``: dense elements (a multiple of 4); ``bits``: bits of one
+    value (2 for ternary). Group ``j`` (elements ``4j .. 4j+3``) sits at stream bits
+    ``[j*(2b+4), (j+1)*(2b+4))``: value ``v0`` (b bits), ``v1`` (b bits), index ``i0`` (2 bits),
+    index ``i1`` (2 bits). Values are two's complement, or ternary codes (00 0, 01 +1, 11 -1,
+    10 reserved = 0). Element ``4j+t`` is ``v0`` if ``i0 == t``, else ``v1`` if ``i1 == t``, else 0
+    (so a repeated index keeps ``v0``).
+    """
+    groups = count // GROUP
+    gb = 2 * bits + 4
+    fields = stream_bits[:groups * gb].reshape(groups, gb).astype(np.int16)
+
+    def field(lo: int, width: int) -> np.ndarray:
+        out = np.zeros(groups, dtype=np.int16)
+        for j in range(width):
+            out |= fields[:, lo + j] << j
+        return out
+
+    vals = []
+    for v in (field(0, bits), field(bits, bits)):
+        if ternary:
+            v = np.array([0, 1, 0, -1], dtype=np.int16)[v]
+        else:
+            v = v - ((v >= (1 << (bits - 1))).astype(np.int16) << bits)
+        vals.append(v)
+    i0, i1 = field(2 * bits, 2), field(2 * bits + 2, 2)
+    t = np.arange(GROUP, dtype=np.int16)[None, :]
+    out = np.where(i0[:, None] == t, vals[0][:, None], np.where(i1[:, None] == t, vals[1][:, None], 0))
+    return out.reshape(-1).astype(np.int16)

@@ -3,11 +3,12 @@
 ``n = bit_length(l)``; ``X`` = the top 17 bits of ``l`` (``2**16 <= X < 2**17``); a 128-entry
 seed table ``Y0`` on the 7 bits after the leading one; one Newton step
 ``Y = rshift_round(Y0 * (2**34 - X*Y0), 33)`` (``Y <= 2**17``, relative error < 2**-15).
-Combinational (leading-one detector, barrel shift, ROM, two multipliers); the caller registers.
+A :attr:`Reciprocal.LATENCY`-stage pipeline (leading-one detector, barrel shift, ROM, two
+multipliers, one register after each), so no stage is deeper than the 300 MHz budget.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -19,7 +20,14 @@ __all__ = ["Reciprocal"]
 
 
 class Reciprocal(wiring.Component):
-    """``(y, n) = reciprocal(l)`` for an ``l_bits``-bit unsigned ``l`` (``(0, 0)`` for 0)."""
+    """``(y, n) = reciprocal(l)`` for an ``l_bits``-bit unsigned ``l`` (``(0, 0)`` for 0), pipelined:
+    ``y``/``n`` are the reciprocal of the ``l`` of :attr:`LATENCY` cycles before.
+
+    Stages (each a register): leading one; normalizing shift; seed-table read; ``e = 2**34 -
+    X*Y0``; ``Y0*e``; rounding. Each stage is at most a few LUT levels or one multiplier.
+    """
+
+    LATENCY = 6
 
     def __init__(self, l_bits: int):
         if l_bits < 2:
@@ -30,25 +38,34 @@ class Reciprocal(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         lb, xb = self._l_bits, RECIP_X_BITS
-        n = Signal(range(lb + 1))
-        for b in range(lb):                       # leading one (last assignment wins)
+        nb = range(lb + 1)
+        # 1: leading one (last assignment wins) and the input
+        lead = Signal(nb)
+        for b in range(lb):
             with m.If(self.l[b]):
-                m.d.comb += n.eq(b + 1)
-        # X = l normalized so its leading one is bit xb-1: shift left by (lb - n), take the top xb bits
+                m.d.comb += lead.eq(b + 1)
+        n1, l1 = Signal(nb), Signal(lb)
+        m.d.sync += [n1.eq(lead), l1.eq(self.l)]
+        # 2: X = l normalized so its leading one is bit xb-1: shift left by (lb - n), take the top xb bits
         wide = Signal(max(lb, xb) + xb)
-        lsh = Signal(range(lb + 1))
-        m.d.comb += lsh.eq(lb - n)
-        m.d.comb += wide.eq((self.l << xb) << lsh)
-        x = Signal(xb)
-        m.d.comb += x.eq(wide[lb:lb + xb])
+        lsh = Signal(nb)
+        m.d.comb += [lsh.eq(lb - n1), wide.eq((l1 << xb) << lsh)]
+        x2, n2 = Signal(xb), Signal(nb)
+        m.d.sync += [x2.eq(wide[lb:lb + xb]), n2.eq(n1)]
+        # 3: seed table (a registered read)
         m.submodules.rom = rom = Memory(shape=xb + 1, depth=1 << RECIP_TABLE_BITS, init=RECIP_TABLE)
-        rp = rom.read_port(domain="comb")
-        m.d.comb += rp.addr.eq(x[xb - 1 - RECIP_TABLE_BITS:xb - 1])
-        e = Signal(2 * xb + 1)
-        m.d.comb += e.eq((1 << (2 * xb)) - x * rp.data)
+        rp = rom.read_port()
+        m.d.comb += rp.addr.eq(x2[xb - 1 - RECIP_TABLE_BITS:xb - 1])
+        x3, n3 = Signal(xb), Signal(nb)
+        m.d.sync += [x3.eq(x2), n3.eq(n2)]
+        # 4: e = 2**(2 xb) - X * Y0
+        e4, y4, n4 = Signal(2 * xb + 1), Signal(xb + 1), Signal(nb)
+        m.d.sync += [e4.eq((1 << (2 * xb)) - x3 * rp.data), y4.eq(rp.data), n4.eq(n3)]
+        # 5: Y0 * e
+        p5, n5 = Signal(3 * xb + 2), Signal(nb)
+        m.d.sync += [p5.eq(y4 * e4), n5.eq(n4)]
+        # 6: rounding
         y = Signal(2 * xb + 1 + xb + 1)
-        m.d.comb += y.eq((rp.data * e + (1 << (2 * xb - 2))) >> (2 * xb - 1))
-        m.d.comb += [self.n.eq(n), self.y.eq(y)]
-        with m.If(n == 0):
-            m.d.comb += self.y.eq(0)
+        m.d.comb += y.eq((p5 + (1 << (2 * xb - 2))) >> (2 * xb - 1))
+        m.d.sync += [self.n.eq(n5), self.y.eq(Mux(n5 == 0, 0, y))]
         return m

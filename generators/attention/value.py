@@ -37,6 +37,9 @@ def _rescale(v, alpha, bits: int):
 
 
 class ValueUnit(wiring.Component):
+    #: registered stages of the output multiply (two products, their sum, shift, round + saturate)
+    OUT_STAGES = 4
+
     def __init__(self, geometry: DatapathGeometry):
         self._geom = geometry
         rows, W = geometry.rows, geometry.data_width
@@ -140,44 +143,66 @@ class ValueUnit(wiring.Component):
                      self.out_data.payload.eq(obuf[:W])]
         shm1 = Signal(range(l_bits + 16))
         m.d.comb += shm1.eq(n + 15 - OUT_FRAC)
-        outs = []
+        # acc * y in OUT_STAGES registered stages: two narrow products (the accumulator split at bit
+        # 17, as _rescale does), their sum, the shift, then rounding and saturation
+        lo_bits = 17
+        stage_out = []
         for li in range(int8_lanes):
-            a = head[li * acc_bits:(li + 1) * acc_bits].as_signed()
+            a = head[li * acc_bits:(li + 1) * acc_bits]
+            p_lo = Signal(lo_bits + RECIP_X_BITS + 1, name=f"oplo{li}")
+            p_hi = Signal(signed(acc_bits - lo_bits + RECIP_X_BITS + 2), name=f"ophi{li}")
+            m.d.sync += [p_lo.eq(a[:lo_bits] * y), p_hi.eq(a[lo_bits:].as_signed() * y)]
             prod = Signal(signed(acc_bits + RECIP_X_BITS + 2), name=f"oprod{li}")
-            m.d.comb += prod.eq(a * y)
-            v = ((prod >> shm1) + 1) >> 1
-            o = Mux(v > (1 << 31) - 1, (1 << 31) - 1, Mux(v < -(1 << 31), -(1 << 31), v))
-            outs.append(o[:32])
+            m.d.sync += prod.eq((p_hi << lo_bits) + p_lo)
+            sh = Signal(signed(acc_bits + RECIP_X_BITS + 2), name=f"osh{li}")
+            m.d.sync += sh.eq(prod >> shm1)
+            v = (sh + 1) >> 1
+            o = Signal(32, name=f"oout{li}")
+            m.d.sync += o.eq(Mux(v > (1 << 31) - 1, (1 << 31) - 1, Mux(v < -(1 << 31), -(1 << 31), v)))
+            stage_out.append(o)
+        outs = Cat(*stage_out)
+        # cycles after a change of the ring head or y until outs follows it
+        owait = Signal(range(self.OUT_STAGES + 1))
+        rwait = Signal(range(Reciprocal.LATENCY + 1))     # cycles until the row's reciprocal is out
+        with m.If(owait != 0):
+            m.d.sync += owait.eq(owait - 1)
+        with m.If(rwait != 0):
+            m.d.sync += rwait.eq(rwait - 1)
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(hold & self.tile.valid):
-                    m.d.sync += row.eq(0)
+                    m.d.sync += [row.eq(0), rwait.eq(Reciprocal.LATENCY)]
                     m.next = "ROW"
             with m.State("ROW"):
                 with m.If(row == tile.nv):
                     m.d.comb += [self.tile.ready.eq(1), self.tile_done.eq(1)]
                     m.d.sync += hold.eq(0)
                     m.next = "IDLE"
-                with m.Else():
-                    # the row's command goes out while its reciprocal settles into y, n
+                with m.Elif(rwait == 0):
+                    # the row's command goes out with its reciprocal
                     m.d.comb += self.out_cmd.valid.eq(1)
                     with m.If(self.out_cmd.ready):
-                        m.d.sync += [y.eq(recip.y), n.eq(recip.n), slot.eq(0)]
+                        m.d.sync += [y.eq(recip.y), n.eq(recip.n), slot.eq(0), owait.eq(self.OUT_STAGES)]
                         m.next = "SLOT"
             with m.State("SLOT"):
-                m.d.sync += [obuf.eq(Cat(*outs)), left.eq(words)]
-                m.d.comb += rotate.eq(1)
-                m.next = "EMIT"
+                with m.If(owait == 0):
+                    m.d.sync += [obuf.eq(outs), left.eq(words), owait.eq(self.OUT_STAGES)]
+                    m.d.comb += rotate.eq(1)
+                    m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += self.out_data.valid.eq(1)
                 with m.If(self.out_data.ready):
                     m.d.sync += [obuf.eq(obuf >> W), left.eq(left - 1)]
                     with m.If(left == 1):
                         with m.If(slot == slots - 1):
-                            m.d.sync += row.eq(row + 1)
+                            m.d.sync += [row.eq(row + 1), rwait.eq(Reciprocal.LATENCY)]
                             m.next = "ROW"
-                        with m.Else():
-                            # the next slot is at the ring's head already: load it now (no SLOT cycle)
-                            m.d.sync += [slot.eq(slot + 1), obuf.eq(Cat(*outs)), left.eq(words)]
+                        with m.Elif(owait == 0):
+                            # the next slot's outputs are ready: load them now (no SLOT cycle)
+                            m.d.sync += [slot.eq(slot + 1), obuf.eq(outs), left.eq(words),
+                                         owait.eq(self.OUT_STAGES)]
                             m.d.comb += rotate.eq(1)
+                        with m.Else():
+                            m.d.sync += slot.eq(slot + 1)
+                            m.next = "SLOT"
         return m

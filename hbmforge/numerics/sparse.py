@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["GROUP", "KEEP", "prune_2_4", "is_2_4", "sparse24_mask", "decode_sparse24_stream"]
+__all__ = ["GROUP", "KEEP", "prune_2_4", "is_2_4", "sparse24_mask", "encode_sparse24_stream",
+           "decode_sparse24_stream"]
 
 GROUP, KEEP = 4, 2
 
@@ -50,6 +51,21 @@ def is_2_4(w) -> bool:
     """True if every group of 4 along the last axis has at most 2 non-zeros."""
     g = _groups(np.asarray(w), "weights")
     return bool(((g != 0).sum(axis=-1) <= KEEP).all())
+
+
+def encode_sparse24_stream(elements, bits: int) -> np.ndarray:
+    """Integer elements (a multiple of 4, at most 2 non-zeros per group of 4) -> the packed stream
+    bytes (layout: :func:`decode_sparse24_stream`). The non-zeros' indexes are written ascending;
+    a group with fewer than 2 non-zeros fills the rest with value 0 at the lowest free positions.
+    Values are stored as their low ``bits`` bits (two's complement, or the 2-bit ternary code)."""
+    g = np.asarray(elements).reshape(-1, GROUP).astype(np.int64)
+    if ((g != 0).sum(axis=1) > KEEP).any():
+        raise ValueError("elements are not 2:4 sparse (a group of 4 holds more than 2 non-zeros)")
+    order = np.argsort(g == 0, axis=1, kind="stable")[:, :KEEP]        # non-zeros first, ascending
+    vals = np.take_along_axis(g, order, axis=1) & ((1 << bits) - 1)
+    fields = [(vals[:, 0], bits), (vals[:, 1], bits), (order[:, 0], 2), (order[:, 1], 2)]
+    out = np.concatenate([((v[:, None].astype(np.int64) >> np.arange(w)) & 1) for v, w in fields], axis=1)
+    return np.packbits(out.astype(np.uint8).reshape(-1), bitorder="little")
 
 
 def decode_sparse24_stream(stream_bits: np.ndarray, count: int, bits: int, ternary: bool) -> np.ndarray:

@@ -24,7 +24,7 @@ __all__ = ["ManifestError", "load_manifest", "read_design", "render_ports_header
            "HARNESS_SOURCES", "harness_dir"]
 
 #: Files of sim/harness compiled or included into every co-simulation library.
-HARNESS_SOURCES = ("hbf_abi.h", "sparse_memory.h", "protocol_log.h", "memory_regions.h", "axi_port_model.h",
+HARNESS_SOURCES = ("hbf_abi.h", "sparse_memory.h", "protocol_log.h", "memory_regions.h", "dram_model.h", "axi_port_model.h",
                    "axi_lite_master.h", "hbf_harness.cpp", "hbf_ports.h.j2", "hbf_stream.h", "hbf_streams.h.j2")
 
 

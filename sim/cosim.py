@@ -20,10 +20,10 @@ import numpy as np
 from hbmforge.layout import CTRL_ADDR_WIDTH
 
 from .bindings import port_timings, read_design
-from .timing import PortTiming
+from .timing import DRAM_PARAM_NAMES, PortTiming, check_memory_model, dram_params
 
-__all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "RegionStats", "ProtocolReport", "build_cosim",
-           "MAX_REGIONS", "TRACE_DTYPE"]
+__all__ = ["CoSim", "CoSimError", "AxiProtocolError", "PortStats", "RegionStats", "MemoryStats", "ProtocolReport",
+           "build_cosim", "MAX_REGIONS", "TRACE_DTYPE"]
 
 _RUN_CHUNK = 1 << 20            # cycles per C call when a wall-clock limit or Ctrl-C must be honoured
 _ERROR_TEXT_BYTES = 1 << 16
@@ -77,6 +77,20 @@ class RegionStats(NamedTuple):
     write_bursts: int
     trace_pending: int
     trace_dropped: int
+
+
+class MemoryStats(NamedTuple):
+    """``hbf_memory_stats``: what the calibrated DRAM model saw (column accesses by row state,
+    refreshes, bus turnarounds, bursts through the HBM switch to another group and hops crossed)."""
+
+    accesses: int
+    row_hits: int
+    row_closed: int
+    row_misses: int
+    refreshes: int
+    turnarounds: int
+    crossing_bursts: int
+    crossing_hops: int
 
 
 #: regions the harness holds (memory_regions.h)
@@ -144,6 +158,9 @@ def _load(path: Path) -> ctypes.CDLL:
         "hbf_stream_stats": ([vp, i32, ctypes.POINTER(u64)], None),
         "hbf_interrupt": ([vp], i32),
         "hbf_coverage_write": ([vp, ctypes.c_char_p], i32),
+        "hbf_set_memory_model": ([vp, ctypes.POINTER(ctypes.c_double), i32], i32),
+        "hbf_set_port_channel": ([vp, i32, u32], None),
+        "hbf_memory_stats": ([vp, ctypes.POINTER(u64)], None),
     }
     for name, (args, res) in sigs.items():
         try:
@@ -190,6 +207,7 @@ class CoSim:
         self._timing = list(port_timings(self.layout))
         self._ctrl_span = 1 << CTRL_ADDR_WIDTH
         self.last_stop: str | None = None
+        self.memory_model = "ideal"
 
     @classmethod
     def open(cls, design, manifest=None, *, options=None, progress: bool = True) -> "CoSim":
@@ -349,6 +367,35 @@ class CoSim:
                                       float(timing.bytes_per_cycle), timing.max_outstanding)
         self._timing[i] = timing
         return timing
+
+    def set_memory_model(self, model: str = "calibrated") -> dict[str, float] | None:
+        """Select the main memory's timing (docs/hbm-model.md): ``"ideal"`` (each port its own
+        latency and bandwidth, as ``set_port_timing`` sets them; the default) or ``"calibrated"``
+        (the board file's DRAM: channels shared by the ports, banks and rows, refresh, bus
+        turnaround, the HBM switch; each port bound to its channel in the config's port map).
+        Returns the calibrated parameters in kernel cycles (None for ``ideal``)."""
+        model = check_memory_model(model)
+        handle = self.handle
+        if model == "ideal":
+            self._lib.hbf_set_memory_model(handle, None, 0)
+            self.memory_model = model
+            return None
+        cfg = self.layout.config
+        params = dram_params(cfg.board, cfg.clock)          # ValueError: the board states no DRAM
+        values = (ctypes.c_double * len(DRAM_PARAM_NAMES))(*(params[n] for n in DRAM_PARAM_NAMES))
+        if not self._lib.hbf_set_memory_model(handle, values, len(DRAM_PARAM_NAMES)):
+            raise CoSimError(f"the co-simulation refused the calibrated memory model of {cfg.board}: {params}")
+        channels = cfg.port_channels()
+        devices = int(params["devices"])
+        for p in self.layout.ports:
+            self._lib.hbf_set_port_channel(handle, p.index, channels.get(p.name, 0) % devices)
+        self.memory_model = model
+        return params
+
+    def memory_stats(self) -> MemoryStats:
+        out = (ctypes.c_uint64 * 8)()
+        self._lib.hbf_memory_stats(self.handle, out)
+        return MemoryStats(*out)
 
     def port_stats(self, port: int | str) -> PortStats:
         out = (ctypes.c_uint64 * 6)()

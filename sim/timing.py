@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["PortTiming", "DEFAULT_MAX_OUTSTANDING", "MAX_LATENCY_CYCLES", "board_port_timing"]
+__all__ = ["PortTiming", "DEFAULT_MAX_OUTSTANDING", "MAX_LATENCY_CYCLES", "board_port_timing", "MEMORY_MODELS",
+           "DRAM_PARAM_NAMES", "check_memory_model", "dram_params"]
 
 #: Bursts in flight per port and direction that the memory controller accepts.
 #: The board files state no figure; 32 is in the range of HBM/DDR AXI ports and
@@ -58,3 +59,61 @@ def board_port_timing(board: str | None, clock_mhz: float, data_width: int) -> P
         write_latency=b.latency_cycles(clock_mhz, write=True),
         bytes_per_cycle=min(float(width_bytes), b.channel_bytes_per_cycle(clock_mhz)),
     )
+
+
+#: the memory models a co-simulation offers (docs/hbm-model.md): ``ideal`` (each port its own
+#: fixed latency and bandwidth, the default) and ``calibrated`` (the board's DRAM: shared
+#: channels, banks and rows, refresh, turnaround, the HBM switch)
+MEMORY_MODELS = ("ideal", "calibrated")
+
+#: field order of the harness's DramParams (sim/harness/dram_model.h)
+DRAM_PARAM_NAMES = ("devices", "device_bytes", "banks", "page_bytes", "burst_bytes", "burst_cycles", "hit_latency",
+                    "t_rcd", "t_rp", "t_ras", "t_rrd", "t_faw", "t_refi", "t_rfc", "t_wtr", "t_rtw",
+                    "group_channels", "groups_per_stack", "hop_latency", "stack_latency",
+                    "lateral_bytes_per_cycle")
+
+
+def check_memory_model(model) -> str:
+    if not isinstance(model, str) or model not in MEMORY_MODELS:
+        raise ValueError(f"memory model must be one of {', '.join(MEMORY_MODELS)}, got {model!r}")
+    return model
+
+
+def dram_params(board: str, clock_mhz: float) -> dict[str, float]:
+    """The calibrated model's parameters of ``board`` in cycles of a ``clock_mhz`` kernel clock
+    (``DRAM_PARAM_NAMES`` order); ValueError if the board file has no ``memory.dram`` section."""
+    from hbmforge.boards import load_board
+    b = load_board(board)
+    d = b.memory.dram
+    if d is None:
+        raise ValueError(f"board {board} states no DRAM timing (memory.dram): only the ideal memory model")
+    if isinstance(clock_mhz, bool) or not isinstance(clock_mhz, (int, float)) or not 0 < clock_mhz <= 1000:
+        raise ValueError(f"clock_mhz must be a number in (0, 1000], got {clock_mhz!r}")
+    cyc = clock_mhz / 1e3                                   # cycles per ns
+    sw = d.switch
+
+    def per_cycle(gbps: float) -> float:                    # GB/s -> bytes per kernel cycle
+        return gbps * 1e3 / clock_mhz
+    return {
+        "devices": float(d.devices),
+        "device_bytes": float(d.device_size_mib << 20),
+        "banks": float(d.banks),
+        "page_bytes": float(d.page_bytes),
+        "burst_bytes": float(d.burst_bytes),
+        "burst_cycles": d.burst_bytes / per_cycle(d.bus_gbps),
+        "hit_latency": d.hit_latency_ns * cyc,
+        "t_rcd": d.t_rcd_ns * cyc,
+        "t_rp": d.t_rp_ns * cyc,
+        "t_ras": d.t_ras_ns * cyc,
+        "t_rrd": d.t_rrd_ns * cyc,
+        "t_faw": d.t_faw_ns * cyc,
+        "t_refi": d.t_refi_ns * cyc,
+        "t_rfc": d.t_rfc_ns * cyc,
+        "t_wtr": d.t_wtr_ns * cyc,
+        "t_rtw": d.t_rtw_ns * cyc,
+        "group_channels": float(sw.group_channels) if sw else 0.0,
+        "groups_per_stack": float(sw.groups_per_stack) if sw else 0.0,
+        "hop_latency": sw.hop_latency_ns * cyc if sw else 0.0,
+        "stack_latency": sw.stack_latency_ns * cyc if sw else 0.0,
+        "lateral_bytes_per_cycle": per_cycle(sw.lateral_gbps) if sw else 0.0,
+    }

@@ -21,10 +21,19 @@
 //
 // A burst into one of the address regions of memory_regions.h (host memory, DDR) takes the
 // region's latency and shares the region's bandwidth instead of using this channel.
+//
+// With the calibrated memory model on (dram_model.h, hbf_set_memory_model), a burst into the
+// board's main memory takes its latency and beat times from the DRAM channel its address falls
+// in (shared by every port, refresh, rows, turnaround, the HBM switch) instead of
+// `read_latency`; the port's own `bytes_per_cycle` still caps each beat (the AXI port's rate).
+// A write burst takes its bus slots when its AW is accepted; W beats keep the port's pace and
+// the B response comes no earlier than the burst's last column access has left the bus.
 #pragma once
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 
+#include "dram_model.h"
 #include "memory_regions.h"
 #include "protocol_log.h"
 #include "sparse_memory.h"
@@ -101,10 +110,13 @@ class AxiPortModel {
         beat_cycles_ = bpc > 0 && bpc < data_bytes_ ? data_bytes_ / bpc : 1.0;   // 0 or NaN: full width
     }
     const PortTiming& timing() const { return timing_; }
-    void attach(MemoryRegions* regions, int index) {
+    void attach(MemoryRegions* regions, int index, DramModel* dram = nullptr) {
         regions_ = regions;
         index_ = index;
+        dram_ = dram;
     }
+    // The DRAM channel this port is bound to (its pseudo-channel: the HBM switch group it sits in).
+    void set_home(uint32_t channel) { home_ = channel; }
     const PortStats& stats() const { return stats_; }
     const SlaveSignals& out() const { return out_; }
 
@@ -115,6 +127,7 @@ class AxiPortModel {
             ReadBurst& b = reads_.front();
             double due = std::max(double(b.ready) + beat_cycles_ - 1.0, r_last_ + beat_cycles_);
             if (b.region >= 0) due = region_read_due(b);
+            else if (b.dram) due = std::max(b.first + b.beat * b.step, r_last_ + beat_cycles_);
             if (double(now) >= due) {
                 mem_.read(b.addr + uint64_t(b.beat) * data_bytes_, pins_.rdata, data_bytes_);
                 out_.rvalid = true;
@@ -159,9 +172,17 @@ class AxiPortModel {
     }
 
   private:
-    struct ReadBurst { uint64_t addr, ready; uint32_t id, beats, beat; int region; };
-    struct WriteBurst { uint64_t addr; uint32_t id, beats, beat; int region; };
+    struct ReadBurst {
+        uint64_t addr, ready;
+        uint32_t id, beats, beat;
+        int region;
+        bool dram;              // timed by the calibrated DRAM model: beat k due at first + k * step
+        double first, step;
+    };
+    struct WriteBurst { uint64_t addr; uint32_t id, beats, beat; int region; double dram_done; };
     struct WriteResp { uint64_t ready; uint32_t id; };
+
+    bool dram_on() const { return dram_ && dram_->enabled(); }
 
     uint64_t word_base(uint64_t addr) const { return addr & ~uint64_t(data_bytes_ - 1); }
 
@@ -197,7 +218,12 @@ class AxiPortModel {
             latency = regions_->at(region).read_latency;
             regions_->burst(region, now, index_, false, word_base(in.araddr), (in.arlen + 1) * data_bytes_);
         }
-        reads_.push({word_base(in.araddr), now + latency, in.arid, in.arlen + 1, 0, region});
+        ReadBurst b{word_base(in.araddr), now + latency, in.arid, in.arlen + 1, 0, region, false, 0.0, 0.0};
+        if (region < 0 && dram_on()) {
+            b.dram = true;
+            dram_->read_burst(home_, b.addr, b.beats, data_bytes_, double(now), &b.first, &b.step);
+        }
+        reads_.push(b);
         stats_.read_bursts++;
     }
 
@@ -206,7 +232,9 @@ class AxiPortModel {
         int region = regions_ ? regions_->find(in.awaddr) : -1;
         if (region >= 0)
             regions_->burst(region, now, index_, true, word_base(in.awaddr), (in.awlen + 1) * data_bytes_);
-        aw_.push({word_base(in.awaddr), in.awid, in.awlen + 1, 0, region});
+        WriteBurst b{word_base(in.awaddr), in.awid, in.awlen + 1, 0, region, -1.0};
+        if (region < 0 && dram_on()) b.dram_done = dram_->write_burst(home_, b.addr, b.beats, data_bytes_, double(now));
+        aw_.push(b);
         stats_.write_bursts++;
     }
 
@@ -226,7 +254,8 @@ class AxiPortModel {
                 b_.push({now + uint64_t(region_beat_cycles(b.region) - 1.0 + 0.5) +
                              regions_->at(b.region).write_latency, b.id});
             else
-                b_.push({now + uint64_t(beat_cycles_ - 1.0 + 0.5) + timing_.write_latency, b.id});
+                b_.push({std::max(now + uint64_t(beat_cycles_ - 1.0 + 0.5) + timing_.write_latency,
+                                  uint64_t(std::ceil(std::max(b.dram_done, 0.0)))), b.id});
             aw_.pop();
         }
     }
@@ -273,6 +302,8 @@ class AxiPortModel {
     PortStats stats_;
     MemoryRegions* regions_ = nullptr;
     int index_ = 0;
+    DramModel* dram_ = nullptr;
+    uint32_t home_ = 0;
     Ring<ReadBurst, kMaxOutstanding> reads_;
     Ring<WriteBurst, kMaxOutstanding> aw_;
     Ring<WriteResp, kMaxOutstanding> b_;

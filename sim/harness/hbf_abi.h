@@ -40,6 +40,16 @@ HBF_API void     hbf_region_stats(void* h, int index, uint64_t out[6]);
 // AR/AW handshake, address, bytes | port << 32 | is_write << 40 | region << 48. Returns the count.
 HBF_API uint64_t hbf_region_trace(void* h, uint64_t* out, uint64_t max_records);
 
+// The main memory's timing (docs/hbm-model.md): n = 0 selects the `ideal` model (each port its
+// own latency and bandwidth, the default); n = 21 doubles (dram_model.h DramParams, in kernel
+// cycles) select the `calibrated` model (DRAM channels shared by every port: banks and rows,
+// refresh, turnaround, the HBM switch). 1 if accepted.
+HBF_API int      hbf_set_memory_model(void* h, const double* params, int n);
+// The DRAM channel a port is bound to (its HBM switch group); default 0.
+HBF_API void     hbf_set_port_channel(void* h, int port, uint32_t channel);
+// accesses, row hits, row closed, row misses, refreshes, turnarounds, crossing bursts, hops crossed
+HBF_API void     hbf_memory_stats(void* h, uint64_t out[8]);
+
 // AXI4-Stream ports the engines declare (manifest "streams", in order; hbf_stream.h): an out
 // stream's beats leave at `bytes_per_cycle` through a buffer of `buffer_beats` (tready low when
 // full); take moves the beats that left (data: width/8 bytes each, stamps: the cycle each left,

@@ -43,7 +43,7 @@ class Harness {
                                              design::data_pins(top_.get(), p), mem_, log_));
             ports_[p] = owned_[p].get();
             ports_[p]->set_timing(d.timing);
-            ports_[p]->attach(&regions_, p);
+            ports_[p]->attach(&regions_, p, &dram_);
         }
         irq_ = design::interrupt_pin(top_.get());
         design::init_streams(streams_);
@@ -62,6 +62,7 @@ class Harness {
     AxiPortModel* port(int p) { return p >= 0 && p < design::kNumPorts ? ports_[p] : nullptr; }
     SparseMemory& memory() { return mem_; }
     MemoryRegions& regions() { return regions_; }
+    DramModel& dram() { return dram_; }
     ProtocolLog& log() { return log_; }
     StreamSet& streams() { return streams_; }
     bool interrupt() const { return *irq_ != 0; }
@@ -175,6 +176,7 @@ class Harness {
     const CData* irq_ = nullptr;
     SparseMemory mem_;
     MemoryRegions regions_;  // host memory, DDR: address regions with their own timing (memory_regions.h)
+    DramModel dram_;         // the calibrated model of the main memory, off unless set (dram_model.h)
     StreamSet streams_;      // the engines' AXI4-Stream ports (hbf_stream.h)
     ProtocolLog log_;
     std::unique_ptr<AxiPortModel> owned_[design::kNumPorts];
@@ -279,6 +281,30 @@ void hbf_region_stats(void* h, int index, uint64_t out[6]) {
 
 uint64_t hbf_region_trace(void* h, uint64_t* out, uint64_t max_records) {
     return H(h)->regions().take_trace(out, max_records);
+}
+
+int hbf_set_memory_model(void* h, const double* params, int n) {
+    if (n == 0) {
+        H(h)->dram().disable();
+        return 1;
+    }
+    return params && H(h)->dram().configure(params, n) ? 1 : 0;
+}
+
+void hbf_set_port_channel(void* h, int port, uint32_t channel) {
+    if (auto* p = H(h)->port(port)) p->set_home(channel);
+}
+
+void hbf_memory_stats(void* h, uint64_t out[8]) {
+    const hbf::DramStats& s = H(h)->dram().stats();
+    out[0] = s.accesses;
+    out[1] = s.row_hits;
+    out[2] = s.row_closed;
+    out[3] = s.row_misses;
+    out[4] = s.refreshes;
+    out[5] = s.turnarounds;
+    out[6] = s.crossing_bursts;
+    out[7] = s.crossing_hops;
 }
 
 int hbf_num_streams(void* h) { return H(h)->streams().size(); }

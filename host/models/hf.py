@@ -101,7 +101,8 @@ def parse_architecture(config: dict) -> str:
         mt = config.get("model_type")
         if mt not in _MODEL_TYPES:
             raise CheckpointError(f"config.json names no 'architectures' and its 'model_type' {mt!r} is not one of "
-                                  f"{sorted(_MODEL_TYPES)}")
+                                  f"{sorted(_MODEL_TYPES)} (supported architectures: "
+                                  f"{', '.join(DECODER_ARCHITECTURES + ENCODER_ARCHITECTURES)})")
         arch = _MODEL_TYPES[mt]
     if arch not in DECODER_ARCHITECTURES + ENCODER_ARCHITECTURES:
         raise CheckpointError(f"config.json field 'architectures': {arch!r} is not supported; supported: "

@@ -14,6 +14,7 @@ Host writes into cached memory bypass the cache: :meth:`invalidate` the range af
 from __future__ import annotations
 
 import struct
+import weakref
 
 from hbmforge.encodings import CacheAction, Opcode
 from hbmforge.engines.memory import CACHE_COUNTERS, CacheGeometry, cache_geometry
@@ -21,9 +22,13 @@ from hbmforge.memory_map import region_for
 
 from .checks import U64_MAX, check_int, check_timeout
 from .device import Buffer, Device, check_device
-from .errors import OutOfDeviceMemoryError
+from .errors import DeviceError, OutOfDeviceMemoryError
 
 __all__ = ["TileCache", "expected_matmul_reads"]
+
+#: the open TileCache of each device: the cache is one piece of hardware, and a second
+#: CONFIGURE would drop the first's lines (dirty ones included)
+_OPEN: "weakref.WeakKeyDictionary[Device, TileCache]" = weakref.WeakKeyDictionary()
 
 
 class TileCache:
@@ -31,8 +36,10 @@ class TileCache:
 
     ``window``: the cacheable range, a Buffer or ``(address, bytes)``; default: the whole
     memory the backing port is linked to (the host region, or DDR). Its ends are rounded out
-    to whole lines. The store (``ways * sets * line_bytes`` bytes) is allocated in HBM on the
-    cache's store port; a store the bank cannot hold is refused before anything happens.
+    to whole lines; it must lie in the memory the backing port is linked to. The store (``ways *
+    sets * line_bytes`` bytes) is allocated in HBM on the cache's store port; a store the bank
+    cannot hold is refused before anything happens. One TileCache per device at a time (the
+    cache is one piece of hardware): :meth:`close` it before making another.
     """
 
     def __init__(self, device: Device, *, window=None, timeout: float = 60.0):
@@ -49,6 +56,11 @@ class TileCache:
         self._store_port = lay.port_names[1 + eng.exclusive_ports(lay.config)[0]]
         base, size = self._window(window, eng.backing)
         bank = dev._bank_region(lay.port(self._store_port))
+        other = _OPEN.get(dev)
+        if other is not None and not other.closed:
+            raise DeviceError("this device's tile cache is already set up by another TileCache (its window "
+                              f"{other.window[0]:#x}, +{other.window[1]:#x}); close() that one first (a new "
+                              "CONFIGURE would drop its lines, dirty ones included)")
         if geom.store_bytes > bank.size:
             raise OutOfDeviceMemoryError(
                 f"the cache's store ({geom.ways} ways x {geom.sets} sets x {geom.line_bytes} bytes = "
@@ -60,6 +72,7 @@ class TileCache:
         except BaseException:
             dev.free(self._store)
             raise
+        _OPEN[dev] = self
 
     def _window(self, window, backing: str) -> tuple[int, int]:
         line = self._geom.line_bytes
@@ -71,6 +84,7 @@ class TileCache:
             else:
                 base, size = region.base, region.size
         elif isinstance(window, Buffer):
+            self._dev._check_buffer(window, "window")
             base, size = window.address, window.nbytes
         elif isinstance(window, tuple) and len(window) == 2:
             base = check_int("window address", window[0], 0, U64_MAX)
@@ -81,6 +95,10 @@ class TileCache:
         end = -(-(base + size) // line) * line
         if end - start > 1 << 40:
             raise ValueError(f"window of {end - start} bytes: the cache reaches at most 2**40 bytes")
+        board = self._dev.layout.config.board_info
+        if isinstance(window, Buffer) and region_for(board, backing) is not None and window.memory != backing:
+            raise ValueError(f"window is a buffer in {window.memory} memory, but the cache's port is linked to "
+                             f"{backing} memory: allocate it with memory={backing!r}")
         return start, end - start
 
     # -- properties -----------------------------------------------------------------------
@@ -112,10 +130,23 @@ class TileCache:
             raise ValueError(f"CACHE {action.name} refused: {why}")
         return fields
 
+    @property
+    def closed(self) -> bool:
+        return self._store is None or self._store.freed
+
+    def _check(self) -> None:
+        if self.closed:
+            raise DeviceError("this TileCache was closed")
+        self._dev._check_open()
+
     def _range(self, target, nbytes) -> tuple[int, int]:
+        """``target`` (a Buffer, or an address with ``nbytes``) rounded out to whole lines, inside
+        the window."""
         line = self._geom.line_bytes
         if isinstance(target, Buffer):
-            addr, size = target.address, target.nbytes if nbytes is None else check_int("nbytes", nbytes, 1)
+            self._dev._check_buffer(target, "target")
+            addr = target.address
+            size = target.nbytes if nbytes is None else check_int("nbytes", nbytes, 1, target.nbytes)
         else:
             addr = check_int("address", target, 0, U64_MAX)
             if nbytes is None:
@@ -123,27 +154,41 @@ class TileCache:
             size = check_int("nbytes", nbytes, 1, U64_MAX)
         start = addr // line * line
         end = -(-(addr + size) // line) * line
+        base, wbytes = self._window_range
+        if start < base or end > base + wbytes:
+            raise ValueError(f"range [{addr:#x}, +{size:#x}) is not inside the cache's window [{base:#x}, "
+                             f"+{wbytes:#x}): it does not pass through the cache")
         return start, end - start
+
+    def _range_or_window(self, target, nbytes) -> tuple[int, int]:
+        if target is None:
+            if nbytes is not None:
+                raise ValueError("nbytes needs a target (a Buffer or an address); without one the whole "
+                                 "window is meant")
+            return self._window_range
+        return self._range(target, nbytes)
 
     def prefetch(self, target, nbytes: int | None = None) -> None:
         """Fill the lines of a Buffer (or ``address, nbytes``) in the background: the run ends once
         the lines are looked up; later reads of them hit (or wait for their fill)."""
+        self._check()
         self.run([self.descriptor(CacheAction.PREFETCH, *self._range(target, nbytes))])
 
     def flush(self, target=None, nbytes: int | None = None) -> None:
         """Write the dirty lines of a range (default: the window) back to the backing memory."""
-        rng = self._window_range if target is None else self._range(target, nbytes)
-        self.run([self.descriptor(CacheAction.FLUSH, *rng)])
+        self._check()
+        self.run([self.descriptor(CacheAction.FLUSH, *self._range_or_window(target, nbytes))])
 
     def invalidate(self, target=None, nbytes: int | None = None) -> None:
         """Drop the lines of a range (default: all) without writing them back: after the host wrote
         that memory directly (host writes do not pass through the cache)."""
-        rng = self._window_range if target is None else self._range(target, nbytes)
-        self.run([self.descriptor(CacheAction.INVALIDATE, *rng)])
+        self._check()
+        self.run([self.descriptor(CacheAction.INVALIDATE, *self._range_or_window(target, nbytes))])
 
     def stats(self) -> dict:
         """Counters since the cache was made (CACHE_COUNTERS) and every line's state (set-major):
         ``lines``: list of dicts (set, way, tag, valid, dirty, age, freq, address)."""
+        self._check()
         g = self._geom
         buf = self._dev.alloc(g.stats_bytes)
         try:
@@ -169,6 +214,14 @@ class TileCache:
         """Run CACHE descriptors (from :meth:`descriptor`) as one program."""
         from .program import ProgramBuilder
 
+        if isinstance(descriptors, (str, bytes, dict)) or not hasattr(descriptors, "__iter__"):
+            raise TypeError(f"descriptors must be a list of CACHE descriptors (TileCache.descriptor), "
+                            f"got {type(descriptors).__name__}")
+        descriptors = list(descriptors)
+        for i, d in enumerate(descriptors):
+            if not isinstance(d, dict) or d.get("op") != int(Opcode.CACHE):
+                raise ValueError(f"descriptors[{i}] is not a CACHE descriptor (make them with TileCache.descriptor)")
+        self._dev._check_open()
         prog = ProgramBuilder(self._dev)
         for d in descriptors:
             prog.unchecked(**d)
@@ -182,9 +235,11 @@ class TileCache:
 
     def close(self) -> None:
         """Flush every dirty line and free the store."""
-        if self._store is not None and not self._store.freed and not self._dev.closed:
+        if not self.closed and not self._dev.closed:
             self.flush()
             self._dev.free(self._store)
+        if _OPEN.get(self._dev) is self:
+            del _OPEN[self._dev]
 
 
 def expected_matmul_reads(layout, m: int, n: int, k: int, wbits, w_addr: int, *, out_mode=0) -> list[tuple[int, int]]:

@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .checks import check_bool, check_choice, check_int, real_array
+from .checks import check_bool, check_choice, check_int, check_timeout, real_array
 from .device import Device, check_device, merge_counters
+from .errors import DeviceError
 from .linear import Linear
 
 __all__ = ["MoE", "MoERun", "route"]
@@ -94,10 +95,19 @@ class MoE:
             raise ValueError("cache must be a TileCache of the same device")
         self._dev, self._router, self._d, self._cache = dev, r.astype(np.float32), d, cache
         self._experts: list[list[Linear]] = []
+        self._closed = False
         try:
             for mats in checked:
                 self._experts.append([Linear.from_float(m, bits=bits, device=dev, weight_memory=weight_memory)
                                       for m in mats])
+            if cache is not None:
+                base, size = cache.window
+                outside = [buf for lins in self._experts for lin in lins for buf in lin.weight_buffers
+                           if not (base <= buf.address and buf.address + buf.nbytes <= base + size)]
+                if outside:
+                    raise ValueError(f"the experts' weights in weight_memory={weight_memory!r} ({outside[0].memory} "
+                                     f"memory) are outside the cache's window [{base:#x}, +{size:#x}): put them in "
+                                     f"the memory the cache fronts, or pass cache=None")
         except BaseException:
             self.close()
             raise
@@ -112,6 +122,7 @@ class MoE:
         return self._top_k
 
     def expert_linears(self, e: int) -> list[Linear]:
+        self._check()
         return list(self._experts[check_int("expert", e, 0, len(self._experts) - 1)])
 
     def route(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -124,9 +135,11 @@ class MoE:
         """``x`` float [T, d] -> float [T, d]: each token's top-k experts, gate-weighted.
         ``routing``: ``(experts [T, k] int, gates [T, k] float)`` to use instead of the router
         (replaying a recorded expert trace)."""
+        self._check()
         x = real_array("x", x, ndim=(2,), what=f"a float [T, {self._d}] array")
         if x.shape[1] != self._d or x.shape[0] == 0:
             raise ValueError(f"x must be [T >= 1, {self._d}], got shape {x.shape}")
+        check_timeout(timeout)
         if routing is None:
             experts, gates = self.route(x)
         else:
@@ -138,6 +151,8 @@ class MoE:
                     or experts.dtype.kind not in "iu" or not ((experts >= 0) & (experts < len(self._experts))).all():
                 raise ValueError(f"routing must be (experts [T={x.shape[0]}, {self._top_k}] ints in "
                                  f"[0, {len(self._experts)}), gates of the same shape)")
+            if not np.isfinite(gates).all():
+                raise ValueError("routing gates must be finite numbers")
         run = MoERun(tokens=x.shape[0])
         t0 = time.monotonic()
         out = np.zeros((x.shape[0], self._d), dtype=np.float64)
@@ -181,6 +196,7 @@ class MoE:
     def reference(self, x) -> np.ndarray:
         """The same layer in float32 on the host with the dequantized device weights (the error
         the quantization adds is ``moe(x) - reference(x)``)."""
+        self._check()
         x = real_array("x", x, ndim=(2,), what=f"a float [T, {self._d}] array")
         experts, gates = self.route(x)
         out = np.zeros((x.shape[0], self._d), dtype=np.float64)
@@ -197,8 +213,15 @@ class MoE:
             out[rows] += gates[rows, slot][:, None] * (h @ w[-1].T)
         return out.astype(np.float32)
 
+    def _check(self) -> None:
+        if self._closed:
+            raise DeviceError("this MoE was closed")
+        self._dev._check_open()
+
     def close(self) -> None:
+        """Free every expert's weights."""
         for lins in self._experts:
             for lin in lins:
                 lin.close()
         self._experts = []
+        self._closed = True

@@ -121,7 +121,12 @@ class ObliviousMap:
             self._bins = self._alloc(plan.host_bytes + geom.bin_stride, host_port, memory=eng.backing)
             self._setup(seed, slot_margin)
             if loaded:
-                self._run_batch(OmapAction.BULK, [(OmapOp.PUT, k, v) for k, v in loaded.items()])
+                res = self._run_batch(OmapAction.BULK, [(OmapOp.PUT, k, v) for k, v in loaded.items()])
+                lost = [k for k, r in zip(loaded, res) if r.status != OmapStatus.INSERTED]
+                if lost:
+                    raise ObliviousMapFullError(
+                        f"items: {len(lost)} of {len(loaded)} key(s) found both of their directory buckets full "
+                        f"(dir_ways {geom.dir_ways}); the map was not made", [bytes(k) for k in lost])
             self._run(OmapAction.FORMAT, 0, 0, 0)
         except BaseException:
             self._release()
@@ -292,6 +297,8 @@ class ObliviousMap:
     def put_many(self, items) -> None:
         """Store every (key, value) of a mapping or an iterable of pairs, in order, one query each;
         keys that found the map full are listed in the ObliviousMapFullError (the others stored)."""
+        if isinstance(items, (str, bytes, bytearray)) or not (isinstance(items, Mapping) or hasattr(items, "__iter__")):
+            raise TypeError(f"put_many takes a mapping or (key, value) pairs, got {type(items).__name__}")
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         for p in pairs:
             if not (isinstance(p, tuple) and len(p) == 2):
@@ -324,6 +331,8 @@ class ObliviousMap:
             if not (isinstance(item, tuple) and len(item) == 3):
                 raise TypeError(f"each op must be an (op, key, value) tuple, got {item!r}")
             op, key, value = item
+            if isinstance(op, bool):
+                raise ValueError(f"op must be an OmapOp (NOP, GET, PUT, DELETE), got {op!r}")
             if not isinstance(op, OmapOp):
                 try:
                     op = OmapOp(op)

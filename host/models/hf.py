@@ -19,7 +19,7 @@ from hbmforge.numerics.reference import (DecoderSpec, EncoderSpec, decoder_weigh
 from .checkpoint import Checkpoint, CheckpointError
 
 __all__ = ["DECODER_ARCHITECTURES", "ENCODER_ARCHITECTURES", "parse_architecture", "decoder_spec", "encoder_spec",
-           "check_tensors", "encoder_prefix", "sentence_pooling", "stop_token_ids"]
+           "check_tensors", "encoder_prefix", "encoder_max_length", "sentence_pooling", "stop_token_ids"]
 
 DECODER_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
@@ -235,6 +235,19 @@ def sentence_pooling(ckpt: Checkpoint) -> tuple[str, bool]:
             raise CheckpointError(f"modules.json: module type {m.get('type')!r} is not supported (Transformer, "
                                   "Pooling and Normalize are)")
     return pooling, normalize
+
+
+def encoder_max_length(ckpt: Checkpoint, spec: EncoderSpec) -> int:
+    """Tokens a text is truncated to: sentence-transformers' ``max_seq_length``
+    (sentence_bert_config.json) when given, at most ``max_position_embeddings``."""
+    st = ckpt.json_file("sentence_bert_config.json")
+    limit = st.get("max_seq_length") if isinstance(st, dict) else None
+    if limit is None:
+        return spec.max_positions
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+        raise CheckpointError(f"sentence_bert_config.json field 'max_seq_length' must be a positive integer, "
+                              f"got {limit!r}")
+    return min(limit, spec.max_positions)
 
 
 def encoder_prefix(ckpt: Checkpoint) -> str:

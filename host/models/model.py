@@ -257,8 +257,8 @@ class Model:
         check_fit(device, spec, recipe, ctx, max_sequences)
         tok = None
         if tokenizer and ckpt.tokenizer_path is not None:
-            tok = TextTokenizer(ckpt.tokenizer_path,
-                                max_length=spec.max_positions if isinstance(spec, EncoderSpec) else None)
+            tok = TextTokenizer(ckpt.tokenizer_path, max_length=hf.encoder_max_length(ckpt, spec)
+                                if isinstance(spec, EncoderSpec) else None)
             if tok.vocab_size > spec.vocab_size:
                 raise CheckpointError(f"tokenizer.json has {tok.vocab_size} tokens, more than the model's vocab_size "
                                       f"{spec.vocab_size}")

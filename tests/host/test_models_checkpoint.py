@@ -377,3 +377,17 @@ def test_the_tokenizer_must_fit_the_vocabulary(tmp_path, dev):
     small = write_llama(tmp_path / "small", vocab_size=200, **SMALL)
     with pytest.raises(CheckpointError, match="tokenizer.json has 259 tokens, more than the model's vocab_size 200"):
         Model.from_pretrained(small, device=dev)
+
+
+def test_sentence_transformers_max_seq_length_truncates_texts(tmp_path, dev):
+    d = write_bert(tmp_path / "st", num_layers=1)
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 8, "do_lower_case": False}))
+    with Model.from_pretrained(d, device=dev) as model:
+        assert model.tokenizer.max_length == 8
+        ids, mask = model.tokenizer.batch(["the quick brown fox jumps over the lazy dog " * 3])
+        assert mask.sum() == 8
+        assert model.encode(["the quick brown fox jumps over the lazy dog " * 3]).shape == (1, 64)
+    (d / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": "long"}))
+    with pytest.raises(CheckpointError, match="sentence_bert_config.json field 'max_seq_length'"):
+        Model.from_pretrained(d, device=dev)
+    assert dev.live_buffers() == []

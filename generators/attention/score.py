@@ -2,10 +2,12 @@
 bank with the block max, and the probability stage that turns a finished bank into
 ``exp2`` probabilities (after one rescale entry per segment) for the PV unit.
 
-Pipeline per K value word (no stalls inside): A products, block sums, x mantissa, accumulate S;
-B ``z = sat24(rshift_round(S * mult, shift))`` and the row masks (causal: ``j <= pos`` and the
-window/sink; bidirectional: every token the sequencer read); C bank write, block max, and at
-the segment's last token the online-softmax bookkeeping (previous and new running max per row).
+Pipeline per K value word (no stalls inside, a register after every step that could miss the
+300 MHz budget): A products, block sums (adder trees, two levels per stage), x mantissa, sum of
+the blocks, accumulate S; B ``z = sat24(rshift_round(S * mult, shift))`` in three stages and the
+row masks (causal: ``j <= pos`` and the window/sink; bidirectional: every token the sequencer
+read); C bank write, block max, and at the segment's last token the online-softmax bookkeeping
+(previous and new running max per row).
 """
 from __future__ import annotations
 
@@ -17,12 +19,14 @@ from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import CTX_BITS, MAX_SHIFT, MULT_BITS, P_FRAC, Z_BITS
 from ...mathutil import exact_log2
+from ..matmul.pipe import adder_tree, delay
 from .exp2 import Exp2
 from .geometry import DatapathGeometry
 
 __all__ = ["ScoreUnit", "p_entry_layout"]
 
 ZMIN, ZMAX = -(1 << (Z_BITS - 1)), (1 << (Z_BITS - 1)) - 1
+LEVELS_PER_STAGE = 2        # adder-tree levels between two registers (a level is a carry chain)
 
 
 def p_entry_layout(rows: int) -> data.StructLayout:
@@ -77,9 +81,10 @@ class ScoreUnit(wiring.Component):
         lo = [Signal(signed(CTX_BITS + 1), name=f"lo{r}") for r in range(rows)]
         nv = Signal(range(rows + 1))
         tile_ok = Signal()
-        vB, vC = Signal(), Signal()
+        in_flight = Signal()
+        end_in_flight = Signal()
 
-        with m.If(~tile_ok & self.tq_valid & ~vB & ~vC):
+        with m.If(~tile_ok & self.tq_valid & ~in_flight):
             m.d.comb += self.tq_take.eq(1)
             m.d.sync += [tile_ok.eq(1), nv.eq(self.tq_nv)]
             for r in range(rows):
@@ -100,38 +105,63 @@ class ScoreUnit(wiring.Component):
         bank_a = Signal()
         in_seg = Signal()
         fullA = Mux(bank_a, full[1], full[0])
-        m.d.comb += self.item.ready.eq(tile_ok & ~(~in_seg & fullA))
+        m.d.comb += self.item.ready.eq(tile_ok & ~(~in_seg & (fullA | end_in_flight)))
         take = self.item.valid & self.item.ready
         m.d.comb += self.fire.eq(take)
 
-        # -- stage A: products and the score accumulator --------------------------------------
+        # -- stage A: products, block sums, x mantissa (a registered pipeline), the accumulator ----
+        # everything a taken word carries goes down the pipeline beside its products; the score
+        # accumulator adds the word's sum LATENCY_A cycles after the take
         S = [Signal(signed(sbits), name=f"S{r}") for r in range(rows)]
         Sf = [Signal(signed(sbits), name=f"Sf{r}") for r in range(rows)]
+        ctrl = data.StructLayout({"v": 1, "first": 1, "last": 1, "t": range(max(2, page_tokens)),
+                                  "j": CTX_BITS, "seg_last": 1, "tile_first": 1, "bank": 1})
+        c0 = Signal(ctrl)
+        m.d.comb += [c0.v.eq(take), c0.first.eq(it.first), c0.last.eq(it.last), c0.t.eq(it.t),
+                     c0.j.eq(seg.j0 + it.t), c0.seg_last.eq(it.seg_last), c0.tile_first.eq(seg.tile_first),
+                     c0.bank.eq(bank_a)]
+        lat_a = None
+        wsums = []
+        for r in range(rows):
+            bsums = []
+            for b in range(blocks):
+                prods = []
+                for i in range(b * block_lanes, (b + 1) * block_lanes):
+                    slot, li = divmod(i, int8_lanes)
+                    pr = Signal(signed(16), name=f"qk{r}_{i}", reset_less=True)
+                    if slot < slots:
+                        qv = ring[r][slot][8 * li:8 * li + 8].as_signed()
+                        m.d.sync += pr.eq(qv * it.lanes[i])
+                    prods.append(pr)
+                bs, st = adder_tree(m, prods, levels_per_stage=LEVELS_PER_STAGE, name=f"bs{r}_{b}")
+                mant = delay(m, it.mants[b], 1 + st, name=f"mant{r}_{b}", reset_less=True)
+                bm = Signal(signed(16 + exact_log2(block_lanes) + 1 + 17), name=f"bm{r}_{b}", reset_less=True)
+                m.d.sync += bm.eq(bs * mant)
+                bsums.append(bm)
+                lat_b = 2 + st
+            wsum, st = adder_tree(m, bsums, levels_per_stage=LEVELS_PER_STAGE, name=f"ws{r}")
+            wsums.append(wsum)
+            lat_a = lat_b + st
+        chain = [c0]
+        for i in range(lat_a):
+            chain.append(delay(m, chain[-1], 1, name=f"ctlA{i}"))
+        ca = chain[-1]
+        vB = Signal()
         tB = Signal(range(max(2, page_tokens)))
         jB = Signal(CTX_BITS)
         lastB, firstB, bankB = Signal(), Signal(), Signal()
-        m.d.sync += vB.eq(take & it.last)
+        m.d.sync += vB.eq(ca.v & ca.last)
         for r in range(rows):
-            wsum = 0
-            for b in range(blocks):
-                bs = 0
-                for i in range(b * block_lanes, (b + 1) * block_lanes):
-                    slot, li = divmod(i, int8_lanes)
-                    if slot >= slots:
-                        continue
-                    qv = ring[r][slot][8 * li:8 * li + 8].as_signed()
-                    bs = bs + qv * it.lanes[i]
-                bsig = Signal(signed(16 + exact_log2(block_lanes) + 1), name=f"bs{r}_{b}")
-                m.d.comb += bsig.eq(bs)
-                wsum = wsum + bsig * it.mants[b]
-            acc = Mux(it.first, 0, S[r]) + wsum
-            with m.If(take):
+            acc = Mux(ca.first, 0, S[r]) + wsums[r]
+            with m.If(ca.v):
                 m.d.sync += S[r].eq(acc)
-                with m.If(it.last):
+                with m.If(ca.last):
                     m.d.sync += Sf[r].eq(acc)
+        with m.If(ca.v):
+            m.d.sync += [tB.eq(ca.t), jB.eq(ca.j), lastB.eq(ca.seg_last), firstB.eq(ca.tile_first),
+                         bankB.eq(ca.bank)]
         with m.If(take):
-            m.d.sync += [tB.eq(it.t), jB.eq(seg.j0 + it.t), lastB.eq(it.seg_last),
-                         firstB.eq(seg.tile_first), bankB.eq(bank_a), in_seg.eq(~it.seg_last)]
+            m.d.sync += in_seg.eq(~it.seg_last)
             with m.If(it.seg_last):
                 m.d.sync += bank_a.eq(~bank_a)
                 with m.If(seg.tile_last):
@@ -143,22 +173,40 @@ class ScoreUnit(wiring.Component):
                     rotk = ring[r][(s + geom.slots_per_word) % slots]
                     m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=rotk, int8=rot1))
 
-        # -- stage B: log2-domain score and masks -------------------------------------------
+        # -- stage B: log2-domain score and masks, three registers: S x mult (and the masks), the
+        # shift, rounding + saturation -----------------------------------------------------------
+        vB1, vB2, vC = Signal(), Signal(), Signal()
+        m.d.sync += [vB1.eq(vB), vB2.eq(vB1), vC.eq(vB2)]
+        tB1, tB2, tC = (Signal(range(max(2, page_tokens)), name=n) for n in ("tB1", "tB2", "tC"))
+        lastB1, firstB1, bankB1 = Signal(), Signal(), Signal()
+        lastB2, firstB2, bankB2 = Signal(), Signal(), Signal()
+        lastC, firstC, bankC = Signal(), Signal(), Signal()
+        m.d.sync += [tB1.eq(tB), lastB1.eq(lastB), firstB1.eq(firstB), bankB1.eq(bankB),
+                     tB2.eq(tB1), lastB2.eq(lastB1), firstB2.eq(firstB1), bankB2.eq(bankB1),
+                     tC.eq(tB2), lastC.eq(lastB2), firstC.eq(firstB2), bankC.eq(bankB2)]
         zC = [Signal(signed(Z_BITS), name=f"z{r}") for r in range(rows)]
         visC = [Signal(name=f"vis{r}") for r in range(rows)]
-        tC = Signal(range(max(2, page_tokens)))
-        lastC, firstC, bankC = Signal(), Signal(), Signal()
-        m.d.sync += vC.eq(vB)
-        with m.If(vB):
-            m.d.sync += [tC.eq(tB), lastC.eq(lastB), firstC.eq(firstB), bankC.eq(bankB)]
-            for r in range(rows):
-                prod = Signal(signed(sbits + MULT_BITS + 1), name=f"sm{r}")
-                m.d.comb += prod.eq(Sf[r] * mult[r])
-                zr = Signal(signed(sbits + MULT_BITS + 1), name=f"zr{r}")
-                m.d.comb += zr.eq(rshift_round_var(prod, shift[r], MAX_SHIFT))
-                m.d.sync += zC[r].eq(Mux(zr > ZMAX, ZMAX, Mux(zr < ZMIN, ZMIN, zr)))
-                in_win = (self.window == 0) | (Cat(jB, Const(0, 1)).as_signed() >= lo[r]) | (jB < self.sink)
-                m.d.sync += visC[r].eq((r < nv) & (self.bidir | ((jB <= pos[r]) & in_win)))
+        for r in range(rows):
+            prod = Signal(signed(sbits + MULT_BITS + 1), name=f"sm{r}")
+            vis1, vis2 = Signal(name=f"vis1_{r}"), Signal(name=f"vis2_{r}")
+            in_win = (self.window == 0) | (Cat(jB, Const(0, 1)).as_signed() >= lo[r]) | (jB < self.sink)
+            m.d.sync += [prod.eq(Sf[r] * mult[r]),
+                         vis1.eq((r < nv) & (self.bidir | ((jB <= pos[r]) & in_win))), vis2.eq(vis1),
+                         visC[r].eq(vis2)]
+            # rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1, and v = ((2v + 1) >> 1) for s = 0
+            sm1 = (shift[r] - 1)[:max(1, MAX_SHIFT.bit_length())]
+            sh = Signal(signed(sbits + MULT_BITS + 2), name=f"zsh{r}")
+            m.d.sync += sh.eq(Mux(shift[r] == 0, prod << 1, prod >> sm1))
+            zr = Signal(signed(sbits + MULT_BITS + 2), name=f"zr{r}")
+            m.d.comb += zr.eq((sh + 1) >> 1)
+            m.d.sync += zC[r].eq(Mux(zr > ZMAX, ZMAX, Mux(zr < ZMIN, ZMIN, zr)))
+        # a new tile's Q, mult and shift wait until no word of the last one is in the pipeline;
+        # a new segment starts only when no segment ending in its bank is on its way to stage C
+        # (which marks the bank full), so a segment never writes a bank still waiting to be marked
+        m.d.comb += [in_flight.eq(Cat(*(c.v for c in chain[1:]), vB, vB1, vB2, vC).any()),
+                     end_in_flight.eq(Cat(*(c.v & c.last & c.seg_last & (c.bank == bank_a) for c in chain[1:]),
+                                          vB & lastB & (bankB == bank_a), vB1 & lastB1 & (bankB1 == bank_a),
+                                          vB2 & lastB2 & (bankB2 == bank_a), vC & lastC & (bankC == bank_a)).any())]
 
         # -- stage C: bank write, block max, segment bookkeeping -----------------------------
         bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(rows)]

@@ -120,7 +120,9 @@ def test_decode_streams_one_kv_word_per_cycle_when_memory_keeps_up():
     bench = _run(lay, [dict(n_q=1, ctx_len=64)], kv_heads=1, q_per_kv=2, kv_bits=8, stall=0.0,
                  backpressure=0.0, seed=12)
     st = bench.jobs[0].stats
-    assert st["kv_words"] / st["cycles"] > 0.8, st
+    # each page pays the score pipeline's depth once (its last K word must reach the bank before
+    # its probabilities start): 8 pages of 8 tokens here
+    assert st["kv_words"] / st["cycles"] > 0.75, st
 
 
 def test_engine_converts_to_verilog_and_rejects_configs_without_attention():

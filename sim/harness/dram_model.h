@@ -8,7 +8,9 @@
 //     `burst_cycles`; a change of direction costs the write-to-read or read-to-write gap;
 //   * `banks` banks with one open row each (row = `page_bytes`, address map row | bank |
 //     column): a row hit issues at once, a closed bank waits tRCD after its ACTIVATE, a row
-//     miss waits tRAS (since the last ACTIVATE), tRP and tRCD; ACTIVATEs keep tRRD and tFAW;
+//     miss waits tRAS (since the last ACTIVATE) and the row's last access, then tRP and tRCD;
+//     ACTIVATEs keep tRRD and tFAW (the controller opens a row as soon as a request for it is
+//     queued: bursts in flight let it prepare the next banks while the bus is busy);
 //   * all-bank refresh every tREFI for tRFC (no access, every row closed), staggered over the
 //     channels;
 //   * the idle latency of a row hit (`hit_latency`, measured) from the column access to the
@@ -122,7 +124,7 @@ class DramModel {
     }
 
   private:
-    struct Bank { int64_t row = -1; double act = -1e18, ready = -1e18; };
+    struct Bank { int64_t row = -1; double act = -1e18, ready = -1e18, last = -1e18; };
     struct Channel {
         std::vector<Bank> banks;
         double bus = -1e18;             // the bus is free from here
@@ -140,9 +142,7 @@ class DramModel {
     double access(uint32_t c, uint64_t addr, double t, bool write) {
         Channel& ch = channels_[c];
         uint64_t off = addr % uint64_t(p_.device_bytes);
-        uint64_t col_words = uint64_t(p_.page_bytes / p_.burst_bytes);
         uint64_t page = off / uint64_t(p_.page_bytes);
-        (void)col_words;
         uint32_t b = uint32_t(page % uint64_t(p_.banks));
         int64_t row = int64_t(page / uint64_t(p_.banks));
         double start = std::max(t, ch.bus);
@@ -168,7 +168,8 @@ class DramModel {
                 act = std::max(t, bk.ready);
             } else {
                 stats_.row_misses++;
-                act = std::max({t, bk.ready, bk.act + p_.t_ras}) + p_.t_rp;
+                // precharge after tRAS and after the open row's last access has left the bus
+                act = std::max({t, bk.ready, bk.act + p_.t_ras, bk.last + p_.burst_cycles}) + p_.t_rp;
             }
             // tRRD after the last ACTIVATE, tFAW after the fourth last
             int last = (ch.act_i + 3) & 3;
@@ -179,6 +180,7 @@ class DramModel {
             bk.row = row;
             start = std::max(start, act + p_.t_rcd);
         }
+        bk.last = start;
         ch.bus = start + p_.burst_cycles;
         if (write) ch.last_write_end = ch.bus;
         else ch.last_read_end = ch.bus;

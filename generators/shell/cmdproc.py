@@ -12,7 +12,7 @@ its family on ``job_code``, read with ``job_done``, which stops the run like a b
 
 The next descriptor is fetched and unloaded into the descriptor register while
 the engine runs the current one, so between the engine's ``done`` and the next
-``job`` there are two cycles (check, dispatch).
+``job`` there are three cycles (evaluate the checks, pick the first failing one, dispatch).
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from hbmforge.encodings import ErrorCode, Opcode
 from hbmforge.layout import DesignLayout
 
-from ..engine import RtlOps, rtl_error_code
+from ..engine import RtlOps
 from ..streams import JobDone
 from .port import ReadChannelSignature
 
@@ -46,6 +46,10 @@ class CommandProcessor(wiring.Component):
     * ``job_code``: the running engine's run-time error code (``EngineSignature.fault``),
       sampled with ``job_done``; non-zero stops the run with that code.
     """
+
+    #: cycles from an engine's ``done`` to the next ``job`` when the next descriptor is loaded
+    #: (evaluate the checks, pick the first failing one, dispatch)
+    DISPATCH_CYCLES = 3
 
     def __init__(self, layout: DesignLayout, jobs):
         if not isinstance(layout, DesignLayout):
@@ -145,15 +149,27 @@ class CommandProcessor(wiring.Component):
             return {name: desc[64 * i:64 * i + 64] for i, name in enumerate(lay.fields_for(opcode))}
 
         # -- validation and routing: one check set per opcode ----------------------------
+        # Each check's verdict is registered (EVAL: one cycle after the descriptor's last word),
+        # and CHECK picks the first failing one: the checks' comparisons and the priority choice
+        # are two register stages, not one path.
         code = Signal(ErrorCode)
         target = Signal(range(max(2, len(self._jobs))))
         m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
         for e, fam in enumerate(lay.families):
             for opcode in fam.opcodes:
-                op_code = rtl_error_code(m, lay.checks(opcode), slots(opcode),
-                                         name=f"{opcode.name.lower()}_code")
-                with m.If(op == opcode):
+                tag = opcode.name.lower()
+                is_op = Signal(name=f"{tag}_is_op")
+                m.d.sync += is_op.eq(op == opcode)
+                op_code = Signal(ErrorCode, name=f"{tag}_code")
+                for i, check in reversed(list(enumerate(lay.checks(opcode)))):   # the first check wins
+                    fails = Signal(name=f"{tag}_fails{i}")
+                    m.d.sync += fails.eq(RtlOps._bit(check.fails(slots(opcode), RtlOps)))
+                    with m.If(fails):
+                        m.d.comb += op_code.eq(check.code)
+                with m.If(is_op):
                     m.d.comb += [code.eq(op_code), target.eq(e)]
+        is_end = Signal()
+        m.d.sync += is_end.eq(op == Opcode.END)
 
         # job records: each member from its slot (an array member x from x0, x1, ...)
         for e, (fam, job_layout) in enumerate(zip(lay.families, self._jobs)):
@@ -221,7 +237,10 @@ class CommandProcessor(wiring.Component):
             with m.State("LOAD"):
                 m.d.comb += load_en.eq(1)
                 with m.If(loaded | last_word):
-                    m.next = "CHECK"
+                    m.next = "EVAL"
+            with m.State("EVAL"):
+                # desc is complete: the check verdicts register it this cycle
+                m.next = "CHECK"
             with m.State("CHECK"):
                 # the reader's error flag covers every word delivered so far, this
                 # descriptor's last word included (it rose, if at all, when that word left)
@@ -229,7 +248,7 @@ class CommandProcessor(wiring.Component):
                 with m.If(self.fetch.error):
                     m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
                     m.next = "DRAIN"
-                with m.Elif(op == Opcode.END):
+                with m.Elif(is_end):
                     m.d.sync += stopping.eq(1)
                     m.next = "DRAIN"
                 with m.Elif(code != ErrorCode.NONE):
@@ -259,7 +278,7 @@ class CommandProcessor(wiring.Component):
                             m.d.sync += stopping.eq(1)
                             m.next = "DRAIN"
                         with m.Elif(loaded | last_word):
-                            m.next = "CHECK"
+                            m.next = "EVAL"
                         with m.Else():
                             m.next = "LOAD"
             with m.State("DRAIN"):

@@ -1,8 +1,9 @@
 """``hbmforge verify CONFIG``: formal proofs, code and functional coverage, and the regression, in one report.
 
 1. **Formal** (:mod:`hbmforge.generators.formal`): the design's control slave (AXI4-Lite +
-   ap_ctrl_hs, k-induction) and every AXI4 memory port with its DMA readers and writer (AXI4
-   manager rules, FIFO and credit bounds; bounded), with SymbiYosys and Yices.
+   ap_ctrl_hs, k-induction), every AXI4 memory port with its DMA readers and writer (AXI4
+   manager rules, FIFO and credit bounds; bounded) and, where the config has them, the
+   aggregation switch and the tile cache (bounded), with SymbiYosys and Yices.
 2. **Regression with coverage**: the cocotb regression of the config (``tb_kernel`` and the
    family benches, as ``hbmforge sim`` runs it) plus the closure bench (:mod:`.tb_closure`:
    every register read, every descriptor check fired), on a Verilator build with line and
@@ -116,7 +117,7 @@ def verify(cfg: AcceleratorConfig, *, out_dir: str | Path | None = None, formal:
            coverage: bool = True, scale: str = "small", depth: int | None = None, seed: int = 1,
            cases: int = 4, busy: float = 0.3, target_line: float = 0.95, console=None) -> VerifyReport:
     """Run the proofs and the covered regression of ``cfg``; write the reports (module doc)."""
-    from hbmforge.generators.formal.cases import design_cases
+    from hbmforge.generators.formal.cases import KINDS, design_cases
     from hbmforge.layout import DesignLayout
 
     if not isinstance(cfg, AcceleratorConfig):
@@ -130,7 +131,7 @@ def verify(cfg: AcceleratorConfig, *, out_dir: str | Path | None = None, formal:
     if not 0.0 <= target_line <= 1.0:
         raise ValueError(f"target_line must be in [0, 1], got {target_line!r}")
     layout = DesignLayout(cfg)
-    proofs = design_cases(layout, scale=scale, depths={"port": depth, "control": depth} if depth else None)
+    proofs = design_cases(layout, scale=scale, depths=dict.fromkeys(KINDS, depth) if depth else None)
     out = Path(out_dir) if out_dir is not None else Path(tempfile.mkdtemp(prefix=f"hbmforge-verify-{cfg.name}-"))
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()

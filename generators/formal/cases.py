@@ -8,11 +8,17 @@ structure (readers, IDs, writer) but shrinks the data width to 32 bits, the addr
 bits, bursts to 4 beats and the outstanding limit to 2: the same logic with less state, so
 deeper bounds fit the CI time; ``scale="full"`` proves the generated parameters.
 
+A design with a network engine adds ``switch`` (the aggregation switch its endpoint talks to,
+:class:`~.engines.SwitchHarness`), one with a tile cache adds ``cache``
+(:class:`~.engines.CacheHarness`). ``scale="small"`` proves :func:`~.engines.small_switch_geometry`
+(2 links, 2 slots, 1 job, 2-word packets) and :func:`~.engines.small_cache_geometry` (2 ways x
+2 sets of 2-word lines on 32-bit words); ``scale="full"`` the config's geometry.
+
 The control slave's proof is k-induction and closes (unbounded: its checker counters are tied
-to the bus signals by ``*.accounted`` invariants). A port's is bounded (BMC): k-induction
-does not close there, because the readers' credit counters and FIFO levels are internal
-state the checker does not see, and unreachable combinations of them stay consistent for
-any k; the depth is stated with every result.
+to the bus signals by ``*.accounted`` invariants). The others are bounded (BMC): k-induction
+does not close there, because credit counters, FIFO levels and tags are internal state the
+checker does not see, and unreachable combinations of them stay consistent for any k; the
+depth is stated with every result.
 """
 from __future__ import annotations
 
@@ -27,13 +33,16 @@ __all__ = ["FormalCase", "design_cases", "SMALL", "DEFAULT_DEPTHS"]
 SMALL = dict(data_width=32, addr_width=16, max_burst_beats=4, max_outstanding=2)
 #: default depth per (case kind, scale): k-induction / BMC steps
 DEFAULT_DEPTHS = {("control", "small"): 6, ("control", "full"): 6,
-                  ("port", "small"): 12, ("port", "full"): 10}
+                  ("port", "small"): 12, ("port", "full"): 10,
+                  ("switch", "small"): 10, ("switch", "full"): 8,
+                  ("cache", "small"): 10, ("cache", "full"): 6}
+KINDS = ("control", "port", "switch", "cache")
 
 
 @dataclass(frozen=True)
 class FormalCase:
     name: str
-    kind: str                   # "control" or "port"
+    kind: str                   # "control", "port", "switch" or "cache"
     scale: str                  # "small" or "full"
     build: Callable             # () -> harness (an Elaboratable with ``ports``)
     mode: str = "prove"         # k-induction; UNKNOWN -> bounded at ``depth``
@@ -60,8 +69,8 @@ def _port_params(layout: DesignLayout, port, scale: str) -> dict:
 
 
 def design_cases(layout: DesignLayout, *, scale: str = "small", depths: dict | None = None) -> list[FormalCase]:
-    """The proofs of ``layout``'s shell (module doc); ``depths`` overrides :data:`DEFAULT_DEPTHS`
-    by kind (``{"port": 20}``)."""
+    """The proofs of ``layout``'s shell and engine protocols (module doc); ``depths`` overrides
+    :data:`DEFAULT_DEPTHS` by kind (``{"port": 20}``)."""
     from .shell import ControlHarness, PortHarness
 
     if not isinstance(layout, DesignLayout):
@@ -69,9 +78,9 @@ def design_cases(layout: DesignLayout, *, scale: str = "small", depths: dict | N
     if scale not in ("small", "full"):
         raise ValueError(f"scale must be 'small' or 'full', got {scale!r}")
     depths = dict(depths or {})
-    unknown = set(depths) - {"control", "port"}
+    unknown = set(depths) - set(KINDS)
     if unknown:
-        raise ValueError(f"depths may set 'control' and 'port', got {sorted(unknown)}")
+        raise ValueError(f"depths may set {', '.join(map(repr, KINDS))}, got {sorted(unknown)}")
 
     def depth(kind):
         return depths.get(kind, DEFAULT_DEPTHS[(kind, scale)])
@@ -86,4 +95,33 @@ def design_cases(layout: DesignLayout, *, scale: str = "small", depths: dict | N
         cases.append(FormalCase(f"port_{port.name}", "port", scale,
                                 lambda params=params: PortHarness(**params), mode="bmc", depth=depth("port"),
                                 describe=f"m_axi_{port.name}: AXI4 manager, {what}, DMA FIFOs and credits"))
+    cases += _engine_cases(layout, scale, depth)
+    return cases
+
+
+def _engine_cases(layout: DesignLayout, scale: str, depth) -> list[FormalCase]:
+    from hbmforge.engines.memory import cache_geometry
+    from hbmforge.engines.network import SwitchGeometry
+
+    from .engines import CacheHarness, CheckedSwitch, SwitchHarness, small_cache_geometry, small_switch_geometry
+
+    cases = []
+    net = layout.config.engine("network")
+    if net is not None:
+        geom = small_switch_geometry() if scale == "small" else SwitchGeometry(
+            ports=2, data_width=layout.config.data_width, packet_words=net.packet_words, slots=net.window,
+            jobs=net.jobs)
+        cases.append(FormalCase("switch", "switch", scale, lambda: SwitchHarness(switch=CheckedSwitch(geom)),
+                                mode="bmc", depth=depth("switch"),
+                                describe=f"aggregation switch ({geom.ports} links, {geom.data_width}-bit, "
+                                         f"{geom.packet_words}-word packets): links, framing, FIFO room"))
+    cache = cache_geometry(layout)
+    if cache is not None:
+        width = 32 if scale == "small" else 8 * layout.word_bytes
+        geom = small_cache_geometry(cache.replacement, cache.write_policy) if scale == "small" else cache
+        cases.append(FormalCase("cache", "cache", scale, lambda: CacheHarness(geom, data_width=width),
+                                mode="bmc", depth=depth("cache"),
+                                describe=f"tile cache ({geom.ways} ways x {geom.sets} sets x {geom.line_bytes} B, "
+                                         f"{width}-bit, {geom.replacement}, {geom.write_policy}): streams, "
+                                         f"commands, FIFO room, jobs"))
     return cases

@@ -12,9 +12,26 @@ of delta cycles. SymbiYosys checks them on the same cycles.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from amaranth.hdl import Assert, Assume, Cover, Module, Signal, Value
 
-__all__ = ["Properties"]
+__all__ = ["Properties", "replaced"]
+
+
+@contextmanager
+def replaced(module, **objects):
+    """Within the block, ``module``'s globals named in ``objects`` are those objects: a checked
+    harness (or a mutation test) elaborates a production component with a checked (or broken)
+    subclass of a block it builds by name."""
+    saved = {name: getattr(module, name) for name in objects}
+    for name, obj in objects.items():
+        setattr(module, name, obj)
+    try:
+        yield
+    finally:
+        for name, obj in saved.items():
+            setattr(module, name, obj)
 
 
 class Properties:

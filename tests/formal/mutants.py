@@ -7,12 +7,14 @@ a counterexample for exactly that property's name (others may fail too).
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable
 
 from amaranth.hdl import Signal
 
+from hbmforge.generators.formal.engines import (CacheHarness, CheckedPortTx, CheckedSwitch, CheckedTileCache,
+                                                SwitchHarness, small_cache_geometry, small_switch_geometry)
+from hbmforge.generators.formal.props import replaced
 from hbmforge.generators.formal.shell import (CheckedAxiPort, CheckedBurstReader, CheckedBurstWriter,
                                               ControlHarness, PortHarness)
 from hbmforge.generators.shell import dma
@@ -30,14 +32,8 @@ def _flip(m) -> Signal:
     return flip
 
 
-@contextmanager
 def _patched(name: str, factory):
-    orig = getattr(dma, name)
-    setattr(dma, name, factory(orig))
-    try:
-        yield
-    finally:
-        setattr(dma, name, orig)
+    return replaced(dma, **{name: factory(getattr(dma, name))})
 
 
 class _Port(CheckedAxiPort):
@@ -212,4 +208,97 @@ CONTROL_MUTANTS = [
 ]
 
 #: one per property group, run in CI (the whole list under -m slow)
-CI_MUTANTS = ("ar.no_4k_cross", "ar.stable", "w.last_count", "wr.track_room", "b.valid_held", "ap.start_idle")
+CI_MUTANTS = ("ar.no_4k_cross", "ar.stable", "w.last_count", "wr.track_room", "b.valid_held", "ap.start_idle",
+              "sw.rx1.pop_valid", "cache.st_cmd.in_line")
+
+
+# -- the switch and the tile cache ---------------------------------------------------------------
+class LyingHeaderRoomTx(CheckedPortTx):
+    """Says its header FIFO has room when it is full."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.hdr_room.eq(1)
+        return m
+
+
+class LyingWordRoomTx(CheckedPortTx):
+    """Counts its word FIFO as empty whatever it holds."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        m.d.comb += self.data_free.eq(self._geom.tx_packets * self._geom.packet_words)
+        return m
+
+
+def _switch(mutate=None, *, tx_class=CheckedPortTx):
+    class S(CheckedSwitch):
+        def elaborate(self, platform):
+            m = super().elaborate(platform)
+            if mutate is not None:
+                mutate(self, m, _flip(m))
+            return m
+    return SwitchHarness(switch=S(small_switch_geometry(), tx_class=tx_class))
+
+
+def _s(prop, what, mutate=None, depth=10, **kw):
+    return Mutant(prop, what, lambda layout: _switch(mutate, **kw), depth)
+
+
+def _link_mutants(i: int) -> list[Mutant]:
+    def out(s):
+        return getattr(s, f"m_axis_p{i}")
+    return [
+        _s(f"sw.m_axis_p{i}.held", f"link {i}: TVALID toggles every cycle",
+           lambda s, m, f: m.d.comb.__iadd__(out(s).tvalid.eq(f)), depth=4),
+        _s(f"sw.m_axis_p{i}.framed", f"link {i}: TVALID stuck high, no TLAST",
+           lambda s, m, f: m.d.comb.__iadd__([out(s).tvalid.eq(1), out(s).tlast.eq(0)]), depth=8),
+        _s(f"sw.rx{i}.pop_valid", f"port {i}'s receive buffer popped every cycle",
+           lambda s, m, f: m.d.comb.__iadd__(m.submodules[f"rx{i}"].pop.eq(1)), depth=3),
+    ]
+
+
+SWITCH_MUTANTS = [
+    *_link_mutants(0), *_link_mutants(1),
+    _s("sw.tx.header_room", "a transmit port claims header room when full", depth=16, tx_class=LyingHeaderRoomTx),
+    _s("sw.tx.word_room", "a transmit port never counts its words", depth=16, tx_class=LyingWordRoomTx),
+]
+
+
+def _cache(mutate):
+    class C(CheckedTileCache):
+        def elaborate(self, platform):
+            m = super().elaborate(platform)
+            mutate(self, m, _flip(m))
+            return m
+    return CacheHarness(cache=C(small_cache_geometry(), data_width=32))
+
+
+def _k(prop, what, mutate, depth=6):
+    return Mutant(prop, what, lambda layout: _cache(mutate), depth)
+
+
+def _stream_mutant(name):
+    return _k(f"cache.{name}.held", f"{name} valid toggles every cycle",
+              lambda s, m, f: m.d.comb.__iadd__(getattr(s, name).valid.eq(f)), depth=4)
+
+
+def _command_mutant(name):
+    return _k(f"cache.{name}.words", f"{name} offered every cycle at a byte address",
+              lambda s, m, f: m.d.comb.__iadd__([getattr(s, name).valid.eq(1), getattr(s, name).payload.addr.eq(2)]),
+              depth=3)
+
+
+CACHE_MUTANTS = [
+    *(_stream_mutant(n) for n in ("up_data", "up_wdone", "bk_cmd", "bk_wcmd", "bk_wdata", "st_cmd", "st_wcmd",
+                                 "st_wdata")),
+    *(_command_mutant(n) for n in ("bk_cmd", "bk_wcmd", "st_cmd", "st_wcmd")),
+    _k("cache.st_cmd.in_line", "a store read of two lines", lambda s, m, f: m.d.comb.__iadd__(
+        [s.st_cmd.valid.eq(1), s.st_cmd.payload.addr.eq(0), s.st_cmd.payload.bytes.eq(2 * s.geometry.line_bytes)]),
+        depth=3),
+    *(_k(f"cache.{n}.room", f"{n} written every cycle", lambda s, m, f, n=n: m.d.comb.__iadd__(
+        m.submodules[n].w_en.eq(1)), depth=11) for n in ("rd_order", "bk_order", "st_cmdq", "uw_route")),
+    *(_k(f"cache.{w}.job{i}.taken", f"{w} offered a job every cycle", lambda s, m, f, w=w, i=i: m.d.comb.__iadd__(
+        getattr(m.submodules[w], f"job{i}").valid.eq(1)), depth=11)
+      for w in ("st_writer", "bk_writer") for i in (0, 1)),
+]

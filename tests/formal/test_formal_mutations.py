@@ -1,5 +1,6 @@
-"""Every formal property can fail: each mutant breaks its RTL, and SymbiYosys finds that
-property's counterexample (tests/formal/mutants.py). A representative mutant per property group
+"""Every formal property can fail: each mutant breaks its RTL (the shell's ports and control
+slave, the aggregation switch, the tile cache), and SymbiYosys finds that property's
+counterexample (tests/formal/mutants.py). A representative mutant per property group
 runs in CI; the whole list under ``-m slow``."""
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ from hbmforge.generators.formal.run import run_formal
 from hbmforge.layout import DesignLayout
 
 from designs import tiny_config_dict
-from mutants import CI_MUTANTS, CONTROL_MUTANTS, PORT_MUTANTS
+from mutants import CACHE_MUTANTS, CI_MUTANTS, CONTROL_MUTANTS, PORT_MUTANTS, SWITCH_MUTANTS
 
-ALL = PORT_MUTANTS + CONTROL_MUTANTS
+ALL = PORT_MUTANTS + CONTROL_MUTANTS + SWITCH_MUTANTS + CACHE_MUTANTS
 
 
 def _params(mutants):
@@ -34,13 +35,15 @@ def test_mutant_breaks_its_property(mutant, layout, tmp_path):
 
 
 def test_every_property_has_a_mutant(layout):
-    from hbmforge.generators.formal.shell import ControlHarness, PortHarness
     from amaranth.back import rtlil
+
+    from hbmforge.generators.formal.engines import CacheHarness, SwitchHarness
     from hbmforge.generators.formal.run import check_names
+    from hbmforge.generators.formal.shell import ControlHarness, PortHarness
     from mutants import PORT
 
     names = set()
-    for harness in (PortHarness(**PORT), ControlHarness(layout)):
+    for harness in (PortHarness(**PORT), ControlHarness(layout), SwitchHarness(), CacheHarness()):
         names.update(check_names(rtlil.convert(harness, name="top", ports=list(harness.ports))))
     assert names == {m.prop for m in ALL}, (f"no mutant for {sorted(names - {m.prop for m in ALL})}; "
                                             f"mutants of unknown properties {sorted({m.prop for m in ALL} - names)}")

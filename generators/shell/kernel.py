@@ -17,7 +17,7 @@ after the shell's) are driven by the engine member of that name.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -215,18 +215,20 @@ class Kernel(wiring.Component):
                 m.d.comb += engine.clear.eq(control.start)
 
         # -- performance counters ----------------------------------------------------------
+        # an engine's stall and mac_inc are registered before the 64-bit adds (they come out of
+        # its scheduling logic), so each busy cycle's share is added one cycle later
         cycles = Signal(COUNTER_WIDTH)
         stalls = Signal(COUNTER_WIDTH)
         macs = Signal(COUNTER_WIDTH)
+        stall_r = Signal()
+        incs = [e.mac_inc for e in engines if e.signature.max_mac_inc]
+        inc_r = Signal(range(sum(e.signature.max_mac_inc for e in engines) + 1))
+        m.d.sync += [stall_r.eq(control.busy & Cat(*(e.stall for e in engines)).any()),
+                     inc_r.eq(Mux(control.busy, sum(incs), 0) if incs else 0)]
         with m.If(control.start):
-            m.d.sync += [cycles.eq(0), stalls.eq(0), macs.eq(0)]
-        with m.Elif(control.busy):
-            m.d.sync += cycles.eq(cycles + 1)
-            with m.If(Cat(*(e.stall for e in engines)).any()):
-                m.d.sync += stalls.eq(stalls + 1)
-            incs = [e.mac_inc for e in engines if e.signature.max_mac_inc]
-            if incs:
-                m.d.sync += macs.eq(macs + sum(incs))
+            m.d.sync += [cycles.eq(0), stalls.eq(0), macs.eq(0), stall_r.eq(0), inc_r.eq(0)]
+        with m.Else():
+            m.d.sync += [cycles.eq(cycles + control.busy), stalls.eq(stalls + stall_r), macs.eq(macs + inc_r)]
 
         sources = {"status": cmdproc.status, "desc_done": cmdproc.desc_done, "cycles": cycles,
                    "stall_cycles": stalls, "mac_ops": macs}

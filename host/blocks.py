@@ -66,7 +66,7 @@ from hbmforge.encodings import (AttentionMode, OutMode, VectorAct, VectorCombine
 from hbmforge.engines.attention import attention_geometry
 from hbmforge.engines.vector import ACT_FRAC, vector_geometry
 from hbmforge.numerics import vector as V
-from hbmforge.numerics.attention import kv_head_scale, pack_block_table
+from hbmforge.numerics.attention import dequantize_kv, kv_head_scale, pack_block_table, quantize_kv
 from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded, scale_product
 from hbmforge.numerics.program import SparseMemory, execute
 
@@ -290,6 +290,27 @@ class ModelSequence:
         """Forget tokens from ``length`` on (their pages go back to the pool)."""
         self._prog._truncate(self, length)
 
+    def load_kv(self, k=None, v=None, *, state=None) -> None:
+        """Start this empty sequence at ``length`` tokens with a given KV cache written straight into
+        new pages of every layer (restoring a saved cache; long contexts without a prefill).
+
+        ``k``/``v``: float ``[layers, length, kv_heads, head_dim]``, K after RoPE in Hugging Face's
+        rotate-half order (``past_key_values``), quantized with each layer's fixed head scales (a
+        group beyond the cache's range is refused); or ``state``: a :meth:`save_kv` dict (exact).
+        The next step runs at position ``length``."""
+        self._prog._load_kv(self, k, v, state)
+
+    def save_kv(self) -> dict:
+        """The cache as stored: ``{"k", "v"}`` int8 ``[layers, length, kv_heads, head_dim]`` (device
+        element order), ``{"k_mant", "v_mant"}`` u16 ``[layers, length, kv_heads, groups]`` group
+        mantissas and ``kv_bits``; :meth:`load_kv` ``(state=...)`` restores it bit for bit."""
+        return self._prog._save_kv(self)
+
+    def read_kv(self) -> tuple:
+        """The cache dequantized: float ``(k, v)`` ``[layers, length, kv_heads, head_dim]`` (K in
+        rotate-half order, as :meth:`load_kv` takes it)."""
+        return self._prog._read_kv(self)
+
     def __repr__(self) -> str:
         return f"ModelSequence({self.id}, {'freed' if self._freed else f'{self._length} tokens'})"
 
@@ -333,11 +354,14 @@ class ModelProgram:
     and |V| expected) to fix the cache's head scales; default a bound from the weights and norms
     (no group can clip; BERT layer 0 takes its own attention LayerNorm as the proxy of the
     embedding LayerNorm).
+    ``window``/``sink``: decoder attention over the ``sink`` first tokens and the ``window`` most
+    recent ones only (StreamingLLM / AccLLM's Lambda-shaped attention; 0: the whole context).
     """
 
     def __init__(self, device, config: BlockConfig, blocks: Sequence[BlockWeights], *, final_norm=None,
                  lm_head: EncodedWeights | None = None, kv_bits: int = 8, max_context: int | None = None,
-                 kv_pages: int | None = None, kv_ranges=None, timeout: float = 600.0):
+                 kv_pages: int | None = None, kv_ranges=None, timeout: float = 600.0, window: int = 0,
+                 sink: int = 0):
         dev = check_device(device)
         lay = dev.layout
         cfg = config.checked() if isinstance(config, BlockConfig) else None
@@ -356,6 +380,12 @@ class ModelProgram:
                                     f"has {list(vg.activations)}")
         kv_bits = check_choice("kv_bits", kv_bits, tuple(att.kv_bits), "the attention engine's kv_bits")
         ctx = att.max_context if max_context is None else check_int("max_context", max_context, 1, att.max_context)
+        window = check_int("window", window, 0, ctx)
+        sink = check_int("sink", sink, 0, ctx)
+        if sink and not window:
+            raise ValueError(f"sink ({sink}) needs a window > 0 (sink tokens are kept beside a sliding window)")
+        if (window or sink) and cfg.arch != "llama":
+            raise ValueError("window and sink apply to decoders (arch 'llama'); bidirectional attention has none")
         P = att.page_tokens
         max_pages = -(-ctx // P)
         pages = max_pages if kv_pages is None else check_int("kv_pages", kv_pages, 1, 1 << 24)
@@ -394,6 +424,7 @@ class ModelProgram:
         self._dev, self._lay, self._cfg = dev, lay, cfg
         self._att, self._vg = att, vg
         self.kv_bits, self.max_context, self.num_pages = kv_bits, ctx, pages
+        self.window, self.sink = window, sink
         self._max_pages = max_pages
         self._final_norm, self._gu = final_norm, gu
         self.last_step: StepStats | None = None
@@ -672,6 +703,159 @@ class ModelProgram:
         seq._pages = seq._pages[:keep]
         seq._length = length
 
+    # -- KV cache load / save (ModelSequence.load_kv, save_kv, read_kv) -----------------------------
+    def _kv_order(self) -> np.ndarray:
+        """Device element order of one K head: HF rotate-half index per device index (llama)."""
+        hd = self._cfg.head_dim
+        return _interleave_rows(1, hd) if self._cfg.arch == "llama" else np.arange(hd)
+
+    def _kv_shape(self, length: int) -> tuple:
+        return (len(self.layers), length, self._cfg.kv_heads, self._cfg.head_dim)
+
+    def _load_kv(self, seq: ModelSequence, k, v, state) -> None:
+        seq = self._check_seq(seq)
+        if seq._length or seq._pages:
+            raise ValueError(f"sequence {seq.id} already holds {seq._length} tokens; load_kv starts an empty "
+                             "sequence (truncate(0) or a new program.sequence() first)")
+        cfg, att = self._cfg, self._att
+        kvh, hd, g = cfg.kv_heads, cfg.head_dim, att.group_size
+        qmax = (1 << (self.kv_bits - 1)) - 1
+        if state is not None:
+            if k is not None or v is not None:
+                raise ValueError("give either k and v (floats) or state (a save_kv dict), not both")
+            if not isinstance(state, Mapping):
+                raise TypeError(f"state must be a dict from save_kv(), got {type(state).__name__}")
+            missing = [n for n in ("k", "v", "k_mant", "v_mant", "kv_bits") if n not in state]
+            if missing:
+                raise ValueError(f"state lacks {missing} (a save_kv() dict has k, v, k_mant, v_mant, kv_bits)")
+            if state["kv_bits"] != self.kv_bits:
+                raise ValueError(f"state holds a kv_bits {state['kv_bits']!r} cache; this program's is {self.kv_bits}")
+            vals, mants = {}, {}
+            for which in "kv":
+                q, m = np.asarray(state[which]), np.asarray(state[f"{which}_mant"])
+                if q.ndim != 4 or q.shape[0] != len(self.layers) or q.shape[2:] != (kvh, hd) or \
+                        not np.issubdtype(q.dtype, np.integer):
+                    raise ValueError(f"state[{which!r}] must be integers [{len(self.layers)}, length, {kvh}, {hd}], "
+                                     f"got {q.dtype} {q.shape}")
+                if m.shape != q.shape[:3] + (hd // g,) or not np.issubdtype(m.dtype, np.integer):
+                    raise ValueError(f"state[{which + '_mant'!r}] must be integers {q.shape[:3] + (hd // g,)}, "
+                                     f"got {m.dtype} {m.shape}")
+                if q.size and (q.min() < -qmax or q.max() > qmax):
+                    raise ValueError(f"state[{which!r}] values must be in [-{qmax}, {qmax}] (kv_bits {self.kv_bits})")
+                if m.size and (m.min() < 1 or m.max() > 0xFFFF):
+                    raise ValueError(f"state[{which + '_mant'!r}] mantissas must be in [1, 65535]")
+                vals[which], mants[which] = q.astype(np.int64), m.astype(np.int64)
+            if vals["k"].shape != vals["v"].shape:
+                raise ValueError(f"state k and v differ in shape: {vals['k'].shape} vs {vals['v'].shape}")
+            length = vals["k"].shape[1]
+        else:
+            if k is None or v is None:
+                raise ValueError("load_kv needs k and v (float [layers, length, kv_heads, head_dim]) or state")
+            k = real_array("k", k, ndim=(4,), what=f"[{len(self.layers)}, length, {kvh}, {hd}]")
+            v = real_array("v", v, ndim=(4,), what=f"[{len(self.layers)}, length, {kvh}, {hd}]")
+            if k.shape != v.shape or k.shape[0] != len(self.layers) or k.shape[2:] != (kvh, hd):
+                raise ValueError(f"k and v must both be [{len(self.layers)}, length, {kvh}, {hd}], got {k.shape} "
+                                 f"and {v.shape}")
+            length = k.shape[1]
+            vals, mants = {}, {}
+            for which, x in (("k", k[..., self._kv_order()]), ("v", v)):
+                qs, ms = [], []
+                for i, L in enumerate(self.layers):
+                    hs = L.k_scale if which == "k" else L.v_scale
+                    xi = x[i].reshape(length * kvh, hd)
+                    need = np.abs(xi.reshape(length, kvh, hd // g, g)).max(axis=3) / qmax / hs[None, :, None]
+                    if need.size and np.rint(need).max() > 0xFFFF:
+                        raise ValueError(f"{which} of layer {i} reaches {float(np.abs(xi).max()):.4g}, beyond the "
+                                         f"cache's range (about {float(2 * qmax * hs.max() * (1 << 15)):.4g} per head; "
+                                         "kv_ranges of the program sets it)")
+                    q, m = quantize_kv(xi, self.kv_bits, g, np.tile(hs, length))
+                    qs.append(q.reshape(length, kvh, hd))
+                    ms.append(m.astype(np.int64).reshape(length, kvh, hd // g))
+                vals[which], mants[which] = np.stack(qs), np.stack(ms)
+        length = check_int("length (tokens in k/v)", length, 1, self.max_context)
+        P = att.page_tokens
+        n_pages = -(-length // P)
+        if n_pages > len(self._free_pages):
+            raise BlockProgramError(f"the KV pools have {len(self._free_pages)} free pages, {length} tokens need "
+                                    f"{n_pages} ({P} tokens per page)")
+        # every page's bytes before the first write: [layer][which] -> bytes of all pages
+        page_bytes = att.page_bytes(self.kv_bits, kvh)
+        vb, sa, ha = att.value_bytes(self.kv_bits), att.scale_area, att.head_area(self.kv_bits)
+        images = []
+        for i in range(len(self.layers)):
+            per = {}
+            for which in "kv":
+                img = np.zeros((n_pages, kvh, ha), np.uint8)
+                q = np.zeros((n_pages * P, kvh, hd), np.int64)
+                q[:length] = vals[which][i]
+                m = np.zeros((n_pages * P, kvh, hd // g), "<u2")
+                m[:length] = mants[which][i]
+                if self.kv_bits == 8:
+                    rec = (q & 0xFF).astype(np.uint8)
+                else:
+                    nib = (q & 0xF).astype(np.uint8)
+                    rec = nib[..., 0::2] | (nib[..., 1::2] << 4)
+                rec = rec.reshape(n_pages, P, kvh, -1).transpose(0, 2, 1, 3)        # [page, head, slot, bytes]
+                recs = np.zeros((n_pages, kvh, P, vb), np.uint8)
+                recs[..., :rec.shape[-1]] = rec
+                img[:, :, sa:] = recs.reshape(n_pages, kvh, P * vb)
+                ms = m.reshape(n_pages, P, kvh, hd // g).transpose(0, 2, 1, 3).reshape(n_pages, kvh, -1)
+                img[:, :, :ms.shape[-1] * 2] = ms.view(np.uint8).reshape(n_pages, kvh, -1)
+                per[which] = img.reshape(n_pages, page_bytes)
+            images.append(per)
+        pages = self._free_pages[:n_pages]
+        dev = self._dev
+        try:
+            for L, per in zip(self.layers, images):
+                for which, pool in (("k", L.k_pool), ("v", L.v_pool)):
+                    for j, pg in enumerate(pages):
+                        dev.write(pool, per[which][j].tobytes(), offset=pg * page_bytes)
+            dev.write(seq._bt, pack_block_table(np.asarray(pages, np.uint32), self._lay.word_bytes))
+        except BaseException:
+            if not dev.closed:
+                try:
+                    dev.write(seq._bt, bytes(self._lay.word_bytes))
+                except Exception:
+                    pass
+            raise
+        del self._free_pages[:n_pages]
+        seq._pages, seq._length = list(pages), length
+
+    def _save_kv(self, seq: ModelSequence) -> dict:
+        seq = self._check_seq(seq)
+        cfg, att = self._cfg, self._att
+        kvh, hd, g, P, n = cfg.kv_heads, cfg.head_dim, att.group_size, att.page_tokens, seq._length
+        page_bytes = att.page_bytes(self.kv_bits, kvh)
+        vb, sa, ha = att.value_bytes(self.kv_bits), att.scale_area, att.head_area(self.kv_bits)
+        out = {"k": [], "v": [], "k_mant": [], "v_mant": [], "kv_bits": self.kv_bits}
+        for L in self.layers:
+            for which, pool in (("k", L.k_pool), ("v", L.v_pool)):
+                raw = b"".join(self._dev.read(pool, page_bytes, pg * page_bytes) for pg in seq._pages)
+                img = np.frombuffer(raw, np.uint8).reshape(len(seq._pages), kvh, ha)
+                m = img[:, :, :P * (hd // g) * 2].copy().view("<u2").reshape(-1, kvh, P, hd // g)
+                rec = img[:, :, sa:].reshape(-1, kvh, P, vb)
+                if self.kv_bits == 8:
+                    q = rec[..., :hd].astype(np.int8).astype(np.int64)
+                else:
+                    b = rec[..., :hd // 2].astype(np.int64)
+                    q = np.stack([b & 15, b >> 4], axis=-1).reshape(b.shape[:-1] + (hd,))
+                    q = np.where(q >= 8, q - 16, q)
+                out[which].append(q.transpose(0, 2, 1, 3).reshape(-1, kvh, hd)[:n].astype(np.int8))
+                out[f"{which}_mant"].append(m.transpose(0, 2, 1, 3).reshape(-1, kvh, hd // g)[:n].astype(np.uint16))
+        for name in ("k", "v", "k_mant", "v_mant"):
+            out[name] = np.stack(out[name]) if out[name] else np.zeros(self._kv_shape(0))
+        return out
+
+    def _read_kv(self, seq: ModelSequence) -> tuple:
+        st = self._save_kv(seq)
+        g = self._att.group_size
+        k = np.stack([dequantize_kv(st["k"][i], st["k_mant"][i], L.k_scale[None, :], g)
+                      for i, L in enumerate(self.layers)])
+        v = np.stack([dequantize_kv(st["v"][i], st["v_mant"][i], L.v_scale[None, :], g)
+                      for i, L in enumerate(self.layers)])
+        inv = np.argsort(self._kv_order())
+        return k[..., inv], v
+
     # -- steps -------------------------------------------------------------------------------------
     def prefill(self, x, seq, *, valid_len: int | None = None, all_logits: bool = False) -> np.ndarray:
         """Run a chunk of ``T`` tokens (float embeddings ``[T, hidden]``) through every block in one
@@ -849,7 +1033,8 @@ class ModelProgram:
             mode = {"mode": AttentionMode.CAUSAL, "valid_len": 0}
             if not llama:
                 mode = {"mode": AttentionMode.BIDIRECTIONAL, "valid_len": pos0 + (valid_len or T)}
-            p.attention(head_dim=hd, kv_heads=kvh, q_per_kv=qh // kvh, n_q=T, ctx_len=pos0 + T, window=0, sink=0,
+            p.attention(head_dim=hd, kv_heads=kvh, q_per_kv=qh // kvh, n_q=T, ctx_len=pos0 + T, window=self.window,
+                        sink=self.sink,
                         kv_bits=self.kv_bits, q_addr=a["qrec"], bt_addr=seq._bt.address, k_pool=L.k_pool.address,
                         v_pool=L.v_pool.address, o_addr=a["o"], **mode)
             p.vector(m=T, dim=nq, a_fmt=VectorIn.ROWS32, a_addr=a["o"], a_stride=nq * 4, a_cols=t(L, "att_cols"),

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Elaboratable, Module, ResetSignal, Signal, Value
+from amaranth.hdl import Elaboratable, Module, ResetSignal, Signal, Value, signed
 
 from ..memory.cache import TileCache
 from ..network import switch as switch_module
@@ -44,7 +44,8 @@ from .axi4 import stream_properties
 from .props import Properties, replaced
 from .shell import free_inputs
 
-__all__ = ["CheckedPortTx", "CheckedSwitch", "SwitchHarness", "CheckedTileCache", "CacheHarness",
+__all__ = ["CheckedPortTx", "CheckedSwitch", "SelfCheckedSwitch", "SwitchHarness", "switch_link_properties",
+           "CheckedTileCache", "SelfCheckedTileCache", "CacheHarness", "cache_properties",
            "small_switch_geometry", "small_cache_geometry", "SMALL_CACHE_WIDTH"]
 
 #: the data width of the "small" cache harness (a 4-byte word)
@@ -120,22 +121,42 @@ class SwitchHarness(Elaboratable):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.switch = sw = self.switch
+        m.submodules.switch = self.switch
         p = self.properties = Properties(m)
         p.assume("env.no_reset", ~ResetSignal())
-        g = self.geom
-        limit = g.header_beats + g.packet_words
-        for i in range(g.ports):
+        switch_link_properties(p, self.switch)
+        return m
+
+
+def switch_link_properties(p: Properties, sw: AggregationSwitch, *, env: bool = True) -> None:
+    """The link properties of ``sw`` (module doc) into ``p``; ``env``: assume the input links'
+    stream rules too (a simulation bench that drives them checks itself with them)."""
+    m = p.m
+    g = sw.geom
+    limit = g.header_beats + g.packet_words
+    for i in range(g.ports):
+        if env:
             _axis_stream_rules(p, getattr(sw, f"s_axis_p{i}"), f"s_axis_p{i}", checked=False)
-            out = getattr(sw, f"m_axis_p{i}")
-            _axis_stream_rules(p, out, f"m_axis_p{i}", checked=True)
-            beats = Signal(range(limit + 2), name=f"tx_beats{i}")
-            with m.If(out.tvalid & out.tready):
-                m.d.sync += beats.eq(beats + 1)
-                with m.If(out.tlast):
-                    m.d.sync += beats.eq(0)
-            p.assert_(f"sw.m_axis_p{i}.framed", ~out.tvalid | (beats < limit))
-            p.cover(f"sw.m_axis_p{i}.packet", out.tvalid & out.tready & out.tlast)
+        out = getattr(sw, f"m_axis_p{i}")
+        _axis_stream_rules(p, out, f"m_axis_p{i}", checked=True)
+        beats = Signal(range(limit + 2), name=f"tx_beats{i}")
+        with m.If(out.tvalid & out.tready):
+            m.d.sync += beats.eq(beats + 1)
+            with m.If(out.tlast):
+                m.d.sync += beats.eq(0)
+        p.assert_(f"sw.m_axis_p{i}.framed", ~out.tvalid | (beats < limit))
+        p.cover(f"sw.m_axis_p{i}.packet", out.tvalid & out.tready & out.tlast)
+
+
+class SelfCheckedSwitch(CheckedSwitch):
+    """A :class:`CheckedSwitch` that carries its link properties itself: drop it into an
+    amaranth.sim bench in place of the production switch and every cycle is checked."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        p = Properties(m)
+        switch_link_properties(p, self)
+        self.properties.merge(p)
         return m
 
 
@@ -184,13 +205,18 @@ def _memory_reads(p: Properties, cmd, data, shift: int, name: str) -> None:
     p.assume(f"env.{name}.only_asked", ~data.valid | (owed != 0))
 
 
-def _memory_writes(p: Properties, cmd, data, done, name: str) -> None:
-    """The memory behind ``cmd``/``data``/``done`` acknowledges a command only once it was
-    accepted and no write command or data is pending (a subset of the legal timings)."""
+def _memory_writes(p: Properties, cmd, data, done, shift: int, name: str) -> None:
+    """The memory behind ``cmd``/``data``/``done`` acknowledges only accepted commands whose data
+    is complete (the writer has one command's data in progress at a time: while words are owed,
+    one of the accepted commands is not complete), without error."""
     m = p.m
     due = Signal(8, name=f"{name}_due")
-    m.d.sync += due.eq(due + (cmd.valid & cmd.ready) - (done.valid & done.ready))
-    p.assume(f"env.{name}.done_after_data", ~done.valid | ((due != 0) & ~cmd.valid & ~data.valid))
+    owed = Signal(signed(35), name=f"{name}_owed")
+    words = Value.cast(cmd.payload.bytes) >> shift
+    m.d.sync += [due.eq(due + (cmd.valid & cmd.ready) - (done.valid & done.ready)),
+                 owed.eq(owed + Value.cast(cmd.valid & cmd.ready).as_unsigned() * words
+                         - (data.valid & data.ready))]
+    p.assume(f"env.{name}.done_after_data", ~done.valid | (due > (owed > 0)))
     p.assume(f"env.{name}.no_error", ~done.valid | ~done.payload.error)
 
 
@@ -210,13 +236,22 @@ class CacheHarness(Elaboratable):
         return free_inputs(self.cache)
 
     def elaborate(self, platform):
-        from ..engine import RtlOps
-
         m = Module()
-        m.submodules.cache = c = self.cache
+        m.submodules.cache = self.cache
         p = self.properties = Properties(m)
         p.assume("env.no_reset", ~ResetSignal())
-        shift = (self.data_width // 8).bit_length() - 1
+        cache_properties(p, self.cache, data_width=self.data_width)
+        return m
+
+
+def cache_properties(p: Properties, c: TileCache, *, data_width: int, env: bool = True) -> None:
+    """The stream and command properties of cache ``c`` (module doc) into ``p``; ``env``: the
+    environment's rules too (assumed)."""
+    from ..engine import RtlOps
+
+    m = p.m
+    shift = (data_width // 8).bit_length() - 1
+    if env:
         for name in _IN_STREAMS:
             stream_properties(p, getattr(c, name), f"env.{name}", producer_checked=False)
         for name in ("up_cmd", "up_wcmd"):
@@ -225,25 +260,35 @@ class CacheHarness(Elaboratable):
                                                         & (cmd.payload.bytes[:shift] == 0)))
         ctl = c.ctl.payload
         fields = {"action": Value.cast(ctl.action), "addr": ctl.addr, "bytes": ctl.bytes, "store_addr": ctl.store}
-        bad = RtlOps.any_(*(chk.fails(fields, RtlOps) for chk in _checked_descriptors(self.geometry, 1 << shift)))
+        bad = RtlOps.any_(*(chk.fails(fields, RtlOps) for chk in _checked_descriptors(c.geometry, 1 << shift)))
         p.assume("env.ctl.checked", ~c.ctl.valid | ~bad)
         _memory_reads(p, c.bk_cmd, c.bk_data, shift, "bk")
         _memory_reads(p, c.st_cmd, c.st_data, shift, "st")
-        _memory_writes(p, c.bk_wcmd, c.bk_wdata, c.bk_wdone, "bk_w")
-        _memory_writes(p, c.st_wcmd, c.st_wdata, c.st_wdone, "st_w")
+        _memory_writes(p, c.bk_wcmd, c.bk_wdata, c.bk_wdone, shift, "bk_w")
+        _memory_writes(p, c.st_wcmd, c.st_wdata, c.st_wdone, shift, "st_w")
+    for name in _OUT_STREAMS:
+        stream_properties(p, getattr(c, name), f"cache.{name}", producer_checked=True)
+    for name in ("bk_cmd", "bk_wcmd", "st_cmd", "st_wcmd"):
+        cmd = getattr(c, name)
+        p.assert_(f"cache.{name}.words", ~cmd.valid | ((cmd.payload.addr[:shift] == 0)
+                                                       & (cmd.payload.bytes[:shift] == 0)))
+    line = c.geometry.line_bytes
+    st = c.st_cmd
+    end = Signal(Value.cast(st.payload.bytes).shape().width + 1, name="st_end")
+    m.d.comb += end.eq((st.payload.addr & (line - 1)) + st.payload.bytes)
+    p.assert_("cache.st_cmd.in_line", ~st.valid | (end <= line))
+    p.cover("cache.st_read", st.valid & st.ready)
+    p.cover("cache.up_word", c.up_data.valid & c.up_data.ready)
+    p.cover("cache.up_write_done", c.up_wdone.valid & c.up_wdone.ready)
 
-        for name in _OUT_STREAMS:
-            stream_properties(p, getattr(c, name), f"cache.{name}", producer_checked=True)
-        for name in ("bk_cmd", "bk_wcmd", "st_cmd", "st_wcmd"):
-            cmd = getattr(c, name)
-            p.assert_(f"cache.{name}.words", ~cmd.valid | ((cmd.payload.addr[:shift] == 0)
-                                                           & (cmd.payload.bytes[:shift] == 0)))
-        line = self.geometry.line_bytes
-        st = c.st_cmd
-        end = Signal(Value.cast(st.payload.bytes).shape().width + 1, name="st_end")
-        m.d.comb += end.eq((st.payload.addr & (line - 1)) + st.payload.bytes)
-        p.assert_("cache.st_cmd.in_line", ~st.valid | (end <= line))
-        p.cover("cache.st_read", st.valid & st.ready)
-        p.cover("cache.up_word", c.up_data.valid & c.up_data.ready)
-        p.cover("cache.up_write_done", c.up_wdone.valid & c.up_wdone.ready)
+
+class SelfCheckedTileCache(CheckedTileCache):
+    """A :class:`CheckedTileCache` that carries the harness's cache properties itself (for an
+    amaranth.sim bench; the environment's rules are not checked there)."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        p = Properties(m)
+        cache_properties(p, self, data_width=self._W, env=False)
+        self.properties.merge(p)
         return m

@@ -166,3 +166,21 @@ async def test_empty_and_misaligned_programs_and_the_ready_interrupt(dut):
     assert await bench.reg_read("ISR") == 0
     status = await bench.run(addr + 4, 1)                            # program not word-aligned
     assert status & 1 and (status >> 8) & 0xFF == ErrorCode.MISALIGNED, f"STATUS={status:#x}"
+
+
+@cocotb.test()
+async def test_matmul_row_block_boundaries_run_bit_exact(dut):
+    """M at every row-block boundary (one row, one block, whole blocks, a partial last block)
+    in one program, each layer checked against the golden model."""
+    bench, lay = await _bench(dut, seed_offset=906)
+    if Opcode.MATMUL not in lay.opcodes.values():
+        return
+    rng = np.random.default_rng(SEED + 906)
+    rows = lay.mm.rows
+    prog = Program(lay)
+    layers = [Layer(bench, lay, rng, m=m, n=int(rng.integers(1, 4))) for m in sorted({1, rows, 2 * rows, rows + 1})]
+    for layer in layers:
+        layer.add_to(prog)
+    assert await bench.run(await _program(bench, prog), len(prog)) == 0
+    for layer in layers:
+        layer.check(bench, f"m={layer.m}")

@@ -4,9 +4,11 @@
 :mod:`hbmforge.numerics.nonlinear`). Per lane, a 3-stage pipeline:
 
 1. ``a = |x|``, segment index ``i`` and offset ``r``; the ROM read is issued;
-2. ``c1 * r`` (one ``c1_bits x (F - S)`` multiplier);
-3. ``tq = c0 + rshift_round(c1 * r, F - S)`` (or the tail constant beyond the table),
-   ``y = rshift_round(x*2^G - tq, G)`` or ``rshift_round(-tq, G)`` into the output register.
+2. ``c1 * r`` (one ``c1_bits x (F - S)`` multiplier) and, beside it, the term it is
+   subtracted from (``x*2^G - c0`` or ``-c0``, with both roundings folded in) and the tail's value;
+3. one subtraction and a shift into the output register: the same integers as
+   ``tq = c0 + rshift_round(c1 * r, F - S)``, ``y = rshift_round(x*2^G - tq, G)`` or
+   ``rshift_round(-tq, G)``.
 
 Flow control is a global stall: every stage advances when the output register is empty
 or being read (``i.ready = ~o.valid | o.ready``), so the unit takes ``lanes`` elements per
@@ -103,22 +105,24 @@ class TailActivation(wiring.Component):
             x1 = Signal(signed(W), name=f"x1_{ln}")
             r1 = Signal(unsigned(max(rb, 1)), name=f"r1_{ln}")
             out1 = Signal(name=f"beyond1_{ln}")
-            # stage 2: the interpolation product
-            x2 = Signal(signed(W), name=f"x2_{ln}")
-            c0_2 = Signal(signed(sp.c0_bits), name=f"c0_2_{ln}")
-            prod2 = Signal(signed(sp.c1_bits + rb + 1), name=f"prod2_{ln}")
+            # stage 2: the interpolation product and, beside it, what stage 3 subtracts it from:
+            # with base = x*2^G - c0 (or -c0) + 2^(G-1) and h = 2^(F-S-1),
+            # y = (base - ((c1*r + h) >> (F-S))) >> G = (base*2^(F-S) + 2^(F-S) - 1 - h - c1*r) >> (F-S+G)
+            # inside the table; beyond it the tail constant's value
+            wide = signed(W + G + sp.c0_bits + rb + 3)
+            prod2 = Signal(signed(sp.c1_bits + rb + 2), name=f"prod2_{ln}")
+            base2 = Signal(wide, name=f"base2_{ln}")
+            tail2 = Signal(wide, name=f"tail2_{ln}")
             out2 = Signal(name=f"beyond2_{ln}")
+            half = 1 << (G - 1)
+            fold = (1 << rb) - 1 - ((1 << (rb - 1)) if rb else 0)
             with m.If(adv):
                 m.d.sync += [x1.eq(x), r1.eq(a[:rb] if rb else 0), out1.eq(idx >= N)]
-                m.d.sync += [x2.eq(x1), c0_2.eq(rp.data.c0), out2.eq(out1),
-                             prod2.eq(rp.data.c1 * r1)]
+                m.d.sync += [out2.eq(out1), prod2.eq(rp.data.c1 * r1 if rb else 0),
+                             base2.eq(((Mux(x1 < 0, -rp.data.c0, (x1 << G) - rp.data.c0) + half) << rb) + fold),
+                             tail2.eq(Mux(x1 < 0, -sp.tail, (x1 << G) - sp.tail) + half)]
 
-            # stage 3: tail value, output rounding
-            tq = Signal(signed(sp.c0_bits + 1), name=f"tq{ln}")
-            interp = c0_2 + ((prod2 + (1 << (rb - 1))) >> rb) if rb else c0_2
-            m.d.comb += tq.eq(Mux(out2, sp.tail, interp))
-            full = Signal(signed(W + G + 1), name=f"yfull{ln}")
-            m.d.comb += full.eq(Mux(x2 < 0, -tq, (x2 << G) - tq))
+            # stage 3: one subtraction and the output shift
             with m.If(adv):
-                m.d.sync += self.o.payload[ln].eq((full + (1 << (G - 1))) >> G)
+                m.d.sync += self.o.payload[ln].eq(Mux(out2, tail2 >> G, (base2 - prod2) >> (rb + G)))
         return m

@@ -18,7 +18,7 @@ Blocks, in dataflow order:
   the output register); the bank is free as soon as its last beat is read.
 
 Pass 1 of vector ``n+1`` overlaps pass 2 of vector ``n`` (two banks). With ``B = dim / lanes``
-beats per vector and ``SL = scalar_latency`` (12 cycles with the default two Newton steps), a
+beats per vector and ``SL = scalar_latency`` (21 cycles with the default two Newton steps), a
 lone vector's first output beat leaves ``B - 1 + SL + 4`` cycles after its first input beat;
 a back-to-back stream of vectors (``B >= SL``) takes two vectors per ``2B + SL - 1`` cycles:
 the third vector waits for the first one's bank. Flow control of the drain pipeline is a
@@ -132,8 +132,17 @@ class NormUnit(wiring.Component):
     @property
     def scalar_latency(self) -> int:
         """Cycles from a vector's last input beat to its first drain read (``V``: 1, to Rsqrt: 1,
-        Rsqrt: ``2 + 3 * iterations``, descriptor: 2)."""
-        return 4 + 2 + 3 * self._spec.rsqrt.iterations
+        Rsqrt: ``3 + 7 * iterations``, descriptor: 2)."""
+        return 4 + self._rsqrt_latency()
+
+    @property
+    def rsqrt_busy_cycles(self) -> int:
+        """Cycles the Rsqrt unit is taken per vector (it holds one value at a time): vectors of
+        fewer beats queue behind it."""
+        return self._rsqrt_latency() + 2
+
+    def _rsqrt_latency(self) -> int:
+        return Rsqrt.latency_of(self._spec.rsqrt.iterations)
 
     @property
     def latency(self) -> int:

@@ -7,12 +7,13 @@ A small sequential unit (the norms need one result per vector):
   ``UF = frac_bits + 2`` fraction bits (truncated);
 * seed ``y = seeds[top seed_bits fraction bits of u]`` (``3 * 2**seed_bits`` entries,
   ``round(2**MF / sqrt(midpoint))``);
-* ``iterations`` Newton steps, three cycles each (one multiplier per cycle)::
+* ``iterations`` Newton steps of seven cycles (a product, then its rounding, three times, and the
+  difference; one multiplier or one adder per cycle)::
 
       y2 = rshift_round(y*y, MF);  uy2 = rshift_round(u*y2, UF)
       y  = rshift_round(y * (3*2**MF - uy2), MF + 1)
 
-Latency ``2 + 3 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
+Latency ``3 + 7 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
 (``i.ready`` only while idle). ``v = 0`` gives an unspecified result.
 """
 from __future__ import annotations
@@ -60,10 +61,18 @@ class Rsqrt(wiring.Component):
     def seed_bits(self) -> int:
         return self._spec.seed_bits
 
+    #: cycles of one Newton step: three products, each rounded in the next cycle, and the difference
+    STEP_CYCLES = 7
+
+    @classmethod
+    def latency_of(cls, iterations: int) -> int:
+        """Cycles from accepting ``v`` to ``o.valid`` with ``iterations`` Newton steps."""
+        return 3 + cls.STEP_CYCLES * iterations
+
     @property
     def latency(self) -> int:
         """Cycles from accepting ``v`` to ``o.valid``."""
-        return 2 + 3 * self._spec.iterations
+        return self.latency_of(self._spec.iterations)
 
     def elaborate(self, platform):
         m = Module()
@@ -88,25 +97,42 @@ class Rsqrt(wiring.Component):
                      self.o.payload.mant.eq(y), self.o.payload.exp.eq(e)]
 
         diff = Signal(signed(MF + 4))
-        m.d.comb += diff.eq((3 << MF) - uy2)
+        prod = Signal(signed(2 * (MF + 3) + UF + 5))        # the step's product, rounded next cycle
+        v_r = Signal(unsigned(VB))
+        top_r = Signal(range(max(VB, 2)))
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [e.eq(top >> 1), u.eq((v << UF) >> ((top >> 1) << 1))]
-                    m.next = "SEED"
+                    m.d.sync += [v_r.eq(v), top_r.eq(top)]
+                    m.next = "NORM"
+            with m.State("NORM"):
+                m.d.sync += [e.eq(top_r >> 1), u.eq((v_r << UF) >> ((top_r >> 1) << 1))]
+                m.next = "SEED"
             with m.State("SEED"):
                 m.d.sync += [y.eq(rp.data), it.eq(0)]
                 m.next = "SQUARE" if sp.iterations else "DONE"
             with m.State("SQUARE"):
-                m.d.sync += y2.eq((y * y + (1 << (MF - 1))) >> MF)
+                m.d.sync += prod.eq(y * y)
+                m.next = "SQUARE_ROUND"
+            with m.State("SQUARE_ROUND"):
+                m.d.sync += y2.eq((prod + (1 << (MF - 1))) >> MF)
                 m.next = "SCALE"
             with m.State("SCALE"):
-                m.d.sync += uy2.eq((u * y2 + (1 << (UF - 1))) >> UF)
+                m.d.sync += prod.eq(u * y2)
+                m.next = "SCALE_ROUND"
+            with m.State("SCALE_ROUND"):
+                m.d.sync += uy2.eq((prod + (1 << (UF - 1))) >> UF)
+                m.next = "DIFF"
+            with m.State("DIFF"):
+                m.d.sync += diff.eq((3 << MF) - uy2)
                 m.next = "UPDATE"
             with m.State("UPDATE"):
-                m.d.sync += [y.eq((y * diff + (1 << MF)) >> (MF + 1)), it.eq(it + 1)]
+                m.d.sync += prod.eq(y * diff)
+                m.next = "UPDATE_ROUND"
+            with m.State("UPDATE_ROUND"):
+                m.d.sync += [y.eq((prod + (1 << MF)) >> (MF + 1)), it.eq(it + 1)]
                 with m.If(it == sp.iterations - 1):
                     m.next = "DONE"
                 with m.Else():

@@ -260,8 +260,12 @@ def check_tensors(ckpt: Checkpoint, spec, prefix: str = "") -> dict[str, tuple[i
     shapes = decoder_weight_shapes(spec) if isinstance(spec, DecoderSpec) else encoder_weight_shapes(spec)
     missing = [n for n in shapes if prefix + n not in ckpt]
     if missing:
+        hint = ""
+        if missing == ["lm_head.weight"]:
+            hint = ("; config.json's 'tie_word_embeddings' is false (or absent): if the LM head shares "
+                    "model.embed_tokens.weight, the config must say so")
         raise CheckpointError(f"the checkpoint has no tensor {prefix + missing[0]!r} (missing {len(missing)} of the "
-                              f"{len(shapes)} tensors {spec.architecture} needs)")
+                              f"{len(shapes)} tensors {spec.architecture} needs){hint}")
     for name, shape in shapes.items():
         got = ckpt.shape(prefix + name)
         if got != shape:

@@ -244,7 +244,8 @@ def moe_cosim(policies, tokens: int, layers: int) -> dict:
             cache = TileCache(dev, window=spare)
         else:
             cache = TileCache(dev)
-        moes = [MoE(dev, routers[layer], weights[layer], top_k=2, cache=cache, prefetch=False) for layer in range(layers)]
+        moes = [MoE(dev, routers[layer], weights[layer], top_k=2, cache=None if policy == "none" else cache,
+                    prefetch=False) for layer in range(layers)]
         x = rng.standard_normal((1, d)).astype(np.float32)
         runs, lines = [], []
         cycles = hits = misses = host_bytes = 0

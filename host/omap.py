@@ -195,17 +195,28 @@ class ObliviousMap:
         hbm_w = board.latency_cycles(clock, write=True)
         eng = lay.config.engine("memory")
         region = region_for(board, eng.backing)
+        host_rate = None
         if region is not None:
             host_r, host_w = region.latency_cycles(clock), region.latency_cycles(clock, write=True)
+            host_rate = region.bytes_per_cycle(clock)
         else:
             host_r, host_w = hbm, hbm_w
+        kernel_outstanding = lay.config.axi.max_outstanding
+        limits = dict(burst_beats=lay.config.axi.max_burst_beats, hbm_outstanding=kernel_outstanding,
+                      host_outstanding=kernel_outstanding)
         timings = getattr(self._dev, "timings", None)            # the sim backend's actual port timing
         if timings:
-            data = timings.get("data")
+            data, host = timings.get("data"), timings.get(lay.port_names[1 + eng.port])
             if data is not None:
                 hbm, hbm_w = max(hbm, data.read_latency), max(hbm_w, data.write_latency)
+                limits.update(hbm_bytes_per_cycle=data.bytes_per_cycle,
+                              hbm_outstanding=min(kernel_outstanding, data.max_outstanding))
+            if host is not None:                                 # a region's timing and its port's, the slower
+                host_r, host_w = max(host_r, host.read_latency), max(host_w, host.write_latency)
+                limits.update(host_bytes_per_cycle=min(host.bytes_per_cycle, host_rate or host.bytes_per_cycle),
+                              host_outstanding=min(kernel_outstanding, host.max_outstanding))
         return omap_slot_timing(self._geom, hbm_read=hbm, hbm_write=hbm_w, host_read=host_r, host_write=host_w,
-                                margin=margin)
+                                margin=margin, **limits)
 
     def _check_items(self, items, capacity: int) -> dict:
         if not isinstance(items, Mapping):

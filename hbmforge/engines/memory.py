@@ -27,11 +27,12 @@ count       QUERY/BULK: records, 1 .. ``omap.max_records``
 """
 from __future__ import annotations
 
+import math
 import struct
 from dataclasses import dataclass
 
 from ..encodings import CacheAction, ErrorCode, OmapAction, OmapOp, OmapStatus, Opcode
-from ..mathutil import exact_log2, round_up
+from ..mathutil import ceil_div, exact_log2, round_up
 from .base import Channels, Check, EngineFamily, FamilyRegister
 
 __all__ = [
@@ -309,7 +310,9 @@ class SlotTiming:
 
 
 def omap_slot_timing(geometry: OmapGeometry, *, hbm_read: int, hbm_write: int, host_read: int,
-                     host_write: int, margin: float = 1.25) -> SlotTiming:
+                     host_write: int, margin: float = 1.25, hbm_bytes_per_cycle: float | None = None,
+                     host_bytes_per_cycle: float | None = None, burst_beats: int = 1 << 16,
+                     hbm_outstanding: int = 1 << 16, host_outstanding: int = 1 << 16) -> SlotTiming:
     """Slot offsets that cover the most work a query can do, with ``margin``.
 
     A query makes at most ``13 + 3 Z`` HBM operations one after another (record, two buckets,
@@ -319,27 +322,43 @@ def omap_slot_timing(geometry: OmapGeometry, *, hbm_read: int, hbm_write: int, h
     AEAD passes (ChaCha20 21 cycles per 64 bytes, Poly1305 6 per 16); slot scans of ``Z``
     slots. The engine counts the slots whose work ran past an offset (control block
     ``overruns``); with these offsets none does on the co-simulation (tests check it).
+
+    A memory slower than one word per cycle (``*_bytes_per_cycle``) stretches each operation's
+    words; an operation longer than ``burst_beats`` is several bursts, and with fewer than that
+    many in flight (``*_outstanding``: the port's or the kernel's limit, whichever is lower)
+    their latencies add up. The defaults are a port at full rate with bursts in flight at once.
     """
     g = geometry
     wb = g.word_bytes
     hs = 12                                              # handshakes and state changes per operation
+    for name, v in (("burst_beats", burst_beats), ("hbm_outstanding", hbm_outstanding),
+                    ("host_outstanding", host_outstanding)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {v!r}")
+    rate = {}
+    for name, v in (("hbm", hbm_bytes_per_cycle), ("host", host_bytes_per_cycle)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v < float("inf")):
+            raise ValueError(f"{name}_bytes_per_cycle must be a positive number or None, got {v!r}")
+        rate[name] = wb if v is None else min(float(wb), float(v))
+    outstanding = {"hbm": hbm_outstanding, "host": host_outstanding}
 
-    def op(latency, nbytes):
-        return latency + -(-nbytes // wb) + hs
+    def op(latency, nbytes, memory="hbm"):
+        turns = ceil_div(ceil_div(ceil_div(nbytes, wb), burst_beats), outstanding[memory])
+        return latency * turns + math.ceil(nbytes / rate[memory]) + hs
 
     aead = 2 * 21 + 21 * -(-g.plain_bytes // 64) + 7 * (g.plain_bytes // 16 + 1) + 2 * (g.bin_bytes // wb) + 16
     scan = 2 * g.bin_slots + 2 * (g.slot_bytes // wb)
     pre = op(hbm_read, g.record_bytes) + 2 * 24 + 2 * op(hbm_read, g.bucket_bytes) + 2 * g.dir_ways \
         + op(hbm_read, wb) + 8
-    work = (pre + op(host_read, g.bin_bytes) + 2 * (g.bin_bytes // wb) + aead + scan
+    work = (pre + op(host_read, g.bin_bytes, "host") + 2 * (g.bin_bytes // wb) + aead + scan
             + op(hbm_read, g.node_bytes) + op(hbm_write, g.unit)
             + g.bin_slots * (op(hbm_read, g.node_bytes) + scan + 2 * op(hbm_write, g.unit))
             + op(hbm_write, wb) + op(hbm_read, g.unit) + op(hbm_read, wb) + op(hbm_write, g.node_bytes)
             + 2 * op(hbm_write, wb) + op(hbm_write, g.unit) + aead)
     t_read = int(pre * margin)
     t_write = int(work * margin)
-    t_slot = int(t_write + op(host_write, g.bin_bytes) + 2 * (g.bin_bytes // wb) + op(hbm_write, g.record_bytes)
-                 + 16)
+    t_slot = int(t_write + op(host_write, g.bin_bytes, "host") + 2 * (g.bin_bytes // wb)
+                 + op(hbm_write, g.record_bytes) + 16)
     return SlotTiming(t_read, t_write, t_slot)
 
 

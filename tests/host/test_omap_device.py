@@ -221,3 +221,32 @@ def test_bad_input_is_refused_before_any_host_traffic(dev):
         with pytest.raises(error, match=match):
             ObliviousMap(dev, **args)
         assert len(dev.live_buffers()) == before
+
+
+#: ports far slower and less even than the board's: the state's HBM port at 1.5 bytes/cycle
+#: with long latencies, one burst in flight everywhere (the slot budget must still hold)
+SLOW_PORTS = dict(read_latency={"data": 97, "w0": 40}, write_latency={"data": 53}, bytes_per_cycle={"data": 1.5, "w0": 3},
+                  max_outstanding=1)
+
+
+def test_queries_stay_bit_exact_and_inside_their_slots_on_slow_uneven_ports():
+    with open_device(tiny_memory_config_dict(), progress=False, **SLOW_PORTS) as slow:
+        keys = _keys(8, 13)
+        rng = random.Random(13)
+        with ObliviousMap(slow, capacity=8, key_bytes=8, value_bytes=8, seed=13,
+                          items={k: b"\x05" * 8 for k in keys[:4]}) as om:
+            ref = {k: b"\x05" * 8 for k in keys[:4]}
+            ops = []
+            for _ in range(10):
+                op = rng.choice([OmapOp.GET, OmapOp.PUT, OmapOp.DELETE, OmapOp.NOP])
+                ops.append((op, rng.choice(keys), rng.randbytes(8) if op == OmapOp.PUT else None))
+            for (op, k, v), r in zip(ops, _run_checked(slow, om, ops)):
+                if op == OmapOp.GET:
+                    assert r.value == ref.get(k)
+                elif op == OmapOp.PUT:
+                    ref[k] = v
+                elif op == OmapOp.DELETE:
+                    assert (r.status == OmapStatus.DELETED) == (k in ref)
+                    ref.pop(k, None)
+            s = om.stats()
+            assert s["overruns"] == 0 and s["max_work"] < s["t_write"], s

@@ -136,3 +136,30 @@ def test_moe_on_the_device_matches_the_golden_device_and_counts_its_cache_traffi
         moe(np.zeros((2, 32), np.float32))
     moe.close()
     cache.close()
+
+
+def test_reads_through_the_cache_stay_bit_exact_on_slow_uneven_ports():
+    """The backing port slow with one burst in flight, the store port slower still: misses,
+    evictions and hits keep their order; data, tags and counters as the golden model's."""
+    slow = dict(read_latency={"w0": 150, "w2": 70}, write_latency={"w2": 90}, bytes_per_cycle={"w0": 2, "w2": 1.5},
+                max_outstanding={"w0": 1, "w2": 2})
+    with open_device(tiny_memory_config_dict(), progress=False, **slow) as sdev:
+        cache = TileCache(sdev)
+        rng = np.random.default_rng(5)
+        model = _model(cache)
+        layers = []
+        for n, k in ((96, 256), (24, 128)):                 # 12 KiB per weight port (8 lines fit), then 1.5 KiB
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            layers.append((Linear.from_float(w, bits=8, device=sdev),
+                           Linear.from_float(w, bits=8, device=sdev, weight_memory="host"), n, k))
+        for hbm, host, n, k in (layers[0], layers[1], layers[1]):
+            x = rng.standard_normal((3, k)).astype(np.float32)
+            assert np.array_equal(host(x), hbm(x))
+            for a, nbytes in expected_matmul_reads(sdev.layout, 3, n, k, 8, host.weight_buffers[0].address):
+                model.read(a, nbytes)
+        s = cache.stats()
+        assert s["raw"][128:] == model.stats_bytes()[128:]
+        for c in ("hits", "misses", "evictions", "store_bytes_read", "store_bytes_written"):
+            assert s[c] == model.counters[c], c
+        assert s["misses"] > 0 and s["evictions"] > 0 and s["hits"] > 0, s
+        cache.close()

@@ -97,7 +97,19 @@ class Rsqrt(wiring.Component):
                      self.o.payload.mant.eq(y), self.o.payload.exp.eq(e)]
 
         diff = Signal(signed(MF + 4))
-        prod = Signal(signed(2 * (MF + 3) + UF + 5))        # the step's product, rounded next cycle
+        # the step's product in two halves (each one DSP48E2: the second factor split at bit 17 or
+        # below), summed and rounded in the next cycle
+        width = 2 * (MF + 3) + UF + 6
+        p_lo = Signal(unsigned(width))
+        p_hi = Signal(signed(width))
+        prod = Signal(signed(width + 1))
+        m.d.comb += prod.eq(p_hi + p_lo)
+
+        def product(a, b):
+            """``a * b`` into (p_lo, p_hi), ``b`` (signed or unsigned) split at bit ``lo``."""
+            lo = min(17, len(b) - 1)
+            hi = b[lo:].as_signed() if b.shape().signed else b[lo:]
+            return [p_lo.eq(a * b[:lo]), p_hi.eq((a * hi) << lo)]
         v_r = Signal(unsigned(VB))
         top_r = Signal(range(max(VB, 2)))
 
@@ -114,13 +126,13 @@ class Rsqrt(wiring.Component):
                 m.d.sync += [y.eq(rp.data), it.eq(0)]
                 m.next = "SQUARE" if sp.iterations else "DONE"
             with m.State("SQUARE"):
-                m.d.sync += prod.eq(y * y)
+                m.d.sync += product(y, y)
                 m.next = "SQUARE_ROUND"
             with m.State("SQUARE_ROUND"):
                 m.d.sync += y2.eq((prod + (1 << (MF - 1))) >> MF)
                 m.next = "SCALE"
             with m.State("SCALE"):
-                m.d.sync += prod.eq(u * y2)
+                m.d.sync += product(u, y2)
                 m.next = "SCALE_ROUND"
             with m.State("SCALE_ROUND"):
                 m.d.sync += uy2.eq((prod + (1 << (UF - 1))) >> UF)
@@ -129,7 +141,7 @@ class Rsqrt(wiring.Component):
                 m.d.sync += diff.eq((3 << MF) - uy2)
                 m.next = "UPDATE"
             with m.State("UPDATE"):
-                m.d.sync += prod.eq(y * diff)
+                m.d.sync += product(y, diff)
                 m.next = "UPDATE_ROUND"
             with m.State("UPDATE_ROUND"):
                 m.d.sync += [y.eq((prod + (1 << MF)) >> (MF + 1)), it.eq(it + 1)]

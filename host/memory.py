@@ -34,7 +34,7 @@ _OPEN: "weakref.WeakKeyDictionary[Device, TileCache]" = weakref.WeakKeyDictionar
 class TileCache:
     """The tile cache of ``device`` (a design with ``kind: memory`` and ``cache:``).
 
-    ``window``: the cacheable range, a Buffer or ``(address, bytes)``; default: the whole
+    ``window``: the cacheable range, a Buffer or ``(address, bytes)`` (required on the xrt backend); default: the whole
     memory the backing port is linked to (the host region, or DDR). Its ends are rounded out
     to whole lines; it must lie in the memory the backing port is linked to. The store (``ways *
     sets * line_bytes`` bytes) is allocated in HBM on the cache's store port; a store the bank
@@ -77,6 +77,10 @@ class TileCache:
     def _window(self, window, backing: str) -> tuple[int, int]:
         line = self._geom.line_bytes
         if window is None:
+            if self._dev.backend == "xrt":
+                raise ValueError("window: pass the cacheable range (a host buffer, or an (address, bytes) pair) on "
+                                 "the xrt backend: host-only buffers get their device addresses from XRT, not "
+                                 "from the simulated address map the default window comes from")
             region = region_for(self._dev.layout.config.board_info, backing)
             if region is None:                          # Zynq: host memory is the board's own
                 mem = self._dev.layout.config.board_info.memory

@@ -1,5 +1,6 @@
 """The memory family's host objects refuse bad input with a named error and change nothing:
-TileCache (ranges outside the window, a second cache on one device, use after close),
+TileCache (ranges outside the window, a second cache on one device, use after close, no
+default window on xrt),
 ObliviousMap (keys, values, ops, batches; a bulk load the directory cannot hold) and MoE
 (routing, expert weights outside the cache's window, use after close). On the golden device:
 what is checked is the host side, before any device run."""
@@ -61,6 +62,10 @@ def test_tile_cache_calls_with_bad_input_raise_named_errors_and_leave_the_cache_
         TileCache(dev, window=hbm)
     assert len(dev.live_buffers()) == buffers - 1               # the store went with close()
     TileCache(dev, window=inside).close()                       # and a new cache may be made
+    dev.backend = "xrt"                                         # XRT picks host-only buffers' device addresses
+    with pytest.raises(ValueError, match="pass the cacheable range"):
+        TileCache(dev)
+    TileCache(dev, window=inside).close()
 
 
 def _state(dev, om) -> dict:

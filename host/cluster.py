@@ -403,8 +403,9 @@ class Cluster:
             members = 0
             heard = 0
             for i in failures:
-                d = self._layout.decode_descriptor(programs[i].to_bytes()[:self._layout.descriptor_bytes])
-                members |= d["members"]
+                for d in programs[i].descriptors:
+                    if d["op"] == Opcode.ALLREDUCE:
+                        members |= d["members"]
                 heard |= self._devs[i].read_reg("NET_HEARD")
             if heard:
                 missing = _ids(members & ~heard)

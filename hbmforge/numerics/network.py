@@ -29,6 +29,7 @@ from __future__ import annotations
 import heapq
 import math
 import random
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -45,7 +46,7 @@ __all__ = [
     "Packet", "combine", "reduce_reference", "GoldenSwitch", "Delivery", "GoldenEndpoint", "MultimemEndpoint",
     "AllreduceJob",
     "LinkParams", "NetworkSim", "RoundResult", "ring_allreduce", "RingResult", "block_exponents",
-    "float_allreduce_reference", "run_allreduce_descriptor", "job_of", "REQUEST_TYPES",
+    "float_allreduce_reference", "run_allreduce_descriptor", "job_of", "REQUEST_TYPES", "GoldenFabric",
 ]
 
 _U32 = 0xFFFF_FFFF
@@ -934,6 +935,92 @@ def run_allreduce_descriptor(mem, d: dict, layout, network=None) -> None:
         raise EngineFault(ErrorCode.NET_TIMEOUT, f"job {d['job']}: no switch answered after {d['retries']} "
                                                  "retransmissions (the device is not in a cluster)")
     network.allreduce(mem, d, layout)
+
+
+class GoldenFabric:
+    """Devices joined by an ideal switch, for :func:`hbmforge.numerics.program.execute`: the
+    golden reference of programs that run on several devices at once (tensor-parallel steps).
+
+    Each device's program runs in its own thread (:meth:`run`); an ALLREDUCE waits until every
+    member of the job reached its own next one, then every member gets the reduction in place,
+    which is what the cluster's switch delivers (exactly once, in any order). Members that
+    disagree on the length, op or member set end with NET_MISMATCH; a member that does not come
+    within ``timeout`` seconds ends the others with NET_TIMEOUT naming it.
+    """
+
+    def __init__(self, *, timeout: float = 60.0):
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValueError(f"timeout must be a number of seconds > 0, got {timeout!r}")
+        self.timeout = float(timeout)
+        self._cv = threading.Condition()
+        self._count: dict = {}                  # (job, worker) -> all-reduces reached
+        self._waiting: dict = {}                # (job, index) -> {worker: (mem, d)}
+        self._result: dict = {}                 # (job, index) -> None (done) or (code, detail)
+
+    def allreduce(self, mem, d: dict, layout) -> None:
+        from .program import EngineFault
+
+        if d["mode"] == NetMode.RESET:
+            return
+        job, me = d["job"], d["worker"]
+        with self._cv:
+            index = self._count.get((job, me), 0)
+            self._count[(job, me)] = index + 1
+            key = (job, index)
+            here = self._waiting.setdefault(key, {})
+            here[me] = (mem, d)
+            members = [w for w in range(MAX_WORKERS) if d["members"] >> w & 1]
+            if set(here) >= set(members):
+                self._result[key] = self._reduce(here, members)
+                self._cv.notify_all()
+            elif not self._cv.wait_for(lambda: key in self._result, timeout=self.timeout):
+                missing = sorted(set(members) - set(here))
+                self._result[key] = (ErrorCode.NET_TIMEOUT, f"job {job}: worker(s) {missing} never joined "
+                                                            f"all-reduce {index} within {self.timeout:g} s")
+                self._cv.notify_all()
+            outcome = self._result[key]
+        if outcome is not None:
+            raise EngineFault(*outcome)
+
+    @staticmethod
+    def _reduce(here: dict, members: list[int]):
+        ds = [here[w][1] for w in members]
+        first = ds[0]
+        for d in ds[1:]:
+            if (d["bytes"], d["mode"], d["members"]) != (first["bytes"], first["mode"], first["members"]):
+                return (ErrorCode.NET_MISMATCH, f"job {first['job']}: the members disagree on the buffer "
+                                                f"({[(x['worker'], x['bytes'], x['mode']) for x in ds]})")
+        n = first["bytes"]
+        bufs = [np.frombuffer(bytes(here[w][0].read(here[w][1]["addr"], n)), dtype="<i4") for w in members]
+        out = reduce_reference(bufs, first["mode"]).astype("<i4").tobytes()
+        for w in members:
+            mem, d = here[w]
+            mem.write(d["addr"], out)
+        return None
+
+    def run(self, programs: Sequence[tuple], layout) -> list:
+        """Run ``(memory, program_addr, count)`` per device together; their ProgramResults."""
+        from .program import execute
+
+        results: list = [None] * len(programs)
+        errors: list = []
+
+        def one(i, mem, addr, count):
+            try:
+                results[i] = execute(mem, addr, count, layout, network=self)
+            except BaseException as err:           # noqa: BLE001  (re-raised in the caller)
+                errors.append(err)
+
+        threads = [threading.Thread(target=one, args=(i, *p), daemon=True) for i, p in enumerate(programs)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(self.timeout * (1 + sum(p[2] for p in programs)))
+            if t.is_alive():
+                raise TimeoutError("a golden device program did not finish")
+        if errors:
+            raise errors[0]
+        return results
 
 
 # -- links and faults --------------------------------------------------------------------------

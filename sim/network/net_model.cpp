@@ -217,10 +217,13 @@ class Net {
         uint64_t q = UINT64_MAX;
         for (int i = 0; i < devices(); ++i) q = std::min<uint64_t>({q, up_[i]->latency, down_[i]->latency});
         if (q == 0 || q == UINT64_MAX) q = 1;
-        // catch up with nodes that ran ahead (register accesses between runs advance a device)
-        for (auto& d : devs_)
-            if (d.attached) now_ = std::max<int64_t>(now_, int64_t(d.cycles(d.h)) - d.offset);
+        // a device may have run on its own between two runs (register accesses, or a whole
+        // single-device program): that is not network time, so its clock is re-based on the
+        // network's rather than the network (and every other device, in one step without any
+        // exchange) catching up with it
         now_ = std::max(now_, sw_.cycles());
+        for (auto& d : devs_)
+            if (d.attached) d.offset = int64_t(d.cycles(d.h)) - int64_t(now_);
         uint64_t end = now_ + max_cycles;
         uint64_t done = irqs();
         while (now_ < end && (wait == 0 || (done & wait) != wait)) {   // wait 0: run max_cycles

@@ -285,3 +285,55 @@ def test_program_execute_alone_reports_net_timeout_and_leaves_the_buffer():
     assert res.error == ErrorCode.NET_TIMEOUT and res.error_index == 0
     assert mem.read(0x1000, 64) == bytes(range(64))
     assert EndpointGeometry.of(lay).packet_bytes == 32
+
+
+def _fabric_programs(lay, sizes, *, members=0b111, mode=NetMode.SUM, seed=0):
+    """Per device: a memory holding a buffer of its size and one ALLREDUCE of it at address 0."""
+    rng = np.random.default_rng(seed)
+    runs, inputs = [], []
+    for w, nbytes in enumerate(sizes):
+        mem = SparseMemory()
+        x = rng.integers(-2**31, 2**31, nbytes // 4).astype(np.int32)
+        mem.write(0x1000, x.tobytes())
+        mem.write(0, lay.encode_descriptor({"op": Opcode.ALLREDUCE, "mode": mode, "job": 1, "worker": w,
+                                            "members": members, "epoch": 0, "addr": 0x1000, "bytes": nbytes,
+                                            "window": 4, "inflight": 4, "timeout": 100, "retries": 2}))
+        runs.append((mem, 0, 1))
+        inputs.append(x)
+    return runs, inputs
+
+
+def _net_layout():
+    cfg = tiny_config_dict()
+    cfg["name"] = "tiny_net"
+    cfg["engines"].append({"kind": "network", "packet_words": 4, "window": 4, "jobs": 2})
+    return DesignLayout(parse_config(cfg))
+
+
+@pytest.mark.parametrize("mode", [NetMode.SUM, NetMode.MAX])
+def test_golden_fabric_runs_programs_together_and_reduces_in_place(mode):
+    from hbmforge.numerics.network import GoldenFabric
+
+    lay = _net_layout()
+    runs, inputs = _fabric_programs(lay, [96, 96, 96], mode=mode)
+    results = GoldenFabric(timeout=10).run(runs, lay)
+    want = reduce_reference(inputs, mode)
+    assert all(r.ok for r in results)
+    for mem, _, _ in runs:
+        assert np.array_equal(np.frombuffer(mem.read(0x1000, 96), np.int32), want)
+
+
+def test_golden_fabric_names_a_member_that_never_comes_and_refuses_disagreeing_lengths():
+    from hbmforge.numerics.network import GoldenFabric
+
+    lay = _net_layout()
+    runs, inputs = _fabric_programs(lay, [64, 64], members=0b111)        # worker 2 never runs
+    results = GoldenFabric(timeout=0.5).run(runs, lay)
+    assert [r.error for r in results] == [ErrorCode.NET_TIMEOUT] * 2
+    assert "[2]" in results[0].detail
+    assert np.array_equal(np.frombuffer(runs[0][0].read(0x1000, 64), np.int32), inputs[0])
+    runs, _ = _fabric_programs(lay, [64, 96], members=0b11)
+    results = GoldenFabric(timeout=10).run(runs, lay)
+    assert [r.error for r in results] == [ErrorCode.NET_MISMATCH] * 2
+    with pytest.raises(ValueError, match="timeout"):
+        GoldenFabric(timeout=0)

@@ -407,6 +407,12 @@ class Cluster:
                     if d["op"] == Opcode.ALLREDUCE:
                         members |= d["members"]
                 heard |= self._devs[i].read_reg("NET_HEARD")
+            if heard and members & ~heard == 0:
+                raise ClusterError(
+                    f"all-reduce failed: the switch heard from every member {_ids(heard)}, but devices "
+                    f"{sorted(failures)} got no result after {self.retries} retransmissions of {self.timeout_cycles} "
+                    f"cycles ({ErrorCode(code).name}): a member fell more than that behind (a long computation "
+                    f"before its all-reduce?) or the links drop too much", code=code, devices=sorted(failures))
             if heard:
                 missing = _ids(members & ~heard)
                 raise ClusterError(

@@ -4,7 +4,7 @@ bias, exact split-K, requant; weights and activations held on chip in tiles.
 Dataflow (docs/architecture.md §6, docs/engines/matmul.md)::
 
     job -> JobSequencer -> DMA commands (act, w[P], scale, rq, out) and one record per pass
-    w_data[P] -> WeightUnpacker --\\
+    w_data[P] -> WeightUnpacker (2:4 sparse groups expanded) --\\
     scale_data -> WidthAdapter ----> WeightTileBuffer (ring of 2 x tile_n columns) --\\
     act_data -> PartialCollector --fill--> ActivationBuffer (ring of row blocks) -------> MacArray
                                  \\--partial sums ----------------------------\\            |
@@ -114,10 +114,10 @@ class MatmulEngine(wiring.Component):
         W = G.data_width
         NG, sb = self._groups, G.scale_bits
 
-        m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing)
+        m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing, sparse24=mm.sparse24)
         m.submodules.unpack = unpack = WeightUnpacker(lanes=L, weight_ports=P, data_width=W,
                                                       weight_bits=tuple(mm.weight_bits),
-                                                      ternary_packing=mm.ternary_packing)
+                                                      ternary_packing=mm.ternary_packing, sparse24=mm.sparse24)
         m.submodules.scales = scales = WidthAdapter(W, 16 * NG)
         m.submodules.wtile = wtile = WeightTileBuffer(G)
         m.submodules.actbuf = actbuf = ActivationBuffer(G)

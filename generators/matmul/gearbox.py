@@ -22,11 +22,16 @@ from amaranth.lib.wiring import In, Out
 
 from ..params import require_positive_ints
 
-__all__ = ["WidthAdapter", "TritGearbox", "decode_five_trits"]
+__all__ = ["WidthAdapter", "TritGearbox", "decode_five_trits", "is_pow2_ratio"]
 
 
 def _is_pow2(v: int) -> bool:
     return v > 0 and not v & (v - 1)
+
+
+def is_pow2_ratio(a: int, b: int) -> bool:
+    """True if ``a`` and ``b`` differ by a power-of-two factor (what :class:`WidthAdapter` takes)."""
+    return max(a, b) % min(a, b) == 0 and _is_pow2(max(a, b) // min(a, b))
 
 
 class WidthAdapter(wiring.Component):
@@ -39,8 +44,7 @@ class WidthAdapter(wiring.Component):
 
     def __init__(self, in_width: int, out_width: int):
         require_positive_ints(in_width=in_width, out_width=out_width)
-        if max(in_width, out_width) % min(in_width, out_width) or not _is_pow2(
-                max(in_width, out_width) // min(in_width, out_width)):
+        if not is_pow2_ratio(in_width, out_width):
             raise ValueError(f"in_width {in_width} and out_width {out_width} must differ by a "
                              f"power-of-two factor")
         self._in_width, self._out_width = in_width, out_width

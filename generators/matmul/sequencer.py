@@ -81,7 +81,7 @@ class JobSequencer(wiring.Component):
     acknowledged.
     """
 
-    def __init__(self, geometry: EngineGeometry, *, ternary_packing: str = "2bit"):
+    def __init__(self, geometry: EngineGeometry, *, ternary_packing: str = "2bit", sparse24: bool = False):
         if not isinstance(geometry, EngineGeometry):
             raise TypeError(f"geometry must be an EngineGeometry, got {type(geometry).__name__}")
         if geometry.group_size < 16 or geometry.data_width < 64:
@@ -89,8 +89,11 @@ class JobSequencer(wiring.Component):
                              f"{geometry.data_width}")
         if ternary_packing not in ("2bit", "5trit"):
             raise ValueError(f"ternary_packing must be '2bit' or '5trit', got {ternary_packing!r}")
+        if not isinstance(sparse24, bool):
+            raise TypeError(f"sparse24 must be True or False, got {sparse24!r}")
         self._geom = geometry
         self._packing = ternary_packing
+        self._sparse24 = sparse24
         P = geometry.weight_ports
         rec = pass_layout(geometry)
         super().__init__({
@@ -116,7 +119,7 @@ class JobSequencer(wiring.Component):
             "last_cols": Out(range(geometry.tile_n + 1)),
             "stride_log": Out(range(geometry.line_bits + 1)),
             "slots_log": Out(range(exact_log2(geometry.act_depth) + 1)),
-            "wbits": Out(4),
+            "wbits": Out(5),
             "int8": Out(1),
             "bias": Out(1),
             "bias_shift": Out(6),
@@ -127,8 +130,13 @@ class JobSequencer(wiring.Component):
     def _weight_bytes(self, code, nk, cw: int, B: int):
         """Bytes per weight stripe of one slice (``MatmulGeometry.slice_weight_port_bytes``): the
         stream of ``nk`` weights (b bits each by descriptor code 2/3/4/8, or ceil(nk/5) bytes for
-        5-trit ternary) in whole combined words of ``cw`` bits, one ``B``-byte word per stripe."""
-        bits = Mux(code == 8, nk << 3, Mux(code == 4, nk << 2, nk << 1))
+        5-trit ternary; 2:4 sparse: ``(b + 2) / 2`` bits each) in whole combined words of ``cw``
+        bits, one ``B``-byte word per stripe."""
+        base = code[:4]
+        bits = Mux(base == 8, nk << 3, Mux(base == 4, nk << 2, nk << 1))
+        if self._sparse24:                 # a group of 4 in 2b + 4 bits: 5, 3 or 2 bits per weight
+            sparse_bits = Mux(base == 8, (nk << 2) + nk, Mux(base == 4, (nk << 1) + nk, nk << 1))
+            bits = Mux(code[4], sparse_bits, bits)
         words = (bits + cw - 1) >> exact_log2(cw)
         if self._packing == "5trit":       # ceil(ceil(nk / 5) / (cw / 8)) = ceil(nk / (5 cw / 8))
             nk_bits = 33 + self._geom.k_slice.bit_length()

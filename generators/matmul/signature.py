@@ -2,7 +2,7 @@
 # No `from __future__ import annotations`: data layouts are built from real values.
 from amaranth.lib import data
 
-from hbmforge.encodings import BiasMode, OutMode, WeightFormat
+from hbmforge.encodings import BiasMode, OutMode
 from hbmforge.engines import FAMILIES
 
 from ..engine import EngineSignature
@@ -14,7 +14,7 @@ def matmul_job_layout(weight_ports: int) -> data.StructLayout:
     """The fields of a validated MATMUL descriptor, as the engine receives them."""
     return data.StructLayout({
         "m": 32, "k": 32, "n": 32,
-        "wbits": WeightFormat,
+        "wbits": 5,                 # WeightFormat code, | SPARSE24 (bit 4) for 2:4 sparse weights
         "out_mode": OutMode,
         "out_shift": 6,             # int32 mode
         "x_addr": 64, "s_addr": 64, "q_addr": 64, "y_addr": 64,

@@ -12,7 +12,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ...encodings import OutMode
+from ...engines.matmul import SPARSE24
 from ...layout import DesignLayout
+from ...numerics.sparse import encode_sparse24_stream, prune_2_4
 from ..dma_bench import DmaBench
 
 __all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_requant", "unpack_outputs",
@@ -29,7 +31,9 @@ def pack_activations(x, word_bytes: int) -> bytes:
 
 
 def _format_code(wbits) -> int:
-    """2, 4, 8, 'ternary' or a descriptor code -> descriptor code (ternary = 3)."""
+    """2, 4, 8, 'ternary' or a descriptor code (with the SPARSE24 flag or not) -> descriptor code."""
+    if isinstance(wbits, int) and not isinstance(wbits, bool) and wbits & SPARSE24:
+        return _format_code(wbits & ~SPARSE24) | SPARSE24
     if wbits == "ternary" or wbits == 3:
         return 3
     if wbits in (2, 4, 8):
@@ -53,7 +57,9 @@ def pack_weights(w, wbits, weight_ports: int, data_width: int, *, ternary_packin
         return [b"".join(part[p] for part in parts) for p in range(weight_ports)]
     code = _format_code(wbits)
     vals = [int(v) for v in w.reshape(-1)]
-    if code == 3 and ternary_packing == "5trit":
+    if code & SPARSE24:                   # 2:4 groups: v0, v1, i0, i1 (numerics.sparse's encoder)
+        stream = encode_sparse24_stream(w.reshape(-1), 2 if (code & 15) == 3 else code & 15).tobytes()
+    elif code == 3 and ternary_packing == "5trit":
         vals += [0] * (-len(vals) % 5)
         stream = bytes(sum((vals[j + t] + 1) * 3 ** t for t in range(5)) for j in range(0, len(vals), 5))
     else:
@@ -129,12 +135,14 @@ class MatmulCase:
 
 
 def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: int, n: int, wbits,
-                out_mode: int = OutMode.INT32, extremes: bool = True, bias: bool = False) -> MatmulCase:
+                out_mode: int = OutMode.INT32, extremes: bool = True, bias: bool = False,
+                sparse24: bool = False) -> MatmulCase:
     """Random operands for one job, K padded to ``k_align``, with shifts that give a spread of
     results (some saturated, some exact) and, with ``extremes``, rows/columns of -128 and of
     the most negative weight, and full-scale scale mantissas. ``wbits``: 2, 4, 8, 'ternary'
     or code 3; the case holds the descriptor code. ``bias``: a random int32 bias per column with
-    a random shift (extremes: the most negative bias at the largest shift in column 0)."""
+    a random shift (extremes: the most negative bias at the largest shift in column 0).
+    ``sparse24``: the weights are pruned 2:4 (magnitude) and the case's code has SPARSE24."""
     from ...numerics.matmul import add_bias, matmul_accumulate
 
     wbits = _format_code(wbits)
@@ -153,6 +161,9 @@ def random_case(layout: DesignLayout, rng: np.random.Generator, *, m: int, k: in
         if n > 1:
             w[-1, ::2] = wmax
             s[-1, 0] = 0
+    if sparse24:
+        w = prune_2_4(w)
+        wbits |= SPARSE24
     case = MatmulCase(x, w, s, wbits, out_mode)
     if bias:
         top = layout.matmul.widths.max_bias_shift

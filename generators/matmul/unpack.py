@@ -6,7 +6,10 @@ words of ``P * W`` bits, stripe 0 in the low bits. For int2/int4/int8 and
 ``[l * b, (l + 1) * b)``; for '5trit' ternary each byte holds five weights.
 One :class:`WidthAdapter` per stored width (int2 and '2bit' ternary share one)
 keeps each path a fixed-ratio split or gather, a :class:`TritGearbox` serves
-'5trit' ternary; the job's ``wbits`` code picks the path.
+'5trit' ternary; the job's ``wbits`` code picks the path. With ``sparse24`` every format also
+has a 2:4 sparse path (``wbits | SPARSE24``): a chunk of ``L`` lanes is ``L / 4`` packed groups
+of ``2b + 4`` bits (a :class:`~.sparse.BitGearbox` when that is not a power-of-two part of the
+port word) expanded to ``L`` dense lanes (:func:`~.sparse.expand_sparse24`).
 """
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
+from ...engines.matmul import SPARSE24
 from ..params import require_positive_ints, require_powers_of_two
-from .gearbox import TritGearbox, WidthAdapter
+from .gearbox import TritGearbox, WidthAdapter, is_pow2_ratio
 from .pipe import opaque_const
+from .sparse import BitGearbox, expand_sparse24, sparse24_chunk_bits
 
 __all__ = ["WeightUnpacker", "FORMAT_CODES"]
 
@@ -99,7 +104,7 @@ class WeightUnpacker(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8),
-                 ternary_packing: str = "2bit"):
+                 ternary_packing: str = "2bit", sparse24: bool = False):
         require_positive_ints(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         fmts = tuple(weight_bits)
@@ -108,13 +113,18 @@ class WeightUnpacker(wiring.Component):
             raise ValueError(f"weight_bits must be a non-empty subset of (2, 4, 8, 'ternary'), got {weight_bits!r}")
         if ternary_packing not in ("2bit", "5trit"):
             raise ValueError(f"ternary_packing must be '2bit' or '5trit', got {ternary_packing!r}")
+        if not isinstance(sparse24, bool):
+            raise TypeError(f"sparse24 must be True or False, got {sparse24!r}")
+        if sparse24 and lanes < 4:
+            raise ValueError(f"sparse24 needs lanes >= 4 (whole groups of 4), got {lanes}")
+        self._sparse24 = sparse24
         self._fmts = tuple(sorted(fmts, key=lambda b: FORMAT_CODES[b]))
         self._lanes, self._ports, self._width = lanes, weight_ports, data_width
         self._packing = ternary_packing
         self._lane_shape = signed(max(_lane_bits(b) for b in self._fmts))
         super().__init__({
             "w_data": In(stream.Signature(data_width)).array(weight_ports),
-            "wbits": In(4),
+            "wbits": In(5),
             "o": Out(stream.Signature(data.ArrayLayout(self._lane_shape, lanes))),
             "o_last": In(1),
         })
@@ -135,6 +145,15 @@ class WeightUnpacker(wiring.Component):
     def lane_shape(self):
         return self._lane_shape
 
+    @staticmethod
+    def _sparse_widen(m: Module, fmt, lw: int):
+        """The packed values of 2:4 groups (``fmt``'s bits each) -> signed ``lw``-bit lanes."""
+        def widen(vals, count):
+            if fmt == "ternary":
+                vals = ternary_codes(m, vals, count, name="tern_s24")
+            return widen_lanes(m, vals, count, _lane_bits(fmt), lw, name=f"widen_s24_{fmt}")
+        return widen
+
     def _stored(self, fmt):
         """How a format sits in memory: its bit width, or '5trit'."""
         if fmt == "ternary" and self._packing == "5trit":
@@ -152,35 +171,45 @@ class WeightUnpacker(wiring.Component):
             m.d.comb += s.ready.eq(in_ready & all_valid)
 
         lw = self._lane_shape.width
-        single = len(self._fmts) == 1
+        variants = [(f, False) for f in self._fmts] + ([(f, True) for f in self._fmts] if self._sparse24 else [])
+        single = len(variants) == 1
         fsel = {}
-        for fmt in self._fmts:
-            sel = Signal(name=f"sel_{fmt}")
-            m.d.comb += sel.eq(1 if single else self.wbits == FORMAT_CODES[fmt])
-            fsel[fmt] = sel
+        for fmt, sp in variants:
+            sel = Signal(name=f"sel_{fmt}" + ("_s24" if sp else ""))
+            m.d.comb += sel.eq(1 if single else self.wbits == FORMAT_CODES[fmt] | (SPARSE24 if sp else 0))
+            fsel[fmt, sp] = sel
 
-        # one adapter per stored width; int2 and '2bit' ternary share theirs
+        # one adapter per stored width; int2 and '2bit' ternary share theirs (sparse ones too)
         paths = []        # (select, adapter, lanes vector)
         stores = {}
-        for fmt in self._fmts:
-            stores.setdefault(self._stored(fmt), []).append(fmt)
+        for fmt, sp in variants:
+            stores.setdefault(("s24", _lane_bits(fmt)) if sp else self._stored(fmt), []).append(fmt)
         for key, fmts in stores.items():
+            sp = isinstance(key, tuple)
             if key == "5trit":
                 adapt = TritGearbox(P * self._width, L)
+            elif sp:
+                chunk = sparse24_chunk_bits(L, key[1])
+                adapt = (WidthAdapter(P * self._width, chunk) if is_pow2_ratio(P * self._width, chunk)
+                         else BitGearbox(P * self._width, chunk))
             else:
                 adapt = WidthAdapter(P * self._width, L * key)
-            m.submodules[f"adapt{key}"] = adapt
-            sel = Signal(name=f"sel_store{key}")
-            m.d.comb += sel.eq(Cat(*(fsel[f] for f in fmts)).any())
+            tag = f"s24_{key[1]}" if sp else f"{key}"
+            m.submodules[f"adapt{tag}"] = adapt
+            sel = Signal(name=f"sel_store{tag}")
+            m.d.comb += sel.eq(Cat(*(fsel[f, sp] for f in fmts)).any())
             m.d.comb += [adapt.i.payload.eq(combined), adapt.i.valid.eq(all_valid & sel),
                          adapt.o.ready.eq(self.o.ready & sel), adapt.o_last.eq(self.o_last)]
             vec = None
             for fmt in fmts:
                 raw = adapt.o.payload
-                if fmt == "ternary" and key == 2:
-                    raw = ternary_codes(m, raw, L, name="tern")
-                v = widen_lanes(m, raw, L, _lane_bits(fmt), lw, name=f"widen_{fmt}")
-                vec = v if vec is None else Mux(fsel[fmt], v, vec)
+                if sp:
+                    v = expand_sparse24(m, raw, L, key[1], self._sparse_widen(m, fmt, lw), name=f"s24_{fmt}")
+                else:
+                    if fmt == "ternary" and key == 2:
+                        raw = ternary_codes(m, raw, L, name="tern")
+                    v = widen_lanes(m, raw, L, _lane_bits(fmt), lw, name=f"widen_{fmt}")
+                vec = v if vec is None else Mux(fsel[fmt, sp], v, vec)
             paths.append((sel, adapt, vec))
 
         _, adapt0, vec = paths[0]

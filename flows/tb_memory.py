@@ -6,7 +6,8 @@ back-pressure and extra latency on every port, the AXI rule monitor). Every prog
 agree bit for bit. The cache's counters and tags (STATS) must equal a golden
 :class:`~hbmforge.numerics.memory.TileCacheModel` fed the commands the engines make of the
 backing port (the matmul's weight stripe passes, the copies' source and destination ranges).
-Faults: a tampered host bin (OMAP_TAMPERED), bad CACHE and OMAP descriptors.
+Faults: a tampered host bin (OMAP_TAMPERED), bad CACHE and OMAP descriptors, SLVERR on the
+backing memory during a fill through the cache (AXI_RESP, then a clean run after INVALIDATE).
 """
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from hbmforge.engines.memory import CB_BYTES, NODE_FREE, ControlBlock, cache_geo
 from hbmforge.numerics.memory import TileCacheModel
 from hbmforge.numerics.program import SparseMemory, execute
 
-from .tb_kernel import SEED, Layer, Mirrored, Program, _bench, design_has
+from .tb_closure import _poison
+from .tb_kernel import SEED, Layer, Mirrored, Program, _bench, _program, design_has
 
 CASES = int(os.environ.get("HBMFORGE_TB_CASES", "4"))
 
@@ -249,3 +251,36 @@ async def test_memory_tampered_bin_and_bad_descriptors_stop_with_their_codes(dut
         golden, status = await _run_both(bench, mem, mirror, lay, prog)
         assert golden.error == code
         assert status == golden.status
+
+
+@cocotb.test(skip=not HAS_CACHE)
+async def test_memory_cache_fill_error_stops_the_run_and_invalidate_recovers(dut):
+    """SLVERR on the backing memory while a matmul's weights fill lines: the run ends with
+    AXI_RESP (the engine does not hang); the line holds what the port returned, so the range
+    is invalidated; the same layer then runs clean and bit-exact through the cache."""
+    bench, lay = await _bench(dut, seed_offset=504, busy=0.1)
+    rng = np.random.default_rng(SEED + 504)
+    geom = cache_geometry(lay)
+    wname = lay.port_names[1 + _ENTRY["port"]]
+    store_port = lay.port_names[1 + _ENTRY["cache"]["store_port"]]
+    window = bench.alloc(1 << 20, wname)
+    bench._next_free[wname] = window
+    store = bench.alloc(geom.store_bytes, store_port)
+    prog = Program(lay)
+    prog.add({"op": Opcode.CACHE, "action": CacheAction.CONFIGURE, "addr": window, "bytes": 1 << 20,
+              "store_addr": store})
+    assert await bench.run(await _program(bench, prog), 1) == 0
+    layer = Layer(bench, lay, rng, m=2, n=4)
+    saved = bench.rams[wname][0]._read, bench.rams[wname][1]._write
+    _poison(bench, wname, layer.w_addrs[0], geom.line_bytes)
+    prog = Program(lay)
+    layer.add_to(prog)
+    status = await bench.run(await _program(bench, prog), len(prog), timeout_cycles=2_000_000)
+    assert status & 1 and (status >> 8) & 0xFF == ErrorCode.AXI_RESP, f"STATUS {status:#x}"
+    bench.rams[wname][0]._read, bench.rams[wname][1]._write = saved
+    prog = Program(lay)
+    prog.add({"op": Opcode.CACHE, "action": CacheAction.INVALIDATE, "addr": window, "bytes": 1 << 20,
+              "store_addr": 0})
+    layer.add_to(prog)
+    assert await bench.run(await _program(bench, prog), len(prog), timeout_cycles=2_000_000) == 0
+    layer.check(bench, "the layer after an AXI error on a fill and INVALIDATE")

@@ -13,7 +13,7 @@ from designs import tiny_memory_config_dict
 
 pytestmark = pytest.mark.rtl
 
-MEMORY_TESTS = 3        # hbmforge.flows.tb_memory: the tests named test_memory_*
+MEMORY_TESTS = 4        # hbmforge.flows.tb_memory: the tests named test_memory_*
 
 
 @pytest.mark.slow       # ~2 min of simulation after a ~4 min build: beyond the CI budget; the

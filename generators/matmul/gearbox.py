@@ -21,6 +21,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import require_positive_ints
+from .sparse import BitGearbox
 
 __all__ = ["WidthAdapter", "TritGearbox", "decode_five_trits", "is_pow2_ratio"]
 
@@ -125,13 +126,12 @@ class TritGearbox(wiring.Component):
     """5-trit bytes in (``in_width``-bit words), ``lanes`` ternary 2-bit codes out per item.
 
     A word holds ``T = 5 * in_width / 8`` trits, which need not divide (or be divided by)
-    ``lanes``: the decoded trits go into a buffer of ``C = lanes - g + T`` codes
-    (``g = gcd(T, lanes)``, every fill level is a multiple of ``g``) at the current fill
-    level, the output is the buffer's first ``lanes`` codes, and a word is accepted
-    whenever fewer than ``lanes`` codes would remain after this cycle's take. So a
-    word is only fetched when the next item needs it (never one of the next packet),
-    one item leaves per cycle while words arrive at ``T / lanes`` per item, and
-    ``o_last`` (the item ends its packet) drops whatever the buffer still holds.
+    ``lanes``: the decoded 2-bit codes go through a :class:`~.sparse.BitGearbox` of
+    ``2T``-bit words to ``2 * lanes``-bit items, whose buffer holds ``C = lanes - g + T`` codes
+    (``g = gcd(T, lanes)``, every fill level a multiple of ``g``). A word is only fetched
+    when the next item needs it (never one of the next packet), one item leaves per cycle
+    while words arrive at ``T / lanes`` per item, and ``o_last`` (the item ends its packet)
+    drops whatever the buffer still holds.
     """
 
     def __init__(self, in_width: int, lanes: int):
@@ -159,28 +159,12 @@ class TritGearbox(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        L, T, g, C = self._lanes, self._trits, self._g, self._cap
         nbytes = self._in_width // 8
         decoded = Cat(*(decode_five_trits(m, self.i.payload[8 * j:8 * j + 8], name=f"byte{j}")
                         for j in range(nbytes)))
-        buf = Signal(2 * C)
-        have = Signal(range(C + 1))                   # codes in buf (a multiple of g)
-        take = self.o.valid & self.o.ready
-        m.d.comb += [self.o.payload.eq(buf[:2 * L]), self.o.valid.eq(have >= L)]
-        left = Signal(range(C + 1))                   # codes kept after this cycle's take
-        m.d.comb += left.eq(Mux(take, Mux(self.o_last, 0, have - L), have))
-        m.d.comb += self.i.ready.eq(left < L)
-        load = self.i.valid & self.i.ready
-        shifted = Signal(2 * C)
-        m.d.comb += shifted.eq(Mux(take, buf >> (2 * L), buf))
-        m.d.sync += have.eq(left + Mux(load, T, 0))
-        with m.If(load):
-            seg = left >> (g.bit_length() - 1)        # fill level in units of g codes (< L / g)
-            with m.Switch(seg):
-                for j in range(L // g):
-                    lo, hi = 2 * j * g, 2 * (j * g + T)
-                    with m.Case(j):
-                        m.d.sync += buf.eq(Cat(shifted[:lo], decoded, shifted[hi:]))
-        with m.Else():
-            m.d.sync += buf.eq(shifted)
+        # 2-bit codes in, 2 * lanes bits out: the generic fill-level buffer
+        m.submodules.gear = gear = BitGearbox(2 * self._trits, 2 * self._lanes)
+        m.d.comb += [gear.i.payload.eq(decoded), gear.i.valid.eq(self.i.valid), self.i.ready.eq(gear.i.ready),
+                     self.o.payload.eq(gear.o.payload), self.o.valid.eq(gear.o.valid),
+                     gear.o.ready.eq(self.o.ready), gear.o_last.eq(self.o_last)]
         return m

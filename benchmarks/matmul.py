@@ -19,6 +19,10 @@ Metrics (``{"bench": "matmul", "metric", "value", "unit", ...context}``):
   latency (target >= 0.85).
 * ``cosim_cycles_per_second`` and ``cosim_speedup_vs_cocotb``: one layer run through
   the co-simulation harness and through cocotb (same RTL, no injected stalls).
+* ``weight_bytes_per_token`` / ``weight_bytes_per_token_sparse24``: weight bytes the co-sim's
+  ports read for one decode token (M = 1, K = N = 2048) on the starter with ``sparse24: true``,
+  dense and 2:4 (magnitude-pruned), int4 and int8; ``sparse24_weight_bytes_ratio`` and
+  ``sparse24_gemv_speedup`` (dense cycles / 2:4 cycles) beside them (``--sparse24-only``).
 
 Cycle counts are deterministic; wall-clock figures depend on the machine.
 """
@@ -87,12 +91,56 @@ def cocotb_cycles_per_second(cfg, m, k, n, wbits) -> tuple[float, int, float]:
     return data["cycles"] / data["wall_seconds"], data["cycles"], data["wall_seconds"]
 
 
+def sparse24(board: str) -> None:
+    """Decode GEMV, dense vs 2:4 sparse weights, on the starter config with ``sparse24: true``."""
+    import numpy as np
+
+    from hbmforge.host import Linear, open_device
+    from hbmforge.numerics import quantize_activations_per_token
+
+    d = starter_config(board)
+    d["engines"][0]["sparse24"] = True
+    cfg = parse_config(d)
+    k = n = 2048
+    ctx = {"board": board, "config": "starter + sparse24", "rows": cfg.matmul.rows, "lanes": cfg.matmul.lanes,
+           "weight_ports": cfg.matmul.weight_ports, "m": 1, "k": k, "n": n}
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
+    xq = quantize_activations_per_token(rng.standard_normal((1, k)).astype(np.float32)).q
+    dev = open_device(cfg, backend="sim")
+    try:
+        for wbits in [b for b in (4, 8) if b in cfg.matmul.weight_bits]:
+            got = {}
+            for sparse in (False, True):
+                lin = Linear.from_float(w, bits=wbits, device=dev, sparse24=sparse)
+                shift = lin.out_shift_for(xq)
+                if not np.array_equal(lin.forward_int(xq, out_shift=shift, timeout=3600),
+                                      lin.golden_int(xq, out_shift=shift)):
+                    raise SystemExit(f"golden mismatch: int{wbits} sparse24={sparse}")
+                c = lin.last_run.counters
+                got[sparse] = (sum(v["bytes_read"] for p, v in c["ports"].items() if p.startswith("w")),
+                               c["cycles"])
+                lin.close()
+            (dense, dcyc), (sp, scyc) = got[False], got[True]
+            emit("weight_bytes_per_token", dense, "bytes", wbits=wbits, cycles=dcyc, **ctx)
+            emit("weight_bytes_per_token_sparse24", sp, "bytes", wbits=wbits, cycles=scyc, **ctx)
+            emit("sparse24_weight_bytes_ratio", round(sp / dense, 4), "ratio", wbits=wbits,
+                 expected=(wbits + 2) / (2 * wbits), **ctx)
+            emit("sparse24_gemv_speedup", round(dcyc / scyc, 3), "x", wbits=wbits, **ctx)
+    finally:
+        dev.close()
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--board", default="u280")
     ap.add_argument("--skip-cocotb", action="store_true", help="skip the (slow) cocotb comparison")
     ap.add_argument("--prefill-only", action="store_true", help="only the M = 128 / encoder GEMM metrics")
+    ap.add_argument("--sparse24-only", action="store_true", help="only the 2:4 sparse weight-bytes metrics")
     args = ap.parse_args(argv)
+    if args.sparse24_only:
+        sparse24(args.board)
+        return
     cfg = parse_config(starter_config(args.board))
     from hbmforge.layout import DesignLayout
     geom = DesignLayout(cfg).matmul
@@ -133,6 +181,7 @@ def main(argv=None) -> None:
              total_seconds_with_build=round(time.perf_counter() - t0, 1), **ctx)
         emit("cosim_speedup_vs_cocotb", round(cs["sim_cycles_per_second"] / coc_cps, 1), "x",
              m=m, k=k, n=n, wbits=4, target=20, **ctx)
+    sparse24(args.board)
 
 
 if __name__ == "__main__":

@@ -19,9 +19,11 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from hbmforge.host.packing import (pack_activations, pack_bias, pack_requant, pack_scales, pack_weights,
                                    unpack_output)
 from hbmforge.encodings import ErrorCode, Opcode, OutMode, WeightFormat
+from hbmforge.engines.matmul import SPARSE24
 from hbmforge.layout import DesignLayout
 from hbmforge.manifest import read_manifest
 from hbmforge.numerics import matmul_int8, matmul_int32, storage_range
+from hbmforge.numerics.sparse import prune_2_4
 
 from hbmforge.sim.kernel_bench import KernelBench, load_bench_manifest
 
@@ -82,7 +84,7 @@ class Layer:
     """One random matmul: operands, buffers in the bench memory, and its expected output."""
 
     def __init__(self, bench: KernelBench, lay: DesignLayout, rng: np.random.Generator, *,
-                 m=None, k=None, n=None, wbits=None, out_mode=None, bias=None):
+                 m=None, k=None, n=None, wbits=None, out_mode=None, bias=None, sparse24=None):
         eng = lay.mm
         self.lay = lay
         rows = eng.rows
@@ -99,6 +101,10 @@ class Layer:
         if rng.random() < 0.3:                      # extremes: the most negative operands everywhere
             self.x[0, :] = -128
             self.w[0, :] = wlo
+        # 2:4 sparse weights (magnitude-pruned) on engines with sparse24: given, or at random
+        self.sparse24 = bool(eng.sparse24 and (rng.random() < 0.5 if sparse24 is None else sparse24))
+        if self.sparse24:
+            self.w = prune_2_4(self.w)
         groups = self.k // eng.group_size
         self.s = rng.integers(0, 1 << eng.scale_bits, (self.n, groups)).astype(np.uint16)
         self.out_shift = int(rng.integers(0, 24))
@@ -119,7 +125,7 @@ class Layer:
         self.y_addr = bench.alloc(self.y_bytes)
         bench.write(self.y_addr, bytes([0xA5]) * self.y_bytes)      # poison: every byte must be written
         self.w_addrs = []
-        for i, stripe in enumerate(pack_weights(self.w, self.wbits, lay)):
+        for i, stripe in enumerate(pack_weights(self.w, self.wbits, lay, sparse24=self.sparse24)):
             addr = bench.alloc(stripe.size, f"w{i}")
             bench.write(addr, stripe.tobytes())
             self.w_addrs.append(addr)
@@ -132,11 +138,16 @@ class Layer:
 
     @property
     def fmt_name(self) -> str:
-        return "ternary" if self.wbits == "ternary" else f"int{self.wbits}"
+        return ("ternary" if self.wbits == "ternary" else f"int{self.wbits}") + (" 2:4" if self.sparse24 else "")
+
+    @property
+    def code(self) -> int:
+        """The descriptor's ``wbits`` (with the 2:4 flag for sparse weights)."""
+        return WeightFormat.code(self.wbits) | (SPARSE24 if self.sparse24 else 0)
 
     def descriptor(self) -> dict:
         d = {"op": Opcode.MATMUL, "m": self.m, "k": self.k, "n": self.n,
-             "wbits": WeightFormat.code(self.wbits), "out_mode": self.out_mode,
+             "wbits": self.code, "out_mode": self.out_mode,
              "out_shift": self.out_shift if self.out_mode == OutMode.INT32 else 0,
              "x_addr": self.x_addr, "s_addr": self.s_addr, "y_addr": self.y_addr,
              "q_addr": self.q_addr if self.out_mode == OutMode.INT8 else 0,
@@ -220,6 +231,8 @@ async def test_random_layers_match_golden_under_backpressure(dut):
     m, k, n = big_layer_shape(lay)
     shapes = [dict(wbits=f) for f in formats] + [dict() for _ in range(CASES - len(formats))] \
         + [dict(m=m, k=k, n=n, bias=True, out_mode="int8")]
+    if lay.mm.sparse24:                         # every format 2:4 sparse too
+        shapes += [dict(wbits=f, sparse24=True) for f in formats]
     for case, shape in enumerate(shapes):       # every format the engine accepts, random, then tiled ones
         layer = Layer(bench, lay, rng, **shape)
         prog = Program(lay)
@@ -286,7 +299,7 @@ async def test_counters_account_for_every_byte_and_mac(dut):
     chunks = lay.matmul.chunks(layer.m, layer.n, layer.k, layer.out_mode)      # the weights: once per chunk
     for i in range(eng.weight_ports):
         got = await bench.reg_read(f"W{i}_BYTES_READ")
-        assert got == chunks * lay.matmul.weight_port_bytes(layer.n, layer.k, layer.wbits), f"w{i} bytes read"
+        assert got == chunks * lay.matmul.weight_port_bytes(layer.n, layer.k, layer.code), f"w{i} bytes read"
     data_read = await bench.reg_read("DATA_BYTES_READ")
     # activations are read per block (valid rows only), rounded up to words per block
     act = sum(lay.matmul.round_words(min(eng.rows, layer.m - b * eng.rows) * layer.k) for b in range(blocks))

@@ -44,6 +44,13 @@ def test_five_trit_ternary_kernel_passes_regression(tmp_path):
     _run(tmp_path, cfg, seed=11, cases=2)
 
 
+def test_sparse24_kernel_passes_regression(tmp_path):
+    # 2:4 sparse int4 (3 x 16-bit chunks through the bit gearbox), int8 (5 x 16) and ternary beside
+    # the dense formats; the random-layers test runs every format both ways under back-pressure
+    cfg = parse_config(tiny_config_dict(weight_bits=[4, 8, "ternary"], sparse24=True))
+    _run(tmp_path, cfg, seed=17, cases=3)
+
+
 def test_tlmm_kernel_passes_regression(tmp_path):
     # ternary table-lookup array, g = 3 on 16 lanes (a 1-lane partial bank), one weight port
     cfg = parse_config(tiny_config_dict(weight_bits=["ternary"], arch="tlmm", tlmm_group=3, weight_ports=1,

@@ -566,7 +566,7 @@ class VectorEngine(wiring.Component):
                      qwp.en.eq(qpar.o_valid)]
         with m.If(qpar.o_valid):
             m.d.sync += row_rec[q_r].eq(qpar.meta)
-        qp_pipe = Signal(range(8))
+        qp_pipe = Signal(range(QuantParams.LATENCY + 2))
         m.d.sync += qp_pipe.eq(qp_pipe + qv1 - qpar.o_valid)
         qp_busy = Signal()
         m.d.comb += qp_busy.eq(qp_active | qv1 | (qp_pipe != 0))

@@ -8,7 +8,7 @@ Golden model: :mod:`hbmforge.numerics.vector` (``row_scale``, ``qrec_multiplier`
     KV          mant = clamp(rsr(A * km, ks), 1, 65535);  (Y, n) = reciprocal(mant)
                 mult = rsr(hm * Y, 10),  shift = min(hs + n + 6, 63),  meta = mant
 
-Fixed latency :attr:`LATENCY` (register, reciprocal, finish), one group per cycle.
+Fixed latency :attr:`LATENCY` (register, the reciprocal's pipeline, finish), one group per cycle.
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ __all__ = ["QuantParams"]
 
 
 class QuantParams(wiring.Component):
-    LATENCY = 3
+    LATENCY = 2 + Reciprocal.LATENCY
 
     def __init__(self):
         super().__init__({
@@ -35,9 +35,12 @@ class QuantParams(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        v1, v2, v3 = Signal(), Signal(), Signal()
-        m.d.sync += [v1.eq(self.i_valid), v2.eq(v1), v3.eq(v2)]
-        m.d.comb += self.o_valid.eq(v3)
+        valid = self.i_valid
+        for t in range(self.LATENCY):
+            nxt = Signal(name=f"v{t + 1}")
+            m.d.sync += nxt.eq(valid)
+            valid = nxt
+        m.d.comb += self.o_valid.eq(valid)
         kv = self.mode == VectorOut.KV
         A = self.absmax
 
@@ -63,18 +66,20 @@ class QuantParams(wiring.Component):
             m.d.sync += [a1.eq(a0), e1.eq(e0)]
         m.d.sync += [c1.eq(self.const), mode1.eq(self.mode)]
 
-        # -- t2: reciprocal; the QREC product ----------------------------------------------------
+        # -- t2: reciprocal (a pipeline of Reciprocal.LATENCY stages); the rest waits beside it ---
         m.submodules.recip = recip = Reciprocal(16)
         m.d.comb += recip.l.eq(a1[:16])
-        y2 = Signal(18)
-        n2 = Signal(range(17))
-        a2 = Signal(16)
-        e2 = Signal(range(18))
-        p2 = Signal(32)
-        c2 = Signal(64)
-        mode2 = Signal(VectorOut)
-        m.d.sync += [y2.eq(recip.y), n2.eq(recip.n), a2.eq(a1), e2.eq(e1), p2.eq(a1[:16] * c1[:16]),
-                     c2.eq(c1), mode2.eq(mode1)]
+        p1 = Signal(32)
+        m.d.comb += p1.eq(a1[:16] * c1[:16])            # the QREC product
+        a16 = Signal(16)
+        m.d.comb += a16.eq(a1[:16])
+        stage = {"a": a16, "e": e1, "p": p1, "c": c1, "mode": mode1}
+        for t in range(Reciprocal.LATENCY):
+            nxt = {k: Signal.like(v, name=f"{k}_d{t}") for k, v in stage.items()}
+            m.d.sync += [nxt[k].eq(v) for k, v in stage.items()]
+            stage = nxt
+        a2, e2, p2, c2, mode2 = stage["a"], stage["e"], stage["p"], stage["c"], stage["mode"]
+        y2, n2 = recip.y, recip.n
 
         # -- t3: multipliers, shifts, records -----------------------------------------------------
         with m.If(mode2 == VectorOut.KV):

@@ -50,7 +50,7 @@ def accuracy() -> None:
                 emit(f"vector_{stage}_{key}", value, "abs" if "abs" in key or "diff" in key else "ratio", **ctx)
 
 
-def build_model(dev, *, hidden: int, layers: int, vocab: int, seed: int = 0):
+def build_model(dev, *, hidden: int, layers: int, vocab: int, seed: int = 0, timeout: float = 600.0):
     from hbmforge.host.blocks import BlockConfig, BlockWeights, ModelProgram
     from hbmforge.numerics.encoded import quantize_weights_encoded
 
@@ -70,11 +70,11 @@ def build_model(dev, *, hidden: int, layers: int, vocab: int, seed: int = 0):
     head = quantize_weights_encoded(rng.normal(0, 1 / math.sqrt(hidden), (vocab, hidden)), 8, lay.mm.group_size,
                                     lay.mm.scale_bits)
     prog = ModelProgram(dev, cfg, blocks, final_norm=(rng.uniform(0.8, 1.2, hidden), None), lm_head=head,
-                        kv_bits=8, max_context=2048)
+                        kv_bits=8, max_context=2048, timeout=timeout)
     return prog, cfg, rng
 
 
-def performance(config: str, *, hidden: int, layers: int, steps: int, prefill: int) -> None:
+def performance(config: str, *, hidden: int, layers: int, steps: int, prefill: int, timeout: float) -> None:
     from hbmforge.host import open_device
 
     t0 = time.monotonic()
@@ -83,7 +83,7 @@ def performance(config: str, *, hidden: int, layers: int, steps: int, prefill: i
     print(f"design ready in {time.monotonic() - t0:.0f} s", file=sys.stderr)
     ctx = {"config": Path(config).name, "hidden": hidden, "layers": layers}
     with dev:
-        prog, cfg, rng = build_model(dev, hidden=hidden, layers=layers, vocab=4096)
+        prog, cfg, rng = build_model(dev, hidden=hidden, layers=layers, vocab=4096, timeout=timeout)
         stream = [p for p in lay.ports if p.role == "stream"]
         seq = prog.sequence()
         prog.prefill(rng.normal(0, 1, (16, hidden)), seq)
@@ -126,11 +126,13 @@ def main(argv=None) -> None:
     ap.add_argument("--prefill", type=int, default=512)
     ap.add_argument("--accuracy-only", action="store_true")
     ap.add_argument("--skip-prefill", action="store_true")
+    ap.add_argument("--timeout", type=float, default=7200.0,
+                    help="seconds one device run may take (a 512-token prefill is ~14 M co-sim cycles)")
     args = ap.parse_args(argv)
     accuracy()
     if not args.accuracy_only:
         performance(args.config, hidden=args.hidden, layers=args.layers, steps=args.decode_steps,
-                    prefill=0 if args.skip_prefill else args.prefill)
+                    prefill=0 if args.skip_prefill else args.prefill, timeout=args.timeout)
 
 
 if __name__ == "__main__":

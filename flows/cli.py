@@ -394,7 +394,8 @@ def verify(config: Path = typer.Argument(..., help="Accelerator config (YAML).")
         for row in rep.rows():
             table.add_row(*row)
         console.print(table)
-        _say(f"wrote {out}/report.json, {out}/summary.txt, {out}/coverage/ (lcov, html, uncovered lines)")
+        _say(f"wrote {out}/report.json, {out}/summary.txt"
+             + (f", {out}/coverage/ (lcov, html, uncovered lines)" if coverage else ""))
     line = rep.to_json()["rtl_line_coverage"]
     if not rep.ok or (min_line and line is not None and line < min_line):
         raise typer.Exit(1)

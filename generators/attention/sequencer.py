@@ -14,7 +14,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ...encodings import AttentionMode
-from ...engines.attention import CTX_BITS
+from ...engines.attention import CTX_BITS, MAX_HEADS
 from ...mathutil import exact_log2
 from ..streams import dma_command_stream
 from .geometry import DatapathGeometry
@@ -80,13 +80,15 @@ class Sequencer(wiring.Component):
         total = Signal(33)
         base = Signal(CTX_BITS)
         keys = Signal(CTX_BITS)             # bidirectional: keys [0, keys) (valid_len, 0 = ctx_len)
-        head_area = Signal(40)
+        # widths from the geometry (one DSP48E2 per product): kv_heads <= MAX_HEADS (checked)
+        head_area = Signal(range(max(geom.head_area(b) for b in geom.kv_bits) + 1))
         vrec = Signal(16)
-        stride = Signal(64)
+        stride = Signal(len(head_area) + MAX_HEADS.bit_length())
         m.d.sync += [q_heads.eq(job["kv_heads"] * job["q_per_kv"]), total.eq(job["n_q"] * job["q_per_kv"]),
                      base.eq(job["ctx_len"] - job["n_q"]), head_area.eq(by_bits(geom.head_area)),
                      keys.eq(Mux(job["valid_len"] == 0, job["ctx_len"], job["valid_len"])),
-                     vrec.eq(by_bits(geom.value_bytes)), stride.eq(job["kv_heads"] * head_area)]
+                     vrec.eq(by_bits(geom.value_bytes)),
+                     stride.eq(job["kv_heads"][:MAX_HEADS.bit_length()] * head_area)]
 
         # -- tile walk ---------------------------------------------------------------------
         h = Signal(11)
@@ -234,6 +236,10 @@ class Sequencer(wiring.Component):
         page = Signal(32)
         js = Signal(seg1)
         prod = Signal(96)
+        p_lo = Signal(16 + len(stride))
+        p_hi = Signal(16 + len(stride))
+        hb = {name: Signal(64, name=f"hb_{name}") for name in ("k", "v")}
+        a_vrec = Signal(32)
         cons = Signal(geom.seg_layout())
         kc = Signal(kv_cmd_layout())
         vc = Signal(kv_cmd_layout())
@@ -247,20 +253,27 @@ class Sequencer(wiring.Component):
                     m.d.sync += [js.eq(r1), page.eq(word.word_select(r1.lpo, 32) if word_bytes > 4 else word[:32])]
                     m.next = "MUL"
             with m.State("MUL"):
-                m.d.sync += prod.eq(page * stride)
-                m.next = "ADDR"
-            with m.State("ADDR"):
+                # page x stride as two DSP-sized halves, summed next cycle
+                m.d.sync += [p_lo.eq(page[:16] * stride), p_hi.eq(page[16:] * stride)]
+                m.next = "SUM"
+            with m.State("SUM"):
+                m.d.sync += [prod.eq((p_hi << 16) + p_lo), a_vrec.eq(js.a * vrec)]
+                m.next = "BASE"
+            with m.State("BASE"):
                 a_ng = js.a * groups
                 mant_shift = exact_log2(mants_per_word)
-                first = a_ng >> mant_shift
                 off = a_ng & (mants_per_word - 1)
                 sw = (off + js.n * groups + mants_per_word - 1) >> mant_shift
                 m.d.sync += [cons.n.eq(js.n), cons.sw.eq(sw), cons.off.eq(off), cons.j0.eq(js.j0),
                              cons.tile_first.eq(js.tile_first), cons.tile_last.eq(js.tile_last)]
-                for rec, pool in ((kc, job["k_pool"]), (vc, job["v_pool"])):
-                    hb = (pool + prod[:64] + js.h_off)[:64]
-                    m.d.sync += [rec.s_addr.eq(hb + (first << word_shift)), rec.s_bytes.eq(sw << word_shift),
-                                 rec.v_addr.eq(hb + geom.scale_area + js.a * vrec),
+                for name, pool in (("k", job["k_pool"]), ("v", job["v_pool"])):
+                    m.d.sync += hb[name].eq((pool + prod[:64] + js.h_off)[:64])
+                m.next = "ADDR"
+            with m.State("ADDR"):
+                first = (js.a * groups) >> exact_log2(mants_per_word)
+                for rec, name in ((kc, "k"), (vc, "v")):
+                    m.d.sync += [rec.s_addr.eq(hb[name] + (first << word_shift)), rec.s_bytes.eq(cons.sw << word_shift),
+                                 rec.v_addr.eq(hb[name] + (a_vrec + geom.scale_area)),
                                  rec.v_bytes.eq(js.n * vrec)]
                 m.next = "PUSH"
             with m.State("PUSH"):

@@ -75,18 +75,23 @@ class WeightTileBuffer(wiring.Component):
                      self.rd_scales.as_value().eq(rp.data[G.weight_lane_bits:])]
 
         have = Signal()
-        kc = Signal.like(self.passes.payload.kc)
         col = Signal(32)
         line = Signal(range(G.kc_max + 1))
         slot = Signal(max(1, slot_bits))
+        # the pass's last column as a registered flag (not a 32-bit compare on the ready path)
+        n_m1 = Signal(32)
+        last_col = Signal()
+        m.d.sync += n_m1.eq(self.n - 1)
+        kc_m1 = Signal.like(self.passes.payload.kc)
         with m.If(~have):
             m.d.comb += self.passes.ready.eq(1)
             with m.If(self.passes.valid):
-                m.d.sync += [have.eq(1), kc.eq(self.passes.payload.kc), col.eq(0), line.eq(0)]
+                m.d.sync += [have.eq(1), kc_m1.eq(self.passes.payload.kc - 1),
+                             col.eq(0), line.eq(0), last_col.eq(n_m1 == 0)]
 
         grp_last = 1 if fpg == 1 else (line[:exact_log2(fpg)] == fpg - 1)
-        col_end = line == kc - 1
-        pass_end = col_end & (col == self.n - 1)
+        col_end = line == kc_m1
+        pass_end = col_end & last_col
         room = self.cols_ahead < G.weight_slots
         write = Signal()
         m.d.comb += write.eq(have & room & self.w.valid & (~grp_last | self.scales.valid))
@@ -101,7 +106,7 @@ class WeightTileBuffer(wiring.Component):
         with m.If(write):
             m.d.sync += line.eq(Mux(col_end, 0, line + 1))
             with m.If(col_end):
-                m.d.sync += [col.eq(col + 1), slot.eq(slot + 1)]
+                m.d.sync += [col.eq(col + 1), slot.eq(slot + 1), last_col.eq(col + 1 == n_m1)]
                 with m.If(pass_end):
                     m.d.sync += have.eq(0)
         m.d.comb += self.cur_lines.eq(line)

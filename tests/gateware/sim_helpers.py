@@ -44,3 +44,62 @@ def rejects(make, exc, match) -> None:
             make()
         del info
         gc.collect()
+
+
+def run_gearbox(dut, packets, rng, *, stall: float = 0.3) -> list[int]:
+    """Feed ``packets`` (``[(items, words)]``) into a gearbox (``i``, ``o``, ``o_last``) with random
+    input stalls and output readiness, raising ``o_last`` with each packet's last item; returns
+    the items taken, in order."""
+    got = []
+
+    async def source(ctx):
+        for _, words in packets:
+            for word in words:
+                while rng.random() < stall:
+                    ctx.set(dut.i.valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.i.payload, word)
+                ctx.set(dut.i.valid, 1)
+                while True:
+                    _, _, ready = await ctx.tick().sample(dut.i.ready)
+                    if ready:
+                        break
+            ctx.set(dut.i.valid, 0)
+
+    async def sink(ctx):
+        for items, _ in packets:
+            for i in range(items):
+                ctx.set(dut.o_last, i == items - 1)
+                ctx.set(dut.o.ready, 1)
+                payload, = await ctx.tick().sample(dut.o.payload).until(dut.o.valid)
+                got.append(payload)
+                ctx.set(dut.o.ready, 0)
+                if rng.random() < stall:
+                    await ctx.tick()
+
+    simulate(dut, sink, background=[source])
+    return got
+
+
+def gearbox_output_valid(dut, words, cycles: int) -> list[bool]:
+    """``o.valid`` over ``cycles`` cycles while ``words`` stream in without a gap and ``o`` is
+    always ready (a gearbox that keeps up shows no bubble once primed)."""
+    seen = []
+
+    async def source(ctx):
+        ctx.set(dut.i.valid, 1)
+        for w in words:
+            ctx.set(dut.i.payload, w)
+            while True:             # not tick().until(): background benches end mid-wait
+                _, _, ready = await ctx.tick().sample(dut.i.ready)
+                if ready:
+                    break
+
+    async def sink(ctx):
+        ctx.set(dut.o.ready, 1)
+        for _ in range(cycles):
+            _, _, valid = await ctx.tick().sample(dut.o.valid)
+            seen.append(valid)
+
+    simulate(dut, sink, background=[source])
+    return seen

@@ -24,7 +24,7 @@ from hbmforge.encodings import OutMode
 from hbmforge.layout import DesignLayout
 
 from designs import tiny_config_dict
-from sim_helpers import rejects, simulate
+from sim_helpers import gearbox_output_valid, rejects, run_gearbox, simulate
 
 INT32, INT8 = OutMode.INT32, OutMode.INT8
 CODE = {-1: 0b11, 0: 0b00, 1: 0b01}
@@ -104,35 +104,7 @@ def test_trit_gearbox_keeps_order_drops_packet_tails_and_never_bubbles(width, la
         raw += bytes(rng.randrange(256) for _ in range(-len(raw) % nbytes))    # garbage tail: dropped
         packets.append((items, trits, [int.from_bytes(raw[i:i + nbytes], "little")
                                        for i in range(0, len(raw), nbytes)]))
-    dut = TritGearbox(width, lanes)
-    got = []
-
-    async def source(ctx):
-        for _, _, words in packets:
-            for word in words:
-                while rng.random() < 0.3:
-                    ctx.set(dut.i.valid, 0)
-                    await ctx.tick()
-                ctx.set(dut.i.payload, word)
-                ctx.set(dut.i.valid, 1)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.i.ready)
-                    if ready:
-                        break
-            ctx.set(dut.i.valid, 0)
-
-    async def sink(ctx):
-        for items, _, _ in packets:
-            for i in range(items):
-                ctx.set(dut.o_last, i == items - 1)
-                ctx.set(dut.o.ready, 1)
-                payload, = await ctx.tick().sample(dut.o.payload).until(dut.o.valid)
-                got.append(payload)
-                ctx.set(dut.o.ready, 0)
-                if rng.random() < 0.3:
-                    await ctx.tick()
-
-    simulate(dut, sink, background=[source])
+    got = run_gearbox(TritGearbox(width, lanes), [(items, words) for items, _, words in packets], rng)
     expect = []
     for items, trits, _ in packets:
         for i in range(items):
@@ -142,26 +114,8 @@ def test_trit_gearbox_keeps_order_drops_packet_tails_and_never_bubbles(width, la
     # with a source that never stalls and a sink always ready, one item leaves every cycle
     # once the buffer is primed when words carry more trits than an item needs
     if 5 * nbytes >= lanes:
-        dut2 = TritGearbox(width, lanes)
         words = [rng.getrandbits(width) & int("f2" * nbytes, 16) for _ in range(16)]  # bytes < 243
-        seen = []
-
-        async def src2(ctx):
-            ctx.set(dut2.i.valid, 1)
-            for w in words:
-                ctx.set(dut2.i.payload, w)
-                while True:             # not tick().until(): background benches end mid-wait
-                    _, _, ready = await ctx.tick().sample(dut2.i.ready)
-                    if ready:
-                        break
-
-        async def sink2(ctx):
-            ctx.set(dut2.o.ready, 1)
-            for _ in range(12):
-                _, _, valid = await ctx.tick().sample(dut2.o.valid)
-                seen.append(valid)
-
-        simulate(dut2, sink2, background=[src2])
+        seen = gearbox_output_valid(TritGearbox(width, lanes), words, 12)
         assert all(seen[2:]), seen
 
 

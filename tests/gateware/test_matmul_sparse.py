@@ -19,7 +19,7 @@ from hbmforge.layout import DesignLayout
 from hbmforge.numerics.sparse import decode_sparse24_stream, encode_sparse24_stream, is_2_4, prune_2_4
 
 from designs import tiny_config_dict
-from sim_helpers import rejects, simulate
+from sim_helpers import gearbox_output_valid, rejects, run_gearbox
 
 INT32, INT8 = OutMode.INT32, OutMode.INT8
 
@@ -41,57 +41,10 @@ def test_bit_gearbox_keeps_order_drops_packet_tails_and_never_bubbles(in_w, out_
         nwords = -(-items * out_w // in_w)
         stream |= rng.getrandbits(nwords * in_w - items * out_w) << (items * out_w)     # garbage tail
         packets.append((bits, [(stream >> (j * in_w)) & ((1 << in_w) - 1) for j in range(nwords)]))
-    dut = BitGearbox(in_w, out_w)
-    got = []
-
-    async def source(ctx):
-        for _, words in packets:
-            for word in words:
-                while rng.random() < 0.3:
-                    ctx.set(dut.i.valid, 0)
-                    await ctx.tick()
-                ctx.set(dut.i.payload, word)
-                ctx.set(dut.i.valid, 1)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.i.ready)
-                    if ready:
-                        break
-            ctx.set(dut.i.valid, 0)
-
-    async def sink(ctx):
-        for items, _ in packets:
-            for i in range(len(items)):
-                ctx.set(dut.o_last, i == len(items) - 1)
-                ctx.set(dut.o.ready, 1)
-                payload, = await ctx.tick().sample(dut.o.payload).until(dut.o.valid)
-                got.append(payload)
-                ctx.set(dut.o.ready, 0)
-                if rng.random() < 0.3:
-                    await ctx.tick()
-
-    simulate(dut, sink, background=[source])
+    got = run_gearbox(BitGearbox(in_w, out_w), [(len(items), words) for items, words in packets], rng)
     assert got == [v for items, _ in packets for v in items]
-
     if in_w >= out_w:                     # a word per item or better: one item every cycle once primed
-        dut2 = BitGearbox(in_w, out_w)
-        seen = []
-
-        async def src2(ctx):
-            ctx.set(dut2.i.valid, 1)
-            for _ in range(40):
-                ctx.set(dut2.i.payload, rng.getrandbits(in_w))
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut2.i.ready)
-                    if ready:
-                        break
-
-        async def sink2(ctx):
-            ctx.set(dut2.o.ready, 1)
-            for _ in range(20):
-                _, _, valid = await ctx.tick().sample(dut2.o.valid)
-                seen.append(valid)
-
-        simulate(dut2, sink2, background=[src2])
+        seen = gearbox_output_valid(BitGearbox(in_w, out_w), [rng.getrandbits(in_w) for _ in range(40)], 20)
         assert all(seen[2:]), seen
 
 

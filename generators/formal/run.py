@@ -76,6 +76,12 @@ def _iter_modules(il: str):
         yield m.group(1), m.group(2)
 
 
+def _is_cell(key: str, module: str, cell: str) -> bool:
+    """Whether SymbiYosys's witness name ``key`` is check cell ``cell`` of RTLIL ``module``."""
+    path = module.split(".")[1:]               # below the top module
+    return key == f"check_{cell}" if not path else key.endswith("_" + "__".join([*path, cell]))
+
+
 def check_names(il: str, flavor: str = "assert") -> list[str]:
     """The names of the ``flavor`` checks (``assert``, ``assume``, ``cover``) in RTLIL text."""
     return [n.split(":", 1)[1] for _m, _c, n in _checks(il) if n.startswith(flavor + ":")]
@@ -143,8 +149,12 @@ def run_formal(harness, name: str, workdir: str | os.PathLike, *, mode: str = "p
     for fail in re.finditer(r"(?:Assert failed|Unreached cover statement) in (\S+?): .*?\((\S+)\)", log):
         cell = fail.group(2)
         key = re.sub(r"^_witness_\.", "", cell)
-        hit = [n for (mod, c), n in by_cell.items() if key.endswith(c.replace("$", "_")) or key.endswith(c)]
-        failed.append(hit[0] if len(hit) == 1 else key)
+        # a flattened cell is ``check_flatten_<path with __>__<id>``; ids repeat across modules, so
+        # match the module path too (``top`` cells are ``check_<id>``)
+        hit = {n for (mod, c), n in by_cell.items() if _is_cell(key, mod, c)}
+        if len(hit) != 1:             # an unusual cell name: fall back to the id alone
+            hit = {n for (mod, c), n in by_cell.items() if key.endswith(c.replace("$", "_")) or key.endswith(c)}
+        failed.append(hit.pop() if len(hit) == 1 else key)
     if status != "fail":
         failed = []          # prove/UNKNOWN: the induction step's trace starts in an unreachable state
     if mode == "cover":

@@ -231,14 +231,18 @@ class LyingWordRoomTx(CheckedPortTx):
         return m
 
 
-def _switch(mutate=None, *, tx_class=CheckedPortTx):
+#: the transmit-port mutants' switch: one-beat headers and one-word packets reach a full FIFO sooner
+SHORT_PACKETS = dict(data_width=128, packet_words=1)
+
+
+def _switch(mutate=None, *, tx_class=CheckedPortTx, short: bool = False):
     class S(CheckedSwitch):
         def elaborate(self, platform):
             m = super().elaborate(platform)
             if mutate is not None:
                 mutate(self, m, _flip(m))
             return m
-    return SwitchHarness(switch=S(small_switch_geometry(), tx_class=tx_class))
+    return SwitchHarness(switch=S(small_switch_geometry(**(SHORT_PACKETS if short else {})), tx_class=tx_class))
 
 
 def _s(prop, what, mutate=None, depth=10, **kw):
@@ -260,8 +264,9 @@ def _link_mutants(i: int) -> list[Mutant]:
 
 SWITCH_MUTANTS = [
     *_link_mutants(0), *_link_mutants(1),
-    _s("sw.tx.header_room", "a transmit port claims header room when full", depth=16, tx_class=LyingHeaderRoomTx),
-    _s("sw.tx.word_room", "a transmit port never counts its words", depth=16, tx_class=LyingWordRoomTx),
+    _s("sw.tx.header_room", "a transmit port claims header room when full", depth=8, tx_class=LyingHeaderRoomTx,
+       short=True),
+    _s("sw.tx.word_room", "a transmit port never counts its words", depth=16, tx_class=LyingWordRoomTx, short=True),
 ]
 
 

@@ -1,9 +1,9 @@
 """Small pipeline helpers shared by the engine's stages (registered, never stalled)."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Const, Module, Signal, Value
 
-__all__ = ["adder_tree", "delay"]
+__all__ = ["adder_tree", "delay", "tiled_product"]
 
 
 def delay(m: Module, value, cycles: int, *, name: str, reset_less: bool = False):
@@ -38,6 +38,21 @@ def adder_tree(m: Module, values: list, *, levels_per_stage: int, name: str) -> 
             values = regs
             stages += 1
     return values[0], stages
+
+
+def tiled_product(m: Module, a, b, *, name: str, a_tile: int = 17, b_tile: int = 24) -> tuple:
+    """``a * b`` (both unsigned) as registered ``a_tile x b_tile`` tile products (one DSP48E2 each)
+    summed by an :func:`adder_tree` (two levels per stage). Returns ``(product, latency)``."""
+    a, b = Value.cast(a), Value.cast(b)
+    tiles = []
+    for i in range(0, len(a), a_tile):
+        for j in range(0, len(b), b_tile):
+            t = Signal(len(a) + len(b), name=f"{name}_t{i}_{j}", reset_less=True)
+            m.d.sync += t.eq((a[i:i + a_tile] * b[j:j + b_tile]) << (i + j))
+            tiles.append(t)
+    tiles += [Const(0, 1)] * ((1 << (len(tiles) - 1).bit_length()) - len(tiles))
+    total, stages = adder_tree(m, tiles, levels_per_stage=2, name=f"{name}_sum")
+    return total, 1 + stages
 
 
 def opaque_const(m: Module, value: int, width: int, *, name: str) -> Signal:

@@ -22,7 +22,7 @@ took the previous one and the shell can prefetch across passes:
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Shape, Signal
+from amaranth.hdl import Const, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -30,11 +30,12 @@ from ...encodings import BiasMode, OutMode
 from ...mathutil import ceil_div, exact_log2
 from ..streams import JobDone, dma_command_stream
 from .geometry import EngineGeometry, pass_layout
+from .pipe import tiled_product
 from .signature import matmul_job_layout
 
 __all__ = ["JobSequencer", "ceil_div_const", "act_route_layout", "SETUP_CYCLES"]
 
-SETUP_CYCLES = 12
+SETUP_CYCLES = 24          # the setup's longest register chain (products take 3-4 registers each)
 
 
 def ceil_div_const(value, divisor: int, value_bits: int):
@@ -194,19 +195,35 @@ class JobSequencer(wiring.Component):
         setup = Signal()
         m.d.comb += [self.tiles.eq(tiles), self.last_cols.eq(last_cols), self.stride_log.eq(stride_log),
                      self.slots_log.eq(slots_log)]
+        # the wide products as registered DSP-sized tiles and adder trees (free-running; the setup
+        # registers below take their results once the inputs have settled)
+        def ceil_div_tiled(value, divisor: int, value_bits: int, name: str):
+            if divisor & (divisor - 1) == 0:
+                return (value + divisor - 1) >> exact_log2(divisor)
+            shift = value_bits + 1 + (divisor - 1).bit_length()
+            biased = Signal(value_bits + 1, name=f"{name}_biased")
+            m.d.sync += biased.eq(value + divisor - 1)
+            prod, _ = tiled_product(m, biased, Const(ceil_div(1 << shift, divisor)), name=name)
+            return prod >> shift
+
+        slices_q = ceil_div_tiled(job.k, ks_full, 32, "slices_q")
+        blocks_q = ceil_div_tiled(job.m, R, 32, "blocks_q")
+        nk_last_q, _ = tiled_product(m, job.n, k_last, name="nk_last_q")
+        plast_q, _ = tiled_product(m, nR << 3, c_last, name="plast_q")
+        o_blocks_q, _ = tiled_product(m, blocks, nR, name="o_blocks_q")
         with m.If(setup):
             sl = geom.line_bits
             for e in reversed(range(geom.line_bits)):
                 sl = Mux(kc0 <= (1 << e), e, sl)
             ok_tile = Mux(int8, (T * R) % B == 0, (T * R * 4) % B == 0)
             m.d.sync += [
-                slices.eq(ceil_div_const(job.k, ks_full, 32)),
+                slices.eq(slices_q),
                 k_last.eq(job.k - (slices - 1) * ks_full),
                 kc_last.eq(k_last >> exact_log2(L)),
                 kc0.eq(Mux(slices == 1, kc_last, kc_full)),
                 stride_log.eq(sl),
                 slots_log.eq(depth_log - stride_log),
-                blocks.eq(ceil_div_const(job.m, R, 32)),
+                blocks.eq(blocks_q),
                 tiles.eq((job.n + T - 1) >> t_shift),
                 last_cols.eq(job.n - ((tiles - 1) << t_shift)),
                 nR.eq(job.n * R),
@@ -217,14 +234,14 @@ class JobSequencer(wiring.Component):
                 c_last.eq(blocks - ((chunks - 1) << c_log)),
                 c_rows.eq(R << c_log),
                 pstride.eq(round_words((nR << 3) << c_log)),
-                plast.eq(round_words((nR << 3) * c_last)),
+                plast.eq(round_words(plast_q)),
                 nk_full.eq(job.n * ks_full),
-                nk_last.eq(job.n * k_last),
+                nk_last.eq(nk_last_q),
                 wb_full.eq(self._weight_bytes(job.wbits, nk_full, cw, B)),
                 wb_last.eq(self._weight_bytes(job.wbits, nk_last, cw, B)),
                 sb_full.eq(round_words(nk_full >> (exact_log2(geom.group_size) - 1))),
                 sb_last.eq(round_words(nk_last >> (exact_log2(geom.group_size) - 1))),
-                o_total.eq(round_words(Mux(int8, (blocks * nR)[:64], (blocks * nR)[:64] << 2))),
+                o_total.eq(round_words(Mux(int8, o_blocks_q[:64], o_blocks_q[:64] << 2))),
                 seg.eq((c_log != 0) & (tiles > 1)),
                 last_seg_bytes.eq(Mux(int8, last_cols * R, (last_cols * R) << 2)),
             ]

@@ -52,19 +52,19 @@ class ChannelBench:
                     delay = self.rng.randint(*self.latency)
                     for i in range(cbytes // self.wb):
                         pending.append((caddr + i * self.wb, delay if i == 0 else 0))
-                if ctx.get(data.valid) and dready:
+                offered = ctx.get(data.valid)
+                if offered and dready:
                     pending.popleft()
+                    offered = False
                 ctx.set(cmd.ready, int(self.rng.random() >= self.stall))
-                if pending:
-                    addr, wait = pending[0]
-                    if wait > 0:
-                        pending[0] = (addr, wait - 1)
-                        ctx.set(data.valid, 0)
-                    elif self.rng.random() < self.stall:
-                        ctx.set(data.valid, 0)
-                    else:
-                        ctx.set(data.payload, int.from_bytes(self.mem.read(addr, self.wb), "little"))
-                        ctx.set(data.valid, 1)
+                if offered:
+                    continue                    # a word once offered stays until taken (stream rules)
+                if pending and pending[0][1] > 0:
+                    pending[0] = (pending[0][0], pending[0][1] - 1)
+                    ctx.set(data.valid, 0)
+                elif pending and self.rng.random() >= self.stall:
+                    ctx.set(data.payload, int.from_bytes(self.mem.read(pending[0][0], self.wb), "little"))
+                    ctx.set(data.valid, 1)
                 else:
                     ctx.set(data.valid, 0)
         return proc

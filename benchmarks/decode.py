@@ -1,0 +1,499 @@
+"""LLM decode on the largest U280 design: one LLaMA-2-7B decoder layer per decode step on the
+co-simulation (calibrated HBM model), and the whole model's tokens/s projected from it; one JSON
+object per line.
+
+    python benchmarks/decode.py                              # examples/u280_llm.yaml, the default plan
+    python benchmarks/decode.py --all                        # every format x context on the co-sim
+    python benchmarks/decode.py --hbm-report hbm.jsonl       # calibrated bandwidths from benchmarks/hbm.py
+    python benchmarks/decode.py --projection-only --layer-report decode.json   # re-project saved cycles
+
+What is simulated: one decoder layer (hidden 4096, 32 heads of 128, FFN 11008, padded to the
+matmul's 1024-lane K alignment with zero weights, i.e. 11264 — the same function, 2.3 % more MLP
+bytes), random weights of N(0, 1/sqrt(K)) quantized to each format, a random KV4 cache of ``ctx``
+tokens written straight into its pages (``ModelSequence.load_kv``), one decode step (ONE
+descriptor program: norms, QKV, RoPE, KV append, attention, O, SwiGLU MLP, residuals) on the
+Verilator model of ``--config`` with ``set_memory_model('calibrated')``, compared bit for bit
+with ``golden_decode_step`` (the CPU golden program on a snapshot of the device memory).
+
+What is projected (labelled ``"kind": "projection"``): tokens/s of the whole model =
+clock / (32 x layer cycles + LM head cycles) with the host round trip per token added; the LM head
+(32000 x 4096 at W4) at the layer's measured cycles per weight; 225 MHz (AccLLM / FlightLLM) and
+300 MHz with the cycle counts of the 300 MHz co-sim; the roofline = bytes per token / the board's
+calibrated sequential bandwidth (``hbm_seq_read_gbps`` of benchmarks/hbm.py); U55C (the same HBM
+and design) and KV260/ZCU102 with the ternary model of TeLLMe's size (analytic, see the rows).
+Cells not run on the co-sim (default plan) are extrapolated and say so: cycles(fmt, ctx) =
+cycles(fmt, ref ctx) + cycles(w2, ctx) - cycles(w2, ref ctx) (a step runs its descriptors one
+after the other: the matmuls do not depend on the context, the attention not on the weights).
+Nothing here is a measurement on a board. Writes ``--json`` and the roofline plot ``--png``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+#: LLaMA-2-7B (Touvron et al. 2023, the HF config): the model every U280 anchor decodes
+LLAMA2_7B = {"layers": 32, "hidden": 4096, "heads": 32, "kv_heads": 32, "head_dim": 128, "intermediate": 11008,
+             "vocab": 32000}
+#: the ternary model of TeLLMe's size: BitNet b1.58 0.73B (1bitLLM/bitnet_b1_58-large config: hidden 1536,
+#: 24 layers, 16 heads of 96, FFN 4096, vocab 32002, tied embeddings)
+TELLME_MODEL = {"name": "BitNet b1.58 0.73B (1bitLLM/bitnet_b1_58-large)", "layers": 24, "hidden": 1536,
+                "heads": 16, "kv_heads": 16, "head_dim": 96, "intermediate": 4096, "vocab": 32002}
+ANCHORS = [
+    {"name": "AccLLM", "tok_s": 164.0, "board": "u280", "clock_mhz": 225,
+     "note": "W2A8KV4, 2:4 sparse, Lambda-attention, LLaMA-2-7B, cycle-accurate simulation (arXiv 2505.03745)"},
+    {"name": "FlightLLM", "tok_s": 55.0, "board": "u280", "clock_mhz": 225,
+     "note": "real U280, LLaMA-2-7B (FPGA 2024)"},
+    {"name": "TeLLMe v2", "tok_s": 25.0, "board": "kv260", "clock_mhz": None,
+     "note": "ternary, edge FPGA, 5 W (arXiv 2510.15926)"},
+]
+BW_ANCHORS = {"u280_theoretical_gbps": 460.0, "u280_measured_seq_gbps": 425.0}   # DS963; Shuhai (FCCM 2020)
+FORMATS = {"w4a8kv4": 4, "w2a8kv4": 2, "ternary": "ternary"}
+#: weight bits per weight in memory, scales (u16 per group of 128) included; 2:4 per numerics.sparse
+GROUP = 128
+
+
+def weight_bits(fmt: str, sparse24: bool = False) -> float:
+    b = {"w4a8kv4": 4, "w2a8kv4": 2, "ternary": 2}[fmt]
+    if sparse24:
+        b = (2 * b + 4) / 4                  # 2 values + two 2-bit indexes per 4 weights
+    return b + 16 / GROUP
+
+
+def emit(metric: str, value, unit: str, **ctx) -> dict:
+    row = {"bench": "decode", "metric": metric, "value": value, "unit": unit, **ctx}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+# -- the co-simulated layer --------------------------------------------------------------------------
+
+def layer_weights(lay, fmt_bits, inter_pad: int, rng, dims: dict = LLAMA2_7B):
+    """BlockWeights of a random LLaMA-2-7B layer (FFN zero-padded from 11008 to ``inter_pad``)."""
+    from hbmforge.host.blocks import BlockWeights
+    from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded
+
+    H, I = dims["hidden"], dims["intermediate"]
+    g, sb = lay.mm.group_size, lay.mm.scale_bits
+    shapes = {"q_proj": (H, H), "k_proj": (H, H), "v_proj": (H, H), "o_proj": (H, H),
+              "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    enc = {}
+    for name, (n, k) in shapes.items():
+        w = rng.standard_normal((n, k), dtype=np.float32) * np.float32(1 / math.sqrt(k))
+        e = quantize_weights_encoded(w, fmt_bits, g, sb, k_padded=lay.matmul.pad_k(inter_pad if k == I else k))
+        del w
+        if n == I:                                   # zero rows: SiLU(0) * 0 = 0 feeds zero down columns
+            pad = inter_pad - n
+            e = EncodedWeights(q=np.concatenate([e.q, np.zeros((pad, e.q.shape[1]), e.q.dtype)]),
+                               mantissas=np.concatenate([e.mantissas, np.zeros((pad, e.mantissas.shape[1]),
+                                                                               e.mantissas.dtype)]),
+                               row_scale=np.concatenate([e.row_scale, np.full(pad, np.median(e.row_scale))]),
+                               bits=e.bits, group_size=e.group_size)
+        enc[name] = e
+    norm = (rng.uniform(0.8, 1.2, H), None)
+    return BlockWeights(projections=enc, attn_norm=norm, mlp_norm=norm)
+
+
+def run_cell(prog, ctx: int, rng) -> dict:
+    """One decode step at context ``ctx`` on the device and the golden program."""
+    cfg = prog.config
+    seq = prog.sequence()
+    try:
+        shape = (1, ctx, cfg.kv_heads, cfg.head_dim)
+        k = np.clip(rng.normal(0, 1.5, shape), -7.5, 7.5)
+        v = np.clip(rng.normal(0, 1.5, shape), -7.5, 7.5)
+        t0 = time.perf_counter()
+        seq.load_kv(k, v)
+        load_s = time.perf_counter() - t0
+        del k, v
+        x = rng.normal(0, 1, cfg.hidden)
+        t0 = time.perf_counter()
+        golden = prog.golden_decode_step(x, seq)
+        golden_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = prog.decode_step(x, seq)
+        sim_s = time.perf_counter() - t0
+        st = prog.last_step
+        c = st.counters
+        return {"cycles": st.cycles, "bit_exact": bool(np.array_equal(got, golden)),
+                "bytes_read": st.bytes_read, "bytes_written": st.bytes_written, "descriptors": st.descriptors,
+                "host_round_trips": st.host_round_trips, "mac_ops": st.mac_ops,
+                "stall_cycles": c.get("stall_cycles"), "sim_seconds": round(sim_s, 1),
+                "golden_seconds": round(golden_s, 1), "load_kv_seconds": round(load_s, 1),
+                "sim_cycles_per_s": round(st.cycles / sim_s) if sim_s else None}
+    finally:
+        seq.free()
+
+
+def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int, seed: int,
+            design: Path | None = None, dims: dict = LLAMA2_7B) -> list[dict]:
+    """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell."""
+    from hbmforge.host import open_device
+    from hbmforge.host.blocks import BlockConfig, TransformerBlock
+
+    t0 = time.perf_counter()
+    load0 = os.getloadavg()[0]
+    dev = open_device(str(design or config), progress=sys.stderr.isatty())
+    open_s = time.perf_counter() - t0
+    dev.sim.set_memory_model("calibrated")
+    lay = dev.layout
+    inter_pad = lay.matmul.pad_k(dims["intermediate"])
+    cfg = BlockConfig(arch="llama", hidden=dims["hidden"], heads=dims["heads"],
+                      kv_heads=dims["kv_heads"], head_dim=dims["head_dim"], intermediate=inter_pad)
+    rows = []
+    emit("cosim_open_seconds", round(open_s, 1), "s", config=str(config), load_avg=round(load0, 1),
+         note="Verilator model build (or cache hit) + open")
+    for fmt in dict.fromkeys(f for f, _ in plan):
+        rng = np.random.default_rng(seed)
+        t1 = time.perf_counter()
+        weights = layer_weights(lay, FORMATS[fmt], inter_pad, rng, dims)
+        quant_s = time.perf_counter() - t1
+        for windowed in (False, True):
+            cells = [c for f, c in plan if f == fmt and (c == "sink_window") == windowed]
+            if not cells:
+                continue
+            opts = {"window": window, "sink": sink} if windowed else {}
+            t1 = time.perf_counter()
+            prog = TransformerBlock(dev, cfg, weights, kv_bits=4, kv_ranges=[(np.full(cfg.kv_heads, 8.0), np.full(cfg.kv_heads, 8.0))], **opts)
+            upload_s = time.perf_counter() - t1
+            try:
+                for cell in cells:
+                    ctx = lay.config.engine("attention").max_context if windowed else int(cell)
+                    ctx -= 1                               # the step appends the ctx-th token
+                    r = run_cell(prog, ctx, np.random.default_rng(seed + ctx))
+                    rows.append({"format": fmt, "context": cell, "ctx_tokens": ctx + 1, "heads": dims["heads"],
+                                 "hidden": dims["hidden"], "intermediate_padded": inter_pad,
+                                 "attended_tokens": min(ctx + 1, sink + window) if windowed else ctx + 1,
+                                 "sink": sink if windowed else 0, "window": window if windowed else 0,
+                                 "measured": True, "quantize_seconds": round(quant_s, 1),
+                                 "upload_seconds": round(upload_s, 1), **r})
+                    print(json.dumps({"bench": "decode", "progress": rows[-1]}), file=sys.stderr, flush=True)
+            finally:
+                prog.close()
+        del weights
+    dev.close()
+    return rows
+
+
+# -- projection ------------------------------------------------------------------------------------
+
+def layer_dims(heads: int) -> dict:
+    """LLaMA-2-7B's layer cut to ``heads`` heads of 128 (hidden and FFN in proportion)."""
+    if heads == LLAMA2_7B["heads"]:
+        return dict(LLAMA2_7B)
+    return dict(LLAMA2_7B, hidden=heads * 128, heads=heads, kv_heads=heads,
+                intermediate=-(-LLAMA2_7B["intermediate"] * heads // 32 // 128) * 128)
+
+
+def scale_to_full(rows: list[dict], k_align: int) -> list[dict]:
+    """Rows of a layer cut to h heads -> the full layer (extrapolated): from two contexts c1 < c2 of
+    one format, attention cycles per (head x token) = (cycles(c2) - cycles(c1)) / (h (c2 - c1));
+    the rest of cycles(c1) is charged to the weights and scales with the (padded) weight count
+    (the fixed per-descriptor costs scale with it too: conservative). Bytes the same way."""
+    full = []
+    by_fmt = {}
+    for r in rows:
+        by_fmt.setdefault(r["format"], []).append(r)
+    H, I = LLAMA2_7B["hidden"], LLAMA2_7B["intermediate"]
+    pad = lambda k: -(-k // k_align) * k_align                      # noqa: E731
+    w_full = 4 * H * H + 2 * pad(I) * H + H * pad(I)
+    ref = sorted((r for r in rows if r["context"].isdigit() and r["format"] == "w2a8kv4"),
+                 key=lambda r: r["ctx_tokens"])
+    if len(ref) < 2:
+        raise SystemExit("scaling a cut layer needs two contexts of w2a8kv4")
+    a, b = ref[0], ref[-1]
+    h = a["heads"]
+    slope = {k: (b[k] - a[k]) / (h * (b["ctx_tokens"] - a["ctx_tokens"])) for k in ("cycles", "bytes_read", "bytes_written")}
+    for r in rows:
+        hs, Is = r["hidden"], r["intermediate_padded"]
+        w_small = 4 * hs * hs + 3 * Is * hs
+        att_tokens = r["attended_tokens"]
+        out = dict(r, measured=False, heads=32, hidden=H,
+                   extrapolated_from=f"{h}-head cut of the layer co-simulated (cycles {r['cycles']}, bit-exact "
+                                     f"{r.get('bit_exact')}); attention per head-token from w2a8kv4 at "
+                                     f"{a['ctx_tokens']} and {b['ctx_tokens']}; weight part x {w_full / w_small:.2f}")
+        for k in ("cycles", "bytes_read", "bytes_written"):
+            att = slope[k] * h * att_tokens
+            out[k] = int(round((r[k] - att) * w_full / w_small + slope[k] * 32 * att_tokens))
+        full.append(out)
+    return full
+
+
+def complete(rows: list[dict], formats, contexts, ref_fmt: str = "w2a8kv4") -> list[dict]:
+    """Every (format, context) cell: measured, or extrapolated from the measured ones."""
+    have = {(r["format"], r["context"]): r for r in rows}
+    out = []
+    for fmt in formats:
+        for ctx in contexts:
+            if (fmt, ctx) in have:
+                out.append(have[(fmt, ctx)])
+                continue
+            base = [c for c in contexts if (fmt, c) in have and (ref_fmt, c) in have]
+            if not base or (ref_fmt, ctx) not in have:
+                continue
+            b = base[0]
+            mine, ref_b, ref_c = have[(fmt, b)], have[(ref_fmt, b)], have[(ref_fmt, ctx)]
+            r = {k: v for k, v in ref_c.items() if k in ("ctx_tokens", "attended_tokens", "sink", "window")}
+            r.update(format=fmt, context=ctx, measured=False,
+                     extrapolated_from=f"cycles({fmt},{b}) + cycles({ref_fmt},{ctx}) - cycles({ref_fmt},{b})")
+            for key in ("cycles", "bytes_read", "bytes_written"):
+                r[key] = mine[key] + ref_c[key] - ref_b[key]
+            out.append(r)
+    return out
+
+
+def lm_head_bytes(fmt: str) -> float:
+    """The LM head (32000 x 4096) at W4 for every model (W4 for the W4 model; W2/ternary models keep a
+    4-bit head, as low-bit deployments usually do)."""
+    return LLAMA2_7B["vocab"] * LLAMA2_7B["hidden"] * weight_bits("w4a8kv4") / 8
+
+
+def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, clocks=(225, 300)) -> list[dict]:
+    """Whole-model tokens/s per cell and clock (labelled projections), with the roofline."""
+    L = LLAMA2_7B["layers"]
+    H, I = LLAMA2_7B["hidden"], LLAMA2_7B["intermediate"]
+    layer_weights_n = 4 * H * H + 3 * H * I
+    out = []
+    for c in cells:
+        fmt = c["format"]
+        layer_bytes = c["bytes_read"] + c["bytes_written"]
+        # the LM head at the layer's measured cycles per weight (matmul + everything around it)
+        per_weight = c["cycles"] / layer_weights_n
+        lm_cycles = LLAMA2_7B["vocab"] * H * per_weight
+        cycles_tok = L * c["cycles"] + lm_cycles
+        bytes_tok = L * layer_bytes + lm_head_bytes(fmt)
+        for board in ("u280", "u55c"):
+            gbps = bw[board]
+            for mhz in clocks:
+                t = cycles_tok / (mhz * 1e6) + host_rt_us * 1e-6
+                tok_s = 1.0 / t
+                roof = gbps * 1e9 / bytes_tok
+                port_roof = port_bytes * mhz * 1e6 / bytes_tok     # every stream port, one word per cycle
+                out.append({"format": fmt, "context": c["context"], "board": board, "clock_mhz": mhz,
+                            "tok_s": tok_s, "roofline_tok_s": roof, "port_roofline_tok_s": port_roof,
+                            "roofline_fraction": tok_s / roof, "bytes_per_token": bytes_tok,
+                            "cycles_per_token": cycles_tok, "layer_cycles": c["cycles"], "measured": c["measured"],
+                            "calibrated_gbps": gbps})
+    return out
+
+
+def sparse24_rows(cells: list[dict], lanes: int) -> list[dict]:
+    """W2A8KV4 2:4 from the measured W2A8KV4 dense layer: the 2:4 stream of 2-bit weights is
+    (2 x 2 + 4) / 4 = 2 bits per weight — the dense W2 rate — and the engine keeps ``lanes`` dense
+    lanes per cycle (generators/matmul/sparse.py), so cycles and bytes are those of the dense row."""
+    out = []
+    for c in cells:
+        if c["format"] == "w2a8kv4":
+            r = dict(c, format="w2a8kv4_sparse24", measured=False,
+                     extrapolated_from="w2a8kv4 dense (same bits per weight, same lanes per cycle; 2:4 RTL "
+                                       "not in the co-simulated design)")
+            out.append(r)
+    return out
+
+
+def edge_rows(bw: dict, host_rt_us: float, edge_lanes: int = 256) -> list[dict]:
+    """KV260/ZCU102 with a ternary model of TeLLMe's size: analytic roofline and compute bound."""
+    m = TELLME_MODEL
+    H, I, L = m["hidden"], m["intermediate"], m["layers"]
+    n = L * (4 * H * H + 3 * H * I) + m["vocab"] * H
+    out = []
+    for board in ("kv260", "zcu102"):
+        for ctx in (512, 1024, 2048):
+            kv = L * 2 * ctx * m["kv_heads"] * m["head_dim"] * (0.5 + 2 / 32)     # KV4 + u16 per 32
+            bytes_tok = n * weight_bits("ternary") / 8 + kv
+            gbps = bw.get(board)
+            roof = gbps * 1e9 / bytes_tok if gbps else None
+            for mhz in (250,):
+                compute = edge_lanes * mhz * 1e6 / n
+                t = 1 / min(roof, compute) + host_rt_us * 1e-6 if roof else None
+                out.append({"board": board, "context": ctx, "clock_mhz": mhz, "model": m["name"],
+                            "bytes_per_token": bytes_tok, "roofline_tok_s": roof, "compute_bound_tok_s": compute,
+                            "tok_s": 1 / t if t else None, "calibrated_gbps": gbps, "lanes": edge_lanes})
+    return out
+
+
+def calibrated_bandwidths(report: Path | None, boards, run_missing: bool = True) -> dict:
+    """``hbm_seq_read_gbps`` / ``ddr_seq_read_gbps`` (calibrated model) per board, from a
+    benchmarks/hbm.py report, or by running its benchmark for the missing boards."""
+    bw = {}
+    if report is not None:
+        for line in Path(report).read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("metric") in ("hbm_seq_read_gbps", "ddr_seq_read_gbps") and row.get("model") == "calibrated":
+                bw[row["board"]] = float(row["value"])
+    missing = [b for b in boards if b not in bw]
+    if missing and run_missing:
+        import tempfile
+
+        import hbm
+        with tempfile.TemporaryDirectory(prefix="decode_hbm_") as tmp:
+            for b in missing:
+                for row in hbm.bench_board(b, Path(tmp), 1.0):
+                    if row["metric"].endswith("_seq_read_gbps") and row.get("model") == "calibrated":
+                        bw[b] = float(row["value"])
+    return bw
+
+
+def plot(path: Path, proj: list[dict], edge: list[dict], contexts) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    xs = list(range(len(contexts)))
+    colors = {"w4a8kv4": "C0", "w2a8kv4": "C1", "w2a8kv4_sparse24": "C2", "ternary": "C3"}
+    for fmt, color in colors.items():
+        rows = {r["context"]: r for r in proj if r["format"] == fmt and r["board"] == "u280" and r["clock_mhz"] == 225}
+        if not rows:
+            continue
+        ys = [rows[c]["tok_s"] if c in rows else np.nan for c in contexts]
+        rs = [rows[c]["roofline_tok_s"] if c in rows else np.nan for c in contexts]
+        ax.plot(xs, ys, "o-", color=color, label=f"{fmt} simulated (U280 co-sim, 225 MHz)")
+        ax.plot(xs, rs, "--", color=color, alpha=0.6, label=f"{fmt} roofline (calibrated HBM)")
+    for a, style in zip(ANCHORS, (":", "-.", (0, (1, 3)))):
+        ax.axhline(a["tok_s"], color="k", linestyle=style, lw=1)
+        ax.text(xs[-1] + 0.05, a["tok_s"], f"{a['name']} {a['tok_s']:g}", va="center", fontsize=8)
+    ax.set_xticks(xs, [str(c) for c in contexts])
+    ax.set_xlabel("context (tokens; sink_window = sink + recent window at 4096)")
+    ax.set_ylabel("tokens/s, LLaMA-2-7B decode (projection)")
+    ax.set_yscale("log")
+    ax.set_title("hbmforge u280_llm: simulated decode vs. roofline and published anchors")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", type=Path, default=ROOT / "examples" / "u280_llm.yaml")
+    ap.add_argument("--all", action="store_true", help="co-simulate every format x context (slow)")
+    ap.add_argument("--formats", default="w4a8kv4,w2a8kv4,ternary")
+    ap.add_argument("--contexts", default="512,2048,4096,sink_window",
+                    help="contexts (tokens) and/or sink_window (sink + window at the design's max_context)")
+    ap.add_argument("--ref-context", default="2048", help="the context every format is co-simulated at")
+    ap.add_argument("--sink", type=int, default=4, help="attention sinks of the sink_window row")
+    ap.add_argument("--window", type=int, default=508, help="recent-token window of the sink_window row")
+    ap.add_argument("--host-rt-us", type=float, default=30.0,
+                    help="per-token host round trip (one start + wait; assumed, not measured)")
+    ap.add_argument("--hbm-report", type=Path, default=None, help="benchmarks/hbm.py output (JSON lines)")
+    ap.add_argument("--no-hbm-run", action="store_true",
+                    help="boards missing from --hbm-report stay unprojected instead of running benchmarks/hbm.py")
+    ap.add_argument("--layer-report", type=Path, default=None, help="reuse the layer rows of a previous --json")
+    ap.add_argument("--projection-only", action="store_true", help="no co-sim: project --layer-report")
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "decode.json")
+    ap.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "results" / "decode_roofline.png")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--heads", type=int, default=32,
+                    help="co-simulate the layer cut to this many heads (hidden = 128 x heads, FFN in proportion) "
+                         "and extrapolate to 32 (when the full layer is too slow to simulate)")
+    ap.add_argument("--design", type=Path, default=None,
+                    help="an already generated design directory of --config (skips regenerating the RTL)")
+    args = ap.parse_args()
+    formats = [f for f in args.formats.split(",") if f]
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        ap.error(f"unknown format(s) {bad}; choose from {', '.join(FORMATS)}")
+    if "w2a8kv4" not in formats:
+        ap.error("--formats must include w2a8kv4 (the reference of the context sweep)")
+    if args.sink < 0 or args.window <= 0 or args.sink + args.window > 4096:
+        ap.error("--sink >= 0, --window > 0, sink + window <= 4096")
+    if args.host_rt_us < 0:
+        ap.error("--host-rt-us must be >= 0")
+    if args.projection_only and args.layer_report is None:
+        ap.error("--projection-only needs --layer-report")
+    contexts = [c for c in args.contexts.split(",") if c]
+    if any(c != "sink_window" and not (c.isdigit() and 1 < int(c) <= 1 << 20) for c in contexts) or not contexts:
+        ap.error(f"--contexts must be token counts > 1 and/or sink_window, got {args.contexts!r}")
+    if args.ref_context not in contexts:
+        ap.error(f"--ref-context must be one of {contexts}")
+    if args.all:
+        plan = [(f, c) for f in formats for c in contexts]
+    else:
+        plan = [("w2a8kv4", args.ref_context)] + [("w2a8kv4", c) for c in contexts if c != args.ref_context] + \
+            [(f, args.ref_context) for f in formats if f != "w2a8kv4"]
+    from hbmforge.config import load_config
+
+    cfg = load_config(args.config)
+    lanes = cfg.engine("matmul").lanes
+    prior = []
+    if args.layer_report is not None:
+        prior = [r for r in json.loads(args.layer_report.read_text())["layer"] if r.get("measured")]
+        plan = [p for p in plan if p not in {(r["format"], r["context"]) for r in prior}]
+    measured = list(prior)
+    if plan and not args.projection_only:
+        measured += measure(args.config, plan, sink=args.sink, window=args.window, seed=args.seed,
+                            design=args.design, dims=layer_dims(args.heads))
+    for r in measured:
+        emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", format=r["format"], context=r["context"],
+             bit_exact=r.get("bit_exact"), bytes=r["bytes_read"] + r["bytes_written"],
+             sim_cycles_per_s=r.get("sim_cycles_per_s"), sim_seconds=r.get("sim_seconds"))
+    full = measured
+    if any(r.get("heads", 32) != 32 for r in measured):
+        full = scale_to_full(measured, cfg.engine("matmul").lanes)
+        for r in full:
+            emit("decode_layer_cycles", r["cycles"], "cycles", kind="extrapolated", format=r["format"],
+                 context=r["context"], how=r["extrapolated_from"])
+    cells = complete(full, formats, contexts)
+    cells += sparse24_rows(cells, lanes)
+    bw = calibrated_bandwidths(args.hbm_report, ("u280", "u55c", "kv260", "zcu102"),
+                               run_missing=not args.no_hbm_run)
+    port_bytes = cfg.stream_ports * cfg.data_width // 8
+    proj = project(cells, port_bytes=port_bytes, bw=bw, host_rt_us=args.host_rt_us)
+    for c in cells:
+        if not c["measured"]:
+            emit("decode_layer_cycles", c["cycles"], "cycles", kind="extrapolated", format=c["format"],
+                 context=c["context"], how=c["extrapolated_from"])
+    # decode_board_bw_efficiency: W2A8KV4, ctx 2048, at the co-sim's clock
+    ref = next((c for c in cells if c["format"] == "w2a8kv4" and c["context"] == "2048"), None)
+    if ref is not None:
+        t = ref["cycles"] / (cfg.clock * 1e6)
+        emit("decode_board_bw_efficiency", round((ref["bytes_read"] + ref["bytes_written"]) / (bw["u280"] * 1e9 * t), 4),
+             "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=cfg.clock,
+             calibrated_gbps=bw["u280"], measured=ref["measured"],
+             note="layer bytes / (calibrated achievable bandwidth x layer decode time); target >= 0.90")
+    names = {"w2a8kv4_sparse24": "projected_tok_s_7b_w2a8kv4_sparse24", "w2a8kv4": "projected_tok_s_7b_w2a8kv4_dense",
+             "w4a8kv4": "projected_tok_s_7b_w4a8kv4", "ternary": "projected_tok_s_7b_ternary"}
+    for p in proj:
+        emit(names[p["format"]], round(p["tok_s"], 2), "tok/s", kind="projection (simulated layer)",
+             board=p["board"], clock_mhz=p["clock_mhz"], context=p["context"],
+             roofline_tok_s=round(p["roofline_tok_s"], 2), roofline_fraction=round(p["roofline_fraction"], 4),
+             port_roofline_tok_s=round(p["port_roofline_tok_s"], 2), bytes_per_token=int(p["bytes_per_token"]),
+             layer_cycles=p["layer_cycles"], layer_measured=p["measured"], calibrated_gbps=p["calibrated_gbps"],
+             host_rt_us=args.host_rt_us)
+    edge = edge_rows(bw, args.host_rt_us)
+    for e in edge:
+        emit("projected_tok_s_ternary_edge", round(e["tok_s"], 2) if e["tok_s"] else None, "tok/s",
+             kind="projection (analytic)", board=e["board"], context=e["context"], clock_mhz=e["clock_mhz"],
+             model=e["model"], roofline_tok_s=round(e["roofline_tok_s"], 2) if e["roofline_tok_s"] else None,
+             compute_bound_tok_s=round(e["compute_bound_tok_s"], 2), calibrated_gbps=e["calibrated_gbps"],
+             bytes_per_token=int(e["bytes_per_token"]), lanes=e["lanes"])
+    for a in ANCHORS:
+        emit("anchor_tok_s", a["tok_s"], "tok/s", kind="published", name=a["name"], board=a["board"],
+             clock_mhz=a["clock_mhz"], note=a["note"])
+    for k, v in BW_ANCHORS.items():
+        emit(k, v, "GB/s", kind="published", note="DS963 / Shuhai (FCCM 2020)")
+    report = {"config": str(args.config), "layer": measured, "cells": cells, "projection": proj, "edge": edge,
+              "anchors": ANCHORS, "bandwidth_gbps": bw, "bw_anchors": BW_ANCHORS, "host_rt_us": args.host_rt_us,
+              "sink": args.sink, "window": args.window, "model": LLAMA2_7B, "edge_model": TELLME_MODEL}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    plot(args.png, proj, edge, contexts)
+    emit("report_written", str(args.json), "path", png=str(args.png))
+
+
+if __name__ == "__main__":
+    main()

@@ -266,7 +266,7 @@ SWITCH_MUTANTS = [
     *_link_mutants(0), *_link_mutants(1),
     _s("sw.tx.header_room", "a transmit port claims header room when full", depth=8, tx_class=LyingHeaderRoomTx,
        short=True),
-    _s("sw.tx.word_room", "a transmit port never counts its words", depth=16, tx_class=LyingWordRoomTx, short=True),
+    _s("sw.tx.word_room", "a transmit port never counts its words", depth=12, tx_class=LyingWordRoomTx, short=True),
 ]
 
 

@@ -14,11 +14,14 @@ routing; every net costs the same average delay. See docs/estimate.md.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-__all__ = ["DelayModel", "US_PLUS_2", "TimingPath", "analyze", "part_of"]
+__all__ = ["DelayModel", "US_PLUS_2", "TimingPath", "analyze", "part_of", "MAX_PATH_CELLS"]
+
+MAX_PATH_CELLS = 64                    # cells of a path kept in the report
 
 
 @dataclass(frozen=True)
@@ -112,9 +115,12 @@ class TimingPath:
     max_logic_levels: int
     start: str = ""
     end: str = ""
+    cells: tuple[str, ...] = ()          # the slowest path's combinational cells, first to last
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        d["cells"] = list(self.cells)
+        return d
 
 
 # --- cell classification -------------------------------------------------------------------
@@ -331,14 +337,21 @@ def analyze(module: dict, model: DelayModel = US_PLUS_2, *, parts: Mapping[str, 
                 if stages:
                     a = (*a[:4], a[4] + stages, *a[5:])
                 total = a[0] + model.net + setup + model.clock_margin
-                _keep(worst, only_part or part_of(name, parts), total, a, name)
+                _keep(worst, only_part or part_of(name, parts), total, a, name, x)
     for pname, bits in _module_outputs(module):
         for x in bits:
             if isinstance(x, int) and x in driver:
                 a = arrive_done(x)
                 total = a[0] + model.net + model.ff_setup + model.clock_margin
-                _keep(worst, only_part or "glue", total, a, f"<output {pname}>")
-    return worst
+                _keep(worst, only_part or "glue", total, a, f"<output {pname}>", x)
+    out = {}
+    for part, (path, bit) in worst.items():
+        cells = []
+        while isinstance(bit, int) and bit in driver and len(cells) < MAX_PATH_CELLS:
+            cells.append(driver[bit][0])
+            bit = memo[bit][7] if bit in memo else None
+        out[part] = dataclasses.replace(path, cells=tuple(reversed(cells)))
+    return out
 
 
 def _module_outputs(module: dict):
@@ -347,12 +360,12 @@ def _module_outputs(module: dict):
             yield name, p.get("bits", [])
 
 
-def _keep(worst: dict, part: str, total: float, a: tuple, end: str) -> None:
-    old = worst.get(part)
+def _keep(worst: dict, part: str, total: float, a: tuple, end: str, bit) -> None:
+    old, old_bit = worst.get(part, (None, None))
     levels = max(a[5], old.max_logic_levels if old else 0)
     if old is None or total > old.delay_ns:
-        worst[part] = TimingPath(delay_ns=round(total, 3), fmax_estimate_mhz=round(1000.0 / total, 1),
-                                 lut=a[1], carry8=a[2] / 2, muxf=a[3], dsp=a[4], max_logic_levels=levels,
-                                 start=a[6], end=end)
+        worst[part] = (TimingPath(delay_ns=round(total, 3), fmax_estimate_mhz=round(1000.0 / total, 1),
+                                  lut=a[1], carry8=a[2] / 2, muxf=a[3], dsp=a[4], max_logic_levels=levels,
+                                  start=a[6], end=end), bit)
     elif levels != old.max_logic_levels:
-        worst[part] = TimingPath(**{**old.as_dict(), "max_logic_levels": levels})
+        worst[part] = (dataclasses.replace(old, max_logic_levels=levels), old_bit)

@@ -65,6 +65,7 @@ def test_lut_chain_delay_levels_and_fmax_follow_the_model(levels):
     assert path.fmax_estimate_mhz == pytest.approx(1000 / path.delay_ns, abs=0.1)
     assert (path.fmax_estimate_mhz >= 300) == (levels <= M.lut_budget(300))
     assert path.start.endswith("src") and path.end.endswith("dst")
+    assert path.cells == (path.start, *(f"kernel.engine_x.l{i}" for i in range(levels)))
 
 
 def test_carry_chain_costs_one_entry_and_a_small_step_per_stage_without_nets():

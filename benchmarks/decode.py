@@ -77,8 +77,10 @@ def emit(metric: str, value, unit: str, **ctx) -> dict:
 
 # -- the co-simulated layer --------------------------------------------------------------------------
 
-def layer_weights(lay, fmt_bits, inter_pad: int, rng, dims: dict = LLAMA2_7B):
-    """BlockWeights of a random LLaMA-2-7B layer (FFN zero-padded from 11008 to ``inter_pad``)."""
+def layer_weights(lay, fmt_bits, inter_pad: int, rng, dims: dict = LLAMA2_7B, tile_rows: int = 0):
+    """BlockWeights of a random LLaMA-2-7B layer (FFN zero-padded from 11008 to ``inter_pad``).
+    ``tile_rows`` > 0: quantize that many random rows per projection and repeat them (quantizing
+    200 M weights takes minutes; the engine's cycles do not depend on the values)."""
     from hbmforge.host.blocks import BlockWeights
     from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded
 
@@ -88,9 +90,14 @@ def layer_weights(lay, fmt_bits, inter_pad: int, rng, dims: dict = LLAMA2_7B):
               "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
     enc = {}
     for name, (n, k) in shapes.items():
-        w = rng.standard_normal((n, k), dtype=np.float32) * np.float32(1 / math.sqrt(k))
+        rows = min(n, tile_rows) if tile_rows else n
+        w = rng.standard_normal((rows, k), dtype=np.float32) * np.float32(1 / math.sqrt(k))
         e = quantize_weights_encoded(w, fmt_bits, g, sb, k_padded=lay.matmul.pad_k(inter_pad if k == I else k))
         del w
+        if rows < n:
+            reps = -(-n // rows)
+            e = EncodedWeights(q=np.tile(e.q, (reps, 1))[:n], mantissas=np.tile(e.mantissas, (reps, 1))[:n],
+                               row_scale=np.tile(e.row_scale, reps)[:n], bits=e.bits, group_size=e.group_size)
         if n == I:                                   # zero rows: SiLU(0) * 0 = 0 feeds zero down columns
             pad = inter_pad - n
             e = EncodedWeights(q=np.concatenate([e.q, np.zeros((pad, e.q.shape[1]), e.q.dtype)]),
@@ -135,7 +142,7 @@ def run_cell(prog, ctx: int, rng) -> dict:
 
 
 def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int, seed: int,
-            design: Path | None = None, dims: dict = LLAMA2_7B) -> list[dict]:
+            design: Path | None = None, dims: dict = LLAMA2_7B, tile_rows: int = 0) -> list[dict]:
     """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell."""
     from hbmforge.host import open_device
     from hbmforge.host.blocks import BlockConfig, TransformerBlock
@@ -155,7 +162,7 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
     for fmt in dict.fromkeys(f for f, _ in plan):
         rng = np.random.default_rng(seed)
         t1 = time.perf_counter()
-        weights = layer_weights(lay, FORMATS[fmt], inter_pad, rng, dims)
+        weights = layer_weights(lay, FORMATS[fmt], inter_pad, rng, dims, tile_rows)
         quant_s = time.perf_counter() - t1
         for windowed in (False, True):
             cells = [c for f, c in plan if f == fmt and (c == "sink_window") == windowed]
@@ -371,7 +378,8 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts) -> None:
     ax.set_yscale("log")
     ax.set_title("hbmforge u280_llm: simulated decode vs. roofline and published anchors")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="lower left")
+    ax.set_xlim(-0.2, len(xs) - 1 + 0.7)
+    ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -394,9 +402,11 @@ def main() -> None:
                     help="boards missing from --hbm-report stay unprojected instead of running benchmarks/hbm.py")
     ap.add_argument("--layer-report", type=Path, default=None, help="reuse the layer rows of a previous --json")
     ap.add_argument("--projection-only", action="store_true", help="no co-sim: project --layer-report")
-    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "decode.json")
-    ap.add_argument("--png", type=Path, default=ROOT / "benchmarks" / "results" / "decode_roofline.png")
+    ap.add_argument("--json", type=Path, default=Path("decode-bench") / "decode.json")
+    ap.add_argument("--png", type=Path, default=Path("decode-bench") / "decode_roofline.png")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tile-rows", type=int, default=0,
+                    help="quantize this many random rows per projection and repeat them (0: every row random)")
     ap.add_argument("--heads", type=int, default=32,
                     help="co-simulate the layer cut to this many heads (hidden = 128 x heads, FFN in proportion) "
                          "and extrapolate to 32 (when the full layer is too slow to simulate)")
@@ -436,7 +446,7 @@ def main() -> None:
     measured = list(prior)
     if plan and not args.projection_only:
         measured += measure(args.config, plan, sink=args.sink, window=args.window, seed=args.seed,
-                            design=args.design, dims=layer_dims(args.heads))
+                            design=args.design, dims=layer_dims(args.heads), tile_rows=args.tile_rows)
     for r in measured:
         emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", format=r["format"], context=r["context"],
              bit_exact=r.get("bit_exact"), bytes=r["bytes_read"] + r["bytes_written"],

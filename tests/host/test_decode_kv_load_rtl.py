@@ -1,0 +1,45 @@
+"""A KV cache loaded straight into a sequence's pages (``ModelSequence.load_kv``) decodes on the
+Verilator co-simulation exactly as the golden program says, with full and sink + window
+attention, under the calibrated memory model too."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from designs import tiny_vector_config_dict
+from hbmforge.config import parse_config
+from hbmforge.host import open_device
+
+from test_blocks import LLAMA, build_llama
+
+pytestmark = pytest.mark.rtl
+
+
+@pytest.fixture(scope="module")
+def dev(tmp_path_factory):
+    # the design of test_blocks_rtl.py (one build for both)
+    with open_device(parse_config(tiny_vector_config_dict("tiny_vec_host")),
+                     build_dir=tmp_path_factory.mktemp("tiny_vec"), progress=False) as d:
+        yield d
+
+
+@pytest.mark.parametrize("opts", [{}, {"window": 8, "sink": 2}])
+def test_a_loaded_cache_decodes_on_the_cosim_like_the_golden_program(dev, opts):
+    rng = np.random.default_rng(50)
+    prog, *_ = build_llama(dev, rng, **opts)
+    seq = prog.sequence()
+    L = prog.max_context - 3
+    shape = (prog.num_layers, L, LLAMA.kv_heads, LLAMA.head_dim)
+    seq.load_kv(rng.normal(0, 0.5, shape), rng.normal(0, 0.5, shape))
+    for model in ("ideal", "calibrated"):
+        dev.sim.set_memory_model(model)
+        x = rng.normal(0, 1, LLAMA.hidden)
+        golden = prog.golden_decode_step(x, seq)
+        assert np.array_equal(prog.decode_step(x, seq), golden), model
+    dev.sim.set_memory_model("ideal")
+    saved = seq.save_kv()
+    other = prog.sequence()
+    other.load_kv(state=saved)
+    x = rng.normal(0, 1, LLAMA.hidden)
+    assert np.array_equal(prog.decode_step(x, other), prog.decode_step(x, seq))
+    prog.close()

@@ -1,6 +1,6 @@
 """In-switch reduction: goodput, speed-up over a ring, exactly-once under faults, TP, switch resources.
 
-    python benchmarks/switch.py [--only goodput,ring,exactly_once,tp,resources] [--rounds 10000]
+    python benchmarks/switch.py [--only goodput,ring,exactly_once,tp,tp_block,resources] [--rounds 10000]
                                 [--rtl-rounds 100] [--seed 1]
 
 Metrics (``{"bench": "switch", "metric", "value", "unit", ...context}``), every co-simulated figure
@@ -19,8 +19,8 @@ from the Verilator co-simulation of the generated RTL (devices and switch, ``ope
   every result bit-exact: ``level=golden`` (the packet-level protocol, >= 10,000 rounds) and
   ``level=rtl`` (the co-simulation, >= 100 rounds). The value is the rounds that passed; the
   script exits non-zero if any round failed.
-* ``tp_linear_speedup`` / ``tp_block_speedup``: one layer / one decoder block on 4 devices against
-  one (co-simulated cycles; the block is a projection, see its ``method``).
+* ``tp_linear_speedup`` / ``tp_block_speedup``: one layer / one LLaMA decoder block (prefill and
+  decode) on 4 devices against one (co-simulated cycles), with whether the result is bit-exact.
 * ``switch_resources``: Yosys (``hbmforge.flows.estimate.estimate_component``, not Vivado) LUTs,
   FFs, BRAM of the switch for 4, 8 and 16 ports.
 """
@@ -63,10 +63,25 @@ def link(loss: float = 0.0, **kw):
     return Link(bytes_per_cycle=BENCH_WIDTH / 8, latency=LATENCY, loss=loss, **kw)
 
 
+_DESIGNS: dict = {}
+
+
+def design(cfg: dict):
+    """The generated design of ``cfg``, generated once per run: every cluster of the run co-simulates
+    the same RTL (and hits the build cache) even while the generators' sources change."""
+    from hbmforge.flows.design_cache import cached_design
+    from hbmforge.layout import DesignLayout
+
+    key = json.dumps(cfg, sort_keys=True)
+    if key not in _DESIGNS:
+        _DESIGNS[key] = cached_design(DesignLayout(parse_config(cfg)))
+    return _DESIGNS[key]
+
+
 def _cluster(devices: int, loss: float = 0.0, seed: int = 1, **kw):
     from hbmforge.host import open_cluster
 
-    return open_cluster(bench_config(), devices=devices, link=link(loss, **kw), seed=seed, progress=False)
+    return open_cluster(design(bench_config()), devices=devices, link=link(loss, **kw), seed=seed, progress=False)
 
 
 def _device_buffers(cl, nbytes: int, rng):
@@ -171,7 +186,7 @@ def exactly_once(args) -> None:
     cfg = bench_config("bench_net_small", packet_words=4, window=8, read_ahead=4)
     cfg["axi"]["data_width"] = 64
     lk = Link(bytes_per_cycle=8, latency=80, loss=0.1, duplicate=0.05, reorder=0.05, reorder_cycles=300)
-    cl = open_cluster(cfg, devices=4, link=lk, seed=args.seed, progress=False)
+    cl = open_cluster(design(cfg), devices=4, link=lk, seed=args.seed, progress=False)
     rounds = passed = 0
     try:
         for r in range(args.rtl_rounds):
@@ -220,6 +235,51 @@ def tensor_parallel(args) -> None:
         cl.close()
 
 
+def tp_block(args) -> None:
+    """A LLaMA decoder block on 4 devices (hbmforge.host.tp_block.TensorParallelBlock: heads, KV heads,
+    intermediate and hidden columns split, whole rows gathered on the device) against the same block
+    on one device of the same cluster: prefill of 16 tokens and one decode step, co-simulated."""
+    from hbmforge.host import open_cluster
+    from hbmforge.host.blocks import BlockConfig, BlockWeights, TransformerBlock
+    from hbmforge.host.tp_block import TensorParallelBlock
+
+    cfg = bench_config("bench_net_tp", packet_words=8, window=32)
+    cfg["engines"].append({"kind": "attention", "head_dim": 32, "rows": 4, "kv_bits": [8], "kv_group_size": 16,
+                           "page_tokens": 16, "max_context": 128, "kv_ports": 1})
+    cfg["engines"].append({"kind": "vector", "max_dim": 512})
+    cfg["engines"][0].update(rows=4, max_k=512)
+    rng = np.random.default_rng(args.seed + 4)
+    bc = BlockConfig(arch="llama", hidden=256, heads=8, kv_heads=4, head_dim=32, intermediate=512)
+    tensors = {}
+    for name in bc.projections:
+        n, k = bc.projection_shape(name)
+        tensors[name] = rng.normal(0, 1 / math.sqrt(k), (n, k))
+    tensors["attn_norm"] = rng.uniform(0.7, 1.3, bc.hidden)
+    tensors["mlp_norm"] = rng.uniform(0.7, 1.3, bc.hidden)
+    T = 16
+    x, x1 = rng.normal(0, 1, (T, bc.hidden)), rng.normal(0, 1, bc.hidden)
+    cl = open_cluster(design(cfg), devices=4, link=link(), seed=args.seed, progress=False)
+    try:
+        w = BlockWeights.from_float(bc, tensors, bits=8, group_size=cl.layout.mm.group_size)
+        with TransformerBlock(cl[0], bc, w) as one, TensorParallelBlock(cl, bc, w) as tp:
+            s1, s4 = one.sequence(), tp.sequence()
+            for step, (f1, f4, arg) in {"prefill": (one.prefill, tp.prefill, x),
+                                        "decode": (one.decode_step, tp.decode_step, x1)}.items():
+                want = f1(arg, s1)
+                c1 = one.last_step.cycles
+                golden = (tp.golden_prefill if step == "prefill" else tp.golden_decode_step)(arg, s4)
+                got = f4(arg, s4)
+                st = tp.last_step
+                emit("tp_block_speedup", round(c1 / st.cycles, 3), "x", step=step, devices=4, tokens=T if step == "prefill" else 1,
+                     hidden=bc.hidden, heads=bc.heads, kv_heads=bc.kv_heads, intermediate=bc.intermediate,
+                     one_device_cycles=c1, tp_cycles=st.cycles, allreduces=st.allreduces,
+                     allreduce_bytes=st.allreduce_bytes, link_bytes_per_cycle=BENCH_WIDTH // 8, latency=LATENCY,
+                     bit_exact_vs_one_device=bool(np.array_equal(got, want)),
+                     bit_exact_vs_golden=bool(np.array_equal(got, golden)), level="rtl co-simulation")
+    finally:
+        cl.close()
+
+
 def resources(args) -> None:
     from hbmforge.flows.estimate import estimate_component
     from hbmforge.generators.network.switch import AggregationSwitch
@@ -235,7 +295,7 @@ def resources(args) -> None:
 
 
 SECTIONS = {"goodput": goodput, "ring": ring, "exactly_once": exactly_once, "tp": tensor_parallel,
-            "resources": resources}
+            "tp_block": tp_block, "resources": resources}
 
 
 def main(argv=None) -> None:

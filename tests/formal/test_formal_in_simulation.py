@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import random
 import sys
-from collections import deque
 from pathlib import Path
 
 from amaranth.sim import Simulator
@@ -17,7 +16,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "gateware"))
 from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory, set_dma_command, stream_recv, stream_send  # noqa: E402
 from sim_helpers import watchdog  # noqa: E402
 
-import hbmforge.generators.memory.testing as mem_testing  # noqa: E402
 from hbmforge.config import parse_config  # noqa: E402
 from hbmforge.generators.formal.shell import ControlHarness, PortHarness  # noqa: E402
 from hbmforge.layout import DesignLayout  # noqa: E402
@@ -153,38 +151,6 @@ def test_switch_properties_hold_in_simulation_under_random_traffic(monkeypatch):
     assert len(sent) == 48 and gold.counters.reduced
 
 
-class _HeldReads(mem_testing.ChannelBench):
-    """The memory family's channel bench with reads that keep the stream rules: a word, once
-    offered, stays until taken (the production bench may withdraw it, which a stream must not,
-    and the cache passes read words straight to the engine)."""
-
-    def _reader(self, name, cmd, data):
-        async def proc(ctx):
-            pending: deque = deque()
-            ctx.set(cmd.ready, 1)
-            async for _clk, _rst, cvalid, caddr, cbytes, dready in ctx.tick().sample(
-                    cmd.valid, cmd.payload.addr, cmd.payload.bytes, data.ready):
-                if cvalid and ctx.get(cmd.ready):
-                    delay = self.rng.randint(*self.latency)
-                    pending.extend((caddr + i * self.wb, delay if i == 0 else 0) for i in range(cbytes // self.wb))
-                offered = ctx.get(data.valid)
-                if offered and dready:
-                    pending.popleft()
-                    offered = False
-                ctx.set(cmd.ready, int(self.rng.random() >= self.stall))
-                if offered:
-                    continue                                  # held until taken
-                if pending and pending[0][1] > 0:
-                    pending[0] = (pending[0][0], pending[0][1] - 1)
-                    ctx.set(data.valid, 0)
-                elif pending and self.rng.random() >= self.stall:
-                    ctx.set(data.payload, int.from_bytes(self.mem.read(pending[0][0], self.wb), "little"))
-                    ctx.set(data.valid, 1)
-                else:
-                    ctx.set(data.valid, 0)
-        return proc
-
-
 def test_cache_properties_hold_in_simulation_against_the_golden_model(monkeypatch):
     """The tile cache's gateware bench (random reads, writes, prefetches, flushes, invalidates
     vs the golden model) on a cache that checks its stream, command, FIFO and job properties."""
@@ -195,7 +161,6 @@ def test_cache_properties_hold_in_simulation_against_the_golden_model(monkeypatc
     from hbmforge.numerics.program import SparseMemory as GoldenMemory
 
     monkeypatch.setattr(cache_module, "TileCache", SelfCheckedTileCache)
-    monkeypatch.setattr(mem_testing, "ChannelBench", _HeldReads)
     geom = CacheGeometry(8, 1024, 2, 2, "lru", "write_back", 2)
     rng = random.Random(21)
     mem = GoldenMemory()

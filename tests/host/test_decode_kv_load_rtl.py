@@ -26,7 +26,8 @@ def dev(tmp_path_factory):
 @pytest.mark.parametrize("opts", [{}, {"window": 8, "sink": 2}])
 def test_a_loaded_cache_decodes_on_the_cosim_like_the_golden_program(dev, opts):
     rng = np.random.default_rng(50)
-    prog, *_ = build_llama(dev, rng, **opts)
+    att = dev.layout.config.engine("attention")
+    prog, *_ = build_llama(dev, rng, kv_pages=2 * att.max_context // att.page_tokens, **opts)   # two sequences
     seq = prog.sequence()
     L = prog.max_context - 3
     shape = (prog.num_layers, L, LLAMA.kv_heads, LLAMA.head_dim)

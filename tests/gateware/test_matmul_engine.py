@@ -279,14 +279,16 @@ def test_fire_counts_match_the_loop_nest():
 # -- generation -----------------------------------------------------------------------------
 
 def test_starter_config_converts_to_verilog():
+    """Conversion must stay interactive: the bound is CPU time of this process (a loaded machine
+    stretches wall time) and far above today's figure, so it only catches a blow-up."""
     from amaranth.back import verilog
 
     lay = DesignLayout(parse_config(starter_config("u280")))
-    t0 = time.monotonic()
+    t0 = time.process_time()
     text = verilog.convert(MatmulEngine(lay), name="mm_engine")
-    elapsed = time.monotonic() - t0
+    elapsed = time.process_time() - t0
     assert "module mm_engine" in text
-    assert elapsed < 60, f"conversion took {elapsed:.1f}s"
+    assert elapsed < 120, f"conversion took {elapsed:.1f} s of CPU"
 
 
 def test_engine_rejects_a_non_layout():

@@ -62,9 +62,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in (
     Metric("utilization", "fraction", "minimize", "resources",
            "the largest fraction of a board resource the kernel uses"),
     Metric("logic_depth", "LUT levels", "minimize", "yosys",
-           "LUT levels on the longest register-to-register path (Yosys ltp)"),
+           "LUT levels on the deepest register-to-register path (hbmforge estimate timing)"),
     Metric("fmax_estimate_mhz", "MHz", "maximize", "yosys",
-           "first-order Fmax from logic depth (a delay model, not timing analysis; docs/sweep.md)"),
+           "Fmax estimate of the slowest delay-weighted path (a delay model, not timing analysis; docs/estimate.md)"),
     Metric("macs_per_cycle", "MAC/cycle", "maximize", "design", "peak matmul MACs per cycle"),
 )}
 

@@ -19,12 +19,7 @@ from collections.abc import Callable
 from .workload import Infeasible, SimRun, get_evaluator
 
 __all__ = ["StepError", "generate_step", "estimate_step", "build_step", "simulate_step", "collect",
-           "build_jobs", "fmax_estimate_mhz", "analytic_resources", "DELAY_MODEL_NS"]
-
-#: first-order UltraScale+ (-2 speed grade) delays behind ``fmax_estimate_mhz``: register overhead
-#: (clock-to-out + setup + clock uncertainty), one LUT level with its local routing, one CARRY8
-#: stage, one MUXF stage. Assumptions, not a timing analysis: see docs/sweep.md.
-DELAY_MODEL_NS = {"register": 0.55, "lut_level": 0.5, "carry8": 0.1, "muxf": 0.15}
+           "build_jobs", "analytic_resources"]
 
 
 class StepError(RuntimeError):
@@ -99,12 +94,6 @@ def analytic_resources(layout) -> dict:
             "utilization": max(fractions.values()), "fractions": fractions}
 
 
-def fmax_estimate_mhz(lut_levels: int, carry8: int, muxf: int) -> float:
-    """A first-order Fmax from logic depth (:data:`DELAY_MODEL_NS`); an estimate, not timing analysis."""
-    d = DELAY_MODEL_NS
-    return 1000.0 / (d["register"] + lut_levels * d["lut_level"] + carry8 * d["carry8"] + muxf * d["muxf"])
-
-
 def estimate_step(config: dict, method: str, timeout: float, board_budget: bool, _generated=None) -> dict:
     """Resources of the point: the analytic model (instant) or Yosys ``synth_xilinx`` (cached by RTL
     hash). With ``board_budget``, Yosys totals over the config's ``max_utilization`` make the point
@@ -117,13 +106,12 @@ def estimate_step(config: dict, method: str, timeout: float, board_budget: bool,
 
         rep = estimate(layout.config, timeout=timeout)
         frac = {k: v for k, v in rep.fractions["total"].items() if v is not None}
-        depth = rep.depth.get("kernel")
         r = {k: rep.total[k] for k in ("lut", "ff", "dsp", "bram", "uram", "carry", "lutram", "srl")}
         r["utilization"] = max(frac.values()) if frac else 0.0
         r["fractions"] = frac
-        if depth is not None:
-            r.update(logic_depth=depth.lut, carry8_depth=depth.carry8, muxf_depth=depth.muxf,
-                     fmax_estimate_mhz=fmax_estimate_mhz(depth.lut, depth.carry8, depth.muxf))
+        if rep.timing:                   # the estimate's delay-weighted timing (hbmforge.flows.timing)
+            r.update(logic_depth=max(rep.max_logic_levels().values()),
+                     fmax_estimate_mhz=rep.fmax_estimate_mhz())
         over = rep.over_allowance()
         if board_budget and over:
             raise Infeasible(f"Yosys estimate over max_utilization {rep.max_utilization:.0%} for "

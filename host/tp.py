@@ -39,6 +39,20 @@ from .workspace import Workspace
 __all__ = ["ColumnParallelLinear", "RowParallelLinear", "TensorParallelRun"]
 
 
+
+def split_even(total: int, parts: int, align: int) -> list[tuple[int, int]]:
+    """``[start, end)`` ranges of ``total`` columns over ``parts`` devices in whole ``align``-column
+    units, as even as they go (earlier parts take the extra units; the last also takes a remainder
+    below ``align``). The caller checks ``total // align >= parts``."""
+    base, extra = divmod(total // align, parts)
+    out, start = [], 0
+    for d in range(parts):
+        size = (base + (d < extra)) * align
+        out.append((start, start + size))
+        start += size
+    out[-1] = (out[-1][0], total)
+    return out
+
 @dataclass
 class TensorParallelRun:
     rows: int = 0
@@ -123,17 +137,10 @@ class _TensorParallel:
 
     @staticmethod
     def _even(total: int, parts: int, align: int, what: str) -> list[tuple[int, int]]:
-        units = total // align
-        if units < parts:
-            raise ValueError(f"{what} {total} splits into at most {units} parts of {align}; the cluster has {parts} devices")
-        base, extra = divmod(units, parts)
-        out, start = [], 0
-        for d in range(parts):
-            size = (base + (d < extra)) * align
-            out.append((start, start + size))
-            start += size
-        out[-1] = (out[-1][0], total)
-        return out
+        if total // align < parts:
+            raise ValueError(f"{what} {total} splits into at most {total // align} parts of {align}; the cluster "
+                             f"has {parts} devices")
+        return split_even(total, parts, align)
 
     # -- properties ------------------------------------------------------------------------------
     @property

@@ -50,6 +50,7 @@ from .cluster import Cluster, ClusterError, ClusterProgram
 from .errors import DeviceRunError
 from .linear import choose_out_shift
 from .packing import engine_format, pack_scales, pack_weights
+from .tp import split_even
 
 __all__ = ["TensorParallelBlock", "TensorParallelSequence", "TensorParallelStep"]
 
@@ -361,16 +362,9 @@ class TensorParallelBlock:
 
     @staticmethod
     def _even(total: int, parts: int, align: int, what: str) -> list[tuple[int, int]]:
-        units = total // align
-        if units < parts or total % align:
+        if total // align < parts or total % align:
             raise BlockProgramError(f"{what} {total} does not split into {parts} parts of whole {align}-column units")
-        base, extra = divmod(units, parts)
-        out, start = [], 0
-        for d in range(parts):
-            size = (base + (d < extra)) * align
-            out.append((start, start + size))
-            start += size
-        return out
+        return split_even(total, parts, align)
 
     # -- properties ---------------------------------------------------------------------------------
     @property

@@ -7,24 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from designs import tiny_vector_config_dict
-from golden_kernel import GoldenDevice
-from hbmforge.config import parse_config
 from hbmforge.host.blocks import BlockProgramError
-from hbmforge.layout import DesignLayout
 
-from test_blocks import LLAMA, build_llama
-
-
-@pytest.fixture(scope="module")
-def layout():
-    return DesignLayout(parse_config(tiny_vector_config_dict()))
-
-
-@pytest.fixture
-def dev(layout):
-    with GoldenDevice(layout) as d:
-        yield d
+from test_blocks import LLAMA, build_llama, dev, layout  # noqa: F401 - the golden device fixtures of test_blocks
 
 
 def _random_kv(prog, rng, length, spread=0.5):

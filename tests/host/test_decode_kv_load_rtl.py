@@ -6,21 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from designs import tiny_vector_config_dict
-from hbmforge.config import parse_config
-from hbmforge.host import open_device
 
 from test_blocks import LLAMA, build_llama
+from test_blocks_rtl import dev  # noqa: F401 - the co-sim device of test_blocks_rtl (one design for both)
 
 pytestmark = pytest.mark.rtl
-
-
-@pytest.fixture(scope="module")
-def dev(tmp_path_factory):
-    # the design of test_blocks_rtl.py (one build for both)
-    with open_device(parse_config(tiny_vector_config_dict("tiny_vec_host")),
-                     build_dir=tmp_path_factory.mktemp("tiny_vec"), progress=False) as d:
-        yield d
 
 
 @pytest.mark.parametrize("opts", [{}, {"window": 8, "sink": 2}])

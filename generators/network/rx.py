@@ -7,7 +7,8 @@ Dataflow::
     tlast: length right and rules passed -> commit slot ``wp`` (header kept beside it)
            otherwise                     -> ``dropped`` pulse, the slot is reused
     head (oldest committed packet): ``head_valid``/``head`` -> the units; ``rd_addr`` ->
-    ``rd_data`` one cycle later; ``pop`` frees the slot
+    ``rd_data`` one cycle later; ``pop`` frees the slot; ``head2_valid``/``head2``: the packet
+    after it (taken by a unit while the head's unit reads its last words)
 
 A packet is never handed on before its last word passed the length check, so a bad packet
 is dropped whole and never reaches a slot of the pool.
@@ -40,6 +41,8 @@ class PortRx(wiring.Component):
             "s_axis": In(AxiStreamSignature(geom.data_width)),
             "head_valid": Out(1),
             "head": Out(HEADER_LAYOUT),
+            "head2_valid": Out(1),   # the packet after the head (for the unit that takes it next)
+            "head2": Out(HEADER_LAYOUT),
             "rd_addr": In(range(geom.packet_words)),
             "rd_data": Out(geom.data_width),
             "pop": In(1),
@@ -67,6 +70,8 @@ class PortRx(wiring.Component):
         level = Signal(range(N + 1))
         commit = Signal()
         popped = Signal()
+        rp2 = Signal(range(N))
+        m.d.comb += [rp2.eq(Mux(rp == N - 1, 0, rp + 1)), self.head2_valid.eq(level >= 2), self.head2.eq(headers[rp2])]
         m.d.comb += [self.head_valid.eq(level != 0), self.head.eq(headers[rp]), popped.eq(self.pop & self.head_valid),
                      rd.addr.eq(Cat(self.rd_addr, rp) if pbits else rp), self.rd_data.eq(rd.data)]
         with m.If(popped):

@@ -3,7 +3,8 @@
 Dataflow::
 
     s_axis_p<i> -> PortRx i (whole packets checked: bad ones dropped and counted)
-        -> the oldest packet of each port, offered to the unit of its slot (slot % units)
+        -> the oldest packet of each port, offered to the unit of its slot (slot % units);
+           the one after it while the oldest's unit reads its next-to-last word
     AggregationUnit u (slots s with s % units == u, every job; one payload word per cycle)
         -> output bus (one packet at a time; granted only when every destination has room)
     -> PortTx i -> m_axis_p<i>   (multicast: the same packet into every destination port)
@@ -78,11 +79,20 @@ class AggregationSwitch(wiring.Component):
         # -- ports -> units: every unit sees every head; the unit that holds a port reads and pops it
         epochs = [Signal(8, name=f"epoch{j}") for j in range(g.jobs)]
         rx_data = Array(rx.rd_data for rx in rxs)
+        # a port whose head's unit reads its next-to-last word offers the packet after it: that
+        # packet's unit decides while the last word is read and reads on the next cycle, so a
+        # port moves one packet per packet_words + 1 cycles (its rate on the link)
+        ending = [Signal(name=f"ending_p{p}") for p in range(n)]
+        offer_valid = Signal(n)
+        offer = [Signal.like(rxs[p].head, name=f"offer_p{p}") for p in range(n)]
+        for p, rx in enumerate(rxs):
+            m.d.comb += [ending[p].eq(Cat(*(u.rx_ending & u.rx_busy & (u.rx_port == p) for u in units)).any()),
+                         offer_valid[p].eq(Mux(ending[p], rx.head2_valid, rx.head_valid)),
+                         offer[p].eq(Mux(ending[p], Value.cast(rx.head2), Value.cast(rx.head)))]
         for unit in units:
-            m.d.comb += [unit.head_valid.eq(Cat(*(rx.head_valid for rx in rxs))),
-                         unit.rx_data.eq(rx_data[unit.rx_port])]
+            m.d.comb += [unit.head_valid.eq(offer_valid), unit.rx_data.eq(rx_data[unit.rx_port])]
             for p in range(n):
-                m.d.comb += unit.head[p].eq(rxs[p].head)
+                m.d.comb += unit.head[p].eq(offer[p])
             for j in range(g.jobs):
                 m.d.comb += unit.epochs[j].eq(epochs[j])
         for p, rx in enumerate(rxs):

@@ -80,7 +80,8 @@ class AggregationUnit(wiring.Component):
             "head_valid": In(n),
             "head": In(HEADER_LAYOUT).array(n),
             "rx_port": Out(range(n)),        # the port this unit reads and pops (while busy)
-            "rx_busy": Out(1),
+            "rx_busy": Out(1),               # reading or popping the port (not while deciding)
+            "rx_ending": Out(1),             # the next cycle reads the last word
             "rx_addr": Out(range(P)),
             "rx_data": In(geom.data_width),
             "pop": Out(1),
@@ -158,7 +159,7 @@ class AggregationUnit(wiring.Component):
         h = Signal(HEADER_LAYOUT)            # the packet being processed
         port = Signal(range(n))
         busy = Signal()
-        m.d.comb += [self.rx_port.eq(port), self.rx_busy.eq(busy)]
+        m.d.comb += self.rx_port.eq(port)
 
         # -- DECIDE: the golden switch's rules -------------------------------------------------
         st = data.View(meta_l, meta_rd.data)
@@ -366,8 +367,33 @@ class AggregationUnit(wiring.Component):
         m.d.comb += [pool_rd.addr.eq(Cat(i_issue[:pbits], l_entry) if pbits else l_entry),
                      self.rx_addr.eq(i_issue[:pbits] if pbits else 0)]
 
-        with m.FSM():
+        def finish():
+            """The packet's end: free its port entry, write its slot copy, update the claim and epoch."""
+            m.d.sync += busy.eq(0)
+            m.d.comb += [self.pop.eq(1), meta_wr.en.eq(l_meta_we)]
+            jsel = h.job[:jbits] if jbits else 0
+            live = claims[jsel].valid & (claims[jsel].tag == ep) & (claims[jsel].open != 0)
+            with m.If(l_open & ~l_close):
+                with m.If(live):
+                    m.d.sync += claims[jsel].open.eq(claims[jsel].open + 1)
+                with m.Else():
+                    m.d.sync += [claims[jsel].valid.eq(1), claims[jsel].tag.eq(ep), claims[jsel].open.eq(1),
+                                 claims[jsel].members.eq(h.members[:n]), claims[jsel].op.eq(h.op)]
+            with m.Elif(l_close & ~l_open):
+                m.d.sync += claims[jsel].open.eq(claims[jsel].open - 1)
+            with m.Elif(l_open & l_close):          # opened and closed at once: the claim is set, none open
+                with m.If(~live):
+                    m.d.sync += [claims[jsel].valid.eq(1), claims[jsel].tag.eq(ep), claims[jsel].open.eq(0),
+                                 claims[jsel].members.eq(h.members[:n]), claims[jsel].op.eq(h.op)]
+            m.d.comb += [self.epoch_we.eq(l_epoch), self.epoch_job.eq(h.job[:jbits] if jbits else 0),
+                         self.epoch_value.eq(h.epoch)]
+
+        with m.FSM() as fsm:
+            # a unit that took the packet after a port's head decides while the head's unit reads
+            # its last word: only the head's unit drives the port then
+            m.d.comb += self.rx_busy.eq(busy & ~fsm.ongoing("DECIDE"))
             with m.State("IDLE"):
+                m.d.sync += s2_valid.eq(0)               # the last packet's last word (stage 2) goes now
                 with m.If(found):
                     m.d.sync += [h.eq(head_sel), port.eq(sel), busy.eq(1), l_entry.eq(idle_entry),
                                  rr.eq(Mux(sel == n - 1, 0, sel + 1))]
@@ -398,32 +424,23 @@ class AggregationUnit(wiring.Component):
                         m.d.sync += [i_issue.eq(1), s2_valid.eq(1), s2_word.eq(0), s2_last.eq(n_words == 1)]
                         m.next = "STREAM"
             with m.State("STREAM"):
+                m.d.comb += self.rx_ending.eq(i_issue + 2 == n_words)
                 with m.If(i_issue < n_words):
                     m.d.sync += [i_issue.eq(i_issue + 1), s2_valid.eq(1), s2_word.eq(i_issue[:pbits] if pbits else 0),
                                  s2_last.eq(i_issue + 1 == n_words)]
+                    with m.If(i_issue + 1 == n_words):
+                        # the last word is read now: the port is free for the next unit while that
+                        # word is combined and pushed (stage 2) during IDLE (a packet holding its
+                        # port to the end took P + 4 cycles, more than its P + 1 beats on the link)
+                        finish()
+                        m.next = "IDLE"
                 with m.Else():
                     m.d.sync += s2_valid.eq(0)
-                with m.If(s2_valid & s2_last):
+                with m.If(s2_valid & s2_last):          # the only word was read at the grant (BUS)
                     m.next = "END"
             with m.State("END"):
-                m.d.sync += [busy.eq(0), s2_valid.eq(0)]
-                m.d.comb += [self.pop.eq(1), meta_wr.en.eq(l_meta_we)]
-                jsel = h.job[:jbits] if jbits else 0
-                live = claims[jsel].valid & (claims[jsel].tag == ep) & (claims[jsel].open != 0)
-                with m.If(l_open & ~l_close):
-                    with m.If(live):
-                        m.d.sync += claims[jsel].open.eq(claims[jsel].open + 1)
-                    with m.Else():
-                        m.d.sync += [claims[jsel].valid.eq(1), claims[jsel].tag.eq(ep), claims[jsel].open.eq(1),
-                                     claims[jsel].members.eq(h.members[:n]), claims[jsel].op.eq(h.op)]
-                with m.Elif(l_close & ~l_open):
-                    m.d.sync += claims[jsel].open.eq(claims[jsel].open - 1)
-                with m.Elif(l_open & l_close):          # opened and closed at once: the claim is set, none open
-                    with m.If(~live):
-                        m.d.sync += [claims[jsel].valid.eq(1), claims[jsel].tag.eq(ep), claims[jsel].open.eq(0),
-                                     claims[jsel].members.eq(h.members[:n]), claims[jsel].op.eq(h.op)]
-                m.d.comb += [self.epoch_we.eq(l_epoch), self.epoch_job.eq(h.job[:jbits] if jbits else 0),
-                             self.epoch_value.eq(h.epoch)]
+                m.d.sync += s2_valid.eq(0)
+                finish()
                 m.next = "IDLE"
         m.d.comb += [meta_wr.addr.eq(l_entry), meta_wr.data.eq(l_new)]
 

@@ -103,3 +103,27 @@ def gearbox_output_valid(dut, words, cycles: int) -> list[bool]:
 
     simulate(dut, sink, background=[source])
     return seen
+
+
+def rtl_check_codes(layout, opcode, descs) -> list[int]:
+    """The error code the RTL form of ``opcode``'s descriptor checks gives for each descriptor
+    (``generators.engine.rtl_error_code`` on 64-bit field signals), to compare with the host checks."""
+    from amaranth.hdl import Module, Signal
+
+    from hbmforge.generators.engine import rtl_error_code
+
+    fields = {n: Signal(64, name=n) for n in layout.fields_for(opcode)}
+    m = Module()
+    code = rtl_error_code(m, layout.checks(opcode), fields)
+    got = []
+
+    async def bench(ctx):
+        for d in descs:
+            for n, sig in fields.items():
+                ctx.set(sig, d[n])
+            got.append(ctx.get(code))
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+    return got

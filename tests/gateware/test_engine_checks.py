@@ -6,12 +6,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal
-from amaranth.sim import Simulator
 
 from hbmforge.config import parse_config
 from hbmforge.encodings import ErrorCode, Opcode
-from hbmforge.generators.engine import rtl_error_code
+from sim_helpers import rtl_check_codes
 from hbmforge.layout import DesignLayout
 
 from designs import tiny_attention_config_dict
@@ -74,20 +72,7 @@ def _descriptors(layout, opcode, rng, count=300):
 def test_rtl_checks_agree_with_the_host_checks(layout, opcode):
     rng = random.Random(int(opcode))
     descs = _descriptors(layout, opcode, rng)
-    fields = {n: Signal(64, name=n) for n in layout.fields_for(opcode)}
-    m = Module()
-    code = rtl_error_code(m, layout.checks(opcode), fields)
-    got = []
-
-    async def bench(ctx):
-        for d in descs:
-            for n, sig in fields.items():
-                ctx.set(sig, d[n])
-            got.append(ctx.get(code))
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
+    got = rtl_check_codes(layout, opcode, descs)
     want = [int(layout.validate_descriptor(d)[0]) for d in descs]
     assert got == want
     family = layout.family_of(opcode)

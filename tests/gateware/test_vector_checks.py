@@ -6,13 +6,11 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal
-from amaranth.sim import Simulator
 
 from designs import tiny_vector_config_dict
 from hbmforge.config import parse_config
 from hbmforge.encodings import ErrorCode, Opcode, VectorIn, VectorNorm, VectorOut
-from hbmforge.generators.engine import rtl_error_code
+from sim_helpers import rtl_check_codes
 from hbmforge.layout import DesignLayout
 
 U64 = (1 << 64) - 1
@@ -47,20 +45,7 @@ def test_rtl_vector_checks_agree_with_the_host_checks(attention):
             r = rng.random()
             d[n] = rng.choice(edges) if r < 0.6 else (rng.randrange(0, 8) if r < 0.85 else rng.getrandbits(64))
         descs.append(d)
-    fields = {n: Signal(64, name=n) for n in lay.fields_for(Opcode.VECTOR)}
-    m = Module()
-    code = rtl_error_code(m, lay.checks(Opcode.VECTOR), fields)
-    got = []
-
-    async def bench(ctx):
-        for d in descs:
-            for n, sig in fields.items():
-                ctx.set(sig, d[n])
-            got.append(ctx.get(code))
-
-    sim = Simulator(m)
-    sim.add_testbench(bench)
-    sim.run()
+    got = rtl_check_codes(lay, Opcode.VECTOR, descs)
     want = [int(lay.validate_descriptor(d)[0]) for d in descs]
     assert got == want
     rules = {int(c) for c in lay.family_of(Opcode.VECTOR).errors} - ({0} if attention else {int(ErrorCode.VEC_KV)})

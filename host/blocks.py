@@ -213,6 +213,10 @@ class StepStats:
     mac_ops: int = 0
     elapsed_s: float = 0.0
     counters: dict = field(default_factory=dict)
+    #: with ``profile=True``: one entry per descriptor (opcode, cycles, bytes, mac_ops), each
+    #: descriptor run on its own (``host_round_trips`` = descriptors), so cycles add up to slightly
+    #: more than a one-run step (the per-run start/done handshake); empty otherwise
+    profile: list = field(default_factory=list)
 
 
 # -- what lives on the device ---------------------------------------------------------------------
@@ -857,17 +861,19 @@ class ModelProgram:
         return k[..., inv], v
 
     # -- steps -------------------------------------------------------------------------------------
-    def prefill(self, x, seq, *, valid_len: int | None = None, all_logits: bool = False) -> np.ndarray:
+    def prefill(self, x, seq, *, valid_len: int | None = None, all_logits: bool = False,
+                profile: bool = False) -> np.ndarray:
         """Run a chunk of ``T`` tokens (float embeddings ``[T, hidden]``) through every block in one
         device run. With an LM head: float logits of the last token ``[1, vocab]`` (``all_logits``:
         ``[T, vocab]``); without one: the hidden states ``[T, hidden]``. Encoders: ``valid_len`` real
-        tokens (the rest is padding no key attends to)."""
-        return self._step(x, seq, valid_len, all_logits, golden=False, one=False)
+        tokens (the rest is padding no key attends to). ``profile``: run the descriptors one per run
+        and record each one's cycles in ``last_step.profile`` (same result; where the cycles go)."""
+        return self._step(x, seq, valid_len, all_logits, golden=False, one=False, profile=profile)
 
-    def decode_step(self, x, seq) -> np.ndarray:
+    def decode_step(self, x, seq, *, profile: bool = False) -> np.ndarray:
         """One token (float ``[hidden]``) through every block in one device run; float ``[vocab]``
-        (or ``[hidden]`` without an LM head)."""
-        return self._step(x, seq, None, False, golden=False, one=True)
+        (or ``[hidden]`` without an LM head). ``profile``: as for :meth:`prefill`."""
+        return self._step(x, seq, None, False, golden=False, one=True, profile=profile)
 
     def golden_prefill(self, x, seq, *, valid_len: int | None = None, all_logits: bool = False) -> np.ndarray:
         """:meth:`prefill` computed by :func:`hbmforge.numerics.program.execute` on a copy of the
@@ -886,10 +892,11 @@ class ModelProgram:
             raise ValueError(f"x must be {want}, got shape {x.shape}")
         return x2
 
-    def _step(self, x, seq, valid_len, all_logits, *, golden: bool, one: bool) -> np.ndarray:
+    def _step(self, x, seq, valid_len, all_logits, *, golden: bool, one: bool, profile: bool = False) -> np.ndarray:
         x = self._inputs(x, one)
         seq = self._check_seq(seq)
         all_logits = check_bool("all_logits", all_logits)
+        profile = check_bool("profile", profile)
         T = x.shape[0]
         pos0 = seq._length
         if pos0 + T > self.max_context:
@@ -935,8 +942,12 @@ class ModelProgram:
         try:
             dev.write(seq._bt, bt_raw)
             dev.write(bufs["h"], x_raw)
-            dev.write(bufs["program"], raw_prog)
-            status = dev.run(bufs["program"], len(prog), timeout=self.timeout)
+            if profile:
+                status, steps = self._run_profiled(prog, raw_prog, bufs["program"])
+            else:
+                dev.write(bufs["program"], raw_prog)
+                status = dev.run(bufs["program"], len(prog), timeout=self.timeout)
+                steps = []
             out = self._outputs(lambda name, off, n: dev.read(bufs[name], n, off), T, all_logits, one)
         except BaseException:
             seq._pages, seq._length = old_pages, old_len
@@ -949,11 +960,31 @@ class ModelProgram:
                     pass
             raise
         seq._length = pos0 + T
-        c = dev.counters()
-        self.last_step = StepStats(tokens=T, descriptors=len(prog), host_round_trips=1, cycles=status.cycles,
+        if steps:
+            c = {k: sum(s[k] for s in steps) for k in ("cycles", "stall_cycles", "bytes_read", "bytes_written",
+                                                          "mac_ops")}
+        else:
+            c = dev.counters()
+        self.last_step = StepStats(tokens=T, descriptors=len(prog), host_round_trips=len(steps) or 1,
+                                   cycles=c["cycles"] if steps else status.cycles,
                                    bytes_read=c.get("bytes_read", 0), bytes_written=c.get("bytes_written", 0),
-                                   mac_ops=c.get("mac_ops", 0), elapsed_s=time.monotonic() - started, counters=c)
+                                   mac_ops=c.get("mac_ops", 0), elapsed_s=time.monotonic() - started, counters=c,
+                                   profile=steps)
         return out
+
+    def _run_profiled(self, prog, raw_prog: bytes, program_buf):
+        """Run ``prog`` one descriptor per device run, in order (the same memory effects as one
+        run: descriptors run one after the other and share nothing but memory); a row per descriptor."""
+        dev, size = self._dev, self._lay.descriptor_bytes
+        names = {int(v): k for k, v in self._lay.opcodes.items()}
+        steps, status = [], None
+        for i, rec in enumerate(prog.descriptors):
+            dev.write(program_buf, raw_prog[i * size:(i + 1) * size])
+            status = dev.run(program_buf, 1, timeout=self.timeout)
+            c = dev.counters()
+            steps.append({"index": i, "opcode": names.get(int(rec["op"]), str(rec["op"])),
+                          **{k: c[k] for k in ("cycles", "stall_cycles", "bytes_read", "bytes_written", "mac_ops")}})
+        return status, steps
 
     def _outputs(self, read, T, all_logits, one) -> np.ndarray:
         cfg, R, W8 = self._cfg, self._vg.rows, self._lay.word_bytes

@@ -39,6 +39,30 @@ def test_decoder_prefill_and_decode_on_the_cosim_equal_the_golden_program(dev):
     prog.close()
 
 
+def test_a_profiled_step_gives_the_same_result_and_each_descriptors_cycles(dev):
+    rng = np.random.default_rng(11)
+    prog, *_ = build_llama(dev, rng, layers=2)
+    seq = prog.sequence()
+    xs = rng.normal(0, 1, (6, LLAMA.hidden))
+    golden = prog.golden_prefill(xs[:4], seq)
+    assert np.array_equal(prog.prefill(xs[:4], seq, profile=True), golden)
+    for t in (4, 5):
+        golden = prog.golden_decode_step(xs[t], seq)
+        assert np.array_equal(prog.decode_step(xs[t], seq, profile=True), golden)
+        st = prog.last_step
+        assert len(st.profile) == st.descriptors == st.host_round_trips
+        ops = {row["opcode"] for row in st.profile}
+        assert {"MATMUL", "ATTENTION"} <= ops, ops
+        assert all(row["cycles"] > 0 for row in st.profile)
+        assert st.cycles == sum(row["cycles"] for row in st.profile)
+        assert st.mac_ops == sum(row["mac_ops"] for row in st.profile) > 0
+    golden = prog.golden_decode_step(xs[0], seq)            # and an unprofiled step after it
+    assert np.array_equal(prog.decode_step(xs[0], seq), golden) and prog.last_step.profile == []
+    with pytest.raises(TypeError, match="profile"):
+        prog.decode_step(xs[0], seq, profile="yes")
+    prog.close()
+
+
 def test_encoder_block_on_the_cosim_equals_golden_and_tracks_float(dev):
     rng = np.random.default_rng(11)
     t = float_layer(BERT, rng)

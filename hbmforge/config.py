@@ -134,7 +134,7 @@ class MatmulEngine(_EngineBase):
     @field_validator("lanes")
     @classmethod
     def _lanes(cls, v: int) -> int:
-        return _power_of_two(v, "lanes", 8, 1024)
+        return _power_of_two(v, "lanes", 8, 4096)
 
     @field_validator("weight_ports")
     @classmethod

@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
 from hbmforge.design import load_design
 from hbmforge.config import (ConfigError, config_hash, json_schema, load_config, parse_config,
                              starter_config)
 from hbmforge.boards import board_names
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 @pytest.mark.parametrize("board", board_names())
@@ -29,6 +33,15 @@ def test_bad_lanes_lists_allowed_values():
     data = starter_config("u280")
     data["engines"][0]["lanes"] = 48
     with pytest.raises(ConfigError, match=r"engines\.0\.lanes: .*power of two.*got 48"):
+        parse_config(data)
+
+
+def test_lanes_go_up_to_4096_for_whole_board_gemv():
+    data = yaml.safe_load((EXAMPLES / "u280_llm.yaml").read_text())
+    data["engines"][0]["lanes"] = 4096
+    assert parse_config(data).engine("matmul").lanes == 4096
+    data["engines"][0]["lanes"] = 8192
+    with pytest.raises(ConfigError, match=r"engines\.0\.lanes: .*4096.*got 8192"):
         parse_config(data)
 
 

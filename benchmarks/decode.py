@@ -110,8 +110,21 @@ def layer_weights(lay, fmt_bits, inter_pad: int, rng, dims: dict = LLAMA2_7B, ti
     return BlockWeights(projections=enc, attn_norm=norm, mlp_norm=norm)
 
 
-def run_cell(prog, ctx: int, rng) -> dict:
-    """One decode step at context ``ctx`` on the device and the golden program."""
+def profile_summary(rows: list[dict]) -> dict:
+    """Per-opcode totals of a profiled step (``last_step.profile``): where the layer's cycles go."""
+    out = {}
+    for r in rows:
+        o = out.setdefault(r["opcode"], {"descriptors": 0, "cycles": 0, "stall_cycles": 0, "bytes_read": 0,
+                                         "bytes_written": 0, "mac_ops": 0})
+        o["descriptors"] += 1
+        for k in ("cycles", "stall_cycles", "bytes_read", "bytes_written", "mac_ops"):
+            o[k] += r[k]
+    return out
+
+
+def run_cell(prog, ctx: int, rng, profile: bool = False) -> dict:
+    """One decode step at context ``ctx`` on the device and the golden program; ``profile``: then
+    one more step (the next token) one descriptor per run, for the per-opcode cycle breakdown."""
     cfg = prog.config
     seq = prog.sequence()
     try:
@@ -131,7 +144,17 @@ def run_cell(prog, ctx: int, rng) -> dict:
         sim_s = time.perf_counter() - t0
         st = prog.last_step
         c = st.counters
-        return {"cycles": st.cycles, "bit_exact": bool(np.array_equal(got, golden)),
+        extra = {}
+        if profile:
+            x2 = rng.normal(0, 1, cfg.hidden)
+            golden2 = prog.golden_decode_step(x2, seq)
+            got2 = prog.decode_step(x2, seq, profile=True)
+            ps = prog.last_step
+            extra = {"profile": profile_summary(ps.profile), "profile_cycles": ps.cycles,
+                     "profile_bit_exact": bool(np.array_equal(got2, golden2)),
+                     "profile_descriptors": [{k: r[k] for k in ("index", "opcode", "cycles", "bytes_read", "mac_ops")}
+                                             for r in ps.profile]}
+        return {**extra, "cycles": st.cycles, "bit_exact": bool(np.array_equal(got, golden)),
                 "bytes_read": st.bytes_read, "bytes_written": st.bytes_written, "descriptors": st.descriptors,
                 "host_round_trips": st.host_round_trips, "mac_ops": st.mac_ops,
                 "stall_cycles": c.get("stall_cycles"), "sim_seconds": round(sim_s, 1),
@@ -142,7 +165,8 @@ def run_cell(prog, ctx: int, rng) -> dict:
 
 
 def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int, seed: int,
-            design: Path | None = None, dims: dict = LLAMA2_7B, tile_rows: int = 0) -> list[dict]:
+            design: Path | None = None, dims: dict = LLAMA2_7B, tile_rows: int = 0,
+            profile: bool = False) -> list[dict]:
     """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell."""
     from hbmforge.host import open_device
     from hbmforge.host.blocks import BlockConfig, TransformerBlock
@@ -176,7 +200,9 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
                 for cell in cells:
                     ctx = lay.config.engine("attention").max_context if windowed else int(cell)
                     ctx -= 1                               # the step appends the ctx-th token
-                    r = run_cell(prog, ctx, np.random.default_rng(seed + ctx))
+                    # (profiled: one token less, the profiled step appends the ctx-th)
+                    ctx -= profile
+                    r = run_cell(prog, ctx, np.random.default_rng(seed + ctx), profile)
                     rows.append({"format": fmt, "context": cell, "ctx_tokens": ctx + 1, "heads": dims["heads"],
                                  "hidden": dims["hidden"], "intermediate_padded": inter_pad,
                                  "attended_tokens": min(ctx + 1, sink + window) if windowed else ctx + 1,
@@ -410,6 +436,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=32,
                     help="co-simulate the layer cut to this many heads (hidden = 128 x heads, FFN in proportion) "
                          "and extrapolate to 32 (when the full layer is too slow to simulate)")
+    ap.add_argument("--profile", action="store_true",
+                    help="after each measured step, one more step one descriptor per run: cycles per opcode")
     ap.add_argument("--design", type=Path, default=None,
                     help="an already generated design directory of --config (skips regenerating the RTL)")
     args = ap.parse_args()
@@ -446,11 +474,19 @@ def main() -> None:
     measured = list(prior)
     if plan and not args.projection_only:
         measured += measure(args.config, plan, sink=args.sink, window=args.window, seed=args.seed,
-                            design=args.design, dims=layer_dims(args.heads), tile_rows=args.tile_rows)
+                            design=args.design, dims=layer_dims(args.heads), tile_rows=args.tile_rows,
+                            profile=args.profile)
+        args.json.parent.mkdir(parents=True, exist_ok=True)       # kept even if the projection fails
+        args.json.write_text(json.dumps({"layer": measured}, indent=1))
     for r in measured:
         emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", format=r["format"], context=r["context"],
              bit_exact=r.get("bit_exact"), bytes=r["bytes_read"] + r["bytes_written"],
              sim_cycles_per_s=r.get("sim_cycles_per_s"), sim_seconds=r.get("sim_seconds"))
+        for op, o in (r.get("profile") or {}).items():
+            emit("decode_layer_opcode_cycles", o["cycles"], "cycles", kind="simulated", format=r["format"],
+                 context=r["context"], opcode=op, descriptors=o["descriptors"], share=round(o["cycles"] / r["profile_cycles"], 4),
+                 bytes_read=o["bytes_read"], mac_ops=o["mac_ops"], bit_exact=r["profile_bit_exact"],
+                 note="one descriptor per run (profile step, the next token)")
     full = measured
     if any(r.get("heads", 32) != 32 for r in measured):
         full = scale_to_full(measured, cfg.engine("matmul").lanes)

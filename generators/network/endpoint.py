@@ -24,14 +24,14 @@ written only after its whole packet arrived with the right length (store and for
 a bad packet never reaches memory.
 """
 # No `from __future__ import annotations`: data layouts are built from real values.
-from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Shape, Signal, Value, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 
 from hbmforge.encodings import ErrorCode, NetMode
-from hbmforge.engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, PAYLOAD_TYPES, NackReason, PacketType,
-                                      endpoint_header_rules)
+from hbmforge.engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, PAYLOAD_TYPES, RTT_BITS, TAIL_DOUBLINGS,
+                                      NackReason, PacketType, endpoint_header_rules)
 from hbmforge.layout import DesignLayout
 from hbmforge.mathutil import ceil_div, exact_log2
 
@@ -91,12 +91,19 @@ class NetworkEngine(wiring.Component):
         def block_words(b):
             return Mux(b == blocks - 1, last_words, P)
 
-        # per slot: waiting for a result, queued to send, block, deadline, retransmissions
+        # per slot: waiting for a result, queued to send, block, when its data was last sent,
+        # retransmissions, probed as overtaken (then it no longer counts in ``inflight``)
         pend = Array(Signal(name=f"pend{i}") for i in range(WM))
         queued = Array(Signal(name=f"queued{i}") for i in range(WM))
         blk = Array(Signal(32, name=f"blk{i}") for i in range(WM))
-        dl = Array(Signal(32, name=f"dl{i}") for i in range(WM))
+        st = Array(Signal(32, name=f"st{i}") for i in range(WM))
         tries = Array(Signal(8, name=f"tries{i}") for i in range(WM))
+        suspect = Array(Signal(name=f"suspect{i}") for i in range(WM))
+        # the answer time of blocks sent once (Karn), smoothed, and its mean deviation (RFC 6298),
+        # for the tail timer
+        srtt = Signal(RTT_BITS)
+        rttvar = Signal(RTT_BITS)
+        srtt_ok = Signal()
 
         # the rounds of every (job, slot), kept across jobs
         m.submodules.rounds = rounds = Memory(shape=8, depth=J * WM, init=[])
@@ -136,11 +143,11 @@ class NetworkEngine(wiring.Component):
                          retries.eq(j.retries), fault.eq(0), received.eq(0), reset_acked.eq(0),
                          next_block.eq(0), feed_slot.eq(0), nbusy.eq(0), answered.eq(seq - 1),
                          inflight.eq(Mux(is_reset, 1, Mux(j.inflight < nblocks, j.inflight, nblocks))),
-                         clearing.eq(0), axi_error.eq(0),
+                         clearing.eq(0), axi_error.eq(0), srtt_ok.eq(0),
                          last_words.eq(Mux(words[:pbits] == 0, P, words[:pbits]) if pbits else 1),
                          win.eq(Mux(is_reset, 1, Mux(j.window < nblocks, j.window, nblocks)))]
             for i in range(WM):
-                m.d.sync += [pend[i].eq(0), queued[i].eq(0), tries[i].eq(0)]
+                m.d.sync += [pend[i].eq(0), queued[i].eq(0), tries[i].eq(0), suspect[i].eq(0)]
 
         # -- counters --------------------------------------------------------------------------
         ctr = {name: Signal(32, name=name) for name in
@@ -177,24 +184,46 @@ class NetworkEngine(wiring.Component):
         with m.Elif(scan_go):
             m.d.comb += [sendq.w_en.eq(1), sendq.w_data.eq(Cat(scan, scan_kind))]
 
+        commit = Signal()                            # a whole good RESULT is taken (receive side)
+        c_slot = Signal(range(WM))                   # ... for this slot
+
         running = busy & ~failing & ~reset_acked
-        freed = Signal()                             # a result freed a slot this cycle (receive side)
+        freed = Signal()                             # a result freed a counted slot this cycle
+        lost_go = Signal()                           # the scan took a slot out of the count
         m.d.comb += feed_go.eq(running & (nbusy < inflight) & (next_block < blocks) & ~pend[feed_slot] & ~rx_enq)
         with m.If(feed_go):
             m.d.sync += [next_block.eq(next_block + 1), feed_slot.eq(Mux(feed_slot + 1 == win, 0, feed_slot + 1)),
                          pend[feed_slot].eq(1), queued[feed_slot].eq(1), blk[feed_slot].eq(next_block),
-                         tries[feed_slot].eq(0)]
+                         tries[feed_slot].eq(0), suspect[feed_slot].eq(0)]
         with m.If(~(self.job.valid & self.job.ready)):     # a new job starts at 0 (set above)
-            m.d.sync += nbusy.eq(nbusy + feed_go - freed)
+            m.d.sync += nbusy.eq(nbusy + feed_go - freed - lost_go)
 
-        # the timer scan, one slot per cycle: past its deadline -> sent again; sent well before a
-        # packet that got its answer -> probed
-        since = Signal(32)
+        # the timer scan, one slot per cycle: waited longer than its timer since its block was
+        # sent -> sent again; sent well before a packet that got its answer -> probed, once (the
+        # slot is then ``suspect``: no longer counted in ``inflight``). The timer is ``timeout``;
+        # once an answer time was measured, while the feeder is starved (every block sent, or the
+        # next block's slot still waits: no later packet can reveal a loss) or for a suspect
+        # slot, it is that time's smoothed mean + max(4 x its mean deviation, mean / 4) (RFC
+        # 6298's RTO with a floor), doubled per retry of the slot, 4 x for a suspect slot (probe,
+        # STATUS, a member's resend, result), at most ``timeout``.
+        age = Signal(32)
         ahead = Signal(32)
-        m.d.comb += [since.eq(now - dl[scan]), ahead.eq(answered - sent_at[scan])]
+        m.d.comb += [age.eq(now - st[scan]), ahead.eq(answered - sent_at[scan])]
+        starved = (next_block == blocks) | pend[feed_slot]
+        tail = Signal(RTT_BITS + 3)
+        tail_wait = Signal(RTT_BITS + 3 + TAIL_DOUBLINGS)
+        wait = Signal(24)
+        margin = Signal(RTT_BITS + 2)
+        m.d.comb += margin.eq(Mux((rttvar << 2) > (srtt >> 2), rttvar << 2, srtt >> 2))
+        doublings = Signal(9)
+        m.d.comb += doublings.eq(tries[scan] + Cat(Const(0, 1), suspect[scan]))
+        m.d.comb += [tail.eq(srtt + margin), tail_wait.eq(tail << doublings[:exact_log2(TAIL_DOUBLINGS)])]
+        m.d.comb += wait.eq(Mux(srtt_ok & (starved | suspect[scan]) & (doublings < TAIL_DOUBLINGS)
+                                & (tail_wait < timeout), tail_wait, timeout))
         idle_slot = pend[scan] & ~queued[scan]
-        expired = idle_slot & ~since[31]
-        overtaken = idle_slot & ~ahead[31] & (ahead >= FAST_RETRANSMIT_AFTER) & (mode != NetMode.RESET)
+        expired = idle_slot & (age >= wait)
+        overtaken = (idle_slot & ~suspect[scan] & ~ahead[31] & (ahead >= FAST_RETRANSMIT_AFTER)
+                     & (mode != NetMode.RESET))
         m.d.sync += scan.eq(Mux((scan == WM - 1) | (scan + 1 >= win), 0, scan + 1))
         with m.If(running & ~rx_enq & ~feed_go):
             with m.If(expired):
@@ -205,7 +234,9 @@ class NetworkEngine(wiring.Component):
                     m.d.sync += [tries[scan].eq(tries[scan] + 1), queued[scan].eq(1)]
             with m.Elif(overtaken):
                 m.d.comb += [scan_go.eq(1), scan_kind.eq(K_PROBE)]
-                m.d.sync += queued[scan].eq(1)
+                m.d.sync += [queued[scan].eq(1), suspect[scan].eq(1)]
+                # (a result committed for this very slot this cycle already frees it)
+                m.d.comb += lost_go.eq(~(commit & (c_slot == scan)))
 
         # -- sending: pop a slot, read its block, send header then words -------------------------
         tx_entry = data.StructLayout({"hdr": HEADER_LAYOUT, "words": range(P + 1)})
@@ -238,7 +269,7 @@ class NetworkEngine(wiring.Component):
             m.d.sync += queued[popped].eq(0)
             header_only = hdrq.w_data.eq(Cat(Value.cast(hdr), Const(0, Shape.cast(range(P + 1)).width)))
             with m.If(mode == NetMode.RESET):
-                m.d.sync += dl[popped].eq(now + timeout)
+                m.d.sync += st[popped].eq(now)
                 m.d.comb += [hdrq.w_en.eq(1), header_only, inc["net_packets"].eq(1),
                              inc["net_retransmits"].eq(retx)]
             with m.Elif(pend[popped]):
@@ -247,7 +278,7 @@ class NetworkEngine(wiring.Component):
                 with m.If(kind == K_PROBE):                       # the timer keeps running
                     m.d.comb += [hdrq.w_en.eq(1), header_only]
                 with m.Else():
-                    m.d.sync += [dl[popped].eq(now + timeout), cmd_pending.eq(1),
+                    m.d.sync += [st[popped].eq(now), cmd_pending.eq(1),
                                  Value.cast(cmd_hdr).eq(Cat(Value.cast(hdr), pop_words))]
                     m.d.comb += inc["net_retransmits"].eq(retx)
         cmd_view = cmd_hdr
@@ -336,6 +367,7 @@ class NetworkEngine(wiring.Component):
             m.d.comb += act.eq(A_DUP)
         ract = Signal(range(6))
         rhdr = Signal(HEADER_LAYOUT)
+        m.d.comb += c_slot.eq(rhdr.slot[:sw] if WM > 1 else 0)
         rwords = Signal(range(P + 1))
         rover = Signal()
 
@@ -351,7 +383,6 @@ class NetworkEngine(wiring.Component):
         payload_t = RtlOps.one_of(Mux(in_header, rh.type, rhdr.type), PAYLOAD_TYPES)
         count = Mux(in_header, rh.count, rhdr.count)
         length_ok = (rbeat + 1 == H + Mux(payload_t, count, 0)) & (rbeat < H + P) & (count <= P) & ~rover
-        commit = Signal()
         with m.If(take):
             for i in range(H):
                 with m.If(rbeat == i):
@@ -387,8 +418,10 @@ class NetworkEngine(wiring.Component):
                     m.d.comb += [heard_set.eq(1), heard_val.eq(hv.members)]
                     s_slot = hv.slot[:sw] if WM > 1 else 0
                     gap = Signal(32)
-                    m.d.comb += gap.eq(seq - sent_at[s_slot])
-                    with m.If(~hv.members.bit_select(me, 1) & (gap >= FAST_RETRANSMIT_AFTER) & ~queued[s_slot]):
+                    s_age = Signal(32)                   # paced: a STATUS older than my resend is stale
+                    m.d.comb += [gap.eq(seq - sent_at[s_slot]), s_age.eq(now - st[s_slot])]
+                    with m.If(~hv.members.bit_select(me, 1) & (gap >= FAST_RETRANSMIT_AFTER) & ~queued[s_slot]
+                              & (~srtt_ok | (s_age >= srtt))):
                         m.d.comb += [rx_enq.eq(1), rx_enq_slot.eq(s_slot)]   # the switch misses my block
                         m.d.sync += queued[s_slot].eq(1)
                 with m.Elif(a == A_NACK):
@@ -401,16 +434,26 @@ class NetworkEngine(wiring.Component):
                     m.d.comb += inc["net_duplicates"].eq(1)
 
         # a committed result: the slot's round moves on and the slot is free for the feeder
-        c_slot = Signal(range(WM))
-        m.d.comb += c_slot.eq(rhdr.slot[:sw] if WM > 1 else 0)
         newer = Signal(32)
         m.d.comb += newer.eq(sent_at[c_slot] - answered)
+        sample = Signal(32)
+        sample_c = Signal(RTT_BITS)
+        delta = Signal(signed(RTT_BITS + 2))
+        dev = Signal(RTT_BITS + 1)
+        dev_delta = Signal(signed(RTT_BITS + 3))
+        m.d.comb += [sample.eq(now - st[c_slot]),
+                     sample_c.eq(Mux(sample >= (1 << RTT_BITS), (1 << RTT_BITS) - 1, sample)),
+                     delta.eq(sample_c - srtt), dev.eq(Mux(delta < 0, -delta, delta)), dev_delta.eq(dev - rttvar)]
         with m.If(commit):
             m.d.comb += [rnd_wr.en.eq(1), rnd_wr.addr.eq(rkey(c_slot)), rnd_wr.data.eq(rhdr.round + 1),
-                         inc["net_results"].eq(1), freed.eq(1)]
-            m.d.sync += [received.eq(received + 1), tries[c_slot].eq(0), pend[c_slot].eq(0), queued[c_slot].eq(0)]
-            with m.If(clean[c_slot] & ~newer[31]):         # Karn: only a block sent once dates the answer
-                m.d.sync += answered.eq(sent_at[c_slot])
+                         inc["net_results"].eq(1), freed.eq(~suspect[c_slot])]
+            m.d.sync += [received.eq(received + 1), tries[c_slot].eq(0), pend[c_slot].eq(0), queued[c_slot].eq(0),
+                         suspect[c_slot].eq(0)]
+            with m.If(clean[c_slot]):                      # Karn: only a block sent once dates the answer
+                m.d.sync += [srtt_ok.eq(1), srtt.eq(Mux(srtt_ok, srtt + (delta >> 3), sample_c)),
+                             rttvar.eq(Mux(srtt_ok, rttvar + (dev_delta >> 2), sample_c >> 1))]
+                with m.If(~newer[31]):
+                    m.d.sync += answered.eq(sent_at[c_slot])
         # RESET acknowledged: this job's rounds start again at 0
         with m.If(~wiped):
             m.d.comb += [rnd_wr.en.eq(1), rnd_wr.addr.eq(wiping), rnd_wr.data.eq(0)]

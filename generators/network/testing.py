@@ -115,12 +115,13 @@ class EndpointBench(DmaBench):
 
     Packets between the engine and the switch, and between the switch and the golden peers,
     are lost, duplicated or held back (reordered) with the given probabilities; the engine's
-    input stream gets random gaps, its output stream random back-pressure.
+    input stream gets random gaps, its output stream random back-pressure. ``drop(where, port,
+    packet)`` (``where`` "up" or "down") loses chosen packets on top of that.
     """
 
     def __init__(self, layout, dut, *, worker: int, workers: int, seed: int = 0, stall: float = 0.2,
                  backpressure: float = 0.2, loss: float = 0.0, dup: float = 0.0, reorder: float = 0.0,
-                 gaps: float = 0.2, mem_bytes: int = 1 << 14, absent: tuple = ()):
+                 gaps: float = 0.2, mem_bytes: int = 1 << 14, absent: tuple = (), drop=None):
         super().__init__(layout, dut, seed=seed, stall=stall, backpressure=backpressure)
         eng = layout.config.engine("network")
         self.geom = SwitchGeometry(ports=workers, data_width=layout.config.data_width,
@@ -131,7 +132,7 @@ class EndpointBench(DmaBench):
         self.peers = {i: GoldenEndpoint(i, eg, self.geom.data_width) for i in range(workers)
                       if i != worker and i not in self.absent}
         self.fault_rng = random.Random(seed + 77)
-        self.loss, self.dup, self.reorder, self.gaps = loss, dup, reorder, gaps
+        self.loss, self.dup, self.reorder, self.gaps, self.drop = loss, dup, reorder, gaps, drop
         self.mem = bytearray(np.random.default_rng(seed).integers(0, 256, mem_bytes, dtype=np.uint8).tobytes())
         self.cycle = 0
         self.later: list = []
@@ -143,7 +144,7 @@ class EndpointBench(DmaBench):
     # -- the network -------------------------------------------------------------------------
     def _fault(self, where, port, pkt) -> None:
         rng = self.fault_rng
-        if rng.random() < self.loss:
+        if rng.random() < self.loss or (self.drop is not None and self.drop(where, port, pkt)):
             return
         for _ in range(2 if rng.random() < self.dup else 1):
             delay = rng.randint(1, 200) if rng.random() < self.reorder else 0

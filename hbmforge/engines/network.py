@@ -41,7 +41,8 @@ from .base import Channels, Check, EngineFamily, FamilyRegister, StreamPort
 
 __all__ = [
     "NETWORK_FIELDS", "HEADER_BITS", "HEADER_FIELDS", "ROUND_MODULO", "HEADER_CHECK_SEED", "MAX_WORKERS", "MAX_TIMEOUT",
-    "MAX_RETRIES", "FAST_RETRANSMIT_AFTER", "SWITCH_COUNTERS", "PacketType", "NackReason", "DropReason", "Header", "header_check",
+    "MAX_RETRIES", "FAST_RETRANSMIT_AFTER", "RTT_BITS", "TAIL_DOUBLINGS", "SWITCH_COUNTERS", "PacketType", "NackReason",
+    "DropReason", "Header", "header_check",
     "TO_SWITCH", "FROM_SWITCH", "PAYLOAD_TYPES", "REQUEST_TYPES", "SwitchGeometry", "EndpointGeometry",
     "switch_header_rules", "endpoint_header_rules", "first_drop", "NetworkFamily", "network_checks",
     "max_allreduce_bytes",
@@ -60,6 +61,10 @@ MAX_TIMEOUT = (1 << 24) - 1
 #: with the stored result, or a STATUS to the prober and to the members it misses, who then send
 #: their block again at once. Probes do not count in ``retries``.
 FAST_RETRANSMIT_AFTER = 8
+#: answer times are measured up to 2^RTT_BITS - 1 cycles (the timeout's range)
+RTT_BITS = 24
+#: the tail timer doubles per retry of a slot up to this many retries, then it is the timeout
+TAIL_DOUBLINGS = 8
 MAX_RETRIES = 255
 #: the check of an all-zero header is not zero, so an idle or cleared word never passes
 HEADER_CHECK_SEED = 0xA5C3

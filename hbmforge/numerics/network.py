@@ -37,7 +37,8 @@ from typing import Sequence
 import numpy as np
 
 from ..encodings import ErrorCode, NetMode
-from ..engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, MAX_WORKERS, PAYLOAD_TYPES, REQUEST_TYPES, ROUND_MODULO, DropReason,
+from ..engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, MAX_WORKERS, PAYLOAD_TYPES, REQUEST_TYPES, ROUND_MODULO,
+                               RTT_BITS, TAIL_DOUBLINGS, DropReason,
                                EndpointGeometry, Header, NackReason, PacketType, SwitchGeometry,
                                endpoint_header_rules, first_drop, switch_header_rules)
 from ..mathutil import ceil_div
@@ -549,8 +550,11 @@ class GoldenEndpoint:
         self.received = 0
         self.window = min(job.window, self.blocks)
         self.pending: list[int | None] = [None] * self.window   # block in flight per slot
-        self.deadline_of = [math.inf] * self.window
+        self.sent_time = [0] * self.window        # when each slot's block was last sent (data)
         self.tries_of = [0] * self.window
+        self.suspect = [False] * self.window      # probed as overtaken: out of the ``inflight`` count
+        self.srtt = None                          # smoothed answer time of blocks sent once (Karn)
+        self.rttvar = 0                           # ... and its mean deviation (RFC 6298)
         self.seq = 0                                # packets sent so far (the send order)
         self.sent_at = [0] * self.window            # the send order of each slot's last packet
         self.clean = [True] * self.window           # the slot's block was sent once (Karn: only such
@@ -592,7 +596,7 @@ class GoldenEndpoint:
                      round=self.round_of(slot), count=words, offset=block, members=j.members, op=j.mode)
         self.outbox.append(Packet(hdr, payload))
         self.pending[slot] = block
-        self.deadline_of[slot] = now + j.timeout
+        self.sent_time[slot] = int(now)
         self.sent_at[slot] = self.seq
         self.clean[slot] = not again
         self.seq += 1
@@ -601,6 +605,27 @@ class GoldenEndpoint:
             self.counters.retransmits += 1
         else:
             self.tries_of[slot] = 0
+            self.suspect[slot] = False
+
+    # -- timers ----------------------------------------------------------------------------------
+    def _starved(self) -> bool:
+        """The feeder has nothing it may send: every block was sent, or the next one's slot still
+        waits. No later packet can then reveal a loss, so the tail timer takes over."""
+        return self.next_block >= self.blocks or self.pending[self.next_block % self.window] is not None
+
+    def _wait_of(self, s: int) -> int:
+        """Cycles slot ``s`` waits after its block was last sent before it is sent again: the
+        timeout; or, once an answer time was measured, while the feeder is starved (no later
+        packet can reveal a loss) or for a slot probed as lost, the smoothed answer time + max(4 x
+        its mean deviation, 1/4 of it), doubled per retry of the slot, 4 x for a probed slot (its
+        probe, the STATUS, a member's resend and the result take about three answer times); at
+        most the timeout."""
+        j = self.job
+        if self.srtt is None or not (self.suspect[s] or self._starved()):
+            return j.timeout
+        tail = self.srtt + max(self.rttvar << 2, self.srtt >> 2)
+        doublings = self.tries_of[s] + 2 * self.suspect[s]     # probed: probe, STATUS, resend, result
+        return j.timeout if doublings >= TAIL_DOUBLINGS else min(j.timeout, tail << doublings)
 
     # -- events --------------------------------------------------------------------------------
     def next_deadline(self) -> float:
@@ -608,7 +633,8 @@ class GoldenEndpoint:
             return math.inf
         if self.job.mode == NetMode.RESET:
             return self.deadline
-        return min(self.deadline_of)
+        return min((self.sent_time[s] + self._wait_of(s) for s in range(self.window) if self.pending[s] is not None),
+                   default=math.inf)
 
     def on_timer(self, now: float) -> None:
         if self.done:
@@ -625,7 +651,7 @@ class GoldenEndpoint:
                 self.counters.retransmits += 1
             return
         for s in range(self.window):
-            if self.pending[s] is not None and now >= self.deadline_of[s]:
+            if self.pending[s] is not None and now >= self.sent_time[s] + self._wait_of(s):
                 self.tries_of[s] += 1
                 if self.tries_of[s] > j.retries:
                     self._fail(ErrorCode.NET_TIMEOUT)
@@ -633,10 +659,16 @@ class GoldenEndpoint:
                 self._send_block(s, self.pending[s], now, again=True)
 
     def _fast_retransmit(self, now: float) -> None:
-        """Slots sent FAST_RETRANSMIT_AFTER packets before one that got its result: probe them."""
+        """Slots sent FAST_RETRANSMIT_AFTER packets before one that got its result: probe them, once.
+        The slot is then lost, most likely: it leaves the ``inflight`` count, and its timer (from
+        its block's send) becomes the short one (:meth:`_wait_of`): a probe answered by a result
+        already on its way costs the switch's output bus a whole packet, so none is repeated."""
         j = self.job
         for s in range(self.window):
-            if self.pending[s] is not None and self.answered - self.sent_at[s] >= FAST_RETRANSMIT_AFTER:
+            if self.pending[s] is not None and not self.suspect[s] \
+                    and self.answered - self.sent_at[s] >= FAST_RETRANSMIT_AFTER:
+                self.suspect[s] = True
+                self.busy -= 1
                 self.outbox.append(Packet(Header(type=PacketType.PROBE, job=j.job, worker=self.worker,
                                                  epoch=j.epoch, slot=s, round=self.round_of(s),
                                                  offset=self.pending[s], members=j.members, op=j.mode)))
@@ -680,7 +712,8 @@ class GoldenEndpoint:
             return
         if h.type == PacketType.STATUS:
             c.heard = h.members
-            if not h.members >> self.worker & 1 and self.seq - self.sent_at[s] >= FAST_RETRANSMIT_AFTER:
+            if not h.members >> self.worker & 1 and self.seq - self.sent_at[s] >= FAST_RETRANSMIT_AFTER \
+                    and (self.srtt is None or int(now) - self.sent_time[s] >= self.srtt):
                 self._send_block(s, self.pending[s], now, again=True)   # the switch misses my block
             return
         if h.type == PacketType.NACK:
@@ -697,16 +730,24 @@ class GoldenEndpoint:
         c.results += 1
         if self.clean[s]:
             self.answered = max(self.answered, self.sent_at[s])
+            sample = min(int(now) - self.sent_time[s], (1 << RTT_BITS) - 1)
+            if self.srtt is None:
+                self.srtt, self.rttvar = sample, sample >> 1
+            else:
+                delta = sample - self.srtt
+                self.rttvar += (abs(delta) - self.rttvar) >> 2
+                self.srtt += delta >> 3
         self.rounds[(j.job, s)] = (self.round_of(s) + 1) % ROUND_MODULO
         self.received += 1
         self.pending[s] = None
-        self.deadline_of[s] = math.inf
-        self.busy -= 1
-        self._feed(now)
+        if not self.suspect[s]:
+            self.busy -= 1
+        self.suspect[s] = False
         if self.received == self.blocks:
             self.done = True
-        else:
-            self._fast_retransmit(now)
+            return
+        self._fast_retransmit(now)
+        self._feed(now)
 
     def take_outbox(self) -> list[Packet]:
         out, self.outbox = self.outbox, []
@@ -1126,11 +1167,13 @@ class NetworkSim:
     Switch timing model: a packet is handed to its unit when it has fully arrived and is at
     the head of its port's queue; a unit takes ``count + 2`` cycles per packet (2 for one
     without payload); output packets join the destination ports' transmit queues when the
-    unit finishes. State persists across :meth:`run` calls (slot rounds, epochs, packets
+    unit finishes, one at a time through the output bus (``words + 2`` cycles each, multicast or
+    not: the switch's single output bus). State persists across :meth:`run` calls (slot rounds, epochs, packets
     still in flight), as on the hardware.
     """
 
     UNIT_OVERHEAD = 2
+    BUS_OVERHEAD = 1
 
     def __init__(self, devices: int, switch: SwitchGeometry, link: LinkParams | None = None, *, seed: int = 0,
                  up: Sequence[LinkParams] | None = None, down: Sequence[LinkParams] | None = None,
@@ -1152,6 +1195,7 @@ class NetworkSim:
         self._seq = 0
         self._rx: list[deque] = [deque() for _ in range(switch.ports)]
         self._unit_free = [0.0] * switch.units
+        self._bus_free = 0.0
         self._rr = 0
 
     # -- events ------------------------------------------------------------------------------
@@ -1196,7 +1240,7 @@ class NetworkSim:
                 words = pkt.payload_words(g.lanes)
                 done_at = self.now + words + self.UNIT_OVERHEAD
                 self._unit_free[unit] = done_at
-                self._push(done_at, "unit_done", port, pkt)
+                self._push(done_at, "unit_done", port, pkt, unit, self.now)
                 self._rr = (port + 1) % g.ports
                 progress = True
 
@@ -1205,11 +1249,16 @@ class NetworkSim:
             port, pkt = args
             self._rx[port].append(pkt)
         elif kind == "unit_done":
-            port, pkt = args
+            port, pkt, unit, started = args
             for d in self.switch.receive(port, pkt):
+                # one output bus: a packet (multicast or not) holds it for its words + 1 cycles,
+                # streamed while the unit reads; a unit waiting for the bus is held as long
+                out = max(started, self._bus_free)
+                self._bus_free = out + d.packet.payload_words(self.geom.lanes) + self.BUS_OVERHEAD
+                self._unit_free[unit] = max(self._unit_free[unit], self._bus_free)
                 for p in d.ports:
                     if p < self.n:
-                        self._transmit(self.down[p], d.packet, self.now, "to_device", p)
+                        self._transmit(self.down[p], d.packet, max(self.now, out), "to_device", p)
         elif kind == "to_device":
             dev, pkt = args
             ep = self.endpoints[dev]

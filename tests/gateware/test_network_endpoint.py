@@ -89,6 +89,50 @@ def test_allreduce_results_are_bit_exact_under_backpressure_and_faults(data_widt
     bench.run(tb)
 
 
+@pytest.mark.parametrize("lost", ["data", "result"])
+def test_a_lost_last_packet_is_recovered_in_a_few_answer_times_not_the_timeout(lost):
+    """The job's last block lost (the engine's DATA on the way up, or its RESULT on the way down):
+    no later packet reveals it, so the tail timer (the measured answer time + margin) sends it
+    again long before the timeout; the same job without the loss gives the reference time."""
+    lay = net_layout()
+    P, word, blocks, timeout = 4, lay.word_bytes, 24, 20_000
+    nbytes = blocks * P * word
+    rng = np.random.default_rng(9)
+    want_type = PacketType.DATA if lost == "data" else PacketType.RESULT
+
+    def run(lose: bool) -> int:
+        dropped = []
+
+        def drop(where, port, pkt):
+            h = pkt.header
+            hit = (lose and not dropped and port == 1 and where == ("up" if lost == "data" else "down")
+                   and h.type == want_type and h.offset == blocks - 1)
+            if hit:
+                dropped.append(h)
+            return hit
+
+        bench = EndpointBench(lay, NetworkEngine(lay), worker=1, workers=3, seed=10, drop=drop)
+        took = []
+
+        async def tb(ctx, b):
+            mine = buffer(b, 0x400, nbytes)
+            peers = {i: rng.integers(-2**31, 2**31, nbytes // 4).astype(np.int32) for i in (0, 2)}
+            want = reduce_reference([peers[0], mine, peers[2]])
+            start = b.cycle
+            fault = await b.allreduce(ctx, descriptor(worker=1, members=0b111, bytes=nbytes, timeout=timeout), peers)
+            took.append(b.cycle - start)
+            assert fault == ErrorCode.NONE and np.array_equal(buffer(b, 0x400, nbytes), want)
+            assert bool(dropped) == lose, "the chosen packet was never sent"
+            if lose:
+                assert counters(ctx, b.dut)["net_retransmits"] >= 1
+
+        bench.run(tb)
+        return took[0]
+
+    clean, lossy = run(False), run(True)
+    assert lossy - clean < timeout // 20, (clean, lossy)
+
+
 def test_bad_packets_from_the_switch_are_dropped_and_counted_never_written():
     lay = net_layout()
     bench = EndpointBench(lay, NetworkEngine(lay), worker=1, workers=2, seed=4)

@@ -222,6 +222,71 @@ def test_a_member_that_never_joins_makes_the_others_time_out_naming_it():
         assert np.array_equal(bufs[i], before[i]), "a failed all-reduce changed the buffer"
 
 
+class _LoseOnce(NetworkSim):
+    """A clean network that loses the first packet ``pick(direction, device, header)`` selects."""
+
+    def __init__(self, *args, pick, **kw):
+        super().__init__(*args, **kw)
+        self.pick, self.lost_headers = pick, []
+
+    def _transmit(self, ch, pkt, t, kind, dest):
+        direction = "up" if kind == "to_switch" else "down"
+        if not self.lost_headers and self.pick(direction, dest, pkt.header):
+            self.lost_headers.append(pkt.header)
+            ch.busy_until = max(t, ch.busy_until) + pkt.nbytes(self.geom.data_width) / ch.p.bytes_per_cycle
+            return
+        super()._transmit(ch, pkt, t, kind, dest)
+
+
+@pytest.mark.parametrize("lost", ["last data", "last result", "a late result"])
+def test_a_loss_at_the_tail_of_a_job_is_recovered_in_a_few_answer_times_not_a_timeout(lost):
+    """No later packet reveals a loss among a job's last blocks: once the feeder has nothing left
+    to send, the tail timer (the measured answer time + margin, RFC 6298 style) sends it again.
+    Before it, only the timeout recovered them."""
+    geom = SwitchGeometry(ports=4, data_width=64, packet_words=4, slots=16, jobs=2)
+    link = LinkParams(bytes_per_cycle=8, latency=50)
+    blocks, timeout = 64, 20_000
+    rng = np.random.default_rng(7)
+    bufs = [rng.integers(-2**31, 2**31, blocks * 4 * geom.lanes).astype(np.int32) for _ in range(4)]
+    want = reduce_reference(bufs)
+    target = {"last data": ("up", PacketType.DATA, blocks - 1), "last result": ("down", PacketType.RESULT, blocks - 1),
+              "a late result": ("down", PacketType.RESULT, blocks - 5)}[lost]
+
+    def pick(direction, device, h):
+        return device == 1 and (direction, h.type, h.offset) == target
+
+    clean = NetworkSim(4, geom, link).allreduce([b.copy() for b in bufs], window=16, inflight=8, timeout=timeout)
+    sim = _LoseOnce(4, geom, link, pick=pick)
+    res = sim.allreduce([b.copy() for b in bufs], window=16, inflight=8, timeout=timeout)
+    assert sim.lost_headers, "the chosen packet was never sent"
+    assert res.ok and all(np.array_equal(r, want) for r in res.results)
+    round_trip = 2 * link.latency + 2 * 5            # two links and two 5-word packets
+    assert res.cycles - clean.cycles < 6 * round_trip, (res.cycles, clean.cycles)
+    assert res.retransmits >= 1
+
+
+def test_slots_probed_as_lost_leave_the_inflight_count():
+    """A slot overtaken by FAST_RETRANSMIT_AFTER answered packets is probed and no longer counts in
+    ``inflight``: the feeder goes on sending while it recovers (a lost block does not throttle)."""
+    geom = SwitchGeometry(ports=2, data_width=64, packet_words=4, slots=64, jobs=2)
+    link = LinkParams(bytes_per_cycle=8, latency=50)
+    rng = np.random.default_rng(8)
+    bufs = [rng.integers(-9, 9, 128 * 4 * geom.lanes).astype(np.int32) for _ in range(2)]
+    sim = _LoseOnce(2, geom, link, pick=lambda d, dev, h: d == "up" and dev == 0 and h.offset == 20)
+    ep = sim.endpoints[0]
+    peak = []
+    original = ep._feed
+
+    def feed(now):
+        original(now)
+        if ep.pending[20 % ep.window] is not None and ep.suspect[20 % ep.window]:
+            peak.append(sum(p is not None for p in ep.pending))
+    ep._feed = feed
+    res = sim.allreduce([b.copy() for b in bufs], window=64, inflight=8, timeout=20_000)
+    assert res.ok and np.array_equal(res.results[0], reduce_reference(bufs))
+    assert peak and max(peak) == 9, "the lost slot should wait beside a full inflight of others"
+
+
 def test_simulation_is_deterministic_for_a_seed():
     def run(seed):
         rng = np.random.default_rng(0)

@@ -478,7 +478,8 @@ def open_cluster(config_or_path, devices: int = 2, *, backend: str = "sim", link
     every direction, or per device lists; ``seed``: the faults' seed; ``switch``: SwitchGeometry
     fields to override (``rx_packets``, ``units`` ...); ``inflight``: blocks each device keeps in
     flight (default: about 1.5 round trips of the links, at most the window); ``timeout_cycles``:
-    the endpoints' retransmission timer (default: twice a loaded round trip). ``device_options``
+    the endpoints' retransmission timer (default: four loaded round trips; lost packets are
+    recovered sooner, on the answer time the endpoints measure). ``device_options``
     go to every device (sim backend options).
     """
     from hbmforge.sim.network import Link
@@ -522,7 +523,10 @@ def open_cluster(config_or_path, devices: int = 2, *, backend: str = "sim", link
         inflight = min(window, max(2, math.ceil(1.5 * 2 * max(lats) / packet_cycles) + 4))
     inflight = check_int("inflight", inflight, 1, window)
     if timeout_cycles is None:
-        timeout_cycles = int(2 * (inflight * packet_cycles + 2 * max(lats)) + 500)
+        # a safety net and NET_TIMEOUT's clock, not the loss recovery (the endpoints probe and
+        # resend on their measured answer time): four loaded round trips, so a late answer under
+        # load (a lagging member, the switch's output bus) is never taken for a loss
+        timeout_cycles = int(4 * (inflight * packet_cycles + 2 * max(lats)) + 500)
     timeout_cycles = check_int("timeout_cycles", timeout_cycles, 1, MAX_TIMEOUT)
 
     from hbmforge.flows.network import switch_library

@@ -30,8 +30,8 @@ from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 
 from hbmforge.encodings import ErrorCode, NetMode
-from hbmforge.engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, PAYLOAD_TYPES, RTT_BITS, TAIL_DOUBLINGS,
-                                      NackReason, PacketType, endpoint_header_rules)
+from hbmforge.engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, PAYLOAD_TYPES, RTT_BITS, NackReason,
+                                      PacketType, endpoint_header_rules)
 from hbmforge.layout import DesignLayout
 from hbmforge.mathutil import ceil_div, exact_log2
 
@@ -91,12 +91,14 @@ class NetworkEngine(wiring.Component):
         def block_words(b):
             return Mux(b == blocks - 1, last_words, P)
 
-        # per slot: waiting for a result, queued to send, block, when its data was last sent,
-        # retransmissions, probed as overtaken (then it no longer counts in ``inflight``)
+        # per slot: waiting for a result, queued to send, block, when its data was last sent, when
+        # the timeout started (the last send but a tail resend), retransmissions, probed as
+        # overtaken (then it no longer counts in ``inflight``)
         pend = Array(Signal(name=f"pend{i}") for i in range(WM))
         queued = Array(Signal(name=f"queued{i}") for i in range(WM))
         blk = Array(Signal(32, name=f"blk{i}") for i in range(WM))
         st = Array(Signal(32, name=f"st{i}") for i in range(WM))
+        tt = Array(Signal(32, name=f"tt{i}") for i in range(WM))
         tries = Array(Signal(8, name=f"tries{i}") for i in range(WM))
         suspect = Array(Signal(name=f"suspect{i}") for i in range(WM))
         # the answer time of blocks sent once (Karn), smoothed, and its mean deviation (RFC 6298),
@@ -168,8 +170,9 @@ class NetworkEngine(wiring.Component):
             m.d.sync += ctr["net_heard"].eq(heard_val)
 
         # -- the send queue: one entry per slot at most (``queued``) -----------------------------
-        # entries: (slot, kind) with kind 0 a block's first send, 1 a retransmission, 2 a PROBE
-        K_FIRST, K_AGAIN, K_PROBE = 0, 1, 2
+        # entries: (slot, kind) with kind 0 a block's first send, 1 a retransmission, 2 a PROBE,
+        # 3 a retransmission by the tail timer (the timeout keeps running)
+        K_FIRST, K_AGAIN, K_PROBE, K_TAIL = 0, 1, 2, 3
         m.submodules.sendq = sendq = SyncFIFO(width=sw + 2, depth=max(2, WM))
         rx_enq = Signal()                            # the switch misses this worker's block (a STATUS)
         rx_enq_slot = Signal(range(WM))
@@ -198,30 +201,27 @@ class NetworkEngine(wiring.Component):
         with m.If(~(self.job.valid & self.job.ready)):     # a new job starts at 0 (set above)
             m.d.sync += nbusy.eq(nbusy + feed_go - freed - lost_go)
 
-        # the timer scan, one slot per cycle: waited longer than its timer since its block was
-        # sent -> sent again; sent well before a packet that got its answer -> probed, once (the
-        # slot is then ``suspect``: no longer counted in ``inflight``). The timer is ``timeout``;
-        # once an answer time was measured, while the feeder is starved (every block sent, or the
-        # next block's slot still waits: no later packet can reveal a loss) or for a suspect
-        # slot, it is that time's smoothed mean + max(4 x its mean deviation, mean / 4) (RFC
-        # 6298's RTO with a floor), doubled per retry of the slot, 4 x for a suspect slot (probe,
-        # STATUS, a member's resend, result), at most ``timeout``.
+        # the timer scan, one slot per cycle: ``timeout`` cycles since the timer started -> sent
+        # again (a try); sent well before a packet that got its answer -> probed, once (the slot
+        # is then ``suspect``: no longer counted in ``inflight``). And the tail timer, once an
+        # answer time was measured: while the feeder is starved (every block sent, or the next
+        # block's slot still waits: no later packet can reveal a loss) a slot whose block was sent
+        # that time's smoothed mean + max(4 x its mean deviation, mean / 4) ago (RFC 6298's RTO
+        # with a floor), or a suspect slot 4 x that ago (probe, STATUS, a member's resend,
+        # result), is sent again: not a try, the timeout keeps running.
         age = Signal(32)
+        since = Signal(32)
         ahead = Signal(32)
-        m.d.comb += [age.eq(now - st[scan]), ahead.eq(answered - sent_at[scan])]
+        m.d.comb += [age.eq(now - tt[scan]), since.eq(now - st[scan]), ahead.eq(answered - sent_at[scan])]
         starved = (next_block == blocks) | pend[feed_slot]
         tail = Signal(RTT_BITS + 3)
-        tail_wait = Signal(RTT_BITS + 3 + TAIL_DOUBLINGS)
-        wait = Signal(24)
         margin = Signal(RTT_BITS + 2)
         m.d.comb += margin.eq(Mux((rttvar << 2) > (srtt >> 2), rttvar << 2, srtt >> 2))
-        doublings = Signal(9)
-        m.d.comb += doublings.eq(tries[scan] + Cat(Const(0, 1), suspect[scan]))
-        m.d.comb += [tail.eq(srtt + margin), tail_wait.eq(tail << doublings[:exact_log2(TAIL_DOUBLINGS)])]
-        m.d.comb += wait.eq(Mux(srtt_ok & (starved | suspect[scan]) & (doublings < TAIL_DOUBLINGS)
-                                & (tail_wait < timeout), tail_wait, timeout))
+        m.d.comb += tail.eq(srtt + margin)
         idle_slot = pend[scan] & ~queued[scan]
-        expired = idle_slot & (age >= wait)
+        expired = idle_slot & (age >= timeout)
+        tail_due = (idle_slot & srtt_ok & (starved | suspect[scan]) & (mode != NetMode.RESET)
+                    & (since >= Mux(starved, tail, tail << 2)))
         overtaken = (idle_slot & ~suspect[scan] & ~ahead[31] & (ahead >= FAST_RETRANSMIT_AFTER)
                      & (mode != NetMode.RESET))
         m.d.sync += scan.eq(Mux((scan == WM - 1) | (scan + 1 >= win), 0, scan + 1))
@@ -232,6 +232,9 @@ class NetworkEngine(wiring.Component):
                 with m.Else():
                     m.d.comb += [scan_go.eq(1), scan_kind.eq(K_AGAIN)]
                     m.d.sync += [tries[scan].eq(tries[scan] + 1), queued[scan].eq(1)]
+            with m.Elif(tail_due):
+                m.d.comb += [scan_go.eq(1), scan_kind.eq(K_TAIL)]
+                m.d.sync += queued[scan].eq(1)
             with m.Elif(overtaken):
                 m.d.comb += [scan_go.eq(1), scan_kind.eq(K_PROBE)]
                 m.d.sync += [queued[scan].eq(1), suspect[scan].eq(1)]
@@ -269,7 +272,7 @@ class NetworkEngine(wiring.Component):
             m.d.sync += queued[popped].eq(0)
             header_only = hdrq.w_data.eq(Cat(Value.cast(hdr), Const(0, Shape.cast(range(P + 1)).width)))
             with m.If(mode == NetMode.RESET):
-                m.d.sync += st[popped].eq(now)
+                m.d.sync += tt[popped].eq(now)
                 m.d.comb += [hdrq.w_en.eq(1), header_only, inc["net_packets"].eq(1),
                              inc["net_retransmits"].eq(retx)]
             with m.Elif(pend[popped]):
@@ -280,6 +283,8 @@ class NetworkEngine(wiring.Component):
                 with m.Else():
                     m.d.sync += [st[popped].eq(now), cmd_pending.eq(1),
                                  Value.cast(cmd_hdr).eq(Cat(Value.cast(hdr), pop_words))]
+                    with m.If(kind != K_TAIL):
+                        m.d.sync += tt[popped].eq(now)
                     m.d.comb += inc["net_retransmits"].eq(retx)
         cmd_view = cmd_hdr
         m.d.comb += [self.src_cmd.valid.eq(cmd_pending),

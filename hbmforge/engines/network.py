@@ -41,7 +41,7 @@ from .base import Channels, Check, EngineFamily, FamilyRegister, StreamPort
 
 __all__ = [
     "NETWORK_FIELDS", "HEADER_BITS", "HEADER_FIELDS", "ROUND_MODULO", "HEADER_CHECK_SEED", "MAX_WORKERS", "MAX_TIMEOUT",
-    "MAX_RETRIES", "FAST_RETRANSMIT_AFTER", "RTT_BITS", "TAIL_DOUBLINGS", "SWITCH_COUNTERS", "PacketType", "NackReason",
+    "MAX_RETRIES", "FAST_RETRANSMIT_AFTER", "RTT_BITS", "SWITCH_COUNTERS", "PacketType", "NackReason",
     "DropReason", "Header", "header_check",
     "TO_SWITCH", "FROM_SWITCH", "PAYLOAD_TYPES", "REQUEST_TYPES", "SwitchGeometry", "EndpointGeometry",
     "switch_header_rules", "endpoint_header_rules", "first_drop", "NetworkFamily", "network_checks",
@@ -63,8 +63,6 @@ MAX_TIMEOUT = (1 << 24) - 1
 FAST_RETRANSMIT_AFTER = 8
 #: answer times are measured up to 2^RTT_BITS - 1 cycles (the timeout's range)
 RTT_BITS = 24
-#: the tail timer doubles per retry of a slot up to this many retries, then it is the timeout
-TAIL_DOUBLINGS = 8
 MAX_RETRIES = 255
 #: the check of an all-zero header is not zero, so an idle or cleared word never passes
 HEADER_CHECK_SEED = 0xA5C3

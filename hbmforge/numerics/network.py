@@ -38,7 +38,7 @@ import numpy as np
 
 from ..encodings import ErrorCode, NetMode
 from ..engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, MAX_WORKERS, PAYLOAD_TYPES, REQUEST_TYPES, ROUND_MODULO,
-                               RTT_BITS, TAIL_DOUBLINGS, DropReason,
+                               RTT_BITS, DropReason,
                                EndpointGeometry, Header, NackReason, PacketType, SwitchGeometry,
                                endpoint_header_rules, first_drop, switch_header_rules)
 from ..mathutil import ceil_div
@@ -551,6 +551,7 @@ class GoldenEndpoint:
         self.window = min(job.window, self.blocks)
         self.pending: list[int | None] = [None] * self.window   # block in flight per slot
         self.sent_time = [0] * self.window        # when each slot's block was last sent (data)
+        self.timer_from = [0] * self.window       # ... sent but for a tail resend: the timeout's start
         self.tries_of = [0] * self.window
         self.suspect = [False] * self.window      # probed as overtaken: out of the ``inflight`` count
         self.srtt = None                          # smoothed answer time of blocks sent once (Karn)
@@ -587,7 +588,9 @@ class GoldenEndpoint:
                                          members=j.members)))
         self.counters.packets += 1
 
-    def _send_block(self, slot: int, block: int, now: float, *, again: bool = False) -> None:
+    def _send_block(self, slot: int, block: int, now: float, *, again: bool = False, tail: bool = False) -> None:
+        """Send ``block`` from ``slot``: first (``again`` False), again (the timer, a STATUS), or
+        again by the tail timer (``tail``: the timeout keeps running, no try is counted)."""
         j = self.job
         words = self.geom.block_words(self.nbytes, block)
         lo = block * self.geom.packet_words * self.lanes
@@ -597,6 +600,8 @@ class GoldenEndpoint:
         self.outbox.append(Packet(hdr, payload))
         self.pending[slot] = block
         self.sent_time[slot] = int(now)
+        if not tail:
+            self.timer_from[slot] = int(now)
         self.sent_at[slot] = self.seq
         self.clean[slot] = not again
         self.seq += 1
@@ -613,19 +618,22 @@ class GoldenEndpoint:
         waits. No later packet can then reveal a loss, so the tail timer takes over."""
         return self.next_block >= self.blocks or self.pending[self.next_block % self.window] is not None
 
-    def _wait_of(self, s: int) -> int:
-        """Cycles slot ``s`` waits after its block was last sent before it is sent again: the
-        timeout; or, once an answer time was measured, while the feeder is starved (no later
-        packet can reveal a loss) or for a slot probed as lost, the smoothed answer time + max(4 x
-        its mean deviation, 1/4 of it), doubled per retry of the slot, 4 x for a probed slot (its
-        probe, the STATUS, a member's resend and the result take about three answer times); at
-        most the timeout."""
-        j = self.job
-        if self.srtt is None or not (self.suspect[s] or self._starved()):
-            return j.timeout
+    def _tail_wait(self, s: int) -> float:
+        """Cycles after its block's last send before slot ``s`` is sent again by the tail timer:
+        once an answer time was measured, while the feeder is starved (no later packet can reveal
+        a loss) the smoothed answer time + max(4 x its mean deviation, 1/4 of it) (RFC 6298's RTO
+        with a floor); for a slot probed as lost while the feeder still sends, 4 x that (its
+        probe, the STATUS, a member's resend and the result take about three answer times);
+        otherwise never."""
+        if self.srtt is None:
+            return math.inf
         tail = self.srtt + max(self.rttvar << 2, self.srtt >> 2)
-        doublings = self.tries_of[s] + 2 * self.suspect[s]     # probed: probe, STATUS, resend, result
-        return j.timeout if doublings >= TAIL_DOUBLINGS else min(j.timeout, tail << doublings)
+        if self._starved():
+            return tail
+        return tail << 2 if self.suspect[s] else math.inf
+
+    def _deadline(self, s: int) -> float:
+        return min(self.timer_from[s] + self.job.timeout, self.sent_time[s] + self._tail_wait(s))
 
     # -- events --------------------------------------------------------------------------------
     def next_deadline(self) -> float:
@@ -633,8 +641,7 @@ class GoldenEndpoint:
             return math.inf
         if self.job.mode == NetMode.RESET:
             return self.deadline
-        return min((self.sent_time[s] + self._wait_of(s) for s in range(self.window) if self.pending[s] is not None),
-                   default=math.inf)
+        return min((self._deadline(s) for s in range(self.window) if self.pending[s] is not None), default=math.inf)
 
     def on_timer(self, now: float) -> None:
         if self.done:
@@ -651,17 +658,21 @@ class GoldenEndpoint:
                 self.counters.retransmits += 1
             return
         for s in range(self.window):
-            if self.pending[s] is not None and now >= self.sent_time[s] + self._wait_of(s):
+            if self.pending[s] is None:
+                continue
+            if now >= self.timer_from[s] + j.timeout:          # the timeout: a try
                 self.tries_of[s] += 1
                 if self.tries_of[s] > j.retries:
                     self._fail(ErrorCode.NET_TIMEOUT)
                     return
                 self._send_block(s, self.pending[s], now, again=True)
+            elif now >= self.sent_time[s] + self._tail_wait(s):  # the tail timer: not a try
+                self._send_block(s, self.pending[s], now, again=True, tail=True)
 
     def _fast_retransmit(self, now: float) -> None:
         """Slots sent FAST_RETRANSMIT_AFTER packets before one that got its result: probe them, once.
         The slot is then lost, most likely: it leaves the ``inflight`` count, and its timer (from
-        its block's send) becomes the short one (:meth:`_wait_of`): a probe answered by a result
+        its block's send) becomes the short one (:meth:`_tail_wait`): a probe answered by a result
         already on its way costs the switch's output bus a whole packet, so none is repeated."""
         j = self.job
         for s in range(self.window):

@@ -166,7 +166,7 @@ def run_cell(prog, ctx: int, rng, profile: bool = False) -> dict:
 
 def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int, seed: int,
             design: Path | None = None, dims: dict = LLAMA2_7B, tile_rows: int = 0,
-            profile: bool = False) -> list[dict]:
+            profile: bool = False, memory_model: str = "calibrated") -> list[dict]:
     """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell."""
     from hbmforge.host import open_device
     from hbmforge.host.blocks import BlockConfig, TransformerBlock
@@ -175,7 +175,7 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
     load0 = os.getloadavg()[0]
     dev = open_device(str(design or config), progress=sys.stderr.isatty())
     open_s = time.perf_counter() - t0
-    dev.sim.set_memory_model("calibrated")
+    dev.sim.set_memory_model(memory_model)
     lay = dev.layout
     inter_pad = lay.matmul.pad_k(dims["intermediate"])
     cfg = BlockConfig(arch="llama", hidden=dims["hidden"], heads=dims["heads"],
@@ -207,7 +207,8 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
                                  "hidden": dims["hidden"], "intermediate_padded": inter_pad,
                                  "attended_tokens": min(ctx + 1, sink + window) if windowed else ctx + 1,
                                  "sink": sink if windowed else 0, "window": window if windowed else 0,
-                                 "measured": True, "quantize_seconds": round(quant_s, 1),
+                                 "measured": True, "memory_model": memory_model,
+                                 "quantize_seconds": round(quant_s, 1),
                                  "upload_seconds": round(upload_s, 1), **r})
                     print(json.dumps({"bench": "decode", "progress": rows[-1]}), file=sys.stderr, flush=True)
             finally:
@@ -436,6 +437,8 @@ def main() -> None:
     ap.add_argument("--heads", type=int, default=32,
                     help="co-simulate the layer cut to this many heads (hidden = 128 x heads, FFN in proportion) "
                          "and extrapolate to 32 (when the full layer is too slow to simulate)")
+    ap.add_argument("--memory-model", choices=("calibrated", "ideal"), default="calibrated",
+                    help="the co-sim's HBM model (ideal: no channel limits; separates the design's own bounds)")
     ap.add_argument("--profile", action="store_true",
                     help="after each measured step, one more step one descriptor per run: cycles per opcode")
     ap.add_argument("--design", type=Path, default=None,
@@ -475,12 +478,13 @@ def main() -> None:
     if plan and not args.projection_only:
         measured += measure(args.config, plan, sink=args.sink, window=args.window, seed=args.seed,
                             design=args.design, dims=layer_dims(args.heads), tile_rows=args.tile_rows,
-                            profile=args.profile)
+                            profile=args.profile, memory_model=args.memory_model)
         args.json.parent.mkdir(parents=True, exist_ok=True)       # kept even if the projection fails
         args.json.write_text(json.dumps({"layer": measured}, indent=1))
     for r in measured:
         emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", format=r["format"], context=r["context"],
              bit_exact=r.get("bit_exact"), bytes=r["bytes_read"] + r["bytes_written"],
+             memory_model=r.get("memory_model", "calibrated"),
              sim_cycles_per_s=r.get("sim_cycles_per_s"), sim_seconds=r.get("sim_seconds"))
         for op, o in (r.get("profile") or {}).items():
             emit("decode_layer_opcode_cycles", o["cycles"], "cycles", kind="simulated", format=r["format"],

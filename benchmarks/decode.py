@@ -306,7 +306,9 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
         cycles_tok = L * c["cycles"] + lm_cycles
         bytes_tok = L * layer_bytes + lm_head_bytes(fmt)
         for board in ("u280", "u55c"):
-            gbps = bw[board]
+            gbps = bw.get(board)
+            if gbps is None:                 # no calibrated figure for it: no projection either
+                continue
             for mhz in clocks:
                 t = cycles_tok / (mhz * 1e6) + host_rt_us * 1e-6
                 tok_s = 1.0 / t
@@ -509,7 +511,7 @@ def main() -> None:
                  context=c["context"], how=c["extrapolated_from"])
     # decode_board_bw_efficiency: W2A8KV4, ctx 2048, at the co-sim's clock
     ref = next((c for c in cells if c["format"] == "w2a8kv4" and c["context"] == "2048"), None)
-    if ref is not None:
+    if ref is not None and "u280" in bw:
         t = ref["cycles"] / (cfg.clock * 1e6)
         emit("decode_board_bw_efficiency", round((ref["bytes_read"] + ref["bytes_written"]) / (bw["u280"] * 1e9 * t), 4),
              "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=cfg.clock,

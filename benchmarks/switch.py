@@ -139,8 +139,8 @@ def ring(args) -> None:
             r = _timed_allreduce(cl, nbytes, rng)
             bufs = [rng.integers(-2**31, 2**31, nbytes // 4).astype(np.int32) for _ in range(devices)]
             ring_r = ring_allreduce(bufs, geom, lp)
-            model = NetworkSim(devices, geom, lp).allreduce([b.copy() for b in bufs],
-                                                            window=geom.slots, timeout=cl.timeout_cycles)
+            model = NetworkSim(devices, geom, lp).allreduce([b.copy() for b in bufs], window=geom.slots,
+                                                            inflight=cl.inflight, timeout=cl.timeout_cycles)
             emit("allreduce_speedup_vs_ring", round(ring_r.cycles / r["cycles"], 3), "x", devices=devices,
                  bytes=nbytes, ring_cycles=round(ring_r.cycles), switch_cycles=r["cycles"],
                  switch_model_cycles=round(model.cycles), latency=LATENCY, link_bytes_per_cycle=BENCH_WIDTH // 8,

@@ -265,6 +265,34 @@ def test_a_loss_at_the_tail_of_a_job_is_recovered_in_a_few_answer_times_not_a_ti
     assert res.retransmits >= 1
 
 
+def test_tail_resends_are_not_tries_a_member_that_falls_silent_fails_after_retries_timeouts():
+    """Member 2 falls silent mid-job (every packet of it lost from its 10th on): the others' tail
+    timer resends on the measured answer time, but only the timeout counts tries, so they stop
+    with NET_TIMEOUT after ``retries`` timeouts, not ``retries`` answer times."""
+    geom = SwitchGeometry(ports=3, data_width=64, packet_words=4, slots=8, jobs=2)
+    link = LinkParams(bytes_per_cycle=8, latency=20)
+
+    class Silent(NetworkSim):
+        sent = 0
+
+        def _transmit(self, ch, pkt, t, kind, dest):
+            if kind == "to_switch" and dest == 2:
+                self.sent += 1
+                if self.sent >= 10:
+                    ch.busy_until = max(t, ch.busy_until) + pkt.nbytes(self.geom.data_width) / ch.p.bytes_per_cycle
+                    return
+            super()._transmit(ch, pkt, t, kind, dest)
+
+    sim = Silent(3, geom, link)
+    bufs = [np.arange(64 * geom.lanes, dtype=np.int32) for _ in range(3)]
+    timeout, retries = 3000, 3
+    res = sim.allreduce(bufs, window=8, inflight=4, timeout=timeout, retries=retries)
+    assert res.errors[0] == res.errors[1] == ErrorCode.NET_TIMEOUT
+    assert sim.endpoints[0].srtt is not None, "answers came before the silence"
+    assert res.retransmits > 2 * (retries + 1), "the tail timer resent in between"
+    assert res.cycles >= (retries + 1) * timeout
+
+
 def test_slots_probed_as_lost_leave_the_inflight_count():
     """A slot overtaken by FAST_RETRANSMIT_AFTER answered packets is probed and no longer counts in
     ``inflight``: the feeder goes on sending while it recovers (a lost block does not throttle)."""

@@ -2,14 +2,15 @@
 co-simulation (calibrated HBM model), and the whole model's tokens/s projected from it; one JSON
 object per line.
 
-    python benchmarks/decode.py                              # examples/u280_llm.yaml, the default plan
+    python benchmarks/decode.py                              # examples/u280_llm512.yaml, the default plan
+    python benchmarks/decode.py --config examples/u280_llm.yaml   # the 256-bit, 1024-lane design
     python benchmarks/decode.py --all                        # every format x context on the co-sim
     python benchmarks/decode.py --hbm-report hbm.jsonl       # calibrated bandwidths from benchmarks/hbm.py
     python benchmarks/decode.py --projection-only --layer-report decode.json   # re-project saved cycles
 
 What is simulated: one decoder layer (hidden 4096, 32 heads of 128, FFN 11008, padded to the
-matmul's 1024-lane K alignment with zero weights, i.e. 11264 — the same function, 2.3 % more MLP
-bytes), random weights of N(0, 1/sqrt(K)) quantized to each format, a random KV4 cache of ``ctx``
+matmul's K alignment (its lanes) with zero weights: 11264 at 1024 lanes, 12288 at 4096 — the same
+function, 2.3 % / 11.6 % more MLP bytes), random weights of N(0, 1/sqrt(K)) quantized to each format, a random KV4 cache of ``ctx``
 tokens written straight into its pages (``ModelSequence.load_kv``), one decode step (ONE
 descriptor program: norms, QKV, RoPE, KV append, attention, O, SwiGLU MLP, residuals) on the
 Verilator model of ``--config`` with ``set_memory_model('calibrated')``, compared bit for bit
@@ -416,7 +417,7 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=ROOT / "examples" / "u280_llm.yaml")
+    ap.add_argument("--config", type=Path, default=ROOT / "examples" / "u280_llm512.yaml")
     ap.add_argument("--all", action="store_true", help="co-simulate every format x context (slow)")
     ap.add_argument("--formats", default="w4a8kv4,w2a8kv4,ternary")
     ap.add_argument("--contexts", default="512,2048,4096,sink_window",

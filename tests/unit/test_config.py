@@ -36,6 +36,13 @@ def test_bad_lanes_lists_allowed_values():
         parse_config(data)
 
 
+@pytest.mark.parametrize("path", sorted(p.name for p in EXAMPLES.glob("*.yaml") if not p.name.startswith("sweep_")),
+                         ids=str)
+def test_every_example_config_is_valid(path):
+    cfg = load_config(EXAMPLES / path)
+    assert cfg.name and cfg.board
+
+
 def test_lanes_go_up_to_4096_for_whole_board_gemv():
     data = yaml.safe_load((EXAMPLES / "u280_llm.yaml").read_text())
     data["engines"][0]["lanes"] = 4096

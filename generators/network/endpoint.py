@@ -7,8 +7,12 @@ Dataflow::
     send queue -> header (job, epoch, slot, the slot's round, block, words) -> header FIFO
                -> ``src_cmd`` (the block's words) -> ``src_data`` -> m_axis_net (header, words)
     timer scan (one slot per cycle): a slot waiting longer than ``timeout`` -> send queue again
-               (``retries`` times at most, then NET_TIMEOUT); a slot sent FAST_RETRANSMIT_AFTER
-               packets before one answered -> a PROBE (header only) for it
+               (``retries`` times at most, then NET_TIMEOUT); the feeder starved (every block sent,
+               or the next block's slot waits) and a slot sent srtt + max(4 rttvar, srtt/4) ago
+               (4 x for a suspect slot) -> send queue again (the tail timer: not a try); a slot
+               sent FAST_RETRANSMIT_AFTER packets before one answered -> a PROBE (header only)
+               for it, once: the slot is then suspect and leaves the ``inflight`` count
+    answer time: each result of a block sent once (Karn) updates srtt and rttvar (RFC 6298)
     s_axis_net -> header rules, then: RESULT for a waiting slot, its round and block
                -> payload FIFO -> ``out_cmd``/``out_data`` (in place) ; the slot's round + 1 ;
                   its next block (block + window) -> send queue

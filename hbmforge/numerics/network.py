@@ -37,10 +37,9 @@ from typing import Sequence
 import numpy as np
 
 from ..encodings import ErrorCode, NetMode
-from ..engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, MAX_WORKERS, PAYLOAD_TYPES, REQUEST_TYPES, ROUND_MODULO,
-                               RTT_BITS, DropReason,
-                               EndpointGeometry, Header, NackReason, PacketType, SwitchGeometry,
-                               endpoint_header_rules, first_drop, switch_header_rules)
+from ..engines.network import (FAST_RETRANSMIT_AFTER, HEADER_BITS, MAX_WORKERS, PAYLOAD_TYPES, REQUEST_TYPES,
+                               ROUND_MODULO, RTT_BITS, DropReason, EndpointGeometry, Header, NackReason, PacketType,
+                               SwitchGeometry, endpoint_header_rules, first_drop, switch_header_rules)
 from ..mathutil import ceil_div
 
 __all__ = [
@@ -1178,9 +1177,9 @@ class NetworkSim:
     Switch timing model: a packet is handed to its unit when it has fully arrived and is at
     the head of its port's queue; a unit takes ``count + 2`` cycles per packet (2 for one
     without payload); output packets join the destination ports' transmit queues when the
-    unit finishes, one at a time through the output bus (``words + 2`` cycles each, multicast or
-    not: the switch's single output bus). State persists across :meth:`run` calls (slot rounds, epochs, packets
-    still in flight), as on the hardware.
+    unit finishes, one at a time through the switch's single output bus (``words + 1`` cycles
+    each, multicast or not; a unit waiting for the bus is held). State persists across
+    :meth:`run` calls (slot rounds, epochs, packets still in flight), as on the hardware.
     """
 
     UNIT_OVERHEAD = 2

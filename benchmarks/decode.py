@@ -383,7 +383,7 @@ def calibrated_bandwidths(report: Path | None, boards, run_missing: bool = True)
     return bw
 
 
-def plot(path: Path, proj: list[dict], edge: list[dict], contexts) -> None:
+def plot(path: Path, proj: list[dict], edge: list[dict], contexts, name: str = "u280_llm") -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -406,7 +406,7 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts) -> None:
     ax.set_xlabel("context (tokens; sink_window = sink + recent window at 4096)")
     ax.set_ylabel("tokens/s, LLaMA-2-7B decode (projection)")
     ax.set_yscale("log")
-    ax.set_title("hbmforge u280_llm: simulated decode vs. roofline and published anchors")
+    ax.set_title(f"hbmforge {name}: simulated decode vs. roofline and published anchors")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_xlim(-0.2, len(xs) - 1 + 0.7)
     ax.legend(fontsize=7, loc="center left")
@@ -544,7 +544,7 @@ def main() -> None:
               "sink": args.sink, "window": args.window, "model": LLAMA2_7B, "edge_model": TELLME_MODEL}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    plot(args.png, proj, edge, contexts)
+    plot(args.png, proj, edge, contexts, cfg.name)
     emit("report_written", str(args.json), "path", png=str(args.png))
 
 

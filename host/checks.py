@@ -116,6 +116,8 @@ def check_choice(name: str, value, choices: Sequence, what: str = ""):
 def _as_array(name: str, x, what: str) -> np.ndarray:
     if isinstance(x, np.ndarray):
         return x
+    if isinstance(x, (int, float, np.generic)):      # a Python or NumPy scalar: a 0-d array (ndim decides)
+        return np.asarray(x)
     if isinstance(x, (list, tuple)):
         try:
             return np.asarray(x)

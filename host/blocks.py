@@ -200,6 +200,10 @@ class BlockWeights:
         return cls(projections=enc, attn_norm=norms[0], mlp_norm=norms[1], biases=biases)
 
 
+#: the counters a profiled step records per descriptor (and sums into its totals)
+_PROFILE_COUNTERS = ("cycles", "stall_cycles", "bytes_read", "bytes_written", "mac_ops")
+
+
 @dataclass
 class StepStats:
     """What one prefill chunk or decode step cost on the device."""
@@ -961,8 +965,7 @@ class ModelProgram:
             raise
         seq._length = pos0 + T
         if steps:
-            c = {k: sum(s[k] for s in steps) for k in ("cycles", "stall_cycles", "bytes_read", "bytes_written",
-                                                          "mac_ops")}
+            c = {k: sum(s[k] for s in steps) for k in _PROFILE_COUNTERS}
         else:
             c = dev.counters()
         self.last_step = StepStats(tokens=T, descriptors=len(prog), host_round_trips=len(steps) or 1,
@@ -983,7 +986,7 @@ class ModelProgram:
             status = dev.run(program_buf, 1, timeout=self.timeout)
             c = dev.counters()
             steps.append({"index": i, "opcode": names.get(int(rec["op"]), str(rec["op"])),
-                          **{k: c[k] for k in ("cycles", "stall_cycles", "bytes_read", "bytes_written", "mac_ops")}})
+                          **{k: c[k] for k in _PROFILE_COUNTERS}})
         return status, steps
 
     def _outputs(self, read, T, all_logits, one) -> np.ndarray:

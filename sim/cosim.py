@@ -208,6 +208,7 @@ class CoSim:
         self._ctrl_span = 1 << CTRL_ADDR_WIDTH
         self.last_stop: str | None = None
         self.memory_model = "ideal"
+        self.memory_clock_mhz: float | None = None    # the clock a calibrated model's timing is in
 
     @classmethod
     def open(cls, design, manifest=None, *, options=None, progress: bool = True) -> "CoSim":
@@ -368,20 +369,30 @@ class CoSim:
         self._timing[i] = timing
         return timing
 
-    def set_memory_model(self, model: str = "calibrated") -> dict[str, float] | None:
+    def set_memory_model(self, model: str = "calibrated", *, clock_mhz: float | None = None
+                         ) -> dict[str, float] | None:
         """Select the main memory's timing (docs/hbm-model.md): ``"ideal"`` (each port its own
         latency and bandwidth, as ``set_port_timing`` sets them; the default) or ``"calibrated"``
         (the board file's DRAM: channels shared by the ports, banks and rows, refresh, bus
         turnaround, the HBM switch; each port bound to its channel in the config's port map).
+
+        ``clock_mhz`` (calibrated only; default the config's clock) is the kernel clock the DRAM
+        timing is converted to cycles of: the same RTL clocked at 225 MHz sees the memory's ns and
+        GB/s as fewer cycles and more bytes per cycle than at 300. The RTL does not depend on it.
         Returns the calibrated parameters in kernel cycles (None for ``ideal``)."""
         model = check_memory_model(model)
+        if clock_mhz is not None and model == "ideal":
+            raise ValueError("clock_mhz applies to the calibrated memory model only (the ideal model's "
+                             "timing is per port, in cycles: set_port_timing)")
+        cfg = self.layout.config
+        clock = cfg.clock if clock_mhz is None else clock_mhz
+        params = None if model == "ideal" else dram_params(cfg.board, clock)   # ValueError before any change
         handle = self.handle
         if model == "ideal":
             self._lib.hbf_set_memory_model(handle, None, 0)
             self.memory_model = model
+            self.memory_clock_mhz = None
             return None
-        cfg = self.layout.config
-        params = dram_params(cfg.board, cfg.clock)          # ValueError: the board states no DRAM
         values = (ctypes.c_double * len(DRAM_PARAM_NAMES))(*(params[n] for n in DRAM_PARAM_NAMES))
         if not self._lib.hbf_set_memory_model(handle, values, len(DRAM_PARAM_NAMES)):
             raise CoSimError(f"the co-simulation refused the calibrated memory model of {cfg.board}: {params}")
@@ -390,6 +401,7 @@ class CoSim:
         for p in self.layout.ports:
             self._lib.hbf_set_port_channel(handle, p.index, channels.get(p.name, 0) % devices)
         self.memory_model = model
+        self.memory_clock_mhz = float(clock)
         return params
 
     def memory_stats(self) -> MemoryStats:

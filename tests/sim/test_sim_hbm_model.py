@@ -115,3 +115,24 @@ def test_bad_memory_models_are_refused(sim):
     with pytest.raises(ValueError, match="memory model must be one of"):
         sim.set_memory_model("fast")
     assert sim.memory_model == "ideal"
+
+
+def test_the_calibrated_timing_follows_the_kernel_clock_it_is_given(sim):
+    """The same RTL at 225 MHz: the board's ns are fewer cycles and its GB/s more bytes per cycle."""
+    slow = dram_params(FIXTURE_CONFIG["board"], 225.0)
+    assert slow["hit_latency"] < P["hit_latency"] and slow["burst_cycles"] < P["burst_cycles"]
+    ideal_latency = sim.port_timing("w0").read_latency
+    ideal = run_job(sim, w0=BANK, w0_words=1, options=15)
+    assert sim.set_memory_model("calibrated", clock_mhz=225.0) == slow
+    assert sim.memory_clock_mhz == 225.0
+    assert hit_cycles(sim, BANK) - ideal == pytest.approx(slow["hit_latency"] - ideal_latency, abs=1.5)
+    assert sim.set_memory_model("calibrated") == P and sim.memory_clock_mhz == CLOCK
+
+
+@pytest.mark.parametrize("clock", [0, -5.0, 1001, float("nan"), "225", True])
+def test_a_bad_memory_clock_is_refused_and_changes_nothing(sim, clock):
+    with pytest.raises(ValueError, match="clock_mhz must be a number"):
+        sim.set_memory_model("calibrated", clock_mhz=clock)
+    assert sim.memory_model == "ideal" and sim.memory_clock_mhz is None
+    with pytest.raises(ValueError, match="calibrated memory model only"):
+        sim.set_memory_model("ideal", clock_mhz=225.0)

@@ -120,6 +120,10 @@ class MatmulEngine(_EngineBase):
     max_k: int = Field(4096, description="largest K one pass accumulates on chip (activation buffer depth)")
     split_k: int = Field(16, ge=1, le=64, description="K slices of max_k one descriptor accumulates exactly "
                                                       "(int64 partial sums in memory): K up to split_k x max_k")
+    scale_stream: Literal["data", "inline"] = Field(
+        "data", description="where the group-scale mantissas stream from: 'data' (their own buffer at the "
+                            "descriptor's s_addr, read on the data port) or 'inline' (interleaved with the "
+                            "weights in the weight stripes, spread over every weight port; s_addr is ignored)")
     tile_n: int | None = Field(None, description="output columns per on-chip weight tile (power of two; the "
                                                  "buffer holds two tiles); default 16")
     tile_m: int | None = Field(None, description="activation rows held on chip at K = max_k (rows x a power of "
@@ -170,6 +174,11 @@ class MatmulEngine(_EngineBase):
             raise ValueError(
                 f"max_k must be a multiple of max(lanes, group_size) = {align} and at most 1048576, "
                 f"got {self.max_k}")
+        if self.scale_stream == "inline" and "ternary" in self.weight_bits and self.ternary_packing == "5trit":
+            raise ValueError(
+                "scale_stream: inline needs a whole number of weight words per scale word (group_size x bits "
+                "per weight / 16); 'ternary' with ternary_packing '5trit' stores 1.6 bits per weight: use "
+                "ternary_packing '2bit' (or drop 'ternary' from weight_bits, or scale_stream 'data')")
         if self.tile_m is not None:
             per = self.tile_m // self.rows if self.tile_m % self.rows == 0 else 0
             if per < 2 or per & (per - 1) or self.tile_m > 1 << 16:

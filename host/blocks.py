@@ -233,7 +233,7 @@ class _Matmul:
     k: int
     bits: object
     w: list
-    s: Buffer
+    s: Buffer | None                 # None with scale_stream inline (the scales are in the stripes)
     out_shift: int
     row_scale: np.ndarray
 
@@ -563,8 +563,11 @@ class ModelProgram:
         group_l1 = np.abs(q.reshape(n, kp // g, g).astype(np.int64)).sum(axis=2)
         col_l1 = int((group_l1 * enc.mantissas.astype(np.int64)).sum(axis=1).max())
         shift = choose_out_shift(127 * col_l1, lay.matmul.widths.max_out_shift)
-        w = [self._upload(stripe, f"w{i}") for i, stripe in enumerate(pack_weights(q, bits, lay))]
-        s = self._upload(pack_scales(enc.mantissas.astype(np.uint16), lay))
+        mant = enc.mantissas.astype(np.uint16)
+        inline = lay.matmul.inline_scales              # scale_stream inline: the scales go in the stripes
+        w = [self._upload(stripe, f"w{i}")
+             for i, stripe in enumerate(pack_weights(q, bits, lay, scales=mant if inline else None))]
+        s = None if inline else self._upload(pack_scales(mant, lay))
         return _Matmul(n=n, k=kp, bits=bits, w=w, s=s, out_shift=shift, row_scale=np.asarray(enc.row_scale, float))
 
     def _table(self, values) -> Buffer:

@@ -152,13 +152,16 @@ class Linear:
         self._s_buf: Buffer | None = None
         self._work = Workspace(device)
         try:
-            for port, stripe in zip((f"w{i}" for i in range(mm.weight_ports)), pack_weights(self._q, bits, lay, sparse24=sparse24)):
+            inline = lay.matmul.inline_scales          # scale_stream inline: the scales go in the stripes
+            stripes = pack_weights(self._q, bits, lay, sparse24=sparse24, scales=self._mant if inline else None)
+            for port, stripe in zip((f"w{i}" for i in range(mm.weight_ports)), stripes):
                 buf = device.alloc(stripe.nbytes, port, memory=weight_memory)
                 self._w_bufs.append(buf)
                 device.write(buf, stripe)
-            scales = pack_scales(self._mant, lay)
-            self._s_buf = device.alloc(scales.nbytes, "data")
-            device.write(self._s_buf, scales)
+            if not inline:
+                scales = pack_scales(self._mant, lay)
+                self._s_buf = device.alloc(scales.nbytes, "data")
+                device.write(self._s_buf, scales)
         except BaseException:
             self.close()
             raise
@@ -304,7 +307,7 @@ class Linear:
 
     @property
     def closed(self) -> bool:
-        return self._s_buf is None
+        return not self._w_bufs
 
     def dequantized_weight(self) -> np.ndarray:
         """float64 [N, in_features]: what the device effectively multiplies by."""
@@ -493,7 +496,7 @@ class Linear:
         return rows * max(1, min(self._workspace_bytes // (x_block + y_block + p_block), by_dma))
 
     def _check_open(self) -> None:
-        if self._s_buf is None:
+        if not self._w_bufs:
             raise ValueError("this Linear was closed; its weights are no longer on the device")
         self._dev._check_open()
 

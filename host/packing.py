@@ -131,7 +131,7 @@ def weight_code(wbits, layout, *, sparse24: bool = False, name: str = "wbits") -
     return WeightFormat.code(fmt) | (SPARSE24 if sparse24 else 0)
 
 
-def pack_weights(wq, wbits, layout, *, sparse24: bool = False) -> list[np.ndarray]:
+def pack_weights(wq, wbits, layout, *, sparse24: bool = False, scales=None) -> list[np.ndarray]:
     """``[N, K]`` integer weights -> one ``uint8`` array per weight port.
 
     ``wbits``: 2, 4, 8, ``"ternary"`` (or its descriptor code 3). K is padded with zeros and cut
@@ -156,8 +156,18 @@ def pack_weights(wq, wbits, layout, *, sparse24: bool = False) -> list[np.ndarra
 
     The stream is zero-padded to whole combined words of ``P*W`` bits; combined word
     ``c`` is word ``c`` of stripe 0, then stripe 1, ... (stripe 0 least significant).
+
+    ``scales``: the ``[N, K/G]`` group-scale mantissas. An engine with ``scale_stream: inline``
+    needs them: each slice's scales (``[N, ks/G]`` u16 row-major, cut into combined words, the
+    last zero-padded) are interleaved with its weight words, scale word ``j`` right before weight
+    words ``j*r .. j*r + r - 1`` (``MatmulGeometry.inline_positions``). With ``scale_stream: data``
+    they are checked and not used (:func:`pack_scales` packs the ``s_addr`` buffer).
     """
     lay = _layout(layout)
+    inline = lay.matmul.inline_scales
+    if scales is None and inline:
+        raise ValueError("scales: this design's matmul engine has scale_stream 'inline' (the group scales "
+                         "travel in the weight stripes): pass the [N, K/G] mantissas as scales=")
     fmt = engine_format(wbits, lay)
     code = weight_code(fmt, lay, sparse24=sparse24)
     lo, hi = storage_range(fmt)
@@ -176,12 +186,38 @@ def pack_weights(wq, wbits, layout, *, sparse24: bool = False) -> list[np.ndarra
     if k > geom.max_k_total:
         raise ValueError(f"weights have K = {k}; the engine takes at most {geom.max_k_total} "
                          f"({lay.mm.split_k} slices of {geom.k_slice})")
-    parts = [_pack_weight_slice(wq[:, s * geom.k_slice:s * geom.k_slice + geom.slice_k(k, s)], fmt, lay, code)
-             for s in range(geom.slices(k))]
+    sbytes = None
+    if scales is not None:
+        sbytes = _scale_matrix(scales, lay)
+        if sbytes.shape != (n, k // lay.mm.group_size):
+            raise ValueError(f"scales must be [N, K/G] = [{n}, {k // lay.mm.group_size}] (K padded to "
+                             f"{geom.k_align}), got shape {sbytes.shape}")
+    g = lay.mm.group_size
+    parts = []
+    for s in range(geom.slices(k)):
+        k0, ks = s * geom.k_slice, geom.slice_k(k, s)
+        sl = sbytes[:, k0 // g:(k0 + ks) // g] if inline else None
+        parts.append(_pack_weight_slice(wq[:, k0:k0 + ks], fmt, lay, code, sl))
     return [np.concatenate([part[p] for part in parts]) for p in range(lay.mm.weight_ports)]
 
 
-def _pack_weight_slice(wq: np.ndarray, fmt, lay, code: int) -> list[np.ndarray]:
+def _scale_matrix(mant, lay) -> np.ndarray:
+    """Unsigned ``[N, K/G]`` mantissas (groups padded to ``k_align`` with zeros) as u16."""
+    top = (1 << lay.mm.scale_bits) - 1
+    mant = _int_matrix("scale mantissas", mant, 0, top)
+    n, groups = mant.shape
+    if n == 0 or groups == 0:
+        raise ValueError(f"scale mantissas must be [N, K/G] with N, K/G >= 1, got shape {mant.shape}")
+    g, geom = lay.mm.group_size, lay.matmul
+    kp = geom.pad_k(groups * g)
+    if kp > geom.max_k_total:
+        raise ValueError(f"scale mantissas cover K = {kp}; the engine takes at most {geom.max_k_total}")
+    padded = np.zeros((n, kp // g), dtype="<u2")
+    padded[:, :groups] = mant
+    return padded
+
+
+def _pack_weight_slice(wq: np.ndarray, fmt, lay, code: int, scales=None) -> list[np.ndarray]:
     """One K slice [N, ks] -> its stripes (whole combined words)."""
     n, k = wq.shape
     flat = np.ascontiguousarray(wq).reshape(-1).astype(np.int8).view(np.uint8)
@@ -204,8 +240,18 @@ def _pack_weight_slice(wq: np.ndarray, fmt, lay, code: int) -> list[np.ndarray]:
         c = codes.reshape(-1, 4)
         stream = c[:, 0] | (c[:, 1] << 2) | (c[:, 2] << 4) | (c[:, 3] << 6)
     ports, word = lay.mm.weight_ports, lay.word_bytes
-    stripe_bytes = lay.matmul.slice_weight_port_bytes(n, k, code)
-    combined = _pad_bytes(stream, stripe_bytes * ports).reshape(-1, ports, word)
+    geom = lay.matmul
+    ww, sw = geom.slice_stream_words(n, k, code)
+    cb = geom.combined_bytes
+    combined = _pad_bytes(stream, ww * cb).reshape(ww, cb)
+    if scales is not None:                  # inline: scale words interleaved with the weight words
+        spos, wpos = geom.inline_positions(n, k, code)
+        raw = np.ascontiguousarray(scales, dtype="<u2").reshape(-1).view(np.uint8)
+        full = np.zeros((ww + sw, cb), dtype=np.uint8)
+        full[list(spos)] = _pad_bytes(raw, sw * cb).reshape(sw, cb)
+        full[wpos] = combined
+        combined = full
+    combined = combined.reshape(-1, ports, word)
     return [np.ascontiguousarray(combined[:, p, :]).reshape(-1) for p in range(ports)]
 
 
@@ -237,7 +283,10 @@ def unpack_weights(stripes, n: int, k: int, wbits, layout, *, sparse24: bool = F
 
 
 def _unpack_weight_slice(arrays, n: int, k: int, fmt, lay, code: int) -> np.ndarray:
-    stream = np.stack(arrays, axis=1).reshape(-1)
+    words = np.stack(arrays, axis=1).reshape(len(arrays[0]), -1)          # combined words
+    if lay.matmul.inline_scales:
+        words = words[lay.matmul.inline_positions(n, k, code)[1]]
+    stream = words.reshape(-1)
     count = n * k
     if code & SPARSE24:
         bits = np.unpackbits(stream, bitorder="little")
@@ -267,17 +316,12 @@ def pack_scales(mant, layout) -> np.ndarray:
     """Unsigned ``[N, K/G]`` group-scale mantissas -> u16 little-endian, groups padded to ``k_align``;
     per K slice ``[N, ks/G]``, each slice zero-padded to whole words (one slice when K fits)."""
     lay = _layout(layout)
-    top = (1 << lay.mm.scale_bits) - 1
-    mant = _int_matrix("scale mantissas", mant, 0, top)
-    n, groups = mant.shape
-    if n == 0 or groups == 0:
-        raise ValueError(f"scale mantissas must be [N, K/G] with N, K/G >= 1, got shape {mant.shape}")
-    g, geom = lay.mm.group_size, lay.matmul
-    kp = geom.pad_k(groups * g)
-    if kp > geom.max_k_total:
-        raise ValueError(f"scale mantissas cover K = {kp}; the engine takes at most {geom.max_k_total}")
-    padded = np.zeros((n, kp // g), dtype="<u2")
-    padded[:, :groups] = mant
+    padded = _scale_matrix(mant, lay)
+    n, g, geom = padded.shape[0], lay.mm.group_size, lay.matmul
+    kp = padded.shape[1] * g
+    if geom.inline_scales:
+        raise ValueError("scale_stream: this design's matmul engine carries the scales inline in the weight "
+                         "stripes (pack_weights(..., scales=)); there is no s_addr buffer to pack")
     parts = []
     for s in range(geom.slices(kp)):
         g0, ks = s * geom.k_slice // g, geom.slice_k(kp, s)

@@ -91,13 +91,15 @@ class ProgramBuilder:
         return [dict(r) for r in self._records]
 
     # -- records -----------------------------------------------------------------------
-    def matmul(self, *, m: int, k: int, n: int, wbits, x, s, y, w: Sequence,
+    def matmul(self, *, m: int, k: int, n: int, wbits, x, y, w: Sequence, s=None,
                out_mode="int32", out_shift: int = 0, q=None, bias=None, bias_shift: int = 0, p=None) -> int:
         """Append one MATMUL; ``x``, ``s``, ``y``, ``q``, ``bias``, ``p``, ``w[i]`` are Buffers or device
         addresses.
 
         ``k`` is the padded reduction length; ``wbits`` 2, 4, 8, ``"ternary"`` (or its code 3).
         ``bias``: int32 per column, added as ``bias << bias_shift`` before the output stage.
+        ``s``: the group scales (:func:`~host.packing.pack_scales`); an engine with ``scale_stream:
+        inline`` reads them from the weight stripes and ignores ``s`` (leave it out: ``s_addr`` 0).
         ``p``: the split-K scratch (``geom.partial_bytes``), needed when ``k`` exceeds ``k_slice``.
         Returns the descriptor's index.
         """
@@ -114,6 +116,8 @@ class ProgramBuilder:
             got = len(w) if isinstance(w, Sequence) and not isinstance(w, (str, bytes)) else type(w).__name__
             raise ValueError(f"w must list one weight stripe per weight port ({ports}), got {got}")
         targets = {"x_addr": ("x", x, "data"), "s_addr": ("s", s, "data"), "y_addr": ("y", y, "data")}
+        if lay.matmul.inline_scales and s is None:
+            del targets["s_addr"]                     # inline scales: s_addr 0, ignored
         if mode == OutMode.INT8:
             targets["q_addr"] = ("q", q, "data")
         elif q is not None:
@@ -128,7 +132,7 @@ class ProgramBuilder:
                                  "the partial sums")
             targets["p_addr"] = ("p", p, "data")
         rec = {"op": Opcode.MATMUL, "m": m, "k": k, "n": n, "wbits": code, "out_mode": mode, "out_shift": shift,
-               "q_addr": 0, "bias": int(bias is not None),
+               "s_addr": 0, "q_addr": 0, "bias": int(bias is not None),
                "bias_shift": check_int("bias_shift", bias_shift, 0, U64_MAX) if bias is not None else 0,
                "b_addr": 0, "p_addr": 0}
         rec.update({slot: self._address(what, target) for slot, (what, target, _) in targets.items()})

@@ -7,6 +7,8 @@
 * ``sequencer`` - takes a job, sizes its passes and buffers (``DesignLayout.matmul``), issues
   every DMA command as early as the readers take them, sends ``done`` after the last
   ``out_done``;
+* ``inline`` - with ``scale_stream: inline``, split the combined stripe words into weight words
+  and scale words (the scales travel in the weight stripes);
 * ``unpack`` / ``gearbox`` - zip the ``P`` weight stripes, cut ``L``-lane chunks (split or
   gather per weight width), and the scale / parameter word streams into items;
 * ``wtile`` - the weight ring: ``2 x tile_n`` columns of decoded weights and group scales, so

@@ -34,11 +34,13 @@ from amaranth.lib import data, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 
 from ...layout import DesignLayout
+from ...mathutil import exact_log2
 from .accum import GroupAccumulator
 from .actbuf import ActivationBuffer
 from .array import MacArray
 from .colparams import ColumnParams
 from .gearbox import WidthAdapter
+from .inline import InlineScaleDemux
 from .geometry import EngineGeometry, pass_layout
 from .pack import OutputPacker, column_layout
 from .partials import PartialCollector
@@ -114,11 +116,15 @@ class MatmulEngine(wiring.Component):
         W = G.data_width
         NG, sb = self._groups, G.scale_bits
 
-        m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing, sparse24=mm.sparse24)
+        geom = lay.matmul
+        inline = geom.inline_scales
+        m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing, sparse24=mm.sparse24,
+                                              inline_scales=inline)
         m.submodules.unpack = unpack = WeightUnpacker(lanes=L, weight_ports=P, data_width=W,
                                                       weight_bits=tuple(mm.weight_bits),
                                                       ternary_packing=mm.ternary_packing, sparse24=mm.sparse24)
-        m.submodules.scales = scales = WidthAdapter(W, 16 * NG)
+        # inline: the scale words come out of the weight stripes, P*W bits at a time
+        m.submodules.scales = scales = WidthAdapter(P * W if inline else W, 16 * NG)
         m.submodules.wtile = wtile = WeightTileBuffer(G)
         m.submodules.actbuf = actbuf = ActivationBuffer(G)
         m.submodules.partials = partials = PartialCollector(rows=R, data_width=W, depth=self._fifo_depth + 4)
@@ -131,9 +137,34 @@ class MatmulEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.out_done), seq.out_done)
         for name in ("act_cmd", "scale_cmd", "rq_cmd", "out_cmd"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(seq, name))
-        for i in range(P):
-            wiring.connect(m, wiring.flipped(self.w_cmd[i]), seq.w_cmd[i])
-            wiring.connect(m, wiring.flipped(self.w_data[i]), unpack.w_data[i])
+        if not inline:
+            for i in range(P):
+                wiring.connect(m, wiring.flipped(self.w_cmd[i]), seq.w_cmd[i])
+                wiring.connect(m, wiring.flipped(self.w_data[i]), unpack.w_data[i])
+        else:
+            # the combined words of each pass (w0's command bytes) tell the demultiplexer where passes
+            # end; w0's commands wait while the queue is full (the other ports' data waits for w0's)
+            ratios = {int(c): geom.inline_ratio(int(c)) for c in geom.weight_codes}
+            m.submodules.demux = demux = InlineScaleDemux(weight_ports=P, data_width=W, max_ratio=max(ratios.values()))
+            m.submodules.pass_words = pw = SyncFIFOBuffered(width=32, depth=4)
+            for i in range(1, P):
+                wiring.connect(m, wiring.flipped(self.w_cmd[i]), seq.w_cmd[i])
+            c0, o0 = seq.w_cmd[0], self.w_cmd[0]
+            m.d.comb += [o0.payload.eq(c0.payload), o0.valid.eq(c0.valid & pw.w_rdy),
+                         c0.ready.eq(o0.ready & pw.w_rdy),
+                         pw.w_data.eq(c0.payload.bytes >> exact_log2(G.word_bytes)),
+                         pw.w_en.eq(c0.valid & o0.ready & pw.w_rdy),
+                         demux.words.payload.eq(pw.r_data), demux.words.valid.eq(pw.r_rdy),
+                         pw.r_en.eq(demux.words.ready)]
+            ratio = Signal(range(max(ratios.values()) + 1))
+            sel = 0
+            for code, r in ratios.items():
+                sel = Mux(seq.wbits == code, r, sel)
+            m.d.sync += ratio.eq(sel)
+            m.d.comb += [demux.ratio.eq(ratio), demux.start.eq(seq.start)]
+            for i in range(P):
+                wiring.connect(m, wiring.flipped(self.w_data[i]), demux.w_in[i])
+                wiring.connect(m, demux.w_out[i], unpack.w_data[i])
         rec = pass_layout(G)
         for src, dst, name in ((seq.pass_fill, actbuf.passes, "fill"), (seq.pass_load, wtile.passes, "load"),
                                (seq.pass_param, params.passes, "param"), (seq.pass_fire, sched.passes, "fire")):
@@ -156,7 +187,10 @@ class MatmulEngine(wiring.Component):
         # -- streams into the buffers --------------------------------------------------------------
         wiring.connect(m, wiring.flipped(self.act_data), partials.data)
         wiring.connect(m, partials.fill, actbuf.data)
-        wiring.connect(m, wiring.flipped(self.scale_data), scales.i)
+        if inline:
+            wiring.connect(m, demux.s, scales.i)          # scale_data stays idle (never commanded)
+        else:
+            wiring.connect(m, wiring.flipped(self.scale_data), scales.i)
         wiring.connect(m, wiring.flipped(self.rq_data), params.data)
         wiring.connect(m, unpack.o, wtile.w)
         wiring.connect(m, scales.o, wtile.scales)

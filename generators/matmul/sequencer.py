@@ -12,7 +12,8 @@ took the previous one and the shell can prefetch across passes:
   slice, one per row of the slice otherwise), then, from the second slice on, the pass's
   partial sums, once the writer acknowledged the previous slice's (they are rewritten in
   place); ``act_route`` tells the demultiplexer whose words each command brings;
-* ``w[i]`` / ``scale``: the slice's weight stripe / scale mantissas, once per pass;
+* ``w[i]`` / ``scale``: the slice's weight stripe / scale mantissas, once per pass (with inline
+  scales the stripe holds the slice's scale words too and ``scale`` stays idle);
 * ``rq``: per tile of the passes that need them, the tile's requant parameters (INT8, last
   slice) and bias (first slice);
 * ``out``: per pass of a non-last slice its partial-sum region; in the last slice Y, as one
@@ -82,7 +83,8 @@ class JobSequencer(wiring.Component):
     acknowledged.
     """
 
-    def __init__(self, geometry: EngineGeometry, *, ternary_packing: str = "2bit", sparse24: bool = False):
+    def __init__(self, geometry: EngineGeometry, *, ternary_packing: str = "2bit", sparse24: bool = False,
+                 inline_scales: bool = False):
         if not isinstance(geometry, EngineGeometry):
             raise TypeError(f"geometry must be an EngineGeometry, got {type(geometry).__name__}")
         if geometry.group_size < 16 or geometry.data_width < 64:
@@ -92,9 +94,15 @@ class JobSequencer(wiring.Component):
             raise ValueError(f"ternary_packing must be '2bit' or '5trit', got {ternary_packing!r}")
         if not isinstance(sparse24, bool):
             raise TypeError(f"sparse24 must be True or False, got {sparse24!r}")
+        if not isinstance(inline_scales, bool):
+            raise TypeError(f"inline_scales must be True or False, got {inline_scales!r}")
+        if inline_scales and ternary_packing == "5trit":
+            raise ValueError("inline_scales needs ternary_packing '2bit' (5-trit ternary has no whole number "
+                             "of weight words per scale word)")
         self._geom = geometry
         self._packing = ternary_packing
         self._sparse24 = sparse24
+        self._inline = inline_scales
         P = geometry.weight_ports
         rec = pass_layout(geometry)
         super().__init__({
@@ -142,6 +150,9 @@ class JobSequencer(wiring.Component):
         if self._packing == "5trit":       # ceil(ceil(nk / 5) / (cw / 8)) = ceil(nk / (5 cw / 8))
             nk_bits = 33 + self._geom.k_slice.bit_length()
             words = Mux(code == 3, ceil_div_const(nk[:nk_bits], 5 * cw // 8, nk_bits), words)
+        if self._inline:                   # + the slice's scale words: nk / G u16 in combined words
+            sbits = nk >> (exact_log2(self._geom.group_size) - 4)
+            words = words + ((sbits + cw - 1) >> exact_log2(cw))
         return words << exact_log2(B)
 
     def elaborate(self, platform):
@@ -346,7 +357,8 @@ class JobSequencer(wiring.Component):
         resets = []
         for i in range(P):
             resets += slice_stream(self.w_cmd[i], job.w_addr[i], wb_full, wb_last, f"w{i}")
-        resets += slice_stream(self.scale_cmd, job.s_addr, sb_full, sb_last, "scale")
+        if not self._inline:               # inline: the scales come with the weights (no scale_cmd)
+            resets += slice_stream(self.scale_cmd, job.s_addr, sb_full, sb_last, "scale")
 
         # -- requant parameters (INT8, last slice) and bias (first slice), per tile ----------------
         r_s = Signal(8)

@@ -17,7 +17,7 @@ from ...layout import DesignLayout
 from ...numerics.sparse import encode_sparse24_stream, prune_2_4
 from ..dma_bench import DmaBench
 
-__all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_requant", "unpack_outputs",
+__all__ = ["pack_activations", "pack_weights", "pack_scales", "pack_inline", "pack_requant", "unpack_outputs",
            "pack_bias", "MatmulCase", "random_case", "EngineBench"]
 
 
@@ -83,6 +83,36 @@ def pack_scales(s, word_bytes: int, *, groups_per_slice: int | None = None) -> b
         return b"".join(pack_scales(s[:, g0:g0 + groups_per_slice], word_bytes)
                         for g0 in range(0, s.shape[1], groups_per_slice))
     return _pad(s.tobytes(), word_bytes)
+
+
+def pack_inline(w, s, wbits, layout: DesignLayout) -> list[bytes]:
+    """``scale_stream: inline``: ``[N, K]`` weights and ``[N, K/G]`` mantissas -> one byte string per
+    stripe. Per K slice, written as the rule reads: cut the slice's weight stream and its scale
+    stream (u16 row-major) into combined words, then emit scale word 0, ``r`` weight words, scale
+    word 1, ``r`` weight words, ... until both run out (``r = G x b / 16``)."""
+    lay = layout
+    P, wb, geom = lay.mm.weight_ports, lay.word_bytes, lay.matmul
+    g, ks_full = lay.mm.group_size, geom.k_slice
+    code = _format_code(wbits)
+    r = geom.inline_ratio(code)
+    w, s = np.asarray(w), np.asarray(s)
+    out = [[] for _ in range(P)]
+    for k0 in range(0, w.shape[1], ks_full):
+        ws = pack_weights(w[:, k0:k0 + ks_full], code, P, lay.config.data_width,
+                          ternary_packing=lay.mm.ternary_packing)
+        wwords = [b"".join(ws[p][c * wb:(c + 1) * wb] for p in range(P)) for c in range(len(ws[0]) // wb)]
+        sraw = pack_scales(s[:, k0 // g:(k0 + ks_full) // g], wb * P)
+        swords = [sraw[c:c + wb * P] for c in range(0, len(sraw), wb * P)]
+        stream = []
+        while wwords or swords:
+            if swords:
+                stream.append(swords.pop(0))
+            stream += wwords[:r]
+            wwords = wwords[r:]
+        for word in stream:
+            for p in range(P):
+                out[p].append(word[p * wb:(p + 1) * wb])
+    return [b"".join(parts) for parts in out]
 
 
 def pack_bias(bias, word_bytes: int) -> bytes:
@@ -220,10 +250,14 @@ class EngineBench(DmaBench):
         wb, P, W = lay.word_bytes, lay.mm.weight_ports, lay.config.data_width
         geom = lay.matmul
         case.addrs["x"] = self.alloc(pack_activations(case.x, wb))
-        case.addrs["w"] = [self.alloc(b) for b in pack_weights(case.w, case.wbits, P, W,
-                                                                ternary_packing=lay.mm.ternary_packing,
-                                                                k_slice=geom.k_slice)]
-        case.addrs["s"] = self.alloc(pack_scales(case.s, wb, groups_per_slice=geom.k_slice // lay.mm.group_size))
+        if geom.inline_scales:          # scales in the stripes; s_addr points at garbage the engine ignores
+            case.addrs["w"] = [self.alloc(b) for b in pack_inline(case.w, case.s, case.wbits, lay)]
+            case.addrs["s"] = self.alloc(bytes([0xC3]) * wb)
+        else:
+            case.addrs["w"] = [self.alloc(b) for b in pack_weights(case.w, case.wbits, P, W,
+                                                                    ternary_packing=lay.mm.ternary_packing,
+                                                                    k_slice=geom.k_slice)]
+            case.addrs["s"] = self.alloc(pack_scales(case.s, wb, groups_per_slice=geom.k_slice // lay.mm.group_size))
         case.addrs["b"] = self.alloc(pack_bias(case.bias, wb)) if case.bias is not None else 0
         if case.out_mode == OutMode.INT8:
             case.addrs["q"] = self.alloc(pack_requant(case.mult, case.shift, wb))

@@ -293,10 +293,63 @@ class MatmulGeometry:
             return ceil_div(n * k, 5)
         return ceil_div(n * k * self.lane_bits(wbits), 8)
 
+    # -- inline scales (scale_stream: inline) ----------------------------------------------
+    @property
+    def inline_scales(self) -> bool:
+        """The group scales travel in the weight stripes (``scale_stream: inline``), not at ``s_addr``."""
+        return getattr(self.engine, "scale_stream", "data") == "inline"
+
+    @property
+    def combined_bytes(self) -> int:
+        """One combined word: word ``c`` of every stripe (``weight_ports x word_bytes``)."""
+        return self.engine.weight_ports * self.word_bytes
+
+    def inline_ratio(self, wbits) -> int:
+        """``r``: weight words per scale word in the inline layout, ``group_size x b / 16`` with ``b``
+        the stream bits per weight (2 for int2 and 2-bit ternary, 4, 8; 2:4 sparse ``(lane_bits + 2) / 2``).
+        A scale word holds ``P*W/16`` groups, i.e. the scales of ``G*b/16`` weight words, whatever
+        ``P``, ``W`` and ``lanes`` are. 5-trit ternary (1.6 bits) has no whole ``r``: the config refuses it."""
+        g = self.engine.group_size
+        if is_sparse24(wbits):
+            num = g * sparse24_group_bits(self.lane_bits(wbits))      # G x (2b + 4) / 4 / 16
+            den = 64
+        elif dense_code(wbits) in ("ternary", WeightFormat.TERNARY) and self.engine.ternary_packing == "5trit":
+            num, den = g * 8, 5 * 16
+        else:
+            num, den = g * self.lane_bits(wbits), 16
+        if num % den:
+            raise ValueError(f"scale_stream: inline: weight format {wbits!r} has no whole number of weight words "
+                             f"per scale word (group_size {g})")
+        return num // den
+
+    def slice_stream_words(self, n: int, ks: int, wbits) -> tuple[int, int]:
+        """``(weight words, scale words)`` of one K slice, in combined words; scale words are 0 unless
+        inline. Inline, the slice's stripes hold ``weight words + scale words`` combined words (see
+        :meth:`inline_positions`)."""
+        cb = self.combined_bytes
+        ww = ceil_div(self.weight_stream_bytes(n, ks, wbits), cb)
+        if not self.inline_scales:
+            return ww, 0
+        sw = ceil_div(n * (ks // self.engine.group_size) * 2, cb)
+        r = self.inline_ratio(wbits)
+        # every scale word is followed by at least one of its weight words: the slice is ww + sw words
+        assert r * (sw - 1) < ww <= r * sw, (ww, sw, r)
+        return ww, sw
+
+    def inline_positions(self, n: int, ks: int, wbits) -> tuple[range, list[int]]:
+        """Where the combined words of one K slice sit in its inline stream: ``(scale, weight)`` word
+        indexes. Scale word ``j`` (the slice's ``[n, ks/G]`` u16 scales, row-major, cut into combined
+        words, the last zero-padded) is at ``j * (r + 1)``, followed by weight words ``j*r .. j*r + r - 1``
+        (weight word ``i`` at ``i + i // r + 1``); the slice's last scale word is followed by the rest
+        of its weight words (at least one)."""
+        ww, sw = self.slice_stream_words(n, ks, wbits)
+        r = self.inline_ratio(wbits)
+        return range(0, sw * (r + 1), r + 1), [i + i // r + 1 for i in range(ww)]
+
     def slice_weight_port_bytes(self, n: int, ks: int, wbits) -> int:
-        """Bytes each weight port holds for one slice's [n, ks] weights (whole combined words)."""
-        combined_bytes = self.engine.weight_ports * self.word_bytes
-        return ceil_div(self.weight_stream_bytes(n, ks, wbits), combined_bytes) * self.word_bytes
+        """Bytes each weight port holds for one slice's [n, ks] weights (whole combined words); inline,
+        the slice's scale words too."""
+        return sum(self.slice_stream_words(n, ks, wbits)) * self.word_bytes
 
     def weight_port_bytes(self, n: int, k: int, wbits) -> int:
         """Bytes each weight port holds for an [n, k] weight matrix (k padded): its K slices one
@@ -304,10 +357,14 @@ class MatmulGeometry:
         return sum(self.slice_weight_port_bytes(n, self.slice_k(k, s), wbits) for s in range(self.slices(k)))
 
     def slice_scale_bytes(self, n: int, ks: int) -> int:
+        """Bytes of one K slice's scales at ``s_addr`` (0 inline: they are in the weight stripes)."""
+        if self.inline_scales:
+            return 0
         return self.round_words(n * (ks // self.engine.group_size) * 2)
 
     def scale_bytes(self, n: int, k: int) -> int:
-        """Group-scale mantissas: per K slice ``[n, ks/G]`` u16, each slice whole words."""
+        """Group-scale mantissas at ``s_addr``: per K slice ``[n, ks/G]`` u16, each slice whole words
+        (0 with ``scale_stream: inline``: the engine ignores ``s_addr``)."""
         return sum(self.slice_scale_bytes(n, self.slice_k(k, s)) for s in range(self.slices(k)))
 
     def requant_bytes(self, n: int) -> int:
@@ -352,7 +409,8 @@ def matmul_checks(geom: MatmulGeometry) -> tuple[Check, ...]:
 
     def addresses(f):
         yield "x_addr"
-        yield "s_addr"
+        if not geom.inline_scales:              # inline: s_addr is ignored
+            yield "s_addr"
         yield "y_addr"
         yield from (f"w_addr{i}" for i in ports)
 
@@ -413,7 +471,8 @@ class MatmulFamily(EngineFamily):
         return matmul_checks(layout.matmul)
 
     def channels(self, layout):
-        # act: activations and split-K partials; scale: group scales; rq: requant parameters and bias
+        # act: activations and split-K partials; scale: group scales (idle with scale_stream: inline);
+        # rq: requant parameters and bias
         return Channels(data_readers=("act", "scale", "rq"), data_writer=True,
                         stream_readers=layout.mm.weight_ports)
 
@@ -432,6 +491,7 @@ class MatmulFamily(EngineFamily):
             "sparse24": bool(getattr(mm, "sparse24", False)), "sparse24_flag": SPARSE24,
             "ternary_packing": mm.ternary_packing, "arch": mm.arch, "tlmm_group": mm.tlmm_group,
             "group_size": mm.group_size, "scale_bits": mm.scale_bits, "max_k": mm.max_k,
+            "scale_stream": getattr(mm, "scale_stream", "data"),
             "k_align": geom.k_align, "addr_align": geom.addr_align,
             "k_slice": geom.k_slice, "split_k": mm.split_k, "max_k_total": geom.max_k_total,
             "tile_n": geom.tile_n, "tile_m": geom.tile_m,

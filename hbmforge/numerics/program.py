@@ -154,6 +154,18 @@ class ProgramResult:
         return self.error == ErrorCode.NONE
 
 
+def _read_slice_words(mem, d: dict[str, int], layout: DesignLayout, offset: int, ks: int) -> np.ndarray:
+    """One K slice's combined words ``[words, P * word_bytes]`` (word ``c`` of every stripe, stripe 0
+    first) from the stripes at ``w_addr<p> + offset``."""
+    n, code = d["n"], d["wbits"]
+    ports, wb = layout.mm.weight_ports, layout.word_bytes
+    port_bytes = layout.matmul.slice_weight_port_bytes(n, ks, code)
+    words = port_bytes // wb
+    stripes = [np.frombuffer(mem.read(d[f"w_addr{p}"] + offset, port_bytes), dtype=np.uint8).reshape(words, wb)
+               for p in range(ports)]
+    return np.concatenate(stripes, axis=1)
+
+
 def _read_slice_weights(mem, d: dict[str, int], layout: DesignLayout, offset: int, ks: int) -> np.ndarray:
     """Decode one K slice's [n, ks] weights from its stripes (at ``w_addr<p> + offset``), literally:
     words -> bytes/bits (byte 0 = least significant), stripe words concatenated with stripe 0 in
@@ -166,12 +178,10 @@ def _read_slice_weights(mem, d: dict[str, int], layout: DesignLayout, offset: in
     * 2:4 sparse (code | SPARSE24): :func:`hbmforge.numerics.sparse.decode_sparse24_stream`.
     """
     n, code = d["n"], d["wbits"]
-    ports, wb = layout.mm.weight_ports, layout.word_bytes
-    port_bytes = layout.matmul.slice_weight_port_bytes(n, ks, code)
-    words = port_bytes // wb
-    stripes = [np.frombuffer(mem.read(d[f"w_addr{p}"] + offset, port_bytes), dtype=np.uint8).reshape(words, wb)
-               for p in range(ports)]
-    stream_bytes = np.concatenate(stripes, axis=1).reshape(-1)                # combined words, in order
+    words = _read_slice_words(mem, d, layout, offset, ks)
+    if layout.matmul.inline_scales:        # inline: the weight words only
+        words = words[layout.matmul.inline_positions(n, ks, code)[1]]
+    stream_bytes = words.reshape(-1)                                          # combined words, in order
     count = n * ks
     if code & SPARSE24:                     # 2:4 sparse: 2 values + two 2-bit indexes per 4 elements
         base = code & ~SPARSE24
@@ -209,8 +219,20 @@ def _read_weights(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
 
 
 def _read_scales(mem, d: dict[str, int], layout: DesignLayout) -> np.ndarray:
-    """S [n, k/G]: per K slice ``[n, ks/G]`` u16 little-endian mantissas, each slice whole words."""
+    """S [n, k/G]: per K slice ``[n, ks/G]`` u16 little-endian mantissas, each slice whole words
+    (at ``s_addr``; with ``scale_stream: inline`` the slice's scale words in the weight stripes,
+    :meth:`~hbmforge.engines.matmul.MatmulGeometry.inline_positions`)."""
     geom, mm, k, n = layout.matmul, layout.mm, d["k"], d["n"]
+    if geom.inline_scales:
+        parts, offset = [], 0
+        for sl in range(geom.slices(k)):
+            ks = geom.slice_k(k, sl)
+            groups = ks // mm.group_size
+            words = _read_slice_words(mem, d, layout, offset, ks)[list(geom.inline_positions(n, ks, d["wbits"])[0])]
+            raw = words.reshape(-1)[:n * groups * 2].view("<u2")
+            parts.append((raw.astype(np.int64) & ((1 << mm.scale_bits) - 1)).reshape(n, groups))
+            offset += geom.slice_weight_port_bytes(n, ks, d["wbits"])
+        return np.concatenate(parts, axis=1)
     parts, addr = [], d["s_addr"]
     for sl in range(geom.slices(k)):
         groups = geom.slice_k(k, sl) // mm.group_size
@@ -263,8 +285,10 @@ def _run_matmul(mem, d: dict[str, int], layout: DesignLayout, result: ProgramRes
     m, k, n, wbits, mode = d["m"], d["k"], d["n"], d["wbits"], d["out_mode"]
     bias_on = d.get("bias", 0) == BiasMode.INT32
     g = mm.group_size
-    ranges = [(d["x_addr"], m * k), (d["s_addr"], geom.scale_bytes(n, k)),
-              (d["y_addr"], geom.out_bytes(m, n, mode))]
+    ranges = [(d["x_addr"], m * k)]
+    if not geom.inline_scales:              # inline: s_addr is ignored
+        ranges.append((d["s_addr"], geom.scale_bytes(n, k)))
+    ranges.append((d["y_addr"], geom.out_bytes(m, n, mode)))
     ranges += [(d[f"w_addr{p}"], geom.weight_port_bytes(n, k, wbits)) for p in range(mm.weight_ports)]
     if mode == OutMode.INT8:
         ranges.append((d["q_addr"], geom.requant_bytes(n)))

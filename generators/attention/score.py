@@ -245,7 +245,10 @@ class ScoreUnit(wiring.Component):
                     m.d.sync += [full[b].eq(1), meta_n[b].eq(tC + 1), meta_tf[b].eq(firstC)]
 
         # -- probability stage ---------------------------------------------------------------
-        DEPTH = 4
+        # issue (bank read) -> X: d = m - z (or the alpha's m_new - m_prev), clamped, registered
+        # -> Y: exp2 table read, registered -> Z: shift and round, FIFO write. ``room`` counts the
+        # entries in flight (the bank read, X and Y) so the FIFO never overflows.
+        DEPTH = 8
         m.submodules.pfifo = pf = SyncFIFOBuffered(width=p_entry_layout(rows).size, depth=DEPTH)
         m.d.comb += [self.p.payload.eq(pf.r_data), self.p.valid.eq(pf.r_rdy), pf.r_en.eq(self.p.ready)]
         pb = Signal()
@@ -255,13 +258,19 @@ class ScoreUnit(wiring.Component):
         fullP = Mux(pb, full[1], full[0])
         nP = Mux(pb, meta_n[1], meta_n[0])
         tfP = Mux(pb, meta_tf[1], meta_tf[0])
-        room = (pf.w_level + inflight) < DEPTH
-        entry = Signal(p_entry_layout(rows))
         exps = []
         for r in range(rows):
-            e = Exp2(Z_BITS + 1)
+            e = Exp2(Z_BITS + 1, registered=True)
             m.submodules[f"exp{r}"] = e
             exps.append(e)
+        x_valid, x_alpha = Signal(), Signal()          # stage X holds d (the exp2 input)
+        y_valid, y_alpha = Signal(), Signal()          # stage Y: the table read in flight
+        x_zero = [Signal(name=f"x_zero{r}") for r in range(rows)]     # the entry is 0 (masked / first)
+        x_one = [Signal(name=f"x_one{r}") for r in range(rows)]       # the entry is 1.0 (empty alpha)
+        y_zero = [Signal(name=f"y_zero{r}") for r in range(rows)]
+        y_one = [Signal(name=f"y_one{r}") for r in range(rows)]
+        room = (pf.w_level + inflight + x_valid + y_valid) < DEPTH
+        entry = Signal(p_entry_layout(rows))
         issue = Signal()
         m.d.comb += issue.eq(fullP & alpha_done & (k < nP) & room)
         m.d.comb += br.addr.eq(Cat(k[:exact_log2(page_tokens)] if page_tokens > 1 else Const(0, 0), pb))
@@ -279,6 +288,8 @@ class ScoreUnit(wiring.Component):
         # the probability of a read token uses the bank it was read from: pb before the toggle
         pbr = Signal()
         m.d.sync += pbr.eq(pb)
+        m.d.sync += [x_valid.eq(inflight | do_alpha), x_alpha.eq(~inflight),
+                     y_valid.eq(x_valid), y_alpha.eq(x_alpha)]
         for r in range(rows):
             newP = Mux(pbr, meta_new[1][r], meta_new[0][r])
             newA = Mux(pb, meta_new[1][r], meta_new[0][r])
@@ -287,14 +298,15 @@ class ScoreUnit(wiring.Component):
             zr = br.data[r * ew:r * ew + Z_BITS].as_signed()
             vr = br.data[r * ew + Z_BITS]
             dd = Signal(signed(Z_BITS + 2), name=f"dd{r}")
+            dq = Signal(Z_BITS + 1, name=f"dq{r}")
             with m.If(inflight):
                 m.d.comb += dd.eq(newP - zr)
+                m.d.sync += [x_zero[r].eq(~vr), x_one[r].eq(0)]
             with m.Else():
                 m.d.comb += dd.eq(newA - prevA)
-            m.d.comb += exps[r].d.eq(Mux(dd < 0, 0, dd[:Z_BITS + 1]))
-            with m.If(inflight):
-                m.d.comb += entry.vals[r].eq(Mux(vr, exps[r].p, 0))
-            with m.Else():
-                m.d.comb += entry.vals[r].eq(Mux(tfP, 0, Mux(emptyA, 1 << P_FRAC, exps[r].p)))
-        m.d.comb += [entry.alpha.eq(~inflight), pf.w_data.eq(entry), pf.w_en.eq(inflight | do_alpha)]
+                m.d.sync += [x_zero[r].eq(tfP), x_one[r].eq(~tfP & emptyA)]
+            m.d.sync += [dq.eq(Mux(dd < 0, 0, dd[:Z_BITS + 1])), y_zero[r].eq(x_zero[r]), y_one[r].eq(x_one[r])]
+            m.d.comb += [exps[r].d.eq(dq),
+                         entry.vals[r].eq(Mux(y_zero[r], 0, Mux(y_one[r], 1 << P_FRAC, exps[r].p)))]
+        m.d.comb += [entry.alpha.eq(y_alpha), pf.w_data.eq(entry), pf.w_en.eq(y_valid)]
         return m

@@ -34,6 +34,26 @@ def test_exp2_unit_matches_golden_on_every_input_up_to_zero_and_beyond():
     assert got == [int(exp2_neg(d)) for d in ds]
 
 
+def test_registered_exp2_matches_golden_one_input_per_cycle_one_cycle_later():
+    dut = Exp2(25, registered=True)
+    assert dut.LATENCY == 1 and Exp2(25).LATENCY == 0
+    rng = np.random.default_rng(3)
+    ds = list(range(0, 18 << 8)) + [1 << 20, (1 << 25) - 1] + [int(v) for v in rng.integers(0, 1 << 25, 500)]
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(ds) + 1):
+            ctx.set(dut.d, ds[i] if i < len(ds) else 0)
+            await ctx.tick()
+            got.append(ctx.get(dut.p))
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got[:len(ds)] == [int(exp2_neg(d)) for d in ds]
+
+
 def test_reciprocal_pipeline_matches_golden_one_input_per_cycle():
     dut = Reciprocal(36)
     rng = np.random.default_rng(0)

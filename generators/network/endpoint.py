@@ -9,9 +9,10 @@ Dataflow::
     timer scan (one slot per cycle): a slot waiting longer than ``timeout`` -> send queue again
                (``retries`` times at most, then NET_TIMEOUT); the feeder starved (every block sent,
                or the next block's slot waits) and a slot sent srtt + max(4 rttvar, srtt/4) ago
-               (4 x for a suspect slot) -> send queue again (the tail timer: not a try); a slot
-               sent FAST_RETRANSMIT_AFTER packets before one answered -> a PROBE (header only)
-               for it, once: the slot is then suspect and leaves the ``inflight`` count
+               -> send queue again (the tail timer: not a try); a slot sent FAST_RETRANSMIT_AFTER
+               packets before one answered -> a PROBE (header only) for it: the slot is then
+               suspect and leaves the ``inflight`` count; a suspect slot is probed again that
+               answer time after its last probe or the last STATUS for it (not a try)
     answer time: each result of a block sent once (Karn) updates srtt and rttvar (RFC 6298)
     s_axis_net -> header rules, then: RESULT for a waiting slot, its round and block
                -> payload FIFO -> ``out_cmd``/``out_data`` (in place) ; the slot's round + 1 ;
@@ -105,6 +106,8 @@ class NetworkEngine(wiring.Component):
         tt = Array(Signal(32, name=f"tt{i}") for i in range(WM))
         tries = Array(Signal(8, name=f"tries{i}") for i in range(WM))
         suspect = Array(Signal(name=f"suspect{i}") for i in range(WM))
+        # a suspect slot's last probe, or the last STATUS for it since: its re-probe timer
+        pt = Array(Signal(32, name=f"pt{i}") for i in range(WM))
         # the answer time of blocks sent once (Karn), smoothed, and its mean deviation (RFC 6298),
         # for the tail timer
         srtt = Signal(RTT_BITS)
@@ -206,17 +209,20 @@ class NetworkEngine(wiring.Component):
             m.d.sync += nbusy.eq(nbusy + feed_go - freed - lost_go)
 
         # the timer scan, one slot per cycle: ``timeout`` cycles since the timer started -> sent
-        # again (a try); sent well before a packet that got its answer -> probed, once (the slot
-        # is then ``suspect``: no longer counted in ``inflight``). And the tail timer, once an
-        # answer time was measured: while the feeder is starved (every block sent, or the next
-        # block's slot still waits: no later packet can reveal a loss) a slot whose block was sent
-        # that time's smoothed mean + max(4 x its mean deviation, mean / 4) ago (RFC 6298's RTO
-        # with a floor), or a suspect slot 4 x that ago (probe, STATUS, a member's resend,
-        # result), is sent again: not a try, the timeout keeps running.
+        # again (a try); sent well before a packet that got its answer -> probed (the slot is then
+        # ``suspect``: no longer counted in ``inflight``). And the tail timer, once an answer time
+        # was measured (its smoothed mean + max(4 x its mean deviation, mean / 4): RFC 6298's RTO
+        # with a floor): a suspect slot that long after its last probe or the last STATUS for it
+        # is probed again (a lost probe, STATUS or result costs that, not a timeout); while the
+        # feeder is starved (every block sent, or the next block's slot still waits: no later
+        # packet can reveal a loss) a slot whose block was sent that long ago is sent again. Not
+        # tries: the timeout keeps running.
         age = Signal(32)
         since = Signal(32)
+        asked = Signal(32)
         ahead = Signal(32)
-        m.d.comb += [age.eq(now - tt[scan]), since.eq(now - st[scan]), ahead.eq(answered - sent_at[scan])]
+        m.d.comb += [age.eq(now - tt[scan]), since.eq(now - st[scan]), asked.eq(now - pt[scan]),
+                     ahead.eq(answered - sent_at[scan])]
         starved = (next_block == blocks) | pend[feed_slot]
         tail = Signal(RTT_BITS + 3)
         margin = Signal(RTT_BITS + 2)
@@ -224,8 +230,8 @@ class NetworkEngine(wiring.Component):
         m.d.comb += tail.eq(srtt + margin)
         idle_slot = pend[scan] & ~queued[scan]
         expired = idle_slot & (age >= timeout)
-        tail_due = (idle_slot & srtt_ok & (starved | suspect[scan]) & (mode != NetMode.RESET)
-                    & (since >= Mux(starved, tail, tail << 2)))
+        tail_due = idle_slot & srtt_ok & ~suspect[scan] & starved & (mode != NetMode.RESET) & (since >= tail)
+        reprobe_due = idle_slot & srtt_ok & suspect[scan] & (mode != NetMode.RESET) & (asked >= tail)
         overtaken = (idle_slot & ~suspect[scan] & ~ahead[31] & (ahead >= FAST_RETRANSMIT_AFTER)
                      & (mode != NetMode.RESET))
         m.d.sync += scan.eq(Mux((scan == WM - 1) | (scan + 1 >= win), 0, scan + 1))
@@ -236,12 +242,15 @@ class NetworkEngine(wiring.Component):
                 with m.Else():
                     m.d.comb += [scan_go.eq(1), scan_kind.eq(K_AGAIN)]
                     m.d.sync += [tries[scan].eq(tries[scan] + 1), queued[scan].eq(1)]
+            with m.Elif(reprobe_due):
+                m.d.comb += [scan_go.eq(1), scan_kind.eq(K_PROBE)]
+                m.d.sync += [queued[scan].eq(1), pt[scan].eq(now)]
             with m.Elif(tail_due):
                 m.d.comb += [scan_go.eq(1), scan_kind.eq(K_TAIL)]
                 m.d.sync += queued[scan].eq(1)
             with m.Elif(overtaken):
                 m.d.comb += [scan_go.eq(1), scan_kind.eq(K_PROBE)]
-                m.d.sync += [queued[scan].eq(1), suspect[scan].eq(1)]
+                m.d.sync += [queued[scan].eq(1), suspect[scan].eq(1), pt[scan].eq(now)]
                 # (a result committed for this very slot this cycle already frees it)
                 m.d.comb += lost_go.eq(~(commit & (c_slot == scan)))
 
@@ -280,12 +289,12 @@ class NetworkEngine(wiring.Component):
                 m.d.comb += [hdrq.w_en.eq(1), header_only, inc["net_packets"].eq(1),
                              inc["net_retransmits"].eq(retx)]
             with m.Elif(pend[popped]):
-                m.d.sync += [sent_at[popped].eq(seq), seq.eq(seq + 1), clean[popped].eq(kind == K_FIRST)]
+                m.d.sync += [seq.eq(seq + 1), clean[popped].eq(kind == K_FIRST)]
                 m.d.comb += inc["net_packets"].eq(1)
-                with m.If(kind == K_PROBE):                       # the timer keeps running
+                with m.If(kind == K_PROBE):       # the timers keep running; the block's send order stays
                     m.d.comb += [hdrq.w_en.eq(1), header_only]
                 with m.Else():
-                    m.d.sync += [st[popped].eq(now), cmd_pending.eq(1),
+                    m.d.sync += [sent_at[popped].eq(seq), st[popped].eq(now), cmd_pending.eq(1),
                                  Value.cast(cmd_hdr).eq(Cat(Value.cast(hdr), pop_words))]
                     with m.If(kind != K_TAIL):
                         m.d.sync += tt[popped].eq(now)
@@ -426,6 +435,8 @@ class NetworkEngine(wiring.Component):
                 with m.Elif(a == A_STATUS):
                     m.d.comb += [heard_set.eq(1), heard_val.eq(hv.members)]
                     s_slot = hv.slot[:sw] if WM > 1 else 0
+                    with m.If(suspect[s_slot]):
+                        m.d.sync += pt[s_slot].eq(now)   # answered: the round still waits; probe later
                     gap = Signal(32)
                     s_age = Signal(32)                   # paced: a STATUS older than my resend is stale
                     m.d.comb += [gap.eq(seq - sent_at[s_slot]), s_age.eq(now - st[s_slot])]

@@ -553,6 +553,7 @@ class GoldenEndpoint:
         self.timer_from = [0] * self.window       # ... sent but for a tail resend: the timeout's start
         self.tries_of = [0] * self.window
         self.suspect = [False] * self.window      # probed as overtaken: out of the ``inflight`` count
+        self.probe_time = [0] * self.window       # a suspect slot: its last probe, or the STATUS since
         self.srtt = None                          # smoothed answer time of blocks sent once (Karn)
         self.rttvar = 0                           # ... and its mean deviation (RFC 6298)
         self.seq = 0                                # packets sent so far (the send order)
@@ -618,21 +619,22 @@ class GoldenEndpoint:
         return self.next_block >= self.blocks or self.pending[self.next_block % self.window] is not None
 
     def _tail_wait(self, s: int) -> float:
-        """Cycles after its block's last send before slot ``s`` is sent again by the tail timer:
-        once an answer time was measured, while the feeder is starved (no later packet can reveal
-        a loss) the smoothed answer time + max(4 x its mean deviation, 1/4 of it) (RFC 6298's RTO
-        with a floor); for a slot probed as lost while the feeder still sends, 4 x that (its
-        probe, the STATUS, a member's resend and the result take about three answer times);
-        otherwise never."""
+        """Cycles after its timer's start before slot ``s`` is served by the tail timer, once an
+        answer time was measured: the smoothed answer time + max(4 x its mean deviation, 1/4 of it)
+        (RFC 6298's RTO with a floor). A suspect (probed) slot counts from its last probe or the
+        last STATUS for it and is probed again (a lost probe, STATUS or result costs one such time,
+        not a timeout); another slot counts from its block's last send and, while the feeder is
+        starved (no later packet can reveal a loss), is sent again; otherwise never."""
         if self.srtt is None:
             return math.inf
         tail = self.srtt + max(self.rttvar << 2, self.srtt >> 2)
-        if self._starved():
+        if self.suspect[s] or self._starved():
             return tail
-        return tail << 2 if self.suspect[s] else math.inf
+        return math.inf
 
     def _deadline(self, s: int) -> float:
-        return min(self.timer_from[s] + self.job.timeout, self.sent_time[s] + self._tail_wait(s))
+        base = self.probe_time[s] if self.suspect[s] else self.sent_time[s]
+        return min(self.timer_from[s] + self.job.timeout, base + self._tail_wait(s))
 
     # -- events --------------------------------------------------------------------------------
     def next_deadline(self) -> float:
@@ -665,27 +667,37 @@ class GoldenEndpoint:
                     self._fail(ErrorCode.NET_TIMEOUT)
                     return
                 self._send_block(s, self.pending[s], now, again=True)
+            elif self.suspect[s]:
+                if now >= self.probe_time[s] + self._tail_wait(s):   # a probed slot: probe again
+                    self._probe(s, now)
             elif now >= self.sent_time[s] + self._tail_wait(s):  # the tail timer: not a try
                 self._send_block(s, self.pending[s], now, again=True, tail=True)
 
     def _fast_retransmit(self, now: float) -> None:
-        """Slots sent FAST_RETRANSMIT_AFTER packets before one that got its result: probe them, once.
-        The slot is then lost, most likely: it leaves the ``inflight`` count, and its timer (from
-        its block's send) becomes the short one (:meth:`_tail_wait`): a probe answered by a result
-        already on its way costs the switch's output bus a whole packet, so none is repeated."""
-        j = self.job
+        """Slots sent FAST_RETRANSMIT_AFTER packets before one that got its result: probe them. The
+        slot is then lost, most likely (suspect): it leaves the ``inflight`` count, and it is probed
+        again one answer time after its last probe or STATUS (:meth:`_tail_wait`), not sooner: a
+        probe answered by a result already on its way costs the switch's output bus a whole packet."""
         for s in range(self.window):
             if self.pending[s] is not None and not self.suspect[s] \
                     and self.answered - self.sent_at[s] >= FAST_RETRANSMIT_AFTER:
-                self.suspect[s] = True
-                self.busy -= 1
-                self.outbox.append(Packet(Header(type=PacketType.PROBE, job=j.job, worker=self.worker,
-                                                 epoch=j.epoch, slot=s, round=self.round_of(s),
-                                                 offset=self.pending[s], members=j.members, op=j.mode)))
-                self.sent_at[s] = self.seq
-                self.clean[s] = False
-                self.seq += 1
-                self.counters.packets += 1
+                self._probe(s, now, lost=True)
+
+    def _probe(self, s: int, now: float, *, lost: bool = False) -> None:
+        """A PROBE for slot ``s`` (``lost``: the first, the slot becomes suspect). It counts in the
+        send order but does not date the slot's block (``sent_at``: STATUS resends are paced by
+        the block's own sends)."""
+        j = self.job
+        if lost:
+            self.suspect[s] = True
+            self.busy -= 1
+        self.probe_time[s] = int(now)
+        self.outbox.append(Packet(Header(type=PacketType.PROBE, job=j.job, worker=self.worker,
+                                         epoch=j.epoch, slot=s, round=self.round_of(s),
+                                         offset=self.pending[s], members=j.members, op=j.mode)))
+        self.clean[s] = False
+        self.seq += 1
+        self.counters.packets += 1
 
     def _bad(self, pkt: Packet) -> bool:
         if pkt.extra_words < 0:
@@ -722,6 +734,8 @@ class GoldenEndpoint:
             return
         if h.type == PacketType.STATUS:
             c.heard = h.members
+            if self.suspect[s]:
+                self.probe_time[s] = int(now)        # answered: the round still waits
             if not h.members >> self.worker & 1 and self.seq - self.sent_at[s] >= FAST_RETRANSMIT_AFTER \
                     and (self.srtt is None or int(now) - self.sent_time[s] >= self.srtt):
                 self._send_block(s, self.pending[s], now, again=True)   # the switch misses my block

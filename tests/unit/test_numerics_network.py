@@ -430,3 +430,72 @@ def test_golden_fabric_names_a_member_that_never_comes_and_refuses_disagreeing_l
     assert [r.error for r in results] == [ErrorCode.NET_MISMATCH] * 2
     with pytest.raises(ValueError, match="timeout"):
         GoldenFabric(timeout=0)
+
+
+class _LoseEach(NetworkSim):
+    """A clean network that loses, for each of ``picks``, the first packet it selects."""
+
+    def __init__(self, *args, picks, **kw):
+        super().__init__(*args, **kw)
+        self.picks, self.lost_headers = list(picks), []
+
+    def _transmit(self, ch, pkt, t, kind, dest):
+        direction = "up" if kind == "to_switch" else "down"
+        for i, pick in enumerate(self.picks):
+            if pick is not None and pick(direction, dest, pkt.header):
+                self.picks[i] = None
+                self.lost_headers.append(pkt.header)
+                ch.busy_until = max(t, ch.busy_until) + pkt.nbytes(self.geom.data_width) / ch.p.bytes_per_cycle
+                return
+        super()._transmit(ch, pkt, t, kind, dest)
+
+
+@pytest.mark.parametrize("lost", ["the probe", "the result after a STATUS"])
+def test_a_suspect_slot_is_probed_again_after_one_answer_time(lost):
+    """Mid-job (the feeder still sends), device 1 probes block 20. If its probe is lost, or the
+    round's result is lost after the STATUS answered the probe, it probes again one answer time
+    after its last probe or STATUS: the stored result comes back within a few answer times and
+    its block is never sent again. Before, a probed slot waited 4 answer times from its block's
+    send and then sent the block again (a whole packet on its link)."""
+    geom = SwitchGeometry(ports=3, data_width=64, packet_words=4, slots=64, jobs=2)
+    link = LinkParams(bytes_per_cycle=8, latency=50)
+    rng = np.random.default_rng(9)
+    bufs = [rng.integers(-2**31, 2**31, 160 * 4 * geom.lanes).astype(np.int32) for _ in range(3)]
+    want = reduce_reference(bufs)
+    b = 20
+    if lost == "the probe":
+        picks = [lambda d, dev, h: d == "down" and dev == 1 and h.type == PacketType.RESULT and h.offset == b,
+                 lambda d, dev, h: d == "up" and dev == 1 and h.type == PacketType.PROBE and h.offset == b]
+    else:
+        picks = [lambda d, dev, h: d == "up" and dev == 0 and h.type == PacketType.DATA and h.offset == b,
+                 lambda d, dev, h: d == "down" and dev == 1 and h.type == PacketType.RESULT and h.offset == b]
+    probes = []
+
+    class Sim(_LoseEach):
+        def _transmit(self, ch, pkt, t, kind, dest):
+            h = pkt.header
+            if kind == "to_switch" and dest == 1 and h.type == PacketType.PROBE and h.offset == b:
+                probes.append(t)
+            super()._transmit(ch, pkt, t, kind, dest)
+
+    sim = Sim(3, geom, link, picks=picks)
+    ep = sim.endpoints[1]
+    sent, got = [], []
+    send, on_packet = ep._send_block, ep.on_packet
+
+    def send_block(slot, block, now, **kw):
+        if block == b:
+            sent.append(now)
+        send(slot, block, now, **kw)
+
+    def packet(pkt, now):
+        if pkt.header.type == PacketType.RESULT and pkt.header.offset == b:
+            got.append(now)
+        on_packet(pkt, now)
+    ep._send_block, ep.on_packet = send_block, packet
+    res = sim.allreduce([x.copy() for x in bufs], window=64, inflight=8, timeout=50_000)
+    assert len(sim.lost_headers) == 2, sim.lost_headers
+    assert res.ok and all(np.array_equal(r, want) for r in res.results)
+    assert len(sent) == 1, f"device 1 sent block {b} again at {sent[1:]}: a probe was enough"
+    assert len(probes) >= 2, probes
+    assert got[0] - probes[0] < 4 * ep.srtt, (probes, got, ep.srtt)

@@ -133,6 +133,49 @@ def test_a_lost_last_packet_is_recovered_in_a_few_answer_times_not_the_timeout(l
     assert lossy - clean < timeout // 20, (clean, lossy)
 
 
+def test_a_suspect_slot_whose_probe_is_lost_is_probed_again_not_sent_again():
+    """Block 8's RESULT to the engine is lost, and so is the engine's PROBE for it (the slot was
+    overtaken by later answers). The slot is probed again one answer time after that probe, and
+    the stored result comes back: the block's DATA goes up once. Before, a probed slot was sent
+    again by the tail timer (a whole packet on the link)."""
+    lay = net_layout(window=16)
+    P, word, blocks = 4, lay.word_bytes, 48
+    nbytes = blocks * P * word
+    rng = np.random.default_rng(12)
+    b_lost = 8
+    seen = {"data": 0, "probe": 0}
+    lost = []
+
+    def drop(where, port, pkt):
+        h = pkt.header
+        if port != 1 or h.offset != b_lost:
+            return False
+        if where == "up" and h.type == PacketType.DATA:
+            seen["data"] += 1
+        if where == "up" and h.type == PacketType.PROBE:
+            seen["probe"] += 1
+        hit = ((where == "down" and h.type == PacketType.RESULT and not lost)
+               or (where == "up" and h.type == PacketType.PROBE and len(lost) == 1))
+        if hit:
+            lost.append(h)
+        return hit
+
+    bench = EndpointBench(lay, NetworkEngine(lay), worker=1, workers=3, seed=10, drop=drop)
+
+    async def tb(ctx, b):
+        mine = buffer(b, 0x400, nbytes)
+        peers = {i: rng.integers(-2**31, 2**31, nbytes // 4).astype(np.int32) for i in (0, 2)}
+        want = reduce_reference([peers[0], mine, peers[2]])
+        fault = await b.allreduce(ctx, descriptor(worker=1, members=0b111, bytes=nbytes, window=16, inflight=4,
+                                                  timeout=50_000), peers)
+        assert fault == ErrorCode.NONE and np.array_equal(buffer(b, 0x400, nbytes), want)
+        assert len(lost) == 2, lost
+        assert seen["probe"] >= 2, seen
+        assert seen["data"] == 1, f"block {b_lost} was sent again: {seen}"
+
+    bench.run(tb)
+
+
 def test_bad_packets_from_the_switch_are_dropped_and_counted_never_written():
     lay = net_layout()
     bench = EndpointBench(lay, NetworkEngine(lay), worker=1, workers=2, seed=4)

@@ -19,7 +19,9 @@ with ``golden_decode_step`` (the CPU golden program on a snapshot of the device 
 What is projected (labelled ``"kind": "projection"``): tokens/s of the whole model =
 clock / (32 x layer cycles + LM head cycles) with the host round trip per token added; the LM head
 (32000 x 4096 at W4) at the layer's measured cycles per weight; 225 MHz (AccLLM / FlightLLM) and
-300 MHz with the cycle counts of the 300 MHz co-sim; the roofline = bytes per token / the board's
+300 MHz with the cycle counts of the co-sim (its calibrated memory timing at ``--memory-clock``,
+default the config's clock: run once per clock, ``--memory-clock 225``, to have cycles measured at
+each; every projection row says which clock its cycles were measured at); the roofline = bytes per token / the board's
 calibrated sequential bandwidth (``hbm_seq_read_gbps`` of benchmarks/hbm.py); U55C (the same HBM
 and design) and KV260/ZCU102 with the ternary model of TeLLMe's size (analytic, see the rows).
 Cells not run on the co-sim (default plan) are extrapolated and say so: cycles(fmt, ctx) =
@@ -167,7 +169,8 @@ def run_cell(prog, ctx: int, rng, profile: bool = False) -> dict:
 
 def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int, seed: int,
             design: Path | None = None, dims: dict = LLAMA2_7B, tile_rows: int = 0,
-            profile: bool = False, memory_model: str = "calibrated") -> list[dict]:
+            profile: bool = False, memory_model: str = "calibrated",
+            memory_clock: float | None = None) -> list[dict]:
     """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell."""
     from hbmforge.host import open_device
     from hbmforge.host.blocks import BlockConfig, TransformerBlock
@@ -176,7 +179,11 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
     load0 = os.getloadavg()[0]
     dev = open_device(str(design or config), progress=sys.stderr.isatty())
     open_s = time.perf_counter() - t0
-    dev.sim.set_memory_model(memory_model)
+    if memory_model == "calibrated":
+        dev.sim.set_memory_model(memory_model, clock_mhz=memory_clock)
+    else:
+        dev.sim.set_memory_model(memory_model)
+    mem_clock = dev.sim.memory_clock_mhz or float(dev.layout.config.clock)
     lay = dev.layout
     inter_pad = lay.matmul.pad_k(dims["intermediate"])
     cfg = BlockConfig(arch="llama", hidden=dims["hidden"], heads=dims["heads"],
@@ -209,6 +216,7 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
                                  "attended_tokens": min(ctx + 1, sink + window) if windowed else ctx + 1,
                                  "sink": sink if windowed else 0, "window": window if windowed else 0,
                                  "measured": True, "memory_model": memory_model,
+                                 "memory_clock_mhz": mem_clock,
                                  "quantize_seconds": round(quant_s, 1),
                                  "upload_seconds": round(upload_s, 1), **r})
                     print(json.dumps({"bench": "decode", "progress": rows[-1]}), file=sys.stderr, flush=True)
@@ -277,7 +285,8 @@ def complete(rows: list[dict], formats, contexts, ref_fmt: str = "w2a8kv4") -> l
                 continue
             b = base[0]
             mine, ref_b, ref_c = have[(fmt, b)], have[(ref_fmt, b)], have[(ref_fmt, ctx)]
-            r = {k: v for k, v in ref_c.items() if k in ("ctx_tokens", "attended_tokens", "sink", "window")}
+            r = {k: v for k, v in ref_c.items()
+                 if k in ("ctx_tokens", "attended_tokens", "sink", "window", "memory_clock_mhz")}
             r.update(format=fmt, context=ctx, measured=False,
                      extrapolated_from=f"cycles({fmt},{b}) + cycles({ref_fmt},{ctx}) - cycles({ref_fmt},{b})")
             for key in ("cycles", "bytes_read", "bytes_written"):
@@ -292,8 +301,11 @@ def lm_head_bytes(fmt: str) -> float:
     return LLAMA2_7B["vocab"] * LLAMA2_7B["hidden"] * weight_bits("w4a8kv4") / 8
 
 
-def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, clocks=(225, 300)) -> list[dict]:
-    """Whole-model tokens/s per cell and clock (labelled projections), with the roofline."""
+def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, clocks=(225, 300),
+            cycles_mhz: float = 300.0) -> list[dict]:
+    """Whole-model tokens/s per cell and clock (labelled projections), with the roofline.
+    ``cycles_mhz``: the kernel clock the cells' memory timing was simulated at (a cell's own
+    ``memory_clock_mhz`` wins); a row at another clock reuses those cycles and says so."""
     L = LLAMA2_7B["layers"]
     H, I = LLAMA2_7B["hidden"], LLAMA2_7B["intermediate"]
     layer_weights_n = 4 * H * H + 3 * H * I
@@ -319,6 +331,7 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
                             "tok_s": tok_s, "roofline_tok_s": roof, "port_roofline_tok_s": port_roof,
                             "roofline_fraction": tok_s / roof, "bytes_per_token": bytes_tok,
                             "cycles_per_token": cycles_tok, "layer_cycles": c["cycles"], "measured": c["measured"],
+                            "cycles_at_mhz": c.get("memory_clock_mhz", cycles_mhz),
                             "calibrated_gbps": gbps})
     return out
 
@@ -442,6 +455,10 @@ def main() -> None:
                          "and extrapolate to 32 (when the full layer is too slow to simulate)")
     ap.add_argument("--memory-model", choices=("calibrated", "ideal"), default="calibrated",
                     help="the co-sim's HBM model (ideal: no channel limits; separates the design's own bounds)")
+    ap.add_argument("--memory-clock", type=float, default=None,
+                    help="kernel clock (MHz) the calibrated HBM timing is converted at (default: the config's); "
+                         "the RTL is the same, so --memory-clock 225 measures the 225 MHz cycles")
+    ap.add_argument("--clocks", default="225,300", help="clocks (MHz) to project at, comma-separated")
     ap.add_argument("--profile", action="store_true",
                     help="after each measured step, one more step one descriptor per run: cycles per opcode")
     ap.add_argument("--design", type=Path, default=None,
@@ -459,6 +476,17 @@ def main() -> None:
         ap.error("--host-rt-us must be >= 0")
     if args.projection_only and args.layer_report is None:
         ap.error("--projection-only needs --layer-report")
+    try:
+        clocks = tuple(float(c) for c in args.clocks.split(",") if c)
+    except ValueError:
+        clocks = ()
+    if not clocks or any(not 0 < c <= 1000 for c in clocks):
+        ap.error(f"--clocks must be MHz values in (0, 1000], comma-separated, got {args.clocks!r}")
+    if args.memory_clock is not None:
+        if not 0 < args.memory_clock <= 1000:
+            ap.error(f"--memory-clock must be in (0, 1000] MHz, got {args.memory_clock}")
+        if args.memory_model != "calibrated":
+            ap.error("--memory-clock applies to --memory-model calibrated only")
     contexts = [c for c in args.contexts.split(",") if c]
     if any(c != "sink_window" and not (c.isdigit() and 1 < int(c) <= 1 << 20) for c in contexts) or not contexts:
         ap.error(f"--contexts must be token counts > 1 and/or sink_window, got {args.contexts!r}")
@@ -481,13 +509,14 @@ def main() -> None:
     if plan and not args.projection_only:
         measured += measure(args.config, plan, sink=args.sink, window=args.window, seed=args.seed,
                             design=args.design, dims=layer_dims(args.heads), tile_rows=args.tile_rows,
-                            profile=args.profile, memory_model=args.memory_model)
+                            profile=args.profile, memory_model=args.memory_model,
+                            memory_clock=args.memory_clock)
         args.json.parent.mkdir(parents=True, exist_ok=True)       # kept even if the projection fails
         args.json.write_text(json.dumps({"layer": measured}, indent=1))
     for r in measured:
         emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", format=r["format"], context=r["context"],
              bit_exact=r.get("bit_exact"), bytes=r["bytes_read"] + r["bytes_written"],
-             memory_model=r.get("memory_model", "calibrated"),
+             memory_model=r.get("memory_model", "calibrated"), memory_clock_mhz=r.get("memory_clock_mhz", cfg.clock),
              sim_cycles_per_s=r.get("sim_cycles_per_s"), sim_seconds=r.get("sim_seconds"))
         for op, o in (r.get("profile") or {}).items():
             emit("decode_layer_opcode_cycles", o["cycles"], "cycles", kind="simulated", format=r["format"],
@@ -505,7 +534,8 @@ def main() -> None:
     bw = calibrated_bandwidths(args.hbm_report, ("u280", "u55c", "kv260", "zcu102"),
                                run_missing=not args.no_hbm_run)
     port_bytes = cfg.stream_ports * cfg.data_width // 8
-    proj = project(cells, port_bytes=port_bytes, bw=bw, host_rt_us=args.host_rt_us)
+    proj = project(cells, port_bytes=port_bytes, bw=bw, host_rt_us=args.host_rt_us, clocks=clocks,
+                   cycles_mhz=float(cfg.clock))
     for c in cells:
         if not c["measured"]:
             emit("decode_layer_cycles", c["cycles"], "cycles", kind="extrapolated", format=c["format"],
@@ -513,9 +543,10 @@ def main() -> None:
     # decode_board_bw_efficiency: W2A8KV4, ctx 2048, at the co-sim's clock
     ref = next((c for c in cells if c["format"] == "w2a8kv4" and c["context"] == "2048"), None)
     if ref is not None and "u280" in bw:
-        t = ref["cycles"] / (cfg.clock * 1e6)
+        ref_mhz = ref.get("memory_clock_mhz", cfg.clock)          # the clock its cycles were simulated at
+        t = ref["cycles"] / (ref_mhz * 1e6)
         emit("decode_board_bw_efficiency", round((ref["bytes_read"] + ref["bytes_written"]) / (bw["u280"] * 1e9 * t), 4),
-             "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=cfg.clock,
+             "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=ref_mhz,
              calibrated_gbps=bw["u280"], measured=ref["measured"],
              note="layer bytes / (calibrated achievable bandwidth x layer decode time); target >= 0.90")
     names = {"w2a8kv4_sparse24": "projected_tok_s_7b_w2a8kv4_sparse24", "w2a8kv4": "projected_tok_s_7b_w2a8kv4_dense",
@@ -526,6 +557,7 @@ def main() -> None:
              roofline_tok_s=round(p["roofline_tok_s"], 2), roofline_fraction=round(p["roofline_fraction"], 4),
              port_roofline_tok_s=round(p["port_roofline_tok_s"], 2), bytes_per_token=int(p["bytes_per_token"]),
              layer_cycles=p["layer_cycles"], layer_measured=p["measured"], calibrated_gbps=p["calibrated_gbps"],
+             cycles_simulated_at_mhz=p["cycles_at_mhz"],
              host_rt_us=args.host_rt_us)
     edge = edge_rows(bw, args.host_rt_us)
     for e in edge:

@@ -113,8 +113,10 @@ def _timed_allreduce(cl, nbytes: int, rng, *, check: bool = True) -> dict:
 
 def goodput(args) -> None:
     rng = np.random.default_rng(args.seed)
-    for devices in (4, 8):
+    for devices in args.devices:
         for loss, target in ((0.0, 0.90), (0.01, 0.80)):
+            if loss not in args.losses:
+                continue
             cl = _cluster(devices, loss, seed=args.seed)
             try:
                 r = _timed_allreduce(cl, MIB, rng)
@@ -304,7 +306,15 @@ def main(argv=None) -> None:
     ap.add_argument("--rounds", type=int, default=10_000, help="golden exactly-once rounds")
     ap.add_argument("--rtl-rounds", type=int, default=100, help="co-simulated exactly-once rounds")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--devices", type=lambda v: [int(x) for x in v.split(",")], default=[4, 8],
+                    help="goodput: comma-separated device counts (default 4,8)")
+    ap.add_argument("--losses", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 0.01],
+                    help="goodput: comma-separated loss rows among 0 and 0.01 (default both)")
     args = ap.parse_args(argv)
+    if not set(args.losses) <= {0.0, 0.01} or not args.losses:
+        ap.error(f"--losses takes 0 and/or 0.01 (the rows with targets), got {args.losses}")
+    if not args.devices or any(not 2 <= d <= 16 for d in args.devices):
+        ap.error(f"--devices takes device counts in 2..16, got {args.devices}")
     for name in args.only.split(","):
         if name not in SECTIONS:
             ap.error(f"unknown section {name!r}; sections: {', '.join(SECTIONS)}")

@@ -286,7 +286,7 @@ def resources(args) -> None:
     from hbmforge.flows.estimate import estimate_component
     from hbmforge.generators.network.switch import AggregationSwitch
 
-    for ports in (4, 8, 16):
+    for ports in args.ports:
         geom = SwitchGeometry(ports=ports, data_width=BENCH_WIDTH, packet_words=32, slots=64, jobs=2)
         t0 = time.monotonic()
         est = estimate_component(AggregationSwitch(geom), f"switch_p{ports}", timeout=7200)
@@ -308,11 +308,15 @@ def main(argv=None) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--devices", type=lambda v: [int(x) for x in v.split(",")], default=[4, 8],
                     help="goodput: comma-separated device counts (default 4,8)")
+    ap.add_argument("--ports", type=lambda v: [int(x) for x in v.split(",")], default=[4, 8, 16],
+                    help="resources: comma-separated switch port counts (default 4,8,16)")
     ap.add_argument("--losses", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 0.01],
                     help="goodput: comma-separated loss rows among 0 and 0.01 (default both)")
     args = ap.parse_args(argv)
     if not set(args.losses) <= {0.0, 0.01} or not args.losses:
         ap.error(f"--losses takes 0 and/or 0.01 (the rows with targets), got {args.losses}")
+    if not args.ports or any(not 2 <= p <= 16 for p in args.ports):
+        ap.error(f"--ports takes switch port counts in 2..16, got {args.ports}")
     if not args.devices or any(not 2 <= d <= 16 for d in args.devices):
         ap.error(f"--devices takes device counts in 2..16, got {args.devices}")
     for name in args.only.split(","):

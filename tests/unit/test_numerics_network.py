@@ -499,3 +499,16 @@ def test_a_suspect_slot_is_probed_again_after_one_answer_time(lost):
     assert len(sent) == 1, f"device 1 sent block {b} again at {sent[1:]}: a probe was enough"
     assert len(probes) >= 2, probes
     assert got[0] - probes[0] < 4 * ep.srtt, (probes, got, ep.srtt)
+
+
+def test_the_default_inflight_covers_the_switch_skew():
+    """Each member's packet of a block waits for the others' in the unit of its slot
+    ((devices - 1) x (packet_words + 2) cycles): the default ``inflight`` covers 1.5 round trips
+    of the links plus that skew, so more devices keep more blocks in flight (at the benchmark's
+    links: 26 at 4 devices, 30 at 8; it was 23 whatever the devices)."""
+    from hbmforge.host.cluster import default_inflight
+
+    got = {d: default_inflight(128, 200, 33, d, 32) for d in (2, 4, 8, 16)}
+    assert got == {2: 24, 4: 26, 8: 30, 16: 38}
+    assert default_inflight(16, 200, 33, 8, 32) == 16           # at most the window
+    assert default_inflight(128, 0, 33, 1, 32) == 4             # no latency, no skew: the 4 spare

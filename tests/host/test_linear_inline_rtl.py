@@ -83,3 +83,25 @@ def test_program_with_inline_scales_matches_the_descriptor_golden_model(dev):
     assert dev.read_reg("STATUS") == 0
     for b in bufs:
         dev.free(b)
+
+
+def test_decoder_blocks_with_inline_scales_equal_the_golden_program(tmp_path_factory):
+    """host/blocks packs every projection's scales into its stripes (s_addr 0): prefill and decode
+    steps on the co-sim equal the golden program, which reads the scales from the same stripes."""
+    from designs import tiny_vector_config_dict
+    from test_blocks import LLAMA, build_llama
+
+    cfg = tiny_vector_config_dict("tiny_vec_inline")
+    cfg["engines"][0]["scale_stream"] = "inline"
+    with open_device(parse_config(cfg), build_dir=tmp_path_factory.mktemp("tiny_vec_inline"), progress=False) as d:
+        assert d.layout.matmul.inline_scales
+        rng = np.random.default_rng(12)
+        prog, *_ = build_llama(d, rng, layers=2)
+        seq = prog.sequence()
+        xs = rng.normal(0, 1, (7, LLAMA.hidden))
+        golden = prog.golden_prefill(xs[:5], seq)           # first: a step advances the sequence
+        assert np.array_equal(prog.prefill(xs[:5], seq), golden)
+        for t in range(5, 7):
+            golden = prog.golden_decode_step(xs[t], seq)
+            assert np.array_equal(prog.decode_step(xs[t], seq), golden)
+        prog.close()

@@ -424,6 +424,7 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts, name: str = "
     ax.set_xlim(-0.2, len(xs) - 1 + 0.7)
     ax.legend(fontsize=7, loc="center left")
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
     plt.close(fig)
 

@@ -73,10 +73,10 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     lut = (lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2 + _trit_unpack_luts(cfg)
            + lut_tiles)
     ff = 2 * lut
-    if getattr(mm, "scale_stream", "data") == "inline":
+    if geom.inline_scales:
         # inline scales (docs/engines/matmul.md): a combined P x W-bit word register in front of the
         # scale adapter and the adapter's own word buffer; the demux is about one LUT per bit
-        combined = mm.weight_ports * cfg.data_width
+        combined = 8 * geom.combined_bytes
         lut += combined
         ff += 2 * combined
     # BRAM: the activation ring (one bank of act_depth lines per row), the weight ring (2 x tile_n

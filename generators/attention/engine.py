@@ -56,6 +56,8 @@ class AttentionEngine(wiring.Component):
         return self._geometry
 
     def elaborate(self, platform):
+        if self._geometry.head_parallel:
+            return self._elaborate_head_parallel()
         m = Module()
         geom = self._geometry
         kvp = geom.kv_ports
@@ -147,13 +149,21 @@ class AttentionEngine(wiring.Component):
             for i in range(2, len(self.w_cmd)):
                 m.d.comb += [self.w_cmd[i].valid.eq(0), self.w_data[i].ready.eq(0)]
 
+        wiring.connect(m, kf.item, sc.item)
+        wiring.connect(m, vf.item, vu.item)
+        m.d.comb += [kf.bits4.eq(seq.bits4), vf.bits4.eq(seq.bits4)]
+        self._datapath(m, seq, ql, sc, vu, otq, kf, vf)
+        return m
+
+    def _datapath(self, m, seq, ql, sc, vu, otq, kf, vf):
+        """The units behind the feeds and the completion logic (``kf``/``vf``: the K and V feeds
+        whose segment records the units follow). The caller connects the units' items."""
+        geom = self._geometry
         # -- datapath -------------------------------------------------------------------------
-        m.d.comb += [kf.bits4.eq(seq.bits4), vf.bits4.eq(seq.bits4), sc.bits4.eq(seq.bits4),
+        m.d.comb += [sc.bits4.eq(seq.bits4),
                      vu.bits4.eq(seq.bits4), sc.window.eq(seq.window), sc.sink.eq(seq.sink), sc.bidir.eq(seq.bidir),
                      vu.o_addr.eq(seq.o_addr)]
-        wiring.connect(m, kf.item, sc.item)
         m.d.comb += sc.seg.eq(kf.seg_out)
-        wiring.connect(m, vf.item, vu.item)
         m.d.comb += vu.seg.eq(vf.seg_out)
         m.d.comb += [sc.tq_valid.eq(ql.tq_valid), ql.tq_take.eq(sc.tq_take), sc.tq_q.eq(ql.tq_q),
                      sc.tq_mult.eq(ql.tq_mult), sc.tq_shift.eq(ql.tq_shift), sc.tq_pos.eq(ql.tq_pos),
@@ -200,4 +210,124 @@ class AttentionEngine(wiring.Component):
         inc_k = Mux(sc.fire, sc.rows * e, 0)
         inc_v = Mux(vu.fire & otq.o.valid, otq.o.payload.nv * e, 0)
         m.d.comb += self.mac_inc.eq(inc_k + inc_v)
+
+    # -- head-parallel engine -------------------------------------------------------------------
+    def _elaborate_head_parallel(self):
+        """``head_parallel``: K of row r on ``w<2r>``, V on ``w<2r+1>`` (kv_ports = 2 x rows).
+
+        A shared-layout job (kv_layout 0) uses row 0's K port ``w0`` and row R-1's V port
+        ``w<2R-1>`` = ``w<kv_ports-1>`` exactly as a two-port engine, its word feeding every row.
+        A head-parallel job (kv_layout 1) issues each segment's reads on every port (row r at its
+        own group's pool) and the QK and PV units take the R words of one token offset together:
+        the R feeds are joined (an item goes only when every row's is there), so the rows stay in
+        lockstep and share the segment bookkeeping of the lead feed (K: row 0, V: row R-1)."""
+        m = Module()
+        geom = self._geometry
+        R = geom.rows
+
+        m.submodules.seq = seq = Sequencer(geom)
+        m.submodules.qload = ql = QLoader(geom)
+        kfs, vfs = [], []
+        for r in range(R):
+            kfs.append(KVFeed(geom))
+            vfs.append(KVFeed(geom))
+            m.submodules[f"kfeed{r}"] = kfs[r]
+            m.submodules[f"vfeed{r}"] = vfs[r]
+        m.submodules.score = sc = ScoreUnit(geom)
+        m.submodules.value = vu = ValueUnit(geom)
+        m.submodules.qtile_q = qtq = StreamFIFO(q_tile_layout(R), 2)
+        m.submodules.otile_q = otq = StreamFIFO(out_tile_layout(R), 4)
+        m.submodules.kcmd_q = kcq = StreamFIFO(kv_cmd_layout(R), 2)
+        m.submodules.vcmd_q = vcq = StreamFIFO(kv_cmd_layout(R), 4)
+        ksqs, vsqs = [], []
+        for r in range(R):
+            ksqs.append(StreamFIFO(geom.seg_layout(), 8))
+            vsqs.append(StreamFIFO(geom.seg_layout(), 8))
+            m.submodules[f"kseg_q{r}"] = ksqs[r]
+            m.submodules[f"vseg_q{r}"] = vsqs[r]
+
+        wiring.connect(m, wiring.flipped(self.job), seq.job)
+        wiring.connect(m, seq.act_cmd, wiring.flipped(self.act_cmd))
+        wiring.connect(m, seq.scale_cmd, wiring.flipped(self.scale_cmd))
+        wiring.connect(m, wiring.flipped(self.scale_data), seq.bt_data)
+        wiring.connect(m, wiring.flipped(self.act_data), ql.data)
+        wiring.connect(m, seq.qtile, qtq.i)
+        wiring.connect(m, qtq.o, ql.tile)
+        wiring.connect(m, seq.otile, otq.i)
+        wiring.connect(m, otq.o, vu.tile)
+        wiring.connect(m, seq.kcmd, kcq.i)
+        wiring.connect(m, seq.vcmd, vcq.i)
+        hp = seq.hp
+
+        def k_active(r):
+            return hp | (r == 0)
+
+        def v_active(r):
+            return hp | (r == R - 1)
+
+        # -- segment records: one FIFO per feed, filled together ------------------------------
+        for src, qs, active in ((seq.kseg, ksqs, k_active), (seq.vseg, vsqs, v_active)):
+            conds = [qs[r].i.ready | ~active(r) for r in range(R)]
+            ok = conds[0]
+            for c in conds[1:]:
+                ok = ok & c
+            m.d.comb += src.ready.eq(ok)
+            for r in range(R):
+                m.d.comb += [qs[r].i.payload.eq(src.payload), qs[r].i.valid.eq(src.valid & ok & active(r))]
+        for r in range(R):
+            wiring.connect(m, ksqs[r].o, kfs[r].seg)
+            wiring.connect(m, vsqs[r].o, vfs[r].seg)
+
+        # -- K/V command issue: every active port issues (scales, values) of the segment ---------
+        for q, ports, active, name in ((kcq, [self.w_cmd[2 * r] for r in range(R)], k_active, "k"),
+                                       (vcq, [self.w_cmd[2 * r + 1] for r in range(R)], v_active, "v")):
+            rec = q.o.payload
+            finishing = []
+            for r, port in enumerate(ports):
+                phase = Signal(name=f"{name}{r}_phase")
+                done = Signal(name=f"{name}{r}_done")
+                m.d.comb += [port.payload.addr.eq(Mux(phase, rec.v_addr[r], rec.s_addr[r])),
+                             port.payload.bytes.eq(Mux(phase, rec.v_bytes, rec.s_bytes)),
+                             port.valid.eq(q.o.valid & active(r) & ~done)]
+                fin = Signal(name=f"{name}{r}_fin")
+                m.d.comb += fin.eq(done | ~active(r) | (port.valid & port.ready & phase))
+                with m.If(port.valid & port.ready):
+                    m.d.sync += phase.eq(~phase)
+                    with m.If(phase):
+                        m.d.sync += done.eq(1)
+                finishing.append((fin, done))
+            pop = Signal(name=f"{name}cmd_pop")
+            all_fin = finishing[0][0]
+            for fin, _ in finishing[1:]:
+                all_fin = all_fin & fin
+            m.d.comb += [pop.eq(q.o.valid & all_fin), q.o.ready.eq(pop)]
+            with m.If(pop):
+                m.d.sync += [done.eq(0) for _, done in finishing]
+
+        # -- words: feed r from its port; joined items into the units ---------------------------
+        for r in range(R):
+            wiring.connect(m, wiring.flipped(self.w_data[2 * r]), kfs[r].data)
+            wiring.connect(m, wiring.flipped(self.w_data[2 * r + 1]), vfs[r].data)
+        for i in range(2 * R, len(self.w_cmd)):
+            m.d.comb += [self.w_cmd[i].valid.eq(0), self.w_data[i].ready.eq(0)]
+
+        def join(feeds, active, lead, unit):
+            ok = feeds[0].item.valid | ~active(0)
+            for r in range(1, R):
+                ok = ok & (feeds[r].item.valid | ~active(r))
+            joined = Signal(name=f"{unit.__class__.__name__}_joined")
+            m.d.comb += [joined.eq(ok), unit.item.valid.eq(joined), unit.item.payload.eq(lead.item.payload)]
+            for r in range(R):
+                m.d.comb += feeds[r].item.ready.eq(unit.item.ready & joined & active(r))
+                own = feeds[r].item.payload
+                shared = lead.item.payload
+                m.d.comb += [unit.row_data[r].lanes.eq(Mux(hp, own.lanes, shared.lanes)),
+                             unit.row_data[r].mants.eq(Mux(hp, own.mants, shared.mants))]
+
+        join(kfs, k_active, kfs[0], sc)
+        join(vfs, v_active, vfs[R - 1], vu)
+
+        for f in kfs + vfs:
+            m.d.comb += f.bits4.eq(seq.bits4)
+        self._datapath(m, seq, ql, sc, vu, otq, kfs[0], vfs[R - 1])
         return m

@@ -68,6 +68,12 @@ class DatapathGeometry(AttentionGeometry):
             return Mux(bits4, int4, int8)
         return int4 if self.has_int4 else int8
 
+    @property
+    def addr_rows(self) -> int:
+        """K/V address pairs per segment command: ``rows`` on a head-parallel engine (one port group
+        per row), else 1."""
+        return self.rows if self.head_parallel else 1
+
     # -- lanes, slots, scale blocks ------------------------------------------------------
     @property
     def int8_lanes(self) -> int:
@@ -110,6 +116,13 @@ class DatapathGeometry(AttentionGeometry):
             "off": range(self.mants_per_word),      # mantissa offset of the first token in word 0
             "j0": CTX_BITS,                         # absolute position of the first token
             "tile_first": 1, "tile_last": 1,
+        })
+
+    def row_data_layout(self) -> data.StructLayout:
+        """The per-row part of an item on a head-parallel engine: row r's own lanes and mantissas."""
+        return data.StructLayout({
+            "lanes": data.ArrayLayout(signed(8), self.lanes),
+            "mants": data.ArrayLayout(unsigned(16), self.blocks),
         })
 
     def item_layout(self) -> data.StructLayout:

@@ -46,6 +46,8 @@ class ScoreUnit(wiring.Component):
         rows, head_dim = geometry.rows, geometry.head_dim
         super().__init__({
             "item": In(stream.Signature(geometry.item_layout())),
+            **({"row_data": In(data.ArrayLayout(geometry.row_data_layout(), rows))}
+               if geometry.head_parallel else {}),
             "seg": In(geometry.seg_layout()),
             "bits4": In(1),
             "window": In(CTX_BITS),
@@ -120,6 +122,9 @@ class ScoreUnit(wiring.Component):
         m.d.comb += [c0.v.eq(take), c0.first.eq(it.first), c0.last.eq(it.last), c0.t.eq(it.t),
                      c0.j.eq(seg.j0 + it.t), c0.seg_last.eq(it.seg_last), c0.tile_first.eq(seg.tile_first),
                      c0.bank.eq(bank_a)]
+        # row r's K lanes and mantissas: its own port group's word on a head-parallel engine
+        # (the engine drives row_data with the shared word in a shared-layout job)
+        src = [self.row_data[r] for r in range(rows)] if geom.head_parallel else [it] * rows
         lat_a = None
         wsums = []
         for r in range(rows):
@@ -131,10 +136,10 @@ class ScoreUnit(wiring.Component):
                     pr = Signal(signed(16), name=f"qk{r}_{i}", reset_less=True)
                     if slot < slots:
                         qv = ring[r][slot][8 * li:8 * li + 8].as_signed()
-                        m.d.sync += pr.eq(qv * it.lanes[i])
+                        m.d.sync += pr.eq(qv * src[r].lanes[i])
                     prods.append(pr)
                 bs, st = adder_tree(m, prods, levels_per_stage=LEVELS_PER_STAGE, name=f"bs{r}_{b}")
-                mant = delay(m, it.mants[b], 1 + st, name=f"mant{r}_{b}", reset_less=True)
+                mant = delay(m, src[r].mants[b], 1 + st, name=f"mant{r}_{b}", reset_less=True)
                 bm = Signal(signed(16 + exact_log2(block_lanes) + 1 + 17), name=f"bm{r}_{b}", reset_less=True)
                 m.d.sync += bm.eq(bs * mant)
                 bsums.append(bm)

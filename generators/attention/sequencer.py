@@ -14,7 +14,7 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ...encodings import AttentionMode
-from ...engines.attention import CTX_BITS, MAX_HEADS
+from ...engines.attention import CTX_BITS, KV_HEAD_PARALLEL, MAX_HEADS
 from ...mathutil import exact_log2
 from ..streams import dma_command_stream
 from .geometry import DatapathGeometry
@@ -25,9 +25,14 @@ from .value import out_tile_layout
 __all__ = ["Sequencer", "kv_cmd_layout"]
 
 
-def kv_cmd_layout() -> data.StructLayout:
-    """The two reads of one segment on one port: scale words, then value records."""
-    return data.StructLayout({"s_addr": 64, "s_bytes": 32, "v_addr": 64, "v_bytes": 32})
+def kv_cmd_layout(rows: int = 1) -> data.StructLayout:
+    """The two reads of one segment on one port: scale words, then value records. ``rows`` > 1
+    (a head-parallel engine): one pair of addresses per row (row r's port group); the byte
+    counts are the same for every row."""
+    if rows == 1:
+        return data.StructLayout({"s_addr": 64, "s_bytes": 32, "v_addr": 64, "v_bytes": 32})
+    return data.StructLayout({"s_addr": data.ArrayLayout(64, rows), "s_bytes": 32,
+                              "v_addr": data.ArrayLayout(64, rows), "v_bytes": 32})
 
 
 class Sequencer(wiring.Component):
@@ -48,8 +53,9 @@ class Sequencer(wiring.Component):
             "bt_data": In(stream.Signature(geometry.data_width)),
             "qtile": Out(stream.Signature(q_tile_layout(rows))),
             "otile": Out(stream.Signature(out_tile_layout(rows))),
-            "kcmd": Out(stream.Signature(kv_cmd_layout())),
-            "vcmd": Out(stream.Signature(kv_cmd_layout())),
+            "kcmd": Out(stream.Signature(kv_cmd_layout(geometry.addr_rows))),
+            "vcmd": Out(stream.Signature(kv_cmd_layout(geometry.addr_rows))),
+            "hp": Out(1),           # the job is head-parallel (kv_layout 1; job constant)
             "kseg": Out(stream.Signature(seg)),
             "vseg": Out(stream.Signature(seg)),
             "gen_done": Out(1),
@@ -69,6 +75,20 @@ class Sequencer(wiring.Component):
                ((n, f.shape) for n, f in attention_job_layout())}
         bits4 = Signal()
         bidir = Signal()
+        hp = Signal()               # head-parallel job: row r of tile t is head r * (kv_heads / rows) + t
+        ar = geom.addr_rows
+        m.d.comb += self.hp.eq(hp)
+        # the tile walk of a head-parallel job is the shared walk of kv_heads / rows "KV heads" with
+        # rows "query heads" each; the row index steps by kv_heads / rows instead of 1
+        kvh_e = Signal(11)
+        qpk_e = Signal(11)
+        if geom.head_parallel:
+            m.d.comb += [kvh_e.eq(Mux(hp, job["kv_heads"] >> exact_log2(rows), job["kv_heads"])),
+                         qpk_e.eq(Mux(hp, rows, job["q_per_kv"]))]
+        else:
+            m.d.comb += [kvh_e.eq(job["kv_heads"]), qpk_e.eq(job["q_per_kv"])]
+        ri_step = Mux(hp, kvh_e, 1)
+        hb_step = Mux(hp, 1, job["q_per_kv"])
         m.d.comb += [self.bits4.eq(bits4), self.window.eq(job["window"]), self.sink.eq(job["sink"]),
                      self.bidir.eq(bidir), self.o_addr.eq(job["o_addr"])]
 
@@ -84,11 +104,11 @@ class Sequencer(wiring.Component):
         head_area = Signal(range(max(geom.head_area(b) for b in geom.kv_bits) + 1))
         vrec = Signal(16)
         stride = Signal(len(head_area) + MAX_HEADS.bit_length())
-        m.d.sync += [q_heads.eq(job["kv_heads"] * job["q_per_kv"]), total.eq(job["n_q"] * job["q_per_kv"]),
+        m.d.sync += [q_heads.eq(job["kv_heads"] * job["q_per_kv"]), total.eq(job["n_q"] * qpk_e),
                      base.eq(job["ctx_len"] - job["n_q"]), head_area.eq(by_bits(geom.head_area)),
                      keys.eq(Mux(job["valid_len"] == 0, job["ctx_len"], job["valid_len"])),
                      vrec.eq(by_bits(geom.value_bytes)),
-                     stride.eq(job["kv_heads"][:MAX_HEADS.bit_length()] * head_area)]
+                     stride.eq(kvh_e[:MAX_HEADS.bit_length()] * head_area)]
 
         # -- tile walk ---------------------------------------------------------------------
         h = Signal(11)
@@ -143,12 +163,27 @@ class Sequencer(wiring.Component):
         m.d.comb += [self.scale_cmd.payload.addr.eq(job["bt_addr"] + ((lp >> entry_shift) << word_shift)),
                      self.scale_cmd.payload.bytes.eq(word_bytes)]
 
+        # -- head-parallel pool table: 2 x rows u64 at k_pool (K pools, then V pools) ----------
+        tbl_words = geom.pool_table_bytes // word_bytes if geom.head_parallel else 1
+        tbl = Signal(tbl_words * geom.data_width)
+        tw = Signal(range(tbl_words + 1))
+        kbase = [Signal(64, name=f"kbase{r}") for r in range(ar)]
+        vbase = [Signal(64, name=f"vbase{r}") for r in range(ar)]
+        for r in range(ar):
+            if geom.head_parallel:
+                m.d.comb += [kbase[r].eq(Mux(hp, tbl[64 * r:64 * r + 64], job["k_pool"])),
+                             vbase[r].eq(Mux(hp, tbl[64 * (rows + r):64 * (rows + r) + 64], job["v_pool"]))]
+            else:
+                m.d.comb += [kbase[r].eq(job["k_pool"]), vbase[r].eq(job["v_pool"])]
+
         count = Signal(2)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
                     m.d.sync += [v.eq(getattr(self.job.payload, n)) for n, v in job.items()]
+                    if geom.head_parallel:
+                        m.d.sync += hp.eq(self.job.payload.kv_layout == KV_HEAD_PARALLEL)
                     m.d.sync += [bits4.eq(self.job.payload.kv_bits == 4),
                                  bidir.eq(self.job.payload.mode == AttentionMode.BIDIRECTIONAL),
                                  count.eq(0), tiles.eq(0),
@@ -158,8 +193,26 @@ class Sequencer(wiring.Component):
                 m.d.sync += count.eq(count + 1)
                 with m.If(count == 2):
                     m.d.comb += self.start.eq(1)
-                    m.d.sync += [rr.eq(0), nv.eq(0)]
-                    m.next = "ROWS"
+                    m.d.sync += [rr.eq(0), nv.eq(0), tw.eq(0)]
+                    m.next = "TCMD" if geom.head_parallel else "ROWS"
+                    with m.If(~hp):
+                        m.next = "ROWS"
+            if geom.head_parallel:
+                with m.State("TCMD"):
+                    # the pool table on the block-table channel, before any block-table word
+                    m.d.comb += [self.scale_cmd.valid.eq(1), self.scale_cmd.payload.addr.eq(job["k_pool"]),
+                                 self.scale_cmd.payload.bytes.eq(geom.pool_table_bytes)]
+                    with m.If(self.scale_cmd.ready):
+                        m.next = "TDATA"
+                with m.State("TDATA"):
+                    m.d.comb += self.bt_data.ready.eq(1)
+                    with m.If(self.bt_data.valid):
+                        for k in range(tbl_words):
+                            with m.If(tw == k):
+                                m.d.sync += tbl.word_select(k, geom.data_width).eq(self.bt_data.payload)
+                        m.d.sync += tw.eq(tw + 1)
+                        with m.If(tw == tbl_words - 1):
+                            m.next = "ROWS"
             with m.State("ROWS"):
                 valid = i < total
                 for r in range(rows):
@@ -169,10 +222,10 @@ class Sequencer(wiring.Component):
                     m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
                     with m.If(rr == 0):
                         m.d.sync += p_min.eq(base + pos_idx)
-                    with m.If(hi + 1 == job["q_per_kv"]):
+                    with m.If(hi + 1 == qpk_e):
                         m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + q_heads - job["q_per_kv"] + 1)]
                     with m.Else():
-                        m.d.sync += [hi.eq(hi + 1), ri.eq(ri + 1)]
+                        m.d.sync += [hi.eq(hi + 1), ri.eq(ri + ri_step)]
                 m.d.sync += rr.eq(rr + 1)
                 with m.If(rr == rows - 1):
                     m.d.sync += rr.eq(0)
@@ -217,9 +270,9 @@ class Sequencer(wiring.Component):
             with m.State("NEXT"):
                 m.d.sync += [rr.eq(0), nv.eq(0)]
                 with m.If(i == total):
-                    m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + job["q_per_kv"]),
-                                 ri.eq(hbase + job["q_per_kv"]), h_off.eq(h_off + head_area)]
-                    with m.If(h + 1 == job["kv_heads"]):
+                    m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + hb_step),
+                                 ri.eq(hbase + hb_step), h_off.eq(h_off + head_area)]
+                    with m.If(h + 1 == kvh_e):
                         m.next = "WAIT"
                     with m.Else():
                         m.next = "ROWS"
@@ -238,11 +291,11 @@ class Sequencer(wiring.Component):
         prod = Signal(96)
         p_lo = Signal(16 + len(stride))
         p_hi = Signal(16 + len(stride))
-        hb = {name: Signal(64, name=f"hb_{name}") for name in ("k", "v")}
+        hb = {name: [Signal(64, name=f"hb_{name}{r}") for r in range(ar)] for name in ("k", "v")}
         a_vrec = Signal(32)
         cons = Signal(geom.seg_layout())
-        kc = Signal(kv_cmd_layout())
-        vc = Signal(kv_cmd_layout())
+        kc = Signal(kv_cmd_layout(ar))
+        vc = Signal(kv_cmd_layout(ar))
         m.d.comb += [self.kseg.payload.eq(cons), self.vseg.payload.eq(cons),
                      self.kcmd.payload.eq(kc), self.vcmd.payload.eq(vc)]
         with m.FSM():
@@ -266,15 +319,19 @@ class Sequencer(wiring.Component):
                 sw = (off + js.n * groups + mants_per_word - 1) >> mant_shift
                 m.d.sync += [cons.n.eq(js.n), cons.sw.eq(sw), cons.off.eq(off), cons.j0.eq(js.j0),
                              cons.tile_first.eq(js.tile_first), cons.tile_last.eq(js.tile_last)]
-                for name, pool in (("k", job["k_pool"]), ("v", job["v_pool"])):
-                    m.d.sync += hb[name].eq((pool + prod[:64] + js.h_off)[:64])
+                for name, pools in (("k", kbase), ("v", vbase)):
+                    for r in range(ar):
+                        m.d.sync += hb[name][r].eq((pools[r] + prod[:64] + js.h_off)[:64])
                 m.next = "ADDR"
             with m.State("ADDR"):
                 first = (js.a * groups) >> exact_log2(mants_per_word)
                 for rec, name in ((kc, "k"), (vc, "v")):
-                    m.d.sync += [rec.s_addr.eq(hb[name] + (first << word_shift)), rec.s_bytes.eq(cons.sw << word_shift),
-                                 rec.v_addr.eq(hb[name] + (a_vrec + geom.scale_area)),
-                                 rec.v_bytes.eq(js.n * vrec)]
+                    m.d.sync += [rec.s_bytes.eq(cons.sw << word_shift), rec.v_bytes.eq(js.n * vrec)]
+                    for r in range(ar):
+                        s_addr = rec.s_addr[r] if ar > 1 else rec.s_addr
+                        v_addr = rec.v_addr[r] if ar > 1 else rec.v_addr
+                        m.d.sync += [s_addr.eq(hb[name][r] + (first << word_shift)),
+                                     v_addr.eq(hb[name][r] + (a_vrec + geom.scale_area))]
                 m.next = "PUSH"
             with m.State("PUSH"):
                 # the four go to FIFOs together: offered only when all have room

@@ -10,13 +10,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ...engines.attention import attention_geometry, validate_attention
+from ...engines.attention import ATTENTION_FIELDS, attention_geometry, validate_attention
 from ...layout import DesignLayout
 from ...mathutil import ceil_div, round_up
 from ..dma_bench import DmaBench
 from ...numerics.attention import pack_block_table, run_attention
 
-__all__ = ["AttentionBench", "AttnJob", "ByteMemory"]
+__all__ = ["AttentionBench", "AttnJob", "ByteMemory", "add_sequences", "add_head_parallel_sequences"]
 
 
 class ByteMemory:
@@ -98,7 +98,8 @@ class AttentionBench(DmaBench):
         sim = Simulator(dut)
         sim.add_clock(1e-8)
         self.add_dma(sim)
-        counters = {"cycles": 0, "macs": 0, "busy": 0, "stall": 0, "kv_words": 0}
+        counters = {"cycles": 0, "macs": 0, "busy": 0, "stall": 0, "kv_words": 0,
+                    **{f"w{i}_words": 0 for i in range(self.geom.kv_ports)}}
         kv_data = [dut.w_data[i] for i in range(self.geom.kv_ports)]
 
         async def monitor(ctx):
@@ -110,14 +111,17 @@ class AttentionBench(DmaBench):
                 counters["busy"] += busy
                 counters["stall"] += stall
                 counters["kv_words"] += sum(hs[k] and hs[k + 1] for k in range(0, len(hs), 2))
+                for k in range(0, len(hs), 2):
+                    if hs[k] and hs[k + 1]:
+                        counters[f"w{k // 2}_words"] += 1
 
         sim.add_testbench(monitor, background=True)
 
         async def driver(ctx):
             for job in self.jobs:
                 before = dict(counters)
-                for f, v in job.d.items():
-                    ctx.set(getattr(dut.job.payload, f), v)
+                for f in ATTENTION_FIELDS:          # slots a job leaves out read 0, as in the kernel
+                    ctx.set(getattr(dut.job.payload, f), job.d.get(f, 0))
                 await self.submit(ctx, max_cycles, lambda: f"attention job {job.d}")
                 job.stats = {k: counters[k] - before[k] for k in counters}
                 job.result = bytes(self.mem[job.d["o_addr"]:job.d["o_addr"] + job.out_bytes])
@@ -186,5 +190,70 @@ def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_
         for page in range(total):
             if page not in used:
                 for pool in (k_pool, v_pool):
+                    bench.poison.append((pool + page * pbytes, pool + (page + 1) * pbytes))
+    return jobs
+
+
+def add_head_parallel_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_heads: int,
+                                kv_bits: int, spare_pages: int = 2, poison: bool = True) -> list[AttnJob]:
+    """Head-parallel decode jobs (``kv_layout`` 1): ``specs`` (dicts with ``ctx_len`` and optionally
+    ``window``, ``sink``) share one block-table page numbering; port group r (``rows`` groups of
+    ``kv_heads / rows`` heads) has its own random K and V pools and the job's pool table lists them.
+    With ``poison``, unused pages and the value records of masked tokens in every group pool are
+    poisoned, and so is every byte of the shared-layout fields the job must not use."""
+    from ...engines.attention import KV_HEAD_PARALLEL, visible
+
+    geom = bench.geom
+    R, P, B = geom.rows, geom.page_tokens, geom.word_bytes
+    hg = kv_heads // R
+    pages_per = [ceil_div(s["ctx_len"], P) for s in specs]
+    total = sum(pages_per) + spare_pages
+    perm = [int(x) for x in rng.permutation(total)]
+    pbytes = geom.page_bytes(kv_bits, hg)
+    pools = []
+    for _ in range(2 * R):          # K pools of groups 0..R-1, then their V pools
+        pools.append(bench.alloc(total * pbytes, rng.integers(0, 256, total * pbytes, dtype=np.uint8).tobytes()))
+    table = b"".join(p.to_bytes(8, "little") for p in pools)
+    tbl_addr = bench.alloc(len(table), table + bytes(geom.pool_table_bytes - len(table)))
+    used = set()
+    jobs = []
+    nxt = 0
+    base_shift = 33 if kv_bits == 8 else 26
+    for s, npg in zip(specs, pages_per):
+        bt_pages = perm[nxt:nxt + npg]
+        nxt += npg
+        bt = bench.alloc(len(bt_pages) * 4, pack_block_table(bt_pages, B))
+        recs = bytearray()
+        for _ in range(kv_heads):
+            q = rng.integers(-128, 128, geom.head_dim).astype(np.int8).tobytes()
+            mult = int(rng.integers(1 << 14, 1 << 16))
+            shift = int(np.clip(base_shift + rng.integers(-4, 6), 0, 63))
+            rec = q + mult.to_bytes(2, "little") + bytes([shift])
+            recs += rec + bytes(geom.q_record_bytes - len(rec))
+        q_addr = bench.alloc(len(recs), recs)
+        d = {"head_dim": geom.head_dim, "kv_heads": kv_heads, "q_per_kv": 1, "n_q": 1,
+             "ctx_len": s["ctx_len"], "window": s.get("window", 0), "sink": s.get("sink", 0),
+             "kv_bits": kv_bits, "mode": 0, "valid_len": 0, "q_addr": q_addr, "bt_addr": bt,
+             "k_pool": tbl_addr, "v_pool": 0, "o_addr": 0, "kv_layout": KV_HEAD_PARALLEL}
+        jobs.append(bench.add(d))
+        if poison:
+            ctx = s["ctx_len"]
+            p = ctx - 1
+            need = [visible(p, j, d["window"], d["sink"]) for j in range(npg * P)]
+            vb = geom.value_bytes(kv_bits)
+            for lp, page in enumerate(bt_pages):
+                toks = need[lp * P:(lp + 1) * P]
+                if any(toks):
+                    used.add(page)
+                    for pool in pools:
+                        for h in range(hg):
+                            hb = pool + page * pbytes + h * geom.head_area(kv_bits) + geom.scale_area
+                            for t, ok in enumerate(toks):
+                                if not ok:
+                                    bench.poison.append((hb + t * vb, hb + (t + 1) * vb))
+    if poison:
+        for page in range(total):
+            if page not in used:
+                for pool in pools:
                     bench.poison.append((pool + page * pbytes, pool + (page + 1) * pbytes))
     return jobs

@@ -45,6 +45,8 @@ class ValueUnit(wiring.Component):
         rows, W = geometry.rows, geometry.data_width
         super().__init__({
             "item": In(stream.Signature(geometry.item_layout())),
+            **({"row_data": In(data.ArrayLayout(geometry.row_data_layout(), rows))}
+               if geometry.head_parallel else {}),
             "seg": In(geometry.seg_layout()),
             "bits4": In(1),
             "p": In(stream.Signature(p_entry_layout(rows))),
@@ -91,11 +93,18 @@ class ValueUnit(wiring.Component):
                 with m.If(self.seg.tile_last):
                     m.d.sync += hold.eq(1)
         # the scale-block mantissa times each value lane
-        vv = []
-        for i in range(geom.lanes):
-            s = Signal(signed(26), name=f"vv{i}")
-            m.d.comb += s.eq(it.mants[i // geom.block_lanes] * it.lanes[i])
-            vv.append(s)
+        # (per row on a head-parallel engine: row r's own port group's V word)
+        def mant_times_lanes(src, tag):
+            out = []
+            for i in range(geom.lanes):
+                s = Signal(signed(26), name=f"vv{tag}{i}")
+                m.d.comb += s.eq(src.mants[i // geom.block_lanes] * src.lanes[i])
+                out.append(s)
+            return out
+        if geom.head_parallel:
+            vv_rows = [mant_times_lanes(self.row_data[r], f"{r}_") for r in range(rows)]
+        else:
+            vv_rows = [mant_times_lanes(it, "")] * rows
         rotate = Signal()          # output stage: rotate every ring by one slot
         for r in range(rows):
             pr = self.p.payload.vals[r]
@@ -106,7 +115,7 @@ class ValueUnit(wiring.Component):
                     i = s * int8_lanes + li
                     a = lane(r, s, li)
                     base = Mux(resc, _rescale(a, alpha[r], acc_bits), a)
-                    lanes.append((base + pr * vv[i])[:acc_bits])
+                    lanes.append((base + pr * vv_rows[r][i])[:acc_bits])
                 upd.append(Cat(*lanes))
             with m.If(take):
                 with m.If(it.first):

@@ -22,9 +22,17 @@ valid_len  bidirectional: keys j >= valid_len are padding, masked and never read
            causal: must be 0
 q_addr     Q records (data port)
 bt_addr    block table: u32 physical page per logical page (data port)
-k_pool     base of the K page pool (port w0)
-v_pool     base of the V page pool (port w<kv_ports-1>)
+k_pool     base of the K page pool (port w0); head-parallel: the pool table (data port)
+v_pool     base of the V page pool (port w<kv_ports-1>); head-parallel: must be 0
 o_addr     output rows (data port)
+kv_layout  ``KV_SHARED`` 0: the rows of a tile share one KV head (the layout above);
+           ``KV_HEAD_PARALLEL`` 1 (engines with ``head_parallel``): decode of an MHA layer, the
+           ``rows`` rows of a tile are ``rows`` different heads, row r streaming K from ``w<2r>``
+           and V from ``w<2r+1>``. Head h lives in port group ``r = h // (kv_heads / rows)`` at
+           index ``h % (kv_heads / rows)`` of that group's own K and V pools (ordinary pools of
+           ``kv_heads / rows`` heads sharing the block table); ``k_pool`` points to a table of
+           ``2 * rows`` u64: the K pool of group r at entry r, its V pool at entry ``rows + r``.
+           Needs ``q_per_kv = 1``, ``n_q = 1`` and ``kv_heads`` a multiple of ``rows``.
 =========  =================================================================
 """
 from __future__ import annotations
@@ -34,17 +42,20 @@ from dataclasses import dataclass
 
 from ..encodings import AttentionMode, ErrorCode, Opcode
 from ..mathutil import exact_log2, round_up
-from .base import Channels, Check, EngineFamily, first_error
+from .base import Channels, Check, EngineFamily, IntOps, first_error
 
 __all__ = [
     "ATTENTION_FIELDS", "JOB_WIDTHS", "MAX_HEADS", "AttentionFamily", "attention_checks",
     "SCORE_FRAC", "Z_BITS", "P_FRAC", "MULT_BITS", "MAX_SHIFT", "MANT_BITS", "OUT_FRAC",
     "RECIP_X_BITS", "RECIP_TABLE_BITS", "AttentionGeometry", "attention_geometry", "validate_attention",
-    "tile_rows", "token_ranges", "segments", "key_limit", "job_ranges", "visible",
+    "tile_rows", "token_ranges", "segments", "key_limit", "job_ranges", "visible", "KV_SHARED", "KV_HEAD_PARALLEL",
 ]
 
 ATTENTION_FIELDS = ("head_dim", "kv_heads", "q_per_kv", "n_q", "ctx_len", "window", "sink", "kv_bits",
-                    "mode", "valid_len", "q_addr", "bt_addr", "k_pool", "v_pool", "o_addr")
+                    "mode", "valid_len", "q_addr", "bt_addr", "k_pool", "v_pool", "o_addr", "kv_layout")
+
+KV_SHARED = 0              # kv_layout: the rows of a tile share one KV head
+KV_HEAD_PARALLEL = 1       # kv_layout: the rows of a tile are different heads, each on its own ports
 
 MAX_HEADS = 1024           # q_heads = kv_heads * q_per_kv at most this
 CTX_BITS = 21              # positions/lengths up to 2**20 (config max_context <= 2**20)
@@ -52,7 +63,7 @@ CTX_BITS = 21              # positions/lengths up to 2**20 (config max_context <
 # Job record widths (the command processor copies the low bits of each validated u64 slot).
 JOB_WIDTHS = {"head_dim": 9, "kv_heads": 11, "q_per_kv": 11, "n_q": CTX_BITS, "ctx_len": CTX_BITS,
               "window": CTX_BITS, "sink": CTX_BITS, "kv_bits": 4, "mode": AttentionMode, "valid_len": CTX_BITS,
-              "q_addr": 64, "bt_addr": 64, "k_pool": 64, "v_pool": 64, "o_addr": 64}
+              "q_addr": 64, "bt_addr": 64, "k_pool": 64, "v_pool": 64, "o_addr": 64, "kv_layout": 1}
 
 # -- numerics ----------------------------------------------------------------------------
 SCORE_FRAC = 8             # z: log2-domain score, signed fixed point with 8 fraction bits
@@ -78,6 +89,23 @@ class AttentionGeometry:
     kv_ports: int
     kv_bits: tuple
     word_bytes: int
+    head_parallel: bool = False
+
+    # -- head-parallel port map --------------------------------------------------------------
+    def k_port(self, row: int = 0) -> int:
+        """Stream port index (``w<i>``) row ``row``'s K words come from: ``w0`` in the shared layout
+        (every row), ``w<2·row>`` in a head-parallel job."""
+        return 2 * row if self.head_parallel else 0
+
+    def v_port(self, row: int | None = None) -> int:
+        """Stream port index of the V words: ``w<kv_ports-1>`` in the shared layout (``row`` None),
+        ``w<2·row+1>`` for row ``row`` of a head-parallel job."""
+        return self.kv_ports - 1 if row is None else 2 * row + 1
+
+    @property
+    def pool_table_bytes(self) -> int:
+        """A head-parallel job's pool table: ``2 * rows`` u64 (K pools, then V pools), padded to words."""
+        return round_up(16 * self.rows, self.word_bytes)
 
     # -- per-bits sizes ----------------------------------------------------------------
     @property
@@ -164,7 +192,7 @@ class AttentionGeometry:
     def to_json(self) -> dict:
         return {"head_dim": self.head_dim, "rows": self.rows, "kv_group_size": self.group_size,
                 "page_tokens": self.page_tokens, "max_context": self.max_context, "kv_ports": self.kv_ports,
-                "kv_bits": list(self.kv_bits), "q_record_bytes": self.q_record_bytes,
+                "head_parallel": self.head_parallel, "kv_bits": list(self.kv_bits), "q_record_bytes": self.q_record_bytes,
                 "scale_area": self.scale_area,
                 "head_area": {str(b): self.head_area(b) for b in self.kv_bits},
                 "score_bits": self.score_bits, "l_bits": self.l_bits, "acc_bits": self.acc_bits,
@@ -177,7 +205,8 @@ def attention_geometry(layout) -> AttentionGeometry:
         raise ValueError(f"config {layout.config.name!r} has no attention engine")
     return AttentionGeometry(head_dim=att.head_dim, rows=att.rows, group_size=att.kv_group_size,
                              page_tokens=att.page_tokens, max_context=att.max_context, kv_ports=att.kv_ports,
-                             kv_bits=tuple(att.kv_bits), word_bytes=layout.word_bytes)
+                             kv_bits=tuple(att.kv_bits), word_bytes=layout.word_bytes,
+                             head_parallel=att.head_parallel)
 
 
 def attention_checks(layout) -> tuple[Check, ...]:
@@ -203,10 +232,31 @@ def attention_checks(layout) -> tuple[Check, ...]:
         bidir = mode == AttentionMode.BIDIRECTIONAL
         return ops.any_(ops.not_(ops.one_of(mode, list(AttentionMode))), valid > f["ctx_len"],
                         (mode == AttentionMode.CAUSAL) & (valid != 0),
-                        bidir & ((f["window"] != 0) | (f["sink"] != 0)))
+                        bidir & ((f["window"] != 0) | (f["sink"] != 0)), bad_layout(f, ops))
+
+    rows = att.rows
+    layouts = [KV_SHARED, KV_HEAD_PARALLEL] if att.head_parallel else [KV_SHARED]
+
+    def bad_layout(f, ops):
+        kvl = f.get("kv_layout", 0)
+        hp = kvl == KV_HEAD_PARALLEL
+        return ops.any_(ops.not_(ops.one_of(kvl, layouts)),
+                        hp & ops.any_(f["q_per_kv"] != 1, f["n_q"] != 1, ops.misaligned(f["kv_heads"], rows),
+                                      f["v_pool"] != 0))
+
+    def why_layout(f):
+        kvl = f.get("kv_layout", 0)
+        if kvl not in layouts:
+            return (f"kv_layout {kvl}, allowed {layouts} (0 shared" +
+                    (", 1 head-parallel)" if att.head_parallel else "; head-parallel needs head_parallel: true)"))
+        return (f"kv_layout 1 (head-parallel) with q_per_kv {f['q_per_kv']}, n_q {f['n_q']}, kv_heads "
+                f"{f['kv_heads']}, v_pool {f['v_pool']:#x}: needs q_per_kv 1, n_q 1, kv_heads a multiple of "
+                f"rows {rows} and v_pool 0 (k_pool is the pool table)")
 
     def why_mode(f):
         mode, valid = f.get("mode", 0), f.get("valid_len", 0)
+        if bad_layout(f, IntOps):
+            return why_layout(f)
         if mode not in [int(m) for m in AttentionMode]:
             return f"mode {mode}, allowed {[int(m) for m in AttentionMode]} (0 causal, 1 bidirectional)"
         if valid > f["ctx_len"]:

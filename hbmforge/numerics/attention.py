@@ -29,11 +29,13 @@ import math
 import numpy as np
 
 from ..engines.attention import (OUT_FRAC, P_FRAC, SCORE_FRAC, Z_BITS, MULT_BITS, MAX_SHIFT, MANT_BITS,
-                                AttentionGeometry, attention_geometry, job_ranges, key_limit, segments, tile_rows,
+                                KV_HEAD_PARALLEL, AttentionGeometry, attention_geometry, job_ranges, key_limit,
+                                segments, tile_rows,
                                 visible)
 from .softmax import _rescale, exp2_neg, reciprocal
 
 __all__ = ["attend_tile", "output_rows", "attention_int", "run_attention", "attention_float",
+           "read_pool_table", "head_parallel_tiles",
            "mask_matrix", "quantize_kv", "dequantize_kv", "kv_head_scale", "pack_kv_token",
            "kv_token_addresses", "write_kv_token", "pack_block_table", "quantize_q", "score_multiplier",
            "pack_q_records", "dequantize_output", "decode_attention_rel_err", "encoder_attention_rel_err",
@@ -185,6 +187,8 @@ def run_attention(mem, d: dict, layout) -> dict:
     Returns ``bytes_written``, ``mac_ops`` (2 x valid rows x tokens read x head_dim, what the
     engine's ``mac_inc`` adds up to) and ``kv_bytes_read`` (one entry per stream port ``w<i>``)."""
     geom = attention_geometry(layout)
+    if d.get("kv_layout", 0) == KV_HEAD_PARALLEL:
+        return _run_head_parallel(mem, d, layout, geom)
     B, hd, bits = geom.word_bytes, geom.head_dim, d["kv_bits"]
     kvh, grp, n_q, ctx = d["kv_heads"], d["q_per_kv"], d["n_q"], d["ctx_len"]
     q_heads = kvh * grp
@@ -223,6 +227,65 @@ def run_attention(mem, d: dict, layout) -> dict:
             mem.write(d["o_addr"] + row * geom.out_row_bytes, o[r].astype("<i4").tobytes())
             written += geom.out_row_bytes
         macs += 2 * len(trows) * tokens * hd
+    return {"bytes_written": written, "mac_ops": macs, "kv_bytes_read": kv_read}
+
+
+def read_pool_table(mem, geom: AttentionGeometry, addr: int) -> tuple[list[int], list[int]]:
+    """A head-parallel job's pool table at ``addr``: (K pool per port group, V pool per port group)."""
+    raw = mem.read(addr, geom.pool_table_bytes)
+    ent = [int.from_bytes(raw[8 * i:8 * i + 8], "little") for i in range(2 * geom.rows)]
+    return ent[:geom.rows], ent[geom.rows:]
+
+
+def head_parallel_tiles(kv_heads: int, rows: int):
+    """Tiles of a head-parallel job in engine order: tile t holds, in row r, head ``r * hg + t``
+    (``hg = kv_heads / rows`` heads per port group), at index t of group r's pools.
+    Yields ``(t, [head of row 0, ..., head of row rows-1])``."""
+    hg = kv_heads // rows
+    for t in range(hg):
+        yield t, [r * hg + t for r in range(rows)]
+
+
+def _run_head_parallel(mem, d: dict, layout, geom: AttentionGeometry) -> dict:
+    """:func:`run_attention` for ``kv_layout`` 1: row r of every tile reads its own head from
+    port group r's pools (K on ``w<2r>``, V on ``w<2r+1>``); the rows share the segments (one
+    position, one block table), so each row's online softmax is the shared layout's for its head."""
+    B, hd, bits = geom.word_bytes, geom.head_dim, d["kv_bits"]
+    kvh, ctx, R = d["kv_heads"], d["ctx_len"], geom.rows
+    hg = kvh // R
+    kv_read = [0] * layout.config.stream_ports
+    k_pools, v_pools = read_pool_table(mem, geom, d["k_pool"])
+    qrec = geom.q_record_bytes
+    keys = key_limit(d)
+    pos = ctx - 1
+    written = macs = 0
+    for t, heads in head_parallel_tiles(kvh, R):
+        segs = [[] for _ in range(R)]
+        tokens = 0
+        for j0, n in segments(job_ranges(d, pos, pos), geom.page_tokens):
+            lp = j0 // geom.page_tokens
+            a = j0 - lp * geom.page_tokens
+            word = mem.read(d["bt_addr"] + (lp * 4 // B) * B, B)
+            off = lp * 4 % B
+            page = int.from_bytes(word[off:off + 4], "little")
+            for r in range(R):
+                k, km, kb = _read_segment(mem, geom, k_pools[r], page, t, hg, bits, a, n)
+                v, vm, vb = _read_segment(mem, geom, v_pools[r], page, t, hg, bits, a, n)
+                kv_read[geom.k_port(r)] += kb
+                kv_read[geom.v_port(r)] += vb
+                segs[r].append((j0, k, km, v, vm))
+            tokens += n
+        for r, h in enumerate(heads):
+            rec = mem.read(d["q_addr"] + h * qrec, qrec)
+            q = np.frombuffer(rec[:hd], dtype=np.int8).astype(np.int64)[None]
+            mult = np.array([int.from_bytes(rec[hd:hd + 2], "little")], dtype=np.int64)
+            shift = np.array([rec[hd + 2] & 63], dtype=np.int64)
+            acc, l = attend_tile(q, mult, shift, [pos], segs[r], window=d["window"], sink=d["sink"],
+                                 group_size=geom.group_size, keys=keys)
+            o = output_rows(acc, l)
+            mem.write(d["o_addr"] + h * geom.out_row_bytes, o[0].astype("<i4").tobytes())
+            written += geom.out_row_bytes
+        macs += 2 * R * tokens * hd
     return {"bytes_written": written, "mac_ops": macs, "kv_bytes_read": kv_read}
 
 

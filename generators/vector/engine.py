@@ -573,7 +573,7 @@ class VectorEngine(wiring.Component):
 
         # -- STORE: micro-ops -> quantizer -> chunk FIFO -> packer -> writer ----------------------
         m.submodules.cq = cq = ChunkQuantizer(lanes=L)
-        m.submodules.chunks = chunks = SyncFIFOBuffered(width=W, depth=_CHUNK_FIFO)
+        m.submodules.chunks = chunks = SyncFIFOBuffered(width=W + 1, depth=_CHUNK_FIFO)   # + a whole-word bit
         ppw = Signal(range(9))               # chunks per output word
         with m.If(j.out_fmt == VectorOut.RES32):
             m.d.comb += ppw.eq(1)
@@ -641,22 +641,23 @@ class VectorEngine(wiring.Component):
                 m.d.comb += other.eq((trailer >> (t1_k * (W // 4)))[:W // 4])
             with m.Case(_SCL):
                 m.d.comb += other.eq((scale_vec >> (t1_k * (W // 4)))[:W // 4])
-            with m.Case(_MNT):
-                m.d.comb += other.eq(Mux(ppw == 8, (span >> (t1_k * (W // 8)))[:W // 8],
-                                         (span >> (t1_k * (W // 4)))[:W // 4]))
+            with m.Case(_MNT):                  # a whole word of the merged span
+                m.d.comb += other.eq((span >> (t1_k * W))[:W])
             with m.Default():
                 m.d.comb += other.eq(0)
         other_d = delayed(other, ChunkQuantizer.LATENCY, "other")
         kind_d = delayed(t1_kind, ChunkQuantizer.LATENCY, "kind")
-        m.d.comb += [chunks.w_en.eq(cq.o_valid), chunks.w_data.eq(Mux(kind_d == _VAL, cq.o, other_d))]
+        m.d.comb += [chunks.w_en.eq(cq.o_valid), chunks.w_data.eq(Cat(Mux(kind_d == _VAL, cq.o, other_d), kind_d == _MNT))]
 
         # packer: ppw chunks -> one word
         pk_word = Signal(W)
         pk_n = Signal(range(9))
         pk_full = Signal()
         m.d.comb += chunks.r_en.eq(~pk_full)
-        with m.If(chunks.r_en & chunks.r_rdy):
-            piece = chunks.r_data
+        with m.If(chunks.r_en & chunks.r_rdy & chunks.r_data[W]):
+            m.d.sync += [pk_word.eq(chunks.r_data[:W]), pk_full.eq(1)]      # a whole word (pk_n is 0 here)
+        with m.Elif(chunks.r_en & chunks.r_rdy):
+            piece = chunks.r_data[:W]
             for n in range(8):
                 with m.If(pk_n == n):
                     if n == 0:
@@ -706,12 +707,15 @@ class VectorEngine(wiring.Component):
         rc_valid = Signal()
         rc_addr = Signal(64)
         rd_take = Signal()
+        pf_valid = Signal()                  # read-ahead of the first row's mantissa words (below)
+        pf_addr = Signal(64)
         w_valid, w_payload = Const(0), Const(0, W)
         rc_take = Const(0)
         for i in range(g.kv_ports):
             sel = port_sel == i + 1
-            m.d.comb += [self.w_cmd[i].payload.addr.eq(rc_addr), self.w_cmd[i].payload.bytes.eq(span_words * W8),
-                         self.w_cmd[i].valid.eq(rc_valid & sel), self.w_data[i].ready.eq(rd_take & sel)]
+            m.d.comb += [self.w_cmd[i].payload.addr.eq(Mux(pf_valid, pf_addr, rc_addr)),
+                         self.w_cmd[i].payload.bytes.eq(span_words * W8),
+                         self.w_cmd[i].valid.eq((rc_valid | pf_valid) & sel), self.w_data[i].ready.eq(rd_take & sel)]
             rc_take = rc_take | (self.w_cmd[i].valid & self.w_cmd[i].ready)
             w_valid = Mux(sel, self.w_data[i].valid, w_valid)
             w_payload = Mux(sel, self.w_data[i].payload, w_payload)
@@ -725,10 +729,14 @@ class VectorEngine(wiring.Component):
         st_c = Signal(32)
         rd_words = Signal(range(span_words + 1))
         mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
-        ml_v = Signal()
-        ml_i = Signal(range(max(ng, 1) + 1))
-        with m.If(ml_v):
-            m.d.sync += mants[ml_i].eq(qrec[32:48])
+        if att is not None and ng > 1:
+            # the head's group mantissas, caught as its value words are quantized (a KV VAL op reads
+            # its group's qp record: op_k is the word of the head, G >= L words per group)
+            with m.If(t1_v & (t1_kind == _VAL) & kv_mode):
+                m.d.sync += mants[((t1_k << LOGL) >> exact_log2(G))[:exact_log2(ng)]].eq(qrec[32:48])
+        elif att is not None:
+            with m.If(t1_v & (t1_kind == _VAL) & kv_mode):
+                m.d.sync += mants[0].eq(qrec[32:48])
         if att is not None:
             ha8 = att.head_area(8)
             ha4 = att.head_area(4) if 4 in att.kv_bits else ha8
@@ -773,6 +781,26 @@ class VectorEngine(wiring.Component):
             trl_chunks = 1
         m.d.comb += rc_addr.eq(maddr)
         st_last_row = st_r + 1 == nv
+        first_row = Signal()                 # the store is at the job's first row
+        m.d.comb += first_row.eq((blk == 0) & (st_r == 0))
+
+        # read-ahead: the mantissa words of the job's first row (every head) are read as soon as its
+        # block-table word is in, in head order; the store FSM takes them in RDATA. No write of this
+        # job reaches them before (its value writes go elsewhere), so only later rows wait (WAITW).
+        # Starts while the store FSM is idle at (row 0, head 0) of block 0: maddr is head 0's word.
+        pf_h = Signal(range(max_heads + 1))
+        pf_run = Signal()
+        pf_started = Signal()
+        if att is not None:
+            with m.If(start):
+                m.d.sync += [pf_h.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0), st_h.eq(0)]
+            with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded != 0)):
+                m.d.sync += [pf_addr.eq(maddr), pf_run.eq(1), pf_started.eq(1)]
+            with m.If(pf_valid & rc_take):
+                m.d.sync += [pf_addr.eq(pf_addr + ha), pf_h.eq(pf_h + 1)]
+                with m.If(pf_h + 1 == heads):
+                    m.d.sync += pf_run.eq(0)
+            m.d.comb += pf_valid.eq(pf_run)
 
         def next_head(again: str) -> None:
             """After head st_h of row st_r: the next head (state ``again``), the next row, or FLUSH."""
@@ -830,7 +858,7 @@ class VectorEngine(wiring.Component):
                                 m.d.sync += [st_j.eq(0), st_c.eq(0)]
                                 m.next = "TRL"
                         with m.Default():              # KV: the head's words, padding, mantissas
-                            m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j)]
+                            m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j)]
                             with m.If(st_j + 1 == val_chunks):
                                 m.d.sync += [st_j.eq(0), st_c.eq(0)]
                                 with m.If(zero_chunks != 0):
@@ -861,8 +889,13 @@ class VectorEngine(wiring.Component):
                     with m.If(st_c + 1 == zero_chunks):
                         m.next = "WAITW"
             with m.State("WAITW"):
-                # every earlier KV write acknowledged: the mantissa word holds what they wrote
-                with m.If((pending == 0) & store_empty):
+                with m.If(first_row):
+                    # the job's first row: its mantissa words were read ahead (no earlier write of
+                    # this job can touch them; earlier jobs are done)
+                    m.d.sync += rd_words.eq(0)
+                    m.next = "RDATA"
+                with m.Elif((pending == 0) & store_empty):
+                    # every earlier KV write acknowledged: the mantissa word holds what they wrote
                     m.d.sync += [rc_valid.eq(1), rd_words.eq(0)]
                     m.next = "RDATA"
             with m.State("RDATA"):
@@ -874,15 +907,10 @@ class VectorEngine(wiring.Component):
                     m.d.sync += rd_words.eq(rd_words + 1)
                     with m.If(rd_words + 1 == span_words):
                         m.d.sync += st_c.eq(0)
-                        m.next = "MLOAD"
-            with m.State("MLOAD"):
-                # the head's group mantissas (qp meta) into registers: read in cycle c, kept in c + 1
-                m.d.comb += [op_r.eq(st_r), op_g.eq((st_h << exact_log2(max(ng, 1))) + st_c)]
-                m.d.sync += [st_c.eq(st_c + 1), ml_v.eq(st_c < ng), ml_i.eq(st_c)]
-                with m.If(st_c == ng):
-                    m.next = "MERGE"
+                        m.next = "MERGE"
             with m.State("MERGE"):
-                m.d.sync += [span.eq(merged_word), ml_v.eq(0)]
+                # the head's mantissas were caught during its VAL ops (two or more cycles ago)
+                m.d.sync += span.eq(merged_word)
                 m.next = "MCMD"
             with m.State("MCMD"):
                 m.d.comb += [wc_valid.eq(1), wc_addr.eq(maddr), wc_bytes.eq(span_words * W8)]
@@ -893,7 +921,7 @@ class VectorEngine(wiring.Component):
                 with m.If(room):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c + 1 == span_words * ppw):
+                    with m.If(st_c + 1 == span_words):
                         next_head("CMD")
             with m.State("FLUSH"):
                 # no micro-op reads the tiles any more: the next block may be loaded
@@ -955,6 +983,6 @@ class VectorEngine(wiring.Component):
                         m.next = "IDLE"
 
         # -- counters: busy but moving nothing ---------------------------------------------------
-        progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_active | op_valid | emit | qp_active
+        progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_active | op_valid | emit | qp_active | rc_take
         m.d.comb += [self.stall.eq(busy & ~progress), self.mac_inc.eq(0)]
         return m

@@ -44,9 +44,10 @@ from .signature import vector_signature
 
 __all__ = ["VectorEngine"]
 
-# load items, in the order the issuer and the receiver walk them (per job, then per row block)
-_ACOL, _BCOL, _BIAS, _GAMMA, _BETA, _CONSTS, _SCALE, _A, _B, _ROPE, _BT = range(11)
-_FIRST_BLOCK_ITEM, _LAST_ITEM = _SCALE, _BT
+# load items, in the order the issuer and the receiver walk them (per job, then per row block);
+# the operands come last so that SWEEP1 can follow the receiver through the last one
+_ACOL, _BCOL, _BIAS, _GAMMA, _BETA, _CONSTS, _SCALE, _ROPE, _BT, _A, _B = range(11)
+_FIRST_BLOCK_ITEM, _LAST_ITEM = _SCALE, _B
 _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 
 # store micro-ops
@@ -55,10 +56,10 @@ _STORE_LATENCY = 1 + ChunkQuantizer.LATENCY     # tile read + quantizer
 _CHUNK_FIFO = 8
 
 
-def _walk_rows(m: Module, active, row, rows, item, items) -> None:
-    """While ``active``: step ``item`` through ``items``, then ``row`` through ``rows``; clear
-    ``active`` after the last (both counters back at 0)."""
-    with m.If(active):
+def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
+    """While ``active`` (and ``step``): step ``item`` through ``items``, then ``row`` through ``rows``;
+    clear ``active`` after the last (both counters back at 0)."""
+    with m.If(active & step):
         with m.If(item + 1 == items):
             m.d.sync += item.eq(0)
             with m.If(row + 1 == rows):
@@ -184,24 +185,28 @@ class VectorEngine(wiring.Component):
             m.d.sync += busy.eq(0)
 
         # -- load walkers ----------------------------------------------------------------------
+        has_b = Signal()
+        m.d.comb += has_b.eq(j.b_fmt != VectorIn.NONE)
+        item_enabled = {
+            _ACOL: j.a_fmt != VectorIn.RES32,
+            _BCOL: (j.b_fmt == VectorIn.ACC32) | (j.b_fmt == VectorIn.ROWS32),
+            _BIAS: j.bias,
+            _GAMMA: j.norm != VectorNorm.NONE,
+            _BETA: j.norm == VectorNorm.LAYER,
+            _CONSTS: (j.out_fmt == VectorOut.QREC) | kv_mode,
+            _SCALE: j.a_fmt == VectorIn.ACC32,
+            _ROPE: j.rope,
+            _BT: kv_mode,
+            _A: Const(1),
+            _B: has_b,
+        }
+        item_per_row = {_ROPE: Const(1), _BT: Const(1), _A: j.a_fmt == VectorIn.ROWS32, _B: j.b_fmt == VectorIn.ROWS32}
+
         def enabled(item):
-            return Array([
-                j.a_fmt != VectorIn.RES32,
-                (j.b_fmt == VectorIn.ACC32) | (j.b_fmt == VectorIn.ROWS32),
-                j.bias,
-                j.norm != VectorNorm.NONE,
-                j.norm == VectorNorm.LAYER,
-                (j.out_fmt == VectorOut.QREC) | kv_mode,
-                j.a_fmt == VectorIn.ACC32,
-                Const(1),
-                j.b_fmt != VectorIn.NONE,
-                j.rope,
-                kv_mode,
-            ])[item]
+            return Array([item_enabled[i] for i in range(_LAST_ITEM + 1)])[item]
 
         def per_row(item):
-            return Array([Const(0)] * 7 + [j.a_fmt == VectorIn.ROWS32, j.b_fmt == VectorIn.ROWS32,
-                                           Const(1), Const(1)])[item]
+            return Array([item_per_row.get(i, Const(0)) for i in range(_LAST_ITEM + 1)])[item]
 
         def walker(name, advance):
             item = Signal(range(_LAST_ITEM + 1), name=f"{name}_item")
@@ -321,9 +326,11 @@ class VectorEngine(wiring.Component):
         for r, (_, _, wp) in enumerate(tile_a):
             m.d.comb += [wp.addr.eq(sweep_wa), wp.data.eq(sweep_wd), wp.en.eq(Mux(sweep_we & (sweep_wr == r), full, 0))]
         lanes = lanes_of(word, L, signed_=False)
-        for item, tile in ((_A, tile_a), (_B, tile_b)):
-            fmt = j.a_fmt if item == _A else j.b_fmt
-            hit = take & (r_item == item)
+        # A goes to tile B when the job has no B operand: SWEEP1 then reads tile B and writes tile A,
+        # so it can follow the receiver through the last operand without sharing a write port
+        for tile, hit, fmt in ((tile_a, take & (r_item == _A) & has_b, j.a_fmt),
+                               (tile_b, take & ((r_item == _B) | ((r_item == _A) & ~has_b)),
+                                Mux(r_item == _A, j.a_fmt, j.b_fmt))):
             with m.If(hit & (fmt == VectorIn.ROWS32)):
                 for r, (_, wp, _) in enumerate(tile):
                     m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(Mux(r_r == r, full, 0))]
@@ -390,9 +397,22 @@ class VectorEngine(wiring.Component):
         sw_j = Signal(range(DW))
         sw_active = Signal()                 # issuing (row sw_r, word sw_j) this cycle
         sw_second = Signal()                 # SWEEP2 (norm apply) rather than SWEEP1
-        _walk_rows(m, sw_active, sw_r, nv, sw_j, dw)
+        # SWEEP1 may follow the receiver through the block's last operand (A, or B when there is
+        # one): word (sw_r, sw_j) is issued once it is in the tile (written in an earlier cycle)
+        last_fmt = Signal.like(j.a_fmt)
+        m.d.comb += last_fmt.eq(Mux(has_b, j.b_fmt, j.a_fmt))
+        in_last = Signal()                   # the receiver is in the current block's last operand
+        m.d.comb += in_last.eq(busy & ~r_done & (r_blk == blk) & (r_item == Mux(has_b, _B, _A)))
+        rx_has = Signal()
+        m.d.comb += rx_has.eq(Mux(last_fmt == VectorIn.ROWS32, (sw_r < r_r) | ((sw_r == r_r) & (sw_j < rw)),
+                                  sw_j < (rw >> LOGR)))
+        sw_go = Signal()
+        m.d.comb += sw_go.eq(sw_second | (loaded > blk) | (in_last & rx_has))
+        sw_issue = Signal()
+        m.d.comb += sw_issue.eq(sw_active & sw_go)
+        _walk_rows(m, sw_active, sw_r, nv, sw_j, dw, step=sw_go)
         rd_r, rd_j, rd_v = Signal(range(R)), Signal(range(DW)), Signal()
-        m.d.sync += [rd_r.eq(sw_r), rd_j.eq(sw_j), rd_v.eq(sw_active)]
+        m.d.sync += [rd_r.eq(sw_r), rd_j.eq(sw_j), rd_v.eq(sw_issue)]
         tile_addr = Signal(range(DW))
         store_addr = Signal(range(DW))
         m.d.comb += tile_addr.eq(Mux(in_store, store_addr, sw_j))
@@ -418,7 +438,8 @@ class VectorEngine(wiring.Component):
             rope_word = Mux(rope_sel, rrp.data[W // 2:], rrp.data[:W // 2])
         else:
             rope_word = Const(0, W // 2)
-        m.d.comb += [elem.i_valid.eq(rd_v & ~sw_second), elem.xa.eq(a_data[rd_r]), elem.xb.eq(b_data[rd_r]),
+        m.d.comb += [elem.i_valid.eq(rd_v & ~sw_second), elem.xa.eq(Mux(has_b, a_data[rd_r], b_data[rd_r])),
+                     elem.xb.eq(b_data[rd_r]),
                      elem.acol.eq(pms[_ACOL][2].data), elem.bcol.eq(pms[_BCOL][2].data),
                      elem.bias.eq(pms[_BIAS][2].data), elem.row_a.eq(row_a[(cbank << LOGR) + rd_r]),
                      elem.row_e.eq(row_e[(cbank << LOGR) + rd_r]),
@@ -457,7 +478,7 @@ class VectorEngine(wiring.Component):
             m.d.comb += [out_v.eq(1), out_r.eq(n_r), out_j.eq(n_j), out_w.eq(napply.o)]
         m.d.comb += [sweep_we.eq(out_v), sweep_wr.eq(out_r), sweep_wa.eq(out_j), sweep_wd.eq(out_w)]
         inflight = Signal(range(32))
-        m.d.sync += inflight.eq(inflight + sw_active - out_v)
+        m.d.sync += inflight.eq(inflight + sw_issue - out_v)
         sweeping = Signal()
         m.d.comb += sweeping.eq(sw_active | (inflight != 0))
 
@@ -936,7 +957,7 @@ class VectorEngine(wiring.Component):
                     m.d.sync += blk.eq(0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                with m.If(loaded > blk):
+                with m.If((loaded > blk) | in_last):
                     m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
                     m.next = "SWEEP1"
             with m.State("SWEEP1"):
@@ -983,6 +1004,6 @@ class VectorEngine(wiring.Component):
                         m.next = "IDLE"
 
         # -- counters: busy but moving nothing ---------------------------------------------------
-        progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_active | op_valid | emit | qp_active | rc_take
+        progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_issue | op_valid | emit | qp_active | rc_take
         m.d.comb += [self.stall.eq(busy & ~progress), self.mac_inc.eq(0)]
         return m

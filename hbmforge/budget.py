@@ -87,7 +87,41 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     partials = _bram_for(64 * mm.rows, 32)
     fifo_depth = cfg.axi.max_burst_beats * cfg.axi.max_outstanding
     fifos = len(lay.ports) * 2 * _bram_for(cfg.data_width, fifo_depth)
-    return ResourceEstimate(lut=lut, ff=ff, dsp=dsp, bram36=act + weights + partials + fifos, ports=len(lay.ports))
+    hp = attention_head_parallel_terms(lay)
+    return ResourceEstimate(lut=lut + hp["lut"], ff=ff + hp["ff"], dsp=dsp + hp["dsp"],
+                            bram36=act + weights + partials + fifos + hp["bram36"], ports=len(lay.ports))
+
+
+def attention_head_parallel_terms(lay: DesignLayout) -> dict:
+    """What ``head_parallel: true`` adds to an attention engine of R rows (docs/engines/attention.md):
+    2 (R - 1) more K/V word feeds (each a scale-word buffer, the lane unpacking and the mantissa
+    select) with their segment FIFOs, a per-row select of own/shared lanes and mantissas in front
+    of the QK and PV units, (R - 1) x lanes more mantissa x value multipliers in the PV unit (the
+    shared layout has one set for all rows), and R - 1 more K/V address pairs per segment
+    command (adders, wider command FIFOs). The extra ports' AXI logic and reader FIFOs are
+    counted with the ports. Zero without an attention engine or without head_parallel."""
+    att = lay.config.attention
+    if att is None or not att.head_parallel:
+        return {"lut": 0, "ff": 0, "dsp": 0, "bram36": 0, "feeds": 0}
+    from .engines.attention import attention_geometry
+
+    g = attention_geometry(lay)
+    R, W = g.rows, 8 * g.word_bytes
+    lanes = g.lanes
+    block_lanes = min(g.group_size, g.slot)
+    blocks = lanes // block_lanes
+    mpw = g.mants_per_word
+    scale_depth = -(-(mpw - 1 + g.page_tokens * g.groups) // mpw)
+    feeds = 2 * (R - 1)
+    seg_bits = 64                                                 # a segment record, rounded up
+    feed_lut = 8 * lanes + 16 * blocks * max(1, mpw // 4)          # unpack + mantissa select
+    select_lut = 2 * R * (8 * lanes + 16 * blocks)                 # own or shared word per row, K and V
+    addr_lut = 2 * (R - 1) * 64 * 2                                 # two 64-bit adds per extra address
+    cmd_ff = 2 * (R - 1) * 64 * (2 + 4)                             # K (depth 2) and V (depth 4) command FIFOs
+    lut = feeds * feed_lut + select_lut + addr_lut
+    ff = 2 * lut + cmd_ff + feeds * 8 * seg_bits
+    return {"lut": lut, "ff": ff, "dsp": (R - 1) * lanes, "bram36": feeds * _bram_for(W, max(2, scale_depth)),
+            "feeds": feeds}
 
 
 def tile_buffers(lay: DesignLayout) -> dict:

@@ -204,11 +204,25 @@ class AttentionEngine(_EngineBase):
     kv_group_size: int = Field(32, description="head_dim elements sharing one K/V scale (power of two)")
     page_tokens: int = Field(16, description="tokens per KV cache page (power of two)")
     max_context: int = Field(8192, description="longest context a sequence may reach, in tokens")
-    kv_ports: int = Field(1, description="1: K and V share port w0; 2: K on w0, V on w1; "
-                                         "2 x rows with head_parallel (K of row r on w<2r>, V on w<2r+1>)")
     head_parallel: bool = Field(False, description="also run head-parallel decode jobs (kv_layout 1): the rows "
                                                    "of a tile are different heads, each reading its own K/V "
                                                    "ports; needs kv_ports = 2 x rows")
+    kv_ports: int = Field(1, description="1: K and V share port w0; 2: K on w0, V on w1; "
+                                         "2 x rows with head_parallel (K of row r on w<2r>, V on w<2r+1>)")
+
+    @field_validator("kv_ports")
+    @classmethod
+    def _kv_ports(cls, v: int, info) -> int:
+        rows, hp = info.data.get("rows"), info.data.get("head_parallel", False)
+        if rows is None:
+            return v                    # rows itself failed; reported there
+        if hp:
+            if rows < 2 or v != 2 * rows:
+                raise ValueError(f"Input should be 2 x rows = {2 * rows} with head_parallel (K of row r on w<2r>, "
+                                 f"V on w<2r+1>; needs rows >= 2), got {v} (rows {rows})")
+        elif v not in (1, 2):
+            raise ValueError(f"Input should be 1 or 2, got {v} (or 2 x rows = {2 * rows} with head_parallel: true)")
+        return v
 
     @field_validator("head_dim")
     @classmethod
@@ -245,13 +259,6 @@ class AttentionEngine(_EngineBase):
 
     @model_validator(mode="after")
     def _shape(self) -> "AttentionEngine":
-        if self.head_parallel:
-            if self.rows < 2 or self.kv_ports != 2 * self.rows:
-                raise ValueError(f"kv_ports must be 2 x rows = {2 * self.rows} with head_parallel (K of row r on "
-                                 f"w<2r>, V on w<2r+1>; rows >= 2), got kv_ports {self.kv_ports}, rows {self.rows}")
-        elif self.kv_ports not in (1, 2):
-            raise ValueError(f"kv_ports must be 1 or 2 (or 2 x rows = {2 * self.rows} with head_parallel: true), "
-                             f"got {self.kv_ports}")
         if self.kv_group_size > self.head_dim:
             raise ValueError(f"kv_group_size {self.kv_group_size} must divide head_dim {self.head_dim}")
         if self.max_context < self.page_tokens or self.max_context % self.page_tokens \

@@ -319,12 +319,15 @@ class Attention:
         tokens; default its length); ``valid_len`` (bidirectional): the descriptor slot, 0 = all."""
         seq = self.cache.check_sequence(seq)
         n_q = check_int("n_q", n_q, 1)
+        if self.cache.layout == "head_parallel" and (n_q != 1 or self.q_per_kv != 1):
+            raise ValueError(f"a head-parallel KV cache runs decode of MHA layers only: n_q must be 1 and "
+                             f"q_heads == kv_heads, got n_q {n_q}, q_per_kv {self.q_per_kv} (use a "
+                             "KVCache(layout='shared') for prefill or GQA)")
         return {"head_dim": self.head_dim, "kv_heads": self.kv_heads, "q_per_kv": self.q_per_kv,
                 "n_q": n_q, "ctx_len": seq.length if ctx_len is None else ctx_len, "window": self._window,
                 "sink": self._sink, "kv_bits": self.cache.kv_bits, "mode": ATTENTION_MODES[self._mode],
                 "valid_len": valid_len, "q_addr": q_addr,
-                "bt_addr": seq.block_table.address, "k_pool": self.cache.k_pool.address,
-                "v_pool": self.cache.v_pool.address, "o_addr": o_addr}
+                "bt_addr": seq.block_table.address, **self.cache.descriptor_fields(), "o_addr": o_addr}
 
     def forward_int(self, q_int, mult, shift, seq: KVSequence | None = None, *, valid_len: int | None = None,
                     timeout: float | None = None) -> np.ndarray:
@@ -420,7 +423,8 @@ class Attention:
     def _run_info(self, status, elapsed, n_q, ctx, qi, mult, shift, out) -> AttentionRun:
         c = self._dev.counters()
         geom = self.geometry
-        kv_ports = {"w0", f"w{geom.kv_ports - 1}"}
+        kv_ports = ({f"w{i}" for i in range(geom.kv_ports)} if self.cache.layout == "head_parallel"
+                    else {"w0", f"w{geom.kv_ports - 1}"})
         port_read = {p: s["bytes_read"] for p, s in c["ports"].items()}
         kv_bytes = sum(b for p, b in port_read.items() if p in kv_ports)
         cycles = c["cycles"]
@@ -430,7 +434,7 @@ class Attention:
         return AttentionRun(
             n_q=n_q, ctx_len=ctx, kv_bits=self.cache.kv_bits, cycles=status.cycles, elapsed_s=elapsed,
             mac_ops=c["mac_ops"], kv_bytes_read=kv_bytes, port_bytes_read=port_read,
-            kv_efficiency=kv_bytes / (geom.kv_ports * geom.word_bytes * cycles) if cycles else 0.0,
+            kv_efficiency=kv_bytes / (len(kv_ports) * geom.word_bytes * cycles) if cycles else 0.0,
             mac_utilization=util, counters=c, q_int=qi.astype(np.int8), mult=mult, shift=shift,
             output_int=out)
 

@@ -63,7 +63,7 @@ import numpy as np
 
 from hbmforge.encodings import (AttentionMode, OutMode, VectorAct, VectorCombine, VectorIn, VectorNorm,
                                 VectorOut)
-from hbmforge.engines.attention import attention_geometry
+from hbmforge.engines.attention import KV_HEAD_PARALLEL, attention_geometry
 from hbmforge.engines.vector import ACT_FRAC, vector_geometry
 from hbmforge.numerics import vector as V
 from hbmforge.numerics.attention import dequantize_kv, kv_head_scale, pack_block_table, quantize_kv
@@ -257,10 +257,12 @@ class _Layer:
     down: _Matmul               # down_proj or fc_out
     tables: dict                # name -> Buffer (column tables, biases, norms, constants)
     consts: dict                # name -> descriptor constants (norms)
-    k_pool: Buffer
-    v_pool: Buffer
+    k_pool: Buffer              # head-parallel: the pool table (data port)
+    v_pool: Buffer | None       # head-parallel: None
     k_scale: np.ndarray         # float head scales [kv_heads]
     v_scale: np.ndarray
+    k_pools: list = None        # port group r's K pool (w<2r>; [k_pool] in the shared layout)
+    v_pools: list = None        # port group r's V pool (w<2r+1>; [v_pool] in the shared layout)
 
 
 class ModelSequence:
@@ -369,7 +371,7 @@ class ModelProgram:
     def __init__(self, device, config: BlockConfig, blocks: Sequence[BlockWeights], *, final_norm=None,
                  lm_head: EncodedWeights | None = None, kv_bits: int = 8, max_context: int | None = None,
                  kv_pages: int | None = None, kv_ranges=None, timeout: float = 600.0, window: int = 0,
-                 sink: int = 0):
+                 sink: int = 0, kv_layout: str = "auto"):
         dev = check_device(device)
         lay = dev.layout
         cfg = config.checked() if isinstance(config, BlockConfig) else None
@@ -394,6 +396,16 @@ class ModelProgram:
             raise ValueError(f"sink ({sink}) needs a window > 0 (sink tokens are kept beside a sliding window)")
         if (window or sink) and cfg.arch != "llama":
             raise ValueError("window and sink apply to decoders (arch 'llama'); bidirectional attention has none")
+        kv_layout = check_choice("kv_layout", kv_layout, ("auto", "shared", "head_parallel"))
+        hp_ok = att.head_parallel and cfg.arch == "llama" and cfg.heads == cfg.kv_heads and \
+            cfg.kv_heads % att.rows == 0
+        if kv_layout == "head_parallel" and not hp_ok:
+            raise BlockProgramError(
+                f"kv_layout 'head_parallel' needs an attention engine with head_parallel: true (this one: "
+                f"{att.head_parallel}), a decoder (arch 'llama', got {cfg.arch!r}) with heads == kv_heads (MHA, got "
+                f"{cfg.heads} and {cfg.kv_heads}) and kv_heads a multiple of the engine's rows {att.rows}")
+        self._hp = hp_ok if kv_layout == "auto" else kv_layout == "head_parallel"
+        self._groups = att.rows if self._hp else 1
         P = att.page_tokens
         max_pages = -(-ctx // P)
         pages = max_pages if kv_pages is None else check_int("kv_pages", kv_pages, 1, 1 << 24)
@@ -640,13 +652,60 @@ class ModelProgram:
         kind = VectorNorm.RMS if llama else VectorNorm.LAYER
         consts = {"norm1": self._norm_tables(norms[0], kind, out_frac=F_ACT if llama else Fh),
                   "norm2": self._norm_tables(norms[1], kind, out_frac=F_ACT if llama else Fh)}
+        if self._hp:
+            return self._head_parallel_layer(qkv, o, up, down, t, consts, k_scale, v_scale, qb, kb, biases, src)
         pool = self.num_pages * att.page_bytes(self.kv_bits, kvh)
         k_pool = self._dev.alloc(pool, "w0")
         self._owned.append(k_pool)
         v_pool = self._dev.alloc(pool, f"w{att.kv_ports - 1}")
         self._owned.append(v_pool)
         return _Layer(qkv=qkv, o=o, up=up, down=down, tables=t, consts=consts, k_pool=k_pool, v_pool=v_pool,
-                      k_scale=k_scale, v_scale=v_scale)
+                      k_scale=k_scale, v_scale=v_scale, k_pools=[k_pool], v_pools=[v_pool])
+
+    def _head_parallel_layer(self, qkv, o, up, down, t, consts, k_scale, v_scale, qb, kb, biases, src) -> _Layer:
+        """The head-parallel KV layout (docs/engines/attention.md): KV heads split into ``rows`` port
+        groups of ``hg`` consecutive heads; group r's K pool on ``w<2r>``, V pool on ``w<2r+1>``, the
+        pool table an upload; per-group column, bias and constant tables for the group's KV append."""
+        cfg, att, lay = self._cfg, self._att, self._lay
+        hd, qh, kvh = cfg.head_dim, cfg.heads, cfg.kv_heads
+        nq, nk = qh * hd, kvh * hd
+        G = self._groups
+        hg = kvh // G
+        for r in range(G):
+            lo = r * hg * hd
+            t[f"k_cols{r}"] = self._table(qkv.columns(src, F_ACT, nq + lo, nq + lo + hg * hd))
+            t[f"v_cols{r}"] = self._table(qkv.columns(src, F_ACT, nq + nk + lo, nq + nk + lo + hg * hd))
+            for name, b in (("k_bias", kb), ("v_bias", biases.get("v_proj"))):
+                if b is not None:
+                    t[f"{name}{r}"] = self._table(_int32(name, np.asarray(b)[lo:lo + hg * hd], F_ACT))
+            for name, hs in (("k_consts", k_scale), ("v_consts", v_scale)):
+                cs = [int(c) for c in V.kv_constants(hs[r * hg:(r + 1) * hg], self.kv_bits, frac_bits=F_ACT)]
+                t[f"{name}{r}"] = self._upload(np.asarray(cs, "<u8").tobytes() + bytes(-hg * 8 % lay.word_bytes))
+        pool = self.num_pages * att.page_bytes(self.kv_bits, hg)
+        k_pools, v_pools = [], []
+        for r in range(G):
+            for pools, port in ((k_pools, att.k_port(r)), (v_pools, att.v_port(r))):
+                buf = self._dev.alloc(pool, f"w{port}")
+                self._owned.append(buf)
+                pools.append(buf)
+        table = b"".join(b.address.to_bytes(8, "little") for b in k_pools + v_pools)
+        k_pool = self._upload(table + bytes(att.pool_table_bytes - len(table)))
+        return _Layer(qkv=qkv, o=o, up=up, down=down, tables=t, consts=consts, k_pool=k_pool, v_pool=None,
+                      k_scale=k_scale, v_scale=v_scale, k_pools=k_pools, v_pools=v_pools)
+
+    # -- the KV pools of a layer, page by page (both layouts) ----------------------------------------
+    def _group_page_bytes(self) -> int:
+        return self._att.page_bytes(self.kv_bits, self._cfg.kv_heads // self._groups)
+
+    def _pool_write(self, L: _Layer, which: str, pg: int, image: bytes) -> None:
+        """Write the bytes of physical page ``pg`` (all KV heads, the shared layout's page image)."""
+        gb = self._group_page_bytes()
+        for r, pool in enumerate(L.k_pools if which == "k" else L.v_pools):
+            self._dev.write(pool, image[r * gb:(r + 1) * gb], offset=pg * gb)
+
+    def _pool_read(self, L: _Layer, which: str, pg: int) -> bytes:
+        gb = self._group_page_bytes()
+        return b"".join(self._dev.read(pool, gb, pg * gb) for pool in (L.k_pools if which == "k" else L.v_pools))
 
     # -- properties ------------------------------------------------------------------------------
     @property
@@ -818,9 +877,9 @@ class ModelProgram:
         dev = self._dev
         try:
             for L, per in zip(self.layers, images):
-                for which, pool in (("k", L.k_pool), ("v", L.v_pool)):
+                for which in "kv":
                     for j, pg in enumerate(pages):
-                        dev.write(pool, per[which][j].tobytes(), offset=pg * page_bytes)
+                        self._pool_write(L, which, pg, per[which][j].tobytes())
             dev.write(seq._bt, pack_block_table(np.asarray(pages, np.uint32), self._lay.word_bytes))
         except BaseException:
             if not dev.closed:
@@ -840,8 +899,8 @@ class ModelProgram:
         vb, sa, ha = att.value_bytes(self.kv_bits), att.scale_area, att.head_area(self.kv_bits)
         out = {"k": [], "v": [], "k_mant": [], "v_mant": [], "kv_bits": self.kv_bits}
         for L in self.layers:
-            for which, pool in (("k", L.k_pool), ("v", L.v_pool)):
-                raw = b"".join(self._dev.read(pool, page_bytes, pg * page_bytes) for pg in seq._pages)
+            for which in "kv":
+                raw = b"".join(self._pool_read(L, which, pg) for pg in seq._pages)
                 img = np.frombuffer(raw, np.uint8).reshape(len(seq._pages), kvh, ha)
                 m = img[:, :, :P * (hd // g) * 2].copy().view("<u2").reshape(-1, kvh, P, hd // g)
                 rec = img[:, :, sa:].reshape(-1, kvh, P, vb)
@@ -1018,7 +1077,7 @@ class ModelProgram:
         sizes = {"h": blocked(cfg.hidden), "xa": T * widest, "xs_a": vg.scale_bytes(T), "xb": T * widest,
                  "xs_b": vg.scale_bytes(T), "yqkv": blocked(nqkv), "qrec": T * cfg.heads * att.q_record_bytes,
                  "o": T * cfg.heads * cfg.head_dim * 4, "y": blocked(max(cfg.hidden, self._gu)),
-                 "program": lay.descriptor_bytes * (14 * len(self.layers) + 2)}
+                 "program": lay.descriptor_bytes * ((14 + self._extra_descriptors(T)) * len(self.layers) + 2)}
         if self._head is not None:
             sizes["logits"] = R * self._head.n * 4 * -(-T // R)
         mms = [mm for L in self.layers for mm in (L.qkv, L.o, L.up, L.down)] + \
@@ -1062,18 +1121,21 @@ class ModelProgram:
             rope = dict(rope=1, rope_addr=self._rope.address) if llama else {}
             p.vector(m=T, dim=nq, **acc, a_addr=a["yqkv"], a_cols=t(L, "q_cols"), **self._bias(L, "q_bias"),
                      **rope, pos0=pos0, out_fmt=VectorOut.QREC, y_addr=a["qrec"], consts_addr=t(L, "q_consts"))
-            for col0, which, pool, port in ((nq, "k", L.k_pool, 1), (nq + nk, "v", L.v_pool, att.kv_ports)):
-                p.vector(m=T, dim=nk, **acc, a_addr=a["yqkv"] + blk(col0), a_cols=t(L, f"{which}_cols"),
-                         **self._bias(L, f"{which}_bias"), **(rope if which == "k" else {}), pos0=pos0,
-                         out_fmt=VectorOut.KV, consts_addr=t(L, f"{which}_consts"), kv_bits=self.kv_bits,
-                         bt_addr=seq._bt.address, pool=pool.address, port=port)
-            mode = {"mode": AttentionMode.CAUSAL, "valid_len": 0}
-            if not llama:
-                mode = {"mode": AttentionMode.BIDIRECTIONAL, "valid_len": pos0 + (valid_len or T)}
-            p.attention(head_dim=hd, kv_heads=kvh, q_per_kv=qh // kvh, n_q=T, ctx_len=pos0 + T, window=self.window,
-                        sink=self.sink,
-                        kv_bits=self.kv_bits, q_addr=a["qrec"], bt_addr=seq._bt.address, k_pool=L.k_pool.address,
-                        v_pool=L.v_pool.address, o_addr=a["o"], **mode)
+            if self._hp:
+                self._head_parallel_attention(p, L, T, pos0, seq, a, acc, rope, blk)
+            else:
+                for col0, which, pool, port in ((nq, "k", L.k_pool, 1), (nq + nk, "v", L.v_pool, att.kv_ports)):
+                    p.vector(m=T, dim=nk, **acc, a_addr=a["yqkv"] + blk(col0), a_cols=t(L, f"{which}_cols"),
+                             **self._bias(L, f"{which}_bias"), **(rope if which == "k" else {}), pos0=pos0,
+                             out_fmt=VectorOut.KV, consts_addr=t(L, f"{which}_consts"), kv_bits=self.kv_bits,
+                             bt_addr=seq._bt.address, pool=pool.address, port=port)
+                mode = {"mode": AttentionMode.CAUSAL, "valid_len": 0}
+                if not llama:
+                    mode = {"mode": AttentionMode.BIDIRECTIONAL, "valid_len": pos0 + (valid_len or T)}
+                p.attention(head_dim=hd, kv_heads=kvh, q_per_kv=qh // kvh, n_q=T, ctx_len=pos0 + T,
+                            window=self.window, sink=self.sink,
+                            kv_bits=self.kv_bits, q_addr=a["qrec"], bt_addr=seq._bt.address, k_pool=L.k_pool.address,
+                            v_pool=L.v_pool.address, o_addr=a["o"], **mode)
             p.vector(m=T, dim=nq, a_fmt=VectorIn.ROWS32, a_addr=a["o"], a_stride=nq * 4, a_cols=t(L, "att_cols"),
                      out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
             matmul(L.o, a["xb"], a["y"])
@@ -1111,6 +1173,40 @@ class ModelProgram:
             fields.update(self._norm_fields(norm))
         p.vector(**fields)
 
+    def _head_parallel_attention(self, p, L, T, pos0, seq, a, acc, rope, blk) -> None:
+        """The KV append of each port group (one VECTOR KV descriptor per group and side, on the
+        group's port) and the attention: one head-parallel descriptor per query position (n_q = 1
+        each; a decode step is one)."""
+        cfg, att = self._cfg, self._att
+        hd, qh, kvh = cfg.head_dim, cfg.heads, cfg.kv_heads
+        nq, nk = qh * hd, kvh * hd
+        hg = kvh // self._groups
+        for r in range(self._groups):
+            lo = r * hg * hd
+            for col0, which, pool, port in ((nq + lo, "k", L.k_pools[r], att.k_port(r) + 1),
+                                            (nq + nk + lo, "v", L.v_pools[r], att.v_port(r) + 1)):
+                p.vector(m=T, dim=hg * hd, **acc, a_addr=a["yqkv"] + blk(col0),
+                         a_cols=L.tables[f"{which}_cols{r}"].address, **self._bias(L, f"{which}_bias{r}"),
+                         **(rope if which == "k" else {}), pos0=pos0, out_fmt=VectorOut.KV,
+                         consts_addr=L.tables[f"{which}_consts{r}"].address, kv_bits=self.kv_bits,
+                         bt_addr=seq._bt.address, pool=pool.address, port=port)
+        qrec = att.q_record_bytes
+        for i in range(T):
+            p.attention(head_dim=hd, kv_heads=kvh, q_per_kv=1, n_q=1, ctx_len=pos0 + i + 1, window=self.window,
+                        sink=self.sink, kv_bits=self.kv_bits, q_addr=a["qrec"] + i * qh * qrec,
+                        bt_addr=seq._bt.address, k_pool=L.k_pool.address, v_pool=0, o_addr=a["o"] + i * nq * 4,
+                        mode=AttentionMode.CAUSAL, valid_len=0, kv_layout=KV_HEAD_PARALLEL)
+
+    def _extra_descriptors(self, T: int) -> int:
+        """Descriptors per layer beyond the shared layout's: head-parallel, 2 KV appends per port group
+        instead of 2, and T attention descriptors instead of 1."""
+        return 2 * (self._groups - 1) + (T - 1) if self._hp else 0
+
+    @property
+    def kv_layout(self) -> str:
+        """The layers' KV layout: "shared" or "head_parallel" (docs/engines/attention.md)."""
+        return "head_parallel" if self._hp else "shared"
+
     @staticmethod
     def _bias(L, name) -> dict:
         b = L.tables.get(name)
@@ -1132,9 +1228,9 @@ class ModelProgram:
             self._static_pages = base.pages
         # the program never writes an upload's pages (buffers start on 4 KiB pages): share them
         mem = SparseMemory(dict(self._static_pages))
-        page_bytes = self._att.page_bytes(self.kv_bits, self._cfg.kv_heads)
+        page_bytes = self._group_page_bytes()
         for L in self.layers:
-            for pool in (L.k_pool, L.v_pool):
+            for pool in L.k_pools + L.v_pools:
                 for pg in pages:                            # the pages of the sequence (and the new ones)
                     mem.write(pool.address + pg * page_bytes, dev.read(pool, page_bytes, pg * page_bytes))
         return mem

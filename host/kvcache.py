@@ -6,6 +6,12 @@ K pool is one buffer on port ``w0``, the V pool one buffer on port ``w<kv_ports-
 ``page_bytes(kv_bits, kv_heads)`` bytes. A sequence owns a list of physical pages (its block
 table: a u32 per logical page, in a data-port buffer the ATTENTION descriptor points at).
 
+``layout="head_parallel"`` (an engine with ``head_parallel: true``, MHA decode): the heads are
+split into ``rows`` port groups of ``kv_heads / rows`` consecutive heads; group r has its own K
+pool on ``w<2r>`` and V pool on ``w<2r+1>`` (ordinary pools of ``kv_heads / rows`` heads, the
+same physical page numbers, one block table), and a pool table in a data-port buffer lists them
+(:attr:`KVCache.k_pool` is that table; the descriptor's ``kv_layout`` is 1, ``v_pool`` 0).
+
 Allocation: the host keeps the free-page list. A sequence takes pages from it (lowest
 physical page first) only when an append crosses into a new logical page, and
 :meth:`KVSequence.free` returns them. A page belongs to one sequence at a time and every write
@@ -40,7 +46,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hbmforge.engines.attention import MANT_BITS, MAX_HEADS, attention_geometry
+from hbmforge.engines.attention import KV_HEAD_PARALLEL, KV_SHARED, MANT_BITS, MAX_HEADS, attention_geometry
 from hbmforge.numerics.attention import dequantize_kv, kv_head_scale, pack_block_table, quantize_kv
 
 from .checks import check_bool, check_choice, check_int, check_real, real_array
@@ -50,6 +56,8 @@ __all__ = ["KVCache", "KVSequence", "KVAppend", "KVCacheError", "KVCacheFullErro
            "KVClipWarning", "SequenceStateError", "attention_engine"]
 
 _MANT_MAX = (1 << MANT_BITS) - 1
+#: KVCache ``layout`` values: the ATTENTION descriptor's kv_layout 0 and 1
+KV_LAYOUTS = ("shared", "head_parallel")
 _TINY = np.finfo(np.float64).tiny
 
 
@@ -288,14 +296,23 @@ class KVCache:
     scales (see the module docstring); without them each head is calibrated on its first
     non-zero append. ``on_clip``: "warn", "raise" or "count". ``mirror``: keep the quantized
     tokens on the host too (needed by the golden-model helpers; costs ~2 bytes per stored value).
+    ``layout``: "shared" (default) or "head_parallel" (see the module docstring).
     """
 
     def __init__(self, device: Device, *, kv_heads: int, kv_bits: int = 8, pages: int | None = None,
                  k_scale=None, v_scale=None, k_range=None, v_range=None, calibration_headroom: float = 2.0,
-                 on_clip: str = "warn", mirror: bool = True):
+                 on_clip: str = "warn", mirror: bool = True, layout: str = "shared"):
         att = attention_engine(device)
         geom = attention_geometry(device.layout)
         kv_heads = check_int("kv_heads", kv_heads, 1, MAX_HEADS)
+        layout = check_choice("layout", layout, KV_LAYOUTS)
+        if layout == "head_parallel":
+            if not att.head_parallel:
+                raise ValueError("layout 'head_parallel' needs an attention engine with head_parallel: true "
+                                 f"(this one has kv_ports {att.kv_ports}, rows {att.rows}); use layout='shared'")
+            if kv_heads % att.rows:
+                raise ValueError(f"kv_heads {kv_heads} must be a multiple of the engine's rows {att.rows} "
+                                 "with layout 'head_parallel' (one port group per row)")
         kv_bits = check_choice("kv_bits", kv_bits, tuple(att.kv_bits), "the engine's kv_bits")
         max_pages = att.max_context // att.page_tokens
         pages = max_pages if pages is None else check_int("pages", pages, 1, (1 << 32) - 1)
@@ -313,7 +330,10 @@ class KVCache:
                     f"{which}_range", kv_head_scale(_head_values(f"{which}_range", rng, kv_heads), kv_bits))
             else:
                 head_scales[which] = np.zeros(kv_heads)           # 0: calibrate on first non-zero append
-        page_bytes = geom.page_bytes(kv_bits, kv_heads)
+        self.layout = layout
+        self.groups = att.rows if layout == "head_parallel" else 1
+        self.heads_per_group = kv_heads // self.groups
+        page_bytes = geom.page_bytes(kv_bits, self.heads_per_group)
         self._dev = device
         self._att = att
         self.geometry = geom
@@ -333,16 +353,39 @@ class KVCache:
         self.stats = {"tokens": 0, "appends": 0, "bytes_written": 0,
                       "clipped_groups": {"k": 0, "v": 0}, "clipped_values": {"k": 0, "v": 0}}
         self.k_pool = self.v_pool = None
+        self.k_pools: list[Buffer] = []
+        self.v_pools: list[Buffer] = []
         pool_bytes = pages * page_bytes                 # the device refuses a pool beyond its bank
         try:
-            self.k_pool = device.alloc(pool_bytes, "w0")
-            self.v_pool = device.alloc(pool_bytes, f"w{att.kv_ports - 1}")
+            if layout == "shared":
+                self.k_pool = device.alloc(pool_bytes, "w0")
+                self.v_pool = device.alloc(pool_bytes, f"w{att.kv_ports - 1}")
+                self.k_pools, self.v_pools = [self.k_pool], [self.v_pool]
+            else:
+                self.k_pool = device.alloc(geom.pool_table_bytes, "data")
+                for r in range(self.groups):
+                    self.k_pools.append(device.alloc(pool_bytes, f"w{geom.k_port(r)}"))
+                    self.v_pools.append(device.alloc(pool_bytes, f"w{geom.v_port(r)}"))
+                table = b"".join(b.address.to_bytes(8, "little") for b in self.k_pools + self.v_pools)
+                device.write(self.k_pool, table + bytes(geom.pool_table_bytes - len(table)))
         except BaseException:
             self.close()
             raise
         self._free = _PagePool(pages)                   # lowest page first, O(1) memory
 
     # -- properties --------------------------------------------------------------------
+    def descriptor_fields(self) -> dict:
+        """The ATTENTION descriptor's ``k_pool``, ``v_pool`` and ``kv_layout`` for this cache."""
+        self._check_open()
+        if self.layout == "shared":
+            return {"k_pool": self.k_pool.address, "v_pool": self.v_pool.address, "kv_layout": KV_SHARED}
+        return {"k_pool": self.k_pool.address, "v_pool": 0, "kv_layout": KV_HEAD_PARALLEL}
+
+    def head_location(self, kv_head: int) -> tuple[int, int]:
+        """(port group, head index in the group's pools) of KV head ``kv_head``."""
+        kv_head = check_int("kv_head", kv_head, 0, self.kv_heads - 1)
+        return divmod(kv_head, self.heads_per_group)
+
     @property
     def device(self) -> Device:
         return self._dev
@@ -534,8 +577,8 @@ class KVCache:
             written = 0
             if report.new_pages:
                 written += self._write_block_table(seq, first_new)
-            written += self._write_tokens(seq, self.k_pool, plan.kq, plan.km)
-            written += self._write_tokens(seq, self.v_pool, plan.vq, plan.vm)
+            written += self._write_tokens(seq, self.k_pools, plan.kq, plan.km)
+            written += self._write_tokens(seq, self.v_pools, plan.vq, plan.vm)
             if seq._k is not None:
                 seq._k.extend(plan.kq, plan.km)
                 seq._v.extend(plan.vq, plan.vm)
@@ -580,9 +623,10 @@ class KVCache:
         self._dev.write(seq._bt, raw, offset=start)
         return len(raw)
 
-    def _write_tokens(self, seq: KVSequence, pool: Buffer, q: np.ndarray, mant: np.ndarray) -> int:
+    def _write_tokens(self, seq: KVSequence, pools: list, q: np.ndarray, mant: np.ndarray) -> int:
         """Write tokens ``seq.length ..`` (values and mantissas) into their page slots, one
-        contiguous range per (page, KV head) for each of the two areas."""
+        contiguous range per (page, KV head) for each of the two areas (head h in its port
+        group's pool, ``pools[h // heads_per_group]``)."""
         geom, P = self.geometry, self.geometry.page_tokens
         vals = self._pack_values(q)
         mants = np.ascontiguousarray(mant.astype("<u2"))
@@ -596,7 +640,9 @@ class KVCache:
             take = min(P - slot, n - t)
             page_off = seq._pages[lp] * self.page_bytes
             for h in range(self.kv_heads):
-                base = page_off + h * head_area
+                grp, hi = divmod(h, self.heads_per_group)
+                pool = pools[grp]
+                base = page_off + hi * head_area
                 mb = mants[t:t + take, h].tobytes()
                 vbytes = vals[t:t + take, h].tobytes()
                 self._dev.write(pool, mb, offset=base + slot * ng * 2)
@@ -616,10 +662,11 @@ class KVCache:
         for seq in list(self._seqs.values()):
             self.free(seq)
         if not self._dev.closed:
-            for buf in (self.k_pool, self.v_pool):
+            for buf in {id(b): b for b in [self.k_pool, self.v_pool, *self.k_pools, *self.v_pools]}.values():
                 if buf is not None and not buf.freed:
                     self._dev.free(buf)
         self.k_pool = self.v_pool = None
+        self.k_pools, self.v_pools = [], []
 
     def __enter__(self):
         return self

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from hbmforge.encodings import CopyMode, Opcode, OutMode
-from hbmforge.engines.attention import attention_geometry
+from hbmforge.engines.attention import KV_HEAD_PARALLEL, attention_geometry
 from hbmforge.layout import DesignLayout
 from hbmforge.manifest import DesignManifest, read_manifest
 
@@ -155,12 +155,14 @@ class ProgramBuilder:
         """Append one ATTENTION descriptor from its named slots (docs/engines/attention.md).
 
         Every slot of the layout's ATTENTION format except ``op`` must be given (``q_addr``,
-        ``bt_addr``, ``o_addr``, ``k_pool``, ``v_pool`` may be Buffers); the descriptor is
-        checked with the kernel's own rules.
+        ``bt_addr``, ``o_addr``, ``k_pool``, ``v_pool`` may be Buffers), except ``kv_layout``
+        (default 0, the shared layout; 1: head-parallel, ``k_pool`` is the pool table on the data
+        port and ``v_pool`` 0); the descriptor is checked with the kernel's own rules.
         """
         lay = self._lay
         self._need(Opcode.ATTENTION, "an attention engine")
         names = lay.fields_for(Opcode.ATTENTION)[1:]
+        fields = {"kv_layout": 0, **fields}
         missing = [n for n in names if n not in fields]
         unknown = [n for n in fields if n not in names]
         if missing or unknown:
@@ -175,6 +177,10 @@ class ProgramBuilder:
         pages = -(-rec["ctx_len"] // geom.page_tokens)
         buffers = {"q_addr": ("data", rows * geom.q_record_bytes), "o_addr": ("data", rows * geom.out_row_bytes),
                    "bt_addr": ("data", pages * 4), "k_pool": ("w0", 0), "v_pool": (f"w{geom.kv_ports - 1}", 0)}
+        if rec["kv_layout"] == KV_HEAD_PARALLEL:
+            # the pool table; the group pools it lists are the KV cache's (host/kvcache.py)
+            buffers["k_pool"] = ("data", geom.pool_table_bytes)
+            del buffers["v_pool"]
         for name, (port, need) in buffers.items():
             self._check_buffer(name, fields[name], port, need)
         return self._append(rec)

@@ -108,9 +108,9 @@ def test_head_parallel_jobs_are_refused_without_head_parallel():
 
 
 @pytest.mark.parametrize("att, needle", [
-    (dict(kv_ports=4), "kv_ports must be 1 or 2"),
-    (dict(kv_ports=2, head_parallel=True), "kv_ports must be 2 x rows = 4 with head_parallel"),
-    (dict(rows=1, kv_ports=2, head_parallel=True), "rows >= 2"),
+    (dict(kv_ports=4), r"kv_ports: Input should be 1 or 2, got 4 \(or 2 x rows = 4 with head_parallel: true\)"),
+    (dict(kv_ports=2, head_parallel=True), "kv_ports: Input should be 2 x rows = 4 with head_parallel"),
+    (dict(rows=1, kv_ports=2, head_parallel=True), "needs rows >= 2"),
 ])
 def test_config_rejects_bad_kv_ports(att, needle):
     cfg = tiny_config_dict()

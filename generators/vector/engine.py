@@ -53,7 +53,7 @@ _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 # store micro-ops
 _VAL, _BLK, _TRL, _ZERO, _SCL, _MNT = range(6)
 _STORE_LATENCY = 1 + ChunkQuantizer.LATENCY     # tile read + quantizer
-_CHUNK_FIFO = 8
+_CHUNK_FIFO = 16                     # > ElementPipe.LATENCY + 2: a direct sweep streams at full rate
 
 
 def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
@@ -383,6 +383,7 @@ class VectorEngine(wiring.Component):
 
         # -- phases of the block pipeline (main FSM below) --------------------------------------
         in_store = Signal()                  # STORE phase: the store FSM owns the tile read address
+        sw1_ended = Signal()                 # direct store: SWEEP1 of the block has ended
         store_start = Signal()
         store_done = Signal()
 
@@ -406,8 +407,18 @@ class VectorEngine(wiring.Component):
         rx_has = Signal()
         m.d.comb += rx_has.eq(Mux(last_fmt == VectorIn.ROWS32, (sw_r < r_r) | ((sw_r == r_r) & (sw_j < rw)),
                                   sw_j < (rw >> LOGR)))
+        # direct store (one row per block, RES32, no norm): SWEEP1's results go straight to the chunk
+        # FIFO (the block's write command is issued as the sweep starts); the sweep issues a word
+        # only with room for it in the FIFO
+        direct = Signal()
+        if R == 1:
+            m.d.comb += direct.eq((j.out_fmt == VectorOut.RES32) & (j.norm == VectorNorm.NONE))
+        chunk_level = Signal(range(_CHUNK_FIFO + 1))
+        inflight = Signal(range(32))
+        sw_room = Signal()
+        m.d.comb += sw_room.eq(chunk_level + inflight + 1 < _CHUNK_FIFO)
         sw_go = Signal()
-        m.d.comb += sw_go.eq(sw_second | (loaded > blk) | (in_last & rx_has))
+        m.d.comb += sw_go.eq(sw_second | (((loaded > blk) | (in_last & rx_has)) & (~direct | sw_room)))
         sw_issue = Signal()
         m.d.comb += sw_issue.eq(sw_active & sw_go)
         _walk_rows(m, sw_active, sw_r, nv, sw_j, dw, step=sw_go)
@@ -477,7 +488,6 @@ class VectorEngine(wiring.Component):
         with m.Elif(napply.o_valid):
             m.d.comb += [out_v.eq(1), out_r.eq(n_r), out_j.eq(n_j), out_w.eq(napply.o)]
         m.d.comb += [sweep_we.eq(out_v), sweep_wr.eq(out_r), sweep_wa.eq(out_j), sweep_wd.eq(out_w)]
-        inflight = Signal(range(32))
         m.d.sync += inflight.eq(inflight + sw_issue - out_v)
         sweeping = Signal()
         m.d.comb += sweeping.eq(sw_active | (inflight != 0))
@@ -595,6 +605,7 @@ class VectorEngine(wiring.Component):
         # -- STORE: micro-ops -> quantizer -> chunk FIFO -> packer -> writer ----------------------
         m.submodules.cq = cq = ChunkQuantizer(lanes=L)
         m.submodules.chunks = chunks = SyncFIFOBuffered(width=W + 1, depth=_CHUNK_FIFO)   # + a whole-word bit
+        m.d.comb += chunk_level.eq(chunks.level)
         ppw = Signal(range(9))               # chunks per output word
         with m.If(j.out_fmt == VectorOut.RES32):
             m.d.comb += ppw.eq(1)
@@ -668,13 +679,24 @@ class VectorEngine(wiring.Component):
                 m.d.comb += other.eq(0)
         other_d = delayed(other, ChunkQuantizer.LATENCY, "other")
         kind_d = delayed(t1_kind, ChunkQuantizer.LATENCY, "kind")
-        m.d.comb += [chunks.w_en.eq(cq.o_valid), chunks.w_data.eq(Cat(Mux(kind_d == _VAL, cq.o, other_d), kind_d == _MNT))]
+        m.d.comb += [chunks.w_en.eq(cq.o_valid | (elem.o_valid & direct)),
+                     chunks.w_data.eq(Mux(cq.o_valid, Cat(Mux(kind_d == _VAL, cq.o, other_d), kind_d == _MNT),
+                                          Cat(elem.o, Const(0, 1))))]
 
-        # packer: ppw chunks -> one word
+        # packer: ppw chunks -> one word; a new chunk is taken in the cycle the full word leaves
         pk_word = Signal(W)
         pk_n = Signal(range(9))
         pk_full = Signal()
-        m.d.comb += chunks.r_en.eq(~pk_full)
+        port_sel = Signal(range(len(lay.ports)))
+        m.d.comb += port_sel.eq(Mux(kv_mode, j.port, 0))
+        m.d.comb += [self.out_data.payload.eq(pk_word), self.out_data.valid.eq(pk_full & (port_sel == 0))]
+        emit = self.out_data.valid & self.out_data.ready
+        for i in range(g.kv_ports):
+            m.d.comb += [self.sw_data[i].payload.eq(pk_word), self.sw_data[i].valid.eq(pk_full & (port_sel == i + 1))]
+            emit = emit | (self.sw_data[i].valid & self.sw_data[i].ready)
+        with m.If(emit):
+            m.d.sync += pk_full.eq(0)        # (a chunk completing the next word below sets it again)
+        m.d.comb += chunks.r_en.eq(~pk_full | emit)
         with m.If(chunks.r_en & chunks.r_rdy & chunks.r_data[W]):
             m.d.sync += [pk_word.eq(chunks.r_data[:W]), pk_full.eq(1)]      # a whole word (pk_n is 0 here)
         with m.Elif(chunks.r_en & chunks.r_rdy):
@@ -690,15 +712,6 @@ class VectorEngine(wiring.Component):
                 m.d.sync += [pk_n.eq(0), pk_full.eq(1)]
             with m.Else():
                 m.d.sync += pk_n.eq(pk_n + 1)
-        port_sel = Signal(range(len(lay.ports)))
-        m.d.comb += port_sel.eq(Mux(kv_mode, j.port, 0))
-        m.d.comb += [self.out_data.payload.eq(pk_word), self.out_data.valid.eq(pk_full & (port_sel == 0))]
-        emit = self.out_data.valid & self.out_data.ready
-        for i in range(g.kv_ports):
-            m.d.comb += [self.sw_data[i].payload.eq(pk_word), self.sw_data[i].valid.eq(pk_full & (port_sel == i + 1))]
-            emit = emit | (self.sw_data[i].valid & self.sw_data[i].ready)
-        with m.If(emit):
-            m.d.sync += pk_full.eq(0)
         store_empty = Signal()
         m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0))
 
@@ -851,10 +864,16 @@ class VectorEngine(wiring.Component):
                         m.d.comb += [wc_addr.eq(vaddr), wc_bytes.eq(vbytes)]
                 with m.If(wc_take):
                     m.d.sync += [st_j.eq(0), st_c.eq(0)]
-                    with m.If(j.out_fmt == VectorOut.RES32):
+                    with m.If(direct):
+                        m.next = "DRAIN"
+                    with m.Elif(j.out_fmt == VectorOut.RES32):
                         m.next = "BLK"
                     with m.Else():
                         m.next = "VAL"
+            with m.State("DRAIN"):
+                # direct store: the sweep feeds the chunk FIFO; done when it has ended
+                with m.If(sw1_ended):
+                    m.next = "FLUSH"
             with m.State("BLK"):
                 with m.If(room):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_BLK), op_k.eq(st_c)]
@@ -948,6 +967,7 @@ class VectorEngine(wiring.Component):
                 # no micro-op reads the tiles any more: the next block may be loaded
                 with m.If((st_inflight == 0) & ~t1_v):
                     m.d.comb += store_done.eq(1)
+                    m.d.sync += sw1_ended.eq(0)
                     m.next = "IDLE"
 
         # -- the block sequence ------------------------------------------------------------------
@@ -959,10 +979,14 @@ class VectorEngine(wiring.Component):
             with m.State("LOAD"):
                 with m.If((loaded > blk) | in_last):
                     m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
+                    m.d.comb += store_start.eq(direct)     # the direct store's write command
                     m.next = "SWEEP1"
             with m.State("SWEEP1"):
                 with m.If(~sweeping & ~rd_v):
-                    with m.If(j.norm != VectorNorm.NONE):
+                    with m.If(direct):
+                        m.d.sync += sw1_ended.eq(1)
+                        m.next = "STORING"
+                    with m.Elif(j.norm != VectorNorm.NONE):
                         m.d.sync += [sc_r.eq(0), sc_active.eq(1), sc_sent.eq(0)]
                         m.next = "SCALAR"
                     with m.Elif(quant_out):

@@ -90,7 +90,7 @@ class AggregationSwitch(wiring.Component):
                          offer_valid[p].eq(Mux(ending[p], rx.head2_valid, rx.head_valid)),
                          offer[p].eq(Mux(ending[p], Value.cast(rx.head2), Value.cast(rx.head)))]
         for unit in units:
-            m.d.comb += [unit.head_valid.eq(offer_valid), unit.rx_data.eq(rx_data[unit.rx_port])]
+            m.d.comb += [unit.head_valid.eq(offer_valid), unit.rx_data.eq(rx_data[unit.rx_dport])]
             for p in range(n):
                 m.d.comb += unit.head[p].eq(offer[p])
             for j in range(g.jobs):

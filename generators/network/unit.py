@@ -80,6 +80,7 @@ class AggregationUnit(wiring.Component):
             "head_valid": In(n),
             "head": In(HEADER_LAYOUT).array(n),
             "rx_port": Out(range(n)),        # the port this unit reads and pops (while busy)
+            "rx_dport": Out(range(n)),       # the port whose word (read last cycle) rx_data carries
             "rx_busy": Out(1),               # reading or popping the port (not while deciding)
             "rx_ending": Out(1),             # the next cycle reads the last word
             "rx_addr": Out(range(P)),
@@ -156,17 +157,37 @@ class AggregationUnit(wiring.Component):
         heads = Array(Value.cast(self.head[p]) for p in range(n))
         head_sel = data.View(HEADER_LAYOUT, heads[sel])
 
-        h = Signal(HEADER_LAYOUT)            # the packet being processed
-        port = Signal(range(n))
+        h = Signal(HEADER_LAYOUT)            # the packet being decided
+        port = Signal(range(n))              # ... its port
+        n_entry = Signal(range(entries))     # ... its slot copy
         busy = Signal()
-        m.d.comb += self.rx_port.eq(port)
+        pending = Signal()                   # a packet was picked during STREAM: decide it at the last read
+        in_stream = Signal()                 # the FSM is in STREAM (a decision now overlaps the last read)
+        # the packet being read (latched at its decision): the unit reads, pops and finishes it
+        # while it decides the next one
+        c_port = Signal(range(n))
+        c_count = Signal(range(P + 1))
+        c_job = Signal(range(J)) if J > 1 else Signal(1)
+        c_members = Signal(n)
+        c_op = Signal(2)
+        c_epoch = Signal(8)
+        m.d.comb += self.rx_port.eq(c_port)
 
         # -- DECIDE: the golden switch's rules -------------------------------------------------
-        st = data.View(meta_l, meta_rd.data)
+        # a decision during the last read of the packet before it (same unit, back to back) sees
+        # that packet's slot copy and claim as its end writes them (forwarded)
+        l_new = Signal(meta_l)
+        l_meta_we = Signal()
+        l_entry = Signal(range(entries))
+        st_raw = Signal(meta_l)
+        m.d.comb += st_raw.eq(Mux(in_stream & l_meta_we & (n_entry == l_entry), l_new, meta_rd.data))
+        st = data.View(meta_l, st_raw)
         ep = Signal(8)
         m.d.comb += ep.eq(Array(self.epochs)[h.job[:max(jbits, 1)] if jbits else 0])
+        cu = Signal(claim_l)                 # the claim of the packet being read, as its end writes it
         cl = Signal(claim_l)
-        m.d.comb += cl.eq(claims[h.job[:jbits] if jbits else 0])
+        m.d.comb += cl.eq(Mux(in_stream & ((h.job[:jbits] == c_job[:jbits]) if jbits else 1),
+                              cu, claims[h.job[:jbits] if jbits else 0]))
         empty = ~st.written | (st.tag != ep)
         diff = Signal(8)
         m.d.comb += diff.eq(h.round - st.round)
@@ -339,15 +360,12 @@ class AggregationUnit(wiring.Component):
         l_hdr = Signal(HEADER_LAYOUT)
         l_dest = Signal(n)
         l_words = Signal(range(P + 1))
-        l_new = Signal(meta_l)
-        l_meta_we = Signal()
         l_first = Signal()
         l_out = Signal()
         l_open = Signal()
         l_close = Signal()
         l_epoch = Signal()
         l_op = Signal(2)
-        l_entry = Signal(range(entries))
         body = Signal(HEADER_LAYOUT)
         m.d.comb += [body.type.eq(rtype), body.op.eq(rop), body.job.eq(h.job), body.worker.eq(rworker),
                      body.round.eq(h.round), body.epoch.eq(h.epoch), body.slot.eq(h.slot), body.count.eq(rcount),
@@ -356,7 +374,7 @@ class AggregationUnit(wiring.Component):
         m.d.comb += [Value.cast(reply).eq(Value.cast(body)), reply.check.eq(header_check(Value.cast(body)))]
 
         n_words = Signal(range(P + 1))       # words this packet moves
-        m.d.comb += n_words.eq(Mux(l_act == _Act.ADD, h.count, l_words))
+        m.d.comb += n_words.eq(Mux(l_act == _Act.ADD, c_count, l_words))
         i_issue = Signal(range(P + 1))       # next word to read
         s2_valid = Signal()                  # the word read last cycle is here
         s2_word = Signal(range(P))
@@ -367,26 +385,57 @@ class AggregationUnit(wiring.Component):
         m.d.comb += [pool_rd.addr.eq(Cat(i_issue[:pbits], l_entry) if pbits else l_entry),
                      self.rx_addr.eq(i_issue[:pbits] if pbits else 0)]
 
+        c_jsel = c_job[:jbits] if jbits else 0
+        c_ep = Signal(8)
+        m.d.comb += c_ep.eq(Array(self.epochs)[c_jsel])
+        cur = Signal(claim_l)
+        m.d.comb += cur.eq(claims[c_jsel])
+        live = cur.valid & (cur.tag == c_ep) & (cur.open != 0)
+        m.d.comb += cu.eq(cur)
+        with m.If(l_open & ~l_close):
+            with m.If(live):
+                m.d.comb += cu.open.eq(cur.open + 1)
+            with m.Else():
+                m.d.comb += [cu.valid.eq(1), cu.tag.eq(c_ep), cu.open.eq(1), cu.members.eq(c_members), cu.op.eq(c_op)]
+        with m.Elif(l_close & ~l_open):
+            m.d.comb += cu.open.eq(cur.open - 1)
+        with m.Elif(l_open & l_close):          # opened and closed at once: the claim is set, none open
+            with m.If(~live):
+                m.d.comb += [cu.valid.eq(1), cu.tag.eq(c_ep), cu.open.eq(0), cu.members.eq(c_members),
+                             cu.op.eq(c_op)]
+
         def finish():
             """The packet's end: free its port entry, write its slot copy, update the claim and epoch."""
             m.d.sync += busy.eq(0)
             m.d.comb += [self.pop.eq(1), meta_wr.en.eq(l_meta_we)]
-            jsel = h.job[:jbits] if jbits else 0
-            live = claims[jsel].valid & (claims[jsel].tag == ep) & (claims[jsel].open != 0)
-            with m.If(l_open & ~l_close):
-                with m.If(live):
-                    m.d.sync += claims[jsel].open.eq(claims[jsel].open + 1)
-                with m.Else():
-                    m.d.sync += [claims[jsel].valid.eq(1), claims[jsel].tag.eq(ep), claims[jsel].open.eq(1),
-                                 claims[jsel].members.eq(h.members[:n]), claims[jsel].op.eq(h.op)]
-            with m.Elif(l_close & ~l_open):
-                m.d.sync += claims[jsel].open.eq(claims[jsel].open - 1)
-            with m.Elif(l_open & l_close):          # opened and closed at once: the claim is set, none open
-                with m.If(~live):
-                    m.d.sync += [claims[jsel].valid.eq(1), claims[jsel].tag.eq(ep), claims[jsel].open.eq(0),
-                                 claims[jsel].members.eq(h.members[:n]), claims[jsel].op.eq(h.op)]
-            m.d.comb += [self.epoch_we.eq(l_epoch), self.epoch_job.eq(h.job[:jbits] if jbits else 0),
-                         self.epoch_value.eq(h.epoch)]
+            for j in range(J):
+                with m.If(c_jsel == j):
+                    m.d.sync += claims[j].eq(cu)
+            m.d.comb += [self.epoch_we.eq(l_epoch), self.epoch_job.eq(c_jsel), self.epoch_value.eq(c_epoch)]
+
+        def pick():
+            m.d.sync += [h.eq(head_sel), port.eq(sel), busy.eq(1), n_entry.eq(idle_entry),
+                         rr.eq(Mux(sel == n - 1, 0, sel + 1))]
+
+        def decide():
+            """Latch the decision on ``h`` and go where it leads (from DECIDE, or overlapping the
+            last read of the packet before: then the next packet's reads follow without a gap)."""
+            m.d.sync += [l_act.eq(act), l_hdr.eq(reply), l_dest.eq(dest & Const((1 << n) - 1, n)),
+                         l_new.eq(new), l_meta_we.eq(meta_we), l_first.eq(first), l_out.eq(out),
+                         l_open.eq(claim_open), l_close.eq(claim_close), l_epoch.eq(epoch_we),
+                         l_op.eq(Mux(first, h.op, st.op)), i_issue.eq(0), l_entry.eq(n_entry),
+                         c_port.eq(port), c_count.eq(h.count), c_job.eq(h.job[:jbits] if jbits else 0),
+                         c_members.eq(h.members[:n]), c_op.eq(h.op), c_epoch.eq(h.epoch),
+                         l_words.eq(Mux((act == _Act.STORED) | (act == _Act.FWD) | ((act == _Act.ADD) & out),
+                                        rcount, 0))]
+            for name, sig in pulses.items():
+                m.d.comb += getattr(self, f"c_{name}").eq(sig)
+            with m.If((act == _Act.REPLY) | (act == _Act.STORED) | (act == _Act.FWD) | ((act == _Act.ADD) & out)):
+                m.next = "BUS"
+            with m.Elif(act == _Act.ADD):
+                m.next = "STREAM"
+            with m.Else():
+                m.next = "END"
 
         with m.FSM() as fsm:
             # a unit that took the packet after a port's head decides while the head's unit reads
@@ -395,24 +444,10 @@ class AggregationUnit(wiring.Component):
             with m.State("IDLE"):
                 m.d.sync += s2_valid.eq(0)               # the last packet's last word (stage 2) goes now
                 with m.If(found):
-                    m.d.sync += [h.eq(head_sel), port.eq(sel), busy.eq(1), l_entry.eq(idle_entry),
-                                 rr.eq(Mux(sel == n - 1, 0, sel + 1))]
+                    pick()
                     m.next = "DECIDE"
             with m.State("DECIDE"):
-                m.d.sync += [l_act.eq(act), l_hdr.eq(reply), l_dest.eq(dest & Const((1 << n) - 1, n)),
-                             l_new.eq(new), l_meta_we.eq(meta_we), l_first.eq(first), l_out.eq(out),
-                             l_open.eq(claim_open), l_close.eq(claim_close), l_epoch.eq(epoch_we),
-                             l_op.eq(Mux(first, h.op, st.op)), i_issue.eq(0),
-                             l_words.eq(Mux((act == _Act.STORED) | (act == _Act.FWD) | ((act == _Act.ADD) & out),
-                                            rcount, 0))]
-                for name, sig in pulses.items():
-                    m.d.comb += getattr(self, f"c_{name}").eq(sig)
-                with m.If((act == _Act.REPLY) | (act == _Act.STORED) | (act == _Act.FWD) | ((act == _Act.ADD) & out)):
-                    m.next = "BUS"
-                with m.Elif(act == _Act.ADD):
-                    m.next = "STREAM"
-                with m.Else():
-                    m.next = "END"
+                decide()
             with m.State("BUS"):
                 # word 0 is being read (i_issue = 0): at the grant it is there the next cycle, so
                 # the packet's words follow its header on the bus without a gap
@@ -424,19 +459,29 @@ class AggregationUnit(wiring.Component):
                         m.d.sync += [i_issue.eq(1), s2_valid.eq(1), s2_word.eq(0), s2_last.eq(n_words == 1)]
                         m.next = "STREAM"
             with m.State("STREAM"):
-                m.d.comb += self.rx_ending.eq(i_issue + 2 == n_words)
+                m.d.comb += [self.rx_ending.eq(i_issue + 2 == n_words), in_stream.eq(1)]
                 with m.If(i_issue < n_words):
                     m.d.sync += [i_issue.eq(i_issue + 1), s2_valid.eq(1), s2_word.eq(i_issue[:pbits] if pbits else 0),
                                  s2_last.eq(i_issue + 1 == n_words)]
+                    with m.If((i_issue + 2 == n_words) & ~pending & found):
+                        # the next-to-last word is read now: pick this unit's next packet (its slot
+                        # copy is read now, decided during the last read)
+                        pick()
+                        m.d.sync += pending.eq(1)
                     with m.If(i_issue + 1 == n_words):
                         # the last word is read now: the port is free for the next unit while that
-                        # word is combined and pushed (stage 2) during IDLE (a packet holding its
-                        # port to the end took P + 4 cycles, more than its P + 1 beats on the link)
+                        # word is combined and pushed (stage 2) during the next cycle (a packet holding
+                        # its port to the end took P + 4 cycles, more than its P + 1 beats on the link);
+                        # a packet picked a cycle ago is decided now and read from the next cycle (a
+                        # unit takes P cycles per packet back to back, not P + 2: faster than a link)
                         finish()
                         m.next = "IDLE"
+                        with m.If(pending):
+                            m.d.sync += [pending.eq(0), busy.eq(1)]
+                            decide()
                 with m.Else():
                     m.d.sync += s2_valid.eq(0)
-                with m.If(s2_valid & s2_last):          # the only word was read at the grant (BUS)
+                with m.If(s2_valid & s2_last & (i_issue >= n_words)):   # the only word was read at the grant (BUS)
                     m.next = "END"
             with m.State("END"):
                 m.d.sync += s2_valid.eq(0)
@@ -445,12 +490,21 @@ class AggregationUnit(wiring.Component):
         m.d.comb += [meta_wr.addr.eq(l_entry), meta_wr.data.eq(l_new)]
 
         # -- stage 2 of STREAM: combine, write the pool, push to the bus ------------------------
+        # its controls are those of the cycle the word was read (a decision in the last read's
+        # cycle latches the next packet's)
+        s2_act = Signal(_Act)
+        s2_first = Signal()
+        s2_op = Signal(2)
+        s2_entry = Signal(range(entries))
+        s2_out = Signal()
+        m.d.sync += [s2_act.eq(l_act), s2_first.eq(l_first), s2_op.eq(l_op), s2_entry.eq(l_entry),
+                     s2_out.eq(l_words != 0), self.rx_dport.eq(c_port)]
         word = Signal(W)
-        m.d.comb += word.eq(Mux(l_act == _Act.STORED, pool_rd.data,
-                                Mux((l_act == _Act.FWD) | l_first, self.rx_data,
-                                    combine_words(l_op, pool_rd.data, self.rx_data, g.lanes))))
-        m.d.comb += [pool_wr.addr.eq(Cat(s2_word, l_entry) if pbits else l_entry), pool_wr.data.eq(word),
-                     pool_wr.en.eq(s2_valid & (l_act == _Act.ADD)),
-                     self.bus_valid.eq(s2_valid & (l_words != 0)), self.bus_data.eq(word),
+        m.d.comb += word.eq(Mux(s2_act == _Act.STORED, pool_rd.data,
+                                Mux((s2_act == _Act.FWD) | s2_first, self.rx_data,
+                                    combine_words(s2_op, pool_rd.data, self.rx_data, g.lanes))))
+        m.d.comb += [pool_wr.addr.eq(Cat(s2_word, s2_entry) if pbits else s2_entry), pool_wr.data.eq(word),
+                     pool_wr.en.eq(s2_valid & (s2_act == _Act.ADD)),
+                     self.bus_valid.eq(s2_valid & s2_out), self.bus_data.eq(word),
                      self.bus_last.eq(s2_valid & s2_last)]
         return m

@@ -1190,7 +1190,9 @@ class NetworkSim:
 
     Switch timing model: a packet is handed to its unit when it has fully arrived and is at
     the head of its port's queue; a unit takes ``count + 2`` cycles per packet (2 for one
-    without payload); output packets join the destination ports' transmit queues when the
+    without payload), or ``count`` for a packet that was waiting when the unit finished a
+    packet of 2 or more payload words (the RTL unit decides it during that packet's last read);
+    output packets join the destination ports' transmit queues when the
     unit finishes, one at a time through the switch's single output bus (``words + 1`` cycles
     each, multicast or not; a unit waiting for the bus is held). State persists across
     :meth:`run` calls (slot rounds, epochs, packets still in flight), as on the hardware.
@@ -1219,6 +1221,7 @@ class NetworkSim:
         self._seq = 0
         self._rx: list[deque] = [deque() for _ in range(switch.ports)]
         self._unit_free = [0.0] * switch.units
+        self._unit_words = [0] * switch.units      # payload words of each unit's last packet
         self._bus_free = 0.0
         self._rr = 0
 
@@ -1262,8 +1265,10 @@ class NetworkSim:
                     continue
                 q.popleft()
                 words = pkt.payload_words(g.lanes)
-                done_at = self.now + words + self.UNIT_OVERHEAD
+                back_to_back = self._unit_words[unit] >= 2 and self._unit_free[unit] == self.now
+                done_at = self.now + words + (0 if back_to_back and words else self.UNIT_OVERHEAD)
                 self._unit_free[unit] = done_at
+                self._unit_words[unit] = words
                 self._push(done_at, "unit_done", port, pkt, unit, self.now)
                 self._rr = (port + 1) % g.ports
                 progress = True

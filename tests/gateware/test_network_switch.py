@@ -116,6 +116,73 @@ def test_switch_matches_the_golden_switch_packet_by_packet(width, ports, words):
     bench.run(tb)
 
 
+@pytest.mark.parametrize("width,ports,words", [(64, 3, 4), (128, 4, 2)])
+def test_back_to_back_packets_of_one_unit_match_the_golden_switch(width, ports, words):
+    """Bursts of packets queued on one port, every one for the same unit (slots 0 and ``units``):
+    the unit decides each packet during the last read of the one before it (its slot copy and
+    claim forwarded), so back-to-back contributions to one round, completions, next rounds,
+    duplicates and collisions must still give the golden switch's outputs, in order, bit for
+    bit. Slow receivers keep the port queue full, so the unit rarely waits for a packet."""
+    g = SwitchGeometry(ports=ports, data_width=width, packet_words=words, slots=8, jobs=2, units=4)
+    bench = SwitchBench(g, seed=11 + width, busy=0.0, stall=0.6)
+    gold = GoldenSwitch(g)
+    traffic = Traffic(random.Random(3 + width), g)
+    for c in traffic.contexts:
+        c["slot"] = traffic.rng.choice([0, g.units])
+    rng = random.Random(5 + width)
+    rounds = {}                                   # (job, slot) -> the round members contribute to
+
+    def data(port: int) -> Packet:
+        job, slot = rng.randrange(g.jobs), rng.choice([0, g.units])
+        pair = port < 2 and rng.random() < 0.8
+        members = 0b011 if pair else (1 << g.ports) - 1
+        if rng.random() < 0.1:                    # another member set: a collision or a mismatch
+            members ^= 0b100
+        r = rounds.get((job, slot), 0)
+        if rng.random() < 0.1:
+            r = (r + rng.choice([1, 2, -1])) % 256
+        payload = np.array([rng.randrange(-2**31, 2**31) for _ in range(words * g.lanes)], dtype=np.int32)
+        return Packet(Header(type=int(PacketType.DATA), job=job, worker=port, epoch=0, slot=slot, round=r,
+                             count=words, offset=slot, members=members | (1 << port), op=0), payload)
+
+    async def tb(ctx, b):
+        for burst in range(40):
+            port = rng.randrange(g.ports)
+            pkts = []
+            while len(pkts) < 6:
+                if rng.random() < 0.7:
+                    pkts.append(data(port))
+                    continue
+                p, pkt = traffic.packet()
+                if p == port and pkt.header.slot in (0, g.units):
+                    pkts.append(pkt)
+            want = []
+            for pkt in pkts:
+                out = gold.receive(port, pkt)
+                want += out
+                h = pkt.header
+                if any(d.packet.header.type == PacketType.RESULT and len(d.ports) > 1 for d in out):
+                    rounds[(h.job, h.slot)] = (h.round + 1) % 256
+            expect = [sum(q in d.ports for d in want) for q in range(g.ports)]
+            base = [len(o) for o in b.out]
+            for pkt in pkts:
+                b.send(port, pkt.words(width))
+            await quiet(ctx, b, expect, base, limit=20_000)
+            got = [o[n:] for o, n in zip(b.out, base)]
+            for q in range(g.ports):
+                want_q = [d.packet.words(width) for d in want if q in d.ports]
+                assert got[q] == want_q, (f"burst {burst} from port {port}: port {q} got "
+                                          f"{[Packet.from_words(w, width) for w in got[q]]}, golden "
+                                          f"{[Packet.from_words(w, width) for w in want_q]}")
+        c = b.counters(ctx)
+        gc = gold.counters
+        for name in ("reduced", "completed", "resent", "status", "nacks", "duplicates"):
+            assert c[f"stat_{name}"] == getattr(gc, name), name
+        assert gc.reduced >= 10 and gc.completed >= 2 and gc.nacks and gc.status, f"the traffic missed a path: {gc}"
+
+    bench.run(tb)
+
+
 class Lossy:
     """Golden endpoints on every port of a SwitchBench; packets between them and the switch are
     lost, duplicated or held back (reordered) at random, per direction."""

@@ -193,6 +193,9 @@ class AttentionEngine(_EngineBase):
     Each tile holds ``rows`` query rows that share one KV head (the query heads of a
     GQA group in decode, consecutive positions in prefill); every K/V word read from
     memory serves all rows. K pages stream on port ``w0``, V pages on ``w<kv_ports-1>``.
+    With ``head_parallel`` the engine also runs head-parallel decode (descriptor ``kv_layout``
+    1): the rows of a tile are different heads, row r reading K on ``w<2r>`` and V on ``w<2r+1>``
+    (docs/engines/attention.md).
     """
 
     kind: Literal["attention"] = "attention"

@@ -1,0 +1,29 @@
+"""The analytic budget counts the head-parallel attention hardware (per-row K/V feeds, selects,
+PV mantissa products, address pairs) and nothing for a shared-layout engine."""
+from __future__ import annotations
+
+from hbmforge.budget import attention_head_parallel_terms, estimate_resources
+from hbmforge.config import parse_config
+from hbmforge.layout import DesignLayout
+
+from designs import tiny_attention_config_dict
+
+
+def _lay(**att):
+    return DesignLayout(parse_config(tiny_attention_config_dict(**att)))
+
+
+def test_shared_layout_engines_add_nothing():
+    assert attention_head_parallel_terms(_lay()) == {"lut": 0, "ff": 0, "dsp": 0, "bram36": 0, "feeds": 0}
+
+
+def test_head_parallel_adds_feeds_and_multipliers_growing_with_rows():
+    two = attention_head_parallel_terms(_lay(rows=2, kv_ports=4, head_parallel=True))
+    four = attention_head_parallel_terms(_lay(rows=4, kv_ports=8, head_parallel=True))
+    assert two["feeds"] == 2 and four["feeds"] == 6
+    assert 0 < two["dsp"] < four["dsp"] and 0 < two["lut"] < four["lut"] and 0 < two["bram36"] < four["bram36"]
+    base = estimate_resources(_lay(rows=4, kv_ports=2))
+    hp = estimate_resources(_lay(rows=4, kv_ports=8, head_parallel=True))
+    # the extra terms plus six more ports' AXI logic and reader/writer FIFOs
+    assert hp.dsp - base.dsp == four["dsp"] and hp.lut - base.lut == four["lut"] + 6 * 1500
+    assert hp.ports == base.ports + 6

@@ -452,6 +452,8 @@ class AggregationUnit(wiring.Component):
                 # word 0 is being read (i_issue = 0): at the grant it is there the next cycle, so
                 # the packet's words follow its header on the bus without a gap
                 m.d.comb += self.bus_req.eq(1)
+                # the packet before's last word (decided during its read) goes now, no word after it
+                m.d.sync += s2_valid.eq(0)
                 with m.If(self.bus_grant):
                     with m.If(l_words == 0):
                         m.next = "END"

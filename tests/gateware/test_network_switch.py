@@ -183,6 +183,40 @@ def test_back_to_back_packets_of_one_unit_match_the_golden_switch(width, ports, 
     bench.run(tb)
 
 
+def test_members_arriving_together_are_reduced_back_to_back_bit_exact():
+    """Both members' packets of each round arrive at once on two ports, for one unit: the second
+    is decided during the first's last read (the slot copy forwarded), completes the round and
+    waits for the output bus behind slow receivers. The result must be the golden sum."""
+    g = SwitchGeometry(ports=3, data_width=64, packet_words=4, slots=8, jobs=2, units=4)
+    bench = SwitchBench(g, seed=2, busy=0.0, stall=0.7)
+    gold = GoldenSwitch(g)
+    rng = random.Random(8)
+
+    async def tb(ctx, b):
+        rounds = {0: 0, g.units: 0}
+        for r in range(24):
+            slot = rng.choice([0, g.units])
+            round_ = rounds[slot]
+            rounds[slot] += 1
+            pkts = {}
+            for port in (0, 1):
+                payload = np.array([rng.randrange(-2**31, 2**31) for _ in range(g.packet_words * g.lanes)],
+                                   dtype=np.int32)
+                pkts[port] = Packet(Header(type=int(PacketType.DATA), job=0, worker=port, epoch=0, slot=slot,
+                                           round=round_, count=g.packet_words, offset=r, members=0b011, op=0),
+                                    payload)
+            want = gold.receive(0, pkts[0]) + gold.receive(1, pkts[1])
+            assert [d.packet.header.type for d in want] == [PacketType.RESULT]
+            base = [len(o) for o in b.out]
+            for port in (0, 1):
+                b.send(port, pkts[port].words(g.data_width))
+            await quiet(ctx, b, [1, 1, 0], base)
+            for q in (0, 1):
+                assert b.out[q][base[q]:] == [want[0].packet.words(g.data_width)], f"round {r}: port {q}"
+
+    bench.run(tb)
+
+
 class Lossy:
     """Golden endpoints on every port of a SwitchBench; packets between them and the switch are
     lost, duplicated or held back (reordered) at random, per direction."""

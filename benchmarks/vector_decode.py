@@ -118,18 +118,7 @@ def latency_bench(read_latency: int, write_latency: int, outstanding: int = 8):
                 async for _ in ctx.tick():
                     self.now += 1
             sim.add_testbench(clock, background=True)
-            dut = self.dut
-            ch = dut.signature.channels
-            readers = [(n, getattr(dut, f"{n}_cmd"), getattr(dut, f"{n}_data")) for n in ch.data_readers]
-            readers += [(f"w{i}", dut.w_cmd[i], dut.w_data[i]) for i in range(ch.stream_readers)]
-            for name, c, d in readers:
-                for proc in self._reader(name, c, d):
-                    sim.add_testbench(proc, background=True)
-            writers = [("out", dut.out_cmd, dut.out_data, dut.out_done)] if ch.data_writer else []
-            writers += [(f"sw{i}", dut.sw_cmd[i], dut.sw_data[i], dut.sw_done[i]) for i in range(ch.stream_writers)]
-            for name, c, d, dn in writers:
-                for proc in self._writer(name, c, d, dn):
-                    sim.add_testbench(proc, background=True)
+            super().add_dma(sim)
 
     return LatencyBench
 

@@ -89,7 +89,8 @@ class DmaBench:
         writers = [("out", dut.out_cmd, dut.out_data, dut.out_done)] if ch.data_writer else []
         writers += [(f"sw{i}", dut.sw_cmd[i], dut.sw_data[i], dut.sw_done[i]) for i in range(ch.stream_writers)]
         for name, cmd, data, done in writers:
-            sim.add_testbench(self._writer(name, cmd, data, done), background=True)
+            for proc in self._writer(name, cmd, data, done):
+                sim.add_testbench(proc, background=True)
 
     def _reader(self, name, cmd, data):
         queue: deque = deque()
@@ -153,4 +154,4 @@ class DmaBench:
                 ctx.set(done.valid, 0)
                 ctx.set(done.payload.error, 0)
 
-        return write
+        return (write,)

@@ -55,26 +55,18 @@ class AttentionEngine(wiring.Component):
         """The datapath geometry every sub-block is built from."""
         return self._geometry
 
-    def elaborate(self, platform):
-        if self._geometry.head_parallel:
-            return self._elaborate_head_parallel()
-        m = Module()
+    def _core(self, m, *, cmd_rows):
+        """The parts both layouts share: sequencer, Q loader, score and value units, the tile and
+        K/V command queues (``cmd_rows`` address pairs per command), wired to the engine's ports."""
         geom = self._geometry
-        kvp = geom.kv_ports
-
         m.submodules.seq = seq = Sequencer(geom)
         m.submodules.qload = ql = QLoader(geom)
-        m.submodules.kfeed = kf = KVFeed(geom)
-        m.submodules.vfeed = vf = KVFeed(geom)
         m.submodules.score = sc = ScoreUnit(geom)
         m.submodules.value = vu = ValueUnit(geom)
         m.submodules.qtile_q = qtq = StreamFIFO(q_tile_layout(geom.rows), 2)
         m.submodules.otile_q = otq = StreamFIFO(out_tile_layout(geom.rows), 4)
-        m.submodules.kcmd_q = kcq = StreamFIFO(kv_cmd_layout(), 2)
-        m.submodules.vcmd_q = vcq = StreamFIFO(kv_cmd_layout(), 4)
-        m.submodules.kseg_q = ksq = StreamFIFO(geom.seg_layout(), 8)
-        m.submodules.vseg_q = vsq = StreamFIFO(geom.seg_layout(), 8)
-
+        m.submodules.kcmd_q = kcq = StreamFIFO(kv_cmd_layout(cmd_rows), 2)
+        m.submodules.vcmd_q = vcq = StreamFIFO(kv_cmd_layout(cmd_rows), 4)
         wiring.connect(m, wiring.flipped(self.job), seq.job)
         wiring.connect(m, seq.act_cmd, wiring.flipped(self.act_cmd))
         wiring.connect(m, seq.scale_cmd, wiring.flipped(self.scale_cmd))
@@ -86,6 +78,20 @@ class AttentionEngine(wiring.Component):
         wiring.connect(m, otq.o, vu.tile)
         wiring.connect(m, seq.kcmd, kcq.i)
         wiring.connect(m, seq.vcmd, vcq.i)
+        return seq, ql, sc, vu, otq, kcq, vcq
+
+    def elaborate(self, platform):
+        if self._geometry.head_parallel:
+            return self._elaborate_head_parallel()
+        m = Module()
+        geom = self._geometry
+        kvp = geom.kv_ports
+
+        seq, ql, sc, vu, otq, kcq, vcq = self._core(m, cmd_rows=1)
+        m.submodules.kfeed = kf = KVFeed(geom)
+        m.submodules.vfeed = vf = KVFeed(geom)
+        m.submodules.kseg_q = ksq = StreamFIFO(geom.seg_layout(), 8)
+        m.submodules.vseg_q = vsq = StreamFIFO(geom.seg_layout(), 8)
         wiring.connect(m, seq.kseg, ksq.i)
         wiring.connect(m, seq.vseg, vsq.i)
         wiring.connect(m, ksq.o, kf.seg)
@@ -225,38 +231,19 @@ class AttentionEngine(wiring.Component):
         geom = self._geometry
         R = geom.rows
 
-        m.submodules.seq = seq = Sequencer(geom)
-        m.submodules.qload = ql = QLoader(geom)
+        seq, ql, sc, vu, otq, kcq, vcq = self._core(m, cmd_rows=R)
         kfs, vfs = [], []
         for r in range(R):
             kfs.append(KVFeed(geom))
             vfs.append(KVFeed(geom))
             m.submodules[f"kfeed{r}"] = kfs[r]
             m.submodules[f"vfeed{r}"] = vfs[r]
-        m.submodules.score = sc = ScoreUnit(geom)
-        m.submodules.value = vu = ValueUnit(geom)
-        m.submodules.qtile_q = qtq = StreamFIFO(q_tile_layout(R), 2)
-        m.submodules.otile_q = otq = StreamFIFO(out_tile_layout(R), 4)
-        m.submodules.kcmd_q = kcq = StreamFIFO(kv_cmd_layout(R), 2)
-        m.submodules.vcmd_q = vcq = StreamFIFO(kv_cmd_layout(R), 4)
         ksqs, vsqs = [], []
         for r in range(R):
             ksqs.append(StreamFIFO(geom.seg_layout(), 8))
             vsqs.append(StreamFIFO(geom.seg_layout(), 8))
             m.submodules[f"kseg_q{r}"] = ksqs[r]
             m.submodules[f"vseg_q{r}"] = vsqs[r]
-
-        wiring.connect(m, wiring.flipped(self.job), seq.job)
-        wiring.connect(m, seq.act_cmd, wiring.flipped(self.act_cmd))
-        wiring.connect(m, seq.scale_cmd, wiring.flipped(self.scale_cmd))
-        wiring.connect(m, wiring.flipped(self.scale_data), seq.bt_data)
-        wiring.connect(m, wiring.flipped(self.act_data), ql.data)
-        wiring.connect(m, seq.qtile, qtq.i)
-        wiring.connect(m, qtq.o, ql.tile)
-        wiring.connect(m, seq.otile, otq.i)
-        wiring.connect(m, otq.o, vu.tile)
-        wiring.connect(m, seq.kcmd, kcq.i)
-        wiring.connect(m, seq.vcmd, vcq.i)
         hp = seq.hp
 
         def k_active(r):

@@ -175,22 +175,9 @@ def add_sequences(bench: AttentionBench, rng: np.random.Generator, specs, *, kv_
             keys = key_limit(d)
             need = [any(visible(p, j, d["window"], d["sink"], keys=keys) for p in range(ctx - n_q, ctx))
                     for j in range(npg * P)]
-            vb = geom.value_bytes(kv_bits)
-            for lp, page in enumerate(table):
-                toks = need[lp * P:(lp + 1) * P]
-                if any(toks):
-                    used.add(page)
-                    for pool in (k_pool, v_pool):
-                        for h in range(kv_heads):
-                            hb = pool + page * pbytes + h * geom.head_area(kv_bits) + geom.scale_area
-                            for t, ok in enumerate(toks):
-                                if not ok:
-                                    bench.poison.append((hb + t * vb, hb + (t + 1) * vb))
+            _poison_unseen(bench, geom, kv_bits, (k_pool, v_pool), kv_heads, table, need, pbytes, used)
     if poison:
-        for page in range(total):
-            if page not in used:
-                for pool in (k_pool, v_pool):
-                    bench.poison.append((pool + page * pbytes, pool + (page + 1) * pbytes))
+        _poison_unused_pages(bench, (k_pool, v_pool), total, pbytes, used)
     return jobs
 
 
@@ -240,20 +227,29 @@ def add_head_parallel_sequences(bench: AttentionBench, rng: np.random.Generator,
             ctx = s["ctx_len"]
             p = ctx - 1
             need = [visible(p, j, d["window"], d["sink"]) for j in range(npg * P)]
-            vb = geom.value_bytes(kv_bits)
-            for lp, page in enumerate(bt_pages):
-                toks = need[lp * P:(lp + 1) * P]
-                if any(toks):
-                    used.add(page)
-                    for pool in pools:
-                        for h in range(hg):
-                            hb = pool + page * pbytes + h * geom.head_area(kv_bits) + geom.scale_area
-                            for t, ok in enumerate(toks):
-                                if not ok:
-                                    bench.poison.append((hb + t * vb, hb + (t + 1) * vb))
+            _poison_unseen(bench, geom, kv_bits, pools, hg, bt_pages, need, pbytes, used)
     if poison:
-        for page in range(total):
-            if page not in used:
-                for pool in pools:
-                    bench.poison.append((pool + page * pbytes, pool + (page + 1) * pbytes))
+        _poison_unused_pages(bench, pools, total, pbytes, used)
     return jobs
+
+
+def _poison_unseen(bench, geom, kv_bits, pools, heads, pages, need, pbytes, used):
+    """Poison the value records of the tokens a job must not read (``need[j]`` false) in the
+    pages it visits; ``used`` collects those pages."""
+    P, vb = geom.page_tokens, geom.value_bytes(kv_bits)
+    for lp, page in enumerate(pages):
+        toks = need[lp * P:(lp + 1) * P]
+        if not any(toks):
+            continue
+        used.add(page)
+        for pool in pools:
+            for h in range(heads):
+                hb = pool + page * pbytes + h * geom.head_area(kv_bits) + geom.scale_area
+                bench.poison.extend((hb + t * vb, hb + (t + 1) * vb) for t, ok in enumerate(toks) if not ok)
+
+
+def _poison_unused_pages(bench, pools, total, pbytes, used):
+    """Poison every page no job visits."""
+    for page in range(total):
+        if page not in used:
+            bench.poison.extend((pool + page * pbytes, pool + (page + 1) * pbytes) for pool in pools)

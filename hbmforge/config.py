@@ -220,7 +220,10 @@ class AttentionEngine(_EngineBase):
         if rows is None:
             return v                    # rows itself failed; reported there
         if hp:
-            if rows < 2 or v != 2 * rows:
+            if rows < 2:
+                raise ValueError(f"head_parallel needs rows >= 2 (one head per row), got rows {rows}; "
+                                 f"set head_parallel: false for kv_ports 1 or 2")
+            if v != 2 * rows:
                 raise ValueError(f"Input should be 2 x rows = {2 * rows} with head_parallel (K of row r on w<2r>, "
                                  f"V on w<2r+1>; needs rows >= 2), got {v} (rows {rows})")
         elif v not in (1, 2):

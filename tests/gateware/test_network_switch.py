@@ -185,34 +185,55 @@ def test_back_to_back_packets_of_one_unit_match_the_golden_switch(width, ports, 
 
 def test_members_arriving_together_are_reduced_back_to_back_bit_exact():
     """Both members' packets of each round arrive at once on two ports, for one unit: the second
-    is decided during the first's last read (the slot copy forwarded), completes the round and
-    waits for the output bus behind slow receivers. The result must be the golden sum."""
+    is decided during the first's last read (the slot copy forwarded) and completes the round.
+    The rounds come in batches while the receivers are held not ready, so the ports' output
+    FIFOs fill and the completing packet waits in BUS for the output bus for many cycles (the
+    bug of 605151c: a unit that decided during a last read left stage 2 valid in BUS, so from
+    the second BUS cycle on it wrote a word into the waiting packet's slot copy at the last
+    word of the packet before; the round's result then had a wrong word). Every result must be
+    the golden switch's, bit for bit, in order."""
     g = SwitchGeometry(ports=3, data_width=64, packet_words=4, slots=8, jobs=2, units=4)
     bench = SwitchBench(g, seed=2, busy=0.0, stall=0.7)
     gold = GoldenSwitch(g)
     rng = random.Random(8)
 
     async def tb(ctx, b):
-        rounds = {0: 0, g.units: 0}
-        for r in range(24):
-            slot = rng.choice([0, g.units])
-            round_ = rounds[slot]
-            rounds[slot] += 1
-            pkts = {}
-            for port in (0, 1):
-                payload = np.array([rng.randrange(-2**31, 2**31) for _ in range(g.packet_words * g.lanes)],
-                                   dtype=np.int32)
-                pkts[port] = Packet(Header(type=int(PacketType.DATA), job=0, worker=port, epoch=0, slot=slot,
-                                           round=round_, count=g.packet_words, offset=r, members=0b011, op=0),
-                                    payload)
-            want = gold.receive(0, pkts[0]) + gold.receive(1, pkts[1])
-            assert [d.packet.header.type for d in want] == [PacketType.RESULT]
+        rounds = {}                               # (job, slot) -> its next round
+        for batch in range(6):
+            pkts, want = [], []
+            for k in range(6):                    # more results than a port's output FIFO holds (4)
+                job, slot = rng.randrange(g.jobs), rng.choice([0, g.units])   # all unit 0's
+                round_ = rounds.get((job, slot), 0)
+                rounds[(job, slot)] = (round_ + 1) % 256
+                count = rng.choice([g.packet_words, g.packet_words, 2, 3])      # >= 2: decided at a last read
+                op = int(NetMode.MAX) if rng.random() < 0.25 else int(NetMode.SUM)
+                pair = []
+                for port in (0, 1):
+                    payload = np.array([rng.randrange(-2**31, 2**31) for _ in range(count * g.lanes)],
+                                       dtype=np.int32)
+                    pair.append(Packet(Header(type=int(PacketType.DATA), job=job, worker=port, epoch=0, slot=slot,
+                                              round=round_, count=count, offset=batch * 6 + k, members=0b011,
+                                              op=op), payload))
+                out = gold.receive(0, pair[0]) + gold.receive(1, pair[1])
+                assert [d.packet.header.type for d in out] == [PacketType.RESULT], out
+                want += out
+                pkts.append(pair)
             base = [len(o) for o in b.out]
-            for port in (0, 1):
-                b.send(port, pkts[port].words(g.data_width))
-            await quiet(ctx, b, [1, 1, 0], base)
+            b.stall = 1.0                         # receivers not ready: the output FIFOs fill up
+            for pair in pkts:
+                for port in (0, 1):
+                    b.send(port, pair[port].words(g.data_width))
+            for _ in range(150):
+                await ctx.tick()
+            b.stall = 0.7
+            await quiet(ctx, b, [len(want), len(want), 0], base)
             for q in (0, 1):
-                assert b.out[q][base[q]:] == [want[0].packet.words(g.data_width)], f"round {r}: port {q}"
+                got = b.out[q][base[q]:]
+                want_q = [d.packet.words(g.data_width) for d in want]
+                assert got == want_q, (f"batch {batch}: port {q} got "
+                                       f"{[Packet.from_words(w, g.data_width) for w in got]}, golden "
+                                       f"{[Packet.from_words(w, g.data_width) for w in want_q]}")
+            assert b.out[2][base[2]:] == []
 
     bench.run(tb)
 

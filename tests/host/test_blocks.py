@@ -244,3 +244,22 @@ def test_an_mlp_wider_than_max_k_splits_k_in_the_program():
         h = blk.prefill(x, seq)
         ref = float_forward(cfg, [t], x)
         assert min(_cos(h[i], ref[i]) for i in range(3)) > 0.99
+
+
+def test_decoder_blocks_with_inline_scales_equal_the_golden_program():
+    """scale_stream inline: host/blocks packs every projection's scales into its weight stripes;
+    the golden device reads them from there (the co-sim twin of this test is marked slow)."""
+    cfg_dict = tiny_vector_config_dict("tiny_vec_inline")
+    cfg_dict["engines"][0]["scale_stream"] = "inline"
+    with GoldenDevice(DesignLayout(parse_config(cfg_dict))) as d:
+        assert d.layout.matmul.inline_scales
+        rng = np.random.default_rng(12)
+        prog, *_ = build_llama(d, rng, layers=2)
+        seq = prog.sequence()
+        xs = rng.normal(0, 1, (7, LLAMA.hidden))
+        golden = prog.golden_prefill(xs[:5], seq)
+        assert np.array_equal(prog.prefill(xs[:5], seq), golden)
+        for t in range(5, 7):
+            golden = prog.golden_decode_step(xs[t], seq)
+            assert np.array_equal(prog.decode_step(xs[t], seq), golden)
+        prog.close()

@@ -85,6 +85,7 @@ def test_program_with_inline_scales_matches_the_descriptor_golden_model(dev):
         dev.free(b)
 
 
+@pytest.mark.slow          # a build of its own and ~5 CPU-minutes; the golden-device twin is in test_blocks.py
 def test_decoder_blocks_with_inline_scales_equal_the_golden_program(tmp_path_factory):
     """host/blocks packs every projection's scales into its stripes (s_addr 0): prefill and decode
     steps on the co-sim equal the golden program, which reads the scales from the same stripes."""

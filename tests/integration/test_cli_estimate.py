@@ -70,6 +70,7 @@ def test_no_cache_is_passed_to_the_api(monkeypatch, tiny_yaml):
     assert seen == {"use_cache": False}
 
 
+@pytest.mark.xdist_group("yosys_tiny")        # shares the tiny design's Yosys run with tests/unit/test_estimate.py
 @needs_yosys
 def test_estimate_prints_tables_and_writes_json(tiny_yaml, tmp_path):
     # uses the user cache: a real Yosys run the first time, a cache hit afterwards

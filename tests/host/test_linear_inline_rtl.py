@@ -90,7 +90,7 @@ def test_decoder_blocks_with_inline_scales_equal_the_golden_program(tmp_path_fac
     """host/blocks packs every projection's scales into its stripes (s_addr 0): prefill and decode
     steps on the co-sim equal the golden program, which reads the scales from the same stripes."""
     from designs import tiny_vector_config_dict
-    from test_blocks import LLAMA, build_llama
+    from test_blocks import LLAMA, assert_steps_equal_golden, build_llama
 
     cfg = tiny_vector_config_dict("tiny_vec_inline")
     cfg["engines"][0]["scale_stream"] = "inline"
@@ -98,11 +98,5 @@ def test_decoder_blocks_with_inline_scales_equal_the_golden_program(tmp_path_fac
         assert d.layout.matmul.inline_scales
         rng = np.random.default_rng(12)
         prog, *_ = build_llama(d, rng, layers=2)
-        seq = prog.sequence()
-        xs = rng.normal(0, 1, (7, LLAMA.hidden))
-        golden = prog.golden_prefill(xs[:5], seq)           # first: a step advances the sequence
-        assert np.array_equal(prog.prefill(xs[:5], seq), golden)
-        for t in range(5, 7):
-            golden = prog.golden_decode_step(xs[t], seq)
-            assert np.array_equal(prog.decode_step(xs[t], seq), golden)
+        assert_steps_equal_golden(prog, rng.normal(0, 1, (7, LLAMA.hidden)), prefill=5)
         prog.close()

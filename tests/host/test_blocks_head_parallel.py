@@ -4,7 +4,6 @@ descriptors (one per query position). On the golden device the program equals th
 program bit for bit and tracks float LLaMA math; the KV cache round-trips through save/load."""
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 

@@ -586,6 +586,18 @@ class AcceleratorConfig(_Strict):
         return dict(self.ports)
 
     @model_validator(mode="after")
+    def _attention_ports(self) -> "AcceleratorConfig":
+        """An attention engine's kv_ports (2 x rows with head_parallel) fit the board's memory channels."""
+        have = self.board_info.memory.channels
+        for i, e in enumerate(self.engines):
+            if e.kind == "attention" and e.kv_ports > have:
+                why = (f" (2 x rows {e.rows} with head_parallel; use rows <= {have // 2})" if e.head_parallel
+                       else "")
+                raise ValueError(f"engines.{i}.kv_ports: {e.kv_ports} exceeds the {have} memory channels of "
+                                 f"{self.board_info.name}{why}")
+        return self
+
+    @model_validator(mode="after")
     def _exclusive_ports(self) -> "AcceleratorConfig":
         """A port an engine keeps to itself (a tile cache's store) is above every port the other
         engines stream from; a memory engine's store fits one bank of the board's memory."""

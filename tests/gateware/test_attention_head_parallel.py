@@ -58,6 +58,17 @@ def test_head_parallel_decode_kv4_four_rows_window_and_sink():
             seed=12, kv_heads=8, kv_bits=4)
 
 
+def test_head_parallel_decode_eight_rows_on_sixteen_ports():
+    # rows 8 / kv_ports 16: a pool table of 16 u64 (16 words of the 64-bit port), K of row r on w<2r>,
+    # V on w<2r+1>; one head per group (kv_heads 8), then two per group with a window and sinks
+    bench = _run_hp(_layout(rows=8, kv_ports=16), [dict(ctx_len=9), dict(ctx_len=3)], seed=21, kv_heads=8,
+                    kv_bits=8)
+    for job in bench.jobs:
+        assert all(b > 0 for b in job.golden["kv_bytes_read"][:16])
+    _run_hp(_layout(rows=8, kv_ports=16, head_dim=32), [dict(ctx_len=11, window=4, sink=2), dict(ctx_len=1)],
+            seed=22, kv_heads=16, kv_bits=4)
+
+
 def test_shared_layout_jobs_still_run_on_a_head_parallel_engine():
     lay = _layout()
     rng = np.random.default_rng(13)
@@ -111,9 +122,18 @@ def test_head_parallel_jobs_are_refused_without_head_parallel():
     (dict(kv_ports=4), r"kv_ports: Input should be 1 or 2, got 4 \(or 2 x rows = 4 with head_parallel: true\)"),
     (dict(kv_ports=2, head_parallel=True), "kv_ports: Input should be 2 x rows = 4 with head_parallel"),
     (dict(rows=1, kv_ports=2, head_parallel=True), "needs rows >= 2"),
+    (dict(rows=8, kv_ports=8, head_parallel=True), r"engines.1.kv_ports: Input should be 2 x rows = 16 .*got 8 \(rows 8\)"),
+    (dict(rows=32, kv_ports=64, head_parallel=True),
+     r"engines.1.kv_ports: 64 exceeds the 32 memory channels of u280 \(2 x rows 32 with head_parallel; use rows <= 16\)"),
+    (dict(board="kv260", rows=8, kv_ports=16, head_parallel=True),
+     r"engines.1.kv_ports: 16 exceeds the 4 memory channels of kv260 .*use rows <= 2"),
 ])
 def test_config_rejects_bad_kv_ports(att, needle):
+    att = dict(att)
+    board = att.pop("board", None)
     cfg = tiny_config_dict()
+    if board:
+        cfg["board"] = board
     a = {"kind": "attention", "name": "attn0", "head_dim": 16, "rows": 2, "kv_bits": [8], "kv_group_size": 8,
          "page_tokens": 4, "max_context": 256}
     a.update(att)

@@ -19,10 +19,10 @@ MHA = BlockConfig(arch="llama", hidden=32, heads=4, kv_heads=4, head_dim=16, int
                   rope_theta=10000.0)
 
 
-def hp_vector_config(name="tiny_vec_hp"):
+def hp_vector_config(name="tiny_vec_hp", rows=2):
     cfg = tiny_vector_config_dict(name)
     att = next(e for e in cfg["engines"] if e["kind"] == "attention")
-    att.update(rows=2, kv_ports=4, head_parallel=True)
+    att.update(rows=rows, kv_ports=2 * rows, head_parallel=True)
     return cfg
 
 
@@ -91,3 +91,33 @@ def test_head_parallel_is_refused_where_it_cannot_run(dev):
         build(dev, rng, cfg=gqa, kv_layout="head_parallel")
     with pytest.raises(ValueError, match="kv_layout must be one of"):
         build(dev, rng, kv_layout="parallel")
+
+
+MHA8 = BlockConfig(arch="llama", hidden=128, heads=8, kv_heads=8, head_dim=16, intermediate=96, norm_eps=1e-5,
+                   rope_theta=10000.0)
+
+
+def test_eight_row_program_appends_each_group_on_its_own_ports():
+    # rows 8 / kv_ports 16: eight port groups of one head, K pools on w0, w2, .., w14 and V pools on
+    # w1, .., w15; 16 KV appends per layer, each on its group's port; bit-exact with the golden program
+    with GoldenDevice(DesignLayout(parse_config(hp_vector_config("tiny_vec_hp8", rows=8)))) as dev:
+        rng = np.random.default_rng(8)
+        prog, tensors, final, head_f = build(dev, rng, cfg=MHA8)
+        assert prog.kv_layout == "head_parallel"
+        L = prog.layers[1]
+        assert [b.port for b in L.k_pools] == [f"w{2 * r}" for r in range(8)]
+        assert [b.port for b in L.v_pools] == [f"w{2 * r + 1}" for r in range(8)]
+        seq = prog.sequence()
+        xs = rng.normal(0, 1, (7, MHA8.hidden))
+        golden = prog.golden_prefill(xs[:5], seq)
+        assert np.array_equal(prog.prefill(xs[:5], seq), golden)
+        outs = [golden[0]]
+        for t in range(5, 7):
+            golden = prog.golden_decode_step(xs[t], seq)
+            got = prog.decode_step(xs[t], seq)
+            assert np.array_equal(got, golden)
+            outs.append(got)
+        h = float_forward(MHA8, tensors, xs)
+        ref = _rms(h, final, MHA8.norm_eps) @ head_f.T
+        for i, out in zip(range(4, 7), outs):
+            assert _cos(out, ref[i]) > 0.99, (i, _cos(out, ref[i]))

@@ -46,7 +46,7 @@ def decode_steps(dev, *, kv_bits, heads, prefill=9, steps=3, window=0, sink=0, s
             assert np.array_equal(r.output_int, att.golden_int(r.q_int, r.mult, r.shift, seq))
             rel = np.linalg.norm(o - att.reference(q[None], seq=seq)[0]) / np.linalg.norm(o)
             assert rel < (0.05 if kv_bits == 8 else 0.3)
-        ports = {f"w{i}" for i in range(4)}
+        ports = {f"w{i}" for i in range(dev.layout.config.attention.kv_ports)}
         if r.port_bytes_read:                 # the golden device counts per port too
             assert all(r.port_bytes_read.get(p, 0) > 0 for p in ports), r.port_bytes_read
         return cache.descriptor_fields()
@@ -56,6 +56,31 @@ def decode_steps(dev, *, kv_bits, heads, prefill=9, steps=3, window=0, sink=0, s
 def test_head_parallel_decode_matches_the_golden_model(hdev, kv_bits, heads, window, sink):
     f = decode_steps(hdev, kv_bits=kv_bits, heads=heads, window=window, sink=sink, seed=kv_bits)
     assert f["kv_layout"] == 1 and f["v_pool"] == 0
+
+
+@pytest.fixture(scope="module")
+def hdev8():
+    cfg = tiny_attention_config_dict("tiny_attn_hp8", rows=8, kv_ports=16, head_parallel=True)
+    with GoldenDevice(DesignLayout(parse_config(cfg))) as dev:
+        yield dev
+
+
+@pytest.mark.parametrize("kv_bits, heads, window, sink", [(8, 8, 0, 0), (4, 16, 5, 2)])
+def test_eight_row_head_parallel_decode_matches_the_golden_model(hdev8, kv_bits, heads, window, sink):
+    f = decode_steps(hdev8, kv_bits=kv_bits, heads=heads, window=window, sink=sink, seed=20 + kv_bits)
+    assert f["kv_layout"] == 1 and f["v_pool"] == 0
+
+
+def test_eight_row_cache_places_its_groups_on_w0_to_w15(hdev8):
+    with KVCache(hdev8, kv_heads=16, kv_bits=4, pages=4, layout="head_parallel") as cache:
+        assert [b.port for b in cache.k_pools] == [f"w{2 * r}" for r in range(8)]
+        assert [b.port for b in cache.v_pools] == [f"w{2 * r + 1}" for r in range(8)]
+        assert cache.head_location(15) == (7, 1) and cache.head_location(2) == (1, 0)
+        table = hdev8.read(cache.k_pool, 128)
+        addrs = [int.from_bytes(table[8 * i:8 * i + 8], "little") for i in range(16)]
+        assert addrs == [b.address for b in cache.k_pools + cache.v_pools]
+    with pytest.raises(ValueError, match="kv_heads 12 must be a multiple of the engine's rows 8"):
+        KVCache(hdev8, kv_heads=12, layout="head_parallel")
 
 
 def test_head_parallel_cache_places_each_group_on_its_ports(hdev):
@@ -112,3 +137,16 @@ def test_rtl_shared_and_head_parallel_jobs_on_one_engine(sim_hp):
     rep = run_layer(sim_hp.layout.config, ctx=21, n_q=3, q_heads=4, kv_heads=2, kv_bits=8, seed=2, device=sim_hp)
     assert rep["golden_mismatches"] == 0
     decode_steps(sim_hp, kv_bits=8, heads=2, prefill=5, steps=1, seed=5)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_rtl_eight_row_head_parallel_decode_matches_the_golden_model(tmp_path):
+    # rows 8 / kv_ports 16 on the Verilator co-simulation, each of the 16 KV ports with its own timing
+    with open_device(parse_config(tiny_attention_config_dict("tiny_attn_hp8_host", rows=8, kv_ports=16,
+                                                             head_parallel=True)),
+                     build_dir=tmp_path, progress=False) as dev:
+        for i in range(16):
+            dev.sim.set_port_timing(f"w{i}", read_latency=20 + 7 * i, bytes_per_cycle=8.0 / (1 + i % 3))
+        decode_steps(dev, kv_bits=8, heads=8, prefill=7, steps=2, seed=6)
+        decode_steps(dev, kv_bits=4, heads=16, prefill=5, steps=1, window=3, sink=1, seed=7)

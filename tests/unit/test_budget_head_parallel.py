@@ -27,3 +27,15 @@ def test_head_parallel_adds_feeds_and_multipliers_growing_with_rows():
     # the extra terms plus six more ports' AXI logic and reader/writer FIFOs
     assert hp.dsp - base.dsp == four["dsp"] and hp.lut - base.lut == four["lut"] + 6 * 1500
     assert hp.ports == base.ports + 6
+
+
+def test_eight_rows_count_fourteen_feeds_and_seven_multiplier_sets():
+    four = attention_head_parallel_terms(_lay(rows=4, kv_ports=8, head_parallel=True))
+    eight = attention_head_parallel_terms(_lay(rows=8, kv_ports=16, head_parallel=True))
+    assert eight["feeds"] == 14
+    lanes = four["dsp"] // 3                        # (R - 1) x lanes mantissa x value products
+    assert eight["dsp"] == 7 * lanes and eight["bram36"] == 14 * (four["bram36"] // 6)
+    base = estimate_resources(_lay(rows=8, kv_ports=2))
+    hp = estimate_resources(_lay(rows=8, kv_ports=16, head_parallel=True))
+    assert hp.dsp - base.dsp == eight["dsp"] and hp.lut - base.lut == eight["lut"] + 14 * 1500
+    assert hp.ports == base.ports + 14

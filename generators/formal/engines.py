@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from amaranth.hdl import Elaboratable, Module, ResetSignal, Signal, Value, signed
+from amaranth.hdl import Cat, Elaboratable, Module, ResetSignal, Signal, Value, signed
 
 from ..memory.cache import TileCache
 from ..network import switch as switch_module
@@ -75,8 +75,10 @@ class CheckedPortTx(PortTx):
     def elaborate(self, platform):
         m = super().elaborate(platform)
         p = self.properties = Properties(m)
-        for prop, fifo in (("sw.tx.header_room", m.submodules.hdrs), ("sw.tx.word_room", m.submodules.words)):
-            p.assert_(prop, ~fifo.w_en | fifo.w_rdy)
+        buses = range(self._geom.out_buses)
+        for prop, fifos in (("sw.tx.header_room", [m.submodules[f"hdrs{b}"] for b in buses] + [m.submodules.order]),
+                            ("sw.tx.word_room", [m.submodules[f"words{b}"] for b in buses])):
+            p.assert_(prop, Cat(*(~fifo.w_en | fifo.w_rdy for fifo in fifos)).all())
         return m
 
 

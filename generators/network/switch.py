@@ -6,8 +6,10 @@ Dataflow::
         -> the oldest packet of each port, offered to the unit of its slot (slot % units);
            the one after it while the oldest's unit reads its next-to-last word
     AggregationUnit u (slots s with s % units == u, every job; one payload word per cycle)
-        -> output bus (one packet at a time; granted only when every destination has room)
-    -> PortTx i -> m_axis_p<i>   (multicast: the same packet into every destination port)
+        -> ``out_buses`` output buses (each one packet at a time; granted only when every
+           destination has room in that bus's FIFOs)
+    -> PortTx i -> m_axis_p<i>   (multicast: the same packet into every destination port; the
+                                  port sends its packets in grant order)
 
 The rules are the golden switch's (:class:`hbmforge.numerics.network.GoldenSwitch`): rounds
 and two copies per slot, per-copy worker bitmaps, int32 sum modulo 2**32 or signed max,
@@ -20,7 +22,7 @@ Counters (32 bits, free running): per port ``stat_rx_p<i>`` (packets received),
 ``stat_duplicates`` (see ``hbmforge.numerics.network.SwitchCounters``).
 """
 # No `from __future__ import annotations`: data layouts are built from real values.
-from amaranth.hdl import Array, Cat, Module, Mux, Signal, Value
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, Value
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
@@ -104,46 +106,56 @@ class AggregationSwitch(wiring.Component):
                 with m.If(units[0].epoch_job == j):
                     m.d.sync += epochs[j].eq(units[0].epoch_value)
 
-        # -- units -> output bus -> ports ------------------------------------------------------
-        owned = Signal()
-        owner = Signal(range(U))
-        owner_dest = Signal(n)
-        rr = Signal(range(U))
-        room = []
-        for unit in units:           # one word more than needed: the last owner may push its last word now
-            ok = Cat(*(~unit.bus_dest[p] | (txs[p].hdr_room & (txs[p].data_free > unit.bus_words))
-                       for p in range(n))).all()
-            room.append(unit.bus_req & ok)
-        want = Signal(U)
-        m.d.comb += want.eq(Cat(*room))
-        pick = Signal(range(U))
-        any_ = Signal()
-        for k in reversed(range(U)):
-            cand = Signal(range(U), name=f"bus_rr_{k}")
-            m.d.comb += cand.eq((rr + k)[:max(1, (U - 1).bit_length())] if U > 1 else 0)
-            with m.If(want.bit_select(cand, 1)):
-                m.d.comb += [pick.eq(cand), any_.eq(1)]
+        # -- units -> output buses -> ports ----------------------------------------------------
+        # bus b grants the next requesting unit (round robin) whose every destination port has
+        # room in its bus-b FIFOs, once the packet it carries pushes its last word; a lower bus
+        # picks first and a higher one skips the unit it took this cycle
         bus_hdr = Array(Value.cast(u.bus_hdr) for u in units)
         bus_dest = Array(u.bus_dest for u in units)
         bus_words = Array(u.bus_words for u in units)
-        grant = Signal()
-        valid = Array(u.bus_valid for u in units)[owner]
-        last = Array(u.bus_last for u in units)[owner]
-        word = Array(u.bus_data for u in units)[owner]
-        releasing = owned & valid & last             # the owner pushes its last word: the bus is free now
-        m.d.comb += grant.eq((~owned | releasing) & any_)
+        taken = Const(0, U)                                # units granted by a lower bus so far
+        self.bus_owned = []                                # per bus: a packet is streaming (tests, waveforms)
+        for b in range(g.out_buses):
+            owned = Signal(name=f"bus{b}_owned")
+            self.bus_owned.append(owned)
+            owner = Signal(range(U), name=f"bus{b}_owner")
+            owner_dest = Signal(n, name=f"bus{b}_dest")
+            rr = Signal(range(U), name=f"bus{b}_rr")
+            want = Signal(U, name=f"bus{b}_want")
+            # one word more than needed: the last owner may push its last word now
+            m.d.comb += want.eq(Cat(*(
+                unit.bus_req & ~taken[u] & Cat(*(~unit.bus_dest[p] | (txs[p].hdr_room[b] &
+                                                                       (txs[p].data_free[b] > unit.bus_words))
+                                                  for p in range(n))).all()
+                for u, unit in enumerate(units))))
+            pick = Signal(range(U), name=f"bus{b}_pick")
+            any_ = Signal(name=f"bus{b}_any")
+            for k in reversed(range(U)):
+                cand = Signal(range(U), name=f"bus{b}_rr_{k}")
+                m.d.comb += cand.eq((rr + k)[:max(1, (U - 1).bit_length())] if U > 1 else 0)
+                with m.If(want.bit_select(cand, 1)):
+                    m.d.comb += [pick.eq(cand), any_.eq(1)]
+            grant = Signal(name=f"bus{b}_grant")
+            valid = Array(u.bus_valid for u in units)[owner]
+            last = Array(u.bus_last for u in units)[owner]
+            word = Array(u.bus_data for u in units)[owner]
+            releasing = owned & valid & last             # the owner pushes its last word: the bus is free now
+            m.d.comb += grant.eq((~owned | releasing) & any_)
+            now_taken = Signal(U, name=f"bus{b}_taken")
+            m.d.comb += now_taken.eq(taken | Cat(*(grant & (pick == u) for u in range(U))))
+            taken = now_taken
+            for p, tx in enumerate(txs):
+                m.d.comb += [tx.hdr_in[b].eq(bus_hdr[pick]), tx.hdr_push[b].eq(grant & bus_dest[pick][p])]
+            with m.If(releasing):
+                m.d.sync += owned.eq(0)
+            with m.If(grant & (bus_words[pick] != 0)):
+                m.d.sync += [owned.eq(1), owner.eq(pick), owner_dest.eq(bus_dest[pick])]
+            with m.If(grant):
+                m.d.sync += rr.eq(Mux(pick == U - 1, 0, pick + 1))
+            for p, tx in enumerate(txs):
+                m.d.comb += [tx.data_in[b].eq(word), tx.data_push[b].eq(owned & valid & owner_dest[p])]
         for u, unit in enumerate(units):
-            m.d.comb += unit.bus_grant.eq(grant & (pick == u))
-        for p, tx in enumerate(txs):
-            m.d.comb += [tx.hdr_in.eq(bus_hdr[pick]), tx.hdr_push.eq(grant & bus_dest[pick][p])]
-        with m.If(releasing):
-            m.d.sync += owned.eq(0)
-        with m.If(grant & (bus_words[pick] != 0)):
-            m.d.sync += [owned.eq(1), owner.eq(pick), owner_dest.eq(bus_dest[pick])]
-        with m.If(grant):
-            m.d.sync += rr.eq(Mux(pick == U - 1, 0, pick + 1))
-        for p, tx in enumerate(txs):
-            m.d.comb += [tx.data_in.eq(word), tx.data_push.eq(owned & valid & owner_dest[p])]
+            m.d.comb += unit.bus_grant.eq(taken[u])
 
         # -- counters ------------------------------------------------------------------------
         for p in range(n):

@@ -1193,8 +1193,9 @@ class NetworkSim:
     without payload), or ``count`` for a packet that was waiting when the unit finished a
     packet of 2 or more payload words (the RTL unit decides it during that packet's last read);
     output packets join the destination ports' transmit queues when the
-    unit finishes, one at a time through the switch's single output bus (``words + 1`` cycles
-    each, multicast or not; a unit waiting for the bus is held). State persists across
+    unit finishes, through the switch's ``out_buses`` output buses: a packet takes the bus that
+    frees first and holds it ``words + 1`` cycles (multicast or not); a unit waiting for a bus is
+    held, and its packets go one after the other. State persists across
     :meth:`run` calls (slot rounds, epochs, packets still in flight), as on the hardware.
     """
 
@@ -1222,7 +1223,7 @@ class NetworkSim:
         self._rx: list[deque] = [deque() for _ in range(switch.ports)]
         self._unit_free = [0.0] * switch.units
         self._unit_words = [0] * switch.units      # payload words of each unit's last packet
-        self._bus_free = 0.0
+        self._bus_free = [0.0] * switch.out_buses
         self._rr = 0
 
     # -- events ------------------------------------------------------------------------------
@@ -1279,12 +1280,15 @@ class NetworkSim:
             self._rx[port].append(pkt)
         elif kind == "unit_done":
             port, pkt, unit, started = args
+            ready = started
             for d in self.switch.receive(port, pkt):
-                # one output bus: a packet (multicast or not) holds it for its words + 1 cycles,
-                # streamed while the unit reads; a unit waiting for the bus is held as long
-                out = max(started, self._bus_free)
-                self._bus_free = out + d.packet.payload_words(self.geom.lanes) + self.BUS_OVERHEAD
-                self._unit_free[unit] = max(self._unit_free[unit], self._bus_free)
+                # the output buses: a packet (multicast or not) takes the one that frees first and
+                # holds it for its words + 1 cycles, streamed while the unit reads; a unit sends
+                # its packets one after the other and waiting for a bus holds it
+                bus = min(range(len(self._bus_free)), key=self._bus_free.__getitem__)
+                out = max(ready, self._bus_free[bus])
+                ready = self._bus_free[bus] = out + d.packet.payload_words(self.geom.lanes) + self.BUS_OVERHEAD
+                self._unit_free[unit] = max(self._unit_free[unit], ready)
                 for p in d.ports:
                     if p < self.n:
                         self._transmit(self.down[p], d.packet, max(self.now, out), "to_device", p)

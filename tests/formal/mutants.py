@@ -218,7 +218,7 @@ class LyingHeaderRoomTx(CheckedPortTx):
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
-        m.d.comb += self.hdr_room.eq(1)
+        m.d.comb += [room.eq(1) for room in self.hdr_room]
         return m
 
 
@@ -227,7 +227,7 @@ class LyingWordRoomTx(CheckedPortTx):
 
     def elaborate(self, platform):
         m = super().elaborate(platform)
-        m.d.comb += self.data_free.eq(self._geom.tx_packets * self._geom.packet_words)
+        m.d.comb += [free.eq(self._geom.tx_packets * self._geom.packet_words) for free in self.data_free]
         return m
 
 

@@ -238,6 +238,59 @@ def test_members_arriving_together_are_reduced_back_to_back_bit_exact():
     bench.run(tb)
 
 
+@pytest.mark.parametrize("buses", [1, 2])
+def test_two_member_sets_stream_results_on_both_output_buses_bit_exact(buses):
+    """Two jobs of two members each ({0, 1} on unit 0, {2, 3} on unit 1) complete rounds at once
+    while the receivers are held, so both units wait for the output with whole results. With two
+    buses both results stream at the same time (each bus one packet); every port must get its
+    job's results, the golden switch's, bit for bit and in order, and with ``buses`` 2 the second
+    bus must have carried packets while the first did."""
+    g = SwitchGeometry(ports=4, data_width=64, packet_words=4, slots=8, jobs=2, units=4, out_buses=buses)
+    bench = SwitchBench(g, seed=3, busy=0.0, stall=0.5)
+    gold = GoldenSwitch(g)
+    rng = random.Random(9)
+    both = []
+
+    async def watch(ctx):
+        async for _, _, *owned in ctx.tick().sample(*bench.dut.bus_owned):
+            both.append(sum(owned) >= 2)
+    bench.sim.add_testbench(watch, background=True)
+
+    async def tb(ctx, b):
+        rounds = {0: 0, 1: 0}
+        for batch in range(4):
+            want = {0: [], 1: []}
+            sends = []
+            for k in range(5):
+                for job, ports, slot in ((0, (0, 1), 0), (1, (2, 3), 1)):
+                    count = rng.choice([g.packet_words, 3])
+                    for port in ports:
+                        payload = np.array([rng.randrange(-2**31, 2**31) for _ in range(count * g.lanes)],
+                                           dtype=np.int32)
+                        pkt = Packet(Header(type=int(PacketType.DATA), job=job, worker=port, epoch=0, slot=slot,
+                                            round=rounds[job], count=count, offset=batch * 5 + k,
+                                            members=sum(1 << p for p in ports), op=int(NetMode.SUM)), payload)
+                        want[job] += gold.receive(port, pkt)
+                        sends.append((port, pkt))
+                    rounds[job] = (rounds[job] + 1) % 256
+            base = [len(o) for o in b.out]
+            b.stall = 1.0
+            for port, pkt in sends:
+                b.send(port, pkt.words(g.data_width))
+            for _ in range(120):
+                await ctx.tick()
+            b.stall = 0.3
+            await quiet(ctx, b, [5] * 4, base)
+            for job, ports in ((0, (0, 1)), (1, (2, 3))):
+                assert [d.packet.header.type for d in want[job]] == [PacketType.RESULT] * 5
+                for q in ports:
+                    assert b.out[q][base[q]:] == [d.packet.words(g.data_width) for d in want[job]], \
+                        f"batch {batch}: port {q}"
+        assert any(both) == (buses == 2)
+
+    bench.run(tb)
+
+
 class Lossy:
     """Golden endpoints on every port of a SwitchBench; packets between them and the switch are
     lost, duplicated or held back (reordered) at random, per direction."""

@@ -36,6 +36,22 @@ def build(dev, rng, cfg=MHA, layers=2, **options):
     return build_llama(dev, rng, layers=layers, cfg=cfg, **options)
 
 
+def decode_tracks_golden_and_float(prog, seq, cfg, tensors, final, head_f, xs, prefill_last, first=5):
+    """After a prefill of ``xs[:first]`` (``prefill_last``: its logits row), decode ``xs[first:]``
+    one step at a time: every step equals the golden program bit for bit, and the logits of
+    positions ``first - 1 ..`` track float LLaMA math (cosine > 0.99)."""
+    outs = [prefill_last]
+    for t in range(first, len(xs)):
+        golden = prog.golden_decode_step(xs[t], seq)
+        got = prog.decode_step(xs[t], seq)
+        assert np.array_equal(got, golden)
+        outs.append(got)
+    h = float_forward(cfg, tensors, xs)
+    ref = _rms(h, final, cfg.norm_eps) @ head_f.T
+    for i, out in zip(range(first - 1, len(xs)), outs):
+        assert _cos(out, ref[i]) > 0.99, (i, _cos(out, ref[i]))
+
+
 def test_head_parallel_decoder_equals_the_golden_program_and_tracks_float(dev):
     rng = np.random.default_rng(0)
     prog, tensors, final, head_f = build(dev, rng)
@@ -47,16 +63,7 @@ def test_head_parallel_decoder_equals_the_golden_program_and_tracks_float(dev):
     golden = prog.golden_prefill(xs[:5], seq)
     got = prog.prefill(xs[:5], seq)
     assert np.array_equal(got, golden)
-    outs = [got[0]]
-    for t in range(5, 8):
-        golden = prog.golden_decode_step(xs[t], seq)
-        got = prog.decode_step(xs[t], seq)
-        assert np.array_equal(got, golden)
-        outs.append(got)
-    h = float_forward(MHA, tensors, xs)
-    ref = _rms(h, final, MHA.norm_eps) @ head_f.T
-    for i, out in zip(range(4, 8), outs):
-        assert _cos(out, ref[i]) > 0.99, (i, _cos(out, ref[i]))
+    decode_tracks_golden_and_float(prog, seq, MHA, tensors, final, head_f, xs, got[0])
     # the KV cache in the group pools reads back as the shared layout's and loads again
     state = seq.save_kv()
     seq2 = prog.sequence()
@@ -111,13 +118,4 @@ def test_eight_row_program_appends_each_group_on_its_own_ports():
         xs = rng.normal(0, 1, (7, MHA8.hidden))
         golden = prog.golden_prefill(xs[:5], seq)
         assert np.array_equal(prog.prefill(xs[:5], seq), golden)
-        outs = [golden[0]]
-        for t in range(5, 7):
-            golden = prog.golden_decode_step(xs[t], seq)
-            got = prog.decode_step(xs[t], seq)
-            assert np.array_equal(got, golden)
-            outs.append(got)
-        h = float_forward(MHA8, tensors, xs)
-        ref = _rms(h, final, MHA8.norm_eps) @ head_f.T
-        for i, out in zip(range(4, 7), outs):
-            assert _cos(out, ref[i]) > 0.99, (i, _cos(out, ref[i]))
+        decode_tracks_golden_and_float(prog, seq, MHA8, tensors, final, head_f, xs, golden[0])

@@ -97,11 +97,18 @@ class FireScheduler(wiring.Component):
 
         have = Signal()
         rec = self.passes.payload
-        kc = Signal.like(rec.kc)
-        nblk = Signal.like(rec.nblk)
+        # loop bounds minus one, registered (at the pass's load, or from the job's sizes every
+        # cycle: they settle in the sequencer's SETUP, long before its first pass), so the loop
+        # ends below are plain equalities, not a subtraction feeding a compare
+        kc_m1 = Signal.like(rec.kc)
+        nblk_m1 = Signal.like(rec.nblk)
+        tiles_m1 = Signal(32)
+        last_cols_m1 = Signal(range(T))
+        m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1)]
         rows = Signal(32)
         first, last, final = Signal(), Signal(), Signal()
-        t = Signal(32)
+        t_left = Signal(32)                      # tiles after the current one
+        final_tile = Signal()                    # t_left == 0, registered
         b = Signal.like(rec.nblk)
         j = Signal(range(T + 1))
         c = Signal(range(max(G.kc_max, 2)))
@@ -114,15 +121,13 @@ class FireScheduler(wiring.Component):
         with m.If(~have):
             m.d.comb += self.passes.ready.eq(1)
             with m.If(self.passes.valid):
-                m.d.sync += [have.eq(1), kc.eq(rec.kc), nblk.eq(rec.nblk), rows.eq(rec.rows), brows.eq(rec.rows),
-                             first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
-                             t.eq(0), b.eq(0), j.eq(0), c.eq(0)]
+                m.d.sync += [have.eq(1), kc_m1.eq(rec.kc - 1), nblk_m1.eq(rec.nblk - 1), rows.eq(rec.rows),
+                             brows.eq(rec.rows), first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
+                             t_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), b.eq(0), j.eq(0), c.eq(0)]
 
-        final_tile = t == self.tiles - 1
-        final_blk = b == nblk - 1
-        cols_t = Mux(final_tile, self.last_cols, T)
-        col_last = c == kc - 1
-        last_col = j == cols_t - 1
+        final_blk = b == nblk_m1
+        col_last = c == kc_m1
+        last_col = j == Mux(final_tile, last_cols_m1, T - 1)
         pass_end = final_tile & final_blk & last_col & col_last
         m.d.comb += self.rows_valid.eq(Mux(brows < R, brows, R))
         if fpg > 1:
@@ -164,7 +169,7 @@ class FireScheduler(wiring.Component):
             bl = Signal(range(max(G.kc_max, 2)))
             be = Signal(range(max(E, 2)))
             last_entry = be == E - 1
-            last_step = last_entry & (bl == kc - 1)
+            last_step = last_entry & (bl == kc_m1)
             m.d.comb += [self.build.eq(have & ~tables & (self.act_ahead != 0)),
                          self.build_line.eq(bl), self.build_entry.eq(be)]
             with m.If(self.build):
@@ -196,7 +201,7 @@ class FireScheduler(wiring.Component):
                 with m.If(last_col):
                     m.d.sync += [b.eq(Mux(final_blk, 0, b + 1)), brows.eq(Mux(final_blk, rows, brows - R))]
                     with m.If(final_blk):
-                        m.d.sync += t.eq(t + 1)
+                        m.d.sync += [t_left.eq(t_left - 1), final_tile.eq(t_left == 1)]
                         with m.If(final_tile):
                             m.d.sync += have.eq(0)
                             if G.tlmm:

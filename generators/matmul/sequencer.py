@@ -191,6 +191,12 @@ class JobSequencer(wiring.Component):
         c_log = Signal(range(depth_log + 1))
         chunks = Signal(33)
         c_last = Signal(range(geom.act_depth + 1))
+        # the loop bounds minus one (registered with the bounds): the loop ends are equalities
+        # against registers, not a subtraction feeding a 33-bit compare
+        slices_m1 = Signal(8)
+        tiles_m1 = Signal(32)
+        chunks_m1 = Signal(33)
+        c_last_m1 = Signal(range(geom.act_depth))
         c_rows = Signal(32)
         pstride = Signal(48)
         plast = Signal(48)
@@ -229,6 +235,7 @@ class JobSequencer(wiring.Component):
             ok_tile = Mux(int8, (T * R) % B == 0, (T * R * 4) % B == 0)
             m.d.sync += [
                 slices.eq(slices_q),
+                slices_m1.eq(slices_q - 1),
                 k_last.eq(job.k - (slices - 1) * ks_full),
                 kc_last.eq(k_last >> exact_log2(L)),
                 kc0.eq(Mux(slices == 1, kc_last, kc_full)),
@@ -236,13 +243,16 @@ class JobSequencer(wiring.Component):
                 slots_log.eq(depth_log - stride_log),
                 blocks.eq(blocks_q),
                 tiles.eq((job.n + T - 1) >> t_shift),
+                tiles_m1.eq(((job.n + T - 1) >> t_shift) - 1),
                 last_cols.eq(job.n - ((tiles - 1) << t_shift)),
                 nR.eq(job.n * R),
                 nReb.eq(Mux(int8, nR, nR << 2)),
                 seg_ok.eq(((nReb & (B - 1)) == 0) & ok_tile),
                 c_log.eq(Mux((tiles > 1) & ~seg_ok if not geom.tlmm else 1, 0, slots_log)),
                 chunks.eq((blocks + (1 << c_log) - 1) >> c_log),
-                c_last.eq(blocks - ((chunks - 1) << c_log)),
+                chunks_m1.eq(((blocks + (1 << c_log) - 1) >> c_log) - 1),
+                c_last.eq(blocks - (chunks_m1 << c_log)),
+                c_last_m1.eq(blocks - (chunks_m1 << c_log) - 1),
                 c_rows.eq(R << c_log),
                 pstride.eq(round_words((nR << 3) << c_log)),
                 plast.eq(round_words(plast_q)),
@@ -265,8 +275,8 @@ class JobSequencer(wiring.Component):
         pq = Signal(33)
         p_rows_left = Signal(33)
         p_active = Signal()
-        p_last_slice = ps == slices - 1
-        p_last_chunk = pq == chunks - 1
+        p_last_slice = ps == slices_m1
+        p_last_chunk = pq == chunks_m1
         outs = (self.pass_fill, self.pass_load, self.pass_param, self.pass_fire)
         all_ready = Signal()
         m.d.comb += all_ready.eq(self.pass_fill.ready & self.pass_load.ready & self.pass_param.ready
@@ -301,12 +311,12 @@ class JobSequencer(wiring.Component):
         one_slice = slices == 1
         rows_here = a_pass_rows - a_rows_done
         unit_rows = Mux(one_slice, Mux(rows_here < R, rows_here, R), 1)
-        a_bytes = Mux(one_slice, unit_rows * job.k, Mux(a_s == slices - 1, k_last, ks_full))
-        p_bytes = Mux(a_q == chunks - 1, plast, pstride)
+        a_bytes = Mux(one_slice, unit_rows * job.k, Mux(a_s == slices_m1, k_last, ks_full))
+        p_bytes = Mux(a_q == chunks_m1, plast, pstride)
         route = self.act_route.payload
         m.d.comb += [route.partial.eq(a_partial),
                      route.words.eq(Mux(a_partial, p_bytes, a_bytes) >> word_shift),
-                     self.partial_entries.payload.eq((Mux(a_q == chunks - 1, c_last, 1 << c_log) * job.n)[:32]),
+                     self.partial_entries.payload.eq((Mux(a_q == chunks_m1, c_last, 1 << c_log) * job.n)[:32]),
                      self.act_cmd.payload.addr.eq(Mux(a_partial, job.p_addr + (a_q * pstride)[:64], a_addr)),
                      self.act_cmd.payload.bytes.eq(Mux(a_partial, p_bytes, a_bytes))]
         a_go = running & a_active & self.act_route.ready & (~a_partial | ((dones > pidx) & self.partial_entries.ready))
@@ -327,14 +337,14 @@ class JobSequencer(wiring.Component):
                         m.d.comb += a_next_pass.eq(1)
         with m.If(a_next_pass):
             # next pass: the next chunk of this slice, or the first chunk of the next slice
-            last_q = a_q == chunks - 1
+            last_q = a_q == chunks_m1
             nxt_row = Mux(last_q, job.x_addr, a_chunk_row + (c_rows * job.k)[:64])
             nxt_koff = Mux(last_q, a_koff + ks_full, a_koff)
             left = Mux(last_q, job.m, job.m - (a_q + 1) * c_rows)
             m.d.sync += [a_q.eq(Mux(last_q, 0, a_q + 1)), a_s.eq(Mux(last_q, a_s + 1, a_s)),
                          a_chunk_row.eq(nxt_row), a_koff.eq(nxt_koff), a_addr.eq(nxt_row + nxt_koff),
                          a_rows_done.eq(0), a_pass_rows.eq(Mux(left < c_rows, left, c_rows))]
-            with m.If(last_q & (a_s == slices - 1)):
+            with m.If(last_q & (a_s == slices_m1)):
                 m.d.sync += a_active.eq(0)
 
         # -- weights and scales: the slice's stream once per pass --------------------------------
@@ -344,11 +354,11 @@ class JobSequencer(wiring.Component):
             off = Signal(64, name=f"{name}_off")
             act = Signal(name=f"{name}_active")
             m.d.comb += [port.valid.eq(running & act), port.payload.addr.eq(base + off),
-                         port.payload.bytes.eq(Mux(s_ == slices - 1, last_bytes, full_bytes))]
+                         port.payload.bytes.eq(Mux(s_ == slices_m1, last_bytes, full_bytes))]
             with m.If(port.valid & port.ready):
-                with m.If(q_ == chunks - 1):
+                with m.If(q_ == chunks_m1):
                     m.d.sync += [q_.eq(0), s_.eq(s_ + 1), off.eq(off + full_bytes)]
-                    with m.If(s_ == slices - 1):
+                    with m.If(s_ == slices_m1):
                         m.d.sync += act.eq(0)
                 with m.Else():
                     m.d.sync += q_.eq(q_ + 1)
@@ -366,9 +376,9 @@ class JobSequencer(wiring.Component):
         r_t = Signal(32)
         r_bias = Signal()                    # phase: the tile's bias (after its requant parameters)
         r_active = Signal()
-        need_q = int8 & (r_s == slices - 1)
+        need_q = int8 & (r_s == slices_m1)
         need_b = bias_on & (r_s == 0)
-        cols = Mux(r_t == tiles - 1, last_cols, T)
+        cols = Mux(r_t == tiles_m1, last_cols, T)
         m.d.comb += [self.rq_cmd.payload.addr.eq(Mux(r_bias, job.b_addr + (r_t << (t_shift + 2)),
                                                      job.q_addr + (r_t << (t_shift + 3)))),
                      self.rq_cmd.payload.bytes.eq(round_words(Mux(r_bias, cols << 2, cols << 3)))]
@@ -381,11 +391,11 @@ class JobSequencer(wiring.Component):
             with m.Else():
                 m.d.sync += r_bias.eq(0)
                 # next tile; a pass without parameters is skipped in one step per tile
-                with m.If((r_t == tiles - 1) | ~(need_q | need_b)):
+                with m.If((r_t == tiles_m1) | ~(need_q | need_b)):
                     m.d.sync += r_t.eq(0)
-                    with m.If(r_q == chunks - 1):
+                    with m.If(r_q == chunks_m1):
                         m.d.sync += [r_q.eq(0), r_s.eq(r_s + 1)]
-                        with m.If(r_s == slices - 1):
+                        with m.If(r_s == slices_m1):
                             m.d.sync += r_active.eq(0)
                     with m.Else():
                         m.d.sync += r_q.eq(r_q + 1)
@@ -402,22 +412,22 @@ class JobSequencer(wiring.Component):
         o_toff = Signal(64)
         o_boff = Signal(64)
         issued = Signal(32)
-        o_last_slice = o_s == slices - 1
-        o_nblk = Mux(o_q == chunks - 1, c_last, 1 << c_log)
+        o_last_slice = o_s == slices_m1
+        o_nblk_m1 = Mux(o_q == chunks_m1, c_last_m1, (1 << c_log) - 1)
         m.d.comb += self.out_cmd.valid.eq(running & o_active)
         with m.If(~o_last_slice):
             m.d.comb += [self.out_cmd.payload.addr.eq(job.p_addr + (o_q * pstride)[:64]),
-                         self.out_cmd.payload.bytes.eq(Mux(o_q == chunks - 1, plast, pstride))]
+                         self.out_cmd.payload.bytes.eq(Mux(o_q == chunks_m1, plast, pstride))]
         with m.Elif(seg):
             m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr + o_chunk + o_toff + o_boff),
-                         self.out_cmd.payload.bytes.eq(Mux(o_t == tiles - 1, last_seg_bytes, seg_full))]
+                         self.out_cmd.payload.bytes.eq(Mux(o_t == tiles_m1, last_seg_bytes, seg_full))]
         with m.Else():
             m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr), self.out_cmd.payload.bytes.eq(o_total)]
         with m.If(self.out_cmd.valid & self.out_cmd.ready):
             m.d.sync += issued.eq(issued + 1)
 
             def next_pass():
-                with m.If(o_q == chunks - 1):
+                with m.If(o_q == chunks_m1):
                     m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1)]
                     with m.If(o_last_slice):
                         m.d.sync += o_active.eq(0)
@@ -428,9 +438,9 @@ class JobSequencer(wiring.Component):
                 next_pass()
             with m.Elif(seg):
                 m.d.sync += o_boff.eq(o_boff + nReb)
-                with m.If(o_b == o_nblk - 1):
+                with m.If(o_b == o_nblk_m1):
                     m.d.sync += [o_b.eq(0), o_boff.eq(0), o_t.eq(o_t + 1), o_toff.eq(o_toff + seg_full)]
-                    with m.If(o_t == tiles - 1):
+                    with m.If(o_t == tiles_m1):
                         m.d.sync += [o_t.eq(0), o_toff.eq(0), o_chunk.eq(o_chunk + (nReb << c_log))]
                         next_pass()
                 with m.Else():

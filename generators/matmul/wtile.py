@@ -75,11 +75,12 @@ class WeightTileBuffer(wiring.Component):
                      self.rd_scales.as_value().eq(rp.data[G.weight_lane_bits:])]
 
         have = Signal()
-        col = Signal(32)
         line = Signal(range(G.kc_max + 1))
         slot = Signal(max(1, slot_bits))
-        # the pass's last column as a registered flag (not a 32-bit compare on the ready path)
+        # the pass's last column as a registered flag, from a down-counter of the columns after the
+        # current one (compares with constants only: no adder feeding a 32-bit compare)
         n_m1 = Signal(32)
+        cols_after = Signal(32)
         last_col = Signal()
         m.d.sync += n_m1.eq(self.n - 1)
         kc_m1 = Signal.like(self.passes.payload.kc)
@@ -87,7 +88,7 @@ class WeightTileBuffer(wiring.Component):
             m.d.comb += self.passes.ready.eq(1)
             with m.If(self.passes.valid):
                 m.d.sync += [have.eq(1), kc_m1.eq(self.passes.payload.kc - 1),
-                             col.eq(0), line.eq(0), last_col.eq(n_m1 == 0)]
+                             cols_after.eq(n_m1), line.eq(0), last_col.eq(n_m1 == 0)]
 
         grp_last = 1 if fpg == 1 else (line[:exact_log2(fpg)] == fpg - 1)
         col_end = line == kc_m1
@@ -106,7 +107,7 @@ class WeightTileBuffer(wiring.Component):
         with m.If(write):
             m.d.sync += line.eq(Mux(col_end, 0, line + 1))
             with m.If(col_end):
-                m.d.sync += [col.eq(col + 1), slot.eq(slot + 1), last_col.eq(col + 1 == n_m1)]
+                m.d.sync += [cols_after.eq(cols_after - 1), slot.eq(slot + 1), last_col.eq(cols_after == 1)]
                 with m.If(pass_end):
                     m.d.sync += have.eq(0)
         m.d.comb += self.cur_lines.eq(line)

@@ -49,7 +49,9 @@ class PartialCollector(wiring.Component):
         R, W = self._rows, self._width
 
         # -- demultiplexer: whole commands to one consumer ------------------------------------
-        words = Signal(32)                       # words of the current command already routed
+        # words of the current command already routed, plus one (an equality against the route
+        # record's count, not a subtraction feeding a 32-bit compare)
+        words = Signal(32, init=1)
         rt = self.route.payload
         to_p = rt.partial
         m.submodules.adapt = adapt = WidthAdapter(W, 64)
@@ -58,9 +60,9 @@ class PartialCollector(wiring.Component):
                      adapt.i.valid.eq(self.data.valid & self.route.valid & to_p),
                      self.data.ready.eq(self.route.valid & Mux(to_p, adapt.i.ready, self.fill.ready))]
         with m.If(self.data.valid & self.data.ready):
-            with m.If(words == rt.words - 1):
+            with m.If(words == rt.words):
                 m.d.comb += self.route.ready.eq(1)
-                m.d.sync += words.eq(0)
+                m.d.sync += words.eq(1)
             with m.Else():
                 m.d.sync += words.eq(words + 1)
 
@@ -89,5 +91,5 @@ class PartialCollector(wiring.Component):
             with m.Else():
                 m.d.sync += r.eq(r + 1)
         with m.If(self.start):
-            m.d.sync += [have.eq(0), words.eq(0)]
+            m.d.sync += [have.eq(0), words.eq(1)]
         return m

@@ -38,7 +38,7 @@ def _clamp(v, lo: int, hi: int):
 
 
 class OutputStage(wiring.Component):
-    """``R`` parallel requantizers, a 4-stage registered pipeline.
+    """``R`` parallel requantizers, a 5-stage registered pipeline.
 
     ``int8`` picks the mode (``raw`` overrides both); ``out_shift`` (INT32) and ``mult``/``shift``
     (INT8, per column) are sampled with ``valid``; ``rows_valid`` rows are valid, the rest read 0.
@@ -47,7 +47,7 @@ class OutputStage(wiring.Component):
     bits (int32, int8 or the raw accumulator).
     """
 
-    LATENCY = 4
+    LATENCY = 5
 
     def __init__(self, *, rows: int, acc_bits: int, mult_bits: int = 32, max_out_shift: int = 63,
                  max_requant_shift: int = 127, tag_layout=None):
@@ -92,8 +92,9 @@ class OutputStage(wiring.Component):
         split = min(_SPLIT, ab - 1)
 
         # Registers only load when their stage holds a column (clock enables).
-        valid0, valid1, valid2 = Signal(), Signal(), Signal()
-        m.d.sync += [valid0.eq(self.valid), valid1.eq(valid0), valid2.eq(valid1), self.o_valid.eq(valid2)]
+        valid0, valid1, valid2, valid3 = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [valid0.eq(self.valid), valid1.eq(valid0), valid2.eq(valid1), valid3.eq(valid2),
+                     self.o_valid.eq(valid3)]
 
         def regs(name, shape, n=R):
             return [Signal(shape, name=f"{name}{r}", reset_less=True) for r in range(n)]
@@ -147,21 +148,33 @@ class OutputStage(wiring.Component):
                 m.d.sync += [hi2[r].eq(ph[r] + (pl[r] >> split)), lo2[r].eq(pl[r][:split]),
                              acc2[r].eq(Mux(zero1 | raw_1, acc1[r], acc1[r] >> k1))]
 
-        # 3: shift the INT8 product, round, saturate; blank rows past the end of the matrix.
+        # 3: shift the INT8 product; round and saturate the INT32 result.
         big = k2 >= split
         k_hi = Signal(range(128))
         k_lo = Signal(range(split + 1))
         m.d.comb += [k_hi.eq(Mux(big, k2 - split, 0)), k_lo.eq(Mux(big, 0, k2))]
+        zero3, int8_3, raw_3, tag_3 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
+                                       Signal.like(self.tag))
+        rows_3 = Signal.like(self.rows_valid)
+        t3 = regs("t", signed(64))
+        y32_3 = regs("y32_", signed(32))
+        acc3 = regs("acc_raw", signed(ab))
         with m.If(valid2):
-            m.d.sync += self.o_tag.eq(tag_2)
+            m.d.sync += [zero3.eq(zero2), int8_3.eq(int8_2), raw_3.eq(raw_2), tag_3.eq(tag_2), rows_3.eq(rows_2)]
             for r in range(R):
                 hic = Signal(signed(12), name=f"hic{r}")
                 m.d.comb += hic.eq(_clamp(hi2[r], -_HI_CLAMP, _HI_CLAMP))
                 t_small = ((hic << split) >> k_lo) + (lo2[r] >> k_lo)   # exact: low bits of hic<<split are 0
-                t = Signal(signed(64), name=f"t{r}")
-                m.d.comb += t.eq(Mux(big, hi2[r] >> k_hi, t_small))
+                m.d.sync += [t3[r].eq(Mux(big, hi2[r] >> k_hi, t_small)),
+                             y32_3[r].eq(_clamp(Mux(zero2, acc2[r], (acc2[r] + 1) >> 1), -(1 << 31), (1 << 31) - 1)),
+                             acc3[r].eq(acc2[r])]
+
+        # 4: round and saturate the INT8 result; blank rows past the end of the matrix.
+        with m.If(valid3):
+            m.d.sync += self.o_tag.eq(tag_3)
+            for r in range(R):
+                t = t3[r]
                 tc = _clamp(t, -257, 255)
-                y8 = Mux(zero2, _clamp(t, -128, 127), _clamp((tc + 1) >> 1, -128, 127))
-                y32 = _clamp(Mux(zero2, acc2[r], (acc2[r] + 1) >> 1), -(1 << 31), (1 << 31) - 1)
-                m.d.sync += self.y[r].eq(Mux(rows_2 > r, Mux(raw_2, acc2[r], Mux(int8_2, y8, y32)), 0))
+                y8 = Mux(zero3, _clamp(t, -128, 127), _clamp((tc + 1) >> 1, -128, 127))
+                m.d.sync += self.y[r].eq(Mux(rows_3 > r, Mux(raw_3, acc3[r], Mux(int8_3, y8, y32_3[r])), 0))
         return m

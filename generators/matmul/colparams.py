@@ -64,7 +64,13 @@ class ColumnParams(wiring.Component):
 
         have = Signal()
         first, last = Signal(), Signal()
-        tile = Signal(32)
+        # tiles after the current one (a down-counter) and the final-tile flag, registered; the job's
+        # tiles - 1 and last_cols - 1 registered from its sizes (settled long before the first pass)
+        tiles_m1 = Signal(32)
+        last_cols_m1 = Signal(range(T))
+        m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1)]
+        tiles_left = Signal(32)
+        final_tile = Signal()
         idx = Signal(range(T + 1))
         phase_b = Signal()                       # writing the tile's bias (after its requant records)
         slot = Signal()
@@ -72,15 +78,14 @@ class ColumnParams(wiring.Component):
             m.d.comb += self.passes.ready.eq(1)
             with m.If(self.passes.valid):
                 m.d.sync += [have.eq(1), first.eq(self.passes.payload.first), last.eq(self.passes.payload.last),
-                             tile.eq(0), idx.eq(0), phase_b.eq(0)]
+                             tiles_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), idx.eq(0), phase_b.eq(0)]
         need_q = self.int8 & last
         need_b = self.bias & first
-        cols = Mux(tile == self.tiles - 1, self.last_cols, T)
         room = self.tiles_ahead < 2
         busy = have & (need_q | need_b) & room
         part_q = busy & ~phase_b & need_q
         part_b = busy & (phase_b | ~need_q) & need_b
-        last_item = idx == cols - 1
+        last_item = idx == Mux(final_tile, last_cols_m1, T - 1)
         # the words of one command go to one adapter: hold the next word back in the cycle the
         # current part's last item is taken (the adapter would load it with the dropped rest)
         take_q = part_q & qa.o.valid
@@ -107,10 +112,10 @@ class ColumnParams(wiring.Component):
             m.d.sync += phase_b.eq(0)
             with m.If(loaded):
                 m.d.sync += slot.eq(~slot)
-            with m.If((tile == self.tiles - 1) | skip):
-                m.d.sync += [have.eq(0), tile.eq(0)]
+            with m.If(final_tile | skip):
+                m.d.sync += have.eq(0)
             with m.Else():
-                m.d.sync += tile.eq(tile + 1)
+                m.d.sync += [tiles_left.eq(tiles_left - 1), final_tile.eq(tiles_left == 1)]
         m.d.sync += self.tiles_ahead.eq(self.tiles_ahead + loaded - self.free)
         with m.If(self.start):
             m.d.sync += [have.eq(0), slot.eq(0), self.tiles_ahead.eq(0)]

@@ -49,6 +49,7 @@ from .requant import OutputStage
 from .scheduler import OUT_RAW, FireScheduler
 from .sequencer import JobSequencer
 from .signature import matmul_signature
+from .skid import SkidBuffer
 from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
 from .wtile import WeightTileBuffer
@@ -137,10 +138,17 @@ class MatmulEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.out_done), seq.out_done)
         for name in ("act_cmd", "scale_cmd", "rq_cmd", "out_cmd"):
             wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(seq, name))
+        # the weight words through a register slice each: the ports see a registered ready, not the
+        # unpacker's and the weight ring's write condition
+        w_in = []
+        for i in range(P):
+            m.submodules[f"w_skid{i}"] = skid = SkidBuffer(W)
+            wiring.connect(m, wiring.flipped(self.w_data[i]), skid.i)
+            w_in.append(skid.o)
         if not inline:
             for i in range(P):
                 wiring.connect(m, wiring.flipped(self.w_cmd[i]), seq.w_cmd[i])
-                wiring.connect(m, wiring.flipped(self.w_data[i]), unpack.w_data[i])
+                wiring.connect(m, w_in[i], unpack.w_data[i])
         else:
             # the combined words of each pass (w0's command bytes) tell the demultiplexer where passes
             # end; w0's commands wait while the queue is full (the other ports' data waits for w0's)
@@ -163,7 +171,7 @@ class MatmulEngine(wiring.Component):
             m.d.sync += ratio.eq(sel)
             m.d.comb += [demux.ratio.eq(ratio), demux.start.eq(seq.start)]
             for i in range(P):
-                wiring.connect(m, wiring.flipped(self.w_data[i]), demux.w_in[i])
+                wiring.connect(m, w_in[i], demux.w_in[i])
                 wiring.connect(m, demux.w_out[i], unpack.w_data[i])
         rec = pass_layout(G)
         for src, dst, name in ((seq.pass_fill, actbuf.passes, "fill"), (seq.pass_load, wtile.passes, "load"),
@@ -234,8 +242,9 @@ class MatmulEngine(wiring.Component):
         ]
         # counters: a fire multiplies ``rows_valid`` rows by ``lanes`` weights; a busy cycle
         # without a fire is a stall (waiting for weights, activations, parameters or credit)
-        m.d.comb += [self.busy.eq(seq.busy), self.stall.eq(seq.busy & ~sched.fire),
-                     self.mac_inc.eq(Mux(sched.fire, sched.rows_valid * L, 0))]
+        # (mac_inc registered: one cycle late, the same total; not the fire condition into the kernel's sum)
+        m.d.comb += [self.busy.eq(seq.busy), self.stall.eq(seq.busy & ~sched.fire)]
+        m.d.sync += self.mac_inc.eq(Mux(sched.fire, sched.rows_valid * L, 0))
 
         # -- datapath -----------------------------------------------------------------------
         lane_shape = unpack.lane_shape

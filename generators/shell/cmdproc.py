@@ -12,11 +12,12 @@ its family on ``job_code``, read with ``job_done``, which stops the run like a b
 
 The next descriptor is fetched and unloaded into the descriptor register while
 the engine runs the current one, so between the engine's ``done`` and the next
-``job`` there are three cycles (evaluate the checks, pick the first failing one, dispatch).
+``job`` there are four cycles (register the checks' products, evaluate the checks, pick the
+first failing one, dispatch).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal, Value, ValueCastable
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -28,6 +29,53 @@ from ..streams import JobDone
 from .port import ReadChannelSignature
 
 __all__ = ["CommandProcessor"]
+
+
+class _Factor(ValueCastable):
+    """A check operand from ``ops.low()``: the product of two is a register (its own pipeline
+    stage, e.g. the attention check's 11 x 11 ``kv_heads x q_per_kv``); every other operator acts
+    on the value itself."""
+
+    def __init__(self, m: Module, value):
+        self._m, self._v = m, Value.cast(value)
+
+    def shape(self):
+        return self._v.shape()
+
+    def as_value(self):
+        return self._v
+
+    def __mul__(self, other):
+        prod = self._v * Value.cast(other)
+        reg = Signal(prod.shape(), name="check_product")
+        self._m.d.sync += reg.eq(prod)
+        return reg
+
+    __rmul__ = __mul__
+
+
+def _delegate(name):
+    def op(self, *args):
+        return getattr(self._v, name)(*args)
+    op.__name__ = name
+    return op
+
+
+for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__lshift__", "__rlshift__", "__rshift__",
+              "__rrshift__", "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__eq__",
+              "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__getitem__", "__invert__", "__neg__",
+              "__len__", "bool", "any", "all"):
+    setattr(_Factor, _name, _delegate(_name))
+
+
+class _StagedOps(RtlOps):
+    """:class:`RtlOps` whose ``low()`` operands register their products (see :class:`_Factor`)."""
+
+    def __init__(self, m: Module):
+        self._m = m
+
+    def low(self, value, bits: int):
+        return _Factor(self._m, value[:bits])
 
 
 class CommandProcessor(wiring.Component):
@@ -48,8 +96,8 @@ class CommandProcessor(wiring.Component):
     """
 
     #: cycles from an engine's ``done`` to the next ``job`` when the next descriptor is loaded
-    #: (evaluate the checks, pick the first failing one, dispatch)
-    DISPATCH_CYCLES = 3
+    #: (register the checks' products, evaluate the checks, pick the first failing one, dispatch)
+    DISPATCH_CYCLES = 4
 
     def __init__(self, layout: DesignLayout, jobs):
         if not isinstance(layout, DesignLayout):
@@ -149,9 +197,10 @@ class CommandProcessor(wiring.Component):
             return {name: desc[64 * i:64 * i + 64] for i, name in enumerate(lay.fields_for(opcode))}
 
         # -- validation and routing: one check set per opcode ----------------------------
-        # Each check's verdict is registered (EVAL: one cycle after the descriptor's last word),
-        # and CHECK picks the first failing one: the checks' comparisons and the priority choice
-        # are two register stages, not one path.
+        # A check's products are registered (EVAL: one cycle after the descriptor's last word), its
+        # verdict one cycle later (VERDICT), and CHECK picks the first failing one: the products,
+        # the checks' comparisons and the priority choice are three register stages, not one path.
+        ops = _StagedOps(m)
         code = Signal(ErrorCode)
         target = Signal(range(max(2, len(self._jobs))))
         m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
@@ -163,7 +212,7 @@ class CommandProcessor(wiring.Component):
                 op_code = Signal(ErrorCode, name=f"{tag}_code")
                 for i, check in reversed(list(enumerate(lay.checks(opcode)))):   # the first check wins
                     fails = Signal(name=f"{tag}_fails{i}")
-                    m.d.sync += fails.eq(RtlOps._bit(check.fails(slots(opcode), RtlOps)))
+                    m.d.sync += fails.eq(RtlOps._bit(check.fails(slots(opcode), ops)))
                     with m.If(fails):
                         m.d.comb += op_code.eq(check.code)
                 with m.If(is_op):
@@ -239,7 +288,10 @@ class CommandProcessor(wiring.Component):
                 with m.If(loaded | last_word):
                     m.next = "EVAL"
             with m.State("EVAL"):
-                # desc is complete: the check verdicts register it this cycle
+                # desc is complete: the checks' products register it this cycle
+                m.next = "VERDICT"
+            with m.State("VERDICT"):
+                # the check verdicts register this cycle (desc and the products are settled)
                 m.next = "CHECK"
             with m.State("CHECK"):
                 # the reader's error flag covers every word delivered so far, this

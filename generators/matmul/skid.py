@@ -1,0 +1,49 @@
+"""A register slice with a registered ``ready``: cuts the combinational ready path between a
+consumer and its producer (the engine's stream inputs and the ports' read data FIFOs).
+
+Two registers: ``main`` drives the output, ``skid`` takes the word that arrives in the cycle
+the output stalls. ``i.ready`` is "the skid register is empty", a flip-flop, so the producer
+never sees the consumer's ready logic. One word per cycle at full rate, one cycle of latency::
+
+    i --> [skid] --\\
+      \\-------------+--> [main] --> o
+"""
+from __future__ import annotations
+
+from amaranth.hdl import Module, Mux, Signal
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from ..params import require_positive_ints
+
+__all__ = ["SkidBuffer"]
+
+
+class SkidBuffer(wiring.Component):
+    """``width``-bit stream in, the same stream out one cycle later; ``i.ready`` is registered."""
+
+    def __init__(self, width: int):
+        require_positive_ints(width=width)
+        self._width = width
+        super().__init__({
+            "i": In(stream.Signature(width)),
+            "o": Out(stream.Signature(width)),
+        })
+
+    @property
+    def width(self) -> int:
+        return self._width
+
+    def elaborate(self, platform):
+        m = Module()
+        main, skid = Signal(self._width), Signal(self._width)
+        main_valid, skid_valid = Signal(), Signal()
+        m.d.comb += [self.o.payload.eq(main), self.o.valid.eq(main_valid), self.i.ready.eq(~skid_valid)]
+        accept = self.i.valid & ~skid_valid
+        with m.If(self.o.ready | ~main_valid):
+            # main is free (or emptied this cycle): the skid word first, else the input word
+            m.d.sync += [main.eq(Mux(skid_valid, skid, self.i.payload)), main_valid.eq(skid_valid | accept),
+                         skid_valid.eq(0)]
+        with m.Elif(accept):
+            m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
+        return m

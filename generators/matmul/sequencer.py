@@ -23,7 +23,7 @@ took the previous one and the shell can prefetch across passes:
 """
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Shape, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Shape, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -198,6 +198,11 @@ class JobSequencer(wiring.Component):
         chunks_m1 = Signal(33)
         c_last_m1 = Signal(range(geom.act_depth))
         c_rows = Signal(32)
+        # products of the job's sizes used on the command paths, registered in SETUP: k x R, a
+        # chunk's rows x k, and i x k for a short row block (i < R)
+        k_r = Signal(64)
+        k_chunk = Signal(64)
+        k_rows = [Signal(32 + max(1, (R - 1).bit_length()), name=f"k_rows{i}") for i in range(R)]
         pstride = Signal(48)
         plast = Signal(48)
         nk_full = Signal(64)
@@ -254,6 +259,9 @@ class JobSequencer(wiring.Component):
                 c_last.eq(blocks - (chunks_m1 << c_log)),
                 c_last_m1.eq(blocks - (chunks_m1 << c_log) - 1),
                 c_rows.eq(R << c_log),
+                k_r.eq(job.k * R),
+                k_chunk.eq((job.k * R) << c_log),
+                *(k_rows[i].eq(job.k * i) for i in range(R)),
                 pstride.eq(round_words((nR << 3) << c_log)),
                 plast.eq(round_words(plast_q)),
                 nk_full.eq(job.n * ks_full),
@@ -316,7 +324,9 @@ class JobSequencer(wiring.Component):
         one_slice = slices == 1
         rows_here = a_rows_left
         unit_rows = Mux(one_slice, Mux(rows_here < R, rows_here, R), 1)
-        a_bytes = Mux(one_slice, unit_rows * job.k, Mux(a_s == slices_m1, k_last, ks_full))
+        short_bytes = Cat(*k_rows).word_select(rows_here[:max(1, (R - 1).bit_length())], len(k_rows[0])) \
+            if R > 1 else k_rows[0]
+        a_bytes = Mux(one_slice, Mux(rows_here < R, short_bytes, k_r), Mux(a_s == slices_m1, k_last, ks_full))
         p_bytes = Mux(a_last_q, plast, pstride)
         route = self.act_route.payload
         m.d.comb += [route.partial.eq(a_partial),
@@ -334,7 +344,7 @@ class JobSequencer(wiring.Component):
                 m.d.comb += a_next_pass.eq(1)
             with m.Else():
                 m.d.sync += [a_rows_left.eq(a_rows_left - unit_rows),
-                             a_addr.eq(a_addr + Mux(one_slice, (job.k * R)[:64], job.k))]
+                             a_addr.eq(a_addr + Mux(one_slice, k_r, job.k))]
                 # the pass's last command: unit_rows == a_rows_left
                 with m.If(Mux(one_slice, a_rows_left <= R, a_rows_left == 1)):
                     with m.If(a_s != 0):
@@ -344,7 +354,7 @@ class JobSequencer(wiring.Component):
         with m.If(a_next_pass):
             # next pass: the next chunk of this slice, or the first chunk of the next slice
             last_q = a_last_q
-            nxt_row = Mux(last_q, job.x_addr, a_chunk_row + (c_rows * job.k)[:64])
+            nxt_row = Mux(last_q, job.x_addr, a_chunk_row + k_chunk)
             nxt_koff = Mux(last_q, a_koff + ks_full, a_koff)
             left = Mux(last_q, job.m, a_m_after)
             m.d.sync += [a_q.eq(Mux(last_q, 0, a_q + 1)), a_s.eq(Mux(last_q, a_s + 1, a_s)),

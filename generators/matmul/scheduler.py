@@ -112,6 +112,12 @@ class FireScheduler(wiring.Component):
         b = Signal.like(rec.nblk)
         j = Signal(range(T + 1))
         c = Signal(range(max(G.kc_max, 2)))
+        # the row-block and K-chunk loop ends as registered flags (down-counters of what follows):
+        # they gate every fire and the rings' frees, so they are flip-flops, not compares
+        b_left = Signal.like(rec.nblk)
+        final_blk = Signal()
+        c_left = Signal.like(rec.kc)
+        col_last = Signal()
         brows = Signal(32)                       # rows of this and the later blocks of the chunk
         w_old = Signal(exact_log2(G.weight_slots))
         a_old = Signal(abits)
@@ -123,10 +129,10 @@ class FireScheduler(wiring.Component):
             with m.If(self.passes.valid):
                 m.d.sync += [have.eq(1), kc_m1.eq(rec.kc - 1), nblk_m1.eq(rec.nblk - 1), rows.eq(rec.rows),
                              brows.eq(rec.rows), first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
-                             t_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), b.eq(0), j.eq(0), c.eq(0)]
+                             t_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), b.eq(0), j.eq(0), c.eq(0),
+                             b_left.eq(rec.nblk - 1), final_blk.eq(rec.nblk == 1),
+                             c_left.eq(rec.kc - 1), col_last.eq(rec.kc == 1)]
 
-        final_blk = b == nblk_m1
-        col_last = c == kc_m1
         last_col = j == Mux(final_tile, last_cols_m1, T - 1)
         pass_end = final_tile & final_blk & last_col & col_last
         m.d.comb += self.rows_valid.eq(Mux(brows < R, brows, R))
@@ -195,11 +201,14 @@ class FireScheduler(wiring.Component):
             m.d.comb += self.release.eq(fire & col_last & last_col & final_tile)
 
         with m.If(fire):
-            m.d.sync += c.eq(Mux(col_last, 0, c + 1))
+            m.d.sync += [c.eq(Mux(col_last, 0, c + 1)), c_left.eq(Mux(col_last, kc_m1, c_left - 1)),
+                         col_last.eq(Mux(col_last, kc_m1 == 0, c_left == 1))]
             with m.If(col_last):
                 m.d.sync += j.eq(Mux(last_col, 0, j + 1))
                 with m.If(last_col):
-                    m.d.sync += [b.eq(Mux(final_blk, 0, b + 1)), brows.eq(Mux(final_blk, rows, brows - R))]
+                    m.d.sync += [b.eq(Mux(final_blk, 0, b + 1)), brows.eq(Mux(final_blk, rows, brows - R)),
+                                 b_left.eq(Mux(final_blk, nblk_m1, b_left - 1)),
+                                 final_blk.eq(Mux(final_blk, nblk_m1 == 0, b_left == 1))]
                     with m.If(final_blk):
                         m.d.sync += [t_left.eq(t_left - 1), final_tile.eq(t_left == 1)]
                         with m.If(final_tile):

@@ -9,6 +9,11 @@ prints, one JSON object per line, ``{"bench": "budget_calibration", "case", "eng
 ``--reuse FILE``: take the Yosys figures of a case from an earlier run's output (the analytic terms
 are recomputed), so a change of coefficients needs no new synthesis.
 
+``kernel_vec_hp2`` synthesizes the whole kernel instead (``hbmforge.flows.estimate.estimate``, its
+parts kept apart) and compares per part: ``control`` = cmdproc + control + glue, ``ports`` = every
+``port_*`` (with the vector engine's KV writers, which the analytic model counts in ``vector``).
+Seconds per case on a loaded 2-core machine: attention 2-4 min, vector 4-18 min, kernel 11 min.
+
 The analytic terms are ``hbmforge.budget.attention_terms`` / ``vector_terms`` (the budget's
 first-order model). Yosys maps to the 7-series subset of UltraScale+ and does no cross-boundary
 optimization; neither figure is a Vivado result.

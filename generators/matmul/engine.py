@@ -294,7 +294,11 @@ class MatmulEngine(wiring.Component):
         # partial sums: queued, claimed by a column's last fire, popped by the output stage
         claimed = Signal(range(partials.depth + 1))
         m.d.sync += claimed.eq(claimed + sched.claim - rq.pop)
-        m.d.comb += sched.partials.eq(partials.level - claimed)
+        # the scheduler sees the entries free to claim as a register (off the fire condition): this
+        # cycle's level minus the claims including this cycle's; a push shows one cycle late, never early
+        avail = Signal(range(partials.depth + 1))
+        m.d.sync += avail.eq(partials.level - claimed - sched.claim)
+        m.d.comb += sched.partials.eq(avail)
 
         # -- output -------------------------------------------------------------------------
         col = column_layout(R)

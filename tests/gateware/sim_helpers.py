@@ -46,6 +46,25 @@ def rejects(make, exc, match) -> None:
         gc.collect()
 
 
+async def put(ctx, port, payload=None) -> None:
+    """Offer ``payload`` (if given) on stream ``port`` with ``valid`` high until a cycle takes it;
+    ``valid`` stays high (the caller lowers it or offers the next word)."""
+    if payload is not None:
+        ctx.set(port.payload, payload)
+    ctx.set(port.valid, 1)
+    while True:
+        _, _, ready = await ctx.tick().sample(port.ready)
+        if ready:
+            return
+
+
+async def random_gap(ctx, port, rng, stall: float) -> None:
+    """Hold ``port``'s ``valid`` low for a random number of cycles (each with probability ``stall``)."""
+    while rng.random() < stall:
+        ctx.set(port.valid, 0)
+        await ctx.tick()
+
+
 def run_gearbox(dut, packets, rng, *, stall: float = 0.3) -> list[int]:
     """Feed ``packets`` (``[(items, words)]``) into a gearbox (``i``, ``o``, ``o_last``) with random
     input stalls and output readiness, raising ``o_last`` with each packet's last item; returns
@@ -55,15 +74,8 @@ def run_gearbox(dut, packets, rng, *, stall: float = 0.3) -> list[int]:
     async def source(ctx):
         for _, words in packets:
             for word in words:
-                while rng.random() < stall:
-                    ctx.set(dut.i.valid, 0)
-                    await ctx.tick()
-                ctx.set(dut.i.payload, word)
-                ctx.set(dut.i.valid, 1)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.i.ready)
-                    if ready:
-                        break
+                await random_gap(ctx, dut.i, rng, stall)
+                await put(ctx, dut.i, word)
             ctx.set(dut.i.valid, 0)
 
     async def sink(ctx):

@@ -15,7 +15,7 @@ from hbmforge.generators.matmul.signature import matmul_job_layout
 from hbmforge.generators.shell.cmdproc import CommandProcessor
 from hbmforge.layout import DesignLayout
 from designs import tiny_attention_config_dict
-from sim_helpers import simulate
+from sim_helpers import put, simulate
 
 PROGRAM = 0x1000
 
@@ -92,11 +92,7 @@ def _run_programs(layout, programs, seed=0):
             if any(valids):
                 for _ in range(rng.randrange(1, 4)):
                     await ctx.tick()
-                ctx.set(dut.job_done.valid, 1)
-                while True:
-                    _, _, ready = await ctx.tick().sample(dut.job_done.ready)
-                    if ready:
-                        break
+                await put(ctx, dut.job_done)
                 ctx.set(dut.job_done.valid, 0)
 
     async def bench(ctx):

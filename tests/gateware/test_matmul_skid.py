@@ -7,7 +7,7 @@ import pytest
 from amaranth.sim import Simulator  # noqa: F401  (simulate() below wraps it)
 
 from hbmforge.generators.matmul.skid import SkidBuffer
-from sim_helpers import simulate
+from sim_helpers import put, random_gap, simulate
 
 
 def _run(dut, words, rng, *, in_stall, out_stall, ready_log=None):
@@ -16,15 +16,8 @@ def _run(dut, words, rng, *, in_stall, out_stall, ready_log=None):
 
     async def send(ctx):
         for w in words:
-            while rng.random() < in_stall:
-                ctx.set(dut.i.valid, 0)
-                await ctx.tick()
-            ctx.set(dut.i.payload, w)
-            ctx.set(dut.i.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.i.ready)
-                if ready:
-                    break
+            await random_gap(ctx, dut.i, rng, in_stall)
+            await put(ctx, dut.i, w)
         ctx.set(dut.i.valid, 0)
 
     async def take(ctx):
@@ -54,13 +47,8 @@ def test_skid_buffer_moves_one_word_per_cycle():
     first_valid, cycles = [], []
 
     async def send(ctx):
-        ctx.set(dut.i.valid, 1)
         for w in words:
-            ctx.set(dut.i.payload, w)
-            while True:
-                _, _, ready = await ctx.tick().sample(dut.i.ready)
-                if ready:
-                    break
+            await put(ctx, dut.i, w)
         ctx.set(dut.i.valid, 0)
 
     async def take(ctx):

@@ -20,7 +20,7 @@ from hbmforge.numerics.nonlinear import (
     norm_test_vectors,
     rsqrt_int,
 )
-from sim_helpers import rejects, simulate
+from sim_helpers import put, random_gap, rejects, simulate
 
 
 # -- scenario helpers -------------------------------------------------------------------------------
@@ -29,15 +29,8 @@ def _sender(stream, items, rng, stall):
     """A background testbench that offers ``items`` on ``stream``, idling with probability ``stall``."""
     async def send(ctx):
         for item in items:
-            while rng.random() < stall:
-                ctx.set(stream.valid, 0)
-                await ctx.tick()
-            ctx.set(stream.payload, item)
-            ctx.set(stream.valid, 1)
-            while True:
-                _, _, ready = await ctx.tick().sample(stream.ready)
-                if ready:
-                    break
+            await random_gap(ctx, stream, rng, stall)
+            await put(ctx, stream, item)
         ctx.set(stream.valid, 0)
     return send
 

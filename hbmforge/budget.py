@@ -21,6 +21,14 @@ from .layout import DesignLayout
 BRAM36_BITS = 36 * 1024
 BRAM36_MAX_WIDTH = 72
 
+#: LUTs per product by an int4 operand built as shift-and-add (``int4_products: lut``,
+#: ``hbmforge.generators.lutmul``), Yosys synth_xilinx (docs/estimate.md, "Products in LUTs"): an int4 matmul
+#: lane (added to the lane's adder-tree input: 4,060 vs 1,967 LUT for 64 lanes), a registered
+#: int8 q x int4 k, a 16-bit block mantissa x int4 value (64 of each: 2,691 and 5,056 LUT)
+LUT_MATMUL_INT4_LANE = 33
+LUT_Q_TIMES_K4 = 42
+LUT_MANT_TIMES_V4 = 79
+
 
 #: the parts of an estimate, in the order they are reported
 PARTS = ("matmul", "ports", "attention", "attention_head_parallel", "vector", "control")
@@ -96,18 +104,21 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     w = lay.matmul.widths
     macs = mm.rows * mm.lanes
     groups_per_fire = max(1, mm.lanes // mm.group_size)
-    # DSPs: one per 8x8 MAC lane, group-scale and requant multipliers per row.
+    # DSPs: one per 8x8 MAC lane (none for lanes of 4 bits or less: LUT products), group-scale
+    # and requant multipliers per row.
     dsp_scale = mm.rows * groups_per_fire * math.ceil(w.group_bits / 27) * math.ceil(mm.scale_bits / 18)
     dsp_requant = mm.rows * math.ceil(w.acc_bits / 27) * math.ceil(w.mult_bits / 18)
-    # 2-bit and ternary products are a few LUTs each (sign-select/small multiply), not DSPs
+    # 2-bit and ternary products are a few LUTs each (sign-select/small multiply), int4 ones a
+    # shift-and-add: no DSPs
     small = w.max_wbits <= 2
-    dsp = (0 if small else macs) + dsp_scale + dsp_requant
+    lut_lanes = small or mm.int4_products == "lut"
+    dsp = (0 if lut_lanes else macs) + dsp_scale + dsp_requant
     # LUTs: adder tree per row (about one LUT per sum bit per input), accumulators,
     # unpacker muxes, and a fixed cost per AXI port and for control.
     lut_tree = mm.rows * mm.lanes * (w.chunk_bits + 2)
     lut_acc = mm.rows * (w.acc_bits + w.group_bits) * 2
     lut_ports = len(lay.ports) * 1500           # the ports' part (the command processor: control_terms)
-    lut_small = macs * 9 if small else 0
+    lut_small = macs * (9 if small else LUT_MATMUL_INT4_LANE if lut_lanes else 0)
     # on-chip tiles (docs/engines/matmul.md): the column parameters of two weight tiles (mult,
     # shift, bias: LUT RAM), the init adder of the output stage, 64-bit result columns in the FIFO
     geom = lay.matmul
@@ -173,7 +184,11 @@ def attention_head_parallel_terms(lay: DesignLayout) -> dict:
     sbuf_bram, sbuf_lut = _memory(W, max(2, scale_depth))
     lut = feeds * (feed_lut + sbuf_lut) + select_lut + addr_lut
     ff = cmd_ff + feeds * 170
-    return {"lut": lut, "ff": ff, "dsp": (R - 1) * lanes, "bram36": feeds * sbuf_bram, "feeds": feeds}
+    if g.lut_products:               # the extra mantissa x value products are LUTs (attention_terms)
+        lut, dsp = lut + (R - 1) * lanes * LUT_MANT_TIMES_V4, 0
+    else:
+        dsp = (R - 1) * lanes
+    return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": feeds * sbuf_bram, "feeds": feeds}
 
 
 # -- the attention engine's base units ------------------------------------------------------------
@@ -205,10 +220,12 @@ def attention_terms(lay: DesignLayout) -> dict:
     qw = g.q_record_bytes // g.word_bytes
     # DSPs
     p_bits, m_bits = P_FRAC + 2, MULT_BITS + 1                       # unsigned operands as signed
-    qk = R * L * _dsp(8, 8) + R * blocks * _dsp(16 + bl.bit_length() + 1, 17) + R * _dsp(sb, m_bits)
+    # int4_products 'lut': the products by K/V lanes are LUTs (generators/attention/geometry.py)
+    lut_kv = g.lut_products
+    qk = R * L * (0 if lut_kv else _dsp(8, 8)) + R * blocks * _dsp(16 + bl.bit_length() + 1, 17) + R * _dsp(sb, m_bits)
     pv = R * L * (_dsp(26, p_bits) + _dsp(acc - P_FRAC, p_bits) + _dsp(P_FRAC + 1, p_bits))
     pv += R * (_dsp(lb - P_FRAC + 1, p_bits) + _dsp(P_FRAC + 1, p_bits))      # l rescale
-    shared = L * _dsp(17, 8)                                          # mantissa x value, one set
+    shared = L * (0 if lut_kv else _dsp(17, 8))                     # mantissa x value, one set
     y_bits = RECIP_X_BITS + 2
     out = I8 * (_dsp(18, y_bits) + _dsp(acc - 16, y_bits))       # acc x y split at bit 17
     recip = _dsp(RECIP_X_BITS + 1, y_bits) + _dsp(y_bits, 2 * RECIP_X_BITS + 2)
@@ -227,7 +244,8 @@ def attention_terms(lay: DesignLayout) -> dict:
     feeds = 2 * (8 * L + 16 * blocks * max(1, g.mants_per_word // 4) + 120)
     out_lut = I8 * 6 * (acc + RECIP_X_BITS)
     fixed = 3000 + 4 * 64                                             # sequencer, FIFOs, completion
-    lut = R * per_row + feeds + out_lut + fixed + lut_mem
+    lane_products = (R * L * LUT_Q_TIMES_K4 + L * LUT_MANT_TIMES_V4) if lut_kv else 0
+    lut = R * per_row + feeds + out_lut + fixed + lut_mem + lane_products
     # FFs: the accumulator ring, Q ring and records, the QK pipeline, per-row state; the output pipe
     ff_row = hd * acc + 8 * hd + qw * W + 24 * L + 2 * sb + 16 * Z_BITS + 4 * ctx + 150
     ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000

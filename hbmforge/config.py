@@ -115,6 +115,9 @@ class MatmulEngine(_EngineBase):
         "mac", description="'mac': multiplier array (sign-select for ternary); 'tlmm': ternary "
                            "table-lookup matmul (weight_bits must be ['ternary'])")
     tlmm_group: int = Field(4, ge=2, le=5, description="tlmm: activations per lookup-table group (g)")
+    int4_products: Literal["dsp", "lut"] = Field(
+        "dsp", description="how int4 weight lanes multiply: 'dsp' (one DSP slice per lane) or 'lut' "
+                           "(shift-and-add, about 33 LUTs per lane, no DSP); 'lut' needs weight_bits without 8")
     group_size: int = Field(128, description="K elements sharing one weight scale (power of two)")
     scale_bits: int = Field(16, ge=4, le=16, description="bits of each unsigned group-scale mantissa (stored as u16)")
     max_k: int = Field(4096, description="largest K one pass accumulates on chip (activation buffer depth)")
@@ -184,6 +187,9 @@ class MatmulEngine(_EngineBase):
             if per < 2 or per & (per - 1) or self.tile_m > 1 << 16:
                 raise ValueError(f"tile_m must be rows ({self.rows}) x a power of two >= 2 and at most 65536, "
                                  f"got {self.tile_m}")
+        if self.int4_products == "lut" and 8 in self.weight_bits:
+            raise ValueError(f"int4_products 'lut' builds lanes of at most 4 bits: weight_bits must not hold 8, "
+                             f"got {list(self.weight_bits)} (or int4_products 'dsp')")
         return self
 
 
@@ -212,6 +218,17 @@ class AttentionEngine(_EngineBase):
                                                    "ports; needs kv_ports = 2 x rows")
     kv_ports: int = Field(1, description="1: K and V share port w0; 2: K on w0, V on w1; "
                                          "2 x rows with head_parallel (K of row r on w<2r>, V on w<2r+1>)")
+    int4_products: Literal["dsp", "lut"] = Field(
+        "dsp", description="how the q x k and mantissa x value products by int4 K/V lanes are built: 'dsp' "
+                           "(one DSP slice each) or 'lut' (shift-and-add, 42 / 79 LUTs each, no DSP); "
+                           "'lut' needs kv_bits [4]")
+
+    @model_validator(mode="after")
+    def _int4_products(self) -> "AttentionEngine":
+        if self.int4_products == "lut" and 8 in self.kv_bits:
+            raise ValueError(f"int4_products 'lut' builds int4 K/V lanes only: kv_bits must be [4], got "
+                             f"{list(self.kv_bits)} (or int4_products 'dsp')")
+        return self
 
     @field_validator("kv_ports")
     @classmethod

@@ -19,6 +19,7 @@ from amaranth.lib import data
 
 from ...engines.attention import CTX_BITS, AttentionGeometry
 from ...mathutil import ceil_div
+from ..lutmul import lut_product
 from ..params import require_positive_ints, require_powers_of_two
 
 __all__ = ["DatapathGeometry"]
@@ -35,6 +36,8 @@ class DatapathGeometry(AttentionGeometry):
                               page_tokens=self.page_tokens, word_bytes=self.word_bytes)
         if not self.kv_bits or not set(self.kv_bits) <= {4, 8}:
             raise ValueError(f"kv_bits must be a non-empty subset of (4, 8), got {self.kv_bits!r}")
+        if self.lut_products and self.has_int8:
+            raise ValueError(f"lut_products needs int4 lanes only, got kv_bits {self.kv_bits!r}")
         if self.group_size > self.head_dim:
             raise ValueError(f"group_size {self.group_size} must not exceed head_dim {self.head_dim}")
 
@@ -60,6 +63,11 @@ class DatapathGeometry(AttentionGeometry):
     def has_int8(self) -> bool:
         """The engine accepts ``kv_bits = 8`` jobs: the int8 unpacking and ring steps exist."""
         return 8 in self.kv_bits
+
+    def lane_product(self, x, lane):
+        """``x`` times a K/V lane: shift-and-add in LUTs with ``int4_products: lut`` (every format is
+        int4: the lane is a sign-extended 4-bit value), else a multiplier (a DSP)."""
+        return lut_product(x, lane, 4) if self.lut_products else x * lane
 
     def select_format(self, bits4, *, int4, int8):
         """The int4 or the int8 variant for the job's format: a ``Mux`` on ``bits4`` only when the

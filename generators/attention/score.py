@@ -136,7 +136,7 @@ class ScoreUnit(wiring.Component):
                     pr = Signal(signed(16), name=f"qk{r}_{i}", reset_less=True)
                     if slot < slots:
                         qv = ring[r][slot][8 * li:8 * li + 8].as_signed()
-                        m.d.sync += pr.eq(qv * src[r].lanes[i])
+                        m.d.sync += pr.eq(geom.lane_product(qv, src[r].lanes[i]))
                     prods.append(pr)
                 bs, st = adder_tree(m, prods, levels_per_stage=LEVELS_PER_STAGE, name=f"bs{r}_{b}")
                 mant = delay(m, src[r].mants[b], 1 + st, name=f"mant{r}_{b}", reset_less=True)

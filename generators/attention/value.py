@@ -98,7 +98,7 @@ class ValueUnit(wiring.Component):
             out = []
             for i in range(geom.lanes):
                 s = Signal(signed(26), name=f"vv{tag}{i}")
-                m.d.comb += s.eq(src.mants[i // geom.block_lanes] * src.lanes[i])
+                m.d.comb += s.eq(geom.lane_product(src.mants[i // geom.block_lanes], src.lanes[i]))
                 out.append(s)
             return out
         if geom.head_parallel:

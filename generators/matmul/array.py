@@ -23,23 +23,28 @@ from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from ..lutmul import LUT_PRODUCT_MAX_BITS, lut_product
 from ..params import require_positive_ints, require_powers_of_two
 from .pipe import delay
 
 __all__ = ["MacArray", "product", "wrap_tree", "LANE_FORMATS"]
 
-LANE_FORMATS = ("int", "int2", "ternary")
+LANE_FORMATS = ("int", "int4", "int2", "ternary")
 
 
 def product(x, w, fmt: str, bits: int):
     """``x * w`` modulo ``2^bits`` for unsigned ``x`` and a lane ``w`` of format ``fmt``.
 
     ``w`` is the weight sign-extended to at least 2 bits (its bits 0 and 1 are the 2-bit
-    code for int2/ternary lanes). ``"int"``: a multiplier; ``"int2"``: select among
-    0, x, -x, -2x (two muxes and a subtract); ``"ternary"``: select among 0, x, -x.
+    code for int2/ternary lanes, bits 0 .. 3 the 4-bit one for int4 lanes). ``"int"``: a
+    multiplier (a DSP); ``"int4"``: shift-and-add in LUTs (:func:`~..lutmul.lut_product`);
+    ``"int2"``: select among 0, x, -x, -2x (two muxes and a subtract); ``"ternary"``: select
+    among 0, x, -x.
     """
     if fmt == "int":
         v = x * w
+    elif fmt == "int4":
+        v = lut_product(x, w, 4)
     elif fmt == "int2":
         v = Mux(w[0], x, 0) - Mux(w[1], x << 1, 0)
     elif fmt == "ternary":
@@ -79,21 +84,24 @@ class MacArray(wiring.Component):
     cycles after the fire, with ``o_valid`` and ``o_tag``.
 
     ``lane_format`` picks the product (:func:`product`): ``"int"`` (a multiplier),
-    ``"int2"`` (2-bit lanes in [-2, 1]) or ``"ternary"`` (2-bit lanes in [-1, 1]
-    only, e.g. an engine whose only format is ternary). Default: ``"int2"`` for
-    2-bit lanes, ``"int"`` otherwise.
+    ``"int4"`` (3- or 4-bit lanes, shift-and-add in LUTs), ``"int2"`` (2-bit lanes in
+    [-2, 1]) or ``"ternary"`` (2-bit lanes in [-1, 1] only, e.g. an engine whose only
+    format is ternary). Default: ``"int2"`` for 2-bit lanes, ``"int"`` otherwise.
     """
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, weight_shape, tag_layout,
                  levels_per_stage: int = 2, lane_format: str | None = None):
         require_positive_ints(rows=rows, lanes=lanes, group_size=group_size, levels_per_stage=levels_per_stage)
         require_powers_of_two(lanes=lanes, group_size=group_size)
+        width = weight_shape.width
         if lane_format is None:
-            lane_format = "int2" if weight_shape.width == 2 else "int"
+            lane_format = "int2" if width == 2 else "int"
         if lane_format not in LANE_FORMATS:
             raise ValueError(f"lane_format must be one of {LANE_FORMATS}, got {lane_format!r}")
-        if lane_format != "int" and weight_shape.width != 2:
+        if lane_format in ("int2", "ternary") and width != 2:
             raise ValueError(f"lane_format {lane_format!r} needs 2-bit weight lanes, got {weight_shape!r}")
+        if lane_format == "int4" and not 2 <= width <= LUT_PRODUCT_MAX_BITS:
+            raise ValueError(f"lane_format 'int4' needs 2- to 4-bit weight lanes, got {weight_shape!r}")
         self._lane_format = lane_format
         self._rows, self._lanes, self._group = rows, lanes, group_size
         self._span = min(lanes, group_size)              # lanes per group sum

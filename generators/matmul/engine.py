@@ -263,8 +263,10 @@ class MatmulEngine(wiring.Component):
                          array.build_entry.eq(delay(m, sched.build_entry, ISSUE_LATENCY, name="build_entry")),
                          array.line.eq(delay(m, sched.line, ISSUE_LATENCY, name="line"))]
         else:
-            # a ternary-only engine gets the plain baseline: a sign select per lane, no multiplier
-            lane_format = "ternary" if list(mm.weight_bits) == ["ternary"] else None
+            # a ternary-only engine gets the plain baseline: a sign select per lane, no multiplier;
+            # int4_products 'lut': int4 lanes are shift-and-add (no weight_bits 8: config check)
+            lane_format = ("ternary" if list(mm.weight_bits) == ["ternary"]
+                           else "int4" if mm.int4_products == "lut" and lane_shape.width > 2 else None)
             m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G.group_size, weight_shape=lane_shape,
                                                   tag_layout=acc_tag, levels_per_stage=self._levels_per_stage,
                                                   lane_format=lane_format)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from hbmforge.config import parse_config
+from hbmforge.engines.attention import attention_geometry
 from hbmforge.generators.attention.engine import AttentionEngine
 from hbmforge.generators.attention.testing import AttentionBench, add_sequences
 from hbmforge.layout import DesignLayout
@@ -81,6 +82,14 @@ def test_two_kv_ports_stream_k_and_v_in_parallel():
 def test_wider_port_head_dim_32_groups_of_16_kv4():
     _run(_layout(data_width=128, head_dim=32, kv_group_size=16, rows=4), [dict(n_q=3, ctx_len=17)],
          kv_heads=2, q_per_kv=2, kv_bits=4, seed=9)
+
+
+def test_int4_only_engine_multiplies_keys_and_values_in_luts():
+    # int4_products lut: the q x k and mantissa x value products are shift-and-add (geometry.lane_product)
+    lay = _layout(kv_bits=[4], rows=4, head_dim=32, int4_products="lut")
+    assert attention_geometry(lay).lut_products
+    _run(lay, [dict(n_q=3, ctx_len=14, sink=2, window=5), dict(n_q=1, ctx_len=9)],
+         kv_heads=2, q_per_kv=2, kv_bits=4, seed=13)
 
 
 def test_int8_only_engine_with_page_of_8_and_continuous_backpressure():

@@ -58,6 +58,12 @@ def test_head_parallel_decode_kv4_four_rows_window_and_sink():
             seed=12, kv_heads=8, kv_bits=4)
 
 
+def test_head_parallel_decode_int4_only_engine():
+    # int4_products lut: every row's own q x k and mantissa x value products are shift-and-add in LUTs
+    _run_hp(_layout(rows=4, kv_ports=8, head_dim=32, kv_bits=[4], int4_products="lut"), [dict(ctx_len=19, window=7, sink=2)],
+            seed=14, kv_heads=4, kv_bits=4)
+
+
 def test_head_parallel_decode_eight_rows_on_sixteen_ports():
     # rows 8 / kv_ports 16: a pool table of 16 u64 (16 words of the 64-bit port), K of row r on w<2r>,
     # V on w<2r+1>; one head per group (kv_heads 8), then two per group with a window and sinks

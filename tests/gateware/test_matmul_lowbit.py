@@ -9,9 +9,11 @@ checked on their own first.
 from __future__ import annotations
 
 import random
+import re
 
 import numpy as np
 import pytest
+from amaranth.back import verilog
 from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.sim import Simulator
 
@@ -119,12 +121,14 @@ def test_trit_gearbox_keeps_order_drops_packet_tails_and_never_bubbles(width, la
         assert all(seen[2:]), seen
 
 
-def test_two_bit_products_are_exact_without_a_multiplier():
+def test_two_and_four_bit_products_are_exact_without_a_multiplier():
     rng = np.random.default_rng(3)
-    for fmt, wvals in (("int2", (-2, -1, 0, 1)), ("ternary", (-1, 0, 1))):
+    for fmt, wbits, wvals in (("int2", 2, (-2, -1, 0, 1)), ("ternary", 2, (-1, 0, 1)),
+                              ("int4", 4, tuple(range(-8, 8))), ("int4", 3, tuple(range(-4, 4)))):
         R, L, G = 2, 16, 16
-        dut = MacArray(rows=R, lanes=L, group_size=G, weight_shape=signed(2), tag_layout=unsigned(1),
+        dut = MacArray(rows=R, lanes=L, group_size=G, weight_shape=signed(wbits), tag_layout=unsigned(1),
                        lane_format=fmt)
+        assert not re.search(r"^\s*assign .* \* ", verilog.convert(dut, emit_src=False), re.M)    # no $mul
         xs = [np.full((R, L), -128), np.full((R, L), 127)] + [rng.integers(-128, 128, (R, L)) for _ in range(4)]
         ws = [np.full(L, min(wvals)), np.full(L, min(wvals))] + [rng.choice(wvals, L) for _ in range(4)]
         got = []
@@ -210,6 +214,14 @@ def test_mixed_5trit_and_int4_engine():
                   ternary_packing="5trit")
     assert lay.matmul.widths.max_wbits == 4
     _run(lay, [(3, 48, 3, "ternary", INT8), (2, 32, 3, 4, INT32), (2, 32, 2, "ternary", INT32)], seed=31)
+
+
+def test_int4_products_in_luts_engine_mixes_int2_ternary_and_int4():
+    # int4_products lut: the array's lanes are shift-and-add ("int4"), bit-exact like the DSP ones
+    lay = _layout(rows=2, lanes=32, weight_ports=2, group_size=16, weight_bits=[2, "ternary", 4],
+                  int4_products="lut")
+    _run(lay, [(3, 64, 3, 4, INT8), (2, 32, 2, 2, INT32), (2, 64, 3, "ternary", INT8), (1, 96, 2, 4, INT32)],
+         seed=33)
 
 
 def test_all_extreme_low_bit_operands_saturate_like_golden():

@@ -1,6 +1,7 @@
 """The analytic budget counts the attention engine's base units, the vector engine (with a KV
 reader/writer pair per KV port) and the command processor, per part; a design without attention or
-vector has nothing for them; the examples fit (or are refused, naming the budget and the fields)."""
+vector has nothing for them; every example fits; an over-budget config is refused naming the budget
+and the fields."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -86,23 +87,42 @@ def test_control_grows_with_the_descriptor_and_the_engines():
     assert 0 < base["lut"] < more["lut"] and 0 < base["ff"] < more["ff"] and more["dsp"] == 0
 
 
-# examples the analytic budget refuses (docs/decode-projection.md "Budget"): the budget they exceed
-# (kv260_ternary fits since its attention went from 4 query rows to 2; decode uses one)
-REFUSED = {"u280_llm512.yaml": "DSP"}
-
-
 @pytest.mark.parametrize("path", sorted(p.name for p in EXAMPLES.glob("*.yaml") if not p.name.startswith("sweep_")),
                          ids=str)
-def test_every_example_fits_its_board_or_is_refused_naming_the_budget(path):
+def test_every_example_fits_its_board(path):
+    # u280_llm512 fits since its int4 products (W4 lanes, KV4 keys and values) are LUTs
+    # (docs/decode-projection.md "Budget"); kv260_ternary since its attention has 2 query rows
     lay = DesignLayout(load_config(EXAMPLES / path))
     est = estimate_resources(lay)
     assert est.lut == sum(p["lut"] for p in est.parts.values())
-    if path not in REFUSED:
-        check_budget(lay)
-        return
-    with pytest.raises(ConfigError, match=rf"{REFUSED[path]} budget exceeded.*largest parts: attention") as err:
-        check_budget(lay)
-    assert "analytic estimate; reduce engines.1.rows, head_dim" in str(err.value)
+    check_budget(lay)
+
+
+def test_int4_products_lut_trades_the_lane_dsps_for_luts():
+    # attention (kv_bits [4]): no DSP per q x k or mantissa x value product, LUTs instead
+    kw = dict(rows=4, head_parallel=True, kv_ports=8, kv_bits=[4])
+    dsp, lut = _att(**kw), _att(**kw, int4_products="lut")
+    a, b = estimate_resources(dsp), estimate_resources(lut)
+    lanes = attention_geometry(dsp).lanes
+    assert a.dsp - b.dsp == 4 * lanes + lanes + 3 * lanes     # q x k per row, the shared and per-row mant x v
+    assert b.parts["attention"]["lut"] > a.parts["attention"]["lut"]
+    assert b.parts["attention_head_parallel"]["lut"] > a.parts["attention_head_parallel"]["lut"]
+    # matmul (weight_bits [2, 4]): one DSP per lane, or none
+    mm = []
+    for how in ("dsp", "lut"):
+        d = tiny_config_dict()
+        d["engines"][0].update(weight_bits=[2, 4], int4_products=how)
+        mm.append(estimate_resources(_lay(d)).parts["matmul"])
+    macs = d["engines"][0]["rows"] * d["engines"][0]["lanes"]
+    assert mm[0]["dsp"] - mm[1]["dsp"] == macs and mm[1]["lut"] > mm[0]["lut"]
+
+
+@pytest.mark.parametrize("engine,field,value", [(0, "weight_bits", [4, 8]), (1, "kv_bits", [4, 8])])
+def test_int4_products_lut_is_refused_with_an_eight_bit_format(engine, field, value):
+    d = tiny_attention_config_dict()
+    d["engines"][engine].update({field: value, "int4_products": "lut"})
+    with pytest.raises(ConfigError, match=rf"engines\.{engine}(.|\n)*int4_products 'lut'(.|\n)*{field} must"):
+        parse_config(d)
 
 
 def test_a_config_over_only_because_of_attention_is_refused_naming_the_attention_fields():

@@ -14,8 +14,8 @@ parts kept apart) and compares per part: ``control`` = cmdproc + control + glue,
 ``port_*`` (with the vector engine's KV writers, which the analytic model counts in ``vector``).
 Seconds per case on a loaded 2-core machine: attention 2-4 min, vector 4-18 min, kernel 11 min.
 
-The analytic terms are ``hbmforge.budget.attention_terms`` / ``vector_terms`` (the budget's
-first-order model). Yosys maps to the 7-series subset of UltraScale+ and does no cross-boundary
+The analytic terms are ``hbmforge.budget.attention_terms`` / ``vector_terms`` and the matmul part of
+``estimate_resources`` (the budget's first-order model). Yosys maps to the 7-series subset of UltraScale+ and does no cross-boundary
 optimization; neither figure is a Vivado result.
 """
 from __future__ import annotations
@@ -29,7 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from designs import tiny_attention_config_dict, tiny_vector_config_dict  # noqa: E402
+from designs import tiny_attention_config_dict, tiny_config_dict, tiny_vector_config_dict  # noqa: E402
 
 from hbmforge.config import parse_config  # noqa: E402
 from hbmforge.layout import DesignLayout  # noqa: E402
@@ -57,6 +57,17 @@ CASES = {
     "vector_w256": ("vector", lambda: _vec(data_width=256)),
     "attention_r2_w128": ("attention", lambda: _att(2, data_width=128, head_dim=32, kv_group_size=16)),
     "vector_kv4": ("vector", lambda: _vec_kv(2)),
+    # int4_products (KV4 only, 128-bit ports, head_dim 32): the q x k and mantissa x value products as
+    # DSPs and as LUTs (the pair gives the LUT cost of the products in their engine)
+    "attention_r2_w128_kv4": ("attention", lambda: _att(2, data_width=128, head_dim=32, kv_group_size=16,
+                                                        kv_bits=[4])),
+    "attention_r2_w128_kv4_lut": ("attention", lambda: _att(2, data_width=128, head_dim=32, kv_group_size=16,
+                                                            kv_bits=[4], int4_products="lut")),
+    # the matmul engine alone (1 x 256 lanes, 4 weight ports of 256 bits, W2/ternary/W4), int4 lanes
+    # as DSPs and as LUTs; 1024 lanes on 16 ports (with the 256-lane case: fixed and per-lane costs)
+    "matmul_l256": ("matmul", lambda: _mm()),
+    "matmul_l256_lut": ("matmul", lambda: _mm(int4_products="lut")),
+    "matmul_l1024_lut": ("matmul", lambda: _mm(lanes=1024, weight_ports=16, int4_products="lut")),
     # the whole kernel (hbmforge.flows.estimate.estimate, parts kept apart): the command processor,
     # control and glue, and ports with the vector engine's KV writers (4 KV ports)
     "kernel_vec_hp2": ("kernel", lambda: _vec_kv(2)),
@@ -65,6 +76,16 @@ CASES = {
 # Yosys parts of a kernel -> the analytic budget's parts
 _KERNEL_PARTS = {"cmdproc": "control", "control": "control", "glue": "control", "engine_matmul": "matmul",
                  "engine_attention": "attention", "engine_vector": "vector"}
+
+
+def _mm(**more):
+    d = tiny_config_dict()
+    d["name"] = "cal_mm"
+    d["axi"]["data_width"] = 256
+    eng = dict(rows=1, lanes=256, weight_ports=4, weight_bits=[2, "ternary", 4], group_size=128, max_k=1024)
+    eng.update(more)
+    d["engines"][0].update(eng)
+    return DesignLayout(parse_config(d))
 
 
 def _vec_kv(rows: int):
@@ -79,6 +100,9 @@ def _component(engine: str, lay):
     if engine == "attention":
         from hbmforge.generators.attention.engine import AttentionEngine
         return AttentionEngine(lay)
+    if engine == "matmul":
+        from hbmforge.generators.matmul.engine import MatmulEngine
+        return MatmulEngine(lay)
     from hbmforge.generators.vector.engine import VectorEngine
     return VectorEngine(lay)
 
@@ -90,6 +114,8 @@ def _analytic(engine: str, lay) -> dict:
         hp = parts.pop("attention_head_parallel")
         parts["attention"] = {k: parts["attention"][k] + hp[k] for k in hp}
         return {part: {k: v for k, v in r.items()} for part, r in parts.items()}
+    if engine == "matmul":
+        return {k: v for k, v in budget.estimate_resources(lay).parts["matmul"].items()}
     # the engine alone: the vector engine's terms without the shell's KV writers
     terms = budget.attention_terms(lay) if engine == "attention" else budget.vector_terms(lay, writers=False)
     if engine == "attention":

@@ -125,7 +125,9 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     lut_tiles = 2 * geom.tile_n * 71 // 32 + mm.rows * w.acc_bits + mm.rows * 64 * 16 // 32
     lut = (lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2 + _trit_unpack_luts(cfg)
            + lut_tiles)
-    ff = 2 * lut
+    # two FFs per LUT, but not for the int4 LUT products: they replace a DSP's pipeline registers
+    # (Yosys, 256 int4 lanes: 3,300 fewer FFs as LUTs; docs/estimate.md)
+    ff = 2 * (lut - (0 if small else lut_small))
     if geom.inline_scales:
         # inline scales (docs/engines/matmul.md): a combined P x W-bit word register in front of the
         # scale adapter and the adapter's own word buffer; the demux is about one LUT per bit

@@ -561,8 +561,7 @@ def open_cluster(config_or_path, devices: int = 2, *, backend: str = "sim", link
     devs: list[Device] = []
     try:
         for _ in range(devices):
-            devs.append(SimDevice(design, CoSim(result.library, result.manifest, trace_format=result.trace or ""),
-                                  **options))
+            devs.append(SimDevice(design, CoSim.from_build(result), **options))
         sim = ClusterSim(lib, [d.sim for d in devs], up=ups, down=downs, seed=seed)
     except BaseException:
         for d in devs:

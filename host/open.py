@@ -96,7 +96,7 @@ def _cosim(design: Path, options: dict):
 
     build_options = options.pop("build_options", None) or BuildOptions(trace=options.get("trace") is not None)
     result = build_library(design, options=build_options, progress=options.pop("progress", True))
-    return CoSim(result.library, result.manifest, trace_format=result.trace or "")
+    return CoSim.from_build(result)
 
 
 def _open_sim(target, build_dir, options) -> Device:

@@ -209,13 +209,21 @@ class CoSim:
         self.last_stop: str | None = None
         self.memory_model = "ideal"
         self.memory_clock_mhz: float | None = None    # the clock a calibrated model's timing is in
+        self.build_result = None          # set by open(): the BuildResult of the library
 
     @classmethod
     def open(cls, design, manifest=None, *, options=None, progress: bool = True) -> "CoSim":
         """Build (or take from the cache) and open; ``design`` is a design dir or Verilog file(s)."""
         from .build import build_library
-        result = build_library(design, manifest, options=options, progress=progress)
-        return cls(result.library, result.manifest, trace_format=result.trace or "")
+        return cls.from_build(build_library(design, manifest, options=options, progress=progress))
+
+    @classmethod
+    def from_build(cls, result) -> "CoSim":
+        """Open the library of a :class:`~hbmforge.sim.build.BuildResult`, keeping the result
+        (``build_result``: stage times, cache hit) for reports."""
+        sim = cls(result.library, result.manifest, trace_format=result.trace or "")
+        sim.build_result = result
+        return sim
 
     # -- lifetime ----------------------------------------------------------------------
     def close(self) -> None:

@@ -156,6 +156,7 @@ def test_trace_build_writes_a_waveform(tmp_path):
 
     with CoSim.open(FIXTURE_RTL, FIXTURE_MANIFEST, options=BuildOptions(trace=True), progress=False) as s:
         assert s.trace_format in ("fst", "vcd")
+        assert s.build_result.trace == s.trace_format and s.build_result.stage_seconds    # how it was built
         path = tmp_path / f"wave.{s.trace_format}"
         s.trace_open(path)
         run_job(s, src=0x1000, dst=0x2000, words=4)

@@ -28,6 +28,10 @@ BRAM36_MAX_WIDTH = 72
 LUT_MATMUL_INT4_LANE = 33
 LUT_Q_TIMES_K4 = 42
 LUT_MANT_TIMES_V4 = 79
+#: LUTs per matmul lane beyond the adder trees and products: the slope of Yosys's matmul engine
+#: from 256 to 1024 lanes (93.7 per lane) less the other per-lane terms' (65.7; docs/engines/matmul.md,
+#: "Resources"): the weight sign extension, the weight-sum tree and the format select
+LUT_MATMUL_LANE = 28
 
 
 #: the parts of an estimate, in the order they are reported
@@ -123,7 +127,8 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     # shift, bias: LUT RAM), the init adder of the output stage, 64-bit result columns in the FIFO
     geom = lay.matmul
     lut_tiles = 2 * geom.tile_n * 71 // 32 + mm.rows * w.acc_bits + mm.rows * 64 * 16 // 32
-    lut = (lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * w.max_wbits * 2 + _trit_unpack_luts(cfg)
+    lut = (lut_tree + lut_acc + lut_ports + lut_small + mm.lanes * (w.max_wbits * 2 + LUT_MATMUL_LANE)
+           + _trit_unpack_luts(cfg)
            + lut_tiles)
     # two FFs per LUT, but not for the int4 LUT products: they replace a DSP's pipeline registers
     # (Yosys, 256 int4 lanes: 3,300 fewer FFs as LUTs; docs/estimate.md)

@@ -190,7 +190,7 @@ def attention_head_parallel_terms(lay: DesignLayout) -> dict:
     # counters and output registers about 170 FFs; the segment FIFOs are LUT RAM (Yosys: SRLs)
     sbuf_bram, sbuf_lut = _memory(W, max(2, scale_depth))
     lut = feeds * (feed_lut + sbuf_lut) + select_lut + addr_lut
-    ff = cmd_ff + feeds * 170 + (R - 1) * lanes * 26          # + each row's registered mantissa x value products
+    ff = cmd_ff + feeds * 170
     if g.lut_products:               # the extra mantissa x value products are LUTs (attention_terms)
         lut, dsp = lut + (R - 1) * lanes * LUT_MANT_TIMES_V4, 0
     else:
@@ -254,9 +254,8 @@ def attention_terms(lay: DesignLayout) -> dict:
     lane_products = (R * L * LUT_Q_TIMES_K4 + L * LUT_MANT_TIMES_V4) if lut_kv else 0
     lut = R * per_row + feeds + out_lut + fixed + lut_mem + lane_products
     # FFs: the accumulator ring, Q ring and records, the QK pipeline, per-row state; the output pipe
-    ff_row = hd * acc + 8 * hd + qw * W + 24 * L + 2 * sb + 16 * Z_BITS + 4 * ctx + 150 + (P_FRAC + 1)
-    # + the PV unit's update stage: the registered mantissa x value products (26 bits a lane)
-    ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000 + L * 26
+    ff_row = hd * acc + 8 * hd + qw * W + 24 * L + 2 * sb + 16 * Z_BITS + 4 * ctx + 150
+    ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000
     return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": bram}
 
 

@@ -39,8 +39,6 @@ def _rescale(v, alpha, bits: int):
 class ValueUnit(wiring.Component):
     #: registered stages of the output multiply (two products, their sum, shift, round + saturate)
     OUT_STAGES = 4
-    #: cycles from a take (item and probabilities accepted) to its ring and denominator update
-    UPDATE_DELAY = 1
 
     def __init__(self, geometry: DatapathGeometry):
         self._geom = geometry
@@ -94,47 +92,40 @@ class ValueUnit(wiring.Component):
                 m.d.sync += have_alpha.eq(0)
                 with m.If(self.seg.tile_last):
                     m.d.sync += hold.eq(1)
-        # The ring update runs one cycle after the take (UPDATE_DELAY), from registers: the
-        # scale-block mantissa times each value lane (per row on a head-parallel engine: row r's
-        # own port group's V word), the rows' probabilities and the take's flags. So no path goes
-        # from the feed's word through two products into the ring. Safe because updates stay in
-        # take order, a new alpha is written no earlier than the cycle of the last update that
-        # reads the old one, and the output stage starts at least two cycles after the last take.
+        # the scale-block mantissa times each value lane
+        # (per row on a head-parallel engine: row r's own port group's V word)
         def mant_times_lanes(src, tag):
             out = []
             for i in range(geom.lanes):
-                s = Signal(signed(26), name=f"vv{tag}{i}", reset_less=True)
-                m.d.sync += s.eq(geom.lane_product(src.mants[i // geom.block_lanes], src.lanes[i]))
+                s = Signal(signed(26), name=f"vv{tag}{i}")
+                m.d.comb += s.eq(geom.lane_product(src.mants[i // geom.block_lanes], src.lanes[i]))
                 out.append(s)
             return out
         if geom.head_parallel:
             vv_rows = [mant_times_lanes(self.row_data[r], f"{r}_") for r in range(rows)]
         else:
             vv_rows = [mant_times_lanes(it, "")] * rows
-        u_take, u_first, u_resc, u_bits4 = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [u_take.eq(take), u_first.eq(it.first), u_resc.eq(resc), u_bits4.eq(self.bits4)]
         rotate = Signal()          # output stage: rotate every ring by one slot
         for r in range(rows):
-            pr = Signal(P_FRAC + 1, name=f"u_p{r}", reset_less=True)
-            m.d.sync += pr.eq(self.p.payload.vals[r])
+            pr = self.p.payload.vals[r]
             upd = []
             for s in range(step4):
                 lanes = []
                 for li in range(int8_lanes):
                     i = s * int8_lanes + li
                     a = lane(r, s, li)
-                    base = Mux(u_resc, _rescale(a, alpha[r], acc_bits), a)
+                    base = Mux(resc, _rescale(a, alpha[r], acc_bits), a)
                     lanes.append((base + pr * vv_rows[r][i])[:acc_bits])
                 upd.append(Cat(*lanes))
-            with m.If(u_take):
-                with m.If(u_first):
-                    l_prev = Mux(u_resc, _rescale(lreg[r], alpha[r], l_bits), lreg[r])
+            with m.If(take):
+                with m.If(it.first):
+                    l_prev = Mux(resc, _rescale(lreg[r], alpha[r], l_bits), lreg[r])
                     m.d.sync += lreg[r].eq(l_prev + pr)
                 for s in range(slots):
                     def after(kk):
                         src = (s + kk) % slots
                         return upd[src] if src < kk else ring[r][src]
-                    m.d.sync += ring[r][s].eq(geom.select_format(u_bits4, int4=after(step4), int8=after(1)))
+                    m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=after(step4), int8=after(1)))
             with m.Elif(rotate):
                 for s in range(slots):
                     m.d.sync += ring[r][s].eq(ring[r][(s + 1) % slots])

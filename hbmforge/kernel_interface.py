@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 __all__ = [
     "ARG_WINDOW",
+    "ARG_WINDOWS",
     "CONTROL_RANGE",
     "KernelArg",
     "kernel_args",
@@ -23,8 +24,13 @@ __all__ = [
     "pynq_registers",
 ]
 
+from .layout import WIDE_ARGS_BASE, WIDE_COUNTERS_BASE
+
 # ap_ctrl_hs: arguments start after CTRL/GIE/IER/ISR; the status block starts at 0x100.
 ARG_WINDOW = (0x10, 0x100)
+#: where the arguments are: ARG_WINDOW, and for designs of more than CLASSIC_MAX_PORTS ports
+#: the w<i> pointers above the status block (hbmforge.layout: WIDE_ARGS_BASE + 8i)
+ARG_WINDOWS = (ARG_WINDOW, (WIDE_ARGS_BASE, WIDE_COUNTERS_BASE))
 CONTROL_RANGE = 0x1000          # 12-bit s_axi_control address space
 
 # Pointer arguments that do not carry the name of the port they address.
@@ -60,8 +66,8 @@ def kernel_args(manifest: Mapping[str, Any]) -> tuple[KernelArg, ...]:
     port in its HBM bank and how XRT allocates buffers next to it.
     """
     ports = [p["name"] for p in manifest["ports"]]
-    lo, hi = ARG_WINDOW
-    regs = sorted((r for r in manifest["registers"] if lo <= int(r["offset"]) < hi),
+    regs = sorted((r for r in manifest["registers"]
+                   if any(lo <= int(r["offset"]) < hi for lo, hi in ARG_WINDOWS)),
                   key=lambda r: int(r["offset"]))
     args = []
     for i, r in enumerate(regs):

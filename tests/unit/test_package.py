@@ -227,6 +227,24 @@ def test_kernel_args_bind_program_to_data_and_wi_to_their_ports(hbm_manifest):
         (0, "program", "data"), (1, "count", None), (2, "w0", "w0"), (3, "w1", "w1")]
 
 
+def test_a_32_port_design_binds_every_port_and_lists_its_wide_pointers_in_kernel_xml(tmp_path):
+    # more than CLASSIC_MAX_PORTS ports: the w<i> pointers sit at WIDE_ARGS_BASE + 8i, above the
+    # status block; each is still a kernel argument at its manifest offset
+    cfg = hbm_config(weight_ports=32, ports={"data": 0, **{f"w{i}": i for i in range(32)}})
+    cfg["axi"]["data_width"] = 512
+    cfg["engines"][0].update(rows=1, lanes=4096, weight_bits=[2, "ternary"], max_k=4096)
+    manifest = manifest_for(cfg)
+    args = kernel_args(manifest)
+    assert [a.port for a in args if a.is_pointer] == ["data"] + [f"w{i}" for i in range(32)]
+    regs = {r["name"]: r["offset"] for r in manifest["registers"]}
+    assert regs["w0"] == 0x800 and regs["w31"] == 0x8F8
+    files = {f.name: f for f in render_package(manifest, tmp_path / "package")}
+    xml_args = {a.get("name"): a for a in ET.parse(files["kernel.xml"]).getroot().find("kernel").find("args")}
+    assert int(xml_args["w31"].get("offset"), 16) == 0x8F8 and xml_args["w31"].get("port") == "m_axi_w31"
+    sps = [v for k, v in read_cfg(files["link.cfg"])["connectivity"].items() if k.startswith("sp")]
+    assert len(sps) == 33 and sps[-1] == "mm_1.m_axi_w31:HBM[31]"
+
+
 def test_kernel_args_refuse_a_port_without_a_pointer(hbm_manifest):
     broken = dict(hbm_manifest, registers=[r for r in hbm_manifest["registers"] if r["name"] != "w1"])
     with pytest.raises(ValueError, match=r"unbound: \['w1'\]"):

@@ -368,6 +368,7 @@ def check_budget(lay: DesignLayout) -> ResourceEstimate:
         "BRAM": (est.bram36, board.resources.bram36 + 8 * board.resources.uram),
     }
     problems = []
+    exceeded = []
     culprits = []                       # parts with a large share of an exceeded budget
     for name, (need, have) in limits.items():
         allowed = int(have * frac)
@@ -378,13 +379,33 @@ def check_budget(lay: DesignLayout) -> ResourceEstimate:
             problems.append(f"{name} budget exceeded: needs {need}, {board.name} allows {allowed} "
                             f"({frac:.0%} of {have}), over by {need - allowed} (largest parts: {where})")
             culprits += [part for n, part in shares if n >= need / 4 and part not in culprits]
+            exceeded.append(name)
     if problems:
         fields = [_reduce_hint(cfg, part) for part in culprits]
         fields = [f for f in fields if f] or [_reduce_hint(cfg, "matmul")]
+        trade = _products_hint(cfg, exceeded)
         raise ConfigError(f"config {cfg.name!r} does not fit board {board.name}:\n  "
                           + "\n  ".join(problems)
-                          + "\n  (analytic estimate; reduce " + "; or ".join(fields) + ")")
+                          + "\n  (analytic estimate; reduce " + "; or ".join(fields)
+                          + (f"; or set {trade}" if trade else "") + ")")
     return est
+
+
+def _products_hint(cfg, exceeded: list[str]) -> str | None:
+    """The ``int4_products`` switches that move int4 products to the budget that is not exceeded:
+    to ``lut`` when DSPs are short, to ``dsp`` when LUTs are (docs/estimate.md, "Products in LUTs")."""
+    if ("DSP" in exceeded) == ("LUT" in exceeded):
+        return None
+    want = "lut" if "DSP" in exceeded else "dsp"
+    switches = []
+    for i, e in enumerate(cfg.engines):
+        if getattr(e, "int4_products", want) == want:
+            continue
+        eligible = {"matmul": lambda: 8 not in e.weight_bits and any(b == 4 for b in e.weight_bits),
+                    "attention": lambda: list(e.kv_bits) == [4]}.get(e.kind, lambda: False)
+        if want == "dsp" or eligible():
+            switches.append(f"engines.{i}.int4_products: {want}")
+    return ", ".join(switches) or None
 
 
 _LIMIT_KEYS = {"LUT": "lut", "FF": "ff", "DSP": "dsp", "BRAM": "bram36"}

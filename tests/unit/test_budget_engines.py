@@ -117,6 +117,22 @@ def test_int4_products_lut_trades_the_lane_dsps_for_luts():
     assert mm[0]["dsp"] - mm[1]["dsp"] == macs and mm[1]["lut"] > mm[0]["lut"]
 
 
+def test_a_refusal_names_the_int4_products_switch_that_trades_the_exceeded_budget():
+    # u280_llm512 with every int4 product a DSP: over the DSP budget; the hint names both switches
+    d = yaml.safe_load((EXAMPLES / "u280_llm512.yaml").read_text())
+    for e in d["engines"][:2]:
+        e["int4_products"] = "dsp"
+    with pytest.raises(ConfigError, match=r"DSP budget exceeded(.|\n)*or set engines\.0\.int4_products: lut, "
+                                          r"engines\.1\.int4_products: lut\)"):
+        check_budget(_lay(d))
+    # kv260_ternary with its KV4 products in LUTs: over the LUT budget; the hint is the way back
+    d = yaml.safe_load((EXAMPLES / "kv260_ternary.yaml").read_text())
+    i = next(i for i, e in enumerate(d["engines"]) if e["kind"] == "attention")
+    d["engines"][i]["int4_products"] = "lut"
+    with pytest.raises(ConfigError, match=rf"LUT budget exceeded(.|\n)*or set engines\.{i}\.int4_products: dsp\)"):
+        check_budget(_lay(d))
+
+
 @pytest.mark.parametrize("engine,field,value", [(0, "weight_bits", [4, 8]), (1, "kv_bits", [4, 8])])
 def test_int4_products_lut_is_refused_with_an_eight_bit_format(engine, field, value):
     d = tiny_attention_config_dict()

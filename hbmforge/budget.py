@@ -190,7 +190,7 @@ def attention_head_parallel_terms(lay: DesignLayout) -> dict:
     # counters and output registers about 170 FFs; the segment FIFOs are LUT RAM (Yosys: SRLs)
     sbuf_bram, sbuf_lut = _memory(W, max(2, scale_depth))
     lut = feeds * (feed_lut + sbuf_lut) + select_lut + addr_lut
-    ff = cmd_ff + feeds * 170
+    ff = cmd_ff + feeds * 170 + (R - 1) * lanes * 26          # + each row's registered mantissa x value products
     if g.lut_products:               # the extra mantissa x value products are LUTs (attention_terms)
         lut, dsp = lut + (R - 1) * lanes * LUT_MANT_TIMES_V4, 0
     else:
@@ -245,8 +245,9 @@ def attention_terms(lay: DesignLayout) -> dict:
     bram = sum(b for b, _ in mems)
     lut_mem = sum(x for _, x in mems)
     # LUTs: per row the QK trees (about 18 per product), the PV adders (rescale sum and accumulate,
-    # about 2 x acc_bits per lane), the ring's select (one per bit), Q ring, score/softmax logic
-    per_row = (18 * L + 40 * blocks + 2 * L * acc + hd * acc + (2 if both else 1) * 8 * hd
+    # about 2 x acc_bits per lane), the next ring head's select and the ring's select (one per
+    # bit each), Q ring, score/softmax logic
+    per_row = (18 * L + 40 * blocks + 3 * L * acc + hd * acc + (2 if both else 1) * 8 * hd
                + 4 * sb + 14 * Z_BITS + 6 * ctx + 200)
     feeds = 2 * (8 * L + 16 * blocks * max(1, g.mants_per_word // 4) + 120)
     out_lut = I8 * 6 * (acc + RECIP_X_BITS)
@@ -255,7 +256,10 @@ def attention_terms(lay: DesignLayout) -> dict:
     lut = R * per_row + feeds + out_lut + fixed + lut_mem + lane_products
     # FFs: the accumulator ring, Q ring and records, the QK pipeline, per-row state; the output pipe
     ff_row = hd * acc + 8 * hd + qw * W + 24 * L + 2 * sb + 16 * Z_BITS + 4 * ctx + 150
-    ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000
+    # + the PV unit's update pipeline (generators/attention/value.py): per lane the registered
+    # probability x value product and the rescaled ring head; per row two probabilities and l
+    ff_row += 2 * L * acc + 2 * (P_FRAC + 1) + lb
+    ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000 + L * 26   # + mantissa x value
     return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": bram}
 
 

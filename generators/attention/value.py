@@ -18,6 +18,7 @@ from ...engines.attention import OUT_FRAC, P_FRAC, RECIP_X_BITS
 from ...mathutil import exact_log2
 from ..streams import dma_command_stream
 from .geometry import DatapathGeometry
+from ..matmul.pipe import delay
 from .recip import Reciprocal
 from .score import p_entry_layout
 
@@ -39,6 +40,8 @@ def _rescale(v, alpha, bits: int):
 class ValueUnit(wiring.Component):
     #: registered stages of the output multiply (two products, their sum, shift, round + saturate)
     OUT_STAGES = 4
+    #: cycles from a take (item and probabilities accepted) to its ring and denominator update
+    UPDATE_DELAY = 2
 
     def __init__(self, geometry: DatapathGeometry):
         self._geom = geometry
@@ -56,6 +59,7 @@ class ValueUnit(wiring.Component):
             "out_data": Out(stream.Signature(W)),
             "tile_done": Out(1),
             "fire": Out(1),
+            "updating": Out(1),        # a take's ring update is still to come
         })
 
     def elaborate(self, platform):
@@ -92,40 +96,61 @@ class ValueUnit(wiring.Component):
                 m.d.sync += have_alpha.eq(0)
                 with m.If(self.seg.tile_last):
                     m.d.sync += hold.eq(1)
-        # the scale-block mantissa times each value lane
-        # (per row on a head-parallel engine: row r's own port group's V word)
+        # The ring and denominator update runs UPDATE_DELAY cycles after the take, from registers
+        # only: stage 1 registers the scale-block mantissa times each value lane (per row on a
+        # head-parallel engine: row r's own port group's V word) and the probabilities, stage 2
+        # their product; the rescaled ring head (``shadow``) and denominator (``lshadow``) are
+        # computed the cycle before from the ring as it will be. The update is then a mux and one
+        # add. Exact: the slots a segment rescales are unchanged since the segment before, and two
+        # segments' takes are at least two cycles apart (alpha is loaded between them).
         def mant_times_lanes(src, tag):
             out = []
             for i in range(geom.lanes):
-                s = Signal(signed(26), name=f"vv{tag}{i}")
-                m.d.comb += s.eq(geom.lane_product(src.mants[i // geom.block_lanes], src.lanes[i]))
+                s = Signal(signed(26), name=f"vv{tag}{i}", reset_less=True)
+                m.d.sync += s.eq(geom.lane_product(src.mants[i // geom.block_lanes], src.lanes[i]))
                 out.append(s)
             return out
         if geom.head_parallel:
             vv_rows = [mant_times_lanes(self.row_data[r], f"{r}_") for r in range(rows)]
         else:
             vv_rows = [mant_times_lanes(it, "")] * rows
+        u_take = delay(m, take, self.UPDATE_DELAY, name="u_take")
+        u_first = delay(m, it.first, self.UPDATE_DELAY, name="u_first")
+        u_resc = delay(m, resc, self.UPDATE_DELAY, name="u_resc")
+        u_bits4 = delay(m, self.bits4, self.UPDATE_DELAY, name="u_bits4")
+        m.d.comb += self.updating.eq(take | Cat(*(delay(m, take, d, name=f"upd_pending{d}")
+                                                   for d in range(1, self.UPDATE_DELAY + 1))).any())
         rotate = Signal()          # output stage: rotate every ring by one slot
         for r in range(rows):
-            pr = self.p.payload.vals[r]
+            p1 = Signal(P_FRAC + 1, name=f"u_p{r}", reset_less=True)
+            m.d.sync += p1.eq(self.p.payload.vals[r])
+            pr = delay(m, p1, 1, name=f"u_pr{r}", reset_less=True)
+            lshadow = Signal(l_bits, name=f"lshadow{r}", reset_less=True)
+            m.d.sync += lshadow.eq(_rescale(lreg[r], alpha[r], l_bits))
             upd = []
             for s in range(step4):
                 lanes = []
                 for li in range(int8_lanes):
                     i = s * int8_lanes + li
-                    a = lane(r, s, li)
-                    base = Mux(resc, _rescale(a, alpha[r], acc_bits), a)
-                    lanes.append((base + pr * vv_rows[r][i])[:acc_bits])
+                    pv = Signal(acc_bits, name=f"pv{r}_{i}", reset_less=True)
+                    m.d.sync += pv.eq(p1 * vv_rows[r][i])
+                    # the lane that will be at the ring head at the next update
+                    nxt = Mux(u_take, geom.select_format(u_bits4, int4=lane(r, (s + step4) % slots, li),
+                                                         int8=lane(r, (s + 1) % slots, li)), lane(r, s, li))
+                    shadow = Signal(acc_bits, name=f"shadow{r}_{i}", reset_less=True)
+                    m.d.sync += shadow.eq(_rescale(nxt.as_signed(), alpha[r], acc_bits))
+                    base = Mux(u_resc, shadow, lane(r, s, li))
+                    lanes.append((base + pv)[:acc_bits])
                 upd.append(Cat(*lanes))
-            with m.If(take):
-                with m.If(it.first):
-                    l_prev = Mux(resc, _rescale(lreg[r], alpha[r], l_bits), lreg[r])
+            with m.If(u_take):
+                with m.If(u_first):
+                    l_prev = Mux(u_resc, lshadow, lreg[r])
                     m.d.sync += lreg[r].eq(l_prev + pr)
                 for s in range(slots):
                     def after(kk):
                         src = (s + kk) % slots
                         return upd[src] if src < kk else ring[r][src]
-                    m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=after(step4), int8=after(1)))
+                    m.d.sync += ring[r][s].eq(geom.select_format(u_bits4, int4=after(step4), int8=after(1)))
             with m.Elif(rotate):
                 for s in range(slots):
                     m.d.sync += ring[r][s].eq(ring[r][(s + 1) % slots])
@@ -179,7 +204,7 @@ class ValueUnit(wiring.Component):
             m.d.sync += rwait.eq(rwait - 1)
         with m.FSM():
             with m.State("IDLE"):
-                with m.If(hold & self.tile.valid):
+                with m.If(hold & self.tile.valid & ~self.updating):
                     m.d.sync += [row.eq(0), rwait.eq(Reciprocal.LATENCY)]
                     m.next = "ROW"
             with m.State("ROW"):

@@ -134,7 +134,9 @@ class Sequencer(wiring.Component):
             m.d.comb += [qt.pos[r].eq(rpos[r]), ot.ri[r].eq(rri[r])]
         qrec = geom.q_record_bytes
         rsel = rr[:exact_log2(rows)] if rows > 1 else 0
-        m.d.comb += [self.act_cmd.payload.addr.eq(job["q_addr"] + Cat(*rri).word_select(rsel, 32) * qrec),
+        # each row's Q record address, registered with its row index (no product on the command path)
+        rqa = [Signal(64, name=f"rqa{r}") for r in range(rows)]
+        m.d.comb += [self.act_cmd.payload.addr.eq(Cat(*rqa).word_select(rsel, 64)),
                      self.act_cmd.payload.bytes.eq(qrec)]
 
         # ranges
@@ -217,7 +219,7 @@ class Sequencer(wiring.Component):
                 valid = i < total
                 for r in range(rows):
                     with m.If(rr == r):
-                        m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri)]
+                        m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri), rqa[r].eq(job["q_addr"] + ri * qrec)]
                 with m.If(valid):
                     m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
                     with m.If(rr == 0):

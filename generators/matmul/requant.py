@@ -37,8 +37,45 @@ def _clamp(v, lo: int, hi: int):
     return Mux(v > hi, hi, Mux(v < lo, lo, v))
 
 
+#: a DSP48E2 multiplies 27 x 18 bits (signed): operand pieces of at most 24 (unsigned) / 27 (signed)
+#: bits times multiplier halves of 17 (unsigned) and 15 (signed) bits
+_PIECE, _TOP, _MLO = 24, 27, 17
+
+
+def _pieces(v):
+    """``v`` as (offset, piece) pairs, low pieces unsigned ``_PIECE`` bits, the top one signed if ``v`` is."""
+    out, lo, n = [], 0, len(v)
+    signed_v = v.shape().signed
+    while n - lo > (_TOP if signed_v else _TOP - 1):
+        out.append((lo, v[lo:lo + _PIECE]))
+        lo += _PIECE
+    top = v[lo:]
+    out.append((lo, top.as_signed() if signed_v else top))
+    return out
+
+
+def _tile_products(m: Module, a, b, *, name: str) -> list:
+    """``a * b`` (``b`` a signed 32-bit multiplier) as registered one-tile products (offset, product)."""
+    halves = [(0, b[:_MLO]), (_MLO, b[_MLO:].as_signed())]
+    out = []
+    for ia, (oa, pa) in enumerate(_pieces(a)):
+        for ib, (ob, pb) in enumerate(halves):
+            p = Signal(signed(len(pa) + len(pb) + 1), name=f"{name}_p{ia}{ib}", reset_less=True)
+            m.d.sync += p.eq(pa * pb)
+            out.append((oa + ob, p))
+    return out
+
+
+def _sum_products(parts: list):
+    """The exact sum of (offset, product) pairs, as a balanced tree of shifted adds."""
+    vals = [p << o for o, p in parts]
+    while len(vals) > 1:
+        vals = [vals[i] + vals[i + 1] if i + 1 < len(vals) else vals[i] for i in range(0, len(vals), 2)]
+    return vals[0]
+
+
 class OutputStage(wiring.Component):
-    """``R`` parallel requantizers, a 5-stage registered pipeline.
+    """``R`` parallel requantizers, a 9-stage registered pipeline.
 
     ``int8`` picks the mode (``raw`` overrides both); ``out_shift`` (INT32) and ``mult``/``shift``
     (INT8, per column) are sampled with ``valid``; ``rows_valid`` rows are valid, the rest read 0.
@@ -47,7 +84,7 @@ class OutputStage(wiring.Component):
     bits (int32, int8 or the raw accumulator).
     """
 
-    LATENCY = 5
+    LATENCY = 9
 
     def __init__(self, *, rows: int, acc_bits: int, mult_bits: int = 32, max_out_shift: int = 63,
                  max_requant_shift: int = 127, tag_layout=None):
@@ -92,89 +129,145 @@ class OutputStage(wiring.Component):
         split = min(_SPLIT, ab - 1)
 
         # Registers only load when their stage holds a column (clock enables).
-        valid0, valid1, valid2, valid3 = Signal(), Signal(), Signal(), Signal()
-        m.d.sync += [valid0.eq(self.valid), valid1.eq(valid0), valid2.eq(valid1), valid3.eq(valid2),
-                     self.o_valid.eq(valid3)]
+        v_in = Signal()
+        valid0, valid1, valid2, valid3, valid4, valid5, valid6 = (Signal(name=f"valid{i}") for i in range(7))
+        m.d.sync += [v_in.eq(self.valid), valid0.eq(v_in), valid1.eq(valid0), valid2.eq(valid1), valid3.eq(valid2),
+                     valid4.eq(valid3), valid5.eq(valid4), valid6.eq(valid5),
+                     self.o_valid.eq(valid6)]
 
         def regs(name, shape, n=R):
             return [Signal(shape, name=f"{name}{r}", reset_less=True) for r in range(n)]
 
-        # 0: the init (bias or partial sums); the sum fits acc_bits by construction
+        # in: the inputs and the init (bias or partial sums) registered
+        acc_i = regs("acc_i", signed(ab))
+        init_i = regs("init_i", signed(ab))
+        int8_i, raw_i, tag_i = Signal(reset_less=True), Signal(reset_less=True), Signal.like(self.tag)
+        out_shift_i, mult_i, shift_i = Signal.like(self.out_shift), Signal.like(self.mult), Signal.like(self.shift)
+        rows_i = Signal.like(self.rows_valid)
+        biased = Signal(signed(32 + 63), name="biased")
+        m.d.comb += [biased.eq(self.bias << self.bias_shift), self.pop.eq(self.valid & (self.init == 2))]
+        with m.If(self.valid):
+            m.d.sync += [int8_i.eq(self.int8), raw_i.eq(self.raw), tag_i.eq(self.tag), out_shift_i.eq(self.out_shift),
+                         mult_i.eq(self.mult), shift_i.eq(self.shift), rows_i.eq(self.rows_valid)]
+            for r in range(R):
+                m.d.sync += [acc_i[r].eq(self.acc[r]),
+                             init_i[r].eq(Mux(self.init == 1, biased[:ab].as_signed(),
+                                              Mux(self.init == 2, self.partial[r][:ab].as_signed(), 0)))]
+
+        # 0: accumulator + init; the sum fits acc_bits by construction
         acc0 = regs("acc_in", signed(ab))
         int8_0, raw_0, tag_0 = Signal(reset_less=True), Signal(reset_less=True), Signal.like(self.tag)
         out_shift0 = Signal.like(self.out_shift)
         mult0, shift0 = Signal.like(self.mult), Signal.like(self.shift)
         rows_0 = Signal.like(self.rows_valid)
-        biased = Signal(signed(32 + 63), name="biased")
-        m.d.comb += [biased.eq(self.bias << self.bias_shift), self.pop.eq(self.valid & (self.init == 2))]
-        with m.If(self.valid):
-            m.d.sync += [int8_0.eq(self.int8), raw_0.eq(self.raw), tag_0.eq(self.tag), out_shift0.eq(self.out_shift),
-                         mult0.eq(self.mult), shift0.eq(self.shift), rows_0.eq(self.rows_valid)]
+        with m.If(v_in):
+            m.d.sync += [int8_0.eq(int8_i), raw_0.eq(raw_i), tag_0.eq(tag_i), out_shift0.eq(out_shift_i),
+                         mult0.eq(mult_i), shift0.eq(shift_i), rows_0.eq(rows_i)]
             for r in range(R):
-                init = Mux(self.init == 1, biased[:ab].as_signed(),
-                           Mux(self.init == 2, self.partial[r][:ab].as_signed(), 0))
-                m.d.sync += acc0[r].eq(self.acc[r] + init)
+                m.d.sync += acc0[r].eq(acc_i[r] + init_i[r])
 
-        # 1: the two partial products (INT8) or the accumulator (INT32); k = s - 1.
+        # 1: the partial products of acc x mult, each one DSP48E2 tile (registered); k = s - 1.
         s = Signal(range(128))
         m.d.comb += s.eq(Mux(int8_0, shift0, out_shift0))
         k1 = Signal(range(128), reset_less=True)
         zero1, int8_1, raw_1, tag_1 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
                                        Signal.like(self.tag))
         rows_1 = Signal.like(self.rows_valid)
-        ph = regs("ph", signed(ab - split + 32))          # ah * mult
-        pl = regs("pl", signed(split + 1 + 32))           # al * mult
         acc1 = regs("acc", signed(ab))
+        ph_parts, pl_parts = [], []                       # per row: [(shift, registered product)]
         with m.If(valid0):
             m.d.sync += [k1.eq(Mux(s == 0, 0, s - 1)), zero1.eq(s == 0), int8_1.eq(int8_0), raw_1.eq(raw_0),
                          tag_1.eq(tag_0), rows_1.eq(rows_0)]
             for r in range(R):
                 a = acc0[r]
-                m.d.sync += [ph[r].eq(a[split:].as_signed() * mult0),
-                             pl[r].eq(a[:split] * mult0), acc1[r].eq(a)]
+                m.d.sync += acc1[r].eq(a)
+                ph_parts.append(_tile_products(m, a[split:].as_signed(), mult0, name=f"ph{r}"))
+                pl_parts.append(_tile_products(m, a[:split], mult0, name=f"pl{r}"))
 
-        # 2: INT8 -> P = hi * 2^split + lo; INT32 -> acc >> k.
+        # 2: the partial products summed: ph = ah * mult, pl = al * mult (two adder levels).
         k2 = Signal(range(128), reset_less=True)
         zero2, int8_2, raw_2, tag_2 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
                                        Signal.like(self.tag))
         rows_2 = Signal.like(self.rows_valid)
-        hi2 = regs("hi", signed(ab - split + 33))
-        lo2 = regs("lo", unsigned(split))
-        acc2 = regs("acc_k", signed(ab))
+        ph = regs("ph", signed(ab - split + 32))          # ah * mult
+        pl = regs("pl", signed(split + 1 + 32))           # al * mult
+        acc2 = regs("acc_2", signed(ab))
         with m.If(valid1):
             m.d.sync += [k2.eq(k1), zero2.eq(zero1), int8_2.eq(int8_1), raw_2.eq(raw_1), tag_2.eq(tag_1),
                          rows_2.eq(rows_1)]
             for r in range(R):
-                m.d.sync += [hi2[r].eq(ph[r] + (pl[r] >> split)), lo2[r].eq(pl[r][:split]),
-                             acc2[r].eq(Mux(zero1 | raw_1, acc1[r], acc1[r] >> k1))]
+                m.d.sync += [ph[r].eq(_sum_products(ph_parts[r])), pl[r].eq(_sum_products(pl_parts[r])),
+                             acc2[r].eq(acc1[r])]
 
-        # 3: shift the INT8 product; round and saturate the INT32 result.
-        big = k2 >= split
-        k_hi = Signal(range(128))
-        k_lo = Signal(range(split + 1))
-        m.d.comb += [k_hi.eq(Mux(big, k2 - split, 0)), k_lo.eq(Mux(big, 0, k2))]
+        # 3: INT8 -> P = hi * 2^split + lo; INT32 -> acc >> k; the shift split at ``split``.
         zero3, int8_3, raw_3, tag_3 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
                                        Signal.like(self.tag))
         rows_3 = Signal.like(self.rows_valid)
-        t3 = regs("t", signed(64))
-        y32_3 = regs("y32_", signed(32))
-        acc3 = regs("acc_raw", signed(ab))
+        big3 = Signal(reset_less=True)
+        k_hi3 = Signal(range(128), reset_less=True)
+        k_lo3 = Signal(range(split + 1), reset_less=True)
+        hi3 = regs("hi", signed(ab - split + 33))
+        lo3 = regs("lo", unsigned(split))
+        acc3 = regs("acc_k", signed(ab))
         with m.If(valid2):
-            m.d.sync += [zero3.eq(zero2), int8_3.eq(int8_2), raw_3.eq(raw_2), tag_3.eq(tag_2), rows_3.eq(rows_2)]
+            big = k2 >= split
+            m.d.sync += [zero3.eq(zero2), int8_3.eq(int8_2), raw_3.eq(raw_2), tag_3.eq(tag_2), rows_3.eq(rows_2),
+                         big3.eq(big), k_hi3.eq(Mux(big, k2 - split, 0)), k_lo3.eq(Mux(big, 0, k2))]
             for r in range(R):
-                hic = Signal(signed(12), name=f"hic{r}")
-                m.d.comb += hic.eq(_clamp(hi2[r], -_HI_CLAMP, _HI_CLAMP))
-                t_small = ((hic << split) >> k_lo) + (lo2[r] >> k_lo)   # exact: low bits of hic<<split are 0
-                m.d.sync += [t3[r].eq(Mux(big, hi2[r] >> k_hi, t_small)),
-                             y32_3[r].eq(_clamp(Mux(zero2, acc2[r], (acc2[r] + 1) >> 1), -(1 << 31), (1 << 31) - 1)),
-                             acc3[r].eq(acc2[r])]
+                m.d.sync += [hi3[r].eq(ph[r] + (pl[r] >> split)), lo3[r].eq(pl[r][:split]),
+                             acc3[r].eq(Mux(zero2 | raw_2, acc2[r], acc2[r] >> k2))]
 
-        # 4: round and saturate the INT8 result; blank rows past the end of the matrix.
+        # 4: the clamped high part and the two shifted parts of the INT8 product; round the INT32
+        # result.
+        zero4, int8_4, raw_4, tag_4, big4 = (Signal(reset_less=True), Signal(reset_less=True),
+                                             Signal(reset_less=True), Signal.like(self.tag), Signal(reset_less=True))
+        rows_4 = Signal.like(self.rows_valid)
+        k_lo4 = Signal(range(split + 1), reset_less=True)
+        hic4 = regs("hic", signed(12))
+        lo_sh4 = regs("lo_sh", unsigned(split))
+        hi_sh4 = regs("hi_sh", signed(64))
+        r32_4 = regs("r32_", signed(ab))                   # the INT32 result rounded, not yet saturated
+        acc4 = regs("acc_raw", signed(ab))
         with m.If(valid3):
-            m.d.sync += self.o_tag.eq(tag_3)
+            m.d.sync += [zero4.eq(zero3), int8_4.eq(int8_3), raw_4.eq(raw_3), tag_4.eq(tag_3), rows_4.eq(rows_3),
+                         big4.eq(big3), k_lo4.eq(k_lo3)]
             for r in range(R):
-                t = t3[r]
-                tc = _clamp(t, -257, 255)
-                y8 = Mux(zero3, _clamp(t, -128, 127), _clamp((tc + 1) >> 1, -128, 127))
-                m.d.sync += self.y[r].eq(Mux(rows_3 > r, Mux(raw_3, acc3[r], Mux(int8_3, y8, y32_3[r])), 0))
+                m.d.sync += [hic4[r].eq(_clamp(hi3[r], -_HI_CLAMP, _HI_CLAMP)), lo_sh4[r].eq(lo3[r] >> k_lo3),
+                             hi_sh4[r].eq(hi3[r] >> k_hi3),
+                             r32_4[r].eq(Mux(zero3, acc3[r], (acc3[r] + 1) >> 1)),
+                             acc4[r].eq(acc3[r])]
+
+        # 5: the shifted INT8 product; saturate the INT32 result.
+        zero5, int8_5, raw_5, tag_5 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
+                                       Signal.like(self.tag))
+        rows_5 = Signal.like(self.rows_valid)
+        t5 = regs("t", signed(64))
+        y32_5 = regs("y32_5_", signed(32))
+        acc5 = regs("acc_raw5_", signed(ab))
+        with m.If(valid4):
+            m.d.sync += [zero5.eq(zero4), int8_5.eq(int8_4), raw_5.eq(raw_4), tag_5.eq(tag_4), rows_5.eq(rows_4)]
+            for r in range(R):
+                t_small = ((hic4[r] << split) >> k_lo4) + lo_sh4[r]   # exact: low bits of hic<<split are 0
+                m.d.sync += [t5[r].eq(Mux(big4, hi_sh4[r], t_small)), y32_5[r].eq(_clamp(r32_4[r], -(1 << 31), (1 << 31) - 1)), acc5[r].eq(acc4[r])]
+
+        # 6: the INT8 result's two clamps (before and without rounding).
+        zero6, int8_6, raw_6, tag_6 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
+                                       Signal.like(self.tag))
+        rows_6 = Signal.like(self.rows_valid)
+        tc6 = regs("tc", signed(10))
+        z8_6 = regs("z8_", signed(8))
+        y32_6 = regs("y32_6_", signed(32))
+        acc6 = regs("acc_raw6_", signed(ab))
+        with m.If(valid5):
+            m.d.sync += [zero6.eq(zero5), int8_6.eq(int8_5), raw_6.eq(raw_5), tag_6.eq(tag_5), rows_6.eq(rows_5)]
+            for r in range(R):
+                m.d.sync += [tc6[r].eq(_clamp(t5[r], -257, 255)), z8_6[r].eq(_clamp(t5[r], -128, 127)),
+                             y32_6[r].eq(y32_5[r]), acc6[r].eq(acc5[r])]
+
+        # 7: round and saturate the INT8 result; blank rows past the end of the matrix.
+        with m.If(valid6):
+            m.d.sync += self.o_tag.eq(tag_6)
+            for r in range(R):
+                y8 = Mux(zero6, z8_6[r], _clamp((tc6[r] + 1) >> 1, -128, 127))
+                m.d.sync += self.y[r].eq(Mux(rows_6 > r, Mux(raw_6, acc6[r], Mux(int8_6, y8, y32_6[r])), 0))
         return m

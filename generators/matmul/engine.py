@@ -54,10 +54,22 @@ from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
 from .wtile import WeightTileBuffer
 
-__all__ = ["MatmulEngine"]
+__all__ = ["MatmulEngine", "array_lane_format"]
 
 #: cycles from the issue decision to the array's fire input (the rings' read register)
 ISSUE_LATENCY = 1
+
+
+def array_lane_format(mm, lane_width: int) -> str | None:
+    """The MacArray lane format of matmul engine config ``mm`` with ``lane_width``-bit lanes.
+
+    A ternary-only engine gets the plain baseline: a sign select per lane, no multiplier;
+    ``int4_products: lut``: int4 lanes are shift-and-add (no weight_bits 8: config check);
+    otherwise the array's default for the width.
+    """
+    if list(mm.weight_bits) == ["ternary"]:
+        return "ternary"
+    return "int4" if mm.int4_products == "lut" and lane_width > 2 else None
 
 
 class MatmulEngine(wiring.Component):
@@ -263,10 +275,7 @@ class MatmulEngine(wiring.Component):
                          array.build_entry.eq(delay(m, sched.build_entry, ISSUE_LATENCY, name="build_entry")),
                          array.line.eq(delay(m, sched.line, ISSUE_LATENCY, name="line"))]
         else:
-            # a ternary-only engine gets the plain baseline: a sign select per lane, no multiplier;
-            # int4_products 'lut': int4 lanes are shift-and-add (no weight_bits 8: config check)
-            lane_format = ("ternary" if list(mm.weight_bits) == ["ternary"]
-                           else "int4" if mm.int4_products == "lut" and lane_shape.width > 2 else None)
+            lane_format = array_lane_format(mm, lane_shape.width)
             m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G.group_size, weight_shape=lane_shape,
                                                   tag_layout=acc_tag, levels_per_stage=self._levels_per_stage,
                                                   lane_format=lane_format)

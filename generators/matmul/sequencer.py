@@ -254,7 +254,7 @@ class JobSequencer(wiring.Component):
                 nR.eq(job.n * R),
                 nReb.eq(Mux(int8, nR, nR << 2)),
                 seg_ok.eq(((nReb & (B - 1)) == 0) & ok_tile),
-                c_log.eq(Mux((tiles > 1) & ~seg_ok if not geom.tlmm else 1, 0, slots_log)),
+                c_log.eq(Mux(((tiles > 1) & ~seg_ok) | (blocks == 1) if not geom.tlmm else 1, 0, slots_log)),
                 chunks.eq((blocks + (1 << c_log) - 1) >> c_log),
                 chunks_m1.eq(((blocks + (1 << c_log) - 1) >> c_log) - 1),
                 c_last.eq(blocks - (chunks_m1 << c_log)),

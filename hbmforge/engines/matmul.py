@@ -239,11 +239,13 @@ class MatmulGeometry:
         kc = self.slice_k(k, 0) // self.engine.lanes
         return self.act_depth // next_pow2(kc)
 
-    def chunk_blocks(self, n: int, k: int, out_mode: int) -> int:
-        """Row blocks per chunk (the weights are read once per chunk). One block when the array
-        builds tables per block (``arch: tlmm``), or when the job has several weight tiles and its
-        output segments (one tile of one row block in the blocked Y layout) are not whole words."""
-        if self.tlmm:
+    def chunk_blocks(self, m: int, n: int, k: int, out_mode: int) -> int:
+        """Row blocks per chunk (the weights are read once per chunk). One block when the job has
+        one (``m <= rows``: a GEMV; Y, or a slice's partial sums, then leave in one command, i.e.
+        in the writer's longest bursts instead of one burst per tile), when the array builds tables
+        per block (``arch: tlmm``), or when the job has several weight tiles and its output
+        segments (one tile of one row block in the blocked Y layout) are not whole words."""
+        if self.tlmm or m <= self.rows:
             return 1
         if n > self.tile_n:
             eb = 4 if out_mode == OutMode.INT32 else 1
@@ -252,14 +254,14 @@ class MatmulGeometry:
         return self.act_slots(k)
 
     def chunks(self, m: int, n: int, k: int, out_mode: int) -> int:
-        return ceil_div(self.row_blocks(m), self.chunk_blocks(n, k, out_mode))
+        return ceil_div(self.row_blocks(m), self.chunk_blocks(m, n, k, out_mode))
 
     def tiles(self, n: int) -> int:
         return ceil_div(n, self.tile_n)
 
     def segmented(self, m: int, n: int, k: int, out_mode: int) -> bool:
         """Y is written in (chunk, tile, row block) segments; otherwise in one command."""
-        return self.chunk_blocks(n, k, out_mode) > 1 and n > self.tile_n
+        return self.chunk_blocks(m, n, k, out_mode) > 1 and n > self.tile_n
 
     # -- widths --------------------------------------------------------------------------
     @cached_property
@@ -383,15 +385,15 @@ class MatmulGeometry:
         ebytes = 4 if out_mode == OutMode.INT32 else 1
         return self.round_words(self.row_blocks(m) * n * self.engine.rows * ebytes)
 
-    def partial_stride(self, n: int, k: int, out_mode: int) -> int:
+    def partial_stride(self, m: int, n: int, k: int, out_mode: int) -> int:
         """Bytes of one chunk's region in the split-K scratch: ``chunk_blocks x rows x n`` int64."""
-        return self.round_words(self.chunk_blocks(n, k, out_mode) * self.rows * n * PARTIAL_BYTES)
+        return self.round_words(self.chunk_blocks(m, n, k, out_mode) * self.rows * n * PARTIAL_BYTES)
 
     def partial_bytes(self, m: int, n: int, k: int, out_mode: int) -> int:
         """The split-K scratch at ``p_addr`` (0 when K fits one slice)."""
         if self.slices(k) <= 1:
             return 0
-        return self.chunks(m, n, k, out_mode) * self.partial_stride(n, k, out_mode)
+        return self.chunks(m, n, k, out_mode) * self.partial_stride(m, n, k, out_mode)
 
 
 def matmul_checks(geom: MatmulGeometry) -> tuple[Check, ...]:

@@ -261,8 +261,8 @@ def _write_partials(mem, acc: np.ndarray, d: dict[str, int], layout: DesignLayou
     block (rows past M are 0; each region zero-padded to a word). Returns bytes written per slice."""
     geom, rows = layout.matmul, layout.mm.rows
     m, n = acc.shape
-    cb = geom.chunk_blocks(n, d["k"], d["out_mode"])
-    stride, tile = geom.partial_stride(n, d["k"], d["out_mode"]), geom.tile_n
+    cb = geom.chunk_blocks(m, n, d["k"], d["out_mode"])
+    stride, tile = geom.partial_stride(m, n, d["k"], d["out_mode"]), geom.tile_n
     blocks = geom.row_blocks(m)
     full = np.zeros((blocks * rows, n), dtype=object)
     full[:m] = acc

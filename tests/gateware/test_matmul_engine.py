@@ -154,13 +154,13 @@ def expected_commands(lay, case) -> dict:
     n = case.w.shape[0]
     mode = case.out_mode
     B, T = lay.word_bytes, geom.tile_n
-    slices, cb = geom.slices(k), geom.chunk_blocks(n, k, mode)
+    slices, cb = geom.slices(k), geom.chunk_blocks(m, n, k, mode)
     blocks = geom.row_blocks(m)
     chunks = -(-blocks // cb)
     eb = 4 if mode == OutMode.INT32 else 1
     exp = {name: [] for name in ("act", "scale", "rq", "out")}
     exp.update({f"w{i}": [] for i in range(lay.mm.weight_ports)})
-    stride = geom.partial_stride(n, k, mode)
+    stride = geom.partial_stride(m, n, k, mode)
     woff = soff = 0
     for s in range(slices):
         ks = geom.slice_k(k, s)
@@ -214,12 +214,14 @@ def test_dma_commands_follow_the_layout_contract():
 
 def test_dma_commands_of_tiles_chunks_split_k_and_bias():
     """Several weight tiles (Y in segments), a chunk smaller than M (weights read once per
-    chunk), K in three slices (partial sums through the scratch), a bias."""
+    chunk), K in three slices (partial sums through the scratch), a bias; GEMVs (one row block,
+    several tiles) write Y in one command."""
     lay = _layout(rows=2, lanes=16, weight_ports=2, group_size=16, tile_n=4, tile_m=4, max_k=64)
     geom = lay.matmul
     rng = np.random.default_rng(12)
     bench = EngineBench(lay, seed=12, stall=0.2, backpressure=0.2)
-    shapes = [(7, 160, 8, 8, OutMode.INT8), (3, 48, 5, 4, OutMode.INT32), (5, 80, 5, 4, OutMode.INT8)]
+    shapes = [(7, 160, 8, 8, OutMode.INT8), (3, 48, 5, 4, OutMode.INT32), (5, 80, 5, 4, OutMode.INT8),
+              (1, 160, 8, 4, OutMode.INT32), (2, 48, 12, 8, OutMode.INT8)]      # GEMVs: one row block
     for m, k, n, wbits, mode in shapes:
         bench.add(random_case(lay, rng, m=m, k=k, n=n, wbits=wbits, out_mode=mode, bias=True))
     bench.run(max_cycles=40_000)
@@ -233,7 +235,9 @@ def test_dma_commands_of_tiles_chunks_split_k_and_bias():
     assert (geom.slices(160), geom.chunks(7, 8, 160, OutMode.INT8), geom.tiles(8)) == (3, 2, 2)
     assert geom.segmented(7, 8, 160, OutMode.INT8) and geom.segmented(3, 5, 48, OutMode.INT32)
     # ... and 5 int8 columns of 2 rows (10 bytes, not whole words): one block per chunk, Y at once
-    assert geom.chunk_blocks(5, 80, OutMode.INT8) == 1 and not geom.segmented(5, 5, 80, OutMode.INT8)
+    assert geom.chunk_blocks(5, 5, 80, OutMode.INT8) == 1 and not geom.segmented(5, 5, 80, OutMode.INT8)
+    # ... and a GEMV (one row block) has one block per chunk: Y at once, in the longest bursts
+    assert geom.chunk_blocks(1, 8, 160, OutMode.INT8) == 1 and not geom.segmented(1, 8, 160, OutMode.INT8)
 
 
 # -- performance ----------------------------------------------------------------------------

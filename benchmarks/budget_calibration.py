@@ -202,13 +202,18 @@ def _kernel_fit(lay, *, timeout, known: dict) -> dict:
     parts = {name: {k: r.get(k, 0) for k in _RES} for name, r in rest["parts"].items()}
     for case, engine in (("u280_llm512_matmul", "matmul"), ("u280_llm512_attention", "attention")):
         raw = known[case] if case in known else _engine_apart(case, engine, lay, timeout=timeout)
-        parts[f"engine_{engine}"] = {k: raw.get(k, 0) for k in _RES}
-    total = {k: sum(p[k] for p in parts.values()) for k in _RES}
+        # a reused record may lack a resource (None: the total is then unknown, not understated)
+        parts[f"engine_{engine}"] = {k: raw.get(k) for k in _RES}
+    total = {k: (None if any(p[k] is None for p in parts.values()) else sum(p[k] for p in parts.values()))
+             for k in _RES}
     budget = _budget(cfg)
     allowed = {k: int(budget[k] * cfg.max_utilization) for k in BUDGETED}
+    known_total = [k for k in BUDGETED if total[k] is not None]
     return {"parts": parts, "total": total, "allowed": allowed, "max_utilization": cfg.max_utilization,
-            "fraction": {k: round(total[k] / budget[k], 4) if budget[k] else None for k in BUDGETED},
-            "fits": all(total[k] <= allowed[k] for k in BUDGETED),
+            "fraction": {k: round(total[k] / budget[k], 4) if budget[k] and total[k] is not None else None
+                         for k in BUDGETED},
+            "fits": all(total[k] <= allowed[k] for k in known_total),
+            "unknown": [k for k in BUDGETED if total[k] is None],
             "slowest": rest.get("timing")}
 
 

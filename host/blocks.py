@@ -397,13 +397,17 @@ class ModelProgram:
         if (window or sink) and cfg.arch != "llama":
             raise ValueError("window and sink apply to decoders (arch 'llama'); bidirectional attention has none")
         kv_layout = check_choice("kv_layout", kv_layout, ("auto", "shared", "head_parallel"))
+        # head-parallel: one KV append per side writes every port group (kv_groups = rows)
         hp_ok = att.head_parallel and cfg.arch == "llama" and cfg.heads == cfg.kv_heads and \
-            cfg.kv_heads % att.rows == 0
+            cfg.kv_heads % att.rows == 0 and att.rows in vg.kv_group_choices() and \
+            cfg.kv_heads * cfg.head_dim <= vg.max_dim
         if kv_layout == "head_parallel" and not hp_ok:
             raise BlockProgramError(
                 f"kv_layout 'head_parallel' needs an attention engine with head_parallel: true (this one: "
                 f"{att.head_parallel}), a decoder (arch 'llama', got {cfg.arch!r}) with heads == kv_heads (MHA, got "
-                f"{cfg.heads} and {cfg.kv_heads}) and kv_heads a multiple of the engine's rows {att.rows}")
+                f"{cfg.heads} and {cfg.kv_heads}), kv_heads a multiple of the engine's rows {att.rows} and "
+                f"kv_heads x head_dim ({cfg.kv_heads * cfg.head_dim}) within the vector engine's max_dim "
+                f"{vg.max_dim}")
         self._hp = hp_ok if kv_layout == "auto" else kv_layout == "head_parallel"
         self._groups = att.rows if self._hp else 1
         P = att.page_tokens
@@ -653,7 +657,7 @@ class ModelProgram:
         consts = {"norm1": self._norm_tables(norms[0], kind, out_frac=F_ACT if llama else Fh),
                   "norm2": self._norm_tables(norms[1], kind, out_frac=F_ACT if llama else Fh)}
         if self._hp:
-            return self._head_parallel_layer(qkv, o, up, down, t, consts, k_scale, v_scale, qb, kb, biases, src)
+            return self._head_parallel_layer(qkv, o, up, down, t, consts, k_scale, v_scale)
         pool = self.num_pages * att.page_bytes(self.kv_bits, kvh)
         k_pool = self._dev.alloc(pool, "w0")
         self._owned.append(k_pool)
@@ -662,25 +666,14 @@ class ModelProgram:
         return _Layer(qkv=qkv, o=o, up=up, down=down, tables=t, consts=consts, k_pool=k_pool, v_pool=v_pool,
                       k_scale=k_scale, v_scale=v_scale, k_pools=[k_pool], v_pools=[v_pool])
 
-    def _head_parallel_layer(self, qkv, o, up, down, t, consts, k_scale, v_scale, qb, kb, biases, src) -> _Layer:
+    def _head_parallel_layer(self, qkv, o, up, down, t, consts, k_scale, v_scale) -> _Layer:
         """The head-parallel KV layout (docs/engines/attention.md): KV heads split into ``rows`` port
-        groups of ``hg`` consecutive heads; group r's K pool on ``w<2r>``, V pool on ``w<2r+1>``, the
-        pool table an upload; per-group column, bias and constant tables for the group's KV append."""
-        cfg, att, lay = self._cfg, self._att, self._lay
-        hd, qh, kvh = cfg.head_dim, cfg.heads, cfg.kv_heads
-        nq, nk = qh * hd, kvh * hd
+        groups of ``hg`` consecutive heads; group r's K pool on ``w<2r>``, V pool on ``w<2r+1>``. Uploads
+        the attention's pool table (K pools, then V pools) and, for the one KV append per side over
+        every group (``kv_groups``), the K and the V pool tables."""
+        att, lay = self._att, self._lay
         G = self._groups
-        hg = kvh // G
-        for r in range(G):
-            lo = r * hg * hd
-            t[f"k_cols{r}"] = self._table(qkv.columns(src, F_ACT, nq + lo, nq + lo + hg * hd))
-            t[f"v_cols{r}"] = self._table(qkv.columns(src, F_ACT, nq + nk + lo, nq + nk + lo + hg * hd))
-            for name, b in (("k_bias", kb), ("v_bias", biases.get("v_proj"))):
-                if b is not None:
-                    t[f"{name}{r}"] = self._table(_int32(name, np.asarray(b)[lo:lo + hg * hd], F_ACT))
-            for name, hs in (("k_consts", k_scale), ("v_consts", v_scale)):
-                cs = [int(c) for c in V.kv_constants(hs[r * hg:(r + 1) * hg], self.kv_bits, frac_bits=F_ACT)]
-                t[f"{name}{r}"] = self._upload(np.asarray(cs, "<u8").tobytes() + bytes(-hg * 8 % lay.word_bytes))
+        hg = self._cfg.kv_heads // G
         pool = self.num_pages * att.page_bytes(self.kv_bits, hg)
         k_pools, v_pools = [], []
         for r in range(G):
@@ -690,6 +683,9 @@ class ModelProgram:
                 pools.append(buf)
         table = b"".join(b.address.to_bytes(8, "little") for b in k_pools + v_pools)
         k_pool = self._upload(table + bytes(att.pool_table_bytes - len(table)))
+        for name, pools in (("k_pools", k_pools), ("v_pools", v_pools)):
+            raw = b"".join(b.address.to_bytes(8, "little") for b in pools)
+            t[name] = self._upload(raw + bytes(-len(raw) % lay.word_bytes))
         return _Layer(qkv=qkv, o=o, up=up, down=down, tables=t, consts=consts, k_pool=k_pool, v_pool=None,
                       k_scale=k_scale, v_scale=v_scale, k_pools=k_pools, v_pools=v_pools)
 
@@ -1121,14 +1117,10 @@ class ModelProgram:
             rope = dict(rope=1, rope_addr=self._rope.address) if llama else {}
             p.vector(m=T, dim=nq, **acc, a_addr=a["yqkv"], a_cols=t(L, "q_cols"), **self._bias(L, "q_bias"),
                      **rope, pos0=pos0, out_fmt=VectorOut.QREC, y_addr=a["qrec"], consts_addr=t(L, "q_consts"))
+            self._kv_appends(p, L, T, pos0, seq, a["yqkv"], acc, rope, blk)
             if self._hp:
-                self._head_parallel_attention(p, L, T, pos0, seq, a, acc, rope, blk)
+                self._head_parallel_attention(p, L, T, pos0, seq, a)
             else:
-                for col0, which, pool, port in ((nq, "k", L.k_pool, 1), (nq + nk, "v", L.v_pool, att.kv_ports)):
-                    p.vector(m=T, dim=nk, **acc, a_addr=a["yqkv"] + blk(col0), a_cols=t(L, f"{which}_cols"),
-                             **self._bias(L, f"{which}_bias"), **(rope if which == "k" else {}), pos0=pos0,
-                             out_fmt=VectorOut.KV, consts_addr=t(L, f"{which}_consts"), kv_bits=self.kv_bits,
-                             bt_addr=seq._bt.address, pool=pool.address, port=port)
                 mode = {"mode": AttentionMode.CAUSAL, "valid_len": 0}
                 if not llama:
                     mode = {"mode": AttentionMode.BIDIRECTIONAL, "valid_len": pos0 + (valid_len or T)}
@@ -1173,23 +1165,29 @@ class ModelProgram:
             fields.update(self._norm_fields(norm))
         p.vector(**fields)
 
-    def _head_parallel_attention(self, p, L, T, pos0, seq, a, acc, rope, blk) -> None:
-        """The KV append of each port group (one VECTOR KV descriptor per group and side, on the
-        group's port) and the attention: one head-parallel descriptor per query position (n_q = 1
-        each; a decode step is one)."""
+    def _kv_appends(self, p, L, T, pos0, seq, yqkv, acc, rope, blk) -> None:
+        """K (RoPE'd) and V of the ``T`` new tokens into the layer's pools: one VECTOR KV descriptor per
+        side; head-parallel: over every port group (``kv_groups``), each group's heads on its port."""
+        cfg, att = self._cfg, self._att
+        nq, nk = cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
+        if self._hp:                  # the pools' tables; group r on port 1 + k_port(r) / 1 + v_port(r)
+            sides = ((nq, "k", L.tables["k_pools"], att.k_port(0) + 1),
+                     (nq + nk, "v", L.tables["v_pools"], att.v_port(0) + 1))
+        else:
+            sides = ((nq, "k", L.k_pool, 1), (nq + nk, "v", L.v_pool, att.kv_ports))
+        for col0, which, pool, port in sides:
+            p.vector(m=T, dim=nk, **acc, a_addr=yqkv + blk(col0), a_cols=L.tables[f"{which}_cols"].address,
+                     **self._bias(L, f"{which}_bias"), **(rope if which == "k" else {}), pos0=pos0,
+                     out_fmt=VectorOut.KV, consts_addr=L.tables[f"{which}_consts"].address, kv_bits=self.kv_bits,
+                     bt_addr=seq._bt.address, pool=pool.address, port=port,
+                     kv_groups=self._groups if self._hp else 0)
+
+    def _head_parallel_attention(self, p, L, T, pos0, seq, a) -> None:
+        """The head-parallel attention: one descriptor per query position (n_q = 1 each; a decode step
+        is one), every port group's KV heads at once (kv_layout 1)."""
         cfg, att = self._cfg, self._att
         hd, qh, kvh = cfg.head_dim, cfg.heads, cfg.kv_heads
-        nq, nk = qh * hd, kvh * hd
-        hg = kvh // self._groups
-        for r in range(self._groups):
-            lo = r * hg * hd
-            for col0, which, pool, port in ((nq + lo, "k", L.k_pools[r], att.k_port(r) + 1),
-                                            (nq + nk + lo, "v", L.v_pools[r], att.v_port(r) + 1)):
-                p.vector(m=T, dim=hg * hd, **acc, a_addr=a["yqkv"] + blk(col0),
-                         a_cols=L.tables[f"{which}_cols{r}"].address, **self._bias(L, f"{which}_bias{r}"),
-                         **(rope if which == "k" else {}), pos0=pos0, out_fmt=VectorOut.KV,
-                         consts_addr=L.tables[f"{which}_consts{r}"].address, kv_bits=self.kv_bits,
-                         bt_addr=seq._bt.address, pool=pool.address, port=port)
+        nq = qh * hd
         qrec = att.q_record_bytes
         for i in range(T):
             p.attention(head_dim=hd, kv_heads=kvh, q_per_kv=1, n_q=1, ctx_len=pos0 + i + 1, window=self.window,
@@ -1198,9 +1196,9 @@ class ModelProgram:
                         mode=AttentionMode.CAUSAL, valid_len=0, kv_layout=KV_HEAD_PARALLEL)
 
     def _extra_descriptors(self, T: int) -> int:
-        """Descriptors per layer beyond the shared layout's: head-parallel, 2 KV appends per port group
-        instead of 2, and T attention descriptors instead of 1."""
-        return 2 * (self._groups - 1) + (T - 1) if self._hp else 0
+        """Descriptors per layer beyond the shared layout's: head-parallel, T attention descriptors
+        instead of 1."""
+        return T - 1 if self._hp else 0
 
     @property
     def kv_layout(self) -> str:

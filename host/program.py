@@ -187,7 +187,8 @@ class ProgramBuilder:
 
     def vector(self, **fields) -> int:
         """Append one VECTOR descriptor from its named slots (docs/engines/vector.md); slots not
-        given are 0. Address slots may be Buffers (on the data port; ``pool`` on its KV port);
+        given are 0. Address slots may be Buffers (on the data port; ``pool`` on its KV port, or on
+        the data port as the pool table of a ``kv_groups`` append);
         the descriptor is checked with the kernel's own rules and each Buffer against the bytes
         the descriptor reads or writes there."""
         from hbmforge.encodings import VectorIn, VectorNorm, VectorOut
@@ -241,10 +242,13 @@ class ProgramBuilder:
             need.update(y_addr=m * dim // g.head_dim * attention_geometry(lay).q_record_bytes,
                         consts_addr=g.consts_bytes(dim))
         else:
+            multi = rec["kv_groups"] >= 2          # pool: a table of kv_groups pool addresses
             need.update(consts_addr=g.consts_bytes(dim),
-                        bt_addr=-(-(rec["pos0"] + m) // attention_geometry(lay).page_tokens) * 4, pool=0)
+                        bt_addr=-(-(rec["pos0"] + m) // attention_geometry(lay).page_tokens) * 4,
+                        pool=g.pool_table_bytes(rec["kv_groups"]) if multi else 0)
         for name, nbytes in need.items():
-            port = lay.ports[rec["port"]].name if name == "pool" else "data"
+            pool_port = "data" if rec["kv_groups"] >= 2 else lay.ports[rec["port"]].name
+            port = pool_port if name == "pool" else "data"
             self._check_buffer(name, fields.get(name), port, nbytes)
         return self._append(rec)
 

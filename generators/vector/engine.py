@@ -46,7 +46,7 @@ __all__ = ["VectorEngine"]
 
 # load items, in the order the issuer and the receiver walk them (per job, then per row block);
 # the operands come last so that SWEEP1 can follow the receiver through the last one
-_ACOL, _BCOL, _BIAS, _GAMMA, _BETA, _CONSTS, _SCALE, _ROPE, _BT, _A, _B = range(11)
+_ACOL, _BCOL, _BIAS, _GAMMA, _BETA, _CONSTS, _POOLS, _SCALE, _ROPE, _BT, _A, _B = range(12)
 _FIRST_BLOCK_ITEM, _LAST_ITEM = _SCALE, _B
 _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 
@@ -121,6 +121,8 @@ class VectorEngine(wiring.Component):
         else:
             hd = G = P = ng = RB = RW = QRB = 0
             GPR, max_heads, CW, span_words = 1, 1, 1, 1
+        NG = g.max_kv_groups if att is not None else 1      # port groups of one KV append
+        group_choices = [n for n in g.kv_group_choices() if n >= 2] if att is not None else []
 
         j = Signal(self.job.payload.shape())      # the job being run
         busy = Signal()
@@ -133,6 +135,13 @@ class VectorEngine(wiring.Component):
         heads = Signal(range(max_heads + 1))
         m.d.comb += heads.eq(j.dim >> exact_log2(hd) if hd else 0)
         int4 = Signal()
+        multi = Signal()                     # a KV append over kv_groups >= 2 port groups
+        m.d.comb += multi.eq(kv_mode & (j.kv_groups > 1))
+        hg = Signal(range(max_heads + 1))    # heads per port group
+        m.d.comb += hg.eq(heads)
+        for n in group_choices:
+            with m.If(multi & (j.kv_groups == n)):
+                m.d.comb += hg.eq(heads >> exact_log2(n))
         m.d.comb += int4.eq(kv_mode & (j.kv_bits == 4))
 
         # -- memories ------------------------------------------------------------------------
@@ -167,6 +176,7 @@ class VectorEngine(wiring.Component):
         row_a = Array(Signal(16, name=f"row_a{r}") for r in range(2 * R))       # [bank * R + row]
         row_e = Array(Signal(5, name=f"row_e{r}") for r in range(2 * R))
         pages = Array(Signal(32, name=f"page{r}") for r in range(2 * R))
+        pools = Array(Signal(64, name=f"pool{i}") for i in range(NG))          # kv_groups: the pool table
         blk = Signal(32)                     # the block being computed / stored
         cbank = Signal()                     # its bank
         m.d.comb += cbank.eq(blk[0])
@@ -194,6 +204,7 @@ class VectorEngine(wiring.Component):
             _GAMMA: j.norm != VectorNorm.NONE,
             _BETA: j.norm == VectorNorm.LAYER,
             _CONSTS: (j.out_fmt == VectorOut.QREC) | kv_mode,
+            _POOLS: multi,
             _SCALE: j.a_fmt == VectorIn.ACC32,
             _ROPE: j.rope,
             _BT: kv_mode,
@@ -246,6 +257,8 @@ class VectorEngine(wiring.Component):
             with m.Case(_CONSTS):
                 m.d.comb += [addr.eq(j.consts_addr),
                              nbytes.eq(((heads * 8 + (W8 - 1)) >> LOGW8) << LOGW8)]
+            with m.Case(_POOLS):
+                m.d.comb += [addr.eq(j.pool), nbytes.eq(((j.kv_groups * 8 + (W8 - 1)) >> LOGW8) << LOGW8)]
             with m.Case(_SCALE):
                 m.d.comb += [addr.eq(j.a_scale + i_blk * SB), nbytes.eq(SB)]
             for item, fmt, base, stride in ((_A, j.a_fmt, j.a_addr, j.a_stride), (_B, j.b_fmt, j.b_addr, j.b_stride)):
@@ -281,6 +294,8 @@ class VectorEngine(wiring.Component):
                 m.d.comb += r_words.eq(dw)
             with m.Case(_CONSTS):
                 m.d.comb += r_words.eq((heads * 8 + (W8 - 1)) >> LOGW8)
+            with m.Case(_POOLS):
+                m.d.comb += r_words.eq((j.kv_groups * 8 + (W8 - 1)) >> LOGW8)
             with m.Case(_SCALE):
                 m.d.comb += r_words.eq(SBW)
             with m.Case(_A):
@@ -372,6 +387,10 @@ class VectorEngine(wiring.Component):
             m.d.comb += entry.eq(Array(lanes_of(word, L, signed_=False))[lp[:LOGL] if LOGL else 0])
             with m.If(take & (r_item == _BT)):
                 m.d.sync += pages[(rbank << LOGR) + r_r].eq(entry)
+            per_word = W8 // 8
+            for i in range(NG):
+                with m.If(take & (r_item == _POOLS) & (rw == i // per_word)):
+                    m.d.sync += pools[i].eq(word[64 * (i % per_word):64 * (i % per_word) + 64])
         recs = lanes_of(word, L, signed_=False)
         with m.If(take & (r_item == _SCALE)):
             for r in range(R):
@@ -687,12 +706,20 @@ class VectorEngine(wiring.Component):
         pk_word = Signal(W)
         pk_n = Signal(range(9))
         pk_full = Signal()
-        port_sel = Signal(range(len(lay.ports)))
-        m.d.comb += port_sel.eq(Mux(kv_mode, j.port, 0))
-        m.d.comb += [self.out_data.payload.eq(pk_word), self.out_data.valid.eq(pk_full & (port_sel == 0))]
+        # ports: the store's (row st_r, head st_h) is head st_hg of port group st_g, on st_port; the
+        # packer's words go to out_port, the port of the last write command (a command to another
+        # port waits for the words before it to leave)
+        st_g = Signal(range(NG))
+        st_hg = Signal(range(max_heads + 1))
+        st_port = Signal(range(len(lay.ports)))
+        m.d.comb += st_port.eq(Mux(kv_mode, j.port + (st_g << 1), 0))
+        out_port = Signal(range(len(lay.ports)))
+        data_sel = Signal(range(len(lay.ports)))
+        m.d.comb += data_sel.eq(Mux(kv_mode, out_port, 0))
+        m.d.comb += [self.out_data.payload.eq(pk_word), self.out_data.valid.eq(pk_full & (data_sel == 0))]
         emit = self.out_data.valid & self.out_data.ready
         for i in range(g.kv_ports):
-            m.d.comb += [self.sw_data[i].payload.eq(pk_word), self.sw_data[i].valid.eq(pk_full & (port_sel == i + 1))]
+            m.d.comb += [self.sw_data[i].payload.eq(pk_word), self.sw_data[i].valid.eq(pk_full & (data_sel == i + 1))]
             emit = emit | (self.sw_data[i].valid & self.sw_data[i].ready)
         with m.If(emit):
             m.d.sync += pk_full.eq(0)        # (a chunk completing the next word below sets it again)
@@ -720,11 +747,11 @@ class VectorEngine(wiring.Component):
         wc_addr = Signal(64)
         wc_bytes = Signal(32)
         m.d.comb += [self.out_cmd.payload.addr.eq(wc_addr), self.out_cmd.payload.bytes.eq(wc_bytes),
-                     self.out_cmd.valid.eq(wc_valid & (port_sel == 0))]
+                     self.out_cmd.valid.eq(wc_valid & (st_port == 0))]
         wc_take = self.out_cmd.valid & self.out_cmd.ready
         for i in range(g.kv_ports):
             m.d.comb += [self.sw_cmd[i].payload.addr.eq(wc_addr), self.sw_cmd[i].payload.bytes.eq(wc_bytes),
-                         self.sw_cmd[i].valid.eq(wc_valid & (port_sel == i + 1))]
+                         self.sw_cmd[i].valid.eq(wc_valid & (st_port == i + 1))]
             wc_take = wc_take | (self.sw_cmd[i].valid & self.sw_cmd[i].ready)
         pending = Signal(16)
         m.d.comb += self.out_done.ready.eq(1)
@@ -743,13 +770,17 @@ class VectorEngine(wiring.Component):
         rd_take = Signal()
         pf_valid = Signal()                  # read-ahead of the first row's mantissa words (below)
         pf_addr = Signal(64)
+        pf_g = Signal(range(NG))             # its head's port group
+        pf_port = Signal(range(len(lay.ports)))
+        m.d.comb += pf_port.eq(j.port + (pf_g << 1))
         w_valid, w_payload = Const(0), Const(0, W)
         rc_take = Const(0)
         for i in range(g.kv_ports):
-            sel = port_sel == i + 1
+            sel = st_port == i + 1
             m.d.comb += [self.w_cmd[i].payload.addr.eq(Mux(pf_valid, pf_addr, rc_addr)),
                          self.w_cmd[i].payload.bytes.eq(span_words * W8),
-                         self.w_cmd[i].valid.eq((rc_valid | pf_valid) & sel), self.w_data[i].ready.eq(rd_take & sel)]
+                         self.w_cmd[i].valid.eq(Mux(pf_valid, pf_port == i + 1, rc_valid & sel)),
+                         self.w_data[i].ready.eq(rd_take & sel)]
             rc_take = rc_take | (self.w_cmd[i].valid & self.w_cmd[i].ready)
             w_valid = Mux(sel, self.w_data[i].valid, w_valid)
             w_payload = Mux(sel, self.w_data[i].payload, w_payload)
@@ -782,10 +813,15 @@ class VectorEngine(wiring.Component):
             m.d.comb += st_pos.eq(j.pos0 + r0 + st_r)
             slot = Signal(range(P))
             m.d.comb += slot.eq(st_pos[:exact_log2(P)])
+            pool_base = Signal(64)
+            m.d.comb += pool_base.eq(Mux(multi, pools[st_g], j.pool))
+            kv_off = Signal(64)                  # (row st_r, head st_hg) in the group's pool
+            m.d.comb += kv_off.eq(pages[(cbank << LOGR) + st_r] * (hg * ha) + st_hg * ha)
             kv_base = Signal(64)
-            m.d.comb += kv_base.eq(j.pool + pages[(cbank << LOGR) + st_r] * (heads * ha) + st_h * ha)
+            m.d.comb += kv_base.eq(pool_base + kv_off)
             vaddr = kv_base + att.scale_area + slot * vbytes
-            maddr = kv_base + (((slot * (ng * 2)) >> LOGW8) << LOGW8)
+            mnt_off = ((slot * (ng * 2)) >> LOGW8) << LOGW8
+            maddr = kv_base + mnt_off
             tok_per_word = max(W8 // (ng * 2), 1)
             tok_in_word = slot[:exact_log2(tok_per_word)] if tok_per_word > 1 else Const(0, 1)
             val_chunks = hd // L
@@ -822,26 +858,34 @@ class VectorEngine(wiring.Component):
         # block-table word is in, in head order; the store FSM takes them in RDATA. No write of this
         # job reaches them before (its value writes go elsewhere), so only later rows wait (WAITW).
         # Starts while the store FSM is idle at (row 0, head 0) of block 0: maddr is head 0's word.
+        # With port groups the words of group g are read from pool g at the same offset (pf_off).
         pf_h = Signal(range(max_heads + 1))
+        pf_hg = Signal(range(max_heads + 1))
+        pf_off = Signal(64)
         pf_run = Signal()
         pf_started = Signal()
         if att is not None:
             with m.If(start):
-                m.d.sync += [pf_h.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0), st_h.eq(0)]
+                m.d.sync += [pf_h.eq(0), pf_hg.eq(0), pf_g.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0),
+                             st_h.eq(0), st_hg.eq(0), st_g.eq(0)]
             with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded != 0)):
-                m.d.sync += [pf_addr.eq(maddr), pf_run.eq(1), pf_started.eq(1)]
+                m.d.sync += [pf_addr.eq(maddr), pf_off.eq(kv_off + mnt_off), pf_run.eq(1), pf_started.eq(1)]
             with m.If(pf_valid & rc_take):
-                m.d.sync += [pf_addr.eq(pf_addr + ha), pf_h.eq(pf_h + 1)]
+                m.d.sync += [pf_addr.eq(pf_addr + ha), pf_h.eq(pf_h + 1), pf_hg.eq(pf_hg + 1)]
+                with m.If(pf_hg + 1 == hg):
+                    m.d.sync += [pf_addr.eq(pools[pf_g + 1] + pf_off), pf_g.eq(pf_g + 1), pf_hg.eq(0)]
                 with m.If(pf_h + 1 == heads):
                     m.d.sync += pf_run.eq(0)
             m.d.comb += pf_valid.eq(pf_run)
 
         def next_head(again: str) -> None:
             """After head st_h of row st_r: the next head (state ``again``), the next row, or FLUSH."""
-            m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1)]
+            m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1), st_hg.eq(st_hg + 1)]
+            with m.If(st_hg + 1 == hg):
+                m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1)]
             m.next = again
             with m.If(st_h + 1 == heads):
-                m.d.sync += [st_h.eq(0), st_r.eq(st_r + 1)]
+                m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1)]
                 with m.If(st_last_row):
                     m.d.sync += st_r.eq(0)
                     m.next = "FLUSH"
@@ -849,10 +893,13 @@ class VectorEngine(wiring.Component):
         with m.FSM(name="store"):
             with m.State("IDLE"):
                 with m.If(store_start):
-                    m.d.sync += [st_r.eq(0), st_h.eq(0), st_j.eq(0), st_c.eq(0)]
+                    m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0)]
                     m.next = "CMD"
             with m.State("CMD"):
-                m.d.comb += wc_valid.eq(1)
+                # a write to another port than the packer's waits until its words have left
+                m.d.comb += wc_valid.eq((st_port == out_port) | store_empty)
+                with m.If(wc_take):
+                    m.d.sync += out_port.eq(st_port)
                 with m.Switch(j.out_fmt):
                     with m.Case(VectorOut.RES32):
                         m.d.comb += [wc_addr.eq(j.y_addr + blk * j.y_stride), wc_bytes.eq((j.dim << 2) * R)]

@@ -19,7 +19,7 @@ from ...numerics import vector as V
 from ..attention.testing import ByteMemory
 from ..dma_bench import DmaBench
 
-__all__ = ["VectorBench", "random_case", "CASE_KINDS", "blocked_int32"]
+__all__ = ["VectorBench", "random_case", "CASE_KINDS", "GROUP_KINDS", "blocked_int32"]
 
 
 class VectorBench(DmaBench):
@@ -91,6 +91,9 @@ class VectorBench(DmaBench):
 
 CASE_KINDS = ("add_res32", "norm_act8", "layernorm_res32", "swiglu_act8", "gelu_bias_res32", "rows_act8",
               "rope_qrec", "kv8_rope", "kv4", "silu_res32_acc")
+#: kinds that need a design with at least 4 KV ports (two port groups): not in CASE_KINDS
+GROUP_KINDS = ("kv_groups",)
+_HEAD_KINDS = ("rope_qrec", "kv8_rope", "kv4", "kv_groups")
 
 
 def blocked_int32(x: np.ndarray, R: int) -> bytes:
@@ -106,8 +109,14 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
     word_elems = W8
     m = int(rng.integers(1, 2 * R + 2)) if m is None else m
     hd = g.head_dim or 16
+    groups = 1
+    if kind == "kv_groups":
+        choices = [n for n in g.kv_group_choices() if n >= 2 and g.max_dim // hd >= n]
+        if not choices:
+            raise ValueError(f"kind 'kv_groups' needs at least 4 KV ports, this design has {g.kv_ports}")
+        groups = int(rng.choice(choices))
     if dim is None:
-        unit = max(word_elems, hd) if kind in ("rope_qrec", "kv8_rope", "kv4") else word_elems
+        unit = max(word_elems, hd * groups) if kind in _HEAD_KINDS else word_elems
         dim = unit * int(rng.integers(1, max(2, min(4, g.max_dim // unit)) + 1))
     nb = -(-m // R)
 
@@ -171,14 +180,14 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
         d.update(a_fmt=VectorIn.ROWS32, a_addr=bench.alloc(m * dim * 4, ints((m, dim), 28).astype("<i4").tobytes()),
                  a_stride=dim * 4, a_cols=cols(0.5, 300), out_fmt=VectorOut.ACT8, y_addr=bench.alloc(m * dim),
                  y_scale=bench.alloc(g.scale_bytes(m)))
-    elif kind in ("rope_qrec", "kv8_rope", "kv4"):
+    elif kind in _HEAD_KINDS:
         att = attention_geometry(lay)
         heads = dim // hd
         pos0 = int(rng.integers(0, max(1, g.max_context - m - 1)))
         rope = V.rope_table(pos0 + m, hd, float(rng.choice([10000.0, 500000.0])))
         d.update(a_fmt=VectorIn.ACC32, a_addr=blocked_buf(ints((m, dim), 32)), a_stride=R * dim * 4,
                  a_scale=scales(), a_cols=cols(1e-9, 1e-5), pos0=pos0)
-        if kind != "kv4":
+        if kind in ("rope_qrec", "kv8_rope") or (kind == "kv_groups" and rng.random() < 0.5):
             d.update(rope=1, rope_addr=bench.alloc(len(V.pack_rope_table(rope, W8)), V.pack_rope_table(rope, W8)))
         if kind == "rope_qrec":
             consts = V.qrec_constants(np.exp(rng.uniform(np.log(1e-7), np.log(1e-4), heads)), 1, head_dim=hd,
@@ -186,22 +195,29 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
             d.update(out_fmt=VectorOut.QREC, y_addr=bench.alloc(m * heads * att.q_record_bytes),
                      consts_addr=bench.alloc(heads * 8, np.asarray(consts, "<u8").tobytes()))
         else:
-            bits = 8 if kind == "kv8_rope" else 4
+            bits = {"kv8_rope": 8, "kv4": 4}.get(kind) or int(rng.choice(g.kv_bits))
             if bits not in g.kv_bits:
                 bits = g.kv_bits[0]
             P = att.page_tokens
             npages = -(-(pos0 + m) // P)
             pool_pages = npages + 2
             perm = rng.permutation(pool_pages)[:npages]
-            pbytes = att.page_bytes(bits, heads)
+            pbytes = att.page_bytes(bits, heads // groups)
             hs = np.exp(rng.uniform(np.log(1e-6), np.log(1e-4), heads))
             consts = V.kv_constants(hs, bits, frac_bits=16)
-            port = int(rng.integers(1, g.kv_ports + 1))
+            port = int(rng.integers(1, g.kv_ports - 2 * (groups - 1) + 1))
+
+            def pool():
+                return bench.alloc(pool_pages * pbytes, rng.integers(0, 256, pool_pages * pbytes, dtype=np.uint8).tobytes())
+
+            if groups > 1:        # the pool table: one pool per port group
+                table = np.asarray([pool() for _ in range(groups)], "<u8").tobytes()
+                d.update(kv_groups=groups, pool=bench.alloc(len(table), table))
+            else:
+                d.update(pool=pool())
             d.update(out_fmt=VectorOut.KV, kv_bits=bits, port=port,
                      bt_addr=bench.alloc(npages * 4, np.asarray(perm, "<u4").tobytes()),
-                     pool=bench.alloc(pool_pages * pbytes, rng.integers(0, 256, pool_pages * pbytes,
-                                                                        dtype=np.uint8).tobytes()),
                      consts_addr=bench.alloc(heads * 8, np.asarray([int(c) for c in consts], "<u8").tobytes()))
     else:
-        raise ValueError(f"unknown case kind {kind!r}; kinds: {CASE_KINDS}")
+        raise ValueError(f"unknown case kind {kind!r}; kinds: {CASE_KINDS + GROUP_KINDS}")
     return bench.add(d)

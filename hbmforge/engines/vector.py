@@ -30,6 +30,10 @@ consts_addr  QREC: u64 per head (score multiplier ``kc | ks << 16``); KV: u64 pe
              (``km | ks << 16 | hm << 32 | hs << 48``)
 kv_bits      KV: 8 or 4; ``bt_addr``: the sequence's block table; ``pool``: its K or V pool;
              ``port``: the pool's port index (1 + i for ``w<i>``)
+kv_groups    KV: 0 or 1: one pool (above). n >= 2 (a power of two, at most kv_ports / 2): the heads
+             split into n port groups of dim / head_dim / n consecutive heads, the head-parallel
+             layout in one descriptor; ``pool`` is then a table of n u64 pool addresses (group r's
+             pool, its pages of that group's heads) and group r writes port ``port + 2 r``
 ===========  ==================================================================================
 """
 from __future__ import annotations
@@ -54,7 +58,7 @@ VECTOR_FIELDS = (
     "norm", "gamma_addr", "beta_addr", "eps_q", "eps_shift", "norm_shift",
     "rope", "rope_addr", "pos0",
     "out_fmt", "y_addr", "y_stride", "y_scale", "consts_addr",
-    "kv_bits", "bt_addr", "pool", "port",
+    "kv_bits", "bt_addr", "pool", "port", "kv_groups",
 )
 
 #: slots holding byte addresses or byte strides: each a multiple of the port word
@@ -79,7 +83,7 @@ MAX_NORM_SHIFT = 127
 ACT_NAMES = {"gelu": VectorAct.GELU, "silu": VectorAct.SILU}
 
 # Job record widths (the command processor copies the low bits of each validated u64 slot).
-JOB_WIDTHS = {"m": 32, "eps_q": 64, "eps_shift": 6, "norm_shift": 7, "pos0": POS_BITS, "kv_bits": 4,
+JOB_WIDTHS = {"m": 32, "eps_q": 64, "eps_shift": 6, "norm_shift": 7, "pos0": POS_BITS, "kv_bits": 4, "kv_groups": 6,
               "bias": 1, "rope": 1, **{a: 64 for a in ADDRESS_FIELDS}}
 for _s in ("a_stride", "b_stride", "y_stride"):
     JOB_WIDTHS[_s] = 32
@@ -133,6 +137,23 @@ class VectorGeometry:
         """One position of the RoPE table: ``head_dim / 2`` u32, padded to a word."""
         return round_up(self.head_dim * 2, self.word_bytes)
 
+    @property
+    def max_kv_groups(self) -> int:
+        """Port groups one KV append may write (``kv_groups``): a K and a V port each."""
+        return max(self.kv_ports // 2, 1)
+
+    def kv_group_choices(self) -> tuple[int, ...]:
+        """The allowed ``kv_groups``: 0 and 1 (one pool), and powers of two up to max_kv_groups."""
+        n, out = 2, [0, 1]
+        while n <= self.max_kv_groups:
+            out.append(n)
+            n *= 2
+        return tuple(out)
+
+    def pool_table_bytes(self, groups: int) -> int:
+        """The pool table of a ``kv_groups`` append: one u64 per group, padded to a word."""
+        return round_up(8 * groups, self.word_bytes)
+
     def consts_bytes(self, dim: int) -> int:
         """QREC/KV constants: one u64 per head of ``dim``."""
         return round_up(dim // self.head_dim * 8, self.word_bytes)
@@ -177,6 +198,7 @@ def vector_checks(layout) -> tuple[Check, ...]:
     attn = g.has_attention
     hd = g.head_dim or 1
     ctx = g.max_context
+    choices = g.kv_group_choices() if attn else (0, 1)
 
     def needs_heads(f):
         return (f["rope"] == 1) | (f["out_fmt"] == VectorOut.QREC) | (f["out_fmt"] == VectorOut.KV)
@@ -222,14 +244,21 @@ def vector_checks(layout) -> tuple[Check, ...]:
         positions = (f["rope"] == 1) | (f["out_fmt"] == VectorOut.KV)
         beyond = ops.any_(f["pos0"] > ctx, f["m"] > ctx,
                           ops.low(f["pos0"], POS_BITS) + ops.low(f["m"], POS_BITS) > ctx)
+        n_ok = ops.one_of(f["kv_groups"], choices)
+        # n >= 2 groups: the last group's port exists and the heads split evenly
+        groups_bad = ops.any_(*((f["kv_groups"] == n) & ops.any_(f["port"] + 2 * (n - 1) > g.kv_ports,
+                                                                  ops.misaligned(ops.low(f["dim"], 32), hd * n))
+                                for n in choices if n >= 2))
         kv = (f["out_fmt"] == VectorOut.KV) & ops.any_(
-            ops.not_(ops.one_of(f["kv_bits"], g.kv_bits)), f["port"] == 0, f["port"] > g.kv_ports)
+            ops.not_(ops.one_of(f["kv_bits"], g.kv_bits)), f["port"] == 0, f["port"] > g.kv_ports,
+            ops.not_(n_ok), n_ok & groups_bad)
         return ops.any_(kv, positions & beyond)
 
     def why_kv(f):
-        return (f"kv_bits {f['kv_bits']}, port {f['port']}, pos0 {f['pos0']}, m {f['m']}: kv_bits one of "
-                f"{list(g.kv_bits)}, port in [1, {g.kv_ports}] (w0..w{max(g.kv_ports - 1, 0)}), "
-                f"pos0 + m <= {ctx}")
+        return (f"kv_bits {f['kv_bits']}, port {f['port']}, kv_groups {f['kv_groups']}, dim {f['dim']}, "
+                f"pos0 {f['pos0']}, m {f['m']}: kv_bits one of {list(g.kv_bits)}, port in [1, {g.kv_ports}] "
+                f"(w0..w{max(g.kv_ports - 1, 0)}), kv_groups one of {list(choices)} with port + 2 (kv_groups - 1) "
+                f"<= {g.kv_ports} and dim a multiple of head_dim {hd} x kv_groups, pos0 + m <= {ctx}")
 
     def why_addr(f):
         bad = next(a for a in ADDRESS_FIELDS if f[a] % align)

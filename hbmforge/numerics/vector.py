@@ -369,22 +369,33 @@ def _store_qrec(mem, d, layout, v, r0, consts) -> int:
 
 
 def _store_kv(mem, d, layout, v, r0, consts, written, sread) -> None:
+    """KV append: each head's values and mantissas into its page of the pool (``kv_groups`` >= 2:
+    head h is head h % hg of group h // hg, in the pool the table at ``pool`` names, on port
+    ``port + 2 * group``)."""
     geom = attention_geometry(layout)
     W8, P, hd, G = layout.word_bytes, geom.page_tokens, geom.head_dim, geom.group_size
     bits = d["kv_bits"]
     nv, D = v.shape
     kvh = D // hd
-    port = d["port"]
+    groups = max(int(d.get("kv_groups", 0)), 1)
+    hg = kvh // groups
+    if groups == 1:
+        pools = [d["pool"]]
+    else:
+        table = mem.read(d["pool"], 8 * groups)
+        pools = [int.from_bytes(table[8 * i:8 * i + 8], "little") for i in range(groups)]
     for r in range(nv):
         pos = d["pos0"] + r0 + r
         lp, slot = divmod(pos, P)
         word = mem.read(d["bt_addr"] + (lp * 4 // W8) * W8, W8)
         page = int.from_bytes(word[lp * 4 % W8:lp * 4 % W8 + 4], "little")
         for h in range(kvh):
+            grp, hh = divmod(h, hg)
+            port = d["port"] + 2 * grp
             c = int(consts[h])
             km, ks, hm, hs = c & 0xFFFF, (c >> 16) & 0x3F, (c >> 32) & 0xFFFF, (c >> 48) & 0x3F
             q, mant = kv_quantize(v[r, h * hd:(h + 1) * hd].reshape(hd // G, G), km, ks, hm, hs, bits)
-            base = d["pool"] + page * geom.page_bytes(bits, kvh) + h * geom.head_area(bits)
+            base = pools[grp] + page * geom.page_bytes(bits, hg) + hh * geom.head_area(bits)
             mb, vb = pack_kv_token(geom, q.reshape(-1), mant, bits)
             mem.write(base + geom.scale_area + slot * geom.value_bytes(bits), vb)
             written[port] += len(vb)

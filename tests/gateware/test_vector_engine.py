@@ -10,6 +10,7 @@ import pytest
 from designs import tiny_vector_config_dict
 from hbmforge.config import parse_config
 from hbmforge.generators.vector.engine import VectorEngine
+from hbmforge.encodings import VectorOut
 from hbmforge.generators.vector.testing import CASE_KINDS, VectorBench, random_case
 from hbmforge.layout import DesignLayout
 
@@ -61,6 +62,40 @@ def test_partial_last_block_and_single_row_decode_shapes():
     for m in (1, R + 1):
         bench, _, expected = _run(layout, ("norm_act8", "kv8_rope", "rope_qrec", "add_res32"), seed=m, m=m)
         assert bench.mem == expected, (m, _diff(bench.mem, expected))
+
+
+def _pool_ports(bench, before) -> list[tuple[int, int]]:
+    """(pool start, its port index) of every KV job's pools, from the pool tables in ``before``."""
+    owners = []
+    for d in bench.jobs:
+        if d["out_fmt"] == VectorOut.KV:
+            n = max(d["kv_groups"], 1)
+            starts = [d["pool"]] if n == 1 else [int.from_bytes(before[d["pool"] + 8 * i:d["pool"] + 8 * i + 8],
+                                                                "little") for i in range(n)]
+            owners += [(start, d["port"] + 2 * i) for i, start in enumerate(starts)]
+    return sorted(owners)
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_kv_append_over_port_groups_writes_each_group_on_its_port(m):
+    """One KV append for every port group of the head-parallel layout (kv_groups 2 or 4 of a design
+    with 8 KV ports): bit for bit, and every read and write of a pool on that pool's port."""
+    cfg = tiny_vector_config_dict()
+    cfg["engines"][1].update(rows=4, kv_ports=8, head_parallel=True)
+    layout = DesignLayout(parse_config(cfg))
+    bench, before, expected = _run(layout, ("kv_groups", "kv4", "kv_groups", "kv_groups"), seed=20 + m, m=m)
+    assert bench.mem == expected, _diff(bench.mem, expected)
+    assert any(d["kv_groups"] >= 2 for d in bench.jobs)
+    owners = _pool_ports(bench, before)
+    used = set()
+    for name, cmds in bench.commands.items():
+        if name.startswith(("w", "sw")):
+            port = int(name.lstrip("sw")) + 1
+            for addr, _ in cmds:
+                start, owner = max(o for o in owners if o[0] <= addr)
+                assert owner == port, (name, hex(addr), hex(start), owner)
+                used.add(port)
+    assert len(used) >= 3, used
 
 
 def test_residual_add_streams_close_to_one_word_per_cycle_per_pass():

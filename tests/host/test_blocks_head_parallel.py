@@ -1,5 +1,5 @@
-"""Block programs with the head-parallel KV layout (host/blocks.py ``kv_layout``): each port
-group's KV append is its own VECTOR descriptor on the group's ports, attention runs kv_layout 1
+"""Block programs with the head-parallel KV layout (host/blocks.py ``kv_layout``): one VECTOR KV
+append per side writes every port group's heads on the group's port (``kv_groups``), attention runs kv_layout 1
 descriptors (one per query position). On the golden device the program equals the CPU golden
 program bit for bit and tracks float LLaMA math; the KV cache round-trips through save/load."""
 from __future__ import annotations
@@ -106,7 +106,8 @@ MHA8 = BlockConfig(arch="llama", hidden=128, heads=8, kv_heads=8, head_dim=16, i
 
 def test_eight_row_program_appends_each_group_on_its_own_ports():
     # rows 8 / kv_ports 16: eight port groups of one head, K pools on w0, w2, .., w14 and V pools on
-    # w1, .., w15; 16 KV appends per layer, each on its group's port; bit-exact with the golden program
+    # w1, .., w15; two KV appends per layer (kv_groups 8), each group on its own port; bit-exact with
+    # the golden program
     with GoldenDevice(DesignLayout(parse_config(hp_vector_config("tiny_vec_hp8", rows=8)))) as dev:
         rng = np.random.default_rng(8)
         prog, tensors, final, head_f = build(dev, rng, cfg=MHA8)
@@ -119,3 +120,8 @@ def test_eight_row_program_appends_each_group_on_its_own_ports():
         golden = prog.golden_prefill(xs[:5], seq)
         assert np.array_equal(prog.prefill(xs[:5], seq), golden)
         decode_tracks_golden_and_float(prog, seq, MHA8, tensors, final, head_f, xs, golden[0])
+        # a decode step: 14 descriptors per layer as in the shared layout (2 KV appends), + norm and head
+        assert prog.last_step.descriptors == 14 * 2 + 2
+        ports = prog.last_step.counters.get("ports")
+        if ports:                                  # the golden device counts per port too
+            assert all(ports[f"w{i}"]["bytes_written"] > 0 for i in range(16)), ports

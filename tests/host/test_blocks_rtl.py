@@ -91,3 +91,26 @@ def test_single_vector_ops_on_the_cosim_equal_the_golden_runs(dev):
             else:
                 assert np.array_equal(got, want), op
             assert vec.last_run.cycles > 0
+
+
+def test_head_parallel_decoder_on_the_cosim_appends_every_group_in_one_descriptor(tmp_path):
+    # rows 2 / kv_ports 4: K pools on w0, w2, V pools on w1, w3; per side one KV append over both
+    # port groups (kv_groups 2), then one head-parallel attention per token: bit-exact with golden
+    from test_blocks_head_parallel import MHA, hp_vector_config
+
+    with open_device(parse_config(hp_vector_config("tiny_vec_hp_host")), build_dir=tmp_path, progress=False) as d:
+        rng = np.random.default_rng(12)
+        prog, *_ = build_llama(d, rng, layers=2, cfg=MHA)
+        assert prog.kv_layout == "head_parallel"
+        seq = prog.sequence()
+        xs = rng.normal(0, 1, (7, MHA.hidden))
+        golden = prog.golden_prefill(xs[:4], seq)
+        assert np.array_equal(prog.prefill(xs[:4], seq), golden)
+        for t in range(4, 7):
+            golden = prog.golden_decode_step(xs[t], seq)
+            assert np.array_equal(prog.decode_step(xs[t], seq), golden)
+        st = prog.last_step
+        assert st.host_round_trips == 1 and st.counters["descriptors_done"] == st.descriptors
+        # the step's K and V of each group went out on that group's port
+        assert all(st.counters["ports"][f"w{i}"]["bytes_written"] > 0 for i in range(4)), st.counters["ports"]
+        prog.close()

@@ -9,7 +9,7 @@ object per line.
     python benchmarks/decode.py --projection-only --layer-report decode.json   # re-project saved cycles
 
 What is simulated: one decoder layer (hidden 4096, 32 heads of 128, FFN 11008, padded to the
-matmul's K alignment (its lanes) with zero weights: 11264 at 1024 lanes, 12288 at 4096 — the same
+matmul's K alignment (its lanes) with zero weights by the block program itself: 11264 at 1024 lanes, 12288 at 4096 — the same
 function, 2.3 % / 11.6 % more MLP bytes), random weights of N(0, 1/sqrt(K)) quantized to each format, a random KV4 cache of ``ctx``
 tokens written straight into its pages (``ModelSequence.load_kv``), one decode step (ONE
 descriptor program: norms, QKV, RoPE, KV append, attention, O, SwiGLU MLP, residuals) on the
@@ -80,10 +80,11 @@ def emit(metric: str, value, unit: str, **ctx) -> dict:
 
 # -- the co-simulated layer --------------------------------------------------------------------------
 
-def layer_weights(lay, fmt_bits, inter_pad: int, rng, dims: dict = LLAMA2_7B, tile_rows: int = 0):
-    """BlockWeights of a random LLaMA-2-7B layer (FFN zero-padded from 11008 to ``inter_pad``).
-    ``tile_rows`` > 0: quantize that many random rows per projection and repeat them (quantizing
-    200 M weights takes minutes; the engine's cycles do not depend on the values)."""
+def layer_weights(lay, fmt_bits, rng, dims: dict = LLAMA2_7B, tile_rows: int = 0):
+    """BlockWeights of a random LLaMA-2-7B layer (the block program zero-pads the FFN's 11008 to the
+    matmul's K alignment itself). ``tile_rows`` > 0: quantize that many random rows per projection
+    and repeat them (quantizing 200 M weights takes minutes; the engine's cycles do not depend on
+    the values)."""
     from hbmforge.host.blocks import BlockWeights
     from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded
 
@@ -95,19 +96,12 @@ def layer_weights(lay, fmt_bits, inter_pad: int, rng, dims: dict = LLAMA2_7B, ti
     for name, (n, k) in shapes.items():
         rows = min(n, tile_rows) if tile_rows else n
         w = rng.standard_normal((rows, k), dtype=np.float32) * np.float32(1 / math.sqrt(k))
-        e = quantize_weights_encoded(w, fmt_bits, g, sb, k_padded=lay.matmul.pad_k(inter_pad if k == I else k))
+        e = quantize_weights_encoded(w, fmt_bits, g, sb, k_padded=lay.matmul.pad_k(k))
         del w
         if rows < n:
             reps = -(-n // rows)
             e = EncodedWeights(q=np.tile(e.q, (reps, 1))[:n], mantissas=np.tile(e.mantissas, (reps, 1))[:n],
                                row_scale=np.tile(e.row_scale, reps)[:n], bits=e.bits, group_size=e.group_size)
-        if n == I:                                   # zero rows: SiLU(0) * 0 = 0 feeds zero down columns
-            pad = inter_pad - n
-            e = EncodedWeights(q=np.concatenate([e.q, np.zeros((pad, e.q.shape[1]), e.q.dtype)]),
-                               mantissas=np.concatenate([e.mantissas, np.zeros((pad, e.mantissas.shape[1]),
-                                                                               e.mantissas.dtype)]),
-                               row_scale=np.concatenate([e.row_scale, np.full(pad, np.median(e.row_scale))]),
-                               bits=e.bits, group_size=e.group_size)
         enc[name] = e
     norm = (rng.uniform(0.8, 1.2, H), None)
     return BlockWeights(projections=enc, attn_norm=norm, mlp_norm=norm)
@@ -187,7 +181,7 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
     lay = dev.layout
     inter_pad = lay.matmul.pad_k(dims["intermediate"])
     cfg = BlockConfig(arch="llama", hidden=dims["hidden"], heads=dims["heads"],
-                      kv_heads=dims["kv_heads"], head_dim=dims["head_dim"], intermediate=inter_pad)
+                      kv_heads=dims["kv_heads"], head_dim=dims["head_dim"], intermediate=dims["intermediate"])
     rows = []
     emit("cosim_open_seconds", round(open_s, 1), "s", config=str(config), load_avg=round(load0, 1),
          note="generate (unless --design) + Verilator model build (or cache hit) + open")
@@ -200,7 +194,7 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
     for fmt in dict.fromkeys(f for f, _ in plan):
         rng = np.random.default_rng(seed)
         t1 = time.perf_counter()
-        weights = layer_weights(lay, FORMATS[fmt], inter_pad, rng, dims, tile_rows)
+        weights = layer_weights(lay, FORMATS[fmt], rng, dims, tile_rows)
         quant_s = time.perf_counter() - t1
         for windowed in (False, True):
             cells = [c for f, c in plan if f == fmt and (c == "sink_window") == windowed]

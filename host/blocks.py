@@ -345,6 +345,19 @@ def _take_rows(enc: EncodedWeights, order: np.ndarray) -> EncodedWeights:
                           bits=enc.bits, group_size=enc.group_size)
 
 
+def _pad_rows(enc: EncodedWeights, n: int) -> EncodedWeights:
+    """``enc`` with zero rows (zero weights and scales, row scale 1 as the encoder gives a zero row)
+    appended up to ``n`` output features: their outputs are exactly 0."""
+    extra = n - enc.q.shape[0]
+    if extra <= 0:
+        return enc
+    return EncodedWeights(q=np.concatenate([enc.q, np.zeros((extra, enc.q.shape[1]), enc.q.dtype)]),
+                          mantissas=np.concatenate([enc.mantissas, np.zeros((extra, enc.mantissas.shape[1]),
+                                                                            enc.mantissas.dtype)]),
+                          row_scale=np.concatenate([enc.row_scale, np.ones(extra)]), bits=enc.bits,
+                          group_size=enc.group_size)
+
+
 def _stack(*encs: EncodedWeights) -> EncodedWeights:
     return EncodedWeights(q=np.concatenate([e.q for e in encs]), mantissas=np.concatenate([e.mantissas for e in encs]),
                           row_scale=np.concatenate([e.row_scale for e in encs]), bits=encs[0].bits,
@@ -420,18 +433,23 @@ class ModelProgram:
             if not isinstance(b, BlockWeights):
                 raise TypeError(f"blocks[{i}] must be a BlockWeights, got {type(b).__name__}")
         W8, k_align = lay.word_bytes, lay.matmul.k_align
-        dims = {"hidden": cfg.hidden, "intermediate": cfg.intermediate, "heads * head_dim": cfg.heads * cfg.head_dim,
-                "kv_heads * head_dim": cfg.kv_heads * cfg.head_dim}
+        # the FFN's intermediate width is zero-padded to k_align on the device (zero weights: the
+        # padded activations are exactly 0, the math is unchanged); hidden and heads x head_dim are
+        # normalized or attended over and must be aligned as they are
+        ip = lay.matmul.pad_k(cfg.intermediate)
+        dims = {"hidden": cfg.hidden, "intermediate (padded to k_align)": ip,
+                "heads * head_dim": cfg.heads * cfg.head_dim, "kv_heads * head_dim": cfg.kv_heads * cfg.head_dim}
         for name, d in dims.items():
-            if name != "kv_heads * head_dim" and d % k_align:            # a matmul's K
+            if name in ("hidden", "heads * head_dim") and d % k_align:            # a matmul's K
                 raise BlockProgramError(f"{name} = {d} must be a multiple of the matmul's k_align {k_align}")
             if d % W8:
                 raise BlockProgramError(f"{name} = {d} must be a multiple of the {W8}-byte port word")
             if d > vg.max_dim:
                 raise BlockProgramError(f"{name} = {d} exceeds the vector engine's max_dim {vg.max_dim}")
-        gu = 2 * cfg.intermediate if cfg.arch == "llama" else cfg.intermediate
+        gu = 2 * ip if cfg.arch == "llama" else ip
         k_top = getattr(lay.matmul, "max_k_total", lay.mm.max_k)
-        for name, k in (("hidden", cfg.hidden), ("intermediate", cfg.intermediate), ("heads * head_dim", dims["heads * head_dim"])):
+        for name, k in (("hidden", cfg.hidden), ("intermediate (padded to k_align)", ip),
+                        ("heads * head_dim", dims["heads * head_dim"])):
             if k > k_top:
                 raise BlockProgramError(f"{name} = {k} exceeds the largest K of one matmul descriptor ({k_top}: "
                                         f"split_k x max_k)")
@@ -450,7 +468,7 @@ class ModelProgram:
         self.kv_bits, self.max_context, self.num_pages = kv_bits, ctx, pages
         self.window, self.sink = window, sink
         self._max_pages = max_pages
-        self._final_norm, self._gu = final_norm, gu
+        self._final_norm, self._gu, self._ip = final_norm, gu, ip
         self.last_step: StepStats | None = None
         self._static: list[Buffer] = []                     # every upload (weights, tables): never rewritten
         self._static_pages: dict | None = None                # their bytes, read back on the first golden step
@@ -616,11 +634,12 @@ class ModelProgram:
             kb = None if kb is None else kb[ok]
         qkv = self._matmul(_stack(q_enc, k_enc, enc["v_proj"]))
         o = self._matmul(enc["o_proj"])
+        ip = self._ip                                      # the intermediate width padded to k_align
         if llama:
-            up = self._matmul(_stack(enc["gate_proj"], enc["up_proj"]))
+            up = self._matmul(_stack(_pad_rows(enc["gate_proj"], ip), _pad_rows(enc["up_proj"], ip)))
             down = self._matmul(enc["down_proj"])
         else:
-            up, down = self._matmul(enc["fc_in"]), self._matmul(enc["fc_out"])
+            up, down = self._matmul(_pad_rows(enc["fc_in"], ip)), self._matmul(enc["fc_out"])
         k_scale = kv_head_scale(ranges[0], self.kv_bits)
         v_scale = kv_head_scale(ranges[1], self.kv_bits)
         src = F_ACT if llama else Fh                       # units of the scale records of X1 / X3
@@ -642,13 +661,14 @@ class ModelProgram:
         if "o_proj" in biases:
             t["o_bias"] = self._table(_int32("o_proj bias", biases["o_proj"], Fh))
         if llama:
-            I = cfg.intermediate
-            t["gate_cols"] = self._table(up.columns(src, F_ACT, 0, I))
-            t["up_cols"] = self._table(up.columns(src, F_ACT, I, 2 * I))
+            t["gate_cols"] = self._table(up.columns(src, F_ACT, 0, ip))
+            t["up_cols"] = self._table(up.columns(src, F_ACT, ip, 2 * ip))
         else:
             t["in_cols"] = self._table(up.columns(src, F_ACT))
             if "fc_in" in biases:
-                t["in_bias"] = self._table(_int32("fc_in bias", biases["fc_in"], F_ACT))
+                b = np.zeros(ip)
+                b[:cfg.intermediate] = biases["fc_in"]
+                t["in_bias"] = self._table(_int32("fc_in bias", b, F_ACT))
         t["down_cols"] = self._table(down.columns(F_ACT, Fh))
         name = "down_proj" if llama else "fc_out"
         if name in biases:
@@ -1069,7 +1089,7 @@ class ModelProgram:
         R = vg.rows
         blocked = lambda n: vg.blocks(T) * R * n * 4          # noqa: E731
         nqkv = (cfg.heads + 2 * cfg.kv_heads) * cfg.head_dim
-        widest = max(cfg.hidden, cfg.intermediate, cfg.heads * cfg.head_dim)
+        widest = max(cfg.hidden, self._ip, cfg.heads * cfg.head_dim)
         sizes = {"h": blocked(cfg.hidden), "xa": T * widest, "xs_a": vg.scale_bytes(T), "xb": T * widest,
                  "xs_b": vg.scale_bytes(T), "yqkv": blocked(nqkv), "qrec": T * cfg.heads * att.q_record_bytes,
                  "o": T * cfg.heads * cfg.head_dim * 4, "y": blocked(max(cfg.hidden, self._gu)),
@@ -1134,7 +1154,7 @@ class ModelProgram:
             self._residual(p, T, L, "o_cols", "o_bias", a, a["xs_b"], H, None if llama else L.consts["norm1"])
             rows_of_h(L.consts["norm2"] if llama else None)          # the MLP's input
             matmul(L.up, a["xa"], a["y"])
-            I = cfg.intermediate
+            I = self._ip                                 # padded: the zero columns give zeros
             if llama:
                 p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(2 * I), a_scale=a["xs_a"],
                          a_cols=t(L, "gate_cols"), act=VectorAct.SILU, b_fmt=VectorIn.ACC32, b_addr=a["y"] + blk(I),

@@ -130,14 +130,22 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int, seque
     rows = {"hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
             "heads x head_dim": heads * spec.head_dim, "kv_heads x head_dim": kv_heads * spec.head_dim}
     align, word = geom.k_align, lay.word_bytes
+    # the block programs zero-pad the FFN's intermediate width to k_align (exact: zero weights)
+    rows["intermediate_size (padded to k_align)"] = geom.pad_k(rows.pop("intermediate_size"))
     for what, width in rows.items():
         # the block programs hold every activation row on chip: within max_dim and max_k, whole words
         if width > vec.max_dim:
             raise ModelFitError(f"the model's {what} {width} exceeds the vector engine's max_dim {vec.max_dim} "
                                 "(the longest row it holds)")
-        if width > mm.max_k:
-            raise ModelFitError(f"the model's {what} {width} exceeds the matmul engine's max_k {mm.max_k} (a "
-                                "matmul input row of a block program must fit the engine)")
+        if what.startswith("kv_heads"):      # not a matmul input: whole port words only
+            if width % word:
+                raise ModelFitError(f"the model's {what} {width} is not a multiple of the {word}-byte port word "
+                                    "that block programs need")
+            continue
+        if width > geom.max_k_total:
+            raise ModelFitError(f"the model's {what} {width} exceeds the largest K of one matmul descriptor "
+                                f"{geom.max_k_total} (max_k {mm.max_k} x split_k {mm.split_k}): a matmul input row "
+                                "of a block program must fit the engine")
         if width % align or width % word:
             raise ModelFitError(f"the model's {what} {width} is not a multiple of the matmul's k_align {align} "
                                 f"(and of the {word}-byte port word) that block programs need")

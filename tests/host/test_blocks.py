@@ -231,8 +231,10 @@ def test_models_the_design_cannot_run_are_refused_before_any_upload(dev, layout)
     before = len(dev.live_buffers())
     with pytest.raises(BlockProgramError, match="head_dim 32 differs"):
         ModelProgram(dev, BlockConfig(**{**LLAMA.__dict__, "head_dim": 32, "heads": 1}), [w])
-    with pytest.raises(BlockProgramError, match="intermediate = 40 must be a multiple of the matmul.s k_align"):
-        ModelProgram(dev, BlockConfig(**{**LLAMA.__dict__, "intermediate": 40}), [w])
+    with pytest.raises(BlockProgramError, match="hidden = 40 must be a multiple of the matmul.s k_align"):
+        ModelProgram(dev, BlockConfig(**{**LLAMA.__dict__, "hidden": 40}), [w])
+    with pytest.raises(BlockProgramError, match=r"intermediate \(padded to k_align\) = 1024 exceeds the vector"):
+        ModelProgram(dev, BlockConfig(**{**LLAMA.__dict__, "intermediate": 1016}), [w])
     with pytest.raises(ValueError, match=r"blocks\[0\].gate_proj must be"):
         ModelProgram(dev, BlockConfig(**{**LLAMA.__dict__, "intermediate": 64}), [w])
     with pytest.raises(ValueError, match="heads .* multiple of kv_heads"):

@@ -322,13 +322,15 @@ def test_head_dim_k_and_row_widths_are_checked_against_the_engines(tmp_path, dev
     with pytest.raises(ModelFitError, match="head_dim 32 differs from the attention engine's head_dim 16"):
         Model.from_pretrained(d, device=dev)
     d = write_llama(tmp_path / "k", hidden_size=64, intermediate_size=320, q_heads=4, kv_heads=2)
-    with GoldenDevice(model_design("wide", vector={"max_dim": 512})) as wide:
-        with pytest.raises(ModelFitError, match=r"intermediate_size 320 exceeds the matmul engine's max_k 256"):
+    with GoldenDevice(model_design("wide", matmul={"split_k": 1}, vector={"max_dim": 512})) as wide:
+        with pytest.raises(ModelFitError, match=r"intermediate_size \(padded to k_align\) 320 exceeds the largest K "
+                                                r"of one matmul descriptor 256 \(max_k 256 x split_k 1\)"):
             Model.from_pretrained(d, device=wide)
-    with pytest.raises(ModelFitError, match="intermediate_size 320 exceeds the vector engine's max_dim 256"):
+    with pytest.raises(ModelFitError, match=r"intermediate_size \(padded to k_align\) 320 exceeds the vector "
+                                            r"engine's max_dim 256"):
         Model.from_pretrained(d, device=dev)
-    d = write_llama(tmp_path / "odd", hidden_size=64, intermediate_size=120, q_heads=4, kv_heads=2)
-    with pytest.raises(ModelFitError, match="intermediate_size 120 is not a multiple of the matmul's k_align 16"):
+    d = write_llama(tmp_path / "odd", hidden_size=72, intermediate_size=128, q_heads=4, kv_heads=2, head_dim=16)
+    with pytest.raises(ModelFitError, match="hidden_size 72 is not a multiple of the matmul's k_align 16"):
         Model.from_pretrained(d, device=dev)
     with GoldenDevice(model_design("nosilu", vector={"activations": ["gelu"]})) as nosilu:
         with pytest.raises(ModelFitError, match="no silu table"):

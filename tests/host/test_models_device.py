@@ -133,6 +133,28 @@ def test_encoders_embed_bit_exact_with_the_golden_program_and_close_to_float(gde
             np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)
 
 
+@pytest.mark.parametrize("arch", ["llama", "bert"])
+def test_an_intermediate_width_off_the_k_alignment_is_zero_padded_on_the_device(gdev, layout, tmp_path, arch):
+    # LLaMA-2-7B's 11008 on a 4096-lane design: the block program pads the FFN to k_align with zero
+    # weights (gate/up or fc_in rows, down/fc_out K); every step still equals the golden program and
+    # tracks the float model of the unpadded checkpoint
+    shape = design_sized(layout, arch)
+    word, align = layout.word_bytes, layout.matmul.k_align
+    inter = shape["intermediate_size"] - word
+    assert inter % align and inter % word == 0
+    shape["intermediate_size"] = inter
+    if arch == "llama":
+        with Model.from_pretrained(write_llama(tmp_path / "m", num_layers=2, **shape), device=gdev) as model:
+            assert model.program.layers[0].up.n == 2 * layout.matmul.pad_k(inter)
+            _generate_and_check(model, "Hello there", 5, min_cos=0.99)
+    else:
+        texts = ["the quick brown fox", "hello world"]
+        with Model.from_pretrained(write_bert(tmp_path / "m", num_layers=2, **shape), device=gdev) as model:
+            emb = model.encode(texts, verify=True)
+            assert model.golden_mismatches == 0
+            assert np.all(cosine(emb, model.reference(texts)) > 0.99)
+
+
 # -- the Verilator co-simulation --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")

@@ -433,10 +433,13 @@ class ModelProgram:
             if not isinstance(b, BlockWeights):
                 raise TypeError(f"blocks[{i}] must be a BlockWeights, got {type(b).__name__}")
         W8, k_align = lay.word_bytes, lay.matmul.k_align
-        # the FFN's intermediate width is zero-padded to k_align on the device (zero weights: the
-        # padded activations are exactly 0, the math is unchanged); hidden and heads x head_dim are
-        # normalized or attended over and must be aligned as they are
+        # the FFN's intermediate width I on the device: gate/up (fc_in) compute I columns, rounded up
+        # to a port word of columns; the activation pass runs over I padded to k_align, the padded
+        # columns read with column multiplier 0 (exactly 0 after SiLU/GELU: the row scale and the
+        # math are unchanged), and down (fc_out) takes K padded with zero weights. hidden and heads x
+        # head_dim are normalized or attended over and must be aligned as they are.
         ip = lay.matmul.pad_k(cfg.intermediate)
+        i_dev = -(-cfg.intermediate // W8) * W8
         dims = {"hidden": cfg.hidden, "intermediate (padded to k_align)": ip,
                 "heads * head_dim": cfg.heads * cfg.head_dim, "kv_heads * head_dim": cfg.kv_heads * cfg.head_dim}
         for name, d in dims.items():
@@ -468,7 +471,7 @@ class ModelProgram:
         self.kv_bits, self.max_context, self.num_pages = kv_bits, ctx, pages
         self.window, self.sink = window, sink
         self._max_pages = max_pages
-        self._final_norm, self._gu, self._ip = final_norm, gu, ip
+        self._final_norm, self._gu, self._ip, self._in = final_norm, gu, ip, i_dev
         self.last_step: StepStats | None = None
         self._static: list[Buffer] = []                     # every upload (weights, tables): never rewritten
         self._static_pages: dict | None = None                # their bytes, read back on the first golden step
@@ -634,12 +637,12 @@ class ModelProgram:
             kb = None if kb is None else kb[ok]
         qkv = self._matmul(_stack(q_enc, k_enc, enc["v_proj"]))
         o = self._matmul(enc["o_proj"])
-        ip = self._ip                                      # the intermediate width padded to k_align
+        ip, i_dev = self._ip, self._in                     # FFN width: activation pass, gate/up columns
         if llama:
-            up = self._matmul(_stack(_pad_rows(enc["gate_proj"], ip), _pad_rows(enc["up_proj"], ip)))
+            up = self._matmul(_stack(_pad_rows(enc["gate_proj"], i_dev), _pad_rows(enc["up_proj"], i_dev)))
             down = self._matmul(enc["down_proj"])
         else:
-            up, down = self._matmul(_pad_rows(enc["fc_in"], ip)), self._matmul(enc["fc_out"])
+            up, down = self._matmul(_pad_rows(enc["fc_in"], i_dev)), self._matmul(enc["fc_out"])
         k_scale = kv_head_scale(ranges[0], self.kv_bits)
         v_scale = kv_head_scale(ranges[1], self.kv_bits)
         src = F_ACT if llama else Fh                       # units of the scale records of X1 / X3
@@ -660,11 +663,12 @@ class ModelProgram:
         t["o_cols"] = self._table(o.columns(F_ACT, Fh))
         if "o_proj" in biases:
             t["o_bias"] = self._table(_int32("o_proj bias", biases["o_proj"], Fh))
+        pad = np.zeros(ip - i_dev, dtype=np.int64)        # the activation pass's columns past gate/up: x 0
         if llama:
-            t["gate_cols"] = self._table(up.columns(src, F_ACT, 0, ip))
-            t["up_cols"] = self._table(up.columns(src, F_ACT, ip, 2 * ip))
+            t["gate_cols"] = self._table(np.concatenate([up.columns(src, F_ACT, 0, i_dev), pad]))
+            t["up_cols"] = self._table(np.concatenate([up.columns(src, F_ACT, i_dev, 2 * i_dev), pad]))
         else:
-            t["in_cols"] = self._table(up.columns(src, F_ACT))
+            t["in_cols"] = self._table(np.concatenate([up.columns(src, F_ACT), pad]))
             if "fc_in" in biases:
                 b = np.zeros(ip)
                 b[:cfg.intermediate] = biases["fc_in"]
@@ -1154,14 +1158,15 @@ class ModelProgram:
             self._residual(p, T, L, "o_cols", "o_bias", a, a["xs_b"], H, None if llama else L.consts["norm1"])
             rows_of_h(L.consts["norm2"] if llama else None)          # the MLP's input
             matmul(L.up, a["xa"], a["y"])
-            I = self._ip                                 # padded: the zero columns give zeros
+            # over I padded to k_align (down's K): gate/up hold i_dev columns, the rest read x 0
+            I, ni = self._ip, self._in
             if llama:
-                p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(2 * I), a_scale=a["xs_a"],
-                         a_cols=t(L, "gate_cols"), act=VectorAct.SILU, b_fmt=VectorIn.ACC32, b_addr=a["y"] + blk(I),
-                         b_stride=blk(2 * I), b_cols=t(L, "up_cols"), combine=VectorCombine.MUL,
+                p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(2 * ni), a_scale=a["xs_a"],
+                         a_cols=t(L, "gate_cols"), act=VectorAct.SILU, b_fmt=VectorIn.ACC32, b_addr=a["y"] + blk(ni),
+                         b_stride=blk(2 * ni), b_cols=t(L, "up_cols"), combine=VectorCombine.MUL,
                          out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
             else:
-                p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(I), a_scale=a["xs_a"],
+                p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(ni), a_scale=a["xs_a"],
                          a_cols=t(L, "in_cols"), **self._bias(L, "in_bias"), act=VectorAct.GELU,
                          out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
             matmul(L.down, a["xb"], a["y"])

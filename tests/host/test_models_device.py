@@ -135,9 +135,10 @@ def test_encoders_embed_bit_exact_with_the_golden_program_and_close_to_float(gde
 
 @pytest.mark.parametrize("arch", ["llama", "bert"])
 def test_an_intermediate_width_off_the_k_alignment_is_zero_padded_on_the_device(gdev, layout, tmp_path, arch):
-    # LLaMA-2-7B's 11008 on a 4096-lane design: the block program pads the FFN to k_align with zero
-    # weights (gate/up or fc_in rows, down/fc_out K); every step still equals the golden program and
-    # tracks the float model of the unpadded checkpoint
+    # LLaMA-2-7B's 11008 on a 4096-lane design: gate/up (fc_in) compute the real columns, the
+    # activation pass runs over the width padded to k_align (the extra columns read x 0) and
+    # down (fc_out) takes K padded with zero weights; every step still equals the golden program
+    # and tracks the float model of the checkpoint
     shape = design_sized(layout, arch)
     word, align = layout.word_bytes, layout.matmul.k_align
     inter = shape["intermediate_size"] - word
@@ -145,7 +146,8 @@ def test_an_intermediate_width_off_the_k_alignment_is_zero_padded_on_the_device(
     shape["intermediate_size"] = inter
     if arch == "llama":
         with Model.from_pretrained(write_llama(tmp_path / "m", num_layers=2, **shape), device=gdev) as model:
-            assert model.program.layers[0].up.n == 2 * layout.matmul.pad_k(inter)
+            up, down = model.program.layers[0].up, model.program.layers[0].down
+            assert (up.n, down.k) == (2 * inter, layout.matmul.pad_k(inter))     # gate/up unpadded, down's K padded
             _generate_and_check(model, "Hello there", 5, min_cos=0.99)
     else:
         texts = ["the quick brown fox", "hello world"]
@@ -197,3 +199,11 @@ def test_sessions_share_the_kv_pools_that_max_sequences_sizes(gdev, ckpts):
         a.close()
         out = model.generate(list(range(5, 30)), 8, session=c, stop_tokens=(), verify=True)
         assert out.golden_mismatches == 0
+
+
+@pytest.mark.rtl
+def test_an_intermediate_width_off_the_k_alignment_runs_on_the_cosim(cosim, layout, tmp_path):
+    shape = design_sized(layout)
+    shape["intermediate_size"] -= layout.word_bytes            # off k_align: padded on the device
+    with Model.from_pretrained(write_llama(tmp_path / "m", num_layers=1, **shape), device=cosim) as model:
+        _generate_and_check(model, "Hi", 4, min_cos=0.99)

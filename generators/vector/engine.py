@@ -509,7 +509,8 @@ class VectorEngine(wiring.Component):
         m.d.comb += [sweep_we.eq(out_v), sweep_wr.eq(out_r), sweep_wa.eq(out_j), sweep_wd.eq(out_w)]
         m.d.sync += inflight.eq(inflight + sw_issue - out_v)
         sweeping = Signal()
-        m.d.comb += sweeping.eq(sw_active | (inflight != 0))
+        absmax_busy = Signal()               # the group absmax pipeline (below) still holds values
+        m.d.comb += sweeping.eq(sw_active | (inflight != 0) | absmax_busy)
 
         vals = lanes_of(out_w, L)
         wsum = Signal(signed(32 + LOGL + 1))
@@ -524,15 +525,30 @@ class VectorEngine(wiring.Component):
                              S2[out_r].eq(acc2 + wsq), acc1.eq(0), acc2.eq(0)]
             with m.Else():
                 m.d.sync += [acc1.eq(acc1 + wsum), acc2.eq(acc2 + wsq)]
-        # group absmax of the values the store quantizes
+        # group absmax of the values the store quantizes, in three stages: |v| registered, half of a
+        # max tree over the L lanes registered, the rest with the group's running max into gmax (a
+        # chain over 16 lanes was 51 LUT levels, 31.8 MHz by Yosys); (row, group, end) travel along
         absv = [Signal(32, name=f"abs{i}") for i in range(L)]
         for i, v in enumerate(vals):
-            m.d.comb += absv[i].eq(Mux(v < 0, -v, v))
-        wmax = absv[0]
-        for i in range(1, L):
-            nxt = Signal(32, name=f"wmax{i}")
-            m.d.comb += nxt.eq(Mux(absv[i] > wmax, absv[i], wmax))
-            wmax = nxt
+            m.d.sync += absv[i].eq(Mux(v < 0, -v, v))
+
+        def max_levels(xs, levels, name):
+            for lv in range(levels):
+                nxt = []
+                for i in range(0, len(xs), 2):
+                    mx = Signal(32, name=f"{name}{lv}_{i // 2}")
+                    m.d.comb += mx.eq(Mux(xs[i + 1] > xs[i], xs[i + 1], xs[i]))
+                    nxt.append(mx)
+                xs = nxt
+            return xs
+
+        half = LOGL // 2
+        part = []
+        for i, x in enumerate(max_levels(absv, half, "amax")):
+            reg = Signal(32, name=f"amax_r{i}")
+            m.d.sync += reg.eq(x)
+            part.append(reg)
+        wmax, = max_levels(part, LOGL - half, "bmax")
         run = Signal(32)
         gw_log = Signal(range(32))           # log2 of a group's words (KV: G/L; QREC: hd/L)
         if att is not None:
@@ -546,12 +562,15 @@ class VectorEngine(wiring.Component):
                          gidx.eq(out_j >> gw_log)]
         final = Signal()
         m.d.comb += final.eq(quant_out & Mux(j.norm == VectorNorm.NONE, elem.o_valid, napply.o_valid))
+        final1, final2 = delayed(final, 1, "final"), delayed(final, 2, "final")
+        g_end2, g_idx2, g_row2 = delayed(group_end, 2, "g_end"), delayed(gidx, 2, "g_idx"), delayed(out_r, 2, "g_row")
+        m.d.comb += absmax_busy.eq(final1 | final2)
         gm = Signal(32)
         m.d.comb += gm.eq(Mux(wmax > run, wmax, run))
         _, gwp, grp = gmax_mem
-        m.d.comb += [gwp.addr.eq(out_r * GPR + gidx), gwp.data.eq(gm), gwp.en.eq(final & group_end)]
-        with m.If(final):
-            m.d.sync += run.eq(Mux(group_end, 0, gm))
+        m.d.comb += [gwp.addr.eq(g_row2 * GPR + g_idx2), gwp.data.eq(gm), gwp.en.eq(final2 & g_end2)]
+        with m.If(final2):
+            m.d.sync += run.eq(Mux(g_end2, 0, gm))
 
         # -- scalar: V -> rsqrt per row (norm) ---------------------------------------------------
         m.submodules.rsqrt = rsqrt = Rsqrt(in_bits=rsqrt_in_bits(g.max_dim), frac_bits=RSQRT_FRAC)

@@ -774,13 +774,15 @@ class VectorEngine(wiring.Component):
             wc_take = wc_take | (self.sw_cmd[i].valid & self.sw_cmd[i].ready)
         pending = Signal(16)
         m.d.comb += self.out_done.ready.eq(1)
-        done_any = self.out_done.valid
+        dones = [self.out_done.valid]          # answers of several ports can arrive in one cycle
         done_err = self.out_done.valid & self.out_done.payload.error
         for i in range(g.kv_ports):
             m.d.comb += self.sw_done[i].ready.eq(1)
-            done_any = done_any | self.sw_done[i].valid
+            dones.append(self.sw_done[i].valid)
             done_err = done_err | (self.sw_done[i].valid & self.sw_done[i].payload.error)
-        m.d.sync += pending.eq(pending + wc_take - done_any)
+        done_count = Signal(range(len(dones) + 1))
+        m.d.comb += done_count.eq(sum(dones))
+        m.d.sync += pending.eq(pending + wc_take - done_count)
         with m.If(done_err):
             m.d.sync += err.eq(1)
         # the mantissa word read (KV read-modify-write)

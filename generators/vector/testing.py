@@ -24,11 +24,11 @@ __all__ = ["VectorBench", "random_case", "CASE_KINDS", "GROUP_KINDS", "blocked_i
 
 class VectorBench(DmaBench):
     def __init__(self, layout: DesignLayout, *, seed: int = 0, stall: float = 0.0, backpressure: float = 0.0,
-                 engine=None):
+                 engine=None, response_delay: tuple[int, int] = (1, 6)):
         from .engine import VectorEngine
 
         super().__init__(layout, engine if engine is not None else VectorEngine(layout), seed=seed,
-                         stall=stall, backpressure=backpressure, response_delay=(1, 6))
+                         stall=stall, backpressure=backpressure, response_delay=response_delay)
         self.geom = vector_geometry(layout)
         self.mem = bytearray(4096)
         self.jobs: list[dict] = []

@@ -24,18 +24,24 @@ def dev(tmp_path_factory):
         yield d
 
 
-def test_decoder_prefill_and_decode_on_the_cosim_equal_the_golden_program(dev):
-    rng = np.random.default_rng(10)
-    prog, *_ = build_llama(dev, rng, layers=2)
+def _prefill_then_decode(prog, xs, first: int):
+    """Prefill ``xs[:first]``, then decode the rest a step at a time: every result equals the golden
+    program's, every step is one start running all its descriptors. Returns the last step's stats."""
     seq = prog.sequence()
-    xs = rng.normal(0, 1, (8, LLAMA.hidden))
-    golden = prog.golden_prefill(xs[:5], seq)
-    assert np.array_equal(prog.prefill(xs[:5], seq), golden)
-    for t in range(5, 8):
+    golden = prog.golden_prefill(xs[:first], seq)
+    assert np.array_equal(prog.prefill(xs[:first], seq), golden)
+    for t in range(first, len(xs)):
         golden = prog.golden_decode_step(xs[t], seq)
         assert np.array_equal(prog.decode_step(xs[t], seq), golden)
         st = prog.last_step
         assert st.host_round_trips == 1 and st.counters["descriptors_done"] == st.descriptors
+    return st
+
+
+def test_decoder_prefill_and_decode_on_the_cosim_equal_the_golden_program(dev):
+    rng = np.random.default_rng(10)
+    prog, *_ = build_llama(dev, rng, layers=2)
+    _prefill_then_decode(prog, rng.normal(0, 1, (8, LLAMA.hidden)), 5)
     prog.close()
 
 
@@ -102,15 +108,7 @@ def test_head_parallel_decoder_on_the_cosim_appends_every_group_in_one_descripto
         rng = np.random.default_rng(12)
         prog, *_ = build_llama(d, rng, layers=2, cfg=MHA)
         assert prog.kv_layout == "head_parallel"
-        seq = prog.sequence()
-        xs = rng.normal(0, 1, (7, MHA.hidden))
-        golden = prog.golden_prefill(xs[:4], seq)
-        assert np.array_equal(prog.prefill(xs[:4], seq), golden)
-        for t in range(4, 7):
-            golden = prog.golden_decode_step(xs[t], seq)
-            assert np.array_equal(prog.decode_step(xs[t], seq), golden)
-        st = prog.last_step
-        assert st.host_round_trips == 1 and st.counters["descriptors_done"] == st.descriptors
+        st = _prefill_then_decode(prog, rng.normal(0, 1, (7, MHA.hidden)), 4)
         # the step's K and V of each group went out on that group's port
         assert all(st.counters["ports"][f"w{i}"]["bytes_written"] > 0 for i in range(4)), st.counters["ports"]
         prog.close()

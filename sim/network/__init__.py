@@ -92,7 +92,7 @@ def build_switch_library(verilog: str | Path, top: str, geom: SwitchGeometry, *,
     verilog = Path(verilog).resolve()
     if not verilog.is_file():
         raise FileNotFoundError(f"switch RTL {verilog} does not exist")
-    options = options or BuildOptions()
+    options = (options or BuildOptions()).for_rtl(verilog.stat().st_size)
     install = find_verilator()
     header = render_switch_header(geom, top)
     key = content_key([_KEY_VERSION, verilog, *(network_dir() / n for n in _SOURCES),

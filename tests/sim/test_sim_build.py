@@ -68,7 +68,7 @@ def test_rtl_change_rebuilds_once_for_concurrent_builders(tmp_path, fixture_buil
     with CoSim(libs[0]) as sim:
         assert sim.reg_read("ID") == 0x48424D46
     info = json.loads((Path(libs[0]).parent / "build_info.json").read_text())
-    assert info["options"] == BuildOptions().to_json()
+    assert info["options"] == BuildOptions(opt="-O2").to_json()      # "auto" resolved for a small design
 
 
 def test_build_errors_show_the_compiler_output(tmp_path):
@@ -77,3 +77,11 @@ def test_build_errors_show_the_compiler_output(tmp_path):
     from hbmforge.sim.build import BuildError
     with pytest.raises(BuildError, match=r"verilator.*failed[\s\S]*fixture\.v:1"):
         build_library(bad, FIXTURE_MANIFEST, progress=False, cache=BuildCache("cosim", tmp_path / "c"))
+
+
+def test_auto_opt_is_O1_only_for_large_rtl():
+    from hbmforge.sim.build import LARGE_RTL_BYTES
+    auto = BuildOptions()
+    assert auto.for_rtl(LARGE_RTL_BYTES).opt == "-O2"
+    assert auto.for_rtl(LARGE_RTL_BYTES + 1).opt == "-O1"
+    assert BuildOptions(opt="-O3").for_rtl(10 * LARGE_RTL_BYTES).opt == "-O3"      # an explicit choice stays

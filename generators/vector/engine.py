@@ -35,7 +35,7 @@ from hbmforge.mathutil import exact_log2
 from hbmforge.numerics.vector import rsqrt_in_bits
 
 from ..nonlinear.rsqrt import Rsqrt
-from .arith import lanes_of, word_of
+from .arith import lanes_of, pipelined_product, word_of
 from .elementwise import ElementPipe
 from .normapply import NormApply
 from .qparams import QuantParams
@@ -592,11 +592,25 @@ class VectorEngine(wiring.Component):
         vnum = Signal(s2_bits + 17)
         sc_idx = Signal(range(R))
         m.d.comb += sc_idx.eq(sc_r)
-        m.d.comb += vnum.eq(j.dim * S2[sc_idx] - S1[sc_idx] * S1[sc_idx])
-        m.d.sync += var.eq((vnum << j.eps_shift) + j.eps_q)
+        # var = (dim * S2 - S1^2) << eps_shift + eps_q over registered stages (row sc_r's sums and the
+        # job hold still in SCALAR): in one cycle the two wide products were 92 MHz by Yosys
+        s1_abs, s2_row, dim_r = Signal(sb), Signal(s2_bits), Signal.like(j.dim)
+        m.d.sync += [s1_abs.eq(Mux(S1[sc_idx] < 0, -S1[sc_idx], S1[sc_idx])), s2_row.eq(S2[sc_idx]), dim_r.eq(j.dim)]
+        p_ds, lat_ds = pipelined_product(m, dim_r, s2_row, name="var_ds")
+        p_ss, lat_ss = pipelined_product(m, s1_abs, s1_abs, name="var_ss")
+        lat_p = max(lat_ds, lat_ss)
+        p_ds, p_ss = delayed(p_ds, lat_p - lat_ds, "var_dsd"), delayed(p_ss, lat_p - lat_ss, "var_ssd")
+        m.d.sync += vnum.eq(p_ds - p_ss)
+        shifted = Signal(rsqrt.in_bits)
+        m.d.sync += shifted.eq(vnum << j.eps_shift)
+        m.d.sync += var.eq(shifted + j.eps_q)
+        var_latency = 1 + lat_p + 3          # operands, products, difference, shift, + eps
+        sc_count = Signal(range(var_latency))
         m.d.comb += [rsqrt.i.payload.eq(var), rsqrt.i.valid.eq(sc_active & sc_sent), rsqrt.o.ready.eq(1)]
-        with m.If(sc_active & ~sc_sent):
-            m.d.sync += sc_sent.eq(1)        # var is registered: offer it one cycle later
+        with m.If(sc_active & ~sc_sent):     # offer var once the pipeline holds this row's
+            m.d.sync += sc_count.eq(sc_count + 1)
+            with m.If(sc_count == var_latency - 1):
+                m.d.sync += [sc_sent.eq(1), sc_count.eq(0)]
         with m.If(rsqrt.i.valid & rsqrt.i.ready):
             m.d.sync += [sc_sent.eq(0), sc_active.eq(0), sc_wait.eq(1)]
         with m.If(rsqrt.o.valid & sc_wait):

@@ -3,7 +3,7 @@
 Golden model: :func:`hbmforge.numerics.nonlinear.rsqrt_int` (:class:`~hbmforge.numerics.nonlinear.RsqrtSpec`).
 A small sequential unit (the norms need one result per vector):
 
-* ``e = (bitlen(v) - 1) // 2`` (priority encoder), ``u = (v << UF) >> 2e`` in ``[1, 4)`` with
+* ``e = (bitlen(v) - 1) // 2`` (a priority encoder as a tree, in a cycle of its own), ``u = (v << UF) >> 2e`` in ``[1, 4)`` with
   ``UF = frac_bits + 2`` fraction bits (truncated);
 * seed ``y = seeds[top seed_bits fraction bits of u]`` (``3 * 2**seed_bits`` entries,
   ``round(2**MF / sqrt(midpoint))``);
@@ -13,19 +13,31 @@ A small sequential unit (the norms need one result per vector):
       y2 = rshift_round(y*y, MF);  uy2 = rshift_round(u*y2, UF)
       y  = rshift_round(y * (3*2**MF - uy2), MF + 1)
 
-Latency ``3 + 7 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
+Latency ``4 + 7 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
 (``i.ready`` only while idle). ``v = 0`` gives an unspecified result.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...numerics.nonlinear import RsqrtSpec
 
-__all__ = ["Rsqrt", "rsqrt_result_layout"]
+__all__ = ["Rsqrt", "rsqrt_result_layout", "highest_set_bit"]
+
+
+def highest_set_bit(v) -> tuple[Value, Value]:
+    """``(any bit set, index of the highest set bit)`` of ``v`` as a tree of halves: about
+    ``log2(len(v))`` mux levels (a chain of ifs over the bits mapped to a ripple of ``len(v)`` LUTs)."""
+    v = Value.cast(v)
+    if len(v) == 1:
+        return v[0], Const(0, 1)
+    half = 1 << ((len(v) - 1).bit_length() - 1)          # the low part: the largest power of two < len(v)
+    lo_any, lo_idx = highest_set_bit(v[:half])
+    hi_any, hi_idx = highest_set_bit(v[half:])
+    return lo_any | hi_any, Mux(hi_any, hi_idx + half, lo_idx)
 
 
 def rsqrt_result_layout(spec: RsqrtSpec) -> data.StructLayout:
@@ -67,7 +79,7 @@ class Rsqrt(wiring.Component):
     @classmethod
     def latency_of(cls, iterations: int) -> int:
         """Cycles from accepting ``v`` to ``o.valid`` with ``iterations`` Newton steps."""
-        return 3 + cls.STEP_CYCLES * iterations
+        return 4 + cls.STEP_CYCLES * iterations
 
     @property
     def latency(self) -> int:
@@ -82,11 +94,9 @@ class Rsqrt(wiring.Component):
         m.submodules.seeds = rom = Memory(shape=unsigned(MF + 1), depth=len(seeds), init=seeds)
         rp = rom.read_port(domain="comb")
 
-        v = self.i.payload
+        v_r = Signal(unsigned(VB))
         top = Signal(range(max(VB, 2)))
-        for b in range(VB):
-            with m.If(v[b]):
-                m.d.comb += top.eq(b)                # the last true assignment wins: highest set bit
+        m.d.comb += top.eq(highest_set_bit(v_r)[1])
         e = Signal(range(sp.exp_max + 1))
         u = Signal(unsigned(UF + 2))
         y = Signal(unsigned(MF + 2))
@@ -110,15 +120,17 @@ class Rsqrt(wiring.Component):
             lo = min(17, len(b) - 1)
             hi = b[lo:].as_signed() if b.shape().signed else b[lo:]
             return [p_lo.eq(a * b[:lo]), p_hi.eq((a * hi) << lo)]
-        v_r = Signal(unsigned(VB))
         top_r = Signal(range(max(VB, 2)))
 
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.i.ready.eq(1)
                 with m.If(self.i.valid):
-                    m.d.sync += [v_r.eq(v), top_r.eq(top)]
-                    m.next = "NORM"
+                    m.d.sync += v_r.eq(self.i.payload)
+                    m.next = "TOP"
+            with m.State("TOP"):                     # the priority encoder gets a cycle of its own
+                m.d.sync += top_r.eq(top)
+                m.next = "NORM"
             with m.State("NORM"):
                 m.d.sync += [e.eq(top_r >> 1), u.eq((v_r << UF) >> ((top_r >> 1) << 1))]
                 m.next = "SEED"

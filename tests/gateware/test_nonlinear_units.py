@@ -178,6 +178,27 @@ def test_rsqrt_matches_golden_under_stalls_and_backpressure(kw):
     assert got == [rsqrt_int(v, dut.spec) for v in vs]
 
 
+@pytest.mark.parametrize("bits", [1, 2, 7, 49, 90])
+def test_highest_set_bit_tree(bits):
+    from amaranth.hdl import Module, Signal
+    from amaranth.sim import Simulator
+    from hbmforge.generators.nonlinear.rsqrt import highest_set_bit
+    m = Module()
+    v = Signal(bits)
+    any_, idx = highest_set_bit(v)
+    rng = random.Random(bits)
+    values = [0, 1, (1 << bits) - 1] + [1 << b for b in range(bits)] + [rng.getrandbits(bits) for _ in range(50)]
+
+    async def bench(ctx):
+        for x in values:
+            ctx.set(v, x)
+            assert (ctx.get(any_), ctx.get(idx) if x else 0) == (int(x != 0), max(x.bit_length() - 1, 0)), x
+
+    sim = Simulator(m)
+    sim.add_testbench(bench)
+    sim.run()
+
+
 def test_rsqrt_latency():
     dut = Rsqrt(in_bits=49)
     ins, outs = _edges(dut, 1, 20, lambda k: 12345)

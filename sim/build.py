@@ -29,9 +29,9 @@ from .verilator import VerilatorInstall, find_verilator
 
 __all__ = ["BuildOptions", "BuildResult", "BuildError", "build_library", "cosim_key", "design_sources"]
 
-_KEY_VERSION = "cosim-build-2"
+_KEY_VERSION = "cosim-build-2"     # bump when the build recipe changes in a way the inputs don't show
 #: Verilog size above which ``opt="auto"`` compiles the model with -O1 (see BuildOptions.for_rtl)
-LARGE_RTL_BYTES = 8_000_000     # bump when the build recipe changes in a way the inputs don't show
+LARGE_RTL_BYTES = 8_000_000
 # GNU ld: bind the library's own symbols inside it and keep libverilated's out of the dynamic table,
 # so two designs loaded into one process cannot resolve into each other. (macOS ld: two-level
 # namespaces already do that.)

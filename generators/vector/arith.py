@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 
+from ..nonlinear.rsqrt import highest_set_bit
+
 __all__ = ["I32_MIN", "I32_MAX", "sat32", "clamp", "rsr", "rsr_var", "shift_sat", "bit_length", "lanes_of",
            "word_of", "as_signed_field", "pipelined_product"]
 
@@ -50,12 +52,12 @@ def shift_sat(m: Module, p, s, *, neg_max: int, name: str) -> Signal:
 
 
 def bit_length(m: Module, v, *, name: str) -> Signal:
-    """Position of the highest set bit + 1 (0 for 0): a priority encoder."""
+    """Position of the highest set bit + 1 (0 for 0): the priority encoder as a tree
+    (:func:`~..nonlinear.rsqrt.highest_set_bit`)."""
     v = Value.cast(v)
     out = Signal(range(len(v) + 1), name=name)
-    for b in range(len(v)):
-        with m.If(v[b]):
-            m.d.comb += out.eq(b + 1)
+    any_set, top = highest_set_bit(v)
+    m.d.comb += out.eq(Mux(any_set, top + 1, 0))
     return out
 
 
@@ -74,7 +76,6 @@ def lanes_of(word, lanes: int, width: int = 32, *, signed_: bool = True) -> list
 def word_of(values, width: int = 32) -> Value:
     """Concatenate lane values (lane 0 lowest), each truncated to ``width`` bits."""
     return Cat(*(Value.cast(v)[:width] for v in values))
-
 
 
 def pipelined_product(m: Module, a, b, *, name: str, a_chunk: int = 17, b_chunk: int = 26) -> tuple[Signal, int]:

@@ -3,8 +3,9 @@
 ``n = bit_length(l)``; ``X`` = the top 17 bits of ``l`` (``2**16 <= X < 2**17``); a 128-entry
 seed table ``Y0`` on the 7 bits after the leading one; one Newton step
 ``Y = rshift_round(Y0 * (2**34 - X*Y0), 33)`` (``Y <= 2**17``, relative error < 2**-15).
-A :attr:`Reciprocal.LATENCY`-stage pipeline (leading-one detector, barrel shift, ROM, two
-multipliers, one register after each), so no stage is deeper than the 300 MHz budget.
+A :attr:`Reciprocal.LATENCY`-stage pipeline (leading-one detector, barrel shift, ROM, ``X*Y0``,
+``e``, ``Y0*e`` in DSP-sized partial products and their sums, rounding; a register after each),
+so no stage is deeper than the 300 MHz budget.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import RECIP_TABLE_BITS, RECIP_X_BITS
+from ..products import pipelined_product
 from ...numerics.softmax import RECIP_TABLE
 
 __all__ = ["Reciprocal"]
@@ -23,11 +25,12 @@ class Reciprocal(wiring.Component):
     """``(y, n) = reciprocal(l)`` for an ``l_bits``-bit unsigned ``l`` (``(0, 0)`` for 0), pipelined:
     ``y``/``n`` are the reciprocal of the ``l`` of :attr:`LATENCY` cycles before.
 
-    Stages (each a register): leading one; normalizing shift; seed-table read; ``e = 2**34 -
-    X*Y0``; ``Y0*e``; rounding. Each stage is at most a few LUT levels or one multiplier.
+    Stages (each a register): leading one; normalizing shift; seed-table read; ``X*Y0``;
+    ``e = 2**34 - X*Y0``; ``Y0*e`` (three stages); rounding. Each stage is at most a few LUT
+    levels, one carry chain or one DSP tile.
     """
 
-    LATENCY = 6
+    LATENCY = 9
 
     def __init__(self, l_bits: int):
         if l_bits < 2:
@@ -58,14 +61,21 @@ class Reciprocal(wiring.Component):
         m.d.comb += rp.addr.eq(x2[xb - 1 - RECIP_TABLE_BITS:xb - 1])
         x3, n3 = Signal(xb), Signal(nb)
         m.d.sync += [x3.eq(x2), n3.eq(n2)]
-        # 4: e = 2**(2 xb) - X * Y0
-        e4, y4, n4 = Signal(2 * xb + 1), Signal(xb + 1), Signal(nb)
-        m.d.sync += [e4.eq((1 << (2 * xb)) - x3 * rp.data), y4.eq(rp.data), n4.eq(n3)]
-        # 5: Y0 * e
-        p5, n5 = Signal(3 * xb + 2), Signal(nb)
-        m.d.sync += [p5.eq(y4 * e4), n5.eq(n4)]
-        # 6: rounding
+        # 4: X * Y0 (one DSP tile, registered), then 5: e = 2**(2 xb) - X * Y0
+        xy4, y4, n4 = Signal(2 * xb + 1), Signal(xb + 1), Signal(nb)
+        m.d.sync += [xy4.eq(x3 * rp.data), y4.eq(rp.data), n4.eq(n3)]
+        e5, y5, n5 = Signal(2 * xb + 1), Signal(xb + 1), Signal(nb)
+        m.d.sync += [e5.eq((1 << (2 * xb)) - xy4), y5.eq(y4), n5.eq(n4)]
+        # 6..: Y0 * e, its DSP-sized partial products and their sum registered
+        p, lat = pipelined_product(m, y5, e5, name="ye")
+        n_p = n5
+        for t in range(lat):
+            nxt = Signal(nb, name=f"n_p{t}")
+            m.d.sync += nxt.eq(n_p)
+            n_p = nxt
+        assert 5 + lat + 1 == self.LATENCY
+        # last: rounding
         y = Signal(2 * xb + 1 + xb + 1)
-        m.d.comb += y.eq((p5 + (1 << (2 * xb - 2))) >> (2 * xb - 1))
-        m.d.sync += [self.n.eq(n5), self.y.eq(Mux(n5 == 0, 0, y))]
+        m.d.comb += y.eq((p + (1 << (2 * xb - 2))) >> (2 * xb - 1))
+        m.d.sync += [self.n.eq(n_p), self.y.eq(Mux(n_p == 0, 0, y))]
         return m

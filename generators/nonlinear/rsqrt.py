@@ -37,7 +37,7 @@ def highest_set_bit(v) -> tuple[Value, Value]:
     half = 1 << ((len(v) - 1).bit_length() - 1)          # the low part: the largest power of two < len(v)
     lo_any, lo_idx = highest_set_bit(v[:half])
     hi_any, hi_idx = highest_set_bit(v[half:])
-    return lo_any | hi_any, Mux(hi_any, hi_idx + half, lo_idx)
+    return lo_any | hi_any, Mux(hi_any, hi_idx | half, lo_idx)     # hi_idx < half: | is +
 
 
 def rsqrt_result_layout(spec: RsqrtSpec) -> data.StructLayout:

@@ -8,7 +8,8 @@ Golden model: :mod:`hbmforge.numerics.vector` (``row_scale``, ``qrec_multiplier`
     KV          mant = clamp(rsr(A * km, ks), 1, 65535);  (Y, n) = reciprocal(mant)
                 mult = rsr(hm * Y, 10),  shift = min(hs + n + 6, 63),  meta = mant
 
-Fixed latency :attr:`LATENCY` (register, the reciprocal's pipeline, finish), one group per cycle.
+Fixed latency :attr:`LATENCY` (six stages to the scale, the reciprocal's pipeline, two to finish), one
+group per cycle.
 """
 from __future__ import annotations
 
@@ -19,13 +20,22 @@ from amaranth.lib.wiring import In, Out
 from hbmforge.encodings import VectorOut
 
 from ..attention.recip import Reciprocal
-from .arith import as_signed_field, bit_length, clamp, rsr, rsr_var
+from ..nonlinear.rsqrt import highest_set_bit
+from .arith import as_signed_field, bit_length, rsr
 
 __all__ = ["QuantParams"]
 
 
 class QuantParams(wiring.Component):
-    LATENCY = 2 + Reciprocal.LATENCY
+    """One group per cycle, :attr:`LATENCY` cycles from ``i_valid`` to ``o_valid``.
+
+    Every stage is a register behind a few LUT levels (issue 10 part 3): the scale, the
+    ``A x km`` product and the KV mantissa's rounding each get their own stages, and the QREC
+    score multiplier (which needs no reciprocal) is computed beside the reciprocal's pipeline.
+    """
+
+    #: ceil-add, product, two shifts, top-bit fix, mode | reciprocal | product and records, multiplier
+    LATENCY = 6 + Reciprocal.LATENCY + 2
 
     def __init__(self):
         super().__init__({
@@ -41,76 +51,152 @@ class QuantParams(wiring.Component):
             m.d.sync += nxt.eq(valid)
             valid = nxt
         m.d.comb += self.o_valid.eq(valid)
-        kv = self.mode == VectorOut.KV
-        A = self.absmax
 
-        # -- t1: the group's scale (a, e) or the KV mantissa -------------------------------------
-        bl = bit_length(m, A, name="bl")
-        e0 = Signal(range(17))
-        m.d.comb += e0.eq(Mux(bl > 16, bl - 16, 0))
-        a0 = Signal(33)
-        m.d.comb += a0.eq((A + (Const(1, 32) << e0) - 1) >> e0)
-        km, ks = self.const[:16], self.const[16:22]
-        prod = Signal(48)
-        m.d.comb += prod.eq(A * km)
-        mant0 = rsr_var(m, prod, ks, name="mant0")
+        def delay(v, name):
+            out = Signal.like(v, name=name)
+            m.d.sync += out.eq(v)
+            return out
+
+        # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); A + 2^e0 - 1, where
+        # 2^e0 - 1 is A's bits smeared down from its highest one, shifted right by 16; the two
+        # DSP tiles of A x km
+        A = self.absmax
+        smear = Cat(*(A[i:] != 0 for i in range(len(A))))
+        up1 = Signal(33, name="ceil1")
+        m.d.sync += up1.eq(A + (smear >> 16))
+        e0_1 = delay(bit_length(m, A[16:], name="e0"), "e0_1")
+        c1 = delay(self.const, "c1")
+        mode1 = delay(self.mode, "mode1")
+        km = self.const[:16]
+        lo_p = Signal(33, name="kv_plo")
+        hi_p = Signal(31, name="kv_phi")
+        m.d.sync += [lo_p.eq(A[:17] * km), hi_p.eq(A[17:] * km)]
+
+        # -- s2: the product summed; ks - 1 -------------------------------------------------------
+        e2_, up2 = delay(e0_1, "e0_2"), delay(up1, "ceil2")
+        prod2 = Signal(48, name="kv_prod")
+        m.d.sync += prod2.eq(lo_p + (hi_p << 17))
+        ks = c1[16:22]
+        ks_m1, kz2 = Signal.like(ks, name="ks_m1"), Signal(name="kz2")
+        m.d.sync += [ks_m1.eq(ks - 1), kz2.eq(ks == 0)]
+        c2_, mode2_ = delay(c1, "c2_"), delay(mode1, "mode2_")
+
+        # -- s3, s4: a0 = ceil(A / 2^e0); the KV product shifted right by ks - 1, by its multiple
+        # of 8 first, then by the rest -------------------------------------------------------------
+        a0_3 = Signal(33, name="a0_s3")
+        m.d.sync += a0_3.eq(up2 >> e2_)
+        e3 = delay(e2_, "e0_3")
+        shc = Signal(48, name="kv_shc")
+        m.d.sync += shc.eq(Mux(kz2, prod2, prod2 >> (ks_m1[3:] << 3)))
+        ks_lo, kz3 = delay(ks_m1[:3], "ks_lo"), delay(kz2, "kz3")
+        c3, mode3 = delay(c2_, "c3"), delay(mode2_, "mode3")
+        sh4 = Signal(48, name="kv_sh4")
+        m.d.sync += sh4.eq(Mux(kz3, shc, shc >> ks_lo))
+        a0, e0_4, kz4 = delay(a0_3, "a0_s4"), delay(e3, "e0_4"), delay(kz3, "kz4")
+        c4_, mode4_ = delay(c3, "c4_"), delay(mode3, "mode4_")
+
+        # -- s5: the scale's top-bit fix (a < 2^16); the KV mantissa's clamp flags ----------------
+        a5, e5 = Signal(16, name="a5"), Signal(range(18), name="e5")
+        with m.If(a0[16]):
+            m.d.sync += [a5.eq(a0 >> 1), e5.eq(e0_4 + 1)]
+        with m.Else():
+            m.d.sync += [a5.eq(a0), e5.eq(e0_4)]
+        # clamp(rsr(P, ks), 1, 65535) from sh = P >> (ks - 1): rsr is (sh + 1) >> 1, which is
+        # >= 2^16 exactly when sh >= 2^17 - 1 and < 1 exactly when sh == 0 (ks == 0: sh = P)
+        big5, zero5 = Signal(name="kv_big5"), Signal(name="kv_zero5")
+        mant5 = Signal(16, name="kv_mant5")
+        m.d.sync += [big5.eq(Mux(kz4, sh4[16:] != 0, (sh4[17:] != 0) | (sh4[:17] == (1 << 17) - 1))),
+                     zero5.eq(sh4 == 0), mant5.eq(Mux(kz4, sh4[:16], (sh4[:17] + 1) >> 1))]
+        c5, mode5 = delay(c4_, "c5"), delay(mode4_, "mode5")
+
+        # -- s6: the scale (a, e) or the clamped KV mantissa --------------------------------------
         a1 = Signal(17)
         e1 = Signal(range(18))
-        c1 = Signal(64)
-        mode1 = Signal(VectorOut)
-        with m.If(kv):
-            m.d.sync += [a1.eq(clamp(mant0, 1, 65535)), e1.eq(0)]
-        with m.Elif(a0[16]):
-            m.d.sync += [a1.eq(a0 >> 1), e1.eq(e0 + 1)]
+        with m.If(mode5 == VectorOut.KV):
+            m.d.sync += [a1.eq(Mux(big5, 65535, Mux(zero5, 1, mant5))), e1.eq(0)]
         with m.Else():
-            m.d.sync += [a1.eq(a0), e1.eq(e0)]
-        m.d.sync += [c1.eq(self.const), mode1.eq(self.mode)]
+            m.d.sync += [a1.eq(a5), e1.eq(e5)]
+        c4, mode4 = delay(c5, "c6"), delay(mode5, "mode6")
 
-        # -- t2: reciprocal (a pipeline of Reciprocal.LATENCY stages); the rest waits beside it ---
+        # -- t2: reciprocal (Reciprocal.LATENCY stages); the QREC record is formed beside it ----
         m.submodules.recip = recip = Reciprocal(16)
         m.d.comb += recip.l.eq(a1[:16])
-        p1 = Signal(32)
-        m.d.comb += p1.eq(a1[:16] * c1[:16])            # the QREC product
-        a16 = Signal(16)
-        m.d.comb += a16.eq(a1[:16])
-        stage = {"a": a16, "e": e1, "p": p1, "c": c1, "mode": mode1}
+        stage = {"a": a1[:16], "e": e1, "c": c4, "mode": mode4}
+        line = []
         for t in range(Reciprocal.LATENCY):
-            nxt = {k: Signal.like(v, name=f"{k}_d{t}") for k, v in stage.items()}
-            m.d.sync += [nxt[k].eq(v) for k, v in stage.items()]
-            stage = nxt
-        a2, e2, p2, c2, mode2 = stage["a"], stage["e"], stage["p"], stage["c"], stage["mode"]
+            stage = {k: delay(v, f"{k}_d{t}") for k, v in stage.items()}
+            line.append(stage)
+        a2, e2, c2, mode2 = line[-1]["a"], line[-1]["e"], line[-1]["c"], line[-1]["mode"]
         y2, n2 = recip.y, recip.n
+        qrec_meta = self._qrec_record(m, a1[:16], e1, c4, line)
 
-        # -- t3: multipliers, shifts, records -----------------------------------------------------
-        with m.If(mode2 == VectorOut.KV):
-            hm, hs = c2[32:48], c2[48:54]
-            ksh = Signal(range(64 + 17 + 7))
-            m.d.comb += ksh.eq(hs + n2 + 6)
-            m.d.sync += [self.mult.eq(rsr(hm * y2, 10)), self.shift.eq(Mux(ksh > 63, 63, ksh)),
-                         self.meta.eq(a2)]
-        with m.Else():
-            m.d.sync += [self.mult.eq(127 * y2), self.shift.eq(n2 + 16 + e2)]
-            with m.If(mode2 == VectorOut.QREC):
-                pbl = bit_length(m, p2, name="pbl")
-                t = Signal(range(18))
-                m.d.comb += t.eq(Mux(pbl > 16, pbl - 16, 0))
-                r = rsr_var(m, p2, t, name="pmult")
-                mult = Signal(17)
-                tt = Signal(range(19))
-                m.d.comb += [mult.eq(Mux(r[16], r >> 1, r)), tt.eq(Mux(r[16], t + 1, t))]
-                sh = Signal(signed(11))
-                m.d.comb += sh.eq(as_signed_field(c2[16:24]) - e2 - tt)
-                hi = Signal(range(32))
-                m.d.comb += hi.eq(Mux(sh - 63 > 31, 31, sh - 63))
-                down = rsr_var(m, mult, hi, name="mdown")
-                with m.If(p2 == 0):
-                    m.d.sync += self.meta.eq(0)
-                with m.Elif(sh < 0):
-                    m.d.sync += self.meta.eq(Cat(Const(65535, 16), Const(0, 16)))
-                with m.Elif(sh > 63):
-                    m.d.sync += self.meta.eq(Cat(down[:16], Const(63, 16)))
-                with m.Else():
-                    m.d.sync += self.meta.eq(Cat(mult[:16], sh[:16]))
-            with m.Else():
-                m.d.sync += self.meta.eq(Cat(a2, e2[:16]))
+        # -- t3: the KV product hm x Y (one DSP tile), the shifts and the records -----------------
+        kvm = mode2 == VectorOut.KV
+        hm, hs = c2[32:48], c2[48:54]
+        ksh = Signal(range(64 + 17 + 7))
+        m.d.comb += ksh.eq(hs + n2 + 6)
+        kv3 = Signal(name="kv_t3")
+        hy3 = Signal(len(hm) + len(y2), name="hy3")
+        y3 = Signal.like(y2, name="y_t3")
+        shift3 = Signal.like(self.shift, name="shift_t3")
+        meta3 = Signal.like(self.meta, name="meta_t3")
+        m.d.sync += [kv3.eq(kvm), hy3.eq(hm * y2), y3.eq(y2),
+                     shift3.eq(Mux(kvm, Mux(ksh > 63, 63, ksh), n2 + 16 + e2)),
+                     meta3.eq(Mux(kvm, a2, Mux(mode2 == VectorOut.QREC, qrec_meta, Cat(a2, e2[:16]))))]
+
+        # -- t4: the multiplier ---------------------------------------------------------------------
+        m.d.sync += [self.mult.eq(Mux(kv3, rsr(hy3, 10), 127 * y3)), self.shift.eq(shift3),
+                     self.meta.eq(meta3)]
         return m
+
+    @staticmethod
+    def _qrec_record(m: Module, a, e, c, line) -> Signal:
+        """The QREC score multiplier ``mult | shift << 16`` of ``qrec_multiplier(a, e, kc, ks)``,
+        five registered stages over the reciprocal's delay line (it needs no reciprocal); the
+        result lines up with the line's last stage."""
+        assert len(line) >= 6
+        # q0: P = a x kc (one DSP tile)
+        p = Signal(32, name="qr_p")
+        m.d.sync += p.eq(a * c[:16])
+        # q1: t = max(bit_length(P) - 16, 0) = bit_length(P >> 16), and t - 1 for the rounding
+        # shift (the index of P >> 16's highest one; used when t >= 1)
+        any_hi, top_hi = highest_set_bit(p[16:])
+        t = Signal(range(18), name="qr_t")
+        t_m1 = Signal(range(17), name="qr_t_m1")
+        p1 = Signal.like(p, name="qr_p1")
+        m.d.sync += [t.eq(Mux(any_hi, top_hi + 1, 0)), t_m1.eq(top_hi), p1.eq(p)]
+        # q2: r = rsr(P, t) = ((P >> (t - 1)) + 1) >> 1 for t >= 1
+        r = Signal(33, name="qr_r")
+        m.d.sync += r.eq(Mux(t == 0, p1, ((p1 >> t_m1) + 1) >> 1))
+        t2, p2 = Signal.like(t, name="qr_t2"), Signal.like(p, name="qr_p2")
+        m.d.sync += [t2.eq(t), p2.eq(p1)]
+        # q3: the top-bit fix and the shift  ks - e - t  (e and ks from the line, which q0 entered
+        # with them: line[k] holds the values of stage q(k))
+        mult = Signal(17, name="qr_mult")
+        sh = Signal(signed(11), name="qr_sh")
+        m.d.sync += [mult.eq(Mux(r[16], r >> 1, r)),
+                     sh.eq(as_signed_field(line[2]["c"][16:24]) - line[2]["e"] - Mux(r[16], t2 + 1, t2))]
+        zero3 = Signal(name="qr_zero3")
+        m.d.sync += zero3.eq(p2 == 0)
+        # q4: the clamped right shift of an overflowing exponent
+        # (hi = min(sh - 63, 31) >= 1 where it is used, sh > 63: the rounding shift by hi - 1)
+        hi_m1 = Signal(range(31), name="qr_hi_m1")
+        m.d.sync += hi_m1.eq(Mux(sh - 64 > 30, 30, sh - 64))
+        mult4, sh4, zero4 = Signal.like(mult, name="qr_mult4"), Signal.like(sh, name="qr_sh4"), Signal(name="qr_zero4")
+        m.d.sync += [mult4.eq(mult), sh4.eq(sh), zero4.eq(zero3)]
+        # q5: the record
+        down = ((mult4 >> hi_m1) + 1) >> 1
+        out = Signal(32, name="qr_meta")
+        with m.If(zero4):
+            m.d.sync += out.eq(0)
+        with m.Elif(sh4 < 0):
+            m.d.sync += out.eq(Cat(Const(65535, 16), Const(0, 16)))
+        with m.Elif(sh4 > 63):
+            m.d.sync += out.eq(Cat(down[:16], Const(63, 16)))
+        with m.Else():
+            m.d.sync += out.eq(Cat(mult4[:16], sh4[:16]))
+        for k in range(len(line) - 6):       # wait for the line's last stage
+            nxt = Signal.like(out, name=f"qr_meta_d{k}")
+            m.d.sync += nxt.eq(out)
+            out = nxt
+        return out

@@ -2,25 +2,38 @@
 vector engine's variance, the reciprocal of the attention and vector engines)."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, Value
+from amaranth.hdl import Module, Signal, Value, signed, unsigned
 
 __all__ = ["pipelined_product"]
 
 
-def pipelined_product(m: Module, a, b, *, name: str, a_chunk: int = 17, b_chunk: int = 26) -> tuple[Signal, int]:
-    """``a * b`` of unsigned values over registered stages: ``(product, latency in cycles)``.
+def _pieces(v: Value, size: int) -> list[tuple[int, Value]]:
+    """``v`` as ``(offset, piece)`` pairs of ``size`` bits; the top piece is signed if ``v`` is."""
+    out = []
+    for i in range(0, len(v), size):
+        piece = v[i:i + size]
+        out.append((i, piece.as_signed() if v.shape().signed and i + size >= len(v) else piece))
+    return out
 
-    Every partial product is ``a_chunk x b_chunk`` bits (one DSP48E2, 27 x 18 signed) and
-    registered; the shifted partial products are then summed two at a time, each level
-    registered. For wide operands whose result may take several cycles (a wide multiply in
-    one cycle is a cascade of DSPs and carry chains)."""
+
+def pipelined_product(m: Module, a, b, *, name: str, a_chunk: int = 17, b_chunk: int = 26) -> tuple[Signal, int]:
+    """``a * b`` over registered stages: ``(product, latency in cycles)``; signed if either is.
+
+    Every partial product is at most ``a_chunk x b_chunk`` bits (one DSP48E2, 27 x 18 signed:
+    low pieces are unsigned, the top piece of a signed operand signed) and registered; the
+    shifted partial products are then summed two at a time, each level registered. For wide
+    operands whose result may take several cycles (a wide multiply in one cycle is a cascade of
+    DSPs and carry chains)."""
     a, b = Value.cast(a), Value.cast(b)
     width = len(a) + len(b)
+    is_signed = a.shape().signed or b.shape().signed
     terms = []
-    for i in range(0, len(a), a_chunk):
-        for k in range(0, len(b), b_chunk):
-            pp = Signal(min(a_chunk, len(a) - i) + min(b_chunk, len(b) - k), name=f"{name}_pp{i}_{k}")
-            m.d.sync += pp.eq(a[i:i + a_chunk] * b[k:k + b_chunk])
+    for i, pa in _pieces(a, a_chunk):
+        for k, pb in _pieces(b, b_chunk):
+            bits = len(pa) + len(pb)
+            shape = signed(bits + 1) if pa.shape().signed or pb.shape().signed else unsigned(bits)
+            pp = Signal(shape, name=f"{name}_pp{i}_{k}")
+            m.d.sync += pp.eq(pa * pb)
             terms.append((pp, i + k))
     latency = 1
     level = 0
@@ -29,11 +42,13 @@ def pipelined_product(m: Module, a, b, *, name: str, a_chunk: int = 17, b_chunk:
         for t in range(0, len(terms), 2):
             pair = terms[t:t + 2]
             low = min(sh for _, sh in pair)
-            acc = Signal(width - low, name=f"{name}_s{level}_{t // 2}")
+            # a partial sum of signed terms is bounded by the sum of their magnitudes: 2 bits more
+            acc = Signal(signed(width - low + 2) if is_signed else unsigned(width - low),
+                         name=f"{name}_s{level}_{t // 2}")
             m.d.sync += acc.eq(sum(v << (sh - low) for v, sh in pair))
             nxt.append((acc, low))
         terms, level, latency = nxt, level + 1, latency + 1
     (v, sh), = terms
-    out = Signal(width, name=name)
+    out = Signal(signed(width) if is_signed else unsigned(width), name=name)
     m.d.comb += out.eq(v << sh)
     return out, latency

@@ -4,17 +4,16 @@ Golden model: :mod:`hbmforge.numerics.vector` (``dequant``, ``activate``, ``comb
 One port word of ``lanes`` int32 elements of one row per cycle, fixed latency :attr:`LATENCY`,
 no back-pressure (the caller issues only when the result has a place to go)::
 
-    t1  x_a * (a * c_a), x_b * (a * c_b)          per lane, 63-bit products
-    t2  shift_sat -> deq(A) + bias, deq(B)
-    t3..t5  GELU / SiLU (hbmforge.generators.nonlinear tail units) or a 3-stage delay
-    t6  A + B, or A * B (64-bit product)
-    t7  rsr(A * B, 16), saturated
-    t8  RoPE products  x0*cos - x1*sin, x0*sin + x1*cos
-    t9  rsr(., 14), saturated   -> ``o``
+    1..8    x_a * (a * c_a), x_b * (a * c_b) per lane (DSP-sized partial products), shifted
+            (by 8s, then the rest), rounded, saturated
+    9       + bias -> A, B
+    10..12  GELU / SiLU (hbmforge.generators.nonlinear tail units) or a 3-stage delay
+    13..18  A + B, or A * B (partial products), rsr(A * B, 16), saturated
+    19..22  RoPE products  x0*cos - x1*sin, x0*sin + x1*cos, rsr(., 14), saturated   -> ``o``
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -22,7 +21,8 @@ from hbmforge.encodings import VectorAct, VectorCombine, VectorIn
 
 from ...engines.vector import ACT_FRAC, ACT_SEG_BITS, ACT_WIDTH, ROPE_FRAC
 from ..nonlinear.activation import TailActivation
-from .arith import as_signed_field, lanes_of, rsr, sat32, shift_sat, word_of
+from ..products import pipelined_product
+from .arith import as_signed_field, lanes_of, rsr, sat32, word_of
 
 __all__ = ["ElementPipe", "element_config_layout"]
 
@@ -36,7 +36,11 @@ def element_config_layout() -> data.StructLayout:
 class ElementPipe(wiring.Component):
     """``lanes`` int32 lanes; ``activations``: the tail units to build ("gelu", "silu")."""
 
-    LATENCY = 9
+    #: stages: column multiplier (1), x * multiplier (3), shift by 8s, shift by the rest, round,
+    #: saturate, bias (1 each) | activation (3) | its mux (1), A * B (3), combine, round (1 each)
+    #: | RoPE products (2), rotate, round (1 each); each a few LUT levels, one carry chain or one
+    #: DSP tile
+    LATENCY = 9 + 3 + 6 + 4
 
     def __init__(self, *, lanes: int, activations=("gelu", "silu")):
         if lanes < 2 or lanes & (lanes - 1):
@@ -79,39 +83,54 @@ class ElementPipe(wiring.Component):
                 out = reg
             return out
 
-        # -- t1: products ------------------------------------------------------------------
+        def reg(shape, name, value):
+            out = Signal(shape, name=name)
+            m.d.sync += out.eq(value)
+            return out
+
+        # -- dequantize: x * (row_a * c) >> (c_shift - row_e), saturated (RES32: x) -------------
         xa, xb = lanes_of(self.xa, L), lanes_of(self.xb, L)
         ac = lanes_of(self.acol, L, signed_=False)
         bc = lanes_of(self.bcol, L, signed_=False)
-        pa = [Signal(signed(64), name=f"pa{i}") for i in range(L)]
-        pb = [Signal(signed(64), name=f"pb{i}") for i in range(L)]
-        sa = [Signal(signed(8), name=f"sa{i}") for i in range(L)]
-        sb = [Signal(signed(8), name=f"sb{i}") for i in range(L)]
         row_a = Mux(cfg.a_fmt == VectorIn.ACC32, self.row_a, 1)
         row_e = Mux(cfg.a_fmt == VectorIn.ACC32, self.row_e, 0)
-        for i in range(L):
-            ca, cb = ac[i][:15], bc[i][:15]
-            m.d.sync += [pa[i].eq(Mux(cfg.a_fmt == VectorIn.RES32, xa[i], xa[i] * (row_a * ca))),
-                         sa[i].eq(Mux(cfg.a_fmt == VectorIn.RES32, 0, as_signed_field(ac[i][16:22]) - row_e)),
-                         pb[i].eq(Mux(cfg.b_fmt == VectorIn.RES32, xb[i], xb[i] * (row_a * cb))),
-                         sb[i].eq(Mux(cfg.b_fmt == VectorIn.RES32, 0, as_signed_field(bc[i][16:22]) - row_e))]
-        bias1 = delay(self.bias, 1, "bias")
-        rope1 = delay(self.rope, 1, "rope")
+        deq = {}
+        for side, xs, cs, fmt in (("a", xa, ac, cfg.a_fmt), ("b", xb, bc, cfg.b_fmt)):
+            raw = fmt == VectorIn.RES32
+            out = []
+            for i in range(L):
+                # 1: the lane's multiplier (1 for RES32: the product is then x itself) and shift
+                mul = reg(unsigned(31), f"m{side}{i}", Mux(raw, 1, row_a * cs[i][:15]))
+                x1 = reg(signed(32), f"x{side}{i}", xs[i])
+                s1 = reg(signed(8), f"s{side}{i}", Mux(raw, 0, as_signed_field(cs[i][16:22]) - row_e))
+                # 2..4: the product
+                prod, lat = pipelined_product(m, x1, mul, name=f"p{side}{i}")
+                # shift_sat(p, s) = sat32(rsr(p << 31, s + 31)); rsr(v, t) = ((v >> (t-1)) + 1) >> 1, v if t == 0
+                t_m1 = delay(reg(signed(8), f"tm{side}{i}", s1 + 30), lat - 1, f"tm{side}{i}")
+                tz = delay(reg(1, f"tz{side}{i}", s1 == -31), lat - 1, f"tz{side}{i}")
+                wide = Signal(signed(32 + 31 + 31), name=f"w{side}{i}")
+                m.d.comb += wide.eq(prod << 31)
+                # 5: shift by the multiple of 8; 6: by the rest
+                coarse = reg(signed(len(wide)), f"wc{side}{i}", Mux(tz, wide, wide >> (t_m1[3:7] << 3)))
+                tz6, fine_s = delay(tz, 1, f"tz6{side}{i}"), delay(t_m1[:3], 1, f"tf{side}{i}")
+                fine = reg(signed(len(wide)), f"wf{side}{i}", Mux(tz6, coarse, coarse >> fine_s))
+                # 7: round; 8: saturate
+                tz7 = delay(tz6, 1, f"tz7{side}{i}")
+                rounded = reg(signed(len(wide)), f"wr{side}{i}", Mux(tz7, fine, (fine + 1) >> 1))
+                out.append(reg(signed(32), f"d{side}{i}", sat32(rounded)))
+            deq[side] = out
+        pre = 1 + 3 + 4                       # the dequantized values are in registers now
+        # 9: the bias
+        bias_l = lanes_of(delay(self.bias, pre, "bias"), L)
+        va = [reg(signed(32), f"va{i}", Mux(cfg.bias, sat32(deq["a"][i] + bias_l[i]), deq["a"][i]))
+              for i in range(L)]
+        vb = [delay(deq["b"][i], 1, f"vb{i}") for i in range(L)]
+        t_ab = pre + 1
+        assert lat == 3
 
-        # -- t2: shift, saturate, bias --------------------------------------------------------
-        va2 = [Signal(signed(32), name=f"va2_{i}") for i in range(L)]
-        vb2 = [Signal(signed(32), name=f"vb2_{i}") for i in range(L)]
-        bias_l = lanes_of(bias1, L)
-        for i in range(L):
-            da = shift_sat(m, pa[i], sa[i], neg_max=31, name=f"deqa{i}")
-            db = shift_sat(m, pb[i], sb[i], neg_max=31, name=f"deqb{i}")
-            m.d.sync += [va2[i].eq(Mux(cfg.bias, sat32(da + bias_l[i]), da)), vb2[i].eq(db)]
-        rope2 = delay(rope1, 1, "rope")
-
-        # -- t3..t5: activation ---------------------------------------------------------------
-        a_word = word_of(va2)
-        a_plain = delay(a_word, 3, "aplain")
-        act_out = a_plain
+        # -- activation (3 stages) -----------------------------------------------------------
+        a_word = word_of(va)
+        act_out = delay(a_word, 3, "aplain")
         for name, code in (("gelu", VectorAct.GELU), ("silu", VectorAct.SILU)):
             if name not in self._acts:
                 continue
@@ -119,39 +138,46 @@ class ElementPipe(wiring.Component):
                                   function=name)
             assert unit.latency == 3
             m.submodules[name] = unit
-            m.d.comb += [unit.i.valid.eq(valid[2]), unit.o.ready.eq(1)]
+            m.d.comb += [unit.i.valid.eq(valid[t_ab]), unit.o.ready.eq(1)]
             for i in range(L):
-                m.d.comb += unit.i.payload[i].eq(va2[i])
+                m.d.comb += unit.i.payload[i].eq(va[i])
             act_out = Mux(cfg.act == code, word_of([unit.o.payload[i] for i in range(L)]), act_out)
-        b5 = delay(word_of(vb2), 3, "b")
-        rope5 = delay(rope2, 3, "rope")
+        a_act = [reg(signed(32), f"aa{i}", v) for i, v in enumerate(lanes_of(act_out, L))]   # the mux registered
+        b_act = [delay(delay(v, 3, f"b{i}"), 1, f"bb{i}") for i, v in enumerate(vb)]
 
-        # -- t6, t7: combine ------------------------------------------------------------------
-        a5, bl5 = lanes_of(act_out, L), lanes_of(b5, L)
-        c6 = [Signal(signed(64), name=f"c6_{i}") for i in range(L)]
+        # -- combine: A + B, A * B (rsr 16), or A -------------------------------------------------
+        v_comb = []
         for i in range(L):
+            prod, plat = pipelined_product(m, a_act[i], b_act[i], name=f"ab{i}")
+            a_d, b_d = delay(a_act[i], plat, f"ca{i}"), delay(b_act[i], plat, f"cb{i}")
+            c = Signal(signed(64), name=f"c{i}")
             with m.Switch(cfg.combine):
                 with m.Case(VectorCombine.ADD):
-                    m.d.sync += c6[i].eq(a5[i] + bl5[i])
+                    m.d.sync += c.eq(a_d + b_d)
                 with m.Case(VectorCombine.MUL):
-                    m.d.sync += c6[i].eq(a5[i] * bl5[i])
+                    m.d.sync += c.eq(prod)
                 with m.Default():
-                    m.d.sync += c6[i].eq(a5[i])
-        v7 = [Signal(signed(32), name=f"v7_{i}") for i in range(L)]
-        for i in range(L):
-            m.d.sync += v7[i].eq(sat32(Mux(cfg.combine == VectorCombine.MUL, rsr(c6[i], ACT_FRAC), c6[i])))
-        rope7 = delay(rope5, 2, "rope")
+                    m.d.sync += c.eq(a_d)
+            v_comb.append(reg(signed(32), f"v{i}",
+                              sat32(Mux(cfg.combine == VectorCombine.MUL, rsr(c, ACT_FRAC), c))))
+        assert plat == 3
+        rope_c = delay(self.rope, t_ab + 3 + 1 + plat + 2, "rope")
 
-        # -- t8, t9: RoPE on pairs (2p, 2p+1) -------------------------------------------------
-        r8 = [Signal(signed(48), name=f"r8_{i}") for i in range(L)]
+        # -- RoPE on pairs (2p, 2p+1): x0*cos - x1*sin, x0*sin + x1*cos, rsr 14, saturated ------
+        o = [None] * L
         for p in range(L // 2):
-            entry = rope7[32 * p:32 * p + 32]
+            entry = rope_c[32 * p:32 * p + 32]
             cos, sin = entry[:16].as_signed(), entry[16:].as_signed()
-            x0, x1 = v7[2 * p], v7[2 * p + 1]
-            m.d.sync += [r8[2 * p].eq(Mux(cfg.rope, x0 * cos - x1 * sin, x0 << ROPE_FRAC)),
-                         r8[2 * p + 1].eq(Mux(cfg.rope, x0 * sin + x1 * cos, x1 << ROPE_FRAC))]
-        o9 = [Signal(signed(32), name=f"o9_{i}") for i in range(L)]
-        for i in range(L):
-            m.d.sync += o9[i].eq(sat32(rsr(r8[i], ROPE_FRAC)))
-        m.d.comb += self.o.eq(word_of(o9))
+            x0, x1 = v_comb[2 * p], v_comb[2 * p + 1]
+            c0, rlat = pipelined_product(m, x0, cos, name=f"x0c{p}")
+            s1_, _ = pipelined_product(m, x1, sin, name=f"x1s{p}")
+            s0, _ = pipelined_product(m, x0, sin, name=f"x0s{p}")
+            c1, _ = pipelined_product(m, x1, cos, name=f"x1c{p}")
+            x0_d, x1_d = delay(x0, rlat, f"x0_{p}"), delay(x1, rlat, f"x1_{p}")
+            r0 = reg(signed(48), f"r{2 * p}", Mux(cfg.rope, c0 - s1_, x0_d << ROPE_FRAC))
+            r1 = reg(signed(48), f"r{2 * p + 1}", Mux(cfg.rope, s0 + c1, x1_d << ROPE_FRAC))
+            for k, r in ((2 * p, r0), (2 * p + 1, r1)):
+                o[k] = reg(signed(32), f"o{k}", sat32(rsr(r, ROPE_FRAC)))
+        assert rlat == 2
+        m.d.comb += self.o.eq(word_of(o))
         return m

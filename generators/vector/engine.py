@@ -53,7 +53,8 @@ _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 # store micro-ops
 _VAL, _BLK, _TRL, _ZERO, _SCL, _MNT = range(6)
 _STORE_LATENCY = 1 + ChunkQuantizer.LATENCY     # tile read + quantizer
-_CHUNK_FIFO = 16                     # > ElementPipe.LATENCY + 2: a direct sweep streams at full rate
+# > ElementPipe.LATENCY + 2: a direct sweep streams at full rate
+_CHUNK_FIFO = 1 << (ElementPipe.LATENCY + 2).bit_length()
 
 
 def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
@@ -443,7 +444,7 @@ class VectorEngine(wiring.Component):
         if R == 1:
             m.d.comb += direct.eq((j.out_fmt == VectorOut.RES32) & (j.norm == VectorNorm.NONE))
         chunk_level = Signal(range(_CHUNK_FIFO + 1))
-        inflight = Signal(range(32))
+        inflight = Signal(range(max(_CHUNK_FIFO, ElementPipe.LATENCY, NormApply.LATENCY) + 2))
         sw_room = Signal()
         m.d.comb += sw_room.eq(chunk_level + inflight + 1 < _CHUNK_FIFO)
         sw_go = Signal()

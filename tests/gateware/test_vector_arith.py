@@ -1,24 +1,36 @@
-"""The vector engine's pipelined wide product against Python integers (amaranth.sim)."""
+"""The pipelined wide product (unsigned and signed) against Python integers (amaranth.sim)."""
 from __future__ import annotations
 
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Module, Signal, signed
 from amaranth.sim import Simulator
 
 from hbmforge.generators.vector.arith import pipelined_product
 
 
-@pytest.mark.parametrize("a_bits,b_bits", [(15, 78), (47, 47), (17, 26), (3, 100)])
-def test_pipelined_product_is_exact_after_its_latency(a_bits, b_bits):
+@pytest.mark.parametrize("a_bits,b_bits,a_signed,b_signed", [
+    (15, 78, False, False), (47, 47, False, False), (17, 26, False, False), (3, 100, False, False),
+    (32, 31, True, False), (32, 32, True, True), (32, 16, True, True), (18, 40, False, True)])
+def test_pipelined_product_is_exact_after_its_latency(a_bits, b_bits, a_signed, b_signed):
     m = Module()
-    a, b = Signal(a_bits), Signal(b_bits)
+    a, b = Signal(signed(a_bits) if a_signed else a_bits), Signal(signed(b_bits) if b_signed else b_bits)
     out, latency = pipelined_product(m, a, b, name="p")
     assert len(out) == a_bits + b_bits and latency >= 1
+    assert out.shape().signed == (a_signed or b_signed)
     rng = random.Random(a_bits * 1000 + b_bits)
-    cases = [((1 << a_bits) - 1, (1 << b_bits) - 1), (0, 0), (1, (1 << b_bits) - 1)]
-    cases += [(rng.getrandbits(a_bits), rng.getrandbits(b_bits)) for _ in range(40)]
+
+    def lo(bits, sgn):
+        return -(1 << (bits - 1)) if sgn else 0
+
+    def hi(bits, sgn):
+        return (1 << (bits - 1)) - 1 if sgn else (1 << bits) - 1
+
+    ends = [(x, y) for x in (lo(a_bits, a_signed), hi(a_bits, a_signed), 0, 1)
+            for y in (lo(b_bits, b_signed), hi(b_bits, b_signed), 0, 1)]
+    cases = ends + [(rng.randint(lo(a_bits, a_signed), hi(a_bits, a_signed)),
+                     rng.randint(lo(b_bits, b_signed), hi(b_bits, b_signed))) for _ in range(40)]
     got = []
 
     async def bench(ctx):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Signal, Value, signed, unsigned
 
-__all__ = ["pipelined_product"]
+__all__ = ["pipelined_product", "product_latency"]
 
 
 def _pieces(v: Value, size: int) -> list[tuple[int, Value]]:
@@ -14,6 +14,12 @@ def _pieces(v: Value, size: int) -> list[tuple[int, Value]]:
         piece = v[i:i + size]
         out.append((i, piece.as_signed() if v.shape().signed and i + size >= len(v) else piece))
     return out
+
+
+def product_latency(a_bits: int, b_bits: int, *, a_chunk: int = 17, b_chunk: int = 26) -> int:
+    """Cycles of :func:`pipelined_product` for operands of these widths."""
+    terms = -(-a_bits // a_chunk) * -(-b_bits // b_chunk)
+    return 1 + (terms - 1).bit_length()
 
 
 def pipelined_product(m: Module, a, b, *, name: str, a_chunk: int = 17, b_chunk: int = 26) -> tuple[Signal, int]:
@@ -49,6 +55,7 @@ def pipelined_product(m: Module, a, b, *, name: str, a_chunk: int = 17, b_chunk:
             nxt.append((acc, low))
         terms, level, latency = nxt, level + 1, latency + 1
     (v, sh), = terms
+    assert latency == product_latency(len(a), len(b), a_chunk=a_chunk, b_chunk=b_chunk)
     out = Signal(signed(width) if is_signed else unsigned(width), name=name)
     m.d.comb += out.eq(v << sh)
     return out, latency

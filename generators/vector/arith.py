@@ -7,7 +7,7 @@ from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigne
 from ..nonlinear.rsqrt import highest_set_bit
 from ..products import pipelined_product  # noqa: F401  (re-exported: the engine's variance)
 
-__all__ = ["I32_MIN", "I32_MAX", "sat32", "clamp", "rsr", "rsr_var", "shift_sat", "bit_length", "lanes_of",
+__all__ = ["I32_MIN", "I32_MAX", "sat32", "clamp", "rsr", "rsr_var", "RSR_STAGES", "rsr_var_staged", "shift_sat", "bit_length", "lanes_of",
            "word_of", "as_signed_field", "pipelined_product"]
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
@@ -33,6 +33,28 @@ def rsr_var(m: Module, v, s, *, name: str) -> Signal:
     m.d.comb += s_m1.eq(s - 1)               # wraps for s == 0 (then unused)
     out = Signal(signed(len(v) + 1) if v.shape().signed else unsigned(len(v) + 1), name=name)
     m.d.comb += out.eq(Mux(s == 0, v, ((v >> s_m1) + 1) >> 1))
+    return out
+
+
+#: cycles of :func:`rsr_var_staged`
+RSR_STAGES = 3
+
+
+def rsr_var_staged(m: Module, v, s_m1, s_zero, *, name: str) -> Signal:
+    """:func:`rsr_var` over :data:`RSR_STAGES` registered stages: shift by the multiple of 8 of
+    ``s - 1``, then by the rest, then round. ``s_m1`` (``s - 1``, at least 3 bits; any value when
+    ``s == 0``) and ``s_zero`` (``s == 0``) come with ``v``, ideally from registers: the shift
+    amount then needs no subtraction in the first stage."""
+    v, s_m1, s_zero = Value.cast(v), Value.cast(s_m1), Value.cast(s_zero)
+    shape = v.shape()
+    coarse = Signal(shape, name=f"{name}_c")
+    fine_s = Signal(3, name=f"{name}_fs")
+    z1, z2 = Signal(name=f"{name}_z1"), Signal(name=f"{name}_z2")
+    m.d.sync += [coarse.eq(Mux(s_zero, v, v >> (s_m1[3:] << 3))), fine_s.eq(s_m1[:3]), z1.eq(s_zero)]
+    fine = Signal(shape, name=f"{name}_f")
+    m.d.sync += [fine.eq(Mux(z1, coarse, coarse >> fine_s)), z2.eq(z1)]
+    out = Signal(signed(len(v) + 1) if shape.signed else unsigned(len(v) + 1), name=name)
+    m.d.sync += out.eq(Mux(z2, fine, (fine + 1) >> 1))
     return out
 
 

@@ -22,7 +22,7 @@ from hbmforge.encodings import VectorAct, VectorCombine, VectorIn
 from ...engines.vector import ACT_FRAC, ACT_SEG_BITS, ACT_WIDTH, ROPE_FRAC
 from ..nonlinear.activation import TailActivation
 from ..products import pipelined_product
-from .arith import as_signed_field, lanes_of, rsr, sat32, word_of
+from .arith import RSR_STAGES, as_signed_field, lanes_of, rsr, rsr_var_staged, sat32, word_of
 
 __all__ = ["ElementPipe", "element_config_layout"]
 
@@ -110,16 +110,11 @@ class ElementPipe(wiring.Component):
                 tz = delay(reg(1, f"tz{side}{i}", s1 == -31), lat - 1, f"tz{side}{i}")
                 wide = Signal(signed(32 + 31 + 31), name=f"w{side}{i}")
                 m.d.comb += wide.eq(prod << 31)
-                # 5: shift by the multiple of 8; 6: by the rest
-                coarse = reg(signed(len(wide)), f"wc{side}{i}", Mux(tz, wide, wide >> (t_m1[3:7] << 3)))
-                tz6, fine_s = delay(tz, 1, f"tz6{side}{i}"), delay(t_m1[:3], 1, f"tf{side}{i}")
-                fine = reg(signed(len(wide)), f"wf{side}{i}", Mux(tz6, coarse, coarse >> fine_s))
-                # 7: round; 8: saturate
-                tz7 = delay(tz6, 1, f"tz7{side}{i}")
-                rounded = reg(signed(len(wide)), f"wr{side}{i}", Mux(tz7, fine, (fine + 1) >> 1))
+                # 5..7: shift by the multiple of 8, by the rest, round; 8: saturate
+                rounded = rsr_var_staged(m, wide, t_m1[:7], tz, name=f"w{side}{i}")
                 out.append(reg(signed(32), f"d{side}{i}", sat32(rounded)))
             deq[side] = out
-        pre = 1 + 3 + 4                       # the dequantized values are in registers now
+        pre = 1 + 3 + RSR_STAGES + 1          # the dequantized values are in registers now
         # 9: the bias
         bias_l = lanes_of(delay(self.bias, pre, "bias"), L)
         va = [reg(signed(32), f"va{i}", Mux(cfg.bias, sat32(deq["a"][i] + bias_l[i]), deq["a"][i]))

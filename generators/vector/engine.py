@@ -52,7 +52,6 @@ _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 
 # store micro-ops
 _VAL, _BLK, _TRL, _ZERO, _SCL, _MNT = range(6)
-_STORE_LATENCY = 1 + ChunkQuantizer.LATENCY     # tile read + quantizer
 # > ElementPipe.LATENCY + 2: a direct sweep streams at full rate
 _CHUNK_FIFO = 1 << (ElementPipe.LATENCY + 2).bit_length()
 
@@ -444,7 +443,7 @@ class VectorEngine(wiring.Component):
         if R == 1:
             m.d.comb += direct.eq((j.out_fmt == VectorOut.RES32) & (j.norm == VectorNorm.NONE))
         chunk_level = Signal(range(_CHUNK_FIFO + 1))
-        inflight = Signal(range(max(_CHUNK_FIFO, ElementPipe.LATENCY, NormApply.LATENCY) + 2))
+        inflight = Signal(range(max(_CHUNK_FIFO, ElementPipe.LATENCY, napply.latency) + 2))
         sw_room = Signal()
         m.d.comb += sw_room.eq(chunk_level + inflight + 1 < _CHUNK_FIFO)
         sw_go = Signal()
@@ -508,7 +507,7 @@ class VectorEngine(wiring.Component):
 
         # write-back and statistics: (row, word) travel with the data
         e_r, e_j = delayed(rd_r, ElementPipe.LATENCY, "e_r"), delayed(rd_j, ElementPipe.LATENCY, "e_j")
-        n_r, n_j = delayed(rd_r, NormApply.LATENCY, "n_r"), delayed(rd_j, NormApply.LATENCY, "n_j")
+        n_r, n_j = delayed(rd_r, napply.latency, "n_r"), delayed(rd_j, napply.latency, "n_j")
         out_v = Signal()
         out_r = Signal(range(R))
         out_j = Signal(range(DW))

@@ -2,9 +2,10 @@
 
 Golden model: :func:`hbmforge.numerics.vector.norm_rows` (= :func:`hbmforge.numerics.nonlinear.norm_int`
 with runtime constants). ``sh = norm_shift + e`` (``(M, e)`` the row's reciprocal square root).
-Fixed latency :attr:`LATENCY`, no back-pressure::
+Fixed latency :attr:`NormApply.latency`, no back-pressure; every product is DSP-sized partial
+products summed over registered stages::
 
-    t1  num = D*x - S1          t2  num * M          t3  * gamma          t4  round, + beta, saturate
+    D*x,  num = D*x - S1,  num * M,  * gamma,  round (3 stages),  + beta and saturate
 """
 from __future__ import annotations
 
@@ -12,15 +13,16 @@ from amaranth.hdl import Module, Signal, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import lanes_of, rsr_var, sat32, word_of
+from ..products import pipelined_product, product_latency
+from .arith import RSR_STAGES, lanes_of, rsr_var_staged, sat32, word_of
 
 __all__ = ["NormApply"]
 
 
 class NormApply(wiring.Component):
-    """``lanes`` int32 lanes; rows of up to ``max_dim`` elements; ``mant_bits`` of ``M``."""
+    """``lanes`` int32 lanes; rows of up to ``max_dim`` elements; ``mant_bits`` of ``M``.
 
-    LATENCY = 4
+    :attr:`latency` depends on the widths (the number of DSP-sized partial products)."""
 
     def __init__(self, *, lanes: int, max_dim: int, mant_bits: int, shift_bits: int):
         self._lanes, self._max_dim = lanes, max_dim
@@ -33,39 +35,80 @@ class NormApply(wiring.Component):
             "mant": In(unsigned(mant_bits)), "shift": In(range(1 << shift_bits)),
             "o_valid": Out(1), "o": Out(W),
         })
+        nb = 33 + max_dim.bit_length() + 1                     # D*x - S1
+        self._latency = (1 + product_latency(32, len(self.dim)) + 1 + product_latency(nb, mant_bits)
+                         + product_latency(nb + mant_bits, 32) + RSR_STAGES + 1)
 
     @property
     def sum_bits(self) -> int:
         return self._sum_bits
 
+    @property
+    def latency(self) -> int:
+        return self._latency
+
+    def _stages(self, m: Module):
+        """Build the lanes into ``m``: their output registers, :attr:`latency` cycles after the input."""
+        L = self._lanes
+        nb = 33 + self._max_dim.bit_length() + 1
+
+        def delay(v, n, name):
+            out = v
+            for t in range(n):
+                nxt = Signal.like(v, name=f"{name}_d{t}")
+                m.d.sync += nxt.eq(out)
+                out = nxt
+            return out
+
+        def reg(shape, name, value):
+            out = Signal(shape, name=name)
+            m.d.sync += out.eq(value)
+            return out
+
+        x = lanes_of(self.x, L)
+        # the row's constants, and D*x
+        dim1 = reg(unsigned(len(self.dim)), "dim1", self.dim)
+        x1 = [reg(signed(32), f"x1_{i}", x[i]) for i in range(L)]
+        sh_m1 = reg(unsigned(len(self.shift)), "sh_m1", self.shift - 1)
+        sh_z = reg(1, "sh_z", self.shift == 0)
+        dx = []
+        for i in range(L):
+            p, lat_dx = pipelined_product(m, x1[i], dim1, name=f"dx{i}")
+            dx.append(p)
+        t = 1 + lat_dx
+        # num = D*x - S1
+        s1 = delay(self.s1, t, "s1")
+        num = [reg(signed(nb), f"num{i}", dx[i] - s1) for i in range(L)]
+        t += 1
+        # num * M
+        mant = delay(self.mant, t, "mant")
+        p1 = []
+        for i in range(L):
+            p, lat1 = pipelined_product(m, num[i], mant, name=f"nm{i}")
+            p1.append(p)
+        t += lat1
+        # * gamma
+        gamma = lanes_of(delay(self.gamma, t, "gamma"), L)
+        p2 = []
+        for i in range(L):
+            p, lat2 = pipelined_product(m, p1[i], gamma[i], name=f"ng{i}")
+            p2.append(p)
+        t += lat2
+        # round, + beta, saturate
+        s_m1, s_z = delay(sh_m1, t - 1, "sh_m1"), delay(sh_z, t - 1, "sh_z")
+        r = [rsr_var_staged(m, p2[i], s_m1, s_z, name=f"r{i}") for i in range(L)]
+        t += RSR_STAGES
+        beta = lanes_of(delay(self.beta, t, "beta"), L)
+        out = [reg(signed(32), f"y{i}", sat32(r[i] + beta[i])) for i in range(L)]
+        assert t + 1 == self._latency
+        return out
+
     def elaborate(self, platform):
         m = Module()
-        L = self._lanes
-        v = [Signal(name=f"v{t}") for t in range(self.LATENCY + 1)]
+        out, latency = self._stages(m), self._latency
+        v = [Signal(name=f"v{t}") for t in range(latency + 1)]
         m.d.comb += v[0].eq(self.i_valid)
-        for t in range(1, self.LATENCY + 1):
+        for t in range(1, latency + 1):
             m.d.sync += v[t].eq(v[t - 1])
-        m.d.comb += self.o_valid.eq(v[self.LATENCY])
-
-        nb = 33 + self._max_dim.bit_length() + 1
-        x = lanes_of(self.x, L)
-        g1, b1, b2, b3 = (Signal(self.gamma.shape(), name="g1"), Signal(self.beta.shape(), name="b1"),
-                          Signal(self.beta.shape(), name="b2"), Signal(self.beta.shape(), name="b3"))
-        g2 = Signal(self.gamma.shape(), name="g2")
-        m_1, sh_1, sh_2, sh_3 = (Signal.like(self.mant, name="m1"), Signal.like(self.shift, name="sh1"),
-                                 Signal.like(self.shift, name="sh2"), Signal.like(self.shift, name="sh3"))
-        m.d.sync += [g1.eq(self.gamma), g2.eq(g1), b1.eq(self.beta), b2.eq(b1), b3.eq(b2),
-                     m_1.eq(self.mant), sh_1.eq(self.shift), sh_2.eq(sh_1), sh_3.eq(sh_2)]
-        out = []
-        for i in range(L):
-            num = Signal(signed(nb), name=f"num{i}")
-            p1 = Signal(signed(nb + self._mant_bits + 1), name=f"p1_{i}")
-            p2 = Signal(signed(nb + self._mant_bits + 33), name=f"p2_{i}")
-            y = Signal(signed(32), name=f"y{i}")
-            m.d.sync += [num.eq(self.dim * x[i] - self.s1), p1.eq(num * m_1),
-                         p2.eq(p1 * lanes_of(g2, L)[i])]
-            r = rsr_var(m, p2, sh_3, name=f"r{i}")
-            m.d.sync += y.eq(sat32(r + lanes_of(b3, L)[i]))
-            out.append(y)
-        m.d.comb += self.o.eq(word_of(out))
+        m.d.comb += [self.o_valid.eq(v[latency]), self.o.eq(word_of(out))]
         return m

@@ -2,8 +2,9 @@
 
 Golden model: :func:`hbmforge.numerics.vector.quantize_group` / ``kv_quantize``:
 ``q = clamp(rsr(v * mult, shift), -qmax, qmax)``; int8 lanes become bytes (lane 0 first), int4
-lanes nibbles (the even lane in the low nibble). Fixed latency :attr:`LATENCY`: t1 products,
-t2 round, clamp, pack.
+lanes nibbles (the even lane in the low nibble). Fixed latency :attr:`LATENCY`: the inputs
+registered, the products (DSP-sized partial products), the rounding shift in three stages, then
+clamp and pack.
 """
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
-from .arith import clamp, lanes_of, rsr_var
+from ..products import pipelined_product, product_latency
+from .arith import RSR_STAGES, clamp, lanes_of, rsr_var_staged
 
 __all__ = ["ChunkQuantizer"]
 
 
 class ChunkQuantizer(wiring.Component):
-    LATENCY = 2
+    #: inputs registered, the product (2), the rounding shift (3), clamp and pack
+    LATENCY = 1 + product_latency(32, 25) + RSR_STAGES + 1
 
     def __init__(self, *, lanes: int):
         self._lanes = lanes
@@ -29,19 +32,35 @@ class ChunkQuantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self._lanes
-        v1, v2 = Signal(), Signal()
-        m.d.sync += [v1.eq(self.i_valid), v2.eq(v1)]
-        m.d.comb += self.o_valid.eq(v2)
-        sh1 = Signal.like(self.shift)
-        i4 = Signal()
-        m.d.sync += [sh1.eq(self.shift), i4.eq(self.int4)]
+        v = self.i_valid
+        for t in range(self.LATENCY):
+            nxt = Signal(name=f"v{t + 1}")
+            m.d.sync += nxt.eq(v)
+            v = nxt
+        m.d.comb += self.o_valid.eq(v)
+
+        def delay(sig, n, name):
+            out = sig
+            for t in range(n):
+                nxt = Signal.like(sig, name=f"{name}_d{t}")
+                m.d.sync += nxt.eq(out)
+                out = nxt
+            return out
+
+        x1 = Signal.like(self.x)
+        mult1 = Signal.like(self.mult)
+        sh_m1, sh_z, i4 = Signal.like(self.shift), Signal(), Signal()
+        m.d.sync += [x1.eq(self.x), mult1.eq(self.mult), sh_m1.eq(self.shift - 1), sh_z.eq(self.shift == 0),
+                     i4.eq(self.int4)]
+        lat = product_latency(32, len(self.mult))
+        s_m1, s_z = delay(sh_m1, lat, "sh_m1"), delay(sh_z, lat, "sh_z")
+        i4_r = delay(i4, lat + RSR_STAGES, "i4")
         q = []
-        for i, x in enumerate(lanes_of(self.x, L)):
-            p = Signal(signed(58), name=f"p{i}")
-            m.d.sync += p.eq(x * self.mult)
-            r = rsr_var(m, p, sh1, name=f"r{i}")
-            q.append(Mux(i4, clamp(r, -7, 7), clamp(r, -127, 127)))
+        for i, x in enumerate(lanes_of(x1, L)):
+            p, _ = pipelined_product(m, x, mult1, name=f"p{i}")
+            r = rsr_var_staged(m, p, s_m1, s_z, name=f"r{i}")
+            q.append(Mux(i4_r, clamp(r, -7, 7), clamp(r, -127, 127)))
         bytes8 = Cat(*(v[:8] for v in q))
         nibbles = Cat(*(v[:4] for v in q))
-        m.d.sync += self.o.eq(Mux(i4, nibbles, bytes8))
+        m.d.sync += self.o.eq(Mux(i4_r, nibbles, bytes8))
         return m

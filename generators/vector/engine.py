@@ -70,6 +70,22 @@ def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
             m.d.sync += item.eq(item + 1)
 
 
+def _block_rows(m: Module, name: str, R: int, m_rows, start, step) -> tuple[Signal, Signal]:
+    """Registered ``(rows, last)`` of a block counter that ``start`` resets (``m_rows``: the job's
+    row count at that moment) and ``step`` advances: the valid rows of the current block,
+    ``min(m - blk*R, R)``, and whether it is the job's last block (``m >= 1``). Kept beside the
+    counter from ``m - blk*R`` so that no 33-bit subtraction and compare sits on the walkers'
+    and the sweep's paths."""
+    left = Signal(33, name=f"{name}_left")          # m - blk*R
+    rows = Signal(range(R + 1), name=f"{name}_nv")
+    last = Signal(name=f"{name}_last")
+    with m.If(start):
+        m.d.sync += [left.eq(m_rows), rows.eq(Mux(m_rows > R, R, m_rows)), last.eq(m_rows <= R)]
+    with m.Elif(step):
+        m.d.sync += [left.eq(left - R), rows.eq(Mux(left > 2 * R, R, left - R)), last.eq(left <= 2 * R)]
+    return rows, last
+
+
 class VectorEngine(wiring.Component):
     """The vector engine of a :class:`~hbmforge.layout.DesignLayout` with a ``vector`` engine."""
 
@@ -130,8 +146,7 @@ class VectorEngine(wiring.Component):
         quant_out = j.out_fmt != VectorOut.RES32
         dw = Signal(range(DW + 1))
         m.d.comb += dw.eq(j.dim >> LOGL)
-        nblk = Signal(33)
-        m.d.comb += nblk.eq((j.m + (R - 1)) >> LOGR)
+        blk_inc = Signal()                   # the block pipeline's blk steps this cycle
         heads = Signal(range(max_heads + 1))
         m.d.comb += heads.eq(j.dim >> exact_log2(hd) if hd else 0)
         int4 = Signal()
@@ -225,9 +240,7 @@ class VectorEngine(wiring.Component):
             r = Signal(range(R), name=f"{name}_r")
             done = Signal(name=f"{name}_done")
             inc = Signal(name=f"{name}_blk_inc")     # blk steps this cycle
-            nv = Signal(range(R + 1), name=f"{name}_nv")
-            left = Signal(33, name=f"{name}_left")
-            m.d.comb += [left.eq(j.m - (blk << LOGR)), nv.eq(Mux(left > R, R, left))]
+            nv, last_blk = _block_rows(m, name, R, self.job.payload.m, start, inc)
             with m.If(start):
                 m.d.sync += [item.eq(_ACOL), blk.eq(0), r.eq(0), done.eq(0)]
             with m.Elif(advance & ~done):
@@ -236,7 +249,7 @@ class VectorEngine(wiring.Component):
                 with m.Elif(item == _LAST_ITEM):
                     m.d.comb += inc.eq(1)
                     m.d.sync += [r.eq(0), item.eq(_FIRST_BLOCK_ITEM), blk.eq(blk + 1)]
-                    with m.If(blk + 1 == nblk):
+                    with m.If(last_blk):
                         m.d.sync += done.eq(1)
                 with m.Else():
                     m.d.sync += [r.eq(0), item.eq(item + 1)]
@@ -290,7 +303,6 @@ class VectorEngine(wiring.Component):
         # r_blk - blk, kept in a register beside the two counters: comparing r_blk with blk + 1 put
         # a 32-bit add and compare on the receiver's ready (24 LUT levels, 86 MHz by Yosys)
         r_lead = Signal(range(3))
-        blk_inc = Signal()                   # the block pipeline's blk steps this cycle
         with m.If(start):
             m.d.sync += r_lead.eq(0)
         with m.Else():
@@ -336,9 +348,7 @@ class VectorEngine(wiring.Component):
             m.d.sync += loaded.eq(0)
         with m.Elif(block_loaded):
             m.d.sync += loaded.eq(loaded + 1)
-        nv = Signal(range(R + 1))
-        left = Signal(33)
-        m.d.comb += [left.eq(j.m - (blk << LOGR)), nv.eq(Mux(left > R, R, left))]
+        nv, last_blk = _block_rows(m, "blk", R, self.job.payload.m, start, blk_inc)
         r0 = Signal(33)
         m.d.comb += r0.eq(blk << LOGR)
 
@@ -1109,7 +1119,7 @@ class VectorEngine(wiring.Component):
                 with m.If(store_done):
                     m.d.comb += blk_inc.eq(1)
                     m.d.sync += blk.eq(blk + 1)
-                    with m.If(blk + 1 == nblk):
+                    with m.If(last_blk):
                         m.next = "FINISH"
                     with m.Else():
                         m.next = "LOAD"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Signal, Value, signed, unsigned
 
-__all__ = ["pipelined_product", "product_latency"]
+__all__ = ["pipelined_product", "pipelined_sum", "product_latency"]
 
 
 def _pieces(v: Value, size: int) -> list[tuple[int, Value]]:
@@ -59,3 +59,19 @@ def pipelined_product(m: Module, a, b, *, name: str, a_chunk: int = 17, b_chunk:
     out = Signal(signed(width) if is_signed else unsigned(width), name=name)
     m.d.comb += out.eq(v << sh)
     return out, latency
+
+
+def pipelined_sum(m: Module, values, *, name: str) -> tuple[Value, int]:
+    """The exact sum of ``values`` as a tree of registered two-input adds: ``(sum, latency)``,
+    ``ceil(log2(len(values)))`` cycles."""
+    terms = [Value.cast(v) for v in values]
+    latency = 0
+    while len(terms) > 1:
+        nxt = []
+        for t in range(0, len(terms), 2):
+            total = terms[t] + terms[t + 1] if t + 1 < len(terms) else terms[t]
+            acc = Signal(total.shape(), name=f"{name}_s{latency}_{t // 2}")
+            m.d.sync += acc.eq(total)
+            nxt.append(acc)
+        terms, latency = nxt, latency + 1
+    return terms[0], latency

@@ -35,7 +35,8 @@ from hbmforge.mathutil import exact_log2
 from hbmforge.numerics.vector import rsqrt_in_bits
 
 from ..nonlinear.rsqrt import Rsqrt
-from .arith import lanes_of, pipelined_product, word_of
+from ..products import pipelined_product, pipelined_sum
+from .arith import lanes_of, word_of
 from .elementwise import ElementPipe
 from .normapply import NormApply
 from .qparams import QuantParams
@@ -530,19 +531,33 @@ class VectorEngine(wiring.Component):
         m.d.sync += inflight.eq(inflight + sw_issue - out_v)
         sweeping = Signal()
         absmax_busy = Signal()               # the group absmax pipeline (below) still holds values
-        m.d.comb += sweeping.eq(sw_active | (inflight != 0) | absmax_busy)
+        stats_busy = Signal()                # so does the norm statistics pipeline
+        m.d.comb += sweeping.eq(sw_active | (inflight != 0) | absmax_busy | stats_busy)
 
         vals = lanes_of(out_w, L)
-        wsum = Signal(signed(32 + LOGL + 1))
-        wsq = Signal(64 + LOGL)
-        m.d.comb += [wsum.eq(sum(vals)), wsq.eq(sum(v * v for v in vals))]
+        # a norm's row statistics: each value and its square (DSP-sized partial products), each
+        # summed over the lanes by a registered adder tree, then accumulated per row; (valid, row
+        # end, row) travel beside them, and the sweep is not over until they are in
+        lane_v = [Signal(signed(32), name=f"st_v{i}") for i in range(L)]
+        m.d.comb += [lane_v[i].eq(v) for i, v in enumerate(vals)]
+        squares = [pipelined_product(m, v, v, name=f"st_sq{i}") for i, v in enumerate(lane_v)]
+        sq_lat = squares[0][1]
+        wsq, tree_lat = pipelined_sum(m, [p for p, _ in squares], name="st_wsq")
+        wsum, _ = pipelined_sum(m, [delayed(v, sq_lat, f"st_v{i}") for i, v in enumerate(lane_v)], name="st_wsum")
+        st_lat = sq_lat + tree_lat
+        st_valid = [Signal(name=f"st_valid{t}") for t in range(st_lat + 1)]
+        m.d.comb += st_valid[0].eq(elem.o_valid & (j.norm != VectorNorm.NONE))
+        m.d.sync += [st_valid[t + 1].eq(st_valid[t]) for t in range(st_lat)]
+        m.d.comb += stats_busy.eq(Cat(*st_valid[1:]) != 0)
+        row_end = Signal()                   # the word ends its row
+        m.d.comb += row_end.eq(out_j + 1 == dw)
+        st_end, st_r = delayed(row_end, st_lat, "st_end"), delayed(out_r, st_lat, "st_r")
         acc1 = Signal(signed(sb))
         acc2 = Signal(s2_bits)
-        row_end = out_j + 1 == dw
-        with m.If(elem.o_valid & (j.norm != VectorNorm.NONE)):
-            with m.If(row_end):
-                m.d.sync += [S1[out_r].eq(Mux(j.norm == VectorNorm.LAYER, acc1 + wsum, 0)),
-                             S2[out_r].eq(acc2 + wsq), acc1.eq(0), acc2.eq(0)]
+        with m.If(st_valid[st_lat]):
+            with m.If(st_end):
+                m.d.sync += [S1[st_r].eq(Mux(j.norm == VectorNorm.LAYER, acc1 + wsum, 0)),
+                             S2[st_r].eq(acc2 + wsq), acc1.eq(0), acc2.eq(0)]
             with m.Else():
                 m.d.sync += [acc1.eq(acc1 + wsum), acc2.eq(acc2 + wsq)]
         # group absmax of the values the store quantizes, in three stages: |v| registered, half of a

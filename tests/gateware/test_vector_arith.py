@@ -4,10 +4,10 @@ from __future__ import annotations
 import random
 
 import pytest
-from amaranth.hdl import Module, Signal, signed
+from amaranth.hdl import ClockDomain, Module, Signal, signed
 from amaranth.sim import Simulator
 
-from hbmforge.generators.vector.arith import pipelined_product
+from hbmforge.generators.products import pipelined_product, pipelined_sum
 
 
 @pytest.mark.parametrize("a_bits,b_bits,a_signed,b_signed", [
@@ -47,3 +47,31 @@ def test_pipelined_product_is_exact_after_its_latency(a_bits, b_bits, a_signed, 
     sim.add_testbench(bench)
     sim.run()
     assert got[:len(cases)] == [x * y for x, y in cases]
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_pipelined_sum_is_exact_after_its_latency(n):
+    m = Module()
+    m.domains.sync = ClockDomain()            # n == 1 has no register of its own
+    xs = [Signal(signed(32), name=f"x{i}") for i in range(n)]
+    out, latency = pipelined_sum(m, xs, name="s")
+    assert latency == (n - 1).bit_length()
+    rng = random.Random(n)
+    cases = [[-(1 << 31)] * n, [(1 << 31) - 1] * n] + [[rng.randint(-(1 << 31), (1 << 31) - 1) for _ in range(n)]
+                                                         for _ in range(30)]
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(cases) + latency):
+            if i < len(cases):
+                for x, v in zip(xs, cases[i]):
+                    ctx.set(x, v)
+            if i >= latency:
+                got.append(ctx.get(out))
+            await ctx.tick()
+
+    sim = Simulator(m)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == [sum(c) for c in cases]

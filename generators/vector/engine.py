@@ -254,11 +254,11 @@ class VectorEngine(wiring.Component):
                         m.d.sync += done.eq(1)
                 with m.Else():
                     m.d.sync += [r.eq(0), item.eq(item + 1)]
-            return item, blk, r, done, inc
+            return item, blk, r, done, inc, nv
 
         # issuer
         iss_adv = Signal()
-        i_item, i_blk, i_r, i_done, _ = walker("iss", iss_adv)
+        i_item, i_blk, i_r, i_done, _, _ = walker("iss", iss_adv)
         i_row = Signal(33)
         m.d.comb += i_row.eq((i_blk << LOGR) + i_r)
         i_pos = Signal(34)
@@ -297,7 +297,7 @@ class VectorEngine(wiring.Component):
 
         # receiver
         rx_adv = Signal()
-        r_item, r_blk, r_r, r_done, r_inc = walker("rx", rx_adv)
+        r_item, r_blk, r_r, r_done, r_inc, r_nv = walker("rx", rx_adv)
         r_block_item = r_item >= _FIRST_BLOCK_ITEM
         rbank = Signal()
         m.d.comb += rbank.eq(r_blk[0])
@@ -339,16 +339,17 @@ class VectorEngine(wiring.Component):
         with m.Elif(take):
             m.d.sync += rw.eq(rw + 1)
         block_loaded = Signal()              # pulse: the receiver finished the current block
-        m.d.comb += block_loaded.eq(rx_adv & (r_item == _LAST_ITEM) & (~per_row(r_item) | (r_r + 1 >= Mux(
-            j.m - (r_blk << LOGR) > R, R, j.m - (r_blk << LOGR)))))
+        m.d.comb += block_loaded.eq(rx_adv & (r_item == _LAST_ITEM) & (~per_row(r_item) | (r_r + 1 >= r_nv)))
         word = self.src_data.payload
 
         # -- state of the block pipeline -------------------------------------------------------
-        loaded = Signal(33)                  # blocks the receiver has completed
+        # blocks the receiver has completed beyond blk (0..2): kept beside the two counters, as
+        # r_lead is, instead of a 33-bit compare of the two
+        loaded_ahead = Signal(range(4))
         with m.If(start):
-            m.d.sync += loaded.eq(0)
-        with m.Elif(block_loaded):
-            m.d.sync += loaded.eq(loaded + 1)
+            m.d.sync += loaded_ahead.eq(0)
+        with m.Else():
+            m.d.sync += loaded_ahead.eq(loaded_ahead + block_loaded - blk_inc)
         nv, last_blk = _block_rows(m, "blk", R, self.job.payload.m, start, blk_inc)
         r0 = Signal(33)
         m.d.comb += r0.eq(blk << LOGR)
@@ -458,7 +459,7 @@ class VectorEngine(wiring.Component):
         sw_room = Signal()
         m.d.comb += sw_room.eq(chunk_level + inflight + 1 < _CHUNK_FIFO)
         sw_go = Signal()
-        m.d.comb += sw_go.eq(sw_second | (((loaded > blk) | (in_last & rx_has)) & (~direct | sw_room)))
+        m.d.comb += sw_go.eq(sw_second | (((loaded_ahead != 0) | (in_last & rx_has)) & (~direct | sw_room)))
         sw_issue = Signal()
         m.d.comb += sw_issue.eq(sw_active & sw_go)
         _walk_rows(m, sw_active, sw_r, nv, sw_j, dw, step=sw_go)
@@ -938,7 +939,7 @@ class VectorEngine(wiring.Component):
             with m.If(start):
                 m.d.sync += [pf_h.eq(0), pf_hg.eq(0), pf_g.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0),
                              st_h.eq(0), st_hg.eq(0), st_g.eq(0)]
-            with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded != 0)):
+            with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded_ahead != 0)):
                 m.d.sync += [pf_addr.eq(maddr), pf_off.eq(kv_off + mnt_off), pf_run.eq(1), pf_started.eq(1)]
             with m.If(pf_valid & rc_take):
                 m.d.sync += [pf_addr.eq(pf_addr + ha), pf_h.eq(pf_h + 1), pf_hg.eq(pf_hg + 1)]
@@ -1094,7 +1095,7 @@ class VectorEngine(wiring.Component):
                     m.d.sync += blk.eq(0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                with m.If((loaded > blk) | in_last):
+                with m.If((loaded_ahead != 0) | in_last):
                     m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
                     m.d.comb += store_start.eq(direct)     # the direct store's write command
                     m.next = "SWEEP1"

@@ -49,7 +49,7 @@ from .requant import OutputStage
 from .scheduler import OUT_RAW, FireScheduler
 from .sequencer import JobSequencer
 from .signature import matmul_signature
-from .skid import SkidBuffer
+from ..skid import SkidBuffer
 from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
 from .wtile import WeightTileBuffer

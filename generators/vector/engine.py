@@ -35,6 +35,7 @@ from hbmforge.mathutil import exact_log2
 from hbmforge.numerics.vector import rsqrt_in_bits
 
 from ..nonlinear.rsqrt import Rsqrt
+from ..skid import SkidBuffer
 from ..products import pipelined_product, pipelined_sum
 from .arith import lanes_of, word_of
 from .elementwise import ElementPipe
@@ -241,11 +242,14 @@ class VectorEngine(wiring.Component):
             r = Signal(range(R), name=f"{name}_r")
             done = Signal(name=f"{name}_done")
             inc = Signal(name=f"{name}_blk_inc")     # blk steps this cycle
+            r_step = Signal(name=f"{name}_r_step")   # r steps this cycle
+            r_clear = Signal(name=f"{name}_r_clear") # r returns to 0 for the next item of the block
             nv, last_blk = _block_rows(m, name, R, self.job.payload.m, start, inc)
             with m.If(start):
                 m.d.sync += [item.eq(_ACOL), blk.eq(0), r.eq(0), done.eq(0)]
             with m.Elif(advance & ~done):
                 with m.If(per_row(item) & (r + 1 < nv)):
+                    m.d.comb += r_step.eq(1)
                     m.d.sync += r.eq(r + 1)
                 with m.Elif(item == _LAST_ITEM):
                     m.d.comb += inc.eq(1)
@@ -253,16 +257,49 @@ class VectorEngine(wiring.Component):
                     with m.If(last_blk):
                         m.d.sync += done.eq(1)
                 with m.Else():
+                    m.d.comb += r_clear.eq(1)
                     m.d.sync += [r.eq(0), item.eq(item + 1)]
-            return item, blk, r, done, inc, nv
+            return item, blk, r, done, inc, nv, r_step, r_clear
 
         # issuer
         iss_adv = Signal()
-        i_item, i_blk, i_r, i_done, _, _ = walker("iss", iss_adv)
-        i_row = Signal(33)
-        m.d.comb += i_row.eq((i_blk << LOGR) + i_r)
-        i_pos = Signal(34)
-        m.d.comb += i_pos.eq(j.pos0 + i_row)
+        i_item, _, _, i_done, i_inc, _, i_step, i_clear = walker("iss", iss_adv)
+
+        # the issuer's addresses, kept by additions as the walker steps: i_row * stride,
+        # i_blk * stride and the RoPE / block-table positions (a 33 x 64-bit product on the
+        # command path was 127 MHz by Yosys)
+        def rows_times(k, name):
+            """``i_row * k`` (``i_row = i_blk * R + i_r``), mod 2^64."""
+            blk_part, row = Signal(64, name=f"{name}_blk"), Signal(64, name=f"{name}_row")
+            with m.If(start):
+                m.d.sync += [blk_part.eq(0), row.eq(0)]
+            with m.Elif(i_inc):
+                m.d.sync += [blk_part.eq(blk_part + (k << LOGR)), row.eq(blk_part + (k << LOGR))]
+            with m.Elif(i_clear):
+                m.d.sync += row.eq(blk_part)
+            with m.Elif(i_step):
+                m.d.sync += row.eq(row + k)
+            return row
+
+        def blocks_times(k, name):
+            """``i_blk * k``, mod 2^64."""
+            out = Signal(64, name=name)
+            with m.If(start):
+                m.d.sync += out.eq(0)
+            with m.Elif(i_inc):
+                m.d.sync += out.eq(out + k)
+            return out
+
+        scale_off = blocks_times(SB, "iss_scale_off")
+        offsets = {item: (rows_times(stride, f"iss_{x}_row_off"), blocks_times(stride, f"iss_{x}_blk_off"))
+                   for item, x, stride in ((_A, "a", j.a_stride), (_B, "b", j.b_stride))}
+        if att is not None:
+            # i_pos = pos0 + i_row; the RoPE row address rope_addr + i_pos * RB
+            rope_base = Signal(64)
+            m.d.sync += rope_base.eq(j.rope_addr + j.pos0 * RB)   # settles long before the first block item
+            rope_off = rows_times(Const(RB, 64), "iss_rope_off")
+            i_pos = Signal(34)
+            m.d.comb += i_pos.eq(rows_times(Const(1, 64), "iss_row") + j.pos0)
         addr = Signal(64)
         nbytes = Signal(32)
         with m.Switch(i_item):
@@ -276,28 +313,33 @@ class VectorEngine(wiring.Component):
             with m.Case(_POOLS):
                 m.d.comb += [addr.eq(j.pool), nbytes.eq(((j.kv_groups * 8 + (W8 - 1)) >> LOGW8) << LOGW8)]
             with m.Case(_SCALE):
-                m.d.comb += [addr.eq(j.a_scale + i_blk * SB), nbytes.eq(SB)]
-            for item, fmt, base, stride in ((_A, j.a_fmt, j.a_addr, j.a_stride), (_B, j.b_fmt, j.b_addr, j.b_stride)):
+                m.d.comb += [addr.eq(j.a_scale + scale_off), nbytes.eq(SB)]
+            for item, fmt, base in ((_A, j.a_fmt, j.a_addr), (_B, j.b_fmt, j.b_addr)):
+                row_off, blk_off = offsets[item]
                 with m.Case(item):
                     with m.If(fmt == VectorIn.ROWS32):
-                        m.d.comb += [addr.eq(base + i_row * stride), nbytes.eq(j.dim << 2)]
+                        m.d.comb += [addr.eq(base + row_off), nbytes.eq(j.dim << 2)]
                     with m.Else():
-                        m.d.comb += [addr.eq(base + i_blk * stride), nbytes.eq((j.dim << 2) * R)]
+                        m.d.comb += [addr.eq(base + blk_off), nbytes.eq((j.dim << 2) * R)]
             if att is not None:
                 with m.Case(_ROPE):
-                    m.d.comb += [addr.eq(j.rope_addr + i_pos * RB), nbytes.eq(RB)]
+                    m.d.comb += [addr.eq(rope_base + rope_off), nbytes.eq(RB)]
                 with m.Case(_BT):
                     lp = i_pos >> exact_log2(P)
                     m.d.comb += [addr.eq(j.bt_addr + (((lp << 2) >> LOGW8) << LOGW8)), nbytes.eq(W8)]
-        m.d.comb += [self.src_cmd.payload.addr.eq(addr), self.src_cmd.payload.bytes.eq(nbytes)]
+        # the command leaves through a register slice: the port never sees the issuer's logic
+        m.submodules.src_cmd_slice = cmd_slice = SkidBuffer(len(self.src_cmd.payload.as_value()))
+        m.d.comb += [cmd_slice.i.payload.eq(Cat(addr, nbytes)),
+                     self.src_cmd.payload.as_value().eq(cmd_slice.o.payload), self.src_cmd.valid.eq(cmd_slice.o.valid),
+                     cmd_slice.o.ready.eq(self.src_cmd.ready)]
         i_en = Signal()
         m.d.comb += i_en.eq(busy & ~i_done & enabled(i_item))
-        m.d.comb += self.src_cmd.valid.eq(i_en)
-        m.d.comb += iss_adv.eq(busy & ~i_done & (~enabled(i_item) | self.src_cmd.ready))
+        m.d.comb += cmd_slice.i.valid.eq(i_en)
+        m.d.comb += iss_adv.eq(busy & ~i_done & (~enabled(i_item) | cmd_slice.i.ready))
 
         # receiver
         rx_adv = Signal()
-        r_item, r_blk, r_r, r_done, r_inc, r_nv = walker("rx", rx_adv)
+        r_item, r_blk, r_r, r_done, r_inc, r_nv, _, _ = walker("rx", rx_adv)
         r_block_item = r_item >= _FIRST_BLOCK_ITEM
         rbank = Signal()
         m.d.comb += rbank.eq(r_blk[0])

@@ -6,7 +6,7 @@ import random
 import pytest
 from amaranth.sim import Simulator  # noqa: F401  (simulate() below wraps it)
 
-from hbmforge.generators.matmul.skid import SkidBuffer
+from hbmforge.generators.skid import SkidBuffer
 from sim_helpers import put, random_gap, simulate
 
 

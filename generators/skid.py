@@ -1,5 +1,5 @@
 """A register slice with a registered ``ready``: cuts the combinational ready path between a
-consumer and its producer (the engine's stream inputs and the ports' read data FIFOs).
+consumer and its producer (the matmul engine's stream inputs, the vector engine's read commands).
 
 Two registers: ``main`` drives the output, ``skid`` takes the word that arrives in the cycle
 the output stalls. ``i.ready`` is "the skid register is empty", a flip-flop, so the producer
@@ -14,7 +14,7 @@ from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from ..params import require_positive_ints
+from .params import require_positive_ints
 
 __all__ = ["SkidBuffer"]
 

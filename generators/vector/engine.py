@@ -827,11 +827,18 @@ class VectorEngine(wiring.Component):
         out_port = Signal(range(len(lay.ports)))
         data_sel = Signal(range(len(lay.ports)))
         m.d.comb += data_sel.eq(Mux(kv_mode, out_port, 0))
-        m.d.comb += [self.out_data.payload.eq(pk_word), self.out_data.valid.eq(pk_full & (data_sel == 0))]
-        emit = self.out_data.valid & self.out_data.ready
+        # the packer's words leave through a register slice (with their port): the ports' ready
+        # never reaches the packer and the chunk FIFO
+        m.submodules.out_slice = osl = SkidBuffer(W + len(data_sel))
+        m.d.comb += [osl.i.payload.eq(Cat(pk_word, data_sel)), osl.i.valid.eq(pk_full)]
+        emit = pk_full & osl.i.ready
+        o_word, o_sel = osl.o.payload[:W], osl.o.payload[W:]
+        m.d.comb += [self.out_data.payload.eq(o_word), self.out_data.valid.eq(osl.o.valid & (o_sel == 0))]
+        o_ready = (o_sel == 0) & self.out_data.ready
         for i in range(g.kv_ports):
-            m.d.comb += [self.sw_data[i].payload.eq(pk_word), self.sw_data[i].valid.eq(pk_full & (data_sel == i + 1))]
-            emit = emit | (self.sw_data[i].valid & self.sw_data[i].ready)
+            m.d.comb += [self.sw_data[i].payload.eq(o_word), self.sw_data[i].valid.eq(osl.o.valid & (o_sel == i + 1))]
+            o_ready = o_ready | ((o_sel == i + 1) & self.sw_data[i].ready)
+        m.d.comb += osl.o.ready.eq(o_ready)
         with m.If(emit):
             m.d.sync += pk_full.eq(0)        # (a chunk completing the next word below sets it again)
         m.d.comb += chunks.r_en.eq(~pk_full | emit)
@@ -851,7 +858,8 @@ class VectorEngine(wiring.Component):
             with m.Else():
                 m.d.sync += pk_n.eq(pk_n + 1)
         store_empty = Signal()
-        m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0))
+        m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0)
+                                   & ~osl.o.valid & osl.i.ready)
 
         # write commands and their answers
         wc_valid = Signal()

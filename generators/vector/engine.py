@@ -865,13 +865,37 @@ class VectorEngine(wiring.Component):
         wc_valid = Signal()
         wc_addr = Signal(64)
         wc_bytes = Signal(32)
-        m.d.comb += [self.out_cmd.payload.addr.eq(wc_addr), self.out_cmd.payload.bytes.eq(wc_bytes),
-                     self.out_cmd.valid.eq(wc_valid & (st_port == 0))]
-        wc_take = self.out_cmd.valid & self.out_cmd.ready
+        # write commands leave through a register slice with their port, as the packer's words do
+        m.submodules.wcmd_slice = wsl = SkidBuffer(64 + 32 + len(st_port))
+        m.d.comb += [wsl.i.payload.eq(Cat(wc_addr, wc_bytes, st_port)), wsl.i.valid.eq(wc_valid)]
+        wc_take = wc_valid & wsl.i.ready
+        c_addr, c_bytes, c_port = wsl.o.payload[:64], wsl.o.payload[64:96], wsl.o.payload[96:]
+        m.d.comb += [self.out_cmd.payload.addr.eq(c_addr), self.out_cmd.payload.bytes.eq(c_bytes),
+                     self.out_cmd.valid.eq(wsl.o.valid & (c_port == 0))]
+        c_ready = (c_port == 0) & self.out_cmd.ready
         for i in range(g.kv_ports):
-            m.d.comb += [self.sw_cmd[i].payload.addr.eq(wc_addr), self.sw_cmd[i].payload.bytes.eq(wc_bytes),
-                         self.sw_cmd[i].valid.eq(wc_valid & (st_port == i + 1))]
-            wc_take = wc_take | (self.sw_cmd[i].valid & self.sw_cmd[i].ready)
+            m.d.comb += [self.sw_cmd[i].payload.addr.eq(c_addr), self.sw_cmd[i].payload.bytes.eq(c_bytes),
+                         self.sw_cmd[i].valid.eq(wsl.o.valid & (c_port == i + 1))]
+            c_ready = c_ready | ((c_port == i + 1) & self.sw_cmd[i].ready)
+        m.d.comb += wsl.o.ready.eq(c_ready)
+        # the block's output offsets, kept by additions as blk steps (products of a block index
+        # and a job size were the command path's slowest logic), and its byte counts registered
+        # (nv changes with blk only, long before the block's store)
+        def per_block(k, name):
+            out = Signal(64, name=name)
+            with m.If(start):
+                m.d.sync += out.eq(0)
+            with m.Elif(blk_inc):
+                m.d.sync += out.eq(out + k)
+            return out
+        rec_bytes = Signal(32)               # one row of Q records
+        m.d.sync += rec_bytes.eq(heads * QRB)
+        y_blk_off = per_block(j.y_stride, "y_blk_off")
+        y_row_off = per_block(j.dim << LOGR, "y_row_off")
+        y_rec_off = per_block(rec_bytes << LOGR, "y_rec_off")
+        y_scale_off = per_block(Const(SB, 64), "y_scale_off")
+        act8_bytes, rec_block_bytes = Signal(32), Signal(32)
+        m.d.sync += [act8_bytes.eq(nv * j.dim), rec_block_bytes.eq(nv * rec_bytes)]
         pending = Signal(16)
         m.d.comb += self.out_done.ready.eq(1)
         dones = [self.out_done.valid]          # answers of several ports can arrive in one cycle
@@ -1023,11 +1047,11 @@ class VectorEngine(wiring.Component):
                     m.d.sync += out_port.eq(st_port)
                 with m.Switch(j.out_fmt):
                     with m.Case(VectorOut.RES32):
-                        m.d.comb += [wc_addr.eq(j.y_addr + blk * j.y_stride), wc_bytes.eq((j.dim << 2) * R)]
+                        m.d.comb += [wc_addr.eq(j.y_addr + y_blk_off), wc_bytes.eq((j.dim << 2) * R)]
                     with m.Case(VectorOut.ACT8):
-                        m.d.comb += [wc_addr.eq(j.y_addr + r0 * j.dim), wc_bytes.eq(nv * j.dim)]
+                        m.d.comb += [wc_addr.eq(j.y_addr + y_row_off), wc_bytes.eq(act8_bytes)]
                     with m.Case(VectorOut.QREC):
-                        m.d.comb += [wc_addr.eq(j.y_addr + r0 * (heads * QRB)), wc_bytes.eq(nv * heads * QRB)]
+                        m.d.comb += [wc_addr.eq(j.y_addr + y_rec_off), wc_bytes.eq(rec_block_bytes)]
                     with m.Case(VectorOut.KV):
                         m.d.comb += [wc_addr.eq(vaddr), wc_bytes.eq(vbytes)]
                 with m.If(wc_take):
@@ -1080,7 +1104,7 @@ class VectorEngine(wiring.Component):
                     with m.If(st_c + 1 == trl_chunks):
                         next_head("VAL")
             with m.State("SCMD"):
-                m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + blk * SB), wc_bytes.eq(SB)]
+                m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + y_scale_off), wc_bytes.eq(SB)]
                 with m.If(wc_take):
                     m.d.sync += st_c.eq(0)
                     m.next = "SCL"

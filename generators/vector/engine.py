@@ -214,27 +214,57 @@ class VectorEngine(wiring.Component):
         # -- load walkers ----------------------------------------------------------------------
         has_b = Signal()
         m.d.comb += has_b.eq(j.b_fmt != VectorIn.NONE)
-        item_enabled = {
-            _ACOL: j.a_fmt != VectorIn.RES32,
-            _BCOL: (j.b_fmt == VectorIn.ACC32) | (j.b_fmt == VectorIn.ROWS32),
-            _BIAS: j.bias,
-            _GAMMA: j.norm != VectorNorm.NONE,
-            _BETA: j.norm == VectorNorm.LAYER,
-            _CONSTS: (j.out_fmt == VectorOut.QREC) | kv_mode,
-            _POOLS: multi,
-            _SCALE: j.a_fmt == VectorIn.ACC32,
-            _ROPE: j.rope,
-            _BT: kv_mode,
-            _A: Const(1),
-            _B: has_b,
-        }
-        item_per_row = {_ROPE: Const(1), _BT: Const(1), _A: j.a_fmt == VectorIn.ROWS32, _B: j.b_fmt == VectorIn.ROWS32}
+        def item_tables(jj):
+            """Per load item of the job record ``jj``: enabled, walked per row, its words."""
+            kv = jj.out_fmt == VectorOut.KV
+            words_dw = jj.dim >> LOGL
+            enabled_ = {
+                _ACOL: jj.a_fmt != VectorIn.RES32,
+                _BCOL: (jj.b_fmt == VectorIn.ACC32) | (jj.b_fmt == VectorIn.ROWS32),
+                _BIAS: jj.bias,
+                _GAMMA: jj.norm != VectorNorm.NONE,
+                _BETA: jj.norm == VectorNorm.LAYER,
+                _CONSTS: (jj.out_fmt == VectorOut.QREC) | kv,
+                _POOLS: kv & (jj.kv_groups > 1),
+                _SCALE: jj.a_fmt == VectorIn.ACC32,
+                _ROPE: jj.rope,
+                _BT: kv,
+                _A: Const(1),
+                _B: jj.b_fmt != VectorIn.NONE,
+            }
+            per_row_ = {_ROPE: Const(1), _BT: Const(1), _A: jj.a_fmt == VectorIn.ROWS32,
+                        _B: jj.b_fmt == VectorIn.ROWS32}
+            heads_ = jj.dim >> exact_log2(hd) if hd else Const(0, 1)
+            words = {item: words_dw for item in _PARAMS}
+            words.update({
+                _CONSTS: (heads_ * 8 + (W8 - 1)) >> LOGW8,
+                _POOLS: (jj.kv_groups * 8 + (W8 - 1)) >> LOGW8,
+                _SCALE: Const(SBW, 32),
+                _A: Mux(jj.a_fmt == VectorIn.ROWS32, words_dw, words_dw * R),
+                _B: Mux(jj.b_fmt == VectorIn.ROWS32, words_dw, words_dw * R),
+                _ROPE: Const(RW, 32),
+                _BT: Const(1, 32),
+            })
+            return enabled_, per_row_, words
+
+        # the tables as registers, loaded from the job as it starts (j is constant while busy): the
+        # walkers' and the receiver's handshakes read a flip-flop through a small mux instead of
+        # the job's fields through their compares
+        t_en, t_row, t_words = item_tables(self.job.payload)
+        items = range(_LAST_ITEM + 1)
+        en_r = [Signal(name=f"item_en{i}") for i in items]
+        row_r = [Signal(name=f"item_per_row{i}") for i in items]
+        words_m1 = [Signal(32, name=f"item_words_m1_{i}") for i in items]
+        with m.If(start):
+            m.d.sync += [en_r[i].eq(t_en[i]) for i in items]
+            m.d.sync += [row_r[i].eq(t_row.get(i, Const(0))) for i in items]
+            m.d.sync += [words_m1[i].eq(t_words.get(i, Const(1, 32)) - 1) for i in items]
 
         def enabled(item):
-            return Array([item_enabled[i] for i in range(_LAST_ITEM + 1)])[item]
+            return Array(en_r)[item]
 
         def per_row(item):
-            return Array([item_per_row.get(i, Const(0)) for i in range(_LAST_ITEM + 1)])[item]
+            return Array(row_r)[item]
 
         def walker(name, advance):
             item = Signal(range(_LAST_ITEM + 1), name=f"{name}_item")
@@ -353,28 +383,10 @@ class VectorEngine(wiring.Component):
         r_allowed = Signal()                 # a block's bank is free once the block two before is stored
         m.d.comb += r_allowed.eq(busy & ~r_done & (~r_block_item | (r_lead != 2)))
         rw = Signal(32)                      # word within the item
-        r_words = Signal(32)
-        with m.Switch(r_item):
-            with m.Case(*_PARAMS):
-                m.d.comb += r_words.eq(dw)
-            with m.Case(_CONSTS):
-                m.d.comb += r_words.eq((heads * 8 + (W8 - 1)) >> LOGW8)
-            with m.Case(_POOLS):
-                m.d.comb += r_words.eq((j.kv_groups * 8 + (W8 - 1)) >> LOGW8)
-            with m.Case(_SCALE):
-                m.d.comb += r_words.eq(SBW)
-            with m.Case(_A):
-                m.d.comb += r_words.eq(Mux(j.a_fmt == VectorIn.ROWS32, dw, dw * R))
-            with m.Case(_B):
-                m.d.comb += r_words.eq(Mux(j.b_fmt == VectorIn.ROWS32, dw, dw * R))
-            with m.Case(_ROPE):
-                m.d.comb += r_words.eq(RW)
-            with m.Case(_BT):
-                m.d.comb += r_words.eq(1)
         take = Signal()
         m.d.comb += [self.src_data.ready.eq(r_allowed & enabled(r_item)),
                      take.eq(self.src_data.valid & self.src_data.ready)]
-        last_word = take & (rw + 1 == r_words)
+        last_word = take & (rw == Array(words_m1)[r_item])
         m.d.comb += rx_adv.eq(r_allowed & (~enabled(r_item) | last_word))
         with m.If(start | rx_adv):
             m.d.sync += rw.eq(0)

@@ -1,16 +1,43 @@
-"""Combinational helpers shared by the vector engine's pipelines (each mirrors a function of
-:mod:`hbmforge.numerics.vector` bit for bit)."""
+"""Helpers shared by the vector engine's pipelines: delays and registers, and the arithmetic that
+mirrors :mod:`hbmforge.numerics.vector` bit for bit."""
 from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 
 from ..nonlinear.rsqrt import highest_set_bit
-from ..products import pipelined_product  # noqa: F401  (re-exported: the engine's variance)
 
-__all__ = ["I32_MIN", "I32_MAX", "sat32", "clamp", "rsr", "rsr_var", "RSR_STAGES", "rsr_var_staged", "shift_sat", "bit_length", "lanes_of",
-           "word_of", "as_signed_field", "pipelined_product"]
+__all__ = ["delayed", "registered", "valid_chain", "I32_MIN", "I32_MAX", "sat32", "clamp", "rsr",
+           "RSR_STAGES", "rsr_var_staged", "bit_length", "lanes_of", "word_of", "as_signed_field"]
 
 I32_MIN, I32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def delayed(m: Module, v, n: int, *, name: str) -> Value:
+    """``v`` through ``n`` registers (``v`` itself for ``n == 0``); the registers keep ``v``'s
+    shape, an enum or a layout included."""
+    shape = v.shape() if hasattr(v, "shape") else Value.cast(v).shape()
+    out = v
+    for t in range(n):
+        reg = Signal(shape, name=f"{name}_d{t}")
+        m.d.sync += reg.eq(out)
+        out = reg
+    return out
+
+
+def registered(m: Module, shape, value, *, name: str) -> Signal:
+    """A register of ``shape`` loaded with ``value`` every cycle."""
+    out = Signal(shape, name=name)
+    m.d.sync += out.eq(value)
+    return out
+
+
+def valid_chain(m: Module, valid, n: int) -> list[Value]:
+    """``valid`` and its ``n`` delayed copies (index t: ``t`` cycles later): a fixed-latency
+    pipeline's valid bits."""
+    chain = [Value.cast(valid)]
+    for t in range(n):
+        chain.append(registered(m, 1, chain[-1], name=f"valid{t + 1}"))
+    return chain
 
 
 def clamp(v, lo: int, hi: int) -> Value:
@@ -26,22 +53,13 @@ def rsr(v, s: int) -> Value:
     return (v + (1 << (s - 1))) >> s if s > 0 else v
 
 
-def rsr_var(m: Module, v, s, *, name: str) -> Signal:
-    """Round-half-up arithmetic right shift by a variable ``s >= 0`` (as ``((v >> (s-1)) + 1) >> 1``)."""
-    v, s = Value.cast(v), Value.cast(s)
-    s_m1 = Signal(len(s), name=f"{name}_s1")
-    m.d.comb += s_m1.eq(s - 1)               # wraps for s == 0 (then unused)
-    out = Signal(signed(len(v) + 1) if v.shape().signed else unsigned(len(v) + 1), name=name)
-    m.d.comb += out.eq(Mux(s == 0, v, ((v >> s_m1) + 1) >> 1))
-    return out
-
-
 #: cycles of :func:`rsr_var_staged`
 RSR_STAGES = 3
 
 
 def rsr_var_staged(m: Module, v, s_m1, s_zero, *, name: str) -> Signal:
-    """:func:`rsr_var` over :data:`RSR_STAGES` registered stages: shift by the multiple of 8 of
+    """Round-half-up arithmetic right shift by a variable ``s >= 0`` (``((v >> (s-1)) + 1) >> 1``,
+    ``v`` for ``s == 0``) over :data:`RSR_STAGES` registered stages: shift by the multiple of 8 of
     ``s - 1``, then by the rest, then round. ``s_m1`` (``s - 1``, at least 3 bits; any value when
     ``s == 0``) and ``s_zero`` (``s == 0``) come with ``v``, ideally from registers: the shift
     amount then needs no subtraction in the first stage."""
@@ -55,22 +73,6 @@ def rsr_var_staged(m: Module, v, s_m1, s_zero, *, name: str) -> Signal:
     m.d.sync += [fine.eq(Mux(z1, coarse, coarse >> fine_s)), z2.eq(z1)]
     out = Signal(signed(len(v) + 1) if shape.signed else unsigned(len(v) + 1), name=name)
     m.d.sync += out.eq(Mux(z2, fine, (fine + 1) >> 1))
-    return out
-
-
-def shift_sat(m: Module, p, s, *, neg_max: int, name: str) -> Signal:
-    """``sat32(rsr(p, s))`` for ``s >= 0`` and ``sat32(p << -s)`` for ``-neg_max <= s < 0``.
-
-    ``p`` signed, ``s`` signed: computed as ``rsr(p << neg_max, s + neg_max)`` on a wide value,
-    which is exact for left shifts (the appended zeros round to nothing)."""
-    p = Value.cast(p)
-    wide = Signal(signed(len(p) + neg_max + 1), name=f"{name}_wide")
-    m.d.comb += wide.eq(p << neg_max)
-    t = Signal(range(neg_max + 64 + 1), name=f"{name}_t")
-    m.d.comb += t.eq(s + neg_max)
-    r = rsr_var(m, wide, t, name=f"{name}_rsr")
-    out = Signal(signed(32), name=name)
-    m.d.comb += out.eq(sat32(r))
     return out
 
 

@@ -22,7 +22,8 @@ from hbmforge.encodings import VectorAct, VectorCombine, VectorIn
 from ...engines.vector import ACT_FRAC, ACT_SEG_BITS, ACT_WIDTH, ROPE_FRAC
 from ..nonlinear.activation import TailActivation
 from ..products import pipelined_product
-from .arith import RSR_STAGES, as_signed_field, lanes_of, rsr, rsr_var_staged, sat32, word_of
+from .arith import (RSR_STAGES, as_signed_field, delayed, lanes_of, registered, rsr, rsr_var_staged, sat32,
+                    valid_chain, word_of)
 
 __all__ = ["ElementPipe", "element_config_layout"]
 
@@ -68,25 +69,14 @@ class ElementPipe(wiring.Component):
         L = self._lanes
         cfg = self.cfg
 
-        valid = [Signal(name=f"valid{t}") for t in range(self.LATENCY + 1)]
-        m.d.comb += valid[0].eq(self.i_valid)
-        for t in range(1, self.LATENCY + 1):
-            m.d.sync += valid[t].eq(valid[t - 1])
+        valid = valid_chain(m, self.i_valid, self.LATENCY)
         m.d.comb += self.o_valid.eq(valid[self.LATENCY])
 
         def delay(v, stages, name):
-            """``v`` delayed by ``stages`` cycles."""
-            out = v
-            for t in range(stages):
-                reg = Signal.like(v, name=f"{name}_d{t}") if isinstance(v, Signal) else Signal(len(v), name=f"{name}_d{t}")
-                m.d.sync += reg.eq(out)
-                out = reg
-            return out
+            return delayed(m, v, stages, name=name)
 
         def reg(shape, name, value):
-            out = Signal(shape, name=name)
-            m.d.sync += out.eq(value)
-            return out
+            return registered(m, shape, value, name=name)
 
         # -- dequantize: x * (row_a * c) >> (c_shift - row_e), saturated (RES32: x) -------------
         xa, xb = lanes_of(self.xa, L), lanes_of(self.xb, L)

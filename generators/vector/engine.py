@@ -37,7 +37,7 @@ from hbmforge.numerics.vector import rsqrt_in_bits
 from ..nonlinear.rsqrt import Rsqrt
 from ..skid import SkidBuffer
 from ..products import pipelined_product, pipelined_sum
-from .arith import lanes_of, word_of
+from .arith import delayed, lanes_of, valid_chain, word_of
 from .elementwise import ElementPipe
 from .normapply import NormApply
 from .qparams import QuantParams
@@ -70,6 +70,17 @@ def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
                 m.d.sync += row.eq(row + 1)
         with m.Else():
             m.d.sync += item.eq(item + 1)
+
+
+def _counter_times(m: Module, k, start, step, *, name: str) -> Signal:
+    """``count * k`` mod 2^64 of a counter that ``start`` clears and ``step`` advances, kept by
+    addition (no product on the path that reads it)."""
+    out = Signal(64, name=name)
+    with m.If(start):
+        m.d.sync += out.eq(0)
+    with m.Elif(step):
+        m.d.sync += out.eq(out + k)
+    return out
 
 
 def _block_rows(m: Module, name: str, R: int, m_rows, start, step) -> tuple[Signal, Signal]:
@@ -313,12 +324,7 @@ class VectorEngine(wiring.Component):
 
         def blocks_times(k, name):
             """``i_blk * k``, mod 2^64."""
-            out = Signal(64, name=name)
-            with m.If(start):
-                m.d.sync += out.eq(0)
-            with m.Elif(i_inc):
-                m.d.sync += out.eq(out + k)
-            return out
+            return _counter_times(m, k, start, i_inc, name=name)
 
         scale_off = blocks_times(SB, "iss_scale_off")
         offsets = {item: (rows_times(stride, f"iss_{x}_row_off"), blocks_times(stride, f"iss_{x}_blk_off"))
@@ -563,17 +569,10 @@ class VectorEngine(wiring.Component):
                      napply.dim.eq(j.dim), napply.s1.eq(S1[rd_r]), napply.mant.eq(MM[rd_r]),
                      napply.shift.eq(j.norm_shift + EE[rd_r])]
 
-        def delayed(sig, n, name):
-            out = sig
-            for t in range(n):
-                reg = Signal.like(sig, name=f"{name}_{t}")
-                m.d.sync += reg.eq(out)
-                out = reg
-            return out
-
         # write-back and statistics: (row, word) travel with the data
-        e_r, e_j = delayed(rd_r, ElementPipe.LATENCY, "e_r"), delayed(rd_j, ElementPipe.LATENCY, "e_j")
-        n_r, n_j = delayed(rd_r, napply.latency, "n_r"), delayed(rd_j, napply.latency, "n_j")
+        e_r = delayed(m, rd_r, ElementPipe.LATENCY, name="e_r")
+        e_j = delayed(m, rd_j, ElementPipe.LATENCY, name="e_j")
+        n_r, n_j = delayed(m, rd_r, napply.latency, name="n_r"), delayed(m, rd_j, napply.latency, name="n_j")
         out_v = Signal()
         out_r = Signal(range(R))
         out_j = Signal(range(DW))
@@ -598,15 +597,14 @@ class VectorEngine(wiring.Component):
         squares = [pipelined_product(m, v, v, name=f"st_sq{i}") for i, v in enumerate(lane_v)]
         sq_lat = squares[0][1]
         wsq, tree_lat = pipelined_sum(m, [p for p, _ in squares], name="st_wsq")
-        wsum, _ = pipelined_sum(m, [delayed(v, sq_lat, f"st_v{i}") for i, v in enumerate(lane_v)], name="st_wsum")
+        wsum, _ = pipelined_sum(m, [delayed(m, v, sq_lat, name=f"st_v{i}") for i, v in enumerate(lane_v)],
+                                name="st_wsum")
         st_lat = sq_lat + tree_lat
-        st_valid = [Signal(name=f"st_valid{t}") for t in range(st_lat + 1)]
-        m.d.comb += st_valid[0].eq(elem.o_valid & (j.norm != VectorNorm.NONE))
-        m.d.sync += [st_valid[t + 1].eq(st_valid[t]) for t in range(st_lat)]
+        st_valid = valid_chain(m, elem.o_valid & (j.norm != VectorNorm.NONE), st_lat)
         m.d.comb += stats_busy.eq(Cat(*st_valid[1:]) != 0)
         row_end = Signal()                   # the word ends its row
         m.d.comb += row_end.eq(out_j + 1 == dw)
-        st_end, st_r = delayed(row_end, st_lat, "st_end"), delayed(out_r, st_lat, "st_r")
+        st_end, st_r = delayed(m, row_end, st_lat, name="st_end"), delayed(m, out_r, st_lat, name="st_r")
         acc1 = Signal(signed(sb))
         acc2 = Signal(s2_bits)
         with m.If(st_valid[st_lat]):
@@ -652,8 +650,9 @@ class VectorEngine(wiring.Component):
                          gidx.eq(out_j >> gw_log)]
         final = Signal()
         m.d.comb += final.eq(quant_out & Mux(j.norm == VectorNorm.NONE, elem.o_valid, napply.o_valid))
-        final1, final2 = delayed(final, 1, "final"), delayed(final, 2, "final")
-        g_end2, g_idx2, g_row2 = delayed(group_end, 2, "g_end"), delayed(gidx, 2, "g_idx"), delayed(out_r, 2, "g_row")
+        final1, final2 = delayed(m, final, 1, name="final"), delayed(m, final, 2, name="final")
+        g_end2, g_idx2 = delayed(m, group_end, 2, name="g_end"), delayed(m, gidx, 2, name="g_idx")
+        g_row2 = delayed(m, out_r, 2, name="g_row")
         m.d.comb += absmax_busy.eq(final1 | final2)
         gm = Signal(32)
         m.d.comb += gm.eq(Mux(wmax > run, wmax, run))
@@ -679,7 +678,7 @@ class VectorEngine(wiring.Component):
         p_ds, lat_ds = pipelined_product(m, dim_r, s2_row, name="var_ds")
         p_ss, lat_ss = pipelined_product(m, s1_abs, s1_abs, name="var_ss")
         lat_p = max(lat_ds, lat_ss)
-        p_ds, p_ss = delayed(p_ds, lat_p - lat_ds, "var_dsd"), delayed(p_ss, lat_p - lat_ss, "var_ssd")
+        p_ds, p_ss = delayed(m, p_ds, lat_p - lat_ds, name="var_dsd"), delayed(m, p_ss, lat_p - lat_ss, name="var_ssd")
         m.d.sync += vnum.eq(p_ds - p_ss)
         shifted = Signal(rsqrt.in_bits)
         m.d.sync += shifted.eq(vnum << j.eps_shift)
@@ -733,7 +732,7 @@ class VectorEngine(wiring.Component):
                 const_word = crp.data[:64]
         m.d.comb += [qpar.i_valid.eq(qv1), qpar.mode.eq(j.out_fmt), qpar.absmax.eq(grp.data),
                      qpar.const.eq(const_word)]
-        q_r, q_g = delayed(qr1, QuantParams.LATENCY, "q_r"), delayed(qg1, QuantParams.LATENCY, "q_g")
+        q_r, q_g = delayed(m, qr1, QuantParams.LATENCY, name="q_r"), delayed(m, qg1, QuantParams.LATENCY, name="q_g")
         _, qwp, qrp = qp_mem
         m.d.comb += [qwp.addr.eq(q_r * GPR + q_g), qwp.data.eq(Cat(qpar.mult, qpar.shift, qpar.meta)),
                      qwp.en.eq(qpar.o_valid)]
@@ -819,8 +818,8 @@ class VectorEngine(wiring.Component):
                 m.d.comb += other.eq((span >> (t1_k * W))[:W])
             with m.Default():
                 m.d.comb += other.eq(0)
-        other_d = delayed(other, ChunkQuantizer.LATENCY, "other")
-        kind_d = delayed(t1_kind, ChunkQuantizer.LATENCY, "kind")
+        other_d = delayed(m, other, ChunkQuantizer.LATENCY, name="other")
+        kind_d = delayed(m, t1_kind, ChunkQuantizer.LATENCY, name="kind")
         m.d.comb += [chunks.w_en.eq(cq.o_valid | (elem.o_valid & direct)),
                      chunks.w_data.eq(Mux(cq.o_valid, Cat(Mux(kind_d == _VAL, cq.o, other_d), kind_d == _MNT),
                                           Cat(elem.o, Const(0, 1))))]
@@ -894,12 +893,7 @@ class VectorEngine(wiring.Component):
         # and a job size were the command path's slowest logic), and its byte counts registered
         # (nv changes with blk only, long before the block's store)
         def per_block(k, name):
-            out = Signal(64, name=name)
-            with m.If(start):
-                m.d.sync += out.eq(0)
-            with m.Elif(blk_inc):
-                m.d.sync += out.eq(out + k)
-            return out
+            return _counter_times(m, k, start, blk_inc, name=name)
         rec_bytes = Signal(32)               # one row of Q records
         m.d.sync += rec_bytes.eq(heads * QRB)
         y_blk_off = per_block(j.y_stride, "y_blk_off")

@@ -9,12 +9,12 @@ products summed over registered stages::
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal, signed, unsigned
+from amaranth.hdl import Module, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..products import pipelined_product, product_latency
-from .arith import RSR_STAGES, lanes_of, rsr_var_staged, sat32, word_of
+from .arith import RSR_STAGES, delayed, lanes_of, registered, rsr_var_staged, sat32, valid_chain, word_of
 
 __all__ = ["NormApply"]
 
@@ -53,17 +53,10 @@ class NormApply(wiring.Component):
         nb = 33 + self._max_dim.bit_length() + 1
 
         def delay(v, n, name):
-            out = v
-            for t in range(n):
-                nxt = Signal.like(v, name=f"{name}_d{t}")
-                m.d.sync += nxt.eq(out)
-                out = nxt
-            return out
+            return delayed(m, v, n, name=name)
 
         def reg(shape, name, value):
-            out = Signal(shape, name=name)
-            m.d.sync += out.eq(value)
-            return out
+            return registered(m, shape, value, name=name)
 
         x = lanes_of(self.x, L)
         # the row's constants, and D*x
@@ -106,9 +99,6 @@ class NormApply(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         out, latency = self._stages(m), self._latency
-        v = [Signal(name=f"v{t}") for t in range(latency + 1)]
-        m.d.comb += v[0].eq(self.i_valid)
-        for t in range(1, latency + 1):
-            m.d.sync += v[t].eq(v[t - 1])
+        v = valid_chain(m, self.i_valid, latency)
         m.d.comb += [self.o_valid.eq(v[latency]), self.o.eq(word_of(out))]
         return m

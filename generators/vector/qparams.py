@@ -21,7 +21,7 @@ from hbmforge.encodings import VectorOut
 
 from ..attention.recip import Reciprocal
 from ..nonlinear.rsqrt import highest_set_bit
-from .arith import as_signed_field, bit_length, rsr
+from .arith import as_signed_field, bit_length, delayed, rsr, valid_chain
 
 __all__ = ["QuantParams"]
 
@@ -45,17 +45,10 @@ class QuantParams(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        valid = self.i_valid
-        for t in range(self.LATENCY):
-            nxt = Signal(name=f"v{t + 1}")
-            m.d.sync += nxt.eq(valid)
-            valid = nxt
-        m.d.comb += self.o_valid.eq(valid)
+        m.d.comb += self.o_valid.eq(valid_chain(m, self.i_valid, self.LATENCY)[-1])
 
         def delay(v, name):
-            out = Signal.like(v, name=name)
-            m.d.sync += out.eq(v)
-            return out
+            return delayed(m, v, 1, name=name)
 
         # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); A + 2^e0 - 1, where
         # 2^e0 - 1 is A's bits smeared down from its highest one, shifted right by 16; the two

@@ -8,12 +8,12 @@ clamp and pack.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..products import pipelined_product, product_latency
-from .arith import RSR_STAGES, clamp, lanes_of, rsr_var_staged
+from .arith import RSR_STAGES, clamp, delayed, lanes_of, rsr_var_staged, valid_chain
 
 __all__ = ["ChunkQuantizer"]
 
@@ -32,20 +32,10 @@ class ChunkQuantizer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         L = self._lanes
-        v = self.i_valid
-        for t in range(self.LATENCY):
-            nxt = Signal(name=f"v{t + 1}")
-            m.d.sync += nxt.eq(v)
-            v = nxt
-        m.d.comb += self.o_valid.eq(v)
+        m.d.comb += self.o_valid.eq(valid_chain(m, self.i_valid, self.LATENCY)[-1])
 
         def delay(sig, n, name):
-            out = sig
-            for t in range(n):
-                nxt = Signal.like(sig, name=f"{name}_d{t}")
-                m.d.sync += nxt.eq(out)
-                out = nxt
-            return out
+            return delayed(m, sig, n, name=name)
 
         x1 = Signal.like(self.x)
         mult1 = Signal.like(self.mult)

@@ -37,7 +37,7 @@ from hbmforge.numerics.vector import rsqrt_in_bits
 from ..nonlinear.rsqrt import Rsqrt
 from ..skid import SkidBuffer
 from ..products import pipelined_product, pipelined_sum
-from .arith import delayed, lanes_of, valid_chain, word_of
+from .arith import delayed, lanes_of, registered, valid_chain, word_of
 from .elementwise import ElementPipe
 from .normapply import NormApply
 from .qparams import QuantParams
@@ -81,6 +81,60 @@ def _counter_times(m: Module, k, start, step, *, name: str) -> Signal:
     with m.Elif(step):
         m.d.sync += out.eq(out + k)
     return out
+
+
+class _KVRowAddresses:
+    """What :func:`_kv_row_addresses` gives the store: ``ok`` (the registers hold the present
+    (bank, row)'s addresses), the token's ``slot`` in its page, the row's first head's ``vaddr``
+    / ``maddr``, and the row's offsets in a pool ``v_off`` / ``m_off``."""
+
+    def __init__(self, ok, slot, vaddr, maddr, v_off, m_off):
+        self.ok, self.slot, self.vaddr, self.maddr, self.v_off, self.m_off = ok, slot, vaddr, maddr, v_off, m_off
+
+
+def _kv_row_addresses(m: Module, att, j, pages, pools, cbank, st_r, r0, multi, hg, int4, *, LOGR: int,
+                      LOGW8: int, event) -> _KVRowAddresses:
+    """A KV append row's addresses, from a free-running register pipeline on (bank, row).
+
+    ``page x (heads per group x head area)`` is a :func:`pipelined_product`; the slot offsets
+    (value bytes, mantissa word) and the pool are registered beside it, then added in two
+    registered steps. ``ok`` is low from any change of (bank, row) or an ``event`` (a job start,
+    a block-table or pool word) until the pipeline has caught up: nothing reads a stale address.
+    """
+    P, ng = att.page_tokens, att.head_dim // att.group_size
+    ha4 = att.head_area(4) if 4 in att.kv_bits else att.head_area(8)
+    ha8 = att.head_area(8)
+    vb4 = att.value_bytes(4) if 4 in att.kv_bits else att.value_bytes(8)
+    vb8 = att.value_bytes(8)
+    max_heads = (1 << len(hg)) - 1
+    lp = exact_log2(P)
+    hg_ha = Signal(range(max_heads * max(ha4, ha8) + 1), name="kvr_hg_ha")
+    m.d.sync += hg_ha.eq(hg * Mux(int4, ha4, ha8))
+    page = registered(m, 32, pages[(cbank << LOGR) + st_r], name="kvr_page")
+    slot = registered(m, range(P), (j.pos0[:lp] + r0[:lp] + st_r)[:lp] if lp else 0, name="kvr_slot")
+    pool0 = registered(m, 64, Mux(multi, pools[0], j.pool), name="kvr_pool0")
+    page_off, lat = pipelined_product(m, page, hg_ha, name="kvr_page_off")
+    v_slot = registered(m, 32, att.scale_area + Mux(int4, slot * vb4, slot * vb8), name="kvr_v_slot")
+    m_slot = registered(m, 32, ((slot * (ng * 2)) >> LOGW8) << LOGW8, name="kvr_m_slot")
+    v_off = registered(m, 64, page_off + delayed(m, v_slot, lat - 1, name="kvr_v_slot"), name="kvr_v_off")
+    m_off = registered(m, 64, page_off + delayed(m, m_slot, lat - 1, name="kvr_m_slot"), name="kvr_m_off")
+    pool0_d = delayed(m, pool0, lat + 1, name="kvr_pool0")
+    vaddr = registered(m, 64, pool0_d + v_off, name="kvr_vaddr")
+    maddr = registered(m, 64, pool0_d + m_off, name="kvr_maddr")
+    # an input changed at the edge that ends this cycle (event) or the one that began it (key):
+    # vaddr shows it lat + 3 registers later
+    depth = lat + 3
+    key = Cat(cbank, st_r)
+    key_prev = registered(m, len(key), key, name="kvr_key_prev")
+    changed = (key != key_prev) | event
+    wait = Signal(range(depth + 1), name="kvr_wait")
+    with m.If(changed):
+        m.d.sync += wait.eq(depth)
+    with m.Elif(wait != 0):
+        m.d.sync += wait.eq(wait - 1)
+    ok = Signal(name="kvr_ok")
+    m.d.comb += ok.eq((wait == 0) & ~changed)
+    return _KVRowAddresses(ok, slot, vaddr, maddr, v_off, m_off)
 
 
 def _block_rows(m: Module, name: str, R: int, m_rows, start, step) -> tuple[Signal, Signal]:
@@ -953,26 +1007,27 @@ class VectorEngine(wiring.Component):
         elif att is not None:
             with m.If(t1_v & (t1_kind == _VAL) & kv_mode):
                 m.d.sync += mants[0].eq(qrec[32:48])
+        # The KV addresses of (row st_r, head st_hg of group st_g) are registers: st_vaddr (the
+        # head's value bytes of the token) and st_maddr (its mantissa word). A row's part,
+        # pool + page x (heads per group x head area) + the slot's offsets, comes from a
+        # free-running pipeline on (bank, row) (kv_row below; the store waits for it in KROW, once
+        # per row); the heads of a row step from it by additions, a group's first head from the
+        # next pool registered ahead. No product or 64-bit sum of sums sits on a command's path.
+        st_vaddr, st_maddr = Signal(64), Signal(64)
+        row_ok = Signal()                    # the row pipeline holds (cbank, st_r)'s addresses
         if att is not None:
             ha8 = att.head_area(8)
             ha4 = att.head_area(4) if 4 in att.kv_bits else ha8
             vb8, vb4 = att.value_bytes(8), att.value_bytes(4)
-            ha = Signal(32)
+            ha = Signal(range(max(ha4, ha8) + 1))
             vbytes = Signal(32)
             m.d.comb += [ha.eq(Mux(int4, ha4, ha8)), vbytes.eq(Mux(int4, vb4, vb8))]
-            st_pos = Signal(34)
-            m.d.comb += st_pos.eq(j.pos0 + r0 + st_r)
-            slot = Signal(range(P))
-            m.d.comb += slot.eq(st_pos[:exact_log2(P)])
-            pool_base = Signal(64)
-            m.d.comb += pool_base.eq(Mux(multi, pools[st_g], j.pool))
-            kv_off = Signal(64)                  # (row st_r, head st_hg) in the group's pool
-            m.d.comb += kv_off.eq(pages[(cbank << LOGR) + st_r] * (hg * ha) + st_hg * ha)
-            kv_base = Signal(64)
-            m.d.comb += kv_base.eq(pool_base + kv_off)
-            vaddr = kv_base + att.scale_area + slot * vbytes
-            mnt_off = ((slot * (ng * 2)) >> LOGW8) << LOGW8
-            maddr = kv_base + mnt_off
+            rows = _kv_row_addresses(m, att, j, pages, pools, cbank, st_r, r0, multi, hg, int4, LOGR=LOGR,
+                                     LOGW8=LOGW8, event=start | (take & ((r_item == _BT) | (r_item == _POOLS))))
+            m.d.comb += row_ok.eq(rows.ok)
+            slot = rows.slot
+            pool_next = Signal(64)           # the next group's pool, registered ahead of its first head
+            m.d.sync += pool_next.eq(pools[st_g + 1] if NG > 1 else pools[0])
             tok_per_word = max(W8 // (ng * 2), 1)
             tok_in_word = slot[:exact_log2(tok_per_word)] if tok_per_word > 1 else Const(0, 1)
             val_chunks = hd // L
@@ -992,7 +1047,8 @@ class VectorEngine(wiring.Component):
             head_words = exact_log2(max(hd // L, 1))
             trl_chunks = (QRB - hd) // L
         else:
-            vaddr = maddr = Const(0, 64)
+            rows = None
+            ha = Const(0, 1)
             zero_chunks = Const(0, 8)
             g_of_j = Const(0, 1)
             val_chunks = 1
@@ -1000,7 +1056,7 @@ class VectorEngine(wiring.Component):
             vbytes = Const(0, 32)
             head_words = 0
             trl_chunks = 1
-        m.d.comb += rc_addr.eq(maddr)
+        m.d.comb += rc_addr.eq(st_maddr)
         st_last_row = st_r + 1 == nv
         first_row = Signal()                 # the store is at the job's first row
         m.d.comb += first_row.eq((blk == 0) & (st_r == 0))
@@ -1019,24 +1075,38 @@ class VectorEngine(wiring.Component):
             with m.If(start):
                 m.d.sync += [pf_h.eq(0), pf_hg.eq(0), pf_g.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0),
                              st_h.eq(0), st_hg.eq(0), st_g.eq(0)]
-            with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded_ahead != 0)):
-                m.d.sync += [pf_addr.eq(maddr), pf_off.eq(kv_off + mnt_off), pf_run.eq(1), pf_started.eq(1)]
+            with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded_ahead != 0) & row_ok):
+                m.d.sync += [pf_addr.eq(rows.maddr), pf_off.eq(rows.m_off), pf_run.eq(1), pf_started.eq(1)]
+            # the next group's pool is registered from pf_g: a group's first word waits a cycle
+            pf_pool = Signal(64)
+            pf_hold = Signal()
+            m.d.sync += [pf_pool.eq(pools[pf_g + 1] if NG > 1 else pools[0]), pf_hold.eq(0)]
             with m.If(pf_valid & rc_take):
                 m.d.sync += [pf_addr.eq(pf_addr + ha), pf_h.eq(pf_h + 1), pf_hg.eq(pf_hg + 1)]
                 with m.If(pf_hg + 1 == hg):
-                    m.d.sync += [pf_addr.eq(pools[pf_g + 1] + pf_off), pf_g.eq(pf_g + 1), pf_hg.eq(0)]
+                    m.d.sync += [pf_g.eq(pf_g + 1), pf_hg.eq(0), pf_hold.eq(1)]
                 with m.If(pf_h + 1 == heads):
                     m.d.sync += pf_run.eq(0)
-            m.d.comb += pf_valid.eq(pf_run)
+            with m.If(pf_hold):
+                m.d.sync += pf_addr.eq(pf_pool + pf_off)
+            m.d.comb += pf_valid.eq(pf_run & ~pf_hold)
 
-        def next_head(again: str) -> None:
-            """After head st_h of row st_r: the next head (state ``again``), the next row, or FLUSH."""
-            m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1), st_hg.eq(st_hg + 1)]
-            with m.If(st_hg + 1 == hg):
-                m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1)]
+        def next_head(again: str, new_row: str) -> None:
+            """After head st_h of row st_r: the next head (state ``again``), the next row (state
+            ``new_row``), or FLUSH. The KV addresses step with the head."""
+            m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
+                         st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
+            if rows is not None:
+                with m.If(st_hg + 1 == hg):
+                    m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_vaddr.eq(pool_next + rows.v_off),
+                                 st_maddr.eq(pool_next + rows.m_off)]
+            else:
+                with m.If(st_hg + 1 == hg):
+                    m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1)]
             m.next = again
             with m.If(st_h + 1 == heads):
                 m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1)]
+                m.next = new_row
                 with m.If(st_last_row):
                     m.d.sync += st_r.eq(0)
                     m.next = "FLUSH"
@@ -1045,6 +1115,14 @@ class VectorEngine(wiring.Component):
             with m.State("IDLE"):
                 with m.If(store_start):
                     m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0)]
+                    m.next = "CMD"
+                    with m.If(kv_mode):
+                        m.next = "KROW"
+            with m.State("KROW"):
+                # a KV row's first head: its addresses from the row pipeline, once it holds this row
+                with m.If(row_ok):
+                    if rows is not None:
+                        m.d.sync += [st_vaddr.eq(rows.vaddr), st_maddr.eq(rows.maddr)]
                     m.next = "CMD"
             with m.State("CMD"):
                 # a write to another port than the packer's waits until its words have left
@@ -1059,7 +1137,7 @@ class VectorEngine(wiring.Component):
                     with m.Case(VectorOut.QREC):
                         m.d.comb += [wc_addr.eq(j.y_addr + y_rec_off), wc_bytes.eq(rec_block_bytes)]
                     with m.Case(VectorOut.KV):
-                        m.d.comb += [wc_addr.eq(vaddr), wc_bytes.eq(vbytes)]
+                        m.d.comb += [wc_addr.eq(st_vaddr), wc_bytes.eq(vbytes)]
                 with m.If(wc_take):
                     m.d.sync += [st_j.eq(0), st_c.eq(0)]
                     with m.If(direct):
@@ -1108,7 +1186,7 @@ class VectorEngine(wiring.Component):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_TRL), op_r.eq(st_r), op_g.eq(st_h), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
                     with m.If(st_c + 1 == trl_chunks):
-                        next_head("VAL")
+                        next_head("VAL", "VAL")
             with m.State("SCMD"):
                 m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + y_scale_off), wc_bytes.eq(SB)]
                 with m.If(wc_take):
@@ -1151,7 +1229,7 @@ class VectorEngine(wiring.Component):
                 m.d.sync += span.eq(merged_word)
                 m.next = "MCMD"
             with m.State("MCMD"):
-                m.d.comb += [wc_valid.eq(1), wc_addr.eq(maddr), wc_bytes.eq(span_words * W8)]
+                m.d.comb += [wc_valid.eq(1), wc_addr.eq(st_maddr), wc_bytes.eq(span_words * W8)]
                 with m.If(wc_take):
                     m.d.sync += st_c.eq(0)
                     m.next = "MNT"
@@ -1160,7 +1238,7 @@ class VectorEngine(wiring.Component):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
                     with m.If(st_c + 1 == span_words):
-                        next_head("CMD")
+                        next_head("CMD", "KROW")
             with m.State("FLUSH"):
                 # no micro-op reads the tiles any more: the next block may be loaded
                 with m.If((st_inflight == 0) & ~t1_v):

@@ -83,6 +83,15 @@ def _counter_times(m: Module, k, start, step, *, name: str) -> Signal:
     return out
 
 
+class _Walker:
+    """A load-item walker's registers and step pulses (see ``VectorEngine.elaborate``)."""
+
+    def __init__(self, item, blk, r, done, inc, nv, r_step, r_clear, en, row, last, block_item, after):
+        self.item, self.blk, self.r, self.done, self.inc, self.nv = item, blk, r, done, inc, nv
+        self.r_step, self.r_clear, self.en, self.row, self.last = r_step, r_clear, en, row, last
+        self.block_item, self.after = block_item, after
+
+
 class _KVRowAddresses:
     """What :func:`_kv_row_addresses` gives the store: ``ok`` (the registers hold the present
     (bank, row)'s addresses), the token's ``slot`` in its page, the row's first head's ``vaddr``
@@ -320,18 +329,18 @@ class VectorEngine(wiring.Component):
         en_r = [Signal(name=f"item_en{i}") for i in items]
         row_r = [Signal(name=f"item_per_row{i}") for i in items]
         words_m1 = [Signal(32, name=f"item_words_m1_{i}") for i in items]
+        one_word = [Signal(name=f"item_one_word{i}") for i in items]
         with m.If(start):
             m.d.sync += [en_r[i].eq(t_en[i]) for i in items]
             m.d.sync += [row_r[i].eq(t_row.get(i, Const(0))) for i in items]
             m.d.sync += [words_m1[i].eq(t_words.get(i, Const(1, 32)) - 1) for i in items]
-
-        def enabled(item):
-            return Array(en_r)[item]
-
-        def per_row(item):
-            return Array(row_r)[item]
+            m.d.sync += [one_word[i].eq(t_words.get(i, Const(1, 32)) == 1) for i in items]
 
         def walker(name, advance):
+            """An item walker: (item, blk, r) over the job's load items, block by block. The
+            current item's table flags (enabled, walked per row, a block item, the last item) are
+            registers loaded as the item changes, so a handshake reads a flip-flop, not a mux of
+            the tables."""
             item = Signal(range(_LAST_ITEM + 1), name=f"{name}_item")
             blk = Signal(32, name=f"{name}_blk")
             r = Signal(range(R), name=f"{name}_r")
@@ -339,26 +348,40 @@ class VectorEngine(wiring.Component):
             inc = Signal(name=f"{name}_blk_inc")     # blk steps this cycle
             r_step = Signal(name=f"{name}_r_step")   # r steps this cycle
             r_clear = Signal(name=f"{name}_r_clear") # r returns to 0 for the next item of the block
+            en, row, last = Signal(name=f"{name}_en"), Signal(name=f"{name}_per_row"), Signal(name=f"{name}_last")
+            block_item = Signal(name=f"{name}_block_item")
+            # the item after this one (the block's first after its last), and its flags
+            after = Signal.like(item, name=f"{name}_after")
+            m.d.comb += after.eq(Mux(last, _FIRST_BLOCK_ITEM, item + 1))
             nv, last_blk = _block_rows(m, name, R, self.job.payload.m, start, inc)
+
+            def load_flags(i, en_of, row_of):
+                m.d.sync += [item.eq(i), en.eq(en_of(i)), row.eq(row_of(i)), last.eq(i == _LAST_ITEM),
+                             block_item.eq(i >= _FIRST_BLOCK_ITEM)]
+
             with m.If(start):
-                m.d.sync += [item.eq(_ACOL), blk.eq(0), r.eq(0), done.eq(0)]
+                m.d.sync += [blk.eq(0), r.eq(0), done.eq(0)]
+                load_flags(_ACOL, lambda i: t_en[i], lambda i: t_row.get(i, Const(0)))
             with m.Elif(advance & ~done):
-                with m.If(per_row(item) & (r + 1 < nv)):
+                with m.If(row & (r + 1 < nv)):
                     m.d.comb += r_step.eq(1)
                     m.d.sync += r.eq(r + 1)
-                with m.Elif(item == _LAST_ITEM):
-                    m.d.comb += inc.eq(1)
-                    m.d.sync += [r.eq(0), item.eq(_FIRST_BLOCK_ITEM), blk.eq(blk + 1)]
-                    with m.If(last_blk):
-                        m.d.sync += done.eq(1)
                 with m.Else():
-                    m.d.comb += r_clear.eq(1)
-                    m.d.sync += [r.eq(0), item.eq(item + 1)]
-            return item, blk, r, done, inc, nv, r_step, r_clear
+                    m.d.sync += r.eq(0)
+                    load_flags(after, lambda i: Array(en_r)[i], lambda i: Array(row_r)[i])
+                    with m.If(last):
+                        m.d.comb += inc.eq(1)
+                        m.d.sync += blk.eq(blk + 1)
+                        with m.If(last_blk):
+                            m.d.sync += done.eq(1)
+                    with m.Else():
+                        m.d.comb += r_clear.eq(1)
+            return _Walker(item, blk, r, done, inc, nv, r_step, r_clear, en, row, last, block_item, after)
 
         # issuer
         iss_adv = Signal()
-        i_item, _, _, i_done, i_inc, _, i_step, i_clear = walker("iss", iss_adv)
+        iw = walker("iss", iss_adv)
+        i_item, i_done, i_inc, i_step, i_clear = iw.item, iw.done, iw.inc, iw.r_step, iw.r_clear
 
         # the issuer's addresses, kept by additions as the walker steps: i_row * stride,
         # i_blk * stride and the RoPE / block-table positions (a 33 x 64-bit product on the
@@ -423,14 +446,14 @@ class VectorEngine(wiring.Component):
                      self.src_cmd.payload.as_value().eq(cmd_slice.o.payload), self.src_cmd.valid.eq(cmd_slice.o.valid),
                      cmd_slice.o.ready.eq(self.src_cmd.ready)]
         i_en = Signal()
-        m.d.comb += i_en.eq(busy & ~i_done & enabled(i_item))
+        m.d.comb += i_en.eq(busy & ~i_done & iw.en)
         m.d.comb += cmd_slice.i.valid.eq(i_en)
-        m.d.comb += iss_adv.eq(busy & ~i_done & (~enabled(i_item) | cmd_slice.i.ready))
+        m.d.comb += iss_adv.eq(busy & ~i_done & (~iw.en | cmd_slice.i.ready))
 
         # receiver
         rx_adv = Signal()
-        r_item, r_blk, r_r, r_done, r_inc, r_nv, _, _ = walker("rx", rx_adv)
-        r_block_item = r_item >= _FIRST_BLOCK_ITEM
+        rx = walker("rx", rx_adv)
+        r_item, r_blk, r_r, r_done, r_inc = rx.item, rx.blk, rx.r, rx.done, rx.inc
         rbank = Signal()
         m.d.comb += rbank.eq(r_blk[0])
         # r_blk - blk, kept in a register beside the two counters: comparing r_blk with blk + 1 put
@@ -441,19 +464,30 @@ class VectorEngine(wiring.Component):
         with m.Else():
             m.d.sync += r_lead.eq(r_lead + r_inc - blk_inc)
         r_allowed = Signal()                 # a block's bank is free once the block two before is stored
-        m.d.comb += r_allowed.eq(busy & ~r_done & (~r_block_item | (r_lead != 2)))
+        m.d.comb += r_allowed.eq(busy & ~r_done & (~rx.block_item | (r_lead != 2)))
         rw = Signal(32)                      # word within the item
         take = Signal()
-        m.d.comb += [self.src_data.ready.eq(r_allowed & enabled(r_item)),
+        m.d.comb += [self.src_data.ready.eq(r_allowed & rx.en),
                      take.eq(self.src_data.valid & self.src_data.ready)]
-        last_word = take & (rw == Array(words_m1)[r_item])
-        m.d.comb += rx_adv.eq(r_allowed & (~enabled(r_item) | last_word))
+        # words left after this one, and whether it is the item's last: registers, as the flags
+        rw_left = Signal(32)
+        rw_last = Signal()
+        last_word = take & rw_last
+        m.d.comb += rx_adv.eq(r_allowed & (~rx.en | last_word))
+        with m.If(start):
+            m.d.sync += [rw_left.eq(t_words[_ACOL] - 1), rw_last.eq(t_words[_ACOL] == 1)]
+        with m.Elif(rx_adv & rx.r_step):     # the item again, for the next row
+            m.d.sync += [rw_left.eq(Array(words_m1)[r_item]), rw_last.eq(Array(one_word)[r_item])]
+        with m.Elif(rx_adv):
+            m.d.sync += [rw_left.eq(Array(words_m1)[rx.after]), rw_last.eq(Array(one_word)[rx.after])]
+        with m.Elif(take):
+            m.d.sync += [rw_left.eq(rw_left - 1), rw_last.eq(rw_left == 1)]
         with m.If(start | rx_adv):
             m.d.sync += rw.eq(0)
         with m.Elif(take):
             m.d.sync += rw.eq(rw + 1)
         block_loaded = Signal()              # pulse: the receiver finished the current block
-        m.d.comb += block_loaded.eq(rx_adv & (r_item == _LAST_ITEM) & (~per_row(r_item) | (r_r + 1 >= r_nv)))
+        m.d.comb += block_loaded.eq(rx_adv & rx.last & (~rx.row | (r_r + 1 >= rx.nv)))
         word = self.src_data.payload
 
         # -- state of the block pipeline -------------------------------------------------------

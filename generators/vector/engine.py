@@ -130,12 +130,13 @@ def _kv_row_addresses(m: Module, att, j, pages, pools, cbank, st_r, r0, multi, h
     pool0_d = delayed(m, pool0, lat + 1, name="kvr_pool0")
     vaddr = registered(m, 64, pool0_d + v_off, name="kvr_vaddr")
     maddr = registered(m, 64, pool0_d + m_off, name="kvr_maddr")
-    # an input changed at the edge that ends this cycle (event) or the one that began it (key):
-    # vaddr shows it lat + 3 registers later
+    # an input changed at the edge that began this cycle (key) or the one before it (event,
+    # registered: a receiver's handshake stays off the store's state): vaddr shows it at most
+    # lat + 3 registers later
     depth = lat + 3
     key = Cat(cbank, st_r)
     key_prev = registered(m, len(key), key, name="kvr_key_prev")
-    changed = (key != key_prev) | event
+    changed = (key != key_prev) | registered(m, 1, event, name="kvr_event")
     wait = Signal(range(depth + 1), name="kvr_wait")
     with m.If(changed):
         m.d.sync += wait.eq(depth)
@@ -604,8 +605,10 @@ class VectorEngine(wiring.Component):
             m.d.comb += direct.eq((j.out_fmt == VectorOut.RES32) & (j.norm == VectorNorm.NONE))
         chunk_level = Signal(range(_CHUNK_FIFO + 1))
         inflight = Signal(range(max(_CHUNK_FIFO, ElementPipe.LATENCY, napply.latency) + 2))
+        # room for one more word: registered, from the previous cycle's count, which can grow by at
+        # most one in a cycle (so one slot of margin); keeps the FIFO's level logic off sw_go
         sw_room = Signal()
-        m.d.comb += sw_room.eq(chunk_level + inflight + 1 < _CHUNK_FIFO)
+        m.d.sync += sw_room.eq(chunk_level + inflight + 2 < _CHUNK_FIFO)
         sw_go = Signal()
         m.d.comb += sw_go.eq(sw_second | (((loaded_ahead != 0) | (in_last & rx_has)) & (~direct | sw_room)))
         sw_issue = Signal()
@@ -850,8 +853,8 @@ class VectorEngine(wiring.Component):
         op_k = Signal(32)                    # BLK word / chunk index
         op_g = Signal(range(GPR))
         st_inflight = Signal(range(_CHUNK_FIFO + 8))
-        room = Signal()
-        m.d.comb += room.eq(chunks.level + st_inflight + 1 < _CHUNK_FIFO)
+        room = Signal()                      # registered with one slot of margin, as sw_room
+        m.d.sync += room.eq(chunks.level + st_inflight + 2 < _CHUNK_FIFO)
         m.d.sync += st_inflight.eq(st_inflight + op_valid - cq.o_valid)
 
         # t0: reads
@@ -921,8 +924,7 @@ class VectorEngine(wiring.Component):
         # port waits for the words before it to leave)
         st_g = Signal(range(NG))
         st_hg = Signal(range(max_heads + 1))
-        st_port = Signal(range(len(lay.ports)))
-        m.d.comb += st_port.eq(Mux(kv_mode, j.port + (st_g << 1), 0))
+        st_port = Signal(range(len(lay.ports)))    # j.port + 2 st_g for a KV append, else 0: a register
         out_port = Signal(range(len(lay.ports)))
         data_sel = Signal(range(len(lay.ports)))
         m.d.comb += data_sel.eq(Mux(kv_mode, out_port, 0))
@@ -1029,8 +1031,8 @@ class VectorEngine(wiring.Component):
         # KV addresses of (row st_r, head st_h)
         st_r = Signal(range(R))
         st_h = Signal(range(max_heads + 1))
-        st_j = Signal(32)
-        st_c = Signal(32)
+        st_j = Signal(range(DW + 1))         # word of a row
+        st_c = Signal(range(max(DW * R, SBW * 4, 256, span_words) + 1))   # chunk of an item
         rd_words = Signal(range(span_words + 1))
         mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
         if att is not None and ng > 1:
@@ -1108,7 +1110,7 @@ class VectorEngine(wiring.Component):
         if att is not None:
             with m.If(start):
                 m.d.sync += [pf_h.eq(0), pf_hg.eq(0), pf_g.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0),
-                             st_h.eq(0), st_hg.eq(0), st_g.eq(0)]
+                             st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_port.eq(0)]
             with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded_ahead != 0) & row_ok):
                 m.d.sync += [pf_addr.eq(rows.maddr), pf_off.eq(rows.m_off), pf_run.eq(1), pf_started.eq(1)]
             # the next group's pool is registered from pf_g: a group's first word waits a cycle
@@ -1130,16 +1132,14 @@ class VectorEngine(wiring.Component):
             ``new_row``), or FLUSH. The KV addresses step with the head."""
             m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
                          st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
-            if rows is not None:
-                with m.If(st_hg + 1 == hg):
-                    m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_vaddr.eq(pool_next + rows.v_off),
-                                 st_maddr.eq(pool_next + rows.m_off)]
-            else:
-                with m.If(st_hg + 1 == hg):
-                    m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1)]
+            with m.If(st_hg + 1 == hg):
+                m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
+                if rows is not None:
+                    m.d.sync += [st_vaddr.eq(pool_next + rows.v_off), st_maddr.eq(pool_next + rows.m_off)]
             m.next = again
             with m.If(st_h + 1 == heads):
-                m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1)]
+                m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1),
+                             st_port.eq(Mux(kv_mode, j.port, 0))]
                 m.next = new_row
                 with m.If(st_last_row):
                     m.d.sync += st_r.eq(0)
@@ -1148,7 +1148,8 @@ class VectorEngine(wiring.Component):
         with m.FSM(name="store"):
             with m.State("IDLE"):
                 with m.If(store_start):
-                    m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0)]
+                    m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0),
+                                 st_port.eq(Mux(kv_mode, j.port, 0))]
                     m.next = "CMD"
                     with m.If(kv_mode):
                         m.next = "KROW"

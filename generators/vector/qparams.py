@@ -8,7 +8,7 @@ Golden model: :mod:`hbmforge.numerics.vector` (``row_scale``, ``qrec_multiplier`
     KV          mant = clamp(rsr(A * km, ks), 1, 65535);  (Y, n) = reciprocal(mant)
                 mult = rsr(hm * Y, 10),  shift = min(hs + n + 6, 63),  meta = mant
 
-Fixed latency :attr:`LATENCY` (six stages to the scale, the reciprocal's pipeline, two to finish), one
+Fixed latency :attr:`LATENCY` (seven stages to the scale, the reciprocal's pipeline, two to finish), one
 group per cycle.
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ class QuantParams(wiring.Component):
     """
 
     #: ceil-add, product, two shifts, top-bit fix, mode | reciprocal | product and records, multiplier
-    LATENCY = 6 + Reciprocal.LATENCY + 2
+    LATENCY = 7 + Reciprocal.LATENCY + 2
 
     def __init__(self):
         super().__init__({
@@ -50,17 +50,18 @@ class QuantParams(wiring.Component):
         def delay(v, name):
             return delayed(m, v, 1, name=name)
 
+        # -- s0: the inputs registered (the caller's absmax logic stays off the smear below)
+        A, c0, mode0 = delay(self.absmax, "absmax0"), delay(self.const, "c0"), delay(self.mode, "mode0")
         # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); A + 2^e0 - 1, where
         # 2^e0 - 1 is A's bits smeared down from its highest one, shifted right by 16; the two
         # DSP tiles of A x km
-        A = self.absmax
         smear = Cat(*(A[i:] != 0 for i in range(len(A))))
         up1 = Signal(33, name="ceil1")
         m.d.sync += up1.eq(A + (smear >> 16))
         e0_1 = delay(bit_length(m, A[16:], name="e0"), "e0_1")
-        c1 = delay(self.const, "c1")
-        mode1 = delay(self.mode, "mode1")
-        km = self.const[:16]
+        c1 = delay(c0, "c1")
+        mode1 = delay(mode0, "mode1")
+        km = c0[:16]
         lo_p = Signal(33, name="kv_plo")
         hi_p = Signal(31, name="kv_phi")
         m.d.sync += [lo_p.eq(A[:17] * km), hi_p.eq(A[17:] * km)]

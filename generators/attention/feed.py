@@ -2,12 +2,13 @@
 unpacked items (lanes + the mantissas of their scale blocks), one item per word per cycle."""
 from __future__ import annotations
 
-from amaranth.hdl import Module, Signal
+from amaranth.hdl import Cat, Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...mathutil import exact_log2
+from ..skid import SkidBuffer
 from .geometry import DatapathGeometry
 
 __all__ = ["KVFeed"]
@@ -17,8 +18,9 @@ class KVFeed(wiring.Component):
     """``seg`` (segment records, popped after the segment's last item) + ``data`` (port words in
     command order: ``sw`` scale words then ``n * value_words`` value words) -> ``item``.
 
-    ``item.payload`` is combinational from the current data word; ``seg_out`` shows the current
-    segment record while its items flow. ``bits4`` selects int4 values (job constant).
+    Items leave through a register slice (:class:`~..skid.SkidBuffer`) together with their
+    segment record, ``seg_out``: the scale-buffer read and the unpacking stay off the consumers'
+    product paths. ``bits4`` selects int4 values (job constant).
     """
 
     def __init__(self, geometry: DatapathGeometry):
@@ -44,7 +46,13 @@ class KVFeed(wiring.Component):
         t = Signal(range(max(2, page_tokens)))
         w = Signal(range(max(2, geom.value_words(8))))
         seg = self.seg.payload
-        m.d.comb += self.seg_out.eq(seg)
+        item = stream.Signature(geom.item_layout()).create()      # unpacked, before the slice
+        n_item = len(item.payload.as_value())
+        m.submodules.out_slice = osl = SkidBuffer(n_item + len(seg.as_value()))
+        m.d.comb += [osl.i.payload.eq(Cat(item.payload, seg)), osl.i.valid.eq(item.valid),
+                     item.ready.eq(osl.i.ready),
+                     self.item.payload.eq(osl.o.payload[:n_item]), self.seg_out.eq(osl.o.payload[n_item:]),
+                     self.item.valid.eq(osl.o.valid), osl.o.ready.eq(self.item.ready)]
         vw = Signal(range(geom.value_words(8) + 1))
         m.d.comb += vw.eq(geom.select_format(self.bits4, int4=geom.value_words(4), int8=geom.value_words(8)))
 
@@ -61,7 +69,7 @@ class KVFeed(wiring.Component):
 
         # -- value phase ------------------------------------------------------------------
         word = self.data.payload
-        it = self.item.payload
+        it = item.payload
         last = w == vw - 1
         seg_last = last & (t == seg.n - 1)
         m.d.comb += [it.first.eq(w == 0), it.last.eq(last), it.seg_last.eq(seg_last), it.t.eq(t)]
@@ -85,10 +93,10 @@ class KVFeed(wiring.Component):
             idx = (seg.off + t * groups + gb)[:mant_shift] if mants_per_word > 1 else 0
             m.d.comb += it.mants[b].eq(rp.data.word_select(idx, 16) if mants_per_word > 1 else rp.data[:16])
 
-        m.d.comb += self.item.valid.eq(values & self.seg.valid & self.data.valid)
+        m.d.comb += item.valid.eq(values & self.seg.valid & self.data.valid)
         with m.If(values):
-            m.d.comb += self.data.ready.eq(self.item.ready & self.seg.valid)
-        with m.If(self.item.valid & self.item.ready):
+            m.d.comb += self.data.ready.eq(item.ready & self.seg.valid)
+        with m.If(item.valid & item.ready):
             with m.If(last):
                 m.d.sync += [w.eq(0), t.eq(t + 1)]
             with m.Else():

@@ -30,11 +30,28 @@ def out_tile_layout(rows: int) -> data.StructLayout:
     return data.StructLayout({"nv": range(rows + 1), "ri": data.ArrayLayout(32, rows)})
 
 
-def _rescale(v, alpha, bits: int):
-    """``rshift_round(v * alpha, 15)`` with ``v`` split at bit 15 (exact, narrower products)."""
-    hi = v[P_FRAC:].as_signed()
+def _rescale(m: Module, v, alpha, bits: int, *, name: str) -> Signal:
+    """``rshift_round(v * alpha, 15)`` (``bits`` wide) over two registered stages: ``v`` split at
+    bit 15 (and at 32 when wider) into products of one DSP tile each, then their shifted sum rounded.
+    Exact: ``hi * alpha + ((lo * alpha + 2^14) >> 15)`` is ``(hi * alpha * 2^15 + lo * alpha
+    + 2^14) >> 15`` since the first term has no bits below 15."""
+    mid_bits = 17
+    hi_bits = len(v) - P_FRAC
     lo = v[:P_FRAC]
-    return hi * alpha + ((lo * alpha + (1 << (P_FRAC - 1))) >> P_FRAC)
+    p_lo = Signal(P_FRAC + len(alpha), name=f"{name}_plo", reset_less=True)
+    m.d.sync += p_lo.eq(lo * alpha)
+    p_hi = Signal(signed(hi_bits + len(alpha) + 1), name=f"{name}_phi", reset_less=True)
+    if hi_bits <= mid_bits + 1:              # hi fits one tile
+        m.d.sync += p_hi.eq(v[P_FRAC:].as_signed() * alpha)
+        hi_sum = p_hi
+    else:
+        mid, top = v[P_FRAC:P_FRAC + mid_bits], v[P_FRAC + mid_bits:].as_signed()
+        p_mid = Signal(mid_bits + len(alpha), name=f"{name}_pmid", reset_less=True)
+        m.d.sync += [p_mid.eq(mid * alpha), p_hi.eq(top * alpha)]
+        hi_sum = (p_hi << mid_bits) + p_mid
+    out = Signal(bits, name=name, reset_less=True)
+    m.d.sync += out.eq(((hi_sum << P_FRAC) + p_lo + (1 << (P_FRAC - 1))) >> P_FRAC)
+    return out
 
 
 class ValueUnit(wiring.Component):
@@ -42,6 +59,9 @@ class ValueUnit(wiring.Component):
     OUT_STAGES = 4
     #: cycles from a take (item and probabilities accepted) to its ring and denominator update
     UPDATE_DELAY = 2
+    #: registered stages of a rescale (``acc * alpha``): the rescaled ring head is computed this
+    #: many cycles before its update
+    RESCALE_STAGES = 2
 
     def __init__(self, geometry: DatapathGeometry):
         self._geom = geometry
@@ -81,7 +101,12 @@ class ValueUnit(wiring.Component):
             return ring[r][s][i * acc_bits:(i + 1) * acc_bits].as_signed()
 
         # -- P.V -----------------------------------------------------------------------------
-        with m.If(~have_alpha & ~hold):
+        # a segment's first take comes at least RESCALE_STAGES + 1 cycles after the last take of
+        # the segment before (its rescale reads the ring that many cycles ahead, below)
+        seg_gap = Signal(range(self.RESCALE_STAGES))
+        with m.If(seg_gap != 0):
+            m.d.sync += seg_gap.eq(seg_gap - 1)
+        with m.If(~have_alpha & ~hold & (seg_gap == 0)):
             m.d.comb += self.p.ready.eq(self.p.valid & self.p.payload.alpha)
             with m.If(self.p.valid & self.p.payload.alpha):
                 m.d.sync += [have_alpha.eq(1), resc.eq(1)]
@@ -93,7 +118,7 @@ class ValueUnit(wiring.Component):
             m.d.comb += self.p.ready.eq(1)
             m.d.sync += resc.eq(0)
             with m.If(it.seg_last):
-                m.d.sync += have_alpha.eq(0)
+                m.d.sync += [have_alpha.eq(0), seg_gap.eq(self.RESCALE_STAGES - 1)]
                 with m.If(self.seg.tile_last):
                     m.d.sync += hold.eq(1)
         # The ring and denominator update runs UPDATE_DELAY cycles after the take, from registers
@@ -127,8 +152,7 @@ class ValueUnit(wiring.Component):
             p1 = Signal(P_FRAC + 1, name=f"u_p{r}", reset_less=True)
             m.d.sync += p1.eq(self.p.payload.vals[r])
             pr = delay(m, p1, 1, name=f"u_pr{r}", reset_less=True)
-            lshadow = Signal(l_bits, name=f"lshadow{r}", reset_less=True)
-            m.d.sync += lshadow.eq(_rescale(lreg[r], alpha[r], l_bits))
+            lshadow = _rescale(m, lreg[r], alpha[r], l_bits, name=f"lshadow{r}")
             upd = []
             for s in range(step4):
                 lanes = []
@@ -136,11 +160,14 @@ class ValueUnit(wiring.Component):
                     i = s * int8_lanes + li
                     pv = Signal(acc_bits, name=f"pv{r}_{i}", reset_less=True)
                     m.d.sync += pv.eq(p1 * vv_rows[r][i])
-                    # the lane that will be at the ring head at the next update
-                    nxt = Mux(u_take, geom.select_format(u_bits4, int4=lane(r, (s + step4) % slots, li),
-                                                         int8=lane(r, (s + 1) % slots, li)), lane(r, s, li))
-                    shadow = Signal(acc_bits, name=f"shadow{r}_{i}", reset_less=True)
-                    m.d.sync += shadow.eq(_rescale(nxt.as_signed(), alpha[r], acc_bits))
+                    # the lane that will be at the ring head two cycles later: the updates of
+                    # this cycle and the next (u_take and takes[-2]) each rotate the ring by a step
+                    def ahead(k):
+                        return geom.select_format(u_bits4, int4=lane(r, (s + k * step4) % slots, li),
+                                                  int8=lane(r, (s + k) % slots, li))
+                    steps = Cat(u_take, takes[-2])
+                    nxt = Mux(steps == 0b11, ahead(2), Mux(steps == 0b00, ahead(0), ahead(1)))
+                    shadow = _rescale(m, nxt.as_signed(), alpha[r], acc_bits, name=f"shadow{r}_{i}")
                     base = Mux(u_resc, shadow, lane(r, s, li))
                     lanes.append((base + pv)[:acc_bits])
                 upd.append(Cat(*lanes))

@@ -1033,6 +1033,9 @@ class VectorEngine(wiring.Component):
         st_h = Signal(range(max_heads + 1))
         st_j = Signal(range(DW + 1))         # word of a row
         st_c = Signal(range(max(DW * R, SBW * 4, 256, span_words) + 1))   # chunk of an item
+        # the counters' last values, registered (job constants): an equality, not an add and compare
+        dw_m1 = registered(m, range(DW + 1), dw - 1, name="dw_m1")
+        dwr_m1 = registered(m, range(DW * R + 1), dw * R - 1, name="dwr_m1")
         rd_words = Signal(range(span_words + 1))
         mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
         if att is not None and ng > 1:
@@ -1069,6 +1072,7 @@ class VectorEngine(wiring.Component):
             val_chunks = hd // L
             zero_chunks = Signal(8)
             m.d.comb += zero_chunks.eq(Mux(int4, (vb4 // W8) * 8 - val_chunks, (vb8 // W8) * 4 - val_chunks))
+            zero_chunks_m1 = Mux(int4, (vb4 // W8) * 8 - val_chunks - 1, (vb8 // W8) * 4 - val_chunks - 1)
             g_of_j = Signal(range(GPR))
             m.d.comb += g_of_j.eq(((st_h << exact_log2(hd)) + (st_j << LOGL)) >> exact_log2(G))
             # u16 position p of the span takes the head's mantissa p % ng when p // ng is the token's slot
@@ -1086,6 +1090,7 @@ class VectorEngine(wiring.Component):
             rows = None
             ha = Const(0, 1)
             zero_chunks = Const(0, 8)
+            zero_chunks_m1 = Const(0, 8)
             g_of_j = Const(0, 1)
             val_chunks = 1
             merged_word = Const(0, W)
@@ -1189,7 +1194,7 @@ class VectorEngine(wiring.Component):
                 with m.If(room):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_BLK), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c + 1 == dw * R):
+                    with m.If(st_c == dwr_m1):
                         m.next = "FLUSH"
             with m.State("VAL"):
                 with m.If(room):
@@ -1198,19 +1203,19 @@ class VectorEngine(wiring.Component):
                     with m.Switch(j.out_fmt):
                         with m.Case(VectorOut.ACT8):   # every word of every row, then the scale records
                             m.d.comb += [op_j.eq(st_j), op_g.eq(0)]
-                            with m.If(st_j + 1 == dw):
+                            with m.If(st_j == dw_m1):
                                 m.d.sync += [st_j.eq(0), st_r.eq(st_r + 1)]
                                 with m.If(st_last_row):
                                     m.d.sync += st_r.eq(0)
                                     m.next = "SCMD"
                         with m.Case(VectorOut.QREC):   # the head's words, then its trailer
                             m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h)]
-                            with m.If(st_j + 1 == val_chunks):
+                            with m.If(st_j == val_chunks - 1):
                                 m.d.sync += [st_j.eq(0), st_c.eq(0)]
                                 m.next = "TRL"
                         with m.Default():              # KV: the head's words, padding, mantissas
                             m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j)]
-                            with m.If(st_j + 1 == val_chunks):
+                            with m.If(st_j == val_chunks - 1):
                                 m.d.sync += [st_j.eq(0), st_c.eq(0)]
                                 with m.If(zero_chunks != 0):
                                     m.next = "ZERO"
@@ -1220,7 +1225,7 @@ class VectorEngine(wiring.Component):
                 with m.If(room):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_TRL), op_r.eq(st_r), op_g.eq(st_h), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c + 1 == trl_chunks):
+                    with m.If(st_c == trl_chunks - 1):
                         next_head("VAL", "VAL")
             with m.State("SCMD"):
                 m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + y_scale_off), wc_bytes.eq(SB)]
@@ -1231,13 +1236,13 @@ class VectorEngine(wiring.Component):
                 with m.If(room):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_SCL), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c + 1 == SBW * 4):
+                    with m.If(st_c == SBW * 4 - 1):
                         m.next = "FLUSH"
             with m.State("ZERO"):
                 with m.If(room):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_ZERO)]
                     m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c + 1 == zero_chunks):
+                    with m.If(st_c == zero_chunks_m1):
                         m.next = "WAITW"
             with m.State("WAITW"):
                 with m.If(first_row):
@@ -1272,7 +1277,7 @@ class VectorEngine(wiring.Component):
                 with m.If(room):
                     m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
                     m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c + 1 == span_words):
+                    with m.If(st_c == span_words - 1):
                         next_head("CMD", "KROW")
             with m.State("FLUSH"):
                 # no micro-op reads the tiles any more: the next block may be loaded

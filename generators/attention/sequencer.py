@@ -134,8 +134,14 @@ class Sequencer(wiring.Component):
             m.d.comb += [qt.pos[r].eq(rpos[r]), ot.ri[r].eq(rri[r])]
         qrec = geom.q_record_bytes
         rsel = rr[:exact_log2(rows)] if rows > 1 else 0
-        # each row's Q record address, registered with its row index (no product on the command path)
+        # each row's Q record address, registered with its row index (no product on the command path):
+        # ri * qrec and hbase * qrec kept by the same additions as ri and hbase, their steps times
+        # qrec registered during SETUP (they follow the job's fields one and two cycles later)
         rqa = [Signal(64, name=f"rqa{r}") for r in range(rows)]
+        riq, hbq = Signal(64), Signal(64)
+        pos_step_q, ri_step_q, hb_step_q = Signal(64), Signal(64), Signal(64)
+        m.d.sync += [pos_step_q.eq((q_heads - job["q_per_kv"] + 1) * qrec), ri_step_q.eq(ri_step * qrec),
+                     hb_step_q.eq(hb_step * qrec)]
         m.d.comb += [self.act_cmd.payload.addr.eq(Cat(*rqa).word_select(rsel, 64)),
                      self.act_cmd.payload.bytes.eq(qrec)]
 
@@ -189,7 +195,8 @@ class Sequencer(wiring.Component):
                     m.d.sync += [bits4.eq(self.job.payload.kv_bits == 4),
                                  bidir.eq(self.job.payload.mode == AttentionMode.BIDIRECTIONAL),
                                  count.eq(0), tiles.eq(0),
-                                 h.eq(0), i.eq(0), hi.eq(0), pos_idx.eq(0), ri.eq(0), hbase.eq(0), h_off.eq(0)]
+                                 h.eq(0), i.eq(0), hi.eq(0), pos_idx.eq(0), ri.eq(0), hbase.eq(0), h_off.eq(0),
+                                 riq.eq(0), hbq.eq(0)]
                     m.next = "SETUP"
             with m.State("SETUP"):
                 m.d.sync += count.eq(count + 1)
@@ -219,15 +226,16 @@ class Sequencer(wiring.Component):
                 valid = i < total
                 for r in range(rows):
                     with m.If(rr == r):
-                        m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri), rqa[r].eq(job["q_addr"] + ri * qrec)]
+                        m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri), rqa[r].eq(job["q_addr"] + riq)]
                 with m.If(valid):
                     m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
                     with m.If(rr == 0):
                         m.d.sync += p_min.eq(base + pos_idx)
                     with m.If(hi + 1 == qpk_e):
-                        m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + q_heads - job["q_per_kv"] + 1)]
+                        m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + q_heads - job["q_per_kv"] + 1),
+                                     riq.eq(riq + pos_step_q)]
                     with m.Else():
-                        m.d.sync += [hi.eq(hi + 1), ri.eq(ri + ri_step)]
+                        m.d.sync += [hi.eq(hi + 1), ri.eq(ri + ri_step), riq.eq(riq + ri_step_q)]
                 m.d.sync += rr.eq(rr + 1)
                 with m.If(rr == rows - 1):
                     m.d.sync += rr.eq(0)
@@ -273,7 +281,8 @@ class Sequencer(wiring.Component):
                 m.d.sync += [rr.eq(0), nv.eq(0)]
                 with m.If(i == total):
                     m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + hb_step),
-                                 ri.eq(hbase + hb_step), h_off.eq(h_off + head_area)]
+                                 ri.eq(hbase + hb_step), h_off.eq(h_off + head_area),
+                                 hbq.eq(hbq + hb_step_q), riq.eq(hbq + hb_step_q)]
                     with m.If(h + 1 == kvh_e):
                         m.next = "WAIT"
                     with m.Else():

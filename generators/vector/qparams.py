@@ -55,7 +55,9 @@ class QuantParams(wiring.Component):
         # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); A + 2^e0 - 1, where
         # 2^e0 - 1 is A's bits smeared down from its highest one, shifted right by 16; the two
         # DSP tiles of A x km
-        smear = Cat(*(A[i:] != 0 for i in range(len(A))))
+        smear = A                             # A | A >> 1 | A >> 2 ...: a log-depth OR network
+        for k in (1, 2, 4, 8, 16):
+            smear = smear | (smear >> k)
         up1 = Signal(33, name="ceil1")
         m.d.sync += up1.eq(A + (smear >> 16))
         e0_1 = delay(bit_length(m, A[16:], name="e0"), "e0_1")

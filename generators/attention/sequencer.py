@@ -153,12 +153,18 @@ class Sequencer(wiring.Component):
         j = Signal(CTX_BITS + 1)
         first_seg = Signal()
 
-        # segment being emitted
+        # segment being emitted. page_end (the end of j's page) is a register: set in SEG0 as a
+        # range starts, then stepped by a page (or to the second range's) as segments leave, so
+        # the segment's end, its length and the last-of-range flag are one compare and two
+        # subtractions side by side
         lp = j >> page_shift
-        page_end = (lp + 1) << page_shift
+        page_end = Signal.like(j)
+        rlo1_end = Signal.like(j)            # the page end of the second range's start
+        m.d.sync += rlo1_end.eq(((rlo[1] >> page_shift) + 1) << page_shift)
         cur_hi = Mux(ridx, rhi[1], rhi[0])
-        seg_end = Mux(page_end < cur_hi, page_end, cur_hi)
-        seg_last_of_range = seg_end == cur_hi
+        in_page = page_end < cur_hi
+        seg_end = Mux(in_page, page_end, cur_hi)
+        seg_last_of_range = ~in_page
         seg_tile_last = seg_last_of_range & ((ridx == 1) | (nr == 1))
 
         seg1 = data.StructLayout({"lpo": max(1, entry_shift), "a": max(1, page_shift), "n": range(page_tokens + 1),
@@ -166,7 +172,7 @@ class Sequencer(wiring.Component):
         m.submodules.segq = segq = SyncFIFOBuffered(width=seg1.size, depth=8)
         s1 = Signal(seg1)
         m.d.comb += [s1.lpo.eq(lp[:max(1, entry_shift)] if entry_shift > 0 else 0), s1.a.eq(j[:max(1, page_shift)]),
-                     s1.n.eq(seg_end - j), s1.j0.eq(j), s1.tile_first.eq(first_seg),
+                     s1.n.eq(Mux(in_page, page_end - j, cur_hi - j)), s1.j0.eq(j), s1.tile_first.eq(first_seg),
                      s1.tile_last.eq(seg_tile_last), s1.h_off.eq(h_off), segq.w_data.eq(s1)]
         m.d.comb += [self.scale_cmd.payload.addr.eq(job["bt_addr"] + ((lp >> entry_shift) << word_shift)),
                      self.scale_cmd.payload.bytes.eq(word_bytes)]
@@ -267,14 +273,17 @@ class Sequencer(wiring.Component):
                     m.d.sync += [rlo[0].eq(lo), rhi[0].eq(top), nr.eq(1), j.eq(lo)]
                 with m.Else():
                     m.d.sync += [rlo[0].eq(0), rhi[0].eq(sink), rlo[1].eq(lo), rhi[1].eq(top), nr.eq(2), j.eq(0)]
+                m.next = "SEG0"
+            with m.State("SEG0"):
+                m.d.sync += page_end.eq((lp + 1) << page_shift)
                 m.next = "SEGS"
             with m.State("SEGS"):
                 m.d.comb += self.scale_cmd.valid.eq(segq.w_rdy)
                 with m.If(self.scale_cmd.valid & self.scale_cmd.ready):
                     m.d.comb += segq.w_en.eq(1)
-                    m.d.sync += [first_seg.eq(0), j.eq(seg_end)]
+                    m.d.sync += [first_seg.eq(0), j.eq(seg_end), page_end.eq(page_end + page_tokens)]
                     with m.If(seg_last_of_range):
-                        m.d.sync += [ridx.eq(1), j.eq(rlo[1])]
+                        m.d.sync += [ridx.eq(1), j.eq(rlo[1]), page_end.eq(rlo1_end)]
                     with m.If(seg_tile_last):
                         m.next = "NEXT"
             with m.State("NEXT"):

@@ -52,15 +52,9 @@ class QuantParams(wiring.Component):
 
         # -- s0: the inputs registered (the caller's absmax logic stays off the smear below)
         A, c0, mode0 = delay(self.absmax, "absmax0"), delay(self.const, "c0"), delay(self.mode, "mode0")
-        # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); A + 2^e0 - 1, where
-        # 2^e0 - 1 is A's bits smeared down from its highest one, shifted right by 16; the two
-        # DSP tiles of A x km
-        smear = A                             # A | A >> 1 | A >> 2 ...: a log-depth OR network
-        for k in (1, 2, 4, 8, 16):
-            smear = smear | (smear >> k)
-        up1 = Signal(33, name="ceil1")
-        m.d.sync += up1.eq(A + (smear >> 16))
+        # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); the two DSP tiles of A x km
         e0_1 = delay(bit_length(m, A[16:], name="e0"), "e0_1")
+        A1 = delay(A, "absmax1")
         c1 = delay(c0, "c1")
         mode1 = delay(mode0, "mode1")
         km = c0[:16]
@@ -68,8 +62,10 @@ class QuantParams(wiring.Component):
         hi_p = Signal(31, name="kv_phi")
         m.d.sync += [lo_p.eq(A[:17] * km), hi_p.eq(A[17:] * km)]
 
-        # -- s2: the product summed; ks - 1 -------------------------------------------------------
-        e2_, up2 = delay(e0_1, "e0_2"), delay(up1, "ceil2")
+        # -- s2: the product summed; ks - 1; A + 2^e0 - 1 (2^e0 - 1 as a thermometer code of e0) ---
+        e2_ = delay(e0_1, "e0_2")
+        up2 = Signal(33, name="ceil2")
+        m.d.sync += up2.eq(A1 + Cat(*(e0_1 > i for i in range(16))))
         prod2 = Signal(48, name="kv_prod")
         m.d.sync += prod2.eq(lo_p + (hi_p << 17))
         ks = c1[16:22]

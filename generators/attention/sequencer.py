@@ -88,6 +88,9 @@ class Sequencer(wiring.Component):
         else:
             m.d.comb += [kvh_e.eq(job["kv_heads"]), qpk_e.eq(job["q_per_kv"])]
         ri_step = Mux(hp, kvh_e, 1)
+        # the head counters' last values, registered (job constants: an equality, not an add and compare)
+        qpk_m1, kvh_m1 = Signal(11), Signal.like(kvh_e)
+        m.d.sync += [qpk_m1.eq(qpk_e - 1), kvh_m1.eq(kvh_e - 1)]
         hb_step = Mux(hp, 1, job["q_per_kv"])
         m.d.comb += [self.bits4.eq(bits4), self.window.eq(job["window"]), self.sink.eq(job["sink"]),
                      self.bidir.eq(bidir), self.o_addr.eq(job["o_addr"])]
@@ -237,7 +240,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
                     with m.If(rr == 0):
                         m.d.sync += p_min.eq(base + pos_idx)
-                    with m.If(hi + 1 == qpk_e):
+                    with m.If(hi == qpk_m1):
                         m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + q_heads - job["q_per_kv"] + 1),
                                      riq.eq(riq + pos_step_q)]
                     with m.Else():
@@ -292,7 +295,7 @@ class Sequencer(wiring.Component):
                     m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + hb_step),
                                  ri.eq(hbase + hb_step), h_off.eq(h_off + head_area),
                                  hbq.eq(hbq + hb_step_q), riq.eq(hbq + hb_step_q)]
-                    with m.If(h + 1 == kvh_e):
+                    with m.If(h == kvh_m1):
                         m.next = "WAIT"
                     with m.Else():
                         m.next = "ROWS"

@@ -215,8 +215,10 @@ class MatmulEngine(wiring.Component):
         wiring.connect(m, partials.fill, actbuf.data)
         if inline:
             wiring.connect(m, demux.s, scales.i)          # scale_data stays idle (never commanded)
-        else:
-            wiring.connect(m, wiring.flipped(self.scale_data), scales.i)
+        else:                                             # the group scales through a register slice too
+            m.submodules.scale_skid = scale_skid = SkidBuffer(W)
+            wiring.connect(m, wiring.flipped(self.scale_data), scale_skid.i)
+            wiring.connect(m, scale_skid.o, scales.i)
         wiring.connect(m, rq_skid.o, params.data)
         wiring.connect(m, unpack.o, wtile.w)
         wiring.connect(m, scales.o, wtile.scales)

@@ -148,6 +148,7 @@ class ValueUnit(wiring.Component):
         u_resc = delay(m, resc, self.UPDATE_DELAY, name="u_resc")
         u_bits4 = delay(m, self.bits4, self.UPDATE_DELAY, name="u_bits4")
         rotate = Signal()          # output stage: rotate every ring by one slot
+        steps = Cat(u_take, takes[-2])  # updates this cycle and the next (the rescale reads ahead)
         for r in range(rows):
             p1 = Signal(P_FRAC + 1, name=f"u_p{r}", reset_less=True)
             m.d.sync += p1.eq(self.p.payload.vals[r])
@@ -161,11 +162,10 @@ class ValueUnit(wiring.Component):
                     pv = Signal(acc_bits, name=f"pv{r}_{i}", reset_less=True)
                     m.d.sync += pv.eq(p1 * vv_rows[r][i])
                     # the lane that will be at the ring head two cycles later: the updates of
-                    # this cycle and the next (u_take and takes[-2]) each rotate the ring by a step
+                    # this cycle and the next (steps: u_take and takes[-2]) each rotate the ring
                     def ahead(k):
                         return geom.select_format(u_bits4, int4=lane(r, (s + k * step4) % slots, li),
                                                   int8=lane(r, (s + k) % slots, li))
-                    steps = Cat(u_take, takes[-2])
                     nxt = Mux(steps == 0b11, ahead(2), Mux(steps == 0b00, ahead(0), ahead(1)))
                     shadow = _rescale(m, nxt.as_signed(), alpha[r], acc_bits, name=f"shadow{r}_{i}")
                     base = Mux(u_resc, shadow, lane(r, s, li))

@@ -22,6 +22,8 @@ cycle; the sweeps and the quantizer have fixed latencies and are issued only wit
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
@@ -83,22 +85,33 @@ def _counter_times(m: Module, k, start, step, *, name: str) -> Signal:
     return out
 
 
-class _Walker:
+class _Walker(NamedTuple):
     """A load-item walker's registers and step pulses (see ``VectorEngine.elaborate``)."""
+    item: Signal
+    blk: Signal
+    r: Signal
+    done: Signal
+    inc: Signal
+    nv: Signal
+    r_step: Signal
+    r_clear: Signal
+    en: Signal
+    row: Signal
+    last: Signal
+    block_item: Signal
+    after: Signal
 
-    def __init__(self, item, blk, r, done, inc, nv, r_step, r_clear, en, row, last, block_item, after):
-        self.item, self.blk, self.r, self.done, self.inc, self.nv = item, blk, r, done, inc, nv
-        self.r_step, self.r_clear, self.en, self.row, self.last = r_step, r_clear, en, row, last
-        self.block_item, self.after = block_item, after
 
-
-class _KVRowAddresses:
+class _KVRowAddresses(NamedTuple):
     """What :func:`_kv_row_addresses` gives the store: ``ok`` (the registers hold the present
     (bank, row)'s addresses), the token's ``slot`` in its page, the row's first head's ``vaddr``
     / ``maddr``, and the row's offsets in a pool ``v_off`` / ``m_off``."""
-
-    def __init__(self, ok, slot, vaddr, maddr, v_off, m_off):
-        self.ok, self.slot, self.vaddr, self.maddr, self.v_off, self.m_off = ok, slot, vaddr, maddr, v_off, m_off
+    ok: Signal
+    slot: Signal
+    vaddr: Signal
+    maddr: Signal
+    v_off: Signal
+    m_off: Signal
 
 
 def _kv_row_addresses(m: Module, att, j, pages, pools, cbank, st_r, r0, multi, hg, int4, *, LOGR: int,
@@ -1061,10 +1074,10 @@ class VectorEngine(wiring.Component):
             ha = Signal(range(max(ha4, ha8) + 1))
             vbytes = Signal(32)
             m.d.comb += [ha.eq(Mux(int4, ha4, ha8)), vbytes.eq(Mux(int4, vb4, vb8))]
-            rows = _kv_row_addresses(m, att, j, pages, pools, cbank, st_r, r0, multi, hg, int4, LOGR=LOGR,
+            kv_rows = _kv_row_addresses(m, att, j, pages, pools, cbank, st_r, r0, multi, hg, int4, LOGR=LOGR,
                                      LOGW8=LOGW8, event=start | (take & ((r_item == _BT) | (r_item == _POOLS))))
-            m.d.comb += row_ok.eq(rows.ok)
-            slot = rows.slot
+            m.d.comb += row_ok.eq(kv_rows.ok)
+            slot = kv_rows.slot
             pool_next = Signal(64)           # the next group's pool, registered ahead of its first head
             m.d.sync += pool_next.eq(pools[st_g + 1] if NG > 1 else pools[0])
             tok_per_word = max(W8 // (ng * 2), 1)
@@ -1087,7 +1100,7 @@ class VectorEngine(wiring.Component):
             head_words = exact_log2(max(hd // L, 1))
             trl_chunks = (QRB - hd) // L
         else:
-            rows = None
+            kv_rows = None
             ha = Const(0, 1)
             zero_chunks = Const(0, 8)
             zero_chunks_m1 = Const(0, 8)
@@ -1117,7 +1130,7 @@ class VectorEngine(wiring.Component):
                 m.d.sync += [pf_h.eq(0), pf_hg.eq(0), pf_g.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0),
                              st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_port.eq(0)]
             with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded_ahead != 0) & row_ok):
-                m.d.sync += [pf_addr.eq(rows.maddr), pf_off.eq(rows.m_off), pf_run.eq(1), pf_started.eq(1)]
+                m.d.sync += [pf_addr.eq(kv_rows.maddr), pf_off.eq(kv_rows.m_off), pf_run.eq(1), pf_started.eq(1)]
             # the next group's pool is registered from pf_g: a group's first word waits a cycle
             pf_pool = Signal(64)
             pf_hold = Signal()
@@ -1139,8 +1152,8 @@ class VectorEngine(wiring.Component):
                          st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
             with m.If(st_hg + 1 == hg):
                 m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
-                if rows is not None:
-                    m.d.sync += [st_vaddr.eq(pool_next + rows.v_off), st_maddr.eq(pool_next + rows.m_off)]
+                if kv_rows is not None:
+                    m.d.sync += [st_vaddr.eq(pool_next + kv_rows.v_off), st_maddr.eq(pool_next + kv_rows.m_off)]
             m.next = again
             with m.If(st_h + 1 == heads):
                 m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1),
@@ -1161,8 +1174,8 @@ class VectorEngine(wiring.Component):
             with m.State("KROW"):
                 # a KV row's first head: its addresses from the row pipeline, once it holds this row
                 with m.If(row_ok):
-                    if rows is not None:
-                        m.d.sync += [st_vaddr.eq(rows.vaddr), st_maddr.eq(rows.maddr)]
+                    if kv_rows is not None:
+                        m.d.sync += [st_vaddr.eq(kv_rows.vaddr), st_maddr.eq(kv_rows.maddr)]
                     m.next = "CMD"
             with m.State("CMD"):
                 # a write to another port than the packer's waits until its words have left

@@ -50,7 +50,8 @@ class QuantParams(wiring.Component):
         def delay(v, name):
             return delayed(m, v, 1, name=name)
 
-        # -- s0: the inputs registered (the caller's absmax logic stays off the smear below)
+        # -- s0: the inputs registered (the caller's absmax logic stays off the bit length and the
+        # products below)
         A, c0, mode0 = delay(self.absmax, "absmax0"), delay(self.const, "c0"), delay(self.mode, "mode0")
         # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); the two DSP tiles of A x km
         e0_1 = delay(bit_length(m, A[16:], name="e0"), "e0_1")

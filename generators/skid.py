@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from .params import require_positive_ints
 
-__all__ = ["SkidBuffer"]
+__all__ = ["SkidBuffer", "slice_stream"]
 
 
 class SkidBuffer(wiring.Component):
@@ -47,3 +47,13 @@ class SkidBuffer(wiring.Component):
         with m.Elif(accept):
             m.d.sync += [skid.eq(self.i.payload), skid_valid.eq(1)]
         return m
+
+
+def slice_stream(m: Module, name: str, src, dst) -> SkidBuffer:
+    """Connect stream ``src`` (its producer drives valid and payload) to stream ``dst`` through a
+    :class:`SkidBuffer` named ``name``: any payload shape, passed as its bits."""
+    width = len(src.payload.as_value()) if hasattr(src.payload, "as_value") else len(src.payload)
+    m.submodules[name] = sl = SkidBuffer(width)
+    m.d.comb += [sl.i.valid.eq(src.valid), sl.i.payload.eq(src.payload), src.ready.eq(sl.i.ready),
+                 dst.valid.eq(sl.o.valid), dst.payload.eq(sl.o.payload), sl.o.ready.eq(dst.ready)]
+    return sl

@@ -1,9 +1,10 @@
 """The shared GELU/SiLU datapath: ``x * g(x)`` with ``g(x) + g(-x) = 1``, as ``x - t(|x|)`` / ``-t(|x|)``.
 
 ``t(a) = a * g(-a)`` is a piecewise-linear ROM table (``c0``, ``c1`` per segment, see
-:mod:`hbmforge.numerics.nonlinear`). Per lane, a 3-stage pipeline:
+:mod:`hbmforge.numerics.nonlinear`). Per lane, a 4-stage pipeline:
 
-1. ``a = |x|``, segment index ``i`` and offset ``r``; the ROM read is issued;
+0. ``a = |x|`` (a negation: its carry chain and the ROM's address decode are two stages);
+1. segment index ``i`` and offset ``r`` from ``a``; the ROM read is issued;
 2. ``c1 * r`` (one ``c1_bits x (F - S)`` multiplier) and, beside it, the term it is
    subtracted from (``x*2^G - c0`` or ``-c0``, with both roundings folded in) and the tail's value;
 3. one subtraction and a shift into the output register: the same integers as
@@ -34,7 +35,7 @@ class TailActivation(wiring.Component):
     Ports: ``i`` and ``o``, both ``stream.Signature(ArrayLayout(signed(width), lanes))``.
     """
 
-    LATENCY = 3
+    LATENCY = 4
     FUNCTION = None                 # set by the subclasses
 
     def __init__(self, *, width: int = 16, frac_bits: int = 10, seg_bits: int = 4, lanes: int = 1,
@@ -88,16 +89,19 @@ class TailActivation(wiring.Component):
 
         adv = Signal()
         m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
-        v1, v2 = Signal(), Signal()
+        v0, v1, v2 = Signal(), Signal(), Signal()
         with m.If(adv):
-            m.d.sync += [v1.eq(self.i.valid), v2.eq(v1), self.o.valid.eq(v2)]
+            m.d.sync += [v0.eq(self.i.valid), v1.eq(v0), v2.eq(v1), self.o.valid.eq(v2)]
 
         for ln in range(self._lanes):
             m.submodules[f"rom{ln}"] = rom = Memory(shape=entry, depth=N, init=init)
             rp = rom.read_port(domain="sync")
-            x = self.i.payload[ln]
+            # stage 0: x and |x| registered
+            x = Signal(signed(W), name=f"x0_{ln}")
             a = Signal(unsigned(W), name=f"a{ln}")
-            m.d.comb += a.eq(Mux(x < 0, -x, x))
+            xi = self.i.payload[ln]
+            with m.If(adv):
+                m.d.sync += [x.eq(xi), a.eq(Mux(xi < 0, -xi, xi))]
             idx = a >> rb
             m.d.comb += [rp.addr.eq(idx), rp.en.eq(adv)]
 

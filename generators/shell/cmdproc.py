@@ -12,8 +12,8 @@ its family on ``job_code``, read with ``job_done``, which stops the run like a b
 
 The next descriptor is fetched and unloaded into the descriptor register while
 the engine runs the current one, so between the engine's ``done`` and the next
-``job`` there are four cycles (register the checks' products, evaluate the checks, pick the
-first failing one, dispatch).
+``job`` there are five cycles (the done record's register slice, register the checks'
+products, evaluate the checks, pick the first failing one, dispatch).
 """
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ from hbmforge.encodings import ErrorCode, Opcode
 from hbmforge.layout import DesignLayout
 
 from ..engine import RtlOps
+from ..skid import SkidBuffer
 from ..streams import JobDone
 from .port import ReadChannelSignature
 
@@ -96,8 +97,9 @@ class CommandProcessor(wiring.Component):
     """
 
     #: cycles from an engine's ``done`` to the next ``job`` when the next descriptor is loaded
-    #: (register the checks' products, evaluate the checks, pick the first failing one, dispatch)
-    DISPATCH_CYCLES = 4
+    #: (the done slice, register the checks' products, evaluate the checks, pick the first
+    #: failing one, dispatch)
+    DISPATCH_CYCLES = 5
 
     def __init__(self, layout: DesignLayout, jobs):
         if not isinstance(layout, DesignLayout):
@@ -166,6 +168,16 @@ class CommandProcessor(wiring.Component):
         desc_left = Signal(32)
         last_desc = Signal()
         m.d.comb += self.busy.eq(running)
+
+        # the engine's done record and run-time code through a register slice: the engine's done
+        # logic and this FSM's next state are separate register stages (one cycle per job)
+        done_rec, job_code = self.job_done.payload.as_value(), Value.cast(self.job_code)
+        m.submodules.done_slice = dsl = SkidBuffer(len(done_rec) + len(job_code))
+        m.d.comb += [dsl.i.valid.eq(self.job_done.valid), self.job_done.ready.eq(dsl.i.ready),
+                     dsl.i.payload.eq(Cat(done_rec, job_code))]
+        done_valid = dsl.o.valid
+        done_error = dsl.o.payload[0]                  # JobDone.error
+        done_code = dsl.o.payload[len(done_rec):]
 
         # -- prefetch: at most the current and the next descriptor requested -------------
         fetch_idx = Signal(32)
@@ -321,12 +333,12 @@ class CommandProcessor(wiring.Component):
                         with m.If(self.job(e).ready):
                             m.next = "WAIT"
             with m.State("WAIT"):
-                m.d.comb += [load_en.eq(1), self.job_done.ready.eq(1)]
-                with m.If(self.job_done.valid):
-                    with m.If(self.job_code != 0):      # the engine's own run-time error
-                        m.d.sync += [self.status.eq(status(self.job_code)), stopping.eq(1)]
+                m.d.comb += [load_en.eq(1), dsl.o.ready.eq(1)]
+                with m.If(done_valid):
+                    with m.If(done_code != 0):          # the engine's own run-time error
+                        m.d.sync += [self.status.eq(status(done_code)), stopping.eq(1)]
                         m.next = "DRAIN"
-                    with m.Elif(self.job_done.payload.error | self.data_error):
+                    with m.Elif(done_error | self.data_error):
                         m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
                         m.next = "DRAIN"
                     with m.Else():

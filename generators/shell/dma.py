@@ -66,23 +66,44 @@ def drive_idle_write(m, bus, data_width):
 class _BurstSplitter:
     """Shared arithmetic: the next burst of a command, cut at max_burst and at 4 KiB.
 
-    ``addr`` and ``left`` (words) are registers owned by the caller; ``beats``
-    is the length of the burst that starts at ``addr``.
+    ``addr`` and ``left`` (words) are registers the caller changes only through :meth:`load` and
+    :meth:`advance`. ``beats`` (the length of the burst that starts at ``addr``) and ``last`` (it
+    is the command's last) are registers computed from them one cycle later, so the burst
+    arithmetic (two compares and a min) and the issue decision are two register stages;
+    ``fresh`` says they belong to the current ``addr``/``left``. A mover issues at most one
+    burst per two cycles anyway (into an empty AR/AW register), so the stage costs one cycle per
+    command, not bandwidth.
     """
 
     def __init__(self, m, *, data_width, addr_width, max_burst_beats):
+        self._m = m
         self.shift = _axsize(data_width)
         page_words = _PAGE >> self.shift
         self.addr = Signal(addr_width)
         self.left = Signal(32 - self.shift + 1)
         self.beats = Signal(range(max(max_burst_beats, 1) + 1))
+        self.last = Signal()
+        self.fresh = Signal()
+        self._touch = Signal()
         to_page = Signal(range(page_words + 1))
         m.d.comb += to_page.eq(page_words - self.addr[self.shift:12])
         limit = min(max_burst_beats, page_words)
         # min(left, limit, to_page), with ``limit`` a constant
         bounded = Signal(range(limit + 1))
         m.d.comb += bounded.eq(Mux(self.left < limit, self.left, limit))
-        m.d.comb += self.beats.eq(Mux(to_page < bounded, to_page, bounded))
+        beats = Signal.like(self.beats)
+        m.d.comb += beats.eq(Mux(to_page < bounded, to_page, bounded))
+        m.d.sync += [self.beats.eq(beats), self.last.eq(self.left == beats), self.fresh.eq(~self._touch)]
+
+    def load(self, addr, words):
+        """Start a command: its first word's address and its length in words (sync)."""
+        self._m.d.comb += self._touch.eq(1)
+        self._m.d.sync += [self.addr.eq(addr), self.left.eq(words)]
+
+    def advance(self):
+        """Step past the burst ``beats`` describes (sync; only while ``fresh``)."""
+        self._m.d.comb += self._touch.eq(1)
+        self._m.d.sync += [self.addr.eq(self.addr + (self.beats << self.shift)), self.left.eq(self.left - self.beats)]
 
 
 class _BurstMover(wiring.Component):
@@ -154,7 +175,8 @@ class BurstReader(_BurstMover):
         m.d.comb += self.cmd.ready.eq(~active)
         with m.If(self.cmd.valid & ~active):
             words = self.cmd.payload.bytes[sp.shift:]
-            m.d.sync += [sp.addr.eq(self.cmd.payload.addr), sp.left.eq(words), active.eq(words != 0)]
+            sp.load(self.cmd.payload.addr, words)
+            m.d.sync += active.eq(words != 0)
 
         # data FIFO: word + "came with an error response" bit. One entry more than the
         # credits: the inner memory then has a power-of-two depth (a whole BRAM, and no
@@ -168,7 +190,7 @@ class BurstReader(_BurstMover):
         # issue only into an empty AR register: ARREADY (a module input) then reaches
         # nothing but ARVALID's clear, keeping the burst arithmetic off the port's input
         # path. At most one AR per two cycles, which full-rate R allows down to 2-beat bursts.
-        m.d.comb += issue.eq(active & ~ar_valid & (free >= sp.beats)
+        m.d.comb += issue.eq(active & ~ar_valid & sp.fresh & (free >= sp.beats)
                              & (outstanding != self._max_outstanding))
         m.d.comb += [
             bus.arvalid.eq(ar_valid), bus.arid.eq(self._id_value), bus.arsize.eq(sp.shift),
@@ -176,12 +198,9 @@ class BurstReader(_BurstMover):
             bus.arprot.eq(0), bus.arqos.eq(0), bus.arregion.eq(0),
         ]
         with m.If(issue):
-            m.d.sync += [
-                ar_valid.eq(1), bus.araddr.eq(sp.addr), bus.arlen.eq(sp.beats - 1),
-                sp.addr.eq(sp.addr + (sp.beats << sp.shift)),
-                sp.left.eq(sp.left - sp.beats),
-            ]
-            with m.If(sp.left == sp.beats):
+            m.d.sync += [ar_valid.eq(1), bus.araddr.eq(sp.addr), bus.arlen.eq(sp.beats - 1)]
+            sp.advance()
+            with m.If(sp.last):
                 m.d.sync += active.eq(0)
         with m.Elif(ar_valid & bus.arready):
             m.d.sync += ar_valid.eq(0)
@@ -260,7 +279,8 @@ class BurstWriter(_BurstMover):
         empty_cmd = Signal()
         m.d.comb += empty_cmd.eq(self.cmd.valid & ~active & track.w_rdy & (words == 0))
         with m.If(self.cmd.valid & ~active & track.w_rdy):
-            m.d.sync += [sp.addr.eq(self.cmd.payload.addr), sp.left.eq(words), active.eq(words != 0)]
+            sp.load(self.cmd.payload.addr, words)
+            m.d.sync += active.eq(words != 0)
 
         # words in the FIFO not yet promised to an issued burst (the FIFO has one entry
         # more than ``fifo_depth``, for a power-of-two memory as in BurstReader)
@@ -275,21 +295,17 @@ class BurstWriter(_BurstMover):
 
         aw_valid = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(active & ~aw_valid & (avail >= sp.beats) & track.w_rdy)   # see BurstReader
+        m.d.comb += issue.eq(active & ~aw_valid & sp.fresh & (avail >= sp.beats) & track.w_rdy)   # see BurstReader
         m.d.sync += avail.eq(avail + push - Mux(issue, sp.beats, 0))
         m.d.comb += [
             bus.awvalid.eq(aw_valid), bus.awid.eq(self._id_value), bus.awsize.eq(sp.shift),
             bus.awburst.eq(BURST_INCR), bus.awlock.eq(0), bus.awcache.eq(AXCACHE),
             bus.awprot.eq(0), bus.awqos.eq(0), bus.awregion.eq(0),
         ]
-        last_burst = Signal()
-        m.d.comb += last_burst.eq(sp.left == sp.beats)
+        last_burst = sp.last
         with m.If(issue):
-            m.d.sync += [
-                aw_valid.eq(1), bus.awaddr.eq(sp.addr), bus.awlen.eq(sp.beats - 1),
-                sp.addr.eq(sp.addr + (sp.beats << sp.shift)),
-                sp.left.eq(sp.left - sp.beats),
-            ]
+            m.d.sync += [aw_valid.eq(1), bus.awaddr.eq(sp.addr), bus.awlen.eq(sp.beats - 1)]
+            sp.advance()
             with m.If(last_burst):
                 m.d.sync += active.eq(0)
         with m.Elif(aw_valid & bus.awready):

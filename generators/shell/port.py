@@ -5,6 +5,8 @@ register stage (a single reader's AR, already registered, passes straight throug
 (every reader has its own ARID, so responses for different readers may
 interleave). The readers' credits guarantee FIFO room for every beat in
 flight, so RREADY is tied high and R never sees a bubble caused by the port.
+Every reader's and the writer's commands enter through a register slice, so an engine's
+command logic and the burst arithmetic are separate register stages.
 A port without a writer (weights) drives its write channels idle, and a port
 without readers its read channels, so every AXI member is present.
 """
@@ -16,6 +18,7 @@ from amaranth.lib.wiring import In, Out
 
 from ..axi import AXI4Signature
 from ..streams import JobDone, dma_command_stream, word_stream
+from ..skid import slice_stream
 from .dma import BurstReader, BurstWriter, drive_idle_read, drive_idle_write
 
 __all__ = ["ReadChannelSignature", "WriteChannelSignature", "AxiPort", "COUNTER_WIDTH"]
@@ -145,7 +148,7 @@ class AxiPort(wiring.Component):
         for name, rd in self._reader_blocks.items():
             m.submodules[f"rd_{name}"] = rd
             chan = getattr(self, f"rd_{name}")
-            wiring.connect(m, wiring.flipped(chan.cmd), rd.cmd)
+            slice_stream(m, f"rd_{name}_cmd_slice", chan.cmd, rd.cmd)
             wiring.connect(m, rd.data, wiring.flipped(chan.data))
             m.d.comb += [chan.error.eq(rd.error), rd.clear.eq(self.clear)]
             rds.append(rd)
@@ -214,7 +217,7 @@ class AxiPort(wiring.Component):
         else:
             wr = m.submodules[f"wr_{self._writer}"] = self._writer_block
             chan = getattr(self, f"wr_{self._writer}")
-            wiring.connect(m, wiring.flipped(chan.cmd), wr.cmd)
+            slice_stream(m, f"wr_{self._writer}_cmd_slice", chan.cmd, wr.cmd)
             wiring.connect(m, wiring.flipped(chan.data), wr.data)
             wiring.connect(m, wr.done, wiring.flipped(chan.done))
             m.d.comb += [chan.error.eq(wr.error), wr.clear.eq(self.clear)]

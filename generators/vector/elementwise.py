@@ -38,10 +38,10 @@ class ElementPipe(wiring.Component):
     """``lanes`` int32 lanes; ``activations``: the tail units to build ("gelu", "silu")."""
 
     #: stages: column multiplier (1), x * multiplier (3), shift by 8s, shift by the rest, round,
-    #: saturate, bias (1 each) | activation (3) | its mux (1), A * B (3), combine, round (1 each)
+    #: saturate, bias (1 each) | activation (4) | its mux (1), A * B (3), combine, round (1 each)
     #: | RoPE products (2), rotate, round (1 each); each a few LUT levels, one carry chain or one
     #: DSP tile
-    LATENCY = 9 + 3 + 6 + 4
+    LATENCY = 9 + 4 + 6 + 4
 
     def __init__(self, *, lanes: int, activations=("gelu", "silu")):
         if lanes < 2 or lanes & (lanes - 1):
@@ -113,22 +113,22 @@ class ElementPipe(wiring.Component):
         t_ab = pre + 1
         assert lat == 3
 
-        # -- activation (3 stages) -----------------------------------------------------------
+        # -- activation (4 stages) -----------------------------------------------------------
         a_word = word_of(va)
-        act_out = delay(a_word, 3, "aplain")
+        act_out = delay(a_word, TailActivation.LATENCY, "aplain")
         for name, code in (("gelu", VectorAct.GELU), ("silu", VectorAct.SILU)):
             if name not in self._acts:
                 continue
             unit = TailActivation(width=ACT_WIDTH, frac_bits=ACT_FRAC, seg_bits=ACT_SEG_BITS, lanes=L,
                                   function=name)
-            assert unit.latency == 3
+            assert unit.latency == TailActivation.LATENCY
             m.submodules[name] = unit
             m.d.comb += [unit.i.valid.eq(valid[t_ab]), unit.o.ready.eq(1)]
             for i in range(L):
                 m.d.comb += unit.i.payload[i].eq(va[i])
             act_out = Mux(cfg.act == code, word_of([unit.o.payload[i] for i in range(L)]), act_out)
         a_act = [reg(signed(32), f"aa{i}", v) for i, v in enumerate(lanes_of(act_out, L))]   # the mux registered
-        b_act = [delay(delay(v, 3, f"b{i}"), 1, f"bb{i}") for i, v in enumerate(vb)]
+        b_act = [delay(delay(v, TailActivation.LATENCY, f"b{i}"), 1, f"bb{i}") for i, v in enumerate(vb)]
 
         # -- combine: A + B, A * B (rsr 16), or A -------------------------------------------------
         v_comb = []
@@ -146,7 +146,7 @@ class ElementPipe(wiring.Component):
             v_comb.append(reg(signed(32), f"v{i}",
                               sat32(Mux(cfg.combine == VectorCombine.MUL, rsr(c, ACT_FRAC), c))))
         assert plat == 3
-        rope_c = delay(self.rope, t_ab + 3 + 1 + plat + 2, "rope")
+        rope_c = delay(self.rope, t_ab + TailActivation.LATENCY + 1 + plat + 2, "rope")
 
         # -- RoPE on pairs (2p, 2p+1): x0*cos - x1*sin, x0*sin + x1*cos, rsr 14, saturated ------
         o = [None] * L

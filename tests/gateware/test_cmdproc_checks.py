@@ -136,4 +136,4 @@ def test_heads_product_check_stops_the_run_with_the_hosts_code_at_its_index(layo
 
 
 def test_dispatch_takes_the_product_stage():
-    assert CommandProcessor.DISPATCH_CYCLES == 4
+    assert CommandProcessor.DISPATCH_CYCLES == 5

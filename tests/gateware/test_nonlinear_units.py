@@ -115,7 +115,7 @@ def _edges(dut, n, cycles, payload):
     return ins, outs
 
 
-def test_activation_streams_one_beat_per_cycle_with_latency_3():
+def test_activation_streams_one_beat_per_cycle_with_latency_4():
     dut = GELU(lanes=2)
     ins, outs = _edges(dut, 40, 50, lambda k: [k, -k])
     assert ins == list(range(40))
@@ -150,7 +150,7 @@ def _unused(make):
 
 def test_activation_parameters_are_read_only():
     g = _unused(lambda: GELU(width=12, frac_bits=8, seg_bits=3, lanes=2))
-    assert (g.width, g.frac_bits, g.seg_bits, g.lanes, g.function, g.latency) == (12, 8, 3, 2, "gelu", 3)
+    assert (g.width, g.frac_bits, g.seg_bits, g.lanes, g.function, g.latency) == (12, 8, 3, 2, "gelu", 4)
     with pytest.raises(AttributeError):
         g.width = 16
 

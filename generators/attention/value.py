@@ -34,24 +34,35 @@ def _rescale(m: Module, v, alpha, bits: int, *, name: str) -> Signal:
     """``rshift_round(v * alpha, 15)`` (``bits`` wide) over two registered stages: ``v`` split at
     bit 15 (and at 32 when wider) into products of one DSP tile each, then their shifted sum rounded.
     Exact: ``hi * alpha + ((lo * alpha + 2^14) >> 15)`` is ``(hi * alpha * 2^15 + lo * alpha
-    + 2^14) >> 15`` since the first term has no bits below 15."""
+    + 2^14) >> 15`` since the first term has no bits below 15. The rounding constant sits in the
+    zero low bits of a shifted product, so the second stage is one carry chain (three products:
+    a carry-save layer in front of it, which a bit's LUT absorbs)."""
     mid_bits = 17
     hi_bits = len(v) - P_FRAC
+    n = bits + P_FRAC                       # the sum's bits that reach ``out``
     lo = v[:P_FRAC]
     p_lo = Signal(P_FRAC + len(alpha), name=f"{name}_plo", reset_less=True)
     m.d.sync += p_lo.eq(lo * alpha)
     p_hi = Signal(signed(hi_bits + len(alpha) + 1), name=f"{name}_phi", reset_less=True)
+    half = 1 << (P_FRAC - 1)
     if hi_bits <= mid_bits + 1:              # hi fits one tile
         m.d.sync += p_hi.eq(v[P_FRAC:].as_signed() * alpha)
-        hi_sum = p_hi
+        total = ((p_hi << P_FRAC) | half) + p_lo
     else:
         mid, top = v[P_FRAC:P_FRAC + mid_bits], v[P_FRAC + mid_bits:].as_signed()
         p_mid = Signal(mid_bits + len(alpha), name=f"{name}_pmid", reset_less=True)
         m.d.sync += [p_mid.eq(mid * alpha), p_hi.eq(top * alpha)]
-        hi_sum = (p_hi << mid_bits) + p_mid
+        total = _sum3(m, p_hi << (P_FRAC + mid_bits), (p_mid << P_FRAC) | half, p_lo, n, name=name)
     out = Signal(bits, name=name, reset_less=True)
-    m.d.sync += out.eq(((hi_sum << P_FRAC) + p_lo + (1 << (P_FRAC - 1))) >> P_FRAC)
+    m.d.sync += out.eq(total[P_FRAC:n])
     return out
+
+
+def _sum3(m: Module, a, b, c, n: int, *, name: str):
+    """``a + b + c`` modulo ``2^n`` as a carry-save layer (sum and majority bits) and one add."""
+    x = [Signal(n, name=f"{name}_cs{i}") for i in range(3)]
+    m.d.comb += [xi.eq(v) for xi, v in zip(x, (a, b, c))]        # sign-extended or truncated to n bits
+    return ((x[0] ^ x[1] ^ x[2]) + ((x[0] & x[1] | x[0] & x[2] | x[1] & x[2]) << 1))[:n]
 
 
 class ValueUnit(wiring.Component):

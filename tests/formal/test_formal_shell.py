@@ -39,7 +39,7 @@ def test_covers_are_reachable_so_the_proofs_are_not_vacuous(tmp_path):
     layout = DesignLayout(parse_config(tiny_config_dict()))
     for case in design_cases(layout, scale="small"):
         if case.name in ("control", "port_data"):
-            res = run_formal(case.build(), case.name, tmp_path / case.name, mode="cover", depth=16)
+            res = run_formal(case.build(), case.name, tmp_path / case.name, mode="cover", depth=20)
             assert res.status == "pass", f"{case.name}: unreached covers {res.failed}\n{res.log_tail}"
 
 

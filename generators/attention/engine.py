@@ -217,7 +217,8 @@ class AttentionEngine(wiring.Component):
         m.d.comb += e.eq(geom.select_format(seq.bits4, int4=geom.int4_lanes, int8=geom.int8_lanes))
         inc_k = Mux(sc.fire, sc.rows * e, 0)
         inc_v = Mux(vu.fire & otq.o.valid, otq.o.payload.nv * e, 0)
-        m.d.comb += self.mac_inc.eq(inc_k + inc_v)
+        # registered: one cycle late, the same total; the fire logic stays out of the kernel's sum
+        m.d.sync += self.mac_inc.eq(inc_k + inc_v)
 
     # -- head-parallel engine -------------------------------------------------------------------
     def _elaborate_head_parallel(self):

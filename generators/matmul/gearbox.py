@@ -71,27 +71,30 @@ class WidthAdapter(wiring.Component):
             ratio = iw // ow
             buf = Signal(iw)
             left = Signal(range(ratio + 1))           # items left in buf
-            m.d.comb += [self.o.payload.eq(buf[:ow]), self.o.valid.eq(left != 0)]
-            empties = take & ((left == 1) | self.o_last)
-            m.d.comb += self.i.ready.eq((left == 0) | empties)
+            # left != 0 and left == 1 as flags kept beside it: the consumer's ready reaches the
+            # next word's load through two LUTs, not a compare
+            have, one = Signal(), Signal()
+            m.d.comb += [self.o.payload.eq(buf[:ow]), self.o.valid.eq(have)]
+            empties = take & (one | self.o_last)
+            m.d.comb += self.i.ready.eq(~have | empties)
             with m.If(self.i.valid & self.i.ready):
-                m.d.sync += [buf.eq(self.i.payload), left.eq(ratio)]
+                m.d.sync += [buf.eq(self.i.payload), left.eq(ratio), have.eq(1), one.eq(ratio == 1)]
             with m.Elif(empties):
-                m.d.sync += left.eq(0)
+                m.d.sync += [left.eq(0), have.eq(0), one.eq(0)]
             with m.Elif(take):
-                m.d.sync += [buf.eq(buf[ow:]), left.eq(left - 1)]
+                m.d.sync += [buf.eq(buf[ow:]), left.eq(left - 1), one.eq(left == 2)]
         else:                                         # gather: `ratio` words -> one item
             ratio = ow // iw
             buf = Signal(ow)
             got = Signal(range(ratio + 1))            # words collected in buf
-            full = got == ratio
+            full = Signal()                           # got == ratio, kept as a flag
             m.d.comb += [self.o.payload.eq(buf), self.o.valid.eq(full)]
             m.d.comb += self.i.ready.eq(~full | self.o.ready)
             with m.If(self.i.valid & self.i.ready):
                 m.d.sync += buf.eq(self.i.payload.shift_left(ow - iw) | buf[iw:])
-                m.d.sync += got.eq(Mux(take, 1, got + 1))
+                m.d.sync += [got.eq(Mux(take, 1, got + 1)), full.eq(Mux(take, ratio == 1, got == ratio - 1))]
             with m.Elif(take):
-                m.d.sync += got.eq(0)
+                m.d.sync += [got.eq(0), full.eq(0)]
         return m
 
 

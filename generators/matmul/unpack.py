@@ -176,7 +176,8 @@ class WeightUnpacker(wiring.Component):
         fsel = {}
         for fmt, sp in variants:
             sel = Signal(name=f"sel_{fmt}" + ("_s24" if sp else ""))
-            m.d.comb += sel.eq(1 if single else self.wbits == FORMAT_CODES[fmt] | (SPARSE24 if sp else 0))
+            # registered: wbits is set when a job starts, long before its first weight word
+            m.d.sync += sel.eq(1 if single else self.wbits == FORMAT_CODES[fmt] | (SPARSE24 if sp else 0))
             fsel[fmt, sp] = sel
 
         # one adapter per stored width; int2 and '2bit' ternary share theirs (sparse ones too)

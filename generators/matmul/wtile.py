@@ -84,16 +84,20 @@ class WeightTileBuffer(wiring.Component):
         last_col = Signal()
         m.d.sync += n_m1.eq(self.n - 1)
         kc_m1 = Signal.like(self.passes.payload.kc)
+        # line == kc - 1 and cols_ahead < slots as registered flags (the write decision feeds the
+        # unpacker's and the scale adapter's ready, which reach the weight ports' slices)
+        col_end = Signal()
+        kc_m2 = Signal.like(self.passes.payload.kc)
+        room = Signal(init=1)
         with m.If(~have):
             m.d.comb += self.passes.ready.eq(1)
             with m.If(self.passes.valid):
-                m.d.sync += [have.eq(1), kc_m1.eq(self.passes.payload.kc - 1),
-                             cols_after.eq(n_m1), line.eq(0), last_col.eq(n_m1 == 0)]
+                m.d.sync += [have.eq(1), kc_m1.eq(self.passes.payload.kc - 1), kc_m2.eq(self.passes.payload.kc - 2),
+                             cols_after.eq(n_m1), line.eq(0), last_col.eq(n_m1 == 0),
+                             col_end.eq(self.passes.payload.kc == 1)]
 
         grp_last = 1 if fpg == 1 else (line[:exact_log2(fpg)] == fpg - 1)
-        col_end = line == kc_m1
         pass_end = col_end & last_col
-        room = self.cols_ahead < G.weight_slots
         write = Signal()
         m.d.comb += write.eq(have & room & self.w.valid & (~grp_last | self.scales.valid))
         m.d.comb += [self.w.ready.eq(write), self.scales.ready.eq(write & grp_last),
@@ -105,13 +109,18 @@ class WeightTileBuffer(wiring.Component):
         complete = Signal()
         m.d.comb += complete.eq(write & col_end)
         with m.If(write):
-            m.d.sync += line.eq(Mux(col_end, 0, line + 1))
+            m.d.sync += [line.eq(Mux(col_end, 0, line + 1)), col_end.eq(Mux(col_end, kc_m1 == 0, line == kc_m2))]
             with m.If(col_end):
                 m.d.sync += [cols_after.eq(cols_after - 1), slot.eq(slot + 1), last_col.eq(cols_after == 1)]
                 with m.If(pass_end):
                     m.d.sync += have.eq(0)
         m.d.comb += self.cur_lines.eq(line)
         m.d.sync += self.cols_ahead.eq(self.cols_ahead + complete - self.free)
+        # room next cycle: cols_ahead + complete - free < slots, by cases of the registered count
+        # (its compares beside the scheduler's fire logic, not behind it)
+        S = G.weight_slots
+        m.d.sync += room.eq((self.cols_ahead < S - 1) | ((self.cols_ahead == S - 1) & (~complete | self.free))
+                            | self.free)
         with m.If(self.start):
-            m.d.sync += [have.eq(0), slot.eq(0), self.cols_ahead.eq(0), line.eq(0)]
+            m.d.sync += [have.eq(0), slot.eq(0), self.cols_ahead.eq(0), line.eq(0), room.eq(1)]
         return m

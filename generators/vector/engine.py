@@ -364,14 +364,15 @@ class VectorEngine(wiring.Component):
             r_clear = Signal(name=f"{name}_r_clear") # r returns to 0 for the next item of the block
             en, row, last = Signal(name=f"{name}_en"), Signal(name=f"{name}_per_row"), Signal(name=f"{name}_last")
             block_item = Signal(name=f"{name}_block_item")
-            # the item after this one (the block's first after its last), and its flags
+            # the item after this one (the block's first after its last), a register loaded with
+            # the item: the tables it selects (e.g. the receiver's words) start at a flip-flop
             after = Signal.like(item, name=f"{name}_after")
-            m.d.comb += after.eq(Mux(last, _FIRST_BLOCK_ITEM, item + 1))
             nv, last_blk = _block_rows(m, name, R, self.job.payload.m, start, inc)
 
             def load_flags(i, en_of, row_of):
                 m.d.sync += [item.eq(i), en.eq(en_of(i)), row.eq(row_of(i)), last.eq(i == _LAST_ITEM),
-                             block_item.eq(i >= _FIRST_BLOCK_ITEM)]
+                             block_item.eq(i >= _FIRST_BLOCK_ITEM),
+                             after.eq(Mux(i == _LAST_ITEM, _FIRST_BLOCK_ITEM, i + 1))]
 
             with m.If(start):
                 m.d.sync += [blk.eq(0), r.eq(0), done.eq(0)]

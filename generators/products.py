@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Signal, Value, signed, unsigned
 
-__all__ = ["pipelined_product", "pipelined_sum", "product_latency"]
+__all__ = ["pipelined_product", "pipelined_sum", "product_latency", "carry_save_sum"]
 
 
 def _pieces(v: Value, size: int) -> list[tuple[int, Value]]:
@@ -75,3 +75,18 @@ def pipelined_sum(m: Module, values, *, name: str) -> tuple[Value, int]:
             nxt.append(acc)
         terms, latency = nxt, latency + 1
     return terms[0], latency
+
+
+def carry_save_sum(m: Module, values, n: int, *, name: str) -> Value:
+    """The sum of ``values`` modulo ``2^n`` (each sign-extended or truncated to ``n`` bits) as
+    layers of 3:2 carry-save adders (one LUT per bit, which the final adder's LUTs can absorb)
+    and one carry chain, instead of a chain per operand."""
+    terms = []
+    for i, v in enumerate(values):
+        t = Signal(n, name=f"{name}_cs{i}")
+        m.d.comb += t.eq(v)
+        terms.append(t)
+    while len(terms) > 2:
+        a, b, c = terms[:3]
+        terms = terms[3:] + [(a ^ b ^ c)[:n], ((a & b | a & c | b & c) << 1)[:n]]
+    return (terms[0] + terms[1])[:n] if len(terms) == 2 else terms[0]

@@ -143,8 +143,11 @@ class Sequencer(wiring.Component):
         rqa = [Signal(64, name=f"rqa{r}") for r in range(rows)]
         riq, hbq = Signal(64), Signal(64)
         pos_step_q, ri_step_q, hb_step_q = Signal(64), Signal(64), Signal(64)
-        m.d.sync += [pos_step_q.eq((q_heads - job["q_per_kv"] + 1) * qrec), ri_step_q.eq(ri_step * qrec),
-                     hb_step_q.eq(hb_step * qrec)]
+        # the steps registered before their products (a subtract or a mux into a DSP's unregistered
+        # input was one path): ready in SETUP's third cycle, the products by the first ROWS cycle
+        pos_step, ri_step_r, hb_step_r = Signal(23), Signal.like(kvh_e), Signal(11)
+        m.d.sync += [pos_step.eq(q_heads - job["q_per_kv"] + 1), ri_step_r.eq(ri_step), hb_step_r.eq(hb_step),
+                     pos_step_q.eq(pos_step * qrec), ri_step_q.eq(ri_step_r * qrec), hb_step_q.eq(hb_step_r * qrec)]
         m.d.comb += [self.act_cmd.payload.addr.eq(Cat(*rqa).word_select(rsel, 64)),
                      self.act_cmd.payload.bytes.eq(qrec)]
 
@@ -241,7 +244,7 @@ class Sequencer(wiring.Component):
                     with m.If(rr == 0):
                         m.d.sync += p_min.eq(base + pos_idx)
                     with m.If(hi == qpk_m1):
-                        m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + q_heads - job["q_per_kv"] + 1),
+                        m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + pos_step),
                                      riq.eq(riq + pos_step_q)]
                     with m.Else():
                         m.d.sync += [hi.eq(hi + 1), ri.eq(ri + ri_step), riq.eq(riq + ri_step_q)]

@@ -17,6 +17,7 @@ from amaranth.lib.wiring import In, Out
 from ...engines.attention import OUT_FRAC, P_FRAC, RECIP_X_BITS
 from ...mathutil import exact_log2
 from ..matmul.pipe import delay
+from ..products import carry_save_sum
 from ..streams import dma_command_stream
 from .geometry import DatapathGeometry
 from .recip import Reciprocal
@@ -52,17 +53,10 @@ def _rescale(m: Module, v, alpha, bits: int, *, name: str) -> Signal:
         mid, top = v[P_FRAC:P_FRAC + mid_bits], v[P_FRAC + mid_bits:].as_signed()
         p_mid = Signal(mid_bits + len(alpha), name=f"{name}_pmid", reset_less=True)
         m.d.sync += [p_mid.eq(mid * alpha), p_hi.eq(top * alpha)]
-        total = _sum3(m, p_hi << (P_FRAC + mid_bits), (p_mid << P_FRAC) | half, p_lo, n, name=name)
+        total = carry_save_sum(m, [p_hi << (P_FRAC + mid_bits), (p_mid << P_FRAC) | half, p_lo], n, name=name)
     out = Signal(bits, name=name, reset_less=True)
     m.d.sync += out.eq(total[P_FRAC:n])
     return out
-
-
-def _sum3(m: Module, a, b, c, n: int, *, name: str):
-    """``a + b + c`` modulo ``2^n`` as a carry-save layer (sum and majority bits) and one add."""
-    x = [Signal(n, name=f"{name}_cs{i}") for i in range(3)]
-    m.d.comb += [xi.eq(v) for xi, v in zip(x, (a, b, c))]        # sign-extended or truncated to n bits
-    return ((x[0] ^ x[1] ^ x[2]) + ((x[0] & x[1] | x[0] & x[2] | x[1] & x[2]) << 1))[:n]
 
 
 class ValueUnit(wiring.Component):
@@ -217,17 +211,26 @@ class ValueUnit(wiring.Component):
                      self.out_data.payload.eq(obuf[:W])]
         shm1 = Signal(range(l_bits + 16))
         m.d.comb += shm1.eq(n + 15 - OUT_FRAC)
-        # acc * y in OUT_STAGES registered stages: two narrow products (the accumulator split at bit
-        # 17, as _rescale does), their sum, the shift, then rounding and saturation
-        lo_bits = 17
+        # acc * y in OUT_STAGES registered stages: one-tile products (the accumulator in 17-bit
+        # pieces, the top one signed and at most 18 bits, each times the 18-bit y), their sum (one
+        # carry chain behind a carry-save layer), the shift, then rounding and saturation
+        piece = 17
+        cuts = [0]
+        while acc_bits - cuts[-1] > piece + 1:
+            cuts.append(cuts[-1] + piece)
+        cuts.append(acc_bits)
         stage_out = []
         for li in range(int8_lanes):
             a = head[li * acc_bits:(li + 1) * acc_bits]
-            p_lo = Signal(lo_bits + RECIP_X_BITS + 1, name=f"oplo{li}")
-            p_hi = Signal(signed(acc_bits - lo_bits + RECIP_X_BITS + 2), name=f"ophi{li}")
-            m.d.sync += [p_lo.eq(a[:lo_bits] * y), p_hi.eq(a[lo_bits:].as_signed() * y)]
+            parts = []
+            for k, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
+                top = hi == acc_bits
+                p = Signal(signed(hi - lo + RECIP_X_BITS + 2) if top else hi - lo + RECIP_X_BITS + 1,
+                           name=f"op{k}_{li}")
+                m.d.sync += p.eq((a[lo:hi].as_signed() if top else a[lo:hi]) * y)
+                parts.append(p << lo)
             prod = Signal(signed(acc_bits + RECIP_X_BITS + 2), name=f"oprod{li}")
-            m.d.sync += prod.eq((p_hi << lo_bits) + p_lo)
+            m.d.sync += prod.eq(carry_save_sum(m, parts, len(prod), name=f"oprod{li}"))
             sh = Signal(signed(acc_bits + RECIP_X_BITS + 2), name=f"osh{li}")
             m.d.sync += sh.eq(prod >> shm1)
             v = (sh + 1) >> 1

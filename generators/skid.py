@@ -10,7 +10,7 @@ never sees the consumer's ready logic. One word per cycle at full rate, one cycl
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal, Value
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -52,8 +52,7 @@ class SkidBuffer(wiring.Component):
 def slice_stream(m: Module, name: str, src, dst) -> SkidBuffer:
     """Connect stream ``src`` (its producer drives valid and payload) to stream ``dst`` through a
     :class:`SkidBuffer` named ``name``: any payload shape, passed as its bits."""
-    width = len(src.payload.as_value()) if hasattr(src.payload, "as_value") else len(src.payload)
-    m.submodules[name] = sl = SkidBuffer(width)
+    m.submodules[name] = sl = SkidBuffer(len(Value.cast(src.payload)))
     m.d.comb += [sl.i.valid.eq(src.valid), sl.i.payload.eq(src.payload), src.ready.eq(sl.i.ready),
                  dst.valid.eq(sl.o.valid), dst.payload.eq(sl.o.payload), sl.o.ready.eq(dst.ready)]
     return sl

@@ -5,8 +5,9 @@ register stage (a single reader's AR, already registered, passes straight throug
 (every reader has its own ARID, so responses for different readers may
 interleave). The readers' credits guarantee FIFO room for every beat in
 flight, so RREADY is tied high and R never sees a bubble caused by the port.
-Every reader's and the writer's commands enter through a register slice, so an engine's
-command logic and the burst arithmetic are separate register stages.
+Every reader's and the writer's commands, and the writer's data, enter through a register
+slice, so an engine's command and output logic and the port's burst arithmetic and FIFO level
+are separate register stages.
 A port without a writer (weights) drives its write channels idle, and a port
 without readers its read channels, so every AXI member is present.
 """
@@ -218,7 +219,7 @@ class AxiPort(wiring.Component):
             wr = m.submodules[f"wr_{self._writer}"] = self._writer_block
             chan = getattr(self, f"wr_{self._writer}")
             slice_stream(m, f"wr_{self._writer}_cmd_slice", chan.cmd, wr.cmd)
-            wiring.connect(m, wiring.flipped(chan.data), wr.data)
+            slice_stream(m, f"wr_{self._writer}_data_slice", chan.data, wr.data)
             wiring.connect(m, wr.done, wiring.flipped(chan.done))
             m.d.comb += [chan.error.eq(wr.error), wr.clear.eq(self.clear)]
             m.d.comb += [getattr(bus, f).eq(getattr(wr.bus, f)) for f in _WRITE_OUT]

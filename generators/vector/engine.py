@@ -1354,9 +1354,12 @@ class VectorEngine(wiring.Component):
             with m.State("FINISH"):
                 # every word written and acknowledged
                 with m.If(store_empty & (pending == 0) & ~wc_valid):
-                    m.d.comb += all_done.eq(1)
-                    with m.If(self.done.ready):
-                        m.next = "IDLE"
+                    m.next = "DONE"
+            with m.State("DONE"):
+                # the done record from the state register alone, not from the store's drain logic
+                m.d.comb += all_done.eq(1)
+                with m.If(self.done.ready):
+                    m.next = "IDLE"
 
         # -- counters: busy but moving nothing ---------------------------------------------------
         progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_issue | op_valid | emit | qp_active | rc_take

@@ -209,8 +209,8 @@ def attention_terms(lay: DesignLayout) -> dict:
     products with the two rescale products (the accumulator split at bit 15), the ``head_dim`` x
     ``acc_bits`` accumulator ring and its adders; the Q ring and the Q loader's record buffer. Once:
     the K and V feeds of row 0 (scale-word buffer, lane unpacking, mantissa select), the shared
-    mantissa x value products, the output stage (``slot`` lanes of ``acc x reciprocal`` in two
-    products, shift, round, saturate), the reciprocal, the sequencer (segment and command logic, its
+    mantissa x value products, the output stage (``slot`` lanes of ``acc x reciprocal`` in
+    one-tile products, their sum, shift, round, saturate), the reciprocal, the sequencer (segment and command logic, its
     FIFOs). Zero without an attention engine."""
     att = lay.config.attention
     if att is None:
@@ -234,7 +234,7 @@ def attention_terms(lay: DesignLayout) -> dict:
     pv += R * (_dsp(lb - P_FRAC + 1, p_bits) + _dsp(P_FRAC + 1, p_bits))      # l rescale
     shared = L * (0 if lut_kv else _dsp(17, 8))                     # mantissa x value, one set
     y_bits = RECIP_X_BITS + 2
-    out = I8 * (_dsp(18, y_bits) + _dsp(acc - 16, y_bits))       # acc x y split at bit 17
+    out = I8 * (len(g.out_cuts) - 1)                                 # acc x y: one tile per 17-bit piece
     recip = _dsp(RECIP_X_BITS + 1, y_bits) + _dsp(y_bits, 2 * RECIP_X_BITS + 2)
     seq_dsp = 9                                                       # head counts, page x stride, offsets
     dsp = qk + pv + shared + out + recip + seq_dsp

@@ -214,11 +214,7 @@ class ValueUnit(wiring.Component):
         # acc * y in OUT_STAGES registered stages: one-tile products (the accumulator in 17-bit
         # pieces, the top one signed and at most 18 bits, each times the 18-bit y), their sum (one
         # carry chain behind a carry-save layer), the shift, then rounding and saturation
-        piece = 17
-        cuts = [0]
-        while acc_bits - cuts[-1] > piece + 1:
-            cuts.append(cuts[-1] + piece)
-        cuts.append(acc_bits)
+        cuts = geom.out_cuts
         stage_out = []
         for li in range(int8_lanes):
             a = head[li * acc_bits:(li + 1) * acc_bits]

@@ -177,6 +177,16 @@ class AttentionGeometry:
         return 39 + self.ctx_log2
 
     @property
+    def out_cuts(self) -> tuple[int, ...]:
+        """Where the output stage cuts the accumulator for ``acc x y``: 17-bit pieces, the top one
+        signed and at most 18 bits, so that each piece times the 18-bit reciprocal is one DSP48E2
+        tile (a wider operand made Yosys sum two tiles in LUTs behind unregistered DSPs)."""
+        cuts = [0]
+        while self.acc_bits - cuts[-1] > 18:
+            cuts.append(cuts[-1] + 17)
+        return (*cuts, self.acc_bits)
+
+    @property
     def slot(self) -> int:
         """Head dims per int8 word (the unit the accumulator ring rotates by)."""
         return min(self.word_bytes, self.head_dim)

@@ -72,12 +72,14 @@ class PartialCollector(wiring.Component):
         acc = [Signal(64, name=f"sum{r}") for r in range(R - 1)]
         r = Signal(range(max(R, 2)))
         left = Signal(32)                        # entries of the current command still to come
+        left_one = Signal()                      # left == 1, a flag kept beside it (off the adapter's ready)
         have = Signal()
         with m.If(~have):
             m.d.comb += self.entries.ready.eq(1)
             with m.If(self.entries.valid):
-                m.d.sync += [have.eq(1), left.eq(self.entries.payload), r.eq(0)]
-        last_item = (r == R - 1) & (left == 1)
+                m.d.sync += [have.eq(1), left.eq(self.entries.payload), left_one.eq(self.entries.payload == 1),
+                             r.eq(0)]
+        last_item = (r == R - 1) & left_one
         m.d.comb += [adapt.o.ready.eq(have & fifo.w_rdy), adapt.o_last.eq(last_item),
                      fifo.w_data.eq(Cat(*acc, adapt.o.payload)), fifo.w_en.eq(have & adapt.o.valid & (r == R - 1))]
         with m.If(adapt.o.valid & adapt.o.ready):
@@ -85,8 +87,8 @@ class PartialCollector(wiring.Component):
                 with m.If(r == i):
                     m.d.sync += acc[i].eq(adapt.o.payload)
             with m.If(r == R - 1):
-                m.d.sync += [r.eq(0), left.eq(left - 1)]
-                with m.If(left == 1):
+                m.d.sync += [r.eq(0), left.eq(left - 1), left_one.eq(left == 2)]
+                with m.If(left_one):
                     m.d.sync += have.eq(0)
             with m.Else():
                 m.d.sync += r.eq(r + 1)

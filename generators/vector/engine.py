@@ -1023,6 +1023,10 @@ class VectorEngine(wiring.Component):
         rc_valid = Signal()
         rc_addr = Signal(64)
         rd_take = Signal()
+        # the store is in RDATA: a flag set and cleared with the state, so the ports' read data
+        # sees a flip-flop instead of the store FSM's state decode
+        rd_mode = Signal()
+        m.d.comb += rd_take.eq(rd_mode & ~rc_valid)
         pf_valid = Signal()                  # read-ahead of the first row's mantissa words (below)
         pf_addr = Signal(64)
         pf_g = Signal(range(NG))             # its head's port group
@@ -1262,21 +1266,20 @@ class VectorEngine(wiring.Component):
                 with m.If(first_row):
                     # the job's first row: its mantissa words were read ahead (no earlier write of
                     # this job can touch them; earlier jobs are done)
-                    m.d.sync += rd_words.eq(0)
+                    m.d.sync += [rd_words.eq(0), rd_mode.eq(1)]
                     m.next = "RDATA"
                 with m.Elif((pending == 0) & store_empty):
                     # every earlier KV write acknowledged: the mantissa word holds what they wrote
-                    m.d.sync += [rc_valid.eq(1), rd_words.eq(0)]
+                    m.d.sync += [rc_valid.eq(1), rd_words.eq(0), rd_mode.eq(1)]
                     m.next = "RDATA"
             with m.State("RDATA"):
-                m.d.comb += rd_take.eq(~rc_valid)
                 with m.If(rd_take & w_valid):
                     for w in range(span_words):
                         with m.If(rd_words == w):
                             m.d.sync += span[w * W:(w + 1) * W].eq(w_payload)
                     m.d.sync += rd_words.eq(rd_words + 1)
                     with m.If(rd_words + 1 == span_words):
-                        m.d.sync += st_c.eq(0)
+                        m.d.sync += [st_c.eq(0), rd_mode.eq(0)]
                         m.next = "MERGE"
             with m.State("MERGE"):
                 # the head's mantissas were caught during its VAL ops (two or more cycles ago)

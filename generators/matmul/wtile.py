@@ -119,8 +119,7 @@ class WeightTileBuffer(wiring.Component):
         # room next cycle: cols_ahead + complete - free < slots, by cases of the registered count
         # (its compares beside the scheduler's fire logic, not behind it)
         S = G.weight_slots
-        m.d.sync += room.eq((self.cols_ahead < S - 1) | ((self.cols_ahead == S - 1) & (~complete | self.free))
-                            | self.free)
+        m.d.sync += room.eq((self.cols_ahead < S - 1) | ((self.cols_ahead == S - 1) & ~complete) | self.free)
         with m.If(self.start):
             m.d.sync += [have.eq(0), slot.eq(0), self.cols_ahead.eq(0), line.eq(0), room.eq(1)]
         return m

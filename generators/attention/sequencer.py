@@ -127,6 +127,13 @@ class Sequencer(wiring.Component):
         rri = [Signal(32, name=f"rri{r}") for r in range(rows)]
         p_min = Signal(CTX_BITS)
         p_max = Signal(CTX_BITS)
+        # the tile's window bounds, registered every cycle: p_min and p_max are set in ROWS and
+        # then hold through QCMD and TILE (a cycle each at least), so RANGES sees lo one and the
+        # compare with the sink two cycles after they settle, not a subtraction, clamp and compare
+        # in series on its muxes
+        lo_raw = Cat(p_min, Const(0, 1)).as_signed() - job["window"] + 1
+        lo, top, lo_in_sink = Signal(CTX_BITS), Signal(CTX_BITS + 1), Signal()
+        m.d.sync += [lo.eq(Mux(lo_raw < 0, 0, lo_raw)), top.eq(p_max + 1), lo_in_sink.eq(lo <= job["sink"])]
         tiles = Signal(32)
         m.d.comb += self.tiles.eq(tiles)
 
@@ -267,13 +274,10 @@ class Sequencer(wiring.Component):
                     m.next = "RANGES"
             with m.State("RANGES"):
                 win, sink = job["window"], job["sink"]
-                top = p_max + 1
-                lo_raw = Cat(p_min, Const(0, 1)).as_signed() - win + 1
-                lo = Mux(lo_raw < 0, 0, lo_raw)
                 m.d.sync += [first_seg.eq(1), ridx.eq(0)]
                 with m.If(bidir):
                     m.d.sync += [rlo[0].eq(0), rhi[0].eq(keys), nr.eq(1), j.eq(0)]
-                with m.Elif((win == 0) | (lo <= sink)):
+                with m.Elif((win == 0) | lo_in_sink):
                     m.d.sync += [rlo[0].eq(0), rhi[0].eq(top), nr.eq(1), j.eq(0)]
                 with m.Elif(sink == 0):
                     m.d.sync += [rlo[0].eq(lo), rhi[0].eq(top), nr.eq(1), j.eq(lo)]

@@ -21,6 +21,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...mathutil import exact_log2
+from ..counters import step_count
 from .gearbox import WidthAdapter
 from .geometry import EngineGeometry, pass_layout
 from .pipe import opaque_const
@@ -91,7 +92,10 @@ class ActivationBuffer(wiring.Component):
                 m.d.sync += [have.eq(1), kc.eq(self.passes.payload.kc), rows_left.eq(self.passes.payload.rows),
                              row.eq(0), line.eq(0)]
 
-        m.d.comb += adapt.o.ready.eq(have & (self.ahead < slots))
+        # room for one more block (ahead < slots) as a registered flag: the fill's ready reaches the
+        # data port through the partial-sum demultiplexer, so it must not start at a compare
+        room = Signal(init=1)
+        m.d.comb += adapt.o.ready.eq(have & room)
         take = adapt.o.valid & adapt.o.ready
         row_end = line == kc - 1
         block_end = row_end & (row == block_rows - 1)
@@ -121,7 +125,9 @@ class ActivationBuffer(wiring.Component):
                 m.d.sync += [base.eq(base + (1 << self.stride_log)), rows_left.eq(rows_left - block_rows)]
                 with m.If(rows_left == block_rows):
                     m.d.sync += have.eq(0)
-        m.d.sync += self.ahead.eq(self.ahead + done_block - self.release)
+        step_count(m, self.ahead, done_block, self.release)
+        # room next cycle, by cases of this cycle's count (a finished block implies room now)
+        m.d.sync += room.eq(self.release | (self.ahead < slots - 1) | (~done_block & (self.ahead < slots)))
         with m.If(self.start):
-            m.d.sync += [have.eq(0), base.eq(0), self.ahead.eq(0)]
+            m.d.sync += [have.eq(0), base.eq(0), self.ahead.eq(0), room.eq(1)]
         return m

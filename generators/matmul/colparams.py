@@ -19,6 +19,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...mathutil import exact_log2
+from ..counters import step_count
 from .gearbox import WidthAdapter
 from .geometry import EngineGeometry, pass_layout
 
@@ -116,7 +117,7 @@ class ColumnParams(wiring.Component):
                 m.d.sync += have.eq(0)
             with m.Else():
                 m.d.sync += [tiles_left.eq(tiles_left - 1), final_tile.eq(tiles_left == 1)]
-        m.d.sync += self.tiles_ahead.eq(self.tiles_ahead + loaded - self.free)
+        step_count(m, self.tiles_ahead, loaded, self.free)
         with m.If(self.start):
             m.d.sync += [have.eq(0), slot.eq(0), self.tiles_ahead.eq(0)]
         return m

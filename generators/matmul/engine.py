@@ -49,6 +49,7 @@ from .requant import OutputStage
 from .scheduler import OUT_RAW, FireScheduler
 from .sequencer import JobSequencer
 from .signature import matmul_signature
+from ..counters import step_count
 from ..skid import SkidBuffer
 from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
@@ -306,11 +307,11 @@ class MatmulEngine(wiring.Component):
 
         # partial sums: queued, claimed by a column's last fire, popped by the output stage
         claimed = Signal(range(partials.depth + 1))
-        m.d.sync += claimed.eq(claimed + sched.claim - rq.pop)
+        step_count(m, claimed, sched.claim, rq.pop)
         # the scheduler sees the entries free to claim as a register (off the fire condition): this
         # cycle's level minus the claims including this cycle's; a push shows one cycle late, never early
         avail = Signal(range(partials.depth + 1))
-        m.d.sync += avail.eq(partials.level - claimed - sched.claim)
+        m.d.sync += avail.eq(Mux(sched.claim, partials.level - claimed - 1, partials.level - claimed))
         m.d.comb += sched.partials.eq(avail)
 
         # -- output -------------------------------------------------------------------------
@@ -328,6 +329,6 @@ class MatmulEngine(wiring.Component):
         inflight = Signal(range(self._fifo_depth + 1))
         col_fire = sched.fire & sched.col_last
         col_read = fifo.r_rdy & fifo.r_en
-        m.d.sync += inflight.eq(inflight + col_fire - col_read)
+        step_count(m, inflight, col_fire, col_read)
         m.d.comb += sched.credit.eq(inflight < self._fifo_depth)
         return m

@@ -49,22 +49,27 @@ class PartialCollector(wiring.Component):
         R, W = self._rows, self._width
 
         # -- demultiplexer: whole commands to one consumer ------------------------------------
-        # words of the current command already routed, plus one (an equality against the route
-        # record's count, not a subtraction feeding a 32-bit compare)
-        words = Signal(32, init=1)
+        # a route record is taken into a down-counter of its words and a registered last-word flag
+        # as it reaches the queue's head (one idle cycle per command), so the queue's pop is a
+        # flip-flop, not the word transfer's ready chain and a 32-bit compare
         rt = self.route.payload
-        to_p = rt.partial
+        loaded = Signal()
+        to_p = Signal()
+        left = Signal(32)
+        last = Signal()
+        m.d.comb += self.route.ready.eq(~loaded)
+        with m.If(self.route.valid & ~loaded):
+            m.d.sync += [loaded.eq(1), to_p.eq(rt.partial), left.eq(rt.words), last.eq(rt.words == 1)]
         m.submodules.adapt = adapt = WidthAdapter(W, 64)
         m.d.comb += [self.fill.payload.eq(self.data.payload), adapt.i.payload.eq(self.data.payload),
-                     self.fill.valid.eq(self.data.valid & self.route.valid & ~to_p),
-                     adapt.i.valid.eq(self.data.valid & self.route.valid & to_p),
-                     self.data.ready.eq(self.route.valid & Mux(to_p, adapt.i.ready, self.fill.ready))]
+                     self.fill.valid.eq(self.data.valid & loaded & ~to_p),
+                     adapt.i.valid.eq(self.data.valid & loaded & to_p),
+                     self.data.ready.eq(loaded & Mux(to_p, adapt.i.ready, self.fill.ready))]
         with m.If(self.data.valid & self.data.ready):
-            with m.If(words == rt.words):
-                m.d.comb += self.route.ready.eq(1)
-                m.d.sync += words.eq(1)
+            with m.If(last):
+                m.d.sync += loaded.eq(0)
             with m.Else():
-                m.d.sync += words.eq(words + 1)
+                m.d.sync += [left.eq(left - 1), last.eq(left == 2)]
 
         # -- collector: R sums per entry ---------------------------------------------------------
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=64 * R, depth=self._depth)
@@ -93,5 +98,5 @@ class PartialCollector(wiring.Component):
             with m.Else():
                 m.d.sync += r.eq(r + 1)
         with m.If(self.start):
-            m.d.sync += [have.eq(0), words.eq(1)]
+            m.d.sync += [have.eq(0), loaded.eq(0)]
         return m

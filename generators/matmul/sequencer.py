@@ -215,6 +215,8 @@ class JobSequencer(wiring.Component):
         o_total = Signal(64)
         seg = Signal()
         last_seg_bytes = Signal(32)
+        rq_b_last = Signal(32)               # the last tile's bias / requant parameter bytes
+        rq_q_last = Signal(32)
         setup = Signal()
         m.d.comb += [self.tiles.eq(tiles), self.last_cols.eq(last_cols), self.stride_log.eq(stride_log),
                      self.slots_log.eq(slots_log)]
@@ -275,6 +277,8 @@ class JobSequencer(wiring.Component):
                 o_total.eq(round_words(Mux(int8, o_blocks_q[:64], o_blocks_q[:64] << 2))),
                 seg.eq((c_log != 0) & (tiles > 1)),
                 last_seg_bytes.eq(Mux(int8, last_cols * R, (last_cols * R) << 2)),
+                rq_b_last.eq(round_words(last_cols << 2)),
+                rq_q_last.eq(round_words(last_cols << 3)),
             ]
         seg_full = Mux(int8, T * R, T * R * 4)
 
@@ -323,12 +327,21 @@ class JobSequencer(wiring.Component):
         a_koff = Signal(32)                  # slice offset within a row
         pidx = Signal(16)                    # partial-sum commands issued (== P writes they follow)
         dones = Signal(32)
-        one_slice = slices == 1
+        # the compares of the rows left as registers, taken the cycle after every change of
+        # a_rows_left (a command transfer or the job's start), during which no command goes: one
+        # idle cycle per activation command keeps a 33-bit compare off its subtraction and the port
+        one_slice = Signal()
+        a_wait = Signal()
+        a_short = Signal()                   # a_rows_left < R
+        a_last_cmd = Signal()                # the pass's last command: unit_rows == a_rows_left
+        m.d.sync += [one_slice.eq(slices == 1), a_wait.eq(self.act_cmd.valid & self.act_cmd.ready),
+                     a_short.eq(a_rows_left < R),
+                     a_last_cmd.eq(Mux(one_slice, a_rows_left <= R, a_rows_left == 1))]
         rows_here = a_rows_left
-        unit_rows = Mux(one_slice, Mux(rows_here < R, rows_here, R), 1)
+        unit_rows = Mux(one_slice, Mux(a_short, rows_here, R), 1)
         short_bytes = Cat(*k_rows).word_select(rows_here[:max(1, (R - 1).bit_length())], len(k_rows[0])) \
             if R > 1 else k_rows[0]
-        a_bytes = Mux(one_slice, Mux(rows_here < R, short_bytes, k_r), Mux(a_s == slices_m1, k_last, ks_full))
+        a_bytes = Mux(one_slice, Mux(a_short, short_bytes, k_r), Mux(a_s == slices_m1, k_last, ks_full))
         p_bytes = Mux(a_last_q, plast, pstride)
         route = self.act_route.payload
         m.d.comb += [route.partial.eq(a_partial),
@@ -336,7 +349,8 @@ class JobSequencer(wiring.Component):
                      self.partial_entries.payload.eq((Mux(a_last_q, c_last, 1 << c_log) * job.n)[:32]),
                      self.act_cmd.payload.addr.eq(Mux(a_partial, a_p_addr, a_addr)),
                      self.act_cmd.payload.bytes.eq(Mux(a_partial, p_bytes, a_bytes))]
-        a_go = running & a_active & self.act_route.ready & (~a_partial | ((dones > pidx) & self.partial_entries.ready))
+        a_go = running & a_active & ~a_wait & self.act_route.ready & (
+            ~a_partial | ((dones > pidx) & self.partial_entries.ready))
         m.d.comb += [self.act_cmd.valid.eq(a_go), self.act_route.valid.eq(a_go & self.act_cmd.ready),
                      self.partial_entries.valid.eq(a_go & a_partial & self.act_cmd.ready)]
         a_next_pass = Signal()
@@ -347,8 +361,7 @@ class JobSequencer(wiring.Component):
             with m.Else():
                 m.d.sync += [a_rows_left.eq(a_rows_left - unit_rows),
                              a_addr.eq(a_addr + Mux(one_slice, k_r, job.k))]
-                # the pass's last command: unit_rows == a_rows_left
-                with m.If(Mux(one_slice, a_rows_left <= R, a_rows_left == 1)):
+                with m.If(a_last_cmd):
                     with m.If(a_s != 0):
                         m.d.sync += a_partial.eq(1)
                     with m.Else():
@@ -393,17 +406,27 @@ class JobSequencer(wiring.Component):
             resets += slice_stream(self.scale_cmd, job.s_addr, sb_full, sb_last, "scale")
 
         # -- requant parameters (INT8, last slice) and bias (first slice), per tile ----------------
+        # the slice and chunk loop ends as registered flags (a slice counter and a down-counter of
+        # the chunks after this one), so the step's conditions are flip-flops, not 8/33-bit compares
         r_s = Signal(8)
-        r_q = Signal(33)
-        r_t = Signal(32)
+        r_first_s, r_last_s = Signal(), Signal()     # r_s == 0, r_s == slices_m1
+        r_q_left = Signal(33)
+        r_last_q = Signal()
         r_bias = Signal()                    # phase: the tile's bias (after its requant parameters)
         r_active = Signal()
-        need_q = int8 & (r_s == slices_m1)
-        need_b = bias_on & (r_s == 0)
-        cols = Mux(r_t == tiles_m1, last_cols, T)
-        m.d.comb += [self.rq_cmd.payload.addr.eq(Mux(r_bias, job.b_addr + (r_t << (t_shift + 2)),
-                                                     job.q_addr + (r_t << (t_shift + 3)))),
-                     self.rq_cmd.payload.bytes.eq(round_words(Mux(r_bias, cols << 2, cols << 3)))]
+        need_q = int8 & r_last_s
+        need_b = bias_on & r_first_s
+        # the command from registers only (it goes straight to the data port's arbiter): the tile's
+        # two addresses kept by additions, its last-tile flag from a down-counter, the byte counts
+        # of a full and of the last tile (the latter set in SETUP)
+        r_t_left = Signal(32)                # tiles after this one
+        r_last_t = Signal()
+        r_b_addr, r_q_addr = Signal(64), Signal(64)
+        m.d.comb += [self.rq_cmd.payload.addr.eq(Mux(r_bias, r_b_addr, r_q_addr)),
+                     self.rq_cmd.payload.bytes.eq(Mux(r_bias, Mux(r_last_t, rq_b_last, round_words(T << 2)),
+                                                      Mux(r_last_t, rq_q_last, round_words(T << 3))))]
+        r_first_tile = [r_t_left.eq(tiles_m1), r_last_t.eq(tiles_m1 == 0),
+                        r_b_addr.eq(job.b_addr), r_q_addr.eq(job.q_addr)]
         r_here = Mux(r_bias, need_b, need_q)       # this command is needed
         m.d.comb += self.rq_cmd.valid.eq(running & r_active & r_here)
         r_step = (self.rq_cmd.valid & self.rq_cmd.ready) | (running & r_active & ~r_here)
@@ -413,16 +436,18 @@ class JobSequencer(wiring.Component):
             with m.Else():
                 m.d.sync += r_bias.eq(0)
                 # next tile; a pass without parameters is skipped in one step per tile
-                with m.If((r_t == tiles_m1) | ~(need_q | need_b)):
-                    m.d.sync += r_t.eq(0)
-                    with m.If(r_q == chunks_m1):
-                        m.d.sync += [r_q.eq(0), r_s.eq(r_s + 1)]
-                        with m.If(r_s == slices_m1):
+                with m.If(r_last_t | ~(need_q | need_b)):
+                    m.d.sync += r_first_tile
+                    with m.If(r_last_q):
+                        m.d.sync += [r_q_left.eq(chunks_m1), r_last_q.eq(chunks_m1 == 0), r_s.eq(r_s + 1),
+                                     r_first_s.eq(0), r_last_s.eq(r_s + 1 == slices_m1)]
+                        with m.If(r_last_s):
                             m.d.sync += r_active.eq(0)
                     with m.Else():
-                        m.d.sync += r_q.eq(r_q + 1)
+                        m.d.sync += [r_q_left.eq(r_q_left - 1), r_last_q.eq(r_q_left == 1)]
                 with m.Else():
-                    m.d.sync += r_t.eq(r_t + 1)
+                    m.d.sync += [r_t_left.eq(r_t_left - 1), r_last_t.eq(r_t_left == 1),
+                                 r_b_addr.eq(r_b_addr + (T << 2)), r_q_addr.eq(r_q_addr + (T << 3))]
 
         # -- outputs: partial-sum regions, then Y -------------------------------------------------
         o_s = Signal(8)
@@ -503,8 +528,9 @@ class JobSequencer(wiring.Component):
                                  a_q_left.eq(chunks_m1), a_last_q.eq(chunks_m1 == 0), a_m_after.eq(job.m - c_rows),
                                  a_p_addr.eq(job.p_addr), o_p_addr.eq(job.p_addr),
                                  a_rows_left.eq(Mux(job.m < c_rows, job.m, c_rows)), a_chunk_row.eq(job.x_addr),
-                                 a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0),
-                                 r_s.eq(0), r_q.eq(0), r_t.eq(0), r_bias.eq(0), r_active.eq(1),
+                                 a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0), a_wait.eq(1),
+                                 r_s.eq(0), r_first_s.eq(1), r_last_s.eq(slices_m1 == 0), r_q_left.eq(chunks_m1),
+                                 r_last_q.eq(chunks_m1 == 0), *r_first_tile, r_bias.eq(0), r_active.eq(1),
                                  o_s.eq(0), o_q.eq(0), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0),
                                  o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_b.eq(0), o_active.eq(1),
                                  o_chunk.eq(0),

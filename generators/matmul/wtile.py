@@ -22,6 +22,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...mathutil import exact_log2
+from ..counters import step_count
 from .geometry import EngineGeometry, pass_layout
 
 __all__ = ["WeightTileBuffer"]
@@ -115,7 +116,7 @@ class WeightTileBuffer(wiring.Component):
                 with m.If(pass_end):
                     m.d.sync += have.eq(0)
         m.d.comb += self.cur_lines.eq(line)
-        m.d.sync += self.cols_ahead.eq(self.cols_ahead + complete - self.free)
+        step_count(m, self.cols_ahead, complete, self.free)
         # room next cycle: cols_ahead + complete - free < slots, by cases of the registered count
         # (its compares beside the scheduler's fire logic, not behind it)
         S = G.weight_slots

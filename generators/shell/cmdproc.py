@@ -24,6 +24,7 @@ from amaranth.lib.wiring import In, Out
 from hbmforge.encodings import ErrorCode, Opcode
 from hbmforge.layout import DesignLayout
 
+from ..counters import step_count
 from ..engine import RtlOps
 from ..skid import SkidBuffer
 from ..streams import JobDone
@@ -180,7 +181,12 @@ class CommandProcessor(wiring.Component):
         done_code = dsl.o.payload[len(done_rec):]
 
         # -- prefetch: at most the current and the next descriptor requested -------------
-        fetch_idx = Signal(32)
+        # what the prefetch decision reads, as flags: descriptors not yet requested (a down-counter
+        # and its zero flag) and requested ahead of the current one (0..2), not 32-bit compares
+        fetch_left = Signal(32)
+        fetch_all = Signal()                 # every descriptor requested
+        fetch_ahead = Signal(range(3))       # requested minus finished
+        desc_next = Signal()                 # the current descriptor finished (idx steps)
         fetch_addr = Signal(64)
         cmd_valid = Signal()
         words_pending = Signal(range(2 * nwords + 1))
@@ -189,14 +195,14 @@ class CommandProcessor(wiring.Component):
             self.fetch.cmd.payload.bytes.eq(dbytes),
         ]
         want = Signal()
-        m.d.comb += want.eq(running & ~stopping & ~cmd_valid & (fetch_idx != count)
-                            & (fetch_idx - idx < 2))
+        m.d.comb += want.eq(running & ~stopping & ~cmd_valid & ~fetch_all & (fetch_ahead != 2))
+        step_count(m, fetch_ahead, want, desc_next)
         with m.If(want):
             m.d.sync += [
                 cmd_valid.eq(1),
                 self.fetch.cmd.payload.addr.eq(fetch_addr),
                 fetch_addr.eq(fetch_addr + dbytes),
-                fetch_idx.eq(fetch_idx + 1),
+                fetch_left.eq(fetch_left - 1), fetch_all.eq(fetch_left == 1),
             ]
         with m.Elif(self.fetch.cmd.ready):
             m.d.sync += cmd_valid.eq(0)
@@ -288,7 +294,8 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += [
                         running.eq(1), stopping.eq(0), count.eq(self.count),
                         idx.eq(0), desc_left.eq(self.count - 1), last_desc.eq(self.count == 1),
-                        fetch_idx.eq(0), fetch_addr.eq(self.program), word_cnt.eq(0),
+                        fetch_left.eq(self.count), fetch_all.eq(self.count == 0), fetch_ahead.eq(0),
+                        fetch_addr.eq(self.program), word_cnt.eq(0),
                         loaded.eq(0), self.status.eq(0), self.desc_done.eq(0),
                     ]
                     with m.If(self.count == 0):
@@ -342,6 +349,7 @@ class CommandProcessor(wiring.Component):
                         m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
                         m.next = "DRAIN"
                     with m.Else():
+                        m.d.comb += desc_next.eq(1)
                         m.d.sync += [self.desc_done.eq(self.desc_done + 1), idx.eq(idx + 1),
                                      desc_left.eq(desc_left - 1), last_desc.eq(desc_left == 1)]
                         with m.If(last_desc):

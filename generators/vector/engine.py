@@ -37,6 +37,7 @@ from hbmforge.mathutil import exact_log2
 from hbmforge.numerics.vector import rsqrt_in_bits
 
 from ..nonlinear.rsqrt import Rsqrt
+from ..counters import step_count
 from ..skid import SkidBuffer
 from ..products import pipelined_product, pipelined_sum
 from .arith import delayed, lanes_of, registered, valid_chain, word_of
@@ -455,15 +456,21 @@ class VectorEngine(wiring.Component):
                 with m.Case(_BT):
                     lp = i_pos >> exact_log2(P)
                     m.d.comb += [addr.eq(j.bt_addr + (((lp << 2) >> LOGW8) << LOGW8)), nbytes.eq(W8)]
+        # the command is registered before its slice (the address adds and the item mux end at a
+        # flip-flop): it is computed from the walker's state, which only an advance (or the start)
+        # changes, so a command waits one cycle after each of them
+        cmd = Signal(len(self.src_cmd.payload.as_value()))
+        cmd_stale = Signal()
+        m.d.sync += [cmd.eq(Cat(addr, nbytes)), cmd_stale.eq(iss_adv | start)]
         # the command leaves through a register slice: the port never sees the issuer's logic
-        m.submodules.src_cmd_slice = cmd_slice = SkidBuffer(len(self.src_cmd.payload.as_value()))
-        m.d.comb += [cmd_slice.i.payload.eq(Cat(addr, nbytes)),
+        m.submodules.src_cmd_slice = cmd_slice = SkidBuffer(len(cmd))
+        m.d.comb += [cmd_slice.i.payload.eq(cmd),
                      self.src_cmd.payload.as_value().eq(cmd_slice.o.payload), self.src_cmd.valid.eq(cmd_slice.o.valid),
                      cmd_slice.o.ready.eq(self.src_cmd.ready)]
         i_en = Signal()
-        m.d.comb += i_en.eq(busy & ~i_done & iw.en)
+        m.d.comb += i_en.eq(busy & ~i_done & iw.en & ~cmd_stale)
         m.d.comb += cmd_slice.i.valid.eq(i_en)
-        m.d.comb += iss_adv.eq(busy & ~i_done & (~iw.en | cmd_slice.i.ready))
+        m.d.comb += iss_adv.eq(busy & ~i_done & (~iw.en | (cmd_slice.i.ready & ~cmd_stale)))
 
         # receiver
         rx_adv = Signal()
@@ -607,7 +614,7 @@ class VectorEngine(wiring.Component):
         last_fmt = Signal.like(j.a_fmt)
         m.d.comb += last_fmt.eq(Mux(has_b, j.b_fmt, j.a_fmt))
         in_last = Signal()                   # the receiver is in the current block's last operand
-        m.d.comb += in_last.eq(busy & ~r_done & (r_blk == blk) & (r_item == Mux(has_b, _B, _A)))
+        m.d.comb += in_last.eq(busy & ~r_done & (r_lead == 0) & (r_item == Mux(has_b, _B, _A)))   # r_blk == blk
         rx_has = Signal()
         m.d.comb += rx_has.eq(Mux(last_fmt == VectorIn.ROWS32, (sw_r < r_r) | ((sw_r == r_r) & (sw_j < rw)),
                                   sw_j < (rw >> LOGR)))
@@ -687,7 +694,7 @@ class VectorEngine(wiring.Component):
         with m.Elif(napply.o_valid):
             m.d.comb += [out_v.eq(1), out_r.eq(n_r), out_j.eq(n_j), out_w.eq(napply.o)]
         m.d.comb += [sweep_we.eq(out_v), sweep_wr.eq(out_r), sweep_wa.eq(out_j), sweep_wd.eq(out_w)]
-        m.d.sync += inflight.eq(inflight + sw_issue - out_v)
+        step_count(m, inflight, sw_issue, out_v)
         sweeping = Signal()
         absmax_busy = Signal()               # the group absmax pipeline (below) still holds values
         stats_busy = Signal()                # so does the norm statistics pipeline
@@ -869,7 +876,7 @@ class VectorEngine(wiring.Component):
         st_inflight = Signal(range(_CHUNK_FIFO + 8))
         room = Signal()                      # registered with one slot of margin, as sw_room
         m.d.sync += room.eq(chunks.level + st_inflight + 2 < _CHUNK_FIFO)
-        m.d.sync += st_inflight.eq(st_inflight + op_valid - cq.o_valid)
+        step_count(m, st_inflight, op_valid, cq.o_valid)
 
         # t0: reads
         with m.If(op_kind == _BLK):
@@ -1304,7 +1311,11 @@ class VectorEngine(wiring.Component):
                     m.next = "IDLE"
 
         # -- the block sequence ------------------------------------------------------------------
-        with m.FSM(name="main"):
+        # everything written and acknowledged, one cycle late: in FINISH nothing enters the store any
+        # more, so the registered flag (taken in FINISH only) is safe and keeps the FIFO levels and
+        # the answer count off the state register
+        drained = Signal()
+        with m.FSM(name="main") as main_fsm:
             with m.State("IDLE"):
                 with m.If(start):
                     m.d.sync += blk.eq(0)
@@ -1356,13 +1367,15 @@ class VectorEngine(wiring.Component):
                         m.next = "LOAD"
             with m.State("FINISH"):
                 # every word written and acknowledged
-                with m.If(store_empty & (pending == 0) & ~wc_valid):
+                with m.If(drained):
                     m.next = "DONE"
             with m.State("DONE"):
                 # the done record from the state register alone, not from the store's drain logic
                 m.d.comb += all_done.eq(1)
                 with m.If(self.done.ready):
                     m.next = "IDLE"
+
+        m.d.sync += drained.eq(main_fsm.ongoing("FINISH") & store_empty & (pending == 0) & ~wc_valid)
 
         # -- counters: busy but moving nothing ---------------------------------------------------
         progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_issue | op_valid | emit | qp_active | rc_take

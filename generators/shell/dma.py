@@ -318,27 +318,30 @@ class BurstWriter(_BurstMover):
         ]
 
         # W sequencer: one burst after another from the wlen queue, no bubbles between bursts
+        # (the burst's last beat as a flag kept beside the beat counter: WLAST and the next burst's
+        # load start at a flip-flop, not at a compare)
         w_active = Signal()
         w_left = Signal(8)
+        w_last = Signal()                    # w_left == 0
         w_beat = Signal()
         m.d.comb += [
             bus.wvalid.eq(w_active & fifo.r_rdy),
             bus.wdata.eq(fifo.r_data),
             bus.wstrb.eq(Const(-1, W // 8)),
-            bus.wlast.eq(w_left == 0),
+            bus.wlast.eq(w_last),
             w_beat.eq(w_active & fifo.r_rdy & bus.wready),
             fifo.r_en.eq(w_beat),
         ]
         load = Signal()
-        m.d.comb += load.eq((~w_active | (w_beat & (w_left == 0))) & wlen.r_rdy)
+        m.d.comb += load.eq((~w_active | (w_beat & w_last)) & wlen.r_rdy)
         m.d.comb += wlen.r_en.eq(load)
         with m.If(load):
-            m.d.sync += [w_active.eq(1), w_left.eq(wlen.r_data)]
+            m.d.sync += [w_active.eq(1), w_left.eq(wlen.r_data), w_last.eq(wlen.r_data == 0)]
         with m.Elif(w_beat):
-            with m.If(w_left == 0):
+            with m.If(w_last):
                 m.d.sync += w_active.eq(0)
             with m.Else():
-                m.d.sync += w_left.eq(w_left - 1)
+                m.d.sync += [w_left.eq(w_left - 1), w_last.eq(w_left == 1)]
 
         # B: retire bursts in order; one done record per command
         done_valid = Signal()

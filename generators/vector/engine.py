@@ -264,6 +264,7 @@ class VectorEngine(wiring.Component):
                 self.addr = Signal(range(DW), name=f"{name}_addr")
                 self.data = Signal(W, name=f"{name}_data")
                 self.en = Signal(L, name=f"{name}_en")
+                self.we = Signal(name=f"{name}_we")      # the port writes (en is its lane pattern)
 
         def tile(name):
             rows = []
@@ -540,7 +541,7 @@ class VectorEngine(wiring.Component):
                                 Mux(r_item == _A, j.a_fmt, j.b_fmt))):
             with m.If(hit & (fmt == VectorIn.ROWS32)):
                 for r, (_, wp, _) in enumerate(tile):
-                    m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(Mux(r_r == r, full, 0))]
+                    m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(full), wp.we.eq(r_r == r)]
             with m.Elif(hit):
                 # blocked: element i = k*L + l of word k is row i % R, column i // R
                 k = rw
@@ -550,17 +551,18 @@ class VectorEngine(wiring.Component):
                         q = k[:LOGR] if LOGR else Const(0, 1)
                         m.d.comb += [wp.addr.eq(k >> LOGR),
                                      wp.data.eq(word_of([lanes[(p % per) * R + r] for p in range(L)])),
-                                     wp.en.eq(Const((1 << per) - 1, L) << (q * per))]
+                                     wp.en.eq(Const((1 << per) - 1, L) << (q * per)), wp.we.eq(1)]
                     else:                          # one column of L rows
                         rl = R // L
                         col = k >> exact_log2(rl)
                         m.d.comb += [wp.addr.eq(col >> LOGL), wp.data.eq(Cat(*([lanes[r % L]] * L))),
-                                     wp.en.eq(Mux(k[:exact_log2(rl)] == r // L, Const(1, L) << col[:LOGL], 0))]
-        # route the receiver (bank rbank) and the write-back (bank cbank) to the bank memories
+                                     wp.en.eq(Const(1, L) << col[:LOGL]), wp.we.eq(k[:exact_log2(rl)] == r // L)]
+        # route the receiver (bank rbank) and the write-back (bank cbank) to the bank memories (by
+        # the receiver's one-bit write flag, not an OR over its lane enables)
         for rows in (tile_a, tile_b):
             for banks, rx, sw in rows:
                 for k, (_, wp, _) in enumerate(banks):
-                    with m.If((rx.en != 0) & (rbank == k)):
+                    with m.If(rx.we & (rbank == k)):
                         m.d.comb += [wp.addr.eq(rx.addr), wp.data.eq(rx.data), wp.en.eq(rx.en)]
                     with m.Elif(cbank == k):
                         m.d.comb += [wp.addr.eq(sw.addr), wp.data.eq(sw.data), wp.en.eq(sw.en)]
@@ -1379,5 +1381,8 @@ class VectorEngine(wiring.Component):
 
         # -- counters: busy but moving nothing ---------------------------------------------------
         progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_issue | op_valid | emit | qp_active | rc_take
-        m.d.comb += [self.stall.eq(busy & ~progress), self.mac_inc.eq(0)]
+        # stall registered (one cycle late, the same count): the progress terms are handshakes deep in
+        # the engine, and the kernel's counter glue registers it once more
+        m.d.sync += self.stall.eq(busy & ~progress)
+        m.d.comb += self.mac_inc.eq(0)
         return m

@@ -50,7 +50,7 @@ from .scheduler import OUT_RAW, FireScheduler
 from .sequencer import JobSequencer
 from .signature import matmul_signature
 from ..counters import step_count
-from ..skid import SkidBuffer
+from ..skid import SkidBuffer, slice_stream
 from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
 from .wtile import WeightTileBuffer
@@ -323,7 +323,9 @@ class MatmulEngine(wiring.Component):
         m.submodules.packer = packer = OutputPacker(rows=R, data_width=W)
         m.d.comb += [packer.i.payload.eq(fifo.r_data), packer.i.valid.eq(fifo.r_rdy),
                      fifo.r_en.eq(packer.i.ready), packer.start.eq(start)]
-        wiring.connect(m, packer.o, wiring.flipped(self.out_data))
+        # the output words through a register slice: the port's ready reaches the packer and the column
+        # FIFO's level logic only through a flip-flop
+        slice_stream(m, "out_skid", packer.o, self.out_data)
 
         # Output credit: columns issued and not yet taken out of the FIFO.
         inflight = Signal(range(self._fifo_depth + 1))

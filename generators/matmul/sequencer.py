@@ -329,7 +329,7 @@ class JobSequencer(wiring.Component):
         dones = Signal(32)
         # the compares of the rows left as registers, taken the cycle after every change of
         # a_rows_left (a command transfer or the job's start), during which no command goes: one
-        # idle cycle per activation command keeps a 33-bit compare off its subtraction and the port
+        # idle cycle per activation command keeps a 33-bit compare off its subtraction
         one_slice = Signal()
         a_wait = Signal()
         a_short = Signal()                   # a_rows_left < R
@@ -341,14 +341,19 @@ class JobSequencer(wiring.Component):
         unit_rows = Mux(one_slice, Mux(a_short, rows_here, R), 1)
         short_bytes = Cat(*k_rows).word_select(rows_here[:max(1, (R - 1).bit_length())], len(k_rows[0])) \
             if R > 1 else k_rows[0]
-        a_bytes = Mux(one_slice, Mux(a_short, short_bytes, k_r), Mux(a_s == slices_m1, k_last, ks_full))
+        # the command, its route record and entry count are registers too, from the same state (the
+        # idle cycle after each change lets them settle): the data port's arbiter sees flip-flops
+        a_bytes = Mux(one_slice, Mux(rows_here < R, short_bytes, k_r), Mux(a_s == slices_m1, k_last, ks_full))
         p_bytes = Mux(a_last_q, plast, pstride)
+        cmd_addr, cmd_bytes, entries = Signal(64), Signal(32), Signal(32)
+        m.d.sync += [cmd_addr.eq(Mux(a_partial, a_p_addr, a_addr)), cmd_bytes.eq(Mux(a_partial, p_bytes, a_bytes)),
+                     entries.eq((Mux(a_last_q, c_last, 1 << c_log) * job.n)[:32])]
         route = self.act_route.payload
         m.d.comb += [route.partial.eq(a_partial),
-                     route.words.eq(Mux(a_partial, p_bytes, a_bytes) >> word_shift),
-                     self.partial_entries.payload.eq((Mux(a_last_q, c_last, 1 << c_log) * job.n)[:32]),
-                     self.act_cmd.payload.addr.eq(Mux(a_partial, a_p_addr, a_addr)),
-                     self.act_cmd.payload.bytes.eq(Mux(a_partial, p_bytes, a_bytes))]
+                     route.words.eq(cmd_bytes >> word_shift),
+                     self.partial_entries.payload.eq(entries),
+                     self.act_cmd.payload.addr.eq(cmd_addr),
+                     self.act_cmd.payload.bytes.eq(cmd_bytes)]
         a_go = running & a_active & ~a_wait & self.act_route.ready & (
             ~a_partial | ((dones > pidx) & self.partial_entries.ready))
         m.d.comb += [self.act_cmd.valid.eq(a_go), self.act_route.valid.eq(a_go & self.act_cmd.ready),

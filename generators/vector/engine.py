@@ -63,11 +63,15 @@ _CHUNK_FIFO = 1 << (ElementPipe.LATENCY + 2).bit_length()
 
 def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
     """While ``active`` (and ``step``): step ``item`` through ``items``, then ``row`` through ``rows``;
-    clear ``active`` after the last (both counters back at 0)."""
+    clear ``active`` after the last (both counters back at 0). The bounds minus one are registered
+    every cycle (they settle before a walk starts: job constants and the block's row count), so
+    the loop ends are equalities of flip-flops, not an add and compare."""
+    items_m1, rows_m1 = Signal.like(item), Signal.like(row)
+    m.d.sync += [items_m1.eq(items - 1), rows_m1.eq(rows - 1)]
     with m.If(active & step):
-        with m.If(item + 1 == items):
+        with m.If(item == items_m1):
             m.d.sync += item.eq(0)
-            with m.If(row + 1 == rows):
+            with m.If(row == rows_m1):
                 m.d.sync += [row.eq(0), active.eq(0)]
             with m.Else():
                 m.d.sync += row.eq(row + 1)
@@ -1135,6 +1139,10 @@ class VectorEngine(wiring.Component):
         # Starts while the store FSM is idle at (row 0, head 0) of block 0: maddr is head 0's word.
         # With port groups the words of group g are read from pool g at the same offset (pf_off).
         pf_h = Signal(range(max_heads + 1))
+        # the head loops' last values, registered job constants (equalities, not an add and compare,
+        # on the store FSM's next state)
+        heads_m1, hg_m1 = Signal(range(max_heads + 1)), Signal(range(max_heads + 1))
+        m.d.sync += [heads_m1.eq(heads - 1), hg_m1.eq(hg - 1)]
         pf_hg = Signal(range(max_heads + 1))
         pf_off = Signal(64)
         pf_run = Signal()
@@ -1164,12 +1172,12 @@ class VectorEngine(wiring.Component):
             ``new_row``), or FLUSH. The KV addresses step with the head."""
             m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
                          st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
-            with m.If(st_hg + 1 == hg):
+            with m.If(st_hg == hg_m1):
                 m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
                 if kv_rows is not None:
                     m.d.sync += [st_vaddr.eq(pool_next + kv_rows.v_off), st_maddr.eq(pool_next + kv_rows.m_off)]
             m.next = again
-            with m.If(st_h + 1 == heads):
+            with m.If(st_h == heads_m1):
                 m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1),
                              st_port.eq(Mux(kv_mode, j.port, 0))]
                 m.next = new_row

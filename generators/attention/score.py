@@ -192,19 +192,12 @@ class ScoreUnit(wiring.Component):
         zC = [Signal(signed(Z_BITS), name=f"z{r}") for r in range(rows)]
         visC = [Signal(name=f"vis{r}") for r in range(rows)]
         for r in range(rows):
-            # S x mult as two one-DSP-tile products (S's low 26 bits unsigned, its high part signed),
-            # registered; their sum (a carry chain) goes with the shift: no unregistered DSP cascade
-            # ahead of a fabric adder
-            lo_bits = 26
-            pp_lo = Signal(unsigned(MULT_BITS + lo_bits), name=f"sm_lo{r}")
-            pp_hi = Signal(signed(MULT_BITS + sbits - lo_bits + 1), name=f"sm_hi{r}")
+            prod = Signal(signed(sbits + MULT_BITS + 1), name=f"sm{r}")
             vis1, vis2 = Signal(name=f"vis1_{r}"), Signal(name=f"vis2_{r}")
             in_win = (self.window == 0) | (Cat(jB, Const(0, 1)).as_signed() >= lo[r]) | (jB < self.sink)
-            m.d.sync += [pp_lo.eq(Sf[r][:lo_bits] * mult[r]), pp_hi.eq(Sf[r][lo_bits:].as_signed() * mult[r]),
+            m.d.sync += [prod.eq(Sf[r] * mult[r]),
                          vis1.eq((r < nv) & (self.bidir | ((jB <= pos[r]) & in_win))), vis2.eq(vis1),
                          visC[r].eq(vis2)]
-            prod = Signal(signed(sbits + MULT_BITS + 1), name=f"sm{r}")
-            m.d.comb += prod.eq(pp_lo + (pp_hi << lo_bits))
             # rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1, and v = ((2v + 1) >> 1) for s = 0
             sm1 = (shift[r] - 1)[:max(1, MAX_SHIFT.bit_length())]
             sh = Signal(signed(sbits + MULT_BITS + 2), name=f"zsh{r}")

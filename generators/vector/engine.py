@@ -1101,9 +1101,11 @@ class VectorEngine(wiring.Component):
             tok_per_word = max(W8 // (ng * 2), 1)
             tok_in_word = slot[:exact_log2(tok_per_word)] if tok_per_word > 1 else Const(0, 1)
             val_chunks = hd // L
-            zero_chunks = Signal(8)
-            m.d.comb += zero_chunks.eq(Mux(int4, (vb4 // W8) * 8 - val_chunks, (vb8 // W8) * 4 - val_chunks))
-            zero_chunks_m1 = Mux(int4, (vb4 // W8) * 8 - val_chunks - 1, (vb8 // W8) * 4 - val_chunks - 1)
+            # registered job constants (int4 is one): the store FSM's next state compares flip-flops
+            zero_chunks, zero_chunks_m1 = Signal(8), Signal(8)
+            m.d.sync += [zero_chunks.eq(Mux(int4, (vb4 // W8) * 8 - val_chunks, (vb8 // W8) * 4 - val_chunks)),
+                         zero_chunks_m1.eq(Mux(int4, (vb4 // W8) * 8 - val_chunks - 1,
+                                               (vb8 // W8) * 4 - val_chunks - 1))]
             g_of_j = Signal(range(GPR))
             m.d.comb += g_of_j.eq(((st_h << exact_log2(hd)) + (st_j << LOGL)) >> exact_log2(G))
             # u16 position p of the span takes the head's mantissa p % ng when p // ng is the token's slot

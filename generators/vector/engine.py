@@ -988,6 +988,11 @@ class VectorEngine(wiring.Component):
         store_empty = Signal()
         m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0)
                                    & ~osl.o.valid & osl.i.ready)
+        # the same, one cycle late, for the store FSM's waits: empty last cycle with no op issued and no
+        # chunk written then means empty now (nothing else feeds the store), so the FIFO levels stay
+        # off the FSM's next state; a wait ends at most one cycle later
+        store_empty_r = Signal()
+        m.d.sync += store_empty_r.eq(store_empty & ~op_valid & ~chunks.w_en)
 
         # write commands and their answers
         wc_valid = Signal()
@@ -1203,7 +1208,7 @@ class VectorEngine(wiring.Component):
                     m.next = "CMD"
             with m.State("CMD"):
                 # a write to another port than the packer's waits until its words have left
-                m.d.comb += wc_valid.eq((st_port == out_port) | store_empty)
+                m.d.comb += wc_valid.eq((st_port == out_port) | store_empty_r)
                 with m.If(wc_take):
                     m.d.sync += out_port.eq(st_port)
                 with m.Switch(j.out_fmt):
@@ -1287,7 +1292,7 @@ class VectorEngine(wiring.Component):
                     # this job can touch them; earlier jobs are done)
                     m.d.sync += [rd_words.eq(0), rd_mode.eq(1)]
                     m.next = "RDATA"
-                with m.Elif((pending == 0) & store_empty):
+                with m.Elif((pending == 0) & store_empty_r):
                     # every earlier KV write acknowledged: the mantissa word holds what they wrote
                     m.d.sync += [rc_valid.eq(1), rd_words.eq(0), rd_mode.eq(1)]
                     m.next = "RDATA"

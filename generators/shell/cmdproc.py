@@ -162,7 +162,6 @@ class CommandProcessor(wiring.Component):
 
         running = Signal()
         stopping = Signal()
-        count = Signal(32)
         idx = Signal(32)           # descriptor being loaded / checked / run
         # idx + 1 == count as a registered flag (a down-counter of the descriptors after idx), not
         # an adder feeding a 32-bit compare on the job-done path
@@ -292,7 +291,7 @@ class CommandProcessor(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [
-                        running.eq(1), stopping.eq(0), count.eq(self.count),
+                        running.eq(1), stopping.eq(0),
                         idx.eq(0), desc_left.eq(self.count - 1), last_desc.eq(self.count == 1),
                         fetch_left.eq(self.count), fetch_all.eq(self.count == 0), fetch_ahead.eq(0),
                         fetch_addr.eq(self.program), word_cnt.eq(0),

@@ -27,7 +27,18 @@ from ..lutmul import LUT_PRODUCT_MAX_BITS, lut_product
 from ..params import require_positive_ints, require_powers_of_two
 from .pipe import delay
 
-__all__ = ["MacArray", "product", "wrap_tree", "LANE_FORMATS"]
+__all__ = ["MacArray", "product", "wrap_tree", "LANE_FORMATS", "array_latency", "PAIR_SLOT_BITS"]
+
+#: a pair-fire slot: a 2-bit int2 value (bits 0-1), then the 2-bit index of its position in the group
+PAIR_SLOT_BITS = 4
+
+
+def array_latency(*, lanes: int, group_size: int, levels_per_stage: int, pairs: bool = False) -> int:
+    """:attr:`MacArray.latency` from its parameters: the fire and product registers, the tree
+    stages, and the activation select of the pair fire."""
+    span = min(lanes, group_size) // (2 if pairs else 1)
+    tree_levels = span.bit_length() - 1
+    return 2 + int(pairs) + (-(-tree_levels // levels_per_stage) if tree_levels else 0)
 
 LANE_FORMATS = ("int", "int4", "int2", "ternary")
 
@@ -87,13 +98,27 @@ class MacArray(wiring.Component):
     ``"int4"`` (3- or 4-bit lanes, shift-and-add in LUTs), ``"int2"`` (2-bit lanes in
     [-2, 1]) or ``"ternary"`` (2-bit lanes in [-1, 1] only, e.g. an engine whose only
     format is ternary). Default: ``"int2"`` for 2-bit lanes, ``"int"`` otherwise.
+
+    ``pairs``: the 2:4 pair fire (docs/engines/matmul.md, "Pair fire"). The trees sum half
+    groups (``G / 2`` lanes: ``sums`` has ``2 L / G`` entries a row, group ``j`` being entries
+    ``2j`` and ``2j + 1``), and a fire with ``pair`` set reads each lane as a *slot*: a 2-bit
+    int2 value (bits 0-1) and a 2-bit index (bits 2-3). Slot ``s`` of half ``h`` (``h = s //
+    (L/2)``) belongs to 2:4 group ``q = (s mod L/2) // 2`` of column ``h`` and multiplies
+    activation ``x[4q + index]``: the two columns' ``L`` non-zeros in one fire, the zeros
+    skipped. Column ``h``'s group ``j`` is then entry ``h L / G + j``. One more register stage
+    (the activation select) than without ``pairs``.
     """
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, weight_shape, tag_layout,
-                 levels_per_stage: int = 2, lane_format: str | None = None):
+                 levels_per_stage: int = 2, lane_format: str | None = None, pairs: bool = False):
         require_positive_ints(rows=rows, lanes=lanes, group_size=group_size, levels_per_stage=levels_per_stage)
         require_powers_of_two(lanes=lanes, group_size=group_size)
         width = weight_shape.width
+        if not isinstance(pairs, bool):
+            raise TypeError(f"pairs must be True or False, got {pairs!r}")
+        if pairs and (width < 4 or group_size < 8 or lanes < group_size):
+            raise ValueError(f"pairs needs weight lanes of at least 4 bits (a 2-bit value and a 2-bit index), "
+                             f"group_size >= 8 and lanes >= group_size, got {weight_shape!r}, {group_size}, {lanes}")
         if lane_format is None:
             lane_format = "int2" if width == 2 else "int"
         if lane_format not in LANE_FORMATS:
@@ -104,15 +129,18 @@ class MacArray(wiring.Component):
             raise ValueError(f"lane_format 'int4' needs 2- to 4-bit weight lanes, got {weight_shape!r}")
         self._lane_format = lane_format
         self._rows, self._lanes, self._group = rows, lanes, group_size
-        self._span = min(lanes, group_size)              # lanes per group sum
-        self._groups = max(1, lanes // group_size)       # group sums per fire
+        self._pairs = pairs
+        # lanes per tree (a group, or half a group for the pair fire) and trees per row
+        self._span = min(lanes, group_size) // (2 if pairs else 1)
+        self._groups = lanes // self._span
         self._levels_per_stage = levels_per_stage
         self._weight_shape = weight_shape
         self._sum_bits = 8 + weight_shape.width + (self._span.bit_length() - 1)
-        tree_levels = self._span.bit_length() - 1
-        self._latency = 2 + (-(-tree_levels // levels_per_stage) if tree_levels else 0)
+        self._latency = array_latency(lanes=lanes, group_size=group_size, levels_per_stage=levels_per_stage,
+                                      pairs=pairs)
         super().__init__({
             "valid": In(1),
+            "pair": In(1),
             "w": In(data.ArrayLayout(weight_shape, lanes)),
             "x": In(data.ArrayLayout(data.ArrayLayout(unsigned(8), lanes), rows)),
             "tag": In(tag_layout),
@@ -127,7 +155,12 @@ class MacArray(wiring.Component):
 
     @property
     def groups_per_fire(self) -> int:
+        """Tree sums per row: groups, or half groups with ``pairs``."""
         return self._groups
+
+    @property
+    def pairs(self) -> bool:
+        return self._pairs
 
     @property
     def sum_shape(self):
@@ -146,11 +179,32 @@ class MacArray(wiring.Component):
 
         # Fire register: weights sign-extended to sum_bits by arithmetic, w = (w + s mod 2s) - s
         # with s = 2^(ww-1), as unsigned adds: two adds per lane instead of one operation per
-        # replicated sign bit.
+        # replicated sign bit. A pair fire's lane is a 2-bit value (the same with ww = 2) and an index.
         we = [Signal(sb, name=f"we{l}", reset_less=True) for l in range(L)]
-        flip = 1 << (ww - 1)
+
+        def extend(w, bits):
+            flip = 1 << (bits - 1)
+            return ((w[:bits].as_unsigned() + flip)[:bits] + ((1 << sb) - flip))[:sb]
+
         for l in range(L):
-            m.d.sync += we[l].eq(((self.w[l].as_unsigned() + flip)[:ww] + ((1 << sb) - flip))[:sb])
+            wide = extend(self.w[l], ww)
+            m.d.sync += we[l].eq(Mux(self.pair, extend(self.w[l], 2), wide) if self._pairs else wide)
+        x = self.x
+        if self._pairs:
+            # the activation select: slot l reads x[4q + index] of its group q (pair fire) or x[l]
+            pair = delay(m, self.pair, 1, name="pair")
+            idx = delay(m, self.w.as_value(), 1, name="slots", reset_less=True)
+            half = L // 2
+            xs = [[Signal(8, name=f"xs{r}_{l}", reset_less=True) for l in range(L)] for r in range(R)]
+            for l in range(L):
+                base = 4 * ((l % half) // 2)
+                sel = idx[l * ww + 2:l * ww + 4]
+                for r in range(R):
+                    near = Mux(sel[1], Mux(sel[0], x[r][base + 3], x[r][base + 2]),
+                               Mux(sel[0], x[r][base + 1], x[r][base]))
+                    m.d.sync += xs[r][l].eq(Mux(pair, near, x[r][l]))
+            x = xs
+            we = [delay(m, w, 1, name=f"we{l}_x", reset_less=True) for l, w in enumerate(we)]
 
         # Products (x + 128) * w mod 2^sb; the weight sum starts one stage earlier (from the
         # fire register) and its root is delayed to line up with the product trees.
@@ -162,10 +216,10 @@ class MacArray(wiring.Component):
                 prods = []
                 for l in lanes:
                     p = Signal(sb, name=f"p{r}_{l}", reset_less=True)
-                    m.d.sync += p.eq(product(self.x[r][l], we[l], self._lane_format, sb))
+                    m.d.sync += p.eq(product(x[r][l], we[l], self._lane_format, sb))
                     prods.append(p)
                 root, stages = wrap_tree(m, prods, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
-                assert 2 + stages == self._latency
+                assert 2 + int(self._pairs) + stages == self._latency
                 m.d.comb += self.sums[r][j].eq((root - (wsum << 7))[:sb])
 
         valid = delay(m, self.valid, self._latency, name="valid")

@@ -35,9 +35,9 @@ from amaranth.lib.fifo import SyncFIFOBuffered
 
 from ...layout import DesignLayout
 from ...mathutil import exact_log2
-from .accum import GroupAccumulator
+from .accum import GroupAccumulator, accum_latency
 from .actbuf import ActivationBuffer
-from .array import MacArray
+from .array import MacArray, array_latency
 from .colparams import ColumnParams
 from .gearbox import WidthAdapter
 from .inline import InlineScaleDemux
@@ -97,9 +97,8 @@ class MatmulEngine(wiring.Component):
             arr_lat = tlmm_array_latency(lanes=mm.lanes, group_size=mm.group_size, g=mm.tlmm_group,
                                          levels_per_stage=levels_per_stage)
         else:
-            arr_lat = 2 + -(-(min(mm.lanes, mm.group_size).bit_length() - 1) // levels_per_stage)
-        tree = self._groups.bit_length() - 1
-        acc_lat = 3 + (-(-tree // levels_per_stage) if tree else 0)
+            arr_lat = array_latency(lanes=mm.lanes, group_size=mm.group_size, levels_per_stage=levels_per_stage)
+        acc_lat = accum_latency(groups=self._groups, levels_per_stage=levels_per_stage)
         self._latency = ISSUE_LATENCY + arr_lat + acc_lat + OutputStage.LATENCY
         self._fifo_depth = self._latency + 4
         super().__init__(matmul_signature(layout))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["GROUP", "KEEP", "prune_2_4", "is_2_4", "sparse24_mask", "encode_sparse24_stream",
-           "decode_sparse24_stream"]
+           "decode_sparse24_stream", "pair_slots", "pair_fire_sums"]
 
 GROUP, KEEP = 4, 2
 
@@ -100,3 +100,39 @@ def decode_sparse24_stream(stream_bits: np.ndarray, count: int, bits: int, terna
     t = np.arange(GROUP, dtype=np.int16)[None, :]
     out = np.where(i0[:, None] == t, vals[0][:, None], np.where(i1[:, None] == t, vals[1][:, None], 0))
     return out.reshape(-1).astype(np.int16)
+
+
+def pair_slots(stream_bits: np.ndarray, lanes: int, ternary: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A 2:4 2-bit pair line as the pair fire reads it: ``lanes`` slots ``(value, index)``.
+
+    ``stream_bits``: ``4 * lanes`` stream bits (least significant first), two columns' chunks of
+    ``lanes`` dense weights each, back to back (so ``lanes / 2`` packed groups). Slot ``2q`` is
+    group ``q``'s ``(v0, i0)``, slot ``2q + 1`` its ``(v1, i1)``; values decode as in
+    :func:`decode_sparse24_stream`, and a repeated index (``i1 == i0``) gives ``v1`` the value 0,
+    as the dense decode keeps ``v0`` only.
+    """
+    groups = lanes // 2
+    fields = np.asarray(stream_bits)[:groups * 8].reshape(groups, 8).astype(np.int16)
+
+    def field(lo: int) -> np.ndarray:
+        return fields[:, lo] | (fields[:, lo + 1] << 1)
+
+    vals = []
+    for v in (field(0), field(2)):
+        vals.append(np.array([0, 1, 0, -1], dtype=np.int16)[v] if ternary else v - ((v >= 2) << 2))
+    i0, i1 = field(4), field(6)
+    vals[1] = np.where(i1 == i0, 0, vals[1])
+    return np.stack(vals, axis=1).reshape(-1), np.stack([i0, i1], axis=1).reshape(-1)
+
+
+def pair_fire_sums(x: np.ndarray, values: np.ndarray, indexes: np.ndarray, group_size: int) -> np.ndarray:
+    """The pair fire's half-group sums (golden model of :class:`~hbmforge.generators.matmul.array.MacArray`
+    with ``pairs``): ``x [R, L]`` activations, ``values``/``indexes`` the ``L`` slots
+    (:func:`pair_slots`). Entry ``h L / G + j`` of a row is column ``h``'s group ``j``:
+    ``sum`` over its ``G / 2`` slots of ``value * x[4q + index]``."""
+    x = np.asarray(x, dtype=np.int64)
+    L = x.shape[1]
+    slot = np.arange(L)
+    pos = 4 * ((slot % (L // 2)) // 2) + np.asarray(indexes, dtype=np.int64)
+    prods = x[:, pos] * np.asarray(values, dtype=np.int64)[None, :]
+    return prods.reshape(x.shape[0], -1, group_size // 2).sum(axis=2)

@@ -1,0 +1,154 @@
+"""The 2:4 pair fire's datapath units: MacArray and GroupAccumulator with ``pairs``, bit-exact
+against hbmforge.numerics.sparse (and, through it, against the dense product of the decoded columns)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from amaranth.hdl import signed, unsigned
+
+from hbmforge.generators.matmul.accum import GroupAccumulator
+from hbmforge.generators.matmul.array import MacArray
+from hbmforge.numerics.sparse import (decode_sparse24_stream, encode_sparse24_stream, pair_fire_sums, pair_slots,
+                                      prune_2_4)
+from sim_helpers import rejects, simulate
+
+
+def _pair_line(rng, lanes: int, ternary: bool):
+    """Two random 2:4 2-bit columns of ``lanes`` weights -> (slot words, dense columns [2, L])."""
+    if ternary:
+        cols = prune_2_4(rng.integers(-1, 2, (2, lanes)))
+        codes = np.where(cols < 0, 3, cols)            # ternary codes 00 0, 01 +1, 11 -1
+    else:
+        cols = prune_2_4(rng.integers(-2, 2, (2, lanes)))
+        codes = cols
+    raw = encode_sparse24_stream(codes.reshape(-1), 2)
+    if rng.random() < 0.3:                             # reserved codes and repeated indexes too
+        raw = rng.integers(0, 256, raw.size).astype(np.uint8)
+    bits = np.unpackbits(raw, bitorder="little")
+    dense = decode_sparse24_stream(bits, 2 * lanes, 2, ternary).reshape(2, lanes)
+    vals, idx = pair_slots(bits, lanes, ternary)
+    words = [int(v & 3) | int(i) << 2 for v, i in zip(vals, idx)]
+    return words, vals, idx, dense
+
+
+@pytest.mark.parametrize("lanes,group,fmt", [(32, 16, None), (16, 16, "int4"), (64, 8, None)])
+def test_mac_array_pair_fire_sums_two_columns_and_dense_fires_stay_exact(lanes, group, fmt):
+    rng = np.random.default_rng(lanes * group)
+    R = 2
+    dut = MacArray(rows=R, lanes=lanes, group_size=group, weight_shape=signed(4), tag_layout=unsigned(8),
+                   lane_format=fmt, pairs=True)
+    assert dut.groups_per_fire == 2 * lanes // group
+    fires = []
+    for i in range(12):
+        x = rng.integers(-128, 128, (R, lanes))
+        if i < 2:
+            x[:] = -128 if i == 0 else 127
+        if rng.random() < 0.5:
+            ternary = bool(rng.random() < 0.5)
+            words, vals, idx, dense = _pair_line(rng, lanes, ternary)
+            exp = pair_fire_sums(x, vals, idx, group)
+            # the pair sums are the dense products of the two decoded columns, group by group
+            span = min(lanes, group)
+            for h in range(2):
+                for j in range(lanes // span):
+                    got = exp[:, h * lanes // group + j]
+                    want = x[:, j * span:(j + 1) * span] @ dense[h, j * span:(j + 1) * span]
+                    assert (got == want).all()
+            fires.append((1, words, x, exp))
+        else:
+            w = rng.integers(-8, 8, lanes)
+            half = group // 2
+            exp = (x * w[None, :]).reshape(R, -1, half).sum(axis=2)
+            fires.append((0, [int(v) & 15 for v in w], x, exp))
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(fires) + dut.latency + 1):
+            if i < len(fires):
+                pair, words, _, _ = fires[i]
+                ctx.set(dut.valid, 1)
+                ctx.set(dut.pair, pair)
+                ctx.set(dut.tag, i)
+                for l in range(lanes):
+                    ctx.set(dut.w[l], words[l] - 16 if words[l] >= 8 else words[l])
+            else:
+                ctx.set(dut.valid, 0)
+            if 0 < i <= len(fires):                    # activations one cycle after the fire
+                x = fires[i - 1][2]
+                for r in range(R):
+                    for l in range(lanes):
+                        ctx.set(dut.x[r][l], (int(x[r, l]) + 128) & 0xFF)
+            await ctx.tick()
+            if ctx.get(dut.o_valid):
+                got.append((ctx.get(dut.o_tag), [[ctx.get(dut.sums[r][j]) for j in range(dut.groups_per_fire)]
+                                                 for r in range(R)]))
+
+    simulate(dut, bench)
+    assert [t for t, _ in got] == list(range(len(fires)))
+    for (_, sums), (_, _, _, exp) in zip(got, fires):
+        assert sums == exp.tolist()
+
+
+def test_group_accumulator_pairs_scale_each_half_and_keep_dense_columns_whole():
+    rng = np.random.default_rng(11)
+    R, NG = 2, 4                                       # 4 half-group partials: 2 groups a column
+    dut = GroupAccumulator(rows=R, groups=NG, sum_shape=signed(16), group_bits=18, scale_bits=16,
+                           acc_bits=44, tag_layout=unsigned(4), pairs=True)
+    fires, expected = [], []
+    for col in range(10):
+        pair = rng.random() < 0.5
+        nf = 1 if pair else int(rng.integers(1, 4))
+        acc = np.zeros((2, R), dtype=object)
+        for f in range(nf):
+            sums = rng.integers(-(1 << 15), 1 << 15, (R, NG))
+            if pair:
+                scales = rng.integers(0, 1 << 16, NG)
+                for h in range(2):
+                    acc[h] += [sum(int(sums[r, h * 2 + j]) * int(scales[h * 2 + j]) for j in range(2))
+                               for r in range(R)]
+            else:                                      # a dense group's scale on both its halves
+                g = rng.integers(0, 1 << 16, NG // 2)
+                scales = np.repeat(g, 2)
+                acc[0] += [sum(int(sums[r, k]) * int(scales[k]) for k in range(NG)) for r in range(R)]
+            fires.append(dict(sums=sums, scales=scales, pair=pair, first=f == 0, last=f == nf - 1, tag=col))
+        expected.append((col, [int(v) for v in acc[0]] + [int(v) for v in acc[1]]))
+    got = []
+
+    async def bench(ctx):
+        pending = list(fires)
+        idle = 0
+        while pending or idle < dut.latency + 2:
+            if pending and rng.random() < 0.8:
+                f = pending.pop(0)
+                ctx.set(dut.valid, 1)
+                ctx.set(dut.pair, f["pair"])
+                for r in range(R):
+                    for k in range(NG):
+                        ctx.set(dut.sums[r][k], int(f["sums"][r, k]))
+                for k in range(NG):
+                    ctx.set(dut.scales[k], int(f["scales"][k]))
+                for k in ("grp_first", "grp_last"):
+                    ctx.set(getattr(dut, k), 1)
+                ctx.set(dut.col_first, f["first"])
+                ctx.set(dut.col_last, f["last"])
+                ctx.set(dut.tag, f["tag"])
+            else:
+                ctx.set(dut.valid, 0)
+                idle += not pending
+            await ctx.tick()
+            if ctx.get(dut.o_valid):
+                got.append((ctx.get(dut.o_tag), [ctx.get(dut.acc[r]) for r in range(2 * R)]))
+
+    simulate(dut, bench)
+    assert got == expected
+
+
+def test_pair_units_name_bad_parameters():
+    rejects(lambda: MacArray(rows=1, lanes=16, group_size=16, weight_shape=signed(2), tag_layout=unsigned(1),
+                             pairs=True), ValueError, "pairs needs weight lanes of at least 4 bits")
+    rejects(lambda: MacArray(rows=1, lanes=8, group_size=16, weight_shape=signed(4), tag_layout=unsigned(1),
+                             pairs=True), ValueError, "lanes >= group_size")
+    rejects(lambda: MacArray(rows=1, lanes=16, group_size=16, weight_shape=signed(4), tag_layout=unsigned(1),
+                             pairs=1), TypeError, "pairs must be True or False")
+    rejects(lambda: GroupAccumulator(rows=1, groups=1, sum_shape=signed(8), group_bits=9, scale_bits=16,
+                                     acc_bits=30, tag_layout=unsigned(1), pairs=True), ValueError, "pairs needs at least two")

@@ -111,6 +111,10 @@ class MatmulEngine(_EngineBase):
                             "'5trit' (five base-3 digits per byte, 1.6 bits per weight)")
     sparse24: bool = Field(False, description="also accept 2:4 structured-sparse weights of every weight format "
                                               "(2 values + two 2-bit indexes per 4 weights; wbits | 0x10)")
+    sparse24_pairs: bool = Field(
+        False, description="the 2:4 pair fire: 2:4 jobs of a 2-bit format (2, 'ternary') with N even skip the "
+                           "zeros, two output columns per fire (needs sparse24, a 2-bit and a 4- or 8-bit "
+                           "format, max_k == lanes and arch 'mac'; about 10 LUTs more per lane and row)")
     arch: Literal["mac", "tlmm"] = Field(
         "mac", description="'mac': multiplier array (sign-select for ternary); 'tlmm': ternary "
                            "table-lookup matmul (weight_bits must be ['ternary'])")
@@ -187,6 +191,15 @@ class MatmulEngine(_EngineBase):
             if per < 2 or per & (per - 1) or self.tile_m > 1 << 16:
                 raise ValueError(f"tile_m must be rows ({self.rows}) x a power of two >= 2 and at most 65536, "
                                  f"got {self.tile_m}")
+        if self.sparse24_pairs:
+            two = [b for b in self.weight_bits if b in (2, "ternary")]
+            wide = [b for b in self.weight_bits if b in (4, 8)]
+            if not self.sparse24 or not two or not wide or self.max_k != self.lanes or self.arch != "mac":
+                raise ValueError(
+                    f"sparse24_pairs needs sparse24: true, weight_bits with a 2-bit format (2 or 'ternary') and a "
+                    f"4- or 8-bit one (lanes wide enough for a value and its index), max_k == lanes (one "
+                    f"line per column) and arch 'mac'; got sparse24={self.sparse24}, weight_bits="
+                    f"{list(self.weight_bits)}, max_k={self.max_k}, lanes={self.lanes}, arch={self.arch!r}")
         if self.int4_products == "lut" and 8 in self.weight_bits:
             raise ValueError(f"int4_products 'lut' builds lanes of at most 4 bits: weight_bits must not hold 8, "
                              f"got {list(self.weight_bits)} (or int4_products 'dsp')")

@@ -10,6 +10,10 @@ scheduler at each column's last fire, once per row block::
 
 A tile counts as loaded when both parts (those its pass needs) are written; ``tiles_ahead``
 loaded tiles, at most two, ``free`` (one cycle) releases the oldest.
+
+With the 2:4 pair fire (``geometry.pairs``) an entry holds two columns' parameters (a pair job,
+``pair``: a tile of ``tile_n`` pair lines is ``2 x tile_n`` records, written alternately into an
+entry's two halves); the second column's are ``rd_*_odd``.
 """
 from __future__ import annotations
 
@@ -46,7 +50,8 @@ class ColumnParams(wiring.Component):
             "rd_mult": Out(signed(32)),
             "rd_shift": Out(range(128)),
             "rd_bias": Out(signed(32)),
-        })
+        } | ({"pair": In(1), "rd_mult_odd": Out(signed(32)), "rd_shift_odd": Out(range(128)),
+              "rd_bias_odd": Out(signed(32))} if geometry.pairs else {}))
 
     def elaborate(self, platform):
         m = Module()
@@ -55,24 +60,32 @@ class ColumnParams(wiring.Component):
         abits = exact_log2(2 * T)
         m.submodules.qa = qa = WidthAdapter(G.data_width, 64)
         m.submodules.ba = ba = WidthAdapter(G.data_width, 32)
-        m.submodules.qmem = qmem = Memory(shape=unsigned(39), depth=2 * T, init=[])
-        m.submodules.bmem = bmem = Memory(shape=unsigned(32), depth=2 * T, init=[])
-        qw, qr = qmem.write_port(), qmem.read_port()
-        bw, br = bmem.write_port(), bmem.read_port()
+        H = 2 if G.pairs else 1
+        m.submodules.qmem = qmem = Memory(shape=unsigned(39 * H), depth=2 * T, init=[])
+        m.submodules.bmem = bmem = Memory(shape=unsigned(32 * H), depth=2 * T, init=[])
+        qw, qr = qmem.write_port(granularity=39), qmem.read_port()
+        bw, br = bmem.write_port(granularity=32), bmem.read_port()
         m.d.comb += [qr.addr.eq(self.rd_addr), br.addr.eq(self.rd_addr),
                      self.rd_mult.eq(qr.data[:32]), self.rd_shift.eq(qr.data[32:39]),
-                     self.rd_bias.eq(br.data)]
+                     self.rd_bias.eq(br.data[:32])]
+        if G.pairs:
+            m.d.comb += [self.rd_mult_odd.eq(qr.data[39:71]), self.rd_shift_odd.eq(qr.data[71:78]),
+                         self.rd_bias_odd.eq(br.data[32:])]
 
         have = Signal()
         first, last = Signal(), Signal()
         # tiles after the current one (a down-counter) and the final-tile flag, registered; the job's
         # tiles - 1 and last_cols - 1 registered from its sizes (settled long before the first pass)
         tiles_m1 = Signal(32)
-        last_cols_m1 = Signal(range(T))
-        m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1)]
+        # records of the last tile and of a full one, minus one (a pair job: two records a line)
+        last_cols_m1 = Signal(range(H * T))
+        tile_m1 = Signal(range(H * T))
+        pair = self.pair if G.pairs else 0
+        m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(Mux(pair, (self.last_cols << 1) - 1, self.last_cols - 1)),
+                     tile_m1.eq(Mux(pair, 2 * T - 1, T - 1))]
         tiles_left = Signal(32)
         final_tile = Signal()
-        idx = Signal(range(T + 1))
+        idx = Signal(range(H * T + 1))
         phase_b = Signal()                       # writing the tile's bias (after its requant records)
         slot = Signal()
         with m.If(~have):
@@ -86,7 +99,7 @@ class ColumnParams(wiring.Component):
         busy = have & (need_q | need_b) & room
         part_q = busy & ~phase_b & need_q
         part_b = busy & (phase_b | ~need_q) & need_b
-        last_item = idx == Mux(final_tile, last_cols_m1, T - 1)
+        last_item = idx == Mux(final_tile, last_cols_m1, tile_m1)
         # the words of one command go to one adapter: hold the next word back in the cycle the
         # current part's last item is taken (the adapter would load it with the dropped rest)
         take_q = part_q & qa.o.valid
@@ -97,9 +110,11 @@ class ColumnParams(wiring.Component):
                      ba.i.valid.eq(self.data.valid & part_b & ~(take_b & last_item)),
                      self.data.ready.eq(Mux(part_q, qa.i.ready & ~(take_q & last_item),
                                             part_b & ba.i.ready & ~(take_b & last_item)))]
-        addr = Cat(idx[:exact_log2(T)] if T > 1 else [], slot)
-        m.d.comb += [qw.addr.eq(addr), qw.data.eq(qa.o.payload[:39]), qw.en.eq(take_q),
-                     bw.addr.eq(addr), bw.data.eq(ba.o.payload), bw.en.eq(take_b)]
+        entry = Mux(pair, idx >> 1, idx) if G.pairs else idx
+        addr = Cat(entry[:exact_log2(T)] if T > 1 else [], slot)
+        half = pair & idx[0] if G.pairs else 0         # which half of the entry a record fills
+        m.d.comb += [qw.addr.eq(addr), qw.data.eq(qa.o.payload[:39].replicate(H)), qw.en.eq(take_q << half),
+                     bw.addr.eq(addr), bw.data.eq(ba.o.payload.replicate(H)), bw.en.eq(take_b << half)]
         loaded = Signal()
         with m.If(take_q | take_b):
             m.d.sync += idx.eq(Mux(last_item, 0, idx + 1))

@@ -39,7 +39,7 @@ from .accum import GroupAccumulator, accum_latency
 from .actbuf import ActivationBuffer
 from .array import MacArray, array_latency
 from .colparams import ColumnParams
-from .gearbox import WidthAdapter
+from .gearbox import ScaleItems, WidthAdapter
 from .inline import InlineScaleDemux
 from .geometry import EngineGeometry, pass_layout
 from .pack import OutputPacker, column_layout
@@ -92,13 +92,17 @@ class MatmulEngine(wiring.Component):
         self._groups = max(1, mm.lanes // mm.group_size)
         self._fires_per_group = max(1, mm.group_size // mm.lanes)
         self._tlmm = mm.arch == "tlmm"
+        self._pairs = self._geom.pairs
+        # partial sums a fire hands the accumulator: groups, or half groups for the pair fire
+        self._parts = self._groups * (2 if self._pairs else 1)
         # latency of the pipeline behind the issue decision, and the column FIFO that absorbs it
         if self._tlmm:
             arr_lat = tlmm_array_latency(lanes=mm.lanes, group_size=mm.group_size, g=mm.tlmm_group,
                                          levels_per_stage=levels_per_stage)
         else:
-            arr_lat = array_latency(lanes=mm.lanes, group_size=mm.group_size, levels_per_stage=levels_per_stage)
-        acc_lat = accum_latency(groups=self._groups, levels_per_stage=levels_per_stage)
+            arr_lat = array_latency(lanes=mm.lanes, group_size=mm.group_size, levels_per_stage=levels_per_stage,
+                                    pairs=self._pairs)
+        acc_lat = accum_latency(groups=self._parts, levels_per_stage=levels_per_stage, pairs=self._pairs)
         self._latency = ISSUE_LATENCY + arr_lat + acc_lat + OutputStage.LATENCY
         self._fifo_depth = self._latency + 4
         super().__init__(matmul_signature(layout))
@@ -133,14 +137,19 @@ class MatmulEngine(wiring.Component):
         inline = geom.inline_scales
         m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing, sparse24=mm.sparse24,
                                               inline_scales=inline)
+        pairs = self._pairs
         m.submodules.unpack = unpack = WeightUnpacker(lanes=L, weight_ports=P, data_width=W,
                                                       weight_bits=tuple(mm.weight_bits),
-                                                      ternary_packing=mm.ternary_packing, sparse24=mm.sparse24)
-        # inline: the scale words come out of the weight stripes, P*W bits at a time
-        m.submodules.scales = scales = WidthAdapter(P * W if inline else W, 16 * NG)
+                                                      ternary_packing=mm.ternary_packing, sparse24=mm.sparse24,
+                                                      pairs=pairs)
+        # inline: the scale words come out of the weight stripes, P*W bits at a time; a pair line
+        # takes two columns' scales
+        m.submodules.scales = scales = (ScaleItems(P * W if inline else W, 16 * NG) if pairs
+                                        else WidthAdapter(P * W if inline else W, 16 * NG))
         m.submodules.wtile = wtile = WeightTileBuffer(G)
         m.submodules.actbuf = actbuf = ActivationBuffer(G)
-        m.submodules.partials = partials = PartialCollector(rows=R, data_width=W, depth=self._fifo_depth + 4)
+        m.submodules.partials = partials = PartialCollector(rows=R, data_width=W, depth=self._fifo_depth + 4,
+                                                            pairs=pairs)
         m.submodules.params = params = ColumnParams(G)
         m.submodules.sched = sched = FireScheduler(G, build_gap=TlmmArray.BUILD_GAP)
 
@@ -223,6 +232,9 @@ class MatmulEngine(wiring.Component):
         wiring.connect(m, unpack.o, wtile.w)
         wiring.connect(m, scales.o, wtile.scales)
         start = seq.start
+        if pairs:                                         # a job constant: the pipeline is empty between jobs
+            m.d.comb += [unpack.pair.eq(seq.pair), scales.pair.eq(seq.pair), partials.pair.eq(seq.pair),
+                         params.pair.eq(seq.pair)]
         m.d.comb += [
             unpack.wbits.eq(seq.wbits), unpack.o_last.eq(wtile.w_last), scales.o_last.eq(wtile.s_last),
             wtile.start.eq(start), wtile.n.eq(seq.n),
@@ -239,10 +251,11 @@ class MatmulEngine(wiring.Component):
         ]
 
         # -- the issue register: fire and tag meet the rings' read data ---------------------------
-        out_tag = data.StructLayout({"mult": signed(wd.mult_bits), "shift": range(wd.max_requant_shift + 1),
-                                     "bias": signed(32), "rows": range(R + 1), "mode": 2, "init": 2, "last": 1})
+        col_params = {"mult": signed(wd.mult_bits), "shift": range(wd.max_requant_shift + 1), "bias": signed(32)}
+        out_tag = data.StructLayout(col_params | ({"odd": data.StructLayout(col_params)} if pairs else {})
+                                    | {"rows": range(R + 1), "mode": 2, "init": 2, "last": 1})
         acc_tag = data.StructLayout({"grp_first": 1, "grp_last": 1, "col_first": 1, "col_last": 1,
-                                     "scales": data.ArrayLayout(unsigned(sb), NG), "out": out_tag})
+                                     "scales": data.ArrayLayout(unsigned(sb), G.scale_slots), "out": out_tag})
         issue = Signal(data.StructLayout({"grp_first": 1, "grp_last": 1, "col_first": 1, "col_last": 1,
                                           "rows": range(R + 1), "mode": 2, "init": 2, "last": 1}))
         m.d.comb += [issue.grp_first.eq(sched.grp_first), issue.grp_last.eq(sched.grp_last),
@@ -260,6 +273,9 @@ class MatmulEngine(wiring.Component):
             f_tag.out.rows.eq(itag.rows), f_tag.out.mode.eq(itag.mode), f_tag.out.init.eq(itag.init),
             f_tag.out.last.eq(itag.last),
         ]
+        if pairs:
+            m.d.comb += [f_tag.out.odd.mult.eq(params.rd_mult_odd), f_tag.out.odd.shift.eq(params.rd_shift_odd),
+                         f_tag.out.odd.bias.eq(params.rd_bias_odd)]
         # counters: a fire multiplies ``rows_valid`` rows by ``lanes`` weights; a busy cycle
         # without a fire is a stall (waiting for weights, activations, parameters or credit)
         # (mac_inc registered: one cycle late, the same total; not the fire condition into the kernel's sum)
@@ -280,28 +296,40 @@ class MatmulEngine(wiring.Component):
             lane_format = array_lane_format(mm, lane_shape.width)
             m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G.group_size, weight_shape=lane_shape,
                                                   tag_layout=acc_tag, levels_per_stage=self._levels_per_stage,
-                                                  lane_format=lane_format)
+                                                  lane_format=lane_format, pairs=pairs)
+            if pairs:
+                m.d.comb += array.pair.eq(seq.pair)
         assert ActivationBuffer.READ_LATENCY == ISSUE_LATENCY + 1     # x arrives one cycle after the fire
         m.d.comb += [array.valid.eq(fire), array.w.eq(wtile.rd_lanes), array.x.eq(actbuf.rd_data),
                      array.tag.eq(f_tag)]
         m.submodules.accum = accum = GroupAccumulator(
-            rows=R, groups=NG, sum_shape=array.sum_shape, group_bits=wd.group_bits, scale_bits=sb,
+            rows=R, groups=self._parts, sum_shape=array.sum_shape, group_bits=wd.group_bits, scale_bits=sb,
             acc_bits=wd.acc_bits, tag_layout=out_tag, fires_per_group=self._fires_per_group,
-            levels_per_stage=self._levels_per_stage)
+            levels_per_stage=self._levels_per_stage, pairs=pairs)
         m.d.comb += [accum.valid.eq(array.o_valid), accum.sums.eq(array.sums),
                      accum.grp_first.eq(array.o_tag.grp_first), accum.grp_last.eq(array.o_tag.grp_last),
                      accum.col_first.eq(array.o_tag.col_first), accum.col_last.eq(array.o_tag.col_last),
-                     accum.scales.eq(array.o_tag.scales), accum.tag.eq(array.o_tag.out)]
+                     accum.tag.eq(array.o_tag.out)]
+        if pairs:
+            # a dense fire's group scale on both its halves; a pair line's scales as they are
+            sc = array.o_tag.scales
+            m.d.comb += [accum.pair.eq(seq.pair),
+                         *(accum.scales[k].eq(Mux(seq.pair, sc[k], sc[k // 2])) for k in range(self._parts))]
+        else:
+            m.d.comb += accum.scales.eq(array.o_tag.scales)
         col_tag = data.StructLayout({"mode": 2, "last": 1})
-        m.submodules.requant = rq = OutputStage(rows=R, acc_bits=wd.acc_bits, mult_bits=wd.mult_bits,
-                                                max_out_shift=wd.max_out_shift,
-                                                max_requant_shift=wd.max_requant_shift, tag_layout=col_tag)
+        m.submodules.requant = rq = OutputStage(rows=R * (2 if pairs else 1), acc_bits=wd.acc_bits,
+                                                mult_bits=wd.mult_bits, max_out_shift=wd.max_out_shift,
+                                                max_requant_shift=wd.max_requant_shift, tag_layout=col_tag,
+                                                halves=2 if pairs else 1)
         t = accum.o_tag
         m.d.comb += [rq.valid.eq(accum.o_valid), rq.acc.eq(accum.acc), rq.int8.eq(t.mode == 1),
                      rq.raw.eq(t.mode == OUT_RAW), rq.out_shift.eq(seq.out_shift), rq.mult.eq(t.mult),
                      rq.shift.eq(t.shift), rq.rows_valid.eq(t.rows), rq.init.eq(t.init), rq.bias.eq(t.bias),
                      rq.bias_shift.eq(seq.bias_shift), rq.partial.eq(partials.head),
                      rq.tag.mode.eq(t.mode), rq.tag.last.eq(t.last), partials.pop.eq(rq.pop)]
+        if pairs:
+            m.d.comb += [rq.mult_odd.eq(t.odd.mult), rq.shift_odd.eq(t.odd.shift), rq.bias_odd.eq(t.odd.bias)]
         assert ISSUE_LATENCY + array.latency + accum.latency + rq.latency == self._latency
 
         # partial sums: queued, claimed by a column's last fire, popped by the output stage
@@ -314,12 +342,14 @@ class MatmulEngine(wiring.Component):
         m.d.comb += sched.partials.eq(avail)
 
         # -- output -------------------------------------------------------------------------
-        col = column_layout(R)
+        col = column_layout(R, pairs)
         m.submodules.colfifo = fifo = SyncFIFOBuffered(width=col.size, depth=self._fifo_depth)
         wcol = Signal(col)
         m.d.comb += [wcol.y.eq(rq.y), wcol.mode.eq(rq.o_tag.mode), wcol.last.eq(rq.o_tag.last),
                      fifo.w_data.eq(wcol), fifo.w_en.eq(rq.o_valid)]
-        m.submodules.packer = packer = OutputPacker(rows=R, data_width=W)
+        if pairs:
+            m.d.comb += wcol.pair.eq(seq.pair)
+        m.submodules.packer = packer = OutputPacker(rows=R, data_width=W, pairs=pairs)
         m.d.comb += [packer.i.payload.eq(fifo.r_data), packer.i.valid.eq(fifo.r_rdy),
                      fifo.r_en.eq(packer.i.ready), packer.start.eq(start)]
         # the output words through a register slice: the port's ready reaches the packer and the column

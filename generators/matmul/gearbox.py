@@ -23,7 +23,7 @@ from amaranth.lib.wiring import In, Out
 from ..params import require_positive_ints
 from .sparse import BitGearbox
 
-__all__ = ["WidthAdapter", "TritGearbox", "decode_five_trits", "is_pow2_ratio"]
+__all__ = ["ScaleItems", "WidthAdapter", "TritGearbox", "decode_five_trits", "is_pow2_ratio"]
 
 
 def _is_pow2(v: int) -> bool:
@@ -95,6 +95,33 @@ class WidthAdapter(wiring.Component):
                 m.d.sync += [got.eq(Mux(take, 1, got + 1)), full.eq(Mux(take, ratio == 1, got == ratio - 1))]
             with m.Elif(take):
                 m.d.sync += [got.eq(0), full.eq(0)]
+        return m
+
+
+class ScaleItems(wiring.Component):
+    """The group-scale stream of an engine with the 2:4 pair fire: items of ``item_width`` bits
+    (one column's scales), or of twice that in a pair job (``pair``: two columns' scales, for one
+    pair line); ``o`` is ``2 x item_width`` bits, a single column's item in its low half."""
+
+    def __init__(self, in_width: int, item_width: int):
+        self._in_width, self._item_width = in_width, item_width
+        super().__init__({
+            "i": In(stream.Signature(in_width)),
+            "o": Out(stream.Signature(2 * item_width)),
+            "o_last": In(1),
+            "pair": In(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.one = one = WidthAdapter(self._in_width, self._item_width)
+        m.submodules.two = two = WidthAdapter(self._in_width, 2 * self._item_width)
+        for a, sel in ((one, ~self.pair), (two, self.pair)):
+            m.d.comb += [a.i.payload.eq(self.i.payload), a.i.valid.eq(self.i.valid & sel),
+                         a.o.ready.eq(self.o.ready & sel), a.o_last.eq(self.o_last)]
+        m.d.comb += [self.i.ready.eq(Mux(self.pair, two.i.ready, one.i.ready)),
+                     self.o.valid.eq(Mux(self.pair, two.o.valid, one.o.valid)),
+                     self.o.payload.eq(Mux(self.pair, two.o.payload, one.o.payload))]
         return m
 
 

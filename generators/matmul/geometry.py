@@ -38,6 +38,7 @@ class EngineGeometry:
     tlmm_entries: int
     acc_bits: int
     max_bias_shift: int
+    pairs: bool = False
 
     @classmethod
     def of(cls, layout) -> "EngineGeometry":
@@ -48,7 +49,8 @@ class EngineGeometry:
                    line_stride=geom.line_stride, act_depth=geom.act_depth, tile_n=geom.tile_n,
                    lane_bits=max(geom.lane_bits(f) for f in mm.weight_bits), tlmm=geom.tlmm,
                    tlmm_entries=table_entries(mm.tlmm_group) if geom.tlmm else 1,
-                   acc_bits=geom.widths.acc_bits, max_bias_shift=geom.widths.max_bias_shift)
+                   acc_bits=geom.widths.acc_bits, max_bias_shift=geom.widths.max_bias_shift,
+                   pairs=bool(getattr(mm, "sparse24_pairs", False)))
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -88,9 +90,15 @@ class EngineGeometry:
         return self.lanes * self.lane_bits
 
     @property
+    def scale_slots(self) -> int:
+        """Group scales a weight-ring line holds: a fire's groups, twice that for the 2:4 pair
+        fire (two columns a line)."""
+        return self.groups * (2 if self.pairs else 1)
+
+    @property
     def weight_line_bits(self) -> int:
         """One weight-ring line: the lanes, then the group scale mantissa(s) the line ends."""
-        return self.weight_lane_bits + self.groups * self.scale_bits
+        return self.weight_lane_bits + self.scale_slots * self.scale_bits
 
     @property
     def max_blocks(self) -> int:

@@ -23,10 +23,13 @@ __all__ = ["OutputPacker", "column_layout"]
 COLUMN_MODES = {"int32": 0, "int8": 1, "raw": 2}
 
 
-def column_layout(rows: int) -> data.StructLayout:
+def column_layout(rows: int, pairs: bool = False) -> data.StructLayout:
     """One column of results as the packer takes it: ``mode`` (:data:`COLUMN_MODES`), ``last``
-    (the column ends an output command: flush)."""
-    return data.StructLayout({"y": data.ArrayLayout(signed(64), rows), "mode": 2, "last": 1})
+    (the column ends an output command: flush). With ``pairs`` an item may be two columns (``pair``
+    set): ``y`` holds ``2 x rows`` results, the second column's after the first's, which is how
+    two consecutive columns of a row block lie in memory."""
+    fields = {"y": data.ArrayLayout(signed(64), rows * (2 if pairs else 1)), "mode": 2, "last": 1}
+    return data.StructLayout(fields | ({"pair": 1} if pairs else {}))
 
 
 def _pow2_ratio(a: int, b: int) -> bool:
@@ -156,13 +159,13 @@ class OutputPacker(wiring.Component):
     has left as words.
     """
 
-    def __init__(self, *, rows: int, data_width: int):
+    def __init__(self, *, rows: int, data_width: int, pairs: bool = False):
         require_positive_ints(rows=rows, data_width=data_width)
         if data_width % 8:
             raise ValueError(f"data_width must be a multiple of 8, got {data_width}")
-        self._rows, self._width = rows, data_width
+        self._rows, self._width, self._pairs = rows, data_width, pairs
         super().__init__({
-            "i": In(stream.Signature(column_layout(rows))),
+            "i": In(stream.Signature(column_layout(rows, pairs))),
             "start": In(1),
             "o": Out(stream.Signature(data_width)),
             "finished": Out(1),
@@ -174,19 +177,22 @@ class OutputPacker(wiring.Component):
         B = W // 8
         y = self.i.payload.y
         paths = []
-        for name, ebytes in (("int32", 4), ("int8", 1), ("raw", 8)):
-            cb = R * ebytes
-            cls = _SlotPacker if _pow2_ratio(cb, B) else _GearboxPacker
-            m.submodules[name] = p = cls(cb, W)
-            paths.append((COLUMN_MODES[name], p))
-            col = Cat(*(y[r][:8 * ebytes] for r in range(R)))
-            m.d.comb += [p.i.payload.col.eq(col), p.i.payload.last.eq(self.i.payload.last), p.start.eq(self.start),
-                         p.o.ready.eq(self.o.ready)]
+        for width in (1, 2) if self._pairs else (1,):
+            for name, ebytes in (("int32", 4), ("int8", 1), ("raw", 8)):
+                cb = width * R * ebytes
+                cls = _SlotPacker if _pow2_ratio(cb, B) else _GearboxPacker
+                m.submodules[name + ("_pair" if width == 2 else "")] = p = cls(cb, W)
+                paths.append(((COLUMN_MODES[name], width), p))
+                col = Cat(*(y[r][:8 * ebytes] for r in range(width * R)))
+                m.d.comb += [p.i.payload.col.eq(col), p.i.payload.last.eq(self.i.payload.last),
+                             p.start.eq(self.start), p.o.ready.eq(self.o.ready)]
         # a path takes columns only while the others are empty; the one holding data owns the output
         ready, ovalid, opayload, fin = 0, 0, 0, 0
         for code, p in paths:
             others_empty = Cat(*(q.empty for c2, q in paths if c2 != code)).all()
-            sel = self.i.payload.mode == code
+            sel = self.i.payload.mode == code[0]
+            if self._pairs:
+                sel = sel & (self.i.payload.pair == (code[1] == 2))
             m.d.comb += p.i.valid.eq(self.i.valid & sel & others_empty)
             ready = Mux(sel, p.i.ready & others_empty, ready)
             ovalid = ovalid | p.o.valid

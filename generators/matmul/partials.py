@@ -10,6 +10,8 @@ column's accumulators::
                      \\--> WidthAdapter(64) -> R sums -> FIFO (depth) -> head / pop
 
 ``entries`` gives each partial command's entry count so the padding of its last word is dropped.
+With ``pairs`` a job of 2:4 pair fires (``pair``) has entries of two columns, ``2 R`` sums
+(``head`` holds ``2 R``; a single column's entry fills the first ``R``).
 """
 from __future__ import annotations
 
@@ -26,16 +28,18 @@ __all__ = ["PartialCollector"]
 
 
 class PartialCollector(wiring.Component):
-    def __init__(self, *, rows: int, data_width: int, depth: int):
+    def __init__(self, *, rows: int, data_width: int, depth: int, pairs: bool = False):
         require_positive_ints(rows=rows, data_width=data_width, depth=depth)
         self._rows, self._width, self._depth = rows, data_width, depth
+        self._pairs = pairs
         super().__init__({
+            "pair": In(1),
             "data": In(stream.Signature(data_width)),
             "route": In(stream.Signature(act_route_layout())),
             "entries": In(stream.Signature(32)),
             "fill": Out(stream.Signature(data_width)),
             "start": In(1),
-            "head": Out(data.ArrayLayout(signed(64), rows)),
+            "head": Out(data.ArrayLayout(signed(64), rows * (2 if pairs else 1))),
             "level": Out(range(depth + 1)),
             "pop": In(1),
         })
@@ -71,11 +75,14 @@ class PartialCollector(wiring.Component):
             with m.Else():
                 m.d.sync += [left.eq(left - 1), last.eq(left == 2)]
 
-        # -- collector: R sums per entry ---------------------------------------------------------
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=64 * R, depth=self._depth)
+        # -- collector: R (2 R) sums per entry ---------------------------------------------------
+        E = R * (2 if self._pairs else 1)
+        m.submodules.fifo = fifo = SyncFIFOBuffered(width=64 * E, depth=self._depth)
         m.d.comb += [self.head.as_value().eq(fifo.r_data), self.level.eq(fifo.level), fifo.r_en.eq(self.pop)]
-        acc = [Signal(64, name=f"sum{r}") for r in range(R - 1)]
-        r = Signal(range(max(R, 2)))
+        acc = [Signal(64, name=f"sum{r}") for r in range(E - 1)]
+        r = Signal(range(max(E, 2)))
+        # r == entry size - 1 (a pair job's entries hold two columns)
+        r_end = (r == R - 1) if not self._pairs else Mux(self.pair, r == E - 1, r == R - 1)
         left = Signal(32)                        # entries of the current command still to come
         left_one = Signal()                      # left == 1, a flag kept beside it (off the adapter's ready)
         have = Signal()
@@ -84,14 +91,17 @@ class PartialCollector(wiring.Component):
             with m.If(self.entries.valid):
                 m.d.sync += [have.eq(1), left.eq(self.entries.payload), left_one.eq(self.entries.payload == 1),
                              r.eq(0)]
-        last_item = (r == R - 1) & left_one
+        last_item = r_end & left_one
+        entry = Cat(*acc, adapt.o.payload)
+        if self._pairs:
+            entry = Mux(self.pair, entry, Cat(*acc[:R - 1], adapt.o.payload))
         m.d.comb += [adapt.o.ready.eq(have & fifo.w_rdy), adapt.o_last.eq(last_item),
-                     fifo.w_data.eq(Cat(*acc, adapt.o.payload)), fifo.w_en.eq(have & adapt.o.valid & (r == R - 1))]
+                     fifo.w_data.eq(entry), fifo.w_en.eq(have & adapt.o.valid & r_end)]
         with m.If(adapt.o.valid & adapt.o.ready):
-            for i in range(R - 1):
+            for i in range(E - 1):
                 with m.If(r == i):
                     m.d.sync += acc[i].eq(adapt.o.payload)
-            with m.If(r == R - 1):
+            with m.If(r_end):
                 m.d.sync += [r.eq(0), left.eq(left - 1), left_one.eq(left == 2)]
                 with m.If(left_one):
                     m.d.sync += have.eq(0)

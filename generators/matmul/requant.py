@@ -82,13 +82,19 @@ class OutputStage(wiring.Component):
     ``init`` selects what is added first: 1 ``bias << bias_shift`` (``bias`` per column), 2 the
     ``partial`` sums (popped with ``pop``), 0 nothing. ``y[r]`` is the result sign-extended to 64
     bits (int32, int8 or the raw accumulator).
+
+    ``halves=2`` (the 2:4 pair fire): the ``rows`` are two columns' ``rows / 2`` each; the second
+    column's ``mult``, ``shift`` and ``bias`` come on ``mult_odd``, ``shift_odd``, ``bias_odd``, and
+    ``rows_valid`` counts the valid rows of each column.
     """
 
     LATENCY = 9
 
     def __init__(self, *, rows: int, acc_bits: int, mult_bits: int = 32, max_out_shift: int = 63,
-                 max_requant_shift: int = 127, tag_layout=None):
+                 max_requant_shift: int = 127, tag_layout=None, halves: int = 1):
         require_positive_ints(rows=rows, acc_bits=acc_bits, mult_bits=mult_bits, max_out_shift=max_out_shift, max_requant_shift=max_requant_shift)
+        if halves not in (1, 2) or rows % halves:
+            raise ValueError(f"halves must be 1 or 2 and divide rows ({rows}), got {halves!r}")
         if acc_bits > 62:
             raise ValueError(f"acc_bits must be at most 62, got {acc_bits}")
         if mult_bits != 32:
@@ -98,8 +104,11 @@ class OutputStage(wiring.Component):
                              f"{max_requant_shift}")
         self._rows, self._acc_bits, self._mult_bits = rows, acc_bits, mult_bits
         self._max_out_shift, self._max_requant_shift = max_out_shift, max_requant_shift
+        self._halves = halves
         tag_layout = tag_layout if tag_layout is not None else unsigned(1)
-        super().__init__({
+        odd = {} if halves == 1 else {"mult_odd": In(signed(mult_bits)), "shift_odd": In(range(max_requant_shift + 1)),
+                                      "bias_odd": In(signed(32))}
+        super().__init__(odd | {
             "valid": In(1),
             "acc": In(data.ArrayLayout(signed(acc_bits), rows)),
             "int8": In(1),
@@ -112,7 +121,7 @@ class OutputStage(wiring.Component):
             "out_shift": In(range(max_out_shift + 1)),
             "mult": In(signed(mult_bits)),
             "shift": In(range(max_requant_shift + 1)),
-            "rows_valid": In(range(rows + 1)),
+            "rows_valid": In(range(rows // halves + 1)),
             "tag": In(tag_layout),
             "o_valid": Out(1),
             "y": Out(data.ArrayLayout(signed(64), rows)),
@@ -138,8 +147,12 @@ class OutputStage(wiring.Component):
         def regs(name, shape, n=R):
             return [Signal(shape, name=f"{name}{r}", reset_less=True) for r in range(n)]
 
-        # the column's mode flags, rows and tag travel with it, one register per stage
-        ctl_layout = data.StructLayout({"zero": 1, "int8": 1, "raw": 1, "rows": range(R + 1),
+        # the column's mode flags, rows and tag travel with it, one register per stage; the shift
+        # amounts and the zero-shift flag per column half (``hr``: the half of row r)
+        H = self._halves
+        Rh = R // H
+        hr = [r // Rh for r in range(R)]
+        ctl_layout = data.StructLayout({"zero": H, "int8": 1, "raw": 1, "rows": range(Rh + 1),
                                         "tag": self.tag.shape()})
 
         def carry(valid, ctl, name):
@@ -148,90 +161,103 @@ class OutputStage(wiring.Component):
                 m.d.sync += nxt.eq(ctl)
             return nxt
 
+        def per_half(name, shape):
+            return [Signal(shape, name=f"{name}" + ("_odd" if h else ""), reset_less=True) for h in range(H)]
+
+        mults = [self.mult] + ([self.mult_odd] if H == 2 else [])
+        shifts = [self.shift] + ([self.shift_odd] if H == 2 else [])
+        biases = [self.bias] + ([self.bias_odd] if H == 2 else [])
+
         # in: the inputs and the init (bias or partial sums) registered
         acc_i = regs("acc_i", signed(ab))
         init_i = regs("init_i", signed(ab))
         ctl_i = Signal(ctl_layout, name="ctl_i")
-        out_shift_i, mult_i, shift_i = Signal.like(self.out_shift), Signal.like(self.mult), Signal.like(self.shift)
-        biased = Signal(signed(32 + 63), name="biased")
-        m.d.comb += [biased.eq(self.bias << self.bias_shift), self.pop.eq(self.valid & (self.init == 2))]
+        out_shift_i = Signal.like(self.out_shift)
+        mult_i, shift_i = per_half("mult_i", self.mult.shape()), per_half("shift_i", self.shift.shape())
+        biased = [Signal(signed(32 + 63), name="biased" + ("_odd" if h else "")) for h in range(H)]
+        m.d.comb += [biased[h].eq(biases[h] << self.bias_shift) for h in range(H)]
+        m.d.comb += self.pop.eq(self.valid & (self.init == 2))
         with m.If(self.valid):
             m.d.sync += [ctl_i.int8.eq(self.int8), ctl_i.raw.eq(self.raw), ctl_i.tag.eq(self.tag),
-                         ctl_i.rows.eq(self.rows_valid), out_shift_i.eq(self.out_shift), mult_i.eq(self.mult),
-                         shift_i.eq(self.shift)]
+                         ctl_i.rows.eq(self.rows_valid), out_shift_i.eq(self.out_shift)]
+            m.d.sync += [mult_i[h].eq(mults[h]) for h in range(H)] + [shift_i[h].eq(shifts[h]) for h in range(H)]
             for r in range(R):
                 m.d.sync += [acc_i[r].eq(self.acc[r]),
-                             init_i[r].eq(Mux(self.init == 1, biased[:ab].as_signed(),
+                             init_i[r].eq(Mux(self.init == 1, biased[hr[r]][:ab].as_signed(),
                                               Mux(self.init == 2, self.partial[r][:ab].as_signed(), 0)))]
 
         # 0: accumulator + init; the sum fits acc_bits by construction
         acc0 = regs("acc_in", signed(ab))
         ctl0 = carry(v_in, ctl_i, "ctl0")
         out_shift0 = Signal.like(self.out_shift)
-        mult0, shift0 = Signal.like(self.mult), Signal.like(self.shift)
+        mult0, shift0 = per_half("mult0", self.mult.shape()), per_half("shift0", self.shift.shape())
         with m.If(v_in):
-            m.d.sync += [out_shift0.eq(out_shift_i), mult0.eq(mult_i), shift0.eq(shift_i)]
+            m.d.sync += out_shift0.eq(out_shift_i)
+            m.d.sync += [mult0[h].eq(mult_i[h]) for h in range(H)] + [shift0[h].eq(shift_i[h]) for h in range(H)]
             for r in range(R):
                 m.d.sync += acc0[r].eq(acc_i[r] + init_i[r])
 
         # 1: the partial products of acc x mult, each one DSP48E2 tile (registered); k = s - 1.
-        s = Signal(range(128))
-        m.d.comb += s.eq(Mux(ctl0.int8, shift0, out_shift0))
-        k1 = Signal(range(128), reset_less=True)
         ctl1 = carry(valid0, ctl0, "ctl1")
+        k1 = per_half("k1", range(128))
         acc1 = regs("acc", signed(ab))
         ph_parts, pl_parts = [], []                       # per row: [(shift, registered product)]
         with m.If(valid0):
-            m.d.sync += [k1.eq(Mux(s == 0, 0, s - 1)), ctl1.zero.eq(s == 0)]
+            for h in range(H):
+                s = Signal(range(128), name="s" + ("_odd" if h else ""))
+                m.d.comb += s.eq(Mux(ctl0.int8, shift0[h], out_shift0))
+                m.d.sync += [k1[h].eq(Mux(s == 0, 0, s - 1)), ctl1.zero[h].eq(s == 0)]
             for r in range(R):
                 a = acc0[r]
                 m.d.sync += acc1[r].eq(a)
-                ph_parts.append(_tile_products(m, a[split:].as_signed(), mult0, name=f"ph{r}"))
-                pl_parts.append(_tile_products(m, a[:split], mult0, name=f"pl{r}"))
+                ph_parts.append(_tile_products(m, a[split:].as_signed(), mult0[hr[r]], name=f"ph{r}"))
+                pl_parts.append(_tile_products(m, a[:split], mult0[hr[r]], name=f"pl{r}"))
 
         # 2: the partial products summed: ph = ah * mult, pl = al * mult (two adder levels).
-        k2 = Signal(range(128), reset_less=True)
+        k2 = per_half("k2", range(128))
         ctl2 = carry(valid1, ctl1, "ctl2")
         ph = regs("ph", signed(ab - split + 32))          # ah * mult
         pl = regs("pl", signed(split + 1 + 32))           # al * mult
         acc2 = regs("acc_2", signed(ab))
         with m.If(valid1):
-            m.d.sync += k2.eq(k1)
+            m.d.sync += [k2[h].eq(k1[h]) for h in range(H)]
             for r in range(R):
                 m.d.sync += [ph[r].eq(_sum_products(ph_parts[r])), pl[r].eq(_sum_products(pl_parts[r])),
                              acc2[r].eq(acc1[r])]
 
         # 3: INT8 -> P = hi * 2^split + lo; INT32 -> acc >> k; the shift split at ``split``.
         ctl3 = carry(valid2, ctl2, "ctl3")
-        big3 = Signal(reset_less=True)
-        k_hi3 = Signal(range(128), reset_less=True)
-        k_lo3 = Signal(range(split + 1), reset_less=True)
+        big3 = per_half("big3", 1)
+        k_hi3 = per_half("k_hi3", range(128))
+        k_lo3 = per_half("k_lo3", range(split + 1))
         hi3 = regs("hi", signed(ab - split + 33))
         lo3 = regs("lo", unsigned(split))
         acc3 = regs("acc_k", signed(ab))
         with m.If(valid2):
-            big = k2 >= split
-            m.d.sync += [big3.eq(big), k_hi3.eq(Mux(big, k2 - split, 0)), k_lo3.eq(Mux(big, 0, k2))]
+            for h in range(H):
+                big = k2[h] >= split
+                m.d.sync += [big3[h].eq(big), k_hi3[h].eq(Mux(big, k2[h] - split, 0)), k_lo3[h].eq(Mux(big, 0, k2[h]))]
             for r in range(R):
                 m.d.sync += [hi3[r].eq(ph[r] + (pl[r] >> split)), lo3[r].eq(pl[r][:split]),
-                             acc3[r].eq(Mux(ctl2.zero | ctl2.raw, acc2[r], acc2[r] >> k2))]
+                             acc3[r].eq(Mux(ctl2.zero[hr[r]] | ctl2.raw, acc2[r], acc2[r] >> k2[hr[r]]))]
 
         # 4: the clamped high part and the two shifted parts of the INT8 product; round the INT32
         # result.
         ctl4 = carry(valid3, ctl3, "ctl4")
-        big4 = Signal(reset_less=True)
-        k_lo4 = Signal(range(split + 1), reset_less=True)
+        big4 = per_half("big4", 1)
+        k_lo4 = per_half("k_lo4", range(split + 1))
         hic4 = regs("hic", signed(12))
         lo_sh4 = regs("lo_sh", unsigned(split))
         hi_sh4 = regs("hi_sh", signed(64))
         r32_4 = regs("r32_", signed(ab))                   # the INT32 result rounded, not yet saturated
         acc4 = regs("acc_raw", signed(ab))
         with m.If(valid3):
-            m.d.sync += [big4.eq(big3), k_lo4.eq(k_lo3)]
+            m.d.sync += [big4[h].eq(big3[h]) for h in range(H)] + [k_lo4[h].eq(k_lo3[h]) for h in range(H)]
             for r in range(R):
-                m.d.sync += [hic4[r].eq(_clamp(hi3[r], -_HI_CLAMP, _HI_CLAMP)), lo_sh4[r].eq(lo3[r] >> k_lo3),
-                             hi_sh4[r].eq(hi3[r] >> k_hi3),
-                             r32_4[r].eq(Mux(ctl3.zero, acc3[r], (acc3[r] + 1) >> 1)),
+                h = hr[r]
+                m.d.sync += [hic4[r].eq(_clamp(hi3[r], -_HI_CLAMP, _HI_CLAMP)), lo_sh4[r].eq(lo3[r] >> k_lo3[h]),
+                             hi_sh4[r].eq(hi3[r] >> k_hi3[h]),
+                             r32_4[r].eq(Mux(ctl3.zero[h], acc3[r], (acc3[r] + 1) >> 1)),
                              acc4[r].eq(acc3[r])]
 
         # 5: the shifted INT8 product; saturate the INT32 result.
@@ -241,8 +267,9 @@ class OutputStage(wiring.Component):
         acc5 = regs("acc_raw5_", signed(ab))
         with m.If(valid4):
             for r in range(R):
-                t_small = ((hic4[r] << split) >> k_lo4) + lo_sh4[r]   # exact: low bits of hic<<split are 0
-                m.d.sync += [t5[r].eq(Mux(big4, hi_sh4[r], t_small)),
+                h = hr[r]
+                t_small = ((hic4[r] << split) >> k_lo4[h]) + lo_sh4[r]   # exact: low bits of hic<<split are 0
+                m.d.sync += [t5[r].eq(Mux(big4[h], hi_sh4[r], t_small)),
                              y32_5[r].eq(_clamp(r32_4[r], -(1 << 31), (1 << 31) - 1)), acc5[r].eq(acc4[r])]
 
         # 6: the INT8 result's two clamps (before and without rounding).
@@ -260,7 +287,7 @@ class OutputStage(wiring.Component):
         with m.If(valid6):
             m.d.sync += self.o_tag.eq(ctl6.tag)
             for r in range(R):
-                y8 = Mux(ctl6.zero, z8_6[r], _clamp((tc6[r] + 1) >> 1, -128, 127))
-                m.d.sync += self.y[r].eq(Mux(ctl6.rows > r, Mux(ctl6.raw, acc6[r],
-                                                               Mux(ctl6.int8, y8, y32_6[r])), 0))
+                y8 = Mux(ctl6.zero[hr[r]], z8_6[r], _clamp((tc6[r] + 1) >> 1, -128, 127))
+                m.d.sync += self.y[r].eq(Mux(ctl6.rows > r % Rh, Mux(ctl6.raw, acc6[r],
+                                                                    Mux(ctl6.int8, y8, y32_6[r])), 0))
         return m

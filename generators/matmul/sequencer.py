@@ -134,6 +134,9 @@ class JobSequencer(wiring.Component):
             "bias_shift": Out(6),
             "out_shift": Out(6),
             "busy": Out(1),
+            # a job of 2:4 pair fires (geometry.pairs: a 2:4 job of a 2-bit format with N even):
+            # ``n``, ``tiles`` and ``last_cols`` count pair lines (two columns each)
+            "pair": Out(1),
         })
 
     def _weight_bytes(self, code, nk, cw: int, B: int):
@@ -168,7 +171,10 @@ class JobSequencer(wiring.Component):
         job = _JobRegs(P)
         int8 = Signal()
         bias_on = Signal()
-        m.d.comb += [self.m.eq(job.m), self.n.eq(job.n), self.wbits.eq(job.wbits), self.int8.eq(int8),
+        pair = Signal()
+        ncols = Signal(32)                   # weight-ring lines per K slice: N, or N / 2 pair lines
+        m.d.comb += [self.m.eq(job.m), self.n.eq(ncols), self.pair.eq(pair), self.wbits.eq(job.wbits),
+                     self.int8.eq(int8),
                      self.bias.eq(bias_on), self.bias_shift.eq(job.bias_shift), self.out_shift.eq(job.out_shift)]
 
         def round_words(v):
@@ -240,7 +246,11 @@ class JobSequencer(wiring.Component):
             sl = geom.line_bits
             for e in reversed(range(geom.line_bits)):
                 sl = Mux(kc0 <= (1 << e), e, sl)
-            ok_tile = Mux(int8, (T * R) % B == 0, (T * R * 4) % B == 0)
+            # a tile's columns: T lines, two columns each in a pair job (``tile_cols``), the last tile's
+            # ``last_cols`` lines likewise (``last_true``)
+            ok_tile = Mux(pair, Mux(int8, (2 * T * R) % B == 0, (2 * T * R * 4) % B == 0),
+                          Mux(int8, (T * R) % B == 0, (T * R * 4) % B == 0))
+            last_true = Mux(pair, last_cols << 1, last_cols)
             m.d.sync += [
                 slices.eq(slices_q),
                 slices_m1.eq(slices_q - 1),
@@ -250,9 +260,10 @@ class JobSequencer(wiring.Component):
                 stride_log.eq(sl),
                 slots_log.eq(depth_log - stride_log),
                 blocks.eq(blocks_q),
-                tiles.eq((job.n + T - 1) >> t_shift),
-                tiles_m1.eq(((job.n + T - 1) >> t_shift) - 1),
-                last_cols.eq(job.n - ((tiles - 1) << t_shift)),
+                ncols.eq(Mux(pair, job.n >> 1, job.n)),
+                tiles.eq((ncols + T - 1) >> t_shift),
+                tiles_m1.eq(((ncols + T - 1) >> t_shift) - 1),
+                last_cols.eq(ncols - ((tiles - 1) << t_shift)),
                 nR.eq(job.n * R),
                 nReb.eq(Mux(int8, nR, nR << 2)),
                 seg_ok.eq(((nReb & (B - 1)) == 0) & ok_tile),
@@ -276,11 +287,12 @@ class JobSequencer(wiring.Component):
                 sb_last.eq(round_words(nk_last >> (exact_log2(geom.group_size) - 1))),
                 o_total.eq(round_words(Mux(int8, o_blocks_q[:64], o_blocks_q[:64] << 2))),
                 seg.eq((c_log != 0) & (tiles > 1)),
-                last_seg_bytes.eq(Mux(int8, last_cols * R, (last_cols * R) << 2)),
-                rq_b_last.eq(round_words(last_cols << 2)),
-                rq_q_last.eq(round_words(last_cols << 3)),
+                last_seg_bytes.eq(Mux(int8, last_true * R, (last_true * R) << 2)),
+                rq_b_last.eq(round_words(last_true << 2)),
+                rq_q_last.eq(round_words(last_true << 3)),
             ]
-        seg_full = Mux(int8, T * R, T * R * 4)
+        tile_cols = Mux(pair, 2 * T, T)
+        seg_full = Mux(int8, tile_cols * R, tile_cols * R * 4)
 
         running = Signal()
 
@@ -347,7 +359,7 @@ class JobSequencer(wiring.Component):
         p_bytes = Mux(a_last_q, plast, pstride)
         cmd_addr, cmd_bytes, entries = Signal(64), Signal(32), Signal(32)
         m.d.sync += [cmd_addr.eq(Mux(a_partial, a_p_addr, a_addr)), cmd_bytes.eq(Mux(a_partial, p_bytes, a_bytes)),
-                     entries.eq((Mux(a_last_q, c_last, 1 << c_log) * job.n)[:32])]
+                     entries.eq((Mux(a_last_q, c_last, 1 << c_log) * ncols)[:32])]
         route = self.act_route.payload
         m.d.comb += [route.partial.eq(a_partial),
                      route.words.eq(cmd_bytes >> word_shift),
@@ -428,8 +440,8 @@ class JobSequencer(wiring.Component):
         r_last_t = Signal()
         r_b_addr, r_q_addr = Signal(64), Signal(64)
         m.d.comb += [self.rq_cmd.payload.addr.eq(Mux(r_bias, r_b_addr, r_q_addr)),
-                     self.rq_cmd.payload.bytes.eq(Mux(r_bias, Mux(r_last_t, rq_b_last, round_words(T << 2)),
-                                                      Mux(r_last_t, rq_q_last, round_words(T << 3))))]
+                     self.rq_cmd.payload.bytes.eq(Mux(r_bias, Mux(r_last_t, rq_b_last, round_words(tile_cols << 2)),
+                                                      Mux(r_last_t, rq_q_last, round_words(tile_cols << 3))))]
         r_first_tile = [r_t_left.eq(tiles_m1), r_last_t.eq(tiles_m1 == 0),
                         r_b_addr.eq(job.b_addr), r_q_addr.eq(job.q_addr)]
         r_here = Mux(r_bias, need_b, need_q)       # this command is needed
@@ -452,7 +464,7 @@ class JobSequencer(wiring.Component):
                         m.d.sync += [r_q_left.eq(r_q_left - 1), r_last_q.eq(r_q_left == 1)]
                 with m.Else():
                     m.d.sync += [r_t_left.eq(r_t_left - 1), r_last_t.eq(r_t_left == 1),
-                                 r_b_addr.eq(r_b_addr + (T << 2)), r_q_addr.eq(r_q_addr + (T << 3))]
+                                 r_b_addr.eq(r_b_addr + (tile_cols << 2)), r_q_addr.eq(r_q_addr + (tile_cols << 3))]
 
         # -- outputs: partial-sum regions, then Y -------------------------------------------------
         o_s = Signal(8)
@@ -519,7 +531,10 @@ class JobSequencer(wiring.Component):
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
-                    m.d.sync += [job.load(self.job.payload), count.eq(0),
+                    jp = self.job.payload
+                    m.d.sync += [job.load(jp), count.eq(0),
+                                 pair.eq(self._geom.pairs & jp.wbits[4] & ((jp.wbits[:4] == 2) | (jp.wbits[:4] == 3))
+                                         & ~jp.n[0]),
                                  int8.eq(self.job.payload.out_mode == OutMode.INT8),
                                  bias_on.eq(self.job.payload.bias == BiasMode.INT32)]
                     m.next = "SETUP"

@@ -9,11 +9,13 @@ keeps each path a fixed-ratio split or gather, a :class:`TritGearbox` serves
 '5trit' ternary; the job's ``wbits`` code picks the path. With ``sparse24`` every format also
 has a 2:4 sparse path (``wbits | SPARSE24``): a chunk of ``L`` lanes is ``L / 4`` packed groups
 of ``2b + 4`` bits (a :class:`~.sparse.BitGearbox` when that is not a power-of-two part of the
-port word) expanded to ``L`` dense lanes (:func:`~.sparse.expand_sparse24`).
+port word) expanded to ``L`` dense lanes (:func:`~.sparse.expand_sparse24`). With ``pairs``
+a 2:4 job of a 2-bit format (int2, '2bit' ternary) can run as pair fires (``pair``): a chunk is
+then ``4 L`` bits, two columns' packed groups, passed on as ``L`` slots (:func:`pair_slot_lanes`).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Mux, Signal, signed
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -23,7 +25,7 @@ from .gearbox import TritGearbox, WidthAdapter, is_pow2_ratio
 from .pipe import opaque_const
 from .sparse import BitGearbox, expand_sparse24, sparse24_chunk_bits
 
-__all__ = ["WeightUnpacker", "FORMAT_CODES"]
+__all__ = ["WeightUnpacker", "FORMAT_CODES", "pair_slot_lanes"]
 
 # descriptor ``wbits`` codes (hbmforge.layout.WeightFormat)
 FORMAT_CODES = {2: 2, "ternary": 3, 4: 4, 8: 8}
@@ -92,6 +94,27 @@ def ternary_codes(m: Module, chunk, lanes: int, *, name: str):
     return fixed
 
 
+def pair_slot_lanes(m: Module, chunk, lanes: int, lane_width: int, *, ternary: bool):
+    """A pair line (``lanes / 2`` packed 2:4 groups of 2-bit values: ``v0 v1 i0 i1``, 8 bits)
+    -> ``lanes`` slots of ``lane_width`` bits: slot ``2q`` = ``v0 | i0 << 2``, slot ``2q + 1`` =
+    ``v1 | i1 << 2`` (the pair fire's :class:`~.array.MacArray` lanes). Ternary codes ``10`` read
+    as 0, and ``v1`` reads as 0 when ``i1 == i0`` (the dense decode keeps ``v0`` only), as
+    :func:`hbmforge.numerics.sparse.pair_slots` does."""
+    groups = lanes // 2
+    vals = Cat(*(chunk[8 * q:8 * q + 4] for q in range(groups)))
+    if ternary:
+        vals = ternary_codes(m, vals, 2 * groups, name="tern_pair")
+    pad = lane_width - 4
+    out = []
+    for q in range(groups):
+        i0, i1 = chunk[8 * q + 4:8 * q + 6], chunk[8 * q + 6:8 * q + 8]
+        v0, v1 = vals[4 * q:4 * q + 2], vals[4 * q + 2:4 * q + 4]
+        v1k = Signal(2, name=f"pair_v1_{q}")
+        m.d.comb += v1k.eq(Mux(i1 == i0, 0, v1))
+        out += [v0, i0] + ([Const(0, pad)] if pad else []) + [v1k, i1] + ([Const(0, pad)] if pad else [])
+    return Cat(*out)
+
+
 class WeightUnpacker(wiring.Component):
     """Zip the ``P`` weight streams and emit one ``L``-lane chunk per cycle.
 
@@ -104,7 +127,7 @@ class WeightUnpacker(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8),
-                 ternary_packing: str = "2bit", sparse24: bool = False):
+                 ternary_packing: str = "2bit", sparse24: bool = False, pairs: bool = False):
         require_positive_ints(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         fmts = tuple(weight_bits)
@@ -119,12 +142,17 @@ class WeightUnpacker(wiring.Component):
             raise ValueError(f"sparse24 needs lanes >= 4 (whole groups of 4), got {lanes}")
         self._sparse24 = sparse24
         self._fmts = tuple(sorted(fmts, key=lambda b: FORMAT_CODES[b]))
+        self._pair_fmts = tuple(f for f in self._fmts if _lane_bits(f) == 2) if pairs else ()
+        if pairs and (not sparse24 or not self._pair_fmts or max(_lane_bits(f) for f in fmts) < 4):
+            raise ValueError("pairs needs sparse24, a 2-bit format (2 or 'ternary') and a 4- or 8-bit one "
+                             f"(lanes wide enough for a value and an index), got {weight_bits!r}")
         self._lanes, self._ports, self._width = lanes, weight_ports, data_width
         self._packing = ternary_packing
         self._lane_shape = signed(max(_lane_bits(b) for b in self._fmts))
         super().__init__({
             "w_data": In(stream.Signature(data_width)).array(weight_ports),
             "wbits": In(5),
+            "pair": In(1),
             "o": Out(stream.Signature(data.ArrayLayout(self._lane_shape, lanes))),
             "o_last": In(1),
         })
@@ -172,22 +200,29 @@ class WeightUnpacker(wiring.Component):
 
         lw = self._lane_shape.width
         variants = [(f, False) for f in self._fmts] + ([(f, True) for f in self._fmts] if self._sparse24 else [])
+        variants += [(f, "pair") for f in self._pair_fmts]
         single = len(variants) == 1
         fsel = {}
         for fmt, sp in variants:
-            sel = Signal(name=f"sel_{fmt}" + ("_s24" if sp else ""))
+            sel = Signal(name=f"sel_{fmt}" + {False: "", True: "_s24", "pair": "_pair"}[sp])
             # registered: wbits is set when a job starts, long before its first weight word
-            m.d.sync += sel.eq(1 if single else self.wbits == FORMAT_CODES[fmt] | (SPARSE24 if sp else 0))
+            hit = self.wbits == FORMAT_CODES[fmt] | (SPARSE24 if sp else 0)
+            if sp and fmt in self._pair_fmts:
+                hit = hit & (self.pair if sp == "pair" else ~self.pair)
+            m.d.sync += sel.eq(1 if single else hit)
             fsel[fmt, sp] = sel
 
         # one adapter per stored width; int2 and '2bit' ternary share theirs (sparse ones too)
         paths = []        # (select, adapter, lanes vector)
         stores = {}
         for fmt, sp in variants:
-            stores.setdefault(("s24", _lane_bits(fmt)) if sp else self._stored(fmt), []).append(fmt)
+            key = "pair" if sp == "pair" else ("s24", _lane_bits(fmt)) if sp else self._stored(fmt)
+            stores.setdefault(key, []).append(fmt)
         for key, fmts in stores.items():
             sp = isinstance(key, tuple)
-            if key == "5trit":
+            if key == "pair":
+                adapt = WidthAdapter(P * self._width, 4 * L)
+            elif key == "5trit":
                 adapt = TritGearbox(P * self._width, L)
             elif sp:
                 chunk = sparse24_chunk_bits(L, key[1])
@@ -198,12 +233,16 @@ class WeightUnpacker(wiring.Component):
             tag = f"s24_{key[1]}" if sp else f"{key}"
             m.submodules[f"adapt{tag}"] = adapt
             sel = Signal(name=f"sel_store{tag}")
-            m.d.comb += sel.eq(Cat(*(fsel[f, sp] for f in fmts)).any())
+            m.d.comb += sel.eq(Cat(*(fsel[f, "pair" if key == "pair" else sp] for f in fmts)).any())
             m.d.comb += [adapt.i.payload.eq(combined), adapt.i.valid.eq(all_valid & sel),
                          adapt.o.ready.eq(self.o.ready & sel), adapt.o_last.eq(self.o_last)]
             vec = None
             for fmt in fmts:
                 raw = adapt.o.payload
+                if key == "pair":
+                    v = pair_slot_lanes(m, raw, L, lw, ternary=fmt == "ternary")
+                    vec = v if vec is None else Mux(fsel[fmt, "pair"], v, vec)
+                    continue
                 if sp:
                     v = expand_sparse24(m, raw, L, key[1], self._sparse_widen(m, fmt, lw), name=f"s24_{fmt}")
                 else:

@@ -47,14 +47,14 @@ class WeightTileBuffer(wiring.Component):
             "n": In(32),
             "w": In(stream.Signature(data.ArrayLayout(signed(G.lane_bits), G.lanes))),
             "w_last": Out(1),
-            "scales": In(stream.Signature(16 * G.groups)),
+            "scales": In(stream.Signature(16 * G.scale_slots)),
             "s_last": Out(1),
             "cols_ahead": Out(range(G.weight_slots + 1)),
             "cur_lines": Out(range(G.kc_max + 1)),
             "free": In(1),
             "rd_addr": In(range(G.weight_depth)),
             "rd_lanes": Out(data.ArrayLayout(signed(G.lane_bits), G.lanes)),
-            "rd_scales": Out(data.ArrayLayout(unsigned(G.scale_bits), G.groups)),
+            "rd_scales": Out(data.ArrayLayout(unsigned(G.scale_bits), G.scale_slots)),
         })
 
     @property
@@ -64,7 +64,7 @@ class WeightTileBuffer(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         G = self._geom
-        fpg, ng, sb = G.fires_per_group, G.groups, G.scale_bits
+        fpg, ng, sb = G.fires_per_group, G.scale_slots, G.scale_bits
         slot_bits = exact_log2(G.weight_slots)
 
         mem = Memory(shape=unsigned(G.weight_line_bits), depth=G.weight_depth, init=[])

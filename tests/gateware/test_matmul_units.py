@@ -271,11 +271,14 @@ def test_group_accumulator_scales_groups_spanning_several_fires():
 
 # -- output stage -----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("acc_bits", [20, 44, 61])
-def test_output_stage_rounds_and_saturates_like_golden(acc_bits):
-    rng = random.Random(acc_bits)
-    R = 2
-    dut = OutputStage(rows=R, acc_bits=acc_bits)
+@pytest.mark.parametrize("acc_bits,halves", [(20, 1), (44, 1), (61, 1), (44, 2), (61, 2)])
+def test_output_stage_rounds_and_saturates_like_golden(acc_bits, halves):
+    """halves=2: two columns (the pair fire) with their own mult and shift, and INT8 columns mixed
+    with INT32 ones (one out_shift for both halves)."""
+    rng = random.Random(acc_bits * halves)
+    Rh = 2
+    R = Rh * halves
+    dut = OutputStage(rows=R, acc_bits=acc_bits, halves=halves)
     top, bot = (1 << (acc_bits - 1)) - 1, -(1 << (acc_bits - 1))
 
     def acc_value():
@@ -288,26 +291,31 @@ def test_output_stage_rounds_and_saturates_like_golden(acc_bits):
     for _ in range(400):
         int8 = rng.random() < 0.6
         acc = [acc_value() for _ in range(R)]
-        mult = rng.choice([-(1 << 31), (1 << 31) - 1, 0, 1, -1, rng.randrange(-(1 << 31), 1 << 31)])
-        mag = max(1, max(abs(a * (mult if int8 else 1)) for a in acc).bit_length())
-        if int8:
-            shift = rng.choice([0, 1, 30, 31, 32, 126, 127, max(0, min(127, mag - rng.randrange(0, 10)))])
-        else:
-            shift = rng.choice([0, 1, 62, 63, max(0, min(63, mag - rng.randrange(-2, 34)))])
-        cases.append((int8, acc, mult, shift, rng.randrange(0, R + 1)))
+        mults, shifts = [], []
+        for h in range(halves):
+            mult = rng.choice([-(1 << 31), (1 << 31) - 1, 0, 1, -1, rng.randrange(-(1 << 31), 1 << 31)])
+            mag = max(1, max(abs(a * (mult if int8 else 1)) for a in acc[h * Rh:(h + 1) * Rh]).bit_length())
+            if int8:
+                shift = rng.choice([0, 1, 30, 31, 32, 126, 127, max(0, min(127, mag - rng.randrange(0, 10)))])
+            else:
+                shift = rng.choice([0, 1, 62, 63, max(0, min(63, mag - rng.randrange(-2, 34)))])
+            mults.append(mult)
+            shifts.append(shift if int8 or h == 0 else shifts[0])
+        cases.append((int8, acc, mults, shifts, rng.randrange(0, Rh + 1)))
     got = []
 
     async def bench(ctx):
         for i in range(len(cases) + dut.latency + 1):
             if i < len(cases):
-                int8, acc, mult, shift, rows = cases[i]
+                int8, acc, mults, shifts, rows = cases[i]
                 ctx.set(dut.valid, 1)
                 ctx.set(dut.int8, int8)
                 for r in range(R):
                     ctx.set(dut.acc[r], acc[r])
-                ctx.set(dut.mult, mult)
-                ctx.set(dut.shift, shift if int8 else 0)
-                ctx.set(dut.out_shift, 0 if int8 else shift)
+                for h, sfx in enumerate(["", "_odd"][:halves]):
+                    ctx.set(getattr(dut, "mult" + sfx), mults[h])
+                    ctx.set(getattr(dut, "shift" + sfx), shifts[h] if int8 else 0)
+                ctx.set(dut.out_shift, 0 if int8 else shifts[0])
                 ctx.set(dut.rows_valid, rows)
             else:
                 ctx.set(dut.valid, 0)
@@ -317,10 +325,10 @@ def test_output_stage_rounds_and_saturates_like_golden(acc_bits):
 
     _sim(dut, bench)
     assert len(got) == len(cases)
-    for (int8, acc, mult, shift, rows), y in zip(cases, got):
-        exp = [int(saturate(rshift_round(a * mult if int8 else a, shift), 8 if int8 else 32)) if r < rows else 0
-               for r, a in enumerate(acc)]
-        assert y == exp, (int8, acc, mult, shift, rows)
+    for (int8, acc, mults, shifts, rows), y in zip(cases, got):
+        exp = [int(saturate(rshift_round(a * mults[r // Rh] if int8 else a, shifts[r // Rh]), 8 if int8 else 32))
+               if r % Rh < rows else 0 for r, a in enumerate(acc)]
+        assert y == exp, (int8, acc, mults, shifts, rows)
 
 
 def test_output_stage_rejects_accumulators_wider_than_62_bits():
@@ -357,6 +365,8 @@ async def _pack(ctx, dut, columns, rng, *, valid_p: float, ready_p: float, until
             mode, col, last = pending[0]
             for r, v in enumerate(col):
                 ctx.set(dut.i.payload.y[r], v)
+            if hasattr(dut.i.payload, "pair"):          # a pair item holds two columns' results
+                ctx.set(dut.i.payload.pair, len(col) > len(dut.i.payload.y) // 2)
             ctx.set(dut.i.payload.mode, mode)
             ctx.set(dut.i.payload.last, last)
             ctx.set(dut.i.valid, rng.random() < valid_p)
@@ -406,6 +416,29 @@ def test_packer_switches_element_size_only_after_the_previous_flush_left():
 
     _sim(dut, bench)
     assert got == _packed_words(seq)
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+def test_packer_with_pairs_writes_two_column_items_as_two_consecutive_columns(rows):
+    """The pair fire's items (two columns' results), every mode, jobs of pairs between jobs of single
+    columns (a job's items are all one or the other): the same bytes as the columns one by one."""
+    rng = random.Random(rows)
+    dut = OutputPacker(rows=rows, data_width=64, pairs=True)
+    jobs = []
+    for mode in (1, 0, 2, 1):
+        top = 1 << (8 * _EBYTES[mode] - 1)
+        for width in (2, 1):
+            n = rng.randrange(1, 8)
+            jobs.append([(mode, [rng.randrange(-top, top) for _ in range(rows * width)], c == n - 1)
+                         for c in range(n)])
+    got = []
+
+    async def bench(ctx):
+        for cols in jobs:
+            got.append(await _pack(ctx, dut, cols, rng, valid_p=0.7, ready_p=0.5, until_finished=True))
+
+    _sim(dut, bench)
+    assert got == [_packed_words(cols) for cols in jobs]
 
 
 # -- activation buffer ------------------------------------------------------------------------

@@ -60,13 +60,17 @@ ANCHORS = [
      "note": "ternary, edge FPGA, 5 W (arXiv 2510.15926)"},
 ]
 BW_ANCHORS = {"u280_theoretical_gbps": 460.0, "u280_measured_seq_gbps": 425.0}   # DS963; Shuhai (FCCM 2020)
-FORMATS = {"w4a8kv4": 4, "w2a8kv4": 2, "ternary": "ternary"}
+FORMATS = {"w4a8kv4": 4, "w2a8kv4": 2, "ternary": "ternary", "w2a8kv4_sparse24": 2}
+#: formats whose weights are magnitude-pruned to 2:4 and packed 2:4 (an engine with sparse24; with
+#: sparse24_pairs the W2 matmuls run as pair fires, two columns a fire)
+SPARSE_FORMATS = {"w2a8kv4_sparse24"}
 #: weight bits per weight in memory, scales (u16 per group of 128) included; 2:4 per numerics.sparse
 GROUP = 128
 
 
 def weight_bits(fmt: str, sparse24: bool = False) -> float:
-    b = {"w4a8kv4": 4, "w2a8kv4": 2, "ternary": 2}[fmt]
+    sparse24 = sparse24 or fmt in SPARSE_FORMATS
+    b = {"w4a8kv4": 4, "w2a8kv4": 2, "ternary": 2, "w2a8kv4_sparse24": 2}[fmt]
     if sparse24:
         b = (2 * b + 4) / 4                  # 2 values + two 2-bit indexes per 4 weights
     return b + 16 / GROUP
@@ -80,13 +84,14 @@ def emit(metric: str, value, unit: str, **ctx) -> dict:
 
 # -- the co-simulated layer --------------------------------------------------------------------------
 
-def layer_weights(lay, fmt_bits, rng, dims: dict = LLAMA2_7B, tile_rows: int = 0):
+def layer_weights(lay, fmt_bits, rng, dims: dict = LLAMA2_7B, tile_rows: int = 0, sparse24: bool = False):
     """BlockWeights of a random LLaMA-2-7B layer (the block program zero-pads the FFN's 11008 to the
     matmul's K alignment itself). ``tile_rows`` > 0: quantize that many random rows per projection
     and repeat them (quantizing 200 M weights takes minutes; the engine's cycles do not depend on
-    the values)."""
+    the values). ``sparse24``: every projection magnitude-pruned to 2:4 before quantizing."""
     from hbmforge.host.blocks import BlockWeights
     from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded
+    from hbmforge.numerics.sparse import prune_2_4
 
     H, I = dims["hidden"], dims["intermediate"]
     g, sb = lay.mm.group_size, lay.mm.scale_bits
@@ -96,6 +101,8 @@ def layer_weights(lay, fmt_bits, rng, dims: dict = LLAMA2_7B, tile_rows: int = 0
     for name, (n, k) in shapes.items():
         rows = min(n, tile_rows) if tile_rows else n
         w = rng.standard_normal((rows, k), dtype=np.float32) * np.float32(1 / math.sqrt(k))
+        if sparse24:
+            w = prune_2_4(w)
         e = quantize_weights_encoded(w, fmt_bits, g, sb, k_padded=lay.matmul.pad_k(k))
         del w
         if rows < n:
@@ -194,7 +201,7 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
     for fmt in dict.fromkeys(f for f, _ in plan):
         rng = np.random.default_rng(seed)
         t1 = time.perf_counter()
-        weights = layer_weights(lay, FORMATS[fmt], rng, dims, tile_rows)
+        weights = layer_weights(lay, FORMATS[fmt], rng, dims, tile_rows, sparse24=fmt in SPARSE_FORMATS)
         quant_s = time.perf_counter() - t1
         for windowed in (False, True):
             cells = [c for f, c in plan if f == fmt and (c == "sink_window") == windowed]
@@ -202,7 +209,8 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
                 continue
             opts = {"window": window, "sink": sink} if windowed else {}
             t1 = time.perf_counter()
-            prog = TransformerBlock(dev, cfg, weights, kv_bits=4, kv_ranges=[(np.full(cfg.kv_heads, 8.0), np.full(cfg.kv_heads, 8.0))], **opts)
+            prog = TransformerBlock(dev, cfg, weights, kv_bits=4, kv_ranges=[(np.full(cfg.kv_heads, 8.0), np.full(cfg.kv_heads, 8.0))],
+                                    sparse24=fmt in SPARSE_FORMATS, **opts)
             upload_s = time.perf_counter() - t1
             try:
                 for cell in cells:
@@ -337,12 +345,14 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
 
 
 def sparse24_rows(cells: list[dict], lanes: int) -> list[dict]:
-    """W2A8KV4 2:4 from the measured W2A8KV4 dense layer: the 2:4 stream of 2-bit weights is
-    (2 x 2 + 4) / 4 = 2 bits per weight — the dense W2 rate — and the engine keeps ``lanes`` dense
-    lanes per cycle (generators/matmul/sparse.py), so cycles and bytes are those of the dense row."""
+    """W2A8KV4 2:4 for a design without the pair fire (no co-simulated 2:4 cell): from the measured
+    W2A8KV4 dense layer. The 2:4 stream of 2-bit weights is (2 x 2 + 4) / 4 = 2 bits per weight —
+    the dense W2 rate — and such an engine keeps ``lanes`` dense lanes per cycle
+    (generators/matmul/sparse.py), so cycles and bytes are those of the dense row."""
+    have = {c["context"] for c in cells if c["format"] == "w2a8kv4_sparse24"}
     out = []
     for c in cells:
-        if c["format"] == "w2a8kv4":
+        if c["format"] == "w2a8kv4" and c["context"] not in have:
             r = dict(c, format="w2a8kv4_sparse24", measured=False,
                      extrapolated_from="w2a8kv4 dense (same bits per weight, same lanes per cycle; 2:4 RTL "
                                        "not in the co-simulated design)")
@@ -433,7 +443,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "u280_llm512.yaml")
     ap.add_argument("--all", action="store_true", help="co-simulate every format x context (slow)")
-    ap.add_argument("--formats", default="w4a8kv4,w2a8kv4,ternary")
+    ap.add_argument("--formats", default="w4a8kv4,w2a8kv4,ternary",
+                    help="comma-separated, of " + ", ".join(FORMATS) + " (w2a8kv4_sparse24: 2:4-pruned W2 weights, "
+                         "co-simulated; needs a design with sparse24, and sparse24_pairs to skip the zeros)")
     ap.add_argument("--contexts", default="512,2048,4096,sink_window",
                     help="contexts (tokens) and/or sink_window (sink + window at the design's max_context)")
     ap.add_argument("--ref-context", default="2048", help="the context every format is co-simulated at")
@@ -502,6 +514,9 @@ def main() -> None:
 
     cfg = load_config(args.config)
     lanes = cfg.engine("matmul").lanes
+    if SPARSE_FORMATS & set(formats) and not cfg.engine("matmul").sparse24:
+        ap.error(f"--formats {sorted(SPARSE_FORMATS & set(formats))} needs a matmul engine with sparse24: true "
+                 f"({args.config} has none)")
     prior = []
     if args.layer_report is not None:
         prior = [r for r in json.loads(args.layer_report.read_text())["layer"] if r.get("measured")]

@@ -32,6 +32,12 @@ LUT_MANT_TIMES_V4 = 79
 #: from 256 to 1024 lanes (93.7 per lane) less the other per-lane terms' (65.7; docs/engines/matmul.md,
 #: "Resources"): the weight sign extension, the weight-sum tree and the format select
 LUT_MATMUL_LANE = 28
+#: the 2:4 pair fire (``sparse24_pairs``) per lane and row: the registered activation select (an
+#: 8-bit 4:1 mux and the dense/pair choice) and the weights' extra pipeline register. Yosys synth_xilinx,
+#: a 256-lane int4 (lut) MacArray of one row: 16,596 LUT / 9,096 FF plain, 20,853 / 14,007 with pairs
+#: (docs/engines/matmul.md, "Pair fire")
+LUT_PAIR_LANE = 17
+FF_PAIR_LANE = 19
 
 
 #: the parts of an estimate, in the order they are reported
@@ -110,8 +116,10 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     groups_per_fire = max(1, mm.lanes // mm.group_size)
     # DSPs: one per 8x8 MAC lane (none for lanes of 4 bits or less: LUT products), group-scale
     # and requant multipliers per row.
-    dsp_scale = mm.rows * groups_per_fire * math.ceil(w.group_bits / 27) * math.ceil(mm.scale_bits / 18)
-    dsp_requant = mm.rows * math.ceil(w.acc_bits / 27) * math.ceil(w.mult_bits / 18)
+    # (the pair fire: a scale multiplier per half group and a second requantizer per row)
+    pair = 2 if mm.sparse24_pairs else 1
+    dsp_scale = pair * mm.rows * groups_per_fire * math.ceil(w.group_bits / 27) * math.ceil(mm.scale_bits / 18)
+    dsp_requant = pair * mm.rows * math.ceil(w.acc_bits / 27) * math.ceil(w.mult_bits / 18)
     # 2-bit and ternary products are a few LUTs each (sign-select/small multiply), int4 ones a
     # shift-and-add: no DSPs
     small = w.max_wbits <= 2
@@ -133,6 +141,11 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     # two FFs per LUT, but not for the int4 LUT products: they replace a DSP's pipeline registers
     # (Yosys, 256 int4 lanes: 3,300 fewer FFs as LUTs; docs/estimate.md)
     ff = 2 * (lut - (0 if small else lut_small))
+    if mm.sparse24_pairs:
+        # the pair fire's activation select and weight register, its slot unpacker (about 3 LUT a
+        # lane), the second column's accumulators, output stage and result column
+        lut += macs * LUT_PAIR_LANE + 3 * mm.lanes + lut_acc + mm.rows * (w.acc_bits + 64)
+        ff += macs * FF_PAIR_LANE + 2 * (lut_acc + mm.rows * (w.acc_bits + 64))
     if geom.inline_scales:
         # inline scales (docs/engines/matmul.md): a combined P x W-bit word register in front of the
         # scale adapter and the adapter's own word buffer; the demux is about one LUT per bit

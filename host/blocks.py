@@ -69,12 +69,13 @@ from hbmforge.numerics import vector as V
 from hbmforge.numerics.attention import dequantize_kv, kv_head_scale, pack_block_table, quantize_kv
 from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded, scale_product
 from hbmforge.numerics.program import SparseMemory, execute
+from hbmforge.numerics.sparse import is_2_4
 
 from .checks import check_bool, check_choice, check_int, check_real, check_timeout, real_array
 from .device import Buffer, Device, check_device
 from .errors import DeviceRunError
 from .linear import choose_out_shift
-from .packing import engine_format, pack_scales, pack_weights
+from .packing import engine_format, pack_scales, pack_weights, weight_code
 from .program import ProgramBuilder
 from .workspace import Workspace
 
@@ -384,7 +385,7 @@ class ModelProgram:
     def __init__(self, device, config: BlockConfig, blocks: Sequence[BlockWeights], *, final_norm=None,
                  lm_head: EncodedWeights | None = None, kv_bits: int = 8, max_context: int | None = None,
                  kv_pages: int | None = None, kv_ranges=None, timeout: float = 600.0, window: int = 0,
-                 sink: int = 0, kv_layout: str = "auto"):
+                 sink: int = 0, kv_layout: str = "auto", sparse24: bool = False):
         dev = check_device(device)
         lay = dev.layout
         cfg = config.checked() if isinstance(config, BlockConfig) else None
@@ -457,6 +458,17 @@ class ModelProgram:
                 raise BlockProgramError(f"{name} = {k} exceeds the largest K of one matmul descriptor ({k_top}: "
                                         f"split_k x max_k)")
         layers_in = [self._check_layer(i, b, cfg, lay) for i, b in enumerate(blocks)]
+        self._sparse24 = check_bool("sparse24", sparse24)
+        if sparse24:
+            if not lay.mm.sparse24:
+                raise BlockProgramError(f"sparse24: design {lay.kernel!r}'s matmul engine has sparse24 false (no 2:4 "
+                                        "weights); set sparse24: true in its config")
+            for i, b in enumerate(blocks):
+                for name, e in b.projections.items():
+                    if not is_2_4(e.q):
+                        raise BlockProgramError(f"sparse24: blocks[{i}].projections[{name!r}] is not 2:4 sparse (a "
+                                                "group of 4 weights along K holds more than 2 non-zeros); prune it "
+                                                "before quantizing (hbmforge.numerics.sparse.prune_2_4)")
         if final_norm is not None:
             final_norm = self._check_norm("final_norm", final_norm, cfg)
         if lm_head is not None:
@@ -591,7 +603,9 @@ class ModelProgram:
         self._static.append(buf)
         return buf
 
-    def _matmul(self, enc: EncodedWeights) -> _Matmul:
+    def _matmul(self, enc: EncodedWeights, sparse24: bool = False) -> _Matmul:
+        """The projection's stripes and scales uploaded; ``sparse24``: 2:4 packed (2-bit formats then
+        run as pair fires on an engine with ``sparse24_pairs`` when N is even)."""
         lay = self._lay
         bits = engine_format(enc.bits, lay, "bits")
         q = enc.q.astype(np.int8)
@@ -603,9 +617,10 @@ class ModelProgram:
         mant = enc.mantissas.astype(np.uint16)
         inline = lay.matmul.inline_scales              # scale_stream inline: the scales go in the stripes
         w = [self._upload(stripe, f"w{i}")
-             for i, stripe in enumerate(pack_weights(q, bits, lay, scales=mant if inline else None))]
+             for i, stripe in enumerate(pack_weights(q, bits, lay, sparse24=sparse24, scales=mant if inline else None))]
         s = None if inline else self._upload(pack_scales(mant, lay))
-        return _Matmul(n=n, k=kp, bits=bits, w=w, s=s, out_shift=shift, row_scale=np.asarray(enc.row_scale, float))
+        code = weight_code(bits, lay, sparse24=True) if sparse24 else bits
+        return _Matmul(n=n, k=kp, bits=code, w=w, s=s, out_shift=shift, row_scale=np.asarray(enc.row_scale, float))
 
     def _table(self, values) -> Buffer:
         return self._upload(V.pack_u32(np.asarray(values, dtype=np.int64) & 0xFFFFFFFF, self._lay.word_bytes))
@@ -635,14 +650,15 @@ class ModelProgram:
             q_enc, k_enc = _take_rows(q_enc, oq), _take_rows(k_enc, ok)
             qb = None if qb is None else qb[oq]
             kb = None if kb is None else kb[ok]
-        qkv = self._matmul(_stack(q_enc, k_enc, enc["v_proj"]))
-        o = self._matmul(enc["o_proj"])
+        sp = self._sparse24
+        qkv = self._matmul(_stack(q_enc, k_enc, enc["v_proj"]), sp)
+        o = self._matmul(enc["o_proj"], sp)
         ip, i_dev = self._ip, self._in                     # FFN width: activation pass, gate/up columns
         if llama:
-            up = self._matmul(_stack(_pad_rows(enc["gate_proj"], i_dev), _pad_rows(enc["up_proj"], i_dev)))
-            down = self._matmul(enc["down_proj"])
+            up = self._matmul(_stack(_pad_rows(enc["gate_proj"], i_dev), _pad_rows(enc["up_proj"], i_dev)), sp)
+            down = self._matmul(enc["down_proj"], sp)
         else:
-            up, down = self._matmul(_pad_rows(enc["fc_in"], i_dev)), self._matmul(enc["fc_out"])
+            up, down = self._matmul(_pad_rows(enc["fc_in"], i_dev), sp), self._matmul(enc["fc_out"], sp)
         k_scale = kv_head_scale(ranges[0], self.kv_bits)
         v_scale = kv_head_scale(ranges[1], self.kv_bits)
         src = F_ACT if llama else Fh                       # units of the scale records of X1 / X3

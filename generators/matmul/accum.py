@@ -8,9 +8,9 @@ multiplied by its unsigned scale mantissa and added into the column's
 
 With ``pairs`` (the 2:4 pair fire, :class:`~.array.MacArray`) the array's sums are half groups:
 ``2 L / G`` partials a fire, each with its own scale (the caller gives a dense fire's group scale
-to both its halves). A fire with ``pair`` set holds two columns, the first ``L / G`` partials
-column ``2p``'s and the rest column ``2p + 1``'s: ``acc`` then has ``2 R`` rows, row ``h R + r``
-being column ``2p + h``'s (rows ``R ..`` are 0 for a dense fire).
+to both its halves). A fire with ``pair`` set holds two columns, partial ``2j + h`` being column
+``2p + h``'s group ``j``: ``acc`` then has ``2 R`` rows, row ``h R + r`` being column ``2p + h``'s
+(rows ``R ..`` are 0 for a dense fire).
 """
 from __future__ import annotations
 
@@ -141,9 +141,8 @@ class GroupAccumulator(wiring.Component):
         if not self._pairs:
             halves = [[adder_tree(m, scaled[r], levels_per_stage=lps, name=f"ss{r}")[0] for r in range(R)]]
         else:
-            half = NG // 2
-            halves = [[adder_tree(m, scaled[r][h * half:(h + 1) * half], levels_per_stage=lps,
-                                  name=f"ss{r}_{h}")[0] for r in range(R)] for h in range(2)]
+            halves = [[adder_tree(m, scaled[r][h::2], levels_per_stage=lps, name=f"ss{r}_{h}")[0]
+                       for r in range(R)] for h in range(2)]
             b_pair = delay(m, delay(m, self.pair, 2, name="a_pair"), t, name="c_pair")
             joined = [Signal(signed(ab), name=f"col{r}", reset_less=True) for r in range(R)]
             odd = [Signal(signed(ab), name=f"col_odd{r}", reset_less=True) for r in range(R)]

@@ -99,14 +99,16 @@ class MacArray(wiring.Component):
     [-2, 1]) or ``"ternary"`` (2-bit lanes in [-1, 1] only, e.g. an engine whose only
     format is ternary). Default: ``"int2"`` for 2-bit lanes, ``"int"`` otherwise.
 
-    ``pairs``: the 2:4 pair fire (docs/engines/matmul.md, "Pair fire"). The trees sum half
-    groups (``G / 2`` lanes: ``sums`` has ``2 L / G`` entries a row, group ``j`` being entries
-    ``2j`` and ``2j + 1``), and a fire with ``pair`` set reads each lane as a *slot*: a 2-bit
-    int2 value (bits 0-1) and a 2-bit index (bits 2-3). Slot ``s`` of half ``h`` (``h = s //
-    (L/2)``) belongs to 2:4 group ``q = (s mod L/2) // 2`` of column ``h`` and multiplies
-    activation ``x[4q + index]``: the two columns' ``L`` non-zeros in one fire, the zeros
-    skipped. Column ``h``'s group ``j`` is then entry ``h L / G + j``. One more register stage
-    (the activation select) than without ``pairs``.
+    ``pairs``: the 2:4 pair fire (docs/engines/matmul.md, "Pair fire"). A fire with ``pair`` set
+    reads each lane as a *slot*: a 2-bit int2 value (bits 0-1) and a 2-bit index (bits 2-3).
+    Slots ``4q .. 4q + 3`` serve the 4 activations ``x[4q .. 4q + 3]``: slots ``4q + 2h`` and
+    ``4q + 2h + 1`` hold column ``h``'s two non-zeros of that group of 4 and multiply ``x[4q +
+    index]``, so the two columns' ``L`` non-zeros go in one fire and the zeros are skipped. A
+    dense fire reads lane ``l`` as ``x[l]`` through the same 4:1 select (its index is ``l mod
+    4``). The trees sum half groups, entry ``2j + h`` of a row being lanes ``jG .. (j+1)G - 1``
+    whose ``(l mod 4) // 2 == h``: column ``h``'s group ``j`` in a pair fire, and entries ``2j``
+    plus ``2j + 1`` a dense fire's group ``j``. One more register stage (the select) than without
+    ``pairs``.
     """
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, weight_shape, tag_layout,
@@ -162,6 +164,14 @@ class MacArray(wiring.Component):
     def pairs(self) -> bool:
         return self._pairs
 
+    def _tree_lanes(self, j: int) -> list:
+        """The lanes tree ``j`` sums: a group, or with ``pairs`` half a group (see the class docstring)."""
+        if not self._pairs:
+            return list(range(j * self._span, (j + 1) * self._span))
+        g, h = divmod(j, 2)
+        group = 2 * self._span
+        return [l for l in range(g * group, (g + 1) * group) if (l % 4) // 2 == h]
+
     @property
     def sum_shape(self):
         return signed(self._sum_bits)
@@ -191,25 +201,24 @@ class MacArray(wiring.Component):
             m.d.sync += we[l].eq(Mux(self.pair, extend(self.w[l], 2), wide) if self._pairs else wide)
         x = self.x
         if self._pairs:
-            # the activation select: slot l reads x[4q + index] of its group q (pair fire) or x[l]
-            pair = delay(m, self.pair, 1, name="pair")
-            idx = delay(m, self.w.as_value(), 1, name="slots", reset_less=True)
-            half = L // 2
+            # the activation select: lane l reads x[4q + index] of its group of 4 (q = l // 4); the
+            # index is the slot's (pair fire) or l mod 4 (dense), chosen once per lane in the fire register
+            sel = [Signal(2, name=f"sel{l}", reset_less=True) for l in range(L)]
+            for l in range(L):
+                m.d.sync += sel[l].eq(Mux(self.pair, self.w[l].as_unsigned()[2:4], l % 4))
             xs = [[Signal(8, name=f"xs{r}_{l}", reset_less=True) for l in range(L)] for r in range(R)]
             for l in range(L):
-                base = 4 * ((l % half) // 2)
-                sel = idx[l * ww + 2:l * ww + 4]
+                base, s_ = l - l % 4, sel[l]
                 for r in range(R):
-                    near = Mux(sel[1], Mux(sel[0], x[r][base + 3], x[r][base + 2]),
-                               Mux(sel[0], x[r][base + 1], x[r][base]))
-                    m.d.sync += xs[r][l].eq(Mux(pair, near, x[r][l]))
+                    m.d.sync += xs[r][l].eq(Mux(s_[1], Mux(s_[0], x[r][base + 3], x[r][base + 2]),
+                                                Mux(s_[0], x[r][base + 1], x[r][base])))
             x = xs
             we = [delay(m, w, 1, name=f"we{l}_x", reset_less=True) for l, w in enumerate(we)]
 
         # Products (x + 128) * w mod 2^sb; the weight sum starts one stage earlier (from the
         # fire register) and its root is delayed to line up with the product trees.
         for j in range(self._groups):
-            lanes = range(j * span, (j + 1) * span)
+            lanes = self._tree_lanes(j)
             wsum, _ = wrap_tree(m, [we[l] for l in lanes], bits=sb, levels_per_stage=lps, name=f"ws{j}")
             wsum = delay(m, wsum, 1, name=f"ws{j}_root", reset_less=True)
             for r in range(R):

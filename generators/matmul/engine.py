@@ -311,10 +311,12 @@ class MatmulEngine(wiring.Component):
                      accum.col_first.eq(array.o_tag.col_first), accum.col_last.eq(array.o_tag.col_last),
                      accum.tag.eq(array.o_tag.out)]
         if pairs:
-            # a dense fire's group scale on both its halves; a pair line's scales as they are
+            # a dense fire's group scale on both its halves; a pair line holds column 0's NG scales,
+            # then column 1's, and half 2j + h is column h's group j
             sc = array.o_tag.scales
             m.d.comb += [accum.pair.eq(seq.pair),
-                         *(accum.scales[k].eq(Mux(seq.pair, sc[k], sc[k // 2])) for k in range(self._parts))]
+                         *(accum.scales[k].eq(Mux(seq.pair, sc[(k % 2) * NG + k // 2], sc[k // 2]))
+                           for k in range(self._parts))]
         else:
             m.d.comb += accum.scales.eq(array.o_tag.scales)
         col_tag = data.StructLayout({"mode": 2, "last": 1})

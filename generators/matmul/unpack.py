@@ -95,24 +95,26 @@ def ternary_codes(m: Module, chunk, lanes: int, *, name: str):
 
 
 def pair_slot_lanes(m: Module, chunk, lanes: int, lane_width: int, *, ternary: bool):
-    """A pair line (``lanes / 2`` packed 2:4 groups of 2-bit values: ``v0 v1 i0 i1``, 8 bits)
-    -> ``lanes`` slots of ``lane_width`` bits: slot ``2q`` = ``v0 | i0 << 2``, slot ``2q + 1`` =
-    ``v1 | i1 << 2`` (the pair fire's :class:`~.array.MacArray` lanes). Ternary codes ``10`` read
-    as 0, and ``v1`` reads as 0 when ``i1 == i0`` (the dense decode keeps ``v0`` only), as
-    :func:`hbmforge.numerics.sparse.pair_slots` does."""
+    """A pair line (two columns' ``lanes / 4`` packed 2:4 groups each, of 2-bit values: ``v0 v1 i0
+    i1``, 8 bits) -> ``lanes`` slots of ``lane_width`` bits: slots ``4q + 2h`` and ``4q + 2h + 1``
+    are column ``h``'s group ``q``, ``v0 | i0 << 2`` and ``v1 | i1 << 2`` (the pair fire's
+    :class:`~.array.MacArray` lanes). Ternary codes ``10`` read as 0, and ``v1`` reads as 0 when
+    ``i1 == i0`` (the dense decode keeps ``v0`` only), as :func:`hbmforge.numerics.sparse.pair_slots`
+    does."""
     groups = lanes // 2
     vals = Cat(*(chunk[8 * q:8 * q + 4] for q in range(groups)))
     if ternary:
         vals = ternary_codes(m, vals, 2 * groups, name="tern_pair")
-    pad = lane_width - 4
-    out = []
+    pad = [Const(0, lane_width - 4)] if lane_width > 4 else []
+    slots = []                                       # per packed group (column 0's, then column 1's)
     for q in range(groups):
         i0, i1 = chunk[8 * q + 4:8 * q + 6], chunk[8 * q + 6:8 * q + 8]
         v0, v1 = vals[4 * q:4 * q + 2], vals[4 * q + 2:4 * q + 4]
         v1k = Signal(2, name=f"pair_v1_{q}")
         m.d.comb += v1k.eq(Mux(i1 == i0, 0, v1))
-        out += [v0, i0] + ([Const(0, pad)] if pad else []) + [v1k, i1] + ([Const(0, pad)] if pad else [])
-    return Cat(*out)
+        slots.append([v0, i0, *pad, v1k, i1, *pad])
+    half = groups // 2
+    return Cat(*(bit for q in range(half) for h in range(2) for bit in slots[h * half + q]))
 
 
 class WeightUnpacker(wiring.Component):

@@ -106,10 +106,10 @@ def pair_slots(stream_bits: np.ndarray, lanes: int, ternary: bool) -> tuple[np.n
     """A 2:4 2-bit pair line as the pair fire reads it: ``lanes`` slots ``(value, index)``.
 
     ``stream_bits``: ``4 * lanes`` stream bits (least significant first), two columns' chunks of
-    ``lanes`` dense weights each, back to back (so ``lanes / 2`` packed groups). Slot ``2q`` is
-    group ``q``'s ``(v0, i0)``, slot ``2q + 1`` its ``(v1, i1)``; values decode as in
-    :func:`decode_sparse24_stream`, and a repeated index (``i1 == i0``) gives ``v1`` the value 0,
-    as the dense decode keeps ``v0`` only.
+    ``lanes`` dense weights each, back to back (``lanes / 4`` packed groups each). Slots ``4q ..
+    4q + 3`` are column 0's group ``q`` ``(v0, i0), (v1, i1)`` and then column 1's; values decode
+    as in :func:`decode_sparse24_stream`, and a repeated index (``i1 == i0``) gives ``v1`` the
+    value 0, as the dense decode keeps ``v0`` only.
     """
     groups = lanes // 2
     fields = np.asarray(stream_bits)[:groups * 8].reshape(groups, 8).astype(np.int16)
@@ -122,17 +122,20 @@ def pair_slots(stream_bits: np.ndarray, lanes: int, ternary: bool) -> tuple[np.n
         vals.append(np.array([0, 1, 0, -1], dtype=np.int16)[v] if ternary else v - ((v >= 2) << 2))
     i0, i1 = field(4), field(6)
     vals[1] = np.where(i1 == i0, 0, vals[1])
-    return np.stack(vals, axis=1).reshape(-1), np.stack([i0, i1], axis=1).reshape(-1)
+    # [column, group, slot] -> [group, column, slot]
+    order = lambda a: a.reshape(2, lanes // 4, 2).transpose(1, 0, 2).reshape(-1)     # noqa: E731
+    return order(np.stack(vals, axis=1)), order(np.stack([i0, i1], axis=1))
 
 
 def pair_fire_sums(x: np.ndarray, values: np.ndarray, indexes: np.ndarray, group_size: int) -> np.ndarray:
     """The pair fire's half-group sums (golden model of :class:`~hbmforge.generators.matmul.array.MacArray`
     with ``pairs``): ``x [R, L]`` activations, ``values``/``indexes`` the ``L`` slots
-    (:func:`pair_slots`). Entry ``h L / G + j`` of a row is column ``h``'s group ``j``:
-    ``sum`` over its ``G / 2`` slots of ``value * x[4q + index]``."""
+    (:func:`pair_slots`). Entry ``2j + h`` of a row is column ``h``'s group ``j``: the sum over
+    its ``G / 2`` slots of ``value * x[4q + index]``."""
     x = np.asarray(x, dtype=np.int64)
-    L = x.shape[1]
+    R, L = x.shape
     slot = np.arange(L)
-    pos = 4 * ((slot % (L // 2)) // 2) + np.asarray(indexes, dtype=np.int64)
+    pos = slot - slot % 4 + np.asarray(indexes, dtype=np.int64)
     prods = x[:, pos] * np.asarray(values, dtype=np.int64)[None, :]
-    return prods.reshape(x.shape[0], -1, group_size // 2).sum(axis=2)
+    # lanes [group j][q][column h][2] -> [j][h]
+    return prods.reshape(R, L // group_size, group_size // 4, 2, 2).sum(axis=(2, 4)).reshape(R, -1)

@@ -87,6 +87,16 @@ def test_sparse24_every_format():
          seed=6, sparse=True)
 
 
+def test_sparse24_pair_fire_with_inline_scales():
+    """The 2:4 pair fire (u280_llm512's weight path): two columns' scales per pair line out of the
+    inline stripes; int2/ternary pair jobs (split K, INT8 with a bias: odd seed) beside an odd-N
+    fallback and int4 2:4."""
+    lay = _layout(rows=1, lanes=32, weight_ports=2, group_size=16, sparse24=True, sparse24_pairs=True,
+                  max_k=32, weight_bits=[2, 4, "ternary"])
+    _run(lay, [(1, 128, 6, 2, INT8), (2, 32, 4, "ternary", INT32), (1, 64, 5, 2, INT8), (1, 96, 4, 4, INT32)],
+         seed=7, sparse=True)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_random_configs_and_shapes(seed):
     rng = np.random.default_rng(100 + seed)

@@ -51,14 +51,14 @@ def test_mac_array_pair_fire_sums_two_columns_and_dense_fires_stay_exact(lanes, 
             span = min(lanes, group)
             for h in range(2):
                 for j in range(lanes // span):
-                    got = exp[:, h * lanes // group + j]
+                    got = exp[:, 2 * j + h]
                     want = x[:, j * span:(j + 1) * span] @ dense[h, j * span:(j + 1) * span]
                     assert (got == want).all()
             fires.append((1, words, x, exp))
         else:
             w = rng.integers(-8, 8, lanes)
-            half = group // 2
-            exp = (x * w[None, :]).reshape(R, -1, half).sum(axis=2)
+            # half 2j + h: the lanes of group j with (l mod 4) // 2 == h
+            exp = (x * w[None, :]).reshape(R, lanes // group, group // 4, 2, 2).sum(axis=(2, 4)).reshape(R, -1)
             fires.append((0, [int(v) & 15 for v in w], x, exp))
     got = []
 
@@ -103,8 +103,8 @@ def test_group_accumulator_pairs_scale_each_half_and_keep_dense_columns_whole():
             sums = rng.integers(-(1 << 15), 1 << 15, (R, NG))
             if pair:
                 scales = rng.integers(0, 1 << 16, NG)
-                for h in range(2):
-                    acc[h] += [sum(int(sums[r, h * 2 + j]) * int(scales[h * 2 + j]) for j in range(2))
+                for h in range(2):                     # partial 2j + h: column h's group j
+                    acc[h] += [sum(int(sums[r, 2 * j + h]) * int(scales[2 * j + h]) for j in range(2))
                                for r in range(R)]
             else:                                      # a dense group's scale on both its halves
                 g = rng.integers(0, 1 << 16, NG // 2)

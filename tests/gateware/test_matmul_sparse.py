@@ -137,28 +137,36 @@ def test_sparse_weights_stream_fewer_words_than_dense():
 # -- the 2:4 pair fire (sparse24_pairs): two columns a fire, the zeros skipped --------------------
 
 def _pairs_layout(**engine):
-    return _layout(**{"weight_bits": [2, "ternary", 4], "max_k": 16, "sparse24_pairs": True, **engine})
+    """Two groups of 16 per 32-lane fire (four half-group partials a row)."""
+    return _layout(**{"weight_bits": [2, "ternary", 4], "lanes": 32, "max_k": 32, "sparse24_pairs": True,
+                      **engine})
 
 
 def test_pair_fire_jobs_match_golden_beside_dense_and_odd_n_ones():
     """int2 and ternary 2:4 jobs with N even run as pair fires; odd N, dense and int4 2:4 jobs as
     before; INT8 and INT32 results, a bias, a short last row block, split K (K > max_k)."""
     lay = _pairs_layout()
-    _run(lay, [(3, 16, 4, 2, INT8, True), (2, 16, 6, "ternary", INT32, True), (3, 48, 4, 2, INT32, True),
-               (2, 16, 3, 2, INT8, True), (3, 32, 2, 4, INT32, False), (1, 32, 8, "ternary", INT8, True),
-               (2, 16, 4, 4, INT8, True)], seed=61, bias=True)
+    _run(lay, [(3, 32, 4, 2, INT8, True), (2, 32, 6, "ternary", INT32, True), (3, 96, 4, 2, INT32, True),
+               (2, 32, 3, 2, INT8, True), (3, 64, 2, 4, INT32, False), (1, 64, 8, "ternary", INT8, True),
+               (2, 32, 4, 4, INT8, True)], seed=61, bias=True)
+
+
+def test_pair_fire_with_one_group_a_fire():
+    lay = _pairs_layout(lanes=16, max_k=16)
+    _run(lay, [(3, 16, 4, 2, INT8, True), (2, 48, 6, "ternary", INT32, True), (1, 16, 3, 2, INT32, True)],
+         seed=64, bias=True)
 
 
 def test_pair_fire_many_tiles_and_chunks_without_bias():
     lay = _pairs_layout(tile_n=2, rows=1)
-    _run(lay, [(3, 16, 10, 2, INT8, True), (2, 64, 6, "ternary", INT32, True), (1, 16, 2, 2, INT32, True)],
+    _run(lay, [(3, 32, 10, 2, INT8, True), (2, 128, 6, "ternary", INT32, True), (1, 32, 2, 2, INT32, True)],
          seed=62)
 
 
 def test_pair_fire_halves_the_cycles_of_an_array_bound_job():
     """GEMM over a chunk of row blocks is array-bound: a pair job fires half as often."""
     lay = _pairs_layout(rows=1, weight_ports=2)
-    bench = _run(lay, [(8, 16, 32, 2, INT32, True), (8, 16, 32, 4, INT32, True)], seed=63, stall=0.0,
+    bench = _run(lay, [(8, 32, 32, 2, INT32, True), (8, 32, 32, 4, INT32, True)], seed=63, stall=0.0,
                  backpressure=0.0)
     pair, dense = (s["cycles"] for s in bench.stats)
     assert pair < 0.7 * dense, (pair, dense)

@@ -241,7 +241,36 @@ def test_models_the_design_cannot_run_are_refused_before_any_upload(dev, layout)
         ModelProgram(dev, BlockConfig(**{**LLAMA.__dict__, "kv_heads": 3}), [w])
     with pytest.raises(ValueError, match="kv_bits"):
         ModelProgram(dev, LLAMA, [w], kv_bits=2)
+    with pytest.raises(BlockProgramError, match="sparse24: design 'tiny_vec'.s matmul engine has sparse24 false"):
+        ModelProgram(dev, LLAMA, [w], sparse24=True)
+    with pytest.raises(TypeError, match="sparse24"):
+        ModelProgram(dev, LLAMA, [w], sparse24="yes")
     assert len(dev.live_buffers()) == before
+
+
+def test_sparse24_programs_pack_2_4_weights_and_refuse_dense_ones():
+    """sparse24=True: 2:4 packed weights (the golden program decodes them like the engine); weights
+    that are not 2:4 are refused, naming the projection, before any upload."""
+    from hbmforge.numerics.sparse import prune_2_4
+
+    cfg_dict = tiny_vector_config_dict("tiny_vec_s24")
+    cfg_dict["engines"][0].update(weight_bits=[2, 4, "ternary"], max_k=16, sparse24=True, sparse24_pairs=True)
+    with GoldenDevice(DesignLayout(parse_config(cfg_dict))) as dev:
+        rng = np.random.default_rng(7)
+        t = float_layer(LLAMA, rng)
+        dense = BlockWeights.from_float(LLAMA, t, bits=4, group_size=dev.layout.mm.group_size)
+        before = len(dev.live_buffers())
+        with pytest.raises(BlockProgramError, match=r"blocks\[0\].projections\['q_proj'\] is not 2:4 sparse"):
+            ModelProgram(dev, LLAMA, [dense], sparse24=True)
+        assert len(dev.live_buffers()) == before
+        t.update({name: prune_2_4(t[name]) for name in LLAMA.projections})
+        sparse = BlockWeights.from_float(LLAMA, t, bits=4, group_size=dev.layout.mm.group_size)
+        prog = ModelProgram(dev, LLAMA, [sparse], sparse24=True)
+        x = rng.normal(0, 1, (3, LLAMA.hidden))
+        h = prog.prefill(x, prog.sequence())
+        ref = float_forward(LLAMA, [t], x)
+        assert min(_cos(h[i], ref[i]) for i in range(3)) > 0.98
+        prog.close()
 
 
 def test_an_mlp_wider_than_max_k_splits_k_in_the_program():

@@ -112,3 +112,32 @@ def test_head_parallel_decoder_on_the_cosim_appends_every_group_in_one_descripto
         # the step's K and V of each group went out on that group's port
         assert all(st.counters["ports"][f"w{i}"]["bytes_written"] > 0 for i in range(4)), st.counters["ports"]
         prog.close()
+
+
+def _sparse_llama(dev, rng, bits):
+    """A 2-layer LLaMA block program of 2:4-pruned weights (``bits``: 2 or "ternary"), 2:4 packed."""
+    from hbmforge.host.blocks import ModelProgram
+    from hbmforge.numerics.sparse import prune_2_4
+    from test_blocks import float_layer
+
+    lay = dev.layout
+    blocks = []
+    for _ in range(2):
+        t = float_layer(LLAMA, rng)
+        t.update({name: prune_2_4(t[name]) for name in LLAMA.projections})
+        blocks.append(BlockWeights.from_float(LLAMA, t, bits=bits, group_size=lay.mm.group_size))
+    return ModelProgram(dev, LLAMA, blocks, kv_bits=8, sparse24=True)
+
+
+@pytest.mark.parametrize("bits", [2, "ternary"])
+def test_sparse24_decoder_runs_pair_fires_on_the_cosim_bit_exact(tmp_path, bits):
+    """A matmul engine with the 2:4 pair fire (sparse24_pairs): every projection of a W2 / ternary
+    2:4 decoder (N even) fires two columns at once; prefill and decode steps equal the golden program."""
+    cfg = tiny_vector_config_dict("tiny_vec_pairs")
+    cfg["engines"][0].update(weight_bits=[2, 4, "ternary"], max_k=16, sparse24=True, sparse24_pairs=True)
+    with open_device(parse_config(cfg), build_dir=tmp_path, progress=False) as d:
+        rng = np.random.default_rng(13)
+        prog = _sparse_llama(d, rng, bits)
+        st = _prefill_then_decode(prog, rng.normal(0, 1, (6, LLAMA.hidden)), 4)
+        assert st.mac_ops > 0
+        prog.close()

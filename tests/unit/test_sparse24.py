@@ -132,3 +132,35 @@ def test_a_sparse_code_on_a_dense_engine_is_bad_wbits():
     assert code == ErrorCode.BAD_WBITS and "sparse24 false" in why
     with pytest.raises(ValueError, match="error code 2.*sparse24 false"):
         ProgramBuilder(lay).matmul(m=1, k=16, n=1, wbits=4 | SPARSE24, x=X, s=S, y=Y, w=W[:2])
+
+
+@pytest.mark.parametrize("engine,field", [
+    ({"sparse24": False}, "sparse24: true"),
+    ({"weight_bits": [4, 8]}, "a 2-bit format"),
+    ({"weight_bits": [2, "ternary"]}, "a 4- or 8-bit one"),
+    ({"max_k": 128}, "max_k == lanes"),
+])
+def test_sparse24_pairs_names_what_it_needs(engine, field):
+    base = {"weight_bits": [2, 4], "lanes": 64, "group_size": 64, "max_k": 64, "sparse24": True,
+            "sparse24_pairs": True}
+    layout(**base)                                   # the base config is valid
+    with pytest.raises(Exception, match="sparse24_pairs needs") as info:
+        layout(**{**base, **engine})
+    assert field in str(info.value)
+
+
+def test_pair_slots_read_the_groups_as_the_dense_decode_does():
+    """pair_slots + pair_fire_sums (the pair fire's golden model) equal the dense product of the
+    decoded columns, for random raw streams (reserved ternary codes and repeated indexes too)."""
+    from hbmforge.numerics.sparse import pair_fire_sums, pair_slots
+    rng = np.random.default_rng(3)
+    lanes, g = 32, 16
+    for ternary in (False, True):
+        for _ in range(20):
+            bits = rng.integers(0, 2, 4 * lanes).astype(np.uint8)
+            dense = decode_sparse24_stream(bits, 2 * lanes, 2, ternary).reshape(2, lanes)
+            x = rng.integers(-128, 128, (3, lanes))
+            sums = pair_fire_sums(x, *pair_slots(bits, lanes, ternary), g)
+            for h in range(2):
+                want = (x * dense[h]).reshape(3, -1, g).sum(axis=2)
+                assert np.array_equal(sums[:, h::2], want)

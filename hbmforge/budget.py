@@ -33,10 +33,10 @@ LUT_MANT_TIMES_V4 = 79
 #: "Resources"): the weight sign extension, the weight-sum tree and the format select
 LUT_MATMUL_LANE = 28
 #: the 2:4 pair fire (``sparse24_pairs``) per lane and row: the registered activation select (an
-#: 8-bit 4:1 mux and the dense/pair choice) and the weights' extra pipeline register. Yosys synth_xilinx,
-#: a 256-lane int4 (lut) MacArray of one row: 16,596 LUT / 9,096 FF plain, 20,853 / 14,007 with pairs
+#: 8-bit 4:1 mux, one LUT6 a bit) and the weights' extra pipeline register. Yosys synth_xilinx, a
+#: 256-lane int4 (lut) MacArray of one row: 16,596 LUT / 9,096 FF plain, 18,807 / 14,006 with pairs
 #: (docs/engines/matmul.md, "Pair fire")
-LUT_PAIR_LANE = 17
+LUT_PAIR_LANE = 9
 FF_PAIR_LANE = 19
 
 

@@ -102,7 +102,8 @@ class Layer:
             self.x[0, :] = -128
             self.w[0, :] = wlo
         # 2:4 sparse weights (magnitude-pruned) on engines with sparse24: given, or at random
-        self.sparse24 = bool(eng.sparse24 and (rng.random() < 0.5 if sparse24 is None else sparse24))
+        self.sparse24 = bool(self.wbits in eng.sparse24_formats
+                             and (rng.random() < 0.5 if sparse24 is None else sparse24))
         if self.sparse24:
             self.w = prune_2_4(self.w)
         groups = self.k // eng.group_size

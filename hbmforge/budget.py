@@ -38,6 +38,12 @@ LUT_MATMUL_LANE = 28
 #: (docs/engines/matmul.md, "Pair fire")
 LUT_PAIR_LANE = 9
 FF_PAIR_LANE = 19
+#: the 2:4 unpacker paths per lane (Yosys, a 256-lane WeightUnpacker of 2 x 512-bit ports with
+#: int2, int4 and ternary: 3,604 LUT dense; sparse24 [2, ternary] +850, sparse24 for all three
+#: +5,415, the pair slots on top of [2, ternary] +1,252; docs/engines/matmul.md, "Pair fire"): int2
+#: and ternary share one path; int8's (a 5-bit-per-weight gearbox) is not measured, taken as int4's x 5/3
+LUT_SPARSE24_LANE = {2: 4, 4: 18, 8: 30}
+LUT_PAIR_UNPACK_LANE = 5
 
 
 #: the parts of an estimate, in the order they are reported
@@ -141,11 +147,16 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     # two FFs per LUT, but not for the int4 LUT products: they replace a DSP's pipeline registers
     # (Yosys, 256 int4 lanes: 3,300 fewer FFs as LUTs; docs/estimate.md)
     ff = 2 * (lut - (0 if small else lut_small))
+    sparse_widths = {2 if f == "ternary" else f for f in mm.sparse24_formats}
+    if sparse_widths:
+        s24 = mm.lanes * sum(LUT_SPARSE24_LANE[b] for b in sparse_widths)
+        lut += s24
+        ff += 4 * mm.lanes * len(sparse_widths)
     if mm.sparse24_pairs:
-        # the pair fire's activation select and weight register, its slot unpacker (about 3 LUT a
-        # lane), the second column's accumulators, output stage and result column
-        lut += macs * LUT_PAIR_LANE + 3 * mm.lanes + lut_acc + mm.rows * (w.acc_bits + 64)
-        ff += macs * FF_PAIR_LANE + 2 * (lut_acc + mm.rows * (w.acc_bits + 64))
+        # the pair fire's activation select and weight register, its slot unpacker, the second
+        # column's accumulators, output stage and result column
+        lut += macs * LUT_PAIR_LANE + LUT_PAIR_UNPACK_LANE * mm.lanes + lut_acc + mm.rows * (w.acc_bits + 64)
+        ff += macs * FF_PAIR_LANE + 4 * mm.lanes + 2 * (lut_acc + mm.rows * (w.acc_bits + 64))
     if geom.inline_scales:
         # inline scales (docs/engines/matmul.md): a combined P x W-bit word register in front of the
         # scale adapter and the adapter's own word buffer; the demux is about one LUT per bit

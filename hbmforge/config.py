@@ -109,8 +109,10 @@ class MatmulEngine(_EngineBase):
     ternary_packing: Literal["2bit", "5trit"] = Field(
         "2bit", description="ternary weights in memory: '2bit' (one 2-bit code per weight) or "
                             "'5trit' (five base-3 digits per byte, 1.6 bits per weight)")
-    sparse24: bool = Field(False, description="also accept 2:4 structured-sparse weights of every weight format "
-                                              "(2 values + two 2-bit indexes per 4 weights; wbits | 0x10)")
+    sparse24: bool | list[Literal[2, 4, 8, "ternary"]] = Field(
+        False, description="also accept 2:4 structured-sparse weights (2 values + two 2-bit indexes per 4 "
+                           "weights; wbits | 0x10): true for every weight format, or a list of them (each "
+                           "format's 2:4 unpacker costs LUTs: about 27 a lane for int4 and int8)")
     sparse24_pairs: bool = Field(
         False, description="the 2:4 pair fire: 2:4 jobs of a 2-bit format (2, 'ternary') with N even skip the "
                            "zeros, two output columns per fire (needs sparse24, a 2-bit and a 4- or 8-bit "
@@ -171,6 +173,13 @@ class MatmulEngine(_EngineBase):
         """``w<i>`` ports this engine streams from."""
         return self.weight_ports
 
+    @property
+    def sparse24_formats(self) -> tuple:
+        """The formats with a 2:4 sparse code: every one of ``weight_bits`` for ``sparse24: true``."""
+        if self.sparse24 is True:
+            return tuple(self.weight_bits)
+        return tuple(b for b in self.weight_bits if b in (self.sparse24 or ()))
+
     @model_validator(mode="after")
     def _k(self) -> "MatmulEngine":
         if self.arch == "tlmm" and list(self.weight_bits) != ["ternary"]:
@@ -191,13 +200,18 @@ class MatmulEngine(_EngineBase):
             if per < 2 or per & (per - 1) or self.tile_m > 1 << 16:
                 raise ValueError(f"tile_m must be rows ({self.rows}) x a power of two >= 2 and at most 65536, "
                                  f"got {self.tile_m}")
+        if isinstance(self.sparse24, list):
+            extra = [b for b in self.sparse24 if b not in self.weight_bits]
+            if not self.sparse24 or extra or len(set(self.sparse24)) != len(self.sparse24):
+                raise ValueError(f"sparse24 must be true, false or a list of distinct formats of weight_bits "
+                                 f"{list(self.weight_bits)}, got {self.sparse24}")
         if self.sparse24_pairs:
-            two = [b for b in self.weight_bits if b in (2, "ternary")]
+            two = [b for b in self.sparse24_formats if b in (2, "ternary")]
             wide = [b for b in self.weight_bits if b in (4, 8)]
             if not self.sparse24 or not two or not wide or self.max_k != self.lanes or self.arch != "mac":
                 raise ValueError(
-                    f"sparse24_pairs needs sparse24: true, weight_bits with a 2-bit format (2 or 'ternary') and a "
-                    f"4- or 8-bit one (lanes wide enough for a value and its index), max_k == lanes (one "
+                    f"sparse24_pairs needs sparse24 with a 2-bit format (2 or 'ternary'), weight_bits with a "
+                    f"4- or 8-bit format (lanes wide enough for a value and its index), max_k == lanes (one "
                     f"line per column) and arch 'mac'; got sparse24={self.sparse24}, weight_bits="
                     f"{list(self.weight_bits)}, max_k={self.max_k}, lanes={self.lanes}, arch={self.arch!r}")
         if self.int4_products == "lut" and 8 in self.weight_bits:

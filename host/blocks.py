@@ -465,6 +465,9 @@ class ModelProgram:
                                         "weights); set sparse24: true in its config")
             for i, b in enumerate(blocks):
                 for name, e in b.projections.items():
+                    if engine_format(e.bits, lay, "bits") not in lay.mm.sparse24_formats:
+                        raise BlockProgramError(f"sparse24: blocks[{i}].projections[{name!r}] is {e.bits!r}; the "
+                                                f"engine takes 2:4 weights of {list(lay.mm.sparse24_formats)} only")
                     if not is_2_4(e.q):
                         raise BlockProgramError(f"sparse24: blocks[{i}].projections[{name!r}] is not 2:4 sparse (a "
                                                 "group of 4 weights along K holds more than 2 non-zeros); prune it "

@@ -128,6 +128,9 @@ def weight_code(wbits, layout, *, sparse24: bool = False, name: str = "wbits") -
     if sparse24 and not lay.mm.sparse24:
         raise ValueError("sparse24: this design's matmul engine has sparse24 false (no 2:4 sparse weights); "
                          "set sparse24: true in its config")
+    if sparse24 and fmt not in lay.mm.sparse24_formats:
+        raise ValueError(f"sparse24: this design's matmul engine takes 2:4 weights of {list(lay.mm.sparse24_formats)} "
+                         f"only, not {fmt!r} (its config's sparse24 list)")
     return WeightFormat.code(fmt) | (SPARSE24 if sparse24 else 0)
 
 

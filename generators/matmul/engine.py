@@ -135,12 +135,13 @@ class MatmulEngine(wiring.Component):
 
         geom = lay.matmul
         inline = geom.inline_scales
-        m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing, sparse24=mm.sparse24,
+        m.submodules.seq = seq = JobSequencer(G, ternary_packing=mm.ternary_packing, sparse24=bool(mm.sparse24),
                                               inline_scales=inline)
         pairs = self._pairs
         m.submodules.unpack = unpack = WeightUnpacker(lanes=L, weight_ports=P, data_width=W,
                                                       weight_bits=tuple(mm.weight_bits),
-                                                      ternary_packing=mm.ternary_packing, sparse24=mm.sparse24,
+                                                      ternary_packing=mm.ternary_packing,
+                                                      sparse24=tuple(mm.sparse24_formats),
                                                       pairs=pairs)
         # inline: the scale words come out of the weight stripes, P*W bits at a time; a pair line
         # takes two columns' scales

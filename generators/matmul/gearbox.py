@@ -81,8 +81,9 @@ class WidthAdapter(wiring.Component):
                 m.d.sync += [buf.eq(self.i.payload), left.eq(ratio), have.eq(1), one.eq(ratio == 1)]
             with m.Elif(empties):
                 m.d.sync += [left.eq(0), have.eq(0), one.eq(0)]
-            with m.Elif(take):
-                m.d.sync += [buf.eq(buf[ow:]), left.eq(left - 1), one.eq(left == 2)]
+            if ratio > 1:                             # (one item a word: a take always empties it)
+                with m.Elif(take):
+                    m.d.sync += [buf.eq(buf[ow:]), left.eq(left - 1), one.eq(left == 2)]
         else:                                         # gather: `ratio` words -> one item
             ratio = ow // iw
             buf = Signal(ow)

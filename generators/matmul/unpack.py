@@ -6,8 +6,8 @@ words of ``P * W`` bits, stripe 0 in the low bits. For int2/int4/int8 and
 ``[l * b, (l + 1) * b)``; for '5trit' ternary each byte holds five weights.
 One :class:`WidthAdapter` per stored width (int2 and '2bit' ternary share one)
 keeps each path a fixed-ratio split or gather, a :class:`TritGearbox` serves
-'5trit' ternary; the job's ``wbits`` code picks the path. With ``sparse24`` every format also
-has a 2:4 sparse path (``wbits | SPARSE24``): a chunk of ``L`` lanes is ``L / 4`` packed groups
+'5trit' ternary; the job's ``wbits`` code picks the path. Each format of ``sparse24`` (``True``: every
+format) also has a 2:4 sparse path (``wbits | SPARSE24``): a chunk of ``L`` lanes is ``L / 4`` packed groups
 of ``2b + 4`` bits (a :class:`~.sparse.BitGearbox` when that is not a power-of-two part of the
 port word) expanded to ``L`` dense lanes (:func:`~.sparse.expand_sparse24`). With ``pairs``
 a 2:4 job of a 2-bit format (int2, '2bit' ternary) can run as pair fires (``pair``): a chunk is
@@ -138,14 +138,16 @@ class WeightUnpacker(wiring.Component):
             raise ValueError(f"weight_bits must be a non-empty subset of (2, 4, 8, 'ternary'), got {weight_bits!r}")
         if ternary_packing not in ("2bit", "5trit"):
             raise ValueError(f"ternary_packing must be '2bit' or '5trit', got {ternary_packing!r}")
-        if not isinstance(sparse24, bool):
-            raise TypeError(f"sparse24 must be True or False, got {sparse24!r}")
+        if isinstance(sparse24, bool):
+            sparse24 = fmts if sparse24 else ()
+        elif not isinstance(sparse24, (tuple, list)) or any(f not in fmts for f in sparse24):
+            raise TypeError(f"sparse24 must be True, False or formats of weight_bits {fmts}, got {sparse24!r}")
         if sparse24 and lanes < 4:
             raise ValueError(f"sparse24 needs lanes >= 4 (whole groups of 4), got {lanes}")
-        self._sparse24 = sparse24
         self._fmts = tuple(sorted(fmts, key=lambda b: FORMAT_CODES[b]))
-        self._pair_fmts = tuple(f for f in self._fmts if _lane_bits(f) == 2) if pairs else ()
-        if pairs and (not sparse24 or not self._pair_fmts or max(_lane_bits(f) for f in fmts) < 4):
+        self._sparse_fmts = tuple(f for f in self._fmts if f in sparse24)
+        self._pair_fmts = tuple(f for f in self._sparse_fmts if _lane_bits(f) == 2) if pairs else ()
+        if pairs and (not self._pair_fmts or max(_lane_bits(f) for f in fmts) < 4):
             raise ValueError("pairs needs sparse24, a 2-bit format (2 or 'ternary') and a 4- or 8-bit one "
                              f"(lanes wide enough for a value and an index), got {weight_bits!r}")
         self._lanes, self._ports, self._width = lanes, weight_ports, data_width
@@ -201,7 +203,7 @@ class WeightUnpacker(wiring.Component):
             m.d.comb += s.ready.eq(in_ready & all_valid)
 
         lw = self._lane_shape.width
-        variants = [(f, False) for f in self._fmts] + ([(f, True) for f in self._fmts] if self._sparse24 else [])
+        variants = [(f, False) for f in self._fmts] + [(f, True) for f in self._sparse_fmts]
         variants += [(f, "pair") for f in self._pair_fmts]
         single = len(variants) == 1
         fsel = {}

@@ -173,9 +173,8 @@ class MatmulGeometry:
         """Every ``wbits`` code the engine accepts: its formats, and with ``sparse24`` each one's 2:4
         sparse code (``code | SPARSE24``) too."""
         dense = tuple(WeightFormat.from_config(f) for f in self.engine.weight_bits)
-        if getattr(self.engine, "sparse24", False):
-            return dense + tuple(int(c) | SPARSE24 for c in dense)
-        return dense
+        sparse = getattr(self.engine, "sparse24_formats", ())
+        return dense + tuple(int(WeightFormat.from_config(f)) | SPARSE24 for f in sparse)
 
     @property
     def tlmm(self) -> bool:
@@ -491,6 +490,8 @@ class MatmulFamily(EngineFamily):
             "weight_bits": list(mm.weight_bits),
             "weight_codes": [int(c) for c in geom.weight_codes],
             "sparse24": bool(getattr(mm, "sparse24", False)), "sparse24_flag": SPARSE24,
+            "sparse24_formats": list(getattr(mm, "sparse24_formats", ())),
+            "sparse24_pairs": bool(getattr(mm, "sparse24_pairs", False)),
             "ternary_packing": mm.ternary_packing, "arch": mm.arch, "tlmm_group": mm.tlmm_group,
             "group_size": mm.group_size, "scale_bits": mm.scale_bits, "max_k": mm.max_k,
             "scale_stream": getattr(mm, "scale_stream", "data"),

@@ -135,9 +135,10 @@ def test_a_sparse_code_on_a_dense_engine_is_bad_wbits():
 
 
 @pytest.mark.parametrize("engine,field", [
-    ({"sparse24": False}, "sparse24: true"),
+    ({"sparse24": False}, "sparse24=False"),
+    ({"sparse24": [4]}, "sparse24=[4]"),
     ({"weight_bits": [4, 8]}, "a 2-bit format"),
-    ({"weight_bits": [2, "ternary"]}, "a 4- or 8-bit one"),
+    ({"weight_bits": [2, "ternary"]}, "a 4- or 8-bit format"),
     ({"max_k": 128}, "max_k == lanes"),
 ])
 def test_sparse24_pairs_names_what_it_needs(engine, field):
@@ -164,3 +165,15 @@ def test_pair_slots_read_the_groups_as_the_dense_decode_does():
             for h in range(2):
                 want = (x * dense[h]).reshape(3, -1, g).sum(axis=2)
                 assert np.array_equal(sums[:, h::2], want)
+
+
+def test_sparse24_lists_the_formats_with_a_2_4_code():
+    lay = layout(weight_bits=[2, 4, "ternary"], sparse24=[2, "ternary"])
+    assert set(lay.mm.sparse24_formats) == {2, "ternary"}
+    assert sorted(lay.matmul.weight_codes) == [2, 3, 4, 2 | SPARSE24, 3 | SPARSE24]
+    assert weight_code(2, lay, sparse24=True) == 2 | SPARSE24
+    with pytest.raises(ValueError, match=r"takes 2:4 weights of \[.*\] only, not 4"):
+        weight_code(4, lay, sparse24=True)
+    for bad in ([8], [2, 2], []):
+        with pytest.raises(Exception, match="sparse24 must be true, false or a list of distinct formats"):
+            layout(weight_bits=[2, 4, "ternary"], sparse24=bad)

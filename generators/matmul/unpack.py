@@ -102,19 +102,30 @@ def pair_slot_lanes(m: Module, chunk, lanes: int, lane_width: int, *, ternary: b
     ``i1 == i0`` (the dense decode keeps ``v0`` only), as :func:`hbmforge.numerics.sparse.pair_slots`
     does."""
     groups = lanes // 2
-    vals = Cat(*(chunk[8 * q:8 * q + 4] for q in range(groups)))
-    if ternary:
-        vals = ternary_codes(m, vals, 2 * groups, name="tern_pair")
-    pad = [Const(0, lane_width - 4)] if lane_width > 4 else []
-    slots = []                                       # per packed group (column 0's, then column 1's)
-    for q in range(groups):
-        i0, i1 = chunk[8 * q + 4:8 * q + 6], chunk[8 * q + 6:8 * q + 8]
-        v0, v1 = vals[4 * q:4 * q + 2], vals[4 * q + 2:4 * q + 4]
-        v1k = Signal(2, name=f"pair_v1_{q}")
-        m.d.comb += v1k.eq(Mux(i1 == i0, 0, v1))
-        slots.append([v0, i0, *pad, v1k, i1, *pad])
     half = groups // 2
-    return Cat(*(bit for q in range(half) for h in range(2) for bit in slots[h * half + q]))
+    pad = [Const(0, lane_width - 4)] if lane_width > 4 else []
+    # built in blocks of 8 groups of 4 slots, each a named wire: one concatenation of every slot
+    # would be a Verilog line too long for Verilator's preprocessor at 4096 lanes
+    block = 8
+    words = []
+    for b in range(0, half, block):
+        qs = range(b, min(b + block, half))
+        src = [h * half + q for q in qs for h in range(2)]          # packed groups, in slot order
+        vals = Signal(4 * len(src), name=f"pair_vals{b}")
+        m.d.comb += vals.eq(Cat(*(chunk[8 * g:8 * g + 4] for g in src)))
+        if ternary:
+            vals = ternary_codes(m, vals, 2 * len(src), name=f"tern_pair{b}")
+        parts = []
+        for n, g in enumerate(src):
+            i0, i1 = chunk[8 * g + 4:8 * g + 6], chunk[8 * g + 6:8 * g + 8]
+            v0, v1 = vals[4 * n:4 * n + 2], vals[4 * n + 2:4 * n + 4]
+            v1k = Signal(2, name=f"pair_v1_{g}")
+            m.d.comb += v1k.eq(Mux(i1 == i0, 0, v1))
+            parts += [v0, i0, *pad, v1k, i1, *pad]
+        word = Signal(len(src) * 2 * lane_width, name=f"pair_slots{b}")
+        m.d.comb += word.eq(Cat(*parts))
+        words.append(word)
+    return Cat(*words)
 
 
 class WeightUnpacker(wiring.Component):

@@ -104,9 +104,11 @@ def pair_slot_lanes(m: Module, chunk, lanes: int, lane_width: int, *, ternary: b
     groups = lanes // 2
     half = groups // 2
     pad = [Const(0, lane_width - 4)] if lane_width > 4 else []
-    # built in blocks of 8 groups of 4 slots, each a named wire: one concatenation of every slot
-    # would be a Verilog line too long for Verilator's preprocessor at 4096 lanes
+    # built in blocks of 8 groups of 4 slots, each a wire XORed with an opaque zero (a plain
+    # concatenation would be merged into one Verilog line of every slot, too long for Verilator's
+    # preprocessor at 4096 lanes; synthesis drops the XOR)
     block = 8
+    zero = opaque_const(m, 0, block * 4 * lane_width, name="pair_zero")
     words = []
     for b in range(0, half, block):
         qs = range(b, min(b + block, half))
@@ -123,7 +125,7 @@ def pair_slot_lanes(m: Module, chunk, lanes: int, lane_width: int, *, ternary: b
             m.d.comb += v1k.eq(Mux(i1 == i0, 0, v1))
             parts += [v0, i0, *pad, v1k, i1, *pad]
         word = Signal(len(src) * 2 * lane_width, name=f"pair_slots{b}")
-        m.d.comb += word.eq(Cat(*parts))
+        m.d.comb += word.eq(Cat(*parts) ^ zero[:len(word)])
         words.append(word)
     return Cat(*words)
 

@@ -140,6 +140,9 @@ class Linear:
         self._bits = bits
         self._code = code
         self._n, self._kp, self._k = n, kp, k
+        # the 2:4 pair fire takes N even: an odd N gets a zero column on the device, its output dropped
+        pairs = sparse24 and mm.sparse24_pairs and bits in (2, "ternary")
+        self._n_dev = n + n % 2 if pairs else n
         self._q = q.astype(np.int8)
         self._mant = mant.astype(np.uint16)
         self._row_scale = rs
@@ -153,13 +156,14 @@ class Linear:
         self._work = Workspace(device)
         try:
             inline = lay.matmul.inline_scales          # scale_stream inline: the scales go in the stripes
-            stripes = pack_weights(self._q, bits, lay, sparse24=sparse24, scales=self._mant if inline else None)
+            q_dev, mant_dev = self._pad_rows(self._q), self._pad_rows(self._mant)
+            stripes = pack_weights(q_dev, bits, lay, sparse24=sparse24, scales=mant_dev if inline else None)
             for port, stripe in zip((f"w{i}" for i in range(mm.weight_ports)), stripes):
                 buf = device.alloc(stripe.nbytes, port, memory=weight_memory)
                 self._w_bufs.append(buf)
                 device.write(buf, stripe)
             if not inline:
-                scales = pack_scales(self._mant, lay)
+                scales = pack_scales(mant_dev, lay)
                 self._s_buf = device.alloc(scales.nbytes, "data")
                 device.write(self._s_buf, scales)
         except BaseException:
@@ -412,7 +416,7 @@ class Linear:
             if out_shift is not None:
                 raise ValueError("give out_shift (int32 outputs) or requant (int8 outputs), not both")
             mult, shift = self._requant(requant)
-            return self._run(xq, OutMode.INT8, 0, pack_requant(mult, shift, self._lay), timeout, ib)
+            return self._run(xq, OutMode.INT8, 0, self._pack_requant(mult, shift), timeout, ib)
         return self._run(xq, OutMode.INT32, self._out_shift(xq, out_shift, ib), None, timeout, ib)
 
     def golden_int(self, xq, *, out_shift: int | None = None, requant=None, bias=None) -> np.ndarray:
@@ -474,7 +478,7 @@ class Linear:
             raise ValueError(f"out_scale {out_scale!r} is too small for these activations and weights "
                              f"({err}); give a larger out_scale") from None
         ib = self.int_bias(float(aq.scale[0]))
-        y8 = self._run(self._int_input(aq.q), OutMode.INT8, 0, pack_requant(mult, shift, self._lay), timeout, ib)
+        y8 = self._run(self._int_input(aq.q), OutMode.INT8, 0, self._pack_requant(mult, shift), timeout, ib)
         return y8[0] if squeeze else y8
 
     def _as_rows(self, x) -> tuple[np.ndarray, bool]:
@@ -490,8 +494,8 @@ class Linear:
         """Rows of X one run handles: X, Y (and, for K above one pass, the partial-sum scratch)
         together fit ``workspace_bytes`` (whole row blocks), and each fits one DMA transfer."""
         geom, rows = self._lay.matmul, self._lay.mm.rows
-        x_block, y_block = geom.act_bytes(rows, self._kp), geom.out_bytes(rows, self._n, out_mode)
-        p_block = geom.round_words(rows * self._n * 8) if geom.slices(self._kp) > 1 else 0
+        x_block, y_block = geom.act_bytes(rows, self._kp), geom.out_bytes(rows, self._n_dev, out_mode)
+        p_block = geom.round_words(rows * self._n_dev * 8) if geom.slices(self._kp) > 1 else 0
         by_dma = min(_U32 // x_block, _U32 // y_block)
         return rows * max(1, min(self._workspace_bytes // (x_block + y_block + p_block), by_dma))
 
@@ -508,15 +512,16 @@ class Linear:
         dev, lay, geom = self._dev, self._lay, self._lay.matmul
         m_total = xq.shape[0]
         chunk = min(self.rows_per_run(out_mode), m_total)
-        sizes = {"x": geom.act_bytes(chunk, self._kp), "y": geom.out_bytes(chunk, self._n, out_mode),
+        n_dev = self._n_dev
+        sizes = {"x": geom.act_bytes(chunk, self._kp), "y": geom.out_bytes(chunk, n_dev, out_mode),
                  "program": lay.descriptor_bytes}
         if requant is not None:
             sizes["q"] = requant.nbytes
         if bias is not None:
-            packed_bias = pack_bias(bias[0], lay)
+            packed_bias = pack_bias(self._pad_rows(bias[0]), lay)
             sizes["b"] = packed_bias.nbytes
         if geom.slices(self._kp) > 1:
-            sizes["p"] = geom.partial_bytes(chunk, self._n, self._kp, out_mode)
+            sizes["p"] = geom.partial_bytes(chunk, n_dev, self._kp, out_mode)
         # validate one descriptor of each shape before any allocation or write
         starts = range(0, m_total, chunk)
         shapes = sorted({min(chunk, m_total - r0) for r0 in starts})
@@ -539,8 +544,8 @@ class Linear:
             dev.write(bufs["x"], pack_activations(xq[r0:r0 + m], lay))
             dev.write(bufs["program"], prog.to_bytes())
             status = dev.run(bufs["program"], 1, timeout=timeout)
-            raw = np.frombuffer(dev.read(bufs["y"], geom.out_bytes(m, self._n, out_mode)), dtype=np.uint8)
-            out[r0:r0 + m] = unpack_output(raw, m, self._n, out_mode, lay)
+            raw = np.frombuffer(dev.read(bufs["y"], geom.out_bytes(m, n_dev, out_mode)), dtype=np.uint8)
+            out[r0:r0 + m] = unpack_output(raw, m, n_dev, out_mode, lay)[:, :self._n]
             info.runs += 1
             info.rows += m
             info.cycles += status.cycles
@@ -551,11 +556,19 @@ class Linear:
         self.last_run = info
         return out
 
+    def _pad_rows(self, a: np.ndarray) -> np.ndarray:
+        """``a`` (one entry or row per output column) with the device's extra zero column, if any."""
+        extra = self._n_dev - self._n
+        return a if not extra else np.concatenate([a, np.zeros((extra,) + a.shape[1:], dtype=a.dtype)])
+
+    def _pack_requant(self, mult, shift) -> np.ndarray:
+        return pack_requant(self._pad_rows(np.asarray(mult)), self._pad_rows(np.asarray(shift)), self._lay)
+
     def _program(self, m: int, out_mode: int, out_shift: int, targets: dict, bias_shift: int = 0) -> ProgramBuilder:
         """The one-descriptor program of ``m`` rows; ``targets`` holds Buffers or byte sizes."""
         addr = {name: (t if isinstance(t, Buffer) else 0) for name, t in targets.items()}
         prog = ProgramBuilder(self._dev)
-        prog.matmul(m=m, k=self._kp, n=self._n, wbits=self._code, x=addr["x"], s=self._s_buf, y=addr["y"],
+        prog.matmul(m=m, k=self._kp, n=self._n_dev, wbits=self._code, x=addr["x"], s=self._s_buf, y=addr["y"],
                     w=self._w_bufs, out_mode=out_mode, out_shift=out_shift, q=addr.get("q"), bias=addr.get("b"),
                     bias_shift=bias_shift, p=addr.get("p"))
         return prog

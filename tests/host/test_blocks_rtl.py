@@ -141,3 +141,12 @@ def test_sparse24_decoder_runs_pair_fires_on_the_cosim_bit_exact(tmp_path, bits)
         st = _prefill_then_decode(prog, rng.normal(0, 1, (6, LLAMA.hidden)), 4)
         assert st.mac_ops > 0
         prog.close()
+        # a 2:4 Linear of odd N: a zero column added on the device, so it still runs as pair fires
+        # (ceil(N / 2) fires per K slice of the row block, L MACs per row each)
+        from hbmforge.host import Linear
+        n, k, lanes = 7, 32, d.layout.mm.lanes
+        lin = Linear.from_float(rng.normal(0, 0.1, (n, k)), bits=bits, device=d, sparse24=True)
+        xq = rng.integers(-128, 128, (2, k))
+        assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
+        assert lin.last_run.counters["mac_ops"] == (n + 1) // 2 * (k // lanes) * 2 * lanes
+        lin.close()

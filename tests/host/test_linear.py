@@ -235,3 +235,28 @@ def test_bias_is_added_on_the_device_with_per_tensor_activations(wide_dev):
             lin.forward_int(xq, bias=(values[:3], 0))
         with pytest.raises(TypeError, match=r"bias must be a pair \(values, shift\)"):
             lin.forward_int(xq, bias=values)
+
+
+@pytest.mark.parametrize("n", [7, 8])
+def test_sparse24_linear_on_a_pair_fire_engine_pads_an_odd_n_and_drops_the_extra_column(n):
+    """A 2:4 W2 layer on an engine with the pair fire: an odd N runs with a zero column added on the
+    device (N even: pair fires), and every int32 / int8 / biased result equals the golden model."""
+    from designs import tiny_config_dict
+
+    cfg = tiny_config_dict(weight_bits=[2, 4, "ternary"], lanes=32, max_k=32, sparse24=[2, "ternary"],
+                           sparse24_pairs=True)
+    rng = np.random.default_rng(n)
+    with GoldenDevice(DesignLayout(parse_config(cfg))) as dev:
+        w = rng.normal(0, 0.1, (n, 64))
+        lin = Linear.from_float(w, bits=2, device=dev, sparse24=True, bias=rng.normal(0, 0.1, n))
+        assert lin.out_features == n
+        xq = rng.integers(-128, 128, (3, 64))
+        assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
+        rq = (rng.integers(1, 1 << 20, n), np.full(n, 24))
+        bias = (rng.integers(-1000, 1000, n), 2)
+        assert np.array_equal(lin.forward_int(xq, requant=rq, bias=bias), lin.golden_int(xq, requant=rq, bias=bias))
+        y = lin(rng.normal(0, 1, (2, 64)))
+        assert y.shape == (2, n)
+        with pytest.raises(ValueError, match="takes 2:4 weights of"):
+            Linear.from_float(w, bits=4, device=dev, sparse24=True)
+        lin.close()

@@ -27,10 +27,7 @@ from ..lutmul import LUT_PRODUCT_MAX_BITS, lut_product
 from ..params import require_positive_ints, require_powers_of_two
 from .pipe import delay
 
-__all__ = ["MacArray", "product", "wrap_tree", "LANE_FORMATS", "array_latency", "PAIR_SLOT_BITS"]
-
-#: a pair-fire slot: a 2-bit int2 value (bits 0-1), then the 2-bit index of its position in the group
-PAIR_SLOT_BITS = 4
+__all__ = ["MacArray", "product", "wrap_tree", "LANE_FORMATS", "array_latency"]
 
 
 def array_latency(*, lanes: int, group_size: int, levels_per_stage: int, pairs: bool = False) -> int:

@@ -382,6 +382,18 @@ async def _pack(ctx, dut, columns, rng, *, valid_p: float, ready_p: float, until
     return words
 
 
+def _pack_jobs(dut, jobs, rng) -> list[list[int]]:
+    """Each job's columns through the packer (random gaps and back-pressure) until it finishes: its words."""
+    got = []
+
+    async def bench(ctx):
+        for cols in jobs:
+            got.append(await _pack(ctx, dut, cols, rng, valid_p=0.7, ready_p=0.5, until_finished=True))
+
+    _sim(dut, bench)
+    return got
+
+
 @pytest.mark.parametrize("rows,mode", [(4, 0), (4, 1), (3, 0), (3, 1), (16, 0), (1, 1), (2, 2), (3, 2)])
 def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, mode):
     """Columns of one element size (mode 0 int32, 1 int8, 2 raw int64); a column marked last
@@ -391,14 +403,7 @@ def test_packer_emits_blocked_bytes_with_zero_padding_under_backpressure(rows, m
     top = 1 << (8 * _EBYTES[mode] - 1)
     jobs = [[(mode, [rng.randrange(-top, top) for _ in range(rows)], c == ncols - 1) for c in range(ncols)]
             for ncols in (5, 1, 8)]
-    got = []
-
-    async def bench(ctx):
-        for cols in jobs:
-            got.append(await _pack(ctx, dut, cols, rng, valid_p=0.7, ready_p=0.5, until_finished=True))
-
-    _sim(dut, bench)
-    assert got == [_packed_words(cols) for cols in jobs]
+    assert _pack_jobs(dut, jobs, rng) == [_packed_words(cols) for cols in jobs]
 
 
 def test_packer_switches_element_size_only_after_the_previous_flush_left():
@@ -431,14 +436,7 @@ def test_packer_with_pairs_writes_two_column_items_as_two_consecutive_columns(ro
             n = rng.randrange(1, 8)
             jobs.append([(mode, [rng.randrange(-top, top) for _ in range(rows * width)], c == n - 1)
                          for c in range(n)])
-    got = []
-
-    async def bench(ctx):
-        for cols in jobs:
-            got.append(await _pack(ctx, dut, cols, rng, valid_p=0.7, ready_p=0.5, until_finished=True))
-
-    _sim(dut, bench)
-    assert got == [_packed_words(cols) for cols in jobs]
+    assert _pack_jobs(dut, jobs, rng) == [_packed_words(cols) for cols in jobs]
 
 
 # -- activation buffer ------------------------------------------------------------------------

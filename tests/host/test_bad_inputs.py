@@ -349,7 +349,10 @@ def test_finite_inputs_give_finite_right_answers_or_a_clear_error(golden_dev, w_
             assert "float32" in str(err) and magnitude > math.log10(3e38)
             return
         assume(magnitude > -30)                          # far below float32's normal range: flushed
-        assert np.all(np.isfinite(y)) and rel_err(y / 10.0 ** (w_exp + x_exp), ref) < 0.03
+        # the quantization error scales with sum |x| |w|, not with |x @ w| (which may nearly cancel:
+        # against it, 3 of 1,986 seeds exceed 3 %); against |x| @ |w|.T the largest of those seeds is 0.6 %
+        scale = np.linalg.norm(np.abs(x) @ np.abs(w).T)
+        assert np.all(np.isfinite(y)) and np.linalg.norm(y / 10.0 ** (w_exp + x_exp) - ref) / scale < 0.01
 
 
 # -- 7. errors of the right kind, naming the argument ---------------------------------------------

@@ -26,7 +26,7 @@ synchronous reads deliver the weight line, column parameters and (one cycle late
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -157,7 +157,10 @@ class FireScheduler(wiring.Component):
             m.d.comb += self.w_addr.eq((w_slot << G.line_bits) | c[:G.line_bits])
         else:
             m.d.comb += self.w_addr.eq(w_slot)
-        w_ok = (self.cols_ahead > w_off) | ((self.cols_ahead == w_off) & (self.cur_lines > c))
+        # the ring's column at w_off complete (cols_ahead > w_off) or being written (==), as
+        # registered flags: the fire only selects among compares of flip-flops (below)
+        w_gt, w_eq = Signal(), Signal()
+        w_ok = w_gt | (w_eq & (self.cur_lines > c))
         m.d.comb += self.p_addr.eq((p_old << exact_log2(T)) | (j if T > 1 else 0))
 
         # -- the row block: ring slot (offset b unless this is its last tile) ---------------------
@@ -190,10 +193,50 @@ class FireScheduler(wiring.Component):
                 m.d.sync += hold.eq(hold - 1)
             inputs_ok = tables & (hold == 0)
         else:
-            inputs_ok = self.act_ahead > a_off
+            a_gt = Signal()                      # act_ahead > a_off, registered (below)
+            inputs_ok = a_gt
 
         fire = self.fire
         m.d.comb += fire.eq(have & w_ok & inputs_ok & params_ok & partial_ok & credit_ok)
+
+        # -- the rings' flags for the next cycle ----------------------------------------------------
+        # Candidates from the flip-flops for each outcome of this cycle's fire: no column advance,
+        # an advance inside the tile, the tile's last column (or no pass: offsets 0). A column or
+        # block that arrives this cycle counts from the next one (a cycle of latency, the same
+        # rate); the frees and offsets are this scheduler's own, so a flag never runs ahead.
+        adv = fire & col_last
+        wrap = adv & last_col
+        ca = self.cols_ahead
+        ca_m1 = Signal(signed(len(ca) + 1))
+        m.d.comb += ca_m1.eq(ca - 1)
+        j_p1 = Signal(len(j) + 1)
+        m.d.comb += j_p1.eq(j + 1)
+        gt_in = Mux(final_blk, ca_m1 > 0, ca > j_p1)        # after an advance inside the tile
+        eq_in = Mux(final_blk, ca_m1 == 0, ca == j_p1)
+        gt_wrap = Mux(final_blk & adv, ca_m1 > 0, ca > 0)   # offset 0 (the tile's end, or no pass)
+        eq_wrap = Mux(final_blk & adv, ca_m1 == 0, ca == 0)
+        gt_stay, eq_stay = ca > w_off, ca == w_off
+        with m.If(~have | wrap):
+            m.d.sync += [w_gt.eq(gt_wrap), w_eq.eq(eq_wrap)]
+        with m.Elif(adv):
+            m.d.sync += [w_gt.eq(gt_in), w_eq.eq(eq_in)]
+        with m.Else():
+            m.d.sync += [w_gt.eq(gt_stay), w_eq.eq(eq_stay)]
+        if not G.tlmm:
+            aa = self.act_ahead
+            aa_m1 = Signal(signed(len(aa) + 1))
+            m.d.comb += aa_m1.eq(aa - 1)
+            b_p1 = Signal(len(b) + 1)
+            m.d.comb += b_p1.eq(b + 1)
+            # the tile's last column: the block is released on the pass's last tile; the next
+            # offset is 0 after the last row block or on the last tile, else b + 1
+            a_wrap = Mux(final_tile, aa_m1 > 0, Mux(final_blk, aa > 0, aa > b_p1))
+            with m.If(~have):
+                m.d.sync += a_gt.eq(aa > 0)
+            with m.Elif(wrap):
+                m.d.sync += a_gt.eq(a_wrap)
+            with m.Else():
+                m.d.sync += a_gt.eq(aa > a_off)
         m.d.comb += [self.free_col.eq(fire & col_last & final_blk),
                      self.free_params.eq(fire & col_last & last_col & final_blk & (need_q | need_b)),
                      self.claim.eq(fire & col_last & need_p)]
@@ -222,7 +265,9 @@ class FireScheduler(wiring.Component):
         with m.If(self.free_params):
             m.d.sync += p_old.eq(~p_old)
         with m.If(self.start):
-            m.d.sync += [have.eq(0), w_old.eq(0), a_old.eq(0), p_old.eq(0)]
+            m.d.sync += [have.eq(0), w_old.eq(0), a_old.eq(0), p_old.eq(0), w_gt.eq(0), w_eq.eq(0)]
+            if not G.tlmm:
+                m.d.sync += a_gt.eq(0)
             if G.tlmm:
                 m.d.sync += [tables.eq(0), hold.eq(0), bl.eq(0), be.eq(0)]
         return m

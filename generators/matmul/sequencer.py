@@ -366,8 +366,12 @@ class JobSequencer(wiring.Component):
                      self.partial_entries.payload.eq(entries),
                      self.act_cmd.payload.addr.eq(cmd_addr),
                      self.act_cmd.payload.bytes.eq(cmd_bytes)]
+        # a partial-sum read waits for the writes it follows: dones > pidx as a register (a write
+        # answer counts a cycle later; pidx moves with a command, after which a_wait idles a cycle)
+        p_written = Signal()
+        m.d.sync += p_written.eq(dones > pidx)
         a_go = running & a_active & ~a_wait & self.act_route.ready & (
-            ~a_partial | ((dones > pidx) & self.partial_entries.ready))
+            ~a_partial | (p_written & self.partial_entries.ready))
         m.d.comb += [self.act_cmd.valid.eq(a_go), self.act_route.valid.eq(a_go & self.act_cmd.ready),
                      self.partial_entries.valid.eq(a_go & a_partial & self.act_cmd.ready)]
         a_next_pass = Signal()

@@ -38,6 +38,7 @@ from hbmforge.numerics.vector import rsqrt_in_bits
 
 from ..nonlinear.rsqrt import Rsqrt
 from ..counters import step_count
+from ..onehot import OneHotFSM
 from ..skid import SkidBuffer
 from ..products import pipelined_product, pipelined_sum
 from .arith import delayed, lanes_of, registered, valid_chain, word_of
@@ -1183,149 +1184,155 @@ class VectorEngine(wiring.Component):
                 m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
                 if kv_rows is not None:
                     m.d.sync += [st_vaddr.eq(pool_next + kv_rows.v_off), st_maddr.eq(pool_next + kv_rows.m_off)]
-            m.next = again
             with m.If(st_h == heads_m1):
                 m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1),
                              st_port.eq(Mux(kv_mode, j.port, 0))]
-                m.next = new_row
                 with m.If(st_last_row):
                     m.d.sync += st_r.eq(0)
-                    m.next = "FLUSH"
+                    store.next = "FLUSH"
+                with m.Else():
+                    store.next = new_row
+            with m.Else():
+                store.next = again
 
-        with m.FSM(name="store"):
-            with m.State("IDLE"):
-                with m.If(store_start):
-                    m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0),
-                                 st_port.eq(Mux(kv_mode, j.port, 0))]
-                    m.next = "CMD"
-                    with m.If(kv_mode):
-                        m.next = "KROW"
-            with m.State("KROW"):
-                # a KV row's first head: its addresses from the row pipeline, once it holds this row
-                with m.If(row_ok):
-                    if kv_rows is not None:
-                        m.d.sync += [st_vaddr.eq(kv_rows.vaddr), st_maddr.eq(kv_rows.maddr)]
-                    m.next = "CMD"
-            with m.State("CMD"):
-                # a write to another port than the packer's waits until its words have left
-                m.d.comb += wc_valid.eq((st_port == out_port) | store_empty_r)
-                with m.If(wc_take):
-                    m.d.sync += out_port.eq(st_port)
+        # one-hot: the store's state flags gate the micro-ops, the write commands and the ports'
+        # handshakes (a binary state's decode was 4 of the 10 LUT levels into its next state)
+        store = OneHotFSM(m, ["IDLE", "KROW", "CMD", "DRAIN", "BLK", "VAL", "TRL", "SCMD", "SCL", "ZERO",
+                              "WAITW", "RDATA", "MERGE", "MCMD", "MNT", "FLUSH"], name="store")
+        with store.State("IDLE"):
+            with m.If(store_start):
+                m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0),
+                             st_port.eq(Mux(kv_mode, j.port, 0))]
+                with m.If(kv_mode):
+                    store.next = "KROW"
+                with m.Else():
+                    store.next = "CMD"
+        with store.State("KROW"):
+            # a KV row's first head: its addresses from the row pipeline, once it holds this row
+            with m.If(row_ok):
+                if kv_rows is not None:
+                    m.d.sync += [st_vaddr.eq(kv_rows.vaddr), st_maddr.eq(kv_rows.maddr)]
+                store.next = "CMD"
+        with store.State("CMD"):
+            # a write to another port than the packer's waits until its words have left
+            m.d.comb += wc_valid.eq((st_port == out_port) | store_empty_r)
+            with m.If(wc_take):
+                m.d.sync += out_port.eq(st_port)
+            with m.Switch(j.out_fmt):
+                with m.Case(VectorOut.RES32):
+                    m.d.comb += [wc_addr.eq(j.y_addr + y_blk_off), wc_bytes.eq((j.dim << 2) * R)]
+                with m.Case(VectorOut.ACT8):
+                    m.d.comb += [wc_addr.eq(j.y_addr + y_row_off), wc_bytes.eq(act8_bytes)]
+                with m.Case(VectorOut.QREC):
+                    m.d.comb += [wc_addr.eq(j.y_addr + y_rec_off), wc_bytes.eq(rec_block_bytes)]
+                with m.Case(VectorOut.KV):
+                    m.d.comb += [wc_addr.eq(st_vaddr), wc_bytes.eq(vbytes)]
+            with m.If(wc_take):
+                m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                with m.If(direct):
+                    store.next = "DRAIN"
+                with m.Elif(j.out_fmt == VectorOut.RES32):
+                    store.next = "BLK"
+                with m.Else():
+                    store.next = "VAL"
+        with store.State("DRAIN"):
+            # direct store: the sweep feeds the chunk FIFO; done when it has ended
+            with m.If(sw1_ended):
+                store.next = "FLUSH"
+        with store.State("BLK"):
+            with m.If(room):
+                m.d.comb += [op_valid.eq(1), op_kind.eq(_BLK), op_k.eq(st_c)]
+                m.d.sync += st_c.eq(st_c + 1)
+                with m.If(st_c == dwr_m1):
+                    store.next = "FLUSH"
+        with store.State("VAL"):
+            with m.If(room):
+                m.d.comb += [op_valid.eq(1), op_kind.eq(_VAL), op_r.eq(st_r)]
+                m.d.sync += st_j.eq(st_j + 1)
                 with m.Switch(j.out_fmt):
-                    with m.Case(VectorOut.RES32):
-                        m.d.comb += [wc_addr.eq(j.y_addr + y_blk_off), wc_bytes.eq((j.dim << 2) * R)]
-                    with m.Case(VectorOut.ACT8):
-                        m.d.comb += [wc_addr.eq(j.y_addr + y_row_off), wc_bytes.eq(act8_bytes)]
-                    with m.Case(VectorOut.QREC):
-                        m.d.comb += [wc_addr.eq(j.y_addr + y_rec_off), wc_bytes.eq(rec_block_bytes)]
-                    with m.Case(VectorOut.KV):
-                        m.d.comb += [wc_addr.eq(st_vaddr), wc_bytes.eq(vbytes)]
-                with m.If(wc_take):
-                    m.d.sync += [st_j.eq(0), st_c.eq(0)]
-                    with m.If(direct):
-                        m.next = "DRAIN"
-                    with m.Elif(j.out_fmt == VectorOut.RES32):
-                        m.next = "BLK"
-                    with m.Else():
-                        m.next = "VAL"
-            with m.State("DRAIN"):
-                # direct store: the sweep feeds the chunk FIFO; done when it has ended
-                with m.If(sw1_ended):
-                    m.next = "FLUSH"
-            with m.State("BLK"):
-                with m.If(room):
-                    m.d.comb += [op_valid.eq(1), op_kind.eq(_BLK), op_k.eq(st_c)]
-                    m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c == dwr_m1):
-                        m.next = "FLUSH"
-            with m.State("VAL"):
-                with m.If(room):
-                    m.d.comb += [op_valid.eq(1), op_kind.eq(_VAL), op_r.eq(st_r)]
-                    m.d.sync += st_j.eq(st_j + 1)
-                    with m.Switch(j.out_fmt):
-                        with m.Case(VectorOut.ACT8):   # every word of every row, then the scale records
-                            m.d.comb += [op_j.eq(st_j), op_g.eq(0)]
-                            with m.If(st_j == dw_m1):
-                                m.d.sync += [st_j.eq(0), st_r.eq(st_r + 1)]
-                                with m.If(st_last_row):
-                                    m.d.sync += st_r.eq(0)
-                                    m.next = "SCMD"
-                        with m.Case(VectorOut.QREC):   # the head's words, then its trailer
-                            m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h)]
-                            with m.If(st_j == val_chunks - 1):
-                                m.d.sync += [st_j.eq(0), st_c.eq(0)]
-                                m.next = "TRL"
-                        with m.Default():              # KV: the head's words, padding, mantissas
-                            m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j)]
-                            with m.If(st_j == val_chunks - 1):
-                                m.d.sync += [st_j.eq(0), st_c.eq(0)]
-                                with m.If(zero_chunks != 0):
-                                    m.next = "ZERO"
-                                with m.Else():
-                                    m.next = "WAITW"
-            with m.State("TRL"):
-                with m.If(room):
-                    m.d.comb += [op_valid.eq(1), op_kind.eq(_TRL), op_r.eq(st_r), op_g.eq(st_h), op_k.eq(st_c)]
-                    m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c == trl_chunks - 1):
-                        next_head("VAL", "VAL")
-            with m.State("SCMD"):
-                m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + y_scale_off), wc_bytes.eq(SB)]
-                with m.If(wc_take):
-                    m.d.sync += st_c.eq(0)
-                    m.next = "SCL"
-            with m.State("SCL"):
-                with m.If(room):
-                    m.d.comb += [op_valid.eq(1), op_kind.eq(_SCL), op_k.eq(st_c)]
-                    m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c == SBW * 4 - 1):
-                        m.next = "FLUSH"
-            with m.State("ZERO"):
-                with m.If(room):
-                    m.d.comb += [op_valid.eq(1), op_kind.eq(_ZERO)]
-                    m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c == zero_chunks_m1):
-                        m.next = "WAITW"
-            with m.State("WAITW"):
-                with m.If(first_row):
-                    # the job's first row: its mantissa words were read ahead (no earlier write of
-                    # this job can touch them; earlier jobs are done)
-                    m.d.sync += [rd_words.eq(0), rd_mode.eq(1)]
-                    m.next = "RDATA"
-                with m.Elif((pending == 0) & store_empty_r):
-                    # every earlier KV write acknowledged: the mantissa word holds what they wrote
-                    m.d.sync += [rc_valid.eq(1), rd_words.eq(0), rd_mode.eq(1)]
-                    m.next = "RDATA"
-            with m.State("RDATA"):
-                with m.If(rd_take & w_valid):
-                    for w in range(span_words):
-                        with m.If(rd_words == w):
-                            m.d.sync += span[w * W:(w + 1) * W].eq(w_payload)
-                    m.d.sync += rd_words.eq(rd_words + 1)
-                    with m.If(rd_words + 1 == span_words):
-                        m.d.sync += [st_c.eq(0), rd_mode.eq(0)]
-                        m.next = "MERGE"
-            with m.State("MERGE"):
-                # the head's mantissas were caught during its VAL ops (two or more cycles ago)
-                m.d.sync += span.eq(merged_word)
-                m.next = "MCMD"
-            with m.State("MCMD"):
-                m.d.comb += [wc_valid.eq(1), wc_addr.eq(st_maddr), wc_bytes.eq(span_words * W8)]
-                with m.If(wc_take):
-                    m.d.sync += st_c.eq(0)
-                    m.next = "MNT"
-            with m.State("MNT"):
-                with m.If(room):
-                    m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
-                    m.d.sync += st_c.eq(st_c + 1)
-                    with m.If(st_c == span_words - 1):
-                        next_head("CMD", "KROW")
-            with m.State("FLUSH"):
-                # no micro-op reads the tiles any more: the next block may be loaded
-                with m.If((st_inflight == 0) & ~t1_v):
-                    m.d.comb += store_done.eq(1)
-                    m.d.sync += sw1_ended.eq(0)
-                    m.next = "IDLE"
+                    with m.Case(VectorOut.ACT8):   # every word of every row, then the scale records
+                        m.d.comb += [op_j.eq(st_j), op_g.eq(0)]
+                        with m.If(st_j == dw_m1):
+                            m.d.sync += [st_j.eq(0), st_r.eq(st_r + 1)]
+                            with m.If(st_last_row):
+                                m.d.sync += st_r.eq(0)
+                                store.next = "SCMD"
+                    with m.Case(VectorOut.QREC):   # the head's words, then its trailer
+                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h)]
+                        with m.If(st_j == val_chunks - 1):
+                            m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                            store.next = "TRL"
+                    with m.Default():              # KV: the head's words, padding, mantissas
+                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j)]
+                        with m.If(st_j == val_chunks - 1):
+                            m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                            with m.If(zero_chunks != 0):
+                                store.next = "ZERO"
+                            with m.Else():
+                                store.next = "WAITW"
+        with store.State("TRL"):
+            with m.If(room):
+                m.d.comb += [op_valid.eq(1), op_kind.eq(_TRL), op_r.eq(st_r), op_g.eq(st_h), op_k.eq(st_c)]
+                m.d.sync += st_c.eq(st_c + 1)
+                with m.If(st_c == trl_chunks - 1):
+                    next_head("VAL", "VAL")
+        with store.State("SCMD"):
+            m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + y_scale_off), wc_bytes.eq(SB)]
+            with m.If(wc_take):
+                m.d.sync += st_c.eq(0)
+                store.next = "SCL"
+        with store.State("SCL"):
+            with m.If(room):
+                m.d.comb += [op_valid.eq(1), op_kind.eq(_SCL), op_k.eq(st_c)]
+                m.d.sync += st_c.eq(st_c + 1)
+                with m.If(st_c == SBW * 4 - 1):
+                    store.next = "FLUSH"
+        with store.State("ZERO"):
+            with m.If(room):
+                m.d.comb += [op_valid.eq(1), op_kind.eq(_ZERO)]
+                m.d.sync += st_c.eq(st_c + 1)
+                with m.If(st_c == zero_chunks_m1):
+                    store.next = "WAITW"
+        with store.State("WAITW"):
+            with m.If(first_row):
+                # the job's first row: its mantissa words were read ahead (no earlier write of
+                # this job can touch them; earlier jobs are done)
+                m.d.sync += [rd_words.eq(0), rd_mode.eq(1)]
+                store.next = "RDATA"
+            with m.Elif((pending == 0) & store_empty_r):
+                # every earlier KV write acknowledged: the mantissa word holds what they wrote
+                m.d.sync += [rc_valid.eq(1), rd_words.eq(0), rd_mode.eq(1)]
+                store.next = "RDATA"
+        with store.State("RDATA"):
+            with m.If(rd_take & w_valid):
+                for w in range(span_words):
+                    with m.If(rd_words == w):
+                        m.d.sync += span[w * W:(w + 1) * W].eq(w_payload)
+                m.d.sync += rd_words.eq(rd_words + 1)
+                with m.If(rd_words + 1 == span_words):
+                    m.d.sync += [st_c.eq(0), rd_mode.eq(0)]
+                    store.next = "MERGE"
+        with store.State("MERGE"):
+            # the head's mantissas were caught during its VAL ops (two or more cycles ago)
+            m.d.sync += span.eq(merged_word)
+            store.next = "MCMD"
+        with store.State("MCMD"):
+            m.d.comb += [wc_valid.eq(1), wc_addr.eq(st_maddr), wc_bytes.eq(span_words * W8)]
+            with m.If(wc_take):
+                m.d.sync += st_c.eq(0)
+                store.next = "MNT"
+        with store.State("MNT"):
+            with m.If(room):
+                m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
+                m.d.sync += st_c.eq(st_c + 1)
+                with m.If(st_c == span_words - 1):
+                    next_head("CMD", "KROW")
+        with store.State("FLUSH"):
+            # no micro-op reads the tiles any more: the next block may be loaded
+            with m.If((st_inflight == 0) & ~t1_v):
+                m.d.comb += store_done.eq(1)
+                m.d.sync += sw1_ended.eq(0)
+                store.next = "IDLE"
 
         # -- the block sequence ------------------------------------------------------------------
         # everything written and acknowledged, one cycle late: in FINISH nothing enters the store any

@@ -173,6 +173,7 @@ class JobSequencer(wiring.Component):
         bias_on = Signal()
         pair = Signal()
         ncols = Signal(32)                   # weight-ring lines per K slice: N, or N / 2 pair lines
+        ent_full, ent_last = Signal(32), Signal(32)  # partial-sum entries of a full chunk, of the last
         m.d.comb += [self.m.eq(job.m), self.n.eq(ncols), self.pair.eq(pair), self.wbits.eq(job.wbits),
                      self.int8.eq(int8),
                      self.bias.eq(bias_on), self.bias_shift.eq(job.bias_shift), self.out_shift.eq(job.out_shift)]
@@ -241,6 +242,7 @@ class JobSequencer(wiring.Component):
         blocks_q = ceil_div_tiled(job.m, R, 32, "blocks_q")
         nk_last_q, _ = tiled_product(m, job.n, k_last, name="nk_last_q")
         plast_q, _ = tiled_product(m, nR << 3, c_last, name="plast_q")
+        ent_last_q, _ = tiled_product(m, c_last, ncols, name="ent_last_q")
         o_blocks_q, _ = tiled_product(m, blocks, nR, name="o_blocks_q")
         with m.If(setup):
             sl = geom.line_bits
@@ -279,6 +281,8 @@ class JobSequencer(wiring.Component):
                 *(k_rows[i].eq(job.k * i) for i in range(R)),
                 pstride.eq(round_words((nR << 3) << c_log)),
                 plast.eq(round_words(plast_q)),
+                ent_full.eq((ncols << c_log)[:32]),
+                ent_last.eq(ent_last_q[:32]),
                 nk_full.eq(job.n * ks_full),
                 nk_last.eq(nk_last_q),
                 wb_full.eq(self._weight_bytes(job.wbits, nk_full, cw, B)),
@@ -359,7 +363,7 @@ class JobSequencer(wiring.Component):
         p_bytes = Mux(a_last_q, plast, pstride)
         cmd_addr, cmd_bytes, entries = Signal(64), Signal(32), Signal(32)
         m.d.sync += [cmd_addr.eq(Mux(a_partial, a_p_addr, a_addr)), cmd_bytes.eq(Mux(a_partial, p_bytes, a_bytes)),
-                     entries.eq((Mux(a_last_q, c_last, 1 << c_log) * ncols)[:32])]
+                     entries.eq(Mux(a_last_q, ent_last, ent_full))]
         route = self.act_route.payload
         m.d.comb += [route.partial.eq(a_partial),
                      route.words.eq(cmd_bytes >> word_shift),

@@ -732,30 +732,23 @@ class VectorEngine(wiring.Component):
                              S2[st_r].eq(acc2 + wsq), acc1.eq(0), acc2.eq(0)]
             with m.Else():
                 m.d.sync += [acc1.eq(acc1 + wsum), acc2.eq(acc2 + wsq)]
-        # group absmax of the values the store quantizes, in three stages: |v| registered, half of a
-        # max tree over the L lanes registered, the rest with the group's running max into gmax (a
-        # chain over 16 lanes was 51 LUT levels, 31.8 MHz by Yosys); (row, group, end) travel along
+        # group absmax of the values the store quantizes: |v| registered, then a max tree over the L
+        # lanes with every level registered (one 32-bit compare and its mux a stage), the last stage
+        # the group's running max into gmax (a chain over 16 lanes was 51 LUT levels, 31.8 MHz by
+        # Yosys; two tree levels a stage 233 MHz); (row, group, end) travel along
         absv = [Signal(32, name=f"abs{i}") for i in range(L)]
         for i, v in enumerate(vals):
             m.d.sync += absv[i].eq(Mux(v < 0, -v, v))
-
-        def max_levels(xs, levels, name):
-            for lv in range(levels):
-                nxt = []
-                for i in range(0, len(xs), 2):
-                    mx = Signal(32, name=f"{name}{lv}_{i // 2}")
-                    m.d.comb += mx.eq(Mux(xs[i + 1] > xs[i], xs[i + 1], xs[i]))
-                    nxt.append(mx)
-                xs = nxt
-            return xs
-
-        half = LOGL // 2
-        part = []
-        for i, x in enumerate(max_levels(absv, half, "amax")):
-            reg = Signal(32, name=f"amax_r{i}")
-            m.d.sync += reg.eq(x)
-            part.append(reg)
-        wmax, = max_levels(part, LOGL - half, "bmax")
+        xs = absv
+        for lv in range(LOGL):
+            nxt = []
+            for i in range(0, len(xs), 2):
+                mx = Signal(32, name=f"amax{lv}_{i // 2}")
+                m.d.sync += mx.eq(Mux(xs[i + 1] > xs[i], xs[i + 1], xs[i]))
+                nxt.append(mx)
+            xs = nxt
+        wmax, = xs
+        amax_stages = 1 + LOGL
         run = Signal(32)
         gw_log = Signal(range(32))           # log2 of a group's words (KV: G/L; QREC: hd/L)
         if att is not None:
@@ -769,16 +762,18 @@ class VectorEngine(wiring.Component):
                          gidx.eq(out_j >> gw_log)]
         final = Signal()
         m.d.comb += final.eq(quant_out & Mux(j.norm == VectorNorm.NONE, elem.o_valid, napply.o_valid))
-        final1, final2 = delayed(m, final, 1, name="final"), delayed(m, final, 2, name="final")
-        g_end2, g_idx2 = delayed(m, group_end, 2, name="g_end"), delayed(m, gidx, 2, name="g_idx")
-        g_row2 = delayed(m, out_r, 2, name="g_row")
-        m.d.comb += absmax_busy.eq(final1 | final2)
+        finals = valid_chain(m, final, amax_stages)[1:]
+        final_n = finals[-1]
+        g_end_n = delayed(m, group_end, amax_stages, name="g_end")
+        g_idx_n = delayed(m, gidx, amax_stages, name="g_idx")
+        g_row_n = delayed(m, out_r, amax_stages, name="g_row")
+        m.d.comb += absmax_busy.eq(Cat(*finals).any())
         gm = Signal(32)
         m.d.comb += gm.eq(Mux(wmax > run, wmax, run))
         _, gwp, grp = gmax_mem
-        m.d.comb += [gwp.addr.eq(g_row2 * GPR + g_idx2), gwp.data.eq(gm), gwp.en.eq(final2 & g_end2)]
-        with m.If(final2):
-            m.d.sync += run.eq(Mux(g_end2, 0, gm))
+        m.d.comb += [gwp.addr.eq(g_row_n * GPR + g_idx_n), gwp.data.eq(gm), gwp.en.eq(final_n & g_end_n)]
+        with m.If(final_n):
+            m.d.sync += run.eq(Mux(g_end_n, 0, gm))
 
         # -- scalar: V -> rsqrt per row (norm) ---------------------------------------------------
         m.submodules.rsqrt = rsqrt = Rsqrt(in_bits=rsqrt_in_bits(g.max_dim), frac_bits=RSQRT_FRAC)

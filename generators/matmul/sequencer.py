@@ -298,7 +298,8 @@ class JobSequencer(wiring.Component):
         tile_cols = Mux(pair, 2 * T, T)
         seg_full = Mux(int8, tile_cols * R, tile_cols * R * 4)
 
-        running = Signal()
+        running = Signal()                   # in RUN: a flip-flop set and cleared with the state (every
+                                             # command's valid starts here, not at the state's decode)
 
         # -- pass records ---------------------------------------------------------------------
         ps = Signal(8)
@@ -564,10 +565,12 @@ class JobSequencer(wiring.Component):
                                  o_chunk.eq(0),
                                  o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0)]
                     m.d.sync += resets
+                    m.d.sync += running.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
-                m.d.comb += [running.eq(1), self.busy.eq(1)]
+                m.d.comb += self.busy.eq(1)
                 with m.If(~o_active & (dones == issued)):
+                    m.d.sync += running.eq(0)
                     m.next = "DONE"
             with m.State("DONE"):
                 m.d.comb += [self.done.valid.eq(1), self.done.payload.error.eq(error), self.busy.eq(1)]

@@ -295,7 +295,13 @@ class BurstWriter(_BurstMover):
 
         aw_valid = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(active & ~aw_valid & sp.fresh & (avail >= sp.beats) & track.w_rdy)   # see BurstReader
+        # "every beat of the next burst is in the FIFO" as a register, taken only when it was formed
+        # from a fresh burst length: an issue sets aw_valid (no issue next cycle) and makes the length
+        # stale for a cycle, so the flag never runs ahead of avail; a word pushed this cycle counts
+        # from the next (the compare is off the path from the flag to the AW register and the levels)
+        enough = Signal()
+        m.d.sync += enough.eq(sp.fresh & (avail >= sp.beats))
+        m.d.comb += issue.eq(active & ~aw_valid & sp.fresh & enough & track.w_rdy)   # see BurstReader
         m.d.sync += avail.eq(avail + push - Mux(issue, sp.beats, 0))
         m.d.comb += [
             bus.awvalid.eq(aw_valid), bus.awid.eq(self._id_value), bus.awsize.eq(sp.shift),

@@ -201,6 +201,7 @@ class JobSequencer(wiring.Component):
         # the loop bounds minus one (registered with the bounds): the loop ends are equalities
         # against registers, not a subtraction feeding a 33-bit compare
         slices_m1 = Signal(8)
+        slices_m2 = Signal(8)                # slices - 2 (mod 256): the last slice's compare without an adder
         tiles_m1 = Signal(32)
         chunks_m1 = Signal(33)
         c_last_m1 = Signal(range(geom.act_depth))
@@ -256,6 +257,7 @@ class JobSequencer(wiring.Component):
             m.d.sync += [
                 slices.eq(slices_q),
                 slices_m1.eq(slices_q - 1),
+                slices_m2.eq(slices_q - 2),
                 k_last.eq(job.k - (slices - 1) * ks_full),
                 kc_last.eq(k_last >> exact_log2(L)),
                 kc0.eq(Mux(slices == 1, kc_last, kc_full)),
@@ -466,7 +468,7 @@ class JobSequencer(wiring.Component):
                     m.d.sync += r_first_tile
                     with m.If(r_last_q):
                         m.d.sync += [r_q_left.eq(chunks_m1), r_last_q.eq(chunks_m1 == 0), r_s.eq(r_s + 1),
-                                     r_first_s.eq(0), r_last_s.eq(r_s + 1 == slices_m1)]
+                                     r_first_s.eq(0), r_last_s.eq(r_s == slices_m2)]
                         with m.If(r_last_s):
                             m.d.sync += r_active.eq(0)
                     with m.Else():

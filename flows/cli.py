@@ -183,7 +183,7 @@ def validate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
         "clock_mhz": cfg.clock, "config_hash": lay.config_hash,
         "engines": [e.kind for e in cfg.engines],
         "macs_per_cycle": lay.macs_per_cycle,
-        "ports": {p.name: p.channel for p in lay.ports},
+        "ports": {p.name: p.channel if p.memory is None else p.memory for p in lay.ports},
         "estimate": est.as_dict(),
         "estimate_parts": est.parts_dict(),
         "utilization": {"lut": est.lut / res.lut, "dsp": est.dsp / res.dsp,

@@ -536,6 +536,11 @@ class AcceleratorConfig(_Strict):
         None, description="memory channel of each AXI master port (data, w0, w1, ...); default: the board's "
                           "port map (data 0, w<i> i + 1; with as many stream ports as channels, w<i> i "
                           "and data shares channel 0)")
+    data_memory: Literal["main", "ddr"] = Field(
+        "main", description="where the data port's buffers live (the descriptor program, activations, "
+                            "outputs, per-layer tables): `main`, the board's memory (HBM: channel 0, beside "
+                            "w0), or `ddr`, the DDR4 beside the HBM (U280): the data port then leaves "
+                            "pseudo-channel 0 to its weight port")
     max_utilization: float = Field(0.8, gt=0, le=1.0,
                                    description="fraction of each board resource the kernel may use "
                                                "(the rest is left to the platform shell and routing)")
@@ -628,6 +633,14 @@ class AcceleratorConfig(_Strict):
         if self.ports is None:
             return self.board_info.port_map(self.stream_ports)
         return dict(self.ports)
+
+    @model_validator(mode="after")
+    def _data_memory(self) -> "AcceleratorConfig":
+        """``data_memory: ddr`` needs a DDR beside the board's main memory."""
+        b = self.board_info
+        if self.data_memory == "ddr" and (b.memory.kind == "ddr" or b.other_memory("ddr") is None):
+            raise ValueError(f"data_memory: {b.name} has no DDR beside its {b.memory.kind} memory; allowed: main")
+        return self
 
     @model_validator(mode="after")
     def _attention_ports(self) -> "AcceleratorConfig":

@@ -87,6 +87,7 @@ class PortInfo:
     addr_width: int
     reads: bool
     writes: bool
+    memory: str | None = None   # "ddr": linked to the DDR beside the main memory (config data_memory)
 
     @property
     def verilog_prefix(self) -> str:
@@ -97,9 +98,12 @@ class PortInfo:
         return self.data_width // 8
 
     def to_json(self) -> dict:
-        return {"name": self.name, "prefix": self.verilog_prefix, "role": self.role,
-                "channel": self.channel, "data_width": self.data_width, "id_width": self.id_width,
-                "addr_width": self.addr_width, "reads": self.reads, "writes": self.writes}
+        out = {"name": self.name, "prefix": self.verilog_prefix, "role": self.role,
+               "channel": self.channel, "data_width": self.data_width, "id_width": self.id_width,
+               "addr_width": self.addr_width, "reads": self.reads, "writes": self.writes}
+        if self.memory is not None:
+            out["memory"] = self.memory
+        return out
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,8 @@ class DesignLayout:
                               f"{1 + readers} read IDs (descriptor fetch + {readers} engine readers)")
         chans = cfg.port_channels()
         ports = [PortInfo("data", 0, "data", chans["data"], cfg.data_width, cfg.axi.id_width, 64,
-                          True, any(self.channels(f.kind).data_writer for f in self.families))]
+                          True, any(self.channels(f.kind).data_writer for f in self.families),
+                          "ddr" if cfg.data_memory == "ddr" else None)]
         for i in range(cfg.stream_ports):
             reads = any(self.channels(f.kind).stream_readers > i for f in self.families)
             writes = any(self.channels(f.kind).stream_writers > i for f in self.families)

@@ -74,13 +74,25 @@ def board_of(manifest: Mapping[str, Any], board: Board | str | None) -> Board:
     return b
 
 
+def _sp_bank(b: Board, port: Mapping[str, Any]) -> str:
+    """The v++ bank of a manifest port: its channel of the main memory, or DDR[0] for a port linked
+    to the DDR beside it (config ``data_memory: ddr``)."""
+    memory = port.get("memory")
+    if memory is None:
+        return f"{b.memory.sp_tag}[{port['channel']}]" if b.memory.sp_tag else ""
+    other = b.other_memory(memory)
+    if other is None or not other.sp_tag:
+        raise ValueError(f"port {port['name']} is linked to {memory}, which {b.name} has no v++ bank for")
+    return f"{other.sp_tag}[0]"
+
+
 def package_context(manifest: Mapping[str, Any], board: Board | str | None = None,
                     *, rtl_files: list[str] | None = None) -> dict:
     """Everything the templates read, derived from the manifest and the board."""
     b = board_of(manifest, board)
     kernel = manifest["kernel"]
     top = manifest.get("top", kernel)
-    ports = [dict(p, prefix=p.get("prefix", f"m_axi_{p['name']}")) for p in manifest["ports"]]
+    ports = [dict(p, prefix=p.get("prefix", f"m_axi_{p['name']}"), sp_bank=_sp_bank(b, p)) for p in manifest["ports"]]
     ctx = {
         "kernel": kernel,
         "top": top,

@@ -190,6 +190,7 @@ class Device(abc.ABC):
         """The bank a port is bound to: HBM pseudo-channel ``c`` at ``c * channel_size_mib`` MiB;
         with ``memory`` ("host", "ddr") the region of that memory (:mod:`hbmforge.memory_map`)."""
         board = self._layout.config.board_info
+        memory = memory if memory is not None else port.memory
         region = None if memory is None else region_for(board, memory)
         if region is not None:
             return BankRegion(region.name, region.base, region.size)
@@ -267,6 +268,11 @@ class Device(abc.ABC):
         spec = self._layout.port(port)
         if memory is not None:
             memory = check_memory_kind(self._layout.config.board_info, memory)
+        if spec.memory is not None:                  # the port is linked to that memory (data_memory: ddr)
+            if memory not in (None, spec.memory):
+                raise ValueError(f"port {port} is linked to {spec.memory} (config data_memory); it cannot "
+                                 f"reach {memory} memory")
+            memory = spec.memory
         region = self._bank_region(spec, memory)
         if nbytes > region.size:
             raise OutOfDeviceMemoryError(f"bank {region.name}: cannot allocate {nbytes} bytes for port {port}; "

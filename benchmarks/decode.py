@@ -310,10 +310,11 @@ def lm_head_bytes(fmt: str) -> float:
 
 
 def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, clocks=(225, 300),
-            cycles_mhz: float = 300.0) -> list[dict]:
+            cycles_mhz: float = 300.0, boards=("u280", "u55c")) -> list[dict]:
     """Whole-model tokens/s per cell and clock (labelled projections), with the roofline.
     ``cycles_mhz``: the kernel clock the cells' memory timing was simulated at (a cell's own
-    ``memory_clock_mhz`` wins); a row at another clock reuses those cycles and says so."""
+    ``memory_clock_mhz`` wins); a row at another clock reuses those cycles and says so.
+    ``boards``: where the design's cycles hold (a data port on the U280's DDR: the U280 only)."""
     L = LLAMA2_7B["layers"]
     H, I = LLAMA2_7B["hidden"], LLAMA2_7B["intermediate"]
     layer_weights_n = 4 * H * H + 3 * H * I
@@ -326,7 +327,7 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
         lm_cycles = LLAMA2_7B["vocab"] * H * per_weight
         cycles_tok = L * c["cycles"] + lm_cycles
         bytes_tok = L * layer_bytes + lm_head_bytes(fmt)
-        for board in ("u280", "u55c"):
+        for board in boards:
             gbps = bw.get(board)
             if gbps is None:                 # no calibrated figure for it: no projection either
                 continue
@@ -510,6 +511,7 @@ def main() -> None:
     else:
         plan = [("w2a8kv4", args.ref_context)] + [("w2a8kv4", c) for c in contexts if c != args.ref_context] + \
             [(f, args.ref_context) for f in formats if f != "w2a8kv4"]
+    from hbmforge.boards import load_board
     from hbmforge.config import load_config
 
     cfg = load_config(args.config)
@@ -550,8 +552,14 @@ def main() -> None:
     bw = calibrated_bandwidths(args.hbm_report, ("u280", "u55c", "kv260", "zcu102"),
                                run_missing=not args.no_hbm_run)
     port_bytes = cfg.stream_ports * cfg.data_width // 8
+    # the U55C has no DDR: a design whose data port is on the U280's DDR4 says nothing about it
+    same_on = [b for b in ("u280", "u55c") if cfg.data_memory == "main" or load_board(b).other_memory("ddr")]
     proj = project(cells, port_bytes=port_bytes, bw=bw, host_rt_us=args.host_rt_us, clocks=clocks,
-                   cycles_mhz=float(cfg.clock))
+                   cycles_mhz=float(cfg.clock), boards=same_on)
+    for b in sorted({"u280", "u55c"} - set(same_on)):
+        emit("projection_skipped", b, "board", config=str(args.config),
+             note=f"data_memory {cfg.data_memory}: {b} has no DDR beside its HBM; project it from a "
+                  f"data_memory: main config")
     for c in cells:
         if not c["measured"]:
             emit("decode_layer_cycles", c["cycles"], "cycles", kind="extrapolated", format=c["format"],

@@ -204,7 +204,8 @@ class CoSim:
             self.close()
             raise CoSimError(f"{library} has {n} m_axi ports but the manifest lists {len(names)} ({names})")
         self.port_names = names
-        self._timing = list(port_timings(self.layout))
+        self._timing = list(port_timings(self.layout))    # in cycles of the config's clock
+        self._region_args: dict[int, tuple] = {}           # index -> set_region's arguments, the same
         self._ctrl_span = 1 << CTRL_ADDR_WIDTH
         self.last_stop: str | None = None
         self.memory_model = "ideal"
@@ -372,10 +373,43 @@ class CoSim:
                                          ("bytes_per_cycle", bytes_per_cycle),
                                          ("max_outstanding", max_outstanding)) if v is not None}
             timing = replace(self._timing[i], **changes)
-        self._lib.hbf_set_port_timing(self.handle, i, timing.read_latency, timing.write_latency,
-                                      float(timing.bytes_per_cycle), timing.max_outstanding)
         self._timing[i] = timing
+        self._apply_port_timing(i)
         return timing
+
+    def _clock_ratio(self) -> float:
+        """Kernel cycles of the memory's clock per cycle of the config's: 1 unless a calibrated model
+        runs at another ``clock_mhz``."""
+        if self.memory_clock_mhz is None:
+            return 1.0
+        return self.memory_clock_mhz / float(self.layout.config.clock)
+
+    def _at_memory_clock(self, t: PortTiming, cap: float) -> PortTiming:
+        """``t`` (cycles of the config's clock) at the memory clock: the same ns and GB/s."""
+        f = self._clock_ratio()
+        if f == 1.0:
+            return t
+        return PortTiming(max(1, round(t.read_latency * f)), max(1, round(t.write_latency * f)),
+                          min(cap, t.bytes_per_cycle / f), t.max_outstanding)
+
+    def _apply_port_timing(self, i: int) -> None:
+        t = self._at_memory_clock(self._timing[i], self.layout.ports[i].data_width / 8)
+        self._lib.hbf_set_port_timing(self.handle, i, t.read_latency, t.write_latency, float(t.bytes_per_cycle),
+                                      t.max_outstanding)
+
+    def _apply_region(self, index: int) -> None:
+        base, size, timing, traced = self._region_args[index]
+        t = self._at_memory_clock(timing, 1024.0)
+        self._lib.hbf_set_region(self.handle, index, base, size, t.read_latency, t.write_latency,
+                                 float(t.bytes_per_cycle), int(traced))
+
+    def _apply_memory_clock(self) -> None:
+        """Every port's and region's timing at the current memory clock (the AXI ports' GB/s and
+        the regions' ns and GB/s do not change with the kernel clock; their cycles do)."""
+        for i in range(len(self._timing)):
+            self._apply_port_timing(i)
+        for index in self._region_args:
+            self._apply_region(index)
 
     def set_memory_model(self, model: str = "calibrated", *, clock_mhz: float | None = None
                          ) -> dict[str, float] | None:
@@ -387,6 +421,9 @@ class CoSim:
         ``clock_mhz`` (calibrated only; default the config's clock) is the kernel clock the DRAM
         timing is converted to cycles of: the same RTL clocked at 225 MHz sees the memory's ns and
         GB/s as fewer cycles and more bytes per cycle than at 300. The RTL does not depend on it.
+        The ports' own rate caps and the regions beside the channels (host memory, DDR; their
+        counters restart) keep their ns and GB/s too: ``set_port_timing`` and ``set_region`` take
+        cycles of the config's clock, converted here.
         Returns the calibrated parameters in kernel cycles (None for ``ideal``)."""
         model = check_memory_model(model)
         if clock_mhz is not None and model == "ideal":
@@ -400,6 +437,7 @@ class CoSim:
             self._lib.hbf_set_memory_model(handle, None, 0)
             self.memory_model = model
             self.memory_clock_mhz = None
+            self._apply_memory_clock()
             return None
         values = (ctypes.c_double * len(DRAM_PARAM_NAMES))(*(params[n] for n in DRAM_PARAM_NAMES))
         if not self._lib.hbf_set_memory_model(handle, values, len(DRAM_PARAM_NAMES)):
@@ -410,6 +448,7 @@ class CoSim:
             self._lib.hbf_set_port_channel(handle, p.index, channels.get(p.name, 0) % devices)
         self.memory_model = model
         self.memory_clock_mhz = float(clock)
+        self._apply_memory_clock()
         return params
 
     def memory_stats(self) -> MemoryStats:
@@ -442,8 +481,8 @@ class CoSim:
         index = _count("region index", index, 0, MAX_REGIONS - 1)
         base = _span(base, _count("region size", size, 0, _ADDRESS_SPACE - 1))
         timing = PortTiming(read_latency, write_latency, bytes_per_cycle)     # checks the ranges
-        self._lib.hbf_set_region(self.handle, index, base, size, timing.read_latency, timing.write_latency,
-                                 float(timing.bytes_per_cycle), int(bool(traced)))
+        self._region_args[index] = (base, size, timing, bool(traced))
+        self._apply_region(index)
 
     def region_stats(self, index: int) -> RegionStats:
         out = (ctypes.c_uint64 * 6)()

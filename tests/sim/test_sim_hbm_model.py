@@ -136,3 +136,34 @@ def test_a_bad_memory_clock_is_refused_and_changes_nothing(sim, clock):
     assert sim.memory_model == "ideal" and sim.memory_clock_mhz is None
     with pytest.raises(ValueError, match="calibrated memory model only"):
         sim.set_memory_model("ideal", clock_mhz=225.0)
+
+
+def test_a_ports_own_rate_keeps_its_gb_s_at_another_memory_clock(sim):
+    """``set_port_timing`` counts cycles of the config's clock; a calibrated model at another clock
+    converts them: w0 capped at 16 B a cycle at 300 MHz (4.8 GB/s) is 32 B a cycle at 150 MHz. (Kept
+    at 16, a 225 MHz run of a 512-bit U280 design read 343 GB/s instead of the calibrated 425.)"""
+    assert sim.set_port_timing("w0", bytes_per_cycle=16.0).bytes_per_cycle == 16.0
+    words = 2048
+    sim.set_memory_model("calibrated")
+    at_config = read(sim, BANK, words)
+    sim.set_memory_model("calibrated", clock_mhz=CLOCK / 2)
+    at_half = read(sim, BANK, words)
+    assert at_config >= 2 * words * 0.95, at_config
+    assert words <= at_half <= words * 1.2, at_half
+    assert sim.port_timing("w0").bytes_per_cycle == 16.0       # what the caller set, in its frame
+    sim.set_memory_model("ideal")
+    assert read(sim, BANK, words) >= 2 * words * 0.95           # back at the config's clock
+
+
+def test_a_region_keeps_its_ns_and_gb_s_at_another_memory_clock(sim):
+    """A region beside the channels (host memory, DDR) converts like a port: 300 cycles of latency
+    and 4 B a cycle at 300 MHz are 150 cycles and 8 B a cycle at 150 MHz."""
+    words = 256
+    sim.set_region(0, BANK, BANK, 300, 300, 4.0)
+    sim.set_memory_model("calibrated")
+    one, many = run_job(sim, w0=BANK, w0_words=1, options=15), run_job(sim, w0=BANK, w0_words=words, options=15)
+    sim.set_memory_model("calibrated", clock_mhz=CLOCK / 2)
+    one_h, many_h = run_job(sim, w0=BANK, w0_words=1, options=15), run_job(sim, w0=BANK, w0_words=words, options=15)
+    assert one - one_h == pytest.approx(150, abs=4)
+    assert (many_h - one_h) == pytest.approx((many - one) / 2, rel=0.05)
+    assert sim.region_stats(0).bytes_read == (words + 1) * WORD      # counted since the clock changed

@@ -7,11 +7,12 @@ column of one row block into an entry and queues it for the output stage, which 
 column's accumulators::
 
     act words --route--> fill (activation ring)
-                     \\--> WidthAdapter(64) -> R sums -> FIFO (depth) -> head / pop
+                     \\--> WidthAdapter(64), or (128) in a pair job -> R items -> FIFO (depth) -> head / pop
 
 ``entries`` gives each partial command's entry count so the padding of its last word is dropped.
 With ``pairs`` a job of 2:4 pair fires (``pair``) has entries of two columns, ``2 R`` sums
-(``head`` holds ``2 R``; a single column's entry fills the first ``R``).
+(``head`` holds ``2 R``; a single column's entry fills the first ``R``), taken as ``R`` items of two
+sums: an entry a cycle, as the pair fires take them.
 """
 from __future__ import annotations
 
@@ -64,25 +65,36 @@ class PartialCollector(wiring.Component):
         m.d.comb += self.route.ready.eq(~loaded)
         with m.If(self.route.valid & ~loaded):
             m.d.sync += [loaded.eq(1), to_p.eq(rt.partial), left.eq(rt.words), last.eq(rt.words == 1)]
+        # the sums as 64-bit items, or for a pair job 128-bit items (two sums): a pair fire takes an
+        # entry of two columns a cycle, and one sum a cycle paced split-K pair jobs at half a fire
         m.submodules.adapt = adapt = WidthAdapter(W, 64)
-        m.d.comb += [self.fill.payload.eq(self.data.payload), adapt.i.payload.eq(self.data.payload),
-                     self.fill.valid.eq(self.data.valid & loaded & ~to_p),
-                     adapt.i.valid.eq(self.data.valid & loaded & to_p),
-                     self.data.ready.eq(loaded & Mux(to_p, adapt.i.ready, self.fill.ready))]
+        adapters = [adapt]
+        pair = Signal()
+        if self._pairs:
+            m.submodules.adapt2 = adapt2 = WidthAdapter(W, 128)
+            adapters.append(adapt2)
+            m.d.comb += pair.eq(self.pair)
+        item_ready = Mux(pair, adapters[-1].i.ready, adapt.i.ready)
+        to_adapter = self.data.valid & loaded & to_p
+        m.d.comb += [self.fill.payload.eq(self.data.payload), self.fill.valid.eq(self.data.valid & loaded & ~to_p),
+                     adapt.i.payload.eq(self.data.payload), adapt.i.valid.eq(to_adapter & ~pair),
+                     self.data.ready.eq(loaded & Mux(to_p, item_ready, self.fill.ready))]
+        if self._pairs:
+            m.d.comb += [adapt2.i.payload.eq(self.data.payload), adapt2.i.valid.eq(to_adapter & pair)]
         with m.If(self.data.valid & self.data.ready):
             with m.If(last):
                 m.d.sync += loaded.eq(0)
             with m.Else():
                 m.d.sync += [left.eq(left - 1), last.eq(left == 2)]
 
-        # -- collector: R (2 R) sums per entry ---------------------------------------------------
+        # -- collector: R items (R or, in a pair job, 2 R sums) per entry ------------------------
         E = R * (2 if self._pairs else 1)
+        IW = 128 if self._pairs else 64
         m.submodules.fifo = fifo = SyncFIFOBuffered(width=64 * E, depth=self._depth)
         m.d.comb += [self.head.as_value().eq(fifo.r_data), self.level.eq(fifo.level), fifo.r_en.eq(self.pop)]
-        acc = [Signal(64, name=f"sum{r}") for r in range(E - 1)]
-        r = Signal(range(max(E, 2)))
-        # r == entry size - 1 (a pair job's entries hold two columns)
-        r_end = (r == R - 1) if not self._pairs else Mux(self.pair, r == E - 1, r == R - 1)
+        acc = [Signal(IW, name=f"sum{r}") for r in range(R - 1)]
+        r = Signal(range(max(R, 2)))
+        r_end = r == R - 1
         left = Signal(32)                        # entries of the current command still to come
         left_one = Signal()                      # left == 1, a flag kept beside it (off the adapter's ready)
         have = Signal()
@@ -92,15 +104,19 @@ class PartialCollector(wiring.Component):
                 m.d.sync += [have.eq(1), left.eq(self.entries.payload), left_one.eq(self.entries.payload == 1),
                              r.eq(0)]
         last_item = r_end & left_one
-        entry = Cat(*acc, adapt.o.payload)
-        if self._pairs:
-            entry = Mux(self.pair, entry, Cat(*acc[:R - 1], adapt.o.payload))
-        m.d.comb += [adapt.o.ready.eq(have & fifo.w_rdy), adapt.o_last.eq(last_item),
-                     fifo.w_data.eq(entry), fifo.w_en.eq(have & adapt.o.valid & r_end)]
-        with m.If(adapt.o.valid & adapt.o.ready):
-            for i in range(E - 1):
+        o_valid = Mux(pair, adapters[-1].o.valid, adapt.o.valid)
+        item = Mux(pair, adapters[-1].o.payload, adapt.o.payload)
+        o_take = have & fifo.w_rdy & o_valid
+        entry = Cat(*acc, item)
+        if self._pairs:                          # a dense job's entry: the first R sums
+            entry = Mux(pair, entry, Cat(*(a[:64] for a in acc), adapt.o.payload))
+        for a in adapters:
+            m.d.comb += [a.o.ready.eq(have & fifo.w_rdy), a.o_last.eq(last_item)]
+        m.d.comb += [fifo.w_data.eq(entry), fifo.w_en.eq(o_take & r_end)]
+        with m.If(o_take):
+            for i in range(R - 1):
                 with m.If(r == i):
-                    m.d.sync += acc[i].eq(adapt.o.payload)
+                    m.d.sync += acc[i].eq(item)
             with m.If(r_end):
                 m.d.sync += [r.eq(0), left.eq(left - 1), left_one.eq(left == 2)]
                 with m.If(left_one):

@@ -170,3 +170,20 @@ def test_pair_fire_halves_the_cycles_of_an_array_bound_job():
                  backpressure=0.0)
     pair, dense = (s["cycles"] for s in bench.stats)
     assert pair < 0.7 * dense, (pair, dense)
+
+
+def test_split_k_pair_jobs_take_a_partial_entry_a_cycle():
+    """From the second K slice on, a pair fire adds two columns' partial sums: the collector hands
+    one entry (two sums a row) a cycle, so the later slices fire at the first one's rate. (One sum a
+    cycle paced them at half: 291 cycles against 160 for the same fires in one slice.)"""
+    lay = _layout(data_width=256, weight_bits=[2, "ternary", 4], lanes=64, max_k=64, sparse24_pairs=True, rows=1,
+                  weight_ports=1)
+    bench = _run(lay, [(1, 64, 192, 2, INT32, True), (1, 192, 64, 2, INT32, True)], seed=65, stall=0.0,
+                 backpressure=0.0)
+    one_slice, three_slices = (s["cycles"] for s in bench.stats)
+    assert three_slices < one_slice + 100, (one_slice, three_slices)
+    # two rows a block, random stalls and back-pressure: entries of two 128-bit items, bit-exact
+    lay2 = _layout(data_width=256, weight_bits=[2, "ternary", 4], lanes=64, max_k=64, sparse24_pairs=True, rows=2,
+                   weight_ports=1)
+    _run(lay2, [(3, 192, 6, 2, INT32, True), (2, 128, 4, "ternary", INT8, True), (3, 128, 3, 2, INT32, True)],
+         seed=66, bias=True)

@@ -355,6 +355,11 @@ class VectorEngine(_EngineBase):
     activations: list[Literal["gelu", "silu"]] = Field(
         default_factory=lambda: ["gelu", "silu"],
         description="activation tables built into the engine: 'gelu' (exact erf) and/or 'silu'")
+    table_port: bool = Field(
+        False, description="read the per-column tables (column multipliers, biases, norm gammas and betas) "
+                           "through the stream port after the attention engine's KV ports (w0 without one), "
+                           "beside the operands on the data port: the two loads overlap. The host puts the "
+                           "tables in that port's memory")
 
     @field_validator("max_dim")
     @classmethod
@@ -640,6 +645,18 @@ class AcceleratorConfig(_Strict):
         b = self.board_info
         if self.data_memory == "ddr" and (b.memory.kind == "ddr" or b.other_memory("ddr") is None):
             raise ValueError(f"data_memory: {b.name} has no DDR beside its {b.memory.kind} memory; allowed: main")
+        return self
+
+    @model_validator(mode="after")
+    def _vector_table_port(self) -> "AcceleratorConfig":
+        """A vector engine's ``table_port`` is a stream port another engine already streams from."""
+        att = self.attention
+        port = att.kv_ports if att is not None else 0
+        for i, e in enumerate(self.engines):
+            if e.kind == "vector" and e.table_port and port >= self.shared_stream_ports:
+                raise ValueError(f"engines.{i}.table_port: the tables need the stream port w{port} (after the "
+                                 f"attention engine's KV ports), but the design streams from "
+                                 f"{self.shared_stream_ports} shared port(s); allowed: false, or more weight ports")
         return self
 
     @model_validator(mode="after")

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 from .boards import MEMORY_KINDS, Board, load_board
 
-__all__ = ["DDR_BASE", "HOST_BASE", "MemoryRegion", "main_region_kind", "memory_regions", "region_for",
+__all__ = ["DDR_BASE", "HOST_BASE", "GOLDEN_SCRATCH_BASE", "golden_scratch", "MemoryRegion", "main_region_kind", "memory_regions", "region_for",
            "check_memory_kind"]
 
 MIB = 1 << 20
@@ -34,6 +34,14 @@ MIB = 1 << 20
 DDR_BASE = 1 << 36
 #: simulated base of host memory reached over PCIe (1 TiB)
 HOST_BASE = 1 << 40
+#: where the golden models put the scratch buffers of a step they replay on a snapshot of the device
+#: memory (256 TiB): no device buffer is there. (At 64 GiB they sat on the DDR's first buffers.)
+GOLDEN_SCRATCH_BASE = 1 << 48
+
+
+def golden_scratch(names) -> dict:
+    """A golden replay's scratch addresses: 4 GiB apart from :data:`GOLDEN_SCRATCH_BASE`, one per name."""
+    return {name: GOLDEN_SCRATCH_BASE + i * (1 << 32) for i, name in enumerate(names)}
 
 
 @dataclass(frozen=True)

@@ -65,6 +65,7 @@ from hbmforge.encodings import (AttentionMode, OutMode, VectorAct, VectorCombine
                                 VectorOut)
 from hbmforge.engines.attention import KV_HEAD_PARALLEL, attention_geometry
 from hbmforge.engines.vector import ACT_FRAC, vector_geometry
+from hbmforge.memory_map import golden_scratch
 from hbmforge.numerics import vector as V
 from hbmforge.numerics.attention import dequantize_kv, kv_head_scale, pack_block_table, quantize_kv
 from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded, scale_product
@@ -626,7 +627,9 @@ class ModelProgram:
         return _Matmul(n=n, k=kp, bits=code, w=w, s=s, out_shift=shift, row_scale=np.asarray(enc.row_scale, float))
 
     def _table(self, values) -> Buffer:
-        return self._upload(V.pack_u32(np.asarray(values, dtype=np.int64) & 0xFFFFFFFF, self._lay.word_bytes))
+        """A per-column table (multipliers, a bias, a gamma or beta), in its port's memory."""
+        return self._upload(V.pack_u32(np.asarray(values, dtype=np.int64) & 0xFFFFFFFF, self._lay.word_bytes),
+                            vector_geometry(self._lay).table_port_name)
 
     def _norm_tables(self, norm, kind, *, out_frac: int) -> dict:
         gamma, beta = norm
@@ -1022,7 +1025,7 @@ class ModelProgram:
         sizes = self._sizes(T)
         if golden:
             mem = self._snapshot(seq, pages)
-            addrs = {name: 0x10_0000_0000 + i * 0x1_0000_0000 for i, name in enumerate(sizes)}
+            addrs = golden_scratch(sizes)
         else:
             bufs = self._work.reserve(sizes)
             addrs = {name: b.address for name, b in bufs.items()}

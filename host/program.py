@@ -192,7 +192,7 @@ class ProgramBuilder:
         the descriptor is checked with the kernel's own rules and each Buffer against the bytes
         the descriptor reads or writes there."""
         from hbmforge.encodings import VectorIn, VectorNorm, VectorOut
-        from hbmforge.engines.vector import ADDRESS_FIELDS, vector_geometry
+        from hbmforge.engines.vector import ADDRESS_FIELDS, TABLE_FIELDS, vector_geometry
 
         lay = self._lay
         self._need(Opcode.VECTOR, "a vector engine")
@@ -248,7 +248,7 @@ class ProgramBuilder:
                         pool=g.pool_table_bytes(rec["kv_groups"]) if multi else 0)
         for name, nbytes in need.items():
             pool_port = "data" if rec["kv_groups"] >= 2 else lay.ports[rec["port"]].name
-            port = pool_port if name == "pool" else "data"
+            port = pool_port if name == "pool" else g.table_port_name if name in TABLE_FIELDS else "data"
             self._check_buffer(name, fields.get(name), port, nbytes)
         return self._append(rec)
 

@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hbmforge.encodings import AttentionMode, NetMode, VectorAct, VectorCombine, VectorIn, VectorNorm, VectorOut
+from hbmforge.memory_map import golden_scratch
 from hbmforge.numerics import vector as V
 from hbmforge.numerics.attention import kv_head_scale, pack_block_table
 from hbmforge.numerics.encoded import EncodedWeights
@@ -445,7 +446,7 @@ class TensorParallelBlock:
             pages = list(part._pages) + shard._free_pages[:new_pages]
             if golden:
                 bufs = None
-                addrs = {name: 0x10_0000_0000 + i * 0x1_0000_0000 for i, name in enumerate([*sizes, "program"])}
+                addrs = golden_scratch([*sizes, "program"])
             else:
                 bufs = shard._work.reserve(sizes)
                 addrs = {k: b.address for k, b in bufs.items()}

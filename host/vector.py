@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hbmforge.encodings import VectorAct, VectorCombine, VectorIn, VectorNorm, VectorOut
-from hbmforge.engines.vector import ACT_FRAC, vector_geometry
+from hbmforge.engines.vector import ACT_FRAC, TABLE_FIELDS, vector_geometry
+from hbmforge.memory_map import golden_scratch
 from hbmforge.numerics import vector as V
 from hbmforge.numerics.program import SparseMemory, execute
 
@@ -203,7 +204,7 @@ class Vector:
         prog = ProgramBuilder(self._dev.layout)
         if golden:
             mem = SparseMemory()
-            addr = {name: (i + 1) << 32 for i, name in enumerate(sizes)}
+            addr = golden_scratch(sizes)
             prog.vector(**self._addresses(d, addr))
             for name, raw in data.items():
                 mem.write(addr[name], raw)
@@ -213,7 +214,8 @@ class Vector:
                 raise DeviceRunError(f"golden run failed: {res.detail}")
             out = self._decode(lambda name, n: mem.read(addr[name], n), d, frac)
         else:
-            bufs = self._work.reserve(sizes)
+            tables = {n: sizes.pop(n) for n in TABLE_FIELDS if n in sizes}
+            bufs = {**self._work.reserve(sizes), **self._work.reserve(tables, self._g.table_port_name)}
             prog.vector(**self._addresses(d, {n: b.address for n, b in bufs.items()}))
             for name, raw in data.items():
                 self._dev.write(bufs[name], raw)

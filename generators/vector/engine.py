@@ -211,6 +211,60 @@ class VectorEngine(wiring.Component):
         return self._geom
 
     # ------------------------------------------------------------------------------------------
+    def _table_loader(self, m: Module, j, start, enabled, mems, tables_in, *, LOGL: int):
+        """The per-column tables through the table port (config ``table_port``): each table the job
+        uses (a_cols, b_cols, bias, gamma, beta, in that order) one command of ``dim x 4`` bytes into
+        its memory, while the operands come through the data port. ``tables_in`` rises with the last
+        word (the first sweep waits for it). Returns the word handshake (the stall counter's)."""
+        T = self._geom.table_port
+        cmd, dat = self.w_cmd[T], self.w_data[T]
+        n = len(mems)
+        en = [Signal(name=f"tbl_en{i}") for i in range(n)]
+        bases = [j.a_cols, j.b_cols, j.bias_addr, j.gamma_addr, j.beta_addr]
+        assert len(bases) == n
+
+        # issuer: the command is registered from (item, job) and offered a cycle after either changes
+        ii = Signal(range(n), name="tbl_iss")
+        i_run, stale, adv = Signal(name="tbl_iss_run"), Signal(name="tbl_stale"), Signal(name="tbl_adv")
+        c_addr, c_bytes = Signal(64, name="tbl_addr"), Signal(32, name="tbl_bytes")
+        m.d.sync += [c_addr.eq(Array(bases)[ii]), c_bytes.eq(j.dim << 2), stale.eq(start | adv)]
+        m.submodules.tbl_cmd_slice = sl = SkidBuffer(96)
+        cur = Array(en)[ii]
+        m.d.comb += [sl.i.payload.eq(Cat(c_addr, c_bytes)), sl.i.valid.eq(i_run & ~stale & cur),
+                     adv.eq(i_run & ~stale & (~cur | sl.i.ready)),
+                     cmd.payload.addr.eq(sl.o.payload[:64]), cmd.payload.bytes.eq(sl.o.payload[64:]),
+                     cmd.valid.eq(sl.o.valid), sl.o.ready.eq(cmd.ready)]
+        with m.If(start):
+            m.d.sync += [e.eq(v) for e, v in zip(en, enabled)] + [ii.eq(0), i_run.eq(1)]
+        with m.Elif(adv):
+            m.d.sync += ii.eq(ii + 1)
+            with m.If(ii == n - 1):
+                m.d.sync += [ii.eq(0), i_run.eq(0)]
+
+        # receiver: the words of each enabled table in order, into its memory
+        ri = Signal(range(n), name="tbl_rx")
+        rw = Signal(32, name="tbl_word")
+        r_run = Signal(name="tbl_rx_run")
+        words_m1 = Signal(32, name="tbl_words_m1")
+        m.d.sync += words_m1.eq((j.dim >> LOGL) - 1)
+        rcur = Array(en)[ri]
+        take = Signal(name="tbl_take")
+        r_adv = Signal(name="tbl_rx_adv")
+        m.d.comb += [dat.ready.eq(r_run & rcur), take.eq(dat.valid & dat.ready),
+                     r_adv.eq(r_run & (~rcur | (take & (rw == words_m1))))]
+        for k, (_, wp, _) in enumerate(mems):
+            m.d.comb += [wp.addr.eq(rw), wp.data.eq(dat.payload), wp.en.eq(take & (ri == k))]
+        with m.If(start):
+            m.d.sync += [ri.eq(0), rw.eq(0), r_run.eq(1), tables_in.eq(0)]
+        with m.Else():
+            with m.If(take):
+                m.d.sync += rw.eq(rw + 1)
+            with m.If(r_adv):
+                m.d.sync += [rw.eq(0), ri.eq(ri + 1)]
+                with m.If(ri == n - 1):
+                    m.d.sync += [ri.eq(0), r_run.eq(0), tables_in.eq(1)]
+        return take
+
     def elaborate(self, platform):  # noqa: C901 - one sequencer, its parts in order
         m = Module()
         lay, g = self._layout, self._geom
@@ -346,13 +400,16 @@ class VectorEngine(wiring.Component):
         # walkers' and the receiver's handshakes read a flip-flop through a small mux instead of
         # the job's fields through their compares
         t_en, t_row, t_words = item_tables(self.job.payload)
+        # with a table port the per-column tables come through it (the table loader below), not in
+        # the data port's item sequence
+        main_en = {i: (Const(0) if g.table_port is not None and i in _PARAMS else v) for i, v in t_en.items()}
         items = range(_LAST_ITEM + 1)
         en_r = [Signal(name=f"item_en{i}") for i in items]
         row_r = [Signal(name=f"item_per_row{i}") for i in items]
         words_m1 = [Signal(32, name=f"item_words_m1_{i}") for i in items]
         one_word = [Signal(name=f"item_one_word{i}") for i in items]
         with m.If(start):
-            m.d.sync += [en_r[i].eq(t_en[i]) for i in items]
+            m.d.sync += [en_r[i].eq(main_en[i]) for i in items]
             m.d.sync += [row_r[i].eq(t_row.get(i, Const(0))) for i in items]
             m.d.sync += [words_m1[i].eq(t_words.get(i, Const(1, 32)) - 1) for i in items]
             m.d.sync += [one_word[i].eq(t_words.get(i, Const(1, 32)) == 1) for i in items]
@@ -383,7 +440,7 @@ class VectorEngine(wiring.Component):
 
             with m.If(start):
                 m.d.sync += [blk.eq(0), r.eq(0), done.eq(0)]
-                load_flags(_ACOL, lambda i: t_en[i], lambda i: t_row.get(i, Const(0)))
+                load_flags(_ACOL, lambda i: main_en[i], lambda i: t_row.get(i, Const(0)))
             with m.Elif(advance & ~done):
                 with m.If(row & (r + 1 < nv)):
                     m.d.comb += r_step.eq(1)
@@ -571,8 +628,14 @@ class VectorEngine(wiring.Component):
                         m.d.comb += [wp.addr.eq(rx.addr), wp.data.eq(rx.data), wp.en.eq(rx.en)]
                     with m.Elif(cbank == k):
                         m.d.comb += [wp.addr.eq(sw.addr), wp.data.eq(sw.data), wp.en.eq(sw.en)]
-        for item, (_, wp, _) in pms.items():
-            m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(take & (r_item == item))]
+        tables_in = None                     # with a table port: every table of the job is in its memory
+        if g.table_port is None:
+            for item, (_, wp, _) in pms.items():
+                m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(take & (r_item == item))]
+        else:
+            tables_in = Signal()
+            t_take = self._table_loader(m, j, start, [t_en[i] for i in _PARAMS], list(pms.values()), tables_in,
+                                        LOGL=LOGL)
         if att is not None:
             _, cwp, _ = consts_mem
             m.d.comb += [cwp.addr.eq(rw), cwp.data.eq(word), cwp.en.eq(take & (r_item == _CONSTS))]
@@ -1340,7 +1403,8 @@ class VectorEngine(wiring.Component):
                     m.d.sync += blk.eq(0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                with m.If((loaded_ahead != 0) | in_last):
+                loaded = (loaded_ahead != 0) | in_last
+                with m.If(loaded if tables_in is None else loaded & tables_in):
                     m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
                     m.d.comb += store_start.eq(direct)     # the direct store's write command
                     m.next = "SWEEP1"
@@ -1398,6 +1462,8 @@ class VectorEngine(wiring.Component):
 
         # -- counters: busy but moving nothing ---------------------------------------------------
         progress = take | self.src_cmd.ready & self.src_cmd.valid | sw_issue | op_valid | emit | qp_active | rc_take
+        if tables_in is not None:
+            progress = progress | t_take
         # stall registered (one cycle late, the same count): the progress terms are handshakes deep in
         # the engine, and the kernel's counter glue registers it once more
         m.d.sync += self.stall.eq(busy & ~progress)

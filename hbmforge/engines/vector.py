@@ -45,7 +45,7 @@ from ..mathutil import round_up
 from .base import Channels, Check, EngineFamily
 
 __all__ = [
-    "VECTOR_FIELDS", "ADDRESS_FIELDS", "JOB_WIDTHS", "VectorFamily", "VectorGeometry", "vector_geometry",
+    "VECTOR_FIELDS", "ADDRESS_FIELDS", "TABLE_FIELDS", "JOB_WIDTHS", "VectorFamily", "VectorGeometry", "vector_geometry",
     "vector_checks", "ACT_WIDTH", "ACT_FRAC", "ACT_SEG_BITS", "ROPE_FRAC", "COL_MULT_BITS", "SCALE_MANT_BITS",
     "RSQRT_FRAC", "MAX_EPS_SHIFT", "MAX_NORM_SHIFT", "MAX_COL_SHIFT", "ACT_NAMES",
 ]
@@ -65,6 +65,9 @@ VECTOR_FIELDS = (
 ADDRESS_FIELDS = ("a_addr", "a_stride", "a_scale", "a_cols", "b_addr", "b_stride", "b_cols", "bias_addr",
                   "gamma_addr", "beta_addr", "rope_addr", "y_addr", "y_stride", "y_scale", "consts_addr",
                   "bt_addr", "pool")
+
+#: the per-column tables a job reads once (through the config's ``table_port`` when it has one)
+TABLE_FIELDS = ("a_cols", "b_cols", "bias_addr", "gamma_addr", "beta_addr")
 
 _U32 = (1 << 32) - 1
 POS_BITS = 21                    # positions up to 2**20 (attention max_context <= 2**20)
@@ -102,6 +105,7 @@ class VectorGeometry:
     kv_bits: tuple
     kv_ports: int
     max_context: int
+    table_port: int | None = None   # the stream port the per-column tables come through (None: data)
 
     @property
     def lanes(self) -> int:
@@ -162,6 +166,12 @@ class VectorGeometry:
     def groups_per_head(self) -> int:
         return self.head_dim // self.kv_group_size
 
+    @property
+    def table_port_name(self) -> str:
+        """The port whose memory holds the per-column tables (``TABLE_FIELDS``): ``data``, or the
+        stream port of the config's ``table_port``."""
+        return "data" if self.table_port is None else f"w{self.table_port}"
+
     def to_json(self) -> dict:
         out = {"rows": self.rows, "lanes": self.lanes, "max_dim": self.max_dim,
                "activations": list(self.activations), "scale_block_bytes": self.scale_block_bytes,
@@ -171,6 +181,8 @@ class VectorGeometry:
                    "in": {v.name: int(v) for v in VectorIn}, "out": {v.name: int(v) for v in VectorOut},
                    "act": {v.name: int(v) for v in VectorAct}, "combine": {v.name: int(v) for v in VectorCombine},
                    "norm": {v.name: int(v) for v in VectorNorm}}}
+        if self.table_port is not None:
+            out["table_port"] = self.table_port_name
         if self.has_attention:
             out.update(head_dim=self.head_dim, kv_group_size=self.kv_group_size, kv_bits=list(self.kv_bits),
                        kv_ports=self.kv_ports, rope_row_bytes=self.rope_row_bytes)
@@ -187,7 +199,8 @@ def vector_geometry(layout) -> VectorGeometry:
         activations=tuple(vec.activations),
         head_dim=att.head_dim if att else None, kv_group_size=att.kv_group_size if att else None,
         kv_bits=tuple(att.kv_bits) if att else (), kv_ports=att.kv_ports if att else 0,
-        max_context=att.max_context if att else (1 << (POS_BITS - 1)))
+        max_context=att.max_context if att else (1 << (POS_BITS - 1)),
+        table_port=(att.kv_ports if att else 0) if vec.table_port else None)
 
 
 def vector_checks(layout) -> tuple[Check, ...]:
@@ -293,7 +306,8 @@ class VectorFamily(EngineFamily):
         # a reader and a writer on each KV port (value records, scale-word read-modify-write)
         att = layout.config.attention
         kv = att.kv_ports if att is not None else 0
-        return Channels(data_readers=("src",), data_writer=True, stream_readers=kv, stream_writers=kv)
+        readers = kv + 1 if layout.config.engine("vector").table_port else kv   # + the table port
+        return Channels(data_readers=("src",), data_writer=True, stream_readers=readers, stream_writers=kv)
 
     def manifest(self, layout):
         return {"geometry": vector_geometry(layout).to_json()}

@@ -118,3 +118,26 @@ def test_constructor_refuses_what_it_cannot_build():
         VectorEngine(DesignLayout(parse_config(cfg)))
     with pytest.raises(ValueError, match="kv_group_size"):
         VectorEngine(_layout(512, 4, 128))
+
+
+def _table_port_layout(table_port: bool) -> DesignLayout:
+    cfg = tiny_vector_config_dict(table_port=table_port)
+    cfg["engines"][0].update(weight_ports=4)          # w2 after the two KV ports: the table port
+    return DesignLayout(parse_config(cfg))
+
+
+@pytest.mark.parametrize("seed", [5, 6])
+def test_tables_come_through_the_table_port_beside_the_operands(seed):
+    """``table_port``: every per-column table (column multipliers, bias, gamma, beta) is read through
+    w2 while the operands come through the data port, bit-exact under stalls; the data port reads
+    exactly what it read before minus the tables."""
+    from collections import Counter
+
+    plain, _, _ = _run(_table_port_layout(False), CASE_KINDS, seed=seed)
+    bench, before, expected = _run(_table_port_layout(True), CASE_KINDS, seed=seed)
+    assert bench.mem == expected, _diff(bench.mem, expected)
+    assert expected != before
+    tables = Counter(bench.commands["w2"])
+    assert tables and Counter(plain.commands["src"]) - Counter(bench.commands["src"]) == tables
+    assert not Counter(bench.commands["src"]) - Counter(plain.commands["src"])
+    assert "w2" not in plain.commands or not plain.commands["w2"]

@@ -9,7 +9,7 @@ import pytest
 from hbmforge.config import ConfigError, parse_config
 from hbmforge.host import Linear, open_device
 from hbmforge.layout import DesignLayout
-from hbmforge.memory_map import DDR_BASE, HOST_BASE
+from hbmforge.memory_map import DDR_BASE, HOST_BASE, golden_scratch
 from hbmforge.package_templates import package_context
 
 from golden_kernel import GoldenDevice
@@ -60,3 +60,51 @@ def test_a_linear_layer_runs_bit_exact_with_its_data_in_ddr(tmp_path):
             assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
             assert lin.last_run.counters["mac_ops"] > 0
         assert all(b.memory == "ddr" for b in dev.live_buffers() if b.port == "data")
+
+
+@pytest.mark.rtl
+def test_a_decoder_with_its_tables_on_the_table_port_runs_bit_exact(tmp_path):
+    """``table_port`` with the data on the DDR: the per-column tables (column multipliers, biases,
+    gammas) live in w2's HBM and come through w2 beside the operands on the DDR; prefill and decode
+    steps equal the golden program, and so does a single-op Vector layernorm (its gamma and beta too)."""
+    from designs import tiny_vector_config_dict
+    from hbmforge.host.vector import Vector
+    from test_blocks import LLAMA, build_llama
+    from test_blocks_rtl import _prefill_then_decode
+
+    cfg = tiny_vector_config_dict("tiny_vec_tables", table_port=True)
+    cfg["engines"][0].update(weight_ports=4)
+    cfg["data_memory"] = "ddr"
+    with open_device(parse_config(cfg), build_dir=tmp_path, progress=False) as dev:
+        assert dev.layout.to_json()["engines"][-1]["geometry"]["table_port"] == "w2"
+        rng = np.random.default_rng(14)
+        prog, *_ = build_llama(dev, rng, layers=2)
+        st = _prefill_then_decode(prog, rng.normal(0, 1, (6, LLAMA.hidden)), 4)
+        assert st.counters["ports"]["w2"]["bytes_read"] > 0        # the step's tables
+        prog.close()
+        vec = Vector(dev, frac_bits=12)
+        x, gamma, beta = rng.normal(0, 1, (3, 64)), rng.uniform(0.5, 1.5, 64), rng.normal(0, 0.1, 64)
+        assert np.array_equal(vec.layernorm(x, gamma, beta), vec.golden("layernorm", x, gamma, beta))
+        # a table in the data port's memory is refused before anything runs
+        from hbmforge.encodings import VectorIn, VectorNorm, VectorOut
+        from hbmforge.host.program import ProgramBuilder
+        rows = dev.layout.mm.rows
+        with pytest.raises(ValueError, match="gamma_addr must be a buffer on port 'w2', got one on port 'data'"):
+            ProgramBuilder(dev.layout).vector(m=1, dim=64, a_fmt=VectorIn.RES32, a_addr=dev.alloc(1024),
+                                             a_stride=rows * 256, norm=VectorNorm.RMS, eps_q=1, gamma_addr=dev.alloc(256),
+                                             out_fmt=VectorOut.RES32, y_addr=dev.alloc(1024), y_stride=rows * 256)
+
+
+def test_golden_scratch_lies_beyond_every_memory_of_every_board():
+    """A golden replay's scratch buffers must not land on device buffers it copied into its snapshot
+    (at 64 GiB they sat on the DDR's first uploads: a DDR-data prefill disagreed with its golden)."""
+    from hbmforge.boards import load_board
+    from hbmforge.memory_map import memory_regions
+
+    scratch = golden_scratch(["h", "x", "y"])
+    low = min(scratch.values())
+    for board in ("u280", "u55c", "kv260", "zcu102"):
+        b = load_board(board)
+        tops = [r.base + r.size for r in memory_regions(b)]
+        tops.append(b.memory.channels * (b.memory.channel_size_mib << 20))
+        assert low >= max(tops), (board, hex(low), [hex(t) for t in tops])

@@ -27,7 +27,8 @@ async def until(ctx, cond, *samples):
 class DmaBench:
     """``stall``: chance per cycle that a reader holds back a word (or a command port its
     ready); ``backpressure``: chance that the writer is not ready for ``out_data``;
-    ``response_delay``: cycles (range) before ``out_done`` follows a command's last word."""
+    ``response_delay``: cycles (range) before ``out_done`` follows a command's last word;
+    ``port_stall``: a reader's own ``stall`` by channel name (e.g. a slow ``w2``)."""
 
     def __init__(self, layout, dut, *, seed: int, stall: float, backpressure: float,
                  response_delay: tuple[int, int] = (1, 8)):
@@ -36,6 +37,7 @@ class DmaBench:
         self.rng = random.Random(seed)
         self.stall, self.backpressure = stall, backpressure
         self.response_delay = response_delay
+        self.port_stall: dict[str, float] = {}
         self.mem = bytearray()
         self.commands: dict[str, list] = {}
 
@@ -97,9 +99,12 @@ class DmaBench:
         wb = self.layout.word_bytes
         self.commands[name] = []
 
+        def stall():
+            return self.rng.random() < self.port_stall.get(name, self.stall)
+
         async def take_commands(ctx):
             while True:
-                while self.rng.random() < self.stall:
+                while stall():
                     await ctx.tick()
                 ctx.set(cmd.ready, 1)
                 addr, nbytes = await until(ctx, cmd.valid, cmd.payload.addr, cmd.payload.bytes)
@@ -116,7 +121,7 @@ class DmaBench:
                     continue
                 addr, nbytes = queue.popleft()
                 for a in range(addr, addr + nbytes, wb):
-                    while self.rng.random() < self.stall:
+                    while stall():
                         ctx.set(data.valid, 0)
                         await ctx.tick()
                     ctx.set(data.payload, int.from_bytes(self.mem[a:a + wb], "little"))

@@ -211,14 +211,19 @@ class VectorEngine(wiring.Component):
         return self._geom
 
     # ------------------------------------------------------------------------------------------
-    def _table_loader(self, m: Module, j, start, enabled, mems, tables_in, *, LOGL: int):
+    def _table_loader(self, m: Module, j, start, enabled, mems, *, LOGL: int, DW: int):
         """The per-column tables through the table port (config ``table_port``): each table the job
         uses (a_cols, b_cols, bias, gamma, beta, in that order) one command of ``dim x 4`` bytes into
-        its memory, while the operands come through the data port. ``tables_in`` rises with the last
-        word (the first sweep waits for it). Returns the word handshake (the stall counter's)."""
+        its memory, while the operands come through the data port.
+
+        Returns ``(take, tables_in, avail)``: the word handshake (the stall counter's), every table
+        in (the norm's second sweep waits for it), and the words of the element tables (a_cols,
+        b_cols, bias) the first sweep may use (``DW``: all; it follows them word by word, as it
+        follows the operands)."""
         T = self._geom.table_port
         cmd, dat = self.w_cmd[T], self.w_data[T]
         n = len(mems)
+        n_elem = 3                                   # a_cols, b_cols, bias: read by the first sweep
         en = [Signal(name=f"tbl_en{i}") for i in range(n)]
         bases = [j.a_cols, j.b_cols, j.bias_addr, j.gamma_addr, j.beta_addr]
         assert len(bases) == n
@@ -243,9 +248,10 @@ class VectorEngine(wiring.Component):
 
         # receiver: the words of each enabled table in order, into its memory
         ri = Signal(range(n), name="tbl_rx")
-        rw = Signal(32, name="tbl_word")
+        rw = Signal(range(DW + 1), name="tbl_word")
         r_run = Signal(name="tbl_rx_run")
-        words_m1 = Signal(32, name="tbl_words_m1")
+        tables_in = Signal(name="tbl_in")
+        words_m1 = Signal(range(DW + 1), name="tbl_words_m1")
         m.d.sync += words_m1.eq((j.dim >> LOGL) - 1)
         rcur = Array(en)[ri]
         take = Signal(name="tbl_take")
@@ -254,16 +260,28 @@ class VectorEngine(wiring.Component):
                      r_adv.eq(r_run & (~rcur | (take & (rw == words_m1))))]
         for k, (_, wp, _) in enumerate(mems):
             m.d.comb += [wp.addr.eq(rw), wp.data.eq(dat.payload), wp.en.eq(take & (ri == k))]
+        # the element tables: in once the receiver is past the last one the job uses; while in that
+        # one, its first rw words are (registered: a word is swept a cycle after it could be)
+        last_elem = Signal(range(n_elem + 1), name="tbl_last_elem")     # n_elem: the job uses none
+        elem_in = Signal(name="tbl_elem_in")
+        avail = Signal(range(DW + 1), name="tbl_avail")
+        m.d.sync += avail.eq(Mux(elem_in, DW, Mux(ri == last_elem, rw, 0)))
         with m.If(start):
-            m.d.sync += [ri.eq(0), rw.eq(0), r_run.eq(1), tables_in.eq(0)]
+            last = n_elem
+            for i in range(n_elem):
+                last = Mux(enabled[i], i, last)
+            m.d.sync += [ri.eq(0), rw.eq(0), r_run.eq(1), tables_in.eq(0), last_elem.eq(last),
+                         elem_in.eq(~Cat(*enabled[:n_elem]).any()), avail.eq(0)]
         with m.Else():
             with m.If(take):
                 m.d.sync += rw.eq(rw + 1)
             with m.If(r_adv):
                 m.d.sync += [rw.eq(0), ri.eq(ri + 1)]
+                with m.If(ri == last_elem):
+                    m.d.sync += elem_in.eq(1)
                 with m.If(ri == n - 1):
                     m.d.sync += [ri.eq(0), r_run.eq(0), tables_in.eq(1)]
-        return take
+        return take, tables_in, avail
 
     def elaborate(self, platform):  # noqa: C901 - one sequencer, its parts in order
         m = Module()
@@ -628,14 +646,13 @@ class VectorEngine(wiring.Component):
                         m.d.comb += [wp.addr.eq(rx.addr), wp.data.eq(rx.data), wp.en.eq(rx.en)]
                     with m.Elif(cbank == k):
                         m.d.comb += [wp.addr.eq(sw.addr), wp.data.eq(sw.data), wp.en.eq(sw.en)]
-        tables_in = None                     # with a table port: every table of the job is in its memory
+        tables_in = tables_avail = None      # with a table port: its tables in, and the words sweep 1 may use
         if g.table_port is None:
             for item, (_, wp, _) in pms.items():
                 m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(take & (r_item == item))]
         else:
-            tables_in = Signal()
-            t_take = self._table_loader(m, j, start, [t_en[i] for i in _PARAMS], list(pms.values()), tables_in,
-                                        LOGL=LOGL)
+            t_take, tables_in, tables_avail = self._table_loader(m, j, start, [t_en[i] for i in _PARAMS],
+                                                                 list(pms.values()), LOGL=LOGL, DW=DW)
         if att is not None:
             _, cwp, _ = consts_mem
             m.d.comb += [cwp.addr.eq(rw), cwp.data.eq(word), cwp.en.eq(take & (r_item == _CONSTS))]
@@ -701,7 +718,10 @@ class VectorEngine(wiring.Component):
         sw_room = Signal()
         m.d.sync += sw_room.eq(chunk_level + inflight + 2 < _CHUNK_FIFO)
         sw_go = Signal()
-        m.d.comb += sw_go.eq(sw_second | (((loaded_ahead != 0) | (in_last & rx_has)) & (~direct | sw_room)))
+        first_ok = ((loaded_ahead != 0) | (in_last & rx_has)) & (~direct | sw_room)
+        if g.table_port is not None:         # the element tables word by word, like the operands
+            first_ok = first_ok & (sw_j < tables_avail)
+        m.d.comb += sw_go.eq(sw_second | first_ok)
         sw_issue = Signal()
         m.d.comb += sw_issue.eq(sw_active & sw_go)
         _walk_rows(m, sw_active, sw_r, nv, sw_j, dw, step=sw_go)
@@ -1403,8 +1423,7 @@ class VectorEngine(wiring.Component):
                     m.d.sync += blk.eq(0)
                     m.next = "LOAD"
             with m.State("LOAD"):
-                loaded = (loaded_ahead != 0) | in_last
-                with m.If(loaded if tables_in is None else loaded & tables_in):
+                with m.If((loaded_ahead != 0) | in_last):
                     m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
                     m.d.comb += store_start.eq(direct)     # the direct store's write command
                     m.next = "SWEEP1"
@@ -1422,7 +1441,8 @@ class VectorEngine(wiring.Component):
                     with m.Else():
                         m.next = "STORE"
             with m.State("SCALAR"):
-                with m.If(~sc_active & ~sc_wait & (sc_r == nv)):
+                scalar_done = ~sc_active & ~sc_wait & (sc_r == nv)
+                with m.If(scalar_done if tables_in is None else scalar_done & tables_in):   # gamma, beta in
                     m.d.sync += [sw_active.eq(1), sw_second.eq(1), sw_r.eq(0), sw_j.eq(0)]
                     m.next = "SWEEP2"
             with m.State("SWEEP2"):

@@ -629,7 +629,7 @@ class ModelProgram:
     def _table(self, values) -> Buffer:
         """A per-column table (multipliers, a bias, a gamma or beta), in its port's memory."""
         return self._upload(V.pack_u32(np.asarray(values, dtype=np.int64) & 0xFFFFFFFF, self._lay.word_bytes),
-                            vector_geometry(self._lay).table_port_name)
+                            self._vg.table_port_name)
 
     def _norm_tables(self, norm, kind, *, out_frac: int) -> dict:
         gamma, beta = norm

@@ -22,6 +22,7 @@ cycle; the sweeps and the quantizer have fixed latencies and are issued only wit
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import NamedTuple
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
@@ -47,6 +48,7 @@ from .normapply import NormApply
 from .qparams import QuantParams
 from .quantize import ChunkQuantizer
 from .signature import vector_signature
+from .tilemem import InterleavedTileMemory
 
 __all__ = ["VectorEngine"]
 
@@ -60,6 +62,9 @@ _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 _VAL, _BLK, _TRL, _ZERO, _SCL, _MNT = range(6)
 # > ElementPipe.LATENCY + 2: a direct sweep streams at full rate
 _CHUNK_FIFO = 1 << (ElementPipe.LATENCY + 2).bit_length()
+# int32 tile words one store micro-op of 8-bit output quantizes (ACT8 rows, Q records): four make a
+# whole port word of int8, so the store emits a word a cycle (one every four with one tile word)
+STORE_WAYS = 4
 
 
 def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
@@ -289,6 +294,7 @@ class VectorEngine(wiring.Component):
         W, W8, L, R = lay.config.data_width, lay.word_bytes, g.lanes, g.rows
         LOGL, LOGR, LOGW8 = exact_log2(L), exact_log2(R), exact_log2(W8)
         DW = g.max_dim // L                         # tile words per row
+        ways = STORE_WAYS if DW % STORE_WAYS == 0 else 1    # tile words a wide store op quantizes
         SB = g.scale_block_bytes
         SBW = SB // W8
         att = attention_geometry(lay) if g.has_attention else None
@@ -343,14 +349,22 @@ class VectorEngine(wiring.Component):
                 self.en = Signal(L, name=f"{name}_en")
                 self.we = Signal(name=f"{name}_we")      # the port writes (en is its lane pattern)
 
-        def tile(name):
+        def interleaved(name):
+            """Tile A's bank: ``ways`` words a read for the wide store (``.wide``)."""
+            tm = InterleavedTileMemory(width=W, depth=DW, ways=ways, granularity=32)
+            m.submodules[name] = tm
+            return (tm, SimpleNamespace(addr=tm.w_addr, data=tm.w_data, en=tm.w_en),
+                    SimpleNamespace(addr=tm.r_addr, data=tm.r_data))
+
+        def tile(name, make):
             rows = []
             for r in range(R):
-                banks = [mem(f"{name}{r}_bank{k}", DW, granular=True) for k in range(2)]
+                banks = [make(f"{name}{r}_bank{k}") for k in range(2)]
                 rows.append((banks, _Port(f"{name}{r}_rx"), _Port(f"{name}{r}_sw")))
             return rows
 
-        tile_a, tile_b = tile("tile_a"), tile("tile_b")
+        tile_a = tile("tile_a", interleaved)
+        tile_b = tile("tile_b", lambda name: mem(name, DW, granular=True))
         pms = {item: mem(f"pm{item}", DW) for item in _PARAMS}
         rope_mem = mem("rope", 2 * R * RW) if att else None
         consts_mem = mem("consts", CW) if att else None
@@ -741,6 +755,7 @@ class VectorEngine(wiring.Component):
             m.d.comb += rp.addr.eq(sw_j)
         a_rows = [bank_data(banks) for banks, _, _ in tile_a]
         a_data = Array(a_rows)
+        a_wide = Array(Mux(cbank, banks[1][0].wide, banks[0][0].wide) for banks, _, _ in tile_a)
         b_data = Array(bank_data(banks) for banks, _, _ in tile_b)
         if att is not None:
             _, _, rrp = rope_mem
@@ -941,7 +956,9 @@ class VectorEngine(wiring.Component):
         m.d.comb += qp_busy.eq(qp_active | qv1 | (qp_pipe != 0))
 
         # -- STORE: micro-ops -> quantizer -> chunk FIFO -> packer -> writer ----------------------
-        m.submodules.cq = cq = ChunkQuantizer(lanes=L)
+        # the quantizer takes `ways` tile words (a wide op: one whole word of int8) or one (its low
+        # lanes: a chunk of int8 or int4 for the packer)
+        m.submodules.cq = cq = ChunkQuantizer(lanes=ways * L)
         m.submodules.chunks = chunks = SyncFIFOBuffered(width=W + 1, depth=_CHUNK_FIFO)   # + a whole-word bit
         m.d.comb += chunk_level.eq(chunks.level)
         ppw = Signal(range(9))               # chunks per output word
@@ -953,6 +970,7 @@ class VectorEngine(wiring.Component):
             m.d.comb += ppw.eq(4)
 
         op_valid = Signal()
+        op_wide = Signal()                   # a VAL op over `ways` words (8-bit out): a whole word
         op_kind = Signal(range(6))
         op_r = Signal(range(R))
         op_j = Signal(range(DW))
@@ -972,12 +990,12 @@ class VectorEngine(wiring.Component):
         with m.Else():
             m.d.comb += store_addr.eq(op_j)
         m.d.comb += qrp.addr.eq(op_r * GPR + op_g)
-        t1_v, t1_kind = Signal(), Signal.like(op_kind)
+        t1_v, t1_kind, t1_wide = Signal(), Signal.like(op_kind), Signal()
         t1_r, t1_k = Signal.like(op_r), Signal.like(op_k)
-        m.d.sync += [t1_v.eq(op_valid), t1_kind.eq(op_kind), t1_r.eq(op_r), t1_k.eq(op_k)]
+        m.d.sync += [t1_v.eq(op_valid), t1_kind.eq(op_kind), t1_r.eq(op_r), t1_k.eq(op_k), t1_wide.eq(op_wide)]
         qrec = qrp.data
-        m.d.comb += [cq.i_valid.eq(t1_v), cq.x.eq(a_data[t1_r]), cq.mult.eq(qrec[:25]), cq.shift.eq(qrec[25:32]),
-                     cq.int4.eq(int4)]
+        m.d.comb += [cq.i_valid.eq(t1_v), cq.x.eq(Mux(t1_wide, a_wide[t1_r], a_data[t1_r])),
+                     cq.mult.eq(qrec[:25]), cq.shift.eq(qrec[25:32]), cq.int4.eq(int4)]
         # the other micro-ops' chunks, formed at t1 and delayed to the quantizer's output
         blk_word = Signal(W)
         if R <= L:
@@ -1017,8 +1035,10 @@ class VectorEngine(wiring.Component):
                 m.d.comb += other.eq(0)
         other_d = delayed(m, other, ChunkQuantizer.LATENCY, name="other")
         kind_d = delayed(m, t1_kind, ChunkQuantizer.LATENCY, name="kind")
+        wide_d = delayed(m, t1_wide, ChunkQuantizer.LATENCY, name="wide")
         m.d.comb += [chunks.w_en.eq(cq.o_valid | (elem.o_valid & direct)),
-                     chunks.w_data.eq(Mux(cq.o_valid, Cat(Mux(kind_d == _VAL, cq.o, other_d), kind_d == _MNT),
+                     chunks.w_data.eq(Mux(cq.o_valid, Cat(Mux(kind_d == _VAL, cq.o, other_d),
+                                                          (kind_d == _MNT) | wide_d),
                                           Cat(elem.o, Const(0, 1))))]
 
         # packer: ppw chunks -> one word; a new chunk is taken in the cycle the full word leaves
@@ -1149,7 +1169,7 @@ class VectorEngine(wiring.Component):
         st_j = Signal(range(DW + 1))         # word of a row
         st_c = Signal(range(max(DW * R, SBW * 4, 256, span_words) + 1))   # chunk of an item
         # the counters' last values, registered (job constants): an equality, not an add and compare
-        dw_m1 = registered(m, range(DW + 1), dw - 1, name="dw_m1")
+        dw_last = registered(m, range(DW + 1), dw - ways, name="dw_last")     # an ACT8 row's last op
         dwr_m1 = registered(m, range(DW * R + 1), dw * R - 1, name="dwr_m1")
         rd_words = Signal(range(span_words + 1))
         mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
@@ -1203,6 +1223,7 @@ class VectorEngine(wiring.Component):
             merged_word = Cat(*merged)
             head_words = exact_log2(max(hd // L, 1))
             trl_chunks = (QRB - hd) // L
+            qrec_ways = ways if val_chunks % ways == 0 else 1    # a head's words in whole words
         else:
             kv_rows = None
             ha = Const(0, 1)
@@ -1214,6 +1235,7 @@ class VectorEngine(wiring.Component):
             vbytes = Const(0, 32)
             head_words = 0
             trl_chunks = 1
+            qrec_ways = 1
         m.d.comb += rc_addr.eq(st_maddr)
         st_last_row = st_r + 1 == nv
         first_row = Signal()                 # the store is at the job's first row
@@ -1329,15 +1351,17 @@ class VectorEngine(wiring.Component):
                 m.d.sync += st_j.eq(st_j + 1)
                 with m.Switch(j.out_fmt):
                     with m.Case(VectorOut.ACT8):   # every word of every row, then the scale records
-                        m.d.comb += [op_j.eq(st_j), op_g.eq(0)]
-                        with m.If(st_j == dw_m1):
+                        m.d.comb += [op_j.eq(st_j), op_g.eq(0), op_wide.eq(ways > 1)]
+                        m.d.sync += st_j.eq(st_j + ways)
+                        with m.If(st_j == dw_last):
                             m.d.sync += [st_j.eq(0), st_r.eq(st_r + 1)]
                             with m.If(st_last_row):
                                 m.d.sync += st_r.eq(0)
                                 store.next = "SCMD"
                     with m.Case(VectorOut.QREC):   # the head's words, then its trailer
-                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h)]
-                        with m.If(st_j == val_chunks - 1):
+                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h), op_wide.eq(qrec_ways > 1)]
+                        m.d.sync += st_j.eq(st_j + qrec_ways)
+                        with m.If(st_j == val_chunks - qrec_ways):
                             m.d.sync += [st_j.eq(0), st_c.eq(0)]
                             store.next = "TRL"
                     with m.Default():              # KV: the head's words, padding, mantissas

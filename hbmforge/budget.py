@@ -215,7 +215,7 @@ def attention_head_parallel_terms(lay: DesignLayout) -> dict:
     sbuf_bram, sbuf_lut = _memory(W, max(2, scale_depth))
     lut = feeds * (feed_lut + sbuf_lut) + select_lut + addr_lut
     ff = cmd_ff + feeds * 170 + (R - 1) * lanes * 26          # + each row's registered mantissa x value products
-    if g.lut_products:               # the extra mantissa x value products are LUTs (attention_terms)
+    if g.lut_mant_products:          # the extra mantissa x value products are LUTs (attention_terms)
         lut, dsp = lut + (R - 1) * lanes * LUT_MANT_TIMES_V4, 0
     else:
         dsp = (R - 1) * lanes
@@ -252,11 +252,11 @@ def attention_terms(lay: DesignLayout) -> dict:
     # DSPs
     p_bits, m_bits = P_FRAC + 2, MULT_BITS + 1                       # unsigned operands as signed
     # int4_products 'lut': the products by K/V lanes are LUTs (generators/attention/geometry.py)
-    lut_kv = g.lut_products
+    lut_kv, lut_mv = g.lut_products, g.lut_mant_products
     qk = R * L * (0 if lut_kv else _dsp(8, 8)) + R * blocks * _dsp(16 + bl.bit_length() + 1, 17) + R * _dsp(sb, m_bits)
     pv = R * L * (_dsp(26, p_bits) + _dsp(acc - P_FRAC, p_bits) + _dsp(P_FRAC + 1, p_bits))
     pv += R * (_dsp(lb - P_FRAC + 1, p_bits) + _dsp(P_FRAC + 1, p_bits))      # l rescale
-    shared = L * (0 if lut_kv else _dsp(17, 8))                     # mantissa x value, one set
+    shared = L * (0 if lut_mv else _dsp(17, 8))                     # mantissa x value, one set
     y_bits = RECIP_X_BITS + 2
     out = I8 * (len(g.out_cuts) - 1)                                 # acc x y: one tile per 17-bit piece
     recip = _dsp(RECIP_X_BITS + 1, y_bits) + _dsp(y_bits, 2 * RECIP_X_BITS + 2)
@@ -276,7 +276,7 @@ def attention_terms(lay: DesignLayout) -> dict:
     feeds = 2 * (8 * L + 16 * blocks * max(1, g.mants_per_word // 4) + 120)
     out_lut = I8 * 6 * (acc + RECIP_X_BITS)
     fixed = 3000 + 4 * 64                                             # sequencer, FIFOs, completion
-    lane_products = (R * L * LUT_Q_TIMES_K4 + L * LUT_MANT_TIMES_V4) if lut_kv else 0
+    lane_products = (R * L * LUT_Q_TIMES_K4 if lut_kv else 0) + (L * LUT_MANT_TIMES_V4 if lut_mv else 0)
     lut = R * per_row + feeds + out_lut + fixed + lut_mem + lane_products
     # FFs: the accumulator ring, Q ring and records, the QK pipeline, per-row state; the output pipe
     ff_row = hd * acc + 8 * hd + qw * W + 24 * L + 2 * sb + 16 * Z_BITS + 4 * ctx + 150
@@ -294,6 +294,11 @@ def _writer(width: int) -> tuple[int, int]:
     counted with the ports): Yosys, 64-bit kernel: 311 LUT / 341 FF more than a reader-only port;
     the data registers scale with the width (not measured at other widths)."""
     return 300 + width // 8, 300 + width // 2
+
+
+#: one more quantizer lane (a 32 x 25 product, the 3-stage rounding shift, the clamp): Yosys
+#: synth_xilinx of ChunkQuantizer at 16 and 64 lanes, 6,317 -> 25,258 LUT, 5,667 -> 22,467 FF, 32 -> 128 DSP
+_LUT_QUANT_LANE, _FF_QUANT_LANE, _DSP_QUANT_LANE = 395, 350, 2
 
 
 def vector_terms(lay: DesignLayout, *, writers: bool = True) -> dict:
@@ -323,7 +328,10 @@ def vector_terms(lay: DesignLayout, *, writers: bool = True) -> dict:
                 + _dsp(dim_bits + 1, 32) + _dsp(nb, mant + 1) + _dsp(nb + mant + 1, 32)   # norm apply
                 + _dsp(32, 26))                                                 # quantizer
     scalar = 62                         # address products (row x stride, page x head area), rsqrt, qparams, V
-    dsp = L * per_lane + scalar
+    # the store's quantizer has store_words x L lanes (ACT8/QREC quantize that many tile words at
+    # once); ``per_lane`` counts one of them, these the others
+    wide = (g.store_words - 1) * L
+    dsp = L * per_lane + wide * _DSP_QUANT_LANE + scalar
     DW = g.max_dim // L
     if g.has_attention:
         groups = g.max_dim // min(g.kv_group_size, g.head_dim)
@@ -343,8 +351,8 @@ def vector_terms(lay: DesignLayout, *, writers: bool = True) -> dict:
     # engine's word select (one LUT per bit) and the shell's burst writer beside the port's reader.
     kv = g.kv_ports
     wl, wf = _writer(W) if writers else (0, 0)
-    lut = L * (5300 + 60 * acts) + 5800 + lut_mem + kv * (W + wl)
-    ff = L * (2150 + 50 * acts) + 2900 + kv * wf
+    lut = L * (5300 + 60 * acts) + wide * _LUT_QUANT_LANE + 5800 + lut_mem + kv * (W + wl)
+    ff = L * (2150 + 50 * acts) + wide * _FF_QUANT_LANE + 2900 + kv * wf
     return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": bram}
 
 

@@ -245,16 +245,17 @@ class AttentionEngine(_EngineBase):
                                                    "ports; needs kv_ports = 2 x rows")
     kv_ports: int = Field(1, description="1: K and V share port w0; 2: K on w0, V on w1; "
                                          "2 x rows with head_parallel (K of row r on w<2r>, V on w<2r+1>)")
-    int4_products: Literal["dsp", "lut"] = Field(
+    int4_products: Literal["dsp", "lut", "qk_lut"] = Field(
         "dsp", description="how the q x k and mantissa x value products by int4 K/V lanes are built: 'dsp' "
-                           "(one DSP slice each) or 'lut' (shift-and-add, 42 / 79 LUTs each, no DSP); "
-                           "'lut' needs kv_bits [4]")
+                           "(one DSP slice each), 'lut' (shift-and-add, 42 / 79 LUTs each, no DSP) or "
+                           "'qk_lut' (q x k in LUTs, the mantissa x value products, 79 LUTs as "
+                           "shift-and-add, in DSPs); 'lut' and 'qk_lut' need kv_bits [4]")
 
     @model_validator(mode="after")
     def _int4_products(self) -> "AttentionEngine":
-        if self.int4_products == "lut" and 8 in self.kv_bits:
-            raise ValueError(f"int4_products 'lut' builds int4 K/V lanes only: kv_bits must be [4], got "
-                             f"{list(self.kv_bits)} (or int4_products 'dsp')")
+        if self.int4_products != "dsp" and 8 in self.kv_bits:
+            raise ValueError(f"int4_products {self.int4_products!r} builds int4 K/V lanes only: kv_bits must "
+                             f"be [4], got {list(self.kv_bits)} (or int4_products 'dsp')")
         return self
 
     @field_validator("kv_ports")
@@ -360,6 +361,10 @@ class VectorEngine(_EngineBase):
                            "through the stream port after the attention engine's KV ports (w0 without one), "
                            "beside the operands on the data port: the two loads overlap. The host puts the "
                            "tables in that port's memory")
+    store_words: Literal[1, 4] = Field(
+        4, description="tile words an ACT8 or Q-record store quantizes a cycle: 4 (a whole port word of "
+                       "int8 a cycle; the quantizer has 4 x lanes lanes, about 395 LUTs and 2 DSPs each) or 1 "
+                       "(a quarter word a cycle; for LUT-poor boards)")
 
     @field_validator("max_dim")
     @classmethod

@@ -36,8 +36,10 @@ class DatapathGeometry(AttentionGeometry):
                               page_tokens=self.page_tokens, word_bytes=self.word_bytes)
         if not self.kv_bits or not set(self.kv_bits) <= {4, 8}:
             raise ValueError(f"kv_bits must be a non-empty subset of (4, 8), got {self.kv_bits!r}")
-        if self.lut_products and self.has_int8:
+        if (self.lut_products or self.lut_mant_products) and self.has_int8:
             raise ValueError(f"lut_products needs int4 lanes only, got kv_bits {self.kv_bits!r}")
+        if self.lut_mant_products and not self.lut_products:
+            raise ValueError("lut_mant_products needs lut_products (int4_products 'lut')")
         if self.group_size > self.head_dim:
             raise ValueError(f"group_size {self.group_size} must not exceed head_dim {self.head_dim}")
 
@@ -64,10 +66,12 @@ class DatapathGeometry(AttentionGeometry):
         """The engine accepts ``kv_bits = 8`` jobs: the int8 unpacking and ring steps exist."""
         return 8 in self.kv_bits
 
-    def lane_product(self, x, lane):
+    def lane_product(self, x, lane, *, mantissa: bool = False):
         """``x`` times a K/V lane: shift-and-add in LUTs with ``int4_products: lut`` (every format is
-        int4: the lane is a sign-extended 4-bit value), else a multiplier (a DSP)."""
-        return lut_product(x, lane, 4) if self.lut_products else x * lane
+        int4: the lane is a sign-extended 4-bit value), else a multiplier (a DSP). ``mantissa``: a
+        block mantissa x value product, in LUTs only with 'lut' ('qk_lut' keeps it a DSP)."""
+        lut = self.lut_mant_products if mantissa else self.lut_products
+        return lut_product(x, lane, 4) if lut else x * lane
 
     def select_format(self, bits4, *, int4, int8):
         """The int4 or the int8 variant for the job's format: a ``Mux`` on ``bits4`` only when the

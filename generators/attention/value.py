@@ -137,7 +137,7 @@ class ValueUnit(wiring.Component):
             out = []
             for i in range(geom.lanes):
                 s = Signal(signed(26), name=f"vv{tag}{i}", reset_less=True)
-                m.d.sync += s.eq(geom.lane_product(src.mants[i // geom.block_lanes], src.lanes[i]))
+                m.d.sync += s.eq(geom.lane_product(src.mants[i // geom.block_lanes], src.lanes[i], mantissa=True))
                 out.append(s)
             return out
         if geom.head_parallel:

@@ -62,9 +62,6 @@ _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 _VAL, _BLK, _TRL, _ZERO, _SCL, _MNT = range(6)
 # > ElementPipe.LATENCY + 2: a direct sweep streams at full rate
 _CHUNK_FIFO = 1 << (ElementPipe.LATENCY + 2).bit_length()
-# int32 tile words one store micro-op of 8-bit output quantizes (ACT8 rows, Q records): four make a
-# whole port word of int8, so the store emits a word a cycle (one every four with one tile word)
-STORE_WAYS = 4
 
 
 def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
@@ -294,7 +291,9 @@ class VectorEngine(wiring.Component):
         W, W8, L, R = lay.config.data_width, lay.word_bytes, g.lanes, g.rows
         LOGL, LOGR, LOGW8 = exact_log2(L), exact_log2(R), exact_log2(W8)
         DW = g.max_dim // L                         # tile words per row
-        ways = STORE_WAYS if DW % STORE_WAYS == 0 else 1    # tile words a wide store op quantizes
+        # tile words one store micro-op of 8-bit output quantizes (ACT8 rows, Q records; config
+        # store_words): four make a whole port word of int8, a word a cycle (one every four with one)
+        ways = g.store_words
         SB = g.scale_block_bytes
         SBW = SB // W8
         att = attention_geometry(lay) if g.has_attention else None

@@ -90,7 +90,8 @@ class AttentionGeometry:
     kv_bits: tuple
     word_bytes: int
     head_parallel: bool = False
-    lut_products: bool = False       # int4_products 'lut': q x k and mantissa x value in LUTs
+    lut_products: bool = False       # int4_products 'lut' or 'qk_lut': q x k in LUTs
+    lut_mant_products: bool = False  # int4_products 'lut': mantissa x value in LUTs too
 
     # -- head-parallel port map --------------------------------------------------------------
     def k_port(self, row: int = 0) -> int:
@@ -217,7 +218,8 @@ def attention_geometry(layout) -> AttentionGeometry:
     return AttentionGeometry(head_dim=att.head_dim, rows=att.rows, group_size=att.kv_group_size,
                              page_tokens=att.page_tokens, max_context=att.max_context, kv_ports=att.kv_ports,
                              kv_bits=tuple(att.kv_bits), word_bytes=layout.word_bytes,
-                             head_parallel=att.head_parallel, lut_products=att.int4_products == "lut")
+                             head_parallel=att.head_parallel, lut_products=att.int4_products != "dsp",
+                             lut_mant_products=att.int4_products == "lut")
 
 
 def attention_checks(layout) -> tuple[Check, ...]:

@@ -106,6 +106,7 @@ class VectorGeometry:
     kv_ports: int
     max_context: int
     table_port: int | None = None   # the stream port the per-column tables come through (None: data)
+    store_words: int = 1            # tile words an ACT8/QREC store op quantizes (config store_words)
 
     @property
     def lanes(self) -> int:
@@ -200,7 +201,8 @@ def vector_geometry(layout) -> VectorGeometry:
         head_dim=att.head_dim if att else None, kv_group_size=att.kv_group_size if att else None,
         kv_bits=tuple(att.kv_bits) if att else (), kv_ports=att.kv_ports if att else 0,
         max_context=att.max_context if att else (1 << (POS_BITS - 1)),
-        table_port=(att.kv_ports if att else 0) if vec.table_port else None)
+        table_port=(att.kv_ports if att else 0) if vec.table_port else None,
+        store_words=vec.store_words if (vec.max_dim // (layout.word_bytes // 4)) % vec.store_words == 0 else 1)
 
 
 def vector_checks(layout) -> tuple[Check, ...]:

@@ -84,10 +84,13 @@ def test_wider_port_head_dim_32_groups_of_16_kv4():
          kv_heads=2, q_per_kv=2, kv_bits=4, seed=9)
 
 
-def test_int4_only_engine_multiplies_keys_and_values_in_luts():
-    # int4_products lut: the q x k and mantissa x value products are shift-and-add (geometry.lane_product)
-    lay = _layout(kv_bits=[4], rows=4, head_dim=32, int4_products="lut")
-    assert attention_geometry(lay).lut_products
+@pytest.mark.parametrize("products", ["lut", "qk_lut"])
+def test_int4_only_engine_multiplies_keys_and_values_in_luts(products):
+    # int4_products lut: the q x k and mantissa x value products are shift-and-add (geometry.lane_product);
+    # qk_lut: q x k only, the mantissa x value products stay multipliers
+    lay = _layout(kv_bits=[4], rows=4, head_dim=32, int4_products=products)
+    geom = attention_geometry(lay)
+    assert geom.lut_products and geom.lut_mant_products == (products == "lut")
     _run(lay, [dict(n_q=3, ctx_len=14, sink=2, window=5), dict(n_q=1, ctx_len=9)],
          kv_heads=2, q_per_kv=2, kv_bits=4, seed=13)
 

@@ -58,10 +58,12 @@ def test_head_parallel_decode_kv4_four_rows_window_and_sink():
             seed=12, kv_heads=8, kv_bits=4)
 
 
-def test_head_parallel_decode_int4_only_engine():
-    # int4_products lut: every row's own q x k and mantissa x value products are shift-and-add in LUTs
-    _run_hp(_layout(rows=4, kv_ports=8, head_dim=32, kv_bits=[4], int4_products="lut"), [dict(ctx_len=19, window=7, sink=2)],
-            seed=14, kv_heads=4, kv_bits=4)
+@pytest.mark.parametrize("products", ["lut", "qk_lut"])
+def test_head_parallel_decode_int4_only_engine(products):
+    # int4_products lut: every row's own q x k and mantissa x value products are shift-and-add in LUTs;
+    # qk_lut (u280_llm512): q x k in LUTs, every row's mantissa x value products multipliers
+    _run_hp(_layout(rows=4, kv_ports=8, head_dim=32, kv_bits=[4], int4_products=products),
+            [dict(ctx_len=19, window=7, sink=2)], seed=14, kv_heads=4, kv_bits=4)
 
 
 def test_head_parallel_decode_eight_rows_on_sixteen_ports():

@@ -144,3 +144,22 @@ def test_tables_come_through_the_table_port_beside_the_operands(seed, table_stal
     assert tables and Counter(plain.commands["src"]) - Counter(bench.commands["src"]) == tables
     assert not Counter(bench.commands["src"]) - Counter(plain.commands["src"])
     assert "w2" not in plain.commands or not plain.commands["w2"]
+
+
+@pytest.mark.parametrize("seed", [8, 9])
+def test_one_and_four_store_words_write_the_same_bytes(seed):
+    """``store_words`` 4 (tile A interleaved over four memories, a four-word quantizer) and 1 write
+    the same ACT8 rows, Q records and KV values, bit-exact under stalls; the four-word store of an
+    ACT8 row (no stalls) takes fewer cycles, so its wide micro-ops are really taken."""
+    kinds = ("norm_act8", "swiglu_act8", "rope_qrec", "kv4", "kv8_rope")
+    for words in (1, 4):
+        bench, before, expected = _run(_layout(store_words=words), kinds, seed=seed)
+        assert bench.mem == expected, (words, _diff(bench.mem, expected))
+        assert expected != before
+    cycles = {}
+    for words in (1, 4):
+        bench, _, expected = _run(_layout(rows=1, store_words=words), ("norm_act8",), seed=seed, stall=0.0,
+                                  backpressure=0.0, m=1, dim=256)
+        assert bench.mem == expected
+        cycles[words] = bench.cycles[0]
+    assert cycles[4] < cycles[1], cycles

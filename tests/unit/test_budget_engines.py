@@ -107,6 +107,11 @@ def test_int4_products_lut_trades_the_lane_dsps_for_luts():
     assert a.dsp - b.dsp == 4 * lanes + lanes + 3 * lanes     # q x k per row, the shared and per-row mant x v
     assert b.parts["attention"]["lut"] > a.parts["attention"]["lut"]
     assert b.parts["attention_head_parallel"]["lut"] > a.parts["attention_head_parallel"]["lut"]
+    # qk_lut: only the q x k products leave the DSPs; the mantissa x value products stay
+    c = estimate_resources(_att(**kw, int4_products="qk_lut"))
+    assert a.dsp - c.dsp == 4 * lanes
+    assert a.parts["attention"]["lut"] < c.parts["attention"]["lut"] < b.parts["attention"]["lut"]
+    assert c.parts["attention_head_parallel"]["lut"] == a.parts["attention_head_parallel"]["lut"]
     # matmul (weight_bits [2, 4]): one DSP per lane, or none
     mm = []
     for how in ("dsp", "lut"):

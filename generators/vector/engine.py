@@ -310,6 +310,12 @@ class VectorEngine(wiring.Component):
         else:
             hd = G = P = ng = RB = RW = QRB = 0
             GPR, max_heads, CW, span_words = 1, 1, 1, 1
+        # a KV head's value words in ops of `ways` words too when they fill whole ops; such an op spans
+        # kv_span scale groups of G >= L elements (each its own multiplier: a qp read port per group)
+        if att is not None and ways > 1 and (hd // L) % ways == 0:
+            kv_ways, kv_span = ways, max(1, ways * L // G)
+        else:
+            kv_ways, kv_span = 1, 1
         NG = g.max_kv_groups if att is not None else 1      # port groups of one KV append
         group_choices = [n for n in g.kv_group_choices() if n >= 2] if att is not None else []
 
@@ -957,8 +963,8 @@ class VectorEngine(wiring.Component):
         # -- STORE: micro-ops -> quantizer -> chunk FIFO -> packer -> writer ----------------------
         # the quantizer takes `ways` tile words (a wide op: one whole word of int8) or one (its low
         # lanes: a chunk of int8 or int4 for the packer)
-        m.submodules.cq = cq = ChunkQuantizer(lanes=ways * L)
-        m.submodules.chunks = chunks = SyncFIFOBuffered(width=W + 1, depth=_CHUNK_FIFO)   # + a whole-word bit
+        m.submodules.cq = cq = ChunkQuantizer(lanes=ways * L, segments=ways)
+        m.submodules.chunks = chunks = SyncFIFOBuffered(width=W + 2, depth=_CHUNK_FIFO)   # + whole, half bits
         m.d.comb += chunk_level.eq(chunks.level)
         ppw = Signal(range(9))               # chunks per output word
         with m.If(j.out_fmt == VectorOut.RES32):
@@ -989,12 +995,22 @@ class VectorEngine(wiring.Component):
         with m.Else():
             m.d.comb += store_addr.eq(op_j)
         m.d.comb += qrp.addr.eq(op_r * GPR + op_g)
+        qrps = [qrp]                         # a wide KV op's later groups: their own read ports
+        for k in range(1, kv_span):
+            rp = qp_mem[0].read_port(domain="sync")
+            m.d.comb += rp.addr.eq(op_r * GPR + op_g + k)
+            qrps.append(rp)
         t1_v, t1_kind, t1_wide = Signal(), Signal.like(op_kind), Signal()
         t1_r, t1_k = Signal.like(op_r), Signal.like(op_k)
         m.d.sync += [t1_v.eq(op_valid), t1_kind.eq(op_kind), t1_r.eq(op_r), t1_k.eq(op_k), t1_wide.eq(op_wide)]
         qrec = qrp.data
+        t1_span = Signal()                   # a wide KV op: word k takes group k // (G / L)'s record
+        m.d.comb += t1_span.eq(t1_wide & kv_mode)
+        seg_recs = [qrec if kv_span == 1 else Mux(t1_span, qrps[k * kv_span // ways].data, qrec)
+                    for k in range(ways)]
         m.d.comb += [cq.i_valid.eq(t1_v), cq.x.eq(Mux(t1_wide, a_wide[t1_r], a_data[t1_r])),
-                     cq.mult.eq(qrec[:25]), cq.shift.eq(qrec[25:32]), cq.int4.eq(int4)]
+                     cq.mult.eq(Cat(*(r[:25] for r in seg_recs))), cq.shift.eq(Cat(*(r[25:32] for r in seg_recs))),
+                     cq.int4.eq(int4)]
         # the other micro-ops' chunks, formed at t1 and delayed to the quantizer's output
         blk_word = Signal(W)
         if R <= L:
@@ -1035,10 +1051,11 @@ class VectorEngine(wiring.Component):
         other_d = delayed(m, other, ChunkQuantizer.LATENCY, name="other")
         kind_d = delayed(m, t1_kind, ChunkQuantizer.LATENCY, name="kind")
         wide_d = delayed(m, t1_wide, ChunkQuantizer.LATENCY, name="wide")
+        # a wide op's chunk: a whole word of int8, or half a word of int4 (KV4: the packer's `half`)
         m.d.comb += [chunks.w_en.eq(cq.o_valid | (elem.o_valid & direct)),
                      chunks.w_data.eq(Mux(cq.o_valid, Cat(Mux(kind_d == _VAL, cq.o, other_d),
-                                                          (kind_d == _MNT) | wide_d),
-                                          Cat(elem.o, Const(0, 1))))]
+                                                          (kind_d == _MNT) | (wide_d & ~int4), wide_d & int4),
+                                          Cat(elem.o, Const(0, 2))))]
 
         # packer: ppw chunks -> one word; a new chunk is taken in the cycle the full word leaves
         pk_word = Signal(W)
@@ -1072,17 +1089,21 @@ class VectorEngine(wiring.Component):
             m.d.sync += [pk_word.eq(chunks.r_data[:W]), pk_full.eq(1)]      # a whole word (pk_n is 0 here)
         with m.Elif(chunks.r_en & chunks.r_rdy):
             piece = chunks.r_data[:W]
+            half = chunks.r_data[W + 1]      # half a word of int4 (four of its eighths)
             for n in range(8):
                 with m.If(pk_n == n):
                     if n == 0:
-                        m.d.sync += pk_word.eq(Mux(ppw == 1, piece, Mux(ppw == 4, piece[:W // 4], piece[:W // 8])))
+                        m.d.sync += pk_word.eq(Mux(half, piece[:W // 2], Mux(ppw == 1, piece,
+                                                                              Mux(ppw == 4, piece[:W // 4], piece[:W // 8]))))
                     else:
                         add = Mux(ppw == 8, piece[:W // 8] << (n * (W // 8)), piece[:W // 4] << (n * (W // 4)))
+                        if n == 4:
+                            add = Mux(half, piece[:W // 2] << (W // 2), add)
                         m.d.sync += pk_word.eq(pk_word | add)
-            with m.If(pk_n + 1 == ppw):
+            with m.If(Mux(half, pk_n == 4, pk_n + 1 == ppw)):
                 m.d.sync += [pk_n.eq(0), pk_full.eq(1)]
             with m.Else():
-                m.d.sync += pk_n.eq(pk_n + 1)
+                m.d.sync += pk_n.eq(Mux(half, pk_n + 4, pk_n + 1))
         store_empty = Signal()
         m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0)
                                    & ~osl.o.valid & osl.i.ready)
@@ -1174,9 +1195,14 @@ class VectorEngine(wiring.Component):
         mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
         if att is not None and ng > 1:
             # the head's group mantissas, caught as its value words are quantized (a KV VAL op reads
-            # its group's qp record: op_k is the word of the head, G >= L words per group)
+            # its group's qp record: op_k is the word of the head, G >= L words per group; a wide op
+            # catches each of its kv_span groups' mantissas)
             with m.If(t1_v & (t1_kind == _VAL) & kv_mode):
-                m.d.sync += mants[((t1_k << LOGL) >> exact_log2(G))[:exact_log2(ng)]].eq(qrec[32:48])
+                first = ((t1_k << LOGL) >> exact_log2(G))[:exact_log2(ng)]
+                m.d.sync += mants[first].eq(qrec[32:48])
+                for k in range(1, kv_span):
+                    with m.If(t1_span):
+                        m.d.sync += mants[first + k].eq(qrps[k].data[32:48])
         elif att is not None:
             with m.If(t1_v & (t1_kind == _VAL) & kv_mode):
                 m.d.sync += mants[0].eq(qrec[32:48])
@@ -1364,8 +1390,10 @@ class VectorEngine(wiring.Component):
                             m.d.sync += [st_j.eq(0), st_c.eq(0)]
                             store.next = "TRL"
                     with m.Default():              # KV: the head's words, padding, mantissas
-                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j)]
-                        with m.If(st_j == val_chunks - 1):
+                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j),
+                                     op_wide.eq(kv_ways > 1)]
+                        m.d.sync += st_j.eq(st_j + kv_ways)
+                        with m.If(st_j == val_chunks - kv_ways):
                             m.d.sync += [st_j.eq(0), st_c.eq(0)]
                             with m.If(zero_chunks != 0):
                                 store.next = "ZERO"

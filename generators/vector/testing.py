@@ -186,7 +186,7 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
         pos0 = int(rng.integers(0, max(1, g.max_context - m - 1)))
         rope = V.rope_table(pos0 + m, hd, float(rng.choice([10000.0, 500000.0])))
         d.update(a_fmt=VectorIn.ACC32, a_addr=blocked_buf(ints((m, dim), 32)), a_stride=R * dim * 4,
-                 a_scale=scales(), a_cols=cols(1e-9, 1e-5), pos0=pos0)
+                 a_scale=scales(), a_cols=cols(1e-15, 1e-12), pos0=pos0)
         if kind in ("rope_qrec", "kv8_rope") or (kind == "kv_groups" and rng.random() < 0.5):
             d.update(rope=1, rope_addr=bench.alloc(len(V.pack_rope_table(rope, W8)), V.pack_rope_table(rope, W8)))
         if kind == "rope_qrec":

@@ -291,7 +291,7 @@ class VectorEngine(wiring.Component):
         W, W8, L, R = lay.config.data_width, lay.word_bytes, g.lanes, g.rows
         LOGL, LOGR, LOGW8 = exact_log2(L), exact_log2(R), exact_log2(W8)
         DW = g.max_dim // L                         # tile words per row
-        # tile words one store micro-op of 8-bit output quantizes (ACT8 rows, Q records; config
+        # tile words one store micro-op quantizes (ACT8 rows, Q records, KV values; config
         # store_words): four make a whole port word of int8, a word a cycle (one every four with one)
         ways = g.store_words
         SB = g.scale_block_bytes
@@ -961,8 +961,8 @@ class VectorEngine(wiring.Component):
         m.d.comb += qp_busy.eq(qp_active | qv1 | (qp_pipe != 0))
 
         # -- STORE: micro-ops -> quantizer -> chunk FIFO -> packer -> writer ----------------------
-        # the quantizer takes `ways` tile words (a wide op: one whole word of int8) or one (its low
-        # lanes: a chunk of int8 or int4 for the packer)
+        # the quantizer takes `ways` tile words (a wide op: a whole word of int8, half a word of int4)
+        # or one (its low lanes: a chunk of int8 or int4 for the packer); a multiplier per word
         m.submodules.cq = cq = ChunkQuantizer(lanes=ways * L, segments=ways)
         m.submodules.chunks = chunks = SyncFIFOBuffered(width=W + 2, depth=_CHUNK_FIFO)   # + whole, half bits
         m.d.comb += chunk_level.eq(chunks.level)
@@ -975,7 +975,7 @@ class VectorEngine(wiring.Component):
             m.d.comb += ppw.eq(4)
 
         op_valid = Signal()
-        op_wide = Signal()                   # a VAL op over `ways` words (8-bit out): a whole word
+        op_wide = Signal()                   # a VAL op over `ways` words: a word of int8 (KV4: half)
         op_kind = Signal(range(6))
         op_r = Signal(range(R))
         op_j = Signal(range(DW))

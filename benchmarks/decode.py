@@ -421,7 +421,9 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts, name: str = "
             continue
         ys = [rows[c]["tok_s"] if c in rows else np.nan for c in contexts]
         rs = [rows[c]["roofline_tok_s"] if c in rows else np.nan for c in contexts]
-        ax.plot(xs, ys, "o-", color=color, label=f"{fmt} simulated (U280 co-sim, 225 MHz)")
+        timing = sorted({r["cycles_at_mhz"] for r in rows.values()})
+        ax.plot(xs, ys, "o-", color=color, label=f"{fmt} simulated (U280 co-sim, 225 MHz; memory timing "
+                                                 f"of {'/'.join(f'{t:g}' for t in timing)} MHz)")
         ax.plot(xs, rs, "--", color=color, alpha=0.6, label=f"{fmt} roofline (calibrated HBM)")
     for a, style in zip(ANCHORS, (":", "-.", (0, (1, 3)))):
         ax.axhline(a["tok_s"], color="k", linestyle=style, lw=1)

@@ -21,7 +21,7 @@ __all__ = ["InterleavedTileMemory"]
 class InterleavedTileMemory(wiring.Component):
     def __init__(self, *, width: int, depth: int, ways: int, granularity: int):
         self._width, self._depth, self._ways, self._gran = width, depth, ways, granularity
-        exact_log2(ways)
+        exact_log2(ways)                     # raises unless a power of two
         if depth % ways:
             raise ValueError(f"depth {depth} must be a multiple of ways {ways}")
         super().__init__({

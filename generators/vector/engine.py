@@ -928,11 +928,22 @@ class VectorEngine(wiring.Component):
         qp_r = Signal(range(R))
         qp_g = Signal(range(GPR))
         qp_active = Signal()
-        _walk_rows(m, qp_active, qp_r, nv, qp_g, groups)
+        # a SWEEP1 without a norm streams its groups' absmax into QPARAM: the walk starts with the
+        # sweep and takes group n once n groups are final (written to gmax a cycle before)
+        g_final = Signal(range(R * GPR + 1))  # groups of this pass written to gmax
+        qp_n = Signal(range(R * GPR + 1))     # groups the walk has taken
+        qp_stream = Signal()                  # the walk follows SWEEP1
+        qp_step = Signal()
+        m.d.comb += qp_step.eq(~qp_stream | (qp_n < g_final))
+        _walk_rows(m, qp_active, qp_r, nv, qp_g, groups, step=qp_step)
+        with m.If(qp_active & qp_step):
+            m.d.sync += qp_n.eq(qp_n + 1)
+        with m.If(gwp.en):
+            m.d.sync += g_final.eq(g_final + 1)
         m.d.comb += grp.addr.eq(qp_r * GPR + qp_g)
         qv1 = Signal()
         qr1, qg1 = Signal.like(qp_r), Signal.like(qp_g)
-        m.d.sync += [qv1.eq(qp_active), qr1.eq(qp_r), qg1.eq(qp_g)]
+        m.d.sync += [qv1.eq(qp_active & qp_step), qr1.eq(qp_r), qg1.eq(qp_g)]
         const_word = Const(0, 64)
         if att is not None:
             _, _, crp = consts_mem
@@ -1475,8 +1486,12 @@ class VectorEngine(wiring.Component):
                     m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If((loaded_ahead != 0) | in_last):
-                    m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0)]
+                    m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0),
+                                 g_final.eq(0), qp_n.eq(0), qp_r.eq(0), qp_g.eq(0)]
                     m.d.comb += store_start.eq(direct)     # the direct store's write command
+                    # quantized output without a norm: QPARAM follows the sweep's groups
+                    stream = quant_out & (j.norm == VectorNorm.NONE) & ~direct
+                    m.d.sync += [qp_stream.eq(stream), qp_active.eq(stream)]
                     m.next = "SWEEP1"
             with m.State("SWEEP1"):
                 with m.If(~sweeping & ~rd_v):
@@ -1487,8 +1502,7 @@ class VectorEngine(wiring.Component):
                         m.d.sync += [sc_r.eq(0), sc_active.eq(1), sc_sent.eq(0)]
                         m.next = "SCALAR"
                     with m.Elif(quant_out):
-                        m.d.sync += [qp_active.eq(1), qp_r.eq(0), qp_g.eq(0)]
-                        m.next = "QPARAM"
+                        m.next = "QPARAM"          # its walk started with the sweep
                     with m.Else():
                         m.next = "STORE"
             with m.State("SCALAR"):
@@ -1500,7 +1514,7 @@ class VectorEngine(wiring.Component):
                 with m.If(~sweeping & ~rd_v):
                     m.d.sync += sw_second.eq(0)
                     with m.If(quant_out):
-                        m.d.sync += [qp_active.eq(1), qp_r.eq(0), qp_g.eq(0)]
+                        m.d.sync += [qp_active.eq(1), qp_r.eq(0), qp_g.eq(0), qp_stream.eq(0)]
                         m.next = "QPARAM"
                     with m.Else():
                         m.next = "STORE"

@@ -44,6 +44,13 @@ FF_PAIR_LANE = 19
 #: and ternary share one path; int8's (a 5-bit-per-weight gearbox) is not measured, taken as int4's x 5/3
 LUT_SPARSE24_LANE = {2: 4, 4: 18, 8: 30}
 LUT_PAIR_UNPACK_LANE = 5
+#: the dense pair fire (``dense_pairs``) on top of the pair fire's datapath, per lane and row: the
+#: second activation's register, the operand muxes of the shared shift-and-add, the weight-sum
+#: table. Yosys synth_xilinx, a 128-lane int4 (lut) MacArray of one row with pairs: 9,353 LUT /
+#: 6,902 FF, with dense_pairs too 10,967 / 6,780; the unpacker's dense pair slots (256 lanes, as
+#: above): 5,762 -> 6,137 LUT (docs/engines/matmul.md, "Dense pair fire")
+LUT_DENSE_PAIR_LANE = 12.6
+LUT_DENSE_PAIR_UNPACK_LANE = 1.5
 
 
 #: the parts of an estimate, in the order they are reported
@@ -123,7 +130,8 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     # DSPs: one per 8x8 MAC lane (none for lanes of 4 bits or less: LUT products), group-scale
     # and requant multipliers per row.
     # (the pair fire: a scale multiplier per half group and a second requantizer per row)
-    pair = 2 if mm.sparse24_pairs else 1
+    pairs = mm.sparse24_pairs or mm.dense_pairs
+    pair = 2 if pairs else 1
     dsp_scale = pair * mm.rows * groups_per_fire * math.ceil(w.group_bits / 27) * math.ceil(mm.scale_bits / 18)
     dsp_requant = pair * mm.rows * math.ceil(w.acc_bits / 27) * math.ceil(w.mult_bits / 18)
     # 2-bit and ternary products are a few LUTs each (sign-select/small multiply), int4 ones a
@@ -152,11 +160,17 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
         s24 = mm.lanes * sum(LUT_SPARSE24_LANE[b] for b in sparse_widths)
         lut += s24
         ff += 4 * mm.lanes * len(sparse_widths)
+    if pairs:
+        # the pair fire's activation select and weight register, the second column's
+        # accumulators, output stage and result column; the 2:4 pairs' slot unpacker
+        lut += macs * LUT_PAIR_LANE + lut_acc + mm.rows * (w.acc_bits + 64)
+        ff += macs * FF_PAIR_LANE + 2 * (lut_acc + mm.rows * (w.acc_bits + 64))
     if mm.sparse24_pairs:
-        # the pair fire's activation select and weight register, its slot unpacker, the second
-        # column's accumulators, output stage and result column
-        lut += macs * LUT_PAIR_LANE + LUT_PAIR_UNPACK_LANE * mm.lanes + lut_acc + mm.rows * (w.acc_bits + 64)
-        ff += macs * FF_PAIR_LANE + 4 * mm.lanes + 2 * (lut_acc + mm.rows * (w.acc_bits + 64))
+        lut += LUT_PAIR_UNPACK_LANE * mm.lanes
+        ff += 4 * mm.lanes
+    if mm.dense_pairs:
+        # (no FFs more: the second activation's register replaces the wide weight-sum register)
+        lut += math.ceil(macs * LUT_DENSE_PAIR_LANE + mm.lanes * LUT_DENSE_PAIR_UNPACK_LANE)
     if geom.inline_scales:
         # inline scales (docs/engines/matmul.md): a combined P x W-bit word register in front of the
         # scale adapter and the adapter's own word buffer; the demux is about one LUT per bit

@@ -117,6 +117,12 @@ class MatmulEngine(_EngineBase):
         False, description="the 2:4 pair fire: 2:4 jobs of a 2-bit format (2, 'ternary') with N even skip the "
                            "zeros, two output columns per fire (needs sparse24, a 2-bit and a 4- or 8-bit "
                            "format, max_k == lanes and arch 'mac'; about 10 LUTs more per lane and row)")
+    dense_pairs: bool = Field(
+        False, description="the dense pair fire: dense jobs of a 2-bit format (2, 'ternary') with N even fire "
+                           "two output columns at once, two products a lane (dense W2 decode is otherwise "
+                           "array-bound at half a 512-bit beat of every port a cycle); needs a 2-bit and a 4- "
+                           "or 8-bit format, max_k == lanes and arch 'mac', and shares the pair fire's "
+                           "datapath with sparse24_pairs")
     arch: Literal["mac", "tlmm"] = Field(
         "mac", description="'mac': multiplier array (sign-select for ternary); 'tlmm': ternary "
                            "table-lookup matmul (weight_bits must be ['ternary'])")
@@ -174,6 +180,12 @@ class MatmulEngine(_EngineBase):
         return self.weight_ports
 
     @property
+    def dense_pair_formats(self) -> tuple:
+        """The 2-bit formats whose dense jobs can run as pair fires: int2, and ternary in 2-bit codes
+        (the pair lane reads two 2-bit codes side by side)."""
+        return tuple(b for b in self.weight_bits if b == 2 or (b == "ternary" and self.ternary_packing == "2bit"))
+
+    @property
     def sparse24_formats(self) -> tuple:
         """The formats with a 2:4 sparse code: every one of ``weight_bits`` for ``sparse24: true``."""
         if self.sparse24 is True:
@@ -214,6 +226,16 @@ class MatmulEngine(_EngineBase):
                     f"4- or 8-bit format (lanes wide enough for a value and its index), max_k == lanes (one "
                     f"line per column) and arch 'mac'; got sparse24={self.sparse24}, weight_bits="
                     f"{list(self.weight_bits)}, max_k={self.max_k}, lanes={self.lanes}, arch={self.arch!r}")
+        if self.dense_pairs:
+            two = self.dense_pair_formats
+            wide = [b for b in self.weight_bits if b in (4, 8)]
+            if not two or not wide or self.max_k != self.lanes or self.arch != "mac":
+                raise ValueError(
+                    f"dense_pairs needs weight_bits with a 2-bit format (2, or 'ternary' with ternary_packing "
+                    f"'2bit') and a 4- or 8-bit one (lanes wide enough for two 2-bit weights), max_k == lanes "
+                    f"(one line per column) and arch 'mac'; got weight_bits={list(self.weight_bits)}, "
+                    f"ternary_packing={self.ternary_packing!r}, max_k={self.max_k}, lanes={self.lanes}, "
+                    f"arch={self.arch!r}")
         if self.int4_products == "lut" and 8 in self.weight_bits:
             raise ValueError(f"int4_products 'lut' builds lanes of at most 4 bits: weight_bits must not hold 8, "
                              f"got {list(self.weight_bits)} (or int4_products 'dsp')")

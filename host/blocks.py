@@ -609,7 +609,8 @@ class ModelProgram:
 
     def _matmul(self, enc: EncodedWeights, sparse24: bool = False) -> _Matmul:
         """The projection's stripes and scales uploaded; ``sparse24``: 2:4 packed (2-bit formats then
-        run as pair fires on an engine with ``sparse24_pairs`` when N is even)."""
+        run as pair fires on an engine with ``sparse24_pairs`` when N is even; dense 2-bit ones on an
+        engine with ``dense_pairs``)."""
         lay = self._lay
         bits = engine_format(enc.bits, lay, "bits")
         q = enc.q.astype(np.int8)

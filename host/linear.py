@@ -140,8 +140,9 @@ class Linear:
         self._bits = bits
         self._code = code
         self._n, self._kp, self._k = n, kp, k
-        # the 2:4 pair fire takes N even: an odd N gets a zero column on the device, its output dropped
-        pairs = sparse24 and mm.sparse24_pairs and bits in (2, "ternary")
+        # the pair fires take N even: an odd N gets a zero column on the device, its output dropped
+        pairs = ((sparse24 and mm.sparse24_pairs and bits in (2, "ternary"))
+                 or (not sparse24 and mm.dense_pairs and bits in mm.dense_pair_formats))
         self._n_dev = n + n % 2 if pairs else n
         self._q = q.astype(np.int8)
         self._mant = mant.astype(np.uint16)

@@ -19,7 +19,7 @@ adder trees.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -27,7 +27,7 @@ from ..lutmul import LUT_PRODUCT_MAX_BITS, lut_product
 from ..params import require_positive_ints, require_powers_of_two
 from .pipe import delay
 
-__all__ = ["MacArray", "product", "wrap_tree", "LANE_FORMATS", "array_latency"]
+__all__ = ["MacArray", "product", "pair_product", "wrap_tree", "LANE_FORMATS", "array_latency"]
 
 
 def array_latency(*, lanes: int, group_size: int, levels_per_stage: int, pairs: bool = False) -> int:
@@ -62,11 +62,57 @@ def product(x, w, fmt: str, bits: int):
     return v[:bits] if len(v) > bits else v         # a narrower signed value sign-extends on assignment
 
 
+def pair_product(x, x1, code, w, dense, bits: int):
+    """The dense pair fire's lane on multiplier lanes (``"int"``): ``x * w``, or when ``dense`` is
+    set ``x * code[0:2] + x1 * code[2:4]`` (two int2 weights, selects beside the multiplier),
+    modulo ``2^bits``. (LUT lanes share one shift-and-add instead: :func:`_folded_product`.)"""
+    # a signed sum of two int2 products (narrower than ``bits``: it sign-extends on assignment)
+    two = product(x, code[0:2], "int2", bits) + product(x1, code[2:4], "int2", bits)
+    return Mux(dense, two, product(x, w, "int", bits))
+
+
+def _neg_weight(code: int, pair: int, dense: int, offset: int = 0) -> int:
+    """The folded lane's weight-sum entry (in 128s) for a 4-bit lane code: ``-w`` (the sum of a
+    dense pair's two weights), less ``offset`` in a dense pair fire (see :class:`MacArray`)."""
+    def s2(v):
+        return v - 4 if v & 2 else v
+    if not pair:
+        return -(code - 16 if code & 8 else code)
+    if not dense:
+        return -s2(code & 3)
+    return -(s2(code & 3) + s2(code >> 2)) - offset
+
+
+def _folded_product(x, x1, code, dense, bits: int):
+    """The dense pair fire's LUT lane: ``x * code`` (a 4-bit weight) or, when ``dense`` is set,
+    ``x * code[0:2] + x1 * code[2:4] + 511`` (two int2 weights), modulo ``2^bits``.
+
+    One shift-and-add serves both modes (Yosys, 64 lanes: 11 LUTs a lane more than
+    :func:`~..lutmul.lut_product` alone): the high terms take ``x1`` and ``2 x1`` in place of
+    ``4x`` and ``8x``, and the ``-2x`` of the first int2 weight is ``511 - 2x``, the 9-bit
+    complement of its term (an XOR with the mode, in the adder's LUTs), which leaves the same 511 in
+    every lane whatever its weights: :class:`MacArray` takes it out through the weight sums."""
+    t0 = Mux(code[0], x, 0)
+    t1 = Mux(code[1], Cat(Const(0, 1), x), 0) ^ Cat(*([dense] * 9))
+    t2 = Mux(code[2], Mux(dense, x1, x << 2), 0)
+    t3 = Mux(code[3], Mux(dense, x1 << 1, x << 3), 0)
+    v = (t0 + t1) + (t2 - t3)
+    return v[:bits] if len(v) > bits else v
+
+
 def wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
-    """Sum ``values`` (any count) modulo ``2^bits``; register every ``levels_per_stage`` levels and the root."""
+    """Sum ``values`` (any count) modulo ``2^bits``; register every ``levels_per_stage`` levels and the root.
+
+    A sum narrower than ``bits`` is kept exact at its own width (one bit more than its widest
+    operand), so a tree of narrow signed values gets adders as narrow as its values, not ``bits``
+    wide at every level (Yosys sizes each adder by its operands)."""
+    def add(a, b):
+        v = a + b
+        return v if len(v) <= bits else v[:bits]
+
     stages = level = 0
     while len(values) > 1:
-        nxt = [(values[i] + values[i + 1])[:bits] for i in range(0, len(values) - 1, 2)]
+        nxt = [add(values[i], values[i + 1]) for i in range(0, len(values) - 1, 2)]
         if len(values) % 2:
             nxt.append(values[-1])
         values = nxt
@@ -74,7 +120,7 @@ def wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name
         if level % levels_per_stage == 0 or len(values) == 1:
             regs = []
             for i, v in enumerate(values):
-                r = Signal(bits, name=f"{name}_l{level}_{i}", reset_less=True)
+                r = Signal(v.shape(), name=f"{name}_l{level}_{i}", reset_less=True)
                 m.d.sync += r.eq(v)
                 regs.append(r)
             values = regs
@@ -106,10 +152,17 @@ class MacArray(wiring.Component):
     whose ``(l mod 4) // 2 == h``: column ``h``'s group ``j`` in a pair fire, and entries ``2j``
     plus ``2j + 1`` a dense fire's group ``j``. One more register stage (the select) than without
     ``pairs``.
+
+    ``dense_pairs`` (with ``pairs``): a pair fire with ``dense`` set reads slot ``4q + 2h + e`` as
+    two int2 weights of column ``h``, ``k = 4q + 2e`` (bits 0-1) and ``k + 1`` (bits 2-3), and
+    sums ``x[k] * w_k + x[k + 1] * w_(k+1)`` (the select takes ``x[4q + 2e]``; ``x[4q + 2e + 1]``
+    is wired beside it): two dense columns of ``L`` weights each in one fire, the same half-group
+    entries (:func:`~.unpack.dense_pair_slot_lanes` lays the line out so).
     """
 
     def __init__(self, *, rows: int, lanes: int, group_size: int, weight_shape, tag_layout,
-                 levels_per_stage: int = 2, lane_format: str | None = None, pairs: bool = False):
+                 levels_per_stage: int = 2, lane_format: str | None = None, pairs: bool = False,
+                 dense_pairs: bool = False):
         require_positive_ints(rows=rows, lanes=lanes, group_size=group_size, levels_per_stage=levels_per_stage)
         require_powers_of_two(lanes=lanes, group_size=group_size)
         width = weight_shape.width
@@ -118,6 +171,10 @@ class MacArray(wiring.Component):
         if pairs and (width < 4 or group_size < 8 or lanes < group_size):
             raise ValueError(f"pairs needs weight lanes of at least 4 bits (a 2-bit value and a 2-bit index), "
                              f"group_size >= 8 and lanes >= group_size, got {weight_shape!r}, {group_size}, {lanes}")
+        if not isinstance(dense_pairs, bool):
+            raise TypeError(f"dense_pairs must be True or False, got {dense_pairs!r}")
+        if dense_pairs and not pairs:
+            raise ValueError("dense_pairs needs pairs (the pair fire's activation select and half-group trees)")
         if lane_format is None:
             lane_format = "int2" if width == 2 else "int"
         if lane_format not in LANE_FORMATS:
@@ -128,7 +185,10 @@ class MacArray(wiring.Component):
             raise ValueError(f"lane_format 'int4' needs 2- to 4-bit weight lanes, got {weight_shape!r}")
         self._lane_format = lane_format
         self._rows, self._lanes, self._group = rows, lanes, group_size
+        if dense_pairs and lane_format not in ("int", "int4"):
+            raise ValueError(f"dense_pairs needs lane format 'int' or 'int4', got {lane_format!r}")
         self._pairs = pairs
+        self._dense_pairs = dense_pairs
         # lanes per tree (a group, or half a group for the pair fire) and trees per row
         self._span = min(lanes, group_size) // (2 if pairs else 1)
         self._groups = lanes // self._span
@@ -140,6 +200,7 @@ class MacArray(wiring.Component):
         super().__init__({
             "valid": In(1),
             "pair": In(1),
+            "dense": In(1),
             "w": In(data.ArrayLayout(weight_shape, lanes)),
             "x": In(data.ArrayLayout(data.ArrayLayout(unsigned(8), lanes), rows)),
             "tag": In(tag_layout),
@@ -193,40 +254,108 @@ class MacArray(wiring.Component):
             flip = 1 << (bits - 1)
             return ((w[:bits].as_unsigned() + flip)[:bits] + ((1 << sb) - flip))[:sb]
 
+        dp = self._dense_pairs
+        # the dense pair fire on LUT products: one shift-and-add for both modes (see _folded_product)
+        folded = dp and self._lane_format == "int4"
+        dense = self.pair & self.dense if dp else 0      # a job constant, as pair is
+        code = [Signal(4, name=f"wc{l}", reset_less=True) for l in range(L)] if dp else None
+        firsts = {self._tree_lanes(j)[0] for j in range(self._groups)}
         for l in range(L):
-            wide = extend(self.w[l], ww)
-            m.d.sync += we[l].eq(Mux(self.pair, extend(self.w[l], 2), wide) if self._pairs else wide)
+            w = self.w[l]
+            if folded:
+                # the weight negated (less 4k, see below), narrow; the product code
+                u = w.as_unsigned()
+                v4, v0 = w[:4].as_signed(), u[:2].as_signed()
+                # a table of the 6 bits (a LUT6 per bit), not small adders on carry chains; the
+                # first lane of each tree also takes the 4 x span of the trees' 511 x span
+                first = l in firsts
+                offset = 4 * self._span if first else 0
+                table = [_neg_weight(i & 15, (i >> 4) & 1, i >> 5, offset) for i in range(64)]
+                neg = Signal(signed(max(5, (offset + 8).bit_length() + 1)), name=f"nw{l}", reset_less=True)
+                m.d.sync += [neg.eq(Array(table)[Cat(u[:4], self.pair, self.dense)]),
+                             code[l].eq(Mux(dense, u[:4], Mux(self.pair, v0, v4)[:4]))]
+                we[l] = neg
+                continue
+            wide = extend(w, ww)
+            if self._pairs:
+                # a dense pair lane's two int2 weights enter the weight sum as their sum
+                two = extend(w, 2)
+                if dp:
+                    two = Mux(self.dense, (two + extend(w.as_unsigned()[2:4], 2))[:sb], two)
+                wide = Mux(self.pair, two, wide)
+            m.d.sync += we[l].eq(wide)
+            if dp:
+                # the product's 4-bit code: the two int2 weights side by side, else the weight's low bits
+                m.d.sync += code[l].eq(Mux(dense, w.as_unsigned()[:4], wide[:4]))
+        # what the weight-sum trees add: the weights (times -128 at the root), or with the folded
+        # product each lane's -w (times 128); in a dense pair fire the 511 every lane's product
+        # carries comes off as 128 (-4 span) (the first lane's table) + span (below bit 7)
+        wt = we
+        if folded:
+            dense_f = delay(m, dense, 1, name="dense_f", reset_less=True)
         x = self.x
+        x1 = None
         if self._pairs:
             # the activation select: lane l reads x[4q + index] of its group of 4 (q = l // 4); the
-            # index is the slot's (pair fire) or l mod 4 (dense), chosen once per lane in the fire register
+            # index is the slot's (2:4 pair fire), 2 (l mod 2) (dense pair fire) or l mod 4 (dense),
+            # chosen once per lane in the fire register. The dense pair fire's second product takes
+            # x[4q + 2 (l mod 2) + 1], wired beside it.
             sel = [Signal(2, name=f"sel{l}", reset_less=True) for l in range(L)]
             for l in range(L):
-                m.d.sync += sel[l].eq(Mux(self.pair, self.w[l].as_unsigned()[2:4], l % 4))
+                index = self.w[l].as_unsigned()[2:4]
+                if dp:
+                    index = Mux(self.dense, 2 * (l % 2), index)
+                m.d.sync += sel[l].eq(Mux(self.pair, index, l % 4))
             xs = [[Signal(8, name=f"xs{r}_{l}", reset_less=True) for l in range(L)] for r in range(R)]
+            if dp:
+                x1 = [[Signal(8, name=f"x1_{r}_{l}", reset_less=True) for l in range(L)]
+                      for r in range(R)]
             for l in range(L):
                 base, s_ = l - l % 4, sel[l]
                 for r in range(R):
-                    m.d.sync += xs[r][l].eq(Mux(s_[1], Mux(s_[0], x[r][base + 3], x[r][base + 2]),
-                                                Mux(s_[0], x[r][base + 1], x[r][base])))
+                    pick = Mux(s_[1], Mux(s_[0], x[r][base + 3], x[r][base + 2]),
+                               Mux(s_[0], x[r][base + 1], x[r][base]))
+                    m.d.sync += xs[r][l].eq(pick)
+                    if dp:
+                        second = x[r][base + 2 * (l % 2) + 1]
+                        m.d.sync += x1[r][l].eq(second)
+            if dp:
+                code = [delay(m, c, 1, name=f"wc{l}_x", reset_less=True) for l, c in enumerate(code)]
+                dense = delay(m, dense, 2, name="dense_x", reset_less=True)
             x = xs
-            we = [delay(m, w, 1, name=f"we{l}_x", reset_less=True) for l, w in enumerate(we)]
+            wt = [delay(m, w, 1, name=f"wt{l}_x", reset_less=True) for l, w in enumerate(wt)]
+            if not folded:
+                we = wt
 
         # Products (x + 128) * w mod 2^sb; the weight sum starts one stage earlier (from the
         # fire register) and its root is delayed to line up with the product trees.
         for j in range(self._groups):
             lanes = self._tree_lanes(j)
-            wsum, _ = wrap_tree(m, [we[l] for l in lanes], bits=sb, levels_per_stage=lps, name=f"ws{j}")
+            wsum, w_stages = wrap_tree(m, [wt[l] for l in lanes], bits=sb, levels_per_stage=lps, name=f"ws{j}")
+            if folded:
+                if j == 0:      # the mode beside the weight sums' roots
+                    dense_r = delay(m, dense_f, int(self._pairs) + w_stages, name="dense_r", reset_less=True)
+                rest = Mux(dense_r, span, 0)
+                wsum = ((wsum << 7) | rest) if span < 128 else (wsum << 7) + rest
             wsum = delay(m, wsum, 1, name=f"ws{j}_root", reset_less=True)
             for r in range(R):
                 prods = []
                 for l in lanes:
-                    p = Signal(sb, name=f"p{r}_{l}", reset_less=True)
-                    m.d.sync += p.eq(product(x[r][l], we[l], self._lane_format, sb))
+                    if folded:
+                        v = _folded_product(x[r][l], x1[r][l], code[l], dense, sb)
+                    elif dp:
+                        v = pair_product(x[r][l], x1[r][l], code[l], we[l], dense, sb)
+                    else:
+                        v = product(x[r][l], we[l], self._lane_format, sb)
+                    # a narrow signed product stays narrow (the tree widens it as it sums)
+                    p = Signal(v.shape() if v.shape().signed and len(v) < sb else sb, name=f"p{r}_{l}",
+                               reset_less=True)
+                    m.d.sync += p.eq(v)
                     prods.append(p)
                 root, stages = wrap_tree(m, prods, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
                 assert 2 + int(self._pairs) + stages == self._latency
-                m.d.comb += self.sums[r][j].eq((root - (wsum << 7))[:sb])
+                total = root + wsum if folded else root - (wsum << 7)
+                m.d.comb += self.sums[r][j].eq(total[:sb])
 
         valid = delay(m, self.valid, self._latency, name="valid")
         tag = delay(m, self.tag, self._latency, name="tag", reset_less=True)

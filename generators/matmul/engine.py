@@ -142,7 +142,8 @@ class MatmulEngine(wiring.Component):
                                                       weight_bits=tuple(mm.weight_bits),
                                                       ternary_packing=mm.ternary_packing,
                                                       sparse24=tuple(mm.sparse24_formats),
-                                                      pairs=pairs)
+                                                      pairs=G.sparse_pairs,
+                                                      dense_pairs=bool(G.dense_pair_codes))
         # inline: the scale words come out of the weight stripes, P*W bits at a time; a pair line
         # takes two columns' scales
         m.submodules.scales = scales = (ScaleItems(P * W if inline else W, 16 * NG) if pairs
@@ -297,9 +298,10 @@ class MatmulEngine(wiring.Component):
             lane_format = array_lane_format(mm, lane_shape.width)
             m.submodules.array = array = MacArray(rows=R, lanes=L, group_size=G.group_size, weight_shape=lane_shape,
                                                   tag_layout=acc_tag, levels_per_stage=self._levels_per_stage,
-                                                  lane_format=lane_format, pairs=pairs)
+                                                  lane_format=lane_format, pairs=pairs,
+                                                  dense_pairs=bool(G.dense_pair_codes))
             if pairs:
-                m.d.comb += array.pair.eq(seq.pair)
+                m.d.comb += [array.pair.eq(seq.pair), array.dense.eq(seq.dense)]
         assert ActivationBuffer.READ_LATENCY == ISSUE_LATENCY + 1     # x arrives one cycle after the fire
         m.d.comb += [array.valid.eq(fire), array.w.eq(wtile.rd_lanes), array.x.eq(actbuf.rd_data),
                      array.tag.eq(f_tag)]

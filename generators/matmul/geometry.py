@@ -39,6 +39,10 @@ class EngineGeometry:
     acc_bits: int
     max_bias_shift: int
     pairs: bool = False
+    #: 2:4 jobs of a 2-bit format run as pair fires (``sparse24_pairs``)
+    sparse_pairs: bool = False
+    #: descriptor codes of the dense 2-bit formats that run as pair fires (``dense_pairs``)
+    dense_pair_codes: tuple = ()
 
     @classmethod
     def of(cls, layout) -> "EngineGeometry":
@@ -50,7 +54,10 @@ class EngineGeometry:
                    lane_bits=max(geom.lane_bits(f) for f in mm.weight_bits), tlmm=geom.tlmm,
                    tlmm_entries=table_entries(mm.tlmm_group) if geom.tlmm else 1,
                    acc_bits=geom.widths.acc_bits, max_bias_shift=geom.widths.max_bias_shift,
-                   pairs=bool(getattr(mm, "sparse24_pairs", False)))
+                   pairs=bool(getattr(mm, "sparse24_pairs", False) or getattr(mm, "dense_pairs", False)),
+                   sparse_pairs=bool(getattr(mm, "sparse24_pairs", False)),
+                   dense_pair_codes=tuple(2 if f == 2 else 3 for f in mm.dense_pair_formats)
+                   if getattr(mm, "dense_pairs", False) else ())
 
     # -- derived -------------------------------------------------------------------------
     @property
@@ -91,8 +98,8 @@ class EngineGeometry:
 
     @property
     def scale_slots(self) -> int:
-        """Group scales a weight-ring line holds: a fire's groups, twice that for the 2:4 pair
-        fire (two columns a line)."""
+        """Group scales a weight-ring line holds: a fire's groups, twice that for the pair fire
+        (two columns a line)."""
         return self.groups * (2 if self.pairs else 1)
 
     @property

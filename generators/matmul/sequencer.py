@@ -134,10 +134,22 @@ class JobSequencer(wiring.Component):
             "bias_shift": Out(6),
             "out_shift": Out(6),
             "busy": Out(1),
-            # a job of 2:4 pair fires (geometry.pairs: a 2:4 job of a 2-bit format with N even):
-            # ``n``, ``tiles`` and ``last_cols`` count pair lines (two columns each)
+            # a job of pair fires (geometry.pairs: a 2:4 job of a 2-bit format with N even, or with
+            # dense_pairs a dense one): ``n``, ``tiles`` and ``last_cols`` count pair lines (two
+            # columns each); ``dense``: the job is dense (a pair lane holds two weights, not a value
+            # and its index)
             "pair": Out(1),
+            "dense": Out(1),
         })
+
+    def _pair_job(self, wbits):
+        """Whether a job of descriptor code ``wbits`` runs as pair fires (when its N is even)."""
+        g = self._geom
+        two = (wbits[:4] == 2) | (wbits[:4] == 3)
+        hit = g.sparse_pairs & wbits[4] & two
+        for code in g.dense_pair_codes:
+            hit = hit | (~wbits[4] & (wbits[:4] == code))
+        return hit
 
     def _weight_bytes(self, code, nk, cw: int, B: int):
         """Bytes per weight stripe of one slice (``MatmulGeometry.slice_weight_port_bytes``): the
@@ -172,9 +184,10 @@ class JobSequencer(wiring.Component):
         int8 = Signal()
         bias_on = Signal()
         pair = Signal()
+        dense = Signal()
         ncols = Signal(32)                   # weight-ring lines per K slice: N, or N / 2 pair lines
         ent_full, ent_last = Signal(32), Signal(32)  # partial-sum entries of a full chunk, of the last
-        m.d.comb += [self.m.eq(job.m), self.n.eq(ncols), self.pair.eq(pair), self.wbits.eq(job.wbits),
+        m.d.comb += [self.m.eq(job.m), self.n.eq(ncols), self.pair.eq(pair), self.dense.eq(dense), self.wbits.eq(job.wbits),
                      self.int8.eq(int8),
                      self.bias.eq(bias_on), self.bias_shift.eq(job.bias_shift), self.out_shift.eq(job.out_shift)]
 
@@ -544,8 +557,8 @@ class JobSequencer(wiring.Component):
                 with m.If(self.job.valid):
                     jp = self.job.payload
                     m.d.sync += [job.load(jp), count.eq(0),
-                                 pair.eq(self._geom.pairs & jp.wbits[4] & ((jp.wbits[:4] == 2) | (jp.wbits[:4] == 3))
-                                         & ~jp.n[0]),
+                                 pair.eq(self._pair_job(jp.wbits) & ~jp.n[0]),
+                                 dense.eq(~jp.wbits[4]),
                                  int8.eq(self.job.payload.out_mode == OutMode.INT8),
                                  bias_on.eq(self.job.payload.bias == BiasMode.INT32)]
                     m.next = "SETUP"

@@ -11,7 +11,9 @@ format) also has a 2:4 sparse path (``wbits | SPARSE24``): a chunk of ``L`` lane
 of ``2b + 4`` bits (a :class:`~.sparse.BitGearbox` when that is not a power-of-two part of the
 port word) expanded to ``L`` dense lanes (:func:`~.sparse.expand_sparse24`). With ``pairs``
 a 2:4 job of a 2-bit format (int2, '2bit' ternary) can run as pair fires (``pair``): a chunk is
-then ``4 L`` bits, two columns' packed groups, passed on as ``L`` slots (:func:`pair_slot_lanes`).
+then ``4 L`` bits, two columns' packed groups, passed on as ``L`` slots (:func:`pair_slot_lanes`);
+with ``dense_pairs`` a dense job of a 2-bit format too (two columns' weights, two to a slot:
+:func:`dense_pair_slot_lanes`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ from .gearbox import TritGearbox, WidthAdapter, is_pow2_ratio
 from .pipe import opaque_const
 from .sparse import BitGearbox, expand_sparse24, sparse24_chunk_bits
 
-__all__ = ["WeightUnpacker", "FORMAT_CODES", "pair_slot_lanes"]
+__all__ = ["WeightUnpacker", "FORMAT_CODES", "pair_slot_lanes", "dense_pair_slot_lanes"]
 
 # descriptor ``wbits`` codes (hbmforge.layout.WeightFormat)
 FORMAT_CODES = {2: 2, "ternary": 3, 4: 4, 8: 8}
@@ -130,6 +132,31 @@ def pair_slot_lanes(m: Module, chunk, lanes: int, lane_width: int, *, ternary: b
     return Cat(*words)
 
 
+def dense_pair_slot_lanes(m: Module, chunk, lanes: int, lane_width: int, *, ternary: bool):
+    """A dense pair line (two columns' ``lanes`` 2-bit weights each, back to back) -> ``lanes``
+    slots of ``lane_width`` bits: slot ``4q + 2h + e`` holds column ``h``'s weights ``4q + 2e`` (bits
+    0-1) and ``4q + 2e + 1`` (bits 2-3), which the dense pair fire's :class:`~.array.MacArray` lane
+    multiplies with ``x[4q + 2e]`` and ``x[4q + 2e + 1]`` (plain wiring: the slot's four bits are
+    contiguous in its column). Ternary codes ``10`` read as 0, as
+    :func:`hbmforge.numerics.sparse.dense_pair_slots` does."""
+    if ternary:
+        chunk = ternary_codes(m, chunk, 2 * lanes, name="tern_dpair")
+    pad = [Const(0, lane_width - 4)] if lane_width > 4 else []
+    block = 32                 # slots a wire (see pair_slot_lanes: Verilator's line length)
+    zero = opaque_const(m, 0, block * lane_width, name="dpair_zero")
+    words = []
+    for b in range(0, lanes, block):
+        parts = []
+        for l in range(b, min(b + block, lanes)):
+            q, h, e = l // 4, (l % 4) // 2, l % 2
+            lo = h * 2 * lanes + 8 * q + 4 * e
+            parts += [chunk[lo:lo + 4], *pad]
+        word = Signal(len(parts) // (2 if pad else 1) * lane_width, name=f"dpair_slots{b}")
+        m.d.comb += word.eq(Cat(*parts) ^ zero[:len(word)])
+        words.append(word)
+    return Cat(*words)
+
+
 class WeightUnpacker(wiring.Component):
     """Zip the ``P`` weight streams and emit one ``L``-lane chunk per cycle.
 
@@ -142,7 +169,8 @@ class WeightUnpacker(wiring.Component):
     """
 
     def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8),
-                 ternary_packing: str = "2bit", sparse24: bool = False, pairs: bool = False):
+                 ternary_packing: str = "2bit", sparse24: bool = False, pairs: bool = False,
+                 dense_pairs: bool = False):
         require_positive_ints(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         fmts = tuple(weight_bits)
@@ -163,6 +191,11 @@ class WeightUnpacker(wiring.Component):
         if pairs and (not self._pair_fmts or max(_lane_bits(f) for f in fmts) < 4):
             raise ValueError("pairs needs sparse24, a 2-bit format (2 or 'ternary') and a 4- or 8-bit one "
                              f"(lanes wide enough for a value and an index), got {weight_bits!r}")
+        self._dense_pair_fmts = (tuple(f for f in self._fmts if f == 2 or (f == "ternary" and ternary_packing == "2bit"))
+                                 if dense_pairs else ())
+        if dense_pairs and (not self._dense_pair_fmts or max(_lane_bits(f) for f in fmts) < 4):
+            raise ValueError("dense_pairs needs a 2-bit format (2, or 'ternary' in 2-bit codes) and a 4- or 8-bit "
+                             f"one (lanes wide enough for two weights), got {weight_bits!r}, {ternary_packing!r}")
         self._lanes, self._ports, self._width = lanes, weight_ports, data_width
         self._packing = ternary_packing
         self._lane_shape = signed(max(_lane_bits(b) for b in self._fmts))
@@ -218,14 +251,16 @@ class WeightUnpacker(wiring.Component):
         lw = self._lane_shape.width
         variants = [(f, False) for f in self._fmts] + [(f, True) for f in self._sparse_fmts]
         variants += [(f, "pair") for f in self._pair_fmts]
+        variants += [(f, "dpair") for f in self._dense_pair_fmts]
         single = len(variants) == 1
         fsel = {}
         for fmt, sp in variants:
-            sel = Signal(name=f"sel_{fmt}" + {False: "", True: "_s24", "pair": "_pair"}[sp])
+            sel = Signal(name=f"sel_{fmt}" + {False: "", True: "_s24", "pair": "_pair", "dpair": "_dpair"}[sp])
             # registered: wbits is set when a job starts, long before its first weight word
-            hit = self.wbits == FORMAT_CODES[fmt] | (SPARSE24 if sp else 0)
-            if sp and fmt in self._pair_fmts:
-                hit = hit & (self.pair if sp == "pair" else ~self.pair)
+            sparse = sp is True or sp == "pair"
+            hit = self.wbits == FORMAT_CODES[fmt] | (SPARSE24 if sparse else 0)
+            if (fmt in self._pair_fmts and sparse) or (fmt in self._dense_pair_fmts and not sparse):
+                hit = hit & (self.pair if sp in ("pair", "dpair") else ~self.pair)
             m.d.sync += sel.eq(1 if single else hit)
             fsel[fmt, sp] = sel
 
@@ -233,9 +268,11 @@ class WeightUnpacker(wiring.Component):
         paths = []        # (select, adapter, lanes vector)
         stores = {}
         for fmt, sp in variants:
-            key = "pair" if sp == "pair" else ("s24", _lane_bits(fmt)) if sp else self._stored(fmt)
-            stores.setdefault(key, []).append(fmt)
-        for key, fmts in stores.items():
+            # the pair lines (2:4 or dense) share one adapter of 4L bits
+            key = ("pair" if sp in ("pair", "dpair") else ("s24", _lane_bits(fmt)) if sp
+                   else self._stored(fmt))
+            stores.setdefault(key, []).append((fmt, sp))
+        for key, members in stores.items():
             sp = isinstance(key, tuple)
             if key == "pair":
                 adapt = WidthAdapter(P * self._width, 4 * L)
@@ -250,15 +287,16 @@ class WeightUnpacker(wiring.Component):
             tag = f"s24_{key[1]}" if sp else f"{key}"
             m.submodules[f"adapt{tag}"] = adapt
             sel = Signal(name=f"sel_store{tag}")
-            m.d.comb += sel.eq(Cat(*(fsel[f, "pair" if key == "pair" else sp] for f in fmts)).any())
+            m.d.comb += sel.eq(Cat(*(fsel[f, v] for f, v in members)).any())
             m.d.comb += [adapt.i.payload.eq(combined), adapt.i.valid.eq(all_valid & sel),
                          adapt.o.ready.eq(self.o.ready & sel), adapt.o_last.eq(self.o_last)]
             vec = None
-            for fmt in fmts:
+            for fmt, variant in members:
                 raw = adapt.o.payload
                 if key == "pair":
-                    v = pair_slot_lanes(m, raw, L, lw, ternary=fmt == "ternary")
-                    vec = v if vec is None else Mux(fsel[fmt, "pair"], v, vec)
+                    slots = pair_slot_lanes if variant == "pair" else dense_pair_slot_lanes
+                    v = slots(m, raw, L, lw, ternary=fmt == "ternary")
+                    vec = v if vec is None else Mux(fsel[fmt, variant], v, vec)
                     continue
                 if sp:
                     v = expand_sparse24(m, raw, L, key[1], self._sparse_widen(m, fmt, lw), name=f"s24_{fmt}")
@@ -266,7 +304,7 @@ class WeightUnpacker(wiring.Component):
                     if fmt == "ternary" and key == 2:
                         raw = ternary_codes(m, raw, L, name="tern")
                     v = widen_lanes(m, raw, L, _lane_bits(fmt), lw, name=f"widen_{fmt}")
-                vec = v if vec is None else Mux(fsel[fmt, sp], v, vec)
+                vec = v if vec is None else Mux(fsel[fmt, variant], v, vec)
             paths.append((sel, adapt, vec))
 
         _, adapt0, vec = paths[0]

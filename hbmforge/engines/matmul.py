@@ -492,6 +492,7 @@ class MatmulFamily(EngineFamily):
             "sparse24": bool(getattr(mm, "sparse24", False)), "sparse24_flag": SPARSE24,
             "sparse24_formats": list(getattr(mm, "sparse24_formats", ())),
             "sparse24_pairs": bool(getattr(mm, "sparse24_pairs", False)),
+            "dense_pairs": bool(getattr(mm, "dense_pairs", False)),
             "ternary_packing": mm.ternary_packing, "arch": mm.arch, "tlmm_group": mm.tlmm_group,
             "group_size": mm.group_size, "scale_bits": mm.scale_bits, "max_k": mm.max_k,
             "scale_stream": getattr(mm, "scale_stream", "data"),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = ["GROUP", "KEEP", "prune_2_4", "is_2_4", "sparse24_mask", "encode_sparse24_stream",
-           "decode_sparse24_stream", "pair_slots", "pair_fire_sums"]
+           "decode_sparse24_stream", "pair_slots", "pair_fire_sums", "dense_pair_slots", "dense_pair_fire_sums"]
 
 GROUP, KEEP = 4, 2
 
@@ -139,3 +139,27 @@ def pair_fire_sums(x: np.ndarray, values: np.ndarray, indexes: np.ndarray, group
     prods = x[:, pos] * np.asarray(values, dtype=np.int64)[None, :]
     # lanes [group j][q][column h][2] -> [j][h]
     return prods.reshape(R, L // group_size, group_size // 4, 2, 2).sum(axis=(2, 4)).reshape(R, -1)
+
+
+def dense_pair_slots(stream_bits: np.ndarray, lanes: int, ternary: bool) -> tuple[np.ndarray, np.ndarray]:
+    """A dense 2-bit pair line as the dense pair fire reads it: per slot the two weights ``(v0, v1)``.
+
+    ``stream_bits``: ``4 * lanes`` stream bits (least significant first), two columns of ``lanes``
+    2-bit weights each, back to back (the dense stream of two consecutive columns: no layout of
+    its own). Slot ``4q + 2h + e`` holds column ``h``'s weights ``4q + 2e`` and ``4q + 2e + 1``;
+    int2 codes are two's complement, ternary codes ``00 01 10 11`` read as ``0 +1 0 -1``."""
+    bits = np.asarray(stream_bits)[:4 * lanes].reshape(2, lanes, 2).astype(np.int16)
+    codes = bits[..., 0] | (bits[..., 1] << 1)                       # [column, k]
+    vals = np.array([0, 1, 0, -1], dtype=np.int16)[codes] if ternary else codes - ((codes >= 2) << 2)
+    slot = np.arange(lanes)
+    h, k0 = (slot % 4) // 2, slot - slot % 4 + 2 * (slot % 2)
+    return vals[h, k0], vals[h, k0 + 1]
+
+
+def dense_pair_fire_sums(x: np.ndarray, v0: np.ndarray, v1: np.ndarray, group_size: int) -> np.ndarray:
+    """The dense pair fire's half-group sums (golden model of
+    :class:`~hbmforge.generators.matmul.array.MacArray` with ``dense_pairs``): slot ``4q + 2h + e``
+    adds ``v0 * x[4q + 2e] + v1 * x[4q + 2e + 1]``; entry ``2j + h`` of a row is column ``h``'s
+    group ``j``, as in :func:`pair_fire_sums` (one slot set at indexes ``2e``, one at ``2e + 1``)."""
+    even = 2 * (np.arange(np.asarray(x).shape[1]) % 2)
+    return pair_fire_sums(x, v0, even, group_size) + pair_fire_sums(x, v1, even + 1, group_size)

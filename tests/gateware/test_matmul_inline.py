@@ -97,6 +97,16 @@ def test_sparse24_pair_fire_with_inline_scales():
          seed=7, sparse=True)
 
 
+def test_dense_pair_fire_with_inline_scales():
+    """The dense pair fire on u280_llm512's weight path: two dense W2 / ternary columns and their
+    scales per pair line out of the inline stripes, beside 2:4 pair jobs, odd N and int4."""
+    lay = _layout(rows=1, lanes=32, weight_ports=2, group_size=16, sparse24=True, sparse24_pairs=True,
+                  dense_pairs=True, max_k=32, weight_bits=[2, 4, "ternary"])
+    _run(lay, [(1, 128, 6, 2, INT8), (2, 32, 4, "ternary", INT32), (1, 64, 5, 2, INT8), (1, 96, 4, 4, INT32)],
+         seed=9)
+    _run(lay, [(1, 64, 4, 2, INT32), (2, 32, 6, "ternary", INT8)], seed=8, sparse=True)
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_random_configs_and_shapes(seed):
     rng = np.random.default_rng(100 + seed)

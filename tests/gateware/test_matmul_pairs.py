@@ -8,8 +8,8 @@ from amaranth.hdl import signed, unsigned
 
 from hbmforge.generators.matmul.accum import GroupAccumulator
 from hbmforge.generators.matmul.array import MacArray
-from hbmforge.numerics.sparse import (decode_sparse24_stream, encode_sparse24_stream, pair_fire_sums, pair_slots,
-                                      prune_2_4)
+from hbmforge.numerics.sparse import (decode_sparse24_stream, dense_pair_fire_sums, dense_pair_slots,
+                                      encode_sparse24_stream, pair_fire_sums, pair_slots, prune_2_4)
 from sim_helpers import rejects, simulate
 
 
@@ -89,6 +89,78 @@ def test_mac_array_pair_fire_sums_two_columns_and_dense_fires_stay_exact(lanes, 
         assert sums == exp.tolist()
 
 
+def _dense_pair_line(rng, lanes: int, ternary: bool):
+    """Two random dense 2-bit columns of ``lanes`` weights as a pair line -> (slot words, v0, v1,
+    dense columns [2, L])."""
+    codes = rng.integers(0, 4, 2 * lanes)                 # every code, ternary's reserved 10 too
+    bits = np.unpackbits(np.packbits(np.stack([codes & 1, codes >> 1], axis=1).reshape(-1), bitorder="little"),
+                         bitorder="little")
+    table = np.array([0, 1, 0, -1]) if ternary else np.array([0, 1, -2, -1])
+    dense = table[codes].reshape(2, lanes)
+    v0, v1 = dense_pair_slots(bits, lanes, ternary)
+    words = [int(a & 3) | int(b & 3) << 2 for a, b in zip(v0, v1)]
+    return words, v0, v1, dense
+
+
+@pytest.mark.parametrize("lanes,group,fmt", [(32, 16, "int4"), (16, 16, None), (64, 8, "int4")])
+def test_mac_array_dense_pair_fire_sums_two_dense_columns_beside_2_4_and_dense_fires(lanes, group, fmt):
+    """``dense_pairs``: a dense pair fire's slots (two int2 weights each) give both columns' group
+    sums, bit-exact, between 2:4 pair fires and plain dense int4 fires on the same array."""
+    rng = np.random.default_rng(lanes + group)
+    R = 2
+    dut = MacArray(rows=R, lanes=lanes, group_size=group, weight_shape=signed(4), tag_layout=unsigned(8),
+                   lane_format=fmt, pairs=True, dense_pairs=True)
+    fires = []
+    for i in range(16):
+        x = rng.integers(-128, 128, (R, lanes))
+        if i < 2:
+            x[:] = -128 if i == 0 else 127
+        kind = ["dpair", "pair", "dense"][i % 3] if i > 2 else "dpair"
+        if kind == "dpair":
+            words, v0, v1, dense = _dense_pair_line(rng, lanes, bool(rng.random() < 0.5))
+            exp = dense_pair_fire_sums(x, v0, v1, group)
+            for h in range(2):                         # the two dense columns' group sums
+                for j in range(lanes // group):
+                    want = x[:, j * group:(j + 1) * group] @ dense[h, j * group:(j + 1) * group]
+                    assert (exp[:, 2 * j + h] == want).all()
+            fires.append((1, 1, words, x, exp))
+        elif kind == "pair":
+            words, vals, idx, _ = _pair_line(rng, lanes, bool(rng.random() < 0.5))
+            fires.append((1, 0, words, x, pair_fire_sums(x, vals, idx, group)))
+        else:
+            w = rng.integers(-8, 8, lanes)
+            exp = (x * w[None, :]).reshape(R, lanes // group, group // 4, 2, 2).sum(axis=(2, 4)).reshape(R, -1)
+            fires.append((0, int(rng.integers(0, 2)), [int(v) & 15 for v in w], x, exp))
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(fires) + dut.latency + 1):
+            if i < len(fires):
+                pair, dense, words, _, _ = fires[i]
+                ctx.set(dut.valid, 1)
+                ctx.set(dut.pair, pair)
+                ctx.set(dut.dense, dense)
+                ctx.set(dut.tag, i)
+                for l in range(lanes):
+                    ctx.set(dut.w[l], words[l] - 16 if words[l] >= 8 else words[l])
+            else:
+                ctx.set(dut.valid, 0)
+            if 0 < i <= len(fires):
+                x = fires[i - 1][3]
+                for r in range(R):
+                    for l in range(lanes):
+                        ctx.set(dut.x[r][l], (int(x[r, l]) + 128) & 0xFF)
+            await ctx.tick()
+            if ctx.get(dut.o_valid):
+                got.append((ctx.get(dut.o_tag), [[ctx.get(dut.sums[r][j]) for j in range(dut.groups_per_fire)]
+                                                 for r in range(R)]))
+
+    simulate(dut, bench)
+    assert [t for t, _ in got] == list(range(len(fires)))
+    for (_, sums), fire in zip(got, fires):
+        assert sums == fire[4].tolist(), (fire[0], fire[1])
+
+
 def test_group_accumulator_pairs_scale_each_half_and_keep_dense_columns_whole():
     rng = np.random.default_rng(11)
     R, NG = 2, 4                                       # 4 half-group partials: 2 groups a column
@@ -150,5 +222,9 @@ def test_pair_units_name_bad_parameters():
                              pairs=True), ValueError, "lanes >= group_size")
     rejects(lambda: MacArray(rows=1, lanes=16, group_size=16, weight_shape=signed(4), tag_layout=unsigned(1),
                              pairs=1), TypeError, "pairs must be True or False")
+    rejects(lambda: MacArray(rows=1, lanes=16, group_size=16, weight_shape=signed(4), tag_layout=unsigned(1),
+                             dense_pairs=True), ValueError, "dense_pairs needs pairs")
+    rejects(lambda: MacArray(rows=1, lanes=16, group_size=16, weight_shape=signed(4), tag_layout=unsigned(1),
+                             pairs=True, dense_pairs="yes"), TypeError, "dense_pairs must be True or False")
     rejects(lambda: GroupAccumulator(rows=1, groups=1, sum_shape=signed(8), group_bits=9, scale_bits=16,
                                      acc_bits=30, tag_layout=unsigned(1), pairs=True), ValueError, "pairs needs at least two")

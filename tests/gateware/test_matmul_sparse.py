@@ -172,6 +172,32 @@ def test_pair_fire_halves_the_cycles_of_an_array_bound_job():
     assert pair < 0.7 * dense, (pair, dense)
 
 
+# -- the dense pair fire (dense_pairs): two dense 2-bit columns a fire, two products a lane ---------
+
+def test_dense_pair_jobs_match_golden_beside_2_4_pairs_odd_n_and_int4():
+    """Dense int2 and ternary jobs with N even run as dense pair fires, 2:4 ones as 2:4 pair fires,
+    on one engine; odd N and int4 as before; INT8 and INT32 results, a bias, split K."""
+    lay = _pairs_layout(dense_pairs=True)
+    _run(lay, [(3, 32, 4, 2, INT8, False), (2, 32, 6, "ternary", INT32, False), (3, 96, 4, 2, INT32, False),
+               (2, 32, 4, 2, INT8, True), (2, 32, 3, 2, INT8, False), (3, 64, 2, 4, INT32, False),
+               (1, 64, 8, "ternary", INT8, False), (2, 32, 2, "ternary", INT32, True)], seed=71, bias=True)
+
+
+def test_dense_pairs_without_sparse24_and_one_group_a_fire():
+    lay = _layout(sparse24=False, weight_bits=[2, "ternary", 4], lanes=16, max_k=16, dense_pairs=True, tile_n=2)
+    _run(lay, [(3, 16, 10, 2, INT8, False), (2, 48, 6, "ternary", INT32, False), (1, 16, 3, 2, INT32, False),
+               (2, 32, 4, 4, INT8, False)], seed=72, bias=True)
+
+
+def test_dense_pair_fire_halves_the_cycles_of_an_array_bound_dense_job():
+    """A dense W2 GEMM over a chunk of row blocks is array-bound: as dense pair fires it takes about
+    half the cycles, and as many as the same job with dense_pairs off takes for half its columns."""
+    on, off = (_pairs_layout(rows=1, weight_ports=2, dense_pairs=d) for d in (True, False))
+    pair = _run(on, [(8, 32, 32, 2, INT32, False)], seed=73, stall=0.0, backpressure=0.0).stats[0]["cycles"]
+    dense = _run(off, [(8, 32, 32, 2, INT32, False)], seed=73, stall=0.0, backpressure=0.0).stats[0]["cycles"]
+    assert pair < 0.7 * dense, (pair, dense)
+
+
 def test_split_k_pair_jobs_take_a_partial_entry_a_cycle():
     """From the second K slice on, a pair fire adds two columns' partial sums: the collector hands
     one entry (two sums a row) a cycle, so the later slices fire at the first one's rate. (One sum a

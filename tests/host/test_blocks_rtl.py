@@ -132,9 +132,11 @@ def _sparse_llama(dev, rng, bits):
 @pytest.mark.parametrize("bits", [2, "ternary"])
 def test_sparse24_decoder_runs_pair_fires_on_the_cosim_bit_exact(tmp_path, bits):
     """A matmul engine with the 2:4 pair fire (sparse24_pairs): every projection of a W2 / ternary
-    2:4 decoder (N even) fires two columns at once; prefill and decode steps equal the golden program."""
+    2:4 decoder (N even) fires two columns at once; prefill and decode steps equal the golden program.
+    With dense_pairs too, dense Linears of the format fire two columns at once as well."""
     cfg = tiny_vector_config_dict("tiny_vec_pairs")
-    cfg["engines"][0].update(weight_bits=[2, 4, "ternary"], max_k=16, sparse24=True, sparse24_pairs=True)
+    cfg["engines"][0].update(weight_bits=[2, 4, "ternary"], max_k=16, sparse24=True, sparse24_pairs=True,
+                             dense_pairs=True)
     with open_device(parse_config(cfg), build_dir=tmp_path, progress=False) as d:
         rng = np.random.default_rng(13)
         prog = _sparse_llama(d, rng, bits)
@@ -150,3 +152,9 @@ def test_sparse24_decoder_runs_pair_fires_on_the_cosim_bit_exact(tmp_path, bits)
         assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
         assert lin.last_run.counters["mac_ops"] == (n + 1) // 2 * (k // lanes) * 2 * lanes
         lin.close()
+        # dense_pairs: a dense Linear of the same format (odd N too) runs as dense pair fires
+        for n in (7, 10):
+            lin = Linear.from_float(rng.normal(0, 0.1, (n, k)), bits=bits, device=d)
+            assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
+            assert lin.last_run.counters["mac_ops"] == (n + 1) // 2 * (k // lanes) * 2 * lanes
+            lin.close()

@@ -1,6 +1,8 @@
 """2:4 structured sparsity: magnitude pruning, the packed layout, the golden model and the contract."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -148,6 +150,52 @@ def test_sparse24_pairs_names_what_it_needs(engine, field):
     with pytest.raises(Exception, match="sparse24_pairs needs") as info:
         layout(**{**base, **engine})
     assert field in str(info.value)
+
+
+@pytest.mark.parametrize("engine,field", [
+    ({"weight_bits": [4, 8]}, "weight_bits=[4, 8]"),
+    ({"weight_bits": [4, "ternary"], "ternary_packing": "5trit"}, "ternary_packing='5trit'"),
+    ({"weight_bits": [2, "ternary"]}, "a 4- or 8-bit one"),
+    ({"max_k": 128}, "max_k=128"),
+    ({"arch": "tlmm", "weight_bits": ["ternary"]}, "arch='tlmm'"),
+])
+def test_dense_pairs_names_what_it_needs(engine, field):
+    base = {"weight_bits": [2, 4], "lanes": 64, "group_size": 64, "max_k": 64, "dense_pairs": True}
+    lay = layout(**base)                             # the base config is valid
+    assert lay.mm.dense_pair_formats == (2,)
+    with pytest.raises(Exception, match="dense_pairs needs") as info:
+        layout(**{**base, **engine})
+    assert field in str(info.value)
+
+
+def test_dense_pairs_budget_counts_the_measured_slopes():
+    """The analytic estimate adds the Yosys slopes of the dense pair lane and its unpacker
+    (hbmforge.budget), and the pair fire's shared datapath when sparse24_pairs is off."""
+    from hbmforge import budget
+    base = {"weight_bits": [2, 4], "lanes": 64, "group_size": 64, "max_k": 64, "rows": 2}
+    plain, pairs, both = (budget.estimate_resources(layout(**base, **extra)).lut for extra in
+                          ({}, {"sparse24_pairs": True}, {"sparse24_pairs": True, "dense_pairs": True}))
+    dense_only = budget.estimate_resources(layout(**base, dense_pairs=True)).lut
+    assert both - pairs == math.ceil(128 * budget.LUT_DENSE_PAIR_LANE + 64 * budget.LUT_DENSE_PAIR_UNPACK_LANE)
+    assert dense_only - plain == both - pairs + (pairs - plain) - budget.LUT_PAIR_UNPACK_LANE * 64
+
+
+def test_dense_pair_slots_read_two_dense_columns():
+    """dense_pair_slots + dense_pair_fire_sums (the dense pair fire's golden model) equal the
+    product of the two decoded dense columns, every code (ternary's reserved 10 too)."""
+    from hbmforge.numerics.sparse import dense_pair_fire_sums, dense_pair_slots
+    rng = np.random.default_rng(4)
+    lanes, g = 32, 16
+    for ternary in (False, True):
+        table = np.array([0, 1, 0, -1]) if ternary else np.array([0, 1, -2, -1])
+        for _ in range(20):
+            bits = rng.integers(0, 2, 4 * lanes).astype(np.uint8)
+            dense = table[bits[0::2] + 2 * bits[1::2]].reshape(2, lanes)
+            x = rng.integers(-128, 128, (3, lanes))
+            sums = dense_pair_fire_sums(x, *dense_pair_slots(bits, lanes, ternary), g)
+            for h in range(2):
+                want = (x * dense[h]).reshape(3, -1, g).sum(axis=2)
+                assert np.array_equal(sums[:, h::2], want)
 
 
 def test_pair_slots_read_the_groups_as_the_dense_decode_does():

@@ -248,7 +248,7 @@ class MacArray(wiring.Component):
         # Fire register: weights sign-extended to sum_bits by arithmetic, w = (w + s mod 2s) - s
         # with s = 2^(ww-1), as unsigned adds: two adds per lane instead of one operation per
         # replicated sign bit. A pair fire's lane is a 2-bit value (the same with ww = 2) and an index.
-        we = [Signal(sb, name=f"we{l}", reset_less=True) for l in range(L)]
+        we = [None] * L
 
         def extend(w, bits):
             flip = 1 << (bits - 1)
@@ -263,7 +263,7 @@ class MacArray(wiring.Component):
         for l in range(L):
             w = self.w[l]
             if folded:
-                # the weight negated (less 4k, see below), narrow; the product code
+                # the weight negated, narrow (see below), and the product's code
                 u = w.as_unsigned()
                 v4, v0 = w[:4].as_signed(), u[:2].as_signed()
                 # a table of the 6 bits (a LUT6 per bit), not small adders on carry chains; the
@@ -276,6 +276,7 @@ class MacArray(wiring.Component):
                              code[l].eq(Mux(dense, u[:4], Mux(self.pair, v0, v4)[:4]))]
                 we[l] = neg
                 continue
+            we[l] = Signal(sb, name=f"we{l}", reset_less=True)
             wide = extend(w, ww)
             if self._pairs:
                 # a dense pair lane's two int2 weights enter the weight sum as their sum

@@ -143,7 +143,8 @@ class MatmulEngine(wiring.Component):
                                                       ternary_packing=mm.ternary_packing,
                                                       sparse24=tuple(mm.sparse24_formats),
                                                       pairs=G.sparse_pairs,
-                                                      dense_pairs=bool(G.dense_pair_codes))
+                                                      dense_pairs=tuple(mm.dense_pair_formats)
+                                                      if mm.dense_pairs else ())
         # inline: the scale words come out of the weight stripes, P*W bits at a time; a pair line
         # takes two columns' scales
         m.submodules.scales = scales = (ScaleItems(P * W if inline else W, 16 * NG) if pairs

@@ -187,8 +187,8 @@ class JobSequencer(wiring.Component):
         dense = Signal()
         ncols = Signal(32)                   # weight-ring lines per K slice: N, or N / 2 pair lines
         ent_full, ent_last = Signal(32), Signal(32)  # partial-sum entries of a full chunk, of the last
-        m.d.comb += [self.m.eq(job.m), self.n.eq(ncols), self.pair.eq(pair), self.dense.eq(dense), self.wbits.eq(job.wbits),
-                     self.int8.eq(int8),
+        m.d.comb += [self.m.eq(job.m), self.n.eq(ncols), self.pair.eq(pair), self.dense.eq(dense),
+                     self.wbits.eq(job.wbits), self.int8.eq(int8),
                      self.bias.eq(bias_on), self.bias_shift.eq(job.bias_shift), self.out_shift.eq(job.out_shift)]
 
         def round_words(v):

@@ -170,7 +170,7 @@ class WeightUnpacker(wiring.Component):
 
     def __init__(self, *, lanes: int, weight_ports: int, data_width: int, weight_bits=(4, 8),
                  ternary_packing: str = "2bit", sparse24: bool = False, pairs: bool = False,
-                 dense_pairs: bool = False):
+                 dense_pairs: tuple = ()):
         require_positive_ints(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         require_powers_of_two(lanes=lanes, weight_ports=weight_ports, data_width=data_width)
         fmts = tuple(weight_bits)
@@ -191,11 +191,14 @@ class WeightUnpacker(wiring.Component):
         if pairs and (not self._pair_fmts or max(_lane_bits(f) for f in fmts) < 4):
             raise ValueError("pairs needs sparse24, a 2-bit format (2 or 'ternary') and a 4- or 8-bit one "
                              f"(lanes wide enough for a value and an index), got {weight_bits!r}")
-        self._dense_pair_fmts = (tuple(f for f in self._fmts if f == 2 or (f == "ternary" and ternary_packing == "2bit"))
-                                 if dense_pairs else ())
-        if dense_pairs and (not self._dense_pair_fmts or max(_lane_bits(f) for f in fmts) < 4):
-            raise ValueError("dense_pairs needs a 2-bit format (2, or 'ternary' in 2-bit codes) and a 4- or 8-bit "
-                             f"one (lanes wide enough for two weights), got {weight_bits!r}, {ternary_packing!r}")
+        # the dense formats whose N-even jobs run as dense pair fires (MatmulEngine.dense_pair_formats)
+        self._dense_pair_fmts = tuple(f for f in self._fmts if f in dense_pairs)
+        two_bit = all(f == 2 or (f == "ternary" and ternary_packing == "2bit") for f in dense_pairs)
+        if dense_pairs and (len(self._dense_pair_fmts) != len(dense_pairs) or not two_bit
+                            or max(_lane_bits(f) for f in fmts) < 4):
+            raise ValueError("dense_pairs must be 2-bit formats of weight_bits (2, or 'ternary' in 2-bit codes) "
+                             f"beside a 4- or 8-bit one (lanes wide enough for two weights), got {dense_pairs!r} "
+                             f"of {weight_bits!r}, {ternary_packing!r}")
         self._lanes, self._ports, self._width = lanes, weight_ports, data_width
         self._packing = ternary_packing
         self._lane_shape = signed(max(_lane_bits(b) for b in self._fmts))

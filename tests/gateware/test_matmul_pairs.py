@@ -31,6 +31,39 @@ def _pair_line(rng, lanes: int, ternary: bool):
     return words, vals, idx, dense
 
 
+def _check_fires(dut, fires, lanes: int, R: int):
+    """Fire ``fires`` (dicts: pair, dense, the lane words, x [R, L], the expected sums) back to back,
+    the activations one cycle after each fire; every fire's sums equal its expected ones, in order."""
+    got = []
+
+    async def bench(ctx):
+        for i in range(len(fires) + dut.latency + 1):
+            if i < len(fires):
+                f = fires[i]
+                ctx.set(dut.valid, 1)
+                ctx.set(dut.pair, f["pair"])
+                ctx.set(dut.dense, f["dense"])
+                ctx.set(dut.tag, i)
+                for l in range(lanes):
+                    ctx.set(dut.w[l], f["words"][l] - 16 if f["words"][l] >= 8 else f["words"][l])
+            else:
+                ctx.set(dut.valid, 0)
+            if 0 < i <= len(fires):                    # activations one cycle after the fire
+                x = fires[i - 1]["x"]
+                for r in range(R):
+                    for l in range(lanes):
+                        ctx.set(dut.x[r][l], (int(x[r, l]) + 128) & 0xFF)
+            await ctx.tick()
+            if ctx.get(dut.o_valid):
+                got.append((ctx.get(dut.o_tag), [[ctx.get(dut.sums[r][j]) for j in range(dut.groups_per_fire)]
+                                                 for r in range(R)]))
+
+    simulate(dut, bench)
+    assert [t for t, _ in got] == list(range(len(fires)))
+    for (_, sums), f in zip(got, fires):
+        assert sums == f["exp"].tolist(), (f["pair"], f["dense"])
+
+
 @pytest.mark.parametrize("lanes,group,fmt", [(32, 16, None), (16, 16, "int4"), (64, 8, None)])
 def test_mac_array_pair_fire_sums_two_columns_and_dense_fires_stay_exact(lanes, group, fmt):
     rng = np.random.default_rng(lanes * group)
@@ -60,33 +93,7 @@ def test_mac_array_pair_fire_sums_two_columns_and_dense_fires_stay_exact(lanes, 
             # half 2j + h: the lanes of group j with (l mod 4) // 2 == h
             exp = (x * w[None, :]).reshape(R, lanes // group, group // 4, 2, 2).sum(axis=(2, 4)).reshape(R, -1)
             fires.append((0, [int(v) & 15 for v in w], x, exp))
-    got = []
-
-    async def bench(ctx):
-        for i in range(len(fires) + dut.latency + 1):
-            if i < len(fires):
-                pair, words, _, _ = fires[i]
-                ctx.set(dut.valid, 1)
-                ctx.set(dut.pair, pair)
-                ctx.set(dut.tag, i)
-                for l in range(lanes):
-                    ctx.set(dut.w[l], words[l] - 16 if words[l] >= 8 else words[l])
-            else:
-                ctx.set(dut.valid, 0)
-            if 0 < i <= len(fires):                    # activations one cycle after the fire
-                x = fires[i - 1][2]
-                for r in range(R):
-                    for l in range(lanes):
-                        ctx.set(dut.x[r][l], (int(x[r, l]) + 128) & 0xFF)
-            await ctx.tick()
-            if ctx.get(dut.o_valid):
-                got.append((ctx.get(dut.o_tag), [[ctx.get(dut.sums[r][j]) for j in range(dut.groups_per_fire)]
-                                                 for r in range(R)]))
-
-    simulate(dut, bench)
-    assert [t for t, _ in got] == list(range(len(fires)))
-    for (_, sums), (_, _, _, exp) in zip(got, fires):
-        assert sums == exp.tolist()
+    _check_fires(dut, [dict(pair=p, dense=0, words=w, x=x, exp=e) for p, w, x, e in fires], lanes, R)
 
 
 def _dense_pair_line(rng, lanes: int, ternary: bool):
@@ -131,34 +138,7 @@ def test_mac_array_dense_pair_fire_sums_two_dense_columns_beside_2_4_and_dense_f
             w = rng.integers(-8, 8, lanes)
             exp = (x * w[None, :]).reshape(R, lanes // group, group // 4, 2, 2).sum(axis=(2, 4)).reshape(R, -1)
             fires.append((0, int(rng.integers(0, 2)), [int(v) & 15 for v in w], x, exp))
-    got = []
-
-    async def bench(ctx):
-        for i in range(len(fires) + dut.latency + 1):
-            if i < len(fires):
-                pair, dense, words, _, _ = fires[i]
-                ctx.set(dut.valid, 1)
-                ctx.set(dut.pair, pair)
-                ctx.set(dut.dense, dense)
-                ctx.set(dut.tag, i)
-                for l in range(lanes):
-                    ctx.set(dut.w[l], words[l] - 16 if words[l] >= 8 else words[l])
-            else:
-                ctx.set(dut.valid, 0)
-            if 0 < i <= len(fires):
-                x = fires[i - 1][3]
-                for r in range(R):
-                    for l in range(lanes):
-                        ctx.set(dut.x[r][l], (int(x[r, l]) + 128) & 0xFF)
-            await ctx.tick()
-            if ctx.get(dut.o_valid):
-                got.append((ctx.get(dut.o_tag), [[ctx.get(dut.sums[r][j]) for j in range(dut.groups_per_fire)]
-                                                 for r in range(R)]))
-
-    simulate(dut, bench)
-    assert [t for t, _ in got] == list(range(len(fires)))
-    for (_, sums), fire in zip(got, fires):
-        assert sums == fire[4].tolist(), (fire[0], fire[1])
+    _check_fires(dut, [dict(pair=p, dense=d, words=w, x=x, exp=e) for p, d, w, x, e in fires], lanes, R)
 
 
 def test_group_accumulator_pairs_scale_each_half_and_keep_dense_columns_whole():

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from amaranth.lib import data
 
+from ...encodings import WeightFormat
 from ...engines.matmul import MatmulGeometry
 from ...mathutil import exact_log2
 from ...numerics.tlmm import table_entries
@@ -56,7 +57,7 @@ class EngineGeometry:
                    acc_bits=geom.widths.acc_bits, max_bias_shift=geom.widths.max_bias_shift,
                    pairs=bool(getattr(mm, "sparse24_pairs", False) or getattr(mm, "dense_pairs", False)),
                    sparse_pairs=bool(getattr(mm, "sparse24_pairs", False)),
-                   dense_pair_codes=tuple(2 if f == 2 else 3 for f in mm.dense_pair_formats)
+                   dense_pair_codes=tuple(int(WeightFormat.from_config(f)) for f in mm.dense_pair_formats)
                    if getattr(mm, "dense_pairs", False) else ())
 
     # -- derived -------------------------------------------------------------------------

@@ -123,6 +123,13 @@ class MatmulEngine(_EngineBase):
                            "array-bound at half a 512-bit beat of every port a cycle); needs a 2-bit and a 4- "
                            "or 8-bit format, max_k == lanes and arch 'mac', and shares the pair fire's "
                            "datapath with sparse24_pairs")
+    weight_prefetch: int = Field(
+        0, ge=0, description="read-ahead words per weight port: 0 (off) or a power of two 512..8192. The matmul "
+                             "reads its weights through a reader of its own on each weight port, with a FIFO "
+                             "this deep (URAM: 8 blocks per 4096 words of 512 bits), and the command processor "
+                             "hands it a MATMUL descriptor while the VECTOR or ATTENTION descriptor before it "
+                             "runs: the weights stream during that descriptor (docs/engines/matmul.md, "
+                             "\"Weight prefetch\")")
     arch: Literal["mac", "tlmm"] = Field(
         "mac", description="'mac': multiplier array (sign-select for ternary); 'tlmm': ternary "
                            "table-lookup matmul (weight_bits must be ['ternary'])")
@@ -684,6 +691,23 @@ class AcceleratorConfig(_Strict):
                 raise ValueError(f"engines.{i}.table_port: the tables need the stream port w{port} (after the "
                                  f"attention engine's KV ports), but the design streams from "
                                  f"{self.shared_stream_ports} shared port(s); allowed: false, or more weight ports")
+        return self
+
+    @model_validator(mode="after")
+    def _weight_prefetch(self) -> "AcceleratorConfig":
+        """``weight_prefetch``: a power of two that holds the reader's bursts in flight, and no
+        memory engine (whose cache may stand between the weight ports and memory)."""
+        i = next(j for j, e in enumerate(self.engines) if e.kind == "matmul")
+        depth = self.engines[i].weight_prefetch
+        if depth:
+            credit = self.axi.max_burst_beats * self.axi.max_outstanding
+            lo = max(512, credit)
+            if depth & (depth - 1) or not lo <= depth <= 8192:
+                raise ValueError(f"engines.{i}.weight_prefetch: must be 0 (off) or a power of two in [{lo}, 8192] "
+                                 f"(at least axi.max_burst_beats x max_outstanding = {credit}), got {depth}")
+            if any(e.kind == "memory" for e in self.engines):
+                raise ValueError(f"engines.{i}.weight_prefetch: a design with a memory engine reads its weights "
+                                 "through that engine's ports; allowed: 0")
         return self
 
     @model_validator(mode="after")

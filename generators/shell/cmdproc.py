@@ -95,6 +95,12 @@ class CommandProcessor(wiring.Component):
       checked (with ``job_done.error``) when the engine reports a job done.
     * ``job_code``: the running engine's run-time error code (``EngineSignature.fault``),
       sampled with ``job_done``; non-zero stops the run with that code.
+    * ``early = (engine, during)``: engine ``engine`` (the matmul with ``weight_prefetch``) takes
+      its job as soon as its descriptor has passed its checks while an engine of ``during``
+      (vector, attention) runs the descriptor before it; ``active`` still moves to it only when
+      that descriptor is done, so its data-port traffic waits while its weight streams run. If
+      the descriptor before it fails, the early job still runs to its end (its engine cannot
+      drop a job) and the run stops with the earlier descriptor's error.
     """
 
     #: cycles from an engine's ``done`` to the next ``job`` when the next descriptor is loaded
@@ -102,7 +108,7 @@ class CommandProcessor(wiring.Component):
     #: failing one, dispatch)
     DISPATCH_CYCLES = 5
 
-    def __init__(self, layout: DesignLayout, jobs):
+    def __init__(self, layout: DesignLayout, jobs, early: tuple[int, tuple[int, ...]] | None = None):
         if not isinstance(layout, DesignLayout):
             raise TypeError(f"layout must be a DesignLayout, got {layout!r}")
         if layout.descriptor_bytes % layout.word_bytes:
@@ -123,8 +129,14 @@ class CommandProcessor(wiring.Component):
                 if missing:
                     raise ValueError(f"{fam.kind} job member {name!r} has no descriptor slot {missing[0]!r}; "
                                      f"slots: {sorted(slots)}")
+        if early is not None:
+            engine, during = early
+            if not 0 <= engine < len(jobs) or any(not 0 <= d < len(jobs) or d == engine for d in during):
+                raise ValueError(f"early must be (engine, engines during which it may take its job) of "
+                                 f"{len(jobs)} engines, the engine not among the others; got {early!r}")
         self._layout = layout
         self._jobs = tuple(jobs)
+        self._early = early
         W = layout.config.data_width
         members = {f"job{e}": Out(stream.Signature(job)) for e, job in enumerate(jobs)}
         super().__init__(members | {
@@ -286,6 +298,19 @@ class CommandProcessor(wiring.Component):
             with m.Else():
                 m.d.sync += word_cnt.eq(word_cnt + 1)
 
+        # -- early hand-over (``early``): the next descriptor's verdict while the engine runs --------
+        # desc holds it once ``loaded``; its checks' verdict (``code``, ``target``) settles two
+        # cycles later (the EVAL and VERDICT stages), which ``loaded_age`` counts
+        early_go = Signal()                 # this cycle the early engine is offered its job
+        early_held = Signal()               # the early engine holds the next descriptor's job
+        loaded_age = Signal(range(3))
+        m.d.sync += loaded_age.eq(Mux(loaded & (loaded_age != 2), loaded_age + 1, Mux(loaded, 2, 0)))
+        if self._early is not None:
+            early_engine, during = self._early
+            running_during = Cat(*(self.active == d for d in during)).any()
+            verdict_ok = (loaded_age == 2) & ~is_end & (code == ErrorCode.NONE) & ~self.fetch.error
+            m.d.comb += early_go.eq(running_during & verdict_ok & (target == early_engine) & ~early_held)
+
         misaligned = RtlOps.misaligned
         with m.FSM():
             with m.State("IDLE"):
@@ -295,7 +320,7 @@ class CommandProcessor(wiring.Component):
                         idx.eq(0), desc_left.eq(self.count - 1), last_desc.eq(self.count == 1),
                         fetch_left.eq(self.count), fetch_all.eq(self.count == 0), fetch_ahead.eq(0),
                         fetch_addr.eq(self.program), word_cnt.eq(0),
-                        loaded.eq(0), self.status.eq(0), self.desc_done.eq(0),
+                        loaded.eq(0), self.status.eq(0), self.desc_done.eq(0), early_held.eq(0),
                     ]
                     with m.If(self.count == 0):
                         m.d.sync += stopping.eq(1)
@@ -322,7 +347,7 @@ class CommandProcessor(wiring.Component):
                 m.d.sync += loaded.eq(0)
                 with m.If(self.fetch.error):
                     m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
-                    m.next = "DRAIN"
+                    m.next = "FLUSH"
                 with m.Elif(is_end):
                     m.d.sync += stopping.eq(1)
                     m.next = "DRAIN"
@@ -333,20 +358,30 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += self.active.eq(target)
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
-                for e in range(len(self._jobs)):
-                    with m.If(self.active == e):
-                        m.d.comb += self.job(e).valid.eq(1)
-                        with m.If(self.job(e).ready):
-                            m.next = "WAIT"
+                with m.If(early_held):
+                    # the engine took this job early (WAIT below): it runs now that it is active
+                    m.d.sync += early_held.eq(0)
+                    m.next = "WAIT"
+                with m.Else():
+                    for e in range(len(self._jobs)):
+                        with m.If(self.active == e):
+                            m.d.comb += self.job(e).valid.eq(1)
+                            with m.If(self.job(e).ready):
+                                m.next = "WAIT"
             with m.State("WAIT"):
                 m.d.comb += [load_en.eq(1), dsl.o.ready.eq(1)]
+                if self._early is not None:
+                    with m.If(early_go & ~done_valid):
+                        m.d.comb += self.job(early_engine).valid.eq(1)
+                        with m.If(self.job(early_engine).ready):
+                            m.d.sync += early_held.eq(1)
                 with m.If(done_valid):
                     with m.If(done_code != 0):          # the engine's own run-time error
                         m.d.sync += [self.status.eq(status(done_code)), stopping.eq(1)]
-                        m.next = "DRAIN"
+                        m.next = "FLUSH"
                     with m.Elif(done_error | self.data_error):
                         m.d.sync += [self.status.eq(status(ErrorCode.AXI_RESP)), stopping.eq(1)]
-                        m.next = "DRAIN"
+                        m.next = "FLUSH"
                     with m.Else():
                         m.d.comb += desc_next.eq(1)
                         m.d.sync += [self.desc_done.eq(self.desc_done + 1), idx.eq(idx + 1),
@@ -358,6 +393,20 @@ class CommandProcessor(wiring.Component):
                             m.next = "EVAL"
                         with m.Else():
                             m.next = "LOAD"
+            with m.State("FLUSH"):
+                # an error stopped the run: a job handed over early runs to its end (its result
+                # is discarded; status keeps the error), then the run drains
+                with m.If(early_held):
+                    if self._early is not None:
+                        m.d.sync += self.active.eq(early_engine)
+                    m.next = "FLUSH_WAIT"
+                with m.Else():
+                    m.next = "DRAIN"
+            with m.State("FLUSH_WAIT"):
+                m.d.comb += dsl.o.ready.eq(1)
+                with m.If(done_valid):
+                    m.d.sync += early_held.eq(0)
+                    m.next = "DRAIN"
             with m.State("DRAIN"):
                 # discard prefetched words so that the next run starts clean
                 m.d.comb += drain.eq(1)

@@ -5,12 +5,16 @@ Port names and IDs follow docs/architecture.md §1: ``s_axi_control``,
 :attr:`~hbmforge.layout.DesignLayout.ports` entry. On ``m_axi_data`` the
 descriptor fetch uses ARID 0 and engine data reader ``i`` ARID ``i + 1``; the
 data writer uses AWID 0. Every ``w<i>`` port has one reader (ARID 0) when an
-engine reads it and one writer (AWID 0) when an engine writes it.
+engine reads it and one writer (AWID 0) when an engine writes it; with the matmul's
+``weight_prefetch`` its weight ports also have the matmul's own reader (ARID 1, a FIFO of
+``weight_prefetch`` words), which the other engines' reader (ARID 0) then leaves to them.
 
 The kernel knows no engine by name: it takes a map opcode -> engine, checks each
 engine's :class:`~hbmforge.generators.engine.EngineSignature` against the channels its
 family declares (``layout.channels(kind)``), and routes the DMA channels to the engine
-of the job in flight (engines run one at a time). Top-level AXI4-Stream ports that a
+of the job in flight (``cmdproc.active``; engines run one at a time, except that the matmul's
+weight readers, with ``weight_prefetch``, follow the matmul at all times, so that a MATMUL
+descriptor handed over early streams its weights while the engine before it runs). Top-level AXI4-Stream ports that a
 family declares (``Channels.streams``, ``layout.streams``: ``s_axis_<name>``/``m_axis_<name>``)
 are wired to their engine permanently; registers a family declares (``layout.registers``
 after the shell's) are driven by the engine member of that name.
@@ -34,6 +38,8 @@ __all__ = ["Kernel", "data_read_ids"]
 #: AWID of the writer on every port, ARID of the reader on a ``w<i>`` port.
 WRITE_ID = 0
 STREAM_READ_ID = 0
+#: ARID of the matmul's own weight reader on a ``w<i>`` port (``weight_prefetch``)
+PREFETCH_READ_ID = 1
 
 
 def data_read_ids(layout: DesignLayout) -> dict[str, int]:
@@ -129,7 +135,11 @@ class Kernel(wiring.Component):
         axi = dict(max_burst_beats=cfg.axi.max_burst_beats, max_outstanding=cfg.axi.max_outstanding)
 
         m.submodules.control = control = ControlSlave(lay)
-        m.submodules.cmdproc = cmdproc = CommandProcessor(lay, [e.signature.job_layout for e in engines])
+        mm_index, prefetch = _prefetch_engine(lay, engines)
+        # with weight_prefetch the matmul takes a MATMUL job during the VECTOR or ATTENTION before it
+        early = (mm_index, tuple(k for k, f in enumerate(lay.families) if f.kind in ("vector", "attention"))) \
+            if prefetch else None
+        m.submodules.cmdproc = cmdproc = CommandProcessor(lay, [e.signature.job_layout for e in engines], early)
         for fam, engine in zip(lay.families, engines):
             m.submodules[f"engine_{fam.kind}"] = engine
 
@@ -141,8 +151,16 @@ class Kernel(wiring.Component):
             if p.role == "data":
                 port = AxiPort(readers=read_ids, writer="out" if p.writes else None, awid=WRITE_ID, **common)
             else:
-                port = AxiPort(readers={"w": STREAM_READ_ID} if p.reads else {},
-                               writer="w" if p.writes else None, awid=WRITE_ID, **common)
+                i = int(p.name[1:])
+                # below ``prefetch`` the matmul has a reader of its own: "w" serves the others
+                others = i >= prefetch or any(e.signature.channels.stream_readers > i
+                                              for k, e in enumerate(engines) if k != mm_index)
+                readers = {"w": STREAM_READ_ID} if p.reads and others else {}
+                if i < prefetch:
+                    readers["pf"] = PREFETCH_READ_ID
+                port = AxiPort(readers=readers, writer="w" if p.writes else None, awid=WRITE_ID,
+                               reader_fifo_depth={"pf": cfg.matmul.weight_prefetch} if i < prefetch else None,
+                               **common)
             m.submodules[f"port_{p.name}"] = ports[p.name] = port
             wiring.connect(m, wiring.flipped(getattr(self, p.verilog_prefix)), port.bus)
             m.d.comb += port.clear.eq(control.start)
@@ -191,8 +209,15 @@ class Kernel(wiring.Component):
             if owner is not None:
                 errors += _connect_resident(m, sel, engines, owner, i, port)
                 continue
-            if port.readers:
-                readers = [e if e.signature.channels.stream_readers > i else None for e in engines]
+            if i < prefetch:
+                # the matmul's own reader: always connected; its error counts while the matmul runs
+                mm = engines[mm_index]
+                wiring.connect(m, mm.w_cmd[i], port.rd_pf.cmd)
+                wiring.connect(m, port.rd_pf.data, mm.w_data[i])
+                errors.append(port.rd_pf.error & (sel == mm_index))
+            if "w" in port.readers:
+                readers = [e if e.signature.channels.stream_readers > i and (k != mm_index or i >= prefetch)
+                           else None for k, e in enumerate(engines)]
                 _select_into(m, sel, _members(readers, "w_cmd", i), port.rd_w.cmd)
                 _select_from(m, sel, port.rd_w.data, _members(readers, "w_data", i))
                 errors.append(port.rd_w.error)
@@ -223,7 +248,8 @@ class Kernel(wiring.Component):
         stall_r = Signal()
         incs = [e.mac_inc for e in engines if e.signature.max_mac_inc]
         inc_r = Signal(range(sum(e.signature.max_mac_inc for e in engines) + 1))
-        m.d.sync += [stall_r.eq(control.busy & Cat(*(e.stall for e in engines)).any()),
+        # the running engine's stalls (a matmul handed its job early waits, it does not stall)
+        m.d.sync += [stall_r.eq(control.busy & Cat(*(e.stall & (sel == k) for k, e in enumerate(engines))).any()),
                      inc_r.eq(Mux(control.busy, sum(incs), 0) if incs else 0)]
         with m.If(control.start):
             m.d.sync += [cycles.eq(0), stalls.eq(0), macs.eq(0), stall_r.eq(0), inc_r.eq(0)]
@@ -244,6 +270,15 @@ class Kernel(wiring.Component):
                 raise ValueError(f"register {reg.name} has no source in the kernel")
             m.d.comb += getattr(control, key).eq(sources[key])
         return m
+
+
+def _prefetch_engine(lay: DesignLayout, engines) -> tuple[int, int]:
+    """``(index of the matmul engine, weight ports it reads through its own readers)``: the
+    matmul's stream readers with ``weight_prefetch``, none without."""
+    index = next(k for k, f in enumerate(lay.families) if f.kind == "matmul")
+    if not lay.config.matmul.weight_prefetch:
+        return index, 0
+    return index, engines[index].signature.channels.stream_readers
 
 
 def _connect_resident(m, sel, engines, owner, i, port) -> list:

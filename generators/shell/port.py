@@ -81,6 +81,8 @@ class AxiPort(wiring.Component):
     """An AXI4 manager port with named readers (``rd_<name>``) and an optional writer (``wr_<name>``).
 
     ``readers`` maps reader name -> ARID (distinct, fitting ``id_width``).
+    ``reader_fifo_depth``: every reader's FIFO depth, or a map reader name -> depth (readers
+    not named keep the default, ``max_burst_beats * max_outstanding``).
     ``bytes_read``/``bytes_written`` count data beats on the bus since the
     last ``clear`` (which also clears the readers'/writer's error flags).
     """
@@ -88,7 +90,7 @@ class AxiPort(wiring.Component):
     def __init__(self, *, data_width: int, addr_width: int = 64, id_width: int = 4,
                  readers: dict[str, int] | None = None, writer: str | None = None, awid: int = 0,
                  max_burst_beats: int = 32, max_outstanding: int = 8,
-                 reader_fifo_depth: int | None = None, writer_fifo_depth: int | None = None):
+                 reader_fifo_depth: int | dict[str, int] | None = None, writer_fifo_depth: int | None = None):
         readers = dict(readers or {})
         for name, arid in readers.items():
             if not isinstance(name, str) or not name.isidentifier():
@@ -107,11 +109,17 @@ class AxiPort(wiring.Component):
         self._readers, self._writer, self._awid = readers, writer, awid
         self._max_burst_beats, self._max_outstanding = max_burst_beats, max_outstanding
         self._reader_fifo_depth, self._writer_fifo_depth = reader_fifo_depth, writer_fifo_depth
+        depths = reader_fifo_depth if isinstance(reader_fifo_depth, dict) else {}
+        unknown = sorted(set(depths) - set(readers))
+        if unknown:
+            raise ValueError(f"reader_fifo_depth names readers the port does not have: {unknown}; "
+                             f"readers: {sorted(readers)}")
         # build the engines now so that bad parameters fail in the constructor
         self._reader_blocks = {
             name: BurstReader(data_width=data_width, addr_width=addr_width, id_width=id_width,
-                              arid=arid, max_burst_beats=max_burst_beats,
-                              max_outstanding=max_outstanding, fifo_depth=reader_fifo_depth)
+                              arid=arid, max_burst_beats=max_burst_beats, max_outstanding=max_outstanding,
+                              fifo_depth=depths.get(name) if isinstance(reader_fifo_depth, dict)
+                              else reader_fifo_depth)
             for name, arid in readers.items()}
         self._writer_block = None if writer is None else BurstWriter(
             data_width=data_width, addr_width=addr_width, id_width=id_width, awid=awid,

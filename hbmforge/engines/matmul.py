@@ -493,6 +493,7 @@ class MatmulFamily(EngineFamily):
             "sparse24_formats": list(getattr(mm, "sparse24_formats", ())),
             "sparse24_pairs": bool(getattr(mm, "sparse24_pairs", False)),
             "dense_pairs": bool(getattr(mm, "dense_pairs", False)),
+            "weight_prefetch": int(getattr(mm, "weight_prefetch", 0)),
             "ternary_packing": mm.ternary_packing, "arch": mm.arch, "tlmm_group": mm.tlmm_group,
             "group_size": mm.group_size, "scale_bits": mm.scale_bits, "max_k": mm.max_k,
             "scale_stream": getattr(mm, "scale_stream", "data"),

@@ -10,7 +10,7 @@ import random
 
 from amaranth.sim import Simulator
 
-from hbmforge.generators.shell.kernel import Kernel, data_read_ids
+from hbmforge.generators.shell.kernel import PREFETCH_READ_ID, STREAM_READ_ID, Kernel, data_read_ids
 from hbmforge.layout import DesignLayout
 from hbmforge.numerics import program as golden
 from shell_axi_model import AxiLiteHost, AxiMemoryPort, SparseMemory
@@ -35,7 +35,8 @@ class KernelBench:
                 getattr(self.dut, p.verilog_prefix), self.mem, data_width=p.data_width,
                 max_burst_beats=layout.config.axi.max_burst_beats, rng=random.Random(seed + 7 * p.index),
                 read_latency=latency, write_latency=latency, stall=stall,
-                arids=arids if p.role == "data" else {0}, awids={0}, error_ranges=error_ranges, name=p.name)
+                arids=arids if p.role == "data" else {STREAM_READ_ID, PREFETCH_READ_ID}, awids={0},
+                error_ranges=error_ranges, name=p.name)
         self.host = AxiLiteHost(self.dut.s_axi_control, rng=random.Random(seed + 99), stall=0.2)
 
     # -- memory ---------------------------------------------------------------------------

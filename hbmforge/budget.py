@@ -51,6 +51,15 @@ LUT_PAIR_UNPACK_LANE = 5
 #: above): 5,762 -> 6,137 LUT (docs/engines/matmul.md, "Dense pair fire")
 LUT_DENSE_PAIR_LANE = 12.6
 LUT_DENSE_PAIR_UNPACK_LANE = 1.5
+#: ``weight_prefetch``: the matmul's own reader beside the other engines' one on a weight port (a
+#: second burst reader, the AR arbiter, the R routing by RID). Yosys synth_xilinx, a 512-bit AxiPort
+#: with a writer: one reader 1,801 LUT / 2,984 FF, with the prefetch reader (4096 words) too
+#: 2,203 / 3,469 (docs/engines/matmul.md, "Weight prefetch"). A port only the matmul reads keeps one
+#: reader, its FIFO deeper (counted by its memory alone).
+LUT_PREFETCH_READER = 402
+FF_PREFETCH_READER = 485
+#: UltraRAM blocks count as 8 BRAM36 in the budget (``check_budget``: 288 Kb against 36 Kb)
+URAM_AS_BRAM36 = 8
 
 
 #: the parts of an estimate, in the order they are reported
@@ -95,6 +104,24 @@ def _memory(width: int, depth: int) -> tuple[int, int]:
     if depth <= 64 or width * depth <= 4096:
         return 0, math.ceil(width / 7) * 8 * math.ceil(depth / 64)
     return _bram_for(width, depth), 0
+
+
+def _uram_for(width: int, depth: int) -> int:
+    """UltraRAM blocks (4096 x 72 bits, cascaded in depth) for a width x depth memory."""
+    return math.ceil(width / 72) * math.ceil(depth / 4096)
+
+
+def prefetch_terms(lay: DesignLayout) -> dict:
+    """What ``weight_prefetch`` adds to the ports: per weight port its FIFO of ``weight_prefetch``
+    words in URAM (as BRAM36), and on a port another engine reads too, the second reader."""
+    cfg, mm = lay.config, lay.mm
+    if not mm.weight_prefetch:
+        return _zero()
+    shared = max((lay.channels(f.kind).stream_readers for f in lay.families if f.kind != "matmul"), default=0)
+    two = min(shared, mm.weight_ports)
+    uram = mm.weight_ports * _uram_for(cfg.data_width + 1, mm.weight_prefetch)
+    return {"lut": two * LUT_PREFETCH_READER, "ff": two * FF_PREFETCH_READER, "dsp": 0,
+            "bram36": URAM_AS_BRAM36 * uram}
 
 
 def _zero() -> dict:
@@ -187,7 +214,8 @@ def estimate_resources(lay: DesignLayout) -> ResourceEstimate:
     fifos = len(lay.ports) * 2 * _bram_for(cfg.data_width, fifo_depth)
     # the AXI logic of every port (1500 LUT) and its reader and writer FIFOs
     lut_ports = len(lay.ports) * 1500
-    ports = {"lut": lut_ports, "ff": 2 * lut_ports, "dsp": 0, "bram36": fifos}
+    pf = prefetch_terms(lay)
+    ports = {"lut": lut_ports + pf["lut"], "ff": 2 * lut_ports + pf["ff"], "dsp": 0, "bram36": fifos + pf["bram36"]}
     matmul = {"lut": lut - lut_ports, "ff": ff - 2 * lut_ports, "dsp": dsp, "bram36": act + weights + partials}
     hp = attention_head_parallel_terms(lay)
     parts = {"matmul": matmul, "ports": ports, "attention": attention_terms(lay),

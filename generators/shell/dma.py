@@ -106,6 +106,21 @@ class _BurstSplitter:
         self._m.d.sync += [self.addr.eq(self.addr + (self.beats << self.shift)), self.left.eq(self.left - self.beats)]
 
 
+#: reader FIFOs at least this deep (a weight prefetch) ask for UltraRAM: a 4096 x 513-bit FIFO is 8
+#: URAM blocks instead of 57 BRAM36 (Vivado's default for such a memory)
+URAM_FIFO_DEPTH = 2048
+
+
+class _ReadFifo(SyncFIFOBuffered):
+    """SyncFIFOBuffered whose storage carries ``ram_style = "ultra"`` when it is deep."""
+
+    def elaborate(self, platform):
+        m = super().elaborate(platform)
+        if self.depth > URAM_FIFO_DEPTH:
+            m.submodules.storage.attrs["ram_style"] = "ultra"
+        return m
+
+
 class _BurstMover(wiring.Component):
     """What a reader and a writer share: validated AXI parameters, a command stream, a bus."""
 
@@ -181,7 +196,7 @@ class BurstReader(_BurstMover):
         # data FIFO: word + "came with an error response" bit. One entry more than the
         # credits: the inner memory then has a power-of-two depth (a whole BRAM, and no
         # address wrap compare, which Verilator evaluates markedly faster).
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=W + 1, depth=self._fifo_depth + 1)
+        m.submodules.fifo = fifo = _ReadFifo(width=W + 1, depth=self._fifo_depth + 1)
         free = Signal(range(self._fifo_depth + 1), init=self._fifo_depth)
         outstanding = Signal(range(self._max_outstanding + 1))
 

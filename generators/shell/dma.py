@@ -169,7 +169,7 @@ class BurstReader(_BurstMover):
 
     def __init__(self, *, data_width: int, addr_width: int = 64, id_width: int = 4, arid: int = 0,
                  max_burst_beats: int = 32, max_outstanding: int = 8, fifo_depth: int | None = None):
-        super().__init__({"data": Out(word_stream(data_width))}, id_name="arid", id_value=arid,
+        super().__init__({"data": Out(word_stream(data_width)), "busy": Out(1)}, id_name="arid", id_value=arid,
                          data_width=data_width, addr_width=addr_width, id_width=id_width,
                          max_burst_beats=max_burst_beats, max_outstanding=max_outstanding,
                          fifo_depth=max_burst_beats * max_outstanding if fifo_depth is None else fifo_depth)
@@ -219,6 +219,9 @@ class BurstReader(_BurstMover):
                 m.d.sync += active.eq(0)
         with m.Elif(ar_valid & bus.arready):
             m.d.sync += ar_valid.eq(0)
+
+        # busy: a command in hand or a burst in flight (a port's background reader waits for it)
+        m.d.comb += self.busy.eq(active | ar_valid | (outstanding != 0))
 
         # R: never back-pressured (credits guarantee FIFO room)
         beat = Signal()

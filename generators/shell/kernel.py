@@ -160,7 +160,7 @@ class Kernel(wiring.Component):
                     readers["pf"] = PREFETCH_READ_ID
                 port = AxiPort(readers=readers, writer="w" if p.writes else None, awid=WRITE_ID,
                                reader_fifo_depth={"pf": cfg.matmul.weight_prefetch} if i < prefetch else None,
-                               **common)
+                               background=("pf",) if i < prefetch and "w" in readers else (), **common)
             m.submodules[f"port_{p.name}"] = ports[p.name] = port
             wiring.connect(m, wiring.flipped(getattr(self, p.verilog_prefix)), port.bus)
             m.d.comb += port.clear.eq(control.start)

@@ -83,6 +83,9 @@ class AxiPort(wiring.Component):
     ``readers`` maps reader name -> ARID (distinct, fitting ``id_width``).
     ``reader_fifo_depth``: every reader's FIFO depth, or a map reader name -> depth (readers
     not named keep the default, ``max_burst_beats * max_outstanding``).
+    ``background``: readers whose bursts go out only while every other reader is idle (no
+    command in hand, no burst in flight: a weight prefetch must not slow the engine that runs);
+    the others share the AR channel round-robin.
     ``bytes_read``/``bytes_written`` count data beats on the bus since the
     last ``clear`` (which also clears the readers'/writer's error flags).
     """
@@ -90,7 +93,8 @@ class AxiPort(wiring.Component):
     def __init__(self, *, data_width: int, addr_width: int = 64, id_width: int = 4,
                  readers: dict[str, int] | None = None, writer: str | None = None, awid: int = 0,
                  max_burst_beats: int = 32, max_outstanding: int = 8,
-                 reader_fifo_depth: int | dict[str, int] | None = None, writer_fifo_depth: int | None = None):
+                 reader_fifo_depth: int | dict[str, int] | None = None, writer_fifo_depth: int | None = None,
+                 background: tuple[str, ...] = ()):
         readers = dict(readers or {})
         for name, arid in readers.items():
             if not isinstance(name, str) or not name.isidentifier():
@@ -109,6 +113,11 @@ class AxiPort(wiring.Component):
         self._readers, self._writer, self._awid = readers, writer, awid
         self._max_burst_beats, self._max_outstanding = max_burst_beats, max_outstanding
         self._reader_fifo_depth, self._writer_fifo_depth = reader_fifo_depth, writer_fifo_depth
+        background = tuple(background)
+        if any(name not in readers for name in background) or len(background) >= max(len(readers), 1):
+            raise ValueError(f"background must name some but not all of the readers {sorted(readers)}, "
+                             f"got {background}")
+        self._background = background
         depths = reader_fifo_depth if isinstance(reader_fifo_depth, dict) else {}
         unknown = sorted(set(depths) - set(readers))
         if unknown:
@@ -178,16 +187,23 @@ class AxiPort(wiring.Component):
                 m.d.comb += [bus.arvalid.eq(ar_valid), load.eq(~ar_valid | bus.arready)]
                 last = Signal(range(n), init=n - 1)     # reader granted last
                 grant = Signal(range(n))
+                names = list(self._reader_blocks)
+                back = [names.index(b) for b in self._background]
+                # a background reader asks only while the others are idle
+                fg_busy = Cat(*(rd.busy for i, rd in enumerate(rds) if i not in back)).any()
+                asks = [rd.bus.arvalid & ~fg_busy if i in back else rd.bus.arvalid for i, rd in enumerate(rds)]
                 any_valid = Signal()
-                m.d.comb += any_valid.eq(Cat(*(rd.bus.arvalid for rd in rds)).any())
+                m.d.comb += any_valid.eq(Cat(*asks).any())
                 # priority starts after ``last``; in a chain of Ifs the last one that matches
-                # wins, so the highest-priority reader goes last
+                # wins, so the highest-priority reader goes last (background readers at the
+                # low end: they win only when no other reader asks)
                 with m.Switch(last):
                     for prev in range(n):
                         with m.Case(prev):
                             order = [(prev + k) % n for k in range(1, n + 1)]
+                            order = [i for i in order if i not in back] + [i for i in order if i in back]
                             for idx in reversed(order):
-                                with m.If(rds[idx].bus.arvalid):
+                                with m.If(asks[idx]):
                                     m.d.comb += grant.eq(idx)
                 with m.If(load):
                     m.d.sync += ar_valid.eq(any_valid)

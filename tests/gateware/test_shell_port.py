@@ -124,3 +124,50 @@ def test_port_rejects_shared_arids():
 def test_port_rejects_arid_wider_than_id_width():
     assert_rejects(AxiPort, dict(data_width=W, id_width=1, readers={"a": 0, "b": 2}),
                    ValueError, "ARID")
+
+
+def test_a_background_reader_bursts_only_while_the_others_are_quiet():
+    """``background=("pf",)``: while ``w`` has bursts to issue, every AR is ``w``'s; ``pf`` gets
+    the channel before and after (a weight prefetch must not slow the engine that runs)."""
+    rng = random.Random(11)
+    readers = {"w": 0, "pf": 1}
+    dut = AxiPort(data_width=W, id_width=2, readers=readers, max_burst_beats=4, max_outstanding=2,
+                  reader_fifo_depth={"pf": 512}, background=("pf",))
+    mem = SparseMemory()
+    model = AxiMemoryPort(dut.bus, mem, data_width=W, max_burst_beats=4, rng=rng, read_latency=(3, 12),
+                          stall=0.2, arids=set(readers.values()), name="w0")
+    plans = {"pf": [(0x40000, 0x800)], "w": [(0x10000, 0x200), (0x20000, 0x100)]}
+    for cmds in plans.values():
+        for a, n in cmds:
+            mem.write(a, bytes(rng.getrandbits(8) for _ in range(n)))
+    got = {name: [] for name in readers}
+
+    async def pf_cmd(ctx):
+        await stream_send(ctx, dut.rd_pf.cmd, plans["pf"], set_payload=set_dma_command)
+
+    async def w_cmd(ctx):
+        await ctx.tick().repeat(40)                       # pf streams alone first
+        await stream_send(ctx, dut.rd_w.cmd, plans["w"], set_payload=set_dma_command)
+
+    def receiver(name, stall):
+        async def bench(ctx):
+            await stream_recv(ctx, getattr(dut, f"rd_{name}").data, sum(n for _, n in plans[name]) // B,
+                              rng=random.Random(len(name)), stall=stall, out=got[name])
+        return bench
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(model.run, background=True)
+    sim.add_testbench(watchdog(20_000), background=True)
+    sim.add_testbench(pf_cmd, background=True)
+    sim.add_testbench(w_cmd, background=True)
+    sim.add_testbench(receiver("w", 0.0))
+    sim.add_testbench(receiver("pf", 0.0))
+    sim.run()
+
+    assert model.violations == []
+    assert got == {name: [w for a, n in cmds for w in _words(mem, a, n)] for name, cmds in plans.items()}
+    ids = [i for _, i, _, _ in model.stats.ar_log]
+    first_w, last_w = ids.index(0), len(ids) - 1 - ids[::-1].index(0)
+    assert 1 in ids[:first_w] and 1 in ids[last_w:]         # pf before and after
+    assert set(ids[first_w:last_w + 1]) == {0}, "".join(map(str, ids))

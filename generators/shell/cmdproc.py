@@ -394,8 +394,8 @@ class CommandProcessor(wiring.Component):
                         with m.Else():
                             m.next = "LOAD"
             with m.State("FLUSH"):
-                # an error stopped the run: a job handed over early runs to its end (its result
-                # is discarded; status keeps the error), then the run drains
+                # an error stopped the run: a job handed over early runs to its end (its output
+                # is written; status keeps the earlier error), then the run drains
                 with m.If(early_held):
                     if self._early is not None:
                         m.d.sync += self.active.eq(early_engine)

@@ -106,7 +106,7 @@ class _BurstSplitter:
         self._m.d.sync += [self.addr.eq(self.addr + (self.beats << self.shift)), self.left.eq(self.left - self.beats)]
 
 
-#: reader FIFOs at least this deep (a weight prefetch) ask for UltraRAM: a 4096 x 513-bit FIFO is 8
+#: reader FIFOs deeper than this (a weight prefetch) ask for UltraRAM: a 4096 x 513-bit FIFO is 8
 #: URAM blocks instead of 57 BRAM36 (Vivado's default for such a memory)
 URAM_FIFO_DEPTH = 2048
 

@@ -5,16 +5,17 @@ Port names and IDs follow docs/architecture.md §1: ``s_axi_control``,
 :attr:`~hbmforge.layout.DesignLayout.ports` entry. On ``m_axi_data`` the
 descriptor fetch uses ARID 0 and engine data reader ``i`` ARID ``i + 1``; the
 data writer uses AWID 0. Every ``w<i>`` port has one reader (ARID 0) when an
-engine reads it and one writer (AWID 0) when an engine writes it; with the matmul's
-``weight_prefetch`` its weight ports also have the matmul's own reader (ARID 1, a FIFO of
-``weight_prefetch`` words), which the other engines' reader (ARID 0) then leaves to them.
+engine reads it and one writer (AWID 0) when an engine writes it; an engine with a
+``Channels.prefetch`` (the matmul's ``weight_prefetch``) also has a reader of its own on each
+port it streams from (ARID 1, a FIFO of ``prefetch`` words), a background reader beside the
+other engines' one.
 
 The kernel knows no engine by name: it takes a map opcode -> engine, checks each
 engine's :class:`~hbmforge.generators.engine.EngineSignature` against the channels its
 family declares (``layout.channels(kind)``), and routes the DMA channels to the engine
-of the job in flight (``cmdproc.active``; engines run one at a time, except that the matmul's
-weight readers, with ``weight_prefetch``, follow the matmul at all times, so that a MATMUL
-descriptor handed over early streams its weights while the engine before it runs). Top-level AXI4-Stream ports that a
+of the job in flight (``cmdproc.active``; engines run one at a time, except that the readers
+of an engine with a prefetch follow it at all times, so that a job handed to it early
+(``Channels.early_during``) streams while the engine before it runs). Top-level AXI4-Stream ports that a
 family declares (``Channels.streams``, ``layout.streams``: ``s_axis_<name>``/``m_axis_<name>``)
 are wired to their engine permanently; registers a family declares (``layout.registers``
 after the shell's) are driven by the engine member of that name.
@@ -38,7 +39,7 @@ __all__ = ["Kernel", "data_read_ids"]
 #: AWID of the writer on every port, ARID of the reader on a ``w<i>`` port.
 WRITE_ID = 0
 STREAM_READ_ID = 0
-#: ARID of the matmul's own weight reader on a ``w<i>`` port (``weight_prefetch``)
+#: ARID of a prefetching engine's own reader on a ``w<i>`` port (``Channels.prefetch``)
 PREFETCH_READ_ID = 1
 
 
@@ -135,10 +136,10 @@ class Kernel(wiring.Component):
         axi = dict(max_burst_beats=cfg.axi.max_burst_beats, max_outstanding=cfg.axi.max_outstanding)
 
         m.submodules.control = control = ControlSlave(lay)
-        mm_index, prefetch = _prefetch_engine(lay, engines)
-        # with weight_prefetch the matmul takes a MATMUL job during the VECTOR or ATTENTION before it
-        early = (mm_index, tuple(k for k, f in enumerate(lay.families) if f.kind in ("vector", "attention"))) \
-            if prefetch else None
+        pf_index, prefetch, depth = _prefetch_engine(lay, engines)
+        # the prefetching engine takes its job during a job of the kinds it names
+        during = lay.channels(lay.families[pf_index].kind).early_during if prefetch else ()
+        early = (pf_index, tuple(k for k, f in enumerate(lay.families) if f.kind in during)) if during else None
         m.submodules.cmdproc = cmdproc = CommandProcessor(lay, [e.signature.job_layout for e in engines], early)
         for fam, engine in zip(lay.families, engines):
             m.submodules[f"engine_{fam.kind}"] = engine
@@ -152,14 +153,14 @@ class Kernel(wiring.Component):
                 port = AxiPort(readers=read_ids, writer="out" if p.writes else None, awid=WRITE_ID, **common)
             else:
                 i = int(p.name[1:])
-                # below ``prefetch`` the matmul has a reader of its own: "w" serves the others
+                # below ``prefetch`` the prefetching engine has a reader of its own: "w" serves the others
                 others = i >= prefetch or any(e.signature.channels.stream_readers > i
-                                              for k, e in enumerate(engines) if k != mm_index)
+                                              for k, e in enumerate(engines) if k != pf_index)
                 readers = {"w": STREAM_READ_ID} if p.reads and others else {}
                 if i < prefetch:
                     readers["pf"] = PREFETCH_READ_ID
                 port = AxiPort(readers=readers, writer="w" if p.writes else None, awid=WRITE_ID,
-                               reader_fifo_depth={"pf": cfg.matmul.weight_prefetch} if i < prefetch else None,
+                               reader_fifo_depth={"pf": depth} if i < prefetch else None,
                                background=("pf",) if i < prefetch and "w" in readers else (), **common)
             m.submodules[f"port_{p.name}"] = ports[p.name] = port
             wiring.connect(m, wiring.flipped(getattr(self, p.verilog_prefix)), port.bus)
@@ -210,13 +211,13 @@ class Kernel(wiring.Component):
                 errors += _connect_resident(m, sel, engines, owner, i, port)
                 continue
             if i < prefetch:
-                # the matmul's own reader: always connected; its error counts while the matmul runs
-                mm = engines[mm_index]
-                wiring.connect(m, mm.w_cmd[i], port.rd_pf.cmd)
-                wiring.connect(m, port.rd_pf.data, mm.w_data[i])
-                errors.append(port.rd_pf.error & (sel == mm_index))
+                # the prefetching engine's own reader: always connected; its error counts while it runs
+                pf_engine = engines[pf_index]
+                wiring.connect(m, pf_engine.w_cmd[i], port.rd_pf.cmd)
+                wiring.connect(m, port.rd_pf.data, pf_engine.w_data[i])
+                errors.append(port.rd_pf.error & (sel == pf_index))
             if "w" in port.readers:
-                readers = [e if e.signature.channels.stream_readers > i and (k != mm_index or i >= prefetch)
+                readers = [e if e.signature.channels.stream_readers > i and (k != pf_index or i >= prefetch)
                            else None for k, e in enumerate(engines)]
                 _select_into(m, sel, _members(readers, "w_cmd", i), port.rd_w.cmd)
                 _select_from(m, sel, port.rd_w.data, _members(readers, "w_data", i))
@@ -248,7 +249,7 @@ class Kernel(wiring.Component):
         stall_r = Signal()
         incs = [e.mac_inc for e in engines if e.signature.max_mac_inc]
         inc_r = Signal(range(sum(e.signature.max_mac_inc for e in engines) + 1))
-        # the running engine's stalls (a matmul handed its job early waits, it does not stall)
+        # the running engine's stalls (an engine handed its job early waits, it does not stall)
         m.d.sync += [stall_r.eq(control.busy & Cat(*(e.stall & (sel == k) for k, e in enumerate(engines))).any()),
                      inc_r.eq(Mux(control.busy, sum(incs), 0) if incs else 0)]
         with m.If(control.start):
@@ -272,13 +273,16 @@ class Kernel(wiring.Component):
         return m
 
 
-def _prefetch_engine(lay: DesignLayout, engines) -> tuple[int, int]:
-    """``(index of the matmul engine, weight ports it reads through its own readers)``: the
-    matmul's stream readers with ``weight_prefetch``, none without."""
-    index = next(k for k, f in enumerate(lay.families) if f.kind == "matmul")
-    if not lay.config.matmul.weight_prefetch:
-        return index, 0
-    return index, engines[index].signature.channels.stream_readers
+def _prefetch_engine(lay: DesignLayout, engines) -> tuple[int, int, int]:
+    """``(engine index, stream ports it reads through readers of its own, their FIFO depth)`` of
+    the engine whose family declares a ``Channels.prefetch``; ``(0, 0, 0)`` without one."""
+    found = [k for k, f in enumerate(lay.families) if lay.channels(f.kind).prefetch]
+    if len(found) > 1:
+        raise ValueError(f"at most one engine may prefetch, got {[lay.families[k].kind for k in found]}")
+    if not found:
+        return 0, 0, 0
+    k = found[0]
+    return k, engines[k].signature.channels.stream_readers, lay.channels(lay.families[k].kind).prefetch
 
 
 def _connect_resident(m, sel, engines, owner, i, port) -> list:

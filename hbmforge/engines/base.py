@@ -127,7 +127,13 @@ class Channels:
       no other engine reaches them, except
     * ``interposes``: resident ports whose channels it serves to the other engines: their
       ``w_cmd[i]``/``w_data[i]``/``sw_*[i]`` reach its ``via_*[j]`` members (``j`` = position in
-      ``interposes``) and it decides where the words go (a tile cache in front of the port).
+      ``interposes``) and it decides where the words go (a tile cache in front of the port);
+    * ``prefetch``: words of read-ahead: it reads its stream ports through readers of its own
+      (ARID 1, a FIFO this deep, background readers beside the others' reader), connected at all
+      times, and
+    * ``early_during``: the kinds of engine during whose job it takes its next job, if that is the
+      next descriptor (its stream reads then run while they run; its data-port traffic waits
+      until it is the active engine). At most one engine of a design has a ``prefetch``.
     """
 
     data_readers: tuple[str, ...] = ()
@@ -137,8 +143,14 @@ class Channels:
     streams: tuple[StreamPort, ...] = ()
     resident: tuple[int, ...] = ()
     interposes: tuple[int, ...] = ()
+    prefetch: int = 0
+    early_during: tuple[str, ...] = ()
 
     def __post_init__(self):
+        if self.prefetch and (self.resident or not self.stream_readers):
+            raise ValueError("a prefetch needs stream readers of the engine's own and no resident ports")
+        if self.early_during and not self.prefetch:
+            raise ValueError("early_during needs a prefetch (the early job's stream readers)")
         for i in self.resident:
             if not (i < self.stream_readers and i < self.stream_writers):
                 raise ValueError(f"resident stream port w{i} must be one the engine reads and writes")

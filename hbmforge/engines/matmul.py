@@ -474,8 +474,11 @@ class MatmulFamily(EngineFamily):
     def channels(self, layout):
         # act: activations and split-K partials; scale: group scales (idle with scale_stream: inline);
         # rq: requant parameters and bias
+        # weight_prefetch: the weights stream during the VECTOR or ATTENTION before a MATMUL
+        prefetch = getattr(layout.mm, "weight_prefetch", 0)
         return Channels(data_readers=("act", "scale", "rq"), data_writer=True,
-                        stream_readers=layout.mm.weight_ports)
+                        stream_readers=layout.mm.weight_ports, prefetch=prefetch,
+                        early_during=("vector", "attention") if prefetch else ())
 
     def max_mac_inc(self, layout):
         return layout.matmul.macs_per_cycle

@@ -154,9 +154,8 @@ class Kernel(wiring.Component):
             else:
                 i = int(p.name[1:])
                 # below ``prefetch`` the prefetching engine has a reader of its own: "w" serves the others
-                others = i >= prefetch or any(e.signature.channels.stream_readers > i
-                                              for k, e in enumerate(engines) if k != pf_index)
-                readers = {"w": STREAM_READ_ID} if p.reads and others else {}
+                shared = _shared_readers(engines, i, pf_index, prefetch)
+                readers = {"w": STREAM_READ_ID} if p.reads and any(shared) else {}
                 if i < prefetch:
                     readers["pf"] = PREFETCH_READ_ID
                 port = AxiPort(readers=readers, writer="w" if p.writes else None, awid=WRITE_ID,
@@ -217,8 +216,7 @@ class Kernel(wiring.Component):
                 wiring.connect(m, port.rd_pf.data, pf_engine.w_data[i])
                 errors.append(port.rd_pf.error & (sel == pf_index))
             if "w" in port.readers:
-                readers = [e if e.signature.channels.stream_readers > i and (k != pf_index or i >= prefetch)
-                           else None for k, e in enumerate(engines)]
+                readers = _shared_readers(engines, i, pf_index, prefetch)
                 _select_into(m, sel, _members(readers, "w_cmd", i), port.rd_w.cmd)
                 _select_from(m, sel, port.rd_w.data, _members(readers, "w_data", i))
                 errors.append(port.rd_w.error)
@@ -283,6 +281,14 @@ def _prefetch_engine(lay: DesignLayout, engines) -> tuple[int, int, int]:
         return 0, 0, 0
     k = found[0]
     return k, engines[k].signature.channels.stream_readers, lay.channels(lay.families[k].kind).prefetch
+
+
+def _shared_readers(engines, i, pf_index, prefetch) -> list:
+    """Per engine, itself if it reads port ``w<i>`` through the port's shared reader ("w", following
+    ``active``), else None: every engine that reads the port, but the prefetching one below
+    ``prefetch`` (it has a reader of its own there)."""
+    return [e if e.signature.channels.stream_readers > i and (k != pf_index or i >= prefetch) else None
+            for k, e in enumerate(engines)]
 
 
 def _connect_resident(m, sel, engines, owner, i, port) -> list:

@@ -212,7 +212,8 @@ class AttentionEngine(wiring.Component):
         with m.If(self.done.valid & self.done.ready):
             m.d.sync += busy.eq(0)
         m.d.comb += self.busy.eq(busy)
-        m.d.comb += self.stall.eq(busy & ~sc.fire & ~vu.fire)
+        # stall registered (one cycle late, the same count): the fire decisions stay out of the kernel's counter
+        m.d.sync += self.stall.eq(busy & ~sc.fire & ~vu.fire)
         e = Signal(range(geom.lanes + 1))       # head dims one value word of the job's format carries
         m.d.comb += e.eq(geom.select_format(seq.bits4, int4=geom.int4_lanes, int8=geom.int8_lanes))
         inc_k = Mux(sc.fire, sc.rows * e, 0)

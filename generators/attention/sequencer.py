@@ -204,10 +204,14 @@ class Sequencer(wiring.Component):
                 m.d.comb += [kbase[r].eq(job["k_pool"]), vbase[r].eq(job["v_pool"])]
 
         count = Signal(2)
+        # job.ready from a flip-flop kept with the IDLE state (not a decode of the binary state):
+        # the command processor's dispatch decision reads it
+        idle_ff = Signal(init=1)
+        m.d.comb += self.job.ready.eq(idle_ff)
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
+                    m.d.sync += idle_ff.eq(0)
                     m.d.sync += [v.eq(getattr(self.job.payload, n)) for n, v in job.items()]
                     if geom.head_parallel:
                         m.d.sync += hp.eq(self.job.payload.kv_layout == KV_HEAD_PARALLEL)
@@ -311,6 +315,7 @@ class Sequencer(wiring.Component):
             with m.State("WAIT"):
                 m.d.comb += self.gen_done.eq(1)
                 with m.If(self.idle):
+                    m.d.sync += idle_ff.eq(1)
                     m.next = "IDLE"
 
         # -- join with the block table; page addresses; K/V commands and segment records -------

@@ -281,8 +281,10 @@ class MatmulEngine(wiring.Component):
                          f_tag.out.odd.bias.eq(params.rd_bias_odd)]
         # counters: a fire multiplies ``rows_valid`` rows by ``lanes`` weights; a busy cycle
         # without a fire is a stall (waiting for weights, activations, parameters or credit)
-        # (mac_inc registered: one cycle late, the same total; not the fire condition into the kernel's sum)
-        m.d.comb += [self.busy.eq(seq.busy), self.stall.eq(seq.busy & ~sched.fire)]
+        # (stall and mac_inc registered: one cycle late, the same totals; not the fire condition into
+        # the kernel's counters)
+        m.d.comb += self.busy.eq(seq.busy)
+        m.d.sync += self.stall.eq(seq.busy & ~sched.fire)
         m.d.sync += self.mac_inc.eq(Mux(sched.fire, sched.rows_valid * L, 0))
 
         # -- datapath -----------------------------------------------------------------------

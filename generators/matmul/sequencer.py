@@ -507,15 +507,21 @@ class JobSequencer(wiring.Component):
         issued = Signal(32)
         o_last_slice = o_s == slices_m1
         o_nblk_m1 = Mux(o_last_q, c_last_m1, blk_m1)
-        m.d.comb += self.out_cmd.valid.eq(running & o_active)
+        # the output command is a register formed from the loop state of the cycle before (the
+        # segment address is a three-term 64-bit sum): valid only when that state was current
+        # (``o_fresh``: no command taken in that cycle, and not the first cycle of the job), one
+        # idle cycle after each command
+        o_cmd = Signal.like(self.out_cmd.payload)
+        o_fresh = Signal()
+        m.d.sync += o_fresh.eq(~(self.out_cmd.valid & self.out_cmd.ready))
+        m.d.comb += [self.out_cmd.valid.eq(running & o_active & o_fresh), self.out_cmd.payload.eq(o_cmd)]
         with m.If(~o_last_slice):
-            m.d.comb += [self.out_cmd.payload.addr.eq(o_p_addr),
-                         self.out_cmd.payload.bytes.eq(Mux(o_last_q, plast, pstride))]
+            m.d.sync += [o_cmd.addr.eq(o_p_addr), o_cmd.bytes.eq(Mux(o_last_q, plast, pstride))]
         with m.Elif(seg):
-            m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr + o_chunk + o_toff + o_boff),
-                         self.out_cmd.payload.bytes.eq(Mux(o_last_t, last_seg_bytes, seg_full))]
+            m.d.sync += [o_cmd.addr.eq(job.y_addr + o_chunk + o_toff + o_boff),
+                         o_cmd.bytes.eq(Mux(o_last_t, last_seg_bytes, seg_full))]
         with m.Else():
-            m.d.comb += [self.out_cmd.payload.addr.eq(job.y_addr), self.out_cmd.payload.bytes.eq(o_total)]
+            m.d.sync += [o_cmd.addr.eq(job.y_addr), o_cmd.bytes.eq(o_total)]
         with m.If(self.out_cmd.valid & self.out_cmd.ready):
             m.d.sync += issued.eq(issued + 1)
 
@@ -548,13 +554,17 @@ class JobSequencer(wiring.Component):
         # -- job state -----------------------------------------------------------------------
         count = Signal(range(SETUP_CYCLES + 1))
         error = Signal()
+        # job.ready from a flip-flop kept with the IDLE state (not a decode of the binary state):
+        # the command processor's dispatch decision reads it
+        idle_ff = Signal(init=1)
+        m.d.comb += self.job.ready.eq(idle_ff)
         m.d.comb += self.out_done.ready.eq(1)
         with m.If(self.out_done.valid):
             m.d.sync += [dones.eq(dones + 1), error.eq(error | self.out_done.payload.error)]
         with m.FSM():
             with m.State("IDLE"):
-                m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
+                    m.d.sync += idle_ff.eq(0)
                     jp = self.job.payload
                     m.d.sync += [job.load(jp), count.eq(0),
                                  pair.eq(self._pair_job(jp.wbits) & ~jp.n[0]),
@@ -578,7 +588,8 @@ class JobSequencer(wiring.Component):
                                  o_s.eq(0), o_q.eq(0), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0),
                                  o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_b.eq(0), o_active.eq(1),
                                  o_chunk.eq(0),
-                                 o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0)]
+                                 o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0),
+                                 o_fresh.eq(0)]
                     m.d.sync += resets
                     m.d.sync += running.eq(1)
                     m.next = "RUN"
@@ -590,5 +601,6 @@ class JobSequencer(wiring.Component):
             with m.State("DONE"):
                 m.d.comb += [self.done.valid.eq(1), self.done.payload.error.eq(error), self.busy.eq(1)]
                 with m.If(self.done.ready):
+                    m.d.sync += idle_ff.eq(1)
                     m.next = "IDLE"
         return m

@@ -34,9 +34,12 @@ __all__ = ["CommandProcessor"]
 
 
 class _Factor(ValueCastable):
-    """A check operand from ``ops.low()``: the product of two is a register (its own pipeline
-    stage, e.g. the attention check's 11 x 11 ``kv_heads x q_per_kv``); every other operator acts
-    on the value itself."""
+    """A check operand (a descriptor field, or ``ops.low()`` of one): the product of two is a
+    register (its own pipeline stage, e.g. the attention check's 11 x 11 ``kv_heads x
+    q_per_kv``), and so are the sum of two (the vector check's ``pos0 + m``) and the magnitude
+    compare of two (the attention check's 64-bit ``n_q > ctx_len``), whose carry chains would
+    otherwise share a cycle with the rest of the check; every other operator acts on the value
+    itself. The registers are loaded in EVAL, the check's verdict in VERDICT, as before."""
 
     def __init__(self, m: Module, value):
         self._m, self._v = m, Value.cast(value)
@@ -55,6 +58,31 @@ class _Factor(ValueCastable):
 
     __rmul__ = __mul__
 
+    def __add__(self, other):
+        if not isinstance(other, _Factor):
+            return self._v + other
+        total = self._v + other._v
+        reg = Signal(total.shape(), name="check_sum")
+        self._m.d.sync += reg.eq(total)
+        return reg
+
+    __radd__ = __add__
+
+    def _registered_compare(name):
+        def op(self, other):
+            result = getattr(self._v, name)(other._v if isinstance(other, _Factor) else other)
+            if not isinstance(other, _Factor):
+                return result
+            reg = Signal(name="check_compare")      # two fields: a wide magnitude compare
+            self._m.d.sync += reg.eq(result)
+            return reg
+        op.__name__ = name
+        return op
+
+    __lt__, __le__ = _registered_compare("__lt__"), _registered_compare("__le__")
+    __gt__, __ge__ = _registered_compare("__gt__"), _registered_compare("__ge__")
+    del _registered_compare
+
 
 def _delegate(name):
     def op(self, *args):
@@ -63,9 +91,9 @@ def _delegate(name):
     return op
 
 
-for _name in ("__add__", "__radd__", "__sub__", "__rsub__", "__lshift__", "__rlshift__", "__rshift__",
+for _name in ("__sub__", "__rsub__", "__lshift__", "__rlshift__", "__rshift__",
               "__rrshift__", "__and__", "__rand__", "__or__", "__ror__", "__xor__", "__rxor__", "__eq__",
-              "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__getitem__", "__invert__", "__neg__",
+              "__ne__", "__getitem__", "__invert__", "__neg__",
               "__len__", "bool", "any", "all"):
     setattr(_Factor, _name, _delegate(_name))
 
@@ -243,9 +271,10 @@ class CommandProcessor(wiring.Component):
                 is_op = Signal(name=f"{tag}_is_op")
                 m.d.sync += is_op.eq(op == opcode)
                 op_code = Signal(ErrorCode, name=f"{tag}_code")
+                check_fields = {name: _Factor(m, v) for name, v in slots(opcode).items()}
                 for i, check in reversed(list(enumerate(lay.checks(opcode)))):   # the first check wins
                     fails = Signal(name=f"{tag}_fails{i}")
-                    m.d.sync += fails.eq(RtlOps._bit(check.fails(slots(opcode), ops)))
+                    m.d.sync += fails.eq(RtlOps._bit(check.fails(check_fields, ops)))
                     with m.If(fails):
                         m.d.comb += op_code.eq(check.code)
                 with m.If(is_op):

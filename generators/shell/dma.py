@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..axi import AXI4Signature, BURST_INCR, RESP_OKAY
+from ..counters import step_count
+from ..fifo import StepFIFO, StepFIFOBuffered
 from ..streams import JobDone, dma_command_stream, word_stream
 
 __all__ = ["BurstReader", "BurstWriter", "AXCACHE", "drive_idle_read", "drive_idle_write"]
@@ -88,12 +89,13 @@ class _BurstSplitter:
         to_page = Signal(range(page_words + 1))
         m.d.comb += to_page.eq(page_words - self.addr[self.shift:12])
         limit = min(max_burst_beats, page_words)
-        # min(left, limit, to_page), with ``limit`` a constant
-        bounded = Signal(range(limit + 1))
-        m.d.comb += bounded.eq(Mux(self.left < limit, self.left, limit))
+        # min(left, limit, to_page), with ``limit`` a constant: the three pairwise compares side by
+        # side, then one choice (not a compare after a min); ``last``: the min is ``left``
+        left_first = Signal()
+        m.d.comb += left_first.eq((self.left <= limit) & (self.left <= to_page))
         beats = Signal.like(self.beats)
-        m.d.comb += beats.eq(Mux(to_page < bounded, to_page, bounded))
-        m.d.sync += [self.beats.eq(beats), self.last.eq(self.left == beats), self.fresh.eq(~self._touch)]
+        m.d.comb += beats.eq(Mux(left_first, self.left, Mux(to_page < limit, to_page, limit)))
+        m.d.sync += [self.beats.eq(beats), self.last.eq(left_first), self.fresh.eq(~self._touch)]
 
     def load(self, addr, words):
         """Start a command: its first word's address and its length in words (sync)."""
@@ -111,14 +113,12 @@ class _BurstSplitter:
 URAM_FIFO_DEPTH = 2048
 
 
-class _ReadFifo(SyncFIFOBuffered):
-    """SyncFIFOBuffered whose storage carries ``ram_style = "ultra"`` when it is deep."""
-
-    def elaborate(self, platform):
-        m = super().elaborate(platform)
-        if self.depth > URAM_FIFO_DEPTH:
-            m.submodules.storage.attrs["ram_style"] = "ultra"
-        return m
+def _read_fifo(width: int, depth: int) -> StepFIFOBuffered:
+    """The reader's data FIFO; its storage carries ``ram_style = "ultra"`` when it is deep."""
+    fifo = StepFIFOBuffered(width=width, depth=depth)
+    if depth > URAM_FIFO_DEPTH:
+        fifo.storage_attrs["ram_style"] = "ultra"
+    return fifo
 
 
 class _BurstMover(wiring.Component):
@@ -196,7 +196,7 @@ class BurstReader(_BurstMover):
         # data FIFO: word + "came with an error response" bit. One entry more than the
         # credits: the inner memory then has a power-of-two depth (a whole BRAM, and no
         # address wrap compare, which Verilator evaluates markedly faster).
-        m.submodules.fifo = fifo = _ReadFifo(width=W + 1, depth=self._fifo_depth + 1)
+        m.submodules.fifo = fifo = _read_fifo(W + 1, self._fifo_depth + 1)
         free = Signal(range(self._fifo_depth + 1), init=self._fifo_depth)
         outstanding = Signal(range(self._max_outstanding + 1))
 
@@ -205,8 +205,13 @@ class BurstReader(_BurstMover):
         # issue only into an empty AR register: ARREADY (a module input) then reaches
         # nothing but ARVALID's clear, keeping the burst arithmetic off the port's input
         # path. At most one AR per two cycles, which full-rate R allows down to 2-beat bursts.
-        m.d.comb += issue.eq(active & ~ar_valid & sp.fresh & (free >= sp.beats)
-                             & (outstanding != self._max_outstanding))
+        # "the FIFO has room for the next burst" as a register formed only from a fresh burst length
+        # (as the writer's ``enough``): an issue sets ar_valid and makes the length stale, so the flag
+        # never runs ahead of ``free``, which only pops raise in between. One AR per three cycles at
+        # most, one cycle more per command; the compare is off the path into the counters.
+        room = Signal()
+        m.d.sync += room.eq(sp.fresh & (free >= sp.beats))
+        m.d.comb += issue.eq(active & ~ar_valid & sp.fresh & room & (outstanding != self._max_outstanding))
         m.d.comb += [
             bus.arvalid.eq(ar_valid), bus.arid.eq(self._id_value), bus.arsize.eq(sp.shift),
             bus.arburst.eq(BURST_INCR), bus.arlock.eq(0), bus.arcache.eq(AXCACHE),
@@ -233,10 +238,7 @@ class BurstReader(_BurstMover):
         ]
         burst_done = Signal()
         m.d.comb += burst_done.eq(beat & bus.rlast)
-        with m.If(issue & ~burst_done):
-            m.d.sync += outstanding.eq(outstanding + 1)
-        with m.Elif(~issue & burst_done):
-            m.d.sync += outstanding.eq(outstanding - 1)
+        step_count(m, outstanding, issue, burst_done)
 
         # consumer side
         pop = Signal()
@@ -246,7 +248,10 @@ class BurstReader(_BurstMover):
             fifo.r_en.eq(self.data.ready),
             pop.eq(fifo.r_rdy & self.data.ready),
         ]
-        m.d.sync += free.eq(free - Mux(issue, sp.beats, 0) + pop)
+        # a popped word's credit returns a cycle later: the consumer's ready (its routing and
+        # decisions) then ends at a flip-flop, not in the credit counter's carry chain
+        pop_r = Signal()
+        m.d.sync += [pop_r.eq(pop), free.eq(free - Mux(issue, sp.beats, 0) + pop_r)]
         with m.If(self.clear):
             m.d.sync += self.error.eq(0)
         with m.Elif(pop & fifo.r_data[W]):
@@ -286,10 +291,10 @@ class BurstWriter(_BurstMover):
         active = Signal()
 
         # per issued burst, in order: (last burst of its command, zero-byte command marker)
-        m.submodules.track = track = SyncFIFO(width=2, depth=self._max_outstanding)
+        m.submodules.track = track = StepFIFO(width=2, depth=self._max_outstanding)
         # per issued burst: awlen, consumed by the W sequencer
-        m.submodules.wlen = wlen = SyncFIFO(width=8, depth=self._max_outstanding)
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=W, depth=self._fifo_depth + 1)
+        m.submodules.wlen = wlen = StepFIFO(width=8, depth=self._max_outstanding)
+        m.submodules.fifo = fifo = StepFIFOBuffered(width=W, depth=self._fifo_depth + 1)
 
         # command intake
         words = self.cmd.payload.bytes[sp.shift:]

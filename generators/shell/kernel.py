@@ -226,7 +226,10 @@ class Kernel(wiring.Component):
                 _select_into(m, sel, _members(writers, "sw_data", i), port.wr_w.data)
                 _select_from(m, sel, port.wr_w.done, _members(writers, "sw_done", i))
                 errors.append(port.wr_w.error)
-        m.d.comb += cmdproc.data_error.eq(Cat(*errors).any())
+        # registered: the OR over every port's flags stays out of the command processor's decisions;
+        # a flag rises with the failed beat or response, at least two cycles before the command
+        # processor sees that job's done (the engine's done, the done record's register slice)
+        m.d.sync += cmdproc.data_error.eq(Cat(*errors).any())
 
         # -- engine-owned stream ports and registers ----------------------------------------
         for fam, engine in zip(lay.families, engines):

@@ -256,9 +256,12 @@ class VectorEngine(wiring.Component):
         words_m1 = Signal(range(DW + 1), name="tbl_words_m1")
         m.d.sync += words_m1.eq((j.dim >> LOGL) - 1)
         rcur = Array(en)[ri]
+        # r_run & rcur as a flip-flop (the port's FIFO level follows this ready): set with ri, from
+        # the next table's enable (registers) when the receiver advances
+        r_ready = Signal(name="tbl_rx_ready")
         take = Signal(name="tbl_take")
         r_adv = Signal(name="tbl_rx_adv")
-        m.d.comb += [dat.ready.eq(r_run & rcur), take.eq(dat.valid & dat.ready),
+        m.d.comb += [dat.ready.eq(r_ready), take.eq(dat.valid & dat.ready),
                      r_adv.eq(r_run & (~rcur | (take & (rw == words_m1))))]
         for k, (_, wp, _) in enumerate(mems):
             m.d.comb += [wp.addr.eq(rw), wp.data.eq(dat.payload), wp.en.eq(take & (ri == k))]
@@ -273,12 +276,12 @@ class VectorEngine(wiring.Component):
             for i in range(n_elem):
                 last = Mux(enabled[i], i, last)
             m.d.sync += [ri.eq(0), rw.eq(0), r_run.eq(1), tables_in.eq(0), last_elem.eq(last),
-                         elem_in.eq(~Cat(*enabled[:n_elem]).any()), avail.eq(0)]
+                         elem_in.eq(~Cat(*enabled[:n_elem]).any()), avail.eq(0), r_ready.eq(enabled[0])]
         with m.Else():
             with m.If(take):
                 m.d.sync += rw.eq(rw + 1)
             with m.If(r_adv):
-                m.d.sync += [rw.eq(0), ri.eq(ri + 1)]
+                m.d.sync += [rw.eq(0), ri.eq(ri + 1), r_ready.eq(Array(en + [Const(0, 1)])[ri + 1])]
                 with m.If(ri == last_elem):
                     m.d.sync += elem_in.eq(1)
                 with m.If(ri == n - 1):

@@ -74,7 +74,7 @@ class ShortFifoReader(CheckedBurstReader):
     """Its data FIFO holds fewer words than the credits it hands out."""
 
     def elaborate(self, platform):
-        with _patched("SyncFIFOBuffered", lambda orig: lambda *, width, depth: orig(width=width, depth=depth - 3)):
+        with _patched("StepFIFOBuffered", lambda orig: lambda *, width, depth: orig(width=width, depth=depth - 3)):
             return super().elaborate(platform)
 
 
@@ -85,7 +85,7 @@ class ShortLengthQueueWriter(CheckedBurstWriter):
     def elaborate(self, platform):
         def factory(orig):
             return lambda *, width, depth: orig(width=width, depth=max(0, depth - 2) if width == 8 else depth)
-        with _patched("SyncFIFO", factory):
+        with _patched("StepFIFO", factory):
             return super().elaborate(platform)
 
 

@@ -19,6 +19,7 @@ from amaranth.lib import wiring
 
 from ...engines.attention import attention_geometry
 from ...layout import DesignLayout
+from ..skid import slice_stream
 from .feed import KVFeed
 from .fifo import StreamFIFO
 from .geometry import DatapathGeometry
@@ -68,8 +69,10 @@ class AttentionEngine(wiring.Component):
         m.submodules.kcmd_q = kcq = StreamFIFO(kv_cmd_layout(cmd_rows), 2)
         m.submodules.vcmd_q = vcq = StreamFIFO(kv_cmd_layout(cmd_rows), 4)
         wiring.connect(m, wiring.flipped(self.job), seq.job)
-        wiring.connect(m, seq.act_cmd, wiring.flipped(self.act_cmd))
-        wiring.connect(m, seq.scale_cmd, wiring.flipped(self.scale_cmd))
+        # the data port's read commands through register slices: the sequencer's state decode and
+        # the kernel's routing into the port's command slice are separate register stages
+        slice_stream(m, "act_cmd_slice", seq.act_cmd, self.act_cmd)
+        slice_stream(m, "scale_cmd_slice", seq.scale_cmd, self.scale_cmd)
         wiring.connect(m, wiring.flipped(self.scale_data), seq.bt_data)
         wiring.connect(m, wiring.flipped(self.act_data), ql.data)
         wiring.connect(m, seq.qtile, qtq.i)

@@ -239,19 +239,23 @@ class ValueUnit(wiring.Component):
         rwait = Signal(range(Reciprocal.LATENCY + 1))     # cycles until the row's reciprocal is out
         with m.If(owait != 0):
             m.d.sync += owait.eq(owait - 1)
+        # rwait == 0 as a flip-flop beside the counter: the row's output command (into the data
+        # port's writer) starts at a register, not at the counter's compare
+        rwait_zero = Signal(init=1)
         with m.If(rwait != 0):
-            m.d.sync += rwait.eq(rwait - 1)
+            m.d.sync += [rwait.eq(rwait - 1), rwait_zero.eq(rwait == 1)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(hold & self.tile.valid & ~self.updating):
-                    m.d.sync += [row.eq(0), rwait.eq(Reciprocal.LATENCY)]
+                    m.d.sync += [row.eq(0), rwait.eq(Reciprocal.LATENCY),
+                                 rwait_zero.eq(Reciprocal.LATENCY == 0)]
                     m.next = "ROW"
             with m.State("ROW"):
                 with m.If(row == tile.nv):
                     m.d.comb += [self.tile.ready.eq(1), self.tile_done.eq(1)]
                     m.d.sync += hold.eq(0)
                     m.next = "IDLE"
-                with m.Elif(rwait == 0):
+                with m.Elif(rwait_zero):
                     # the row's command goes out with its reciprocal
                     m.d.comb += self.out_cmd.valid.eq(1)
                     with m.If(self.out_cmd.ready):
@@ -268,7 +272,8 @@ class ValueUnit(wiring.Component):
                     m.d.sync += [obuf.eq(obuf >> W), left.eq(left - 1)]
                     with m.If(left == 1):
                         with m.If(slot == slots - 1):
-                            m.d.sync += [row.eq(row + 1), rwait.eq(Reciprocal.LATENCY)]
+                            m.d.sync += [row.eq(row + 1), rwait.eq(Reciprocal.LATENCY),
+                                         rwait_zero.eq(Reciprocal.LATENCY == 0)]
                             m.next = "ROW"
                         with m.Elif(owait == 0):
                             # the next slot's outputs are ready: load them now (no SLOT cycle)

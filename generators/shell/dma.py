@@ -86,8 +86,11 @@ class _BurstSplitter:
         self.last = Signal()
         self.fresh = Signal()
         self._touch = Signal()
-        to_page = Signal(range(page_words + 1))
-        m.d.comb += to_page.eq(page_words - self.addr[self.shift:12])
+        # words from addr to the 4 KiB page's end: a register kept with addr (load: from the new
+        # address; advance: down by the burst, a full page after a burst that reached the end),
+        # so the burst compares below start at flip-flops, not behind a subtraction
+        self._page_words = page_words
+        self.to_page = to_page = Signal(range(page_words + 1), init=page_words)
         limit = min(max_burst_beats, page_words)
         # min(left, limit, to_page), with ``limit`` a constant: the three pairwise compares side by
         # side, then one choice (not a compare after a min); ``last``: the min is ``left``
@@ -100,12 +103,15 @@ class _BurstSplitter:
     def load(self, addr, words):
         """Start a command: its first word's address and its length in words (sync)."""
         self._m.d.comb += self._touch.eq(1)
-        self._m.d.sync += [self.addr.eq(addr), self.left.eq(words)]
+        self._m.d.sync += [self.addr.eq(addr), self.left.eq(words),
+                           self.to_page.eq(self._page_words - addr[self.shift:12])]
 
     def advance(self):
         """Step past the burst ``beats`` describes (sync; only while ``fresh``)."""
         self._m.d.comb += self._touch.eq(1)
-        self._m.d.sync += [self.addr.eq(self.addr + (self.beats << self.shift)), self.left.eq(self.left - self.beats)]
+        self._m.d.sync += [self.addr.eq(self.addr + (self.beats << self.shift)), self.left.eq(self.left - self.beats),
+                           self.to_page.eq(Mux(self.to_page == self.beats, self._page_words,
+                                               self.to_page - self.beats))]
 
 
 #: reader FIFOs deeper than this (a weight prefetch) ask for UltraRAM: a 4096 x 513-bit FIFO is 8

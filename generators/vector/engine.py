@@ -592,8 +592,13 @@ class VectorEngine(wiring.Component):
         m.d.comb += r_allowed.eq(busy & ~r_done & (~rx.block_item | (r_lead != 2)))
         rw = Signal(32)                      # word within the item
         take = Signal()
-        m.d.comb += [self.src_data.ready.eq(r_allowed & rx.en),
-                     take.eq(self.src_data.valid & self.src_data.ready)]
+        # the data port's words through a register slice: the kernel's routing (by the active
+        # engine) and the receiver's write decisions are separate register stages, and the
+        # port's FIFO never sees the receiver's ready logic (one cycle of latency)
+        m.submodules.src_slice = src = SkidBuffer(W)
+        m.d.comb += [src.i.valid.eq(self.src_data.valid), src.i.payload.eq(self.src_data.payload),
+                     self.src_data.ready.eq(src.i.ready)]
+        m.d.comb += [src.o.ready.eq(r_allowed & rx.en), take.eq(src.o.valid & src.o.ready)]
         # words left after this one, and whether it is the item's last: registers, as the flags
         rw_left = Signal(32)
         rw_last = Signal()
@@ -613,7 +618,7 @@ class VectorEngine(wiring.Component):
             m.d.sync += rw.eq(rw + 1)
         block_loaded = Signal()              # pulse: the receiver finished the current block
         m.d.comb += block_loaded.eq(rx_adv & rx.last & (~rx.row | (r_r + 1 >= rx.nv)))
-        word = self.src_data.payload
+        word = src.o.payload
 
         # -- state of the block pipeline -------------------------------------------------------
         # blocks the receiver has completed beyond blk (0..2): kept beside the two counters, as

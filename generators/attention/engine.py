@@ -73,7 +73,9 @@ class AttentionEngine(wiring.Component):
         # the kernel's routing into the port's command slice are separate register stages
         slice_stream(m, "act_cmd_slice", seq.act_cmd, self.act_cmd)
         slice_stream(m, "scale_cmd_slice", seq.scale_cmd, self.scale_cmd)
-        wiring.connect(m, wiring.flipped(self.scale_data), seq.bt_data)
+        # block-table words through a register slice too: the port's FIFO never sees the page
+        # join's ready logic (one cycle of latency per block-table word)
+        slice_stream(m, "bt_data_slice", self.scale_data, seq.bt_data)
         wiring.connect(m, wiring.flipped(self.act_data), ql.data)
         wiring.connect(m, seq.qtile, qtq.i)
         wiring.connect(m, qtq.o, ql.tile)

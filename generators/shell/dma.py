@@ -68,9 +68,10 @@ class _BurstSplitter:
     """Shared arithmetic: the next burst of a command, cut at max_burst and at 4 KiB.
 
     ``addr`` and ``left`` (words) are registers the caller changes only through :meth:`load` and
-    :meth:`advance`. ``beats`` (the length of the burst that starts at ``addr``) and ``last`` (it
-    is the command's last) are registers computed from them one cycle later, so the burst
-    arithmetic (two compares and a min) and the issue decision are two register stages;
+    :meth:`advance` (which keep ``to_page``, the words to the page's end, beside them). ``beats``
+    (the length of the burst that starts at ``addr``) and ``last`` (it is the command's last) are
+    registers computed from them one cycle later, so the burst arithmetic (three compares and a
+    choice) and the issue decision are two register stages;
     ``fresh`` says they belong to the current ``addr``/``left``. A mover issues at most one
     burst per two cycles anyway (into an empty AR/AW register), so the stage costs one cycle per
     command, not bandwidth.

@@ -319,17 +319,25 @@ def attention_terms(lay: DesignLayout) -> dict:
     out_lut = I8 * 6 * (acc + RECIP_X_BITS)
     fixed = 3000 + 4 * 64                                             # sequencer, FIFOs, completion
     lane_products = (R * L * LUT_Q_TIMES_K4 if lut_kv else 0) + (L * LUT_MANT_TIMES_V4 if lut_mv else 0)
-    lut = R * per_row + feeds + out_lut + fixed + lut_mem + lane_products
+    # register slices: the block-table words, the Q-record and block-table commands (96 bits each)
+    sl, sf = (a + 2 * b for a, b in zip(_slice(W), _slice(96)))
+    lut = R * per_row + feeds + out_lut + fixed + lut_mem + lane_products + sl
     # FFs: the accumulator ring, Q ring and records, the QK pipeline, per-row state; the output pipe
     ff_row = hd * acc + 8 * hd + qw * W + 24 * L + 2 * sb + 16 * Z_BITS + 4 * ctx + 150
     # + the PV unit's update pipeline (generators/attention/value.py): per lane the registered
     # probability x value product and the rescaled ring head; per row two probabilities and l
     ff_row += 2 * L * acc + 2 * (P_FRAC + 1) + lb
-    ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000 + L * 26   # + mantissa x value
+    ff = R * ff_row + I8 * 4 * (acc + RECIP_X_BITS) + 2 * (W + 200) + 3000 + L * 26 + sf  # + mantissa x value
     return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": bram}
 
 
 # -- the vector engine ------------------------------------------------------------------------------
+
+def _slice(width: int) -> tuple[int, int]:
+    """``(lut, ff)`` of a register slice (``generators/skid.py``) of ``width`` bits: a 2:1 mux and
+    two registers a bit."""
+    return width, 2 * width
+
 
 def _writer(width: int) -> tuple[int, int]:
     """``(lut, ff)`` of the shell's burst writer on a KV port beside the port's reader (its FIFO is
@@ -393,8 +401,9 @@ def vector_terms(lay: DesignLayout, *, writers: bool = True) -> dict:
     # engine's word select (one LUT per bit) and the shell's burst writer beside the port's reader.
     kv = g.kv_ports
     wl, wf = _writer(W) if writers else (0, 0)
-    lut = L * (5300 + 60 * acts) + wide * _LUT_QUANT_LANE + 5800 + lut_mem + kv * (W + wl)
-    ff = L * (2150 + 50 * acts) + wide * _FF_QUANT_LANE + 2900 + kv * wf
+    sl, sf = _slice(W)                                               # the operand words' register slice
+    lut = L * (5300 + 60 * acts) + wide * _LUT_QUANT_LANE + 5800 + lut_mem + kv * (W + wl) + sl
+    ff = L * (2150 + 50 * acts) + wide * _FF_QUANT_LANE + 2900 + kv * wf + sf
     return {"lut": lut, "ff": ff, "dsp": dsp, "bram36": bram}
 
 

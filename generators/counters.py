@@ -8,12 +8,28 @@ in parallel with the decision and the pulses pick one of three values: one LUT l
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux
+from amaranth.hdl import Module, Mux, Signal
 
-__all__ = ["step_count"]
+__all__ = ["step_count", "owned_step_count"]
 
 
 def step_count(m: Module, count, up, down) -> None:
     """``count`` becomes ``count + up - down`` next cycle (``up``/``down`` one-bit pulses)."""
     width = len(count)
     m.d.sync += count.eq(Mux(up == down, count, Mux(up, (count + 1)[:width], (count - 1)[:width])))
+
+
+def owned_step_count(m: Module, level, up, down) -> None:
+    """``level += up - down`` with ``level + 1`` and ``level - 1`` kept in registers of their own
+    (updated by the same selects): the handshakes choose among flip-flops. (``level ± 1`` formed
+    from ``level`` feed one multiplexer, and Yosys's ``opt_share`` merges them into one adder
+    whose operand the handshakes pick, putting them back in front of a carry chain, which
+    :func:`step_count` can suffer.) Only this helper may write ``level`` (no loads or clears
+    beside it); reset restores the three registers' consistent initial values."""
+    width = len(level)
+    plus = Signal(width, init=1, name=f"{level.name}_plus")
+    minus = Signal(width, init=(1 << width) - 1, name=f"{level.name}_minus")
+    with m.If(up & ~down):
+        m.d.sync += [level.eq(plus), plus.eq(plus + 1), minus.eq(level)]
+    with m.Elif(down & ~up):
+        m.d.sync += [level.eq(minus), plus.eq(level), minus.eq(minus - 1)]

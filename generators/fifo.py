@@ -13,24 +13,10 @@ from __future__ import annotations
 from amaranth.hdl import Elaboratable, Module, Mux, Signal
 from amaranth.lib.memory import Memory
 
+from .counters import owned_step_count
 from .params import require_positive_ints
 
 __all__ = ["StepFIFO", "StepFIFOBuffered"]
-
-
-def _level_counter(m: Module, level, up, down) -> None:
-    """``level += up - down`` with ``level + 1`` and ``level - 1`` kept in registers of their own
-    (updated by the same selects): the handshakes choose among flip-flops. (``level ± 1`` formed
-    from ``level`` feed one multiplexer, and Yosys's ``opt_share`` merges them into one adder
-    whose operand the handshakes pick, putting them back in front of a carry chain.) Only this
-    FIFO writes ``level``; reset restores the three registers' consistent initial values."""
-    width = len(level)
-    plus = Signal(width, init=1, name=f"{level.name}_plus")
-    minus = Signal(width, init=(1 << width) - 1, name=f"{level.name}_minus")
-    with m.If(up & ~down):
-        m.d.sync += [level.eq(plus), plus.eq(plus + 1), minus.eq(level)]
-    with m.Elif(down & ~up):
-        m.d.sync += [level.eq(minus), plus.eq(level), minus.eq(minus - 1)]
 
 
 class _FIFOPorts(Elaboratable):
@@ -84,7 +70,7 @@ class StepFIFO(_FIFOPorts):
                      r_port.addr.eq(consume), self.r_data.eq(r_port.data)]
         self._pointer(m, produce, do_write, depth)
         self._pointer(m, consume, do_read, depth)
-        _level_counter(m, self.level, do_write, do_read)
+        owned_step_count(m, self.level, do_write, do_read)
         return m
 
 
@@ -116,7 +102,7 @@ class StepFIFOBuffered(_FIFOPorts):
                      r_port.addr.eq(consume), r_port.en.eq(do_inner_read), self.r_data.eq(r_port.data)]
         self._pointer(m, produce, do_write, inner_depth)
         self._pointer(m, consume, do_inner_read, inner_depth)
-        _level_counter(m, inner_level, do_write, do_inner_read)
+        owned_step_count(m, inner_level, do_write, do_inner_read)
         with m.If(do_inner_read):
             m.d.sync += self.r_rdy.eq(1)
         with m.Elif(self.r_en):

@@ -50,38 +50,30 @@ class _Factor(ValueCastable):
     def as_value(self):
         return self._v
 
-    def __mul__(self, other):
-        prod = self._v * Value.cast(other)
-        reg = Signal(prod.shape(), name="check_product")
-        self._m.d.sync += reg.eq(prod)
+    def _registered(self, value, name: str) -> Signal:
+        reg = Signal(Value.cast(value).shape(), name=name)
+        self._m.d.sync += reg.eq(value)
         return reg
+
+    def __mul__(self, other):
+        return self._registered(self._v * Value.cast(other), "check_product")
 
     __rmul__ = __mul__
 
-    def __add__(self, other):
+
+def _of_two_fields(op_name: str, reg_name: str):
+    """``_Factor`` operator ``op_name``: registered when both operands are ``_Factor``s."""
+    def op(self, other):
         if not isinstance(other, _Factor):
-            return self._v + other
-        total = self._v + other._v
-        reg = Signal(total.shape(), name="check_sum")
-        self._m.d.sync += reg.eq(total)
-        return reg
+            return getattr(self._v, op_name)(other)
+        return self._registered(getattr(self._v, op_name)(other._v), reg_name)
+    op.__name__ = op_name
+    return op
 
-    __radd__ = __add__
 
-    def _registered_compare(name):
-        def op(self, other):
-            result = getattr(self._v, name)(other._v if isinstance(other, _Factor) else other)
-            if not isinstance(other, _Factor):
-                return result
-            reg = Signal(name="check_compare")      # two fields: a wide magnitude compare
-            self._m.d.sync += reg.eq(result)
-            return reg
-        op.__name__ = name
-        return op
-
-    __lt__, __le__ = _registered_compare("__lt__"), _registered_compare("__le__")
-    __gt__, __ge__ = _registered_compare("__gt__"), _registered_compare("__ge__")
-    del _registered_compare
+_Factor.__add__ = _Factor.__radd__ = _of_two_fields("__add__", "check_sum")
+for _name in ("__lt__", "__le__", "__gt__", "__ge__"):     # a wide magnitude compare
+    setattr(_Factor, _name, _of_two_fields(_name, "check_compare"))
 
 
 def _delegate(name):

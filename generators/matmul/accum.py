@@ -97,7 +97,9 @@ class GroupAccumulator(wiring.Component):
         # A: group partials (accumulated over fires when a group spans several).
         a_valid = Signal()
         m.d.sync += a_valid.eq(self.valid & self.grp_last)
-        a_scales = delay(m, self.scales, 1, name="a_scales", reset_less=True)
+        # with a reset, so Yosys does not fold this register into the tag's shift register (an SRL's
+        # clock-to-out before the scale multiplier's unregistered input would not fit one cycle)
+        a_scales = delay(m, self.scales, 1, name="a_scales")
         a_first = delay(m, self.col_first, 1, name="a_col_first")
         a_last = delay(m, self.col_last, 1, name="a_col_last")
         a_tag = delay(m, self.tag, 1, name="a_tag", reset_less=True)

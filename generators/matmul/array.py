@@ -31,11 +31,11 @@ __all__ = ["MacArray", "product", "pair_product", "wrap_tree", "LANE_FORMATS", "
 
 
 def array_latency(*, lanes: int, group_size: int, levels_per_stage: int, pairs: bool = False) -> int:
-    """:attr:`MacArray.latency` from its parameters: the fire and product registers, the tree
-    stages, and the activation select of the pair fire."""
+    """:attr:`MacArray.latency` from its parameters: the fire register, the activation register
+    (the pair fire's select), the product register and the tree stages."""
     span = min(lanes, group_size) // (2 if pairs else 1)
     tree_levels = span.bit_length() - 1
-    return 2 + int(pairs) + (-(-tree_levels // levels_per_stage) if tree_levels else 0)
+    return 3 + (-(-tree_levels // levels_per_stage) if tree_levels else 0)
 
 LANE_FORMATS = ("int", "int4", "int2", "ternary")
 
@@ -324,9 +324,13 @@ class MacArray(wiring.Component):
                 code = [delay(m, c, 1, name=f"wc{l}_x", reset_less=True) for l, c in enumerate(code)]
                 dense = delay(m, dense, 2, name="dense_x", reset_less=True)
             x = xs
-            wt = [delay(m, w, 1, name=f"wt{l}_x", reset_less=True) for l, w in enumerate(wt)]
-            if not folded:
-                we = wt
+        else:
+            # the activations from the buffer's block RAM go into a register before the products
+            # (a RAM's clock-to-out plus a multiplier does not fit one 300 MHz cycle)
+            x = [[delay(m, x[r][l], 1, name=f"xr{r}_{l}", reset_less=True) for l in range(L)] for r in range(R)]
+        wt = [delay(m, w, 1, name=f"wt{l}_x", reset_less=True) for l, w in enumerate(wt)]
+        if not folded:
+            we = wt
 
         # Products (x + 128) * w mod 2^sb; the weight sum starts one stage earlier (from the
         # fire register) and its root is delayed to line up with the product trees.
@@ -354,7 +358,7 @@ class MacArray(wiring.Component):
                     m.d.sync += p.eq(v)
                     prods.append(p)
                 root, stages = wrap_tree(m, prods, bits=sb, levels_per_stage=lps, name=f"t{r}_{j}")
-                assert 2 + int(self._pairs) + stages == self._latency
+                assert 3 + stages == self._latency
                 total = root + wsum if folded else root - (wsum << 7)
                 m.d.comb += self.sums[r][j].eq(total[:sb])
 

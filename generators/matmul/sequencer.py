@@ -36,7 +36,7 @@ from .signature import matmul_job_layout
 
 __all__ = ["JobSequencer", "ceil_div_const", "act_route_layout", "SETUP_CYCLES"]
 
-SETUP_CYCLES = 24          # the setup's longest register chain (products take 3-4 registers each)
+SETUP_CYCLES = 24          # the setup's longest register chain + margin (tests/gateware/test_matmul_setup.py)
 
 
 def ceil_div_const(value, divisor: int, value_bits: int):
@@ -210,6 +210,10 @@ class JobSequencer(wiring.Component):
         seg_ok = Signal()
         c_log = Signal(range(depth_log + 1))
         chunks = Signal(33)
+        blk_sum = Signal(34)                 # blocks + 2^c_log - 1
+        one_chunk = Signal()                 # chunks == 1
+        nreb_chunk = Signal(64)              # a chunk's output bytes per column: nReb << c_log
+        c_last_off = Signal(33)              # the last chunk's first block: (chunks - 1) << c_log
         c_last = Signal(range(geom.act_depth + 1))
         # the loop bounds minus one (registered with the bounds): the loop ends are equalities
         # against registers, not a subtraction feeding a 33-bit compare
@@ -267,7 +271,7 @@ class JobSequencer(wiring.Component):
             ok_tile = Mux(pair, Mux(int8, (2 * T * R) % B == 0, (2 * T * R * 4) % B == 0),
                           Mux(int8, (T * R) % B == 0, (T * R * 4) % B == 0))
             last_true = Mux(pair, last_cols << 1, last_cols)
-            m.d.sync += [
+            setup_regs = [
                 slices.eq(slices_q),
                 slices_m1.eq(slices_q - 1),
                 slices_m2.eq(slices_q - 2),
@@ -285,11 +289,16 @@ class JobSequencer(wiring.Component):
                 nReb.eq(Mux(int8, nR, nR << 2)),
                 seg_ok.eq(((nReb & (B - 1)) == 0) & ok_tile),
                 c_log.eq(Mux(((tiles > 1) & ~seg_ok) | (blocks == 1) if not geom.tlmm else 1, 0, slots_log)),
-                chunks.eq((blocks + (1 << c_log) - 1) >> c_log),
-                chunks_m1.eq(((blocks + (1 << c_log) - 1) >> c_log) - 1),
-                c_last.eq(blocks - (chunks_m1 << c_log)),
-                c_last_m1.eq(blocks - (chunks_m1 << c_log) - 1),
+                # chunks = ceil(blocks / 2^c_log) and the last chunk's blocks, one operation a register
                 blk_m1.eq((1 << c_log) - 1),
+                blk_sum.eq(blocks + blk_m1),
+                chunks.eq(blk_sum >> c_log),
+                chunks_m1.eq(chunks - 1),
+                c_last_off.eq(chunks_m1 << c_log),
+                c_last.eq(blocks - c_last_off),
+                c_last_m1.eq(c_last - 1),
+                one_chunk.eq(chunks_m1 == 0),
+                nreb_chunk.eq(nReb << c_log),
                 c_rows.eq(R << c_log),
                 k_r.eq(job.k * R),
                 k_chunk.eq((job.k * R) << c_log),
@@ -310,6 +319,9 @@ class JobSequencer(wiring.Component):
                 rq_b_last.eq(round_words(last_true << 2)),
                 rq_q_last.eq(round_words(last_true << 3)),
             ]
+            m.d.sync += setup_regs
+        # what SETUP computes, for the test that SETUP_CYCLES lets every register settle
+        self.setup_registers = tuple(st.lhs for st in setup_regs)
         tile_cols = Mux(pair, 2 * T, T)
         seg_full = Mux(int8, tile_cols * R, tile_cols * R * 4)
 
@@ -318,11 +330,12 @@ class JobSequencer(wiring.Component):
 
         # -- pass records ---------------------------------------------------------------------
         ps = Signal(8)
-        pq = Signal(33)
+        p_first = Signal()                   # ps == 0
+        p_last_slice = Signal()              # ps == slices - 1
+        p_q_left = Signal(33)                # chunks after this one
+        p_last_chunk = Signal()
         p_rows_left = Signal(33)
         p_active = Signal()
-        p_last_slice = ps == slices_m1
-        p_last_chunk = pq == chunks_m1
         outs = (self.pass_fill, self.pass_load, self.pass_param, self.pass_fire)
         all_ready = Signal()
         m.d.comb += all_ready.eq(self.pass_fill.ready & self.pass_load.ready & self.pass_param.ready
@@ -333,14 +346,16 @@ class JobSequencer(wiring.Component):
                          rec.kc.eq(Mux(p_last_slice, kc_last, kc_full)),
                          rec.nblk.eq(Mux(p_last_chunk, c_last, 1 << c_log)),
                          rec.rows.eq(Mux(p_rows_left < c_rows, p_rows_left, c_rows)),
-                         rec.first.eq(ps == 0), rec.last.eq(p_last_slice), rec.final.eq(p_last_slice & p_last_chunk)]
+                         rec.first.eq(p_first), rec.last.eq(p_last_slice), rec.final.eq(p_last_slice & p_last_chunk)]
         with m.If(self.pass_fire.valid & all_ready):
             with m.If(p_last_chunk):
-                m.d.sync += [pq.eq(0), ps.eq(ps + 1), p_rows_left.eq(job.m)]
+                m.d.sync += [p_q_left.eq(chunks_m1), p_last_chunk.eq(one_chunk), ps.eq(ps + 1), p_first.eq(0),
+                             p_last_slice.eq(ps == slices_m2), p_rows_left.eq(job.m)]
                 with m.If(p_last_slice):
                     m.d.sync += p_active.eq(0)
             with m.Else():
-                m.d.sync += [pq.eq(pq + 1), p_rows_left.eq(p_rows_left - c_rows)]
+                m.d.sync += [p_q_left.eq(p_q_left - 1), p_last_chunk.eq(p_q_left == 1),
+                             p_rows_left.eq(p_rows_left - c_rows)]
 
         # -- activations and partial sums ----------------------------------------------------
         a_s = Signal(8)
@@ -407,38 +422,51 @@ class JobSequencer(wiring.Component):
                         m.d.sync += a_partial.eq(1)
                     with m.Else():
                         m.d.comb += a_next_pass.eq(1)
+        # the next pass's row address, slice offset and rows, registered ahead (they change only
+        # at a pass change, and after one no command goes for a cycle, so these are current at the
+        # next): one adder per path
+        a_row_next, a_koff_next = Signal(64), Signal(32)
+        a_after_rows, m_rows = Signal(33), Signal(33)
+        m.d.sync += [a_row_next.eq(a_chunk_row + k_chunk), a_koff_next.eq(a_koff + ks_full),
+                     a_after_rows.eq(Mux(a_m_after < c_rows, a_m_after, c_rows)),
+                     m_rows.eq(Mux(job.m < c_rows, job.m, c_rows))]
         with m.If(a_next_pass):
             # next pass: the next chunk of this slice, or the first chunk of the next slice
             last_q = a_last_q
-            nxt_row = Mux(last_q, job.x_addr, a_chunk_row + k_chunk)
-            nxt_koff = Mux(last_q, a_koff + ks_full, a_koff)
-            left = Mux(last_q, job.m, a_m_after)
+            nxt_row = Mux(last_q, job.x_addr, a_row_next)
+            nxt_koff = Mux(last_q, a_koff_next, a_koff)
             m.d.sync += [a_q.eq(Mux(last_q, 0, a_q + 1)), a_s.eq(Mux(last_q, a_s + 1, a_s)),
                          a_q_left.eq(Mux(last_q, chunks_m1, a_q_left - 1)),
-                         a_last_q.eq(Mux(last_q, chunks_m1 == 0, a_q_left == 1)),
+                         a_last_q.eq(Mux(last_q, one_chunk, a_q_left == 1)),
                          a_m_after.eq(Mux(last_q, job.m, a_m_after) - c_rows),
                          a_p_addr.eq(Mux(last_q, job.p_addr, a_p_addr + pstride)),
                          a_chunk_row.eq(nxt_row), a_koff.eq(nxt_koff), a_addr.eq(nxt_row + nxt_koff),
-                         a_rows_left.eq(Mux(left < c_rows, left, c_rows))]
+                         a_rows_left.eq(Mux(last_q, m_rows, a_after_rows))]
             with m.If(last_q & (a_s == slices_m1)):
                 m.d.sync += a_active.eq(0)
 
         # -- weights and scales: the slice's stream once per pass --------------------------------
         def slice_stream(port, base, full_bytes, last_bytes, name):
+            # the slice and chunk loop ends as registered flags (a slice counter and a down-counter
+            # of the chunks after this one), not compares against the loop bounds
             s_ = Signal(8, name=f"{name}_s")
-            q_ = Signal(33, name=f"{name}_q")
+            last_s = Signal(name=f"{name}_last_s")
+            q_left = Signal(33, name=f"{name}_q_left")
+            last_q = Signal(name=f"{name}_last_q")
             off = Signal(64, name=f"{name}_off")
             act = Signal(name=f"{name}_active")
             m.d.comb += [port.valid.eq(running & act), port.payload.addr.eq(base + off),
-                         port.payload.bytes.eq(Mux(s_ == slices_m1, last_bytes, full_bytes))]
+                         port.payload.bytes.eq(Mux(last_s, last_bytes, full_bytes))]
             with m.If(port.valid & port.ready):
-                with m.If(q_ == chunks_m1):
-                    m.d.sync += [q_.eq(0), s_.eq(s_ + 1), off.eq(off + full_bytes)]
-                    with m.If(s_ == slices_m1):
+                with m.If(last_q):
+                    m.d.sync += [q_left.eq(chunks_m1), last_q.eq(one_chunk), s_.eq(s_ + 1),
+                                 last_s.eq(s_ == slices_m2), off.eq(off + full_bytes)]
+                    with m.If(last_s):
                         m.d.sync += act.eq(0)
                 with m.Else():
-                    m.d.sync += q_.eq(q_ + 1)
-            return [s_.eq(0), q_.eq(0), off.eq(0), act.eq(1)]
+                    m.d.sync += [q_left.eq(q_left - 1), last_q.eq(q_left == 1)]
+            return [s_.eq(0), last_s.eq(one_slice), q_left.eq(chunks_m1), last_q.eq(one_chunk), off.eq(0),
+                    act.eq(1)]
 
         resets = []
         for i in range(P):
@@ -480,7 +508,7 @@ class JobSequencer(wiring.Component):
                 with m.If(r_last_t | ~(need_q | need_b)):
                     m.d.sync += r_first_tile
                     with m.If(r_last_q):
-                        m.d.sync += [r_q_left.eq(chunks_m1), r_last_q.eq(chunks_m1 == 0), r_s.eq(r_s + 1),
+                        m.d.sync += [r_q_left.eq(chunks_m1), r_last_q.eq(one_chunk), r_s.eq(r_s + 1),
                                      r_first_s.eq(0), r_last_s.eq(r_s == slices_m2)]
                         with m.If(r_last_s):
                             m.d.sync += r_active.eq(0)
@@ -505,7 +533,7 @@ class JobSequencer(wiring.Component):
         o_toff = Signal(64)
         o_boff = Signal(64)
         issued = Signal(32)
-        o_last_slice = o_s == slices_m1
+        o_last_slice = Signal()              # o_s == slices - 1
         o_nblk_m1 = Mux(o_last_q, c_last_m1, blk_m1)
         # the output command is a register formed from the loop state of the cycle before (the
         # segment address is a three-term 64-bit sum): valid only when that state was current
@@ -527,8 +555,8 @@ class JobSequencer(wiring.Component):
 
             def next_pass():
                 with m.If(o_last_q):
-                    m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0),
-                                 o_p_addr.eq(job.p_addr)]
+                    m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_last_slice.eq(o_s == slices_m2),
+                                 o_q_left.eq(chunks_m1), o_last_q.eq(one_chunk), o_p_addr.eq(job.p_addr)]
                     with m.If(o_last_slice):
                         m.d.sync += o_active.eq(0)
                 with m.Else():
@@ -544,7 +572,7 @@ class JobSequencer(wiring.Component):
                                  o_toff.eq(o_toff + seg_full)]
                     with m.If(o_last_t):
                         m.d.sync += [o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_toff.eq(0),
-                                     o_chunk.eq(o_chunk + (nReb << c_log))]
+                                     o_chunk.eq(o_chunk + nreb_chunk)]
                         next_pass()
                 with m.Else():
                     m.d.sync += o_b.eq(o_b + 1)
@@ -558,6 +586,13 @@ class JobSequencer(wiring.Component):
         # the command processor's dispatch decision reads it
         idle_ff = Signal(init=1)
         m.d.comb += self.job.ready.eq(idle_ff)
+        # the job's start and end decisions from flip-flops: SETUP's last cycle flagged a cycle
+        # ahead; every output acknowledged (no output left to issue, and dones == issued) a cycle
+        # late (the flag is clear in RUN's first cycle: o_active is set then)
+        start_next = Signal()
+        all_acked = Signal()
+        m.d.sync += [start_next.eq(setup & (count == SETUP_CYCLES - 2)),
+                     all_acked.eq(~o_active & (dones == issued))]
         m.d.comb += self.out_done.ready.eq(1)
         with m.If(self.out_done.valid):
             m.d.sync += [dones.eq(dones + 1), error.eq(error | self.out_done.payload.error)]
@@ -575,17 +610,19 @@ class JobSequencer(wiring.Component):
             with m.State("SETUP"):
                 m.d.comb += [setup.eq(1), self.busy.eq(1)]
                 m.d.sync += count.eq(count + 1)
-                with m.If(count == SETUP_CYCLES - 1):
+                with m.If(start_next):
                     m.d.comb += self.start.eq(1)
-                    m.d.sync += [ps.eq(0), pq.eq(0), p_rows_left.eq(job.m), p_active.eq(1),
+                    m.d.sync += [ps.eq(0), p_first.eq(1), p_last_slice.eq(one_slice), p_q_left.eq(chunks_m1),
+                                 p_last_chunk.eq(one_chunk), p_rows_left.eq(job.m), p_active.eq(1),
                                  a_s.eq(0), a_q.eq(0), a_active.eq(1), a_partial.eq(0),
-                                 a_q_left.eq(chunks_m1), a_last_q.eq(chunks_m1 == 0), a_m_after.eq(job.m - c_rows),
+                                 a_q_left.eq(chunks_m1), a_last_q.eq(one_chunk), a_m_after.eq(job.m - c_rows),
                                  a_p_addr.eq(job.p_addr), o_p_addr.eq(job.p_addr),
-                                 a_rows_left.eq(Mux(job.m < c_rows, job.m, c_rows)), a_chunk_row.eq(job.x_addr),
+                                 a_rows_left.eq(m_rows), a_chunk_row.eq(job.x_addr),
                                  a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0), a_wait.eq(1),
-                                 r_s.eq(0), r_first_s.eq(1), r_last_s.eq(slices_m1 == 0), r_q_left.eq(chunks_m1),
-                                 r_last_q.eq(chunks_m1 == 0), *r_first_tile, r_bias.eq(0), r_active.eq(1),
-                                 o_s.eq(0), o_q.eq(0), o_q_left.eq(chunks_m1), o_last_q.eq(chunks_m1 == 0),
+                                 r_s.eq(0), r_first_s.eq(1), r_last_s.eq(one_slice), r_q_left.eq(chunks_m1),
+                                 r_last_q.eq(one_chunk), *r_first_tile, r_bias.eq(0), r_active.eq(1),
+                                 o_s.eq(0), o_last_slice.eq(one_slice), o_q.eq(0), o_q_left.eq(chunks_m1),
+                                 o_last_q.eq(one_chunk),
                                  o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_b.eq(0), o_active.eq(1),
                                  o_chunk.eq(0),
                                  o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0),
@@ -595,7 +632,7 @@ class JobSequencer(wiring.Component):
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~o_active & (dones == issued)):
+                with m.If(~o_active & all_acked):
                     m.d.sync += running.eq(0)
                     m.next = "DONE"
             with m.State("DONE"):

@@ -19,13 +19,14 @@ def step_count(m: Module, count, up, down) -> None:
     m.d.sync += count.eq(Mux(up == down, count, Mux(up, (count + 1)[:width], (count - 1)[:width])))
 
 
-def owned_step_count(m: Module, level, up, down) -> None:
+def owned_step_count(m: Module, level, up, down) -> tuple:
     """``level += up - down`` with ``level + 1`` and ``level - 1`` kept in registers of their own
     (updated by the same selects): the handshakes choose among flip-flops. (``level ± 1`` formed
     from ``level`` feed one multiplexer, and Yosys's ``opt_share`` merges them into one adder
     whose operand the handshakes pick, putting them back in front of a carry chain, which
     :func:`step_count` can suffer.) Only this helper may write ``level`` (no loads or clears
-    beside it); reset restores the three registers' consistent initial values."""
+    beside it); reset restores the three registers' consistent initial values. Returns the
+    ``(level + 1, level - 1)`` registers (for a caller that needs them without an adder)."""
     width = len(level)
     plus = Signal(width, init=1, name=f"{level.name}_plus")
     minus = Signal(width, init=(1 << width) - 1, name=f"{level.name}_minus")
@@ -33,3 +34,4 @@ def owned_step_count(m: Module, level, up, down) -> None:
         m.d.sync += [level.eq(plus), plus.eq(plus + 1), minus.eq(level)]
     with m.Elif(down & ~up):
         m.d.sync += [level.eq(minus), plus.eq(level), minus.eq(minus - 1)]
+    return plus, minus

@@ -6,7 +6,8 @@ bytes (one line = the activations of one array fire). A row block takes one *slo
 power of two), so the ring holds ``2^slots_log = act_depth / stride`` blocks: more rows at
 smaller K. The fill side writes blocks in order into the next slot as soon as it is free; the
 compute side reads all ``R`` rows of one line per cycle and releases the oldest block when the
-last weight tile is done with it, so the next chunk loads while the current one finishes::
+last weight tile is done with it, so the next chunk loads while the current one finishes (the
+fill idles one cycle after each pass record and each block, to size the next block)::
 
     data words -> WidthAdapter -> lines -> bank[r][fill slot + line]      (pass records: kc, rows)
     rd_addr (cycle 0) -> register -> bank[*][rd_addr] -> rd_data (cycle 2, as x + 128)
@@ -76,29 +77,40 @@ class ActivationBuffer(wiring.Component):
 
         # -- fill side ----------------------------------------------------------------------
         have = Signal()                         # a pass record is being filled
-        kc = Signal.like(self.passes.payload.kc)
         rows_left = Signal(32)                  # rows of the pass not yet written
         row = Signal(range(max(R, 2)))
         line = Signal(range(geom.kc_max + 1))
         base = Signal(abits)                    # slot of the block being filled
+        kc_m1 = Signal.like(self.passes.payload.kc)          # the pass's lines per row - 1
+        # the block's rows (and minus one), and whether it is the pass's last, as registers set in
+        # the cycle after each change of rows_left (``settle``, in which nothing is taken: one idle
+        # cycle per block), so the fill's loop ends are compares of flip-flops
         block_rows = Signal(range(R + 1))
-        m.d.comb += block_rows.eq(Mux(rows_left < R, rows_left, R))
+        block_rows_m1 = Signal(range(R))
+        last_block = Signal()
+        settle = Signal()
+        m.d.sync += settle.eq(0)
+        with m.If(settle):
+            m.d.sync += [block_rows.eq(Mux(rows_left < R, rows_left, R)),
+                         block_rows_m1.eq(Mux(rows_left < R, rows_left - 1, R - 1)),
+                         last_block.eq(rows_left <= R)]
         slots = Signal(range(depth + 1))
-        m.d.comb += slots.eq(1 << self.slots_log)
+        slots_m1 = Signal(range(depth))
+        m.d.sync += [slots.eq(1 << self.slots_log), slots_m1.eq((1 << self.slots_log) - 1)]
 
         with m.If(~have):
             m.d.comb += self.passes.ready.eq(1)
             with m.If(self.passes.valid):
-                m.d.sync += [have.eq(1), kc.eq(self.passes.payload.kc), rows_left.eq(self.passes.payload.rows),
-                             row.eq(0), line.eq(0)]
+                m.d.sync += [have.eq(1), kc_m1.eq(self.passes.payload.kc - 1),
+                             rows_left.eq(self.passes.payload.rows), row.eq(0), line.eq(0), settle.eq(1)]
 
         # room for one more block (ahead < slots) as a registered flag: the fill's ready reaches the
         # data port through the partial-sum demultiplexer, so it must not start at a compare
         room = Signal(init=1)
-        m.d.comb += adapt.o.ready.eq(have & room)
+        m.d.comb += adapt.o.ready.eq(have & room & ~settle)
         take = adapt.o.valid & adapt.o.ready
-        row_end = line == kc - 1
-        block_end = row_end & (row == block_rows - 1)
+        row_end = line == kc_m1
+        block_end = row_end & (row == block_rows_m1)
         done_block = Signal()
         m.d.comb += done_block.eq(take & block_end)
 
@@ -122,12 +134,13 @@ class ActivationBuffer(wiring.Component):
             with m.If(row_end):
                 m.d.sync += row.eq(Mux(block_end, 0, row + 1))
             with m.If(block_end):
-                m.d.sync += [base.eq(base + (1 << self.stride_log)), rows_left.eq(rows_left - block_rows)]
-                with m.If(rows_left == block_rows):
+                m.d.sync += [base.eq(base + (1 << self.stride_log)), rows_left.eq(rows_left - block_rows),
+                             settle.eq(1)]
+                with m.If(last_block):
                     m.d.sync += have.eq(0)
         step_count(m, self.ahead, done_block, self.release)
         # room next cycle, by cases of this cycle's count (a finished block implies room now)
-        m.d.sync += room.eq(self.release | (self.ahead < slots - 1) | (~done_block & (self.ahead < slots)))
+        m.d.sync += room.eq(self.release | (self.ahead < slots_m1) | (~done_block & (self.ahead < slots)))
         with m.If(self.start):
             m.d.sync += [have.eq(0), base.eq(0), self.ahead.eq(0), room.eq(1)]
         return m

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 
 from ...layout import DesignLayout
 from ...mathutil import exact_log2
@@ -49,7 +48,8 @@ from .requant import OutputStage
 from .scheduler import OUT_RAW, FireScheduler
 from .sequencer import JobSequencer
 from .signature import matmul_signature
-from ..counters import step_count
+from ..counters import owned_step_count
+from ..fifo import StepFIFOBuffered
 from ..skid import SkidBuffer, slice_stream
 from .tlmm import TlmmArray, tlmm_array_latency
 from .unpack import WeightUnpacker
@@ -178,7 +178,7 @@ class MatmulEngine(wiring.Component):
             # end; w0's commands wait while the queue is full (the other ports' data waits for w0's)
             ratios = {int(c): geom.inline_ratio(int(c)) for c in geom.weight_codes}
             m.submodules.demux = demux = InlineScaleDemux(weight_ports=P, data_width=W, max_ratio=max(ratios.values()))
-            m.submodules.pass_words = pw = SyncFIFOBuffered(width=32, depth=4)
+            m.submodules.pass_words = pw = StepFIFOBuffered(width=32, depth=4)
             for i in range(1, P):
                 wiring.connect(m, wiring.flipped(self.w_cmd[i]), seq.w_cmd[i])
             c0, o0 = seq.w_cmd[0], self.w_cmd[0]
@@ -200,17 +200,17 @@ class MatmulEngine(wiring.Component):
         rec = pass_layout(G)
         for src, dst, name in ((seq.pass_fill, actbuf.passes, "fill"), (seq.pass_load, wtile.passes, "load"),
                                (seq.pass_param, params.passes, "param"), (seq.pass_fire, sched.passes, "fire")):
-            f = SyncFIFOBuffered(width=rec.size, depth=4)
+            f = StepFIFOBuffered(width=rec.size, depth=4)
             m.submodules[f"pass_{name}"] = f
             out = Signal(rec, name=f"pass_{name}_head")
             m.d.comb += [f.w_data.eq(src.payload), f.w_en.eq(src.valid), src.ready.eq(f.w_rdy),
                          out.eq(f.r_data), dst.payload.eq(out), dst.valid.eq(f.r_rdy), f.r_en.eq(dst.ready)]
-        m.submodules.route_q = route_q = SyncFIFOBuffered(width=seq.act_route.payload.shape().size, depth=16)
+        m.submodules.route_q = route_q = StepFIFOBuffered(width=seq.act_route.payload.shape().size, depth=16)
         m.d.comb += [route_q.w_data.eq(seq.act_route.payload), route_q.w_en.eq(seq.act_route.valid),
                      seq.act_route.ready.eq(route_q.w_rdy),
                      partials.route.payload.eq(route_q.r_data), partials.route.valid.eq(route_q.r_rdy),
                      route_q.r_en.eq(partials.route.ready)]
-        m.submodules.entries_q = entries_q = SyncFIFOBuffered(width=32, depth=4)
+        m.submodules.entries_q = entries_q = StepFIFOBuffered(width=32, depth=4)
         m.d.comb += [entries_q.w_data.eq(seq.partial_entries.payload), entries_q.w_en.eq(seq.partial_entries.valid),
                      seq.partial_entries.ready.eq(entries_q.w_rdy),
                      partials.entries.payload.eq(entries_q.r_data), partials.entries.valid.eq(entries_q.r_rdy),
@@ -342,16 +342,17 @@ class MatmulEngine(wiring.Component):
 
         # partial sums: queued, claimed by a column's last fire, popped by the output stage
         claimed = Signal(range(partials.depth + 1))
-        step_count(m, claimed, sched.claim, rq.pop)
+        claimed_p1, _ = owned_step_count(m, claimed, sched.claim, rq.pop)
         # the scheduler sees the entries free to claim as a register (off the fire condition): this
-        # cycle's level minus the claims including this cycle's; a push shows one cycle late, never early
+        # cycle's level minus the claims including this cycle's; a push shows one cycle late, never
+        # early. Both differences come from registers; the claim only selects.
         avail = Signal(range(partials.depth + 1))
-        m.d.sync += avail.eq(Mux(sched.claim, partials.level - claimed - 1, partials.level - claimed))
+        m.d.sync += avail.eq(Mux(sched.claim, partials.level - claimed_p1, partials.level - claimed))
         m.d.comb += sched.partials.eq(avail)
 
         # -- output -------------------------------------------------------------------------
         col = column_layout(R, pairs)
-        m.submodules.colfifo = fifo = SyncFIFOBuffered(width=col.size, depth=self._fifo_depth)
+        m.submodules.colfifo = fifo = StepFIFOBuffered(width=col.size, depth=self._fifo_depth)
         wcol = Signal(col)
         m.d.comb += [wcol.y.eq(rq.y), wcol.mode.eq(rq.o_tag.mode), wcol.last.eq(rq.o_tag.last),
                      fifo.w_data.eq(wcol), fifo.w_en.eq(rq.o_valid)]
@@ -368,6 +369,10 @@ class MatmulEngine(wiring.Component):
         inflight = Signal(range(self._fifo_depth + 1))
         col_fire = sched.fire & sched.col_last
         col_read = fifo.r_rdy & fifo.r_en
-        step_count(m, inflight, col_fire, col_read)
-        m.d.comb += sched.credit.eq(inflight < self._fifo_depth)
+        owned_step_count(m, inflight, col_fire, col_read)
+        # credit (inflight < depth) as a register: next cycle's, by cases of this cycle's fire and read
+        credit = Signal(init=1)
+        D = self._fifo_depth
+        m.d.sync += credit.eq(Mux(col_fire & ~col_read, inflight < D - 1, (inflight < D) | col_read))
+        m.d.comb += sched.credit.eq(credit)
         return m

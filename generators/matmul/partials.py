@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
+from ..fifo import StepFIFOBuffered
 from ..params import require_positive_ints
 from .gearbox import WidthAdapter
 from .sequencer import act_route_layout
@@ -90,7 +90,7 @@ class PartialCollector(wiring.Component):
         # -- collector: R items (R or, in a pair job, 2 R sums) per entry ------------------------
         E = R * (2 if self._pairs else 1)
         IW = 128 if self._pairs else 64
-        m.submodules.fifo = fifo = SyncFIFOBuffered(width=64 * E, depth=self._depth)
+        m.submodules.fifo = fifo = StepFIFOBuffered(width=64 * E, depth=self._depth)
         m.d.comb += [self.head.as_value().eq(fifo.r_data), self.level.eq(fifo.level), fifo.r_en.eq(self.pop)]
         acc = [Signal(IW, name=f"sum{r}") for r in range(R - 1)]
         r = Signal(range(max(R, 2)))

@@ -107,6 +107,7 @@ class FireScheduler(wiring.Component):
         m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1)]
         rows = Signal(32)
         first, last, final = Signal(), Signal(), Signal()
+        need_params = Signal()                   # the pass loads column parameters (set with the pass)
         t_left = Signal(32)                      # tiles after the current one
         final_tile = Signal()                    # t_left == 0, registered
         b = Signal.like(rec.nblk)
@@ -129,6 +130,7 @@ class FireScheduler(wiring.Component):
             with m.If(self.passes.valid):
                 m.d.sync += [have.eq(1), kc_m1.eq(rec.kc - 1), nblk_m1.eq(rec.nblk - 1), rows.eq(rec.rows),
                              brows.eq(rec.rows), first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
+                             need_params.eq((self.int8 & rec.last) | (self.bias & rec.first)),
                              t_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), b.eq(0), j.eq(0), c.eq(0),
                              b_left.eq(rec.nblk - 1), final_blk.eq(rec.nblk == 1),
                              c_left.eq(rec.kc - 1), col_last.eq(rec.kc == 1)]
@@ -167,7 +169,7 @@ class FireScheduler(wiring.Component):
         a_off = Mux(final_tile, 0, b)
         m.d.comb += self.a_addr.eq((a_old + (a_off << self.stride_log) + c)[:abits])
 
-        params_ok = ~((need_q | need_b) & col_last) | (self.param_tiles != 0)
+        params_ok = ~(need_params & col_last) | (self.param_tiles != 0)
         partial_ok = ~(need_p & col_last) | (self.partials != 0)
         credit_ok = ~col_last | self.credit
 
@@ -238,7 +240,7 @@ class FireScheduler(wiring.Component):
             with m.Else():
                 m.d.sync += a_gt.eq(aa > a_off)
         m.d.comb += [self.free_col.eq(fire & col_last & final_blk),
-                     self.free_params.eq(fire & col_last & last_col & final_blk & (need_q | need_b)),
+                     self.free_params.eq(fire & col_last & last_col & final_blk & need_params),
                      self.claim.eq(fire & col_last & need_p)]
         if not G.tlmm:
             m.d.comb += self.release.eq(fire & col_last & last_col & final_tile)

@@ -343,11 +343,11 @@ class MatmulEngine(wiring.Component):
         # partial sums: queued, claimed by a column's last fire, popped by the output stage
         claimed = Signal(range(partials.depth + 1))
         claimed_p1, _ = owned_step_count(m, claimed, sched.claim, rq.pop)
-        # the scheduler sees the entries free to claim as a register (off the fire condition): this
-        # cycle's level minus the claims including this cycle's; a push shows one cycle late, never
-        # early. Both differences come from registers; the claim only selects.
-        avail = Signal(range(partials.depth + 1))
-        m.d.sync += avail.eq(Mux(sched.claim, partials.level - claimed_p1, partials.level - claimed))
+        # the scheduler sees whether an entry is free to claim as a register (off the fire condition):
+        # this cycle's level above the claims including this cycle's; a push shows one cycle late,
+        # never early. Both compares are of registers; the claim only selects.
+        avail = Signal()
+        m.d.sync += avail.eq(Mux(sched.claim, partials.level != claimed_p1, partials.level != claimed))
         m.d.comb += sched.partials.eq(avail)
 
         # -- output -------------------------------------------------------------------------

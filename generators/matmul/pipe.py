@@ -44,11 +44,15 @@ def tiled_product(m: Module, a, b, *, name: str, a_tile: int = 17, b_tile: int =
     """``a * b`` (both unsigned) as registered ``a_tile x b_tile`` tile products (one DSP48E2 each)
     summed by an :func:`adder_tree` (two levels per stage). Returns ``(product, latency)``."""
     a, b = Value.cast(a), Value.cast(b)
+    # tiles of even widths (a 32-bit operand as 16 + 16, not 24 + 8): Yosys builds a narrow tile's
+    # product from LUTs, several levels deep, instead of a DSP
+    a_w = -(-len(a) // -(-len(a) // a_tile))
+    b_w = -(-len(b) // -(-len(b) // b_tile))
     tiles = []
-    for i in range(0, len(a), a_tile):
-        for j in range(0, len(b), b_tile):
+    for i in range(0, len(a), a_w):
+        for j in range(0, len(b), b_w):
             t = Signal(len(a) + len(b), name=f"{name}_t{i}_{j}", reset_less=True)
-            m.d.sync += t.eq((a[i:i + a_tile] * b[j:j + b_tile]) << (i + j))
+            m.d.sync += t.eq((a[i:i + a_w] * b[j:j + b_w]) << (i + j))
             tiles.append(t)
     tiles += [Const(0, 1)] * ((1 << (len(tiles) - 1).bit_length()) - len(tiles))
     total, stages = adder_tree(m, tiles, levels_per_stage=2, name=f"{name}_sum")

@@ -21,7 +21,7 @@ because anything that large saturates int8 anyway. Every operation is at most
 """
 from __future__ import annotations
 
-from amaranth.hdl import Mux, Module, Signal, signed, unsigned
+from amaranth.hdl import Cat, Const, Mux, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -222,8 +222,11 @@ class OutputStage(wiring.Component):
         with m.If(valid1):
             m.d.sync += [k2[h].eq(k1[h]) for h in range(H)]
             for r in range(R):
+                # the INT32 shift's multiple-of-8 part here, the rest in stage 3 (one barrel shifter
+                # of up to 127 places is too deep for a cycle)
+                coarse = acc1[r] >> Cat(Const(0, 3), k1[hr[r]][3:])
                 m.d.sync += [ph[r].eq(_sum_products(ph_parts[r])), pl[r].eq(_sum_products(pl_parts[r])),
-                             acc2[r].eq(acc1[r])]
+                             acc2[r].eq(Mux(ctl1.zero[hr[r]] | ctl1.raw, acc1[r], coarse))]
 
         # 3: INT8 -> P = hi * 2^split + lo; INT32 -> acc >> k; the shift split at ``split``.
         ctl3 = carry(valid2, ctl2, "ctl3")
@@ -239,7 +242,7 @@ class OutputStage(wiring.Component):
                 m.d.sync += [big3[h].eq(big), k_hi3[h].eq(Mux(big, k2[h] - split, 0)), k_lo3[h].eq(Mux(big, 0, k2[h]))]
             for r in range(R):
                 m.d.sync += [hi3[r].eq(ph[r] + (pl[r] >> split)), lo3[r].eq(pl[r][:split]),
-                             acc3[r].eq(Mux(ctl2.zero[hr[r]] | ctl2.raw, acc2[r], acc2[r] >> k2[hr[r]]))]
+                             acc3[r].eq(Mux(ctl2.zero[hr[r]] | ctl2.raw, acc2[r], acc2[r] >> k2[hr[r]][:3]))]
 
         # 4: the clamped high part and the two shifted parts of the INT8 product; round the INT32
         # result.
@@ -268,7 +271,9 @@ class OutputStage(wiring.Component):
         with m.If(valid4):
             for r in range(R):
                 h = hr[r]
-                t_small = ((hic4[r] << split) >> k_lo4[h]) + lo_sh4[r]   # exact: low bits of hic<<split are 0
+                # (hic << split) >> k_lo is a multiple of 2^(split - k_lo) and lo_sh is below it: the
+                # sum is an OR (no carry chain)
+                t_small = ((hic4[r] << split) >> k_lo4[h]) | lo_sh4[r]
                 m.d.sync += [t5[r].eq(Mux(big4[h], hi_sh4[r], t_small)),
                              y32_5[r].eq(_clamp(r32_4[r], -(1 << 31), (1 << 31) - 1)), acc5[r].eq(acc4[r])]
 

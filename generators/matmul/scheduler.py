@@ -26,7 +26,7 @@ synchronous reads deliver the weight line, column parameters and (one cycle late
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal, signed
+from amaranth.hdl import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -63,7 +63,7 @@ class FireScheduler(wiring.Component):
             "cur_lines": In(range(G.kc_max + 1)),
             "act_ahead": In(range(G.max_blocks + 1)),
             "param_tiles": In(range(3)),
-            "partials": In(range(1 << 16)),          # partial-sum entries queued and not yet claimed
+            "partials": In(1),                       # a partial-sum entry is queued and not yet claimed
             "credit": In(1),
             # the fire and its addresses
             "fire": Out(1),
@@ -104,14 +104,18 @@ class FireScheduler(wiring.Component):
         nblk_m1 = Signal.like(rec.nblk)
         tiles_m1 = Signal(32)
         last_cols_m1 = Signal(range(T))
-        m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1)]
+        one_last_col = Signal()                  # the last tile has one column
+        m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1),
+                     one_last_col.eq(self.last_cols == 1)]
         rows = Signal(32)
         first, last, final = Signal(), Signal(), Signal()
         need_params = Signal()                   # the pass loads column parameters (set with the pass)
         t_left = Signal(32)                      # tiles after the current one
         final_tile = Signal()                    # t_left == 0, registered
         b = Signal.like(rec.nblk)
+        b_p1 = Signal(len(b) + 1)                # b + 1, kept beside b
         j = Signal(range(T + 1))
+        j_p1 = Signal(len(j) + 1)                # j + 1, kept beside j
         c = Signal(range(max(G.kc_max, 2)))
         # the row-block and K-chunk loop ends as registered flags (down-counters of what follows):
         # they gate every fire and the rings' frees, so they are flip-flops, not compares
@@ -119,6 +123,7 @@ class FireScheduler(wiring.Component):
         final_blk = Signal()
         c_left = Signal.like(rec.kc)
         col_last = Signal()
+        last_col = Signal()                      # j is the tile's last column (registered flag)
         brows = Signal(32)                       # rows of this and the later blocks of the chunk
         w_old = Signal(exact_log2(G.weight_slots))
         a_old = Signal(abits)
@@ -131,11 +136,12 @@ class FireScheduler(wiring.Component):
                 m.d.sync += [have.eq(1), kc_m1.eq(rec.kc - 1), nblk_m1.eq(rec.nblk - 1), rows.eq(rec.rows),
                              brows.eq(rec.rows), first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
                              need_params.eq((self.int8 & rec.last) | (self.bias & rec.first)),
-                             t_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), b.eq(0), j.eq(0), c.eq(0),
+                             t_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), b.eq(0), b_p1.eq(1), j.eq(0),
+                             j_p1.eq(1), c.eq(0),
                              b_left.eq(rec.nblk - 1), final_blk.eq(rec.nblk == 1),
-                             c_left.eq(rec.kc - 1), col_last.eq(rec.kc == 1)]
+                             c_left.eq(rec.kc - 1), col_last.eq(rec.kc == 1),
+                             last_col.eq(Mux(tiles_m1 == 0, one_last_col, T == 1))]
 
-        last_col = j == Mux(final_tile, last_cols_m1, T - 1)
         pass_end = final_tile & final_blk & last_col & col_last
         m.d.comb += self.rows_valid.eq(Mux(brows < R, brows, R))
         if fpg > 1:
@@ -170,7 +176,7 @@ class FireScheduler(wiring.Component):
         m.d.comb += self.a_addr.eq((a_old + (a_off << self.stride_log) + c)[:abits])
 
         params_ok = ~(need_params & col_last) | (self.param_tiles != 0)
-        partial_ok = ~(need_p & col_last) | (self.partials != 0)
+        partial_ok = ~(need_p & col_last) | self.partials
         credit_ok = ~col_last | self.credit
 
         if G.tlmm:
@@ -208,15 +214,12 @@ class FireScheduler(wiring.Component):
         # rate); the frees and offsets are this scheduler's own, so a flag never runs ahead.
         adv = fire & col_last
         wrap = adv & last_col
+        # (cols_ahead - 1 compared with 0 is cols_ahead compared with 1; j + 1 is a register)
         ca = self.cols_ahead
-        ca_m1 = Signal(signed(len(ca) + 1))
-        m.d.comb += ca_m1.eq(ca - 1)
-        j_p1 = Signal(len(j) + 1)
-        m.d.comb += j_p1.eq(j + 1)
-        gt_in = Mux(final_blk, ca_m1 > 0, ca > j_p1)        # after an advance inside the tile
-        eq_in = Mux(final_blk, ca_m1 == 0, ca == j_p1)
-        gt_wrap = Mux(final_blk & adv, ca_m1 > 0, ca > 0)   # offset 0 (the tile's end, or no pass)
-        eq_wrap = Mux(final_blk & adv, ca_m1 == 0, ca == 0)
+        gt_in = Mux(final_blk, ca > 1, ca > j_p1)           # after an advance inside the tile
+        eq_in = Mux(final_blk, ca == 1, ca == j_p1)
+        gt_wrap = Mux(final_blk & adv, ca > 1, ca > 0)      # offset 0 (the tile's end, or no pass)
+        eq_wrap = Mux(final_blk & adv, ca == 1, ca == 0)
         gt_stay, eq_stay = ca > w_off, ca == w_off
         with m.If(~have | wrap):
             m.d.sync += [w_gt.eq(gt_wrap), w_eq.eq(eq_wrap)]
@@ -226,13 +229,9 @@ class FireScheduler(wiring.Component):
             m.d.sync += [w_gt.eq(gt_stay), w_eq.eq(eq_stay)]
         if not G.tlmm:
             aa = self.act_ahead
-            aa_m1 = Signal(signed(len(aa) + 1))
-            m.d.comb += aa_m1.eq(aa - 1)
-            b_p1 = Signal(len(b) + 1)
-            m.d.comb += b_p1.eq(b + 1)
             # the tile's last column: the block is released on the pass's last tile; the next
             # offset is 0 after the last row block or on the last tile, else b + 1
-            a_wrap = Mux(final_tile, aa_m1 > 0, Mux(final_blk, aa > 0, aa > b_p1))
+            a_wrap = Mux(final_tile, aa > 1, Mux(final_blk, aa > 0, aa > b_p1))
             with m.If(~have):
                 m.d.sync += a_gt.eq(aa > 0)
             with m.Elif(wrap):
@@ -245,21 +244,35 @@ class FireScheduler(wiring.Component):
         if not G.tlmm:
             m.d.comb += self.release.eq(fire & col_last & last_col & final_tile)
 
+        # the loop steps as flat conditions: the fire and an AND of the loop-end flags (each a
+        # flip-flop), not a chain of nested selects after the fire
+        # (kept nets: Yosys would otherwise rebuild them as a chain of ANDs behind the fire)
+        at_tile, at_blk, at_pass = (Signal(name=n, attrs={"keep": 1}) for n in ("at_tile", "at_blk", "at_pass"))
+        m.d.comb += [at_tile.eq(col_last & last_col), at_blk.eq(col_last & last_col & final_blk),
+                     at_pass.eq(col_last & last_col & final_blk & final_tile)]
+        e_col = fire & col_last                  # the fire ends a column
+        e_tile = fire & at_tile                  # ... the tile's last column
+        e_blk = fire & at_blk                    # ... of the chunk's last row block
+        e_pass = fire & at_pass                  # ... of the pass's last tile
         with m.If(fire):
             m.d.sync += [c.eq(Mux(col_last, 0, c + 1)), c_left.eq(Mux(col_last, kc_m1, c_left - 1)),
                          col_last.eq(Mux(col_last, kc_m1 == 0, c_left == 1))]
-            with m.If(col_last):
-                m.d.sync += j.eq(Mux(last_col, 0, j + 1))
-                with m.If(last_col):
-                    m.d.sync += [b.eq(Mux(final_blk, 0, b + 1)), brows.eq(Mux(final_blk, rows, brows - R)),
-                                 b_left.eq(Mux(final_blk, nblk_m1, b_left - 1)),
-                                 final_blk.eq(Mux(final_blk, nblk_m1 == 0, b_left == 1))]
-                    with m.If(final_blk):
-                        m.d.sync += [t_left.eq(t_left - 1), final_tile.eq(t_left == 1)]
-                        with m.If(final_tile):
-                            m.d.sync += have.eq(0)
-                            if G.tlmm:
-                                m.d.sync += tables.eq(0)
+        with m.If(e_col):
+            m.d.sync += [j.eq(Mux(last_col, 0, j_p1)), j_p1.eq(Mux(last_col, 1, j_p1 + 1)),
+                         last_col.eq(j_p1 == Mux(final_tile, last_cols_m1, T - 1))]
+        with m.If(e_tile):
+            next_final_tile = Mux(final_blk, t_left == 1, final_tile)
+            m.d.sync += [b.eq(Mux(final_blk, 0, b_p1)), b_p1.eq(Mux(final_blk, 1, b_p1 + 1)),
+                         brows.eq(Mux(final_blk, rows, brows - R)),
+                         b_left.eq(Mux(final_blk, nblk_m1, b_left - 1)),
+                         final_blk.eq(Mux(final_blk, nblk_m1 == 0, b_left == 1)),
+                         last_col.eq(Mux(next_final_tile, one_last_col, T == 1))]
+        with m.If(e_blk):
+            m.d.sync += [t_left.eq(t_left - 1), final_tile.eq(t_left == 1)]
+        with m.If(e_pass):
+            m.d.sync += have.eq(0)
+            if G.tlmm:
+                m.d.sync += tables.eq(0)
         with m.If(self.free_col):
             m.d.sync += w_old.eq(w_old + 1)
         with m.If(self.release):

@@ -212,6 +212,8 @@ class JobSequencer(wiring.Component):
         chunks = Signal(33)
         blk_sum = Signal(34)                 # blocks + 2^c_log - 1
         one_chunk = Signal()                 # chunks == 1
+        c_last_one = Signal()                # the last chunk has one row block
+        blk_one = Signal()                   # a full chunk has one row block
         nreb_chunk = Signal(64)              # a chunk's output bytes per column: nReb << c_log
         c_last_off = Signal(33)              # the last chunk's first block: (chunks - 1) << c_log
         c_last = Signal(range(geom.act_depth + 1))
@@ -298,6 +300,8 @@ class JobSequencer(wiring.Component):
                 c_last.eq(blocks - c_last_off),
                 c_last_m1.eq(c_last - 1),
                 one_chunk.eq(chunks_m1 == 0),
+                c_last_one.eq(c_last_m1 == 0),
+                blk_one.eq(blk_m1 == 0),
                 nreb_chunk.eq(nReb << c_log),
                 c_rows.eq(R << c_log),
                 k_r.eq(job.k * R),
@@ -405,8 +409,11 @@ class JobSequencer(wiring.Component):
         # answer counts a cycle later; pidx moves with a command, after which a_wait idles a cycle)
         p_written = Signal()
         m.d.sync += p_written.eq(dones > pidx)
-        a_go = running & a_active & ~a_wait & self.act_route.ready & (
-            ~a_partial | (p_written & self.partial_entries.ready))
+        # the route and entry queues' room as registers of their ready: a cycle late, which is exact
+        # here (a push is followed by a_wait's idle cycle; pops only add room)
+        route_room, entries_room = Signal(), Signal()
+        m.d.sync += [route_room.eq(self.act_route.ready), entries_room.eq(self.partial_entries.ready)]
+        a_go = running & a_active & ~a_wait & route_room & (~a_partial | (p_written & entries_room))
         m.d.comb += [self.act_cmd.valid.eq(a_go), self.act_route.valid.eq(a_go & self.act_cmd.ready),
                      self.partial_entries.valid.eq(a_go & a_partial & self.act_cmd.ready)]
         a_next_pass = Signal()
@@ -527,14 +534,14 @@ class JobSequencer(wiring.Component):
         o_t_left = Signal(32)
         o_last_t = Signal()
         o_p_addr = Signal(64)                # p_addr + o_q x pstride, kept by addition (no product)
-        o_b = Signal(range(geom.act_depth + 1))
+        o_b_left = Signal(range(geom.act_depth + 1))     # row blocks of the chunk after this one
+        o_last_b = Signal()
         o_active = Signal()
         o_chunk = Signal(64)                 # y + first block of the chunk x nReb
         o_toff = Signal(64)
         o_boff = Signal(64)
         issued = Signal(32)
         o_last_slice = Signal()              # o_s == slices - 1
-        o_nblk_m1 = Mux(o_last_q, c_last_m1, blk_m1)
         # the output command is a register formed from the loop state of the cycle before (the
         # segment address is a three-term 64-bit sum): valid only when that state was current
         # (``o_fresh``: no command taken in that cycle, and not the first cycle of the job), one
@@ -553,7 +560,13 @@ class JobSequencer(wiring.Component):
         with m.If(self.out_cmd.valid & self.out_cmd.ready):
             m.d.sync += issued.eq(issued + 1)
 
+            def blocks_of(last_q):
+                """The row-block loop's start for a chunk (the job's last chunk when ``last_q``)."""
+                return [o_b_left.eq(Mux(last_q, c_last_m1, blk_m1)), o_last_b.eq(Mux(last_q, c_last_one, blk_one))]
+
             def next_pass():
+                new_last_q = Mux(o_last_q, one_chunk, o_q_left == 1)
+                m.d.sync += blocks_of(new_last_q)
                 with m.If(o_last_q):
                     m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_last_slice.eq(o_s == slices_m2),
                                  o_q_left.eq(chunks_m1), o_last_q.eq(one_chunk), o_p_addr.eq(job.p_addr)]
@@ -567,15 +580,15 @@ class JobSequencer(wiring.Component):
                 next_pass()
             with m.Elif(seg):
                 m.d.sync += o_boff.eq(o_boff + nReb)
-                with m.If(o_b == o_nblk_m1):
-                    m.d.sync += [o_b.eq(0), o_boff.eq(0), o_t_left.eq(o_t_left - 1), o_last_t.eq(o_t_left == 1),
-                                 o_toff.eq(o_toff + seg_full)]
+                with m.If(o_last_b):
+                    m.d.sync += [*blocks_of(o_last_q), o_boff.eq(0), o_t_left.eq(o_t_left - 1),
+                                 o_last_t.eq(o_t_left == 1), o_toff.eq(o_toff + seg_full)]
                     with m.If(o_last_t):
                         m.d.sync += [o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_toff.eq(0),
                                      o_chunk.eq(o_chunk + nreb_chunk)]
                         next_pass()
                 with m.Else():
-                    m.d.sync += o_b.eq(o_b + 1)
+                    m.d.sync += [o_b_left.eq(o_b_left - 1), o_last_b.eq(o_b_left == 1)]
             with m.Else():
                 m.d.sync += o_active.eq(0)        # Y in one command: the job's last
 
@@ -623,7 +636,7 @@ class JobSequencer(wiring.Component):
                                  r_last_q.eq(one_chunk), *r_first_tile, r_bias.eq(0), r_active.eq(1),
                                  o_s.eq(0), o_last_slice.eq(one_slice), o_q.eq(0), o_q_left.eq(chunks_m1),
                                  o_last_q.eq(one_chunk),
-                                 o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_b.eq(0), o_active.eq(1),
+                                 o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), *blocks_of(one_chunk), o_active.eq(1),
                                  o_chunk.eq(0),
                                  o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0),
                                  o_fresh.eq(0)]

@@ -617,7 +617,8 @@ class VectorEngine(wiring.Component):
         with m.Elif(take):
             m.d.sync += rw.eq(rw + 1)
         block_loaded = Signal()              # pulse: the receiver finished the current block
-        m.d.comb += block_loaded.eq(rx_adv & rx.last & (~rx.row | (r_r + 1 >= rx.nv)))
+        # (a cycle late: the block's last tile word is written a cycle after its take)
+        m.d.sync += block_loaded.eq(rx_adv & rx.last & (~rx.row | (r_r + 1 >= rx.nv)))
         word = src.o.payload
 
         # -- state of the block pipeline -------------------------------------------------------
@@ -640,18 +641,25 @@ class VectorEngine(wiring.Component):
         full = (1 << L) - 1
         for r, (_, _, wp) in enumerate(tile_a):
             m.d.comb += [wp.addr.eq(sweep_wa), wp.data.eq(sweep_wd), wp.en.eq(Mux(sweep_we & (sweep_wr == r), full, 0))]
-        lanes = lanes_of(word, L, signed_=False)
+        # the operand tiles are written a cycle after the take, from registers (the receiver's ready
+        # logic and the LUTRAM write enables are separate stages); SWEEP1's follow and the block
+        # count (below) look at the receiver a cycle late to match
+        take_d, item_d, rbank_d = Signal(), Signal.like(r_item), Signal()
+        rw_d, rr_d, word_d = Signal.like(rw), Signal.like(r_r), Signal(W)
+        m.d.sync += [take_d.eq(take), item_d.eq(r_item), rbank_d.eq(rbank), rw_d.eq(rw), rr_d.eq(r_r),
+                     word_d.eq(word)]
+        lanes = lanes_of(word_d, L, signed_=False)
         # A goes to tile B when the job has no B operand: SWEEP1 then reads tile B and writes tile A,
         # so it can follow the receiver through the last operand without sharing a write port
-        for tile, hit, fmt in ((tile_a, take & (r_item == _A) & has_b, j.a_fmt),
-                               (tile_b, take & ((r_item == _B) | ((r_item == _A) & ~has_b)),
-                                Mux(r_item == _A, j.a_fmt, j.b_fmt))):
+        for tile, hit, fmt in ((tile_a, take_d & (item_d == _A) & has_b, j.a_fmt),
+                               (tile_b, take_d & ((item_d == _B) | ((item_d == _A) & ~has_b)),
+                                Mux(item_d == _A, j.a_fmt, j.b_fmt))):
             with m.If(hit & (fmt == VectorIn.ROWS32)):
                 for r, (_, wp, _) in enumerate(tile):
-                    m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(full), wp.we.eq(r_r == r)]
+                    m.d.comb += [wp.addr.eq(rw_d), wp.data.eq(word_d), wp.en.eq(full), wp.we.eq(rr_d == r)]
             with m.Elif(hit):
                 # blocked: element i = k*L + l of word k is row i % R, column i // R
-                k = rw
+                k = rw_d
                 for r, (_, wp, _) in enumerate(tile):
                     if R <= L:                     # L/R columns of every row: lanes [q*L/R, (q+1)*L/R) of row r
                         per = L // R
@@ -669,7 +677,7 @@ class VectorEngine(wiring.Component):
         for rows in (tile_a, tile_b):
             for banks, rx, sw in rows:
                 for k, (_, wp, _) in enumerate(banks):
-                    with m.If(rx.we & (rbank == k)):
+                    with m.If(rx.we & (rbank_d == k)):
                         m.d.comb += [wp.addr.eq(rx.addr), wp.data.eq(rx.data), wp.en.eq(rx.en)]
                     with m.Elif(cbank == k):
                         m.d.comb += [wp.addr.eq(sw.addr), wp.data.eq(sw.data), wp.en.eq(sw.en)]
@@ -727,11 +735,14 @@ class VectorEngine(wiring.Component):
         # one): word (sw_r, sw_j) is issued once it is in the tile (written in an earlier cycle)
         last_fmt = Signal.like(j.a_fmt)
         m.d.comb += last_fmt.eq(Mux(has_b, j.b_fmt, j.a_fmt))
-        in_last = Signal()                   # the receiver is in the current block's last operand
-        m.d.comb += in_last.eq(busy & ~r_done & (r_lead == 0) & (r_item == Mux(has_b, _B, _A)))   # r_blk == blk
+        # the receiver was in the current block's last operand in the cycle before (r_blk == blk),
+        # and word (sw_r, sw_j) lies before where it was then: taken two cycles ago or earlier, so
+        # in the tile (its write comes a cycle after its take)
+        in_last = Signal()
+        m.d.sync += in_last.eq(busy & ~r_done & (r_lead == 0) & (r_item == Mux(has_b, _B, _A)))
         rx_has = Signal()
-        m.d.comb += rx_has.eq(Mux(last_fmt == VectorIn.ROWS32, (sw_r < r_r) | ((sw_r == r_r) & (sw_j < rw)),
-                                  sw_j < (rw >> LOGR)))
+        m.d.comb += rx_has.eq(Mux(last_fmt == VectorIn.ROWS32, (sw_r < rr_d) | ((sw_r == rr_d) & (sw_j < rw_d)),
+                                  sw_j < (rw_d >> LOGR)))
         # direct store (one row per block, RES32, no norm): SWEEP1's results go straight to the chunk
         # FIFO (the block's write command is issued as the sweep starts); the sweep issues a word
         # only with room for it in the FIFO

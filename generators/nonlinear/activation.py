@@ -1,10 +1,11 @@
 """The shared GELU/SiLU datapath: ``x * g(x)`` with ``g(x) + g(-x) = 1``, as ``x - t(|x|)`` / ``-t(|x|)``.
 
 ``t(a) = a * g(-a)`` is a piecewise-linear ROM table (``c0``, ``c1`` per segment, see
-:mod:`hbmforge.numerics.nonlinear`). Per lane, a 4-stage pipeline:
+:mod:`hbmforge.numerics.nonlinear`). Per lane, a 5-stage pipeline:
 
 0. ``a = |x|`` (a negation: its carry chain and the ROM's address decode are two stages);
 1. segment index ``i`` and offset ``r`` from ``a``; the ROM read is issued;
+1b. the ROM's entry into a register;
 2. ``c1 * r`` (one ``c1_bits x (F - S)`` multiplier) and, beside it, the term it is
    subtracted from (``x*2^G - c0`` or ``-c0``, with both roundings folded in) and the tail's value;
 3. one subtraction and a shift into the output register: the same integers as
@@ -35,7 +36,7 @@ class TailActivation(wiring.Component):
     Ports: ``i`` and ``o``, both ``stream.Signature(ArrayLayout(signed(width), lanes))``.
     """
 
-    LATENCY = 4
+    LATENCY = 5
     FUNCTION = None                 # set by the subclasses
 
     def __init__(self, *, width: int = 16, frac_bits: int = 10, seg_bits: int = 4, lanes: int = 1,
@@ -89,9 +90,9 @@ class TailActivation(wiring.Component):
 
         adv = Signal()
         m.d.comb += [adv.eq(~self.o.valid | self.o.ready), self.i.ready.eq(adv)]
-        v0, v1, v2 = Signal(), Signal(), Signal()
+        v0, v1, v1b, v2 = Signal(), Signal(), Signal(), Signal()
         with m.If(adv):
-            m.d.sync += [v0.eq(self.i.valid), v1.eq(v0), v2.eq(v1), self.o.valid.eq(v2)]
+            m.d.sync += [v0.eq(self.i.valid), v1.eq(v0), v1b.eq(v1), v2.eq(v1b), self.o.valid.eq(v2)]
 
         for ln in range(self._lanes):
             m.submodules[f"rom{ln}"] = rom = Memory(shape=entry, depth=N, init=init)
@@ -120,11 +121,18 @@ class TailActivation(wiring.Component):
             out2 = Signal(name=f"beyond2_{ln}")
             half = 1 << (G - 1)
             fold = (1 << rb) - 1 - ((1 << (rb - 1)) if rb else 0)
+            # stage 1b: the ROM data in a register of its own (the ROM's clock-to-out before the
+            # product's DSP input and the adds does not fit a cycle)
+            x1b = Signal(signed(W), name=f"x1b_{ln}")
+            r1b = Signal(unsigned(max(rb, 1)), name=f"r1b_{ln}")
+            out1b = Signal(name=f"beyond1b_{ln}")
+            c = Signal(entry, name=f"c_{ln}")
             with m.If(adv):
                 m.d.sync += [x1.eq(x), r1.eq(a[:rb] if rb else 0), out1.eq(idx >= N)]
-                m.d.sync += [out2.eq(out1), prod2.eq(rp.data.c1 * r1 if rb else 0),
-                             base2.eq(((Mux(x1 < 0, -rp.data.c0, (x1 << G) - rp.data.c0) + half) << rb) + fold),
-                             tail2.eq(Mux(x1 < 0, -sp.tail, (x1 << G) - sp.tail) + half)]
+                m.d.sync += [x1b.eq(x1), r1b.eq(r1), out1b.eq(out1), c.eq(rp.data)]
+                m.d.sync += [out2.eq(out1b), prod2.eq(c.c1 * r1b if rb else 0),
+                             base2.eq(((Mux(x1b < 0, -c.c0, (x1b << G) - c.c0) + half) << rb) + fold),
+                             tail2.eq(Mux(x1b < 0, -sp.tail, (x1b << G) - sp.tail) + half)]
 
             # stage 3: one subtraction and the output shift
             with m.If(adv):

@@ -13,12 +13,12 @@ A small sequential unit (the norms need one result per vector):
       y2 = rshift_round(y*y, MF);  uy2 = rshift_round(u*y2, UF)
       y  = rshift_round(y * (3*2**MF - uy2), MF + 1)
 
-Latency ``4 + 7 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
+Latency ``5 + 7 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
 (``i.ready`` only while idle). ``v = 0`` gives an unspecified result.
 """
 from __future__ import annotations
 
-from amaranth.hdl import Const, Module, Mux, Signal, Value, signed, unsigned
+from amaranth.hdl import Array, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -26,6 +26,10 @@ from amaranth.lib.wiring import In, Out
 from ...numerics.nonlinear import RsqrtSpec
 
 __all__ = ["Rsqrt", "rsqrt_result_layout", "highest_set_bit"]
+
+
+_CHUNK_LOG = 4
+_CHUNK = 1 << _CHUNK_LOG
 
 
 def highest_set_bit(v) -> tuple[Value, Value]:
@@ -79,7 +83,7 @@ class Rsqrt(wiring.Component):
     @classmethod
     def latency_of(cls, iterations: int) -> int:
         """Cycles from accepting ``v`` to ``o.valid`` with ``iterations`` Newton steps."""
-        return 4 + cls.STEP_CYCLES * iterations
+        return 5 + cls.STEP_CYCLES * iterations
 
     @property
     def latency(self) -> int:
@@ -95,8 +99,13 @@ class Rsqrt(wiring.Component):
         rp = rom.read_port(domain="comb")
 
         v_r = Signal(unsigned(VB))
+        # the priority encoder in two cycles: each 16-bit chunk's highest bit, then the chunks'
+        chunks = [v_r[i:i + _CHUNK] for i in range(0, VB, _CHUNK)]
+        c_any = Signal(len(chunks))
+        c_idx = [Signal(range(max(len(c), 2)), name=f"c_idx{i}") for i, c in enumerate(chunks)]
+        c_top = highest_set_bit(c_any)[1]
         top = Signal(range(max(VB, 2)))
-        m.d.comb += top.eq(highest_set_bit(v_r)[1])
+        m.d.comb += top.eq((c_top << _CHUNK_LOG) | Array(c_idx)[c_top])
         e = Signal(range(sp.exp_max + 1))
         u = Signal(unsigned(UF + 2))
         y = Signal(unsigned(MF + 2))
@@ -128,7 +137,12 @@ class Rsqrt(wiring.Component):
                 with m.If(self.i.valid):
                     m.d.sync += v_r.eq(self.i.payload)
                     m.next = "TOP"
-            with m.State("TOP"):                     # the priority encoder gets a cycle of its own
+            with m.State("TOP"):                     # the priority encoder gets two cycles of its own
+                for i, c in enumerate(chunks):
+                    any_, idx = highest_set_bit(c)
+                    m.d.sync += [c_any[i].eq(any_), c_idx[i].eq(idx)]
+                m.next = "TOP2"
+            with m.State("TOP2"):
                 m.d.sync += top_r.eq(top)
                 m.next = "NORM"
             with m.State("NORM"):

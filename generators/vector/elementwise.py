@@ -37,11 +37,13 @@ def element_config_layout() -> data.StructLayout:
 class ElementPipe(wiring.Component):
     """``lanes`` int32 lanes; ``activations``: the tail units to build ("gelu", "silu")."""
 
-    #: stages: column multiplier (1), x * multiplier (3), shift by 8s, shift by the rest, round,
-    #: saturate, bias (1 each) | activation (4) | its mux (1), A * B (3), combine, round (1 each)
+    #: stages: the operands in registers (1: they come from LUT RAMs), column multiplier (1),
+    #: x * multiplier (3), shift by 8s, shift by the rest, round,
+    #: saturate, bias (1 each) | activation (5) | its mux (1), A * B (3), combine, round, saturate
+    #: (1 each)
     #: | RoPE products (2), rotate, round (1 each); each a few LUT levels, one carry chain or one
     #: DSP tile
-    LATENCY = 9 + 4 + 6 + 4
+    LATENCY = 1 + 9 + TailActivation.LATENCY + 7 + 4
 
     def __init__(self, *, lanes: int, activations=("gelu", "silu")):
         if lanes < 2 or lanes & (lanes - 1):
@@ -79,11 +81,13 @@ class ElementPipe(wiring.Component):
             return registered(m, shape, value, name=name)
 
         # -- dequantize: x * (row_a * c) >> (c_shift - row_e), saturated (RES32: x) -------------
-        xa, xb = lanes_of(self.xa, L), lanes_of(self.xb, L)
-        ac = lanes_of(self.acol, L, signed_=False)
-        bc = lanes_of(self.bcol, L, signed_=False)
-        row_a = Mux(cfg.a_fmt == VectorIn.ACC32, self.row_a, 1)
-        row_e = Mux(cfg.a_fmt == VectorIn.ACC32, self.row_e, 0)
+        # 0: the operands in registers (a memory's clock-to-out before the column multiplier's
+        # unregistered DSP input does not fit a cycle)
+        xa, xb = lanes_of(delay(self.xa, 1, "xa_in"), L), lanes_of(delay(self.xb, 1, "xb_in"), L)
+        ac = lanes_of(delay(self.acol, 1, "acol_in"), L, signed_=False)
+        bc = lanes_of(delay(self.bcol, 1, "bcol_in"), L, signed_=False)
+        row_a = delay(Mux(cfg.a_fmt == VectorIn.ACC32, self.row_a, 1), 1, "row_a_in")
+        row_e = delay(Mux(cfg.a_fmt == VectorIn.ACC32, self.row_e, 0), 1, "row_e_in")
         deq = {}
         for side, xs, cs, fmt in (("a", xa, ac, cfg.a_fmt), ("b", xb, bc, cfg.b_fmt)):
             raw = fmt == VectorIn.RES32
@@ -104,7 +108,7 @@ class ElementPipe(wiring.Component):
                 rounded = rsr_var_staged(m, wide, t_m1[:7], tz, name=f"w{side}{i}")
                 out.append(reg(signed(32), f"d{side}{i}", sat32(rounded)))
             deq[side] = out
-        pre = 1 + 3 + RSR_STAGES + 1          # the dequantized values are in registers now
+        pre = 1 + 1 + 3 + RSR_STAGES + 1      # the dequantized values are in registers now
         # 9: the bias
         bias_l = lanes_of(delay(self.bias, pre, "bias"), L)
         va = [reg(signed(32), f"va{i}", Mux(cfg.bias, sat32(deq["a"][i] + bias_l[i]), deq["a"][i]))
@@ -143,10 +147,11 @@ class ElementPipe(wiring.Component):
                     m.d.sync += c.eq(prod)
                 with m.Default():
                     m.d.sync += c.eq(a_d)
-            v_comb.append(reg(signed(32), f"v{i}",
-                              sat32(Mux(cfg.combine == VectorCombine.MUL, rsr(c, ACT_FRAC), c))))
+            # the rounding and the saturation a register each (two carry chains)
+            rounded = reg(signed(64), f"vr{i}", Mux(cfg.combine == VectorCombine.MUL, rsr(c, ACT_FRAC), c))
+            v_comb.append(reg(signed(32), f"v{i}", sat32(rounded)))
         assert plat == 3
-        rope_c = delay(self.rope, t_ab + TailActivation.LATENCY + 1 + plat + 2, "rope")
+        rope_c = delay(self.rope, t_ab + TailActivation.LATENCY + 1 + plat + 3, "rope")
 
         # -- RoPE on pairs (2p, 2p+1): x0*cos - x1*sin, x0*sin + x1*cos, rsr 14, saturated ------
         o = [None] * L

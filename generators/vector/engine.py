@@ -1171,8 +1171,9 @@ class VectorEngine(wiring.Component):
         y_row_off = per_block(j.dim << LOGR, "y_row_off")
         y_rec_off = per_block(rec_bytes << LOGR, "y_rec_off")
         y_scale_off = per_block(Const(SB, 64), "y_scale_off")
-        act8_bytes, rec_block_bytes = Signal(32), Signal(32)
-        m.d.sync += [act8_bytes.eq(nv * j.dim), rec_block_bytes.eq(nv * rec_bytes)]
+        # (registered DSP products: nv changes with blk only, long before the block's store)
+        act8_bytes, _ = pipelined_product(m, nv, j.dim, name="act8_bytes")
+        rec_block_bytes, _ = pipelined_product(m, nv, rec_bytes, name="rec_block_bytes")
         pending = Signal(16)
         m.d.comb += self.out_done.ready.eq(1)
         dones = [self.out_done.valid]          # answers of several ports can arrive in one cycle

@@ -20,6 +20,7 @@ from amaranth.lib.wiring import In, Out
 from ...engines.attention import CTX_BITS, MAX_SHIFT, MULT_BITS, P_FRAC, Z_BITS
 from ...mathutil import exact_log2
 from ..matmul.pipe import adder_tree, delay
+from ..products import pipelined_product
 from .exp2 import Exp2
 from .geometry import DatapathGeometry
 
@@ -178,40 +179,44 @@ class ScoreUnit(wiring.Component):
                     rotk = ring[r][(s + geom.slots_per_word) % slots]
                     m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=rotk, int8=rot1))
 
-        # -- stage B: log2-domain score and masks, three registers: S x mult (and the masks), the
-        # shift, rounding + saturation -----------------------------------------------------------
-        vB1, vB2, vC = Signal(), Signal(), Signal()
-        m.d.sync += [vB1.eq(vB), vB2.eq(vB1), vC.eq(vB2)]
-        tB1, tB2, tC = (Signal(range(max(2, page_tokens)), name=n) for n in ("tB1", "tB2", "tC"))
-        lastB1, firstB1, bankB1 = Signal(), Signal(), Signal()
-        lastB2, firstB2, bankB2 = Signal(), Signal(), Signal()
-        lastC, firstC, bankC = Signal(), Signal(), Signal()
-        m.d.sync += [tB1.eq(tB), lastB1.eq(lastB), firstB1.eq(firstB), bankB1.eq(bankB),
-                     tB2.eq(tB1), lastB2.eq(lastB1), firstB2.eq(firstB1), bankB2.eq(bankB1),
-                     tC.eq(tB2), lastC.eq(lastB2), firstC.eq(firstB2), bankC.eq(bankB2)]
+        # -- stage B: log2-domain score and masks: S x mult (registered DSP tiles and their sum,
+        # ``b_lat`` registers) beside the masks, then the shift, then rounding + saturation --------
+        # (mult as the 17-bit side: S in two pieces, so two DSP tiles and one registered sum)
+        prods = [pipelined_product(m, mult[r], Sf[r], name=f"sm{r}") for r in range(rows)]
+        b_lat = prods[0][1]
+        b_ctl = data.StructLayout({"v": 1, "t": range(max(2, page_tokens)), "last": 1, "first": 1, "bank": 1})
+        ctlB = Signal(b_ctl)
+        m.d.comb += [ctlB.v.eq(vB), ctlB.t.eq(tB), ctlB.last.eq(lastB), ctlB.first.eq(firstB), ctlB.bank.eq(bankB)]
+        chainB = [ctlB]                      # chainB[b_lat + 2] is stage C
+        for i in range(b_lat + 2):
+            chainB.append(delay(m, chainB[-1], 1, name=f"ctlB{i}"))
+        cC = chainB[-1]
+        vC, tC, lastC, firstC, bankC = cC.v, cC.t, cC.last, cC.first, cC.bank
         zC = [Signal(signed(Z_BITS), name=f"z{r}") for r in range(rows)]
         visC = [Signal(name=f"vis{r}") for r in range(rows)]
         for r in range(rows):
-            prod = Signal(signed(sbits + MULT_BITS + 1), name=f"sm{r}")
-            vis1, vis2 = Signal(name=f"vis1_{r}"), Signal(name=f"vis2_{r}")
+            prod = prods[r][0]
             in_win = (self.window == 0) | (Cat(jB, Const(0, 1)).as_signed() >= lo[r]) | (jB < self.sink)
-            m.d.sync += [prod.eq(Sf[r] * mult[r]),
-                         vis1.eq((r < nv) & (self.bidir | ((jB <= pos[r]) & in_win))), vis2.eq(vis1),
-                         visC[r].eq(vis2)]
+            vis = Signal(name=f"visB_{r}")
+            m.d.sync += vis.eq((r < nv) & (self.bidir | ((jB <= pos[r]) & in_win)))
+            m.d.comb += visC[r].eq(delay(m, vis, b_lat + 1, name=f"vis{r}_d"))
             # rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1, and v = ((2v + 1) >> 1) for s = 0
-            sm1 = (shift[r] - 1)[:max(1, MAX_SHIFT.bit_length())]
+            # (shift - 1 and shift == 0 registered: the tile's shift is constant while words are
+            # in the pipeline, and changes many cycles before the next word reaches this stage)
+            sm1 = Signal(max(1, MAX_SHIFT.bit_length()), name=f"sm1_{r}")
+            s_zero = Signal(name=f"s_zero{r}")
+            m.d.sync += [sm1.eq((shift[r] - 1)[:len(sm1)]), s_zero.eq(shift[r] == 0)]
             sh = Signal(signed(sbits + MULT_BITS + 2), name=f"zsh{r}")
-            m.d.sync += sh.eq(Mux(shift[r] == 0, prod << 1, prod >> sm1))
+            m.d.sync += sh.eq(Mux(s_zero, prod << 1, prod >> sm1))
             zr = Signal(signed(sbits + MULT_BITS + 2), name=f"zr{r}")
             m.d.comb += zr.eq((sh + 1) >> 1)
             m.d.sync += zC[r].eq(Mux(zr > ZMAX, ZMAX, Mux(zr < ZMIN, ZMIN, zr)))
         # a new tile's Q, mult and shift wait until no word of the last one is in the pipeline;
         # a new segment starts only when no segment ending in its bank is on its way to stage C
         # (which marks the bank full), so a segment never writes a bank still waiting to be marked
-        m.d.comb += [in_flight.eq(Cat(*(c.v for c in chain[1:]), vB, vB1, vB2, vC).any()),
+        m.d.comb += [in_flight.eq(Cat(*(c.v for c in chain[1:]), *(c.v for c in chainB)).any()),
                      end_in_flight.eq(Cat(*(c.v & c.last & c.seg_last & (c.bank == bank_a) for c in chain[1:]),
-                                          vB & lastB & (bankB == bank_a), vB1 & lastB1 & (bankB1 == bank_a),
-                                          vB2 & lastB2 & (bankB2 == bank_a), vC & lastC & (bankC == bank_a)).any())]
+                                          *(c.v & c.last & (c.bank == bank_a) for c in chainB)).any())]
 
         # -- stage C: bank write, block max, segment bookkeeping -----------------------------
         bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(rows)]

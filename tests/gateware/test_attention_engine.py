@@ -133,8 +133,9 @@ def test_decode_streams_one_kv_word_per_cycle_when_memory_keeps_up():
                  backpressure=0.0, seed=12)
     st = bench.jobs[0].stats
     # each page pays the score pipeline's depth once (its last K word must reach the bank before
-    # its probabilities start): 8 pages of 8 tokens here
-    assert st["kv_words"] / st["cycles"] > 0.75, st
+    # its probabilities start): 8 pages of 8 tokens here (0.745: S x mult is two registered
+    # stages, for 300 MHz timing; 0.753 when it was one)
+    assert st["kv_words"] / st["cycles"] > 0.74, st
 
 
 def test_engine_converts_to_verilog_and_rejects_configs_without_attention():

@@ -159,12 +159,13 @@ def _kv_row_addresses(m: Module, att, j, pages, pools, cbank, st_r, r0, multi, h
     key_prev = registered(m, len(key), key, name="kvr_key_prev")
     changed = (key != key_prev) | registered(m, 1, event, name="kvr_event")
     wait = Signal(range(depth + 1), name="kvr_wait")
+    settled = Signal(init=1, name="kvr_settled")     # wait == 0, as a register beside it
     with m.If(changed):
-        m.d.sync += wait.eq(depth)
-    with m.Elif(wait != 0):
-        m.d.sync += wait.eq(wait - 1)
+        m.d.sync += [wait.eq(depth), settled.eq(0)]
+    with m.Elif(~settled):
+        m.d.sync += [wait.eq(wait - 1), settled.eq(wait == 1)]
     ok = Signal(name="kvr_ok")
-    m.d.comb += ok.eq((wait == 0) & ~changed)
+    m.d.comb += ok.eq(settled & ~changed)
     return _KVRowAddresses(ok, slot, vaddr, maddr, v_off, m_off)
 
 
@@ -1115,25 +1116,30 @@ class VectorEngine(wiring.Component):
         with m.If(emit):
             m.d.sync += pk_full.eq(0)        # (a chunk completing the next word below sets it again)
         m.d.comb += chunks.r_en.eq(~pk_full | emit)
-        with m.If(chunks.r_en & chunks.r_rdy & chunks.r_data[W]):
-            m.d.sync += [pk_word.eq(chunks.r_data[:W]), pk_full.eq(1)]      # a whole word (pk_n is 0 here)
-        with m.Elif(chunks.r_en & chunks.r_rdy):
-            piece = chunks.r_data[:W]
-            half = chunks.r_data[W + 1]      # half a word of int4 (four of its eighths)
-            for n in range(8):
-                with m.If(pk_n == n):
-                    if n == 0:
-                        m.d.sync += pk_word.eq(Mux(half, piece[:W // 2], Mux(ppw == 1, piece,
-                                                                              Mux(ppw == 4, piece[:W // 4], piece[:W // 8]))))
-                    else:
-                        add = Mux(ppw == 8, piece[:W // 8] << (n * (W // 8)), piece[:W // 4] << (n * (W // 4)))
-                        if n == 4:
-                            add = Mux(half, piece[:W // 2] << (W // 2), add)
-                        m.d.sync += pk_word.eq(pk_word | add)
-            with m.If(Mux(half, pk_n == 4, pk_n + 1 == ppw)):
-                m.d.sync += [pk_n.eq(0), pk_full.eq(1)]
-            with m.Else():
-                m.d.sync += pk_n.eq(Mux(half, pk_n + 4, pk_n + 1))
+        # the packer's next state when it takes a chunk, formed from registers (the chunk FIFO's
+        # output and the packer's own), then loaded by the take alone: the output slice's ready
+        # reaches only the registers' enables, not the chunk select
+        piece = chunks.r_data[:W]
+        whole = chunks.r_data[W]             # a whole word (pk_n is 0 then)
+        half = chunks.r_data[W + 1]          # half a word of int4 (four of its eighths)
+        nxt_word = Signal(W)
+        for n in range(8):
+            with m.If(pk_n == n):
+                if n == 0:
+                    m.d.comb += nxt_word.eq(Mux(half, piece[:W // 2], Mux(ppw == 1, piece,
+                                                                       Mux(ppw == 4, piece[:W // 4], piece[:W // 8]))))
+                else:
+                    add = Mux(ppw == 8, piece[:W // 8] << (n * (W // 8)), piece[:W // 4] << (n * (W // 4)))
+                    if n == 4:
+                        add = Mux(half, piece[:W // 2] << (W // 2), add)
+                    m.d.comb += nxt_word.eq(pk_word | add)
+        completes = Signal()
+        m.d.comb += completes.eq(whole | Mux(half, pk_n == 4, pk_n + 1 == ppw))
+        with m.If(chunks.r_en & chunks.r_rdy):
+            m.d.sync += [pk_word.eq(Mux(whole, piece, nxt_word)),
+                         pk_n.eq(Mux(completes, 0, Mux(half, pk_n + 4, pk_n + 1)))]
+            with m.If(completes):
+                m.d.sync += pk_full.eq(1)
         store_empty = Signal()
         m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0)
                                    & ~osl.o.valid & osl.i.ready)
@@ -1331,19 +1337,24 @@ class VectorEngine(wiring.Component):
                 m.d.sync += pf_addr.eq(pf_pool + pf_off)
             m.d.comb += pf_valid.eq(pf_run & ~pf_hold)
 
+        # the head loop's ends as registers of the counters: a head's ops take two cycles or more
+        # after the previous next_head (a VAL, then a TRL or MNT op), so these are current there
+        hg_last_r, h_last_r, last_row_r = Signal(), Signal(), Signal()
+        m.d.sync += [hg_last_r.eq(st_hg == hg_m1), h_last_r.eq(st_h == heads_m1), last_row_r.eq(st_last_row)]
+
         def next_head(again: str, new_row: str) -> None:
             """After head st_h of row st_r: the next head (state ``again``), the next row (state
             ``new_row``), or FLUSH. The KV addresses step with the head."""
             m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
                          st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
-            with m.If(st_hg == hg_m1):
+            with m.If(hg_last_r):
                 m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
                 if kv_rows is not None:
                     m.d.sync += [st_vaddr.eq(pool_next + kv_rows.v_off), st_maddr.eq(pool_next + kv_rows.m_off)]
-            with m.If(st_h == heads_m1):
+            with m.If(h_last_r):
                 m.d.sync += [st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_r.eq(st_r + 1),
                              st_port.eq(Mux(kv_mode, j.port, 0))]
-                with m.If(st_last_row):
+                with m.If(last_row_r):
                     m.d.sync += st_r.eq(0)
                     store.next = "FLUSH"
                 with m.Else():

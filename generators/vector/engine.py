@@ -1344,8 +1344,10 @@ class VectorEngine(wiring.Component):
 
         def next_head(again: str, new_row: str) -> None:
             """After head st_h of row st_r: the next head (state ``again``), the next row (state
-            ``new_row``), or FLUSH. The KV addresses step with the head."""
-            m.d.sync += [st_c.eq(0), st_j.eq(0), st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
+            ``new_row``), or FLUSH. The KV addresses step with the head. (st_j is 0 here already:
+            the head's VAL ops ended by clearing it; st_c is cleared by the next CMD or VAL end
+            before an op reads it. Not clearing them keeps the TRL / MNT end off those counters.)"""
+            m.d.sync += [st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
                          st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
             with m.If(hg_last_r):
                 m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
@@ -1361,6 +1363,10 @@ class VectorEngine(wiring.Component):
                     store.next = new_row
             with m.Else():
                 store.next = again
+
+        # the TRL and MNT loops' end (st_c at its last value) as a flag set with st_c: next_head's
+        # many updates wait on a flip-flop, not on a compare of st_c
+        c_end = Signal()
 
         # one-hot: the store's state flags gate the micro-ops, the write commands and the ports'
         # handshakes (a binary state's decode was 4 of the 10 LUT levels into its next state)
@@ -1429,7 +1435,7 @@ class VectorEngine(wiring.Component):
                         m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h), op_wide.eq(qrec_ways > 1)]
                         m.d.sync += st_j.eq(st_j + qrec_ways)
                         with m.If(st_j == val_chunks - qrec_ways):
-                            m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                            m.d.sync += [st_j.eq(0), st_c.eq(0), c_end.eq(int(trl_chunks == 1))]
                             store.next = "TRL"
                     with m.Default():              # KV: the head's words, padding, mantissas
                         m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j),
@@ -1444,8 +1450,8 @@ class VectorEngine(wiring.Component):
         with store.State("TRL"):
             with m.If(room):
                 m.d.comb += [op_valid.eq(1), op_kind.eq(_TRL), op_r.eq(st_r), op_g.eq(st_h), op_k.eq(st_c)]
-                m.d.sync += st_c.eq(st_c + 1)
-                with m.If(st_c == trl_chunks - 1):
+                m.d.sync += [st_c.eq(st_c + 1), c_end.eq(st_c + 1 == trl_chunks - 1)]
+                with m.If(c_end):
                     next_head("VAL", "VAL")
         with store.State("SCMD"):
             m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + y_scale_off), wc_bytes.eq(SB)]
@@ -1490,13 +1496,13 @@ class VectorEngine(wiring.Component):
         with store.State("MCMD"):
             m.d.comb += [wc_valid.eq(1), wc_addr.eq(st_maddr), wc_bytes.eq(span_words * W8)]
             with m.If(wc_take):
-                m.d.sync += st_c.eq(0)
+                m.d.sync += [st_c.eq(0), c_end.eq(int(span_words == 1))]
                 store.next = "MNT"
         with store.State("MNT"):
             with m.If(room):
                 m.d.comb += [op_valid.eq(1), op_kind.eq(_MNT), op_k.eq(st_c)]
-                m.d.sync += st_c.eq(st_c + 1)
-                with m.If(st_c == span_words - 1):
+                m.d.sync += [st_c.eq(st_c + 1), c_end.eq(st_c + 1 == span_words - 1)]
+                with m.If(c_end):
                     next_head("CMD", "KROW")
         with store.State("FLUSH"):
             # no micro-op reads the tiles any more: the next block may be loaded

@@ -246,7 +246,8 @@ class FireScheduler(wiring.Component):
 
         # the loop steps as flat conditions: the fire and an AND of the loop-end flags (each a
         # flip-flop), not a chain of nested selects after the fire
-        # (kept nets: Yosys would otherwise rebuild them as a chain of ANDs behind the fire)
+        # (kept nets, so the trace names them; ABC still builds the steps as a chain of ANDs behind
+        # the fire, docs/estimate.md "Engines, session 38")
         at_tile, at_blk, at_pass = (Signal(name=n, attrs={"keep": 1}) for n in ("at_tile", "at_blk", "at_pass"))
         m.d.comb += [at_tile.eq(col_last & last_col), at_blk.eq(col_last & last_col & final_blk),
                      at_pass.eq(col_last & last_col & final_blk & final_tile)]

@@ -142,7 +142,14 @@ class FireScheduler(wiring.Component):
                              c_left.eq(rec.kc - 1), col_last.eq(rec.kc == 1),
                              last_col.eq(Mux(tiles_m1 == 0, one_last_col, T == 1))]
 
-        pass_end = final_tile & final_blk & last_col & col_last
+        # the loop steps as flat conditions: the fire and an AND of the loop-end flags (each a
+        # flip-flop), not a chain of nested selects after the fire
+        # (kept nets, so the trace names them; ABC still builds the steps as a chain of ANDs behind
+        # the fire, docs/estimate.md "Engines, session 38")
+        at_tile, at_blk, at_pass = (Signal(name=n, attrs={"keep": 1}) for n in ("at_tile", "at_blk", "at_pass"))
+        m.d.comb += [at_tile.eq(col_last & last_col), at_blk.eq(col_last & last_col & final_blk),
+                     at_pass.eq(col_last & last_col & final_blk & final_tile)]
+        pass_end = at_pass
         m.d.comb += self.rows_valid.eq(Mux(brows < R, brows, R))
         if fpg > 1:
             pos = c[:exact_log2(fpg)]
@@ -212,8 +219,11 @@ class FireScheduler(wiring.Component):
         # an advance inside the tile, the tile's last column (or no pass: offsets 0). A column or
         # block that arrives this cycle counts from the next one (a cycle of latency, the same
         # rate); the frees and offsets are this scheduler's own, so a flag never runs ahead.
-        adv = fire & col_last
-        wrap = adv & last_col
+        e_col = fire & col_last                  # the fire ends a column
+        e_tile = fire & at_tile                  # ... the tile's last column
+        e_blk = fire & at_blk                    # ... of the chunk's last row block
+        e_pass = fire & at_pass                  # ... of the pass's last tile
+        adv, wrap = e_col, e_tile
         # (cols_ahead - 1 compared with 0 is cols_ahead compared with 1; j + 1 is a register)
         ca = self.cols_ahead
         gt_in = Mux(final_blk, ca > 1, ca > j_p1)           # after an advance inside the tile
@@ -239,22 +249,11 @@ class FireScheduler(wiring.Component):
             with m.Else():
                 m.d.sync += a_gt.eq(aa > a_off)
         m.d.comb += [self.free_col.eq(fire & col_last & final_blk),
-                     self.free_params.eq(fire & col_last & last_col & final_blk & need_params),
+                     self.free_params.eq(e_blk & need_params),
                      self.claim.eq(fire & col_last & need_p)]
         if not G.tlmm:
-            m.d.comb += self.release.eq(fire & col_last & last_col & final_tile)
+            m.d.comb += self.release.eq(e_tile & final_tile)
 
-        # the loop steps as flat conditions: the fire and an AND of the loop-end flags (each a
-        # flip-flop), not a chain of nested selects after the fire
-        # (kept nets, so the trace names them; ABC still builds the steps as a chain of ANDs behind
-        # the fire, docs/estimate.md "Engines, session 38")
-        at_tile, at_blk, at_pass = (Signal(name=n, attrs={"keep": 1}) for n in ("at_tile", "at_blk", "at_pass"))
-        m.d.comb += [at_tile.eq(col_last & last_col), at_blk.eq(col_last & last_col & final_blk),
-                     at_pass.eq(col_last & last_col & final_blk & final_tile)]
-        e_col = fire & col_last                  # the fire ends a column
-        e_tile = fire & at_tile                  # ... the tile's last column
-        e_blk = fire & at_blk                    # ... of the chunk's last row block
-        e_pass = fire & at_pass                  # ... of the pass's last tile
         with m.If(fire):
             m.d.sync += [c.eq(Mux(col_last, 0, c + 1)), c_left.eq(Mux(col_last, kc_m1, c_left - 1)),
                          col_last.eq(Mux(col_last, kc_m1 == 0, c_left == 1))]

@@ -557,12 +557,12 @@ class JobSequencer(wiring.Component):
                          o_cmd.bytes.eq(Mux(o_last_t, last_seg_bytes, seg_full))]
         with m.Else():
             m.d.sync += [o_cmd.addr.eq(job.y_addr), o_cmd.bytes.eq(o_total)]
+        def blocks_of(last_q):
+            """The row-block loop's start for a chunk (the job's last chunk when ``last_q``)."""
+            return [o_b_left.eq(Mux(last_q, c_last_m1, blk_m1)), o_last_b.eq(Mux(last_q, c_last_one, blk_one))]
+
         with m.If(self.out_cmd.valid & self.out_cmd.ready):
             m.d.sync += issued.eq(issued + 1)
-
-            def blocks_of(last_q):
-                """The row-block loop's start for a chunk (the job's last chunk when ``last_q``)."""
-                return [o_b_left.eq(Mux(last_q, c_last_m1, blk_m1)), o_last_b.eq(Mux(last_q, c_last_one, blk_one))]
 
             def next_pass():
                 new_last_q = Mux(o_last_q, one_chunk, o_q_left == 1)

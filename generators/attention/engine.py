@@ -198,9 +198,11 @@ class AttentionEngine(wiring.Component):
             with m.If(self.out_done.valid):
                 m.d.sync += [acks.eq(acks + 1), err.eq(err | self.out_done.payload.error)]
         m.d.comb += self.out_done.ready.eq(1)
-        # registered (a cycle late): the two 32-bit compares stay off the done handshake
-        finished = Signal()
-        m.d.sync += finished.eq(seq.gen_done & (tiles_out == seq.tiles) & (acks == cmds) & ~seq.start)
+        # two cycles late: the two 32-bit compares registered apart, then their AND (the three
+        # terms from one cycle), so neither compare reaches the done handshake
+        finished, gen_end, tiles_all, acks_all = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [gen_end.eq(seq.gen_done & ~seq.start), tiles_all.eq(tiles_out == seq.tiles),
+                     acks_all.eq(acks == cmds), finished.eq(gen_end & tiles_all & acks_all)]
         fin_r = Signal()
         with m.If(finished & ~fin_r):
             m.d.comb += self.done.valid.eq(1)
@@ -221,9 +223,15 @@ class AttentionEngine(wiring.Component):
         m.d.sync += self.stall.eq(busy & ~sc.fire & ~vu.fire)
         e = Signal(range(geom.lanes + 1))       # head dims one value word of the job's format carries
         m.d.comb += e.eq(geom.select_format(seq.bits4, int4=geom.int4_lanes, int8=geom.int8_lanes))
-        inc_k = Mux(sc.fire, sc.rows * e, 0)
-        inc_v = Mux(vu.fire & otq.o.valid, otq.o.payload.nv * e, 0)
-        # registered: one cycle late, the same total; the fire logic stays out of the kernel's sum
+        # the fires and their row counts registered, then the sum registered: two cycles late, the
+        # same total; the fire logic stays out of the products and the kernel's sum
+        k_fire, v_fire = Signal(), Signal()
+        k_rows, v_rows = Signal.like(sc.rows), Signal.like(otq.o.payload.nv)
+        e_r = Signal.like(e)
+        m.d.sync += [k_fire.eq(sc.fire), k_rows.eq(sc.rows), v_fire.eq(vu.fire & otq.o.valid),
+                     v_rows.eq(otq.o.payload.nv), e_r.eq(e)]
+        inc_k = Mux(k_fire, k_rows * e_r, 0)
+        inc_v = Mux(v_fire, v_rows * e_r, 0)
         m.d.sync += self.mac_inc.eq(inc_k + inc_v)
 
     # -- head-parallel engine -------------------------------------------------------------------

@@ -39,21 +39,22 @@ class Exp2(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         m.submodules.rom = rom = Memory(shape=P_FRAC + 1, depth=1 << SCORE_FRAC, init=EXP2_TABLE)
-        # the shift amount, clamped: i >= 17 gives 0 whatever the table says
-        zero = Signal()
-        sh = Signal(range(EXP2_ZERO_SHIFT + 1))
+        # the shift amount, clamped: i >= 17 gives 0 whatever the table says; with it its
+        # ``shift - 1`` and ``shift == 0``, so the rounding shift starts from a register
+        zero, s_zero = Signal(), Signal()
+        sm1 = Signal(range(EXP2_ZERO_SHIFT + 1))
         i = self.d[SCORE_FRAC:]
-        zero_now = i >= EXP2_ZERO_SHIFT
-        sh_now = Mux(zero_now, EXP2_ZERO_SHIFT, i)
+        # (from i itself: when i >= 17 the output is 0 whatever sm1 and s_zero say)
+        shift_now = [zero.eq(i >= EXP2_ZERO_SHIFT), s_zero.eq(i == 0), sm1.eq((i[:len(sm1)] - 1)[:len(sm1)])]
         if self._registered:
             rp = rom.read_port()                       # synchronous: data one cycle after addr
-            m.d.sync += [zero.eq(zero_now), sh.eq(sh_now)]
+            m.d.sync += shift_now
         else:
             rp = rom.read_port(domain="comb")
-            m.d.comb += [zero.eq(zero_now), sh.eq(sh_now)]
+            m.d.comb += shift_now
         m.d.comb += rp.addr.eq(self.d[:SCORE_FRAC])
         # rshift_round(t, s) = ((t >> (s-1)) + 1) >> 1 for s >= 1
         t = rp.data
-        rounded = ((t >> (sh - 1)[:5]) + 1) >> 1
-        m.d.comb += self.p.eq(Mux(zero, 0, Mux(sh == 0, t, rounded)))
+        rounded = ((t >> sm1) + 1) >> 1
+        m.d.comb += self.p.eq(Mux(zero, 0, Mux(s_zero, t, rounded)))
         return m

@@ -140,7 +140,10 @@ class ScoreUnit(wiring.Component):
                         m.d.sync += pr.eq(geom.lane_product(qv, src[r].lanes[i]))
                     prods.append(pr)
                 bs, st = adder_tree(m, prods, levels_per_stage=LEVELS_PER_STAGE, name=f"bs{r}_{b}")
-                mant = delay(m, src[r].mants[b], 1 + st, name=f"mant{r}_{b}", reset_less=True)
+                # the last of the mantissa's delays has a reset so it stays a flip-flop: a shift
+                # register LUT (what Yosys makes of a reset-less chain) is slow into the DSP
+                mant = delay(m, delay(m, src[r].mants[b], st, name=f"mant{r}_{b}", reset_less=True), 1,
+                             name=f"mant{r}_{b}_ff")
                 bm = Signal(signed(16 + exact_log2(block_lanes) + 1 + 17), name=f"bm{r}_{b}", reset_less=True)
                 m.d.sync += bm.eq(bs * mant)
                 bsums.append(bm)
@@ -180,15 +183,15 @@ class ScoreUnit(wiring.Component):
                     m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=rotk, int8=rot1))
 
         # -- stage B: log2-domain score and masks: S x mult (registered DSP tiles and their sum,
-        # ``b_lat`` registers) beside the masks, then the shift, then rounding + saturation --------
+        # ``b_lat`` registers) beside the masks, then the shift (two steps), then rounding + saturation --------
         # (mult as the 17-bit side: S in two pieces, so two DSP tiles and one registered sum)
         prods = [pipelined_product(m, mult[r], Sf[r], name=f"sm{r}") for r in range(rows)]
         b_lat = prods[0][1]
         b_ctl = data.StructLayout({"v": 1, "t": range(max(2, page_tokens)), "last": 1, "first": 1, "bank": 1})
         ctlB = Signal(b_ctl)
         m.d.comb += [ctlB.v.eq(vB), ctlB.t.eq(tB), ctlB.last.eq(lastB), ctlB.first.eq(firstB), ctlB.bank.eq(bankB)]
-        chainB = [ctlB]                      # chainB[b_lat + 2] is stage C
-        for i in range(b_lat + 2):
+        chainB = [ctlB]                      # chainB[b_lat + 3] is stage C
+        for i in range(b_lat + 3):
             chainB.append(delay(m, chainB[-1], 1, name=f"ctlB{i}"))
         cC = chainB[-1]
         vC, tC, lastC, firstC, bankC = cC.v, cC.t, cC.last, cC.first, cC.bank
@@ -199,24 +202,39 @@ class ScoreUnit(wiring.Component):
             in_win = (self.window == 0) | (Cat(jB, Const(0, 1)).as_signed() >= lo[r]) | (jB < self.sink)
             vis = Signal(name=f"visB_{r}")
             m.d.sync += vis.eq((r < nv) & (self.bidir | ((jB <= pos[r]) & in_win)))
-            m.d.comb += visC[r].eq(delay(m, vis, b_lat + 1, name=f"vis{r}_d"))
+            m.d.comb += visC[r].eq(delay(m, vis, b_lat + 2, name=f"vis{r}_d"))
             # rshift_round(v, s) = ((v >> (s - 1)) + 1) >> 1, and v = ((2v + 1) >> 1) for s = 0
             # (shift - 1 and shift == 0 registered: the tile's shift is constant while words are
             # in the pipeline, and changes many cycles before the next word reaches this stage)
             sm1 = Signal(max(1, MAX_SHIFT.bit_length()), name=f"sm1_{r}")
             s_zero = Signal(name=f"s_zero{r}")
             m.d.sync += [sm1.eq((shift[r] - 1)[:len(sm1)]), s_zero.eq(shift[r] == 0)]
+            # the shift in two registered steps, by the multiple of 8 and then by the rest (one
+            # 64-way shifter of a 50-bit product was seven LUT levels)
+            coarse = Signal(signed(sbits + MULT_BITS + 2), name=f"zco{r}")
+            fine = Signal(3, name=f"zfine{r}")
+            m.d.sync += [coarse.eq(Mux(s_zero, prod << 1, prod >> Cat(Const(0, 3), sm1[3:]))),
+                         fine.eq(Mux(s_zero, 0, sm1[:3]))]
             sh = Signal(signed(sbits + MULT_BITS + 2), name=f"zsh{r}")
-            m.d.sync += sh.eq(Mux(s_zero, prod << 1, prod >> sm1))
+            m.d.sync += sh.eq(coarse >> fine)
             zr = Signal(signed(sbits + MULT_BITS + 2), name=f"zr{r}")
             m.d.comb += zr.eq((sh + 1) >> 1)
             m.d.sync += zC[r].eq(Mux(zr > ZMAX, ZMAX, Mux(zr < ZMIN, ZMIN, zr)))
         # a new tile's Q, mult and shift wait until no word of the last one is in the pipeline;
         # a new segment starts only when no segment ending in its bank is on its way to stage C
         # (which marks the bank full), so a segment never writes a bank still waiting to be marked
-        m.d.comb += [in_flight.eq(Cat(*(c.v for c in chain[1:]), *(c.v for c in chainB)).any()),
-                     end_in_flight.eq(Cat(*(c.v & c.last & c.seg_last & (c.bank == bank_a) for c in chain[1:]),
-                                          *(c.v & c.last & (c.bank == bank_a) for c in chainB)).any())]
+        # (both flags registered, from what the delay lines will hold next cycle: chain[i] moves
+        # to chain[i + 1], the last of chain to chainB[0] if it ends a segment, chainB[i] to
+        # chainB[i + 1]; an ending segment per bank, so the flag is one mux by bank_a): the
+        # pipeline's OR stays off the word handshake
+        ends = [Signal(name=f"ends_in_flight{b}") for b in range(2)]
+        to_b = ca.v & ca.last
+        m.d.sync += in_flight.eq(Cat(*(c.v for c in chain[:-1]), to_b, *(c.v for c in chainB[:-1])).any())
+        for b in range(2):
+            m.d.sync += ends[b].eq(Cat(*(c.v & c.last & c.seg_last & (c.bank == b) for c in chain[:-1]),
+                                       to_b & ca.seg_last & (ca.bank == b),
+                                       *(c.v & c.last & (c.bank == b) for c in chainB[:-1])).any())
+        m.d.comb += end_in_flight.eq(Mux(bank_a, ends[1], ends[0]))
 
         # -- stage C: bank write, block max, segment bookkeeping -----------------------------
         bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(rows)]
@@ -237,13 +255,16 @@ class ScoreUnit(wiring.Component):
             fresh = tC == 0
             cur_any = Mux(fresh, 0, bany[r])
             nany = cur_any | visC[r]
-            nmax = Mux(cur_any, Mux(visC[r] & (zC[r] > bmax[r]), zC[r], bmax[r]), zC[r])
+            # the three compares side by side (not nmax's compare, then nmax against run_m)
+            take_z = ~cur_any | (visC[r] & (zC[r] > bmax[r]))
+            nmax = Mux(take_z, zC[r], bmax[r])
+            nmax_gt_run = Mux(take_z, zC[r] > run_m[r], bmax[r] > run_m[r])
             with m.If(vC):
                 m.d.sync += [bany[r].eq(nany), bmax[r].eq(nmax)]
                 with m.If(lastC):
                     re = firstC | run_e[r]
                     new_e = re & ~nany
-                    new_m = Mux(nany, Mux(re, nmax, Mux(nmax > run_m[r], nmax, run_m[r])), run_m[r])
+                    new_m = Mux(nany & (re | nmax_gt_run), nmax, run_m[r])
                     m.d.sync += [run_m[r].eq(new_m), run_e[r].eq(new_e)]
                     for b in range(2):
                         with m.If(bankC == b):
@@ -256,8 +277,9 @@ class ScoreUnit(wiring.Component):
 
         # -- probability stage ---------------------------------------------------------------
         # issue (bank read) -> X: d = m - z (or the alpha's m_new - m_prev), clamped, registered
-        # -> Y: exp2 table read, registered -> Z: shift and round, FIFO write. ``room`` counts the
-        # entries in flight (the bank read, X and Y) so the FIFO never overflows.
+        # -> Y: exp2 table read, registered -> Z: shift and round, registered -> FIFO write.
+        # ``room`` counts the entries in flight (the bank read, X, Y and Z) so the FIFO never
+        # overflows.
         DEPTH = 8
         m.submodules.pfifo = pf = SyncFIFOBuffered(width=p_entry_layout(rows).size, depth=DEPTH)
         m.d.comb += [self.p.payload.eq(pf.r_data), self.p.valid.eq(pf.r_rdy), pf.r_en.eq(self.p.ready)]
@@ -275,12 +297,14 @@ class ScoreUnit(wiring.Component):
             exps.append(e)
         x_valid, x_alpha = Signal(), Signal()          # stage X holds d (the exp2 input)
         y_valid, y_alpha = Signal(), Signal()          # stage Y: the table read in flight
+        z_valid = Signal()                             # stage Z: the rounded entry, registered
         x_zero = [Signal(name=f"x_zero{r}") for r in range(rows)]     # the entry is 0 (masked / first)
         x_one = [Signal(name=f"x_one{r}") for r in range(rows)]       # the entry is 1.0 (empty alpha)
         y_zero = [Signal(name=f"y_zero{r}") for r in range(rows)]
         y_one = [Signal(name=f"y_one{r}") for r in range(rows)]
-        room = (pf.w_level + inflight + x_valid + y_valid) < DEPTH
+        room = (pf.w_level + inflight + x_valid + y_valid + z_valid) < DEPTH
         entry = Signal(p_entry_layout(rows))
+        entry_z = Signal(p_entry_layout(rows))
         issue = Signal()
         m.d.comb += issue.eq(fullP & alpha_done & (k < nP) & room)
         m.d.comb += br.addr.eq(Cat(k[:exact_log2(page_tokens)] if page_tokens > 1 else Const(0, 0), pb))
@@ -318,5 +342,7 @@ class ScoreUnit(wiring.Component):
             m.d.sync += [dq.eq(Mux(dd < 0, 0, dd[:Z_BITS + 1])), y_zero[r].eq(x_zero[r]), y_one[r].eq(x_one[r])]
             m.d.comb += [exps[r].d.eq(dq),
                          entry.vals[r].eq(Mux(y_zero[r], 0, Mux(y_one[r], 1 << P_FRAC, exps[r].p)))]
-        m.d.comb += [entry.alpha.eq(y_alpha), pf.w_data.eq(entry), pf.w_en.eq(y_valid)]
+        m.d.comb += entry.alpha.eq(y_alpha)
+        m.d.sync += [entry_z.eq(entry), z_valid.eq(y_valid)]
+        m.d.comb += [pf.w_data.eq(entry_z), pf.w_en.eq(z_valid)]
         return m

@@ -134,6 +134,10 @@ class Sequencer(wiring.Component):
         lo_raw = Cat(p_min, Const(0, 1)).as_signed() - job["window"] + 1
         lo, top, lo_in_sink = Signal(CTX_BITS), Signal(CTX_BITS + 1), Signal()
         m.d.sync += [lo.eq(Mux(lo_raw < 0, 0, lo_raw)), top.eq(p_max + 1), lo_in_sink.eq(lo <= job["sink"])]
+        # the job's window and sink tests as flags (the job's fields hold from IDLE on; RANGES comes
+        # after SETUP): the range choice is a mux of flip-flops, not of two wide compares
+        win_zero, sink_zero = Signal(), Signal()
+        m.d.sync += [win_zero.eq(job["window"] == 0), sink_zero.eq(job["sink"] == 0)]
         tiles = Signal(32)
         m.d.comb += self.tiles.eq(tiles)
 
@@ -160,7 +164,10 @@ class Sequencer(wiring.Component):
 
         # ranges
         rlo = [Signal(CTX_BITS + 1, name=f"rlo{k}") for k in range(2)]
-        rhi = [Signal(CTX_BITS + 1, name=f"rhi{k}") for k in range(2)]
+        # the current range's end a register of its own (not a mux of both ends by ridx): the
+        # segment's end compare starts from flip-flops
+        cur_hi = Signal(CTX_BITS + 1)
+        hi1 = Signal(CTX_BITS + 1)           # the second range's end
         nr = Signal(2)
         ridx = Signal()
         j = Signal(CTX_BITS + 1)
@@ -174,7 +181,6 @@ class Sequencer(wiring.Component):
         page_end = Signal.like(j)
         rlo1_end = Signal.like(j)            # the page end of the second range's start
         m.d.sync += rlo1_end.eq(((rlo[1] >> page_shift) + 1) << page_shift)
-        cur_hi = Mux(ridx, rhi[1], rhi[0])
         in_page = page_end < cur_hi
         seg_end = Mux(in_page, page_end, cur_hi)
         seg_last_of_range = ~in_page
@@ -202,6 +208,13 @@ class Sequencer(wiring.Component):
                              vbase[r].eq(Mux(hp, tbl[64 * (rows + r):64 * (rows + r) + 64], job["v_pool"]))]
             else:
                 m.d.comb += [kbase[r].eq(job["k_pool"]), vbase[r].eq(job["v_pool"])]
+
+        # avail = i < total, a flip-flop: compared from registers for i as it is (in every state),
+        # as it will be after a ROWS step (i + 1) or after NEXT's restart (0); ROWS and NEXT pick
+        avail = Signal()
+        lt_next, any_rows = Signal(), Signal()
+        m.d.comb += [lt_next.eq((i + 1) < total), any_rows.eq(total != 0)]
+        m.d.sync += avail.eq(i < total)
 
         count = Signal(2)
         # job.ready from a flip-flop kept with the IDLE state (not a decode of the binary state):
@@ -246,7 +259,9 @@ class Sequencer(wiring.Component):
                         with m.If(tw == tbl_words - 1):
                             m.next = "ROWS"
             with m.State("ROWS"):
-                valid = i < total
+                valid = avail
+                with m.If(valid):
+                    m.d.sync += avail.eq(lt_next)
                 for r in range(rows):
                     with m.If(rr == r):
                         m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri), rqa[r].eq(job["q_addr"] + riq)]
@@ -277,16 +292,15 @@ class Sequencer(wiring.Component):
                     m.d.sync += tiles.eq(tiles + 1)
                     m.next = "RANGES"
             with m.State("RANGES"):
-                win, sink = job["window"], job["sink"]
                 m.d.sync += [first_seg.eq(1), ridx.eq(0)]
                 with m.If(bidir):
-                    m.d.sync += [rlo[0].eq(0), rhi[0].eq(keys), nr.eq(1), j.eq(0)]
-                with m.Elif((win == 0) | lo_in_sink):
-                    m.d.sync += [rlo[0].eq(0), rhi[0].eq(top), nr.eq(1), j.eq(0)]
-                with m.Elif(sink == 0):
-                    m.d.sync += [rlo[0].eq(lo), rhi[0].eq(top), nr.eq(1), j.eq(lo)]
+                    m.d.sync += [rlo[0].eq(0), cur_hi.eq(keys), nr.eq(1), j.eq(0)]
+                with m.Elif(win_zero | lo_in_sink):
+                    m.d.sync += [rlo[0].eq(0), cur_hi.eq(top), nr.eq(1), j.eq(0)]
+                with m.Elif(sink_zero):
+                    m.d.sync += [rlo[0].eq(lo), cur_hi.eq(top), nr.eq(1), j.eq(lo)]
                 with m.Else():
-                    m.d.sync += [rlo[0].eq(0), rhi[0].eq(sink), rlo[1].eq(lo), rhi[1].eq(top), nr.eq(2), j.eq(0)]
+                    m.d.sync += [rlo[0].eq(0), cur_hi.eq(job["sink"]), rlo[1].eq(lo), hi1.eq(top), nr.eq(2), j.eq(0)]
                 m.next = "SEG0"
             with m.State("SEG0"):
                 m.d.sync += page_end.eq((lp + 1) << page_shift)
@@ -297,12 +311,13 @@ class Sequencer(wiring.Component):
                     m.d.comb += segq.w_en.eq(1)
                     m.d.sync += [first_seg.eq(0), j.eq(seg_end), page_end.eq(page_end + page_tokens)]
                     with m.If(seg_last_of_range):
-                        m.d.sync += [ridx.eq(1), j.eq(rlo[1]), page_end.eq(rlo1_end)]
+                        m.d.sync += [ridx.eq(1), j.eq(rlo[1]), page_end.eq(rlo1_end), cur_hi.eq(hi1)]
                     with m.If(seg_tile_last):
                         m.next = "NEXT"
             with m.State("NEXT"):
                 m.d.sync += [rr.eq(0), nv.eq(0)]
-                with m.If(i == total):
+                with m.If(~avail):                   # i == total (i never passes total)
+                    m.d.sync += avail.eq(any_rows)
                     m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + hb_step),
                                  ri.eq(hbase + hb_step), h_off.eq(h_off + head_area),
                                  hbq.eq(hbq + hb_step_q), riq.eq(hbq + hb_step_q)]

@@ -60,8 +60,9 @@ def _rescale(m: Module, v, alpha, bits: int, *, name: str) -> Signal:
 
 
 class ValueUnit(wiring.Component):
-    #: registered stages of the output multiply (two products, their sum, shift, round + saturate)
-    OUT_STAGES = 4
+    #: registered stages of the output multiply (the ring head, the products, their sum, the
+    #: shift, the rounding, the saturation)
+    OUT_STAGES = 6
     #: cycles from a take (item and probabilities accepted) to its ring and denominator update
     UPDATE_DELAY = 2
     #: registered stages of a rescale (``acc * alpha``): the rescaled ring head is computed this
@@ -210,14 +211,17 @@ class ValueUnit(wiring.Component):
                      self.out_cmd.payload.bytes.eq(row_bytes),
                      self.out_data.payload.eq(obuf[:W])]
         shm1 = Signal(range(l_bits + 16))
-        m.d.comb += shm1.eq(n + 15 - OUT_FRAC)
-        # acc * y in OUT_STAGES registered stages: one-tile products (the accumulator in 17-bit
-        # pieces, the top one signed and at most 18 bits, each times the 18-bit y), their sum (one
-        # carry chain behind a carry-save layer), the shift, then rounding and saturation
+        m.d.sync += shm1.eq(n + 15 - OUT_FRAC)       # read two stages after n is loaded
+        # acc * y in OUT_STAGES registered stages: the row's ring head (a register: the row mux
+        # stays out of the DSP's input), one-tile products (the accumulator in 17-bit pieces, the
+        # top one signed and at most 18 bits, each times the 18-bit y), their sum (one carry chain
+        # behind a carry-save layer), the shift, the rounding, then the saturation
         cuts = geom.out_cuts
         stage_out = []
+        head_r = Signal.like(head)
+        m.d.sync += head_r.eq(head)
         for li in range(int8_lanes):
-            a = head[li * acc_bits:(li + 1) * acc_bits]
+            a = head_r[li * acc_bits:(li + 1) * acc_bits]
             parts = []
             for k, (lo, hi) in enumerate(zip(cuts, cuts[1:])):
                 top = hi == acc_bits
@@ -229,7 +233,8 @@ class ValueUnit(wiring.Component):
             m.d.sync += prod.eq(carry_save_sum(m, parts, len(prod), name=f"oprod{li}"))
             sh = Signal(signed(acc_bits + RECIP_X_BITS + 2), name=f"osh{li}")
             m.d.sync += sh.eq(prod >> shm1)
-            v = (sh + 1) >> 1
+            v = Signal(signed(len(sh)), name=f"oround{li}")
+            m.d.sync += v.eq((sh + 1) >> 1)
             o = Signal(32, name=f"oout{li}")
             m.d.sync += o.eq(Mux(v > (1 << 31) - 1, (1 << 31) - 1, Mux(v < -(1 << 31), -(1 << 31), v)))
             stage_out.append(o)

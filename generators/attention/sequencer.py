@@ -16,6 +16,7 @@ from amaranth.lib.wiring import In, Out
 from ...encodings import AttentionMode
 from ...engines.attention import CTX_BITS, KV_HEAD_PARALLEL, MAX_HEADS
 from ...mathutil import exact_log2
+from ..onehot import OneHotFSM
 from ..streams import dma_command_stream
 from .geometry import DatapathGeometry
 from .qload import q_tile_layout
@@ -221,117 +222,124 @@ class Sequencer(wiring.Component):
         # the command processor's dispatch decision reads it
         idle_ff = Signal(init=1)
         m.d.comb += self.job.ready.eq(idle_ff)
-        with m.FSM():
-            with m.State("IDLE"):
-                with m.If(self.job.valid):
-                    m.d.sync += idle_ff.eq(0)
-                    m.d.sync += [v.eq(getattr(self.job.payload, n)) for n, v in job.items()]
-                    if geom.head_parallel:
-                        m.d.sync += hp.eq(self.job.payload.kv_layout == KV_HEAD_PARALLEL)
-                    m.d.sync += [bits4.eq(self.job.payload.kv_bits == 4),
-                                 bidir.eq(self.job.payload.mode == AttentionMode.BIDIRECTIONAL),
-                                 count.eq(0), tiles.eq(0),
-                                 h.eq(0), i.eq(0), hi.eq(0), pos_idx.eq(0), ri.eq(0), hbase.eq(0), h_off.eq(0),
-                                 riq.eq(0), hbq.eq(0)]
-                    m.next = "SETUP"
-            with m.State("SETUP"):
-                m.d.sync += count.eq(count + 1)
-                with m.If(count == 2):
-                    m.d.comb += self.start.eq(1)
-                    m.d.sync += [rr.eq(0), nv.eq(0), tw.eq(0)]
-                    m.next = "TCMD" if geom.head_parallel else "ROWS"
-                    with m.If(~hp):
-                        m.next = "ROWS"
-            if geom.head_parallel:
-                with m.State("TCMD"):
-                    # the pool table on the block-table channel, before any block-table word
-                    m.d.comb += [self.scale_cmd.valid.eq(1), self.scale_cmd.payload.addr.eq(job["k_pool"]),
-                                 self.scale_cmd.payload.bytes.eq(geom.pool_table_bytes)]
-                    with m.If(self.scale_cmd.ready):
-                        m.next = "TDATA"
-                with m.State("TDATA"):
-                    m.d.comb += self.bt_data.ready.eq(1)
-                    with m.If(self.bt_data.valid):
-                        for k in range(tbl_words):
-                            with m.If(tw == k):
-                                m.d.sync += tbl.word_select(k, geom.data_width).eq(self.bt_data.payload)
-                        m.d.sync += tw.eq(tw + 1)
-                        with m.If(tw == tbl_words - 1):
-                            m.next = "ROWS"
-            with m.State("ROWS"):
-                valid = avail
-                with m.If(valid):
-                    m.d.sync += avail.eq(lt_next)
-                for r in range(rows):
-                    with m.If(rr == r):
-                        m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri), rqa[r].eq(job["q_addr"] + riq)]
-                with m.If(valid):
-                    m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
-                    with m.If(rr == 0):
-                        m.d.sync += p_min.eq(base + pos_idx)
-                    with m.If(hi == qpk_m1):
-                        m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + pos_step),
-                                     riq.eq(riq + pos_step_q)]
+        # one flip-flop per state (OneHotFSM): the binary state's decode was seven LUT levels into
+        # the next state
+        seq = OneHotFSM(m, ["IDLE", "SETUP", *(["TCMD", "TDATA"] if geom.head_parallel else []), "ROWS", "QCMD",
+                            "TILE", "RANGES", "SEG0", "SEGS", "NEXT", "WAIT"], name="seq")
+        with seq.State("IDLE"):
+            with m.If(self.job.valid):
+                m.d.sync += idle_ff.eq(0)
+                m.d.sync += [v.eq(getattr(self.job.payload, n)) for n, v in job.items()]
+                if geom.head_parallel:
+                    m.d.sync += hp.eq(self.job.payload.kv_layout == KV_HEAD_PARALLEL)
+                m.d.sync += [bits4.eq(self.job.payload.kv_bits == 4),
+                             bidir.eq(self.job.payload.mode == AttentionMode.BIDIRECTIONAL),
+                             count.eq(0), tiles.eq(0),
+                             h.eq(0), i.eq(0), hi.eq(0), pos_idx.eq(0), ri.eq(0), hbase.eq(0), h_off.eq(0),
+                             riq.eq(0), hbq.eq(0)]
+                seq.next = "SETUP"
+        with seq.State("SETUP"):
+            m.d.sync += count.eq(count + 1)
+            with m.If(count == 2):
+                m.d.comb += self.start.eq(1)
+                m.d.sync += [rr.eq(0), nv.eq(0), tw.eq(0)]
+                if geom.head_parallel:
+                    with m.If(hp):
+                        seq.next = "TCMD"
                     with m.Else():
-                        m.d.sync += [hi.eq(hi + 1), ri.eq(ri + ri_step), riq.eq(riq + ri_step_q)]
+                        seq.next = "ROWS"
+                else:
+                    seq.next = "ROWS"
+        if geom.head_parallel:
+            with seq.State("TCMD"):
+                # the pool table on the block-table channel, before any block-table word
+                m.d.comb += [self.scale_cmd.valid.eq(1), self.scale_cmd.payload.addr.eq(job["k_pool"]),
+                             self.scale_cmd.payload.bytes.eq(geom.pool_table_bytes)]
+                with m.If(self.scale_cmd.ready):
+                    seq.next = "TDATA"
+            with seq.State("TDATA"):
+                m.d.comb += self.bt_data.ready.eq(1)
+                with m.If(self.bt_data.valid):
+                    for k in range(tbl_words):
+                        with m.If(tw == k):
+                            m.d.sync += tbl.word_select(k, geom.data_width).eq(self.bt_data.payload)
+                    m.d.sync += tw.eq(tw + 1)
+                    with m.If(tw == tbl_words - 1):
+                        seq.next = "ROWS"
+        with seq.State("ROWS"):
+            valid = avail
+            with m.If(valid):
+                m.d.sync += avail.eq(lt_next)
+            for r in range(rows):
+                with m.If(rr == r):
+                    m.d.sync += [rpos[r].eq(base + pos_idx), rri[r].eq(ri), rqa[r].eq(job["q_addr"] + riq)]
+            with m.If(valid):
+                m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
+                with m.If(rr == 0):
+                    m.d.sync += p_min.eq(base + pos_idx)
+                with m.If(hi == qpk_m1):
+                    m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + pos_step),
+                                 riq.eq(riq + pos_step_q)]
+                with m.Else():
+                    m.d.sync += [hi.eq(hi + 1), ri.eq(ri + ri_step), riq.eq(riq + ri_step_q)]
+            m.d.sync += rr.eq(rr + 1)
+            with m.If(rr == rows - 1):
+                m.d.sync += rr.eq(0)
+                seq.next = "QCMD"
+        with seq.State("QCMD"):
+            m.d.comb += self.act_cmd.valid.eq(1)
+            with m.If(self.act_cmd.ready):
                 m.d.sync += rr.eq(rr + 1)
-                with m.If(rr == rows - 1):
-                    m.d.sync += rr.eq(0)
-                    m.next = "QCMD"
-            with m.State("QCMD"):
-                m.d.comb += self.act_cmd.valid.eq(1)
-                with m.If(self.act_cmd.ready):
-                    m.d.sync += rr.eq(rr + 1)
-                    with m.If(rr == nv - 1):
-                        m.next = "TILE"
-            with m.State("TILE"):
-                # both records go out together: offered only when both FIFOs have room
-                both = self.qtile.ready & self.otile.ready
-                m.d.comb += [self.qtile.valid.eq(both), self.otile.valid.eq(both)]
-                with m.If(both):
-                    m.d.sync += tiles.eq(tiles + 1)
-                    m.next = "RANGES"
-            with m.State("RANGES"):
-                m.d.sync += [first_seg.eq(1), ridx.eq(0)]
-                with m.If(bidir):
-                    m.d.sync += [rlo[0].eq(0), cur_hi.eq(keys), nr.eq(1), j.eq(0)]
-                with m.Elif(win_zero | lo_in_sink):
-                    m.d.sync += [rlo[0].eq(0), cur_hi.eq(top), nr.eq(1), j.eq(0)]
-                with m.Elif(sink_zero):
-                    m.d.sync += [rlo[0].eq(lo), cur_hi.eq(top), nr.eq(1), j.eq(lo)]
+                with m.If(rr == nv - 1):
+                    seq.next = "TILE"
+        with seq.State("TILE"):
+            # both records go out together: offered only when both FIFOs have room
+            both = self.qtile.ready & self.otile.ready
+            m.d.comb += [self.qtile.valid.eq(both), self.otile.valid.eq(both)]
+            with m.If(both):
+                m.d.sync += tiles.eq(tiles + 1)
+                seq.next = "RANGES"
+        with seq.State("RANGES"):
+            m.d.sync += [first_seg.eq(1), ridx.eq(0)]
+            with m.If(bidir):
+                m.d.sync += [rlo[0].eq(0), cur_hi.eq(keys), nr.eq(1), j.eq(0)]
+            with m.Elif(win_zero | lo_in_sink):
+                m.d.sync += [rlo[0].eq(0), cur_hi.eq(top), nr.eq(1), j.eq(0)]
+            with m.Elif(sink_zero):
+                m.d.sync += [rlo[0].eq(lo), cur_hi.eq(top), nr.eq(1), j.eq(lo)]
+            with m.Else():
+                m.d.sync += [rlo[0].eq(0), cur_hi.eq(job["sink"]), rlo[1].eq(lo), hi1.eq(top), nr.eq(2), j.eq(0)]
+            seq.next = "SEG0"
+        with seq.State("SEG0"):
+            m.d.sync += page_end.eq((lp + 1) << page_shift)
+            seq.next = "SEGS"
+        with seq.State("SEGS"):
+            m.d.comb += self.scale_cmd.valid.eq(segq.w_rdy)
+            with m.If(self.scale_cmd.valid & self.scale_cmd.ready):
+                m.d.comb += segq.w_en.eq(1)
+                m.d.sync += [first_seg.eq(0), j.eq(seg_end), page_end.eq(page_end + page_tokens)]
+                with m.If(seg_last_of_range):
+                    m.d.sync += [ridx.eq(1), j.eq(rlo[1]), page_end.eq(rlo1_end), cur_hi.eq(hi1)]
+                with m.If(seg_tile_last):
+                    seq.next = "NEXT"
+        with seq.State("NEXT"):
+            m.d.sync += [rr.eq(0), nv.eq(0)]
+            with m.If(~avail):                   # i == total (i never passes total)
+                m.d.sync += avail.eq(any_rows)
+                m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + hb_step),
+                             ri.eq(hbase + hb_step), h_off.eq(h_off + head_area),
+                             hbq.eq(hbq + hb_step_q), riq.eq(hbq + hb_step_q)]
+                with m.If(h == kvh_m1):
+                    seq.next = "WAIT"
                 with m.Else():
-                    m.d.sync += [rlo[0].eq(0), cur_hi.eq(job["sink"]), rlo[1].eq(lo), hi1.eq(top), nr.eq(2), j.eq(0)]
-                m.next = "SEG0"
-            with m.State("SEG0"):
-                m.d.sync += page_end.eq((lp + 1) << page_shift)
-                m.next = "SEGS"
-            with m.State("SEGS"):
-                m.d.comb += self.scale_cmd.valid.eq(segq.w_rdy)
-                with m.If(self.scale_cmd.valid & self.scale_cmd.ready):
-                    m.d.comb += segq.w_en.eq(1)
-                    m.d.sync += [first_seg.eq(0), j.eq(seg_end), page_end.eq(page_end + page_tokens)]
-                    with m.If(seg_last_of_range):
-                        m.d.sync += [ridx.eq(1), j.eq(rlo[1]), page_end.eq(rlo1_end), cur_hi.eq(hi1)]
-                    with m.If(seg_tile_last):
-                        m.next = "NEXT"
-            with m.State("NEXT"):
-                m.d.sync += [rr.eq(0), nv.eq(0)]
-                with m.If(~avail):                   # i == total (i never passes total)
-                    m.d.sync += avail.eq(any_rows)
-                    m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + hb_step),
-                                 ri.eq(hbase + hb_step), h_off.eq(h_off + head_area),
-                                 hbq.eq(hbq + hb_step_q), riq.eq(hbq + hb_step_q)]
-                    with m.If(h == kvh_m1):
-                        m.next = "WAIT"
-                    with m.Else():
-                        m.next = "ROWS"
-                with m.Else():
-                    m.next = "ROWS"
-            with m.State("WAIT"):
-                m.d.comb += self.gen_done.eq(1)
-                with m.If(self.idle):
-                    m.d.sync += idle_ff.eq(1)
-                    m.next = "IDLE"
+                    seq.next = "ROWS"
+            with m.Else():
+                seq.next = "ROWS"
+        with seq.State("WAIT"):
+            m.d.comb += self.gen_done.eq(1)
+            with m.If(self.idle):
+                m.d.sync += idle_ff.eq(1)
+                seq.next = "IDLE"
 
         # -- join with the block table; page addresses; K/V commands and segment records -------
         r1 = Signal(seg1)

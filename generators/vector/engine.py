@@ -22,6 +22,8 @@ cycle; the sweeps and the quantizer have fixed latencies and are issued only wit
 """
 from __future__ import annotations
 
+import operator
+from functools import reduce
 from types import SimpleNamespace
 from typing import NamedTuple
 
@@ -533,6 +535,20 @@ class VectorEngine(wiring.Component):
             rope_off = rows_times(Const(RB, 64), "iss_rope_off")
             i_pos = Signal(34)
             m.d.comb += i_pos.eq(rows_times(Const(1, 64), "iss_row") + j.pos0)
+        # the base + offset sums registered first (one 64-bit carry chain each, side by side), then
+        # the item mux into the command register
+        def summed(value, name):
+            r = Signal(64, name=name)
+            m.d.sync += r.eq(value)
+            return r
+
+        scale_addr = summed(j.a_scale + scale_off, "iss_scale_addr")
+        item_addr = {item: summed(Mux(fmt == VectorIn.ROWS32, base + offsets[item][0], base + offsets[item][1]),
+                                  f"iss_{x}_addr")
+                     for item, x, fmt, base in ((_A, "a", j.a_fmt, j.a_addr), (_B, "b", j.b_fmt, j.b_addr))}
+        if att is not None:
+            rope_addr = summed(rope_base + rope_off, "iss_rope_addr")
+            bt_addr = summed(j.bt_addr + ((((i_pos >> exact_log2(P)) << 2) >> LOGW8) << LOGW8), "iss_bt_addr")
         addr = Signal(64)
         nbytes = Signal(32)
         with m.Switch(i_item):
@@ -546,35 +562,32 @@ class VectorEngine(wiring.Component):
             with m.Case(_POOLS):
                 m.d.comb += [addr.eq(j.pool), nbytes.eq(((j.kv_groups * 8 + (W8 - 1)) >> LOGW8) << LOGW8)]
             with m.Case(_SCALE):
-                m.d.comb += [addr.eq(j.a_scale + scale_off), nbytes.eq(SB)]
-            for item, fmt, base in ((_A, j.a_fmt, j.a_addr), (_B, j.b_fmt, j.b_addr)):
-                row_off, blk_off = offsets[item]
+                m.d.comb += [addr.eq(scale_addr), nbytes.eq(SB)]
+            for item, fmt in ((_A, j.a_fmt), (_B, j.b_fmt)):
                 with m.Case(item):
-                    with m.If(fmt == VectorIn.ROWS32):
-                        m.d.comb += [addr.eq(base + row_off), nbytes.eq(j.dim << 2)]
-                    with m.Else():
-                        m.d.comb += [addr.eq(base + blk_off), nbytes.eq((j.dim << 2) * R)]
+                    m.d.comb += [addr.eq(item_addr[item]),
+                                 nbytes.eq(Mux(fmt == VectorIn.ROWS32, j.dim << 2, (j.dim << 2) * R))]
             if att is not None:
                 with m.Case(_ROPE):
-                    m.d.comb += [addr.eq(rope_base + rope_off), nbytes.eq(RB)]
+                    m.d.comb += [addr.eq(rope_addr), nbytes.eq(RB)]
                 with m.Case(_BT):
-                    lp = i_pos >> exact_log2(P)
-                    m.d.comb += [addr.eq(j.bt_addr + (((lp << 2) >> LOGW8) << LOGW8)), nbytes.eq(W8)]
-        # the command is registered before its slice (the address adds and the item mux end at a
-        # flip-flop): it is computed from the walker's state, which only an advance (or the start)
-        # changes, so a command waits one cycle after each of them
+                    m.d.comb += [addr.eq(bt_addr), nbytes.eq(W8)]
+        # the command is registered before its slice (the item mux ends at a flip-flop): it is
+        # computed from the walker's state, which only an advance (or the start) changes, through
+        # the registered sums, so a command waits two cycles after each of them
         cmd = Signal(len(self.src_cmd.payload.as_value()))
-        cmd_stale = Signal()
-        m.d.sync += [cmd.eq(Cat(addr, nbytes)), cmd_stale.eq(iss_adv | start)]
+        cmd_stale, sums_stale = Signal(), Signal()
+        m.d.sync += [cmd.eq(Cat(addr, nbytes)), sums_stale.eq(iss_adv | start), cmd_stale.eq(sums_stale)]
         # the command leaves through a register slice: the port never sees the issuer's logic
         m.submodules.src_cmd_slice = cmd_slice = SkidBuffer(len(cmd))
         m.d.comb += [cmd_slice.i.payload.eq(cmd),
                      self.src_cmd.payload.as_value().eq(cmd_slice.o.payload), self.src_cmd.valid.eq(cmd_slice.o.valid),
                      cmd_slice.o.ready.eq(self.src_cmd.ready)]
         i_en = Signal()
-        m.d.comb += i_en.eq(busy & ~i_done & iw.en & ~cmd_stale)
+        waiting = sums_stale | cmd_stale
+        m.d.comb += i_en.eq(busy & ~i_done & iw.en & ~waiting)
         m.d.comb += cmd_slice.i.valid.eq(i_en)
-        m.d.comb += iss_adv.eq(busy & ~i_done & (~iw.en | (cmd_slice.i.ready & ~cmd_stale)))
+        m.d.comb += iss_adv.eq(busy & ~i_done & (~iw.en | (cmd_slice.i.ready & ~waiting)))
 
         # receiver
         rx_adv = Signal()
@@ -753,9 +766,11 @@ class VectorEngine(wiring.Component):
         chunk_level = Signal(range(_CHUNK_FIFO + 1))
         inflight = Signal(range(max(_CHUNK_FIFO, ElementPipe.LATENCY, napply.latency) + 2))
         # room for one more word: registered, from the previous cycle's count, which can grow by at
-        # most one in a cycle (so one slot of margin); keeps the FIFO's level logic off sw_go
+        # most one in a cycle, and the count leaves out the word read this cycle (rd_v: inflight
+        # counts from the read on, off the issue decision), so two slots of margin; keeps the
+        # FIFO's level logic off sw_go
         sw_room = Signal()
-        m.d.sync += sw_room.eq(chunk_level + inflight + 2 < _CHUNK_FIFO)
+        m.d.sync += sw_room.eq(chunk_level + inflight + 3 < _CHUNK_FIFO)
         sw_go = Signal()
         first_ok = ((loaded_ahead != 0) | (in_last & rx_has)) & (~direct | sw_room)
         if g.table_port is not None:         # the element tables word by word, like the operands
@@ -824,11 +839,11 @@ class VectorEngine(wiring.Component):
         with m.Elif(napply.o_valid):
             m.d.comb += [out_v.eq(1), out_r.eq(n_r), out_j.eq(n_j), out_w.eq(napply.o)]
         m.d.comb += [sweep_we.eq(out_v), sweep_wr.eq(out_r), sweep_wa.eq(out_j), sweep_wd.eq(out_w)]
-        step_count(m, inflight, sw_issue, out_v)
+        step_count(m, inflight, rd_v, out_v)
         sweeping = Signal()
         absmax_busy = Signal()               # the group absmax pipeline (below) still holds values
         stats_busy = Signal()                # so does the norm statistics pipeline
-        m.d.comb += sweeping.eq(sw_active | (inflight != 0) | absmax_busy | stats_busy)
+        m.d.comb += sweeping.eq(sw_active | rd_v | (inflight != 0) | absmax_busy | stats_busy)
 
         vals = lanes_of(out_w, L)
         # a norm's row statistics: each value and its square (DSP-sized partial products), each
@@ -1090,7 +1105,7 @@ class VectorEngine(wiring.Component):
 
         # packer: ppw chunks -> one word; a new chunk is taken in the cycle the full word leaves
         pk_word = Signal(W)
-        pk_n = Signal(range(9))
+        pk_oh = Signal(8, init=1)
         pk_full = Signal()
         # ports: the store's (row st_r, head st_h) is head st_hg of port group st_g, on st_port; the
         # packer's words go to out_port, the port of the last write command (a command to another
@@ -1120,28 +1135,29 @@ class VectorEngine(wiring.Component):
         # output and the packer's own), then loaded by the take alone: the output slice's ready
         # reaches only the registers' enables, not the chunk select
         piece = chunks.r_data[:W]
-        whole = chunks.r_data[W]             # a whole word (pk_n is 0 then)
+        whole = chunks.r_data[W]             # a whole word (pk_oh[0] then)
         half = chunks.r_data[W + 1]          # half a word of int4 (four of its eighths)
+        # which chunk of the word comes next, one-hot (pk_oh[n]: n chunks are in): the next word
+        # is an AND-OR of the candidates, not a decode of a count
         nxt_word = Signal(W)
-        for n in range(8):
-            with m.If(pk_n == n):
-                if n == 0:
-                    m.d.comb += nxt_word.eq(Mux(half, piece[:W // 2], Mux(ppw == 1, piece,
-                                                                       Mux(ppw == 4, piece[:W // 4], piece[:W // 8]))))
-                else:
-                    add = Mux(ppw == 8, piece[:W // 8] << (n * (W // 8)), piece[:W // 4] << (n * (W // 4)))
-                    if n == 4:
-                        add = Mux(half, piece[:W // 2] << (W // 2), add)
-                    m.d.comb += nxt_word.eq(pk_word | add)
+        adds = []
+        for n in range(1, 8):
+            add = Mux(ppw == 8, piece[:W // 8] << (n * (W // 8)), piece[:W // 4] << (n * (W // 4)))
+            if n == 4:
+                add = Mux(half, piece[:W // 2] << (W // 2), add)
+            adds.append(Mux(pk_oh[n], add, 0))
+        first = Mux(half, piece[:W // 2], Mux(ppw == 1, piece, Mux(ppw == 4, piece[:W // 4], piece[:W // 8])))
+        m.d.comb += nxt_word.eq(Mux(pk_oh[0], first, pk_word | reduce(operator.or_, adds)))
         completes = Signal()
-        m.d.comb += completes.eq(whole | Mux(half, pk_n == 4, pk_n + 1 == ppw))
+        at_last = (pk_oh[0] & (ppw == 1)) | (pk_oh[3] & (ppw == 4)) | (pk_oh[7] & (ppw == 8))
+        m.d.comb += completes.eq(whole | Mux(half, pk_oh[4], at_last))
         with m.If(chunks.r_en & chunks.r_rdy):
             m.d.sync += [pk_word.eq(Mux(whole, piece, nxt_word)),
-                         pk_n.eq(Mux(completes, 0, Mux(half, pk_n + 4, pk_n + 1)))]
+                         pk_oh.eq(Mux(completes, 1, Mux(half, pk_oh.rotate_left(4), pk_oh.rotate_left(1))))]
             with m.If(completes):
                 m.d.sync += pk_full.eq(1)
         store_empty = Signal()
-        m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & (pk_n == 0)
+        m.d.comb += store_empty.eq((st_inflight == 0) & ~t1_v & (chunks.level == 0) & ~pk_full & pk_oh[0]
                                    & ~osl.o.valid & osl.i.ready)
         # the same, one cycle late, for the store FSM's waits: empty last cycle with no op issued and no
         # chunk written then means empty now (nothing else feeds the store), so the FIFO levels stay

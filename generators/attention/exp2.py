@@ -5,13 +5,14 @@ A 256 x 16-bit table holds ``round(2**15 * 2**(-f/256))`` for the fraction ``f``
 part ``i`` shifts it right with round-half-up; ``i >= 17`` gives 0.
 
 ``registered=False``: combinational (a ROM read and a barrel shifter; the caller registers the
-result). ``registered=True`` (``LATENCY`` 1): the table read is synchronous and the integer
-part is registered beside it, so ``p`` follows ``d`` by one cycle and the register splits the
-ROM from the shifter (two short paths instead of one that misses 300 MHz).
+result). ``registered=True`` (``LATENCY`` 1): the table read is registered (four 64-entry
+quarters and a 4:1 select: two LUT levels) and the integer part beside it, so ``p`` follows
+``d`` by one cycle and the register splits the table from the shifter (two short paths instead
+of one that misses 300 MHz).
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Array, Const, Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -38,7 +39,6 @@ class Exp2(wiring.Component):
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.rom = rom = Memory(shape=P_FRAC + 1, depth=1 << SCORE_FRAC, init=EXP2_TABLE)
         # the shift amount, clamped: i >= 17 gives 0 whatever the table says; with it its
         # ``shift - 1`` and ``shift == 0``, so the rounding shift starts from a register
         zero, s_zero = Signal(), Signal()
@@ -46,15 +46,25 @@ class Exp2(wiring.Component):
         i = self.d[SCORE_FRAC:]
         # (from i itself: when i >= 17 the output is 0 whatever sm1 and s_zero say)
         shift_now = [zero.eq(i >= EXP2_ZERO_SHIFT), s_zero.eq(i == 0), sm1.eq((i[:len(sm1)] - 1)[:len(sm1)])]
+        f = self.d[:SCORE_FRAC]
         if self._registered:
-            rp = rom.read_port()                       # synchronous: data one cycle after addr
-            m.d.sync += shift_now
+            # the table as four 64-entry quarters (one LUT6 a bit each, their outputs kept so
+            # synthesis cannot fold them into a deeper cone) and a 4:1 select, registered
+            quarter = 1 << (SCORE_FRAC - 2)
+            quarters = []
+            for q in range(4):
+                rows = EXP2_TABLE[q * quarter:(q + 1) * quarter]
+                out = Signal(P_FRAC + 1, name=f"exp2_q{q}", attrs={"keep": 1})
+                m.d.comb += out.eq(Array(Const(v, P_FRAC + 1) for v in rows)[f[:SCORE_FRAC - 2]])
+                quarters.append(out)
+            t = Signal(P_FRAC + 1)
+            m.d.sync += [t.eq(Array(quarters)[f[SCORE_FRAC - 2:]]), *shift_now]
         else:
+            m.submodules.rom = rom = Memory(shape=P_FRAC + 1, depth=1 << SCORE_FRAC, init=EXP2_TABLE)
             rp = rom.read_port(domain="comb")
-            m.d.comb += shift_now
-        m.d.comb += rp.addr.eq(self.d[:SCORE_FRAC])
+            m.d.comb += [rp.addr.eq(f), *shift_now]
+            t = rp.data
         # rshift_round(t, s) = ((t >> (s-1)) + 1) >> 1 for s >= 1
-        t = rp.data
         rounded = ((t >> sm1) + 1) >> 1
         m.d.comb += self.p.eq(Mux(zero, 0, Mux(s_zero, t, rounded)))
         return m

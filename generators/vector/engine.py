@@ -141,7 +141,10 @@ def _kv_row_addresses(m: Module, att, j, pages, pools, cbank, st_r, r0, multi, h
     max_heads = (1 << len(hg)) - 1
     lp = exact_log2(P)
     hg_ha = Signal(range(max_heads * max(ha4, ha8) + 1), name="kvr_hg_ha")
-    m.d.sync += hg_ha.eq(hg * Mux(int4, ha4, ha8))
+    # the head area registered before its product (the format's decode stays out of the DSP's
+    # input): one more register after a job start, counted in ``depth`` below
+    ha = registered(m, range(max(ha4, ha8) + 1), Mux(int4, ha4, ha8), name="kvr_ha")
+    m.d.sync += hg_ha.eq(hg * ha)
     page = registered(m, 32, pages[(cbank << LOGR) + st_r], name="kvr_page")
     slot = registered(m, range(P), (j.pos0[:lp] + r0[:lp] + st_r)[:lp] if lp else 0, name="kvr_slot")
     pool0 = registered(m, 64, Mux(multi, pools[0], j.pool), name="kvr_pool0")
@@ -155,8 +158,8 @@ def _kv_row_addresses(m: Module, att, j, pages, pools, cbank, st_r, r0, multi, h
     maddr = registered(m, 64, pool0_d + m_off, name="kvr_maddr")
     # an input changed at the edge that began this cycle (key) or the one before it (event,
     # registered: a receiver's handshake stays off the store's state): vaddr shows it at most
-    # lat + 3 registers later
-    depth = lat + 3
+    # lat + 3 registers later (lat + 4 for the format's head area after a job start)
+    depth = lat + 4
     key = Cat(cbank, st_r)
     key_prev = registered(m, len(key), key, name="kvr_key_prev")
     changed = (key != key_prev) | registered(m, 1, event, name="kvr_event")

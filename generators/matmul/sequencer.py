@@ -531,6 +531,7 @@ class JobSequencer(wiring.Component):
         # the chunk and tile loop ends as registered flags (down-counters of what follows)
         o_q_left = Signal(33)
         o_last_q = Signal()
+        o_q_is1 = Signal()                   # o_q_left == 1: the chunk after this one is the last
         o_t_left = Signal(32)
         o_last_t = Signal()
         o_p_addr = Signal(64)                # p_addr + o_q x pstride, kept by addition (no product)
@@ -565,16 +566,17 @@ class JobSequencer(wiring.Component):
             m.d.sync += issued.eq(issued + 1)
 
             def next_pass():
-                new_last_q = Mux(o_last_q, one_chunk, o_q_left == 1)
+                new_last_q = Mux(o_last_q, one_chunk, o_q_is1)
                 m.d.sync += blocks_of(new_last_q)
                 with m.If(o_last_q):
                     m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_last_slice.eq(o_s == slices_m2),
-                                 o_q_left.eq(chunks_m1), o_last_q.eq(one_chunk), o_p_addr.eq(job.p_addr)]
+                                 o_q_left.eq(chunks_m1), o_last_q.eq(one_chunk), o_q_is1.eq(chunks_m1 == 1),
+                                 o_p_addr.eq(job.p_addr)]
                     with m.If(o_last_slice):
                         m.d.sync += o_active.eq(0)
                 with m.Else():
-                    m.d.sync += [o_q.eq(o_q + 1), o_q_left.eq(o_q_left - 1), o_last_q.eq(o_q_left == 1),
-                                 o_p_addr.eq(o_p_addr + pstride)]
+                    m.d.sync += [o_q.eq(o_q + 1), o_q_left.eq(o_q_left - 1), o_last_q.eq(o_q_is1),
+                                 o_q_is1.eq(o_q_left == 2), o_p_addr.eq(o_p_addr + pstride)]
 
             with m.If(~o_last_slice):
                 next_pass()
@@ -635,7 +637,7 @@ class JobSequencer(wiring.Component):
                                  r_s.eq(0), r_first_s.eq(1), r_last_s.eq(one_slice), r_q_left.eq(chunks_m1),
                                  r_last_q.eq(one_chunk), *r_first_tile, r_bias.eq(0), r_active.eq(1),
                                  o_s.eq(0), o_last_slice.eq(one_slice), o_q.eq(0), o_q_left.eq(chunks_m1),
-                                 o_last_q.eq(one_chunk),
+                                 o_last_q.eq(one_chunk), o_q_is1.eq(chunks_m1 == 1),
                                  o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), *blocks_of(one_chunk), o_active.eq(1),
                                  o_chunk.eq(0),
                                  o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0),

@@ -84,13 +84,18 @@ class KVFeed(wiring.Component):
                                              int8=w << exact_log2(geom.int8_lanes)))
         group_shift, mant_shift = exact_log2(geom.group_size), exact_log2(mants_per_word)
         g0 = d0 >> group_shift
+        # the token's first mantissa, seg.off + t * groups, a register: loaded with seg.off in the
+        # scale phase (a segment has at least one scale word), stepped by groups as t steps
+        row_base = Signal(range(mants_per_word + page_tokens * groups + 1))
+        with m.If(~values):
+            m.d.sync += row_base.eq(seg.off)
         base = Signal(range(mants_per_word + page_tokens * groups + 1))
-        m.d.comb += base.eq(seg.off + t * groups + g0)
+        m.d.comb += base.eq(row_base + g0)
         m.d.comb += rp.addr.eq(base >> mant_shift)
         for b in range(geom.blocks):
             gb = Signal(range(groups + geom.blocks + 1), name=f"g{b}")
             m.d.comb += gb.eq(((d0 + b * geom.block_lanes) >> group_shift))
-            idx = (seg.off + t * groups + gb)[:mant_shift] if mants_per_word > 1 else 0
+            idx = (row_base + gb)[:mant_shift] if mants_per_word > 1 else 0
             m.d.comb += it.mants[b].eq(rp.data.word_select(idx, 16) if mants_per_word > 1 else rp.data[:16])
 
         m.d.comb += item.valid.eq(values & self.seg.valid & self.data.valid)
@@ -98,7 +103,7 @@ class KVFeed(wiring.Component):
             m.d.comb += self.data.ready.eq(item.ready & self.seg.valid)
         with m.If(item.valid & item.ready):
             with m.If(last):
-                m.d.sync += [w.eq(0), t.eq(t + 1)]
+                m.d.sync += [w.eq(0), t.eq(t + 1), row_base.eq(row_base + groups)]
             with m.Else():
                 m.d.sync += w.eq(w + 1)
             with m.If(seg_last):

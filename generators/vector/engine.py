@@ -1035,14 +1035,7 @@ class VectorEngine(wiring.Component):
         m.d.sync += room.eq(chunks.level + st_inflight + 2 < _CHUNK_FIFO)
         step_count(m, st_inflight, op_valid, cq.o_valid)
 
-        # t0: reads
-        with m.If(op_kind == _BLK):
-            if R <= L:
-                m.d.comb += store_addr.eq(op_k >> LOGR)
-            else:
-                m.d.comb += store_addr.eq((op_k >> exact_log2(R // L)) >> LOGL)
-        with m.Else():
-            m.d.comb += store_addr.eq(op_j)
+        # t0: reads (the tile read address: below, with the store FSM)
         m.d.comb += qrp.addr.eq(op_r * GPR + op_g)
         qrps = [qrp]                         # a wide KV op's later groups: their own read ports
         for k in range(1, kv_span):
@@ -1391,6 +1384,15 @@ class VectorEngine(wiring.Component):
         # handshakes (a binary state's decode was 4 of the 10 LUT levels into its next state)
         store = OneHotFSM(m, ["IDLE", "KROW", "CMD", "DRAIN", "BLK", "VAL", "TRL", "SCMD", "SCL", "ZERO",
                               "WAITW", "RDATA", "MERGE", "MCMD", "MNT", "FLUSH"], name="store")
+        # the tile read address from the state's own flip-flop (not a decode of op_kind): BLK reads
+        # word st_c (op_k), every other op word op_j (st_j < the head's words, so op_j is an OR)
+        with m.If(store.ongoing("BLK")):
+            if R <= L:
+                m.d.comb += store_addr.eq(st_c >> LOGR)
+            else:
+                m.d.comb += store_addr.eq((st_c >> exact_log2(R // L)) >> LOGL)
+        with m.Else():
+            m.d.comb += store_addr.eq(op_j)
         with store.State("IDLE"):
             with m.If(store_start):
                 m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0),
@@ -1451,13 +1453,13 @@ class VectorEngine(wiring.Component):
                                 m.d.sync += st_r.eq(0)
                                 store.next = "SCMD"
                     with m.Case(VectorOut.QREC):   # the head's words, then its trailer
-                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(st_h), op_wide.eq(qrec_ways > 1)]
+                        m.d.comb += [op_j.eq((st_h << head_words) | st_j), op_g.eq(st_h), op_wide.eq(qrec_ways > 1)]
                         m.d.sync += st_j.eq(st_j + qrec_ways)
                         with m.If(st_j == val_chunks - qrec_ways):
                             m.d.sync += [st_j.eq(0), st_c.eq(0), c_end.eq(int(trl_chunks == 1))]
                             store.next = "TRL"
                     with m.Default():              # KV: the head's words, padding, mantissas
-                        m.d.comb += [op_j.eq((st_h << head_words) + st_j), op_g.eq(g_of_j), op_k.eq(st_j),
+                        m.d.comb += [op_j.eq((st_h << head_words) | st_j), op_g.eq(g_of_j), op_k.eq(st_j),
                                      op_wide.eq(kv_ways > 1)]
                         m.d.sync += st_j.eq(st_j + kv_ways)
                         with m.If(st_j == val_chunks - kv_ways):

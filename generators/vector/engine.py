@@ -777,7 +777,12 @@ class VectorEngine(wiring.Component):
         sw_go = Signal()
         first_ok = ((loaded_ahead != 0) | (in_last & rx_has)) & (~direct | sw_room)
         if g.table_port is not None:         # the element tables word by word, like the operands
-            first_ok = first_ok & (sw_j < tables_avail)
+            # sw_j < tables_avail as a flip-flop, for the next cycle from this one's registers: sw_j
+            # grows by at most one, and tables_avail never falls within a job (all of them in, or
+            # one word more than sw_j, is enough); the tables' counter stays off sw_go
+            tables_ok = Signal()
+            m.d.sync += tables_ok.eq((tables_avail == DW) | (sw_j + 1 < tables_avail))
+            first_ok = first_ok & tables_ok
         m.d.comb += sw_go.eq(sw_second | first_ok)
         sw_issue = Signal()
         m.d.comb += sw_issue.eq(sw_active & sw_go)
@@ -1239,6 +1244,9 @@ class VectorEngine(wiring.Component):
         st_c = Signal(range(max(DW * R, SBW * 4, 256, span_words) + 1))   # chunk of an item
         # the counters' last values, registered (job constants): an equality, not an add and compare
         dw_last = registered(m, range(DW + 1), dw - ways, name="dw_last")     # an ACT8 row's last op
+        # st_j == dw_last as a flip-flop, set wherever an ACT8 row's VAL ops (re)start or step (they
+        # start only from the write command's take): the row's end is no compare of st_j
+        st_j_last = Signal()
         dwr_m1 = registered(m, range(DW * R + 1), dw * R - 1, name="dwr_m1")
         rd_words = Signal(range(span_words + 1))
         mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
@@ -1422,7 +1430,7 @@ class VectorEngine(wiring.Component):
                 with m.Case(VectorOut.KV):
                     m.d.comb += [wc_addr.eq(st_vaddr), wc_bytes.eq(vbytes)]
             with m.If(wc_take):
-                m.d.sync += [st_j.eq(0), st_c.eq(0)]
+                m.d.sync += [st_j.eq(0), st_c.eq(0), st_j_last.eq(dw_last == 0)]
                 with m.If(direct):
                     store.next = "DRAIN"
                 with m.Elif(j.out_fmt == VectorOut.RES32):
@@ -1446,9 +1454,9 @@ class VectorEngine(wiring.Component):
                 with m.Switch(j.out_fmt):
                     with m.Case(VectorOut.ACT8):   # every word of every row, then the scale records
                         m.d.comb += [op_j.eq(st_j), op_g.eq(0), op_wide.eq(ways > 1)]
-                        m.d.sync += st_j.eq(st_j + ways)
-                        with m.If(st_j == dw_last):
-                            m.d.sync += [st_j.eq(0), st_r.eq(st_r + 1)]
+                        m.d.sync += [st_j.eq(st_j + ways), st_j_last.eq(st_j + ways == dw_last)]
+                        with m.If(st_j_last):
+                            m.d.sync += [st_j.eq(0), st_r.eq(st_r + 1), st_j_last.eq(dw_last == 0)]
                             with m.If(st_last_row):
                                 m.d.sync += st_r.eq(0)
                                 store.next = "SCMD"

@@ -183,7 +183,7 @@ class ScoreUnit(wiring.Component):
                     m.d.sync += ring[r][s].eq(geom.select_format(self.bits4, int4=rotk, int8=rot1))
 
         # -- stage B: log2-domain score and masks: S x mult (registered DSP tiles and their sum,
-        # ``b_lat`` registers) beside the masks, then the shift (two steps), then rounding + saturation --------
+        # ``b_lat`` registers) beside the masks, then the shift (two steps), rounding + saturation ----
         # (mult as the 17-bit side: S in two pieces, so two DSP tiles and one registered sum)
         prods = [pipelined_product(m, mult[r], Sf[r], name=f"sm{r}") for r in range(rows)]
         b_lat = prods[0][1]

@@ -211,7 +211,7 @@ class ValueUnit(wiring.Component):
                      self.out_cmd.payload.bytes.eq(row_bytes),
                      self.out_data.payload.eq(obuf[:W])]
         shm1 = Signal(range(l_bits + 16))
-        m.d.sync += shm1.eq(n + 15 - OUT_FRAC)       # read two stages after n is loaded
+        m.d.sync += shm1.eq(n + 15 - OUT_FRAC)       # the shift reads it three cycles after n loads
         # acc * y in OUT_STAGES registered stages: the row's ring head (a register: the row mux
         # stays out of the DSP's input), one-tile products (the accumulator in 17-bit pieces, the
         # top one signed and at most 18 bits, each times the 18-bit y), their sum (one carry chain

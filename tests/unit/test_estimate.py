@@ -254,6 +254,22 @@ def test_tiny_design_reports_logic_depth(tiny_report):
 
 
 @needs_yosys
+def test_tiny_design_lists_each_parts_slowest_endpoints_beside_its_slowest_path(tiny_report):
+    from hbmforge.flows.estimate import ENDPOINTS_KEPT
+
+    _, rep = tiny_report
+    assert set(rep.endpoints) == set(rep.timing)
+    for part, path in rep.timing.items():
+        ends = rep.endpoints[part]
+        assert 1 <= len(ends) <= ENDPOINTS_KEPT and len({e.end for e in ends}) == len(ends)
+        assert ends[0].delay_ns == path.delay_ns
+        assert [e.delay_ns for e in ends] == sorted((e.delay_ns for e in ends), reverse=True)
+        assert max(e.max_logic_levels for e in ends) <= path.max_logic_levels
+    listed = rep.to_json()["slowest_endpoints"]
+    assert {k: len(v) for k, v in listed.items()} == {k: len(v) for k, v in rep.endpoints.items()}
+
+
+@needs_yosys
 def test_tiny_design_json_says_it_is_a_yosys_estimate_and_is_cached(tiny_report):
     cfg, rep = tiny_report
     data = rep.to_json()
@@ -312,6 +328,9 @@ def test_cli_prints_the_tiny_estimate_tables_and_writes_json(tiny_report, tmp_pa
     for word in ("control", "cmdproc", "engine", "port_w0", "glue", "total", "% board", "max_utilization",
                  "LUT levels"):
         assert word in out, word
+    over = [e for ends in rep.endpoints.values() for e in ends
+            if e.delay_ns > 1000 / rep.budget_clock_mhz or e.max_logic_levels > rep.lut_level_budget()]
+    assert ("endpoints over the budget" in out) == bool(over)
     data = json.loads(report.read_text())
     assert data["source"] == "yosys synth_xilinx estimate, not Vivado" and data["total"] == rep.total
     res = CliRunner().invoke(app, ["estimate", str(path), "--json"])

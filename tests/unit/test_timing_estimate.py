@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from hbmforge.flows.timing import US_PLUS_2, analyze, part_of
+from hbmforge.flows.timing import US_PLUS_2, analyze, part_of, slowest_endpoints
 
 M = US_PLUS_2
 
@@ -34,8 +34,8 @@ class Net:
         self.cell(name, f"LUT{len(ins)}", {f"I{i}": [b] for i, b in enumerate(ins)}, {"O": [o]})
         return o
 
-    def module(self) -> dict:
-        return {"ports": {}, "cells": self.cells}
+    def module(self, netnames: dict | None = None) -> dict:
+        return {"ports": {}, "cells": self.cells, "netnames": netnames or {}}
 
 
 def chain(levels: int, prefix: str = "kernel.engine_x.") -> Net:
@@ -114,3 +114,33 @@ def test_an_unregistered_dsp_adds_its_internal_stages_to_the_path():
                                           + M.clock_margin, abs=1e-3)
     n.cells["kernel.engine_x.mul"]["parameters"].update(MREG=1, PREG=1)
     assert analyze(n.module(), parts={"engine_x"})["engine_x"].dsp == 0
+
+
+def test_slowest_endpoints_lists_each_register_once_slowest_first_by_its_net_name():
+    """A 3-bit register ``deep`` behind 5, 4 and 3 LUT levels (its bits one endpoint, named by their
+    output net, at its slowest bit), a register ``flat`` behind one level, and another part's."""
+    n = Net()
+    q = n.ff("kernel.engine_a.src", n.bit())
+    deep_q = []
+    for bit, levels in enumerate((5, 4, 3)):
+        x = q
+        for i in range(levels):
+            x = n.lut(f"kernel.engine_a.d{bit}_{i}", x, q)
+        deep_q.append(n.ff(f"kernel.engine_a.$auto$ff.cc:1${bit}", x))
+    flat_q = n.ff("kernel.engine_a.$auto$ff.cc:2$9", n.lut("kernel.engine_a.f", q))
+    n.ff("kernel.port_w.r", n.lut("kernel.port_w.l", q))
+    module = n.module({"kernel.engine_a.deep": {"bits": deep_q}, "kernel.engine_a.flat": {"bits": [flat_q]},
+                       "d": {"bits": deep_q, "hide_name": 1}})
+    by_part = slowest_endpoints(module, parts={"engine_a", "port_w"})
+    ends = by_part["engine_a"]
+    assert [e.end for e in ends] == ["kernel.engine_a.deep", "kernel.engine_a.flat"]
+    assert [e.lut for e in ends] == [5, 1] and ends[0].max_logic_levels == 5
+    assert ends[0].start == "kernel.engine_a.src" and len(ends[0].cells) == 6
+    assert ends[0].delay_ns == analyze(module, parts={"engine_a", "port_w"})["engine_a"].delay_ns
+    assert [e.end for e in by_part["port_w"]] == ["kernel.port_w.r"]
+    assert slowest_endpoints(module, parts={"engine_a", "port_w"}, limit=1)["engine_a"] == ends[:1]
+    alone = slowest_endpoints(module, only_part="engine_a")["engine_a"]
+    assert [e.end for e in alone] == ["kernel.engine_a.deep", "kernel.engine_a.flat", "kernel.port_w.r"]
+    for bad in (0, -1, True, 2.5, "3"):
+        with pytest.raises(ValueError, match="limit"):
+            slowest_endpoints(module, limit=bad)

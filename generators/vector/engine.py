@@ -540,18 +540,14 @@ class VectorEngine(wiring.Component):
             m.d.comb += i_pos.eq(rows_times(Const(1, 64), "iss_row") + j.pos0)
         # the base + offset sums registered first (one 64-bit carry chain each, side by side), then
         # the item mux into the command register
-        def summed(value, name):
-            r = Signal(64, name=name)
-            m.d.sync += r.eq(value)
-            return r
-
-        scale_addr = summed(j.a_scale + scale_off, "iss_scale_addr")
-        item_addr = {item: summed(Mux(fmt == VectorIn.ROWS32, base + offsets[item][0], base + offsets[item][1]),
-                                  f"iss_{x}_addr")
+        scale_addr = registered(m, 64, j.a_scale + scale_off, name="iss_scale_addr")
+        item_addr = {item: registered(m, 64, Mux(fmt == VectorIn.ROWS32, base + offsets[item][0],
+                                                 base + offsets[item][1]), name=f"iss_{x}_addr")
                      for item, x, fmt, base in ((_A, "a", j.a_fmt, j.a_addr), (_B, "b", j.b_fmt, j.b_addr))}
         if att is not None:
-            rope_addr = summed(rope_base + rope_off, "iss_rope_addr")
-            bt_addr = summed(j.bt_addr + ((((i_pos >> exact_log2(P)) << 2) >> LOGW8) << LOGW8), "iss_bt_addr")
+            rope_addr = registered(m, 64, rope_base + rope_off, name="iss_rope_addr")
+            bt_addr = registered(m, 64, j.bt_addr + ((((i_pos >> exact_log2(P)) << 2) >> LOGW8) << LOGW8),
+                                 name="iss_bt_addr")
         addr = Signal(64)
         nbytes = Signal(32)
         with m.Switch(i_item):

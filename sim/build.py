@@ -46,13 +46,20 @@ class BuildOptions:
     trace: bool = False                     # waveform tracing (hbf_trace_open); slows the model down
     trace_format: str = "auto"              # "fst", "vcd" or "auto": FST when liblz4 headers exist
     opt: str = "auto"                       # model eval code and harness: "auto" = -O2, or -O1 for large RTL
-    opt_slow: str = "-O1"                   # model init code, run once
+    opt_slow: str = "auto"                  # model init code, run once: "auto" = -O1, or -O0 for large RTL
     opt_runtime: str = "-O1"                # libverilated: not on the per-cycle path; -O2 compiles 2x slower
     x_fast: bool = True                     # --x-assign fast --x-initial fast
     warnings_fatal: bool = False            # generated RTL trips style warnings; don't fail on them
     verilator_args: tuple[str, ...] = ()
     jobs: int = 2                           # make -j (the machines have few cores)
+    verilate_jobs: int = 0                  # Verilator's own threads; 0 = auto: ``jobs`` for large RTL, else 1
     coverage: bool = False                  # line + toggle coverage (hbf_coverage_write; hbmforge.sim.coverage)
+
+    def __post_init__(self):
+        for name, low in (("jobs", 1), ("verilate_jobs", 0)):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < low:
+                raise ValueError(f"BuildOptions.{name} must be an int >= {low}, got {v!r}")
 
     def for_rtl(self, rtl_bytes: int) -> "BuildOptions":
         """These options with ``opt="auto"`` resolved for a design of ``rtl_bytes`` of Verilog.
@@ -60,13 +67,25 @@ class BuildOptions:
         Verilator's default -Os runs ~3x slower than -O2, so -O2 it is; but C++ compile time grows
         with the model, and above :data:`LARGE_RTL_BYTES` -O1 compiles in ~45 % of -O2's time for
         ~15 % slower simulation (u280_llm512, 23 MB: the whole build 806 -> 546 s on one core, a
-        LLaMA-2-7B decode layer 19 -> 22 s; docs/decode-projection.md)."""
-        if self.opt != "auto":
-            return self
-        return replace(self, opt="-O1" if rtl_bytes > LARGE_RTL_BYTES else "-O2")
+        LLaMA-2-7B decode layer 19 -> 22 s; docs/decode-projection.md).
+
+        Large RTL also gets its init code (Verilator's ``__Slow`` files, about 40 % of the C++,
+        run once when the model is made) at -O0, which compiles in half -O1's time, and Verilator
+        run on ``jobs`` threads (docs/decode-projection.md, "Build time")."""
+        large = rtl_bytes > LARGE_RTL_BYTES
+        out = self
+        if self.opt == "auto":
+            out = replace(out, opt="-O1" if large else "-O2")
+        if self.opt_slow == "auto":
+            out = replace(out, opt_slow="-O0" if large else "-O1")
+        if self.verilate_jobs == 0:
+            out = replace(out, verilate_jobs=self.jobs if large else 1)
+        return out
 
     def verilator_flags(self) -> list[str]:
         flags = ["-O3", "--no-timing", "-Wno-SYMRSVDWORD"]
+        if self.verilate_jobs > 1:
+            flags += ["--verilate-jobs", str(self.verilate_jobs)]
         if self.x_fast:
             flags += ["--x-assign", "fast", "--x-initial", "fast"]
         if not self.warnings_fatal:
@@ -90,6 +109,7 @@ class BuildOptions:
         return {"trace": self.resolved_trace_format(), "opt": self.opt, "opt_slow": self.opt_slow,
                 "opt_runtime": self.opt_runtime, "x_fast": self.x_fast,
                 "warnings_fatal": self.warnings_fatal, "verilator_args": list(self.verilator_args),
+                **({"verilate_jobs": self.verilate_jobs} if self.verilate_jobs > 1 else {}),
                 **({"coverage": True} if self.coverage else {})}     # absent when off: existing keys stay
 
 

@@ -68,7 +68,7 @@ def test_rtl_change_rebuilds_once_for_concurrent_builders(tmp_path, fixture_buil
     with CoSim(libs[0]) as sim:
         assert sim.reg_read("ID") == 0x48424D46
     info = json.loads((Path(libs[0]).parent / "build_info.json").read_text())
-    assert info["options"] == BuildOptions(opt="-O2").to_json()      # "auto" resolved for a small design
+    assert info["options"] == BuildOptions(opt="-O2", opt_slow="-O1").to_json()   # "auto" resolved: small design
 
 
 def test_build_errors_show_the_compiler_output(tmp_path):
@@ -82,6 +82,18 @@ def test_build_errors_show_the_compiler_output(tmp_path):
 def test_auto_opt_is_O1_only_for_large_rtl():
     from hbmforge.sim.build import LARGE_RTL_BYTES
     auto = BuildOptions()
-    assert auto.for_rtl(LARGE_RTL_BYTES).opt == "-O2"
-    assert auto.for_rtl(LARGE_RTL_BYTES + 1).opt == "-O1"
-    assert BuildOptions(opt="-O3").for_rtl(10 * LARGE_RTL_BYTES).opt == "-O3"      # an explicit choice stays
+    small, large = auto.for_rtl(LARGE_RTL_BYTES), auto.for_rtl(LARGE_RTL_BYTES + 1)
+    assert (small.opt, small.opt_slow, small.verilate_jobs) == ("-O2", "-O1", 1)
+    assert (large.opt, large.opt_slow, large.verilate_jobs) == ("-O1", "-O0", auto.jobs)
+    assert "--verilate-jobs" not in small.verilator_flags()
+    assert large.verilator_flags()[large.verilator_flags().index("--verilate-jobs") + 1] == str(auto.jobs)
+    assert "verilate_jobs" not in small.to_json()          # small designs keep their cache keys
+    explicit = BuildOptions(opt="-O3", opt_slow="-O2", verilate_jobs=1).for_rtl(10 * LARGE_RTL_BYTES)
+    assert (explicit.opt, explicit.opt_slow, explicit.verilate_jobs) == ("-O3", "-O2", 1)   # explicit choices stay
+
+
+@pytest.mark.parametrize("field, value", [("jobs", 0), ("jobs", 1.5), ("jobs", True), ("verilate_jobs", -1),
+                                          ("verilate_jobs", "2")])
+def test_build_options_reject_bad_job_counts(field, value):
+    with pytest.raises(ValueError, match=f"BuildOptions.{field} must be an int"):
+        BuildOptions(**{field: value})

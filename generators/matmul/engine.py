@@ -340,14 +340,14 @@ class MatmulEngine(wiring.Component):
             m.d.comb += [rq.mult_odd.eq(t.odd.mult), rq.shift_odd.eq(t.odd.shift), rq.bias_odd.eq(t.odd.bias)]
         assert ISSUE_LATENCY + array.latency + accum.latency + rq.latency == self._latency
 
-        # partial sums: queued, claimed by a column's last fire, popped by the output stage
-        claimed = Signal(range(partials.depth + 1))
-        claimed_p1, _ = owned_step_count(m, claimed, sched.claim, rq.pop)
-        # the scheduler sees whether an entry is free to claim as a register (off the fire condition):
-        # this cycle's level above the claims including this cycle's; a push shows one cycle late,
-        # never early. Both compares are of registers; the claim only selects.
+        # partial sums: queued, claimed by a column's last fire, popped by the output stage. The
+        # entries queued and not yet claimed are counted on their own (pushes up, claims down), so
+        # the scheduler's flag is a compare of that count with constants, the claim only selecting
+        # (a push shows one cycle late, never early).
+        unclaimed = Signal(range(partials.depth + 1))
+        owned_step_count(m, unclaimed, partials.pushed, sched.claim)
         avail = Signal()
-        m.d.sync += avail.eq(Mux(sched.claim, partials.level != claimed_p1, partials.level != claimed))
+        m.d.sync += avail.eq(Mux(sched.claim, unclaimed > 1, unclaimed != 0))
         m.d.comb += sched.partials.eq(avail)
 
         # -- output -------------------------------------------------------------------------

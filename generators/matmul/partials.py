@@ -42,6 +42,7 @@ class PartialCollector(wiring.Component):
             "start": In(1),
             "head": Out(data.ArrayLayout(signed(64), rows * (2 if pairs else 1))),
             "level": Out(range(depth + 1)),
+            "pushed": Out(1),                    # an entry enters the queue this cycle
             "pop": In(1),
         })
 
@@ -112,7 +113,7 @@ class PartialCollector(wiring.Component):
             entry = Mux(pair, entry, Cat(*(a[:64] for a in acc), adapt.o.payload))
         for a in adapters:
             m.d.comb += [a.o.ready.eq(have & fifo.w_rdy), a.o_last.eq(last_item)]
-        m.d.comb += [fifo.w_data.eq(entry), fifo.w_en.eq(o_take & r_end)]
+        m.d.comb += [fifo.w_data.eq(entry), fifo.w_en.eq(o_take & r_end), self.pushed.eq(o_take & r_end)]
         with m.If(o_take):
             for i in range(R - 1):
                 with m.If(r == i):

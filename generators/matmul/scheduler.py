@@ -117,6 +117,7 @@ class FireScheduler(wiring.Component):
         j = Signal(range(T + 1))
         j_p1 = Signal(len(j) + 1)                # j + 1, kept beside j
         c = Signal(range(max(G.kc_max, 2)))
+        c_p1 = Signal(len(c) + 1)                # c + 1, kept beside c
         # the row-block and K-chunk loop ends as registered flags (down-counters of what follows):
         # they gate every fire and the rings' frees, so they are flip-flops, not compares
         b_left = Signal.like(rec.nblk)
@@ -136,19 +137,26 @@ class FireScheduler(wiring.Component):
                 m.d.sync += [have.eq(1), kc_m1.eq(rec.kc - 1), nblk_m1.eq(rec.nblk - 1), rows.eq(rec.rows),
                              brows.eq(rec.rows), first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
                              need_params.eq((self.int8 & rec.last) | (self.bias & rec.first)),
-                             t_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), b.eq(0), b_p1.eq(1), j.eq(0),
-                             j_p1.eq(1), c.eq(0),
-                             b_left.eq(rec.nblk - 1), final_blk.eq(rec.nblk == 1),
-                             c_left.eq(rec.kc - 1), col_last.eq(rec.kc == 1),
-                             last_col.eq(Mux(tiles_m1 == 0, one_last_col, T == 1))]
+                             t_left.eq(tiles_m1), b.eq(0), b_p1.eq(1), j.eq(0),
+                             j_p1.eq(1), c.eq(0), c_p1.eq(1),
+                             b_left.eq(rec.nblk - 1), c_left.eq(rec.kc - 1)]
 
-        # the loop steps as flat conditions: the fire and an AND of the loop-end flags (each a
-        # flip-flop), not a chain of nested selects after the fire
-        # (kept nets, so the trace names them; ABC still builds the steps as a chain of ANDs behind
-        # the fire, docs/estimate.md "Engines, session 38")
-        at_tile, at_blk, at_pass = (Signal(name=n, attrs={"keep": 1}) for n in ("at_tile", "at_blk", "at_pass"))
-        m.d.comb += [at_tile.eq(col_last & last_col), at_blk.eq(col_last & last_col & final_blk),
-                     at_pass.eq(col_last & last_col & final_blk & final_tile)]
+        # The loop-end flags' next values (comb, by the cases below), so the loop steps are
+        # registers too: at_tile = col_last & last_col, at_blk = ... & final_blk, at_pass =
+        # ... & final_tile, each a flip-flop computed from the next values. A step is then the fire
+        # AND one flip-flop, not a chain of ANDs behind the fire that ABC builds from the flags.
+        col_last_n, last_col_n, final_blk_n, final_tile_n = (
+            Signal(name=f"{n}_n") for n in ("col_last", "last_col", "final_blk", "final_tile"))
+        at_tile, at_blk, at_pass = Signal(), Signal(), Signal()
+        m.d.comb += [col_last_n.eq(col_last), last_col_n.eq(last_col), final_blk_n.eq(final_blk),
+                     final_tile_n.eq(final_tile)]
+        with m.If(~have & self.passes.valid):
+            m.d.comb += [final_tile_n.eq(tiles_m1 == 0), final_blk_n.eq(rec.nblk == 1), col_last_n.eq(rec.kc == 1),
+                         last_col_n.eq(Mux(tiles_m1 == 0, one_last_col, T == 1))]
+        m.d.sync += [col_last.eq(col_last_n), last_col.eq(last_col_n), final_blk.eq(final_blk_n),
+                     final_tile.eq(final_tile_n), at_tile.eq(col_last_n & last_col_n),
+                     at_blk.eq(col_last_n & last_col_n & final_blk_n),
+                     at_pass.eq(col_last_n & last_col_n & final_blk_n & final_tile_n)]
         pass_end = at_pass
         m.d.comb += self.rows_valid.eq(Mux(brows < R, brows, R))
         if fpg > 1:
@@ -174,8 +182,9 @@ class FireScheduler(wiring.Component):
             m.d.comb += self.w_addr.eq(w_slot)
         # the ring's column at w_off complete (cols_ahead > w_off) or being written (==), as
         # registered flags: the fire only selects among compares of flip-flops (below)
-        w_gt, w_eq = Signal(), Signal()
-        w_ok = w_gt | (w_eq & (self.cur_lines > c))
+        # (and the column's lines written past c, registered the same way: below)
+        w_gt, w_eq, lines_gt = Signal(), Signal(), Signal()
+        w_ok = w_gt | (w_eq & lines_gt)
         m.d.comb += self.p_addr.eq((p_old << exact_log2(T)) | (j if T > 1 else 0))
 
         # -- the row block: ring slot (offset b unless this is its last tile) ---------------------
@@ -237,6 +246,15 @@ class FireScheduler(wiring.Component):
             m.d.sync += [w_gt.eq(gt_in), w_eq.eq(eq_in)]
         with m.Else():
             m.d.sync += [w_gt.eq(gt_stay), w_eq.eq(eq_stay)]
+        # the column's lines: from this cycle's count (one cycle late for a line written now; the
+        # count and cols_ahead are one snapshot, and a column's count only grows until it completes)
+        cl = self.cur_lines
+        with m.If(~have | (fire & col_last)):
+            m.d.sync += lines_gt.eq(cl > 0)
+        with m.Elif(fire):
+            m.d.sync += lines_gt.eq(cl > c_p1)
+        with m.Else():
+            m.d.sync += lines_gt.eq(cl > c)
         if not G.tlmm:
             aa = self.act_ahead
             # the tile's last column: the block is released on the pass's last tile; the next
@@ -255,20 +273,22 @@ class FireScheduler(wiring.Component):
             m.d.comb += self.release.eq(e_tile & final_tile)
 
         with m.If(fire):
-            m.d.sync += [c.eq(Mux(col_last, 0, c + 1)), c_left.eq(Mux(col_last, kc_m1, c_left - 1)),
-                         col_last.eq(Mux(col_last, kc_m1 == 0, c_left == 1))]
+            m.d.sync += [c.eq(Mux(col_last, 0, c_p1)), c_p1.eq(Mux(col_last, 1, c_p1 + 1)),
+                         c_left.eq(Mux(col_last, kc_m1, c_left - 1))]
+            m.d.comb += col_last_n.eq(Mux(col_last, kc_m1 == 0, c_left == 1))
         with m.If(e_col):
-            m.d.sync += [j.eq(Mux(last_col, 0, j_p1)), j_p1.eq(Mux(last_col, 1, j_p1 + 1)),
-                         last_col.eq(j_p1 == Mux(final_tile, last_cols_m1, T - 1))]
+            m.d.sync += [j.eq(Mux(last_col, 0, j_p1)), j_p1.eq(Mux(last_col, 1, j_p1 + 1))]
+            m.d.comb += last_col_n.eq(j_p1 == Mux(final_tile, last_cols_m1, T - 1))
         with m.If(e_tile):
             next_final_tile = Mux(final_blk, t_left == 1, final_tile)
             m.d.sync += [b.eq(Mux(final_blk, 0, b_p1)), b_p1.eq(Mux(final_blk, 1, b_p1 + 1)),
                          brows.eq(Mux(final_blk, rows, brows - R)),
-                         b_left.eq(Mux(final_blk, nblk_m1, b_left - 1)),
-                         final_blk.eq(Mux(final_blk, nblk_m1 == 0, b_left == 1)),
-                         last_col.eq(Mux(next_final_tile, one_last_col, T == 1))]
+                         b_left.eq(Mux(final_blk, nblk_m1, b_left - 1))]
+            m.d.comb += [final_blk_n.eq(Mux(final_blk, nblk_m1 == 0, b_left == 1)),
+                         last_col_n.eq(Mux(next_final_tile, one_last_col, T == 1))]
         with m.If(e_blk):
-            m.d.sync += [t_left.eq(t_left - 1), final_tile.eq(t_left == 1)]
+            m.d.sync += t_left.eq(t_left - 1)
+            m.d.comb += final_tile_n.eq(t_left == 1)
         with m.If(e_pass):
             m.d.sync += have.eq(0)
             if G.tlmm:

@@ -545,11 +545,14 @@ class JobSequencer(wiring.Component):
         o_last_slice = Signal()              # o_s == slices - 1
         # the output command is a register formed from the loop state of the cycle before (the
         # segment address is a three-term 64-bit sum): valid only when that state was current
-        # (``o_fresh``: no command taken in that cycle, and not the first cycle of the job), one
-        # idle cycle after each command
+        # (``o_fresh``: no command taken in that cycle or the one before, and not the first cycle of
+        # the job). The loop steps a cycle after the take, from its register ``o_took`` (not from
+        # the port's ready): two idle cycles after each command.
         o_cmd = Signal.like(self.out_cmd.payload)
         o_fresh = Signal()
-        m.d.sync += o_fresh.eq(~(self.out_cmd.valid & self.out_cmd.ready))
+        o_took = Signal()
+        m.d.sync += [o_took.eq(self.out_cmd.valid & self.out_cmd.ready),
+                     o_fresh.eq(~(self.out_cmd.valid & self.out_cmd.ready) & ~o_took)]
         m.d.comb += [self.out_cmd.valid.eq(running & o_active & o_fresh), self.out_cmd.payload.eq(o_cmd)]
         with m.If(~o_last_slice):
             m.d.sync += [o_cmd.addr.eq(o_p_addr), o_cmd.bytes.eq(Mux(o_last_q, plast, pstride))]
@@ -562,7 +565,7 @@ class JobSequencer(wiring.Component):
             """The row-block loop's start for a chunk (the job's last chunk when ``last_q``)."""
             return [o_b_left.eq(Mux(last_q, c_last_m1, blk_m1)), o_last_b.eq(Mux(last_q, c_last_one, blk_one))]
 
-        with m.If(self.out_cmd.valid & self.out_cmd.ready):
+        with m.If(o_took):
             m.d.sync += issued.eq(issued + 1)
 
             def next_pass():

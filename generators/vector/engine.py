@@ -260,15 +260,22 @@ class VectorEngine(wiring.Component):
         r_run = Signal(name="tbl_rx_run")
         tables_in = Signal(name="tbl_in")
         words_m1 = Signal(range(DW + 1), name="tbl_words_m1")
-        m.d.sync += words_m1.eq((j.dim >> LOGL) - 1)
-        rcur = Array(en)[ri]
-        # r_run & rcur as a flip-flop (the port's FIFO level follows this ready): set with ri, from
-        # the next table's enable (registers) when the receiver advances
+        words_m2 = Signal(range(DW + 1), name="tbl_words_m2")
+        one_word = Signal(name="tbl_one_word")
+        m.d.sync += [words_m1.eq((j.dim >> LOGL) - 1), words_m2.eq((j.dim >> LOGL) - 2),
+                     one_word.eq((j.dim >> LOGL) == 1)]
+        # the current table's enable as a flip-flop, r_ready (the port's FIFO level follows this
+        # ready): the enables not yet reached shift down at each advance, so the next one is a
+        # register too; the table's last word (rw == words_m1) a flag kept beside rw, recomputed
+        # every cycle (the job's sizes settle two cycles after its start, long before its first
+        # table word returns). The advance is then one LUT.
         r_ready = Signal(name="tbl_rx_ready")
+        pending = Signal(n, name="tbl_pending")
+        rw_last = Signal(name="tbl_word_last")
         take = Signal(name="tbl_take")
         r_adv = Signal(name="tbl_rx_adv")
         m.d.comb += [dat.ready.eq(r_ready), take.eq(dat.valid & dat.ready),
-                     r_adv.eq(r_run & (~rcur | (take & (rw == words_m1))))]
+                     r_adv.eq(r_run & (~r_ready | (dat.valid & rw_last)))]
         for k, (_, wp, _) in enumerate(mems):
             m.d.comb += [wp.addr.eq(rw), wp.data.eq(dat.payload), wp.en.eq(take & (ri == k))]
         # the element tables: in once the receiver is past the last one the job uses; while in that
@@ -282,12 +289,15 @@ class VectorEngine(wiring.Component):
             for i in range(n_elem):
                 last = Mux(enabled[i], i, last)
             m.d.sync += [ri.eq(0), rw.eq(0), r_run.eq(1), tables_in.eq(0), last_elem.eq(last),
-                         elem_in.eq(~Cat(*enabled[:n_elem]).any()), avail.eq(0), r_ready.eq(enabled[0])]
+                         elem_in.eq(~Cat(*enabled[:n_elem]).any()), avail.eq(0), r_ready.eq(enabled[0]),
+                         pending.eq(Cat(*enabled[1:]))]
         with m.Else():
+            m.d.sync += rw_last.eq(rw == words_m1)
             with m.If(take):
-                m.d.sync += rw.eq(rw + 1)
+                m.d.sync += [rw.eq(rw + 1), rw_last.eq(rw == words_m2)]
             with m.If(r_adv):
-                m.d.sync += [rw.eq(0), ri.eq(ri + 1), r_ready.eq(Array(en + [Const(0, 1)])[ri + 1])]
+                m.d.sync += [rw.eq(0), ri.eq(ri + 1), r_ready.eq(pending[0]), pending.eq(pending >> 1),
+                             rw_last.eq(one_word)]
                 with m.If(ri == last_elem):
                     m.d.sync += elem_in.eq(1)
                 with m.If(ri == n - 1):
@@ -390,6 +400,7 @@ class VectorEngine(wiring.Component):
         pages = Array(Signal(32, name=f"page{r}") for r in range(2 * R))
         pools = Array(Signal(64, name=f"pool{i}") for i in range(NG))          # kv_groups: the pool table
         blk = Signal(32)                     # the block being computed / stored
+        blk_zero = Signal()                  # blk == 0, a flag set beside it (no 32-bit compare)
         cbank = Signal()                     # its bank
         m.d.comb += cbank.eq(blk[0])
         row_rec = Array(Signal(32, name=f"row_rec{r}") for r in range(R))   # ACT8 scale records out
@@ -1317,7 +1328,7 @@ class VectorEngine(wiring.Component):
         m.d.comb += rc_addr.eq(st_maddr)
         st_last_row = st_r + 1 == nv
         first_row = Signal()                 # the store is at the job's first row
-        m.d.comb += first_row.eq((blk == 0) & (st_r == 0))
+        m.d.comb += first_row.eq(blk_zero & (st_r == 0))
 
         # read-ahead: the mantissa words of the job's first row (every head) are read as soon as its
         # block-table word is in, in head order; the store FSM takes them in RDATA. No write of this
@@ -1337,7 +1348,7 @@ class VectorEngine(wiring.Component):
             with m.If(start):
                 m.d.sync += [pf_h.eq(0), pf_hg.eq(0), pf_g.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0),
                              st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_port.eq(0)]
-            with m.Elif(kv_mode & ~pf_started & (blk == 0) & (loaded_ahead != 0) & row_ok):
+            with m.Elif(kv_mode & ~pf_started & blk_zero & (loaded_ahead != 0) & row_ok):
                 m.d.sync += [pf_addr.eq(kv_rows.maddr), pf_off.eq(kv_rows.m_off), pf_run.eq(1), pf_started.eq(1)]
             # the next group's pool is registered from pf_g: a group's first word waits a cycle
             pf_pool = Signal(64)
@@ -1390,6 +1401,18 @@ class VectorEngine(wiring.Component):
                               "WAITW", "RDATA", "MERGE", "MCMD", "MNT", "FLUSH"], name="store")
         # the tile read address from the state's own flip-flop (not a decode of op_kind): BLK reads
         # word st_c (op_k), every other op word op_j (st_j < the head's words, so op_j is an OR)
+        # a head's last value op (st_j at val_chunks - its step) as flags, one per format's step,
+        # predicted from st_j and the step this cycle: VAL's next state waits on a flip-flop, not on a
+        # compare of st_j (st_j is 0 outside VAL: every VAL ends by clearing it)
+        val_end = {}
+        for fmt, w in ((VectorOut.QREC, qrec_ways), (VectorOut.KV, kv_ways)):
+            flag = Signal(name=f"st_val_end_{fmt.name.lower()}")
+            stepping = store.ongoing("VAL") & room & (j.out_fmt == fmt)
+
+            def at(v):
+                return st_j == v if v >= 0 else Const(0, 1)
+            m.d.sync += flag.eq(Mux(stepping, Mux(flag, val_chunks == w, at(val_chunks - 2 * w)), at(val_chunks - w)))
+            val_end[fmt] = flag
         with m.If(store.ongoing("BLK")):
             if R <= L:
                 m.d.comb += store_addr.eq(st_c >> LOGR)
@@ -1459,14 +1482,14 @@ class VectorEngine(wiring.Component):
                     with m.Case(VectorOut.QREC):   # the head's words, then its trailer
                         m.d.comb += [op_j.eq((st_h << head_words) | st_j), op_g.eq(st_h), op_wide.eq(qrec_ways > 1)]
                         m.d.sync += st_j.eq(st_j + qrec_ways)
-                        with m.If(st_j == val_chunks - qrec_ways):
+                        with m.If(val_end[VectorOut.QREC]):
                             m.d.sync += [st_j.eq(0), st_c.eq(0), c_end.eq(int(trl_chunks == 1))]
                             store.next = "TRL"
                     with m.Default():              # KV: the head's words, padding, mantissas
                         m.d.comb += [op_j.eq((st_h << head_words) | st_j), op_g.eq(g_of_j), op_k.eq(st_j),
                                      op_wide.eq(kv_ways > 1)]
                         m.d.sync += st_j.eq(st_j + kv_ways)
-                        with m.If(st_j == val_chunks - kv_ways):
+                        with m.If(val_end[VectorOut.KV]):
                             m.d.sync += [st_j.eq(0), st_c.eq(0)]
                             with m.If(zero_chunks != 0):
                                 store.next = "ZERO"
@@ -1544,7 +1567,7 @@ class VectorEngine(wiring.Component):
         with m.FSM(name="main") as main_fsm:
             with m.State("IDLE"):
                 with m.If(start):
-                    m.d.sync += blk.eq(0)
+                    m.d.sync += [blk.eq(0), blk_zero.eq(1)]
                     m.next = "LOAD"
             with m.State("LOAD"):
                 with m.If((loaded_ahead != 0) | in_last):
@@ -1590,7 +1613,7 @@ class VectorEngine(wiring.Component):
                 m.d.comb += in_store.eq(1)
                 with m.If(store_done):
                     m.d.comb += blk_inc.eq(1)
-                    m.d.sync += blk.eq(blk + 1)
+                    m.d.sync += [blk.eq(blk + 1), blk_zero.eq(0)]
                     with m.If(last_blk):
                         m.next = "FINISH"
                     with m.Else():

@@ -26,7 +26,7 @@ synchronous reads deliver the weight line, column parameters and (one cycle late
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, Mux, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -105,13 +105,15 @@ class FireScheduler(wiring.Component):
         tiles_m1 = Signal(32)
         last_cols_m1 = Signal(range(T))
         one_last_col = Signal()                  # the last tile has one column
+        tiles_1, tiles_2 = Signal(), Signal()    # tiles == 1, tiles == 2
         m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1),
-                     one_last_col.eq(self.last_cols == 1)]
+                     one_last_col.eq(self.last_cols == 1), tiles_1.eq(self.tiles == 1), tiles_2.eq(self.tiles == 2)]
         rows = Signal(32)
         first, last, final = Signal(), Signal(), Signal()
         need_params = Signal()                   # the pass loads column parameters (set with the pass)
         t_left = Signal(32)                      # tiles after the current one
         final_tile = Signal()                    # t_left == 0, registered
+        t_left_1 = Signal()                      # t_left == 1, registered
         b = Signal.like(rec.nblk)
         b_p1 = Signal(len(b) + 1)                # b + 1, kept beside b
         j = Signal(range(T + 1))
@@ -137,26 +139,42 @@ class FireScheduler(wiring.Component):
                 m.d.sync += [have.eq(1), kc_m1.eq(rec.kc - 1), nblk_m1.eq(rec.nblk - 1), rows.eq(rec.rows),
                              brows.eq(rec.rows), first.eq(rec.first), last.eq(rec.last), final.eq(rec.final),
                              need_params.eq((self.int8 & rec.last) | (self.bias & rec.first)),
-                             t_left.eq(tiles_m1), b.eq(0), b_p1.eq(1), j.eq(0),
+                             t_left.eq(tiles_m1), t_left_1.eq(tiles_2), b.eq(0), b_p1.eq(1), j.eq(0),
                              j_p1.eq(1), c.eq(0), c_p1.eq(1),
                              b_left.eq(rec.nblk - 1), c_left.eq(rec.kc - 1)]
 
-        # The loop-end flags' next values (comb, by the cases below), so the loop steps are
-        # registers too: at_tile = col_last & last_col, at_blk = ... & final_blk, at_pass =
-        # ... & final_tile, each a flip-flop computed from the next values. A step is then the fire
-        # AND one flip-flop, not a chain of ANDs behind the fire that ABC builds from the flags.
-        col_last_n, last_col_n, final_blk_n, final_tile_n = (
-            Signal(name=f"{n}_n") for n in ("col_last", "last_col", "final_blk", "final_tile"))
-        at_tile, at_blk, at_pass = Signal(), Signal(), Signal()
-        m.d.comb += [col_last_n.eq(col_last), last_col_n.eq(last_col), final_blk_n.eq(final_blk),
-                     final_tile_n.eq(final_tile)]
-        with m.If(~have & self.passes.valid):
-            m.d.comb += [final_tile_n.eq(tiles_m1 == 0), final_blk_n.eq(rec.nblk == 1), col_last_n.eq(rec.kc == 1),
-                         last_col_n.eq(Mux(tiles_m1 == 0, one_last_col, T == 1))]
-        m.d.sync += [col_last.eq(col_last_n), last_col.eq(last_col_n), final_blk.eq(final_blk_n),
-                     final_tile.eq(final_tile_n), at_tile.eq(col_last_n & last_col_n),
-                     at_blk.eq(col_last_n & last_col_n & final_blk_n),
-                     at_pass.eq(col_last_n & last_col_n & final_blk_n & final_tile_n)]
+        # The loop steps are registers too: at_tile = col_last & last_col, at_blk = ... &
+        # final_blk, at_pass = ... & final_tile, each a flip-flop, so a step is the fire AND one
+        # flip-flop. Their next values (and the flags') are written as a select by the fire (which
+        # arrives last) between values of registers only: if this cycle fires (the column, tile or
+        # block ends by the current flags), if a pass loads, else unchanged.
+        at_tile, at_blk, at_pass = Signal(name="at_tile"), Signal(name="at_blk"), Signal(name="at_pass")
+        load = ~have & self.passes.valid
+        fired = {                                # each flag if this cycle fires
+            "col_last": Mux(col_last, kc_m1 == 0, c_left == 1),
+            "last_col": Mux(at_tile, Mux(Mux(final_blk, t_left_1, final_tile), one_last_col, T == 1),
+                            Mux(col_last, j_p1 == Mux(final_tile, last_cols_m1, T - 1), last_col)),
+            "final_blk": Mux(at_tile, Mux(final_blk, nblk_m1 == 0, b_left == 1), final_blk),
+            "final_tile": Mux(at_blk, t_left_1, final_tile),
+        }
+        loaded = {"col_last": rec.kc == 1, "last_col": Mux(tiles_1, one_last_col, T == 1),
+                  "final_blk": rec.nblk == 1, "final_tile": tiles_1}
+        fired_s, loaded_s = {}, {}
+        for k in fired:
+            fired_s[k], loaded_s[k] = Signal(name=f"{k}_if_fire"), Signal(name=f"{k}_if_load")
+            m.d.comb += [fired_s[k].eq(fired[k]), loaded_s[k].eq(loaded[k])]
+        flags = {"col_last": col_last, "last_col": last_col, "final_blk": final_blk, "final_tile": final_tile}
+        steps = [(at_tile, ("col_last", "last_col")), (at_blk, ("col_last", "last_col", "final_blk")),
+                 (at_pass, ("col_last", "last_col", "final_blk", "final_tile"))]
+
+        def next_value(reg, f, ld):
+            return Mux(self.fire, f, Mux(load, ld, reg))
+        for k, reg in flags.items():
+            m.d.sync += reg.eq(next_value(reg, fired_s[k], loaded_s[k]))
+        for reg, ks in steps:
+            f_all, l_all = Signal(name=f"{reg.name}_if_fire"), Signal(name=f"{reg.name}_if_load")
+            m.d.comb += [f_all.eq(Cat(*(fired_s[k] for k in ks)).all()), l_all.eq(Cat(*(loaded_s[k] for k in ks)).all())]
+            m.d.sync += reg.eq(next_value(reg, f_all, l_all))
         pass_end = at_pass
         m.d.comb += self.rows_valid.eq(Mux(brows < R, brows, R))
         if fpg > 1:
@@ -275,20 +293,14 @@ class FireScheduler(wiring.Component):
         with m.If(fire):
             m.d.sync += [c.eq(Mux(col_last, 0, c_p1)), c_p1.eq(Mux(col_last, 1, c_p1 + 1)),
                          c_left.eq(Mux(col_last, kc_m1, c_left - 1))]
-            m.d.comb += col_last_n.eq(Mux(col_last, kc_m1 == 0, c_left == 1))
         with m.If(e_col):
             m.d.sync += [j.eq(Mux(last_col, 0, j_p1)), j_p1.eq(Mux(last_col, 1, j_p1 + 1))]
-            m.d.comb += last_col_n.eq(j_p1 == Mux(final_tile, last_cols_m1, T - 1))
         with m.If(e_tile):
-            next_final_tile = Mux(final_blk, t_left == 1, final_tile)
             m.d.sync += [b.eq(Mux(final_blk, 0, b_p1)), b_p1.eq(Mux(final_blk, 1, b_p1 + 1)),
                          brows.eq(Mux(final_blk, rows, brows - R)),
                          b_left.eq(Mux(final_blk, nblk_m1, b_left - 1))]
-            m.d.comb += [final_blk_n.eq(Mux(final_blk, nblk_m1 == 0, b_left == 1)),
-                         last_col_n.eq(Mux(next_final_tile, one_last_col, T == 1))]
         with m.If(e_blk):
-            m.d.sync += t_left.eq(t_left - 1)
-            m.d.comb += final_tile_n.eq(t_left == 1)
+            m.d.sync += [t_left.eq(t_left - 1), t_left_1.eq(t_left == 2)]
         with m.If(e_pass):
             m.d.sync += have.eq(0)
             if G.tlmm:

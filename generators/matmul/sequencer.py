@@ -363,6 +363,7 @@ class JobSequencer(wiring.Component):
 
         # -- activations and partial sums ----------------------------------------------------
         a_s = Signal(8)
+        a_last_s = Signal()                  # a_s == slices_m1, a flag kept beside a_s
         a_q = Signal(33)
         a_active = Signal()
         a_partial = Signal()                 # phase: the pass's partial sums
@@ -394,7 +395,7 @@ class JobSequencer(wiring.Component):
             if R > 1 else k_rows[0]
         # the command, its route record and entry count are registers too, from the same state (the
         # idle cycle after each change lets them settle): the data port's arbiter sees flip-flops
-        a_bytes = Mux(one_slice, Mux(rows_here < R, short_bytes, k_r), Mux(a_s == slices_m1, k_last, ks_full))
+        a_bytes = Mux(one_slice, Mux(rows_here < R, short_bytes, k_r), Mux(a_last_s, k_last, ks_full))
         p_bytes = Mux(a_last_q, plast, pstride)
         cmd_addr, cmd_bytes, entries = Signal(64), Signal(32), Signal(32)
         m.d.sync += [cmd_addr.eq(Mux(a_partial, a_p_addr, a_addr)), cmd_bytes.eq(Mux(a_partial, p_bytes, a_bytes)),
@@ -449,8 +450,10 @@ class JobSequencer(wiring.Component):
                          a_p_addr.eq(Mux(last_q, job.p_addr, a_p_addr + pstride)),
                          a_chunk_row.eq(nxt_row), a_koff.eq(nxt_koff), a_addr.eq(nxt_row + nxt_koff),
                          a_rows_left.eq(Mux(last_q, m_rows, a_after_rows))]
-            with m.If(last_q & (a_s == slices_m1)):
-                m.d.sync += a_active.eq(0)
+            with m.If(last_q):
+                m.d.sync += a_last_s.eq(a_s == slices_m2)
+                with m.If(a_last_s):
+                    m.d.sync += a_active.eq(0)
 
         # -- weights and scales: the slice's stream once per pass --------------------------------
         def slice_stream(port, base, full_bytes, last_bytes, name):
@@ -632,7 +635,7 @@ class JobSequencer(wiring.Component):
                     m.d.comb += self.start.eq(1)
                     m.d.sync += [ps.eq(0), p_first.eq(1), p_last_slice.eq(one_slice), p_q_left.eq(chunks_m1),
                                  p_last_chunk.eq(one_chunk), p_rows_left.eq(job.m), p_active.eq(1),
-                                 a_s.eq(0), a_q.eq(0), a_active.eq(1), a_partial.eq(0),
+                                 a_s.eq(0), a_last_s.eq(one_slice), a_q.eq(0), a_active.eq(1), a_partial.eq(0),
                                  a_q_left.eq(chunks_m1), a_last_q.eq(one_chunk), a_m_after.eq(job.m - c_rows),
                                  a_p_addr.eq(job.p_addr), o_p_addr.eq(job.p_addr),
                                  a_rows_left.eq(m_rows), a_chunk_row.eq(job.x_addr),

@@ -211,8 +211,13 @@ class MatmulEngine(wiring.Component):
                      partials.route.payload.eq(route_q.r_data), partials.route.valid.eq(route_q.r_rdy),
                      route_q.r_en.eq(partials.route.ready)]
         m.submodules.entries_q = entries_q = StepFIFOBuffered(width=32, depth=4)
-        m.d.comb += [entries_q.w_data.eq(seq.partial_entries.payload), entries_q.w_en.eq(seq.partial_entries.valid),
-                     seq.partial_entries.ready.eq(entries_q.w_rdy),
+        # through a register slice: the queue's level logic sees a flip-flop, not the sequencer's
+        # command handshake (a cycle of latency on a count the collector needs much later)
+        m.submodules.entries_skid = e_skid = SkidBuffer(32)
+        m.d.comb += [e_skid.i.payload.eq(seq.partial_entries.payload), e_skid.i.valid.eq(seq.partial_entries.valid),
+                     seq.partial_entries.ready.eq(e_skid.i.ready),
+                     entries_q.w_data.eq(e_skid.o.payload), entries_q.w_en.eq(e_skid.o.valid),
+                     e_skid.o.ready.eq(entries_q.w_rdy),
                      partials.entries.payload.eq(entries_q.r_data), partials.entries.valid.eq(entries_q.r_rdy),
                      entries_q.r_en.eq(partials.entries.ready)]
 

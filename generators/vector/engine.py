@@ -628,12 +628,29 @@ class VectorEngine(wiring.Component):
         rw_last = Signal()
         last_word = take & rw_last
         m.d.comb += rx_adv.eq(r_allowed & (~rx.en | last_word))
+        # the current item's and the next item's word counts as registers, stepped as the walker
+        # loads its next item (the next one's looked up from the walker's ``after``): the advance
+        # only selects a flip-flop, no item-indexed table sits behind it
+        cur_m1, nxt_m1 = Signal(32, name="rx_cur_words_m1"), Signal(32, name="rx_nxt_words_m1")
+        cur_one, nxt_one = Signal(name="rx_cur_one_word"), Signal(name="rx_nxt_one_word")
+        first_after = _ACOL + 1
+        with m.If(start):
+            m.d.sync += [cur_m1.eq(t_words[_ACOL] - 1), cur_one.eq(t_words[_ACOL] == 1),
+                         nxt_m1.eq(t_words.get(first_after, Const(1, 32)) - 1),
+                         nxt_one.eq(t_words.get(first_after, Const(1, 32)) == 1)]
+        with m.Elif(rx_adv & ~rx.done & ~rx.r_step):
+            # indexed by ``after`` itself: entry i holds the counts of the item after item i
+            def after_of(i):
+                return _FIRST_BLOCK_ITEM if i == _LAST_ITEM else i + 1
+            m.d.sync += [cur_m1.eq(nxt_m1), cur_one.eq(nxt_one),
+                         nxt_m1.eq(Array(words_m1[after_of(i)] for i in items)[rx.after]),
+                         nxt_one.eq(Array(one_word[after_of(i)] for i in items)[rx.after])]
         with m.If(start):
             m.d.sync += [rw_left.eq(t_words[_ACOL] - 1), rw_last.eq(t_words[_ACOL] == 1)]
         with m.Elif(rx_adv & rx.r_step):     # the item again, for the next row
-            m.d.sync += [rw_left.eq(Array(words_m1)[r_item]), rw_last.eq(Array(one_word)[r_item])]
+            m.d.sync += [rw_left.eq(cur_m1), rw_last.eq(cur_one)]
         with m.Elif(rx_adv):
-            m.d.sync += [rw_left.eq(Array(words_m1)[rx.after]), rw_last.eq(Array(one_word)[rx.after])]
+            m.d.sync += [rw_left.eq(nxt_m1), rw_last.eq(nxt_one)]
         with m.Elif(take):
             m.d.sync += [rw_left.eq(rw_left - 1), rw_last.eq(rw_left == 1)]
         with m.If(start | rx_adv):

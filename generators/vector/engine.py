@@ -689,6 +689,10 @@ class VectorEngine(wiring.Component):
         rw_d, rr_d, word_d = Signal.like(rw), Signal.like(r_r), Signal(W)
         m.d.sync += [take_d.eq(take), item_d.eq(r_item), rbank_d.eq(rbank), rw_d.eq(rw), rr_d.eq(r_r),
                      word_d.eq(word)]
+        # ... and each less one beside them (signed: -1 at 0), for SWEEP1's follow flag (below)
+        rw_d_m1, rr_d_m1 = Signal(signed(len(rw) + 1)), Signal(signed(len(r_r) + 1))
+        rwr_d_m1 = Signal(signed(len(rw) + 1))
+        m.d.sync += [rw_d_m1.eq(rw - 1), rr_d_m1.eq(r_r - 1), rwr_d_m1.eq((rw >> LOGR) - 1)]
         lanes = lanes_of(word_d, L, signed_=False)
         # A goes to tile B when the job has no B operand: SWEEP1 then reads tile B and writes tile A,
         # so it can follow the receiver through the last operand without sharing a write port
@@ -781,9 +785,20 @@ class VectorEngine(wiring.Component):
         # in the tile (its write comes a cycle after its take)
         in_last = Signal()
         m.d.sync += in_last.eq(busy & ~r_done & (r_lead == 0) & (r_item == Mux(has_b, _B, _A)))
-        rx_has = Signal()
-        m.d.comb += rx_has.eq(Mux(last_fmt == VectorIn.ROWS32, (sw_r < rr_d) | ((sw_r == rr_d) & (sw_j < rw_d)),
-                                  sw_j < (rw_d >> LOGR)))
+        # ... as one flip-flop for the next cycle, from this cycle's registers (so the compares'
+        # carry chains stay off sw_go): in_last with the receiver's position of the same cycle,
+        # and the word after (sw_r, sw_j) (the sweep moves at most one word a cycle; the position
+        # only grows within the operand, and one word further is enough for where it stays)
+        # (compares of registers: sw_j + 1 < rw_d as sw_j < rw_d - 1, the latter a register)
+        last_j = Signal(name="sw_j_last")
+        dw_m1 = Signal.like(dw, name="sw_dw_m1")
+        m.d.sync += dw_m1.eq(dw - 1)
+        m.d.comb += last_j.eq(sw_j == dw_m1)
+        # (unsigned against signed: Amaranth widens both, so the compares are exact)
+        rows32_has = Mux(last_j, (sw_r < rr_d_m1) | ((sw_r == rr_d_m1) & (rw_d != 0)),
+                         (sw_r < rr_d) | ((sw_r == rr_d) & (sw_j < rw_d_m1)))
+        rx_has = Signal(name="sw_rx_has")
+        m.d.sync += rx_has.eq(in_last & Mux(last_fmt == VectorIn.ROWS32, rows32_has, (sw_j < rwr_d_m1) & ~last_j))
         # direct store (one row per block, RES32, no norm): SWEEP1's results go straight to the chunk
         # FIFO (the block's write command is issued as the sweep starts); the sweep issues a word
         # only with room for it in the FIFO
@@ -799,7 +814,7 @@ class VectorEngine(wiring.Component):
         sw_room = Signal()
         m.d.sync += sw_room.eq(chunk_level + inflight + 3 < _CHUNK_FIFO)
         sw_go = Signal()
-        first_ok = ((loaded_ahead != 0) | (in_last & rx_has)) & (~direct | sw_room)
+        first_ok = ((loaded_ahead != 0) | rx_has) & (~direct | sw_room)
         if g.table_port is not None:         # the element tables word by word, like the operands
             # sw_j < tables_avail as a flip-flop, for the next cycle from this one's registers: sw_j
             # grows by at most one, and tables_avail never falls within a job (all of them in, or

@@ -41,7 +41,6 @@ class PartialCollector(wiring.Component):
             "fill": Out(stream.Signature(data_width)),
             "start": In(1),
             "head": Out(data.ArrayLayout(signed(64), rows * (2 if pairs else 1))),
-            "level": Out(range(depth + 1)),
             "pushed": Out(1),                    # an entry enters the queue this cycle
             "pop": In(1),
         })
@@ -92,7 +91,7 @@ class PartialCollector(wiring.Component):
         E = R * (2 if self._pairs else 1)
         IW = 128 if self._pairs else 64
         m.submodules.fifo = fifo = StepFIFOBuffered(width=64 * E, depth=self._depth)
-        m.d.comb += [self.head.as_value().eq(fifo.r_data), self.level.eq(fifo.level), fifo.r_en.eq(self.pop)]
+        m.d.comb += [self.head.as_value().eq(fifo.r_data), fifo.r_en.eq(self.pop)]
         acc = [Signal(IW, name=f"sum{r}") for r in range(R - 1)]
         r = Signal(range(max(R, 2)))
         r_end = r == R - 1

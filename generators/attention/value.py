@@ -64,10 +64,11 @@ class ValueUnit(wiring.Component):
     #: shift, the rounding, the saturation)
     OUT_STAGES = 6
     #: cycles from a take (item and probabilities accepted) to its ring and denominator update
-    UPDATE_DELAY = 2
-    #: registered stages of a rescale (``acc * alpha``): the rescaled ring head is computed this
-    #: many cycles before its update
-    RESCALE_STAGES = 2
+    UPDATE_DELAY = 3
+    #: registered stages of the ring's rescale (``acc * alpha``): the ring lane that will be at the
+    #: head is read this many cycles before its update (the read lane registered at the DSPs' input,
+    #: then the products, then their sum); the denominator's rescale reads ``l`` two cycles ahead
+    RESCALE_STAGES = 3
 
     def __init__(self, geometry: DatapathGeometry):
         self._geom = geometry
@@ -108,8 +109,12 @@ class ValueUnit(wiring.Component):
 
         # -- P.V -----------------------------------------------------------------------------
         # a segment's first take comes at least RESCALE_STAGES + 1 cycles after the last take of
-        # the segment before (its rescale reads the ring that many cycles ahead, below)
+        # the segment before when a word covers the whole ring (its rescale reads the ring that many
+        # cycles ahead, below, the lane the segment before's last update still writes), else
+        # RESCALE_STAGES: the lane read is then not the one that update writes (it has rotated by
+        # one word since), and the denominator's rescale reads l two cycles ahead only
         seg_gap = Signal(range(self.RESCALE_STAGES))
+        one_word_ring = geom.select_format(self.bits4, int4=int(step4 >= slots), int8=int(slots == 1))
         with m.If(seg_gap != 0):
             m.d.sync += seg_gap.eq(seg_gap - 1)
         with m.If(~have_alpha & ~hold & (seg_gap == 0)):
@@ -124,17 +129,22 @@ class ValueUnit(wiring.Component):
             m.d.comb += self.p.ready.eq(1)
             m.d.sync += resc.eq(0)
             with m.If(it.seg_last):
-                m.d.sync += [have_alpha.eq(0), seg_gap.eq(self.RESCALE_STAGES - 1)]
+                m.d.sync += [have_alpha.eq(0),
+                             seg_gap.eq(Mux(one_word_ring, self.RESCALE_STAGES - 1, self.RESCALE_STAGES - 2))]
                 with m.If(self.seg.tile_last):
                     m.d.sync += hold.eq(1)
         # The ring and denominator update runs UPDATE_DELAY cycles after the take, from registers
-        # only: stage 1 registers the scale-block mantissa times each value lane (per row on a
-        # head-parallel engine: row r's own port group's V word) and the probabilities, stage 2
-        # their product; the rescaled ring head (``shadow``) and denominator (``lshadow``) are
-        # computed the cycle before from the ring as it will be. The update is then a mux and one
-        # add. Exact: the slots a segment rescales are unchanged since the segment before, and two
-        # segments' takes are at least two cycles apart (alpha is loaded between them).
+        # only: stage 1 registers the take's lanes, mantissas and probabilities, stage 2 the
+        # scale-block mantissa times each value lane (per row on a head-parallel engine: row r's
+        # own port group's V word), stage 3 their product by the probability; the rescaled ring
+        # head (``shadow``) and denominator (``lshadow``) are computed the cycles before from the
+        # ring as it will be. The update is then a mux and one add. Exact: the slots a segment
+        # rescales are unchanged since the segment before, and two segments' takes are at least
+        # three cycles apart (alpha is loaded between them).
         def mant_times_lanes(src, tag):
+            d = Signal(geom.row_data_layout(), name=f"vd{tag}", reset_less=True)
+            m.d.sync += [d.lanes.eq(src.lanes), d.mants.eq(src.mants)]
+            src = d
             out = []
             for i in range(geom.lanes):
                 s = Signal(signed(26), name=f"vv{tag}{i}", reset_less=True)
@@ -154,10 +164,13 @@ class ValueUnit(wiring.Component):
         u_resc = delay(m, resc, self.UPDATE_DELAY, name="u_resc")
         u_bits4 = delay(m, self.bits4, self.UPDATE_DELAY, name="u_bits4")
         rotate = Signal()          # output stage: rotate every ring by one slot
-        steps = Cat(u_take, takes[-2])  # updates this cycle and the next (the rescale reads ahead)
+        # the updates this cycle and the next two (the ring's rescale reads three cycles ahead)
+        n_steps = Signal(2)
+        m.d.comb += n_steps.eq(u_take + takes[-2] + takes[-3])
         for r in range(rows):
-            p1 = Signal(P_FRAC + 1, name=f"u_p{r}", reset_less=True)
-            m.d.sync += p1.eq(self.p.payload.vals[r])
+            p0 = Signal(P_FRAC + 1, name=f"u_p0{r}", reset_less=True)
+            m.d.sync += p0.eq(self.p.payload.vals[r])
+            p1 = delay(m, p0, 1, name=f"u_p{r}", reset_less=True)
             pr = delay(m, p1, 1, name=f"u_pr{r}", reset_less=True)
             lshadow = _rescale(m, lreg[r], alpha[r], l_bits, name=f"lshadow{r}")
             upd = []
@@ -167,13 +180,16 @@ class ValueUnit(wiring.Component):
                     i = s * int8_lanes + li
                     pv = Signal(acc_bits, name=f"pv{r}_{i}", reset_less=True)
                     m.d.sync += pv.eq(p1 * vv_rows[r][i])
-                    # the lane that will be at the ring head two cycles later: the updates of
-                    # this cycle and the next (steps: u_take and takes[-2]) each rotate the ring
+                    # the lane that will be at the ring head three cycles later: the updates of
+                    # this cycle and the next two (u_take, takes[-2], takes[-3]) each rotate the
+                    # ring; registered (the DSPs' input register), then rescaled in two stages
                     def ahead(k):
                         return geom.select_format(u_bits4, int4=lane(r, (s + k * step4) % slots, li),
                                                   int8=lane(r, (s + k) % slots, li))
-                    nxt = Mux(steps == 0b11, ahead(2), Mux(steps == 0b00, ahead(0), ahead(1)))
-                    shadow = _rescale(m, nxt.as_signed(), alpha[r], acc_bits, name=f"shadow{r}_{i}")
+                    nxt = Signal(signed(acc_bits), name=f"nxt{r}_{i}", reset_less=True)
+                    m.d.sync += nxt.eq(Mux(n_steps[1], Mux(n_steps[0], ahead(3), ahead(2)),
+                                           Mux(n_steps[0], ahead(1), ahead(0))))
+                    shadow = _rescale(m, nxt, alpha[r], acc_bits, name=f"shadow{r}_{i}")
                     base = Mux(u_resc, shadow, lane(r, s, li))
                     lanes.append((base + pv)[:acc_bits])
                 upd.append(Cat(*lanes))

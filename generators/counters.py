@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from amaranth.hdl import Module, Mux, Signal
 
-__all__ = ["step_count", "owned_step_count"]
+__all__ = ["step_count", "owned_step_count", "CountDown"]
 
 
 def step_count(m: Module, count, up, down) -> None:
@@ -35,3 +35,24 @@ def owned_step_count(m: Module, level, up, down) -> tuple:
     with m.Elif(down & ~up):
         m.d.sync += [level.eq(minus), plus.eq(level), minus.eq(minus - 1)]
     return plus, minus
+
+
+class CountDown:
+    """A loop's iterations after the current one, with its end tests kept as flip-flops: ``last``
+    (none after this one) and ``next_last`` (one after this one). A step then moves a flag into
+    a flag and compares the counter with a constant, so the loop's step decision (a handshake)
+    selects between registers instead of sitting in front of a wide compare of two registers."""
+
+    def __init__(self, width: int, name: str):
+        self.left = Signal(width, name=f"{name}_left")
+        self.last = Signal(name=f"{name}_last")
+        self.next_last = Signal(name=f"{name}_next_last")
+
+    def load(self, left, last, next_last) -> list:
+        """Statements starting the loop: ``left`` iterations after the first, ``last`` = ``left == 0``
+        and ``next_last`` = ``left == 1`` (registers computed ahead by the caller)."""
+        return [self.left.eq(left), self.last.eq(last), self.next_last.eq(next_last)]
+
+    def step(self) -> list:
+        """Statements moving to the next iteration."""
+        return [self.left.eq(self.left - 1), self.last.eq(self.next_last), self.next_last.eq(self.left == 2)]

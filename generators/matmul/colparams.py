@@ -23,7 +23,7 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...mathutil import exact_log2
-from ..counters import step_count
+from ..counters import CountDown, step_count
 from .gearbox import WidthAdapter
 from .geometry import EngineGeometry, pass_layout
 
@@ -73,33 +73,48 @@ class ColumnParams(wiring.Component):
                          self.rd_bias_odd.eq(br.data[32:])]
 
         have = Signal()
-        first, last = Signal(), Signal()
+        # the pass's needs as flags taken with it (the job's int8 and bias modes are set before its
+        # first pass): requant records on the last slice, bias on the first
+        need_q, need_b = Signal(), Signal()
         # tiles after the current one (a down-counter) and the final-tile flag, registered; the job's
         # tiles - 1 and last_cols - 1 registered from its sizes (settled long before the first pass)
         tiles_m1 = Signal(32)
+        tiles_one, tiles_two = Signal(), Signal()         # tiles == 1, tiles == 2
         # records of the last tile and of a full one, minus one (a pair job: two records a line)
         last_cols_m1 = Signal(range(H * T))
         tile_m1 = Signal(range(H * T))
         pair = self.pair if G.pairs else 0
         m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(Mux(pair, (self.last_cols << 1) - 1, self.last_cols - 1)),
-                     tile_m1.eq(Mux(pair, 2 * T - 1, T - 1))]
-        tiles_left = Signal(32)
-        final_tile = Signal()
+                     tile_m1.eq(Mux(pair, 2 * T - 1, T - 1)),
+                     tiles_one.eq(self.tiles == 1), tiles_two.eq(self.tiles == 2)]
+        # the end tests as flags beside down-counters (:class:`CountDown`): the tiles after this one,
+        # and the records after this one in the current part (a part: the tile's requant records,
+        # then its bias records); the flags of a tile's record count registered from the job's
+        # sizes too, so a take selects between flip-flops
+        tl = CountDown(32, "tiles")
+        items = CountDown(len(tile_m1), "items")
+        lc_one, lc_two, tm_one, tm_two = Signal(), Signal(), Signal(), Signal()
+        m.d.sync += [lc_one.eq(last_cols_m1 == 0), lc_two.eq(last_cols_m1 == 1),
+                     tm_one.eq(tile_m1 == 0), tm_two.eq(tile_m1 == 1)]
+        def items_of(final):
+            """Load the record counter for a tile (the job's last tile when ``final``)."""
+            return items.load(Mux(final, last_cols_m1, tile_m1), Mux(final, lc_one, tm_one),
+                              Mux(final, lc_two, tm_two))
+        final_tile = tl.last
         idx = Signal(range(H * T + 1))
         phase_b = Signal()                       # writing the tile's bias (after its requant records)
         slot = Signal()
         with m.If(~have):
             m.d.comb += self.passes.ready.eq(1)
             with m.If(self.passes.valid):
-                m.d.sync += [have.eq(1), first.eq(self.passes.payload.first), last.eq(self.passes.payload.last),
-                             tiles_left.eq(tiles_m1), final_tile.eq(tiles_m1 == 0), idx.eq(0), phase_b.eq(0)]
-        need_q = self.int8 & last
-        need_b = self.bias & first
+                pp = self.passes.payload
+                m.d.sync += [have.eq(1), need_q.eq(self.int8 & pp.last), need_b.eq(self.bias & pp.first),
+                             *tl.load(tiles_m1, tiles_one, tiles_two), *items_of(tiles_one), idx.eq(0), phase_b.eq(0)]
         room = self.tiles_ahead < 2
         busy = have & (need_q | need_b) & room
         part_q = busy & ~phase_b & need_q
         part_b = busy & (phase_b | ~need_q) & need_b
-        last_item = idx == Mux(final_tile, last_cols_m1, tile_m1)
+        last_item = items.last
         # the words of one command go to one adapter: hold the next word back in the cycle the
         # current part's last item is taken (the adapter would load it with the dropped rest)
         take_q = part_q & qa.o.valid
@@ -120,9 +135,12 @@ class ColumnParams(wiring.Component):
             m.d.sync += idx.eq(Mux(last_item, 0, idx + 1))
             with m.If(last_item):
                 with m.If(take_q & need_b):
-                    m.d.sync += phase_b.eq(1)
+                    m.d.sync += [phase_b.eq(1), *items_of(tl.last)]      # the same tile's bias
                 with m.Else():
                     m.d.comb += loaded.eq(1)
+                    m.d.sync += items_of(tl.next_last)                   # the next tile's records
+            with m.Else():
+                m.d.sync += items.step()
         skip = have & ~(need_q | need_b)         # a pass without parameters: nothing to load
         with m.If(loaded | skip):
             m.d.sync += phase_b.eq(0)
@@ -131,7 +149,7 @@ class ColumnParams(wiring.Component):
             with m.If(final_tile | skip):
                 m.d.sync += have.eq(0)
             with m.Else():
-                m.d.sync += [tiles_left.eq(tiles_left - 1), final_tile.eq(tiles_left == 1)]
+                m.d.sync += tl.step()
         step_count(m, self.tiles_ahead, loaded, self.free)
         with m.If(self.start):
             m.d.sync += [have.eq(0), slot.eq(0), self.tiles_ahead.eq(0)]

@@ -376,8 +376,10 @@ class MatmulEngine(wiring.Component):
         col_read = fifo.r_rdy & fifo.r_en
         owned_step_count(m, inflight, col_fire, col_read)
         # credit (inflight < depth) as a register: next cycle's, by cases of this cycle's fire and read
+        # (a read alone frees a column; a fire with no read takes one; otherwise it holds), so the
+        # packer's late read meets one select between flip-flops and a compare of the count
         credit = Signal(init=1)
         D = self._fifo_depth
-        m.d.sync += credit.eq(Mux(col_fire & ~col_read, inflight < D - 1, (inflight < D) | col_read))
+        m.d.sync += credit.eq(Mux(col_fire & ~col_read, inflight < D - 1, credit | col_read))
         m.d.comb += sched.credit.eq(credit)
         return m

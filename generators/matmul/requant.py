@@ -249,6 +249,7 @@ class OutputStage(wiring.Component):
         ctl4 = carry(valid3, ctl3, "ctl4")
         big4 = per_half("big4", 1)
         k_lo4 = per_half("k_lo4", range(split + 1))
+        k_fine4 = per_half("k_fine4", range(8))
         hic4 = regs("hic", signed(12))
         lo_sh4 = regs("lo_sh", unsigned(split))
         hi_sh4 = regs("hi_sh", signed(64))
@@ -256,28 +257,36 @@ class OutputStage(wiring.Component):
         acc4 = regs("acc_raw", signed(ab))
         with m.If(valid3):
             m.d.sync += [big4[h].eq(big3[h]) for h in range(H)] + [k_lo4[h].eq(k_lo3[h]) for h in range(H)]
+            m.d.sync += [k_fine4[h].eq(k_hi3[h][:3]) for h in range(H)]
             for r in range(R):
                 h = hr[r]
                 m.d.sync += [hic4[r].eq(_clamp(hi3[r], -_HI_CLAMP, _HI_CLAMP)), lo_sh4[r].eq(lo3[r] >> k_lo3[h]),
-                             hi_sh4[r].eq(hi3[r] >> k_hi3[h]),
+                             # the high part's shift in two steps (a 7-bit barrel shifter is too deep
+                             # for a cycle): the multiple of 8 here, the rest in stage 5
+                             hi_sh4[r].eq(hi3[r] >> Cat(Const(0, 3), k_hi3[h][3:])),
                              r32_4[r].eq(Mux(ctl3.zero[h], acc3[r], (acc3[r] + 1) >> 1)),
                              acc4[r].eq(acc3[r])]
 
-        # 5: the shifted INT8 product; saturate the INT32 result.
+        # 5: the shifted INT8 product's two candidates (the high part's rest of the shift, and the
+        # small-shift sum); saturate the INT32 result.
         ctl5 = carry(valid4, ctl4, "ctl5")
-        t5 = regs("t", signed(64))
+        big5 = per_half("big5", 1)
+        t_hi5 = regs("t_hi", signed(64))
+        t_lo5 = regs("t_lo", signed(12 + split))
         y32_5 = regs("y32_5_", signed(32))
         acc5 = regs("acc_raw5_", signed(ab))
         with m.If(valid4):
+            m.d.sync += [big5[h].eq(big4[h]) for h in range(H)]
             for r in range(R):
                 h = hr[r]
                 # (hic << split) >> k_lo is a multiple of 2^(split - k_lo) and lo_sh is below it: the
                 # sum is an OR (no carry chain)
                 t_small = ((hic4[r] << split) >> k_lo4[h]) | lo_sh4[r]
-                m.d.sync += [t5[r].eq(Mux(big4[h], hi_sh4[r], t_small)),
+                m.d.sync += [t_hi5[r].eq(hi_sh4[r] >> k_fine4[h]), t_lo5[r].eq(t_small),
                              y32_5[r].eq(_clamp(r32_4[r], -(1 << 31), (1 << 31) - 1)), acc5[r].eq(acc4[r])]
 
-        # 6: the INT8 result's two clamps (before and without rounding).
+        # 6: the INT8 result's two clamps (before and without rounding), of each candidate, then
+        # the candidate chosen (clamp(Mux(b, x, y)) == Mux(b, clamp(x), clamp(y))).
         ctl6 = carry(valid5, ctl5, "ctl6")
         tc6 = regs("tc", signed(10))
         z8_6 = regs("z8_", signed(8))
@@ -285,7 +294,9 @@ class OutputStage(wiring.Component):
         acc6 = regs("acc_raw6_", signed(ab))
         with m.If(valid5):
             for r in range(R):
-                m.d.sync += [tc6[r].eq(_clamp(t5[r], -257, 255)), z8_6[r].eq(_clamp(t5[r], -128, 127)),
+                b = big5[hr[r]]
+                m.d.sync += [tc6[r].eq(Mux(b, _clamp(t_hi5[r], -257, 255), _clamp(t_lo5[r], -257, 255))),
+                             z8_6[r].eq(Mux(b, _clamp(t_hi5[r], -128, 127), _clamp(t_lo5[r], -128, 127))),
                              y32_6[r].eq(y32_5[r]), acc6[r].eq(acc5[r])]
 
         # 7: round and saturate the INT8 result; blank rows past the end of the matrix.

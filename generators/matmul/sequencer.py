@@ -29,6 +29,7 @@ from amaranth.lib.wiring import In, Out
 
 from ...encodings import BiasMode, OutMode
 from ...mathutil import ceil_div, exact_log2
+from ..counters import CountDown
 from ..streams import JobDone, dma_command_stream
 from .geometry import EngineGeometry, pass_layout
 from .pipe import tiled_product
@@ -212,6 +213,10 @@ class JobSequencer(wiring.Component):
         chunks = Signal(33)
         blk_sum = Signal(34)                 # blocks + 2^c_log - 1
         one_chunk = Signal()                 # chunks == 1
+        two_chunks = Signal()                # chunks == 2
+        two_slices = Signal()                # slices == 2
+        one_tile = Signal()                  # tiles == 1
+        two_tiles = Signal()                 # tiles == 2
         c_last_one = Signal()                # the last chunk has one row block
         blk_one = Signal()                   # a full chunk has one row block
         nreb_chunk = Signal(64)              # a chunk's output bytes per column: nReb << c_log
@@ -300,6 +305,10 @@ class JobSequencer(wiring.Component):
                 c_last.eq(blocks - c_last_off),
                 c_last_m1.eq(c_last - 1),
                 one_chunk.eq(chunks_m1 == 0),
+                two_chunks.eq(chunks_m1 == 1),
+                two_slices.eq(slices_m1 == 1),
+                one_tile.eq(tiles_m1 == 0),
+                two_tiles.eq(tiles_m1 == 1),
                 c_last_one.eq(c_last_m1 == 0),
                 blk_one.eq(blk_m1 == 0),
                 nreb_chunk.eq(nReb << c_log),
@@ -386,8 +395,12 @@ class JobSequencer(wiring.Component):
         a_wait = Signal()
         a_short = Signal()                   # a_rows_left < R
         a_last_cmd = Signal()                # the pass's last command: unit_rows == a_rows_left
+        # a_rows_left < R: for a power-of-two R a test of the high bits (no carry chain); the
+        # registered a_short lags a change of the rows left by the cycle the command register
+        # below is taken in, so that register reads the test itself
+        short_now = ~a_rows_left[exact_log2(R):].any() if R & (R - 1) == 0 else a_rows_left < R
         m.d.sync += [one_slice.eq(slices == 1), a_wait.eq(self.act_cmd.valid & self.act_cmd.ready),
-                     a_short.eq(a_rows_left < R),
+                     a_short.eq(short_now),
                      a_last_cmd.eq(Mux(one_slice, a_rows_left <= R, a_rows_left == 1))]
         rows_here = a_rows_left
         unit_rows = Mux(one_slice, Mux(a_short, rows_here, R), 1)
@@ -395,7 +408,7 @@ class JobSequencer(wiring.Component):
             if R > 1 else k_rows[0]
         # the command, its route record and entry count are registers too, from the same state (the
         # idle cycle after each change lets them settle): the data port's arbiter sees flip-flops
-        a_bytes = Mux(one_slice, Mux(rows_here < R, short_bytes, k_r), Mux(a_last_s, k_last, ks_full))
+        a_bytes = Mux(one_slice, Mux(short_now, short_bytes, k_r), Mux(a_last_s, k_last, ks_full))
         p_bytes = Mux(a_last_q, plast, pstride)
         cmd_addr, cmd_bytes, entries = Signal(64), Signal(32), Signal(32)
         m.d.sync += [cmd_addr.eq(Mux(a_partial, a_p_addr, a_addr)), cmd_bytes.eq(Mux(a_partial, p_bytes, a_bytes)),
@@ -457,26 +470,22 @@ class JobSequencer(wiring.Component):
 
         # -- weights and scales: the slice's stream once per pass --------------------------------
         def slice_stream(port, base, full_bytes, last_bytes, name):
-            # the slice and chunk loop ends as registered flags (a slice counter and a down-counter
-            # of the chunks after this one), not compares against the loop bounds
-            s_ = Signal(8, name=f"{name}_s")
-            last_s = Signal(name=f"{name}_last_s")
-            q_left = Signal(33, name=f"{name}_q_left")
-            last_q = Signal(name=f"{name}_last_q")
+            # the slice and chunk loops as down-counters with registered end flags
+            # (:class:`CountDown`): the handshake selects between flip-flops
+            sl, ch = CountDown(8, f"{name}_s"), CountDown(33, f"{name}_q")
             off = Signal(64, name=f"{name}_off")
             act = Signal(name=f"{name}_active")
             m.d.comb += [port.valid.eq(running & act), port.payload.addr.eq(base + off),
-                         port.payload.bytes.eq(Mux(last_s, last_bytes, full_bytes))]
+                         port.payload.bytes.eq(Mux(sl.last, last_bytes, full_bytes))]
             with m.If(port.valid & port.ready):
-                with m.If(last_q):
-                    m.d.sync += [q_left.eq(chunks_m1), last_q.eq(one_chunk), s_.eq(s_ + 1),
-                                 last_s.eq(s_ == slices_m2), off.eq(off + full_bytes)]
-                    with m.If(last_s):
+                with m.If(ch.last):
+                    m.d.sync += [*ch.load(chunks_m1, one_chunk, two_chunks), *sl.step(), off.eq(off + full_bytes)]
+                    with m.If(sl.last):
                         m.d.sync += act.eq(0)
                 with m.Else():
-                    m.d.sync += [q_left.eq(q_left - 1), last_q.eq(q_left == 1)]
-            return [s_.eq(0), last_s.eq(one_slice), q_left.eq(chunks_m1), last_q.eq(one_chunk), off.eq(0),
-                    act.eq(1)]
+                    m.d.sync += ch.step()
+            return [*sl.load(slices_m1, one_slice, two_slices), *ch.load(chunks_m1, one_chunk, two_chunks),
+                    off.eq(0), act.eq(1)]
 
         resets = []
         for i in range(P):
@@ -487,45 +496,47 @@ class JobSequencer(wiring.Component):
         # -- requant parameters (INT8, last slice) and bias (first slice), per tile ----------------
         # the slice and chunk loop ends as registered flags (a slice counter and a down-counter of
         # the chunks after this one), so the step's conditions are flip-flops, not 8/33-bit compares
-        r_s = Signal(8)
-        r_first_s, r_last_s = Signal(), Signal()     # r_s == 0, r_s == slices_m1
-        r_q_left = Signal(33)
-        r_last_q = Signal()
+        r_sl, r_ch, r_t = CountDown(8, "r_s"), CountDown(33, "r_q"), CountDown(32, "r_t")
+        r_first_s = Signal()                 # the job's first slice
         r_bias = Signal()                    # phase: the tile's bias (after its requant parameters)
         r_active = Signal()
-        need_q = int8 & r_last_s
+        need_q = int8 & r_sl.last
         need_b = bias_on & r_first_s
+        # two decisions of the step kept as flags for the cycle they are read, so the port's ready
+        # meets flip-flops only: ``r_here`` (this phase's command is needed: the bias on the first
+        # slice, the requant parameters on the last) and ``r_end`` (the pass ends after this
+        # tile: its last tile, or a pass that needs no parameters, skipped in one step per phase)
+        r_here, r_end = Signal(), Signal()
+        def pass_flags(last_s, first_s, last_t):
+            nq, nb = int8 & last_s, bias_on & first_s
+            return [r_here.eq(nq), r_end.eq(last_t | ~(nq | nb))]
         # the command from registers only (it goes straight to the data port's arbiter): the tile's
         # two addresses kept by additions, its last-tile flag from a down-counter, the byte counts
         # of a full and of the last tile (the latter set in SETUP)
-        r_t_left = Signal(32)                # tiles after this one
-        r_last_t = Signal()
         r_b_addr, r_q_addr = Signal(64), Signal(64)
         m.d.comb += [self.rq_cmd.payload.addr.eq(Mux(r_bias, r_b_addr, r_q_addr)),
-                     self.rq_cmd.payload.bytes.eq(Mux(r_bias, Mux(r_last_t, rq_b_last, round_words(tile_cols << 2)),
-                                                      Mux(r_last_t, rq_q_last, round_words(tile_cols << 3))))]
-        r_first_tile = [r_t_left.eq(tiles_m1), r_last_t.eq(tiles_m1 == 0),
-                        r_b_addr.eq(job.b_addr), r_q_addr.eq(job.q_addr)]
-        r_here = Mux(r_bias, need_b, need_q)       # this command is needed
+                     self.rq_cmd.payload.bytes.eq(Mux(r_bias, Mux(r_t.last, rq_b_last, round_words(tile_cols << 2)),
+                                                      Mux(r_t.last, rq_q_last, round_words(tile_cols << 3))))]
+        r_first_tile = [*r_t.load(tiles_m1, one_tile, two_tiles), r_b_addr.eq(job.b_addr), r_q_addr.eq(job.q_addr)]
         m.d.comb += self.rq_cmd.valid.eq(running & r_active & r_here)
-        r_step = (self.rq_cmd.valid & self.rq_cmd.ready) | (running & r_active & ~r_here)
+        r_step = running & r_active & (~r_here | self.rq_cmd.ready)
         with m.If(r_step):
             with m.If(~r_bias):
-                m.d.sync += r_bias.eq(1)
+                m.d.sync += [r_bias.eq(1), r_here.eq(need_b)]
             with m.Else():
                 m.d.sync += r_bias.eq(0)
-                # next tile; a pass without parameters is skipped in one step per tile
-                with m.If(r_last_t | ~(need_q | need_b)):
+                with m.If(r_end):
+                    # the next pass: the next chunk of this slice, or the next slice's first
                     m.d.sync += r_first_tile
-                    with m.If(r_last_q):
-                        m.d.sync += [r_q_left.eq(chunks_m1), r_last_q.eq(one_chunk), r_s.eq(r_s + 1),
-                                     r_first_s.eq(0), r_last_s.eq(r_s == slices_m2)]
-                        with m.If(r_last_s):
+                    with m.If(r_ch.last):
+                        m.d.sync += [*r_ch.load(chunks_m1, one_chunk, two_chunks), *r_sl.step(), r_first_s.eq(0),
+                                     *pass_flags(r_sl.next_last, 0, one_tile)]
+                        with m.If(r_sl.last):
                             m.d.sync += r_active.eq(0)
                     with m.Else():
-                        m.d.sync += [r_q_left.eq(r_q_left - 1), r_last_q.eq(r_q_left == 1)]
+                        m.d.sync += [*r_ch.step(), *pass_flags(r_sl.last, r_first_s, one_tile)]
                 with m.Else():
-                    m.d.sync += [r_t_left.eq(r_t_left - 1), r_last_t.eq(r_t_left == 1),
+                    m.d.sync += [*r_t.step(), *pass_flags(r_sl.last, r_first_s, r_t.next_last),
                                  r_b_addr.eq(r_b_addr + (tile_cols << 2)), r_q_addr.eq(r_q_addr + (tile_cols << 3))]
 
         # -- outputs: partial-sum regions, then Y -------------------------------------------------
@@ -576,7 +587,7 @@ class JobSequencer(wiring.Component):
                 m.d.sync += blocks_of(new_last_q)
                 with m.If(o_last_q):
                     m.d.sync += [o_q.eq(0), o_s.eq(o_s + 1), o_last_slice.eq(o_s == slices_m2),
-                                 o_q_left.eq(chunks_m1), o_last_q.eq(one_chunk), o_q_is1.eq(chunks_m1 == 1),
+                                 o_q_left.eq(chunks_m1), o_last_q.eq(one_chunk), o_q_is1.eq(two_chunks),
                                  o_p_addr.eq(job.p_addr)]
                     with m.If(o_last_slice):
                         m.d.sync += o_active.eq(0)
@@ -592,7 +603,7 @@ class JobSequencer(wiring.Component):
                     m.d.sync += [*blocks_of(o_last_q), o_boff.eq(0), o_t_left.eq(o_t_left - 1),
                                  o_last_t.eq(o_t_left == 1), o_toff.eq(o_toff + seg_full)]
                     with m.If(o_last_t):
-                        m.d.sync += [o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), o_toff.eq(0),
+                        m.d.sync += [o_t_left.eq(tiles_m1), o_last_t.eq(one_tile), o_toff.eq(0),
                                      o_chunk.eq(o_chunk + nreb_chunk)]
                         next_pass()
                 with m.Else():
@@ -633,23 +644,6 @@ class JobSequencer(wiring.Component):
                 m.d.sync += count.eq(count + 1)
                 with m.If(start_next):
                     m.d.comb += self.start.eq(1)
-                    m.d.sync += [ps.eq(0), p_first.eq(1), p_last_slice.eq(one_slice), p_q_left.eq(chunks_m1),
-                                 p_last_chunk.eq(one_chunk), p_rows_left.eq(job.m), p_active.eq(1),
-                                 a_s.eq(0), a_last_s.eq(one_slice), a_q.eq(0), a_active.eq(1), a_partial.eq(0),
-                                 a_q_left.eq(chunks_m1), a_last_q.eq(one_chunk), a_m_after.eq(job.m - c_rows),
-                                 a_p_addr.eq(job.p_addr), o_p_addr.eq(job.p_addr),
-                                 a_rows_left.eq(m_rows), a_chunk_row.eq(job.x_addr),
-                                 a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0), a_wait.eq(1),
-                                 r_s.eq(0), r_first_s.eq(1), r_last_s.eq(one_slice), r_q_left.eq(chunks_m1),
-                                 r_last_q.eq(one_chunk), *r_first_tile, r_bias.eq(0), r_active.eq(1),
-                                 o_s.eq(0), o_last_slice.eq(one_slice), o_q.eq(0), o_q_left.eq(chunks_m1),
-                                 o_last_q.eq(one_chunk), o_q_is1.eq(chunks_m1 == 1),
-                                 o_t_left.eq(tiles_m1), o_last_t.eq(tiles_m1 == 0), *blocks_of(one_chunk), o_active.eq(1),
-                                 o_chunk.eq(0),
-                                 o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0),
-                                 o_fresh.eq(0)]
-                    m.d.sync += resets
-                    m.d.sync += running.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -661,4 +655,25 @@ class JobSequencer(wiring.Component):
                 with m.If(self.done.ready):
                     m.d.sync += idle_ff.eq(1)
                     m.next = "IDLE"
+        # the job's start: every loop's first state, outside the state machine (``start_next`` is
+        # only set in SETUP's last cycle) so the loads need no decode of the state register
+        with m.If(start_next):
+            m.d.sync += [ps.eq(0), p_first.eq(1), p_last_slice.eq(one_slice), p_q_left.eq(chunks_m1),
+                         p_last_chunk.eq(one_chunk), p_rows_left.eq(job.m), p_active.eq(1),
+                         a_s.eq(0), a_last_s.eq(one_slice), a_q.eq(0), a_active.eq(1), a_partial.eq(0),
+                         a_q_left.eq(chunks_m1), a_last_q.eq(one_chunk), a_m_after.eq(job.m - c_rows),
+                         a_p_addr.eq(job.p_addr), o_p_addr.eq(job.p_addr),
+                         a_rows_left.eq(m_rows), a_chunk_row.eq(job.x_addr),
+                         a_addr.eq(job.x_addr), a_koff.eq(0), pidx.eq(0), a_wait.eq(1),
+                         *r_sl.load(slices_m1, one_slice, two_slices), r_first_s.eq(1),
+                         *r_ch.load(chunks_m1, one_chunk, two_chunks), *r_first_tile,
+                         *pass_flags(one_slice, 1, one_tile), r_bias.eq(0), r_active.eq(1),
+                         o_s.eq(0), o_last_slice.eq(one_slice), o_q.eq(0), o_q_left.eq(chunks_m1),
+                         o_last_q.eq(one_chunk), o_q_is1.eq(two_chunks),
+                         o_t_left.eq(tiles_m1), o_last_t.eq(one_tile), *blocks_of(one_chunk), o_active.eq(1),
+                         o_chunk.eq(0),
+                         o_toff.eq(0), o_boff.eq(0), issued.eq(0), dones.eq(0), error.eq(0),
+                         o_fresh.eq(0)]
+            m.d.sync += resets
+            m.d.sync += running.eq(1)
         return m

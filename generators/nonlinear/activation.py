@@ -101,8 +101,13 @@ class TailActivation(wiring.Component):
             x = Signal(signed(W), name=f"x0_{ln}")
             a = Signal(unsigned(W), name=f"a{ln}")
             xi = self.i.payload[ln]
+            # "beyond the table" (|x| >> rb >= N) from x itself, beside |x|: two compares with
+            # constants in parallel instead of one after the negation
+            lim = N << rb
+            out0 = Signal(name=f"beyond0_{ln}")
             with m.If(adv):
-                m.d.sync += [x.eq(xi), a.eq(Mux(xi < 0, -xi, xi))]
+                m.d.sync += [x.eq(xi), a.eq(Mux(xi < 0, -xi, xi)),
+                             out0.eq(Mux(xi < 0, xi <= -lim, xi >= lim))]
             idx = a >> rb
             m.d.comb += [rp.addr.eq(idx), rp.en.eq(adv)]
 
@@ -128,7 +133,7 @@ class TailActivation(wiring.Component):
             out1b = Signal(name=f"beyond1b_{ln}")
             c = Signal(entry, name=f"c_{ln}")
             with m.If(adv):
-                m.d.sync += [x1.eq(x), r1.eq(a[:rb] if rb else 0), out1.eq(idx >= N)]
+                m.d.sync += [x1.eq(x), r1.eq(a[:rb] if rb else 0), out1.eq(out0)]
                 m.d.sync += [x1b.eq(x1), r1b.eq(r1), out1b.eq(out1), c.eq(rp.data)]
                 m.d.sync += [out2.eq(out1b), prod2.eq(c.c1 * r1b if rb else 0),
                              base2.eq(((Mux(x1b < 0, -c.c0, (x1b << G) - c.c0) + half) << rb) + fold),

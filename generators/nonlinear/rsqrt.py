@@ -124,11 +124,29 @@ class Rsqrt(wiring.Component):
         prod = Signal(signed(width + 1))
         m.d.comb += prod.eq(p_hi + p_lo)
 
-        def product(a, b):
-            """``a * b`` into (p_lo, p_hi), ``b`` (signed or unsigned) split at bit ``lo``."""
-            lo = min(17, len(b) - 1)
-            hi = b[lo:].as_signed() if b.shape().signed else b[lo:]
-            return [p_lo.eq(a * b[:lo]), p_hi.eq((a * hi) << lo)]
+        # the step's factors in registers, set by the state before each product state (SEED,
+        # SQUARE_ROUND, DIFF, UPDATE_ROUND) to what the product state multiplies; the products are
+        # formed every cycle (read only in the *_ROUND states), so no state mux sits between the
+        # DSPs and p_lo / p_hi: the second factor (y, y2 or diff; signed) split at bit ``lo``.
+        # The setting states as flags registered in the state before them (every transition into
+        # them is unconditional), the roundings (the latest values) the last selects
+        fa = Signal(unsigned(max(UF + 2, MF + 2)), name="rs_fa")
+        fb = Signal(signed(MF + 4), name="rs_fb")
+        lo = min(17, len(fb) - 1)
+        m.d.sync += [p_lo.eq(fa * fb[:lo]), p_hi.eq((fa * fb[lo:].as_signed()) << lo)]
+        in_seed, in_sr, in_diff, in_ur = (Signal(name=f"rs_in_{n}") for n in ("seed", "sr", "diff", "ur"))
+        m.d.sync += [in_seed.eq(0), in_sr.eq(0), in_diff.eq(0), in_ur.eq(0)]
+        y2_next = ((prod + (1 << (MF - 1))) >> MF)[:len(y2)]
+        diff_next = ((3 << MF) - uy2)[:len(diff)].as_signed()
+        y_next = ((prod + (1 << MF)) >> (MF + 1))[:len(y)]
+        with m.If(in_ur):
+            m.d.sync += [fa.eq(y_next), fb.eq(y_next)]
+        with m.Elif(in_sr):
+            m.d.sync += [fa.eq(u), fb.eq(y2_next)]
+        with m.Elif(in_diff):
+            m.d.sync += [fa.eq(y), fb.eq(diff_next)]
+        with m.Elif(in_seed):
+            m.d.sync += [fa.eq(rp.data), fb.eq(rp.data)]
         top_r = Signal(range(max(VB, 2)))
 
         with m.FSM():
@@ -147,30 +165,30 @@ class Rsqrt(wiring.Component):
                 m.next = "NORM"
             with m.State("NORM"):
                 m.d.sync += [e.eq(top_r >> 1), u.eq((v_r << UF) >> ((top_r >> 1) << 1))]
+                m.d.sync += in_seed.eq(1)
                 m.next = "SEED"
             with m.State("SEED"):
                 m.d.sync += [y.eq(rp.data), it.eq(0)]
                 m.next = "SQUARE" if sp.iterations else "DONE"
             with m.State("SQUARE"):
-                m.d.sync += product(y, y)
+                m.d.sync += in_sr.eq(1)
                 m.next = "SQUARE_ROUND"
             with m.State("SQUARE_ROUND"):
-                m.d.sync += y2.eq((prod + (1 << (MF - 1))) >> MF)
+                m.d.sync += y2.eq(y2_next)
                 m.next = "SCALE"
             with m.State("SCALE"):
-                m.d.sync += product(u, y2)
                 m.next = "SCALE_ROUND"
             with m.State("SCALE_ROUND"):
-                m.d.sync += uy2.eq((prod + (1 << (UF - 1))) >> UF)
+                m.d.sync += [uy2.eq((prod + (1 << (UF - 1))) >> UF), in_diff.eq(1)]
                 m.next = "DIFF"
             with m.State("DIFF"):
-                m.d.sync += diff.eq((3 << MF) - uy2)
+                m.d.sync += diff.eq(diff_next)
                 m.next = "UPDATE"
             with m.State("UPDATE"):
-                m.d.sync += product(y, diff)
+                m.d.sync += in_ur.eq(1)
                 m.next = "UPDATE_ROUND"
             with m.State("UPDATE_ROUND"):
-                m.d.sync += [y.eq((prod + (1 << MF)) >> (MF + 1)), it.eq(it + 1)]
+                m.d.sync += [y.eq(y_next), it.eq(it + 1)]
                 with m.If(it == sp.iterations - 1):
                     m.next = "DONE"
                 with m.Else():

@@ -86,15 +86,20 @@ class ElementPipe(wiring.Component):
         xa, xb = lanes_of(delay(self.xa, 1, "xa_in"), L), lanes_of(delay(self.xb, 1, "xb_in"), L)
         ac = lanes_of(delay(self.acol, 1, "acol_in"), L, signed_=False)
         bc = lanes_of(delay(self.bcol, 1, "bcol_in"), L, signed_=False)
-        row_a = delay(Mux(cfg.a_fmt == VectorIn.ACC32, self.row_a, 1), 1, "row_a_in")
+        row_a_v = Mux(cfg.a_fmt == VectorIn.ACC32, self.row_a, 1)
         row_e = delay(Mux(cfg.a_fmt == VectorIn.ACC32, self.row_e, 0), 1, "row_e_in")
         deq = {}
         for side, xs, cs, fmt in (("a", xa, ac, cfg.a_fmt), ("b", xb, bc, cfg.b_fmt)):
             raw = fmt == VectorIn.RES32
+            # the multiplier's factors registered with the RES32 case in them (1 x 1): the product
+            # goes straight into its register, no mux after the DSP
+            row_a = delay(Mux(raw, 1, row_a_v), 1, f"row_a_{side}")
+            cm = [delay(Mux(raw, 1, c[:15]), 1, f"c{side}{i}_in")
+                  for i, c in enumerate(lanes_of(self.acol if side == "a" else self.bcol, L, signed_=False))]
             out = []
             for i in range(L):
                 # 1: the lane's multiplier (1 for RES32: the product is then x itself) and shift
-                mul = reg(unsigned(31), f"m{side}{i}", Mux(raw, 1, row_a * cs[i][:15]))
+                mul = reg(unsigned(31), f"m{side}{i}", row_a * cm[i])
                 x1 = reg(signed(32), f"x{side}{i}", xs[i])
                 s1 = reg(signed(8), f"s{side}{i}", Mux(raw, 0, as_signed_field(cs[i][16:22]) - row_e))
                 # 2..4: the product

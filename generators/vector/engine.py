@@ -685,24 +685,29 @@ class VectorEngine(wiring.Component):
         # the operand tiles are written a cycle after the take, from registers (the receiver's ready
         # logic and the LUTRAM write enables are separate stages); SWEEP1's follow and the block
         # count (below) look at the receiver a cycle late to match
-        take_d, item_d, rbank_d = Signal(), Signal.like(r_item), Signal()
+        take_d, rbank_d = Signal(), Signal()
         rw_d, rr_d, word_d = Signal.like(rw), Signal.like(r_r), Signal(W)
-        m.d.sync += [take_d.eq(take), item_d.eq(r_item), rbank_d.eq(rbank), rw_d.eq(rw), rr_d.eq(r_r),
+        m.d.sync += [take_d.eq(take), rbank_d.eq(rbank), rw_d.eq(rw), rr_d.eq(r_r),
                      word_d.eq(word)]
         # ... and each less one beside them (signed: -1 at 0), for SWEEP1's follow flag (below)
-        rw_d_m1, rr_d_m1 = Signal(signed(len(rw) + 1)), Signal(signed(len(r_r) + 1))
-        rwr_d_m1 = Signal(signed(len(rw) + 1))
-        m.d.sync += [rw_d_m1.eq(rw - 1), rr_d_m1.eq(r_r - 1), rwr_d_m1.eq((rw >> LOGR) - 1)]
+        rr_d_m1 = Signal(signed(len(r_r) + 1))
+        m.d.sync += rr_d_m1.eq(r_r - 1)      # (rw's: narrowed, with SWEEP1's follow flag)
         lanes = lanes_of(word_d, L, signed_=False)
         # A goes to tile B when the job has no B operand: SWEEP1 then reads tile B and writes tile A,
         # so it can follow the receiver through the last operand without sharing a write port
-        for tile, hit, fmt in ((tile_a, take_d & (item_d == _A) & has_b, j.a_fmt),
-                               (tile_b, take_d & ((item_d == _B) | ((item_d == _A) & ~has_b)),
-                                Mux(item_d == _A, j.a_fmt, j.b_fmt))):
-            with m.If(hit & (fmt == VectorIn.ROWS32)):
+        # which tile the word goes to and in which layout: flags registered with the take (from the
+        # item and the job's formats), so the LUTRAM write addresses are a mux or two of registers
+        hits = []
+        for hit, fmt in ((take & (r_item == _A) & has_b, j.a_fmt),
+                         (take & ((r_item == _B) | ((r_item == _A) & ~has_b)), Mux(r_item == _A, j.a_fmt, j.b_fmt))):
+            h_rows, h_blk = Signal(), Signal()
+            m.d.sync += [h_rows.eq(hit & (fmt == VectorIn.ROWS32)), h_blk.eq(hit & (fmt != VectorIn.ROWS32))]
+            hits.append((h_rows, h_blk))
+        for tile, (h_rows, h_blk) in zip((tile_a, tile_b), hits):
+            with m.If(h_rows):
                 for r, (_, wp, _) in enumerate(tile):
                     m.d.comb += [wp.addr.eq(rw_d), wp.data.eq(word_d), wp.en.eq(full), wp.we.eq(rr_d == r)]
-            with m.Elif(hit):
+            with m.Elif(h_blk):
                 # blocked: element i = k*L + l of word k is row i % R, column i // R
                 k = rw_d
                 for r, (_, wp, _) in enumerate(tile):
@@ -742,10 +747,15 @@ class VectorEngine(wiring.Component):
             rx_pos = Signal(34)
             m.d.comb += rx_pos.eq(j.pos0 + (r_blk << LOGR) + r_r)
             lp = rx_pos >> exact_log2(P)
-            entry = Signal(32)
-            m.d.comb += entry.eq(Array(lanes_of(word, L, signed_=False))[lp[:LOGL] if LOGL else 0])
-            with m.If(take & (r_item == _BT)):
-                m.d.sync += pages[(rbank << LOGR) + r_r].eq(entry)
+            # the page entry, its slot and the write registered, written a cycle after the take (as
+            # the tiles are): the receiver's ready logic stays off the page registers' enables
+            entry = Signal(32, name="bt_entry")
+            bt_we = Signal(name="bt_we")
+            bt_slot = Signal(range(2 * R), name="bt_slot")
+            m.d.sync += [entry.eq(Array(lanes_of(word, L, signed_=False))[lp[:LOGL] if LOGL else 0]),
+                         bt_we.eq(take & (r_item == _BT)), bt_slot.eq((rbank << LOGR) + r_r)]
+            with m.If(bt_we):
+                m.d.sync += pages[bt_slot].eq(entry)
             per_word = W8 // 8
             for i in range(NG):
                 with m.If(take & (r_item == _POOLS) & (rw == i // per_word)):
@@ -795,10 +805,23 @@ class VectorEngine(wiring.Component):
         m.d.sync += dw_m1.eq(dw - 1)
         m.d.comb += last_j.eq(sw_j == dw_m1)
         # (unsigned against signed: Amaranth widens both, so the compares are exact)
-        rows32_has = Mux(last_j, (sw_r < rr_d_m1) | ((sw_r == rr_d_m1) & (rw_d != 0)),
-                         (sw_r < rr_d) | ((sw_r == rr_d) & (sw_j < rw_d_m1)))
+        # the 33-bit word positions narrowed to sw_j's width beside their registers (set with them,
+        # from rw): (above sw_j's range, negative, low bits), so sw_j < v is a compare of len(sw_j)
+        # bits and two flags, and rw_d != 0 a flag
+        nb = len(sw_j)
+
+        def narrow_gt(v, name):
+            big, neg, low = Signal(name=f"{name}_big"), Signal(name=f"{name}_neg"), Signal(nb, name=f"{name}_lo")
+            m.d.sync += [big.eq(v >= (1 << nb)), neg.eq(v < 0), low.eq(v[:nb])]
+            return lambda a: big | (~neg & (a < low))       # a < v, for 0 <= a < 2^nb
+        sw_lt_rw_m1 = narrow_gt(rw - 1, "rw_d_m1n")
+        sw_lt_rwr_m1 = narrow_gt((rw >> LOGR) - 1, "rwr_d_m1n")
+        rw_d_nz = Signal(name="rw_d_nz")
+        m.d.sync += rw_d_nz.eq(rw != 0)
+        rows32_has = Mux(last_j, (sw_r < rr_d_m1) | ((sw_r == rr_d_m1) & rw_d_nz),
+                         (sw_r < rr_d) | ((sw_r == rr_d) & sw_lt_rw_m1(sw_j)))
         rx_has = Signal(name="sw_rx_has")
-        m.d.sync += rx_has.eq(in_last & Mux(last_fmt == VectorIn.ROWS32, rows32_has, (sw_j < rwr_d_m1) & ~last_j))
+        m.d.sync += rx_has.eq(in_last & Mux(last_fmt == VectorIn.ROWS32, rows32_has, sw_lt_rwr_m1(sw_j) & ~last_j))
         # direct store (one row per block, RES32, no norm): SWEEP1's results go straight to the chunk
         # FIFO (the block's write command is issued as the sweep starts); the sweep issues a word
         # only with room for it in the FIFO
@@ -828,6 +851,22 @@ class VectorEngine(wiring.Component):
         _walk_rows(m, sw_active, sw_r, nv, sw_j, dw, step=sw_go)
         rd_r, rd_j, rd_v = Signal(range(R)), Signal(range(DW)), Signal()
         m.d.sync += [rd_r.eq(sw_r), rd_j.eq(sw_j), rd_v.eq(sw_issue)]
+        # the word's row end, group end and group index, registered beside rd_j from sw_j (the job
+        # holds still over the sweep) and carried with (row, word) to the write-back: no add or
+        # variable shift of the pipelines' word index there (out_j + 1 == dw and its group mask
+        # were 6 LUT levels and a carry into g_end)
+        if att is not None:
+            kv_sel = Signal()
+            m.d.comb += kv_sel.eq(kv_mode)
+            gmask = Mux(kv_sel, G // L - 1, hd // L - 1)
+            gidx_sw = Mux(kv_sel, sw_j >> exact_log2(G // L), sw_j >> exact_log2(hd // L))
+        else:
+            gmask, gidx_sw = Const(0, 1), sw_j
+        rd_rend, rd_gend = Signal(name="rd_rend"), Signal(name="rd_gend")
+        rd_gidx = Signal(range(GPR), name="rd_gidx")
+        m.d.sync += [rd_rend.eq(sw_j == dw_m1),
+                     rd_gend.eq(Mux(j.out_fmt == VectorOut.ACT8, sw_j == dw_m1, (sw_j & gmask) == gmask)),
+                     rd_gidx.eq(Mux(j.out_fmt == VectorOut.ACT8, 0, gidx_sw))]
         tile_addr = Signal(range(DW))
         store_addr = Signal(range(DW))
         m.d.comb += tile_addr.eq(Mux(in_store, store_addr, sw_j))
@@ -877,14 +916,17 @@ class VectorEngine(wiring.Component):
         e_r = delayed(m, rd_r, ElementPipe.LATENCY, name="e_r")
         e_j = delayed(m, rd_j, ElementPipe.LATENCY, name="e_j")
         n_r, n_j = delayed(m, rd_r, napply.latency, name="n_r"), delayed(m, rd_j, napply.latency, name="n_j")
+        e_flags = delayed(m, Cat(rd_rend, rd_gend, rd_gidx), ElementPipe.LATENCY, name="e_fl")
+        n_flags = delayed(m, Cat(rd_rend, rd_gend, rd_gidx), napply.latency, name="n_fl")
         out_v = Signal()
         out_r = Signal(range(R))
         out_j = Signal(range(DW))
         out_w = Signal(W)
+        out_fl = Signal(len(e_flags))
         with m.If(elem.o_valid):
-            m.d.comb += [out_v.eq(1), out_r.eq(e_r), out_j.eq(e_j), out_w.eq(elem.o)]
+            m.d.comb += [out_v.eq(1), out_r.eq(e_r), out_j.eq(e_j), out_w.eq(elem.o), out_fl.eq(e_flags)]
         with m.Elif(napply.o_valid):
-            m.d.comb += [out_v.eq(1), out_r.eq(n_r), out_j.eq(n_j), out_w.eq(napply.o)]
+            m.d.comb += [out_v.eq(1), out_r.eq(n_r), out_j.eq(n_j), out_w.eq(napply.o), out_fl.eq(n_flags)]
         m.d.comb += [sweep_we.eq(out_v), sweep_wr.eq(out_r), sweep_wa.eq(out_j), sweep_wd.eq(out_w)]
         step_count(m, inflight, rd_v, out_v)
         sweeping = Signal()
@@ -896,18 +938,19 @@ class VectorEngine(wiring.Component):
         # a norm's row statistics: each value and its square (DSP-sized partial products), each
         # summed over the lanes by a registered adder tree, then accumulated per row; (valid, row
         # end, row) travel beside them, and the sweep is not over until they are in
+        # (the values registered first: the write-back's mux stays off the squares' DSP inputs)
         lane_v = [Signal(signed(32), name=f"st_v{i}") for i in range(L)]
-        m.d.comb += [lane_v[i].eq(v) for i, v in enumerate(vals)]
+        m.d.sync += [lane_v[i].eq(v) for i, v in enumerate(vals)]
         squares = [pipelined_product(m, v, v, name=f"st_sq{i}") for i, v in enumerate(lane_v)]
         sq_lat = squares[0][1]
         wsq, tree_lat = pipelined_sum(m, [p for p, _ in squares], name="st_wsq")
         wsum, _ = pipelined_sum(m, [delayed(m, v, sq_lat, name=f"st_v{i}") for i, v in enumerate(lane_v)],
                                 name="st_wsum")
-        st_lat = sq_lat + tree_lat
+        st_lat = 1 + sq_lat + tree_lat
         st_valid = valid_chain(m, elem.o_valid & (j.norm != VectorNorm.NONE), st_lat)
         m.d.comb += stats_busy.eq(Cat(*st_valid[1:]) != 0)
         row_end = Signal()                   # the word ends its row
-        m.d.comb += row_end.eq(out_j + 1 == dw)
+        m.d.comb += row_end.eq(out_fl[0])
         st_end, st_r = delayed(m, row_end, st_lat, name="st_end"), delayed(m, out_r, st_lat, name="st_r")
         acc1 = Signal(signed(sb))
         acc2 = Signal(s2_bits)
@@ -935,16 +978,10 @@ class VectorEngine(wiring.Component):
         wmax, = xs
         amax_stages = 1 + LOGL
         run = Signal(32)
-        gw_log = Signal(range(32))           # log2 of a group's words (KV: G/L; QREC: hd/L)
-        if att is not None:
-            m.d.comb += gw_log.eq(Mux(kv_mode, exact_log2(G // L), exact_log2(hd // L)))
+        # a group is G/L words (KV) or hd/L (QREC), an ACT8 row one group: the flags come with the word
         group_end = Signal()
         gidx = Signal(range(GPR))
-        with m.If(j.out_fmt == VectorOut.ACT8):
-            m.d.comb += [group_end.eq(row_end), gidx.eq(0)]
-        with m.Else():
-            m.d.comb += [group_end.eq(((out_j + 1) & ((Const(1, 16) << gw_log) - 1)) == 0),
-                         gidx.eq(out_j >> gw_log)]
+        m.d.comb += [group_end.eq(out_fl[1]), gidx.eq(out_fl[2:])]
         final = Signal()
         m.d.comb += final.eq(quant_out & Mux(j.norm == VectorNorm.NONE, elem.o_valid, napply.o_valid))
         finals = valid_chain(m, final, amax_stages)[1:]
@@ -1075,8 +1112,11 @@ class VectorEngine(wiring.Component):
         op_k = Signal(32)                    # BLK word / chunk index
         op_g = Signal(range(GPR))
         st_inflight = Signal(range(_CHUNK_FIFO + 8))
-        room = Signal()                      # registered with one slot of margin, as sw_room
-        m.d.sync += room.eq(chunks.level + st_inflight + 2 < _CHUNK_FIFO)
+        # registered from a registered sum (two cycles old: two slots of margin, the sum grows by at
+        # most one a cycle, op_valid's); the FIFO's level logic and the add stay off the compare
+        room = Signal()
+        st_occ = Signal(range(2 * _CHUNK_FIFO + 8), name="st_occ")
+        m.d.sync += [st_occ.eq(chunks.level + st_inflight), room.eq(st_occ + 3 < _CHUNK_FIFO)]
         step_count(m, st_inflight, op_valid, cq.o_valid)
 
         # t0: reads (the tile read address: below, with the store FSM)
@@ -1122,19 +1162,28 @@ class VectorEngine(wiring.Component):
         scale_vec = Cat(*[Mux(r < nv, row_rec[r], 0) for r in range(R)], Const(0, max(SB * 8 - 32 * R, 1)))
         span = Signal(span_words * W)        # the merged mantissa word(s) of the current (token, head)
         trailer = Cat(qrec[32:48], qrec[48:56], Const(0, max(W - 24, 1)))
+        # each kind's chunk registered (t2), then the kind's pick (t3): the selects by t1_k and the
+        # kind's mux are separate stages; the line to the quantizer's output is a stage shorter
+        o_blk, o_trl, o_scl, o_mnt = (Signal(W, name=f"other_{n}") for n in ("blk", "trl", "scl", "mnt"))
+        t2_kind = Signal.like(t1_kind, name="t2_kind")
+        m.d.sync += [o_blk.eq(blk_word), o_trl.eq((trailer >> (t1_k * (W // 4)))[:W // 4]),
+                     o_scl.eq((scale_vec >> (t1_k * (W // 4)))[:W // 4]),
+                     o_mnt.eq((span >> (t1_k * W))[:W]),          # a whole word of the merged span
+                     t2_kind.eq(t1_kind)]
         other = Signal(W)
-        with m.Switch(t1_kind):
+        with m.Switch(t2_kind):
             with m.Case(_BLK):
-                m.d.comb += other.eq(blk_word)
+                m.d.sync += other.eq(o_blk)
             with m.Case(_TRL):
-                m.d.comb += other.eq((trailer >> (t1_k * (W // 4)))[:W // 4])
+                m.d.sync += other.eq(o_trl)
             with m.Case(_SCL):
-                m.d.comb += other.eq((scale_vec >> (t1_k * (W // 4)))[:W // 4])
-            with m.Case(_MNT):                  # a whole word of the merged span
-                m.d.comb += other.eq((span >> (t1_k * W))[:W])
+                m.d.sync += other.eq(o_scl)
+            with m.Case(_MNT):
+                m.d.sync += other.eq(o_mnt)
             with m.Default():
-                m.d.comb += other.eq(0)
-        other_d = delayed(m, other, ChunkQuantizer.LATENCY, name="other")
+                m.d.sync += other.eq(0)
+        assert ChunkQuantizer.LATENCY >= 2
+        other_d = delayed(m, other, ChunkQuantizer.LATENCY - 2, name="other")
         kind_d = delayed(m, t1_kind, ChunkQuantizer.LATENCY, name="kind")
         wide_d = delayed(m, t1_wide, ChunkQuantizer.LATENCY, name="wide")
         # a wide op's chunk: a whole word of int8, or half a word of int4 (KV4: the packer's `half`)
@@ -1225,14 +1274,22 @@ class VectorEngine(wiring.Component):
         # the block's output offsets, kept by additions as blk steps (products of a block index
         # and a job size were the command path's slowest logic), and its byte counts registered
         # (nv changes with blk only, long before the block's store)
-        def per_block(k, name):
-            return _counter_times(m, k, start, blk_inc, name=name)
+        # (the job's base address in them, loaded from the job as it starts: the commands'
+        # addresses are registers, no 64-bit add before the command slice)
         rec_bytes = Signal(32)               # one row of Q records
         m.d.sync += rec_bytes.eq(heads * QRB)
-        y_blk_off = per_block(j.y_stride, "y_blk_off")
-        y_row_off = per_block(j.dim << LOGR, "y_row_off")
-        y_rec_off = per_block(rec_bytes << LOGR, "y_rec_off")
-        y_scale_off = per_block(Const(SB, 64), "y_scale_off")
+        def per_block_at(base, k, name):
+            out = Signal(64, name=name)
+            with m.If(start):
+                m.d.sync += out.eq(base)
+            with m.Elif(blk_inc):
+                m.d.sync += out.eq(out + k)
+            return out
+        jp = self.job.payload
+        y_blk_addr = per_block_at(jp.y_addr, j.y_stride, "y_blk_addr")
+        y_row_addr = per_block_at(jp.y_addr, j.dim << LOGR, "y_row_addr")
+        y_rec_addr = per_block_at(jp.y_addr, rec_bytes << LOGR, "y_rec_addr")
+        y_scale_addr = per_block_at(jp.y_scale, Const(SB, 64), "y_scale_addr")
         # (registered DSP products: nv changes with blk only, long before the block's store)
         act8_bytes, _ = pipelined_product(m, nv, j.dim, name="act8_bytes")
         rec_block_bytes, _ = pipelined_product(m, nv, rec_bytes, name="rec_block_bytes")
@@ -1318,7 +1375,7 @@ class VectorEngine(wiring.Component):
             vbytes = Signal(32)
             m.d.comb += [ha.eq(Mux(int4, ha4, ha8)), vbytes.eq(Mux(int4, vb4, vb8))]
             kv_rows = _kv_row_addresses(m, att, j, pages, pools, cbank, st_r, r0, multi, hg, int4, LOGR=LOGR,
-                                     LOGW8=LOGW8, event=start | (take & ((r_item == _BT) | (r_item == _POOLS))))
+                                     LOGW8=LOGW8, event=start | bt_we | (take & (r_item == _POOLS)))
             m.d.comb += row_ok.eq(kv_rows.ok)
             slot = kv_rows.slot
             pool_next = Signal(64)           # the next group's pool, registered ahead of its first head
@@ -1388,9 +1445,9 @@ class VectorEngine(wiring.Component):
             m.d.sync += [pf_pool.eq(pools[pf_g + 1] if NG > 1 else pools[0]), pf_hold.eq(0)]
             with m.If(pf_valid & rc_take):
                 m.d.sync += [pf_addr.eq(pf_addr + ha), pf_h.eq(pf_h + 1), pf_hg.eq(pf_hg + 1)]
-                with m.If(pf_hg + 1 == hg):
+                with m.If(pf_hg == hg_m1):
                     m.d.sync += [pf_g.eq(pf_g + 1), pf_hg.eq(0), pf_hold.eq(1)]
-                with m.If(pf_h + 1 == heads):
+                with m.If(pf_h == heads_m1):
                     m.d.sync += pf_run.eq(0)
             with m.If(pf_hold):
                 m.d.sync += pf_addr.eq(pf_pool + pf_off)
@@ -1473,15 +1530,16 @@ class VectorEngine(wiring.Component):
                 m.d.sync += out_port.eq(st_port)
             with m.Switch(j.out_fmt):
                 with m.Case(VectorOut.RES32):
-                    m.d.comb += [wc_addr.eq(j.y_addr + y_blk_off), wc_bytes.eq((j.dim << 2) * R)]
+                    m.d.comb += [wc_addr.eq(y_blk_addr), wc_bytes.eq((j.dim << 2) * R)]
                 with m.Case(VectorOut.ACT8):
-                    m.d.comb += [wc_addr.eq(j.y_addr + y_row_off), wc_bytes.eq(act8_bytes)]
+                    m.d.comb += [wc_addr.eq(y_row_addr), wc_bytes.eq(act8_bytes)]
                 with m.Case(VectorOut.QREC):
-                    m.d.comb += [wc_addr.eq(j.y_addr + y_rec_off), wc_bytes.eq(rec_block_bytes)]
+                    m.d.comb += [wc_addr.eq(y_rec_addr), wc_bytes.eq(rec_block_bytes)]
                 with m.Case(VectorOut.KV):
                     m.d.comb += [wc_addr.eq(st_vaddr), wc_bytes.eq(vbytes)]
+            # the counters cleared while the command waits (none is read in CMD): not on its take
+            m.d.sync += [st_j.eq(0), st_c.eq(0), st_j_last.eq(dw_last == 0)]
             with m.If(wc_take):
-                m.d.sync += [st_j.eq(0), st_c.eq(0), st_j_last.eq(dw_last == 0)]
                 with m.If(direct):
                     store.next = "DRAIN"
                 with m.Elif(j.out_fmt == VectorOut.RES32):
@@ -1534,9 +1592,9 @@ class VectorEngine(wiring.Component):
                 with m.If(c_end):
                     next_head("VAL", "VAL")
         with store.State("SCMD"):
-            m.d.comb += [wc_valid.eq(1), wc_addr.eq(j.y_scale + y_scale_off), wc_bytes.eq(SB)]
+            m.d.comb += [wc_valid.eq(1), wc_addr.eq(y_scale_addr), wc_bytes.eq(SB)]
+            m.d.sync += st_c.eq(0)           # (as in CMD: not on the take)
             with m.If(wc_take):
-                m.d.sync += st_c.eq(0)
                 store.next = "SCL"
         with store.State("SCL"):
             with m.If(room):
@@ -1575,8 +1633,8 @@ class VectorEngine(wiring.Component):
             store.next = "MCMD"
         with store.State("MCMD"):
             m.d.comb += [wc_valid.eq(1), wc_addr.eq(st_maddr), wc_bytes.eq(span_words * W8)]
+            m.d.sync += [st_c.eq(0), c_end.eq(int(span_words == 1))]     # (as in CMD)
             with m.If(wc_take):
-                m.d.sync += [st_c.eq(0), c_end.eq(int(span_words == 1))]
                 store.next = "MNT"
         with store.State("MNT"):
             with m.If(room):

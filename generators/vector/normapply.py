@@ -9,14 +9,41 @@ products summed over registered stages::
 """
 from __future__ import annotations
 
-from amaranth.hdl import Module, signed, unsigned
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..products import pipelined_product, product_latency
-from .arith import RSR_STAGES, delayed, lanes_of, registered, rsr_var_staged, sat32, valid_chain, word_of
+from .arith import I32_MAX, I32_MIN, RSR_STAGES, delayed, lanes_of, registered, valid_chain, word_of
 
 __all__ = ["NormApply"]
+
+
+def _rsr_plus_staged(m: Module, v, s_m1, s_zero, beta, *, name: str) -> Signal:
+    """``rsr(v, s) + beta`` over :data:`RSR_STAGES` registered stages, as
+    :func:`~.arith.rsr_var_staged` with ``beta`` added in the rounding stage: for ``s >= 1``
+    ``((f + 1) >> 1) + beta == (f + (2 * beta + 1)) >> 1``, one add (``beta`` comes a stage after
+    ``v``, with that stage's input)."""
+    v, s_m1, s_zero, beta = Value.cast(v), Value.cast(s_m1), Value.cast(s_zero), Value.cast(beta)
+    shape = v.shape()
+    coarse = Signal(shape, name=f"{name}_c")
+    fine_s = Signal(3, name=f"{name}_fs")
+    z1, z2 = Signal(name=f"{name}_z1"), Signal(name=f"{name}_z2")
+    m.d.sync += [coarse.eq(Mux(s_zero, v, v >> (s_m1[3:] << 3))), fine_s.eq(s_m1[:3]), z1.eq(s_zero)]
+    fine = Signal(shape, name=f"{name}_f")
+    m.d.sync += [fine.eq(Mux(z1, coarse, coarse >> fine_s)), z2.eq(z1)]
+    out = Signal(signed(max(len(v), len(beta)) + 2), name=name)
+    m.d.sync += out.eq(Mux(z2, fine + beta, (fine + Cat(Const(1, 1), beta).as_signed()) >> 1))
+    return out
+
+
+def _sat32_bits(v) -> Value:
+    """``sat32(v)`` of a signed ``v`` from its bits (no compares): in range when the bits from
+    31 up are all equal, else the bound of ``v``'s sign."""
+    v = Value.cast(v)
+    top = v[31:]
+    fits = (top == 0) | (top == (1 << len(top)) - 1)
+    return Mux(fits, v[:32].as_signed(), Mux(v[-1], I32_MIN, I32_MAX))
 
 
 class NormApply(wiring.Component):
@@ -62,8 +89,9 @@ class NormApply(wiring.Component):
         # the row's constants, and D*x
         dim1 = reg(unsigned(len(self.dim)), "dim1", self.dim)
         x1 = [reg(signed(32), f"x1_{i}", x[i]) for i in range(L)]
-        sh_m1 = reg(unsigned(len(self.shift)), "sh_m1", self.shift - 1)
-        sh_z = reg(1, "sh_z", self.shift == 0)
+        sh0 = reg(unsigned(len(self.shift)), "sh0", self.shift)     # (the caller's sum registered)
+        sh_m1 = reg(unsigned(len(self.shift)), "sh_m1", sh0 - 1)
+        sh_z = reg(1, "sh_z", sh0 == 0)
         dx = []
         for i in range(L):
             p, lat_dx = pipelined_product(m, x1[i], dim1, name=f"dx{i}")
@@ -87,12 +115,12 @@ class NormApply(wiring.Component):
             p, lat2 = pipelined_product(m, p1[i], gamma[i], name=f"ng{i}")
             p2.append(p)
         t += lat2
-        # round, + beta, saturate
-        s_m1, s_z = delay(sh_m1, t - 1, "sh_m1"), delay(sh_z, t - 1, "sh_z")
-        r = [rsr_var_staged(m, p2[i], s_m1, s_z, name=f"r{i}") for i in range(L)]
+        # round and + beta (beta enters the rounding's last add), then saturate
+        s_m1, s_z = delay(sh_m1, t - 2, "sh_m1"), delay(sh_z, t - 2, "sh_z")
+        beta = lanes_of(delay(self.beta, t + RSR_STAGES - 1, "beta"), L)
+        r = [_rsr_plus_staged(m, p2[i], s_m1, s_z, beta[i], name=f"r{i}") for i in range(L)]
         t += RSR_STAGES
-        beta = lanes_of(delay(self.beta, t, "beta"), L)
-        out = [reg(signed(32), f"y{i}", sat32(r[i] + beta[i])) for i in range(L)]
+        out = [reg(signed(32), f"y{i}", _sat32_bits(r[i])) for i in range(L)]
         assert t + 1 == self._latency
         return out
 

@@ -21,7 +21,7 @@ from hbmforge.encodings import VectorOut
 
 from ..attention.recip import Reciprocal
 from ..nonlinear.rsqrt import highest_set_bit
-from .arith import as_signed_field, bit_length, delayed, rsr, valid_chain
+from .arith import as_signed_field, delayed, rsr, valid_chain
 
 __all__ = ["QuantParams"]
 
@@ -53,9 +53,13 @@ class QuantParams(wiring.Component):
         # -- s0: the inputs registered (the caller's absmax logic stays off the bit length and the
         # products below)
         A, c0, mode0 = delay(self.absmax, "absmax0"), delay(self.const, "c0"), delay(self.mode, "mode0")
-        # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); the two DSP tiles of A x km
-        e0_1 = delay(bit_length(m, A[16:], name="e0"), "e0_1")
+        # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16) as a thermometer code (below);
+        # the two DSP tiles of A x km
         A1 = delay(A, "absmax1")
+        # 2^e0 - 1 as a thermometer code, registered: bit i is e0 > i, i.e. A >> (16 + i) != 0 (an
+        # OR of A's top bits, beside the bit length's priority encoder)
+        therm1 = Signal(16, name="e0_therm1")
+        m.d.sync += therm1.eq(Cat(*(A[16 + i:] != 0 for i in range(16))))
         c1 = delay(c0, "c1")
         mode1 = delay(mode0, "mode1")
         km = c0[:16]
@@ -63,10 +67,14 @@ class QuantParams(wiring.Component):
         hi_p = Signal(31, name="kv_phi")
         m.d.sync += [lo_p.eq(A[:17] * km), hi_p.eq(A[17:] * km)]
 
-        # -- s2: the product summed; ks - 1; A + 2^e0 - 1 (2^e0 - 1 as a thermometer code of e0) ---
-        e2_ = delay(e0_1, "e0_2")
+        # -- s2: the product summed; ks - 1; A + 2^e0 - 1 (2^e0 - 1 as a thermometer code of e0); e0
+        # from the code (a one-hot of where it ends, ORed into binary) ---------------------------
+        e2_ = Signal(range(18), name="e0_2")
+        t_ext = Cat(therm1, Const(0, 1))
+        m.d.sync += e2_.eq(Cat(*(Cat(*(t_ext[k - 1] & ~t_ext[k] for k in range(1, 17) if k >> b & 1)).any()
+                                for b in range(5))))
         up2 = Signal(33, name="ceil2")
-        m.d.sync += up2.eq(A1 + Cat(*(e0_1 > i for i in range(16))))
+        m.d.sync += up2.eq(A1 + therm1)
         prod2 = Signal(48, name="kv_prod")
         m.d.sync += prod2.eq(lo_p + (hi_p << 17))
         ks = c1[16:22]
@@ -130,24 +138,24 @@ class QuantParams(wiring.Component):
         m.d.comb += ksh.eq(hs + n2 + 6)
         kv3 = Signal(name="kv_t3")
         hy3 = Signal(len(hm) + len(y2), name="hy3")
-        y3 = Signal.like(y2, name="y_t3")
+        y127 = Signal(len(y2) + 7, name="y127_t3")     # 127 Y registered straight from its product
         shift3 = Signal.like(self.shift, name="shift_t3")
         meta3 = Signal.like(self.meta, name="meta_t3")
-        m.d.sync += [kv3.eq(kvm), hy3.eq(hm * y2), y3.eq(y2),
+        m.d.sync += [kv3.eq(kvm), hy3.eq(hm * y2), y127.eq(127 * y2),
                      shift3.eq(Mux(kvm, Mux(ksh > 63, 63, ksh), n2 + 16 + e2)),
                      meta3.eq(Mux(kvm, a2, Mux(mode2 == VectorOut.QREC, qrec_meta, Cat(a2, e2[:16]))))]
 
         # -- t4: the multiplier ---------------------------------------------------------------------
-        m.d.sync += [self.mult.eq(Mux(kv3, rsr(hy3, 10), 127 * y3)), self.shift.eq(shift3),
+        m.d.sync += [self.mult.eq(Mux(kv3, rsr(hy3, 10), y127)), self.shift.eq(shift3),
                      self.meta.eq(meta3)]
         return m
 
     @staticmethod
     def _qrec_record(m: Module, a, e, c, line) -> Signal:
         """The QREC score multiplier ``mult | shift << 16`` of ``qrec_multiplier(a, e, kc, ks)``,
-        five registered stages over the reciprocal's delay line (it needs no reciprocal); the
+        seven registered stages over the reciprocal's delay line (it needs no reciprocal); the
         result lines up with the line's last stage."""
-        assert len(line) >= 6
+        assert len(line) >= 7
         # q0: P = a x kc (one DSP tile)
         p = Signal(32, name="qr_p")
         m.d.sync += p.eq(a * c[:16])
@@ -177,18 +185,25 @@ class QuantParams(wiring.Component):
         m.d.sync += hi_m1.eq(Mux(sh - 64 > 30, 30, sh - 64))
         mult4, sh4, zero4 = Signal.like(mult, name="qr_mult4"), Signal.like(sh, name="qr_sh4"), Signal(name="qr_zero4")
         m.d.sync += [mult4.eq(mult), sh4.eq(sh), zero4.eq(zero3)]
-        # q5: the record
-        down = ((mult4 >> hi_m1) + 1) >> 1
+        # q5: the clamped right shift (its rounding waits for q6) and the record's case
+        shr5 = Signal.like(mult4, name="qr_shr5")
+        m.d.sync += shr5.eq(mult4 >> hi_m1)
+        zero5, neg5, over5 = Signal(name="qr_zero5"), Signal(name="qr_neg5"), Signal(name="qr_over5")
+        m.d.sync += [zero5.eq(zero4), neg5.eq(sh4 < 0), over5.eq(sh4 > 63)]
+        plain5 = Signal(32, name="qr_plain5")
+        m.d.sync += plain5.eq(Cat(mult4[:16], sh4[:16]))
+        # q6: the record
+        down = (shr5 + 1) >> 1
         out = Signal(32, name="qr_meta")
-        with m.If(zero4):
+        with m.If(zero5):
             m.d.sync += out.eq(0)
-        with m.Elif(sh4 < 0):
+        with m.Elif(neg5):
             m.d.sync += out.eq(Cat(Const(65535, 16), Const(0, 16)))
-        with m.Elif(sh4 > 63):
+        with m.Elif(over5):
             m.d.sync += out.eq(Cat(down[:16], Const(63, 16)))
         with m.Else():
-            m.d.sync += out.eq(Cat(mult4[:16], sh4[:16]))
-        for k in range(len(line) - 6):       # wait for the line's last stage
+            m.d.sync += out.eq(plain5)
+        for k in range(len(line) - 7):       # wait for the line's last stage
             nxt = Signal.like(out, name=f"qr_meta_d{k}")
             m.d.sync += nxt.eq(out)
             out = nxt

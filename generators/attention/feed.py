@@ -70,8 +70,11 @@ class KVFeed(wiring.Component):
         # -- value phase ------------------------------------------------------------------
         word = self.data.payload
         it = item.payload
-        last = w == vw - 1
-        seg_last = last & (t == seg.n - 1)
+        # the word's last-of-token and the token's last-of-segment tests as flip-flops, set for the
+        # w and t they will have (w == vw - 1, t == seg.n - 1): the segment record's pop and the
+        # item's flags start at registers, not at compares of the counters
+        last, t_last = Signal(), Signal()
+        seg_last = last & t_last
         m.d.comb += [it.first.eq(w == 0), it.last.eq(last), it.seg_last.eq(seg_last), it.t.eq(t)]
         for i in range(geom.lanes):
             v8 = word[8 * i:8 * i + 8].as_signed() if i < geom.int8_lanes else 0
@@ -79,33 +82,53 @@ class KVFeed(wiring.Component):
             m.d.comb += it.lanes[i].eq(geom.select_format(self.bits4, int4=v4, int8=v8))
         # dims covered by this word start at d0 = w * (its lanes); block b's group is
         # (d0 + b * block_lanes) / group_size
-        d0 = Signal(range(geom.head_dim + 1))
-        m.d.comb += d0.eq(geom.select_format(self.bits4, int4=w << exact_log2(geom.int4_lanes),
-                                             int8=w << exact_log2(geom.int8_lanes)))
         group_shift, mant_shift = exact_log2(geom.group_size), exact_log2(mants_per_word)
-        g0 = d0 >> group_shift
+        rb_range = range(mants_per_word + page_tokens * groups + 1)
+
+        def mant_place(rb, wv):
+            """The scale buffer's read address and each block's mantissa index in the word read
+            for the word ``wv`` of the token whose first mantissa is ``rb``."""
+            d0 = Signal(range(geom.head_dim + 1))
+            m.d.comb += d0.eq(geom.select_format(self.bits4, int4=wv << exact_log2(geom.int4_lanes),
+                                                 int8=wv << exact_log2(geom.int8_lanes)))
+            base = Signal(rb_range)
+            m.d.comb += base.eq(rb + (d0 >> group_shift))
+            idxs = []
+            for b in range(geom.blocks):
+                gb = Signal(range(groups + geom.blocks + 1))
+                m.d.comb += gb.eq(((d0 + b * geom.block_lanes) >> group_shift))
+                idxs.append((rb + gb)[:mant_shift])
+            return base >> mant_shift, idxs
+
         # the token's first mantissa, seg.off + t * groups, a register: loaded with seg.off in the
-        # scale phase (a segment has at least one scale word), stepped by groups as t steps
-        row_base = Signal(range(mants_per_word + page_tokens * groups + 1))
+        # scale phase (a segment has at least one scale word), stepped by groups as t steps. The
+        # read address and the mantissa indices are registers too, set with w and row_base for
+        # the values they will have: the scale buffer's read starts at flip-flops
+        row_base = Signal(rb_range)
+        raddr = Signal.like(rp.addr)
+        ridx = [Signal(max(1, mant_shift), name=f"ridx{b}") for b in range(geom.blocks)]
+
+        def place(rb, wv):
+            a, idxs = mant_place(rb, wv)
+            return [raddr.eq(a)] + ([x.eq(y) for x, y in zip(ridx, idxs)] if mants_per_word > 1 else [])
         with m.If(~values):
-            m.d.sync += row_base.eq(seg.off)
-        base = Signal(range(mants_per_word + page_tokens * groups + 1))
-        m.d.comb += base.eq(row_base + g0)
-        m.d.comb += rp.addr.eq(base >> mant_shift)
+            m.d.sync += [row_base.eq(seg.off), last.eq(vw == 1), t_last.eq(seg.n == 1)]
+            m.d.sync += place(seg.off, 0)
+        m.d.comb += rp.addr.eq(raddr)
         for b in range(geom.blocks):
-            gb = Signal(range(groups + geom.blocks + 1), name=f"g{b}")
-            m.d.comb += gb.eq(((d0 + b * geom.block_lanes) >> group_shift))
-            idx = (row_base + gb)[:mant_shift] if mants_per_word > 1 else 0
-            m.d.comb += it.mants[b].eq(rp.data.word_select(idx, 16) if mants_per_word > 1 else rp.data[:16])
+            m.d.comb += it.mants[b].eq(rp.data.word_select(ridx[b], 16) if mants_per_word > 1 else rp.data[:16])
 
         m.d.comb += item.valid.eq(values & self.seg.valid & self.data.valid)
         with m.If(values):
             m.d.comb += self.data.ready.eq(item.ready & self.seg.valid)
         with m.If(item.valid & item.ready):
             with m.If(last):
-                m.d.sync += [w.eq(0), t.eq(t + 1), row_base.eq(row_base + groups)]
+                m.d.sync += [w.eq(0), t.eq(t + 1), row_base.eq(row_base + groups),
+                             last.eq(vw == 1), t_last.eq(t + 1 == seg.n - 1)]
+                m.d.sync += place(row_base + groups, 0)
             with m.Else():
-                m.d.sync += w.eq(w + 1)
+                m.d.sync += [w.eq(w + 1), last.eq(w + 1 == vw - 1)]
+                m.d.sync += place(row_base, w + 1)
             with m.If(seg_last):
                 m.d.comb += self.seg.ready.eq(1)
                 m.d.sync += [values.eq(0), t.eq(0), w.eq(0)]

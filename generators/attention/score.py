@@ -13,12 +13,12 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...engines.attention import CTX_BITS, MAX_SHIFT, MULT_BITS, P_FRAC, Z_BITS
 from ...mathutil import exact_log2
+from ..fifo import StepFIFOBuffered
 from ..matmul.pipe import adder_tree, delay
 from ..products import pipelined_product
 from .exp2 import Exp2
@@ -281,7 +281,7 @@ class ScoreUnit(wiring.Component):
         # ``room`` counts the entries in flight (the bank read, X, Y and Z) so the FIFO never
         # overflows.
         DEPTH = 8
-        m.submodules.pfifo = pf = SyncFIFOBuffered(width=p_entry_layout(rows).size, depth=DEPTH)
+        m.submodules.pfifo = pf = StepFIFOBuffered(width=p_entry_layout(rows).size, depth=DEPTH)
         m.d.comb += [self.p.payload.eq(pf.r_data), self.p.valid.eq(pf.r_rdy), pf.r_en.eq(self.p.ready)]
         pb = Signal()
         k = Signal(range(page_tokens + 1))

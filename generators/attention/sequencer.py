@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ...encodings import AttentionMode
 from ...engines.attention import CTX_BITS, KV_HEAD_PARALLEL, MAX_HEADS
 from ...mathutil import exact_log2
+from ..fifo import StepFIFOBuffered
 from ..onehot import OneHotFSM
 from ..streams import dma_command_stream
 from .geometry import DatapathGeometry
@@ -189,7 +189,7 @@ class Sequencer(wiring.Component):
 
         seg1 = data.StructLayout({"lpo": max(1, entry_shift), "a": max(1, page_shift), "n": range(page_tokens + 1),
                                   "j0": CTX_BITS, "tile_first": 1, "tile_last": 1, "h_off": 64})
-        m.submodules.segq = segq = SyncFIFOBuffered(width=seg1.size, depth=8)
+        m.submodules.segq = segq = StepFIFOBuffered(width=seg1.size, depth=8)
         s1 = Signal(seg1)
         m.d.comb += [s1.lpo.eq(lp[:max(1, entry_shift)] if entry_shift > 0 else 0), s1.a.eq(j[:max(1, page_shift)]),
                      s1.n.eq(Mux(in_page, page_end - j, cur_hi - j)), s1.j0.eq(j), s1.tile_first.eq(first_seg),
@@ -214,8 +214,19 @@ class Sequencer(wiring.Component):
         # as it will be after a ROWS step (i + 1) or after NEXT's restart (0); ROWS and NEXT pick
         avail = Signal()
         lt_next, any_rows = Signal(), Signal()
-        m.d.comb += [lt_next.eq((i + 1) < total), any_rows.eq(total != 0)]
+        m.d.comb += any_rows.eq(total != 0)
         m.d.sync += avail.eq(i < total)
+
+        # hi == qpk_m1 as a flip-flop (the last query head of a position): set for the value hi
+        # will have, else recomputed every cycle (qpk_m1 settles in SETUP): the row step's
+        # increments are picked by a register, not by the compare, in front of their carry chains
+        hi_last = Signal()
+        qpk_m2 = Signal.like(qpk_m1)                 # hi + 1 == qpk_m1 as hi == qpk_m1 - 1
+        m.d.sync += [hi_last.eq(hi == qpk_m1), qpk_m2.eq(qpk_m1 - 1)]
+        # the next row's availability, (i + 1) < total, as i < total - 1 of registers (total != 0)
+        total_m1, total_nz = Signal.like(total), Signal()
+        m.d.sync += [total_m1.eq(total - 1), total_nz.eq(total != 0)]
+        m.d.comb += lt_next.eq(total_nz & (i < total_m1))
 
         count = Signal(2)
         # job.ready from a flip-flop kept with the IDLE state (not a decode of the binary state):
@@ -277,11 +288,12 @@ class Sequencer(wiring.Component):
                 m.d.sync += [nv.eq(rr + 1), p_max.eq(base + pos_idx), i.eq(i + 1)]
                 with m.If(rr == 0):
                     m.d.sync += p_min.eq(base + pos_idx)
-                with m.If(hi == qpk_m1):
-                    m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), ri.eq(ri + pos_step),
-                                 riq.eq(riq + pos_step_q)]
+                with m.If(hi_last):
+                    m.d.sync += [hi.eq(0), pos_idx.eq(pos_idx + 1), hi_last.eq(qpk_m1 == 0)]
                 with m.Else():
-                    m.d.sync += [hi.eq(hi + 1), ri.eq(ri + ri_step), riq.eq(riq + ri_step_q)]
+                    m.d.sync += [hi.eq(hi + 1), hi_last.eq(hi == qpk_m2)]
+                m.d.sync += [ri.eq(ri + Mux(hi_last, pos_step, ri_step_r)),
+                             riq.eq(riq + Mux(hi_last, pos_step_q, ri_step_q))]
             m.d.sync += rr.eq(rr + 1)
             with m.If(rr == rows - 1):
                 m.d.sync += rr.eq(0)
@@ -326,7 +338,8 @@ class Sequencer(wiring.Component):
             m.d.sync += [rr.eq(0), nv.eq(0)]
             with m.If(~avail):                   # i == total (i never passes total)
                 m.d.sync += avail.eq(any_rows)
-                m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), pos_idx.eq(0), hbase.eq(hbase + hb_step),
+                m.d.sync += [h.eq(h + 1), i.eq(0), hi.eq(0), hi_last.eq(qpk_m1 == 0), pos_idx.eq(0),
+                             hbase.eq(hbase + hb_step),
                              ri.eq(hbase + hb_step), h_off.eq(h_off + head_area),
                              hbq.eq(hbq + hb_step_q), riq.eq(hbq + hb_step_q)]
                 with m.If(h == kvh_m1):

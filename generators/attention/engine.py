@@ -225,13 +225,14 @@ class AttentionEngine(wiring.Component):
         m.d.comb += e.eq(geom.select_format(seq.bits4, int4=geom.int4_lanes, int8=geom.int8_lanes))
         # the fires and their row counts registered, then the sum registered: two cycles late, the
         # same total; the fire logic stays out of the products and the kernel's sum
+        # (the row counts' products by e registered with them: the fires select registers)
         k_fire, v_fire = Signal(), Signal()
-        k_rows, v_rows = Signal.like(sc.rows), Signal.like(otq.o.payload.nv)
-        e_r = Signal.like(e)
-        m.d.sync += [k_fire.eq(sc.fire), k_rows.eq(sc.rows), v_fire.eq(vu.fire & otq.o.valid),
-                     v_rows.eq(otq.o.payload.nv), e_r.eq(e)]
-        inc_k = Mux(k_fire, k_rows * e_r, 0)
-        inc_v = Mux(v_fire, v_rows * e_r, 0)
+        k_macs = Signal(range(geom.rows * geom.lanes + 1))
+        v_macs = Signal.like(k_macs)
+        m.d.sync += [k_fire.eq(sc.fire), k_macs.eq(sc.rows * e), v_fire.eq(vu.fire & otq.o.valid),
+                     v_macs.eq(otq.o.payload.nv * e)]
+        inc_k = Mux(k_fire, k_macs, 0)
+        inc_v = Mux(v_fire, v_macs, 0)
         m.d.sync += self.mac_inc.eq(inc_k + inc_v)
 
     # -- head-parallel engine -------------------------------------------------------------------

@@ -148,8 +148,10 @@ class ColumnParams(wiring.Component):
                 m.d.sync += slot.eq(~slot)
             with m.If(final_tile | skip):
                 m.d.sync += have.eq(0)
-            with m.Else():
-                m.d.sync += tl.step()
+        # the tile counter steps on every loaded tile (after the final one it is reloaded with the
+        # next pass before it is read), so its step is the load decision alone
+        with m.If(loaded):
+            m.d.sync += tl.step()
         step_count(m, self.tiles_ahead, loaded, self.free)
         with m.If(self.start):
             m.d.sync += [have.eq(0), slot.eq(0), self.tiles_ahead.eq(0)]

@@ -105,9 +105,11 @@ class FireScheduler(wiring.Component):
         tiles_m1 = Signal(32)
         last_cols_m1 = Signal(range(T))
         one_last_col = Signal()                  # the last tile has one column
+        two_last_col = Signal()                  # ... two columns
         tiles_1, tiles_2 = Signal(), Signal()    # tiles == 1, tiles == 2
         m.d.sync += [tiles_m1.eq(self.tiles - 1), last_cols_m1.eq(self.last_cols - 1),
-                     one_last_col.eq(self.last_cols == 1), tiles_1.eq(self.tiles == 1), tiles_2.eq(self.tiles == 2)]
+                     one_last_col.eq(self.last_cols == 1), two_last_col.eq(self.last_cols == 2),
+                     tiles_1.eq(self.tiles == 1), tiles_2.eq(self.tiles == 2)]
         rows = Signal(32)
         first, last, final = Signal(), Signal(), Signal()
         need_params = Signal()                   # the pass loads column parameters (set with the pass)
@@ -150,10 +152,14 @@ class FireScheduler(wiring.Component):
         # block ends by the current flags), if a pass loads, else unchanged.
         at_tile, at_blk, at_pass = Signal(name="at_tile"), Signal(name="at_blk"), Signal(name="at_pass")
         load = ~have & self.passes.valid
+        # the tile's columns after the current one, with the one-after-this flag beside them, so
+        # the last-column flag's next value is a flag (not a compare of j + 1 with the tile's end)
+        cols_left = Signal(range(max(T, 2)))
+        cols_nl = Signal()                       # cols_left == 1
+        next_final = Mux(final_blk, t_left_1, final_tile)      # the tile after a tile's end is final
         fired = {                                # each flag if this cycle fires
             "col_last": Mux(col_last, kc_m1 == 0, c_left == 1),
-            "last_col": Mux(at_tile, Mux(Mux(final_blk, t_left_1, final_tile), one_last_col, T == 1),
-                            Mux(col_last, j_p1 == Mux(final_tile, last_cols_m1, T - 1), last_col)),
+            "last_col": Mux(at_tile, Mux(next_final, one_last_col, T == 1), Mux(col_last, cols_nl, last_col)),
             "final_blk": Mux(at_tile, Mux(final_blk, nblk_m1 == 0, b_left == 1), final_blk),
             "final_tile": Mux(at_blk, t_left_1, final_tile),
         }
@@ -169,6 +175,16 @@ class FireScheduler(wiring.Component):
 
         def next_value(reg, f, ld):
             return Mux(self.fire, f, Mux(load, ld, reg))
+        cols_fire, cols_load = Signal.like(cols_left), Signal.like(cols_left)
+        nl_fire, nl_load = Signal(), Signal()
+        m.d.comb += [cols_fire.eq(Mux(at_tile, Mux(next_final, last_cols_m1, T - 1),
+                                      Mux(col_last, cols_left - 1, cols_left))),
+                     nl_fire.eq(Mux(at_tile, Mux(next_final, two_last_col, T == 2),
+                                    Mux(col_last, cols_left == 2, cols_nl))),
+                     cols_load.eq(Mux(tiles_1, last_cols_m1, T - 1)),
+                     nl_load.eq(Mux(tiles_1, two_last_col, T == 2))]
+        m.d.sync += [cols_left.eq(next_value(cols_left, cols_fire, cols_load)),
+                     cols_nl.eq(next_value(cols_nl, nl_fire, nl_load))]
         for k, reg in flags.items():
             m.d.sync += reg.eq(next_value(reg, fired_s[k], loaded_s[k]))
         for reg, ks in steps:
@@ -250,40 +266,30 @@ class FireScheduler(wiring.Component):
         e_tile = fire & at_tile                  # ... the tile's last column
         e_blk = fire & at_blk                    # ... of the chunk's last row block
         e_pass = fire & at_pass                  # ... of the pass's last tile
-        adv, wrap = e_col, e_tile
         # (cols_ahead - 1 compared with 0 is cols_ahead compared with 1; j + 1 is a register)
         ca = self.cols_ahead
         gt_in = Mux(final_blk, ca > 1, ca > j_p1)           # after an advance inside the tile
         eq_in = Mux(final_blk, ca == 1, ca == j_p1)
-        gt_wrap = Mux(final_blk & adv, ca > 1, ca > 0)      # offset 0 (the tile's end, or no pass)
-        eq_wrap = Mux(final_blk & adv, ca == 1, ca == 0)
+        gt_wrap = Mux(final_blk, ca > 1, ca > 0)            # offset 0 at the tile's end
+        eq_wrap = Mux(final_blk, ca == 1, ca == 0)
         gt_stay, eq_stay = ca > w_off, ca == w_off
-        with m.If(~have | wrap):
-            m.d.sync += [w_gt.eq(gt_wrap), w_eq.eq(eq_wrap)]
-        with m.Elif(adv):
-            m.d.sync += [w_gt.eq(gt_in), w_eq.eq(eq_in)]
-        with m.Else():
-            m.d.sync += [w_gt.eq(gt_stay), w_eq.eq(eq_stay)]
+        # each flag's next value: the fire (which arrives last) selects between candidates of
+        # registers only (a fire needs a pass, so no pass means offset 0 and no advance)
+        def by_fire(col_end, tile_end, stay, idle):
+            return Mux(fire, Mux(col_last, Mux(at_tile, tile_end, col_end), stay), Mux(have, stay, idle))
+        m.d.sync += [w_gt.eq(by_fire(gt_in, gt_wrap, gt_stay, ca > 0)),
+                     w_eq.eq(by_fire(eq_in, eq_wrap, eq_stay, ca == 0))]
         # the column's lines: from this cycle's count (one cycle late for a line written now; the
         # count and cols_ahead are one snapshot, and a column's count only grows until it completes)
         cl = self.cur_lines
-        with m.If(~have | (fire & col_last)):
-            m.d.sync += lines_gt.eq(cl > 0)
-        with m.Elif(fire):
-            m.d.sync += lines_gt.eq(cl > c_p1)
-        with m.Else():
-            m.d.sync += lines_gt.eq(cl > c)
+        m.d.sync += lines_gt.eq(Mux(fire, Mux(col_last, cl > 0, cl > c_p1), Mux(have, cl > c, cl > 0)))
         if not G.tlmm:
             aa = self.act_ahead
             # the tile's last column: the block is released on the pass's last tile; the next
             # offset is 0 after the last row block or on the last tile, else b + 1
             a_wrap = Mux(final_tile, aa > 1, Mux(final_blk, aa > 0, aa > b_p1))
-            with m.If(~have):
-                m.d.sync += a_gt.eq(aa > 0)
-            with m.Elif(wrap):
-                m.d.sync += a_gt.eq(a_wrap)
-            with m.Else():
-                m.d.sync += a_gt.eq(aa > a_off)
+            a_stay = aa > a_off
+            m.d.sync += a_gt.eq(Mux(fire, Mux(col_last & at_tile, a_wrap, a_stay), Mux(have, a_stay, aa > 0)))
         m.d.comb += [self.free_col.eq(fire & col_last & final_blk),
                      self.free_params.eq(e_blk & need_params),
                      self.claim.eq(fire & col_last & need_p)]

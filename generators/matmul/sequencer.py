@@ -643,7 +643,6 @@ class JobSequencer(wiring.Component):
                 m.d.comb += [setup.eq(1), self.busy.eq(1)]
                 m.d.sync += count.eq(count + 1)
                 with m.If(start_next):
-                    m.d.comb += self.start.eq(1)
                     m.next = "RUN"
             with m.State("RUN"):
                 m.d.comb += self.busy.eq(1)
@@ -656,7 +655,9 @@ class JobSequencer(wiring.Component):
                     m.d.sync += idle_ff.eq(1)
                     m.next = "IDLE"
         # the job's start: every loop's first state, outside the state machine (``start_next`` is
-        # only set in SETUP's last cycle) so the loads need no decode of the state register
+        # only set in SETUP's last cycle) so the loads need no decode of the state register; the
+        # start pulse the other units reset with is that flip-flop too
+        m.d.comb += self.start.eq(start_next)
         with m.If(start_next):
             m.d.sync += [ps.eq(0), p_first.eq(1), p_last_slice.eq(one_slice), p_q_left.eq(chunks_m1),
                          p_last_chunk.eq(one_chunk), p_rows_left.eq(job.m), p_active.eq(1),

@@ -127,6 +127,10 @@ class FireScheduler(wiring.Component):
         b_left = Signal.like(rec.nblk)
         final_blk = Signal()
         c_left = Signal.like(rec.kc)
+        # the loops' bounds and "one after this" tests as flags too (set with the pass, and kept
+        # beside the down-counters): the flags' next values are selects between flip-flops
+        kc_1, kc_2, nblk_1, nblk_2 = Signal(), Signal(), Signal(), Signal()    # kc == 1, 2; nblk == 1, 2
+        c_nl, b_nl = Signal(), Signal()         # c_left == 1, b_left == 1
         col_last = Signal()
         last_col = Signal()                      # j is the tile's last column (registered flag)
         brows = Signal(32)                       # rows of this and the later blocks of the chunk
@@ -143,7 +147,9 @@ class FireScheduler(wiring.Component):
                              need_params.eq((self.int8 & rec.last) | (self.bias & rec.first)),
                              t_left.eq(tiles_m1), t_left_1.eq(tiles_2), b.eq(0), b_p1.eq(1), j.eq(0),
                              j_p1.eq(1), c.eq(0), c_p1.eq(1),
-                             b_left.eq(rec.nblk - 1), c_left.eq(rec.kc - 1)]
+                             b_left.eq(rec.nblk - 1), c_left.eq(rec.kc - 1),
+                             kc_1.eq(rec.kc == 1), kc_2.eq(rec.kc == 2), nblk_1.eq(rec.nblk == 1),
+                             nblk_2.eq(rec.nblk == 2)]
 
         # The loop steps are registers too: at_tile = col_last & last_col, at_blk = ... &
         # final_blk, at_pass = ... & final_tile, each a flip-flop, so a step is the fire AND one
@@ -158,9 +164,9 @@ class FireScheduler(wiring.Component):
         cols_nl = Signal()                       # cols_left == 1
         next_final = Mux(final_blk, t_left_1, final_tile)      # the tile after a tile's end is final
         fired = {                                # each flag if this cycle fires
-            "col_last": Mux(col_last, kc_m1 == 0, c_left == 1),
+            "col_last": Mux(col_last, kc_1, c_nl),
             "last_col": Mux(at_tile, Mux(next_final, one_last_col, T == 1), Mux(col_last, cols_nl, last_col)),
-            "final_blk": Mux(at_tile, Mux(final_blk, nblk_m1 == 0, b_left == 1), final_blk),
+            "final_blk": Mux(at_tile, Mux(final_blk, nblk_1, b_nl), final_blk),
             "final_tile": Mux(at_blk, t_left_1, final_tile),
         }
         loaded = {"col_last": rec.kc == 1, "last_col": Mux(tiles_1, one_last_col, T == 1),
@@ -184,7 +190,10 @@ class FireScheduler(wiring.Component):
                      cols_load.eq(Mux(tiles_1, last_cols_m1, T - 1)),
                      nl_load.eq(Mux(tiles_1, two_last_col, T == 2))]
         m.d.sync += [cols_left.eq(next_value(cols_left, cols_fire, cols_load)),
-                     cols_nl.eq(next_value(cols_nl, nl_fire, nl_load))]
+                     cols_nl.eq(next_value(cols_nl, nl_fire, nl_load)),
+                     c_nl.eq(next_value(c_nl, Mux(col_last, kc_2, c_left == 2), rec.kc == 2)),
+                     b_nl.eq(next_value(b_nl, Mux(at_tile, Mux(final_blk, nblk_2, b_left == 2), b_nl),
+                                        rec.nblk == 2))]
         for k, reg in flags.items():
             m.d.sync += reg.eq(next_value(reg, fired_s[k], loaded_s[k]))
         for reg, ks in steps:

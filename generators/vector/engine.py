@@ -1510,8 +1510,9 @@ class VectorEngine(wiring.Component):
         with m.Else():
             m.d.comb += store_addr.eq(op_j)
         with store.State("IDLE"):
+            m.d.sync += [st_j.eq(0), st_c.eq(0)]    # (unread here: cleared without the start's decode)
             with m.If(store_start):
-                m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_j.eq(0), st_c.eq(0),
+                m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0),
                              st_port.eq(Mux(kv_mode, j.port, 0))]
                 with m.If(kv_mode):
                     store.next = "KROW"

@@ -19,31 +19,44 @@ from .arith import I32_MAX, I32_MIN, RSR_STAGES, delayed, lanes_of, registered, 
 __all__ = ["NormApply"]
 
 
-def _rsr_plus_staged(m: Module, v, s_m1, s_zero, beta, *, name: str) -> Signal:
-    """``rsr(v, s) + beta`` over :data:`RSR_STAGES` registered stages, as
+_NARROW = 35         # |fine| < 2^35: the sum fits a few bits above 32; beyond it the result saturates
+
+
+def _rsr_plus_staged(m: Module, v, s_m1, s_zero, beta, *, name: str):
+    """``rsr(v, s) + beta`` over :data:`RSR_STAGES` registered stages for :func:`_sat32_of`, as
     :func:`~.arith.rsr_var_staged` with ``beta`` added in the rounding stage: for ``s >= 1``
     ``((f + 1) >> 1) + beta == (f + (2 * beta + 1)) >> 1``, one add (``beta`` comes a stage after
-    ``v``, with that stage's input)."""
+    ``v``, with that stage's input). The add is narrow: with ``f`` (the shifted ``v``) in
+    ``[-2^K, 2^K)`` (K = :data:`_NARROW`) the sum is exact in K + 3 bits; outside it the sum's
+    magnitude is at least ``2^K - 2^33`` (halved: ``> 2^31``), saturated to ``f``'s sign. Returns
+    ``(narrow sum, f outside, f negative)``, registers."""
     v, s_m1, s_zero, beta = Value.cast(v), Value.cast(s_m1), Value.cast(s_zero), Value.cast(beta)
     shape = v.shape()
+    assert shape.signed and len(beta) <= 32 and len(v) > _NARROW + 1
     coarse = Signal(shape, name=f"{name}_c")
     fine_s = Signal(3, name=f"{name}_fs")
     z1, z2 = Signal(name=f"{name}_z1"), Signal(name=f"{name}_z2")
     m.d.sync += [coarse.eq(Mux(s_zero, v, v >> (s_m1[3:] << 3))), fine_s.eq(s_m1[:3]), z1.eq(s_zero)]
     fine = Signal(shape, name=f"{name}_f")
     m.d.sync += [fine.eq(Mux(z1, coarse, coarse >> fine_s)), z2.eq(z1)]
-    out = Signal(signed(max(len(v), len(beta)) + 2), name=name)
-    m.d.sync += out.eq(Mux(z2, fine + beta, (fine + Cat(Const(1, 1), beta).as_signed()) >> 1))
-    return out
+    K = _NARROW
+    top = fine[K:]
+    f = fine[:K + 1].as_signed()
+    out = Signal(signed(K + 3), name=name)
+    outside, neg = Signal(name=f"{name}_out"), Signal(name=f"{name}_neg")
+    m.d.sync += [out.eq(Mux(z2, f + beta, (f + Cat(Const(1, 1), beta).as_signed()) >> 1)),
+                 outside.eq(~((top == 0) | (top == (1 << len(top)) - 1))), neg.eq(fine[-1])]
+    return out, outside, neg
 
 
-def _sat32_bits(v) -> Value:
-    """``sat32(v)`` of a signed ``v`` from its bits (no compares): in range when the bits from
-    31 up are all equal, else the bound of ``v``'s sign."""
-    v = Value.cast(v)
-    top = v[31:]
+def _sat32_of(r) -> Value:
+    """``sat32`` of :func:`_rsr_plus_staged`'s value: the narrow sum's bits from 31 up all equal
+    (in range), else the bound of its sign; outside, the bound of ``f``'s sign."""
+    out, outside, neg = r
+    top = out[31:]
     fits = (top == 0) | (top == (1 << len(top)) - 1)
-    return Mux(fits, v[:32].as_signed(), Mux(v[-1], I32_MIN, I32_MAX))
+    bound = Mux(neg, I32_MIN, I32_MAX)
+    return Mux(outside, bound, Mux(fits, out[:32].as_signed(), Mux(out[-1], I32_MIN, I32_MAX)))
 
 
 class NormApply(wiring.Component):
@@ -120,7 +133,7 @@ class NormApply(wiring.Component):
         beta = lanes_of(delay(self.beta, t + RSR_STAGES - 1, "beta"), L)
         r = [_rsr_plus_staged(m, p2[i], s_m1, s_z, beta[i], name=f"r{i}") for i in range(L)]
         t += RSR_STAGES
-        out = [reg(signed(32), f"y{i}", _sat32_bits(r[i])) for i in range(L)]
+        out = [reg(signed(32), f"y{i}", _sat32_of(r[i])) for i in range(L)]
         assert t + 1 == self._latency
         return out
 

@@ -21,7 +21,7 @@ from hbmforge.encodings import VectorOut
 
 from ..attention.recip import Reciprocal
 from ..nonlinear.rsqrt import highest_set_bit
-from .arith import as_signed_field, delayed, rsr, valid_chain
+from .arith import as_signed_field, bit_length, delayed, rsr, valid_chain
 
 __all__ = ["QuantParams"]
 
@@ -53,13 +53,9 @@ class QuantParams(wiring.Component):
         # -- s0: the inputs registered (the caller's absmax logic stays off the bit length and the
         # products below)
         A, c0, mode0 = delay(self.absmax, "absmax0"), delay(self.const, "c0"), delay(self.mode, "mode0")
-        # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16) as a thermometer code (below);
-        # the two DSP tiles of A x km
+        # -- s1: e0 = max(bit_length(A) - 16, 0) = bit_length(A >> 16); the two DSP tiles of A x km
+        e0_1 = delay(bit_length(m, A[16:], name="e0"), "e0_1")
         A1 = delay(A, "absmax1")
-        # 2^e0 - 1 as a thermometer code, registered: bit i is e0 > i, i.e. A >> (16 + i) != 0 (an
-        # OR of A's top bits, beside the bit length's priority encoder)
-        therm1 = Signal(16, name="e0_therm1")
-        m.d.sync += therm1.eq(Cat(*(A[16 + i:] != 0 for i in range(16))))
         c1 = delay(c0, "c1")
         mode1 = delay(mode0, "mode1")
         km = c0[:16]
@@ -67,14 +63,12 @@ class QuantParams(wiring.Component):
         hi_p = Signal(31, name="kv_phi")
         m.d.sync += [lo_p.eq(A[:17] * km), hi_p.eq(A[17:] * km)]
 
-        # -- s2: the product summed; ks - 1; A + 2^e0 - 1 (2^e0 - 1 as a thermometer code of e0); e0
-        # from the code (a one-hot of where it ends, ORed into binary) ---------------------------
-        e2_ = Signal(range(18), name="e0_2")
-        t_ext = Cat(therm1, Const(0, 1))
-        m.d.sync += e2_.eq(Cat(*(Cat(*(t_ext[k - 1] & ~t_ext[k] for k in range(1, 17) if k >> b & 1)).any()
-                                for b in range(5))))
-        up2 = Signal(33, name="ceil2")
-        m.d.sync += up2.eq(A1 + therm1)
+        # -- s2: the product summed; ks - 1; 2^e0 - 1 as a thermometer code of e0 (registered: the
+        # add below takes registers only) -----------------------------------------------------------
+        e2_ = delay(e0_1, "e0_2")
+        therm2 = Signal(16, name="e0_therm2")
+        m.d.sync += therm2.eq(Cat(*(e0_1 > i for i in range(16))))
+        A2 = delay(A1, "absmax2")
         prod2 = Signal(48, name="kv_prod")
         m.d.sync += prod2.eq(lo_p + (hi_p << 17))
         ks = c1[16:22]
@@ -82,10 +76,10 @@ class QuantParams(wiring.Component):
         m.d.sync += [ks_m1.eq(ks - 1), kz2.eq(ks == 0)]
         c2_, mode2_ = delay(c1, "c2_"), delay(mode1, "mode2_")
 
-        # -- s3, s4: a0 = ceil(A / 2^e0); the KV product shifted right by ks - 1, by its multiple
-        # of 8 first, then by the rest -------------------------------------------------------------
-        a0_3 = Signal(33, name="a0_s3")
-        m.d.sync += a0_3.eq(up2 >> e2_)
+        # -- s3, s4: A + 2^e0 - 1, then a0 = ceil(A / 2^e0); the KV product shifted right by ks - 1,
+        # by its multiple of 8 first, then by the rest ---------------------------------------------
+        up3 = Signal(33, name="ceil3")
+        m.d.sync += up3.eq(A2 + therm2)
         e3 = delay(e2_, "e0_3")
         shc = Signal(48, name="kv_shc")
         m.d.sync += shc.eq(Mux(kz2, prod2, prod2 >> (ks_m1[3:] << 3)))
@@ -93,7 +87,9 @@ class QuantParams(wiring.Component):
         c3, mode3 = delay(c2_, "c3"), delay(mode2_, "mode3")
         sh4 = Signal(48, name="kv_sh4")
         m.d.sync += sh4.eq(Mux(kz3, shc, shc >> ks_lo))
-        a0, e0_4, kz4 = delay(a0_3, "a0_s4"), delay(e3, "e0_4"), delay(kz3, "kz4")
+        a0 = Signal(33, name="a0_s4")
+        m.d.sync += a0.eq(up3 >> e3)
+        e0_4, kz4 = delay(e3, "e0_4"), delay(kz3, "kz4")
         c4_, mode4_ = delay(c3, "c4_"), delay(mode3, "mode4_")
 
         # -- s5: the scale's top-bit fix (a < 2^16); the KV mantissa's clamp flags ----------------

@@ -1344,6 +1344,10 @@ class VectorEngine(wiring.Component):
         # start only from the write command's take): the row's end is no compare of st_j
         st_j_last = Signal()
         dwr_m1 = registered(m, range(DW * R + 1), dw * R - 1, name="dwr_m1")
+        dwr_m2 = registered(m, signed(len(dwr_m1) + 2), dw * R - 2, name="dwr_m2")
+        # BLK's last word (st_c == dwr_m1) as a flag set with st_c: CMD clears st_c, each BLK step
+        # advances it, so the flag is dwr_m1 == 0 there and st_c == dwr_m1 - 1 before a step
+        blk_last = Signal(name="st_blk_last")
         rd_words = Signal(range(span_words + 1))
         mants = Array(Signal(16, name=f"mant{i}") for i in range(max(ng, 1)))
         if att is not None and ng > 1:
@@ -1539,7 +1543,7 @@ class VectorEngine(wiring.Component):
                 with m.Case(VectorOut.KV):
                     m.d.comb += [wc_addr.eq(st_vaddr), wc_bytes.eq(vbytes)]
             # the counters cleared while the command waits (none is read in CMD): not on its take
-            m.d.sync += [st_j.eq(0), st_c.eq(0), st_j_last.eq(dw_last == 0)]
+            m.d.sync += [st_j.eq(0), st_c.eq(0), st_j_last.eq(dw_last == 0), blk_last.eq(dwr_m1 == 0)]
             with m.If(wc_take):
                 with m.If(direct):
                     store.next = "DRAIN"
@@ -1554,8 +1558,8 @@ class VectorEngine(wiring.Component):
         with store.State("BLK"):
             with m.If(room):
                 m.d.comb += [op_valid.eq(1), op_kind.eq(_BLK), op_k.eq(st_c)]
-                m.d.sync += st_c.eq(st_c + 1)
-                with m.If(st_c == dwr_m1):
+                m.d.sync += [st_c.eq(st_c + 1), blk_last.eq(st_c == dwr_m2)]
+                with m.If(blk_last):
                     store.next = "FLUSH"
         with store.State("VAL"):
             with m.If(room):

@@ -217,9 +217,12 @@ class ScoreUnit(wiring.Component):
                          fine.eq(Mux(s_zero, 0, sm1[:3]))]
             sh = Signal(signed(sbits + MULT_BITS + 2), name=f"zsh{r}")
             m.d.sync += sh.eq(coarse >> fine)
-            zr = Signal(signed(sbits + MULT_BITS + 2), name=f"zr{r}")
-            m.d.comb += zr.eq((sh + 1) >> 1)
-            m.d.sync += zC[r].eq(Mux(zr > ZMAX, ZMAX, Mux(zr < ZMIN, ZMIN, zr)))
+            # the rounding's saturation tested on sh itself, beside the add (zr > ZMAX iff
+            # sh > 2 ZMAX, zr < ZMIN iff sh < 2 ZMIN - 1), which then needs only z's bits:
+            # zr = (sh + 1) >> 1 and its low Z_BITS bits from sh's low Z_BITS + 1
+            zr = Signal(Z_BITS + 1, name=f"zr{r}")
+            m.d.comb += zr.eq((sh[:Z_BITS + 1] + 1) >> 1)
+            m.d.sync += zC[r].eq(Mux(sh > 2 * ZMAX, ZMAX, Mux(sh < 2 * ZMIN - 1, ZMIN, zr[:Z_BITS])))
         # a new tile's Q, mult and shift wait until no word of the last one is in the pipeline;
         # a new segment starts only when no segment ending in its bank is on its way to stage C
         # (which marks the bank full), so a segment never writes a bank still waiting to be marked

@@ -57,12 +57,10 @@ def rsr(v, s: int) -> Value:
 RSR_STAGES = 3
 
 
-def rsr_var_staged(m: Module, v, s_m1, s_zero, *, name: str) -> Signal:
-    """Round-half-up arithmetic right shift by a variable ``s >= 0`` (``((v >> (s-1)) + 1) >> 1``,
-    ``v`` for ``s == 0``) over :data:`RSR_STAGES` registered stages: shift by the multiple of 8 of
-    ``s - 1``, then by the rest, then round. ``s_m1`` (``s - 1``, at least 3 bits; any value when
-    ``s == 0``) and ``s_zero`` (``s == 0``) come with ``v``, ideally from registers: the shift
-    amount then needs no subtraction in the first stage."""
+def shift_stages(m: Module, v, s_m1, s_zero, *, name: str) -> tuple[Signal, Signal]:
+    """The two shift stages of :func:`rsr_var_staged`: ``v >> (s - 1)`` (``v`` when ``s == 0``) by
+    the multiple of 8 of ``s - 1``, then by the rest. Returns ``(shifted, s == 0)``, registers
+    two cycles after the inputs."""
     v, s_m1, s_zero = Value.cast(v), Value.cast(s_m1), Value.cast(s_zero)
     shape = v.shape()
     coarse = Signal(shape, name=f"{name}_c")
@@ -71,6 +69,18 @@ def rsr_var_staged(m: Module, v, s_m1, s_zero, *, name: str) -> Signal:
     m.d.sync += [coarse.eq(Mux(s_zero, v, v >> (s_m1[3:] << 3))), fine_s.eq(s_m1[:3]), z1.eq(s_zero)]
     fine = Signal(shape, name=f"{name}_f")
     m.d.sync += [fine.eq(Mux(z1, coarse, coarse >> fine_s)), z2.eq(z1)]
+    return fine, z2
+
+
+def rsr_var_staged(m: Module, v, s_m1, s_zero, *, name: str) -> Signal:
+    """Round-half-up arithmetic right shift by a variable ``s >= 0`` (``((v >> (s-1)) + 1) >> 1``,
+    ``v`` for ``s == 0``) over :data:`RSR_STAGES` registered stages: shift by the multiple of 8 of
+    ``s - 1``, then by the rest, then round. ``s_m1`` (``s - 1``, at least 3 bits; any value when
+    ``s == 0``) and ``s_zero`` (``s == 0``) come with ``v``, ideally from registers: the shift
+    amount then needs no subtraction in the first stage."""
+    v = Value.cast(v)
+    shape = v.shape()
+    fine, z2 = shift_stages(m, v, s_m1, s_zero, name=name)
     out = Signal(signed(len(v) + 1) if shape.signed else unsigned(len(v) + 1), name=name)
     m.d.sync += out.eq(Mux(z2, fine, (fine + 1) >> 1))
     return out

@@ -14,7 +14,7 @@ from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 
 from ..products import pipelined_product, product_latency
-from .arith import I32_MAX, I32_MIN, RSR_STAGES, delayed, lanes_of, registered, valid_chain, word_of
+from .arith import I32_MAX, I32_MIN, RSR_STAGES, delayed, lanes_of, registered, shift_stages, valid_chain, word_of
 
 __all__ = ["NormApply"]
 
@@ -30,15 +30,9 @@ def _rsr_plus_staged(m: Module, v, s_m1, s_zero, beta, *, name: str):
     ``[-2^K, 2^K)`` (K = :data:`_NARROW`) the sum is exact in K + 3 bits; outside it the sum's
     magnitude is at least ``2^K - 2^33`` (halved: ``> 2^31``), saturated to ``f``'s sign. Returns
     ``(narrow sum, f outside, f negative)``, registers."""
-    v, s_m1, s_zero, beta = Value.cast(v), Value.cast(s_m1), Value.cast(s_zero), Value.cast(beta)
-    shape = v.shape()
-    assert shape.signed and len(beta) <= 32 and len(v) > _NARROW + 1
-    coarse = Signal(shape, name=f"{name}_c")
-    fine_s = Signal(3, name=f"{name}_fs")
-    z1, z2 = Signal(name=f"{name}_z1"), Signal(name=f"{name}_z2")
-    m.d.sync += [coarse.eq(Mux(s_zero, v, v >> (s_m1[3:] << 3))), fine_s.eq(s_m1[:3]), z1.eq(s_zero)]
-    fine = Signal(shape, name=f"{name}_f")
-    m.d.sync += [fine.eq(Mux(z1, coarse, coarse >> fine_s)), z2.eq(z1)]
+    v, beta = Value.cast(v), Value.cast(beta)
+    assert v.shape().signed and len(beta) <= 32 and len(v) > _NARROW + 1
+    fine, z2 = shift_stages(m, v, s_m1, s_zero, name=name)
     K = _NARROW
     top = fine[K:]
     f = fine[:K + 1].as_signed()

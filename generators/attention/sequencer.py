@@ -84,7 +84,9 @@ class Sequencer(wiring.Component):
         kvh_e = Signal(11)
         qpk_e = Signal(11)
         if geom.head_parallel:
-            m.d.comb += [kvh_e.eq(Mux(hp, job["kv_heads"] >> exact_log2(rows), job["kv_heads"])),
+            # registered (job constants: they settle in SETUP's second cycle, their products and
+            # steps by the first ROWS cycle): the mux stays out of the DSPs' inputs
+            m.d.sync += [kvh_e.eq(Mux(hp, job["kv_heads"] >> exact_log2(rows), job["kv_heads"])),
                          qpk_e.eq(Mux(hp, rows, job["q_per_kv"]))]
         else:
             m.d.comb += [kvh_e.eq(job["kv_heads"]), qpk_e.eq(job["q_per_kv"])]

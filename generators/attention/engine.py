@@ -14,12 +14,14 @@ steers the words. With two ports K and V stream in parallel.
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 from amaranth.hdl import Module, Mux, Signal
-from amaranth.lib import wiring
+from amaranth.lib import data, stream, wiring
 
 from ...engines.attention import attention_geometry
 from ...layout import DesignLayout
-from ..skid import slice_stream
+from ..skid import SkidBuffer, slice_stream
 from .feed import KVFeed
 from .fifo import StreamFIFO
 from .geometry import DatapathGeometry
@@ -271,7 +273,11 @@ class AttentionEngine(wiring.Component):
             return hp | (r == R - 1)
 
         # -- segment records: one FIFO per feed, filled together ------------------------------
-        for src, qs, active in ((seq.kseg, ksqs, k_active), (seq.vseg, vsqs, v_active)):
+        # the sequencer's records through a register slice each: the AND of the R queues' room
+        # (and the writes it enables) stays off the sequencer's issue and the other stream's queues
+        for seq_src, qs, active, name in ((seq.kseg, ksqs, k_active, "kseg"), (seq.vseg, vsqs, v_active, "vseg")):
+            src = stream.Signature(geom.seg_layout()).create()
+            slice_stream(m, f"{name}_slice", seq_src, src)
             conds = [qs[r].i.ready | ~active(r) for r in range(R)]
             ok = conds[0]
             for c in conds[1:]:
@@ -316,23 +322,33 @@ class AttentionEngine(wiring.Component):
         for i in range(2 * R, len(self.w_cmd)):
             m.d.comb += [self.w_cmd[i].valid.eq(0), self.w_data[i].ready.eq(0)]
 
-        def join(feeds, active, lead, unit):
+        def join(feeds, active, lead, unit, name):
+            """The R feeds' items joined into ``unit`` through a register slice (the lead's item and
+            segment record, each row's lanes after the layout mux): the join's AND of the feeds'
+            valids and the mux stay in front of a register, so neither reaches the unit's take,
+            its probability FIFO or the DSP inputs. Returns the segment record beside the item."""
             ok = feeds[0].item.valid | ~active(0)
             for r in range(1, R):
                 ok = ok & (feeds[r].item.valid | ~active(r))
-            joined = Signal(name=f"{unit.__class__.__name__}_joined")
-            m.d.comb += [joined.eq(ok), unit.item.valid.eq(joined), unit.item.payload.eq(lead.item.payload)]
+            lay = data.StructLayout({"item": geom.item_layout(), "seg": geom.seg_layout(),
+                                     "rows": data.ArrayLayout(geom.row_data_layout(), R)})
+            m.submodules[f"{name}_join"] = sk = SkidBuffer(lay.size)
+            into, out = Signal(lay, name=f"{name}_join_in"), Signal(lay, name=f"{name}_join_out")
+            m.d.comb += [into.item.eq(lead.item.payload), into.seg.eq(lead.seg_out)]
             for r in range(R):
-                m.d.comb += feeds[r].item.ready.eq(unit.item.ready & joined & active(r))
-                own = feeds[r].item.payload
-                shared = lead.item.payload
-                m.d.comb += [unit.row_data[r].lanes.eq(Mux(hp, own.lanes, shared.lanes)),
-                             unit.row_data[r].mants.eq(Mux(hp, own.mants, shared.mants))]
+                own, shared = feeds[r].item.payload, lead.item.payload
+                m.d.comb += [into.rows[r].lanes.eq(Mux(hp, own.lanes, shared.lanes)),
+                             into.rows[r].mants.eq(Mux(hp, own.mants, shared.mants)),
+                             feeds[r].item.ready.eq(sk.i.ready & ok & active(r))]
+            m.d.comb += [sk.i.valid.eq(ok), sk.i.payload.eq(into), out.eq(sk.o.payload),
+                         unit.item.valid.eq(sk.o.valid), unit.item.payload.eq(out.item), sk.o.ready.eq(unit.item.ready)]
+            m.d.comb += [unit.row_data[r].eq(out.rows[r]) for r in range(R)]
+            return SimpleNamespace(seg_out=out.seg)
 
-        join(kfs, k_active, kfs[0], sc)
-        join(vfs, v_active, vfs[R - 1], vu)
+        k_lead = join(kfs, k_active, kfs[0], sc, "k")
+        v_lead = join(vfs, v_active, vfs[R - 1], vu, "v")
 
         for f in kfs + vfs:
             m.d.comb += f.bits4.eq(seq.bits4)
-        self._datapath(m, seq, ql, sc, vu, otq, kfs[0], vfs[R - 1])
+        self._datapath(m, seq, ql, sc, vu, otq, k_lead, v_lead)
         return m

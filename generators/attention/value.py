@@ -212,8 +212,11 @@ class ValueUnit(wiring.Component):
         row_sel = row[:exact_log2(rows)] if rows > 1 else 0      # picks the row's registers
         slot = Signal(range(max(2, slots)))
         m.submodules.recip = recip = Reciprocal(l_bits)
+        # the row's denominator registered after the row mux (the mux stays out of the reciprocal's
+        # leading-zero count): the reciprocal follows a row change a cycle later
         lsel = Signal(l_bits)
-        m.d.comb += lsel.eq(Cat(*lreg).word_select(row_sel, l_bits))
+        m.d.sync += lsel.eq(Cat(*lreg).word_select(row_sel, l_bits))
+        recip_wait = Reciprocal.LATENCY + 1
         m.d.comb += recip.l.eq(lsel)
         y = Signal(RECIP_X_BITS + 1)
         n = Signal(range(l_bits + 1))
@@ -257,7 +260,7 @@ class ValueUnit(wiring.Component):
         outs = Cat(*stage_out)
         # cycles after a change of the ring head or y until outs follows it
         owait = Signal(range(self.OUT_STAGES + 1))
-        rwait = Signal(range(Reciprocal.LATENCY + 1))     # cycles until the row's reciprocal is out
+        rwait = Signal(range(recip_wait + 1))     # cycles until the row's reciprocal is out
         with m.If(owait != 0):
             m.d.sync += owait.eq(owait - 1)
         # rwait == 0 as a flip-flop beside the counter: the row's output command (into the data
@@ -268,8 +271,8 @@ class ValueUnit(wiring.Component):
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(hold & self.tile.valid & ~self.updating):
-                    m.d.sync += [row.eq(0), rwait.eq(Reciprocal.LATENCY),
-                                 rwait_zero.eq(Reciprocal.LATENCY == 0)]
+                    m.d.sync += [row.eq(0), rwait.eq(recip_wait),
+                                 rwait_zero.eq(recip_wait == 0)]
                     m.next = "ROW"
             with m.State("ROW"):
                 with m.If(row == tile.nv):
@@ -293,8 +296,8 @@ class ValueUnit(wiring.Component):
                     m.d.sync += [obuf.eq(obuf >> W), left.eq(left - 1)]
                     with m.If(left == 1):
                         with m.If(slot == slots - 1):
-                            m.d.sync += [row.eq(row + 1), rwait.eq(Reciprocal.LATENCY),
-                                         rwait_zero.eq(Reciprocal.LATENCY == 0)]
+                            m.d.sync += [row.eq(row + 1), rwait.eq(recip_wait),
+                                         rwait_zero.eq(recip_wait == 0)]
                             m.next = "ROW"
                         with m.Elif(owait == 0):
                             # the next slot's outputs are ready: load them now (no SLOT cycle)

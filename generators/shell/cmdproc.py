@@ -170,6 +170,7 @@ class CommandProcessor(wiring.Component):
             "job_done": In(stream.Signature(JobDone)),
             "job_code": In(ErrorCode),
             "active": Out(range(max(2, len(jobs)))),
+            "active_onehot": Out(max(2, len(jobs)), init=1),   # bit e: active == e (flip-flops)
             "data_error": In(1),
             "busy": Out(1),
         })
@@ -376,7 +377,7 @@ class CommandProcessor(wiring.Component):
                     m.d.sync += [self.status.eq(status(code)), stopping.eq(1)]
                     m.next = "DRAIN"
                 with m.Else():
-                    m.d.sync += self.active.eq(target)
+                    m.d.sync += [self.active.eq(target), self.active_onehot.eq(1 << target)]
                     m.next = "DISPATCH"
             with m.State("DISPATCH"):
                 with m.If(early_held):
@@ -385,7 +386,7 @@ class CommandProcessor(wiring.Component):
                     m.next = "WAIT"
                 with m.Else():
                     for e in range(len(self._jobs)):
-                        with m.If(self.active == e):
+                        with m.If(self.active_onehot[e]):
                             m.d.comb += self.job(e).valid.eq(1)
                             with m.If(self.job(e).ready):
                                 m.next = "WAIT"
@@ -419,7 +420,7 @@ class CommandProcessor(wiring.Component):
                 # is written; status keeps the earlier error), then the run drains
                 with m.If(early_held):
                     if self._early is not None:
-                        m.d.sync += self.active.eq(early_engine)
+                        m.d.sync += [self.active.eq(early_engine), self.active_onehot.eq(1 << early_engine)]
                     m.next = "FLUSH_WAIT"
                 with m.Else():
                     m.next = "DRAIN"

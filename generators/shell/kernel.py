@@ -181,13 +181,14 @@ class Kernel(wiring.Component):
         # -- command processor <-> engines <-> DMA ------------------------------------------
         # The channels follow ``cmdproc.active``, which changes only when a job is
         # dispatched (the previous engine has received every word it asked for by then).
-        sel = cmdproc.active
+        # (as one-hot flip-flops set with it: a port's valid into an engine is one AND of registers)
+        sel = cmdproc.active_onehot
         for e, engine in enumerate(engines):
             wiring.connect(m, cmdproc.job(e), engine.job)
         _select_into(m, sel, [e.done for e in engines], cmdproc.job_done)
         for e, engine in enumerate(engines):
             if engine.signature.faults:
-                with m.If(sel == e):
+                with m.If(sel[e]):
                     m.d.comb += cmdproc.job_code.eq(engine.fault)
         errors = []
         for i in range(len(read_ids) - 1):
@@ -214,7 +215,7 @@ class Kernel(wiring.Component):
                 pf_engine = engines[pf_index]
                 wiring.connect(m, pf_engine.w_cmd[i], port.rd_pf.cmd)
                 wiring.connect(m, port.rd_pf.data, pf_engine.w_data[i])
-                errors.append(port.rd_pf.error & (sel == pf_index))
+                errors.append(port.rd_pf.error & sel[pf_index])
             if "w" in port.readers:
                 readers = _shared_readers(engines, i, pf_index, prefetch)
                 _select_into(m, sel, _members(readers, "w_cmd", i), port.rd_w.cmd)
@@ -251,7 +252,7 @@ class Kernel(wiring.Component):
         incs = [e.mac_inc for e in engines if e.signature.max_mac_inc]
         inc_r = Signal(range(sum(e.signature.max_mac_inc for e in engines) + 1))
         # the running engine's stalls (an engine handed its job early waits, it does not stall)
-        m.d.sync += [stall_r.eq(control.busy & Cat(*(e.stall & (sel == k) for k, e in enumerate(engines))).any()),
+        m.d.sync += [stall_r.eq(control.busy & Cat(*(e.stall & sel[k] for k, e in enumerate(engines))).any()),
                      inc_r.eq(Mux(control.busy, sum(incs), 0) if incs else 0)]
         with m.If(control.start):
             m.d.sync += [cycles.eq(0), stalls.eq(0), macs.eq(0), stall_r.eq(0), inc_r.eq(0)]
@@ -329,20 +330,22 @@ def _members(engines, name, index=None):
 
 
 def _select_into(m, sel, sources, sink):
-    """Drive stream ``sink`` from ``sources[sel]`` (``None``: that engine has no such stream)."""
+    """Drive stream ``sink`` from the source whose bit of the one-hot ``sel`` is set (``None``: that
+    engine has no such stream)."""
     for i, src in enumerate(sources):
         if src is None:
             continue
-        with m.If(sel == i):
+        with m.If(sel[i]):
             m.d.comb += [sink.valid.eq(src.valid), sink.payload.eq(src.payload), src.ready.eq(sink.ready)]
 
 
 def _select_from(m, sel, source, sinks):
-    """Deliver stream ``source`` to ``sinks[sel]``; the other sinks see no valid."""
+    """Deliver stream ``source`` to the sink whose bit of the one-hot ``sel`` is set; the other
+    sinks see no valid."""
     for i, dst in enumerate(sinks):
         if dst is None:
             continue
-        picked = sel == i
+        picked = sel[i]
         m.d.comb += [dst.payload.eq(source.payload), dst.valid.eq(source.valid & picked)]
         with m.If(picked):
             m.d.comb += source.ready.eq(dst.ready)

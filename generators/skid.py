@@ -16,7 +16,7 @@ from amaranth.lib.wiring import In, Out
 
 from .params import require_positive_ints
 
-__all__ = ["SkidBuffer", "slice_stream"]
+__all__ = ["HoldSlice", "SkidBuffer", "slice_hold", "slice_stream"]
 
 
 class SkidBuffer(wiring.Component):
@@ -49,10 +49,45 @@ class SkidBuffer(wiring.Component):
         return m
 
 
+def _connect_through(m: Module, sl, src, dst):
+    m.d.comb += [sl.i.valid.eq(src.valid), sl.i.payload.eq(src.payload), src.ready.eq(sl.i.ready),
+                 dst.valid.eq(sl.o.valid), dst.payload.eq(sl.o.payload), sl.o.ready.eq(dst.ready)]
+    return sl
+
+
 def slice_stream(m: Module, name: str, src, dst) -> SkidBuffer:
     """Connect stream ``src`` (its producer drives valid and payload) to stream ``dst`` through a
     :class:`SkidBuffer` named ``name``: any payload shape, passed as its bits."""
     m.submodules[name] = sl = SkidBuffer(len(Value.cast(src.payload)))
-    m.d.comb += [sl.i.valid.eq(src.valid), sl.i.payload.eq(src.payload), src.ready.eq(sl.i.ready),
-                 dst.valid.eq(sl.o.valid), dst.payload.eq(sl.o.payload), sl.o.ready.eq(dst.ready)]
-    return sl
+    return _connect_through(m, sl, src, dst)
+
+
+class HoldSlice(wiring.Component):
+    """``width``-bit stream in, out one cycle later through one register, at most one word every
+    other cycle: ``i.ready`` is "the register is empty", so neither side's handshake logic reaches
+    the other. For sparse records (an engine's job) where a :class:`SkidBuffer`'s second register
+    would only cost flip-flops."""
+
+    def __init__(self, width: int):
+        require_positive_ints(width=width)
+        self._width = width
+        super().__init__({
+            "i": In(stream.Signature(width)),
+            "o": Out(stream.Signature(width)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        word, full = Signal(self._width), Signal()
+        m.d.comb += [self.o.payload.eq(word), self.o.valid.eq(full), self.i.ready.eq(~full)]
+        with m.If(~full):
+            m.d.sync += [word.eq(self.i.payload), full.eq(self.i.valid)]
+        with m.Elif(self.o.ready):
+            m.d.sync += full.eq(0)
+        return m
+
+
+def slice_hold(m: Module, name: str, src, dst) -> HoldSlice:
+    """Connect stream ``src`` to stream ``dst`` through a :class:`HoldSlice` named ``name``."""
+    m.submodules[name] = sl = HoldSlice(len(Value.cast(src.payload)))
+    return _connect_through(m, sl, src, dst)

@@ -155,7 +155,7 @@ class AttentionEngine(wiring.Component):
                          kf.data.valid.eq(wd.valid & route.o.valid & ~to_v),
                          vf.data.valid.eq(wd.valid & route.o.valid & to_v),
                          wd.ready.eq(route.o.valid & Mux(to_v, vf.data.ready, kf.data.ready)),
-                         route.o.ready.eq(Mux(to_v, vf.seg.ready & vf.seg.valid, kf.seg.ready & kf.seg.valid))]
+                         route.o.ready.eq(Mux(to_v, vf.seg_done, kf.seg_done))]
             for i in range(1, len(self.w_cmd)):
                 m.d.comb += [self.w_cmd[i].valid.eq(0), self.w_data[i].ready.eq(0)]
         if kvp == 2:

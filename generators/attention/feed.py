@@ -2,13 +2,13 @@
 unpacked items (lanes + the mantissas of their scale blocks), one item per word per cycle."""
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Module, Signal
+from amaranth.hdl import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from ...mathutil import exact_log2
-from ..skid import SkidBuffer
+from ..skid import SkidBuffer, slice_stream
 from .geometry import DatapathGeometry
 
 __all__ = ["KVFeed"]
@@ -18,9 +18,9 @@ class KVFeed(wiring.Component):
     """``seg`` (segment records, popped after the segment's last item) + ``data`` (port words in
     command order: ``sw`` scale words then ``n * value_words`` value words) -> ``item``.
 
-    Items leave through a register slice (:class:`~..skid.SkidBuffer`) together with their
-    segment record, ``seg_out``: the scale-buffer read and the unpacking stay off the consumers'
-    product paths. ``bits4`` selects int4 values (job constant).
+    Segment records arrive through a register slice, and items leave through one
+    (:class:`~..skid.SkidBuffer`) together with their segment record, ``seg_out``: the
+    scale-buffer read and the unpacking stay off the consumers' product paths. ``bits4`` selects int4 values (job constant).
     """
 
     def __init__(self, geometry: DatapathGeometry):
@@ -31,6 +31,7 @@ class KVFeed(wiring.Component):
             "bits4": In(1),
             "item": Out(stream.Signature(geometry.item_layout())),
             "seg_out": Out(geometry.seg_layout()),
+            "seg_done": Out(1),          # the segment's last item taken (its record leaves)
         })
 
     def elaborate(self, platform):
@@ -45,7 +46,11 @@ class KVFeed(wiring.Component):
         sc = Signal(range(geom.scale_depth + 1))
         t = Signal(range(max(2, page_tokens)))
         w = Signal(range(max(2, geom.value_words(8))))
-        seg = self.seg.payload
+        # the segment records through a register slice: the pop after a segment's last item (the
+        # port's valid) moves the slice's registers, not the record queue's level logic
+        seg_in = stream.Signature(geom.seg_layout()).create()
+        slice_stream(m, "seg_slice", self.seg, seg_in)
+        seg = seg_in.payload
         item = stream.Signature(geom.item_layout()).create()      # unpacked, before the slice
         n_item = len(item.payload.as_value())
         m.submodules.out_slice = osl = SkidBuffer(n_item + len(seg.as_value()))
@@ -58,10 +63,10 @@ class KVFeed(wiring.Component):
 
         # -- scale phase ------------------------------------------------------------------
         with m.If(~values):
-            m.d.comb += self.data.ready.eq(self.seg.valid)
+            m.d.comb += self.data.ready.eq(seg_in.valid)
         m.d.comb += [wp.addr.eq(sc), wp.data.eq(self.data.payload),
-                     wp.en.eq(~values & self.seg.valid & self.data.valid)]
-        with m.If(~values & self.seg.valid & self.data.valid):
+                     wp.en.eq(~values & seg_in.valid & self.data.valid)]
+        with m.If(~values & seg_in.valid & self.data.valid):
             with m.If(sc == seg.sw - 1):
                 m.d.sync += [sc.eq(0), values.eq(1)]
             with m.Else():
@@ -108,28 +113,33 @@ class KVFeed(wiring.Component):
         raddr = Signal.like(rp.addr)
         ridx = [Signal(max(1, mant_shift), name=f"ridx{b}") for b in range(geom.blocks)]
 
-        def place(rb, wv):
-            a, idxs = mant_place(rb, wv)
+        def place(a, idxs):
             return [raddr.eq(a)] + ([x.eq(y) for x, y in zip(ridx, idxs)] if mants_per_word > 1 else [])
+
+        # the place after this item's take, from registers only (the next token's first word, or
+        # this token's next word), so that the take (the port's valid) is the last select
+        step_a, step_idxs = Signal.like(raddr), [Signal.like(x) for x in ridx]
+        (a_tok, idx_tok), (a_word, idx_word) = mant_place(row_base + groups, 0), mant_place(row_base, w + 1)
+        m.d.comb += [step_a.eq(Mux(last, a_tok, a_word))]
+        m.d.comb += [x.eq(Mux(last, y_tok, y_word)) for x, y_tok, y_word in zip(step_idxs, idx_tok, idx_word)]
         with m.If(~values):
             m.d.sync += [row_base.eq(seg.off), last.eq(vw == 1), t_last.eq(seg.n == 1)]
-            m.d.sync += place(seg.off, 0)
+            m.d.sync += place(*mant_place(seg.off, 0))
         m.d.comb += rp.addr.eq(raddr)
         for b in range(geom.blocks):
             m.d.comb += it.mants[b].eq(rp.data.word_select(ridx[b], 16) if mants_per_word > 1 else rp.data[:16])
 
-        m.d.comb += item.valid.eq(values & self.seg.valid & self.data.valid)
+        m.d.comb += item.valid.eq(values & seg_in.valid & self.data.valid)
         with m.If(values):
-            m.d.comb += self.data.ready.eq(item.ready & self.seg.valid)
+            m.d.comb += self.data.ready.eq(item.ready & seg_in.valid)
         with m.If(item.valid & item.ready):
+            m.d.sync += place(step_a, step_idxs)
             with m.If(last):
                 m.d.sync += [w.eq(0), t.eq(t + 1), row_base.eq(row_base + groups),
                              last.eq(vw == 1), t_last.eq(t + 1 == seg.n - 1)]
-                m.d.sync += place(row_base + groups, 0)
             with m.Else():
                 m.d.sync += [w.eq(w + 1), last.eq(w + 1 == vw - 1)]
-                m.d.sync += place(row_base, w + 1)
             with m.If(seg_last):
-                m.d.comb += self.seg.ready.eq(1)
+                m.d.comb += [seg_in.ready.eq(1), self.seg_done.eq(1)]
                 m.d.sync += [values.eq(0), t.eq(0), w.eq(0)]
         return m

@@ -13,7 +13,8 @@ its family on ``job_code``, read with ``job_done``, which stops the run like a b
 The next descriptor is fetched and unloaded into the descriptor register while
 the engine runs the current one, so between the engine's ``done`` and the next
 ``job`` there are five cycles (the done record's register slice, register the checks'
-products, evaluate the checks, pick the first failing one, dispatch).
+products, evaluate the checks, pick the first failing one, dispatch); the kernel's job slice
+adds one before the engine sees it.
 """
 from __future__ import annotations
 
@@ -258,10 +259,11 @@ class CommandProcessor(wiring.Component):
         code = Signal(ErrorCode)
         target = Signal(range(max(2, len(self._jobs))))
         m.d.comb += code.eq(ErrorCode.BAD_OPCODE)
+        is_ops = {}              # opcode -> "desc holds it", registered (settled from EVAL on)
         for e, fam in enumerate(lay.families):
             for opcode in fam.opcodes:
                 tag = opcode.name.lower()
-                is_op = Signal(name=f"{tag}_is_op")
+                is_ops[opcode] = is_op = Signal(name=f"{tag}_is_op")
                 m.d.sync += is_op.eq(op == opcode)
                 op_code = Signal(ErrorCode, name=f"{tag}_code")
                 check_fields = {name: _Factor(m, v) for name, v in slots(opcode).items()}
@@ -289,9 +291,10 @@ class CommandProcessor(wiring.Component):
                                                       for i in range(member.shape.length)))))
                     else:               # a member of another opcode of the family: 0 here
                         sources.append((opcode, s[name] if name in s else Const(0, 1)))
+                # by the registered opcode flags: a job is offered only after its checks' verdict
                 value = sources[0][1]
                 for opcode, src in sources[1:]:
-                    value = Mux(op == opcode, src, value)
+                    value = Mux(is_ops[opcode], src, value)
                 m.d.comb += Value.cast(job[name]).eq(value)
 
         def status(error_code):
@@ -322,16 +325,19 @@ class CommandProcessor(wiring.Component):
 
         # -- early hand-over (``early``): the next descriptor's verdict while the engine runs --------
         # desc holds it once ``loaded``; its checks' verdict (``code``, ``target``) settles two
-        # cycles later (the EVAL and VERDICT stages), which ``loaded_age`` counts
+        # cycles later (the EVAL and VERDICT stages) and is registered as one flag a cycle after
+        # that (the offer starts at flip-flops), which ``loaded_age`` counts
         early_go = Signal()                 # this cycle the early engine is offered its job
         early_held = Signal()               # the early engine holds the next descriptor's job
-        loaded_age = Signal(range(3))
-        m.d.sync += loaded_age.eq(Mux(loaded & (loaded_age != 2), loaded_age + 1, Mux(loaded, 2, 0)))
+        loaded_age = Signal(range(4))
+        m.d.sync += loaded_age.eq(Mux(loaded & (loaded_age != 3), loaded_age + 1, Mux(loaded, 3, 0)))
         if self._early is not None:
             early_engine, during = self._early
-            running_during = Cat(*(self.active == d for d in during)).any()
-            verdict_ok = (loaded_age == 2) & ~is_end & (code == ErrorCode.NONE) & ~self.fetch.error
-            m.d.comb += early_go.eq(running_during & verdict_ok & (target == early_engine) & ~early_held)
+            running_during = Cat(*(self.active_onehot[d] for d in during)).any()
+            early_ok = Signal()             # the verdict: a valid job for the early engine
+            m.d.sync += early_ok.eq(~is_end & (code == ErrorCode.NONE) & (target == early_engine))
+            verdict_ok = (loaded_age == 3) & early_ok & ~self.fetch.error
+            m.d.comb += early_go.eq(running_during & verdict_ok & ~early_held)
 
         misaligned = RtlOps.misaligned
         with m.FSM():

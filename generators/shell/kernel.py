@@ -30,6 +30,7 @@ from hbmforge.layout import CTRL_ADDR_WIDTH, DesignLayout
 
 from ..axi import AXI4LiteSignature, AXI4Signature
 from ..engine import AxiStreamSignature, EngineSignature
+from ..skid import slice_hold
 from .cmdproc import CommandProcessor
 from .control import ControlSlave
 from .port import COUNTER_WIDTH, AxiPort
@@ -47,6 +48,11 @@ def data_read_ids(layout: DesignLayout) -> dict[str, int]:
     """ARIDs on ``m_axi_data``: ``cmd`` (descriptor fetch) 0, engine reader ``r<i>`` ``i + 1``."""
     readers = max(len(layout.channels(f.kind).data_readers) for f in layout.families)
     return {"cmd": 0, **{f"r{i}": i + 1 for i in range(readers)}}
+
+
+#: cycles from an engine's ``done`` to its next ``job`` when the next descriptor is loaded: the
+#: command processor's check-and-dispatch cycles and the job slice's register
+JOB_GAP_CYCLES = CommandProcessor.DISPATCH_CYCLES + 1
 
 
 class Kernel(wiring.Component):
@@ -183,8 +189,10 @@ class Kernel(wiring.Component):
         # dispatched (the previous engine has received every word it asked for by then).
         # (as one-hot flip-flops set with it: a port's valid into an engine is one AND of registers)
         sel = cmdproc.active_onehot
-        for e, engine in enumerate(engines):
-            wiring.connect(m, cmdproc.job(e), engine.job)
+        # each job record through a one-register slice: the engine's job logic starts from
+        # flip-flops, not from the command processor's state and descriptor decode (one cycle a job)
+        for e, (fam, engine) in enumerate(zip(lay.families, engines)):
+            slice_hold(m, f"job_slice_{fam.kind}", cmdproc.job(e), engine.job)
         _select_into(m, sel, [e.done for e in engines], cmdproc.job_done)
         for e, engine in enumerate(engines):
             if engine.signature.faults:

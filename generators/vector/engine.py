@@ -28,7 +28,7 @@ from types import SimpleNamespace
 from typing import NamedTuple
 
 from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed
-from amaranth.lib import wiring
+from amaranth.lib import stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
 
@@ -42,7 +42,7 @@ from hbmforge.numerics.vector import rsqrt_in_bits
 from ..nonlinear.rsqrt import Rsqrt
 from ..counters import step_count
 from ..onehot import OneHotFSM
-from ..skid import SkidBuffer
+from ..skid import SkidBuffer, slice_stream
 from ..products import pipelined_product, pipelined_sum
 from .arith import delayed, lanes_of, registered, valid_chain, word_of
 from .elementwise import ElementPipe
@@ -229,7 +229,10 @@ class VectorEngine(wiring.Component):
         b_cols, bias) the first sweep may use (``DW``: all; it follows them word by word, as it
         follows the operands)."""
         T = self._geom.table_port
-        cmd, dat = self.w_cmd[T], self.w_data[T]
+        # the table words through a register slice: the receiver's word-end flags start at its
+        # flip-flops, not at the port's valid as the shell selects it
+        cmd, dat = self.w_cmd[T], stream.Signature(len(self.w_data[T].payload)).create()
+        slice_stream(m, "tbl_data_slice", self.w_data[T], dat)
         n = len(mems)
         n_elem = 3                                   # a_cols, b_cols, bias: read by the first sweep
         en = [Signal(name=f"tbl_en{i}") for i in range(n)]

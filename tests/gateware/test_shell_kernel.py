@@ -277,6 +277,6 @@ def test_next_job_follows_done_within_the_dispatch_gap(layout):
     tb.simulate(bench, extra=[watch])
     assert [kind for kind, _ in events] == ["job", "done"] * 4
     gaps = [events[i + 1][1] - events[i][1] for i in range(1, len(events) - 1, 2)]
-    from hbmforge.generators.shell.cmdproc import CommandProcessor
-    assert layout.descriptor_bytes // layout.word_bytes > CommandProcessor.DISPATCH_CYCLES
-    assert max(gaps) <= CommandProcessor.DISPATCH_CYCLES, gaps
+    from hbmforge.generators.shell.kernel import JOB_GAP_CYCLES
+    assert layout.descriptor_bytes // layout.word_bytes > JOB_GAP_CYCLES
+    assert max(gaps) <= JOB_GAP_CYCLES, gaps

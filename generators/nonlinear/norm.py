@@ -18,7 +18,7 @@ Blocks, in dataflow order:
   the output register); the bank is free as soon as its last beat is read.
 
 Pass 1 of vector ``n+1`` overlaps pass 2 of vector ``n`` (two banks). With ``B = dim / lanes``
-beats per vector and ``SL = scalar_latency`` (21 cycles with the default two Newton steps), a
+beats per vector and ``SL = scalar_latency`` (29 cycles with the default two Newton steps), a
 lone vector's first output beat leaves ``B - 1 + SL + 4`` cycles after its first input beat;
 a back-to-back stream of vectors (``B >= SL``) takes two vectors per ``2B + SL - 1`` cycles:
 the third vector waits for the first one's bank. Flow control of the drain pipeline is a

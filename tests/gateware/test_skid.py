@@ -1,4 +1,5 @@
-"""SkidBuffer (the register slice in front of the matmul engine's weight inputs) in amaranth.sim."""
+"""SkidBuffer (the register slice in front of the matmul engine's weight inputs) and HoldSlice (the
+one-register slice of each engine's job record) in amaranth.sim."""
 from __future__ import annotations
 
 import random
@@ -6,7 +7,7 @@ import random
 import pytest
 from amaranth.sim import Simulator  # noqa: F401  (simulate() below wraps it)
 
-from hbmforge.generators.skid import SkidBuffer
+from hbmforge.generators.skid import HoldSlice, SkidBuffer
 from sim_helpers import put, random_gap, simulate
 
 
@@ -90,6 +91,39 @@ def test_skid_buffer_ready_is_a_register_that_drops_only_when_the_output_stalls(
     assert readies == [1, 1, 0, 0]
 
 
-def test_skid_buffer_validates_width():
+@pytest.mark.parametrize("cls", [SkidBuffer, HoldSlice])
+def test_slices_validate_width(cls):
     with pytest.raises((TypeError, ValueError), match="width"):
-        SkidBuffer(0)
+        cls(0)
+
+
+@pytest.mark.parametrize("in_stall,out_stall", [(0.0, 0.0), (0.3, 0.0), (0.0, 0.5), (0.4, 0.4)])
+def test_hold_slice_keeps_every_word_in_order_under_backpressure(in_stall, out_stall):
+    rng = random.Random(int(100 * in_stall) * 11 + int(100 * out_stall) + 1)
+    words = [rng.getrandbits(40) for _ in range(150)]
+    readies = []
+    assert _run(HoldSlice(40), words, rng, in_stall=in_stall, out_stall=out_stall, ready_log=readies) == words
+    assert 0 in readies                     # it refuses while full
+
+
+def test_hold_slice_holds_one_word_and_takes_one_every_other_cycle():
+    dut = HoldSlice(8)
+    log = []
+
+    async def bench(ctx):
+        ctx.set(dut.i.valid, 1)
+        ctx.set(dut.o.ready, 0)
+        for w in (1, 2, 3):                  # output stalled: the first word stays, the rest wait
+            ctx.set(dut.i.payload, w)
+            _, _, ready, valid, payload = await ctx.tick().sample(dut.i.ready, dut.o.valid, dut.o.payload)
+            log.append((ready, valid))
+        assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload) == 1 and not ctx.get(dut.i.ready)
+        ctx.set(dut.o.ready, 1)              # taken: empty the next cycle, the next word a cycle later
+        ctx.set(dut.i.payload, 2)
+        await ctx.tick()
+        assert not ctx.get(dut.o.valid) and ctx.get(dut.i.ready)
+        await ctx.tick()
+        assert ctx.get(dut.o.valid) and ctx.get(dut.o.payload) == 2
+
+    simulate(dut, bench)
+    assert log == [(1, 0), (0, 1), (0, 1)]

@@ -141,10 +141,12 @@ def _kv_row_addresses(m: Module, att, j, pages, pools, cbank, st_r, r0, multi, h
     max_heads = (1 << len(hg)) - 1
     lp = exact_log2(P)
     hg_ha = Signal(range(max_heads * max(ha4, ha8) + 1), name="kvr_hg_ha")
-    # the head area registered before its product (the format's decode stays out of the DSP's
-    # input): one more register after a job start, counted in ``depth`` below
+    # the head area and the heads per group registered before their product (the format's
+    # decode and the group count's shift stay out of the DSP's inputs): one more register after
+    # a job start, counted in ``depth`` below
     ha = registered(m, range(max(ha4, ha8) + 1), Mux(int4, ha4, ha8), name="kvr_ha")
-    m.d.sync += hg_ha.eq(hg * ha)
+    hg_r = registered(m, range(max_heads + 1), hg, name="kvr_hg")
+    m.d.sync += hg_ha.eq(hg_r * ha)
     page = registered(m, 32, pages[(cbank << LOGR) + st_r], name="kvr_page")
     slot = registered(m, range(P), (j.pos0[:lp] + r0[:lp] + st_r)[:lp] if lp else 0, name="kvr_slot")
     pool0 = registered(m, 64, Mux(multi, pools[0], j.pool), name="kvr_pool0")
@@ -1323,16 +1325,27 @@ class VectorEngine(wiring.Component):
         pf_port = Signal(range(len(lay.ports)))
         m.d.comb += pf_port.eq(j.port + (pf_g << 1))
         w_valid, w_payload = Const(0), Const(0, W)
+        # the read commands (read-ahead first) leave through a register slice with their port, as
+        # the write commands do: a port's command valid is a compare of registers, not of the
+        # read-ahead's port sum and the store's state
         rc_take = Const(0)
+        if g.kv_ports:
+            m.submodules.rcmd_slice = rsl = SkidBuffer(64 + len(st_port))
+            m.d.comb += [rsl.i.payload.eq(Cat(Mux(pf_valid, pf_addr, rc_addr), Mux(pf_valid, pf_port, st_port))),
+                         rsl.i.valid.eq(pf_valid | rc_valid)]
+            rc_take = (pf_valid | rc_valid) & rsl.i.ready
+            r_addr, r_port, r_ready = rsl.o.payload[:64], rsl.o.payload[64:], Const(0)
         for i in range(g.kv_ports):
             sel = st_port == i + 1
-            m.d.comb += [self.w_cmd[i].payload.addr.eq(Mux(pf_valid, pf_addr, rc_addr)),
+            m.d.comb += [self.w_cmd[i].payload.addr.eq(r_addr),
                          self.w_cmd[i].payload.bytes.eq(span_words * W8),
-                         self.w_cmd[i].valid.eq(Mux(pf_valid, pf_port == i + 1, rc_valid & sel)),
+                         self.w_cmd[i].valid.eq(rsl.o.valid & (r_port == i + 1)),
                          self.w_data[i].ready.eq(rd_take & sel)]
-            rc_take = rc_take | (self.w_cmd[i].valid & self.w_cmd[i].ready)
+            r_ready = r_ready | ((r_port == i + 1) & self.w_cmd[i].ready)
             w_valid = Mux(sel, self.w_data[i].valid, w_valid)
             w_payload = Mux(sel, self.w_data[i].payload, w_payload)
+        if g.kv_ports:
+            m.d.comb += rsl.o.ready.eq(r_ready)
         with m.If(rc_take):
             m.d.sync += rc_valid.eq(0)
 

@@ -261,8 +261,10 @@ def vector_checks(layout) -> tuple[Check, ...]:
                           ops.low(f["pos0"], POS_BITS) + ops.low(f["m"], POS_BITS) > ctx)
         n_ok = ops.one_of(f["kv_groups"], choices)
         # n >= 2 groups: the last group's port exists and the heads split evenly
-        groups_bad = ops.any_(*((f["kv_groups"] == n) & ops.any_(f["port"] + 2 * (n - 1) > g.kv_ports,
-                                                                  ops.misaligned(ops.low(f["dim"], 32), hd * n))
+        # (port + 2 (n - 1) > kv_ports as a compare with a constant: no 64-bit add before it)
+        groups_bad = ops.any_(*((f["kv_groups"] == n) & ops.any_(
+            (f["port"] > g.kv_ports - 2 * (n - 1)) if g.kv_ports >= 2 * (n - 1) else True,
+            ops.misaligned(ops.low(f["dim"], 32), hd * n))
                                 for n in choices if n >= 2))
         kv = (f["out_fmt"] == VectorOut.KV) & ops.any_(
             ops.not_(ops.one_of(f["kv_bits"], g.kv_bits)), f["port"] == 0, f["port"] > g.kv_ports,

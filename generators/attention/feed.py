@@ -20,7 +20,8 @@ class KVFeed(wiring.Component):
 
     Segment records arrive through a register slice, and items leave through one
     (:class:`~..skid.SkidBuffer`) together with their segment record, ``seg_out``: the
-    scale-buffer read and the unpacking stay off the consumers' product paths. ``bits4`` selects int4 values (job constant).
+    scale-buffer read and the unpacking stay off the consumers' product paths. ``seg_done``
+    pulses when a segment's last item is taken. ``bits4`` selects int4 values (job constant).
     """
 
     def __init__(self, geometry: DatapathGeometry):

@@ -160,11 +160,11 @@ class MatmulEngine(wiring.Component):
         wiring.connect(m, wiring.flipped(self.job), seq.job)
         wiring.connect(m, wiring.flipped(self.done), seq.done)
         wiring.connect(m, wiring.flipped(self.out_done), seq.out_done)
-        for name in ("act_cmd", "scale_cmd", "out_cmd"):
-            wiring.connect(m, wiring.flipped(getattr(self, name)), getattr(seq, name))
-        # the requant/bias commands through a register slice: the data port's ready (as the shell
-        # selects it) meets the slice's flip-flop, not the parameter loop's step logic
-        slice_stream(m, "rq_cmd_slice", seq.rq_cmd, self.rq_cmd)
+        # the data-port commands (activations, scales, requant/bias, outputs) through a register
+        # slice each: the port's ready (as the shell selects it) meets the slice's flip-flop, not
+        # the sequencer's loop-step logic
+        for name in ("act_cmd", "scale_cmd", "rq_cmd", "out_cmd"):
+            slice_stream(m, f"{name}_slice", getattr(seq, name), getattr(self, name))
         # the weight words through a register slice each: the ports see a registered ready, not the
         # unpacker's and the weight ring's write condition
         w_in = []

@@ -181,6 +181,8 @@ def yosys_script(top: str, parts: Mapping[str, str], family: str, *, verilog: st
     :func:`estimate_component` synthesizes them in runs of their own). ``lut_delay_ps``: the LUT
     delay ABC maps with (:data:`ABC_LUT_DELAY_PS`; 0: synth_xilinx's unit-delay mapping).
     """
+    if isinstance(lut_delay_ps, bool) or not isinstance(lut_delay_ps, int) or lut_delay_ps < 0:
+        raise ValueError(f"lut_delay_ps must be a non-negative int (0: synth_xilinx's mapping), got {lut_delay_ps!r}")
     synth = f"synth_xilinx -family {family} -top {top} -flatten -noiopad -noclkbuf"
     keep = " ".join(parts.values())
     lines = [

@@ -186,6 +186,9 @@ def test_script_maps_luts_with_the_delay_library_or_synth_xilinxs_own():
     assert "-run map_luts:" not in script
     plain = yosys_script("top", PARTS, "xcup", lut_delay_ps=0)
     assert "-run map_luts:" in plain and "abc9" not in plain and "abc_luts.lib" not in plain
+    for bad in (-1, 1.5, True, "1000"):
+        with pytest.raises(ValueError, match="lut_delay_ps"):
+            yosys_script("top", PARTS, "xcup", lut_delay_ps=bad)
 
 
 def test_cache_key_depends_on_rtl_script_and_yosys_version():

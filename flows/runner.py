@@ -50,7 +50,8 @@ def check_elements(**products: int) -> None:
                              f"{MAX_ELEMENTS:,} per operand (use smaller dimensions)")
 
 
-def _check_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
+def check_linear_shape(cfg: AcceleratorConfig, m: int, k: int, n: int, wbits) -> None:
+    """The random layer's shape and format against ``cfg``'s matmul engine (ValueError naming the field)."""
     mm = cfg.matmul
     check_size(m=m, k=k, n=n)
     if isinstance(wbits, bool) or wbits not in mm.weight_bits:
@@ -76,7 +77,7 @@ def run_linear(cfg: AcceleratorConfig, *, m: int, k: int, n: int, wbits=4, seed:
     from hbmforge.host import DeviceError, Linear, open_device
 
     wbits = parse_wbits(wbits)
-    _check_shape(cfg, m, k, n, wbits)
+    check_linear_shape(cfg, m, k, n, wbits)
     rng = np.random.default_rng(seed)
     w = (rng.standard_normal((n, k)) / np.sqrt(k)).astype(np.float32)
     x = rng.standard_normal((m, k)).astype(np.float32)

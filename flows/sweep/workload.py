@@ -230,9 +230,9 @@ class LayerEvaluator(Evaluator):
 
 
 def _check_linear(cfg, **kw) -> None:
-    from hbmforge.flows.runner import _check_shape
+    from hbmforge.flows.runner import check_linear_shape
 
-    _check_shape(cfg, kw["m"], kw["k"], kw["n"], kw["wbits"])
+    check_linear_shape(cfg, kw["m"], kw["k"], kw["n"], kw["wbits"])
 
 
 def _check_attention(cfg, **kw) -> None:

@@ -115,3 +115,17 @@ def test_attention_flags_out_of_range_are_clean_errors(tmp_path, flags, word):
 
 def test_attention_on_a_design_without_attention_is_a_clean_error(tiny_yaml):
     _clean_failure(invoke("run", tiny_yaml, "--layer", "attention"), "no attention engine")
+
+
+@pytest.mark.parametrize("value", ["0", "-3", "nan", "inf"])
+def test_estimate_timeout_out_of_range_fails_before_yosys(tiny_yaml, value):
+    _clean_failure(invoke("estimate", tiny_yaml, "--timeout", value), "--timeout must be a finite number")
+
+
+@pytest.mark.parametrize("flags, word", [(("--m", "0"), "--m must be a positive integer"),
+                                         (("--k", "100"), "--k must be a multiple"),
+                                         (("--board", "nope"), "unknown board")])
+def test_quickstart_bad_flags_fail_before_writing_anything(tmp_path, flags, word):
+    out = tmp_path / "qs"
+    _clean_failure(invoke("quickstart", "--dir", out, *flags), word)
+    assert not out.exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -434,3 +435,14 @@ def test_kernel_apart_synthesizes_each_part_once_and_leaves_out_the_skipped_engi
     first = estimate_component(arr(), "cached_tern")
     again = estimate_component(arr(), "cached_tern")
     assert again == first                                      # the cached run (same synth_seconds)
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0, float("nan"), float("inf"), "60", True])
+def test_estimate_refuses_a_timeout_that_is_not_seconds_before_any_work(timeout):
+    from hbmforge.flows.estimate import estimate, estimate_component
+
+    cfg = parse_config(starter_config("u280"))
+    with pytest.raises((ValueError, TypeError), match="timeout"):
+        estimate(cfg, timeout=timeout, cache_root=Path("/nonexistent/never-written"))
+    with pytest.raises((ValueError, TypeError), match="timeout"):
+        estimate_component(object(), "x", timeout=timeout)

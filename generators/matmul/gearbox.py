@@ -21,6 +21,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from ..params import require_positive_ints
+from ..skid import slice_stream
 from .sparse import BitGearbox
 
 __all__ = ["ScaleItems", "WidthAdapter", "TritGearbox", "decode_five_trits", "is_pow2_ratio"]
@@ -127,29 +128,34 @@ class ScaleItems(wiring.Component):
 
 
 # b // 3**t for a byte b, as (b * mult) >> shift (exact for 0 <= b <= 255)
-_DIV3 = {1: (171, 9), 2: (57, 9), 3: (19, 9), 4: (203, 14)}
+def _five_trit_codes(byte: int) -> int:
+    """The 10-bit code word of one 5-trit byte (see :func:`decode_five_trits`)."""
+    if byte >= 243:
+        return 0
+    out = 0
+    for t in range(5):
+        digit = byte // 3 ** t % 3                        # weight = digit - 1
+        out |= (0b11, 0b00, 0b01)[digit] << (2 * t)
+    return out
+
+
+_FIVE_TRIT_TABLE = tuple(_five_trit_codes(b) for b in range(256))
 
 
 def decode_five_trits(m: Module, byte, *, name: str):
     """One 5-trit byte -> five 2-bit ternary codes (element 0 in the low bits).
 
-    Digit ``t`` of ``byte`` in base 3 is ``q_t - 3 q_{t+1}`` with ``q_t = byte // 3**t``
-    (constant divisions as multiply-and-shift); weight ``= digit - 1`` is emitted as the
-    2-bit code 11 (-1), 00 (0), 01 (+1). Bytes >= 243 are reserved and decode to zeros.
+    Digit ``t`` of ``byte`` in base 3 is weight ``t`` + 1, emitted as the 2-bit code 11 (-1),
+    00 (0), 01 (+1); bytes >= 243 are reserved and decode to zeros. A 256-entry table: each code
+    bit is a function of the 8 byte bits, one LUT level and two wide muxes (the constant
+    divisions it replaces went to unregistered DSPs, 2 DSP stages and 5 LUTs deep).
     """
-    q = [byte]
-    for t in range(1, 5):
-        mult, shift = _DIV3[t]
-        qt = Signal(2 if t == 4 else 8, name=f"{name}_q{t}")
-        m.d.comb += qt.eq((byte * mult) >> shift)
-        q.append(qt)
-    codes = []
-    for t in range(5):
-        d = Signal(2, name=f"{name}_d{t}")
-        m.d.comb += d.eq(q[t] - 3 * q[t + 1] if t < 4 else q[4])
-        codes.append(Cat(~d[0], ~d[0] & ~d[1]))
     out = Signal(10, name=f"{name}_codes")
-    m.d.comb += out.eq(Mux(byte >= 243, 0, Cat(*codes)))
+    with m.Switch(byte):
+        for value, codes in enumerate(_FIVE_TRIT_TABLE):
+            if codes:
+                with m.Case(value):
+                    m.d.comb += out.eq(codes)
     return out
 
 
@@ -191,11 +197,14 @@ class TritGearbox(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         nbytes = self._in_width // 8
-        decoded = Cat(*(decode_five_trits(m, self.i.payload[8 * j:8 * j + 8], name=f"byte{j}")
-                        for j in range(nbytes)))
-        # 2-bit codes in, 2 * lanes bits out: the generic fill-level buffer
+        decoded = stream.Signature(2 * self._trits).create()
+        m.d.comb += [decoded.payload.eq(Cat(*(decode_five_trits(m, self.i.payload[8 * j:8 * j + 8],
+                                                                  name=f"byte{j}") for j in range(nbytes)))),
+                     decoded.valid.eq(self.i.valid), self.i.ready.eq(decoded.ready)]
+        # 2-bit codes in, 2 * lanes bits out: the generic fill-level buffer, behind a register
+        # slice (the decode stays out of the buffer's fill-level select; one cycle of latency)
         m.submodules.gear = gear = BitGearbox(2 * self._trits, 2 * self._lanes)
-        m.d.comb += [gear.i.payload.eq(decoded), gear.i.valid.eq(self.i.valid), self.i.ready.eq(gear.i.ready),
-                     self.o.payload.eq(gear.o.payload), self.o.valid.eq(gear.o.valid),
+        slice_stream(m, "codes_slice", decoded, gear.i)
+        m.d.comb += [self.o.payload.eq(gear.o.payload), self.o.valid.eq(gear.o.valid),
                      gear.o.ready.eq(self.o.ready), gear.o_last.eq(self.o_last)]
         return m

@@ -40,17 +40,21 @@ __all__ = ["JobSequencer", "ceil_div_const", "act_route_layout", "SETUP_CYCLES"]
 SETUP_CYCLES = 24          # the setup's longest register chain + margin (tests/gateware/test_matmul_setup.py)
 
 
-def ceil_div_const(value, divisor: int, value_bits: int):
-    """``ceil(value / divisor)`` for an unsigned ``value_bits``-bit value and a constant divisor.
+def ceil_div_const(m: Module, value, divisor: int, value_bits: int, *, name: str) -> tuple:
+    """``ceil(value / divisor)`` for an unsigned ``value_bits``-bit value and a constant divisor;
+    returns ``(quotient, latency in cycles)``.
 
-    Powers of two are a shift; other divisors multiply by ``ceil(2^s / d)`` with
-    ``s = value_bits + 1 + ceil(log2 d)``, exact for every input of that width.
+    Powers of two are a shift (latency 0); other divisors multiply ``value + divisor - 1``
+    (registered) by ``ceil(2^s / d)``, ``s = value_bits + 1 + ceil(log2 d)``, as registered
+    DSP-sized tiles (:func:`~.pipe.tiled_product`): exact for every input of that width.
     """
     if divisor & (divisor - 1) == 0:
-        return (value + divisor - 1) >> exact_log2(divisor)
+        return (value + divisor - 1) >> exact_log2(divisor), 0
     s = value_bits + 1 + (divisor - 1).bit_length()      # (d - 1).bit_length() = ceil(log2 d), any d
-    recip = ceil_div(1 << s, divisor)
-    return ((value + divisor - 1) * recip) >> s
+    biased = Signal(value_bits + 1, name=f"{name}_biased")
+    m.d.sync += biased.eq(value + divisor - 1)
+    prod, latency = tiled_product(m, biased, Const(ceil_div(1 << s, divisor)), name=name)
+    return prod >> s, 1 + latency
 
 
 def act_route_layout() -> data.StructLayout:
@@ -152,11 +156,12 @@ class JobSequencer(wiring.Component):
             hit = hit | (~wbits[4] & (wbits[:4] == code))
         return hit
 
-    def _weight_bytes(self, code, nk, cw: int, B: int):
+    def _weight_bytes(self, code, nk, cw: int, B: int, trit_words=None):
         """Bytes per weight stripe of one slice (``MatmulGeometry.slice_weight_port_bytes``): the
         stream of ``nk`` weights (b bits each by descriptor code 2/3/4/8, or ceil(nk/5) bytes for
         5-trit ternary; 2:4 sparse: ``(b + 2) / 2`` bits each) in whole combined words of ``cw``
-        bits, one ``B``-byte word per stripe."""
+        bits, one ``B``-byte word per stripe. ``trit_words``: the 5-trit word count
+        ``ceil(nk / (5 cw / 8))``, computed by the caller (a registered, tiled division)."""
         base = code[:4]
         bits = Mux(base == 8, nk << 3, Mux(base == 4, nk << 2, nk << 1))
         if self._sparse24:                 # a group of 4 in 2b + 4 bits: 5, 3 or 2 bits per weight
@@ -164,8 +169,7 @@ class JobSequencer(wiring.Component):
             bits = Mux(code[4], sparse_bits, bits)
         words = (bits + cw - 1) >> exact_log2(cw)
         if self._packing == "5trit":       # ceil(ceil(nk / 5) / (cw / 8)) = ceil(nk / (5 cw / 8))
-            nk_bits = 33 + self._geom.k_slice.bit_length()
-            words = Mux(code == 3, ceil_div_const(nk[:nk_bits], 5 * cw // 8, nk_bits), words)
+            words = Mux(code == 3, trit_words, words)
         if self._inline:                   # + the slice's scale words: nk / G u16 in combined words
             sbits = nk >> (exact_log2(self._geom.group_size) - 4)
             words = words + ((sbits + cw - 1) >> exact_log2(cw))
@@ -254,21 +258,19 @@ class JobSequencer(wiring.Component):
                      self.slots_log.eq(slots_log)]
         # the wide products as registered DSP-sized tiles and adder trees (free-running; the setup
         # registers below take their results once the inputs have settled)
-        def ceil_div_tiled(value, divisor: int, value_bits: int, name: str):
-            if divisor & (divisor - 1) == 0:
-                return (value + divisor - 1) >> exact_log2(divisor)
-            shift = value_bits + 1 + (divisor - 1).bit_length()
-            biased = Signal(value_bits + 1, name=f"{name}_biased")
-            m.d.sync += biased.eq(value + divisor - 1)
-            prod, _ = tiled_product(m, biased, Const(ceil_div(1 << shift, divisor)), name=name)
-            return prod >> shift
-
-        slices_q = ceil_div_tiled(job.k, ks_full, 32, "slices_q")
-        blocks_q = ceil_div_tiled(job.m, R, 32, "blocks_q")
+        slices_q = ceil_div_const(m, job.k, ks_full, 32, name="slices_q")[0]
+        blocks_q = ceil_div_const(m, job.m, R, 32, name="blocks_q")[0]
         nk_last_q, _ = tiled_product(m, job.n, k_last, name="nk_last_q")
         plast_q, _ = tiled_product(m, nR << 3, c_last, name="plast_q")
         ent_last_q, _ = tiled_product(m, c_last, ncols, name="ent_last_q")
         o_blocks_q, _ = tiled_product(m, blocks, nR, name="o_blocks_q")
+        trit_full = trit_last = None
+        if self._packing == "5trit":
+            # the 5-trit word counts as registered tiled divisions of the settled products (one
+            # combinational multiply by the reciprocal was a 7.9 ns path, 11.5 CARRY8)
+            nk_bits = 33 + geom.k_slice.bit_length()
+            trit_full = ceil_div_const(m, nk_full[:nk_bits], 5 * cw // 8, nk_bits, name="trit_full")[0]
+            trit_last = ceil_div_const(m, nk_last[:nk_bits], 5 * cw // 8, nk_bits, name="trit_last")[0]
         with m.If(setup):
             sl = geom.line_bits
             for e in reversed(range(geom.line_bits)):
@@ -324,8 +326,8 @@ class JobSequencer(wiring.Component):
                 ent_last.eq(ent_last_q[:32]),
                 nk_full.eq(job.n * ks_full),
                 nk_last.eq(nk_last_q),
-                wb_full.eq(self._weight_bytes(job.wbits, nk_full, cw, B)),
-                wb_last.eq(self._weight_bytes(job.wbits, nk_last, cw, B)),
+                wb_full.eq(self._weight_bytes(job.wbits, nk_full, cw, B, trit_full)),
+                wb_last.eq(self._weight_bytes(job.wbits, nk_last, cw, B, trit_last)),
                 sb_full.eq(round_words(nk_full >> (exact_log2(geom.group_size) - 1))),
                 sb_last.eq(round_words(nk_last >> (exact_log2(geom.group_size) - 1))),
                 o_total.eq(round_words(Mux(int8, o_blocks_q[:64], o_blocks_q[:64] << 2))),

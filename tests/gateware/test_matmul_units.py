@@ -519,7 +519,9 @@ def test_activation_ring_holds_row_blocks_until_released_and_reuses_their_slots(
 def test_ceil_div_const_is_exact_for_32_bit_values(divisor):
     m = Module()
     v, q = Signal(32), Signal(34)
-    m.d.comb += q.eq(ceil_div_const(v, divisor, 32))
+    quotient, latency = ceil_div_const(m, v, divisor, 32, name="q")
+    m.d.comb += q.eq(quotient)
+    assert (latency == 0) == (divisor & (divisor - 1) == 0)
     rng = random.Random(divisor)
     values = [0, 1, divisor - 1, divisor, divisor + 1, (1 << 32) - 1, (1 << 32) - divisor] + \
              [rng.getrandbits(32) for _ in range(200)]
@@ -527,10 +529,15 @@ def test_ceil_div_const_is_exact_for_32_bit_values(divisor):
     async def bench(ctx):
         for value in values:
             ctx.set(v, value)
-            await ctx.delay(1e-9)
+            if latency:
+                await ctx.tick().repeat(latency + 1)     # the quotient settles after `latency` edges
+            else:
+                await ctx.delay(1e-9)
             assert ctx.get(q) == -(-value // divisor), value
 
     sim = Simulator(m)
+    if latency:
+        sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
 

@@ -35,6 +35,7 @@ from hbmforge.encodings import CacheAction
 from hbmforge.engines.memory import CACHE_COUNTERS, WINDOW_BITS, CacheGeometry
 from hbmforge.numerics.memory import FREQ_MAX, LFSR_SEED, LFSR_TAPS
 
+from ..skid import slice_stream
 from ..streams import JobDone, dma_command_stream, word_stream
 from .queues import ChunkedWriter, RegQueue
 
@@ -287,6 +288,155 @@ class TileCache(wiring.Component):
         walk_row = Signal(ways * E)
         ctl_q = Signal(CacheCtl)
 
+        # -- the lookup's decision inputs, registered every cycle (used in DECIDE, one cycle after
+        # PRE saw the set's row): hit and victim ways, the rows to write back, the slot addresses,
+        # and whether each action's queues have room and no hazard holds. Only the lookup pushes
+        # to those queues and tables, so nothing registered turns stale in its favour: a wait
+        # goes through PRE again.
+        f_ = [fields(row, w) for w in range(ways)]
+        hitv = [Signal(name=f"hitv{w}") for w in range(ways)]
+        for w in range(ways):
+            m.d.comb += hitv[w].eq(f_[w]["valid"] & (f_[w]["tag"] == seg_tag))
+        hit = Cat(*hitv).any()
+        hway = Signal(range(ways))
+        for w in reversed(range(ways)):
+            with m.If(hitv[w]):
+                m.d.comb += hway.eq(w)
+        # victim: the first invalid way, else by policy
+        inv = Signal()
+        vway = Signal(range(ways))
+        pol = Signal(range(ways))
+        if g.replacement == "lru":
+            for w in range(ways):
+                with m.If(f_[w]["age"] == ways - 1):
+                    m.d.comb += pol.eq(w)
+        elif g.replacement == "random":
+            m.d.comb += pol.eq(lfsr_next[:max(g.way_bits, 1)] if ways > 1 else 0)
+        else:
+            best_f = Signal(8)
+            best_a = Signal(4)
+            m.d.comb += [best_f.eq(f_[0]["freq"]), best_a.eq(f_[0]["age"]), pol.eq(0)]
+            for w in range(1, ways):
+                better = (f_[w]["freq"] < best_f) | ((f_[w]["freq"] == best_f) & (f_[w]["age"] > best_a))
+                pf, pa, pp = best_f, best_a, pol
+                best_f, best_a = Signal(8, name=f"bf_{w}"), Signal(4, name=f"ba_{w}")
+                npol = Signal(range(ways), name=f"pol{w}")
+                m.d.comb += [best_f.eq(Mux(better, f_[w]["freq"], pf)), best_a.eq(Mux(better, f_[w]["age"], pa)),
+                             npol.eq(Mux(better, w, pp))]
+                pol = npol
+        m.d.comb += vway.eq(pol)
+        for w in reversed(range(ways)):
+            with m.If(~f_[w]["valid"]):
+                m.d.comb += [inv.eq(1), vway.eq(w)]
+
+        def touched(w_sig, *, fill, tag=None, dirty=None, valid=1):
+            """The row after touching way ``w_sig`` (hit) or filling it."""
+            out = Signal(ways * E, name="row_new")
+            age_w = Signal(4)
+            freq_w = Signal(9)
+            for w in range(ways):
+                with m.If(w_sig == w):
+                    m.d.comb += [age_w.eq(f_[w]["age"]), freq_w.eq(f_[w]["freq"] + 1)]
+            sat = ~Const(fill, 1) & (freq_w >= FREQ_MAX)
+            for w in range(ways):
+                fw = f_[w]
+                me = w_sig == w
+                age = Mux(me, 0, Mux(fw["age"] < age_w, fw["age"] + 1, fw["age"]))
+                if fill:
+                    freq = Mux(me, 1, fw["freq"])
+                else:
+                    freq = Mux(me, Mux(sat, FREQ_MAX >> 1, freq_w[:8]), Mux(sat, fw["freq"] >> 1, fw["freq"]))
+                t = Mux(me, tag if tag is not None else fw["tag"], fw["tag"])
+                d = Mux(me, dirty if dirty is not None else fw["dirty"], fw["dirty"])
+                v = Mux(me, valid, fw["valid"])
+                m.d.comb += out[w * E:(w + 1) * E].eq(pack(t, v, d, age, freq))
+            return out
+
+        hslot = cur_slot(hway)
+        vslot = cur_slot(vway)
+        v_f = {k: Signal(len(v) if hasattr(v, "__len__") else 1, name=f"v_{k}") for k, v in f_[0].items()}
+        for w in range(ways):
+            with m.If(vway == w):
+                m.d.comb += [v_f[k].eq(f_[w][k]) for k in v_f]
+        victim_line = wbase + (Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), v_f["tag"]))
+        filling = lambda s: Cat(*(mv & (ms == s) for mv, ms in zip(mshr_valid, mshr_slot))).any()  # noqa
+        st_w_pending = lambda s: uws_pend.any(lambda e: e.slot == s)                               # noqa
+        st_r_pending = lambda s: st_rd_q.any(lambda e: e.slot == s)                                 # noqa
+        line_filling = Cat(*(mv & (ml == seg_line) for mv, ml in zip(mshr_valid, mshr_line))).any()
+        # a victim is taken only once nothing of its slot is pending (its dirty line was
+        # written back first, in a step of its own: the policy then picks it again)
+        victim_ok = ~filling(vslot) & ~st_w_pending(vslot) & ~st_r_pending(vslot)
+        full_line = (seg_off == 0) & (seg_words == LW)
+        wt = g.write_policy == "write_through"
+        clean = Signal(ways * E)
+        m.d.comb += clean.eq(row)
+        for w in range(ways):
+            with m.If(vway == w):
+                m.d.comb += clean[w * E + TB + 1].eq(0)
+        hrow_w = touched(hway, fill=False, dirty=1 if not wt else None)
+        hrow_r = touched(hway, fill=False)
+        vrow_w = touched(vway, fill=True, tag=seg_tag, dirty=1)
+        vrow_r = touched(vway, fill=True, tag=seg_tag, dirty=0)
+        ok_whit = ~filling(hslot) & ~st_w_pending(hslot) & ~st_r_pending(hslot) & st_writer.job1.ready \
+            & ~uws_pend.full & uw_route.w_rdy
+        if wt:
+            ok_whit = ok_whit & bk_writer.job1.ready & ~uwb_pend.full
+        decision = {
+            "hit": hit, "hway": hway, "vway": vway, "inv": inv, "vvalid": v_f["valid"],
+            "wb_needed": v_f["valid"] & v_f["dirty"], "victim_line": victim_line, "vslot": vslot, "hslot": hslot,
+            "vaddr": slot_addr(seg_set, vway), "haddr": slot_addr(seg_set, hway) + (seg_off << wshift),
+            "clean": clean, "hrow": Mux(seg_write, hrow_w, hrow_r), "vrow": Mux(seg_write, vrow_w, vrow_r),
+            "allocating": (~hit & (~seg_write | full_line) if g.write_policy == "write_back" else ~hit & ~seg_write),
+            "full_line": full_line, "mshr_free": mshr_free,
+            "ok_wb": ~filling(vslot) & ~st_w_pending(vslot) & ~st_rd_q.full & st_cmdq.w_rdy
+                     & bk_writer.job0.ready & ~wb_pend.full,
+            "ok_rhit": ~filling(hslot) & ~st_w_pending(hslot) & ~st_rd_q.full & st_cmdq.w_rdy & rd_order.w_rdy,
+            "ok_miss": mshr_any_free & victim_ok & ~fillq.full & (rd_order.w_rdy | seg_pref),
+            "ok_whit": ok_whit,
+            "ok_wfull": victim_ok & st_writer.job1.ready & ~uws_pend.full & uw_route.w_rdy,
+            "ok_around": ~line_filling & bk_writer.job1.ready & ~uwb_pend.full & uw_route.w_rdy,
+        }
+        widths = {"hway": range(ways), "vway": range(ways), "victim_line": 64, "vslot": range(g.lines),
+                  "hslot": range(g.lines), "vaddr": 64, "haddr": 64, "clean": ways * E, "hrow": ways * E,
+                  "vrow": ways * E, "mshr_free": range(M)}
+        dreg = {}
+        for k, v in decision.items():
+            dreg[k] = Signal(widths.get(k, 1), name=f"d_{k}")
+            m.d.sync += dreg[k].eq(v)
+        (d_hit, d_hway, d_vway, d_inv, d_vvalid, d_wb_needed, d_victim_line, d_vslot, d_hslot, d_vaddr, d_haddr,
+         d_clean, d_hrow, d_vrow, d_allocating, d_full_line, d_mshr_free, d_ok_wb, d_ok_rhit, d_ok_miss, d_ok_whit,
+         d_ok_wfull, d_ok_around) = dreg.values()
+
+        def allocate():
+            with m.If(d_vvalid):
+                add("evictions", 1)
+            if g.replacement == "random":
+                with m.If(~d_inv):
+                    m.d.sync += lfsr.eq(lfsr_next)
+
+        # -- the walk's inputs for way ``walk_way`` of ``walk_row``, registered every cycle (used in
+        # W_WAY, one cycle after W_SEL; during a walk only the walk pushes to its queues)
+        wf = {k: Signal(len(v), name=f"wf_{k}") for k, v in fields(walk_row, 0).items()}
+        for w in range(ways):
+            with m.If(walk_way == w):
+                m.d.comb += [wf[k].eq(v) for k, v in fields(walk_row, w).items()]
+        line_addr = wbase + Cat(Const(0, lbits), walk_set[:sbits] if sbits else Const(0, 0), wf["tag"])
+        wslot = walk_set * ways + walk_way
+        walk_in = {
+            "end": walk_way == ways, "last_set": walk_set == sets - 1, "valid": wf["valid"], "dirty": wf["dirty"],
+            "in_range": (line_addr >= ctl_q.addr) & (line_addr + LB <= ctl_q.addr + ctl_q.bytes),
+            "invalidate": ctl_q.action == CacheAction.INVALIDATE,
+            "ok": ~st_rd_q.full & st_cmdq.w_rdy & bk_writer.job0.ready & ~wb_pend.full,
+            "line": line_addr, "slot": wslot, "slot_addr": store + (wslot << lbits),
+        }
+        walk_w = {"line": 64, "slot": range(g.lines), "slot_addr": 64}
+        wk = {}
+        for k, v in walk_in.items():
+            wk[k] = Signal(walk_w.get(k, 1), name=f"wk_{k}")
+            m.d.sync += wk[k].eq(v)
+        (wk_end, wk_last_set, wk_valid, wk_dirty, wk_in_range, wk_invalidate, wk_ok, wk_line, wk_slot,
+         wk_slot_addr) = wk.values()
+
         with m.FSM(name="lookup"):
             with m.State("IDLE"):
                 pick_w = Signal()
@@ -336,157 +486,64 @@ class TileCache(wiring.Component):
                         m.next = "IDLE"
             with m.State("TAGRD"):
                 m.d.comb += trd.addr.eq(seg_set)
-                m.next = "DECIDE"
-            with m.State("DECIDE"):
+                m.next = "PRE"
+            with m.State("PRE"):                # the row is out: the decision's inputs into d_*
                 m.d.comb += trd.addr.eq(seg_set)
-                f_ = [fields(row, w) for w in range(ways)]
-                hitv = [Signal(name=f"hitv{w}") for w in range(ways)]
-                for w in range(ways):
-                    m.d.comb += hitv[w].eq(f_[w]["valid"] & (f_[w]["tag"] == seg_tag))
-                hit = Cat(*hitv).any()
-                hway = Signal(range(ways))
-                for w in reversed(range(ways)):
-                    with m.If(hitv[w]):
-                        m.d.comb += hway.eq(w)
-                # victim: the first invalid way, else by policy
-                inv = Signal()
-                vway = Signal(range(ways))
-                pol = Signal(range(ways))
-                if g.replacement == "lru":
-                    for w in range(ways):
-                        with m.If(f_[w]["age"] == ways - 1):
-                            m.d.comb += pol.eq(w)
-                elif g.replacement == "random":
-                    m.d.comb += pol.eq(lfsr_next[:max(g.way_bits, 1)] if ways > 1 else 0)
-                else:
-                    best_f = Signal(8)
-                    best_a = Signal(4)
-                    m.d.comb += [best_f.eq(f_[0]["freq"]), best_a.eq(f_[0]["age"]), pol.eq(0)]
-                    for w in range(1, ways):
-                        bf, ba = Signal(8, name=f"bf{w}"), Signal(4, name=f"ba{w}")
-                        better = (f_[w]["freq"] < best_f) | ((f_[w]["freq"] == best_f) & (f_[w]["age"] > best_a))
-                        pf, pa, pp = best_f, best_a, pol
-                        best_f, best_a = Signal(8, name=f"bf_{w}"), Signal(4, name=f"ba_{w}")
-                        npol = Signal(range(ways), name=f"pol{w}")
-                        m.d.comb += [best_f.eq(Mux(better, f_[w]["freq"], pf)), best_a.eq(Mux(better, f_[w]["age"], pa)),
-                                     npol.eq(Mux(better, w, pp))]
-                        pol = npol
-                m.d.comb += vway.eq(pol)
-                for w in reversed(range(ways)):
-                    with m.If(~f_[w]["valid"]):
-                        m.d.comb += [inv.eq(1), vway.eq(w)]
-                # the row after touching way ``w`` (hit) or filling it
-                def touched(w_sig, *, fill, tag=None, dirty=None, valid=1):
-                    out = Signal(ways * E, name="row_new")
-                    age_w = Signal(4)
-                    freq_w = Signal(9)
-                    for w in range(ways):
-                        with m.If(w_sig == w):
-                            m.d.comb += [age_w.eq(f_[w]["age"]), freq_w.eq(f_[w]["freq"] + 1)]
-                    sat = ~Const(fill, 1) & (freq_w >= FREQ_MAX)
-                    for w in range(ways):
-                        fw = f_[w]
-                        me = w_sig == w
-                        age = Mux(me, 0, Mux(fw["age"] < age_w, fw["age"] + 1, fw["age"]))
-                        if fill:
-                            freq = Mux(me, 1, fw["freq"])
-                        else:
-                            freq = Mux(me, Mux(sat, FREQ_MAX >> 1, freq_w[:8]), Mux(sat, fw["freq"] >> 1, fw["freq"]))
-                        t = Mux(me, tag if tag is not None else fw["tag"], fw["tag"])
-                        d = Mux(me, dirty if dirty is not None else fw["dirty"], fw["dirty"])
-                        v = Mux(me, valid, fw["valid"])
-                        m.d.comb += out[w * E:(w + 1) * E].eq(pack(t, v, d, age, freq))
-                    return out
-
-                hslot = cur_slot(hway)
-                vslot = cur_slot(vway)
-                v_f = {k: Signal(len(v) if hasattr(v, "__len__") else 1, name=f"v_{k}") for k, v in f_[0].items()}
-                for w in range(ways):
-                    with m.If(vway == w):
-                        m.d.comb += [v_f[k].eq(f_[w][k]) for k in v_f]
-                victim_line = wbase + (Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), v_f["tag"]))
-                filling = lambda s: Cat(*(mv & (ms == s) for mv, ms in zip(mshr_valid, mshr_slot))).any()  # noqa
-                st_w_pending = lambda s: uws_pend.any(lambda e: e.slot == s)                               # noqa
-                st_r_pending = lambda s: st_rd_q.any(lambda e: e.slot == s)                                 # noqa
-                line_filling = Cat(*(mv & (ml == seg_line) for mv, ml in zip(mshr_valid, mshr_line))).any()
-                wb_needed = v_f["valid"] & v_f["dirty"]
-                # a victim is taken only once nothing of its slot is pending (its dirty line was
-                # written back first, in a step of its own: the policy then picks it again)
-                victim_ok = ~filling(vslot) & ~st_w_pending(vslot) & ~st_r_pending(vslot)
-                full_line = (seg_off == 0) & (seg_words == LW)
-                allocating = ~hit & (~seg_write | full_line) if g.write_policy == "write_back" else ~hit & ~seg_write
-
-                def allocate():
-                    with m.If(v_f["valid"]):
-                        add("evictions", 1)
-                    if g.replacement == "random":
-                        with m.If(~inv):
-                            m.d.sync += lfsr.eq(lfsr_next)
-
-                with m.If(allocating & wb_needed):
-                    with m.If(~filling(vslot) & ~st_w_pending(vslot) & ~st_rd_q.full & st_cmdq.w_rdy
-                              & bk_writer.job0.ready & ~wb_pend.full):
-                        push_st_read(slot_addr(seg_set, vway), LW, 1, vslot)
-                        job(bk_writer, 0, victim_line, LW, 0)
-                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(victim_line)]
+                m.next = "DECIDE"
+            with m.State("DECIDE"):             # acts on d_* (what PRE saw); waits through PRE again
+                m.d.comb += trd.addr.eq(seg_set)
+                m.next = "PRE"
+                with m.If(d_allocating & d_wb_needed):
+                    with m.If(d_ok_wb):
+                        push_st_read(d_vaddr, LW, 1, d_vslot)
+                        job(bk_writer, 0, d_victim_line, LW, 0)
+                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(d_victim_line)]
                         add("writebacks", 1)
                         add("store_bytes_read", LB)
                         add("backing_bytes_written", LB)
-                        clean = Signal(ways * E)
-                        m.d.comb += clean.eq(row)
-                        for w in range(ways):
-                            with m.If(vway == w):
-                                m.d.comb += clean[w * E + TB + 1].eq(0)
-                        m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(clean)]
+                        m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_clean)]
                         m.next = "TAGRD"
                 with m.Elif(~seg_write):
-                    with m.If(hit & seg_pref):
+                    with m.If(d_hit & seg_pref):
                         event("skip", 0, seg_set)
                         advance(False)
                         m.next = "IDLE"
-                    with m.Elif(hit):
-                        with m.If(~filling(hslot) & ~st_w_pending(hslot) & ~st_rd_q.full & st_cmdq.w_rdy
-                                  & rd_order.w_rdy):
-                            push_st_read(slot_addr(seg_set, hway) + (seg_off << wshift), seg_words, 0, hslot)
+                    with m.Elif(d_hit):
+                        with m.If(d_ok_rhit):
+                            push_st_read(d_haddr, seg_words, 0, d_hslot)
                             push_rd_order(_STORE, seg_words)
-                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(touched(hway, fill=False))]
+                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
                             add("hits", 1)
                             add("store_bytes_read", seg_bytes)
-                            event("hit", 0, seg_set, hway)
+                            event("hit", 0, seg_set, d_hway)
                             advance(False)
                             m.next = "IDLE"
                     with m.Else():
-                        with m.If(mshr_any_free & victim_ok & ~fillq.full & (rd_order.w_rdy | seg_pref)):
+                        with m.If(d_ok_miss):
                             allocate()
                             for i in range(M):
-                                with m.If(mshr_free == i):
-                                    m.d.sync += [mshr_valid[i].eq(1), mshr_slot[i].eq(vslot), mshr_line[i].eq(seg_line)]
-                            push_fill(_FILL, seg_line, LW, mshr_free, slot_addr(seg_set, vway), seg_off,
+                                with m.If(d_mshr_free == i):
+                                    m.d.sync += [mshr_valid[i].eq(1), mshr_slot[i].eq(d_vslot), mshr_line[i].eq(seg_line)]
+                            push_fill(_FILL, seg_line, LW, d_mshr_free, d_vaddr, seg_off,
                                       Mux(seg_pref, 0, seg_words))
                             with m.If(~seg_pref):
                                 push_rd_order(_BACK, seg_words)
                                 add("misses", 1)
-                                event("miss", 0, seg_set, vway)
+                                event("miss", 0, seg_set, d_vway)
                             with m.Else():
                                 add("prefetches", 1)
-                                event("prefetch", 0, seg_set, vway)
+                                event("prefetch", 0, seg_set, d_vway)
                             add("backing_bytes_read", LB)
                             add("store_bytes_written", LB)
-                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set),
-                                         twr.data.eq(touched(vway, fill=True, tag=seg_tag, dirty=0))]
+                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
                             advance(False)
                             m.next = "IDLE"
                 with m.Else():                                # an upstream write segment
-                    with m.If(hit):
-                        wt = g.write_policy == "write_through"
-                        ok = ~filling(hslot) & ~st_w_pending(hslot) & ~st_r_pending(hslot) & st_writer.job1.ready \
-                            & ~uws_pend.full & uw_route.w_rdy
-                        if wt:
-                            ok = ok & bk_writer.job1.ready & ~uwb_pend.full
-                        with m.If(ok):
-                            job(st_writer, 1, slot_addr(seg_set, hway) + (seg_off << wshift), seg_words, w_id)
+                    with m.If(d_hit):
+                        with m.If(d_ok_whit):
+                            job(st_writer, 1, d_haddr, seg_words, w_id)
                             ct_inc(w_id, 0)
-                            m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(hslot)]
+                            m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(d_hslot)]
                             add("hits", 1)
                             add("store_bytes_written", seg_bytes)
                             if wt:
@@ -497,28 +554,26 @@ class TileCache(wiring.Component):
                                 add("backing_bytes_written", seg_bytes)
                             else:
                                 route(_STORE, seg_words)
-                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set),
-                                         twr.data.eq(touched(hway, fill=False, dirty=1 if not wt else None))]
-                            event("hit", 1, seg_set, hway)
+                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
+                            event("hit", 1, seg_set, d_hway)
                             advance(True)
                             m.next = "IDLE"
                     if g.write_policy == "write_back":
-                        with m.Elif(full_line):
-                            with m.If(victim_ok & st_writer.job1.ready & ~uws_pend.full & uw_route.w_rdy):
+                        with m.Elif(d_full_line):
+                            with m.If(d_ok_wfull):
                                 allocate()
-                                job(st_writer, 1, slot_addr(seg_set, vway), LW, w_id)
+                                job(st_writer, 1, d_vaddr, LW, w_id)
                                 ct_inc(w_id, 0)
-                                m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(vslot)]
+                                m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(d_vslot)]
                                 route(_STORE, LW)
                                 add("misses", 1)
                                 add("store_bytes_written", LB)
-                                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set),
-                                             twr.data.eq(touched(vway, fill=True, tag=seg_tag, dirty=1))]
-                                event("miss", 1, seg_set, vway)
+                                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
+                                event("miss", 1, seg_set, d_vway)
                                 advance(True)
                                 m.next = "IDLE"
                     with m.Else():                            # around the cache
-                        with m.If(~line_filling & bk_writer.job1.ready & ~uwb_pend.full & uw_route.w_rdy):
+                        with m.If(d_ok_around):
                             job(bk_writer, 1, seg_addr, seg_words, w_id)
                             ct_inc(w_id, 1)
                             m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
@@ -560,42 +615,37 @@ class TileCache(wiring.Component):
                 m.next = "W_ROW"
             with m.State("W_ROW"):
                 m.d.sync += [walk_row.eq(row), walk_way.eq(0)]
+                m.next = "W_SEL"
+            with m.State("W_SEL"):              # way ``walk_way``'s fields and addresses into wk_*
                 m.next = "W_WAY"
-            with m.State("W_WAY"):
-                wf = {k: Signal(len(v), name=f"wf_{k}") for k, v in fields(walk_row, 0).items()}
-                for w in range(ways):
-                    with m.If(walk_way == w):
-                        m.d.comb += [wf[k].eq(v) for k, v in fields(walk_row, w).items()]
-                line_addr = wbase + Cat(Const(0, lbits), walk_set[:sbits] if sbits else Const(0, 0), wf["tag"])
-                in_range = (line_addr >= ctl_q.addr) & (line_addr + LB <= ctl_q.addr + ctl_q.bytes)
-                wslot = walk_set * ways + walk_way
-                nxt_way = walk_way + 1
-                with m.If(walk_way == ways):
+            with m.State("W_WAY"):              # acts on wk_* (what W_SEL saw); then the next way
+                m.next = "W_SEL"
+                with m.If(wk_end):
                     m.d.comb += [twr.en.eq(1), twr.addr.eq(walk_set), twr.data.eq(walk_row)]
                     m.d.sync += walk_set.eq(walk_set + 1)
-                    with m.If(walk_set == sets - 1):
+                    with m.If(wk_last_set):
                         m.next = "W_DRAIN"
                     with m.Else():
                         m.next = "W_RD"
-                with m.Elif(wf["valid"] & in_range & (ctl_q.action == CacheAction.INVALIDATE)):
+                with m.Elif(wk_valid & wk_in_range & wk_invalidate):
                     for w in range(ways):
                         with m.If(walk_way == w):
                             m.d.sync += [walk_row[w * E + TB].eq(0), walk_row[w * E + TB + 1].eq(0)]
-                    m.d.sync += walk_way.eq(nxt_way)
-                with m.Elif(wf["valid"] & wf["dirty"] & in_range):
-                    with m.If(~st_rd_q.full & st_cmdq.w_rdy & bk_writer.job0.ready & ~wb_pend.full):
-                        push_st_read(store + (wslot << lbits), LW, 1, wslot)
-                        job(bk_writer, 0, line_addr, LW, 0)
-                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(line_addr)]
+                    m.d.sync += walk_way.eq(walk_way + 1)
+                with m.Elif(wk_valid & wk_dirty & wk_in_range):
+                    with m.If(wk_ok):
+                        push_st_read(wk_slot_addr, LW, 1, wk_slot)
+                        job(bk_writer, 0, wk_line, LW, 0)
+                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(wk_line)]
                         add("writebacks", 1)
                         add("store_bytes_read", LB)
                         add("backing_bytes_written", LB)
                         for w in range(ways):
                             with m.If(walk_way == w):
                                 m.d.sync += walk_row[w * E + TB + 1].eq(0)
-                        m.d.sync += walk_way.eq(nxt_way)
+                        m.d.sync += walk_way.eq(walk_way + 1)
                 with m.Else():
-                    m.d.sync += walk_way.eq(nxt_way)
+                    m.d.sync += walk_way.eq(walk_way + 1)
             with m.State("W_DRAIN"):
                 with m.If(quiet):
                     m.next = "CTL_DONE"
@@ -604,14 +654,24 @@ class TileCache(wiring.Component):
                 m.d.sync += ctl_busy.eq(0)
                 m.next = "IDLE"
 
+        # -- the backing port's read command and data and the engine's read data through register
+        # slices (their valid/ready came from the queues' heads in the same cycle: paths into the
+        # ports and the next engine of up to 5.8 ns in the Yosys estimate)
+        bk_cmd_i = self.bk_cmd.signature.create()
+        bk_data_i = self.bk_data.signature.flip().create()
+        up_data_i = self.up_data.signature.create()
+        slice_stream(m, "bk_cmd_slice", bk_cmd_i, self.bk_cmd)
+        slice_stream(m, "bk_data_slice", self.bk_data, bk_data_i)
+        slice_stream(m, "up_data_slice", up_data_i, self.up_data)
+
         # -- fill issue: backing reads in lookup order, each once its line has no pending write ----
         fh = fillq.head
         bk_w = data.View(BkLayout, bk_order.w_data)
         conflict = wb_pend.any(lambda e: e.line == fh.addr) | uwb_pend.any(lambda e: e.line == fh.addr)
         fill_ok = ~fillq.empty & bk_order.w_rdy & ((fh.kind == _BYPASS) | (~conflict & st_writer.job0.ready))
-        m.d.comb += [self.bk_cmd.valid.eq(fill_ok), self.bk_cmd.payload.addr.eq(fh.addr),
-                     self.bk_cmd.payload.bytes.eq(fh.words << wshift)]
-        with m.If(self.bk_cmd.valid & self.bk_cmd.ready):
+        m.d.comb += [bk_cmd_i.valid.eq(fill_ok), bk_cmd_i.payload.addr.eq(fh.addr),
+                     bk_cmd_i.payload.bytes.eq(fh.words << wshift)]
+        with m.If(bk_cmd_i.valid & bk_cmd_i.ready):
             m.d.comb += [fillq.pop.eq(1), bk_order.w_en.eq(1), bk_w.kind.eq(fh.kind), bk_w.words.eq(fh.words),
                          bk_w.off.eq(fh.off), bk_w.take.eq(fh.take)]
             with m.If(fh.kind == _FILL):
@@ -621,22 +681,33 @@ class TileCache(wiring.Component):
                 m.d.sync += mshr_valid[i].eq(0)
 
         # -- backing read data: fills to the store writer (and their segment up), bypasses up ----
+        # word ``bk_i`` of the head job: whether it goes up (in_take) and ends the job (bk_last),
+        # registered: set for word 0 in a cycle of its own once a job is at the head (hv), then
+        # for the next word as each is taken (the compares behind the head's fields were a 5 ns
+        # path into the writers' FIFOs)
         bh = data.View(BkLayout, bk_order.r_data)
         bk_i = Signal(24)
-        in_take = (bk_i >= bh.off) & (bk_i < bh.off + bh.take)
+        hv = Signal()
+        in_take = Signal()
+        bk_last = Signal()
         bk_up_valid = Signal()
         bk_up_ready = Signal()
         is_fill = bh.kind == _FILL
+        head = bk_order.r_rdy & hv
         to_store_ok = ~is_fill | st_writer.words0.ready
-        m.d.comb += bk_up_valid.eq(bk_order.r_rdy & self.bk_data.valid & (~is_fill | in_take) & to_store_ok)
+        m.d.comb += bk_up_valid.eq(head & bk_data_i.valid & (~is_fill | in_take) & to_store_ok)
         to_up_ok = ~(~is_fill | in_take) | bk_up_ready
-        m.d.comb += [st_writer.words0.payload.eq(self.bk_data.payload),
-                     st_writer.words0.valid.eq(bk_order.r_rdy & self.bk_data.valid & is_fill & to_up_ok)]
-        m.d.comb += self.bk_data.ready.eq(bk_order.r_rdy & to_store_ok & to_up_ok)
-        with m.If(self.bk_data.valid & self.bk_data.ready):
-            m.d.sync += bk_i.eq(bk_i + 1)
-            with m.If(bk_i == bh.words - 1):
-                m.d.sync += bk_i.eq(0)
+        m.d.comb += [st_writer.words0.payload.eq(bk_data_i.payload),
+                     st_writer.words0.valid.eq(head & bk_data_i.valid & is_fill & to_up_ok)]
+        m.d.comb += bk_data_i.ready.eq(head & to_store_ok & to_up_ok)
+        with m.If(bk_order.r_rdy & ~hv):
+            m.d.sync += [hv.eq(1), in_take.eq((bh.off == 0) & (bh.take != 0)), bk_last.eq(bh.words == 1)]
+        nxt_i = (bk_i + 1)[:24]
+        with m.If(bk_data_i.valid & bk_data_i.ready):
+            m.d.sync += [bk_i.eq(nxt_i), in_take.eq((nxt_i >= bh.off) & (nxt_i < bh.off + bh.take)),
+                         bk_last.eq(nxt_i == bh.words - 1)]
+            with m.If(bk_last):
+                m.d.sync += [bk_i.eq(0), hv.eq(0)]
                 m.d.comb += bk_order.r_en.eq(1)
 
         # -- store reads: commands in order; data to the engine (hits) or the backing writer -----
@@ -660,11 +731,11 @@ class TileCache(wiring.Component):
         oh = data.View(OrdLayout, rd_order.r_data)
         up_i = Signal(24)
         from_store = oh.src == _STORE
-        m.d.comb += [self.up_data.valid.eq(rd_order.r_rdy & Mux(from_store, st_up_valid, bk_up_valid)),
-                     self.up_data.payload.eq(Mux(from_store, self.st_data.payload, self.bk_data.payload)),
-                     st_up_ready.eq(rd_order.r_rdy & from_store & self.up_data.ready),
-                     bk_up_ready.eq(rd_order.r_rdy & ~from_store & self.up_data.ready)]
-        with m.If(self.up_data.valid & self.up_data.ready):
+        m.d.comb += [up_data_i.valid.eq(rd_order.r_rdy & Mux(from_store, st_up_valid, bk_up_valid)),
+                     up_data_i.payload.eq(Mux(from_store, self.st_data.payload, bk_data_i.payload)),
+                     st_up_ready.eq(rd_order.r_rdy & from_store & up_data_i.ready),
+                     bk_up_ready.eq(rd_order.r_rdy & ~from_store & up_data_i.ready)]
+        with m.If(up_data_i.valid & up_data_i.ready):
             m.d.sync += up_i.eq(up_i + 1)
             with m.If(up_i == oh.words - 1):
                 m.d.sync += up_i.eq(0)

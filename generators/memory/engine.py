@@ -22,6 +22,7 @@ from hbmforge.encodings import CacheAction, ErrorCode, Opcode
 from hbmforge.engines.memory import CACHE_COUNTERS, cache_geometry, omap_geometry
 from hbmforge.layout import DesignLayout
 
+from ..skid import slice_stream
 from .cache import TileCache
 from .omap import ObliviousMapUnit
 from .signature import memory_signature
@@ -121,7 +122,9 @@ class MemoryEngine(wiring.Component):
                 base = Signal(64, name=f"base_{c}")
                 with m.If(self.clear):
                     m.d.sync += base.eq(getattr(cache, c))
-                m.d.comb += getattr(self, f"cache_{c}").eq(getattr(cache, c) - base)
+                # registered: the control block's read mux starts at flip-flops (the subtract in
+                # front of it was a 3.7 ns path into s_axi_control_rdata)
+                m.d.sync += getattr(self, f"cache_{c}").eq(getattr(cache, c) - base)
 
         # -- jobs -------------------------------------------------------------------------------
         fault = Signal(ErrorCode)
@@ -134,8 +137,14 @@ class MemoryEngine(wiring.Component):
         out_valid = Signal()
         tag_wait = Signal()
         counters = [getattr(cache, c) for c in CACHE_COUNTERS] if cache is not None else []
-        m.d.comb += [self.out_cmd.payload.addr.eq(job.addr), self.out_data.payload.eq(word),
-                     self.out_data.valid.eq(out_valid)]
+        # the data port's write command and data through register slices (their valid came from
+        # this state machine and the map's: 4.2 ns paths into the port in the Yosys estimate)
+        out_cmd = self.out_cmd.signature.create()
+        out_data = self.out_data.signature.create()
+        slice_stream(m, "out_cmd_slice", out_cmd, self.out_cmd)
+        slice_stream(m, "out_data_slice", out_data, self.out_data)
+        m.d.comb += [out_cmd.payload.addr.eq(job.addr), out_data.payload.eq(word),
+                     out_data.valid.eq(out_valid)]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
@@ -160,8 +169,8 @@ class MemoryEngine(wiring.Component):
                         with m.Else():
                             m.next = "DONE"
                 with m.State("STATS_CMD"):
-                    m.d.comb += [self.out_cmd.valid.eq(1), self.out_cmd.payload.bytes.eq(stats_words * WB)]
-                    with m.If(self.out_cmd.ready):
+                    m.d.comb += [out_cmd.valid.eq(1), out_cmd.payload.bytes.eq(stats_words * WB)]
+                    with m.If(out_cmd.ready):
                         m.next = "STATS"
                 with m.State("STATS"):          # u64 k: a counter (k < 16) or tag word k - 16
                     lines = self._cache_geom.lines
@@ -174,7 +183,7 @@ class MemoryEngine(wiring.Component):
                     with m.If((k >= 16) & (k < 16 + lines)):
                         m.d.comb += value.eq(cache.tag_word)
                     with m.If(out_valid):
-                        with m.If(self.out_data.ready):
+                        with m.If(out_data.ready):
                             m.d.sync += [out_valid.eq(0), sent.eq(sent + 1), word.eq(0)]
                             with m.If(sent + 1 == stats_words):
                                 m.next = "STATS_DONE"
@@ -204,8 +213,8 @@ class MemoryEngine(wiring.Component):
                     with m.If(omap.job.ready):
                         m.next = "OMAP_RUN"
                 with m.State("OMAP_RUN"):
-                    wiring.connect(m, omap.wr_cmd, wiring.flipped(self.out_cmd))
-                    wiring.connect(m, omap.wr_data, wiring.flipped(self.out_data))
+                    wiring.connect(m, omap.wr_cmd, wiring.flipped(out_cmd))
+                    wiring.connect(m, omap.wr_data, wiring.flipped(out_data))
                     wiring.connect(m, wiring.flipped(self.out_done), omap.wr_done)
                     m.d.comb += omap.done.ready.eq(1)
                     with m.If(omap.done.valid):

@@ -25,7 +25,7 @@ victim waits until no store read or write of its slot is pending; a fill waits u
 backing write of its line is pending; a write around the cache waits for a fill of its line.
 """
 # No `from __future__ import annotations`: data layouts are built from real values.
-from amaranth.hdl import Cat, Const, Module, Mux, Signal
+from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -139,7 +139,7 @@ class TileCache(wiring.Component):
         FillLayout = data.StructLayout({"kind": 1, "addr": 64, "words": 24, "mshr": range(M), "slot_addr": 64,
                                         "off": 24, "take": 24})
         fillq = RegQueue(m, "fillq", FillLayout, M + 2)
-        BkLayout = data.StructLayout({"kind": 1, "words": 24, "off": 24, "take": 24})
+        BkLayout = data.StructLayout({"kind": 1, "words": 24, "off": 24, "end": 25})
         m.submodules.bk_order = bk_order = SyncFIFOBuffered(width=BkLayout.size, depth=M + 4)
         OrdLayout = data.StructLayout({"src": 1, "words": 24})
         m.submodules.rd_order = rd_order = SyncFIFOBuffered(width=OrdLayout.size, depth=8)
@@ -224,6 +224,7 @@ class TileCache(wiring.Component):
         seg_line = Signal(64)
         rr = Signal()
         rel = Signal(64)
+        seg_rel = Signal(64)                # the segment's offset into the window (mod 2**64)
 
         # resources
         rd_order_w = data.View(OrdLayout, rd_order.w_data)
@@ -265,17 +266,19 @@ class TileCache(wiring.Component):
                         m.d.comb += job_inc[j][k].eq(1)
 
         def advance(write):
+            """The segment taken in IDLE (seg_bytes: r_seg or w_seg then; the segmenter's address
+            and count change only here, so they are still those it came from) is done."""
             if write:
-                m.d.sync += [w_addr.eq(w_addr + w_seg), w_left.eq(w_left - w_seg)]
-                with m.If(w_left == w_seg):
+                m.d.sync += [w_addr.eq(w_addr + seg_bytes), w_left.eq(w_left - seg_bytes)]
+                with m.If(w_left == seg_bytes):
                     m.d.sync += w_active.eq(0)
                     with m.Switch(w_id):
                         for i in range(CT):
                             with m.Case(i):
                                 m.d.sync += ct_seg[i].eq(1)
             else:
-                m.d.sync += [r_addr.eq(r_addr + r_seg), r_left.eq(r_left - r_seg)]
-                with m.If(r_left == r_seg):
+                m.d.sync += [r_addr.eq(r_addr + seg_bytes), r_left.eq(r_left - seg_bytes)]
+                with m.If(r_left == seg_bytes):
                     m.d.sync += r_active.eq(0)
 
         row = Signal(ways * E)
@@ -288,8 +291,8 @@ class TileCache(wiring.Component):
         walk_row = Signal(ways * E)
         ctl_q = Signal(CacheCtl)
 
-        # -- the lookup's decision inputs, registered every cycle (used in DECIDE, one cycle after
-        # PRE saw the set's row): hit and victim ways, the rows to write back, the slot addresses,
+        # -- the lookup's decision inputs, registered every cycle in two steps (used in DECIDE, two
+        # cycles after PRE saw the set's row): hit and victim ways, the rows to write back, the slot addresses,
         # and whether each action's queues have room and no hazard holds. Only the lookup pushes
         # to those queues and tables, so nothing registered turns stale in its favour: a wait
         # goes through PRE again.
@@ -328,6 +331,15 @@ class TileCache(wiring.Component):
         for w in reversed(range(ways)):
             with m.If(~f_[w]["valid"]):
                 m.d.comb += [inv.eq(1), vway.eq(w)]
+        # the ways registered with the row (PRE), the rest from those (PRE2)
+        p_row = Signal(ways * E)
+        p_hit = Signal()
+        p_hway = Signal(range(ways))
+        p_vway = Signal(range(ways))
+        p_inv = Signal()
+        m.d.sync += [p_row.eq(row), p_hit.eq(hit), p_hway.eq(hway), p_vway.eq(vway), p_inv.eq(inv)]
+        f_ = [fields(p_row, w) for w in range(ways)]
+        hit, hway, vway, inv = p_hit, p_hway, p_vway, p_inv
 
         def touched(w_sig, *, fill, tag=None, dirty=None, valid=1):
             """The row after touching way ``w_sig`` (hit) or filling it."""
@@ -358,7 +370,6 @@ class TileCache(wiring.Component):
         for w in range(ways):
             with m.If(vway == w):
                 m.d.comb += [v_f[k].eq(f_[w][k]) for k in v_f]
-        victim_line = wbase + (Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), v_f["tag"]))
         filling = lambda s: Cat(*(mv & (ms == s) for mv, ms in zip(mshr_valid, mshr_slot))).any()  # noqa
         st_w_pending = lambda s: uws_pend.any(lambda e: e.slot == s)                               # noqa
         st_r_pending = lambda s: st_rd_q.any(lambda e: e.slot == s)                                 # noqa
@@ -369,7 +380,7 @@ class TileCache(wiring.Component):
         full_line = (seg_off == 0) & (seg_words == LW)
         wt = g.write_policy == "write_through"
         clean = Signal(ways * E)
-        m.d.comb += clean.eq(row)
+        m.d.comb += clean.eq(p_row)
         for w in range(ways):
             with m.If(vway == w):
                 m.d.comb += clean[w * E + TB + 1].eq(0)
@@ -383,7 +394,7 @@ class TileCache(wiring.Component):
             ok_whit = ok_whit & bk_writer.job1.ready & ~uwb_pend.full
         decision = {
             "hit": hit, "hway": hway, "vway": vway, "inv": inv, "vvalid": v_f["valid"],
-            "wb_needed": v_f["valid"] & v_f["dirty"], "victim_line": victim_line, "vslot": vslot, "hslot": hslot,
+            "wb_needed": v_f["valid"] & v_f["dirty"], "vtag": v_f["tag"], "vslot": vslot, "hslot": hslot,
             "vaddr": slot_addr(seg_set, vway), "haddr": slot_addr(seg_set, hway) + (seg_off << wshift),
             "clean": clean, "hrow": Mux(seg_write, hrow_w, hrow_r), "vrow": Mux(seg_write, vrow_w, vrow_r),
             "allocating": (~hit & (~seg_write | full_line) if g.write_policy == "write_back" else ~hit & ~seg_write),
@@ -396,14 +407,14 @@ class TileCache(wiring.Component):
             "ok_wfull": victim_ok & st_writer.job1.ready & ~uws_pend.full & uw_route.w_rdy,
             "ok_around": ~line_filling & bk_writer.job1.ready & ~uwb_pend.full & uw_route.w_rdy,
         }
-        widths = {"hway": range(ways), "vway": range(ways), "victim_line": 64, "vslot": range(g.lines),
+        widths = {"hway": range(ways), "vway": range(ways), "vtag": TB, "vslot": range(g.lines),
                   "hslot": range(g.lines), "vaddr": 64, "haddr": 64, "clean": ways * E, "hrow": ways * E,
                   "vrow": ways * E, "mshr_free": range(M)}
         dreg = {}
         for k, v in decision.items():
             dreg[k] = Signal(widths.get(k, 1), name=f"d_{k}")
             m.d.sync += dreg[k].eq(v)
-        (d_hit, d_hway, d_vway, d_inv, d_vvalid, d_wb_needed, d_victim_line, d_vslot, d_hslot, d_vaddr, d_haddr,
+        (d_hit, d_hway, d_vway, d_inv, d_vvalid, d_wb_needed, d_vtag, d_vslot, d_hslot, d_vaddr, d_haddr,
          d_clean, d_hrow, d_vrow, d_allocating, d_full_line, d_mshr_free, d_ok_wb, d_ok_rhit, d_ok_miss, d_ok_whit,
          d_ok_wfull, d_ok_around) = dreg.values()
 
@@ -416,15 +427,22 @@ class TileCache(wiring.Component):
 
         # -- the walk's inputs for way ``walk_way`` of ``walk_row``, registered every cycle (used in
         # W_WAY, one cycle after W_SEL; during a walk only the walk pushes to its queues)
-        wf = {k: Signal(len(v), name=f"wf_{k}") for k, v in fields(walk_row, 0).items()}
-        for w in range(ways):
-            with m.If(walk_way == w):
-                m.d.comb += [wf[k].eq(v) for k, v in fields(walk_row, w).items()]
-        line_addr = wbase + Cat(Const(0, lbits), walk_set[:sbits] if sbits else Const(0, 0), wf["tag"])
+        wf = fields(walk_row, 0)            # walk_row turns by a way as each way is done
+        line_off = Cat(Const(0, lbits), walk_set[:sbits] if sbits else Const(0, 0), wf["tag"])
+        line_addr = wbase + line_off
+        # the line is in the range when addr <= wbase + line_off and wbase + line_off + LB <=
+        # addr + bytes: line_off compared with these, kept in registers (ctl_q and wbase are set
+        # cycles before a walk starts)
+        rng_end = Signal(65)
+        rng_base = Signal(65)
+        rng_lo = Signal(signed(67))
+        rng_hi = Signal(signed(67))
+        m.d.sync += [rng_end.eq(ctl_q.addr + ctl_q.bytes), rng_base.eq(wbase + LB),
+                     rng_lo.eq(ctl_q.addr - wbase), rng_hi.eq(rng_end - rng_base)]
         wslot = walk_set * ways + walk_way
         walk_in = {
             "end": walk_way == ways, "last_set": walk_set == sets - 1, "valid": wf["valid"], "dirty": wf["dirty"],
-            "in_range": (line_addr >= ctl_q.addr) & (line_addr + LB <= ctl_q.addr + ctl_q.bytes),
+            "in_range": (line_off >= rng_lo) & (line_off <= rng_hi),
             "invalidate": ctl_q.action == CacheAction.INVALIDATE,
             "ok": ~st_rd_q.full & st_cmdq.w_rdy & bk_writer.job0.ready & ~wb_pend.full,
             "line": line_addr, "slot": wslot, "slot_addr": store + (wslot << lbits),
@@ -437,14 +455,16 @@ class TileCache(wiring.Component):
         (wk_end, wk_last_set, wk_valid, wk_dirty, wk_in_range, wk_invalidate, wk_ok, wk_line, wk_slot,
          wk_slot_addr) = wk.values()
 
+        lookup_idle = Signal()
+        walk_rd = Signal()
         with m.FSM(name="lookup"):
             with m.State("IDLE"):
+                m.d.comb += lookup_idle.eq(1)
                 pick_w = Signal()
                 m.d.comb += pick_w.eq(w_active & (~r_active | rr))
                 addr = Mux(pick_w, w_addr, r_addr)
                 nbytes = Mux(pick_w, w_seg, r_seg)
                 m.d.comb += rel.eq(addr - wbase)
-                inside = rel < wbytes
                 with m.If(self.ctl.valid & ~r_active & ~w_active & ~ctl_busy):
                     m.d.sync += [ctl_q.eq(self.ctl.payload), ctl_busy.eq(1)]
                     m.d.comb += self.ctl.ready.eq(1)
@@ -455,11 +475,8 @@ class TileCache(wiring.Component):
                                  seg_off.eq(rel[wshift:lbits]), seg_set.eq(rel[lbits:lbits + sbits] if sbits else 0),
                                  seg_tag.eq(rel[lbits + sbits:lbits + sbits + TB]),
                                  seg_line.eq(Cat(Const(0, lbits), addr[lbits:]))]
-                    m.d.sync += rr.eq(~rr)
-                    with m.If(inside):
-                        m.next = "TAGRD"
-                    with m.Else():
-                        m.next = "BYPASS"
+                    m.d.sync += [rr.eq(~rr), seg_rel.eq(rel)]
+                    m.next = "TAGRD"
             with m.State("BYPASS"):
                 with m.If(seg_pref):                         # prefetch outside the window: nothing
                     advance(False)
@@ -484,15 +501,18 @@ class TileCache(wiring.Component):
                         event("bypass", 1)
                         advance(True)
                         m.next = "IDLE"
-            with m.State("TAGRD"):
-                m.d.comb += trd.addr.eq(seg_set)
-                m.next = "PRE"
-            with m.State("PRE"):                # the row is out: the decision's inputs into d_*
-                m.d.comb += trd.addr.eq(seg_set)
+            with m.State("TAGRD"):             # inside the window: the tags; else around the cache
+                with m.If(seg_rel < wbytes):
+                    m.next = "PRE"
+                with m.Else():
+                    m.next = "BYPASS"
+            with m.State("PRE"):                # the row is out: its hit and victim ways into p_*
+                m.next = "PRE2"
+            with m.State("PRE2"):               # the decision's inputs into d_*
                 m.next = "DECIDE"
             with m.State("DECIDE"):             # acts on d_* (what PRE saw); waits through PRE again
-                m.d.comb += trd.addr.eq(seg_set)
                 m.next = "PRE"
+                d_victim_line = wbase + Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), d_vtag)
                 with m.If(d_allocating & d_wb_needed):
                     with m.If(d_ok_wb):
                         push_st_read(d_vaddr, LW, 1, d_vslot)
@@ -611,7 +631,7 @@ class TileCache(wiring.Component):
                 with m.If(walk_set == sets - 1):
                     m.next = "CTL_DONE"
             with m.State("W_RD"):
-                m.d.comb += trd.addr.eq(walk_set)
+                m.d.comb += walk_rd.eq(1)
                 m.next = "W_ROW"
             with m.State("W_ROW"):
                 m.d.sync += [walk_row.eq(row), walk_way.eq(0)]
@@ -619,6 +639,7 @@ class TileCache(wiring.Component):
             with m.State("W_SEL"):              # way ``walk_way``'s fields and addresses into wk_*
                 m.next = "W_WAY"
             with m.State("W_WAY"):              # acts on wk_* (what W_SEL saw); then the next way
+                turn = lambda v: Cat(v[E:], v[:E])                                       # noqa: E731
                 m.next = "W_SEL"
                 with m.If(wk_end):
                     m.d.comb += [twr.en.eq(1), twr.addr.eq(walk_set), twr.data.eq(walk_row)]
@@ -628,9 +649,7 @@ class TileCache(wiring.Component):
                     with m.Else():
                         m.next = "W_RD"
                 with m.Elif(wk_valid & wk_in_range & wk_invalidate):
-                    for w in range(ways):
-                        with m.If(walk_way == w):
-                            m.d.sync += [walk_row[w * E + TB].eq(0), walk_row[w * E + TB + 1].eq(0)]
+                    m.d.sync += walk_row.eq(turn(walk_row & ~Const((1 << TB) | (1 << (TB + 1)), ways * E)))
                     m.d.sync += walk_way.eq(walk_way + 1)
                 with m.Elif(wk_valid & wk_dirty & wk_in_range):
                     with m.If(wk_ok):
@@ -640,12 +659,10 @@ class TileCache(wiring.Component):
                         add("writebacks", 1)
                         add("store_bytes_read", LB)
                         add("backing_bytes_written", LB)
-                        for w in range(ways):
-                            with m.If(walk_way == w):
-                                m.d.sync += walk_row[w * E + TB + 1].eq(0)
+                        m.d.sync += walk_row.eq(turn(walk_row & ~Const(1 << (TB + 1), ways * E)))
                         m.d.sync += walk_way.eq(walk_way + 1)
                 with m.Else():
-                    m.d.sync += walk_way.eq(walk_way + 1)
+                    m.d.sync += [walk_row.eq(turn(walk_row)), walk_way.eq(walk_way + 1)]
             with m.State("W_DRAIN"):
                 with m.If(quiet):
                     m.next = "CTL_DONE"
@@ -667,13 +684,20 @@ class TileCache(wiring.Component):
         # -- fill issue: backing reads in lookup order, each once its line has no pending write ----
         fh = fillq.head
         bk_w = data.View(BkLayout, bk_order.w_data)
+        # the head's conflict with a pending write, registered: it holds for the cycle after unless
+        # the head or the pending writes changed then (a push, or a pop of the head: such a cycle
+        # waits; pending writes retiring only clear conflicts). The compares behind the head's mux
+        # were 7 LUTs into the queues.
         conflict = wb_pend.any(lambda e: e.line == fh.addr) | uwb_pend.any(lambda e: e.line == fh.addr)
-        fill_ok = ~fillq.empty & bk_order.w_rdy & ((fh.kind == _BYPASS) | (~conflict & st_writer.job0.ready))
+        conflict_r = Signal()
+        changed = Signal()
+        m.d.sync += [conflict_r.eq(conflict), changed.eq(fillq.push | fillq.pop | wb_pend.push | uwb_pend.push)]
+        fill_ok = ~fillq.empty & ~changed & bk_order.w_rdy & ((fh.kind == _BYPASS) | (~conflict_r & st_writer.job0.ready))
         m.d.comb += [bk_cmd_i.valid.eq(fill_ok), bk_cmd_i.payload.addr.eq(fh.addr),
                      bk_cmd_i.payload.bytes.eq(fh.words << wshift)]
         with m.If(bk_cmd_i.valid & bk_cmd_i.ready):
             m.d.comb += [fillq.pop.eq(1), bk_order.w_en.eq(1), bk_w.kind.eq(fh.kind), bk_w.words.eq(fh.words),
-                         bk_w.off.eq(fh.off), bk_w.take.eq(fh.take)]
+                         bk_w.off.eq(fh.off), bk_w.end.eq(fh.off + fh.take)]
             with m.If(fh.kind == _FILL):
                 job(st_writer, 0, fh.slot_addr, LW, fh.mshr)
         for i in range(M):                                   # a fill is done when its line is in the store
@@ -686,7 +710,8 @@ class TileCache(wiring.Component):
         # for the next word as each is taken (the compares behind the head's fields were a 5 ns
         # path into the writers' FIFOs)
         bh = data.View(BkLayout, bk_order.r_data)
-        bk_i = Signal(24)
+        bk_n = Signal(24, init=1)           # word bk_i + 1 (bk_i: the word at hand)
+        bk_n2 = Signal(24, init=2)          # word bk_i + 2
         hv = Signal()
         in_take = Signal()
         bk_last = Signal()
@@ -701,20 +726,19 @@ class TileCache(wiring.Component):
                      st_writer.words0.valid.eq(head & bk_data_i.valid & is_fill & to_up_ok)]
         m.d.comb += bk_data_i.ready.eq(head & to_store_ok & to_up_ok)
         with m.If(bk_order.r_rdy & ~hv):
-            m.d.sync += [hv.eq(1), in_take.eq((bh.off == 0) & (bh.take != 0)), bk_last.eq(bh.words == 1)]
-        nxt_i = (bk_i + 1)[:24]
+            m.d.sync += [hv.eq(1), in_take.eq((bh.off == 0) & (bh.end != 0)), bk_last.eq(bh.words == 1)]
         with m.If(bk_data_i.valid & bk_data_i.ready):
-            m.d.sync += [bk_i.eq(nxt_i), in_take.eq((nxt_i >= bh.off) & (nxt_i < bh.off + bh.take)),
-                         bk_last.eq(nxt_i == bh.words - 1)]
+            m.d.sync += [bk_n.eq(bk_n2), bk_n2.eq(bk_n2 + 1), in_take.eq((bk_n >= bh.off) & (bk_n < bh.end)),
+                         bk_last.eq(bk_n2 == bh.words)]
             with m.If(bk_last):
-                m.d.sync += [bk_i.eq(0), hv.eq(0)]
+                m.d.sync += [bk_n.eq(1), bk_n2.eq(2), hv.eq(0)]
                 m.d.comb += bk_order.r_en.eq(1)
 
         # -- store reads: commands in order; data to the engine (hits) or the backing writer -----
         m.d.comb += [self.st_cmd.valid.eq(st_cmdq.r_rdy), self.st_cmd.payload.addr.eq(st_cmdq.r_data[:64]),
                      self.st_cmd.payload.bytes.eq(st_cmdq.r_data[64:] << wshift), st_cmdq.r_en.eq(self.st_cmd.ready)]
         sh = st_rd_q.head
-        st_i = Signal(24)
+        st_i = Signal(24, init=1)          # the word's number, from 1
         st_up_valid = Signal()
         st_up_ready = Signal()
         m.d.comb += st_up_valid.eq(~st_rd_q.empty & (sh.dest == 0) & self.st_data.valid)
@@ -723,13 +747,13 @@ class TileCache(wiring.Component):
         m.d.comb += self.st_data.ready.eq(~st_rd_q.empty & Mux(sh.dest == 1, bk_writer.words0.ready, st_up_ready))
         with m.If(self.st_data.valid & self.st_data.ready):
             m.d.sync += st_i.eq(st_i + 1)
-            with m.If(st_i == sh.words - 1):
-                m.d.sync += st_i.eq(0)
+            with m.If(st_i == sh.words):
+                m.d.sync += st_i.eq(1)
                 m.d.comb += st_rd_q.pop.eq(1)
 
         # -- the engine's read data, in its request order -----------------------------------------
         oh = data.View(OrdLayout, rd_order.r_data)
-        up_i = Signal(24)
+        up_i = Signal(24, init=1)          # the word's number, from 1
         from_store = oh.src == _STORE
         m.d.comb += [up_data_i.valid.eq(rd_order.r_rdy & Mux(from_store, st_up_valid, bk_up_valid)),
                      up_data_i.payload.eq(Mux(from_store, self.st_data.payload, bk_data_i.payload)),
@@ -737,13 +761,13 @@ class TileCache(wiring.Component):
                      bk_up_ready.eq(rd_order.r_rdy & ~from_store & up_data_i.ready)]
         with m.If(up_data_i.valid & up_data_i.ready):
             m.d.sync += up_i.eq(up_i + 1)
-            with m.If(up_i == oh.words - 1):
-                m.d.sync += up_i.eq(0)
+            with m.If(up_i == oh.words):
+                m.d.sync += up_i.eq(1)
                 m.d.comb += rd_order.r_en.eq(1)
 
         # -- the engine's write data, routed to the store and/or the backing writer ----------------
         rh = data.View(RouteLayout, uw_route.r_data)
-        uw_i = Signal(24)
+        uw_i = Signal(24, init=1)          # the word's number, from 1
         want_st = rh.dest != _BACK
         want_bk = rh.dest != _STORE
         ok = uw_route.r_rdy & (~want_st | st_writer.words1.ready) & (~want_bk | bk_writer.words1.ready)
@@ -753,8 +777,8 @@ class TileCache(wiring.Component):
                      self.up_wdata.ready.eq(ok)]
         with m.If(self.up_wdata.valid & self.up_wdata.ready):
             m.d.sync += uw_i.eq(uw_i + 1)
-            with m.If(uw_i == rh.words - 1):
-                m.d.sync += uw_i.eq(0)
+            with m.If(uw_i == rh.words):
+                m.d.sync += uw_i.eq(1)
                 m.d.comb += uw_route.r_en.eq(1)
 
         # -- pending writes retire as their writers acknowledge them -------------------------------
@@ -768,8 +792,9 @@ class TileCache(wiring.Component):
         tword = Signal(64)
         t_way = Signal(range(ways))
         m.d.sync += t_way.eq(self.tag_addr[:abits] if ways > 1 else 0)
-        with m.If(self.idle):
-            m.d.comb += trd.addr.eq(self.tag_addr >> (g.way_bits))
+        # the tags' read address: the walk's set, the engine's (STATS) while the lookup is idle,
+        # else the segment's
+        m.d.comb += trd.addr.eq(Mux(walk_rd, walk_set, Mux(lookup_idle, self.tag_addr >> g.way_bits, seg_set)))
         for w in range(ways):
             fw = fields(row, w)
             with m.If(t_way == w):

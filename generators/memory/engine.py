@@ -135,7 +135,7 @@ class MemoryEngine(wiring.Component):
         lane = Signal(range(per_word + 1))
         sent = Signal(32)
         out_valid = Signal()
-        tag_wait = Signal()
+        tag_wait = Signal(2)
         counters = [getattr(cache, c) for c in CACHE_COUNTERS] if cache is not None else []
         # the data port's write command and data through register slices (their valid came from
         # this state machine and the map's: 4.2 ns paths into the port in the Yosys estimate)
@@ -177,24 +177,34 @@ class MemoryEngine(wiring.Component):
                     m.d.comb += cache.tag_addr.eq(Mux(k >= 16, k - 16, 0)[:max(1, (lines - 1).bit_length())]
                                                   if lines > 1 else 0)
                     value = Signal(64)
-                    for i, c in enumerate(counters):
-                        with m.If(k == i):
-                            m.d.comb += value.eq(c)
-                    with m.If((k >= 16) & (k < 16 + lines)):
+                    k_cnt = Signal()                # k < the counters, registered
+                    k_tag = Signal()                # k a tag word, registered
+                    m.d.sync += [k_cnt.eq(k < len(counters)), k_tag.eq((k >= 16) & (k < 16 + lines))]
+                    with m.If(k_cnt):
+                        with m.Switch(k[:4]):
+                            for i, c in enumerate(counters):
+                                with m.Case(i):
+                                    m.d.comb += value.eq(c)
+                    with m.If(k_tag):
                         m.d.comb += value.eq(cache.tag_word)
+                    # value registered (the counter or tag word mux and k's compares were a 4.6 ns
+                    # path into word): u64 k is taken two cycles after k is set (a tag word follows
+                    # its address by a cycle, k's compares are registered, then value)
+                    value_r = Signal(64)
+                    m.d.sync += value_r.eq(value)
                     with m.If(out_valid):
                         with m.If(out_data.ready):
                             m.d.sync += [out_valid.eq(0), sent.eq(sent + 1), word.eq(0)]
-                            with m.If(sent + 1 == stats_words):
+                            with m.If(sent == stats_words - 1):
                                 m.next = "STATS_DONE"
-                    with m.Elif((k >= 16) & ~tag_wait):
-                        m.d.sync += tag_wait.eq(1)        # the tag word follows its address by a cycle
+                    with m.Elif(tag_wait != 2):
+                        m.d.sync += tag_wait.eq(tag_wait + 1)
                     with m.Else():
                         m.d.sync += [tag_wait.eq(0), k.eq(k + 1), lane.eq(lane + 1)]
                         if per_word > 1:
-                            m.d.sync += word.word_select(lane[:max(1, (per_word - 1).bit_length())], 64).eq(value)
+                            m.d.sync += word.word_select(lane[:max(1, (per_word - 1).bit_length())], 64).eq(value_r)
                         else:
-                            m.d.sync += word.eq(value)
+                            m.d.sync += word.eq(value_r)
                         with m.If(lane == per_word - 1):
                             m.d.sync += [out_valid.eq(1), lane.eq(0)]
                 with m.State("STATS_DONE"):

@@ -462,15 +462,19 @@ class ObliviousMapUnit(wiring.Component):
             | Cat(*(rreg[8 * o:8 * o + exact_log2(WB)] for o in (120, 128, 136))).any()
             | rreg[8 * 112:8 * 112 + stride_bits].any())
 
+        cb_bad_r = Signal()
+        m.d.sync += cb_bad_r.eq(cb_bad)
         with m.FSM(name="omap"):
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
                     m.d.sync += [job.eq(self.job.payload), idx.eq(0), fault.eq(ErrorCode.NONE)]
                     m.next = "CB_RD"
-            hbm_read("CB_RD", job.ctrl_addr, CB_BYTES, "CB_CHK")
+            hbm_read("CB_RD", job.ctrl_addr, CB_BYTES, "CB_BAD")
+            with m.State("CB_BAD"):             # cb_bad_r: the checks of rreg, registered
+                m.next = "CB_CHK"
             with m.State("CB_CHK"):
-                with m.If(cb_bad):
+                with m.If(cb_bad_r):
                     m.d.sync += fault.eq(ErrorCode.OMAP_BAD_STATE)
                     m.next = "DONE"
                 with m.Else():

@@ -14,7 +14,7 @@ of its oldest job is acknowledged (with the job's tag).
 # No `from __future__ import annotations`: data layouts are built from real values.
 from amaranth.hdl import Cat, Const, Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 
 from ..streams import JobDone, dma_command_stream, word_stream
@@ -114,21 +114,27 @@ class ChunkedWriter(wiring.Component):
         heads = [data.View(WriteJob, jobq[i].r_data) for i in range(n)]
         want = [Signal(24, name=f"want{i}") for i in range(n)]
         ready = [Signal(name=f"ready{i}") for i in range(n)]
-        # registered every cycle: a command is issued at most every other cycle (cmd_valid holds
-        # the cycle after), so what they saw is the head job and chunk count at the issue, and
-        # ``staged`` only grew since (timing: the subtract, compare and pick in one cycle were
-        # 5.6 ns in the Yosys estimate)
+        # registered every cycle, in two steps (the words left of the head job, then the chunk):
+        # a command is issued at most every third cycle (cmd_valid, then ``cool``, hold the two
+        # cycles after), and a head is used once it has been there two cycles, so what they saw
+        # is the head job and chunk count at the issue, and ``staged`` only grew since (timing:
+        # the subtract, compare and pick in one cycle were 5.6 ns in the Yosys estimate)
         last_of = [Signal(name=f"lastc{i}") for i in range(n)]
         addr_of = [Signal(64, name=f"caddr{i}") for i in range(n)]
+        left_of = [Signal(24, name=f"left{i}") for i in range(n)]
+        rdy_d = [Signal(name=f"rdy_d{i}") for i in range(n)]
         for i in range(n):
-            left = heads[i].words - done_words[i]
+            m.d.sync += [left_of[i].eq(heads[i].words - done_words[i]), rdy_d[i].eq(jobq[i].r_rdy)]
+            left = left_of[i]
             w_next = Mux(left < chunk, left, chunk)
             m.d.sync += [want[i].eq(w_next), last_of[i].eq(left <= chunk),
                          addr_of[i].eq(heads[i].addr + (done_words[i] << shift))]
-            m.d.sync += ready[i].eq(jobq[i].r_rdy & (staged[i] >= w_next) & (w_next != 0))
+            m.d.sync += ready[i].eq(jobq[i].r_rdy & rdy_d[i] & (staged[i] >= w_next) & (w_next != 0))
 
         # done order: (source, last chunk of its job, tag)
-        m.submodules.order = order = SyncFIFO(width=n.bit_length() + 1 + 8, depth=16)
+        # buffered: its head comes from a register (from the LUT RAM, the done decode behind it
+        # was a 4 ns path)
+        m.submodules.order = order = SyncFIFOBuffered(width=n.bit_length() + 1 + 8, depth=16)
         active = Signal()
         src = Signal(range(max(n, 2)))
         count = Signal(range(chunk + 1))
@@ -151,7 +157,11 @@ class ChunkedWriter(wiring.Component):
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += cmd_valid.eq(0)
         pulls = [Signal(name=f"pull{i}") for i in range(n)]
-        with m.If(~active & ~cmd_valid & any_ready & order.w_rdy):
+        issue = Signal()
+        cool = Signal(2)
+        m.d.comb += issue.eq(~active & ~cmd_valid & ~cool[1] & any_ready & order.w_rdy)
+        m.d.sync += cool.eq(Cat(issue, cool[0]))
+        with m.If(issue):
             for i in range(n):
                 with m.If(pick == i):
                     lc = last_of[i]
@@ -175,7 +185,7 @@ class ChunkedWriter(wiring.Component):
                 with m.If(count == 1):
                     m.d.sync += active.eq(0)
         for i in range(n):
-            took = Mux(~active & ~cmd_valid & any_ready & order.w_rdy & (pick == i), want[i], 0)
+            took = Mux(issue & (pick == i), want[i], 0)
             m.d.sync += staged[i].eq(staged[i] + (fifos[i].w_en & fifos[i].w_rdy) - took)
         # acknowledgements, in command order
         m.d.comb += [self.done.ready.eq(order.r_rdy), order.r_en.eq(self.done.valid & order.r_rdy)]

@@ -418,6 +418,27 @@ class TileCache(wiring.Component):
          d_clean, d_hrow, d_vrow, d_allocating, d_full_line, d_mshr_free, d_ok_wb, d_ok_rhit, d_ok_miss, d_ok_whit,
          d_ok_wfull, d_ok_around) = dreg.values()
 
+        # the action DECIDE takes (one at most), from the same inputs as d_*, registered with them
+        alloc_wb = decision["allocating"] & decision["wb_needed"]
+        rd, wr = ~alloc_wb & ~seg_write, ~alloc_wb & seg_write
+        wb_full = decision["full_line"] if g.write_policy == "write_back" else Const(0, 1)
+        actions = {
+            "wb": alloc_wb & decision["ok_wb"],
+            "skip": rd & hit & seg_pref,
+            "rhit": rd & hit & ~seg_pref & decision["ok_rhit"],
+            "miss": rd & ~hit & decision["ok_miss"],
+            "whit": wr & hit & decision["ok_whit"],
+            "wfull": wr & ~hit & wb_full & decision["ok_wfull"],
+            "around": wr & ~hit & ~wb_full & decision["ok_around"],
+        }
+        act = {}
+        for k, v in actions.items():
+            act[k] = Signal(name=f"act_{k}")
+            m.d.sync += act[k].eq(v)
+        act_wb, act_skip, act_rhit, act_miss, act_whit, act_wfull, act_around = act.values()
+        dec = Signal()                      # the lookup is in DECIDE
+        m.d.sync += dec.eq(0)
+
         def allocate():
             with m.If(d_vvalid):
                 add("evictions", 1)
@@ -454,6 +475,12 @@ class TileCache(wiring.Component):
             m.d.sync += wk[k].eq(v)
         (wk_end, wk_last_set, wk_valid, wk_dirty, wk_in_range, wk_invalidate, wk_ok, wk_line, wk_slot,
          wk_slot_addr) = wk.values()
+        # W_WAY's writeback of a dirty line in the range, registered with wk_* (and wway: in W_WAY)
+        wk_push = Signal()
+        wway = Signal()
+        m.d.sync += [wway.eq(0),
+                     wk_push.eq(~walk_in["end"] & ~(walk_in["valid"] & walk_in["in_range"] & walk_in["invalidate"])
+                                & walk_in["valid"] & walk_in["dirty"] & walk_in["in_range"] & walk_in["ok"])]
 
         lookup_idle = Signal()
         walk_rd = Signal()
@@ -509,101 +536,14 @@ class TileCache(wiring.Component):
             with m.State("PRE"):                # the row is out: its hit and victim ways into p_*
                 m.next = "PRE2"
             with m.State("PRE2"):               # the decision's inputs into d_*
+                m.d.sync += dec.eq(1)
                 m.next = "DECIDE"
-            with m.State("DECIDE"):             # acts on d_* (what PRE saw); waits through PRE again
+            with m.State("DECIDE"):             # acts on d_*/act_* (what PRE2 saw); waits through PRE again
                 m.next = "PRE"
-                d_victim_line = wbase + Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), d_vtag)
-                with m.If(d_allocating & d_wb_needed):
-                    with m.If(d_ok_wb):
-                        push_st_read(d_vaddr, LW, 1, d_vslot)
-                        job(bk_writer, 0, d_victim_line, LW, 0)
-                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(d_victim_line)]
-                        add("writebacks", 1)
-                        add("store_bytes_read", LB)
-                        add("backing_bytes_written", LB)
-                        m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_clean)]
-                        m.next = "TAGRD"
-                with m.Elif(~seg_write):
-                    with m.If(d_hit & seg_pref):
-                        event("skip", 0, seg_set)
-                        advance(False)
-                        m.next = "IDLE"
-                    with m.Elif(d_hit):
-                        with m.If(d_ok_rhit):
-                            push_st_read(d_haddr, seg_words, 0, d_hslot)
-                            push_rd_order(_STORE, seg_words)
-                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
-                            add("hits", 1)
-                            add("store_bytes_read", seg_bytes)
-                            event("hit", 0, seg_set, d_hway)
-                            advance(False)
-                            m.next = "IDLE"
-                    with m.Else():
-                        with m.If(d_ok_miss):
-                            allocate()
-                            for i in range(M):
-                                with m.If(d_mshr_free == i):
-                                    m.d.sync += [mshr_valid[i].eq(1), mshr_slot[i].eq(d_vslot), mshr_line[i].eq(seg_line)]
-                            push_fill(_FILL, seg_line, LW, d_mshr_free, d_vaddr, seg_off,
-                                      Mux(seg_pref, 0, seg_words))
-                            with m.If(~seg_pref):
-                                push_rd_order(_BACK, seg_words)
-                                add("misses", 1)
-                                event("miss", 0, seg_set, d_vway)
-                            with m.Else():
-                                add("prefetches", 1)
-                                event("prefetch", 0, seg_set, d_vway)
-                            add("backing_bytes_read", LB)
-                            add("store_bytes_written", LB)
-                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
-                            advance(False)
-                            m.next = "IDLE"
-                with m.Else():                                # an upstream write segment
-                    with m.If(d_hit):
-                        with m.If(d_ok_whit):
-                            job(st_writer, 1, d_haddr, seg_words, w_id)
-                            ct_inc(w_id, 0)
-                            m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(d_hslot)]
-                            add("hits", 1)
-                            add("store_bytes_written", seg_bytes)
-                            if wt:
-                                job(bk_writer, 1, seg_addr, seg_words, w_id)
-                                ct_inc(w_id, 1)
-                                m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
-                                route(_BOTH, seg_words)
-                                add("backing_bytes_written", seg_bytes)
-                            else:
-                                route(_STORE, seg_words)
-                            m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
-                            event("hit", 1, seg_set, d_hway)
-                            advance(True)
-                            m.next = "IDLE"
-                    if g.write_policy == "write_back":
-                        with m.Elif(d_full_line):
-                            with m.If(d_ok_wfull):
-                                allocate()
-                                job(st_writer, 1, d_vaddr, LW, w_id)
-                                ct_inc(w_id, 0)
-                                m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(d_vslot)]
-                                route(_STORE, LW)
-                                add("misses", 1)
-                                add("store_bytes_written", LB)
-                                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
-                                event("miss", 1, seg_set, d_vway)
-                                advance(True)
-                                m.next = "IDLE"
-                    with m.Else():                            # around the cache
-                        with m.If(d_ok_around):
-                            job(bk_writer, 1, seg_addr, seg_words, w_id)
-                            ct_inc(w_id, 1)
-                            m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
-                            route(_BACK, seg_words)
-                            add("misses", 1)
-                            add("backing_bytes_written", seg_bytes)
-                            event("miss", 1, seg_set)
-                            advance(True)
-                            m.next = "IDLE"
-
+                with m.If(act_wb):
+                    m.next = "TAGRD"
+                with m.Elif(act_skip | act_rhit | act_miss | act_whit | act_wfull | act_around):
+                    m.next = "IDLE"
             # ---- control actions ------------------------------------------------------------
             quiet = Signal()
             with m.State("CTL"):
@@ -637,6 +577,7 @@ class TileCache(wiring.Component):
                 m.d.sync += [walk_row.eq(row), walk_way.eq(0)]
                 m.next = "W_SEL"
             with m.State("W_SEL"):              # way ``walk_way``'s fields and addresses into wk_*
+                m.d.sync += wway.eq(1)
                 m.next = "W_WAY"
             with m.State("W_WAY"):              # acts on wk_* (what W_SEL saw); then the next way
                 turn = lambda v: Cat(v[E:], v[:E])                                       # noqa: E731
@@ -652,13 +593,7 @@ class TileCache(wiring.Component):
                     m.d.sync += walk_row.eq(turn(walk_row & ~Const((1 << TB) | (1 << (TB + 1)), ways * E)))
                     m.d.sync += walk_way.eq(walk_way + 1)
                 with m.Elif(wk_valid & wk_dirty & wk_in_range):
-                    with m.If(wk_ok):
-                        push_st_read(wk_slot_addr, LW, 1, wk_slot)
-                        job(bk_writer, 0, wk_line, LW, 0)
-                        m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(wk_line)]
-                        add("writebacks", 1)
-                        add("store_bytes_read", LB)
-                        add("backing_bytes_written", LB)
+                    with m.If(wk_ok):               # the writeback: wk_push (below)
                         m.d.sync += walk_row.eq(turn(walk_row & ~Const(1 << (TB + 1), ways * E)))
                         m.d.sync += walk_way.eq(walk_way + 1)
                 with m.Else():
@@ -670,6 +605,93 @@ class TileCache(wiring.Component):
                 m.d.comb += self.ctl_done.eq(1)
                 m.d.sync += ctl_busy.eq(0)
                 m.next = "IDLE"
+
+        with m.If(wway & wk_push):
+            push_st_read(wk_slot_addr, LW, 1, wk_slot)
+            job(bk_writer, 0, wk_line, LW, 0)
+            m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(wk_line)]
+            add("writebacks", 1)
+            add("store_bytes_read", LB)
+            add("backing_bytes_written", LB)
+
+        # -- the lookup's actions in DECIDE (dec), one registered flag each (act_*): their pushes
+        # start at flip-flops, not at the state machine's decode
+        with m.If(dec):
+            d_victim_line = wbase + Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), d_vtag)
+            with m.If(act_wb):
+                push_st_read(d_vaddr, LW, 1, d_vslot)
+                job(bk_writer, 0, d_victim_line, LW, 0)
+                m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(d_victim_line)]
+                add("writebacks", 1)
+                add("store_bytes_read", LB)
+                add("backing_bytes_written", LB)
+                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_clean)]
+            with m.If(act_skip):
+                event("skip", 0, seg_set)
+                advance(False)
+            with m.If(act_rhit):
+                push_st_read(d_haddr, seg_words, 0, d_hslot)
+                push_rd_order(_STORE, seg_words)
+                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
+                add("hits", 1)
+                add("store_bytes_read", seg_bytes)
+                event("hit", 0, seg_set, d_hway)
+                advance(False)
+            with m.If(act_miss):
+                allocate()
+                for i in range(M):
+                    with m.If(d_mshr_free == i):
+                        m.d.sync += [mshr_valid[i].eq(1), mshr_slot[i].eq(d_vslot), mshr_line[i].eq(seg_line)]
+                push_fill(_FILL, seg_line, LW, d_mshr_free, d_vaddr, seg_off, Mux(seg_pref, 0, seg_words))
+                with m.If(~seg_pref):
+                    push_rd_order(_BACK, seg_words)
+                    add("misses", 1)
+                    event("miss", 0, seg_set, d_vway)
+                with m.Else():
+                    add("prefetches", 1)
+                    event("prefetch", 0, seg_set, d_vway)
+                add("backing_bytes_read", LB)
+                add("store_bytes_written", LB)
+                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
+                advance(False)
+            with m.If(act_whit):
+                job(st_writer, 1, d_haddr, seg_words, w_id)
+                ct_inc(w_id, 0)
+                m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(d_hslot)]
+                add("hits", 1)
+                add("store_bytes_written", seg_bytes)
+                if wt:
+                    job(bk_writer, 1, seg_addr, seg_words, w_id)
+                    ct_inc(w_id, 1)
+                    m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
+                    route(_BOTH, seg_words)
+                    add("backing_bytes_written", seg_bytes)
+                else:
+                    route(_STORE, seg_words)
+                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
+                event("hit", 1, seg_set, d_hway)
+                advance(True)
+            if g.write_policy == "write_back":
+                with m.If(act_wfull):
+                    allocate()
+                    job(st_writer, 1, d_vaddr, LW, w_id)
+                    ct_inc(w_id, 0)
+                    m.d.comb += [uws_pend.push.eq(1), uws_pend.push_data.slot.eq(d_vslot)]
+                    route(_STORE, LW)
+                    add("misses", 1)
+                    add("store_bytes_written", LB)
+                    m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
+                    event("miss", 1, seg_set, d_vway)
+                    advance(True)
+            with m.If(act_around):
+                job(bk_writer, 1, seg_addr, seg_words, w_id)
+                ct_inc(w_id, 1)
+                m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
+                route(_BACK, seg_words)
+                add("misses", 1)
+                add("backing_bytes_written", seg_bytes)
+                event("miss", 1, seg_set)
+                advance(True)
 
         # -- the backing port's read command and data and the engine's read data through register
         # slices (their valid/ready came from the queues' heads in the same cycle: paths into the

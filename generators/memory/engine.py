@@ -137,12 +137,15 @@ class MemoryEngine(wiring.Component):
         out_valid = Signal()
         tag_wait = Signal(2)
         counters = [getattr(cache, c) for c in CACHE_COUNTERS] if cache is not None else []
-        # the data port's write command and data through register slices (their valid came from
-        # this state machine and the map's: 4.2 ns paths into the port in the Yosys estimate)
+        # the data port's write command, data and acknowledgements through register slices (their
+        # valid/ready came from this state machine and the map's: 4.2 and 3.4 ns paths into the
+        # port in the Yosys estimate)
         out_cmd = self.out_cmd.signature.create()
         out_data = self.out_data.signature.create()
         slice_stream(m, "out_cmd_slice", out_cmd, self.out_cmd)
         slice_stream(m, "out_data_slice", out_data, self.out_data)
+        out_done = self.out_done.signature.flip().create()          # and its acknowledgements
+        slice_stream(m, "out_done_slice", self.out_done, out_done)
         m.d.comb += [out_cmd.payload.addr.eq(job.addr), out_data.payload.eq(word),
                      out_data.valid.eq(out_valid)]
         with m.FSM():
@@ -174,8 +177,10 @@ class MemoryEngine(wiring.Component):
                         m.next = "STATS"
                 with m.State("STATS"):          # u64 k: a counter (k < 16) or tag word k - 16
                     lines = self._cache_geom.lines
-                    m.d.comb += cache.tag_addr.eq(Mux(k >= 16, k - 16, 0)[:max(1, (lines - 1).bit_length())]
-                                                  if lines > 1 else 0)
+                    tag_addr = Signal(range(max(lines, 2)))      # registered: k's subtract and compare
+                    m.d.sync += tag_addr.eq(Mux(k >= 16, k - 16, 0)[:max(1, (lines - 1).bit_length())]
+                                            if lines > 1 else 0)
+                    m.d.comb += cache.tag_addr.eq(tag_addr)
                     value = Signal(64)
                     k_cnt = Signal()                # k < the counters, registered
                     k_tag = Signal()                # k a tag word, registered
@@ -188,8 +193,9 @@ class MemoryEngine(wiring.Component):
                     with m.If(k_tag):
                         m.d.comb += value.eq(cache.tag_word)
                     # value registered (the counter or tag word mux and k's compares were a 4.6 ns
-                    # path into word): u64 k is taken two cycles after k is set (a tag word follows
-                    # its address by a cycle, k's compares are registered, then value)
+                    # path into word): u64 k is taken three cycles after k is set (its tag address
+                    # and compares are registered, a tag word follows its address by a cycle, then
+                    # value)
                     value_r = Signal(64)
                     m.d.sync += value_r.eq(value)
                     with m.If(out_valid):
@@ -197,7 +203,7 @@ class MemoryEngine(wiring.Component):
                             m.d.sync += [out_valid.eq(0), sent.eq(sent + 1), word.eq(0)]
                             with m.If(sent == stats_words - 1):
                                 m.next = "STATS_DONE"
-                    with m.Elif(tag_wait != 2):
+                    with m.Elif(tag_wait != 3):
                         m.d.sync += tag_wait.eq(tag_wait + 1)
                     with m.Else():
                         m.d.sync += [tag_wait.eq(0), k.eq(k + 1), lane.eq(lane + 1)]
@@ -208,8 +214,8 @@ class MemoryEngine(wiring.Component):
                         with m.If(lane == per_word - 1):
                             m.d.sync += [out_valid.eq(1), lane.eq(0)]
                 with m.State("STATS_DONE"):
-                    m.d.comb += self.out_done.ready.eq(1)
-                    with m.If(self.out_done.valid):
+                    m.d.comb += out_done.ready.eq(1)
+                    with m.If(out_done.valid):
                         m.next = "DONE"
                 with m.State("OMAP_WAIT"):       # the backing port passes to the map once the cache is quiet
                     with m.If(cache.idle):
@@ -225,7 +231,7 @@ class MemoryEngine(wiring.Component):
                 with m.State("OMAP_RUN"):
                     wiring.connect(m, omap.wr_cmd, wiring.flipped(out_cmd))
                     wiring.connect(m, omap.wr_data, wiring.flipped(out_data))
-                    wiring.connect(m, wiring.flipped(self.out_done), omap.wr_done)
+                    wiring.connect(m, out_done, omap.wr_done)
                     m.d.comb += omap.done.ready.eq(1)
                     with m.If(omap.done.valid):
                         m.d.sync += [fault.eq(omap.fault), omap_owns.eq(0)]

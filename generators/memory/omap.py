@@ -464,6 +464,11 @@ class ObliviousMapUnit(wiring.Component):
 
         cb_bad_r = Signal()
         m.d.sync += cb_bad_r.eq(cb_bad)
+        # the stash's and the map's fullness, registered: the states that read them (PICK, OP,
+        # B_DECIDE) never follow one that writes free_head or count
+        fh_zero = Signal()
+        cnt_full = Signal()
+        m.d.sync += [fh_zero.eq(f("free_head") == 0), cnt_full.eq(f("count") >= f("capacity"))]
         with m.FSM(name="omap"):
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
@@ -554,7 +559,7 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.sync += target.eq(Mux(hit, hit_label, dummy))
                 with m.If(job.action == OmapAction.BULK):
                     m.next = "B_DECIDE"
-                with m.Elif(f("free_head") == 0):
+                with m.Elif(fh_zero):
                     m.d.sync += [f("stash_full").eq(f("stash_full") + 1), fault.eq(ErrorCode.OMAP_STASH_FULL)]
                     m.next = "CB_WR"
                 with m.Else():
@@ -640,7 +645,7 @@ class ObliviousMapUnit(wiring.Component):
                     with m.Case(OmapOp.PUT):
                         with m.If(has_ent):
                             m.d.sync += [ent_val.eq(qval), status.eq(OmapStatus.UPDATED)]
-                        with m.Elif(~free_ok[0] | (f("count") >= f("capacity"))):
+                        with m.Elif(~free_ok[0] | cnt_full):
                             m.d.sync += status.eq(OmapStatus.FULL)
                             with m.If(~free_ok[0]):
                                 m.d.sync += f("dir_full").eq(f("dir_full") + 1)
@@ -796,11 +801,11 @@ class ObliviousMapUnit(wiring.Component):
                 with m.Elif(hit):
                     m.d.sync += status.eq(OmapStatus.FULL)
                     m.next = "B_RES"
-                with m.Elif(~free_ok[0] | (f("count") >= f("capacity")) | (f("free_head") == 0)):
+                with m.Elif(~free_ok[0] | cnt_full | fh_zero):
                     m.d.sync += status.eq(OmapStatus.FULL)
                     with m.If(~free_ok[0]):
                         m.d.sync += f("dir_full").eq(f("dir_full") + 1)
-                    with m.Elif(f("free_head") == 0):
+                    with m.Elif(fh_zero):
                         m.d.sync += f("stash_full").eq(f("stash_full") + 1)
                     with m.Else():
                         m.d.sync += f("map_full").eq(f("map_full") + 1)

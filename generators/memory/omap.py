@@ -201,8 +201,7 @@ class ObliviousMapUnit(wiring.Component):
             with m.If(h_fetch):
                 m.d.sync += [h_word.eq(brd.data), h_word_valid.eq(1)]
             can_fetch = (~h_word_valid | (self.h_wdata.valid & self.h_wdata.ready)) & ~h_fetch & (h_idx < bin_words)
-            with m.If(can_fetch):
-                m.d.comb += bin_raddr.eq(h_idx)
+            with m.If(can_fetch):                # the read address: h_idx (below)
                 m.d.sync += [h_fetch.eq(1), h_idx.eq(h_idx + 1)]
             with m.Else():
                 m.d.sync += h_fetch.eq(0)
@@ -237,7 +236,7 @@ class ObliviousMapUnit(wiring.Component):
             with m.If(chacha.req.ready):
                 m.next = nxt
 
-        with m.FSM(name="aead"):
+        with m.FSM(name="aead") as aead_fsm:
             with m.State("IDLE"):
                 with m.If(a_start):
                     m.d.sync += [a_word.eq(0), half.eq(0), counter.eq(0)]
@@ -252,6 +251,8 @@ class ObliviousMapUnit(wiring.Component):
                         m.d.comb += chacha.block.ready.eq(1)
                         m.d.sync += counter.eq(1)
                         m.next = "WORD"
+            # the buffer's read address while the pass owns it: word a_word (also where the word is
+            # not used: a read has no effect), set below
             with m.State("WORD"):
                 m.d.comb += a_owner.eq(1)
                 with m.If(a_word == plain_words):
@@ -259,7 +260,6 @@ class ObliviousMapUnit(wiring.Component):
                 with m.Elif(((a_word * WB) % 64 == 0) if WB < 64 else Const(1)):
                     m.next = "KSREQ"
                 with m.Else():
-                    m.d.comb += bin_raddr.eq(a_word)
                     m.next = "READ"
             with m.State("KSREQ"):
                 keystream_request("KSBLK")
@@ -268,7 +268,6 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.comb += chacha.block.ready.eq(1)
                 with m.If(chacha.block.valid):
                     m.d.sync += [ks.eq(chacha.block.payload), counter.eq(counter + 1)]
-                    m.d.comb += bin_raddr.eq(a_word)
                     m.next = "READ"
             with m.State("READ"):               # the buffer word is on brd.data
                 m.d.comb += a_owner.eq(1)
@@ -325,7 +324,6 @@ class ObliviousMapUnit(wiring.Component):
                         m.d.sync += a_ok.eq(1)
                         m.next = "FIN"
                 with m.Else():
-                    m.d.comb += bin_raddr.eq(a_word)
                     m.d.sync += a_ok.eq(1)
                     m.next = "CMP"
             with m.State("CMP"):
@@ -341,7 +339,6 @@ class ObliviousMapUnit(wiring.Component):
                     m.next = "FIN"
                 with m.Else():
                     m.d.sync += a_word.eq(a_word + 1)
-                    m.d.comb += bin_raddr.eq(a_word + 1)
             with m.State("FIN"):
                 m.d.comb += a_done.eq(1)
                 m.next = "IDLE"
@@ -367,6 +364,7 @@ class ObliviousMapUnit(wiring.Component):
         vcount = Signal(2 * 5)
         target = Signal(MAX_BINS_LOG2)
         head = Signal(32)
+        head_zero = Signal(init=1)          # head == 0, set with head (EVICT's loop test, 3.7 ns)
         version = Signal(32)
         l_head = Signal(32)                 # the meta of the entry's next bin (the push)
         l_version = Signal(32)
@@ -469,7 +467,7 @@ class ObliviousMapUnit(wiring.Component):
         fh_zero = Signal()
         cnt_full = Signal()
         m.d.sync += [fh_zero.eq(f("free_head") == 0), cnt_full.eq(f("count") >= f("capacity"))]
-        with m.FSM(name="omap"):
+        with m.FSM(name="omap") as omap_fsm:
             with m.State("IDLE"):
                 m.d.comb += self.job.ready.eq(1)
                 with m.If(self.job.valid):
@@ -567,7 +565,7 @@ class ObliviousMapUnit(wiring.Component):
             hbm_read("META", meta_addr(target), WB, "META2")
             with m.State("META2"):
                 hd, ver = meta_fields(rreg[:W], target)
-                m.d.sync += [meta_word.eq(rreg[:W]), head.eq(hd), version.eq(ver)]
+                m.d.sync += [meta_word.eq(rreg[:W]), head.eq(hd), head_zero.eq(hd == 0), version.eq(ver)]
                 with m.If(is_query):
                     m.next = "T_READ"
                 with m.Else():
@@ -597,7 +595,6 @@ class ObliviousMapUnit(wiring.Component):
                         m.next = "OP"
             # the entry in the bin: the slot whose ref matches
             with m.State("FIND"):
-                m.d.comb += bin_raddr.eq(slot_i * slot_words)
                 m.next = "FIND2"
             with m.State("FIND2"):
                 w0 = brd.data
@@ -611,7 +608,6 @@ class ObliviousMapUnit(wiring.Component):
                     m.d.sync += slot_i.eq(slot_i + 1)
                     m.next = "FIND"
             with m.State("TAKE"):                   # copy the slot out (its value), then zero it
-                m.d.comb += bin_raddr.eq(found_at * slot_words + word_i)
                 m.next = "TAKE2"
             with m.State("TAKE2"):
                 with m.Switch(word_i):
@@ -670,7 +666,7 @@ class ObliviousMapUnit(wiring.Component):
 
             # ---- eviction: up to Z nodes of the bin's list into its free slots ----------------
             with m.State("EVICT"):
-                with m.If((head == 0) | (it == Z)):
+                with m.If(head_zero | (it == Z)):
                     m.next = "META_WR"
                 with m.Else():
                     m.d.sync += node.eq(head - 1)
@@ -684,7 +680,6 @@ class ObliviousMapUnit(wiring.Component):
                 with m.Else():
                     m.next = "EV_FREE"
             with m.State("EV_FIND"):
-                m.d.comb += bin_raddr.eq(slot_i * slot_words)
                 m.next = "EV_FIND2"
             with m.State("EV_FIND2"):
                 with m.If(~brd.data[32]):
@@ -708,7 +703,7 @@ class ObliviousMapUnit(wiring.Component):
                       link_record(f("free_head"), Const(0, 32), Const(NODE_FREE, 32)), "EV_NEXT")
             with m.State("EV_NEXT"):
                 m.d.sync += [f("free_head").eq(node + 1), f("nodes_used").eq(f("nodes_used") - 1),
-                             head.eq(nxt), it.eq(it + 1)]
+                             head.eq(nxt), head_zero.eq(nxt == 0), it.eq(it + 1)]
                 m.next = "EVICT"
             hbm_write("META_WR", meta_addr(target), WB, meta_set(meta_word, target, head, (version + 1)[:32]), "PUSH")
 
@@ -841,5 +836,13 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(self.done.ready):
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.job.ready)
+        # the bin buffer's read address, one mux (each user's in a chain of conditions was a 3.9 ns
+        # path): the sequencer's slot scans and copies, else the AEAD pass, else the host write
+        main_rd = omap_fsm.ongoing("FIND") | omap_fsm.ongoing("EV_FIND") | omap_fsm.ongoing("TAKE")
+        main_addr = Mux(omap_fsm.ongoing("TAKE"), found_at * slot_words + word_i, slot_i * slot_words)
+        aead_rd = (aead_fsm.ongoing("WORD") | aead_fsm.ongoing("KSBLK") | aead_fsm.ongoing("TAGIO")
+                   | aead_fsm.ongoing("CMP"))
+        aead_addr = Mux(aead_fsm.ongoing("CMP"), a_word + 1, a_word)
+        m.d.comb += bin_raddr.eq(Mux(main_rd, main_addr, Mux(aead_rd, aead_addr, h_idx)))
         return m
 

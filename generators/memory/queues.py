@@ -115,10 +115,11 @@ class ChunkedWriter(wiring.Component):
         want = [Signal(24, name=f"want{i}") for i in range(n)]
         ready = [Signal(name=f"ready{i}") for i in range(n)]
         # registered every cycle, in two steps (the words left of the head job, then the chunk):
-        # a command is issued at most every third cycle (cmd_valid, then ``cool``, hold the two
-        # cycles after), and a head is used once it has been there two cycles, so what they saw
-        # is the head job and chunk count at the issue, and ``staged`` only grew since (timing:
-        # the subtract, compare and pick in one cycle were 5.6 ns in the Yosys estimate)
+        # a command is issued at most every fourth cycle (cmd_valid, then ``cool``, hold the two
+        # cycles after, then a cycle to decide), and a head is used once it has been there two
+        # cycles, so what they saw is the head job and chunk count at the issue, and ``staged``
+        # only grew since (its issued words leave it a cycle after the issue) (timing: the
+        # subtract, compare and pick in one cycle were 5.6 ns in the Yosys estimate)
         last_of = [Signal(name=f"lastc{i}") for i in range(n)]
         addr_of = [Signal(64, name=f"caddr{i}") for i in range(n)]
         left_of = [Signal(24, name=f"left{i}") for i in range(n)]
@@ -157,13 +158,16 @@ class ChunkedWriter(wiring.Component):
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += cmd_valid.eq(0)
         pulls = [Signal(name=f"pull{i}") for i in range(n)]
+        # a command in two steps: decided (issue, pick_r: registered), then issued; what the
+        # decision saw holds (only an issue changes it, and the next decision waits for cool)
         issue = Signal()
+        pick_r = Signal(range(max(n, 2)))
         cool = Signal(2)
-        m.d.comb += issue.eq(~active & ~cmd_valid & ~cool[1] & any_ready & order.w_rdy)
-        m.d.sync += cool.eq(Cat(issue, cool[0]))
+        m.d.sync += [issue.eq(~active & ~cmd_valid & ~cool[1] & ~issue & any_ready & order.w_rdy),
+                     pick_r.eq(pick), cool.eq(Cat(issue, cool[0]))]
         with m.If(issue):
             for i in range(n):
-                with m.If(pick == i):
+                with m.If(pick_r == i):
                     lc = last_of[i]
                     m.d.sync += [cmd_valid.eq(1), cmd_addr.eq(addr_of[i]),
                                  cmd_words.eq(want[i]), active.eq(1), src.eq(i), count.eq(want[i]),
@@ -174,7 +178,7 @@ class ChunkedWriter(wiring.Component):
                         m.d.sync += done_words[i].eq(0)
                     with m.Else():
                         m.d.sync += done_words[i].eq(done_words[i] + want[i])
-                    m.d.sync += rr.eq(Mux(pick == n - 1, 0, pick + 1) if n > 1 else 0)
+                    m.d.sync += rr.eq(Mux(pick_r == n - 1, 0, pick_r + 1) if n > 1 else 0)
         with m.If(active):
             for i in range(n):
                 with m.If(src == i):
@@ -185,8 +189,9 @@ class ChunkedWriter(wiring.Component):
                 with m.If(count == 1):
                     m.d.sync += active.eq(0)
         for i in range(n):
-            took = Mux(issue & (pick == i), want[i], 0)
-            m.d.sync += staged[i].eq(staged[i] + (fifos[i].w_en & fifos[i].w_rdy) - took)
+            took = Signal.like(want[i], name=f"took{i}")          # the words of an issue, a cycle later
+            m.d.sync += [took.eq(Mux(issue & (pick_r == i), want[i], 0)),
+                         staged[i].eq(staged[i] + (fifos[i].w_en & fifos[i].w_rdy) - took)]
         # acknowledgements, in command order
         m.d.comb += [self.done.ready.eq(order.r_rdy), order.r_en.eq(self.done.valid & order.r_rdy)]
         o_src = order.r_data[:n.bit_length()]

@@ -565,7 +565,7 @@ class TileCache(wiring.Component):
                                 with m.Default():            # STATS: the engine reads the tags now
                                     m.next = "CTL_DONE"
             with m.State("CLEAR"):
-                m.d.comb += [twr.en.eq(1), twr.addr.eq(walk_set),
+                m.d.comb += [twr.en.eq(1),
                              twr.data.eq(Cat(*(pack(Const(0, TB), 0, 0, Const(w, 4), Const(0, 8)) for w in range(ways))))]
                 m.d.sync += walk_set.eq(walk_set + 1)
                 with m.If(walk_set == sets - 1):
@@ -583,7 +583,7 @@ class TileCache(wiring.Component):
                 turn = lambda v: Cat(v[E:], v[:E])                                       # noqa: E731
                 m.next = "W_SEL"
                 with m.If(wk_end):
-                    m.d.comb += [twr.en.eq(1), twr.addr.eq(walk_set), twr.data.eq(walk_row)]
+                    m.d.comb += [twr.en.eq(1), twr.data.eq(walk_row)]
                     m.d.sync += walk_set.eq(walk_set + 1)
                     with m.If(wk_last_set):
                         m.next = "W_DRAIN"
@@ -625,14 +625,14 @@ class TileCache(wiring.Component):
                 add("writebacks", 1)
                 add("store_bytes_read", LB)
                 add("backing_bytes_written", LB)
-                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_clean)]
+                m.d.comb += [twr.en.eq(1), twr.data.eq(d_clean)]
             with m.If(act_skip):
                 event("skip", 0, seg_set)
                 advance(False)
             with m.If(act_rhit):
                 push_st_read(d_haddr, seg_words, 0, d_hslot)
                 push_rd_order(_STORE, seg_words)
-                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
+                m.d.comb += [twr.en.eq(1), twr.data.eq(d_hrow)]
                 add("hits", 1)
                 add("store_bytes_read", seg_bytes)
                 event("hit", 0, seg_set, d_hway)
@@ -652,7 +652,7 @@ class TileCache(wiring.Component):
                     event("prefetch", 0, seg_set, d_vway)
                 add("backing_bytes_read", LB)
                 add("store_bytes_written", LB)
-                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
+                m.d.comb += [twr.en.eq(1), twr.data.eq(d_vrow)]
                 advance(False)
             with m.If(act_whit):
                 job(st_writer, 1, d_haddr, seg_words, w_id)
@@ -668,7 +668,7 @@ class TileCache(wiring.Component):
                     add("backing_bytes_written", seg_bytes)
                 else:
                     route(_STORE, seg_words)
-                m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_hrow)]
+                m.d.comb += [twr.en.eq(1), twr.data.eq(d_hrow)]
                 event("hit", 1, seg_set, d_hway)
                 advance(True)
             if g.write_policy == "write_back":
@@ -680,7 +680,7 @@ class TileCache(wiring.Component):
                     route(_STORE, LW)
                     add("misses", 1)
                     add("store_bytes_written", LB)
-                    m.d.comb += [twr.en.eq(1), twr.addr.eq(seg_set), twr.data.eq(d_vrow)]
+                    m.d.comb += [twr.en.eq(1), twr.data.eq(d_vrow)]
                     event("miss", 1, seg_set, d_vway)
                     advance(True)
             with m.If(act_around):
@@ -817,6 +817,9 @@ class TileCache(wiring.Component):
         # the tags' read address: the walk's set, the engine's (STATS) while the lookup is idle,
         # else the segment's
         m.d.comb += trd.addr.eq(Mux(walk_rd, walk_set, Mux(lookup_idle, self.tag_addr >> g.way_bits, seg_set)))
+        # the tags' write address: the walk's (CLEAR, W_WAY) while a control action runs (no
+        # lookup then), else the segment's; one mux from registers (3.8 ns as a chain)
+        m.d.comb += twr.addr.eq(Mux(ctl_busy, walk_set, seg_set))
         for w in range(ways):
             fw = fields(row, w)
             with m.If(t_way == w):

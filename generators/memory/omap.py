@@ -219,6 +219,7 @@ class ObliviousMapUnit(wiring.Component):
         a_owner = Signal()
         ks = Signal(512)
         a_word = Signal(range(bin_words + 1))
+        a_w1 = Signal(range(bin_words + 2))     # a_word + 1, kept beside it (CMP's read address)
         a_x = Signal(W)                         # the word read
         ct = Signal(W)
         poly_parts = max(1, W // 128)           # 16-byte blocks per word
@@ -239,7 +240,7 @@ class ObliviousMapUnit(wiring.Component):
         with m.FSM(name="aead") as aead_fsm:
             with m.State("IDLE"):
                 with m.If(a_start):
-                    m.d.sync += [a_word.eq(0), half.eq(0), counter.eq(0)]
+                    m.d.sync += [a_word.eq(0), a_w1.eq(1), half.eq(0), counter.eq(0)]
                     m.next = "KEYREQ"
             with m.State("KEYREQ"):             # block 0: the Poly1305 key
                 keystream_request("KEYBLK")
@@ -281,13 +282,13 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.comb += a_owner.eq(1)
                 if W == 64:
                     with m.If(~half):
-                        m.d.sync += [held.eq(a_x), half.eq(1), a_word.eq(a_word + 1)]
+                        m.d.sync += [held.eq(a_x), half.eq(1), a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
                         m.next = "WORD"
                     with m.Else():
                         m.d.comb += [poly.msg.valid.eq(1), poly.msg.payload.data.eq(Cat(held, a_x)),
                                      poly.msg.payload.last.eq(0)]
                         with m.If(poly.msg.ready):
-                            m.d.sync += [half.eq(0), a_word.eq(a_word + 1)]
+                            m.d.sync += [half.eq(0), a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
                             m.next = "WORD"
                 else:
                     m.d.comb += [poly.msg.valid.eq(1), poly.msg.payload.data.eq(a_x.word_select(part, 128)),
@@ -295,7 +296,7 @@ class ObliviousMapUnit(wiring.Component):
                     with m.If(poly.msg.ready):
                         m.d.sync += part.eq(part + 1)
                         with m.If(part == poly_parts - 1):
-                            m.d.sync += a_word.eq(a_word + 1)
+                            m.d.sync += [a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
                             m.next = "WORD"
             with m.State("LENGTH"):             # RFC 8439: le64(len(aad) = 0) | le64(len(ciphertext))
                 m.d.comb += a_owner.eq(1)
@@ -307,7 +308,7 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.comb += a_owner.eq(1)
                 m.d.comb += poly.tag.ready.eq(1)
                 with m.If(poly.tag.valid):
-                    m.d.sync += [tag_calc.eq(poly.tag.payload), a_word.eq(plain_words)]
+                    m.d.sync += [tag_calc.eq(poly.tag.payload), a_word.eq(plain_words), a_w1.eq(plain_words + 1)]
                     m.next = "TAGIO"
             with m.State("TAGIO"):              # the tag words: written (encrypt) or compared (decrypt)
                 m.d.comb += a_owner.eq(1)
@@ -319,7 +320,7 @@ class ObliviousMapUnit(wiring.Component):
                             if W > 128 and i == 0:
                                 word = Cat(tag_calc, Const(0, W - 128))
                             m.d.comb += [bin_waddr.eq(a_word), bin_wdata.eq(word), bin_we.eq(1)]
-                    m.d.sync += a_word.eq(a_word + 1)
+                    m.d.sync += [a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
                     with m.If(a_word == bin_words - 1):
                         m.d.sync += a_ok.eq(1)
                         m.next = "FIN"
@@ -338,7 +339,7 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(idx == tag_words - 1):
                     m.next = "FIN"
                 with m.Else():
-                    m.d.sync += a_word.eq(a_word + 1)
+                    m.d.sync += [a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
             with m.State("FIN"):
                 m.d.comb += a_done.eq(1)
                 m.next = "IDLE"
@@ -842,7 +843,7 @@ class ObliviousMapUnit(wiring.Component):
         main_addr = Mux(omap_fsm.ongoing("TAKE"), found_at * slot_words + word_i, slot_i * slot_words)
         aead_rd = (aead_fsm.ongoing("WORD") | aead_fsm.ongoing("KSBLK") | aead_fsm.ongoing("TAGIO")
                    | aead_fsm.ongoing("CMP"))
-        aead_addr = Mux(aead_fsm.ongoing("CMP"), a_word + 1, a_word)
+        aead_addr = Mux(aead_fsm.ongoing("CMP"), a_w1, a_word)
         m.d.comb += bin_raddr.eq(Mux(main_rd, main_addr, Mux(aead_rd, aead_addr, h_idx)))
         return m
 

@@ -187,6 +187,12 @@ class TileCache(wiring.Component):
         m.d.sync += ct_level.eq(ct_level + ct_push - ct_pop)
 
         # -- segmenters ----------------------------------------------------------------------
+        # the engines' commands through register slices (their valid came from the other
+        # engine's logic straight into the segmenters: 3.8 ns across parts)
+        up_cmd_i = self.up_cmd.signature.flip().create()
+        up_wcmd_i = self.up_wcmd.signature.flip().create()
+        slice_stream(m, "up_cmd_slice", self.up_cmd, up_cmd_i)
+        slice_stream(m, "up_wcmd_slice", self.up_wcmd, up_wcmd_i)
         r_active, r_addr, r_left, r_pref = Signal(), Signal(64), Signal(33), Signal()
         w_active, w_addr, w_left, w_id = Signal(), Signal(64), Signal(33), Signal(range(CT))
         r_seg = Signal(33)
@@ -196,21 +202,21 @@ class TileCache(wiring.Component):
         m.d.comb += [r_seg.eq(Mux(r_left < r_to_end, r_left, r_to_end)),
                      w_seg.eq(Mux(w_left < w_to_end, w_left, w_to_end))]
         ctl_busy = Signal()
-        m.d.comb += self.up_cmd.ready.eq(~r_active & ~ctl_busy)
-        with m.If(self.up_cmd.valid & self.up_cmd.ready):
-            m.d.sync += [r_active.eq(self.up_cmd.payload.bytes != 0), r_addr.eq(self.up_cmd.payload.addr),
-                         r_left.eq(self.up_cmd.payload.bytes), r_pref.eq(0)]
+        m.d.comb += up_cmd_i.ready.eq(~r_active & ~ctl_busy)
+        with m.If(up_cmd_i.valid & up_cmd_i.ready):
+            m.d.sync += [r_active.eq(up_cmd_i.payload.bytes != 0), r_addr.eq(up_cmd_i.payload.addr),
+                         r_left.eq(up_cmd_i.payload.bytes), r_pref.eq(0)]
         # a prefetch's lookups finish before a write is taken (the golden model's order)
-        m.d.comb += self.up_wcmd.ready.eq(~w_active & ~ctl_busy & (ct_level != CT) & ~(r_active & r_pref))
-        with m.If(self.up_wcmd.valid & self.up_wcmd.ready):
+        m.d.comb += up_wcmd_i.ready.eq(~w_active & ~ctl_busy & (ct_level != CT) & ~(r_active & r_pref))
+        with m.If(up_wcmd_i.valid & up_wcmd_i.ready):
             m.d.comb += ct_push.eq(1)
-            m.d.sync += [w_active.eq(self.up_wcmd.payload.bytes != 0), w_addr.eq(self.up_wcmd.payload.addr),
-                         w_left.eq(self.up_wcmd.payload.bytes), w_id.eq(ct_tail),
+            m.d.sync += [w_active.eq(up_wcmd_i.payload.bytes != 0), w_addr.eq(up_wcmd_i.payload.addr),
+                         w_left.eq(up_wcmd_i.payload.bytes), w_id.eq(ct_tail),
                          ct_tail.eq(Mux(ct_tail == CT - 1, 0, ct_tail + 1))]
             with m.Switch(ct_tail):
                 for i in range(CT):
                     with m.Case(i):
-                        m.d.sync += ct_seg[i].eq(self.up_wcmd.payload.bytes == 0)
+                        m.d.sync += ct_seg[i].eq(up_wcmd_i.payload.bytes == 0)
 
         # -- the lookup --------------------------------------------------------------------------
         seg_write = Signal()

@@ -220,6 +220,8 @@ class ObliviousMapUnit(wiring.Component):
         ks = Signal(512)
         a_word = Signal(range(bin_words + 1))
         a_w1 = Signal(range(bin_words + 2))     # a_word + 1, kept beside it (CMP's read address)
+        aead_busy = Signal()                    # the pass runs (not IDLE)
+        aead_cmp = Signal()                     # ... in CMP
         a_x = Signal(W)                         # the word read
         ct = Signal(W)
         poly_parts = max(1, W // 128)           # 16-byte blocks per word
@@ -237,10 +239,10 @@ class ObliviousMapUnit(wiring.Component):
             with m.If(chacha.req.ready):
                 m.next = nxt
 
-        with m.FSM(name="aead") as aead_fsm:
+        with m.FSM(name="aead"):
             with m.State("IDLE"):
                 with m.If(a_start):
-                    m.d.sync += [a_word.eq(0), a_w1.eq(1), half.eq(0), counter.eq(0)]
+                    m.d.sync += [a_word.eq(0), a_w1.eq(1), half.eq(0), counter.eq(0), aead_busy.eq(1)]
                     m.next = "KEYREQ"
             with m.State("KEYREQ"):             # block 0: the Poly1305 key
                 keystream_request("KEYBLK")
@@ -325,7 +327,7 @@ class ObliviousMapUnit(wiring.Component):
                         m.d.sync += a_ok.eq(1)
                         m.next = "FIN"
                 with m.Else():
-                    m.d.sync += a_ok.eq(1)
+                    m.d.sync += [a_ok.eq(1), aead_cmp.eq(1)]
                     m.next = "CMP"
             with m.State("CMP"):
                 m.d.comb += a_owner.eq(1)
@@ -337,11 +339,13 @@ class ObliviousMapUnit(wiring.Component):
                     with m.If((idx == i) & (got != want)):
                         m.d.sync += a_ok.eq(0)
                 with m.If(idx == tag_words - 1):
+                    m.d.sync += aead_cmp.eq(0)
                     m.next = "FIN"
                 with m.Else():
                     m.d.sync += [a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
             with m.State("FIN"):
                 m.d.comb += a_done.eq(1)
+                m.d.sync += aead_busy.eq(0)
                 m.next = "IDLE"
 
         # -- the main sequencer -----------------------------------------------------------------
@@ -838,12 +842,11 @@ class ObliviousMapUnit(wiring.Component):
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.job.ready)
         # the bin buffer's read address, one mux (each user's in a chain of conditions was a 3.9 ns
-        # path): the sequencer's slot scans and copies, else the AEAD pass, else the host write
-        main_rd = omap_fsm.ongoing("FIND") | omap_fsm.ongoing("EV_FIND") | omap_fsm.ongoing("TAKE")
+        # path): the AEAD pass while it runs, the host write while it runs, else the sequencer's
+        # slot scans and copies
+        # (they take turns: the sequencer waits for the pass and the host transfers); the owner
+        # from registered flags
         main_addr = Mux(omap_fsm.ongoing("TAKE"), found_at * slot_words + word_i, slot_i * slot_words)
-        aead_rd = (aead_fsm.ongoing("WORD") | aead_fsm.ongoing("KSBLK") | aead_fsm.ongoing("TAGIO")
-                   | aead_fsm.ongoing("CMP"))
-        aead_addr = Mux(aead_fsm.ongoing("CMP"), a_w1, a_word)
-        m.d.comb += bin_raddr.eq(Mux(main_rd, main_addr, Mux(aead_rd, aead_addr, h_idx)))
+        m.d.comb += bin_raddr.eq(Mux(aead_busy, Mux(aead_cmp, a_w1, a_word), Mux(h_busy & h_write, h_idx, main_addr)))
         return m
 

@@ -187,7 +187,7 @@ class ObliviousMapUnit(wiring.Component):
         with m.If(h_busy & ~h_write):
             m.d.comb += self.h_data.ready.eq(h_idx < bin_words)
             with m.If(self.h_data.valid & self.h_data.ready):
-                m.d.comb += [bin_waddr.eq(h_idx), bin_wdata.eq(self.h_data.payload), bin_we.eq(1)]
+                m.d.comb += [bin_wdata.eq(self.h_data.payload), bin_we.eq(1)]
                 m.d.sync += h_idx.eq(h_idx + 1)
                 with m.If(h_idx == bin_words - 1):
                     m.d.sync += h_busy.eq(0)
@@ -277,7 +277,7 @@ class ObliviousMapUnit(wiring.Component):
                 off = (a_word * WB % 64) // WB if WB < 64 else Const(0)
                 m.d.comb += ct.eq(Mux(a_encrypt, brd.data ^ ks.word_select(off, W), brd.data))
                 m.d.sync += a_x.eq(ct)
-                m.d.comb += [bin_waddr.eq(a_word), bin_wdata.eq(brd.data ^ ks.word_select(off, W)), bin_we.eq(1)]
+                m.d.comb += [bin_wdata.eq(brd.data ^ ks.word_select(off, W)), bin_we.eq(1)]
                 m.d.sync += part.eq(0)
                 m.next = "MAC"
             with m.State("MAC"):
@@ -321,7 +321,7 @@ class ObliviousMapUnit(wiring.Component):
                             word = tag_calc[i * W:(i + 1) * W] if i < tag_words else Const(0, W)
                             if W > 128 and i == 0:
                                 word = Cat(tag_calc, Const(0, W - 128))
-                            m.d.comb += [bin_waddr.eq(a_word), bin_wdata.eq(word), bin_we.eq(1)]
+                            m.d.comb += [bin_wdata.eq(word), bin_we.eq(1)]
                     m.d.sync += [a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
                     with m.If(a_word == bin_words - 1):
                         m.d.sync += a_ok.eq(1)
@@ -619,7 +619,7 @@ class ObliviousMapUnit(wiring.Component):
                     for i in range(slot_words):
                         with m.Case(i):
                             m.d.sync += rreg[i * W:(i + 1) * W].eq(brd.data)
-                m.d.comb += [bin_waddr.eq(found_at * slot_words + word_i), bin_wdata.eq(0), bin_we.eq(1)]
+                m.d.comb += [bin_wdata.eq(0), bin_we.eq(1)]
                 m.d.sync += word_i.eq(word_i + 1)
                 with m.If(word_i == slot_words - 1):
                     m.next = "TAKE3"
@@ -696,8 +696,7 @@ class ObliviousMapUnit(wiring.Component):
                     m.d.sync += slot_i.eq(slot_i + 1)
                     m.next = "EV_FIND"
             with m.State("EV_PUT"):
-                m.d.comb += [bin_waddr.eq(found_at * slot_words + word_i), bin_wdata.eq(rreg.word_select(word_i, W)),
-                             bin_we.eq(1)]
+                m.d.comb += [bin_wdata.eq(rreg.word_select(word_i, W)), bin_we.eq(1)]
                 m.d.sync += word_i.eq(word_i + 1)
                 with m.If(word_i == slot_words - 1):
                     m.next = "EV_WAY"
@@ -829,7 +828,7 @@ class ObliviousMapUnit(wiring.Component):
                     m.d.sync += [slot_t.eq(1), is_query.eq(0), target.eq(idx), has_ent.eq(0), it.eq(0)]
                     m.next = "META"
             with m.State("F_ZERO"):                     # an empty bin: every slot invalid
-                m.d.comb += [bin_waddr.eq(zw), bin_wdata.eq(0), bin_we.eq(1)]
+                m.d.comb += [bin_wdata.eq(0), bin_we.eq(1)]
                 m.d.sync += zw.eq(zw + 1)
                 with m.If(zw == plain_words - 1):
                     m.next = "EVICT"
@@ -848,5 +847,9 @@ class ObliviousMapUnit(wiring.Component):
         # from registered flags
         main_addr = Mux(omap_fsm.ongoing("TAKE"), found_at * slot_words + word_i, slot_i * slot_words)
         m.d.comb += bin_raddr.eq(Mux(aead_busy, Mux(aead_cmp, a_w1, a_word), Mux(h_busy & h_write, h_idx, main_addr)))
+        # and its write address likewise (the write enable and data stay with each user's state)
+        m.d.comb += bin_waddr.eq(Mux(aead_busy, a_word, Mux(h_busy & ~h_write, h_idx,
+                                                            Mux(omap_fsm.ongoing("F_ZERO"), zw,
+                                                                found_at * slot_words + word_i))))
         return m
 

@@ -490,6 +490,17 @@ class TileCache(wiring.Component):
 
         lookup_idle = Signal()
         walk_rd = Signal()
+        def write_around(counter, kind, s=0):
+            """The write segment straight to the backing memory (a bypass, or a write-around miss)."""
+            job(bk_writer, 1, seg_addr, seg_words, w_id)
+            ct_inc(w_id, 1)
+            m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
+            route(_BACK, seg_words)
+            add(counter, 1)
+            add("backing_bytes_written", seg_bytes)
+            event(kind, 1, s)
+            advance(True)
+
         with m.FSM(name="lookup"):
             with m.State("IDLE"):
                 m.d.comb += lookup_idle.eq(1)
@@ -525,14 +536,7 @@ class TileCache(wiring.Component):
                         m.next = "IDLE"
                 with m.Else():
                     with m.If(bk_writer.job1.ready & uw_route.w_rdy & ~uwb_pend.full):
-                        job(bk_writer, 1, seg_addr, seg_words, w_id)
-                        ct_inc(w_id, 1)
-                        m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
-                        route(_BACK, seg_words)
-                        add("bypasses", 1)
-                        add("backing_bytes_written", seg_bytes)
-                        event("bypass", 1)
-                        advance(True)
+                        write_around("bypasses", "bypass")
                         m.next = "IDLE"
             with m.State("TAGRD"):             # inside the window: the tags; else around the cache
                 with m.If(seg_rel < wbytes):
@@ -612,25 +616,25 @@ class TileCache(wiring.Component):
                 m.d.sync += ctl_busy.eq(0)
                 m.next = "IDLE"
 
-        with m.If(wway & wk_push):
-            push_st_read(wk_slot_addr, LW, 1, wk_slot)
-            job(bk_writer, 0, wk_line, LW, 0)
-            m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(wk_line)]
+        def write_back(slot_addr, slot, line):
+            """A dirty line leaves: its store read, the backing write job, the pending record, the
+            counters (the walk's and the lookup's writebacks never fall in one cycle)."""
+            push_st_read(slot_addr, LW, 1, slot)
+            job(bk_writer, 0, line, LW, 0)
+            m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(line)]
             add("writebacks", 1)
             add("store_bytes_read", LB)
             add("backing_bytes_written", LB)
+
+        with m.If(wway & wk_push):
+            write_back(wk_slot_addr, wk_slot, wk_line)
 
         # -- the lookup's actions in DECIDE (dec), one registered flag each (act_*): their pushes
         # start at flip-flops, not at the state machine's decode
         with m.If(dec):
             d_victim_line = wbase + Cat(Const(0, lbits), seg_set if sbits else Const(0, 0), d_vtag)
             with m.If(act_wb):
-                push_st_read(d_vaddr, LW, 1, d_vslot)
-                job(bk_writer, 0, d_victim_line, LW, 0)
-                m.d.comb += [wb_pend.push.eq(1), wb_pend.push_data.line.eq(d_victim_line)]
-                add("writebacks", 1)
-                add("store_bytes_read", LB)
-                add("backing_bytes_written", LB)
+                write_back(d_vaddr, d_vslot, d_victim_line)
                 m.d.comb += [twr.en.eq(1), twr.data.eq(d_clean)]
             with m.If(act_skip):
                 event("skip", 0, seg_set)
@@ -690,14 +694,7 @@ class TileCache(wiring.Component):
                     event("miss", 1, seg_set, d_vway)
                     advance(True)
             with m.If(act_around):
-                job(bk_writer, 1, seg_addr, seg_words, w_id)
-                ct_inc(w_id, 1)
-                m.d.comb += [uwb_pend.push.eq(1), uwb_pend.push_data.line.eq(seg_line)]
-                route(_BACK, seg_words)
-                add("misses", 1)
-                add("backing_bytes_written", seg_bytes)
-                event("miss", 1, seg_set)
-                advance(True)
+                write_around("misses", "miss", seg_set)
 
         # -- the backing port's read command and data and the engine's read data through register
         # slices (their valid/ready came from the queues' heads in the same cycle: paths into the

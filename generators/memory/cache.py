@@ -344,22 +344,32 @@ class TileCache(wiring.Component):
         p_vway = Signal(range(ways))
         p_inv = Signal()
         m.d.sync += [p_row.eq(row), p_hit.eq(hit), p_hway.eq(hway), p_vway.eq(vway), p_inv.eq(inv)]
+        # each way's freq + 1, its saturation and the ages' order, registered with the row: the
+        # touched row then only muxes registered bits by the way (no adder or compare after it)
+        p_fp1 = [Signal(9, name=f"p_fp1_{w}") for w in range(ways)]
+        p_sat = [Signal(name=f"p_sat_{w}") for w in range(ways)]
+        p_lt = [[Signal(name=f"p_lt_{w}_{v}") for v in range(ways)] for w in range(ways)]
+        for w in range(ways):
+            m.d.sync += [p_fp1[w].eq(f_[w]["freq"] + 1), p_sat[w].eq(f_[w]["freq"] + 1 >= FREQ_MAX)]
+            for v in range(ways):
+                m.d.sync += p_lt[w][v].eq(f_[v]["age"] < f_[w]["age"])
         f_ = [fields(p_row, w) for w in range(ways)]
         hit, hway, vway, inv = p_hit, p_hway, p_vway, p_inv
 
         def touched(w_sig, *, fill, tag=None, dirty=None, valid=1):
             """The row after touching way ``w_sig`` (hit) or filling it."""
             out = Signal(ways * E, name="row_new")
-            age_w = Signal(4)
             freq_w = Signal(9)
+            sat_w = Signal()
+            lt_w = Signal(ways)
             for w in range(ways):
                 with m.If(w_sig == w):
-                    m.d.comb += [age_w.eq(f_[w]["age"]), freq_w.eq(f_[w]["freq"] + 1)]
-            sat = ~Const(fill, 1) & (freq_w >= FREQ_MAX)
+                    m.d.comb += [freq_w.eq(p_fp1[w]), sat_w.eq(p_sat[w]), lt_w.eq(Cat(*p_lt[w]))]
+            sat = ~Const(fill, 1) & sat_w
             for w in range(ways):
                 fw = f_[w]
                 me = w_sig == w
-                age = Mux(me, 0, Mux(fw["age"] < age_w, fw["age"] + 1, fw["age"]))
+                age = Mux(me, 0, Mux(lt_w[w], fw["age"] + 1, fw["age"]))
                 if fill:
                     freq = Mux(me, 1, fw["freq"])
                 else:

@@ -43,11 +43,31 @@ class RegQueue:
         self.head = Signal(self.layout, name=f"{name}_head")
         self.full = Signal(name=f"{name}_full")
         self.empty = Signal(name=f"{name}_empty")
-        m.d.comb += [self.full.eq(self.level == depth), self.empty.eq(self.level == 0)]
-        with m.Switch(self.head_i):
+        # full and empty registered beside the level (a compare of the level was a LUT level in
+        # front of every push/pop decision)
+        full_r = Signal(name=f"{name}_full_r")
+        empty_r = Signal(init=1, name=f"{name}_empty_r")
+        m.d.comb += [self.full.eq(full_r), self.empty.eq(empty_r)]
+        with m.If(self.push & ~self.pop):
+            m.d.sync += [empty_r.eq(0), full_r.eq(self.level == depth - 1)]
+        with m.Elif(self.pop & ~self.push):
+            m.d.sync += [full_r.eq(0), empty_r.eq(self.level == 1)]
+        # the head kept in a register: on a pop it takes the next entry (mux by the registered
+        # next index) or, when the queue held one, the record pushed with it; a push into an
+        # empty queue writes it (the head's mux by head_i was two LUT levels into each decision)
+        head_r = Signal(self.layout, name=f"{name}_head_r")
+        hn_i = Signal(range(depth), init=1 % depth, name=f"{name}_hn")
+        nxt = Signal(self.layout, name=f"{name}_next")
+        with m.Switch(hn_i):
             for i in range(depth):
                 with m.Case(i):
-                    m.d.comb += self.head.eq(self.entries[i])
+                    m.d.comb += nxt.eq(self.entries[i])
+        m.d.comb += self.head.eq(head_r)
+        with m.If(self.pop):
+            m.d.sync += [head_r.eq(Mux(self.level == 1, self.push_data, nxt)),
+                         hn_i.eq(Mux(hn_i == depth - 1, 0, hn_i + 1))]
+        with m.Elif(empty_r):
+            m.d.sync += head_r.eq(self.push_data)
         with m.If(self.push):
             with m.Switch(self.tail_i):
                 for i in range(depth):

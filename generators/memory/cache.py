@@ -511,6 +511,14 @@ class TileCache(wiring.Component):
             event(kind, 1, s)
             advance(True)
 
+        # BYPASS's room checks, registered every cycle: only the lookup pushes to those queues
+        # and it pushes nothing in TAGRD or a waiting BYPASS, so a flag is stale only in the safe
+        # direction (the FIFO levels' compares were 6 LUTs into the queues' levels)
+        byp_rd_ok = Signal()
+        byp_wr_ok = Signal()
+        m.d.sync += [byp_rd_ok.eq(~fillq.full & rd_order.w_rdy),
+                     byp_wr_ok.eq(bk_writer.job1.ready & uw_route.w_rdy & ~uwb_pend.full)]
+
         with m.FSM(name="lookup"):
             with m.State("IDLE"):
                 m.d.comb += lookup_idle.eq(1)
@@ -536,7 +544,7 @@ class TileCache(wiring.Component):
                     advance(False)
                     m.next = "IDLE"
                 with m.Elif(~seg_write):
-                    with m.If(~fillq.full & rd_order.w_rdy):
+                    with m.If(byp_rd_ok):
                         push_fill(_BYPASS, seg_addr, seg_words, 0, 0, 0, seg_words)
                         push_rd_order(_BACK, seg_words)
                         add("bypasses", 1)
@@ -545,7 +553,7 @@ class TileCache(wiring.Component):
                         advance(False)
                         m.next = "IDLE"
                 with m.Else():
-                    with m.If(bk_writer.job1.ready & uw_route.w_rdy & ~uwb_pend.full):
+                    with m.If(byp_wr_ok):
                         write_around("bypasses", "bypass")
                         m.next = "IDLE"
             with m.State("TAGRD"):             # inside the window: the tags; else around the cache
@@ -760,14 +768,18 @@ class TileCache(wiring.Component):
         m.d.comb += [st_writer.words0.payload.eq(bk_data_i.payload),
                      st_writer.words0.valid.eq(head & bk_data_i.valid & is_fill & to_up_ok)]
         m.d.comb += bk_data_i.ready.eq(head & to_store_ok & to_up_ok)
-        with m.If(bk_order.r_rdy & ~hv):
+        # the head job leaves bk_order a cycle after its last word (bk_pop: the FIFO's level then
+        # starts at a flip-flop, not at the data handshake; a bubble a backing read)
+        bk_pop = Signal()
+        m.d.sync += bk_pop.eq(0)
+        m.d.comb += bk_order.r_en.eq(bk_pop)
+        with m.If(bk_order.r_rdy & ~hv & ~bk_pop):
             m.d.sync += [hv.eq(1), in_take.eq((bh.off == 0) & (bh.end != 0)), bk_last.eq(bh.words == 1)]
         with m.If(bk_data_i.valid & bk_data_i.ready):
             m.d.sync += [bk_n.eq(bk_n2), bk_n2.eq(bk_n2 + 1), in_take.eq((bk_n >= bh.off) & (bk_n < bh.end)),
                          bk_last.eq(bk_n2 == bh.words)]
             with m.If(bk_last):
-                m.d.sync += [bk_n.eq(1), bk_n2.eq(2), hv.eq(0)]
-                m.d.comb += bk_order.r_en.eq(1)
+                m.d.sync += [bk_n.eq(1), bk_n2.eq(2), hv.eq(0), bk_pop.eq(1)]
 
         # -- store reads: commands in order; data to the engine (hits) or the backing writer -----
         m.d.comb += [self.st_cmd.valid.eq(st_cmdq.r_rdy), self.st_cmd.payload.addr.eq(st_cmdq.r_data[:64]),
@@ -790,15 +802,20 @@ class TileCache(wiring.Component):
         oh = data.View(OrdLayout, rd_order.r_data)
         up_i = Signal(24, init=1)          # the word's number, from 1
         from_store = oh.src == _STORE
-        m.d.comb += [up_data_i.valid.eq(rd_order.r_rdy & Mux(from_store, st_up_valid, bk_up_valid)),
+        # the head leaves rd_order a cycle after its last word (up_pop, as bk_pop; a bubble a
+        # read segment)
+        up_pop = Signal()
+        up_on = Signal()
+        m.d.sync += up_pop.eq(0)
+        m.d.comb += [rd_order.r_en.eq(up_pop), up_on.eq(rd_order.r_rdy & ~up_pop)]
+        m.d.comb += [up_data_i.valid.eq(up_on & Mux(from_store, st_up_valid, bk_up_valid)),
                      up_data_i.payload.eq(Mux(from_store, self.st_data.payload, bk_data_i.payload)),
-                     st_up_ready.eq(rd_order.r_rdy & from_store & up_data_i.ready),
-                     bk_up_ready.eq(rd_order.r_rdy & ~from_store & up_data_i.ready)]
+                     st_up_ready.eq(up_on & from_store & up_data_i.ready),
+                     bk_up_ready.eq(up_on & ~from_store & up_data_i.ready)]
         with m.If(up_data_i.valid & up_data_i.ready):
             m.d.sync += up_i.eq(up_i + 1)
             with m.If(up_i == oh.words):
-                m.d.sync += up_i.eq(1)
-                m.d.comb += rd_order.r_en.eq(1)
+                m.d.sync += [up_i.eq(1), up_pop.eq(1)]
 
         # -- the engine's write data, routed to the store and/or the backing writer ----------------
         rh = data.View(RouteLayout, uw_route.r_data)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import sys
 from pathlib import Path
@@ -37,9 +36,13 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 def _require_timeout(timeout: float) -> None:
-    """--timeout: a finite number of seconds > 0 (NaN, 0, negative and inf refused up front)."""
-    if not (timeout > 0 and math.isfinite(timeout)):
-        _fail(f"--timeout must be a finite number of seconds > 0, got {timeout}")
+    """--timeout: the host's check (a finite number of seconds > 0), refused up front."""
+    from hbmforge.host.checks import check_timeout
+
+    try:
+        check_timeout(timeout, "--timeout")
+    except (TypeError, ValueError) as err:
+        _fail(str(err))
 
 
 def _say(message: str) -> None:

@@ -22,6 +22,7 @@ from amaranth.lib import data, stream, wiring
 from ...engines.attention import attention_geometry
 from ...layout import DesignLayout
 from ..skid import SkidBuffer, slice_stream
+from ..streams import DmaCommand
 from .feed import KVFeed
 from .fifo import StreamFIFO
 from .geometry import DatapathGeometry
@@ -182,7 +183,12 @@ class AttentionEngine(wiring.Component):
                      sc.tq_mult.eq(ql.tq_mult), sc.tq_shift.eq(ql.tq_shift), sc.tq_pos.eq(ql.tq_pos),
                      sc.tq_nv.eq(ql.tq_nv)]
         wiring.connect(m, sc.p, vu.p)
-        wiring.connect(m, vu.out_cmd, wiring.flipped(self.out_cmd))
+        # the rows' write commands through a queue: the value unit sends a row's command while the
+        # row before still leaves (the data port's writer takes a command once the one before has
+        # its data)
+        m.submodules.ocmd_q = ocq = StreamFIFO(DmaCommand, 2)
+        wiring.connect(m, vu.out_cmd, ocq.i)
+        wiring.connect(m, ocq.o, wiring.flipped(self.out_cmd))
         wiring.connect(m, vu.out_data, wiring.flipped(self.out_data))
 
         # -- completion -------------------------------------------------------------------------
@@ -195,7 +201,7 @@ class AttentionEngine(wiring.Component):
         with m.Else():
             with m.If(vu.tile_done):
                 m.d.sync += tiles_out.eq(tiles_out + 1)
-            with m.If(self.out_cmd.valid & self.out_cmd.ready):
+            with m.If(vu.out_cmd.valid & vu.out_cmd.ready):      # as queued: acks == cmds when all are done
                 m.d.sync += cmds.eq(cmds + 1)
             with m.If(self.out_done.valid):
                 m.d.sync += [acks.eq(acks + 1), err.eq(err | self.out_done.payload.error)]

@@ -1,6 +1,6 @@
-"""Score unit: Q.K for all rows per K word, log2-domain scores into a double-buffered page
-bank with the block max, and the probability stage that turns a finished bank into
-``exp2`` probabilities (after one rescale entry per segment) for the PV unit.
+"""Score unit: Q.K for all rows per K word, log2-domain scores into a page bank of
+:attr:`ScoreUnit.BANKS` segments with the block max, and the probability stage that turns a
+finished bank into ``exp2`` probabilities (after one rescale entry per segment) for the PV unit.
 
 Pipeline per K value word (no stalls inside, a register after every step that could miss the
 300 MHz budget): A products, block sums (adder trees, two levels per stage), x mantissa, sum of
@@ -11,7 +11,7 @@ read); C bank write, block max, and at the segment's last token the online-softm
 """
 from __future__ import annotations
 
-from amaranth.hdl import Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.hdl import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -42,6 +42,13 @@ def rshift_round_var(v, s, max_shift: int):
 
 
 class ScoreUnit(wiring.Component):
+    #: segments the score bank holds: the QK side runs up to this many segments ahead of the
+    #: probabilities. With two, a segment could start only when the one two before had issued its
+    #: last probability, and its first probability then came a page's K words plus the score
+    #: pipeline's depth later, while the PV unit had a page and a half of work left: about four
+    #: cycles a 16-token page. Four banks cover that depth and the tile's output stage's first pages.
+    BANKS = 4
+
     def __init__(self, geometry: DatapathGeometry):
         self._geom = geometry
         rows, head_dim = geometry.rows, geometry.head_dim
@@ -85,7 +92,6 @@ class ScoreUnit(wiring.Component):
         nv = Signal(range(rows + 1))
         tile_ok = Signal()
         in_flight = Signal()
-        end_in_flight = Signal()
 
         with m.If(~tile_ok & self.tq_valid & ~in_flight):
             m.d.comb += self.tq_take.eq(1)
@@ -101,14 +107,17 @@ class ScoreUnit(wiring.Component):
 
         # -- banks --------------------------------------------------------------------------
         ew = Z_BITS + 1
-        m.submodules.bank = bank = Memory(shape=rows * ew, depth=2 * page_tokens, init=[])
+        NB = self.BANKS
+        m.submodules.bank = bank = Memory(shape=rows * ew, depth=NB * page_tokens, init=[])
         bw = bank.write_port()
         br = bank.read_port(transparent_for=())
-        full = [Signal(name=f"full{b}") for b in range(2)]
-        bank_a = Signal()
+        full = [Signal(name=f"full{b}") for b in range(NB)]
+        bank_a = Signal(range(NB))
         in_seg = Signal()
-        fullA = Mux(bank_a, full[1], full[0])
-        m.d.comb += self.item.ready.eq(tile_ok & ~(~in_seg & (fullA | end_in_flight)))
+        # bank b is taken (full, or a segment ending in it still in the pipeline): a flip-flop per
+        # bank (below), so the word handshake sees one 4-way select of registers as with two banks
+        taken = [Signal(name=f"taken{b}") for b in range(NB)]
+        m.d.comb += self.item.ready.eq(tile_ok & ~(~in_seg & Cat(*taken).bit_select(bank_a, 1)))
         take = self.item.valid & self.item.ready
         m.d.comb += self.fire.eq(take)
 
@@ -118,7 +127,7 @@ class ScoreUnit(wiring.Component):
         S = [Signal(signed(sbits), name=f"S{r}") for r in range(rows)]
         Sf = [Signal(signed(sbits), name=f"Sf{r}") for r in range(rows)]
         ctrl = data.StructLayout({"v": 1, "first": 1, "last": 1, "t": range(max(2, page_tokens)),
-                                  "j": CTX_BITS, "seg_last": 1, "tile_first": 1, "bank": 1})
+                                  "j": CTX_BITS, "seg_last": 1, "tile_first": 1, "bank": range(NB)})
         c0 = Signal(ctrl)
         m.d.comb += [c0.v.eq(take), c0.first.eq(it.first), c0.last.eq(it.last), c0.t.eq(it.t),
                      c0.j.eq(seg.j0 + it.t), c0.seg_last.eq(it.seg_last), c0.tile_first.eq(seg.tile_first),
@@ -158,7 +167,7 @@ class ScoreUnit(wiring.Component):
         vB = Signal()
         tB = Signal(range(max(2, page_tokens)))
         jB = Signal(CTX_BITS)
-        lastB, firstB, bankB = Signal(), Signal(), Signal()
+        lastB, firstB, bankB = Signal(), Signal(), Signal(range(NB))
         m.d.sync += vB.eq(ca.v & ca.last)
         for r in range(rows):
             acc = Mux(ca.first, 0, S[r]) + wsums[r]
@@ -172,7 +181,7 @@ class ScoreUnit(wiring.Component):
         with m.If(take):
             m.d.sync += in_seg.eq(~it.seg_last)
             with m.If(it.seg_last):
-                m.d.sync += bank_a.eq(~bank_a)
+                m.d.sync += bank_a.eq(bank_a + 1)
                 with m.If(seg.tile_last):
                     m.d.sync += tile_ok.eq(0)
             # rotate Q by the slots this word covered
@@ -187,7 +196,7 @@ class ScoreUnit(wiring.Component):
         # (mult as the 17-bit side: S in two pieces, so two DSP tiles and one registered sum)
         prods = [pipelined_product(m, mult[r], Sf[r], name=f"sm{r}") for r in range(rows)]
         b_lat = prods[0][1]
-        b_ctl = data.StructLayout({"v": 1, "t": range(max(2, page_tokens)), "last": 1, "first": 1, "bank": 1})
+        b_ctl = data.StructLayout({"v": 1, "t": range(max(2, page_tokens)), "last": 1, "first": 1, "bank": range(NB)})
         ctlB = Signal(b_ctl)
         m.d.comb += [ctlB.v.eq(vB), ctlB.t.eq(tB), ctlB.last.eq(lastB), ctlB.first.eq(firstB), ctlB.bank.eq(bankB)]
         chainB = [ctlB]                      # chainB[b_lat + 3] is stage C
@@ -230,14 +239,15 @@ class ScoreUnit(wiring.Component):
         # to chain[i + 1], the last of chain to chainB[0] if it ends a segment, chainB[i] to
         # chainB[i + 1]; an ending segment per bank, so the flag is one mux by bank_a): the
         # pipeline's OR stays off the word handshake
-        ends = [Signal(name=f"ends_in_flight{b}") for b in range(2)]
+        # ``taken`` is the same OR with the bank's full flag as it will be (set by stage C now; a
+        # probability stage freeing the bank this cycle is seen a cycle later: one cycle of reuse)
         to_b = ca.v & ca.last
         m.d.sync += in_flight.eq(Cat(*(c.v for c in chain[:-1]), to_b, *(c.v for c in chainB[:-1])).any())
-        for b in range(2):
-            m.d.sync += ends[b].eq(Cat(*(c.v & c.last & c.seg_last & (c.bank == b) for c in chain[:-1]),
-                                       to_b & ca.seg_last & (ca.bank == b),
-                                       *(c.v & c.last & (c.bank == b) for c in chainB[:-1])).any())
-        m.d.comb += end_in_flight.eq(Mux(bank_a, ends[1], ends[0]))
+        for b in range(NB):
+            m.d.sync += taken[b].eq(Cat(*(c.v & c.last & c.seg_last & (c.bank == b) for c in chain[:-1]),
+                                        to_b & ca.seg_last & (ca.bank == b),
+                                        *(c.v & c.last & (c.bank == b) for c in chainB[:-1]),
+                                        full[b], cC.v & cC.last & (cC.bank == b)).any())
 
         # -- stage C: bank write, block max, segment bookkeeping -----------------------------
         bmax = [Signal(signed(Z_BITS), name=f"bmax{r}") for r in range(rows)]
@@ -245,12 +255,12 @@ class ScoreUnit(wiring.Component):
         run_m = [Signal(signed(Z_BITS), name=f"run_m{r}") for r in range(rows)]
         run_e = [Signal(name=f"run_e{r}") for r in range(rows)]
         # per bank: previous / new running max, emptiness, token count, first segment of a tile
-        meta_prev = [[Signal(signed(Z_BITS), name=f"prev{b}_{r}") for r in range(rows)] for b in range(2)]
-        meta_new = [[Signal(signed(Z_BITS), name=f"new{b}_{r}") for r in range(rows)] for b in range(2)]
-        meta_pe = [[Signal(name=f"pe{b}_{r}") for r in range(rows)] for b in range(2)]
-        meta_ne = [[Signal(name=f"ne{b}_{r}") for r in range(rows)] for b in range(2)]
-        meta_n = [Signal(range(page_tokens + 1), name=f"n{b}") for b in range(2)]
-        meta_tf = [Signal(name=f"tf{b}") for b in range(2)]
+        meta_prev = [[Signal(signed(Z_BITS), name=f"prev{b}_{r}") for r in range(rows)] for b in range(NB)]
+        meta_new = [[Signal(signed(Z_BITS), name=f"new{b}_{r}") for r in range(rows)] for b in range(NB)]
+        meta_pe = [[Signal(name=f"pe{b}_{r}") for r in range(rows)] for b in range(NB)]
+        meta_ne = [[Signal(name=f"ne{b}_{r}") for r in range(rows)] for b in range(NB)]
+        meta_n = [Signal(range(page_tokens + 1), name=f"n{b}") for b in range(NB)]
+        meta_tf = [Signal(name=f"tf{b}") for b in range(NB)]
 
         m.d.comb += [bw.addr.eq(Cat(tC, bankC) if page_tokens > 1 else Cat(Const(0, 0), bankC)),
                      bw.data.eq(Cat(*(Cat(zC[r], visC[r]) for r in range(rows)))), bw.en.eq(vC)]
@@ -269,12 +279,12 @@ class ScoreUnit(wiring.Component):
                     new_e = re & ~nany
                     new_m = Mux(nany & (re | nmax_gt_run), nmax, run_m[r])
                     m.d.sync += [run_m[r].eq(new_m), run_e[r].eq(new_e)]
-                    for b in range(2):
+                    for b in range(NB):
                         with m.If(bankC == b):
                             m.d.sync += [meta_prev[b][r].eq(run_m[r]), meta_pe[b][r].eq(re),
                                          meta_new[b][r].eq(new_m), meta_ne[b][r].eq(new_e)]
         with m.If(vC & lastC):
-            for b in range(2):
+            for b in range(NB):
                 with m.If(bankC == b):
                     m.d.sync += [full[b].eq(1), meta_n[b].eq(tC + 1), meta_tf[b].eq(firstC)]
 
@@ -286,13 +296,16 @@ class ScoreUnit(wiring.Component):
         DEPTH = 8
         m.submodules.pfifo = pf = StepFIFOBuffered(width=p_entry_layout(rows).size, depth=DEPTH)
         m.d.comb += [self.p.payload.eq(pf.r_data), self.p.valid.eq(pf.r_rdy), pf.r_en.eq(self.p.ready)]
-        pb = Signal()
+        pb = Signal(range(NB))
         k = Signal(range(page_tokens + 1))
         alpha_done = Signal()
         inflight = Signal()
-        fullP = Mux(pb, full[1], full[0])
-        nP = Mux(pb, meta_n[1], meta_n[0])
-        tfP = Mux(pb, meta_tf[1], meta_tf[0])
+        fullP = Cat(*full).bit_select(pb, 1)
+        # bank pb's token count registered, as it was the cycle before: it is read only once the
+        # segment's rescale entry went (so pb has not changed since, and the bank was full)
+        nP = Signal.like(meta_n[0])
+        m.d.sync += nP.eq(Array(meta_n)[pb])
+        tfP = Array(meta_tf)[pb]
         exps = []
         for r in range(rows):
             e = Exp2(Z_BITS + 1, registered=True)
@@ -318,20 +331,21 @@ class ScoreUnit(wiring.Component):
         with m.If(issue):
             m.d.sync += k.eq(k + 1)
             with m.If(k == nP - 1):
-                m.d.sync += [alpha_done.eq(0), k.eq(0), pb.eq(~pb)]
-                for b in range(2):
+                m.d.sync += [alpha_done.eq(0), k.eq(0), pb.eq(pb + 1)]
+                for b in range(NB):
                     with m.If(pb == b):
                         m.d.sync += full[b].eq(0)
-        # the probability of a read token uses the bank it was read from: pb before the toggle
-        pbr = Signal()
-        m.d.sync += pbr.eq(pb)
         m.d.sync += [x_valid.eq(inflight | do_alpha), x_alpha.eq(~inflight),
                      y_valid.eq(x_valid), y_alpha.eq(x_alpha)]
         for r in range(rows):
-            newP = Mux(pbr, meta_new[1][r], meta_new[0][r])
-            newA = Mux(pb, meta_new[1][r], meta_new[0][r])
-            prevA = Mux(pb, meta_prev[1][r], meta_prev[0][r])
-            emptyA = Mux(pb, meta_pe[1][r] | meta_ne[1][r], meta_pe[0][r] | meta_ne[0][r])
+            # a token read uses the new max of the bank it was read from (pb of the cycle before:
+            # the select registered, off the difference); the rescale entry the bank's now (it
+            # may have been marked full this cycle)
+            newP = Signal(signed(Z_BITS), name=f"newP{r}")
+            m.d.sync += newP.eq(Array(meta_new[b][r] for b in range(NB))[pb])
+            newA = Array(meta_new[b][r] for b in range(NB))[pb]
+            prevA = Array(meta_prev[b][r] for b in range(NB))[pb]
+            emptyA = Array(meta_pe[b][r] | meta_ne[b][r] for b in range(NB))[pb]
             zr = br.data[r * ew:r * ew + Z_BITS].as_signed()
             vr = br.data[r * ew + Z_BITS]
             dd = Signal(signed(Z_BITS + 2), name=f"dd{r}")

@@ -207,15 +207,25 @@ class ValueUnit(wiring.Component):
                     m.d.sync += ring[r][s].eq(ring[r][(s + 1) % slots])
 
         # -- output stage ----------------------------------------------------------------------
+        # Per row: its command with its reciprocal (y, n), then each slot of the ring head through
+        # the OUT_STAGES-deep multiply into ``obuf`` and out. ``crow`` is the row whose command
+        # goes next: its reciprocal is computed while the row before is written, and its command
+        # (and its y, n and ring head, into the multiply) goes while that row's last slot leaves
+        # ``obuf``, so a row starts OUT_STAGES cycles after the one before, not after its reciprocal.
         tile = self.tile.payload
-        row = Signal(range(rows + 1))
-        row_sel = row[:exact_log2(rows)] if rows > 1 else 0      # picks the row's registers
+        row = Signal(range(rows))
+        row_sel = row if rows > 1 else 0                          # picks the row's ring head
+        crow = Signal(range(rows + 1))
+        crow_sel = crow[:exact_log2(rows)] if rows > 1 else 0     # picks the next row's l and ri
+        more = Signal()             # crow < tile.nv, a flip-flop (set where crow is)
+        in_last = Signal()          # obuf holds a row's last slot and the next row's command is due
+        early = Signal()            # that command went while the slot is still leaving obuf
         slot = Signal(range(max(2, slots)))
         m.submodules.recip = recip = Reciprocal(l_bits)
         # the row's denominator registered after the row mux (the mux stays out of the reciprocal's
         # leading-zero count): the reciprocal follows a row change a cycle later
         lsel = Signal(l_bits)
-        m.d.sync += lsel.eq(Cat(*lreg).word_select(row_sel, l_bits))
+        m.d.sync += lsel.eq(Cat(*lreg).word_select(crow_sel, l_bits))
         recip_wait = Reciprocal.LATENCY + 1
         m.d.comb += recip.l.eq(lsel)
         y = Signal(RECIP_X_BITS + 1)
@@ -226,7 +236,7 @@ class ValueUnit(wiring.Component):
         obuf = Signal(int8_lanes * 32)
         left = Signal(range(words + 1))
         row_bytes = geom.out_row_bytes
-        m.d.comb += [self.out_cmd.payload.addr.eq(self.o_addr + (tile.ri[row_sel] << exact_log2(row_bytes))),
+        m.d.comb += [self.out_cmd.payload.addr.eq(self.o_addr + (tile.ri[crow_sel] << exact_log2(row_bytes))),
                      self.out_cmd.payload.bytes.eq(row_bytes),
                      self.out_data.payload.eq(obuf[:W])]
         shm1 = Signal(range(l_bits + 16))
@@ -268,41 +278,57 @@ class ValueUnit(wiring.Component):
         rwait_zero = Signal(init=1)
         with m.If(rwait != 0):
             m.d.sync += [rwait.eq(rwait - 1), rwait_zero.eq(rwait == 1)]
+        # the command goes out from flip-flops and the state: rwait_zero, more, in_last
+        cmd_go = Signal()
+        m.d.comb += cmd_go.eq(self.out_cmd.valid & self.out_cmd.ready)
+        with m.If(cmd_go):
+            m.d.sync += [y.eq(recip.y), n.eq(recip.n), row.eq(crow_sel), crow.eq(crow + 1),
+                         more.eq(crow + 1 != tile.nv), in_last.eq(0), owait.eq(self.OUT_STAGES),
+                         rwait.eq(recip_wait), rwait_zero.eq(recip_wait == 0)]
         with m.FSM():
             with m.State("IDLE"):
                 with m.If(hold & self.tile.valid & ~self.updating):
-                    m.d.sync += [row.eq(0), rwait.eq(recip_wait),
+                    m.d.sync += [crow.eq(0), more.eq(tile.nv != 0), rwait.eq(recip_wait),
                                  rwait_zero.eq(recip_wait == 0)]
-                    m.next = "ROW"
-            with m.State("ROW"):
-                with m.If(row == tile.nv):
+                    m.next = "CMD"
+            with m.State("CMD"):
+                with m.If(~more):
                     m.d.comb += [self.tile.ready.eq(1), self.tile_done.eq(1)]
                     m.d.sync += hold.eq(0)
                     m.next = "IDLE"
-                with m.Elif(rwait_zero):
+                with m.Else():
                     # the row's command goes out with its reciprocal
-                    m.d.comb += self.out_cmd.valid.eq(1)
-                    with m.If(self.out_cmd.ready):
-                        m.d.sync += [y.eq(recip.y), n.eq(recip.n), slot.eq(0), owait.eq(self.OUT_STAGES)]
+                    m.d.comb += self.out_cmd.valid.eq(rwait_zero)
+                    with m.If(cmd_go):
+                        m.d.sync += slot.eq(0)
                         m.next = "SLOT"
             with m.State("SLOT"):
                 with m.If(owait == 0):
-                    m.d.sync += [obuf.eq(outs), left.eq(words), owait.eq(self.OUT_STAGES)]
+                    m.d.sync += [obuf.eq(outs), left.eq(words), owait.eq(self.OUT_STAGES),
+                                 in_last.eq(slot == slots - 1)]
                     m.d.comb += rotate.eq(1)
                     m.next = "EMIT"
             with m.State("EMIT"):
                 m.d.comb += self.out_data.valid.eq(1)
+                # the next row's command while this row's last slot leaves obuf
+                m.d.comb += self.out_cmd.valid.eq(in_last & more & rwait_zero)
+                with m.If(cmd_go):
+                    m.d.sync += early.eq(1)
                 with m.If(self.out_data.ready):
                     m.d.sync += [obuf.eq(obuf >> W), left.eq(left - 1)]
                     with m.If(left == 1):
                         with m.If(slot == slots - 1):
-                            m.d.sync += [row.eq(row + 1), rwait.eq(recip_wait),
-                                         rwait_zero.eq(recip_wait == 0)]
-                            m.next = "ROW"
+                            m.d.sync += [in_last.eq(0), early.eq(0)]
+                            with m.If(early | cmd_go):
+                                # the next row's command went (or goes now): its first slot next
+                                m.d.sync += slot.eq(0)
+                                m.next = "SLOT"
+                            with m.Else():
+                                m.next = "CMD"
                         with m.Elif(owait == 0):
                             # the next slot's outputs are ready: load them now (no SLOT cycle)
                             m.d.sync += [slot.eq(slot + 1), obuf.eq(outs), left.eq(words),
-                                         owait.eq(self.OUT_STAGES)]
+                                         owait.eq(self.OUT_STAGES), in_last.eq(slot + 1 == slots - 1)]
                             m.d.comb += rotate.eq(1)
                         with m.Else():
                             m.d.sync += slot.eq(slot + 1)

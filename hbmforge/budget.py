@@ -306,7 +306,8 @@ def attention_terms(lay: DesignLayout) -> dict:
     dsp = qk + pv + shared + out + recip + seq_dsp
     # BRAM (and LUT RAM): the score bank, the two feeds' scale buffers, the exp2 and reciprocal tables
     scale_depth = -(-(g.mants_per_word - 1 + g.page_tokens * g.groups) // g.mants_per_word)
-    mems = [_memory(R * (Z_BITS + 1), 2 * g.page_tokens)] + 2 * [_memory(W, max(2, scale_depth))]
+    # (the score bank: ScoreUnit.BANKS = 4 pages of R scores)
+    mems = [_memory(R * (Z_BITS + 1), 4 * g.page_tokens)] + 2 * [_memory(W, max(2, scale_depth))]
     mems += R * [_memory(P_FRAC + 1, 256)] + [_memory(RECIP_X_BITS + 1, 128)]
     bram = sum(b for b, _ in mems)
     lut_mem = sum(x for _, x in mems)

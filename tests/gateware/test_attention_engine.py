@@ -133,11 +133,12 @@ def test_decode_streams_one_kv_word_per_cycle_when_memory_keeps_up():
                  backpressure=0.0, seed=12)
     st = bench.jobs[0].stats
     # each page pays the score pipeline's depth once (its last K word must reach the bank before
-    # its probabilities start): 8 pages of 8 tokens here. 0.715, with the stages added for
-    # 300 MHz timing: S x mult two registered stages, the score's shift two, the probability's
-    # rounding one before its FIFO, the output multiply six (0.753 before session 38, 0.745 with
-    # the second S x mult stage; 0.737, 0.729 and 0.715 as the others came)
-    assert st["kv_words"] / st["cycles"] > 0.71, st
+    # its probabilities start; with one port, K and V of a page share it): 8 pages of 8 tokens
+    # here. 0.715, with the stages added for 300 MHz timing: S x mult two registered stages, the
+    # score's shift two, the probability's rounding one before its FIFO, the output multiply six
+    # (0.753 before session 38, 0.745 with the second S x mult stage; 0.737, 0.729 and 0.715 as
+    # the others came); 0.725 since the output stage's rows overlap (session 44)
+    assert st["kv_words"] / st["cycles"] > 0.72, st
 
 
 def test_engine_converts_to_verilog_and_rejects_configs_without_attention():

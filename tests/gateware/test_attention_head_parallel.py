@@ -77,6 +77,41 @@ def test_head_parallel_decode_eight_rows_on_sixteen_ports():
             seed=22, kv_heads=16, kv_bits=4)
 
 
+def test_head_parallel_decode_streams_near_one_kv_word_per_port_when_memory_keeps_up():
+    # one value word per token and port (128-bit ports, head_dim 32, KV4) and one scale word per
+    # 8 tokens, as the 512-bit designs (head_dim 128): 18 words a 16-token page and port. A page
+    # costs 19 cycles on the V side (its scale words and the rescale entry between two segments);
+    # the score bank's four pages keep QK ahead of the probabilities, and each row of a tile's
+    # output stage starts OUT_STAGES cycles after the one before (0.651 with two banks and the
+    # per-row reciprocal wait, session 44)
+    lay = _layout(data_width=128, head_dim=32, kv_bits=[4], kv_group_size=32, page_tokens=16, max_context=4096)
+    bench = _run_hp(lay, [dict(ctx_len=256)], seed=31, kv_heads=4, kv_bits=4, stall=0.0, backpressure=0.0)
+    st = bench.jobs[0].stats
+    assert st["w0_words"] == 2 * 16 * 18
+    assert st["w0_words"] / st["cycles"] > 0.74, st
+
+
+@pytest.mark.parametrize("layout", ["head_parallel", "shared"])
+def test_score_banks_and_output_rows_overlap_under_random_stalls(layout):
+    # many pages a tile (the four score banks wrap several times), several tiles, every row's
+    # output command queued while the row before still leaves, slow readers and a slow writer;
+    # window and sink masks, int4 and int8
+    lay = _layout(rows=4, kv_ports=8, head_dim=32, page_tokens=4)
+    rng = np.random.default_rng(41)
+    bench = AttentionBench(lay, seed=41, stall=0.35, backpressure=0.6)
+    bench.port_stall["w3"] = 0.6                 # one row's V port slower than the others
+    if layout == "head_parallel":
+        add_head_parallel_sequences(bench, rng, [dict(ctx_len=41, window=22, sink=3), dict(ctx_len=30)],
+                                    kv_heads=8, kv_bits=4)
+        add_head_parallel_sequences(bench, rng, [dict(ctx_len=27)], kv_heads=12, kv_bits=8)
+    else:
+        add_sequences(bench, rng, [dict(n_q=1, ctx_len=41, window=22, sink=3), dict(n_q=3, ctx_len=30)],
+                      kv_heads=2, q_per_kv=6, kv_bits=4)
+        add_sequences(bench, rng, [dict(n_q=1, ctx_len=27)], kv_heads=1, q_per_kv=5, kv_bits=8)
+    bench.run(max_cycles=200_000)
+    _check(lay, bench)
+
+
 def test_shared_layout_jobs_still_run_on_a_head_parallel_engine():
     lay = _layout()
     rng = np.random.default_rng(13)

@@ -37,7 +37,7 @@ from hbmforge.numerics.memory import FREQ_MAX, LFSR_SEED, LFSR_TAPS
 
 from ..skid import slice_stream
 from ..streams import JobDone, dma_command_stream, word_stream
-from .queues import ChunkedWriter, RegQueue
+from .queues import ChunkedWriter, RegFIFO, RegQueue
 
 __all__ = ["CacheCtl", "TileCache", "EVENT_KINDS"]
 
@@ -142,10 +142,10 @@ class TileCache(wiring.Component):
         BkLayout = data.StructLayout({"kind": 1, "words": 24, "off": 24, "end": 25})
         m.submodules.bk_order = bk_order = SyncFIFOBuffered(width=BkLayout.size, depth=M + 4)
         OrdLayout = data.StructLayout({"src": 1, "words": 24})
-        m.submodules.rd_order = rd_order = SyncFIFOBuffered(width=OrdLayout.size, depth=8)
+        m.submodules.rd_order = rd_order = RegFIFO(OrdLayout, 8)
         StRdLayout = data.StructLayout({"dest": 1, "words": 24, "slot": range(g.lines)})
         st_rd_q = RegQueue(m, "strd", StRdLayout, 8)
-        m.submodules.st_cmdq = st_cmdq = SyncFIFOBuffered(width=64 + 24, depth=8)
+        m.submodules.st_cmdq = st_cmdq = RegFIFO(data.StructLayout({"addr": 64, "words": 24}), 8)
         wb_pend = RegQueue(m, "wbp", data.StructLayout({"line": 64}), 4)
         uwb_pend = RegQueue(m, "uwbp", data.StructLayout({"line": 64}), 4)
         uws_pend = RegQueue(m, "uwsp", data.StructLayout({"slot": range(g.lines)}), 4)
@@ -195,12 +195,6 @@ class TileCache(wiring.Component):
         slice_stream(m, "up_wcmd_slice", self.up_wcmd, up_wcmd_i)
         r_active, r_addr, r_left, r_pref = Signal(), Signal(64), Signal(33), Signal()
         w_active, w_addr, w_left, w_id = Signal(), Signal(64), Signal(33), Signal(range(CT))
-        r_seg = Signal(33)
-        w_seg = Signal(33)
-        r_to_end = LB - r_addr[:lbits]
-        w_to_end = LB - w_addr[:lbits]
-        m.d.comb += [r_seg.eq(Mux(r_left < r_to_end, r_left, r_to_end)),
-                     w_seg.eq(Mux(w_left < w_to_end, w_left, w_to_end))]
         ctl_busy = Signal()
         m.d.comb += up_cmd_i.ready.eq(~r_active & ~ctl_busy)
         with m.If(up_cmd_i.valid & up_cmd_i.ready):
@@ -222,6 +216,9 @@ class TileCache(wiring.Component):
         seg_write = Signal()
         seg_pref = Signal()
         seg_addr = Signal(64)
+        seg_left = Signal(33)               # the segmenter's bytes left when the segment was taken
+        seg_left_small = Signal()           # seg_left < 2 LB
+        seg_to_end = Signal(lbits + 1)      # bytes from seg_addr to its line's end, 1 .. LB
         seg_bytes = Signal(33)
         seg_words = Signal(24)
         seg_off = Signal(24)                # words into the line
@@ -233,7 +230,7 @@ class TileCache(wiring.Component):
         seg_rel = Signal(64)                # the segment's offset into the window (mod 2**64)
 
         # resources
-        rd_order_w = data.View(OrdLayout, rd_order.w_data)
+        rd_order_w = rd_order.w_data
         st_rd_push = st_rd_q.push_data
         fill_push = fillq.push_data
 
@@ -242,7 +239,7 @@ class TileCache(wiring.Component):
 
         def push_st_read(addr, words, dest, slot):
             m.d.comb += [st_rd_q.push.eq(1), st_rd_push.dest.eq(dest), st_rd_push.words.eq(words),
-                         st_rd_push.slot.eq(slot), st_cmdq.w_en.eq(1), st_cmdq.w_data.eq(Cat(addr[:64], Const(words, 24) if isinstance(words, int) else words[:24]))]
+                         st_rd_push.slot.eq(slot), st_cmdq.w_en.eq(1), st_cmdq.w_data.addr.eq(addr[:64]), st_cmdq.w_data.words.eq(words)]
 
         def push_fill(kind, addr, words, mshr, slot_addr, off, take):
             m.d.comb += [fillq.push.eq(1), fill_push.kind.eq(kind), fill_push.addr.eq(addr),
@@ -272,8 +269,9 @@ class TileCache(wiring.Component):
                         m.d.comb += job_inc[j][k].eq(1)
 
         def advance(write):
-            """The segment taken in IDLE (seg_bytes: r_seg or w_seg then; the segmenter's address
-            and count change only here, so they are still those it came from) is done."""
+            """The segment taken in IDLE (seg_bytes: up to its line's end, sized in TAGRD; the
+            segmenter's address and count change only here, so they are still those it came
+            from) is done."""
             if write:
                 m.d.sync += [w_addr.eq(w_addr + seg_bytes), w_left.eq(w_left - seg_bytes)]
                 with m.If(w_left == seg_bytes):
@@ -525,7 +523,6 @@ class TileCache(wiring.Component):
                 pick_w = Signal()
                 m.d.comb += pick_w.eq(w_active & (~r_active | rr))
                 addr = Mux(pick_w, w_addr, r_addr)
-                nbytes = Mux(pick_w, w_seg, r_seg)
                 m.d.comb += rel.eq(addr - wbase)
                 with m.If(self.ctl.valid & ~r_active & ~w_active & ~ctl_busy):
                     m.d.sync += [ctl_q.eq(self.ctl.payload), ctl_busy.eq(1)]
@@ -533,7 +530,9 @@ class TileCache(wiring.Component):
                     m.next = "CTL"
                 with m.Elif(r_active | w_active):
                     m.d.sync += [seg_write.eq(pick_w), seg_pref.eq(~pick_w & r_pref), seg_addr.eq(addr),
-                                 seg_bytes.eq(nbytes), seg_words.eq(nbytes >> wshift),
+                                 seg_left.eq(Mux(pick_w, w_left, r_left)),
+                                 seg_to_end.eq(LB - addr[:lbits]),
+                                 seg_left_small.eq(Mux(pick_w, w_left, r_left)[lbits + 1:] == 0),
                                  seg_off.eq(rel[wshift:lbits]), seg_set.eq(rel[lbits:lbits + sbits] if sbits else 0),
                                  seg_tag.eq(rel[lbits + sbits:lbits + sbits + TB]),
                                  seg_line.eq(Cat(Const(0, lbits), addr[lbits:]))]
@@ -557,6 +556,11 @@ class TileCache(wiring.Component):
                         write_around("bypasses", "bypass")
                         m.next = "IDLE"
             with m.State("TAGRD"):             # inside the window: the tags; else around the cache
+                # the segment's size from registered parts (in IDLE the compare after the
+                # segmenters' mux was a 3.5 ns path, here on 33 bits still 3.5): the count below
+                # the line's bytes left, a compare of lbits + 1 bits; nothing reads it before PRE
+                nbytes = Mux(seg_left_small & (seg_left[:lbits + 1] < seg_to_end), seg_left, seg_to_end)
+                m.d.sync += [seg_bytes.eq(nbytes), seg_words.eq(nbytes >> wshift)]
                 with m.If(seg_rel < wbytes):
                     m.next = "PRE"
                 with m.Else():
@@ -782,8 +786,9 @@ class TileCache(wiring.Component):
                 m.d.sync += [bk_n.eq(1), bk_n2.eq(2), hv.eq(0), bk_pop.eq(1)]
 
         # -- store reads: commands in order; data to the engine (hits) or the backing writer -----
-        m.d.comb += [self.st_cmd.valid.eq(st_cmdq.r_rdy), self.st_cmd.payload.addr.eq(st_cmdq.r_data[:64]),
-                     self.st_cmd.payload.bytes.eq(st_cmdq.r_data[64:] << wshift), st_cmdq.r_en.eq(self.st_cmd.ready)]
+        m.d.comb += [self.st_cmd.valid.eq(st_cmdq.r_rdy), self.st_cmd.payload.addr.eq(st_cmdq.r_data.addr),
+                     self.st_cmd.payload.bytes.eq(st_cmdq.r_data.words << wshift),
+                     st_cmdq.r_en.eq(self.st_cmd.ready)]
         sh = st_rd_q.head
         st_i = Signal(24, init=1)          # the word's number, from 1
         st_up_valid = Signal()
@@ -799,7 +804,7 @@ class TileCache(wiring.Component):
                 m.d.comb += st_rd_q.pop.eq(1)
 
         # -- the engine's read data, in its request order -----------------------------------------
-        oh = data.View(OrdLayout, rd_order.r_data)
+        oh = rd_order.r_data
         up_i = Signal(24, init=1)          # the word's number, from 1
         from_store = oh.src == _STORE
         # the head leaves rd_order a cycle after its last word (up_pop, as bk_pop; a bubble a

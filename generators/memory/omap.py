@@ -117,6 +117,12 @@ class ObliviousMapUnit(wiring.Component):
         op_start = Signal()
         op_write = Signal()
         op_addr = Signal(64)
+        # the address as base and offset, chosen by the state, added the cycle after: the add of
+        # a control-block field and the mux by state in one cycle were a 3.6 ns path (a cycle per
+        # operation, which omap_slot_timing charges)
+        op_base = Signal(64)
+        op_off = Signal(64)
+        op_addr_go = Signal()
         op_bytes = Signal(range(reg_bytes + 1))
         op_done = Signal()
         op_busy = Signal()
@@ -127,7 +133,9 @@ class ObliviousMapUnit(wiring.Component):
         m.d.comb += [self.rd_cmd.payload.addr.eq(op_addr), self.rd_cmd.payload.bytes.eq(op_bytes),
                      self.wr_cmd.payload.addr.eq(op_addr), self.wr_cmd.payload.bytes.eq(op_bytes)]
         with m.If(op_start):
-            m.d.sync += [op_busy.eq(1), op_cmd_pending.eq(1), op_is_write.eq(op_write), op_idx.eq(0)]
+            m.d.sync += [op_busy.eq(1), op_addr_go.eq(1), op_is_write.eq(op_write), op_idx.eq(0)]
+        with m.If(op_addr_go):
+            m.d.sync += [op_addr.eq(op_base + op_off), op_addr_go.eq(0), op_cmd_pending.eq(1)]
         with m.If(op_busy & op_cmd_pending):
             m.d.comb += [self.rd_cmd.valid.eq(~op_is_write), self.wr_cmd.valid.eq(op_is_write)]
             with m.If(Mux(op_is_write, self.wr_cmd.ready, self.rd_cmd.ready)):
@@ -148,7 +156,7 @@ class ObliviousMapUnit(wiring.Component):
             m.d.comb += [self.wr_data.valid.eq(op_idx < op_words), self.wr_data.payload.eq(wreg.word_select(op_idx, W))]
             with m.If(self.wr_data.valid & self.wr_data.ready):
                 m.d.sync += op_idx.eq(op_idx + 1)
-            m.d.comb += [wr_sent.eq((op_idx == op_words) & ~op_cmd_pending), self.wr_done.ready.eq(wr_sent)]
+            m.d.comb += [wr_sent.eq((op_idx == op_words) & ~op_cmd_pending & ~op_addr_go), self.wr_done.ready.eq(wr_sent)]
             with m.If(self.wr_done.valid & self.wr_done.ready):
                 m.d.sync += op_busy.eq(0)
                 m.d.comb += op_done.eq(1)
@@ -178,19 +186,23 @@ class ObliviousMapUnit(wiring.Component):
         h_rd_owner = Signal()           # the host write owns the bin read port
         m.d.comb += [self.h_cmd.payload.addr.eq(h_addr), self.h_cmd.payload.bytes.eq(g.bin_bytes),
                      self.h_wcmd.payload.addr.eq(h_addr), self.h_wcmd.payload.bytes.eq(g.bin_bytes)]
+        # a host read takes words: h_busy & ~h_write & (h_idx < bin_words) as a flip-flop (the
+        # compare was 7 LUT levels into the port's read FIFO)
+        h_rx = Signal()
         with m.If(h_start_rd | h_start_wr):
-            m.d.sync += [h_busy.eq(1), h_pending.eq(1), h_write.eq(h_start_wr), h_idx.eq(0), h_word_valid.eq(0)]
+            m.d.sync += [h_busy.eq(1), h_pending.eq(1), h_write.eq(h_start_wr), h_idx.eq(0), h_word_valid.eq(0),
+                         h_rx.eq(~h_start_wr)]
         with m.If(h_busy & h_pending):
             m.d.comb += [self.h_cmd.valid.eq(~h_write), self.h_wcmd.valid.eq(h_write)]
             with m.If(Mux(h_write, self.h_wcmd.ready, self.h_cmd.ready)):
                 m.d.sync += h_pending.eq(0)
-        with m.If(h_busy & ~h_write):
-            m.d.comb += self.h_data.ready.eq(h_idx < bin_words)
-            with m.If(self.h_data.valid & self.h_data.ready):
+        m.d.comb += self.h_data.ready.eq(h_rx)
+        with m.If(h_rx):
+            with m.If(self.h_data.valid):
                 m.d.comb += [bin_wdata.eq(self.h_data.payload), bin_we.eq(1)]
                 m.d.sync += h_idx.eq(h_idx + 1)
                 with m.If(h_idx == bin_words - 1):
-                    m.d.sync += h_busy.eq(0)
+                    m.d.sync += [h_busy.eq(0), h_rx.eq(0)]
                     m.d.comb += h_done.eq(1)
         h_fetch = Signal()                  # a word was read from the buffer last cycle
         with m.If(h_busy & h_write):
@@ -384,6 +396,7 @@ class ObliviousMapUnit(wiring.Component):
         lab = Signal(32)
         state_ = Signal(32)
         slot_i = Signal(range(Z + 1))
+        slot_last = Signal()                # slot_i == Z - 1, kept with it (its compare was in the state's next-value logic)
         found = Signal()
         found_at = Signal(range(Z))
         word_i = Signal(range(slot_words + 1))
@@ -391,13 +404,15 @@ class ObliviousMapUnit(wiring.Component):
         fault = Signal(ErrorCode)
         is_query = Signal()                 # the QUERY path, shared by FORMAT after the bin is read
         zw = Signal(range(bin_words + 1))
+        zeroing = Signal()                  # in F_ZERO (a flag: the state's decode was 6 LUT levels into the buffer's write address)
 
         stride_bits = exact_log2(g.bin_stride)
         meta_shift = exact_log2(WB)
         per_word = WB // 8                  # bin meta records per word
 
         def meta_addr(b):
-            return f("meta_base") + ((b << 3) & ~(WB - 1))
+            """(base, offset) of the meta word of bin ``b``."""
+            return f("meta_base"), (b << 3) & ~(WB - 1)
 
         def meta_fields(word, b):
             rec = word.word_select(b & (per_word - 1), 64) if per_word > 1 else word[:64]
@@ -431,13 +446,15 @@ class ObliviousMapUnit(wiring.Component):
         def link_record(nx, lb, st):
             return Cat(nx, lb, st)
 
-        def node_addr(n):
-            return f("nodes_base") + n * g.node_bytes
+        def node_addr(n, extra=0):
+            """(base, offset) of stash node ``n``, plus ``extra`` bytes."""
+            return f("nodes_base"), n * g.node_bytes + extra
 
         def hbm_read(state, addr, nbytes, next_state, then=()):
+            """``addr``: (base, offset), added by the operation a cycle after it starts."""
             with m.State(state):
                 m.d.comb += [op_start.eq(1), op_write.eq(0)]
-                m.d.sync += [op_addr.eq(addr), op_bytes.eq(nbytes), op_words.eq(nbytes // WB)]
+                m.d.sync += [op_base.eq(addr[0]), op_off.eq(addr[1]), op_bytes.eq(nbytes), op_words.eq(nbytes // WB)]
                 m.next = state + "_W"
             with m.State(state + "_W"):
                 m.d.comb += self.stall.eq(1)
@@ -448,7 +465,8 @@ class ObliviousMapUnit(wiring.Component):
         def hbm_write(state, addr, nbytes, value, next_state):
             with m.State(state):
                 m.d.comb += [op_start.eq(1), op_write.eq(1)]
-                m.d.sync += [op_addr.eq(addr), op_bytes.eq(nbytes), op_words.eq(nbytes // WB), wreg.eq(value)]
+                m.d.sync += [op_base.eq(addr[0]), op_off.eq(addr[1]), op_bytes.eq(nbytes), op_words.eq(nbytes // WB),
+                             wreg.eq(value)]
                 m.next = state + "_W"
             with m.State(state + "_W"):
                 m.d.comb += self.stall.eq(1)
@@ -478,7 +496,7 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(self.job.valid):
                     m.d.sync += [job.eq(self.job.payload), idx.eq(0), fault.eq(ErrorCode.NONE)]
                     m.next = "CB_RD"
-            hbm_read("CB_RD", job.ctrl_addr, CB_BYTES, "CB_BAD")
+            hbm_read("CB_RD", (job.ctrl_addr, 0), CB_BYTES, "CB_BAD")
             with m.State("CB_BAD"):             # cb_bad_r: the checks of rreg, registered
                 m.next = "CB_CHK"
             with m.State("CB_CHK"):
@@ -502,7 +520,7 @@ class ObliviousMapUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += [slot_t.eq(1), is_query.eq(1)]
                     m.next = "Q_REC"
-            hbm_read("Q_REC", job.src_addr + idx * g.record_bytes, g.record_bytes, "Q_REC2")
+            hbm_read("Q_REC", (job.src_addr, idx * g.record_bytes), g.record_bytes, "Q_REC2")
             with m.State("Q_REC2"):
                 m.d.sync += [qop.eq(rreg[:2]), qkey.eq(rreg[64:192]), qval.eq(rreg[192:192 + V])]
                 m.next = "Q_PRF"
@@ -531,7 +549,7 @@ class ObliviousMapUnit(wiring.Component):
                                  bucket_i.eq(0), hit.eq(0), free_ok.eq(0), vcount.eq(0)]
                     m.next = "BKT"
             cur_bucket = Mux(bucket_i, h[MAX_DIR_LOG2:], h[:MAX_DIR_LOG2])
-            hbm_read("BKT", f("dir_base") + cur_bucket * g.bucket_bytes, g.bucket_bytes, "BKT_SCAN",
+            hbm_read("BKT", (f("dir_base"), cur_bucket * g.bucket_bytes), g.bucket_bytes, "BKT_SCAN",
                      then=[way_i.eq(0)])
             with m.State("BKT_SCAN"):
                 way = rreg.word_select(way_i, UNIT)
@@ -574,7 +592,7 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(is_query):
                     m.next = "T_READ"
                 with m.Else():
-                    m.d.sync += zw.eq(0)
+                    m.d.sync += [zw.eq(0), zeroing.eq(1)]
                     m.next = "F_ZERO"
             with m.State("T_READ"):
                 host_transfer_at("t_read", h_start_rd, "T_READ_W")
@@ -590,7 +608,7 @@ class ObliviousMapUnit(wiring.Component):
                         m.d.sync += [f("tampered").eq(f("tampered") + 1), fault.eq(ErrorCode.OMAP_TAMPERED)]
                         m.next = "CB_WR"
                     with m.Elif(hit & ~hit_loc[31]):
-                        m.d.sync += [slot_i.eq(0), found.eq(0)]
+                        m.d.sync += [slot_i.eq(0), slot_last.eq(Z == 1), found.eq(0)]
                         m.next = "FIND"
                     with m.Elif(hit):
                         m.d.sync += node.eq(hit_loc[:31])
@@ -606,11 +624,11 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(w0[32] & (w0[:32] == hit_ref)):
                     m.d.sync += [found.eq(1), found_at.eq(slot_i), word_i.eq(0)]
                     m.next = "TAKE"
-                with m.Elif(slot_i == Z - 1):
+                with m.Elif(slot_last):
                     m.d.sync += fault.eq(ErrorCode.OMAP_CORRUPT)
                     m.next = "CB_WR"
                 with m.Else():
-                    m.d.sync += slot_i.eq(slot_i + 1)
+                    m.d.sync += [slot_i.eq(slot_i + 1), slot_last.eq(slot_i == Z - 2)]
                     m.next = "FIND"
             with m.State("TAKE"):                   # copy the slot out (its value), then zero it
                 m.next = "TAKE2"
@@ -634,7 +652,7 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.sync += [has_ent.eq(1), ent_ref.eq(hit_ref), ent_val.eq(rreg[192:192 + V]),
                              nxt.eq(rreg[SLOT:SLOT + 32]), lab.eq(rreg[SLOT + 32:SLOT + 64])]
                 m.next = "TNODE3"
-            hbm_write("TNODE3", node_addr(node) + g.slot_bytes, g.unit, link_record(nxt, lab, Const(NODE_DEAD, 32)),
+            hbm_write("TNODE3", node_addr(node, g.slot_bytes), g.unit, link_record(nxt, lab, Const(NODE_DEAD, 32)),
                       "OP")
             with m.State("OP"):
                 m.d.sync += [status.eq(OmapStatus.NOP), outv.eq(0)]
@@ -667,7 +685,7 @@ class ObliviousMapUnit(wiring.Component):
                     with m.Default():
                         m.next = "EVICT"
                 m.d.sync += it.eq(0)
-            hbm_write("DEL_WAY", f("dir_base") + ent_ref * g.way_bytes, g.unit, Const(0, UNIT), "EVICT")
+            hbm_write("DEL_WAY", (f("dir_base"), ent_ref * g.way_bytes), g.unit, Const(0, UNIT), "EVICT")
 
             # ---- eviction: up to Z nodes of the bin's list into its free slots ----------------
             with m.State("EVICT"):
@@ -680,7 +698,7 @@ class ObliviousMapUnit(wiring.Component):
             with m.State("EV_CHK"):
                 m.d.sync += [nxt.eq(rreg[SLOT:SLOT + 32]), state_.eq(rreg[SLOT + 64:SLOT + 96])]
                 with m.If(rreg[SLOT + 64:SLOT + 96] == NODE_LIVE):
-                    m.d.sync += [slot_i.eq(0), found.eq(0)]
+                    m.d.sync += [slot_i.eq(0), slot_last.eq(Z == 1), found.eq(0)]
                     m.next = "EV_FIND"
                 with m.Else():
                     m.next = "EV_FREE"
@@ -690,20 +708,20 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(~brd.data[32]):
                     m.d.sync += [found_at.eq(slot_i), word_i.eq(0)]
                     m.next = "EV_PUT"
-                with m.Elif(slot_i == Z - 1):
+                with m.Elif(slot_last):
                     m.next = "META_WR"                  # the bin is full: the node stays
                 with m.Else():
-                    m.d.sync += slot_i.eq(slot_i + 1)
+                    m.d.sync += [slot_i.eq(slot_i + 1), slot_last.eq(slot_i == Z - 2)]
                     m.next = "EV_FIND"
             with m.State("EV_PUT"):
                 m.d.comb += [bin_wdata.eq(rreg.word_select(word_i, W)), bin_we.eq(1)]
                 m.d.sync += word_i.eq(word_i + 1)
                 with m.If(word_i == slot_words - 1):
                     m.next = "EV_WAY"
-            hbm_write("EV_WAY", f("dir_base") + rreg[:32] * g.way_bytes, g.unit,
+            hbm_write("EV_WAY", (f("dir_base"), rreg[:32] * g.way_bytes), g.unit,
                       way_record(rreg[64:192], Cat(target, Const(0, 32 - MAX_BINS_LOG2)), Const(1, 1), target),
                       "EV_FREE")
-            hbm_write("EV_FREE", node_addr(node) + g.slot_bytes, g.unit,
+            hbm_write("EV_FREE", node_addr(node, g.slot_bytes), g.unit,
                       link_record(f("free_head"), Const(0, 32), Const(NODE_FREE, 32)), "EV_NEXT")
             with m.State("EV_NEXT"):
                 m.d.sync += [f("free_head").eq(node + 1), f("nodes_used").eq(f("nodes_used") - 1),
@@ -718,7 +736,7 @@ class ObliviousMapUnit(wiring.Component):
                     m.next = "P_LINK"
                 with m.Else():
                     m.next = "ENC"
-            hbm_read("P_LINK", node_addr(node) + g.slot_bytes, g.unit, "P_LINK2")
+            hbm_read("P_LINK", node_addr(node, g.slot_bytes), g.unit, "P_LINK2")
             with m.State("P_LINK2"):
                 m.d.sync += f("free_head").eq(rreg[:32])
                 m.next = "P_META"
@@ -733,12 +751,13 @@ class ObliviousMapUnit(wiring.Component):
                       "P_META_WR")
             hbm_write("P_META_WR", meta_addr(label), WB, meta_set(meta_word, label, (node + 1)[:32], l_version), "P_USED")
             with m.State("P_USED"):
+                # used + 1 > peak as used >= peak: the compare beside the add, not after it (3.6 ns)
                 used = f("nodes_used") + 1
                 m.d.sync += f("nodes_used").eq(used)
-                with m.If(used > f("nodes_peak")):
+                with m.If(f("nodes_used") >= f("nodes_peak")):
                     m.d.sync += f("nodes_peak").eq(used)
                 m.next = "P_WAY"
-            hbm_write("P_WAY", f("dir_base") + ent_ref * g.way_bytes, g.unit,
+            hbm_write("P_WAY", (f("dir_base"), ent_ref * g.way_bytes), g.unit,
                       way_record(qkey, Cat(node[:31], Const(1, 1)), Const(1, 1), label), "P_RET")
             with m.State("P_RET"):
                 with m.If(job.action == OmapAction.BULK):
@@ -766,7 +785,7 @@ class ObliviousMapUnit(wiring.Component):
                         m.next = "RES"
                     with m.Else():
                         m.next = "SLOT_END"
-            hbm_write("RES", job.dst_addr + idx * g.record_bytes, g.record_bytes,
+            hbm_write("RES", (job.dst_addr, idx * g.record_bytes), g.record_bytes,
                       Cat(status, Const(0, 28), Const(0, 32), qkey, outv), "Q_DONE")
             with m.State("Q_DONE"):
                 m.d.sync += f("queries").eq(f("queries") + 1)
@@ -788,7 +807,7 @@ class ObliviousMapUnit(wiring.Component):
                 with m.Else():
                     m.d.sync += is_query.eq(0)
                     m.next = "B_REC"
-            hbm_read("B_REC", job.src_addr + idx * g.record_bytes, g.record_bytes, "B_REC2")
+            hbm_read("B_REC", (job.src_addr, idx * g.record_bytes), g.record_bytes, "B_REC2")
             with m.State("B_REC2"):
                 m.d.sync += [qkey.eq(rreg[64:192]), qval.eq(rreg[192:192 + V])]
                 m.next = "Q_PRF"
@@ -814,7 +833,7 @@ class ObliviousMapUnit(wiring.Component):
                     m.next = "P_LINK"
             hbm_write("B_UPD", node_addr(node), g.slot_bytes,
                       Cat(slot_record(hit_ref, Const(1, 1), qkey, qval), Const(0, SLOT - 192 - V)), "B_RES")
-            hbm_write("B_RES", job.dst_addr + idx * g.record_bytes, g.record_bytes,
+            hbm_write("B_RES", (job.dst_addr, idx * g.record_bytes), g.record_bytes,
                       Cat(status, Const(0, 28), Const(0, 32), qkey, Const(0, V)), "B_NEXT")
             with m.State("B_NEXT"):
                 m.d.sync += idx.eq(idx + 1)
@@ -831,10 +850,11 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.comb += [bin_wdata.eq(0), bin_we.eq(1)]
                 m.d.sync += zw.eq(zw + 1)
                 with m.If(zw == plain_words - 1):
+                    m.d.sync += zeroing.eq(0)
                     m.next = "EVICT"
 
             # ---- the end of a job: the control block back to HBM -------------------------------
-            hbm_write("CB_WR", job.ctrl_addr, CB_BYTES, cb, "DONE")
+            hbm_write("CB_WR", (job.ctrl_addr, 0), CB_BYTES, cb, "DONE")
             with m.State("DONE"):
                 m.d.comb += [self.done.valid.eq(1), self.done.payload.error.eq(0), self.fault.eq(fault)]
                 with m.If(self.done.ready):
@@ -849,7 +869,7 @@ class ObliviousMapUnit(wiring.Component):
         m.d.comb += bin_raddr.eq(Mux(aead_busy, Mux(aead_cmp, a_w1, a_word), Mux(h_busy & h_write, h_idx, main_addr)))
         # and its write address likewise (the write enable and data stay with each user's state)
         m.d.comb += bin_waddr.eq(Mux(aead_busy, a_word, Mux(h_busy & ~h_write, h_idx,
-                                                            Mux(omap_fsm.ongoing("F_ZERO"), zw,
+                                                            Mux(zeroing, zw,
                                                                 found_at * slot_words + word_i))))
         return m
 

@@ -330,7 +330,7 @@ def omap_slot_timing(geometry: OmapGeometry, *, hbm_read: int, hbm_write: int, h
     """
     g = geometry
     wb = g.word_bytes
-    hs = 12                                              # handshakes and state changes per operation
+    hs = 13                                              # handshakes and state changes per operation (one: the address add)
     for name, v in (("burst_beats", burst_beats), ("hbm_outstanding", hbm_outstanding),
                     ("host_outstanding", host_outstanding)):
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:

@@ -291,6 +291,7 @@ class TileCache(wiring.Component):
         cur_slot = lambda w: seg_set * ways + w                                          # noqa: E731
 
         walk_set = Signal(range(sets + 1))
+        walk_last = Signal()                # walk_set == sets - 1 while CLEAR runs (a compare into the state's next value)
         walk_way = Signal(range(ways + 1))
         walk_row = Signal(ways * E)
         ctl_q = Signal(CacheCtl)
@@ -587,7 +588,7 @@ class TileCache(wiring.Component):
                         m.next = "IDLE"
                     with m.Default():
                         with m.If(quiet):
-                            m.d.sync += [walk_set.eq(0), walk_way.eq(0)]
+                            m.d.sync += [walk_set.eq(0), walk_last.eq(sets == 1), walk_way.eq(0)]
                             with m.Switch(ctl_q.action):
                                 with m.Case(CacheAction.CONFIGURE):
                                     m.d.sync += [wbase.eq(ctl_q.addr), wbytes.eq(ctl_q.bytes), store.eq(ctl_q.store)]
@@ -599,8 +600,8 @@ class TileCache(wiring.Component):
             with m.State("CLEAR"):
                 m.d.comb += [twr.en.eq(1),
                              twr.data.eq(Cat(*(pack(Const(0, TB), 0, 0, Const(w, 4), Const(0, 8)) for w in range(ways))))]
-                m.d.sync += walk_set.eq(walk_set + 1)
-                with m.If(walk_set == sets - 1):
+                m.d.sync += [walk_set.eq(walk_set + 1), walk_last.eq(walk_set == sets - 2)]
+                with m.If(walk_last):
                     m.next = "CTL_DONE"
             with m.State("W_RD"):
                 m.d.comb += walk_rd.eq(1)

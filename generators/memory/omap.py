@@ -372,6 +372,7 @@ class ObliviousMapUnit(wiring.Component):
         h = Signal(MAX_DIR_LOG2 * 2)        # the two directory buckets
         bucket_i = Signal()
         way_i = Signal(range(WAYS + 1))
+        way_last = Signal()                 # way_i == WAYS - 1, kept with it (a compare into the state's next value)
         hit = Signal()
         hit_ref = Signal(32)
         hit_loc = Signal(32)
@@ -396,6 +397,7 @@ class ObliviousMapUnit(wiring.Component):
         lab = Signal(32)
         state_ = Signal(32)
         slot_i = Signal(range(Z + 1))
+        taking = Signal()                   # in TAKE/TAKE2 (a flag: the state's decode was 6 LUT levels into the buffer's read address)
         slot_last = Signal()                # slot_i == Z - 1, kept with it (its compare was in the state's next-value logic)
         found = Signal()
         found_at = Signal(range(Z))
@@ -550,7 +552,7 @@ class ObliviousMapUnit(wiring.Component):
                     m.next = "BKT"
             cur_bucket = Mux(bucket_i, h[MAX_DIR_LOG2:], h[:MAX_DIR_LOG2])
             hbm_read("BKT", (f("dir_base"), cur_bucket * g.bucket_bytes), g.bucket_bytes, "BKT_SCAN",
-                     then=[way_i.eq(0)])
+                     then=[way_i.eq(0), way_last.eq(WAYS == 1)])
             with m.State("BKT_SCAN"):
                 way = rreg.word_select(way_i, UNIT)
                 w_valid = way[160]
@@ -564,8 +566,8 @@ class ObliviousMapUnit(wiring.Component):
                 with m.Elif(~free_ok.bit_select(bucket_i, 1)):
                     m.d.sync += [free_ok.bit_select(bucket_i, 1).eq(1),
                                  free_ref.word_select(bucket_i, 32).eq(ref)]
-                m.d.sync += way_i.eq(way_i + 1)
-                with m.If(way_i == WAYS - 1):
+                m.d.sync += [way_i.eq(way_i + 1), way_last.eq(way_i == WAYS - 2)]
+                with m.If(way_last):
                     with m.If(bucket_i):
                         m.next = "PICK"
                     with m.Else():
@@ -622,7 +624,7 @@ class ObliviousMapUnit(wiring.Component):
             with m.State("FIND2"):
                 w0 = brd.data
                 with m.If(w0[32] & (w0[:32] == hit_ref)):
-                    m.d.sync += [found.eq(1), found_at.eq(slot_i), word_i.eq(0)]
+                    m.d.sync += [found.eq(1), found_at.eq(slot_i), word_i.eq(0), taking.eq(1)]
                     m.next = "TAKE"
                 with m.Elif(slot_last):
                     m.d.sync += fault.eq(ErrorCode.OMAP_CORRUPT)
@@ -640,6 +642,7 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.comb += [bin_wdata.eq(0), bin_we.eq(1)]
                 m.d.sync += word_i.eq(word_i + 1)
                 with m.If(word_i == slot_words - 1):
+                    m.d.sync += taking.eq(0)
                     m.next = "TAKE3"
                 with m.Else():
                     m.next = "TAKE"
@@ -865,7 +868,7 @@ class ObliviousMapUnit(wiring.Component):
         # slot scans and copies
         # (they take turns: the sequencer waits for the pass and the host transfers); the owner
         # from registered flags
-        main_addr = Mux(omap_fsm.ongoing("TAKE"), found_at * slot_words + word_i, slot_i * slot_words)
+        main_addr = Mux(taking, found_at * slot_words + word_i, slot_i * slot_words)
         m.d.comb += bin_raddr.eq(Mux(aead_busy, Mux(aead_cmp, a_w1, a_word), Mux(h_busy & h_write, h_idx, main_addr)))
         # and its write address likewise (the write enable and data stay with each user's state)
         m.d.comb += bin_waddr.eq(Mux(aead_busy, a_word, Mux(h_busy & ~h_write, h_idx,

@@ -244,27 +244,28 @@ class ObliviousMapUnit(wiring.Component):
         counter = Signal(32)
         m.d.comb += [chacha.req.payload.key.eq(0), chacha.req.payload.words.eq(0)]
 
-        def keystream_request(nxt):
-            """Ask for ChaCha20 block ``counter`` of the bin's nonce under k_enc."""
+        # every block of the pass asked for at once (the core keeps four in flight, in order):
+        # block 0 (the Poly1305 key), then one per 64 bytes of the bin
+        a_blocks = 1 + -(-g.plain_bytes // 64)
+        a_asked = Signal(range(a_blocks + 1))
+        with m.If(aead_busy & (a_asked != a_blocks)):
             m.d.comb += [a_owner.eq(1), chacha.req.valid.eq(1), chacha.req.payload.key.eq(f("k_enc")),
                          chacha.req.payload.words.eq(Cat(counter, a_nonce))]
             with m.If(chacha.req.ready):
-                m.next = nxt
+                m.d.sync += [a_asked.eq(a_asked + 1), counter.eq(counter + 1)]
 
         with m.FSM(name="aead"):
             with m.State("IDLE"):
                 with m.If(a_start):
-                    m.d.sync += [a_word.eq(0), a_w1.eq(1), half.eq(0), counter.eq(0), aead_busy.eq(1)]
-                    m.next = "KEYREQ"
-            with m.State("KEYREQ"):             # block 0: the Poly1305 key
-                keystream_request("KEYBLK")
-            with m.State("KEYBLK"):
+                    m.d.sync += [a_word.eq(0), a_w1.eq(1), half.eq(0), counter.eq(0), a_asked.eq(0),
+                                 aead_busy.eq(1)]
+                    m.next = "KEYBLK"
+            with m.State("KEYBLK"):             # block 0: the Poly1305 key
                 m.d.comb += a_owner.eq(1)
                 with m.If(chacha.block.valid):
                     m.d.comb += [poly.key.valid.eq(1), poly.key.payload.eq(chacha.block.payload[:256])]
                     with m.If(poly.key.ready):
                         m.d.comb += chacha.block.ready.eq(1)
-                        m.d.sync += counter.eq(1)
                         m.next = "WORD"
             # the buffer's read address while the pass owns it: word a_word (also where the word is
             # not used: a read has no effect), set below
@@ -273,16 +274,14 @@ class ObliviousMapUnit(wiring.Component):
                 with m.If(a_word == plain_words):
                     m.next = "LENGTH"
                 with m.Elif(((a_word * WB) % 64 == 0) if WB < 64 else Const(1)):
-                    m.next = "KSREQ"
+                    m.next = "KSBLK"
                 with m.Else():
                     m.next = "READ"
-            with m.State("KSREQ"):
-                keystream_request("KSBLK")
             with m.State("KSBLK"):
                 m.d.comb += a_owner.eq(1)
                 m.d.comb += chacha.block.ready.eq(1)
                 with m.If(chacha.block.valid):
-                    m.d.sync += [ks.eq(chacha.block.payload), counter.eq(counter + 1)]
+                    m.d.sync += ks.eq(chacha.block.payload)
                     m.next = "READ"
             with m.State("READ"):               # the buffer word is on brd.data
                 m.d.comb += a_owner.eq(1)
@@ -531,18 +530,18 @@ class ObliviousMapUnit(wiring.Component):
                              chacha.req.payload.words.eq(Cat(f("query_counter"), Const(0, 64)))]
                 with m.If(chacha.req.ready):
                     m.d.sync += f("query_counter").eq(f("query_counter") + 1)
-                    m.next = "Q_PRF_W"
+                    m.next = "HASH"                 # both blocks in flight at once
             with m.State("Q_PRF_W"):
                 m.d.comb += chacha.block.ready.eq(1)
                 with m.If(chacha.block.valid):
                     m.d.sync += [dummy.eq(chacha.block.payload[:32] & bins_mask),
                                  label.eq(chacha.block.payload[32:64] & bins_mask)]
-                    m.next = "HASH"
+                    m.next = "HASH_W"
             with m.State("HASH"):
                 m.d.comb += [chacha.req.valid.eq(1), chacha.req.payload.key.eq(f("k_hash")),
                              chacha.req.payload.words.eq(qkey)]
                 with m.If(chacha.req.ready):
-                    m.next = "HASH_W"
+                    m.next = "Q_PRF_W"
             with m.State("HASH_W"):
                 m.d.comb += chacha.block.ready.eq(1)
                 with m.If(chacha.block.valid):

@@ -94,6 +94,9 @@ class RegFIFO(Elaboratable):
     push and its level). A write while full and a read while empty are ignored, as in a FIFO."""
 
     def __init__(self, layout, depth: int):
+        """``layout``: a data layout, or a width in bits."""
+        if isinstance(layout, int):
+            layout = data.StructLayout({"bits": layout})
         self._layout, self.depth = data.Layout.cast(layout), depth
         self.w_en, self.w_rdy = Signal(), Signal()
         self.w_data = Signal(self._layout)

@@ -319,8 +319,8 @@ def omap_slot_timing(geometry: OmapGeometry, *, hbm_read: int, hbm_write: int, h
     meta; node read and dead mark; per evicted node a read, a directory write and a link write;
     the meta write; the push: link read, meta read, node write, meta write, directory write;
     the result), each costing its latency plus its words plus a few cycles of handshakes; two
-    AEAD passes (ChaCha20 82 cycles per 64 bytes, Poly1305 10 per 16 and 5 a message); slot
-    scans of ``Z`` slots. The engine counts the slots whose work ran past an offset (control block
+    AEAD passes (ChaCha20 82 cycles per four 64-byte blocks, Poly1305 10 per 16 and 5 a
+    message); slot scans of ``Z`` slots. The engine counts the slots whose work ran past an offset (control block
     ``overruns``); with these offsets none does on the co-simulation (tests check it).
 
     A memory slower than one word per cycle (``*_bytes_per_cycle``) stretches each operation's
@@ -346,12 +346,15 @@ def omap_slot_timing(geometry: OmapGeometry, *, hbm_read: int, hbm_write: int, h
         turns = ceil_div(ceil_div(ceil_div(nbytes, wb), burst_beats), outstanding[memory])
         return latency * turns + math.ceil(nbytes / rate[memory]) + hs
 
-    # ChaCha20: CHACHA_CYCLES = 82 a block; Poly1305: POLY_BLOCK_CYCLES = 9 a block (+ 1 handshake),
-    # POLY_TAG_CYCLES = 5 a message (generators/memory/chacha.py, poly1305.py)
-    aead = (2 * 82 + 82 * -(-g.plain_bytes // 64) + 10 * (g.plain_bytes // 16 + 1) + 5
+    # ChaCha20: CHACHA_CYCLES = 82 a block, CHACHA_IN_FLIGHT = 4 blocks at once (a request every
+    # other cycle; a pass asks for all its blocks at once, the PRF and the hash both at once);
+    # Poly1305: POLY_BLOCK_CYCLES = 9 a block (+ 1 handshake), POLY_TAG_CYCLES = 5 a message
+    # (generators/memory/chacha.py, poly1305.py)
+    chacha_batch = 82 + 2 * 4 + 2
+    aead = (chacha_batch * -(-(1 + -(-g.plain_bytes // 64)) // 4) + 10 * (g.plain_bytes // 16 + 1) + 5
             + 2 * (g.bin_bytes // wb) + 16)
     scan = 2 * g.bin_slots + 2 * (g.slot_bytes // wb)
-    pre = op(hbm_read, g.record_bytes) + 2 * 85 + 2 * op(hbm_read, g.bucket_bytes) + 2 * g.dir_ways \
+    pre = op(hbm_read, g.record_bytes) + chacha_batch + 2 * op(hbm_read, g.bucket_bytes) + 2 * g.dir_ways \
         + op(hbm_read, wb) + 8
     work = (pre + op(host_read, g.bin_bytes, "host") + 2 * (g.bin_bytes // wb) + aead + scan
             + op(hbm_read, g.node_bytes) + op(hbm_write, g.unit)

@@ -29,6 +29,14 @@ from designs import tiny_memory_config_dict
 from sim_helpers import simulate
 
 
+async def _chacha_request(ctx, dut, key: bytes, words: bytes) -> None:
+    """Offer one request to the ChaCha20 core until it is taken (valid stays set)."""
+    ctx.set(dut.req.payload.key, int.from_bytes(key, "little"))
+    ctx.set(dut.req.payload.words, int.from_bytes(words, "little"))
+    ctx.set(dut.req.valid, 1)
+    await ctx.tick().until(dut.req.ready)
+
+
 def test_chacha20_blocks_match_the_cryptography_package():
     dut = ChaCha20Core()
     rng = random.Random(1)
@@ -37,10 +45,7 @@ def test_chacha20_blocks_match_the_cryptography_package():
 
     async def bench(ctx):
         for key, words in cases:
-            ctx.set(dut.req.payload.key, int.from_bytes(key, "little"))
-            ctx.set(dut.req.payload.words, int.from_bytes(words, "little"))
-            ctx.set(dut.req.valid, 1)
-            await ctx.tick().until(dut.req.ready)
+            await _chacha_request(ctx, dut, key, words)
             ctx.set(dut.req.valid, 0)
             cycles = 0
             while not ctx.get(dut.block.valid):
@@ -64,10 +69,7 @@ def test_chacha20_keeps_four_blocks_in_flight_and_gives_them_in_order():
 
     async def requester(ctx):
         for key, words in cases:
-            ctx.set(dut.req.payload.key, int.from_bytes(key, "little"))
-            ctx.set(dut.req.payload.words, int.from_bytes(words, "little"))
-            ctx.set(dut.req.valid, 1)
-            await ctx.tick().until(dut.req.ready)
+            await _chacha_request(ctx, dut, key, words)
         ctx.set(dut.req.valid, 0)
 
     async def taker(ctx):

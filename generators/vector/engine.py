@@ -62,8 +62,9 @@ _PARAMS = (_ACOL, _BCOL, _BIAS, _GAMMA, _BETA)
 
 # store micro-ops
 _VAL, _BLK, _TRL, _ZERO, _SCL, _MNT = range(6)
-# > ElementPipe.LATENCY + 2: a direct sweep streams at full rate
-_CHUNK_FIFO = 1 << (ElementPipe.LATENCY + 2).bit_length()
+# well above ElementPipe.LATENCY + 3: a direct sweep streams at full rate with its room signal
+# two cycles old (at 32 entries, LATENCY 26, the direct residual add lost 16 cycles a row)
+_CHUNK_FIFO = 1 << (ElementPipe.LATENCY + 6).bit_length()
 
 
 def _walk_rows(m: Module, active, row, rows, item, items, step=1) -> None:
@@ -835,12 +836,14 @@ class VectorEngine(wiring.Component):
             m.d.comb += direct.eq((j.out_fmt == VectorOut.RES32) & (j.norm == VectorNorm.NONE))
         chunk_level = Signal(range(_CHUNK_FIFO + 1))
         inflight = Signal(range(max(_CHUNK_FIFO, ElementPipe.LATENCY, napply.latency) + 2))
-        # room for one more word: registered, from the previous cycle's count, which can grow by at
-        # most one in a cycle, and the count leaves out the word read this cycle (rd_v: inflight
-        # counts from the read on, off the issue decision), so two slots of margin; keeps the
-        # FIFO's level logic off sw_go
+        # room for one more word: registered from a registered count (two cycles old: the count
+        # grows by at most one in a cycle, and it leaves out the word read this cycle (rd_v:
+        # inflight counts from the read on, off the issue decision), so three slots of margin);
+        # keeps the FIFO's level logic off sw_go, and its add off the compare (the level, the add
+        # and the compare in one cycle were 3.4 ns in u280_llm512's vector engine)
         sw_room = Signal()
-        m.d.sync += sw_room.eq(chunk_level + inflight + 3 < _CHUNK_FIFO)
+        sw_occ = Signal(range(2 * _CHUNK_FIFO + 8), name="sw_occ")
+        m.d.sync += [sw_occ.eq(chunk_level + inflight), sw_room.eq(sw_occ + 4 < _CHUNK_FIFO)]
         sw_go = Signal()
         first_ok = ((loaded_ahead != 0) | rx_has) & (~direct | sw_room)
         if g.table_port is not None:         # the element tables word by word, like the operands

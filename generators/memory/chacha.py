@@ -32,8 +32,7 @@ from amaranth.lib.wiring import In, Out
 
 from .queues import RegFIFO
 
-__all__ = ["ChaChaRequest", "ChaCha20Core", "CHACHA_CYCLES", "CHACHA_IN_FLIGHT", "quarter_round",
-           "half_quarter_round"]
+__all__ = ["ChaChaRequest", "ChaCha20Core", "CHACHA_CYCLES", "CHACHA_IN_FLIGHT"]
 
 #: cycles from an accepted request to a valid block (the request register, 80 steps of one
 #: add, the final add)
@@ -52,23 +51,6 @@ def _rotl(v, n):
     return Cat(v[32 - n:], v[:32 - n])
 
 
-def half_quarter_round(a, b, c, d, second):
-    """The first (rotations 16, 12) or ``second`` (8, 7) half of the RFC 8439 quarter round on
-    four 32-bit Amaranth values; returns the new (a, b, c, d)."""
-    r1, r2 = (8, 7) if second else (16, 12)
-    a = (a + b)[:32]
-    d = _rotl(d ^ a, r1)
-    c = (c + d)[:32]
-    b = _rotl(b ^ c, r2)
-    return a, b, c, d
-
-
-def quarter_round(a, b, c, d):
-    """The RFC 8439 quarter round on four 32-bit Amaranth values; returns the new (a, b, c, d)."""
-    return half_quarter_round(*half_quarter_round(a, b, c, d, False), True)
-
-
-_COLUMNS = ((0, 4, 8, 12), (1, 5, 9, 13), (2, 6, 10, 14), (3, 7, 11, 15))
 _DIAGONALS = ((0, 5, 10, 15), (1, 6, 11, 12), (2, 7, 8, 13), (3, 4, 9, 14))
 #: the word of the state at position ``i`` of its diagonalized arrangement (whose columns are
 #: the diagonals): row r of the state rotated left by r words

@@ -228,7 +228,6 @@ class ObliviousMapUnit(wiring.Component):
         a_nonce = Signal(96)
         a_done = Signal()
         a_ok = Signal()
-        a_owner = Signal()
         ks = Signal(512)
         a_word = Signal(range(bin_words + 1))
         a_w1 = Signal(range(bin_words + 2))     # a_word + 1, kept beside it (CMP's read address)
@@ -249,7 +248,7 @@ class ObliviousMapUnit(wiring.Component):
         a_blocks = 1 + -(-g.plain_bytes // 64)
         a_asked = Signal(range(a_blocks + 1))
         with m.If(aead_busy & (a_asked != a_blocks)):
-            m.d.comb += [a_owner.eq(1), chacha.req.valid.eq(1), chacha.req.payload.key.eq(f("k_enc")),
+            m.d.comb += [chacha.req.valid.eq(1), chacha.req.payload.key.eq(f("k_enc")),
                          chacha.req.payload.words.eq(Cat(counter, a_nonce))]
             with m.If(chacha.req.ready):
                 m.d.sync += [a_asked.eq(a_asked + 1), counter.eq(counter + 1)]
@@ -261,7 +260,6 @@ class ObliviousMapUnit(wiring.Component):
                                  aead_busy.eq(1)]
                     m.next = "KEYBLK"
             with m.State("KEYBLK"):             # block 0: the Poly1305 key
-                m.d.comb += a_owner.eq(1)
                 with m.If(chacha.block.valid):
                     m.d.comb += [poly.key.valid.eq(1), poly.key.payload.eq(chacha.block.payload[:256])]
                     with m.If(poly.key.ready):
@@ -270,7 +268,6 @@ class ObliviousMapUnit(wiring.Component):
             # the buffer's read address while the pass owns it: word a_word (also where the word is
             # not used: a read has no effect), set below
             with m.State("WORD"):
-                m.d.comb += a_owner.eq(1)
                 with m.If(a_word == plain_words):
                     m.next = "LENGTH"
                 with m.Elif(((a_word * WB) % 64 == 0) if WB < 64 else Const(1)):
@@ -278,13 +275,11 @@ class ObliviousMapUnit(wiring.Component):
                 with m.Else():
                     m.next = "READ"
             with m.State("KSBLK"):
-                m.d.comb += a_owner.eq(1)
                 m.d.comb += chacha.block.ready.eq(1)
                 with m.If(chacha.block.valid):
                     m.d.sync += ks.eq(chacha.block.payload)
                     m.next = "READ"
             with m.State("READ"):               # the buffer word is on brd.data
-                m.d.comb += a_owner.eq(1)
                 off = (a_word * WB % 64) // WB if WB < 64 else Const(0)
                 m.d.comb += ct.eq(Mux(a_encrypt, brd.data ^ ks.word_select(off, W), brd.data))
                 m.d.sync += a_x.eq(ct)
@@ -292,7 +287,6 @@ class ObliviousMapUnit(wiring.Component):
                 m.d.sync += part.eq(0)
                 m.next = "MAC"
             with m.State("MAC"):
-                m.d.comb += a_owner.eq(1)
                 if W == 64:
                     with m.If(~half):
                         m.d.sync += [held.eq(a_x), half.eq(1), a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
@@ -312,19 +306,16 @@ class ObliviousMapUnit(wiring.Component):
                             m.d.sync += [a_word.eq(a_word + 1), a_w1.eq(a_w1 + 1)]
                             m.next = "WORD"
             with m.State("LENGTH"):             # RFC 8439: le64(len(aad) = 0) | le64(len(ciphertext))
-                m.d.comb += a_owner.eq(1)
                 m.d.comb += [poly.msg.valid.eq(1), poly.msg.payload.data.eq(Const(g.plain_bytes << 64, 128)),
                              poly.msg.payload.last.eq(1)]
                 with m.If(poly.msg.ready):
                     m.next = "TAG"
             with m.State("TAG"):
-                m.d.comb += a_owner.eq(1)
                 m.d.comb += poly.tag.ready.eq(1)
                 with m.If(poly.tag.valid):
                     m.d.sync += [tag_calc.eq(poly.tag.payload), a_word.eq(plain_words), a_w1.eq(plain_words + 1)]
                     m.next = "TAGIO"
             with m.State("TAGIO"):              # the tag words: written (encrypt) or compared (decrypt)
-                m.d.comb += a_owner.eq(1)
                 tag_words = max(1, 16 // WB)
                 with m.If(a_encrypt):
                     for i in range(bin_words - plain_words):
@@ -341,7 +332,6 @@ class ObliviousMapUnit(wiring.Component):
                     m.d.sync += [a_ok.eq(1), aead_cmp.eq(1)]
                     m.next = "CMP"
             with m.State("CMP"):
-                m.d.comb += a_owner.eq(1)
                 tag_words = max(1, 16 // WB)
                 idx = a_word - plain_words
                 for i in range(tag_words):

@@ -780,6 +780,11 @@ class VectorEngine(wiring.Component):
         sw1_ended = Signal()                 # direct store: SWEEP1 of the block has ended
         store_start = Signal()
         store_done = Signal()
+        # early store (Q records, KV appends: one operand, quantized per head or group, no norm): the
+        # store starts with SWEEP1 and takes head h once its groups' parameters are in the qp memory
+        # (the sweep reads tile B only, so the store owns tile A's read address from the start)
+        early_store = Signal()
+        in_storing = Signal()                # the main FSM waits in STORING for the store's end
 
         # -- sweeps ------------------------------------------------------------------------------
         m.submodules.elem = elem = ElementPipe(lanes=L, activations=g.activations)
@@ -1095,6 +1100,9 @@ class VectorEngine(wiring.Component):
             m.d.sync += row_rec[q_r].eq(qpar.meta)
         qp_pipe = Signal(range(QuantParams.LATENCY + 2))
         m.d.sync += qp_pipe.eq(qp_pipe + qv1 - qpar.o_valid)
+        q_done = Signal(range(R * GPR + 1))  # groups of this block whose parameters are written
+        with m.If(qpar.o_valid):
+            m.d.sync += q_done.eq(q_done + 1)
         qp_busy = Signal()
         m.d.comb += qp_busy.eq(qp_active | qv1 | (qp_pipe != 0))
 
@@ -1299,8 +1307,17 @@ class VectorEngine(wiring.Component):
         y_rec_addr = per_block_at(jp.y_addr, rec_bytes << LOGR, "y_rec_addr")
         y_scale_addr = per_block_at(jp.y_scale, Const(SB, 64), "y_scale_addr")
         # (registered DSP products: nv changes with blk only, long before the block's store)
-        act8_bytes, _ = pipelined_product(m, nv, j.dim, name="act8_bytes")
-        rec_block_bytes, _ = pipelined_product(m, nv, rec_bytes, name="rec_block_bytes")
+        act8_bytes, lat_a8 = pipelined_product(m, nv, j.dim, name="act8_bytes")
+        rec_block_bytes, lat_rb = pipelined_product(m, nv, rec_bytes, name="rec_block_bytes")
+        # ... current once their pipelines have caught up with a new block's nv (an early store's
+        # write command comes two cycles after the block steps): a countdown from the step
+        bytes_lat = 1 + max(lat_a8, lat_rb)
+        bytes_wait = Signal(range(bytes_lat + 1))
+        bytes_ok = Signal(init=1)
+        with m.If(start | blk_inc):
+            m.d.sync += [bytes_wait.eq(bytes_lat), bytes_ok.eq(0)]
+        with m.Elif(~bytes_ok):
+            m.d.sync += [bytes_wait.eq(bytes_wait - 1), bytes_ok.eq(bytes_wait == 1)]
         pending = Signal(16)
         m.d.comb += self.out_done.ready.eq(1)
         dones = [self.out_done.valid]          # answers of several ports can arrive in one cycle
@@ -1309,8 +1326,11 @@ class VectorEngine(wiring.Component):
             m.d.comb += self.sw_done[i].ready.eq(1)
             dones.append(self.sw_done[i].valid)
             done_err = done_err | (self.sw_done[i].valid & self.sw_done[i].payload.error)
+        # the count of this cycle's answers registered before it is taken off: the popcount of the
+        # 17 ports' acknowledgements and the 16-bit update in one cycle were 3.47 ns in
+        # u280_llm512's vector engine; ``pending`` reaches 0 a cycle later (a cycle a job)
         done_count = Signal(range(len(dones) + 1))
-        m.d.comb += done_count.eq(sum(dones))
+        m.d.sync += done_count.eq(sum(dones))
         m.d.sync += pending.eq(pending + wc_take - done_count)
         with m.If(done_err):
             m.d.sync += err.eq(1)
@@ -1441,6 +1461,17 @@ class VectorEngine(wiring.Component):
         st_last_row = st_r + 1 == nv
         first_row = Signal()                 # the store is at the job's first row
         m.d.comb += first_row.eq(blk_zero & (st_r == 0))
+        # early store: head h (of the block's rows, in the walk's order) needs (h + 1) x gph groups'
+        # parameters; need / need2 are that count for this head and the next, q_ok whether they are
+        # in (registered: q_done only grows, and next_head below loads it for the next head from
+        # need2, so the flag is never ahead of the memory and costs no cycle a head)
+        gph = (hd // G) if att is not None else 1
+        q_need = Signal(range(R * GPR + 2 * gph + 1))
+        q_need2 = Signal.like(q_need)
+        q_ok = Signal()
+        m.d.sync += q_ok.eq(q_done >= q_need)
+        val_ok = Signal()
+        m.d.comb += val_ok.eq(~early_store | q_ok)
 
         # read-ahead: the mantissa words of the job's first row (every head) are read as soon as its
         # block-table word is in, in head order; the store FSM takes them in RDATA. No write of this
@@ -1460,7 +1491,9 @@ class VectorEngine(wiring.Component):
             with m.If(start):
                 m.d.sync += [pf_h.eq(0), pf_hg.eq(0), pf_g.eq(0), pf_run.eq(0), pf_started.eq(0), st_r.eq(0),
                              st_h.eq(0), st_hg.eq(0), st_g.eq(0), st_port.eq(0)]
-            with m.Elif(kv_mode & ~pf_started & blk_zero & (loaded_ahead != 0) & row_ok):
+            # (the block-table words come before A: in A, row_ok is this block's, as with the whole
+            # block loaded; an early store reaches head 0's RDATA while A still loads)
+            with m.Elif(kv_mode & ~pf_started & blk_zero & ((loaded_ahead != 0) | in_last) & row_ok):
                 m.d.sync += [pf_addr.eq(kv_rows.maddr), pf_off.eq(kv_rows.m_off), pf_run.eq(1), pf_started.eq(1)]
             # the next group's pool is registered from pf_g: a group's first word waits a cycle
             pf_pool = Signal(64)
@@ -1488,6 +1521,8 @@ class VectorEngine(wiring.Component):
             before an op reads it. Not clearing them keeps the TRL / MNT end off those counters.)"""
             m.d.sync += [st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
                          st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
+            gpk = Mux(kv_mode, gph, 1)
+            m.d.sync += [q_need.eq(q_need + gpk), q_need2.eq(q_need2 + gpk), q_ok.eq(q_done >= q_need2)]
             with m.If(hg_last_r):
                 m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
                 if kv_rows is not None:
@@ -1519,7 +1554,7 @@ class VectorEngine(wiring.Component):
         val_end = {}
         for fmt, w in ((VectorOut.QREC, qrec_ways), (VectorOut.KV, kv_ways)):
             flag = Signal(name=f"st_val_end_{fmt.name.lower()}")
-            stepping = store.ongoing("VAL") & room & (j.out_fmt == fmt)
+            stepping = store.ongoing("VAL") & room & val_ok & (j.out_fmt == fmt)
 
             def at(v):
                 return st_j == v if v >= 0 else Const(0, 1)
@@ -1535,8 +1570,10 @@ class VectorEngine(wiring.Component):
         with store.State("IDLE"):
             m.d.sync += [st_j.eq(0), st_c.eq(0)]    # (unread here: cleared without the start's decode)
             with m.If(store_start):
+                gpk = Mux(kv_mode, gph, 1)
                 m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0),
-                             st_port.eq(Mux(kv_mode, j.port, 0))]
+                             st_port.eq(Mux(kv_mode, j.port, 0)),
+                             q_need.eq(gpk), q_need2.eq(gpk << 1), q_ok.eq(0)]
                 with m.If(kv_mode):
                     store.next = "KROW"
                 with m.Else():
@@ -1549,7 +1586,7 @@ class VectorEngine(wiring.Component):
                 store.next = "CMD"
         with store.State("CMD"):
             # a write to another port than the packer's waits until its words have left
-            m.d.comb += wc_valid.eq((st_port == out_port) | store_empty_r)
+            m.d.comb += wc_valid.eq(((st_port == out_port) | store_empty_r) & bytes_ok)
             with m.If(wc_take):
                 m.d.sync += out_port.eq(st_port)
             with m.Switch(j.out_fmt):
@@ -1581,7 +1618,7 @@ class VectorEngine(wiring.Component):
                 with m.If(blk_last):
                     store.next = "FLUSH"
         with store.State("VAL"):
-            with m.If(room):
+            with m.If(room & val_ok):
                 m.d.comb += [op_valid.eq(1), op_kind.eq(_VAL), op_r.eq(st_r)]
                 m.d.sync += st_j.eq(st_j + 1)
                 with m.Switch(j.out_fmt):
@@ -1667,8 +1704,9 @@ class VectorEngine(wiring.Component):
                 with m.If(c_end):
                     next_head("CMD", "KROW")
         with store.State("FLUSH"):
-            # no micro-op reads the tiles any more: the next block may be loaded
-            with m.If((st_inflight == 0) & ~t1_v):
+            # no micro-op reads the tiles any more: the next block may be loaded (an early store
+            # may get here before the main FSM waits for it: it waits too)
+            with m.If((st_inflight == 0) & ~t1_v & in_storing):
                 m.d.comb += store_done.eq(1)
                 m.d.sync += sw1_ended.eq(0)
                 store.next = "IDLE"
@@ -1687,12 +1725,16 @@ class VectorEngine(wiring.Component):
                 with m.If((loaded_ahead != 0) | in_last):
                     m.d.sync += [sw_active.eq(1), sw_second.eq(0), sw_r.eq(0), sw_j.eq(0),
                                  g_final.eq(0), qp_n.eq(0), qp_r.eq(0), qp_g.eq(0)]
-                    m.d.comb += store_start.eq(direct)     # the direct store's write command
                     # quantized output without a norm: QPARAM follows the sweep's groups
                     stream = quant_out & (j.norm == VectorNorm.NONE) & ~direct
-                    m.d.sync += [qp_stream.eq(stream), qp_active.eq(stream)]
+                    early = stream & ~has_b & ((j.out_fmt == VectorOut.QREC) | kv_mode)
+                    # the direct store's write command, or the early store's start
+                    m.d.comb += store_start.eq(direct | early)
+                    m.d.sync += [qp_stream.eq(stream), qp_active.eq(stream), early_store.eq(early),
+                                 q_done.eq(0)]
                     m.next = "SWEEP1"
             with m.State("SWEEP1"):
+                m.d.comb += in_store.eq(early_store)
                 with m.If(~sweeping & ~rd_v):
                     with m.If(direct):
                         m.d.sync += sw1_ended.eq(1)
@@ -1718,13 +1760,14 @@ class VectorEngine(wiring.Component):
                     with m.Else():
                         m.next = "STORE"
             with m.State("QPARAM"):
+                m.d.comb += in_store.eq(early_store)
                 with m.If(~qp_busy):
                     m.next = "STORE"
             with m.State("STORE"):
-                m.d.comb += [in_store.eq(1), store_start.eq(1)]
+                m.d.comb += [in_store.eq(1), store_start.eq(~early_store)]
                 m.next = "STORING"
             with m.State("STORING"):
-                m.d.comb += in_store.eq(1)
+                m.d.comb += [in_store.eq(1), in_storing.eq(1)]
                 with m.If(store_done):
                     m.d.comb += blk_inc.eq(1)
                     m.d.sync += [blk.eq(blk + 1), blk_zero.eq(0)]

@@ -54,13 +54,17 @@ class InlineScaleDemux(wiring.Component):
         P = self._ports
         left = Signal(32)                          # combined words left in the current pass
         pos = Signal(range(self._max_ratio + 1))   # words since the pass's last scale word (0: a scale word)
+        # left != 0, left == 1, pos == 0 and pos == ratio as flags kept beside the counters: the
+        # streams' valid and ready start at flip-flops, not at a 32-bit compare (the demux's
+        # `left != 0` into the unpacker's adapters was 7 LUT levels in u280_llm512's matmul)
+        left_nz, left_one, pos_zero, pos_top = Signal(), Signal(), Signal(init=1), Signal()
         sreg = Signal(P * self._width, reset_less=True)
         svalid = Signal()
 
         all_valid = Signal()
         m.d.comb += all_valid.eq(Cat(*(s.valid for s in self.w_in)).all())
-        head = all_valid & (left != 0)
-        is_scale = pos == 0
+        head = all_valid & left_nz
+        is_scale = pos_zero
         s_room = ~svalid | self.s.ready
         out_ready = Mux(is_scale, s_room, self.w_out[0].ready)
         take = Signal()
@@ -75,14 +79,22 @@ class InlineScaleDemux(wiring.Component):
         with m.If(take & is_scale):
             m.d.sync += [sreg.eq(Cat(*(s.payload for s in self.w_in))), svalid.eq(1)]
 
-        pass_end = take & (left == 1)
-        m.d.comb += self.words.ready.eq((left == 0) | pass_end)
+        def set_pos(value, zero, top):
+            m.d.sync += [pos.eq(value), pos_zero.eq(zero), pos_top.eq(top)]
+
+        pass_end = take & left_one
+        m.d.comb += self.words.ready.eq(~left_nz | pass_end)
         with m.If(take):
-            m.d.sync += [left.eq(left - 1), pos.eq(Mux(pos == self.ratio, 0, pos + 1))]
-            with m.If(left == 1):
-                m.d.sync += pos.eq(0)
+            m.d.sync += [left.eq(left - 1), left_nz.eq(~left_one), left_one.eq(left == 2)]
+            with m.If(left_one | pos_top):
+                set_pos(0, 1, self.ratio == 0)
+            with m.Else():
+                set_pos(pos + 1, 0, pos + 1 == self.ratio)
         with m.If(self.words.valid & self.words.ready):
-            m.d.sync += [left.eq(self.words.payload), pos.eq(0)]
+            w = self.words.payload
+            m.d.sync += [left.eq(w), left_nz.eq(w != 0), left_one.eq(w == 1)]
+            set_pos(0, 1, self.ratio == 0)
         with m.If(self.start):
-            m.d.sync += [left.eq(0), pos.eq(0), svalid.eq(0)]
+            m.d.sync += [left.eq(0), left_nz.eq(0), left_one.eq(0)]
+            set_pos(0, 1, self.ratio == 0)
         return m

@@ -30,11 +30,13 @@ from .pipe import delay
 __all__ = ["MacArray", "product", "pair_product", "wrap_tree", "LANE_FORMATS", "array_latency"]
 
 
-def array_latency(*, lanes: int, group_size: int, levels_per_stage: int, pairs: bool = False) -> int:
+def array_latency(*, lanes: int, group_size: int, levels_per_stage: int, pairs: bool = False,
+                  folded: bool = False) -> int:
     """:attr:`MacArray.latency` from its parameters: the fire register, the activation register
-    (the pair fire's select), the product register and the tree stages."""
+    (the pair fire's select), the product register and the tree stages (``folded``: the dense pair
+    fire's LUT product, two partial sums a lane, so the trees have twice the leaves)."""
     span = min(lanes, group_size) // (2 if pairs else 1)
-    tree_levels = span.bit_length() - 1
+    tree_levels = (span * (2 if folded else 1)).bit_length() - 1
     return 3 + (-(-tree_levels // levels_per_stage) if tree_levels else 0)
 
 LANE_FORMATS = ("int", "int4", "int2", "ternary")
@@ -85,7 +87,9 @@ def _neg_weight(code: int, pair: int, dense: int, offset: int = 0) -> int:
 
 def _folded_product(x, x1, code, dense, bits: int):
     """The dense pair fire's LUT lane: ``x * code`` (a 4-bit weight) or, when ``dense`` is set,
-    ``x * code[0:2] + x1 * code[2:4] + 511`` (two int2 weights), modulo ``2^bits``.
+    ``x * code[0:2] + x1 * code[2:4] + 511`` (two int2 weights), modulo ``2^bits``, as two partial
+    sums (the low terms' and the high terms'), which the tree adds: the four term muxes and both
+    adds in one stage were 3.4 ns (4 LUTs + 1.5 CARRY8) in u280_llm512's matmul.
 
     One shift-and-add serves both modes (Yosys, 64 lanes: 11 LUTs a lane more than
     :func:`~..lutmul.lut_product` alone): the high terms take ``x1`` and ``2 x1`` in place of
@@ -96,8 +100,7 @@ def _folded_product(x, x1, code, dense, bits: int):
     t1 = Mux(code[1], Cat(Const(0, 1), x), 0) ^ Cat(*([dense] * 9))
     t2 = Mux(code[2], Mux(dense, x1, x << 2), 0)
     t3 = Mux(code[3], Mux(dense, x1 << 1, x << 3), 0)
-    v = (t0 + t1) + (t2 - t3)
-    return v[:bits] if len(v) > bits else v
+    return tuple(v[:bits] if len(v) > bits else v for v in (t0 + t1, t2 - t3))
 
 
 def wrap_tree(m: Module, values: list, *, bits: int, levels_per_stage: int, name: str) -> tuple:
@@ -195,8 +198,9 @@ class MacArray(wiring.Component):
         self._levels_per_stage = levels_per_stage
         self._weight_shape = weight_shape
         self._sum_bits = 8 + weight_shape.width + (self._span.bit_length() - 1)
+        self._folded = dense_pairs and lane_format == "int4"
         self._latency = array_latency(lanes=lanes, group_size=group_size, levels_per_stage=levels_per_stage,
-                                      pairs=pairs)
+                                      pairs=pairs, folded=self._folded)
         super().__init__({
             "valid": In(1),
             "pair": In(1),
@@ -256,7 +260,7 @@ class MacArray(wiring.Component):
 
         dp = self._dense_pairs
         # the dense pair fire on LUT products: one shift-and-add for both modes (see _folded_product)
-        folded = dp and self._lane_format == "int4"
+        folded = self._folded
         dense = self.pair & self.dense if dp else 0      # a job constant, as pair is
         code = [Signal(4, name=f"wc{l}", reset_less=True) for l in range(L)] if dp else None
         firsts = {self._tree_lanes(j)[0] for j in range(self._groups)}
@@ -334,6 +338,7 @@ class MacArray(wiring.Component):
 
         # Products (x + 128) * w mod 2^sb; the weight sum starts one stage earlier (from the
         # fire register) and its root is delayed to line up with the product trees.
+        p_stages = self._latency - 3                  # the product trees' stages
         for j in range(self._groups):
             lanes = self._tree_lanes(j)
             wsum, w_stages = wrap_tree(m, [wt[l] for l in lanes], bits=sb, levels_per_stage=lps, name=f"ws{j}")
@@ -342,13 +347,18 @@ class MacArray(wiring.Component):
                     dense_r = delay(m, dense_f, int(self._pairs) + w_stages, name="dense_r", reset_less=True)
                 rest = Mux(dense_r, span, 0)
                 wsum = ((wsum << 7) | rest) if span < 128 else (wsum << 7) + rest
-            wsum = delay(m, wsum, 1, name=f"ws{j}_root", reset_less=True)
+            wsum = delay(m, wsum, 1 + p_stages - w_stages, name=f"ws{j}_root", reset_less=True)
             for r in range(R):
                 prods = []
                 for l in lanes:
                     if folded:
-                        v = _folded_product(x[r][l], x1[r][l], code[l], dense, sb)
-                    elif dp:
+                        for k, v in enumerate(_folded_product(x[r][l], x1[r][l], code[l], dense, sb)):
+                            p = Signal(v.shape() if v.shape().signed and len(v) < sb else sb,
+                                       name=f"p{r}_{l}_{k}", reset_less=True)
+                            m.d.sync += p.eq(v)
+                            prods.append(p)
+                        continue
+                    if dp:
                         v = pair_product(x[r][l], x1[r][l], code[l], we[l], dense, sb)
                     else:
                         v = product(x[r][l], we[l], self._lane_format, sb)

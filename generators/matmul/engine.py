@@ -52,7 +52,7 @@ from ..counters import owned_step_count
 from ..fifo import StepFIFOBuffered
 from ..skid import SkidBuffer, slice_stream
 from .tlmm import TlmmArray, tlmm_array_latency
-from .unpack import WeightUnpacker
+from .unpack import WeightUnpacker, lane_width
 from .wtile import WeightTileBuffer
 
 __all__ = ["MatmulEngine", "array_lane_format"]
@@ -100,8 +100,10 @@ class MatmulEngine(wiring.Component):
             arr_lat = tlmm_array_latency(lanes=mm.lanes, group_size=mm.group_size, g=mm.tlmm_group,
                                          levels_per_stage=levels_per_stage)
         else:
+            folded = (bool(self._geom.dense_pair_codes)
+                      and array_lane_format(mm, lane_width(mm.weight_bits)) == "int4")
             arr_lat = array_latency(lanes=mm.lanes, group_size=mm.group_size, levels_per_stage=levels_per_stage,
-                                    pairs=self._pairs)
+                                    pairs=self._pairs, folded=folded)
         acc_lat = accum_latency(groups=self._parts, levels_per_stage=levels_per_stage, pairs=self._pairs)
         self._latency = ISSUE_LATENCY + arr_lat + acc_lat + OutputStage.LATENCY
         self._fifo_depth = self._latency + 4

@@ -27,7 +27,7 @@ from .gearbox import TritGearbox, WidthAdapter, is_pow2_ratio
 from .pipe import opaque_const
 from .sparse import BitGearbox, expand_sparse24, sparse24_chunk_bits
 
-__all__ = ["WeightUnpacker", "FORMAT_CODES", "pair_slot_lanes", "dense_pair_slot_lanes"]
+__all__ = ["WeightUnpacker", "FORMAT_CODES", "pair_slot_lanes", "dense_pair_slot_lanes", "lane_width"]
 
 # descriptor ``wbits`` codes (hbmforge.layout.WeightFormat)
 FORMAT_CODES = {2: 2, "ternary": 3, 4: 4, 8: 8}
@@ -35,6 +35,11 @@ FORMAT_CODES = {2: 2, "ternary": 3, 4: 4, 8: 8}
 
 def _lane_bits(fmt) -> int:
     return 2 if fmt == "ternary" else fmt
+
+
+def lane_width(weight_bits) -> int:
+    """Bits of the unpacker's signed lanes for an engine of ``weight_bits`` (its widest format)."""
+    return max(_lane_bits(b) for b in weight_bits)
 
 
 def _field_mask(n: int, pitch: int, width: int) -> int:
@@ -201,7 +206,7 @@ class WeightUnpacker(wiring.Component):
                              f"of {weight_bits!r}, {ternary_packing!r}")
         self._lanes, self._ports, self._width = lanes, weight_ports, data_width
         self._packing = ternary_packing
-        self._lane_shape = signed(max(_lane_bits(b) for b in self._fmts))
+        self._lane_shape = signed(lane_width(self._fmts))
         super().__init__({
             "w_data": In(stream.Signature(data_width)).array(weight_ports),
             "wbits": In(5),

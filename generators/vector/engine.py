@@ -1306,7 +1306,7 @@ class VectorEngine(wiring.Component):
         y_row_addr = per_block_at(jp.y_addr, j.dim << LOGR, "y_row_addr")
         y_rec_addr = per_block_at(jp.y_addr, rec_bytes << LOGR, "y_rec_addr")
         y_scale_addr = per_block_at(jp.y_scale, Const(SB, 64), "y_scale_addr")
-        # (registered DSP products: nv changes with blk only, long before the block's store)
+        # (registered DSP products: nv changes with blk only)
         act8_bytes, lat_a8 = pipelined_product(m, nv, j.dim, name="act8_bytes")
         rec_block_bytes, lat_rb = pipelined_product(m, nv, rec_bytes, name="rec_block_bytes")
         # ... current once their pipelines have caught up with a new block's nv (an early store's
@@ -1466,6 +1466,7 @@ class VectorEngine(wiring.Component):
         # in (registered: q_done only grows, and next_head below loads it for the next head from
         # need2, so the flag is never ahead of the memory and costs no cycle a head)
         gph = (hd // G) if att is not None else 1
+        gpk = Mux(kv_mode, gph, 1)           # groups per head of this job's format
         q_need = Signal(range(R * GPR + 2 * gph + 1))
         q_need2 = Signal.like(q_need)
         q_ok = Signal()
@@ -1521,7 +1522,6 @@ class VectorEngine(wiring.Component):
             before an op reads it. Not clearing them keeps the TRL / MNT end off those counters.)"""
             m.d.sync += [st_h.eq(st_h + 1), st_hg.eq(st_hg + 1),
                          st_vaddr.eq(st_vaddr + ha), st_maddr.eq(st_maddr + ha)]
-            gpk = Mux(kv_mode, gph, 1)
             m.d.sync += [q_need.eq(q_need + gpk), q_need2.eq(q_need2 + gpk), q_ok.eq(q_done >= q_need2)]
             with m.If(hg_last_r):
                 m.d.sync += [st_hg.eq(0), st_g.eq(st_g + 1), st_port.eq(st_port + 2)]
@@ -1570,7 +1570,6 @@ class VectorEngine(wiring.Component):
         with store.State("IDLE"):
             m.d.sync += [st_j.eq(0), st_c.eq(0)]    # (unread here: cleared without the start's decode)
             with m.If(store_start):
-                gpk = Mux(kv_mode, gph, 1)
                 m.d.sync += [st_r.eq(0), st_h.eq(0), st_hg.eq(0), st_g.eq(0),
                              st_port.eq(Mux(kv_mode, j.port, 0)),
                              q_need.eq(gpk), q_need2.eq(gpk << 1), q_ok.eq(0)]

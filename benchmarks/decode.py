@@ -303,6 +303,28 @@ def complete(rows: list[dict], formats, contexts, ref_fmt: str = "w2a8kv4") -> l
     return out
 
 
+def ffn_padding_bytes(lay, fmt: str, hidden: int, intermediate: int) -> int:
+    """Bytes a decode layer moves only because its FFN is padded to the matmul's K alignment (11008 ->
+    12288 at 4096 lanes): ``down_proj``'s weight stream (inline scales included) over the padded K
+    columns, SwiGLU's two ACC32 operands, two column-multiplier tables and int8 output over the padded
+    rows, and ``down_proj``'s int8 activation there. The model needs none of them, so the roofline and
+    ``decode_board_bw_efficiency`` count the layer's bytes without them (the streamed bytes are
+    reported beside). Weights and scales are linear in K per slice, so the padded share of
+    ``down_proj``'s stream is ``pad / K_padded`` (an estimate within a combined word per slice)."""
+    from hbmforge.encodings import WeightFormat
+    from hbmforge.engines.matmul import SPARSE24
+
+    mm = lay.matmul
+    k_pad = mm.pad_k(intermediate)
+    pad = k_pad - intermediate
+    if pad == 0:
+        return 0
+    code = int(WeightFormat.from_config(FORMATS[fmt])) | (SPARSE24 if fmt in SPARSE_FORMATS else 0)
+    down = mm.weight_port_bytes(hidden, k_pad, code) * mm.weight_ports + mm.scale_bytes(hidden, k_pad)
+    swiglu = pad * (2 * 4 + 2 * 4 + 1)
+    return int(round(down * pad / k_pad)) + swiglu + pad
+
+
 def lm_head_bytes(fmt: str) -> float:
     """The LM head (32000 x 4096) at W4 for every model (W4 for the W4 model; W2/ternary models keep a
     4-bit head, as low-bit deployments usually do)."""
@@ -321,12 +343,14 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
     out = []
     for c in cells:
         fmt = c["format"]
-        layer_bytes = c["bytes_read"] + c["bytes_written"]
+        streamed = c["bytes_read"] + c["bytes_written"]
+        layer_bytes = streamed - c.get("padding_bytes", 0)      # the model's bytes (ffn_padding_bytes)
         # the LM head at the layer's measured cycles per weight (matmul + everything around it)
         per_weight = c["cycles"] / layer_weights_n
         lm_cycles = LLAMA2_7B["vocab"] * H * per_weight
         cycles_tok = L * c["cycles"] + lm_cycles
         bytes_tok = L * layer_bytes + lm_head_bytes(fmt)
+        streamed_tok = L * streamed + lm_head_bytes(fmt)
         for board in boards:
             gbps = bw.get(board)
             if gbps is None:                 # no calibrated figure for it: no projection either
@@ -339,6 +363,7 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
                 out.append({"format": fmt, "context": c["context"], "board": board, "clock_mhz": mhz,
                             "tok_s": tok_s, "roofline_tok_s": roof, "port_roofline_tok_s": port_roof,
                             "roofline_fraction": tok_s / roof, "bytes_per_token": bytes_tok,
+                            "streamed_bytes_per_token": streamed_tok,
                             "cycles_per_token": cycles_tok, "layer_cycles": c["cycles"], "measured": c["measured"],
                             "cycles_at_mhz": c.get("memory_clock_mhz", cycles_mhz),
                             "calibrated_gbps": gbps})
@@ -551,6 +576,11 @@ def main() -> None:
                  context=r["context"], how=r["extrapolated_from"])
     cells = complete(full, formats, contexts)
     cells += sparse24_rows(cells, lanes)
+    from hbmforge.layout import DesignLayout
+
+    lay = DesignLayout(cfg)
+    for c in cells:
+        c["padding_bytes"] = ffn_padding_bytes(lay, c["format"], LLAMA2_7B["hidden"], LLAMA2_7B["intermediate"])
     bw = calibrated_bandwidths(args.hbm_report, ("u280", "u55c", "kv260", "zcu102"),
                                run_missing=not args.no_hbm_run)
     port_bytes = cfg.stream_ports * cfg.data_width // 8
@@ -571,10 +601,14 @@ def main() -> None:
     if ref is not None and "u280" in bw:
         ref_mhz = ref.get("memory_clock_mhz", cfg.clock)          # the clock its cycles were simulated at
         t = ref["cycles"] / (ref_mhz * 1e6)
-        emit("decode_board_bw_efficiency", round((ref["bytes_read"] + ref["bytes_written"]) / (bw["u280"] * 1e9 * t), 4),
+        streamed = ref["bytes_read"] + ref["bytes_written"]
+        model_bytes = streamed - ref["padding_bytes"]
+        emit("decode_board_bw_efficiency", round(model_bytes / (bw["u280"] * 1e9 * t), 4),
              "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=ref_mhz,
-             calibrated_gbps=bw["u280"], measured=ref["measured"],
-             note="layer bytes / (calibrated achievable bandwidth x layer decode time); target >= 0.90")
+             calibrated_gbps=bw["u280"], measured=ref["measured"], layer_bytes=model_bytes,
+             streamed_bytes=streamed, streamed_ratio=round(streamed / (bw["u280"] * 1e9 * t), 4),
+             note="the layer's bytes without the FFN's K padding / (calibrated achievable bandwidth x layer "
+                  "decode time); streamed_ratio counts the padding too; target >= 0.90")
     names = {"w2a8kv4_sparse24": "projected_tok_s_7b_w2a8kv4_sparse24", "w2a8kv4": "projected_tok_s_7b_w2a8kv4_dense",
              "w4a8kv4": "projected_tok_s_7b_w4a8kv4", "ternary": "projected_tok_s_7b_ternary"}
     for p in proj:
@@ -582,6 +616,7 @@ def main() -> None:
              board=p["board"], clock_mhz=p["clock_mhz"], context=p["context"],
              roofline_tok_s=round(p["roofline_tok_s"], 2), roofline_fraction=round(p["roofline_fraction"], 4),
              port_roofline_tok_s=round(p["port_roofline_tok_s"], 2), bytes_per_token=int(p["bytes_per_token"]),
+             streamed_bytes_per_token=int(p["streamed_bytes_per_token"]),
              layer_cycles=p["layer_cycles"], layer_measured=p["measured"], calibrated_gbps=p["calibrated_gbps"],
              cycles_simulated_at_mhz=p["cycles_at_mhz"],
              host_rt_us=args.host_rt_us)

@@ -150,8 +150,11 @@ PORT_MUTANTS = [
     _p("ar.known_id", "a foreign ARID", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.arid.eq(3))),
     _p("r.ready", "R back-pressured", lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.rready.eq(f))),
     _p("ar.outstanding", "reader issues one burst past its limit", depth=14, reader_class=OverIssuingReader),
-    _p("rd.fifo_room", "reader FIFO smaller than its credits", depth=14, reader_class=ShortFifoReader),
-    _p("rd.data.held", "reader withdraws a word", reader_class=DroppingReader),
+    # the reader's registered room flag (088f4ae) issues an AR at most every third cycle and its
+    # first a cycle later: the short FIFO fills, and the first word is offered, later than they did
+    # (at depths 14 and 10 these two mutants passed; found by the slow suite in session 46)
+    _p("rd.fifo_room", "reader FIFO smaller than its credits", depth=20, reader_class=ShortFifoReader),
+    _p("rd.data.held", "reader withdraws a word", depth=14, reader_class=DroppingReader),
     _p("aw.valid_held", "AWVALID withdrawn every other cycle",
        lambda s, m, rd, wr, f: m.d.comb.__iadd__(s.bus.awvalid.eq(wr.awvalid & f))),
     _p("aw.stable", "AWADDR moves while stalled", lambda s, m, rd, wr, f: m.d.comb.__iadd__(

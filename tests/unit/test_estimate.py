@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -219,6 +220,7 @@ def test_missing_yowasp_is_a_clear_error(monkeypatch, tiny_config):
 @pytest.mark.parametrize("value, message", [
     ("/no/such/yosys", r"HBMFORGE_YOSYS '/no/such/yosys': neither 'yowasp', 'pyosys' nor an executable Yosys"),
     ("pyosys", r"HBMFORGE_YOSYS pyosys: pyosys is not installed \(pip install pyosys\)"),
+    (sys.executable, r"HBMFORGE_YOSYS=.*: `-V` printed no Yosys version \(exit 0\): 'Python 3"),
 ])
 def test_a_native_yosys_that_is_not_there_is_refused_before_any_work(monkeypatch, tiny_config, tmp_path,
                                                                      value, message):
@@ -233,7 +235,11 @@ def test_a_native_yosys_that_is_not_there_is_refused_before_any_work(monkeypatch
     assert not (tmp_path / "estimate").exists()
 
 
-def test_cli_refuses_a_yosys_choice_that_is_not_there_before_any_work(monkeypatch, tmp_path):
+@pytest.mark.parametrize("value, message", [
+    ("/no/such/yosys", "--yosys '/no/such/yosys': neither 'yowasp', 'pyosys' nor an executable Yosys"),
+    (sys.executable, f"--yosys {sys.executable}: `-V` printed no Yosys version"),
+])
+def test_cli_refuses_a_yosys_choice_that_is_not_there_before_any_work(monkeypatch, tmp_path, value, message):
     import os
 
     import yaml
@@ -246,15 +252,13 @@ def test_cli_refuses_a_yosys_choice_that_is_not_there_before_any_work(monkeypatc
     monkeypatch.setattr(est, "_kernel_verilog", lambda *a: pytest.fail("RTL generated before the check"))
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_config_dict()))
-    res = CliRunner().invoke(app, ["estimate", str(path), "--yosys", "/no/such/yosys"])
+    res = CliRunner().invoke(app, ["estimate", str(path), "--yosys", value])
     assert res.exit_code == 2, res.output
-    assert "--yosys '/no/such/yosys': neither 'yowasp', 'pyosys' nor an executable Yosys" in res.output
+    assert message in " ".join(res.output.split()), res.output
     assert "Traceback" not in res.output and "HBMFORGE_YOSYS" not in os.environ
 
 
 def test_the_yosys_choice_picks_the_command(monkeypatch):
-    import sys
-
     import hbmforge.flows.estimate as est
 
     monkeypatch.delenv("HBMFORGE_YOSYS", raising=False)

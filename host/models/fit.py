@@ -20,9 +20,10 @@ from hbmforge.numerics.reference import DecoderSpec, EncoderSpec
 from ..allocator import PAGE_BYTES
 from ..device import Device
 from ..packing import engine_format
+from .heads import HeadPadding
 from .recipe import QuantRecipe, engine_bits
 
-__all__ = ["ModelFitError", "Projection", "projections", "check_fit", "context_limit"]
+__all__ = ["ModelFitError", "Projection", "projections", "check_fit", "context_limit", "head_padding"]
 
 
 class ModelFitError(ValueError):
@@ -46,11 +47,13 @@ class Projection:
         return (self.module, short)
 
 
-def projections(spec) -> list[Projection]:
-    """Every projection of the model in block order, the LM head last (decoders)."""
+def projections(spec, head_dim: int | None = None) -> list[Projection]:
+    """Every projection of the model in block order, the LM head last (decoders); with
+    ``head_dim``, the shapes of heads zero-padded to it (:mod:`.heads`)."""
     out: list[Projection] = []
+    hd = head_dim or spec.head_dim
     if isinstance(spec, DecoderSpec):
-        d, f, hd = spec.hidden_size, spec.intermediate_size, spec.head_dim
+        d, f = spec.hidden_size, spec.intermediate_size
         qd, kd = spec.q_heads * hd, spec.kv_heads * hd
         for i in range(spec.num_layers):
             p = f"model.layers.{i}."
@@ -64,16 +67,26 @@ def projections(spec) -> list[Projection]:
         head = "model.embed_tokens" if spec.tie_word_embeddings else "lm_head"
         out.append(Projection(None, "lm_head", head, spec.vocab_size, d))
     else:
-        d, f = spec.hidden_size, spec.intermediate_size
+        d, f, qd = spec.hidden_size, spec.intermediate_size, spec.heads * hd
         for i in range(spec.num_layers):
             p = f"encoder.layer.{i}."
-            out += [Projection(i, "q_proj", p + "attention.self.query", d, d, True),
-                    Projection(i, "k_proj", p + "attention.self.key", d, d, True),
-                    Projection(i, "v_proj", p + "attention.self.value", d, d, True),
-                    Projection(i, "o_proj", p + "attention.output.dense", d, d, True),
+            out += [Projection(i, "q_proj", p + "attention.self.query", qd, d, True),
+                    Projection(i, "k_proj", p + "attention.self.key", qd, d, True),
+                    Projection(i, "v_proj", p + "attention.self.value", qd, d, True),
+                    Projection(i, "o_proj", p + "attention.output.dense", d, qd, True),
                     Projection(i, "fc_in", p + "intermediate.dense", f, d, True),
                     Projection(i, "fc_out", p + "output.dense", d, f, True)]
     return out
+
+
+def head_padding(spec, engine_head_dim: int) -> HeadPadding:
+    """How the model's heads sit in the attention engine's (zero-padded when narrower, :mod:`.heads`);
+    ModelFitError when they are wider."""
+    if spec.head_dim > engine_head_dim:
+        raise ModelFitError(f"the model's head_dim {spec.head_dim} exceeds the attention engine's head_dim "
+                            f"{engine_head_dim}: the design cannot run this model's attention (a narrower head "
+                            "is zero-padded to the engine's; a wider one needs a design with a larger head_dim)")
+    return HeadPadding(spec.head_dim, engine_head_dim)
 
 
 def projection_format(recipe: QuantRecipe, proj: Projection) -> str:
@@ -127,8 +140,11 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int, seque
                             f"of this family needs {act}")
     heads = spec.q_heads if isinstance(spec, DecoderSpec) else spec.heads
     kv_heads = spec.kv_heads if isinstance(spec, DecoderSpec) else spec.heads
+    pad = head_padding(spec, att.head_dim)
+    hd = pad.device_dim
+    padded = f" (heads zero-padded to the engine's head_dim {hd})" if pad.padded else ""
     rows = {"hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
-            "heads x head_dim": heads * spec.head_dim, "kv_heads x head_dim": kv_heads * spec.head_dim}
+            f"heads x head_dim{padded}": heads * hd, f"kv_heads x head_dim{padded}": kv_heads * hd}
     align, word = geom.k_align, lay.word_bytes
     # the block programs zero-pad the FFN's intermediate width to k_align (exact: zero weights)
     rows["intermediate_size (padded to k_align)"] = geom.pad_k(rows.pop("intermediate_size"))
@@ -149,9 +165,6 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int, seque
         if width % align or width % word:
             raise ModelFitError(f"the model's {what} {width} is not a multiple of the matmul's k_align {align} "
                                 f"(and of the {word}-byte port word) that block programs need")
-    if spec.head_dim != att.head_dim:
-        raise ModelFitError(f"the model's head_dim {spec.head_dim} differs from the attention engine's head_dim "
-                            f"{att.head_dim}: the design cannot run this model's attention")
     if heads > MAX_HEADS:
         raise ModelFitError(f"the model has {heads} attention heads; the attention engine takes at most {MAX_HEADS}")
     if recipe.kv_bits not in att.kv_bits:
@@ -161,7 +174,7 @@ def check_fit(device: Device, spec, recipe: QuantRecipe, max_context: int, seque
         raise ModelFitError("the design's attention engine holds no context")
     need: dict[str, int] = defaultdict(int)
     ports = [f"w{i}" for i in range(mm.weight_ports)]
-    for proj in projections(spec):
+    for proj in projections(spec, hd):
         fmt = projection_format(recipe, proj)
         try:
             bits = engine_format(engine_bits(fmt), lay, "bits")

@@ -34,7 +34,9 @@ from ..checks import check_bool, check_int, check_timeout
 from ..device import Device, check_device
 from . import hf
 from .checkpoint import Checkpoint, CheckpointError
-from .fit import ModelFitError, Projection, check_fit, context_limit, projection_format, projections
+from .fit import (ModelFitError, Projection, check_fit, context_limit, head_padding, projection_format,
+                  projections)
+from .heads import HeadPadding
 from .recipe import QuantRecipe, engine_bits, load_recipe
 from .sampling import Sampling, choose_token, sampling
 from .tokenizer import StreamDecoder, TextTokenizer
@@ -130,17 +132,19 @@ class Session:
 
 # -- building the device program ---------------------------------------------------------------
 
-def block_config(spec):
-    """The :class:`hbmforge.host.blocks.BlockConfig` of an architecture spec."""
+def block_config(spec, head_dim: int | None = None):
+    """The :class:`hbmforge.host.blocks.BlockConfig` of an architecture spec; with ``head_dim`` (the
+    attention engine's), its heads zero-padded to it (:mod:`.heads`)."""
     from ..blocks import BlockConfig
 
+    heads = HeadPadding(spec.head_dim, head_dim or spec.head_dim).block_options(spec)
     if isinstance(spec, DecoderSpec):
+        opts = {"rope_inv_freq": spec.rope_inv_freq, **heads}
         return BlockConfig(arch="llama", hidden=spec.hidden_size, heads=spec.q_heads, kv_heads=spec.kv_heads,
-                           head_dim=spec.head_dim, intermediate=spec.intermediate_size, norm_eps=spec.rms_norm_eps,
-                           rope_theta=spec.rope_theta, rope_inv_freq=spec.rope_inv_freq, qkv_bias=spec.qkv_bias)
+                           intermediate=spec.intermediate_size, norm_eps=spec.rms_norm_eps,
+                           rope_theta=spec.rope_theta, qkv_bias=spec.qkv_bias, **opts)
     return BlockConfig(arch="bert", hidden=spec.hidden_size, heads=spec.heads, kv_heads=spec.heads,
-                       head_dim=spec.head_dim, intermediate=spec.intermediate_size, norm_eps=spec.layer_norm_eps,
-                       qkv_bias=True)
+                       intermediate=spec.intermediate_size, norm_eps=spec.layer_norm_eps, qkv_bias=True, **heads)
 
 
 def _quantize(device: Device, w: np.ndarray, fmt: str, recipe: QuantRecipe) -> EncodedWeights:
@@ -152,11 +156,14 @@ def _quantize(device: Device, w: np.ndarray, fmt: str, recipe: QuantRecipe) -> E
 def quantize_blocks(device: Device, spec, recipe: QuantRecipe, tensor: Callable[[str], np.ndarray],
                     progress: Callable[[str], None] | None = None):
     """(BlockWeights per layer, LM head EncodedWeights or None) for ``spec`` with ``recipe``;
-    ``tensor(name)`` reads a checkpoint tensor (float32)."""
+    ``tensor(name)`` reads a checkpoint tensor (float32). Heads narrower than the attention
+    engine's are zero-padded to it (:mod:`.heads`)."""
     from ..blocks import BlockWeights
 
+    pad = head_padding(spec, device.layout.attention.head_dim)
+    tensor = pad.tensor_reader(projections(spec), tensor)
     by_layer: dict[int | None, list[Projection]] = {}
-    for proj in projections(spec):
+    for proj in projections(spec, pad.device_dim):
         by_layer.setdefault(proj.layer, []).append(proj)
     blocks = []
     for i in range(spec.num_layers):
@@ -262,8 +269,10 @@ class Model:
             if tok.vocab_size > spec.vocab_size:
                 raise CheckpointError(f"tokenizer.json has {tok.vocab_size} tokens, more than the model's vocab_size "
                                       f"{spec.vocab_size}")
+        pad = head_padding(spec, device.layout.attention.head_dim)
+        widened = f", heads of {pad.model_dim} zero-padded to {pad.device_dim}" if pad.padded else ""
         say(f"{arch}: {spec.num_layers} layers, hidden {spec.hidden_size}, recipe {recipe.describe()}, "
-            f"context {ctx}")
+            f"context {ctx}{widened}")
         return model_cls._build(device, ckpt, spec, prefix, recipe, tok, ctx, max_sequences, prefill_chunk,
                                 timeout, say)
 
@@ -275,7 +284,7 @@ class Model:
         final_norm = (ckpt.tensor("model.norm.weight"), None) if isinstance(spec, DecoderSpec) else None
         say("uploading weights and compiling the step program")
         pages = sequences * -(-ctx // device.layout.attention.page_tokens)
-        program = ModelProgram(device, block_config(spec), blocks, final_norm=final_norm, lm_head=head,
+        program = ModelProgram(device, block_config(spec, device.layout.attention.head_dim), blocks, final_norm=final_norm, lm_head=head,
                                kv_bits=recipe.kv_bits, max_context=ctx, kv_pages=pages, timeout=timeout)
         return cls.from_program(spec, program, ckpt=ckpt, prefix=prefix, recipe=recipe, tokenizer=tok,
                                 max_context=ctx, prefill_chunk=prefill_chunk, timeout=timeout)

@@ -319,7 +319,7 @@ def test_formats_the_engines_lack_are_refused_naming_the_projection(tmp_path, de
 
 def test_head_dim_k_and_row_widths_are_checked_against_the_engines(tmp_path, dev):
     d = write_llama(tmp_path / "hd", hidden_size=64, q_heads=2, kv_heads=1)          # head_dim 32
-    with pytest.raises(ModelFitError, match="head_dim 32 differs from the attention engine's head_dim 16"):
+    with pytest.raises(ModelFitError, match="head_dim 32 exceeds the attention engine's head_dim 16"):
         Model.from_pretrained(d, device=dev)
     d = write_llama(tmp_path / "k", hidden_size=64, intermediate_size=320, q_heads=4, kv_heads=2)
     with GoldenDevice(model_design("wide", matmul={"split_k": 1}, vector={"max_dim": 512})) as wide:

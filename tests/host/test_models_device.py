@@ -157,6 +157,37 @@ def test_an_intermediate_width_off_the_k_alignment_is_zero_padded_on_the_device(
             assert np.all(cosine(emb, model.reference(texts)) > 0.99)
 
 
+def _narrow_heads(layout, arch):
+    """A checkpoint shape whose heads are 3/4 (llama) or 1/2 (bert) of the engine's head_dim."""
+    shape, hd = design_sized(layout, arch), layout.attention.head_dim
+    if arch == "llama":
+        return {**shape, "head_dim": hd * 3 // 4}
+    return {**shape, "heads": shape["hidden_size"] // (hd // 2)}
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "bert"])
+def test_heads_narrower_than_the_engines_are_zero_padded_on_the_device(gdev, layout, tmp_path, arch):
+    # BitNet b1.58 large (96), Phi-3 mini (96), OpenLLaMA 3B (100), all-MiniLM-L6 (32) on a design
+    # whose engine is wider: each head widened with zeros, exact but for the device's quantization,
+    # so it tracks the float model as closely as a model of the engine's own head size does
+    shape, hd = _narrow_heads(layout, "bert" if arch == "bert" else "llama"), layout.attention.head_dim
+    if arch == "bert":
+        texts = ["the quick brown fox", "hello world", "a small model on a device"]
+        with Model.from_pretrained(write_bert(tmp_path / "m", num_layers=2, seed=7, **shape), device=gdev) as model:
+            assert model.spec.head_dim == hd // 2 and model.program.layers[0].qkv.n == 3 * shape["heads"] * hd
+            emb = model.encode(texts, verify=True)
+            assert model.golden_mismatches == 0
+            assert np.all(cosine(emb, model.reference(texts)) > 0.9995)     # 1 / sqrt(HD) instead: < 0.9993
+        return
+    extra = {"architecture": "Qwen2ForCausalLM", "seed": 5} if arch == "qwen2" else {"seed": 4}
+    with Model.from_pretrained(write_llama(tmp_path / "m", num_layers=2, **extra, **shape), device=gdev) as model:
+        heads = shape["q_heads"] + 2 * shape["kv_heads"]
+        assert model.spec.head_dim == hd * 3 // 4 and model.program.layers[0].qkv.n == heads * hd
+        # the scores keep the model's 1 / sqrt(head_dim), not the engine's
+        assert model.program._cfg.softmax_scale == pytest.approx((hd * 3 // 4) ** -0.5)
+        _generate_and_check(model, [0, 5, 6, 7, 8, 9, 10, 11], 8, min_cos=0.999)
+
+
 # -- the Verilator co-simulation --------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -207,3 +238,10 @@ def test_an_intermediate_width_off_the_k_alignment_runs_on_the_cosim(cosim, layo
     shape["intermediate_size"] -= layout.word_bytes            # off k_align: padded on the device
     with Model.from_pretrained(write_llama(tmp_path / "m", num_layers=1, **shape), device=cosim) as model:
         _generate_and_check(model, "Hi", 4, min_cos=0.99)
+
+
+@pytest.mark.rtl
+def test_heads_narrower_than_the_engines_run_on_the_cosim(cosim, layout, tmp_path):
+    shape = _narrow_heads(layout, "llama")
+    with Model.from_pretrained(write_llama(tmp_path / "m", num_layers=1, seed=4, **shape), device=cosim) as model:
+        _generate_and_check(model, "Hi", 4, min_cos=0.999)

@@ -23,7 +23,9 @@ clock / (32 x layer cycles + LM head cycles) with the host round trip per token 
 default the config's clock: run once per clock, ``--memory-clock 225``, to have cycles measured at
 each; every projection row says which clock its cycles were measured at); the roofline = bytes per token / the board's
 calibrated sequential bandwidth (``hbm_seq_read_gbps`` of benchmarks/hbm.py); U55C (the same HBM
-and design) and KV260/ZCU102 with the ternary model of TeLLMe's size (analytic, see the rows).
+and design) and KV260/ZCU102 with the ternary model of TeLLMe's size (analytic rows; with
+``--edge-config examples/kv260_ternary.yaml`` one layer of it per context co-simulated on that
+design instead of the U280 layer, its heads of 96 zero-padded to the engine's 128, and projected).
 Cells not run on the co-sim (default plan) are extrapolated and say so: cycles(fmt, ctx) =
 cycles(fmt, ref ctx) + cycles(w2, ctx) - cycles(w2, ref ctx) (a step runs its descriptors one
 after the other: the matmuls do not depend on the context, the attention not on the weights).
@@ -84,23 +86,51 @@ def emit(metric: str, value, unit: str, **ctx) -> dict:
 
 # -- the co-simulated layer --------------------------------------------------------------------------
 
+def head_padding(lay, dims: dict):
+    """How the layer's heads sit in the design's attention engine (zero-padded when narrower:
+    TeLLMe's model has heads of 96 on a 128-wide engine; host/models/heads.py)."""
+    from hbmforge.host.models.heads import HeadPadding
+
+    return HeadPadding(dims["head_dim"], lay.attention.head_dim)
+
+
+def block_config(lay, dims: dict):
+    """The BlockConfig of a ``dims`` layer on the design (heads padded to the engine's)."""
+    from hbmforge.host.blocks import BlockConfig
+    from hbmforge.numerics.reference import DecoderSpec
+
+    spec = DecoderSpec(vocab_size=dims["vocab"], hidden_size=dims["hidden"], intermediate_size=dims["intermediate"],
+                       num_layers=dims["layers"], q_heads=dims["heads"], kv_heads=dims["kv_heads"],
+                       head_dim=dims["head_dim"])
+    return BlockConfig(arch="llama", hidden=dims["hidden"], heads=dims["heads"], kv_heads=dims["kv_heads"],
+                       intermediate=dims["intermediate"], **head_padding(lay, dims).block_options(spec))
+
+
 def layer_weights(lay, fmt_bits, rng, dims: dict = LLAMA2_7B, tile_rows: int = 0, sparse24: bool = False):
     """BlockWeights of a random LLaMA-2-7B layer (the block program zero-pads the FFN's 11008 to the
     matmul's K alignment itself). ``tile_rows`` > 0: quantize that many random rows per projection
     and repeat them (quantizing 200 M weights takes minutes; the engine's cycles do not depend on
-    the values). ``sparse24``: every projection magnitude-pruned to 2:4 before quantizing."""
+    the values). ``sparse24``: every projection magnitude-pruned to 2:4 before quantizing. Heads
+    narrower than the engine's are zero-padded to it as a checkpoint's would be."""
     from hbmforge.host.blocks import BlockWeights
     from hbmforge.numerics.encoded import EncodedWeights, quantize_weights_encoded
     from hbmforge.numerics.sparse import prune_2_4
 
     H, I = dims["hidden"], dims["intermediate"]
+    pad = head_padding(lay, dims)
+    q, kv = dims["heads"], dims["kv_heads"]
     g, sb = lay.mm.group_size, lay.mm.scale_bits
-    shapes = {"q_proj": (H, H), "k_proj": (H, H), "v_proj": (H, H), "o_proj": (H, H),
+    hd = dims["head_dim"]
+    shapes = {"q_proj": (q * hd, H), "k_proj": (kv * hd, H), "v_proj": (kv * hd, H), "o_proj": (H, q * hd),
               "gate_proj": (I, H), "up_proj": (I, H), "down_proj": (H, I)}
+    heads_of = {"q_proj": q, "k_proj": kv, "v_proj": kv, "o_proj": q}
     enc = {}
     for name, (n, k) in shapes.items():
-        rows = min(n, tile_rows) if tile_rows else n
+        rows = min(n, tile_rows) if tile_rows and not pad.padded else n
         w = rng.standard_normal((rows, k), dtype=np.float32) * np.float32(1 / math.sqrt(k))
+        if pad.padded and name in heads_of:
+            w = pad.pad_columns(w, q) if name == "o_proj" else pad.pad_rows(w, heads_of[name])
+            n, k = w.shape
         if sparse24:
             w = prune_2_4(w)
         e = quantize_weights_encoded(w, fmt_bits, g, sb, k_padded=lay.matmul.pad_k(k))
@@ -126,15 +156,20 @@ def profile_summary(rows: list[dict]) -> dict:
     return out
 
 
-def run_cell(prog, ctx: int, rng, profile: bool = False) -> dict:
+def run_cell(prog, ctx: int, rng, profile: bool = False, live_dims=None) -> dict:
     """One decode step at context ``ctx`` on the device and the golden program; ``profile``: then
-    one more step (the next token) one descriptor per run, for the per-opcode cycle breakdown."""
+    one more step (the next token) one descriptor per run, for the per-opcode cycle breakdown.
+    ``live_dims``: the head dimensions a padded model uses (the cache holds zeros elsewhere)."""
     cfg = prog.config
     seq = prog.sequence()
     try:
         shape = (1, ctx, cfg.kv_heads, cfg.head_dim)
         k = np.clip(rng.normal(0, 1.5, shape), -7.5, 7.5)
         v = np.clip(rng.normal(0, 1.5, shape), -7.5, 7.5)
+        if live_dims is not None:
+            dead = np.setdiff1d(np.arange(cfg.head_dim), live_dims)
+            k[..., dead] = 0.0
+            v[..., dead] = 0.0
         t0 = time.perf_counter()
         seq.load_kv(k, v)
         load_s = time.perf_counter() - t0
@@ -174,7 +209,7 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
             memory_clock: float | None = None) -> list[dict]:
     """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell."""
     from hbmforge.host import open_device
-    from hbmforge.host.blocks import BlockConfig, TransformerBlock
+    from hbmforge.host.blocks import TransformerBlock
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -187,8 +222,8 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
     mem_clock = dev.sim.memory_clock_mhz or float(dev.layout.config.clock)
     lay = dev.layout
     inter_pad = lay.matmul.pad_k(dims["intermediate"])
-    cfg = BlockConfig(arch="llama", hidden=dims["hidden"], heads=dims["heads"],
-                      kv_heads=dims["kv_heads"], head_dim=dims["head_dim"], intermediate=dims["intermediate"])
+    cfg = block_config(lay, dims)
+    pad = head_padding(lay, dims)
     rows = []
     emit("cosim_open_seconds", round(open_s, 1), "s", config=str(config), load_avg=round(load0, 1),
          note="generate (unless --design) + Verilator model build (or cache hit) + open")
@@ -218,9 +253,11 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
                     ctx -= 1                               # the step appends the ctx-th token
                     # (profiled: one token less, the profiled step appends the ctx-th)
                     ctx -= profile
-                    r = run_cell(prog, ctx, np.random.default_rng(seed + ctx), profile)
+                    r = run_cell(prog, ctx, np.random.default_rng(seed + ctx), profile,
+                                 pad.slots() if pad.padded else None)
                     rows.append({"format": fmt, "context": cell, "ctx_tokens": ctx + 1, "heads": dims["heads"],
                                  "hidden": dims["hidden"], "intermediate_padded": inter_pad,
+                                 "head_dim": dims["head_dim"], "engine_head_dim": pad.device_dim,
                                  "attended_tokens": min(ctx + 1, sink + window) if windowed else ctx + 1,
                                  "sink": sink if windowed else 0, "window": window if windowed else 0,
                                  "measured": True, "memory_model": memory_model,
@@ -386,6 +423,16 @@ def sparse24_rows(cells: list[dict], lanes: int) -> list[dict]:
     return out
 
 
+def edge_bytes_per_token(ctx: int) -> float:
+    """The bytes a token of TeLLMe's model needs: every weight at ternary's bits (the LM head too)
+    and the KV4 cache of ``ctx`` tokens at the model's head_dim (u16 scale per 32)."""
+    m = TELLME_MODEL
+    H, I, L = m["hidden"], m["intermediate"], m["layers"]
+    n = L * (4 * H * H + 3 * H * I) + m["vocab"] * H
+    kv = L * 2 * ctx * m["kv_heads"] * m["head_dim"] * (0.5 + 2 / 32)
+    return n * weight_bits("ternary") / 8 + kv
+
+
 def edge_rows(bw: dict, host_rt_us: float, edge_lanes: int = 256) -> list[dict]:
     """KV260/ZCU102 with a ternary model of TeLLMe's size: analytic roofline and compute bound."""
     m = TELLME_MODEL
@@ -394,8 +441,7 @@ def edge_rows(bw: dict, host_rt_us: float, edge_lanes: int = 256) -> list[dict]:
     out = []
     for board in ("kv260", "zcu102"):
         for ctx in (512, 1024, 2048):
-            kv = L * 2 * ctx * m["kv_heads"] * m["head_dim"] * (0.5 + 2 / 32)     # KV4 + u16 per 32
-            bytes_tok = n * weight_bits("ternary") / 8 + kv
+            bytes_tok = edge_bytes_per_token(ctx)
             gbps = bw.get(board)
             roof = gbps * 1e9 / bytes_tok if gbps else None
             for mhz in (250,):
@@ -404,6 +450,31 @@ def edge_rows(bw: dict, host_rt_us: float, edge_lanes: int = 256) -> list[dict]:
                 out.append({"board": board, "context": ctx, "clock_mhz": mhz, "model": m["name"],
                             "bytes_per_token": bytes_tok, "roofline_tok_s": roof, "compute_bound_tok_s": compute,
                             "tok_s": 1 / t if t else None, "calibrated_gbps": gbps, "lanes": edge_lanes})
+    return out
+
+
+def edge_simulated_rows(rows: list[dict], board: str, clock_mhz: float, bw: dict, host_rt_us: float) -> list[dict]:
+    """Whole-model tokens/s of TeLLMe's model from one co-simulated layer per context (labelled
+    projections): 24 x the layer's cycles + the LM head at the layer's cycles per weight, at the
+    design's clock; the roofline counts the model's bytes (:func:`edge_bytes_per_token`: the
+    zero-padded head dimensions are not the model's), the streamed bytes are reported beside."""
+    m = TELLME_MODEL
+    H, I, L = m["hidden"], m["intermediate"], m["layers"]
+    layer_n = 4 * H * H + 3 * H * I
+    gbps = bw.get(board)
+    out = []
+    for r in rows:
+        lm_cycles = m["vocab"] * H * r["cycles"] / layer_n
+        cycles_tok = L * r["cycles"] + lm_cycles
+        t = cycles_tok / (clock_mhz * 1e6) + host_rt_us * 1e-6
+        model_bytes = edge_bytes_per_token(r["ctx_tokens"])
+        streamed = L * (r["bytes_read"] + r["bytes_written"]) + m["vocab"] * H * weight_bits("ternary") / 8
+        roof = gbps * 1e9 / model_bytes if gbps else None
+        out.append({"board": board, "context": r["context"], "clock_mhz": clock_mhz, "model": m["name"],
+                    "tok_s": 1 / t, "roofline_tok_s": roof, "roofline_fraction": (1 / t) / roof if roof else None,
+                    "bytes_per_token": model_bytes, "streamed_bytes_per_token": streamed,
+                    "cycles_per_token": cycles_tok, "layer_cycles": r["cycles"], "bit_exact": r.get("bit_exact"),
+                    "calibrated_gbps": gbps, "measured": True})
     return out
 
 
@@ -467,6 +538,81 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts, name: str = "
     plt.close(fig)
 
 
+def edge_problem(paths, contexts) -> str | None:
+    """Why an --edge-config cannot run TeLLMe's ternary layer (None: it can); checked before
+    anything is built."""
+    from hbmforge.config import ConfigError, load_config
+
+    m = TELLME_MODEL
+    for path in paths:
+        try:
+            cfg = load_config(path)
+        except (OSError, ConfigError, ValueError) as e:
+            return f"--edge-config {path}: {e}"
+        mm, att, vec = (cfg.engine(k) for k in ("matmul", "attention", "vector"))
+        if mm is None or att is None or vec is None:
+            return f"--edge-config {path}: needs matmul, attention and vector engines"
+        if "ternary" not in mm.weight_bits:
+            return f"--edge-config {path}: the matmul takes {list(mm.weight_bits)}, not ternary weights"
+        if att.head_dim < m["head_dim"]:
+            return f"--edge-config {path}: attention head_dim {att.head_dim} < the model's {m['head_dim']}"
+        if max(int(c) for c in contexts) > att.max_context:
+            return f"--edge-config {path}: --edge-contexts beyond the attention engine's max_context {att.max_context}"
+        if "silu" not in vec.activations:
+            return f"--edge-config {path}: the vector engine has no silu"
+    return None
+
+
+def edge_main(args, contexts: list[str]) -> None:
+    """--edge-config: TeLLMe's model, one ternary layer per context on each edge design's
+    co-simulation (calibrated DDR4), projected to the whole model beside the analytic rows."""
+    from hbmforge.config import load_config
+
+    configs = [(path, load_config(path)) for path in args.edge_config]
+    boards = sorted({"kv260", "zcu102"} | {c.board for _, c in configs})       # the analytic rows' too
+    bw = calibrated_bandwidths(args.hbm_report, boards, run_missing=not args.no_hbm_run)
+    layers, projections = [], []
+    for path, cfg in configs:
+        rows = measure(path, [("ternary", c) for c in contexts], sink=args.sink, window=args.window, seed=args.seed,
+                       dims=TELLME_MODEL, tile_rows=args.tile_rows, profile=args.profile,
+                       memory_model=args.memory_model, memory_clock=args.memory_clock)
+        mhz = rows[0]["memory_clock_mhz"] if rows else float(cfg.clock)
+        for r in rows:
+            r["board"] = cfg.board
+            emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", board=cfg.board, model=TELLME_MODEL["name"],
+                 format="ternary", context=r["context"], bit_exact=r["bit_exact"],
+                 bytes=r["bytes_read"] + r["bytes_written"], memory_model=r["memory_model"], memory_clock_mhz=mhz,
+                 head_dim=r["head_dim"], engine_head_dim=r["engine_head_dim"], sim_seconds=r["sim_seconds"])
+            for op, o in (r.get("profile") or {}).items():
+                emit("decode_layer_opcode_cycles", o["cycles"], "cycles", kind="simulated", board=cfg.board,
+                     format="ternary", context=r["context"], opcode=op, descriptors=o["descriptors"],
+                     bytes_read=o["bytes_read"], bit_exact=r["profile_bit_exact"])
+        layers += rows
+        for p in edge_simulated_rows(rows, cfg.board, mhz, bw, args.host_rt_us):
+            projections.append(p)
+            emit("projected_tok_s_ternary_edge", round(p["tok_s"], 2), "tok/s", kind="projection (simulated layer)",
+                 board=p["board"], context=p["context"], clock_mhz=p["clock_mhz"], model=p["model"],
+                 roofline_tok_s=round(p["roofline_tok_s"], 2) if p["roofline_tok_s"] else None,
+                 roofline_fraction=round(p["roofline_fraction"], 4) if p["roofline_fraction"] else None,
+                 bytes_per_token=int(p["bytes_per_token"]), streamed_bytes_per_token=int(p["streamed_bytes_per_token"]),
+                 layer_cycles=p["layer_cycles"], bit_exact=p["bit_exact"], calibrated_gbps=p["calibrated_gbps"],
+                 host_rt_us=args.host_rt_us, config=str(path))
+    analytic = edge_rows(bw, args.host_rt_us)
+    for e in analytic:
+        emit("projected_tok_s_ternary_edge", round(e["tok_s"], 2) if e["tok_s"] else None, "tok/s",
+             kind="projection (analytic)", board=e["board"], context=e["context"], clock_mhz=e["clock_mhz"],
+             model=e["model"], roofline_tok_s=round(e["roofline_tok_s"], 2) if e["roofline_tok_s"] else None,
+             compute_bound_tok_s=round(e["compute_bound_tok_s"], 2), bytes_per_token=int(e["bytes_per_token"]))
+    a = next(a for a in ANCHORS if a["name"].startswith("TeLLMe"))
+    emit("anchor_tok_s", a["tok_s"], "tok/s", kind="published", name=a["name"], board=a["board"], note=a["note"])
+    report = {"edge_configs": [str(p) for p in args.edge_config], "edge_layer": layers, "edge_projection": projections,
+              "edge_analytic": analytic, "bandwidth_gbps": bw, "host_rt_us": args.host_rt_us, "edge_model": TELLME_MODEL,
+              "anchors": [a]}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(report, indent=1))
+    emit("report_written", str(args.json), "path")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "u280_llm512.yaml")
@@ -504,6 +650,11 @@ def main() -> None:
                     help="after each measured step, one more step one descriptor per run: cycles per opcode")
     ap.add_argument("--design", type=Path, default=None,
                     help="an already generated design directory of --config (skips regenerating the RTL)")
+    ap.add_argument("--edge-config", type=Path, action="append", default=[],
+                    help="also co-simulate one ternary layer of TeLLMe's model (heads of 96 zero-padded to the "
+                         "engine's) on this edge design (examples/kv260_ternary.yaml, zcu102_ternary.yaml; "
+                         "repeatable) and project it; without it the edge rows are analytic only")
+    ap.add_argument("--edge-contexts", default="512,1024,2048", help="contexts of the --edge-config cells")
     args = ap.parse_args()
     formats = [f for f in args.formats.split(",") if f]
     bad = [f for f in formats if f not in FORMATS]
@@ -533,6 +684,14 @@ def main() -> None:
         ap.error(f"--contexts must be token counts > 1 and/or sink_window, got {args.contexts!r}")
     if args.ref_context not in contexts:
         ap.error(f"--ref-context must be one of {contexts}")
+    edge_contexts = [c for c in args.edge_contexts.split(",") if c]
+    if not edge_contexts or any(not (c.isdigit() and 1 < int(c) <= 1 << 20) for c in edge_contexts):
+        ap.error(f"--edge-contexts must be token counts > 1, got {args.edge_contexts!r}")
+    if args.edge_config:
+        problem = edge_problem(args.edge_config, edge_contexts)
+        if problem:
+            ap.error(problem)
+        return edge_main(args, edge_contexts)
     if args.all:
         plan = [(f, c) for f in formats for c in contexts]
     else:

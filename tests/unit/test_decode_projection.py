@@ -1,4 +1,5 @@
-"""benchmarks/decode.py's byte accounting: the FFN's K padding is not the model's bytes."""
+"""benchmarks/decode.py's byte accounting (the FFN's K padding and the edge model's padded heads are not
+the model's bytes) and its edge cells."""
 import importlib.util
 from pathlib import Path
 
@@ -40,3 +41,54 @@ def test_the_roofline_counts_the_models_bytes_and_reports_the_streamed_ones(deco
     assert p["bytes_per_token"] == L * (65_300_000 - 1_400_000) + head
     assert p["streamed_bytes_per_token"] == L * 65_300_000 + head
     assert p["roofline_tok_s"] == pytest.approx(426e9 / p["bytes_per_token"])
+
+
+def test_edge_rows_count_the_models_bytes_not_the_padded_heads(decode):
+    m = decode.TELLME_MODEL
+    H, I, L, V = m["hidden"], m["intermediate"], m["layers"], m["vocab"]
+    row = {"context": "1024", "ctx_tokens": 1024, "cycles": 270_000, "bytes_read": 11_000_000,
+           "bytes_written": 40_000, "bit_exact": True}
+    p, = decode.edge_simulated_rows([row], "kv260", 250.0, {"kv260": 9.0}, 0.0)
+    # 24 layers + the LM head at the layer's cycles per (model) weight, at the design's clock
+    cycles = L * 270_000 + V * H * 270_000 / (4 * H * H + 3 * H * I)
+    assert p["cycles_per_token"] == pytest.approx(cycles)
+    assert p["tok_s"] == pytest.approx(250e6 / cycles)
+    # the roofline: ternary weights (2 bits + u16 per 128) and the KV4 cache at head_dim 96
+    model = (L * (4 * H * H + 3 * H * I) + V * H) * (2 + 16 / 128) / 8 + L * 2 * 1024 * 16 * 96 * (0.5 + 2 / 32)
+    assert p["bytes_per_token"] == pytest.approx(model)
+    assert p["roofline_tok_s"] == pytest.approx(9e9 / model)
+    assert p["streamed_bytes_per_token"] == pytest.approx(L * 11_040_000 + V * H * (2 + 16 / 128) / 8)
+    none, = decode.edge_simulated_rows([row], "zcu102", 250.0, {}, 0.0)
+    assert none["roofline_tok_s"] is None and none["roofline_fraction"] is None
+
+
+def test_edge_configs_that_cannot_run_the_model_are_refused_before_anything_runs(decode, tmp_path):
+    ok = [ROOT / "examples" / "kv260_ternary.yaml", ROOT / "examples" / "zcu102_ternary.yaml"]
+    assert decode.edge_problem(ok, ["512", "2048"]) is None
+    assert "max_context 2048" in decode.edge_problem(ok[:1], ["4096"])
+    assert "needs matmul, attention and vector engines" in decode.edge_problem([ROOT / "examples" / "u280_w2a8.yaml"],
+                                                                               ["512"])
+    text = (ROOT / "examples" / "kv260_ternary.yaml").read_text()
+    for name, old, new, why in (("narrow", "head_dim: 128", "head_dim: 64", "head_dim 64 < the model's 96"),
+                                ("w4", "weight_bits: [2, 4, ternary]", "weight_bits: [4]", "[4], not ternary"),
+                                ("gelu", "activations: [silu]", "activations: [gelu]", "no silu")):
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(text.replace(old, new))
+        assert why in decode.edge_problem([path], ["512"])
+    assert "No such file" in decode.edge_problem([tmp_path / "missing.yaml"], ["512"])
+
+
+def test_the_edge_layer_pads_its_heads_like_a_checkpoint(decode):
+    import numpy as np
+
+    lay = DesignLayout(load_config(ROOT / "examples" / "kv260_ternary.yaml"))
+    dims = dict(decode.TELLME_MODEL, hidden=256, heads=2, kv_heads=2, intermediate=512)
+    cfg = decode.block_config(lay, dims)
+    assert cfg.head_dim == 128 and cfg.softmax_scale == pytest.approx(96 ** -0.5)
+    w = decode.layer_weights(lay, "ternary", np.random.default_rng(0), dims)
+    q = w.projections["q_proj"]
+    assert q.q.shape[0] == 2 * 128
+    dead = np.setdiff1d(np.arange(256), decode.head_padding(lay, dims).rows(2))
+    assert not np.any(q.q[dead]) and np.any(q.q[:96])
+    o = w.projections["o_proj"]
+    assert o.q.shape[0] == 256

@@ -35,17 +35,22 @@ class BankAllocator:
     def bytes_free(self) -> int:
         return self.size - self.bytes_used
 
-    def allocate(self, nbytes: int) -> int:
-        """Start address of a fresh range of at least ``nbytes`` (rounded up to ``align``)."""
+    def allocate(self, nbytes: int, *, period: int = 0, phase: int = 0) -> int:
+        """Start address of a fresh range of at least ``nbytes`` (rounded up to ``align``); with
+        ``period`` (a multiple of ``align``), one whose start is ``phase`` modulo ``period`` (the
+        free bytes skipped before it stay free)."""
         need = -(-nbytes // self.align) * self.align
+        if period:
+            if period % self.align or phase % self.align or not 0 <= phase < period:
+                raise ValueError(f"bank {self.name}: period {period} and phase {phase} must be multiples of "
+                                 f"{self.align}, phase below period")
         for i, (start, length) in enumerate(self._free):
-            if length >= need:
-                if length == need:
-                    del self._free[i]
-                else:
-                    self._free[i] = (start + need, length - need)
-                self._used[start] = need
-                return start
+            at = start + (phase - (start - self.base)) % period if period else start
+            if at + need <= start + length:
+                pieces = [(start, at - start), (at + need, start + length - at - need)]
+                self._free[i:i + 1] = [(a, n) for a, n in pieces if n]
+                self._used[at] = need
+                return at
         largest = max((length for _, length in self._free), default=0)
         raise OutOfDeviceMemoryError(
             f"bank {self.name}: cannot allocate {nbytes} bytes ({need} page-rounded); "

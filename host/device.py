@@ -206,7 +206,23 @@ class Device(abc.ABC):
         alloc = self._allocators.get(region.name)
         if alloc is None:
             alloc = self._allocators[region.name] = BankAllocator(region.name, region.base, region.size)
-        return region.name, alloc.allocate(nbytes), None
+        return region.name, alloc.allocate(nbytes, **self._bank_phase(port, region, nbytes)), None
+
+    def _bank_phase(self, port: PortInfo, region: BankRegion, nbytes: int) -> dict:
+        """Where in the DRAM's bank rotation a stream buffer starts, on a memory all ports share (the
+        Zynq PS DDR): port ``w<p>``'s at bank ``p x banks / ports``, so that the ports' streams, which
+        advance together, keep to banks of their own instead of taking each other's rows (row
+        address | bank | column). Small buffers (under one rotation) keep page alignment."""
+        board = self._layout.config.board_info
+        dram = board.memory.dram
+        if board.memory.kind == "hbm" or dram is None or region.name != "DDR" or port.role != "stream":
+            return {}
+        period = dram.banks * dram.page_bytes
+        ports = self._layout.config.stream_ports
+        if nbytes < period or ports < 2 or period % PAGE_BYTES:
+            return {}
+        step = max(dram.banks // ports, 1) * dram.page_bytes
+        return {"period": period, "phase": (int(port.name[1:]) * step) % period}
 
     def _release(self, buf: Buffer) -> None:
         self._allocators[buf.bank].release(buf._address)

@@ -47,6 +47,42 @@ def test_allocator_coalesces_neighbours():
         bank.release(12345)
 
 
+def test_allocator_places_a_range_at_a_phase_of_a_period_and_keeps_the_skipped_bytes_free():
+    bank = BankAllocator("b", 0, 64 * 4096)
+    a = bank.allocate(4096)
+    b = bank.allocate(5 * 4096, period=8 * 4096, phase=2 * 4096)
+    assert (a, b) == (0, 2 * 4096)                                # the first start with b % period == phase
+    assert bank.allocate(4096) == 4096                            # the skipped page is still free
+    c = bank.allocate(8 * 4096, period=8 * 4096, phase=6 * 4096)
+    assert c == 14 * 4096 and bank.bytes_used == (1 + 5 + 1 + 8) * 4096
+    for start in (a, b, c, 4096):
+        bank.release(start)
+    assert bank.allocate(64 * 4096) == 0                          # everything coalesced again
+    for period, phase in ((8 * 4096, 8 * 4096), (8 * 4096 + 1, 0), (8 * 4096, 100)):
+        with pytest.raises(ValueError, match="must be multiples of 4096, phase below period"):
+            BankAllocator("b", 0, 64 * 4096).allocate(4096, period=period, phase=phase)
+
+
+def test_stream_buffers_on_a_shared_ddr_start_in_banks_of_their_own():
+    # the KV260's four HP ports share one DDR4 (16 banks of 8 KiB rows, row | bank | column): a
+    # port's streams start banks / ports = 4 banks after the previous port's, so streams that
+    # advance together keep to their own banks (the matmul's weight streams: 0.73 -> 1.0 of the
+    # ports' rate on the co-sim, docs/decode-projection.md)
+    from hbmforge.config import load_config
+    from hbmforge.layout import DesignLayout
+
+    with GoldenDevice(DesignLayout(load_config("examples/kv260_ternary.yaml"))) as dev:
+        period, step = 16 * 8192, 4 * 8192
+        small = dev.alloc(100, "w1")
+        big = [dev.alloc(MIB + 100, f"w{p}") for p in range(4)]
+        assert [b.address % period for b in big] == [p * step for p in range(4)]
+        assert small.address % 4096 == 0 and small.bank == big[0].bank == "DDR"
+        data = dev.alloc(MIB, "data")                             # not a stream: page-aligned first fit
+        assert data.address % 4096 == 0
+        first_free = dev.alloc(4096, "w2")                        # small buffers fill the skipped pages
+        assert first_free.address < big[0].address
+
+
 def test_an_oversized_allocation_names_the_bank_and_free_space(golden_dev):
     golden_dev.alloc(200 * MIB)
     with pytest.raises(OutOfDeviceMemoryError, match=r"bank HBM\[0\]: cannot allocate .* largest free range"):

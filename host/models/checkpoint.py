@@ -58,6 +58,7 @@ class Checkpoint:
             raise CheckpointError(f"config.json must hold a JSON object, got {type(config).__name__}")
         self.config: dict = config
         self._where: dict[str, Path] = {}          # tensor name -> file
+        self._views: dict[str, tuple[str, int, int]] = {}    # name -> (fused tensor, first row, end row)
         self._index_tensors()
 
     # -- tensors -------------------------------------------------------------------------
@@ -109,13 +110,30 @@ class Checkpoint:
 
     @property
     def tensor_names(self) -> list[str]:
-        return sorted(self._where)
+        return sorted(set(self._where) | set(self._views))
 
     def __contains__(self, name: str) -> bool:
-        return name in self._where
+        return name in self._where or name in self._views
 
     def shape(self, name: str) -> tuple[int, ...]:
+        if name in self._views:
+            fused, lo, hi = self._views[name]
+            return (hi - lo,) + self.shape(fused)[1:]
         return tuple(self._header(name)["shape"])
+
+    def split_rows(self, fused: str, parts: dict[str, int]) -> None:
+        """Read ``fused`` (rows of several projections stacked, as Phi-3's ``qkv_proj`` and
+        ``gate_up_proj``) as the tensors ``parts`` names, each that many rows, in order; a fused
+        tensor with another row count is refused naming it."""
+        shape = self.shape(fused)
+        want = sum(parts.values())
+        if not shape or shape[0] != want:
+            raise CheckpointError(f"tensor {fused!r} has shape {list(shape)}; config.json implies {want} rows "
+                                  f"({' + '.join(f'{n} {r}' for n, r in parts.items())})")
+        lo = 0
+        for name, rows in parts.items():
+            self._views[name] = (fused, lo, lo + rows)
+            lo += rows
 
     def _header(self, name: str) -> dict:
         path = self._where.get(name)
@@ -130,6 +148,9 @@ class Checkpoint:
 
     def tensor(self, name: str) -> np.ndarray:
         """The tensor ``name`` as float32 (bfloat16/float16 widened exactly)."""
+        if name in self._views:
+            fused, lo, hi = self._views[name]
+            return np.ascontiguousarray(self.tensor(fused)[lo:hi])
         info = self._header(name)
         dtype = info["dtype"]
         if dtype not in _ST_ITEMSIZE:

@@ -2,7 +2,8 @@
 
 Supported: ``LlamaForCausalLM`` (default, linear, dynamic and LLaMA 3 RoPE scaling), ``MistralForCausalLM``
 and ``Qwen2ForCausalLM`` (QKV bias; a sliding window caps the context at its length, where it
-drops no key), and BERT encoders (``BertModel``, ``BertForMaskedLM``, ... with
+drops no key), ``Phi3ForCausalLM`` (Phi-3's fused ``qkv_proj`` and ``gate_up_proj`` read as the
+LLaMA projections they stack; its 96-wide heads run zero-padded on a 128-wide engine), and BERT encoders (``BertModel``, ``BertForMaskedLM``, ... with
 or without the ``bert.`` tensor prefix, plus sentence-transformers' pooling files). Anything
 the float models here do not compute exactly as transformers does (YaRN and other RoPE scalings,
 relative positions, other activations, other architectures) is refused naming the config field.
@@ -19,12 +20,15 @@ from hbmforge.numerics.reference import (DecoderSpec, EncoderSpec, decoder_weigh
 from .checkpoint import Checkpoint, CheckpointError
 
 __all__ = ["DECODER_ARCHITECTURES", "ENCODER_ARCHITECTURES", "parse_architecture", "decoder_spec", "encoder_spec",
+           "fused_tensors",
            "check_tensors", "encoder_prefix", "encoder_max_length", "sentence_pooling", "stop_token_ids"]
 
-DECODER_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM")
+DECODER_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM", "MistralForCausalLM", "Phi3ForCausalLM")
 ENCODER_ARCHITECTURES = ("BertModel", "BertForMaskedLM", "BertForPreTraining", "BertForSequenceClassification")
 _MODEL_TYPES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "mistral": "MistralForCausalLM",
-                "bert": "BertModel"}
+                "phi3": "Phi3ForCausalLM", "bert": "BertModel"}
+#: architectures whose sliding window is on whenever ``sliding_window`` is set (Qwen2: ``use_sliding_window``)
+_WINDOWED = ("MistralForCausalLM", "Phi3ForCausalLM")
 
 _Pos = Field(gt=0)
 
@@ -61,6 +65,7 @@ class LlamaConfigModel(_HFConfig):
     tie_word_embeddings: bool = False
     use_sliding_window: bool = False
     sliding_window: int | None = None
+    partial_rotary_factor: float = Field(default=1.0, gt=0)
 
 
 class BertConfigModel(_HFConfig):
@@ -175,9 +180,12 @@ def decoder_spec(config: dict) -> DecoderSpec:
     hd = c.head_dim or c.hidden_size // c.num_attention_heads
     if hd % 2:
         raise CheckpointError(f"config.json field 'head_dim' ({hd}) must be even for the rotary embedding")
+    if c.partial_rotary_factor != 1.0:
+        raise CheckpointError(f"config.json field 'partial_rotary_factor' ({c.partial_rotary_factor:g}): RoPE on "
+                              "part of each head (Phi-4-mini) is not supported; every head dimension is rotated")
     qwen = arch == "Qwen2ForCausalLM"
     theta, inv_freq, exact, exact_field = _rope(c, hd)
-    if c.use_sliding_window or (arch == "MistralForCausalLM" and c.sliding_window is not None):
+    if c.use_sliding_window or (arch in _WINDOWED and c.sliding_window is not None):
         # a window no shorter than the context never drops a key: cap the context at the window
         field = "use_sliding_window" if c.sliding_window is None else "sliding_window"
         if c.sliding_window is None or isinstance(c.sliding_window, bool) or c.sliding_window <= 0:
@@ -255,8 +263,28 @@ def encoder_prefix(ckpt: Checkpoint) -> str:
     return "bert." if "bert.embeddings.word_embeddings.weight" in ckpt else ""
 
 
+def fused_tensors(spec) -> dict[str, dict[str, int]]:
+    """Tensors that stack several projections' rows (Phi-3: ``qkv_proj``, ``gate_up_proj`` with
+    gate first, as ``Phi3MLP`` splits it) -> the projections, each with its row count."""
+    if getattr(spec, "architecture", "") != "Phi3ForCausalLM":
+        return {}
+    q, kv, f = spec.q_heads * spec.head_dim, spec.kv_heads * spec.head_dim, spec.intermediate_size
+    out = {}
+    for i in range(spec.num_layers):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        out[a + "qkv_proj.weight"] = {a + "q_proj.weight": q, a + "k_proj.weight": kv, a + "v_proj.weight": kv}
+        out[m + "gate_up_proj.weight"] = {m + "gate_proj.weight": f, m + "up_proj.weight": f}
+    return out
+
+
 def check_tensors(ckpt: Checkpoint, spec, prefix: str = "") -> dict[str, tuple[int, ...]]:
-    """Every tensor the architecture needs is present with its shape; returns the shapes."""
+    """Every tensor the architecture needs is present with its shape (fused ones split into the
+    projections they stack, :func:`fused_tensors`); returns the shapes."""
+    for fused, parts in fused_tensors(spec).items():
+        if prefix + fused not in ckpt:
+            raise CheckpointError(f"the checkpoint has no tensor {prefix + fused!r} ({spec.architecture} stores "
+                                  f"{', '.join(n.rsplit('.', 2)[-2] for n in parts)} in it)")
+        ckpt.split_rows(prefix + fused, {prefix + n: rows for n, rows in parts.items()})
     shapes = decoder_weight_shapes(spec) if isinstance(spec, DecoderSpec) else encoder_weight_shapes(spec)
     missing = [n for n in shapes if prefix + n not in ckpt]
     if missing:

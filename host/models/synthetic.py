@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from hbmforge.numerics.reference import DecoderSpec, EncoderSpec, decoder_weight_shapes, encoder_weight_shapes
+from .hf import fused_tensors
 
 __all__ = ["write_llama", "write_bert", "random_weights", "byte_tokenizer", "wordpiece_tokenizer",
            "BYTE_TOKENIZER_VOCAB", "DTYPES", "design_sized"]
@@ -146,7 +147,8 @@ def write_llama(directory, *, vocab_size: int = BYTE_TOKENIZER_VOCAB, hidden_siz
                 drop: tuple[str, ...] = (), reshape: dict | None = None) -> Path:
     """A random LLaMA-family decoder checkpoint in ``directory``; returns its path.
 
-    ``architecture``: ``LlamaForCausalLM`` or ``Qwen2ForCausalLM`` (QKV bias on by default).
+    ``architecture``: ``LlamaForCausalLM``, ``Qwen2ForCausalLM`` (QKV bias on by default) or
+    ``Phi3ForCausalLM`` (q/k/v and gate/up stored fused, as Phi-3 checkpoints hold them).
     ``config_overrides`` patches config.json; ``drop`` leaves tensors out and ``reshape``
     (name -> shape) writes a tensor with a wrong shape (for bad-checkpoint tests).
     """
@@ -160,7 +162,8 @@ def write_llama(directory, *, vocab_size: int = BYTE_TOKENIZER_VOCAB, hidden_siz
                        rms_norm_eps=rms_norm_eps, rope_theta=rope_theta, qkv_bias=qkv_bias,
                        o_bias=qkv_bias and not qwen, mlp_bias=False, tie_word_embeddings=tie_word_embeddings,
                        max_positions=max_positions, architecture=architecture)
-    config = {"architectures": [architecture], "model_type": "qwen2" if qwen else "llama",
+    phi3 = architecture == "Phi3ForCausalLM"
+    config = {"architectures": [architecture], "model_type": "qwen2" if qwen else "phi3" if phi3 else "llama",
               "vocab_size": vocab_size, "hidden_size": hidden_size, "intermediate_size": intermediate_size,
               "num_hidden_layers": num_layers, "num_attention_heads": q_heads, "num_key_value_heads": kv_heads,
               "head_dim": hd, "hidden_act": "silu", "max_position_embeddings": max_positions,
@@ -169,10 +172,15 @@ def write_llama(directory, *, vocab_size: int = BYTE_TOKENIZER_VOCAB, hidden_siz
               "torch_dtype": dtype, "initializer_range": 0.02}
     if qwen:
         config.update({"use_sliding_window": False, "sliding_window": None, "max_window_layers": num_layers})
+    elif phi3:
+        config.update({"sliding_window": None, "original_max_position_embeddings": max_positions,
+                       "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attention_dropout": 0.0, "pad_token_id": 2})
     else:
         config.update({"attention_bias": qkv_bias, "mlp_bias": False, "pretraining_tp": 1})
     config.update(config_overrides or {})
     tensors = random_weights(decoder_weight_shapes(spec), seed)
+    for fused, parts in fused_tensors(spec).items():
+        tensors[fused] = np.concatenate([tensors.pop(name) for name in parts])
     _finish(d, config, tensors, drop, reshape, shards, dtype, seed)
     (d / "generation_config.json").write_text(json.dumps({"bos_token_id": 0, "eos_token_id": 1}, indent=2))
     if tokenizer:

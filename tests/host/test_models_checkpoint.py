@@ -18,6 +18,7 @@ from hbmforge.host import Model
 from hbmforge.host.models import CheckpointError, ModelFitError, RecipeError
 from hbmforge.host.models import hf
 from hbmforge.host.models.checkpoint import Checkpoint
+from hbmforge.host.models.heads import HeadPadding
 from hbmforge.host.models.recipe import load_recipe
 from hbmforge.host.models.synthetic import write_bert, write_llama
 from hbmforge.layout import DesignLayout
@@ -133,6 +134,64 @@ def test_a_sliding_window_caps_the_context_where_it_would_drop_keys(tmp_path, de
     assert dev.live_buffers() == []
 
 
+def _fuse_as_phi3(t):
+    """A LLaMA checkpoint's tensors as Phi-3 stores them: q, k, v stacked in ``qkv_proj`` and gate,
+    up in ``gate_up_proj`` (Phi3Attention / Phi3MLP split them in that order)."""
+    out = dict(t)
+    for i in range(SMALL["num_layers"]):
+        a, m = f"model.layers.{i}.self_attn.", f"model.layers.{i}.mlp."
+        out[a + "qkv_proj.weight"] = np.concatenate([out.pop(a + f"{n}_proj.weight") for n in "qkv"])
+        out[m + "gate_up_proj.weight"] = np.concatenate([out.pop(m + f"{n}_proj.weight") for n in ("gate", "up")])
+    return out
+
+
+def test_phi3_fused_projections_read_as_the_llama_ones_they_stack(tmp_path, dev):
+    llama = write_llama(tmp_path / "llama", head_dim=12, seed=9, **SMALL)
+    phi3 = _rewrite(write_llama(tmp_path / "phi3", head_dim=12, seed=9, **SMALL), _fuse_as_phi3,
+                    architectures=["Phi3ForCausalLM"], model_type="phi3", sliding_window=40,
+                    original_max_position_embeddings=4096)
+    a, b = Checkpoint(llama), Checkpoint(phi3)
+    spec = hf.decoder_spec(b.config)
+    assert spec.architecture == "Phi3ForCausalLM" and spec.exact_positions == 40
+    shapes = hf.check_tensors(b, spec)
+    for name in shapes:                                           # q/k/v, gate/up: views of the fused rows
+        np.testing.assert_array_equal(b.tensor(name), a.tensor(name), err_msg=name)
+    assert b.shape("model.layers.1.self_attn.k_proj.weight") == (24, 64)
+    # the synthetic writer stores the same layout, and the device runs it as the LLaMA model
+    outs = []
+    for d in (llama, phi3, write_llama(tmp_path / "w", architecture="Phi3ForCausalLM", head_dim=12, seed=9, **SMALL)):
+        with Model.from_pretrained(d, device=dev, max_context=32) as model:
+            out = model.generate([0, 5, 6, 7], 4, stop_tokens=(), verify=True, output_logits=True)
+            assert out.golden_mismatches == 0
+            outs.append(np.asarray(out.logits))
+    np.testing.assert_array_equal(outs[1], outs[0])
+    np.testing.assert_array_equal(outs[2], outs[0])
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(partial_rotary_factor=0.75), r"'partial_rotary_factor' \(0.75\): RoPE on part of each head"),
+    (dict(rope_scaling={"type": "longrope", "short_factor": [1.0], "long_factor": [1.0]}),
+     "rope type 'longrope' is not supported"),
+])
+def test_phi3_variants_the_float_model_does_not_compute_are_refused(tmp_path, change, match):
+    d = write_llama(tmp_path / "p", architecture="Phi3ForCausalLM", config_overrides=change, **SMALL)
+    with pytest.raises(CheckpointError, match=match):
+        hf.decoder_spec(Checkpoint(d).config)
+
+
+def test_phi3_fused_tensors_of_the_wrong_size_are_refused_naming_them(tmp_path, dev):
+    fused = "model.layers.0.mlp.gate_up_proj.weight"
+    d = write_llama(tmp_path / "r", architecture="Phi3ForCausalLM", reshape={fused: (200, 64)}, **SMALL)
+    with pytest.raises(CheckpointError, match=r"'model.layers.0.mlp.gate_up_proj.weight' has shape \[200, 64\]; "
+                                              r"config.json implies 256 rows \(model.layers.0.mlp.gate_proj.weight 128"):
+        Model.from_pretrained(d, device=dev)
+    d = write_llama(tmp_path / "m", architecture="Phi3ForCausalLM", drop=("model.layers.1.self_attn.qkv_proj.weight",),
+                    **SMALL)
+    with pytest.raises(CheckpointError, match=r"no tensor 'model.layers.1.self_attn.qkv_proj.weight' \(Phi3ForCausalLM "
+                                              r"stores q_proj, k_proj, v_proj in it\)"):
+        Model.from_pretrained(d, device=dev)
+
+
 def test_tensorflow_era_layernorm_names_read_as_weight_and_bias(tmp_path):
     """bert-base-uncased ships ``LayerNorm.gamma``/``.beta`` and an MLM head; transformers renames them."""
     def legacy(t):
@@ -161,6 +220,12 @@ def test_published_config_quirks_load(tmp_path, dev):
                             head_dim=None, rms_norm_eps="1e-5", pretraining_tp=1, use_cache=True),
         "tied_head_kept": _rewrite(write_llama(tmp_path / "tied", tie_word_embeddings=True, **SMALL),
                                    lambda t: {**t, "lm_head.weight": t["model.embed_tokens.weight"]}),
+        # Phi-3-mini-4k-instruct's config.json fields (sizes scaled down; its heads of 96 padded here too)
+        "phi3_mini": write_llama(tmp_path / "phi3", architecture="Phi3ForCausalLM", dtype="bfloat16", head_dim=12,
+                                 config_overrides={
+            "auto_map": {"AutoConfig": "configuration_phi3.Phi3Config"}, "bos_token_id": 1, "eos_token_id": 32000,
+            "pad_token_id": 32000, "sliding_window": 2047, "rope_scaling": None, "use_cache": True,
+            "attention_bias": False, "transformers_version": "4.40.2"}, **SMALL),
     }
     for name, d in cases.items():
         with Model.from_pretrained(d, device=dev) as model:
@@ -169,8 +234,9 @@ def test_published_config_quirks_load(tmp_path, dev):
             # the float model with the scaled frequencies is what the device computes ...
             assert decoder_accuracy(model, out.prompt_tokens, out)["logits_cosine_min"] >= 0.99, name
             # ... and its RoPE table holds them
-            ctx, hd = model.max_context, model.spec.head_dim
-            want = V.pack_rope_table(V.rope_table(ctx, hd, inv_freq=model.spec.inv_freq()), dev.layout.word_bytes)
+            ctx, pad = model.max_context, HeadPadding(model.spec.head_dim, dev.layout.attention.head_dim)
+            inv = pad.inv_freq(model.spec.inv_freq())               # a padded head's pairs rotate zeros
+            want = V.pack_rope_table(V.rope_table(ctx, pad.device_dim, inv_freq=inv), dev.layout.word_bytes)
             assert dev.read(model.program._rope, len(want)) == want, name
     assert dev.live_buffers() == []
 
@@ -203,7 +269,7 @@ def test_bert_with_the_masked_lm_prefix_and_sentence_transformers_pooling(tmp_pa
     (lambda d: write_llama(d, config_overrides={"architectures": None, "model_type": "gpt2"}, **SMALL),
      r"'model_type' 'gpt2' is not one of"),
     (lambda d: write_llama(d, config_overrides={"architectures": ["Qwen3ForCausalLM"]}, **SMALL),
-     r"'Qwen3ForCausalLM' is not supported; supported: LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, Bert"),
+     r"'Qwen3ForCausalLM' is not supported; supported: LlamaForCausalLM, Qwen2ForCausalLM, MistralForCausalLM, Phi3ForCausalLM, Bert"),
     (lambda d: write_bert(d, config_overrides={"architectures": ["RobertaModel"]}), r"'RobertaModel' is not supported"),
     (lambda d: write_llama(d, config_overrides={"vocab_size": None}, **SMALL), "field 'vocab_size'"),
     (lambda d: write_llama(d, config_overrides={"quantization_config": {"quant_method": "gptq", "bits": 4}}, **SMALL),

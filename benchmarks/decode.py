@@ -538,6 +538,38 @@ def plot(path: Path, proj: list[dict], edge: list[dict], contexts, name: str = "
     plt.close(fig)
 
 
+def edge_plot(path: Path, projections: list[dict], analytic: list[dict]) -> None:
+    """Tokens/s of TeLLMe's model per context: each edge board's co-simulated projection, its
+    roofline (calibrated DDR4) and TeLLMe's published figure."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for color, board in zip(("C0", "C1"), sorted({p["board"] for p in projections})):
+        rows = sorted((p for p in projections if p["board"] == board), key=lambda p: int(p["context"]))
+        xs = [int(p["context"]) for p in rows]
+        ax.plot(xs, [p["tok_s"] for p in rows], "o-", color=color,
+                label=f"{board} simulated layer x {TELLME_MODEL['layers']} + LM head ({rows[0]['clock_mhz']:g} MHz)")
+        if all(p["roofline_tok_s"] for p in rows):
+            ax.plot(xs, [p["roofline_tok_s"] for p in rows], "--", color=color, alpha=0.6,
+                    label=f"{board} roofline (calibrated DDR4, {rows[0]['calibrated_gbps']:g} GB/s)")
+    a = next(a for a in ANCHORS if a["name"].startswith("TeLLMe"))
+    ax.axhline(a["tok_s"], color="k", linestyle=":", lw=1, label=f"{a['name']} {a['tok_s']:g} tok/s (real KV260)")
+    ax.set_xscale("log", base=2)
+    ticks = sorted({int(p["context"]) for p in projections})
+    ax.set_xticks(ticks, [str(t) for t in ticks])
+    ax.set_xlabel("context (tokens)")
+    ax.set_ylabel("tokens/s (projection)")
+    ax.set_title(f"{TELLME_MODEL['name']}, ternary: simulated edge decode")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def edge_problem(paths, contexts) -> str | None:
     """Why an --edge-config cannot run TeLLMe's ternary layer (None: it can); checked before
     anything is built."""
@@ -610,7 +642,9 @@ def edge_main(args, contexts: list[str]) -> None:
               "anchors": [a]}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1))
-    emit("report_written", str(args.json), "path")
+    if projections:
+        edge_plot(args.png, projections, analytic)
+    emit("report_written", str(args.json), "path", png=str(args.png) if projections else None)
 
 
 def main() -> None:

@@ -453,6 +453,15 @@ def edge_rows(bw: dict, host_rt_us: float, edge_lanes: int = 256) -> list[dict]:
     return out
 
 
+def emit_edge_analytic(e: dict) -> dict:
+    """One analytic edge row of :func:`edge_rows` as ``projected_tok_s_ternary_edge``."""
+    return emit("projected_tok_s_ternary_edge", round(e["tok_s"], 2) if e["tok_s"] else None, "tok/s",
+                kind="projection (analytic)", board=e["board"], context=e["context"], clock_mhz=e["clock_mhz"],
+                model=e["model"], roofline_tok_s=round(e["roofline_tok_s"], 2) if e["roofline_tok_s"] else None,
+                compute_bound_tok_s=round(e["compute_bound_tok_s"], 2), calibrated_gbps=e["calibrated_gbps"],
+                bytes_per_token=int(e["bytes_per_token"]), lanes=e["lanes"])
+
+
 def edge_simulated_rows(rows: list[dict], board: str, clock_mhz: float, bw: dict, host_rt_us: float) -> list[dict]:
     """Whole-model tokens/s of TeLLMe's model from one co-simulated layer per context (labelled
     projections): 24 x the layer's cycles + the LM head at the layer's cycles per weight, at the
@@ -631,10 +640,7 @@ def edge_main(args, contexts: list[str]) -> None:
                  host_rt_us=args.host_rt_us, config=str(path))
     analytic = edge_rows(bw, args.host_rt_us)
     for e in analytic:
-        emit("projected_tok_s_ternary_edge", round(e["tok_s"], 2) if e["tok_s"] else None, "tok/s",
-             kind="projection (analytic)", board=e["board"], context=e["context"], clock_mhz=e["clock_mhz"],
-             model=e["model"], roofline_tok_s=round(e["roofline_tok_s"], 2) if e["roofline_tok_s"] else None,
-             compute_bound_tok_s=round(e["compute_bound_tok_s"], 2), bytes_per_token=int(e["bytes_per_token"]))
+        emit_edge_analytic(e)
     a = next(a for a in ANCHORS if a["name"].startswith("TeLLMe"))
     emit("anchor_tok_s", a["tok_s"], "tok/s", kind="published", name=a["name"], board=a["board"], note=a["note"])
     report = {"edge_configs": [str(p) for p in args.edge_config], "edge_layer": layers, "edge_projection": projections,
@@ -815,11 +821,7 @@ def main() -> None:
              host_rt_us=args.host_rt_us)
     edge = edge_rows(bw, args.host_rt_us)
     for e in edge:
-        emit("projected_tok_s_ternary_edge", round(e["tok_s"], 2) if e["tok_s"] else None, "tok/s",
-             kind="projection (analytic)", board=e["board"], context=e["context"], clock_mhz=e["clock_mhz"],
-             model=e["model"], roofline_tok_s=round(e["roofline_tok_s"], 2) if e["roofline_tok_s"] else None,
-             compute_bound_tok_s=round(e["compute_bound_tok_s"], 2), calibrated_gbps=e["calibrated_gbps"],
-             bytes_per_token=int(e["bytes_per_token"]), lanes=e["lanes"])
+        emit_edge_analytic(e)
     for a in ANCHORS:
         emit("anchor_tok_s", a["tok_s"], "tok/s", kind="published", name=a["name"], board=a["board"],
              clock_mhz=a["clock_mhz"], note=a["note"])

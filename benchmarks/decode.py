@@ -653,7 +653,77 @@ def edge_main(args, contexts: list[str]) -> None:
     emit("report_written", str(args.json), "path", png=str(args.png) if projections else None)
 
 
-def main() -> None:
+def _writable(path: Path) -> bool:
+    """True when ``path`` can be written: its nearest existing ancestor is a writable directory and
+    the path itself, if it exists, is a file."""
+    if path.exists():
+        return path.is_file() and os.access(path, os.W_OK)
+    parent = path.parent
+    while not parent.exists():
+        parent = parent.parent
+    return parent.is_dir() and os.access(parent, os.W_OK)
+
+
+def _layer_report_problem(path: Path) -> str | None:
+    try:
+        report = json.loads(path.read_text())
+    except OSError as e:
+        return f"--layer-report {path}: {e.strerror or e}"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return f"--layer-report {path}: not a JSON report of this benchmark ({e})"
+    rows = report.get("layer") if isinstance(report, dict) else None
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and {"format", "context"} <= r.keys() for r in rows):
+        return f"--layer-report {path}: has no 'layer' list of rows with 'format' and 'context' (write one with --json)"
+    return None
+
+
+def args_problem(args) -> str | None:
+    """What is wrong with the command line's files, paths and counts (None: nothing), checked before
+    anything is generated, simulated or written."""
+    from hbmforge.config import ConfigError, load_config
+
+    for flag, text in (("--formats", args.formats), ("--contexts", args.contexts), ("--clocks", args.clocks),
+                       ("--edge-contexts", args.edge_contexts)):
+        items = [t for t in text.split(",") if t]
+        twice = sorted({t for t in items if items.count(t) > 1})
+        if twice:
+            return f"{flag} lists {', '.join(twice)} more than once"
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
+    if args.tile_rows < 0:
+        return f"--tile-rows must be >= 0 (0: every row random), got {args.tile_rows}"
+    if not 1 <= args.heads <= LLAMA2_7B["heads"]:
+        return f"--heads must be in [1, {LLAMA2_7B['heads']}], got {args.heads}"
+    if not args.edge_config:
+        try:
+            cfg = load_config(args.config)
+        except (OSError, ConfigError, ValueError) as e:
+            return f"--config {args.config}: {e}"
+        from hbmforge.layout import DesignLayout
+
+        mm = cfg.engine("matmul")
+        if mm is None or cfg.engine("attention") is None or cfg.engine("vector") is None:
+            return f"--config {args.config}: needs matmul, attention and vector engines to run a decoder layer"
+        k_align = DesignLayout(cfg).matmul.k_align
+        hidden = layer_dims(args.heads)["hidden"]
+        if hidden % k_align:
+            return (f"--heads {args.heads}: hidden {hidden} is not a multiple of the matmul's k_align {k_align} "
+                    f"(heads a multiple of {max(1, k_align // 128)})")
+    if args.hbm_report is not None and not args.hbm_report.is_file():
+        return f"--hbm-report {args.hbm_report}: no such file (write one with python benchmarks/hbm.py > FILE)"
+    if args.layer_report is not None:
+        problem = _layer_report_problem(args.layer_report)
+        if problem:
+            return problem
+    if args.design is not None and not (args.design / "manifest.json").is_file():
+        return f"--design {args.design}: not a generated design directory (no manifest.json; hbmforge gen writes one)"
+    for flag, path in (("--json", args.json), ("--png", args.png)):
+        if not _writable(path):
+            return f"{flag} {path}: cannot be written there"
+    return None
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", type=Path, default=ROOT / "examples" / "u280_llm512.yaml")
     ap.add_argument("--all", action="store_true", help="co-simulate every format x context (slow)")
@@ -695,7 +765,15 @@ def main() -> None:
                          "engine's) on this edge design (examples/kv260_ternary.yaml, zcu102_ternary.yaml; "
                          "repeatable) and project it; without it the edge rows are analytic only")
     ap.add_argument("--edge-contexts", default="512,1024,2048", help="contexts of the --edge-config cells")
+    return ap
+
+
+def main() -> None:
+    ap = parser()
     args = ap.parse_args()
+    problem = args_problem(args)
+    if problem:
+        ap.error(problem)
     formats = [f for f in args.formats.split(",") if f]
     bad = [f for f in formats if f not in FORMATS]
     if bad:

@@ -18,21 +18,34 @@ __all__ = ["GROUP", "KEEP", "prune_2_4", "is_2_4", "sparse24_mask", "encode_spar
 GROUP, KEEP = 4, 2
 
 
-def _groups(w: np.ndarray, name: str) -> np.ndarray:
+def _weights(w) -> np.ndarray:
+    """``w`` as a real (integer or float) array of at least one axis, or a clear error."""
+    if isinstance(w, (list, tuple)):
+        try:
+            w = np.asarray(w)
+        except (ValueError, TypeError) as err:          # ragged nesting
+            raise ValueError(f"weights must be a rectangular array; the nested sequence is not ({err})") from None
     if not isinstance(w, np.ndarray) or w.ndim < 1:
-        raise TypeError(f"{name} must be a NumPy array with at least one axis, got {type(w).__name__}")
+        raise TypeError(f"weights must be a NumPy array with at least one axis, got {type(w).__name__}"
+                        + (f" of shape {w.shape}" if isinstance(w, np.ndarray) else ""))
+    if w.dtype.kind not in "iuf":
+        raise TypeError(f"weights must be integer or float (not {w.dtype}) for 2:4 sparsity")
     if w.shape[-1] % GROUP:
-        raise ValueError(f"{name}: the last axis ({w.shape[-1]}) must be a multiple of {GROUP} for 2:4 sparsity")
+        raise ValueError(f"weights: the last axis ({w.shape[-1]}) must be a multiple of {GROUP} for 2:4 sparsity")
+    return w
+
+
+def _groups(w: np.ndarray) -> np.ndarray:
     return w.reshape(w.shape[:-1] + (w.shape[-1] // GROUP, GROUP))
 
 
 def sparse24_mask(w) -> np.ndarray:
     """Boolean mask of the elements magnitude 2:4 pruning keeps: the 2 largest ``|w|`` of every 4
     along the last axis (the lower index wins a tie; NaN is not allowed)."""
-    w = np.asarray(w)
+    w = _weights(w)
     if w.dtype.kind == "f" and not np.all(np.isfinite(w)):
         raise ValueError("weights must be finite to prune them")
-    g = _groups(np.abs(w.astype(np.float64) if w.dtype.kind in "iuf" else w), "weights")
+    g = _groups(np.abs(w.astype(np.float64)))
     # stable sort of -|w|: equal magnitudes keep their order, so the earlier element ranks first
     order = np.argsort(-g, axis=-1, kind="stable")
     keep = np.zeros(g.shape, dtype=bool)
@@ -43,13 +56,13 @@ def sparse24_mask(w) -> np.ndarray:
 def prune_2_4(w) -> np.ndarray:
     """``w`` with all but the 2 largest-magnitude elements of every group of 4 (last axis) zeroed;
     same dtype and shape."""
-    w = np.asarray(w)
+    w = _weights(w)
     return np.where(sparse24_mask(w), w, np.zeros((), dtype=w.dtype))
 
 
 def is_2_4(w) -> bool:
     """True if every group of 4 along the last axis has at most 2 non-zeros."""
-    g = _groups(np.asarray(w), "weights")
+    g = _groups(_weights(w))
     return bool(((g != 0).sum(axis=-1) <= KEEP).all())
 
 

@@ -1,6 +1,7 @@
 """benchmarks/decode.py's byte accounting (the FFN's K padding and the edge model's padded heads are not
 the model's bytes) and its edge cells."""
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -92,3 +93,36 @@ def test_the_edge_layer_pads_its_heads_like_a_checkpoint(decode):
     assert not np.any(q.q[dead]) and np.any(q.q[:96])
     o = w.projections["o_proj"]
     assert o.q.shape[0] == 256
+
+
+def _args(decode, tmp_path, *argv):
+    return decode.parser().parse_args(["--json", str(tmp_path / "d.json"), "--png", str(tmp_path / "d.png"), *argv])
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["--hbm-report", "{tmp}/missing.jsonl"], "--hbm-report .*no such file"),
+    (["--config", "{tmp}/missing.yaml"], "--config .*No such file"),
+    (["--config", "examples/u280_w2a8.yaml"], "needs matmul, attention and vector engines"),
+    (["--layer-report", "{tmp}/missing.json"], "--layer-report .*No such file"),
+    (["--layer-report", "README.md"], "not a JSON report of this benchmark"),
+    (["--layer-report", "{tmp}/other.json"], "no 'layer' list"),
+    (["--contexts", "512,512"], "--contexts lists 512 more than once"),
+    (["--formats", "w2a8kv4,ternary,w2a8kv4"], "--formats lists w2a8kv4 more than once"),
+    (["--seed", "-1"], "--seed must be >= 0"),
+    (["--heads", "0"], r"--heads must be in \[1, 32\]"),
+    (["--heads", "4"], "hidden 512 is not a multiple of the matmul's k_align 4096"),
+    (["--tile-rows", "-3"], "--tile-rows must be >= 0"),
+    (["--design", "{tmp}"], "not a generated design directory"),
+    (["--json", "{tmp}/other.json/x.json"], "--json .* cannot be written there"),
+])
+def test_bad_files_paths_and_counts_are_named_before_anything_runs(decode, tmp_path, argv, why):
+    (tmp_path / "other.json").write_text('{"edge": []}')
+    args = _args(decode, tmp_path, *(a.replace("{tmp}", str(tmp_path)).replace("examples/", str(ROOT / "examples") + "/")
+                                     .replace("README.md", str(ROOT / "README.md")) for a in argv))
+    problem = decode.args_problem(args)
+    assert problem is not None and re.search(why, problem), problem
+    assert not (tmp_path / "d.json").exists()
+
+
+def test_the_default_command_line_has_no_problem(decode, tmp_path):
+    assert decode.args_problem(_args(decode, tmp_path)) is None

@@ -58,6 +58,22 @@ def test_pruning_rejects_a_k_that_is_not_whole_groups_and_non_finite_weights():
         prune_2_4(np.array([[np.nan, 0, 0, 0]]))
 
 
+@pytest.mark.parametrize("bad, err, text", [
+    (None, TypeError, "NumPy array with at least one axis, got NoneType"),
+    ("abcd", TypeError, "NumPy array with at least one axis, got str"),
+    (3.0, TypeError, "at least one axis"),
+    (np.ones((2, 4), dtype=bool), TypeError, r"integer or float \(not bool\)"),
+    (np.ones((2, 4), dtype=complex), TypeError, r"not complex128"),
+    (np.array([[1, "a", 2, 3]], dtype=object), TypeError, r"not object"),
+    ([[1, 2, 3, 4], [1, 2]], ValueError, "rectangular"),
+])
+@pytest.mark.parametrize("fn", [prune_2_4, is_2_4, sparse24_mask])
+def test_the_2_4_helpers_refuse_what_is_not_a_real_array_by_name(fn, bad, err, text):
+    with pytest.raises(err, match=text):
+        fn(bad)
+    assert is_2_4([[1, 0, 0, 2], [0, 0, 0, 0]]) and prune_2_4([[1, 2, 3, 4]]).tolist() == [[0, 0, 3, 4]]
+
+
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_packed_weights_round_trip_and_take_2b_plus_4_bits_per_group(fmt):
     lay = layout()

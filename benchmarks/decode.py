@@ -653,17 +653,6 @@ def edge_main(args, contexts: list[str]) -> None:
     emit("report_written", str(args.json), "path", png=str(args.png) if projections else None)
 
 
-def _writable(path: Path) -> bool:
-    """True when ``path`` can be written: its nearest existing ancestor is a writable directory and
-    the path itself, if it exists, is a file."""
-    if path.exists():
-        return path.is_file() and os.access(path, os.W_OK)
-    parent = path.parent
-    while not parent.exists():
-        parent = parent.parent
-    return parent.is_dir() and os.access(parent, os.W_OK)
-
-
 def _layer_report_problem(path: Path) -> str | None:
     try:
         report = json.loads(path.read_text())
@@ -681,6 +670,7 @@ def args_problem(args) -> str | None:
     """What is wrong with the command line's files, paths and counts (None: nothing), checked before
     anything is generated, simulated or written."""
     from hbmforge.config import ConfigError, load_config
+    from paths import writable_file
 
     for flag, text in (("--formats", args.formats), ("--contexts", args.contexts), ("--clocks", args.clocks),
                        ("--edge-contexts", args.edge_contexts)):
@@ -718,7 +708,7 @@ def args_problem(args) -> str | None:
     if args.design is not None and not (args.design / "manifest.json").is_file():
         return f"--design {args.design}: not a generated design directory (no manifest.json; hbmforge gen writes one)"
     for flag, path in (("--json", args.json), ("--png", args.png)):
-        if not _writable(path):
+        if not writable_file(path):
             return f"{flag} {path}: cannot be written there"
     return None
 

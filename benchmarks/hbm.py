@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paths import writable_dir  # noqa: E402
+
 BOARDS = ("u280", "u55c", "kv260", "zcu102")
 #: the published anchor the calibrated model is checked against (Shuhai, FCCM 2020, U280)
 MEASURED_SEQ_GBPS = {"u280": 425.0}
@@ -200,6 +203,11 @@ def main() -> None:
         ap.error(f"unknown board(s) {bad}; choose from {', '.join(BOARDS)}")
     if not 0 < args.mib_per_port <= 256:
         ap.error("--mib-per-port must be in (0, 256]")
+    twice = sorted({b for b in boards if boards.count(b) > 1})
+    if twice:
+        ap.error(f"--boards lists {', '.join(twice)} more than once")
+    if args.work is not None and not writable_dir(args.work):
+        ap.error(f"--work {args.work}: not a directory that can be written")
     with tempfile.TemporaryDirectory(prefix="hbm_bench_") as tmp:
         work = args.work or Path(tmp)
         for board in boards:

@@ -395,7 +395,7 @@ def gen(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
 
 @_command()
 def sim(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
-        seed: int = typer.Option(1, "--seed", help="Random seed for the regression."),
+        seed: int = typer.Option(1, "--seed", min=0, max=2**32 - 1, help="Random seed for the regression."),
         tests: Optional[str] = typer.Option(None, "--tests", "-k",
                                             help="Only run cocotb tests whose name contains this."),
         build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="Keep the build here.")):
@@ -420,8 +420,8 @@ def verify(config: Path = typer.Argument(..., help="Accelerator config (YAML).")
                                          help="Run the regression on a coverage build."),
            scale: str = typer.Option("small", "--scale", help="Formal port parameters: small or full."),
            depth: Optional[int] = typer.Option(None, "--depth", help="Proof depth (k-induction/BMC steps)."),
-           seed: int = typer.Option(1, "--seed", help="Random seed for the regression."),
-           cases: int = typer.Option(4, "--cases", help="Random layers per regression test."),
+           seed: int = typer.Option(1, "--seed", min=0, max=2**32 - 1, help="Random seed for the regression."),
+           cases: int = typer.Option(4, "--cases", min=1, max=10_000, help="Random layers per regression test."),
            min_line: float = typer.Option(0.0, "--min-line",
                                           help="Fail (exit 1) below this line coverage, e.g. 0.95.")):
     """Formal proofs, code and functional coverage and the regression: one table, reports in -o."""
@@ -472,7 +472,7 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
                                       "every query sees every valid token)."),
         valid_len: Optional[int] = typer.Option(None, "--valid-len", help="attention, bidirectional: real tokens "
                                                 "among the ctx (the rest is padding, never read)."),
-        seed: int = typer.Option(0, "--seed", help="Random seed for weights and inputs."),
+        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed for weights and inputs."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the device."),
         model: Optional[Path] = typer.Option(None, "--model", help="Run a Hugging Face checkpoint directory "

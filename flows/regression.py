@@ -31,6 +31,16 @@ class RegressionResult:
     design_dir: Path
 
 
+def check_bench_knobs(seed, cases, busy) -> None:
+    """The cocotb bench's seed, cases per test and back-pressure probability, checked before a
+    design is generated (the bench would fail on them only after the build)."""
+    from hbmforge.host.checks import check_int, check_real
+
+    check_int("seed", seed, 0, 2**32 - 1)
+    check_int("cases", cases, 1, 10_000)
+    check_real("busy", busy, 0.0, 0.95)
+
+
 def run_regression(cfg: AcceleratorConfig, *, seed: int = 1, test_filter: str | None = None,
                    build_dir: Path | None = None, console=None, cases: int = 4,
                    busy: float = 0.3) -> RegressionResult:
@@ -38,6 +48,7 @@ def run_regression(cfg: AcceleratorConfig, *, seed: int = 1, test_filter: str | 
     from .emit import generate
     from hbmforge.sim.cocotb_runner import run_cocotb
 
+    check_bench_knobs(seed, cases, busy)
     t0 = time.monotonic()
     testcase = None
     modules = ["hbmforge.flows.tb_kernel"] + [FAMILY_BENCHES[e.kind] for e in cfg.engines

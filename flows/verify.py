@@ -120,14 +120,15 @@ def verify(cfg: AcceleratorConfig, *, out_dir: str | Path | None = None, formal:
     from hbmforge.generators.formal.cases import KINDS, design_cases
     from hbmforge.layout import DesignLayout
 
+    from .regression import check_bench_knobs
+
     if not isinstance(cfg, AcceleratorConfig):
         raise TypeError(f"cfg must be an AcceleratorConfig, got {type(cfg).__name__}")
     if not formal and not coverage:
         raise ValueError("nothing to verify: formal and coverage are both off")
     if depth is not None and (isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= 200):
         raise ValueError(f"depth must be an int in [1, 200], got {depth!r}")
-    if not isinstance(cases, int) or isinstance(cases, bool) or cases < 1:
-        raise ValueError(f"cases must be a positive int, got {cases!r}")
+    check_bench_knobs(seed, cases, busy)
     if not 0.0 <= target_line <= 1.0:
         raise ValueError(f"target_line must be in [0, 1], got {target_line!r}")
     layout = DesignLayout(cfg)

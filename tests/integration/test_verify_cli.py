@@ -3,12 +3,15 @@ and one JSON report (a tiny design; the starter config under -m slow)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from cli_helpers import invoke
 from designs import tiny_config_dict
+
+ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.rtl
 
@@ -47,7 +50,8 @@ def test_verify_prints_one_table_and_writes_the_reports(tmp_path):
 def test_verify_rejects_bad_options_with_one_line(tmp_path):
     cfg = _tiny(tmp_path)
     for args, words in ((["--scale", "big"], "--scale"), (["--min-line", "2"], "--min-line"),
-                        (["--no-formal", "--no-coverage"], "nothing to verify"), (["--depth", "0"], "depth")):
+                        (["--no-formal", "--no-coverage"], "nothing to verify"), (["--depth", "0"], "depth"),
+                        (["--seed", "-1"], "--seed"), (["--cases", "0"], "--cases")):
         res = invoke("verify", cfg, "-o", tmp_path / "x", *args)
         assert res.exit_code == 2 and words in res.output and "Traceback" not in res.output, res.output
 
@@ -56,3 +60,17 @@ def test_verify_rejects_bad_options_with_one_line(tmp_path):
 def test_verify_starter_example_reaches_the_line_target(tmp_path):
     res = invoke("verify", "examples/u280_starter.yaml", "-o", tmp_path / "s", "--min-line", "0.95")
     assert res.exit_code == 0, res.output
+
+
+@pytest.mark.parametrize("knob, value, words", [("seed", -1, "seed must be in"), ("cases", 0, "cases must be in"),
+                                                ("busy", 1.0, "busy must be"), ("seed", True, "seed must be an integer")])
+def test_the_regression_and_verify_apis_refuse_bad_bench_knobs_before_generating(tmp_path, knob, value, words):
+    from hbmforge.config import load_config
+    from hbmforge.flows.regression import run_regression
+    from hbmforge.flows.verify import verify
+
+    cfg = load_config(ROOT / "examples" / "u280_starter.yaml")
+    for fn, out in ((run_regression, "build_dir"), (verify, "out_dir")):
+        with pytest.raises((ValueError, TypeError), match=words):
+            fn(cfg, **{knob: value, out: tmp_path / fn.__name__})
+        assert not (tmp_path / fn.__name__).exists()

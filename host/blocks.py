@@ -1164,8 +1164,13 @@ class ModelProgram:
             fields = self._norm_fields(norm) if norm is not None else {}
             p.vector(m=T, dim=H, **res, **fields, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
 
-        for L in self.layers:
-            rows_of_h(L.consts["norm1"] if llama else None)          # the attention's input
+        # pre-norm decoders on a design of one row per block: each residual add also writes the next
+        # norm's int8 rows (res_out), one pass instead of two
+        fuse = llama and R == 1
+        in_xa = False                                            # xa holds the next norm's rows already
+        for i, L in enumerate(self.layers):
+            if not in_xa:
+                rows_of_h(L.consts["norm1"] if llama else None)      # the attention's input
             matmul(L.qkv, a["xa"], a["yqkv"])
             acc = dict(a_fmt=VectorIn.ACC32, a_stride=blk(nqkv), a_scale=a["xs_a"])
             rope = dict(rope=1, rope_addr=self._rope.address) if llama else {}
@@ -1185,8 +1190,10 @@ class ModelProgram:
             p.vector(m=T, dim=nq, a_fmt=VectorIn.ROWS32, a_addr=a["o"], a_stride=nq * 4, a_cols=t(L, "att_cols"),
                      out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
             matmul(L.o, a["xb"], a["y"])
-            self._residual(p, T, L, "o_cols", "o_bias", a, a["xs_b"], H, None if llama else L.consts["norm1"])
-            rows_of_h(L.consts["norm2"] if llama else None)          # the MLP's input
+            self._residual(p, T, L, "o_cols", "o_bias", a, a["xs_b"], H, None if llama else L.consts["norm1"],
+                           then_norm=L.consts["norm2"] if fuse else None)
+            if not fuse:
+                rows_of_h(L.consts["norm2"] if llama else None)      # the MLP's input
             matmul(L.up, a["xa"], a["y"])
             # over I padded to k_align (down's K): gate/up hold i_dev columns, the rest read x 0
             I, ni = self._ip, self._in
@@ -1200,17 +1207,23 @@ class ModelProgram:
                          a_cols=t(L, "in_cols"), **self._bias(L, "in_bias"), act=VectorAct.GELU,
                          out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
             matmul(L.down, a["xb"], a["y"])
-            self._residual(p, T, L, "down_cols", "down_bias", a, a["xs_b"], H, None if llama else L.consts["norm2"])
+            nxt = (self.layers[i + 1].consts["norm1"] if i + 1 < len(self.layers) else
+                   self._final if self._head is not None and self._final_norm is not None else None)
+            in_xa = fuse and nxt is not None
+            self._residual(p, T, L, "down_cols", "down_bias", a, a["xs_b"], H, None if llama else L.consts["norm2"],
+                           then_norm=nxt if in_xa else None)
         if self._head is not None:
-            rows_of_h(self._final if self._final_norm is not None else None)
+            if not in_xa:
+                rows_of_h(self._final if self._final_norm is not None else None)
             rows = T if all_logits else 1
             first = T - rows
             head = self._head
             matmul(head, a["xa"] + first * H, a["logits"], m=rows)
         return p
 
-    def _residual(self, p, T, L, cols, bias, a, scales, H, norm):
-        """h = h + deq(y) (+ bias) [LayerNorm'ed for BERT], in place."""
+    def _residual(self, p, T, L, cols, bias, a, scales, H, norm, then_norm=None):
+        """h = h + deq(y) (+ bias) [LayerNorm'ed for BERT], in place; ``then_norm``: the next pre-norm
+        in the same pass too, its int8 rows into xa (``res_out``: h written beside them)."""
         R = self._vg.rows
         fields = dict(m=T, dim=H, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=R * H * 4, a_scale=scales,
                       a_cols=L.tables[cols].address, **self._bias(L, bias), b_fmt=VectorIn.RES32, b_addr=a["h"],
@@ -1218,6 +1231,9 @@ class ModelProgram:
                       y_stride=R * H * 4)
         if norm is not None:
             fields.update(self._norm_fields(norm))
+        if then_norm is not None:
+            fields.update(self._norm_fields(then_norm), out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"],
+                          res_out=1, res_addr=a["h"])
         p.vector(**fields)
 
     def _kv_appends(self, p, L, T, pos0, seq, yqkv, acc, rope, blk) -> None:

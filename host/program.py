@@ -238,6 +238,8 @@ class ProgramBuilder:
             need["y_addr"] = (blocks - 1) * rec["y_stride"] + R * dim * 4
         elif out == VectorOut.ACT8:
             need.update(y_addr=m * dim, y_scale=g.scale_bytes(m))
+            if rec["res_out"]:
+                need["res_addr"] = (blocks - 1) * rec["y_stride"] + R * dim * 4
         elif out == VectorOut.QREC:
             need.update(y_addr=m * dim // g.head_dim * attention_geometry(lay).q_record_bytes,
                         consts_addr=g.consts_bytes(dim))

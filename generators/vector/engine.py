@@ -778,6 +778,7 @@ class VectorEngine(wiring.Component):
         # -- phases of the block pipeline (main FSM below) --------------------------------------
         in_store = Signal()                  # STORE phase: the store FSM owns the tile read address
         sw1_ended = Signal()                 # direct store: SWEEP1 of the block has ended
+        st_res = Signal()                    # res_out: the store is in its direct RES32 part
         store_start = Signal()
         store_done = Signal()
         # early store (Q records, KV appends: one operand, quantized per head or group, no norm): the
@@ -837,8 +838,15 @@ class VectorEngine(wiring.Component):
         # FIFO (the block's write command is issued as the sweep starts); the sweep issues a word
         # only with room for it in the FIFO
         direct = Signal()
+        # res_out (one row per block, a norm, ACT8): SWEEP1's results go to the chunk FIFO as a direct
+        # RES32 store (the value before the norm, to res_addr) and into the tile for the norm as
+        # before; the ACT8 store follows the norm's passes (``st_res``: the store is in the direct part)
+        dual = Signal()
+        feed = Signal()                      # SWEEP1 feeds the chunk FIFO (direct or dual)
         if R == 1:
-            m.d.comb += direct.eq((j.out_fmt == VectorOut.RES32) & (j.norm == VectorNorm.NONE))
+            m.d.comb += [direct.eq((j.out_fmt == VectorOut.RES32) & (j.norm == VectorNorm.NONE)),
+                         dual.eq(j.res_out)]
+        m.d.comb += feed.eq(direct | dual)
         chunk_level = Signal(range(_CHUNK_FIFO + 1))
         inflight = Signal(range(max(_CHUNK_FIFO, ElementPipe.LATENCY, napply.latency) + 2))
         # room for one more word: registered from a registered count (two cycles old: the count
@@ -850,7 +858,7 @@ class VectorEngine(wiring.Component):
         sw_occ = Signal(range(2 * _CHUNK_FIFO + 8), name="sw_occ")
         m.d.sync += [sw_occ.eq(chunk_level + inflight), sw_room.eq(sw_occ + 4 < _CHUNK_FIFO)]
         sw_go = Signal()
-        first_ok = ((loaded_ahead != 0) | rx_has) & (~direct | sw_room)
+        first_ok = ((loaded_ahead != 0) | rx_has) & (~feed | sw_room)
         if g.table_port is not None:         # the element tables word by word, like the operands
             # sw_j < tables_avail as a flip-flop, for the next cycle from this one's registers: sw_j
             # grows by at most one, and tables_avail never falls within a job (all of them in, or
@@ -1203,10 +1211,10 @@ class VectorEngine(wiring.Component):
         kind_d = delayed(m, t1_kind, ChunkQuantizer.LATENCY, name="kind")
         wide_d = delayed(m, t1_wide, ChunkQuantizer.LATENCY, name="wide")
         # a wide op's chunk: a whole word of int8, or half a word of int4 (KV4: the packer's `half`)
-        m.d.comb += [chunks.w_en.eq(cq.o_valid | (elem.o_valid & direct)),
+        m.d.comb += [chunks.w_en.eq(cq.o_valid | (elem.o_valid & feed)),
                      chunks.w_data.eq(Mux(cq.o_valid, Cat(Mux(kind_d == _VAL, cq.o, other_d),
                                                           (kind_d == _MNT) | (wide_d & ~int4), wide_d & int4),
-                                          Cat(elem.o, Const(0, 2))))]
+                                          Cat(elem.o, Const(1, 1), Const(0, 1))))]   # a whole word
 
         # packer: ppw chunks -> one word; a new chunk is taken in the cycle the full word leaves
         pk_word = Signal(W)
@@ -1302,7 +1310,8 @@ class VectorEngine(wiring.Component):
                 m.d.sync += out.eq(out + k)
             return out
         jp = self.job.payload
-        y_blk_addr = per_block_at(jp.y_addr, j.y_stride, "y_blk_addr")
+        # (a res_out job's RES32 blocks: from res_addr; its ACT8 rows use y_row_addr)
+        y_blk_addr = per_block_at(Mux(jp.res_out, jp.res_addr, jp.y_addr), j.y_stride, "y_blk_addr")
         y_row_addr = per_block_at(jp.y_addr, j.dim << LOGR, "y_row_addr")
         y_rec_addr = per_block_at(jp.y_addr, rec_bytes << LOGR, "y_rec_addr")
         y_scale_addr = per_block_at(jp.y_scale, Const(SB, 64), "y_scale_addr")
@@ -1597,10 +1606,12 @@ class VectorEngine(wiring.Component):
                     m.d.comb += [wc_addr.eq(y_rec_addr), wc_bytes.eq(rec_block_bytes)]
                 with m.Case(VectorOut.KV):
                     m.d.comb += [wc_addr.eq(st_vaddr), wc_bytes.eq(vbytes)]
+            with m.If(st_res):
+                m.d.comb += [wc_addr.eq(y_blk_addr), wc_bytes.eq((j.dim << 2) * R)]
             # the counters cleared while the command waits (none is read in CMD): not on its take
             m.d.sync += [st_j.eq(0), st_c.eq(0), st_j_last.eq(dw_last == 0), blk_last.eq(dwr_m1 == 0)]
             with m.If(wc_take):
-                with m.If(direct):
+                with m.If(direct | st_res):
                     store.next = "DRAIN"
                 with m.Elif(j.out_fmt == VectorOut.RES32):
                     store.next = "BLK"
@@ -1704,8 +1715,12 @@ class VectorEngine(wiring.Component):
                     next_head("CMD", "KROW")
         with store.State("FLUSH"):
             # no micro-op reads the tiles any more: the next block may be loaded (an early store
-            # may get here before the main FSM waits for it: it waits too)
-            with m.If((st_inflight == 0) & ~t1_v & in_storing):
+            # may get here before the main FSM waits for it: it waits too); a res_out job's direct
+            # part ends here without store_done: its ACT8 store starts after the norm
+            with m.If(st_res):
+                m.d.sync += [st_res.eq(0), sw1_ended.eq(0)]
+                store.next = "IDLE"
+            with m.Elif((st_inflight == 0) & ~t1_v & in_storing):
                 m.d.comb += store_done.eq(1)
                 m.d.sync += sw1_ended.eq(0)
                 store.next = "IDLE"
@@ -1728,7 +1743,8 @@ class VectorEngine(wiring.Component):
                     stream = quant_out & (j.norm == VectorNorm.NONE) & ~direct
                     early = stream & ~has_b & ((j.out_fmt == VectorOut.QREC) | kv_mode)
                     # the direct store's write command, or the early store's start
-                    m.d.comb += store_start.eq(direct | early)
+                    m.d.comb += store_start.eq(feed | early)
+                    m.d.sync += st_res.eq(dual)
                     m.d.sync += [qp_stream.eq(stream), qp_active.eq(stream), early_store.eq(early),
                                  q_done.eq(0)]
                     m.next = "SWEEP1"
@@ -1739,7 +1755,7 @@ class VectorEngine(wiring.Component):
                         m.d.sync += sw1_ended.eq(1)
                         m.next = "STORING"
                     with m.Elif(j.norm != VectorNorm.NONE):
-                        m.d.sync += [sc_r.eq(0), sc_active.eq(1), sc_sent.eq(0)]
+                        m.d.sync += [sc_r.eq(0), sc_active.eq(1), sc_sent.eq(0), sw1_ended.eq(dual)]
                         m.next = "SCALAR"
                     with m.Elif(quant_out):
                         m.next = "QPARAM"          # its walk started with the sweep
@@ -1763,8 +1779,11 @@ class VectorEngine(wiring.Component):
                 with m.If(~qp_busy):
                     m.next = "STORE"
             with m.State("STORE"):
-                m.d.comb += [in_store.eq(1), store_start.eq(~early_store)]
-                m.next = "STORING"
+                # (a res_out job's direct part may still be draining: the store starts once it is idle)
+                m.d.comb += in_store.eq(1)
+                with m.If(~st_res):
+                    m.d.comb += store_start.eq(~early_store)
+                    m.next = "STORING"
             with m.State("STORING"):
                 m.d.comb += [in_store.eq(1), in_storing.eq(1)]
                 with m.If(store_done):

@@ -19,7 +19,7 @@ from ...numerics import vector as V
 from ..attention.testing import ByteMemory
 from ..dma_bench import DmaBench
 
-__all__ = ["VectorBench", "random_case", "CASE_KINDS", "GROUP_KINDS", "blocked_int32"]
+__all__ = ["VectorBench", "random_case", "CASE_KINDS", "GROUP_KINDS", "ROW_KINDS", "blocked_int32"]
 
 
 class VectorBench(DmaBench):
@@ -93,6 +93,8 @@ CASE_KINDS = ("add_res32", "norm_act8", "layernorm_res32", "swiglu_act8", "gelu_
               "rope_qrec", "kv8_rope", "kv4", "silu_res32_acc")
 #: kinds that need a design with at least 4 KV ports (two port groups): not in CASE_KINDS
 GROUP_KINDS = ("kv_groups",)
+#: kinds that need a design of one row per block (res_out): not in CASE_KINDS
+ROW_KINDS = ("residual_norm_act8",)
 _HEAD_KINDS = ("rope_qrec", "kv8_rope", "kv4", "kv_groups")
 
 
@@ -171,6 +173,19 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
                      y_scale=bench.alloc(g.scale_bytes(m)))
         else:
             d.update(out_fmt=VectorOut.RES32, y_addr=bench.alloc(nb * R * dim * 4), y_stride=R * dim * 4)
+    elif kind == "residual_norm_act8":
+        # a decoder's residual add and the next RMSNorm in one pass: h += deq(y) in place (res_out),
+        # and norm(h) as ACT8 rows
+        h = np.clip(np.rint(rng.normal(0, 2.0 ** rng.uniform(-2, 6), (m, dim)) * 2 ** 16), V.I32_MIN, V.I32_MAX)
+        hb = blocked_buf(h.astype(np.int64))
+        c = V.norm_constants(dim, 1e-5, in_frac=16, gamma_frac=20, out_frac=16, center=False)
+        gamma = np.rint(rng.uniform(-2, 2, dim) * 2 ** 20).astype(np.int64)
+        d.update(a_fmt=VectorIn.ACC32, a_addr=blocked_buf(ints((m, dim), 32)), a_stride=R * dim * 4,
+                 a_scale=scales(), a_cols=cols(1e-10, 1e-6), b_fmt=VectorIn.RES32, b_addr=hb, b_stride=R * dim * 4,
+                 combine=VectorCombine.ADD, norm=VectorNorm.RMS, gamma_addr=col_table(gamma), eps_q=c["eps_q"],
+                 eps_shift=c["eps_shift"], norm_shift=c["norm_shift"], out_fmt=VectorOut.ACT8,
+                 y_addr=bench.alloc(m * dim), y_scale=bench.alloc(g.scale_bytes(m)), res_out=1, res_addr=hb,
+                 y_stride=R * dim * 4)
     elif kind == "gelu_bias_res32":
         d.update(a_fmt=VectorIn.ACC32, a_addr=blocked_buf(ints((m, dim), 32)), a_stride=R * dim * 4,
                  a_scale=scales(), a_cols=cols(1e-10, 1e-6), bias=1,
@@ -219,5 +234,5 @@ def random_case(bench: VectorBench, rng: np.random.Generator, kind: str, *, m: i
                      bt_addr=bench.alloc(npages * 4, np.asarray(perm, "<u4").tobytes()),
                      consts_addr=bench.alloc(heads * 8, np.asarray([int(c) for c in consts], "<u8").tobytes()))
     else:
-        raise ValueError(f"unknown case kind {kind!r}; kinds: {CASE_KINDS + GROUP_KINDS}")
+        raise ValueError(f"unknown case kind {kind!r}; kinds: {CASE_KINDS + GROUP_KINDS + ROW_KINDS}")
     return bench.add(d)

@@ -34,6 +34,9 @@ kv_groups    KV: 0 or 1: one pool (above). n >= 2 (a power of two, at most kv_po
              split into n port groups of dim / head_dim / n consecutive heads, the head-parallel
              layout in one descriptor; ``pool`` is then a table of n u64 pool addresses (group r's
              pool, its pages of that group's heads) and group r writes port ``port + 2 r``
+res_out      1: also write each row's value before its norm as RES32 to ``res_addr`` (row-block
+             stride ``y_stride``): a residual add and the next pre-norm in one pass (ACT8 with a
+             norm, one row per block only)
 ===========  ==================================================================================
 """
 from __future__ import annotations
@@ -59,12 +62,13 @@ VECTOR_FIELDS = (
     "rope", "rope_addr", "pos0",
     "out_fmt", "y_addr", "y_stride", "y_scale", "consts_addr",
     "kv_bits", "bt_addr", "pool", "port", "kv_groups",
+    "res_out", "res_addr",
 )
 
 #: slots holding byte addresses or byte strides: each a multiple of the port word
 ADDRESS_FIELDS = ("a_addr", "a_stride", "a_scale", "a_cols", "b_addr", "b_stride", "b_cols", "bias_addr",
                   "gamma_addr", "beta_addr", "rope_addr", "y_addr", "y_stride", "y_scale", "consts_addr",
-                  "bt_addr", "pool")
+                  "bt_addr", "pool", "res_addr")
 
 #: the per-column tables a job reads once (through the config's ``table_port`` when it has one)
 TABLE_FIELDS = ("a_cols", "b_cols", "bias_addr", "gamma_addr", "beta_addr")
@@ -87,7 +91,7 @@ ACT_NAMES = {"gelu": VectorAct.GELU, "silu": VectorAct.SILU}
 
 # Job record widths (the command processor copies the low bits of each validated u64 slot).
 JOB_WIDTHS = {"m": 32, "eps_q": 64, "eps_shift": 6, "norm_shift": 7, "pos0": POS_BITS, "kv_bits": 4, "kv_groups": 6,
-              "bias": 1, "rope": 1, **{a: 64 for a in ADDRESS_FIELDS}}
+              "bias": 1, "rope": 1, "res_out": 1, **{a: 64 for a in ADDRESS_FIELDS}}
 for _s in ("a_stride", "b_stride", "y_stride"):
     JOB_WIDTHS[_s] = 32
 
@@ -229,14 +233,19 @@ def vector_checks(layout) -> tuple[Check, ...]:
             f["bias"] > 1, f["rope"] > 1,
             (f["combine"] == VectorCombine.NONE) != (f["b_fmt"] == VectorIn.NONE),
             (f["b_fmt"] == VectorIn.ACC32) & (f["a_fmt"] != VectorIn.ACC32),
-            needs_heads(f) & (not attn))
+            needs_heads(f) & (not attn),
+            f["res_out"] > 1,
+            (f["res_out"] == 1) & (((f["norm"] == VectorNorm.NONE) | (f["out_fmt"] != VectorOut.ACT8))
+                                   if g.rows == 1 else True))
 
     def why_format(f):
         return (f"a_fmt {f['a_fmt']}, b_fmt {f['b_fmt']}, out_fmt {f['out_fmt']}, act {f['act']}, combine "
                 f"{f['combine']}, norm {f['norm']}, bias {f['bias']}, rope {f['rope']}: a_fmt one of RES32/ACC32/"
                 f"ROWS32, act one of {[int(a) for a in acts]} (this engine's tables), a B operand exactly when "
                 f"combine is set, an ACC32 B only with an ACC32 A"
-                + ("" if attn else ", RoPE/QREC/KV need an attention engine in the design"))
+                + ("" if attn else ", RoPE/QREC/KV need an attention engine in the design")
+                + f"; res_out {f['res_out']}: 0, or 1 with a norm and out_fmt ACT8 on a design of one row per block "
+                  f"(this one has {g.rows})")
 
     def bad_shape(f, ops):
         return ops.any_(f["m"] == 0, f["m"] > _U32, f["dim"] == 0, f["dim"] > g.max_dim,

@@ -323,15 +323,13 @@ def run_vector(mem, d: dict, layout) -> dict:
             tab = np.stack([_u32(mem.read(d["rope_addr"] + (d["pos0"] + r0 + r) * rb, rb))[:g.head_dim // 2]
                             for r in range(nv)])
             v = rope(v, tab, g.head_dim)
+        if d.get("res_out"):            # the value before the norm, as RES32 too (one row per block)
+            written[0] += _store_res32(mem, d["res_addr"] + blk * d["y_stride"], v, R)
         if d["norm"] != VectorNorm.NONE:
             v = norm_rows(v, gamma, beta, norm=d["norm"], eps_q=d["eps_q"], eps_shift=d["eps_shift"],
                           norm_shift=d["norm_shift"])
         if out == VectorOut.RES32:
-            full = np.zeros((R, D), dtype=np.int64)
-            full[:nv] = v
-            raw = full.T.reshape(-1).astype("<i4").tobytes()
-            mem.write(d["y_addr"] + blk * d["y_stride"], raw)
-            written[0] += len(raw)
+            written[0] += _store_res32(mem, d["y_addr"] + blk * d["y_stride"], v, R)
         elif out == VectorOut.ACT8:
             a, e = row_scale(np.abs(v).max(axis=1))
             q = quantize_group(v, a, e)
@@ -345,6 +343,15 @@ def run_vector(mem, d: dict, layout) -> dict:
         else:
             _store_kv(mem, d, layout, v, r0, consts, written, sread)
     return {"bytes_written": written, "stream_bytes_read": sread}
+
+
+def _store_res32(mem, addr: int, v: np.ndarray, R: int) -> int:
+    """One row block of int32 (``v``: its valid rows) in the blocked layout at ``addr``."""
+    full = np.zeros((R, v.shape[1]), dtype=np.int64)
+    full[:len(v)] = v
+    raw = full.T.reshape(-1).astype("<i4").tobytes()
+    mem.write(addr, raw)
+    return len(raw)
 
 
 def _store_qrec(mem, d, layout, v, r0, consts) -> int:

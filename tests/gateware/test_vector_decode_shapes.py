@@ -12,7 +12,8 @@ import pytest
 from designs import tiny_vector_config_dict
 from hbmforge.config import parse_config
 from hbmforge.generators.vector.elementwise import ElementPipe
-from hbmforge.generators.vector.testing import CASE_KINDS, VectorBench, random_case
+from hbmforge.generators.vector.testing import CASE_KINDS, ROW_KINDS, VectorBench, random_case
+from hbmforge.encodings import VectorIn, VectorOut
 from hbmforge.layout import DesignLayout
 
 
@@ -34,7 +35,7 @@ def test_one_row_blocks_match_the_golden_model_under_stalls(width, m, seed):
     assert layout.mm.rows == 1
     bench = VectorBench(layout, seed=seed, stall=0.3, backpressure=0.3)
     rng = np.random.default_rng(seed)
-    for kind in CASE_KINDS:
+    for kind in CASE_KINDS + ROW_KINDS:
         random_case(bench, rng, kind, m=m)
     before = bytes(bench.mem)
     expected = bench.run(max_cycles=60_000)
@@ -55,6 +56,33 @@ def test_direct_residual_add_overlaps_its_store_with_the_loads():
     # element pipeline's fixed latency once, plus a constant: the job's start, the write's answer
     # and its count registered before it is taken off the outstanding writes)
     assert bench.cycles[0] <= 2 * words + ElementPipe.LATENCY + 32, bench.cycles
+
+
+def test_a_residual_add_and_the_next_norm_in_one_pass_cost_less_than_the_two():
+    """res_out: h += deq(y) written as RES32 while the same pass goes on to RMSNorm(h) -> ACT8; bit-exact
+    with the two descriptors it replaces, and faster than them back to back."""
+    layout = _layout(64)
+    dim, seed = 256, 7
+    fused = VectorBench(layout, seed=seed, stall=0.0, backpressure=0.0)
+    d = random_case(fused, np.random.default_rng(seed), "residual_norm_act8", m=1, dim=dim)
+    expected = fused.run(max_cycles=20_000)
+    assert fused.mem == expected, _diff(fused.mem, expected)
+    # the same work as two descriptors: the residual add (RES32, in place), then the norm of the sum
+    two = VectorBench(layout, seed=seed, stall=0.0, backpressure=0.0)
+    d2 = random_case(two, np.random.default_rng(seed), "residual_norm_act8", m=1, dim=dim)   # the same memory
+    add = {k: v for k, v in d2.items() if k not in ("norm", "gamma_addr", "eps_q", "eps_shift", "norm_shift",
+                                                    "y_scale", "res_out", "res_addr")}
+    add.update(out_fmt=VectorOut.RES32, y_addr=d2["res_addr"])
+    norm = {k: d2[k] for k in ("m", "dim", "norm", "gamma_addr", "eps_q", "eps_shift", "norm_shift", "y_addr",
+                               "y_scale")}
+    norm.update(a_fmt=VectorIn.RES32, a_addr=d2["res_addr"], a_stride=d2["b_stride"], out_fmt=VectorOut.ACT8)
+    two.jobs.clear()
+    two.add(add)
+    two.add(norm)
+    expected_two = two.run(max_cycles=20_000)
+    assert two.mem == expected_two, _diff(two.mem, expected_two)
+    assert bytes(two.mem) == bytes(fused.mem)           # the same h and the same ACT8 rows and scale
+    assert d["res_out"] == 1 and fused.cycles[0] < two.cycles[0] + two.cycles[1], (fused.cycles, two.cycles)
 
 
 class _HandshakeTimes(VectorBench):

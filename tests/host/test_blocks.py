@@ -299,3 +299,24 @@ def test_decoder_blocks_with_inline_scales_equal_the_golden_program():
         prog, *_ = build_llama(d, rng, layers=2)
         assert_steps_equal_golden(prog, rng.normal(0, 1, (7, LLAMA.hidden)), prefill=5)
         prog.close()
+
+
+def test_a_residual_add_carries_the_next_norm_on_one_row_designs():
+    """On a design of one row per block (the decode designs' matmul) each residual add of a LLaMA block
+    also writes the next RMSNorm's int8 rows (res_out): two descriptors fewer per layer, and every
+    logit the same as the separate passes give (a two-row design, where the passes stay apart)."""
+    def run(rows):
+        cfg = tiny_vector_config_dict()
+        cfg["engines"][0]["rows"] = rows
+        with GoldenDevice(DesignLayout(parse_config(cfg))) as d:
+            prog, *_ = build_llama(d, np.random.default_rng(21), layers=3)
+            xs = np.random.default_rng(22).normal(0, 1, (6, LLAMA.hidden))
+            seq = prog.sequence()
+            out = [prog.prefill(xs[:3], seq)] + [prog.decode_step(x, seq) for x in xs[3:]]
+            return out, prog.last_step.descriptors
+
+    fused, n_fused = run(1)
+    apart, n_apart = run(2)
+    for a, b in zip(fused, apart):
+        assert np.array_equal(a, b)
+    assert n_fused == n_apart - 2 * 3             # norm2 of each layer, norm1 of layers 1, 2 and the final norm

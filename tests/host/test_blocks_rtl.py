@@ -158,3 +158,16 @@ def test_sparse24_decoder_runs_pair_fires_on_the_cosim_bit_exact(tmp_path, bits)
             assert np.array_equal(lin.forward_int(xq), lin.golden_int(xq))
             assert lin.last_run.counters["mac_ops"] == (n + 1) // 2 * (k // lanes) * 2 * lanes
             lin.close()
+
+
+def test_one_row_decoder_fuses_each_residual_with_the_next_norm_on_the_cosim(tmp_path):
+    """rows 1 (the decode designs' matmul): each residual add writes h and the next RMSNorm's int8 rows
+    in one descriptor (res_out); prefill and decode steps equal the golden program bit for bit."""
+    cfg = tiny_vector_config_dict("tiny_vec_rows1")
+    cfg["engines"][0]["rows"] = 1
+    with open_device(parse_config(cfg), build_dir=tmp_path, progress=False) as dev:
+        rng = np.random.default_rng(23)
+        prog, *_ = build_llama(dev, rng, layers=2)
+        st = _prefill_then_decode(prog, rng.normal(0, 1, (6, LLAMA.hidden)), 3)
+        assert st.descriptors == 2 * 14 + 2 - 2 * 2          # norm2 of both layers, norm1 of layer 1, final norm
+        prog.close()

@@ -1058,6 +1058,8 @@ class ModelProgram:
         try:
             dev.write(seq._bt, bt_raw)
             dev.write(bufs["h"], x_raw)
+            if self._short_ffn(T):
+                dev.write(bufs["xg"], bytes(self._ip - self._in), offset=self._in)
             if profile:
                 status, steps = self._run_profiled(prog, raw_prog, bufs["program"])
             else:
@@ -1130,12 +1132,21 @@ class ModelProgram:
                  "program": lay.descriptor_bytes * ((14 + self._extra_descriptors(T)) * len(self.layers) + 2)}
         if self._head is not None:
             sizes["logits"] = R * self._head.n * 4 * -(-T // R)
+        if self._short_ffn(T):
+            sizes["xg"] = self._ip                            # the FFN's int8 row, zero past i_dev
         mms = [mm for L in self.layers for mm in (L.qkv, L.o, L.up, L.down)] + \
             ([self._head] if self._head is not None else [])
         scratch = max(self._partial_bytes(T, mm) for mm in mms)
         if scratch:
             sizes["partial"] = scratch                      # split-K scratch of the matmuls with K > k_slice
         return sizes
+
+    def _short_ffn(self, T: int) -> bool:
+        """A decode step's activation pass covers the FFN's i_dev columns only, into ``xg``, not the
+        width padded to k_align (on a 4096-lane design 11008 of LLaMA-2-7B's 12288): down's padded K
+        rows are zero weights, and the host zeroes xg's padding each step besides, so what the padding
+        holds never reaches the result even with weights given padded otherwise."""
+        return T == 1 and self._ip > self._in
 
     def _partial_bytes(self, m: int, mm: _Matmul) -> int:
         geom = self._lay.matmul
@@ -1195,18 +1206,21 @@ class ModelProgram:
             if not fuse:
                 rows_of_h(L.consts["norm2"] if llama else None)      # the MLP's input
             matmul(L.up, a["xa"], a["y"])
-            # over I padded to k_align (down's K): gate/up hold i_dev columns, the rest read x 0
-            I, ni = self._ip, self._in
+            # over I padded to k_align (down's K): gate/up hold i_dev columns, the rest read x 0; a
+            # decode step over the i_dev columns only, into xg (its padding zeroed by the host)
+            short = self._short_ffn(T)
+            I, ni = self._in if short else self._ip, self._in
+            xg = a["xg"] if short else a["xb"]
             if llama:
                 p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(2 * ni), a_scale=a["xs_a"],
                          a_cols=t(L, "gate_cols"), act=VectorAct.SILU, b_fmt=VectorIn.ACC32, b_addr=a["y"] + blk(ni),
                          b_stride=blk(2 * ni), b_cols=t(L, "up_cols"), combine=VectorCombine.MUL,
-                         out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
+                         out_fmt=VectorOut.ACT8, y_addr=xg, y_scale=a["xs_b"])
             else:
                 p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(ni), a_scale=a["xs_a"],
                          a_cols=t(L, "in_cols"), **self._bias(L, "in_bias"), act=VectorAct.GELU,
-                         out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
-            matmul(L.down, a["xb"], a["y"])
+                         out_fmt=VectorOut.ACT8, y_addr=xg, y_scale=a["xs_b"])
+            matmul(L.down, xg, a["y"])
             nxt = (self.layers[i + 1].consts["norm1"] if i + 1 < len(self.layers) else
                    self._final if self._head is not None and self._final_norm is not None else None)
             in_xa = fuse and nxt is not None

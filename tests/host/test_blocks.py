@@ -3,6 +3,7 @@ equals the CPU golden program bit for bit, stays close to float LLaMA/BERT math,
 step, and refuses bad input before it changes anything."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -116,7 +117,8 @@ def _cos(a, b):
 def build_llama(dev, rng, layers=2, cfg=LLAMA, **options):
     lay = dev.layout
     tensors = [float_layer(cfg, rng) for _ in range(layers)]
-    blocks = [BlockWeights.from_float(cfg, t, bits=8, group_size=lay.mm.group_size) for t in tensors]
+    blocks = [BlockWeights.from_float(cfg, t, bits=8, group_size=lay.mm.group_size, k_align=lay.matmul.k_align)
+              for t in tensors]
     final = rng.uniform(0.8, 1.2, cfg.hidden)
     head_f = rng.normal(0, 1 / math.sqrt(cfg.hidden), (VOCAB, cfg.hidden))
     head = quantize_weights_encoded(head_f, 8, lay.mm.group_size, lay.mm.scale_bits)
@@ -320,3 +322,22 @@ def test_a_residual_add_carries_the_next_norm_on_one_row_designs():
     for a, b in zip(fused, apart):
         assert np.array_equal(a, b)
     assert n_fused == n_apart - 2 * 3             # norm2 of each layer, norm1 of layers 1, 2 and the final norm
+
+
+def test_a_decode_step_activates_only_the_ffns_own_columns_and_keeps_the_padding_zero():
+    """intermediate 40 on a 16-aligned design: gate/up compute 40 columns, down's K is padded to 48. A
+    decode step's SwiGLU covers the 40 (into xg, whose 8 padded bytes the host zeroes each step: stale
+    bytes there are not read as activations); its logits equal the prefill's for the same position."""
+    cfg = dataclasses.replace(LLAMA, intermediate=40)
+    with GoldenDevice(DesignLayout(parse_config(tiny_vector_config_dict()))) as d:
+        prog, *_ = build_llama(d, np.random.default_rng(3), layers=2, cfg=cfg)
+        assert (prog._ip, prog._in) == (48, 40)
+        xs = np.random.default_rng(4).normal(0, 1, (5, cfg.hidden))
+        whole = prog.prefill(xs, prog.sequence(), all_logits=True)
+        seq = prog.sequence()
+        prog.prefill(xs[:4], seq)
+        xg = prog._work.get("xg", 48)
+        d.write(xg, np.full(48, 0x5A, np.uint8))              # stale bytes where the padding is read
+        assert np.array_equal(prog.decode_step(xs[4], seq), whole[-1])
+        assert prog._work.get("xg", 48) is xg
+        assert d.read(xg)[40:].tolist() == [0] * 8                 # the padding: zero again

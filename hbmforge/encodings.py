@@ -95,7 +95,7 @@ _ERROR_TEXT = {
     ErrorCode.BAD_COPY_MODE: "unknown copy mode",
     ErrorCode.OVERLAP: "source and destination overlap",
     ErrorCode.VEC_SHAPE: "m or dim zero, dim above max_dim or not whole int8 words",
-    ErrorCode.VEC_FORMAT: "unknown or unsupported vector format, activation, combine, norm or rope",
+    ErrorCode.VEC_FORMAT: "unknown or unsupported vector format, activation, combine, norm, rope or res_out",
     ErrorCode.VEC_NORM: "eps or norm shift out of range",
     ErrorCode.VEC_KV: "KV width, pool port or positions out of range",
     ErrorCode.BAD_NET_MODE: "unknown all-reduce mode",

@@ -82,3 +82,34 @@ def test_unchecked_descriptors_only_need_known_fields(tiny_layout):
     assert decode_program(prog.to_bytes(), tiny_layout)[0]["op"] == 7
     with pytest.raises(ValueError, match="no descriptor field 'bogus'"):
         prog.unchecked(bogus=1)
+
+
+@pytest.mark.parametrize("rows, extra, match", [
+    (2, {}, r"error code 21.*res_out 1: 0, or 1 with a norm and out_fmt ACT8 on a design of one row per block "
+            r"\(this one has 2\)"),
+    (1, {"res_out": 2}, r"error code 21.*res_out 2"),
+    (1, {"norm": 0}, r"error code 21.*res_out 1"),
+    (1, {"res_addr": 12345}, r"error code 7.*res_addr 0x3039 not a multiple of 8"),
+    (1, {"res_addr": "small"}, r"res_addr: buffer too small, this descriptor reads/writes 256 bytes"),
+])
+def test_res_out_is_refused_where_the_engine_cannot_write_it(rows, extra, match):
+    """res_out (the residual add's RES32 beside the next norm's int8 rows) needs a norm, ACT8 rows and one
+    row per block; its address is checked like every other."""
+    from designs import tiny_vector_config_dict
+    from golden_kernel import GoldenDevice
+    from hbmforge.config import parse_config
+    from hbmforge.encodings import VectorIn, VectorNorm, VectorOut
+    from hbmforge.layout import DesignLayout
+
+    cfg = tiny_vector_config_dict()
+    cfg["engines"][0]["rows"] = rows
+    lay = DesignLayout(parse_config(cfg))
+    with GoldenDevice(lay) as d:
+        fields = dict(m=1, dim=64, a_fmt=VectorIn.RES32, a_addr=d.alloc(1024), a_stride=rows * 256,
+                      norm=VectorNorm.RMS, eps_q=1, gamma_addr=d.alloc(256), out_fmt=VectorOut.ACT8, y_addr=d.alloc(64),
+                      y_scale=d.alloc(64), y_stride=rows * 256, res_out=1, res_addr=d.alloc(rows * 256))
+        fields.update(extra)
+        if fields["res_addr"] == "small":
+            fields["res_addr"] = d.alloc(64)
+        with pytest.raises(ValueError, match=match):
+            ProgramBuilder(lay).vector(**fields)

@@ -16,9 +16,13 @@ write command's answer ``--write-latency`` cycles after its last word (writes ar
 cycles is the U280 HBM page-hit latency (107 ns) at 300 MHz; the co-simulation's calibrated model
 adds the shell's pipeline, bank conflicts and refresh, so its figures are somewhat higher.
 
+On a design of one row per block it also runs ``residual_norm_act8``: the residual add and the next
+RMSNorm as one descriptor (``res_out``), as ``ModelProgram`` issues them there.
+
 Metrics (``{"bench": "vector_decode", "metric", "value", "unit", ...}``): ``descriptor_cycles``
 per descriptor (with its bytes read + written and ``bytes / 64`` as the port-rate bound), then
-``layer_vector_cycles`` (the sum) and ``layer_vector_bytes``.
+``layer_vector_cycles`` (the sum of the nine) and, with the fused pass, ``layer_vector_cycles_fused``
+(a layer in a model: seven descriptors, each residual carrying the next norm).
 """
 from __future__ import annotations
 

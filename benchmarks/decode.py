@@ -343,8 +343,9 @@ def complete(rows: list[dict], formats, contexts, ref_fmt: str = "w2a8kv4") -> l
 def ffn_padding_bytes(lay, fmt: str, hidden: int, intermediate: int) -> int:
     """Bytes a decode layer moves only because its FFN is padded to the matmul's K alignment (11008 ->
     12288 at 4096 lanes): ``down_proj``'s weight stream (inline scales included) over the padded K
-    columns, SwiGLU's two ACC32 operands, two column-multiplier tables and int8 output over the padded
-    rows, and ``down_proj``'s int8 activation there. The model needs none of them, so the roofline and
+    columns and its int8 activation there; the decode step's SwiGLU covers the FFN's columns rounded
+    up to a port word only (host/blocks.py), so its two ACC32 operands, two column-multiplier tables and
+    int8 output are padding over that rounding alone. The model needs none of them, so the roofline and
     ``decode_board_bw_efficiency`` count the layer's bytes without them (the streamed bytes are
     reported beside). Weights and scales are linear in K per slice, so the padded share of
     ``down_proj``'s stream is ``pad / K_padded`` (an estimate within a combined word per slice)."""
@@ -358,7 +359,8 @@ def ffn_padding_bytes(lay, fmt: str, hidden: int, intermediate: int) -> int:
         return 0
     code = int(WeightFormat.from_config(FORMATS[fmt])) | (SPARSE24 if fmt in SPARSE_FORMATS else 0)
     down = mm.weight_port_bytes(hidden, k_pad, code) * mm.weight_ports + mm.scale_bytes(hidden, k_pad)
-    swiglu = pad * (2 * 4 + 2 * 4 + 1)
+    act_cols = -(-intermediate // lay.word_bytes) * lay.word_bytes
+    swiglu = (act_cols - intermediate) * (2 * 4 + 2 * 4 + 1)
     return int(round(down * pad / k_pad)) + swiglu + pad
 
 
@@ -863,17 +865,19 @@ def main() -> None:
         if not c["measured"]:
             emit("decode_layer_cycles", c["cycles"], "cycles", kind="extrapolated", format=c["format"],
                  context=c["context"], how=c["extrapolated_from"])
-    # decode_board_bw_efficiency: W2A8KV4, ctx 2048, at the co-sim's clock
+    # decode_board_bw_efficiency: W2A8KV4, ctx 2048, at the co-sim's clock, on the config's board
     ref = next((c for c in cells if c["format"] == "w2a8kv4" and c["context"] == "2048"), None)
-    if ref is not None and "u280" in bw:
+    eff_board = cfg.board if cfg.board in bw else "u280"
+    if ref is not None and eff_board in bw:
         ref_mhz = ref.get("memory_clock_mhz", cfg.clock)          # the clock its cycles were simulated at
         t = ref["cycles"] / (ref_mhz * 1e6)
         streamed = ref["bytes_read"] + ref["bytes_written"]
         model_bytes = streamed - ref["padding_bytes"]
-        emit("decode_board_bw_efficiency", round(model_bytes / (bw["u280"] * 1e9 * t), 4),
-             "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=ref_mhz,
-             calibrated_gbps=bw["u280"], measured=ref["measured"], layer_bytes=model_bytes,
-             streamed_bytes=streamed, streamed_ratio=round(streamed / (bw["u280"] * 1e9 * t), 4),
+        gbps = bw[eff_board]
+        emit("decode_board_bw_efficiency", round(model_bytes / (gbps * 1e9 * t), 4),
+             "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=ref_mhz, board=eff_board,
+             calibrated_gbps=gbps, measured=ref["measured"], layer_bytes=model_bytes,
+             streamed_bytes=streamed, streamed_ratio=round(streamed / (gbps * 1e9 * t), 4),
              note="the layer's bytes without the FFN's K padding / (calibrated achievable bandwidth x layer "
                   "decode time); streamed_ratio counts the padding too; target >= 0.90")
     names = {"w2a8kv4_sparse24": "projected_tok_s_7b_w2a8kv4_sparse24", "w2a8kv4": "projected_tok_s_7b_w2a8kv4_dense",

@@ -20,13 +20,17 @@ def decode():
     return mod
 
 
-def test_padding_bytes_are_down_projs_padded_columns_and_swiglus_padded_rows(decode):
+def test_padding_bytes_are_down_projs_padded_columns_and_the_swiglus_rounding(decode):
     lay = DesignLayout(load_config(ROOT / "examples" / "u280_llm512.yaml"))     # 4096 lanes: 11008 -> 12288
     H, I, P = 4096, 11008, 12288
     # W2 dense, scales inline (u16 per group of 128) in the weight stripes: the padded 1280 of 12288
     # K columns of down_proj's weights and scales, SwiGLU's operands, tables and output, down's input
     down = (H * P * 2 // 8 + H * (P // 128) * 2) * (P - I) // P
-    assert decode.ffn_padding_bytes(lay, "w2a8kv4", H, I) == down + (P - I) * 17 + (P - I)
+    # (the decode step's SwiGLU covers the 11008 columns, a multiple of the 64-byte word: none padded)
+    assert decode.ffn_padding_bytes(lay, "w2a8kv4", H, I) == down + (P - I)
+    # an FFN that is not a whole number of port words: the SwiGLU's rounding is padding too
+    down2 = (H * P * 2 // 8 + H * (P // 128) * 2) * (P - 11000) // P
+    assert decode.ffn_padding_bytes(lay, "w2a8kv4", H, 11000) == pytest.approx(down2 + 8 * 17 + (P - 11000), abs=1)
     w4 = decode.ffn_padding_bytes(lay, "w4a8kv4", H, I)
     assert w4 > decode.ffn_padding_bytes(lay, "w2a8kv4", H, I)
     assert decode.ffn_padding_bytes(lay, "w2a8kv4", H, P) == 0          # nothing padded

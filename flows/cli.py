@@ -20,6 +20,8 @@ from hbmforge import __version__
 from hbmforge.config import ConfigError, dump_yaml, json_schema, parse_config, starter_config
 from hbmforge.layout import ManifestError
 
+from .regression import MAX_CASES, MAX_SEED
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   pretty_exceptions_enable=False,
                   help="Generate, verify and run quantized-NN accelerators for HBM FPGA boards.")
@@ -395,7 +397,7 @@ def gen(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
 
 @_command()
 def sim(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
-        seed: int = typer.Option(1, "--seed", min=0, max=2**32 - 1, help="Random seed for the regression."),
+        seed: int = typer.Option(1, "--seed", min=0, max=MAX_SEED, help="Random seed for the regression."),
         tests: Optional[str] = typer.Option(None, "--tests", "-k",
                                             help="Only run cocotb tests whose name contains this."),
         build_dir: Optional[Path] = typer.Option(None, "--build-dir", help="Keep the build here.")):
@@ -420,8 +422,8 @@ def verify(config: Path = typer.Argument(..., help="Accelerator config (YAML).")
                                          help="Run the regression on a coverage build."),
            scale: str = typer.Option("small", "--scale", help="Formal port parameters: small or full."),
            depth: Optional[int] = typer.Option(None, "--depth", help="Proof depth (k-induction/BMC steps)."),
-           seed: int = typer.Option(1, "--seed", min=0, max=2**32 - 1, help="Random seed for the regression."),
-           cases: int = typer.Option(4, "--cases", min=1, max=10_000, help="Random layers per regression test."),
+           seed: int = typer.Option(1, "--seed", min=0, max=MAX_SEED, help="Random seed for the regression."),
+           cases: int = typer.Option(4, "--cases", min=1, max=MAX_CASES, help="Random layers per regression test."),
            min_line: float = typer.Option(0.0, "--min-line",
                                           help="Fail (exit 1) below this line coverage, e.g. 0.95.")):
     """Formal proofs, code and functional coverage and the regression: one table, reports in -o."""
@@ -472,7 +474,7 @@ def run(config: Path = typer.Argument(..., help="Accelerator config (YAML)."),
                                       "every query sees every valid token)."),
         valid_len: Optional[int] = typer.Option(None, "--valid-len", help="attention, bidirectional: real tokens "
                                                 "among the ctx (the rest is padding, never read)."),
-        seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1, help="Random seed for weights and inputs."),
+        seed: int = typer.Option(0, "--seed", min=0, max=MAX_SEED, help="Random seed for weights and inputs."),
         as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
         timeout: float = typer.Option(600.0, "--timeout", help="Seconds to wait for the device."),
         model: Optional[Path] = typer.Option(None, "--model", help="Run a Hugging Face checkpoint directory "

@@ -31,13 +31,18 @@ class RegressionResult:
     design_dir: Path
 
 
+#: the cocotb bench's knobs: seeds (numpy's and Python's generators take any of them) and cases per test
+MAX_SEED = 2**32 - 1
+MAX_CASES = 10_000
+
+
 def check_bench_knobs(seed, cases, busy) -> None:
     """The cocotb bench's seed, cases per test and back-pressure probability, checked before a
     design is generated (the bench would fail on them only after the build)."""
     from hbmforge.host.checks import check_int, check_real
 
-    check_int("seed", seed, 0, 2**32 - 1)
-    check_int("cases", cases, 1, 10_000)
+    check_int("seed", seed, 0, MAX_SEED)
+    check_int("cases", cases, 1, MAX_CASES)
     check_real("busy", busy, 0.0, 0.95)
 
 

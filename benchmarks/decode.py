@@ -156,10 +156,33 @@ def profile_summary(rows: list[dict]) -> dict:
     return out
 
 
-def run_cell(prog, ctx: int, rng, profile: bool = False, live_dims=None) -> dict:
+def steady_layer(two, ctx: int, k, v, x, one: dict) -> dict:
+    """The layer as a model runs it: the same decode step on ``two`` (a program of two copies of the
+    layer), minus the one-layer step ``one``. Alone, a layer starts with its own norm and ends with
+    a plain residual; in a model each residual carries the next layer's norm (host/blocks.py) and
+    the next layer's first weights stream during it, so the second layer costs what every layer
+    after the first does."""
+    seq = two.sequence()
+    try:
+        seq.load_kv(np.concatenate([k, k]), np.concatenate([v, v]))
+        golden = two.golden_decode_step(x, seq)
+        t0 = time.perf_counter()
+        got = two.decode_step(x, seq)
+        sim_s = time.perf_counter() - t0
+        st = two.last_step
+        return {"two_layer_cycles": st.cycles, "two_layer_bit_exact": bool(np.array_equal(got, golden)),
+                "two_layer_descriptors": st.descriptors, "two_layer_sim_seconds": round(sim_s, 1),
+                "steady_layer_cycles": st.cycles - one["cycles"],
+                "steady_layer_bytes": st.bytes_read + st.bytes_written - one["bytes_read"] - one["bytes_written"]}
+    finally:
+        seq.free()
+
+
+def run_cell(prog, ctx: int, rng, profile: bool = False, live_dims=None, two=None) -> dict:
     """One decode step at context ``ctx`` on the device and the golden program; ``profile``: then
     one more step (the next token) one descriptor per run, for the per-opcode cycle breakdown.
-    ``live_dims``: the head dimensions a padded model uses (the cache holds zeros elsewhere)."""
+    ``live_dims``: the head dimensions a padded model uses (the cache holds zeros elsewhere).
+    ``two``: a program of two copies of the layer, for the steady-state layer (:func:`steady_layer`)."""
     cfg = prog.config
     seq = prog.sequence()
     try:
@@ -173,7 +196,8 @@ def run_cell(prog, ctx: int, rng, profile: bool = False, live_dims=None) -> dict
         t0 = time.perf_counter()
         seq.load_kv(k, v)
         load_s = time.perf_counter() - t0
-        del k, v
+        if two is None:
+            del k, v
         x = rng.normal(0, 1, cfg.hidden)
         t0 = time.perf_counter()
         golden = prog.golden_decode_step(x, seq)
@@ -193,12 +217,15 @@ def run_cell(prog, ctx: int, rng, profile: bool = False, live_dims=None) -> dict
                      "profile_bit_exact": bool(np.array_equal(got2, golden2)),
                      "profile_descriptors": [{k: r[k] for k in ("index", "opcode", "cycles", "bytes_read", "mac_ops")}
                                              for r in ps.profile]}
-        return {**extra, "cycles": st.cycles, "bit_exact": bool(np.array_equal(got, golden)),
-                "bytes_read": st.bytes_read, "bytes_written": st.bytes_written, "descriptors": st.descriptors,
-                "host_round_trips": st.host_round_trips, "mac_ops": st.mac_ops,
-                "stall_cycles": c.get("stall_cycles"), "sim_seconds": round(sim_s, 1),
-                "golden_seconds": round(golden_s, 1), "load_kv_seconds": round(load_s, 1),
-                "sim_cycles_per_s": round(st.cycles / sim_s) if sim_s else None}
+        row = {**extra, "cycles": st.cycles, "bit_exact": bool(np.array_equal(got, golden)),
+               "bytes_read": st.bytes_read, "bytes_written": st.bytes_written, "descriptors": st.descriptors,
+               "host_round_trips": st.host_round_trips, "mac_ops": st.mac_ops,
+               "stall_cycles": c.get("stall_cycles"), "sim_seconds": round(sim_s, 1),
+               "golden_seconds": round(golden_s, 1), "load_kv_seconds": round(load_s, 1),
+               "sim_cycles_per_s": round(st.cycles / sim_s) if sim_s else None}
+        if two is not None:
+            row.update(steady_layer(two, ctx, k, v, x, row))
+        return row
     finally:
         seq.free()
 
@@ -206,10 +233,11 @@ def run_cell(prog, ctx: int, rng, profile: bool = False, live_dims=None) -> dict
 def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int, seed: int,
             design: Path | None = None, dims: dict = LLAMA2_7B, tile_rows: int = 0,
             profile: bool = False, memory_model: str = "calibrated",
-            memory_clock: float | None = None) -> list[dict]:
-    """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell."""
+            memory_clock: float | None = None, steady: bool = True) -> list[dict]:
+    """Co-simulate the cells of ``plan`` ((format, context key) pairs); a row per cell. ``steady``:
+    each cell also runs two copies of the layer as one model step (:func:`steady_layer`)."""
     from hbmforge.host import open_device
-    from hbmforge.host.blocks import TransformerBlock
+    from hbmforge.host.blocks import ModelProgram, TransformerBlock
 
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -244,17 +272,22 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
                 continue
             opts = {"window": window, "sink": sink} if windowed else {}
             t1 = time.perf_counter()
-            prog = TransformerBlock(dev, cfg, weights, kv_bits=4, kv_ranges=[(np.full(cfg.kv_heads, 8.0), np.full(cfg.kv_heads, 8.0))],
+            kv_range = (np.full(cfg.kv_heads, 8.0), np.full(cfg.kv_heads, 8.0))
+            prog = TransformerBlock(dev, cfg, weights, kv_bits=4, kv_ranges=[kv_range],
                                     sparse24=fmt in SPARSE_FORMATS, **opts)
             upload_s = time.perf_counter() - t1
+            two = None
             try:
+                if steady:
+                    two = ModelProgram(dev, cfg, [weights, weights], kv_bits=4, kv_ranges=[kv_range] * 2,
+                                       sparse24=fmt in SPARSE_FORMATS, **opts)
                 for cell in cells:
                     ctx = lay.config.engine("attention").max_context if windowed else int(cell)
                     ctx -= 1                               # the step appends the ctx-th token
                     # (profiled: one token less, the profiled step appends the ctx-th)
                     ctx -= profile
                     r = run_cell(prog, ctx, np.random.default_rng(seed + ctx), profile,
-                                 pad.slots() if pad.padded else None)
+                                 pad.slots() if pad.padded else None, two)
                     rows.append({"format": fmt, "context": cell, "ctx_tokens": ctx + 1, "heads": dims["heads"],
                                  "hidden": dims["hidden"], "intermediate_padded": inter_pad,
                                  "head_dim": dims["head_dim"], "engine_head_dim": pad.device_dim,
@@ -267,6 +300,8 @@ def measure(config: Path, plan: list[tuple[str, str]], *, sink: int, window: int
                     print(json.dumps({"bench": "decode", "progress": rows[-1]}), file=sys.stderr, flush=True)
             finally:
                 prog.close()
+                if two is not None:
+                    two.close()
         del weights
     dev.close()
     return rows
@@ -309,6 +344,8 @@ def scale_to_full(rows: list[dict], k_align: int) -> list[dict]:
                    extrapolated_from=f"{h}-head cut of the layer co-simulated (cycles {r['cycles']}, bit-exact "
                                      f"{r.get('bit_exact')}); attention per head-token from w2a8kv4 at "
                                      f"{a['ctx_tokens']} and {b['ctx_tokens']}; weight part x {w_full / w_small:.2f}")
+        for k in ("steady_layer_cycles", "steady_layer_bytes", "two_layer_cycles"):
+            out.pop(k, None)                     # not scaled: the projection takes the lone layer's
         for k in ("cycles", "bytes_read", "bytes_written"):
             att = slope[k] * h * att_tokens
             out[k] = int(round((r[k] - att) * w_full / w_small + slope[k] * 32 * att_tokens))
@@ -334,10 +371,24 @@ def complete(rows: list[dict], formats, contexts, ref_fmt: str = "w2a8kv4") -> l
                  if k in ("ctx_tokens", "attended_tokens", "sink", "window", "memory_clock_mhz")}
             r.update(format=fmt, context=ctx, measured=False,
                      extrapolated_from=f"cycles({fmt},{b}) + cycles({ref_fmt},{ctx}) - cycles({ref_fmt},{b})")
-            for key in ("cycles", "bytes_read", "bytes_written"):
-                r[key] = mine[key] + ref_c[key] - ref_b[key]
+            for key in ("cycles", "bytes_read", "bytes_written", "steady_layer_cycles", "steady_layer_bytes"):
+                if all(key in c for c in (mine, ref_b, ref_c)):
+                    r[key] = mine[key] + ref_c[key] - ref_b[key]
             out.append(r)
     return out
+
+
+def model_cycles(cell: dict, layers: int) -> float:
+    """Cycles of ``layers`` decoder layers in one step: the first as co-simulated alone, every
+    further one at the steady-state layer's cycles (:func:`steady_layer`) when the cell has them,
+    else at the lone layer's (conservative: it counts each layer's own norm pass)."""
+    steady = steady_cycles(cell)
+    return cell["cycles"] + (layers - 1) * (cell["cycles"] if steady is None else steady)
+
+
+def steady_cycles(cell: dict) -> int | None:
+    """The cell's steady-state layer cycles, if it has them and its two-layer step was bit-exact."""
+    return cell.get("steady_layer_cycles") if cell.get("two_layer_bit_exact", True) else None
 
 
 def ffn_padding_bytes(lay, fmt: str, hidden: int, intermediate: int) -> int:
@@ -387,7 +438,7 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
         # the LM head at the layer's measured cycles per weight (matmul + everything around it)
         per_weight = c["cycles"] / layer_weights_n
         lm_cycles = LLAMA2_7B["vocab"] * H * per_weight
-        cycles_tok = L * c["cycles"] + lm_cycles
+        cycles_tok = model_cycles(c, L) + lm_cycles
         bytes_tok = L * layer_bytes + lm_head_bytes(fmt)
         streamed_tok = L * streamed + lm_head_bytes(fmt)
         for board in boards:
@@ -403,7 +454,8 @@ def project(cells: list[dict], *, port_bytes: int, bw: dict, host_rt_us: float, 
                             "tok_s": tok_s, "roofline_tok_s": roof, "port_roofline_tok_s": port_roof,
                             "roofline_fraction": tok_s / roof, "bytes_per_token": bytes_tok,
                             "streamed_bytes_per_token": streamed_tok,
-                            "cycles_per_token": cycles_tok, "layer_cycles": c["cycles"], "measured": c["measured"],
+                            "cycles_per_token": cycles_tok, "layer_cycles": c["cycles"],
+                            "steady_layer_cycles": c.get("steady_layer_cycles"), "measured": c["measured"],
                             "cycles_at_mhz": c.get("memory_clock_mhz", cycles_mhz),
                             "calibrated_gbps": gbps})
     return out
@@ -476,7 +528,7 @@ def edge_simulated_rows(rows: list[dict], board: str, clock_mhz: float, bw: dict
     out = []
     for r in rows:
         lm_cycles = m["vocab"] * H * r["cycles"] / layer_n
-        cycles_tok = L * r["cycles"] + lm_cycles
+        cycles_tok = model_cycles(r, L) + lm_cycles
         t = cycles_tok / (clock_mhz * 1e6) + host_rt_us * 1e-6
         model_bytes = edge_bytes_per_token(r["ctx_tokens"])
         streamed = L * (r["bytes_read"] + r["bytes_written"]) + m["vocab"] * H * weight_bits("ternary") / 8
@@ -484,7 +536,8 @@ def edge_simulated_rows(rows: list[dict], board: str, clock_mhz: float, bw: dict
         out.append({"board": board, "context": r["context"], "clock_mhz": clock_mhz, "model": m["name"],
                     "tok_s": 1 / t, "roofline_tok_s": roof, "roofline_fraction": (1 / t) / roof if roof else None,
                     "bytes_per_token": model_bytes, "streamed_bytes_per_token": streamed,
-                    "cycles_per_token": cycles_tok, "layer_cycles": r["cycles"], "bit_exact": r.get("bit_exact"),
+                    "cycles_per_token": cycles_tok, "layer_cycles": r["cycles"],
+                    "steady_layer_cycles": r.get("steady_layer_cycles"), "bit_exact": r.get("bit_exact"),
                     "calibrated_gbps": gbps, "measured": True})
     return out
 
@@ -618,14 +671,16 @@ def edge_main(args, contexts: list[str]) -> None:
     for path, cfg in configs:
         rows = measure(path, [("ternary", c) for c in contexts], sink=args.sink, window=args.window, seed=args.seed,
                        dims=TELLME_MODEL, tile_rows=args.tile_rows, profile=args.profile,
-                       memory_model=args.memory_model, memory_clock=args.memory_clock)
+                       memory_model=args.memory_model, memory_clock=args.memory_clock,
+                       steady=not args.no_steady_state)
         mhz = rows[0]["memory_clock_mhz"] if rows else float(cfg.clock)
         for r in rows:
             r["board"] = cfg.board
             emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", board=cfg.board, model=TELLME_MODEL["name"],
                  format="ternary", context=r["context"], bit_exact=r["bit_exact"],
                  bytes=r["bytes_read"] + r["bytes_written"], memory_model=r["memory_model"], memory_clock_mhz=mhz,
-                 head_dim=r["head_dim"], engine_head_dim=r["engine_head_dim"], sim_seconds=r["sim_seconds"])
+                 head_dim=r["head_dim"], engine_head_dim=r["engine_head_dim"], sim_seconds=r["sim_seconds"],
+                 steady_layer_cycles=r.get("steady_layer_cycles"), two_layer_bit_exact=r.get("two_layer_bit_exact"))
             for op, o in (r.get("profile") or {}).items():
                 emit("decode_layer_opcode_cycles", o["cycles"], "cycles", kind="simulated", board=cfg.board,
                      format="ternary", context=r["context"], opcode=op, descriptors=o["descriptors"],
@@ -748,6 +803,9 @@ def parser() -> argparse.ArgumentParser:
                     help="kernel clock (MHz) the calibrated HBM timing is converted at (default: the config's); "
                          "the RTL is the same, so --memory-clock 225 measures the 225 MHz cycles")
     ap.add_argument("--clocks", default="225,300", help="clocks (MHz) to project at, comma-separated")
+    ap.add_argument("--no-steady-state", action="store_true",
+                    help="skip each cell's two-layer step (then every layer of the model is projected at the "
+                         "lone layer's cycles, which count each layer's own norm pass)")
     ap.add_argument("--profile", action="store_true",
                     help="after each measured step, one more step one descriptor per run: cycles per opcode")
     ap.add_argument("--design", type=Path, default=None,
@@ -824,14 +882,15 @@ def main() -> None:
         measured += measure(args.config, plan, sink=args.sink, window=args.window, seed=args.seed,
                             design=args.design, dims=layer_dims(args.heads), tile_rows=args.tile_rows,
                             profile=args.profile, memory_model=args.memory_model,
-                            memory_clock=args.memory_clock)
+                            memory_clock=args.memory_clock, steady=not args.no_steady_state)
         args.json.parent.mkdir(parents=True, exist_ok=True)       # kept even if the projection fails
         args.json.write_text(json.dumps({"layer": measured}, indent=1))
     for r in measured:
         emit("decode_layer_cycles", r["cycles"], "cycles", kind="simulated", format=r["format"], context=r["context"],
              bit_exact=r.get("bit_exact"), bytes=r["bytes_read"] + r["bytes_written"],
              memory_model=r.get("memory_model", "calibrated"), memory_clock_mhz=r.get("memory_clock_mhz", cfg.clock),
-             sim_cycles_per_s=r.get("sim_cycles_per_s"), sim_seconds=r.get("sim_seconds"))
+             sim_cycles_per_s=r.get("sim_cycles_per_s"), sim_seconds=r.get("sim_seconds"),
+             steady_layer_cycles=r.get("steady_layer_cycles"), two_layer_bit_exact=r.get("two_layer_bit_exact"))
         for op, o in (r.get("profile") or {}).items():
             emit("decode_layer_opcode_cycles", o["cycles"], "cycles", kind="simulated", format=r["format"],
                  context=r["context"], opcode=op, descriptors=o["descriptors"], share=round(o["cycles"] / r["profile_cycles"], 4),
@@ -870,16 +929,25 @@ def main() -> None:
     eff_board = cfg.board if cfg.board in bw else "u280"
     if ref is not None and eff_board in bw:
         ref_mhz = ref.get("memory_clock_mhz", cfg.clock)          # the clock its cycles were simulated at
-        t = ref["cycles"] / (ref_mhz * 1e6)
-        streamed = ref["bytes_read"] + ref["bytes_written"]
-        model_bytes = streamed - ref["padding_bytes"]
         gbps = bw[eff_board]
+        alone = ref["bytes_read"] + ref["bytes_written"]
+        # the layer as a model runs it (the second of two), else the layer alone
+        steady = steady_cycles(ref)
+        has_steady = steady is not None
+        layer_cycles = steady if has_steady else ref["cycles"]
+        streamed = ref.get("steady_layer_bytes", alone) if has_steady else alone
+        t = layer_cycles / (ref_mhz * 1e6)
+        model_bytes = streamed - ref["padding_bytes"]
+        alone_ratio = (alone - ref["padding_bytes"]) / (gbps * 1e9 * ref["cycles"] / (ref_mhz * 1e6))
         emit("decode_board_bw_efficiency", round(model_bytes / (gbps * 1e9 * t), 4),
              "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=ref_mhz, board=eff_board,
-             calibrated_gbps=gbps, measured=ref["measured"], layer_bytes=model_bytes,
+             calibrated_gbps=gbps, measured=ref["measured"], layer_bytes=model_bytes, layer_cycles=layer_cycles,
+             steady_state=has_steady, layer_alone_cycles=ref["cycles"], layer_alone_ratio=round(alone_ratio, 4),
              streamed_bytes=streamed, streamed_ratio=round(streamed / (gbps * 1e9 * t), 4),
              note="the layer's bytes without the FFN's K padding / (calibrated achievable bandwidth x layer "
-                  "decode time); streamed_ratio counts the padding too; target >= 0.90")
+                  "decode time); the layer as a model runs it (the second of a two-layer step) when "
+                  "steady_state, layer_alone_ratio for the layer alone; streamed_ratio counts the padding "
+                  "too; target >= 0.90")
     names = {"w2a8kv4_sparse24": "projected_tok_s_7b_w2a8kv4_sparse24", "w2a8kv4": "projected_tok_s_7b_w2a8kv4_dense",
              "w4a8kv4": "projected_tok_s_7b_w4a8kv4", "ternary": "projected_tok_s_7b_ternary"}
     for p in proj:

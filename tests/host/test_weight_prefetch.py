@@ -72,3 +72,45 @@ def test_a_decoder_with_weight_prefetch_equals_the_golden_program_in_fewer_cycle
     assert early >= 8
     # the same steps on the same engines, but every MATMUL after a VECTOR streams its weights during it
     assert max(cycles) <= min(ref) - 8 * early, (cycles, ref)
+
+
+def _tables_decode(dev, through_data: bool, monkeypatch):
+    """A 2-layer decoder's decode steps (bit-exact) with the pre-MATMUL tables through the data port
+    or all through the table port: (cycles of the steps, bytes the last read through w2 and data)."""
+    from hbmforge.host.blocks import ModelProgram
+
+    if not through_data:
+        monkeypatch.setattr(ModelProgram, "_tables_through_data", staticmethod(lambda lay, vg: {}))
+    rng = np.random.default_rng(31)
+    prog, *_ = build_llama(dev, rng, layers=2)
+    monkeypatch.undo()
+    seq = prog.sequence()
+    xs = rng.normal(0, 1, (6, LLAMA.hidden))
+    golden = prog.golden_prefill(xs[:4], seq)
+    assert np.array_equal(prog.prefill(xs[:4], seq), golden)
+    cycles = []
+    for t in (4, 5):
+        golden = prog.golden_decode_step(xs[t], seq)
+        assert np.array_equal(prog.decode_step(xs[t], seq), golden)
+        cycles.append(prog.last_step.cycles)
+    ports = prog.last_step.counters["ports"]
+    prog.close()
+    return cycles, ports["w2"]["bytes_read"], ports["data"]["bytes_read"]
+
+
+@pytest.mark.rtl
+def test_tables_before_a_matmul_come_through_the_data_port_and_free_the_weight_streams(tmp_path, monkeypatch):
+    """A design like u280_llm512 (rows 1, the table port w2 a weight port, weight_prefetch, data on the
+    DDR): the tables of the passes before a MATMUL (norms, the attention output's and the residuals'
+    column multipliers, SwiGLU's) live in the data port's memory and come through it
+    (``tables_data``), so the prefetched weight streams do not wait for w2's table reads. Bit-exact
+    either way; w2 reads fewer bytes, the data port as many more. (The cycles are
+    benchmarks/decode.py's: this layer's matmuls are too short to hide the longer passes.)"""
+    cfg = tiny_vector_config_dict("tiny_vec_pf_tables", table_port=True)
+    cfg["engines"][0].update(weight_ports=4, weight_prefetch=PREFETCH, rows=1)
+    cfg["data_memory"] = "ddr"
+    with open_device(parse_config(cfg), build_dir=tmp_path, progress=False) as dev:
+        _, w2_on, data_on = _tables_decode(dev, True, monkeypatch)
+        _, w2_off, data_off = _tables_decode(dev, False, monkeypatch)
+    assert w2_on < w2_off and data_on > data_off
+    assert w2_off - w2_on == data_on - data_off        # the same tables, through the other port

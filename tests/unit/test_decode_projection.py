@@ -130,3 +130,35 @@ def test_bad_files_paths_and_counts_are_named_before_anything_runs(decode, tmp_p
 
 def test_the_default_command_line_has_no_problem(decode, tmp_path):
     assert decode.args_problem(_args(decode, tmp_path)) is None
+
+
+def test_a_model_counts_its_first_layer_alone_and_the_rest_at_the_steady_layer(decode):
+    """A model's step = the lone layer (its own norm1) + 31 layers as the second of a two-layer step
+    (each residual carries the next norm); without a steady figure, or with a two-layer step that was
+    not bit-exact, every layer at the lone layer's cycles."""
+    cell = {"format": "w2a8kv4", "context": "2048", "cycles": 45_000, "bytes_read": 65_000_000,
+            "bytes_written": 300_000, "measured": True, "padding_bytes": 0, "steady_layer_cycles": 44_000}
+    L = decode.LLAMA2_7B["layers"]
+    assert decode.model_cycles(cell, L) == 45_000 + (L - 1) * 44_000
+    p, = decode.project([cell], port_bytes=2048, bw={"u280": 426.0}, host_rt_us=0.0, clocks=(225,), boards=("u280",))
+    lone, = decode.project([dict(cell, steady_layer_cycles=None)], port_bytes=2048, bw={"u280": 426.0},
+                           host_rt_us=0.0, clocks=(225,), boards=("u280",))
+    assert p["cycles_per_token"] == pytest.approx(lone["cycles_per_token"] - (L - 1) * 1_000)
+    assert p["tok_s"] > lone["tok_s"]
+    assert decode.model_cycles(dict(cell, two_layer_bit_exact=False), L) == L * 45_000
+    row, = decode.edge_simulated_rows([dict(cell, ctx_tokens=512)], "kv260", 250.0, {"kv260": 16.0}, 0.0)
+    m = decode.TELLME_MODEL
+    head = m["vocab"] * m["hidden"] * 45_000 / (4 * m["hidden"] ** 2 + 3 * m["hidden"] * m["intermediate"])
+    assert row["cycles_per_token"] == pytest.approx(decode.model_cycles(cell, m["layers"]) + head)
+
+
+def test_extrapolated_cells_carry_the_steady_layer_too(decode):
+    def cell(fmt, ctx, cycles, steady):
+        return {"format": fmt, "context": ctx, "ctx_tokens": int(ctx), "attended_tokens": int(ctx), "sink": 0,
+                "window": 0, "cycles": cycles, "bytes_read": 10, "bytes_written": 1, "measured": True,
+                "steady_layer_cycles": steady, "steady_layer_bytes": 11}
+    rows = [cell("w2a8kv4", "512", 100, 90), cell("w2a8kv4", "2048", 150, 140), cell("w4a8kv4", "512", 200, 185)]
+    w4 = {(r["format"], r["context"]): r for r in decode.complete(rows, ["w2a8kv4", "w4a8kv4"], ["512", "2048"])}
+    assert not w4[("w4a8kv4", "2048")]["measured"]
+    assert w4[("w4a8kv4", "2048")]["cycles"] == 250
+    assert w4[("w4a8kv4", "2048")]["steady_layer_cycles"] == 235

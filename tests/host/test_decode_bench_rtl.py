@@ -2,25 +2,19 @@
 runs it (the second of a two-layer step), both bit-exact against the golden program."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 import yaml
 
+from bench_modules import bench_module
 from designs import tiny_vector_config_dict
 
 pytestmark = pytest.mark.rtl
-ROOT = Path(__file__).resolve().parents[2]
 DIMS = {"layers": 2, "hidden": 32, "heads": 2, "kv_heads": 2, "head_dim": 16, "intermediate": 48, "vocab": 40}
 
 
 @pytest.fixture(scope="module")
 def decode():
-    spec = importlib.util.spec_from_file_location("decode_bench_rtl", ROOT / "benchmarks" / "decode.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("decode")
 
 
 def test_a_cell_measures_the_lone_layer_and_the_steady_layer_bit_exact(decode, tmp_path):

@@ -1,11 +1,11 @@
 """benchmarks/decode.py's byte accounting (the FFN's K padding and the edge model's padded heads are not
 the model's bytes) and its edge cells."""
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 
+from bench_modules import bench_module
 from hbmforge.config import load_config
 from hbmforge.layout import DesignLayout
 
@@ -14,10 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def decode():
-    spec = importlib.util.spec_from_file_location("decode_bench", ROOT / "benchmarks" / "decode.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_module("decode")
 
 
 def test_padding_bytes_are_down_projs_padded_columns_and_the_swiglus_rounding(decode):

@@ -490,10 +490,6 @@ class ModelProgram:
         ranges = self._kv_ranges(kv_ranges, cfg, layers_in, len(blocks))
         self._dev, self._lay, self._cfg = dev, lay, cfg
         self._att, self._vg = att, vg
-        # the tables of the vector passes before a MATMUL in the data port's memory, read through it
-        # (tables_data): on a design whose table port is a weight port and whose matmul prefetches
-        # its weights during those passes, a table read there holds back every port's stream
-        self._td = self._tables_through_data(lay, vg)
         self.kv_bits, self.max_context, self.num_pages = kv_bits, ctx, pages
         self.window, self.sink = window, sink
         self._max_pages = max_pages
@@ -637,16 +633,10 @@ class ModelProgram:
         code = weight_code(bits, lay, sparse24=True) if sparse24 else bits
         return _Matmul(n=n, k=kp, bits=code, w=w, s=s, out_shift=shift, row_scale=np.asarray(enc.row_scale, float))
 
-    @staticmethod
-    def _tables_through_data(lay, vg) -> dict:
-        """``tables_data`` for the passes before a MATMUL, if this design wants it (see ``_td``)."""
-        return {"tables_data": 1} if vg.table_port is not None and getattr(lay.mm, "weight_prefetch", 0) else {}
-
-    def _table(self, values, before_matmul: bool = False) -> Buffer:
-        """A per-column table (multipliers, a bias, a gamma or beta), in the memory of the port its
-        pass reads it through (``before_matmul``: a pass before a MATMUL, see ``_td``)."""
-        port = self._vg.tables_port_of(bool(before_matmul and self._td))
-        return self._upload(V.pack_u32(np.asarray(values, dtype=np.int64) & 0xFFFFFFFF, self._lay.word_bytes), port)
+    def _table(self, values) -> Buffer:
+        """A per-column table (multipliers, a bias, a gamma or beta), in its port's memory."""
+        return self._upload(V.pack_u32(np.asarray(values, dtype=np.int64) & 0xFFFFFFFF, self._lay.word_bytes),
+                            self._vg.table_port_name)
 
     def _norm_tables(self, norm, kind, *, out_frac: int) -> dict:
         gamma, beta = norm
@@ -655,11 +645,10 @@ class ModelProgram:
         gf = min(30, 30 - max(0, math.ceil(math.log2(top + 1e-300))))
         c = V.norm_constants(cfg.hidden, cfg.norm_eps, in_frac=cfg.residual_frac_bits, gamma_frac=gf,
                              out_frac=out_frac, center=kind == VectorNorm.LAYER)
-        # every norm pass comes before a MATMUL (or ends the step)
-        t = {"norm": kind, "gamma_addr": self._table(_int32("gamma", gamma, gf), True), "eps_q": c["eps_q"],
+        t = {"norm": kind, "gamma_addr": self._table(_int32("gamma", gamma, gf)), "eps_q": c["eps_q"],
              "eps_shift": c["eps_shift"], "norm_shift": c["norm_shift"]}
         if beta is not None:
-            t["beta_addr"] = self._table(_int32("beta", beta, out_frac), True)
+            t["beta_addr"] = self._table(_int32("beta", beta, out_frac))
         return t
 
     def _build_layer(self, i, enc, norms, biases, ranges) -> _Layer:
@@ -700,27 +689,24 @@ class ModelProgram:
         for name, hs in (("k_consts", k_scale), ("v_consts", v_scale)):
             consts = [int(c) for c in V.kv_constants(hs, self.kv_bits, frac_bits=F_ACT)]
             t[name] = self._upload(np.asarray(consts, "<u8").tobytes() + bytes(-kvh * 8 % lay.word_bytes))
-        # from here on every table is read by a pass before a MATMUL (the down residual: the next
-        # layer's QKV or the LM head)
-        t["att_cols"] = self._table(V.column_multipliers(np.repeat(v_scale, qh // kvh * hd) * 2.0 ** (F_ACT - 8)),
-                                    True)
-        t["o_cols"] = self._table(o.columns(F_ACT, Fh), True)
+        t["att_cols"] = self._table(V.column_multipliers(np.repeat(v_scale, qh // kvh * hd) * 2.0 ** (F_ACT - 8)))
+        t["o_cols"] = self._table(o.columns(F_ACT, Fh))
         if "o_proj" in biases:
-            t["o_bias"] = self._table(_int32("o_proj bias", biases["o_proj"], Fh), True)
+            t["o_bias"] = self._table(_int32("o_proj bias", biases["o_proj"], Fh))
         pad = np.zeros(ip - i_dev, dtype=np.int64)        # the activation pass's columns past gate/up: x 0
         if llama:
-            t["gate_cols"] = self._table(np.concatenate([up.columns(src, F_ACT, 0, i_dev), pad]), True)
-            t["up_cols"] = self._table(np.concatenate([up.columns(src, F_ACT, i_dev, 2 * i_dev), pad]), True)
+            t["gate_cols"] = self._table(np.concatenate([up.columns(src, F_ACT, 0, i_dev), pad]))
+            t["up_cols"] = self._table(np.concatenate([up.columns(src, F_ACT, i_dev, 2 * i_dev), pad]))
         else:
-            t["in_cols"] = self._table(np.concatenate([up.columns(src, F_ACT), pad]), True)
+            t["in_cols"] = self._table(np.concatenate([up.columns(src, F_ACT), pad]))
             if "fc_in" in biases:
                 b = np.zeros(ip)
                 b[:cfg.intermediate] = biases["fc_in"]
-                t["in_bias"] = self._table(_int32("fc_in bias", b, F_ACT), True)
-        t["down_cols"] = self._table(down.columns(F_ACT, Fh), True)
+                t["in_bias"] = self._table(_int32("fc_in bias", b, F_ACT))
+        t["down_cols"] = self._table(down.columns(F_ACT, Fh))
         name = "down_proj" if llama else "fc_out"
         if name in biases:
-            t["down_bias"] = self._table(_int32(f"{name} bias", biases[name], Fh), True)
+            t["down_bias"] = self._table(_int32(f"{name} bias", biases[name], Fh))
         kind = VectorNorm.RMS if llama else VectorNorm.LAYER
         consts = {"norm1": self._norm_tables(norms[0], kind, out_frac=F_ACT if llama else Fh),
                   "norm2": self._norm_tables(norms[1], kind, out_frac=F_ACT if llama else Fh)}
@@ -1187,8 +1173,7 @@ class ModelProgram:
         def rows_of_h(norm):
             """int8 rows (and scale records) of norm(h), or of h itself, into xa."""
             fields = self._norm_fields(norm) if norm is not None else {}
-            p.vector(m=T, dim=H, **res, **fields, **self._td, out_fmt=VectorOut.ACT8, y_addr=a["xa"],
-                     y_scale=a["xs_a"])
+            p.vector(m=T, dim=H, **res, **fields, out_fmt=VectorOut.ACT8, y_addr=a["xa"], y_scale=a["xs_a"])
 
         # pre-norm decoders on a design of one row per block: each residual add also writes the next
         # norm's int8 rows (res_out), one pass instead of two
@@ -1214,7 +1199,7 @@ class ModelProgram:
                             kv_bits=self.kv_bits, q_addr=a["qrec"], bt_addr=seq._bt.address, k_pool=L.k_pool.address,
                             v_pool=L.v_pool.address, o_addr=a["o"], **mode)
             p.vector(m=T, dim=nq, a_fmt=VectorIn.ROWS32, a_addr=a["o"], a_stride=nq * 4, a_cols=t(L, "att_cols"),
-                     **self._td, out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
+                     out_fmt=VectorOut.ACT8, y_addr=a["xb"], y_scale=a["xs_b"])
             matmul(L.o, a["xb"], a["y"])
             self._residual(p, T, L, "o_cols", "o_bias", a, a["xs_b"], H, None if llama else L.consts["norm1"],
                            then_norm=L.consts["norm2"] if fuse else None)
@@ -1229,11 +1214,11 @@ class ModelProgram:
             if llama:
                 p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(2 * ni), a_scale=a["xs_a"],
                          a_cols=t(L, "gate_cols"), act=VectorAct.SILU, b_fmt=VectorIn.ACC32, b_addr=a["y"] + blk(ni),
-                         b_stride=blk(2 * ni), b_cols=t(L, "up_cols"), combine=VectorCombine.MUL, **self._td,
+                         b_stride=blk(2 * ni), b_cols=t(L, "up_cols"), combine=VectorCombine.MUL,
                          out_fmt=VectorOut.ACT8, y_addr=xg, y_scale=a["xs_b"])
             else:
                 p.vector(m=T, dim=I, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=blk(ni), a_scale=a["xs_a"],
-                         a_cols=t(L, "in_cols"), **self._bias(L, "in_bias"), act=VectorAct.GELU, **self._td,
+                         a_cols=t(L, "in_cols"), **self._bias(L, "in_bias"), act=VectorAct.GELU,
                          out_fmt=VectorOut.ACT8, y_addr=xg, y_scale=a["xs_b"])
             matmul(L.down, xg, a["y"])
             nxt = (self.layers[i + 1].consts["norm1"] if i + 1 < len(self.layers) else
@@ -1257,7 +1242,7 @@ class ModelProgram:
         fields = dict(m=T, dim=H, a_fmt=VectorIn.ACC32, a_addr=a["y"], a_stride=R * H * 4, a_scale=scales,
                       a_cols=L.tables[cols].address, **self._bias(L, bias), b_fmt=VectorIn.RES32, b_addr=a["h"],
                       b_stride=R * H * 4, combine=VectorCombine.ADD, out_fmt=VectorOut.RES32, y_addr=a["h"],
-                      y_stride=R * H * 4, **self._td)
+                      y_stride=R * H * 4)
         if norm is not None:
             fields.update(self._norm_fields(norm))
         if then_norm is not None:

@@ -250,8 +250,7 @@ class ProgramBuilder:
                         pool=g.pool_table_bytes(rec["kv_groups"]) if multi else 0)
         for name, nbytes in need.items():
             pool_port = "data" if rec["kv_groups"] >= 2 else lay.ports[rec["port"]].name
-            port = pool_port if name == "pool" else g.tables_port_of(rec["tables_data"]) if name in TABLE_FIELDS \
-                else "data"
+            port = pool_port if name == "pool" else g.table_port_name if name in TABLE_FIELDS else "data"
             self._check_buffer(name, fields.get(name), port, nbytes)
         return self._append(rec)
 

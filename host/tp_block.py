@@ -96,11 +96,6 @@ class _Shard(ModelProgram):
         self._parts = parts
         super().__init__(device, config, blocks, **options)
 
-    @staticmethod
-    def _tables_through_data(lay, vg) -> dict:
-        """Every table on the table port (tp_program issues its own passes, none with tables_data)."""
-        return {}
-
     def _part(self, enc: EncodedWeights, order) -> _Matmul:
         """The rows ``order`` of ``enc`` on the device, with the whole matrix's output shift."""
         lay = self._lay

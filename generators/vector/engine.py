@@ -464,9 +464,8 @@ class VectorEngine(wiring.Component):
         # the job's fields through their compares
         t_en, t_row, t_words = item_tables(self.job.payload)
         # with a table port the per-column tables come through it (the table loader below), not in
-        # the data port's item sequence, unless the job asks for the data port (tables_data)
-        via_data = self.job.payload.tables_data
-        main_en = {i: (v & via_data if g.table_port is not None and i in _PARAMS else v) for i, v in t_en.items()}
+        # the data port's item sequence
+        main_en = {i: (Const(0) if g.table_port is not None and i in _PARAMS else v) for i, v in t_en.items()}
         items = range(_LAST_ITEM + 1)
         en_r = [Signal(name=f"item_en{i}") for i in items]
         row_r = [Signal(name=f"item_per_row{i}") for i in items]
@@ -743,13 +742,8 @@ class VectorEngine(wiring.Component):
             for item, (_, wp, _) in pms.items():
                 m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(take & (r_item == item))]
         else:
-            t_take, tables_in, tables_avail = self._table_loader(m, j, start, [t_en[i] & ~via_data for i in _PARAMS],
+            t_take, tables_in, tables_avail = self._table_loader(m, j, start, [t_en[i] for i in _PARAMS],
                                                                  list(pms.values()), LOGL=LOGL, DW=DW)
-            # tables_data: the data port's receiver writes them, as on a design without a table port
-            # (the job's flag, a flip-flop, selects: the loader has none of them then)
-            with m.If(j.tables_data):
-                for item, (_, wp, _) in pms.items():
-                    m.d.comb += [wp.addr.eq(rw), wp.data.eq(word), wp.en.eq(take & (r_item == item))]
         if att is not None:
             _, cwp, _ = consts_mem
             m.d.comb += [cwp.addr.eq(rw), cwp.data.eq(word), cwp.en.eq(take & (r_item == _CONSTS))]

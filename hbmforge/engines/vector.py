@@ -37,11 +37,6 @@ kv_groups    KV: 0 or 1: one pool (above). n >= 2 (a power of two, at most kv_po
 res_out      1: also write each row's value before its norm as RES32 to ``res_addr`` (row-block
              stride ``y_stride``): a residual add and the next pre-norm in one pass (ACT8 with a
              norm, one row per block only)
-tables_data  1: the per-column tables (``TABLE_FIELDS``) come through the data port, from its
-             memory, on a design with a ``table_port`` too (a pass before a MATMUL: the table port
-             is a weight port, and the MATMUL's prefetched weight streams would wait for it; 0 on
-             such a design: through the table port; a design without one reads them through the
-             data port either way)
 ===========  ==================================================================================
 """
 from __future__ import annotations
@@ -67,7 +62,7 @@ VECTOR_FIELDS = (
     "rope", "rope_addr", "pos0",
     "out_fmt", "y_addr", "y_stride", "y_scale", "consts_addr",
     "kv_bits", "bt_addr", "pool", "port", "kv_groups",
-    "res_out", "res_addr", "tables_data",
+    "res_out", "res_addr",
 )
 
 #: slots holding byte addresses or byte strides: each a multiple of the port word
@@ -96,7 +91,7 @@ ACT_NAMES = {"gelu": VectorAct.GELU, "silu": VectorAct.SILU}
 
 # Job record widths (the command processor copies the low bits of each validated u64 slot).
 JOB_WIDTHS = {"m": 32, "eps_q": 64, "eps_shift": 6, "norm_shift": 7, "pos0": POS_BITS, "kv_bits": 4, "kv_groups": 6,
-              "bias": 1, "rope": 1, "res_out": 1, "tables_data": 1, **{a: 64 for a in ADDRESS_FIELDS}}
+              "bias": 1, "rope": 1, "res_out": 1, **{a: 64 for a in ADDRESS_FIELDS}}
 for _s in ("a_stride", "b_stride", "y_stride"):
     JOB_WIDTHS[_s] = 32
 
@@ -182,10 +177,6 @@ class VectorGeometry:
         stream port of the config's ``table_port``."""
         return "data" if self.table_port is None else f"w{self.table_port}"
 
-    def tables_port_of(self, tables_data: int) -> str:
-        """The port a job's tables come through: the data port when ``tables_data`` is set."""
-        return "data" if tables_data else self.table_port_name
-
     def to_json(self) -> dict:
         out = {"rows": self.rows, "lanes": self.lanes, "max_dim": self.max_dim,
                "activations": list(self.activations), "scale_block_bytes": self.scale_block_bytes,
@@ -243,7 +234,7 @@ def vector_checks(layout) -> tuple[Check, ...]:
             (f["combine"] == VectorCombine.NONE) != (f["b_fmt"] == VectorIn.NONE),
             (f["b_fmt"] == VectorIn.ACC32) & (f["a_fmt"] != VectorIn.ACC32),
             needs_heads(f) & (not attn),
-            f["res_out"] > 1, f["tables_data"] > 1,
+            f["res_out"] > 1,
             (f["res_out"] == 1) & (((f["norm"] == VectorNorm.NONE) | (f["out_fmt"] != VectorOut.ACT8))
                                    if g.rows == 1 else True))
 
@@ -254,7 +245,7 @@ def vector_checks(layout) -> tuple[Check, ...]:
                 f"combine is set, an ACC32 B only with an ACC32 A"
                 + ("" if attn else ", RoPE/QREC/KV need an attention engine in the design")
                 + f"; res_out {f['res_out']}: 0, or 1 with a norm and out_fmt ACT8 on a design of one row per block "
-                  f"(this one has {g.rows}); tables_data {f['tables_data']}: 0 or 1")
+                  f"(this one has {g.rows})")
 
     def bad_shape(f, ops):
         return ops.any_(f["m"] == 0, f["m"] > _U32, f["dim"] == 0, f["dim"] > g.max_dim,

@@ -146,34 +146,6 @@ def test_tables_come_through_the_table_port_beside_the_operands(seed, table_stal
     assert "w2" not in plain.commands or not plain.commands["w2"]
 
 
-@pytest.mark.parametrize("seed", [10, 11])
-def test_a_job_with_tables_data_reads_its_tables_through_the_data_port(seed):
-    """``tables_data`` on a design with a table port: that job's tables come through the data port
-    (in its item sequence, as without a table port), the others' through w2, bit-exact under stalls
-    and a slow w2; together the two ports read exactly what the data port alone reads without a
-    table port."""
-    from collections import Counter
-
-    from hbmforge.engines.vector import TABLE_FIELDS
-
-    plain, _, _ = _run(_table_port_layout(False), CASE_KINDS, seed=seed)
-    bench = VectorBench(_table_port_layout(True), seed=seed, stall=0.3, backpressure=0.3)
-    bench.port_stall.update({"w2": 0.6})
-    rng = np.random.default_rng(seed)
-    for i, kind in enumerate(CASE_KINDS):
-        random_case(bench, rng, kind)["tables_data"] = i % 2
-    before = bytes(bench.mem)
-    expected = bench.run(max_cycles=60_000)
-    assert bench.mem == expected, _diff(bench.mem, expected)
-    assert expected != before
-    via_data = {d[f] for d in bench.jobs if d["tables_data"] for f in TABLE_FIELDS if d[f]}
-    via_port = {d[f] for d in bench.jobs if not d["tables_data"] for f in TABLE_FIELDS if d[f]}
-    assert via_data and via_port
-    assert {a for a, _ in bench.commands["w2"]} == via_port
-    assert via_data <= {a for a, _ in bench.commands["src"]}
-    assert Counter(plain.commands["src"]) == Counter(bench.commands["src"]) + Counter(bench.commands["w2"])
-
-
 @pytest.mark.parametrize("seed, width", [(8, 64), (9, 128)])
 def test_one_and_four_store_words_write_the_same_bytes(seed, width):
     """``store_words`` 4 (tile A interleaved over four memories, a four-word quantizer) and 1 write

@@ -113,32 +113,3 @@ def test_res_out_is_refused_where_the_engine_cannot_write_it(rows, extra, match)
             fields["res_addr"] = d.alloc(64)
         with pytest.raises(ValueError, match=match):
             ProgramBuilder(lay).vector(**fields)
-
-
-def test_tables_data_names_the_port_its_tables_must_live_on():
-    """tables_data 1: the job's tables come through the data port, so they must be buffers of the data
-    port's memory (0 on a table-port design: of the table port's); any other value is refused."""
-    from designs import tiny_vector_config_dict
-    from golden_kernel import GoldenDevice
-    from hbmforge.config import parse_config
-    from hbmforge.encodings import VectorIn, VectorNorm, VectorOut
-    from hbmforge.layout import DesignLayout
-
-    cfg = tiny_vector_config_dict(table_port=True)
-    cfg["engines"][0]["weight_ports"] = 4
-    lay = DesignLayout(parse_config(cfg))
-    rows = lay.mm.rows
-    with GoldenDevice(lay) as d:
-        def norm(tables_data, gamma_port):
-            return ProgramBuilder(lay).vector(m=1, dim=64, a_fmt=VectorIn.RES32, a_addr=d.alloc(1024),
-                                              a_stride=rows * 256, norm=VectorNorm.RMS, eps_q=1,
-                                              gamma_addr=d.alloc(256, gamma_port), out_fmt=VectorOut.RES32,
-                                              y_addr=d.alloc(1024), y_stride=rows * 256, tables_data=tables_data)
-        norm(1, "data")
-        norm(0, "w2")
-        with pytest.raises(ValueError, match="gamma_addr must be a buffer on port 'data', got one on port 'w2'"):
-            norm(1, "w2")
-        with pytest.raises(ValueError, match="gamma_addr must be a buffer on port 'w2', got one on port 'data'"):
-            norm(0, "data")
-        with pytest.raises(ValueError, match="tables_data 2: 0 or 1"):
-            norm(2, "data")

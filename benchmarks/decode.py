@@ -956,7 +956,8 @@ def main() -> None:
              roofline_tok_s=round(p["roofline_tok_s"], 2), roofline_fraction=round(p["roofline_fraction"], 4),
              port_roofline_tok_s=round(p["port_roofline_tok_s"], 2), bytes_per_token=int(p["bytes_per_token"]),
              streamed_bytes_per_token=int(p["streamed_bytes_per_token"]),
-             layer_cycles=p["layer_cycles"], layer_measured=p["measured"], calibrated_gbps=p["calibrated_gbps"],
+             layer_cycles=p["layer_cycles"], steady_layer_cycles=p["steady_layer_cycles"],
+             layer_measured=p["measured"], calibrated_gbps=p["calibrated_gbps"],
              cycles_simulated_at_mhz=p["cycles_at_mhz"],
              host_rt_us=args.host_rt_us)
     edge = edge_rows(bw, args.host_rt_us)

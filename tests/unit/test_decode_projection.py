@@ -159,3 +159,33 @@ def test_extrapolated_cells_carry_the_steady_layer_too(decode):
     assert not w4[("w4a8kv4", "2048")]["measured"]
     assert w4[("w4a8kv4", "2048")]["cycles"] == 250
     assert w4[("w4a8kv4", "2048")]["steady_layer_cycles"] == 235
+
+
+def test_the_efficiency_takes_the_steady_layer_and_reports_the_lone_one_beside(decode, tmp_path, monkeypatch, capsys):
+    """--projection-only on a saved layer row: decode_board_bw_efficiency divides the steady layer's
+    bytes by its cycles (the layer as a model runs it) and names the lone layer's ratio beside."""
+    import json
+
+    bw = 424.87
+    (tmp_path / "hbm.jsonl").write_text(json.dumps({"bench": "hbm", "board": "u280", "metric": "hbm_seq_read_gbps",
+                                                    "value": bw, "model": "calibrated"}) + "\n")
+    cell = {"format": "w2a8kv4", "context": "2048", "ctx_tokens": 2048, "attended_tokens": 2048, "sink": 0,
+            "window": 0, "measured": True, "bit_exact": True, "memory_clock_mhz": 225.0, "cycles": 45_000,
+            "bytes_read": 65_000_000, "bytes_written": 300_000, "two_layer_bit_exact": True,
+            "steady_layer_cycles": 44_000, "steady_layer_bytes": 65_290_000}
+    (tmp_path / "layer.json").write_text(json.dumps({"layer": [cell]}))
+    monkeypatch.setattr("sys.argv", ["decode.py", "--projection-only", "--layer-report", str(tmp_path / "layer.json"),
+                                     "--formats", "w2a8kv4", "--contexts", "2048", "--ref-context", "2048",
+                                     "--hbm-report", str(tmp_path / "hbm.jsonl"), "--no-hbm-run", "--clocks", "225",
+                                     "--json", str(tmp_path / "d.json"), "--png", str(tmp_path / "d.png")])
+    decode.main()
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    eff, = [r for r in rows if r.get("metric") == "decode_board_bw_efficiency"]
+    pad = decode.ffn_padding_bytes(DesignLayout(load_config(ROOT / "examples" / "u280_llm512.yaml")), "w2a8kv4",
+                                   4096, 11008)
+    seconds = 44_000 / 225e6
+    assert eff["steady_state"] and eff["layer_cycles"] == 44_000
+    assert eff["value"] == pytest.approx((65_290_000 - pad) / (bw * 1e9 * seconds), abs=1e-4)
+    assert eff["layer_alone_ratio"] == pytest.approx((65_300_000 - pad) / (bw * 1e9 * 45_000 / 225e6), abs=1e-4)
+    tok, = [r for r in rows if r.get("metric") == "projected_tok_s_7b_w2a8kv4_dense"]
+    assert tok["layer_cycles"] == 45_000 and tok["steady_layer_cycles"] == 44_000

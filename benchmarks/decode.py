@@ -156,7 +156,7 @@ def profile_summary(rows: list[dict]) -> dict:
     return out
 
 
-def steady_layer(two, ctx: int, k, v, x, one: dict) -> dict:
+def steady_layer(two, k, v, x, one: dict) -> dict:
     """The layer as a model runs it: the same decode step on ``two`` (a program of two copies of the
     layer), minus the one-layer step ``one``. Alone, a layer starts with its own norm and ends with
     a plain residual; in a model each residual carries the next layer's norm (host/blocks.py) and
@@ -224,7 +224,7 @@ def run_cell(prog, ctx: int, rng, profile: bool = False, live_dims=None, two=Non
                "golden_seconds": round(golden_s, 1), "load_kv_seconds": round(load_s, 1),
                "sim_cycles_per_s": round(st.cycles / sim_s) if sim_s else None}
         if two is not None:
-            row.update(steady_layer(two, ctx, k, v, x, row))
+            row.update(steady_layer(two, k, v, x, row))
         return row
     finally:
         seq.free()

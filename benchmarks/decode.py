@@ -933,17 +933,19 @@ def main() -> None:
         alone = ref["bytes_read"] + ref["bytes_written"]
         # the layer as a model runs it (the second of two), else the layer alone
         steady = steady_cycles(ref)
-        has_steady = steady is not None
-        layer_cycles = steady if has_steady else ref["cycles"]
-        streamed = ref.get("steady_layer_bytes", alone) if has_steady else alone
-        t = layer_cycles / (ref_mhz * 1e6)
+        layer_cycles = ref["cycles"] if steady is None else steady
+        streamed = alone if steady is None else ref.get("steady_layer_bytes", alone)
         model_bytes = streamed - ref["padding_bytes"]
-        alone_ratio = (alone - ref["padding_bytes"]) / (gbps * 1e9 * ref["cycles"] / (ref_mhz * 1e6))
-        emit("decode_board_bw_efficiency", round(model_bytes / (gbps * 1e9 * t), 4),
+
+        def ratio(nbytes, cycles):          # bytes / (calibrated bandwidth x time)
+            return round(nbytes / (gbps * 1e9 * cycles / (ref_mhz * 1e6)), 4)
+
+        emit("decode_board_bw_efficiency", ratio(model_bytes, layer_cycles),
              "ratio", kind="simulated", format="w2a8kv4", context="2048", clock_mhz=ref_mhz, board=eff_board,
              calibrated_gbps=gbps, measured=ref["measured"], layer_bytes=model_bytes, layer_cycles=layer_cycles,
-             steady_state=has_steady, layer_alone_cycles=ref["cycles"], layer_alone_ratio=round(alone_ratio, 4),
-             streamed_bytes=streamed, streamed_ratio=round(streamed / (gbps * 1e9 * t), 4),
+             steady_state=steady is not None, layer_alone_cycles=ref["cycles"],
+             layer_alone_ratio=ratio(alone - ref["padding_bytes"], ref["cycles"]),
+             streamed_bytes=streamed, streamed_ratio=ratio(streamed, layer_cycles),
              note="the layer's bytes without the FFN's K padding / (calibrated achievable bandwidth x layer "
                   "decode time); the layer as a model runs it (the second of a two-layer step) when "
                   "steady_state, layer_alone_ratio for the layer alone; streamed_ratio counts the padding "
